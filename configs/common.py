@@ -1,0 +1,53 @@
+"""Shared defaults for experiment configs (imports ml_collections only).
+
+Model size presets (byte-level vocabulary unless said otherwise):
+  test   ~0.1M params, compiles in seconds: unit tests.
+  tiny   ~0.8M params: the CPU quickstart (trains in about 3 minutes on 2 cores).
+  small  ~125M params: a single GPU/TPU host.
+  base   ~1B params: GPU/TPU (Llama-3.2-1B-like shape with a 32k BPE vocabulary).
+"""
+
+import ml_collections
+
+PRESETS = {
+    'test': dict(d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+                 mlp_dim=128, max_seq_len=256),
+    'tiny': dict(d_model=128, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
+                 mlp_dim=384, max_seq_len=1024),
+    'small': dict(d_model=768, num_layers=12, num_heads=12, num_kv_heads=4, head_dim=64,
+                  mlp_dim=2048, max_seq_len=2048),
+    'base': dict(d_model=2048, num_layers=16, num_heads=32, num_kv_heads=8, head_dim=64,
+                 mlp_dim=8192, max_seq_len=4096),
+}
+
+
+def model_config(size: str, **overrides) -> ml_collections.ConfigDict:
+  """The `model` section for a preset; vocab_size 0 = taken from the tokenizer."""
+  if size not in PRESETS:
+    raise ValueError(f'Unknown size {size!r}; presets: {sorted(PRESETS)}.')
+  d = dict(vocab_size=0, rope_theta=10_000.0, qk_norm=False, qkv_bias=False,
+           tie_embeddings=True, norm_eps=1e-6, dtype='float32', param_dtype='float32',
+           init_std=0.02, layer_types=(), attention_impl='auto')
+  d.update(PRESETS[size])
+  d.update(overrides)
+  return ml_collections.ConfigDict(d)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every section a training run reads; experiment files override what differs."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.objective = 'ar'
+  c.model = model_config('test')
+  c.tokenizer = ml_collections.ConfigDict(dict(kind='byte', vocab_size=0, path=''))
+  c.data = ml_collections.ConfigDict(dict(
+      name='python_stdlib', glob='', data_dir='', text_key='text', seq_len=128,
+      batch_size=16, shuffle_seed=0, train_split='train', eval_split='validation'))
+  c.train = ml_collections.ConfigDict(dict(
+      steps=1000, learning_rate=3e-3, min_lr_ratio=0.1, warmup_steps=100,
+      weight_decay=0.1, b1=0.9, b2=0.95, eps=1e-8, grad_clip=1.0, grad_accum=1,
+      log_every=25, eval_every=250, eval_batches=8, checkpoint_every=250,
+      keep_checkpoints=3, async_checkpointing=True, progress_bar=True,
+      stop_after_steps=0))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  return c
