@@ -1,0 +1,72 @@
+"""Grouped-query self-attention with RoPE, optional qk-norm and qkv bias, and an explicit cache."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+import pallas_kernels.attention as attention_ops
+from models import cache as cache_lib
+from models import config as config_lib
+from models import layers
+
+
+class Attention(nn.Module):
+  """Self-attention over this call's tokens, or over the cache after writing them into it."""
+  cfg: config_lib.ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, mask_BxTxS: jax.Array,
+               kv: cache_lib.KVCache | None = None, slots_BxT: jax.Array | None = None
+               ) -> tuple[jax.Array, cache_lib.KVCache | None]:
+    """Args:
+      x_BxTxD: normalised input.
+      positions_BxT: RoPE positions.
+      mask_BxTxS: which keys each query sees; S = T without a cache, the cache size with one.
+      kv: this layer's cache, or None (training / no cache).
+      slots_BxT: sanitised write slots (required with `kv`).
+
+    Returns:
+      ([B, T, D] output, the updated KVCache or None).
+    """
+    cfg = self.cfg
+    D, H, K, Dh, dt = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.compute_dtype
+    init = nn.initializers.normal(cfg.init_std)
+    out_init = nn.initializers.normal(cfg.init_std / (2 * cfg.num_layers) ** 0.5)
+    wq = layers.logical_param(self, 'q', init, (D, H, Dh), ('embed', 'heads', 'head_dim'),
+                              cfg.weight_dtype)
+    wk = layers.logical_param(self, 'k', init, (D, K, Dh), ('embed', 'kv_heads', 'head_dim'),
+                              cfg.weight_dtype)
+    wv = layers.logical_param(self, 'v', init, (D, K, Dh), ('embed', 'kv_heads', 'head_dim'),
+                              cfg.weight_dtype)
+    wo = layers.logical_param(self, 'o', out_init, (H, Dh, D), ('heads', 'head_dim', 'embed'),
+                              cfg.weight_dtype)
+    x = x_BxTxD.astype(dt)
+    q_BxTxHxDh = jnp.einsum('BTD,DHd->BTHd', x, wq.astype(dt))
+    k_BxTxKxDh = jnp.einsum('BTD,DKd->BTKd', x, wk.astype(dt))
+    v_BxTxKxDh = jnp.einsum('BTD,DKd->BTKd', x, wv.astype(dt))
+    if cfg.qkv_bias:
+      zeros = nn.initializers.zeros
+      q_BxTxHxDh += layers.logical_param(self, 'q_bias', zeros, (H, Dh), ('heads', 'head_dim'),
+                                         cfg.weight_dtype).astype(dt)
+      k_BxTxKxDh += layers.logical_param(self, 'k_bias', zeros, (K, Dh),
+                                         ('kv_heads', 'head_dim'), cfg.weight_dtype).astype(dt)
+      v_BxTxKxDh += layers.logical_param(self, 'v_bias', zeros, (K, Dh),
+                                         ('kv_heads', 'head_dim'), cfg.weight_dtype).astype(dt)
+    if cfg.qk_norm:
+      q_BxTxHxDh = layers.RMSNorm(cfg.norm_eps, 'head_dim', cfg.weight_dtype,
+                                  name='q_norm')(q_BxTxHxDh)
+      k_BxTxKxDh = layers.RMSNorm(cfg.norm_eps, 'head_dim', cfg.weight_dtype,
+                                  name='k_norm')(k_BxTxKxDh)
+    q_BxTxHxDh = layers.rope(q_BxTxHxDh, positions_BxT, cfg.rope_theta)
+    k_BxTxKxDh = layers.rope(k_BxTxKxDh, positions_BxT, cfg.rope_theta)
+
+    if kv is not None:
+      kv = kv.write(k_BxTxKxDh, v_BxTxKxDh, slots_BxT)
+      keys_BxSxKxDh, values_BxSxKxDh = kv.k.astype(dt), kv.v.astype(dt)
+    else:
+      keys_BxSxKxDh, values_BxSxKxDh = k_BxTxKxDh, v_BxTxKxDh
+    out_BxTxHxDh = attention_ops.attention(q_BxTxHxDh, keys_BxSxKxDh, values_BxSxKxDh,
+                                           mask_BxTxS, scale=Dh ** -0.5, impl=cfg.attention_impl)
+    return jnp.einsum('BTHd,HdD->BTD', out_BxTxHxDh, wo.astype(dt)), kv

@@ -1,0 +1,144 @@
+"""The decoding cache: fixed-size buffers, per-row lengths, rollback and gather.
+
+Slots are not positions. A forward call writes the keys/values of its T tokens at
+`write_slots` and records each token's logical position per slot; RoPE and causal masking use
+positions, visibility uses slots:
+
+  a key at slot s is visible to the call  iff  s < lengths[b] (committed before the call)
+                                                or s is written by this call.
+
+After the call `lengths[b] = max(lengths[b], 1 + largest slot written)`: writes commit. A
+decoder rolls back with `truncate` (nothing is erased; stale slots past the length are simply
+invisible and get overwritten) and moves an accepted tree path into contiguous slots with
+`gather`. A token whose position or write slot is negative is padding: it is not written.
+
+Layout, per attention layer: k and v [B, S, K, Dh]; shared: positions [B, S] (-1 = never
+written) and lengths [B].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from models import config as config_lib
+
+KV_AXES = P('batch', 'cache_seq', 'kv_heads', 'head_dim')
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of one attention layer, [B, S, K, Dh] each."""
+  k: jax.Array
+  v: jax.Array
+
+  def write(self, k_BxTxKxDh: jax.Array, v_BxTxKxDh: jax.Array,
+            slots_BxT: jax.Array) -> 'KVCache':
+    """Writes at `slots` (already sanitised: out-of-range slots are dropped)."""
+    b_Bx1 = jnp.arange(slots_BxT.shape[0])[:, None]
+    k = self.k.at[b_Bx1, slots_BxT].set(k_BxTxKxDh.astype(self.k.dtype), mode='drop')
+    v = self.v.at[b_Bx1, slots_BxT].set(v_BxTxKxDh.astype(self.v.dtype), mode='drop')
+    return KVCache(k=k, v=v)
+
+  def gather(self, src_BxN: jax.Array, dst_BxN: jax.Array) -> 'KVCache':
+    """Copies slots src -> dst per row (dst out of range: dropped)."""
+    b_Bx1 = jnp.arange(src_BxN.shape[0])[:, None]
+    src = jnp.clip(src_BxN, 0, self.k.shape[1] - 1)
+    return KVCache(k=self.k.at[b_Bx1, dst_BxN].set(self.k[b_Bx1, src], mode='drop'),
+                   v=self.v.at[b_Bx1, dst_BxN].set(self.v[b_Bx1, src], mode='drop'))
+
+  def logical_axes(self) -> 'KVCache':
+    return KVCache(k=KV_AXES, v=KV_AXES)
+
+
+@flax.struct.dataclass
+class Cache:
+  """Per-layer state plus the slot bookkeeping shared by all layers."""
+  layers: tuple[Any, ...]
+  positions: jax.Array  # [B, S] int32, logical position stored at each slot, -1 if unwritten.
+  lengths: jax.Array  # [B] int32, committed slots per row.
+
+  @classmethod
+  def init(cls, cfg: config_lib.ModelConfig, batch_size: int, size: int,
+           dtype: Any = None) -> 'Cache':
+    """An empty cache of `size` slots for `batch_size` rows (K/V in `dtype`, default compute)."""
+    if size <= 0 or batch_size <= 0:
+      raise ValueError(f'Cache needs a positive batch and size, got {batch_size} and {size}.')
+    dtype = jnp.dtype(dtype or cfg.compute_dtype)
+    layers = []
+    for kind in cfg.layer_types:
+      if kind == config_lib.ATTENTION:
+        shape = (batch_size, size, cfg.num_kv_heads, cfg.head_dim)
+        layers.append(KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype)))
+      else:
+        raise ValueError(f'No cache for layer type {kind!r}.')
+    return cls(layers=tuple(layers),
+               positions=jnp.full((batch_size, size), -1, jnp.int32),
+               lengths=jnp.zeros((batch_size,), jnp.int32))
+
+  @property
+  def size(self) -> int:
+    return self.positions.shape[1]
+
+  @property
+  def batch_size(self) -> int:
+    return self.positions.shape[0]
+
+  def begin_write(self, positions_BxT: jax.Array, write_slots_BxT: jax.Array
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Bookkeeping for a call that writes T tokens.
+
+    Returns:
+      slots_BxT: where to write; padding (negative position or slot) and slots past the end
+        are mapped to S, which every write drops.
+      key_pos_BxS: the position held at each slot once this call has written.
+      key_valid_BxS: committed slots plus the slots this call writes.
+    """
+    B, S = self.positions.shape
+    bad = (positions_BxT < 0) | (write_slots_BxT < 0) | (write_slots_BxT >= S)
+    slots_BxT = jnp.where(bad, S, write_slots_BxT).astype(jnp.int32)
+    b_Bx1 = jnp.arange(B)[:, None]
+    key_pos_BxS = self.positions.at[b_Bx1, slots_BxT].set(positions_BxT.astype(jnp.int32),
+                                                          mode='drop')
+    written_BxS = jnp.zeros((B, S + 1), jnp.bool_).at[b_Bx1, slots_BxT].set(True)[:, :S]
+    key_valid_BxS = (jnp.arange(S)[None, :] < self.lengths[:, None]) | written_BxS
+    return slots_BxT, key_pos_BxS, key_valid_BxS
+
+  def end_write(self, layers: tuple[Any, ...], key_pos_BxS: jax.Array,
+                slots_BxT: jax.Array) -> 'Cache':
+    """The cache after the call: new layer states, positions recorded, lengths grown."""
+    written_end_B = jnp.max(jnp.where(slots_BxT < self.size, slots_BxT + 1, 0), axis=1)
+    return Cache(layers=layers, positions=key_pos_BxS,
+                 lengths=jnp.maximum(self.lengths, written_end_B).astype(jnp.int32))
+
+  def truncate(self, lengths_B: jax.Array) -> 'Cache':
+    """Rolls rows back to `lengths` (never grows a row)."""
+    lengths = jnp.minimum(self.lengths, jnp.asarray(lengths_B, jnp.int32))
+    return self.replace(lengths=lengths)
+
+  def gather(self, src_slots_BxN: jax.Array, dst_slots_BxN: jax.Array,
+             lengths_B: jax.Array | None = None) -> 'Cache':
+    """Moves slots src -> dst in every layer (a tree path into contiguous slots).
+
+    Entries with a negative src or dst are skipped. If `lengths` is given the rows are then
+    set to those lengths (e.g. prefix + accepted path).
+    """
+    skip = (src_slots_BxN < 0) | (dst_slots_BxN < 0)
+    dst = jnp.where(skip, self.size, dst_slots_BxN).astype(jnp.int32)
+    b_Bx1 = jnp.arange(src_slots_BxN.shape[0])[:, None]
+    src = jnp.clip(src_slots_BxN, 0, self.size - 1)
+    layers = tuple(layer.gather(src, dst) for layer in self.layers)
+    positions = self.positions.at[b_Bx1, dst].set(self.positions[b_Bx1, src], mode='drop')
+    out = self.replace(layers=layers, positions=positions)
+    if lengths_B is not None:
+      out = out.replace(lengths=jnp.asarray(lengths_B, jnp.int32))
+    return out
+
+  def logical_axes(self) -> 'Cache':
+    """Same structure, leaves are PartitionSpecs of logical axis names (for sharding)."""
+    return Cache(layers=tuple(layer.logical_axes() for layer in self.layers),
+                 positions=P('batch', 'cache_seq'), lengths=P('batch'))

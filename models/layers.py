@@ -1,0 +1,87 @@
+"""Building blocks: parameters with logical axis names, RMSNorm, RoPE, SwiGLU, embedding."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from models import config as config_lib
+
+
+def logical_param(module: nn.Module, name: str, init: Callable, shape: Sequence[int],
+                  axes: Sequence[str | None], dtype) -> jax.Array:
+  """A parameter that carries logical axis names (mapped to mesh axes by the rules)."""
+  assert len(axes) == len(shape), (name, shape, axes)
+  return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape), dtype)
+
+
+class RMSNorm(nn.Module):
+  """y = x / rms(x) * scale, computed in float32 (Llama convention: scale starts at 1)."""
+  eps: float = 1e-6
+  axis_name: str = 'embed'
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = logical_param(self, 'scale', nn.initializers.ones, (x.shape[-1],),
+                          (self.axis_name,), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (y * scale.astype(jnp.float32)).astype(x.dtype)
+
+
+def rope(x_BxTxNxDh: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.Array:
+  """Rotary embedding, rotate-half convention (as Llama/Qwen in transformers).
+
+  Frequencies theta^(-2i/Dh), i < Dh/2; the first and second halves of Dh form the pairs.
+  Negative (padding) positions are clamped to 0; their outputs are never attended to.
+  """
+  Dh = x_BxTxNxDh.shape[-1]
+  inv_freq = theta ** (-jnp.arange(0, Dh, 2, dtype=jnp.float32) / Dh)
+  pos_BxT = jnp.maximum(positions_BxT, 0).astype(jnp.float32)
+  angles_BxTx1xDh2 = (pos_BxT[..., None] * inv_freq)[:, :, None, :]
+  cos, sin = jnp.cos(angles_BxTx1xDh2), jnp.sin(angles_BxTx1xDh2)
+  x = x_BxTxNxDh.astype(jnp.float32)
+  x1, x2 = x[..., :Dh // 2], x[..., Dh // 2:]
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxTxNxDh.dtype)
+
+
+class MLP(nn.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+  cfg: config_lib.ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+    cfg = self.cfg
+    D, F, dt = cfg.d_model, cfg.mlp_dim, cfg.compute_dtype
+    init = nn.initializers.normal(cfg.init_std)
+    out_init = nn.initializers.normal(cfg.init_std / (2 * cfg.num_layers) ** 0.5)
+    w_gate = logical_param(self, 'gate', init, (D, F), ('embed', 'mlp'), cfg.weight_dtype)
+    w_up = logical_param(self, 'up', init, (D, F), ('embed', 'mlp'), cfg.weight_dtype)
+    w_down = logical_param(self, 'down', out_init, (F, D), ('mlp', 'embed'), cfg.weight_dtype)
+    x = x_BxTxD.astype(dt)
+    h_BxTxF = nn.silu(jnp.einsum('BTD,DF->BTF', x, w_gate.astype(dt)))
+    h_BxTxF = h_BxTxF * jnp.einsum('BTD,DF->BTF', x, w_up.astype(dt))
+    return jnp.einsum('BTF,FD->BTD', h_BxTxF, w_down.astype(dt))
+
+
+class Embedder(nn.Module):
+  """Token embedding [V, D]; `attend` is the tied output head."""
+  cfg: config_lib.ModelConfig
+
+  def setup(self):
+    cfg = self.cfg
+    self.embedding = logical_param(self, 'embedding', nn.initializers.normal(cfg.init_std),
+                                   (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'),
+                                   cfg.weight_dtype)
+
+  def __call__(self, tokens_BxT: jax.Array) -> jax.Array:
+    return jnp.take(self.embedding, tokens_BxT, axis=0).astype(self.cfg.compute_dtype)
+
+  def attend(self, x_BxTxD: jax.Array) -> jax.Array:
+    dt = self.cfg.compute_dtype
+    return jnp.einsum('BTD,VD->BTV', x_BxTxD.astype(dt), self.embedding.astype(dt))

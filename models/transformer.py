@@ -1,0 +1,151 @@
+"""The decoder-only Transformer and its forward contract (see DESIGN.md, 'The model contract').
+
+  out = model.apply({'params': p}, tokens_BxT, positions_BxT,
+                    cache=cache, write_slots_BxT=..., attn_mask=..., inputs_embeds_BxTxD=...,
+                    layer_range=(lo, hi), return_hidden=False)
+  out.logits_BxTxV, out.cache, out.hidden, out.last_hidden_BxTxD
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from models import attention as attention_lib
+from models import cache as cache_lib
+from models import config as config_lib
+from models import layers
+from models import masks
+
+
+@flax.struct.dataclass
+class ModelOutput:
+  """What a forward call returns.
+
+  logits_BxTxV: float32 logits of the head applied after the last layer that ran.
+  cache: the updated cache (None when none was passed).
+  hidden: when `return_hidden`, the residual stream entering the first layer run, then after
+    each layer run (hi - lo + 1 arrays [B, T, D], before the final norm); else None.
+  last_hidden_BxTxD: the final-normed hidden state the head reads (Coconut's latent thought).
+  """
+  logits_BxTxV: jax.Array
+  cache: cache_lib.Cache | None
+  hidden: tuple[jax.Array, ...] | None
+  last_hidden_BxTxD: jax.Array
+
+
+class Block(nn.Module):
+  """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(x))."""
+  cfg: config_lib.ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, layer_cache, slots_BxT):
+    cfg = self.cfg
+    norm = lambda name: layers.RMSNorm(cfg.norm_eps, 'embed', cfg.weight_dtype, name=name)
+    h_BxTxD, layer_cache = attention_lib.Attention(cfg, name='attn')(
+        norm('attn_norm')(x_BxTxD), positions_BxT, mask_BxTxS, layer_cache, slots_BxT)
+    x_BxTxD = x_BxTxD + h_BxTxD
+    x_BxTxD = x_BxTxD + layers.MLP(cfg, name='mlp')(norm('mlp_norm')(x_BxTxD))
+    return x_BxTxD, layer_cache
+
+
+class Transformer(nn.Module):
+  """Decoder LM / bidirectional denoiser (same weights, different mask)."""
+  cfg: config_lib.ModelConfig
+
+  @nn.compact
+  def __call__(self,
+               tokens_BxT: jax.Array | None,
+               positions_BxT: jax.Array | None = None,
+               cache: cache_lib.Cache | None = None,
+               write_slots_BxT: jax.Array | None = None,
+               attn_mask: masks.MaskSpec = None,
+               inputs_embeds_BxTxD: jax.Array | None = None,
+               layer_range: tuple[int, int] | None = None,
+               return_hidden: bool = False) -> ModelOutput:
+    """Runs layers [lo, hi) over T tokens.
+
+    Args:
+      tokens_BxT: int token ids; may be None when `inputs_embeds_BxTxD` is given.
+      positions_BxT: logical positions for RoPE and position-based masks (default
+        0..T-1). A negative position marks a padding token: never attended to, never written.
+      cache: a `Cache` to attend over and write into, or None (training).
+      write_slots_BxT: cache slots to write (default: the positions).
+      attn_mask: see `models.masks` (None = causal by positions).
+      inputs_embeds_BxTxD: replaces the token embedding (soft tokens, latent thoughts). When
+        lo > 0 it is the residual stream entering layer lo, and is required.
+      layer_range: (lo, hi), static; default all layers. The final norm and head are applied
+        after layer hi - 1 (early exit).
+      return_hidden: also return the per-layer residual stream.
+    """
+    cfg = self.cfg
+    lo, hi = layer_range if layer_range is not None else (0, cfg.num_layers)
+    if not 0 <= lo < hi <= cfg.num_layers:
+      raise ValueError(f'layer_range {layer_range} must satisfy 0 <= lo < hi <= '
+                       f'{cfg.num_layers}.')
+    embedder = layers.Embedder(cfg, name='embed')
+    if inputs_embeds_BxTxD is not None:
+      x_BxTxD = inputs_embeds_BxTxD.astype(cfg.compute_dtype)
+    elif lo > 0:
+      raise ValueError('layer_range starting after layer 0 needs inputs_embeds_BxTxD: the '
+                       f'residual stream entering layer {lo}.')
+    elif tokens_BxT is None:
+      raise ValueError('Pass tokens_BxT or inputs_embeds_BxTxD.')
+    else:
+      x_BxTxD = embedder(tokens_BxT)
+    B, T = x_BxTxD.shape[:2]
+    if positions_BxT is None:
+      positions_BxT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    positions_BxT = positions_BxT.astype(jnp.int32)
+
+    if cache is None:
+      slots_BxT = None
+      key_pos_BxS, key_valid_BxS = positions_BxT, positions_BxT >= 0
+    else:
+      if write_slots_BxT is None:
+        write_slots_BxT = positions_BxT
+      slots_BxT, key_pos_BxS, key_valid_BxS = cache.begin_write(positions_BxT, write_slots_BxT)
+    mask_BxTxS = masks.build_mask(positions_BxT, key_pos_BxS, key_valid_BxS, attn_mask)
+
+    hidden = [x_BxTxD]
+    new_layers: list[Any] = list(cache.layers) if cache is not None else []
+    for i in range(lo, hi):
+      layer_cache = cache.layers[i] if cache is not None else None
+      x_BxTxD, layer_cache = Block(cfg, name=f'layer_{i}')(
+          x_BxTxD, positions_BxT, mask_BxTxS, layer_cache, slots_BxT)
+      if cache is not None:
+        new_layers[i] = layer_cache
+      hidden.append(x_BxTxD)
+
+    last_hidden_BxTxD = layers.RMSNorm(cfg.norm_eps, 'embed', cfg.weight_dtype,
+                                       name='final_norm')(x_BxTxD)
+    if cfg.tie_embeddings:
+      logits_BxTxV = embedder.attend(last_hidden_BxTxD)
+    else:
+      w = layers.logical_param(self, 'lm_head', nn.initializers.normal(cfg.init_std),
+                               (cfg.d_model, cfg.vocab_size), ('embed', 'vocab'),
+                               cfg.weight_dtype)
+      logits_BxTxV = jnp.einsum('BTD,DV->BTV', last_hidden_BxTxD,
+                                w.astype(cfg.compute_dtype))
+    new_cache = None
+    if cache is not None:
+      new_cache = cache.end_write(tuple(new_layers), key_pos_BxS, slots_BxT)
+    return ModelOutput(logits_BxTxV=logits_BxTxV.astype(jnp.float32), cache=new_cache,
+                       hidden=tuple(hidden) if return_hidden else None,
+                       last_hidden_BxTxD=last_hidden_BxTxD)
+
+
+def init_params(model: Transformer, rng: jax.Array, seq_len: int = 8) -> Any:
+  """Initialises parameters (plain arrays; logical axes via `logical_axes`)."""
+  tokens = jnp.zeros((1, seq_len), jnp.int32)
+  return nn.unbox(model.init(rng, tokens))['params']
+
+
+def logical_axes(model: Transformer) -> Any:
+  """The params tree with PartitionSpecs of logical axis names as leaves."""
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))
+  return nn.get_partition_spec(abstract)['params']

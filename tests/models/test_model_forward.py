@@ -1,0 +1,247 @@
+"""Properties of the forward contract: cache == full forward, causality, masks, slots."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import jit_apply, small_config
+from models import BlockCausal, Cache, Transformer, init_params, local_to_cache_mask, tree_mask
+
+TOL = 2e-5  # fp32 logits: different but equivalent summation orders.
+
+
+class _Model:
+  """A Transformer whose `apply` is jitted (see conftest.jit_apply)."""
+
+  def __init__(self, cfg):
+    self.module, self.cfg = Transformer(cfg), cfg
+    self._apply = jit_apply(self.module)
+
+  def apply(self, variables, *args, **kwargs):
+    return self._apply(variables['params'], *args, **kwargs)
+
+
+def _setup(cfg, seed=0):
+  model = _Model(cfg)
+  return model, init_params(model.module, jax.random.key(seed))
+
+
+def _tokens(B, T, V, seed=1):
+  return jax.random.randint(jax.random.key(seed), (B, T), 0, V)
+
+
+@pytest.mark.parametrize('overrides', [
+    dict(), dict(qk_norm=True), dict(qkv_bias=True, tie_embeddings=False),
+    dict(num_kv_heads=4), dict(num_kv_heads=1)], ids=['base', 'qknorm', 'bias-untied', 'mha',
+                                                       'mqa'])
+def test_cache_decode_equals_full_forward(overrides):
+  cfg = small_config(**overrides)
+  model, params = _setup(cfg)
+  toks = _tokens(2, 12, cfg.vocab_size)
+  full = model.apply({'params': params}, toks).logits_BxTxV
+  cache = Cache.init(cfg, 2, 20)
+  out = model.apply({'params': params}, toks[:, :5], cache=cache)  # chunked prefill
+  logits, cache = [out.logits_BxTxV], out.cache
+  out = model.apply({'params': params}, toks[:, 5:8], jnp.arange(5, 8)[None].repeat(2, 0),
+                    cache=cache)
+  logits.append(out.logits_BxTxV)
+  cache = out.cache
+  for t in range(8, 12):  # token by token
+    out = model.apply({'params': params}, toks[:, t:t + 1], jnp.full((2, 1), t), cache=cache)
+    logits.append(out.logits_BxTxV)
+    cache = out.cache
+  np.testing.assert_allclose(jnp.concatenate(logits, 1), full, atol=TOL, rtol=0)
+  np.testing.assert_array_equal(cache.lengths, [12, 12])
+
+
+def _dependence(model, params, T, mask, dtype=jnp.float32):
+  """dep[t, u] = whether logits at t depend on the input embedding at u (via the Jacobian)."""
+  cfg = model.cfg
+  emb = jax.random.normal(jax.random.key(3), (1, T, cfg.d_model), dtype)
+
+  def f(e):
+    return model.module.apply({'params': params}, None, inputs_embeds_BxTxD=e,
+                              attn_mask=mask).logits_BxTxV.sum(-1)[0]
+
+  jac = jax.jit(jax.jacrev(f))(emb)[:, 0]  # [T, T, D]
+  return np.asarray(jnp.abs(jac).sum(-1) > 0)
+
+
+def test_causality_through_gradients(cfg):
+  model, params = _setup(cfg)
+  dep = _dependence(model, params, 6, None)
+  np.testing.assert_array_equal(dep, np.tril(np.ones((6, 6), bool)))
+
+
+def test_bidirectional_sees_everything(cfg):
+  model, params = _setup(cfg)
+  assert _dependence(model, params, 6, 'bidirectional').all()
+
+
+def test_block_causal_mask(cfg):
+  model, params = _setup(cfg)
+  dep = _dependence(model, params, 6, BlockCausal(2))
+  blocks = np.arange(6) // 2
+  np.testing.assert_array_equal(dep, blocks[None, :] <= blocks[:, None])
+
+
+def test_explicit_mask_matches_named_modes(cfg):
+  model, params = _setup(cfg)
+  toks = _tokens(2, 7, cfg.vocab_size)
+  causal = model.apply({'params': params}, toks).logits_BxTxV
+  explicit = model.apply({'params': params}, toks,
+                         attn_mask=jnp.tril(jnp.ones((7, 7), bool))).logits_BxTxV
+  np.testing.assert_array_equal(causal, explicit)
+  with pytest.raises(ValueError, match='expected'):
+    model.apply({'params': params}, toks, attn_mask=jnp.ones((7, 6), bool))
+  with pytest.raises(ValueError, match='Unknown attention mask mode'):
+    model.apply({'params': params}, toks, attn_mask='sideways')
+
+
+def test_tree_attention_equals_each_path_as_a_sequence(cfg):
+  """A token tree verified in one forward gives each node the logits of its own path."""
+  model, params = _setup(cfg)
+  prefix = _tokens(1, 4, cfg.vocab_size)[0]
+  #        node: 0  1  2  3  4  5
+  parents = jnp.array([-1, 0, 0, 1, 1, 2])
+  depth = np.array([0, 1, 1, 2, 2, 2])
+  nodes = _tokens(1, 6, cfg.vocab_size, seed=5)[0]
+  cache = Cache.init(cfg, 1, 16)
+  cache = model.apply({'params': params}, prefix[None], cache=cache).cache
+  slots = 4 + jnp.arange(6)[None]
+  mask = local_to_cache_mask(tree_mask(parents)[None], slots, cache.lengths, 16)
+  out = model.apply({'params': params}, nodes[None], jnp.asarray(4 + depth)[None], cache=cache,
+                    write_slots_BxT=slots, attn_mask=mask).logits_BxTxV[0]
+  for i in range(6):
+    path, j = [], i
+    while j >= 0:
+      path.append(int(nodes[j]))
+      j = int(parents[j])
+    seq = jnp.concatenate([prefix, jnp.asarray(path[::-1])])
+    ref = model.apply({'params': params}, seq[None]).logits_BxTxV[0, -1]
+    np.testing.assert_allclose(out[i], ref, atol=TOL)
+
+
+def test_permuted_write_slots_give_same_logits(cfg):
+  model, params = _setup(cfg)
+  toks = _tokens(1, 8, cfg.vocab_size)
+  pos = jnp.arange(8)[None]
+  ref = model.apply({'params': params}, toks, pos, cache=Cache.init(cfg, 1, 8)).logits_BxTxV
+  perm = jnp.array([[5, 2, 7, 0, 3, 6, 1, 4]])
+  out = model.apply({'params': params}, toks, pos, cache=Cache.init(cfg, 1, 8),
+                    write_slots_BxT=perm)
+  np.testing.assert_allclose(out.logits_BxTxV, ref, atol=TOL)
+  np.testing.assert_array_equal(out.cache.positions[0, perm[0]], np.arange(8))
+  # Continue decoding on top of the permuted cache: same as on the ordered one.
+  nxt = _tokens(1, 1, cfg.vocab_size, seed=9)
+  big = Cache.init(cfg, 1, 9)
+  a = model.apply({'params': params}, toks, pos, cache=big)
+  a = model.apply({'params': params}, nxt, jnp.array([[8]]), cache=a.cache).logits_BxTxV
+  b = model.apply({'params': params}, toks, pos, cache=big, write_slots_BxT=perm)
+  b = model.apply({'params': params}, nxt, jnp.array([[8]]), cache=b.cache).logits_BxTxV
+  np.testing.assert_allclose(a, b, atol=TOL)
+
+
+@pytest.mark.parametrize('mask', [None, 'bidirectional', BlockCausal(3)],
+                         ids=['causal', 'bidirectional', 'block'])
+def test_padding_never_leaks(cfg, mask):
+  """Rows padded with negative positions give the logits of the unpadded rows."""
+  model, params = _setup(cfg)
+  toks = _tokens(2, 9, cfg.vocab_size)
+  lengths = [9, 5]
+  pos = jnp.where(jnp.arange(9)[None] < jnp.array(lengths)[:, None], jnp.arange(9)[None], -1)
+  garbage = toks.at[1, 5:].set(cfg.vocab_size - 1)
+  out = model.apply({'params': params}, garbage, pos, attn_mask=mask).logits_BxTxV
+  for b, n in enumerate(lengths):
+    ref = model.apply({'params': params}, toks[b:b + 1, :n], attn_mask=mask).logits_BxTxV[0]
+    np.testing.assert_allclose(out[b, :n], ref, atol=TOL)
+
+
+def test_truncate_rolls_back(cfg):
+  model, params = _setup(cfg)
+  toks = _tokens(2, 10, cfg.vocab_size)
+  cache = model.apply({'params': params}, toks, cache=Cache.init(cfg, 2, 16)).cache
+  cache = cache.truncate(jnp.array([6, 4]))
+  nxt = _tokens(2, 1, cfg.vocab_size, seed=11)
+  out = model.apply({'params': params}, nxt, jnp.array([[6], [4]]), cache=cache).logits_BxTxV
+  for b, n in enumerate([6, 4]):
+    seq = jnp.concatenate([toks[b, :n], nxt[b]])[None]
+    ref = model.apply({'params': params}, seq).logits_BxTxV[0, -1]
+    np.testing.assert_allclose(out[b, 0], ref, atol=TOL)
+
+
+def test_gather_moves_tree_path_into_contiguous_slots(cfg):
+  model, params = _setup(cfg)
+  prefix = _tokens(1, 3, cfg.vocab_size)
+  nodes = _tokens(1, 4, cfg.vocab_size, seed=4)
+  parents = jnp.array([-1, 0, 0, 2])  # accepted path: nodes 0 -> 2 -> 3
+  depth = jnp.array([[0, 1, 1, 2]])
+  cache = model.apply({'params': params}, prefix, cache=Cache.init(cfg, 1, 12)).cache
+  slots = 3 + jnp.arange(4)[None]
+  mask = local_to_cache_mask(tree_mask(parents)[None], slots, cache.lengths, 12)
+  cache = model.apply({'params': params}, nodes, 3 + depth, cache=cache,
+                      write_slots_BxT=slots, attn_mask=mask).cache
+  cache = cache.gather(jnp.array([[3, 5, 6]]), jnp.array([[3, 4, 5]]), jnp.array([6]))
+  nxt = _tokens(1, 1, cfg.vocab_size, seed=12)
+  out = model.apply({'params': params}, nxt, jnp.array([[6]]), cache=cache).logits_BxTxV[0, 0]
+  seq = jnp.concatenate([prefix[0], nodes[0, jnp.array([0, 2, 3])], nxt[0]])[None]
+  ref = model.apply({'params': params}, seq).logits_BxTxV[0, -1]
+  np.testing.assert_allclose(out, ref, atol=TOL)
+
+
+def test_layer_range_and_hidden_states(cfg):
+  cfg = small_config(num_layers=3)
+  model, params = _setup(cfg)
+  toks = _tokens(2, 6, cfg.vocab_size)
+  full = model.apply({'params': params}, toks, return_hidden=True)
+  assert len(full.hidden) == 4 and full.hidden[0].shape == (2, 6, cfg.d_model)
+  low = model.apply({'params': params}, toks, layer_range=(0, 1), return_hidden=True)
+  high = model.apply({'params': params}, None, inputs_embeds_BxTxD=low.hidden[-1],
+                     layer_range=(1, 3))
+  np.testing.assert_allclose(high.logits_BxTxV, full.logits_BxTxV, atol=TOL)
+  np.testing.assert_allclose(low.hidden[-1], full.hidden[1], atol=TOL)
+  with pytest.raises(ValueError, match='inputs_embeds'):
+    model.apply({'params': params}, toks, layer_range=(1, 3))
+  with pytest.raises(ValueError, match='layer_range'):
+    model.apply({'params': params}, toks, layer_range=(2, 5))
+
+
+def test_inputs_embeds_equal_token_embedding(cfg):
+  model, params = _setup(cfg)
+  toks = _tokens(2, 5, cfg.vocab_size)
+  emb = params['embed']['embedding'][toks]
+  a = model.apply({'params': params}, toks).logits_BxTxV
+  b = model.apply({'params': params}, None, inputs_embeds_BxTxD=emb).logits_BxTxV
+  np.testing.assert_array_equal(a, b)
+
+
+def test_jit_equals_no_jit_and_batch_invariance(cfg):
+  model, params = _setup(cfg)
+  toks = _tokens(3, 7, cfg.vocab_size)
+  eager = model.module.apply({'params': params}, toks).logits_BxTxV
+  jitted = model.apply({'params': params}, toks).logits_BxTxV
+  np.testing.assert_allclose(eager, jitted, atol=TOL)
+  alone = model.apply({'params': params}, toks[1:2]).logits_BxTxV
+  np.testing.assert_allclose(eager[1:2], alone, atol=TOL)
+
+
+def test_bf16_compute_stays_close_to_fp32(cfg):
+  model, params = _setup(cfg)
+  toks = _tokens(2, 8, cfg.vocab_size)
+  ref = model.apply({'params': params}, toks).logits_BxTxV
+  bf16 = _Model(small_config(dtype='bfloat16')).apply({'params': params}, toks).logits_BxTxV
+  assert bf16.dtype == jnp.float32
+  assert float(jnp.max(jnp.abs(bf16 - ref))) < 0.05 * float(jnp.max(jnp.abs(ref))) + 0.05
+
+
+def test_config_errors():
+  with pytest.raises(ValueError, match='divisible by model.num_kv_heads'):
+    small_config(num_heads=4, num_kv_heads=3)
+  with pytest.raises(ValueError, match='positive integer'):
+    small_config(d_model=0)
+  with pytest.raises(ValueError, match='layer_types'):
+    small_config(layer_types=('attention',))
+  from models import ModelConfig
+  with pytest.raises(ValueError, match='Unknown model config keys'):
+    ModelConfig.from_dict(dict(small_config().to_dict(), wat=1))
