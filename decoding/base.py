@@ -1,0 +1,128 @@
+"""What every decoder shares: the models it runs, its result and statistics, and prefill.
+
+A decoder is a frozen dataclass of its settings (hashable: it is a static jit argument) with a
+pure `generate` that runs one `jax.lax.while_loop` with fixed shapes:
+
+  result = decoder.generate(models, params, prompt_BxP, prompt_len_B, row_keys_B,
+                            max_new_tokens=N, cache_size=S, eos_id=e)
+
+`models` holds the Flax modules (static), `params` the matching parameter trees
+({'target': ..., 'draft': ...}). Prompts are right-padded; row b's prompt is
+prompt_BxP[b, :prompt_len_B[b]].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from decoding import sampling as sampling_lib
+from models import cache as cache_lib
+from models import transformer as transformer_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Models:
+  """The modules a decoder runs: the target plus named extras (draft model, heads...)."""
+  target: transformer_lib.Transformer
+  extras: tuple[tuple[str, Any], ...] = ()
+
+  def __getitem__(self, name: str) -> Any:
+    if name == 'target':
+      return self.target
+    for key, module in self.extras:
+      if key == name:
+        return module
+    raise KeyError(f'No model {name!r}; have {["target"] + [k for k, _ in self.extras]}.')
+
+
+@flax.struct.dataclass
+class DecodeResult:
+  """Tokens and the statistics every decoder reports (DESIGN.md, 'The decoding contract').
+
+  tokens_BxN: generated tokens, padded with `pad_id` after each row's end (EOS included).
+  num_generated_B: tokens generated per row.
+  target_forwards_B: target forward passes while the row was active (prefill included).
+  other_forwards_B: draft / head / auxiliary forward passes.
+  step_tokens_hist_BxM: steps that committed exactly m tokens (m = 0..M-1).
+  extra: decoder-specific statistics (e.g. acceptance by draft position), arrays [B, ...].
+  """
+  tokens_BxN: jax.Array
+  num_generated_B: jax.Array
+  target_forwards_B: jax.Array
+  other_forwards_B: jax.Array
+  step_tokens_hist_BxM: jax.Array
+  extra: dict[str, jax.Array] = flax.struct.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoder:
+  """Base class: settings are dataclass fields; subclasses implement `generate`."""
+  name: ClassVar[str] = ''
+  family: ClassVar[str] = ''
+  lossless: ClassVar[bool] = True
+  sampling: sampling_lib.SamplingConfig = sampling_lib.SamplingConfig()
+
+  def extra_models(self) -> dict[str, str]:
+    """Extra models to load: {name: workdir} (e.g. a draft model). Default none."""
+    return {}
+
+  def extra_cache_slots(self, max_new_tokens: int) -> int:
+    """Cache slots needed beyond prompt + max_new_tokens (drafts, tree nodes). Default 0."""
+    del max_new_tokens
+    return 0
+
+  def generate(self, models: Models, params: dict[str, Any], prompt_BxP: jax.Array,
+               prompt_len_B: jax.Array, row_keys_B: jax.Array, *, max_new_tokens: int,
+               cache_size: int, eos_id: int, pad_id: int) -> DecodeResult:
+    raise NotImplementedError
+
+
+def prompt_positions(prompt_BxP: jax.Array, prompt_len_B: jax.Array) -> jax.Array:
+  """Positions 0..len-1 for prompt tokens and -1 (padding) after each row's length."""
+  t_1xP = jnp.arange(prompt_BxP.shape[1], dtype=jnp.int32)[None, :]
+  return jnp.where(t_1xP < prompt_len_B[:, None], t_1xP, -1)
+
+
+def prefill(model: transformer_lib.Transformer, params: Any, prompt_BxP: jax.Array,
+            prompt_len_B: jax.Array, cache: cache_lib.Cache, **kwargs
+            ) -> tuple[jax.Array, cache_lib.Cache, transformer_lib.ModelOutput]:
+  """Runs the prompts through `model` into `cache`.
+
+  Returns (logits at each row's last prompt token [B, V], the cache with lengths = prompt
+  lengths, the full model output).
+  """
+  out = model.apply({'params': params}, prompt_BxP, prompt_positions(prompt_BxP, prompt_len_B),
+                    cache=cache, **kwargs)
+  last_B = jnp.maximum(prompt_len_B - 1, 0)
+  logits_BxV = jnp.take_along_axis(out.logits_BxTxV, last_B[:, None, None], axis=1)[:, 0]
+  return logits_BxV, out.cache, out
+
+
+def write_tokens(tokens_BxN: jax.Array, new_BxK: jax.Array, start_B: jax.Array,
+                 count_B: jax.Array) -> jax.Array:
+  """Writes new[b, :count[b]] at tokens[b, start[b]:] (the rest of new is dropped)."""
+  B, K = new_BxK.shape
+  N = tokens_BxN.shape[1]
+  k_1xK = jnp.arange(K)[None, :]
+  idx_BxK = jnp.where(k_1xK < count_B[:, None], start_B[:, None] + k_1xK, N)
+  return tokens_BxN.at[jnp.arange(B)[:, None], idx_BxK].set(new_BxK, mode='drop')
+
+
+def truncate_at_eos(new_BxK: jax.Array, count_B: jax.Array, room_B: jax.Array, eos_id: int
+                    ) -> tuple[jax.Array, jax.Array]:
+  """Cuts each row's `count` new tokens at the first EOS (kept) and at `room` tokens.
+
+  Returns (count after cutting [B], whether the row hit EOS [B]).
+  """
+  K = new_BxK.shape[1]
+  k_1xK = jnp.arange(K)[None, :]
+  is_eos_BxK = (new_BxK == eos_id) & (k_1xK < count_B[:, None])
+  first_eos_B = jnp.where(is_eos_BxK.any(1), jnp.argmax(is_eos_BxK, axis=1) + 1, K + 1)
+  count_B = jnp.minimum(jnp.minimum(count_B, first_eos_B), room_B)
+  hit_eos_B = is_eos_BxK.any(1) & (first_eos_B <= count_B)
+  return count_B, hit_eos_B

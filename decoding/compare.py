@@ -1,0 +1,102 @@
+"""Run several decoders on the same prompts and compare them (used by sample.py, benchmarks).
+
+Extra models a decoder asks for (`Decoder.extra_models()`, e.g. a draft workdir) are loaded
+through the `load_extra(workdir) -> (module, params)` callback, so this module does not depend
+on how checkpoints are stored.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import ml_collections
+
+from decoding import base
+from decoding import registry
+from decoding import runner
+from decoding import sampling as sampling_lib
+
+Results = dict[str, tuple[list[runner.RowOutput], runner.RunStats]]
+
+
+def merged_settings(names: Sequence[str]) -> ml_collections.ConfigDict:
+  """The union of the settings of `names` (for --decoder_config.*); unknown names fail."""
+  merged: dict[str, Any] = {}
+  for name in names:
+    merged.update(registry.default_settings(name).to_dict())
+  c = ml_collections.ConfigDict(merged)
+  c.lock()
+  return c
+
+
+def build_decoders(names: Sequence[str], settings: ml_collections.ConfigDict,
+                   overridden: Sequence[str], sampling: sampling_lib.SamplingConfig
+                   ) -> list[base.Decoder]:
+  """Builds each decoder with only the settings the user overrode that it has."""
+  decoders, used = [], set()
+  for name in names:
+    fields = {f.name for f in registry.settings_fields(name)}
+    chosen = {k: settings[k] for k in overridden if k in fields}
+    used.update(chosen)
+    decoders.append(registry.build(name, chosen, sampling))
+  unused = sorted(set(overridden) - used)
+  if unused:
+    raise ValueError(f'--decoder_config keys {unused} belong to none of {list(names)}.')
+  return decoders
+
+
+def default_cache_size(prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                       decoders: Sequence[base.Decoder], multiple: int = 64) -> int:
+  need = max(len(p) for p in prompts) + max_new_tokens + max(
+      d.extra_cache_slots(max_new_tokens) for d in decoders)
+  return int(math.ceil(need / multiple) * multiple)
+
+
+def run_all(decoders: Sequence[base.Decoder], target: Any, target_params: Any,
+            prompts: Sequence[Sequence[int]], *, eos_id: int, pad_id: int, max_new_tokens: int,
+            cache_size: int = 0, seed: int = 0, batch_size: int | None = None, mesh=None,
+            load_extra: Callable[[str], tuple[Any, Any]] | None = None) -> Results:
+  """Runs every decoder on the same prompts; cache_size 0 = just enough for all of them."""
+  cache_size = cache_size or default_cache_size(prompts, max_new_tokens, decoders)
+  results: Results = {}
+  for dec in decoders:
+    extras, params = [], {'target': target_params}
+    for name, workdir in dec.extra_models().items():
+      if load_extra is None:
+        raise ValueError(f'Decoder {dec.name!r} needs model {name!r} but no loader was given.')
+      module, extra_params = load_extra(workdir)
+      extras.append((name, module))
+      params[name] = extra_params
+    models = base.Models(target=target, extras=tuple(extras))
+    key = dec.name if dec.name not in results else f'{dec.name}#{len(results)}'
+    results[key] = runner.run_decoder(dec, models, params, prompts,
+                                      max_new_tokens=max_new_tokens, cache_size=cache_size,
+                                      eos_id=eos_id, pad_id=pad_id, seed=seed,
+                                      batch_size=batch_size, mesh=mesh)
+  return results
+
+
+def row_json(name: str, row: runner.RowOutput, stats: runner.RunStats, tokenizer) -> dict:
+  return {'decoder': name, 'prompt_index': row.index, 'prompt': tokenizer.decode(row.prompt),
+          'text': tokenizer.decode(row.tokens), 'token_ids': row.tokens,
+          'stats': {'generated': len(row.tokens), 'target_forwards': row.target_forwards,
+                    'other_forwards': row.other_forwards, 'tau': row.tau,
+                    'step_tokens_hist': row.step_tokens_hist, **row.extra},
+          'run': {k: v for k, v in stats.as_dict().items() if k not in ('extra',)}}
+
+
+def comparison_table(results: Results) -> str:
+  """A markdown table: one line per decoder, speedup against the first decoder."""
+  header = ('| decoder | family | lossless | generated | target fwd | other fwd | tau '
+            '| tokens/s | speedup | compile s |')
+  lines = [header, '|' + '---|' * 10]
+  ref = None
+  for name, (_, s) in results.items():
+    cls = registry.get(s.decoder)
+    ref = ref or s.tokens_per_s
+    lines.append(f'| {name} | {cls.family} | {"yes" if cls.lossless else "no"} | {s.generated} '
+                 f'| {s.target_forwards} | {s.other_forwards} | {s.tau:.2f} '
+                 f'| {s.tokens_per_s:.1f} | {s.tokens_per_s / max(ref, 1e-9):.2f}x '
+                 f'| {s.compile_time_s:.1f} |')
+  return '\n'.join(lines)

@@ -1,0 +1,86 @@
+"""The decoder registry: `@register` a Decoder subclass; build one by name from settings.
+
+  sample.py --decoder=NAME --decoder_config.FIELD=VALUE
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, TypeVar
+
+import ml_collections
+
+from decoding import base
+from decoding import sampling as sampling_lib
+
+_DECODERS: dict[str, type[base.Decoder]] = {}
+D = TypeVar('D', bound=type)
+
+
+def register(cls: D) -> D:
+  """Class decorator: registers a Decoder subclass under its `name`."""
+  if not cls.name:
+    raise ValueError(f'{cls.__name__} needs a non-empty class attribute `name`.')
+  if cls.name in _DECODERS and _DECODERS[cls.name] is not cls:
+    raise ValueError(f'Decoder name {cls.name!r} is registered twice.')
+  _DECODERS[cls.name] = cls
+  return cls
+
+
+def names() -> list[str]:
+  return sorted(_DECODERS)
+
+
+def get(name: str) -> type[base.Decoder]:
+  if name not in _DECODERS:
+    raise ValueError(f'Unknown decoder {name!r}; registered decoders: {names()}. '
+                     'See `python sample.py --list_decoders`.')
+  return _DECODERS[name]
+
+
+def settings_fields(name: str) -> list[dataclasses.Field]:
+  return [f for f in dataclasses.fields(get(name)) if f.name != 'sampling']
+
+
+def default_settings(name: str) -> ml_collections.ConfigDict:
+  """A locked ConfigDict of the decoder's settings (its dataclass fields but `sampling`)."""
+  values = {}
+  for f in settings_fields(name):
+    if f.default is not dataclasses.MISSING:
+      values[f.name] = f.default
+    elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+      values[f.name] = f.default_factory()  # type: ignore[misc]
+    else:
+      values[f.name] = None
+  c = ml_collections.ConfigDict(values)
+  c.lock()
+  return c
+
+
+def build(name: str, settings: Mapping[str, Any] | None = None,
+          sampling: sampling_lib.SamplingConfig | None = None) -> base.Decoder:
+  """Instantiates decoder `name` with `settings` (unknown keys are an error)."""
+  cls = get(name)
+  settings = dict(settings or {})
+  known = {f.name for f in settings_fields(name)}
+  unknown = sorted(set(settings) - known)
+  if unknown:
+    raise ValueError(f'Unknown settings {unknown} for decoder {name!r}; known: {sorted(known)}.')
+  for f in settings_fields(name):
+    if isinstance(settings.get(f.name), list):
+      settings[f.name] = tuple(settings[f.name])
+  return cls(sampling=sampling or sampling_lib.SamplingConfig(), **settings)
+
+
+def describe() -> str:
+  """One line per decoder: name, family, lossless or not, and its settings."""
+  lines = []
+  for name in names():
+    cls = _DECODERS[name]
+    doc = (cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''
+    fields = ', '.join(f'{f.name}={f.default!r}' for f in settings_fields(name)
+                       if f.default is not dataclasses.MISSING)
+    kind = 'lossless' if cls.lossless else 'lossy'
+    lines.append(f'{name:24s} [{cls.family}, {kind}] {doc}' + (f'\n{"":26s}settings: {fields}'
+                                                               if fields else ''))
+  return '\n'.join(lines)

@@ -1,0 +1,189 @@
+"""Host-side driver: validate prompts, batch and pad them, compile once, time, collect stats.
+
+  rows, stats = run_decoder(decoder, models, params, prompts, max_new_tokens=64,
+                            cache_size=1024, eos_id=tok.eos_id, pad_id=tok.pad_id)
+
+Compilation is done ahead of time and timed separately; `wall_time_s` and `tokens_per_s`
+cover execution only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from decoding import base
+from models import sharding as sharding_lib
+from models import transformer as transformer_lib
+
+
+@dataclasses.dataclass
+class RowOutput:
+  """One prompt's result. `tokens` excludes padding; EOS, if generated, is the last token."""
+  index: int
+  prompt: list[int]
+  tokens: list[int]
+  target_forwards: int
+  other_forwards: int
+  step_tokens_hist: list[int]
+  extra: dict[str, Any]
+
+  @property
+  def tau(self) -> float:
+    return len(self.tokens) / max(self.target_forwards, 1)
+
+
+@dataclasses.dataclass
+class RunStats:
+  """Totals over all prompts of one decoder run."""
+  decoder: str
+  num_prompts: int
+  generated: int
+  target_forwards: int
+  other_forwards: int
+  wall_time_s: float
+  compile_time_s: float
+  step_tokens_hist: list[int]
+  extra: dict[str, Any]
+
+  @property
+  def tau(self) -> float:
+    """Tokens per target forward, the bonus token counted (prefill included)."""
+    return self.generated / max(self.target_forwards, 1)
+
+  @property
+  def tokens_per_s(self) -> float:
+    return self.generated / max(self.wall_time_s, 1e-9)
+
+  def as_dict(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d.update(tau=self.tau, tokens_per_s=self.tokens_per_s)
+    return d
+
+
+def validate_prompts(prompts: Sequence[Sequence[int]], *, max_new_tokens: int, cache_size: int,
+                     extra_slots: int = 0) -> None:
+  """Clear errors for empty prompts and prompts that do not fit the cache."""
+  if not prompts:
+    raise ValueError('No prompts given.')
+  if max_new_tokens < 1:
+    raise ValueError(f'max_new_tokens must be >= 1, got {max_new_tokens}.')
+  for i, p in enumerate(prompts):
+    if len(p) == 0:
+      raise ValueError(f'Prompt {i} is empty: a prompt needs at least one token (e.g. BOS).')
+    need = len(p) + max_new_tokens + extra_slots
+    if need > cache_size:
+      raise ValueError(
+          f'Prompt {i} has {len(p)} tokens; with max_new_tokens={max_new_tokens}'
+          + (f' and {extra_slots} slots of decoder lookahead' if extra_slots else '')
+          + f' it needs {need} cache slots but the cache has {cache_size}. Shorten the prompt, '
+          'lower max_new_tokens or raise the cache size.')
+
+
+@functools.partial(jax.jit, static_argnames=('decoder', 'models', 'max_new_tokens',
+                                             'cache_size', 'eos_id', 'pad_id'))
+def _generate(decoder, models, params, prompt_BxP, prompt_len_B, row_keys_B, *, max_new_tokens,
+              cache_size, eos_id, pad_id):
+  return decoder.generate(models, params, prompt_BxP, prompt_len_B, row_keys_B,
+                          max_new_tokens=max_new_tokens, cache_size=cache_size, eos_id=eos_id,
+                          pad_id=pad_id)
+
+
+def shard_params(models: base.Models, params: dict[str, Any], mesh: Mesh,
+                 rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES) -> dict[str, Any]:
+  """Places each model's params by its logical axes (unknown modules are replicated)."""
+  out = {}
+  for name, tree in params.items():
+    module = models[name] if name == 'target' or name in dict(models.extras) else None
+    if isinstance(module, transformer_lib.Transformer):
+      shardings = sharding_lib.tree_shardings(transformer_lib.logical_axes(module), tree, mesh,
+                                              rules)
+    else:
+      shardings = jax.tree.map(lambda _: NamedSharding(mesh, P()), tree)
+    out[name] = jax.device_put(tree, shardings)
+  return out
+
+
+def _pad_to(n: int, multiple: int) -> int:
+  return int(math.ceil(n / multiple) * multiple)
+
+
+def run_decoder(decoder: base.Decoder, models: base.Models, params: dict[str, Any],
+                prompts: Sequence[Sequence[int]], *, max_new_tokens: int, cache_size: int,
+                eos_id: int, pad_id: int, seed: int = 0, batch_size: int | None = None,
+                mesh: Mesh | None = None, rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES,
+                prompt_bucket: int = 32) -> tuple[list[RowOutput], RunStats]:
+  """Runs `decoder` over all prompts in batches; returns per-row outputs and totals.
+
+  Row i's random key is fold_in(key(seed), i), so a prompt gives the same output alone or in
+  any batch. With a `mesh`, params are sharded by the rules and the batch over the data axes
+  (a short last batch is filled with copies, which are dropped).
+  """
+  validate_prompts(prompts, max_new_tokens=max_new_tokens, cache_size=cache_size,
+                   extra_slots=decoder.extra_cache_slots(max_new_tokens))
+  batch_size = batch_size or len(prompts)
+  if mesh is not None:
+    params = shard_params(models, params, mesh, rules)
+    divisor = sharding_lib.batch_divisor(mesh, rules)
+    batch_size = _pad_to(batch_size, divisor)
+  base_key = jax.random.key(seed)
+  rows: list[RowOutput] = []
+  compiled: dict[tuple[int, int], Any] = {}
+  wall = compile_time = 0.0
+  for start in range(0, len(prompts), batch_size):
+    chunk = list(range(start, min(start + batch_size, len(prompts))))
+    ids = chunk + [chunk[-1]] * (batch_size - len(chunk) if mesh is not None else 0)
+    P_len = _pad_to(max(len(prompts[i]) for i in ids), prompt_bucket)
+    P_len = min(P_len, cache_size)
+    prompt_BxP = np.full((len(ids), P_len), pad_id, np.int32)
+    for r, i in enumerate(ids):
+      prompt_BxP[r, :len(prompts[i])] = prompts[i]
+    prompt_len_B = np.asarray([len(prompts[i]) for i in ids], np.int32)
+    keys_B = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(jnp.asarray(ids))
+    args = [jnp.asarray(prompt_BxP), jnp.asarray(prompt_len_B), keys_B]
+    if mesh is not None:
+      args = [jax.device_put(a, sharding_lib.batch_sharding(mesh, a.ndim, rules)) for a in args]
+    key = prompt_BxP.shape
+    if key not in compiled:
+      t0 = time.perf_counter()
+      compiled[key] = _generate.lower(
+          decoder, models, params, *args, max_new_tokens=max_new_tokens,
+          cache_size=cache_size, eos_id=eos_id, pad_id=pad_id).compile()
+      compile_time += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    result = jax.block_until_ready(compiled[key](params, *args))
+    wall += time.perf_counter() - t0
+    result = jax.device_get(result)
+    for r, i in enumerate(chunk):
+      n = int(result.num_generated_B[r])
+      rows.append(RowOutput(
+          index=i, prompt=list(prompts[i]), tokens=[int(t) for t in result.tokens_BxN[r, :n]],
+          target_forwards=int(result.target_forwards_B[r]),
+          other_forwards=int(result.other_forwards_B[r]),
+          step_tokens_hist=[int(x) for x in result.step_tokens_hist_BxM[r]],
+          extra={k: np.asarray(v[r]).tolist() for k, v in result.extra.items()}))
+  hist_len = max(len(r.step_tokens_hist) for r in rows)
+  hist = np.zeros(hist_len, np.int64)
+  for r in rows:
+    hist[:len(r.step_tokens_hist)] += r.step_tokens_hist
+  extra = {}
+  for k in rows[0].extra:
+    try:
+      extra[k] = np.sum([np.asarray(r.extra[k]) for r in rows], axis=0).tolist()
+    except ValueError:
+      pass
+  stats = RunStats(decoder=decoder.name, num_prompts=len(prompts),
+                   generated=sum(len(r.tokens) for r in rows),
+                   target_forwards=sum(r.target_forwards for r in rows),
+                   other_forwards=sum(r.other_forwards for r in rows),
+                   wall_time_s=wall, compile_time_s=compile_time,
+                   step_tokens_hist=hist.tolist(), extra=extra)
+  return rows, stats

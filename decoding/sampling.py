@@ -1,0 +1,107 @@
+"""`SamplingConfig` and the one place logits become a sampling distribution.
+
+Every decoder turns logits into probabilities with `log_probs(logits, cfg)` — draft and target
+alike — so temperature, top-k, top-p and min-p are applied identically to every distribution
+a decoder compares (speculative losslessness depends on it).
+
+Temperature 0 means greedy: the distribution is one-hot on the argmax (ties: lowest id).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+NEG_INF = -jnp.inf
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """temperature 0 = greedy; top_k 0 = off; top_p 1 = off; min_p 0 = off."""
+  temperature: float = 0.0
+  top_k: int = 0
+  top_p: float = 1.0
+  min_p: float = 0.0
+
+  def __post_init__(self):
+    if self.temperature < 0:
+      raise ValueError(f'temperature must be >= 0, got {self.temperature}.')
+    if self.top_k < 0:
+      raise ValueError(f'top_k must be >= 0, got {self.top_k}.')
+    if not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f'top_p must be in (0, 1], got {self.top_p}.')
+    if not 0.0 <= self.min_p < 1.0:
+      raise ValueError(f'min_p must be in [0, 1), got {self.min_p}.')
+
+  @property
+  def greedy(self) -> bool:
+    return self.temperature == 0.0
+
+
+def log_probs(logits_BxV: jax.Array, cfg: SamplingConfig) -> jax.Array:
+  """Normalised log-probabilities after temperature, top-k, top-p and min-p (float32).
+
+  Filtered-out tokens get -inf. Works on any leading shape [..., V]. Filters apply in the
+  order temperature -> top-k -> top-p -> min-p, each on the distribution left by the previous.
+  """
+  logits = logits_BxV.astype(jnp.float32)
+  V = logits.shape[-1]
+  if cfg.greedy:
+    onehot = jax.nn.one_hot(jnp.argmax(logits, axis=-1), V, dtype=jnp.bool_)
+    return jnp.where(onehot, 0.0, NEG_INF)
+  logits = logits / cfg.temperature
+  if 0 < cfg.top_k < V:
+    kth = jax.lax.top_k(logits, cfg.top_k)[0][..., -1:]
+    logits = jnp.where(logits < kth, NEG_INF, logits)
+  if cfg.top_p < 1.0:
+    # Keep the smallest set of most likely tokens whose mass reaches top_p (ties kept).
+    sorted_desc = jnp.sort(logits, axis=-1)[..., ::-1]
+    probs_desc = jax.nn.softmax(sorted_desc, axis=-1)
+    mass_before = jnp.cumsum(probs_desc, axis=-1) - probs_desc
+    keep_sorted = mass_before < cfg.top_p
+    cutoff = jnp.min(jnp.where(keep_sorted, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits < cutoff, NEG_INF, logits)
+  if cfg.min_p > 0.0:
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    threshold = jnp.max(logp, axis=-1, keepdims=True) + jnp.log(cfg.min_p)
+    logits = jnp.where(logp < threshold, NEG_INF, logits)
+  return jax.nn.log_softmax(logits, axis=-1)
+
+
+def probs(logits_BxV: jax.Array, cfg: SamplingConfig) -> jax.Array:
+  return jnp.exp(log_probs(logits_BxV, cfg))
+
+
+def sample_from_log_probs(rng: jax.Array, logp_BxV: jax.Array) -> jax.Array:
+  """Draws one token per row by the exponential race argmax(log p - log E), E ~ Exp(1).
+
+  E is computed as -log(U) with U uniform in (0, 1) built from 24 random bits, so its
+  smallest value is about 6e-8: the race matches `logp` exactly up to events of probability
+  < 1e-7 (no temperature-lowering truncation). `rng` may be one key or one key per row [B].
+  """
+  shape = logp_BxV.shape
+  if rng.ndim == 0:
+    bits = jax.random.bits(rng, shape, jnp.uint32)
+  else:  # one key per row: rows are independent of batch composition.
+    bits = jax.vmap(lambda k: jax.random.bits(k, shape[1:], jnp.uint32))(rng)
+  u = ((bits >> 8).astype(jnp.float32) + 0.5) * (1.0 / (1 << 24))
+  race = logp_BxV - jnp.log(-jnp.log(u))
+  return jnp.argmax(race, axis=-1).astype(jnp.int32)
+
+
+def sample(rng: jax.Array, logits_BxV: jax.Array, cfg: SamplingConfig) -> jax.Array:
+  """Samples [B] tokens from logits [B, V] under `cfg` (greedy: argmax, rng unused)."""
+  if cfg.greedy:
+    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+  return sample_from_log_probs(rng, log_probs(logits_BxV, cfg))
+
+
+def token_keys(row_keys_B: jax.Array, positions_B: jax.Array) -> jax.Array:
+  """The key for the token at absolute position t of each row: fold_in(row_key, t).
+
+  Tying randomness to (row, position) makes sampled outputs independent of batching and of
+  how many steps a decoder took to reach a position.
+  """
+  return jax.vmap(jax.random.fold_in)(row_keys_B, positions_B)
