@@ -1,0 +1,109 @@
+"""Restore a checkpoint and sample with one or several decoders.
+
+  python sample.py --workdir=DIR [--checkpoint_step=N] --decoder=ar[,NAME...]
+      (--prompt=TEXT | --prompts_file=FILE | --heldout_prompts=N) --max_new_tokens=N
+      [--temperature=0 --top_k=0 --top_p=1 --min_p=0 --seed=0] [--json] [--list_decoders]
+      [--decoder_config.FIELD=VALUE ...] [--mesh=data=2,tensor=4]
+
+With several decoders it prints a comparison table (speedup against the first one).
+--json prints one JSON object per prompt and decoder: text, token ids and statistics.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+import cli
+import decoding
+from decoding import compare
+from decoding import registry
+
+_DECODERS = cli.peek_flag(sys.argv, 'decoder', 'ar').split(',')
+try:
+  _SETTINGS_DEFAULTS = compare.merged_settings(_DECODERS)
+except ValueError as e:
+  cli.fail(str(e))
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir to restore.')
+_STEP = flags.DEFINE_integer('checkpoint_step', None, 'Checkpoint step (default: newest).')
+flags.DEFINE_string('decoder', 'ar', 'Decoder name, or several separated by commas.')
+_PROMPT = flags.DEFINE_string('prompt', None, 'One prompt.')
+_PROMPTS_FILE = flags.DEFINE_string(
+    'prompts_file', None, 'Prompts: .jsonl (JSON strings or {"prompt": ...}) or one per line.')
+_HELDOUT = flags.DEFINE_integer('heldout_prompts', 0,
+                                'Take N prompts from held-out (validation) documents.')
+_PROMPT_CHARS = flags.DEFINE_integer('prompt_chars', 200,
+                                     'Characters of each held-out document used as prompt.')
+_MAX_NEW = flags.DEFINE_integer('max_new_tokens', 64, 'Tokens to generate per prompt.')
+_TEMPERATURE = flags.DEFINE_float('temperature', 0.0, 'Sampling temperature (0 = greedy).')
+_TOP_K = flags.DEFINE_integer('top_k', 0, 'Top-k filter (0 = off).')
+_TOP_P = flags.DEFINE_float('top_p', 1.0, 'Top-p (nucleus) filter (1 = off).')
+_MIN_P = flags.DEFINE_float('min_p', 0.0, 'Min-p filter (0 = off).')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed; prompt i uses fold_in(key(seed), i).')
+_BATCH = flags.DEFINE_integer('batch_size', 8, 'Prompts per batch.')
+_CACHE = flags.DEFINE_integer('cache_size', 0, 'Cache slots (0 = just enough, rounded up).')
+_MESH = flags.DEFINE_string('mesh', '', 'Shard decoding, e.g. "data=2,tensor=4".')
+_JSON = flags.DEFINE_bool('json', False, 'Print one JSON object per prompt and decoder.')
+_LIST = flags.DEFINE_bool('list_decoders', False, 'List the registered decoders and exit.')
+_SETTINGS = config_flags.DEFINE_config_dict('decoder_config', _SETTINGS_DEFAULTS,
+                                            'Decoder settings.', lock_config=True)
+
+
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f'Unexpected arguments: {argv[1:]}')
+  cli.quiet_logging(sys.argv)
+  if _LIST.value:
+    print(registry.describe())
+    return
+  if not _WORKDIR.value:
+    cli.fail('--workdir is required (a directory written by train.py).')
+  from training import checkpoint, loading  # pylint: disable=g-import-not-at-top
+  overridden = cli.config_overrides(sys.argv, 'decoder_config')
+  try:
+    sampling = decoding.SamplingConfig(temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
+                                       top_p=_TOP_P.value, min_p=_MIN_P.value)
+    decoders = compare.build_decoders(_DECODERS, _SETTINGS.value, overridden, sampling)
+    mesh = cli.parse_mesh(_MESH.value)
+    target = loading.load_model(_WORKDIR.value, step=_STEP.value, mesh=mesh)
+    prompts = cli.read_prompts(target.tokenizer, prompt=_PROMPT.value,
+                               prompts_file=_PROMPTS_FILE.value, heldout=_HELDOUT.value,
+                               prompt_chars=_PROMPT_CHARS.value,
+                               data_config=target.config.get('data'))
+
+    def load_extra(workdir):
+      extra = loading.load_model(workdir, mesh=mesh)
+      if extra.tokenizer.vocab_size != target.tokenizer.vocab_size:
+        raise ValueError(f'{workdir} uses a different vocabulary ({extra.tokenizer.vocab_size}'
+                         f' tokens) from the target ({target.tokenizer.vocab_size}).')
+      return extra.model, extra.params
+
+    results = compare.run_all(decoders, target.model, target.params, prompts,
+                              eos_id=target.tokenizer.eos_id, pad_id=target.tokenizer.pad_id,
+                              max_new_tokens=_MAX_NEW.value, cache_size=_CACHE.value,
+                              seed=_SEED.value, batch_size=_BATCH.value, mesh=mesh,
+                              load_extra=load_extra)
+  except (ValueError, checkpoint.CheckpointError, FileNotFoundError) as e:
+    cli.fail(str(e))
+  tok = target.tokenizer
+  if _JSON.value:
+    for name, (rows, stats) in results.items():
+      for row in rows:
+        print(json.dumps(compare.row_json(name, row, stats, tok)))
+    return
+  print(f'Model: {target.workdir} (step {target.step}); sampling {sampling}')
+  for name, (rows, stats) in results.items():
+    print(f'\n=== {name} ===')
+    for row in rows[:4]:
+      print(f'--- prompt {row.index} ---\n{tok.decode(row.prompt)}\x1b[1m'
+            f'{tok.decode(row.tokens)}\x1b[0m')
+  print()
+  print(compare.comparison_table(results))
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=cli.parse_flags('decoder_config'))

@@ -1,0 +1,1 @@
+"""Objectives, train state, the train step, sharding and checkpointing."""

@@ -1,0 +1,74 @@
+"""Load a trained model from a workdir: the model, its params (restored into shardings) and
+its tokenizer. What sample.py, benchmarks and drafters use: `load_model(workdir)`."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+import data as data_lib
+from models import config as config_lib
+from models import sharding as sharding_lib
+from models import transformer as transformer_lib
+from training import checkpoint as checkpoint_lib
+
+
+@dataclasses.dataclass
+class LoadedModel:
+  model: transformer_lib.Transformer
+  params: Any
+  tokenizer: data_lib.Tokenizer
+  step: int
+  config: dict[str, Any]  # the run's full config (config.json)
+  workdir: str
+
+  @property
+  def model_config(self) -> config_lib.ModelConfig:
+    return self.model.cfg
+
+
+def load_model(workdir: str, *, step: int | None = None, mesh: Mesh | None = None,
+               rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES) -> LoadedModel:
+  """Restores params (no optimizer state) of the newest readable checkpoint, or of `step`.
+
+  With a mesh the params are restored straight into their shardings; otherwise onto the
+  default device. Raises CheckpointError with a clear message when the workdir has no config,
+  tokenizer or readable checkpoint.
+  """
+  workdir = os.path.abspath(workdir)
+  config = checkpoint_lib.read_config(workdir)
+  tok_dir = os.path.join(workdir, checkpoint_lib.TOKENIZER_DIR)
+  if not os.path.isdir(tok_dir):
+    raise checkpoint_lib.CheckpointError(f'{workdir} has no tokenizer/ directory.')
+  tokenizer = data_lib.load_tokenizer(tok_dir)
+  ckpt = checkpoint_lib.Checkpointer(workdir, read_only=True, async_save=False)
+  if ckpt.latest_step() is None:
+    raise checkpoint_lib.CheckpointError(
+        f'No checkpoint in {workdir}: training wrote none yet (checkpoints/ is empty).')
+  holder: dict[str, Any] = {}
+
+  def abstract_fn(meta):
+    model = transformer_lib.Transformer(config_lib.ModelConfig.from_dict(meta['model']))
+    shapes = jax.eval_shape(functools.partial(transformer_lib.init_params, model),
+                            jax.random.key(0))
+    if mesh is not None:
+      shardings = sharding_lib.tree_shardings(transformer_lib.logical_axes(model), shapes, mesh,
+                                              rules)
+    else:
+      device = NamedSharding(Mesh(jax.devices()[:1], ('d',)), P())
+      shardings = jax.tree.map(lambda _: device, shapes)
+    holder['model'] = model
+    return (jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                         shapes, shardings), None)
+
+  try:
+    restored_step, params, _, _, _ = ckpt.restore(abstract_fn, step=step)
+  finally:
+    ckpt.close()
+  return LoadedModel(model=holder['model'], params=params, tokenizer=tokenizer,
+                     step=restored_step, config=config, workdir=workdir)

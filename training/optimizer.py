@@ -1,0 +1,29 @@
+"""AdamW with linear warmup + cosine decay and global-norm clipping."""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+import optax
+
+
+def learning_rate_schedule(train: ml_collections.ConfigDict) -> optax.Schedule:
+  """Linear warmup to `learning_rate`, cosine decay to `min_lr_ratio * learning_rate`."""
+  warmup = max(int(train.warmup_steps), 1)
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=train.learning_rate, warmup_steps=warmup,
+      decay_steps=max(int(train.steps), warmup + 1),
+      end_value=train.learning_rate * train.min_lr_ratio)
+
+
+def _decay_mask(params):
+  """Weight decay on matrices only (not on norm scales, biases)."""
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  return optax.chain(
+      optax.clip_by_global_norm(train.grad_clip) if train.grad_clip > 0 else optax.identity(),
+      optax.adamw(learning_rate_schedule(train), b1=train.b1, b2=train.b2, eps=train.eps,
+                  weight_decay=train.weight_decay, mask=_decay_mask),
+  )

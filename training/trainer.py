@@ -1,0 +1,219 @@
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+Resumes exactly from the newest readable checkpoint in `workdir` (params, optimizer state,
+step and data-iterator position), evaluates loss and bits per byte on the validation split,
+logs to stdout / JSONL / TensorBoard and plots the loss curve at the end.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+
+import data as data_lib
+from models import config as config_lib
+from models import sharding as sharding_lib
+from models import transformer as transformer_lib
+from training import checkpoint as checkpoint_lib
+from training import metrics as metrics_lib
+from training import objectives
+from training import optimizer as optimizer_lib
+from training import step as step_lib
+from training import train_state as state_lib
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or gradient became NaN/inf; training stopped with the last checkpoint intact."""
+
+
+def data_config(config: ml_collections.ConfigDict) -> data_lib.DataConfig:
+  return data_lib.DataConfig(**config.data.to_dict())
+
+
+def get_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> data_lib.Tokenizer:
+  """The run's tokenizer: loaded from workdir/tokenizer if present, else built and saved."""
+  directory = os.path.join(workdir, checkpoint_lib.TOKENIZER_DIR)
+  if os.path.isdir(directory):
+    return data_lib.load_tokenizer(directory)
+  tc = config.tokenizer
+  dc = data_config(config)
+  tokenizer = data_lib.make_tokenizer(
+      tc.kind, vocab_size=tc.vocab_size, path=tc.path,
+      texts=lambda: data_lib.load_texts(dc, dc.train_split))
+  if jax.process_index() == 0:
+    tokenizer.save(directory)
+  return tokenizer
+
+
+def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> config_lib.ModelConfig:
+  """The frozen model config; vocab_size 0 means the tokenizer's."""
+  d = config.model.to_dict()
+  if d['vocab_size'] == 0:
+    d['vocab_size'] = vocab_size
+  elif d['vocab_size'] < vocab_size:
+    raise ValueError(f'model.vocab_size={d["vocab_size"]} is smaller than the tokenizer '
+                     f'vocabulary ({vocab_size}).')
+  return config_lib.ModelConfig.from_dict(d)
+
+
+def _global_batch(batch: dict[str, np.ndarray], shardings: dict[str, Any]) -> dict[str, jax.Array]:
+  return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v))
+          for k, v in batch.items()}
+
+
+def _normalise(d: dict[str, Any]) -> dict[str, Any]:
+  return json.loads(json.dumps(d))
+
+
+class _Evaluator:
+  """Loss and bits per byte over a fixed set of validation batches."""
+
+  def __init__(self, eval_step, batches, token_bytes: np.ndarray, shardings):
+    self.eval_step, self.batches, self.shardings = eval_step, batches, shardings
+    self.token_bytes = token_bytes
+
+  def __call__(self, params) -> dict[str, float]:
+    nll = tokens = nbytes = 0.0
+    for batch in self.batches:
+      m = jax.device_get(self.eval_step(params, _global_batch(batch, self.shardings)))
+      nll += float(m['nll_sum'])
+      tokens += float(m['tokens_sum'])
+      nbytes += float(self.token_bytes[np.asarray(batch['tokens'])[:, 1:]].sum())
+    return {'loss': nll / max(tokens, 1.0), 'bits_per_byte': metrics_lib.bits_per_byte(nll, nbytes)}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains per `config` in `workdir`; returns the final train and eval metrics."""
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  tc = config.train
+  tokenizer = get_tokenizer(config, workdir)
+  mcfg = model_config(config, tokenizer.vocab_size)
+  model = transformer_lib.Transformer(mcfg)
+  mesh = sharding_lib.make_mesh(config.mesh.to_dict())
+  rules = sharding_lib.DEFAULT_RULES
+  dc = data_config(config)
+  sharding_lib.check_batch(dc.batch_size, mesh, rules)
+  if dc.batch_size % jax.process_count():
+    raise ValueError(f'data.batch_size={dc.batch_size} must be divisible by the number of '
+                     f'processes ({jax.process_count()}).')
+  if dc.batch_size % tc.grad_accum:
+    raise ValueError(f'data.batch_size={dc.batch_size} must be divisible by '
+                     f'train.grad_accum={tc.grad_accum}.')
+
+  tx = optimizer_lib.make_optimizer(tc)
+  loss_fn = objectives.make_objective(config.objective, model, config)
+  shardings = state_lib.state_shardings(model, tx, mesh, rules)
+  batch_shardings = {'tokens': sharding_lib.batch_sharding(mesh, 2, rules)}
+  ckpt = checkpoint_lib.Checkpointer(workdir, keep=tc.keep_checkpoints,
+                                     async_save=tc.async_checkpointing)
+  meta = {'model': mcfg.to_dict(), 'objective': config.objective,
+          'tokenizer': type(tokenizer).__name__, 'config': _normalise(config.to_dict())}
+
+  train_iter = data_lib.make_train_iterator(dc, tokenizer, process_index=jax.process_index(),
+                                            process_count=jax.process_count())
+  if ckpt.latest_step() is not None:
+    abstract = state_lib.abstract_state(model, tx, shardings)
+    step0, params, opt_state, data_state, saved = ckpt.restore(
+        lambda meta: (abstract.params, abstract.opt_state),
+        model_config=_normalise(mcfg.to_dict()))
+    if saved.get('objective', config.objective) != config.objective:
+      raise checkpoint_lib.CheckpointError(
+          f'The checkpoint in {workdir} was trained with objective {saved["objective"]!r}, '
+          f'the config asks for {config.objective!r}. Use a new workdir.')
+    state = state_lib.TrainState(step=jax.device_put(jnp.int32(step0), shardings.step),
+                                 params=params, opt_state=opt_state)
+    if data_state:
+      train_iter.set_state(data_state)
+    print(f'Resumed from step {step0} in {workdir}.', flush=True)
+  else:
+    state = state_lib.create_train_state(model, tx, jax.random.key(config.seed), shardings)
+    step0 = 0
+  checkpoint_lib.write_config(workdir, _normalise(config.to_dict()))
+
+  print(f'Model: {mcfg.num_params() / 1e6:.2f}M parameters, {mcfg.num_layers} layers, '
+        f'vocab {mcfg.vocab_size}; mesh {dict(mesh.shape)} on {jax.device_count()} '
+        f'{jax.devices()[0].platform} device(s).', flush=True)
+  train_step = step_lib.jit_train_step(loss_fn, tx, grad_accum=tc.grad_accum, seed=config.seed,
+                                       state_shardings=shardings,
+                                       batch_shardings=batch_shardings)
+  eval_step = step_lib.jit_eval_step(loss_fn, param_shardings=shardings.params,
+                                     batch_shardings=batch_shardings, seed=config.seed)
+  evaluator = _Evaluator(eval_step, data_lib.make_eval_batches(dc, tokenizer,
+                                                               max_batches=tc.eval_batches),
+                         tokenizer.token_byte_lengths(), batch_shardings)
+  bar = tqdm.tqdm(total=tc.steps, initial=step0, disable=not tc.progress_bar,
+                  dynamic_ncols=True, desc='train')
+  writer = metrics_lib.MetricWriter(workdir, echo=bar.write if tc.progress_bar else print)
+  schedule = optimizer_lib.learning_rate_schedule(tc)
+  tokens_per_step = dc.batch_size * dc.seq_len
+  last_train: dict[str, float] = {}
+  last_eval: dict[str, float] = {}
+  window: list[dict[str, float]] = []
+  t_window = time.perf_counter()
+  pending = None  # (step, metrics) dispatched but not yet checked: keeps the device busy.
+
+  def check(pending):
+    step, m = pending
+    m = {k: float(v) for k, v in jax.device_get(m).items()}
+    if not m['finite']:
+      raise NonFiniteLossError(
+          f'Non-finite loss or gradient at step {step} (loss={m["loss"]}, grad_norm='
+          f'{m["grad_norm"]}). Training stopped; the parameters were not updated and the last '
+          f'checkpoint (step {ckpt.latest_step()}) in {workdir} is intact. Lower '
+          'train.learning_rate or check the data.')
+    window.append(m)
+
+  def save(step: int, force: bool = False):
+    ckpt.save(step, state, train_iter.get_state(), meta, force=force)
+
+  end = tc.steps if not tc.stop_after_steps else min(tc.steps, step0 + tc.stop_after_steps)
+  try:
+    for step in range(step0, end):
+      batch = _global_batch(next(train_iter), batch_shardings)
+      state, metrics = train_step(state, batch)
+      if pending is not None:
+        check(pending)
+      pending = (step + 1, metrics)
+      done = step + 1
+      if done % tc.log_every == 0 or done in (tc.steps, end) or done % tc.checkpoint_every == 0:
+        check(pending)
+        pending = None
+      if window and (done % tc.log_every == 0 or done == tc.steps):
+        elapsed = time.perf_counter() - t_window
+        last_train = {k: float(np.mean([m[k] for m in window]))
+                      for k in window[0] if not k.endswith('_sum') and k != 'finite'}
+        last_train.update(learning_rate=float(schedule(done - 1)),
+                          tokens_per_s=tokens_per_step * len(window) / max(elapsed, 1e-9))
+        writer.write(done, 'train', last_train)
+        window.clear()
+        t_window = time.perf_counter()
+      if done % tc.eval_every == 0 or done == tc.steps:
+        last_eval = evaluator(state.params)
+        writer.write(done, 'eval', last_eval)
+        t_window = time.perf_counter()
+      if done % tc.checkpoint_every == 0 or done in (tc.steps, end):
+        save(done, force=done in (tc.steps, end))
+      bar.update(1)
+    if pending is not None:
+      check(pending)
+  finally:
+    bar.close()
+    ckpt.close()
+    writer.close()
+  plot = metrics_lib.plot_loss_curve(workdir)
+  if plot:
+    print(f'Loss curve: {plot}', flush=True)
+  if end < tc.steps:
+    print(f'Stopped after step {end} (train.stop_after_steps); run again to continue.')
+  return {'train': last_train, 'eval': last_eval, 'step': end}
