@@ -35,10 +35,12 @@ def parse_flags(config_flag: str = 'config') -> Callable[[list[str]], list[str]]
 
 
 def quiet_logging(argv: Sequence[str]) -> None:
-  """Library INFO logs (Orbax, TFDS) drown the run's own output: WARNING unless --verbosity."""
+  """Library logs (Orbax, TFDS) drown the run's own output: ERROR only, unless --verbosity.
+
+  The run's own warnings (e.g. a checkpoint fallback) are printed, not logged."""
   if not any(a.startswith(('--verbosity', '-v=')) for a in argv):
     from absl import logging  # pylint: disable=g-import-not-at-top
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.ERROR)
 
 
 def maybe_initialize_distributed() -> None:

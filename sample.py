@@ -49,8 +49,13 @@ _CACHE = flags.DEFINE_integer('cache_size', 0, 'Cache slots (0 = just enough, ro
 _MESH = flags.DEFINE_string('mesh', '', 'Shard decoding, e.g. "data=2,tensor=4".')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object per prompt and decoder.')
 _LIST = flags.DEFINE_bool('list_decoders', False, 'List the registered decoders and exit.')
-_SETTINGS = config_flags.DEFINE_config_dict('decoder_config', _SETTINGS_DEFAULTS,
-                                            'Decoder settings.', lock_config=True)
+try:
+  _SETTINGS = config_flags.DEFINE_config_dict('decoder_config', _SETTINGS_DEFAULTS,
+                                              'Decoder settings.', lock_config=True)
+except (AttributeError, KeyError):
+  cli.fail(f'Unknown config key in --decoder_config: '
+           f'{cli.config_overrides(sys.argv, "decoder_config")}; the settings of '
+           f'{_DECODERS} are {sorted(_SETTINGS_DEFAULTS.keys()) or "none"}.')
 
 
 def main(argv):
@@ -98,9 +103,10 @@ def main(argv):
   print(f'Model: {target.workdir} (step {target.step}); sampling {sampling}')
   for name, (rows, stats) in results.items():
     print(f'\n=== {name} ===')
+    bold, plain = ('\x1b[1m', '\x1b[0m') if sys.stdout.isatty() else ('', '')
     for row in rows[:4]:
-      print(f'--- prompt {row.index} ---\n{tok.decode(row.prompt)}\x1b[1m'
-            f'{tok.decode(row.tokens)}\x1b[0m')
+      print(f'--- prompt {row.index} ---\n{tok.decode(row.prompt)}{bold}'
+            f'{tok.decode(row.tokens)}{plain}')
   print()
   print(compare.comparison_table(results))
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import small_config
+from testlib import small_config
 from decoding import Models, SamplingConfig, registry, run_decoder
 from models import Transformer, init_params
 from models import sharding

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import jit_apply, small_config
+from testlib import jit_apply, small_config
 from models import BlockCausal, Cache, Transformer, init_params, local_to_cache_mask, tree_mask
 
 TOL = 2e-5  # fp32 logits: different but equivalent summation orders.

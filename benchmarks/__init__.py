@@ -1,0 +1,1 @@
+"""Benchmark scripts: each writes a markdown table (and plots) to benchmarks/results/."""

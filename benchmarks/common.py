@@ -1,0 +1,82 @@
+"""Shared benchmark plumbing: device facts, timing, and results files with provenance."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
+
+# Dense peaks by device kind (bf16 FLOP/s, HBM bytes/s); None where not meaningful (CPU).
+PEAKS = {
+    'NVIDIA H100 80GB HBM3': (989e12, 3.35e12),
+    'NVIDIA H100': (989e12, 3.35e12),
+    'NVIDIA H200': (989e12, 4.8e12),
+    'TPU v5 lite': (197e12, 0.82e12),
+    'TPU v4': (275e12, 1.2e12),
+}
+
+
+def device_peaks() -> tuple[float | None, float | None]:
+  kind = jax.devices()[0].device_kind
+  for name, peaks in PEAKS.items():
+    if kind.startswith(name):
+      return peaks
+  return None, None
+
+
+def provenance() -> str:
+  """Device, versions, date and the exact command: goes above every results table."""
+  d = jax.devices()[0]
+  lines = [f'- device: {d.platform} / {d.device_kind} x{jax.device_count()} '
+           f'({os.cpu_count()} host cores)',
+           f'- versions: python {platform.python_version()}, jax {jax.__version__}']
+  try:
+    import flax  # pylint: disable=g-import-not-at-top
+    lines[-1] += f', flax {flax.__version__}'
+  except ImportError:
+    pass
+  lines.append(f'- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC')
+  lines.append(f'- command: `python -m {_module()} {" ".join(sys.argv[1:])}`')
+  return '\n'.join(lines)
+
+
+def _module() -> str:
+  main = sys.modules['__main__'].__file__ or ''
+  rel = os.path.relpath(os.path.abspath(main), os.path.dirname(RESULTS_DIR) + '/..')
+  return rel.removesuffix('.py').replace(os.sep, '.')
+
+
+def median_time(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5) -> float:
+  """Median wall time of fn() (which must block until its result is ready)."""
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  fmt = lambda v: f'{v:.4g}' if isinstance(v, float) else str(v)
+  out = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  out += ['| ' + ' | '.join(fmt(v) for v in row) + ' |' for row in rows]
+  return '\n'.join(out)
+
+
+def write_results(name: str, title: str, body: str) -> str:
+  """Writes benchmarks/results/<name>.md (replacing it) and returns the path."""
+  os.makedirs(RESULTS_DIR, exist_ok=True)
+  path = os.path.join(RESULTS_DIR, f'{name}.md')
+  with open(path, 'w') as f:
+    f.write(f'# {title}\n\n{provenance()}\n\n{body.rstrip()}\n')
+  return path

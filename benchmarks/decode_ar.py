@@ -1,0 +1,144 @@
+"""AR prefill and decode throughput, side by side with Hugging Face transformers `generate()`.
+
+  python -m benchmarks.decode_ar --preset=base --dtype=bfloat16            # GPU: the goals
+  python -m benchmarks.decode_ar --preset=tiny --contexts=128,512 --peer   # CPU smoke run
+
+Random weights (speed only). For each batch size B and context C: prefill tokens/s over a
+[B, C] prompt, and decode tokens/s = B * (N - 1) / (t(N new tokens) - t(1 new token)), so the
+prefill cancels. On a GPU also the HBM-bandwidth utilisation of a decode step: (weight bytes
++ K/V bytes read) / step time / device peak. The peer runs the same architecture as
+LlamaForCausalLM (static cache and torch.compile on GPU; dynamic cache, eager on CPU).
+Writes benchmarks/results/decode_ar.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import common
+from configs import common as presets
+from decoding import ar, base
+from models import Cache, ModelConfig, Transformer, init_params
+
+
+def model_config(preset: str, dtype: str) -> ModelConfig:
+  d = dict(presets.PRESETS[preset])
+  vocab = 272 if preset in ('test', 'tiny') else 32768
+  d['max_seq_len'] = max(d['max_seq_len'], 4096)
+  return ModelConfig(vocab_size=vocab, dtype=dtype, param_dtype=dtype, **d)
+
+
+def ours(cfg: ModelConfig, batch: int, context: int, new: int) -> dict[str, float]:
+  model = Transformer(cfg)
+  params = jax.tree.map(lambda p: p.astype(cfg.weight_dtype),
+                        init_params(model, jax.random.key(0)))
+  prompt = jax.random.randint(jax.random.key(1), (batch, context), 0, cfg.vocab_size)
+  lengths = jnp.full((batch,), context, jnp.int32)
+  keys = jax.random.split(jax.random.key(2), batch)
+  size = context + new
+
+  prefill = jax.jit(lambda p, t: base.prefill(model, p, t, lengths,
+                                              Cache.init(cfg, batch, size))[0])
+  t_prefill = common.median_time(lambda: prefill(params, prompt).block_until_ready())
+
+  def compiled(n):
+    fn = jax.jit(lambda p, t, k: ar.ARDecoder().generate(
+        base.Models(model), {'target': p}, t, lengths, k, max_new_tokens=n, cache_size=size,
+        eos_id=-1, pad_id=0).tokens_BxN)
+    return fn.lower(params, prompt, keys).compile()
+
+  gen_1, gen_n = compiled(1), compiled(new)
+  t1 = common.median_time(lambda: gen_1(params, prompt, keys).block_until_ready(), repeats=3)
+  tn = common.median_time(lambda: gen_n(params, prompt, keys).block_until_ready(), repeats=3)
+  step = (tn - t1) / (new - 1)
+  out = {'prefill_tok_s': batch * context / t_prefill, 'decode_tok_s': batch / step,
+         'step_ms': step * 1e3}
+  _, peak_bw = common.device_peaks()
+  if peak_bw:
+    item = jnp.dtype(cfg.weight_dtype).itemsize
+    weight_bytes = sum(x.size for x in jax.tree.leaves(params)) * item
+    kv_bytes = (2 * cfg.num_layers * batch * (context + new / 2) * cfg.num_kv_heads
+                * cfg.head_dim * item)
+    out['hbm_util'] = (weight_bytes + kv_bytes) / step / peak_bw
+  return out
+
+
+def peer(cfg: ModelConfig, batch: int, context: int, new: int) -> dict[str, float] | None:
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    import transformers  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  device = 'cuda' if torch.cuda.is_available() else 'cpu'
+  dtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16}[cfg.dtype]
+  hf_cfg = transformers.LlamaConfig(
+      vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.mlp_dim,
+      num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+      num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, rms_norm_eps=cfg.norm_eps,
+      max_position_embeddings=cfg.max_seq_len, tie_word_embeddings=cfg.tie_embeddings,
+      rope_theta=cfg.rope_theta, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+  torch.manual_seed(0)
+  model = transformers.LlamaForCausalLM(hf_cfg).to(device=device, dtype=dtype).eval()
+  prompt = torch.randint(3, cfg.vocab_size, (batch, context), device=device)
+  kw = dict(do_sample=False, attention_mask=torch.ones_like(prompt))
+  if device == 'cuda':
+    kw['cache_implementation'] = 'static'
+    model.forward = torch.compile(model.forward, mode='reduce-overhead', fullgraph=True)
+
+  def run(n):
+    with torch.no_grad():
+      model.generate(prompt, max_new_tokens=n, min_new_tokens=n, **kw)
+    if device == 'cuda':
+      torch.cuda.synchronize()
+
+  t1 = common.median_time(lambda: run(1), warmup=2, repeats=3)
+  tn = common.median_time(lambda: run(new), warmup=1, repeats=3)
+  step = (tn - t1) / (new - 1)
+  return {'prefill_tok_s': batch * context / t1, 'decode_tok_s': batch / step,
+          'step_ms': step * 1e3, 'version': f'torch {torch.__version__}, transformers '
+                                            f'{transformers.__version__}, {device}'}
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument('--preset', default='base', choices=sorted(presets.PRESETS))
+  ap.add_argument('--dtype', default='bfloat16', choices=['float32', 'bfloat16'])
+  ap.add_argument('--batch_sizes', default='1,8,32')
+  ap.add_argument('--contexts', default='512,2048')
+  ap.add_argument('--new_tokens', type=int, default=64)
+  ap.add_argument('--peer', action=argparse.BooleanOptionalAction, default=True)
+  args = ap.parse_args()
+  cfg = model_config(args.preset, args.dtype)
+  rows, peer_version = [], ''
+  for c in map(int, args.contexts.split(',')):
+    for b in map(int, args.batch_sizes.split(',')):
+      t0 = time.perf_counter()
+      o = ours(cfg, b, c, args.new_tokens)
+      p = peer(cfg, b, c, args.new_tokens) if args.peer else None
+      if p:
+        peer_version = p['version']
+      rows.append([b, c, o['prefill_tok_s'], o['decode_tok_s'], o['step_ms'],
+                   o.get('hbm_util', 'n/a'), p['decode_tok_s'] if p else 'n/a',
+                   o['decode_tok_s'] / p['decode_tok_s'] if p else 'n/a',
+                   p['prefill_tok_s'] if p else 'n/a'])
+      print(f'B={b} C={c}: ours decode {o["decode_tok_s"]:.0f} tok/s'
+            + (f', peer {p["decode_tok_s"]:.0f} tok/s' if p else '')
+            + f' ({time.perf_counter() - t0:.0f}s)', flush=True)
+  table = common.markdown_table(
+      ['batch', 'context', 'prefill tok/s', 'decode tok/s', 'decode step ms', 'HBM util',
+       'peer decode tok/s', 'ours / peer (decode)', 'peer prefill tok/s'], rows)
+  body = (f'Preset `{args.preset}` ({cfg.num_params() / 1e6:.1f}M params), {args.dtype}, '
+          f'{args.new_tokens} new tokens, random weights. Peer: {peer_version or "not run"}.'
+          f'\n\n{table}\n')
+  path = common.write_results(f'decode_ar_{args.preset}', 'AR decode throughput', body)
+  print(table)
+  print(f'wrote {path}')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,47 @@
+"""Helpers shared by the tests (fixtures live in conftest.py)."""
+
+import functools
+
+import jax
+
+from models import config as config_lib
+
+
+def small_config(**overrides) -> config_lib.ModelConfig:
+  """A model that compiles in seconds (the `test` preset, vocab 64)."""
+  d = dict(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+           mlp_dim=64, max_seq_len=128)
+  d.update(overrides)
+  return config_lib.ModelConfig(**d)
+
+
+def _is_static(v) -> bool:
+  return v is None or isinstance(v, (str, bool, int, float, tuple)) or (
+      hasattr(v, '__dataclass_fields__') and getattr(type(v), '__hash__', None) is not None
+      and not hasattr(v, 'replace'))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _jitted_apply(model, static_items, params, args, dynamic):
+  return model.apply({'params': params}, *args, **dynamic, **dict(static_items))
+
+
+def jit_apply(model):
+  """model.apply, jitted: strings, tuples, None and frozen settings are static; arrays and
+  caches are traced. Eager Flax dispatches op by op and is several times slower in tests."""
+  def call(params, *args, **kwargs):
+    static = tuple(sorted((k, v) for k, v in kwargs.items() if _is_static(v)))
+    dynamic = {k: v for k, v in kwargs.items() if not _is_static(v)}
+    return _jitted_apply(model, static, params, args, dynamic)
+  return call
+
+
+def lm_test_config(data_dir: str, **train_overrides):
+  """configs/lm.py:test on the stdlib corpus prepared under `data_dir`, batch 8 so it splits
+  over the 8 virtual devices (the default mesh is data=-1)."""
+  from configs import lm  # pylint: disable=g-import-not-at-top
+  c = lm.get_config('test')
+  c.data.data_dir = data_dir
+  c.data.batch_size = 8
+  c.train.update(async_checkpointing=False, **train_overrides)
+  return c

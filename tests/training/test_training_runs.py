@@ -1,0 +1,157 @@
+"""Whole runs: exact resume, crash recovery, NaN stop, and every bad input's clear error."""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from testlib import lm_test_config
+from training import checkpoint, loading, trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _params(workdir, step=None):
+  return jax.tree.leaves(jax.device_get(loading.load_model(workdir, step=step).params))
+
+
+def _assert_same_params(a, b, atol=0.0):
+  for x, y in zip(a, b):
+    np.testing.assert_allclose(x, y, atol=atol, rtol=0)
+
+
+def _final_eval(workdir):
+  rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  return [r for r in rows if r['split'] == 'eval'][-1]
+
+
+def test_stop_and_resume_equals_uninterrupted(tmp_path, data_dir):
+  full = str(tmp_path / 'full')
+  trainer.train_and_evaluate(lm_test_config(data_dir, steps=12, checkpoint_every=4), full)
+  split = str(tmp_path / 'split')
+  out = trainer.train_and_evaluate(
+      lm_test_config(data_dir, steps=12, checkpoint_every=4, stop_after_steps=7), split)
+  assert out['step'] == 7
+  assert checkpoint.Checkpointer(split, read_only=True).latest_step() == 7
+  trainer.train_and_evaluate(lm_test_config(data_dir, steps=12, checkpoint_every=4), split)
+  _assert_same_params(_params(split), _params(full))
+  assert _final_eval(split)['loss'] == pytest.approx(_final_eval(full)['loss'], abs=1e-6)
+
+
+def _train_cmd(workdir, data_dir, steps, every):
+  return [sys.executable, 'train.py', '--config=configs/lm.py:test', f'--workdir={workdir}',
+          f'--config.data.data_dir={data_dir}', f'--config.train.steps={steps}',
+          f'--config.train.checkpoint_every={every}', '--config.data.seq_len=64',
+          '--config.train.eval_every=1000', '--config.train.progress_bar=False']
+
+
+def _one_device_env():
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)
+  return env
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_result(tmp_path, data_dir):
+  """SIGKILL during training (async checkpoints in flight), then resume: same parameters."""
+  env, steps = _one_device_env(), 120
+  ref = str(tmp_path / 'ref')
+  subprocess.run(_train_cmd(ref, data_dir, steps, 10), cwd=ROOT, env=env, check=True,
+                 capture_output=True)
+  killed = str(tmp_path / 'killed')
+  proc = subprocess.Popen(_train_cmd(killed, data_dir, steps, 10), cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 120
+  while not os.path.isdir(os.path.join(killed, 'checkpoints', '20')):
+    assert time.time() < deadline and proc.poll() is None, 'no checkpoint before the kill'
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  last = checkpoint.Checkpointer(killed, read_only=True).latest_step()
+  assert last is not None and last < steps, 'the run finished before it was killed'
+  subprocess.run(_train_cmd(killed, data_dir, steps, 10), cwd=ROOT, env=env, check=True,
+                 capture_output=True)
+  _assert_same_params(_params(killed), _params(ref))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
+  workdir = str(tmp_path / 'nan')
+  cfg = lm_test_config(data_dir, steps=20, checkpoint_every=2, learning_rate=1e9,
+                       warmup_steps=1, grad_clip=0.0)
+  with pytest.raises(trainer.NonFiniteLossError, match='Non-finite loss') as err:
+    trainer.train_and_evaluate(cfg, workdir)
+  latest = checkpoint.Checkpointer(workdir, read_only=True).latest_step()
+  assert f'last checkpoint (step {latest})' in str(err.value)
+  params = _params(workdir)
+  assert all(np.isfinite(p).all() for p in params)
+
+
+def test_changed_model_config_is_refused(tmp_path, trained_workdir, data_dir):
+  workdir = str(tmp_path / 'copy')
+  shutil.copytree(trained_workdir, workdir)
+  cfg = lm_test_config(data_dir, steps=30)
+  cfg.model.d_model = 48
+  with pytest.raises(checkpoint.CheckpointError, match='model.d_model: checkpoint has 64'):
+    trainer.train_and_evaluate(cfg, workdir)
+
+
+def test_corrupt_latest_checkpoint_falls_back(tmp_path, trained_workdir, capsys):
+  workdir = str(tmp_path / 'copy')
+  shutil.copytree(trained_workdir, workdir)
+  for f in glob.glob(os.path.join(workdir, 'checkpoints', '20', 'params', '**', '*'),
+                     recursive=True):
+    if os.path.isfile(f):
+      with open(f, 'wb') as fh:
+        fh.write(b'garbage')
+  loaded = loading.load_model(workdir)
+  assert loaded.step == 10
+  assert 'Restored step 10 instead of a newer checkpoint' in capsys.readouterr().out
+  _assert_same_params(jax.tree.leaves(jax.device_get(loaded.params)),
+                      _params(trained_workdir, step=10))
+
+
+def test_workdir_without_checkpoint(tmp_path, trained_workdir):
+  with pytest.raises(checkpoint.CheckpointError, match='not a training workdir'):
+    loading.load_model(str(tmp_path))
+  workdir = str(tmp_path / 'nockpt')
+  shutil.copytree(trained_workdir, workdir)
+  shutil.rmtree(os.path.join(workdir, 'checkpoints'))
+  with pytest.raises(checkpoint.CheckpointError, match='No checkpoints in'):
+    loading.load_model(workdir)
+  with pytest.raises(checkpoint.CheckpointError, match='No checkpoint at step 7'):
+    loading.load_model(trained_workdir, step=7)
+
+
+@pytest.mark.parametrize('key,value,match', [
+    ('model.num_kv_heads', 3, 'divisible by model.num_kv_heads'),
+    ('mesh.data', 3, 'needs 3 devices but 8 are available'),
+    ('data.batch_size', 4, 'Batch size 4 is not divisible by the data-parallel mesh size 8'),
+    ('objective', 'nope', "Unknown objective 'nope'"),
+])
+def test_bad_config_values(tmp_path, data_dir, key, value, match):
+  cfg = lm_test_config(data_dir)
+  section, _, name = key.rpartition('.')
+  (cfg[section] if section else cfg)[name] = value
+  with pytest.raises(ValueError, match=match):
+    trainer.train_and_evaluate(cfg, str(tmp_path / 'w'))
+
+
+@pytest.mark.parametrize('flag,match', [
+    ('--config.train.nope=1', 'Unknown config key in --config.train.nope'),
+    ('--config.train.steps=abc', 'invalid literal'),
+])
+def test_bad_config_flags(tmp_path, flag, match):
+  out = subprocess.run([sys.executable, 'train.py', '--config=configs/lm.py:test',
+                        f'--workdir={tmp_path}', flag], cwd=ROOT, capture_output=True,
+                       text=True, env=_one_device_env())
+  assert out.returncode != 0
+  assert match in out.stderr + out.stdout
+  assert 'Traceback' not in out.stderr
