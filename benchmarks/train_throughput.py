@@ -47,15 +47,16 @@ def main():
   cfg = ModelConfig(vocab_size=vocab, dtype=args.dtype, **d)
   model = Transformer(cfg)
   train_cfg = lm.get_config(args.preset).train
+  objective = objectives.make_objective('ar', model, None)
   tx = optimizer.make_optimizer(train_cfg)
   mesh = sharding.make_mesh({k: int(v) for k, v in
                              (p.split('=') for p in args.mesh.split(','))})
   rules = sharding.DEFAULT_RULES
-  shardings = train_state.state_shardings(model, tx, mesh, rules)
-  state = train_state.create_train_state(model, tx, jax.random.key(0), shardings)
+  shardings = train_state.state_shardings(model, objective, tx, mesh, rules)
+  state = train_state.create_train_state(model, objective, tx, jax.random.key(0), shardings)
   batch_sharding = {'tokens': sharding.batch_sharding(mesh, 2, rules)}
-  fn = step.jit_train_step(objectives.make_objective('ar', model, None), tx, grad_accum=1,
-                           seed=0, state_shardings=shardings, batch_shardings=batch_sharding)
+  fn = step.jit_train_step(objective.loss_fn, tx, grad_accum=1, seed=0,
+                           state_shardings=shardings)
   rng = np.random.default_rng(0)
   batches = [jax.device_put(rng.integers(0, vocab, (args.batch, args.seq_len + 1),
                                          dtype=np.int32), batch_sharding['tokens'])

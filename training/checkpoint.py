@@ -55,7 +55,10 @@ class Checkpointer:
         save_interval_steps=0 if read_only else 1, enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
-        item_names=('params', 'opt_state', 'data', 'meta'))
+        item_handlers={'params': ocp.StandardCheckpointHandler(),
+                       'opt_state': ocp.StandardCheckpointHandler(),
+                       'data': ocp.JsonCheckpointHandler(),
+                       'meta': ocp.JsonCheckpointHandler()})
 
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -88,14 +91,19 @@ class Checkpointer:
   def read_meta(self, step: int) -> dict[str, Any]:
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 
-  def restore(self, abstract_fn: Callable[[dict[str, Any]], tuple[Any, Any]], *,
+  def params_metadata(self, step: int) -> Any:
+    """The saved params tree with array metadata (.shape, .dtype) as leaves."""
+    return self.manager.item_metadata(step)['params']
+
+  def restore(self, abstract_fn: Callable[[dict[str, Any], int], tuple[Any, Any]], *,
               step: int | None = None, model_config: dict[str, Any] | None = None
               ) -> tuple[int, Any, Any, dict[str, Any], dict[str, Any]]:
     """Restores the newest readable checkpoint (or exactly `step`).
 
     Args:
-      abstract_fn: meta -> (abstract params, abstract optimizer state or None to skip it),
-        ShapeDtypeStructs with shardings; `meta['model']` is the checkpoint's model config.
+      abstract_fn: (meta, step) -> (abstract params, abstract optimizer state or None to skip
+        it), ShapeDtypeStructs with shardings; `meta['model']` is the checkpoint's model
+        config.
       step: a specific step; no fallback then.
       model_config: if given, the checkpoint's model config must equal it.
 
@@ -112,7 +120,7 @@ class Checkpointer:
             raise CheckpointError(
                 f'The checkpoint at step {candidate} in {self.directory} does not match the '
                 'model config:\n  ' + '\n  '.join(diffs))
-        abstract_params, abstract_opt_state = abstract_fn(meta)
+        abstract_params, abstract_opt_state = abstract_fn(meta, candidate)
         items = dict(params=ocp.args.StandardRestore(abstract_params),
                      data=ocp.args.JsonRestore())
         if abstract_opt_state is not None:

@@ -20,8 +20,11 @@ from training import checkpoint as checkpoint_lib
 
 @dataclasses.dataclass
 class LoadedModel:
+  """A restored run: `params` are the Transformer's, `extras` the objective's other trees
+  (heads, adapters...; replicated), keyed as in training."""
   model: transformer_lib.Transformer
   params: Any
+  extras: dict[str, Any]
   tokenizer: data_lib.Tokenizer
   step: int
   config: dict[str, Any]  # the run's full config (config.json)
@@ -52,16 +55,20 @@ def load_model(workdir: str, *, step: int | None = None, mesh: Mesh | None = Non
         f'No checkpoint in {workdir}: training wrote none yet (checkpoints/ is empty).')
   holder: dict[str, Any] = {}
 
-  def abstract_fn(meta):
+  def abstract_fn(meta, candidate):
     model = transformer_lib.Transformer(config_lib.ModelConfig.from_dict(meta['model']))
-    shapes = jax.eval_shape(functools.partial(transformer_lib.init_params, model),
-                            jax.random.key(0))
+    shapes = {'model': jax.eval_shape(functools.partial(transformer_lib.init_params, model),
+                                      jax.random.key(0))}
+    saved = ckpt.params_metadata(candidate)
+    for name in saved:
+      if name != 'model':
+        shapes[name] = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
+                                    saved[name])
+    replicated = NamedSharding(mesh or Mesh(jax.devices()[:1], ('d',)), P())
+    shardings = jax.tree.map(lambda _: replicated, shapes)
     if mesh is not None:
-      shardings = sharding_lib.tree_shardings(transformer_lib.logical_axes(model), shapes, mesh,
-                                              rules)
-    else:
-      device = NamedSharding(Mesh(jax.devices()[:1], ('d',)), P())
-      shardings = jax.tree.map(lambda _: device, shapes)
+      shardings['model'] = sharding_lib.tree_shardings(transformer_lib.logical_axes(model),
+                                                       shapes['model'], mesh, rules)
     holder['model'] = model
     return (jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                          shapes, shardings), None)
@@ -70,5 +77,6 @@ def load_model(workdir: str, *, step: int | None = None, mesh: Mesh | None = Non
     restored_step, params, _, _, _ = ckpt.restore(abstract_fn, step=step)
   finally:
     ckpt.close()
-  return LoadedModel(model=holder['model'], params=params, tokenizer=tokenizer,
-                     step=restored_step, config=config, workdir=workdir)
+  extras = {k: v for k, v in params.items() if k != 'model'}
+  return LoadedModel(model=holder['model'], params=params['model'], extras=extras,
+                     tokenizer=tokenizer, step=restored_step, config=config, workdir=workdir)

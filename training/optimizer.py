@@ -1,6 +1,8 @@
-"""AdamW with linear warmup + cosine decay and global-norm clipping."""
+"""AdamW with linear warmup + cosine decay and global-norm clipping; frozen subtrees."""
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import jax
 import ml_collections
@@ -21,9 +23,15 @@ def _decay_mask(params):
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  return optax.chain(
+def make_optimizer(train: ml_collections.ConfigDict,
+                   frozen: Sequence[str] = ()) -> optax.GradientTransformation:
+  """The optimizer; top-level param keys in `frozen` get zero updates and no moments."""
+  tx = optax.chain(
       optax.clip_by_global_norm(train.grad_clip) if train.grad_clip > 0 else optax.identity(),
       optax.adamw(learning_rate_schedule(train), b1=train.b1, b2=train.b2, eps=train.eps,
                   weight_decay=train.weight_decay, mask=_decay_mask),
   )
+  if not frozen:
+    return tx
+  labels = lambda params: {k: ('frozen' if k in frozen else 'train') for k in params}
+  return optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels)

@@ -56,16 +56,15 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, loss_fn: objec
 
 
 def jit_train_step(loss_fn: objectives.LossFn, tx: optax.GradientTransformation, *,
-                   grad_accum: int, seed: int, state_shardings: TrainState,
-                   batch_shardings: Any) -> Callable:
+                   grad_accum: int, seed: int, state_shardings: TrainState) -> Callable:
+  """The jitted step; batches arrive as global arrays already split over the batch axes."""
   step = lambda state, batch: train_step(state, batch, loss_fn=loss_fn, tx=tx,
                                          grad_accum=grad_accum, seed=seed)
-  return jax.jit(step, in_shardings=(state_shardings, batch_shardings),
+  return jax.jit(step, in_shardings=(state_shardings, None),
                  out_shardings=(state_shardings, None), donate_argnums=(0,))
 
 
-def jit_eval_step(loss_fn: objectives.LossFn, *, param_shardings: Any, batch_shardings: Any,
-                  seed: int) -> Callable:
+def jit_eval_step(loss_fn: objectives.LossFn, *, param_shardings: Any, seed: int) -> Callable:
   def step(params, batch):
     return loss_fn(params, batch, jax.random.key(seed))[1]
-  return jax.jit(step, in_shardings=(param_shardings, batch_shardings))
+  return jax.jit(step, in_shardings=(param_shardings, None))

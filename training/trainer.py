@@ -66,8 +66,10 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> config_l
   return config_lib.ModelConfig.from_dict(d)
 
 
-def _global_batch(batch: dict[str, np.ndarray], shardings: dict[str, Any]) -> dict[str, jax.Array]:
-  return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v))
+def _global_batch(batch: dict[str, np.ndarray], mesh, rules) -> dict[str, jax.Array]:
+  """Assembles the global batch from this process's rows: every leaf split over 'batch'."""
+  return {k: jax.make_array_from_process_local_data(
+      sharding_lib.batch_sharding(mesh, np.ndim(v), rules), np.asarray(v))
           for k, v in batch.items()}
 
 
@@ -76,20 +78,32 @@ def _normalise(d: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Evaluator:
-  """Loss and bits per byte over a fixed set of validation batches."""
+  """Eval metrics over a fixed set of batches: `*_sum` metrics summed, the rest averaged;
+  loss = nll_sum / tokens_sum and bits per byte when those exist (LM data)."""
 
-  def __init__(self, eval_step, batches, token_bytes: np.ndarray, shardings):
-    self.eval_step, self.batches, self.shardings = eval_step, batches, shardings
+  def __init__(self, eval_step, batches, token_bytes: np.ndarray, mesh, rules):
+    self.eval_step, self.batches, self.mesh, self.rules = eval_step, batches, mesh, rules
     self.token_bytes = token_bytes
 
   def __call__(self, params) -> dict[str, float]:
-    nll = tokens = nbytes = 0.0
+    sums: dict[str, float] = {}
+    means: dict[str, list[float]] = {}
+    nbytes = 0.0
     for batch in self.batches:
-      m = jax.device_get(self.eval_step(params, _global_batch(batch, self.shardings)))
-      nll += float(m['nll_sum'])
-      tokens += float(m['tokens_sum'])
-      nbytes += float(self.token_bytes[np.asarray(batch['tokens'])[:, 1:]].sum())
-    return {'loss': nll / max(tokens, 1.0), 'bits_per_byte': metrics_lib.bits_per_byte(nll, nbytes)}
+      m = jax.device_get(self.eval_step(params, _global_batch(batch, self.mesh, self.rules)))
+      for k, v in m.items():
+        if k.endswith('_sum'):
+          sums[k] = sums.get(k, 0.0) + float(v)
+        else:
+          means.setdefault(k, []).append(float(v))
+      if 'tokens' in batch:
+        nbytes += float(self.token_bytes[np.asarray(batch['tokens'])[:, 1:]].sum())
+    out = {k: float(np.mean(v)) for k, v in means.items()}
+    if 'nll_sum' in sums and 'tokens_sum' in sums:
+      out['loss'] = sums['nll_sum'] / max(sums['tokens_sum'], 1.0)
+      if nbytes:
+        out['bits_per_byte'] = metrics_lib.bits_per_byte(sums['nll_sum'], nbytes)
+    return out
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -111,21 +125,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     raise ValueError(f'data.batch_size={dc.batch_size} must be divisible by '
                      f'train.grad_accum={tc.grad_accum}.')
 
-  tx = optimizer_lib.make_optimizer(tc)
-  loss_fn = objectives.make_objective(config.objective, model, config)
-  shardings = state_lib.state_shardings(model, tx, mesh, rules)
-  batch_shardings = {'tokens': sharding_lib.batch_sharding(mesh, 2, rules)}
+  objective = objectives.make_objective(config.objective, model, config)
+  tx = optimizer_lib.make_optimizer(tc, objective.frozen)
+  shardings = state_lib.state_shardings(model, objective, tx, mesh, rules)
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=tc.keep_checkpoints,
                                      async_save=tc.async_checkpointing)
   meta = {'model': mcfg.to_dict(), 'objective': config.objective,
+          'extras': sorted(k for k in shardings.params if k != 'model'),
           'tokenizer': type(tokenizer).__name__, 'config': _normalise(config.to_dict())}
 
-  train_iter = data_lib.make_train_iterator(dc, tokenizer, process_index=jax.process_index(),
-                                            process_count=jax.process_count())
+  make_iter = objective.make_train_iterator or data_lib.make_train_iterator
+  train_iter = make_iter(dc, tokenizer, process_index=jax.process_index(),
+                         process_count=jax.process_count())
   if ckpt.latest_step() is not None:
-    abstract = state_lib.abstract_state(model, tx, shardings)
+    abstract = state_lib.abstract_state(model, objective, tx, shardings)
     step0, params, opt_state, data_state, saved = ckpt.restore(
-        lambda meta: (abstract.params, abstract.opt_state),
+        lambda meta, step: (abstract.params, abstract.opt_state),
         model_config=_normalise(mcfg.to_dict()))
     if saved.get('objective', config.objective) != config.objective:
       raise checkpoint_lib.CheckpointError(
@@ -137,26 +152,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       train_iter.set_state(data_state)
     print(f'Resumed from step {step0} in {workdir}.', flush=True)
   else:
-    state = state_lib.create_train_state(model, tx, jax.random.key(config.seed), shardings)
+    state = state_lib.create_train_state(model, objective, tx, jax.random.key(config.seed),
+                                         shardings)
     step0 = 0
   checkpoint_lib.write_config(workdir, _normalise(config.to_dict()))
 
   print(f'Model: {mcfg.num_params() / 1e6:.2f}M parameters, {mcfg.num_layers} layers, '
         f'vocab {mcfg.vocab_size}; mesh {dict(mesh.shape)} on {jax.device_count()} '
         f'{jax.devices()[0].platform} device(s).', flush=True)
-  train_step = step_lib.jit_train_step(loss_fn, tx, grad_accum=tc.grad_accum, seed=config.seed,
-                                       state_shardings=shardings,
-                                       batch_shardings=batch_shardings)
-  eval_step = step_lib.jit_eval_step(loss_fn, param_shardings=shardings.params,
-                                     batch_shardings=batch_shardings, seed=config.seed)
-  evaluator = _Evaluator(eval_step, data_lib.make_eval_batches(dc, tokenizer,
-                                                               max_batches=tc.eval_batches),
-                         tokenizer.token_byte_lengths(), batch_shardings)
+  train_step = step_lib.jit_train_step(objective.loss_fn, tx, grad_accum=tc.grad_accum,
+                                       seed=config.seed, state_shardings=shardings)
+  eval_step = step_lib.jit_eval_step(objective.eval_fn or objective.loss_fn,
+                                     param_shardings=shardings.params, seed=config.seed)
+  make_eval = objective.make_eval_batches or data_lib.make_eval_batches
+  evaluator = _Evaluator(eval_step, make_eval(dc, tokenizer, max_batches=tc.eval_batches),
+                         tokenizer.token_byte_lengths(), mesh, rules)
   bar = tqdm.tqdm(total=tc.steps, initial=step0, disable=not tc.progress_bar,
                   dynamic_ncols=True, desc='train')
   writer = metrics_lib.MetricWriter(workdir, echo=bar.write if tc.progress_bar else print)
   schedule = optimizer_lib.learning_rate_schedule(tc)
-  tokens_per_step = dc.batch_size * dc.seq_len
+  tokens_per_step = dc.batch_size * dc.seq_len  # for packed LM data
   last_train: dict[str, float] = {}
   last_eval: dict[str, float] = {}
   window: list[dict[str, float]] = []
@@ -180,7 +195,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   end = tc.steps if not tc.stop_after_steps else min(tc.steps, step0 + tc.stop_after_steps)
   try:
     for step in range(step0, end):
-      batch = _global_batch(next(train_iter), batch_shardings)
+      batch = _global_batch(next(train_iter), mesh, rules)
       state, metrics = train_step(state, batch)
       if pending is not None:
         check(pending)

@@ -155,3 +155,43 @@ def test_bad_config_flags(tmp_path, flag, match):
   assert out.returncode != 0
   assert match in out.stderr + out.stdout
   assert 'Traceback' not in out.stderr
+
+
+def test_objective_with_extras_and_frozen_model(tmp_path, data_dir):
+  """An objective may add trainable trees and freeze the model; load_model returns both."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from training import objectives  # pylint: disable=g-import-not-at-top
+
+  if 'test_probe' not in objectives.names():
+    @objectives.register('test_probe')
+    def _probe(model, config):
+      del config
+      D, V = model.cfg.d_model, model.cfg.vocab_size
+
+      def loss_fn(params, batch, rng):
+        del rng
+        out = model.apply({'params': params['model']}, batch['tokens'][:, :-1])
+        logits = out.last_hidden_BxTxD @ params['probe']['w']
+        return objectives.token_cross_entropy(logits, batch['tokens'][:, 1:],
+                                              jnp.ones(logits.shape[:2]))
+
+      return objectives.Objective(
+          loss_fn=loss_fn, frozen=('model',),
+          init_extras=lambda rng: {'probe': {'w': jax.random.normal(rng, (D, V)) * 0.02}})
+
+  cfg = lm_test_config(data_dir, steps=4, checkpoint_every=4)
+  cfg.objective = 'test_probe'
+  workdir = str(tmp_path / 'probe')
+  trainer.train_and_evaluate(cfg, workdir)
+  loaded = loading.load_model(workdir)
+  assert set(loaded.extras) == {'probe'}
+  assert loaded.extras['probe']['w'].shape == (64, loaded.model.cfg.vocab_size)
+  # The frozen model is its initialisation (up to ulps of jitted-vs-eager init; a single
+  # update would move it by >= 1e-4).
+  from training import train_state  # pylint: disable=g-import-not-at-top
+  init = train_state.init_params(loaded.model, objectives.make_objective('test_probe',
+                                                                         loaded.model, cfg),
+                                 jax.random.key(cfg.seed))
+  _assert_same_params(jax.tree.leaves(jax.device_get(loaded.params)),
+                      jax.tree.leaves(jax.device_get(init['model'])), atol=1e-6)
+  assert not np.allclose(loaded.extras['probe']['w'], init['probe']['w'])

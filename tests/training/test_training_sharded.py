@@ -12,13 +12,14 @@ from training import objectives, optimizer, step, train_state
 
 def _train(mesh, cfg, batches, train_cfg):
   model = Transformer(cfg)
+  objective = objectives.make_objective('ar', model, None)
   tx = optimizer.make_optimizer(train_cfg)
   rules = sharding.DEFAULT_RULES
-  shardings = train_state.state_shardings(model, tx, mesh, rules)
-  state = train_state.create_train_state(model, tx, jax.random.key(0), shardings)
+  shardings = train_state.state_shardings(model, objective, tx, mesh, rules)
+  state = train_state.create_train_state(model, objective, tx, jax.random.key(0), shardings)
   batch_sharding = {'tokens': sharding.batch_sharding(mesh, 2, rules)}
-  fn = step.jit_train_step(objectives.make_objective('ar', model, None), tx, grad_accum=1,
-                           seed=0, state_shardings=shardings, batch_shardings=batch_sharding)
+  fn = step.jit_train_step(objective.loss_fn, tx, grad_accum=1, seed=0,
+                           state_shardings=shardings)
   losses = []
   for b in batches:
     state, m = fn(state, {'tokens': jax.device_put(b, batch_sharding['tokens'])})
@@ -40,7 +41,7 @@ def test_2x2x2_mesh_follows_single_device_loss_curve():
   assert losses1[-1] < losses1[0]
   for a, b in zip(jax.tree.leaves(state1.params), jax.tree.leaves(state8.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
-  p = state8.params
+  p = state8.params['model']
   assert p['layer_0']['mlp']['gate'].sharding.spec == P('fsdp', 'tensor')
   assert p['layer_0']['mlp']['down'].sharding.spec == P('tensor', 'fsdp')
   assert p['layer_0']['attn']['q'].sharding.spec == P('fsdp', 'tensor', None)
@@ -48,7 +49,7 @@ def test_2x2x2_mesh_follows_single_device_loss_curve():
   assert p['embed']['embedding'].sharding.spec == P('tensor', 'fsdp')
   # Adam moments follow their parameters.
   mu = state8.opt_state[1][0].mu
-  assert mu['layer_0']['mlp']['gate'].sharding.spec == P('fsdp', 'tensor')
+  assert mu['model']['layer_0']['mlp']['gate'].sharding.spec == P('fsdp', 'tensor')
 
 
 def test_rules_replicate_what_does_not_divide():

@@ -1,0 +1,1 @@
+"""Synthetic tasks generated deterministically from a seed (one module per task family)."""
