@@ -59,8 +59,8 @@ class Attention(nn.Module):
                                   name='q_norm')(q_BxTxHxDh)
       k_BxTxKxDh = layers.RMSNorm(cfg.norm_eps, 'head_dim', cfg.weight_dtype,
                                   name='k_norm')(k_BxTxKxDh)
-    q_BxTxHxDh = layers.rope(q_BxTxHxDh, positions_BxT, cfg.rope_theta)
-    k_BxTxKxDh = layers.rope(k_BxTxKxDh, positions_BxT, cfg.rope_theta)
+    q_BxTxHxDh = layers.rope(q_BxTxHxDh, positions_BxT, cfg.rope_theta, cfg.rope_scaling)
+    k_BxTxKxDh = layers.rope(k_BxTxKxDh, positions_BxT, cfg.rope_theta, cfg.rope_scaling)
 
     if kv is not None:
       kv = kv.write(k_BxTxKxDh, v_BxTxKxDh, slots_BxT)

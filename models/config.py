@@ -40,6 +40,10 @@ class ModelConfig:
     layer_types: one entry per layer ('attention'; other issues add more). Empty means
       all attention.
     attention_impl: 'auto' | 'xla' | 'cudnn' | 'pallas'; see `pallas_kernels.attention`.
+    rope_scaling: () for plain RoPE, or Llama-3 frequency scaling as (factor,
+      low_freq_factor, high_freq_factor, original_max_position_embeddings).
+    sliding_window: 0 for full attention; W > 0 hides keys more than W - 1 positions before
+      the query (Mistral).
   """
 
   vocab_size: int
@@ -60,6 +64,8 @@ class ModelConfig:
   init_std: float = 0.02
   layer_types: tuple[str, ...] = ()
   attention_impl: str = 'auto'
+  rope_scaling: tuple[float, ...] = ()
+  sliding_window: int = 0
 
   def __post_init__(self):
     positive = ('vocab_size', 'd_model', 'num_layers', 'num_heads', 'num_kv_heads',
@@ -86,6 +92,14 @@ class ModelConfig:
     if unknown:
       raise ValueError(f'Unknown layer types {unknown}; known: {LAYER_TYPES}.')
     object.__setattr__(self, 'layer_types', types)
+    object.__setattr__(self, 'rope_scaling', tuple(float(x) for x in self.rope_scaling))
+    if self.rope_scaling and len(self.rope_scaling) != 4:
+      raise ValueError('model.rope_scaling must be () or (factor, low_freq_factor, '
+                       f'high_freq_factor, original_max_position_embeddings), got '
+                       f'{self.rope_scaling}.')
+    if not isinstance(self.sliding_window, int) or self.sliding_window < 0:
+      raise ValueError(f'model.sliding_window must be an integer >= 0, got '
+                       f'{self.sliding_window!r}.')
 
   @property
   def compute_dtype(self) -> jnp.dtype:
@@ -110,6 +124,7 @@ class ModelConfig:
   def to_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
     d['layer_types'] = list(d['layer_types'])
+    d['rope_scaling'] = list(d['rope_scaling'])
     return d
 
   def num_params(self) -> int:

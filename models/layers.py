@@ -33,14 +33,36 @@ class RMSNorm(nn.Module):
     return (y * scale.astype(jnp.float32)).astype(x.dtype)
 
 
-def rope(x_BxTxNxDh: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.Array:
+def rope_frequencies(Dh: int, theta: float, scaling: Sequence[float] = ()) -> jax.Array:
+  """float32 [Dh/2] inverse frequencies theta^(-2i/Dh), with Llama-3 scaling if given.
+
+  `scaling` = (factor, low_freq_factor, high_freq_factor, original_max_position_embeddings):
+  wavelengths above original/low_freq_factor are divided by `factor`, those below
+  original/high_freq_factor kept, and the band between interpolated (transformers'
+  `_compute_llama3_parameters`).
+  """
+  inv_freq = theta ** (-jnp.arange(0, Dh, 2, dtype=jnp.float32) / Dh)
+  if not scaling:
+    return inv_freq
+  factor, low, high, original = scaling
+  wavelen = 2 * jnp.pi / inv_freq
+  scaled = jnp.where(wavelen > original / low, inv_freq / factor, inv_freq)
+  smooth = (original / wavelen - low) / (high - low)
+  smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+  medium = (wavelen >= original / high) & (wavelen <= original / low)
+  return jnp.where(medium, smoothed, scaled)
+
+
+def rope(x_BxTxNxDh: jax.Array, positions_BxT: jax.Array, theta: float,
+         scaling: Sequence[float] = ()) -> jax.Array:
   """Rotary embedding, rotate-half convention (as Llama/Qwen in transformers).
 
-  Frequencies theta^(-2i/Dh), i < Dh/2; the first and second halves of Dh form the pairs.
+  Frequencies from `rope_frequencies` (theta^(-2i/Dh), i < Dh/2, optionally Llama-3
+  scaled); the first and second halves of Dh form the pairs.
   Negative (padding) positions are clamped to 0; their outputs are never attended to.
   """
   Dh = x_BxTxNxDh.shape[-1]
-  inv_freq = theta ** (-jnp.arange(0, Dh, 2, dtype=jnp.float32) / Dh)
+  inv_freq = rope_frequencies(Dh, theta, scaling)
   pos_BxT = jnp.maximum(positions_BxT, 0).astype(jnp.float32)
   angles_BxTx1xDh2 = (pos_BxT[..., None] * inv_freq)[:, :, None, :]
   cos, sin = jnp.cos(angles_BxTx1xDh2), jnp.sin(angles_BxTx1xDh2)

@@ -36,9 +36,15 @@ MODES = ('causal', 'bidirectional')
 
 
 def build_mask(q_pos_BxT: jax.Array, k_pos_BxS: jax.Array, key_valid_BxS: jax.Array,
-               spec: MaskSpec) -> jax.Array:
-  """Returns the boolean mask [B, T, S] for `spec` (see module docstring)."""
+               spec: MaskSpec, window: int = 0) -> jax.Array:
+  """Returns the boolean mask [B, T, S] for `spec` (see module docstring).
+
+  `window` > 0 (sliding-window attention, Mistral) also hides, in every mode, keys whose
+  position is `window` or more before the query's: k_pos > q_pos - window.
+  """
   valid_Bx1xS = key_valid_BxS[:, None, :]
+  if window > 0:  # [B, T, S] from here on; every mode below ANDs with it.
+    valid_Bx1xS = valid_Bx1xS & (k_pos_BxS[:, None, :] > q_pos_BxT[:, :, None] - window)
   if spec is None or (isinstance(spec, str) and spec == 'causal'):
     return valid_Bx1xS & (k_pos_BxS[:, None, :] <= q_pos_BxT[:, :, None])
   if isinstance(spec, str):

@@ -109,7 +109,8 @@ class Transformer(nn.Module):
       if write_slots_BxT is None:
         write_slots_BxT = positions_BxT
       slots_BxT, key_pos_BxS, key_valid_BxS = cache.begin_write(positions_BxT, write_slots_BxT)
-    mask_BxTxS = masks.build_mask(positions_BxT, key_pos_BxS, key_valid_BxS, attn_mask)
+    mask_BxTxS = masks.build_mask(positions_BxT, key_pos_BxS, key_valid_BxS, attn_mask,
+                                  window=cfg.sliding_window)
 
     hidden = [x_BxTxD]
     new_layers: list[Any] = list(cache.layers) if cache is not None else []
