@@ -154,6 +154,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   else:
     state = state_lib.create_train_state(model, objective, tx, jax.random.key(config.seed),
                                          shardings)
+    if objective.init_model_params is not None:  # e.g. adapt an AR checkpoint
+      start = jax.device_put(objective.init_model_params(), shardings.params['model'])
+      state = state.replace(params={**state.params, 'model': start})
     step0 = 0
   checkpoint_lib.write_config(workdir, _normalise(config.to_dict()))
 

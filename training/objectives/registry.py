@@ -8,6 +8,7 @@ An objective says what is trained and how:
   frozen: top-level keys of params that get no updates (e.g. ('model',) for a frozen base)
   make_train_iterator / make_eval_batches  its own data (synthetic tasks); default: packed LM
   eval_fn                                  metrics on eval batches; default: loss_fn's metrics
+  init_model_params() -> model params      start a fresh run from them (e.g. an AR checkpoint)
 
 Metrics named `*_sum` are summed over evaluation batches, the rest averaged. When the eval
 metrics contain `nll_sum` and the batches hold `tokens`, bits per byte are reported too.
@@ -39,6 +40,7 @@ class Objective:
   make_train_iterator: Callable[..., Any] | None = None
   make_eval_batches: Callable[..., list[Batch]] | None = None
   eval_fn: LossFn | None = None
+  init_model_params: Callable[[], Any] | None = None  # start from these model params (fresh runs)
 
   def extras(self, rng: jax.Array) -> dict[str, Any]:
     return dict(self.init_extras(rng)) if self.init_extras else {}
