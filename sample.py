@@ -47,6 +47,8 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Seed; prompt i uses fold_in(key(seed), 
 _BATCH = flags.DEFINE_integer('batch_size', 8, 'Prompts per batch.')
 _CACHE = flags.DEFINE_integer('cache_size', 0, 'Cache slots (0 = just enough, rounded up).')
 _MESH = flags.DEFINE_string('mesh', '', 'Shard decoding, e.g. "data=2,tensor=4".')
+_DTYPE = flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'],
+                           'Cast weights and compute to this dtype (default: as trained).')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object per prompt and decoder.')
 _LIST = flags.DEFINE_bool('list_decoders', False, 'List the registered decoders and exit.')
 try:
@@ -74,14 +76,15 @@ def main(argv):
                                        top_p=_TOP_P.value, min_p=_MIN_P.value)
     decoders = compare.build_decoders(_DECODERS, _SETTINGS.value, overridden, sampling)
     mesh = cli.parse_mesh(_MESH.value)
-    target = loading.load_model(_WORKDIR.value, step=_STEP.value, mesh=mesh)
+    target = loading.load_model(_WORKDIR.value, step=_STEP.value, mesh=mesh,
+                                dtype=_DTYPE.value)
     prompts = cli.read_prompts(target.tokenizer, prompt=_PROMPT.value,
                                prompts_file=_PROMPTS_FILE.value, heldout=_HELDOUT.value,
                                prompt_chars=_PROMPT_CHARS.value,
                                data_config=target.config.get('data'))
 
     def load_extra(workdir):
-      extra = loading.load_model(workdir, mesh=mesh)
+      extra = loading.load_model(workdir, mesh=mesh, dtype=_DTYPE.value)
       if extra.tokenizer.vocab_size != target.tokenizer.vocab_size:
         raise ValueError(f'{workdir} uses a different vocabulary ({extra.tokenizer.vocab_size}'
                          f' tokens) from the target ({target.tokenizer.vocab_size}).')

@@ -245,3 +245,22 @@ def test_config_errors():
   from models import ModelConfig
   with pytest.raises(ValueError, match='Unknown model config keys'):
     ModelConfig.from_dict(dict(small_config().to_dict(), wat=1))
+
+
+def test_sharded_cache_decode_equals_unsharded(cfg):
+  """The cache shards by its logical axes (batch over data, kv heads over tensor)."""
+  from models import sharding, transformer  # pylint: disable=g-import-not-at-top
+  model, params = _setup(cfg)
+  mesh = sharding.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})
+  toks = _tokens(4, 6, cfg.vocab_size)
+  cache = Cache.init(cfg, 4, 8)
+  shards = sharding.tree_shardings(cache.logical_axes(), cache, mesh, sharding.DEFAULT_RULES)
+  assert shards.layers[0].k.spec == jax.sharding.PartitionSpec(('data', 'fsdp'), None,
+                                                               'tensor', None)
+  p_shards = sharding.tree_shardings(transformer.logical_axes(model.module), params, mesh,
+                                     sharding.DEFAULT_RULES)
+  sharded = model.apply({'params': jax.device_put(params, p_shards)}, jax.device_put(toks),
+                        cache=jax.device_put(cache, shards))
+  ref = model.apply({'params': params}, toks, cache=cache)
+  np.testing.assert_allclose(sharded.logits_BxTxV, ref.logits_BxTxV, atol=TOL)
+  np.testing.assert_allclose(sharded.cache.layers[1].v, ref.cache.layers[1].v, atol=TOL)

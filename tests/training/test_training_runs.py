@@ -195,3 +195,16 @@ def test_objective_with_extras_and_frozen_model(tmp_path, data_dir):
   _assert_same_params(jax.tree.leaves(jax.device_get(loaded.params)),
                       jax.tree.leaves(jax.device_get(init['model'])), atol=1e-6)
   assert not np.allclose(loaded.extras['probe']['w'], init['probe']['w'])
+
+
+def test_load_model_casts_to_bfloat16(trained_workdir):
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  fp32 = loading.load_model(trained_workdir)
+  bf16 = loading.load_model(trained_workdir, dtype='bfloat16')
+  assert bf16.model.cfg.dtype == bf16.model.cfg.param_dtype == 'bfloat16'
+  assert {x.dtype for x in jax.tree.leaves(bf16.params)} == {jnp.dtype(jnp.bfloat16)}
+  toks = jnp.asarray([[1, 40, 41, 42]])
+  a = fp32.model.apply({'params': fp32.params}, toks).logits_BxTxV
+  b = bf16.model.apply({'params': bf16.params}, toks).logits_BxTxV
+  assert b.dtype == jnp.float32
+  assert float(jnp.max(jnp.abs(a - b))) < 0.1 * float(jnp.max(jnp.abs(a)))

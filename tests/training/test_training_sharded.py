@@ -10,7 +10,7 @@ from models import Transformer, sharding
 from training import objectives, optimizer, step, train_state
 
 
-def _train(mesh, cfg, batches, train_cfg):
+def _train(mesh, cfg, batches, train_cfg, grad_accum=1):
   model = Transformer(cfg)
   objective = objectives.make_objective('ar', model, None)
   tx = optimizer.make_optimizer(train_cfg)
@@ -18,7 +18,7 @@ def _train(mesh, cfg, batches, train_cfg):
   shardings = train_state.state_shardings(model, objective, tx, mesh, rules)
   state = train_state.create_train_state(model, objective, tx, jax.random.key(0), shardings)
   batch_sharding = {'tokens': sharding.batch_sharding(mesh, 2, rules)}
-  fn = step.jit_train_step(objective.loss_fn, tx, grad_accum=1, seed=0,
+  fn = step.jit_train_step(objective.loss_fn, tx, grad_accum=grad_accum, seed=0,
                            state_shardings=shardings)
   losses = []
   for b in batches:
@@ -69,3 +69,17 @@ def test_mesh_errors():
     sharding.make_mesh({'model': 2})
   with pytest.raises(ValueError, match='Batch size 4 is not divisible'):
     sharding.check_batch(4, sharding.make_mesh({'data': 8}))
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+  """Two microbatches of 4 rows give the update of one batch of 8 (equal token counts)."""
+  cfg = small_config(vocab_size=64)
+  train_cfg = lm.get_config('test').train
+  rng = np.random.default_rng(1)
+  batches = [rng.integers(0, 64, (8, 17), dtype=np.int32) for _ in range(3)]
+  one = sharding.make_mesh({'data': 1}, devices=jax.devices()[:1])
+  full, losses_full = _train(one, cfg, batches, train_cfg)
+  accum, losses_accum = _train(one, cfg, batches, train_cfg, grad_accum=2)
+  np.testing.assert_allclose(losses_accum, losses_full, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(accum.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
