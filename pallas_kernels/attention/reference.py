@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-# Finite stand-in for -inf: a fully masked query row gives a uniform (finite) softmax, not NaN.
+# Finite stand-in for -inf: no inf - inf = NaN anywhere, in values or gradients.
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
@@ -22,7 +22,7 @@ def attention_reference(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh
 
   Returns:
     [B, T, H, Dh] in the dtype of `q`. Scores and softmax are computed in float32. A query
-    with no visible key returns the mean of the values (finite), never NaN.
+    with no visible key returns zeros (finite, no gradient), as every kernel does.
   """
   B, T, H, Dh = q_BxTxHxDh.shape
   K = k_BxSxKxDh.shape[2]
@@ -33,6 +33,7 @@ def attention_reference(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh
   mask_Bx1x1xTxS = jnp.broadcast_to(mask_BxTxS, (B, T, k_BxSxKxDh.shape[1]))[:, None, None]
   scores_BxKxGxTxS = jnp.where(mask_Bx1x1xTxS, scores_BxKxGxTxS, MASK_VALUE)
   probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1)
+  probs_BxKxGxTxS = jnp.where(mask_Bx1x1xTxS.any(-1, keepdims=True), probs_BxKxGxTxS, 0.0)
   out_BxTxKxGxDh = jnp.einsum('BKGTS,BSKd->BTKGd', probs_BxKxGxTxS.astype(v_BxSxKxDh.dtype),
                               v_BxSxKxDh, preferred_element_type=jnp.float32)
   return out_BxTxKxGxDh.reshape(B, T, H, Dh).astype(q_BxTxHxDh.dtype)

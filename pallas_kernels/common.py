@@ -1,0 +1,109 @@
+"""Helpers shared by the kernels: the `impl=` resolution, interpret mode and padding.
+
+Every op resolves its `impl` argument the same way:
+
+  'auto'        the Pallas kernel written for this backend (GPU or TPU), else the reference.
+  'xla'         the plain-jnp reference (any backend, any dtype).
+  'pallas'      the kernel for this backend; on CPU the GPU-style (Triton) kernel in
+                interpret mode (what the tests and the model-level check use).
+  'pallas_gpu'  the GPU-style kernel; interpreted unless the backend is a GPU.
+  'pallas_tpu'  the Mosaic TPU kernel; interpreted (`pltpu.InterpretParams`) unless on a TPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+
+IMPLS = ('auto', 'xla', 'pallas', 'pallas_gpu', 'pallas_tpu')
+
+
+def platform() -> str:
+  """'gpu', 'tpu' or 'cpu' for the default backend."""
+  p = jax.default_backend()
+  return 'gpu' if p in ('gpu', 'cuda', 'rocm') else p
+
+
+def resolve_impl(impl: str, kernels: tuple[str, ...] = ('gpu', 'tpu')) -> tuple[str, Any]:
+  """Returns (family, interpret) where family is 'xla', 'gpu' or 'tpu'.
+
+  `kernels` lists the kernel families the op has. `interpret` is False on the family's own
+  hardware, else the interpret-mode argument for `pallas_call` (True for GPU-style kernels,
+  `pltpu.InterpretParams()` for TPU kernels).
+  """
+  if impl not in IMPLS:
+    raise ValueError(f'Unknown impl {impl!r}; choose one of {IMPLS}.')
+  here = platform()
+  if impl == 'xla' or (impl == 'auto' and here not in kernels):
+    return 'xla', False
+  if impl in ('auto', 'pallas'):
+    family = here if here in kernels else 'gpu'
+  else:
+    family = impl.removeprefix('pallas_')
+    if family not in kernels:
+      raise ValueError(f'This op has no {family} kernel (kernels: {kernels}).')
+  return family, interpret_arg(family)
+
+
+_COMPILE_FOR: set[str] = set()
+
+
+@contextlib.contextmanager
+def compile_for(family: str) -> Iterator[None]:
+  """Inside: kernels of `family` are built for their hardware even on another backend.
+
+  For lowering checks on a machine without that hardware, e.g. on CPU:
+    with compile_for('gpu'):
+      jax.export.export(jax.jit(f), platforms=['cuda'], disabled_checks=...)(*args)
+  """
+  _COMPILE_FOR.add(family)
+  try:
+    yield
+  finally:
+    _COMPILE_FOR.discard(family)
+
+
+def interpret_arg(family: str) -> Any:
+  """False on the family's own hardware, else what `pallas_call(interpret=...)` wants."""
+  if platform() == family or family in _COMPILE_FOR:
+    return False
+  if family == 'tpu':
+    from jax.experimental.pallas import tpu as pltpu  # pylint: disable=g-import-not-at-top
+    return pltpu.InterpretParams(out_of_bounds_reads='raise')
+  return True
+
+
+def cdiv(a: int, b: int) -> int:
+  return -(-a // b)
+
+
+def round_up(a: int, b: int) -> int:
+  return cdiv(a, b) * b
+
+
+def next_pow2(n: int) -> int:
+  return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def pad_axis(x: jax.Array | None, axis: int, size: int, value: Any = 0) -> jax.Array | None:
+  """Pads `x` along `axis` at the end up to `size` (no-op when already that size)."""
+  if x is None or x.shape[axis] == size:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, size - x.shape[axis])
+  return jnp.pad(x, widths, constant_values=value)
+
+
+def dot_precision(dtype: Any) -> Any:
+  """float32 inputs: full-precision dots (no TF32), so kernels match the fp32 reference."""
+  return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None
+
+
+@functools.lru_cache(maxsize=None)
+def triton_params(num_warps: int, num_stages: int) -> Any:
+  from jax.experimental.pallas import triton as pltriton  # pylint: disable=g-import-not-at-top
+  return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)

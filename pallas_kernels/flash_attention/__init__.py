@@ -1,0 +1,151 @@
+"""Flash attention for prefill and training: forward and backward (custom_vjp), GQA.
+
+The mask needs no dense [T, S] array: causal, bidirectional and block-causal come from
+positions, packed documents from segment ids, Mistral's sliding window from `window`; an
+explicit boolean mask can be ANDed on top (see `mask` for the exact rule). A query with
+no visible key gets zeros.
+
+    o_BxTxHxDh = flash_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, causal=True)
+
+impl: 'auto' (Pallas on GPU/TPU, else the reference) | 'xla' | 'pallas' | 'pallas_gpu' |
+'pallas_tpu' (see `pallas_kernels.common`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels import common
+from pallas_kernels.flash_attention import mask as mask_lib
+from pallas_kernels.flash_attention.mask import FlashMask
+from pallas_kernels.flash_attention.reference import flash_attention_reference
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSizes:
+  """Tiles: forward (block_q x block_k) and backward (block_q_bwd x block_k_bwd).
+
+  All powers of two. They are clamped to the (padded) sequence lengths of a call, never
+  below 16 (Triton's minimum dot size). num_warps/num_stages: GPU only (None = by Dh).
+  """
+  block_q: int = 128
+  block_k: int = 64
+  block_q_bwd: int = 64
+  block_k_bwd: int = 64
+  num_warps: int | None = None
+  num_stages: int = 2
+
+  @classmethod
+  def get_default(cls, family: str = 'gpu') -> 'BlockSizes':
+    if family == 'tpu':
+      return cls(block_q=128, block_k=128, block_q_bwd=128, block_k_bwd=128)
+    return cls()
+
+  def __post_init__(self):
+    for name in ('block_q', 'block_k', 'block_q_bwd', 'block_k_bwd'):
+      b = getattr(self, name)
+      if b < 1 or b & (b - 1):
+        raise ValueError(f'BlockSizes.{name} must be a power of two, got {b}.')
+
+
+def _backend(family: str):
+  if family == 'tpu':
+    from pallas_kernels.flash_attention import tpu  # pylint: disable=g-import-not-at-top
+    return tpu
+  from pallas_kernels.flash_attention import gpu  # pylint: disable=g-import-not-at-top
+  return gpu
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _flash(q, k, v, fm, family, st):
+  return _backend(family).forward(q, k, v, fm, st)[0]
+
+
+def _flash_fwd(q, k, v, fm, family, st):
+  o, lse = _backend(family).forward(q, k, v, fm, st)
+  return o, (q, k, v, fm, o, lse)
+
+
+def _flash_bwd(family, st, res, do):
+  q, k, v, fm, o, lse = res
+  dq, dk, dv = _backend(family).backward(q, k, v, o, lse, do, fm, st)
+  return dq, dk, dv, None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def flash_attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: jax.Array, *,
+                    q_positions_BxT: jax.Array | None = None,
+                    kv_positions_BxS: jax.Array | None = None,
+                    q_segment_ids_BxT: jax.Array | None = None,
+                    kv_segment_ids_BxS: jax.Array | None = None,
+                    mask_BxTxS: jax.Array | None = None,
+                    causal: bool = True, block_causal_size: int | None = None,
+                    window: int = 0, scale: float | None = None,
+                    block_sizes: BlockSizes | None = None, impl: str = 'auto') -> jax.Array:
+  """Grouped-query attention of T queries over S keys; differentiable in q, k, v.
+
+  Args:
+    q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh: H a multiple of K.
+    q_positions_BxT, kv_positions_BxS: int positions (default: queries are the last T of
+      the S keys, kv positions 0..S-1). A negative kv position marks a key that is not
+      there (padding, unwritten slot); a negative query position sees no key when causal.
+    q_segment_ids_BxT, kv_segment_ids_BxS: int; attend only within equal ids (both or
+      neither).
+    mask_BxTxS: optional explicit boolean mask ANDed with the rest (it is read per tile;
+      prefer positions/segments where they express the mask).
+    causal: key position <= query position. False = bidirectional.
+    block_causal_size: n > 1 makes it block-causal: key block <= query block, blocks of n
+      positions (needs causal=True).
+    window: > 0 also hides keys at positions <= query position - window.
+    scale: multiplies q.k (default Dh ** -0.5).
+
+  Returns:
+    [B, T, H, Dh] in q's dtype.
+  """
+  B, T, H, Dh = q_BxTxHxDh.shape
+  S, K = k_BxSxKxDh.shape[1], k_BxSxKxDh.shape[2]
+  if H % K:
+    raise ValueError(f'num heads {H} must be a multiple of kv heads {K}.')
+  if (q_segment_ids_BxT is None) != (kv_segment_ids_BxS is None):
+    raise ValueError('Pass both q_segment_ids_BxT and kv_segment_ids_BxS, or neither.')
+  scale = Dh ** -0.5 if scale is None else float(scale)
+  causal_block = (block_causal_size or 1) if causal else 0
+  if q_positions_BxT is None:
+    q_positions_BxT = jnp.arange(S - T, S, dtype=jnp.int32)
+  if kv_positions_BxS is None:
+    kv_positions_BxS = jnp.arange(S, dtype=jnp.int32)
+  i32 = lambda x, shape: None if x is None else jnp.broadcast_to(x, shape).astype(jnp.int32)
+  fm = FlashMask(q_pos=i32(q_positions_BxT, (B, T)), kv_pos=i32(kv_positions_BxS, (B, S)),
+                 q_seg=i32(q_segment_ids_BxT, (B, T)), kv_seg=i32(kv_segment_ids_BxS, (B, S)),
+                 dense=None if mask_BxTxS is None else
+                 jnp.broadcast_to(mask_BxTxS, (B, T, S)).astype(jnp.int8))
+
+  family, interpret = common.resolve_impl(impl)
+  if family == 'xla':
+    return flash_attention_reference(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, fm,
+                                     causal_block=causal_block, window=window, scale=scale)
+  bs = block_sizes or BlockSizes.get_default(family)
+  fit = lambda b, n: max(16, min(b, common.next_pow2(n)))
+  bq, bq_b = fit(bs.block_q, T), fit(bs.block_q_bwd, T)
+  bk, bk_b = fit(bs.block_k, S), fit(bs.block_k_bwd, S)
+  Tp, Sp = common.round_up(T, max(bq, bq_b)), common.round_up(S, max(bk, bk_b))
+  Dhp = max(16, common.next_pow2(Dh)) if family == 'gpu' else Dh
+  st = _backend(family).Static(
+      causal_block=causal_block, window=int(window), scale=scale, block_q=bq, block_k=bk,
+      block_q_bwd=bq_b, block_k_bwd=bk_b, has_seg=fm.q_seg is not None,
+      has_dense=fm.dense is not None, interpret=interpret, num_warps=bs.num_warps,
+      num_stages=bs.num_stages)
+  q = common.pad_axis(common.pad_axis(q_BxTxHxDh, 1, Tp), 3, Dhp)
+  k = common.pad_axis(common.pad_axis(k_BxSxKxDh, 1, Sp), 3, Dhp)
+  v = common.pad_axis(common.pad_axis(v_BxSxKxDh, 1, Sp), 3, Dhp)
+  o = _flash(q, k, v, mask_lib.pad(fm, Tp, Sp), family, st)
+  return o[:, :T, :, :Dh]
+
+
+__all__ = ['flash_attention', 'flash_attention_reference', 'BlockSizes', 'FlashMask']
