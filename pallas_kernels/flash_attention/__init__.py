@@ -131,7 +131,9 @@ def flash_attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: ja
     return flash_attention_reference(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, fm,
                                      causal_block=causal_block, window=window, scale=scale)
   bs = block_sizes or BlockSizes.get_default(family)
-  fit = lambda b, n: max(16, min(b, common.next_pow2(n)))
+  # Triton needs tiles >= 16; Mosaic TPU wants 128-lane key tiles (interpret mode does not).
+  least = 128 if family == 'tpu' and interpret is False else 16
+  fit = lambda b, n: max(least, min(b, common.next_pow2(n)))
   bq, bq_b = fit(bs.block_q, T), fit(bs.block_q_bwd, T)
   bk, bk_b = fit(bs.block_k, S), fit(bs.block_k_bwd, S)
   Tp, Sp = common.round_up(T, max(bq, bq_b)), common.round_up(S, max(bk, bk_b))

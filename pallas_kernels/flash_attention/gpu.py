@@ -150,11 +150,11 @@ def forward(q, k, v, fm: mask_lib.FlashMask, st: Static):
       st, T, S, q_block=bq, k_block=None, qi=lambda i, b, h: (b, i), ki=lambda i, b, h: (b, 0))
   in_specs = [
       pl.BlockSpec((None, bq, None, Dh), lambda i, b, h: (b, i, h, 0)),
-      pl.BlockSpec((None, S, None, Dh), lambda i, b, h: (b, 0, h // G, 0)),
-      pl.BlockSpec((None, S, None, Dh), lambda i, b, h: (b, 0, h // G, 0)),
+      pl.BlockSpec((None, S, None, Dh), lambda i, b, h: (b, 0, lax.div(h, G), 0)),
+      pl.BlockSpec((None, S, None, Dh), lambda i, b, h: (b, 0, lax.div(h, G), 0)),
       qpos_spec, kpos_spec,
       pl.BlockSpec((None, None, nk), lambda i, b, h: (b, i, 0)),
-      pl.BlockSpec((None, None, 2), lambda i, b, h: (b, i, 0)),
+      pl.BlockSpec((None, None, 4), lambda i, b, h: (b, i, 0)),
       *seg_specs, *dense_specs]
   args = [q, k, v, fm.q_pos, fm.kv_pos, bmap, rng]
   args += [fm.q_seg, fm.kv_seg] if st.has_seg else []
@@ -260,14 +260,14 @@ def backward(q, k, v, o, lse, do, fm: mask_lib.FlashMask, st: Static):
   (qpos_spec, kpos_spec), seg_specs, dense_specs = _common_specs(
       st, T, S, q_block=bq, k_block=None, qi=lambda i, b, h: (b, i), ki=lambda i, b, h: (b, 0))
   q_spec = pl.BlockSpec((None, bq, None, Dh), lambda i, b, h: (b, i, h, 0))
-  kv_spec = pl.BlockSpec((None, S, None, Dh), lambda i, b, h: (b, 0, h // G, 0))
+  kv_spec = pl.BlockSpec((None, S, None, Dh), lambda i, b, h: (b, 0, lax.div(h, G), 0))
   row_spec = pl.BlockSpec((None, None, bq), lambda i, b, h: (b, h, i))
   dq = pl.pallas_call(
       functools.partial(_dq_kernel, st=st),
       grid=(nq, B, H),
       in_specs=[q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec, qpos_spec, kpos_spec,
                 pl.BlockSpec((None, None, nk), lambda i, b, h: (b, i, 0)),
-                pl.BlockSpec((None, None, 2), lambda i, b, h: (b, i, 0)),
+                pl.BlockSpec((None, None, 4), lambda i, b, h: (b, i, 0)),
                 *seg_specs, *dense_specs],
       out_specs=q_spec,
       out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
@@ -288,7 +288,7 @@ def backward(q, k, v, o, lse, do, fm: mask_lib.FlashMask, st: Static):
       in_specs=[qg_spec, kv_spec, kv_spec, qg_spec, rows_spec, rows_spec, qpos_spec,
                 kpos_spec,
                 pl.BlockSpec((None, None, nq), lambda j, b, kh: (b, j, 0)),
-                pl.BlockSpec((None, None, 2), lambda j, b, kh: (b, j, 0)),
+                pl.BlockSpec((None, None, 4), lambda j, b, kh: (b, j, 0)),
                 *seg_specs, *dense_specs],
       out_specs=[kv_spec, kv_spec],
       out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],

@@ -127,14 +127,21 @@ def block_map(fm: FlashMask, causal_block: int, window: int, block_q: int,
 
 
 def ranges(bmap: jax.Array) -> jax.Array:
-  """[B, R, 2] int32: per row of tiles, [first, last + 1) of the tiles not skipped.
+  """[B, R, 4] int32 per row of tiles: [lo, hi) the tiles not skipped, [flo, fhi) a run of
+  FULL tiles inside it (the first one; empty if none).
 
-  A row with no tile to visit gets [0, 0).
+  The GPU kernels loop over [lo, hi) and read each tile's flag; the TPU kernels, which
+  cannot hold a whole block map in SMEM, treat [flo, fhi) as FULL and the rest of [lo, hi)
+  as PARTIAL. A row with no tile to visit gets [0, 0).
   """
-  live = bmap != SKIP
-  n = live.shape[-1]
+  n = bmap.shape[-1]
   idx = jnp.arange(n, dtype=jnp.int32)
+  live = bmap != SKIP
   lo = jnp.min(jnp.where(live, idx, n), axis=-1)
   hi = jnp.max(jnp.where(live, idx + 1, 0), axis=-1)
   lo = jnp.minimum(lo, hi)
-  return jnp.stack([lo, hi], axis=-1).astype(jnp.int32)
+  full = bmap == FULL
+  flo = jnp.min(jnp.where(full, idx, n), axis=-1)
+  fhi = jnp.min(jnp.where((idx >= flo[..., None]) & ~full, idx, n), axis=-1)
+  flo = jnp.minimum(flo, fhi)
+  return jnp.stack([lo, hi, flo, fhi], axis=-1).astype(jnp.int32)

@@ -1,0 +1,176 @@
+"""Decode and tree/verification attention: a few queries over the cache, GQA, split-K.
+
+    o_BxTxHxDh = decode_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B)
+
+Query t of row b sees cache slot s iff s < lengths[b] (and mask[b, t, s] when a mask is
+given), plus, when new tokens are passed, new token n iff new_mask[b, t, n]. This covers
+  * decoding: T = 1, the new token already written in the cache, lengths = its slot + 1;
+  * tree / chain verification: `tree_attention` — the N tree nodes over the committed
+    prefix and among themselves by an ancestor mask built from parent indices, their K/V
+    passed apart from the cache (not written yet);
+  * anything the model expresses as a dense [B, T, S] mask over slots (`mask_BxTxS`; the
+    kernel then reads only slots below the per-row bound in `lengths`).
+A query that sees nothing gets zeros. Forward only (decoding needs no gradient).
+
+impl: 'auto' | 'xla' | 'pallas' | 'pallas_gpu' | 'pallas_tpu' (see `pallas_kernels.common`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels import common
+from pallas_kernels.decode_attention.reference import (ancestor_mask,
+                                                       decode_attention_reference)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSizes:
+  """block_k: cache slots per step (a power of two; the largest power of two <= block_k
+  dividing S is used, >= 16). num_parts: split-K parts on GPU (0 = enough programs to fill
+  ~132 SMs twice: B * K * parts >= 264)."""
+  block_k: int = 128
+  num_parts: int = 0
+  num_warps: int = 4
+  num_stages: int = 2
+
+  @classmethod
+  def get_default(cls, family: str = 'gpu') -> 'BlockSizes':
+    return cls(block_k=512) if family == 'tpu' else cls()
+
+
+def _block_for(S: int, want: int, least: int) -> int:
+  b = max(least, common.next_pow2(want))
+  while b > least and S % b:
+    b //= 2
+  return b
+
+
+def _pack_rows(x_BxTxHxDh: jax.Array, K: int, R: int) -> jax.Array:
+  """[B, T, H, Dh] -> [B, K, R, Dh]: row r = t * G + g of kv head k is query head k*G+g."""
+  B, T, H, Dh = x_BxTxHxDh.shape
+  G = H // K
+  x = x_BxTxHxDh.reshape(B, T, K, G, Dh).transpose(0, 2, 1, 3, 4).reshape(B, K, T * G, Dh)
+  return common.pad_axis(x, 2, R)
+
+
+def _row_mask(mask_BxTxX: jax.Array | None, G: int, R: int) -> jax.Array | None:
+  """[B, T, X] bool -> [B, R, X] int8 with each query's row repeated for its G heads."""
+  if mask_BxTxX is None:
+    return None
+  return common.pad_axis(jnp.repeat(mask_BxTxX, G, axis=1).astype(jnp.int8), 1, R)
+
+
+def decode_attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: jax.Array,
+                     lengths_B: jax.Array, *, mask_BxTxS: jax.Array | None = None,
+                     k_new_BxNxKxDh: jax.Array | None = None,
+                     v_new_BxNxKxDh: jax.Array | None = None,
+                     new_mask_BxTxN: jax.Array | None = None, scale: float | None = None,
+                     block_sizes: BlockSizes | None = None, impl: str = 'auto') -> jax.Array:
+  """T queries per row over cache slots [0, lengths) and optional new tokens.
+
+  Args:
+    q_BxTxHxDh: queries (T small: 1 for decoding, the tree size for verification).
+    k_BxSxKxDh, v_BxSxKxDh: the cache of one layer, H a multiple of K.
+    lengths_B: int; slots >= lengths[b] are never read.
+    mask_BxTxS: optional bool, ANDed with the length rule.
+    k_new_BxNxKxDh, v_new_BxNxKxDh: optional new tokens not in the cache.
+    new_mask_BxTxN: bool, which new tokens each query sees (default when T == N: causal,
+      query t sees new tokens 0..t).
+    scale: multiplies q.k (default Dh ** -0.5).
+
+  Returns:
+    [B, T, H, Dh] in q's dtype.
+  """
+  B, T, H, Dh = q_BxTxHxDh.shape
+  S, K = k_BxSxKxDh.shape[1], k_BxSxKxDh.shape[2]
+  G = H // K
+  scale = Dh ** -0.5 if scale is None else float(scale)
+  lengths_B = jnp.broadcast_to(jnp.asarray(lengths_B, jnp.int32), (B,))
+  if mask_BxTxS is not None:
+    mask_BxTxS = jnp.broadcast_to(mask_BxTxS, (B, T, S))
+  has_new = k_new_BxNxKxDh is not None
+  if has_new:
+    N = k_new_BxNxKxDh.shape[1]
+    if new_mask_BxTxN is None:
+      if N != T:
+        raise ValueError(f'new_mask_BxTxN is required when N ({N}) != T ({T}).')
+      new_mask_BxTxN = jnp.tril(jnp.ones((T, N), jnp.bool_))
+    new_mask_BxTxN = jnp.broadcast_to(new_mask_BxTxN, (B, T, N))
+
+  family, interpret = common.resolve_impl(impl)
+  if family == 'xla':
+    return decode_attention_reference(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B,
+                                      mask_BxTxS, k_new_BxNxKxDh, v_new_BxNxKxDh,
+                                      new_mask_BxTxN, scale=scale)
+  bs = block_sizes or BlockSizes.get_default(family)
+  on_tpu = family == 'tpu' and interpret is False
+  # Triton: power-of-two tiles, dots >= 16. TPU: 8 sublanes (16 for 16-bit q), 128 lanes.
+  R = max(16, common.next_pow2(T * G)) if family == 'gpu' else common.round_up(T * G, 16)
+  Dhp = max(16, common.next_pow2(Dh)) if family == 'gpu' else Dh
+  bk = _block_for(S, bs.block_k, 128 if on_tpu else 16)
+  Sp = common.round_up(S, bk)  # a copy of the cache only when S is not a multiple of bk
+  k = common.pad_axis(common.pad_axis(k_BxSxKxDh, 1, Sp), 3, Dhp)
+  v = common.pad_axis(common.pad_axis(v_BxSxKxDh, 1, Sp), 3, Dhp)
+  q = common.pad_axis(_pack_rows(q_BxTxHxDh, K, R), 3, Dhp)
+  mask = common.pad_axis(_row_mask(mask_BxTxS, G, R), 2, Sp)
+  kn = vn = nmask = None
+  if has_new:
+    Np = max(16, common.next_pow2(N)) if family == 'gpu' else common.round_up(N, 8)
+    kn = common.pad_axis(common.pad_axis(k_new_BxNxKxDh.astype(k.dtype), 1, Np), 3, Dhp)
+    vn = common.pad_axis(common.pad_axis(v_new_BxNxKxDh.astype(v.dtype), 1, Np), 3, Dhp)
+    nmask = common.pad_axis(_row_mask(new_mask_BxTxN, G, R), 2, Np)
+
+  if family == 'tpu':
+    from pallas_kernels.decode_attention import tpu  # pylint: disable=g-import-not-at-top
+    st = tpu.Static(scale=scale, block_k=bk, has_mask=mask is not None, has_new=has_new,
+                    interpret=interpret)
+    o, m, l = tpu.partials(q, k, v, lengths_B, mask, kn, vn, nmask, st)
+    base = math.e
+  else:
+    from pallas_kernels.decode_attention import gpu  # pylint: disable=g-import-not-at-top
+    nblk = Sp // bk
+    parts = bs.num_parts or common.cdiv(264, B * K)
+    parts = max(1, min(parts, nblk))
+    per_part = common.cdiv(nblk, parts)
+    st = gpu.Static(scale=scale, block_k=bk, blocks_per_part=per_part,
+                    num_parts=common.cdiv(nblk, per_part), has_mask=mask is not None,
+                    has_new=has_new, interpret=interpret, num_warps=bs.num_warps,
+                    num_stages=bs.num_stages)
+    o, m, l = gpu.partials(q, k, v, lengths_B, mask, kn, vn, nmask, st)
+    base = 2.0
+  from pallas_kernels.decode_attention.gpu import combine  # pylint: disable=g-import-not-at-top
+  out_BxKxRxDh = combine(o, m, l, base)[:, :, :T * G, :Dh]
+  out = out_BxKxRxDh.reshape(B, K, T, G, Dh).transpose(0, 2, 1, 3, 4).reshape(B, T, H, Dh)
+  return out.astype(q_BxTxHxDh.dtype)
+
+
+def tree_attention(q_BxNxHxDh: jax.Array, k_cache_BxSxKxDh: jax.Array,
+                   v_cache_BxSxKxDh: jax.Array, prefix_lengths_B: jax.Array,
+                   k_tree_BxNxKxDh: jax.Array, v_tree_BxNxKxDh: jax.Array, *,
+                   tree_mask_BxNxN: jax.Array | None = None,
+                   parents_BxN: jax.Array | None = None, scale: float | None = None,
+                   block_sizes: BlockSizes | None = None, impl: str = 'auto') -> jax.Array:
+  """N tree nodes attend to the committed prefix and to their ancestors (and themselves).
+
+  Give the tree as `parents_BxN` (parent index, -1 for a root; parents before children)
+  or directly as `tree_mask_BxNxN` (any [N, N] visibility among the new tokens: a chain,
+  a tree, a bidirectional canvas block).
+  """
+  if tree_mask_BxNxN is None:
+    if parents_BxN is None:
+      raise ValueError('Pass parents_BxN or tree_mask_BxNxN.')
+    parents_BxN = jnp.broadcast_to(parents_BxN, (q_BxNxHxDh.shape[0], q_BxNxHxDh.shape[1]))
+    tree_mask_BxNxN = ancestor_mask(parents_BxN)
+  return decode_attention(q_BxNxHxDh, k_cache_BxSxKxDh, v_cache_BxSxKxDh, prefix_lengths_B,
+                          k_new_BxNxKxDh=k_tree_BxNxKxDh, v_new_BxNxKxDh=v_tree_BxNxKxDh,
+                          new_mask_BxTxN=tree_mask_BxNxN, scale=scale,
+                          block_sizes=block_sizes, impl=impl)
+
+
+__all__ = ['decode_attention', 'tree_attention', 'ancestor_mask', 'decode_attention_reference',
+           'BlockSizes']

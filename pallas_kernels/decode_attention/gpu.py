@@ -1,0 +1,147 @@
+"""Decode / tree attention for GPUs: a split-K Pallas kernel with the Triton lowering.
+
+Each program owns one (row b, kv head, part). Parts 0..P-1 split the cache slots
+[0, lengths[b]) into contiguous runs of key blocks (split-K, so that batch x kv heads x
+parts fills the GPU even at batch 1); the optional last part attends over the N new tokens
+with their explicit [T, N] mask (tree verification, a diffusion canvas). The T x G queries
+of a kv head are packed as rows r = t * G + g, so every key/value block is read from HBM
+once per kv head, not once per query head. Parts return (o, m, l) in base 2; `combine`
+merges them (log-sum-exp weights) outside the kernel.
+
+Reads only the slots below each row's length: the cost is bytes of K/V actually attended.
+The cache is never copied when S is a multiple of the key block and Dh a power of two >= 16.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from pallas_kernels import common
+
+LOG2E = math.log2(math.e)
+MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+@dataclasses.dataclass(frozen=True)
+class Static:
+  scale: float
+  block_k: int
+  blocks_per_part: int
+  num_parts: int  # cache parts (the new-token part comes after them)
+  has_mask: bool
+  has_new: bool
+  interpret: object = False
+  num_warps: int = 4
+  num_stages: int = 2
+
+
+def _dot(a, b, contract=(1, 1)):
+  return lax.dot_general(a, b, (((contract[0],), (contract[1],)), ((), ())),
+                         preferred_element_type=jnp.float32,
+                         precision=common.dot_precision(a.dtype))
+
+
+def _online(carry, s, vis, v):
+  """One flash step over a [R, bk] score tile (base 2) with visibility `vis`."""
+  o, m, l = carry
+  s = jnp.where(vis, s, MASK_VALUE)
+  m_new = jnp.maximum(m, s.max(axis=1))
+  alpha = jnp.exp2(m - m_new)
+  p = jnp.where(vis, jnp.exp2(s - m_new[:, None]), 0.0)
+  return (alpha[:, None] * o + _dot(p.astype(v.dtype), v, (1, 0)), m_new,
+          alpha * l + p.sum(axis=1))
+
+
+def _kernel(len_ref, q_ref, k_ref, v_ref, *refs, st: Static):
+  refs = list(refs)
+  mask_ref = refs.pop(0) if st.has_mask else None
+  knew_ref, vnew_ref, nmask_ref = (refs.pop(0), refs.pop(0), refs.pop(0)) if st.has_new else (
+      None, None, None)
+  o_ref, m_ref, l_ref = refs
+  b, part = pl.program_id(0), pl.program_id(2)
+  q = q_ref[...]
+  R = q.shape[0]
+  qk_scale = st.scale * LOG2E
+  bk = st.block_k
+  length = len_ref[b]
+  init = (jnp.zeros(o_ref.shape, jnp.float32), jnp.full((R,), MASK_VALUE, jnp.float32),
+          jnp.zeros((R,), jnp.float32))
+
+  def cache_part(carry):
+    def body(j, c):
+      ks = pl.ds(pl.multiple_of(j * bk, bk), bk)
+      s = _dot(q, k_ref[ks, :]) * qk_scale
+      vis = (j * bk + lax.broadcasted_iota(jnp.int32, (1, bk), 1)) < length
+      if mask_ref is not None:
+        vis = vis & (mask_ref[:, ks] != 0)
+      return _online(c, s, vis, v_ref[ks, :])
+    first = part * st.blocks_per_part
+    last = jnp.minimum(first + st.blocks_per_part, pl.cdiv(length, bk))
+    return lax.fori_loop(first, jnp.maximum(first, last), body, carry)
+
+  def new_part(carry):
+    s = _dot(q, knew_ref[...]) * qk_scale
+    return _online(carry, s, nmask_ref[...] != 0, vnew_ref[...])
+
+  if st.has_new:
+    o, m, l = lax.cond(part == st.num_parts, new_part, cache_part, init)
+  else:
+    o, m, l = cache_part(init)
+  o_ref[...] = o
+  m_ref[...] = m
+  l_ref[...] = l
+
+
+def partials(q_BxKxRxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B, mask_BxRxS, knew_BxNxKxDh,
+             vnew_BxNxKxDh, nmask_BxRxN, st: Static):
+  """(o [B, K, P, R, Dh] f32, m [B, K, P, R] base 2, l [B, K, P, R]) for P parts."""
+  B, K, R, Dh = q_BxKxRxDh.shape
+  S = k_BxSxKxDh.shape[1]
+  P = st.num_parts + st.has_new
+  in_specs = [
+      pl.BlockSpec((B,), lambda b, h, p: (0,)),
+      pl.BlockSpec((None, None, R, Dh), lambda b, h, p: (b, h, 0, 0)),
+      pl.BlockSpec((None, S, None, Dh), lambda b, h, p: (b, 0, h, 0)),
+      pl.BlockSpec((None, S, None, Dh), lambda b, h, p: (b, 0, h, 0))]
+  args = [lengths_B.astype(jnp.int32), q_BxKxRxDh, k_BxSxKxDh, v_BxSxKxDh]
+  if st.has_mask:
+    in_specs.append(pl.BlockSpec((None, R, S), lambda b, h, p: (b, 0, 0)))
+    args.append(mask_BxRxS)
+  if st.has_new:
+    N = knew_BxNxKxDh.shape[1]
+    in_specs += [pl.BlockSpec((None, N, None, Dh), lambda b, h, p: (b, 0, h, 0))] * 2
+    in_specs.append(pl.BlockSpec((None, R, N), lambda b, h, p: (b, 0, 0)))
+    args += [knew_BxNxKxDh, vnew_BxNxKxDh, nmask_BxRxN]
+  return pl.pallas_call(
+      functools.partial(_kernel, st=st),
+      grid=(B, K, P),
+      in_specs=in_specs,
+      out_specs=[pl.BlockSpec((None, None, None, R, Dh), lambda b, h, p: (b, h, p, 0, 0)),
+                 pl.BlockSpec((None, None, None, R), lambda b, h, p: (b, h, p, 0)),
+                 pl.BlockSpec((None, None, None, R), lambda b, h, p: (b, h, p, 0))],
+      out_shape=[jax.ShapeDtypeStruct((B, K, P, R, Dh), jnp.float32),
+                 jax.ShapeDtypeStruct((B, K, P, R), jnp.float32),
+                 jax.ShapeDtypeStruct((B, K, P, R), jnp.float32)],
+      compiler_params=common.triton_params(st.num_warps, st.num_stages),
+      interpret=st.interpret,
+      name='decode_attention',
+  )(*args)
+
+
+def combine(o_BxKxPxRxDh, m_BxKxPxR, l_BxKxPxR, log_base: float = 2.0):
+  """Merges the parts: sum_p w_p o_p / sum_p w_p l_p with w_p = base^(m_p - max m).
+
+  Rows no part saw anything of get zeros. Returns [B, K, R, Dh] float32.
+  """
+  m_max = m_BxKxPxR.max(axis=2, keepdims=True)
+  w = jnp.exp((m_BxKxPxR - m_max) * math.log(log_base))
+  l = (w * l_BxKxPxR).sum(axis=2)
+  o = (w[..., None] * o_BxKxPxRxDh).sum(axis=2)
+  return jnp.where(l[..., None] > 0, o / jnp.where(l > 0, l, 1.0)[..., None], 0.0)

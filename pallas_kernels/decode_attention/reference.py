@@ -1,0 +1,52 @@
+"""Plain-jnp decode / tree attention: T queries over a cache prefix plus T' new tokens."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels.attention.reference import attention_reference
+
+
+def visible_slots(lengths_B: jax.Array, S: int, mask_BxTxS: jax.Array | None = None,
+                  T: int = 1) -> jax.Array:
+  """[B, T, S] bool: slot s < lengths[b], ANDed with `mask` when given."""
+  vis = jnp.arange(S)[None, None, :] < lengths_B[:, None, None]
+  if mask_BxTxS is not None:
+    return vis & mask_BxTxS
+  return jnp.broadcast_to(vis, (lengths_B.shape[0], T, S))
+
+
+def decode_attention_reference(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array,
+                               v_BxSxKxDh: jax.Array, lengths_B: jax.Array,
+                               mask_BxTxS: jax.Array | None = None,
+                               k_new_BxNxKxDh: jax.Array | None = None,
+                               v_new_BxNxKxDh: jax.Array | None = None,
+                               new_mask_BxTxN: jax.Array | None = None, *,
+                               scale: float) -> jax.Array:
+  """See `decode_attention`: cache slots s < lengths (AND mask) plus new tokens by new_mask."""
+  B, T = q_BxTxHxDh.shape[:2]
+  vis = visible_slots(lengths_B, k_BxSxKxDh.shape[1], mask_BxTxS, T)
+  k, v = k_BxSxKxDh, v_BxSxKxDh
+  if k_new_BxNxKxDh is not None:
+    k = jnp.concatenate([k, k_new_BxNxKxDh.astype(k.dtype)], axis=1)
+    v = jnp.concatenate([v, v_new_BxNxKxDh.astype(v.dtype)], axis=1)
+    vis = jnp.concatenate([vis, jnp.broadcast_to(new_mask_BxTxN, (B, T, k_new_BxNxKxDh.shape[1]))],
+                          axis=-1)
+  return attention_reference(q_BxTxHxDh, k, v, vis, scale)
+
+
+def ancestor_mask(parents_BxN: jax.Array) -> jax.Array:
+  """[B, N, N] bool: node i sees node j iff j is i or an ancestor (parents[i] < i; -1 root).
+
+  By pointer doubling: log2(N) rounds of 'ancestor of an ancestor' (no sequential loop).
+  """
+  B, N = parents_BxN.shape
+  eye = jnp.eye(N, dtype=jnp.bool_)
+  par = jnp.where(parents_BxN >= 0, parents_BxN, jnp.arange(N)[None, :])  # root -> itself
+  anc = eye[None] | jax.nn.one_hot(par, N, dtype=jnp.bool_)  # self or parent
+  jump = par
+  for _ in range(max(1, (N - 1).bit_length())):
+    anc = anc | jnp.take_along_axis(anc, jnp.broadcast_to(jump[:, :, None], (B, N, N)), axis=1)
+    jump = jnp.take_along_axis(jump, jump, axis=1)
+  return anc
