@@ -1,0 +1,16 @@
+"""Diffusion decoders over the shared Transformer (masked diffusion, block diffusion, WeDLM).
+
+  llada        LLaDA low-confidence remasking, semi-autoregressive blocks (tokens_per_step,
+               ordering); tokens_per_step=1 + ordering='confidence' is the one-token-per-step
+               reference.
+  fast_dllm    Fast-dLLM threshold decoding with cache='none'|'prefix'|'dual' and delay.
+  localleap    anchors + relaxed threshold in a neighbourhood.
+  ete          Explore-Then-Exploit: threshold + an information budget, cross-block.
+  freedave     lossless draft-and-verify: equals llada(tokens_per_step=1) token for token.
+  wedlm        WeDLM streaming: sliding mask window, exact causal KV cache.
+  diffuspec    a diffusion drafter, causal-consistency path search, AR verification.
+  guided_diffusion  a small AR model chooses which tokens to unmask.
+
+See `canvas.py` for the layout, the shift and the common settings (mask_id, shift,
+block_causal, block_size; -1 = take them from the run via `for_model`).
+"""
