@@ -1,0 +1,245 @@
+"""Plain-jnp speculative verification: accept/reject tests and residual distributions.
+
+Every function takes log-probabilities that were already processed by the decoder's sampling
+config (temperature, top-k, top-p; -inf outside the support) and uniform random numbers in
+(0, 1) drawn by the caller (kernels never draw random numbers themselves). Shapes use the
+project's axis alphabet: B batch, G draft length, T tree nodes, K children per node,
+D tree depth, V vocabulary.
+
+Verification rules (`mode`), all exact: the committed tokens are distributed as the target p.
+
+  'deterministic'  drafts without a proposal distribution (n-gram, top-k children, heads,
+                   greedy drafts). Child x is accepted with probability p(x); on rejection
+                   p[x] <- 0 and p is renormalised (EAGLE's rule; for one child it is the same
+                   as "sample y ~ p, accept while y == x").
+  'iid'            children drawn i.i.d. from q (SpecInfer recursive rejection with
+                   replacement). Accept x if u <= p(x)/q(x); else p <- norm(max(0, p - q)) and
+                   try the next child. With one child this is Leviathan/Chen chain sampling.
+  'wor'            children drawn without replacement from q (Gumbel-top-k; Sequoia, RSD).
+                   Like 'iid' but after rejecting x also q[x] <- 0 and q is renormalised.
+  'kseq'           SpecTr's K-SEQ for k i.i.d. children: accept the first child with
+                   u <= p(x) / (rho q(x)), rho solving 1 - (1 - beta)^k = rho beta with
+                   beta(rho) = sum_x min(q(x), p(x)/rho); if none is accepted, sample the
+                   residual p - c min(q, p/rho), c = (1 - (1 - beta)^k) / beta (<= rho).
+
+When every child is rejected (or a node has no children) the caller samples one token from the
+returned residual: the correction token, or the bonus token after a fully accepted path.
+Under greedy sampling p is one-hot, so every rule reduces to "accept iff x == argmax p" and
+the residual is the one-hot argmax.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+MODES = ('deterministic', 'iid', 'wor', 'kseq')
+_TINY = 1e-30
+KSEQ_ITERS = 40  # bisection steps for rho: the bracket [1, k] shrinks to k * 2^-40.
+
+
+def _check_mode(mode: str) -> None:
+  if mode not in MODES:
+    raise ValueError(f'Unknown verification mode {mode!r}; choose one of {MODES}.')
+
+
+def _normalise_or(fallback_V: jax.Array, r_V: jax.Array) -> jax.Array:
+  """r / sum(r), or `fallback` where r has (numerically) no mass.
+
+  Mathematically the residual is empty only when p <= q everywhere, i.e. p == q, and then the
+  rejection that asks for it has probability zero; the fallback only guards round-off.
+  """
+  r_V = jnp.maximum(r_V, 0.0)
+  mass = jnp.sum(r_V, axis=-1, keepdims=True)
+  return jnp.where(mass > 1e-12, r_V / jnp.maximum(mass, _TINY), fallback_V)
+
+
+def _log(x: jax.Array) -> jax.Array:
+  return jnp.where(x > 0, jnp.log(jnp.maximum(x, _TINY)), -jnp.inf)
+
+
+def kseq_beta(p_V: jax.Array, q_V: jax.Array, rho: jax.Array) -> jax.Array:
+  """beta(rho) = sum_x min(q(x), p(x) / rho), over the last axis."""
+  return jnp.sum(jnp.minimum(q_V, p_V / rho[..., None]), axis=-1)
+
+
+def kseq_rho(p_V: jax.Array, q_V: jax.Array, k: jax.Array) -> jax.Array:
+  """The K-SEQ rho in [1, k] with 1 - (1 - beta)^k <= rho beta (upper end of a bisection).
+
+  f(rho) = 1 - (1 - beta(rho))^k - rho beta(rho) is decreasing, f(1) >= 0 >= f(k); the upper
+  end of the bracket keeps f <= 0, which is what makes the residual non-negative.
+  Leading axes broadcast; k is the number of i.i.d. children (>= 1).
+  """
+  k = jnp.maximum(jnp.asarray(k, jnp.float32), 1.0)
+  lo = jnp.ones(p_V.shape[:-1], jnp.float32)
+  hi = jnp.broadcast_to(k, lo.shape).astype(jnp.float32)
+
+  def f(rho):
+    beta = kseq_beta(p_V, q_V, rho)
+    return 1.0 - (1.0 - beta) ** k - rho * beta
+
+  def body(_, bracket):
+    lo, hi = bracket
+    mid = 0.5 * (lo + hi)
+    neg = f(mid) <= 0
+    return jnp.where(neg, lo, mid), jnp.where(neg, mid, hi)
+
+  lo, hi = jax.lax.fori_loop(0, KSEQ_ITERS, body, (lo, hi))
+  return hi
+
+
+def kseq_residual(p_V: jax.Array, q_V: jax.Array, k: jax.Array) -> jax.Array:
+  """The K-SEQ residual distribution after all k i.i.d. children were rejected."""
+  rho = kseq_rho(p_V, q_V, k)
+  beta = kseq_beta(p_V, q_V, rho)
+  kf = jnp.maximum(jnp.asarray(k, jnp.float32), 1.0)
+  c = (1.0 - (1.0 - beta) ** kf) / jnp.maximum(beta, _TINY)
+  r = p_V - c[..., None] * jnp.minimum(q_V, p_V / rho[..., None])
+  return _normalise_or(p_V, r)
+
+
+# ----------------------------------------------------------------------------------------
+# Chain: one draft per position (G drafts, G + 1 target distributions).
+# ----------------------------------------------------------------------------------------
+
+def chain_verify_reference(target_logp_BxG1xV: jax.Array, draft_logq_BxGxV: jax.Array | None,
+                           draft_BxG: jax.Array, valid_BxG: jax.Array, u_BxG: jax.Array,
+                           *, mode: str = 'iid') -> tuple[jax.Array, jax.Array]:
+  """Verifies a chain of drafts in closed form (no loop).
+
+  Args:
+    target_logp_BxG1xV: target log p at the root and after each draft (G + 1 rows).
+    draft_logq_BxGxV: log q each draft was drawn from; None for deterministic drafts.
+    draft_BxG: drafted tokens.
+    valid_BxG: drafts that exist (a chain may be shorter in some rows); must be a prefix.
+    u_BxG: uniforms in (0, 1), one per draft.
+    mode: 'deterministic' or 'iid' (one child per node: 'wor' and 'kseq' are the same as
+      'iid'; they are accepted and treated as 'iid').
+
+  Returns:
+    (accepted drafts n [B], log of the distribution to sample the next token from [B, V]).
+  """
+  _check_mode(mode)
+  deterministic = mode == 'deterministic' or draft_logq_BxGxV is None
+  B, G = draft_BxG.shape
+  p_BxG1xV = jnp.exp(target_logp_BxG1xV.astype(jnp.float32))
+  p_x_BxG = jnp.take_along_axis(p_BxG1xV[:, :G], draft_BxG[..., None], axis=-1)[..., 0]
+  if deterministic:
+    ratio_BxG = p_x_BxG
+  else:
+    q_BxGxV = jnp.exp(draft_logq_BxGxV.astype(jnp.float32))
+    q_x_BxG = jnp.take_along_axis(q_BxGxV, draft_BxG[..., None], axis=-1)[..., 0]
+    ratio_BxG = p_x_BxG / jnp.maximum(q_x_BxG, _TINY)
+  accept_BxG = (u_BxG <= ratio_BxG) & valid_BxG
+  n_B = jnp.sum(jnp.cumprod(accept_BxG.astype(jnp.int32), axis=1), axis=1)
+  p_n_BxV = jnp.take_along_axis(p_BxG1xV, n_B[:, None, None], axis=1)[:, 0]
+  n_draft_B = jnp.minimum(n_B, G - 1)
+  rejected_B = (n_B < G) & jnp.take_along_axis(valid_BxG, n_draft_B[:, None], axis=1)[:, 0]
+  x_B = jnp.take_along_axis(draft_BxG, n_draft_B[:, None], axis=1)[:, 0]
+  if deterministic:
+    r_BxV = p_n_BxV * (1.0 - jax.nn.one_hot(x_B, p_n_BxV.shape[-1], dtype=jnp.float32))
+  else:
+    q_n_BxV = jnp.take_along_axis(q_BxGxV, n_draft_B[:, None, None], axis=1)[:, 0]
+    r_BxV = p_n_BxV - q_n_BxV
+  res_BxV = jnp.where(rejected_B[:, None], _normalise_or(p_n_BxV, r_BxV), p_n_BxV)
+  return n_B.astype(jnp.int32), _log(res_BxV)
+
+
+# ----------------------------------------------------------------------------------------
+# Tree: walk from the root, testing each visited node's children in order.
+# ----------------------------------------------------------------------------------------
+
+def _verify_row(logp_TxV, logq_TxV, tokens_T, children_TxK, u_DxK, mode, depth):
+  """One row of `tree_verify_reference` (vmapped over B)."""
+  T, V = logp_TxV.shape
+  K = children_TxK.shape[1]
+  p_all_TxV = jnp.exp(logp_TxV.astype(jnp.float32))
+  q_all_TxV = None if logq_TxV is None else jnp.exp(logq_TxV.astype(jnp.float32))
+
+  def test_children(cur, u_K):
+    """Tests the children of node `cur` in order; returns (accepted child or -1, residual)."""
+    p0_V = p_all_TxV[cur]
+    q0_V = q_all_TxV[cur] if q_all_TxV is not None else jnp.zeros((V,), jnp.float32)
+    kids_K = children_TxK[cur]
+    n_kids = jnp.sum(kids_K >= 0)
+    rho = kseq_rho(p0_V, q0_V, n_kids) if mode == 'kseq' else jnp.float32(1.0)
+
+    def body(carry, j):
+      p_V, q_V, chosen = carry
+      child = kids_K[j]
+      x = tokens_T[jnp.maximum(child, 0)]
+      live = (child >= 0) & (chosen < 0)
+      if mode == 'deterministic':
+        ratio = p_V[x]
+      elif mode == 'kseq':
+        ratio = p0_V[x] / jnp.maximum(rho * q0_V[x], _TINY)
+      else:
+        ratio = p_V[x] / jnp.maximum(q_V[x], _TINY)
+      accept = live & (u_K[j] <= ratio)
+      reject = live & ~accept
+      if mode == 'deterministic':
+        new_p = _normalise_or(p_V, p_V.at[x].set(0.0))
+        new_q = q_V
+      elif mode == 'kseq':
+        new_p, new_q = p_V, q_V
+      else:
+        new_p = _normalise_or(p_V, p_V - q_V)
+        new_q = _normalise_or(q_V, q_V.at[x].set(0.0)) if mode == 'wor' else q_V
+      p_V = jnp.where(reject, new_p, p_V)
+      q_V = jnp.where(reject, new_q, q_V)
+      chosen = jnp.where(accept, child, chosen)
+      return (p_V, q_V, chosen), None
+
+    (p_V, _, chosen), _ = jax.lax.scan(body, (p0_V, q0_V, jnp.int32(-1)), jnp.arange(K))
+    if mode == 'kseq':
+      p_V = jnp.where(n_kids > 0, kseq_residual(p0_V, q0_V, n_kids), p0_V)
+    return chosen, p_V
+
+  def step(carry, d):
+    cur, done, path, n, res_V = carry
+    chosen, p_V = test_children(cur, u_DxK[d])
+    accepted = ~done & (chosen >= 0)
+    stop = ~done & (chosen < 0)
+    res_V = jnp.where(stop, p_V, res_V)
+    path = path.at[d + 1].set(jnp.where(accepted, chosen, path[d + 1]))
+    return (jnp.where(accepted, chosen, cur), done | stop, path, n + accepted, res_V), None
+
+  path0 = jnp.full((depth + 1,), -1, jnp.int32).at[0].set(0)
+  init = (jnp.int32(0), jnp.bool_(False), path0, jnp.int32(0), p_all_TxV[0])
+  (cur, done, path, n, res_V), _ = jax.lax.scan(step, init, jnp.arange(depth))
+  res_V = jnp.where(done, res_V, p_all_TxV[cur])  # a path reaching `depth`: bonus from p.
+  return path, n, res_V
+
+
+def tree_verify_reference(target_logp_BxTxV: jax.Array, draft_logq_BxTxV: jax.Array | None,
+                          tokens_BxT: jax.Array, children_BxTxK: jax.Array, u_BxDxK: jax.Array,
+                          *, mode: str = 'deterministic'
+                          ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Verifies a token tree (node 0 is the root, i.e. the last committed token).
+
+  Args:
+    target_logp_BxTxV: target log p after each node (the distribution of its children).
+    draft_logq_BxTxV: log q each node's children were drawn from; None for 'deterministic'.
+    tokens_BxT: node tokens (the root's is ignored).
+    children_BxTxK: children of each node in the order they are tested, -1 padded.
+    u_BxDxK: uniforms in (0, 1): row d serves the children tested at depth d + 1. D is the
+      deepest node's depth (paths have at most D drafted tokens).
+    mode: see the module docstring.
+
+  Returns:
+    path_BxD1: the accepted path as node indices (path[0] = 0, the root), -1 after its end.
+    n_B: accepted drafted tokens (path length - 1).
+    residual_logp_BxV: log of the distribution to sample the next token from.
+  """
+  _check_mode(mode)
+  if mode != 'deterministic' and draft_logq_BxTxV is None:
+    raise ValueError(f"Verification mode {mode!r} needs the draft's log q for every node.")
+  depth = u_BxDxK.shape[1]
+  logq = None if mode == 'deterministic' else draft_logq_BxTxV
+  fn = lambda lp, lq, tok, ch, u: _verify_row(lp, lq, tok, ch, u, mode, depth)
+  if logq is None:
+    path, n, res = jax.vmap(lambda lp, tok, ch, u: fn(lp, None, tok, ch, u))(
+        target_logp_BxTxV, tokens_BxT, children_BxTxK, u_BxDxK)
+  else:
+    path, n, res = jax.vmap(fn)(target_logp_BxTxV, logq, tokens_BxT, children_BxTxK, u_BxDxK)
+  return path, n.astype(jnp.int32), _log(res)
