@@ -1,0 +1,159 @@
+"""benchmarks.report: picks up every registered decoder, skips with reasons, measures, writes."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+from typing import ClassVar
+
+import numpy as np
+import pytest
+
+from benchmarks import report
+from decoding import ar, registry
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass(frozen=True)
+class _NeedsDraft(ar.ARDecoder):
+  """Test-only: wants a draft model through a `draft_workdir` setting."""
+  name: ClassVar[str] = 'report_test_needs_draft'
+  family: ClassVar[str] = 'speculative'
+  draft_workdir: str = ''
+
+  def extra_models(self):
+    return {'draft': self.draft_workdir}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Broken(ar.ARDecoder):
+  """Test-only: fails while tracing."""
+  name: ClassVar[str] = 'report_test_broken'
+  family: ClassVar[str] = 'speculative'
+
+  def generate(self, *args, **kwargs):
+    raise RuntimeError('boom')
+
+
+@dataclasses.dataclass(frozen=True)
+class _Diffusion(ar.ARDecoder):
+  """Test-only: a diffusion-family decoder (needs a diffusion-trained model)."""
+  name: ClassVar[str] = 'report_test_diffusion'
+  family: ClassVar[str] = 'diffusion'
+  lossless: ClassVar[bool] = False
+
+
+@pytest.fixture
+def fake_decoders():
+  """Registers the test decoders for one test and removes them after (the registry is
+  process-global; other tests list every registered decoder)."""
+  classes = (_NeedsDraft, _Broken, _Diffusion)
+  for cls in classes:
+    registry.register(cls)
+  yield [cls.name for cls in classes]
+  for cls in classes:
+    registry._DECODERS.pop(cls.name, None)  # pylint: disable=protected-access
+
+
+def test_acceptance_curve_from_step_histogram():
+  # 4 steps: one committed 1 token, two committed 2, one committed 3.
+  np.testing.assert_allclose(report.acceptance_curve([0, 1, 2, 1]), [1.0, 0.75, 0.25])
+  np.testing.assert_allclose(report.acceptance_curve([0, 5]), [1.0])
+
+
+def test_decodes_matches_objectives_and_families():
+  class Spec:
+    family = 'speculative'
+
+  class Diff:
+    family = 'diffusion'
+
+  class Explicit:
+    family = 'latent'
+    objectives = ('coconut',)
+
+  assert report.decodes(Spec, 'ar') and not report.decodes(Spec, 'masked_diffusion')
+  assert report.decodes(Diff, 'block_diffusion') and not report.decodes(Diff, 'ar')
+  assert report.decodes(Explicit, 'coconut') and not report.decodes(Explicit, 'ar')
+
+
+def test_parse_settings():
+  assert report.parse_settings(['a.gamma=4', 'a.name=x', 'b.p=0.5']) == {
+      'a': {'gamma': 4, 'name': 'x'}, 'b': {'p': 0.5}}
+  with pytest.raises(ValueError, match='NAME.FIELD=VALUE'):
+    report.parse_settings(['gamma=4'])
+
+
+def test_every_registered_decoder_is_planned_or_skipped_with_a_reason(trained_workdir,
+                                                                       fake_decoders):
+  models = report.load_models([trained_workdir], num_prompts=2, prompt_chars=40)
+  for name in registry.names():
+    dec, target, reason = report.build(name, 0.0, models, {}, {})
+    assert (dec is None) == bool(reason), name
+    assert dec is None or target is models[0]
+  _, _, reason = report.build('report_test_needs_draft', 0.0, models, {}, {})
+  assert "'draft'" in reason and '--models=draft=DIR' in reason
+  _, _, reason = report.build('report_test_diffusion', 0.0, models, {}, {})
+  assert 'masked_diffusion' in reason and "['ar']" in reason
+  dec, _, _ = report.build('report_test_needs_draft', 0.0, models,
+                           {'draft': trained_workdir}, {})
+  assert dec is not None and dec.draft_workdir == trained_workdir
+
+
+def test_report_rows_quality_and_files(trained_workdir, fake_decoders, tmp_path):
+  models = report.load_models([trained_workdir], num_prompts=3, prompt_chars=40)
+  rows, skipped = report.run_report(
+      models, decoders=['ar', *fake_decoders], temperatures=(0.0, 1.0), max_new_tokens=8,
+      repeats=1, extra_workdirs={'draft': trained_workdir}, log=lambda *_: None)
+  by = {(r.method, r.temperature): r for r in rows}
+  assert set(by) == {('ar', 0.0), ('ar', 1.0), ('report_test_needs_draft', 0.0),
+                     ('report_test_needs_draft', 1.0)}
+  ar0, spec0 = by['ar', 0.0], by['report_test_needs_draft', 0.0]
+  assert ar0.speedup == 1.0 and ar0.tau == pytest.approx(1.0) and ar0.nfe_per_token == 1.0
+  assert spec0.same_as_ar == 'yes' and spec0.tokens == ar0.tokens  # same algorithm
+  assert spec0.perplexity == pytest.approx(ar0.perplexity, rel=1e-5)
+  assert by['ar', 1.0].perplexity > ar0.perplexity  # sampling is less likely than greedy
+  assert 0 <= ar0.entropy_bits < by['ar', 1.0].entropy_bits <= np.log2(8)
+  reasons = dict(skipped)
+  assert 'masked_diffusion' in reasons['report_test_diffusion']
+  assert 'RuntimeError: boom' in reasons['report_test_broken (T=0)']
+  plots = report.plot(rows, str(tmp_path))
+  assert all(os.path.getsize(tmp_path / p) > 1000 for p in plots)
+  text = report.markdown(rows, skipped, plots, 'setup')
+  assert text.count('\n| ar | autoregressive | yes |') == 2
+  assert 'report_test_broken (T=0)' in text and 'report_speed_quality.png' in text
+
+
+def test_judge_perplexity_is_the_models_own(trained_workdir):
+  """Perplexity equals exp(mean NLL) computed directly from the judge's logits."""
+  import jax  # pylint: disable=g-import-not-at-top
+  judge = report.load_models([trained_workdir], num_prompts=1, prompt_chars=40)[0]
+  tok, model = judge.loaded.tokenizer, judge.loaded.model
+  prompt, gen = 'import os\n', 'def f(x):\n  return x'
+  ppl, entropy = report.judge_quality(judge, [prompt], [gen])
+  ids = tok.encode(prompt, add_bos=True) + tok.encode(gen)
+  start = len(tok.encode(prompt, add_bos=True))
+  logits = jax.jit(model.apply)({'params': judge.loaded.params},
+                                np.asarray([ids])).logits_BxTxV[0]
+  logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+  nll = [-logp[t - 1, ids[t]] for t in range(start, len(ids))]
+  assert ppl == pytest.approx(float(np.exp(np.mean(nll))), rel=1e-4)
+  counts = np.unique(tok.encode(gen), return_counts=True)[1] / len(tok.encode(gen))
+  assert entropy == pytest.approx(float(-(counts * np.log2(counts)).sum()))
+
+
+@pytest.mark.slow
+def test_command_line_writes_the_report(trained_workdir, tmp_path):
+  out = tmp_path / 'r.md'
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)
+  proc = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.report', f'--workdirs={trained_workdir}',
+       '--decoders=ar', '--num_prompts=2', '--prompt_chars=40', '--max_new_tokens=6',
+       '--temperatures=0', '--repeats=1', f'--out={out}'],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  text = out.read_text()
+  assert '| ar | autoregressive | yes | 0 |' in text and '- device:' in text
+  assert (tmp_path / 'r_speed_quality.png').exists() and (tmp_path / 'r_acceptance.png').exists()
