@@ -1,36 +1,69 @@
-"""Attention over an explicit boolean mask, with an `impl=` switch.
+"""Attention over an explicit boolean mask, as the model calls it, with an `impl=` switch.
 
 impl:
-  'xla'   the plain-jnp reference (`reference.attention_reference`), any backend/dtype.
-  'cudnn' `jax.nn.dot_product_attention(implementation='cudnn')` (GPU, bf16/fp16, Dh <= 256);
-          the boolean mask is passed as a dense mask.
-  'auto'  'xla' until the Pallas kernels land (the Pallas issue adds them here).
+  'xla'     the plain-jnp reference (`reference.attention_reference`), any backend/dtype.
+  'cudnn'   `jax.nn.dot_product_attention(implementation='cudnn')` (GPU, bf16/fp16,
+            Dh <= 256); the boolean mask is passed as a dense mask.
+  'pallas'  the Pallas kernels of this backend (on CPU: the GPU-style kernels in interpret
+            mode): few queries per kv head (T x G <= 128: decoding, tree verification) go to
+            `decode_attention` (split-K over the slots below the last visible one), longer
+            calls to `flash_attention` with the dense mask read per tile and empty tiles
+            skipped. 'pallas_gpu' / 'pallas_tpu' pick a kernel family explicitly.
+  'auto'    'xla' for now, on every backend: the Pallas kernels pass in interpret mode but
+            have not yet been checked on a GPU/TPU (`python -m benchmarks.kernels --check`).
+            Flip `AUTO_PALLAS` once that check passes on the hardware.
+
+The mask-free entry points (causal/block-causal/segments by positions) are
+`pallas_kernels.flash_attention.flash_attention` and
+`pallas_kernels.decode_attention.{decode_attention, tree_attention}`.
 """
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
+from pallas_kernels import common
 from pallas_kernels.attention.reference import MASK_VALUE, attention_reference
 
-IMPLS = ('auto', 'xla', 'cudnn')
+IMPLS = ('auto', 'xla', 'cudnn', 'pallas', 'pallas_gpu', 'pallas_tpu')
+AUTO_PALLAS = ()  # platforms ('gpu', 'tpu') where 'auto' means 'pallas'
+DECODE_ROWS = 128  # T x G at most this: the decode kernel
 
 
 def attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: jax.Array,
               mask_BxTxS: jax.Array, *, scale: float | None = None,
               impl: str = 'auto') -> jax.Array:
-  """Masked grouped-query attention; shapes as in `attention_reference`."""
+  """Masked grouped-query attention; shapes as in `attention_reference`.
+
+  A query with no visible key gets zeros in every implementation except 'cudnn'.
+  """
+  if impl not in IMPLS:
+    raise ValueError(f'Unknown attention impl {impl!r}; choose one of {IMPLS}.')
   if scale is None:
     scale = q_BxTxHxDh.shape[-1] ** -0.5
-  if impl in ('auto', 'xla'):
+  if impl == 'auto':
+    impl = 'pallas' if common.platform() in AUTO_PALLAS else 'xla'
+  B, T, H, _ = q_BxTxHxDh.shape
+  S, K = k_BxSxKxDh.shape[1], k_BxSxKxDh.shape[2]
+  if impl == 'xla':
     return attention_reference(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS, scale)
+  mask_BxTxS = jnp.broadcast_to(mask_BxTxS, (B, T, S))
   if impl == 'cudnn':
-    B, T = q_BxTxHxDh.shape[:2]
-    S = k_BxSxKxDh.shape[1]
-    mask_Bx1xTxS = jax.numpy.broadcast_to(mask_BxTxS, (B, T, S))[:, None]
-    return jax.nn.dot_product_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask=mask_Bx1xTxS,
-                                        scale=scale, implementation='cudnn')
-  raise ValueError(f'Unknown attention impl {impl!r}; choose one of {IMPLS}.')
+    return jax.nn.dot_product_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh,
+                                        mask=mask_BxTxS[:, None], scale=scale,
+                                        implementation='cudnn')
+  # Imported here: both packages import this one's reference module.
+  from pallas_kernels.decode_attention import decode_attention  # pylint: disable=g-import-not-at-top
+  from pallas_kernels.flash_attention import flash_attention  # pylint: disable=g-import-not-at-top
+  if T * (H // K) <= DECODE_ROWS and S > T:
+    # Read only the slots up to the last one any query of the row sees.
+    seen_BxS = mask_BxTxS.any(axis=1)
+    lengths_B = jnp.max(jnp.where(seen_BxS, jnp.arange(1, S + 1), 0), axis=1)
+    return decode_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B,
+                            mask_BxTxS=mask_BxTxS, scale=scale, impl=impl)
+  return flash_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS=mask_BxTxS,
+                         causal=False, scale=scale, impl=impl)
 
 
-__all__ = ['attention', 'attention_reference', 'MASK_VALUE', 'IMPLS']
+__all__ = ['attention', 'attention_reference', 'MASK_VALUE', 'IMPLS', 'AUTO_PALLAS']

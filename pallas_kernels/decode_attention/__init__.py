@@ -10,7 +10,8 @@ given), plus, when new tokens are passed, new token n iff new_mask[b, t, n]. Thi
     passed apart from the cache (not written yet);
   * anything the model expresses as a dense [B, T, S] mask over slots (`mask_BxTxS`; the
     kernel then reads only slots below the per-row bound in `lengths`).
-A query that sees nothing gets zeros. Forward only (decoding needs no gradient).
+A query that sees nothing gets zeros. Differentiable: the backward pass is the reference's
+(XLA) — decoding needs none, but training through a cache (latent reasoning) must work.
 
 impl: 'auto' | 'xla' | 'pallas' | 'pallas_gpu' | 'pallas_tpu' (see `pallas_kernels.common`).
 """
@@ -18,6 +19,7 @@ impl: 'auto' | 'xla' | 'pallas' | 'pallas_gpu' | 'pallas_tpu' (see `pallas_kerne
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -87,8 +89,7 @@ def decode_attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: j
     [B, T, H, Dh] in q's dtype.
   """
   B, T, H, Dh = q_BxTxHxDh.shape
-  S, K = k_BxSxKxDh.shape[1], k_BxSxKxDh.shape[2]
-  G = H // K
+  S = k_BxSxKxDh.shape[1]
   scale = Dh ** -0.5 if scale is None else float(scale)
   lengths_B = jnp.broadcast_to(jnp.asarray(lengths_B, jnp.int32), (B,))
   if mask_BxTxS is not None:
@@ -107,7 +108,17 @@ def decode_attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: j
     return decode_attention_reference(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B,
                                       mask_BxTxS, k_new_BxNxKxDh, v_new_BxNxKxDh,
                                       new_mask_BxTxN, scale=scale)
-  bs = block_sizes or BlockSizes.get_default(family)
+  new = None if not has_new else (k_new_BxNxKxDh, v_new_BxNxKxDh, new_mask_BxTxN)
+  return _decode(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B, mask_BxTxS, new,
+                 (family, interpret, scale, block_sizes or BlockSizes.get_default(family)))
+
+
+def _kernel_path(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B, mask_BxTxS, new, static):
+  family, interpret, scale, bs = static
+  B, T, H, Dh = q_BxTxHxDh.shape
+  S, K = k_BxSxKxDh.shape[1], k_BxSxKxDh.shape[2]
+  G = H // K
+  has_new = new is not None
   on_tpu = family == 'tpu' and interpret is False
   # Triton: power-of-two tiles, dots >= 16. TPU: 8 sublanes (16 for 16-bit q), 128 lanes.
   R = max(16, common.next_pow2(T * G)) if family == 'gpu' else common.round_up(T * G, 16)
@@ -120,6 +131,8 @@ def decode_attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: j
   mask = common.pad_axis(_row_mask(mask_BxTxS, G, R), 2, Sp)
   kn = vn = nmask = None
   if has_new:
+    k_new_BxNxKxDh, v_new_BxNxKxDh, new_mask_BxTxN = new
+    N = k_new_BxNxKxDh.shape[1]
     Np = max(16, common.next_pow2(N)) if family == 'gpu' else common.round_up(N, 8)
     kn = common.pad_axis(common.pad_axis(k_new_BxNxKxDh.astype(k.dtype), 1, Np), 3, Dhp)
     vn = common.pad_axis(common.pad_axis(v_new_BxNxKxDh.astype(v.dtype), 1, Np), 3, Dhp)
@@ -147,6 +160,30 @@ def decode_attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: j
   out_BxKxRxDh = combine(o, m, l, base)[:, :, :T * G, :Dh]
   out = out_BxKxRxDh.reshape(B, K, T, G, Dh).transpose(0, 2, 1, 3, 4).reshape(B, T, H, Dh)
   return out.astype(q_BxTxHxDh.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _decode(q, k, v, lengths, mask, new, static):
+  return _kernel_path(q, k, v, lengths, mask, new, static)
+
+
+def _decode_fwd(q, k, v, lengths, mask, new, static):
+  return _kernel_path(q, k, v, lengths, mask, new, static), (q, k, v, lengths, mask, new)
+
+
+def _decode_bwd(static, res, g):
+  q, k, v, lengths, mask, new = res
+  if new is None:
+    f = lambda q, k, v: decode_attention_reference(q, k, v, lengths, mask, scale=static[2])
+    return (*jax.vjp(f, q, k, v)[1](g), None, None, None)
+  kn, vn, nmask = new
+  f = lambda q, k, v, kn, vn: decode_attention_reference(q, k, v, lengths, mask, kn, vn, nmask,
+                                                         scale=static[2])
+  dq, dk, dv, dkn, dvn = jax.vjp(f, q, k, v, kn, vn)[1](g)
+  return dq, dk, dv, None, None, (dkn, dvn, None)
+
+
+_decode.defvjp(_decode_fwd, _decode_bwd)
 
 
 def tree_attention(q_BxNxHxDh: jax.Array, k_cache_BxSxKxDh: jax.Array,

@@ -1,0 +1,83 @@
+"""The model with attention_impl='pallas' (kernels in interpret mode) gives the logits,
+caches and gradients of attention_impl='xla'."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from testlib import small_config
+from models import BlockCausal, Cache, Transformer, init_params, local_to_cache_mask, tree_mask
+
+TOL = 2e-5
+
+
+def _models():
+  cfg = small_config(num_layers=1)
+  models = {impl: Transformer(dataclasses.replace(cfg, attention_impl=impl))
+            for impl in ('xla', 'pallas')}
+  return cfg, models, init_params(models['xla'], jax.random.key(0))
+
+
+def _close(a, b, tol=TOL):
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=tol, rtol=tol)
+
+
+def test_training_forward_and_gradients_match():
+  """No cache (the flash kernel with the model's dense mask): causal / bidirectional /
+  block-causal with padding rows, and parameter gradients through the custom VJP."""
+  cfg, models, params = _models()
+  B, T = 2, 24
+  toks = jax.random.randint(jax.random.key(1), (B, T), 0, cfg.vocab_size)
+  pos = jnp.broadcast_to(jnp.arange(T), (B, T)).at[1, 19:].set(-1)
+
+  @jax.jit
+  def run(params):
+    outs = {}
+    for impl, model in models.items():
+      logits = [model.apply({'params': params}, toks, pos, attn_mask=m).logits_BxTxV
+                for m in (None, 'bidirectional', BlockCausal(4))]
+      loss = lambda p: jnp.mean(model.apply({'params': p}, toks, pos).logits_BxTxV ** 2)
+      outs[impl] = (logits, jax.grad(loss)(params))
+    return outs
+
+  outs = run(params)
+  for a, b in zip(outs['pallas'][0], outs['xla'][0]):
+    _close(a, b)
+  jax.tree.map(lambda a, b: _close(a, b, 1e-6 + 1e-4 * float(jnp.abs(b).max())),
+               outs['pallas'][1], outs['xla'][1])
+
+
+def test_cached_prefill_decode_and_tree_step_match():
+  """With a cache (the decode kernel, over the slots below the last visible one): prefill
+  with a padded row, one decode step, then a tree-verification step with an explicit mask."""
+  cfg, models, params = _models()
+  B, P, S = 2, 9, 32
+  prompt = jax.random.randint(jax.random.key(2), (B, P), 0, cfg.vocab_size)
+  prompt_pos = jnp.broadcast_to(jnp.arange(P), (B, P)).at[1, 6:].set(-1)  # row 1: 6 tokens
+  parents = jnp.array([-1, 0, 0, 1, 2])
+  tree_toks = jax.random.randint(jax.random.key(3), (B, 5), 0, cfg.vocab_size)
+
+  @jax.jit
+  def run(params):
+    outs = {}
+    for impl, model in models.items():
+      apply = lambda *a, **k: model.apply({'params': params}, *a, **k)
+      pre = apply(prompt, prompt_pos, cache=Cache.init(cfg, B, S))
+      step_pos = pre.cache.lengths[:, None]
+      dec = apply(prompt[:, :1], step_pos, cache=pre.cache)
+      lengths = dec.cache.lengths
+      depth = jnp.array([0, 1, 1, 2, 2])
+      slots = lengths[:, None] + jnp.arange(5)
+      mask = local_to_cache_mask(jnp.broadcast_to(tree_mask(parents), (B, 5, 5)), slots,
+                                 lengths, S)
+      tree = apply(tree_toks, lengths[:, None] + depth, cache=dec.cache, write_slots_BxT=slots,
+                   attn_mask=mask)
+      outs[impl] = [pre.logits_BxTxV, dec.logits_BxTxV, tree.logits_BxTxV,
+                    tree.cache.layers[-1].k]
+    return outs
+
+  outs = run(params)
+  for a, b in zip(outs['pallas'], outs['xla']):
+    _close(a, b)
