@@ -1,0 +1,368 @@
+"""A separate small draft model (same tokenizer): chain, static tree and dynamic tree.
+
+The draft keeps its own cache with the target's slot layout: committed token at position t in
+slot t, tree node i of a step at slot base + i (dynamic trees: candidate c at base + c). Each
+step starts with one draft call on [pending, root]: `pending` is the last accepted token when
+the draft never processed it (a leaf of the previous tree), else padding. After verification
+the accepted path is committed into the draft cache with the same `commit_accepted` as the
+target (moving slots), keeping only nodes the draft has processed.
+
+Tree shapes:
+  chain     G drafts in a row; `stop_below` > 0 stops a row's drafting once the draft's top-1
+            probability falls below it (adaptive draft length; the draft loop ends early
+            when every row has stopped).
+  static    a template (trees.Template): children of a node are its top-k tokens, k i.i.d.
+            samples (SpecInfer / K-SEQ) or k samples without replacement (Sequoia).
+  dynamic   EAGLE-2 / DySpec: `depth` rounds; each round feeds the `top_k` best frontier
+            nodes (by cumulative draft log-probability), each proposes `top_k` children; the
+            best `nodes` of all candidates form the tree (scores fall along paths, so the set
+            is connected). With the 'wor' rule children are Gumbel-top-k samples scored by
+            stochastic-beam-search values: Recursive Speculative Decoding's RSD-S.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from decoding import base
+from decoding.speculative import drafter as drafter_lib
+from decoding.speculative import proposals
+from decoding.speculative import trees
+from decoding.speculative import verify as verify_lib
+from models import cache as cache_lib
+from models import masks
+from models import transformer as transformer_lib
+
+DRAFT = 'draft'
+
+
+@flax.struct.dataclass
+class DraftState:
+  """cache: the draft's cache; pending_B: committed token the draft has not processed (-1 =
+  none), at position base - 1; processed_BxT / node_slots_BxT: of the last proposed tree."""
+  cache: cache_lib.Cache
+  pending_B: jax.Array
+  processed_BxT: jax.Array
+  node_slots_BxT: jax.Array
+
+
+def _how(mode: str) -> str:
+  return 'iid' if mode == 'kseq' else mode
+
+
+@dataclasses.dataclass(frozen=True)
+class DraftModelDrafter(drafter_lib.Drafter):
+  """See module docstring. `template` for chain/static; (top_k, depth, nodes) for dynamic."""
+  kind: ClassVar[str] = 'model'
+  has_q: ClassVar[bool] = True
+  workdir: str = ''
+  shape: str = 'chain'  # chain | static | dynamic
+  template: trees.Template | None = None
+  top_k: int = 4
+  depth: int = 4
+  nodes: int = 16
+  stop_below: float = 0.0
+  mode: str = 'iid'
+
+  # ------------------------------------------------------------------ static shape
+  @property
+  def candidates(self) -> int:
+    """Dynamic trees: candidate nodes (without the root) = k + (depth - 1) k^2."""
+    return self.top_k + (self.depth - 1) * self.top_k ** 2
+
+  @property
+  def max_nodes(self) -> int:
+    if self.shape == 'dynamic':
+      return 1 + min(self.nodes, self.candidates)
+    return self.template.size
+
+  @property
+  def max_depth(self) -> int:
+    return self.depth if self.shape == 'dynamic' else self.template.max_depth
+
+  @property
+  def max_children(self) -> int:
+    return self.top_k if self.shape == 'dynamic' else self.template.max_children
+
+  @property
+  def is_chain(self) -> bool:
+    return self.shape == 'chain'
+
+  def extra_cache_slots(self) -> int:
+    return 1 + self.candidates if self.shape == 'dynamic' else self.max_nodes
+
+  def extra_models(self) -> dict[str, str]:
+    if not self.workdir:
+      raise ValueError("The 'model' drafter needs --decoder_config.draft_workdir=DIR (a "
+                       'workdir written by train.py with the same tokenizer as the target).')
+    return {DRAFT: self.workdir}
+
+  def check(self, models: base.Models, params: dict[str, Any]) -> None:
+    if DRAFT not in params:
+      raise ValueError("The 'model' drafter needs the draft model's params under 'draft'.")
+    drafter_lib.check_vocab('draft model', models[DRAFT], models.target)
+    if verify_lib.is_recurrent(models[DRAFT].cfg):
+      raise ValueError('Draft models with recurrent layers are not supported yet (their '
+                       'state cannot follow a multi-call tree draft); use an attention draft.')
+
+  # ------------------------------------------------------------------ helpers
+  def _apply(self, env, dstate_cache, tokens_BxT, positions_BxT, slots_BxT, mask=None):
+    out = env.models[DRAFT].apply({'params': env.params[DRAFT]}, tokens_BxT, positions_BxT,
+                                  cache=dstate_cache, write_slots_BxT=slots_BxT,
+                                  attn_mask=mask)
+    return out.logits_BxTxV, out.cache
+
+  def _first_call(self, env, state: DraftState, root_B, base_B, active_B):
+    """Feeds [pending, root]; returns the root's logits [B, V] and the cache."""
+    pend_ok_B = active_B & (state.pending_B >= 0)
+    tokens = jnp.stack([jnp.maximum(state.pending_B, 0), root_B], axis=1)
+    positions = jnp.stack([jnp.where(pend_ok_B, base_B - 1, -1),
+                           jnp.where(active_B, base_B, -1)], axis=1)
+    logits, cache = self._apply(env, state.cache, tokens, positions, positions)
+    return logits[:, 1], cache
+
+  def init(self, env, prefill, first_B):
+    del prefill, first_B
+    B = env.prompt_BxP.shape[0]
+    draft = env.models[DRAFT]
+    cache = cache_lib.Cache.init(draft.cfg, B, env.cache_size)
+    _, cache, _ = base.prefill(draft, env.params[DRAFT], env.prompt_BxP, env.prompt_len_B,
+                               cache)
+    T = self.max_nodes
+    return DraftState(cache=cache, pending_B=jnp.full((B,), -1, jnp.int32),
+                      processed_BxT=jnp.zeros((B, T), bool),
+                      node_slots_BxT=jnp.zeros((B, T), jnp.int32))
+
+  # ------------------------------------------------------------------ propose
+  def propose(self, env, state, root_B, base_B, active_B):
+    if self.shape == 'chain':
+      return self._propose_chain(env, state, root_B, base_B, active_B)
+    if self.shape == 'static':
+      return self._propose_static(env, state, root_B, base_B, active_B)
+    return self._propose_dynamic(env, state, root_B, base_B, active_B)
+
+  def _draw(self, env, logits_BxNxV, k, positions_B, node_offset):
+    keys = proposals.node_keys(drafter_lib.draft_keys(env, positions_B), logits_BxNxV.shape[1],
+                               node_offset)
+    return proposals.children(logits_BxNxV, k, _how(env.mode), env.sampling, keys)
+
+  def _propose_chain(self, env, state, root_B, base_B, active_B):
+    G = self.template.size - 1
+    B = root_B.shape[0]
+    logits_BxV, cache = self._first_call(env, state, root_B, base_B, active_B)
+    sampled = not (env.sampling.greedy or env.mode == 'deterministic')
+    V = logits_BxV.shape[-1]
+    tokens = jnp.zeros((B, G + 1), jnp.int32).at[:, 0].set(root_B)
+    valid = jnp.zeros((B, G + 1), bool).at[:, 0].set(True)
+    logq = jnp.zeros((B, G + 1, V), jnp.float32) if sampled else None
+    calls_B = active_B.astype(jnp.int32)
+
+    def draft_at(j, logits_BxV, tokens, valid, logq):
+      """Draft node j from the logits after node j - 1."""
+      tok, ok, lq, _ = self._draw(env, logits_BxV[:, None], 1, base_B + j, 0)
+      keep = valid[:, j - 1] & ok[:, 0, 0] & active_B
+      if self.stop_below > 0:
+        conf = jnp.max(jax.nn.softmax(logits_BxV.astype(jnp.float32), -1), -1)
+        keep &= conf >= self.stop_below
+      tokens = tokens.at[:, j].set(tok[:, 0, 0])
+      valid = valid.at[:, j].set(keep)
+      if logq is not None:
+        logq = logq.at[:, j - 1].set(lq[:, 0])
+      return tokens, valid, logq
+
+    tokens, valid, logq = draft_at(1, logits_BxV, tokens, valid, logq)
+
+    def cond(c):
+      j, _, _, valid, _, _ = c
+      return (j < G) & jnp.any(valid[:, j])
+
+    def body(c):
+      j, cache, tokens, valid, logq, calls_B = c
+      tok_B = jax.lax.dynamic_index_in_dim(tokens, j, 1, keepdims=False)
+      ok_B = jax.lax.dynamic_index_in_dim(valid, j, 1, keepdims=False)
+      pos_B = jnp.where(ok_B, base_B + j, -1)
+      logits, cache = self._apply(env, cache, tok_B[:, None], pos_B[:, None], pos_B[:, None])
+      tok, ok, lq, _ = self._draw(env, logits, 1, base_B + j + 1, 0)
+      keep = ok_B & ok[:, 0, 0]
+      if self.stop_below > 0:
+        conf = jnp.max(jax.nn.softmax(logits[:, 0].astype(jnp.float32), -1), -1)
+        keep &= conf >= self.stop_below
+      tokens = jax.lax.dynamic_update_index_in_dim(tokens, tok[:, 0, 0], j + 1, 1)
+      valid = jax.lax.dynamic_update_index_in_dim(valid, keep, j + 1, 1)
+      if logq is not None:
+        logq = jax.lax.dynamic_update_index_in_dim(logq, lq[:, 0], j, 1)
+      return j + 1, cache, tokens, valid, logq, calls_B + ok_B
+
+    carry = (jnp.int32(1), cache, tokens, valid, logq, calls_B)
+    _, cache, tokens, valid, logq, calls_B = jax.lax.while_loop(cond, body, carry)
+    tree = trees.from_template(self.template, tokens, valid, logq)
+    depth = jnp.arange(G + 1)[None]
+    processed = tree.valid_BxT & (depth < G)
+    state = state.replace(cache=cache, processed_BxT=processed,
+                          node_slots_BxT=base_B[:, None] + depth)
+    return tree, state, calls_B
+
+  def _propose_static(self, env, state, root_B, base_B, active_B):
+    tpl = self.template
+    T, K, D = tpl.size, tpl.max_children, tpl.max_depth
+    B = root_B.shape[0]
+    levels = tpl.levels()
+    parents = np.asarray(tpl.parents)
+    ranks = np.asarray(tpl.ranks)
+    anc_TxT = tpl.ancestors()
+    slots_BxT = base_B[:, None] + jnp.arange(T, dtype=jnp.int32)[None]
+    logits_BxV, cache = self._first_call(env, state, root_B, base_B, active_B)
+    tokens = jnp.zeros((B, T), jnp.int32).at[:, 0].set(root_B)
+    valid = jnp.zeros((B, T), bool).at[:, 0].set(active_B)
+    sampled = not (env.sampling.greedy or env.mode == 'deterministic')
+    logq = jnp.zeros((B, T, logits_BxV.shape[-1]), jnp.float32) if sampled else None
+    fed_logits = logits_BxV[:, None]  # logits after the nodes of the current level
+    calls = active_B.astype(jnp.int32)
+    full = masks.local_to_cache_mask(jnp.asarray(anc_TxT)[None], slots_BxT, base_B,
+                                     env.cache_size)
+    for d in range(1, D + 1):
+      ps, pe = levels[d - 1]
+      tok, ok, lq, _ = self._draw(env, fed_logits, K, base_B + d, ps)
+      if logq is not None:
+        logq = logq.at[:, ps:pe].set(lq)
+      s, e = levels[d]
+      par = parents[s:e] - ps
+      child_tok = tok[:, par, ranks[s:e]]
+      child_ok = ok[:, par, ranks[s:e]] & valid[:, parents[s:e]]
+      tokens = tokens.at[:, s:e].set(child_tok)
+      valid = valid.at[:, s:e].set(child_ok)
+      if d < D:  # feed this level to get its children's distribution
+        pos = jnp.where(valid[:, s:e], base_B[:, None] + d, -1)
+        fed_logits, cache = self._apply(env, cache, tokens[:, s:e], pos, slots_BxT[:, s:e],
+                                        full[:, s:e])
+        calls = calls + jnp.any(valid[:, s:e], axis=1)
+    tree = trees.from_template(tpl, tokens, valid, logq)
+    depth = jnp.asarray(tpl.depths)[None]
+    state = state.replace(cache=cache, processed_BxT=tree.valid_BxT & (depth < D),
+                          node_slots_BxT=slots_BxT)
+    return tree, state, calls
+
+  def _propose_dynamic(self, env, state, root_B, base_B, active_B):
+    k, D, B = self.top_k, self.depth, root_B.shape[0]
+    C1 = 1 + self.candidates  # root + candidates
+    wor = env.mode == 'wor' and not env.sampling.greedy
+    how = 'wor' if wor else 'deterministic'
+    logits_BxV, cache = self._first_call(env, state, root_B, base_B, active_B)
+    V = logits_BxV.shape[-1]
+    keys = lambda d, n, off: proposals.node_keys(drafter_lib.draft_keys(env, base_B + d), n, off)
+    tok, ok, lq, sc = proposals.children(logits_BxV[:, None], k, how, env.sampling,
+                                         keys(1, 1, 0))
+    cand_tok = jnp.zeros((B, C1), jnp.int32).at[:, 0].set(root_B).at[:, 1:k + 1].set(tok[:, 0])
+    cand_par = jnp.full((B, C1), -1, jnp.int32).at[:, 1:k + 1].set(0)
+    cand_depth = jnp.zeros((B, C1), jnp.int32).at[:, 1:k + 1].set(1)
+    cand_ok = jnp.zeros((B, C1), bool).at[:, 0].set(active_B).at[:, 1:k + 1].set(
+        ok[:, 0] & active_B[:, None])
+    cum_logq = jnp.zeros((B, C1), jnp.float32)  # path log q (for SBS)
+    if wor:
+      cum_logq = cum_logq.at[:, 1:k + 1].set(jnp.take_along_axis(lq[:, 0], tok[:, 0], -1))
+      score0 = proposals.sbs_values(jnp.zeros((B, 1)), jnp.zeros((B, 1)), sc)[:, 0]
+    else:
+      score0 = sc[:, 0]
+    score = jnp.full((B, C1), -jnp.inf).at[:, 0].set(0.0).at[:, 1:k + 1].set(
+        jnp.where(ok[:, 0], score0, -jnp.inf))
+    anc = jnp.zeros((B, C1, C1), bool).at[:, :, 0].set(True)
+    anc = anc.at[:, jnp.arange(1, k + 1), jnp.arange(1, k + 1)].set(True)
+    fed = jnp.zeros((B, C1), bool).at[:, 0].set(active_B)
+    # Per fed slot (root + frontier per round): q of its children, for 'wor' verification.
+    logq_fed = jnp.zeros((B, 1 + (D - 1) * k, V), jnp.float32) if wor else None
+    fed_slot = jnp.full((B, C1), -1, jnp.int32).at[:, 0].set(0)
+    if wor:
+      logq_fed = logq_fed.at[:, 0].set(lq[:, 0])
+    frontier = jnp.broadcast_to(jnp.arange(1, k + 1, dtype=jnp.int32), (B, k))
+    slots_all = base_B[:, None] + jnp.arange(C1, dtype=jnp.int32)[None]
+    calls = active_B.astype(jnp.int32)
+    b = jnp.arange(B)[:, None]
+    prefix = (jnp.arange(env.cache_size)[None, None, :] < base_B[:, None, None])
+    for d in range(1, D):
+      f_ok = jnp.take_along_axis(cand_ok, frontier, 1) & jnp.isfinite(
+          jnp.take_along_axis(score, frontier, 1))
+      pos = jnp.where(f_ok, base_B[:, None] + d, -1)
+      f_anc = jnp.take_along_axis(anc, frontier[:, :, None], 1)  # [B, k, C1]
+      lifted = jnp.zeros((B, k, env.cache_size + 1), bool).at[
+          b[:, :, None], jnp.arange(k)[None, :, None], slots_all[:, None, :]].set(
+              f_anc, mode='drop')[:, :, :env.cache_size]
+      logits, cache = self._apply(env, cache, jnp.take_along_axis(cand_tok, frontier, 1), pos,
+                                  slots_all[:, :1] + frontier, prefix | lifted)
+      calls = calls + jnp.any(f_ok, axis=1)
+      fed = fed.at[b, frontier].set(fed[b, frontier] | f_ok)
+      tok, ok, lq, sc = proposals.children(logits, k, how, env.sampling, keys(d + 1, k, 0))
+      parent_score = jnp.take_along_axis(score, frontier, 1)  # [B, k]
+      if wor:
+        slot_ids = 1 + (d - 1) * k + jnp.arange(k)
+        logq_fed = logq_fed.at[:, slot_ids].set(lq)
+        fed_slot = fed_slot.at[b, frontier].set(jnp.broadcast_to(slot_ids, (B, k)))
+        parent_lq = jnp.take_along_axis(cum_logq, frontier, 1)
+        child_score = proposals.sbs_values(parent_score, parent_lq, sc)
+        child_lq = parent_lq[..., None] + jnp.take_along_axis(lq, tok, -1)
+      else:
+        child_score = parent_score[..., None] + sc
+      child_ok = ok & f_ok[..., None]
+      child_score = jnp.where(child_ok, child_score, -jnp.inf)
+      start = 1 + k + (d - 1) * k * k
+      new_ids = start + jnp.arange(k * k)
+      cand_tok = cand_tok.at[:, new_ids].set(tok.reshape(B, k * k))
+      cand_par = cand_par.at[:, new_ids].set(jnp.repeat(frontier, k, axis=1))
+      cand_depth = cand_depth.at[:, new_ids].set(d + 1)
+      cand_ok = cand_ok.at[:, new_ids].set(child_ok.reshape(B, k * k))
+      score = score.at[:, new_ids].set(child_score.reshape(B, k * k))
+      if wor:
+        cum_logq = cum_logq.at[:, new_ids].set(child_lq.reshape(B, k * k))
+      new_anc = jnp.take_along_axis(anc, jnp.repeat(frontier, k, axis=1)[:, :, None], 1)
+      new_anc = new_anc.at[:, jnp.arange(k * k), new_ids].set(True)
+      anc = anc.at[:, new_ids].set(new_anc)
+      top = jax.lax.top_k(score[:, new_ids], k)[1]
+      frontier = (start + top).astype(jnp.int32)
+    # Keep the best `nodes` candidates; sort them by index so parents precede children.
+    N = self.max_nodes - 1
+    sel_score, sel = jax.lax.top_k(score[:, 1:], N)
+    sel = jnp.sort(jnp.where(jnp.isfinite(sel_score), sel + 1, C1), axis=1)
+    sel_ok = sel < C1
+    sel = jnp.minimum(sel, C1 - 1)
+    node_cand = jnp.concatenate([jnp.zeros((B, 1), jnp.int32), sel], 1)  # [B, T]
+    node_ok = jnp.concatenate([active_B[:, None], sel_ok & active_B[:, None]], 1)
+    inv = jnp.full((B, C1 + 1), -1, jnp.int32).at[b, jnp.where(node_ok, node_cand, C1)].set(
+        jnp.broadcast_to(jnp.arange(N + 1, dtype=jnp.int32), (B, N + 1)))[:, :C1]
+    par_cand = jnp.take_along_axis(cand_par, node_cand, 1)
+    parents = jnp.where(par_cand >= 0, jnp.take_along_axis(inv, jnp.maximum(par_cand, 0), 1),
+                        -1).at[:, 0].set(-1)
+    node_ok = node_ok & ((parents >= 0) | (jnp.arange(N + 1) == 0)[None])
+    tokens = jnp.take_along_axis(cand_tok, node_cand, 1)
+    depth = jnp.take_along_axis(cand_depth, node_cand, 1)
+    logq = None
+    if wor:
+      slot = jnp.take_along_axis(fed_slot, node_cand, 1)
+      logq = jnp.take_along_axis(logq_fed, jnp.maximum(slot, 0)[:, :, None], 1)
+    valid = trees.close_under_ancestors(parents, node_ok)
+    tree = trees.Tree(tokens, parents, depth, valid,
+                      trees.children_table(parents, valid, k), logq)
+    processed = valid & jnp.take_along_axis(fed, node_cand, 1)
+    state = state.replace(cache=cache, processed_BxT=processed,
+                          node_slots_BxT=base_B[:, None] + node_cand)
+    return tree, state, calls
+
+  # ------------------------------------------------------------------ update
+  def update(self, env, state, step):
+    path = step.verdict.path_BxD1
+    keep = step.keep_B
+    last = jnp.take_along_axis(path, jnp.maximum(keep - 1, 0)[:, None], 1)[:, 0]
+    done_last = jnp.take_along_axis(state.processed_BxT, jnp.maximum(last, 0)[:, None], 1)[:, 0]
+    dkeep = jnp.where(keep > 0, keep - 1 + done_last.astype(jnp.int32), 0)
+    cache = verify_lib.commit_accepted(state.cache, step.base_B, path, dkeep,
+                                       chain=self.is_chain,
+                                       node_slots_BxT=(state.node_slots_BxT
+                                                       if self.shape == 'dynamic' else None))
+    last_tok = jnp.take_along_axis(step.tree.tokens_BxT, jnp.maximum(last, 0)[:, None], 1)[:, 0]
+    pending = jnp.where((keep >= 2) & ~done_last, last_tok, -1)
+    return state.replace(cache=cache, pending_B=jnp.where(step.active_B, pending,
+                                                          state.pending_B))

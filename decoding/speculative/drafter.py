@@ -1,0 +1,163 @@
+"""The drafter interface: what the speculative loop asks of a draft source.
+
+A drafter is a frozen dataclass (static under jit). Per step the loop calls
+
+  tree, state, other_B = drafter.propose(env, state, root_B, base_B, active_B)
+  out, state = drafter.target_forward(env, state, cache, tree, base_B, active_B)
+  ... verification and commit (shared, decoding/speculative/verify.py) ...
+  state = drafter.update(env, state, step)
+
+`root_B` is each row's newest committed token (tree node 0) at position `base_B`, which is
+also the number of committed slots in the target's cache. Drafters keep whatever they need
+(a draft model's cache, a successor table, an n-gram pool) in their own state pytree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from decoding import base
+from decoding import sampling as sampling_lib
+from decoding.speculative import trees
+from decoding.speculative import verify as verify_lib
+from models import cache as cache_lib
+from models import transformer as transformer_lib
+
+
+@dataclasses.dataclass
+class Env:
+  """Everything fixed during one generation (arrays are traced values of the jit)."""
+  models: base.Models
+  params: dict[str, Any]
+  sampling: sampling_lib.SamplingConfig
+  mode: str  # verification rule
+  row_keys_B: jax.Array
+  prompt_BxP: jax.Array
+  prompt_len_B: jax.Array
+  cache_size: int
+  max_new_tokens: int
+
+  @property
+  def target(self) -> transformer_lib.Transformer:
+    return self.models.target
+
+  @property
+  def target_params(self) -> Any:
+    return self.params['target']
+
+
+@flax.struct.dataclass
+class Step:
+  """What the loop tells `update` after verifying a step.
+
+  tree: the verified tree; out: the target's forward over it; verdict: verify.Verdict;
+  keep_B: nodes of the accepted path committed (root included; 0 for inactive rows);
+  base_B: the root's position; new_base_B = base + keep (the next root's position).
+  """
+  tree: trees.Tree
+  out: transformer_lib.ModelOutput
+  verdict: verify_lib.Verdict
+  keep_B: jax.Array
+  base_B: jax.Array
+  active_B: jax.Array
+
+  @property
+  def new_base_B(self) -> jax.Array:
+    return self.base_B + self.keep_B
+
+
+@dataclasses.dataclass(frozen=True)
+class Drafter:
+  """Base class. Subclasses set `kind`, `has_q` and the static tree bounds."""
+  kind: ClassVar[str] = ''
+  has_q: ClassVar[bool] = False  # proposes with a distribution q (else deterministic rule)
+
+  @property
+  def max_nodes(self) -> int:
+    """T: tree nodes including the root (static)."""
+    raise NotImplementedError
+
+  @property
+  def max_depth(self) -> int:
+    """D: deepest drafted token (static)."""
+    raise NotImplementedError
+
+  @property
+  def max_children(self) -> int:
+    """K: most children a node has (static)."""
+    raise NotImplementedError
+
+  @property
+  def is_chain(self) -> bool:
+    return False
+
+  @property
+  def hist_size(self) -> int:
+    """Histogram bins of committed tokens per step (0 .. max_depth + 1)."""
+    return self.max_depth + 2
+
+  def extra_cache_slots(self) -> int:
+    """Cache slots a step may write past the committed tokens (tree, draft candidates)."""
+    return self.max_nodes
+
+  def extra_models(self) -> dict[str, str]:
+    return {}
+
+  def check(self, models: base.Models, params: dict[str, Any]) -> None:
+    """Clear errors for models/params that do not fit (called at trace time)."""
+    del models, params
+
+  def init(self, env: Env, prefill: transformer_lib.ModelOutput, first_B: jax.Array) -> Any:
+    """Drafter state after the target's prefill and first sampled token."""
+    del env, prefill, first_B
+    return ()
+
+  def propose(self, env: Env, state: Any, root_B: jax.Array, base_B: jax.Array,
+              active_B: jax.Array) -> tuple[trees.Tree, Any, jax.Array]:
+    """(tree to verify, state, other forwards this step [B])."""
+    raise NotImplementedError
+
+  def target_forward(self, env: Env, state: Any, cache: cache_lib.Cache, tree: trees.Tree,
+                     base_B: jax.Array, active_B: jax.Array
+                     ) -> tuple[transformer_lib.ModelOutput, Any]:
+    """The target's forward over the tree (default: all layers, tree attention)."""
+    out = verify_lib.forward_tree(env.target, env.target_params, cache, tree, base_B, active_B,
+                                  chain=self.is_chain)
+    return out, state
+
+  def update(self, env: Env, state: Any, step: Step) -> Any:
+    """Drafter state after a verified step (default: unchanged)."""
+    del env, step
+    return state
+
+  def extra_stats(self, state: Any) -> dict[str, jax.Array]:
+    """Drafter-specific statistics reported in DecodeResult.extra ([B, ...] arrays)."""
+    del state
+    return {}
+
+
+def vocab_size(module: Any) -> int:
+  return module.cfg.vocab_size
+
+
+def check_vocab(name: str, module: Any, target: transformer_lib.Transformer) -> None:
+  """Draft and target must share the vocabulary (the same tokenizer)."""
+  if vocab_size(module) != target.cfg.vocab_size:
+    raise ValueError(f'The {name} has a vocabulary of {vocab_size(module)} tokens but the '
+                     f'target has {target.cfg.vocab_size}: speculative decoding needs the '
+                     'same tokenizer for draft and target.')
+
+
+def draft_keys(env: Env, positions_B: jax.Array) -> jax.Array:
+  """Keys for drafting the token at `positions` (independent of the accept tests)."""
+  return verify_lib.position_keys(env.row_keys_B, positions_B, verify_lib.SALT_DRAFT)
+
+
+def top_children(logits_BxNxV: jax.Array, k: int) -> jax.Array:
+  """[B, N, k] the k highest-scoring tokens (ties: lowest id), for deterministic drafts."""
+  return jax.lax.top_k(logits_BxNxV.astype(jnp.float32), k)[1].astype(jnp.int32)

@@ -1,0 +1,136 @@
+"""The speculative decoding loop: one `lax.while_loop`, fixed shapes, per-row acceptance.
+
+  state = init(...)                       # target prefill, first token, drafter state
+  state = while_loop(cond_fn, step_fn, state)
+
+Each step: the drafter proposes a token tree rooted at the row's newest token; one target
+forward scores every node (tree attention); the verifier walks the tree; the accepted path
+plus one residual/bonus token are committed (cut at EOS and at the token budget); the target
+cache keeps exactly the committed tokens (`verify.commit_accepted`); the drafter updates.
+Rows accept different numbers of tokens and finish at different times; finished rows are
+padding (never written, never counted).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from decoding import base
+from decoding import sampling as sampling_lib
+from decoding.speculative import drafter as drafter_lib
+from decoding.speculative import verify as verify_lib
+from models import cache as cache_lib
+
+
+@flax.struct.dataclass
+class SpecState:
+  """Loop state of speculative decoding.
+
+  cache: the target's cache; for active rows lengths = base = prompt_len + generated - 1
+    (the newest token, `last_B`, is the next tree's root).
+  tokens_BxN, num_generated_B, done_B: output buffer and progress.
+  target_forwards_B, other_forwards_B: forward passes while the row was active.
+  hist_BxM: steps that committed exactly m tokens.
+  accepted_by_depth_BxD: steps whose accepted path reached depth d + 1 (acceptance by
+    position: divide by `steps_B`).
+  steps_B, drafted_B: verification steps and drafted (non-root) nodes proposed.
+  drafter: the drafter's own state.
+  """
+  cache: cache_lib.Cache
+  last_B: jax.Array
+  tokens_BxN: jax.Array
+  num_generated_B: jax.Array
+  done_B: jax.Array
+  target_forwards_B: jax.Array
+  other_forwards_B: jax.Array
+  hist_BxM: jax.Array
+  accepted_by_depth_BxD: jax.Array
+  steps_B: jax.Array
+  drafted_B: jax.Array
+  drafter: Any
+
+
+def init_state(drafter: drafter_lib.Drafter, env: drafter_lib.Env, *, eos_id: int,
+               pad_id: int) -> SpecState:
+  """Target prefill, the first token (as AR samples it), and the drafter's initial state."""
+  B = env.prompt_BxP.shape[0]
+  N = env.max_new_tokens
+  cache = cache_lib.Cache.init(env.target.cfg, B, env.cache_size)
+  logits_BxV, cache, prefill = base.prefill(env.target, env.target_params, env.prompt_BxP,
+                                            env.prompt_len_B, cache)
+  first_B = sampling_lib.sample(sampling_lib.token_keys(env.row_keys_B, env.prompt_len_B),
+                                logits_BxV, env.sampling)
+  zeros = jnp.zeros((B,), jnp.int32)
+  return SpecState(
+      cache=cache, last_B=first_B,
+      tokens_BxN=jnp.full((B, N), pad_id, jnp.int32).at[:, 0].set(first_B),
+      num_generated_B=jnp.ones((B,), jnp.int32),
+      done_B=(first_B == eos_id) | (N <= 1),
+      target_forwards_B=jnp.ones((B,), jnp.int32), other_forwards_B=zeros,
+      hist_BxM=jnp.zeros((B, drafter.hist_size), jnp.int32),
+      accepted_by_depth_BxD=jnp.zeros((B, drafter.max_depth), jnp.int32),
+      steps_B=zeros, drafted_B=zeros,
+      drafter=drafter.init(env, prefill, first_B))
+
+
+def step(drafter: drafter_lib.Drafter, env: drafter_lib.Env, s: SpecState, *, eos_id: int,
+         pad_id: int) -> SpecState:
+  """One draft -> verify -> commit step for every active row."""
+  active_B = ~s.done_B
+  base_B = env.prompt_len_B + s.num_generated_B - 1
+  tree, dstate, other_B = drafter.propose(env, s.drafter, s.last_B, base_B, active_B)
+  out, dstate = drafter.target_forward(env, dstate, s.cache, tree, base_B, active_B)
+  verdict = verify_lib.verify(tree, out.logits_BxTxV, sampling=env.sampling, mode=env.mode,
+                              depth=drafter.max_depth, row_keys_B=env.row_keys_B,
+                              base_B=base_B)
+  room_B = env.max_new_tokens - s.num_generated_B
+  count_B, hit_eos_B = base.truncate_at_eos(verdict.new_BxD1, verdict.accepted_B + 1, room_B,
+                                            eos_id)
+  count_B = jnp.where(active_B, count_B, 0)
+  cache = verify_lib.commit_accepted(out.cache, base_B, verdict.path_BxD1, count_B,
+                                     chain=drafter.is_chain,
+                                     step_states=getattr(out, 'step_states', None))
+  new_BxD1 = jnp.where(active_B[:, None], verdict.new_BxD1, pad_id)
+  tokens_BxN = base.write_tokens(s.tokens_BxN, new_BxD1, s.num_generated_B, count_B)
+  last_B = jnp.where(active_B, jnp.take_along_axis(
+      verdict.new_BxD1, jnp.maximum(count_B - 1, 0)[:, None], axis=1)[:, 0], s.last_B)
+  dstate = drafter.update(env, dstate, drafter_lib.Step(
+      tree=tree, out=out, verdict=verdict, keep_B=count_B, base_B=base_B, active_B=active_B))
+  num_generated_B = s.num_generated_B + count_B
+  act = active_B.astype(jnp.int32)
+  M = s.hist_BxM.shape[1]
+  D = s.accepted_by_depth_BxD.shape[1]
+  reached_BxD = (verdict.accepted_B[:, None] >= jnp.arange(1, D + 1)[None, :]).astype(jnp.int32)
+  drafted_B = jnp.sum(tree.valid_BxT[:, 1:], axis=1).astype(jnp.int32)
+  return SpecState(
+      cache=cache, last_B=last_B, tokens_BxN=tokens_BxN, num_generated_B=num_generated_B,
+      done_B=s.done_B | hit_eos_B | (num_generated_B >= env.max_new_tokens),
+      target_forwards_B=s.target_forwards_B + act,
+      other_forwards_B=s.other_forwards_B + other_B * act,
+      hist_BxM=s.hist_BxM + jax.nn.one_hot(count_B, M, dtype=jnp.int32) * act[:, None],
+      accepted_by_depth_BxD=s.accepted_by_depth_BxD + reached_BxD * act[:, None],
+      steps_B=s.steps_B + act, drafted_B=s.drafted_B + drafted_B * act, drafter=dstate)
+
+
+def generate(drafter: drafter_lib.Drafter, env: drafter_lib.Env, *, eos_id: int,
+             pad_id: int) -> base.DecodeResult:
+  """Runs the loop to completion and packs the result with its statistics."""
+  state = init_state(drafter, env, eos_id=eos_id, pad_id=pad_id)
+  state = jax.lax.while_loop(lambda s: ~jnp.all(s.done_B),
+                             lambda s: step(drafter, env, s, eos_id=eos_id, pad_id=pad_id),
+                             state)
+  return result(drafter, state)
+
+
+def result(drafter: drafter_lib.Drafter, s: SpecState) -> base.DecodeResult:
+  extra = {'spec_steps': s.steps_B, 'accepted_by_depth': s.accepted_by_depth_BxD,
+           'drafted_tokens': s.drafted_B}
+  extra.update(drafter.extra_stats(s.drafter))
+  return base.DecodeResult(tokens_BxN=s.tokens_BxN, num_generated_B=s.num_generated_B,
+                           target_forwards_B=s.target_forwards_B,
+                           other_forwards_B=s.other_forwards_B,
+                           step_tokens_hist_BxM=s.hist_BxM, extra=extra)

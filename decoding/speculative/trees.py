@@ -1,0 +1,317 @@
+"""Token trees: the one structure every drafter proposes and the verifier walks.
+
+A tree has T nodes; node 0 is the root, the last committed token (not yet in the target's
+cache), and every other node is a drafted token. Parents precede children (parents[i] < i),
+so a chain of G drafts is the tree parents = (-1, 0, 1, ..., G - 1).
+
+Static templates (numpy, built once per decoder setting) fix the shape: parents, depth and the
+rank of each node among its siblings (rank r = "the r-th best proposal of the parent"). Trees
+built inside the loop (dynamic trees, tries of n-gram candidates) carry per-row parents and a
+validity mask; invalid nodes are padding (never written to the cache, never attended to,
+never tested).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from typing import Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models import masks
+
+
+@flax.struct.dataclass
+class Tree:
+  """A batch of token trees (see module docstring).
+
+  tokens_BxT: node tokens; node 0 is the root.
+  parents_BxT: parent index (-1 for the root).
+  depth_BxT: 0 for the root, parent's depth + 1 otherwise.
+  valid_BxT: real nodes (padding nodes are skipped everywhere).
+  children_BxTxK: each node's valid children in the order the verifier tests them, -1 padded.
+  logq_BxTxV: log q each node's children were drawn from (None for deterministic drafts).
+  """
+  tokens_BxT: jax.Array
+  parents_BxT: jax.Array
+  depth_BxT: jax.Array
+  valid_BxT: jax.Array
+  children_BxTxK: jax.Array
+  logq_BxTxV: jax.Array | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+  """A static tree shape: nodes in breadth-first order, node 0 the root.
+
+  parents[i] < i; ranks[i] = which proposal of its parent node i is (0 = best);
+  depths[i] = parent's depth + 1.
+  """
+  parents: tuple[int, ...]
+  ranks: tuple[int, ...]
+
+  def __post_init__(self):
+    if not self.parents or self.parents[0] != -1:
+      raise ValueError('A tree template starts with the root (parent -1).')
+    for i, p in enumerate(self.parents[1:], 1):
+      if not 0 <= p < i:
+        raise ValueError(f'Tree node {i} has parent {p}: parents must precede children.')
+    if len(self.ranks) != len(self.parents):
+      raise ValueError('Tree template: one rank per node.')
+
+  @property
+  def size(self) -> int:
+    return len(self.parents)
+
+  @property
+  def depths(self) -> tuple[int, ...]:
+    d = [0] * self.size
+    for i in range(1, self.size):
+      d[i] = d[self.parents[i]] + 1
+    return tuple(d)
+
+  @property
+  def max_depth(self) -> int:
+    return max(self.depths)
+
+  @property
+  def max_children(self) -> int:
+    counts = np.bincount(np.asarray(self.parents[1:], np.int64), minlength=self.size)
+    return max(1, int(counts.max()) if counts.size else 1)
+
+  @property
+  def max_rank(self) -> int:
+    return max(self.ranks) + 1
+
+  @property
+  def is_chain(self) -> bool:
+    return self.parents == tuple(range(-1, self.size - 1))
+
+  def levels(self) -> list[tuple[int, int]]:
+    """[start, end) node ranges per depth (breadth-first order makes them contiguous)."""
+    d = np.asarray(self.depths)
+    out = []
+    for k in range(self.max_depth + 1):
+      idx = np.nonzero(d == k)[0]
+      if idx.size and (idx[-1] - idx[0] + 1 != idx.size):
+        raise ValueError('Tree template is not in breadth-first order.')
+      out.append((int(idx[0]), int(idx[-1]) + 1))
+    return out
+
+  def children(self) -> np.ndarray:
+    """[T, K] children of each node ordered by rank, -1 padded."""
+    K = self.max_children
+    out = -np.ones((self.size, K), np.int32)
+    fill = np.zeros(self.size, np.int64)
+    for i in sorted(range(1, self.size), key=lambda i: (self.parents[i], self.ranks[i])):
+      p = self.parents[i]
+      out[p, fill[p]] = i
+      fill[p] += 1
+    return out
+
+  def ancestors(self) -> np.ndarray:
+    """[T, T] bool: node t sees node u iff u is t or an ancestor of t."""
+    out = np.eye(self.size, dtype=bool)
+    for i in range(1, self.size):
+      out[i] |= out[self.parents[i]]
+    return out
+
+  def rank_table(self) -> np.ndarray:
+    """[T, K] rank of each child slot (for looking up the r-th proposal), -1 padded."""
+    kids = self.children()
+    ranks = np.asarray(self.ranks)
+    return np.where(kids >= 0, ranks[np.maximum(kids, 0)], -1).astype(np.int32)
+
+
+def chain(length: int) -> Template:
+  """G drafted tokens in a row."""
+  if length < 1:
+    raise ValueError(f'A draft chain needs length >= 1, got {length}.')
+  return Template(parents=tuple(range(-1, length)), ranks=(0,) * (length + 1))
+
+
+def branching(widths: Sequence[int]) -> Template:
+  """Every node at depth d has widths[d] children (Medusa-style cartesian trees)."""
+  if not widths or any(w < 1 for w in widths):
+    raise ValueError(f'Tree branching must be positive integers per depth, got {widths}.')
+  parents, ranks, frontier = [-1], [0], [0]
+  for w in widths:
+    nxt = []
+    for p in frontier:
+      for r in range(w):
+        parents.append(p)
+        ranks.append(r)
+        nxt.append(len(parents) - 1)
+    frontier = nxt
+  return _bfs(parents, ranks)
+
+
+def best_first(nodes: int, max_depth: int, accept_by_rank: Sequence[float]) -> Template:
+  """The `nodes`-node tree (plus root) maximising the expected accepted length.
+
+  Node i's acceptance probability is modelled as the product along its path of
+  accept_by_rank[rank] (Sequoia's positional acceptance vector); the expected number of
+  accepted tokens is the sum over nodes, so taking nodes greedily by that product (which
+  falls along every path) gives the optimal connected tree for the model.
+  """
+  if nodes < 1 or max_depth < 1:
+    raise ValueError(f'best_first needs nodes >= 1 and max_depth >= 1, got {nodes}, '
+                     f'{max_depth}.')
+  acc = [float(a) for a in accept_by_rank]
+  if not acc or any(not 0 < a <= 1 for a in acc):
+    raise ValueError(f'accept_by_rank must be probabilities in (0, 1], got {accept_by_rank}.')
+  parents, ranks, depth = [-1], [0], [0]
+  heap = [(-acc[0], 0, 0, 0)]  # (-score, parent, rank, tie-break)
+  counter = 1
+  while heap and len(parents) <= nodes:
+    neg, parent, rank, _ = heapq.heappop(heap)
+    parents.append(parent)
+    ranks.append(rank)
+    depth.append(depth[parent] + 1)
+    me = len(parents) - 1
+    if rank + 1 < len(acc):  # the next sibling
+      heapq.heappush(heap, (neg / acc[rank] * acc[rank + 1], parent, rank + 1, counter))
+      counter += 1
+    if depth[me] < max_depth:  # the first child
+      heapq.heappush(heap, (neg * acc[0], me, 0, counter))
+      counter += 1
+  return _bfs(parents, ranks)
+
+
+def _bfs(parents: list[int], ranks: list[int]) -> Template:
+  """Reorders nodes breadth-first (by depth, then parent, then rank)."""
+  depth = [0] * len(parents)
+  for i in range(1, len(parents)):
+    depth[i] = depth[parents[i]] + 1
+  # Level by level: depth, then the parent's new index, then rank.
+  new_index = {0: 0}
+  order = [0]
+  for d in range(1, max(depth) + 1):
+    level = [i for i in range(len(parents)) if depth[i] == d]
+    level.sort(key=lambda i: (new_index[parents[i]], ranks[i]))
+    for i in level:
+      new_index[i] = len(order)
+      order.append(i)
+  return Template(parents=tuple(-1 if i == 0 else new_index[parents[i]] for i in order),
+                  ranks=tuple(ranks[i] for i in order))
+
+
+# Token Recycling's default: 80 drafted nodes, depth <= 6, from a rank-acceptance profile.
+RECYCLING_PROFILE = (0.55, 0.2, 0.1, 0.06, 0.04, 0.03, 0.02, 0.015)
+
+
+def parse(spec: str, *, nodes: int, depth: int, profile: Sequence[float]) -> Template:
+  """A template from a setting: 'chain', 'w1,w2,...' (branching per depth) or '' (best-first
+  with `nodes` nodes, depth <= `depth`, from the rank-acceptance `profile`)."""
+  spec = spec.strip()
+  if spec == 'chain':
+    return chain(depth)
+  if spec:
+    try:
+      widths = [int(x) for x in spec.split(',')]
+    except ValueError:
+      raise ValueError(f"Tree spec {spec!r}: use 'chain', comma-separated branching per "
+                       "depth such as '4,2,2,1', or '' for a best-first tree.") from None
+    return branching(widths)
+  return best_first(nodes, depth, profile)
+
+
+# --------------------------------------------------------------------------------------
+# Inside the loop.
+# --------------------------------------------------------------------------------------
+
+def from_template(template: Template, tokens_BxT: jax.Array,
+                  valid_BxT: jax.Array | None = None,
+                  logq_BxTxV: jax.Array | None = None) -> Tree:
+  """A batch of trees of one static shape; invalid nodes drop out with their subtrees."""
+  B, T = tokens_BxT.shape
+  if T != template.size:
+    raise ValueError(f'{T} tokens for a template of {template.size} nodes.')
+  parents_BxT = jnp.broadcast_to(jnp.asarray(template.parents, jnp.int32), (B, T))
+  depth_BxT = jnp.broadcast_to(jnp.asarray(template.depths, jnp.int32), (B, T))
+  if valid_BxT is None:
+    kids = jnp.broadcast_to(jnp.asarray(template.children()), (B, T, template.max_children))
+    return Tree(tokens_BxT, parents_BxT, depth_BxT, jnp.ones((B, T), bool), kids, logq_BxTxV)
+  valid_BxT = close_under_ancestors(parents_BxT, valid_BxT.at[:, 0].set(True))
+  return Tree(tokens_BxT, parents_BxT, depth_BxT, valid_BxT,
+              children_table(parents_BxT, valid_BxT, template.max_children), logq_BxTxV)
+
+
+def close_under_ancestors(parents_BxT: jax.Array, valid_BxT: jax.Array) -> jax.Array:
+  """A node stays valid only if its whole path to the root is (parents precede children)."""
+  T = parents_BxT.shape[1]
+
+  def body(i, valid):
+    p = parents_BxT[:, i]
+    ok = jnp.take_along_axis(valid, jnp.maximum(p, 0)[:, None], axis=1)[:, 0] | (p < 0)
+    return valid.at[:, i].set(valid[:, i] & ok)
+
+  return jax.lax.fori_loop(1, T, body, valid_BxT)
+
+
+def children_table(parents_BxT: jax.Array, valid_BxT: jax.Array, K: int) -> jax.Array:
+  """[B, T, K] valid children of each node in index order, -1 padded (extra ones dropped)."""
+  B, T = parents_BxT.shape
+  same_BxTxT = (parents_BxT[:, :, None] == parents_BxT[:, None, :]) & valid_BxT[:, None, :]
+  earlier_TxT = jnp.tril(jnp.ones((T, T), bool), -1)
+  rank_BxT = jnp.sum(same_BxTxT & earlier_TxT[None], axis=2)
+  ok_BxT = valid_BxT & (parents_BxT >= 0) & (rank_BxT < K)
+  b = jnp.arange(B)[:, None]
+  rows = jnp.where(ok_BxT, parents_BxT, T)
+  return jnp.full((B, T, K), -1, jnp.int32).at[b, rows, jnp.minimum(rank_BxT, K - 1)].set(
+      jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T)), mode='drop')
+
+
+def ancestor_mask(tree: Tree) -> jax.Array:
+  """[B, T, T]: node t sees node u iff u is t or an ancestor of t (padding sees only itself)."""
+  anc_BxTxT = jax.vmap(masks.tree_mask)(jnp.where(tree.valid_BxT, tree.parents_BxT, -1))
+  return anc_BxTxT & tree.valid_BxT[:, None, :]
+
+
+def trie(candidates_BxCxL: jax.Array, valid_BxCxL: jax.Array, root_B: jax.Array) -> Tree:
+  """Merges C candidate continuations of length L (after the root) into one tree.
+
+  Node (c, l) (index 1 + c * L + l) holds candidates[c, l]; it is kept only if no earlier
+  candidate shares the prefix candidates[c, :l + 1], so shared prefixes are verified once.
+  Valid entries must be a prefix of each candidate. Children are tested in candidate order.
+  """
+  B, C, L = candidates_BxCxL.shape
+  valid_BxCxL = valid_BxCxL & (jnp.cumprod(valid_BxCxL.astype(jnp.int32), axis=2) > 0)
+  # same_prefix[b, c, c', l]: candidates c and c' agree on tokens 0..l.
+  eq_BxCxCxL = (candidates_BxCxL[:, :, None, :] == candidates_BxCxL[:, None, :, :]) & (
+      valid_BxCxL[:, :, None, :] & valid_BxCxL[:, None, :, :])
+  same_BxCxCxL = jnp.cumprod(eq_BxCxCxL.astype(jnp.int32), axis=3) > 0
+  # The first candidate with the same prefix up to l represents (c, l).
+  first_BxCxL = jnp.argmax(same_BxCxCxL, axis=2)  # [B, C, L] (c itself at worst)
+  keep_BxCxL = valid_BxCxL & (first_BxCxL == jnp.arange(C)[None, :, None])
+  # Parent of (c, l): the representative of (c, l - 1), or the root.
+  prev_rep_BxCxL = jnp.concatenate(
+      [jnp.zeros((B, C, 1), jnp.int32), first_BxCxL[:, :, :-1].astype(jnp.int32)], axis=2)
+  node_of = lambda c, l: 1 + c * L + l
+  l_1x1xL = jnp.arange(L)[None, None, :]
+  parents_BxCxL = jnp.where(l_1x1xL == 0, 0, node_of(prev_rep_BxCxL, l_1x1xL - 1))
+  T = 1 + C * L
+  tokens_BxT = jnp.concatenate([root_B[:, None], candidates_BxCxL.reshape(B, C * L)], axis=1)
+  parents_BxT = jnp.concatenate([-jnp.ones((B, 1), jnp.int32),
+                                 parents_BxCxL.reshape(B, C * L)], axis=1)
+  valid_BxT = jnp.concatenate([jnp.ones((B, 1), bool), keep_BxCxL.reshape(B, C * L)], axis=1)
+  depth_BxT = jnp.concatenate([jnp.zeros((B, 1), jnp.int32),
+                               jnp.broadcast_to(1 + l_1x1xL, (B, C, L)).reshape(B, C * L)],
+                              axis=1).astype(jnp.int32)
+  del T
+  return Tree(tokens_BxT.astype(jnp.int32), parents_BxT.astype(jnp.int32), depth_BxT,
+              valid_BxT, children_table(parents_BxT, valid_BxT, C))
+
+
+def representative(candidates_BxCxL: jax.Array, valid_BxCxL: jax.Array) -> jax.Array:
+  """[B, C, L] the trie node index that holds candidate c's token l (see `trie`)."""
+  B, C, L = candidates_BxCxL.shape
+  valid_BxCxL = valid_BxCxL & (jnp.cumprod(valid_BxCxL.astype(jnp.int32), axis=2) > 0)
+  eq = (candidates_BxCxL[:, :, None, :] == candidates_BxCxL[:, None, :, :]) & (
+      valid_BxCxL[:, :, None, :] & valid_BxCxL[:, None, :, :])
+  first_BxCxL = jnp.argmax(jnp.cumprod(eq.astype(jnp.int32), axis=3) > 0, axis=2)
+  return (1 + first_BxCxL * L + jnp.arange(L)[None, None, :]).astype(jnp.int32)

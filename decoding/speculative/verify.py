@@ -1,0 +1,161 @@
+"""The verification core shared by every drafter: score a token tree with one target forward,
+walk it with the verification rule, commit the accepted path.
+
+Cache layout of a step (B rows, row b has `base[b]` committed slots = committed tokens minus
+the root, since the newest token is fed at the next step as in AR decoding):
+
+  slot base + i  holds tree node i (node 0 = the root)  at position base + depth(i).
+
+`commit_accepted` then moves the accepted path to slots base .. base + keep - 1 and sets the
+row lengths, so after every step the cache equals the AR cache on all committed slots.
+
+Randomness is tied to (row, position): the accept tests at depth d use
+fold_in(token_key(row, base + d), SALT_ACCEPT) and the residual/bonus token at position t
+uses token_key(row, t), so a row's output does not depend on the batch it is in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+import pallas_kernels.spec_verify as spec_verify
+from decoding import sampling as sampling_lib
+from decoding.speculative import trees
+from models import cache as cache_lib
+from models import config as config_lib
+from models import masks
+from models import transformer as transformer_lib
+
+SALT_ACCEPT = 0x5EC1
+SALT_DRAFT = 0xD4AF
+
+
+def uniforms(keys_B: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """Uniforms in (0, 1) (never 0: an accept test u <= 0 must fail), one key per row."""
+  bits = jax.vmap(lambda k: jax.random.bits(k, shape, jnp.uint32))(keys_B)
+  return ((bits >> 8).astype(jnp.float32) + 0.5) * (1.0 / (1 << 24))
+
+
+def position_keys(row_keys_B: jax.Array, positions_B: jax.Array, salt: int) -> jax.Array:
+  return jax.vmap(jax.random.fold_in)(sampling_lib.token_keys(row_keys_B, positions_B),
+                                      jnp.full(positions_B.shape, salt, jnp.uint32))
+
+
+def accept_uniforms(row_keys_B: jax.Array, base_B: jax.Array, depth: int, width: int
+                    ) -> jax.Array:
+  """[B, D, K] uniforms: row d serves the children tested at depth d + 1."""
+  rows = [uniforms(position_keys(row_keys_B, base_B + d + 1, SALT_ACCEPT), (width,))
+          for d in range(depth)]
+  return jnp.stack(rows, axis=1)
+
+
+def is_recurrent(cfg: config_lib.ModelConfig) -> bool:
+  """Whether the model has layers whose state cannot be rolled back by slots alone."""
+  return any(kind != config_lib.ATTENTION for kind in cfg.layer_types)
+
+
+def tree_inputs(tree: trees.Tree, base_B: jax.Array, active_B: jax.Array, cache_size: int,
+                chain: bool) -> dict[str, Any]:
+  """positions, write slots and attention mask of a forward over `tree` (see module doc)."""
+  T = tree.tokens_BxT.shape[1]
+  live_BxT = tree.valid_BxT & active_B[:, None]
+  positions_BxT = jnp.where(live_BxT, base_B[:, None] + tree.depth_BxT, -1)
+  slots_BxT = base_B[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]
+  out = dict(positions=positions_BxT, slots=slots_BxT, mask=None)
+  if not chain:
+    out['mask'] = masks.local_to_cache_mask(trees.ancestor_mask(tree), slots_BxT, base_B,
+                                            cache_size)
+  return out
+
+
+def forward_tree(model: transformer_lib.Transformer, params: Any, cache: cache_lib.Cache,
+                 tree: trees.Tree, base_B: jax.Array, active_B: jax.Array, *, chain: bool,
+                 **kwargs) -> transformer_lib.ModelOutput:
+  """One forward of `model` over every node of `tree` (tree attention unless a chain).
+
+  Recurrent layers get the tree's parents and return per-node states for `commit_accepted`.
+  """
+  inp = tree_inputs(tree, base_B, active_B, cache.size, chain)
+  if is_recurrent(model.cfg):
+    kwargs.update(return_step_states=True,
+                  parents_BxT=jnp.where(tree.valid_BxT, tree.parents_BxT, -1))
+  return model.apply({'params': params}, tree.tokens_BxT, inp['positions'], cache=cache,
+                     write_slots_BxT=inp['slots'], attn_mask=inp['mask'], **kwargs)
+
+
+@flax.struct.dataclass
+class Verdict:
+  """What verification decided for each row.
+
+  path_BxD1: accepted node indices, path[0] = 0 (root), -1 after the end.
+  accepted_B: accepted drafted tokens (n).
+  next_B: the token sampled from the residual (correction, or bonus after a full path).
+  new_BxD1: the tokens to commit in order: the accepted drafts, then next (n + 1 of them).
+  """
+  path_BxD1: jax.Array
+  accepted_B: jax.Array
+  next_B: jax.Array
+  new_BxD1: jax.Array
+
+
+def verify(tree: trees.Tree, target_logits_BxTxV: jax.Array, *, sampling: sampling_lib.SamplingConfig,
+           mode: str, depth: int, row_keys_B: jax.Array, base_B: jax.Array) -> Verdict:
+  """Walks `tree` against the target's logits with rule `mode` (see pallas_kernels.spec_verify).
+
+  The same SamplingConfig turns target logits into p here as was applied to the draft's q.
+  """
+  logp_BxTxV = sampling_lib.log_probs(target_logits_BxTxV, sampling)
+  if sampling.greedy:
+    mode = 'deterministic'  # p is one-hot: every rule is "accept iff x == argmax p".
+  logq = None if mode == 'deterministic' else tree.logq_BxTxV
+  K = tree.children_BxTxK.shape[2]
+  u_BxDxK = accept_uniforms(row_keys_B, base_B, depth, K)
+  path_BxD1, n_B, res_BxV = spec_verify.tree_verify(logp_BxTxV, logq, tree.tokens_BxT,
+                                                    tree.children_BxTxK, u_BxDxK, mode=mode)
+  if sampling.greedy:
+    next_B = jnp.argmax(res_BxV, axis=-1).astype(jnp.int32)
+  else:
+    next_B = sampling_lib.sample_from_log_probs(
+        sampling_lib.token_keys(row_keys_B, base_B + n_B + 1), res_BxV)
+  drafted_BxD = jnp.take_along_axis(tree.tokens_BxT, jnp.maximum(path_BxD1[:, 1:], 0), axis=1)
+  new_BxD1 = jnp.concatenate([drafted_BxD, jnp.zeros_like(next_B)[:, None]], axis=1)
+  new_BxD1 = new_BxD1.at[jnp.arange(new_BxD1.shape[0]), n_B].set(next_B)
+  return Verdict(path_BxD1=path_BxD1, accepted_B=n_B, next_B=next_B, new_BxD1=new_BxD1)
+
+
+def commit_accepted(cache: cache_lib.Cache, base_B: jax.Array, path_BxD1: jax.Array,
+                    keep_B: jax.Array, *, chain: bool, step_states: Any = None,
+                    node_slots_BxT: jax.Array | None = None) -> cache_lib.Cache:
+  """The cache after a verified step: the first `keep` nodes of the accepted path committed.
+
+  The tree's nodes were written at slots base + node (or `node_slots` when a drafter laid its
+  own cache out differently); the path's first keep nodes (root included; keep >= 1 for
+  active rows, 0 leaves a row as it was) move to slots base .. base + keep - 1 and the row
+  length becomes base + keep. Attention layers move slots (`Cache.gather`; skipped for a
+  chain, where the path already is a prefix).
+  Recurrent layers cannot be moved by slot: when the forward returned `step_states` (per-node
+  states, see models.delta_cache) each recurrent layer takes the state after the last kept
+  node (`Cache.select_step`). This is the single place where rollback happens.
+  """
+  B, D1 = path_BxD1.shape
+  keep_B = jnp.asarray(keep_B, jnp.int32)
+  d_1xD1 = jnp.arange(D1, dtype=jnp.int32)[None, :]
+  if step_states is not None:
+    last_B = jnp.take_along_axis(path_BxD1, jnp.clip(keep_B - 1, 0, D1 - 1)[:, None], 1)[:, 0]
+    # keep 0 (inactive row): -1 = the state before the call.
+    cache = cache.select_step(jnp.where(keep_B > 0, last_B, -1), step_states)
+  lengths_B = (base_B + keep_B).astype(jnp.int32)
+  if chain and node_slots_BxT is None:
+    return cache.replace(lengths=jnp.minimum(cache.lengths, lengths_B))
+  kept_BxD1 = d_1xD1 < keep_B[:, None]
+  if node_slots_BxT is None:
+    src_BxD1 = base_B[:, None] + path_BxD1
+  else:
+    src_BxD1 = jnp.take_along_axis(node_slots_BxT, jnp.maximum(path_BxD1, 0), axis=1)
+  src_BxD1 = jnp.where(kept_BxD1, src_BxD1, -1)
+  dst_BxD1 = jnp.where(kept_BxD1, base_B[:, None] + d_1xD1, -1)
+  return cache.gather(src_BxD1, dst_BxD1, jnp.minimum(cache.lengths, lengths_B))
