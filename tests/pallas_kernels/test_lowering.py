@@ -1,0 +1,55 @@
+"""Every kernel lowers for its real hardware from this CPU machine (`jax.export` for 'cuda'
+and 'tpu'): the Pallas -> Triton IR and Pallas -> Mosaic lowerings run, so unsupported ops,
+non-power-of-two Triton tiles or bad TPU block shapes fail here, not first on a GPU/TPU.
+(What runs later on the device — Triton's PTX compile, Mosaic's layout passes — is not
+covered; benchmarks/kernels.py --check does that on the hardware.)"""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax import export
+
+from pallas_kernels import common
+from pallas_kernels.decode_attention import decode_attention, tree_attention
+from pallas_kernels.flash_attention import flash_attention
+from pallas_kernels.sampling import fused_sample
+
+B, T, H, K, Dh, S, N, V = 2, 256, 4, 2, 128, 1024, 7, 4096
+
+
+def _all_kernels(family):
+  impl = f'pallas_{family}'
+  bf = jnp.bfloat16
+
+  def f(q, k, qd, kc, qt, kt, logits):
+    seg = jnp.zeros((B, T), jnp.int32)
+    attn = lambda q, k: flash_attention(q, k, k, q_segment_ids_BxT=seg, kv_segment_ids_BxS=seg,
+                                        mask_BxTxS=jnp.ones((B, T, T), bool), block_causal_size=2,
+                                        window=100, impl=impl)
+    o, vjp = jax.vjp(attn, q, k)
+    grads = vjp(o)
+    lengths = jnp.array([100, 1024])
+    dec = decode_attention(qd, kc, kc, lengths, mask_BxTxS=jnp.ones((B, 1, S), bool), impl=impl)
+    tree = tree_attention(qt, kc, kc, lengths, kt, kt, parents_BxN=jnp.array([-1, 0, 0, 1, 1, 2, 2]),
+                          impl=impl)
+    tok = fused_sample(logits, logits.astype(jnp.float32), temperature=0.8, top_k=50, top_p=0.9,
+                       min_p=0.05, impl=impl)
+    return o, grads, dec, tree, tok
+
+  args = (jnp.zeros((B, T, H, Dh), bf), jnp.zeros((B, T, K, Dh), bf),
+          jnp.zeros((B, 1, H, Dh), bf), jnp.zeros((B, S, K, Dh), bf),
+          jnp.zeros((B, N, H, Dh), bf), jnp.zeros((B, N, K, Dh), bf), jnp.zeros((B, V), bf))
+  return f, args
+
+
+@pytest.mark.parametrize('family,platform', [('gpu', 'cuda'), ('tpu', 'tpu')])
+def test_kernels_lower_for_their_hardware(family, platform):
+  f, args = _all_kernels(family)
+  checks = [export.DisabledSafetyCheck.custom_call('__gpu$xla.gpu.triton')]
+  with common.compile_for(family):
+    exported = export.export(jax.jit(f), platforms=[platform],
+                             disabled_checks=checks if family == 'gpu' else ())(*args)
+  text = exported.mlir_module()
+  target = '__gpu$xla.gpu.triton' if family == 'gpu' else 'tpu_custom_call'
+  # flash fwd, dq, dk/dv; decode; tree (decode kernel with the new-token part); sampling.
+  assert text.count(target) >= 6, text.count(target)
