@@ -14,6 +14,12 @@ invisible and get overwritten) and moves an accepted tree path into contiguous s
 
 Layout, per attention layer: k and v [B, S, K, Dh]; shared: positions [B, S] (-1 = never
 written) and lengths [B].
+
+Recurrent (DeltaProduct) layers keep a state and short-conv buffers instead
+(`models.delta_cache.DeltaCache`); lengths and positions still advance with the slots written,
+so hybrids work. A state cannot be rolled back by `truncate`: a forward with
+`return_step_states=True` returns the state after every token, and `rewind(keep, step_states)`
+/ `select_step(index, step_states)` roll back exactly.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from models import config as config_lib
+from models import delta_cache
 
 KV_AXES = P('batch', 'cache_seq', 'kv_heads', 'head_dim')
 
@@ -74,6 +81,8 @@ class Cache:
       if kind == config_lib.ATTENTION:
         shape = (batch_size, size, cfg.num_kv_heads, cfg.head_dim)
         layers.append(KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype)))
+      elif kind == config_lib.DELTAPRODUCT:
+        layers.append(delta_cache.DeltaCache.init(cfg, batch_size, dtype))
       else:
         raise ValueError(f'No cache for layer type {kind!r}.')
     return cls(layers=tuple(layers),
@@ -116,9 +125,36 @@ class Cache:
                  lengths=jnp.maximum(self.lengths, written_end_B).astype(jnp.int32))
 
   def truncate(self, lengths_B: jax.Array) -> 'Cache':
-    """Rolls rows back to `lengths` (never grows a row)."""
+    """Rolls rows back to `lengths` (never grows a row). Attention-only caches: a recurrent
+    state cannot be rolled back from lengths alone (use `rewind`)."""
+    if any(isinstance(layer, delta_cache.DeltaCache) for layer in self.layers):
+      raise ValueError('Cache.truncate cannot roll back recurrent (deltaproduct) layers. Run '
+                       'the forward with return_step_states=True and use '
+                       'cache.rewind(keep_B, out.step_states) instead.')
     lengths = jnp.minimum(self.lengths, jnp.asarray(lengths_B, jnp.int32))
     return self.replace(lengths=lengths)
+
+  def select_step(self, index_B: jax.Array,
+                  step_states: 'delta_cache.StepStates') -> 'Cache':
+    """Recurrent layers take their state after token index_B[b] of the call that returned
+    `step_states` (-1 = before the call; with a token tree: the state at the end of the path
+    to that node). Attention layers and lengths are unchanged (pair with `gather`)."""
+    index_B = jnp.asarray(index_B, jnp.int32)
+    layers = tuple(layer if steps is None else steps.select(index_B + 1)
+                   for layer, steps in zip(self.layers, step_states.layers))
+    return self.replace(layers=layers)
+
+  def rewind(self, keep_B: jax.Array, step_states: 'delta_cache.StepStates') -> 'Cache':
+    """Keeps only the first keep_B[b] tokens of the call that returned `step_states`.
+
+    Recurrent layers get their state after those tokens (keep 0 = the state before the call);
+    lengths become (lengths before the call) + keep, which assumes the call wrote its tokens
+    at consecutive slots from the row's length (the default: positions continue the row).
+    Exact: continuing from the rewound cache equals having fed only the kept tokens.
+    """
+    keep_B = jnp.asarray(keep_B, jnp.int32)
+    out = self.select_step(keep_B - 1, step_states)
+    return out.replace(lengths=jnp.minimum(self.lengths, step_states.lengths_B + keep_B))
 
   def gather(self, src_slots_BxN: jax.Array, dst_slots_BxN: jax.Array,
              lengths_B: jax.Array | None = None) -> 'Cache':

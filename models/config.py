@@ -13,7 +13,8 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 
 ATTENTION = 'attention'
-LAYER_TYPES = (ATTENTION,)
+DELTAPRODUCT = 'deltaproduct'  # Gated DeltaProduct / DeltaNet: models/deltaproduct.py
+LAYER_TYPES = (ATTENTION, DELTAPRODUCT)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +38,22 @@ class ModelConfig:
     dtype: compute dtype ('float32' or 'bfloat16'); parameters are always `param_dtype`.
     param_dtype: parameter dtype (float32).
     init_std: standard deviation of the normal initialiser.
-    layer_types: one entry per layer ('attention'; other issues add more). Empty means
-      all attention.
+    layer_types: one entry per layer, 'attention' or 'deltaproduct' (hybrids by pattern,
+      e.g. 3 deltaproduct + 1 attention repeated). Empty means all attention.
+    delta_*: the 'deltaproduct' layers (models/deltaproduct.py); ignored by attention.
+    delta_num_heads: heads of the delta rule; 0 = num_heads.
+    delta_head_dim: Dk, key/query width per head; 0 = head_dim.
+    delta_expand_v: Dv = Dk * expand_v (fla's default is 2; 1 keeps parameters near
+      attention's).
+    delta_num_householder: n_h Householder steps per token; 1 = (Gated) DeltaNet.
+    delta_allow_neg_eigval: beta = 2 sigmoid(.) in [0, 2] (negative eigenvalues; needed for
+      parity / group state tracking) instead of sigmoid(.) in [0, 1].
+    delta_use_gate: the forget gate g = -exp(A_log) softplus(x W_a + dt_bias) (Gated
+      DeltaNet / DeltaProduct); False = plain delta rule.
+    delta_use_output_gate: output RMSNorm times swish(x W_g); False = the norm alone.
+    delta_conv_size: causal depthwise short convolution (+ SiLU) on q, k, v; 0 = none.
+    delta_chunk_size: steps per chunk of the chunked form (on the n_h * T sub-steps).
+    delta_impl: 'auto' | 'xla' | 'pallas' for the chunked form (pallas_kernels.delta_rule).
     attention_impl: 'auto' | 'xla' | 'cudnn' | 'pallas'; see `pallas_kernels.attention`.
     rope_scaling: () for plain RoPE, or Llama-3 frequency scaling as (factor,
       low_freq_factor, high_freq_factor, original_max_position_embeddings).
@@ -63,6 +78,16 @@ class ModelConfig:
   param_dtype: str = 'float32'
   init_std: float = 0.02
   layer_types: tuple[str, ...] = ()
+  delta_num_heads: int = 0
+  delta_head_dim: int = 0
+  delta_expand_v: float = 1.0
+  delta_num_householder: int = 1
+  delta_allow_neg_eigval: bool = True
+  delta_use_gate: bool = True
+  delta_use_output_gate: bool = True
+  delta_conv_size: int = 4
+  delta_chunk_size: int = 64
+  delta_impl: str = 'auto'
   attention_impl: str = 'auto'
   rope_scaling: tuple[float, ...] = ()
   sliding_window: int = 0
@@ -92,6 +117,19 @@ class ModelConfig:
     if unknown:
       raise ValueError(f'Unknown layer types {unknown}; known: {LAYER_TYPES}.')
     object.__setattr__(self, 'layer_types', types)
+    if DELTAPRODUCT in types:
+      for name in ('delta_num_householder', 'delta_chunk_size'):
+        if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+          raise ValueError(f'model.{name} must be a positive integer, got '
+                           f'{getattr(self, name)!r}.')
+      for name in ('delta_num_heads', 'delta_head_dim', 'delta_conv_size'):
+        if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+          raise ValueError(f'model.{name} must be an integer >= 0, got '
+                           f'{getattr(self, name)!r}.')
+      dv = self.delta_key_dim * self.delta_expand_v
+      if dv != int(dv) or dv <= 0:
+        raise ValueError(f'model.delta_expand_v={self.delta_expand_v} times the key width '
+                         f'{self.delta_key_dim} must be a positive integer.')
     object.__setattr__(self, 'rope_scaling', tuple(float(x) for x in self.rope_scaling))
     if self.rope_scaling and len(self.rope_scaling) != 4:
       raise ValueError('model.rope_scaling must be () or (factor, low_freq_factor, '
@@ -108,6 +146,28 @@ class ModelConfig:
   @property
   def weight_dtype(self) -> jnp.dtype:
     return jnp.dtype(self.param_dtype)
+
+  @property
+  def delta_heads(self) -> int:
+    return self.delta_num_heads or self.num_heads
+
+  @property
+  def delta_key_dim(self) -> int:
+    return self.delta_head_dim or self.head_dim
+
+  @property
+  def delta_value_dim(self) -> int:
+    return int(self.delta_key_dim * self.delta_expand_v)
+
+  def delta_layer_params(self) -> int:
+    """Parameters of one 'deltaproduct' mixer (models/deltaproduct.py)."""
+    D, H, J = self.d_model, self.delta_heads, self.delta_num_householder
+    Dk, Dv = self.delta_key_dim, self.delta_value_dim
+    n = D * H * (Dk + J * Dk + J * Dv + J) + H * Dv * D + Dv  # q, k, v, beta, out, norm
+    n += self.delta_conv_size * H * (Dk + J * Dk + J * Dv)
+    n += (D * H + 2 * H) if self.delta_use_gate else 0
+    n += D * H * Dv if self.delta_use_output_gate else 0
+    return n
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any], **overrides) -> 'ModelConfig':
@@ -137,4 +197,6 @@ class ModelConfig:
     mlp = 3 * self.d_model * self.mlp_dim
     per_layer = attn + mlp + 2 * self.d_model
     embed = self.vocab_size * self.d_model * (1 if self.tie_embeddings else 2)
-    return self.num_layers * per_layer + embed + self.d_model
+    n_delta = sum(kind == DELTAPRODUCT for kind in self.layer_types)
+    return (self.num_layers * per_layer + embed + self.d_model
+            + n_delta * (self.delta_layer_params() - attn))

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 from models import attention as attention_lib
 from models import cache as cache_lib
 from models import config as config_lib
+from models import delta_cache
+from models import deltaproduct
 from models import layers
 from models import masks
 
@@ -31,25 +33,44 @@ class ModelOutput:
   hidden: when `return_hidden`, the residual stream entering the first layer run, then after
     each layer run (hi - lo + 1 arrays [B, T, D], before the final norm); else None.
   last_hidden_BxTxD: the final-normed hidden state the head reads (Coconut's latent thought).
+  step_states: when `return_step_states`, a `models.delta_cache.StepStates`: per layer None
+    (attention) or the recurrent layer's cache entry after each token of the call (leading
+    [B, T + 1]; entry 0 = before the call), plus the lengths before the call. Roll back with
+    `out.cache.rewind(keep_B, out.step_states)`. Else None.
   """
   logits_BxTxV: jax.Array
   cache: cache_lib.Cache | None
   hidden: tuple[jax.Array, ...] | None
   last_hidden_BxTxD: jax.Array
+  step_states: delta_cache.StepStates | None = None
 
 
 class Block(nn.Module):
-  """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(x))."""
+  """Pre-norm residual block: x + mixer(norm(x)), then + mlp(norm(x)).
+
+  The mixer is attention ('attn', `kind='attention'`) or the recurrent DeltaProduct layer
+  ('delta', `kind='deltaproduct'`). Returns (x, layer_cache), plus the per-token cache entries
+  (None for attention) when `return_step_states`.
+  """
   cfg: config_lib.ModelConfig
+  kind: str = config_lib.ATTENTION
 
   @nn.compact
-  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, layer_cache, slots_BxT):
+  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, layer_cache, slots_BxT,
+               valid_BxT=None, parents_BxT=None, return_step_states=False):
     cfg = self.cfg
     norm = lambda name: layers.RMSNorm(cfg.norm_eps, 'embed', cfg.weight_dtype, name=name)
-    h_BxTxD, layer_cache = attention_lib.Attention(cfg, name='attn')(
-        norm('attn_norm')(x_BxTxD), positions_BxT, mask_BxTxS, layer_cache, slots_BxT)
+    steps = None
+    if self.kind == config_lib.DELTAPRODUCT:
+      h_BxTxD, layer_cache, steps = deltaproduct.DeltaProduct(cfg, name='delta')(
+          norm('delta_norm')(x_BxTxD), valid_BxT, layer_cache, parents_BxT, return_step_states)
+    else:
+      h_BxTxD, layer_cache = attention_lib.Attention(cfg, name='attn')(
+          norm('attn_norm')(x_BxTxD), positions_BxT, mask_BxTxS, layer_cache, slots_BxT)
     x_BxTxD = x_BxTxD + h_BxTxD
     x_BxTxD = x_BxTxD + layers.MLP(cfg, name='mlp')(norm('mlp_norm')(x_BxTxD))
+    if return_step_states:
+      return x_BxTxD, layer_cache, steps
     return x_BxTxD, layer_cache
 
 
@@ -66,7 +87,9 @@ class Transformer(nn.Module):
                attn_mask: masks.MaskSpec = None,
                inputs_embeds_BxTxD: jax.Array | None = None,
                layer_range: tuple[int, int] | None = None,
-               return_hidden: bool = False) -> ModelOutput:
+               return_hidden: bool = False,
+               return_step_states: bool = False,
+               parents_BxT: jax.Array | None = None) -> ModelOutput:
     """Runs layers [lo, hi) over T tokens.
 
     Args:
@@ -81,6 +104,13 @@ class Transformer(nn.Module):
       layer_range: (lo, hi), static; default all layers. The final norm and head are applied
         after layer hi - 1 (early exit).
       return_hidden: also return the per-layer residual stream.
+      return_step_states: also return every recurrent layer's state after each token (for
+        exact rollback, see `ModelOutput.step_states`); needs a cache.
+      parents_BxT: token trees with recurrent layers: the index within this call of each
+        token's parent (-1 = the committed prefix; parents precede children), so each token's
+        recurrence starts from its parent's state. Attention layers ignore it (pass them the
+        tree mask). Recurrent layers consume a call's valid tokens in call order otherwise,
+        so a recurrent model refuses a non-causal `attn_mask` without `parents_BxT`.
     """
     cfg = self.cfg
     lo, hi = layer_range if layer_range is not None else (0, cfg.num_layers)
@@ -102,24 +132,43 @@ class Transformer(nn.Module):
       positions_BxT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     positions_BxT = positions_BxT.astype(jnp.int32)
 
+    kinds = cfg.layer_types[lo:hi]
+    recurrent = config_lib.DELTAPRODUCT in kinds
+    causal = attn_mask is None or (isinstance(attn_mask, str) and attn_mask == 'causal')
+    if recurrent and not causal and parents_BxT is None:
+      raise ValueError(
+          f'attn_mask={attn_mask!r} on a model with recurrent (deltaproduct) layers: they read '
+          'the tokens of a call in order. For a token tree pass parents_BxT too; bidirectional '
+          'and block masks are not supported by recurrent layers.')
+    if return_step_states and cache is None:
+      raise ValueError('return_step_states=True needs a cache (the states are for rollback).')
+    if parents_BxT is not None:
+      parents_BxT = jnp.broadcast_to(jnp.asarray(parents_BxT, jnp.int32), (B, T))
+
     if cache is None:
       slots_BxT = None
       key_pos_BxS, key_valid_BxS = positions_BxT, positions_BxT >= 0
+      valid_BxT = positions_BxT >= 0
     else:
       if write_slots_BxT is None:
         write_slots_BxT = positions_BxT
       slots_BxT, key_pos_BxS, key_valid_BxS = cache.begin_write(positions_BxT, write_slots_BxT)
+      valid_BxT = slots_BxT < cache.size
     mask_BxTxS = masks.build_mask(positions_BxT, key_pos_BxS, key_valid_BxS, attn_mask,
                                   window=cfg.sliding_window)
 
     hidden = [x_BxTxD]
     new_layers: list[Any] = list(cache.layers) if cache is not None else []
+    step_layers: list[Any] = [None] * cfg.num_layers
     for i in range(lo, hi):
       layer_cache = cache.layers[i] if cache is not None else None
-      x_BxTxD, layer_cache = Block(cfg, name=f'layer_{i}')(
-          x_BxTxD, positions_BxT, mask_BxTxS, layer_cache, slots_BxT)
+      x_BxTxD, layer_cache, *steps = Block(cfg, cfg.layer_types[i], name=f'layer_{i}')(
+          x_BxTxD, positions_BxT, mask_BxTxS, layer_cache, slots_BxT, valid_BxT, parents_BxT,
+          return_step_states)
       if cache is not None:
         new_layers[i] = layer_cache
+      if steps:
+        step_layers[i] = steps[0]
       hidden.append(x_BxTxD)
 
     last_hidden_BxTxD = layers.RMSNorm(cfg.norm_eps, 'embed', cfg.weight_dtype,
@@ -135,9 +184,12 @@ class Transformer(nn.Module):
     new_cache = None
     if cache is not None:
       new_cache = cache.end_write(tuple(new_layers), key_pos_BxS, slots_BxT)
+    step_states = None
+    if return_step_states:
+      step_states = delta_cache.StepStates(layers=tuple(step_layers), lengths_B=cache.lengths)
     return ModelOutput(logits_BxTxV=logits_BxTxV.astype(jnp.float32), cache=new_cache,
                        hidden=tuple(hidden) if return_hidden else None,
-                       last_hidden_BxTxD=last_hidden_BxTxD)
+                       last_hidden_BxTxD=last_hidden_BxTxD, step_states=step_states)
 
 
 def init_params(model: Transformer, rng: jax.Array, seq_len: int = 8) -> Any:
