@@ -22,7 +22,9 @@ from decoding import base
 from decoding import registry
 from decoding.speculative import draft_model
 from decoding.speculative import drafter as drafter_lib
+from decoding.speculative import jacobi
 from decoding.speculative import loop
+from decoding.speculative import ngram
 from decoding.speculative import trees
 
 TREES = ('chain', 'static', 'dynamic')
@@ -166,3 +168,39 @@ def _alias(name: str, drafter: str, doc: str, **defaults) -> type:
 SpecDynamicDecoder = _alias(
     'spec_dynamic', 'model', 'Draft-model speculative decoding over a dynamic (EAGLE-2 style) '
     'token tree (lossless).', tree='dynamic', gamma=6, top_k=6, tree_nodes=48)
+
+
+@register_drafter('prompt_lookup')
+def _prompt_lookup(d: SpeculativeDecoder) -> drafter_lib.Drafter:
+  return ngram.PromptLookupDrafter(gamma=d.gamma, ngram=d.ngram)
+
+
+@register_drafter('token_recycling')
+def _token_recycling(d: SpeculativeDecoder) -> drafter_lib.Drafter:
+  profile = trees.RECYCLING_PROFILE[:d.recycle_k]
+  return ngram.TokenRecyclingDrafter(template=d.template(profile), k=d.recycle_k)
+
+
+@register_drafter('jacobi')
+def _jacobi(d: SpeculativeDecoder) -> drafter_lib.Drafter:
+  return jacobi.JacobiDrafter(window=d.window)
+
+
+@register_drafter('lookahead')
+def _lookahead(d: SpeculativeDecoder) -> drafter_lib.Drafter:
+  return jacobi.LookaheadDrafter(window=d.window, ngram=d.ngram, pool=d.pool)
+
+
+PromptLookupDecoder = _alias(
+    'prompt_lookup', 'prompt_lookup', 'Prompt lookup: copy what followed the latest match of '
+    'the trailing n-gram (training-free, lossless).', gamma=6)
+TokenRecyclingDecoder = _alias(
+    'token_recycling', 'token_recycling', 'Token Recycling: a table of each token\'s latest '
+    'top-k successors expanded into an 80-node tree (training-free, lossless).',
+    tree='static', gamma=6, tree_nodes=80)
+JacobiDecoder = _alias(
+    'jacobi', 'jacobi', 'Jacobi decoding: fixed-point iteration over a window of guesses '
+    '(training-free, lossless).')
+LookaheadDecoder = _alias(
+    'lookahead', 'lookahead', 'Lookahead decoding: a Jacobi window plus an n-gram pool '
+    'verified as one trie (training-free, lossless).')

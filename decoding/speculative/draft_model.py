@@ -127,6 +127,8 @@ class DraftModelDrafter(drafter_lib.Drafter):
     logits, cache = self._apply(env, state.cache, tokens, positions, positions)
     return logits[:, 1], cache
 
+  prefill_forwards: ClassVar[int] = 1  # the draft's own prefill
+
   def init(self, env, prefill, first_B):
     del prefill, first_B
     B = env.prompt_BxP.shape[0]
@@ -140,19 +142,19 @@ class DraftModelDrafter(drafter_lib.Drafter):
                       node_slots_BxT=jnp.zeros((B, T), jnp.int32))
 
   # ------------------------------------------------------------------ propose
-  def propose(self, env, state, root_B, base_B, active_B):
+  def propose(self, env, state, target_cache, root_B, base_B, active_B):
     if self.shape == 'chain':
-      return self._propose_chain(env, state, root_B, base_B, active_B)
+      return self._propose_chain(env, state, target_cache, root_B, base_B, active_B)
     if self.shape == 'static':
-      return self._propose_static(env, state, root_B, base_B, active_B)
-    return self._propose_dynamic(env, state, root_B, base_B, active_B)
+      return self._propose_static(env, state, target_cache, root_B, base_B, active_B)
+    return self._propose_dynamic(env, state, target_cache, root_B, base_B, active_B)
 
   def _draw(self, env, logits_BxNxV, k, positions_B, node_offset):
     keys = proposals.node_keys(drafter_lib.draft_keys(env, positions_B), logits_BxNxV.shape[1],
                                node_offset)
     return proposals.children(logits_BxNxV, k, _how(env.mode), env.sampling, keys)
 
-  def _propose_chain(self, env, state, root_B, base_B, active_B):
+  def _propose_chain(self, env, state, target_cache, root_B, base_B, active_B):
     G = self.template.size - 1
     B = root_B.shape[0]
     logits_BxV, cache = self._first_call(env, state, root_B, base_B, active_B)
@@ -206,9 +208,9 @@ class DraftModelDrafter(drafter_lib.Drafter):
     processed = tree.valid_BxT & (depth < G)
     state = state.replace(cache=cache, processed_BxT=processed,
                           node_slots_BxT=base_B[:, None] + depth)
-    return tree, state, calls_B
+    return tree, state, target_cache, calls_B
 
-  def _propose_static(self, env, state, root_B, base_B, active_B):
+  def _propose_static(self, env, state, target_cache, root_B, base_B, active_B):
     tpl = self.template
     T, K, D = tpl.size, tpl.max_children, tpl.max_depth
     B = root_B.shape[0]
@@ -246,9 +248,9 @@ class DraftModelDrafter(drafter_lib.Drafter):
     depth = jnp.asarray(tpl.depths)[None]
     state = state.replace(cache=cache, processed_BxT=tree.valid_BxT & (depth < D),
                           node_slots_BxT=slots_BxT)
-    return tree, state, calls
+    return tree, state, target_cache, calls
 
-  def _propose_dynamic(self, env, state, root_B, base_B, active_B):
+  def _propose_dynamic(self, env, state, target_cache, root_B, base_B, active_B):
     k, D, B = self.top_k, self.depth, root_B.shape[0]
     C1 = 1 + self.candidates  # root + candidates
     wor = env.mode == 'wor' and not env.sampling.greedy
@@ -349,7 +351,7 @@ class DraftModelDrafter(drafter_lib.Drafter):
     processed = valid & jnp.take_along_axis(fed, node_cand, 1)
     state = state.replace(cache=cache, processed_BxT=processed,
                           node_slots_BxT=base_B[:, None] + node_cand)
-    return tree, state, calls
+    return tree, state, target_cache, calls
 
   # ------------------------------------------------------------------ update
   def update(self, env, state, step):

@@ -2,7 +2,7 @@
 
 A drafter is a frozen dataclass (static under jit). Per step the loop calls
 
-  tree, state, other_B = drafter.propose(env, state, root_B, base_B, active_B)
+  tree, state, cache, other_B = drafter.propose(env, state, cache, root_B, base_B, active_B)
   out, state = drafter.target_forward(env, state, cache, tree, base_B, active_B)
   ... verification and commit (shared, decoding/speculative/verify.py) ...
   state = drafter.update(env, state, step)
@@ -10,6 +10,8 @@ A drafter is a frozen dataclass (static under jit). Per step the loop calls
 `root_B` is each row's newest committed token (tree node 0) at position `base_B`, which is
 also the number of committed slots in the target's cache. Drafters keep whatever they need
 (a draft model's cache, a successor table, an n-gram pool) in their own state pytree.
+Self-speculative drafters (early exit) also write the target's cache while drafting, so
+`propose` receives and returns it; the others return it unchanged.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class Drafter:
   """Base class. Subclasses set `kind`, `has_q` and the static tree bounds."""
   kind: ClassVar[str] = ''
   has_q: ClassVar[bool] = False  # proposes with a distribution q (else deterministic rule)
+  prefill_forwards: ClassVar[int] = 0  # other forwards spent in `init` (a draft's prefill)
 
   @property
   def max_nodes(self) -> int:
@@ -117,9 +120,14 @@ class Drafter:
     del env, prefill, first_B
     return ()
 
-  def propose(self, env: Env, state: Any, root_B: jax.Array, base_B: jax.Array,
-              active_B: jax.Array) -> tuple[trees.Tree, Any, jax.Array]:
-    """(tree to verify, state, other forwards this step [B])."""
+  def prefill_kwargs(self) -> dict[str, Any]:
+    """Extra arguments of the target's prefill call (e.g. return_hidden for early exit)."""
+    return {}
+
+  def propose(self, env: Env, state: Any, cache: cache_lib.Cache, root_B: jax.Array,
+              base_B: jax.Array, active_B: jax.Array
+              ) -> tuple[trees.Tree, Any, cache_lib.Cache, jax.Array]:
+    """(tree to verify, state, target cache, other forwards this step [B])."""
     raise NotImplementedError
 
   def target_forward(self, env: Env, state: Any, cache: cache_lib.Cache, tree: trees.Tree,

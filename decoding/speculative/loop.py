@@ -61,7 +61,8 @@ def init_state(drafter: drafter_lib.Drafter, env: drafter_lib.Env, *, eos_id: in
   N = env.max_new_tokens
   cache = cache_lib.Cache.init(env.target.cfg, B, env.cache_size)
   logits_BxV, cache, prefill = base.prefill(env.target, env.target_params, env.prompt_BxP,
-                                            env.prompt_len_B, cache)
+                                            env.prompt_len_B, cache,
+                                            **drafter.prefill_kwargs())
   first_B = sampling_lib.sample(sampling_lib.token_keys(env.row_keys_B, env.prompt_len_B),
                                 logits_BxV, env.sampling)
   zeros = jnp.zeros((B,), jnp.int32)
@@ -70,7 +71,8 @@ def init_state(drafter: drafter_lib.Drafter, env: drafter_lib.Env, *, eos_id: in
       tokens_BxN=jnp.full((B, N), pad_id, jnp.int32).at[:, 0].set(first_B),
       num_generated_B=jnp.ones((B,), jnp.int32),
       done_B=(first_B == eos_id) | (N <= 1),
-      target_forwards_B=jnp.ones((B,), jnp.int32), other_forwards_B=zeros,
+      target_forwards_B=jnp.ones((B,), jnp.int32),
+      other_forwards_B=jnp.full((B,), drafter.prefill_forwards, jnp.int32),
       hist_BxM=jnp.zeros((B, drafter.hist_size), jnp.int32),
       accepted_by_depth_BxD=jnp.zeros((B, drafter.max_depth), jnp.int32),
       steps_B=zeros, drafted_B=zeros,
@@ -82,11 +84,12 @@ def step(drafter: drafter_lib.Drafter, env: drafter_lib.Env, s: SpecState, *, eo
   """One draft -> verify -> commit step for every active row."""
   active_B = ~s.done_B
   base_B = env.prompt_len_B + s.num_generated_B - 1
-  tree, dstate, other_B = drafter.propose(env, s.drafter, s.last_B, base_B, active_B)
-  out, dstate = drafter.target_forward(env, dstate, s.cache, tree, base_B, active_B)
+  tree, dstate, cache, other_B = drafter.propose(env, s.drafter, s.cache, s.last_B, base_B,
+                                                 active_B)
+  out, dstate = drafter.target_forward(env, dstate, cache, tree, base_B, active_B)
   verdict = verify_lib.verify(tree, out.logits_BxTxV, sampling=env.sampling, mode=env.mode,
                               depth=drafter.max_depth, row_keys_B=env.row_keys_B,
-                              base_B=base_B)
+                              base_B=base_B, chain=drafter.is_chain)
   room_B = env.max_new_tokens - s.num_generated_B
   count_B, hit_eos_B = base.truncate_at_eos(verdict.new_BxD1, verdict.accepted_B + 1, room_B,
                                             eos_id)

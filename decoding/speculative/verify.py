@@ -102,11 +102,13 @@ class Verdict:
   new_BxD1: jax.Array
 
 
-def verify(tree: trees.Tree, target_logits_BxTxV: jax.Array, *, sampling: sampling_lib.SamplingConfig,
-           mode: str, depth: int, row_keys_B: jax.Array, base_B: jax.Array) -> Verdict:
+def verify(tree: trees.Tree, target_logits_BxTxV: jax.Array, *,
+           sampling: sampling_lib.SamplingConfig, mode: str, depth: int,
+           row_keys_B: jax.Array, base_B: jax.Array, chain: bool = False) -> Verdict:
   """Walks `tree` against the target's logits with rule `mode` (see pallas_kernels.spec_verify).
 
   The same SamplingConfig turns target logits into p here as was applied to the draft's q.
+  `chain`: the tree is the chain (-1, 0, 1, ...) and the closed-form chain rule is used.
   """
   logp_BxTxV = sampling_lib.log_probs(target_logits_BxTxV, sampling)
   if sampling.greedy:
@@ -114,8 +116,15 @@ def verify(tree: trees.Tree, target_logits_BxTxV: jax.Array, *, sampling: sampli
   logq = None if mode == 'deterministic' else tree.logq_BxTxV
   K = tree.children_BxTxK.shape[2]
   u_BxDxK = accept_uniforms(row_keys_B, base_B, depth, K)
-  path_BxD1, n_B, res_BxV = spec_verify.tree_verify(logp_BxTxV, logq, tree.tokens_BxT,
-                                                    tree.children_BxTxK, u_BxDxK, mode=mode)
+  if chain:
+    n_B, res_BxV = spec_verify.chain_verify(
+        logp_BxTxV, None if logq is None else logq[:, :depth], tree.tokens_BxT[:, 1:],
+        tree.valid_BxT[:, 1:], u_BxDxK[:, :, 0], mode=mode)
+    d_1xD1 = jnp.arange(depth + 1, dtype=jnp.int32)[None]
+    path_BxD1 = jnp.where(d_1xD1 <= n_B[:, None], d_1xD1, -1)
+  else:
+    path_BxD1, n_B, res_BxV = spec_verify.tree_verify(logp_BxTxV, logq, tree.tokens_BxT,
+                                                      tree.children_BxTxK, u_BxDxK, mode=mode)
   if sampling.greedy:
     next_B = jnp.argmax(res_BxV, axis=-1).astype(jnp.int32)
   else:

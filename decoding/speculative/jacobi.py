@@ -1,0 +1,185 @@
+"""Jacobi decoding and lookahead decoding as drafters of the shared verification loop.
+
+Jacobi (Santilli et al. 2023): keep a window of W guesses for the next positions; one target
+forward over [root, guesses] gives, at every node, the target's prediction for the following
+position (a Jacobi iteration y_i <- argmax p(. | y_<i)). The verifier accepts the longest
+prefix the target agrees with (plus one token), and the predictions beyond it become the next
+guesses. Verified with the deterministic rule this is exact under greedy (the classic claim)
+and under sampling too.
+
+Lookahead (Fu et al. 2024), simplified: the same Jacobi window is one branch of a token tree
+whose other branches are n-grams from a pool keyed by the root token; every step the Jacobi
+branch's predictions (the newest trajectory level) feed the pool with its n-grams. The
+original collects n-grams along the diagonals of an (N - 1)-level window computed in the same
+forward; we keep one level (docs/speculative.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from decoding.speculative import drafter as drafter_lib
+from decoding.speculative import trees
+
+
+@flax.struct.dataclass
+class JacobiState:
+  """guess_BxW: guesses for positions base + 1 .. base + W (base: the root's position)."""
+  guess_BxW: jax.Array
+
+
+def _next_guesses(pred_BxT: jax.Array, node_of_BxW: jax.Array, keep_B: jax.Array,
+                  old_BxW: jax.Array, active_B: jax.Array) -> jax.Array:
+  """Guesses after a step: the prediction made at the Jacobi node of depth keep + j for
+  position new_base + 1 + j; beyond the window the last prediction is repeated."""
+  W = old_BxW.shape[1]
+  depth_BxW = keep_B[:, None] + jnp.arange(W)[None]  # node depth whose prediction we need
+  # Jacobi node at depth l (1..W) is node_of[l - 1]; depth 0 is the root (node 0).
+  node_BxW = jnp.where(depth_BxW == 0, 0, jnp.take_along_axis(
+      node_of_BxW, jnp.clip(depth_BxW - 1, 0, W - 1), axis=1))
+  node_BxW = jnp.where(depth_BxW <= W, node_BxW, node_of_BxW[:, -1:])
+  new = jnp.take_along_axis(pred_BxT, node_BxW, axis=1)
+  return jnp.where(active_B[:, None], new, old_BxW)
+
+
+@dataclasses.dataclass(frozen=True)
+class JacobiDrafter(drafter_lib.Drafter):
+  """Jacobi iteration over a window of `window` guesses (a chain)."""
+  kind: ClassVar[str] = 'jacobi'
+  window: int = 5
+
+  @property
+  def max_nodes(self) -> int:
+    return self.window + 1
+
+  @property
+  def max_depth(self) -> int:
+    return self.window
+
+  @property
+  def max_children(self) -> int:
+    return 1
+
+  @property
+  def is_chain(self) -> bool:
+    return True
+
+  def init(self, env, prefill, first_B):
+    return JacobiState(jnp.broadcast_to(first_B[:, None], (first_B.shape[0], self.window)))
+
+  def propose(self, env, state, cache, root_B, base_B, active_B):
+    tokens = jnp.concatenate([root_B[:, None], state.guess_BxW], axis=1)
+    tree = trees.from_template(trees.chain(self.window), tokens,
+                               jnp.broadcast_to(active_B[:, None], tokens.shape))
+    return tree, state, cache, jnp.zeros_like(base_B)
+
+  def update(self, env, state, step):
+    pred = jnp.argmax(step.out.logits_BxTxV, axis=-1).astype(jnp.int32)
+    B, W = state.guess_BxW.shape
+    node_of = jnp.broadcast_to(jnp.arange(1, W + 1, dtype=jnp.int32), (B, W))
+    return JacobiState(_next_guesses(pred, node_of, step.keep_B, state.guess_BxW,
+                                     step.active_B))
+
+
+@flax.struct.dataclass
+class LookaheadState:
+  """guess_BxW: the Jacobi window; pool_BxVxPxL: n-gram continuations keyed by their first
+  token (pool_ok marks filled entries); ptr_BxV: next slot to overwrite per key."""
+  guess_BxW: jax.Array
+  pool_BxVxPxL: jax.Array
+  pool_ok_BxVxP: jax.Array
+  ptr_BxV: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class LookaheadDrafter(drafter_lib.Drafter):
+  """Jacobi window + n-gram pool, all verified as one token trie (see module docstring)."""
+  kind: ClassVar[str] = 'lookahead'
+  window: int = 5
+  ngram: int = 3
+  pool: int = 4
+
+  @property
+  def length(self) -> int:
+    """Candidate length in the trie: max(window, ngram - 1)."""
+    return max(self.window, self.ngram - 1)
+
+  @property
+  def max_nodes(self) -> int:
+    return 1 + (self.pool + 1) * self.length
+
+  @property
+  def max_depth(self) -> int:
+    return self.length
+
+  @property
+  def max_children(self) -> int:
+    return self.pool + 1
+
+  def init(self, env, prefill, first_B):
+    B, V = first_B.shape[0], env.target.cfg.vocab_size
+    L = max(self.ngram - 1, 1)
+    return LookaheadState(
+        guess_BxW=jnp.broadcast_to(first_B[:, None], (B, self.window)),
+        pool_BxVxPxL=jnp.zeros((B, V, self.pool, L), jnp.int32),
+        pool_ok_BxVxP=jnp.zeros((B, V, self.pool), bool),
+        ptr_BxV=jnp.zeros((B, V), jnp.int32))
+
+  def _candidates(self, state, root_B):
+    B = root_B.shape[0]
+    Lc = self.length
+    b = jnp.arange(B)
+    pool = state.pool_BxVxPxL[b, root_B]  # [B, P, L]
+    ok = state.pool_ok_BxVxP[b, root_B]  # [B, P]
+    L = pool.shape[2]
+    pad = Lc - L
+    pool = jnp.pad(pool, ((0, 0), (0, 0), (0, pad)))
+    pool_ok = jnp.pad(jnp.broadcast_to(ok[:, :, None], (B, self.pool, L)),
+                      ((0, 0), (0, 0), (0, pad)))
+    jac = jnp.pad(state.guess_BxW, ((0, 0), (0, Lc - self.window)))[:, None]
+    jac_ok = (jnp.arange(Lc) < self.window)[None, None].repeat(B, 0)
+    cands = jnp.concatenate([pool, jac], axis=1)  # Jacobi branch last
+    cands_ok = jnp.concatenate([pool_ok, jac_ok], axis=1)
+    return cands, cands_ok
+
+  def propose(self, env, state, cache, root_B, base_B, active_B):
+    cands, ok = self._candidates(state, root_B)
+    tree = trees.trie(cands, ok & active_B[:, None, None], root_B)
+    tree = tree.replace(valid_BxT=tree.valid_BxT.at[:, 0].set(active_B))
+    return tree, state, cache, jnp.zeros_like(base_B)
+
+  def update(self, env, state, step):
+    cands, ok = self._candidates(state, step.tree.tokens_BxT[:, 0])
+    rep = trees.representative(cands, ok)[:, -1, :self.window]  # Jacobi branch nodes [B, W]
+    pred = jnp.argmax(step.out.logits_BxTxV, axis=-1).astype(jnp.int32)
+    guess = _next_guesses(pred, rep, step.keep_B, state.guess_BxW, step.active_B)
+    # The newest trajectory level: the target's predictions after the root and along the
+    # Jacobi branch; its n-grams go into the pool.
+    level = jnp.concatenate([pred[:, :1], jnp.take_along_axis(pred, rep, axis=1)], axis=1)
+    L = state.pool_BxVxPxL.shape[3]
+    n_grams = level.shape[1] - L
+    B = level.shape[0]
+    b = jnp.arange(B)
+
+    def insert(i, s):
+      pool, pool_ok, ptr = s
+      key = level[:, i]
+      cont = jax.lax.dynamic_slice_in_dim(level, i + 1, L, axis=1)  # [B, L]
+      have = jnp.any(jnp.all(pool[b, key] == cont[:, None], axis=-1) & pool_ok[b, key], -1)
+      write = step.active_B & ~have
+      slot = ptr[b, key]
+      key_w = jnp.where(write, key, pool.shape[1])
+      pool = pool.at[b, key_w, slot].set(cont, mode='drop')
+      pool_ok = pool_ok.at[b, key_w, slot].set(True, mode='drop')
+      ptr = ptr.at[b, key_w].set((slot + 1) % self.pool, mode='drop')
+      return pool, pool_ok, ptr
+
+    pool, pool_ok, ptr = jax.lax.fori_loop(
+        0, n_grams, insert, (state.pool_BxVxPxL, state.pool_ok_BxVxP, state.ptr_BxV))
+    return LookaheadState(guess_BxW=guess, pool_BxVxPxL=pool, pool_ok_BxVxP=pool_ok,
+                          ptr_BxV=ptr)

@@ -1,0 +1,173 @@
+"""Training-free drafters from token statistics: prompt lookup and Token Recycling.
+
+Both propose tokens without a distribution, so they are verified with the deterministic rule
+(accept x with probability p(x), else remove x from p): lossless under sampling too.
+
+Prompt lookup (Saxena 2023): find the most recent earlier occurrence of the context's last n
+tokens (n = ngram .. 1, longest first) and propose the tokens that followed it.
+
+Token Recycling (Luo et al. 2024): a table [V, k] of each token's latest top-k successors
+(from the target's logits), expanded breadth-first into a static tree: the node of rank r
+under a node holding token x proposes table[x, r]. After every target forward the rows of
+all tree tokens are overwritten with the top-k of the logits the target gave them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from decoding.speculative import drafter as drafter_lib
+from decoding.speculative import trees
+
+
+@flax.struct.dataclass
+class ContextState:
+  """ctx_BxS: every committed token at its position (prompt and generated), -1 beyond."""
+  ctx_BxS: jax.Array
+
+
+def init_context(env: drafter_lib.Env, first_B: jax.Array) -> jax.Array:
+  B, P = env.prompt_BxP.shape
+  S = env.cache_size
+  t_1xP = jnp.arange(P)[None]
+  ctx = jnp.full((B, S), -1, jnp.int32).at[:, :P].set(
+      jnp.where(t_1xP < env.prompt_len_B[:, None], env.prompt_BxP, -1))
+  return ctx.at[jnp.arange(B), env.prompt_len_B].set(first_B)
+
+
+def write_committed(ctx_BxS: jax.Array, step: drafter_lib.Step) -> jax.Array:
+  """Writes this step's committed tokens at positions base + 1 .. base + keep."""
+  new_BxD1 = step.verdict.new_BxD1
+  B, D1 = new_BxD1.shape
+  d = jnp.arange(D1)[None]
+  pos = jnp.where(d < step.keep_B[:, None], step.base_B[:, None] + 1 + d, ctx_BxS.shape[1])
+  return ctx_BxS.at[jnp.arange(B)[:, None], pos].set(new_BxD1, mode='drop')
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptLookupDrafter(drafter_lib.Drafter):
+  """Copies the continuation of the latest earlier match of the trailing n-gram (a chain)."""
+  kind: ClassVar[str] = 'prompt_lookup'
+  gamma: int = 4
+  ngram: int = 3
+
+  @property
+  def max_nodes(self) -> int:
+    return self.gamma + 1
+
+  @property
+  def max_depth(self) -> int:
+    return self.gamma
+
+  @property
+  def max_children(self) -> int:
+    return 1
+
+  @property
+  def is_chain(self) -> bool:
+    return True
+
+  def init(self, env, prefill, first_B):
+    return ContextState(ctx_BxS=init_context(env, first_B))
+
+  def propose(self, env, state, cache, root_B, base_B, active_B):
+    ctx = state.ctx_BxS
+    B, S = ctx.shape
+    G = self.gamma
+    j_1xS = jnp.arange(S)[None]
+    best_j = jnp.full((B,), -1, jnp.int32)
+    best_n = jnp.zeros((B,), jnp.int32)
+    for n in range(self.ngram, 0, -1):  # longest n-gram first
+      match = jnp.ones((B, S), bool)
+      for i in range(n):
+        suffix_tok = jnp.take_along_axis(ctx, jnp.maximum(base_B - n + 1 + i, 0)[:, None], 1)
+        match &= jnp.roll(ctx, -i, axis=1) == suffix_tok
+      # The match must end before the suffix does, and the suffix must exist.
+      match &= (j_1xS + n - 1 < base_B[:, None]) & (base_B[:, None] - n + 1 >= 0)
+      j = jnp.max(jnp.where(match, j_1xS, -1), axis=1)
+      take = (best_j < 0) & (j >= 0)
+      best_j = jnp.where(take, j, best_j)
+      best_n = jnp.where(take, n, best_n)
+    idx = best_j[:, None] + best_n[:, None] + jnp.arange(G)[None]
+    valid = (best_j[:, None] >= 0) & (idx <= base_B[:, None]) & active_B[:, None]
+    drafts = jnp.take_along_axis(ctx, jnp.clip(idx, 0, S - 1), axis=1)
+    tokens = jnp.concatenate([root_B[:, None], jnp.maximum(drafts, 0)], axis=1)
+    valid = jnp.concatenate([active_B[:, None], valid], axis=1)
+    tree = trees.from_template(trees.chain(G), tokens, valid)
+    return tree, state, cache, jnp.zeros_like(base_B)
+
+  def update(self, env, state, step):
+    return ContextState(ctx_BxS=write_committed(state.ctx_BxS, step))
+
+
+@flax.struct.dataclass
+class RecyclingState:
+  """table_BxVxK: each token's latest top-k successors (per row, so rows stay independent)."""
+  table_BxVxK: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenRecyclingDrafter(drafter_lib.Drafter):
+  """Token Recycling: a successor table expanded into a static tree (see module docstring)."""
+  kind: ClassVar[str] = 'token_recycling'
+  template: trees.Template = dataclasses.field(
+      default_factory=lambda: trees.best_first(80, 6, trees.RECYCLING_PROFILE))
+  k: int = 8
+
+  def __post_init__(self):
+    if self.template.max_rank > self.k:
+      raise ValueError(f'The Token Recycling tree uses successor rank '
+                       f'{self.template.max_rank - 1} but the table keeps k={self.k}.')
+
+  @property
+  def max_nodes(self) -> int:
+    return self.template.size
+
+  @property
+  def max_depth(self) -> int:
+    return self.template.max_depth
+
+  @property
+  def max_children(self) -> int:
+    return self.template.max_children
+
+  @property
+  def is_chain(self) -> bool:
+    return self.template.is_chain
+
+  def _write(self, table_BxVxK, tokens_BxT, logits_BxTxV, valid_BxT):
+    top_BxTxK = drafter_lib.top_children(logits_BxTxV, self.k)
+    V = table_BxVxK.shape[1]
+    B = tokens_BxT.shape[0]
+    rows = jnp.where(valid_BxT, tokens_BxT, V)
+    return table_BxVxK.at[jnp.arange(B)[:, None], rows].set(top_BxTxK, mode='drop')
+
+  def init(self, env, prefill, first_B):
+    B = env.prompt_BxP.shape[0]
+    V = env.target.cfg.vocab_size
+    table = jnp.zeros((B, V, self.k), jnp.int32)
+    valid = jnp.arange(env.prompt_BxP.shape[1])[None] < env.prompt_len_B[:, None]
+    return RecyclingState(self._write(table, env.prompt_BxP, prefill.logits_BxTxV, valid))
+
+  def propose(self, env, state, cache, root_B, base_B, active_B):
+    tpl = self.template
+    B = root_B.shape[0]
+    parents, ranks = np.asarray(tpl.parents), np.asarray(tpl.ranks)
+    tokens = jnp.zeros((B, tpl.size), jnp.int32).at[:, 0].set(root_B)
+    b = jnp.arange(B)[:, None]
+    for s, e in tpl.levels()[1:]:
+      tokens = tokens.at[:, s:e].set(state.table_BxVxK[b, tokens[:, parents[s:e]],
+                                                       ranks[s:e][None, :]])
+    tree = trees.from_template(tpl, tokens, jnp.broadcast_to(active_B[:, None], tokens.shape))
+    return tree, state, cache, jnp.zeros_like(base_B)
+
+  def update(self, env, state, step):
+    valid = step.tree.valid_BxT & step.active_B[:, None]
+    return RecyclingState(self._write(state.table_BxVxK, step.tree.tokens_BxT,
+                                      step.out.logits_BxTxV, valid))
