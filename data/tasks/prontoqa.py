@@ -18,7 +18,7 @@ import numpy as np
 from data.tasks import reasoning
 
 SPLIT_SETTINGS = {'train': (2, 4), 'ood': (5, 6)}
-MAX_RULES = 6 + 5 + 4
+MAX_RULES = 6 + 6 + 3  # chain + distractor chain + loose facts (OOD)
 
 
 def make_example(rng: np.random.Generator, hops: int) -> reasoning.Example:
@@ -70,7 +70,7 @@ def _generate(rng: np.random.Generator, split: str) -> reasoning.Example:
 @reasoning.register('prontoqa')
 def prontoqa() -> reasoning.ReasoningTask:
   return reasoning.ReasoningTask(
-      name='prontoqa', generate=_generate, max_question_chars=4 * MAX_RULES + 4, max_steps=6,
+      name='prontoqa', generate=_generate, max_question_chars=4 * MAX_RULES + 3, max_steps=6,
       max_step_chars=4, max_answer_chars=1,
       description='ProntoQA-style: 2-4 rule chains, a distractor chain of opposite polarity',
       ood_description='5-6 rule chains')

@@ -20,7 +20,7 @@ import numpy as np
 from data.tasks import reasoning
 
 SPLIT_SETTINGS = {'train': dict(hops=(2, 4), nodes=12), 'ood': dict(hops=(5, 6), nodes=18)}
-MAX_EDGES = 2 * 18
+MAX_EDGES = 17  # 6 path + 4 chain + 3 + 1 cross + 3 dead-end edges at most (OOD)
 
 
 def make_example(rng: np.random.Generator, hops: int, nodes: int) -> reasoning.Example:
@@ -76,7 +76,7 @@ def _generate(rng: np.random.Generator, split: str) -> reasoning.Example:
 @reasoning.register('prosqa')
 def prosqa() -> reasoning.ReasoningTask:
   return reasoning.ReasoningTask(
-      name='prosqa', generate=_generate, max_question_chars=3 * MAX_EDGES + 6, max_steps=6,
+      name='prosqa', generate=_generate, max_question_chars=3 * MAX_EDGES + 5, max_steps=6,
       max_step_chars=4, max_answer_chars=1,
       description='ProsQA-style reachability: 12 nodes, 2-4 hop paths, distractor chain',
       ood_description='18 nodes, 5-6 hop paths')
