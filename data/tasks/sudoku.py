@@ -1,8 +1,9 @@
 """Sudoku (4x4 and 9x9): fill the blanks; solved = a valid grid that keeps every clue.
 
-Prompt: the puzzle row by row, '.' for a blank (16 or 81 characters). Answer: the full grid
-(16 or 81 digits). A solution is scored by validity, not against the generator's grid, because
-a puzzle with few clues can have several solutions.
+Prompt: the puzzle row by row, '.' for a blank (16 or 81 characters). Answer: the digits of
+the blank cells in row-major order (e.g. 6-10 digits for 4x4), so every answer token is a
+decision. A solution is scored by validity of the completed grid, not against the generator's
+grid, because a puzzle with few clues can have several solutions.
 
 Grids come from the canonical pattern  grid[r][c] = (n * (r % n) + r // n + c) % n²  (n = 2
 or 3) under the validity-preserving shuffles: digits relabelled, rows permuted within bands,
@@ -41,28 +42,36 @@ def solved_grid(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def make_puzzle(rng: np.random.Generator, n: int, min_blanks: int, max_blanks: int
                 ) -> tuple[str, str]:
-  """(puzzle, solution) strings, row-major."""
+  """(puzzle, answer) strings: the puzzle row-major, the answer the blanks' digits."""
   grid = solved_grid(rng, n)
   cells = grid.size
-  blanks = rng.choice(cells, size=int(rng.integers(min_blanks, max_blanks + 1)), replace=False)
+  blanks = np.sort(rng.choice(cells, size=int(rng.integers(min_blanks, max_blanks + 1)),
+                              replace=False))
   flat = grid.reshape(-1).astype(str)
   puzzle = flat.copy()
   puzzle[blanks] = BLANK
-  return ''.join(puzzle), ''.join(flat)
+  return ''.join(puzzle), ''.join(flat[blanks])
+
+
+def fill(puzzle: str, answer: str) -> str | None:
+  """The grid with the blanks filled by `answer`'s digits (None if the count differs)."""
+  if len(answer) != puzzle.count(BLANK):
+    return None
+  digits = iter(answer)
+  return ''.join(next(digits) if p == BLANK else p for p in puzzle)
 
 
 def is_valid_solution(puzzle: str, answer: str) -> bool:
-  """True iff `answer` is a complete valid grid that agrees with every clue of `puzzle`."""
+  """True iff filling `puzzle`'s blanks with `answer` gives a complete valid grid."""
   cells = len(puzzle)
   size = int(round(cells ** 0.5))
   n = int(round(size ** 0.5))
-  if n * n != size or size * size != cells or len(answer) != cells:
+  if n * n != size or size * size != cells:
     return False
-  if not all(ch.isdigit() and 1 <= int(ch) <= size for ch in answer):
+  grid_s = fill(puzzle, answer)
+  if grid_s is None or not all(ch.isdigit() and 1 <= int(ch) <= size for ch in grid_s):
     return False
-  if any(p != BLANK and p != a for p, a in zip(puzzle, answer)):
-    return False
-  grid = np.array([int(ch) for ch in answer]).reshape(size, size)
+  grid = np.array([int(ch) for ch in grid_s]).reshape(size, size)
   want = set(range(1, size + 1))
   boxes = grid.reshape(n, n, n, n).transpose(0, 2, 1, 3).reshape(size, size)
   return all(set(line) == want for lines in (grid, grid.T, boxes) for line in lines)
@@ -72,7 +81,7 @@ def _task(name: str, n: int, min_blanks: int, max_blanks: int) -> exact_match.Te
   cells = n ** 4
   return exact_match.TextTask(
       name=name, generate=lambda rng: make_puzzle(rng, n, min_blanks, max_blanks),
-      score=is_valid_solution, max_prompt_chars=cells, max_answer_chars=cells,
+      score=is_valid_solution, max_prompt_chars=cells, max_answer_chars=max_blanks,
       description=f'{n * n}x{n * n} sudoku with {min_blanks}-{max_blanks} blanks')
 
 

@@ -41,7 +41,7 @@ class LLaDADecoder(engine.CanvasDecoder):
     if self.tokens_per_step < 1:
       raise ValueError(f'tokens_per_step must be >= 1, got {self.tokens_per_step}.')
 
-  def commit_mask(self, stats, eligible_BxR, region_keys_BxR):
+  def commit_mask(self, stats, eligible_BxR, ctx):
     if self.ordering == 'confidence':
       score = stats.conf
     elif self.ordering == 'margin':
@@ -50,7 +50,7 @@ class LLaDADecoder(engine.CanvasDecoder):
       score = -stats.entropy
     else:
       score = jax.vmap(jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 1))))(
-          region_keys_BxR)
+          ctx.keys_BxR)
     return canvas.top_k_mask(score, eligible_BxR, self.tokens_per_step)
 
 
@@ -64,8 +64,8 @@ class FastDLLMDecoder(engine.CanvasDecoder):
   name: ClassVar[str] = 'fast_dllm'
   threshold: float = 0.9
 
-  def commit_mask(self, stats, eligible_BxR, region_keys_BxR):
-    del region_keys_BxR
+  def commit_mask(self, stats, eligible_BxR, ctx):
+    del ctx
     return canvas.threshold_mask(stats.conf, eligible_BxR, self.threshold)
 
 
@@ -80,8 +80,8 @@ class LocalLeapDecoder(engine.CanvasDecoder):
   relaxed_threshold: float = 0.6
   radius: int = 2
 
-  def commit_mask(self, stats, eligible_BxR, region_keys_BxR):
-    del region_keys_BxR
+  def commit_mask(self, stats, eligible_BxR, ctx):
+    del ctx
     return canvas.localleap_mask(stats.conf, eligible_BxR, self.anchor_threshold,
                                  self.relaxed_threshold, self.radius)
 
@@ -99,8 +99,8 @@ class ETEDecoder(engine.CanvasDecoder):
   budget: float = 1.0
   cross_block: int = 1
 
-  def commit_mask(self, stats, eligible_BxR, region_keys_BxR):
-    del region_keys_BxR
+  def commit_mask(self, stats, eligible_BxR, ctx):
+    del ctx
     exploit = canvas.threshold_mask(stats.conf, eligible_BxR, self.threshold)
     used_B = jnp.sum(jnp.where(exploit, stats.entropy, 0.0), axis=1)
     explore = canvas.budget_mask(stats.entropy, eligible_BxR & ~exploit,

@@ -51,6 +51,18 @@ from models import masks as masks_lib
 CACHE_MODES = ('none', 'prefix', 'dual')
 
 
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+  """What a commit rule may look at besides the statistics: the region's canvas indices and
+  per-position keys, the current sequence, the layout, and the models (a guide)."""
+  n_BxR: jax.Array
+  keys_BxR: jax.Array
+  seq_BxL: jax.Array
+  layout: canvas.Layout
+  models: base.Models
+  params: dict[str, Any]
+
+
 @flax.struct.dataclass
 class EngineState:
   """Loop state.
@@ -90,8 +102,13 @@ class CanvasDecoder(canvas.DiffusionDecoder):
   measure_drift: int = 0
 
   def commit_mask(self, stats: canvas.TokenStats, eligible_BxR: jax.Array,
-                  region_keys_BxR: jax.Array) -> jax.Array:
+                  ctx: StepContext) -> jax.Array:
+    """Which eligible region positions to unmask this step [B, R]."""
     raise NotImplementedError
+
+  def other_forwards_per_step(self) -> int:
+    """Forwards of extra models a step runs (e.g. a guide). Default 0."""
+    return 0
 
   def validate(self, vocab_size: int) -> None:
     self.check_settings(vocab_size)
@@ -226,9 +243,11 @@ class CanvasDecoder(canvas.DiffusionDecoder):
         refreshed = jnp.where(need & active, cur_B, s.refreshed_blk_B)
       eligible = eligible & ok
       stats = canvas.token_stats(rl, keys_of(n_BxR), self.sampling, self.mask_id)
-      commit = self.commit_mask(stats, eligible, keys_of(n_BxR)) & eligible & active[:, None]
+      ctx = StepContext(n_BxR=n_BxR, keys_BxR=keys_of(n_BxR), seq_BxL=s.seq_BxL, layout=layout,
+                        models=models, params=params)
+      commit = self.commit_mask(stats, eligible, ctx) & eligible & active[:, None]
       drift = s.drift_BxK
-      other = s.other_B
+      other = s.other_B + self.other_forwards_per_step() * active
       if cached and self.measure_drift:
         le, pe, se, _ = full(s.seq_BxL, None)
         re_, _ = region_logits(le, pe, se, n_BxR)

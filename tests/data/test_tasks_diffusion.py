@@ -25,14 +25,18 @@ def test_sudoku_grids_are_valid_and_scorer_rejects_broken_ones():
   for n in (2, 3):
     grid = sudoku.solved_grid(rng, n)
     flat = ''.join(grid.reshape(-1).astype(str))
-    assert sudoku.is_valid_solution('.' * len(flat), flat)
+    blank = '.' * len(flat)
+    assert sudoku.is_valid_solution(blank, flat)
     swapped = flat[1] + flat[0] + flat[2:]          # breaks two columns
-    assert not sudoku.is_valid_solution('.' * len(flat), swapped)
-    assert not sudoku.is_valid_solution(flat[:-1] + '.', flat[:-1])   # too short
-    clue = ('1' if flat[0] != '1' else '2') + '.' * (len(flat) - 1)
-    assert not sudoku.is_valid_solution(clue, flat)   # ignores a clue
-  puzzle, _ = sudoku.make_puzzle(rng, 2, 6, 10)
-  assert 6 <= puzzle.count('.') <= 10
+    assert not sudoku.is_valid_solution(blank, swapped)
+    assert not sudoku.is_valid_solution(blank, flat[:-1])   # too short
+    assert not sudoku.is_valid_solution(flat[:-1] + '.', flat[-1] + '0')  # wrong count
+    # Clues are kept: only the blanks are answered.
+    assert sudoku.is_valid_solution(flat[:-1] + '.', flat[-1])
+    wrong = str(int(flat[-1]) % (n * n) + 1)
+    assert not sudoku.is_valid_solution(flat[:-1] + '.', wrong)
+  puzzle, answer = sudoku.make_puzzle(rng, 2, 6, 10)
+  assert 6 <= puzzle.count('.') <= 10 and len(answer) == puzzle.count('.')
 
 
 def test_countdown_scorer_checks_arithmetic_numbers_and_target():
