@@ -11,6 +11,7 @@ from jax import export
 
 from pallas_kernels import common
 from pallas_kernels.decode_attention import decode_attention, tree_attention
+from pallas_kernels.delta_rule.chunk import delta_rule_pallas
 from pallas_kernels.flash_attention import flash_attention
 from pallas_kernels.sampling import fused_sample
 
@@ -34,7 +35,11 @@ def _all_kernels(family):
                           impl=impl)
     tok = fused_sample(logits, logits.astype(jnp.float32), temperature=0.8, top_k=50, top_p=0.9,
                        min_p=0.05, impl=impl)
-    return o, grads, dec, tree, tok
+    dq, dk, dv = q[:, :, :1], q[:, :, :1], jnp.concatenate([q[:, :, :1]] * 2, axis=-1)
+    delta = jax.grad(lambda q, k: delta_rule_pallas(
+        q, k, dv, jnp.ones(q.shape[:3]), -jnp.ones(q.shape[:3]), impl=impl)[0].astype(
+            jnp.float32).sum(), argnums=(0, 1))(dq, dk)
+    return o, grads, dec, tree, tok, delta
 
   args = (jnp.zeros((B, T, H, Dh), bf), jnp.zeros((B, T, K, Dh), bf),
           jnp.zeros((B, 1, H, Dh), bf), jnp.zeros((B, S, K, Dh), bf),
@@ -51,5 +56,6 @@ def test_kernels_lower_for_their_hardware(family, platform):
                              disabled_checks=checks if family == 'gpu' else ())(*args)
   text = exported.mlir_module()
   target = '__gpu$xla.gpu.triton' if family == 'gpu' else 'tpu_custom_call'
-  # flash fwd, dq, dk/dv; decode; tree (decode kernel with the new-token part); sampling.
-  assert text.count(target) >= 6, text.count(target)
+  # flash fwd, dq, dk/dv; decode; tree (decode kernel with the new-token part); sampling;
+  # delta rule forward and backward scans.
+  assert text.count(target) >= 8, text.count(target)
