@@ -52,7 +52,10 @@ def load_checkpoint(hf_dir: str, *, param_dtype: str = 'float32', dtype: str = '
     vocab_size: pad the vocabulary to this many ids (zero rows; see `convert.iter_import`).
 
   Returns:
-    (ModelConfig with vocab_size = the padded size, {path: np.ndarray} nested dict, HFInfo).
+    (ModelConfig with vocab_size = the padded size, nested dict of jax arrays, HFInfo).
+    Each tensor is handed to jax as soon as it is converted and its host copy dropped: peak
+    host memory is the model plus one tensor (orbax then saves jax arrays without copying
+    the tree, which it does for numpy arrays).
 
   Raises:
     UnsupportedModelError, MissingTensorsError, CheckpointFormatError with the names of
@@ -63,7 +66,8 @@ def load_checkpoint(hf_dir: str, *, param_dtype: str = 'float32', dtype: str = '
   reader = safetensors_io.SafetensorsReader(hf_dir)
   params: dict[str, Any] = {}
   for path, array in convert.iter_import(reader, cfg, info, vocab_size=vocab_size):
-    convert.set_path(params, path, array)
+    convert.set_path(params, path, jax.device_put(array))
+    del array
   if vocab_size and vocab_size > cfg.vocab_size:
     cfg = config_lib.ModelConfig.from_dict(cfg.to_dict(), vocab_size=vocab_size)
   return cfg, params, info
@@ -131,4 +135,5 @@ def num_bytes(params: Any) -> int:
 
 __all__ = ['ARCHITECTURES', 'HFInfo', 'UnsupportedModelError', 'MissingTensorsError',
            'CheckpointFormatError', 'read_config', 'load_checkpoint', 'save_checkpoint',
-           'export_model', 'num_bytes', 'config_map', 'convert', 'safetensors_io', 'tokenizer_files']
+           'export_model', 'num_bytes', 'config_map', 'convert', 'safetensors_io',
+           'tokenizer_files']

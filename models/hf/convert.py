@@ -2,19 +2,19 @@
 
 HF Linear weights are [out, in]; ours are einsum operands with named axes:
 
-| HF tensor (per layer i: `model.layers.{i}.`)  | shape        | ours (`layer_{i}/...`) | shape       |
-|-----------------------------------------------|--------------|------------------------|-------------|
-| model.embed_tokens.weight                      | [V, D]       | embed/embedding        | [V, D]      |
-| self_attn.q_proj.weight                        | [H*Dh, D]    | attn/q                 | [D, H, Dh]  |
-| self_attn.k_proj.weight / v_proj.weight        | [K*Dh, D]    | attn/k, attn/v         | [D, K, Dh]  |
-| self_attn.o_proj.weight                        | [D, H*Dh]    | attn/o                 | [H, Dh, D]  |
-| self_attn.{q,k,v}_proj.bias                    | [H*Dh]/[K*Dh]| attn/{q,k,v}_bias      | [H|K, Dh]   |
-| self_attn.{q,k}_norm.weight                    | [Dh]         | attn/{q,k}_norm/scale  | [Dh]        |
-| input_layernorm / post_attention_layernorm     | [D]          | attn_norm / mlp_norm   | [D]         |
-| mlp.gate_proj / up_proj .weight                | [F, D]       | mlp/gate, mlp/up       | [D, F]      |
-| mlp.down_proj.weight                           | [D, F]       | mlp/down               | [F, D]      |
-| model.norm.weight                              | [D]          | final_norm/scale       | [D]         |
-| lm_head.weight (untied only)                   | [V, D]       | lm_head                | [D, V]      |
+| HF tensor (layer i: `model.layers.{i}.`) | HF shape     | ours (`layer_{i}/`)   | our shape  |
+|------------------------------------------|--------------|-----------------------|------------|
+| model.embed_tokens.weight                | [V, D]       | embed/embedding       | [V, D]     |
+| self_attn.q_proj.weight                  | [H*Dh, D]    | attn/q                | [D, H, Dh] |
+| self_attn.k_proj / v_proj .weight        | [K*Dh, D]    | attn/k, attn/v        | [D, K, Dh] |
+| self_attn.o_proj.weight                  | [D, H*Dh]    | attn/o                | [H, Dh, D] |
+| self_attn.{q,k,v}_proj.bias              | [H*Dh|K*Dh]  | attn/{q,k,v}_bias     | [H|K, Dh]  |
+| self_attn.{q,k}_norm.weight              | [Dh]         | attn/{q,k}_norm/scale | [Dh]       |
+| input_ / post_attention_ layernorm       | [D]          | attn_norm, mlp_norm   | [D]        |
+| mlp.gate_proj / up_proj .weight          | [F, D]       | mlp/gate, mlp/up      | [D, F]     |
+| mlp.down_proj.weight                     | [D, F]       | mlp/down              | [F, D]     |
+| model.norm.weight                        | [D]          | final_norm/scale      | [D]        |
+| lm_head.weight (untied only)             | [V, D]       | lm_head               | [D, V]     |
 
 Both RoPE conventions are rotate-half, so q/k need no permutation. Only one tensor is
 converted at a time: imports read it from disk, exports produce it just before writing.
@@ -172,7 +172,7 @@ def iter_import(reader: safetensors_io.SafetensorsReader, cfg: config_lib.ModelC
     raise ValueError(f'vocab_size {vocab_size} is smaller than the checkpoint\'s '
                      f'{cfg.vocab_size}.')
   for e in entries(cfg):
-    x = e.to_ours(reader.get(e.hf_name)).astype(dtype)
+    x = e.to_ours(reader.get(e.hf_name)).astype(dtype, copy=False)
     if extra and e.path == ('embed', 'embedding'):
       x = np.concatenate([x, np.zeros((extra, x.shape[1]), dtype)], axis=0)
     elif extra and e.path == ('lm_head',):
