@@ -14,6 +14,7 @@ from pallas_kernels.decode_attention import decode_attention, tree_attention
 from pallas_kernels.delta_rule.chunk import delta_rule_pallas
 from pallas_kernels.flash_attention import flash_attention
 from pallas_kernels.sampling import fused_sample
+from pallas_kernels.spec_verify.fused import chain_verify_pallas, tree_verify_pallas
 
 B, T, H, K, Dh, S, N, V = 2, 256, 4, 2, 128, 1024, 7, 4096
 
@@ -39,7 +40,18 @@ def _all_kernels(family):
     delta = jax.grad(lambda q, k: delta_rule_pallas(
         q, k, dv, jnp.ones(q.shape[:3]), -jnp.ones(q.shape[:3]), impl=impl)[0].astype(
             jnp.float32).sum(), argnums=(0, 1))(dq, dk)
-    return o, grads, dec, tree, tok, delta
+    out = (o, grads, dec, tree, tok, delta)
+    if family == 'gpu':  # fused verification has GPU kernels only
+      lp = jax.nn.log_softmax(logits.astype(jnp.float32))
+      lp4 = jnp.stack([lp] * 4, axis=1)
+      drafts = jnp.zeros((B, 3), jnp.int32)
+      chain = chain_verify_pallas(lp4, lp4[:, :3], drafts, drafts == 0, jnp.full((B, 3), 0.5),
+                                  mode='iid', impl=impl)
+      children = jnp.broadcast_to(jnp.array([[1, 2], [3, -1], [-1, -1], [-1, -1]]), (B, 4, 2))
+      tree_v = tree_verify_pallas(lp4, None, jnp.zeros((B, 4), jnp.int32), children,
+                                  jnp.full((B, 2, 2), 0.5), impl=impl)
+      out += (chain, tree_v)
+    return out
 
   args = (jnp.zeros((B, T, H, Dh), bf), jnp.zeros((B, T, K, Dh), bf),
           jnp.zeros((B, 1, H, Dh), bf), jnp.zeros((B, S, K, Dh), bf),
@@ -57,5 +69,5 @@ def test_kernels_lower_for_their_hardware(family, platform):
   text = exported.mlir_module()
   target = '__gpu$xla.gpu.triton' if family == 'gpu' else 'tpu_custom_call'
   # flash fwd, dq, dk/dv; decode; tree (decode kernel with the new-token part); sampling;
-  # delta rule forward and backward scans.
-  assert text.count(target) >= 8, text.count(target)
+  # delta rule forward and backward scans; chain and tree verification (GPU).
+  assert text.count(target) >= (10 if family == 'gpu' else 8), text.count(target)
