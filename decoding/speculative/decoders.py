@@ -22,6 +22,8 @@ from decoding import base
 from decoding import registry
 from decoding.speculative import draft_model
 from decoding.speculative import drafter as drafter_lib
+from decoding.speculative import early_exit
+from decoding.speculative import head_drafters
 from decoding.speculative import jacobi
 from decoding.speculative import loop
 from decoding.speculative import ngram
@@ -115,7 +117,7 @@ class SpeculativeDecoder(base.Decoder):
                prompt_len_B: jax.Array, row_keys_B: jax.Array, *, max_new_tokens: int,
                cache_size: int, eos_id: int, pad_id: int) -> base.DecodeResult:
     mode = self.verification_mode()
-    drafter = self._drafter_for(mode)
+    drafter = self._drafter_for(mode).resolve(models)
     drafter.check(models, params)
     need = max_new_tokens + drafter.extra_cache_slots() + 1
     if need > cache_size:
@@ -204,3 +206,58 @@ JacobiDecoder = _alias(
 LookaheadDecoder = _alias(
     'lookahead', 'lookahead', 'Lookahead decoding: a Jacobi window plus an n-gram pool '
     'verified as one trie (training-free, lossless).')
+
+
+# Medusa trees: rank-acceptance of head proposals (top-1 dominates).
+HEADS_PROFILE = (0.6, 0.15, 0.07, 0.04, 0.03, 0.02)
+
+
+@register_drafter('medusa')
+def _medusa(d: SpeculativeDecoder) -> drafter_lib.Drafter:
+  return head_drafters.MedusaDrafter(template=d.template(HEADS_PROFILE))
+
+
+@register_drafter('mtp')
+def _mtp(d: SpeculativeDecoder) -> drafter_lib.Drafter:
+  return head_drafters.MTPDrafter(template=d.template(HEADS_PROFILE))
+
+
+def _exit_drafter(d: SpeculativeDecoder, adapter: bool, dynamic: bool) -> drafter_lib.Drafter:
+  if d.tree != 'chain':
+    raise ValueError(f'The {d.drafter!r} drafter drafts chains only (tree=chain).')
+  exits = () if dynamic else (d.exit_layer,)
+  return early_exit.EarlyExitDrafter(exits=exits, gamma=d.gamma, stop_below=d.stop_below,
+                                     adapter=adapter)
+
+
+@register_drafter('layerskip')
+def _layerskip(d: SpeculativeDecoder) -> drafter_lib.Drafter:
+  return _exit_drafter(d, adapter=False, dynamic=False)
+
+
+@register_drafter('kangaroo')
+def _kangaroo(d: SpeculativeDecoder) -> drafter_lib.Drafter:
+  return _exit_drafter(d, adapter=True, dynamic=False)
+
+
+@register_drafter('del')
+def _del(d: SpeculativeDecoder) -> drafter_lib.Drafter:
+  return _exit_drafter(d, adapter=False, dynamic=True)
+
+
+MedusaDecoder = _alias(
+    'medusa', 'medusa', 'Medusa heads on the target\'s last hidden state over a static tree '
+    '(needs a run trained with configs/spec_heads.py:medusa; lossless).', tree='static',
+    gamma=3, tree_nodes=24)
+MTPDecoder = _alias(
+    'mtp', 'mtp', 'DeepSeek-style sequential MTP modules as drafter (needs a run trained with '
+    'configs/spec_heads.py:mtp; lossless).', gamma=2)
+LayerSkipDecoder = _alias(
+    'layerskip', 'layerskip', 'Self-speculation by early exit through the shared head, '
+    'reusing the shallow layers\' cache (lossless).', gamma=4)
+KangarooDecoder = _alias(
+    'kangaroo', 'kangaroo', 'Kangaroo: early exit plus a trained adapter, stop at low '
+    'confidence (needs configs/spec_heads.py:kangaroo; lossless).', gamma=6, stop_below=0.6)
+DELDecoder = _alias(
+    'del', 'del', 'DEL: early exit with the exit layer and draft length picked online from '
+    'shadow-token acceptance (lossless).', gamma=4)

@@ -111,6 +111,11 @@ class Drafter:
   def extra_models(self) -> dict[str, str]:
     return {}
 
+  def resolve(self, models: base.Models) -> 'Drafter':
+    """Fills settings that depend on the models (e.g. the exit layer); default: self."""
+    del models
+    return self
+
   def check(self, models: base.Models, params: dict[str, Any]) -> None:
     """Clear errors for models/params that do not fit (called at trace time)."""
     del models, params
