@@ -94,7 +94,7 @@ def main(argv):
                               eos_id=target.tokenizer.eos_id, pad_id=target.tokenizer.pad_id,
                               max_new_tokens=_MAX_NEW.value, cache_size=_CACHE.value,
                               seed=_SEED.value, batch_size=_BATCH.value, mesh=mesh,
-                              load_extra=load_extra)
+                              load_extra=load_extra, target_extras=target.extras)
   except (ValueError, checkpoint.CheckpointError, FileNotFoundError) as e:
     cli.fail(str(e))
   tok = target.tokenizer

@@ -56,12 +56,17 @@ def default_cache_size(prompts: Sequence[Sequence[int]], max_new_tokens: int,
 def run_all(decoders: Sequence[base.Decoder], target: Any, target_params: Any,
             prompts: Sequence[Sequence[int]], *, eos_id: int, pad_id: int, max_new_tokens: int,
             cache_size: int = 0, seed: int = 0, batch_size: int | None = None, mesh=None,
-            load_extra: Callable[[str], tuple[Any, Any]] | None = None) -> Results:
-  """Runs every decoder on the same prompts; cache_size 0 = just enough for all of them."""
+            load_extra: Callable[[str], tuple[Any, Any]] | None = None,
+            target_extras: dict[str, Any] | None = None) -> Results:
+  """Runs every decoder on the same prompts; cache_size 0 = just enough for all of them.
+
+  `target_extras`: the target run's training extras (draft heads, adapters), passed to the
+  decoders as params[name] beside params['target'].
+  """
   cache_size = cache_size or default_cache_size(prompts, max_new_tokens, decoders)
   results: Results = {}
   for dec in decoders:
-    extras, params = [], {'target': target_params}
+    extras, params = [], {**(target_extras or {}), 'target': target_params}
     for name, workdir in dec.extra_models().items():
       if load_extra is None:
         raise ValueError(f'Decoder {dec.name!r} needs model {name!r} but no loader was given.')
