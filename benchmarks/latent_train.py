@@ -14,7 +14,7 @@ each started from the previous stage's parameters:
                 the whole curriculum (max_stage x steps): Coconut's "w/o curriculum"
   nocot         no chain of thought, from scratch, with the steps of cot + curriculum
 
-Runs land in ROOT/TASK/METHOD[_stageS]; a finished run is skipped when rerun (resume is
+Runs land in ROOT/TASK/METHOD[_stageS][SUFFIX]; a finished run is skipped when rerun (resume is
 exact). Prints the workdir of each method's final model (what benchmarks/latent.py reads).
 """
 
@@ -35,18 +35,19 @@ _METHODS = flags.DEFINE_list('methods', ['cot', 'nocot', 'coconut', 'pause', 'si
 _ROOT = flags.DEFINE_string('root', 'runs/latent', 'Where the runs go.')
 _EXTRA = flags.DEFINE_list('extra', [], 'More config arguments (key=value) for every run.')
 _DRY = flags.DEFINE_bool('dry_run', False, 'Print the commands only.')
+_SUFFIX = flags.DEFINE_string('suffix', '', 'Appended to every run name (e.g. _test).')
 
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def plan(task: str, size: str, steps: int, stage0_factor: int, methods: list[str], root: str,
-         extra: list[str]) -> tuple[list[tuple[str, str]], dict[str, str]]:
+         extra: list[str], suffix: str = '') -> tuple[list[tuple[str, str]], dict[str, str]]:
   """[(workdir, config argument)] in training order and {method: final workdir}."""
   from configs import latent_reasoning  # pylint: disable=g-import-not-at-top
   base = latent_reasoning.get_config(','.join([f'task={task}', f'size={size}'] + extra))
   steps = steps or base.train.steps
   max_stage = base.latent.max_stage
-  d = lambda name: os.path.join(root, task, name)
+  d = lambda name: os.path.join(root, task, name + suffix)
   common = [f'task={task}', f'size={size}'] + extra
   arg = lambda **kw: ','.join(common + [f'{k}={v}' for k, v in kw.items()])
   runs, final = [], {}
@@ -82,7 +83,7 @@ def _finished(workdir: str) -> bool:
 def main(argv):
   del argv
   runs, final = plan(_TASK.value, _SIZE.value, _STEPS.value, _STAGE0.value, _METHODS.value,
-                     _ROOT.value, _EXTRA.value)
+                     _ROOT.value, _EXTRA.value, _SUFFIX.value)
   for workdir, arg in runs:
     cmd = [sys.executable, 'train.py', f'--config=configs/latent_reasoning.py:{arg}',
            f'--workdir={workdir}']

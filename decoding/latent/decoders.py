@@ -11,7 +11,8 @@ quality next to speed (benchmarks/latent.py). Token ids default to the byte toke
 specials; set think_*_id / latent_id / pause_id for other tokenizers.
 
 Prompts should end with `<think>` (the models trained by configs/latent_reasoning.py see
-`<bos> question <sep> <think>`); the answer follows `</think>`.
+`<bos> question <sep> <think>`); the answer follows `</think>`. Free-text prompts (sample.py
+--prompt) get those tokens with `--decoder_config.append_ids=260,261` (byte ids).
 
 Statistics (`DecodeResult.extra`, per row): latent_steps (positions fed a thought),
 think_tokens (positions up to and including `</think>`; all if thinking never closed),
@@ -62,6 +63,7 @@ class LatentDecoder(base.Decoder):
   think_end_id: int = 262
   latent_id: int = 263
   pause_id: int = 264
+  append_ids: tuple[int, ...] = ()
 
   def __post_init__(self):
     mode = feedback.mode_id(self.mode)
@@ -86,10 +88,15 @@ class LatentDecoder(base.Decoder):
         start_thinking=self.start_thinking, swi_alpha0=self.swi_alpha0,
         swi_beta0=self.swi_beta0)
 
+  def extra_cache_slots(self, max_new_tokens: int) -> int:
+    del max_new_tokens
+    return len(self.append_ids)
+
   def generate(self, models: base.Models, params: dict[str, Any], prompt_BxP: jax.Array,
                prompt_len_B: jax.Array, row_keys_B: jax.Array, *, max_new_tokens: int,
                cache_size: int, eos_id: int, pad_id: int) -> base.DecodeResult:
     target, p = models.target, params['target']
+    prompt_BxP, prompt_len_B = append_tokens(prompt_BxP, prompt_len_B, self.append_ids, pad_id)
     B = prompt_BxP.shape[0]
     cache = cache_lib.Cache.init(target.cfg, B, cache_size)
     first = loop.prefill_first(target, p, prompt_BxP, prompt_len_B, cache)
@@ -98,6 +105,18 @@ class LatentDecoder(base.Decoder):
                       prompt_len_B, row_keys_B, modes_B, self.settings,
                       max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id)
     return result(s, self.think_end_id)
+
+
+def append_tokens(prompt_BxP: jax.Array, prompt_len_B: jax.Array, ids: tuple[int, ...],
+                  pad_id: int) -> tuple[jax.Array, jax.Array]:
+  """Appends `ids` after each row's prompt (e.g. <sep> <think> for free-text prompts)."""
+  if not ids:
+    return prompt_BxP, prompt_len_B
+  B, K = prompt_BxP.shape[0], len(ids)
+  out = jnp.concatenate([prompt_BxP, jnp.full((B, K), pad_id, prompt_BxP.dtype)], axis=1)
+  cols_BxK = prompt_len_B[:, None] + jnp.arange(K)[None, :]
+  out = out.at[jnp.arange(B)[:, None], cols_BxK].set(jnp.asarray(ids, out.dtype)[None, :])
+  return out, prompt_len_B + K
 
 
 def result(s: loop.LoopState, think_end_id: int) -> base.DecodeResult:

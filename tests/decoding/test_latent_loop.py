@@ -111,11 +111,15 @@ def test_one_compile_serves_every_mode_and_rows_are_independent(lm):
     assert alone[m] != ar, f'{m} feeds back something else'
 
 
-def test_registered_decoder_reports_latent_statistics(lm):
+def test_registered_decoder_appends_think_and_reports_statistics(lm):
+  """The `coconut` decoder on prompts without their trailing <think> (append_ids adds it)
+  equals the loop on the full prompts, and reports its latent statistics."""
   model, params = lm
-  dec = registry.build('coconut', {**IDS, 'latent_steps': 3})
-  rows, stats = run_decoder(dec, Models(model), {'target': params}, PROMPTS, max_new_tokens=10,
-                            cache_size=32, eos_id=EOS, pad_id=PAD, seed=1)
+  dec = registry.build('coconut', {**IDS, 'latent_steps': 3, 'append_ids': (40,)})
+  rows, stats = run_decoder(dec, Models(model), {'target': params}, [p[:-1] for p in PROMPTS],
+                            max_new_tokens=10, cache_size=32, eos_id=AR_EOS['greedy'],
+                            pad_id=PAD, seed=1)
+  assert [r.tokens for r in rows] == _run_loop(lm, 'greedy', ['hidden'] * 4)[0]
   for r in rows:
     assert r.tokens[:4] == [42, 42, 42, 41]
     assert r.extra['latent_steps'] == 3 and r.extra['think_tokens'] == 4

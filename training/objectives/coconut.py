@@ -24,7 +24,8 @@ Latent positions are filled by repeated one-position forwards with the KV cache 
 'cache'`: prefix, then one call per thought, then the suffix; gradients flow through the
 cache). `fill = 'recompute'` runs the whole row n + 1 times without a cache instead; the two
 give the same logits (tested), the cache costs (P + n + S) token-forwards instead of
-(n + 1)(P + n + S).
+(n + 1)(P + n + S). Rows whose thoughts do not depend on the model (pause tokens, no thoughts)
+take one flat pass.
 
 The optimizer is reset per stage by running one training run per stage, each started from the
 previous stage's parameters (`latent.init_from` = that run's workdir, through
@@ -224,7 +225,10 @@ def forward_recompute(model: transformer_lib.Transformer, params: Any,
   b = jnp.arange(B)
   # Flat index of the position before thought k: the last prefix token, then thought k - 1.
   before_BxL = jnp.where(k_1xL == 0, (plen_B - 1)[:, None], P + k_1xL - 1)
-  for k in range(L):
+  if pause_id is not None:  # constant thoughts: nothing to fill sequentially, one pass
+    x_BxTxD = x_BxTxD.at[:, P:P + L].set(_thought_input(
+        jnp.zeros((B, L, x_BxTxD.shape[-1])), embed_VxD, pause_id))
+  for k in range(L if pause_id is None else 0):
     out = model.apply({'params': params}, None, pos_BxT, inputs_embeds_BxTxD=x_BxTxD)
     h_BxD = out.last_hidden_BxTxD[b, before_BxL[:, k]].astype(jnp.float32)
     x_new = _thought_input(h_BxD, embed_VxD, pause_id)
@@ -245,8 +249,11 @@ def answer_metrics(logits_BxSxV: jax.Array, batch: dict[str, jax.Array]
 
 
 def make_forward(model: transformer_lib.Transformer, s: LatentSettings, pause_id: int):
-  fwd = forward_cached if s.fill == 'cache' else forward_recompute
+  """The forward of `s.fill`; rows without hidden-state thoughts (cot, nocot, pause) need no
+  sequential filling and always take the single flat pass."""
   pid = pause_id if s.method == 'pause' else None
+  hidden = s.method == 'coconut' and s.max_thoughts > 0
+  fwd = forward_cached if (s.fill == 'cache' and hidden) else forward_recompute
   return lambda params, batch: fwd(model, params, batch, s.max_thoughts, pid)
 
 
