@@ -127,37 +127,43 @@ def _extra_loader(target: Model):
   return load_extra
 
 
-def build(name: str, temperature: float, models: Sequence[Model], extra_workdirs: dict[str, str],
-          settings: dict[str, Any]) -> tuple[Any, Model | None, str]:
-  """(decoder, the model it runs on, '') or (None, None, the reason it is skipped)."""
-  import decoding  # pylint: disable=g-import-not-at-top
+def targets(name: str, models: Sequence[Model]) -> tuple[list[Model], str]:
+  """The workdirs decoder `name` may run on, in order, or ([], why none fits)."""
   from decoding import registry  # pylint: disable=g-import-not-at-top
   cls = registry.get(name)
-  target = next((m for m in models if decodes(cls, m.objective)), None)
-  if target is None:
-    wanted = getattr(cls, 'objectives', None) or (
-        DIFFUSION_OBJECTIVES if cls.family == 'diffusion' else ('ar', '...'))
-    return None, None, (f'needs a model trained with {"/".join(wanted)}; the workdirs given '
-                        f'have {sorted({m.objective for m in models})}')
-  chosen = dict(settings)
-  for f in registry.settings_fields(name):  # e.g. draft_workdir <- --models=draft=DIR
-    if f.name.endswith('_workdir') and not chosen.get(f.name) and not f.default:
-      chosen.setdefault(f.name, extra_workdirs.get(f.name[:-len('_workdir')], ''))
+  fits = [m for m in models if decodes(cls, m.objective)]
+  if fits:
+    return fits, ''
+  wanted = getattr(cls, 'objectives', None) or (
+      DIFFUSION_OBJECTIVES if cls.family == 'diffusion' else ('ar', '...'))
+  return [], (f'needs a model trained with {"/".join(wanted)}; the workdirs given have '
+              f'{sorted({m.objective for m in models})}')
+
+
+def build(name: str, temperature: float, target: Model, extra_workdirs: dict[str, str],
+          settings: dict[str, Any]) -> tuple[Any, str]:
+  """(decoder for `target`, '') or (None, the reason it cannot be built)."""
+  import decoding  # pylint: disable=g-import-not-at-top
+  from decoding import registry  # pylint: disable=g-import-not-at-top
+  fields = {f.name: f for f in registry.settings_fields(name)}
+  chosen = {k: v for k, v in settings.items() if k in fields}
+  for f in fields.values():  # draft_workdir or draft <- --models=draft=DIR
+    key = f.name.removesuffix('_workdir')
+    if f.default in ('', None) and not chosen.get(f.name) and key in extra_workdirs:
+      chosen[f.name] = extra_workdirs[key]
   try:
-    dec = registry.build(name, {k: v for k, v in chosen.items()
-                                if k in {f.name for f in registry.settings_fields(name)}},
-                         decoding.SamplingConfig(temperature=temperature))
+    dec = registry.build(name, chosen, decoding.SamplingConfig(temperature=temperature))
     if hasattr(dec, 'for_model'):
       dec = dec.for_model(target.loaded.config, target.loaded.tokenizer)
     needs = dec.extra_models()
   except (ValueError, TypeError, KeyError) as e:
-    return None, None, f'cannot be built with these settings: {e}'
+    return None, f'cannot be built with these settings: {e}'
   missing = {k: v for k, v in needs.items() if not v or not os.path.isdir(v)}
   if missing:
-    return None, None, ('needs model(s) ' + ', '.join(
-        f'{k!r} ({v or "not set"})' for k, v in missing.items())
-                        + f'; pass --models={list(missing)[0]}=DIR or --set={name}.FIELD=DIR')
-  return dec, target, ''
+    return None, ('needs model(s) ' + ', '.join(f'{k!r} ({v or "not set"})'
+                                                for k, v in missing.items())
+                  + f'; pass --models={list(missing)[0]}=DIR or --set={name}.FIELD=DIR')
+  return dec, ''
 
 
 def run_one(dec: Any, target: Model, *, max_new_tokens: int, seed: int,
@@ -170,7 +176,8 @@ def run_one(dec: Any, target: Model, *, max_new_tokens: int, seed: int,
     results = compare.run_all([dec], target.loaded.model, target.loaded.params,
                               target.prompts, eos_id=tok.eos_id, pad_id=tok.pad_id,
                               max_new_tokens=max_new_tokens, seed=seed,
-                              load_extra=_extra_loader(target))
+                              load_extra=_extra_loader(target),
+                              target_extras=target.loaded.extras)
     rows, stats = next(iter(results.values()))
     first = first or (rows, stats)
     walls.append(stats.wall_time_s)
@@ -224,6 +231,20 @@ def judge_quality(judge: Model, prompt_texts: Sequence[str], gen_texts: Sequence
   return float(np.exp(per_token[mask].sum() / max(mask.sum(), 1))), float(np.mean(entropies))
 
 
+def _score(row: Row, rows: Sequence[Row], judge: Model, target: Model) -> None:
+  """Fills quality, the speedup against AR on the same model and temperature, and whether
+  the tokens equal AR's at temperature 0."""
+  row.perplexity, row.entropy_bits = judge_quality(judge, target.texts, row.texts)
+  ar = next((r for r in rows if r.method == 'ar' and r.model == row.model
+             and r.temperature == row.temperature), None)
+  if row.method == 'ar':
+    row.speedup = 1.0
+  elif ar is not None:
+    row.speedup = row.tokens_per_s / max(ar.tokens_per_s, 1e-9)
+    if row.temperature == 0:
+      row.same_as_ar = 'yes' if row.tokens == ar.tokens else 'no'
+
+
 def run_report(models: Sequence[Model], *, decoders: Sequence[str] | None = None,
                temperatures: Sequence[float] = (0.0, 1.0), max_new_tokens: int = 64,
                seed: int = 0, repeats: int = 5, extra_workdirs: dict[str, str] | None = None,
@@ -231,8 +252,9 @@ def run_report(models: Sequence[Model], *, decoders: Sequence[str] | None = None
                log=print) -> tuple[list[Row], list[tuple[str, str]]]:
   """Runs every decoder (default: all registered) at every temperature.
 
-  Returns (rows, skipped [(decoder, reason)]). AR runs first on each model it decodes; the
-  speedups and the 'same tokens as AR at T=0' column are relative to it.
+  Returns (rows, skipped [(decoder, reason)]). AR runs first, on every model it decodes; the
+  speedups and the 'same tokens as AR at T=0' column are relative to AR on the same model.
+  Every other decoder runs on the first compatible model that does not refuse it.
   """
   from decoding import registry  # pylint: disable=g-import-not-at-top
   names = list(decoders or registry.names())
@@ -241,33 +263,47 @@ def run_report(models: Sequence[Model], *, decoders: Sequence[str] | None = None
   rows: list[Row] = []
   skipped: list[tuple[str, str]] = []
   for name in names:
+    fits, reason = targets(name, models)
+    if not fits:
+      skipped.append((name, reason))
+      log(f'skip {name}: {reason}')
+      continue
+    refusals: dict[float, str] = {}
     for temperature in temperatures:
-      dec, target, reason = build(name, temperature, models, extra_workdirs or {},
-                                  (settings or {}).get(name, {}))
-      if dec is None:
-        if temperature == temperatures[0]:
-          skipped.append((name, reason))
-          log(f'skip {name}: {reason}')
-        continue
-      try:
-        row = run_one(dec, target, max_new_tokens=max_new_tokens, seed=seed, repeats=repeats)
-      except Exception as e:  # pylint: disable=broad-except
-        skipped.append((f'{name} (T={temperature:g})', f'failed: {type(e).__name__}: '
-                        f'{str(e).splitlines()[0][:200] if str(e) else ""}'))
-        log(f'FAILED {name} T={temperature:g}: {type(e).__name__}: {e}')
-        continue
-      row.perplexity, row.entropy_bits = judge_quality(judge, target.texts, row.texts)
-      ar = next((r for r in rows if r.method == 'ar' and r.model == row.model
-                 and r.temperature == temperature), None)
-      if ar is not None:
-        row.speedup = row.tokens_per_s / max(ar.tokens_per_s, 1e-9)
-        if temperature == 0:
-          row.same_as_ar = 'yes' if row.tokens == ar.tokens else 'no'
-      elif name == 'ar':
-        row.speedup = 1.0
-      rows.append(row)
-      log(f'{name:24s} T={temperature:g} on {row.model}: tau {row.tau:.2f}, '
-          f'{row.tokens_per_s:.0f} tok/s, ppl {row.perplexity:.2f}')
+      # AR, the baseline, runs on every model; the others on the first that accepts them.
+      reasons = []
+      for target in fits:
+        dec, reason = build(name, temperature, target, extra_workdirs or {},
+                            (settings or {}).get(name, {}))
+        if dec is None:
+          reasons.append(reason)
+          break  # the settings, not the model, are the problem
+        try:
+          row = run_one(dec, target, max_new_tokens=max_new_tokens, seed=seed,
+                        repeats=repeats)
+        except Exception as e:  # pylint: disable=broad-except
+          # A ValueError is a decoder refusing this model with its own message (e.g. "needs
+          # an adapter in the target run"): try the next model. Anything else is a failure.
+          first_line = str(e).splitlines()[0][:300] if str(e) else ''
+          kind = 'refused' if isinstance(e, ValueError) else 'failed'
+          reasons.append(f'{kind} by {target.name}: {type(e).__name__}: {first_line}')
+          log(f'{kind} {name} T={temperature:g} on {target.name}: {type(e).__name__}: {e}')
+          if kind == 'failed':
+            break
+          continue
+        _score(row, rows, judge, target)
+        rows.append(row)
+        reasons = []
+        log(f'{name:24s} T={temperature:g} on {row.model}: tau {row.tau:.2f}, '
+            f'{row.tokens_per_s:.0f} tok/s, ppl {row.perplexity:.2f}')
+        if name != 'ar':
+          break
+      if reasons:
+        refusals[temperature] = '; '.join(reasons)
+    if len(refusals) == len(temperatures) and len(set(refusals.values())) == 1:
+      skipped.append((name, refusals[temperatures[0]]))
+    else:
+      skipped += [(f'{name} (T={t:g})', why) for t, why in refusals.items()]
   return rows, skipped
 
 

@@ -37,6 +37,16 @@ class _Broken(ar.ARDecoder):
 
 
 @dataclasses.dataclass(frozen=True)
+class _Refuses(ar.ARDecoder):
+  """Test-only: refuses the model with a ValueError (like a heads decoder without heads)."""
+  name: ClassVar[str] = 'report_test_refuses'
+  family: ClassVar[str] = 'speculative'
+
+  def generate(self, *args, **kwargs):
+    raise ValueError('needs heads in the target run')
+
+
+@dataclasses.dataclass(frozen=True)
 class _Diffusion(ar.ARDecoder):
   """Test-only: a diffusion-family decoder (needs a diffusion-trained model)."""
   name: ClassVar[str] = 'report_test_diffusion'
@@ -48,7 +58,7 @@ class _Diffusion(ar.ARDecoder):
 def fake_decoders():
   """Registers the test decoders for one test and removes them after (the registry is
   process-global; other tests list every registered decoder)."""
-  classes = (_NeedsDraft, _Broken, _Diffusion)
+  classes = (_NeedsDraft, _Broken, _Refuses, _Diffusion)
   for cls in classes:
     registry.register(cls)
   yield [cls.name for cls in classes]
@@ -89,15 +99,17 @@ def test_every_registered_decoder_is_planned_or_skipped_with_a_reason(trained_wo
                                                                        fake_decoders):
   models = report.load_models([trained_workdir], num_prompts=2, prompt_chars=40)
   for name in registry.names():
-    dec, target, reason = report.build(name, 0.0, models, {}, {})
-    assert (dec is None) == bool(reason), name
-    assert dec is None or target is models[0]
-  _, _, reason = report.build('report_test_needs_draft', 0.0, models, {}, {})
+    fits, reason = report.targets(name, models)
+    assert bool(fits) != bool(reason), name
+    if fits:
+      dec, reason = report.build(name, 0.0, fits[0], {}, {})
+      assert (dec is None) == bool(reason), name
+  assert 'masked_diffusion' in report.targets('report_test_diffusion', models)[1]
+  assert "['ar']" in report.targets('report_test_diffusion', models)[1]
+  _, reason = report.build('report_test_needs_draft', 0.0, models[0], {}, {})
   assert "'draft'" in reason and '--models=draft=DIR' in reason
-  _, _, reason = report.build('report_test_diffusion', 0.0, models, {}, {})
-  assert 'masked_diffusion' in reason and "['ar']" in reason
-  dec, _, _ = report.build('report_test_needs_draft', 0.0, models,
-                           {'draft': trained_workdir}, {})
+  dec, _ = report.build('report_test_needs_draft', 0.0, models[0], {'draft': trained_workdir},
+                        {})
   assert dec is not None and dec.draft_workdir == trained_workdir
 
 
@@ -117,12 +129,15 @@ def test_report_rows_quality_and_files(trained_workdir, fake_decoders, tmp_path)
   assert 0 <= ar0.entropy_bits < by['ar', 1.0].entropy_bits <= np.log2(8)
   reasons = dict(skipped)
   assert 'masked_diffusion' in reasons['report_test_diffusion']
-  assert 'RuntimeError: boom' in reasons['report_test_broken (T=0)']
+  name = models[0].name
+  assert reasons['report_test_broken'] == f'failed by {name}: RuntimeError: boom'
+  assert reasons['report_test_refuses'] == (f'refused by {name}: ValueError: needs heads in '
+                                            'the target run')
   plots = report.plot(rows, str(tmp_path))
   assert all(os.path.getsize(tmp_path / p) > 1000 for p in plots)
   text = report.markdown(rows, skipped, plots, 'setup')
   assert text.count('\n| ar | autoregressive | yes |') == 2
-  assert 'report_test_broken (T=0)' in text and 'report_speed_quality.png' in text
+  assert '`report_test_broken`: failed' in text and 'report_speed_quality.png' in text
 
 
 def test_judge_perplexity_is_the_models_own(trained_workdir):
