@@ -78,6 +78,7 @@ def main(argv):
     mesh = cli.parse_mesh(_MESH.value)
     target = loading.load_model(_WORKDIR.value, step=_STEP.value, mesh=mesh,
                                 dtype=_DTYPE.value)
+    decoders = [d.for_model(target.config, target.tokenizer) for d in decoders]
     prompts = cli.read_prompts(target.tokenizer, prompt=_PROMPT.value,
                                prompts_file=_PROMPTS_FILE.value, heldout=_HELDOUT.value,
                                prompt_chars=_PROMPT_CHARS.value,

@@ -76,6 +76,12 @@ class Decoder:
     del max_new_tokens
     return 0
 
+  def for_model(self, run_config: dict[str, Any], tokenizer: Any) -> 'Decoder':
+    """This decoder with settings that depend on the model filled in from its training run's
+    config and tokenizer (e.g. a diffusion decoder's mask id and logit shift). Default: self."""
+    del run_config, tokenizer
+    return self
+
   def generate(self, models: Models, params: dict[str, Any], prompt_BxP: jax.Array,
                prompt_len_B: jax.Array, row_keys_B: jax.Array, *, max_new_tokens: int,
                cache_size: int, eos_id: int, pad_id: int) -> DecodeResult:
