@@ -1,0 +1,372 @@
+"""Diffusion decoders side by side: NFE per token, tokens/s and quality, against one token per
+step and against our AR model of the same size, in one run.
+
+  python -m benchmarks.diffusion --runs=runs/diffusion            # after the training runs:
+  # sudoku4 (configs/diffusion_tasks.py:sudoku4,mdlm and :sudoku4,ar),
+  # code (configs/diffusion_lm.py:ar, :mdlm, :wedlm) in RUNS/{sudoku4_mdlm, sudoku4_ar,
+  # code_ar, code_mdlm, code_wedlm}; a missing run skips its part.
+
+Parts:
+  sudoku4  exact-match accuracy on held-out puzzles: every diffusion decoder on the masked
+           diffusion model (one block = the whole answer, so the order is fully adaptive),
+           and AR decoding of the AR model trained on the same rows.
+  code     held-out stdlib prompts, 64 new tokens, blocks of 16: quality = our AR model's
+           perplexity of the generated text (given the prompt) and the text's unigram
+           entropy (degenerate repetitive text has low perplexity and low entropy); the
+           approximate caches' drift against recomputation; guided diffusion and DiffuSpec
+           with the AR model; WeDLM against AR decoding of the same WeDLM backbone.
+Writes benchmarks/results/diffusion.md and diffusion_speed_quality.png. Greedy decoding.
+Speed ratios are measured in the same run; on a CPU they say little about a GPU, where a
+forward over 16-64 tokens costs about the same as over one (memory-bound decoding).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import common
+from decoding import base, registry, runner
+from decoding import sampling as sampling_lib
+from decoding.diffusion import canvas
+
+GOAL_NFE = 0.35
+
+
+@dataclasses.dataclass
+class Row:
+  part: str
+  model: str
+  decoder: str
+  settings: str
+  nfe_per_token: float
+  tokens_per_forward: float
+  tokens_per_s: float
+  quality: float
+  quality_name: str
+  extra: dict[str, Any]
+  tokens: list[list[int]]
+
+
+def load(path: str):
+  from training import loading  # pylint: disable=g-import-not-at-top
+  return loading.load_model(path) if os.path.isdir(os.path.join(path, 'checkpoints')) else None
+
+
+def run(name: str, settings: dict[str, Any], target, prompts: Sequence[Sequence[int]],
+        max_new: int, extras: dict[str, Any] | None = None, batch_size: int = 64):
+  """One decoder over all prompts: (rows, stats, decoder)."""
+  dec = registry.build(name, settings, sampling_lib.SamplingConfig())
+  if isinstance(dec, canvas.DiffusionDecoder):  # mask id, shift, block layout from the run
+    dec = dec.for_model(target.config, target.tokenizer)
+  extras = extras or {}
+  models = base.Models(target.model, extras=tuple((k, v.model) for k, v in extras.items()))
+  params = {'target': target.params, **{k: v.params for k, v in extras.items()}}
+  tok = target.tokenizer
+  size = max(len(p) for p in prompts) + max_new + dec.extra_cache_slots(max_new)
+  rows, stats = runner.run_decoder(dec, models, params, prompts, max_new_tokens=max_new,
+                                   cache_size=int(math.ceil(size / 64) * 64), eos_id=tok.eos_id,
+                                   pad_id=tok.pad_id, batch_size=batch_size)
+  return rows, stats, dec
+
+
+def describe(dec) -> str:
+  skip = {'sampling', 'mask_id', 'drafter', 'guide', 'measure_drift', 'shift', 'block_causal',
+          'block_size'}
+  defaults = {f.name: f.default for f in dataclasses.fields(type(dec))}
+  return ', '.join(f'{k}={v}' for k, v in dataclasses.asdict(dec).items()
+                   if k not in skip and v != defaults.get(k))
+
+
+def make_row(part, model, name, dec, rows, stats, quality, quality_name, **extra) -> Row:
+  toks = [r.tokens for r in rows]
+  gen = max(stats.generated, 1)
+  return Row(part=part, model=model, decoder=name, settings=describe(dec),
+             nfe_per_token=stats.target_forwards / gen,
+             tokens_per_forward=gen / max(stats.target_forwards, 1),
+             tokens_per_s=stats.tokens_per_s, quality=quality, quality_name=quality_name,
+             extra={**{k: v for k, v in stats.extra.items()}, **extra}, tokens=toks)
+
+
+# ---------------------------------------------------------------------------- sudoku
+
+SUDOKU_DECODERS = [  # (name, settings) on the masked-diffusion model
+    ('llada', dict(tokens_per_step=1, ordering='confidence')),   # one token per step
+    ('llada', dict(tokens_per_step=1, ordering='random')),       # a fixed random order
+    ('llada', dict(tokens_per_step=4, ordering='confidence')),
+    ('fast_dllm', dict(threshold=0.9)),
+    ('fast_dllm', dict(threshold=0.7)),
+    ('localleap', dict(anchor_threshold=0.9, relaxed_threshold=0.6, radius=2)),
+    ('ete', dict(threshold=0.9, budget=1.0, cross_block=0)),
+    ('freedave', dict(num_candidates=4)),
+]
+
+
+def sudoku_part(runs: str, n: int) -> list[Row]:
+  from data.tasks import exact_match  # pylint: disable=g-import-not-at-top
+  mdlm, ar = load(os.path.join(runs, 'sudoku4_mdlm')), load(os.path.join(runs, 'sudoku4_ar'))
+  if mdlm is None:
+    print('sudoku4: no masked-diffusion run; skipped.')
+    return []
+  task = exact_match.get('sudoku4')
+  examples = exact_match.examples(task, n)
+  tok = mdlm.tokenizer
+  prompts = [exact_match.prompt_ids(tok, p) for p, _ in examples]
+  max_new = task.max_answer_chars + 1
+  out = []
+
+  def accuracy(rows):
+    return 100.0 * np.mean([task.score(p, tok.decode(r.tokens))
+                            for (p, _), r in zip(examples, rows)])
+
+  for name, settings in SUDOKU_DECODERS:
+    settings = dict(settings, block_size=max_new, shift=-1, block_causal=-1)
+    rows, stats, dec = run(name, settings, mdlm, prompts, max_new)
+    out.append(make_row('sudoku4', 'mdlm', name, dec, rows, stats, accuracy(rows), 'solved %'))
+    print(out[-1].decoder, out[-1].settings, f'{out[-1].quality:.1f}%',
+          f'NFE/tok {out[-1].nfe_per_token:.2f}', flush=True)
+  if ar is not None:
+    rows, stats, dec = run('ar', {}, ar, prompts, max_new)
+    out.append(make_row('sudoku4', 'ar', 'ar', dec, rows, stats, accuracy(rows), 'solved %'))
+  return out
+
+
+# ---------------------------------------------------------------------------- code
+
+def code_prompts(tokenizer, n: int, chars: int) -> list[list[int]]:
+  """Held-out stdlib text: `chars` characters from a line start about a third into a file."""
+  import data  # pylint: disable=g-import-not-at-top
+  cfg = data.DataConfig(name='python_stdlib')
+  out = []
+  for doc in data.load_texts(cfg, cfg.eval_split):
+    if len(doc) < 3 * chars:
+      continue
+    start = doc.find('\n', len(doc) // 3) + 1
+    text = doc[start:start + chars]
+    if len(text) == chars and text.strip():
+      out.append(tokenizer.encode(text, add_bos=True))
+    if len(out) == n:
+      break
+  return out
+
+
+def ar_quality(ar, prompts, generations) -> tuple[float, float]:
+  """(AR perplexity of the generated tokens given the prompt, mean unigram entropy in bits)."""
+  L = max(len(p) + len(g) for p, g in zip(prompts, generations))
+  L = int(math.ceil(L / 32) * 32)
+  toks = np.full((len(prompts), L), ar.tokenizer.pad_id, np.int32)
+  w = np.zeros((len(prompts), L - 1), np.float32)
+  for i, (p, g) in enumerate(zip(prompts, generations)):
+    toks[i, :len(p) + len(g)] = list(p) + list(g)
+    w[i, len(p) - 1:len(p) + len(g) - 1] = 1
+  apply = jax.jit(lambda prm, t: ar.model.apply({'params': prm}, t).logits_BxTxV)
+  logits = apply(ar.params, jnp.asarray(toks[:, :-1]))
+  logp = jax.nn.log_softmax(logits, -1)
+  nll = -np.asarray(jnp.take_along_axis(logp, jnp.asarray(toks[:, 1:])[..., None], -1)[..., 0])
+  ppl = float(np.exp((nll * w).sum() / max(w.sum(), 1)))
+  ents = []
+  for g in generations:
+    if g:
+      c = np.bincount(np.asarray(g))
+      q = c[c > 0] / len(g)
+      ents.append(float(-(q * np.log2(q)).sum()))
+  return ppl, float(np.mean(ents)) if ents else 0.0
+
+
+def code_part(runs: str, n: int, max_new: int) -> list[Row]:
+  mdlm = load(os.path.join(runs, 'code_mdlm'))
+  ar = load(os.path.join(runs, 'code_ar'))
+  wedlm = load(os.path.join(runs, 'code_wedlm'))
+  out = []
+  ref = mdlm or ar or wedlm
+  if ref is None:
+    print('code: no runs; skipped.')
+    return []
+  prompts = code_prompts(ref.tokenizer, n, 96)
+  judge = ar or wedlm
+
+  def quality(rows):
+    if judge is None:
+      return float('nan'), float('nan')
+    return ar_quality(judge, prompts, [r.tokens for r in rows])
+
+  if mdlm is not None:
+    bs = 16
+    configs = [
+        ('llada', dict(tokens_per_step=1)),
+        ('fast_dllm', dict(threshold=0.9)),
+        ('fast_dllm', dict(threshold=0.9, cache='prefix', measure_drift=1)),
+        ('fast_dllm', dict(threshold=0.9, cache='dual', measure_drift=1)),
+        ('fast_dllm', dict(threshold=0.9, cache='dual', delay=1, measure_drift=1)),
+        ('fast_dllm', dict(threshold=0.7)),
+        ('localleap', dict()),
+        ('ete', dict(budget=1.0)),
+        ('freedave', dict(num_candidates=4)),
+    ]
+    if ar is not None:
+      configs.append(('guided_diffusion', dict(guide_threshold=0.3)))
+    for name, settings in configs:
+      settings = dict(settings, block_size=bs, shift=-1, block_causal=-1)
+      extras = {'guide': ar} if name == 'guided_diffusion' else None
+      if name == 'guided_diffusion':
+        settings['guide'] = ar.workdir
+      rows, stats, dec = run(name, settings, mdlm, prompts, max_new, extras)
+      ppl, ent = quality(rows)
+      out.append(make_row('code', 'mdlm', name, dec, rows, stats, ppl, 'AR ppl', entropy=ent))
+      print(name, out[-1].settings, f'ppl {ppl:.2f} H {ent:.2f}',
+            f'NFE/tok {out[-1].nfe_per_token:.2f}', flush=True)
+  if ar is not None:
+    rows, stats, dec = run('ar', {}, ar, prompts, max_new)
+    ppl, ent = quality(rows)
+    out.append(make_row('code', 'ar', 'ar', dec, rows, stats, ppl, 'AR ppl', entropy=ent))
+    if mdlm is not None:
+      settings = dict(drafter=mdlm.workdir, draft_len=8, shift=-1, block_causal=0)
+      rows, stats, dec = run('diffuspec', settings, ar, prompts, max_new, {'drafter': mdlm})
+      ppl, ent = quality(rows)
+      out.append(make_row('code', 'ar+mdlm drafter', 'diffuspec', dec, rows, stats, ppl,
+                          'AR ppl', entropy=ent))
+  if wedlm is not None:
+    rows, stats, dec = run('ar', {}, wedlm, prompts, max_new)
+    ppl, ent = quality(rows)
+    out.append(make_row('code', 'wedlm', 'ar', dec, rows, stats, ppl, 'AR ppl', entropy=ent))
+    for settings in (dict(window=16, entropy_threshold=0.3, distance_penalty=0.02),
+                     dict(window=16, entropy_threshold=0.8, distance_penalty=0.02)):
+      rows, stats, dec = run('wedlm', dict(settings, shift=-1, block_causal=-1), wedlm,
+                             prompts, max_new)
+      ppl, ent = quality(rows)
+      out.append(make_row('code', 'wedlm', 'wedlm', dec, rows, stats, ppl, 'AR ppl',
+                          entropy=ent))
+  return out
+
+
+# ---------------------------------------------------------------------------- report
+
+def goals(rows: list[Row]) -> list[list[str]]:
+  """The issue's goals, each with its measured value and whether it is met at this scale."""
+  out = []
+  sud = [r for r in rows if r.part == 'sudoku4']
+  code = [r for r in rows if r.part == 'code']
+  for part, rs, better in (('sudoku4', sud, max), ('code', code, min)):
+    ref = next((r for r in rs if r.decoder == 'llada' and 'random' not in r.settings
+                and 'tokens_per_step=4' not in r.settings), None)
+    if ref is None:
+      continue
+    for name in ('fast_dllm', 'localleap', 'ete'):
+      cands = [r for r in rs if r.decoder == name and 'cache' not in r.settings]
+      if not cands:
+        continue
+      r = min(cands, key=lambda x: x.nfe_per_token)
+      if part == 'sudoku4':
+        loss = ref.quality - r.quality
+        ok = r.nfe_per_token <= GOAL_NFE and loss <= 1.0
+        q = f'{r.quality:.1f}% vs {ref.quality:.1f}%'
+      else:
+        ok = r.nfe_per_token <= GOAL_NFE and r.quality <= ref.quality * 1.05
+        q = f'ppl {r.quality:.2f} vs {ref.quality:.2f}'
+      out.append([f'{part}: {name} <= {GOAL_NFE} NFE/token, <= 1 point loss',
+                  f'{r.nfe_per_token:.2f} NFE/token ({r.settings}); {q}',
+                  'met' if ok else 'not met'])
+    fd = next((r for r in rs if r.decoder == 'freedave'), None)
+    if fd is not None:
+      same = fd.tokens == ref.tokens
+      out.append([f'{part}: FreeDave >= 1.5 tokens/forward, identical output',
+                  f'{fd.tokens_per_forward:.2f} tokens/forward; identical: {same}',
+                  'met' if same and fd.tokens_per_forward >= 1.5 else 'not met'])
+  if sud:
+    ar = next((r for r in sud if r.model == 'ar'), None)
+    best = max((r for r in sud if r.model == 'mdlm'), key=lambda r: r.quality)
+    if ar is not None:
+      out.append(['sudoku4: adaptive-order masked diffusion beats the same-size AR model',
+                  f'{best.decoder} ({best.settings}) {best.quality:.1f}% vs AR {ar.quality:.1f}%',
+                  'met' if best.quality > ar.quality else 'not met'])
+  wd = [r for r in code if r.model == 'wedlm']
+  ar_w = next((r for r in wd if r.decoder == 'ar'), None)
+  if ar_w is not None:
+    best = max((r for r in wd if r.decoder == 'wedlm'), key=lambda r: r.tokens_per_s,
+               default=None)
+    if best is not None:
+      ratio = best.tokens_per_s / max(ar_w.tokens_per_s, 1e-9)
+      out.append(['code: WeDLM >= 2x the tokens/s of AR on the same backbone',
+                  f'{ratio:.2f}x on CPU ({best.tokens_per_forward:.2f} tokens/forward, '
+                  f'{best.settings})', 'met' if ratio >= 2 else 'not met on CPU (needs GPU)'])
+  return out
+
+
+def plot(rows: list[Row], path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  parts = sorted({r.part for r in rows})
+  fig, axes = plt.subplots(1, len(parts), figsize=(6 * len(parts), 4.5), squeeze=False)
+  for ax, part in zip(axes[0], parts):
+    rs = [r for r in rows if r.part == part]
+    for r in rs:
+      ax.scatter(r.nfe_per_token, r.quality, s=30)
+      ax.annotate(f'{r.decoder}\n{r.settings[:28]}' if r.settings else r.decoder,
+                  (r.nfe_per_token, r.quality), fontsize=6)
+    ax.axvline(GOAL_NFE, ls='--', c='gray', lw=0.8)
+    ax.set_xlabel('target forwards (NFE) per generated token')
+    ax.set_ylabel(rs[0].quality_name)
+    ax.set_title(part)
+  fig.tight_layout()
+  fig.savefig(path, dpi=130)
+
+
+def report(rows: list[Row]) -> str:
+  header = ['part', 'model', 'decoder', 'settings', 'NFE/token', 'tokens/forward',
+            'tokens/s', 'speed vs ref', 'quality', 'metric', 'other']
+  body = []
+  for part in sorted({r.part for r in rows}):
+    rs = [r for r in rows if r.part == part]
+    ref = rs[0].tokens_per_s
+    for r in rs:
+      other = []
+      if 'entropy' in r.extra:
+        other.append(f'H={r.extra["entropy"]:.2f} bits')
+      if 'drift_max_abs_logit' in r.extra:
+        pos = max(r.extra['drift_positions'], 1)
+        other.append(f'drift max|dlogit|={r.extra["drift_max_abs_logit"]:.3g}, '
+                     f'top-1 flips={r.extra["drift_top1_disagree"] / pos:.1%}')
+      if 'accepted' in r.extra:
+        other.append(f'acceptance={r.extra["accepted"] / max(r.extra["drafted"], 1):.1%}')
+      body.append([r.part, r.model, r.decoder, r.settings or '-', r.nfe_per_token,
+                   r.tokens_per_forward, r.tokens_per_s, f'{r.tokens_per_s / ref:.2f}x',
+                   r.quality, r.quality_name, '; '.join(other) or '-'])
+  return common.markdown_table(header, body)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument('--runs', default='runs/diffusion')
+  ap.add_argument('--sudoku_prompts', type=int, default=128)
+  ap.add_argument('--code_prompts', type=int, default=16)
+  ap.add_argument('--code_tokens', type=int, default=64)
+  ap.add_argument('--parts', default='sudoku4,code')
+  args = ap.parse_args(argv)
+  rows: list[Row] = []
+  if 'sudoku4' in args.parts:
+    rows += sudoku_part(args.runs, args.sudoku_prompts)
+  if 'code' in args.parts:
+    rows += code_part(args.runs, args.code_prompts, args.code_tokens)
+  if not rows:
+    raise SystemExit(f'No trained runs under {args.runs}; see the module docstring.')
+  png = os.path.join(common.RESULTS_DIR, 'diffusion_speed_quality.png')
+  os.makedirs(common.RESULTS_DIR, exist_ok=True)
+  plot(rows, png)
+  goal_table = common.markdown_table(['goal', 'measured', 'status'], goals(rows))
+  body = (f'Greedy decoding; speed ratios within a part are against its first row.\n\n'
+          f'## Goals\n\n{goal_table}\n\n## All decoders\n\n{report(rows)}\n\n'
+          f'![speed vs quality](diffusion_speed_quality.png)\n')
+  path = common.write_results('diffusion', 'Diffusion decoders: speed and quality', body)
+  print(f'Wrote {path}')
+
+
+if __name__ == '__main__':
+  main()
