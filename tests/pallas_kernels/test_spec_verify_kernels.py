@@ -29,7 +29,7 @@ def _check_residual(got, want):
 
 @pytest.mark.parametrize('mode', ['deterministic', 'iid'])
 def test_chain_matches_reference(mode):
-  B, G = 48, 4
+  B, G = 24, 4
   ks = jax.random.split(jax.random.key(0), 5)
   logp = _logp(ks[0], (B, G + 1, V), greedy_rows=(0, 1))
   logq = _logp(ks[1], (B, G, V))
@@ -48,7 +48,7 @@ def test_chain_matches_reference(mode):
 
 
 def test_tree_deterministic_matches_reference():
-  B, D, K = 32, 3, 3
+  B, D, K = 16, 3, 3
   parents = [-1, 0, 0, 0, 1, 1, 2, 4, 4, 7]  # depth 3, fan-out up to 3
   T = len(parents)
   children = np.full((T, K), -1)
