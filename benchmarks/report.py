@@ -341,32 +341,39 @@ def plot(rows: Sequence[Row], out_dir: str, prefix: str = 'report') -> list[str]
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   os.makedirs(out_dir, exist_ok=True)
   names = []
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for r in rows:
-    marker = 'o' if r.temperature == 0 else 's'
-    ax.scatter(r.perplexity, r.speedup, marker=marker, color='C0' if r.lossless else 'C3')
-    ax.annotate(f'{r.method} T={r.temperature:g}', (r.perplexity, r.speedup), fontsize=7)
-  ax.set_xlabel('judge perplexity of the generated text (lower is better)')
-  ax.set_ylabel('speedup vs AR (tokens/s)')
-  ax.set_title('speed vs quality (blue: lossless, red: lossy; o: T=0, s: T=1)', fontsize=9)
+  temps = sorted({r.temperature for r in rows})
+  fig, axes = plt.subplots(1, len(temps), figsize=(5.5 * len(temps), 4.5), squeeze=False)
+  for ax, t in zip(axes[0], temps):
+    for r in (r for r in rows if r.temperature == t):
+      ax.scatter(r.perplexity, r.speedup, color='C0' if r.lossless else 'C3')
+      ax.annotate(r.method, (r.perplexity, r.speedup), fontsize=7)
+    ax.set_xscale('log')
+    ax.set_xlabel('judge perplexity of the generated text (lower is better)')
+    ax.set_ylabel('speedup vs AR (tokens/s)')
+    ax.set_title(f'T={t:g} (blue: lossless, red: lossy)', fontsize=9)
   names.append(f'{prefix}_speed_quality.png')
   fig.tight_layout()
   fig.savefig(os.path.join(out_dir, names[-1]), dpi=120)
   plt.close(fig)
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for r in rows:
+  fig, ax = plt.subplots(figsize=(8, 4.5))
+  multi = [r for r in rows if r.tau > 1.05 or r.accept_extra]  # one-token decoders: a step
+  colors = {m: f'C{i % 10}' for i, m in enumerate(dict.fromkeys(r.method for r in multi))}
+  for r in multi:
     curve = acceptance_curve(r.step_hist)
-    ax.plot(np.arange(1, len(curve) + 1), curve, marker='.',
+    style = '-' if r.temperature == 0 else '--'
+    ax.plot(np.arange(1, len(curve) + 1), curve, style, marker='.', color=colors[r.method],
             label=f'{r.method} T={r.temperature:g}')
     for key, values in r.accept_extra.items():
       v = np.asarray(values, float)
-      ax.plot(np.arange(1, len(v) + 1), v / max(v.max(), 1e-9), linestyle='--',
-              label=f'{r.method} {key} (normalised)')
+      ax.plot(np.arange(1, len(v) + 1), v / max(v.max(), 1e-9), ':', color=colors[r.method],
+              label=f'{r.method} T={r.temperature:g} {key} (normalised)')
   ax.set_xlabel('k (tokens committed in one step)')
   ax.set_ylabel('fraction of steps committing >= k')
   ax.set_ylim(0, 1.05)
-  ax.legend(fontsize=7)
-  ax.set_title('acceptance by position', fontsize=9)
+  if multi:
+    ax.legend(fontsize=7, loc='center left', bbox_to_anchor=(1.0, 0.5))
+  ax.set_title('acceptance by position (decoders with tau > 1; solid T=0, dashed T=1)',
+               fontsize=9)
   names.append(f'{prefix}_acceptance.png')
   fig.tight_layout()
   fig.savefig(os.path.join(out_dir, names[-1]), dpi=120)
