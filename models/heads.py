@@ -20,6 +20,7 @@ K heads / depth.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -118,14 +119,15 @@ class MTPModules(nn.Module):
     h, normed = self.blocks[k](h_BxTxD, e_BxTxD)
     return h, _logits(normed, out_emb_VxD, self.cfg)
 
-  def __call__(self, h_BxTxD, tokens_BxT, in_emb_VxD, out_emb_VxD):
-    """Logits [B, T, depth, V]: entry (i, k) predicts tokens[i + k + 2] from h_i and
-    tokens[i + 1 .. i + k + 1] (positions past the end see padding and must be masked)."""
+  def __call__(self, h_BxTxD, tokens_BxT1, in_emb_VxD, out_emb_VxD):
+    """Logits [B, T, depth, V] over a training row: h_BxTxD is the model's hidden state at
+    inputs tokens[:T]; entry (i, k) reads h_i and tokens[i + 1 .. i + k + 1] and predicts
+    tokens[i + k + 2]. Entries whose tokens run past the row see padding: mask them."""
     out = []
     h = h_BxTxD
-    T = tokens_BxT.shape[1]
+    T = h_BxTxD.shape[1]
     for k in range(self.depth):
-      nxt = jnp.pad(tokens_BxT[:, k + 1:], ((0, 0), (0, min(k + 1, T))))[:, :T]
+      nxt = jnp.pad(tokens_BxT1[:, k + 1:], ((0, 0), (0, T)))[:, :T]
       h, logits = self.step(k, h, nxt, in_emb_VxD, out_emb_VxD)
       out.append(logits)
     return jnp.stack(out, axis=2)
@@ -166,5 +168,4 @@ class KangarooAdapter(nn.Module):
 
 def adapter_config(cfg: config_lib.ModelConfig) -> config_lib.ModelConfig:
   """The one-attention-layer config of a Kangaroo adapter (and of its cache)."""
-  import dataclasses  # pylint: disable=g-import-not-at-top
   return dataclasses.replace(cfg, num_layers=1, layer_types=(config_lib.ATTENTION,))

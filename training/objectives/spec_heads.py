@@ -1,0 +1,203 @@
+"""Draft heads on a trained target: Medusa heads, DeepSeek-style MTP modules, Kangaroo adapter.
+
+All three start from the target checkpoint in `spec.target_workdir` (the model params of the
+new run are the target's) and train an extra tree of params next to it (models/heads.py):
+
+  medusa_heads      params['medusa']: head k at input i predicts tokens[i + k + 2];
+                    loss = sum_k decay^k CE_k / sum_k decay^k.
+  mtp_heads         params['mtp']: module k at input i reads module k-1's representation and
+                    tokens[i + k + 1], predicts tokens[i + k + 2]; same weighting.
+  kangaroo_adapter  params['kangaroo']: the adapter on the residual stream after layer
+                    `spec.exit_layer` imitates the full model: KL(p_target || q_adapter)
+                    (`spec.loss='kl'`) or next-token CE ('ce').
+
+`spec.joint=False` (default) freezes the base (`frozen=('model',)`, its forward under
+stop_gradient); `spec.joint=True` trains base and heads together, adding the base's own
+next-token loss with weight `spec.base_weight` (Medusa-2 / DeepSeek-V3 style). Metrics report
+each head's top-1 accuracy against the data and, for the adapter, its top-1 agreement with the
+target (the greedy acceptance rate of a one-token draft).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from models import heads as heads_lib
+from models import transformer as transformer_lib
+from training.objectives.registry import Objective, register, token_cross_entropy
+
+
+def spec_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  if config is None or 'spec' not in config:
+    raise ValueError('This objective reads a `spec` config section (target_workdir, heads, '
+                     'joint, ...): use configs/spec_heads.py or configs/spec_draft.py.')
+  return config.spec
+
+
+def load_target(workdir: str, model: transformer_lib.Transformer | None = None):
+  """The trained target run in `workdir` (its model config must equal `model`'s if given)."""
+  if not workdir:
+    raise ValueError('spec.target_workdir must name the trained target run (e.g. '
+                     'runs/spec/target).')
+  from training import loading  # pylint: disable=g-import-not-at-top
+  loaded = loading.load_model(workdir)
+  if model is not None:
+    mine, theirs = model.cfg.to_dict(), loaded.model.cfg.to_dict()
+    differ = sorted(k for k in mine if mine[k] != theirs.get(k))
+    if differ:
+      raise ValueError(f'spec.target_workdir={workdir} holds a different model: '
+                       + ', '.join(f'{k}={theirs.get(k)!r} (config: {mine[k]!r})'
+                                   for k in differ)
+                       + '. Use the same model section as the target run.')
+  return loaded
+
+
+def _init_from(s, model):
+  if not s.target_workdir:
+    raise ValueError('spec.target_workdir must name the trained target run whose hidden '
+                     'states the heads read (e.g. runs/spec/target).')
+  return lambda: load_target(s.target_workdir, model).params
+
+
+def _weighted_ce(logits_BxTxKxV, tokens_BxT1, decay: float):
+  """CE of head k at input i against tokens[i + k + 2] (masked past the row's end)."""
+  B, T, K, _ = logits_BxTxKxV.shape
+  logp = jax.nn.log_softmax(logits_BxTxKxV.astype(jnp.float32), axis=-1)
+  total, norm, metrics = 0.0, 0.0, {}
+  for k in range(K):
+    tgt = jnp.pad(tokens_BxT1[:, k + 2:], ((0, 0), (0, T)))[:, :T]
+    valid = (jnp.arange(T)[None] + k + 2 <= T).astype(jnp.float32) * jnp.ones((B, 1))
+    nll = -jnp.take_along_axis(logp[:, :, k], tgt[..., None], -1)[..., 0]
+    ce = (nll * valid).sum() / jnp.maximum(valid.sum(), 1.0)
+    acc = ((jnp.argmax(logp[:, :, k], -1) == tgt) * valid).sum() / jnp.maximum(valid.sum(), 1)
+    w = decay ** k
+    total, norm = total + w * ce, norm + w
+    metrics[f'head{k + 1}_ce'] = ce
+    metrics[f'head{k + 1}_acc'] = acc
+  return total / norm, metrics
+
+
+def _base(model, params, inputs_BxT, joint: bool, **kw):
+  out = model.apply({'params': params['model']}, inputs_BxT, **kw)
+  return out if joint else jax.tree.map(jax.lax.stop_gradient, out)
+
+
+def _with_base_loss(loss, metrics, out, tokens_BxT1, s):
+  if not s.joint:
+    return loss, metrics
+  base_loss, base_metrics = token_cross_entropy(out.logits_BxTxV, tokens_BxT1[:, 1:],
+                                                jnp.ones(tokens_BxT1[:, 1:].shape))
+  metrics.update(base_loss=base_loss, base_accuracy=base_metrics['accuracy'])
+  return loss + s.base_weight * base_loss, metrics
+
+
+@register('medusa_heads')
+def medusa_heads(model: transformer_lib.Transformer,
+                 config: ml_collections.ConfigDict) -> Objective:
+  """Medusa heads on the last hidden state (see module docstring)."""
+  s = spec_settings(config)
+  cfg = model.cfg
+  module = heads_lib.MedusaHeads(cfg, s.heads)
+
+  def init_extras(rng):
+    h = jnp.zeros((1, 2, cfg.d_model))
+    emb = jnp.zeros((cfg.vocab_size, cfg.d_model))
+    return {heads_lib.MEDUSA: nn.unbox(module.init(rng, h, emb)['params'])}
+
+  def loss_fn(params, batch, rng):
+    del rng
+    tokens = batch['tokens']
+    out = _base(model, params, tokens[:, :-1], s.joint)
+    out_emb = heads_lib.output_embedding(params['model'], cfg)
+    if not s.joint:
+      out_emb = jax.lax.stop_gradient(out_emb)
+    logits = module.apply({'params': params[heads_lib.MEDUSA]}, out.last_hidden_BxTxD, out_emb)
+    loss, metrics = _weighted_ce(logits, tokens, s.decay)
+    loss, metrics = _with_base_loss(loss, metrics, out, tokens, s)
+    return loss, dict(metrics, loss=loss)
+
+  return Objective(loss_fn=loss_fn, init_extras=init_extras,
+                   frozen=() if s.joint else ('model',),
+                   init_model_params=_init_from(s, model))
+
+
+@register('mtp_heads')
+def mtp_heads(model: transformer_lib.Transformer,
+              config: ml_collections.ConfigDict) -> Objective:
+  """Sequential MTP modules (see module docstring)."""
+  s = spec_settings(config)
+  cfg = model.cfg
+  module = heads_lib.MTPModules(cfg, s.heads)
+
+  def init_extras(rng):
+    h = jnp.zeros((1, 2, cfg.d_model))
+    emb = jnp.zeros((cfg.vocab_size, cfg.d_model))
+    return {heads_lib.MTP: nn.unbox(module.init(rng, h, jnp.zeros((1, 3), jnp.int32), emb,
+                                                emb)['params'])}
+
+  def loss_fn(params, batch, rng):
+    del rng
+    tokens = batch['tokens']
+    out = _base(model, params, tokens[:, :-1], s.joint)
+    in_emb = heads_lib.input_embedding(params['model'])
+    out_emb = heads_lib.output_embedding(params['model'], cfg)
+    if not s.joint:
+      in_emb, out_emb = jax.lax.stop_gradient(in_emb), jax.lax.stop_gradient(out_emb)
+    logits = module.apply({'params': params[heads_lib.MTP]}, out.last_hidden_BxTxD, tokens,
+                          in_emb, out_emb)
+    loss, metrics = _weighted_ce(logits, tokens, s.decay)
+    loss, metrics = _with_base_loss(loss, metrics, out, tokens, s)
+    return loss, dict(metrics, loss=loss)
+
+  return Objective(loss_fn=loss_fn, init_extras=init_extras,
+                   frozen=() if s.joint else ('model',),
+                   init_model_params=_init_from(s, model))
+
+
+def exit_layer(cfg, s) -> int:
+  e = s.exit_layer or max(cfg.num_layers // 2, 1)
+  if not 0 < e < cfg.num_layers:
+    raise ValueError(f'spec.exit_layer={e} must be in [1, {cfg.num_layers - 1}].')
+  return e
+
+
+@register('kangaroo_adapter')
+def kangaroo_adapter(model: transformer_lib.Transformer,
+                     config: ml_collections.ConfigDict) -> Objective:
+  """Kangaroo's early-exit adapter, distilled from the full model (base frozen)."""
+  s = spec_settings(config)
+  cfg = model.cfg
+  E = exit_layer(cfg, s)
+  module = heads_lib.KangarooAdapter(cfg)
+  if s.loss not in ('kl', 'ce'):
+    raise ValueError(f"spec.loss must be 'kl' or 'ce', got {s.loss!r}.")
+
+  def init_extras(rng):
+    h = jnp.zeros((1, 2, cfg.d_model))
+    emb = jnp.zeros((cfg.vocab_size, cfg.d_model))
+    return {heads_lib.KANGAROO: nn.unbox(module.init(rng, h, jnp.zeros((1, 2), jnp.int32),
+                                                     emb)['params'])}
+
+  def loss_fn(params, batch, rng):
+    del rng
+    tokens = batch['tokens']
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    out = _base(model, params, inputs, False, return_hidden=True)
+    out_emb = jax.lax.stop_gradient(heads_lib.output_embedding(params['model'], cfg))
+    positions = jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape)
+    logits, _ = module.apply({'params': params[heads_lib.KANGAROO]}, out.hidden[E], positions,
+                             out_emb)
+    logq = jax.nn.log_softmax(logits, -1)
+    logp = jax.nn.log_softmax(out.logits_BxTxV, -1)
+    kl = jnp.mean(jnp.sum(jnp.exp(logp) * (logp - logq), -1))
+    ce, ce_metrics = token_cross_entropy(logits, targets, jnp.ones(targets.shape))
+    agree = jnp.mean(jnp.argmax(logq, -1) == jnp.argmax(logp, -1))
+    loss = kl if s.loss == 'kl' else ce
+    return loss, {'loss': loss, 'kl': kl, 'ce': ce, 'accuracy': ce_metrics['accuracy'],
+                  'top1_agreement': agree}
+
+  return Objective(loss_fn=loss_fn, init_extras=init_extras, frozen=('model',),
+                   init_model_params=_init_from(s, model))
