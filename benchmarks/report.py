@@ -431,6 +431,7 @@ def main(argv, flag_values: dict[str, Any]) -> None:
   judge = (load_models([v['judge']], num_prompts=v['num_prompts'],
                        prompt_chars=v['prompt_chars'])[0] if v['judge'] else None)
   temps = [float(t) for t in v['temperatures']]
+  load = os.getloadavg()[0]
   rows, skipped = run_report(
       models, decoders=v['decoders'] or None, temperatures=temps,
       max_new_tokens=v['max_new_tokens'], seed=v['seed'], repeats=v['repeats'],
@@ -445,7 +446,9 @@ def main(argv, flag_values: dict[str, Any]) -> None:
            f'{v["prompt_chars"]} characters; {v["max_new_tokens"]} new tokens, batch of all '
            f'prompts, median of {v["repeats"]} timed runs; temperatures '
            f'{", ".join(map(str, temps))}, seed {v["seed"]}. Speed ratios are from one run on '
-           'one machine; absolute tokens/s only mean something on a GPU/TPU.')
+           'one machine; absolute tokens/s only mean something on a GPU/TPU. Host load '
+           f'average at the start: {load:.1f} on {os.cpu_count()} cores (a loaded host makes '
+           'the timings noisy).')
   os.makedirs(out_dir, exist_ok=True)
   with open(v['out'], 'w') as f:
     body = markdown(rows, skipped, plots, setup)
