@@ -33,7 +33,7 @@ def execute(name: str, params: dict, devices: int = 1):
   nb.cells.insert(tagged[0] + 1, cell)
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}', MPLBACKEND='Agg')
-  client = nbclient.NotebookClient(nb, timeout=600, kernel_name='python3',
+  client = nbclient.NotebookClient(nb, timeout=600, startup_timeout=180, kernel_name='python3',
                                    resources={'metadata': {'path': NOTEBOOKS}})
   client.execute(env=env)
   return nb
