@@ -1,0 +1,263 @@
+"""Speculative decoders: greedy == AR token for token for every lossless method, the cache
+equals the AR cache after every step, clear errors, and the recurrent rollback hook."""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from testlib import small_config
+from decoding import Models, SamplingConfig, registry, run_decoder
+from decoding.speculative import decoders as spec_decoders
+from decoding.speculative import drafter as drafter_lib
+from decoding.speculative import loop, trees, verify
+from models import Cache, Transformer, heads, init_params
+
+V = 48
+PAD = 0
+PROMPTS = [[1, 5, 9, 3, 1, 5, 9], [2, 7], [4, 4, 8, 1, 6, 2, 9, 4, 4], [3]]
+N_NEW = 24
+CACHE = 128
+
+
+@pytest.fixture(scope='module')
+def setup():
+  """A 3-layer target with spread logits, a 1-layer draft cut from it, random heads."""
+  cfg = small_config(vocab_size=V, num_layers=3)
+  target = Transformer(cfg)
+  tp = init_params(Transformer(small_config(vocab_size=V, num_layers=3, init_std=0.3)),
+                   jax.random.key(7))
+  draft = Transformer(small_config(vocab_size=V, num_layers=1))
+  dp = {k: v for k, v in tp.items() if k not in ('layer_1', 'layer_2')}
+  h, emb = jnp.zeros((1, 2, cfg.d_model)), tp['embed']['embedding']
+  noise = lambda t, k: jax.tree.map(
+      lambda x: x + 0.1 * jax.random.normal(jax.random.key(k), x.shape), t)
+  med = noise(nn.unbox(heads.MedusaHeads(cfg, 3).init(jax.random.key(1), h, emb)['params']), 2)
+  mtp = nn.unbox(heads.MTPModules(cfg, 3).init(jax.random.key(3), h,
+                                               jnp.zeros((1, 3), jnp.int32), emb, emb)['params'])
+  kang = nn.unbox(heads.KangarooAdapter(cfg).init(jax.random.key(4), h,
+                                                  jnp.zeros((1, 2), jnp.int32), emb)['params'])
+  models = Models(target, extras=(('draft', draft),))
+  params = {'target': tp, 'draft': dp, 'medusa': med, 'mtp': mtp, 'kangaroo': kang}
+  ar = registry.build('ar')
+  free, _ = run_decoder(ar, models, params, PROMPTS, max_new_tokens=N_NEW, cache_size=CACHE,
+                        eos_id=-1, pad_id=PAD)
+  free = [r.tokens for r in free]
+
+  def lengths(eos):  # where each row would stop with this EOS
+    return {t.index(eos) + 1 if eos in t else N_NEW for t in free}
+  eos = max(sorted({t for r in free for t in r}), key=lambda e: len(lengths(e)))
+  ref, _ = run_decoder(ar, models, params, PROMPTS, max_new_tokens=N_NEW, cache_size=CACHE,
+                       eos_id=eos, pad_id=PAD)
+  ref = [r.tokens for r in ref]
+  assert len({len(r) for r in ref}) > 2, 'rows should finish at different times'
+  return models, params, eos, ref
+
+
+METHODS = {
+    'chain': ('speculative', dict(draft_workdir='x', gamma=3)),
+    'chain-adaptive': ('speculative', dict(draft_workdir='x', gamma=4, stop_below=0.3)),
+    'static-tree': ('speculative', dict(draft_workdir='x', tree='static', branching='3,2,1')),
+    'dynamic-tree': ('spec_dynamic', dict(draft_workdir='x', gamma=3, top_k=3, tree_nodes=10)),
+    'prompt_lookup': ('prompt_lookup', {}),
+    'token_recycling': ('token_recycling', dict(tree_nodes=20, gamma=4)),
+    'jacobi': ('jacobi', {}),
+    'lookahead': ('lookahead', {}),
+    'layerskip': ('layerskip', dict(exit_layer=1)),
+    'kangaroo': ('kangaroo', dict(exit_layer=2, stop_below=0.05)),
+    'del': ('del', {}),
+    'medusa': ('medusa', dict(branching='3,2,1')),
+    'mtp': ('mtp', dict(gamma=3)),
+}
+
+
+@pytest.mark.parametrize('method', list(METHODS))
+def test_greedy_equals_ar_on_a_ragged_batch(setup, method):
+  models, params, eos, ref = setup
+  name, settings = METHODS[method]
+  dec = registry.build(name, settings)
+  assert dec.lossless
+  rows, stats = run_decoder(dec, models, params, PROMPTS, max_new_tokens=N_NEW,
+                            cache_size=CACHE, eos_id=eos, pad_id=PAD)
+  assert [r.tokens for r in rows] == ref
+  assert stats.generated == sum(map(len, ref))
+  # Statistics are consistent: committed tokens per step add up, forwards are counted.
+  assert sum(m * c for m, c in enumerate(stats.step_tokens_hist)) + len(PROMPTS) == \
+      stats.generated
+  assert stats.target_forwards == sum(stats.step_tokens_hist) + len(PROMPTS)
+  steps = stats.extra['spec_steps']
+  assert steps == sum(stats.step_tokens_hist)
+  acc = stats.extra['accepted_by_depth']
+  assert all(a >= b for a, b in zip(acc, acc[1:])) and acc[0] <= steps
+
+
+def _step_fn(dec, models, params, eos):
+  """init and step of the loop, jitted, to inspect the state between steps."""
+  B = len(PROMPTS)
+  P = max(map(len, PROMPTS))
+  prompt = np.full((B, P), PAD, np.int32)
+  for i, p in enumerate(PROMPTS):
+    prompt[i, :len(p)] = p
+  lens = jnp.asarray([len(p) for p in PROMPTS], jnp.int32)
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(B))
+  mode = dec.verification_mode()
+  drafter = dec._drafter_for(mode).resolve(models)
+
+  def env(params):
+    return drafter_lib.Env(models=models, params=params, sampling=dec.sampling, mode=mode,
+                           row_keys_B=keys, prompt_BxP=jnp.asarray(prompt), prompt_len_B=lens,
+                           cache_size=CACHE, max_new_tokens=N_NEW)
+
+  init = jax.jit(lambda p: loop.init_state(drafter, env(p), eos_id=eos, pad_id=PAD))
+  step = jax.jit(lambda p, s: loop.step(drafter, env(p), s, eos_id=eos, pad_id=PAD))
+  return init, step, lens
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _ar_cache(model, params, tokens_BxT, lengths_B):
+  pos = jnp.where(jnp.arange(tokens_BxT.shape[1])[None] < lengths_B[:, None],
+                  jnp.arange(tokens_BxT.shape[1])[None], -1)
+  return model.apply({'params': params}, tokens_BxT, pos,
+                     cache=Cache.init(model.cfg, tokens_BxT.shape[0], CACHE)).cache
+
+
+@pytest.mark.parametrize('method', ['dynamic-tree', 'lookahead'])
+def test_cache_equals_ar_cache_after_every_step(setup, method):
+  models, params, eos, ref = setup
+  name, settings = METHODS[method]
+  init, step, lens = _step_fn(registry.build(name, settings), models, params, eos)
+  s = init(params)
+  target = models.target
+  for _ in range(8):
+    s = step(params, s)
+    committed = s.cache.lengths
+    n = np.asarray(s.num_generated_B)
+    # The committed tokens: prompt + all generated but the newest (the next root).
+    seq = np.zeros((len(PROMPTS), CACHE), np.int32)
+    for b, p in enumerate(PROMPTS):
+      gen = np.asarray(s.tokens_BxN[b, :n[b] - 1])
+      seq[b, :len(p) + len(gen)] = list(p) + list(gen)
+    live = ~np.asarray(s.done_B)
+    np.testing.assert_array_equal(np.asarray(committed)[live], (np.asarray(lens) + n - 1)[live])
+    want = _ar_cache(target, params['target'], jnp.asarray(seq), committed)
+    for b in np.nonzero(live)[0]:
+      L = int(committed[b])
+      np.testing.assert_array_equal(s.cache.positions[b, :L], np.arange(L))
+      for got, exp in zip(s.cache.layers, want.layers):
+        np.testing.assert_allclose(got.k[b, :L], exp.k[b, :L], atol=2e-5)
+        np.testing.assert_allclose(got.v[b, :L], exp.v[b, :L], atol=2e-5)
+    if not live.any():
+      break
+
+
+def test_bad_inputs_give_clear_errors(setup):
+  models, params, eos, _ = setup
+  run = lambda dec, m=models, p=params, cache=CACHE: run_decoder(
+      dec, m, p, PROMPTS, max_new_tokens=N_NEW, cache_size=cache, eos_id=eos, pad_id=PAD)
+  with pytest.raises(ValueError, match="Unknown drafter 'nope'"):
+    registry.build('speculative', {'drafter': 'nope'})
+  with pytest.raises(ValueError, match='without a distribution q'):
+    registry.build('prompt_lookup', {'verifier': 'iid'})
+  with pytest.raises(ValueError, match='draft_workdir'):
+    registry.build('speculative').extra_models()
+  small_vocab = Transformer(small_config(vocab_size=V - 8, num_layers=1))
+  sp = init_params(small_vocab, jax.random.key(0))
+  with pytest.raises(ValueError, match='same tokenizer'):
+    run(registry.build('speculative', {'draft_workdir': 'x'}),
+        Models(models.target, extras=(('draft', small_vocab),)), dict(params, draft=sp))
+  with pytest.raises(ValueError, match='cache slots'):
+    run(registry.build('token_recycling'), cache=48)  # an 81-node tree does not fit
+  with pytest.raises(ValueError, match='medusa heads'):
+    run(registry.build('medusa'), p={k: v for k, v in params.items() if k != 'medusa'})
+  with pytest.raises(ValueError, match='heads'):
+    run(registry.build('medusa', {'gamma': 5, 'tree': 'chain'}))
+  with pytest.raises(ValueError, match='Exit layer 7'):
+    run(registry.build('layerskip', {'exit_layer': 7}))
+  with pytest.raises(ValueError, match='Unknown tree'):
+    registry.build('speculative', {'tree': 'forest'})
+
+
+class _FakeRecurrentCache:
+  """Records how commit_accepted rolls back a cache with recurrent layers."""
+
+  def __init__(self, lengths):
+    self.lengths, self.calls = lengths, []
+
+  def select_step(self, index_B, step_states):
+    self.calls.append(('select_step', np.asarray(index_B), step_states))
+    return self
+
+  def gather(self, src, dst, lengths):
+    self.calls.append(('gather', np.asarray(src), np.asarray(dst), np.asarray(lengths)))
+    return self
+
+  def replace(self, lengths):
+    self.calls.append(('lengths', np.asarray(lengths)))
+    return self
+
+
+def test_commit_accepted_rewinds_recurrent_state():
+  """With step states (recurrent layers) the state after the last kept node is selected;
+  attention slots are gathered along the path; rows with keep 0 keep the state before."""
+  path = jnp.array([[0, 2, 5, -1], [0, 1, -1, -1], [0, -1, -1, -1]])
+  keep = jnp.array([3, 1, 0])
+  base = jnp.array([10, 4, 7])
+  fake = _FakeRecurrentCache(lengths=jnp.array([16, 10, 7]))
+  verify.commit_accepted(fake, base, path, keep, chain=False, step_states='STATES')
+  (_, index, states), (_, src, dst, lengths) = fake.calls
+  np.testing.assert_array_equal(index, [5, 0, -1])
+  assert states == 'STATES'
+  np.testing.assert_array_equal(src[0, :3], [10, 12, 15])
+  np.testing.assert_array_equal(dst[0, :3], [10, 11, 12])
+  assert (src[2] < 0).all() and (dst[2] < 0).all()
+  np.testing.assert_array_equal(lengths, [13, 5, 7])
+  chain = _FakeRecurrentCache(lengths=jnp.array([16, 10, 7]))
+  verify.commit_accepted(chain, base, path, keep, chain=True, step_states='S')
+  assert [c[0] for c in chain.calls] == ['select_step', 'lengths']
+
+
+def test_recurrent_targets_get_parents_and_step_states():
+  class Cfg:
+    layer_types = ('attention', 'deltaproduct')
+  assert verify.is_recurrent(Cfg())
+  assert not verify.is_recurrent(small_config())
+
+
+def test_tree_builders():
+  tpl = trees.best_first(80, 6, trees.RECYCLING_PROFILE)
+  assert tpl.size == 81 and tpl.max_depth <= 6
+  assert all(tpl.parents[i] < i for i in range(1, tpl.size))
+  kids = tpl.children()
+  for p in range(tpl.size):  # children are ordered by rank and ranks are 0..n-1
+    ranks = [tpl.ranks[c] for c in kids[p] if c >= 0]
+    assert ranks == list(range(len(ranks)))
+  assert trees.branching([2, 2]).size == 7
+  assert trees.chain(3).is_chain
+  # A trie merges shared prefixes: [5 6 7], [5 6 9], [5 8], [2 3].
+  cands = jnp.array([[[5, 6, 7], [5, 6, 9], [5, 8, 0], [2, 3, 0]]])
+  ok = jnp.array([[[1, 1, 1], [1, 1, 1], [1, 1, 0], [1, 1, 0]]], bool)
+  t = trees.trie(cands, ok, jnp.array([0]))
+  valid = np.asarray(t.valid_BxT[0])
+  assert valid.sum() == 1 + 7  # root + 5,6,7,9,8,2,3
+  tokens = np.asarray(t.tokens_BxT[0])
+  kids_root = [int(c) for c in t.children_BxTxK[0, 0] if c >= 0]
+  assert [tokens[c] for c in kids_root] == [5, 2]
+  with pytest.raises(ValueError, match='parents must precede'):
+    trees.Template(parents=(-1, 2, 0), ranks=(0, 0, 0))
+
+
+def test_settings_are_validated():
+  d = spec_decoders.SpeculativeDecoder(draft_workdir='x')
+  assert d.verification_mode() == 'deterministic'  # greedy
+  s = SamplingConfig(temperature=1.0)
+  assert registry.build('speculative', {'draft_workdir': 'x'}, s).verification_mode() == 'iid'
+  assert registry.build('speculative', {'draft_workdir': 'x', 'tree': 'static'},
+                        s).verification_mode() == 'wor'
+  assert registry.build('token_recycling', {}, s).verification_mode() == 'deterministic'
+  with pytest.raises(ValueError, match='gamma'):
+    registry.build('speculative', {'gamma': 0})
