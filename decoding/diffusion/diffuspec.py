@@ -140,6 +140,9 @@ class DiffuSpecDecoder(canvas.DiffusionDecoder):
     self.check_settings(drafter.cfg.vocab_size)
     if self.verify not in VERIFY:
       raise ValueError(f'verify must be one of {VERIFY}, got {self.verify!r}.')
+    if self.block_causal:
+      raise ValueError('diffuspec drafts with a bidirectional masked-diffusion model; the '
+                       'drafter run is block-causal (block_diffusion).')
     if self.draft_len < 1 or self.lattice_k < 1:
       raise ValueError('draft_len and lattice_k must be >= 1.')
     B, P = prompt_BxP.shape

@@ -93,9 +93,8 @@ def test_block_diffusion_cache_equals_recomputation(setup):
   assert cached.extra['drift_positions'].min() > 0
 
 
-@pytest.mark.parametrize('cache,delay', [('prefix', 0), ('dual', 1)])
-def test_approximate_caches_report_their_drift(setup, cache, delay):
-  got = generate(setup, 'fast_dllm', threshold=0.7, cache=cache, delay=delay, measure_drift=1,
+def test_delayed_dual_cache_reports_its_drift(setup):
+  got = generate(setup, 'fast_dllm', threshold=0.7, cache='dual', delay=1, measure_drift=1,
                  **BIDIR)
   assert (got.num_generated_B > 0).all()
   drift = got.extra['drift_max_abs_logit']
@@ -103,10 +102,9 @@ def test_approximate_caches_report_their_drift(setup, cache, delay):
   assert (got.other_forwards_B == got.target_forwards_B).all()  # one exact check per step
 
 
-@pytest.mark.parametrize('sampling', [GREEDY, SAMPLED], ids=['greedy', 'sampled'])
-def test_wedlm_one_per_step_equals_ar(setup, sampling):
-  ar = generate(setup, 'ar', sampling)
-  got = generate(setup, 'wedlm', sampling, mask_id=MASK, shift=1, block_causal=0, window=4,
+def test_wedlm_one_per_step_equals_ar(setup):
+  ar = generate(setup, 'ar', SAMPLED)
+  got = generate(setup, 'wedlm', SAMPLED, mask_id=MASK, shift=1, block_causal=0, window=4,
                  entropy_threshold=-1.0, distance_penalty=1e3)
   np.testing.assert_array_equal(got.tokens_BxN, ar.tokens_BxN)
   np.testing.assert_array_equal(got.num_generated_B, ar.num_generated_B)
@@ -120,26 +118,26 @@ def test_wedlm_parallel_fills_commit_several_tokens_per_step(setup):
   assert (got.target_forwards_B < N).all()
 
 
-@pytest.mark.parametrize('sampling', [GREEDY, SAMPLED], ids=['greedy', 'sampled'])
-def test_diffuspec_equals_ar(setup, sampling):
-  ar = generate(setup, 'ar', sampling)
-  got = generate(setup, 'diffuspec', sampling, extras=('drafter',), mask_id=MASK, shift=1,
+def test_diffuspec_equals_ar(setup):
+  ar = generate(setup, 'ar', SAMPLED)
+  got = generate(setup, 'diffuspec', SAMPLED, extras=('drafter',), mask_id=MASK, shift=1,
                  draft_len=4)
   np.testing.assert_array_equal(got.tokens_BxN, ar.tokens_BxN)
   assert (got.extra['accepted'] <= got.extra['drafted']).all()
   assert got.other_forwards_B.sum() > 0
 
 
-@pytest.mark.parametrize('name,settings', [
-    ('fast_dllm', dict(threshold=0.6, cache='dual', delay=0)),
-    ('ete', dict(threshold=0.9, budget=2.0)),
-], ids=['fast_dllm-dual', 'ete'])
-def test_rows_give_the_same_output_alone_and_in_a_batch(setup, name, settings):
-  batch = generate(setup, name, **{**BIDIR, **settings})
+def test_rows_give_the_same_output_alone_and_in_a_batch(setup):
+  # The prefix cache refreshes per row at block starts: the hardest case for invariance.
+  settings = dict(BIDIR, threshold=0.6, cache='prefix', measure_drift=1)
+  batch = generate(setup, 'fast_dllm', **settings)
+  assert batch.extra['drift_max_abs_logit'].max() > 0   # approximate, and measured
   for r in range(B):
-    alone = generate(setup, name, rows=np.array([r]), **{**BIDIR, **settings})
+    alone = generate(setup, 'fast_dllm', rows=np.array([r]), **settings)
     np.testing.assert_array_equal(alone.tokens_BxN[0], batch.tokens_BxN[r])
     assert alone.target_forwards_B[0] == batch.target_forwards_B[r]
+    np.testing.assert_allclose(alone.extra['drift_max_abs_logit'][0],
+                               batch.extra['drift_max_abs_logit'][r], rtol=1e-3, atol=1e-5)
 
 
 def test_guided_diffusion_runs_and_counts_guide_forwards(setup):
@@ -162,8 +160,8 @@ class AlwaysEOS:
 
 
 @pytest.mark.parametrize('name,settings', [
-    ('llada', {}), ('fast_dllm', dict(cache='dual', threshold=0.5)), ('freedave', {}),
-    ('ete', {}), ('wedlm', dict(window=4)), ('diffuspec', dict(draft_len=3)),
+    ('fast_dllm', dict(cache='dual', threshold=0.5)), ('freedave', {}),
+    ('wedlm', dict(window=4)), ('diffuspec', dict(draft_len=3)),
 ])
 def test_an_all_eos_model_stops_after_one_token(setup, name, settings):
   _, params, prompt, keys = setup

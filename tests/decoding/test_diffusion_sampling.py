@@ -88,3 +88,26 @@ def test_commit_rules():
                                 [[False, False, False, False, True, False]])
   np.testing.assert_array_equal(
       canvas.budget_mask(h, eligible, 0.0, at_least_one=False), [[False] * 6])
+
+
+def test_decoder_commit_rules_compose_as_documented():
+  from decoding import registry  # pylint: disable=g-import-not-at-top
+  eligible = jnp.array([[True, True, True, True, False]])
+  stats = canvas.TokenStats(token=jnp.zeros((1, 5), jnp.int32),
+                            conf=jnp.array([[0.95, 0.5, 0.6, 0.3, 0.99]]),
+                            entropy=jnp.array([[0.1, 0.8, 0.3, 1.5, 0.0]]),
+                            margin=jnp.array([[0.9, 0.1, 0.4, 0.05, 0.98]]))
+  ete = registry.build('ete', dict(threshold=0.9, budget=0.5))
+  # Exploit position 0 (0.1 nats); explore: position 2 (0.3) fits the remaining 0.4 nats.
+  np.testing.assert_array_equal(ete.commit_mask(stats, eligible, None),
+                                [[True, False, True, False, False]])
+  llada = registry.build('llada', dict(tokens_per_step=2, ordering='margin'))
+  np.testing.assert_array_equal(llada.commit_mask(stats, eligible, None),
+                                [[True, False, True, False, False]])
+  llada = registry.build('llada', dict(tokens_per_step=1, ordering='entropy'))
+  np.testing.assert_array_equal(llada.commit_mask(stats, eligible, None),
+                                [[True, False, False, False, False]])
+  leap = registry.build('localleap', dict(anchor_threshold=0.9, relaxed_threshold=0.55,
+                                          radius=2))
+  np.testing.assert_array_equal(leap.commit_mask(stats, eligible, None),
+                                [[True, False, True, False, False]])
