@@ -20,7 +20,8 @@ prompt (lower = more likely under the AR model; lossless methods equal AR's) and
 per-sample unigram entropy of the generated tokens in bits (as MDLM/ReMDM report beside
 generative perplexity: repetitive text has low perplexity *and* low entropy). Plots: speed
 against perplexity, and acceptance by position (the fraction of steps committing >= k tokens,
-from every decoder's step histogram, plus any per-position acceptance a decoder reports).
+from every decoder's step histogram). The rows are also written as JSON beside the markdown;
+`--replot` rewrites the markdown and plots from it without running anything.
 """
 
 from __future__ import annotations
@@ -70,7 +71,6 @@ class Row:
   generated: int
   compile_s: float
   step_hist: list[int]
-  accept_extra: dict[str, list[float]]
   tokens: list[list[int]]
   texts: list[str]
   speedup: float = float('nan')
@@ -182,15 +182,13 @@ def run_one(dec: Any, target: Model, *, max_new_tokens: int, seed: int,
     first = first or (rows, stats)
     walls.append(stats.wall_time_s)
   rows, stats = first
-  accept = {k: list(np.ravel(v).astype(float)) for k, v in stats.extra.items()
-            if 'accept' in k and np.ndim(v) >= 1}
   return Row(method=dec.name, family=type(dec).family, lossless=type(dec).lossless,
              temperature=dec.sampling.temperature, model=target.name, tau=stats.tau,
              nfe_per_token=(stats.target_forwards + stats.other_forwards)
              / max(stats.generated, 1),
              tokens_per_s=stats.generated / max(float(np.median(walls)), 1e-9),
              generated=stats.generated, compile_s=stats.compile_time_s,
-             step_hist=list(stats.step_tokens_hist), accept_extra=accept,
+             step_hist=list(stats.step_tokens_hist),
              tokens=[r.tokens for r in rows], texts=[tok.decode(r.tokens) for r in rows])
 
 
@@ -355,25 +353,20 @@ def plot(rows: Sequence[Row], out_dir: str, prefix: str = 'report') -> list[str]
   fig.tight_layout()
   fig.savefig(os.path.join(out_dir, names[-1]), dpi=120)
   plt.close(fig)
-  fig, ax = plt.subplots(figsize=(8, 4.5))
-  multi = [r for r in rows if r.tau > 1.05 or r.accept_extra]  # one-token decoders: a step
+  multi = [r for r in rows if r.tau > 1.05]  # one-token-per-step decoders: a flat line
   colors = {m: f'C{i % 10}' for i, m in enumerate(dict.fromkeys(r.method for r in multi))}
-  for r in multi:
-    curve = acceptance_curve(r.step_hist)
-    style = '-' if r.temperature == 0 else '--'
-    ax.plot(np.arange(1, len(curve) + 1), curve, style, marker='.', color=colors[r.method],
-            label=f'{r.method} T={r.temperature:g}')
-    for key, values in r.accept_extra.items():
-      v = np.asarray(values, float)
-      ax.plot(np.arange(1, len(v) + 1), v / max(v.max(), 1e-9), ':', color=colors[r.method],
-              label=f'{r.method} T={r.temperature:g} {key} (normalised)')
-  ax.set_xlabel('k (tokens committed in one step)')
-  ax.set_ylabel('fraction of steps committing >= k')
-  ax.set_ylim(0, 1.05)
-  if multi:
-    ax.legend(fontsize=7, loc='center left', bbox_to_anchor=(1.0, 0.5))
-  ax.set_title('acceptance by position (decoders with tau > 1; solid T=0, dashed T=1)',
-               fontsize=9)
+  fig, axes = plt.subplots(1, len(temps), figsize=(5.5 * len(temps), 4.5), squeeze=False)
+  for ax, t in zip(axes[0], temps):
+    for r in (r for r in multi if r.temperature == t):
+      curve = acceptance_curve(r.step_hist)
+      ax.plot(np.arange(1, len(curve) + 1), curve, marker='.', color=colors[r.method],
+              label=f'{r.method} (tau {r.tau:.2f})')
+    ax.set_xlabel('k (tokens committed in one step)')
+    ax.set_ylabel('fraction of steps committing >= k')
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f'acceptance by position, T={t:g}', fontsize=9)
+    if any(r.temperature == t for r in multi):
+      ax.legend(fontsize=7)
   names.append(f'{prefix}_acceptance.png')
   fig.tight_layout()
   fig.savefig(os.path.join(out_dir, names[-1]), dpi=120)
@@ -400,7 +393,9 @@ def define_flags() -> Any:
       seed=f.DEFINE_integer('seed', 0, 'Sampling seed.'),
       repeats=f.DEFINE_integer('repeats', 5, 'Timed runs per decoder (median reported).'),
       out=f.DEFINE_string('out', os.path.join(common.RESULTS_DIR, 'report.md'),
-                          'Markdown file to write (plots go beside it).'))
+                          'Markdown file to write (plots and JSON go beside it).'),
+      replot=f.DEFINE_bool('replot', False, 'Only rewrite the markdown and plots from the '
+                           'JSON of the previous run.'))
 
 
 def parse_settings(items: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -420,12 +415,45 @@ def parse_settings(items: Sequence[str]) -> dict[str, dict[str, Any]]:
   return out
 
 
+def write(out: str, rows: Sequence[Row], skipped: Sequence[tuple[str, str]], setup: str,
+          provenance: str) -> list[str]:
+  """Writes the markdown, its plots and <out>.json (rows without token ids)."""
+  import json  # pylint: disable=g-import-not-at-top
+  out_dir = os.path.dirname(os.path.abspath(out))
+  prefix = os.path.splitext(os.path.basename(out))[0]
+  os.makedirs(out_dir, exist_ok=True)
+  plots = plot(rows, out_dir, prefix) if rows else []
+  with open(out, 'w') as f:
+    f.write(f'# Decoder report\n\n{provenance}\n\n{markdown(rows, skipped, plots, setup)}\n')
+  saved = [dict(dataclasses.asdict(r), tokens=[]) for r in rows]
+  with open(os.path.join(out_dir, f'{prefix}.json'), 'w') as f:
+    json.dump({'provenance': provenance, 'setup': setup, 'rows': saved,
+               'skipped': list(map(list, skipped))}, f, indent=1)
+  return [out, *plots, f'{prefix}.json']
+
+
+def replot(out: str) -> list[str]:
+  """Rewrites the markdown and plots of a previous run from its JSON."""
+  import json  # pylint: disable=g-import-not-at-top
+  path = os.path.splitext(out)[0] + '.json'
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'--replot needs {path} from an earlier run.')
+  with open(path) as f:
+    saved = json.load(f)
+  rows = [Row(**r) for r in saved['rows']]
+  return write(out, rows, [tuple(x) for x in saved['skipped']], saved['setup'],
+               saved['provenance'])
+
+
 def main(argv, flag_values: dict[str, Any]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   import cli  # pylint: disable=g-import-not-at-top
   cli.quiet_logging(sys.argv)
   v = {k: holder.value for k, holder in flag_values.items()}
+  if v['replot']:
+    print('Wrote ' + ', '.join(replot(v['out'])))
+    return
   models = load_models(v['workdirs'], num_prompts=v['num_prompts'],
                        prompt_chars=v['prompt_chars'])
   judge = (load_models([v['judge']], num_prompts=v['num_prompts'],
@@ -437,9 +465,6 @@ def main(argv, flag_values: dict[str, Any]) -> None:
       max_new_tokens=v['max_new_tokens'], seed=v['seed'], repeats=v['repeats'],
       extra_workdirs=dict(item.split('=', 1) for item in v['models']),
       settings=parse_settings(v['set']), judge=judge)
-  out_dir = os.path.dirname(os.path.abspath(v['out']))
-  prefix = os.path.splitext(os.path.basename(v['out']))[0]
-  plots = plot(rows, out_dir, prefix) if rows else []
   judge_name = (judge or next((m for m in models if m.objective == 'ar'), models[0])).name
   setup = (f'Models: {", ".join(f"`{m.workdir}` ({m.objective})" for m in models)}; judge: '
            f'`{judge_name}`. Prompts: {len(models[0].texts)} held-out documents, first '
@@ -449,11 +474,7 @@ def main(argv, flag_values: dict[str, Any]) -> None:
            'one machine; absolute tokens/s only mean something on a GPU/TPU. Host load '
            f'average at the start: {load:.1f} on {os.cpu_count()} cores (a loaded host makes '
            'the timings noisy).')
-  os.makedirs(out_dir, exist_ok=True)
-  with open(v['out'], 'w') as f:
-    body = markdown(rows, skipped, plots, setup)
-    f.write(f'# Decoder report\n\n{common.provenance()}\n\n{body}\n')
-  print(f'Wrote {v["out"]} and {", ".join(plots)}.')
+  print('Wrote ' + ', '.join(write(v['out'], rows, skipped, setup, common.provenance())))
 
 
 if __name__ == '__main__':

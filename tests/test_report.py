@@ -138,6 +138,12 @@ def test_report_rows_quality_and_files(trained_workdir, fake_decoders, tmp_path)
   text = report.markdown(rows, skipped, plots, 'setup')
   assert text.count('\n| ar | autoregressive | yes |') == 2
   assert '`report_test_broken`: failed' in text and 'report_speed_quality.png' in text
+  out = str(tmp_path / 'r.md')
+  files = report.write(out, rows, skipped, 'setup', '- device: x')
+  first = open(out).read()
+  assert files[-1] == 'r.json' and 'setup' in first and '- device: x' in first
+  os.remove(out)
+  assert report.replot(out) == files and open(out).read() == first
 
 
 def test_judge_perplexity_is_the_models_own(trained_workdir):
