@@ -62,14 +62,14 @@ def make_inputs(c: Case, seed: int = 0):
   return (q, k, v), kw
 
 
-def check(c: Case, impl: str, grads: bool = True):
+def check(c: Case, impl: str, grads: bool = True, block_sizes: BlockSizes = SMALL):
   """Kernel vs reference: output, and (one jit each) the gradients of a weighted sum."""
   (q, k, v), kw = make_inputs(c)
   tol = 2e-2 if c.dtype == 'bfloat16' else 2e-5
   w = jax.random.normal(jax.random.key(9), q.shape, jnp.float32)
 
   def run(q, k, v, impl):
-    f = lambda q, k, v: flash_attention(q, k, v, block_sizes=SMALL, impl=impl, **kw)
+    f = lambda q, k, v: flash_attention(q, k, v, block_sizes=block_sizes, impl=impl, **kw)
     if not grads:
       return f(q, k, v), None
     out, vjp = jax.vjp(f, q, k, v)
@@ -102,13 +102,14 @@ def test_gpu_kernel_matches_reference(c):
 
 
 def test_tpu_kernel_matches_reference():
+  # 32-blocks: 2 x 2 tiles (TPU interpret mode is slow per grid step).
   check(Case(T=36, S=36, H=2, K=1, block_causal=4, window=13, segments=True, dense=True),
-        'pallas_tpu')
+        'pallas_tpu', block_sizes=BlockSizes(32, 32, 32, 32))
 
 
 def test_block_map_skip_is_conservative_and_full_is_exact():
   c = Case(B=3, T=64, S=64, segments=True, dense=True)
-  for causal_block, window in ((0, 0), (1, 0), (8, 0), (1, 20)):
+  for causal_block, window in ((0, 0), (8, 0), (1, 20)):
     (_, _, _), kw = make_inputs(dataclasses.replace(c, dense=causal_block == 0))
     fm = mask_lib.FlashMask(kw['q_positions_BxT'], kw['kv_positions_BxS'],
                             kw['q_segment_ids_BxT'], kw['kv_segment_ids_BxS'],
