@@ -8,8 +8,8 @@
 The argument is `TASK,KIND[,SIZE]`: TASK in sudoku4, sudoku9, countdown3, countdown4, infill;
 KIND in mdlm, dream (logit shift), bd3, wedlm, ar; SIZE a preset (default tiny). Rows are
 <bos> prompt <sep> answer <eos>...; only the answer is a target (never noised prompts).
-On 2 otherwise idle CPU cores the tiny runs take about 10 minutes (sudoku4: 1000 steps of 32
-rows x 32 tokens); 9x9 sudoku needs a GPU-sized run (small preset) to be solved at all.
+On 2 otherwise idle CPU cores the tiny runs take about 10 minutes (sudoku4: 1500 steps of 32
+rows x 36 tokens); 9x9 sudoku needs a GPU-sized run (small preset) to be solved at all.
 """
 
 import ml_collections
@@ -25,8 +25,8 @@ KINDS = {  # kind -> (objective, shift)
 }
 # task -> (seq_len, batch size, steps) for the tiny preset; seq_len >= the task's row length.
 TASKS = {
-    'sudoku4': (32, 32, 1000),
-    'sudoku9': (136, 32, 3000),
+    'sudoku4': (36, 32, 1500),
+    'sudoku9': (168, 32, 3000),
     'countdown3': (48, 64, 2000),
     'countdown4': (64, 64, 3000),
     'infill': (32, 64, 1500),

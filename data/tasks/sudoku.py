@@ -1,9 +1,11 @@
 """Sudoku (4x4 and 9x9): fill the blanks; solved = a valid grid that keeps every clue.
 
-Prompt: the puzzle row by row, '.' for a blank (16 or 81 characters). Answer: the digits of
-the blank cells in row-major order (e.g. 6-10 digits for 4x4), so every answer token is a
-decision. A solution is scored by validity of the completed grid, not against the generator's
-grid, because a puzzle with few clues can have several solutions.
+Prompt: the puzzle row by row, '.' for a blank (16 or 81 characters). Answer: the full grid
+(16 or 81 digits), so answer cell i sits at a fixed offset from puzzle cell i and from its row,
+column and box (a relative-position lookup a small Transformer learns quickly). `fill` and the
+scorer also accept the blanks' digits alone. A solution is scored by validity of the completed
+grid, not against the generator's grid, because a puzzle with few clues can have several
+solutions.
 
 Grids come from the canonical pattern  grid[r][c] = (n * (r % n) + r // n + c) % n²  (n = 2
 or 3) under the validity-preserving shuffles: digits relabelled, rows permuted within bands,
@@ -42,7 +44,7 @@ def solved_grid(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def make_puzzle(rng: np.random.Generator, n: int, min_blanks: int, max_blanks: int
                 ) -> tuple[str, str]:
-  """(puzzle, answer) strings: the puzzle row-major, the answer the blanks' digits."""
+  """(puzzle, answer) strings, row-major: the puzzle with blanks, the full solved grid."""
   grid = solved_grid(rng, n)
   cells = grid.size
   blanks = np.sort(rng.choice(cells, size=int(rng.integers(min_blanks, max_blanks + 1)),
@@ -50,11 +52,15 @@ def make_puzzle(rng: np.random.Generator, n: int, min_blanks: int, max_blanks: i
   flat = grid.reshape(-1).astype(str)
   puzzle = flat.copy()
   puzzle[blanks] = BLANK
-  return ''.join(puzzle), ''.join(flat[blanks])
+  return ''.join(puzzle), ''.join(flat)
 
 
 def fill(puzzle: str, answer: str) -> str | None:
-  """The grid with the blanks filled by `answer`'s digits (None if the count differs)."""
+  """The completed grid: `answer` itself if it is a full grid that keeps every clue, or the
+  puzzle with its blanks filled by `answer`'s digits; None otherwise."""
+  if len(answer) == len(puzzle):
+    keeps = all(p == BLANK or p == a for p, a in zip(puzzle, answer))
+    return answer if keeps else None
   if len(answer) != puzzle.count(BLANK):
     return None
   digits = iter(answer)
@@ -62,7 +68,7 @@ def fill(puzzle: str, answer: str) -> str | None:
 
 
 def is_valid_solution(puzzle: str, answer: str) -> bool:
-  """True iff filling `puzzle`'s blanks with `answer` gives a complete valid grid."""
+  """True iff `answer` (a full grid, or the blanks' digits) completes `puzzle` validly."""
   cells = len(puzzle)
   size = int(round(cells ** 0.5))
   n = int(round(size ** 0.5))
@@ -81,7 +87,7 @@ def _task(name: str, n: int, min_blanks: int, max_blanks: int) -> exact_match.Te
   cells = n ** 4
   return exact_match.TextTask(
       name=name, generate=lambda rng: make_puzzle(rng, n, min_blanks, max_blanks),
-      score=is_valid_solution, max_prompt_chars=cells, max_answer_chars=max_blanks,
+      score=is_valid_solution, max_prompt_chars=cells, max_answer_chars=cells,
       description=f'{n * n}x{n * n} sudoku with {min_blanks}-{max_blanks} blanks')
 
 

@@ -166,7 +166,7 @@ class CanvasDecoder(canvas.DiffusionDecoder):
       ok &= jnp.take_along_axis(pos_BxW, ec, axis=1) >= 0
       return jnp.take_along_axis(logits_BxWxV, ec[..., None], axis=1), ok
 
-    def window_spec(cur_B, seq_BxL):
+    def window_spec(cur_B):
       """(start, width) of the cached step's input window."""
       cv_start = jnp.argmax(blk_BxN == cur_B[:, None], axis=1)
       blk_abs = layout.prompt_len_B + cv_start  # absolute position of the block start
@@ -184,7 +184,7 @@ class CanvasDecoder(canvas.DiffusionDecoder):
       return out.logits_BxTxV, full_pos_BxL, jnp.zeros((B,), jnp.int32), out.cache
 
     def windowed(seq_BxL, cache, cur_B):
-      start_B, W = window_spec(cur_B, seq_BxL)
+      start_B, W = window_spec(cur_B)
       tokens, pos = canvas.window(seq_BxL, layout, start_B, W)
       out = model.apply({'params': p}, tokens, pos, cache=cache, attn_mask=mask_spec)
       return out.logits_BxTxV, pos, start_B, out.cache

@@ -31,12 +31,14 @@ def test_sudoku_grids_are_valid_and_scorer_rejects_broken_ones():
     assert not sudoku.is_valid_solution(blank, swapped)
     assert not sudoku.is_valid_solution(blank, flat[:-1])   # too short
     assert not sudoku.is_valid_solution(flat[:-1] + '.', flat[-1] + '0')  # wrong count
-    # Clues are kept: only the blanks are answered.
+    # The blanks' digits alone also count; a full grid must keep every clue.
     assert sudoku.is_valid_solution(flat[:-1] + '.', flat[-1])
     wrong = str(int(flat[-1]) % (n * n) + 1)
     assert not sudoku.is_valid_solution(flat[:-1] + '.', wrong)
+    clue = ('1' if flat[0] != '1' else '2') + '.' * (len(flat) - 1)
+    assert not sudoku.is_valid_solution(clue, flat)
   puzzle, answer = sudoku.make_puzzle(rng, 2, 6, 10)
-  assert 6 <= puzzle.count('.') <= 10 and len(answer) == puzzle.count('.')
+  assert 6 <= puzzle.count('.') <= 10 and len(answer) == 16
 
 
 def test_countdown_scorer_checks_arithmetic_numbers_and_target():
