@@ -34,13 +34,13 @@ from decoding import sampling as sampling_lib
 
 NEG_INF = -jnp.inf
 _BLOCK_CAUSAL = ('block_diffusion',)
+_NOT_DIFFUSION = ('ar', 'ar_task')
 
 
 @dataclasses.dataclass(frozen=True)
 class DiffusionDecoder(base.Decoder):
   """Settings every diffusion decoder has. -1 means 'take it from the model's run':
-  `for_model(run_config, tokenizer)` fills them (benchmarks, tests; sample.py users pass
-  --decoder_config.mask_id=... etc. until sample.py calls it).
+  `for_model(run_config, tokenizer)` fills them (sample.py and the benchmark call it).
 
   mask_id: the <mask> token (byte tokenizer: 259, BPE: 3).
   shift: 1 if the model reads predictions one position left (Dream-style), else 0.
@@ -60,6 +60,10 @@ class DiffusionDecoder(base.Decoder):
     A block-causal model also fixes block_size to the block length it was trained with.
     """
     objective = run_config.get('objective', '')
+    if objective in _NOT_DIFFUSION:
+      raise ValueError(f'Decoder {self.name!r} needs a diffusion model (objective '
+                       f'masked_diffusion, block_diffusion or wedlm); this run was trained with '
+                       f'{objective!r}.')
     diffusion = run_config.get('diffusion', {}) or {}
     updates: dict[str, Any] = {}
     if self.mask_id < 0:

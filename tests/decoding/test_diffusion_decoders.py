@@ -209,3 +209,5 @@ def test_for_model_reads_the_run_config():
   got = dec.for_model({'objective': 'masked_diffusion', 'diffusion': {'shift': False}}, Tok())
   assert (got.mask_id, got.shift, got.block_causal, got.block_size) == (259, 0, 0, 32)
   assert canvas.DiffusionDecoder.lossless is False
+  with pytest.raises(ValueError, match='needs a diffusion model'):
+    dec.for_model({'objective': 'ar'}, Tok())
