@@ -170,6 +170,10 @@ def _alias(name: str, drafter: str, doc: str, **defaults) -> type:
 SpecDynamicDecoder = _alias(
     'spec_dynamic', 'model', 'Draft-model speculative decoding over a dynamic (EAGLE-2 style) '
     'token tree (lossless).', tree='dynamic', gamma=6, top_k=6, tree_nodes=48)
+SpecRSDDecoder = _alias(
+    'spec_rsd', 'model', 'Recursive Speculative Decoding (RSD-S): a draft model\'s stochastic '
+    'beam search tree, verified without replacement (lossless; greedy: EAGLE-2 tree).',
+    tree='dynamic', verifier='wor', gamma=4, top_k=4, tree_nodes=16)
 
 
 @register_drafter('prompt_lookup')

@@ -17,7 +17,9 @@ Tree shapes:
             nodes (by cumulative draft log-probability), each proposes `top_k` children; the
             best `nodes` of all candidates form the tree (scores fall along paths, so the set
             is connected). With the 'wor' rule children are Gumbel-top-k samples scored by
-            stochastic-beam-search values: Recursive Speculative Decoding's RSD-S.
+            stochastic-beam-search values and the tree is the per-depth beams (no global
+            rerank, which would let deep noise pick shallow nodes): Recursive Speculative
+            Decoding's RSD-S, `top_k * depth` nodes.
 """
 
 from __future__ import annotations
@@ -79,8 +81,16 @@ class DraftModelDrafter(drafter_lib.Drafter):
   @property
   def max_nodes(self) -> int:
     if self.shape == 'dynamic':
+      if self.stochastic:  # RSD-S: the beams, top_k nodes per depth
+        return 1 + self.top_k * self.depth
       return 1 + min(self.nodes, self.candidates)
     return self.template.size
+
+  @property
+  def stochastic(self) -> bool:
+    """Dynamic trees with 'wor' children: stochastic beam search (RSD-S)."""
+    return self.shape == 'dynamic' and self.mode == 'wor'
+
 
   @property
   def max_depth(self) -> int:
@@ -282,6 +292,7 @@ class DraftModelDrafter(drafter_lib.Drafter):
     if wor:
       logq_fed = logq_fed.at[:, 0].set(lq[:, 0])
     frontier = jnp.broadcast_to(jnp.arange(1, k + 1, dtype=jnp.int32), (B, k))
+    beams = [frontier]
     slots_all = base_B[:, None] + jnp.arange(C1, dtype=jnp.int32)[None]
     calls = active_B.astype(jnp.int32)
     b = jnp.arange(B)[:, None]
@@ -325,9 +336,19 @@ class DraftModelDrafter(drafter_lib.Drafter):
       anc = anc.at[:, new_ids].set(new_anc)
       top = jax.lax.top_k(score[:, new_ids], k)[1]
       frontier = (start + top).astype(jnp.int32)
-    # Keep the best `nodes` candidates; sort them by index so parents precede children.
+      beams.append(frontier)
     N = self.max_nodes - 1
-    sel_score, sel = jax.lax.top_k(score[:, 1:], N)
+    if wor:
+      # RSD-S keeps the beams (top_k per depth, chosen by that depth's values alone): a
+      # global rerank across depths would let deeper noise decide which shallow nodes stay,
+      # which breaks exactness for sampled children.
+      sel = jnp.concatenate(beams, axis=1)
+      sel_score = jnp.take_along_axis(score, sel, 1)
+      sel = sel - 1
+    else:
+      # EAGLE-2: keep the best `nodes` candidates (deterministic scores fall along paths).
+      sel_score, sel = jax.lax.top_k(score[:, 1:], N)
+    # Sort by index so parents precede children.
     sel = jnp.sort(jnp.where(jnp.isfinite(sel_score), sel + 1, C1), axis=1)
     sel_ok = sel < C1
     sel = jnp.minimum(sel, C1 - 1)
