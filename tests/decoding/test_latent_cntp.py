@@ -6,22 +6,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from testlib import small_config
 from decoding import Models, SamplingConfig, registry, run_decoder
 from decoding.latent import cntp
-from models import Cache, Transformer, init_params
+from models import Cache
+from test_latent_loop import AR_EOS, PROMPTS, SAMPLING as SAMPLINGS, ar_rows, shared_lm
 
-V, PAD, EOS = 48, 0, 30
-PROMPTS = [[1, 5, 9, 3, 40], [2, 7, 40], [4, 4, 8, 1, 6, 2, 9, 40], [3, 40]]
-SAMPLING = SamplingConfig(temperature=1.0, top_k=20)
+PAD, EOS = 0, AR_EOS['sampled']
+SAMPLING = SAMPLINGS['sampled']
 
 
 @pytest.fixture(scope='module')
 def lm():
-  model = Transformer(small_config(vocab_size=V))
-  params = jax.jit(lambda k: init_params(Transformer(small_config(vocab_size=V, init_std=0.3)),
-                                         k))(jax.random.key(7))
-  return model, params
+  return shared_lm()
 
 
 def _run(lm, name, **settings):
@@ -32,7 +28,7 @@ def _run(lm, name, **settings):
 
 
 def test_one_trial_is_ar_and_trials_are_accounted(lm):
-  ar, _ = _run(lm, 'ar')
+  ar = ar_rows('sampled')
   one, _ = _run(lm, 'cntp', n_max=1)
   assert [r.tokens for r in one] == [r.tokens for r in ar]
   assert [r.target_forwards for r in one] == [r.target_forwards for r in ar]

@@ -6,39 +6,30 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from testlib import small_config
-from decoding import Models, SamplingConfig, registry, run_decoder
+from decoding import Models, registry, run_decoder
 from decoding.latent import routing
-from models import Transformer, init_params
+from test_latent_loop import AR_EOS, PROMPTS, SAMPLING as SAMPLINGS, V, ar_rows, shared_lm
 
-V, PAD, EOS = 48, 0, 30
-PROMPTS = [[1, 5, 9, 3, 40], [2, 7, 40], [4, 4, 8, 1, 6, 2, 9, 40], [3, 40]]
-SAMPLING = SamplingConfig(temperature=1.0, top_k=20)
+PAD, EOS = 0, AR_EOS['sampled']
+SAMPLING = SAMPLINGS['sampled']
 
 
 @pytest.fixture(scope='module')
 def pair():
-  small = Transformer(small_config(vocab_size=V))
-  large = Transformer(small_config(vocab_size=V, num_layers=3))
-  init = lambda cfg, seed: jax.jit(lambda k: init_params(Transformer(cfg), k))(
-      jax.random.key(seed))
-  ps = init(small_config(vocab_size=V, init_std=0.3), 7)
-  pl = init(small_config(vocab_size=V, num_layers=3, init_std=0.3), 8)
+  """Same architecture, different weights (shares the AR compiles of test_latent_loop)."""
+  (small, ps), (large, pl) = shared_lm(7), shared_lm(8)
   return small, large, ps, pl
 
 
 def _run(pair, name, router=None, **settings):
   small, large, ps, pl = pair
   params = {'target': ps, 'large': pl}
-  models = Models(small, extras=(('large', large),))
-  if name == 'ar_large':
-    name, params, models = 'ar', {'target': pl}, Models(large)
-  elif name != 'ar':
-    settings['large_workdir'] = 'unused'
   if router is not None:
     params['router'] = router
-  return run_decoder(registry.build(name, settings, sampling=SAMPLING), models, params,
-                     PROMPTS, max_new_tokens=10, cache_size=32, eos_id=EOS, pad_id=PAD, seed=1)
+  settings['large_workdir'] = 'unused'
+  return run_decoder(registry.build(name, settings, sampling=SAMPLING),
+                     Models(small, extras=(('large', large),)), params, PROMPTS,
+                     max_new_tokens=10, cache_size=32, eos_id=EOS, pad_id=PAD, seed=1)
 
 
 def _constant_router(logit):
@@ -47,8 +38,7 @@ def _constant_router(logit):
 
 
 def test_budget_extremes_are_the_small_and_large_models(pair):
-  small_rows, _ = _run(pair, 'ar')
-  large_rows, _ = _run(pair, 'ar_large')
+  small_rows, large_rows = ar_rows('sampled', 7), ar_rows('sampled', 8)
   assert [r.tokens for r in small_rows] != [r.tokens for r in large_rows]
   for logit, ref in ((-20.0, small_rows), (20.0, large_rows)):
     rows, stats = _run(pair, 'r2r', router=_constant_router(logit))

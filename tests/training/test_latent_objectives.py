@@ -1,9 +1,6 @@
 """Coconut-family objectives: cache filling == recomputation (logits and gradients), the
 curriculum's row layout, the decoder sees what training saw, and a SIM-CoT run end to end."""
 
-import json
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +12,7 @@ from data import tokenizers
 from data.tasks import reasoning
 from decoding import Models, registry, run_decoder
 from models import Transformer, init_params
-from training import loading, trainer
+from training import loading, objectives, trainer
 from training.objectives import coconut
 
 TOK = tokenizers.make_tokenizer('byte')
@@ -30,8 +27,13 @@ def lm():
   return model, params
 
 
+L = 2  # thought slots (max_stage 2, c 1)
+_cached = jax.jit(coconut.forward_cached, static_argnums=(0, 3, 4))
+_recompute = jax.jit(coconut.forward_recompute, static_argnums=(0, 3, 4))
+
+
 def _batch(method='coconut', stage=2, mix=0.5, n=4, seed=0):
-  s = coconut.LatentSettings(task='prosqa', method=method, stage=stage, max_stage=3,
+  s = coconut.LatentSettings(task='prosqa', method=method, stage=stage, max_stage=L,
                              uniform_prob=mix)
   return s, coconut.make_batch_fn(TOK, s, with_steps=True)(np.random.default_rng(seed), n)
 
@@ -42,16 +44,16 @@ def _loss(fwd, model, s, pause):
   return jax.jit(jax.value_and_grad(loss))
 
 
-@pytest.mark.parametrize('method', ['coconut', 'pause'])
+@pytest.mark.parametrize('method', ['coconut'])
 def test_cached_latent_filling_equals_recomputation(lm, method):
   model, params = lm
   s, batch = _batch(method)
   assert len(set(batch['n_latent'].tolist())) > 1, 'rows should have different thought counts'
   pause = PAUSE if method == 'pause' else None
-  lc, tc = jax.jit(lambda p, b: coconut.forward_cached(model, p, b, 3, pause))(params, batch)
-  lr, tr = jax.jit(lambda p, b: coconut.forward_recompute(model, p, b, 3, pause))(params, batch)
+  lc, tc = _cached(model, params, batch, L, pause)
+  lr, tr = _recompute(model, params, batch, L, pause)
   np.testing.assert_allclose(lc, lr, atol=2e-5, rtol=1e-5)
-  active = np.arange(3)[None, :] < batch['n_latent'][:, None]
+  active = np.arange(L)[None, :] < batch['n_latent'][:, None]
   np.testing.assert_allclose(np.asarray(tc)[active], np.asarray(tr)[active], atol=2e-5)
   if method == 'coconut':  # thoughts are hidden states, fed back: gradients flow through them
     (vc, gc), (vr, gr) = [_loss(f, model, s, None)(params, batch)
@@ -89,36 +91,41 @@ def test_curriculum_row_layout_follows_coconut():
 def test_coconut_decoder_sees_what_training_saw(lm):
   """The decoder's greedy answer tokens are the argmax of the training forward on them."""
   model, params = lm
-  s, batch = _batch('coconut', stage=9, mix=0.0)  # final stage: 3 thoughts, no steps
-  dec = registry.build('coconut', {'latent_steps': 3})
+  s, batch = _batch('coconut', stage=9, mix=0.0)  # final stage: L thoughts, no steps
+  dec = registry.build('coconut', {'latent_steps': L})
   prompts = [batch['prefix'][r, :batch['prefix_len'][r]].tolist() for r in range(4)]
   rows, _ = run_decoder(dec, Models(model), {'target': params}, prompts, max_new_tokens=12,
                         cache_size=96, eos_id=TOK.eos_id, pad_id=TOK.pad_id)
   suffix = np.full_like(batch['suffix'], TOK.eos_id)
   for r, row in enumerate(rows):
-    assert row.tokens[:4] == [TOK.special_id('<latent>')] * 3 + [TOK.special_id('</think>')]
-    suffix[r, :len(row.tokens) - 3] = row.tokens[3:]
-  logits, _ = jax.jit(lambda p, b: coconut.forward_cached(model, p, b, 3))(
-      params, dict(batch, suffix=suffix))
+    assert row.tokens[:L + 1] == [TOK.special_id('<latent>')] * L + [TOK.special_id('</think>')]
+    suffix[r, :len(row.tokens) - L] = row.tokens[L:]
+  logits, _ = _cached(model, params, dict(batch, suffix=suffix), L, None)
   for r, row in enumerate(rows):
-    n = len(row.tokens) - 3
-    assert np.argmax(logits[r, 1:n], -1).tolist() == row.tokens[4:]
+    n = len(row.tokens) - L
+    assert np.argmax(logits[r, 1:n], -1).tolist() == row.tokens[L + 1:]
 
 
-def test_sim_cot_stage_starts_from_a_checkpoint_and_trains(tmp_path, trained_workdir):
+def test_sim_cot_objective_starts_from_a_checkpoint_and_supervises_steps(trained_workdir):
+  """The sim_cot objective as train.py builds it: parameters from the previous run
+  (init_from), its own data, an auxiliary decoder whose step loss trains the thoughts."""
   config = latent_reasoning.get_config(
-      f'task=prosqa,method=sim_cot,stage=2,size=test,steps=2,init={trained_workdir}')
-  with config.unlocked():
-    config.data.batch_size = 8
-  workdir = str(tmp_path / 'sim_cot')
-  out = trainer.train_and_evaluate(config, workdir)
-  assert out['step'] == 2 and np.isfinite(out['train']['loss'])
-  assert out['train']['step_loss'] > 0 and 'suffix_exact' in out['eval']
-  start = jax.tree.leaves(loading.load_model(trained_workdir).params)
-  got = loading.load_model(workdir)
-  assert 'aux_decoder' in got.extras
-  # Two small steps from the checkpoint: close to it (a fresh init would be far away).
-  diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(start, jax.tree.leaves(got.params)))
-  assert diff < 0.05
-  saved = json.load(open(os.path.join(workdir, 'config.json')))
-  assert saved['latent']['init_from'] == trained_workdir
+      f'task=prosqa,method=sim_cot,stage=2,size=test,init={trained_workdir}')
+  start = loading.load_model(trained_workdir)
+  model = start.model
+  obj = objectives.make_objective('sim_cot', model, config)
+  init = obj.init_model_params()
+  for a, b in zip(jax.tree.leaves(init), jax.tree.leaves(start.params)):
+    np.testing.assert_array_equal(a, b)
+  it = obj.make_train_iterator(trainer.data_config(config), TOK)
+  batch = {k: jnp.asarray(v) for k, v in next(it).items()}
+  assert batch['steps_weights'].sum() > 0 and (batch['n_latent'] == 2).all()
+  params = {'model': init, **obj.extras(jax.random.key(1))}
+  assert set(params) == {'model', 'aux_decoder'} and 'embed' not in params['aux_decoder']
+  (loss, m), grads = jax.jit(jax.value_and_grad(obj.loss_fn, has_aux=True))(
+      params, batch, jax.random.key(0))
+  np.testing.assert_allclose(loss, m['answer_loss'] + m['step_loss'], rtol=1e-5)
+  assert np.isfinite(loss) and m['step_loss'] > 0
+  assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads['aux_decoder']))
+  state = it.get_state()
+  assert state['index'] == 1 and 'stage2' in state['name']
