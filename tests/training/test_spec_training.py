@@ -1,0 +1,116 @@
+"""Training recipes for drafters: Medusa / MTP heads and the Kangaroo adapter on a frozen
+target, draft distillation; the trained runs drive their decoders (greedy == AR)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import spec_draft, spec_heads
+from decoding import compare, registry
+from training import loading, trainer
+from training.objectives import make_objective
+from training.objectives import spec_draft as spec_draft_lib
+
+STEPS = 3
+
+
+def _train(config, data_dir, target, workdir):
+  config.data.data_dir = data_dir
+  config.spec.target_workdir = target
+  config.train.update(steps=STEPS, eval_every=STEPS, checkpoint_every=STEPS, eval_batches=1,
+                      async_checkpointing=False)
+  return trainer.train_and_evaluate(config, workdir)
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory, data_dir, trained_workdir):
+  out = {}
+  for kind in ('medusa', 'mtp', 'kangaroo'):
+    workdir = str(tmp_path_factory.mktemp(kind))
+    cfg = spec_heads.get_config(f'{kind},test')
+    cfg.data.batch_size = 8
+    out[kind] = (workdir, _train(cfg, data_dir, trained_workdir, workdir))
+  workdir = str(tmp_path_factory.mktemp('draft'))
+  out['draft'] = (workdir, _train(spec_draft.get_config('corpus,test'), data_dir,
+                                  trained_workdir, workdir))
+  return out
+
+
+def test_heads_train_on_a_frozen_target(runs, trained_workdir):
+  target = loading.load_model(trained_workdir)
+  for kind in ('medusa', 'mtp', 'kangaroo'):
+    workdir, metrics = runs[kind]
+    assert np.isfinite(metrics['train']['loss']) and np.isfinite(metrics['eval']['loss'])
+    run = loading.load_model(workdir)
+    assert set(run.extras) == {kind}
+    # The base was frozen: the run holds exactly the target's weights.
+    jax.tree.map(np.testing.assert_array_equal, run.params, target.params)
+  assert 'head3_acc' in runs['mtp'][1]['eval'] and 'head4_acc' in runs['medusa'][1]['eval']
+  assert 0 <= runs['kangaroo'][1]['eval']['top1_agreement'] <= 1
+
+
+def test_trained_runs_drive_their_decoders(runs, trained_workdir):
+  """What sample.py does: the run's extras reach the decoders; drafts load as extra models."""
+  target = loading.load_model(trained_workdir)
+  tok = target.tokenizer
+  prompts = [tok.encode(t, add_bos=True) for t in ('def f(x):\n', 'import o', 'class')]
+
+  def load_extra(workdir):
+    run = loading.load_model(workdir)
+    return run.model, run.params
+
+  extras = {}
+  for kind in ('medusa', 'mtp', 'kangaroo'):
+    extras.update(loading.load_model(runs[kind][0]).extras)
+  decoders = [registry.build('ar'), registry.build('medusa', {'gamma': 3}),
+              registry.build('mtp', {'gamma': 3}), registry.build('kangaroo', {'exit_layer': 1}),
+              registry.build('speculative', {'draft_workdir': runs['draft'][0]})]
+  results = compare.run_all(decoders, target.model, target.params, prompts, eos_id=tok.eos_id,
+                            pad_id=tok.pad_id, max_new_tokens=12, load_extra=load_extra,
+                            target_extras=extras)
+  ref = [r.tokens for r in results['ar'][0]]
+  for name, (rows, _) in results.items():
+    assert [r.tokens for r in rows] == ref, name
+
+
+def test_draft_distillation_on_generated_text(trained_workdir):
+  """The 'generated' source samples the rows' continuations from the target; the loss only
+  covers generated positions and the draft learns there (finite loss and gradient)."""
+  from models import Transformer, init_params  # pylint: disable=g-import-not-at-top
+  cfg = spec_draft.get_config('generated,test')
+  cfg.spec.target_workdir = trained_workdir
+  model = Transformer(trainer.model_config(cfg, 272))
+  objective = make_objective('draft_distill', model, cfg)
+  params = {'model': init_params(model, jax.random.key(0)),
+            **objective.extras(jax.random.key(1))}
+  tokens = jnp.tile(jnp.arange(33, dtype=jnp.int32)[None] % 200 + 10, (2, 1))
+  loss_and_grad = jax.jit(jax.value_and_grad(objective.loss_fn, has_aux=True))
+  (loss, metrics), grads = loss_and_grad(params, {'tokens': tokens}, jax.random.key(2))
+  assert np.isfinite(float(loss)) and float(metrics['tokens_sum']) == 2 * (32 - 7)
+  assert float(jnp.abs(grads['model']['layer_0']['mlp']['up']).sum()) > 0
+  teacher = loading.load_model(trained_workdir)
+  rows = jax.jit(lambda t, k: spec_draft_lib.generate_rows(teacher.model, teacher.params, t, 8,
+                                                           1.0, k))(tokens, jax.random.key(3))
+  np.testing.assert_array_equal(rows[:, :8], tokens[:, :8])
+  assert not np.array_equal(rows[:, 8:], tokens[:, 8:])
+
+
+def test_recipe_errors(trained_workdir):
+  from models import Transformer  # pylint: disable=g-import-not-at-top
+  from testlib import small_config  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match='Unknown head kind'):
+    spec_heads.get_config('hydra')
+  model = Transformer(small_config())
+  with pytest.raises(ValueError, match='spec'):
+    make_objective('medusa_heads', model, None)
+  cfg = spec_heads.get_config('medusa,test')
+  cfg.spec.target_workdir = ''
+  with pytest.raises(ValueError, match='target_workdir'):
+    make_objective('medusa_heads', model, cfg)
+  cfg = spec_draft.get_config('corpus,test')
+  cfg.spec.target_workdir = trained_workdir
+  with pytest.raises(ValueError, match='same tokenizer'):
+    make_objective('draft_distill', Transformer(small_config(vocab_size=64)), cfg)
