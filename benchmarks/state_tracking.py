@@ -6,7 +6,7 @@ length 128, test at length 512; accuracy per position (mean over test sequences)
   # the paper's grid on a GPU (one command; ~hours on one H100, cells resume if interrupted):
   python -m benchmarks.state_tracking --preset=paper
   # the scaled-down CPU protocol (what was run on 2 shared CPU cores, a few cells per call):
-  nice -n 10 python -m benchmarks.state_tracking --preset=cpu --tasks=parity --n_h=1 --beta=1,2
+  nice -n 10 python -m benchmarks.state_tracking --preset=cpu --tasks=parity --n_h=1 --beta=2
   # rebuild the table and plot from the cells recorded so far:
   python -m benchmarks.state_tracking --report_only
 
@@ -15,8 +15,9 @@ Presets (every flag below overrides them):
          tasks parity, Z5, S3, S4, A5, S5; n_h 1-4; beta [0,1] and [0,2]; 1 and 2 layers;
          attention baseline; d_model 128, 8 heads, no conv, no gates; AdamW lr 1e-3 cosine,
          batch 2048, 4900 steps (= 100 epochs of 100k samples; here fresh samples per step).
-  cpu    the same models at batch 64 with a few hundred to ~2k steps: a cell takes minutes on
-         a CPU core. Patterns that need long training at batch 2048 may not show.
+  cpu    scaled down for 2 shared CPU cores: width 64, 4 heads of 16, MLP 128, batch 32,
+         1000 steps (training stops after 12 minutes per cell), the naive scan; same lr,
+         schedule and lengths. Patterns that need long training at batch 2048 may not show.
 
 Each finished cell is appended to benchmarks/results/state_tracking_cells.jsonl (cells already
 there are skipped unless --rerun); the table benchmarks/results/state_tracking.md and the plot
@@ -44,12 +45,12 @@ CELLS_FILE = os.path.join(common.RESULTS_DIR, 'state_tracking_cells.jsonl')
 PRESETS = {
     'paper': dict(tasks='parity,Z5,S3,S4,A5,S5', n_h='1,2,3,4', beta='1,2', layers='1,2',
                   attention='1', batch=2048, steps=4900, warmup=100, eval_samples=1024,
-                  d_model=128, heads=8, mlp_dim=512, chunk_size=64),
+                  d_model=128, heads=8, mlp_dim=512, chunk_size=64, max_train_seconds=0),
     # Scaled down for 2 shared CPU cores: half the width, batch 32, the naive scan (faster
     # than the chunked form on CPU at these sizes; see benchmarks/results/deltaproduct.md).
     'cpu': dict(tasks='parity,S3', n_h='1,2', beta='1,2', layers='1', attention='1',
                 batch=32, steps=1000, warmup=50, eval_samples=256, d_model=64, heads=4,
-                mlp_dim=128, chunk_size=4096),
+                mlp_dim=128, chunk_size=4096, max_train_seconds=720),
 }
 
 
@@ -113,10 +114,15 @@ def run_cell(cell: Cell, args) -> dict:
                                 batch_size=args.batch)
   t0 = time.perf_counter()
   losses = []
+  steps_done = 0
   for step in range(args.steps):
+    if args.max_train_seconds and time.perf_counter() - t0 > args.max_train_seconds:
+      print(f'  [{cell.name}] stopping at step {step}: --max_train_seconds reached', flush=True)
+      break
     batch = next(it)
     params, opt_state, loss, acc = train_step(params, opt_state, batch['inputs'],
                                               batch['targets'])
+    steps_done = step + 1
     if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
       losses.append((step + 1, float(loss), float(acc)))
       print(f'  [{cell.name}] step {step + 1} loss {float(loss):.4f} acc {float(acc):.3f} '
@@ -127,7 +133,10 @@ def run_cell(cell: Cell, args) -> dict:
                                 num_batches=max(args.eval_samples // 256, 1))
   acc_T = np.mean(np.concatenate([np.asarray(correct(params, b['inputs'], b['targets']))
                                   for b in test]), axis=0)
-  return dict(cell=dataclasses.asdict(cell), name=cell.name, steps=args.steps,
+  if not losses or losses[-1][0] != steps_done:
+    losses.append((steps_done, float(loss), float(acc)))
+  return dict(cell=dataclasses.asdict(cell), name=cell.name, steps=steps_done,
+              planned_steps=args.steps,
               batch=args.batch, lr=args.lr, train_len=args.train_len,
               test_len=args.test_len, d_model=args.d_model, heads=args.heads,
               mlp_dim=args.mlp_dim, chunk_size=args.chunk_size,
@@ -219,7 +228,7 @@ def main():
   ap.add_argument('--attention', default=None, choices=['0', '1'],
                   help='also train the attention baseline per task and layer count')
   ap.add_argument('--only_attention', action='store_true')
-  for name in ('batch', 'steps', 'warmup', 'eval_samples'):
+  for name in ('batch', 'steps', 'warmup', 'eval_samples', 'max_train_seconds'):
     ap.add_argument(f'--{name}', type=int, default=None)
   ap.add_argument('--lr', type=float, default=1e-3)
   ap.add_argument('--weight_decay', type=float, default=0.0)

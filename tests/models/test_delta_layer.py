@@ -183,30 +183,52 @@ def test_token_tree_with_parents_then_select_accepted_path(hybrid):
   np.testing.assert_allclose(got, ref, atol=TOL)
 
 
-def test_ar_decoder_runs_unchanged_on_a_hybrid():
+PROMPTS = [[1, 5, 9, 3, 1, 5, 9], [2, 7], [4, 4, 8, 1, 6, 2, 9, 4, 4]]
+
+
+def _naive_greedy(m, prompt, n, eos):
+  """Argmax of full no-cache forwards, one token at a time."""
+  seq = list(prompt)
+  for _ in range(n):
+    seq.append(int(np.argmax(_ref_logits(m, seq)[-1])))
+    if seq[-1] == eos:
+      break
+  return seq[len(prompt):]
+
+
+@pytest.fixture(scope='module')
+def hybrid_lm():
+  """A hybrid with spread logits (greedy outputs vary), an EOS that ends rows at different
+  steps, and the naive greedy outputs."""
+  m = _Model(small_config(vocab_size=48, **HYBRID), seed=7, std=0.3)
+  eos = _naive_greedy(m, PROMPTS[0], 8, -1)[3]
+  expected = [_naive_greedy(m, p, 8, eos) for p in PROMPTS]
+  assert len({len(e) for e in expected}) > 1, 'rows should finish at different times'
+  return m, eos, expected
+
+
+def _decode(m, name, settings, eos):
+  rows, _ = run_decoder(registry.build(name, settings, SamplingConfig()), Models(m.module),
+                        {'target': m.params}, PROMPTS, max_new_tokens=8, cache_size=32,
+                        eos_id=eos, pad_id=0)
+  return [r.tokens for r in rows]
+
+
+def test_ar_decoder_runs_unchanged_on_a_hybrid(hybrid_lm):
   """decoding/ar.py on a hybrid (recurrent + attention) model equals a naive argmax loop over
   full forwards, with prompts of different lengths (right padding) and EOS at different steps."""
-  cfg = small_config(vocab_size=48, **HYBRID)
-  m = _Model(cfg, seed=7, std=0.3)
-  prompts = [[1, 5, 9, 3], [2, 7], [4, 4, 8, 1, 6, 2, 9]]
+  m, eos, expected = hybrid_lm
+  assert _decode(m, 'ar', {}, eos) == expected
 
-  def naive(prompt, n, eos):
-    seq = list(prompt)
-    for _ in range(n):
-      padded = np.zeros((1, REF_LEN), np.int32)
-      padded[0, :len(seq)] = seq
-      seq.append(int(np.argmax(m(padded).logits_BxTxV[0, len(seq) - 1])))
-      if seq[-1] == eos:
-        break
-    return seq[len(prompt):]
 
-  free = [naive(p, 8, -1) for p in prompts]
-  eos = free[0][3]
-  expected = [naive(p, 8, eos) for p in prompts]
-  rows, _ = run_decoder(registry.build('ar', sampling=SamplingConfig()), Models(m.module),
-                        {'target': m.params}, prompts, max_new_tokens=8, cache_size=24,
-                        eos_id=eos, pad_id=0)
-  assert [r.tokens for r in rows] == expected
+@pytest.mark.parametrize('name,settings', [('prompt_lookup', {}),
+                                           ('token_recycling', dict(tree_nodes=12, gamma=3))],
+                         ids=['chain', 'tree'])
+def test_speculative_greedy_on_a_hybrid_equals_ar(hybrid_lm, name, settings):
+  """Lossless speculative decoders (a chain: rewind to the accepted prefix; a token tree:
+  parents + select_step along the accepted path) on a hybrid target give AR's tokens."""
+  m, eos, expected = hybrid_lm
+  assert _decode(m, name, settings, eos) == expected
 
 
 def test_clear_errors(hybrid):
