@@ -25,12 +25,6 @@ from data.tasks import reasoning
 from decoding.latent import routing
 from training import loading
 
-_SMALL = flags.DEFINE_string('small', None, 'Workdir of the small model.')
-_LARGE = flags.DEFINE_string('large', None, 'Workdir of the large model.')
-_TASK = flags.DEFINE_string('task', 'prosqa', 'Reasoning task of the rows.')
-_OUT = flags.DEFINE_string('out', None, 'Where to write the router (.npz).')
-_ROWS = flags.DEFINE_integer('rows', 512, 'Training rows.')
-_STEPS = flags.DEFINE_integer('steps', 400, 'Adam steps (full batch).')
 
 
 def cot_rows(tokenizer, task, n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -100,6 +94,17 @@ def train_router(feats: np.ndarray, labels: np.ndarray, steps: int, seed: int = 
                   'balanced_accuracy': float((tpr + tnr) / 2)}
 
 
+
+def define_flags() -> None:
+  """Command-line flags (defined only when run as a script, so the module can be imported)."""
+  global _SMALL, _LARGE, _TASK, _OUT, _ROWS, _STEPS
+  _SMALL = flags.DEFINE_string('small', None, 'Workdir of the small model.')
+  _LARGE = flags.DEFINE_string('large', None, 'Workdir of the large model.')
+  _TASK = flags.DEFINE_string('task', 'prosqa', 'Reasoning task of the rows.')
+  _OUT = flags.DEFINE_string('out', None, 'Where to write the router (.npz).')
+  _ROWS = flags.DEFINE_integer('rows', 512, 'Training rows.')
+  _STEPS = flags.DEFINE_integer('steps', 400, 'Adam steps (full batch).')
+
 def main(argv):
   del argv
   small, large = loading.load_model(_SMALL.value), loading.load_model(_LARGE.value)
@@ -111,5 +116,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   flags.mark_flags_as_required(['small', 'large', 'out'])
   app.run(main)

@@ -26,16 +26,6 @@ import sys
 
 from absl import app, flags
 
-_TASK = flags.DEFINE_string('task', 'prosqa', 'Reasoning task.')
-_SIZE = flags.DEFINE_string('size', 'tiny', 'Model preset (test, tiny, small).')
-_STEPS = flags.DEFINE_integer('steps', 0, 'Steps per stage (0 = the config default).')
-_STAGE0 = flags.DEFINE_integer('stage0_factor', 2, 'CoT stage trains this many x steps.')
-_METHODS = flags.DEFINE_list('methods', ['cot', 'nocot', 'coconut', 'pause', 'sim_cot',
-                                         'nocurriculum'], 'Methods to train, in order.')
-_ROOT = flags.DEFINE_string('root', 'runs/latent', 'Where the runs go.')
-_EXTRA = flags.DEFINE_list('extra', [], 'More config arguments (key=value) for every run.')
-_DRY = flags.DEFINE_bool('dry_run', False, 'Print the commands only.')
-_SUFFIX = flags.DEFINE_string('suffix', '', 'Appended to every run name (e.g. _test).')
 
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,6 +70,21 @@ def _finished(workdir: str) -> bool:
   return os.path.exists(path)
 
 
+
+def define_flags() -> None:
+  """Command-line flags (defined only when run as a script, so the module can be imported)."""
+  global _TASK, _SIZE, _STEPS, _STAGE0, _METHODS, _ROOT, _EXTRA, _DRY, _SUFFIX
+  _TASK = flags.DEFINE_string('task', 'prosqa', 'Reasoning task.')
+  _SIZE = flags.DEFINE_string('size', 'tiny', 'Model preset (test, tiny, small).')
+  _STEPS = flags.DEFINE_integer('steps', 0, 'Steps per stage (0 = the config default).')
+  _STAGE0 = flags.DEFINE_integer('stage0_factor', 2, 'CoT stage trains this many x steps.')
+  _METHODS = flags.DEFINE_list('methods', ['cot', 'nocot', 'coconut', 'pause', 'sim_cot',
+                                           'nocurriculum'], 'Methods to train, in order.')
+  _ROOT = flags.DEFINE_string('root', 'runs/latent', 'Where the runs go.')
+  _EXTRA = flags.DEFINE_list('extra', [], 'More config arguments (key=value) for every run.')
+  _DRY = flags.DEFINE_bool('dry_run', False, 'Print the commands only.')
+  _SUFFIX = flags.DEFINE_string('suffix', '', 'Appended to every run name (e.g. _test).')
+
 def main(argv):
   del argv
   runs, final = plan(_TASK.value, _SIZE.value, _STEPS.value, _STAGE0.value, _METHODS.value,
@@ -96,4 +101,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
