@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from decoding import Models, SamplingConfig, registry, run_decoder
+from decoding import Models, registry, run_decoder
 from decoding.latent import cntp
 from models import Cache
 from test_latent_loop import AR_EOS, PROMPTS, SAMPLING as SAMPLINGS, ar_rows, shared_lm
