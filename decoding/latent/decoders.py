@@ -38,8 +38,11 @@ from models import cache as cache_lib
 @registry.register
 @dataclasses.dataclass(frozen=True)
 class LatentDecoder(base.Decoder):
-  """One decode loop with pluggable feedback (discrete, concept, full, hidden, gumbel,
-  dirichlet, pause) and the Cold Stop / SwiReasoning / fixed-thought controllers."""
+  """The latent loop, every setting exposed (mode=discrete is AR; lossy otherwise).
+
+  Pluggable feedback (discrete, concept, full, hidden, gumbel, dirichlet, pause) and the
+  Cold Stop / SwiReasoning / fixed-thought controllers; see docs/latent.md.
+  """
   name: ClassVar[str] = 'latent'
   family: ClassVar[str] = 'latent'
   lossless: ClassVar[bool] = False
@@ -141,8 +144,9 @@ def result(s: loop.LoopState, think_end_id: int) -> base.DecodeResult:
 @registry.register
 @dataclasses.dataclass(frozen=True)
 class SoftThinkingDecoder(LatentDecoder):
-  """Soft Thinking (lossy): concept tokens sum_k p_k E[k] while thinking, Cold Stop, then
-  the answer decoded discretely."""
+  """Soft Thinking (lossy): concept tokens while thinking, Cold Stop, discrete answer.
+
+  Concept token = sum_k p_k E[k] over the truncated distribution."""
   name: ClassVar[str] = 'soft_thinking'
   mode: str = 'concept'
   cold_stop_patience: int = 256
@@ -151,8 +155,9 @@ class SoftThinkingDecoder(LatentDecoder):
 @registry.register
 @dataclasses.dataclass(frozen=True)
 class SwiReasoningDecoder(LatentDecoder):
-  """SwiReasoning (lossy): full-vocabulary mixtures, entropy-driven latent/explicit
-  switches with blended inputs, optional switch cap."""
+  """SwiReasoning (lossy): full mixtures, entropy-driven latent/explicit switches.
+
+  Inputs are blended with E[<think>] / E[</think>] at switches; optional switch cap."""
   name: ClassVar[str] = 'swireasoning'
   mode: str = 'full'
   swi: bool = True
@@ -161,8 +166,9 @@ class SwiReasoningDecoder(LatentDecoder):
 @registry.register
 @dataclasses.dataclass(frozen=True)
 class CoconutDecoder(LatentDecoder):
-  """Coconut (lossy; needs a Coconut-trained model): `latent_steps` continuous thoughts
-  (the last hidden state fed back), then `</think>` and the answer."""
+  """Coconut (lossy): `latent_steps` hidden-state thoughts, then `</think>` and the answer.
+
+  Needs a Coconut-trained model (training/objectives/coconut.py)."""
   name: ClassVar[str] = 'coconut'
   mode: str = 'hidden'
   latent_steps: int = 6
@@ -171,8 +177,7 @@ class CoconutDecoder(LatentDecoder):
 @registry.register
 @dataclasses.dataclass(frozen=True)
 class PauseThinkingDecoder(LatentDecoder):
-  """Pause tokens as thoughts (the Coconut control): `latent_steps` <pause> inputs, then
-  `</think>` and the answer."""
+  """Pause tokens as thoughts (lossy; Coconut's control), then `</think>` and the answer."""
   name: ClassVar[str] = 'pause_thinking'
   mode: str = 'pause'
   latent_steps: int = 6

@@ -115,7 +115,7 @@ def _prefill(model, params, prompt_BxP, prompt_len_B, cache_size):
 
 @dataclasses.dataclass(frozen=True)
 class RoutingDecoder(base.Decoder):
-  """Shared loop of the routers (subclasses define `route`)."""
+  """Shared loop of the routers (subclasses define `route`); not registered."""
   family: ClassVar[str] = 'routing'
   lossless: ClassVar[bool] = False
   large_workdir: str = ''
@@ -183,8 +183,10 @@ class RoutingDecoder(base.Decoder):
 @registry.register
 @dataclasses.dataclass(frozen=True)
 class GlimpRouterDecoder(RoutingDecoder):
-  """GlimpRouter (lossy): the small model's top-20 entropy at the first token of a step
-  decides whether the large model writes the step."""
+  """GlimpRouter (lossy): the small model's step-start entropy picks who writes a step.
+
+  Top-`top_k_entropy` entropy >= threshold at a step's first token: the large model writes
+  the step."""
   name: ClassVar[str] = 'glimprouter'
   threshold: float = 1.0
   top_k_entropy: int = 20
@@ -202,8 +204,9 @@ class GlimpRouterDecoder(RoutingDecoder):
 @registry.register
 @dataclasses.dataclass(frozen=True)
 class R2RDecoder(RoutingDecoder):
-  """R2R-style token router (lossy): an MLP on the small model's state predicts divergence
-  from the large model; above `threshold` the large model writes the token."""
+  """R2R-style token router (lossy): an MLP predicts small/large divergence per token.
+
+  Router probability >= threshold: the large model writes the token."""
   name: ClassVar[str] = 'r2r'
   threshold: float = 0.5
   router_path: str = ''
