@@ -17,7 +17,10 @@ impl:
   'xla'     the chunked jnp form (`reference.delta_rule_chunked`), any backend.
   'auto'    'xla' until Pallas kernels land (the Pallas issue adds `gpu.py` / `tpu.py` here and
             makes 'auto' pick them on the hardware they were written for).
-  'pallas'  not implemented yet: raises NotImplementedError.
+  'pallas'  the chunk recurrences as Pallas kernels (`chunk.py`; GPU Triton-style `gpu.py`,
+            TPU Mosaic `tpu.py`; interpreted on CPU), forward and backward. 'pallas_gpu' /
+            'pallas_tpu' pick a family. 'auto' stays 'xla' until the GPU check of
+            `python -m benchmarks.kernels` has passed on the hardware.
 
 Also exported: `delta_rule_recurrent` (the naive scan; can return every state) and
 `delta_product_step` (one decoding token with n_h sub-steps).
@@ -30,7 +33,7 @@ import jax
 from pallas_kernels.delta_rule.reference import (delta_product_step, delta_rule_chunked,
                                                  delta_rule_recurrent)
 
-IMPLS = ('auto', 'xla', 'pallas')
+IMPLS = ('auto', 'xla', 'pallas', 'pallas_gpu', 'pallas_tpu')
 
 
 def delta_rule(q_BxTxHxDk: jax.Array, k_BxTxHxDk: jax.Array, v_BxTxHxDv: jax.Array,
@@ -56,10 +59,11 @@ def delta_rule(q_BxTxHxDk: jax.Array, k_BxTxHxDk: jax.Array, v_BxTxHxDv: jax.Arr
     return delta_rule_chunked(q_BxTxHxDk, k_BxTxHxDk, v_BxTxHxDv, beta_BxTxH, g_BxTxH,
                               scale=scale, chunk_size=chunk_size,
                               initial_state_BxHxDkxDv=initial_state_BxHxDkxDv)
-  if impl == 'pallas':
-    raise NotImplementedError(
-        "delta_rule(impl='pallas'): no Pallas kernel exists yet (the Pallas issue adds "
-        "gpu.py / tpu.py here); use impl='auto' or 'xla'.")
+  if impl in ('pallas', 'pallas_gpu', 'pallas_tpu'):
+    from pallas_kernels.delta_rule.chunk import delta_rule_pallas  # pylint: disable=g-import-not-at-top
+    return delta_rule_pallas(q_BxTxHxDk, k_BxTxHxDk, v_BxTxHxDv, beta_BxTxH, g_BxTxH,
+                             chunk_size=chunk_size, scale=scale, impl=impl,
+                             initial_state_BxHxDkxDv=initial_state_BxHxDkxDv)
   raise ValueError(f'Unknown delta_rule impl {impl!r}; choose one of {IMPLS}.')
 
 

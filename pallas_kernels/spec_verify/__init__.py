@@ -8,7 +8,10 @@
 
 impl:
   'xla'   the plain-jnp reference (`reference.py`), any backend.
-  'auto'  'xla' until fused Pallas kernels land here (same signatures).
+  'pallas' the fused kernels of `fused.py` (GPU Triton-style; interpreted on CPU/TPU): the
+          chain for every mode, the tree for mode 'deterministic' (other tree modes fall back
+          to the reference). 'pallas_gpu' names the family explicitly.
+  'auto'  'xla' until the GPU check of `python -m benchmarks.kernels` has passed.
 
 The rules ('deterministic', 'iid', 'wor', 'kseq') and their exactness are documented in
 `reference.py`. Randomness is passed in (uniforms in (0, 1)); kernels draw none.
@@ -22,7 +25,7 @@ from pallas_kernels.spec_verify.reference import (MODES, chain_verify_reference,
                                                   kseq_residual, kseq_rho,
                                                   tree_verify_reference)
 
-IMPLS = ('auto', 'xla')
+IMPLS = ('auto', 'xla', 'pallas', 'pallas_gpu')
 
 
 def _check_impl(impl: str) -> None:
@@ -35,6 +38,10 @@ def chain_verify(target_logp_BxG1xV: jax.Array, draft_logq_BxGxV: jax.Array | No
                  mode: str = 'iid', impl: str = 'auto') -> tuple[jax.Array, jax.Array]:
   """See `reference.chain_verify_reference`."""
   _check_impl(impl)
+  if impl.startswith('pallas'):
+    from pallas_kernels.spec_verify.fused import chain_verify_pallas  # pylint: disable=g-import-not-at-top
+    return chain_verify_pallas(target_logp_BxG1xV, draft_logq_BxGxV, draft_BxG, valid_BxG,
+                               u_BxG, mode=mode, impl=impl)
   return chain_verify_reference(target_logp_BxG1xV, draft_logq_BxGxV, draft_BxG, valid_BxG,
                                 u_BxG, mode=mode)
 
@@ -45,6 +52,10 @@ def tree_verify(target_logp_BxTxV: jax.Array, draft_logq_BxTxV: jax.Array | None
                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """See `reference.tree_verify_reference`."""
   _check_impl(impl)
+  if impl.startswith('pallas'):
+    from pallas_kernels.spec_verify.fused import tree_verify_pallas  # pylint: disable=g-import-not-at-top
+    return tree_verify_pallas(target_logp_BxTxV, draft_logq_BxTxV, tokens_BxT, children_BxTxK,
+                              u_BxDxK, mode=mode, impl=impl)
   return tree_verify_reference(target_logp_BxTxV, draft_logq_BxTxV, tokens_BxT, children_BxTxK,
                                u_BxDxK, mode=mode)
 

@@ -145,8 +145,11 @@ def test_padding_steps_are_the_identity():
 
 def test_impl_switch_and_shape_errors():
   q, k, v, beta, g, s0 = _inputs(1, 4, 1, 4, 4)
-  with pytest.raises(NotImplementedError, match='Pallas'):
-    delta_rule(q, k, v, beta, g, impl='pallas')
+  # impl='pallas' routes to the Pallas scans (interpreted on CPU) with the same results.
+  o_ref, s_ref = delta_rule(q, k, v, beta, g, chunk_size=16, impl='xla')
+  o_pal, s_pal = delta_rule(q, k, v, beta, g, chunk_size=16, impl='pallas')
+  np.testing.assert_allclose(o_pal, o_ref, atol=TOL)
+  np.testing.assert_allclose(s_pal, s_ref, atol=TOL)
   with pytest.raises(ValueError, match='Unknown delta_rule impl'):
     delta_rule(q, k, v, beta, g, impl='cuda')
   with pytest.raises(ValueError, match='beta must be'):

@@ -71,3 +71,18 @@ def test_tree_deterministic_matches_reference():
   np.testing.assert_array_equal(path, path_ref)
   assert len(set(np.asarray(n).tolist())) >= 3
   _check_residual(res, res_ref)
+
+
+def test_public_switch_routes_to_the_kernels():
+  """`impl='pallas'` on the public functions runs the fused kernels (interpreted here)."""
+  import pallas_kernels.spec_verify as sv  # pylint: disable=g-import-not-at-top
+  B, G = 4, 3
+  ks = jax.random.split(jax.random.key(3), 3)
+  logp, logq = _logp(ks[0], (B, G + 1, V)), _logp(ks[1], (B, G, V))
+  draft = jnp.argmax(logp[:, :G], -1).at[1, 1].set(0)
+  valid = jnp.ones((B, G), bool)
+  u = jax.random.uniform(ks[2], (B, G), minval=1e-6, maxval=1.0)
+  n, res = sv.chain_verify(logp, logq, draft, valid, u, mode='iid', impl='pallas')
+  n_ref, res_ref = ref.chain_verify_reference(logp, logq, draft, valid, u, mode='iid')
+  np.testing.assert_array_equal(n, n_ref)
+  _check_residual(res, res_ref)

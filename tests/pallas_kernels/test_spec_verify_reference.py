@@ -292,4 +292,4 @@ def test_bad_arguments():
                    jnp.ones((1, 1, 1)), mode='iid')
   with pytest.raises(ValueError, match='impl'):
     sv.chain_verify(x, None, jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1), bool),
-                    jnp.ones((1, 1)), mode='deterministic', impl='pallas')
+                    jnp.ones((1, 1)), mode='deterministic', impl='cuda')
