@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 
 IMPLS = ('auto', 'xla', 'pallas', 'pallas_gpu', 'pallas_tpu')
+# Score of a masked key: finite (no inf - inf = NaN in running maxima), far below any real one.
+MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
 def platform() -> str:

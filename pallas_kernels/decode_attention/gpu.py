@@ -26,7 +26,7 @@ from jax.experimental import pallas as pl
 from pallas_kernels import common
 
 LOG2E = math.log2(math.e)
-MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+MASK_VALUE = common.MASK_VALUE
 
 
 @dataclasses.dataclass(frozen=True)

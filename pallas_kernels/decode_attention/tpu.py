@@ -21,8 +21,10 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from pallas_kernels import common
+
 LANES = 128
-MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+MASK_VALUE = common.MASK_VALUE
 TRANS_B = (((1,), (1,)), ((), ()))
 
 

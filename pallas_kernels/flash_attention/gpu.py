@@ -17,7 +17,6 @@ see docs/kernels.md.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 
@@ -30,24 +29,10 @@ from pallas_kernels import common
 from pallas_kernels.flash_attention import mask as mask_lib
 
 LOG2E = math.log2(math.e)
-MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+MASK_VALUE = common.MASK_VALUE
 
 
-@dataclasses.dataclass(frozen=True)
-class Static:
-  """Everything a kernel specialises on (hashable: custom_vjp's non-differentiable args)."""
-  causal_block: int
-  window: int
-  scale: float
-  block_q: int
-  block_k: int
-  block_q_bwd: int
-  block_k_bwd: int
-  has_seg: bool
-  has_dense: bool
-  interpret: object = False
-  num_warps: int | None = None
-  num_stages: int = 2
+Static = mask_lib.Static
 
 
 def _dot(a, b, contract=(1, 1)):

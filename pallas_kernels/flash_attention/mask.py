@@ -19,6 +19,7 @@ last tile that is not skipped (the kernels loop only over that range).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -28,6 +29,23 @@ SKIP, PARTIAL, FULL = 0, 1, 2
 # Position given to the padding rows added to reach a multiple of the query block: they see
 # every valid key (their outputs are dropped), which keeps block skipping conservative.
 PAD_Q_POS = 1 << 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Static:
+  """Everything a kernel specialises on (hashable: custom_vjp's non-differentiable args)."""
+  causal_block: int
+  window: int
+  scale: float
+  block_q: int
+  block_k: int
+  block_q_bwd: int
+  block_k_bwd: int
+  has_seg: bool
+  has_dense: bool
+  interpret: object = False
+  num_warps: int | None = None  # GPU only
+  num_stages: int = 2  # GPU only
 
 
 class FlashMask(NamedTuple):

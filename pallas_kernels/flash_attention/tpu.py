@@ -12,7 +12,6 @@ ones as [8, S]. On a real TPU block_k must be a multiple of 128 and block_q of 3
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
@@ -21,28 +20,15 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from pallas_kernels import common
 from pallas_kernels.flash_attention import mask as mask_lib
 
 LANES, SUBLANES = 128, 8
-MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+MASK_VALUE = common.MASK_VALUE
 TRANS_B = (((1,), (1,)), ((), ()))
 
 
-@dataclasses.dataclass(frozen=True)
-class Static:
-  """Everything a kernel specialises on (hashable: custom_vjp's non-differentiable args)."""
-  causal_block: int
-  window: int
-  scale: float
-  block_q: int
-  block_k: int
-  block_q_bwd: int
-  block_k_bwd: int
-  has_seg: bool
-  has_dense: bool
-  interpret: object = False
-  num_warps: int | None = None  # unused on TPU
-  num_stages: int = 2  # unused on TPU
+Static = mask_lib.Static
 
 
 def _lanes(x, width: int):
