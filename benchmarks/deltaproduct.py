@@ -18,7 +18,7 @@ Writes benchmarks/results/deltaproduct[_cpu].md.
 from __future__ import annotations
 
 import argparse
-import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -112,8 +112,44 @@ def main():
           f'{args.chunk_size}; attention: causal softmax attention at the same shapes (n_h = 1 '
           'rows only). DeltaProduct n_h = 2 runs the op on 2T sub-steps; tokens/s counts the T '
           'tokens.\n\n' + common.markdown_table(header, rows) + '\n')
+  body += '\n' + _goal_line(rows) + '\n'
+  if hasattr(os, 'getloadavg'):
+    body += (f'\nHost load average (1, 5, 15 min) at the end of the run: '
+             f'{", ".join(f"{x:.1f}" for x in os.getloadavg())} on {os.cpu_count()} cores.\n')
   name = args.name or ('deltaproduct' if args.preset == 'gpu' else 'deltaproduct_cpu')
-  print(common.write_results(name, 'Delta rule: chunked vs naive scan vs attention', body))
+  path = os.path.join(common.RESULTS_DIR, f'{name}.md')
+  earlier = _earlier_runs(path)
+  print(common.write_results(name, 'Delta rule: chunked vs naive scan vs attention',
+                             body + earlier))
+
+
+GOAL_T, GOAL_X = 8192, 10.0
+
+
+def _goal_line(rows) -> str:
+  """The issue's goal (chunked >= 10x the naive scan at T = 8k, n_h = 1, on a GPU)."""
+  on_gpu = jax.devices()[0].platform == 'gpu'
+  hit = [r for r in rows if r[0] == GOAL_T and r[1] == 1 and r[2] == 'chunked']
+  if not on_gpu or not hit or not np.isfinite(hit[0][4]):
+    return (f'Goal (chunked >= {GOAL_X:g}x the naive scan at T = {GOAL_T}, fwd + bwd, on a '
+            'GPU): not measured by this run; `python -m benchmarks.deltaproduct --preset=gpu` '
+            'on a GPU measures it.')
+  x = hit[0][4]
+  return (f'Goal (chunked >= {GOAL_X:g}x the naive scan at T = {GOAL_T}, n_h = 1): '
+          f'{"met" if x >= GOAL_X else "NOT met"} ({x:.1f}x).')
+
+
+def _earlier_runs(path: str) -> str:
+  """The previous contents of the results file (another device or preset), kept below."""
+  if not os.path.exists(path):
+    return ''
+  with open(path) as f:
+    old = f.read()
+  old = old.split('\n## Earlier run', 1)[0]  # keep one level: the run just replaced
+  lines = old.splitlines()
+  if lines and lines[0].startswith('# '):
+    lines = lines[1:]
+  return '\n## Earlier run (replaced by the run above)\n' + '\n'.join(lines).rstrip() + '\n'
 
 
 if __name__ == '__main__':

@@ -6,7 +6,8 @@ length 128, test at length 512; accuracy per position (mean over test sequences)
   # the paper's grid on a GPU (one command; ~hours on one H100, cells resume if interrupted):
   python -m benchmarks.state_tracking --preset=paper
   # the scaled-down CPU protocol (what was run on 2 shared CPU cores, a few cells per call):
-  nice -n 10 python -m benchmarks.state_tracking --preset=cpu --tasks=parity --n_h=1 --beta=2
+  nice -n 10 python -m benchmarks.state_tracking --preset=cpu --tasks=S3 --n_h=2 --beta=2 \
+      --attention=0        # one cell; without --attention=0 the task's attention cell too
   # rebuild the table and plot from the cells recorded so far:
   python -m benchmarks.state_tracking --report_only
 
@@ -21,7 +22,9 @@ Presets (every flag below overrides them):
 
 Each finished cell is appended to benchmarks/results/state_tracking_cells.jsonl (cells already
 there are skipped unless --rerun); the table benchmarks/results/state_tracking.md and the plot
-state_tracking.png are rebuilt from all recorded cells after every call.
+state_tracking.png are rebuilt from all recorded cells after every call, with a second table
+saying which of the expected patterns (EXPECTED) the recorded cells reproduce and which cells
+were not run.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import time
 
 import jax
@@ -143,7 +147,56 @@ def run_cell(cell: Cell, args) -> dict:
               train_seconds=round(train_s, 1), device=jax.devices()[0].device_kind,
               final_train_loss=losses[-1][1], final_train_acc=losses[-1][2],
               acc_by_position=[round(float(a), 4) for a in acc_T],
-              num_params=cfg.num_params())
+              num_params=cfg.num_params(),
+              command='python -m benchmarks.state_tracking ' + ' '.join(sys.argv[1:]),
+              date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))
+
+
+# The patterns the table should reproduce (DeltaProduct paper, Siems et al. 2025; Grazzi et al.
+# 2024): (what, the cells it is read from, 'solves' | 'fails').
+EXPECTED = [
+    ('parity: n_h=1 with beta in [0,2] solves it', ['parity n_h=1 beta[0,2] L1'], 'solves'),
+    ('parity: n_h=1 with beta in [0,1] fails', ['parity n_h=1 beta[0,1] L1'], 'fails'),
+    ('S3, 1 layer: n_h=2 with beta in [0,2] solves it', ['S3 n_h=2 beta[0,2] L1'], 'solves'),
+    ('S3, 1 layer: n_h=1 fails', ['S3 n_h=1 beta[0,1] L1', 'S3 n_h=1 beta[0,2] L1'], 'fails'),
+    ('S3, 1 layer: n_h=2 with beta in [0,1] fails (negative eigenvalues needed)',
+     ['S3 n_h=2 beta[0,1] L1'], 'fails'),
+    ('S5, 1 layer: n_h=4 with beta in [0,2] solves it', ['S5 n_h=4 beta[0,2] L1'], 'solves'),
+    ('S5, 1 layer: n_h<=3 fails', [f'S5 n_h={n} beta[0,2] L1' for n in (1, 2, 3)], 'fails'),
+    ('attention (1 layer) fails beyond the training length',
+     [f'{t} attention L1' for t in ('parity', 'S3', 'S5')], 'fails'),
+]
+SOLVED, FAILED = 0.99, 0.9  # mean accuracy over all test positions; over the extrapolated ones
+
+
+def _verdict(rec: dict, train_len: int) -> str:
+  acc = rec['acc_by_position']
+  if float(np.mean(acc)) >= SOLVED:
+    return 'solves'
+  if float(np.mean(acc[train_len:])) < FAILED:
+    return 'fails'
+  return 'partial'
+
+
+def expected_patterns(cells: dict[str, dict], train_len: int) -> str:
+  """A table: each expected pattern, the cells run for it, reproduced / not / not run."""
+  rows = []
+  for what, names, want in EXPECTED:
+    ran = [n for n in names if n in cells]
+    missing = [n for n in names if n not in cells]
+    got = {n: _verdict(cells[n], train_len) for n in ran}
+    if not ran:
+      status = 'not run'
+    elif all(v == want for v in got.values()):
+      status = 'reproduced' + (' (partly run)' if missing else '')
+    else:
+      status = 'NOT reproduced'
+    detail = '; '.join(
+        f'{n}: {v} (acc {np.mean(cells[n]["acc_by_position"][:train_len]):.3f} at 1-{train_len}, '
+        f'{np.mean(cells[n]["acc_by_position"][train_len:]):.3f} beyond; '
+        f'{cells[n]["steps"]} steps x {cells[n]["batch"]})' for n, v in got.items())
+    rows.append([what, status, detail or '-', ', '.join(missing) or '-'])
+  return common.markdown_table(['expected', 'status', 'cells run: verdict', 'not run'], rows)
 
 
 def _bucket(acc: list[float], lo: int, hi: int) -> float:
@@ -175,9 +228,18 @@ def write_report(train_len: int = 128) -> str:
   body = (f'Accuracy of the label (prefix product) per position, trained at length {train_len},'
           ' tested at 512, averaged over the positions of each range. "solved to" is the last '
           'position up to which the running accuracy stays >= 99% (0 = never).\n\n' + table +
+          '\n\n## Expected patterns\n\nA cell "solves" a task when its mean accuracy over '
+          f'all test positions is >= {SOLVED:.0%} and "fails" when its mean accuracy beyond the '
+          f'training length is < {FAILED:.0%} ("partial" otherwise). Cells not run here need '
+          'the GPU protocol (`--preset=paper`).\n\n' + expected_patterns(cells, train_len) +
           (f'\n\n![accuracy by position]({os.path.basename(plot)})\n' if plot else '\n') +
           '\nCells: ' + CELLS_FILE.split('benchmarks/')[-1] + ' (one JSON record per cell, '
-          'with the per-position accuracy).\n')
+          'with the per-position accuracy). The command above rebuilt this file; each cell was '
+          'trained by:\n\n' + '\n'.join(
+              f'- {rec["name"]}: ' + (f'`{rec["command"]}` ({rec.get("date", "date not recorded")}'
+                                      f', {rec["device"]})' if rec.get('command') else
+                                      'command not recorded (an earlier version of this script)')
+              for rec in sorted(cells.values(), key=order)) + '\n')
   return common.write_results('state_tracking', 'State tracking: accuracy by length', body)
 
 
