@@ -8,9 +8,11 @@ step and against our AR model of the same size, in one run.
 
 Parts:
   sudoku4  exact-match accuracy on held-out puzzles: every diffusion decoder on the masked
-           diffusion model (one block = the whole answer, so the order is fully adaptive),
+           diffusion model (one block = the whole answer, so the order is fully adaptive; one
+           left-to-right row, block_size=1, for the value of the order),
            and AR decoding of the AR model trained on the same rows.
-  code     held-out stdlib prompts, 64 new tokens, blocks of 16: quality = our AR model's
+  code     held-out stdlib prompts (up to 96 bytes, cut so prompt + new tokens fit the runs'
+           trained length), 64 new tokens, blocks of 16: quality = our AR model's
            perplexity of the generated text (given the prompt) and the text's unigram
            entropy (degenerate repetitive text has low perplexity and low entropy); the
            approximate caches' drift against recomputation; guided diffusion and DiffuSpec
@@ -55,9 +57,24 @@ class Row:
   tokens: list[list[int]]
 
 
+LOADED: dict[str, str] = {}  # run name -> what the report says about it
+
+
 def load(path: str):
   from training import loading  # pylint: disable=g-import-not-at-top
-  return loading.load_model(path) if os.path.isdir(os.path.join(path, 'checkpoints')) else None
+  if not os.path.isdir(os.path.join(path, 'checkpoints')):
+    return None
+  m = loading.load_model(path)
+  cfg = m.config
+  params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(m.params))
+  data = cfg.get('data', {})
+  LOADED[os.path.basename(os.path.normpath(path))] = (
+      f"objective {cfg.get('objective')}, step {m.step} of {cfg.get('train', {}).get('steps')}, "
+      f"{params / 1e6:.2f}M params, batch {data.get('batch_size')} x seq_len "
+      f"{data.get('seq_len')}"
+      + (f", initialised from {(cfg.get('diffusion') or {}).get('init_from')}"
+         if (cfg.get('diffusion') or {}).get('init_from') else ''))
+  return m
 
 
 def run(name: str, settings: dict[str, Any], target, prompts: Sequence[Sequence[int]],
@@ -85,10 +102,12 @@ def describe(dec) -> str:
                    if k not in skip and v != defaults.get(k))
 
 
-def make_row(part, model, name, dec, rows, stats, quality, quality_name, **extra) -> Row:
+def make_row(part, model, name, dec, rows, stats, quality, quality_name, note='',
+             **extra) -> Row:
   toks = [r.tokens for r in rows]
   gen = max(stats.generated, 1)
-  return Row(part=part, model=model, decoder=name, settings=describe(dec),
+  settings = ', '.join(x for x in (describe(dec), note) if x)
+  return Row(part=part, model=model, decoder=name, settings=settings,
              nfe_per_token=stats.target_forwards / gen,
              tokens_per_forward=gen / max(stats.target_forwards, 1),
              tokens_per_s=stats.tokens_per_s, quality=quality, quality_name=quality_name,
@@ -101,8 +120,10 @@ SUDOKU_DECODERS = [  # (name, settings) on the masked-diffusion model
     ('llada', dict(tokens_per_step=1, ordering='confidence')),   # one token per step
     ('llada', dict(tokens_per_step=1, ordering='random')),       # a fixed random order
     ('llada', dict(tokens_per_step=4, ordering='confidence')),
+    ('llada', dict(tokens_per_step=1, block_size=1)),             # left to right, one per step
     ('fast_dllm', dict(threshold=0.9)),
     ('fast_dllm', dict(threshold=0.7)),
+    ('fast_dllm', dict(threshold=0.5)),
     ('localleap', dict(anchor_threshold=0.9, relaxed_threshold=0.6, radius=2)),
     ('ete', dict(threshold=0.9, budget=1.0, cross_block=0)),
     ('freedave', dict(num_candidates=4)),
@@ -127,9 +148,11 @@ def sudoku_part(runs: str, n: int) -> list[Row]:
                             for (p, _), r in zip(examples, rows)])
 
   for name, settings in SUDOKU_DECODERS:
-    settings = dict(settings, block_size=max_new, shift=-1, block_causal=-1)
+    settings = {'block_size': max_new, 'shift': -1, 'block_causal': -1, **settings}
+    note = 'left to right (block_size=1)' if settings['block_size'] == 1 else ''
     rows, stats, dec = run(name, settings, mdlm, prompts, max_new)
-    out.append(make_row('sudoku4', 'mdlm', name, dec, rows, stats, accuracy(rows), 'solved %'))
+    out.append(make_row('sudoku4', 'mdlm', name, dec, rows, stats, accuracy(rows), 'solved %',
+                        note=note))
     print(out[-1].decoder, out[-1].settings, f'{out[-1].quality:.1f}%',
           f'NFE/tok {out[-1].nfe_per_token:.2f}', flush=True)
   if ar is not None:
@@ -189,7 +212,17 @@ def code_part(runs: str, n: int, max_new: int) -> list[Row]:
   if ref is None:
     print('code: no runs; skipped.')
     return []
-  prompts = code_prompts(ref.tokenizer, n, 96)
+  # Prompt + generation must fit the context the models were trained on (RoPE does not
+  # extrapolate: tiny CPU runs use seq_len 64, where 96-byte prompts + 64 new tokens would
+  # put every generated token past the trained positions).
+  trained = min(r.config['data']['seq_len'] + 1 for r in (mdlm, ar, wedlm) if r is not None)
+  chars = min(96, trained - 1 - max_new)  # + <bos>; a byte per token at most
+  if chars < 8:
+    raise SystemExit(f'--code_tokens={max_new} leaves {chars} prompt tokens within the runs\' '
+                     f'trained length {trained}; lower --code_tokens.')
+  prompts = code_prompts(ref.tokenizer, n, chars)
+  print(f'code: {len(prompts)} prompts of {chars} bytes + {max_new} new tokens '
+        f'(trained length {trained})', flush=True)
   judge = ar or wedlm
 
   def quality(rows):
@@ -206,6 +239,7 @@ def code_part(runs: str, n: int, max_new: int) -> list[Row]:
         ('fast_dllm', dict(threshold=0.9, cache='dual', measure_drift=1)),
         ('fast_dllm', dict(threshold=0.9, cache='dual', delay=1, measure_drift=1)),
         ('fast_dllm', dict(threshold=0.7)),
+        ('fast_dllm', dict(threshold=0.5)),
         ('localleap', dict()),
         ('ete', dict(budget=1.0)),
         ('freedave', dict(num_candidates=4)),
@@ -248,6 +282,16 @@ def code_part(runs: str, n: int, max_new: int) -> list[Row]:
 
 # ---------------------------------------------------------------------------- report
 
+CODE_PPL_SLACK = 0.05  # code has no exact match: "1 point" is read as AR ppl within 5%
+
+
+def quality_kept(part: str, r: Row, ref: Row) -> bool:
+  """Quality within the goal's bound of the one-token-per-step reference."""
+  if part == 'sudoku4':
+    return ref.quality - r.quality <= 1.0
+  return r.quality <= ref.quality * (1 + CODE_PPL_SLACK)
+
+
 def goals(rows: list[Row]) -> list[list[str]]:
   """The issue's goals, each with its measured value and whether it is met at this scale."""
   out = []
@@ -262,15 +306,17 @@ def goals(rows: list[Row]) -> list[list[str]]:
       cands = [r for r in rs if r.decoder == name and 'cache' not in r.settings]
       if not cands:
         continue
-      r = min(cands, key=lambda x: x.nfe_per_token)
+      # The fastest setting within the quality bound; if none keeps quality, the fastest.
+      keeps = [r for r in cands if quality_kept(part, r, ref)]
+      r = min(keeps or cands, key=lambda x: x.nfe_per_token)
+      ok = r.nfe_per_token <= GOAL_NFE and quality_kept(part, r, ref)
       if part == 'sudoku4':
-        loss = ref.quality - r.quality
-        ok = r.nfe_per_token <= GOAL_NFE and loss <= 1.0
-        q = f'{r.quality:.1f}% vs {ref.quality:.1f}%'
+        q = f'{r.quality:.1f}% vs {ref.quality:.1f}% (one per step)'
+        bound = '<= 1 point loss'
       else:
-        ok = r.nfe_per_token <= GOAL_NFE and r.quality <= ref.quality * 1.05
-        q = f'ppl {r.quality:.2f} vs {ref.quality:.2f}'
-      out.append([f'{part}: {name} <= {GOAL_NFE} NFE/token, <= 1 point loss',
+        q = f'ppl {r.quality:.2f} vs {ref.quality:.2f} (one per step)'
+        bound = f'AR ppl within {CODE_PPL_SLACK:.0%}'
+      out.append([f'{part}: {name} <= {GOAL_NFE} NFE/token, {bound}',
                   f'{r.nfe_per_token:.2f} NFE/token ({r.settings}); {q}',
                   'met' if ok else 'not met'])
     fd = next((r for r in rs if r.decoder == 'freedave'), None)
@@ -281,7 +327,8 @@ def goals(rows: list[Row]) -> list[list[str]]:
                   'met' if same and fd.tokens_per_forward >= 1.5 else 'not met'])
   if sud:
     ar = next((r for r in sud if r.model == 'ar'), None)
-    best = max((r for r in sud if r.model == 'mdlm'), key=lambda r: r.quality)
+    best = max((r for r in sud if r.model == 'mdlm' and 'left to right' not in r.settings),
+               key=lambda r: r.quality)
     if ar is not None:
       out.append(['sudoku4: adaptive-order masked diffusion beats the same-size AR model',
                   f'{best.decoder} ({best.settings}) {best.quality:.1f}% vs AR {ar.quality:.1f}%',
@@ -361,7 +408,12 @@ def main(argv: Sequence[str] | None = None) -> None:
   os.makedirs(common.RESULTS_DIR, exist_ok=True)
   plot(rows, png)
   goal_table = common.markdown_table(['goal', 'measured', 'status'], goals(rows))
-  body = (f'Greedy decoding; speed ratios within a part are against its first row.\n\n'
+  models = '\n'.join(f'- `{k}`: {v}' for k, v in sorted(LOADED.items()))
+  body = (f'Greedy decoding; speed ratios within a part are against its first row. '
+          f'NFE/token = target forwards / generated tokens, where a row\'s generated tokens '
+          f'run up to and including its first committed <eos>: canvas positions a diffusion '
+          f'decoder fills after that are wasted forwards (a model that ends early can exceed '
+          f'1 NFE/token).\n\nModels (under `{args.runs}`):\n\n{models}\n\n'
           f'## Goals\n\n{goal_table}\n\n## All decoders\n\n{report(rows)}\n\n'
           f'![speed vs quality](diffusion_speed_quality.png)\n')
   path = common.write_results('diffusion', 'Diffusion decoders: speed and quality', body)

@@ -34,7 +34,8 @@ def diffusion_section(shift: bool) -> ml_collections.ConfigDict:
   """See training/objectives/diffusion_lib.py for every key."""
   return ml_collections.ConfigDict(dict(
       mask_id=-1, shift=shift, noise_eps=1e-3, sampling_eps=1e-3, loss_form='mdlm',
-      block_size=16, eval_samples=4, init_from='', ar_weight=1.0))
+      block_size=16, eval_samples=4, init_from='', ar_weight=1.0,
+      reinit_tokens=''))
 
 
 def get_config(arg: str = 'mdlm') -> ml_collections.ConfigDict:

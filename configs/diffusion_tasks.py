@@ -49,7 +49,8 @@ def get_config(arg: str = 'sudoku4,mdlm') -> ml_collections.ConfigDict:
   c.model = common.model_config(size, max_seq_len=256)
   c.diffusion = ml_collections.ConfigDict(dict(
       mask_id=-1, shift=shift, noise_eps=1e-3, sampling_eps=1e-3, loss_form='mdlm',
-      block_size=16, eval_samples=4, init_from='', ar_weight=1.0))
+      block_size=16, eval_samples=4, init_from='', ar_weight=1.0,
+      reinit_tokens=''))
   c.task = ml_collections.ConfigDict(dict(name=task))
   c.data.seq_len, c.data.batch_size = seq_len, batch
   if size == 'test':

@@ -162,3 +162,31 @@ def test_dream_style_run_starts_from_the_ar_checkpoint(tmp_path, trained_workdir
   # Learning rate 0: the diffusion run's parameters are the AR checkpoint's.
   for a, d in zip(jax.tree.leaves(ar), jax.tree.leaves(dream)):
     np.testing.assert_allclose(a, d, rtol=1e-6)
+
+
+def test_reinit_tokens_redraws_only_those_embedding_rows(model_and_params, monkeypatch):
+  import types  # pylint: disable=g-import-not-at-top
+  from training import loading  # pylint: disable=g-import-not-at-top
+  model, params = model_and_params
+  monkeypatch.setattr(loading, 'load_model',
+                      lambda workdir: types.SimpleNamespace(params=params['model'], model=model))
+  same = lib.init_from('ckpt', model)()
+  for a, b in zip(jax.tree.leaves(params['model']), jax.tree.leaves(same)):
+    np.testing.assert_array_equal(a, b)
+  out = lib.init_from('ckpt', model, (5, 7))()
+  e0 = np.asarray(params['model']['embed']['embedding'])
+  e1 = np.asarray(out['embed']['embedding'])
+  assert set(np.nonzero(np.any(e0 != e1, axis=1))[0]) == {5, 7}
+  assert abs(float(np.std(e1[[5, 7]])) - model.cfg.init_std) < 0.5 * model.cfg.init_std
+  rest = {k: v for k, v in out.items() if k != 'embed'}
+  for a, b in zip(jax.tree.leaves({k: v for k, v in params['model'].items() if k != 'embed'}),
+                  jax.tree.leaves(rest)):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match='outside the vocabulary'):
+    lib.init_from('ckpt', model, (V,))()
+  with pytest.raises(ValueError, match='set init_from too'):
+    lib.DiffusionSettings(mask_id=MASK, reinit_tokens='5')
+  with pytest.raises(ValueError, match='comma-separated token ids'):
+    lib.DiffusionSettings(mask_id=MASK, init_from='ckpt', reinit_tokens='5,x')
+  s = lib.DiffusionSettings(mask_id=MASK, init_from='ckpt', reinit_tokens='5, 7')
+  assert s.reinit_ids == (5, 7)

@@ -23,6 +23,10 @@ Config section `diffusion` (see configs/diffusion_lm.py):
   block_size     block diffusion / WeDLM block length.
   eval_samples   noise draws averaged per evaluation batch (a lower-variance ELBO).
   init_from      workdir of a checkpoint to start from (AR -> diffusion adaptation).
+  reinit_tokens  with init_from: comma-separated token ids whose embedding rows are re-drawn
+                 (N(0, model init_std)) before training, e.g. to break a collapsed pair of
+                 tied embeddings (two exchangeable tokens, such as sudoku digits, that a run
+                 merged into one; gradient descent does not leave that symmetric saddle).
   ar_weight      WeDLM: weight of the AR loss on the clean stream.
 Config section `task`: name '' = packed LM data, else a data.tasks.exact_match task name.
 """
@@ -77,6 +81,7 @@ class DiffusionSettings:
   eval_samples: int = 4
   init_from: str = ''
   ar_weight: float = 1.0
+  reinit_tokens: str = ''
 
   def __post_init__(self):
     if self.loss_form not in ('mdlm', 'llada'):
@@ -85,6 +90,18 @@ class DiffusionSettings:
       raise ValueError('diffusion.block_size and diffusion.eval_samples must be positive.')
     if not 0.0 <= self.sampling_eps < 1.0 or not 0.0 <= self.noise_eps < 1.0:
       raise ValueError('diffusion.sampling_eps and diffusion.noise_eps must be in [0, 1).')
+    if self.reinit_tokens and not self.init_from:
+      raise ValueError('diffusion.reinit_tokens re-draws rows of the diffusion.init_from '
+                       'checkpoint; set init_from too.')
+    _ = self.reinit_ids  # parses or raises
+
+  @property
+  def reinit_ids(self) -> tuple[int, ...]:
+    try:
+      return tuple(int(x) for x in str(self.reinit_tokens).split(',') if x.strip())
+    except ValueError:
+      raise ValueError(f'diffusion.reinit_tokens must be comma-separated token ids, got '
+                       f'{self.reinit_tokens!r}.') from None
 
   @property
   def schedule(self) -> LogLinearSchedule:
@@ -227,8 +244,10 @@ def data_hooks(config: ml_collections.ConfigDict | None, mask_id: int | None = N
 
 # ---------------------------------------------------------------------------- init
 
-def init_from(workdir: str, model: transformer_lib.Transformer) -> Callable[[], Any]:
-  """init_model_params: the model params of the checkpoint in `workdir` (same architecture)."""
+def init_from(workdir: str, model: transformer_lib.Transformer,
+              reinit_ids: tuple[int, ...] = ()) -> Callable[[], Any]:
+  """init_model_params: the model params of the checkpoint in `workdir` (same architecture),
+  with the embedding rows of `reinit_ids` re-drawn from N(0, init_std) (key 0)."""
   def load():
     from training import loading  # pylint: disable=g-import-not-at-top
     loaded = loading.load_model(workdir)
@@ -238,5 +257,17 @@ def init_from(workdir: str, model: transformer_lib.Transformer) -> Callable[[], 
       raise ValueError(f'diffusion.init_from={workdir} has a different model: '
                        + ', '.join(f'{k}={theirs.get(k)!r} (config: {mine[k]!r})'
                                    for k in differ))
-    return loaded.params
+    params = loaded.params
+    if reinit_ids:
+      emb = params['embed']['embedding']
+      bad = [t for t in reinit_ids if not 0 <= t < emb.shape[0]]
+      if bad:
+        raise ValueError(f'diffusion.reinit_tokens {bad} are outside the vocabulary '
+                         f'({emb.shape[0]}).')
+      ids = jnp.asarray(reinit_ids)
+      rows = model.cfg.init_std * jax.random.normal(jax.random.key(0),
+                                                    (len(reinit_ids), emb.shape[1]))
+      params = {**params, 'embed': {**params['embed'],
+                                    'embedding': emb.at[ids].set(rows.astype(emb.dtype))}}
+    return params
   return load

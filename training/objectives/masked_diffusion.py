@@ -53,7 +53,8 @@ def masked_diffusion_objective(model: transformer_lib.Transformer,
     return masked_diffusion_loss(model, s, params, batch, rng)
 
   return Objective(loss_fn=loss_fn, eval_fn=lib.averaged_eval(loss_fn, s.eval_samples),
-                   init_model_params=lib.init_from(s.init_from, model) if s.init_from else None,
+                   init_model_params=(lib.init_from(s.init_from, model, s.reinit_ids)
+                                      if s.init_from else None),
                    **lib.data_hooks(config, s.mask_id))
 
 
