@@ -227,7 +227,11 @@ def write_report(train_len: int = 128) -> str:
   plot = _plot(cells, train_len)
   body = (f'Accuracy of the label (prefix product) per position, trained at length {train_len},'
           ' tested at 512, averaged over the positions of each range. "solved to" is the last '
-          'position up to which the running accuracy stays >= 99% (0 = never).\n\n' + table +
+          'position up to which the running accuracy stays >= 99% (0 = never). Each cell ran '
+          'the protocol of the preset in its command (listed at the end; `--preset=cpu` is the '
+          'scaled-down one: 1 layer of width 64, batch 32, <= 1000 steps, no conv or gates; '
+          'see the module docstring), so a failure at that budget can be undertraining: the '
+          'in-distribution accuracy (1-' + str(train_len) + ') tells the two apart.\n\n' + table +
           '\n\n## Expected patterns\n\nA cell "solves" a task when its mean accuracy over '
           f'all test positions is >= {SOLVED:.0%} and "fails" when its mean accuracy beyond the '
           f'training length is < {FAILED:.0%} ("partial" otherwise). Cells not run here need '
