@@ -41,7 +41,7 @@ def make_example(rng: np.random.Generator, hops: int, nodes: int) -> reasoning.E
     parent = path[int(rng.integers(len(path) - 1))] if i % 2 == 0 or i == 0 else s_extra[i - 1]
     edges.add((parent, x))
   target, distractor = path[-1], chain[-1]
-  edge_list = list(edges)
+  edge_list = sorted(edges)  # a set's order depends on the hash seed
   rng.shuffle(edge_list)
   first, second = (target, distractor) if rng.random() < 0.5 else (distractor, target)
   question = ','.join(u + v for u, v in edge_list) + f'|{path[0]}:{first}/{second}'

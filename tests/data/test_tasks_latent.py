@@ -1,6 +1,10 @@
 """Reasoning tasks: answers are right (checked by independent solvers), traces lead to them,
 OOD splits are harder than train, sizes stay within bounds, and generation is deterministic."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -23,6 +27,18 @@ def test_examples_fit_their_bounds_and_are_deterministic(name, split):
     assert all(len(s) <= task.max_step_chars for s in ex.steps), ex
     assert 1 <= len(ex.answer) <= task.max_answer_chars, ex
     assert task.score(ex, ex.answer) and not task.score(ex, ex.answer + '0')
+
+
+def test_generation_does_not_depend_on_the_hash_seed():
+  """Two processes with different PYTHONHASHSEED generate the same questions (set order)."""
+  code = ('from data.tasks import reasoning\n'
+          'for name in ("prosqa", "prontoqa", "multiplication", "parity"):\n'
+          '  print([e.question for e in reasoning.examples(reasoning.get(name), 20, seed=1)])')
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  outs = [subprocess.run([sys.executable, '-c', code], cwd=root, capture_output=True, text=True,
+                         env={**os.environ, 'PYTHONHASHSEED': seed, 'JAX_PLATFORMS': 'cpu'},
+                         check=True).stdout for seed in ('1', '2')]
+  assert outs[0] == outs[1] and outs[0]
 
 
 def test_prosqa_answer_is_the_only_reachable_candidate_and_steps_are_a_path():
