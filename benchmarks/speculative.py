@@ -12,9 +12,11 @@
 Held-out prompts of the embedded code corpus (validation split). Per method: tau (tokens per
 target forward, the bonus token counted, prefill included), acceptance by draft position
 (share of verification steps whose accepted path reached depth d), target and other forwards
-per generated token, tokens/s (median of `--repeats` timed runs after one AOT compile) and the
-speedup against AR timed in the same process, and at temperature 0 whether the tokens equal
-AR's. Methods whose runs are missing (no draft / heads trained) are skipped and listed.
+per generated token, tokens/s and the speedup against AR: after one AOT compile, AR and the
+method are timed alternately (`--repeats` passes each over all prompts) and each keeps its
+fastest pass, so both see the same load on a shared machine. At temperature 0 the report also
+says whether the tokens equal AR's. `--merge` adds or replaces methods in an existing raw file
+of the same setting (e.g. after training a missing drafter). Methods whose runs are missing (no draft / heads trained) are skipped and listed.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 from typing import Any
 
@@ -48,6 +49,11 @@ METHODS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
                              ('draft',)),
     'draft dynamic tree 60': ('spec_dynamic', dict(gamma=8, top_k=6, tree_nodes=60),
                               ('draft',)),
+    'draft static tree 64': ('speculative', dict(tree='static', gamma=10, tree_nodes=64),
+                             ('draft',)),
+    'draft dynamic tree 64': ('spec_dynamic', dict(gamma=10, top_k=4, tree_nodes=64),
+                              ('draft',)),
+    'draft RSD-S tree 32': ('spec_rsd', dict(gamma=8, top_k=4, tree_nodes=32), ('draft',)),
     'draft K-SEQ 4x3': ('speculative', dict(tree='static', branching='4,1,1', verifier='kseq'),
                         ('draft',)),
     'prompt lookup': ('prompt_lookup', {}, ()),
@@ -70,7 +76,9 @@ def _load(args) -> tuple[Any, dict[str, Any], Models, set[str]]:
   runs = {'draft': args.draft, 'medusa': args.medusa, 'mtp': args.mtp,
           'kangaroo': args.kangaroo}
   for name, workdir in runs.items():
-    if not workdir or not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    ckpt = os.path.join(workdir or '', 'checkpoints')
+    if not workdir or not os.path.isdir(ckpt) or not os.listdir(ckpt):
+      print(f'{name}: no checkpoint in {workdir!r}; its methods are skipped', flush=True)
       continue
     run = loading.load_model(workdir)
     if run.tokenizer.vocab_size != target.tokenizer.vocab_size:
@@ -98,23 +106,25 @@ def _batches(prompts, batch_size, pad_id, bucket=32):
   return out
 
 
-def measure(decoder, models, params, prompts, *, batch_size, max_new, cache_size, eos_id,
-            pad_id, repeats) -> dict[str, Any]:
-  """Compile once per shape, then time `repeats` passes over all prompts (median)."""
-  batches = _batches(prompts, batch_size, pad_id)
+def _compile(decoder, models, params, batches, *, max_new, cache_size, eos_id, pad_id):
+  """AOT-compiles the decoder once per batch shape; returns (fns by shape, seconds)."""
   compiled, t0 = {}, time.perf_counter()
   for prompt, lens, keys in batches:
     if prompt.shape not in compiled:
       compiled[prompt.shape] = runner._generate.lower(  # pylint: disable=protected-access
           decoder, models, params, prompt, lens, keys, max_new_tokens=max_new,
           cache_size=cache_size, eos_id=eos_id, pad_id=pad_id).compile()
-  compile_s = time.perf_counter() - t0
-  times, results = [], []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    results = [jax.block_until_ready(compiled[p.shape](params, p, l, k))
-               for p, l, k in batches]
-    times.append(time.perf_counter() - t0)
+  return compiled, time.perf_counter() - t0
+
+
+def _pass(compiled, params, batches):
+  """One timed pass over all prompts: (seconds, results)."""
+  t0 = time.perf_counter()
+  results = [jax.block_until_ready(compiled[p.shape](params, p, l, k)) for p, l, k in batches]
+  return time.perf_counter() - t0, results
+
+
+def _summarise(results, wall, compile_s) -> dict[str, Any]:
   results = jax.device_get(results)
   tokens, gen, tfwd, ofwd = [], 0, 0, 0
   extra: dict[str, np.ndarray] = {}
@@ -127,12 +137,12 @@ def measure(decoder, models, params, prompts, *, batch_size, max_new, cache_size
     ofwd += int(r.other_forwards_B.sum())
     for k, v in r.extra.items():
       extra[k] = extra.get(k, 0) + np.asarray(v).sum(0)
-  wall = statistics.median(times)
   out = {'tokens': tokens, 'generated': gen, 'target_forwards': tfwd, 'other_forwards': ofwd,
          'wall_s': wall, 'tokens_per_s': gen / wall, 'compile_s': compile_s,
          'tau': gen / max(tfwd, 1)}
   if 'spec_steps' in extra:
     steps = max(int(extra['spec_steps']), 1)
+    out['spec_steps'] = int(extra['spec_steps'])
     out['acceptance_by_position'] = (np.asarray(extra['accepted_by_depth']) / steps).tolist()
     out['drafted_per_step'] = float(extra['drafted_tokens']) / steps
   for k in ('exit_steps', 'exit_acceptance'):
@@ -141,86 +151,244 @@ def measure(decoder, models, params, prompts, *, batch_size, max_new, cache_size
   return out
 
 
+def measure_pair(method, ar, params, batches, *, repeats) -> tuple[dict[str, Any], float]:
+  """Times the method and AR alternately, `repeats` passes each, and keeps each one's fastest.
+
+  On a shared machine the other jobs' load comes and goes; alternating puts both decoders
+  under the same load, and the best pass is the least disturbed one. One untimed warm-up
+  pass of the method comes first (AR was warmed up once at the start). Returns the method's
+  summary and AR's best wall time of the same window.
+  """
+  (fns, compile_s), ar_fns = method, ar
+  times, ar_times, results = [], [], None
+  _pass(fns, params, batches)  # warm-up: the first call of a compiled function is slower
+  for _ in range(repeats):
+    ar_times.append(_pass(ar_fns, {'target': params['target']}, batches)[0])
+    t, results = _pass(fns, params, batches)
+    times.append(t)
+  out = _summarise(results, min(times), compile_s)
+  out['wall_s_all'] = times
+  out['ar_wall_s_all'] = ar_times
+  return out, min(ar_times)
+
+
 def run(args) -> str:
   target, params, models, have = _load(args)
   tok = target.tokenizer
   prompts = cli.read_prompts(tok, prompt=None, prompts_file=None, heldout=args.prompts,
                              prompt_chars=args.prompt_chars, data_config=target.config['data'])
   sampling = SamplingConfig(temperature=args.temperature)
-  names = [m for m in (args.methods.split(',') if args.methods else METHODS)]
+  names = [m.strip() for m in args.methods.split(',')] if args.methods else list(METHODS)
+  unknown = [m for m in names if m not in METHODS]
+  if unknown:
+    raise ValueError(f'Unknown methods {unknown}; choose from {list(METHODS)}.')
+  if args.repeats < 1:
+    raise ValueError(f'--repeats must be >= 1, got {args.repeats}.')
   cache = int(np.ceil((max(map(len, prompts)) + args.max_new_tokens + 128) / 64) * 64)
-  common_kw = dict(batch_size=args.batch_size, max_new=args.max_new_tokens, cache_size=cache,
-                   eos_id=tok.eos_id, pad_id=tok.pad_id, repeats=args.repeats)
+  batches = _batches(prompts, args.batch_size, tok.pad_id)
+  kw = dict(max_new=args.max_new_tokens, cache_size=cache, eos_id=tok.eos_id, pad_id=tok.pad_id)
+  ar_models, ar_params = Models(target.model), {'target': params['target']}
+  ar_fns, ar_compile = _compile(registry.build('ar', sampling=sampling), ar_models, ar_params,
+                                batches, **kw)
+  _, ar_results = _pass(ar_fns, ar_params, batches)  # warm-up
+  ar_best = min(_pass(ar_fns, ar_params, batches)[0] for _ in range(args.repeats))
+  ar = _summarise(ar_results, ar_best, ar_compile)
+  path = os.path.join(RAW_DIR, f't{args.temperature:g}_b{args.batch_size}{args.part}.json')
   rows: dict[str, Any] = {}
-  skipped = []
-  ar = measure(registry.build('ar', sampling=sampling), Models(target.model),
-               {'target': params['target']}, prompts, **common_kw)
-  rows['ar'] = ar
+  skipped: list[str] = []
+  commands: list[str] = []
+  if args.merge and os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    if (old['prompts'], old['max_new_tokens']) != (len(prompts), args.max_new_tokens):
+      raise ValueError(f'{path} was measured with {old["prompts"]} prompts x '
+                       f'{old["max_new_tokens"]} tokens; rerun without --merge.')
+    rows, commands = old['rows'], old.get('commands', [old['provenance']])
+    skipped = [s for s in old['skipped'] if s.split(' (')[0] not in names]
+  rows['ar'] = {k: v for k, v in ar.items() if k != 'tokens'}
   print(f"ar: {ar['tokens_per_s']:.1f} tok/s", flush=True)
   for name in names:
     dec_name, settings, needs = METHODS[name]
     if any(n not in have for n in needs):
       skipped.append(f'{name} (needs {", ".join(needs)})')
+      rows.pop(name, None)
       continue
     settings = dict(settings)
     if 'draft' in needs:
       settings['draft_workdir'] = args.draft
     dec = registry.build(dec_name, settings, sampling)
     sub = Models(target.model, extras=models.extras if 'draft' in needs else ())
-    r = measure(dec, sub, params, prompts, **common_kw)
-    # AR again right after each method: the speedup compares neighbours in time, which
-    # matters on a shared machine.
-    ar_again = measure(registry.build('ar', sampling=sampling), Models(target.model),
-                       {'target': params['target']}, prompts, **dict(common_kw, repeats=1))
-    ar_tps = max(ar['tokens_per_s'], ar_again['tokens_per_s'])
-    r['speedup'] = r['tokens_per_s'] / ar_tps
-    r['ar_tokens_per_s'] = ar_tps
+    method = _compile(dec, sub, params, batches, **kw)
+    r, ar_wall = measure_pair(method, ar_fns, params, batches, repeats=args.repeats)
+    r['ar_tokens_per_s'] = ar['generated'] / ar_wall
+    r['speedup'] = r['tokens_per_s'] / r['ar_tokens_per_s']
     if args.temperature == 0:
       r['equals_ar'] = r['tokens'] == ar['tokens']
+    r.pop('tokens')
     rows[name] = r
-    print(f"{name}: tau {r['tau']:.2f}, {r['tokens_per_s']:.1f} tok/s, "
-          f"{r['speedup']:.2f}x" + (f", = AR: {r.get('equals_ar')}" if args.temperature == 0
-                                    else ''), flush=True)
-  for r in rows.values():
-    r.pop('tokens', None)
+    print(f"{name}: tau {r['tau']:.2f}, {r['tokens_per_s']:.1f} tok/s vs AR "
+          f"{r['ar_tokens_per_s']:.1f}, {r['speedup']:.2f}x"
+          + (f", = AR: {r.get('equals_ar')}" if args.temperature == 0 else ''), flush=True)
+    _write(path, args, len(prompts), commands, skipped, rows)  # after every method
+  _write(path, args, len(prompts), commands, skipped, rows)
+  return path
+
+
+def _write(path, args, num_prompts, commands, skipped, rows) -> None:
   os.makedirs(RAW_DIR, exist_ok=True)
-  path = os.path.join(RAW_DIR, f't{args.temperature:g}_b{args.batch_size}.json')
   with open(path, 'w') as f:
     json.dump({'temperature': args.temperature, 'batch_size': args.batch_size,
-               'prompts': len(prompts), 'max_new_tokens': args.max_new_tokens,
-               'provenance': common.provenance(), 'skipped': skipped, 'rows': rows}, f)
-  return path
+               'prompts': num_prompts, 'max_new_tokens': args.max_new_tokens,
+               'provenance': commands[0] if commands else common.provenance(),
+               'commands': commands + [common.provenance()], 'skipped': skipped,
+               'rows': rows}, f, indent=1)
+
+
+def _budget(name: str) -> int | None:
+  """Node budget of a draft-model tree method (from its name), None for other methods."""
+  if not name.startswith('draft ') or 'tree' not in name:
+    return None
+  return int(name.split()[-1])
+
+
+def _implausible(row) -> bool:
+  """Speedup above tau: a step (draft + a target forward over more tokens) never costs less
+  than an AR step, so this is the shared machine's load, not the method."""
+  return row.get('speedup', 0) > row['tau'] * 1.05
+
+
+def goals(runs) -> list[list[str]]:
+  """The issue's goals, judged on the temperature-0 measurements."""
+  t0 = [r for r in runs if r['temperature'] == 0]
+  out = []
+  def where(r):
+    return f"t0 b{r['batch_size']}"
+  # 1. a draft-model tree of <= 64 nodes reaches tau >= 4.
+  cands = [(row['tau'], n, r) for r in t0 for n, row in r['rows'].items()
+           if (_budget(n) or 99) <= 64]
+  if cands:
+    tau, n, r = max(cands, key=lambda c: c[0])
+    out.append(['draft-model tree <= 64 nodes: tau >= 4', f'{tau:.2f} ({n}, {where(r)})',
+                'met' if tau >= 4 else 'NOT met'])
+  else:
+    out.append(['draft-model tree <= 64 nodes: tau >= 4', 'no draft run', 'not measured'])
+  # 2. the dynamic tree beats the best static tree of the same node budget.
+  for r in t0:
+    budgets = sorted({_budget(n) for n in r['rows'] if _budget(n)})
+    for nodes in budgets:
+      dyn = [(row['tau'], n) for n, row in r['rows'].items()
+             if _budget(n) == nodes and 'dynamic' in n]
+      sta = [(row['tau'], n) for n, row in r['rows'].items()
+             if _budget(n) == nodes and 'static' in n]
+      if dyn and sta:
+        d, s = max(dyn), max(sta)
+        out.append([f'dynamic tree beats best static tree, {nodes} nodes ({where(r)})',
+                    f'tau {d[0]:.2f} vs {s[0]:.2f}', 'met' if d[0] > s[0] else 'NOT met'])
+  # 3. Token Recycling tau >= 2.
+  for r in t0:
+    row = r['rows'].get('token recycling')
+    if row:
+      out.append([f'Token Recycling tau >= 2 ({where(r)})', f"{row['tau']:.2f}",
+                  'met' if row['tau'] >= 2 else 'NOT met'])
+  # 4. best method >= 2x AR on CPU.
+  for r in t0:
+    sp = [(row['speedup'], n) for n, row in r['rows'].items()
+          if 'speedup' in row and not _implausible(row)]
+    noisy = [n for n, row in r['rows'].items() if _implausible(row)]
+    if sp:
+      best = max(sp)
+      dev = r['provenance'].split('\n')[0].removeprefix('- device: ')
+      ok = best[0] >= 2
+      note = f'; excluded as timing noise (speedup > tau): {", ".join(noisy)}' if noisy else ''
+      out.append([f'best method >= 2x AR on CPU ({where(r)})',
+                  f'{best[0]:.2f}x ({best[1]}; {dev}{note})', 'met' if ok else 'NOT met'])
+  out.append(['best method >= 2.5x AR on a GPU', '-', 'needs GPU, not measured'])
+  out.append(['>= 2x transformers assisted generation tokens/s (batch 1, GPU)', '-',
+              'needs GPU and a Hugging Face export of our checkpoints, not measured'])
+  return out
+
+
+def _merged_runs() -> list[dict[str, Any]]:
+  """Raw files grouped by (temperature, batch size): parts (`--part`) add their methods."""
+  groups: dict[tuple[float, int], dict[str, Any]] = {}
+  for name in sorted(os.listdir(RAW_DIR)):
+    if not name.endswith('.json'):
+      continue
+    with open(os.path.join(RAW_DIR, name)) as f:
+      r = json.load(f)
+    key = (r['temperature'], r['batch_size'])
+    if key not in groups:
+      groups[key] = r
+      continue
+    g = groups[key]
+    if (g['prompts'], g['max_new_tokens']) != (r['prompts'], r['max_new_tokens']):
+      raise ValueError(f'{name}: {r["prompts"]} prompts x {r["max_new_tokens"]} tokens, but '
+                       f'the other files of this setting have {g["prompts"]} x '
+                       f'{g["max_new_tokens"]}.')
+    g['commands'] = g.get('commands', [g['provenance']]) + r.get('commands', [r['provenance']])
+    for n, row in r['rows'].items():
+      if n != 'ar':
+        g['rows'][n] = row
+    g['skipped'] = [x for x in g['skipped'] + r['skipped']
+                    if x.split(' (')[0] not in g['rows']]
+    g['skipped'] = list(dict.fromkeys(g['skipped']))
+  return [groups[k] for k in sorted(groups)]
 
 
 def report() -> str:
   """Merges the raw measurements into benchmarks/results/speculative.md and a plot."""
-  runs = []
-  for name in sorted(os.listdir(RAW_DIR)):
-    with open(os.path.join(RAW_DIR, name)) as f:
-      runs.append(json.load(f))
-  body = []
+  runs = _merged_runs()
+  body = ['## Goals (temperature 0)\n',
+          common.markdown_table(['goal', 'measured', 'status'], goals(runs)), '']
+  # Summary: tau and speedup of every method in every setting.
+  settings = [f"t{r['temperature']:g} b{r['batch_size']}" for r in runs]
+  names = list(dict.fromkeys(n for r in runs for n in r['rows']))
+  summary = []
+  for n in names:
+    line = [n]
+    for r in runs:
+      row = r['rows'].get(n)
+      line.append('-' if row is None else
+                  f"{row['tau']:.2f} / {row.get('speedup', 1.0):.2f}x"
+                  + (' (!)' if _implausible(row) else ''))
+    summary.append(line)
+  body += ['## Summary: tau / speedup against AR\n',
+           'tau = generated tokens / target forwards (prefill and bonus token counted); '
+           'speedup = tokens/s over AR tokens/s timed alternately in the same process. '
+           '(!) marks a speedup above tau, which a step that drafts and then runs the target '
+           'over more tokens than AR cannot reach: load from other jobs on the shared machine '
+           'during the AR passes, not the method. A setting may combine several runs '
+           '(`--part`: drafters trained later, re-measurements); a later run\'s row replaces '
+           'an earlier one of the same method, and every contributing command is listed under '
+           'its setting.\n',
+           common.markdown_table(['method'] + settings, summary), '']
   for r in runs:
+    cmds = r.get('commands', [r['provenance']])
     body.append(f"## temperature {r['temperature']:g}, batch {r['batch_size']}\n\n"
-                f"{r['prompts']} held-out prompts, {r['max_new_tokens']} new tokens each.\n\n"
-                + r['provenance'].replace('- ', '  - ', 0) + '\n')
-    header = ['method', 'tau', 'acceptance by position (d=1..)', 'target fwd/token',
+                f"{r['prompts']} held-out prompts, {r['max_new_tokens']} new tokens each.\n")
+    for c in cmds:
+      body.append(c + '\n')
+    header = ['method', 'tau', 'acceptance by position (d=1..8)', 'target fwd/token',
               'other fwd/token', 'tokens/s', 'AR tokens/s', 'speedup']
     if r['temperature'] == 0:
       header.append('= AR')
     table = []
     for name, row in r['rows'].items():
       acc = ' '.join(f'{a:.2f}' for a in row.get('acceptance_by_position', [])[:8])
+      per_token = lambda k: (f"{row[k] / row['generated']:.3f}" if k in row else '-')
       line = [name, f"{row['tau']:.2f}", acc or '-',
-              f"{row['target_forwards'] / row['generated']:.3f}",
-              f"{row['other_forwards'] / row['generated']:.3f}",
-              f"{row['tokens_per_s']:.0f}", f"{row.get('ar_tokens_per_s', row['tokens_per_s']):.0f}",
-              f"{row.get('speedup', 1.0):.2f}x"]
+              per_token('target_forwards'), per_token('other_forwards'),
+              f"{row['tokens_per_s']:.0f}",
+              f"{row.get('ar_tokens_per_s', row['tokens_per_s']):.0f}",
+              f"{row.get('speedup', 1.0):.2f}x" + (' (!)' if _implausible(row) else '')]
       if r['temperature'] == 0:
         line.append({True: 'yes', False: 'NO', None: '-'}[row.get('equals_ar')])
       table.append(line)
     body.append(common.markdown_table(header, table))
     if r['skipped']:
-      body.append('\nSkipped (runs not trained): ' + '; '.join(r['skipped']))
+      body.append('\nSkipped: ' + '; '.join(r['skipped']))
+    if r.get('note'):
+      body.append('\n' + r['note'])
     body.append('')
   plot = _plot(runs)
   if plot:
@@ -235,21 +403,28 @@ def _plot(runs) -> str | None:
     import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   except ImportError:
     return None
-  chosen = [r for r in runs if r['temperature'] == 0 and r['batch_size'] == 1] or runs[:1]
+  chosen = [r for r in runs if r['batch_size'] == 1] or runs[:1]
   if not chosen:
     return None
-  fig, ax = plt.subplots(figsize=(8, 5))
-  for name, row in chosen[0]['rows'].items():
-    acc = row.get('acceptance_by_position')
-    if acc:
-      ax.plot(range(1, len(acc) + 1), acc, marker='o', label=name)
-  ax.set_xlabel('draft position d')
-  ax.set_ylabel('share of steps accepting >= d drafted tokens')
-  ax.set_title('Acceptance by position (temperature 0, batch 1)')
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
+  fig, axes = plt.subplots(1, len(chosen), figsize=(7 * len(chosen), 5), squeeze=False)
+  for ax, r in zip(axes[0], chosen):
+    colours = plt.get_cmap('tab20').colors
+    for i, (name, row) in enumerate(r['rows'].items()):
+      acc = row.get('acceptance_by_position')
+      if acc:
+        ax.plot(range(1, len(acc) + 1), acc, marker='os^v'[i % 4], label=name,
+                color=colours[i % len(colours)], linestyle='-' if i < 10 else '--')
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel('draft position d')
+    ax.set_ylabel('share of steps accepting >= d drafted tokens')
+    ax.set_title(f"Acceptance by position (temperature {r['temperature']:g}, "
+                 f"batch {r['batch_size']})")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
   path = os.path.join(common.RESULTS_DIR, 'speculative_acceptance.png')
-  fig.savefig(path, dpi=120, bbox_inches='tight')
+  fig.savefig(path, dpi=110, bbox_inches='tight')
+  plt.close(fig)
   return path
 
 
@@ -268,6 +443,11 @@ def main():
   p.add_argument('--max_new_tokens', type=int, default=128)
   p.add_argument('--repeats', type=int, default=3)
   p.add_argument('--methods', default='', help='comma-separated subset of ' + ', '.join(METHODS))
+  p.add_argument('--part', default='',
+                 help='suffix of the raw file name (e.g. _heads): a separate file for extra '
+                      'methods of the same setting, merged by --report')
+  p.add_argument('--merge', action='store_true',
+                 help='add/replace these methods in an existing raw file of the same setting')
   p.add_argument('--report', action='store_true', help='merge raw results into the .md')
   args = p.parse_args()
   if args.report:
