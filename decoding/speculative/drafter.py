@@ -154,6 +154,50 @@ class Drafter:
     return {}
 
 
+@dataclasses.dataclass(frozen=True)
+class ChainDrafter(Drafter):
+  """A drafter proposing a chain; its length is the setting named by `chain_field`."""
+  chain_field: ClassVar[str] = 'gamma'
+
+  @property
+  def max_nodes(self) -> int:
+    return getattr(self, self.chain_field) + 1
+
+  @property
+  def max_depth(self) -> int:
+    return getattr(self, self.chain_field)
+
+  @property
+  def max_children(self) -> int:
+    return 1
+
+  @property
+  def is_chain(self) -> bool:
+    return True
+
+
+@dataclasses.dataclass(frozen=True)
+class TemplateDrafter(Drafter):
+  """A drafter over a static tree: its bounds are those of its `template` field."""
+  template: trees.Template
+
+  @property
+  def max_nodes(self) -> int:
+    return self.template.size
+
+  @property
+  def max_depth(self) -> int:
+    return self.template.max_depth
+
+  @property
+  def max_children(self) -> int:
+    return self.template.max_children
+
+  @property
+  def is_chain(self) -> bool:
+    return self.template.is_chain
+
+
 def vocab_size(module: Any) -> int:
   return module.cfg.vocab_size
 

@@ -57,7 +57,7 @@ class ExitState:
 
 
 @dataclasses.dataclass(frozen=True)
-class EarlyExitDrafter(drafter_lib.Drafter):
+class EarlyExitDrafter(drafter_lib.ChainDrafter):
   """See module docstring. `exits` has one layer (LayerSkip/Kangaroo) or several (DEL)."""
   kind: ClassVar[str] = 'early_exit'
   exits: tuple[int, ...] = (1,)
@@ -65,22 +65,6 @@ class EarlyExitDrafter(drafter_lib.Drafter):
   stop_below: float = 0.0
   adapter: bool = False  # Kangaroo
   prior: float = 0.5     # DEL: acceptance assumed before any evidence
-
-  @property
-  def max_nodes(self) -> int:
-    return self.gamma + 1
-
-  @property
-  def max_depth(self) -> int:
-    return self.gamma
-
-  @property
-  def max_children(self) -> int:
-    return 1
-
-  @property
-  def is_chain(self) -> bool:
-    return True
 
   @property
   def dynamic(self) -> bool:

@@ -55,26 +55,10 @@ def _need(params, name: str, how: str) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class MedusaDrafter(drafter_lib.Drafter):
+class MedusaDrafter(drafter_lib.TemplateDrafter):
   """Medusa heads over a static tree (template depth <= number of heads)."""
   kind: ClassVar[str] = 'medusa'
   template: trees.Template = dataclasses.field(default_factory=lambda: trees.chain(3))
-
-  @property
-  def max_nodes(self) -> int:
-    return self.template.size
-
-  @property
-  def max_depth(self) -> int:
-    return self.template.max_depth
-
-  @property
-  def max_children(self) -> int:
-    return self.template.max_children
-
-  @property
-  def is_chain(self) -> bool:
-    return self.template.is_chain
 
   def check(self, models, params):
     _need(params, heads_lib.MEDUSA, 'medusa')
@@ -105,26 +89,10 @@ class MedusaDrafter(drafter_lib.Drafter):
 
 
 @dataclasses.dataclass(frozen=True)
-class MTPDrafter(drafter_lib.Drafter):
+class MTPDrafter(drafter_lib.TemplateDrafter):
   """Sequential MTP modules over a static tree (template depth <= number of modules)."""
   kind: ClassVar[str] = 'mtp'
   template: trees.Template = dataclasses.field(default_factory=lambda: trees.chain(2))
-
-  @property
-  def max_nodes(self) -> int:
-    return self.template.size
-
-  @property
-  def max_depth(self) -> int:
-    return self.template.max_depth
-
-  @property
-  def max_children(self) -> int:
-    return self.template.max_children
-
-  @property
-  def is_chain(self) -> bool:
-    return self.template.is_chain
 
   @staticmethod
   def depth_of(params) -> int:

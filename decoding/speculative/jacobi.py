@@ -48,26 +48,11 @@ def _next_guesses(pred_BxT: jax.Array, node_of_BxW: jax.Array, keep_B: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class JacobiDrafter(drafter_lib.Drafter):
+class JacobiDrafter(drafter_lib.ChainDrafter):
   """Jacobi iteration over a window of `window` guesses (a chain)."""
   kind: ClassVar[str] = 'jacobi'
+  chain_field: ClassVar[str] = 'window'
   window: int = 5
-
-  @property
-  def max_nodes(self) -> int:
-    return self.window + 1
-
-  @property
-  def max_depth(self) -> int:
-    return self.window
-
-  @property
-  def max_children(self) -> int:
-    return 1
-
-  @property
-  def is_chain(self) -> bool:
-    return True
 
   def init(self, env, prefill, first_B):
     return JacobiState(jnp.broadcast_to(first_B[:, None], (first_B.shape[0], self.window)))

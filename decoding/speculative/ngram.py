@@ -51,27 +51,11 @@ def write_committed(ctx_BxS: jax.Array, step: drafter_lib.Step) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class PromptLookupDrafter(drafter_lib.Drafter):
+class PromptLookupDrafter(drafter_lib.ChainDrafter):
   """Copies the continuation of the latest earlier match of the trailing n-gram (a chain)."""
   kind: ClassVar[str] = 'prompt_lookup'
   gamma: int = 4
   ngram: int = 3
-
-  @property
-  def max_nodes(self) -> int:
-    return self.gamma + 1
-
-  @property
-  def max_depth(self) -> int:
-    return self.gamma
-
-  @property
-  def max_children(self) -> int:
-    return 1
-
-  @property
-  def is_chain(self) -> bool:
-    return True
 
   def init(self, env, prefill, first_B):
     return ContextState(ctx_BxS=init_context(env, first_B))
@@ -113,7 +97,7 @@ class RecyclingState:
 
 
 @dataclasses.dataclass(frozen=True)
-class TokenRecyclingDrafter(drafter_lib.Drafter):
+class TokenRecyclingDrafter(drafter_lib.TemplateDrafter):
   """Token Recycling: a successor table expanded into a static tree (see module docstring)."""
   kind: ClassVar[str] = 'token_recycling'
   template: trees.Template = dataclasses.field(
@@ -124,22 +108,6 @@ class TokenRecyclingDrafter(drafter_lib.Drafter):
     if self.template.max_rank > self.k:
       raise ValueError(f'The Token Recycling tree uses successor rank '
                        f'{self.template.max_rank - 1} but the table keeps k={self.k}.')
-
-  @property
-  def max_nodes(self) -> int:
-    return self.template.size
-
-  @property
-  def max_depth(self) -> int:
-    return self.template.max_depth
-
-  @property
-  def max_children(self) -> int:
-    return self.template.max_children
-
-  @property
-  def is_chain(self) -> bool:
-    return self.template.is_chain
 
   def _write(self, table_BxVxK, tokens_BxT, logits_BxTxV, valid_BxT):
     top_BxTxK = drafter_lib.top_children(logits_BxTxV, self.k)
