@@ -59,8 +59,16 @@ def _all_kernels(family):
   return f, args
 
 
+# From jax 0.11 the Triton lowering reads the GPU's compute capability, so lowering for 'cuda'
+# needs a GPU in the process (CI pins jax 0.10.2, where it does not).
+_TRITON_NEEDS_A_GPU = (tuple(int(x) for x in jax.__version__.split('.')[:2]) >= (0, 11)
+                       and jax.default_backend() != 'gpu')
+
+
 @pytest.mark.parametrize('family,platform', [('gpu', 'cuda'), ('tpu', 'tpu')])
 def test_kernels_lower_for_their_hardware(family, platform):
+  if family == 'gpu' and _TRITON_NEEDS_A_GPU:
+    pytest.skip(f'jax {jax.__version__} lowers Triton kernels only with a GPU present')
   f, args = _all_kernels(family)
   checks = [export.DisabledSafetyCheck.custom_call('__gpu$xla.gpu.triton')]
   with common.compile_for(family):
