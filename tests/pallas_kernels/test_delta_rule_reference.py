@@ -143,11 +143,16 @@ def test_padding_steps_are_the_identity():
   np.testing.assert_allclose(s_all, s_kept, atol=TOL)
 
 
-def test_impl_switch_and_shape_errors():
+def test_impl_switch_and_shape_errors(monkeypatch):
   q, k, v, beta, g, s0 = _inputs(1, 4, 1, 4, 4)
   # impl='pallas' routes to the Pallas scans (interpreted on CPU) with the same results.
+  from pallas_kernels.delta_rule import gpu  # pylint: disable=g-import-not-at-top
+  calls = []
+  scan = gpu.forward_scan
+  monkeypatch.setattr(gpu, 'forward_scan', lambda *a, **kw: calls.append(1) or scan(*a, **kw))
   o_ref, s_ref = delta_rule(q, k, v, beta, g, chunk_size=16, impl='xla')
   o_pal, s_pal = delta_rule(q, k, v, beta, g, chunk_size=16, impl='pallas')
+  assert calls, "impl='pallas' did not reach the Pallas scan"
   np.testing.assert_allclose(o_pal, o_ref, atol=TOL)
   np.testing.assert_allclose(s_pal, s_ref, atol=TOL)
   with pytest.raises(ValueError, match='Unknown delta_rule impl'):
