@@ -63,15 +63,11 @@ def lm_run_settings(c: ml_collections.ConfigDict, size: str) -> None:
     c.data.seq_len, c.data.batch_size = 128, 16
     c.train.update(steps=600, learning_rate=3e-3, warmup_steps=60, log_every=50,
                    eval_every=200, eval_batches=8, checkpoint_every=200)
-  elif size == 'small':
+  elif size in ('small', 'base'):  # accelerator runs: BPE vocabulary, bf16 compute
+    seq_len, batch, steps, lr, every = ((1024, 64, 20_000, 1e-3, 1000) if size == 'small' else
+                                        (2048, 128, 50_000, 5e-4, 2000))
     c.tokenizer.update(kind='bpe', vocab_size=32768)
     c.model.dtype = 'bfloat16'
-    c.data.seq_len, c.data.batch_size = 1024, 64
-    c.train.update(steps=20_000, learning_rate=1e-3, warmup_steps=1000, log_every=100,
-                   eval_every=1000, eval_batches=16, checkpoint_every=1000)
-  elif size == 'base':
-    c.tokenizer.update(kind='bpe', vocab_size=32768)
-    c.model.dtype = 'bfloat16'
-    c.data.seq_len, c.data.batch_size = 2048, 128
-    c.train.update(steps=50_000, learning_rate=5e-4, warmup_steps=2000, log_every=100,
-                   eval_every=2000, eval_batches=16, checkpoint_every=2000)
+    c.data.seq_len, c.data.batch_size = seq_len, batch
+    c.train.update(steps=steps, learning_rate=lr, warmup_steps=every, log_every=100,
+                   eval_every=every, eval_batches=16, checkpoint_every=every)
