@@ -67,6 +67,17 @@ def _err(a, b) -> float:
 # ----------------------------------------------------------------------------- check
 
 
+def _guarded(name: str, impl: str, dtype: str, fn: Callable[[], list[list[Any]]]):
+  """fn()'s rows, or one failing row naming the exception (a kernel that does not compile or
+  run on this device must not hide the checks of the others)."""
+  try:
+    return fn()
+  except Exception as e:  # pylint: disable=broad-except
+    traceback.print_exc()
+    msg = f'{type(e).__name__}: {str(e).splitlines()[0][:60]}' if str(e) else type(e).__name__
+    return [[name, impl, 'n/a', dtype, msg, 'n/a', False]]
+
+
 def checks(impls: tuple[str, ...], small: bool) -> list[list[Any]]:
   """Each kernel vs its reference: rows [kernel, impl, shape, dtype, rel. error, tol, ok]."""
   rows = []
@@ -85,10 +96,14 @@ def checks(impls: tuple[str, ...], small: bool) -> list[list[Any]]:
         o, vjp = jax.vjp(f, q, k, v)
         return (o, *vjp(o))
       run = jax.jit(flash, static_argnums=0)
-      got, want = run(impl, q, k, v), run('xla', q, k, v)
-      for name, a, b in zip(('flash fwd', 'flash dq', 'flash dk', 'flash dv'), got, want):
-        e = _err(a, b)
-        rows.append([name, impl, f'B2 T{T} H{H} K{K} D{Dh} causal+seg', dn, e, tol, e < tol])
+
+      def flash_rows():
+        got, want = run(impl, q, k, v), run('xla', q, k, v)
+        return [[name, impl, f'B2 T{T} H{H} K{K} D{Dh} causal+seg', dn, _err(a, b), tol,
+                 _err(a, b) < tol]
+                for name, a, b in zip(('flash fwd', 'flash dq', 'flash dk', 'flash dv'), got,
+                                      want)]
+      rows += _guarded('flash', impl, dn, flash_rows)
 
       qd, kc, vc = _normal(4, (2, 5, H, Dh), dtype), _normal(5, (2, S, K, Dh), dtype), _normal(
           6, (2, S, K, Dh), dtype)
@@ -100,20 +115,24 @@ def checks(impls: tuple[str, ...], small: bool) -> list[list[Any]]:
       tree = jax.jit(lambda impl: tree_attention(qd, kc, vc, lengths, kt, vt, parents_BxN=par,
                                                  impl=impl), static_argnums=0)
       for name, f in (('decode', dec), ('tree', tree)):
-        e = _err(f(impl), f('xla'))
-        rows.append([name, impl, f'B2 S{S} H{H} K{K} D{Dh}', dn, e, tol, e < tol])
+        rows += _guarded(name, impl, dn, lambda f=f, name=name: [
+            [name, impl, f'B2 S{S} H{H} K{K} D{Dh}', dn, _err(f(impl), f('xla')), tol,
+             _err(f(impl), f('xla')) < tol]])
 
-    rows += _check_delta_rule(impl, small)
+    rows += _guarded('delta rule', impl, 'float32', lambda: _check_delta_rule(impl, small))
     if impl != 'pallas_tpu':
-      rows += _check_verify(impl, small)
+      rows += _guarded('chain verify', impl, 'float32', lambda: _check_verify(impl, small))
     V = 1000 if small else 128256
     logits = _normal(9, (8, V), F32) * 3
     g = gumbel_noise(jax.random.key(10), (8, V))
     cfg = dict(temperature=0.8, top_k=50, top_p=0.9, min_p=0.02)
     same = jax.jit(lambda impl: fused_sample(logits, g, impl=impl, **cfg), static_argnums=0)
-    agree = float((same(impl) == same('xla')).mean())
-    rows.append(['sampling (tokens equal)', impl, f'B8 V{V}', 'float32', 1 - agree, 0.0,
-                 agree == 1.0])
+
+    def sampling_rows():
+      agree = float((same(impl) == same('xla')).mean())
+      return [['sampling (tokens equal)', impl, f'B8 V{V}', 'float32', 1 - agree, 0.0,
+               agree == 1.0]]
+    rows += _guarded('sampling', impl, 'float32', sampling_rows)
   for row in rows:
     print('  ' + ' | '.join(f'{x:.3g}' if isinstance(x, float) else str(x) for x in row),
           flush=True)
@@ -379,48 +398,67 @@ def main():
         + common.markdown_table(check_header, rows))
     sections.append('## Not measured yet\n\n' + REMAINING)
   else:
-    if 'check' in only:
-      print('check', flush=True)
+    def run_section(name: str, make: Callable[[], str]) -> None:
+      """Runs one section; a crash becomes a note, and the file is rewritten after each
+      section so that a run cut short keeps what it measured."""
+      if name not in only:
+        return
+      print(name, flush=True)
+      try:
+        sections.append(make())
+      except Exception as e:  # pylint: disable=broad-except
+        traceback.print_exc()
+        sections.append(f'## {name}: failed\n\n`{type(e).__name__}: {e}`'[:2000])
+      common.write_results('kernels', 'Pallas kernels', '\n\n'.join(sections))
+
+    def section_check() -> str:
       rows = checks(('pallas',), small=False)
       ok = all(r[-1] for r in rows)
-      sections.append(f'## Correctness on {here} ({"all pass" if ok else "FAILURES"})\n\n'
-                      + common.markdown_table(check_header, rows))
-    if 'flash' in only:
-      print('flash', flush=True)
-      sections.append(
+      return (f'## Correctness on {here} ({"all pass" if ok else "FAILURES"})\n\n'
+              + common.markdown_table(check_header, rows))
+
+    def section_flash() -> str:
+      return (
           '## Flash attention, causal, bf16 (TFLOP/s; backward counted as 2.5x forward)\n\n'
           + common.markdown_table(
               ['Dh', 'T', 'B', 'H', 'ours fwd', 'cuDNN fwd', 'XLA fwd', 'ours/cuDNN speed',
                'ours / peak', 'ours fwd+bwd', 'cuDNN fwd+bwd', 'ours/cuDNN fwd+bwd'],
               bench_flash(args.quick)))
-    if 'tree' in only:
-      print('tree', flush=True)
-      sections.append(
+
+    def section_tree() -> str:
+      return (
           '## Tree verification attention, bf16, H 32, K 8, Dh 128 (ms)\n\n`ours` gets the '
           'tree K/V and the 64 x 64 ancestor mask apart from the cache; `ours, dense` and '
           'cuDNN get the same dense [N, S] mask over a cache holding the tree.\n\n'
           + common.markdown_table(['B', 'prefix', 'nodes', 'ours', 'ours, dense mask', 'cuDNN',
                                    'cuDNN / ours'], bench_tree(args.quick)))
-    if 'decode' in only:
-      print('decode', flush=True)
-      sections.append(
+
+    def section_decode() -> str:
+      return (
           '## Decode attention, bf16, H 32, K 8, Dh 128 (GB/s of K/V read)\n\n'
           + common.markdown_table(['B', 'context', 'ours GB/s', 'ours / HBM peak', 'XLA GB/s',
                                    'ours/XLA speed'], bench_decode(args.quick)))
-    if 'delta' in only:
-      print('delta', flush=True)
+
+    def section_delta() -> str:
       rows, note = bench_delta(args.quick)
-      sections.append(
+      return (
           '## Chunked gated DeltaProduct (n_h 2) forward+backward, bf16, B 1, H 16, Dk 128, '
           'Dv 256 (ms)\n\n' + (note + '\n\n' if note else '')
           + common.markdown_table(['T', 'sub-steps', 'ours', 'XLA chunked', 'fla',
                                    'fla / ours'], rows))
-    if 'sampling' in only:
-      print('sampling', flush=True)
-      sections.append(
+
+    def section_sampling() -> str:
+      return (
           '## Fused sampling (temperature 0.8, top-p 0.95) vs the sort (us)\n\n'
           + common.markdown_table(['V', 'B', 'fused', 'sort-based', 'sort / fused'],
                                   bench_sampling(args.quick)))
+
+    run_section('check', section_check)
+    run_section('flash', section_flash)
+    run_section('tree', section_tree)
+    run_section('decode', section_decode)
+    run_section('delta', section_delta)
+    run_section('sampling', section_sampling)
   body = '\n\n'.join(sections)
   path = common.write_results('kernels', 'Pallas kernels', body)
   print(f'wrote {path}')

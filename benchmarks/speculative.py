@@ -193,7 +193,7 @@ def run(args) -> str:
   _, ar_results = _pass(ar_fns, ar_params, batches)  # warm-up
   ar_best = min(_pass(ar_fns, ar_params, batches)[0] for _ in range(args.repeats))
   ar = _summarise(ar_results, ar_best, ar_compile)
-  path = os.path.join(RAW_DIR, f't{args.temperature:g}_b{args.batch_size}{args.part}.json')
+  path = os.path.join(args.raw_dir, f't{args.temperature:g}_b{args.batch_size}{args.part}.json')
   rows: dict[str, Any] = {}
   skipped: list[str] = []
   commands: list[str] = []
@@ -235,7 +235,7 @@ def run(args) -> str:
 
 
 def _write(path, args, num_prompts, commands, skipped, rows) -> None:
-  os.makedirs(RAW_DIR, exist_ok=True)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, 'w') as f:
     json.dump({'temperature': args.temperature, 'batch_size': args.batch_size,
                'prompts': num_prompts, 'max_new_tokens': args.max_new_tokens,
@@ -308,13 +308,13 @@ def goals(runs) -> list[list[str]]:
   return out
 
 
-def _merged_runs() -> list[dict[str, Any]]:
+def _merged_runs(raw_dir: str = RAW_DIR) -> list[dict[str, Any]]:
   """Raw files grouped by (temperature, batch size): parts (`--part`) add their methods."""
   groups: dict[tuple[float, int], dict[str, Any]] = {}
-  for name in sorted(os.listdir(RAW_DIR)):
+  for name in sorted(os.listdir(raw_dir)):
     if not name.endswith('.json'):
       continue
-    with open(os.path.join(RAW_DIR, name)) as f:
+    with open(os.path.join(raw_dir, name)) as f:
       r = json.load(f)
     key = (r['temperature'], r['batch_size'])
     if key not in groups:
@@ -335,9 +335,9 @@ def _merged_runs() -> list[dict[str, Any]]:
   return [groups[k] for k in sorted(groups)]
 
 
-def report() -> str:
-  """Merges the raw measurements into benchmarks/results/speculative.md and a plot."""
-  runs = _merged_runs()
+def report(raw_dir: str = RAW_DIR, out_name: str = 'speculative') -> str:
+  """Merges the raw measurements of raw_dir into benchmarks/results/<name>.md and a plot."""
+  runs = _merged_runs(raw_dir)
   body = ['## Goals (temperature 0)\n',
           common.markdown_table(['goal', 'measured', 'status'], goals(runs)), '']
   # Summary: tau and speedup of every method in every setting.
@@ -390,13 +390,13 @@ def report() -> str:
     if r.get('note'):
       body.append('\n' + r['note'])
     body.append('')
-  plot = _plot(runs)
+  plot = _plot(runs, out_name)
   if plot:
     body.append(f'![acceptance by position]({os.path.basename(plot)})')
-  return common.write_results('speculative', 'Speculative decoding', '\n'.join(body))
+  return common.write_results(out_name, 'Speculative decoding', '\n'.join(body))
 
 
-def _plot(runs) -> str | None:
+def _plot(runs, out_name: str = 'speculative') -> str | None:
   try:
     import matplotlib  # pylint: disable=g-import-not-at-top
     matplotlib.use('Agg')
@@ -422,7 +422,7 @@ def _plot(runs) -> str | None:
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-  path = os.path.join(common.RESULTS_DIR, 'speculative_acceptance.png')
+  path = os.path.join(common.RESULTS_DIR, f'{out_name}_acceptance.png')
   fig.savefig(path, dpi=110, bbox_inches='tight')
   plt.close(fig)
   return path
@@ -449,9 +449,13 @@ def main():
   p.add_argument('--merge', action='store_true',
                  help='add/replace these methods in an existing raw file of the same setting')
   p.add_argument('--report', action='store_true', help='merge raw results into the .md')
+  p.add_argument('--raw_dir', default=RAW_DIR,
+                 help='where raw results go; keep one folder per device (the report of '
+                      'folder X is benchmarks/results/X.md, speculative.md for the default)')
   args = p.parse_args()
   if args.report:
-    print(report())
+    name = os.path.basename(os.path.normpath(args.raw_dir))
+    print(report(args.raw_dir, 'speculative' if name == 'speculative_raw' else name))
     return
   print(run(args))
 
