@@ -71,11 +71,15 @@ def _guarded(name: str, impl: str, dtype: str, fn: Callable[[], list[list[Any]]]
   """fn()'s rows, or one failing row naming the exception (a kernel that does not compile or
   run on this device must not hide the checks of the others)."""
   try:
-    return fn()
+    rows = fn()
   except Exception as e:  # pylint: disable=broad-except
     traceback.print_exc()
     msg = f'{type(e).__name__}: {str(e).splitlines()[0][:60]}' if str(e) else type(e).__name__
-    return [[name, impl, 'n/a', dtype, msg, 'n/a', False]]
+    rows = [[name, impl, 'n/a', dtype, msg, 'n/a', False]]
+  for row in rows:  # as they come: a run cut short still shows what passed
+    print('  ' + ' | '.join(f'{x:.3g}' if isinstance(x, float) else str(x) for x in row),
+          flush=True)
+  return rows
 
 
 def checks(impls: tuple[str, ...], small: bool) -> list[list[Any]]:
@@ -90,7 +94,9 @@ def checks(impls: tuple[str, ...], small: bool) -> list[list[Any]]:
           2, (2, T, K, Dh), dtype)
       seg = jnp.cumsum(jax.random.bernoulli(jax.random.key(3), 0.01, (2, T)), 1)
 
-      def flash(impl, q, k, v):
+      # Every array is an argument of the jitted function: a captured one becomes a constant
+      # that XLA may fold at compile time (minutes for a sort over [8, 128k]).
+      def flash(impl, q, k, v, seg):
         f = lambda q, k, v: flash_attention(q, k, v, q_segment_ids_BxT=seg,
                                             kv_segment_ids_BxS=seg, impl=impl)
         o, vjp = jax.vjp(f, q, k, v)
@@ -98,7 +104,7 @@ def checks(impls: tuple[str, ...], small: bool) -> list[list[Any]]:
       run = jax.jit(flash, static_argnums=0)
 
       def flash_rows():
-        got, want = run(impl, q, k, v), run('xla', q, k, v)
+        got, want = run(impl, q, k, v, seg), run('xla', q, k, v, seg)
         return [[name, impl, f'B2 T{T} H{H} K{K} D{Dh} causal+seg', dn, _err(a, b), tol,
                  _err(a, b) < tol]
                 for name, a, b in zip(('flash fwd', 'flash dq', 'flash dk', 'flash dv'), got,
@@ -110,14 +116,16 @@ def checks(impls: tuple[str, ...], small: bool) -> list[list[Any]]:
       lengths = jnp.array([S // 3, S])
       par = jnp.array([-1, 0, 0, 1, 2])
       kt, vt = _normal(7, (2, 5, K, Dh), dtype), _normal(8, (2, 5, K, Dh), dtype)
-      dec = jax.jit(lambda impl: decode_attention(qd[:, :1], kc, vc, lengths, impl=impl),
-                    static_argnums=0)
-      tree = jax.jit(lambda impl: tree_attention(qd, kc, vc, lengths, kt, vt, parents_BxN=par,
-                                                 impl=impl), static_argnums=0)
+      arrays = (qd, kc, vc, lengths, kt, vt, par)
+      dec = jax.jit(lambda impl, qd, kc, vc, lengths, *_: decode_attention(
+          qd[:, :1], kc, vc, lengths, impl=impl), static_argnums=0)
+      tree = jax.jit(lambda impl, qd, kc, vc, lengths, kt, vt, par: tree_attention(
+          qd, kc, vc, lengths, kt, vt, parents_BxN=par, impl=impl), static_argnums=0)
       for name, f in (('decode', dec), ('tree', tree)):
-        rows += _guarded(name, impl, dn, lambda f=f, name=name: [
-            [name, impl, f'B2 S{S} H{H} K{K} D{Dh}', dn, _err(f(impl), f('xla')), tol,
-             _err(f(impl), f('xla')) < tol]])
+        def one(f=f, name=name):
+          e = _err(f(impl, *arrays), f('xla', *arrays))
+          return [[name, impl, f'B2 S{S} H{H} K{K} D{Dh}', dn, e, tol, e < tol]]
+        rows += _guarded(name, impl, dn, one)
 
     rows += _guarded('delta rule', impl, 'float32', lambda: _check_delta_rule(impl, small))
     if impl != 'pallas_tpu':
@@ -126,16 +134,14 @@ def checks(impls: tuple[str, ...], small: bool) -> list[list[Any]]:
     logits = _normal(9, (8, V), F32) * 3
     g = gumbel_noise(jax.random.key(10), (8, V))
     cfg = dict(temperature=0.8, top_k=50, top_p=0.9, min_p=0.02)
-    same = jax.jit(lambda impl: fused_sample(logits, g, impl=impl, **cfg), static_argnums=0)
+    same = jax.jit(lambda impl, logits, g: fused_sample(logits, g, impl=impl, **cfg),
+                   static_argnums=0)
 
     def sampling_rows():
-      agree = float((same(impl) == same('xla')).mean())
+      agree = float((same(impl, logits, g) == same('xla', logits, g)).mean())
       return [['sampling (tokens equal)', impl, f'B8 V{V}', 'float32', 1 - agree, 0.0,
                agree == 1.0]]
     rows += _guarded('sampling', impl, 'float32', sampling_rows)
-  for row in rows:
-    print('  ' + ' | '.join(f'{x:.3g}' if isinstance(x, float) else str(x) for x in row),
-          flush=True)
   return rows
 
 
@@ -150,8 +156,9 @@ def _check_delta_rule(impl: str, small: bool) -> list[list[Any]]:
   g = -jax.nn.softplus(_normal(4, (B, T, H), F32))
 
   def run(fn):
-    loss = lambda q, k, v: fn(q, k, v, beta, g, chunk_size=16 if small else 64)[0].sum()
-    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
+    loss = lambda q, k, v, beta, g: fn(q, k, v, beta, g,
+                                       chunk_size=16 if small else 64)[0].sum()
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v, beta, g)
   (l1, g1) = run(lambda *a, **kw: delta_rule_pallas(*a, impl=impl, **kw))
   (l2, g2) = run(delta_rule_chunked)
   rows = []
@@ -172,7 +179,7 @@ def _check_verify(impl: str, small: bool) -> list[list[Any]]:
   draft = jnp.argmax(logp[:, :G], axis=-1)
   valid = jnp.ones((B, G), bool)
   u = jax.random.uniform(jax.random.key(2), (B, G))
-  n, res = jax.jit(lambda: chain_verify_pallas(logp, logq, draft, valid, u, impl=impl))()
+  n, res = jax.jit(lambda *a: chain_verify_pallas(*a, impl=impl))(logp, logq, draft, valid, u)
   n_ref, res_ref = ref.chain_verify_reference(logp, logq, draft, valid, u, mode='iid')
   fin = np.isfinite(np.asarray(res_ref))
   same = bool((np.asarray(n) == np.asarray(n_ref)).all()
@@ -239,15 +246,15 @@ def bench_tree(quick: bool) -> list[list[Any]]:
     tmask = ancestor_mask(jnp.broadcast_to(parents, (B, N)))
     lengths = jnp.full((B,), prefix, jnp.int32)
     dense = jnp.concatenate([jnp.ones((B, N, prefix), bool), tmask], axis=-1)
-    ours = jax.jit(lambda q, kc, vc, kt, vt: tree_attention(
+    ours = jax.jit(lambda q, kc, vc, kt, vt, lengths, tmask: tree_attention(
         q, kc, vc, lengths, kt, vt, tree_mask_BxNxN=tmask, impl='pallas'))
-    ours_dense = jax.jit(lambda q, kc, vc: decode_attention(
+    ours_dense = jax.jit(lambda q, kc, vc, dense: decode_attention(
         q, kc, vc, jnp.full((B,), S), mask_BxTxS=dense, impl='pallas'))
-    cudnn = jax.jit(lambda q, kc, vc: jax.nn.dot_product_attention(
+    cudnn = jax.jit(lambda q, kc, vc, dense: jax.nn.dot_product_attention(
         q, kc, vc, mask=dense[:, None], implementation='cudnn'))
-    t_ours = _try(lambda: _time(lambda: ours(q, kc, vc, kt, vt)))
-    t_dense = _try(lambda: _time(lambda: ours_dense(q, kc, vc)))
-    t_cudnn = _try(lambda: _time(lambda: cudnn(q, kc, vc)))
+    t_ours = _try(lambda: _time(lambda: ours(q, kc, vc, kt, vt, lengths, tmask)))
+    t_dense = _try(lambda: _time(lambda: ours_dense(q, kc, vc, dense)))
+    t_cudnn = _try(lambda: _time(lambda: cudnn(q, kc, vc, dense)))
     ms = lambda t: t * 1e3 if isinstance(t, float) else t
     rows.append([B, prefix, N, ms(t_ours), ms(t_dense), ms(t_cudnn), _ratio(t_cudnn, t_ours)])
     print('  tree', rows[-1], flush=True)
@@ -453,12 +460,13 @@ def main():
           + common.markdown_table(['V', 'B', 'fused', 'sort-based', 'sort / fused'],
                                   bench_sampling(args.quick)))
 
+    # The quick sections first, so that a run cut short by a time limit loses the least.
     run_section('check', section_check)
-    run_section('flash', section_flash)
-    run_section('tree', section_tree)
     run_section('decode', section_decode)
-    run_section('delta', section_delta)
+    run_section('tree', section_tree)
     run_section('sampling', section_sampling)
+    run_section('delta', section_delta)
+    run_section('flash', section_flash)
   body = '\n\n'.join(sections)
   path = common.write_results('kernels', 'Pallas kernels', body)
   print(f'wrote {path}')
