@@ -101,7 +101,10 @@ def main():
           continue
         results[kind] = measure(_fwd_bwd(_delta(kind, args.chunk_size)), ins, args.repeats)
       if n_h == 1:
-        results['attention'] = measure(_fwd_bwd(_attention), ins, args.repeats)
+        try:  # XLA attention materialises [T, T] scores: out of memory at long T on a GPU
+          results['attention'] = measure(_fwd_bwd(_attention), ins, args.repeats)
+        except Exception as e:  # pylint: disable=broad-except
+          print(f'  attention at T={T}: {type(e).__name__} (row left out)', flush=True)
       base = results.get('naive', (float('nan'),))[0]
       for kind, (sec, temp) in results.items():
         rows.append([T, n_h, kind, B * T / sec, base / sec, temp / 2**20])
