@@ -4,7 +4,8 @@
   python -m benchmarks.kernels --only=check,flash --quick      # a subset, fewer shapes
   python -m benchmarks.kernels --cpu_status      # CPU: interpret-mode checks + what remains
 
-Sections (each prints its table as it finishes; all go to benchmarks/results/kernels.md):
+Sections (each prints its table as it finishes; all go to benchmarks/results/kernels.md, the
+CPU interpret-mode status to kernels_cpu.md):
   check     every kernel against its XLA reference on this device (bf16 and fp32).
   flash     flash attention forward (and forward+backward) vs cuDNN
             (`jax.nn.dot_product_attention(implementation='cudnn')`) and XLA; T 1k-16k, Dh 64
@@ -468,7 +469,8 @@ def main():
     run_section('delta', section_delta)
     run_section('flash', section_flash)
   body = '\n\n'.join(sections)
-  path = common.write_results('kernels', 'Pallas kernels', body)
+  name = 'kernels_cpu' if args.cpu_status or here == 'cpu' else 'kernels'
+  path = common.write_results(name, 'Pallas kernels', body)
   print(f'wrote {path}')
 
 

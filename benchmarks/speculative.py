@@ -290,7 +290,8 @@ def goals(runs) -> list[list[str]]:
     if row:
       out.append([f'Token Recycling tau >= 2 ({where(r)})', f"{row['tau']:.2f}",
                   'met' if row['tau'] >= 2 else 'NOT met'])
-  # 4. best method >= 2x AR on CPU.
+  # 4. best method >= 2x AR on CPU, >= 2.5x on a GPU (judged by the device of the run).
+  gpu_judged = False
   for r in t0:
     sp = [(row['speedup'], n) for n, row in r['rows'].items()
           if 'speedup' in row and not _implausible(row)]
@@ -298,13 +299,17 @@ def goals(runs) -> list[list[str]]:
     if sp:
       best = max(sp)
       dev = r['provenance'].split('\n')[0].removeprefix('- device: ')
-      ok = best[0] >= 2
+      on_gpu = dev.startswith('gpu')
+      gpu_judged |= on_gpu
+      need = 2.5 if on_gpu else 2
       note = f'; excluded as timing noise (speedup > tau): {", ".join(noisy)}' if noisy else ''
-      out.append([f'best method >= 2x AR on CPU ({where(r)})',
-                  f'{best[0]:.2f}x ({best[1]}; {dev}{note})', 'met' if ok else 'NOT met'])
-  out.append(['best method >= 2.5x AR on a GPU', '-', 'needs GPU, not measured'])
+      out.append([f'best method >= {need:g}x AR on {"a GPU" if on_gpu else "CPU"} '
+                  f'({where(r)})', f'{best[0]:.2f}x ({best[1]}; {dev}{note})',
+                  'met' if best[0] >= need else 'NOT met'])
+  if not gpu_judged:
+    out.append(['best method >= 2.5x AR on a GPU', '-', 'needs GPU, not measured'])
   out.append(['>= 2x transformers assisted generation tokens/s (batch 1, GPU)', '-',
-              'needs GPU and a Hugging Face export of our checkpoints, not measured'])
+              '`python -m benchmarks.spec_peer` (speculative_peer*.md)'])
   return out
 
 
