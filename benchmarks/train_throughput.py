@@ -39,12 +39,14 @@ def main():
   ap.add_argument('--seq_len', type=int, default=2048)
   ap.add_argument('--steps', type=int, default=10)
   ap.add_argument('--mesh', default='data=-1', help='e.g. data=-1 or fsdp=8')
+  ap.add_argument('--remat', default='none', choices=['none', 'block', 'dots'],
+                  help='model.remat (rematerialisation; recomputed FLOPs are not counted)')
   args = ap.parse_args()
 
   d = dict(presets.PRESETS[args.preset])
   d['max_seq_len'] = max(d['max_seq_len'], args.seq_len)
   vocab = 272 if args.preset in ('test', 'tiny') else 32768
-  cfg = ModelConfig(vocab_size=vocab, dtype=args.dtype, **d)
+  cfg = ModelConfig(vocab_size=vocab, dtype=args.dtype, remat=args.remat, **d)
   model = Transformer(cfg)
   train_cfg = lm.get_config(args.preset).train
   objective = objectives.make_objective('ar', model, None)
@@ -74,8 +76,8 @@ def main():
   peak, _ = common.device_peaks()
   mfu = flops / (peak * jax.device_count()) if peak else 'n/a'
   row = [args.preset, f'{cfg.num_params() / 1e6:.1f}M', args.dtype, args.batch, args.seq_len,
-         dict(mesh.shape), t * 1e3, tokens_s, flops / 1e12, mfu]
-  table = common.markdown_table(['preset', 'params', 'dtype', 'batch', 'seq', 'mesh',
+         dict(mesh.shape), args.remat, t * 1e3, tokens_s, flops / 1e12, mfu]
+  table = common.markdown_table(['preset', 'params', 'dtype', 'batch', 'seq', 'mesh', 'remat',
                                  'step ms', 'tokens/s', 'TFLOP/s', 'MFU'], [row])
   path = common.write_results(f'train_throughput_{args.preset}', 'Training throughput',
                               table + '\n')

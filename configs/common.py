@@ -27,7 +27,7 @@ def model_config(size: str, **overrides) -> ml_collections.ConfigDict:
     raise ValueError(f'Unknown size {size!r}; presets: {sorted(PRESETS)}.')
   d = dict(vocab_size=0, rope_theta=10_000.0, qk_norm=False, qkv_bias=False,
            tie_embeddings=True, norm_eps=1e-6, dtype='float32', param_dtype='float32',
-           init_std=0.02, layer_types=(), attention_impl='auto')
+           init_std=0.02, layer_types=(), attention_impl='auto', remat='none')
   d.update(PRESETS[size])
   d.update(overrides)
   return ml_collections.ConfigDict(d)

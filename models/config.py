@@ -15,6 +15,7 @@ import jax.numpy as jnp
 ATTENTION = 'attention'
 DELTAPRODUCT = 'deltaproduct'  # Gated DeltaProduct / DeltaNet: models/deltaproduct.py
 LAYER_TYPES = (ATTENTION, DELTAPRODUCT)
+REMAT_POLICIES = ('none', 'block', 'dots')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +60,12 @@ class ModelConfig:
       low_freq_factor, high_freq_factor, original_max_position_embeddings).
     sliding_window: 0 for full attention; W > 0 hides keys more than W - 1 positions before
       the query (Mistral).
+    remat: rematerialisation of each block in calls without a cache (training, scoring):
+      'none' keeps every activation for the backward pass; 'block' keeps only each block's
+      input and recomputes the rest (least memory, about a third more compute); 'dots' also
+      keeps the outputs of matrix products without batch dimensions (XLA's
+      `dots_with_no_batch_dims_saveable`: less recomputation, more memory). Same parameters
+      and numbers either way; decoding with a cache never rematerialises.
   """
 
   vocab_size: int
@@ -91,6 +98,7 @@ class ModelConfig:
   attention_impl: str = 'auto'
   rope_scaling: tuple[float, ...] = ()
   sliding_window: int = 0
+  remat: str = 'none'
 
   def __post_init__(self):
     positive = ('vocab_size', 'd_model', 'num_layers', 'num_heads', 'num_kv_heads',
@@ -109,6 +117,8 @@ class ModelConfig:
       if getattr(self, name) not in ('float32', 'bfloat16', 'float16'):
         raise ValueError(f"model.{name} must be 'float32', 'bfloat16' or 'float16', "
                          f'got {getattr(self, name)!r}.')
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f'model.remat must be one of {REMAT_POLICIES}, got {self.remat!r}.')
     types = tuple(self.layer_types) or (ATTENTION,) * self.num_layers
     if len(types) != self.num_layers:
       raise ValueError(f'model.layer_types has {len(types)} entries but model.num_layers is '

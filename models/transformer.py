@@ -160,9 +160,15 @@ class Transformer(nn.Module):
     hidden = [x_BxTxD]
     new_layers: list[Any] = list(cache.layers) if cache is not None else []
     step_layers: list[Any] = [None] * cfg.num_layers
+    block_cls = Block
+    if cfg.remat != 'none' and cache is None:
+      # Argument 8 (counting the module) is `return_step_states`, a Python bool.
+      policy = (jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+                if cfg.remat == 'dots' else None)
+      block_cls = nn.remat(Block, static_argnums=(8,), policy=policy)
     for i in range(lo, hi):
       layer_cache = cache.layers[i] if cache is not None else None
-      x_BxTxD, layer_cache, *steps = Block(cfg, cfg.layer_types[i], name=f'layer_{i}')(
+      x_BxTxD, layer_cache, *steps = block_cls(cfg, cfg.layer_types[i], name=f'layer_{i}')(
           x_BxTxD, positions_BxT, mask_BxTxS, layer_cache, slots_BxT, valid_BxT, parents_BxT,
           return_step_states)
       if cache is not None:

@@ -28,10 +28,15 @@ class CheckpointError(RuntimeError):
   """No usable checkpoint (missing, corrupt or incompatible)."""
 
 
+# How a model is computed, not what it computes: a run may resume with other values (and
+# checkpoints written before a key existed have none).
+IMPLEMENTATION_KEYS = frozenset({'remat', 'attention_impl', 'delta_impl'})
+
+
 def model_config_diff(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-  """Human-readable differences between two model-config dicts."""
+  """Human-readable differences between two model-config dicts (implementation keys aside)."""
   diffs = []
-  for key in sorted(set(saved) | set(wanted)):
+  for key in sorted((set(saved) | set(wanted)) - IMPLEMENTATION_KEYS):
     a, b = saved.get(key, '<absent>'), wanted.get(key, '<absent>')
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
       a, b = list(a), list(b)

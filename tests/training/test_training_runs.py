@@ -103,6 +103,15 @@ def test_changed_model_config_is_refused(tmp_path, trained_workdir, data_dir):
     trainer.train_and_evaluate(cfg, workdir)
 
 
+def test_config_diff_ignores_how_the_model_is_computed():
+  """remat / attention_impl / delta_impl may change on resume (old checkpoints lack remat)."""
+  saved = dict(d_model=64, attention_impl='auto')
+  wanted = dict(d_model=64, attention_impl='xla', remat='block', delta_impl='pallas')
+  assert checkpoint.model_config_diff(saved, wanted) == []
+  assert checkpoint.model_config_diff(saved, dict(wanted, d_model=48)) == [
+      'model.d_model: checkpoint has 64, config asks for 48']
+
+
 def test_corrupt_latest_checkpoint_falls_back(tmp_path, trained_workdir, capsys):
   workdir = str(tmp_path / 'copy')
   shutil.copytree(trained_workdir, workdir)
