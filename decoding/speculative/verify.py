@@ -110,6 +110,9 @@ def verify(tree: trees.Tree, target_logits_BxTxV: jax.Array, *,
   The same SamplingConfig turns target logits into p here as was applied to the draft's q.
   `chain`: the tree is the chain (-1, 0, 1, ...) and the closed-form chain rule is used.
   """
+  if sampling.greedy and not chain:
+    path_BxD1, n_B, next_B = greedy_tree_verify(tree, target_logits_BxTxV, depth)
+    return _verdict(tree, path_BxD1, n_B, next_B)
   logp_BxTxV = sampling_lib.log_probs(target_logits_BxTxV, sampling)
   if sampling.greedy:
     mode = 'deterministic'  # p is one-hot: every rule is "accept iff x == argmax p".
@@ -130,10 +133,55 @@ def verify(tree: trees.Tree, target_logits_BxTxV: jax.Array, *,
   else:
     next_B = sampling_lib.sample_from_log_probs(
         sampling_lib.token_keys(row_keys_B, base_B + n_B + 1), res_BxV)
+  return _verdict(tree, path_BxD1, n_B, next_B)
+
+
+def _verdict(tree: trees.Tree, path_BxD1: jax.Array, n_B: jax.Array, next_B: jax.Array
+             ) -> Verdict:
   drafted_BxD = jnp.take_along_axis(tree.tokens_BxT, jnp.maximum(path_BxD1[:, 1:], 0), axis=1)
   new_BxD1 = jnp.concatenate([drafted_BxD, jnp.zeros_like(next_B)[:, None]], axis=1)
   new_BxD1 = new_BxD1.at[jnp.arange(new_BxD1.shape[0]), n_B].set(next_B)
   return Verdict(path_BxD1=path_BxD1, accepted_B=n_B, next_B=next_B, new_BxD1=new_BxD1)
+
+
+def greedy_tree_verify(tree: trees.Tree, target_logits_BxTxV: jax.Array, depth: int
+                       ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Greedy verification of a whole tree at once: (path [B, depth+1], n [B], next token [B]).
+
+  The same result as walking the tree with the deterministic rule under one-hot p (the
+  reference walk tests each node's children in order and descends into the first that equals
+  the target's argmax), but without a sequential loop: a node is on the path iff it and each
+  of its ancestors is the first matching child of its parent, which one ancestor-mask
+  reduction decides for every node. The walk costs depth x children sequential steps of
+  V-wide work — on a GPU, hundreds of tiny kernels per step — this costs a handful.
+  """
+  B, T = tree.tokens_BxT.shape
+  top_BxT = jnp.argmax(target_logits_BxTxV, axis=-1).astype(jnp.int32)
+  parent_BxT = jnp.maximum(tree.parents_BxT, 0)
+  match_BxT = (tree.valid_BxT & (tree.parents_BxT >= 0)
+               & (tree.tokens_BxT == jnp.take_along_axis(top_BxT, parent_BxT, axis=1)))
+  kids_BxTxK = tree.children_BxTxK
+  K = kids_BxTxK.shape[2]
+  kid_match = (kids_BxTxK >= 0) & jnp.take_along_axis(
+      match_BxT, jnp.maximum(kids_BxTxK, 0).reshape(B, T * K), axis=1).reshape(B, T, K)
+  first_k = jnp.argmax(kid_match, axis=-1)  # the first True in test order
+  first_kid_BxT = jnp.where(kid_match.any(-1), jnp.take_along_axis(
+      kids_BxTxK, first_k[..., None], axis=-1)[..., 0], -1)
+  node_T = jnp.arange(T, dtype=jnp.int32)
+  chosen_BxT = (node_T[None] == 0) | (
+      (tree.parents_BxT >= 0)
+      & (jnp.take_along_axis(first_kid_BxT, parent_BxT, axis=1) == node_T[None]))
+  anc_BxTxT = trees.ancestor_mask(tree)
+  ok_BxT = ~jnp.any(anc_BxTxT & ~chosen_BxT[:, None, :], axis=-1)
+  ok_BxT &= (tree.valid_BxT | (node_T[None] == 0)) & (tree.depth_BxT <= depth)
+  depth_BxT = jnp.where(ok_BxT, tree.depth_BxT, -1)
+  n_B = jnp.max(depth_BxT, axis=1).astype(jnp.int32)
+  d_D1 = jnp.arange(depth + 1, dtype=jnp.int32)
+  path_BxD1 = jnp.max(jnp.where(depth_BxT[:, None, :] == d_D1[None, :, None], node_T, -1),
+                      axis=-1)
+  end_B = jnp.take_along_axis(path_BxD1, n_B[:, None], axis=1)[:, 0]
+  next_B = jnp.take_along_axis(top_BxT, end_B[:, None], axis=1)[:, 0]
+  return path_BxD1, n_B, next_B
 
 
 def commit_accepted(cache: cache_lib.Cache, base_B: jax.Array, path_BxD1: jax.Array,

@@ -261,3 +261,32 @@ def test_settings_are_validated():
   assert registry.build('token_recycling', {}, s).verification_mode() == 'deterministic'
   with pytest.raises(ValueError, match='gamma'):
     registry.build('speculative', {'gamma': 0})
+
+
+@pytest.mark.parametrize('template', [trees.best_first(80, 6, trees.RECYCLING_PROFILE),
+                                      trees.branching([3, 2, 2])], ids=['recycling80', '3x2x2'])
+def test_greedy_tree_verify_equals_the_walk(template):
+  """The parallel greedy verifier equals the reference walk under one-hot p (path, accepted
+  count, next token) on trees whose tokens mostly follow the target's argmax, with duplicated
+  siblings (the walk takes the first) and invalid subtrees."""
+  from pallas_kernels.spec_verify import reference as ref  # pylint: disable=g-import-not-at-top
+  B, V, T = 64, 12, template.size
+  ks = jax.random.split(jax.random.key(0), 4)
+  logits = 3 * jax.random.normal(ks[0], (B, T, V))
+  top = jnp.argmax(logits, -1)
+  parents = np.asarray(template.parents)
+  guess = jnp.where(jax.random.bernoulli(ks[1], 0.7, (B, T)), top[:, np.maximum(parents, 0)],
+                    jax.random.randint(ks[2], (B, T), 0, V))  # small V: many duplicates
+  valid = jax.random.bernoulli(ks[3], 0.9, (B, T))
+  tree = trees.from_template(template, guess.astype(jnp.int32), valid)
+  depth = template.max_depth
+  path, n, nxt = jax.jit(verify.greedy_tree_verify, static_argnums=2)(tree, logits, depth)
+  onehot = jnp.where(jax.nn.one_hot(top, V, dtype=bool), 0.0, -jnp.inf)
+  u = jnp.full((B, depth, tree.children_BxTxK.shape[2]), 0.5)
+  path_ref, n_ref, res_ref = ref.tree_verify_reference(onehot, None, tree.tokens_BxT,
+                                                       tree.children_BxTxK, u,
+                                                       mode='deterministic')
+  np.testing.assert_array_equal(n, n_ref)
+  np.testing.assert_array_equal(path, path_ref)
+  np.testing.assert_array_equal(nxt, jnp.argmax(res_ref, -1))
+  assert len(set(np.asarray(n).tolist())) >= 3  # the cases vary
