@@ -84,7 +84,17 @@ def _guarded(name: str, impl: str, dtype: str, fn: Callable[[], list[list[Any]]]
 
 
 def checks(impls: tuple[str, ...], small: bool) -> list[list[Any]]:
-  """Each kernel vs its reference: rows [kernel, impl, shape, dtype, rel. error, tol, ok]."""
+  """Each kernel vs its reference: rows [kernel, impl, shape, dtype, rel. error, tol, ok].
+
+  The references run with full-precision float32 dots: XLA's default on a GPU is TF32, whose
+  errors (3e-4 to 2e-3, first H100 run) would hide a kernel's own behind the reference's.
+  The kernels ask for full precision themselves (`common.dot_precision`).
+  """
+  with jax.default_matmul_precision('highest'):
+    return _checks(impls, small)
+
+
+def _checks(impls: tuple[str, ...], small: bool) -> list[list[Any]]:
   rows = []
   T, S = (40, 96) if small else (1000, 4096)
   H, K, Dh = (4, 2, 32) if small else (16, 4, 128)
