@@ -10,6 +10,8 @@
 #   train     python -m benchmarks.train_throughput --preset=base (MFU)
 #   delta     python -m benchmarks.deltaproduct --preset=gpu (chunked vs naive scan)
 #   spec      python -m benchmarks.speculative on the runs under $SPEC_RUNS (default runs/spec)
+#   spec_small  trains a `small` target and a distilled draft here, then the same benchmark
+#             (at 0.8M parameters a decode step is launch-bound; `small` is memory-bound)
 #   peer      python -m benchmarks.spec_peer on the same runs (vs transformers assisted generation)
 #
 # Missing Python packages travel as wheels in .whl/ (see /work/.library/device/README.md on the
@@ -62,6 +64,24 @@ for s in ${1//,/ }; do
         --medusa="$SPEC_RUNS/medusa" --mtp="$SPEC_RUNS/mtp" --kangaroo="$SPEC_RUNS/kangaroo" \
         --raw_dir=$raw --methods="${SPEC_METHODS:-draft chain g4,draft dynamic tree 60,draft static tree 60,prompt lookup,token recycling,layerskip,medusa,mtp}"
       stage spec_report 60 python3 -m benchmarks.speculative --report --raw_dir=$raw ;;
+    spec_small)  # a memory-bound target: `small` (110M, BPE 32k) + a distilled `tiny` draft
+      w=${SMALL_RUNS:-runs/gpu}
+      stage small_target "${SMALL_TARGET_LIMIT:-240}" python3 train.py \
+        --config=configs/lm.py:small --workdir=$w/small --config.train.steps=${SMALL_STEPS:-1000} \
+        --config.data.batch_size=32 --config.train.eval_every=500 --config.train.checkpoint_every=500 \
+        ${SMALL_ARGS:-}
+      stage small_draft "${SMALL_DRAFT_LIMIT:-150}" python3 train.py \
+        --config=configs/spec_draft.py:corpus,tiny --workdir=$w/draft \
+        --config.spec.target_workdir=$w/small --config.train.steps=${DRAFT_STEPS:-1000} \
+        --config.tokenizer.kind=bpe --config.tokenizer.path=$w/small/tokenizer \
+        --config.data.seq_len=512 --config.data.batch_size=32 ${DRAFT_ARGS:-}
+      raw=benchmarks/results/speculative_raw_gpu_small
+      stage spec_small "${SPEC_LIMIT:-240}" python3 -m benchmarks.speculative --temperature=0 \
+        --batch_size=1 --target=$w/small --draft=$w/draft --raw_dir=$raw --medusa=$w/medusa \
+        --mtp=$w/mtp --kangaroo=$w/kangaroo \
+        --methods="${SPEC_METHODS:-draft chain g4,draft dynamic tree 60,draft static tree 60,prompt lookup,token recycling,layerskip}" \
+        ${SPEC_ARGS:-}
+      stage spec_small_report 60 python3 -m benchmarks.speculative --report --raw_dir=$raw ;;
     peer)
       stage peer "${PEER_LIMIT:-150}" python3 -m benchmarks.spec_peer \
         --target="$SPEC_RUNS/target" --draft="$SPEC_RUNS/draft" --name=speculative_peer_gpu ;;
