@@ -96,6 +96,14 @@ def test_draft_distillation_on_generated_text(trained_workdir):
                                                            1.0, k))(tokens, jax.random.key(3))
   np.testing.assert_array_equal(rows[:, :8], tokens[:, :8])
   assert not np.array_equal(rows[:, 8:], tokens[:, 8:])
+  # Temperature 0 is the teacher's greedy continuation (it divided the logits by 0 before).
+  greedy = jax.jit(lambda t, k: spec_draft_lib.generate_rows(
+      teacher.model, teacher.params, t, 8, 0.0, k))(tokens, jax.random.key(3))
+  want = tokens[:, :8]
+  for _ in range(8, tokens.shape[1]):  # full forwards, no cache
+    logits = teacher.model.apply({'params': teacher.params}, want).logits_BxTxV
+    want = jnp.concatenate([want, jnp.argmax(logits[:, -1], -1)[:, None].astype(jnp.int32)], 1)
+  np.testing.assert_array_equal(greedy, want)
 
 
 def test_recipe_errors(trained_workdir):

@@ -42,7 +42,8 @@ def _kl_and_agreement(teacher_logits, draft_logits, weights_BxT):
 
 def generate_rows(teacher: transformer_lib.Transformer, params, tokens_BxT1: jax.Array,
                   prompt_len: int, temperature: float, rng: jax.Array) -> jax.Array:
-  """Keeps tokens[:, :prompt_len] and samples the rest of each row from the teacher."""
+  """Keeps tokens[:, :prompt_len] and samples the rest of each row from the teacher
+  (temperature 0: the teacher's greedy continuation)."""
   B, T1 = tokens_BxT1.shape
   cache = cache_lib.Cache.init(teacher.cfg, B, T1)
   out = teacher.apply({'params': params}, tokens_BxT1[:, :prompt_len], cache=cache)
@@ -51,7 +52,10 @@ def generate_rows(teacher: transformer_lib.Transformer, params, tokens_BxT1: jax
   def body(carry, t):
     cache, logits, rows = carry
     key = jax.random.fold_in(rng, t)
-    nxt = jax.random.categorical(key, logits / temperature).astype(jnp.int32)
+    if temperature == 0:
+      nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    else:
+      nxt = jax.random.categorical(key, logits / temperature).astype(jnp.int32)
     rows = jax.lax.dynamic_update_index_in_dim(rows, nxt, t, 1)
     o = teacher.apply({'params': params}, nxt[:, None], jnp.full((B, 1), t), cache=cache)
     return (o.cache, o.logits_BxTxV[:, 0], rows), None
@@ -86,6 +90,9 @@ def draft_distill(model: transformer_lib.Transformer,
     tokens = batch['tokens']
     weights = jnp.ones(tokens[:, 1:].shape, jnp.float32)
     if s.source == 'generated':
+      if s.gen_temperature < 0:
+        raise ValueError(f'spec.gen_temperature must be >= 0 (0 = greedy), got '
+                         f'{s.gen_temperature}.')
       if not 0 < s.gen_prompt < tokens.shape[1] - 1:
         raise ValueError(f'spec.gen_prompt={s.gen_prompt} must be in [1, seq_len).')
       tokens = generate_rows(teacher, params[TEACHER], tokens, s.gen_prompt,
