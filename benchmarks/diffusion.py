@@ -116,28 +116,36 @@ def make_row(part, model, name, dec, rows, stats, quality, quality_name, note=''
 
 # ---------------------------------------------------------------------------- sudoku
 
+# The strict settings (threshold 0.98 / 0.99, LocalLeap 0.99/0.95 radius 1, ETE 0.99 with a
+# 0.2-nat budget) were chosen on a disjoint puzzle stream (--sudoku_seed=1): the fastest
+# setting of a small grid within 0.5 points of one token per step there. The loose ones draw
+# the rest of the speed-quality curve.
 SUDOKU_DECODERS = [  # (name, settings) on the masked-diffusion model
     ('llada', dict(tokens_per_step=1, ordering='confidence')),   # one token per step
     ('llada', dict(tokens_per_step=1, ordering='random')),       # a fixed random order
     ('llada', dict(tokens_per_step=4, ordering='confidence')),
     ('llada', dict(tokens_per_step=1, block_size=1)),             # left to right, one per step
+    ('fast_dllm', dict(threshold=0.99)),
+    ('fast_dllm', dict(threshold=0.98)),
     ('fast_dllm', dict(threshold=0.9)),
     ('fast_dllm', dict(threshold=0.7)),
     ('fast_dllm', dict(threshold=0.5)),
+    ('localleap', dict(anchor_threshold=0.99, relaxed_threshold=0.95, radius=1)),
     ('localleap', dict(anchor_threshold=0.9, relaxed_threshold=0.6, radius=2)),
+    ('ete', dict(threshold=0.99, budget=0.2, cross_block=0)),
     ('ete', dict(threshold=0.9, budget=1.0, cross_block=0)),
     ('freedave', dict(num_candidates=4)),
 ]
 
 
-def sudoku_part(runs: str, n: int) -> list[Row]:
+def sudoku_part(runs: str, n: int, seed: int = 0) -> list[Row]:
   from data.tasks import exact_match  # pylint: disable=g-import-not-at-top
   mdlm, ar = load(os.path.join(runs, 'sudoku4_mdlm')), load(os.path.join(runs, 'sudoku4_ar'))
   if mdlm is None:
     print('sudoku4: no masked-diffusion run; skipped.')
     return []
   task = exact_match.get('sudoku4')
-  examples = exact_match.examples(task, n)
+  examples = exact_match.examples(task, n, seed=seed)
   tok = mdlm.tokenizer
   prompts = [exact_match.prompt_ids(tok, p) for p, _ in examples]
   max_new = task.max_answer_chars + 1
@@ -282,14 +290,29 @@ def code_part(runs: str, n: int, max_new: int) -> list[Row]:
 
 # ---------------------------------------------------------------------------- report
 
-CODE_PPL_SLACK = 0.05  # code has no exact match: "1 point" is read as AR ppl within 5%
+# Code has no exact match: "1 point" is read as our AR model's perplexity within 5% of one
+# token per step's AND the text's unigram entropy at least 95% of its (degenerate, repetitive
+# text has a low perplexity: a lower perplexity alone is not better text).
+CODE_PPL_SLACK = 0.05
 
 
 def quality_kept(part: str, r: Row, ref: Row) -> bool:
   """Quality within the goal's bound of the one-token-per-step reference."""
   if part == 'sudoku4':
     return ref.quality - r.quality <= 1.0
-  return r.quality <= ref.quality * (1 + CODE_PPL_SLACK)
+  ent, ref_ent = r.extra.get('entropy'), ref.extra.get('entropy')
+  entropy_kept = ent is None or ref_ent is None or ent >= ref_ent * (1 - CODE_PPL_SLACK)
+  return r.quality <= ref.quality * (1 + CODE_PPL_SLACK) and entropy_kept
+
+
+def degenerate_reference(rows: list[Row], ref: Row) -> bool:
+  """True when one-per-step diffusion text has under half the unigram entropy of our AR
+  model's own text: whitespace runs, which every decoder reproduces, so matching its quality
+  says nothing about the decoder."""
+  ar = next((r for r in rows if r.model == 'ar' and r.decoder == 'ar'), None)
+  if ar is None or 'entropy' not in ar.extra or 'entropy' not in ref.extra:
+    return False
+  return ref.extra['entropy'] < 0.5 * ar.extra['entropy']
 
 
 def goals(rows: list[Row]) -> list[list[str]]:
@@ -310,15 +333,20 @@ def goals(rows: list[Row]) -> list[list[str]]:
       keeps = [r for r in cands if quality_kept(part, r, ref)]
       r = min(keeps or cands, key=lambda x: x.nfe_per_token)
       ok = r.nfe_per_token <= GOAL_NFE and quality_kept(part, r, ref)
+      status = 'met' if ok else 'not met'
+      if ok and part == 'code' and degenerate_reference(rs, ref):
+        status = 'not measurable: the one-per-step text is degenerate'
       if part == 'sudoku4':
         q = f'{r.quality:.1f}% vs {ref.quality:.1f}% (one per step)'
         bound = '<= 1 point loss'
       else:
-        q = f'ppl {r.quality:.2f} vs {ref.quality:.2f} (one per step)'
-        bound = f'AR ppl within {CODE_PPL_SLACK:.0%}'
+        q = (f'ppl {r.quality:.2f} vs {ref.quality:.2f}, entropy '
+             f"{r.extra.get('entropy', float('nan')):.2f} vs "
+             f"{ref.extra.get('entropy', float('nan')):.2f} bits (one per step)")
+        bound = f'AR ppl and text entropy within {CODE_PPL_SLACK:.0%}'
       out.append([f'{part}: {name} <= {GOAL_NFE} NFE/token, {bound}',
                   f'{r.nfe_per_token:.2f} NFE/token ({r.settings or "defaults"}); {q}',
-                  'met' if ok else 'not met'])
+                  status])
     fd = next((r for r in rs if r.decoder == 'freedave'), None)
     if fd is not None:
       same = fd.tokens == ref.tokens
@@ -396,14 +424,16 @@ def report(rows: list[Row]) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument('--runs', default='runs/diffusion')
-  ap.add_argument('--sudoku_prompts', type=int, default=128)
+  ap.add_argument('--sudoku_prompts', type=int, default=512)
+  ap.add_argument('--sudoku_seed', type=int, default=0,
+                  help='puzzle stream; 1 is the one the strict settings were chosen on')
   ap.add_argument('--code_prompts', type=int, default=16)
   ap.add_argument('--code_tokens', type=int, default=64)
   ap.add_argument('--parts', default='sudoku4,code')
   args = ap.parse_args(argv)
   rows: list[Row] = []
   if 'sudoku4' in args.parts:
-    rows += sudoku_part(args.runs, args.sudoku_prompts)
+    rows += sudoku_part(args.runs, args.sudoku_prompts, args.sudoku_seed)
   if 'code' in args.parts:
     rows += code_part(args.runs, args.code_prompts, args.code_tokens)
   if not rows:

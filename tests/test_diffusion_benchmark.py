@@ -3,11 +3,11 @@
 from benchmarks import diffusion as bd
 
 
-def _row(part, decoder, settings, nfe, quality, model='mdlm', tokens=None):
+def _row(part, decoder, settings, nfe, quality, model='mdlm', tokens=None, **extra):
   return bd.Row(part=part, model=model, decoder=decoder, settings=settings,
                 nfe_per_token=nfe, tokens_per_forward=1.0 / nfe, tokens_per_s=1.0,
                 quality=quality, quality_name='solved %' if part == 'sudoku4' else 'AR ppl',
-                extra={}, tokens=tokens or [[1, 2]])
+                extra=extra, tokens=tokens or [[1, 2]])
 
 
 def _goal(table, prefix):
@@ -45,3 +45,28 @@ def test_code_goal_reads_quality_as_ar_perplexity_within_slack():
   assert _goal(table, 'code: fast_dllm')[2] == 'met'
   assert _goal(table, 'code: localleap')[2] == 'not met'
   assert 'within 5%' in _goal(table, 'code: fast_dllm')[0]
+
+
+def test_code_goal_rejects_degenerate_low_entropy_text():
+  """A lower perplexity from repetitive text (entropy down more than 5%) does not keep quality."""
+  rows = [
+      _row('code', 'llada', '', 1.0, 10.0, entropy=4.0),
+      _row('code', 'fast_dllm', '', 0.3, 8.0, entropy=3.0),   # lower ppl, entropy -25%
+      _row('code', 'ete', '', 0.3, 10.2, entropy=3.9),        # both within 5%
+  ]
+  table = bd.goals(rows)
+  assert _goal(table, 'code: fast_dllm')[2] == 'not met'
+  assert _goal(table, 'code: ete')[2] == 'met'
+
+
+def test_code_goal_is_not_measurable_when_the_reference_text_is_degenerate():
+  """One-per-step text with under half the entropy of our AR model's text (whitespace runs)
+  makes 'quality kept' vacuous: the goal is not reported as met."""
+  rows = [
+      _row('code', 'llada', '', 1.0, 1.6, entropy=0.5),
+      _row('code', 'fast_dllm', '', 0.3, 1.6, entropy=0.5),
+      _row('code', 'ar', '', 1.0, 2.0, model='ar', entropy=2.0),
+  ]
+  assert _goal(bd.goals(rows), 'code: fast_dllm')[2].startswith('not measurable')
+  rows[-1] = _row('code', 'ar', '', 1.0, 2.0, model='ar', entropy=0.9)
+  assert _goal(bd.goals(rows), 'code: fast_dllm')[2] == 'met'
