@@ -117,9 +117,9 @@ def make_row(part, model, name, dec, rows, stats, quality, quality_name, note=''
 # ---------------------------------------------------------------------------- sudoku
 
 # The strict settings (threshold 0.98 / 0.99, LocalLeap 0.99/0.95 radius 1, ETE 0.99 with a
-# 0.2-nat budget) were chosen on a disjoint puzzle stream (--sudoku_seed=1): the fastest
-# setting of a small grid within 0.5 points of one token per step there. The loose ones draw
-# the rest of the speed-quality curve.
+# 0.2-nat budget) were chosen on a disjoint puzzle stream (--sudoku_seed=1), never on the
+# reported one: per decoder, the fastest of a small grid that stayed within about half a point
+# of one token per step there. The loose ones draw the rest of the speed-quality curve.
 SUDOKU_DECODERS = [  # (name, settings) on the masked-diffusion model
     ('llada', dict(tokens_per_step=1, ordering='confidence')),   # one token per step
     ('llada', dict(tokens_per_step=1, ordering='random')),       # a fixed random order
