@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from decoding import sampling as sampling_lib
 from models import cache as cache_lib
 from models import transformer as transformer_lib
 from training.objectives.registry import Objective, register
@@ -46,7 +45,6 @@ def generate_rows(teacher: transformer_lib.Transformer, params, tokens_BxT1: jax
   """Keeps tokens[:, :prompt_len] and samples the rest of each row from the teacher
   (temperature 0: the teacher's greedy continuation)."""
   B, T1 = tokens_BxT1.shape
-  cfg = sampling_lib.SamplingConfig(temperature=temperature)  # 0 = argmax; < 0 refused
   cache = cache_lib.Cache.init(teacher.cfg, B, T1)
   out = teacher.apply({'params': params}, tokens_BxT1[:, :prompt_len], cache=cache)
   logits = out.logits_BxTxV[:, -1]
@@ -54,7 +52,10 @@ def generate_rows(teacher: transformer_lib.Transformer, params, tokens_BxT1: jax
   def body(carry, t):
     cache, logits, rows = carry
     key = jax.random.fold_in(rng, t)
-    nxt = sampling_lib.sample(key, logits, cfg)
+    if temperature == 0:
+      nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    else:
+      nxt = jax.random.categorical(key, logits / temperature).astype(jnp.int32)
     rows = jax.lax.dynamic_update_index_in_dim(rows, nxt, t, 1)
     o = teacher.apply({'params': params}, nxt[:, None], jnp.full((B, 1), t), cache=cache)
     return (o.cache, o.logits_BxTxV[:, 0], rows), None
