@@ -52,6 +52,7 @@ def generate_rows(teacher: transformer_lib.Transformer, params, tokens_BxT1: jax
   def body(carry, t):
     cache, logits, rows = carry
     key = jax.random.fold_in(rng, t)
+    # Not decoding.sampling: DESIGN.md's import rules keep training/ independent of decoding/.
     if temperature == 0:
       nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     else:
