@@ -41,6 +41,7 @@ from absl import app, flags
 from benchmarks import common
 
 DIFFUSION_OBJECTIVES = ('masked_diffusion', 'block_diffusion', 'wedlm')
+ANY_ORDER_OBJECTIVES = ('as_arm',)
 
 
 @dataclasses.dataclass
@@ -84,6 +85,8 @@ def decodes(cls: Any, objective: str) -> bool:
   wanted = getattr(cls, 'objectives', None)
   if wanted:
     return objective in tuple(wanted)
+  if objective in ANY_ORDER_OBJECTIVES:  # only decoders that name it (assd)
+    return False
   return (cls.family == 'diffusion') == (objective in DIFFUSION_OBJECTIVES)
 
 

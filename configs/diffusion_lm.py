@@ -4,13 +4,14 @@
   python train.py --config=configs/diffusion_lm.py:ar --workdir=runs/ar_tiny          # the same-size AR baseline
   python train.py --config=configs/diffusion_lm.py:bd3 --workdir=runs/bd3_tiny        # block diffusion, blocks of 16
   python train.py --config=configs/diffusion_lm.py:wedlm --workdir=runs/wedlm_tiny    # WeDLM (causal, reordered)
+  python train.py --config=configs/diffusion_lm.py:asarm --workdir=runs/asarm_tiny    # any-subset AR (for ASSD)
   python train.py --config=configs/diffusion_lm.py:dream --workdir=runs/dream_tiny \\
       --config.diffusion.init_from=runs/ar_tiny                                        # AR -> diffusion, logit shift
   python train.py --config=configs/diffusion_lm.py:sdar --workdir=runs/sdar_tiny \\
       --config.diffusion.init_from=runs/ar_tiny                                        # AR -> block diffusion, no shift
   python train.py --config=configs/diffusion_lm.py:mdlm,small --workdir=runs/mdlm_small  # 1 GPU, BPE 32k
 
-The argument is `KIND[,SIZE]`: KIND in mdlm, bd3, wedlm, dream (masked diffusion with the AR
+The argument is `KIND[,SIZE]`: KIND in mdlm, bd3, wedlm, asarm, dream (masked diffusion with the AR
 logit shift), sdar (block diffusion without shift), ar; SIZE a preset of configs/common.py
 (default tiny). On 2 CPU cores the tiny runs take 8-15 minutes each (1500 steps of 16 x 128
 tokens); evaluation reports the ELBO in nats per token and bits per byte.
@@ -26,6 +27,7 @@ KINDS = {  # kind -> (objective, shift)
     'bd3': ('block_diffusion', False),
     'sdar': ('block_diffusion', False),
     'wedlm': ('wedlm', True),
+    'asarm': ('as_arm', False),
     'ar': ('ar', False),
 }
 

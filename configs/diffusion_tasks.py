@@ -6,8 +6,9 @@
   python train.py --config=configs/diffusion_tasks.py:infill,bd3 --workdir=runs/infill_bd3
 
 The argument is `TASK,KIND[,SIZE]`: TASK in sudoku4, sudoku9, countdown3, countdown4, infill;
-KIND in mdlm, dream (logit shift), bd3, wedlm, ar; SIZE a preset (default tiny). Rows are
-<bos> prompt <sep> answer <eos>...; only the answer is a target (never noised prompts).
+KIND in mdlm, dream (logit shift), bd3, wedlm, asarm (any-subset AR, for ASSD), ar; SIZE a
+preset (default tiny). Rows are <bos> prompt <sep> answer <eos>...; only the answer is a
+target (never noised prompts).
 On 2 otherwise idle CPU cores the tiny runs take about 10 minutes (sudoku4: 1500 steps of 32
 rows x 36 tokens); 9x9 sudoku needs a GPU-sized run (small preset) to be solved at all.
 """
@@ -21,6 +22,7 @@ KINDS = {  # kind -> (objective, shift)
     'dream': ('masked_diffusion', True),
     'bd3': ('block_diffusion', False),
     'wedlm': ('wedlm', True),
+    'asarm': ('as_arm', False),
     'ar': ('ar_task', False),
 }
 # task -> (seq_len, batch size, steps) for the tiny preset; seq_len >= the task's row length.

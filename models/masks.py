@@ -103,3 +103,24 @@ def tree_mask(parents_N: jax.Array) -> jax.Array:
     return mask.at[i].set(row.at[i].set(True))
 
   return jax.lax.fori_loop(0, N, body, jnp.zeros((N, N), jnp.bool_))
+
+
+def two_stream_mask(content_rank_BxL: jax.Array, query_cut_BxQ: jax.Array) -> jax.Array:
+  """The any-order (any-subset AR) mask over [L content tokens, Q query tokens], [B, L+Q, L+Q].
+
+  Content token i holds its token; it sees content j iff rank[j] <= rank[i] (rank: the order
+  in which positions are revealed; equal ranks, e.g. a prompt at rank 0, see each other).
+  Query token q holds <mask> at the position it predicts; it sees content j iff
+  rank[j] <= cut[q], and itself. No content token sees a query, so queries never change the
+  content stream (XLNet's two streams, as one sequence with shared weights). A query for the
+  position of rank r with cut r-1 reads p(x_r | x_{<r}); with a smaller cut it reads the
+  marginal given fewer revealed tokens (ASSD's drafts).
+  """
+  B, L = content_rank_BxL.shape
+  Q = query_cut_BxQ.shape[1]
+  cc = content_rank_BxL[:, None, :] <= content_rank_BxL[:, :, None]
+  qc = content_rank_BxL[:, None, :] <= query_cut_BxQ[:, :, None]
+  qq = jnp.broadcast_to(jnp.eye(Q, dtype=jnp.bool_), (B, Q, Q))
+  top = jnp.concatenate([cc, jnp.zeros((B, L, Q), jnp.bool_)], axis=2)
+  bottom = jnp.concatenate([qc, qq], axis=2)
+  return jnp.concatenate([top, bottom], axis=1)

@@ -86,6 +86,11 @@ def test_decodes_matches_objectives_and_families():
   assert report.decodes(Spec, 'ar') and not report.decodes(Spec, 'masked_diffusion')
   assert report.decodes(Diff, 'block_diffusion') and not report.decodes(Diff, 'ar')
   assert report.decodes(Explicit, 'coconut') and not report.decodes(Explicit, 'ar')
+  # An any-subset AR run is read by two-stream queries: only ASSD decodes it.
+  from decoding.diffusion import assd  # pylint: disable=g-import-not-at-top
+  assert report.decodes(assd.ASSDDecoder, 'as_arm')
+  assert not report.decodes(assd.ASSDDecoder, 'masked_diffusion')
+  assert not report.decodes(Spec, 'as_arm') and not report.decodes(Diff, 'as_arm')
 
 
 def test_parse_settings():

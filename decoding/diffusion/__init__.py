@@ -10,6 +10,8 @@
   wedlm        WeDLM streaming: sliding mask window, exact causal KV cache.
   diffuspec    a diffusion drafter, causal-consistency path search, AR verification.
   guided_diffusion  a small AR model chooses which tokens to unmask.
+  assd         any-subset speculative decoding of an any-subset AR model (`as_arm`):
+               lossless against sequential decoding in the same order.
 
 See `canvas.py` for the layout, the shift and the common settings (mask_id, shift,
 block_causal, block_size; -1 = take them from the run via `for_model`).

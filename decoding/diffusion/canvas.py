@@ -35,6 +35,7 @@ from decoding import sampling as sampling_lib
 NEG_INF = -jnp.inf
 _BLOCK_CAUSAL = ('block_diffusion',)
 _NOT_DIFFUSION = ('ar', 'ar_task')
+ANY_ORDER_OBJECTIVES = ('as_arm',)  # decoded by `assd` only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +65,9 @@ class DiffusionDecoder(base.Decoder):
       raise ValueError(f'Decoder {self.name!r} needs a diffusion model (objective '
                        f'masked_diffusion, block_diffusion or wedlm); this run was trained with '
                        f'{objective!r}.')
+    if objective in ANY_ORDER_OBJECTIVES:
+      raise ValueError(f'This run is an any-subset AR model (objective {objective!r}), read by '
+                       f"two-stream queries; decode it with 'assd', not {self.name!r}.")
     diffusion = run_config.get('diffusion', {}) or {}
     updates: dict[str, Any] = {}
     if self.mask_id < 0:
