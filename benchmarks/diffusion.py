@@ -5,6 +5,8 @@ step and against our AR model of the same size, in one run.
   # sudoku4 (configs/diffusion_tasks.py:sudoku4,mdlm and :sudoku4,ar),
   # code (configs/diffusion_lm.py:ar, :mdlm, :wedlm) in RUNS/{sudoku4_mdlm, sudoku4_ar,
   # code_ar, code_mdlm, code_wedlm}; a missing run skips its part.
+  python -m benchmarks.diffusion --parts=assd --out=diffusion_assd  # RUNS/sudoku4_asarm
+  # (configs/diffusion_tasks.py:sudoku4,asarm): ASSD against sequential decoding
 
 Parts:
   sudoku4  exact-match accuracy on held-out puzzles: every diffusion decoder on the masked
@@ -17,7 +19,10 @@ Parts:
            entropy (degenerate repetitive text has low perplexity and low entropy); the
            approximate caches' drift against recomputation; guided diffusion and DiffuSpec
            with the AR model; WeDLM against AR decoding of the same WeDLM backbone.
-Writes benchmarks/results/diffusion.md and diffusion_speed_quality.png. Greedy decoding.
+  assd     the any-subset AR model on the sudoku4 puzzles: ASSD at several draft lengths
+           against sequential decoding in the same order (left to right, random).
+Writes benchmarks/results/OUT.md and OUT_speed_quality.png (OUT: --out, default
+diffusion). Greedy decoding.
 Speed ratios are measured in the same run; on a CPU they say little about a GPU, where a
 forward over 16-64 tokens costs about the same as over one (memory-bound decoding).
 """
@@ -166,6 +171,60 @@ def sudoku_part(runs: str, n: int, seed: int = 0) -> list[Row]:
   if ar is not None:
     rows, stats, dec = run('ar', {}, ar, prompts, max_new)
     out.append(make_row('sudoku4', 'ar', 'ar', dec, rows, stats, accuracy(rows), 'solved %'))
+  return out
+
+
+# ---------------------------------------------------------------------------- ASSD
+
+ASSD_DECODERS = [  # (settings) of `assd` on the any-subset AR model; draft_len=1 = sequential
+    dict(draft_len=1), dict(draft_len=2), dict(draft_len=4), dict(draft_len=8),
+    dict(draft_len=16), dict(draft_len=1, ordering='random'), dict(draft_len=8, ordering='random'),
+]
+
+
+def assd_part(runs: str, n: int, seed: int = 0) -> list[Row]:
+  """ASSD on the any-subset AR model (RUNS/sudoku4_asarm) against sequential decoding of the
+  same model in the same order (draft_len=1), on the sudoku4 puzzles of `sudoku_part`."""
+  from data.tasks import exact_match  # pylint: disable=g-import-not-at-top
+  asarm = load(os.path.join(runs, 'sudoku4_asarm'))
+  if asarm is None:
+    print('assd: no sudoku4_asarm run; skipped.')
+    return []
+  task = exact_match.get('sudoku4')
+  examples = exact_match.examples(task, n, seed=seed)
+  tok = asarm.tokenizer
+  prompts = [exact_match.prompt_ids(tok, p) for p, _ in examples]
+  max_new = task.max_answer_chars + 1
+  out = []
+  for settings in ASSD_DECODERS:
+    rows, stats, dec = run('assd', settings, asarm, prompts, max_new)
+    acc = 100.0 * np.mean([task.score(p, tok.decode(r.tokens))
+                           for (p, _), r in zip(examples, rows)])
+    out.append(make_row('assd', 'asarm', 'assd', dec, rows, stats, acc, 'solved %',
+                        note='sequential' if dec.draft_len == 1 else ''))
+    print(out[-1].decoder, out[-1].settings, f'{acc:.1f}%',
+          f'NFE/tok {out[-1].nfe_per_token:.2f}', flush=True)
+  return out
+
+
+def assd_goals(rows: list[Row]) -> list[list[str]]:
+  """ASSD's claims: output identical to sequential decoding in the same order, and fewer
+  forwards per token (never more than one, plus one per row)."""
+  out = []
+  for ordering in ('left_to_right', 'random'):
+    rs = [r for r in rows if r.part == 'assd' and
+          (('ordering=random' in r.settings) == (ordering == 'random'))]
+    seq = next((r for r in rs if 'sequential' in r.settings), None)
+    if seq is None:
+      continue
+    for r in rs:
+      if r is seq:
+        continue
+      same = r.tokens == seq.tokens
+      out.append([f'sudoku4 ({ordering}): ASSD output = sequential decoding of the same model',
+                  f'{r.settings}: identical: {same}; {r.tokens_per_forward:.2f} tokens/forward '
+                  f'vs {seq.tokens_per_forward:.2f}; {r.quality:.1f}% solved',
+                  'met' if same and r.nfe_per_token < seq.nfe_per_token else 'not met'])
   return out
 
 
@@ -362,6 +421,7 @@ def goals(rows: list[Row]) -> list[list[str]]:
                   f'{best.decoder} ({best.settings or "defaults"}) {best.quality:.1f}% vs AR '
                   f'{ar.quality:.1f}%',
                   'met' if best.quality > ar.quality else 'not met'])
+  out += assd_goals(rows)
   wd = [r for r in code if r.model == 'wedlm']
   ar_w = next((r for r in wd if r.decoder == 'ar'), None)
   if code and ar_w is None:
@@ -429,16 +489,20 @@ def main(argv: Sequence[str] | None = None) -> None:
                   help='puzzle stream; 1 is the one the strict settings were chosen on')
   ap.add_argument('--code_prompts', type=int, default=16)
   ap.add_argument('--code_tokens', type=int, default=64)
-  ap.add_argument('--parts', default='sudoku4,code')
+  ap.add_argument('--parts', default='sudoku4,code', help='any of sudoku4, code, assd')
+  ap.add_argument('--out', default='diffusion',
+                  help='results name: benchmarks/results/OUT.md and OUT_speed_quality.png')
   args = ap.parse_args(argv)
   rows: list[Row] = []
   if 'sudoku4' in args.parts:
     rows += sudoku_part(args.runs, args.sudoku_prompts, args.sudoku_seed)
   if 'code' in args.parts:
     rows += code_part(args.runs, args.code_prompts, args.code_tokens)
+  if 'assd' in args.parts:
+    rows += assd_part(args.runs, args.sudoku_prompts, args.sudoku_seed)
   if not rows:
     raise SystemExit(f'No trained runs under {args.runs}; see the module docstring.')
-  png = os.path.join(common.RESULTS_DIR, 'diffusion_speed_quality.png')
+  png = os.path.join(common.RESULTS_DIR, f'{args.out}_speed_quality.png')
   os.makedirs(common.RESULTS_DIR, exist_ok=True)
   plot(rows, png)
   goal_table = common.markdown_table(['goal', 'measured', 'status'], goals(rows))
@@ -449,8 +513,8 @@ def main(argv: Sequence[str] | None = None) -> None:
           f'decoder fills after that are wasted forwards (a model that ends early can exceed '
           f'1 NFE/token).\n\nModels (under `{args.runs}`):\n\n{models}\n\n'
           f'## Goals\n\n{goal_table}\n\n## All decoders\n\n{report(rows)}\n\n'
-          f'![speed vs quality](diffusion_speed_quality.png)\n')
-  path = common.write_results('diffusion', 'Diffusion decoders: speed and quality', body)
+          f'![speed vs quality]({args.out}_speed_quality.png)\n')
+  path = common.write_results(args.out, 'Diffusion decoders: speed and quality', body)
   print(f'Wrote {path}')
 
 

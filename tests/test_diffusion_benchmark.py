@@ -70,3 +70,16 @@ def test_code_goal_is_not_measurable_when_the_reference_text_is_degenerate():
   assert _goal(bd.goals(rows), 'code: fast_dllm')[2].startswith('not measurable')
   rows[-1] = _row('code', 'ar', '', 1.0, 2.0, model='ar', entropy=0.9)
   assert _goal(bd.goals(rows), 'code: fast_dllm')[2] == 'met'
+
+
+def test_assd_goal_needs_identical_output_and_fewer_forwards():
+  rows = [
+      _row('assd', 'assd', 'sequential', 1.06, 90.0, model='asarm', tokens=[[1, 2, 3]]),
+      _row('assd', 'assd', 'draft_len=4', 0.4, 90.0, model='asarm', tokens=[[1, 2, 3]]),
+      _row('assd', 'assd', 'draft_len=8', 0.3, 90.0, model='asarm', tokens=[[1, 2, 4]]),
+      _row('assd', 'assd', 'ordering=random, sequential', 1.06, 80.0, model='asarm'),
+  ]
+  goals = [g for g in bd.goals(rows) if 'ASSD' in g[0]]
+  assert len(goals) == 2  # the random order has no ASSD row beside its sequential one
+  assert goals[0][2] == 'met' and 'draft_len=4' in goals[0][1]
+  assert goals[1][2] == 'not met' and 'identical: False' in goals[1][1]
