@@ -143,23 +143,26 @@ SUDOKU_DECODERS = [  # (name, settings) on the masked-diffusion model
 ]
 
 
-def sudoku_part(runs: str, n: int, seed: int = 0) -> list[Row]:
+def sudoku_puzzles(tokenizer, n: int, seed: int):
+  """(prompts, max_new, accuracy(rows) in %) for n held-out sudoku4 puzzles."""
   from data.tasks import exact_match  # pylint: disable=g-import-not-at-top
+  task = exact_match.get('sudoku4')
+  examples = exact_match.examples(task, n, seed=seed)
+  prompts = [exact_match.prompt_ids(tokenizer, p) for p, _ in examples]
+
+  def accuracy(rows):
+    return 100.0 * np.mean([task.score(p, tokenizer.decode(r.tokens))
+                            for (p, _), r in zip(examples, rows)])
+  return prompts, task.max_answer_chars + 1, accuracy
+
+
+def sudoku_part(runs: str, n: int, seed: int = 0) -> list[Row]:
   mdlm, ar = load(os.path.join(runs, 'sudoku4_mdlm')), load(os.path.join(runs, 'sudoku4_ar'))
   if mdlm is None:
     print('sudoku4: no masked-diffusion run; skipped.')
     return []
-  task = exact_match.get('sudoku4')
-  examples = exact_match.examples(task, n, seed=seed)
-  tok = mdlm.tokenizer
-  prompts = [exact_match.prompt_ids(tok, p) for p, _ in examples]
-  max_new = task.max_answer_chars + 1
+  prompts, max_new, accuracy = sudoku_puzzles(mdlm.tokenizer, n, seed)
   out = []
-
-  def accuracy(rows):
-    return 100.0 * np.mean([task.score(p, tok.decode(r.tokens))
-                            for (p, _), r in zip(examples, rows)])
-
   for name, settings in SUDOKU_DECODERS:
     settings = {'block_size': max_new, 'shift': -1, 'block_causal': -1, **settings}
     note = 'left to right (block_size=1)' if settings['block_size'] == 1 else ''
@@ -185,23 +188,18 @@ ASSD_DECODERS = [  # (settings) of `assd` on the any-subset AR model; draft_len=
 def assd_part(runs: str, n: int, seed: int = 0) -> list[Row]:
   """ASSD on the any-subset AR model (RUNS/sudoku4_asarm) against sequential decoding of the
   same model in the same order (draft_len=1), on the sudoku4 puzzles of `sudoku_part`."""
-  from data.tasks import exact_match  # pylint: disable=g-import-not-at-top
   asarm = load(os.path.join(runs, 'sudoku4_asarm'))
   if asarm is None:
     print('assd: no sudoku4_asarm run; skipped.')
     return []
-  task = exact_match.get('sudoku4')
-  examples = exact_match.examples(task, n, seed=seed)
-  tok = asarm.tokenizer
-  prompts = [exact_match.prompt_ids(tok, p) for p, _ in examples]
-  max_new = task.max_answer_chars + 1
+  prompts, max_new, accuracy = sudoku_puzzles(asarm.tokenizer, n, seed)
   out = []
   for settings in ASSD_DECODERS:
     rows, stats, dec = run('assd', settings, asarm, prompts, max_new)
-    acc = 100.0 * np.mean([task.score(p, tok.decode(r.tokens))
-                           for (p, _), r in zip(examples, rows)])
-    out.append(make_row('assd', 'asarm', 'assd', dec, rows, stats, acc, 'solved %',
-                        note='sequential' if dec.draft_len == 1 else ''))
+    acc = accuracy(rows)
+    note = 'sequential' if dec.draft_len == 1 else (
+        '' if 'draft_len' in describe(dec) else f'draft_len={dec.draft_len}')  # the default
+    out.append(make_row('assd', 'asarm', 'assd', dec, rows, stats, acc, 'solved %', note=note))
     print(out[-1].decoder, out[-1].settings, f'{acc:.1f}%',
           f'NFE/tok {out[-1].nfe_per_token:.2f}', flush=True)
   return out
