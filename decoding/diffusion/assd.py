@@ -40,11 +40,12 @@ from decoding import base
 from decoding import registry
 from decoding import sampling as sampling_lib
 from decoding.diffusion import canvas
+from decoding.speculative import verify as verify_lib
 from models import any_order
 from pallas_kernels import spec_verify
 
 ORDERINGS = ('left_to_right', 'random')
-_SALT_ORDER, _SALT_DRAFT, _SALT_ACCEPT, _SALT_NEXT = 0x0D, 0xD4, 0xAC, 0x4E
+_SALT_ORDER, _SALT_DRAFT, _SALT_LOOK, _SALT_ACCEPT, _SALT_NEXT = 0x0D, 0xD4, 0xD5, 0xAC, 0x4E
 
 
 @flax.struct.dataclass
@@ -138,10 +139,13 @@ class ASSDDecoder(canvas.DiffusionDecoder):
       return sampling_lib.log_probs(logits.astype(jnp.float32).at[..., mask_id].set(
           canvas.NEG_INF), self.sampling)
 
-    def draw(logq_BxKxV, key_salt, steps):
-      keys = jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, steps), key_salt))(
+    def step_keys(steps, salt):
+      """[B] keys of one round and purpose (a row's randomness never depends on the batch)."""
+      return jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, steps), salt))(
           row_keys_B)
-      keys_BxK = jax.vmap(lambda k: jax.random.split(k, K))(keys)
+
+    def draw(logq_BxKxV, keys_B):
+      keys_BxK = jax.vmap(lambda k: jax.random.split(k, K))(keys_B)
       return jax.vmap(sampling_lib.sample_from_log_probs)(keys_BxK, logq_BxKxV)
 
     k_1xK = jnp.arange(K, dtype=jnp.int32)[None, :]
@@ -165,7 +169,7 @@ class ASSDDecoder(canvas.DiffusionDecoder):
 
       def draft(_):
         logq = read(s.seq_BxL, ranks_BxK, jnp.broadcast_to(n[:, None], (B, K)))
-        return logq, draw(logq, _SALT_DRAFT, s.steps)
+        return logq, draw(logq, step_keys(s.steps, _SALT_DRAFT))
 
       logq_new, draft_new = jax.lax.cond(jnp.any(need), draft,
                                          lambda _: (s.logq_BxKxV, s.draft_BxK), None)
@@ -173,8 +177,8 @@ class ASSDDecoder(canvas.DiffusionDecoder):
       drafts = jnp.where(need[:, None], draft_new, s.draft_BxK)
       # 2. Verify: conditionals of the drafts + marginals of the k positions after them.
       valid_BxK = ranks_BxK <= N
-      draft_idx = jnp.where(valid_BxK, abs_pos(ranks_BxK), L)
-      seq_d = s.seq_BxL.at[b_Bx1, draft_idx].set(drafts, mode='drop')
+      pos_BxK = abs_pos(ranks_BxK)
+      seq_d = s.seq_BxL.at[b_Bx1, jnp.where(valid_BxK, pos_BxK, L)].set(drafts, mode='drop')
       next_BxK = ranks_BxK + K
       logp = read(seq_d, jnp.concatenate([ranks_BxK, next_BxK], axis=1),
                   jnp.concatenate([ranks_BxK - 1, jnp.broadcast_to((n + K)[:, None], (B, K))],
@@ -182,27 +186,21 @@ class ASSDDecoder(canvas.DiffusionDecoder):
       # p_1 and q_1 condition on the same tokens: equal up to rounding; use q_1 exactly so
       # the first draft is always accepted.
       logp_ver = logp[:, :K + 1].at[:, 0].set(logq[:, 0])
-      u_BxK = jax.vmap(lambda k: jax.random.uniform(
-          jax.random.fold_in(jax.random.fold_in(k, s.steps), _SALT_ACCEPT), (K,),
-          minval=1e-7, maxval=1.0))(row_keys_B)
+      u_BxK = verify_lib.uniforms(step_keys(s.steps, _SALT_ACCEPT), (K,))
       acc_B, res_logp_BxV = spec_verify.chain_verify(logp_ver, logq, drafts, valid_BxK, u_BxK,
                                                      mode='iid')
       kk = jnp.minimum(K, N - n)
       rejected = acc_B < kk
-      nxt_keys = jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, s.steps),
-                                                        _SALT_NEXT))(row_keys_B)
-      nxt_B = sampling_lib.sample_from_log_probs(nxt_keys, res_logp_BxV)
-      new_BxK = jnp.where(k_1xK < acc_B[:, None], drafts,
-                          jnp.where(k_1xK == acc_B[:, None], nxt_B[:, None], mask_id))
+      nxt_B = sampling_lib.sample_from_log_probs(step_keys(s.steps, _SALT_NEXT), res_logp_BxV)
+      new_BxK = jnp.where(k_1xK == acc_B[:, None], nxt_B[:, None], drafts)
       count = jnp.where(active, acc_B + rejected, 0)
-      write_idx = jnp.where(active[:, None] & (k_1xK < count[:, None]) & valid_BxK,
-                            abs_pos(ranks_BxK), L)
+      write_idx = jnp.where(active[:, None] & (k_1xK < count[:, None]) & valid_BxK, pos_BxK, L)
       seq = s.seq_BxL.at[b_Bx1, write_idx].set(new_BxK, mode='drop')
       n_new = n + count
       # 3. After a fully accepted round the read-ahead marginals are the next drafts.
       look_logq = logp[:, K:]
       look = active & ~rejected
-      drafts_next = draw(look_logq, _SALT_DRAFT + 1, s.steps)
+      drafts_next = draw(look_logq, step_keys(s.steps, _SALT_LOOK))
       canv = canvas.canvas_of(seq, layout)
       done = s.done_B | (active & ((n_new >= N) | canvas.row_done(canv, mask_id, eos_id)))
       return ASSDState(
@@ -213,8 +211,6 @@ class ASSDDecoder(canvas.DiffusionDecoder):
           steps=s.steps + 1)
 
     state = jax.lax.while_loop(cond_fn, step_fn, state)
-    out = canvas.result(canvas.canvas_of(state.seq_BxL, layout), mask_id, eos_id, pad_id,
-                        state.nfe_B, jnp.zeros((B,), jnp.int32), state.hist_BxM,
-                        extra={'accepted_drafts': state.accepted_B,
-                               'revealed': state.n_B})
-    return out
+    return canvas.result(canvas.canvas_of(state.seq_BxL, layout), mask_id, eos_id, pad_id,
+                         state.nfe_B, jnp.zeros((B,), jnp.int32), state.hist_BxM,
+                         extra={'accepted_drafts': state.accepted_B, 'revealed': state.n_B})
