@@ -9,6 +9,7 @@ physically reorders the revealed tokens (no two-stream mask):
   bad input is refused.
 """
 
+import dataclasses
 import itertools
 
 import jax
@@ -210,7 +211,7 @@ def test_bad_input_is_refused():
                      (dict(shift=1), 'shift')]:
     d = assd_lib.ASSDDecoder(mask_id=MASK, shift=0, block_causal=0)
     with pytest.raises(ValueError, match=match):
-      d.__class__(**{**d.__dict__, **bad}).validate(V)
+      dataclasses.replace(d, **bad).validate(V)
   c = ml_collections.ConfigDict({'tokenizer': {'kind': 'byte'}, 'diffusion': {'shift': True}})
   with pytest.raises(ValueError, match='shift=False'):
     as_arm.as_arm_objective(None, c)
