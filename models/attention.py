@@ -62,11 +62,12 @@ class Attention(nn.Module):
     q_BxTxHxDh = layers.rope(q_BxTxHxDh, positions_BxT, cfg.rope_theta, cfg.rope_scaling)
     k_BxTxKxDh = layers.rope(k_BxTxKxDh, positions_BxT, cfg.rope_theta, cfg.rope_scaling)
 
-    if kv is not None:
+    if kv is not None:  # the cache is heads-major: [B, K, S, Dh]
       kv = kv.write(k_BxTxKxDh, v_BxTxKxDh, slots_BxT)
-      keys_BxSxKxDh, values_BxSxKxDh = kv.k.astype(dt), kv.v.astype(dt)
+      keys, values, layout = kv.k.astype(dt), kv.v.astype(dt), 'BKSD'
     else:
-      keys_BxSxKxDh, values_BxSxKxDh = k_BxTxKxDh, v_BxTxKxDh
-    out_BxTxHxDh = attention_ops.attention(q_BxTxHxDh, keys_BxSxKxDh, values_BxSxKxDh,
-                                           mask_BxTxS, scale=Dh ** -0.5, impl=cfg.attention_impl)
+      keys, values, layout = k_BxTxKxDh, v_BxTxKxDh, 'BSKD'
+    out_BxTxHxDh = attention_ops.attention(q_BxTxHxDh, keys, values, mask_BxTxS,
+                                           scale=Dh ** -0.5, impl=cfg.attention_impl,
+                                           kv_layout=layout)
     return jnp.einsum('BTHd,HdD->BTD', out_BxTxHxDh, wo.astype(dt)), kv

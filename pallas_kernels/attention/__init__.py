@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import common
-from pallas_kernels.attention.reference import MASK_VALUE, attention_reference
+from pallas_kernels.attention.reference import KV_LAYOUTS, MASK_VALUE, attention_reference
 
 IMPLS = ('auto', 'xla', 'cudnn', 'pallas', 'pallas_gpu', 'pallas_tpu')
 AUTO_PALLAS = ()  # platforms ('gpu', 'tpu') where 'auto' means 'pallas'
@@ -33,21 +33,28 @@ DECODE_ROWS = 128  # T x G at most this: the decode kernel
 
 def attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: jax.Array,
               mask_BxTxS: jax.Array, *, scale: float | None = None,
-              impl: str = 'auto') -> jax.Array:
+              impl: str = 'auto', kv_layout: str = 'BSKD') -> jax.Array:
   """Masked grouped-query attention; shapes as in `attention_reference`.
 
+  `kv_layout='BKSD'`: k and v are [B, K, S, Dh] (the decoding cache's layout). The XLA path
+  reads them as they are; the kernels take [B, S, K, Dh] and get a transposed copy.
   A query with no visible key gets zeros in every implementation except 'cudnn'.
   """
   if impl not in IMPLS:
     raise ValueError(f'Unknown attention impl {impl!r}; choose one of {IMPLS}.')
+  if kv_layout not in KV_LAYOUTS:
+    raise ValueError(f'Unknown kv_layout {kv_layout!r}; choose one of {KV_LAYOUTS}.')
   if scale is None:
     scale = q_BxTxHxDh.shape[-1] ** -0.5
   if impl == 'auto':
     impl = 'pallas' if common.platform() in AUTO_PALLAS else 'xla'
+  if impl == 'xla':
+    return attention_reference(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS, scale,
+                               kv_layout=kv_layout)
+  if kv_layout == 'BKSD':
+    k_BxSxKxDh, v_BxSxKxDh = (jnp.swapaxes(k_BxSxKxDh, 1, 2), jnp.swapaxes(v_BxSxKxDh, 1, 2))
   B, T, H, _ = q_BxTxHxDh.shape
   S, K = k_BxSxKxDh.shape[1], k_BxSxKxDh.shape[2]
-  if impl == 'xla':
-    return attention_reference(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS, scale)
   mask_BxTxS = jnp.broadcast_to(mask_BxTxS, (B, T, S))
   if impl == 'cudnn':
     return jax.nn.dot_product_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh,
@@ -66,4 +73,4 @@ def attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: jax.Arra
                          causal=False, scale=scale, impl=impl)
 
 
-__all__ = ['attention', 'attention_reference', 'MASK_VALUE', 'IMPLS', 'AUTO_PALLAS']
+__all__ = ['attention', 'attention_reference', 'MASK_VALUE', 'IMPLS', 'AUTO_PALLAS', 'KV_LAYOUTS']

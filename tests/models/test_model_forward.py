@@ -257,8 +257,8 @@ def test_sharded_cache_decode_equals_unsharded(cfg):
   toks = _tokens(4, 6, cfg.vocab_size)
   cache = Cache.init(cfg, 4, 8)
   shards = sharding.tree_shardings(cache.logical_axes(), cache, mesh, sharding.DEFAULT_RULES)
-  assert shards.layers[0].k.spec == jax.sharding.PartitionSpec(('data', 'fsdp'), None,
-                                                               'tensor', None)
+  assert shards.layers[0].k.spec == jax.sharding.PartitionSpec(('data', 'fsdp'), 'tensor',
+                                                               None, None)
   p_shards = sharding.tree_shardings(transformer.logical_axes(model.module), params, mesh,
                                      sharding.DEFAULT_RULES)
   sharded = model.apply({'params': jax.device_put(params, p_shards)}, jax.device_put(toks),
