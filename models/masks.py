@@ -89,6 +89,23 @@ def local_to_cache_mask(local_BxTxT: jax.Array, write_slots_BxT: jax.Array,
   return out_BxTxS
 
 
+def block_to_cache_mask(local_BxTxT: jax.Array, start_B: jax.Array, cache_size: int,
+                        see_prefix: bool = True) -> jax.Array:
+  """`local_to_cache_mask` for T new tokens written at the contiguous slots start .. start+T-1
+  (and, if `see_prefix`, every slot s < start visible): a gather instead of a scatter.
+  """
+  B, T = local_BxTxT.shape[0], local_BxTxT.shape[-1]
+  rel_BxS = jnp.arange(cache_size)[None, :] - start_B[:, None]
+  inside_BxS = (rel_BxS >= 0) & (rel_BxS < T)
+  local_BxTxT = jnp.broadcast_to(local_BxTxT, (B, T, T))
+  out_BxTxS = jnp.take_along_axis(
+      local_BxTxT, jnp.broadcast_to(jnp.clip(rel_BxS, 0, T - 1)[:, None, :], (B, T, cache_size)),
+      axis=2) & inside_BxS[:, None, :]
+  if see_prefix:
+    out_BxTxS |= (rel_BxS < 0)[:, None, :]
+  return out_BxTxS
+
+
 def tree_mask(parents_N: jax.Array) -> jax.Array:
   """Ancestor-or-self mask [N, N] of a token tree given parent indices (-1 for the root).
 

@@ -366,9 +366,10 @@ class DraftModelDrafter(drafter_lib.Drafter):
     if wor:
       slot = jnp.take_along_axis(fed_slot, node_cand, 1)
       logq = jnp.take_along_axis(logq_fed, jnp.maximum(slot, 0)[:, :, None], 1)
-    valid = trees.close_under_ancestors(parents, node_ok)
-    tree = trees.Tree(tokens, parents, depth, valid,
-                      trees.children_table(parents, valid, k), logq)
+    anc = trees.ancestors_from_parents(parents, D)
+    valid = ~jnp.any(anc & ~node_ok[:, None, :], axis=-1)  # whole path kept
+    tree = trees.Tree(tokens, parents, depth, valid, trees.children_table(parents, valid, k),
+                      logq, anc & valid[:, None, :] & valid[:, :, None])
     processed = valid & jnp.take_along_axis(fed, node_cand, 1)
     state = state.replace(cache=cache, processed_BxT=processed,
                           node_slots_BxT=base_B[:, None] + node_cand)

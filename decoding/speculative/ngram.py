@@ -63,23 +63,27 @@ class PromptLookupDrafter(drafter_lib.ChainDrafter):
   def propose(self, env, state, cache, root_B, base_B, active_B):
     ctx = state.ctx_BxS
     B, S = ctx.shape
-    G = self.gamma
-    j_1xS = jnp.arange(S)[None]
-    best_j = jnp.full((B,), -1, jnp.int32)
-    best_n = jnp.zeros((B,), jnp.int32)
-    for n in range(self.ngram, 0, -1):  # longest n-gram first
-      match = jnp.ones((B, S), bool)
-      for i in range(n):
-        suffix_tok = jnp.take_along_axis(ctx, jnp.maximum(base_B - n + 1 + i, 0)[:, None], 1)
-        match &= jnp.roll(ctx, -i, axis=1) == suffix_tok
-      # The match must end before the suffix does, and the suffix must exist.
-      match &= (j_1xS + n - 1 < base_B[:, None]) & (base_B[:, None] - n + 1 >= 0)
-      j = jnp.max(jnp.where(match, j_1xS, -1), axis=1)
-      take = (best_j < 0) & (j >= 0)
-      best_j = jnp.where(take, j, best_j)
-      best_n = jnp.where(take, n, best_n)
-    idx = best_j[:, None] + best_n[:, None] + jnp.arange(G)[None]
-    valid = (best_j[:, None] >= 0) & (idx <= base_B[:, None]) & active_B[:, None]
+    G, N = self.gamma, self.ngram
+    # The trailing N tokens (oldest first) and, for every earlier slot e, whether the k + 1
+    # tokens ending at e equal the trailing k + 1 (k = 0 .. N - 1): one pass of shifted
+    # compares for all n-gram lengths at once.
+    sfx_BxN = jnp.take_along_axis(
+        ctx, jnp.clip(base_B[:, None] - (N - 1) + jnp.arange(N)[None], 0, S - 1), axis=1)
+    match, ends = jnp.ones((B, S), bool), []
+    for k in range(N):
+      back = jnp.pad(ctx, ((0, 0), (k, 0)), constant_values=-2)[:, :S]  # ctx[e - k]
+      match = match & (back == sfx_BxN[:, N - 1 - k:N - k])
+      ends.append(match)
+    e_1x1xS = jnp.arange(S)[None, None]
+    n_1xNx1 = jnp.arange(1, N + 1)[None, :, None]
+    # The match must end before the suffix does, start at slot >= 0, and the suffix exist.
+    ok = (jnp.stack(ends, axis=1) & (e_1x1xS < base_B[:, None, None])
+          & (e_1x1xS - n_1xNx1 + 1 >= 0) & (base_B[:, None, None] - n_1xNx1 + 1 >= 0))
+    last_end_BxN = jnp.max(jnp.where(ok, e_1x1xS, -1), axis=2)  # latest match per length
+    best_n_B = jnp.max(jnp.where(last_end_BxN >= 0, jnp.arange(1, N + 1)[None], 0), axis=1)
+    end_B = jnp.take_along_axis(last_end_BxN, jnp.maximum(best_n_B - 1, 0)[:, None], 1)[:, 0]
+    idx = end_B[:, None] + 1 + jnp.arange(G)[None]  # what followed the longest latest match
+    valid = (best_n_B[:, None] > 0) & (idx <= base_B[:, None]) & active_B[:, None]
     drafts = jnp.take_along_axis(ctx, jnp.clip(idx, 0, S - 1), axis=1)
     tokens = jnp.concatenate([root_B[:, None], jnp.maximum(drafts, 0)], axis=1)
     valid = jnp.concatenate([active_B[:, None], valid], axis=1)

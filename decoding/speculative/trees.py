@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models import masks
 
 
 @flax.struct.dataclass
@@ -35,6 +34,8 @@ class Tree:
   valid_BxT: real nodes (padding nodes are skipped everywhere).
   children_BxTxK: each node's valid children in the order the verifier tests them, -1 padded.
   logq_BxTxV: log q each node's children were drawn from (None for deterministic drafts).
+  ancestors_BxTxT: node t sees node u iff u is t or one of its ancestors and both are valid
+    (None: computed from the parents when asked, see `ancestor_mask`).
   """
   tokens_BxT: jax.Array
   parents_BxT: jax.Array
@@ -42,6 +43,7 @@ class Tree:
   valid_BxT: jax.Array
   children_BxTxK: jax.Array
   logq_BxTxV: jax.Array | None = None
+  ancestors_BxTxT: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,30 +229,63 @@ def parse(spec: str, *, nodes: int, depth: int, profile: Sequence[float]) -> Tem
 def from_template(template: Template, tokens_BxT: jax.Array,
                   valid_BxT: jax.Array | None = None,
                   logq_BxTxV: jax.Array | None = None) -> Tree:
-  """A batch of trees of one static shape; invalid nodes drop out with their subtrees."""
+  """A batch of trees of one static shape; invalid nodes drop out with their subtrees.
+
+  Everything structural comes from the template's static tables (parents, depths, children,
+  ancestors): inside the loop only validity is computed, in a handful of vectorised ops.
+  """
   B, T = tokens_BxT.shape
   if T != template.size:
     raise ValueError(f'{T} tokens for a template of {template.size} nodes.')
   parents_BxT = jnp.broadcast_to(jnp.asarray(template.parents, jnp.int32), (B, T))
   depth_BxT = jnp.broadcast_to(jnp.asarray(template.depths, jnp.int32), (B, T))
+  anc_TxT = template.ancestors()
+  kids_TxK = template.children()
   if valid_BxT is None:
-    kids = jnp.broadcast_to(jnp.asarray(template.children()), (B, T, template.max_children))
-    return Tree(tokens_BxT, parents_BxT, depth_BxT, jnp.ones((B, T), bool), kids, logq_BxTxV)
-  valid_BxT = close_under_ancestors(parents_BxT, valid_BxT.at[:, 0].set(True))
+    kids = jnp.broadcast_to(jnp.asarray(kids_TxK), (B, T, template.max_children))
+    anc = jnp.broadcast_to(jnp.asarray(anc_TxT), (B, T, T))
+    return Tree(tokens_BxT, parents_BxT, depth_BxT, jnp.ones((B, T), bool), kids, logq_BxTxV,
+                anc)
+  # A node stays valid iff every node on its path (itself included) is.
+  valid_BxT = ~jnp.any(jnp.asarray(anc_TxT)[None] & ~valid_BxT.at[:, 0].set(True)[:, None, :],
+                       axis=-1)
+  anc = jnp.asarray(anc_TxT)[None] & valid_BxT[:, None, :] & valid_BxT[:, :, None]
+  kid_ok = (kids_TxK >= 0)[None] & valid_BxT[:, np.maximum(kids_TxK, 0)]
   return Tree(tokens_BxT, parents_BxT, depth_BxT, valid_BxT,
-              children_table(parents_BxT, valid_BxT, template.max_children), logq_BxTxV)
+              pack_children(jnp.broadcast_to(jnp.asarray(kids_TxK), kid_ok.shape), kid_ok),
+              logq_BxTxV, anc)
 
 
-def close_under_ancestors(parents_BxT: jax.Array, valid_BxT: jax.Array) -> jax.Array:
+def pack_children(kids_BxTxK: jax.Array, ok_BxTxK: jax.Array) -> jax.Array:
+  """Moves each node's valid children to the front, in order; -1 after them (no sort, no
+  scatter: K is small, a [B, T, K, K] select does it)."""
+  K = kids_BxTxK.shape[2]
+  dest_BxTxK = jnp.cumsum(ok_BxTxK.astype(jnp.int32), axis=-1) - 1
+  hit_BxTxKxR = ok_BxTxK[..., None] & (dest_BxTxK[..., None] == jnp.arange(K)[None, None, None])
+  packed = jnp.sum(jnp.where(hit_BxTxKxR, kids_BxTxK[..., None] + 1, 0), axis=2) - 1
+  return packed.astype(jnp.int32)
+
+
+def ancestors_from_parents(parents_BxT: jax.Array, max_depth: int) -> jax.Array:
+  """[B, T, T] bool: u is t or an ancestor of t (parents[t] < t, -1 for a root), ignoring
+  validity. Pointer doubling: ceil(log2(max_depth + 1)) rounds of 'ancestor of an ancestor'
+  instead of a loop over the T nodes."""
+  B, T = parents_BxT.shape
+  par_BxT = jnp.where(parents_BxT >= 0, parents_BxT, jnp.arange(T)[None])  # a root: itself
+  anc = jnp.eye(T, dtype=jnp.bool_)[None] | jax.nn.one_hot(par_BxT, T, dtype=jnp.bool_)
+  jump = par_BxT
+  for _ in range(max(0, int(max_depth) - 1).bit_length()):  # reach 1, 2, 4, ... >= max_depth
+    anc = anc | jnp.take_along_axis(anc, jnp.broadcast_to(jump[:, :, None], (B, T, T)), axis=1)
+    jump = jnp.take_along_axis(jump, jump, axis=1)
+  return anc
+
+
+def close_under_ancestors(parents_BxT: jax.Array, valid_BxT: jax.Array,
+                          max_depth: int | None = None) -> jax.Array:
   """A node stays valid only if its whole path to the root is (parents precede children)."""
-  T = parents_BxT.shape[1]
-
-  def body(i, valid):
-    p = parents_BxT[:, i]
-    ok = jnp.take_along_axis(valid, jnp.maximum(p, 0)[:, None], axis=1)[:, 0] | (p < 0)
-    return valid.at[:, i].set(valid[:, i] & ok)
-
-  return jax.lax.fori_loop(1, T, body, valid_BxT)
+  anc = ancestors_from_parents(parents_BxT, parents_BxT.shape[1] if max_depth is None
+                               else max_depth)
+  return ~jnp.any(anc & ~valid_BxT[:, None, :], axis=-1)
 
 
 def children_table(parents_BxT: jax.Array, valid_BxT: jax.Array, K: int) -> jax.Array:
@@ -267,9 +302,12 @@ def children_table(parents_BxT: jax.Array, valid_BxT: jax.Array, K: int) -> jax.
 
 
 def ancestor_mask(tree: Tree) -> jax.Array:
-  """[B, T, T]: node t sees node u iff u is t or an ancestor of t (padding sees only itself)."""
-  anc_BxTxT = jax.vmap(masks.tree_mask)(jnp.where(tree.valid_BxT, tree.parents_BxT, -1))
-  return anc_BxTxT & tree.valid_BxT[:, None, :]
+  """[B, T, T]: node t sees node u iff u is t or an ancestor of t, both valid."""
+  if tree.ancestors_BxTxT is not None:
+    return tree.ancestors_BxTxT
+  anc_BxTxT = ancestors_from_parents(jnp.where(tree.valid_BxT, tree.parents_BxT, -1),
+                                     tree.parents_BxT.shape[1])
+  return anc_BxTxT & tree.valid_BxT[:, None, :] & tree.valid_BxT[:, :, None]
 
 
 def trie(candidates_BxCxL: jax.Array, valid_BxCxL: jax.Array, root_B: jax.Array) -> Tree:

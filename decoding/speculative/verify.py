@@ -47,10 +47,16 @@ def position_keys(row_keys_B: jax.Array, positions_B: jax.Array, salt: int) -> j
 
 def accept_uniforms(row_keys_B: jax.Array, base_B: jax.Array, depth: int, width: int
                     ) -> jax.Array:
-  """[B, D, K] uniforms: row d serves the children tested at depth d + 1."""
-  rows = [uniforms(position_keys(row_keys_B, base_B + d + 1, SALT_ACCEPT), (width,))
-          for d in range(depth)]
-  return jnp.stack(rows, axis=1)
+  """[B, D, K] uniforms: row d serves the children tested at depth d + 1.
+
+  One batched key derivation over all (row, depth) pairs: the same numbers as deriving each
+  depth's keys on its own, in one pass of the hash instead of D.
+  """
+  B = base_B.shape[0]
+  rows_BxD = jnp.broadcast_to(row_keys_B[:, None], (B, depth))
+  pos_BxD = base_B[:, None] + 1 + jnp.arange(depth, dtype=base_B.dtype)[None]
+  keys_BxD = jax.vmap(lambda k, p: position_keys(k, p, SALT_ACCEPT))(rows_BxD, pos_BxD)
+  return jax.vmap(lambda k: uniforms(k, (width,)))(keys_BxD)
 
 
 def is_recurrent(cfg: config_lib.ModelConfig) -> bool:
@@ -67,8 +73,7 @@ def tree_inputs(tree: trees.Tree, base_B: jax.Array, active_B: jax.Array, cache_
   slots_BxT = base_B[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]
   out = dict(positions=positions_BxT, slots=slots_BxT, mask=None)
   if not chain:
-    out['mask'] = masks.local_to_cache_mask(trees.ancestor_mask(tree), slots_BxT, base_B,
-                                            cache_size)
+    out['mask'] = masks.block_to_cache_mask(trees.ancestor_mask(tree), base_B, cache_size)
   return out
 
 
@@ -109,13 +114,15 @@ def verify(tree: trees.Tree, target_logits_BxTxV: jax.Array, *,
 
   The same SamplingConfig turns target logits into p here as was applied to the draft's q.
   `chain`: the tree is the chain (-1, 0, 1, ...) and the closed-form chain rule is used.
+  Greedy sampling takes the argmax paths below: no probabilities, no random numbers.
   """
-  if sampling.greedy and not chain:
-    path_BxD1, n_B, next_B = greedy_tree_verify(tree, target_logits_BxTxV, depth)
+  if sampling.greedy:
+    if chain:
+      path_BxD1, n_B, next_B = greedy_chain_verify(tree, target_logits_BxTxV, depth)
+    else:
+      path_BxD1, n_B, next_B = greedy_tree_verify(tree, target_logits_BxTxV, depth)
     return _verdict(tree, path_BxD1, n_B, next_B)
   logp_BxTxV = sampling_lib.log_probs(target_logits_BxTxV, sampling)
-  if sampling.greedy:
-    mode = 'deterministic'  # p is one-hot: every rule is "accept iff x == argmax p".
   logq = None if mode == 'deterministic' else tree.logq_BxTxV
   K = tree.children_BxTxK.shape[2]
   u_BxDxK = accept_uniforms(row_keys_B, base_B, depth, K)
@@ -128,11 +135,8 @@ def verify(tree: trees.Tree, target_logits_BxTxV: jax.Array, *,
   else:
     path_BxD1, n_B, res_BxV = spec_verify.tree_verify(logp_BxTxV, logq, tree.tokens_BxT,
                                                       tree.children_BxTxK, u_BxDxK, mode=mode)
-  if sampling.greedy:
-    next_B = jnp.argmax(res_BxV, axis=-1).astype(jnp.int32)
-  else:
-    next_B = sampling_lib.sample_from_log_probs(
-        sampling_lib.token_keys(row_keys_B, base_B + n_B + 1), res_BxV)
+  next_B = sampling_lib.sample_from_log_probs(
+      sampling_lib.token_keys(row_keys_B, base_B + n_B + 1), res_BxV)
   return _verdict(tree, path_BxD1, n_B, next_B)
 
 
@@ -142,6 +146,22 @@ def _verdict(tree: trees.Tree, path_BxD1: jax.Array, n_B: jax.Array, next_B: jax
   new_BxD1 = jnp.concatenate([drafted_BxD, jnp.zeros_like(next_B)[:, None]], axis=1)
   new_BxD1 = new_BxD1.at[jnp.arange(new_BxD1.shape[0]), n_B].set(next_B)
   return Verdict(path_BxD1=path_BxD1, accepted_B=n_B, next_B=next_B, new_BxD1=new_BxD1)
+
+
+def greedy_chain_verify(tree: trees.Tree, target_logits_BxTxV: jax.Array, depth: int
+                        ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Greedy verification of a chain: (path [B, depth+1], n [B], next token [B]).
+
+  Draft i is accepted iff it and every draft before it equal the target's argmax after the
+  previous node; the next token is the argmax after the last accepted one.
+  """
+  top_BxT = jnp.argmax(target_logits_BxTxV, axis=-1).astype(jnp.int32)
+  match_BxD = (tree.tokens_BxT[:, 1:depth + 1] == top_BxT[:, :depth]) & tree.valid_BxT[:, 1:depth + 1]
+  n_B = jnp.sum(jnp.cumprod(match_BxD.astype(jnp.int32), axis=1), axis=1).astype(jnp.int32)
+  d_1xD1 = jnp.arange(depth + 1, dtype=jnp.int32)[None]
+  path_BxD1 = jnp.where(d_1xD1 <= n_B[:, None], d_1xD1, -1)
+  next_B = jnp.take_along_axis(top_BxT, n_B[:, None], axis=1)[:, 0]
+  return path_BxD1, n_B, next_B
 
 
 def greedy_tree_verify(tree: trees.Tree, target_logits_BxTxV: jax.Array, depth: int
