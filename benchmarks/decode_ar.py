@@ -21,16 +21,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
+from benchmarks import cost_model
 from configs import common as presets
 from decoding import ar, base
 from models import Cache, ModelConfig, Transformer, init_params
 
 
 def model_config(preset: str, dtype: str) -> ModelConfig:
-  d = dict(presets.PRESETS[preset])
-  vocab = 272 if preset in ('test', 'tiny') else 32768
-  d['max_seq_len'] = max(d['max_seq_len'], 4096)
-  return ModelConfig(vocab_size=vocab, dtype=dtype, param_dtype=dtype, **d)
+  return cost_model.preset_config(preset, dtype)
 
 
 def ours(cfg: ModelConfig, batch: int, context: int, new: int) -> dict[str, float]:

@@ -31,7 +31,7 @@ import numpy as np
 
 import cli
 from benchmarks import common
-from benchmarks import speculative as spec_bench
+from benchmarks import harness
 from decoding import Models, SamplingConfig, registry
 
 
@@ -48,7 +48,7 @@ def _ours(args, target, draft, prompts) -> dict[str, dict[str, Any]]:
   """Tokens/s of our decoders at batch 1 (one AOT compile per prompt shape)."""
   tok = target.tokenizer
   cache = int(np.ceil((max(map(len, prompts)) + args.max_new_tokens + 128) / 64) * 64)
-  batches = spec_bench._batches(prompts, 1, tok.pad_id)  # pylint: disable=protected-access
+  batches = harness.make_batches(prompts, 1, tok.pad_id)
   kw = dict(max_new=args.max_new_tokens, cache_size=cache, eos_id=tok.eos_id, pad_id=tok.pad_id)
   greedy = SamplingConfig(temperature=0.0)
   params = {'target': target.params, 'draft': draft.params}
@@ -63,11 +63,11 @@ def _ours(args, target, draft, prompts) -> dict[str, dict[str, Any]]:
   out = {}
   for name, (dec, models) in setups.items():
     p = params if models.extras else {'target': target.params}
-    fns, compile_s = spec_bench._compile(dec, models, p, batches, **kw)  # pylint: disable=protected-access
-    spec_bench._pass(fns, p, batches)  # pylint: disable=protected-access
-    passes = [spec_bench._pass(fns, p, batches) for _ in range(args.repeats)]  # pylint: disable=protected-access
+    fns, compile_s = harness.compile_decoder(dec, models, p, batches, **kw)
+    harness.timed_pass(fns, p, batches)
+    passes = [harness.timed_pass(fns, p, batches) for _ in range(args.repeats)]
     wall = min(t for t, _ in passes)
-    r = spec_bench._summarise(passes[0][1], wall, compile_s)  # pylint: disable=protected-access
+    r = harness.summarise(passes[0][1], wall, compile_s)
     out[name] = dict(tokens=r['tokens'], generated=r['generated'], wall_s=wall,
                      tokens_per_s=r['generated'] / wall, tau=r['tau'])
     print(f"ours {name}: {out[name]['tokens_per_s']:.1f} tok/s, tau {r['tau']:.2f}", flush=True)

@@ -24,16 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 import cli
 from benchmarks import common
-from decoding import Models, SamplingConfig, registry, runner
+from benchmarks import harness
+from decoding import Models, SamplingConfig, registry
 
 RAW_DIR = os.path.join(common.RESULTS_DIR, 'speculative_raw')
 
@@ -92,86 +90,6 @@ def _load(args) -> tuple[Any, dict[str, Any], Models, set[str]]:
   return target, params, Models(target.model, extras=tuple(extras)), have
 
 
-def _batches(prompts, batch_size, pad_id, bucket=32):
-  out = []
-  for start in range(0, len(prompts), batch_size):
-    chunk = prompts[start:start + batch_size]
-    P = int(np.ceil(max(map(len, chunk)) / bucket) * bucket)
-    arr = np.full((len(chunk), P), pad_id, np.int32)
-    for r, p in enumerate(chunk):
-      arr[r, :len(p)] = p
-    ids = jnp.arange(start, start + len(chunk))
-    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(ids)
-    out.append((jnp.asarray(arr), jnp.asarray([len(p) for p in chunk], jnp.int32), keys))
-  return out
-
-
-def _compile(decoder, models, params, batches, *, max_new, cache_size, eos_id, pad_id):
-  """AOT-compiles the decoder once per batch shape; returns (fns by shape, seconds)."""
-  compiled, t0 = {}, time.perf_counter()
-  for prompt, lens, keys in batches:
-    if prompt.shape not in compiled:
-      compiled[prompt.shape] = runner._generate.lower(  # pylint: disable=protected-access
-          decoder, models, params, prompt, lens, keys, max_new_tokens=max_new,
-          cache_size=cache_size, eos_id=eos_id, pad_id=pad_id).compile()
-  return compiled, time.perf_counter() - t0
-
-
-def _pass(compiled, params, batches):
-  """One timed pass over all prompts: (seconds, results)."""
-  t0 = time.perf_counter()
-  results = [jax.block_until_ready(compiled[p.shape](params, p, l, k)) for p, l, k in batches]
-  return time.perf_counter() - t0, results
-
-
-def _summarise(results, wall, compile_s) -> dict[str, Any]:
-  results = jax.device_get(results)
-  tokens, gen, tfwd, ofwd = [], 0, 0, 0
-  extra: dict[str, np.ndarray] = {}
-  for r in results:
-    for b in range(r.tokens_BxN.shape[0]):
-      n = int(r.num_generated_B[b])
-      tokens.append([int(t) for t in r.tokens_BxN[b, :n]])
-    gen += int(r.num_generated_B.sum())
-    tfwd += int(r.target_forwards_B.sum())
-    ofwd += int(r.other_forwards_B.sum())
-    for k, v in r.extra.items():
-      extra[k] = extra.get(k, 0) + np.asarray(v).sum(0)
-  out = {'tokens': tokens, 'generated': gen, 'target_forwards': tfwd, 'other_forwards': ofwd,
-         'wall_s': wall, 'tokens_per_s': gen / wall, 'compile_s': compile_s,
-         'tau': gen / max(tfwd, 1)}
-  if 'spec_steps' in extra:
-    steps = max(int(extra['spec_steps']), 1)
-    out['spec_steps'] = int(extra['spec_steps'])
-    out['acceptance_by_position'] = (np.asarray(extra['accepted_by_depth']) / steps).tolist()
-    out['drafted_per_step'] = float(extra['drafted_tokens']) / steps
-  for k in ('exit_steps', 'exit_acceptance'):
-    if k in extra:
-      out[k] = np.asarray(extra[k]).tolist()
-  return out
-
-
-def measure_pair(method, ar, params, batches, *, repeats) -> tuple[dict[str, Any], float]:
-  """Times the method and AR alternately, `repeats` passes each, and keeps each one's fastest.
-
-  On a shared machine the other jobs' load comes and goes; alternating puts both decoders
-  under the same load, and the best pass is the least disturbed one. One untimed warm-up
-  pass of the method comes first (AR was warmed up once at the start). Returns the method's
-  summary and AR's best wall time of the same window.
-  """
-  (fns, compile_s), ar_fns = method, ar
-  times, ar_times, results = [], [], None
-  _pass(fns, params, batches)  # warm-up: the first call of a compiled function is slower
-  for _ in range(repeats):
-    ar_times.append(_pass(ar_fns, {'target': params['target']}, batches)[0])
-    t, results = _pass(fns, params, batches)
-    times.append(t)
-  out = _summarise(results, min(times), compile_s)
-  out['wall_s_all'] = times
-  out['ar_wall_s_all'] = ar_times
-  return out, min(ar_times)
-
-
 def run(args) -> str:
   target, params, models, have = _load(args)
   tok = target.tokenizer
@@ -185,14 +103,13 @@ def run(args) -> str:
   if args.repeats < 1:
     raise ValueError(f'--repeats must be >= 1, got {args.repeats}.')
   cache = int(np.ceil((max(map(len, prompts)) + args.max_new_tokens + 128) / 64) * 64)
-  batches = _batches(prompts, args.batch_size, tok.pad_id)
+  batches = harness.make_batches(prompts, args.batch_size, tok.pad_id)
   kw = dict(max_new=args.max_new_tokens, cache_size=cache, eos_id=tok.eos_id, pad_id=tok.pad_id)
   ar_models, ar_params = Models(target.model), {'target': params['target']}
-  ar_fns, ar_compile = _compile(registry.build('ar', sampling=sampling), ar_models, ar_params,
-                                batches, **kw)
-  _, ar_results = _pass(ar_fns, ar_params, batches)  # warm-up
-  ar_best = min(_pass(ar_fns, ar_params, batches)[0] for _ in range(args.repeats))
-  ar = _summarise(ar_results, ar_best, ar_compile)
+  ar_fns, ar_compile = harness.compile_decoder(registry.build('ar', sampling=sampling),
+                                               ar_models, ar_params, batches, **kw)
+  ar_best, ar_results = harness.best_pass(ar_fns, ar_params, batches, args.repeats)
+  ar = harness.summarise(ar_results, ar_best, ar_compile)
   path = os.path.join(args.raw_dir, f't{args.temperature:g}_b{args.batch_size}{args.part}.json')
   rows: dict[str, Any] = {}
   skipped: list[str] = []
@@ -218,8 +135,9 @@ def run(args) -> str:
       settings['draft_workdir'] = args.draft
     dec = registry.build(dec_name, settings, sampling)
     sub = Models(target.model, extras=models.extras if 'draft' in needs else ())
-    method = _compile(dec, sub, params, batches, **kw)
-    r, ar_wall = measure_pair(method, ar_fns, params, batches, repeats=args.repeats)
+    method = harness.compile_decoder(dec, sub, params, batches, **kw)
+    r, ar_wall = harness.measure_pair(method, (ar_fns, ar_compile), params, batches,
+                                      repeats=args.repeats)
     r['ar_tokens_per_s'] = ar['generated'] / ar_wall
     r['speedup'] = r['tokens_per_s'] / r['ar_tokens_per_s']
     if args.temperature == 0:
@@ -249,12 +167,6 @@ def _budget(name: str) -> int | None:
   if not name.startswith('draft ') or 'tree' not in name:
     return None
   return int(name.split()[-1])
-
-
-def _implausible(row) -> bool:
-  """Speedup above tau: a step (draft + a target forward over more tokens) never costs less
-  than an AR step, so this is the shared machine's load, not the method."""
-  return row.get('speedup', 0) > row['tau'] * 1.05
 
 
 def goals(runs) -> list[list[str]]:
@@ -294,8 +206,8 @@ def goals(runs) -> list[list[str]]:
   gpu_judged = False
   for r in t0:
     sp = [(row['speedup'], n) for n, row in r['rows'].items()
-          if 'speedup' in row and not _implausible(row)]
-    noisy = [n for n, row in r['rows'].items() if _implausible(row)]
+          if 'speedup' in row and not harness.implausible(row)]
+    noisy = [n for n, row in r['rows'].items() if harness.implausible(row)]
     if sp:
       best = max(sp)
       dev = r['provenance'].split('\n')[0].removeprefix('- device: ')
@@ -355,7 +267,7 @@ def report(raw_dir: str = RAW_DIR, out_name: str = 'speculative') -> str:
       row = r['rows'].get(n)
       line.append('-' if row is None else
                   f"{row['tau']:.2f} / {row.get('speedup', 1.0):.2f}x"
-                  + (' (!)' if _implausible(row) else ''))
+                  + (' (!)' if harness.implausible(row) else ''))
     summary.append(line)
   body += ['## Summary: tau / speedup against AR\n',
            'tau = generated tokens / target forwards (prefill and bonus token counted); '
@@ -385,7 +297,7 @@ def report(raw_dir: str = RAW_DIR, out_name: str = 'speculative') -> str:
               per_token('target_forwards'), per_token('other_forwards'),
               f"{row['tokens_per_s']:.0f}",
               f"{row.get('ar_tokens_per_s', row['tokens_per_s']):.0f}",
-              f"{row.get('speedup', 1.0):.2f}x" + (' (!)' if _implausible(row) else '')]
+              f"{row.get('speedup', 1.0):.2f}x" + (' (!)' if harness.implausible(row) else '')]
       if r['temperature'] == 0:
         line.append({True: 'yes', False: 'NO', None: '-'}[row.get('equals_ar')])
       table.append(line)

@@ -3,6 +3,9 @@
 Model size presets (byte-level vocabulary unless said otherwise):
   test   ~0.1M params, compiles in seconds: unit tests.
   tiny   ~0.8M params: the CPU quickstart (trains in about 3 minutes on 2 cores).
+  mem    ~32M params (126 MB in float32): decoding is memory-bound on a CPU (weights far
+         beyond a 32 MB last-level cache), the regime of real LLMs; for speed work with
+         random weights (benchmarks/forward_cost.py, spec_system.py).
   small  ~125M params: a single GPU/TPU host.
   base   ~1B params: GPU/TPU (Llama-3.2-1B-like shape with a 32k BPE vocabulary).
 """
@@ -14,6 +17,8 @@ PRESETS = {
                  mlp_dim=128, max_seq_len=256),
     'tiny': dict(d_model=128, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
                  mlp_dim=384, max_seq_len=1024),
+    'mem': dict(d_model=512, num_layers=8, num_heads=8, num_kv_heads=4, head_dim=64,
+                mlp_dim=2048, max_seq_len=2048),
     'small': dict(d_model=768, num_layers=12, num_heads=12, num_kv_heads=4, head_dim=64,
                   mlp_dim=2048, max_seq_len=2048),
     'base': dict(d_model=2048, num_layers=16, num_heads=32, num_kv_heads=8, head_dim=64,
@@ -63,6 +68,10 @@ def lm_run_settings(c: ml_collections.ConfigDict, size: str) -> None:
     c.data.seq_len, c.data.batch_size = 128, 16
     c.train.update(steps=600, learning_rate=3e-3, warmup_steps=60, log_every=50,
                    eval_every=200, eval_batches=8, checkpoint_every=200)
+  elif size == 'mem':  # memory-bound on a CPU: slow to train there (about 0.15 s a step)
+    c.data.seq_len, c.data.batch_size = 256, 16
+    c.train.update(steps=4000, learning_rate=1e-3, warmup_steps=200, log_every=50,
+                   eval_every=500, eval_batches=8, checkpoint_every=500)
   elif size in ('small', 'base'):  # accelerator runs: BPE vocabulary, bf16 compute
     seq_len, batch, steps, lr, every = ((1024, 64, 20_000, 1e-3, 1000) if size == 'small' else
                                         (2048, 128, 50_000, 5e-4, 2000))

@@ -97,6 +97,16 @@ def _generate(decoder, models, params, prompt_BxP, prompt_len_B, row_keys_B, *, 
                           pad_id=pad_id)
 
 
+def lower_generate(decoder: base.Decoder, models: base.Models, params: dict[str, Any],
+                   prompt_BxP: jax.Array, prompt_len_B: jax.Array, row_keys_B: jax.Array, *,
+                   max_new_tokens: int, cache_size: int, eos_id: int, pad_id: int):
+  """The jitted `decoder.generate`, lowered for these shapes (`.compile()` it once, then call
+  it with (params, prompt_BxP, prompt_len_B, row_keys_B))."""
+  return _generate.lower(decoder, models, params, prompt_BxP, prompt_len_B, row_keys_B,
+                         max_new_tokens=max_new_tokens, cache_size=cache_size, eos_id=eos_id,
+                         pad_id=pad_id)
+
+
 def shard_params(models: base.Models, params: dict[str, Any], mesh: Mesh,
                  rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES) -> dict[str, Any]:
   """Places each model's params by its logical axes (unknown modules are replicated)."""
@@ -154,7 +164,7 @@ def run_decoder(decoder: base.Decoder, models: base.Models, params: dict[str, An
     key = prompt_BxP.shape
     if key not in compiled:
       t0 = time.perf_counter()
-      compiled[key] = _generate.lower(
+      compiled[key] = lower_generate(
           decoder, models, params, *args, max_new_tokens=max_new_tokens,
           cache_size=cache_size, eos_id=eos_id, pad_id=pad_id).compile()
       compile_time += time.perf_counter() - t0

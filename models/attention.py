@@ -62,9 +62,9 @@ class Attention(nn.Module):
     q_BxTxHxDh = layers.rope(q_BxTxHxDh, positions_BxT, cfg.rope_theta, cfg.rope_scaling)
     k_BxTxKxDh = layers.rope(k_BxTxKxDh, positions_BxT, cfg.rope_theta, cfg.rope_scaling)
 
-    if kv is not None:  # the cache is heads-major: [B, K, S, Dh]
+    if kv is not None:  # the cache's layout: k [B, K, Dh, S], v [B, K, S, Dh]
       kv = kv.write(k_BxTxKxDh, v_BxTxKxDh, slots_BxT)
-      keys, values, layout = kv.k.astype(dt), kv.v.astype(dt), 'BKSD'
+      keys, values, layout = kv.k.astype(dt), kv.v.astype(dt), 'cache'
     else:
       keys, values, layout = k_BxTxKxDh, v_BxTxKxDh, 'BSKD'
     out_BxTxHxDh = attention_ops.attention(q_BxTxHxDh, keys, values, mask_BxTxS,

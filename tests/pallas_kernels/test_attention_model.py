@@ -83,15 +83,12 @@ def test_cached_prefill_decode_and_tree_step_match():
     _close(a, b)
 
 
-def test_heads_major_layout_equals_slots_major():
-  """kv_layout='BKSD' (the cache's layout) gives the outputs and gradients of 'BSKD', on the
-  row-wise path (T x G at most ROWWISE_MAX_ROWS) and the dot path, with a row whose query
-  sees nothing (zeros)."""
+def test_cache_layout_equals_projected_layout():
+  """kv_layout='cache' (keys [B, K, Dh, S], values [B, K, S, Dh]) gives the outputs and
+  gradients of 'BSKD', for one and several queries, with a row whose query sees nothing."""
   from pallas_kernels.attention import attention  # pylint: disable=g-import-not-at-top
-  from pallas_kernels.attention.reference import ROWWISE_MAX_ROWS  # pylint: disable=g-import-not-at-top
   B, S, H, K, Dh = 2, 37, 4, 2, 8
-  G = H // K
-  for T in (1, ROWWISE_MAX_ROWS // G, ROWWISE_MAX_ROWS // G + 1, 9):
+  for T in (1, 2, 9):
     keys = jax.random.split(jax.random.key(T), 4)
     q = jax.random.normal(keys[0], (B, T, H, Dh))
     k = jax.random.normal(keys[1], (B, S, K, Dh))
@@ -99,14 +96,14 @@ def test_heads_major_layout_equals_slots_major():
     mask = jax.random.bernoulli(keys[3], 0.6, (B, T, S)).at[1, 0].set(False)
 
     def both(q, k, v):
-      slots = attention(q, k, v, mask, impl='xla', kv_layout='BSKD')
-      heads = attention(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask, impl='xla',
-                        kv_layout='BKSD')
-      return slots, heads
+      projected = attention(q, k, v, mask, impl='xla', kv_layout='BSKD')
+      cache = attention(q, jnp.transpose(k, (0, 2, 3, 1)), jnp.swapaxes(v, 1, 2), mask,
+                        impl='xla', kv_layout='cache')
+      return projected, cache
 
-    slots, heads = both(q, k, v)
-    _close(heads, slots, 1e-5)
-    assert not np.any(np.asarray(heads[1, 0]))
+    projected, cache = both(q, k, v)
+    _close(cache, projected, 1e-5)
+    assert not np.any(np.asarray(cache[1, 0]))
     grads = [jax.grad(lambda *a, i=i: jnp.sum(both(*a)[i] ** 2), argnums=(0, 1, 2))(q, k, v)
              for i in (0, 1)]
     jax.tree.map(lambda a, b: _close(a, b, 1e-4), grads[1], grads[0])

@@ -1,0 +1,184 @@
+"""What a decoding step costs: the target's forward-cost curve, random-weight models of the
+size presets, and stand-ins that make a model call (almost) free.
+
+  model, params = random_model('mem')
+  t = forward_time(model, params, batch=1, tokens=8)          # seconds per cached forward
+  curve = forward_curve(model, params, batch=1, tokens=(1, 2, 4, 8))
+
+A multi-token decoder pays off when a forward over T tokens costs little more than over one:
+`forward_time` measures one cached forward over T new tokens the way a decode loop runs it —
+R forwards inside one compiled `fori_loop`, every logit consumed, the cache reset to the same
+context each time — so neither Python dispatch nor dead-code elimination of unused logits
+hides or adds cost. `ideal_speedup` turns a decoder's tau into the speedup over AR that the
+curve allows (the step costing exactly one target forward over its tokens).
+
+`noop_models` swaps a decoder's models for `NoopModel`s of the same shapes, whose forward
+only does the cache bookkeeping and returns cheap logits: timing a decoder that way leaves
+everything else a step does (drafting logic, trees, masks, verification, cache commits,
+bookkeeping), see benchmarks/step_cost.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from configs import common as presets
+from decoding import base
+from models import Cache, ModelConfig, Transformer, init_params
+from models import transformer as transformer_lib
+
+BYTE_VOCAB = 272  # the byte tokenizer's vocabulary (256 bytes + special tokens)
+
+
+def preset_config(preset: str, dtype: str = 'float32', vocab_size: int | None = None
+                  ) -> ModelConfig:
+  """The model config of a size preset (byte vocabulary for test/tiny/mem, 32k BPE above)."""
+  if preset not in presets.PRESETS:
+    raise ValueError(f'Unknown preset {preset!r}; presets: {sorted(presets.PRESETS)}.')
+  d = dict(presets.PRESETS[preset])
+  if vocab_size is None:
+    vocab_size = BYTE_VOCAB if preset in ('test', 'tiny', 'mem') else 32768
+  d['max_seq_len'] = max(d['max_seq_len'], 4096)
+  return ModelConfig(vocab_size=vocab_size, dtype=dtype, param_dtype=dtype, **d)
+
+
+def random_model(preset: str, dtype: str = 'float32', seed: int = 0,
+                 vocab_size: int | None = None) -> tuple[Transformer, Any]:
+  """A `Transformer` of the preset with random weights (for speed work only)."""
+  cfg = preset_config(preset, dtype, vocab_size)
+  model = Transformer(cfg)
+  params = jax.tree.map(lambda p: p.astype(cfg.weight_dtype),
+                        init_params(model, jax.random.key(seed)))
+  return model, params
+
+
+def weight_bytes(params: Any) -> int:
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+
+
+def _time_min(fn, repeats: int) -> float:
+  fn()  # warm-up: the first run of a compiled function allocates
+  best = float('inf')
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - t0)
+  return best
+
+
+def forward_time(model: Transformer, params: Any, *, batch: int, tokens: int,
+                 cache_size: int = 512, context: int = 256, min_seconds: float = 0.2,
+                 repeats: int = 5) -> float:
+  """Seconds of one cached forward over `tokens` new tokens per row after `context` ones.
+
+  R forwards run in one compiled loop (R chosen so a run lasts about `min_seconds`); each
+  writes its tokens at slots context .. context + T - 1 of a cache whose rows hold `context`
+  committed slots, and its argmaxes feed the next forward's tokens. Best of `repeats` runs,
+  divided by R.
+  """
+  if context + tokens > cache_size:
+    raise ValueError(f'context {context} + {tokens} tokens do not fit a cache of '
+                     f'{cache_size} slots.')
+  cfg = model.cfg
+  B, T = batch, tokens
+  cache = Cache.init(cfg, B, cache_size).replace(lengths=jnp.full((B,), context, jnp.int32))
+  positions_BxT = context + jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+
+  def run(p, cache, reps):
+    def body(_, carry):
+      c, tok_BxT = carry
+      out = model.apply({'params': p}, tok_BxT, positions_BxT, cache=c)
+      nxt_BxT = jnp.argmax(out.logits_BxTxV, axis=-1).astype(jnp.int32)
+      return out.cache.replace(lengths=c.lengths), nxt_BxT
+    return jax.lax.fori_loop(0, reps, body, (cache, jnp.zeros((B, T), jnp.int32)))[1]
+
+  probe = jax.jit(run, static_argnums=2).lower(params, cache, 2).compile()
+  t2 = _time_min(lambda: probe(params, cache).block_until_ready(), 2)
+  reps = int(min(max(min_seconds / max(t2 / 2, 1e-6), 3), 2000))
+  fn = jax.jit(run, static_argnums=2).lower(params, cache, reps).compile()
+  return _time_min(lambda: fn(params, cache).block_until_ready(), repeats) / reps
+
+
+def forward_curve(model: Transformer, params: Any, *, batch: int, tokens: Sequence[int],
+                  **kwargs) -> dict[int, float]:
+  """{T: seconds per cached forward over T new tokens} (see `forward_time`)."""
+  return {int(t): forward_time(model, params, batch=batch, tokens=int(t), **kwargs)
+          for t in tokens}
+
+
+def curve_at(curve: dict[int, float], tokens: int) -> float:
+  """The curve at `tokens`, interpolated linearly between measured points (clamped)."""
+  xs = sorted(curve)
+  if tokens <= xs[0]:
+    return curve[xs[0]]
+  if tokens >= xs[-1]:
+    return curve[xs[-1]] * tokens / xs[-1]
+  for lo, hi in zip(xs, xs[1:]):
+    if lo <= tokens <= hi:
+      w = (tokens - lo) / (hi - lo)
+      return curve[lo] * (1 - w) + curve[hi] * w
+  raise AssertionError('unreachable')
+
+
+def ideal_speedup(tau: float, t_ar_step: float, t_forward: float) -> float:
+  """tau * t_AR / t_fwd: the speedup over AR if a step cost exactly one target forward over
+  the step's tokens (no drafting, no loop overhead)."""
+  return tau * t_ar_step / t_forward
+
+
+# ----------------------------------------------------------------------------------------
+# Models whose forward costs (almost) nothing.
+# ----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class NoopModel:
+  """Stands in for a `Transformer` of config `cfg`: same call signature and output shapes,
+  but the forward only does the cache's slot bookkeeping (no K/V written, no layer run).
+
+  The logits are a fixed function of the token and position (argmax = a hash of both), so
+  decoding proceeds; what the decoder accepts is not meaningful.
+  """
+  cfg: ModelConfig
+
+  def apply(self, variables, tokens_BxT=None, positions_BxT=None, cache=None,
+            write_slots_BxT=None, attn_mask=None, inputs_embeds_BxTxD=None,
+            layer_range=None, return_hidden=False, return_step_states=False,
+            parents_BxT=None, **unused):
+    del variables, attn_mask, parents_BxT, unused
+    cfg = self.cfg
+    if tokens_BxT is None:
+      B, T = inputs_embeds_BxTxD.shape[:2]
+      tokens_BxT = jnp.zeros((B, T), jnp.int32)
+    B, T = tokens_BxT.shape
+    if positions_BxT is None:
+      positions_BxT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    positions_BxT = positions_BxT.astype(jnp.int32)
+    nxt_BxT = (tokens_BxT * 31 + positions_BxT * 7 + 3) % cfg.vocab_size
+    logits = jnp.where(jnp.arange(cfg.vocab_size)[None, None] == nxt_BxT[..., None], 4.0, 0.0)
+    new_cache = None
+    if cache is not None:
+      if write_slots_BxT is None:
+        write_slots_BxT = positions_BxT
+      slots_BxT, key_pos_BxS, _ = cache.begin_write(positions_BxT, write_slots_BxT)
+      new_cache = cache.end_write(cache.layers, key_pos_BxS, slots_BxT)
+    lo, hi = layer_range if layer_range is not None else (0, cfg.num_layers)
+    h_BxTxD = jnp.zeros((B, T, cfg.d_model), cfg.compute_dtype)
+    hidden = tuple(h_BxTxD for _ in range(hi - lo + 1)) if return_hidden else None
+    return transformer_lib.ModelOutput(logits_BxTxV=logits.astype(jnp.float32),
+                                       cache=new_cache, hidden=hidden,
+                                       last_hidden_BxTxD=h_BxTxD, step_states=None)
+
+
+def noop_models(models: base.Models, which: Sequence[str] = ('target',)) -> base.Models:
+  """`models` with the named ones ('target' and/or extras) replaced by `NoopModel`s."""
+  unknown = set(which) - {'target'} - {k for k, _ in models.extras}
+  if unknown:
+    raise ValueError(f'No models {sorted(unknown)} to replace.')
+  swap = lambda name, m: NoopModel(m.cfg) if name in which and hasattr(m, 'cfg') else m
+  return base.Models(target=swap('target', models.target),
+                     extras=tuple((k, swap(k, m)) for k, m in models.extras))

@@ -1,0 +1,134 @@
+"""Timing decoders fairly: fixed batches, one ahead-of-time compile, alternating passes.
+
+  batches = make_batches(prompts, batch_size=1, pad_id=tok.pad_id)
+  fns, compile_s = compile_decoder(dec, models, params, batches, max_new=128, cache_size=S,
+                                   eos_id=tok.eos_id, pad_id=tok.pad_id)
+  seconds, results = timed_pass(fns, params, batches)
+  summary = summarise(results, seconds, compile_s)
+
+`measure_pair` times a method and a reference (our AR) alternately, so both see the same load
+on a shared machine, and keeps each one's fastest pass. Speedups are ratios of passes of the
+same process; a speedup above tau is flagged by `implausible` (a step that runs the target
+over more tokens than AR's step cannot cost less than it).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from decoding import runner
+
+
+def make_batches(prompts: Sequence[Sequence[int]], batch_size: int, pad_id: int, *,
+                 seed: int = 0, bucket: int = 32) -> list[tuple[jax.Array, jax.Array, jax.Array]]:
+  """[(prompt_BxP, prompt_len_B, row_keys_B)]: right-padded to a multiple of `bucket`; row i's
+  key is fold_in(key(seed), i) as in `decoding.runner`."""
+  out = []
+  for start in range(0, len(prompts), batch_size):
+    chunk = prompts[start:start + batch_size]
+    P = int(np.ceil(max(map(len, chunk)) / bucket) * bucket)
+    arr = np.full((len(chunk), P), pad_id, np.int32)
+    for r, p in enumerate(chunk):
+      arr[r, :len(p)] = p
+    ids = jnp.arange(start, start + len(chunk))
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(ids)
+    out.append((jnp.asarray(arr), jnp.asarray([len(p) for p in chunk], jnp.int32), keys))
+  return out
+
+
+def compile_decoder(decoder, models, params, batches, *, max_new: int, cache_size: int,
+                    eos_id: int, pad_id: int) -> tuple[dict[Any, Any], float]:
+  """AOT-compiles the decoder once per batch shape; returns (fns by shape, seconds)."""
+  compiled, t0 = {}, time.perf_counter()
+  for prompt, lens, keys in batches:
+    if prompt.shape not in compiled:
+      compiled[prompt.shape] = runner.lower_generate(
+          decoder, models, params, prompt, lens, keys, max_new_tokens=max_new,
+          cache_size=cache_size, eos_id=eos_id, pad_id=pad_id).compile()
+  return compiled, time.perf_counter() - t0
+
+
+def timed_pass(compiled, params, batches) -> tuple[float, list[Any]]:
+  """One timed pass over all batches: (seconds, results)."""
+  t0 = time.perf_counter()
+  results = [jax.block_until_ready(compiled[p.shape](params, p, l, k)) for p, l, k in batches]
+  return time.perf_counter() - t0, results
+
+
+def best_pass(compiled, params, batches, repeats: int) -> tuple[float, list[Any]]:
+  """One untimed warm-up pass, then the fastest of `repeats` timed passes."""
+  timed_pass(compiled, params, batches)
+  best, results = float('inf'), None
+  for _ in range(repeats):
+    t, results = timed_pass(compiled, params, batches)
+    best = min(best, t)
+  return best, results
+
+
+def loop_steps(results) -> int:
+  """While-loop iterations of a pass: per batch the most target forwards of any row, less
+  its prefill (the loop runs until its last row is done)."""
+  return sum(int(np.max(np.asarray(r.target_forwards_B))) - 1 for r in results)
+
+
+def summarise(results, wall: float, compile_s: float) -> dict[str, Any]:
+  """Tokens, forwards, tau, tokens/s and (speculative decoders) acceptance by position."""
+  results = jax.device_get(results)
+  tokens, gen, tfwd, ofwd = [], 0, 0, 0
+  extra: dict[str, np.ndarray] = {}
+  for r in results:
+    for b in range(r.tokens_BxN.shape[0]):
+      n = int(r.num_generated_B[b])
+      tokens.append([int(t) for t in r.tokens_BxN[b, :n]])
+    gen += int(r.num_generated_B.sum())
+    tfwd += int(r.target_forwards_B.sum())
+    ofwd += int(r.other_forwards_B.sum())
+    for k, v in r.extra.items():
+      extra[k] = extra.get(k, 0) + np.asarray(v).sum(0)
+  out = {'tokens': tokens, 'generated': gen, 'target_forwards': tfwd, 'other_forwards': ofwd,
+         'wall_s': wall, 'tokens_per_s': gen / wall, 'compile_s': compile_s,
+         'tau': gen / max(tfwd, 1), 'loop_steps': loop_steps(results)}
+  if 'spec_steps' in extra:
+    steps = max(int(extra['spec_steps']), 1)
+    out['spec_steps'] = int(extra['spec_steps'])
+    out['acceptance_by_position'] = (np.asarray(extra['accepted_by_depth']) / steps).tolist()
+    out['drafted_per_step'] = float(extra['drafted_tokens']) / steps
+  for k in ('exit_steps', 'exit_acceptance'):
+    if k in extra:
+      out[k] = np.asarray(extra[k]).tolist()
+  return out
+
+
+def measure_pair(method, ar, params, batches, *, repeats) -> tuple[dict[str, Any], float]:
+  """Times the method and AR alternately, `repeats` passes each, and keeps each one's fastest.
+
+  `method` and `ar` are (fns, compile seconds) from `compile_decoder` (AR's params are
+  params['target']). On a shared machine the other jobs' load comes and goes; alternating
+  puts both decoders under the same load, and the best pass is the least disturbed one. One
+  untimed warm-up pass of each comes first. Returns the method's summary and AR's best wall
+  time of the same window.
+  """
+  (fns, compile_s), (ar_fns, _) = method, ar
+  ar_params = {'target': params['target']}
+  times, ar_times, results = [], [], None
+  timed_pass(fns, params, batches)  # warm-up: the first call of a compiled function is slower
+  timed_pass(ar_fns, ar_params, batches)
+  for _ in range(repeats):
+    ar_times.append(timed_pass(ar_fns, ar_params, batches)[0])
+    t, results = timed_pass(fns, params, batches)
+    times.append(t)
+  out = summarise(results, min(times), compile_s)
+  out['wall_s_all'] = times
+  out['ar_wall_s_all'] = ar_times
+  return out, min(ar_times)
+
+
+def implausible(row: dict[str, Any], slack: float = 1.05) -> bool:
+  """A speedup above tau: a step that drafts and then runs the target over more tokens than
+  AR's step cannot cost less than it, so this is load on the machine, not the method."""
+  return row.get('speedup', 0) > row['tau'] * slack
