@@ -45,18 +45,29 @@ def compile_decoder(decoder, models, params, batches, *, max_new: int, cache_siz
                     eos_id: int, pad_id: int) -> tuple[dict[Any, Any], float]:
   """AOT-compiles the decoder once per batch shape; returns (fns by shape, seconds)."""
   compiled, t0 = {}, time.perf_counter()
-  for prompt, lens, keys in batches:
+  for pp, (prompt, lens, keys) in zip(per_batch(params, len(batches)), batches):
     if prompt.shape not in compiled:
       compiled[prompt.shape] = runner.lower_generate(
-          decoder, models, params, prompt, lens, keys, max_new_tokens=max_new,
+          decoder, models, pp, prompt, lens, keys, max_new_tokens=max_new,
           cache_size=cache_size, eos_id=eos_id, pad_id=pad_id).compile()
   return compiled, time.perf_counter() - t0
 
 
+def per_batch(params, n: int) -> list[Any]:
+  """`params` for each of n batches: one tree shared by all, or a list with one per batch."""
+  if isinstance(params, (list, tuple)):
+    if len(params) != n:
+      raise ValueError(f'{len(params)} parameter trees for {n} batches.')
+    return list(params)
+  return [params] * n
+
+
 def timed_pass(compiled, params, batches) -> tuple[float, list[Any]]:
-  """One timed pass over all batches: (seconds, results)."""
+  """One timed pass over all batches: (seconds, results). `params`: see `per_batch`."""
+  ps = per_batch(params, len(batches))
   t0 = time.perf_counter()
-  results = [jax.block_until_ready(compiled[p.shape](params, p, l, k)) for p, l, k in batches]
+  results = [jax.block_until_ready(compiled[p.shape](pp, p, l, k))
+             for pp, (p, l, k) in zip(ps, batches)]
   return time.perf_counter() - t0, results
 
 
@@ -114,7 +125,7 @@ def measure_pair(method, ar, params, batches, *, repeats) -> tuple[dict[str, Any
   time of the same window.
   """
   (fns, compile_s), (ar_fns, _) = method, ar
-  ar_params = {'target': params['target']}
+  ar_params = [{'target': p['target']} for p in per_batch(params, len(batches))]
   times, ar_times, results = [], [], None
   timed_pass(fns, params, batches)  # warm-up: the first call of a compiled function is slower
   timed_pass(ar_fns, ar_params, batches)

@@ -62,7 +62,7 @@ class Attention(nn.Module):
     q_BxTxHxDh = layers.rope(q_BxTxHxDh, positions_BxT, cfg.rope_theta, cfg.rope_scaling)
     k_BxTxKxDh = layers.rope(k_BxTxKxDh, positions_BxT, cfg.rope_theta, cfg.rope_scaling)
 
-    if kv is not None:  # the cache's layout: k [B, K, Dh, S], v [B, K, S, Dh]
+    if kv is not None:  # the cache's layout: k [B, K, S, Dh], v [B, K, Dh, S]
       kv = kv.write(k_BxTxKxDh, v_BxTxKxDh, slots_BxT)
       keys, values, layout = kv.k.astype(dt), kv.v.astype(dt), 'cache'
     else:

@@ -12,11 +12,12 @@ decoder rolls back with `truncate` (nothing is erased; stale slots past the leng
 invisible and get overwritten) and moves an accepted tree path into contiguous slots with
 `gather`. A token whose position or write slot is negative is padding: it is not written.
 
-Layout, per attention layer: keys transposed, k [B, K, Dh, S], and values v [B, K, S, Dh], so
-both products of attention are plain matrix products per (row, kv head) — q [G*T, Dh] @
-k [Dh, S] and p [G*T, S] @ v [S, Dh] — that read the cache where it lies (no per-step
-transposed copy; on a CPU 2-4x faster attention than [B, S, K, Dh]); shared: positions [B, S]
-(-1 = never written) and lengths [B].
+Layout, per attention layer: keys k [B, K, S, Dh] and values transposed, v [B, K, Dh, S], so
+both products of attention contract the minor dimension of both operands, per (row, kv head):
+scores = q [G*T, Dh] . k [S, Dh] and out = p [G*T, S] . v [Dh, S] — the operand layout XLA's
+CPU matrix products take as they lie (any other layout made it copy every layer's whole cache
+into that one on every step; on a GPU either is free); shared: positions [B, S] (-1 = never
+written) and lengths [B].
 
 Recurrent (DeltaProduct) layers keep a state and short-conv buffers instead
 (`models.delta_cache.DeltaCache`); lengths and positions still advance with the slots written,
@@ -37,32 +38,50 @@ from jax.sharding import PartitionSpec as P
 from models import config as config_lib
 from models import delta_cache
 
-K_AXES = P('batch', 'kv_heads', 'head_dim', 'cache_seq')
-V_AXES = P('batch', 'kv_heads', 'cache_seq', 'head_dim')
+K_AXES = P('batch', 'kv_heads', 'cache_seq', 'head_dim')
+V_AXES = P('batch', 'kv_heads', 'head_dim', 'cache_seq')
+
+
+def _never_single(slots_BxT: jax.Array, *updates: jax.Array
+                 ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+  """Adds a dropped (out-of-range) write when a call writes a single slot.
+
+  XLA turns a one-update scatter into a dynamic-update-slice; inside a decode loop at batch
+  1 its fusion pass then duplicates that update into each consumer of the written buffer
+  (the attention's matrix products read it through a reshape), and every duplicate needs
+  its own copy of the whole buffer: every layer's cache was copied three times per step. A
+  second, dropped update keeps it a scatter, which updates the buffer in place.
+  """
+  if slots_BxT.size != 1:
+    return slots_BxT, updates
+  pad = lambda x: jnp.concatenate([x, x], axis=1)  # the T axis; the copy is never written
+  return (jnp.concatenate([slots_BxT, jnp.full_like(slots_BxT, jnp.iinfo(jnp.int32).max)],
+                          axis=1), tuple(pad(u) for u in updates))
 
 
 @flax.struct.dataclass
 class KVCache:
-  """Keys [B, K, Dh, S] (transposed) and values [B, K, S, Dh] of one attention layer."""
+  """Keys [B, K, S, Dh] and values [B, K, Dh, S] (transposed) of one attention layer."""
   k: jax.Array
   v: jax.Array
 
   def write(self, k_BxTxKxDh: jax.Array, v_BxTxKxDh: jax.Array,
             slots_BxT: jax.Array) -> 'KVCache':
     """Writes at `slots` (already sanitised: out-of-range slots are dropped)."""
+    slots_BxT, (k_BxTxKxDh, v_BxTxKxDh) = _never_single(slots_BxT, k_BxTxKxDh, v_BxTxKxDh)
     b_Bx1 = jnp.arange(slots_BxT.shape[0])[:, None]
     # Advanced indices apart from the slices: both updates are indexed [B, T, K, Dh].
-    k = self.k.at[b_Bx1, :, :, slots_BxT].set(k_BxTxKxDh.astype(self.k.dtype), mode='drop')
-    v = self.v.at[b_Bx1, :, slots_BxT].set(v_BxTxKxDh.astype(self.v.dtype), mode='drop')
+    k = self.k.at[b_Bx1, :, slots_BxT].set(k_BxTxKxDh.astype(self.k.dtype), mode='drop')
+    v = self.v.at[b_Bx1, :, :, slots_BxT].set(v_BxTxKxDh.astype(self.v.dtype), mode='drop')
     return KVCache(k=k, v=v)
 
   def gather(self, src_BxN: jax.Array, dst_BxN: jax.Array) -> 'KVCache':
     """Copies slots src -> dst per row (dst out of range: dropped)."""
     b_Bx1 = jnp.arange(src_BxN.shape[0])[:, None]
-    src = jnp.clip(src_BxN, 0, self.v.shape[2] - 1)
+    src = jnp.clip(src_BxN, 0, self.k.shape[2] - 1)
     return KVCache(
-        k=self.k.at[b_Bx1, :, :, dst_BxN].set(self.k[b_Bx1, :, :, src], mode='drop'),
-        v=self.v.at[b_Bx1, :, dst_BxN].set(self.v[b_Bx1, :, src], mode='drop'))
+        k=self.k.at[b_Bx1, :, dst_BxN].set(self.k[b_Bx1, :, src], mode='drop'),
+        v=self.v.at[b_Bx1, :, :, dst_BxN].set(self.v[b_Bx1, :, :, src], mode='drop'))
 
   def logical_axes(self) -> 'KVCache':
     return KVCache(k=K_AXES, v=V_AXES)
@@ -85,8 +104,8 @@ class Cache:
     layers = []
     for kind in cfg.layer_types:
       if kind == config_lib.ATTENTION:
-        k_shape = (batch_size, cfg.num_kv_heads, cfg.head_dim, size)
-        v_shape = (batch_size, cfg.num_kv_heads, size, cfg.head_dim)
+        k_shape = (batch_size, cfg.num_kv_heads, size, cfg.head_dim)
+        v_shape = (batch_size, cfg.num_kv_heads, cfg.head_dim, size)
         layers.append(KVCache(k=jnp.zeros(k_shape, dtype), v=jnp.zeros(v_shape, dtype)))
       elif kind == config_lib.DELTAPRODUCT:
         layers.append(delta_cache.DeltaCache.init(cfg, batch_size, dtype))
@@ -118,8 +137,8 @@ class Cache:
     bad = (positions_BxT < 0) | (write_slots_BxT < 0) | (write_slots_BxT >= S)
     slots_BxT = jnp.where(bad, S, write_slots_BxT).astype(jnp.int32)
     b_Bx1 = jnp.arange(B)[:, None]
-    key_pos_BxS = self.positions.at[b_Bx1, slots_BxT].set(positions_BxT.astype(jnp.int32),
-                                                          mode='drop')
+    write_BxT, (pos_BxT,) = _never_single(slots_BxT, positions_BxT.astype(jnp.int32))
+    key_pos_BxS = self.positions.at[b_Bx1, write_BxT].set(pos_BxT, mode='drop')
     written_BxS = jnp.zeros((B, S + 1), jnp.bool_).at[b_Bx1, slots_BxT].set(True)[:, :S]
     key_valid_BxS = (jnp.arange(S)[None, :] < self.lengths[:, None]) | written_BxS
     return slots_BxT, key_pos_BxS, key_valid_BxS

@@ -36,7 +36,7 @@ def attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: jax.Arra
               impl: str = 'auto', kv_layout: str = 'BSKD') -> jax.Array:
   """Masked grouped-query attention; shapes as in `attention_reference`.
 
-  `kv_layout='cache'`: k is [B, K, Dh, S] and v [B, K, S, Dh] (the decoding cache's layout,
+  `kv_layout='cache'`: k is [B, K, S, Dh] and v [B, K, Dh, S] (the decoding cache's layout,
   models.cache). The XLA path reads them as they are; the kernels take [B, S, K, Dh] and get
   transposed copies.
   A query with no visible key gets zeros in every implementation except 'cudnn'.
@@ -53,8 +53,8 @@ def attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: jax.Arra
     return attention_reference(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS, scale,
                                kv_layout=kv_layout)
   if kv_layout == 'cache':
-    k_BxSxKxDh = jnp.transpose(k_BxSxKxDh, (0, 3, 1, 2))
-    v_BxSxKxDh = jnp.swapaxes(v_BxSxKxDh, 1, 2)
+    k_BxSxKxDh = jnp.swapaxes(k_BxSxKxDh, 1, 2)
+    v_BxSxKxDh = jnp.transpose(v_BxSxKxDh, (0, 3, 1, 2))
   B, T, H, _ = q_BxTxHxDh.shape
   S, K = k_BxSxKxDh.shape[1], k_BxSxKxDh.shape[2]
   mask_BxTxS = jnp.broadcast_to(mask_BxTxS, (B, T, S))

@@ -19,9 +19,9 @@ def attention_reference(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh
 
   Args:
     q_BxTxHxDh: queries; H must be a multiple of K (G = H // K queries share a kv head).
-    k_BxSxKxDh: keys [B, S, K, Dh]; with kv_layout='cache', [B, K, Dh, S] (the decoding
-      cache's transposed keys).
-    v_BxSxKxDh: values [B, S, K, Dh]; with kv_layout='cache', [B, K, S, Dh].
+    k_BxSxKxDh: keys [B, S, K, Dh]; with kv_layout='cache', [B, K, S, Dh] (the decoding
+      cache's layout).
+    v_BxSxKxDh: values [B, S, K, Dh]; with kv_layout='cache', [B, K, Dh, S] (transposed).
     mask_BxTxS: True where query t may attend to key s. Broadcastable to [B, T, S].
     scale: multiplies q·k (usually Dh ** -0.5).
     kv_layout: 'BSKD' (keys and values as projected) or 'cache' (see models.cache: both
@@ -35,10 +35,10 @@ def attention_reference(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh
     raise ValueError(f'Unknown kv_layout {kv_layout!r}; choose one of {KV_LAYOUTS}.')
   B, T, H, Dh = q_BxTxHxDh.shape
   cache_layout = kv_layout == 'cache'
-  K, S = (k_BxSxKxDh.shape[1], k_BxSxKxDh.shape[3]) if cache_layout else (
+  K, S = (k_BxSxKxDh.shape[1], k_BxSxKxDh.shape[2]) if cache_layout else (
       k_BxSxKxDh.shape[2], k_BxSxKxDh.shape[1])
   G = H // K
-  k_in, v_in = ('BKdS', 'BKSd') if cache_layout else ('BSKd', 'BSKd')
+  k_in, v_in = ('BKSd', 'BKdS') if cache_layout else ('BSKd', 'BSKd')
   q_BxTxKxGxDh = q_BxTxHxDh.reshape(B, T, K, G, Dh)
   scores_BxKxGxTxS = jnp.einsum(f'BTKGd,{k_in}->BKGTS', q_BxTxKxGxDh, k_BxSxKxDh,
                                 preferred_element_type=jnp.float32) * scale

@@ -149,8 +149,8 @@ def test_cache_equals_ar_cache_after_every_step(setup, method):
       L = int(committed[b])
       np.testing.assert_array_equal(s.cache.positions[b, :L], np.arange(L))
       for got, exp in zip(s.cache.layers, want.layers):
-        np.testing.assert_allclose(got.k[b, ..., :L], exp.k[b, ..., :L], atol=2e-5)
-        np.testing.assert_allclose(got.v[b, :, :L], exp.v[b, :, :L], atol=2e-5)
+        np.testing.assert_allclose(got.k[b, :, :L], exp.k[b, :, :L], atol=2e-5)
+        np.testing.assert_allclose(got.v[b, ..., :L], exp.v[b, ..., :L], atol=2e-5)
     if not live.any():
       break
 

@@ -258,8 +258,8 @@ def test_param_count_cache_layout_and_sharding():
   delta = cache.layers[0]
   assert delta.state.shape == (4, 2, 8, 16) and delta.state.dtype == jnp.float32
   assert delta.conv_k.shape == (4, 3, 3, 2, 8) and delta.conv_v.shape == (4, 3, 3, 2, 16)
-  assert cache.layers[1].k.shape == (4, cfg.num_kv_heads, cfg.head_dim, 8)
-  assert cache.layers[1].v.shape == (4, cfg.num_kv_heads, 8, cfg.head_dim)
+  assert cache.layers[1].k.shape == (4, cfg.num_kv_heads, 8, cfg.head_dim)
+  assert cache.layers[1].v.shape == (4, cfg.num_kv_heads, cfg.head_dim, 8)
   assert cache.gather(np.zeros((4, 1), np.int32), np.zeros((4, 1), np.int32)).layers[0] is delta
   mesh = sharding.make_mesh({'data': 2, 'tensor': 2, 'fsdp': 2})
   sharded = jax.device_put(cache, sharding.tree_shardings(cache.logical_axes(), cache, mesh))

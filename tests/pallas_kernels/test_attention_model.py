@@ -84,7 +84,7 @@ def test_cached_prefill_decode_and_tree_step_match():
 
 
 def test_cache_layout_equals_projected_layout():
-  """kv_layout='cache' (keys [B, K, Dh, S], values [B, K, S, Dh]) gives the outputs and
+  """kv_layout='cache' (keys [B, K, S, Dh], values [B, K, Dh, S]) gives the outputs and
   gradients of 'BSKD', for one and several queries, with a row whose query sees nothing."""
   from pallas_kernels.attention import attention  # pylint: disable=g-import-not-at-top
   B, S, H, K, Dh = 2, 37, 4, 2, 8
@@ -97,7 +97,7 @@ def test_cache_layout_equals_projected_layout():
 
     def both(q, k, v):
       projected = attention(q, k, v, mask, impl='xla', kv_layout='BSKD')
-      cache = attention(q, jnp.transpose(k, (0, 2, 3, 1)), jnp.swapaxes(v, 1, 2), mask,
+      cache = attention(q, jnp.swapaxes(k, 1, 2), jnp.transpose(v, (0, 2, 3, 1)), mask,
                         impl='xla', kv_layout='cache')
       return projected, cache
 
