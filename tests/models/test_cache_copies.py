@@ -1,0 +1,87 @@
+"""The compiled decode loop never copies the cache (CPU, the XLA this project pins).
+
+A copy of every layer's K/V per step costs more than the step's attention on a small model;
+two such copies were found in compiled programs (a layout XLA's matrix products did not take
+as it lay, and a one-slot write duplicated by fusion at batch 1). This checks the compiled
+HLO of AR decoding and of a multi-token cached forward loop for instructions inside a while
+loop body that copy or transpose a buffer of a cache array's shape.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from testlib import small_config
+from decoding import Models, registry, runner
+from models import Cache, Transformer, init_params
+
+S = 64
+
+
+def _loop_bodies(hlo: str) -> dict[str, list[str]]:
+  """{computation name: its lines} for every while-loop body of the compiled module."""
+  comps, name = {}, None
+  for line in hlo.splitlines():
+    m = re.match(r'^(?:ENTRY )?%?([\w.\-]+) .*\{$', line)
+    if m:
+      name = m.group(1)
+      comps[name] = []
+    elif name is not None:
+      comps[name].append(line)
+  bodies = set(re.findall(r'while\(.*?body=%?([\w.\-]+)', hlo))
+  return {n: comps[n] for n in bodies if n in comps}
+
+
+def _cache_copies(hlo: str, cache: Cache) -> list[str]:
+  shapes = {f'f32[{",".join(map(str, x.shape))}]' for layer in cache.layers
+            for x in (layer.k, layer.v)}
+  bad = []
+  for body in _loop_bodies(hlo).values():
+    for line in body:
+      m = re.match(r'\s*(?:ROOT )?%?([\w.\-]+) = (\S+?)\{[\d,]*\} ([\w\-]+)\(', line)
+      if not m or m.group(2) not in shapes:
+        continue
+      name, opcode = m.group(1), m.group(3)
+      if opcode in ('copy', 'transpose') or (
+          opcode == 'fusion' and name.startswith(('copy', 'transpose'))):
+        bad.append(line.strip()[:160])
+  return bad
+
+
+@pytest.mark.parametrize('batch', [1, 3])
+def test_ar_decode_loop_does_not_copy_the_cache(batch):
+  cfg = small_config()
+  model = Transformer(cfg)
+  params = {'target': init_params(model, jax.random.key(0))}
+  prompt = jnp.ones((batch, 8), jnp.int32)
+  lengths = jnp.full((batch,), 5, jnp.int32)
+  keys = jax.random.split(jax.random.key(1), batch)
+  hlo = runner.lower_generate(registry.build('ar'), Models(model), params, prompt, lengths,
+                              keys, max_new_tokens=16, cache_size=S, eos_id=-1,
+                              pad_id=0).compile().as_text()
+  assert _loop_bodies(hlo), 'no while loop found in the compiled program'
+  assert not _cache_copies(hlo, Cache.init(cfg, batch, S))
+
+
+@pytest.mark.parametrize('batch,tokens', [(1, 1), (1, 5), (2, 3)])
+def test_cached_forward_loop_does_not_copy_the_cache(batch, tokens):
+  cfg = small_config()
+  model = Transformer(cfg)
+  params = init_params(model, jax.random.key(0))
+  cache = Cache.init(cfg, batch, S).replace(lengths=jnp.full((batch,), 20, jnp.int32))
+  pos = 20 + jnp.broadcast_to(jnp.arange(tokens), (batch, tokens))
+
+  def run(p, c, n):
+    def body(_, carry):
+      c, tok = carry
+      out = model.apply({'params': p}, tok, pos, cache=c)
+      return out.cache.replace(lengths=c.lengths), jnp.argmax(out.logits_BxTxV, -1)
+    return jax.lax.fori_loop(0, n, body, (c, jnp.zeros((batch, tokens), jnp.int32)))[1]
+
+  hlo = jax.jit(run).lower(params, cache, 4).compile().as_text()
+  assert _loop_bodies(hlo)
+  assert not _cache_copies(hlo, cache)
