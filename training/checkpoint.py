@@ -11,6 +11,7 @@ checkpoint whose model config differs from the requested one is refused with the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -19,9 +20,13 @@ from typing import Any, Callable
 import jax
 import orbax.checkpoint as ocp
 
+from models import config as config_lib
+
 CHECKPOINT_DIR = 'checkpoints'
 CONFIG_FILE = 'config.json'
 TOKENIZER_DIR = 'tokenizer'
+_MODEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(config_lib.ModelConfig)
+                   if f.default is not dataclasses.MISSING}
 
 
 class CheckpointError(RuntimeError):
@@ -34,10 +39,13 @@ IMPLEMENTATION_KEYS = frozenset({'remat', 'attention_impl', 'delta_impl'})
 
 
 def model_config_diff(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-  """Human-readable differences between two model-config dicts (implementation keys aside)."""
+  """Human-readable differences between two model-config dicts (implementation keys aside).
+
+  A key absent on one side (a checkpoint older than the key) counts as its default."""
   diffs = []
   for key in sorted((set(saved) | set(wanted)) - IMPLEMENTATION_KEYS):
-    a, b = saved.get(key, '<absent>'), wanted.get(key, '<absent>')
+    default = _MODEL_DEFAULTS.get(key, '<absent>')
+    a, b = saved.get(key, default), wanted.get(key, default)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
       a, b = list(a), list(b)
     if a != b:

@@ -152,16 +152,20 @@ def test_export_loads_in_transformers_and_matches(imported, tmp_path):
   np.testing.assert_allclose(_theirs(back, tokens), _theirs(model, tokens), atol=1e-6, rtol=0)
 
 
-def test_padded_vocabulary_rows_are_zero(tmp_path):
-  """Llama 2's tokenizer fills its embedding table: our appended specials get zero rows and
-  logit 0, the original ids keep their logits, and the export drops the padding again."""
+def test_padded_vocabulary_rows_are_zero_and_never_produced(tmp_path):
+  """Llama 2's tokenizer fills its embedding table: our appended specials get zero rows that
+  the model masks (valid_vocab_size = the checkpoint's 300: logit NEVER_LOGIT, probability
+  exactly 0), the original ids keep their logits, and the export drops the padding again."""
+  from models import layers  # pylint: disable=g-import-not-at-top
   model, _ = make_hf_model('llama2', str(tmp_path))
   cfg, params, _ = hf.load_checkpoint(str(tmp_path), vocab_size=316)
   assert cfg.vocab_size == 316 and params['lm_head'].shape == (64, 316)
+  assert cfg.valid_vocab_size == 300 and not params['lm_head'][:, 300:].any()
   tokens = np.random.default_rng(0).integers(0, 300, (1, 10))
   ours, ref = _ours(cfg, params, tokens), _theirs(model, tokens)
   np.testing.assert_allclose(ours[..., :300], ref, atol=TOL * max(1, np.abs(ref).max()))
-  assert not ours[..., 300:].any()
+  assert (ours[..., 300:] == layers.NEVER_LOGIT).all()
+  assert not np.asarray(jax.nn.softmax(ours, -1))[..., 300:].any()
   hf.save_checkpoint(params, cfg, str(tmp_path / 'out'), vocab_size=300)
   assert hf.read_config(str(tmp_path / 'out'))['vocab_size'] == 300
 
