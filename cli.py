@@ -11,26 +11,48 @@ from typing import Callable, Sequence
 from absl import flags
 
 
-class UsageError(SystemExit):
-  pass
-
-
 def _config_keys(argv: Sequence[str], flag: str) -> list[str]:
   pat = re.compile(rf'^--{flag}\.([A-Za-z0-9_.]+)=')
   return [m.group(1) for a in argv if (m := pat.match(a))]
 
 
-def parse_flags(config_flag: str = 'config') -> Callable[[list[str]], list[str]]:
-  """An absl flags parser that turns config-override failures into one clear message."""
+def _last_line(text) -> str:
+  lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+  return lines[-1] if lines else ''
+
+
+def _one_line(text) -> str:
+  return ' '.join(line.strip() for line in str(text).strip().splitlines() if line.strip())
+
+
+def parse_flags(config_flag: str = 'config', config_file: bool = False
+                ) -> Callable[[list[str]], list[str]]:
+  """An absl flags parser that turns every flag failure into one line and exit code 2.
+
+  With `config_file`, `--config_flag` names a config file (`FILE[:ARG]`): a missing file
+  and an error raised by its `get_config(ARG)` (e.g. an unknown preset) are reported in one
+  line too.
+  """
   def parser(argv: list[str]) -> list[str]:
+    spec = peek_flag(argv, config_flag, '') if config_file else ''
+    if spec and not os.path.isfile(spec.split(':', 1)[0]):
+      fail(f'--{config_flag}={spec}: the config file {spec.split(":", 1)[0]!r} does not '
+           'exist.')
     try:
       return flags.FLAGS(argv)
     except (AttributeError, KeyError) as e:
       keys = _config_keys(argv, config_flag)
-      raise UsageError(f'Unknown config key in {", ".join("--" + config_flag + "." + k for k in keys)}'
-                       f' ({e}). Overrides must name existing keys; see the config file.') from None
+      if not keys:
+        fail(f'--{config_flag}={spec}: {type(e).__name__}: {e}')
+      fail(f'Unknown config key in {", ".join("--" + config_flag + "." + k for k in keys)}'
+           f' ({e}). Overrides must name existing keys; see the config file.')
     except flags.Error as e:
-      raise UsageError(f'Bad flag: {e}') from None
+      if 'Error whilst parsing config file' in str(e):
+        fail(f'--{config_flag}={spec}: {_last_line(e)}')
+      fail(f'Bad flag: {_last_line(e) if "Traceback" in str(e) else _one_line(e)}')
+    except (OSError, ValueError, TypeError) as e:
+      fail(f'--{config_flag}={spec}: {_last_line(e)}')
+    return []  # not reached: fail() exits
   return parser
 
 
@@ -62,6 +84,7 @@ def maybe_initialize_distributed() -> None:
 def fail(message: str) -> None:
   print(f'error: {message}', file=sys.stderr, flush=True)
   sys.exit(2)
+
 
 
 def peek_flag(argv: Sequence[str], name: str, default: str) -> str:
