@@ -169,7 +169,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     abstract = state_lib.abstract_state(model, objective, tx, shardings)
     step0, params, opt_state, data_state, saved = ckpt.restore(
         lambda meta, step: (abstract.params, abstract.opt_state),
-        model_config=_normalise(mcfg.to_dict()))
+        model_config=_normalise(mcfg.to_dict()), move_unreadable=True)
     if saved.get('objective', config.objective) != config.objective:
       raise checkpoint_lib.CheckpointError(
           f'The checkpoint in {workdir} was trained with objective {saved["objective"]!r}, '
