@@ -11,26 +11,48 @@ from typing import Callable, Sequence
 from absl import flags
 
 
-class UsageError(SystemExit):
-  pass
-
-
 def _config_keys(argv: Sequence[str], flag: str) -> list[str]:
   pat = re.compile(rf'^--{flag}\.([A-Za-z0-9_.]+)=')
   return [m.group(1) for a in argv if (m := pat.match(a))]
 
 
-def parse_flags(config_flag: str = 'config') -> Callable[[list[str]], list[str]]:
-  """An absl flags parser that turns config-override failures into one clear message."""
+def _last_line(text) -> str:
+  lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+  return lines[-1] if lines else ''
+
+
+def _one_line(text) -> str:
+  return ' '.join(line.strip() for line in str(text).strip().splitlines() if line.strip())
+
+
+def parse_flags(config_flag: str = 'config', config_file: bool = False
+                ) -> Callable[[list[str]], list[str]]:
+  """An absl flags parser that turns every flag failure into one line and exit code 2.
+
+  With `config_file`, `--config_flag` names a config file (`FILE[:ARG]`): a missing file
+  and an error raised by its `get_config(ARG)` (e.g. an unknown preset) are reported in one
+  line too.
+  """
   def parser(argv: list[str]) -> list[str]:
+    spec = peek_flag(argv, config_flag, '') if config_file else ''
+    if spec and not os.path.isfile(spec.split(':', 1)[0]):
+      fail(f'--{config_flag}={spec}: the config file {spec.split(":", 1)[0]!r} does not '
+           'exist.')
     try:
       return flags.FLAGS(argv)
     except (AttributeError, KeyError) as e:
       keys = _config_keys(argv, config_flag)
-      raise UsageError(f'Unknown config key in {", ".join("--" + config_flag + "." + k for k in keys)}'
-                       f' ({e}). Overrides must name existing keys; see the config file.') from None
+      if not keys:
+        fail(f'--{config_flag}={spec}: {type(e).__name__}: {e}')
+      fail(f'Unknown config key in {", ".join("--" + config_flag + "." + k for k in keys)}'
+           f' ({e}). Overrides must name existing keys; see the config file.')
     except flags.Error as e:
-      raise UsageError(f'Bad flag: {e}') from None
+      if 'Error whilst parsing config file' in str(e):
+        fail(f'--{config_flag}={spec}: {_last_line(e)}')
+      fail(f'Bad flag: {_last_line(e) if "Traceback" in str(e) else _one_line(e)}')
+    except (OSError, ValueError, TypeError) as e:
+      fail(f'--{config_flag}={spec}: {_last_line(e)}')
+    return []  # not reached: fail() exits
   return parser
 
 
@@ -64,6 +86,12 @@ def fail(message: str) -> None:
   sys.exit(2)
 
 
+def warn(message: str) -> None:
+  """A warning line on stderr (stdout stays clean for --json)."""
+  print(message if message.startswith('warning:') else f'warning: {message}', file=sys.stderr,
+        flush=True)
+
+
 def peek_flag(argv: Sequence[str], name: str, default: str) -> str:
   """Reads --name=value (or --name value) from argv before absl parses it."""
   for i, a in enumerate(argv):
@@ -94,8 +122,14 @@ def parse_mesh(spec: str):
 
 
 def read_prompts(tokenizer, *, prompt: str | None, prompts_file: str | None, heldout: int,
-                 prompt_chars: int, data_config: dict | None = None) -> list[list[int]]:
-  """Token ids (BOS first) of the prompts given by exactly one of the three sources."""
+                 prompt_chars: int, data_config: dict | None = None,
+                 add_bos: bool | None = None) -> list[list[int]]:
+  """Token ids of the prompts given by exactly one of the three sources.
+
+  Each prompt starts as the model's tokenizer starts one (`Tokenizer.encode_prompt`: BOS for
+  models trained here and checkpoints whose tokenizer adds one, nothing for e.g. Qwen);
+  `add_bos` True/False overrides that. Bad input raises ValueError naming the file and line.
+  """
   import json  # pylint: disable=g-import-not-at-top
   given = sum(x is not None and x != 0 for x in (prompt, prompts_file, heldout or None))
   if given != 1:
@@ -103,15 +137,28 @@ def read_prompts(tokenizer, *, prompt: str | None, prompts_file: str | None, hel
   if prompt is not None:
     texts = [prompt]
   elif prompts_file is not None:
-    with open(prompts_file) as f:
+    if not os.path.isfile(prompts_file):
+      raise ValueError(f'--prompts_file={prompts_file} does not exist.')
+    with open(prompts_file, encoding='utf-8', errors='replace') as f:
       if prompts_file.endswith('.jsonl'):
         texts = []
-        for line in f:
-          if line.strip():
+        for n, line in enumerate(f, 1):
+          if not line.strip():
+            continue
+          try:
             obj = json.loads(line)
-            texts.append(obj['prompt'] if isinstance(obj, dict) else str(obj))
+          except ValueError as e:
+            raise ValueError(f'{prompts_file} line {n} is not JSON ({e}).') from None
+          if isinstance(obj, dict):
+            if not isinstance(obj.get('prompt'), str):
+              raise ValueError(f'{prompts_file} line {n}: expected a JSON string or an object '
+                               f'with a "prompt" string, got keys {sorted(obj)}.')
+            obj = obj['prompt']
+          texts.append(obj if isinstance(obj, str) else json.dumps(obj))
       else:
         texts = [line.rstrip('\n') for line in f if line.strip()]
+    if not texts:
+      raise ValueError(f'{prompts_file} holds no prompts.')
   else:
     import data  # pylint: disable=g-import-not-at-top
     cfg = data.DataConfig(**(data_config or {}))
@@ -123,4 +170,4 @@ def read_prompts(tokenizer, *, prompt: str | None, prompts_file: str | None, hel
         break
   if any(t == '' for t in texts):
     raise ValueError('Empty prompt: every prompt needs at least one character.')
-  return [tokenizer.encode(t, add_bos=True) for t in texts]
+  return [tokenizer.encode_prompt(t, add_bos) for t in texts]

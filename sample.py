@@ -3,10 +3,13 @@
   python sample.py --workdir=DIR [--checkpoint_step=N] --decoder=ar[,NAME...]
       (--prompt=TEXT | --prompts_file=FILE | --heldout_prompts=N) --max_new_tokens=N
       [--temperature=0 --top_k=0 --top_p=1 --min_p=0 --seed=0] [--json] [--list_decoders]
-      [--decoder_config.FIELD=VALUE ...] [--mesh=data=2,tensor=4]
+      [--decoder_config.FIELD=VALUE ...] [--mesh=data=2,tensor=4] [--add_bos=auto|true|false]
 
 With several decoders it prints a comparison table (speedup against the first one).
---json prints one JSON object per prompt and decoder: text, token ids and statistics.
+--json prints one JSON object per prompt and decoder: text, token ids and statistics (stdout
+holds only those lines; warnings go to stderr). A prompt longer than the model's maximum
+length leaves room for is cut from the left with a warning; a --max_new_tokens beyond it, or
+a cache larger than the free memory, is refused.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from ml_collections import config_flags
 import cli
 import decoding
 from decoding import compare
+from decoding import limits
 from decoding import registry
 
 _DECODERS = cli.peek_flag(sys.argv, 'decoder', 'ar').split(',')
@@ -50,6 +54,9 @@ _MESH = flags.DEFINE_string('mesh', '', 'Shard decoding, e.g. "data=2,tensor=4".
 _DTYPE = flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'],
                            'Cast weights and compute to this dtype (default: as trained).')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object per prompt and decoder.')
+_ADD_BOS = flags.DEFINE_enum('add_bos', 'auto', ['auto', 'true', 'false'],
+                             'Start prompts with BOS: auto = as the model was trained (an '
+                             "imported checkpoint: as its tokenizer does; Qwen: no BOS).")
 _LIST = flags.DEFINE_bool('list_decoders', False, 'List the registered decoders and exit.')
 try:
   _SETTINGS = config_flags.DEFINE_config_dict('decoder_config', _SETTINGS_DEFAULTS,
@@ -72,6 +79,9 @@ def main(argv):
   from training import checkpoint, loading  # pylint: disable=g-import-not-at-top
   overridden = cli.config_overrides(sys.argv, 'decoder_config')
   try:
+    for name, value in (('batch_size', _BATCH.value), ('cache_size', _CACHE.value)):
+      if value < 0:
+        raise ValueError(f'--{name} must be >= 0 (0 = automatic), got {value}.')
     sampling = decoding.SamplingConfig(temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
                                        top_p=_TOP_P.value, min_p=_MIN_P.value)
     decoders = compare.build_decoders(_DECODERS, _SETTINGS.value, overridden, sampling)
@@ -82,7 +92,12 @@ def main(argv):
     prompts = cli.read_prompts(target.tokenizer, prompt=_PROMPT.value,
                                prompts_file=_PROMPTS_FILE.value, heldout=_HELDOUT.value,
                                prompt_chars=_PROMPT_CHARS.value,
-                               data_config=target.config.get('data'))
+                               data_config=target.config.get('data'),
+                               add_bos={'auto': None, 'true': True, 'false': False}[
+                                   _ADD_BOS.value])
+    prompts = limits.fit_prompts(prompts, max_new_tokens=_MAX_NEW.value,
+                                 max_len=target.model_config.max_seq_len,
+                                 prefix=target.tokenizer.prompt_prefix, warn=cli.warn)
 
     def load_extra(workdir):
       extra = loading.load_model(workdir, mesh=mesh, dtype=_DTYPE.value)

@@ -21,12 +21,13 @@ def main(argv):
     cli.fail(f'Unexpected arguments: {argv[1:]}')
   cli.quiet_logging(sys.argv)
   cli.maybe_initialize_distributed()
-  from training import checkpoint, trainer  # pylint: disable=g-import-not-at-top
+  from training import checkpoint, trainer, workdir  # pylint: disable=g-import-not-at-top
   try:
     trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, checkpoint.CheckpointError, trainer.NonFiniteLossError) as e:
+  except (ValueError, checkpoint.CheckpointError, trainer.NonFiniteLossError,
+          workdir.WorkdirInUseError) as e:
     cli.fail(str(e))
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.parse_flags('config'))
+  app.run(main, flags_parser=cli.parse_flags('config', config_file=True))

@@ -103,6 +103,24 @@ class Tokenizer(abc.ABC):
       ids = ids + [self.eos_id]
     return ids
 
+  @property
+  def prompt_prefix(self) -> list[int]:
+    """The ids a prompt starts with by the convention of the model's training: ``[<bos>]``
+    for what this codebase trains (documents start with ``<bos>``); for an imported Hugging
+    Face checkpoint, what its tokenizer puts first (`HFTokenizer`)."""
+    return [self.bos_id]
+
+  def encode_prompt(self, text: str, add_bos: bool | None = None) -> list[int]:
+    """A prompt's ids: `prompt_prefix` + encode(text) (``add_bos=None``), or with
+    ``add_bos=True`` / ``False`` a leading ``<bos>`` forced (the prefix, if it has one) or
+    left out."""
+    ids = self._encode(text)
+    if add_bos is None:
+      return list(self.prompt_prefix) + ids
+    if add_bos:
+      return (list(self.prompt_prefix) or [self.bos_id]) + ids
+    return ids
+
   def _write_config(self, directory: str, kind: str,
                     base: dict[str, Any] | None = None,
                     **ours: Any) -> None:

@@ -92,7 +92,8 @@ class _WrappedTokenizer(Tokenizer):
       self._byte_lengths = lengths
     return self._byte_lengths.copy()
 
-  def _save(self, directory: str, kind: str, base: dict[str, Any]) -> None:
+  def _save(self, directory: str, kind: str, base: dict[str, Any],
+            **ours: Any) -> None:
     os.makedirs(directory, exist_ok=True)
     self._hf.save(os.path.join(directory, TOKENIZER_FILE))
     config = dict(base)
@@ -100,7 +101,8 @@ class _WrappedTokenizer(Tokenizer):
     for name, key in _HF_ROLE_KEYS.items():
       if name in self._special_tokens:
         config[key] = self._special_tokens[name]
-    self._write_config(directory, kind, config, specials=self._special_tokens)
+    self._write_config(directory, kind, config, specials=self._special_tokens,
+                       **ours)
 
 
 def _is_byte_level(hf: hf_tokenizers.Tokenizer) -> bool:
@@ -194,12 +196,20 @@ class HFTokenizer(_WrappedTokenizer):
   ``<pad>`` falls back to ``<eos>``, and asking for any other missing special
   raises KeyError.
 
+  Prompts (`prompt_prefix`) start with ``<bos>`` like the documents this
+  codebase trains on, unless the tokenizer was saved with
+  ``prompt_convention='checkpoint'`` (what `models.hf_import` does): then they
+  start with what the checkpoint's own post-processor puts before a text, as
+  transformers' ``tokenizer(text)`` does (Llama: ``<s>``; Qwen: nothing).
+
   Args:
     path: a directory holding ``tokenizer.json`` (and maybe
       ``tokenizer_config.json``), or the path of a ``tokenizer.json`` file.
+    prompt_convention: 'bos' or 'checkpoint'; default: as saved, else 'bos'.
   """
 
-  def __init__(self, path: str, *, add_missing_specials: bool = True) -> None:
+  def __init__(self, path: str, *, add_missing_specials: bool = True,
+               prompt_convention: str | None = None) -> None:
     directory, file = ((path, os.path.join(path, TOKENIZER_FILE))
                        if os.path.isdir(path) else (os.path.dirname(path), path))
     if not os.path.isfile(file):
@@ -226,11 +236,38 @@ class HFTokenizer(_WrappedTokenizer):
       specials.update({n: n for n in missing})
     elif '<pad>' not in specials and '<eos>' in specials:
       specials['<pad>'] = specials['<eos>']
+    self._checkpoint_prefix = _post_processor_prefix(hf)
+    convention = (prompt_convention or
+                  self._hf_config.get('leapfrog', {}).get('prompt_convention') or 'bos')
+    if convention not in ('bos', 'checkpoint'):
+      raise ValueError(f"prompt_convention must be 'bos' or 'checkpoint', got "
+                       f'{convention!r}.')
+    self._prompt_convention = convention
     super().__init__(hf, specials)
+
+  @property
+  def prompt_prefix(self) -> list[int]:
+    if self._prompt_convention == 'checkpoint':
+      return list(self._checkpoint_prefix)
+    return [self.bos_id]
 
   def save(self, directory: str) -> None:
     base = {k: v for k, v in self._hf_config.items() if k != 'leapfrog'}
-    self._save(directory, 'hf', base)
+    self._save(directory, 'hf', base, prompt_convention=self._prompt_convention)
+
+
+def _post_processor_prefix(hf: hf_tokenizers.Tokenizer) -> list[int]:
+  """The ids the tokenizer's post-processor puts before a text (e.g. Llama's ``<s>``;
+  none for Qwen's ByteLevel processor or when there is no post-processor)."""
+  for probe in ('a', 'hello world', '0'):
+    plain = hf.encode(probe, add_special_tokens=False).ids
+    if plain:
+      break
+  full = hf.encode(probe, add_special_tokens=True).ids
+  for i in range(len(full) - len(plain) + 1):
+    if full[i:i + len(plain)] == plain:
+      return full[:i]
+  return []
 
 
 def _token_content(value: Any) -> str | None:

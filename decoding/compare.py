@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import ml_collections
 
 from decoding import base
+from decoding import limits
 from decoding import registry
 from decoding import runner
 from decoding import sampling as sampling_lib
@@ -64,6 +65,11 @@ def run_all(decoders: Sequence[base.Decoder], target: Any, target_params: Any,
   decoders as params[name] beside params['target'].
   """
   cache_size = cache_size or default_cache_size(prompts, max_new_tokens, decoders)
+  if prompts and hasattr(target, 'cfg'):  # refuse a cache that cannot fit, before allocating
+    limits.check_memory(target.cfg, batch_size=min(batch_size or len(prompts), len(prompts)),
+                        cache_size=cache_size,
+                        prompt_len=min(cache_size, max(map(len, prompts))),
+                        num_devices=mesh.devices.size if mesh is not None else 1)
   results: Results = {}
   for dec in decoders:
     extras, params = [], {**(target_extras or {}), 'target': target_params}

@@ -10,6 +10,8 @@ Temperature 0 means greedy: the distribution is one-hot on the argmax (ties: low
 from __future__ import annotations
 
 import dataclasses
+import math
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -17,23 +19,55 @@ import jax.numpy as jnp
 NEG_INF = -jnp.inf
 
 
+# Positive temperatures are limited to [MIN, MAX]: below, logits / temperature approach float32
+# overflow (use 0 for greedy); above, the distribution is uniform to float32 precision and
+# would lift even the ids a model masks out (logit -1e30, see models.layers.NEVER_LOGIT).
+MIN_TEMPERATURE = 1e-6
+MAX_TEMPERATURE = 1e6
+
+
+def _number(name: str, value, kind=float):
+  """`value` as a finite float (or int), or a ValueError naming the setting."""
+  try:
+    number = operator.index(value) if kind is int else float(value)
+  except (TypeError, ValueError):
+    raise ValueError(f'{name} must be {"an integer" if kind is int else "a number"}, got '
+                     f'{value!r}.') from None
+  if isinstance(value, bool) or not math.isfinite(number):
+    raise ValueError(f'{name} must be a finite number, got {value!r}.')
+  return number
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
-  """temperature 0 = greedy; top_k 0 = off; top_p 1 = off; min_p 0 = off."""
+  """temperature 0 = greedy; top_k 0 = off; top_p 1 = off; min_p 0 = off.
+
+  Every value is checked when the config is built: NaN, infinities and values out of range
+  (temperature other than 0 or [1e-6, 1e6], top_k < 0 or not an integer, top_p outside
+  (0, 1], min_p outside [0, 1)) raise a ValueError that names the setting.
+  """
   temperature: float = 0.0
   top_k: int = 0
   top_p: float = 1.0
   min_p: float = 0.0
 
   def __post_init__(self):
-    if self.temperature < 0:
-      raise ValueError(f'temperature must be >= 0, got {self.temperature}.')
-    if self.top_k < 0:
-      raise ValueError(f'top_k must be >= 0, got {self.top_k}.')
-    if not 0.0 < self.top_p <= 1.0:
-      raise ValueError(f'top_p must be in (0, 1], got {self.top_p}.')
-    if not 0.0 <= self.min_p < 1.0:
-      raise ValueError(f'min_p must be in [0, 1), got {self.min_p}.')
+    temperature = _number('temperature', self.temperature)
+    top_k = _number('top_k', self.top_k, int)
+    top_p = _number('top_p', self.top_p)
+    min_p = _number('min_p', self.min_p)
+    if temperature != 0 and not MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE:
+      raise ValueError(f'temperature must be 0 (greedy) or in [{MIN_TEMPERATURE:g}, '
+                       f'{MAX_TEMPERATURE:g}], got {self.temperature!r}.')
+    if top_k < 0:
+      raise ValueError(f'top_k must be >= 0, got {self.top_k!r}.')
+    if not 0.0 < top_p <= 1.0:
+      raise ValueError(f'top_p must be in (0, 1], got {self.top_p!r}.')
+    if not 0.0 <= min_p < 1.0:
+      raise ValueError(f'min_p must be in [0, 1), got {self.min_p!r}.')
+    for name, value in (('temperature', temperature), ('top_k', top_k), ('top_p', top_p),
+                        ('min_p', min_p)):
+      object.__setattr__(self, name, value)
 
   @property
   def greedy(self) -> bool:

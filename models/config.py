@@ -66,6 +66,10 @@ class ModelConfig:
       keeps the outputs of matrix products without batch dimensions (XLA's
       `dots_with_no_batch_dims_saveable`: less recomputation, more memory). Same parameters
       and numbers either way; decoding with a cache never rematerialises.
+    valid_vocab_size: 0 = every id is a token of the model. N > 0 (at most vocab_size): only
+      ids below N are; the head gives ids N..V-1 the logit `layers.NEVER_LOGIT` (-1e30), so no
+      decoder can produce them (a Hugging Face import whose tokenizer needed special tokens
+      beyond the checkpoint's vocabulary pads the table with such ids).
   """
 
   vocab_size: int
@@ -99,6 +103,7 @@ class ModelConfig:
   rope_scaling: tuple[float, ...] = ()
   sliding_window: int = 0
   remat: str = 'none'
+  valid_vocab_size: int = 0
 
   def __post_init__(self):
     positive = ('vocab_size', 'd_model', 'num_layers', 'num_heads', 'num_kv_heads',
@@ -145,6 +150,10 @@ class ModelConfig:
       raise ValueError('model.rope_scaling must be () or (factor, low_freq_factor, '
                        f'high_freq_factor, original_max_position_embeddings), got '
                        f'{self.rope_scaling}.')
+    if (not isinstance(self.valid_vocab_size, int)
+        or not 0 <= self.valid_vocab_size <= self.vocab_size):
+      raise ValueError(f'model.valid_vocab_size must be 0 (all ids) or in [1, vocab_size='
+                       f'{self.vocab_size}], got {self.valid_vocab_size!r}.')
     if not isinstance(self.sliding_window, int) or self.sliding_window < 0:
       raise ValueError(f'model.sliding_window must be an integer >= 0, got '
                        f'{self.sliding_window!r}.')

@@ -55,9 +55,10 @@ def final_norm(model_params: Any, cfg: config_lib.ModelConfig, x_BxTxD: jax.Arra
 
 
 def _logits(x_BxTxD: jax.Array, out_emb_VxD: jax.Array, cfg: config_lib.ModelConfig):
+  """float32 logits through the model's output embedding (invalid ids masked as its head)."""
   dt = cfg.compute_dtype
-  return jnp.einsum('...D,VD->...V', x_BxTxD.astype(dt), out_emb_VxD.astype(dt)).astype(
-      jnp.float32)
+  return layers.mask_invalid_ids(
+      jnp.einsum('...D,VD->...V', x_BxTxD.astype(dt), out_emb_VxD.astype(dt)), cfg)
 
 
 class MedusaHeads(nn.Module):

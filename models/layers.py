@@ -10,6 +10,11 @@ import jax.numpy as jnp
 
 from models import config as config_lib
 
+# The logit of ids that are not tokens of the model (`ModelConfig.valid_vocab_size`): finite,
+# so that p * log p stays 0 rather than NaN, and far below any real logit, so that its
+# probability is exactly 0 in float32 at every temperature `SamplingConfig` admits.
+NEVER_LOGIT = -1e30
+
 
 def logical_param(module: nn.Module, name: str, init: Callable, shape: Sequence[int],
                   axes: Sequence[str | None], dtype) -> jax.Array:
@@ -107,3 +112,13 @@ class Embedder(nn.Module):
   def attend(self, x_BxTxD: jax.Array) -> jax.Array:
     dt = self.cfg.compute_dtype
     return jnp.einsum('BTD,VD->BTV', x_BxTxD.astype(dt), self.embedding.astype(dt))
+
+
+def mask_invalid_ids(logits_xV: jax.Array, cfg: config_lib.ModelConfig) -> jax.Array:
+  """float32 logits [..., V] with ids >= cfg.valid_vocab_size set to NEVER_LOGIT (the ids a
+  model's table holds but its vocabulary does not); unchanged when every id is valid."""
+  logits_xV = logits_xV.astype(jnp.float32)
+  if not 0 < cfg.valid_vocab_size < logits_xV.shape[-1]:
+    return logits_xV
+  valid_V = jnp.arange(logits_xV.shape[-1]) < cfg.valid_vocab_size
+  return jnp.where(valid_V, logits_xV, NEVER_LOGIT)

@@ -28,7 +28,8 @@ from models import masks
 class ModelOutput:
   """What a forward call returns.
 
-  logits_BxTxV: float32 logits of the head applied after the last layer that ran.
+  logits_BxTxV: float32 logits of the head applied after the last layer that ran (ids at or
+    past `cfg.valid_vocab_size`, when set, get `layers.NEVER_LOGIT`).
   cache: the updated cache (None when none was passed).
   hidden: when `return_hidden`, the residual stream entering the first layer run, then after
     each layer run (hi - lo + 1 arrays [B, T, D], before the final norm); else None.
@@ -193,7 +194,7 @@ class Transformer(nn.Module):
     step_states = None
     if return_step_states:
       step_states = delta_cache.StepStates(layers=tuple(step_layers), lengths_B=cache.lengths)
-    return ModelOutput(logits_BxTxV=logits_BxTxV.astype(jnp.float32), cache=new_cache,
+    return ModelOutput(logits_BxTxV=layers.mask_invalid_ids(logits_BxTxV, cfg), cache=new_cache,
                        hidden=tuple(hidden) if return_hidden else None,
                        last_hidden_BxTxD=last_hidden_BxTxD, step_states=step_states)
 

@@ -40,23 +40,42 @@ def test_sample_json_round_trip(trained_workdir, tmp_path):
 
 
 def test_sample_lists_decoders_and_rejects_bad_input(trained_workdir, tmp_path):
+  """Every bad input: one line on stderr, exit code 2."""
+  no_key = tmp_path / 'no_key.jsonl'
+  no_key.write_text(json.dumps({'prompt': 'ok'}) + '\n' + json.dumps({'text': 'x'}) + '\n')
   out = _sample('--list_decoders')
   assert out.returncode == 0 and out.stdout.startswith('ar ')
   cases = [
       ([f'--workdir={tmp_path}', '--prompt=x'], 'is not a training workdir'),
       ([f'--workdir={trained_workdir}', '--prompt='], 'Empty prompt'),
       ([f'--workdir={trained_workdir}'], 'Give exactly one of'),
-      ([f'--workdir={trained_workdir}', '--prompt=' + 'x' * 300, '--cache_size=128'],
-       'Prompt 0 has 301 tokens; with max_new_tokens=64 it needs 365 cache slots but the cache has 128'),
+      ([f'--workdir={trained_workdir}', '--prompt=' + 'x' * 150, '--cache_size=128'],
+       'Prompt 0 has 151 tokens; with max_new_tokens=64 it needs 215 cache slots but the cache has 128'),
       ([f'--workdir={trained_workdir}', '--prompt=x', '--decoder=nope'],
        "Unknown decoder 'nope'"),
       ([f'--workdir={trained_workdir}', '--prompt=x', '--decoder_config.gamma=2'],
        'Unknown config key'),
       ([f'--workdir={trained_workdir}', '--prompt=x', '--mesh=data=3'],
        'needs 3 devices but 1 are available'),
+      # Non-finite and out-of-range sampling values.
+      ([f'--workdir={trained_workdir}', '--prompt=x', '--temperature=nan'],
+       'temperature must be a finite number, got nan'),
+      ([f'--workdir={trained_workdir}', '--prompt=x', '--temperature=inf'],
+       'temperature must be a finite number, got inf'),
+      ([f'--workdir={trained_workdir}', '--prompt=x', '--top_p=nan'],
+       'top_p must be a finite number'),
+      # A prompts file line without its key, or not JSON.
+      ([f'--workdir={trained_workdir}', f'--prompts_file={no_key}'],
+       'line 2: expected a JSON string or an object with a "prompt" string, got keys [\'text\']'),
+      # --max_new_tokens beyond the model's maximum length (256), a cache beyond memory.
+      ([f'--workdir={trained_workdir}', '--prompt=x', '--max_new_tokens=100000000'],
+       "--max_new_tokens=100000000 does not fit the model's maximum length of 256"),
+      ([f'--workdir={trained_workdir}', '--prompt=x', f'--cache_size={10**11}'],
+       'is free: lower --max_new_tokens, --batch_size or --cache_size'),
   ]
   for args, match in cases:
     out = _sample(*args)
-    assert out.returncode != 0, args
+    assert out.returncode == 2, (args, out.returncode, out.stderr[-2000:])
     assert match in out.stderr, (args, out.stderr[-2000:])
-    assert 'Traceback' not in out.stderr, out.stderr[-2000:]
+    assert out.stderr.count('\n') == 1 and out.stderr.startswith('error: '), (
+        args, out.stderr[-2000:])

@@ -30,6 +30,7 @@ from training import objectives
 from training import optimizer as optimizer_lib
 from training import step as step_lib
 from training import train_state as state_lib
+from training import workdir as workdir_lib
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -106,10 +107,37 @@ class _Evaluator:
     return out
 
 
+_POSITIVE_TRAIN_KEYS = ('steps', 'log_every', 'eval_every', 'checkpoint_every',
+                        'keep_checkpoints', 'grad_accum')
+_NON_NEGATIVE_TRAIN_KEYS = ('stop_after_steps', 'warmup_steps', 'eval_batches')
+
+
+def check_train_config(tc: ml_collections.ConfigDict) -> None:
+  """ValueError naming the first train.* setting that cannot describe a run."""
+  for key in _POSITIVE_TRAIN_KEYS + _NON_NEGATIVE_TRAIN_KEYS:
+    value = tc.get(key)
+    low = 1 if key in _POSITIVE_TRAIN_KEYS else 0
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+      raise ValueError(f'train.{key} must be an integer >= {low}, got {value!r}.')
+  for key in ('learning_rate', 'weight_decay', 'grad_clip'):
+    value = tc.get(key)
+    if not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+      raise ValueError(f'train.{key} must be a finite number >= 0, got {value!r}.')
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains per `config` in `workdir`; returns the final train and eval metrics."""
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  """Trains per `config` in `workdir`; returns the final train and eval metrics.
+
+  Raises ValueError for settings that describe no run and a workdir that cannot be one, and
+  `workdir.WorkdirInUseError` while another live process trains in the same workdir.
+  """
+  check_train_config(config.train)
+  workdir = workdir_lib.prepare(workdir)
+  with workdir_lib.lock(workdir):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   tc = config.train
   tokenizer = get_tokenizer(config, workdir)
   mcfg = model_config(config, tokenizer.vocab_size)
@@ -141,7 +169,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     abstract = state_lib.abstract_state(model, objective, tx, shardings)
     step0, params, opt_state, data_state, saved = ckpt.restore(
         lambda meta, step: (abstract.params, abstract.opt_state),
-        model_config=_normalise(mcfg.to_dict()))
+        model_config=_normalise(mcfg.to_dict()), move_unreadable=True)
     if saved.get('objective', config.objective) != config.objective:
       raise checkpoint_lib.CheckpointError(
           f'The checkpoint in {workdir} was trained with objective {saved["objective"]!r}, '
@@ -196,6 +224,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ckpt.save(step, state, train_iter.get_state(), meta, force=force)
 
   end = tc.steps if not tc.stop_after_steps else min(tc.steps, step0 + tc.stop_after_steps)
+  if step0 >= tc.steps:
+    print(f'Nothing to train: the checkpoint is at step {step0} and train.steps={tc.steps}.',
+          flush=True)
   try:
     for step in range(step0, end):
       batch = _global_batch(next(train_iter), mesh, rules)

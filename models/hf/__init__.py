@@ -52,7 +52,9 @@ def load_checkpoint(hf_dir: str, *, param_dtype: str = 'float32', dtype: str = '
     vocab_size: pad the vocabulary to this many ids (zero rows; see `convert.iter_import`).
 
   Returns:
-    (ModelConfig with vocab_size = the padded size, nested dict of jax arrays, HFInfo).
+    (ModelConfig with vocab_size = the padded size and, when padded, valid_vocab_size = the
+    checkpoint's (the model never produces the padded ids), nested dict of jax arrays,
+    HFInfo).
     Each tensor is handed to jax as soon as it is converted and its host copy dropped: peak
     host memory is the model plus one tensor (orbax then saves jax arrays without copying
     the tree, which it does for numpy arrays).
@@ -69,7 +71,9 @@ def load_checkpoint(hf_dir: str, *, param_dtype: str = 'float32', dtype: str = '
     convert.set_path(params, path, jax.device_put(array))
     del array
   if vocab_size and vocab_size > cfg.vocab_size:
-    cfg = config_lib.ModelConfig.from_dict(cfg.to_dict(), vocab_size=vocab_size)
+    # The padded ids are no tokens of the model: its head masks them (never sampled).
+    cfg = config_lib.ModelConfig.from_dict(cfg.to_dict(), vocab_size=vocab_size,
+                                           valid_vocab_size=cfg.vocab_size)
   return cfg, params, info
 
 
@@ -116,10 +120,11 @@ def export_model(params: Any, cfg: config_lib.ModelConfig, out_dir: str, *,
     tokenizer_dir: the workdir's tokenizer/ directory.
     special_ids: the tokenizer's special name -> id (`tokenizer.special_ids`).
     special_tokens: `data.SPECIAL_TOKENS` (the byte tokenizer's specials in id order).
-    vocab_size: see `save_checkpoint` (an imported workdir records the original one).
+    vocab_size: see `save_checkpoint` (an imported workdir records the original one);
+      default: the model's valid ids (`cfg.valid_vocab_size`), else all.
   """
   token_ids = {k: special_ids.get(f'<{k}>') for k in ('bos', 'eos', 'pad')}
-  V = vocab_size or cfg.vocab_size
+  V = vocab_size or cfg.valid_vocab_size or cfg.vocab_size
   token_ids = {k: v if v is not None and v < V else None for k, v in token_ids.items()}
   files = save_checkpoint(params, cfg, out_dir, architecture=architecture, vocab_size=V,
                           token_ids=token_ids, dtype=dtype, max_shard_bytes=max_shard_bytes)

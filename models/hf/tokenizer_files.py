@@ -109,9 +109,10 @@ def fill_roles(hf_dir: str, out_dir: str, token_ids: dict[str, Any]) -> None:
   """Copies the tokenizer files of an HF checkpoint into `out_dir`, filling absent roles.
 
   A missing bos_token becomes config.json's bos_token_id's token or else the eos token
-  (Qwen has no BOS; our prompts start with one), a missing pad_token the eos token, so
-  that neither is appended as a new, untrained token. Other absent specials are left for
-  the tokenizer loader to append.
+  (Qwen has no BOS; our training pipelines frame documents with one, prompts follow the
+  checkpoint's post-processor instead), a missing pad_token the eos token, so that neither
+  is appended as a new, untrained token. Other absent specials are left for the tokenizer
+  loader to append (and the model masks them: `ModelConfig.valid_vocab_size`).
   """
   spec = _read(os.path.join(hf_dir, TOKENIZER_FILE))
   if not spec:

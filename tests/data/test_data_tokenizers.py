@@ -204,3 +204,70 @@ def test_make_tokenizer_kinds_and_errors(tmp_path, stdlib_texts):
   (tmp_path / 'empty').mkdir()
   with pytest.raises(FileNotFoundError, match='empty'):
     tk.load_tokenizer(str(tmp_path / 'empty'))
+
+
+def _hf_dir(directory, style):
+  """A small Hugging Face tokenizer directory in one of the styles public checkpoints use:
+  'llama' (Metaspace + byte fallback, post-processor '<s> $A'), 'bytelevel_bos' (Llama 3:
+  ByteLevel + '<|begin_of_text|> $A'), 'qwen' (ByteLevel, no post-processor template, no BOS
+  token), 'none' (no post-processor at all)."""
+  from tokenizers import (decoders, models, pre_tokenizers,  # pylint: disable=g-import-not-at-top
+                          processors, trainers)
+  os.makedirs(directory, exist_ok=True)
+  text = [open(__file__).read()]
+  if style == 'llama':
+    tok = hf_lib.Tokenizer(models.BPE(byte_fallback=True, unk_token='<unk>'))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    specials, bos, eos = ['<unk>', '<s>', '</s>'], '<s>', '</s>'
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, show_progress=False)
+  else:
+    tok = hf_lib.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    bos = '<|begin_of_text|>' if style == 'bytelevel_bos' else None
+    eos = '<|endoftext|>'
+    specials = [eos] + ([bos] if bos else [])
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  tok.train_from_iterator(text, trainer)
+  if style in ('llama', 'bytelevel_bos'):
+    tok.post_processor = processors.TemplateProcessing(
+        single=f'{bos} $A', special_tokens=[(bos, tok.token_to_id(bos))])
+  elif style == 'qwen':
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+  tok.save(os.path.join(directory, 'tokenizer.json'))
+  config = {'tokenizer_class': 'PreTrainedTokenizerFast', 'eos_token': eos,
+            **({'bos_token': bos} if bos else {})}
+  with open(os.path.join(directory, 'tokenizer_config.json'), 'w') as f:
+    json.dump(config, f)
+  return directory
+
+
+@pytest.mark.parametrize('style', ['llama', 'bytelevel_bos', 'qwen', 'none'])
+def test_checkpoint_prompt_convention_matches_transformers(tmp_path, style):
+  """With prompt_convention='checkpoint' (imports) a prompt's ids are what transformers'
+  tokenizer(text) gives; with the default ('bos', models trained here) <bos> comes first;
+  the convention survives save/load; add_bos forces either way."""
+  transformers = pytest.importorskip('transformers')
+  directory = _hf_dir(str(tmp_path / 'hf'), style)
+  theirs = transformers.AutoTokenizer.from_pretrained(directory)
+  ours = tk.HFTokenizer(directory, prompt_convention='checkpoint')
+  ours.save(str(tmp_path / 'saved'))
+  reloaded = tk.load_tokenizer(str(tmp_path / 'saved'))
+  trained_here = tk.HFTokenizer(directory)
+  for text in ('def f(x):\n    return x', ' leading space', 'x'):
+    ids = theirs(text)['input_ids']
+    assert ours.encode_prompt(text) == ids
+    assert reloaded.encode_prompt(text) == ids
+    assert trained_here.encode_prompt(text) == [trained_here.bos_id] + ours.encode(text)
+    assert ours.encode_prompt(text, add_bos=False) == ours.encode(text)
+    forced = ours.encode_prompt(text, add_bos=True)
+    assert forced[1:] == ours.encode(text) and len(forced) == len(ours.encode(text)) + 1
+  assert (ours.prompt_prefix != []) == (style in ('llama', 'bytelevel_bos'))
+
+
+def test_our_tokenizers_start_prompts_with_bos(bpe):
+  for tok in (tk.ByteTokenizer(), bpe):
+    assert tok.encode_prompt('ab') == [tok.bos_id] + tok.encode('ab')
+    assert tok.encode_prompt('ab', add_bos=False) == tok.encode('ab')

@@ -100,3 +100,31 @@ def test_sample_entropy_matches_float64_reference():
   # Plug-in estimate of the cross-entropy E_q[-log p] is unbiased for H(p) when q = p.
   h_emp = -(q * np.log(p)).sum()
   assert abs(h_emp - h_ref) < 0.01, (h_emp, h_ref)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(temperature=float('nan')), 'temperature must be a finite number'),
+    (dict(temperature=float('inf')), 'temperature must be a finite number'),
+    (dict(temperature=float('-inf')), 'temperature must be a finite number'),
+    (dict(temperature=-0.5), r'temperature must be 0 \(greedy\) or in'),
+    (dict(temperature=1e-9), r'temperature must be 0 \(greedy\) or in'),
+    (dict(temperature=1e9), r'temperature must be 0 \(greedy\) or in'),
+    (dict(top_k=-1), 'top_k must be >= 0'),
+    (dict(top_k=2.5), 'top_k must be an integer'),
+    (dict(top_p=float('nan')), 'top_p must be a finite number'),
+    (dict(top_p=0.0), r'top_p must be in \(0, 1\]'),
+    (dict(top_p=1.5), r'top_p must be in \(0, 1\]'),
+    (dict(min_p=float('nan')), 'min_p must be a finite number'),
+    (dict(min_p=float('inf')), 'min_p must be a finite number'),
+    (dict(min_p=1.0), r'min_p must be in \[0, 1\)'),
+    (dict(min_p=-0.1), r'min_p must be in \[0, 1\)'),
+], ids=lambda x: str(x) if not isinstance(x, dict) else ','.join(f'{k}={v}' for k, v in x.items()))
+def test_non_finite_or_out_of_range_values_are_refused(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    S.SamplingConfig(**kwargs)
+
+
+def test_valid_values_are_kept_as_plain_numbers():
+  cfg = S.SamplingConfig(temperature=np.float32(0.5), top_k=np.int64(3), top_p=1, min_p=0)
+  assert cfg == S.SamplingConfig(temperature=0.5, top_k=3)
+  assert type(cfg.temperature) is float and type(cfg.top_k) is int

@@ -13,6 +13,9 @@ import pytest
 
 from models import hf
 from models.hf import config_map, convert, safetensors_io
+from configs import lm
+
+_BASE = lm.get_config('tiny').to_dict()  # what `python -m models.hf_import` starts from
 
 LLAMA = dict(architectures=['LlamaForCausalLM'], model_type='llama', vocab_size=40,
              hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4,
@@ -146,3 +149,79 @@ def test_config_round_trip_and_architecture_choice():
 def dataclasses_replace(cfg, **kw):
   import dataclasses  # pylint: disable=g-import-not-at-top
   return dataclasses.replace(cfg, **kw)
+
+
+def _tokenizer_json(directory, n_words=30):
+  """A word-level tokenizer.json (<unk> <s> </s> + words) and its tokenizer_config.json."""
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  vocab = {'<unk>': 0, '<s>': 1, '</s>': 2, **{f'w{i}': 3 + i for i in range(n_words)}}
+  tk = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token='<unk>'))
+  tk.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  tk.save(os.path.join(directory, 'tokenizer.json'))
+  with open(os.path.join(directory, 'tokenizer_config.json'), 'w') as f:
+    json.dump({'bos_token': '<s>', 'eos_token': '</s>', 'unk_token': '<unk>'}, f)
+
+
+def _tree(directory):
+  """{relative path: bytes} of every file under `directory` (but the lock's holder note)."""
+  out = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      if name == 'lock' and root == directory:
+        continue
+      path = os.path.join(root, name)
+      with open(path, 'rb') as f:
+        out[os.path.relpath(path, directory)] = f.read()
+  return out
+
+
+def test_failed_overwrite_import_leaves_the_workdir_intact(tmp_path, trained_workdir):
+  """`--overwrite` with a checkpoint that fails to convert: exit code 2, one line, and the
+  old workdir byte for byte (the import is built beside it and swapped in only when done;
+  only the lock file's note of its last holder changes)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from training import loading  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'w')
+  shutil.copytree(trained_workdir, workdir)
+  before = _tree(workdir)
+  broken = str(tmp_path / 'broken')
+  _write(broken, LLAMA, drop=('model.layers.1.mlp.up_proj.weight',))
+  _tokenizer_json(broken)
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  out = subprocess.run([sys.executable, '-m', 'models.hf_import', f'--hf_dir={broken}',
+                        f'--workdir={workdir}', '--overwrite'], cwd=root, env=env,
+                       capture_output=True, text=True)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert out.stderr.count('\n') == 1 and 'model.layers.1.mlp.up_proj.weight' in out.stderr
+  assert _tree(workdir) == before
+  assert sorted(os.listdir(tmp_path)) == ['broken', 'w'], 'no staging folder is left'
+  assert loading.load_model(workdir).step == 20
+
+
+def test_import_replaces_only_a_workdir_and_only_when_asked(tmp_path, trained_workdir):
+  import shutil  # pylint: disable=g-import-not-at-top
+  from training import hf_workdir  # pylint: disable=g-import-not-at-top
+  from training import loading  # pylint: disable=g-import-not-at-top
+  good = str(tmp_path / 'good')
+  _write(good, LLAMA)
+  _tokenizer_json(good)
+  workdir = str(tmp_path / 'w')
+  shutil.copytree(trained_workdir, workdir)
+  with pytest.raises(ValueError, match='is not empty; pass --overwrite'):
+    hf_workdir.import_checkpoint(good, workdir, base_config=_BASE)
+  other = tmp_path / 'not_a_workdir'
+  other.mkdir()
+  (other / 'notes.txt').write_text('mine')
+  with pytest.raises(ValueError, match='does not look like a workdir'):
+    hf_workdir.import_checkpoint(good, str(other), base_config=_BASE, overwrite=True)
+  assert (other / 'notes.txt').read_text() == 'mine'
+  hf_workdir.import_checkpoint(good, workdir, base_config=_BASE, overwrite=True)
+  loaded = loading.load_model(workdir)
+  assert loaded.step == 0 and loaded.config['hf']['architecture'] == 'LlamaForCausalLM'
+  assert loaded.model.cfg.valid_vocab_size == 40 < loaded.model.cfg.vocab_size
+  assert loaded.tokenizer.prompt_prefix == []  # no post-processor: no BOS, as transformers
+  assert sorted(os.listdir(tmp_path)) == ['good', 'not_a_workdir', 'w']

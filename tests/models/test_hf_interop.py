@@ -22,8 +22,12 @@ import pytest
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 
+import decoding  # noqa: E402
 from decoding import base, registry, runner  # noqa: E402
 from models import Transformer, hf  # noqa: E402
+from configs import lm  # noqa: E402
+
+_BASE = lm.get_config('tiny').to_dict()  # what `python -m models.hf_import` starts from
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOL = 1e-4
@@ -51,28 +55,35 @@ FAMILIES = {
 }
 
 
-def _tokenizer(directory: str, roles: dict) -> 'transformers.PreTrainedTokenizerFast':
-  """A 300-token byte-level BPE trained offline on this file, saved as tokenizer.json."""
+def _tokenizer(directory: str, roles: dict,
+               bos_template: bool = False) -> 'transformers.PreTrainedTokenizerFast':
+  """A 300-token byte-level BPE trained offline on this file, saved as tokenizer.json; with
+  `bos_template` its post-processor starts every text with the BOS token (as Llama's)."""
   import tokenizers  # pylint: disable=g-import-not-at-top
-  from tokenizers import decoders, models, pre_tokenizers, trainers
+  from tokenizers import decoders, models, pre_tokenizers, processors, trainers
   tk = tokenizers.Tokenizer(models.BPE())
   tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tk.decoder = decoders.ByteLevel()
   tk.train_from_iterator([open(__file__).read()], trainers.BpeTrainer(
       vocab_size=300, special_tokens=sorted(set(roles.values())), show_progress=False,
       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  if bos_template:
+    bos = roles['bos']
+    tk.post_processor = processors.TemplateProcessing(
+        single=f'{bos} $A', pair=f'{bos} $A {bos} $B',
+        special_tokens=[(bos, tk.token_to_id(bos))])
   fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tk,
                                               **{f'{k}_token': v for k, v in roles.items()})
   fast.save_pretrained(directory)
   return fast
 
 
-def make_hf_model(family: str, directory: str):
+def make_hf_model(family: str, directory: str, bos_template: bool = False, **config_kw):
   """Builds, randomises and saves a small model of `family` (plus its tokenizer)."""
   cfg_cls, model_cls, overrides, roles, shard, _ = FAMILIES[family]
-  fast = _tokenizer(directory, roles)
+  fast = _tokenizer(directory, roles, bos_template)
   ids = {f'{k}_token_id': fast.convert_tokens_to_ids(v) for k, v in roles.items()}
-  config = getattr(transformers, cfg_cls)(**SMALL, **overrides, **ids)
+  config = getattr(transformers, cfg_cls)(**SMALL, **overrides, **{**ids, **config_kw})
   torch.manual_seed(sum(map(ord, family)))
   model = getattr(transformers, model_cls)(config).eval()
   with torch.no_grad():
@@ -152,16 +163,20 @@ def test_export_loads_in_transformers_and_matches(imported, tmp_path):
   np.testing.assert_allclose(_theirs(back, tokens), _theirs(model, tokens), atol=1e-6, rtol=0)
 
 
-def test_padded_vocabulary_rows_are_zero(tmp_path):
-  """Llama 2's tokenizer fills its embedding table: our appended specials get zero rows and
-  logit 0, the original ids keep their logits, and the export drops the padding again."""
+def test_padded_vocabulary_rows_are_zero_and_never_produced(tmp_path):
+  """Llama 2's tokenizer fills its embedding table: our appended specials get zero rows that
+  the model masks (valid_vocab_size = the checkpoint's 300: logit NEVER_LOGIT, probability
+  exactly 0), the original ids keep their logits, and the export drops the padding again."""
+  from models import layers  # pylint: disable=g-import-not-at-top
   model, _ = make_hf_model('llama2', str(tmp_path))
   cfg, params, _ = hf.load_checkpoint(str(tmp_path), vocab_size=316)
   assert cfg.vocab_size == 316 and params['lm_head'].shape == (64, 316)
+  assert cfg.valid_vocab_size == 300 and not params['lm_head'][:, 300:].any()
   tokens = np.random.default_rng(0).integers(0, 300, (1, 10))
   ours, ref = _ours(cfg, params, tokens), _theirs(model, tokens)
   np.testing.assert_allclose(ours[..., :300], ref, atol=TOL * max(1, np.abs(ref).max()))
-  assert not ours[..., 300:].any()
+  assert (ours[..., 300:] == layers.NEVER_LOGIT).all()
+  assert not np.asarray(jax.nn.softmax(ours, -1))[..., 300:].any()
   hf.save_checkpoint(params, cfg, str(tmp_path / 'out'), vocab_size=300)
   assert hf.read_config(str(tmp_path / 'out'))['vocab_size'] == 300
 
@@ -178,7 +193,8 @@ def _run(args, **kw):
 @pytest.mark.slow
 def test_entry_points_import_sample_export(tmp_path):
   """`python -m models.hf_import`, `sample.py --workdir` and `python -m models.hf_export`
-  on a Qwen2 checkpoint without BOS (its eos becomes our BOS and pad)."""
+  on a Qwen2 checkpoint without BOS (its eos becomes our <bos> and <pad> roles, but prompts
+  start without it, as transformers' tokenizer does)."""
   import json  # pylint: disable=g-import-not-at-top
   hf_dir, workdir, out = (str(tmp_path / n) for n in ('hf', 'work', 'export'))
   model, fast = make_hf_model('qwen2', hf_dir)
@@ -188,7 +204,7 @@ def test_entry_points_import_sample_export(tmp_path):
                 '--json']).strip().splitlines()
   row = json.loads(lines[-1])
   eos = fast.convert_tokens_to_ids('<|endoftext|>')
-  prompt = [eos] + fast.encode(text)
+  prompt = fast(text)['input_ids']  # Qwen: no BOS, as its tokenizer has none
   with torch.no_grad():
     ref = model.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False,
                          eos_token_id=eos, pad_token_id=eos)[0, len(prompt):].tolist()
@@ -199,3 +215,75 @@ def test_entry_points_import_sample_export(tmp_path):
   tokens = np.asarray([prompt])
   np.testing.assert_allclose(_theirs(back, tokens), _theirs(model, tokens), atol=1e-6, rtol=0)
   assert transformers.AutoTokenizer.from_pretrained(out).encode(text) == fast.encode(text)
+
+
+# (family, tokenizer post-processor adds BOS, config.json overrides): with BOS (Llama,
+# Mistral style), without any BOS (Qwen2), and without a BOS in the tokenizer although
+# config.json names a bos_token_id (Qwen3: real Qwen configs do).
+PROMPT_CASES = {
+    'llama2_bos': ('llama2', True, {}),
+    'qwen2_no_bos': ('qwen2', False, {}),
+    'qwen3_bos_id_no_bos': ('qwen3', False, {'bos_token_id': 0}),
+}
+
+
+@pytest.mark.parametrize('case', sorted(PROMPT_CASES))
+def test_prompts_follow_the_checkpoint_and_greedy_matches_transformers_on_text(case, tmp_path):
+  """What a user does: import, then sample the same text as transformers' tokenizer +
+  generate(). The prompt ids and the greedy continuation must be the same; --add_bos
+  overrides the convention either way."""
+  import cli  # pylint: disable=g-import-not-at-top
+  from training import hf_workdir  # pylint: disable=g-import-not-at-top
+  from training import loading  # pylint: disable=g-import-not-at-top
+  family, bos_template, config_kw = PROMPT_CASES[case]
+  hf_dir, workdir = str(tmp_path / 'hf'), str(tmp_path / 'work')
+  model, fast = make_hf_model(family, hf_dir, bos_template=bos_template, **config_kw)
+  hf_workdir.import_checkpoint(hf_dir, workdir, base_config=_BASE)
+  loaded = loading.load_model(workdir)
+  tok = loaded.tokenizer
+  texts = ['def make_hf_model(family', 'import numpy as np\n', '  return x']
+  eos = model.config.eos_token_id
+  expected, theirs_ids = [], []
+  for text in texts:
+    ids = fast(text)['input_ids']
+    theirs_ids.append(ids)
+    with torch.no_grad():
+      out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids)),
+                           max_new_tokens=12, do_sample=False, eos_token_id=eos,
+                           pad_token_id=eos)
+    expected.append(out[0, len(ids):].tolist())
+  ours_ids = [cli.read_prompts(tok, prompt=t, prompts_file=None, heldout=0, prompt_chars=0)[0]
+              for t in texts]
+  assert ours_ids == theirs_ids
+  assert (ours_ids[0][0] == fast.bos_token_id) == bos_template
+  rows, _ = runner.run_decoder(registry.build('ar'), base.Models(loaded.model),
+                               {'target': loaded.params}, ours_ids, max_new_tokens=12,
+                               cache_size=64, eos_id=eos, pad_id=eos)
+  assert [r.tokens for r in rows] == expected
+  assert len(set(sum(expected, []))) >= 3, 'degenerate generation would prove little'
+  forced = cli.read_prompts(tok, prompt=texts[0], prompts_file=None, heldout=0,
+                            prompt_chars=0, add_bos=not bos_template)[0]
+  assert forced == ([tok.bos_id] + theirs_ids[0] if not bos_template else theirs_ids[0][1:])
+
+
+@pytest.mark.slow
+def test_added_special_tokens_are_never_sampled(tmp_path):
+  """A Llama-2-like checkpoint whose table the tokenizer fills: the import appends our
+  missing specials as new ids; sampled at temperature 1 (where logit 0 would give them a
+  few % of the mass on this small-logit model), no decoder ever produces one."""
+  from training import hf_workdir  # pylint: disable=g-import-not-at-top
+  from training import loading  # pylint: disable=g-import-not-at-top
+  hf_dir, workdir = str(tmp_path / 'hf'), str(tmp_path / 'work')
+  model, fast = make_hf_model('llama2', hf_dir, bos_template=True)
+  hf_workdir.import_checkpoint(hf_dir, workdir, base_config=_BASE)
+  loaded = loading.load_model(workdir)
+  V = model.config.vocab_size
+  assert loaded.model.cfg.vocab_size > V == loaded.model.cfg.valid_vocab_size
+  prompts = [fast(t)['input_ids'] for t in ('def ', 'import os', 'x = [', 'return ')]
+  for name in ('ar', 'prompt_lookup'):
+    dec = registry.build(name, {}, decoding.SamplingConfig(temperature=1.0))
+    rows, _ = runner.run_decoder(dec, base.Models(loaded.model), {'target': loaded.params},
+                                 prompts, max_new_tokens=64, cache_size=96, eos_id=-1,
+                                 pad_id=fast.eos_token_id)
+    tokens = sum((r.tokens for r in rows), [])
+    assert len(tokens) == 4 * 64 and max(tokens) < V, (name, sorted(set(tokens) - set(range(V))))

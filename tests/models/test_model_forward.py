@@ -299,3 +299,42 @@ def test_remat_same_params_loss_and_grads_less_memory(remat):
 def test_remat_config_error():
   with pytest.raises(ValueError, match='model.remat'):
     dataclasses.replace(small_config(), remat='everything')
+
+
+@pytest.mark.parametrize('tie', [True, False], ids=['tied', 'untied'])
+def test_ids_past_valid_vocab_size_get_the_never_logit_everywhere(tie):
+  """`valid_vocab_size`: ids the table holds but the vocabulary does not are masked in the
+  head itself, so every call form (full, cached, early exit, soft inputs, draft heads) gives
+  them NEVER_LOGIT, and the other logits are untouched. Their rows are made to dominate."""
+  from models import heads, layers  # pylint: disable=g-import-not-at-top
+  valid = 50
+  base_cfg = small_config(tie_embeddings=tie)
+  cfg = dataclasses.replace(base_cfg, valid_vocab_size=valid)
+  params = init_params(Transformer(base_cfg), jax.random.key(0))
+  if tie:
+    params['embed']['embedding'] = params['embed']['embedding'].at[valid:].multiply(1e3)
+  else:
+    params['lm_head'] = params['lm_head'].at[:, valid:].multiply(1e3)
+  masked, plain = _Model(cfg), _Model(base_cfg)
+  toks = _tokens(2, 7, valid)
+  outs = {
+      'full': (masked.apply({'params': params}, toks).logits_BxTxV,
+               plain.apply({'params': params}, toks).logits_BxTxV),
+      'cache': (masked.apply({'params': params}, toks, cache=Cache.init(cfg, 2, 8)).logits_BxTxV,
+                plain.apply({'params': params}, toks,
+                            cache=Cache.init(base_cfg, 2, 8)).logits_BxTxV),
+      'early_exit': (masked.apply({'params': params}, toks, layer_range=(0, 1)).logits_BxTxV,
+                     plain.apply({'params': params}, toks, layer_range=(0, 1)).logits_BxTxV),
+  }
+  h = jax.random.normal(jax.random.key(5), (2, 3, cfg.d_model))
+  emb = heads.output_embedding(params, cfg)
+  head_logits = heads._logits  # pylint: disable=protected-access
+  outs['head'] = (head_logits(h, emb, cfg), head_logits(h, emb, base_cfg))
+  for name, (got, ref) in outs.items():
+    got, ref = np.asarray(got), np.asarray(ref)
+    assert (got[..., valid:] == layers.NEVER_LOGIT).all(), name
+    np.testing.assert_array_equal(got[..., :valid], ref[..., :valid], err_msg=name)
+    assert (ref.argmax(-1) >= valid).any(), f'{name}: the masked rows would have won'
+    assert (got.argmax(-1) < valid).all(), name
+  with pytest.raises(ValueError, match='valid_vocab_size'):
+    small_config(valid_vocab_size=65)
