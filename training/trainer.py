@@ -72,8 +72,8 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> config_l
 
 def _global_batch(batch: dict[str, np.ndarray], mesh, rules, batch_size: int
                   ) -> dict[str, jax.Array]:
-  """Assembles the global batch (`batch_size` rows) from this process's block of rows:
-  every leaf split over 'batch'."""
+  """Assembles the global batch (`batch_size` rows; every leaf split over 'batch') from this
+  process's block of rows, or from all of them when it holds the whole batch."""
   return {k: jax.make_array_from_process_local_data(
       sharding_lib.batch_sharding(mesh, np.ndim(v), rules), np.asarray(v),
       (batch_size, *np.shape(v)[1:])) for k, v in batch.items()}
@@ -136,23 +136,16 @@ class _Evaluator:
   def __init__(self, eval_step, batches, token_bytes: np.ndarray, mesh, rules):
     self.eval_step, self.batches, self.mesh, self.rules = eval_step, batches, mesh, rules
     self.token_bytes = token_bytes
-    self.rows = {}  # batch size -> this process's rows
-
-  def _device_batch(self, batch: dict[str, Any]) -> dict[str, jax.Array]:
-    """Every process holds the whole eval batch; each contributes its own rows."""
-    size = len(next(iter(batch.values())))
-    if size not in self.rows:
-      self.rows[size] = _process_rows(self.mesh, self.rules, size)
-    lo, hi = self.rows[size]
-    return _global_batch({k: np.asarray(v)[lo:hi] for k, v in batch.items()}, self.mesh,
-                         self.rules, size)
 
   def __call__(self, params) -> dict[str, float]:
     sums: dict[str, float] = {}
     means: dict[str, list[float]] = {}
     nbytes = 0.0
     for batch in self.batches:
-      m = jax.device_get(self.eval_step(params, self._device_batch(batch)))
+      # Every process holds the whole eval batch: the global array is this batch.
+      size = len(next(iter(batch.values())))
+      m = jax.device_get(self.eval_step(params, _global_batch(batch, self.mesh, self.rules,
+                                                              size)))
       for k, v in m.items():
         if k.endswith('_sum'):
           sums[k] = sums.get(k, 0.0) + float(v)
