@@ -79,6 +79,17 @@ def _module() -> str:
   return rel.removesuffix('.py').replace(os.sep, '.')
 
 
+def speedup_above_tau(speedup: float, tau: float) -> bool:
+  """A speedup against AR on the same model above the tokens per target forward (τ).
+
+  A multi-token step runs the target over at least one token (plus any drafting), so it never
+  costs less than an AR step and tokens/s can exceed AR's by at most τ: a measured speedup
+  above τ is timing noise (e.g. load on a shared machine during the AR passes), not the
+  method. Results tables flag such rows with '(!)' (checked by benchmarks/check_results.py).
+  """
+  return speedup > tau
+
+
 def median_time(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5) -> float:
   """Median wall time of fn() (which must block until its result is ready)."""
   for _ in range(warmup):

@@ -254,7 +254,7 @@ def _budget(name: str) -> int | None:
 def _implausible(row) -> bool:
   """Speedup above tau: a step (draft + a target forward over more tokens) never costs less
   than an AR step, so this is the shared machine's load, not the method."""
-  return row.get('speedup', 0) > row['tau'] * 1.05
+  return common.speedup_above_tau(row.get('speedup', 0), row['tau'])
 
 
 def goals(runs) -> list[list[str]]:
