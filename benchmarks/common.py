@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -54,6 +55,18 @@ def git_commit(root: str = REPO_ROOT) -> str:
       return f'{given} (from ${COMMIT_ENV}; no git checkout here)'
     return f'unknown (no git checkout; set ${COMMIT_ENV})'
   return f'{sha[:12]} + uncommitted changes (dirty)' if changed else f'{sha[:12]} (clean)'
+
+
+NO_COMMIT = '- commit: not recorded (written before results files recorded their commit)'
+
+
+def with_commit_line(provenance_text: str) -> str:
+  """A provenance block from before results recorded their commit, saying so (for scripts
+  that re-render saved runs)."""
+  if '\n- commit: ' in provenance_text:
+    return provenance_text
+  return re.sub(r'(- date: [^\n]*)', lambda m: f'{m.group(1)}\n{NO_COMMIT}', provenance_text,
+                count=1)
 
 
 def provenance() -> str:

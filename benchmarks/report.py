@@ -478,13 +478,14 @@ def replot(out: str) -> list[str]:
   with open(path) as f:
     saved = json.load(f)
   rows = [Row(**r) for r in saved['rows']]
+  provenance = common.with_commit_line(saved['provenance'])
   import datetime  # pylint: disable=g-import-not-at-top
   when = f'{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC'
   rendered = (f'- rendered: from {os.path.basename(path)} by `python -m benchmarks.report '
               f'--replot` ({when}, commit {common.git_commit()}); the figures are those of '
               'the run above')
   return write(out, rows, [tuple(x) for x in saved['skipped']], saved['setup'],
-               saved['provenance'], rendered)
+               provenance, rendered)
 
 
 def main(argv, flag_values: dict[str, Any]) -> None:
