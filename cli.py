@@ -68,8 +68,12 @@ def quiet_logging(argv: Sequence[str]) -> None:
 def maybe_initialize_distributed() -> None:
   """Calls jax.distributed.initialize() when the environment describes a multi-process job.
 
-  Triggers: JAX_COORDINATOR_ADDRESS (explicit cluster), a SLURM job with several tasks, or a
-  TPU pod slice (TPU_WORKER_HOSTNAMES with several hosts). LEAPFROG_DISTRIBUTED=0 disables it.
+  Triggers: JAX_COORDINATOR_ADDRESS (an explicit cluster: host:port of process 0), a SLURM job
+  with several tasks, a TPU pod slice (TPU_WORKER_HOSTNAMES with several hosts), or
+  LEAPFROG_DISTRIBUTED=1 (jax's own cluster detection: Open MPI, Kubernetes JobSets, ...).
+  LEAPFROG_DISTRIBUTED=0 disables it. With an explicit coordinator, JAX_NUM_PROCESSES and
+  JAX_PROCESS_ID give the job's size and this process's rank (jax itself reads only the
+  address; a managed cluster that it detects supplies the other two).
   """
   if os.environ.get('LEAPFROG_DISTRIBUTED') == '0':
     return
@@ -78,7 +82,14 @@ def maybe_initialize_distributed() -> None:
   if (os.environ.get('JAX_COORDINATOR_ADDRESS') or multi_slurm or multi_tpu
       or os.environ.get('LEAPFROG_DISTRIBUTED') == '1'):
     import jax  # pylint: disable=g-import-not-at-top
-    jax.distributed.initialize()
+    kwargs = {}
+    for key, env in (('num_processes', 'JAX_NUM_PROCESSES'), ('process_id', 'JAX_PROCESS_ID')):
+      if os.environ.get(env):
+        try:
+          kwargs[key] = int(os.environ[env])
+        except ValueError:
+          raise UsageError(f'{env}={os.environ[env]!r} is not an integer.') from None
+    jax.distributed.initialize(**kwargs)
 
 
 def fail(message: str) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import re
 import statistics
+import subprocess
 import sys
 import time
 from typing import Any, Callable, Sequence
@@ -13,6 +15,8 @@ from typing import Any, Callable, Sequence
 import jax
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMMIT_ENV = 'LEAPFROG_COMMIT'  # for copies of the code without .git (e.g. a lent GPU)
 
 # Dense peaks by device kind (bf16 FLOP/s, HBM bytes/s); None where not meaningful (CPU).
 PEAKS = {
@@ -32,8 +36,41 @@ def device_peaks() -> tuple[float | None, float | None]:
   return None, None
 
 
+def git_commit(root: str = REPO_ROOT) -> str:
+  """The commit of the code that runs and whether the code differs from it.
+
+  'abc123def456 (clean)', 'abc123def456 + uncommitted changes (dirty)', or from
+  $LEAPFROG_COMMIT when there is no git checkout. Changes under benchmarks/results (what
+  the benchmarks write) do not count as dirty; untracked files outside git's ignores do.
+  """
+  def git(*args):
+    return subprocess.run(['git', '-C', root, *args], capture_output=True, text=True,
+                          check=True, timeout=30).stdout.strip()
+  try:
+    sha = git('rev-parse', 'HEAD')
+    changed = git('status', '--porcelain', '--', '.', ':(exclude)benchmarks/results')
+  except (OSError, subprocess.SubprocessError):
+    given = os.environ.get(COMMIT_ENV)
+    if given:
+      return f'{given} (from ${COMMIT_ENV}; no git checkout here)'
+    return f'unknown (no git checkout; set ${COMMIT_ENV})'
+  return f'{sha[:12]} + uncommitted changes (dirty)' if changed else f'{sha[:12]} (clean)'
+
+
+NO_COMMIT = '- commit: not recorded (written before results files recorded their commit)'
+
+
+def with_commit_line(provenance_text: str) -> str:
+  """A provenance block from before results recorded their commit, saying so (for scripts
+  that re-render saved runs)."""
+  if '\n- commit: ' in provenance_text:
+    return provenance_text
+  return re.sub(r'(- date: [^\n]*)', lambda m: f'{m.group(1)}\n{NO_COMMIT}', provenance_text,
+                count=1)
+
+
 def provenance() -> str:
-  """Device, versions, date and the exact command: goes above every results table."""
+  """Device, versions, date, commit and the exact command: goes above every results table."""
   d = jax.devices()[0]
   lines = [f'- device: {d.platform} / {d.device_kind} x{jax.device_count()} '
            f'({os.cpu_count()} host cores)',
@@ -44,14 +81,26 @@ def provenance() -> str:
   except ImportError:
     pass
   lines.append(f'- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC')
+  lines.append(f'- commit: {git_commit()}')
   lines.append(f'- command: `python -m {_module()} {" ".join(sys.argv[1:])}`')
   return '\n'.join(lines)
 
 
 def _module() -> str:
-  main = sys.modules['__main__'].__file__ or ''
+  main = getattr(sys.modules['__main__'], '__file__', None) or ''
   rel = os.path.relpath(os.path.abspath(main), os.path.dirname(RESULTS_DIR) + '/..')
   return rel.removesuffix('.py').replace(os.sep, '.')
+
+
+def speedup_above_tau(speedup: float, tau: float) -> bool:
+  """A speedup against AR on the same model above the tokens per target forward (τ).
+
+  A multi-token step runs the target over at least one token (plus any drafting), so it never
+  costs less than an AR step and tokens/s can exceed AR's by at most τ: a measured speedup
+  above τ is timing noise (e.g. load on a shared machine during the AR passes), not the
+  method. Results tables flag such rows with '(!)' (checked by benchmarks/check_results.py).
+  """
+  return speedup > tau
 
 
 def median_time(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5) -> float:

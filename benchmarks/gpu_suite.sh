@@ -14,6 +14,11 @@
 #             (at 0.8M parameters a decode step is launch-bound; `small` is memory-bound)
 #   peer      python -m benchmarks.spec_peer on the same runs (vs transformers assisted generation)
 #
+# Every results file records the commit of the code that ran (benchmarks/common.py); a copy
+# without .git (a lent machine gets the working tree only) takes it from $LEAPFROG_COMMIT, so
+# start the suite with it, e.g.
+#   LEAPFROG_COMMIT="$(git rev-parse --short=12 HEAD)$(git diff --quiet HEAD -- . ':!benchmarks/results' || echo ' + uncommitted changes (dirty)')" bash benchmarks/gpu_suite.sh ...
+#
 # Missing Python packages travel as wheels in .whl/ (see /work/.library/device/README.md on the
 # lent machines; on a normal machine `pip install -r requirements.lock` is enough). Results go
 # to benchmarks/results/ as usual; when $OUT is set (the lent machine), the results folder and
@@ -51,7 +56,7 @@ for s in ${1//,/ }; do
     decode)
       stage decode "${DECODE_LIMIT:-200}" python3 -m benchmarks.decode_ar --preset=base \
         --dtype=bfloat16 --batch_sizes=1,32 --contexts=512 ;;
-    train)  # batch 16 x 2048 needs rematerialisation on 80 GB (194 GB without); fall back
+    train)  # batch 16 x 2048 needs rematerialisation on 80 GB (XLA asked for 174 GB without); fall back
       stage train "${TRAIN_LIMIT:-240}" bash -c 'export XLA_PYTHON_CLIENT_MEM_FRACTION=0.92
          python3 -m benchmarks.train_throughput --preset=base --remat=dots ||
          python3 -m benchmarks.train_throughput --preset=base --remat=block ||

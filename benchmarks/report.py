@@ -308,20 +308,52 @@ def run_report(models: Sequence[Model], *, decoders: Sequence[str] | None = None
   return rows, skipped
 
 
+DEGENERATE = 0.5  # repeated 8-grams at or above this: the output loops
+
+
+def repeated_fraction(texts: Sequence[str], n: int = 8) -> float:
+  """How much of the generated text repeats itself: the share of its character n-grams that
+  already occurred earlier in the same text, averaged over the texts (0 = no repeat; a text
+  stuck in a loop approaches 1). NaN when no text has two n-grams."""
+  shares = []
+  for text in texts:
+    grams = [text[i:i + n] for i in range(len(text) - n + 1)]
+    if len(grams) < 2:
+      continue
+    seen, repeats = set(), 0
+    for g in grams:
+      repeats += g in seen
+      seen.add(g)
+    shares.append(repeats / len(grams))
+  return float(np.mean(shares)) if shares else float('nan')
+
+
+LEGEND = ('(!) after a speedup: above τ, which a method cannot reach (each step runs the target '
+          'over at least one token, plus any drafting, so it never costs less than an AR '
+          'step): timing noise, not the method. *repeated 8-grams*: the share of the '
+          "generated text's 8-character windows already seen earlier in the same text (mean "
+          f'over prompts); from {DEGENERATE:g} on the row is marked degenerate: the output '
+          'loops, and speed measured on it (lookup drafters above all) says little about '
+          'real text.')
+
+
 def markdown(rows: Sequence[Row], skipped: Sequence[tuple[str, str]], plots: Sequence[str],
              setup: str) -> str:
   """The report body: the table, what was skipped and why, the plots."""
   fmt = lambda x, p=2: '—' if x != x else f'{x:.{p}f}'  # NaN -> dash
-  lines = [setup, '',
+  lines = [setup, '', LEGEND, '',
            '| method | family | lossless | T | model | τ | NFE/token | tokens/s | speedup vs AR '
-           '| judge ppl | entropy (bits) | same tokens as AR (T=0) |',
-           '|' + '---|' * 12]
+           '| judge ppl | entropy (bits) | repeated 8-grams | same tokens as AR (T=0) |',
+           '|' + '---|' * 13]
   for r in sorted(rows, key=lambda r: (r.family != 'autoregressive', r.family, r.method,
                                        r.temperature)):
+    flag = ' (!)' if common.speedup_above_tau(r.speedup, r.tau) else ''
+    rep = repeated_fraction(r.texts)
+    rep_cell = fmt(rep) + (' (degenerate)' if rep >= DEGENERATE else '')
     lines.append(f'| {r.method} | {r.family} | {"yes" if r.lossless else "no"} '
                  f'| {r.temperature:g} | {r.model} | {fmt(r.tau)} | {fmt(r.nfe_per_token)} '
-                 f'| {r.tokens_per_s:.0f} | {fmt(r.speedup)}x | {fmt(r.perplexity)} '
-                 f'| {fmt(r.entropy_bits)} | {r.same_as_ar} |')
+                 f'| {r.tokens_per_s:.0f} | {fmt(r.speedup)}x{flag} | {fmt(r.perplexity)} '
+                 f'| {fmt(r.entropy_bits)} | {rep_cell} | {r.same_as_ar} |')
   if skipped:
     lines += ['', '**Skipped**', ''] + [f'- `{n}`: {why}' for n, why in skipped]
   lines += [''] + [f'![{os.path.splitext(p)[0]}]({p})' for p in plots]
@@ -419,15 +451,17 @@ def parse_settings(items: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 
 def write(out: str, rows: Sequence[Row], skipped: Sequence[tuple[str, str]], setup: str,
-          provenance: str) -> list[str]:
-  """Writes the markdown, its plots and <out>.json (rows without token ids)."""
+          provenance: str, rendered: str = '') -> list[str]:
+  """Writes the markdown, its plots and <out>.json (rows without token ids); `rendered`
+  (a provenance line for --replot) goes in the markdown only."""
   import json  # pylint: disable=g-import-not-at-top
   out_dir = os.path.dirname(os.path.abspath(out))
   prefix = os.path.splitext(os.path.basename(out))[0]
   os.makedirs(out_dir, exist_ok=True)
   plots = plot(rows, out_dir, prefix) if rows else []
   with open(out, 'w') as f:
-    f.write(f'# Decoder report\n\n{provenance}\n\n{markdown(rows, skipped, plots, setup)}\n')
+    head = provenance + (f'\n{rendered}' if rendered else '')
+    f.write(f'# Decoder report\n\n{head}\n\n{markdown(rows, skipped, plots, setup)}\n')
   saved = [dict(dataclasses.asdict(r), tokens=[]) for r in rows]
   with open(os.path.join(out_dir, f'{prefix}.json'), 'w') as f:
     json.dump({'provenance': provenance, 'setup': setup, 'rows': saved,
@@ -444,8 +478,14 @@ def replot(out: str) -> list[str]:
   with open(path) as f:
     saved = json.load(f)
   rows = [Row(**r) for r in saved['rows']]
+  provenance = common.with_commit_line(saved['provenance'])
+  import datetime  # pylint: disable=g-import-not-at-top
+  when = f'{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC'
+  rendered = (f'- rendered: from {os.path.basename(path)} by `python -m benchmarks.report '
+              f'--replot` ({when}, commit {common.git_commit()}); the figures are those of '
+              'the run above')
   return write(out, rows, [tuple(x) for x in saved['skipped']], saved['setup'],
-               saved['provenance'])
+               provenance, rendered)
 
 
 def main(argv, flag_values: dict[str, Any]) -> None:

@@ -284,7 +284,7 @@ def report(raw_dir: str = RAW_DIR, out_name: str = 'speculative') -> str:
     body.append(f"## temperature {r['temperature']:g}, batch {r['batch_size']}\n\n"
                 f"{r['prompts']} held-out prompts, {r['max_new_tokens']} new tokens each.\n")
     for c in cmds:
-      body.append(c + '\n')
+      body.append(common.with_commit_line(c) + '\n')
     header = ['method', 'tau', 'acceptance by position (d=1..8)', 'target fwd/token',
               'other fwd/token', 'tokens/s', 'AR tokens/s', 'speedup']
     if r['temperature'] == 0:

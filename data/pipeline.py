@@ -1,34 +1,39 @@
 """grain input pipelines: packed token batches for training and evaluation.
 
-Training (`make_train_iterator`), per process::
+Training (`make_train_iterator`): row r of every global batch (B rows) is its own stream,
+so the batches do not depend on how many processes read them::
 
   load_source(train_split)                      documents {'text': str}
   -> MapDataset.source -> .shuffle(seed) -> .repeat()   new order each epoch
-  -> [process_index::process_count]             this process's documents
+  -> [r::B]                                     stream r: documents r, r+B, r+2B, ...
   -> .map(tokenize)                             int32 [<bos> text <eos>]
   -> .to_iter_dataset(ReadOptions(read_threads))
   -> PackIterDataset(seq_len + 1)               concatenate, cut, no padding
-  -> .batch(batch_size // process_count)        {'tokens': int32 [B, seq_len+1]}
+  => one row per stream, rows r0..r1-1 stacked  {'tokens': int32 [r1 - r0, seq_len+1]}
 
-Rows are ``seq_len + 1`` long so that ``inputs = tokens[:, :-1]`` and
-``targets = tokens[:, 1:]`` are both ``[B, seq_len]``. There is no padding and
-there are no segment ids; see `data.packing` for why.
+Process p of P reads the streams of rows [p·B/P, (p+1)·B/P): the block of the global batch
+that `jax.make_array_from_process_local_data` expects from it. Rows are ``seq_len + 1``
+long so that ``inputs = tokens[:, :-1]`` and ``targets = tokens[:, 1:]`` are both
+``[B, seq_len]``. There is no padding and there are no segment ids; see `data.packing`
+for why.
 
 Deterministic guarantees:
 
-* Same config, tokenizer, corpus and (process_index, process_count) -> the
-  same batches, in every run, on every machine; `read_threads` does not change
-  them.
-* Epoch ``e`` visits every document once, in an order fixed by
-  (shuffle_seed, e). The user seed is hashed first, because grain seeds epoch
-  ``e`` with ``seed + e`` and seeds 0 and 1 would otherwise share epochs.
-* Process ``p`` of ``P`` takes positions ``p, p+P, ...`` of that order, so the
-  processes' documents are disjoint and together are exactly the documents of
-  the single-process order.
-* `TrainIterator.get_state()` is a small JSON-serialisable dict;
-  ``set_state`` on a fresh iterator built from the same config continues
-  exactly where the saved one stopped. It refuses a state from a different
-  config, tokenizer vocabulary, corpus size or process layout.
+* Same config, tokenizer and corpus -> the same global batches, in every run, on every
+  machine, whatever the number of processes (any P that divides B) and `read_threads`.
+  Process p's rows are exactly rows [p·B/P, (p+1)·B/P) of the single-process batches.
+* The streams' documents are disjoint and together are every document of the epoch order;
+  processes therefore read disjoint documents.
+* Epoch ``e`` visits every document once, in an order fixed by (shuffle_seed, e). The user
+  seed is hashed first, because grain seeds epoch ``e`` with ``seed + e`` and seeds 0 and
+  1 would otherwise share epochs. (Streams advance at their own pace: near an epoch's end
+  one stream may start the next epoch while another finishes this one.)
+* `TrainIterator.get_state()` is a small JSON-serialisable dict holding the position of
+  each of this process's streams; `merge_states` joins the states of all processes into
+  the state of the whole batch, and ``set_state`` on a fresh iterator (any process layout)
+  built from the same config takes its streams from it and continues exactly. It refuses
+  a state from a different config, tokenizer vocabulary or corpus size, or one that lacks
+  its streams.
 
 Evaluation (`make_eval_batches`) reads `eval_split` in stored order, without
 shuffle or repeat, packs the same way and returns the first ``max_batches``
@@ -52,7 +57,8 @@ from data.packing import PackIterDataset
 from data.sources import TextSource, load_source
 from data.tokenizers import Tokenizer
 
-_STATE_VERSION = 1
+# 1: one stream per process (process layout in the fingerprint); 2: one stream per row.
+_STATE_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,39 +143,80 @@ def _check_sizes(cfg: DataConfig, batch_size: int) -> None:
                      f'seq_len={cfg.seq_len}, batch_size={batch_size}.')
 
 
-class TrainIterator(grain.DatasetIterator):
-  """Infinite iterator of ``{'tokens': int32 [B_local, seq_len + 1]}``.
+class TrainIterator:
+  """Infinite iterator of ``{'tokens': int32 [rows, seq_len + 1]}``: one row from each of
+  this process's streams (rows ``row_start .. row_stop - 1`` of the global batch).
 
-  A grain `DatasetIterator`, so `grain.checkpoint.CheckpointSave/Restore`
-  (Orbax) work with it as well as ``get_state`` / ``set_state``.
+  ``get_state`` / ``set_state`` checkpoint it; `merge_states` joins the states of the
+  processes of one job.
   """
 
-  def __init__(self, parent: grain.DatasetIterator,
+  def __init__(self, streams: dict[int, grain.DatasetIterator],
                fingerprint: dict[str, Any]) -> None:
-    super().__init__(parent)
+    self._streams = streams
     self._fingerprint = fingerprint
+    self.row_start, self.row_stop = min(streams), max(streams) + 1
+
+  def __iter__(self) -> TrainIterator:
+    return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    return next(self._parent)
+    return {'tokens': np.stack([next(it)['tokens'] for it in self._streams.values()])}
 
   def get_state(self) -> dict[str, Any]:
-    """JSON-serialisable state: config fingerprint + grain pipeline state."""
+    """JSON-serialisable state: config fingerprint + each stream's position."""
     return json.loads(json.dumps({
         'version': _STATE_VERSION, 'fingerprint': self._fingerprint,
-        'pipeline': self._parent.get_state()}))
+        'streams': {str(r): it.get_state() for r, it in self._streams.items()}}))
+
+  @staticmethod
+  def merge_states(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """The states of every process of a job -> one state holding every stream."""
+    first = states[0]
+    for other in states[1:]:
+      if (other.get('version'), other.get('fingerprint')) != (first.get('version'),
+                                                               first.get('fingerprint')):
+        raise ValueError('Data iterator states of different pipelines cannot be merged: '
+                         f'{first.get("fingerprint")} vs {other.get("fingerprint")}.')
+    streams = {}
+    for state in states:
+      streams.update(state['streams'])
+    return dict(first, streams=streams)
 
   def set_state(self, state: dict[str, Any]) -> None:
-    """Continues from ``state`` (from `get_state` of a same-config iterator)."""
+    """Continues from ``state`` (from `get_state`, or `merge_states` of several processes'
+    states, of a same-config iterator; the process layout may differ)."""
     if state.get('version') != _STATE_VERSION:
-      raise ValueError(f'Unsupported data iterator state version '
-                       f'{state.get("version")!r}; expected {_STATE_VERSION}.')
+      raise ValueError(f'Unsupported data iterator state version {state.get("version")!r} '
+                       f'(this pipeline writes version {_STATE_VERSION}: one stream per '
+                       'batch row). A checkpoint from an older pipeline cannot continue '
+                       'training here; start a new workdir or use the commit that wrote it.')
     saved = state['fingerprint']
     diff = {k: (saved.get(k), v) for k, v in self._fingerprint.items()
             if saved.get(k) != v}
     if diff:
       raise ValueError('Data iterator state comes from a different pipeline '
                        f'(field: (saved, current)): {diff}')
-    self._parent.set_state(copy.deepcopy(state['pipeline']))
+    missing = [r for r in self._streams if str(r) not in state['streams']]
+    if missing:
+      raise ValueError(f'Data iterator state lacks the streams of rows {missing} (it holds '
+                       f'{sorted(map(int, state["streams"]))}): merge the states of every '
+                       'process (TrainIterator.merge_states) before saving.')
+    for r, it in self._streams.items():
+      it.set_state(copy.deepcopy(state['streams'][str(r)]))
+
+
+def process_rows(batch_size: int, process_index: int, process_count: int) -> tuple[int, int]:
+  """Rows [start, stop) of a global batch that process `process_index` of `process_count`
+  reads: its contiguous block."""
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f'Need 0 <= process_index < process_count; got '
+                     f'{process_index}, {process_count}.')
+  if batch_size % process_count:
+    raise ValueError(f'batch_size {batch_size} is not divisible by '
+                     f'process_count {process_count}.')
+  local = batch_size // process_count
+  return process_index * local, (process_index + 1) * local
 
 
 def make_train_iterator(cfg: DataConfig, tokenizer: Tokenizer, *,
@@ -179,38 +226,32 @@ def make_train_iterator(cfg: DataConfig, tokenizer: Tokenizer, *,
 
   Returns:
     `TrainIterator` of ``{'tokens': np.int32 [batch_size // process_count,
-    seq_len + 1]}``.
+    seq_len + 1]}``: rows `process_rows(...)` of the global batch.
 
   Raises:
     ValueError: batch_size not divisible by process_count, bad
       process_index, or an empty training split.
   """
-  if process_count < 1 or not 0 <= process_index < process_count:
-    raise ValueError(f'Need 0 <= process_index < process_count; got '
-                     f'{process_index}, {process_count}.')
-  if cfg.batch_size % process_count:
-    raise ValueError(f'batch_size {cfg.batch_size} is not divisible by '
-                     f'process_count {process_count}.')
-  local_batch = cfg.batch_size // process_count
-  _check_sizes(cfg, local_batch)
+  start, stop = process_rows(cfg.batch_size, process_index, process_count)
+  _check_sizes(cfg, stop - start)
   source = _source(cfg, cfg.train_split)
   if not len(source):
     raise ValueError(f'Split {cfg.train_split!r} of {cfg.name!r} is empty.')
   docs = (grain.MapDataset.source(source)
           .shuffle(seed=_shuffle_seed(cfg.shuffle_seed))
           .repeat(None))
-  docs = docs[process_index::process_count]
-  docs = docs.map(functools.partial(_tokenize_record, tokenizer))
-  rows = PackIterDataset(docs.to_iter_dataset(_read_options(cfg)),
-                         cfg.seq_len + 1)
-  batches = rows.batch(local_batch, drop_remainder=True)
+  tokenize = functools.partial(_tokenize_record, tokenizer)
+  streams = {}
+  for r in range(start, stop):
+    rows = PackIterDataset(docs[r::cfg.batch_size].map(tokenize)
+                           .to_iter_dataset(_read_options(cfg)), cfg.seq_len + 1)
+    streams[r] = iter(rows)
   fingerprint = {
       'name': cfg.name, 'glob': cfg.glob, 'text_key': cfg.text_key,
       'split': cfg.train_split, 'num_docs': len(source),
       'seq_len': cfg.seq_len, 'batch_size': cfg.batch_size,
-      'shuffle_seed': cfg.shuffle_seed, 'process_index': process_index,
-      'process_count': process_count, 'tokenizer': _tokenizer_id(tokenizer)}
-  return TrainIterator(iter(batches), fingerprint)
+      'shuffle_seed': cfg.shuffle_seed, 'tokenizer': _tokenizer_id(tokenizer)}
+  return TrainIterator(streams, fingerprint)
 
 
 def make_eval_batches(cfg: DataConfig, tokenizer: Tokenizer, *,

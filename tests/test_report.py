@@ -148,7 +148,28 @@ def test_report_rows_quality_and_files(trained_workdir, fake_decoders, tmp_path)
   first = open(out).read()
   assert files[-1] == 'r.json' and 'setup' in first and '- device: x' in first
   os.remove(out)
-  assert report.replot(out) == files and open(out).read() == first
+  assert report.replot(out) == files
+  again = open(out).read().splitlines()
+  rendered = [l for l in again if l.startswith('- rendered: from r.json by')]
+  assert len(rendered) == 1 and [l for l in again if l not in rendered] == first.splitlines()
+
+
+def _row(method, tau, speedup, texts):
+  return report.Row(method=method, family='speculative', lossless=True, temperature=0.0,
+                    model='m', tau=tau, nfe_per_token=1.0, tokens_per_s=100.0, generated=8,
+                    compile_s=0.0, step_hist=[0, 8], tokens=[], texts=texts, speedup=speedup)
+
+
+def test_markdown_flags_speedups_above_tau_and_looping_text():
+  prose = ['def parse(line):\n    key, value = line.split("=")\n    return key']
+  rows = [_row('a', 1.86, 4.73, prose), _row('b', 2.0, 1.5, prose),
+          _row('c', 1.0, 1.0, ['the command the command the command the comm'])]
+  lines = {l.split(' | ')[0]: l for l in report.markdown(rows, [], [], '').splitlines()
+           if l.startswith('| ') and not l.startswith('| method')}
+  assert '| 4.73x (!) |' in lines['| a'] and '(!)' not in lines['| b'] + lines['| c']
+  assert '(degenerate)' in lines['| c'] and '(degenerate)' not in lines['| a'] + lines['| b']
+  assert report.repeated_fraction(['abcdefgh' * 8]) > 0.8
+  assert report.repeated_fraction(prose) == 0.0
 
 
 def test_judge_perplexity_is_the_models_own(trained_workdir):

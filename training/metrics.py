@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from typing import Any, Mapping
 
 import jax
@@ -12,6 +13,21 @@ import numpy as np
 
 METRICS_FILE = 'metrics.jsonl'
 PLOT_FILE = 'loss_curve.png'
+
+
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports torch when it
+  is installed (about 7 s on 2 CPU cores, at every start of train.py) only to recognise torch
+  tensors, and we log floats. Whoever imported torch already keeps it."""
+  if 'torch' in sys.modules or 'tensorboardX' in sys.modules:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    return SummaryWriter
+  sys.modules['torch'] = None  # `import torch` raises ImportError while this is set
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  finally:
+    del sys.modules['torch']
+  return SummaryWriter
 
 
 class MetricWriter:
@@ -25,8 +41,7 @@ class MetricWriter:
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
       if tensorboard:
-        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-        self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+        self._tb = _summary_writer_class()(os.path.join(workdir, 'tensorboard'))
 
   def write(self, step: int, prefix: str, scalars: Mapping[str, Any]) -> None:
     if not self.enabled:

@@ -44,7 +44,11 @@ def data_config(config: ml_collections.ConfigDict) -> data_lib.DataConfig:
 def get_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> data_lib.Tokenizer:
   """The run's tokenizer: loaded from workdir/tokenizer if present, else built and saved."""
   directory = os.path.join(workdir, checkpoint_lib.TOKENIZER_DIR)
-  if os.path.isdir(directory):
+  exists = os.path.isdir(directory)
+  if jax.process_count() > 1:  # no process looks while process 0 writes it
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices('leapfrog: tokenizer directory checked')
+  if exists:
     return data_lib.load_tokenizer(directory)
   tc = config.tokenizer
   dc = data_config(config)
@@ -67,11 +71,59 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> config_l
   return config_lib.ModelConfig.from_dict(d)
 
 
-def _global_batch(batch: dict[str, np.ndarray], mesh, rules) -> dict[str, jax.Array]:
-  """Assembles the global batch from this process's rows: every leaf split over 'batch'."""
+def _global_batch(batch: dict[str, np.ndarray], mesh, rules, batch_size: int
+                  ) -> dict[str, jax.Array]:
+  """Assembles the global batch (`batch_size` rows; every leaf split over 'batch') from this
+  process's block of rows, or from all of them when it holds the whole batch."""
   return {k: jax.make_array_from_process_local_data(
-      sharding_lib.batch_sharding(mesh, np.ndim(v), rules), np.asarray(v))
-          for k, v in batch.items()}
+      sharding_lib.batch_sharding(mesh, np.ndim(v), rules), np.asarray(v),
+      (batch_size, *np.shape(v)[1:])) for k, v in batch.items()}
+
+
+def _process_rows(mesh, rules, batch_size: int) -> tuple[int, int]:
+  """The rows [start, stop) of a global batch that this process's devices hold; the data
+  pipelines give process p of P the block [p·B/P, (p+1)·B/P), so the mesh must agree."""
+  sharding = sharding_lib.batch_sharding(mesh, 2, rules)
+  index = sharding.addressable_devices_indices_map((batch_size, 1))
+  rows = sorted({(s[0].start or 0, batch_size if s[0].stop is None else s[0].stop)
+                 for s in index.values()})
+  start, stop = rows[0][0], rows[-1][1]
+  if any(a[1] != b[0] for a, b in zip(rows, rows[1:])):
+    raise ValueError(f'Process {jax.process_index()} holds rows {rows} of the batch: not one '
+                     'block. Order the mesh so that each process holds consecutive rows.')
+  expected = data_lib.process_rows(batch_size, jax.process_index(), jax.process_count())
+  if (start, stop) != expected:
+    raise ValueError(
+        f'Process {jax.process_index()} of {jax.process_count()} holds rows [{start}, {stop}) '
+        f'of the batch, but reads rows [{expected[0]}, {expected[1]}): split the batch over '
+        'the processes (the mesh axes data/fsdp must span the hosts).')
+  return start, stop
+
+
+def _allgather_json(obj: Any) -> list[Any]:
+  """Every process's JSON-serialisable `obj`, in process order (a collective call)."""
+  if jax.process_count() == 1:
+    return [obj]
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  raw = np.frombuffer(json.dumps(obj, sort_keys=True).encode(), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.int32(raw.size))).reshape(-1)
+  padded = np.zeros([int(sizes.max())], np.uint8)
+  padded[:raw.size] = raw
+  every = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes), -1)
+  return [json.loads(bytes(row[:n]).decode()) for row, n in zip(every, sizes)]
+
+
+def data_state(train_iter: Any) -> dict[str, Any]:
+  """The data position of the whole job: every process's iterator state, merged (the same
+  on every process, so a checkpoint restores on any number of processes)."""
+  states = _allgather_json(train_iter.get_state())
+  merge = getattr(train_iter, 'merge_states', None)
+  if merge is not None:
+    return merge(states)
+  if any(s != states[0] for s in states):
+    raise ValueError(f'{type(train_iter).__name__} has a different state on each process and '
+                     'no merge_states(): its position cannot be checkpointed.')
+  return states[0]
 
 
 def _normalise(d: dict[str, Any]) -> dict[str, Any]:
@@ -91,7 +143,10 @@ class _Evaluator:
     means: dict[str, list[float]] = {}
     nbytes = 0.0
     for batch in self.batches:
-      m = jax.device_get(self.eval_step(params, _global_batch(batch, self.mesh, self.rules)))
+      # Every process holds the whole eval batch: the global array is this batch.
+      size = len(next(iter(batch.values())))
+      m = jax.device_get(self.eval_step(params, _global_batch(batch, self.mesh, self.rules,
+                                                              size)))
       for k, v in m.items():
         if k.endswith('_sum'):
           sums[k] = sums.get(k, 0.0) + float(v)
@@ -163,11 +218,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
           'tokenizer': type(tokenizer).__name__, 'config': _normalise(config.to_dict())}
 
   make_iter = objective.make_train_iterator or data_lib.make_train_iterator
+  rows = _process_rows(mesh, rules, dc.batch_size)
   train_iter = make_iter(dc, tokenizer, process_index=jax.process_index(),
                          process_count=jax.process_count())
+  if jax.process_count() > 1:
+    print(f'Process {jax.process_index()} of {jax.process_count()}: rows {rows[0]}-{rows[1] - 1} '
+          f'of every batch of {dc.batch_size}.', flush=True)
   if ckpt.latest_step() is not None:
     abstract = state_lib.abstract_state(model, objective, tx, shardings)
-    step0, params, opt_state, data_state, saved = ckpt.restore(
+    step0, params, opt_state, saved_data, saved = ckpt.restore(
         lambda meta, step: (abstract.params, abstract.opt_state),
         model_config=_normalise(mcfg.to_dict()), move_unreadable=True)
     if saved.get('objective', config.objective) != config.objective:
@@ -176,8 +235,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
           f'the config asks for {config.objective!r}. Use a new workdir.')
     state = state_lib.TrainState(step=jax.device_put(jnp.int32(step0), shardings.step),
                                  params=params, opt_state=opt_state)
-    if data_state:
-      train_iter.set_state(data_state)
+    if saved_data and step0 < tc.steps:  # a finished run needs no data position
+      train_iter.set_state(saved_data)
     print(f'Resumed from step {step0} in {workdir}.', flush=True)
   else:
     state = state_lib.create_train_state(model, objective, tx, jax.random.key(config.seed),
@@ -221,7 +280,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     window.append(m)
 
   def save(step: int, force: bool = False):
-    ckpt.save(step, state, train_iter.get_state(), meta, force=force)
+    ckpt.save(step, state, data_state(train_iter), meta, force=force)
 
   end = tc.steps if not tc.stop_after_steps else min(tc.steps, step0 + tc.stop_after_steps)
   if step0 >= tc.steps:
@@ -229,7 +288,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
           flush=True)
   try:
     for step in range(step0, end):
-      batch = _global_batch(next(train_iter), mesh, rules)
+      batch = _global_batch(next(train_iter), mesh, rules, dc.batch_size)
       state, metrics = train_step(state, batch)
       if pending is not None:
         check(pending)

@@ -28,9 +28,8 @@ def _take(it, n: int) -> list[np.ndarray]:
   return [next(it)['tokens'] for _ in range(n)]
 
 
-def _documents(batches: list[np.ndarray]) -> list[str]:
-  """Complete documents (<bos> ... <eos>) in a stream of batches, in order."""
-  stream = np.concatenate([b.reshape(-1) for b in batches]).tolist()
+def _framed(stream: list[int]) -> list[str]:
+  """Complete documents (<bos> ... <eos>) in a token stream, in order."""
   docs, start = [], None
   for i, t in enumerate(stream):
     if t == BOS:
@@ -39,6 +38,31 @@ def _documents(batches: list[np.ndarray]) -> list[str]:
       docs.append(TOK.decode(stream[start:i]))
       start = None
   return docs
+
+
+def _streams(batches: list[np.ndarray]) -> list[list[str]]:
+  """Row r of every batch is one packed stream: its complete documents, per row."""
+  rows = np.stack(batches)  # [n, B, T+1]
+  return [_framed(rows[:, r].reshape(-1).tolist()) for r in range(rows.shape[1])]
+
+
+def _doc_order(batches: list[np.ndarray]) -> list[str]:
+  """The documents in epoch order: stream r holds positions r, r+B, ..., so position i is
+  document i // B of stream i % B (up to the first position not complete yet)."""
+  streams = _streams(batches)
+  order, i = [], 0
+  while i // len(streams) < len(streams[i % len(streams)]):
+    order.append(streams[i % len(streams)][i // len(streams)])
+    i += 1
+  return order
+
+
+def _batches_covering(data_cfg, epochs: int) -> int:
+  """Enough batches for every stream to pass `epochs` epochs (each stream gets at least
+  the whole corpus's tokens per epoch)."""
+  train = _split_texts(data_cfg, 'train')
+  total = sum(len(t.encode()) + 2 for t in train)
+  return epochs * total // (data_cfg.seq_len + 1) + 2
 
 
 def _split_texts(data_cfg, split: str) -> set[str]:
@@ -51,14 +75,16 @@ def test_batches_shape_dtype_and_content(data_cfg, corpus):
   assert batch['tokens'].shape == (4, 33)
   assert batch['tokens'].dtype == np.int32
   assert ((0 <= batch['tokens']) & (batch['tokens'] < TOK.vocab_size)).all()
-  # Every token is real (no padding): the first epoch's stream is exactly the
-  # train documents, each once, each framed by <bos> ... <eos>.
+  # Every token is real (no padding): each row's stream is documents framed by
+  # <bos> ... <eos> back to back, and the first epoch is exactly the train documents.
   train = _split_texts(data_cfg, 'train')
-  total = sum(len(t.encode()) + 2 for t in train)
-  n = total // (4 * 33)
-  docs = _documents(_take(pipeline.make_train_iterator(data_cfg, TOK), n))
-  assert len(docs) >= len(train) - 2  # At most the last ones are cut off.
-  assert len(set(docs)) == len(docs) and set(docs) <= train
+  batches = _take(pipeline.make_train_iterator(data_cfg, TOK), _batches_covering(data_cfg, 1))
+  for r in range(4):
+    stream = np.stack(batches)[:, r].reshape(-1)
+    assert stream[0] == BOS
+  order = _doc_order(batches)
+  assert len(order) >= len(train)
+  assert sorted(order[:len(train)]) == sorted(train)
   assert train <= set(corpus.docs.values())
 
 
@@ -76,12 +102,11 @@ def test_same_seed_same_batches_other_seed_differs(data_cfg):
 
 def test_epochs_are_reshuffled(data_cfg):
   train = _split_texts(data_cfg, 'train')
-  total = sum(len(t.encode()) + 2 for t in train)
-  docs = _documents(_take(pipeline.make_train_iterator(data_cfg, TOK),
-                          3 * total // (4 * 33)))
+  order = _doc_order(_take(pipeline.make_train_iterator(data_cfg, TOK),
+                           _batches_covering(data_cfg, 2)))
   n = len(train)
-  first, second = docs[:n], docs[n:2 * n]
-  assert set(first) == set(second) == train
+  first, second = order[:n], order[n:2 * n]
+  assert sorted(first) == sorted(second) == sorted(train)
   assert first != second  # Same documents, another order.
 
 
@@ -140,26 +165,52 @@ def test_pack_splits_and_joins_documents():
   assert got == [flat[0:4], flat[4:8], flat[8:12], flat[12:16]]
 
 
-def test_process_shards_are_disjoint_and_cover(data_cfg):
+@pytest.mark.parametrize('processes', [2, 4])
+def test_processes_read_disjoint_blocks_of_the_same_batches(data_cfg, processes):
+  """Process p of P gets exactly rows [p·B/P, (p+1)·B/P) of the single-process batches, and
+  the processes' first-epoch documents are disjoint and together every train document."""
+  n = _batches_covering(data_cfg, 1)
+  single = np.stack(_take(pipeline.make_train_iterator(data_cfg, TOK), n))
   train = _split_texts(data_cfg, 'train')
-  total = sum(len(t.encode()) + 2 for t in train)
-  shard_docs = []
-  for p in range(2):
+  local = 4 // processes
+  seen = []
+  for p in range(processes):
     it = pipeline.make_train_iterator(data_cfg, TOK, process_index=p,
-                                      process_count=2)
-    first = next(it)['tokens']
-    assert first.shape == (2, 33)
-    shard_docs.append((first, _documents([first] + _take(
-        it, total // (2 * 33 * 2) - 1))))
-  (first0, docs0), (first1, docs1) = shard_docs
-  assert not np.array_equal(first0, first1)
-  assert docs0 and docs1 and not set(docs0) & set(docs1)
-  single = _documents(_take(pipeline.make_train_iterator(data_cfg, TOK),
-                            total // (4 * 33)))
-  # Shard p holds the single-process order's documents p, p+2, ...
-  assert docs0[:6] == single[0::2][:6]
-  assert docs1[:6] == single[1::2][:6]
-  assert set(docs0) | set(docs1) <= train
+                                      process_count=processes)
+    mine = np.stack(_take(it, n))
+    assert mine.shape == (n, local, 33)
+    np.testing.assert_array_equal(mine, single[:, p * local:(p + 1) * local])
+    # Stream r's first-epoch documents are epoch positions r, r+4, ... < len(train).
+    for j, docs in enumerate(_streams(list(mine))):
+      r = p * local + j
+      seen.append(set(docs[:len(range(r, len(train), 4))]))
+  assert sum(map(len, seen)) == len(train)  # disjoint ...
+  assert set().union(*seen) == train        # ... and covering
+
+
+@pytest.mark.parametrize('before,after', [(2, 1), (1, 2), (2, 4), (4, 2)])
+def test_state_moves_between_process_layouts(data_cfg, before, after):
+  """States of `before` processes, merged, continue exactly on `after` processes."""
+  single = _take(pipeline.make_train_iterator(data_cfg, TOK), 12)
+  its = [pipeline.make_train_iterator(data_cfg, TOK, process_index=p, process_count=before)
+         for p in range(before)]
+  for it in its:
+    _take(it, 7)
+  merged = json.loads(json.dumps(pipeline.TrainIterator.merge_states(
+      [it.get_state() for it in its])))
+  rest = []
+  for p in range(after):
+    it = pipeline.make_train_iterator(data_cfg, TOK, process_index=p, process_count=after)
+    it.set_state(merged)
+    rest.append(np.stack(_take(it, 5)))
+  np.testing.assert_array_equal(np.concatenate(rest, axis=1), np.stack(single[7:]))
+
+
+def test_state_of_one_process_is_not_enough_for_another(data_cfg):
+  it = pipeline.make_train_iterator(data_cfg, TOK, process_index=0, process_count=2)
+  other = pipeline.make_train_iterator(data_cfg, TOK, process_index=1, process_count=2)
+  with pytest.raises(ValueError, match='lacks the streams of rows'):
+    other.set_state(it.get_state())
 
 
 def test_bad_process_layout(data_cfg):

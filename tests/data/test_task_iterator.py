@@ -30,3 +30,19 @@ def test_resume_is_exact_and_eval_is_disjoint():
       _make, seed=3, batch_size=4, process_index=0, process_count=2))['x'])
   with pytest.raises(ValueError, match='does not match'):
     iterator.SyntheticIterator(_make, seed=4, batch_size=4).set_state(state)
+
+
+def test_processes_get_blocks_of_the_single_process_batches_and_resume_on_any_layout():
+  single = iterator.SyntheticIterator(_make, seed=3, batch_size=4)
+  batches = [next(single)['x'] for _ in range(6)]
+  its = [iterator.SyntheticIterator(_make, seed=3, batch_size=4, process_index=p,
+                                    process_count=2) for p in range(2)]
+  for i in range(3):
+    for p, it in enumerate(its):
+      np.testing.assert_array_equal(next(it)['x'], batches[i][2 * p:2 * p + 2])
+  state = iterator.SyntheticIterator.merge_states([it.get_state() for it in its])
+  for p in range(4):  # resumed on four processes
+    it = iterator.SyntheticIterator(_make, seed=3, batch_size=4, process_index=p,
+                                    process_count=4)
+    it.set_state(state)
+    np.testing.assert_array_equal(next(it)['x'], batches[3][p:p + 1])
