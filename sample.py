@@ -1,11 +1,15 @@
 """Restore a checkpoint and sample with one or several decoders.
 
-  python sample.py --workdir=DIR [--checkpoint_step=N] --decoder=ar[,NAME...]
+  python sample.py --workdir=DIR [--checkpoint_step=N] --decoder=ar[,NAME[:key=value...]...]
       (--prompt=TEXT | --prompts_file=FILE | --heldout_prompts=N) --max_new_tokens=N
       [--temperature=0 --top_k=0 --top_p=1 --min_p=0 --seed=0] [--json] [--list_decoders]
       [--decoder_config.FIELD=VALUE ...] [--mesh=data=2,tensor=4] [--add_bos=auto|true|false]
+      [--repeats=N]
 
-With several decoders it prints a comparison table (speedup against the first one).
+With several decoders it prints a comparison table (speedup against the first one). A
+decoder may carry its own settings (`prompt_lookup:gamma=2`, `layerskip:gamma=1:exit_layer=2`;
+in a string setting '/' stands for ','); --decoder_config.FIELD=VALUE sets FIELD for every
+decoder that has it.
 --json prints one JSON object per prompt and decoder: text, token ids and statistics (stdout
 holds only those lines; warnings go to stderr). A prompt longer than the model's maximum
 length leaves room for is cut from the left with a warning; a --max_new_tokens beyond it, or
@@ -34,7 +38,8 @@ except ValueError as e:
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir to restore.')
 _STEP = flags.DEFINE_integer('checkpoint_step', None, 'Checkpoint step (default: newest).')
-flags.DEFINE_string('decoder', 'ar', 'Decoder name, or several separated by commas.')
+flags.DEFINE_string('decoder', 'ar', 'Decoder name, or several separated by commas; a '
+                    'decoder may carry its own settings: NAME:key=value[:key=value...].')
 _PROMPT = flags.DEFINE_string('prompt', None, 'One prompt.')
 _PROMPTS_FILE = flags.DEFINE_string(
     'prompts_file', None, 'Prompts: .jsonl (JSON strings or {"prompt": ...}) or one per line.')
@@ -54,6 +59,9 @@ _MESH = flags.DEFINE_string('mesh', '', 'Shard decoding, e.g. "data=2,tensor=4".
 _DTYPE = flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'],
                            'Cast weights and compute to this dtype (default: as trained).')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object per prompt and decoder.')
+_REPEATS = flags.DEFINE_integer(
+    'repeats', 1, 'Time each decoder this many times (after a warm-up, passes of all decoders '
+    'interleaved) and keep its fastest pass: steadier speedups on a busy machine.')
 _ADD_BOS = flags.DEFINE_enum('add_bos', 'auto', ['auto', 'true', 'false'],
                              'Start prompts with BOS: auto = as the model was trained (an '
                              "imported checkpoint: as its tokenizer does; Qwen: no BOS).")
@@ -84,11 +92,14 @@ def main(argv):
         raise ValueError(f'--{name} must be >= 0 (0 = automatic), got {value}.')
     sampling = decoding.SamplingConfig(temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
                                        top_p=_TOP_P.value, min_p=_MIN_P.value)
+    if _REPEATS.value < 1:
+      raise ValueError(f'--repeats must be >= 1, got {_REPEATS.value}.')
     decoders = compare.build_decoders(_DECODERS, _SETTINGS.value, overridden, sampling)
     mesh = cli.parse_mesh(_MESH.value)
     target = loading.load_model(_WORKDIR.value, step=_STEP.value, mesh=mesh,
                                 dtype=_DTYPE.value)
-    decoders = [d.for_model(target.config, target.tokenizer) for d in decoders]
+    decoders = [(label, d.for_model(target.config, target.tokenizer))
+                for label, d in decoders]
     prompts = cli.read_prompts(target.tokenizer, prompt=_PROMPT.value,
                                prompts_file=_PROMPTS_FILE.value, heldout=_HELDOUT.value,
                                prompt_chars=_PROMPT_CHARS.value,
@@ -110,7 +121,8 @@ def main(argv):
                               eos_id=target.tokenizer.eos_id, pad_id=target.tokenizer.pad_id,
                               max_new_tokens=_MAX_NEW.value, cache_size=_CACHE.value,
                               seed=_SEED.value, batch_size=_BATCH.value, mesh=mesh,
-                              load_extra=load_extra, target_extras=target.extras)
+                              load_extra=load_extra, target_extras=target.extras,
+                              repeats=_REPEATS.value)
   except (ValueError, checkpoint.CheckpointError, FileNotFoundError) as e:
     cli.fail(str(e))
   tok = target.tokenizer

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from configs import common as presets
 from decoding import base
 from models import Cache, ModelConfig, Transformer, init_params
+from models import masks
 from models import transformer as transformer_lib
 
 BYTE_VOCAB = 272  # the byte tokenizer's vocabulary (256 bytes + special tokens)
@@ -73,13 +74,15 @@ def _time_min(fn, repeats: int) -> float:
 
 def forward_time(model: Transformer, params: Any, *, batch: int, tokens: int,
                  cache_size: int = 512, context: int = 256, min_seconds: float = 0.2,
-                 repeats: int = 5) -> float:
+                 repeats: int = 5, explicit_mask: bool = False) -> float:
   """Seconds of one cached forward over `tokens` new tokens per row after `context` ones.
 
-  R forwards run in one compiled loop (R chosen so a run lasts about `min_seconds`); each
-  writes its tokens at slots context .. context + T - 1 of a cache whose rows hold `context`
-  committed slots, and its argmaxes feed the next forward's tokens. Best of `repeats` runs,
-  divided by R.
+  R forwards run in one compiled loop (R chosen so a run lasts about `min_seconds`) with a
+  data-dependent stopping condition, as a decode loop runs them (a loop of known trip count
+  runs measurably faster on XLA's CPU runtime): forward i writes its T tokens at the next free slots after the
+  `context` committed ones, at positions that advance every call (cycling through the free
+  slots), and its argmaxes feed the next forward's tokens. Best of `repeats` runs, divided
+  by R.
   """
   if context + tokens > cache_size:
     raise ValueError(f'context {context} + {tokens} tokens do not fit a cache of '
@@ -87,15 +90,27 @@ def forward_time(model: Transformer, params: Any, *, batch: int, tokens: int,
   cfg = model.cfg
   B, T = batch, tokens
   cache = Cache.init(cfg, B, cache_size).replace(lengths=jnp.full((B,), context, jnp.int32))
-  positions_BxT = context + jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+  rounds = (cache_size - context) // T  # distinct write windows before slots repeat
+  t_1xT = jnp.arange(T, dtype=jnp.int32)[None]
+  mask = None
+  if explicit_mask:  # a chain written as a tree mask: the cost does not depend on its shape
+    mask = masks.block_to_cache_mask(jnp.tril(jnp.ones((1, T, T), bool)),
+                                     jnp.full((B,), context, jnp.int32), cache_size)
 
   def run(p, cache, reps):
-    def body(_, carry):
-      c, tok_BxT = carry
-      out = model.apply({'params': p}, tok_BxT, positions_BxT, cache=c)
+    def body(carry):
+      i, c, tok_BxT = carry
+      positions_BxT = jnp.broadcast_to(context + (i % rounds) * T + t_1xT, (B, T))
+      out = model.apply({'params': p}, tok_BxT, positions_BxT, cache=c, attn_mask=mask)
       nxt_BxT = jnp.argmax(out.logits_BxTxV, axis=-1).astype(jnp.int32)
-      return out.cache.replace(lengths=c.lengths), nxt_BxT
-    return jax.lax.fori_loop(0, reps, body, (cache, jnp.zeros((B, T), jnp.int32)))[1]
+      return i + 1, out.cache.replace(lengths=c.lengths), nxt_BxT
+
+    def cond(carry):  # data-dependent, as a decode loop's "until every row is done"
+      i, _, tok_BxT = carry
+      return (i < reps) & (tok_BxT[0, 0] >= 0)
+
+    init = (jnp.int32(0), cache, jnp.zeros((B, T), jnp.int32))
+    return jax.lax.while_loop(cond, body, init)[2]
 
   probe = jax.jit(run, static_argnums=2).lower(params, cache, 2).compile()
   t2 = _time_min(lambda: probe(params, cache).block_until_ready(), 2)
@@ -140,8 +155,9 @@ class NoopModel:
   """Stands in for a `Transformer` of config `cfg`: same call signature and output shapes,
   but the forward only does the cache's slot bookkeeping (no K/V written, no layer run).
 
-  The logits are a fixed function of the token and position (argmax = a hash of both), so
-  decoding proceeds; what the decoder accepts is not meaningful.
+  The logits are a fixed hash of the token, position and id (confident enough that drafting
+  loops run to full length), so decoding proceeds; what the decoder accepts is not
+  meaningful.
   """
   cfg: ModelConfig
 
@@ -149,7 +165,7 @@ class NoopModel:
             write_slots_BxT=None, attn_mask=None, inputs_embeds_BxTxD=None,
             layer_range=None, return_hidden=False, return_step_states=False,
             parents_BxT=None, **unused):
-    del variables, attn_mask, parents_BxT, unused
+    del variables, parents_BxT, unused
     cfg = self.cfg
     if tokens_BxT is None:
       B, T = inputs_embeds_BxTxD.shape[:2]
@@ -158,8 +174,16 @@ class NoopModel:
     if positions_BxT is None:
       positions_BxT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     positions_BxT = positions_BxT.astype(jnp.int32)
-    nxt_BxT = (tokens_BxT * 31 + positions_BxT * 7 + 3) % cfg.vocab_size
-    logits = jnp.where(jnp.arange(cfg.vocab_size)[None, None] == nxt_BxT[..., None], 4.0, 0.0)
+    # Opaque to the compiler (a modular hash of token, position and id, not a one-hot it
+    # could see through): the argmaxes and comparisons downstream stay real work.
+    v_1x1xV = jnp.arange(cfg.vocab_size, dtype=jnp.int32)[None, None]
+    h = (v_1x1xV * 7919 + tokens_BxT[..., None] * 104729 + positions_BxT[..., None] * 1299709)
+    logits = ((h % 1009) * (20.0 / 1009)).astype(jnp.float32)
+    # Every input is read, so what the decoder computes to feed the model (masks, embeddings)
+    # is not dead code: it stays in the step's 'everything else'.
+    for x in (attn_mask, inputs_embeds_BxTxD):
+      if isinstance(x, jax.Array) or hasattr(x, 'dtype'):
+        logits = logits + 1e-30 * jnp.sum(jnp.asarray(x).astype(jnp.float32))
     new_cache = None
     if cache is not None:
       if write_slots_BxT is None:

@@ -140,6 +140,39 @@ def measure_pair(method, ar, params, batches, *, repeats) -> tuple[dict[str, Any
   return out, min(ar_times)
 
 
+def measure_decode_pair(method_n, method_1, ar_n, ar_1, params, batches, *, repeats
+                        ) -> dict[str, Any]:
+  """Decode-phase speed of a method against AR, prefill excluded.
+
+  Each argument pair is (fns, compile seconds) from `compile_decoder` for N new tokens and for
+  one (prefill plus the first token). Passes of the four programs alternate `repeats` times
+  after a warm-up, each keeps its fastest, and the decode time is t(N) - t(1): the speedup
+  `ar_decode_s / decode_s` compares the same tokens after the same prefill. Returns the
+  method's summary of the N-token run with decode_s, ar_decode_s, the decode-phase tau
+  (tokens after the first over target forwards after the prefill) and the speedup.
+  """
+  ar_params = [{'target': p['target']} for p in per_batch(params, len(batches))]
+  progs = [(method_n[0], params), (method_1[0], params), (ar_n[0], ar_params),
+           (ar_1[0], ar_params)]
+  best = [float('inf')] * 4
+  results = [None] * 4
+  for fns, pp in progs:  # warm-up
+    timed_pass(fns, pp, batches)
+  for _ in range(repeats):
+    for i, (fns, pp) in enumerate(progs):
+      t, res = timed_pass(fns, pp, batches)
+      if t < best[i]:
+        best[i], results[i] = t, res
+  out = summarise(results[0], best[0], method_n[1])
+  rows = sum(int(p.shape[0]) for p, _, _ in batches)
+  out['decode_s'] = best[0] - best[1]
+  out['ar_decode_s'] = best[2] - best[3]
+  out['decode_tau'] = (out['generated'] - rows) / max(out['target_forwards'] - rows, 1)
+  out['speedup'] = out['ar_decode_s'] / max(out['decode_s'], 1e-12)
+  out['ar_tokens'] = summarise(results[2], best[2], ar_n[1])['tokens']
+  return out
+
+
 def implausible(row: dict[str, Any]) -> bool:
   """A speedup above tau (see `common.speedup_above_tau`): load on the machine, not the
   method; tables flag such rows with '(!)'."""

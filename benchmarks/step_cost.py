@@ -3,24 +3,24 @@
   python -m benchmarks.step_cost --workdir=runs/tiny                  # the README's model
   python -m benchmarks.step_cost --preset=mem --batches=1             # memory-bound, random
 
-For each decoder and batch size, on the same prompts and in one process:
-  step       measured time of one loop iteration: (time to generate N tokens - time to
-             generate 1) / (loop iterations between them), best of `--repeats` passes;
-  target     the forward-cost curve at the step's token count (benchmarks.cost_model:
-             a cached forward over T tokens timed on its own);
-  drafter    the drafter's models: the step with them replaced by no-op models
-             (`cost_model.NoopModel`) subtracted from the full step (0 without a draft
-             model; self-speculative drafting is the target's own layers, counted in
-             'target model');
+For each decoder and batch size, on the same prompts and in one process, by timing the
+same decoding loop with models replaced by no-op stand-ins (`cost_model.NoopModel`: same
+shapes, only the cache's slot bookkeeping, every input read so that preparing it is not dead
+code):
+  step       one loop iteration of the decoder as it is: (time to generate N tokens - time
+             to generate 1) / (loop iterations between them), best of `--repeats` passes;
+  target     step - (the step with the target a no-op): every target call of the step, in
+             the loop (self-speculative drafting, the target's own layers, included);
+  drafter    (the step with the target a no-op) - (the step with every model a no-op): the
+             draft models (0 without one; the oracle draft of draft-model rows costs ~0);
   other      the step with every model a no-op: drafting logic, tree building, masks,
-             verification, cache gather/commit, bookkeeping and loop overhead.
-  target model  the full step minus the step with only the target a no-op (every target
-             call of the step, drafting layers of self-speculative decoders included).
-`target + drafter + other` should equal `step` (checked: within 10% for decoders with one
-target forward per step); `other / step` is the overhead share (goal <= 25% on tiny, <= 10%
-on a memory-bound target). Also tau, the speedup over AR in the same run, and the ideal
-speedup tau * t_AR / t_fwd(T) the forward-cost curve allows. Writes
-benchmarks/results/step_cost_<name>.md and .json.
+             verification, cache gather/commit, bookkeeping and the loop itself.
+The four runs are separate measurements; the columns add up to the step by construction
+(the published table is checked to, after rounding). `other / step` is the overhead share
+(goal <= 25% on tiny, <= 10% on a memory-bound target). Beside it, the forward-cost curve at
+the step's token count (the target's forward timed on its own, benchmarks.cost_model) and
+the in-loop target over it; tau, the speedup over AR in the same run and the ideal speedup
+tau * t_AR / t_fwd(T) the curve allows. Writes benchmarks/results/step_cost_<name>.md/.json.
 """
 
 from __future__ import annotations
@@ -30,12 +30,21 @@ import json
 import os
 from typing import Any, Sequence
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
 from benchmarks import common
 from benchmarks import cost_model
 from benchmarks import harness
+from benchmarks import oracle
 from decoding import Models, SamplingConfig, registry
+from models import heads as heads_lib
 
-DEFAULT_DECODERS = 'ar,prompt_lookup,token_recycling,jacobi,lookahead,layerskip,del'
+DEFAULT_DECODERS = ('ar,prompt_lookup,token_recycling,jacobi,lookahead,layerskip,del,kangaroo,'
+                    'medusa,mtp,speculative:gamma=4,speculative:tree=static:tree_nodes=16,'
+                    'spec_dynamic:tree_nodes=16,'
+                    'speculative:tree=static:branching=4/1/1:verifier=kseq')
 SUM_TOLERANCE = 0.10
 
 
@@ -49,28 +58,91 @@ def step_tokens(decoder, models: Models) -> int:
   return make().resolve(models).max_nodes
 
 
+def with_stand_ins(decoder, models: Models, params: dict[str, Any], batches, ar_results,
+                   cache_size: int, alpha: float = 0.8) -> tuple[Models, list[dict[str, Any]]]:
+  """(models, per-batch params) a decoder needs beyond the target: a draft model becomes the
+  oracle draft at acceptance `alpha` (benchmarks.oracle; its forward costs almost nothing,
+  so the 'drafter' share of such rows is the drafting logic's), and draft heads or a
+  Kangaroo adapter that the run does not have get random weights (their speed does not
+  depend on their values)."""
+  cfg = models.target.cfg
+  drafter = decoder.make_drafter() if hasattr(decoder, 'make_drafter') else None
+  extras, per_batch = dict(models.extras), []
+  for (prompt, lens, _), res in zip(batches, jax.device_get(ar_results)):
+    p = dict(params)
+    if drafter is not None and getattr(decoder, 'drafter', '') == 'model':
+      extras['draft'] = oracle.OracleDraft.for_target(cfg)
+      p['draft'] = oracle.oracle_params(oracle.reference_rows(
+          prompt, lens, res.tokens_BxN, res.num_generated_B, cache_size), alpha)
+    h = jnp.zeros((1, 2, cfg.d_model), cfg.compute_dtype)
+    emb = p['target']['embed']['embedding']
+    key = jax.random.key(0)
+    if decoder.name == 'medusa' and heads_lib.MEDUSA not in p:
+      K = drafter.max_depth
+      p[heads_lib.MEDUSA] = nn.unbox(heads_lib.MedusaHeads(cfg, K).init(key, h, emb)['params'])
+    if decoder.name == 'mtp' and heads_lib.MTP not in p:
+      K = drafter.max_depth
+      p[heads_lib.MTP] = nn.unbox(heads_lib.MTPModules(cfg, K).init(
+          key, h, jnp.zeros((1, K), jnp.int32), emb, emb)['params'])
+    if decoder.name == 'kangaroo' and heads_lib.KANGAROO not in p:
+      p[heads_lib.KANGAROO] = nn.unbox(heads_lib.KangarooAdapter(cfg).init(
+          key, h, jnp.zeros((1, 2), jnp.int32), emb)['params'])
+    per_batch.append(p)
+  return Models(models.target, extras=tuple(extras.items())), per_batch
+
+
+def step_is_chain(decoder, models: Models) -> bool:
+  """Whether the step's target forward is causal (a chain) rather than a tree's mask."""
+  make = getattr(decoder, 'make_drafter', None)
+  return make is None or make().resolve(models).is_chain
+
+
 def step_time(decoder, models, params, batches, *, max_new: int, cache_size: int,
               eos_id: int, pad_id: int, repeats: int) -> tuple[float, dict[str, Any]]:
-  """(seconds per loop iteration, summary of the N-token run)."""
+  """(seconds per loop iteration, summary of the N-token run with `decode_s`: the time of
+  the tokens after the first, t(N) - t(1), prefill excluded)."""
   kw = dict(cache_size=cache_size, eos_id=eos_id, pad_id=pad_id)
   fn_n, compile_s = harness.compile_decoder(decoder, models, params, batches,
                                             max_new=max_new, **kw)
   fn_1, _ = harness.compile_decoder(decoder, models, params, batches, max_new=1, **kw)
-  t_n, res_n = harness.best_pass(fn_n, params, batches, repeats)
-  t_1, res_1 = harness.best_pass(fn_1, params, batches, repeats)
+  harness.timed_pass(fn_n, params, batches)  # warm-up
+  harness.timed_pass(fn_1, params, batches)
+  t_n = t_1 = float('inf')
+  for _ in range(repeats):  # alternate, so both see the same load
+    t, res_n = harness.timed_pass(fn_n, params, batches)
+    t_n = min(t_n, t)
+    t, res_1 = harness.timed_pass(fn_1, params, batches)
+    t_1 = min(t_1, t)
   steps = harness.loop_steps(res_n) - harness.loop_steps(res_1)
-  return (t_n - t_1) / max(steps, 1), harness.summarise(res_n, t_n, compile_s)
+  summary = harness.summarise(res_n, t_n, compile_s)
+  rows = sum(int(p.shape[0]) for p, _, _ in batches)
+  summary['decode_s'] = t_n - t_1
+  summary['decode_tau'] = (summary['generated'] - rows) / max(summary['target_forwards'] - rows,
+                                                              1)
+  return (t_n - t_1) / max(steps, 1), summary
 
 
 def breakdown(decoder, models: Models, params: dict[str, Any], prompts: Sequence[Sequence[int]],
               *, batch: int, max_new: int, cache_size: int, eos_id: int, pad_id: int,
               repeats: int = 3, t_ar: float | None = None,
-              curve: dict[int, float] | None = None) -> dict[str, Any]:
-  """The step-cost breakdown of one decoder (see module docstring); times in seconds."""
+              curve: dict[int, float] | None = None, ar=None) -> dict[str, Any]:
+  """The step-cost breakdown of one decoder (see module docstring); times in seconds.
+
+  `ar`: AR's compiled (N-token, 1-token) programs: then the decoder's decode time is timed
+  in passes alternating with AR's, and the row carries the speedup over AR of that window.
+  """
   batches = harness.make_batches(prompts, batch, pad_id)
   kw = dict(max_new=max_new, cache_size=cache_size, eos_id=eos_id, pad_id=pad_id,
             repeats=repeats)
   t_step, summary = step_time(decoder, models, params, batches, **kw)
+  speedup = None
+  if ar is not None:
+    ckw = dict(cache_size=cache_size, eos_id=eos_id, pad_id=pad_id)
+    pair = harness.measure_decode_pair(
+        harness.compile_decoder(decoder, models, params, batches, max_new=max_new, **ckw),
+        harness.compile_decoder(decoder, models, params, batches, max_new=1, **ckw),
+        ar[0], ar[1], params, batches, repeats=repeats)
+    speedup, summary['ar_tokens'] = pair['speedup'], pair['ar_tokens']
   extras = [k for k, _ in models.extras]
   # A no-op model's argmax may be the EOS token; those runs never stop early instead (the
   # time per loop iteration does not depend on when rows stop).
@@ -80,26 +152,30 @@ def breakdown(decoder, models: Models, params: dict[str, Any], prompts: Sequence
   t_other, _ = step_time(decoder, cost_model.noop_models(models, ['target'] + extras),
                          params, batches, **noop_kw)
   t_no_drafts = t_step
-  if extras:
-    t_no_drafts, _ = step_time(decoder, cost_model.noop_models(models, extras), params,
-                               batches, **noop_kw)
   T = step_tokens(decoder, models)
-  if curve is None or T not in curve:
+  tree = not step_is_chain(decoder, models)
+  if curve is None or (T, tree) not in curve:
     curve = dict(curve or {})
-    curve[T] = cost_model.forward_time(models.target, params['target'], batch=batch,
-                                       tokens=T, cache_size=cache_size,
-                                       context=min(cache_size - T, cache_size // 2))
-  t_fwd = curve[T]
-  out = dict(decoder=decoder.name, batch=batch, step_tokens=T, tau=summary['tau'],
-             step_ms=t_step * 1e3, target_fwd_ms=t_fwd * 1e3,
-             target_model_ms=(t_step - t_no_target) * 1e3,
-             drafter_ms=max(t_step - t_no_drafts, 0.0) * 1e3, other_ms=t_other * 1e3,
-             tokens_per_s=summary['tokens_per_s'], generated=summary['generated'],
-             output=summary['tokens'])
-  out['sum_ms'] = out['target_fwd_ms'] + out['drafter_ms'] + out['other_ms']
+    curve[T, tree] = cost_model.forward_time(
+        models.target, harness.per_batch(params, len(batches))[0]['target'], batch=batch,
+        tokens=T, cache_size=cache_size, context=min(cache_size - T, cache_size // 2),
+        explicit_mask=tree, repeats=7)
+  t_fwd = curve[T, tree]
+  out = dict(decoder=decoder.name, batch=batch, step_tokens=T, tau=summary['decode_tau'],
+             other_forwards_per_step=summary['other_forwards'] / max(
+                 summary['target_forwards'] - len(prompts), 1),
+             step_ms=t_step * 1e3, target_ms=(t_step - t_no_target) * 1e3,
+             drafter_ms=(t_no_target - t_other) * 1e3, other_ms=t_other * 1e3,
+             target_fwd_ms=t_fwd * 1e3, decode_s=summary['decode_s'],
+             generated=summary['generated'], output=summary['tokens'])
+  del t_no_drafts
+  out['sum_ms'] = out['target_ms'] + out['drafter_ms'] + out['other_ms']
   out['overhead_share'] = out['other_ms'] / out['step_ms']
   if t_ar is not None:
-    out['ideal'] = cost_model.ideal_speedup(summary['tau'], t_ar, t_fwd)
+    out['ideal'] = cost_model.ideal_speedup(summary['decode_tau'], t_ar, t_fwd)
+  if speedup is not None:
+    out['speedup'] = speedup
+    out['equals_ar'] = summary['tokens'] == summary['ar_tokens']
   return out
 
 
@@ -127,6 +203,8 @@ def _load(args):
 
 def run(args) -> str:
   models, params, prompts, eos_id, pad_id, name = _load(args)
+  if eos_id >= 0:  # a trained model stops at EOS: the oracle needs the whole continuation
+    eos_id = -1
   sampling = SamplingConfig()
   cache = int(-(-(max(map(len, prompts)) + args.max_new_tokens + 128) // 64) * 64)
   kw = dict(max_new=args.max_new_tokens, cache_size=cache, eos_id=eos_id, pad_id=pad_id)
@@ -135,20 +213,28 @@ def run(args) -> str:
     batches = harness.make_batches(prompts, batch, pad_id)
     ar = registry.build('ar', sampling=sampling)
     t_ar, ar_sum = step_time(ar, models, params, batches, repeats=args.repeats, **kw)
+    ar_fns = harness.compile_decoder(ar, models, params, batches, **kw)
+    ar_1 = harness.compile_decoder(ar, models, params, batches, **dict(kw, max_new=1))
+    _, ar_results = harness.timed_pass(ar_fns[0], params, batches)
     curve = {}
-    for dec_name in args.decoders.split(','):
-      dec = registry.build(dec_name, sampling=sampling)
-      r = breakdown(dec, models, params, prompts, batch=batch, repeats=args.repeats,
-                    t_ar=t_ar, curve=curve, **kw)
-      curve[r['step_tokens']] = r['target_fwd_ms'] / 1e3
-      r['speedup'] = r['tokens_per_s'] / ar_sum['tokens_per_s']
-      r['equals_ar'] = r.pop('output') == ar_sum['tokens']
+    for spec in args.decoders.split(','):
+      dec_name, settings = registry.parse_spec(spec)
+      dec = registry.build(dec_name, settings, sampling=sampling)
+      if getattr(dec, 'drafter', '') == 'model':  # a draft model: the oracle stands in
+        dec = registry.build(dec_name, dict(settings, draft_workdir='oracle'), sampling)
+      sub_models, sub_params = with_stand_ins(dec, models, params, batches, ar_results,
+                                              cache)
+      r = breakdown(dec, sub_models, sub_params, prompts, batch=batch, repeats=args.repeats,
+                    t_ar=t_ar, curve=curve, ar=(ar_fns, ar_1), **kw)
+      r['decoder'] = registry.spec_label(dec_name, settings)
+      curve[r['step_tokens'], not step_is_chain(dec, sub_models)] = r['target_fwd_ms'] / 1e3
+      r.pop('output')
       r['ar_step_ms'] = t_ar * 1e3
       rows.append(r)
-      print(f"B={batch} {dec_name}: step {r['step_ms']:.3f} ms = target {r['target_fwd_ms']:.3f}"
-            f" + drafter {r['drafter_ms']:.3f} + other {r['other_ms']:.3f} "
-            f"(sum {r['sum_ms']:.3f}); tau {r['tau']:.2f}, {r['speedup']:.2f}x AR "
-            f"(ideal {r['ideal']:.2f}x)", flush=True)
+      print(f"B={batch} {r['decoder']}: step {r['step_ms']:.3f} ms = target "
+            f"{r['target_ms']:.3f} (alone {r['target_fwd_ms']:.3f}) + drafter "
+            f"{r['drafter_ms']:.3f} + other {r['other_ms']:.3f}; tau {r['tau']:.2f}, "
+            f"{r['speedup']:.2f}x AR (ideal {r['ideal']:.2f}x)", flush=True)
   out = f'step_cost_{args.out or name}'
   with open(os.path.join(common.RESULTS_DIR, f'{out}.json'), 'w') as f:
     json.dump({'provenance': common.provenance(), 'rows': rows}, f, indent=1)
@@ -156,27 +242,31 @@ def run(args) -> str:
 
 
 def report(rows, out: str, name: str) -> str:
-  header = ['decoder', 'batch', 'T', 'tau', 'step ms', 'target fwd ms', 'target model ms',
-            'drafter ms', 'other ms', 'other share', 'sum / step', 'speedup vs AR',
-            'ideal', 'measured / ideal', '= AR']
+  header = ['decoder', 'batch', 'T', 'tau', 'step ms', 'target ms', 'drafter ms', 'other ms',
+            'other share', 'target alone ms', 'in loop / alone', 'speedup vs AR', 'ideal',
+            'measured / ideal', '= AR']
   table = []
   for r in rows:
     table.append([r['decoder'], r['batch'], r['step_tokens'], f"{r['tau']:.2f}",
-                  f"{r['step_ms']:.3f}", f"{r['target_fwd_ms']:.3f}",
-                  f"{r['target_model_ms']:.3f}", f"{r['drafter_ms']:.3f}",
+                  f"{r['step_ms']:.3f}", f"{r['target_ms']:.3f}", f"{r['drafter_ms']:.3f}",
                   f"{r['other_ms']:.3f}", f"{100 * r['overhead_share']:.0f}%",
-                  f"{r['sum_ms'] / r['step_ms']:.2f}",
+                  f"{r['target_fwd_ms']:.3f}", f"{r['target_ms'] / r['target_fwd_ms']:.2f}",
                   f"{r['speedup']:.2f}x" + (' (!)' if harness.implausible(r) else ''),
                   f"{r['ideal']:.2f}x", f"{r['speedup'] / r['ideal']:.2f}",
                   'yes' if r['equals_ar'] else 'NO'])
-  body = (f'Model: `{name}`. Times per loop iteration (one draft -> verify -> commit step; '
-          'for AR one token). "target fwd": the forward-cost curve at T tokens; "target '
-          'model": the step minus the step with the target a no-op; "drafter": the same for '
-          'the draft models; "other": the step with every model a no-op (drafting logic, '
-          'trees, masks, verification, cache commit, bookkeeping, loop). "sum / step" = '
-          '(target fwd + drafter + other) / step. ideal = tau x AR step / target fwd. '
-          '(!) marks a speedup above tau (load on the machine, not the method). Temperature '
-          '0; "= AR": the tokens equal AR\'s.\n\n'
+  body = (f'Model: `{name}`. Decode phase (prefill excluded); every time is the best of '
+          'several passes, passes alternating. Times per loop iteration (one draft -> verify '
+          '-> commit step; for AR one token); tau = tokens after the first / target forwards '
+          'after the prefill; speedup = AR decode time / decode time. "target": the step minus '
+          'the step with the target a no-op (every target call, in the loop); "drafter": the '
+          'same for the draft models (draft-model rows use the oracle draft of '
+          'benchmarks/oracle.py at alpha 0.8, heads and adapters random weights: speed only); '
+          '"other": the step with every model a no-op (drafting logic, trees, masks, '
+          'verification, cache commit, bookkeeping, loop); target + drafter + other = step. '
+          '"target alone": the forward-cost curve at T (the forward timed on its own, with the '
+          'mask kind of the step); "in loop / alone" compares the two. ideal = tau x AR step '
+          '/ target alone. (!) marks a speedup above tau (load on the machine, not the '
+          'method). Temperature 0; "= AR": the tokens equal AR\'s.\n\n'
           + common.markdown_table(header, table))
   return common.write_results(out, 'Step-cost breakdown', body)
 
@@ -192,7 +282,7 @@ def main():
   ap.add_argument('--prompts', type=int, default=8)
   ap.add_argument('--prompt_chars', type=int, default=200)
   ap.add_argument('--max_new_tokens', type=int, default=96)
-  ap.add_argument('--repeats', type=int, default=3)
+  ap.add_argument('--repeats', type=int, default=5)
   ap.add_argument('--out', default='', help='results name suffix (default: the model name)')
   print(run(ap.parse_args()))
 

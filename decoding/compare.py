@@ -21,29 +21,34 @@ from decoding import sampling as sampling_lib
 Results = dict[str, tuple[list[runner.RowOutput], runner.RunStats]]
 
 
-def merged_settings(names: Sequence[str]) -> ml_collections.ConfigDict:
-  """The union of the settings of `names` (for --decoder_config.*); unknown names fail."""
+def merged_settings(specs: Sequence[str]) -> ml_collections.ConfigDict:
+  """The union of the settings of the decoders named by `specs` ('NAME[:key=value...]', see
+  `registry.parse_spec`), for --decoder_config.*; unknown names fail."""
   merged: dict[str, Any] = {}
-  for name in names:
-    merged.update(registry.default_settings(name).to_dict())
+  for spec in specs:
+    merged.update(registry.default_settings(spec.split(':')[0].strip()).to_dict())
   c = ml_collections.ConfigDict(merged)
   c.lock()
   return c
 
 
-def build_decoders(names: Sequence[str], settings: ml_collections.ConfigDict,
+def build_decoders(specs: Sequence[str], settings: ml_collections.ConfigDict,
                    overridden: Sequence[str], sampling: sampling_lib.SamplingConfig
-                   ) -> list[base.Decoder]:
-  """Builds each decoder with only the settings the user overrode that it has."""
+                   ) -> list[tuple[str, base.Decoder]]:
+  """[(label, decoder)]: each 'NAME[:key=value...]' spec built with the overridden
+  --decoder_config settings it has, then its own (which win). The label names the decoder
+  and its own settings, e.g. 'prompt_lookup(gamma=2)'."""
   decoders, used = [], set()
-  for name in names:
+  for spec in specs:
+    name, own = registry.parse_spec(spec)
     fields = {f.name for f in registry.settings_fields(name)}
     chosen = {k: settings[k] for k in overridden if k in fields}
     used.update(chosen)
-    decoders.append(registry.build(name, chosen, sampling))
+    decoders.append((registry.spec_label(name, own),
+                     registry.build(name, {**chosen, **own}, sampling)))
   unused = sorted(set(overridden) - used)
   if unused:
-    raise ValueError(f'--decoder_config keys {unused} belong to none of {list(names)}.')
+    raise ValueError(f'--decoder_config keys {unused} belong to none of {list(specs)}.')
   return decoders
 
 
@@ -54,16 +59,23 @@ def default_cache_size(prompts: Sequence[Sequence[int]], max_new_tokens: int,
   return int(math.ceil(need / multiple) * multiple)
 
 
-def run_all(decoders: Sequence[base.Decoder], target: Any, target_params: Any,
-            prompts: Sequence[Sequence[int]], *, eos_id: int, pad_id: int, max_new_tokens: int,
-            cache_size: int = 0, seed: int = 0, batch_size: int | None = None, mesh=None,
+def run_all(decoders: Sequence[base.Decoder | tuple[str, base.Decoder]], target: Any,
+            target_params: Any, prompts: Sequence[Sequence[int]], *, eos_id: int, pad_id: int,
+            max_new_tokens: int, cache_size: int = 0, seed: int = 0,
+            batch_size: int | None = None, mesh=None,
             load_extra: Callable[[str], tuple[Any, Any]] | None = None,
-            target_extras: dict[str, Any] | None = None) -> Results:
+            target_extras: dict[str, Any] | None = None, repeats: int = 1) -> Results:
   """Runs every decoder on the same prompts; cache_size 0 = just enough for all of them.
 
-  `target_extras`: the target run's training extras (draft heads, adapters), passed to the
-  decoders as params[name] beside params['target'].
+  `decoders`: decoders, or (label, decoder) pairs (`build_decoders`); results are keyed by
+  label (default the decoder's name). `target_extras`: the target run's training extras
+  (draft heads, adapters), passed to the decoders as params[name] beside params['target'].
+  `repeats` > 1: every decoder is timed that many times after an untimed warm-up, passes of
+  all decoders interleaved so load on the machine falls on all alike, and each keeps its
+  fastest pass.
   """
+  labelled = [d if isinstance(d, tuple) else (d.name, d) for d in decoders]
+  decoders = [d for _, d in labelled]
   cache_size = cache_size or default_cache_size(prompts, max_new_tokens, decoders)
   if prompts and hasattr(target, 'cfg'):  # refuse a cache that cannot fit, before allocating
     limits.check_memory(target.cfg, batch_size=min(batch_size or len(prompts), len(prompts)),
@@ -71,7 +83,8 @@ def run_all(decoders: Sequence[base.Decoder], target: Any, target_params: Any,
                         prompt_len=min(cache_size, max(map(len, prompts))),
                         num_devices=mesh.devices.size if mesh is not None else 1)
   results: Results = {}
-  for dec in decoders:
+  runs = []
+  for label, dec in labelled:
     extras, params = [], {**(target_extras or {}), 'target': target_params}
     for name, workdir in dec.extra_models().items():
       if load_extra is None:
@@ -80,11 +93,22 @@ def run_all(decoders: Sequence[base.Decoder], target: Any, target_params: Any,
       extras.append((name, module))
       params[name] = extra_params
     models = base.Models(target=target, extras=tuple(extras))
-    key = dec.name if dec.name not in results else f'{dec.name}#{len(results)}'
+    key = label if label not in results else f'{label}#{len(results)}'
     results[key] = runner.run_decoder(dec, models, params, prompts,
                                       max_new_tokens=max_new_tokens, cache_size=cache_size,
                                       eos_id=eos_id, pad_id=pad_id, seed=seed,
                                       batch_size=batch_size, mesh=mesh)
+    runs.append((key, dec, models, params))
+  if repeats > 1:
+    best = {key: float('inf') for key, *_ in runs}
+    kw = dict(max_new_tokens=max_new_tokens, cache_size=cache_size, eos_id=eos_id,
+              pad_id=pad_id, seed=seed, batch_size=batch_size, mesh=mesh)
+    for _ in range(repeats):
+      for key, dec, models, params in runs:
+        _, stats = runner.run_decoder(dec, models, params, prompts, **kw)
+        best[key] = min(best[key], stats.wall_time_s)
+    for key in best:
+      results[key][1].wall_time_s = best[key]
   return results
 
 

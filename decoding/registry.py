@@ -72,6 +72,52 @@ def build(name: str, settings: Mapping[str, Any] | None = None,
   return cls(sampling=sampling or sampling_lib.SamplingConfig(), **settings)
 
 
+def _convert(name: str, field: dataclasses.Field, text: str) -> Any:
+  """A setting's value from its text, by the type of the field's default."""
+  default = field.default if field.default is not dataclasses.MISSING else None
+  try:
+    if isinstance(default, bool):
+      if text.lower() not in ('true', 'false', '1', '0'):
+        raise ValueError(text)
+      return text.lower() in ('true', '1')
+    if isinstance(default, int):
+      return int(text)
+    if isinstance(default, float):
+      return float(text)
+  except ValueError:
+    raise ValueError(f'Decoder {name!r}: setting {field.name}={text!r} is not a '
+                     f'{type(default).__name__}.') from None
+  return text.replace('/', ',')  # strings: '/' stands for the ',' that separates decoders
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+  """'NAME' or 'NAME:key=value:key=value' -> (name, settings), values typed by the fields.
+
+  In a string setting '/' stands for ',' (commas separate decoders on the command line):
+  'speculative:tree=static:branching=4/2/2/1'.
+  """
+  name, *parts = spec.strip().split(':')
+  fields = {f.name: f for f in settings_fields(name)}
+  settings = {}
+  for part in parts:
+    key, eq, text = part.partition('=')
+    if not eq or not key:
+      raise ValueError(f'Decoder spec {spec!r}: expected NAME:key=value[:key=value...], got '
+                       f'{part!r}.')
+    if key not in fields:
+      raise ValueError(f'Unknown setting {key!r} for decoder {name!r} in {spec!r}; known: '
+                       f'{sorted(fields)}.')
+    settings[key] = _convert(name, fields[key], text)
+  return name, settings
+
+
+def spec_label(name: str, settings: Mapping[str, Any]) -> str:
+  """'prompt_lookup(gamma=2)': a decoder with the settings it was given."""
+  if not settings:
+    return name
+  return name + '(' + ', '.join(f'{k}={v}' for k, v in settings.items()) + ')'
+
+
 def describe() -> str:
   """One line per decoder: name, family, lossless or not, and its settings."""
   lines = []

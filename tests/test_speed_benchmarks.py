@@ -1,0 +1,152 @@
+"""The speed benchmarks' machinery: the oracle drafter of the system benchmark, the no-op
+model of the step-cost breakdown, the accounting of the committed step-cost results, and the
+flag on speedups above tau."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from testlib import small_config
+from benchmarks import common, cost_model, harness, oracle, spec_system, step_cost
+from decoding import Models, SamplingConfig, registry, run_decoder
+from models import Transformer, init_params
+
+V = 64
+PROMPTS = [[1, 5, 9, 3, 1, 5, 9, 12], [2, 7, 7, 30], [4, 4, 8, 1, 6]]
+N_NEW = 40
+CACHE = 160
+
+
+@pytest.fixture(scope='module')
+def target():
+  cfg = small_config(vocab_size=V, init_std=0.3)  # spread logits: an arbitrary greedy text
+  model = Transformer(cfg)
+  params = init_params(model, jax.random.key(3))
+  rows, _ = run_decoder(registry.build('ar'), Models(model), {'target': params}, PROMPTS,
+                        max_new_tokens=N_NEW, cache_size=CACHE, eos_id=-1, pad_id=0)
+  return model, params, [r.tokens for r in rows]
+
+
+def _run_oracle(target, settings, alpha):
+  model, params, ar = target
+  batches = harness.make_batches(PROMPTS, len(PROMPTS), 0)
+  (prompt, lens, keys), = batches
+  ref = oracle.reference_rows(prompt, lens, np.asarray([r + [0] * (N_NEW - len(r)) for r in ar]),
+                              [len(r) for r in ar], CACHE)
+  draft = oracle.OracleDraft.for_target(model.cfg)
+  models = Models(model, extras=(('draft', draft),))
+  dec = registry.build(settings[0], dict(settings[1], draft_workdir='oracle'))
+  params = {'target': params, 'draft': oracle.oracle_params(ref, alpha)}
+  rows, stats = run_decoder(dec, models, params, PROMPTS, max_new_tokens=N_NEW,
+                            cache_size=CACHE, eos_id=-1, pad_id=0)
+  return [r.tokens for r in rows], stats
+
+
+@pytest.mark.parametrize('verifier', ['chain k=4', 'static tree 16', 'dynamic tree 16',
+                                      'multi-draft 4x3 (K-SEQ)'])
+def test_oracle_outputs_equal_ar_and_acceptance_follows_alpha(target, verifier):
+  """Greedy output equals AR's at every alpha; alpha 0 accepts nothing (one token per
+  forward), alpha 1 everything, and tau grows with alpha."""
+  ar = target[2]
+  taus = []
+  for alpha in (0.0, 0.5, 0.8, 1.0):
+    tokens, stats = _run_oracle(target, spec_system.VERIFIERS[verifier], alpha)
+    assert tokens == ar, (verifier, alpha)
+    taus.append(stats.tau)
+  depth = registry.build(spec_system.VERIFIERS[verifier][0],
+                         dict(spec_system.VERIFIERS[verifier][1], draft_workdir='o'))
+  depth = depth.make_drafter().max_depth
+  assert taus[0] == pytest.approx(1.0)
+  assert taus == sorted(taus) and taus[1] < taus[2] < taus[3]
+  # alpha 1: every step commits its whole path plus the bonus token (but the last ones).
+  steps = -(-(N_NEW - 1) // (depth + 1))
+  assert taus[3] == pytest.approx(N_NEW / (1 + steps), rel=0.05)
+
+
+def test_oracle_accepts_each_depth_with_probability_alpha(target):
+  """The first draft of a chain is accepted in about alpha of the steps (many positions)."""
+  for alpha in (0.3, 0.7):
+    _, stats = _run_oracle(target, ('speculative', dict(gamma=1)), alpha)
+    accepted = stats.extra['accepted_by_depth'][0] / stats.extra['spec_steps']
+    assert abs(accepted - alpha) < 0.12, (alpha, accepted)
+
+
+def test_noop_model_keeps_the_loop_running_and_the_cache_bookkeeping(target):
+  """With no-op models a decoder still runs to its token budget with fixed shapes: the
+  stand-in for the breakdown's 'everything else'."""
+  model, params, _ = target
+  noop = cost_model.noop_models(Models(model))
+  for name in ('ar', 'prompt_lookup', 'token_recycling', 'layerskip'):
+    rows, stats = run_decoder(registry.build(name), noop, {'target': params}, PROMPTS,
+                              max_new_tokens=N_NEW, cache_size=CACHE, eos_id=-1, pad_id=0)
+    assert all(len(r.tokens) == N_NEW for r in rows), name
+    assert stats.target_forwards >= len(PROMPTS)
+
+
+def test_step_tokens():
+  cfg = small_config()
+  models = Models(Transformer(cfg))
+  assert step_cost.step_tokens(registry.build('ar'), models) == 1
+  assert step_cost.step_tokens(registry.build('prompt_lookup', {'gamma': 3}), models) == 4
+  assert step_cost.step_tokens(registry.build('token_recycling', {'tree_nodes': 9}), models) == 10
+
+
+def test_committed_step_costs_add_up():
+  """In every committed step-cost table the target, drafter and other columns add up to the
+  measured step (within 10%), and no speedup above tau is shown unflagged."""
+  files = glob.glob(os.path.join(common.RESULTS_DIR, 'step_cost_*.json'))
+  assert files, 'no committed step-cost results'
+  for path in files:
+    with open(path) as f:
+      rows = json.load(f)['rows']
+    assert rows, path
+    for r in rows:
+      parts = r['target_ms'] + r['drafter_ms'] + r['other_ms']
+      assert abs(parts / r['step_ms'] - 1) <= step_cost.SUM_TOLERANCE, (path, r['decoder'])
+      assert r['other_ms'] >= 0 and r['step_ms'] > 0, (path, r['decoder'])
+    md = open(path[:-len('.json')] + '.md').read()
+    for r in rows:
+      if harness.implausible(r):
+        assert f"{r['speedup']:.2f}x (!)" in md, (path, r['decoder'])
+
+
+def test_speedups_above_tau_are_flagged_in_the_tables(tmp_path, monkeypatch):
+  monkeypatch.setattr(common, 'RESULTS_DIR', str(tmp_path))
+  row = dict(decoder='prompt_lookup', batch=1, step_tokens=4, tau=1.5, step_ms=1.0,
+             target_fwd_ms=0.8, target_ms=0.8, drafter_ms=0.0, other_ms=0.2,
+             sum_ms=1.0, overhead_share=0.2, speedup=1.7, ideal=1.4, equals_ar=True)
+  text = open(step_cost.report([row, dict(row, speedup=1.2)], 'step_cost_t', 't')).read()
+  assert '1.70x (!)' in text and '1.20x |' in text
+  sys_row = dict(device='cpu', preset='test', dtype='float32', verifier='chain k=4',
+                 tokens_per_step=5, alpha=0.8, batch=1, tau=2.0, tokens_per_s=10.0,
+                 ar_tokens_per_s=4.0, speedup=2.5, ideal=2.2, t_ar_ms=1.0, t_fwd_ms=1.0,
+                 measured_over_ideal=1.1, equal_to_ar=True)
+  args = type('A', (), dict(out='spec_system_t', preset='test', dtype='float32', prompts=1,
+                            max_new_tokens=8, repeats=1))()
+  text = open(spec_system.write([sys_row], args)).read()
+  assert '2.50x (!)' in text
+  assert any('(!)' in g[1] and g[2] == 'NOT met' for g in spec_system.goals([sys_row]))
+
+
+def test_decoder_specs_carry_their_own_settings():
+  assert registry.parse_spec('prompt_lookup:gamma=2:ngram=1') == (
+      'prompt_lookup', {'gamma': 2, 'ngram': 1})
+  assert registry.parse_spec('speculative:tree=static:branching=4/2/1')[1] == {
+      'tree': 'static', 'branching': '4,2,1'}
+  with pytest.raises(ValueError, match='Unknown setting'):
+    registry.parse_spec('prompt_lookup:gamma_typo=2')
+  with pytest.raises(ValueError, match='is not a int'):
+    registry.parse_spec('prompt_lookup:gamma=two')
+  from decoding import compare  # pylint: disable=g-import-not-at-top
+  specs = ['ar', 'prompt_lookup:gamma=2', 'prompt_lookup']
+  built = compare.build_decoders(specs, compare.merged_settings(specs), ['ngram'],
+                                 SamplingConfig())
+  labels = [label for label, _ in built]
+  assert labels == ['ar', 'prompt_lookup(gamma=2)', 'prompt_lookup']
+  assert built[1][1].gamma == 2 and built[2][1].gamma != 2
