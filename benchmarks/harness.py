@@ -140,6 +140,20 @@ def measure_pair(method, ar, params, batches, *, repeats) -> tuple[dict[str, Any
   return out, min(ar_times)
 
 
+def alternate(progs, batches, *, repeats: int) -> tuple[list[float], list[Any]]:
+  """Best wall time and its results for each (compiled fns, params) program, their passes
+  alternated `repeats` times after one warm-up pass each (so all see the same load)."""
+  best, results = [float('inf')] * len(progs), [None] * len(progs)
+  for fns, pp in progs:  # warm-up: the first call of a compiled function is slower
+    timed_pass(fns, pp, batches)
+  for _ in range(repeats):
+    for i, (fns, pp) in enumerate(progs):
+      t, res = timed_pass(fns, pp, batches)
+      if t < best[i]:
+        best[i], results[i] = t, res
+  return best, results
+
+
 def measure_decode_pair(method_n, method_1, ar_n, ar_1, params, batches, *, repeats
                         ) -> dict[str, Any]:
   """Decode-phase speed of a method against AR, prefill excluded.
@@ -152,17 +166,9 @@ def measure_decode_pair(method_n, method_1, ar_n, ar_1, params, batches, *, repe
   (tokens after the first over target forwards after the prefill) and the speedup.
   """
   ar_params = [{'target': p['target']} for p in per_batch(params, len(batches))]
-  progs = [(method_n[0], params), (method_1[0], params), (ar_n[0], ar_params),
-           (ar_1[0], ar_params)]
-  best = [float('inf')] * 4
-  results = [None] * 4
-  for fns, pp in progs:  # warm-up
-    timed_pass(fns, pp, batches)
-  for _ in range(repeats):
-    for i, (fns, pp) in enumerate(progs):
-      t, res = timed_pass(fns, pp, batches)
-      if t < best[i]:
-        best[i], results[i] = t, res
+  best, results = alternate([(method_n[0], params), (method_1[0], params),
+                             (ar_n[0], ar_params), (ar_1[0], ar_params)], batches,
+                            repeats=repeats)
   out = summarise(results[0], best[0], method_n[1])
   rows = sum(int(p.shape[0]) for p, _, _ in batches)
   out['decode_s'] = best[0] - best[1]

@@ -7,13 +7,15 @@ from __future__ import annotations
 import glob
 import json
 import os
+from types import SimpleNamespace
 
 import jax
 import numpy as np
 import pytest
 
 from testlib import small_config
-from benchmarks import common, cost_model, harness, oracle, spec_system, step_cost
+from benchmarks import (common, cost_model, diffusion_cost, harness, oracle, spec_system,
+                        step_cost)
 from decoding import Models, SamplingConfig, registry, run_decoder
 from models import Transformer, init_params
 
@@ -150,3 +152,20 @@ def test_decoder_specs_carry_their_own_settings():
   labels = [label for label, _ in built]
   assert labels == ['ar', 'prompt_lookup(gamma=2)', 'prompt_lookup']
   assert built[1][1].gamma == 2 and built[2][1].gamma != 2
+
+
+def test_diffusion_accounting_of_ar_against_itself(target):
+  """The diffusion step accounting on a decoder whose answer is known: cached AR measured
+  against itself commits one token per forward and per step, reproduces AR's tokens, and
+  splits each step into a positive model part and a no-op part smaller than the step."""
+  model, params, ar_tokens = target
+  run = SimpleNamespace(model=model, params=params, config={}, workdir='',
+                        tokenizer=SimpleNamespace(pad_id=0, eos_id=-1))
+  r = diffusion_cost.measure(registry.build('ar'), run, {}, run, PROMPTS, max_new=12,
+                             repeats=1)
+  assert r['tokens'] == r['ar_tokens'] == [t[:12] for t in ar_tokens]
+  assert r['tokens_per_forward'] == pytest.approx(1.0)
+  assert r['tokens_per_step'] == pytest.approx(1.0) == r['ideal_memory_bound']
+  assert 0 < r['other_ms'] < r['step_ms'] and r['model_ms'] > 0
+  assert r['model_ms'] + r['other_ms'] == pytest.approx(r['step_ms'])
+  assert 0 < r['overhead_share'] < 1
