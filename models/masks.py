@@ -94,7 +94,7 @@ def block_to_cache_mask(local_BxTxT: jax.Array, start_B: jax.Array, cache_size: 
   """`local_to_cache_mask` for T new tokens written at the contiguous slots start .. start+T-1
   (and, if `see_prefix`, every slot s < start visible): a gather instead of a scatter.
   """
-  B, T = local_BxTxT.shape[0], local_BxTxT.shape[-1]
+  B, T = start_B.shape[0], local_BxTxT.shape[-1]  # a local mask of batch 1 is shared
   rel_BxS = jnp.arange(cache_size)[None, :] - start_B[:, None]
   inside_BxS = (rel_BxS >= 0) & (rel_BxS < T)
   local_BxTxT = jnp.broadcast_to(local_BxTxT, (B, T, T))

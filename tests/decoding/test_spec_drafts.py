@@ -97,3 +97,8 @@ def test_tree_structure_matches_the_sequential_definitions(seed):
   np.testing.assert_array_equal(
       masks.block_to_cache_mask(tree.ancestors_BxTxT, base, S),
       masks.local_to_cache_mask(tree.ancestors_BxTxT, slots, base, S))
+  # One local mask shared by every row (batch 1) against per-row starts.
+  shared = tree.ancestors_BxTxT[:1]
+  np.testing.assert_array_equal(
+      masks.block_to_cache_mask(shared, base, S),
+      masks.local_to_cache_mask(jnp.broadcast_to(shared, (B, T, T)), slots, base, S))
