@@ -4,7 +4,7 @@
       (--prompt=TEXT | --prompts_file=FILE | --heldout_prompts=N) --max_new_tokens=N
       [--temperature=0 --top_k=0 --top_p=1 --min_p=0 --seed=0] [--json] [--list_decoders]
       [--decoder_config.FIELD=VALUE ...] [--mesh=data=2,tensor=4] [--add_bos=auto|true|false]
-      [--repeats=N]
+      [--repeats=N] [--results_name=NAME]
 
 With several decoders it prints a comparison table (speedup against the first one). A
 decoder may carry its own settings (`prompt_lookup:gamma=2`, `layerskip:gamma=1:exit_layer=2`;
@@ -65,6 +65,9 @@ _REPEATS = flags.DEFINE_integer(
 _ADD_BOS = flags.DEFINE_enum('add_bos', 'auto', ['auto', 'true', 'false'],
                              'Start prompts with BOS: auto = as the model was trained (an '
                              "imported checkpoint: as its tokenizer does; Qwen: no BOS).")
+_RESULTS = flags.DEFINE_string(
+    'results_name', '', 'Also write the comparison table, with the command, commit, device and '
+    'versions, to benchmarks/results/NAME.md (what the README quotes).')
 _LIST = flags.DEFINE_bool('list_decoders', False, 'List the registered decoders and exit.')
 try:
   _SETTINGS = config_flags.DEFINE_config_dict('decoder_config', _SETTINGS_DEFAULTS,
@@ -139,7 +142,15 @@ def main(argv):
       print(f'--- prompt {row.index} ---\n{tok.decode(row.prompt)}{bold}'
             f'{tok.decode(row.tokens)}{plain}')
   print()
-  print(compare.comparison_table(results))
+  table = compare.comparison_table(results)
+  print(table)
+  if _RESULTS.value:
+    from benchmarks import common  # pylint: disable=g-import-not-at-top
+    body = (f'`{target.workdir}` (step {target.step}), {len(prompts)} prompts x '
+            f'{_MAX_NEW.value} new tokens, batch size {_BATCH.value}, sampling {sampling}, '
+            f'best of {_REPEATS.value} interleaved passes; speedup against the first '
+            f'decoder.\n\n{table}')
+    print('wrote', common.write_results(_RESULTS.value, 'sample.py: decoders compared', body))
 
 
 if __name__ == '__main__':

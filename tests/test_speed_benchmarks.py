@@ -16,7 +16,8 @@ import pytest
 from testlib import small_config
 from benchmarks import (common, cost_model, diffusion_cost, harness, oracle, spec_system,
                         step_cost)
-from decoding import Models, SamplingConfig, registry, run_decoder
+from decoding import Models, SamplingConfig, compare, registry, run_decoder
+from decoding.runner import RunStats
 from models import Transformer, init_params
 
 V = 64
@@ -169,3 +170,18 @@ def test_diffusion_accounting_of_ar_against_itself(target):
   assert 0 < r['other_ms'] < r['step_ms'] and r['model_ms'] > 0
   assert r['model_ms'] + r['other_ms'] == pytest.approx(r['step_ms'])
   assert 0 < r['overhead_share'] < 1
+
+
+def test_sample_comparison_table_flags_speedups_above_tau():
+  """sample.py's table marks a row faster than its tau allows, and only that row."""
+  def stats(name, gen, fwd, wall):
+    return RunStats(decoder=name, num_prompts=1, generated=gen, target_forwards=fwd,
+                    other_forwards=0, wall_time_s=wall, compile_time_s=0.0,
+                    step_tokens_hist=[], extra={})
+  table = compare.comparison_table({
+      'ar': ([], stats('ar', 100, 100, 1.0)),
+      'prompt_lookup': ([], stats('prompt_lookup', 100, 50, 0.4)),   # 2.5x at tau 2
+      'jacobi': ([], stats('jacobi', 100, 80, 0.9))})                # 1.11x at tau 1.25
+  rows = {line.split('|')[1].strip(): line for line in table.splitlines()[2:]}
+  assert '2.50x (!)' in rows['prompt_lookup']
+  assert '1.11x |' in rows['jacobi'] and '(!)' not in rows['jacobi']
