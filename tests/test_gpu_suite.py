@@ -77,7 +77,8 @@ def test_each_planned_call_fits_one_device_call(script, call):
   limits = _limits(script)
   stages = CALLS[call]
   assert set(stages) <= set(limits), set(stages) - set(limits)
-  # each stage is killed at its limit (+15 s for the kill), so the call ends in time
+  # each stage gets SIGINT at its limit (SIGKILL 15 s later if it ignores it): with every
+  # stage at its limit the call still ends in time unless stages ignore SIGINT
   total = sum(limits[s] for s in stages)
   assert total + START_MARGIN <= CALL_SECONDS, (call, total)
 
