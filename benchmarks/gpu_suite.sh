@@ -34,12 +34,13 @@
 # start the suite with it, e.g.
 #   LEAPFROG_COMMIT="$(git rev-parse --short=12 HEAD)$(git diff --quiet HEAD -- . ':!benchmarks/results' || echo ' + uncommitted changes (dirty)')" bash benchmarks/gpu_suite.sh ...
 #
-# Rehearsal on CPU (toy sizes, a few minutes on 2 cores; what a session without a GPU runs
-# before a session with one spends its minutes):
+# Rehearsal on CPU (toy sizes; 3 and 17 minutes on 2 loaded cores, docs/gpu_suite.md; what a
+# session without a GPU runs before a session with one spends its minutes):
 #   REHEARSE=1 PYTHON=.venv/bin/python bash benchmarks/gpu_suite.sh spec_small,peer
 #   REHEARSE=1 PYTHON=.venv/bin/python bash benchmarks/gpu_suite.sh fwd_cost,spec_system,step_cost
 # REHEARSE=1 swaps every size for a toy one (the `test` preset with a 512-token BPE vocabulary
-# for `small`, 20 training steps, 2 prompts x 32 tokens, ...), and writes the runs and the
+# for `small`, 20 training steps, 2 prompts x 32 tokens, ...; the four drafters one after
+# another unless PARALLEL_DRAFTERS=1), and writes the runs and the
 # results under $REHEARSAL_DIR (default /tmp/gpu_suite_rehearsal) instead of runs/gpu and
 # benchmarks/results ($LEAPFROG_RESULTS_DIR, benchmarks/common.py), so that no toy figure can
 # be taken for a GPU result. tests/test_gpu_suite.py checks the stages and sizes stay in step.
