@@ -14,9 +14,13 @@ from typing import Any, Callable, Sequence
 
 import jax
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMIT_ENV = 'LEAPFROG_COMMIT'  # for copies of the code without .git (e.g. a lent GPU)
+# Where results go: benchmarks/results, or $LEAPFROG_RESULTS_DIR (a rehearsal of
+# benchmarks/gpu_suite.sh on CPU writes there, so that no toy figure lands among the results).
+RESULTS_ENV = 'LEAPFROG_RESULTS_DIR'
+RESULTS_DIR = os.path.abspath(os.environ.get(RESULTS_ENV)
+                              or os.path.join(REPO_ROOT, 'benchmarks', 'results'))
 
 # Dense peaks by device kind (bf16 FLOP/s, HBM bytes/s); None where not meaningful (CPU).
 PEAKS = {
@@ -88,7 +92,7 @@ def provenance() -> str:
 
 def _module() -> str:
   main = getattr(sys.modules['__main__'], '__file__', None) or ''
-  rel = os.path.relpath(os.path.abspath(main), os.path.dirname(RESULTS_DIR) + '/..')
+  rel = os.path.relpath(os.path.abspath(main), REPO_ROOT)
   return rel.removesuffix('.py').replace(os.sep, '.')
 
 

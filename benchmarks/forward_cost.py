@@ -124,13 +124,17 @@ def main():
   ap.add_argument('--context', type=int, default=256)
   ap.add_argument('--out', default='', help='results name (default forward_cost_<device>)')
   args = ap.parse_args()
-  rows = measure(args.presets.split(','), [int(b) for b in args.batches.split(',')],
-                 [int(t) for t in args.tokens.split(',')], dtype=args.dtype,
-                 cache=args.cache, context=args.context)
   name = args.out or f'forward_cost_{device_tag()}'
-  with open(os.path.join(common.RESULTS_DIR, f'{name}.json'), 'w') as f:
-    json.dump({'provenance': common.provenance(), 'rows': rows}, f, indent=1)
-  print(report(rows, name))
+  rows = []
+  for preset in args.presets.split(','):  # written after each preset: a run cut short keeps them
+    rows += measure([preset], [int(b) for b in args.batches.split(',')],
+                    [int(t) for t in args.tokens.split(',')], dtype=args.dtype,
+                    cache=args.cache, context=args.context)
+    os.makedirs(common.RESULTS_DIR, exist_ok=True)
+    with open(os.path.join(common.RESULTS_DIR, f'{name}.json'), 'w') as f:
+      json.dump({'provenance': common.provenance(), 'rows': rows}, f, indent=1)
+    path = report(rows, name)
+  print(path)
 
 
 if __name__ == '__main__':

@@ -3,44 +3,109 @@
 #
 #   bash benchmarks/gpu_suite.sh STAGE[,STAGE...]      # e.g. kernels,decode,train
 #
-# Stages (each under its own time limit, so one that hangs or crashes leaves the others):
-#   env       nvidia-smi, versions, jax devices
-#   kernels   python -m benchmarks.kernels --quick        (on-device checks + speed vs cuDNN/XLA/fla)
-#   decode    python -m benchmarks.decode_ar --preset=base --dtype=bfloat16 (vs transformers)
-#   train     python -m benchmarks.train_throughput --preset=base (MFU)
-#   delta     python -m benchmarks.deltaproduct --preset=gpu (chunked vs naive scan)
-#   spec      python -m benchmarks.speculative on the runs under $SPEC_RUNS (default runs/spec)
-#   spec_small  trains a `small` target and a distilled draft here, then the same benchmark
-#             (at 0.8M parameters a decode step is launch-bound; `small` is memory-bound)
-#   peer      python -m benchmarks.spec_peer on the same runs (vs transformers assisted generation)
+# Stages (each under its own time limit, so one that hangs or crashes leaves the others; the
+# limits are the H200 budget, docs/gpu_suite.md, and can be changed with NAME_LIMIT=SECONDS):
+#   env        nvidia-smi, versions, jax devices
+#   kernels    python -m benchmarks.kernels --quick        (on-device checks + speed vs cuDNN/XLA/fla)
+#   decode     python -m benchmarks.decode_ar --preset=base --dtype=bfloat16 (vs transformers)
+#   train      python -m benchmarks.train_throughput --preset=base (MFU)
+#   delta      python -m benchmarks.deltaproduct --preset=gpu (chunked vs naive scan)
+#   fwd_cost   python -m benchmarks.forward_cost, presets base,small,mem,tiny, batch 1 and 8, bf16
+#              (the forward-cost curve: which preset is memory-bound here; issue 19 section 2)
+#   spec_system  python -m benchmarks.spec_system --preset=base --dtype=bfloat16 (oracle
+#              drafts at controlled acceptance; issue 19 section 3, goal chain >= 3x AR)
+#   step_cost  python -m benchmarks.step_cost --preset=base --dtype=bfloat16 --batches=1 (where
+#              a step's time goes on a memory-bound target; issue 19 section 1)
+#   spec       python -m benchmarks.speculative on the runs under $SPEC_RUNS (default runs/spec)
+#   spec_small = small_target,drafters,small_bench (each also a stage of its own):
+#              trains a `small` target (BPE 32k), then at once a distilled `tiny` draft, Medusa
+#              heads, MTP modules and a Kangaroo adapter on it, then every speculative decoder
+#              against our AR on them (at 0.8M parameters a decode step is launch-bound)
+#   peer       python -m benchmarks.spec_peer on the spec_small runs: our AR, draft chain,
+#              prompt lookup and spec_small's fastest method against transformers' generate(),
+#              assisted generation and prompt lookup on the same exported weights
+#
+# The two calls of issue 19 (each within the 10 minutes of one call on an H200):
+#   bash benchmarks/gpu_suite.sh spec_small,peer              # section 4: real drafters
+#   bash benchmarks/gpu_suite.sh fwd_cost,spec_system,step_cost   # sections 1-3
 #
 # Every results file records the commit of the code that ran (benchmarks/common.py); a copy
 # without .git (a lent machine gets the working tree only) takes it from $LEAPFROG_COMMIT, so
 # start the suite with it, e.g.
 #   LEAPFROG_COMMIT="$(git rev-parse --short=12 HEAD)$(git diff --quiet HEAD -- . ':!benchmarks/results' || echo ' + uncommitted changes (dirty)')" bash benchmarks/gpu_suite.sh ...
 #
+# Rehearsal on CPU (toy sizes; 3 and 17 minutes on 2 loaded cores, docs/gpu_suite.md; what a
+# session without a GPU runs before a session with one spends its minutes):
+#   REHEARSE=1 PYTHON=.venv/bin/python bash benchmarks/gpu_suite.sh spec_small,peer
+#   REHEARSE=1 PYTHON=.venv/bin/python bash benchmarks/gpu_suite.sh fwd_cost,spec_system,step_cost
+# REHEARSE=1 swaps every size for a toy one (the `test` preset with a 512-token BPE vocabulary
+# for `small`, 20 training steps, 2 prompts x 32 tokens, ...; the four drafters one after
+# another unless PARALLEL_DRAFTERS=1), and writes the runs and the
+# results under $REHEARSAL_DIR (default /tmp/gpu_suite_rehearsal) instead of runs/gpu and
+# benchmarks/results ($LEAPFROG_RESULTS_DIR, benchmarks/common.py), so that no toy figure can
+# be taken for a GPU result. tests/test_gpu_suite.py checks the stages and sizes stay in step.
+#
 # Missing Python packages travel as wheels in .whl/ (see /work/.library/device/README.md on the
-# lent machines; on a normal machine `pip install -r requirements.lock` is enough). Results go
-# to benchmarks/results/ as usual; when $OUT is set (the lent machine), the results folder and
+# lent machines and docs/gpu_suite.md for the list; on a normal machine `pip install -r
+# requirements.lock` is enough). When $OUT is set (the lent machine), the results folder and
 # the log are copied there after every stage.
 set -u
 cd "$(dirname "$0")/.."
-if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+if [ "${REHEARSE:-0}" != 1 ] && [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then  # Python 3.12 ones
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.6}
+PY=${PYTHON:-python3}
+REHEARSE=${REHEARSE:-0}
 SPEC_RUNS=${SPEC_RUNS:-runs/spec}
-LOG=${OUT:-/tmp}/gpu_suite.log
+
+# Sizes: the H200 budget (docs/gpu_suite.md) or, with REHEARSE=1, toy ones for a CPU.
+if [ "$REHEARSE" = 1 ]; then
+  R=${REHEARSAL_DIR:-/tmp/gpu_suite_rehearsal}
+  mkdir -p "$R/results"
+  export LEAPFROG_RESULTS_DIR=$R/results
+  RESULTS=$R/results
+  : "${SMALL_RUNS:=$R/runs}" "${SMALL_PRESET:=test}" "${SMALL_STEPS:=20}" "${SMALL_BATCH:=4}"
+  : "${SMALL_SEQ:=64}" "${SMALL_ARGS:=--config.tokenizer.kind=bpe --config.tokenizer.vocab_size=512}"
+  : "${DRAFT_SIZE:=test}" "${DRAFT_STEPS:=20}" "${HEAD_STEPS:=20}" "${DRAFT_BATCH:=4}"
+  : "${DRAFT_SEQ:=64}" "${SPEC_PROMPTS:=2}" "${SPEC_NEW:=32}" "${SPEC_REPEATS:=1}"
+  : "${PEER_REPEATS:=1}" "${FWD_PRESETS:=test,tiny}" "${FWD_ARGS:=--tokens=1,2,4,8}"
+  : "${SYSTEM_PRESET:=test}"
+  : "${SYSTEM_ARGS:=--prompts=2 --prompt_tokens=64 --max_new_tokens=32 --alphas=0.8,1.0 --repeats=1}"
+  : "${SYSTEM_VERIFIERS:=chain k=4,dynamic tree 8}"
+  : "${STEP_PRESET:=test}" "${STEP_ARGS:=--prompts=2 --max_new_tokens=24 --repeats=1}"
+  : "${LIMIT_SCALE:=8}"  # toy sizes, but 2 shared CPU cores: every stage limit x 8
+  : "${PARALLEL_DRAFTERS:=0}"  # four trainings at once starve on 2 loaded cores
+  LOG=${OUT:-$R}/gpu_suite.log
+else
+  RESULTS=benchmarks/results
+  : "${SMALL_RUNS:=runs/gpu}" "${SMALL_PRESET:=small}" "${SMALL_STEPS:=600}" "${SMALL_BATCH:=32}"
+  : "${SMALL_SEQ:=512}" "${SMALL_ARGS:=}"
+  : "${DRAFT_SIZE:=tiny}" "${DRAFT_STEPS:=600}" "${HEAD_STEPS:=300}" "${DRAFT_BATCH:=32}"
+  : "${DRAFT_SEQ:=512}" "${SPEC_PROMPTS:=8}" "${SPEC_NEW:=128}" "${SPEC_REPEATS:=3}"
+  : "${PEER_REPEATS:=2}" "${FWD_PRESETS:=base,small,mem,tiny}" "${FWD_ARGS:=}"
+  : "${SYSTEM_PRESET:=base}"
+  : "${SYSTEM_ARGS:=--repeats=2}"
+  : "${STEP_PRESET:=base}" "${STEP_ARGS:=--prompts=4 --max_new_tokens=64 --repeats=3}"
+  LOG=${OUT:-/tmp}/gpu_suite.log
+fi
+LIMIT_SCALE=${LIMIT_SCALE:-1} PARALLEL_DRAFTERS=${PARALLEL_DRAFTERS:-1}
+SPEC_DTYPE=${SPEC_DTYPE:-bfloat16}
+SYSTEM_VERIFIERS=${SYSTEM_VERIFIERS:-chain k=4,chain k=8,dynamic tree 16,dynamic tree 32}
+# Every speculative decoder of benchmarks/speculative.py, the likeliest winners first (the raw
+# file is written after each method, so a stage cut short by its limit keeps the first ones).
+SMALL_METHODS=${SMALL_METHODS:-draft chain g4,draft dynamic tree 32,medusa,mtp,kangaroo,prompt lookup,draft static tree 60,token recycling,layerskip,lookahead,jacobi,del}
+STEP_DECODERS=${STEP_DECODERS:-ar,speculative:gamma=4,spec_dynamic:tree_nodes=16,medusa}
 
 save() {
   if [ -n "${OUT:-}" ]; then
-    tar czf "$OUT/results.tgz" benchmarks/results 2>/dev/null
+    tar czf "$OUT/results.tgz" -C "$(dirname "$RESULTS")" "$(basename "$RESULTS")" 2>/dev/null
   fi
 }
 
 stage() {  # stage NAME SECONDS COMMAND...
-  local name=$1 limit=$2; shift 2
+  local name=$1 limit=$(($2 * LIMIT_SCALE)); shift 2
   echo "=== $name (limit ${limit}s): $*" | tee -a "$LOG"
   local t0=$SECONDS
   timeout --signal=INT --kill-after=15 "$limit" "$@" 2>&1 | tee -a "$LOG"
@@ -48,48 +113,114 @@ stage() {  # stage NAME SECONDS COMMAND...
   save
 }
 
-for s in ${1//,/ }; do
+parallel_stage() {  # parallel_stage NAME SECONDS LABEL 'COMMAND' [LABEL 'COMMAND' ...]
+  # The commands run at once (each its own process on the one GPU, memory grown on demand
+  # instead of preallocated), each under the same limit; exit status: the last failure's.
+  local name=$1 limit=$(($2 * LIMIT_SCALE)); shift 2
+  echo "=== $name (limit ${limit}s, $(($# / 2)) runs at once)" | tee -a "$LOG"
+  local t0=$SECONDS rc=0 pids=() labels=()
+  while [ $# -ge 2 ]; do
+    local label=$1 cmd=$2; shift 2
+    echo "--- $label: $cmd" | tee -a "$LOG"
+    ( XLA_PYTHON_CLIENT_PREALLOCATE=false XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 \
+        timeout --signal=INT --kill-after=15 "$limit" bash -c "$cmd" 2>&1 \
+        | sed -u "s/^/[$label] /" | tee -a "$LOG"; exit "${PIPESTATUS[0]}" ) &
+    pids+=($!) labels+=("$label")
+  done
+  for i in "${!pids[@]}"; do
+    wait "${pids[$i]}"; local r=$?
+    echo "--- ${labels[$i]}: exit $r after $((SECONDS - t0))s" | tee -a "$LOG"
+    [ "$r" = 0 ] || rc=$r
+  done
+  echo "=== $name: exit $rc after $((SECONDS - t0))s" | tee -a "$LOG"
+  save
+}
+
+w=$SMALL_RUNS
+small_raw=$RESULTS/speculative_raw_gpu_small
+[ "$REHEARSE" = 1 ] && small_raw=$RESULTS/speculative_raw_rehearsal_small
+tok_args="--config.tokenizer.kind=bpe --config.tokenizer.path=$w/small/tokenizer"
+# Settings shared by the drafter runs: sizes, the target, a checkpoint halfway (a run cut short
+# by the stage's limit still leaves one), no progress bar in the log.
+drafter_args() {  # drafter_args STEPS
+  echo "--config.spec.target_workdir=$w/small $tok_args --config.train.steps=$1" \
+    "--config.train.warmup_steps=$(($1 / 10)) --config.train.eval_every=$(($1 / 2))" \
+    "--config.train.checkpoint_every=$(($1 / 2)) --config.train.eval_batches=4" \
+    "--config.train.progress_bar=False --config.data.seq_len=$DRAFT_SEQ" \
+    "--config.data.batch_size=$DRAFT_BATCH"
+}
+
+stages=${1:?usage: bash benchmarks/gpu_suite.sh STAGE[,STAGE...]}
+# spec_small = its three parts (each can also run alone, e.g. to measure again)
+stages=${stages//spec_small/small_target,drafters,small_bench}
+for s in ${stages//,/ }; do
   case $s in
     env)
       stage env 120 bash -c 'nvidia-smi; python3 -c "import jax, flax, torch; print(jax.__version__, flax.__version__, torch.__version__, jax.devices())"' ;;
-    kernels) stage kernels "${KERNELS_LIMIT:-330}" python3 -m benchmarks.kernels --quick ;;
+    kernels) stage kernels "${KERNELS_LIMIT:-330}" $PY -m benchmarks.kernels --quick ;;
     decode)
-      stage decode "${DECODE_LIMIT:-200}" python3 -m benchmarks.decode_ar --preset=base \
+      stage decode "${DECODE_LIMIT:-200}" $PY -m benchmarks.decode_ar --preset=base \
         --dtype=bfloat16 --batch_sizes=1,32 --contexts=512 ;;
     train)  # batch 16 x 2048 needs rematerialisation on 80 GB (XLA asked for 174 GB without); fall back
-      stage train "${TRAIN_LIMIT:-240}" bash -c 'export XLA_PYTHON_CLIENT_MEM_FRACTION=0.92
-         python3 -m benchmarks.train_throughput --preset=base --remat=dots ||
-         python3 -m benchmarks.train_throughput --preset=base --remat=block ||
-         python3 -m benchmarks.train_throughput --preset=base --batch=4' ;;
-    delta) stage delta "${DELTA_LIMIT:-150}" python3 -m benchmarks.deltaproduct --preset=gpu ;;
+      stage train "${TRAIN_LIMIT:-240}" bash -c "export XLA_PYTHON_CLIENT_MEM_FRACTION=0.92
+         $PY -m benchmarks.train_throughput --preset=base --remat=dots ||
+         $PY -m benchmarks.train_throughput --preset=base --remat=block ||
+         $PY -m benchmarks.train_throughput --preset=base --batch=4" ;;
+    delta) stage delta "${DELTA_LIMIT:-150}" $PY -m benchmarks.deltaproduct --preset=gpu ;;
+    fwd_cost)
+      stage fwd_cost "${FWD_LIMIT:-190}" $PY -m benchmarks.forward_cost \
+        --presets="$FWD_PRESETS" --batches=1,8 --dtype=bfloat16 $FWD_ARGS ;;
+    spec_system)
+      stage spec_system "${SYSTEM_LIMIT:-230}" $PY -m benchmarks.spec_system \
+        --preset="$SYSTEM_PRESET" --dtype=bfloat16 --verifiers="$SYSTEM_VERIFIERS" $SYSTEM_ARGS ;;
+    step_cost)
+      stage step_cost "${STEP_LIMIT:-140}" $PY -m benchmarks.step_cost --preset="$STEP_PRESET" \
+        --dtype=bfloat16 --batches=1 --decoders="$STEP_DECODERS" $STEP_ARGS \
+        --out="$STEP_PRESET"_bf16_$( [ "$REHEARSE" = 1 ] && echo rehearsal || echo gpu) ;;
     spec)
-      raw=benchmarks/results/speculative_raw_gpu
-      stage spec "${SPEC_LIMIT:-240}" python3 -m benchmarks.speculative --temperature=0 \
+      raw=$RESULTS/speculative_raw_gpu
+      stage spec "${SPEC_LIMIT:-240}" $PY -m benchmarks.speculative --temperature=0 \
         --batch_size=1 --target="$SPEC_RUNS/target" --draft="$SPEC_RUNS/draft" \
         --medusa="$SPEC_RUNS/medusa" --mtp="$SPEC_RUNS/mtp" --kangaroo="$SPEC_RUNS/kangaroo" \
         --raw_dir=$raw --methods="${SPEC_METHODS:-draft chain g4,draft dynamic tree 60,draft static tree 60,prompt lookup,token recycling,layerskip,medusa,mtp}"
-      stage spec_report 60 python3 -m benchmarks.speculative --report --raw_dir=$raw ;;
-    spec_small)  # a memory-bound target: `small` (110M, BPE 32k) + a distilled `tiny` draft
-      w=${SMALL_RUNS:-runs/gpu}
-      stage small_target "${SMALL_TARGET_LIMIT:-240}" python3 train.py \
-        --config=configs/lm.py:small --workdir=$w/small --config.train.steps=${SMALL_STEPS:-1000} \
-        --config.data.batch_size=32 --config.train.eval_every=500 --config.train.checkpoint_every=500 \
-        ${SMALL_ARGS:-}
-      stage small_draft "${SMALL_DRAFT_LIMIT:-150}" python3 train.py \
-        --config=configs/spec_draft.py:corpus,tiny --workdir=$w/draft \
-        --config.spec.target_workdir=$w/small --config.train.steps=${DRAFT_STEPS:-1000} \
-        --config.tokenizer.kind=bpe --config.tokenizer.path=$w/small/tokenizer \
-        --config.data.seq_len=512 --config.data.batch_size=32 ${DRAFT_ARGS:-}
-      raw=benchmarks/results/speculative_raw_gpu_small
-      stage spec_small "${SPEC_LIMIT:-240}" python3 -m benchmarks.speculative --temperature=0 \
-        --batch_size=1 --target=$w/small --draft=$w/draft --raw_dir=$raw --medusa=$w/medusa \
-        --mtp=$w/mtp --kangaroo=$w/kangaroo \
-        --methods="${SPEC_METHODS:-draft chain g4,draft dynamic tree 60,draft static tree 60,prompt lookup,token recycling,layerskip}" \
-        ${SPEC_ARGS:-}
-      stage spec_small_report 60 python3 -m benchmarks.speculative --report --raw_dir=$raw ;;
-    peer)
-      stage peer "${PEER_LIMIT:-150}" python3 -m benchmarks.spec_peer \
-        --target="$SPEC_RUNS/target" --draft="$SPEC_RUNS/draft" --name=speculative_peer_gpu ;;
+      stage spec_report 60 $PY -m benchmarks.speculative --report --raw_dir=$raw ;;
+    small_target)  # `small`: 110M parameters, BPE 32k, bf16 compute
+      stage small_target "${SMALL_TARGET_LIMIT:-130}" $PY train.py \
+        --config=configs/lm.py:$SMALL_PRESET --workdir=$w/small \
+        --config.train.steps=$SMALL_STEPS --config.train.warmup_steps=$((SMALL_STEPS / 10)) \
+        --config.data.batch_size=$SMALL_BATCH --config.data.seq_len=$SMALL_SEQ \
+        --config.train.eval_every=$((SMALL_STEPS / 2)) --config.train.eval_batches=4 \
+        --config.train.checkpoint_every=$((SMALL_STEPS / 2)) --config.train.log_every=$((SMALL_STEPS / 10)) \
+        --config.train.progress_bar=False --config.model.dtype=bfloat16 $SMALL_ARGS ;;
+    drafters)  # they only read the target: trained at once (their compiles overlap)
+      heads=configs/spec_heads.py
+      runs=(draft "$PY train.py --config=configs/spec_draft.py:corpus,$DRAFT_SIZE --workdir=$w/draft $(drafter_args "$DRAFT_STEPS")"
+        medusa "$PY train.py --config=$heads:medusa,$SMALL_PRESET --workdir=$w/medusa --config.model.dtype=bfloat16 $(drafter_args "$HEAD_STEPS")"
+        mtp "$PY train.py --config=$heads:mtp,$SMALL_PRESET --workdir=$w/mtp --config.model.dtype=bfloat16 $(drafter_args "$HEAD_STEPS")"
+        kangaroo "$PY train.py --config=$heads:kangaroo,$SMALL_PRESET --workdir=$w/kangaroo --config.model.dtype=bfloat16 $(drafter_args "$HEAD_STEPS")")
+      if [ "$PARALLEL_DRAFTERS" = 1 ]; then
+        parallel_stage drafters "${DRAFTERS_LIMIT:-130}" "${runs[@]}"
+      else  # one after another, each with the whole limit (the rehearsal on a loaded CPU)
+        for i in 0 2 4 6; do
+          parallel_stage "drafters_${runs[$i]}" "${DRAFTERS_LIMIT:-130}" "${runs[@]:$i:2}"
+        done
+      fi ;;
+    small_bench)  # every speculative decoder on the runs above, against our AR
+      stage spec_small "${SPEC_SMALL_LIMIT:-150}" $PY -m benchmarks.speculative --temperature=0 \
+        --batch_size=1 --dtype="$SPEC_DTYPE" --target=$w/small --draft=$w/draft \
+        --medusa=$w/medusa --mtp=$w/mtp --kangaroo=$w/kangaroo --raw_dir="$small_raw" \
+        --prompts="$SPEC_PROMPTS" --max_new_tokens="$SPEC_NEW" --repeats="$SPEC_REPEATS" \
+        --methods="$SMALL_METHODS" ${SPEC_ARGS:-}
+      stage spec_small_report 15 $PY -m benchmarks.speculative --report --raw_dir="$small_raw" ;;
+    peer)  # the spec_small runs (not those of `spec`): the same weights on both sides
+      name=speculative_peer_gpu_small
+      [ "$REHEARSE" = 1 ] && name=speculative_peer_rehearsal
+      best=$small_raw/t0_b1.json
+      stage peer "${PEER_LIMIT:-140}" $PY -m benchmarks.spec_peer --target=$w/small \
+        --draft=$w/draft --medusa=$w/medusa --mtp=$w/mtp --kangaroo=$w/kangaroo \
+        --dtype="$SPEC_DTYPE" --methods="draft chain g4,prompt lookup" \
+        $( [ -f "$best" ] && echo "--best_from=$best" ) --prompts="$SPEC_PROMPTS" \
+        --max_new_tokens="$SPEC_NEW" --repeats="$PEER_REPEATS" --name=$name ${PEER_ARGS:-} ;;
     *) echo "unknown stage $s" ;;
   esac
 done

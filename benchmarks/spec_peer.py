@@ -1,21 +1,30 @@
 """Our speculative decoders against transformers' assisted generation, on the same weights.
 
   python -m benchmarks.spec_peer --target=runs/spec/target --draft=runs/spec/draft
+  python -m benchmarks.spec_peer --target=runs/gpu/small --draft=runs/gpu/draft \
+      --medusa=runs/gpu/medusa --dtype=bfloat16 \
+      --best_from=benchmarks/results/speculative_raw_gpu_small/t0_b1.json    # gpu_suite.sh peer
 
 The target and draft runs are exported to Hugging Face format (`models.hf.export_model`, into
-a temporary folder) and loaded with transformers (CUDA when torch sees a GPU, else CPU; fp32).
-Then, in one process, greedy, batch 1, on the same held-out prompts of the code corpus:
+a temporary folder) and loaded with transformers (CUDA when torch sees a GPU, else CPU; in
+`--dtype`, float32 by default). Then, in one process, greedy, batch 1, on the same held-out
+prompts of the code corpus:
 
-  ours            `ar`, `speculative` (draft chain, `--gamma`), `prompt_lookup`
+  ours            `ar` and `--methods` (names of benchmarks.speculative.METHODS: draft chain,
+                  trees, prompt lookup, Medusa / MTP / Kangaroo with their runs, ...), plus
+                  the fastest lossless method of a benchmarks.speculative raw file
+                  (`--best_from`)
   transformers    `generate()`, assisted generation with `assistant_model=draft`
                   (transformers' default schedule), `prompt_lookup_num_tokens=--pld_tokens`
 
 Every side is warmed up once and timed `--repeats` times over all prompts (best pass kept);
 tokens/s counts the tokens each generation produced (each stops at `<eos>`). The report gives
-the ratios ours / transformers, and how many of transformers' greedy continuations equal ours
-token for token (same weights, fp32: a check that both sides decode the same model). The issue
-goal is ours >= 2x assisted generation's tokens/s at batch 1 on a GPU; a CPU run shows the
-harness and the ratios of a host-bound regime only. Writes benchmarks/results/speculative_peer.md.
+each method's tokens/s over our AR's, the ratios ours / transformers, and how many greedy
+continuations equal our AR's token for token (same weights: a check that both sides decode
+the same model; exact in float32, near-ties may differ in bfloat16). The issue goals are
+ours >= 2.5x our AR and >= 2x assisted generation's tokens/s at batch 1 on a GPU; a CPU run
+shows the harness and the ratios of a host-bound regime only. Writes
+benchmarks/results/speculative_peer.md (`--name`).
 """
 
 from __future__ import annotations
@@ -32,46 +41,64 @@ import numpy as np
 import cli
 from benchmarks import common
 from benchmarks import harness
+from benchmarks import speculative
 from decoding import Models, SamplingConfig, registry
 
 
-def _export(loaded, out_dir: str) -> None:
+def _export(loaded, params, out_dir: str) -> None:
   import data  # pylint: disable=g-import-not-at-top
   from models import hf  # pylint: disable=g-import-not-at-top
   from training import checkpoint  # pylint: disable=g-import-not-at-top
-  hf.export_model(loaded.params, loaded.model_config, out_dir,
+  hf.export_model(params, loaded.model_config, out_dir,
                   tokenizer_dir=os.path.join(loaded.workdir, checkpoint.TOKENIZER_DIR),
                   special_ids=loaded.tokenizer.special_ids, special_tokens=data.SPECIAL_TOKENS)
 
 
-def _ours(args, target, draft, prompts) -> dict[str, dict[str, Any]]:
-  """Tokens/s of our decoders at batch 1 (one AOT compile per prompt shape)."""
+def _ours(args, target, params, models, have, prompts) -> dict[str, dict[str, Any]]:
+  """Tokens/s of our AR and of each of `--methods` at batch 1 (one AOT compile per prompt
+  shape); methods whose runs are missing are skipped."""
   tok = target.tokenizer
   cache = int(np.ceil((max(map(len, prompts)) + args.max_new_tokens + 128) / 64) * 64)
   batches = harness.make_batches(prompts, 1, tok.pad_id)
   kw = dict(max_new=args.max_new_tokens, cache_size=cache, eos_id=tok.eos_id, pad_id=tok.pad_id)
   greedy = SamplingConfig(temperature=0.0)
-  params = {'target': target.params, 'draft': draft.params}
-  setups = {
-      'ar': (registry.build('ar', sampling=greedy), Models(target.model)),
-      f'speculative (draft chain, gamma={args.gamma})': (
-          registry.build('speculative', dict(gamma=args.gamma, draft_workdir=args.draft),
-                         greedy),
-          Models(target.model, extras=(('draft', draft.model),))),
-      'prompt_lookup': (registry.build('prompt_lookup', sampling=greedy), Models(target.model)),
-  }
+  setups = {'ar': (registry.build('ar', sampling=greedy), Models(target.model))}
+  for name in _method_names(args):
+    needs = speculative.METHODS[name][2]
+    if any(n not in have for n in needs):
+      print(f'ours {name}: skipped (needs {", ".join(needs)})', flush=True)
+      continue
+    setups[name] = speculative.build_method(name, args.draft, models, greedy)
   out = {}
-  for name, (dec, models) in setups.items():
-    p = params if models.extras else {'target': target.params}
-    fns, compile_s = harness.compile_decoder(dec, models, p, batches, **kw)
-    harness.timed_pass(fns, p, batches)
-    passes = [harness.timed_pass(fns, p, batches) for _ in range(args.repeats)]
+  for name, (dec, sub) in setups.items():
+    fns, compile_s = harness.compile_decoder(dec, sub, params, batches, **kw)
+    harness.timed_pass(fns, params, batches)
+    passes = [harness.timed_pass(fns, params, batches) for _ in range(args.repeats)]
     wall = min(t for t, _ in passes)
     r = harness.summarise(passes[0][1], wall, compile_s)
     out[name] = dict(tokens=r['tokens'], generated=r['generated'], wall_s=wall,
                      tokens_per_s=r['generated'] / wall, tau=r['tau'])
-    print(f"ours {name}: {out[name]['tokens_per_s']:.1f} tok/s, tau {r['tau']:.2f}", flush=True)
+    print(f"ours {name}: {out[name]['tokens_per_s']:.1f} tok/s, tau {r['tau']:.2f} "
+          f'(compile {compile_s:.1f} s)', flush=True)
   return out
+
+
+def _method_names(args) -> list[str]:
+  """--methods, plus the fastest lossless method of --best_from (a benchmarks.speculative raw
+  file) when it is not among them."""
+  names = [m.strip() for m in args.methods.split(',') if m.strip()]
+  if args.best_from:
+    import json  # pylint: disable=g-import-not-at-top
+    with open(args.best_from) as f:
+      rows = json.load(f)['rows']
+    cands = [(r['speedup'], n) for n, r in rows.items() if 'speedup' in r
+             and r.get('equals_ar', True) and not harness.implausible(r)]
+    if cands and max(cands)[1] not in names:
+      names.append(max(cands)[1])
+  unknown = [m for m in names if m not in speculative.METHODS]
+  if unknown:
+    raise ValueError(f'Unknown methods {unknown}; choose from {list(speculative.METHODS)}.')
+  return names
 
 
 def _theirs(args, target_dir, draft_dir, prompts, eos_id, pad_id) -> dict[str, dict[str, Any]]:
@@ -79,8 +106,9 @@ def _theirs(args, target_dir, draft_dir, prompts, eos_id, pad_id) -> dict[str, d
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
+  dtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16}[args.dtype or 'float32']
   load = lambda d: transformers.AutoModelForCausalLM.from_pretrained(
-      d, dtype=torch.float32).to(device).eval()
+      d, dtype=dtype).to(device).eval()
   target, draft = load(target_dir), load(draft_dir)
   base = dict(do_sample=False, max_new_tokens=args.max_new_tokens, eos_token_id=eos_id,
               pad_token_id=pad_id)
@@ -112,48 +140,59 @@ def _theirs(args, target_dir, draft_dir, prompts, eos_id, pad_id) -> dict[str, d
     gen = sum(map(len, toks))
     out[name] = dict(tokens=toks, generated=gen, wall_s=wall, tokens_per_s=gen / wall)
     print(f"transformers {name}: {gen / wall:.1f} tok/s", flush=True)
-  out['_version'] = f'torch {torch.__version__}, transformers {transformers.__version__}, {device}'
+  out['_version'] = (f'torch {torch.__version__}, transformers {transformers.__version__}, '
+                     f'{device}, {dtype}')
   return out
 
 
 def run(args) -> str:
-  from training import loading  # pylint: disable=g-import-not-at-top
-  target, draft = loading.load_model(args.target), loading.load_model(args.draft)
-  if draft.tokenizer.vocab_size != target.tokenizer.vocab_size:
-    raise ValueError(f'{args.draft} has a different vocabulary from {args.target}.')
+  target, params, models, have = speculative.load_runs(args)
+  if 'draft' not in have:
+    raise ValueError(f'No draft run in {args.draft!r}: assisted generation needs one.')
   tok = target.tokenizer
   prompts = cli.read_prompts(tok, prompt=None, prompts_file=None, heldout=args.prompts,
                              prompt_chars=args.prompt_chars, data_config=target.config['data'])
-  ours = _ours(args, target, draft, prompts)
+  ours = _ours(args, target, params, models, have, prompts)
   with tempfile.TemporaryDirectory() as tmp:
     t_dir, d_dir = os.path.join(tmp, 'target'), os.path.join(tmp, 'draft')
-    _export(target, t_dir)
-    _export(draft, d_dir)
+    _export(target, params['target'], t_dir)
+    _export(have['draft'], params['draft'], d_dir)
     theirs = _theirs(args, t_dir, d_dir, prompts, tok.eos_id, tok.pad_id)
   version = theirs.pop('_version')
   same = sum(a == b for a, b in zip(ours['ar']['tokens'], theirs['generate()']['tokens']))
-  rows = [['ours', n, r['generated'], f"{r['tau']:.2f}", f"{r['tokens_per_s']:.1f}"]
-          for n, r in ours.items()]
-  rows += [['transformers', n, r['generated'], '-', f"{r['tokens_per_s']:.1f}"]
+  rows = [['ours', n, r['generated'], f"{r['tau']:.2f}", f"{r['tokens_per_s']:.1f}",
+           f"{r['tokens_per_s'] / ours['ar']['tokens_per_s']:.2f}x",
+           'yes' if r['tokens'] == ours['ar']['tokens'] else 'NO'] for n, r in ours.items()]
+  rows += [['transformers', n, r['generated'], '-', f"{r['tokens_per_s']:.1f}",
+            f"{r['tokens_per_s'] / ours['ar']['tokens_per_s']:.2f}x",
+            'yes' if r['tokens'] == ours['ar']['tokens'] else 'NO']
            for n, r in theirs.items()]
   best_ours = max((r['tokens_per_s'], n) for n, r in ours.items() if n != 'ar')
   assisted = next(r for n, r in theirs.items() if n.startswith('assisted'))
   pld = next(r for n, r in theirs.items() if n.startswith('prompt lookup'))
   ratios = [
+      ['best of ours vs our AR', f'{best_ours[1]}',
+       f"{best_ours[0] / ours['ar']['tokens_per_s']:.2f}x"],
       ['best of ours vs assisted generation', f'{best_ours[1]}',
        f"{best_ours[0] / assisted['tokens_per_s']:.2f}x"],
-      ['ours prompt_lookup vs transformers prompt lookup', '',
-       f"{ours['prompt_lookup']['tokens_per_s'] / pld['tokens_per_s']:.2f}x"],
       ['ours ar vs transformers generate()', '',
        f"{ours['ar']['tokens_per_s'] / theirs['generate()']['tokens_per_s']:.2f}x"],
   ]
+  if 'prompt lookup' in ours:
+    ratios.insert(2, ['ours prompt lookup vs transformers prompt lookup', '',
+                      f"{ours['prompt lookup']['tokens_per_s'] / pld['tokens_per_s']:.2f}x"])
   on_gpu = 'cuda' in version and jax.default_backend() == 'gpu'
   goal = best_ours[0] / assisted['tokens_per_s']
+  dtype = args.dtype or 'as trained'
   body = (f'Peer: {version}. Greedy, batch 1, {len(prompts)} held-out prompts, up to '
-          f'{args.max_new_tokens} new tokens, fp32, best of {args.repeats} timed passes '
-          f'after a warm-up; target `{args.target}`, draft `{args.draft}` (exported to HF '
-          f'format for transformers).\n\n'
-          + common.markdown_table(['side', 'method', 'tokens', 'tau', 'tokens/s'], rows)
+          f'{args.max_new_tokens} new tokens, ours in {dtype}, best of {args.repeats} timed '
+          f'passes after a warm-up; target `{args.target}`, draft `{args.draft}` (exported to '
+          f'HF format for transformers). "vs our AR": tokens/s over our AR\'s in this run; '
+          '"= our AR": the greedy tokens equal our AR decoder\'s (in bfloat16 near-ties may '
+          'break differently between a 1-token and a T-token forward, or between frameworks).'
+          '\n\n'
+          + common.markdown_table(['side', 'method', 'tokens', 'tau', 'tokens/s',
+                                   'vs our AR', '= our AR'], rows)
           + '\n\n' + common.markdown_table(['ratio', 'ours', 'value'], ratios)
           + f'\n\ntransformers generate() continuations equal to our AR decoder token for '
           f'token: {same} of {len(prompts)}.\n\n'
@@ -172,7 +211,16 @@ def main():
   p.add_argument('--prompts', type=int, default=8)
   p.add_argument('--prompt_chars', type=int, default=200)
   p.add_argument('--max_new_tokens', type=int, default=128)
-  p.add_argument('--gamma', type=int, default=4)
+  p.add_argument('--medusa', default='', help='a Medusa heads run (for --methods=medusa)')
+  p.add_argument('--mtp', default='', help='an MTP modules run (for --methods=mtp)')
+  p.add_argument('--kangaroo', default='', help='a Kangaroo adapter run (--methods=kangaroo)')
+  p.add_argument('--methods', default='draft chain g4,prompt lookup',
+                 help='ours besides AR: names of benchmarks.speculative.METHODS')
+  p.add_argument('--best_from', default='',
+                 help='a benchmarks.speculative raw file: add its fastest lossless method')
+  p.add_argument('--dtype', default='', choices=['', 'float32', 'bfloat16'],
+                 help='ours: cast the runs to this dtype; transformers loads the export in it '
+                      '(default: ours as trained, transformers float32)')
   p.add_argument('--pld_tokens', type=int, default=10)
   p.add_argument('--repeats', type=int, default=3)
   p.add_argument('--name', default='speculative_peer')

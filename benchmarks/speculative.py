@@ -66,11 +66,15 @@ METHODS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
 }
 
 
-def _load(args) -> tuple[Any, dict[str, Any], Models, set[str]]:
+def load_runs(args) -> tuple[Any, dict[str, Any], Models, dict[str, Any]]:
+  """(target, params, models, runs): the target run, the params of it and of every drafter
+  run found (`draft`, `medusa`, `mtp`, `kangaroo`), the models, and the loaded drafter runs
+  by name (those missing are skipped with a message)."""
   from training import loading  # pylint: disable=g-import-not-at-top
-  target = loading.load_model(args.target)
+  dtype = getattr(args, 'dtype', '') or None
+  target = loading.load_model(args.target, dtype=dtype)
   params: dict[str, Any] = {'target': target.params}
-  extras, have = [], set()
+  extras, have = [], {}
   runs = {'draft': args.draft, 'medusa': args.medusa, 'mtp': args.mtp,
           'kangaroo': args.kangaroo}
   for name, workdir in runs.items():
@@ -78,7 +82,7 @@ def _load(args) -> tuple[Any, dict[str, Any], Models, set[str]]:
     if not workdir or not os.path.isdir(ckpt) or not os.listdir(ckpt):
       print(f'{name}: no checkpoint in {workdir!r}; its methods are skipped', flush=True)
       continue
-    run = loading.load_model(workdir)
+    run = loading.load_model(workdir, dtype=dtype)
     if run.tokenizer.vocab_size != target.tokenizer.vocab_size:
       raise ValueError(f'{workdir} has a different vocabulary from the target.')
     if name == 'draft':
@@ -86,12 +90,24 @@ def _load(args) -> tuple[Any, dict[str, Any], Models, set[str]]:
       params['draft'] = run.params
     else:  # heads trained on the (frozen) target: same model, extra params
       params[name] = run.extras[name]
-    have.add(name)
+    have[name] = run
   return target, params, Models(target.model, extras=tuple(extras)), have
 
 
+def build_method(name: str, draft_workdir: str, models: Models, sampling: SamplingConfig):
+  """(decoder, models it runs on) of METHODS[name]; `models` holds the target and the draft."""
+  dec_name, settings, needs = METHODS[name]
+  settings = dict(settings)
+  if 'draft' in needs:
+    settings['draft_workdir'] = draft_workdir
+  if dec_name == 'layerskip':  # a shallow target (a CPU rehearsal): exit before the last layer
+    settings['exit_layer'] = min(settings['exit_layer'], models.target.cfg.num_layers - 1)
+  return (registry.build(dec_name, settings, sampling),
+          Models(models.target, extras=models.extras if 'draft' in needs else ()))
+
+
 def run(args) -> str:
-  target, params, models, have = _load(args)
+  target, params, models, have = load_runs(args)
   tok = target.tokenizer
   prompts = cli.read_prompts(tok, prompt=None, prompts_file=None, heldout=args.prompts,
                              prompt_chars=args.prompt_chars, data_config=target.config['data'])
@@ -125,19 +141,22 @@ def run(args) -> str:
   rows['ar'] = {k: v for k, v in ar.items() if k != 'tokens'}
   print(f"ar: {ar['tokens_per_s']:.1f} tok/s", flush=True)
   for name in names:
-    dec_name, settings, needs = METHODS[name]
+    needs = METHODS[name][2]
     if any(n not in have for n in needs):
       skipped.append(f'{name} (needs {", ".join(needs)})')
       rows.pop(name, None)
       continue
-    settings = dict(settings)
-    if 'draft' in needs:
-      settings['draft_workdir'] = args.draft
-    dec = registry.build(dec_name, settings, sampling)
-    sub = Models(target.model, extras=models.extras if 'draft' in needs else ())
-    method = harness.compile_decoder(dec, sub, params, batches, **kw)
-    r, ar_wall = harness.measure_pair(method, (ar_fns, ar_compile), params, batches,
-                                      repeats=args.repeats)
+    try:
+      dec, sub = build_method(name, args.draft, models, sampling)
+      method = harness.compile_decoder(dec, sub, params, batches, **kw)
+      r, ar_wall = harness.measure_pair(method, (ar_fns, ar_compile), params, batches,
+                                        repeats=args.repeats)
+    except Exception as e:  # pylint: disable=broad-except
+      # one method that breaks (e.g. out of memory on a lent GPU) leaves the others' rows
+      print(f'{name}: FAILED: {type(e).__name__}: {e}', flush=True)
+      skipped.append(f'{name} (failed: {type(e).__name__}: {str(e).splitlines()[0][:200]})')
+      rows.pop(name, None)
+      continue
     r['ar_tokens_per_s'] = ar['generated'] / ar_wall
     r['speedup'] = r['tokens_per_s'] / r['ar_tokens_per_s']
     if args.temperature == 0:
@@ -353,6 +372,8 @@ def main():
   p.add_argument('--medusa', default='runs/spec/medusa')
   p.add_argument('--mtp', default='runs/spec/mtp')
   p.add_argument('--kangaroo', default='runs/spec/kangaroo')
+  p.add_argument('--dtype', default='', choices=['', 'float32', 'bfloat16'],
+                 help='cast every run to this compute and weight dtype (default: as trained)')
   p.add_argument('--temperature', type=float, default=0.0)
   p.add_argument('--batch_size', type=int, default=1)
   p.add_argument('--prompts', type=int, default=8)

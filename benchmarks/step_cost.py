@@ -206,6 +206,7 @@ def run(args) -> str:
   if eos_id >= 0:  # a trained model stops at EOS: the oracle needs the whole continuation
     eos_id = -1
   sampling = SamplingConfig()
+  out, path = f'step_cost_{args.out or name}', ''
   cache = int(-(-(max(map(len, prompts)) + args.max_new_tokens + 128) // 64) * 64)
   kw = dict(max_new=args.max_new_tokens, cache_size=cache, eos_id=eos_id, pad_id=pad_id)
   rows = []
@@ -231,11 +232,16 @@ def run(args) -> str:
       r.pop('output')
       r['ar_step_ms'] = t_ar * 1e3
       rows.append(r)
+      path = _write(rows, out, name)  # after every row: a run cut short keeps them
       print(f"B={batch} {r['decoder']}: step {r['step_ms']:.3f} ms = target "
             f"{r['target_ms']:.3f} (alone {r['target_fwd_ms']:.3f}) + drafter "
             f"{r['drafter_ms']:.3f} + other {r['other_ms']:.3f}; tau {r['tau']:.2f}, "
             f"{r['speedup']:.2f}x AR (ideal {r['ideal']:.2f}x)", flush=True)
-  out = f'step_cost_{args.out or name}'
+  return path
+
+
+def _write(rows, out: str, name: str) -> str:
+  os.makedirs(common.RESULTS_DIR, exist_ok=True)
   with open(os.path.join(common.RESULTS_DIR, f'{out}.json'), 'w') as f:
     json.dump({'provenance': common.provenance(), 'rows': rows}, f, indent=1)
   return report(rows, out, name)

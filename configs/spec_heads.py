@@ -12,7 +12,12 @@ only the extra params; the run's workdir then holds target + heads, which is wha
 needs. About 5 minutes each for the `tiny` target on 2 CPU cores (600 steps, batch 16 x 128).
 `spec.joint=True` trains base and heads together (base next-token loss weighted by
 `spec.base_weight`). The argument is 'medusa' | 'mtp' | 'kangaroo', optionally ',test' (the
-`test` model preset, 20 steps: unit tests) or ',SIZE' for another target preset.
+`test` model preset, 20 steps: unit tests) or ',SIZE' for another target preset; for
+`small`/`base` (BPE targets) also pass the target's tokenizer, e.g.
+  python train.py --config=configs/spec_heads.py:medusa,small --workdir=runs/gpu/medusa \
+      --config.spec.target_workdir=runs/gpu/small --config.tokenizer.kind=bpe \
+      --config.tokenizer.path=runs/gpu/small/tokenizer
+(benchmarks/gpu_suite.sh spec_small does this on a GPU).
 """
 
 import ml_collections
@@ -30,6 +35,9 @@ def get_config(arg: str = 'medusa') -> ml_collections.ConfigDict:
   c = common.base_config()
   c.objective = OBJECTIVES[kind]
   c.model = common.model_config(size)
+  if size in ('small', 'base'):  # as configs/lm.py trains them: bf16 compute, BPE vocabulary
+    c.model.dtype = 'bfloat16'   # (pass the target's: --config.tokenizer.kind=bpe
+                                 #  --config.tokenizer.path=TARGET/tokenizer)
   c.spec = ml_collections.ConfigDict(dict(
       target_workdir='runs/spec/target', heads={'medusa': 4, 'mtp': 3, 'kangaroo': 0}[kind],
       joint=False, base_weight=1.0, decay=0.8, exit_layer=1,

@@ -1,0 +1,123 @@
+"""benchmarks/gpu_suite.sh: stages documented and implemented alike, the rehearsal sets every
+size the GPU run sets, each planned call fits the 10 minutes of one device call, and the
+configs and choices the spec_small/peer stages rely on."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+
+from configs import lm, spec_draft, spec_heads
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUITE = os.path.join(ROOT, 'benchmarks', 'gpu_suite.sh')
+CALL_SECONDS = 600      # one call of the lent machine
+START_MARGIN = 30       # start-up, wheels and copying the results back
+# The calls docs/gpu_suite.md plans (stage names after spec_small's expansion).
+CALLS = {
+    'spec_small,peer': ('small_target', 'drafters', 'spec_small', 'spec_small_report', 'peer'),
+    'fwd_cost,spec_system,step_cost': ('fwd_cost', 'spec_system', 'step_cost'),
+}
+
+
+@pytest.fixture(scope='module')
+def script() -> str:
+  with open(SUITE) as f:
+    return f.read()
+
+
+def _case_stages(text: str) -> set[str]:
+  body = text[text.index('  case $s in'):]
+  return set(re.findall(r'^    ([a-z_]+)\)', body, re.M))
+
+
+def _documented_stages(text: str) -> set[str]:
+  head = text[text.index('# Stages'):text.index('# The two calls')]
+  return set(re.findall(r'^#   ([a-z_]+) ', head, re.M))
+
+
+def _limits(text: str) -> dict[str, int]:
+  """Default limit of every stage call: `stage NAME "${X_LIMIT:-N}"` or `stage NAME N`."""
+  found = re.findall(r'\b(?:parallel_)?stage ([a-z_]+) (?:"\$\{[A-Z_]+:-(\d+)\}"|(\d+))', text)
+  return {name: int(a or b) for name, a, b in found}
+
+
+def _defaults(text: str, block: str) -> set[str]:
+  """Variables a branch of the REHEARSE switch defaults (`: "${VAR:=...}"`)."""
+  start = text.index('if [ "$REHEARSE" = 1 ]; then')
+  mid = text.index('\nelse\n', start)
+  end = text.index('\nfi\n', mid)
+  part = text[start:mid] if block == 'rehearse' else text[mid:end]
+  return set(re.findall(r'\$\{([A-Z_]+):=', part))
+
+
+def test_every_documented_stage_is_implemented_and_the_reverse(script):
+  documented, implemented = _documented_stages(script), _case_stages(script)
+  parts = {'small_target', 'drafters', 'small_bench'}
+  assert documented == (implemented - parts) | {'spec_small'}
+  assert 'spec_small/small_target,drafters,small_bench' in script
+
+
+def test_the_rehearsal_sets_every_size_the_gpu_run_sets(script):
+  gpu, rehearse = _defaults(script, 'gpu'), _defaults(script, 'rehearse')
+  assert gpu and gpu <= rehearse
+  assert rehearse - gpu == {'LIMIT_SCALE', 'PARALLEL_DRAFTERS', 'SYSTEM_VERIFIERS'}
+  for var in gpu | rehearse:  # each one reaches a command
+    assert len(re.findall(rf'\${{?{var}\b', script)) >= 2, var
+  # the rehearsal writes nowhere near benchmarks/results or runs/
+  assert 'export LEAPFROG_RESULTS_DIR=$R/results' in script
+  assert '"${SMALL_RUNS:=$R/runs}"' in script
+
+
+@pytest.mark.parametrize('call', sorted(CALLS))
+def test_each_planned_call_fits_one_device_call(script, call):
+  limits = _limits(script)
+  stages = CALLS[call]
+  assert set(stages) <= set(limits), set(stages) - set(limits)
+  # each stage gets SIGINT at its limit (SIGKILL 15 s later if it ignores it): with every
+  # stage at its limit the call still ends in time unless stages ignore SIGINT
+  total = sum(limits[s] for s in stages)
+  assert total + START_MARGIN <= CALL_SECONDS, (call, total)
+
+
+def test_peer_measures_the_runs_spec_small_trained(script):
+  peer = script[script.index('    peer)'):]
+  peer = peer[:peer.index(';;')]
+  for run in ('small', 'draft', 'medusa', 'mtp', 'kangaroo'):
+    assert f'$w/{run}' in peer, run
+  assert 'SPEC_RUNS' not in peer
+
+
+def test_head_configs_match_the_target_they_train_on():
+  """The heads objectives refuse a target whose model section differs (dtype included)."""
+  for size in ('test', 'small', 'base'):
+    target = lm.get_config(size).model.to_dict()
+    for kind in ('medusa', 'mtp', 'kangaroo'):
+      heads = spec_heads.get_config(f'{kind},{size}').model.to_dict()
+      if size == 'test':  # the suite's rehearsal passes --config.model.dtype=bfloat16
+        heads['dtype'] = target['dtype']
+      assert heads == target, (kind, size)
+  assert spec_draft.get_config('corpus,tiny').model.max_seq_len >= 512 + 1
+
+
+def test_peer_adds_the_fastest_lossless_method(tmp_path):
+  from benchmarks import spec_peer  # pylint: disable=g-import-not-at-top
+  raw = tmp_path / 't0_b1.json'
+  raw.write_text(json.dumps({'rows': {
+      'ar': {'tau': 1.0, 'tokens_per_s': 100.0},
+      'medusa': {'tau': 2.0, 'speedup': 1.8, 'equals_ar': True},
+      'mtp': {'tau': 2.0, 'speedup': 2.5, 'equals_ar': True},          # above tau: noise
+      'kangaroo': {'tau': 3.0, 'speedup': 2.2, 'equals_ar': False},    # not lossless here
+      'prompt lookup': {'tau': 1.5, 'speedup': 1.2, 'equals_ar': True}}}))
+
+  class Args:
+    methods = 'draft chain g4,prompt lookup'
+    best_from = str(raw)
+
+  assert spec_peer._method_names(Args) == ['draft chain g4', 'prompt lookup', 'medusa']
+  Args.methods = 'bogus'
+  with pytest.raises(ValueError, match='Unknown methods'):
+    spec_peer._method_names(Args)
