@@ -13,7 +13,10 @@ given), plus, when new tokens are passed, new token n iff new_mask[b, t, n]. Thi
 A query that sees nothing gets zeros. Differentiable: the backward pass is the reference's
 (XLA) — decoding needs none, but training through a cache (latent reasoning) must work.
 
-impl: 'auto' | 'xla' | 'pallas' | 'pallas_gpu' | 'pallas_tpu' (see `pallas_kernels.common`).
+impl: 'auto' (what `pallas_kernels.dispatch` says for case 'decode', or 'tree' when new
+tokens are passed; see `choose_impl`) | 'xla' | 'pallas' | 'pallas_gpu' | 'pallas_tpu' (see
+`pallas_kernels.common`) | 'cudnn' (`jax.nn.dot_product_attention` with the visibility as a
+dense mask, new tokens concatenated to the cache).
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import common
+from pallas_kernels import dispatch
+from pallas_kernels.attention import vendor
 from pallas_kernels.decode_attention.reference import (ancestor_mask,
-                                                       decode_attention_reference)
+                                                       decode_attention_reference,
+                                                       visible_slots)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +49,19 @@ class BlockSizes:
   @classmethod
   def get_default(cls, family: str = 'gpu') -> 'BlockSizes':
     return cls(block_k=512) if family == 'tpu' else cls()
+
+
+IMPLS = common.IMPLS + ('cudnn',)
+
+
+def choose_impl(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, *, tree: bool = False,
+                platform: str | None = None) -> dispatch.Choice:
+  """What impl='auto' runs for a call ('tree': new tokens passed apart from the cache)."""
+  _, T, _, Dh = q_BxTxHxDh.shape
+  S = k_BxSxKxDh.shape[1] + (T if tree else 0)  # cuDNN gets the tree concatenated
+  return dispatch.choose('attention', 'tree' if tree else 'decode', platform=platform,
+                         dtype=q_BxTxHxDh.dtype, head_dim=Dh, q_len=T, kv_len=S,
+                         has_mask=True)
 
 
 def _block_for(S: int, want: int, least: int) -> int:
@@ -103,6 +122,17 @@ def decode_attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: j
       new_mask_BxTxN = jnp.tril(jnp.ones((T, N), jnp.bool_))
     new_mask_BxTxN = jnp.broadcast_to(new_mask_BxTxN, (B, T, N))
 
+  if impl not in IMPLS:
+    raise ValueError(f'Unknown impl {impl!r}; choose one of {IMPLS}.')
+  if impl == 'auto':
+    impl = choose_impl(q_BxTxHxDh, k_BxSxKxDh, tree=has_new).impl
+  if impl == 'cudnn':
+    k, v, vis = k_BxSxKxDh, v_BxSxKxDh, visible_slots(lengths_B, S, mask_BxTxS, T)
+    if has_new:
+      k = jnp.concatenate([k, k_new_BxNxKxDh.astype(k.dtype)], axis=1)
+      v = jnp.concatenate([v, v_new_BxNxKxDh.astype(v.dtype)], axis=1)
+      vis = jnp.concatenate([vis, new_mask_BxTxN], axis=-1)
+    return vendor.cudnn_attention(q_BxTxHxDh, k, v, mask_BxTxS=vis, scale=scale)
   family, interpret = common.resolve_impl(impl)
   if family == 'xla':
     return decode_attention_reference(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B,
@@ -210,4 +240,4 @@ def tree_attention(q_BxNxHxDh: jax.Array, k_cache_BxSxKxDh: jax.Array,
 
 
 __all__ = ['decode_attention', 'tree_attention', 'ancestor_mask', 'decode_attention_reference',
-           'BlockSizes']
+           'choose_impl', 'BlockSizes', 'IMPLS']
