@@ -12,7 +12,7 @@ An `Entry` names the implementation and the measurement behind it: a results fil
 verbatim rows that back it (tested to be in the file), or `UNMEASURED` with the reason for
 the default. Before an entry is used, `choose` checks that its implementation can run this
 call (cuDNN's dtypes and head dims, splash's block multiples, the dtypes whose on-device
-check our kernel has passed, copies of a cache a decode call cannot afford) and falls back
+check our kernel has passed, reading the cache layout in a decode) and falls back
 along `Entry.fallback`, then to 'xla', saying why.
 
 Cases (the `op` 'attention' covers every attention entry point: the model's masked
@@ -79,13 +79,16 @@ class Entry:
   UNMEASURED. rows: verbatim excerpts of that file's rows backing the entry. why: the
   reading of those rows (or the reason for the default). checked: for 'pallas', the dtypes
   whose on-device check passed (other dtypes fall back). fallback: what runs when `impl`
-  cannot run this call (then 'xla'). flip: what would change this entry."""
+  cannot run this call (then 'xla'). cache_layout: our kernel's path that reads the decoding
+cache's layout in place has passed its on-device check (else a decode from that layout
+does not use it). flip: what would change this entry."""
   impl: str
   source: str
   why: str
   rows: tuple[str, ...] = ()
   checked: tuple[str, ...] = ()
   fallback: str = 'xla'
+  cache_layout: bool = False
   flip: str = ''
 
 
@@ -236,7 +239,7 @@ def _cuda_max_head_dim() -> int:
 
 def refusal(impl: str, entry: Entry, *, platform: str, dtype: Any = None,
             head_dim: int | None = None, q_len: int | None = None, kv_len: int | None = None,
-            has_mask: bool = False, cache_copy: bool = False, case: str = '') -> str | None:
+            has_mask: bool = False, cache_layout: bool = False, case: str = '') -> str | None:
   """Why `impl` cannot run this call (None: it can)."""
   name = None if dtype is None else jnp.dtype(dtype).name
   if impl == 'xla':
@@ -262,15 +265,19 @@ def refusal(impl: str, entry: Entry, *, platform: str, dtype: Any = None,
     if name is not None and name not in entry.checked:
       return (f'our kernel has not passed its on-device check in {name} '
               f'(passed: {", ".join(entry.checked) or "none"})')
-  if cache_copy and case in ('decode', 'tree') and impl in ('pallas', 'cudnn'):
-    return (f'{impl} would need a transposed copy of the cache per call, which costs more '
-            'than a memory-bound decode saves (XLA reads the cache layout in place)')
+  if cache_layout and case in ('decode', 'tree'):
+    if impl == 'cudnn' or (impl == 'pallas' and platform == 'tpu'):
+      return (f'{impl} would need a transposed copy of the cache per call, which costs more '
+              'than a memory-bound decode saves (XLA reads the cache layout in place)')
+    if impl == 'pallas' and not entry.cache_layout:
+      return ('our decode kernel reads the cache layout (k [B,K,S,Dh], v [B,K,Dh,S]) only in '
+              'a path not yet checked or timed on a GPU (measured: [B,S,K,Dh])')
   return None
 
 
 def choose(op: str, case: str, *, platform: str | None = None, dtype: Any = None,
            head_dim: int | None = None, q_len: int | None = None, kv_len: int | None = None,
-           has_mask: bool = False, cache_copy: bool = False) -> Choice:
+           has_mask: bool = False, cache_layout: bool = False) -> Choice:
   """The implementation 'auto' runs for this call, and why.
 
   Args:
@@ -278,7 +285,7 @@ def choose(op: str, case: str, *, platform: str | None = None, dtype: Any = None
     platform: 'cpu' | 'gpu' | 'tpu' (default: `common.platform()`).
     dtype, head_dim, q_len, kv_len: of the call (None = not constrained).
     has_mask: a mask array would be passed (cuDNN needs even T and S then).
-    cache_copy: the call's K/V are in the cache layout, which the kernels would copy.
+    cache_layout: the call's K/V are in the decoding cache's layout (models.cache).
   """
   if op not in CASES or case not in CASES[op]:
     raise ValueError(f'Unknown dispatch case {op}/{case}; cases: {CASES}.')
@@ -288,7 +295,7 @@ def choose(op: str, case: str, *, platform: str | None = None, dtype: Any = None
   refused = []
   for impl in dict.fromkeys((entry.impl, entry.fallback, 'xla')):
     no = refusal(impl, entry, platform=platform, dtype=dtype, head_dim=head_dim, q_len=q_len,
-                 kv_len=kv_len, has_mask=has_mask, cache_copy=cache_copy, case=case)
+                 kv_len=kv_len, has_mask=has_mask, cache_layout=cache_layout, case=case)
     if no is None:
       reason = why if not refused else f'{"; ".join(refused)}; so {impl} (table: {why})'
       return Choice(impl, entry, reason)

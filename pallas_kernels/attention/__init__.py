@@ -45,7 +45,7 @@ def choose_impl(q_BxTxHxDh: jax.Array, k: jax.Array, kv_layout: str = 'BSKD',
   K, S = (k.shape[1], k.shape[2]) if kv_layout == 'cache' else (k.shape[2], k.shape[1])
   return dispatch.choose('attention', call_case(T, S, H // K), platform=platform,
                          dtype=q_BxTxHxDh.dtype, head_dim=Dh, q_len=T, kv_len=S,
-                         has_mask=True, cache_copy=kv_layout == 'cache')
+                         has_mask=True, cache_layout=kv_layout == 'cache')
 
 
 def attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: jax.Array,
@@ -54,8 +54,8 @@ def attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: jax.Arra
   """Masked grouped-query attention; shapes as in `attention_reference`.
 
   `kv_layout='cache'`: k is [B, K, S, Dh] and v [B, K, Dh, S] (the decoding cache's layout,
-  models.cache). The XLA path reads them as they are; the kernels take [B, S, K, Dh] and get
-  transposed copies.
+  models.cache). The XLA path and the decode kernel (GPU-style) read them as they are; the
+  flash kernel, the TPU decode kernel and cuDNN get [B, S, K, Dh] copies.
   A query with no visible key gets zeros in every implementation.
   """
   if impl not in IMPLS:
@@ -69,24 +69,26 @@ def attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: jax.Arra
   if impl == 'xla':
     return attention_reference(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS, scale,
                                kv_layout=kv_layout)
-  if kv_layout == 'cache':
-    k_BxSxKxDh = jnp.swapaxes(k_BxSxKxDh, 1, 2)
-    v_BxSxKxDh = jnp.transpose(v_BxSxKxDh, (0, 3, 1, 2))
   B, T, H, _ = q_BxTxHxDh.shape
-  S, K = k_BxSxKxDh.shape[1], k_BxSxKxDh.shape[2]
+  cache = kv_layout == 'cache'
+  S, K = (k_BxSxKxDh.shape[2], k_BxSxKxDh.shape[1]) if cache else k_BxSxKxDh.shape[1:3]
   mask_BxTxS = jnp.broadcast_to(mask_BxTxS, (B, T, S))
-  if impl == 'cudnn':
-    return vendor.cudnn_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS=mask_BxTxS,
-                                  scale=scale)
   # Imported here: both packages import this one's reference module.
   from pallas_kernels.decode_attention import decode_attention  # pylint: disable=g-import-not-at-top
   from pallas_kernels.flash_attention import flash_attention  # pylint: disable=g-import-not-at-top
-  if call_case(T, S, H // K) == 'decode':
-    # Read only the slots up to the last one any query of the row sees.
+  if impl != 'cudnn' and call_case(T, S, H // K) == 'decode':
+    # Read only the slots up to the last one any query of the row sees; the GPU-style
+    # kernel reads the cache layout in place.
     seen_BxS = mask_BxTxS.any(axis=1)
     lengths_B = jnp.max(jnp.where(seen_BxS, jnp.arange(1, S + 1), 0), axis=1)
     return decode_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B,
-                            mask_BxTxS=mask_BxTxS, scale=scale, impl=impl)
+                            mask_BxTxS=mask_BxTxS, scale=scale, impl=impl, kv_layout=kv_layout)
+  if cache:  # cuDNN and flash take [B, S, K, Dh]: copies
+    k_BxSxKxDh = jnp.swapaxes(k_BxSxKxDh, 1, 2)
+    v_BxSxKxDh = jnp.transpose(v_BxSxKxDh, (0, 3, 1, 2))
+  if impl == 'cudnn':
+    return vendor.cudnn_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS=mask_BxTxS,
+                                  scale=scale)
   return flash_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS=mask_BxTxS,
                          causal=False, scale=scale, impl=impl)
 

@@ -90,7 +90,7 @@ DECISIONS = [
     ('attention', 'explicit', 'gpu', F32, 128, 64, 2112, {'has_mask': True}, 'xla', ''),
     ('attention', 'explicit', 'tpu', BF16, 128, 1024, 1024, {'has_mask': True}, 'xla', ''),
     ('attention', 'decode', 'gpu', BF16, 128, 1, 4096, {}, 'pallas', '1.38x'),
-    ('attention', 'decode', 'gpu', BF16, 128, 1, 4096, {'cache_copy': True}, 'xla', 'copy'),
+    ('attention', 'decode', 'gpu', BF16, 128, 1, 4096, {'cache_layout': True}, 'xla', 'not yet checked'),
     ('attention', 'decode', 'gpu', F32, 128, 1, 4096, {}, 'xla', 'float32'),
     ('attention', 'decode', 'tpu', BF16, 128, 1, 4096, {}, 'xla', 'TPU'),
     ('attention', 'tree', 'gpu', BF16, 128, 64, 2048, {'has_mask': True}, 'cudnn', '0.5632'),
