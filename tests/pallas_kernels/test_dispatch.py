@@ -339,3 +339,10 @@ def test_all_entries_and_decisions_cover_every_gpu_case():
   """Every GPU case appears in DECISIONS (a new case needs a decision test)."""
   tested = {(d[0], d[1]) for d in DECISIONS if d[2] == 'gpu'}
   assert tested == {(op, c) for op, cases in dispatch.CASES.items() for c in cases}
+
+
+def test_docs_quote_the_table():
+  """docs/kernels.md's table says what TABLE says (op, case, gpu, tpu, cpu per row)."""
+  docs = (ROOT / 'docs' / 'kernels.md').read_text()
+  for line in dispatch.table_markdown().splitlines()[2:]:
+    assert line in docs, f'docs/kernels.md lacks {line!r}'
