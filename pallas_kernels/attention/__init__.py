@@ -9,9 +9,11 @@ impl:
             `decode_attention` (split-K over the slots below the last visible one), longer
             calls to `flash_attention` with the dense mask read per tile and empty tiles
             skipped. 'pallas_gpu' / 'pallas_tpu' pick a kernel family explicitly.
-  'auto'    'xla' for now, on every backend: the Pallas kernels pass in interpret mode but
-            have not yet been checked on a GPU/TPU (`python -m benchmarks.kernels --check`).
-            Flip `AUTO_PALLAS` once that check passes on the hardware.
+  'auto'    what `pallas_kernels.dispatch` says for this platform and call: case 'decode'
+            (T x G <= 128 over a cache) or 'explicit' (otherwise), the dtype, head dim and
+            lengths, and whether K/V come in the cache layout (which the kernels would copy).
+            On a GPU today: cuDNN for 'explicit' (bf16/fp16), XLA for decoding from the
+            cache layout; XLA on CPU and TPU. `choose_impl` tells which and why.
 
 The mask-free entry points (causal/block-causal/segments by positions) are
 `pallas_kernels.flash_attention.flash_attention` and
@@ -23,12 +25,27 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels import common
+from pallas_kernels import dispatch
+from pallas_kernels.attention import vendor
 from pallas_kernels.attention.reference import KV_LAYOUTS, MASK_VALUE, attention_reference
 
 IMPLS = ('auto', 'xla', 'cudnn', 'pallas', 'pallas_gpu', 'pallas_tpu')
-AUTO_PALLAS = ()  # platforms ('gpu', 'tpu') where 'auto' means 'pallas'
-DECODE_ROWS = 128  # T x G at most this: the decode kernel
+DECODE_ROWS = 128  # T x G at most this (over a cache): the decode kernel
+
+
+def call_case(T: int, S: int, G: int) -> str:
+  """The dispatch case of a masked-attention call: 'decode' or 'explicit'."""
+  return 'decode' if T * G <= DECODE_ROWS and S > T else 'explicit'
+
+
+def choose_impl(q_BxTxHxDh: jax.Array, k: jax.Array, kv_layout: str = 'BSKD',
+                platform: str | None = None) -> dispatch.Choice:
+  """What impl='auto' runs for this call (see `pallas_kernels.dispatch`)."""
+  _, T, H, Dh = q_BxTxHxDh.shape
+  K, S = (k.shape[1], k.shape[2]) if kv_layout == 'cache' else (k.shape[2], k.shape[1])
+  return dispatch.choose('attention', call_case(T, S, H // K), platform=platform,
+                         dtype=q_BxTxHxDh.dtype, head_dim=Dh, q_len=T, kv_len=S,
+                         has_mask=True, cache_layout=kv_layout == 'cache')
 
 
 def attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: jax.Array,
@@ -37,9 +54,9 @@ def attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: jax.Arra
   """Masked grouped-query attention; shapes as in `attention_reference`.
 
   `kv_layout='cache'`: k is [B, K, S, Dh] and v [B, K, Dh, S] (the decoding cache's layout,
-  models.cache). The XLA path reads them as they are; the kernels take [B, S, K, Dh] and get
-  transposed copies.
-  A query with no visible key gets zeros in every implementation except 'cudnn'.
+  models.cache). The XLA path and the decode kernel (GPU-style) read them as they are; the
+  flash kernel, the TPU decode kernel and cuDNN get [B, S, K, Dh] copies.
+  A query with no visible key gets zeros in every implementation.
   """
   if impl not in IMPLS:
     raise ValueError(f'Unknown attention impl {impl!r}; choose one of {IMPLS}.')
@@ -48,31 +65,33 @@ def attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: jax.Arra
   if scale is None:
     scale = q_BxTxHxDh.shape[-1] ** -0.5
   if impl == 'auto':
-    impl = 'pallas' if common.platform() in AUTO_PALLAS else 'xla'
+    impl = choose_impl(q_BxTxHxDh, k_BxSxKxDh, kv_layout).impl
   if impl == 'xla':
     return attention_reference(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS, scale,
                                kv_layout=kv_layout)
-  if kv_layout == 'cache':
-    k_BxSxKxDh = jnp.swapaxes(k_BxSxKxDh, 1, 2)
-    v_BxSxKxDh = jnp.transpose(v_BxSxKxDh, (0, 3, 1, 2))
   B, T, H, _ = q_BxTxHxDh.shape
-  S, K = k_BxSxKxDh.shape[1], k_BxSxKxDh.shape[2]
+  cache = kv_layout == 'cache'
+  S, K = (k_BxSxKxDh.shape[2], k_BxSxKxDh.shape[1]) if cache else k_BxSxKxDh.shape[1:3]
   mask_BxTxS = jnp.broadcast_to(mask_BxTxS, (B, T, S))
-  if impl == 'cudnn':
-    return jax.nn.dot_product_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh,
-                                        mask=mask_BxTxS[:, None], scale=scale,
-                                        implementation='cudnn')
   # Imported here: both packages import this one's reference module.
   from pallas_kernels.decode_attention import decode_attention  # pylint: disable=g-import-not-at-top
   from pallas_kernels.flash_attention import flash_attention  # pylint: disable=g-import-not-at-top
-  if T * (H // K) <= DECODE_ROWS and S > T:
-    # Read only the slots up to the last one any query of the row sees.
+  if impl != 'cudnn' and call_case(T, S, H // K) == 'decode':
+    # Read only the slots up to the last one any query of the row sees; the GPU-style
+    # kernel reads the cache layout in place.
     seen_BxS = mask_BxTxS.any(axis=1)
     lengths_B = jnp.max(jnp.where(seen_BxS, jnp.arange(1, S + 1), 0), axis=1)
     return decode_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B,
-                            mask_BxTxS=mask_BxTxS, scale=scale, impl=impl)
+                            mask_BxTxS=mask_BxTxS, scale=scale, impl=impl, kv_layout=kv_layout)
+  if cache:  # cuDNN and flash take [B, S, K, Dh]: copies
+    k_BxSxKxDh = jnp.swapaxes(k_BxSxKxDh, 1, 2)
+    v_BxSxKxDh = jnp.transpose(v_BxSxKxDh, (0, 3, 1, 2))
+  if impl == 'cudnn':
+    return vendor.cudnn_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS=mask_BxTxS,
+                                  scale=scale)
   return flash_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS=mask_BxTxS,
                          causal=False, scale=scale, impl=impl)
 
 
-__all__ = ['attention', 'attention_reference', 'MASK_VALUE', 'IMPLS', 'AUTO_PALLAS', 'KV_LAYOUTS']
+__all__ = ['attention', 'attention_reference', 'choose_impl', 'call_case', 'MASK_VALUE', 'IMPLS',
+           'KV_LAYOUTS']

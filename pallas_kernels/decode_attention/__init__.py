@@ -13,7 +13,10 @@ given), plus, when new tokens are passed, new token n iff new_mask[b, t, n]. Thi
 A query that sees nothing gets zeros. Differentiable: the backward pass is the reference's
 (XLA) — decoding needs none, but training through a cache (latent reasoning) must work.
 
-impl: 'auto' | 'xla' | 'pallas' | 'pallas_gpu' | 'pallas_tpu' (see `pallas_kernels.common`).
+impl: 'auto' (what `pallas_kernels.dispatch` says for case 'decode', or 'tree' when new
+tokens are passed; see `choose_impl`) | 'xla' | 'pallas' | 'pallas_gpu' | 'pallas_tpu' (see
+`pallas_kernels.common`) | 'cudnn' (`jax.nn.dot_product_attention` with the visibility as a
+dense mask, new tokens concatenated to the cache).
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import common
+from pallas_kernels import dispatch
+from pallas_kernels.attention import vendor
 from pallas_kernels.decode_attention.reference import (ancestor_mask,
-                                                       decode_attention_reference)
+                                                       decode_attention_reference,
+                                                       visible_slots)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +49,20 @@ class BlockSizes:
   @classmethod
   def get_default(cls, family: str = 'gpu') -> 'BlockSizes':
     return cls(block_k=512) if family == 'tpu' else cls()
+
+
+IMPLS = common.IMPLS + ('cudnn',)
+
+
+def choose_impl(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, *, tree: bool = False,
+                kv_layout: str = 'BSKD', platform: str | None = None) -> dispatch.Choice:
+  """What impl='auto' runs for a call ('tree': new tokens passed apart from the cache)."""
+  _, T, _, Dh = q_BxTxHxDh.shape
+  S = k_BxSxKxDh.shape[2 if kv_layout == 'cache' else 1]
+  return dispatch.choose('attention', 'tree' if tree else 'decode', platform=platform,
+                         dtype=q_BxTxHxDh.dtype, head_dim=Dh, q_len=T,
+                         kv_len=S + (T if tree else 0),  # cuDNN gets the tree concatenated
+                         has_mask=True, cache_layout=kv_layout == 'cache')
 
 
 def _block_for(S: int, want: int, least: int) -> int:
@@ -72,7 +92,8 @@ def decode_attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: j
                      k_new_BxNxKxDh: jax.Array | None = None,
                      v_new_BxNxKxDh: jax.Array | None = None,
                      new_mask_BxTxN: jax.Array | None = None, scale: float | None = None,
-                     block_sizes: BlockSizes | None = None, impl: str = 'auto') -> jax.Array:
+                     block_sizes: BlockSizes | None = None, impl: str = 'auto',
+                     kv_layout: str = 'BSKD') -> jax.Array:
   """T queries per row over cache slots [0, lengths) and optional new tokens.
 
   Args:
@@ -84,12 +105,18 @@ def decode_attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: j
     new_mask_BxTxN: bool, which new tokens each query sees (default when T == N: causal,
       query t sees new tokens 0..t).
     scale: multiplies q.k (default Dh ** -0.5).
+    kv_layout: 'BSKD', or 'cache': k [B, K, S, Dh] and v [B, K, Dh, S] as models.cache
+      stores them, read in place by the reference and the GPU-style kernel (the TPU kernel
+      and 'cudnn' get [B, S, K, Dh] copies). New tokens are [B, N, K, Dh] either way.
 
   Returns:
     [B, T, H, Dh] in q's dtype.
   """
+  if kv_layout not in ('BSKD', 'cache'):
+    raise ValueError(f"Unknown kv_layout {kv_layout!r}; choose 'BSKD' or 'cache'.")
+  cache_layout = kv_layout == 'cache'
   B, T, H, Dh = q_BxTxHxDh.shape
-  S = k_BxSxKxDh.shape[1]
+  S = k_BxSxKxDh.shape[2] if cache_layout else k_BxSxKxDh.shape[1]
   scale = Dh ** -0.5 if scale is None else float(scale)
   lengths_B = jnp.broadcast_to(jnp.asarray(lengths_B, jnp.int32), (B,))
   if mask_BxTxS is not None:
@@ -103,20 +130,39 @@ def decode_attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: j
       new_mask_BxTxN = jnp.tril(jnp.ones((T, N), jnp.bool_))
     new_mask_BxTxN = jnp.broadcast_to(new_mask_BxTxN, (B, T, N))
 
-  family, interpret = common.resolve_impl(impl)
+  if impl not in IMPLS:
+    raise ValueError(f'Unknown impl {impl!r}; choose one of {IMPLS}.')
+  if impl == 'auto':
+    impl = choose_impl(q_BxTxHxDh, k_BxSxKxDh, tree=has_new, kv_layout=kv_layout).impl
+  family, interpret = ('cudnn', False) if impl == 'cudnn' else common.resolve_impl(impl)
+  if cache_layout and family in ('cudnn', 'tpu'):  # these take [B, S, K, Dh]: copies
+    k_BxSxKxDh = jnp.swapaxes(k_BxSxKxDh, 1, 2)
+    v_BxSxKxDh = jnp.transpose(v_BxSxKxDh, (0, 3, 1, 2))
+    cache_layout, kv_layout = False, 'BSKD'
+  if impl == 'cudnn':
+    k, v, vis = k_BxSxKxDh, v_BxSxKxDh, visible_slots(lengths_B, S, mask_BxTxS, T)
+    if has_new:
+      k = jnp.concatenate([k, k_new_BxNxKxDh.astype(k.dtype)], axis=1)
+      v = jnp.concatenate([v, v_new_BxNxKxDh.astype(v.dtype)], axis=1)
+      vis = jnp.concatenate([vis, new_mask_BxTxN], axis=-1)
+    return vendor.cudnn_attention(q_BxTxHxDh, k, v, mask_BxTxS=vis, scale=scale)
   if family == 'xla':
     return decode_attention_reference(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B,
                                       mask_BxTxS, k_new_BxNxKxDh, v_new_BxNxKxDh,
-                                      new_mask_BxTxN, scale=scale)
+                                      new_mask_BxTxN, scale=scale, kv_layout=kv_layout)
   new = None if not has_new else (k_new_BxNxKxDh, v_new_BxNxKxDh, new_mask_BxTxN)
   return _decode(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B, mask_BxTxS, new,
-                 (family, interpret, scale, block_sizes or BlockSizes.get_default(family)))
+                 (family, interpret, scale, block_sizes or BlockSizes.get_default(family),
+                  kv_layout))
 
 
 def _kernel_path(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B, mask_BxTxS, new, static):
-  family, interpret, scale, bs = static
+  family, interpret, scale, bs, kv_layout = static
+  cache_layout = kv_layout == 'cache'  # GPU-style kernel only (the TPU path gets copies)
   B, T, H, Dh = q_BxTxHxDh.shape
   S, K = k_BxSxKxDh.shape[1], k_BxSxKxDh.shape[2]
+  if cache_layout:
+    K, S = k_BxSxKxDh.shape[1], k_BxSxKxDh.shape[2]
   G = H // K
   has_new = new is not None
   on_tpu = family == 'tpu' and interpret is False
@@ -125,8 +171,12 @@ def _kernel_path(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B, mask_BxTxS, new,
   Dhp = max(16, common.next_pow2(Dh)) if family == 'gpu' else Dh
   bk = _block_for(S, bs.block_k, 128 if on_tpu else 16)
   Sp = common.round_up(S, bk)  # a copy of the cache only when S is not a multiple of bk
-  k = common.pad_axis(common.pad_axis(k_BxSxKxDh, 1, Sp), 3, Dhp)
-  v = common.pad_axis(common.pad_axis(v_BxSxKxDh, 1, Sp), 3, Dhp)
+  if cache_layout:  # k [B, K, S, Dh], v [B, K, Dh, S]
+    k = common.pad_axis(common.pad_axis(k_BxSxKxDh, 2, Sp), 3, Dhp)
+    v = common.pad_axis(common.pad_axis(v_BxSxKxDh, 3, Sp), 2, Dhp)
+  else:
+    k = common.pad_axis(common.pad_axis(k_BxSxKxDh, 1, Sp), 3, Dhp)
+    v = common.pad_axis(common.pad_axis(v_BxSxKxDh, 1, Sp), 3, Dhp)
   q = common.pad_axis(_pack_rows(q_BxTxHxDh, K, R), 3, Dhp)
   mask = common.pad_axis(_row_mask(mask_BxTxS, G, R), 2, Sp)
   kn = vn = nmask = None
@@ -153,7 +203,7 @@ def _kernel_path(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B, mask_BxTxS, new,
     st = gpu.Static(scale=scale, block_k=bk, blocks_per_part=per_part,
                     num_parts=common.cdiv(nblk, per_part), has_mask=mask is not None,
                     has_new=has_new, interpret=interpret, num_warps=bs.num_warps,
-                    num_stages=bs.num_stages)
+                    num_stages=bs.num_stages, cache_layout=cache_layout)
     o, m, l = gpu.partials(q, k, v, lengths_B, mask, kn, vn, nmask, st)
     base = 2.0
   from pallas_kernels.decode_attention.gpu import combine  # pylint: disable=g-import-not-at-top
@@ -173,12 +223,12 @@ def _decode_fwd(q, k, v, lengths, mask, new, static):
 
 def _decode_bwd(static, res, g):
   q, k, v, lengths, mask, new = res
+  ref = functools.partial(decode_attention_reference, scale=static[2], kv_layout=static[4])
   if new is None:
-    f = lambda q, k, v: decode_attention_reference(q, k, v, lengths, mask, scale=static[2])
+    f = lambda q, k, v: ref(q, k, v, lengths, mask)
     return (*jax.vjp(f, q, k, v)[1](g), None, None, None)
   kn, vn, nmask = new
-  f = lambda q, k, v, kn, vn: decode_attention_reference(q, k, v, lengths, mask, kn, vn, nmask,
-                                                         scale=static[2])
+  f = lambda q, k, v, kn, vn: ref(q, k, v, lengths, mask, kn, vn, nmask)
   dq, dk, dv, dkn, dvn = jax.vjp(f, q, k, v, kn, vn)[1](g)
   return dq, dk, dv, None, None, (dkn, dvn, None)
 
@@ -210,4 +260,4 @@ def tree_attention(q_BxNxHxDh: jax.Array, k_cache_BxSxKxDh: jax.Array,
 
 
 __all__ = ['decode_attention', 'tree_attention', 'ancestor_mask', 'decode_attention_reference',
-           'BlockSizes']
+           'choose_impl', 'BlockSizes', 'IMPLS']

@@ -10,6 +10,9 @@ merges them (log-sum-exp weights) outside the kernel.
 
 Reads only the slots below each row's length: the cost is bytes of K/V actually attended.
 The cache is never copied when S is a multiple of the key block and Dh a power of two >= 16.
+K/V come as [B, S, K, Dh], or (`Static.cache_layout`) as the decoding cache stores them,
+k [B, K, S, Dh] and v [B, K, Dh, S]: value tiles are then [Dh, bk] and p.v contracts their
+minor dimension.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class Static:
   interpret: object = False
   num_warps: int = 4
   num_stages: int = 2
+  cache_layout: bool = False  # k [B, K, S, Dh], v [B, K, Dh, S]
 
 
 def _dot(a, b, contract=(1, 1)):
@@ -48,14 +52,15 @@ def _dot(a, b, contract=(1, 1)):
                          precision=common.dot_precision(a.dtype))
 
 
-def _online(carry, s, vis, v):
-  """One flash step over a [R, bk] score tile (base 2) with visibility `vis`."""
+def _online(carry, s, vis, v, v_t=False):
+  """One flash step over a [R, bk] score tile (base 2) with visibility `vis`; v is
+  [bk, Dh], or [Dh, bk] when `v_t`."""
   o, m, l = carry
   s = jnp.where(vis, s, MASK_VALUE)
   m_new = jnp.maximum(m, s.max(axis=1))
   alpha = jnp.exp2(m - m_new)
   p = jnp.where(vis, jnp.exp2(s - m_new[:, None]), 0.0)
-  return (alpha[:, None] * o + _dot(p.astype(v.dtype), v, (1, 0)), m_new,
+  return (alpha[:, None] * o + _dot(p.astype(v.dtype), v, (1, 1) if v_t else (1, 0)), m_new,
           alpha * l + p.sum(axis=1))
 
 
@@ -81,6 +86,8 @@ def _kernel(len_ref, q_ref, k_ref, v_ref, *refs, st: Static):
       vis = (j * bk + lax.broadcasted_iota(jnp.int32, (1, bk), 1)) < length
       if mask_ref is not None:
         vis = vis & (mask_ref[:, ks] != 0)
+      if st.cache_layout:
+        return _online(c, s, vis, v_ref[:, ks], v_t=True)
       return _online(c, s, vis, v_ref[ks, :])
     first = part * st.blocks_per_part
     last = jnp.minimum(first + st.blocks_per_part, pl.cdiv(length, bk))
@@ -103,13 +110,17 @@ def partials(q_BxKxRxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B, mask_BxRxS, knew_BxN
              vnew_BxNxKxDh, nmask_BxRxN, st: Static):
   """(o [B, K, P, R, Dh] f32, m [B, K, P, R] base 2, l [B, K, P, R]) for P parts."""
   B, K, R, Dh = q_BxKxRxDh.shape
-  S = k_BxSxKxDh.shape[1]
+  S = k_BxSxKxDh.shape[2] if st.cache_layout else k_BxSxKxDh.shape[1]
   P = st.num_parts + st.has_new
+  if st.cache_layout:  # k [B, K, S, Dh], v [B, K, Dh, S]: one (row, kv head) slab each
+    kv_specs = [pl.BlockSpec((None, None, S, Dh), lambda b, h, p: (b, h, 0, 0)),
+                pl.BlockSpec((None, None, Dh, S), lambda b, h, p: (b, h, 0, 0))]
+  else:
+    kv_specs = [pl.BlockSpec((None, S, None, Dh), lambda b, h, p: (b, 0, h, 0))] * 2
   in_specs = [
       pl.BlockSpec((B,), lambda b, h, p: (0,)),
       pl.BlockSpec((None, None, R, Dh), lambda b, h, p: (b, h, 0, 0)),
-      pl.BlockSpec((None, S, None, Dh), lambda b, h, p: (b, 0, h, 0)),
-      pl.BlockSpec((None, S, None, Dh), lambda b, h, p: (b, 0, h, 0))]
+      *kv_specs]
   args = [lengths_B.astype(jnp.int32), q_BxKxRxDh, k_BxSxKxDh, v_BxSxKxDh]
   if st.has_mask:
     in_specs.append(pl.BlockSpec((None, R, S), lambda b, h, p: (b, 0, 0)))

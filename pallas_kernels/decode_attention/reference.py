@@ -23,17 +23,26 @@ def decode_attention_reference(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array,
                                k_new_BxNxKxDh: jax.Array | None = None,
                                v_new_BxNxKxDh: jax.Array | None = None,
                                new_mask_BxTxN: jax.Array | None = None, *,
-                               scale: float) -> jax.Array:
-  """See `decode_attention`: cache slots s < lengths (AND mask) plus new tokens by new_mask."""
+                               scale: float, kv_layout: str = 'BSKD') -> jax.Array:
+  """See `decode_attention`: cache slots s < lengths (AND mask) plus new tokens by new_mask.
+
+  kv_layout='cache': k [B, K, S, Dh], v [B, K, Dh, S] (models.cache); new tokens stay
+  [B, N, K, Dh].
+  """
   B, T = q_BxTxHxDh.shape[:2]
-  vis = visible_slots(lengths_B, k_BxSxKxDh.shape[1], mask_BxTxS, T)
+  cache = kv_layout == 'cache'
+  S = k_BxSxKxDh.shape[2] if cache else k_BxSxKxDh.shape[1]
+  vis = visible_slots(lengths_B, S, mask_BxTxS, T)
   k, v = k_BxSxKxDh, v_BxSxKxDh
   if k_new_BxNxKxDh is not None:
-    k = jnp.concatenate([k, k_new_BxNxKxDh.astype(k.dtype)], axis=1)
-    v = jnp.concatenate([v, v_new_BxNxKxDh.astype(v.dtype)], axis=1)
+    kn, vn = k_new_BxNxKxDh.astype(k.dtype), v_new_BxNxKxDh.astype(v.dtype)
+    if cache:  # [B, N, K, Dh] -> k [B, K, N, Dh], v [B, K, Dh, N]
+      kn, vn = jnp.swapaxes(kn, 1, 2), jnp.transpose(vn, (0, 2, 3, 1))
+    k = jnp.concatenate([k, kn], axis=2 if cache else 1)
+    v = jnp.concatenate([v, vn], axis=3 if cache else 1)
     vis = jnp.concatenate([vis, jnp.broadcast_to(new_mask_BxTxN, (B, T, k_new_BxNxKxDh.shape[1]))],
                           axis=-1)
-  return attention_reference(q_BxTxHxDh, k, v, vis, scale)
+  return attention_reference(q_BxTxHxDh, k, v, vis, scale, kv_layout=kv_layout)
 
 
 def ancestor_mask(parents_BxN: jax.Array) -> jax.Array:

@@ -7,8 +7,11 @@ no visible key gets zeros.
 
     o_BxTxHxDh = flash_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, causal=True)
 
-impl: 'auto' (Pallas on GPU/TPU, else the reference) | 'xla' | 'pallas' | 'pallas_gpu' |
-'pallas_tpu' (see `pallas_kernels.common`).
+impl: 'auto' (what `pallas_kernels.dispatch` says for this platform and mask case, see
+`choose_impl`) | 'xla' | 'pallas' | 'pallas_gpu' | 'pallas_tpu' (see `pallas_kernels.common`)
+| 'cudnn' (`jax.nn.dot_product_attention`; masks other than causal/window by default
+positions go as a dense mask) | 'splash' (jax's TPU splash attention: case 'causal' or
+'segments' only).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import common
+from pallas_kernels import dispatch
+from pallas_kernels.attention import vendor
 from pallas_kernels.flash_attention import mask as mask_lib
 from pallas_kernels.flash_attention.mask import FlashMask
 from pallas_kernels.flash_attention.reference import flash_attention_reference
@@ -79,6 +84,30 @@ def _flash_bwd(family, st, res, do):
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
+IMPLS = common.IMPLS + ('cudnn', 'splash')
+
+
+def mask_case(T: int, S: int, *, default_positions: bool, segments: bool, dense: bool,
+              causal: bool, block_causal_size: int | None, window: int) -> str:
+  """The dispatch case of a call (see `pallas_kernels.dispatch.CASES`)."""
+  if dense:
+    return 'explicit'
+  if (not default_positions or T != S or (block_causal_size or 1) > 1
+      or (window and not causal)):
+    return 'positions'
+  return 'segments' if segments else 'causal'
+
+
+def choose_impl(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, *, platform: str | None = None,
+                **case_kw) -> dispatch.Choice:
+  """What impl='auto' runs for this call; `case_kw` as `mask_case` takes them."""
+  _, T, _, Dh = q_BxTxHxDh.shape
+  S = k_BxSxKxDh.shape[1]
+  case = mask_case(T, S, **case_kw)
+  return dispatch.choose('attention', case, platform=platform, dtype=q_BxTxHxDh.dtype,
+                         head_dim=Dh, q_len=T, kv_len=S, has_mask=case != 'causal')
+
+
 def flash_attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: jax.Array, *,
                     q_positions_BxT: jax.Array | None = None,
                     kv_positions_BxS: jax.Array | None = None,
@@ -116,6 +145,25 @@ def flash_attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: ja
     raise ValueError('Pass both q_segment_ids_BxT and kv_segment_ids_BxS, or neither.')
   scale = Dh ** -0.5 if scale is None else float(scale)
   causal_block = (block_causal_size or 1) if causal else 0
+  if impl not in IMPLS:
+    raise ValueError(f'Unknown impl {impl!r}; choose one of {IMPLS}.')
+  case_kw = dict(default_positions=q_positions_BxT is None and kv_positions_BxS is None,
+                 segments=q_segment_ids_BxT is not None, dense=mask_BxTxS is not None,
+                 causal=causal, block_causal_size=block_causal_size, window=window)
+  if impl == 'auto':
+    impl = choose_impl(q_BxTxHxDh, k_BxSxKxDh, **case_kw).impl
+  case = mask_case(T, S, **case_kw)
+  if impl == 'splash':
+    if case not in ('causal', 'segments'):
+      raise ValueError(f"impl='splash' takes causal/bidirectional/window masks by default "
+                       f'positions with T == S, and segment ids; this call is {case!r}.')
+    return vendor.splash_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, causal=causal,
+                                   window=window, scale=scale,
+                                   q_segment_ids_BxT=q_segment_ids_BxT,
+                                   kv_segment_ids_BxS=kv_segment_ids_BxS)
+  if impl == 'cudnn' and case == 'causal':
+    return vendor.cudnn_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, causal=causal,
+                                  window=window, scale=scale)
   if q_positions_BxT is None:
     q_positions_BxT = jnp.arange(S - T, S, dtype=jnp.int32)
   if kv_positions_BxS is None:
@@ -126,6 +174,9 @@ def flash_attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: ja
                  dense=None if mask_BxTxS is None else
                  jnp.broadcast_to(mask_BxTxS, (B, T, S)).astype(jnp.int8))
 
+  if impl == 'cudnn':  # any other case: the rule as a dense mask
+    return vendor.cudnn_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, scale=scale,
+                                  mask_BxTxS=mask_lib.dense_visible(fm, causal_block, window))
   family, interpret = common.resolve_impl(impl)
   if family == 'xla':
     return flash_attention_reference(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, fm,
@@ -150,4 +201,5 @@ def flash_attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: ja
   return o[:, :T, :, :Dh]
 
 
-__all__ = ['flash_attention', 'flash_attention_reference', 'BlockSizes', 'FlashMask']
+__all__ = ['flash_attention', 'flash_attention_reference', 'choose_impl', 'mask_case',
+           'BlockSizes', 'FlashMask', 'IMPLS']

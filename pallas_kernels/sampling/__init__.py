@@ -12,7 +12,10 @@ token up to float rounding at a cut-off). Thresholds and sums are float32; at a 
 the kept set can differ from the sort-based reference only where their float32 sums round
 differently (a token whose cumulative mass equals top_p to ~1e-7).
 
-impl: 'auto' | 'xla' (the sort-based reference) | 'pallas' | 'pallas_gpu' | 'pallas_tpu'.
+impl: 'auto' (what `pallas_kernels.dispatch` says for case 'top_p', or 'top_k' when only
+top-k filters; on a GPU the sort, which beat the fused kernel on the H100) | 'xla' (the
+sort-based reference) | 'pallas' | 'pallas_gpu' | 'pallas_tpu'. With return_threshold=True,
+'auto' runs a kernel (only the kernels compute the threshold).
 """
 
 from __future__ import annotations
@@ -21,8 +24,13 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import common
+from pallas_kernels import dispatch
 from pallas_kernels.sampling.reference import (filtered_log_probs, gumbel_noise,
                                                sample_reference)
+
+
+def sampling_case(top_k: int, top_p: float) -> str:
+  return 'top_k' if top_k and top_p >= 1.0 else 'top_p'
 
 
 def fused_sample(logits_BxV: jax.Array, gumbel_BxV: jax.Array | None, *, temperature: float,
@@ -43,6 +51,10 @@ def fused_sample(logits_BxV: jax.Array, gumbel_BxV: jax.Array | None, *, tempera
   if temperature == 0:
     tok = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
     return (tok, None, None) if return_threshold else tok
+  if impl == 'auto':
+    impl = dispatch.choose('sampling', sampling_case(top_k, top_p), dtype=jnp.float32).impl
+    if return_threshold and impl == 'xla':
+      impl = 'pallas'
   family, interpret = common.resolve_impl(impl)
   if family == 'xla':
     if return_threshold:

@@ -11,7 +11,8 @@ impl:
   'pallas' the fused kernels of `fused.py` (GPU Triton-style; interpreted on CPU/TPU): the
           chain for every mode, the tree for mode 'deterministic' (other tree modes fall back
           to the reference). 'pallas_gpu' names the family explicitly.
-  'auto'  'xla' until the GPU check of `python -m benchmarks.kernels` has passed.
+  'auto'  what `pallas_kernels.dispatch` says for case 'chain' / 'tree': 'xla' everywhere
+          today (the chain kernel passed its H100 check; its speed is not measured).
 
 The rules ('deterministic', 'iid', 'wor', 'kseq') and their exactness are documented in
 `reference.py`. Randomness is passed in (uniforms in (0, 1)); kernels draw none.
@@ -20,7 +21,9 @@ The rules ('deterministic', 'iid', 'wor', 'kseq') and their exactness are docume
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
+from pallas_kernels import dispatch
 from pallas_kernels.spec_verify.reference import (MODES, chain_verify_reference, kseq_beta,
                                                   kseq_residual, kseq_rho,
                                                   tree_verify_reference)
@@ -28,16 +31,19 @@ from pallas_kernels.spec_verify.reference import (MODES, chain_verify_reference,
 IMPLS = ('auto', 'xla', 'pallas', 'pallas_gpu')
 
 
-def _check_impl(impl: str) -> None:
+def _check_impl(impl: str, case: str) -> str:
   if impl not in IMPLS:
     raise ValueError(f'Unknown spec_verify impl {impl!r}; choose one of {IMPLS}.')
+  if impl == 'auto':
+    return dispatch.choose('spec_verify', case, dtype=jnp.float32).impl
+  return impl
 
 
 def chain_verify(target_logp_BxG1xV: jax.Array, draft_logq_BxGxV: jax.Array | None,
                  draft_BxG: jax.Array, valid_BxG: jax.Array, u_BxG: jax.Array, *,
                  mode: str = 'iid', impl: str = 'auto') -> tuple[jax.Array, jax.Array]:
   """See `reference.chain_verify_reference`."""
-  _check_impl(impl)
+  impl = _check_impl(impl, 'chain')
   if impl.startswith('pallas'):
     from pallas_kernels.spec_verify.fused import chain_verify_pallas  # pylint: disable=g-import-not-at-top
     return chain_verify_pallas(target_logp_BxG1xV, draft_logq_BxGxV, draft_BxG, valid_BxG,
@@ -51,7 +57,7 @@ def tree_verify(target_logp_BxTxV: jax.Array, draft_logq_BxTxV: jax.Array | None
                 mode: str = 'deterministic', impl: str = 'auto'
                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """See `reference.tree_verify_reference`."""
-  _check_impl(impl)
+  impl = _check_impl(impl, 'tree')
   if impl.startswith('pallas'):
     from pallas_kernels.spec_verify.fused import tree_verify_pallas  # pylint: disable=g-import-not-at-top
     return tree_verify_pallas(target_logp_BxTxV, draft_logq_BxTxV, tokens_BxT, children_BxTxK,
