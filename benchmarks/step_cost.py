@@ -52,10 +52,10 @@ def step_tokens(decoder, models: Models) -> int:
   """Tokens of the step's target forward: 1 for AR, the tree size for speculative ones."""
   if decoder.name == 'ar':
     return 1
-  make = getattr(decoder, 'make_drafter', None)
-  if make is None:
+  get = getattr(decoder, 'get_drafter', None)
+  if get is None:
     raise ValueError(f'No step size known for decoder {decoder.name!r}.')
-  return make().resolve(models).max_nodes
+  return get().resolve(models).max_nodes
 
 
 def with_stand_ins(decoder, models: Models, params: dict[str, Any], batches, ar_results,
@@ -66,11 +66,11 @@ def with_stand_ins(decoder, models: Models, params: dict[str, Any], batches, ar_
   Kangaroo adapter that the run does not have get random weights (their speed does not
   depend on their values)."""
   cfg = models.target.cfg
-  drafter = decoder.make_drafter() if hasattr(decoder, 'make_drafter') else None
+  drafter = decoder.get_drafter() if hasattr(decoder, 'get_drafter') else None
   extras, per_batch = dict(models.extras), []
   for (prompt, lens, _), res in zip(batches, jax.device_get(ar_results)):
     p = dict(params)
-    if drafter is not None and getattr(decoder, 'drafter', '') == 'model':
+    if drafter is not None and drafter.kind == 'model':
       extras['draft'] = oracle.OracleDraft.for_target(cfg)
       p['draft'] = oracle.oracle_params(oracle.reference_rows(
           prompt, lens, res.tokens_BxN, res.num_generated_B, cache_size), alpha)
@@ -93,8 +93,8 @@ def with_stand_ins(decoder, models: Models, params: dict[str, Any], batches, ar_
 
 def step_is_chain(decoder, models: Models) -> bool:
   """Whether the step's target forward is causal (a chain) rather than a tree's mask."""
-  make = getattr(decoder, 'make_drafter', None)
-  return make is None or make().resolve(models).is_chain
+  get = getattr(decoder, 'get_drafter', None)
+  return get is None or get().resolve(models).is_chain
 
 
 def step_time(decoder, models, params, batches, *, max_new: int, cache_size: int,

@@ -106,7 +106,7 @@ def _step_fn(dec, models, params, eos):
   lens = jnp.asarray([len(p) for p in PROMPTS], jnp.int32)
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(B))
   mode = dec.verification_mode()
-  drafter = dec._drafter_for(mode).resolve(models)
+  drafter = dec.get_drafter().resolve(models)
 
   def env(params):
     return drafter_lib.Env(models=models, params=params, sampling=dec.sampling, mode=mode,
