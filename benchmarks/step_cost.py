@@ -58,6 +58,12 @@ def step_tokens(decoder, models: Models) -> int:
   return get().resolve(models).max_nodes
 
 
+def is_draft_model(decoder) -> bool:
+  """Whether the decoder drafts with a separate draft model (speculative, spec_dynamic, ...)."""
+  get = getattr(decoder, 'get_drafter', None)
+  return get is not None and get().kind == 'model'
+
+
 def with_stand_ins(decoder, models: Models, params: dict[str, Any], batches, ar_results,
                    cache_size: int, alpha: float = 0.8) -> tuple[Models, list[dict[str, Any]]]:
   """(models, per-batch params) a decoder needs beyond the target: a draft model becomes the
@@ -70,7 +76,7 @@ def with_stand_ins(decoder, models: Models, params: dict[str, Any], batches, ar_
   extras, per_batch = dict(models.extras), []
   for (prompt, lens, _), res in zip(batches, jax.device_get(ar_results)):
     p = dict(params)
-    if drafter is not None and drafter.kind == 'model':
+    if is_draft_model(decoder):
       extras['draft'] = oracle.OracleDraft.for_target(cfg)
       p['draft'] = oracle.oracle_params(oracle.reference_rows(
           prompt, lens, res.tokens_BxN, res.num_generated_B, cache_size), alpha)
@@ -220,7 +226,7 @@ def run(args) -> str:
     for spec in args.decoders.split(','):
       dec_name, settings = registry.parse_spec(spec)
       dec = registry.build(dec_name, settings, sampling=sampling)
-      if getattr(dec, 'drafter', '') == 'model':  # a draft model: the oracle stands in
+      if is_draft_model(dec):  # a draft model: the oracle stands in
         dec = registry.build(dec_name, dict(settings, draft_workdir='oracle'), sampling)
       sub_models, sub_params = with_stand_ins(dec, models, params, batches, ar_results,
                                               cache)
