@@ -52,10 +52,16 @@ def step_tokens(decoder, models: Models) -> int:
   """Tokens of the step's target forward: 1 for AR, the tree size for speculative ones."""
   if decoder.name == 'ar':
     return 1
-  make = getattr(decoder, 'make_drafter', None)
-  if make is None:
+  get = getattr(decoder, 'get_drafter', None)
+  if get is None:
     raise ValueError(f'No step size known for decoder {decoder.name!r}.')
-  return make().resolve(models).max_nodes
+  return get().resolve(models).max_nodes
+
+
+def is_draft_model(decoder) -> bool:
+  """Whether the decoder drafts with a separate draft model (speculative, spec_dynamic, ...)."""
+  get = getattr(decoder, 'get_drafter', None)
+  return get is not None and get().kind == 'model'
 
 
 def with_stand_ins(decoder, models: Models, params: dict[str, Any], batches, ar_results,
@@ -66,11 +72,11 @@ def with_stand_ins(decoder, models: Models, params: dict[str, Any], batches, ar_
   Kangaroo adapter that the run does not have get random weights (their speed does not
   depend on their values)."""
   cfg = models.target.cfg
-  drafter = decoder.make_drafter() if hasattr(decoder, 'make_drafter') else None
+  drafter = decoder.get_drafter() if hasattr(decoder, 'get_drafter') else None
   extras, per_batch = dict(models.extras), []
   for (prompt, lens, _), res in zip(batches, jax.device_get(ar_results)):
     p = dict(params)
-    if drafter is not None and getattr(decoder, 'drafter', '') == 'model':
+    if is_draft_model(decoder):
       extras['draft'] = oracle.OracleDraft.for_target(cfg)
       p['draft'] = oracle.oracle_params(oracle.reference_rows(
           prompt, lens, res.tokens_BxN, res.num_generated_B, cache_size), alpha)
@@ -93,8 +99,8 @@ def with_stand_ins(decoder, models: Models, params: dict[str, Any], batches, ar_
 
 def step_is_chain(decoder, models: Models) -> bool:
   """Whether the step's target forward is causal (a chain) rather than a tree's mask."""
-  make = getattr(decoder, 'make_drafter', None)
-  return make is None or make().resolve(models).is_chain
+  get = getattr(decoder, 'get_drafter', None)
+  return get is None or get().resolve(models).is_chain
 
 
 def step_time(decoder, models, params, batches, *, max_new: int, cache_size: int,
@@ -221,7 +227,7 @@ def run(args) -> str:
     for spec in args.decoders.split(','):
       dec_name, settings = registry.parse_spec(spec)
       dec = registry.build(dec_name, settings, sampling=sampling)
-      if getattr(dec, 'drafter', '') == 'model':  # a draft model: the oracle stands in
+      if is_draft_model(dec):  # a draft model: the oracle stands in
         dec = registry.build(dec_name, dict(settings, draft_workdir='oracle'), sampling)
       sub_models, sub_params = with_stand_ins(dec, models, params, batches, ar_results,
                                               cache)

@@ -1,19 +1,23 @@
 """Decoders over one model and cache API, registered by name (see `decoding.registry`).
 
-Every module and subpackage of `decoding` is imported here, so a decoder registers itself by
-existing: add a module with a `@registry.register` class.
+The rooms of `decoding`, imported here explicitly: each registers its decoders on import, so
+this file lists every place a decoder can come from. A new decoder module is imported by its
+subpackage's `__init__.py` (or here, for a top-level module).
+
+  ar.py          the autoregressive baseline
+  speculative/   drafters, trees and verification (docs/speculative.md)
+  diffusion/     masked / block diffusion decoders (docs/diffusion.md)
+  latent/        latent and soft-token reasoning, routing (docs/latent.md)
 """
 
-import importlib
-import pkgutil
-
+from decoding import ar
+from decoding import diffusion
+from decoding import latent
 from decoding import registry
-from decoding.base import DecodeResult, Decoder, Models
+from decoding import speculative
+from decoding.base import DecodeResult, Decoder, Models, Progress
 from decoding.runner import RowOutput, RunStats, run_decoder
 from decoding.sampling import SamplingConfig
 
-for _m in pkgutil.walk_packages(__path__, prefix=f'{__name__}.'):
-  importlib.import_module(_m.name)
-
-__all__ = ['registry', 'DecodeResult', 'Decoder', 'Models', 'RowOutput', 'RunStats',
-           'run_decoder', 'SamplingConfig']
+__all__ = ['ar', 'diffusion', 'latent', 'registry', 'speculative', 'DecodeResult', 'Decoder',
+           'Models', 'Progress', 'RowOutput', 'RunStats', 'run_decoder', 'SamplingConfig']

@@ -22,16 +22,11 @@ class ARState:
   cache: the target's KV cache; lengths[b] = prompt_len[b] + num_generated[b] - 1 (the last
     generated token is fed at the next step).
   last_B: the newest token of each row (the next step's input).
-  tokens_BxN: output buffer, padded.
-  num_generated_B, target_forwards_B: per-row counters.
-  done_B: row finished (EOS or budget); finished rows are neither written nor counted.
+  progress: tokens, counts and done flags (`base.Progress`; one token per target forward).
   """
   cache: cache_lib.Cache
   last_B: jax.Array
-  tokens_BxN: jax.Array
-  num_generated_B: jax.Array
-  target_forwards_B: jax.Array
-  done_B: jax.Array
+  progress: base.Progress
 
 
 @registry.register
@@ -52,36 +47,24 @@ class ARDecoder(base.Decoder):
     logits_BxV, cache, _ = base.prefill(target, p, prompt_BxP, prompt_len_B, cache)
     first_B = sampling_lib.sample(sampling_lib.token_keys(row_keys_B, prompt_len_B),
                                   logits_BxV, self.sampling)
-    state = ARState(
-        cache=cache, last_B=first_B,
-        tokens_BxN=jnp.full((B, N), pad_id, jnp.int32).at[:, 0].set(first_B),
-        num_generated_B=jnp.ones((B,), jnp.int32),
-        target_forwards_B=jnp.ones((B,), jnp.int32),
-        done_B=(first_B == eos_id) | (N <= 1))
+    state = ARState(cache=cache, last_B=first_B,
+                    progress=base.Progress.start(B, N, pad_id=pad_id, eos_id=eos_id,
+                                                 first_B=first_B, target_forwards=1))
 
     def cond_fn(s: ARState) -> jax.Array:
-      return ~jnp.all(s.done_B)
+      return ~jnp.all(s.progress.done_B)
 
     def step_fn(s: ARState) -> ARState:
-      active_B = ~s.done_B
-      pos_B = prompt_len_B + s.num_generated_B - 1
+      active_B = s.progress.active_B
+      pos_B = prompt_len_B + s.progress.num_generated_B - 1
       out = target.apply({'params': p}, s.last_B[:, None],
                          jnp.where(active_B, pos_B, -1)[:, None], cache=s.cache)
       next_B = sampling_lib.sample(sampling_lib.token_keys(row_keys_B, pos_B + 1),
                                    out.logits_BxTxV[:, 0], self.sampling)
       next_B = jnp.where(active_B, next_B, pad_id)
-      tokens_BxN = base.write_tokens(s.tokens_BxN, next_B[:, None], s.num_generated_B,
-                                     active_B.astype(jnp.int32))
-      num_generated_B = s.num_generated_B + active_B
-      return ARState(
-          cache=out.cache, last_B=next_B, tokens_BxN=tokens_BxN,
-          num_generated_B=num_generated_B,
-          target_forwards_B=s.target_forwards_B + active_B,
-          done_B=s.done_B | (next_B == eos_id) | (num_generated_B >= N))
+      progress = s.progress.count(active_B).commit(next_B[:, None], active_B.astype(jnp.int32),
+                                                   next_B == eos_id, N)
+      return ARState(cache=out.cache, last_B=next_B, progress=progress)
 
     state = jax.lax.while_loop(cond_fn, step_fn, state)
-    hist_Bx2 = jnp.stack([jnp.zeros_like(state.target_forwards_B), state.target_forwards_B], 1)
-    return base.DecodeResult(tokens_BxN=state.tokens_BxN, num_generated_B=state.num_generated_B,
-                             target_forwards_B=state.target_forwards_B,
-                             other_forwards_B=jnp.zeros((B,), jnp.int32),
-                             step_tokens_hist_BxM=hist_Bx2)
+    return state.progress.result()

@@ -59,6 +59,92 @@ class DecodeResult:
   extra: dict[str, jax.Array] = flax.struct.field(default_factory=dict)
 
 
+@flax.struct.dataclass
+class Progress:
+  """The per-row bookkeeping every decode loop embeds, and the `DecodeResult` it makes.
+
+  tokens_BxN: output buffer padded with pad_id (None for canvas decoders, whose output is
+    their canvas: they give tokens and counts to `result`).
+  num_generated_B: tokens generated so far; done_B: row finished (EOS or budget) -- finished
+    rows are neither written nor counted.
+  target_forwards_B / other_forwards_B: forward passes while the row was active.
+  hist_BxM: steps that committed exactly m tokens (m = 0..M-1); None for loops that commit
+    one token per target forward, whose histogram `result` derives ([0, target_forwards]).
+  """
+  tokens_BxN: jax.Array | None
+  num_generated_B: jax.Array
+  done_B: jax.Array
+  target_forwards_B: jax.Array
+  other_forwards_B: jax.Array
+  hist_BxM: jax.Array | None
+
+  @classmethod
+  def start(cls, batch: int, max_new_tokens: int, *, pad_id: int = 0, eos_id: int = -1,
+            first_B: jax.Array | None = None, hist_size: int = 0, target_forwards: int = 0,
+            other_forwards: int = 0, tokens: bool = True) -> 'Progress':
+    """Progress before the loop. With `first_B` (the token sampled after prefill) the row has
+    generated one token and is done if it is EOS or the budget is one token."""
+    B, N = batch, max_new_tokens
+    buf = jnp.full((B, N), pad_id, jnp.int32) if tokens else None
+    if first_B is None:
+      num, done = jnp.zeros((B,), jnp.int32), jnp.zeros((B,), bool)
+    else:
+      buf = buf.at[:, 0].set(first_B) if tokens else None
+      num, done = jnp.ones((B,), jnp.int32), (first_B == eos_id) | (N <= 1)
+    return cls(tokens_BxN=buf, num_generated_B=num, done_B=done,
+               target_forwards_B=jnp.full((B,), target_forwards, jnp.int32),
+               other_forwards_B=jnp.full((B,), other_forwards, jnp.int32),
+               hist_BxM=jnp.zeros((B, hist_size), jnp.int32) if hist_size else None)
+
+  @property
+  def active_B(self) -> jax.Array:
+    return ~self.done_B
+
+  def commit(self, new_BxK: jax.Array, count_B: jax.Array, ended_B: jax.Array,
+             max_new_tokens: int) -> 'Progress':
+    """Writes new[b, :count[b]] after each row's tokens; a row is done once `ended` (EOS
+    committed) or its budget is spent. `count` must be 0 for inactive rows."""
+    num_B = self.num_generated_B + count_B
+    return self.replace(
+        tokens_BxN=write_tokens(self.tokens_BxN, new_BxK, self.num_generated_B, count_B),
+        num_generated_B=num_B, done_B=self.done_B | ended_B | (num_B >= max_new_tokens))
+
+  def count(self, active_B: jax.Array, *, other_B: jax.Array | int = 0,
+            committed_B: jax.Array | None = None) -> 'Progress':
+    """One loop step of the `active` rows: a target forward, `other` forwards, and (with a
+    histogram) a step that committed `committed` tokens."""
+    hist = self.hist_BxM
+    if hist is not None and committed_B is not None:
+      hist = add_hist(hist, committed_B, active_B)
+    other = self.other_forwards_B
+    if not isinstance(other_B, int) or other_B:
+      other = other + other_B * active_B
+    return self.replace(target_forwards_B=self.target_forwards_B + active_B,
+                        other_forwards_B=other, hist_BxM=hist)
+
+  def result(self, extra: dict[str, jax.Array] | None = None, *,
+             tokens_BxN: jax.Array | None = None,
+             num_generated_B: jax.Array | None = None) -> 'DecodeResult':
+    """The DecodeResult (tokens and counts given here win over the sub-state's)."""
+    hist = self.hist_BxM
+    if hist is None:
+      hist = jnp.stack([jnp.zeros_like(self.target_forwards_B), self.target_forwards_B], 1)
+    return DecodeResult(
+        tokens_BxN=(self.tokens_BxN if tokens_BxN is None else tokens_BxN).astype(jnp.int32),
+        num_generated_B=(self.num_generated_B if num_generated_B is None
+                         else num_generated_B).astype(jnp.int32),
+        target_forwards_B=self.target_forwards_B.astype(jnp.int32),
+        other_forwards_B=self.other_forwards_B.astype(jnp.int32),
+        step_tokens_hist_BxM=hist.astype(jnp.int32), extra=extra or {})
+
+
+def add_hist(hist_BxM: jax.Array, count_B: jax.Array, active_B: jax.Array) -> jax.Array:
+  """Counts one step of `count` committed tokens (clipped to M - 1) for the active rows."""
+  M = hist_BxM.shape[1]
+  return hist_BxM + (active_B[:, None] & (jnp.minimum(count_B, M - 1)[:, None] ==
+                                          jnp.arange(M)[None, :])).astype(jnp.int32)
+
+
 @dataclasses.dataclass(frozen=True)
 class Decoder:
   """Base class: settings are dataclass fields; subclasses implement `generate`."""

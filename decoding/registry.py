@@ -1,6 +1,9 @@
 """The decoder registry: `@register` a Decoder subclass; build one by name from settings.
 
   sample.py --decoder=NAME --decoder_config.FIELD=VALUE
+
+`DECODERS` is a `registry.Registry` (the project's one registry idiom); the modules that
+register decoders are imported in `decoding/__init__.py`.
 """
 
 from __future__ import annotations
@@ -10,10 +13,12 @@ from typing import Any, Mapping, TypeVar
 
 import ml_collections
 
+import registry as registry_lib
 from decoding import base
 from decoding import sampling as sampling_lib
 
-_DECODERS: dict[str, type[base.Decoder]] = {}
+DECODERS: registry_lib.Registry[type[base.Decoder]] = registry_lib.Registry(
+    'decoder', hint='See `python sample.py --list_decoders`.')
 D = TypeVar('D', bound=type)
 
 
@@ -21,21 +26,15 @@ def register(cls: D) -> D:
   """Class decorator: registers a Decoder subclass under its `name`."""
   if not cls.name:
     raise ValueError(f'{cls.__name__} needs a non-empty class attribute `name`.')
-  if cls.name in _DECODERS and _DECODERS[cls.name] is not cls:
-    raise ValueError(f'Decoder name {cls.name!r} is registered twice.')
-  _DECODERS[cls.name] = cls
-  return cls
+  return DECODERS.add(cls.name, cls)
 
 
 def names() -> list[str]:
-  return sorted(_DECODERS)
+  return DECODERS.names()
 
 
 def get(name: str) -> type[base.Decoder]:
-  if name not in _DECODERS:
-    raise ValueError(f'Unknown decoder {name!r}; registered decoders: {names()}. '
-                     'See `python sample.py --list_decoders`.')
-  return _DECODERS[name]
+  return DECODERS.get(name)
 
 
 def settings_fields(name: str) -> list[dataclasses.Field]:
@@ -122,8 +121,8 @@ def describe() -> str:
   """One line per decoder: name, family, lossless or not, and its settings."""
   lines = []
   for name in names():
-    cls = _DECODERS[name]
-    doc = (cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''
+    cls = DECODERS.get(name)
+    doc = ' '.join((cls.__doc__ or '').strip().split('\n\n')[0].split())  # first paragraph
     fields = ', '.join(f'{f.name}={f.default!r}' for f in settings_fields(name)
                        if f.default is not dataclasses.MISSING)
     kind = 'lossless' if cls.lossless else 'lossy'

@@ -63,7 +63,7 @@ def fake_decoders():
     registry.register(cls)
   yield [cls.name for cls in classes]
   for cls in classes:
-    registry._DECODERS.pop(cls.name, None)  # pylint: disable=protected-access
+    registry.DECODERS.remove(cls.name)
 
 
 def test_acceptance_curve_from_step_histogram():

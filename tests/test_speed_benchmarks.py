@@ -64,7 +64,7 @@ def test_oracle_outputs_equal_ar_and_acceptance_follows_alpha(target, verifier):
     taus.append(stats.tau)
   depth = registry.build(spec_system.VERIFIERS[verifier][0],
                          dict(spec_system.VERIFIERS[verifier][1], draft_workdir='o'))
-  depth = depth.make_drafter().max_depth
+  depth = depth.get_drafter().max_depth
   assert taus[0] == pytest.approx(1.0)
   assert taus == sorted(taus) and taus[1] < taus[2] < taus[3]
   # alpha 1: every step commits its whole path plus the bonus token (but the last ones).

@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+import registry as registry_lib
 from data.tasks import iterator
 
 Generate = Callable[[np.random.Generator], tuple[str, str]]
@@ -53,34 +54,18 @@ class TextTask:
     return self.max_prompt_chars + self.max_answer_chars + 3
 
 
-_TASKS: dict[str, Callable[[], TextTask]] = {}
-
-
-def register(name: str):
-  """Decorator for a zero-argument task factory."""
-  def wrap(factory: Callable[[], TextTask]) -> Callable[[], TextTask]:
-    if name in _TASKS:
-      raise ValueError(f'Task {name!r} is registered twice.')
-    _TASKS[name] = factory
-    return factory
-  return wrap
+# Zero-argument task factories by name; the task modules register themselves and are
+# imported by `data/tasks/__init__.py`, which runs before any module of the package.
+TASKS: registry_lib.Registry[Callable[[], TextTask]] = registry_lib.Registry('task')
+register = TASKS.register
 
 
 def names() -> list[str]:
-  _import_all()
-  return sorted(_TASKS)
+  return TASKS.names()
 
 
 def get(name: str) -> TextTask:
-  _import_all()
-  if name not in _TASKS:
-    raise ValueError(f'Unknown task {name!r}; registered tasks: {sorted(_TASKS)}.')
-  return _TASKS[name]()
-
-
-def _import_all() -> None:
-  # The task modules register themselves on import.
-  from data.tasks import countdown, infilling, sudoku  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  return TASKS.get(name)()
 
 
 def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:

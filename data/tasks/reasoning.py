@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+import registry as registry_lib
 from data.tasks import iterator
 
 SPLITS = ('train', 'ood')
@@ -70,34 +71,19 @@ class ReasoningTask:
     return self.max_steps * self.max_step_chars
 
 
-_TASKS: dict[str, Callable[[], ReasoningTask]] = {}
-
-
-def register(name: str):
-  """Decorator for a zero-argument task factory."""
-  def wrap(factory: Callable[[], ReasoningTask]) -> Callable[[], ReasoningTask]:
-    if name in _TASKS:
-      raise ValueError(f'Reasoning task {name!r} is registered twice.')
-    _TASKS[name] = factory
-    return factory
-  return wrap
-
-
-def _import_all() -> None:
-  # The task modules register themselves on import.
-  from data.tasks import multiplication, parity_cot, prontoqa, prosqa  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+# Zero-argument task factories by name; the task modules register themselves and are
+# imported by `data/tasks/__init__.py`, which runs before any module of the package.
+TASKS: registry_lib.Registry[Callable[[], ReasoningTask]] = registry_lib.Registry(
+    'reasoning task')
+register = TASKS.register
 
 
 def names() -> list[str]:
-  _import_all()
-  return sorted(_TASKS)
+  return TASKS.names()
 
 
 def get(name: str) -> ReasoningTask:
-  _import_all()
-  if name not in _TASKS:
-    raise ValueError(f'Unknown reasoning task {name!r}; registered: {sorted(_TASKS)}.')
-  return _TASKS[name]()
+  return TASKS.get(name)()
 
 
 # ----------------------------------------------------------------------------- tokens

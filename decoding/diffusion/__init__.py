@@ -16,3 +16,10 @@
 See `canvas.py` for the layout, the shift and the common settings (mask_id, shift,
 block_causal, block_size; -1 = take them from the run via `for_model`).
 """
+
+from decoding.diffusion import assd
+from decoding.diffusion import decoders
+from decoding.diffusion import diffuspec
+from decoding.diffusion import freedave
+from decoding.diffusion import guided
+from decoding.diffusion import wedlm

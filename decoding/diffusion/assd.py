@@ -53,16 +53,15 @@ class ASSDState:
   """seq_BxL: prompt + canvas (revealed tokens, <mask> elsewhere); n_B: canvas positions
   revealed (the first n of the order); draft_BxK / logq_BxKxV: drafts for the next k
   positions of the order and the distributions they were drawn from; have_draft_B: whether
-  they are current; nfe_B, hist_BxM, done_B, steps as in the other decoders."""
+  they are current; accepted_B: drafts accepted; progress (`base.Progress`), steps as in the
+  other decoders."""
   seq_BxL: jax.Array
   n_B: jax.Array
   draft_BxK: jax.Array
   logq_BxKxV: jax.Array
   have_draft_B: jax.Array
-  nfe_B: jax.Array
   accepted_B: jax.Array
-  hist_BxM: jax.Array
-  done_B: jax.Array
+  progress: base.Progress
   steps: jax.Array
 
 
@@ -153,15 +152,15 @@ class ASSDDecoder(canvas.DiffusionDecoder):
         seq_BxL=canvas.initial_sequence(prompt_BxP, layout, mask_id, pad_id),
         n_B=jnp.zeros((B,), jnp.int32), draft_BxK=jnp.zeros((B, K), jnp.int32),
         logq_BxKxV=jnp.zeros((B, K, V), jnp.float32), have_draft_B=jnp.zeros((B,), bool),
-        nfe_B=jnp.zeros((B,), jnp.int32), accepted_B=jnp.zeros((B,), jnp.int32),
-        hist_BxM=jnp.zeros((B, K + 2), jnp.int32), done_B=jnp.zeros((B,), bool),
+        accepted_B=jnp.zeros((B,), jnp.int32),
+        progress=base.Progress.start(B, N, hist_size=K + 2, tokens=False),
         steps=jnp.zeros((), jnp.int32))
 
     def cond_fn(s: ASSDState) -> jax.Array:
-      return ~jnp.all(s.done_B) & (s.steps <= N)
+      return ~jnp.all(s.progress.done_B) & (s.steps <= N)
 
     def step_fn(s: ASSDState) -> ASSDState:
-      active = ~s.done_B
+      active = s.progress.active_B
       n = s.n_B
       ranks_BxK = n[:, None] + 1 + k_1xK
       # 1. Draft where the drafts are stale: marginals of the next k positions given n.
@@ -202,15 +201,18 @@ class ASSDDecoder(canvas.DiffusionDecoder):
       look = active & ~rejected
       drafts_next = draw(look_logq, step_keys(s.steps, _SALT_LOOK))
       canv = canvas.canvas_of(seq, layout)
-      done = s.done_B | (active & ((n_new >= N) | canvas.row_done(canv, mask_id, eos_id)))
+      done = s.progress.done_B | (active & ((n_new >= N) | canvas.row_done(canv, mask_id,
+                                                                           eos_id)))
+      # A round is one target forward, plus one when the drafts were stale.
+      progress = s.progress.count(active, committed_B=count)
+      progress = progress.replace(target_forwards_B=progress.target_forwards_B + need,
+                                  done_B=done)
       return ASSDState(
           seq_BxL=seq, n_B=n_new, draft_BxK=jnp.where(look[:, None], drafts_next, drafts),
           logq_BxKxV=jnp.where(look[:, None, None], look_logq, logq), have_draft_B=look,
-          nfe_B=s.nfe_B + active + need, accepted_B=s.accepted_B + jnp.where(active, acc_B, 0),
-          hist_BxM=canvas.add_hist(s.hist_BxM, count, active), done_B=done,
+          accepted_B=s.accepted_B + jnp.where(active, acc_B, 0), progress=progress,
           steps=s.steps + 1)
 
     state = jax.lax.while_loop(cond_fn, step_fn, state)
     return canvas.result(canvas.canvas_of(state.seq_BxL, layout), mask_id, eos_id, pad_id,
-                         state.nfe_B, jnp.zeros((B,), jnp.int32), state.hist_BxM,
-                         extra={'accepted_drafts': state.accepted_B, 'revealed': state.n_B})
+                         state.progress, extra={'accepted_drafts': state.accepted_B, 'revealed': state.n_B})

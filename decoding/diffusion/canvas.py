@@ -319,21 +319,12 @@ def row_done(canvas_BxN: jax.Array, mask_id: int, eos_id: int) -> jax.Array:
   return ~jnp.any(masked & (jnp.arange(canvas_BxN.shape[1])[None, :] < end[:, None]), axis=1)
 
 
-def result(canvas_BxN: jax.Array, mask_id: int, eos_id: int, pad_id: int, nfe_B: jax.Array,
-           other_B: jax.Array, hist_BxM: jax.Array, extra: dict[str, jax.Array] | None = None
+def result(canvas_BxN: jax.Array, mask_id: int, eos_id: int, pad_id: int,
+           progress: base.Progress, extra: dict[str, jax.Array] | None = None
            ) -> base.DecodeResult:
-  """The DecodeResult: tokens up to each row's end, padding after."""
+  """The DecodeResult: tokens up to each row's end, padding after; counts from `progress`."""
   masked = canvas_BxN == mask_id
   end = row_end(canvas_BxN, ~masked, eos_id)
   keep = jnp.arange(canvas_BxN.shape[1])[None, :] < end[:, None]
-  return base.DecodeResult(tokens_BxN=jnp.where(keep, canvas_BxN, pad_id).astype(jnp.int32),
-                           num_generated_B=end.astype(jnp.int32),
-                           target_forwards_B=nfe_B.astype(jnp.int32),
-                           other_forwards_B=other_B.astype(jnp.int32),
-                           step_tokens_hist_BxM=hist_BxM.astype(jnp.int32), extra=extra or {})
-
-
-def add_hist(hist_BxM: jax.Array, count_B: jax.Array, active_B: jax.Array) -> jax.Array:
-  M = hist_BxM.shape[1]
-  return hist_BxM + (active_B[:, None] & (jnp.minimum(count_B, M - 1)[:, None] ==
-                                          jnp.arange(M)[None, :])).astype(jnp.int32)
+  return progress.result(extra, tokens_BxN=jnp.where(keep, canvas_BxN, pad_id),
+                         num_generated_B=end)

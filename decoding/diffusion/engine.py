@@ -70,19 +70,16 @@ class EngineState:
   seq_BxL: prompt + canvas (masks where undecided), by absolute position.
   cache: the model's cache (None with cache='none').
   refreshed_blk_B: the block at whose start the cache was last refilled (-1: never).
-  nfe_B / other_B: target forwards / extra forwards (drift checks) while the row was active.
-  hist_BxM: steps that committed exactly m tokens.
-  done_B: row finished.
+  progress: target forwards / extra forwards (guide, drift checks) while the row was active,
+    steps that committed exactly m tokens, row finished (`base.Progress`; the output is the
+    canvas).
   drift_BxK: [max |logit diff|, top-1 disagreements, positions compared] per row.
   steps: loop iterations (a safety bound: every active step commits >= 1 token).
   """
   seq_BxL: jax.Array
   cache: Any
   refreshed_blk_B: jax.Array
-  nfe_B: jax.Array
-  other_B: jax.Array
-  hist_BxM: jax.Array
-  done_B: jax.Array
+  progress: base.Progress
   drift_BxK: jax.Array
   steps: jax.Array
 
@@ -194,24 +191,24 @@ class CanvasDecoder(canvas.DiffusionDecoder):
     M = R + 1
     drift0 = jnp.zeros((B, 3), jnp.float32)
     if not cached:
-      cache0, nfe0 = None, jnp.zeros((B,), jnp.int32)
+      cache0, nfe0 = None, 0
     else:
       cache0 = cache_lib.Cache.init(model.cfg, B, cache_size)
-      nfe0 = jnp.zeros((B,), jnp.int32)
+      nfe0 = 0
       if exact_cache:  # prefill the prompt once (block-causal, exact)
         cache0 = apply(prompt_BxP, base.prompt_positions(prompt_BxP, prompt_len_B), cache0).cache
-        nfe0 = nfe0 + 1
+        nfe0 = 1
     state = EngineState(seq_BxL=canvas.initial_sequence(prompt_BxP, layout, self.mask_id, pad_id),
                         cache=cache0, refreshed_blk_B=jnp.full((B,), -1, jnp.int32),
-                        nfe_B=nfe0, other_B=jnp.zeros((B,), jnp.int32),
-                        hist_BxM=jnp.zeros((B, M), jnp.int32), done_B=jnp.zeros((B,), bool),
+                        progress=base.Progress.start(B, N, hist_size=M, target_forwards=nfe0,
+                                                     tokens=False),
                         drift_BxK=drift0, steps=jnp.zeros((), jnp.int32))
 
     def cond_fn(s: EngineState) -> jax.Array:
-      return ~jnp.all(s.done_B) & (s.steps <= N)
+      return ~jnp.all(s.progress.done_B) & (s.steps <= N)
 
     def step_fn(s: EngineState) -> EngineState:
-      active = ~s.done_B
+      active = s.progress.active_B
       cv, cur_B, n_BxR, eligible = region(s.seq_BxL)
       if not cached:
         logits, pos, start, _ = full(s.seq_BxL, None)
@@ -247,7 +244,7 @@ class CanvasDecoder(canvas.DiffusionDecoder):
                         models=models, params=params)
       commit = self.commit_mask(stats, eligible, ctx) & eligible & active[:, None]
       drift = s.drift_BxK
-      other = s.other_B + self.other_forwards_per_step() * active
+      other = self.other_forwards_per_step()
       if cached and self.measure_drift:
         le, pe, se, _ = full(s.seq_BxL, None)
         re_, _ = region_logits(le, pe, se, n_BxR)
@@ -259,7 +256,7 @@ class CanvasDecoder(canvas.DiffusionDecoder):
                                 != jnp.argmax(rl.at[..., self.mask_id].set(-jnp.inf), -1)), 1)
         drift = jnp.stack([jnp.maximum(drift[:, 0], worst), drift[:, 1] + disagree,
                            drift[:, 2] + jnp.sum(m, 1)], axis=1)
-        other = other + active
+        other = other + 1  # the full forward compared against
       # Write the committed region tokens.
       tokens_BxN = jnp.zeros((B, N), jnp.int32)
       where_BxN = jnp.zeros((B, N), bool)
@@ -268,12 +265,12 @@ class CanvasDecoder(canvas.DiffusionDecoder):
       tokens_BxN = tokens_BxN.at[b_Bx1, idx].set(stats.token, mode='drop')
       where_BxN = where_BxN.at[b_Bx1, idx].set(True, mode='drop')
       seq = canvas.write_canvas(s.seq_BxL, layout, tokens_BxN, where_BxN)
-      done = s.done_B | canvas.row_done(canvas.canvas_of(seq, layout), self.mask_id, eos_id)
-      count = jnp.sum(commit, axis=1)
+      done = s.progress.done_B | canvas.row_done(canvas.canvas_of(seq, layout), self.mask_id,
+                                                 eos_id)
+      progress = s.progress.count(active, other_B=other, committed_B=jnp.sum(commit, axis=1))
       return EngineState(seq_BxL=seq, cache=new_cache, refreshed_blk_B=refreshed,
-                         nfe_B=s.nfe_B + active, other_B=other,
-                         hist_BxM=canvas.add_hist(s.hist_BxM, count, active), done_B=done,
-                         drift_BxK=drift, steps=s.steps + 1)
+                         progress=progress.replace(done_B=done), drift_BxK=drift,
+                         steps=s.steps + 1)
 
     state = jax.lax.while_loop(cond_fn, step_fn, state)
     extra = {}
@@ -282,4 +279,4 @@ class CanvasDecoder(canvas.DiffusionDecoder):
                'drift_top1_disagree': state.drift_BxK[:, 1].astype(jnp.int32),
                'drift_positions': state.drift_BxK[:, 2].astype(jnp.int32)}
     return canvas.result(canvas.canvas_of(state.seq_BxL, layout), self.mask_id, eos_id, pad_id,
-                         state.nfe_B, state.other_B, state.hist_BxM, extra)
+                         state.progress, extra)

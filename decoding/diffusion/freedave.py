@@ -35,13 +35,11 @@ from models import masks as masks_lib
 @flax.struct.dataclass
 class FreeDaveState:
   """seq_BxL: current canvas; token/conf_BxN: the current forward's choices and confidences
-  at every canvas position; nfe_B, hist_BxM, done_B, steps: as in the other decoders."""
+  at every canvas position; progress (`base.Progress`), steps: as in the other decoders."""
   seq_BxL: jax.Array
   token_BxN: jax.Array
   conf_BxN: jax.Array
-  nfe_B: jax.Array
-  hist_BxM: jax.Array
-  done_B: jax.Array
+  progress: base.Progress
   steps: jax.Array
 
 
@@ -86,9 +84,9 @@ class FreeDaveDecoder(canvas.DiffusionDecoder):
     seq0 = canvas.initial_sequence(prompt_BxP, layout, self.mask_id, pad_id)
     s0 = canvas_stats(seq0[None])
     state = FreeDaveState(seq_BxL=seq0, token_BxN=s0.token[0], conf_BxN=s0.conf[0],
-                          nfe_B=jnp.ones((B,), jnp.int32),
-                          hist_BxM=jnp.zeros((B, K + 1), jnp.int32),
-                          done_B=jnp.zeros((B,), bool), steps=jnp.zeros((), jnp.int32))
+                          progress=base.Progress.start(B, N, hist_size=K + 1, target_forwards=1,
+                                                       tokens=False),
+                          steps=jnp.zeros((), jnp.int32))
 
     def eligible_of(seq_BxL):
       cv = canvas.canvas_of(seq_BxL, layout)
@@ -97,10 +95,10 @@ class FreeDaveDecoder(canvas.DiffusionDecoder):
       return masked & (blk_BxN == cur)
 
     def cond_fn(s: FreeDaveState) -> jax.Array:
-      return ~jnp.all(s.done_B) & (s.steps <= N)
+      return ~jnp.all(s.progress.done_B) & (s.steps <= N)
 
     def step_fn(s: FreeDaveState) -> FreeDaveState:
-      active = ~s.done_B
+      active = s.progress.active_B
       eligible = eligible_of(s.seq_BxL)
       rank = canvas.ranks(s.conf_BxN, eligible)          # [B, N]; N where not eligible
       n_elig = jnp.sum(eligible, axis=1)
@@ -126,13 +124,12 @@ class FreeDaveDecoder(canvas.DiffusionDecoder):
       seq = jnp.where(active[:, None], pick(seqs), s.seq_BxL)
       token = jnp.where(active[:, None], pick(cand.token), s.token_BxN)
       conf = jnp.where(active[:, None], pick(cand.conf), s.conf_BxN)
-      done = s.done_B | canvas.row_done(canvas.canvas_of(seq, layout), self.mask_id, eos_id)
-      return FreeDaveState(seq_BxL=seq, token_BxN=token, conf_BxN=conf,
-                           nfe_B=s.nfe_B + active,
-                           hist_BxM=canvas.add_hist(s.hist_BxM, accepted + 1, active),
-                           done_B=done, steps=s.steps + 1)
+      done = s.progress.done_B | canvas.row_done(canvas.canvas_of(seq, layout), self.mask_id,
+                                                 eos_id)
+      progress = s.progress.count(active, committed_B=accepted + 1).replace(done_B=done)
+      return FreeDaveState(seq_BxL=seq, token_BxN=token, conf_BxN=conf, progress=progress,
+                           steps=s.steps + 1)
 
     state = jax.lax.while_loop(cond_fn, step_fn, state)
     return canvas.result(canvas.canvas_of(state.seq_BxL, layout), self.mask_id, eos_id, pad_id,
-                         state.nfe_B, jnp.zeros((B,), jnp.int32), state.hist_BxM,
-                         {'candidate_rows': jnp.full((B,), K, jnp.int32)})
+                         state.progress, {'candidate_rows': jnp.full((B,), K, jnp.int32)})

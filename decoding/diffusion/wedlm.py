@@ -39,16 +39,12 @@ from models import masks as masks_lib
 class WeDLMState:
   """cache: lengths = committed tokens (prompt + generated); last_B: the newest committed
   token (fed first each step); window_BxW / filled_BxW: the window's tokens (mask where
-  unfilled); tokens_BxN, num_generated_B: output; nfe_B, hist_BxM, done_B, steps."""
+  unfilled); progress: output, counts, histogram, done flags (`base.Progress`); steps."""
   cache: cache_lib.Cache
   last_B: jax.Array
   window_BxW: jax.Array
   filled_BxW: jax.Array
-  tokens_BxN: jax.Array
-  num_generated_B: jax.Array
-  nfe_B: jax.Array
-  hist_BxM: jax.Array
-  done_B: jax.Array
+  progress: base.Progress
   steps: jax.Array
 
 
@@ -90,18 +86,17 @@ class WeDLMDecoder(canvas.DiffusionDecoder):
     state = WeDLMState(cache=cache, last_B=last.astype(jnp.int32),
                        window_BxW=jnp.full((B, W), self.mask_id, jnp.int32),
                        filled_BxW=jnp.zeros((B, W), bool),
-                       tokens_BxN=jnp.full((B, N), pad_id, jnp.int32),
-                       num_generated_B=jnp.zeros((B,), jnp.int32),
-                       nfe_B=jnp.ones((B,), jnp.int32), hist_BxM=jnp.zeros((B, W + 1), jnp.int32),
-                       done_B=jnp.zeros((B,), bool), steps=jnp.zeros((), jnp.int32))
+                       progress=base.Progress.start(B, N, pad_id=pad_id, hist_size=W + 1,
+                                                    target_forwards=1),
+                       steps=jnp.zeros((), jnp.int32))
     w_1xW = jnp.arange(W)[None, :]
 
     def cond_fn(s: WeDLMState) -> jax.Array:
-      return ~jnp.all(s.done_B) & (s.steps <= 2 * N + 1)
+      return ~jnp.all(s.progress.done_B) & (s.steps <= 2 * N + 1)
 
     def step_fn(s: WeDLMState) -> WeDLMState:
-      active = ~s.done_B
-      c = plen + s.num_generated_B                       # committed length
+      active = s.progress.active_B
+      c = plen + s.progress.num_generated_B                       # committed length
       abs_BxT = (c - 1)[:, None] + jnp.arange(W + 1)[None, :]
       valid_BxT = active[:, None] & (abs_BxT < (plen + N)[:, None])
       pos_BxT = jnp.where(valid_BxT, abs_BxT, -1)
@@ -111,11 +106,11 @@ class WeDLMDecoder(canvas.DiffusionDecoder):
       out = model.apply({'params': p}, tokens_BxT, pos_BxT, cache=s.cache, attn_mask=mask)
       # 1. Commit the leading run filled before this forward (exact K/V just written).
       run = jnp.sum(jnp.cumprod(s.filled_BxW.astype(jnp.int32), axis=1), axis=1)
-      room = N - s.num_generated_B
+      room = N - s.progress.num_generated_B
       count, hit_eos = base.truncate_at_eos(s.window_BxW, run, room, eos_id)
       count = jnp.where(active, count, 0)
-      tokens_BxN = base.write_tokens(s.tokens_BxN, s.window_BxW, s.num_generated_B, count)
-      num_generated = s.num_generated_B + count
+      progress = s.progress.count(active, committed_B=count).commit(
+          s.window_BxW, count, active & hit_eos, N)
       new_last = jnp.where(count > 0, jnp.take_along_axis(
           s.window_BxW, jnp.maximum(count - 1, 0)[:, None], axis=1)[:, 0], s.last_B)
       # 2. Fill masked window positions by entropy + distance penalty.
@@ -136,15 +131,9 @@ class WeDLMDecoder(canvas.DiffusionDecoder):
       window = jnp.where(inside, jnp.take_along_axis(window, jnp.minimum(src, W - 1), axis=1),
                          self.mask_id)
       filled = inside & jnp.take_along_axis(filled, jnp.minimum(src, W - 1), axis=1)
-      done = s.done_B | (active & (hit_eos | (num_generated >= N)))
-      return WeDLMState(cache=out.cache.truncate(plen + num_generated), last_B=new_last,
-                        window_BxW=window, filled_BxW=filled, tokens_BxN=tokens_BxN,
-                        num_generated_B=num_generated, nfe_B=s.nfe_B + active,
-                        hist_BxM=canvas.add_hist(s.hist_BxM, count, active), done_B=done,
+      return WeDLMState(cache=out.cache.truncate(plen + progress.num_generated_B),
+                        last_B=new_last, window_BxW=window, filled_BxW=filled, progress=progress,
                         steps=s.steps + 1)
 
     state = jax.lax.while_loop(cond_fn, step_fn, state)
-    return base.DecodeResult(tokens_BxN=state.tokens_BxN, num_generated_B=state.num_generated_B,
-                             target_forwards_B=state.nfe_B,
-                             other_forwards_B=jnp.zeros((B,), jnp.int32),
-                             step_tokens_hist_BxM=state.hist_BxM)
+    return state.progress.result()

@@ -9,3 +9,7 @@
   cntp.py         CNTP: entropy-triggered trials on forked caches, lowest perplexity kept
   routing.py      small-large routing: GlimpRouter (step level) and an R2R token router
 """
+
+from decoding.latent import cntp
+from decoding.latent import decoders
+from decoding.latent import routing

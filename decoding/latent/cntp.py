@@ -114,17 +114,13 @@ def position_keys(row_keys_B: jax.Array, pos_R: jax.Array, j_R: jax.Array, n_max
 
 @flax.struct.dataclass
 class CNTPState:
-  """cache (all committed tokens fed), logits_BxV for the next token, tokens_BxN,
-  num_generated_B, forwards_B, other_B, spans_B, trial_tokens_B, done_B."""
+  """cache (all committed tokens fed), logits_BxV for the next token, progress (tokens,
+  counts, target and trial forwards, done flags: `base.Progress`), spans_B, trial_tokens_B."""
   cache: Any
   logits_BxV: jax.Array
-  tokens_BxN: jax.Array
-  num_generated_B: jax.Array
-  forwards_B: jax.Array
-  other_B: jax.Array
+  progress: base.Progress
   spans_B: jax.Array
   trial_tokens_B: jax.Array
-  done_B: jax.Array
 
 
 @registry.register
@@ -160,58 +156,51 @@ class CNTPDecoder(base.Decoder):
 
     zeros = jnp.zeros((B,), jnp.int32)
     state = CNTPState(cache=cache, logits_BxV=logits_BxV,
-                      tokens_BxN=jnp.full((B, N), pad_id, jnp.int32), num_generated_B=zeros,
-                      forwards_B=jnp.ones((B,), jnp.int32), other_B=zeros, spans_B=zeros,
-                      trial_tokens_B=zeros, done_B=jnp.zeros((B,), jnp.bool_))
+                      progress=base.Progress.start(B, N, pad_id=pad_id, target_forwards=1),
+                      spans_B=zeros, trial_tokens_B=zeros)
 
     def ar_step(s: CNTPState) -> CNTPState:
-      active_B = ~s.done_B
-      pos_B = prompt_len_B + s.num_generated_B
+      active_B = s.progress.active_B
+      pos_B = prompt_len_B + s.progress.num_generated_B
       tok_B = sampling_lib.sample(sampling_lib.token_keys(row_keys_B, pos_B), s.logits_BxV,
                                   self.sampling)
       logits, cache = forward(tok_B, jnp.where(active_B, pos_B, -1), s.cache)
-      n_B = s.num_generated_B + active_B
-      done_B = s.done_B | (active_B & (tok_B == eos_id)) | (n_B >= N)
-      return s.replace(
-          cache=cache, logits_BxV=jnp.where(active_B[:, None], logits, s.logits_BxV),
-          tokens_BxN=base.write_tokens(s.tokens_BxN, tok_B[:, None], s.num_generated_B,
-                                       active_B.astype(jnp.int32)),
-          num_generated_B=n_B, forwards_B=s.forwards_B + (active_B & ~done_B), done_B=done_B)
+      prog = s.progress.commit(tok_B[:, None], active_B.astype(jnp.int32),
+                               active_B & (tok_B == eos_id), N)
+      # The last token's forward is not needed.
+      prog = prog.replace(target_forwards_B=prog.target_forwards_B + (active_B & ~prog.done_B))
+      return s.replace(cache=cache, progress=prog,
+                       logits_BxV=jnp.where(active_B[:, None], logits, s.logits_BxV))
 
     def trial_step(s: CNTPState, n_trials_B: jax.Array) -> CNTPState:
-      active_B = ~s.done_B
-      room_B = jnp.where(active_B, N - s.num_generated_B, 0)
-      span = trial_span(forward, s.cache, s.logits_BxV, prompt_len_B + s.num_generated_B,
-                        row_keys_B, n_trials_B, room_B, n_max=self.n_max,
-                        max_span=self.max_span, sampling=self.sampling,
+      active_B = s.progress.active_B
+      room_B = jnp.where(active_B, N - s.progress.num_generated_B, 0)
+      span = trial_span(forward, s.cache, s.logits_BxV,
+                        prompt_len_B + s.progress.num_generated_B, row_keys_B, n_trials_B,
+                        room_B, n_max=self.n_max, max_span=self.max_span, sampling=self.sampling,
                         stop_ids=tuple(self.stop_ids), eos_id=eos_id)
       r_B = jnp.arange(B) * self.n_max + span.chosen_B
       len_B = jnp.where(active_B, span.length_R[r_B], 0)
       toks_BxL = span.tokens_RxL[r_B]
       count_B, hit_eos_B = base.truncate_at_eos(toks_BxL, len_B, room_B, eos_id)
       valid_len_BxM = jnp.where(span.valid_R, span.length_R, 0).reshape(B, self.n_max)
-      n_B = s.num_generated_B + count_B
-      done_B = s.done_B | hit_eos_B | (n_B >= N)
-      ends_B = (done_B & active_B).astype(jnp.int32)  # the last token's forward is not needed
+      prog = s.progress.commit(toks_BxL, count_B, hit_eos_B, N)
+      ends_B = (prog.done_B & active_B).astype(jnp.int32)  # its last forward is not needed
+      prog = prog.replace(
+          target_forwards_B=prog.target_forwards_B + valid_len_BxM.max(1) - ends_B,
+          other_forwards_B=prog.other_forwards_B + valid_len_BxM.sum(1) - len_B)
       return s.replace(
           cache=span.cache, logits_BxV=jnp.where(active_B[:, None], span.logits_BxV,
-                                                 s.logits_BxV),
-          tokens_BxN=base.write_tokens(s.tokens_BxN, toks_BxL, s.num_generated_B, count_B),
-          num_generated_B=n_B, forwards_B=s.forwards_B + valid_len_BxM.max(1) - ends_B,
-          other_B=s.other_B + valid_len_BxM.sum(1) - len_B,
+                                                 s.logits_BxV), progress=prog,
           spans_B=s.spans_B + (active_B & (n_trials_B > 1)),
-          trial_tokens_B=s.trial_tokens_B + valid_len_BxM.sum(1), done_B=done_B)
+          trial_tokens_B=s.trial_tokens_B + valid_len_BxM.sum(1))
 
     def step_fn(s: CNTPState) -> CNTPState:
       n_trials_B = num_trials(feedback.entropy(s.logits_BxV), self.n_max, self.h_low,
                               self.h_high)
-      need = jnp.any((n_trials_B > 1) & ~s.done_B)
+      need = jnp.any((n_trials_B > 1) & s.progress.active_B)
       return jax.lax.cond(need, lambda: trial_step(s, n_trials_B), lambda: ar_step(s))
 
-    state = jax.lax.while_loop(lambda s: ~jnp.all(s.done_B), step_fn, state)
-    hist_Bx2 = jnp.stack([zeros, state.forwards_B], 1)
-    return base.DecodeResult(
-        tokens_BxN=state.tokens_BxN, num_generated_B=state.num_generated_B,
-        target_forwards_B=state.forwards_B, other_forwards_B=state.other_B,
-        step_tokens_hist_BxM=hist_Bx2,
-        extra={'trial_spans': state.spans_B, 'trial_tokens': state.trial_tokens_B})
+    state = jax.lax.while_loop(lambda s: ~jnp.all(s.progress.done_B), step_fn, state)
+    return state.progress.result(
+        {'trial_spans': state.spans_B, 'trial_tokens': state.trial_tokens_B})

@@ -124,21 +124,18 @@ def append_tokens(prompt_BxP: jax.Array, prompt_len_B: jax.Array, ids: tuple[int
 
 def result(s: loop.LoopState, think_end_id: int) -> base.DecodeResult:
   """The DecodeResult of a finished loop (one committed token per target forward)."""
-  N = s.tokens_BxN.shape[1]
+  tokens_BxN, num_generated_B = s.progress.tokens_BxN, s.progress.num_generated_B
+  N = tokens_BxN.shape[1]
   n_1xN = jnp.arange(N)[None, :]
-  valid_BxN = n_1xN < s.num_generated_B[:, None]
+  valid_BxN = n_1xN < num_generated_B[:, None]
   latent_steps_B = jnp.sum(valid_BxN & (s.modes_BxN != feedback.DISCRETE), axis=1)
-  is_end_BxN = valid_BxN & (s.tokens_BxN == think_end_id)
-  think_B = jnp.where(is_end_BxN.any(1), jnp.argmax(is_end_BxN, axis=1) + 1,
-                      s.num_generated_B)
-  hist_Bx2 = jnp.stack([jnp.zeros_like(s.forwards_B), s.forwards_B], 1)
-  return base.DecodeResult(
-      tokens_BxN=s.tokens_BxN, num_generated_B=s.num_generated_B, target_forwards_B=s.forwards_B,
-      other_forwards_B=jnp.zeros_like(s.forwards_B), step_tokens_hist_BxM=hist_Bx2,
-      extra={'latent_steps': latent_steps_B.astype(jnp.int32),
-             'think_tokens': think_B.astype(jnp.int32),
-             'switches': s.ctrl.switches.astype(jnp.int32),
-             'cold_stop': s.ctrl.cold_stopped.astype(jnp.int32)})
+  is_end_BxN = valid_BxN & (tokens_BxN == think_end_id)
+  think_B = jnp.where(is_end_BxN.any(1), jnp.argmax(is_end_BxN, axis=1) + 1, num_generated_B)
+  return s.progress.result(
+      {'latent_steps': latent_steps_B.astype(jnp.int32),
+       'think_tokens': think_B.astype(jnp.int32),
+       'switches': s.ctrl.switches.astype(jnp.int32),
+       'cold_stop': s.ctrl.cold_stopped.astype(jnp.int32)})
 
 
 @registry.register

@@ -67,19 +67,17 @@ class LoopState:
   """State of `run_loop`.
 
   cache: the model cache; x_BxD: the input decided for position prompt_len + g - 1.
-  ctrl: controller state. tokens_BxN, modes_BxN: the token and feedback mode (DISCRETE for
-  explicit positions) at each generated position. entropy_BxN: H of the distribution each
-  token was read from. num_generated_B, forwards_B (prefill counted), done_B.
+  ctrl: controller state. progress: the tokens, counts (target forwards: prefill counted)
+  and done flags (`base.Progress`, one token per forward). modes_BxN: the feedback mode
+  (DISCRETE for explicit positions) at each generated position. entropy_BxN: H of the
+  distribution each token was read from.
   """
   cache: Any
   x_BxD: jax.Array
   ctrl: controllers.ControlState
-  tokens_BxN: jax.Array
+  progress: base.Progress
   modes_BxN: jax.Array
   entropy_BxN: jax.Array
-  num_generated_B: jax.Array
-  forwards_B: jax.Array
-  done_B: jax.Array
 
 
 def _record(buf_BxN: jax.Array, value_B: jax.Array, index_B: jax.Array,
@@ -146,34 +144,31 @@ def run_loop(forward: Forward, embed_VxD: jax.Array, first: tuple[jax.Array, jax
   token_B = dec.token
   state = LoopState(
       cache=cache, x_BxD=x_BxD, ctrl=ctrl,
-      tokens_BxN=jnp.full((B, N), pad_id, jnp.int32).at[:, 0].set(token_B),
+      progress=base.Progress.start(B, N, pad_id=pad_id, eos_id=eos_id, first_B=token_B,
+                                   target_forwards=1),
       modes_BxN=jnp.full((B, N), -1, jnp.int32).at[:, 0].set(mode_B),
-      entropy_BxN=jnp.zeros((B, N), jnp.float32).at[:, 0].set(H_B),
-      num_generated_B=jnp.ones((B,), jnp.int32), forwards_B=jnp.ones((B,), jnp.int32),
-      done_B=(token_B == eos_id) | (N <= 1))
+      entropy_BxN=jnp.zeros((B, N), jnp.float32).at[:, 0].set(H_B))
 
   def cond_fn(s: LoopState) -> jax.Array:
-    return ~jnp.all(s.done_B)
+    return ~jnp.all(s.progress.done_B)
 
   def step_fn(s: LoopState) -> LoopState:
-    active_B = ~s.done_B
-    pos_B = prompt_len_B + s.num_generated_B - 1
+    active_B = s.progress.active_B
+    pos_B = prompt_len_B + s.progress.num_generated_B - 1
     logits_BxV, hidden_BxD, cache = forward(s.x_BxD, jnp.where(active_B, pos_B, -1), s.cache)
     ctrl, dec, x_BxD, H_B = decide(
         settings, embed_VxD, s.ctrl, logits_BxV, hidden_BxD, latent_mode_B,
-        sampling_lib.token_keys(row_keys_B, pos_B + 1), s.num_generated_B, N,
+        sampling_lib.token_keys(row_keys_B, pos_B + 1), s.progress.num_generated_B, N,
         active_B)
     mode_B = jnp.where(dec.latent, latent_mode_B, feedback.DISCRETE)
     token_B = jnp.where(active_B, dec.token, pad_id)
-    idx_B = s.num_generated_B
-    num_generated_B = s.num_generated_B + active_B
+    idx_B = s.progress.num_generated_B
+    progress = s.progress.count(active_B).commit(token_B[:, None], active_B.astype(jnp.int32),
+                                                 token_B == eos_id, N)
     return LoopState(
         cache=cache, x_BxD=jnp.where(active_B[:, None], x_BxD, s.x_BxD), ctrl=ctrl,
-        tokens_BxN=_record(s.tokens_BxN, token_B, idx_B, active_B),
-        modes_BxN=_record(s.modes_BxN, mode_B, idx_B, active_B),
-        entropy_BxN=_record(s.entropy_BxN, H_B, idx_B, active_B),
-        num_generated_B=num_generated_B, forwards_B=s.forwards_B + active_B,
-        done_B=s.done_B | (token_B == eos_id) | (num_generated_B >= N))
+        progress=progress, modes_BxN=_record(s.modes_BxN, mode_B, idx_B, active_B),
+        entropy_BxN=_record(s.entropy_BxN, H_B, idx_B, active_B))
 
   return jax.lax.while_loop(cond_fn, step_fn, state)
 

@@ -86,18 +86,17 @@ def load_router(path: str) -> dict[str, np.ndarray]:
 @flax.struct.dataclass
 class RouteState:
   """Both caches hold every committed token; logits/hidden are for the next token.
-  writer_B: the large model writes the current step (GlimpRouter)."""
+  writer_B: the large model writes the current step (GlimpRouter). progress: tokens, counts
+  and done flags (`base.Progress`; both models run once per token, counted at the end)."""
   cache_s: Any
   cache_l: Any
   logits_s: jax.Array
   hidden_s: jax.Array
   logits_l: jax.Array
-  tokens_BxN: jax.Array
+  progress: base.Progress
   large_BxN: jax.Array
-  num_generated_B: jax.Array
   large_B: jax.Array
   writer_B: jax.Array
-  done_B: jax.Array
 
 
 def _forward(model, params, tok_B, pos_B, cache):
@@ -141,18 +140,19 @@ class RoutingDecoder(base.Decoder):
     logits_l, _, cache_l = _prefill(large, pl, prompt_BxP, prompt_len_B, cache_size)
     zeros = jnp.zeros((B,), jnp.int32)
     state = RouteState(cache_s=cache_s, cache_l=cache_l, logits_s=logits_s, hidden_s=hidden_s,
-                       logits_l=logits_l, tokens_BxN=jnp.full((B, N), pad_id, jnp.int32),
-                       large_BxN=jnp.zeros((B, N), jnp.int32), num_generated_B=zeros, large_B=zeros,
-                       writer_B=jnp.zeros((B,), jnp.bool_), done_B=jnp.zeros((B,), jnp.bool_))
+                       logits_l=logits_l, progress=base.Progress.start(B, N, pad_id=pad_id),
+                       large_BxN=jnp.zeros((B, N), jnp.int32), large_B=zeros,
+                       writer_B=jnp.zeros((B,), jnp.bool_))
     step_end = jnp.asarray(self.step_end_ids, jnp.int32)
 
     def step_fn(s: RouteState) -> RouteState:
-      active_B = ~s.done_B
-      pos_B = prompt_len_B + s.num_generated_B
+      active_B = s.progress.active_B
+      num_B = s.progress.num_generated_B
+      pos_B = prompt_len_B + num_B
       keys_B = sampling_lib.token_keys(row_keys_B, pos_B)
-      prev_B = jnp.take_along_axis(s.tokens_BxN, jnp.maximum(s.num_generated_B - 1, 0)[:, None],
+      prev_B = jnp.take_along_axis(s.progress.tokens_BxN, jnp.maximum(num_B - 1, 0)[:, None],
                                    1)[:, 0]
-      step_start_B = (s.num_generated_B == 0) | jnp.isin(prev_B, step_end)
+      step_start_B = (num_B == 0) | jnp.isin(prev_B, step_end)
       use_large_B = self.route(s, params, ps['embed']['embedding'], keys_B, step_start_B)
       tok_B = sampling_lib.sample(keys_B, jnp.where(use_large_B[:, None], s.logits_l,
                                                     s.logits_s), self.sampling)
@@ -160,24 +160,20 @@ class RoutingDecoder(base.Decoder):
       ls, hs, cs = _forward(small, ps, tok_B, feed_pos, s.cache_s)
       ll, _, cl = _forward(large, pl, tok_B, feed_pos, s.cache_l)
       keep = active_B[:, None]
-      n_B = s.num_generated_B + active_B
       return s.replace(
           cache_s=cs, cache_l=cl, logits_s=jnp.where(keep, ls, s.logits_s),
           hidden_s=jnp.where(keep, hs, s.hidden_s), logits_l=jnp.where(keep, ll, s.logits_l),
-          tokens_BxN=base.write_tokens(s.tokens_BxN, tok_B[:, None], s.num_generated_B,
-                                       active_B.astype(jnp.int32)),
+          progress=s.progress.commit(tok_B[:, None], active_B.astype(jnp.int32),
+                                     active_B & (tok_B == eos_id), N),
           large_BxN=base.write_tokens(s.large_BxN, use_large_B[:, None].astype(jnp.int32),
-                                      s.num_generated_B, active_B.astype(jnp.int32)),
-          num_generated_B=n_B, large_B=s.large_B + (active_B & use_large_B),
-          writer_B=use_large_B,
-          done_B=s.done_B | (active_B & (tok_B == eos_id)) | (n_B >= N))
+                                      num_B, active_B.astype(jnp.int32)),
+          large_B=s.large_B + (active_B & use_large_B), writer_B=use_large_B)
 
-    state = jax.lax.while_loop(lambda s: ~jnp.all(s.done_B), step_fn, state)
-    n = state.num_generated_B
-    return base.DecodeResult(
-        tokens_BxN=state.tokens_BxN, num_generated_B=n, target_forwards_B=n + 1,
-        other_forwards_B=n + 1, step_tokens_hist_BxM=jnp.stack([zeros, n], 1),
-        extra={'large_tokens': state.large_B, 'large_mask': state.large_BxN})
+    state = jax.lax.while_loop(lambda s: ~jnp.all(s.progress.done_B), step_fn, state)
+    n = state.progress.num_generated_B
+    progress = state.progress.replace(target_forwards_B=n + 1, other_forwards_B=n + 1,
+                                      hist_BxM=jnp.stack([zeros, n], 1))
+    return progress.result({'large_tokens': state.large_B, 'large_mask': state.large_BxN})
 
 
 @registry.register

@@ -6,7 +6,14 @@
   drafter.py      the drafter interface
   proposals.py    draft logits -> children (top-k, i.i.d., without replacement, SBS values)
   draft_model.py  a separate draft model (chain, static tree, dynamic tree, RSD-S)
-  decoders.py     the registered decoders and their settings
+  ngram.py        prompt lookup and Token Recycling drafters
+  jacobi.py       Jacobi and lookahead drafters
+  head_drafters.py  Medusa and MTP drafters (heads trained on the target)
+  early_exit.py   LayerSkip, Kangaroo and DEL drafters (the target's own first layers)
+  decoders.py     the registered decoders: one class per name, each a drafter family's
+                  settings + a verifier choice (+ a tree policy), its drafter built once
 
 See docs/speculative.md.
 """
+
+from decoding.speculative import decoders

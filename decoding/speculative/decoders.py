@@ -1,23 +1,40 @@
-"""The speculative decoders registered with `decoding.registry`.
+"""The registered speculative decoders: one class per name, composed of three choices.
 
-One decoder class, `speculative`, whose settings pick the drafter, the tree and the verifier:
+  drafter    what proposes tokens: a class per drafter family, whose dataclass fields are
+             that family's settings and whose `make_drafter` builds its `drafter.Drafter`
+  verifier   `verifier` (every decoder): auto | deterministic | iid | wor | kseq
+  tree       the tree policy of drafters that fill a tree (`TreeDecoder`): tree, gamma,
+             tree_nodes, branching (+ top_k for dynamic draft-model trees)
 
-  sample.py --decoder=speculative --decoder_config.drafter=model \
-      --decoder_config.draft_workdir=runs/draft --decoder_config.tree=dynamic
+  class                  name(s)                       drafter (drafter module)
+  SpeculativeDecoder     speculative                   any, by `drafter=NAME` (default model)
+  SpecDynamicDecoder     spec_dynamic                  draft model, EAGLE-2 tree (draft_model)
+  SpecRSDDecoder         spec_rsd                      draft model, RSD-S beams (draft_model)
+  PromptLookupDecoder    prompt_lookup                 n-gram match (ngram)
+  TokenRecyclingDecoder  token_recycling               successor table (ngram)
+  JacobiDecoder          jacobi                        Jacobi window (jacobi)
+  LookaheadDecoder       lookahead                     Jacobi window + n-gram pool (jacobi)
+  MedusaDecoder, MTPDecoder          medusa, mtp       heads (head_drafters)
+  LayerSkipDecoder, KangarooDecoder, DELDecoder        early exit (early_exit)
 
-plus one registered name per drafter family with that drafter as default (so several can be
-compared in one `--decoder=ar,prompt_lookup,token_recycling` run). Every one of them is
-lossless: greedy output equals AR token for token (fp32) and sampled output follows the
-target distribution exactly (tested).
+The drafter is built once, when the decoder is (`__post_init__`), with the verification rule
+it will run under; `get_drafter()` returns it. Every one of them is lossless: greedy output
+equals AR token for token (fp32) and sampled output follows the target distribution exactly
+(tested).
+
+  sample.py --decoder=speculative --decoder_config.draft_workdir=runs/draft \
+      --decoder_config.tree=dynamic
+  sample.py --decoder=ar,prompt_lookup:gamma=4,token_recycling
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import jax
 
+import registry as registry_lib
 from decoding import base
 from decoding import registry
 from decoding.speculative import draft_model
@@ -33,67 +50,61 @@ TREES = ('chain', 'static', 'dynamic')
 VERIFIERS = ('auto', 'deterministic', 'iid', 'wor', 'kseq')
 # Rank-acceptance profile for best-first static trees of a draft model (Sequoia-style).
 DRAFT_PROFILE = (0.75, 0.12, 0.05, 0.03, 0.02, 0.015, 0.01, 0.01)
+# Medusa trees: rank-acceptance of head proposals (top-1 dominates).
+HEADS_PROFILE = (0.6, 0.15, 0.07, 0.04, 0.03, 0.02)
+# Settings that count something and must be >= 1.
+_POSITIVE = ('gamma', 'top_k', 'tree_nodes', 'ngram', 'recycle_k', 'window', 'pool')
 
-DrafterFactory = Callable[['SpeculativeDecoder'], drafter_lib.Drafter]
-_DRAFTERS: dict[str, DrafterFactory] = {}
-
-
-def register_drafter(name: str) -> Callable[[DrafterFactory], DrafterFactory]:
-  """Registers `factory(decoder) -> Drafter` under `name` (the `drafter` setting)."""
-  def wrap(factory):
-    if name in _DRAFTERS:
-      raise ValueError(f'Drafter {name!r} is registered twice.')
-    _DRAFTERS[name] = factory
-    return factory
-  return wrap
+# Drafter family name -> its decoder class (`speculative:drafter=NAME`).
+DRAFTERS: registry_lib.Registry[type['SpecDecoder']] = registry_lib.Registry('drafter')
 
 
 def drafter_names() -> list[str]:
-  return sorted(_DRAFTERS)
+  return DRAFTERS.names()
 
 
-@registry.register
 @dataclasses.dataclass(frozen=True)
-class SpeculativeDecoder(base.Decoder):
-  """Speculative decoding: a drafter proposes a token tree, the target verifies it in one
-  forward (lossless)."""
-  name: ClassVar[str] = 'speculative'
+class SpecDecoder(base.Decoder):
+  """Base of the speculative decoders: the subclass's fields are its drafter's settings;
+  `make_drafter(mode)` builds the drafter, once, in `__post_init__`."""
   family: ClassVar[str] = 'speculative'
   lossless: ClassVar[bool] = True
-  drafter: str = 'model'       # see drafter_names(): model, prompt_lookup, token_recycling, ...
-  draft_workdir: str = ''      # drafter=model: the draft model's workdir
-  tree: str = 'chain'          # chain | static | dynamic (drafters that support them)
-  gamma: int = 4               # chain length / deepest tree level
-  top_k: int = 4               # dynamic trees: frontier width and children per node
-  tree_nodes: int = 24         # static (best-first) and dynamic trees: drafted nodes
-  branching: str = ''          # static tree as children per depth, e.g. '4,2,2,1'
-  verifier: str = 'auto'       # auto | deterministic | iid | wor | kseq
-  stop_below: float = 0.0      # adaptive chains: stop drafting below this top-1 probability
-  exit_layer: int = 0          # early exit: draft with layers [0, exit_layer) (0 = half)
-  ngram: int = 3               # prompt lookup / lookahead: longest n-gram matched
-  recycle_k: int = 8           # token recycling: successors kept per token
-  window: int = 5              # jacobi / lookahead: guess window
-  pool: int = 4                # lookahead: n-gram candidates verified per step
+  drafter_type: ClassVar[type[drafter_lib.Drafter]] = drafter_lib.Drafter
+  verifier: str = 'auto'
 
   def __post_init__(self):
-    if self.drafter not in _DRAFTERS:
-      raise ValueError(f'Unknown drafter {self.drafter!r}; known drafters: {drafter_names()}.')
-    if self.tree not in TREES:
-      raise ValueError(f'Unknown tree {self.tree!r}; choose one of {TREES}.')
     if self.verifier not in VERIFIERS:
       raise ValueError(f'Unknown verifier {self.verifier!r}; choose one of {VERIFIERS}.')
-    for name in ('gamma', 'top_k', 'tree_nodes', 'ngram', 'recycle_k', 'window', 'pool'):
-      if getattr(self, name) < 1:
-        raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}.')
-    if not 0.0 <= self.stop_below < 1.0:
+    for f in dataclasses.fields(self):
+      if f.name in _POSITIVE and getattr(self, f.name) < 1:
+        raise ValueError(f'{f.name} must be >= 1, got {getattr(self, f.name)}.')
+    if not 0.0 <= getattr(self, 'stop_below', 0.0) < 1.0:
       raise ValueError(f'stop_below must be in [0, 1), got {self.stop_below}.')
-    made = self.make_drafter()  # fail early on bad combinations
-    if not made.has_q and self.verifier in ('iid', 'wor', 'kseq'):
-      raise ValueError(f'The {self.drafter!r} drafter proposes tokens without a distribution q;'
-                       f" verifier={self.verifier!r} needs one. Use 'auto' or 'deterministic'.")
+    if getattr(self, 'tree', 'chain') not in TREES:
+      raise ValueError(f'Unknown tree {self.tree!r}; choose one of {TREES}.')
+    composed = self.composed()
+    if not composed.drafter_type.has_q and self.verifier in ('iid', 'wor', 'kseq'):
+      raise ValueError(f'The {composed.drafter_name()!r} drafter proposes tokens without a '
+                       f"distribution q; verifier={self.verifier!r} needs one. Use 'auto' or "
+                       "'deterministic'.")
+    object.__setattr__(self, '_drafter', composed.make_drafter(self.verification_mode()))
 
-  def make_drafter(self) -> drafter_lib.Drafter:
-    return _DRAFTERS[self.drafter](self)
+  # ---------------------------------------------------------------- the three choices
+  def composed(self) -> 'SpecDecoder':
+    """The decoder whose drafter settings are used (itself but for `speculative:drafter=`)."""
+    return self
+
+  def drafter_name(self) -> str:
+    return self.name
+
+  def make_drafter(self, mode: str) -> drafter_lib.Drafter:
+    """The drafter of these settings, for verification rule `mode`."""
+    raise NotImplementedError
+
+  def get_drafter(self) -> drafter_lib.Drafter:
+    """The drafter, built once with the decoder (settings that depend on the model are
+    filled by `Drafter.resolve(models)` at generation)."""
+    return self._drafter  # pytype: disable=attribute-error
 
   def verification_mode(self) -> str:
     """The rule actually used (greedy sampling always verifies deterministically)."""
@@ -101,167 +112,279 @@ class SpeculativeDecoder(base.Decoder):
       return 'deterministic'
     if self.verifier != 'auto':
       return self.verifier
-    made = self.make_drafter()
-    if not made.has_q:
+    composed = self.composed()
+    if not composed.drafter_type.has_q:
       return 'deterministic'
-    return {'chain': 'iid', 'static': 'wor', 'dynamic': 'deterministic'}[self.tree]
+    return {'chain': 'iid', 'static': 'wor', 'dynamic': 'deterministic'}[composed.tree]
 
+  # ---------------------------------------------------------------- Decoder interface
   def extra_models(self) -> dict[str, str]:
-    return self.make_drafter().extra_models()
+    return self.get_drafter().extra_models()
 
   def extra_cache_slots(self, max_new_tokens: int) -> int:
     del max_new_tokens
-    return self.make_drafter().extra_cache_slots()
+    return self.get_drafter().extra_cache_slots()
 
   def generate(self, models: base.Models, params: dict[str, Any], prompt_BxP: jax.Array,
                prompt_len_B: jax.Array, row_keys_B: jax.Array, *, max_new_tokens: int,
                cache_size: int, eos_id: int, pad_id: int) -> base.DecodeResult:
-    mode = self.verification_mode()
-    drafter = self._drafter_for(mode).resolve(models)
+    drafter = self.get_drafter().resolve(models)
     drafter.check(models, params)
     need = max_new_tokens + drafter.extra_cache_slots() + 1
     if need > cache_size:
-      raise ValueError(f'The draft tree of {self.drafter!r} needs {drafter.extra_cache_slots()}'
-                       f' cache slots of room beyond the {max_new_tokens} new tokens, but the '
-                       f'cache has {cache_size} slots in all. Raise the cache size or use a '
-                       'smaller tree.')
-    env = drafter_lib.Env(models=models, params=params, sampling=self.sampling, mode=mode,
-                          row_keys_B=row_keys_B, prompt_BxP=prompt_BxP,
-                          prompt_len_B=prompt_len_B, cache_size=cache_size,
-                          max_new_tokens=max_new_tokens)
+      raise ValueError(f'The draft tree of {self.composed().drafter_name()!r} needs '
+                       f'{drafter.extra_cache_slots()} cache slots of room beyond the '
+                       f'{max_new_tokens} new tokens, but the cache has {cache_size} slots in '
+                       'all. Raise the cache size or use a smaller tree.')
+    env = drafter_lib.Env(models=models, params=params, sampling=self.sampling,
+                          mode=self.verification_mode(), row_keys_B=row_keys_B,
+                          prompt_BxP=prompt_BxP, prompt_len_B=prompt_len_B,
+                          cache_size=cache_size, max_new_tokens=max_new_tokens)
     return loop.generate(drafter, env, eos_id=eos_id, pad_id=pad_id)
 
-  def _drafter_for(self, mode: str) -> drafter_lib.Drafter:
-    made = self.make_drafter()
-    if hasattr(made, 'mode'):
-      made = dataclasses.replace(made, mode=mode)
-    return made
 
-  def template(self, profile=DRAFT_PROFILE) -> trees.Template:
+@dataclasses.dataclass(frozen=True)
+class TreeDecoder(SpecDecoder):
+  """A decoder whose drafter fills a tree: the tree policy (shape, depth, size, branching)."""
+  profile: ClassVar[tuple[float, ...]] = DRAFT_PROFILE
+  tree: str = 'chain'          # chain | static | dynamic (draft models)
+  gamma: int = 4               # chain length / deepest tree level
+  tree_nodes: int = 24         # static (best-first) and dynamic trees: drafted nodes
+  branching: str = ''          # static tree as children per depth, e.g. '4,2,2,1'
+
+  def template(self, profile: tuple[float, ...] | None = None) -> trees.Template:
     """The static tree of these settings (chain: gamma drafts)."""
     if self.tree == 'chain':
       return trees.chain(self.gamma)
     return trees.parse(self.branching, nodes=self.tree_nodes, depth=self.gamma,
-                       profile=profile)
+                       profile=profile or self.profile)
 
 
-@register_drafter('model')
-def _model_drafter(d: SpeculativeDecoder) -> drafter_lib.Drafter:
-  if d.tree == 'dynamic':
-    return draft_model.DraftModelDrafter(workdir=d.draft_workdir, shape='dynamic',
-                                         top_k=d.top_k, depth=d.gamma, nodes=d.tree_nodes,
-                                         stop_below=d.stop_below)
-  return draft_model.DraftModelDrafter(workdir=d.draft_workdir, shape=d.tree,
-                                       template=d.template(), stop_below=d.stop_below)
+# ------------------------------------------------------------------------ draft model
+@dataclasses.dataclass(frozen=True)
+class DraftModelDecoder(TreeDecoder):
+  """A separate draft model (same tokenizer) over a chain, static or dynamic tree."""
+  drafter_type: ClassVar[type[drafter_lib.Drafter]] = draft_model.DraftModelDrafter
+  draft_workdir: str = ''      # the draft model's workdir
+  top_k: int = 4               # dynamic trees: frontier width and children per node
+  stop_below: float = 0.0      # adaptive chains: stop drafting below this top-1 probability
+
+  def drafter_name(self) -> str:
+    return 'model'
+
+  def make_drafter(self, mode):
+    if self.tree == 'dynamic':
+      return draft_model.DraftModelDrafter(workdir=self.draft_workdir, shape='dynamic',
+                                           top_k=self.top_k, depth=self.gamma,
+                                           nodes=self.tree_nodes, stop_below=self.stop_below,
+                                           mode=mode)
+    return draft_model.DraftModelDrafter(workdir=self.draft_workdir, shape=self.tree,
+                                         template=self.template(), stop_below=self.stop_below,
+                                         mode=mode)
 
 
-def _alias(name: str, drafter: str, doc: str, **defaults) -> type:
-  """A registered subclass of SpeculativeDecoder with another default drafter/settings."""
-  fields = [('drafter', str, dataclasses.field(default=drafter))]
-  for key, value in defaults.items():
-    fields.append((key, type(value), dataclasses.field(default=value)))
-  cls = dataclasses.make_dataclass(
-      ''.join(p.capitalize() for p in name.split('_')) + 'Decoder', fields,
-      bases=(SpeculativeDecoder,), frozen=True, namespace={'name': name, '__doc__': doc})
-  cls.__module__ = __name__
-  return registry.register(cls)
+@registry.register
+@dataclasses.dataclass(frozen=True)
+class SpeculativeDecoder(DraftModelDecoder):
+  """Speculative decoding: a drafter proposes a token tree, the target verifies it in one
+  forward (lossless)."""
+  name: ClassVar[str] = 'speculative'
+  drafter: str = 'model'       # a drafter family (drafter_names()); its other settings are
+                               # that family's defaults (set them with --decoder=FAMILY)
+
+  def __post_init__(self):
+    family = DRAFTERS.get(self.drafter)
+    routed = self
+    if family is not DraftModelDecoder:
+      own = {f.name: f for f in dataclasses.fields(family)}
+      settings = {}
+      for f in dataclasses.fields(self):
+        if f.name in own:
+          settings[f.name] = getattr(self, f.name)
+        elif f.name != 'drafter' and getattr(self, f.name) != f.default:
+          raise ValueError(f'The {self.drafter!r} drafter has no setting {f.name!r} (its '
+                           f'settings: {sorted(set(own) - {"sampling"})}).')
+      routed = family(**settings)
+    object.__setattr__(self, '_routed', routed)
+    super().__post_init__()
+
+  def composed(self) -> SpecDecoder:
+    return self._routed  # pytype: disable=attribute-error
 
 
-SpecDynamicDecoder = _alias(
-    'spec_dynamic', 'model', 'Draft-model speculative decoding over a dynamic (EAGLE-2 style) '
-    'token tree (lossless).', tree='dynamic', gamma=6, top_k=6, tree_nodes=48)
-SpecRSDDecoder = _alias(
-    'spec_rsd', 'model', 'Recursive Speculative Decoding (RSD-S): a draft model\'s stochastic '
-    'beam search tree, verified without replacement (lossless; greedy: EAGLE-2 tree).',
-    tree='dynamic', verifier='wor', gamma=4, top_k=4, tree_nodes=16)
+@registry.register
+@dataclasses.dataclass(frozen=True)
+class SpecDynamicDecoder(DraftModelDecoder):
+  """Draft-model speculative decoding over a dynamic (EAGLE-2 style) token tree
+  (lossless)."""
+  name: ClassVar[str] = 'spec_dynamic'
+  tree: str = 'dynamic'
+  gamma: int = 6
+  top_k: int = 6
+  tree_nodes: int = 48
 
 
-@register_drafter('prompt_lookup')
-def _prompt_lookup(d: SpeculativeDecoder) -> drafter_lib.Drafter:
-  return ngram.PromptLookupDrafter(gamma=d.gamma, ngram=d.ngram)
+@registry.register
+@dataclasses.dataclass(frozen=True)
+class SpecRSDDecoder(DraftModelDecoder):
+  """Recursive Speculative Decoding (RSD-S): a draft model's stochastic beam search tree,
+  verified without replacement (lossless; greedy: EAGLE-2 tree)."""
+  name: ClassVar[str] = 'spec_rsd'
+  tree: str = 'dynamic'
+  verifier: str = 'wor'
+  gamma: int = 4
+  top_k: int = 4
+  tree_nodes: int = 16
 
 
-@register_drafter('token_recycling')
-def _token_recycling(d: SpeculativeDecoder) -> drafter_lib.Drafter:
-  profile = trees.RECYCLING_PROFILE[:d.recycle_k]
-  return ngram.TokenRecyclingDrafter(template=d.template(profile), k=d.recycle_k)
+# ------------------------------------------------------------------------ training-free
+@registry.register
+@dataclasses.dataclass(frozen=True)
+class PromptLookupDecoder(SpecDecoder):
+  """Prompt lookup: copy what followed the latest match of the trailing n-gram
+  (training-free, lossless)."""
+  name: ClassVar[str] = 'prompt_lookup'
+  drafter_type: ClassVar[type[drafter_lib.Drafter]] = ngram.PromptLookupDrafter
+  gamma: int = 6               # drafted tokens (a chain)
+  ngram: int = 3               # longest n-gram matched
+
+  def make_drafter(self, mode):
+    return ngram.PromptLookupDrafter(gamma=self.gamma, ngram=self.ngram)
 
 
-@register_drafter('jacobi')
-def _jacobi(d: SpeculativeDecoder) -> drafter_lib.Drafter:
-  return jacobi.JacobiDrafter(window=d.window)
+@registry.register
+@dataclasses.dataclass(frozen=True)
+class TokenRecyclingDecoder(TreeDecoder):
+  """Token Recycling: a table of each token's latest top-k successors expanded into an
+  80-node tree (training-free, lossless)."""
+  name: ClassVar[str] = 'token_recycling'
+  drafter_type: ClassVar[type[drafter_lib.Drafter]] = ngram.TokenRecyclingDrafter
+  tree: str = 'static'
+  gamma: int = 6
+  tree_nodes: int = 80
+  recycle_k: int = 8           # successors kept per token
+
+  def make_drafter(self, mode):
+    profile = trees.RECYCLING_PROFILE[:self.recycle_k]
+    return ngram.TokenRecyclingDrafter(template=self.template(profile), k=self.recycle_k)
 
 
-@register_drafter('lookahead')
-def _lookahead(d: SpeculativeDecoder) -> drafter_lib.Drafter:
-  return jacobi.LookaheadDrafter(window=d.window, ngram=d.ngram, pool=d.pool)
+@registry.register
+@dataclasses.dataclass(frozen=True)
+class JacobiDecoder(SpecDecoder):
+  """Jacobi decoding: fixed-point iteration over a window of guesses (training-free,
+  lossless)."""
+  name: ClassVar[str] = 'jacobi'
+  drafter_type: ClassVar[type[drafter_lib.Drafter]] = jacobi.JacobiDrafter
+  window: int = 5              # guess window
+
+  def make_drafter(self, mode):
+    return jacobi.JacobiDrafter(window=self.window)
 
 
-PromptLookupDecoder = _alias(
-    'prompt_lookup', 'prompt_lookup', 'Prompt lookup: copy what followed the latest match of '
-    'the trailing n-gram (training-free, lossless).', gamma=6)
-TokenRecyclingDecoder = _alias(
-    'token_recycling', 'token_recycling', 'Token Recycling: a table of each token\'s latest '
-    'top-k successors expanded into an 80-node tree (training-free, lossless).',
-    tree='static', gamma=6, tree_nodes=80)
-JacobiDecoder = _alias(
-    'jacobi', 'jacobi', 'Jacobi decoding: fixed-point iteration over a window of guesses '
-    '(training-free, lossless).')
-LookaheadDecoder = _alias(
-    'lookahead', 'lookahead', 'Lookahead decoding: a Jacobi window plus an n-gram pool '
-    'verified as one trie (training-free, lossless).')
+@registry.register
+@dataclasses.dataclass(frozen=True)
+class LookaheadDecoder(SpecDecoder):
+  """Lookahead decoding: a Jacobi window plus an n-gram pool verified as one trie
+  (training-free, lossless)."""
+  name: ClassVar[str] = 'lookahead'
+  drafter_type: ClassVar[type[drafter_lib.Drafter]] = jacobi.LookaheadDrafter
+  window: int = 5              # guess window
+  ngram: int = 3               # n-gram length in the pool
+  pool: int = 4                # n-gram candidates verified per step
+
+  def make_drafter(self, mode):
+    return jacobi.LookaheadDrafter(window=self.window, ngram=self.ngram, pool=self.pool)
 
 
-# Medusa trees: rank-acceptance of head proposals (top-1 dominates).
-HEADS_PROFILE = (0.6, 0.15, 0.07, 0.04, 0.03, 0.02)
+# ------------------------------------------------------------------------ heads
+@dataclasses.dataclass(frozen=True)
+class HeadsDecoder(TreeDecoder):
+  """Draft heads trained on the target's hidden states (a static tree or a chain)."""
+  profile: ClassVar[tuple[float, ...]] = HEADS_PROFILE
 
 
-@register_drafter('medusa')
-def _medusa(d: SpeculativeDecoder) -> drafter_lib.Drafter:
-  return head_drafters.MedusaDrafter(template=d.template(HEADS_PROFILE))
+@registry.register
+@dataclasses.dataclass(frozen=True)
+class MedusaDecoder(HeadsDecoder):
+  """Medusa heads on the target's last hidden state over a static tree (needs a run trained
+  with configs/spec_heads.py:medusa; lossless)."""
+  name: ClassVar[str] = 'medusa'
+  drafter_type: ClassVar[type[drafter_lib.Drafter]] = head_drafters.MedusaDrafter
+  tree: str = 'static'
+  gamma: int = 3
+  tree_nodes: int = 24
+
+  def make_drafter(self, mode):
+    return head_drafters.MedusaDrafter(template=self.template())
 
 
-@register_drafter('mtp')
-def _mtp(d: SpeculativeDecoder) -> drafter_lib.Drafter:
-  return head_drafters.MTPDrafter(template=d.template(HEADS_PROFILE))
+@registry.register
+@dataclasses.dataclass(frozen=True)
+class MTPDecoder(HeadsDecoder):
+  """DeepSeek-style sequential MTP modules as drafter (needs a run trained with
+  configs/spec_heads.py:mtp; lossless)."""
+  name: ClassVar[str] = 'mtp'
+  drafter_type: ClassVar[type[drafter_lib.Drafter]] = head_drafters.MTPDrafter
+  gamma: int = 2
+
+  def make_drafter(self, mode):
+    return head_drafters.MTPDrafter(template=self.template())
 
 
-def _exit_drafter(d: SpeculativeDecoder, adapter: bool, dynamic: bool) -> drafter_lib.Drafter:
-  if d.tree != 'chain':
-    raise ValueError(f'The {d.drafter!r} drafter drafts chains only (tree=chain).')
-  exits = () if dynamic else (d.exit_layer,)
-  return early_exit.EarlyExitDrafter(exits=exits, gamma=d.gamma, stop_below=d.stop_below,
-                                     adapter=adapter)
+# ------------------------------------------------------------------------ early exit
+@dataclasses.dataclass(frozen=True)
+class EarlyExitDecoder(SpecDecoder):
+  """Self-speculation through the target's own first layers (chains)."""
+  drafter_type: ClassVar[type[drafter_lib.Drafter]] = early_exit.EarlyExitDrafter
+  adapter: ClassVar[bool] = False  # Kangaroo's trained adapter after the exit layer
+  gamma: int = 4               # longest chain
+  stop_below: float = 0.0      # stop drafting below this top-1 probability
+
+  def exits(self) -> tuple[int, ...]:
+    """(E,) one exit layer (0 = half the layers); () = chosen online among all (DEL)."""
+    return (self.exit_layer,)
+
+  def make_drafter(self, mode):
+    return early_exit.EarlyExitDrafter(exits=self.exits(), gamma=self.gamma,
+                                       stop_below=self.stop_below, adapter=self.adapter)
 
 
-@register_drafter('layerskip')
-def _layerskip(d: SpeculativeDecoder) -> drafter_lib.Drafter:
-  return _exit_drafter(d, adapter=False, dynamic=False)
+@registry.register
+@dataclasses.dataclass(frozen=True)
+class LayerSkipDecoder(EarlyExitDecoder):
+  """Self-speculation by early exit through the shared head, reusing the shallow layers'
+  cache (lossless)."""
+  name: ClassVar[str] = 'layerskip'
+  exit_layer: int = 0          # draft with layers [0, exit_layer) (0 = half)
 
 
-@register_drafter('kangaroo')
-def _kangaroo(d: SpeculativeDecoder) -> drafter_lib.Drafter:
-  return _exit_drafter(d, adapter=True, dynamic=False)
+@registry.register
+@dataclasses.dataclass(frozen=True)
+class KangarooDecoder(EarlyExitDecoder):
+  """Kangaroo: early exit plus a trained adapter, stop at low confidence (needs
+  configs/spec_heads.py:kangaroo; lossless)."""
+  name: ClassVar[str] = 'kangaroo'
+  adapter: ClassVar[bool] = True
+  gamma: int = 6
+  stop_below: float = 0.6
+  exit_layer: int = 0          # draft with layers [0, exit_layer) (0 = half)
 
 
-@register_drafter('del')
-def _del(d: SpeculativeDecoder) -> drafter_lib.Drafter:
-  return _exit_drafter(d, adapter=False, dynamic=True)
+@registry.register
+@dataclasses.dataclass(frozen=True)
+class DELDecoder(EarlyExitDecoder):
+  """DEL: early exit with the exit layer and draft length picked online from shadow-token
+  acceptance (lossless)."""
+  name: ClassVar[str] = 'del'
+
+  def exits(self) -> tuple[int, ...]:
+    return ()
 
 
-MedusaDecoder = _alias(
-    'medusa', 'medusa', 'Medusa heads on the target\'s last hidden state over a static tree '
-    '(needs a run trained with configs/spec_heads.py:medusa; lossless).', tree='static',
-    gamma=3, tree_nodes=24)
-MTPDecoder = _alias(
-    'mtp', 'mtp', 'DeepSeek-style sequential MTP modules as drafter (needs a run trained with '
-    'configs/spec_heads.py:mtp; lossless).', gamma=2)
-LayerSkipDecoder = _alias(
-    'layerskip', 'layerskip', 'Self-speculation by early exit through the shared head, '
-    'reusing the shallow layers\' cache (lossless).', gamma=4)
-KangarooDecoder = _alias(
-    'kangaroo', 'kangaroo', 'Kangaroo: early exit plus a trained adapter, stop at low '
-    'confidence (needs configs/spec_heads.py:kangaroo; lossless).', gamma=6, stop_below=0.6)
-DELDecoder = _alias(
-    'del', 'del', 'DEL: early exit with the exit layer and draft length picked online from '
-    'shadow-token acceptance (lossless).', gamma=4)
+for _name, _cls in (('model', DraftModelDecoder), ('prompt_lookup', PromptLookupDecoder),
+                    ('token_recycling', TokenRecyclingDecoder), ('jacobi', JacobiDecoder),
+                    ('lookahead', LookaheadDecoder), ('medusa', MedusaDecoder),
+                    ('mtp', MTPDecoder), ('layerskip', LayerSkipDecoder),
+                    ('kangaroo', KangarooDecoder), ('del', DELDecoder)):
+  DRAFTERS.add(_name, _cls)

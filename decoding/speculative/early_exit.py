@@ -29,6 +29,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from decoding import base
 from decoding.speculative import drafter as drafter_lib
 from decoding.speculative import trees
 from decoding.speculative import verify as verify_lib
@@ -109,7 +110,6 @@ class EarlyExitDrafter(drafter_lib.ChainDrafter):
     if self.adapter:
       cfg = heads_lib.adapter_config(env.target.cfg)
       adapter = cache_lib.Cache.init(cfg, B, env.cache_size)
-      from decoding import base  # pylint: disable=g-import-not-at-top
       pos = base.prompt_positions(env.prompt_BxP, env.prompt_len_B)
       _, adapter = self._adapter_apply(env, prefill.hidden[self.exits[0]], pos, adapter)
     E = len(self.exits)

@@ -32,9 +32,8 @@ class SpecState:
 
   cache: the target's cache; for active rows lengths = base = prompt_len + generated - 1
     (the newest token, `last_B`, is the next tree's root).
-  tokens_BxN, num_generated_B, done_B: output buffer and progress.
-  target_forwards_B, other_forwards_B: forward passes while the row was active.
-  hist_BxM: steps that committed exactly m tokens.
+  progress: output buffer, counts, done flags, forward passes, and the histogram of tokens
+    committed per step (`base.Progress`).
   accepted_by_depth_BxD: steps whose accepted path reached depth d + 1 (acceptance by
     position: divide by `steps_B`).
   steps_B, drafted_B: verification steps and drafted (non-root) nodes proposed.
@@ -42,12 +41,7 @@ class SpecState:
   """
   cache: cache_lib.Cache
   last_B: jax.Array
-  tokens_BxN: jax.Array
-  num_generated_B: jax.Array
-  done_B: jax.Array
-  target_forwards_B: jax.Array
-  other_forwards_B: jax.Array
-  hist_BxM: jax.Array
+  progress: base.Progress
   accepted_by_depth_BxD: jax.Array
   steps_B: jax.Array
   drafted_B: jax.Array
@@ -66,14 +60,11 @@ def init_state(drafter: drafter_lib.Drafter, env: drafter_lib.Env, *, eos_id: in
   first_B = sampling_lib.sample(sampling_lib.token_keys(env.row_keys_B, env.prompt_len_B),
                                 logits_BxV, env.sampling)
   zeros = jnp.zeros((B,), jnp.int32)
+  progress = base.Progress.start(B, N, pad_id=pad_id, eos_id=eos_id, first_B=first_B,
+                                 hist_size=drafter.hist_size, target_forwards=1,
+                                 other_forwards=drafter.prefill_forwards)
   return SpecState(
-      cache=cache, last_B=first_B,
-      tokens_BxN=jnp.full((B, N), pad_id, jnp.int32).at[:, 0].set(first_B),
-      num_generated_B=jnp.ones((B,), jnp.int32),
-      done_B=(first_B == eos_id) | (N <= 1),
-      target_forwards_B=jnp.ones((B,), jnp.int32),
-      other_forwards_B=jnp.full((B,), drafter.prefill_forwards, jnp.int32),
-      hist_BxM=jnp.zeros((B, drafter.hist_size), jnp.int32),
+      cache=cache, last_B=first_B, progress=progress,
       accepted_by_depth_BxD=jnp.zeros((B, drafter.max_depth), jnp.int32),
       steps_B=zeros, drafted_B=zeros,
       drafter=drafter.init(env, prefill, first_B))
@@ -82,15 +73,15 @@ def init_state(drafter: drafter_lib.Drafter, env: drafter_lib.Env, *, eos_id: in
 def step(drafter: drafter_lib.Drafter, env: drafter_lib.Env, s: SpecState, *, eos_id: int,
          pad_id: int) -> SpecState:
   """One draft -> verify -> commit step for every active row."""
-  active_B = ~s.done_B
-  base_B = env.prompt_len_B + s.num_generated_B - 1
+  active_B = s.progress.active_B
+  base_B = env.prompt_len_B + s.progress.num_generated_B - 1
   tree, dstate, cache, other_B = drafter.propose(env, s.drafter, s.cache, s.last_B, base_B,
                                                  active_B)
   out, dstate = drafter.target_forward(env, dstate, cache, tree, base_B, active_B)
   verdict = verify_lib.verify(tree, out.logits_BxTxV, sampling=env.sampling, mode=env.mode,
                               depth=drafter.max_depth, row_keys_B=env.row_keys_B,
                               base_B=base_B, chain=drafter.is_chain)
-  room_B = env.max_new_tokens - s.num_generated_B
+  room_B = env.max_new_tokens - s.progress.num_generated_B
   count_B, hit_eos_B = base.truncate_at_eos(verdict.new_BxD1, verdict.accepted_B + 1, room_B,
                                             eos_id)
   count_B = jnp.where(active_B, count_B, 0)
@@ -98,23 +89,18 @@ def step(drafter: drafter_lib.Drafter, env: drafter_lib.Env, s: SpecState, *, eo
                                      chain=drafter.is_chain,
                                      step_states=getattr(out, 'step_states', None))
   new_BxD1 = jnp.where(active_B[:, None], verdict.new_BxD1, pad_id)
-  tokens_BxN = base.write_tokens(s.tokens_BxN, new_BxD1, s.num_generated_B, count_B)
+  progress = s.progress.count(active_B, other_B=other_B, committed_B=count_B).commit(
+      new_BxD1, count_B, hit_eos_B, env.max_new_tokens)
   last_B = jnp.where(active_B, jnp.take_along_axis(
       verdict.new_BxD1, jnp.maximum(count_B - 1, 0)[:, None], axis=1)[:, 0], s.last_B)
   dstate = drafter.update(env, dstate, drafter_lib.Step(
       tree=tree, out=out, verdict=verdict, keep_B=count_B, base_B=base_B, active_B=active_B))
-  num_generated_B = s.num_generated_B + count_B
   act = active_B.astype(jnp.int32)
-  M = s.hist_BxM.shape[1]
   D = s.accepted_by_depth_BxD.shape[1]
   reached_BxD = (verdict.accepted_B[:, None] >= jnp.arange(1, D + 1)[None, :]).astype(jnp.int32)
   drafted_B = jnp.sum(tree.valid_BxT[:, 1:], axis=1).astype(jnp.int32)
   return SpecState(
-      cache=cache, last_B=last_B, tokens_BxN=tokens_BxN, num_generated_B=num_generated_B,
-      done_B=s.done_B | hit_eos_B | (num_generated_B >= env.max_new_tokens),
-      target_forwards_B=s.target_forwards_B + act,
-      other_forwards_B=s.other_forwards_B + other_B * act,
-      hist_BxM=s.hist_BxM + jax.nn.one_hot(count_B, M, dtype=jnp.int32) * act[:, None],
+      cache=cache, last_B=last_B, progress=progress,
       accepted_by_depth_BxD=s.accepted_by_depth_BxD + reached_BxD * act[:, None],
       steps_B=s.steps_B + act, drafted_B=s.drafted_B + drafted_B * act, drafter=dstate)
 
@@ -123,7 +109,7 @@ def generate(drafter: drafter_lib.Drafter, env: drafter_lib.Env, *, eos_id: int,
              pad_id: int) -> base.DecodeResult:
   """Runs the loop to completion and packs the result with its statistics."""
   state = init_state(drafter, env, eos_id=eos_id, pad_id=pad_id)
-  state = jax.lax.while_loop(lambda s: ~jnp.all(s.done_B),
+  state = jax.lax.while_loop(lambda s: ~jnp.all(s.progress.done_B),
                              lambda s: step(drafter, env, s, eos_id=eos_id, pad_id=pad_id),
                              state)
   return result(drafter, state)
@@ -133,7 +119,4 @@ def result(drafter: drafter_lib.Drafter, s: SpecState) -> base.DecodeResult:
   extra = {'spec_steps': s.steps_B, 'accepted_by_depth': s.accepted_by_depth_BxD,
            'drafted_tokens': s.drafted_B}
   extra.update(drafter.extra_stats(s.drafter))
-  return base.DecodeResult(tokens_BxN=s.tokens_BxN, num_generated_B=s.num_generated_B,
-                           target_forwards_B=s.target_forwards_B,
-                           other_forwards_B=s.other_forwards_B,
-                           step_tokens_hist_BxM=s.hist_BxM, extra=extra)
+  return s.progress.result(extra)

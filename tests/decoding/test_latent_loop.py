@@ -66,7 +66,7 @@ def _run_loop(lm, kind, modes):
   s = _loop(model, params, jnp.asarray(prompt), jnp.asarray(list(map(len, PROMPTS)), jnp.int32),
             keys, modes_B, _settings_for(SAMPLING[kind]), AR_EOS[kind])
   s = jax.device_get(s)
-  return [s.tokens_BxN[b, :s.num_generated_B[b]].tolist() for b in range(4)], s
+  return [s.progress.tokens_BxN[b, :s.progress.num_generated_B[b]].tolist() for b in range(4)], s
 
 
 @functools.lru_cache(maxsize=None)
@@ -90,7 +90,7 @@ def test_discrete_mode_equals_ar_token_for_token(lm, kind):
   assert len({len(r.tokens) for r in ar}) > 1, 'rows should end at different times'
   tokens, s = _run_loop(lm, kind, ['discrete'] * 4)
   assert tokens == [r.tokens for r in ar]
-  assert s.forwards_B.tolist() == [r.target_forwards for r in ar]
+  assert s.progress.target_forwards_B.tolist() == [r.target_forwards for r in ar]
   assert (s.modes_BxN[s.modes_BxN >= 0] == feedback.DISCRETE).all()
 
 
@@ -227,7 +227,7 @@ def test_swireasoning_switch_positions_follow_the_rules(window, max_switches):
       np.testing.assert_allclose(x[2 + t], soft[t], atol=1e-5)  # alpha0 = 1
   if max_switches:
     closes = [t for t, e in events if e == 'close']
-    assert closes and s.tokens_BxN[0, closes[0]] == 41
+    assert closes and s.progress.tokens_BxN[0, closes[0]] == 41
 
 
 @pytest.fixture(scope='module')
@@ -248,7 +248,7 @@ def scripted_rows():
 
 def test_cold_stop_fires_after_patience_consecutive_confident_steps(scripted_rows):
   toks, table, s = scripted_rows
-  tokens, modes = s.tokens_BxN[0], s.modes_BxN[0]
+  tokens, modes = s.progress.tokens_BxN[0], s.modes_BxN[0]
   # Runs of low entropy: steps 0-1 (2, reset at 2), 3-6: the third (step 5) forces </think>.
   assert tokens[:5].tolist() == toks[0, :5].tolist() and tokens[5] == 41
   assert (modes[:5] == feedback.CONCEPT).all() and (modes[5:] == feedback.DISCRETE).all()
@@ -264,7 +264,7 @@ def test_cold_stop_fires_after_patience_consecutive_confident_steps(scripted_row
 
 def test_fixed_thoughts_feed_hidden_states_and_ignore_early_close(scripted_rows):
   toks, _, s = scripted_rows
-  tokens = s.tokens_BxN[1]
+  tokens = s.progress.tokens_BxN[1]
   assert tokens[:4].tolist() == [42] * 4 and tokens[4] == 41
   assert tokens[5:].tolist() == toks[1, 5:].tolist()
   x = s.cache[1]
@@ -276,7 +276,7 @@ def test_mixture_rows_close_when_the_read_token_is_end_of_thinking(scripted_rows
   _, _, s = scripted_rows
   modes = s.modes_BxN[2]
   assert (modes[:2] == feedback.CONCEPT).all() and (modes[2:6] == feedback.DISCRETE).all()
-  assert int(s.num_generated_B[2]) == 6  # EOS at an explicit position ends the row
+  assert int(s.progress.num_generated_B[2]) == 6  # EOS at an explicit position ends the row
 
 
 # ----------------------------------------------------------------- feedback units

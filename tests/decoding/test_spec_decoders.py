@@ -106,7 +106,7 @@ def _step_fn(dec, models, params, eos):
   lens = jnp.asarray([len(p) for p in PROMPTS], jnp.int32)
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(B))
   mode = dec.verification_mode()
-  drafter = dec._drafter_for(mode).resolve(models)
+  drafter = dec.get_drafter().resolve(models)
 
   def env(params):
     return drafter_lib.Env(models=models, params=params, sampling=dec.sampling, mode=mode,
@@ -136,13 +136,13 @@ def test_cache_equals_ar_cache_after_every_step(setup, method):
   for _ in range(8):
     s = step(params, s)
     committed = s.cache.lengths
-    n = np.asarray(s.num_generated_B)
+    n = np.asarray(s.progress.num_generated_B)
     # The committed tokens: prompt + all generated but the newest (the next root).
     seq = np.zeros((len(PROMPTS), CACHE), np.int32)
     for b, p in enumerate(PROMPTS):
-      gen = np.asarray(s.tokens_BxN[b, :n[b] - 1])
+      gen = np.asarray(s.progress.tokens_BxN[b, :n[b] - 1])
       seq[b, :len(p) + len(gen)] = list(p) + list(gen)
-    live = ~np.asarray(s.done_B)
+    live = ~np.asarray(s.progress.done_B)
     np.testing.assert_array_equal(np.asarray(committed)[live], (np.asarray(lens) + n - 1)[live])
     want = _ar_cache(target, params['target'], jnp.asarray(seq), committed)
     for b in np.nonzero(live)[0]:

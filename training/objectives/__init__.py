@@ -1,19 +1,32 @@
 """Objectives registered by name: `make_objective(name, model, config) -> loss_fn`.
 
-Every module of this package is imported here, so adding an objective is adding a file with
-a `@register('name')` factory (see `ar.py`).
+The modules that register objectives are imported here, explicitly, so this file lists every
+objective's home: adding an objective is adding a file with a `@register('name')` factory
+(see `ar.py`) and its import below.
+
+  ar.py                ar
+  masked_diffusion.py  masked_diffusion, ar_task
+  block_diffusion.py   block_diffusion
+  wedlm.py             wedlm
+  as_arm.py            as_arm
+  spec_draft.py        draft_distill
+  spec_heads.py        medusa_heads, mtp_heads, kangaroo_adapter
+  coconut.py           coconut, pause, cot, nocot
+  sim_cot.py           sim_cot
 """
 
-import importlib
-import pkgutil
-
+from training.objectives import ar
+from training.objectives import as_arm
+from training.objectives import block_diffusion
+from training.objectives import coconut
+from training.objectives import masked_diffusion
+from training.objectives import sim_cot
+from training.objectives import spec_draft
+from training.objectives import spec_heads
+from training.objectives import wedlm
 from training.objectives.registry import (Batch, LossFn, Objective, ObjectiveFactory,
                                           make_objective, names, register,
                                           token_cross_entropy)
-
-for _m in pkgutil.iter_modules(__path__):
-  if _m.name != 'registry':
-    importlib.import_module(f'{__name__}.{_m.name}')
 
 __all__ = ['Batch', 'LossFn', 'Objective', 'ObjectiveFactory', 'make_objective', 'names', 'register',
            'token_cross_entropy']

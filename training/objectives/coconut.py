@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from data import tokenizers
 from data.tasks import iterator as task_iterator
 from data.tasks import reasoning
 from models import cache as cache_lib
@@ -282,7 +283,6 @@ def data_hooks(s: LatentSettings, config: ml_collections.ConfigDict, with_steps:
 def pause_token_id(config: ml_collections.ConfigDict) -> int:
   if config.tokenizer.kind != 'byte':
     raise ValueError('The latent objectives use the byte tokenizer (tokenizer.kind=byte).')
-  from data import tokenizers  # pylint: disable=g-import-not-at-top
   return tokenizers.make_tokenizer('byte').special_id('<pause>')
 
 

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+import data as data_lib
 from data.tasks import exact_match
 from data.tasks import iterator as task_iterator
 from models import transformer as transformer_lib
@@ -219,7 +220,6 @@ def data_hooks(config: ml_collections.ConfigDict | None, mask_id: int | None = N
                        f'{tokenizer.mask_id}; leave diffusion.mask_id at -1 or fix it.')
 
   if not name:
-    import data as data_lib  # pylint: disable=g-import-not-at-top
 
     def lm_train(dc, tokenizer, **kwargs):
       check(tokenizer)

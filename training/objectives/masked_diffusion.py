@@ -23,7 +23,7 @@ import ml_collections
 
 from models import transformer as transformer_lib
 from training.objectives import diffusion_lib as lib
-from training.objectives.registry import Objective, register
+from training.objectives.registry import Objective, register, token_cross_entropy
 
 
 def masked_diffusion_loss(model: transformer_lib.Transformer, s: lib.DiffusionSettings,
@@ -63,14 +63,13 @@ def ar_task_objective(model: transformer_lib.Transformer,
                       config: ml_collections.ConfigDict) -> Objective:
   """Next-token cross-entropy on the answer tokens of `config.task` rows (the AR baseline
   trained on exactly the data the diffusion objectives see)."""
-  from training.objectives import registry  # pylint: disable=g-import-not-at-top
 
   def loss_fn(params, batch, rng):
     del rng
     tokens = batch['tokens']
     out = model.apply({'params': params['model']}, tokens[:, :-1])
     weights = batch.get('weights', jnp.ones(tokens[:, 1:].shape, jnp.float32))
-    return registry.token_cross_entropy(out.logits_BxTxV, tokens[:, 1:], weights)
+    return token_cross_entropy(out.logits_BxTxV, tokens[:, 1:], weights)
 
   if not lib.task_name(config):
     raise ValueError("Objective 'ar_task' needs config.task.name (use 'ar' for LM data).")

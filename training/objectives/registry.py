@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+import registry as registry_lib
 from models import transformer as transformer_lib
 
 Batch = dict[str, jax.Array]
@@ -49,28 +50,22 @@ class Objective:
 ObjectiveFactory = Callable[[transformer_lib.Transformer, ml_collections.ConfigDict],
                             'Objective | LossFn']
 
-_OBJECTIVES: dict[str, ObjectiveFactory] = {}
+# The modules that register objectives are imported by `training/objectives/__init__.py`.
+OBJECTIVES: registry_lib.Registry[ObjectiveFactory] = registry_lib.Registry('objective')
 
 
 def register(name: str) -> Callable[[ObjectiveFactory], ObjectiveFactory]:
   """Decorator: registers an objective factory under `name`."""
-  def wrap(factory: ObjectiveFactory) -> ObjectiveFactory:
-    if name in _OBJECTIVES:
-      raise ValueError(f'Objective {name!r} is registered twice.')
-    _OBJECTIVES[name] = factory
-    return factory
-  return wrap
+  return OBJECTIVES.register(name)
 
 
 def names() -> list[str]:
-  return sorted(_OBJECTIVES)
+  return OBJECTIVES.names()
 
 
 def make_objective(name: str, model: transformer_lib.Transformer,
                    config: ml_collections.ConfigDict | None) -> Objective:
-  if name not in _OBJECTIVES:
-    raise ValueError(f'Unknown objective {name!r}; registered: {names()}.')
-  out = _OBJECTIVES[name](model, config)
+  out = OBJECTIVES.get(name)(model, config)
   return out if isinstance(out, Objective) else Objective(loss_fn=out)
 
 
