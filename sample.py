@@ -84,7 +84,7 @@ def main(argv):
     return
   if not _WORKDIR.value:
     cli.fail('--workdir is required (a directory written by train.py).')
-  from training import checkpoint, loading  # pylint: disable=g-import-not-at-top
+  from workdir import checkpoint, loading  # pylint: disable=g-import-not-at-top
   overridden = cli.config_overrides(sys.argv, 'decoder_config')
   try:
     for name, value in (('batch_size', _BATCH.value), ('cache_size', _CACHE.value)):

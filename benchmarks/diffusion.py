@@ -66,7 +66,7 @@ LOADED: dict[str, str] = {}  # run name -> what the report says about it
 
 
 def load(path: str):
-  from training import loading  # pylint: disable=g-import-not-at-top
+  from workdir import loading  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(os.path.join(path, 'checkpoints')):
     return None
   m = loading.load_model(path)

@@ -48,7 +48,7 @@ ANY_ORDER_OBJECTIVES = ('as_arm',)
 class Model:
   """A workdir offered to the report: the loaded model, its objective and prompts."""
   workdir: str
-  loaded: Any  # training.loading.LoadedModel
+  loaded: Any  # workdir.loading.LoadedModel
   objective: str
   prompts: list[list[int]]
   texts: list[str]
@@ -93,7 +93,7 @@ def decodes(cls: Any, objective: str) -> bool:
 def load_models(workdirs: Sequence[str], *, num_prompts: int, prompt_chars: int) -> list[Model]:
   """Loads each workdir and takes the same held-out texts as prompts for all of them."""
   import data  # pylint: disable=g-import-not-at-top
-  from training import loading  # pylint: disable=g-import-not-at-top
+  from workdir import loading  # pylint: disable=g-import-not-at-top
   models, texts = [], None
   for workdir in workdirs:
     loaded = loading.load_model(workdir)
@@ -117,7 +117,7 @@ _EXTRA_CACHE: dict[str, Any] = {}
 
 def _extra_loader(target: Model):
   """load_extra for compare.run_all: loads a workdir once per process, checks the vocab."""
-  from training import loading  # pylint: disable=g-import-not-at-top
+  from workdir import loading  # pylint: disable=g-import-not-at-top
 
   def load_extra(workdir: str):
     key = os.path.abspath(workdir)

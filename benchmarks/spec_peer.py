@@ -38,7 +38,7 @@ from decoding import Models, SamplingConfig, registry
 def _export(loaded, out_dir: str) -> None:
   import data  # pylint: disable=g-import-not-at-top
   from models import hf  # pylint: disable=g-import-not-at-top
-  from training import checkpoint  # pylint: disable=g-import-not-at-top
+  from workdir import checkpoint  # pylint: disable=g-import-not-at-top
   hf.export_model(loaded.params, loaded.model_config, out_dir,
                   tokenizer_dir=os.path.join(loaded.workdir, checkpoint.TOKENIZER_DIR),
                   special_ids=loaded.tokenizer.special_ids, special_tokens=data.SPECIAL_TOKENS)
@@ -117,7 +117,7 @@ def _theirs(args, target_dir, draft_dir, prompts, eos_id, pad_id) -> dict[str, d
 
 
 def run(args) -> str:
-  from training import loading  # pylint: disable=g-import-not-at-top
+  from workdir import loading  # pylint: disable=g-import-not-at-top
   target, draft = loading.load_model(args.target), loading.load_model(args.draft)
   if draft.tokenizer.vocab_size != target.tokenizer.vocab_size:
     raise ValueError(f'{args.draft} has a different vocabulary from {args.target}.')

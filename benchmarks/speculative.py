@@ -67,7 +67,7 @@ METHODS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
 
 
 def _load(args) -> tuple[Any, dict[str, Any], Models, set[str]]:
-  from training import loading  # pylint: disable=g-import-not-at-top
+  from workdir import loading  # pylint: disable=g-import-not-at-top
   target = loading.load_model(args.target)
   params: dict[str, Any] = {'target': target.params}
   extras, have = [], set()

@@ -24,13 +24,13 @@ import data as data_lib
 from models import config as config_lib
 from models import sharding as sharding_lib
 from models import transformer as transformer_lib
-from training import checkpoint as checkpoint_lib
 from training import metrics as metrics_lib
 from training import objectives
 from training import optimizer as optimizer_lib
 from training import step as step_lib
 from training import train_state as state_lib
-from training import workdir as workdir_lib
+from workdir import checkpoint as checkpoint_lib
+from workdir import lock as workdir_lib
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -15,7 +15,7 @@ import data as data_lib
 from models import config as config_lib
 from models import sharding as sharding_lib
 from models import transformer as transformer_lib
-from training import checkpoint as checkpoint_lib
+from workdir import checkpoint as checkpoint_lib
 
 
 @dataclasses.dataclass
