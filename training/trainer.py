@@ -7,6 +7,7 @@ logs to stdout / JSONL / TensorBoard and plots the loss curve at the end.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -213,8 +214,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   shardings = state_lib.state_shardings(model, objective, tx, mesh, rules)
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=tc.keep_checkpoints,
                                      async_save=tc.async_checkpointing)
-  meta = {'model': mcfg.to_dict(), 'objective': config.objective,
-          'extras': sorted(k for k in shardings.params if k != 'model'),
+  extras = sorted(k for k in shardings.params if k != 'model')
+  meta = {'model': mcfg.to_dict(), 'objective': config.objective, 'extras': extras,
+          'kind': dataclasses.replace(objective.kind, heads=tuple(extras)).to_dict(),
           'tokenizer': type(tokenizer).__name__, 'config': _normalise(config.to_dict())}
 
   make_iter = objective.make_train_iterator or data_lib.make_train_iterator

@@ -20,6 +20,7 @@ import numpy as np
 
 import data as data_lib
 from models import hf
+from models import kind as kind_lib
 from models.hf import config_map
 from models.hf import tokenizer_files
 from workdir import checkpoint as checkpoint_lib
@@ -83,6 +84,7 @@ def import_checkpoint(hf_dir: str, workdir: str, *, base_config: dict, overwrite
       config = run_config(base_config, cfg, hf_dir, info, cfg0.vocab_size)
       checkpoint_lib.write_config(staging, config)
       meta = {'model': config['model'], 'objective': 'ar', 'extras': [],
+              'kind': kind_lib.ModelKind().to_dict(),  # a causal LM, no heads
               'tokenizer': type(tokenizer).__name__, 'config': config, 'hf': config['hf']}
       ckpt = checkpoint_lib.Checkpointer(staging, async_save=False)
       # No optimizer state exists for an imported model; orbax refuses an empty item.
