@@ -87,7 +87,8 @@ def main(argv):
     return
   if not _WORKDIR.value:
     cli.fail('--workdir is required (a directory written by train.py).')
-  from training import checkpoint, loading  # pylint: disable=g-import-not-at-top
+  from workdir import checkpoint, loading  # pylint: disable=g-import-not-at-top
+  from workdir import kind as kind_lib  # pylint: disable=g-import-not-at-top
   overridden = cli.config_overrides(sys.argv, 'decoder_config')
   try:
     for name, value in (('batch_size', _BATCH.value), ('cache_size', _CACHE.value)):
@@ -101,7 +102,7 @@ def main(argv):
     mesh = cli.parse_mesh(_MESH.value)
     target = loading.load_model(_WORKDIR.value, step=_STEP.value, mesh=mesh,
                                 dtype=_DTYPE.value)
-    decoders = [(label, d.for_model(target.config, target.tokenizer))
+    decoders = [(label, d.for_model(kind_lib.for_decoder(target.kind, d.extra_models())))
                 for label, d in decoders]
     prompts = cli.read_prompts(target.tokenizer, prompt=_PROMPT.value,
                                prompts_file=_PROMPTS_FILE.value, heldout=_HELDOUT.value,

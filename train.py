@@ -21,11 +21,13 @@ def main(argv):
     cli.fail(f'Unexpected arguments: {argv[1:]}')
   cli.quiet_logging(sys.argv)
   cli.maybe_initialize_distributed()
-  from training import checkpoint, trainer, workdir  # pylint: disable=g-import-not-at-top
+  from training import trainer  # pylint: disable=g-import-not-at-top
+  from workdir import checkpoint  # pylint: disable=g-import-not-at-top
+  from workdir import lock as workdir_lib  # pylint: disable=g-import-not-at-top
   try:
     trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ValueError, checkpoint.CheckpointError, trainer.NonFiniteLossError,
-          workdir.WorkdirInUseError) as e:
+          workdir_lib.WorkdirInUseError) as e:
     cli.fail(str(e))
 
 

@@ -66,7 +66,7 @@ LOADED: dict[str, str] = {}  # run name -> what the report says about it
 
 
 def load(path: str):
-  from training import loading  # pylint: disable=g-import-not-at-top
+  from workdir import loading  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(os.path.join(path, 'checkpoints')):
     return None
   m = loading.load_model(path)
@@ -86,8 +86,9 @@ def run(name: str, settings: dict[str, Any], target, prompts: Sequence[Sequence[
         max_new: int, extras: dict[str, Any] | None = None, batch_size: int = 64):
   """One decoder over all prompts: (rows, stats, decoder)."""
   dec = registry.build(name, settings, sampling_lib.SamplingConfig())
-  if isinstance(dec, canvas.DiffusionDecoder):  # mask id, shift, block layout from the run
-    dec = dec.for_model(target.config, target.tokenizer)
+  if isinstance(dec, canvas.DiffusionDecoder):  # mask id, shift, block layout from the kind
+    from workdir import kind as kind_lib  # pylint: disable=g-import-not-at-top
+    dec = dec.for_model(kind_lib.for_decoder(target.kind, dec.extra_models()))
   extras = extras or {}
   models = base.Models(target.model, extras=tuple((k, v.model) for k, v in extras.items()))
   params = {'target': target.params, **{k: v.params for k, v in extras.items()}}

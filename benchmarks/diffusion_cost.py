@@ -39,7 +39,7 @@ from benchmarks import common, cost_model, harness
 from benchmarks import diffusion as diffusion_bench
 from decoding import base, registry
 from decoding import sampling as sampling_lib
-from decoding.diffusion import canvas
+from workdir import kind as kind_lib
 
 OVERHEAD_GOAL = 0.25  # issue: "other" at most a quarter of a step on the tiny model
 
@@ -70,9 +70,7 @@ def build(name: str, settings: dict[str, Any], target, extras: dict[str, Any], m
   if name == 'wedlm':
     settings = dict(settings, shift=-1, block_causal=-1)
   dec = registry.build(name, settings, sampling_lib.SamplingConfig())
-  if isinstance(dec, canvas.DiffusionDecoder):
-    dec = dec.for_model(target.config, target.tokenizer)
-  return dec
+  return dec.for_model(kind_lib.for_decoder(target.kind, dec.extra_models()))
 
 
 def iterations(results) -> int:

@@ -38,7 +38,7 @@ from benchmarks import latent_train
 from data.tasks import reasoning
 from decoding import Models, SamplingConfig, registry, run_decoder
 from decoding.latent import routing
-from training import loading
+from workdir import loading
 
 _PROTOCOL = flags.DEFINE_enum('protocol', 'cpu', ['cpu', 'full'], 'Which protocol to run.')
 _ROOT = flags.DEFINE_string('root', 'runs/latent', 'Training runs live here.')

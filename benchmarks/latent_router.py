@@ -23,7 +23,7 @@ from absl import app, flags
 
 from data.tasks import reasoning
 from decoding.latent import routing
-from training import loading
+from workdir import loading
 
 
 

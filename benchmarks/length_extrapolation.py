@@ -27,7 +27,7 @@ from benchmarks import common
 
 
 def _finished(workdir: str, steps: int) -> bool:
-  from training import checkpoint  # pylint: disable=g-import-not-at-top
+  from workdir import checkpoint  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(os.path.join(workdir, checkpoint.CHECKPOINT_DIR)):
     return False
   latest = checkpoint.Checkpointer(workdir, read_only=True, async_save=False).latest_step()
@@ -53,7 +53,7 @@ def loss_by_position(workdir: str, eval_len: int, batch: int, batches: int
                      ) -> tuple[np.ndarray, dict]:
   """Mean next-token loss at each position [eval_len] and facts about the run."""
   import data as data_lib  # pylint: disable=g-import-not-at-top
-  from training import loading  # pylint: disable=g-import-not-at-top
+  from workdir import loading  # pylint: disable=g-import-not-at-top
   run = loading.load_model(workdir)
   dc = data_lib.DataConfig(**dict(run.config['data'], seq_len=eval_len, batch_size=batch))
   rows = data_lib.make_eval_batches(dc, run.tokenizer, max_batches=batches)

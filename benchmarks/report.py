@@ -4,13 +4,14 @@
       [--num_prompts=8] [--max_new_tokens=64] [--temperatures=0,1] [--decoders=all]
       [--set=NAME.FIELD=VALUE ...] [--out=benchmarks/results/report.md]
 
-Every decoder in `decoding.registry` (new modules register themselves) runs on held-out files
-of each model's corpus at every temperature and is grouped by family. A decoder runs on the
-first workdir whose training objective it decodes (the class attribute `objectives` if it
-has one, else: family 'diffusion' <-> a diffusion objective, every other family <-> an AR
-model); decoders that need a model no workdir provides, or whose extra models (e.g. a draft
-`*_workdir` setting) are not given, are listed as skipped with the reason, as is any
-decoder that fails.
+Every decoder in `decoding.registry` (new modules register themselves) runs on held-out
+files of each model's corpus at every temperature and is grouped by family. A decoder runs
+on the first workdir whose training objective it decodes (the class attribute `objectives`
+if it has one; an any-order decoder (`model_kinds`) <-> an any-subset AR run; else: family
+'diffusion' <-> a diffusion objective, every other family <-> an AR model; building it then
+checks the run's `ModelKind`); decoders that need a model no workdir provides, or whose
+extra models (e.g. a draft `*_workdir` setting) are not given, are listed as skipped with
+the reason, as is any decoder that fails.
 
 Columns: τ = tokens per target forward (bonus token counted); NFE/token = all forward passes
 (target + draft/heads) per generated token; tokens/s excludes compilation; speedup = tokens/s
@@ -48,7 +49,7 @@ ANY_ORDER_OBJECTIVES = ('as_arm',)
 class Model:
   """A workdir offered to the report: the loaded model, its objective and prompts."""
   workdir: str
-  loaded: Any  # training.loading.LoadedModel
+  loaded: Any  # workdir.loading.LoadedModel
   objective: str
   prompts: list[list[int]]
   texts: list[str]
@@ -85,7 +86,9 @@ def decodes(cls: Any, objective: str) -> bool:
   wanted = getattr(cls, 'objectives', None)
   if wanted:
     return objective in tuple(wanted)
-  if objective in ANY_ORDER_OBJECTIVES:  # only decoders that name it (assd)
+  if 'any_order' in getattr(cls, 'model_kinds', ()):  # assd: models.kind family any_order
+    return objective in ANY_ORDER_OBJECTIVES
+  if objective in ANY_ORDER_OBJECTIVES:  # only decoders of that family read it
     return False
   return (cls.family == 'diffusion') == (objective in DIFFUSION_OBJECTIVES)
 
@@ -93,7 +96,7 @@ def decodes(cls: Any, objective: str) -> bool:
 def load_models(workdirs: Sequence[str], *, num_prompts: int, prompt_chars: int) -> list[Model]:
   """Loads each workdir and takes the same held-out texts as prompts for all of them."""
   import data  # pylint: disable=g-import-not-at-top
-  from training import loading  # pylint: disable=g-import-not-at-top
+  from workdir import loading  # pylint: disable=g-import-not-at-top
   models, texts = [], None
   for workdir in workdirs:
     loaded = loading.load_model(workdir)
@@ -117,7 +120,7 @@ _EXTRA_CACHE: dict[str, Any] = {}
 
 def _extra_loader(target: Model):
   """load_extra for compare.run_all: loads a workdir once per process, checks the vocab."""
-  from training import loading  # pylint: disable=g-import-not-at-top
+  from workdir import loading  # pylint: disable=g-import-not-at-top
 
   def load_extra(workdir: str):
     key = os.path.abspath(workdir)
@@ -138,6 +141,7 @@ def targets(name: str, models: Sequence[Model]) -> tuple[list[Model], str]:
   if fits:
     return fits, ''
   wanted = getattr(cls, 'objectives', None) or (
+      ANY_ORDER_OBJECTIVES if 'any_order' in getattr(cls, 'model_kinds', ()) else
       DIFFUSION_OBJECTIVES if cls.family == 'diffusion' else ('ar', '...'))
   return [], (f'needs a model trained with {"/".join(wanted)}; the workdirs given have '
               f'{sorted({m.objective for m in models})}')
@@ -156,9 +160,10 @@ def build(name: str, temperature: float, target: Model, extra_workdirs: dict[str
       chosen[f.name] = extra_workdirs[key]
   try:
     dec = registry.build(name, chosen, decoding.SamplingConfig(temperature=temperature))
-    if hasattr(dec, 'for_model'):
-      dec = dec.for_model(target.loaded.config, target.loaded.tokenizer)
     needs = dec.extra_models()
+    if hasattr(dec, 'for_model'):
+      from workdir import kind as kind_lib  # pylint: disable=g-import-not-at-top
+      dec = dec.for_model(kind_lib.for_decoder(target.loaded.kind, needs))
   except (ValueError, TypeError, KeyError) as e:
     return None, f'cannot be built with these settings: {e}'
   missing = {k: v for k, v in needs.items() if not v or not os.path.isdir(v)}

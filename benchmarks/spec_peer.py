@@ -48,7 +48,7 @@ from decoding import Models, SamplingConfig, registry
 def _export(loaded, params, out_dir: str) -> None:
   import data  # pylint: disable=g-import-not-at-top
   from models import hf  # pylint: disable=g-import-not-at-top
-  from training import checkpoint  # pylint: disable=g-import-not-at-top
+  from workdir import checkpoint  # pylint: disable=g-import-not-at-top
   hf.export_model(params, loaded.model_config, out_dir,
                   tokenizer_dir=os.path.join(loaded.workdir, checkpoint.TOKENIZER_DIR),
                   special_ids=loaded.tokenizer.special_ids, special_tokens=data.SPECIAL_TOKENS)

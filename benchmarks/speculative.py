@@ -70,7 +70,7 @@ def load_runs(args) -> tuple[Any, dict[str, Any], Models, dict[str, Any]]:
   """(target, params, models, runs): the target run, the params of it and of every drafter
   run found (`draft`, `medusa`, `mtp`, `kangaroo`), the models, and the loaded drafter runs
   by name (those missing are skipped with a message)."""
-  from training import loading  # pylint: disable=g-import-not-at-top
+  from workdir import loading  # pylint: disable=g-import-not-at-top
   dtype = getattr(args, 'dtype', '') or None
   target = loading.load_model(args.target, dtype=dtype)
   params: dict[str, Any] = {'target': target.params}

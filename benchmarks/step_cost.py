@@ -189,7 +189,7 @@ def _load(args):
   """(models, params, prompts, eos, pad, name): a trained workdir or a random preset."""
   import cli  # pylint: disable=g-import-not-at-top
   if args.workdir:
-    from training import loading  # pylint: disable=g-import-not-at-top
+    from workdir import loading  # pylint: disable=g-import-not-at-top
     run = loading.load_model(args.workdir)
     prompts = cli.read_prompts(run.tokenizer, prompt=None, prompts_file=None,
                                heldout=args.prompts, prompt_chars=args.prompt_chars,

@@ -198,7 +198,7 @@ class HFTokenizer(_WrappedTokenizer):
 
   Prompts (`prompt_prefix`) start with ``<bos>`` like the documents this
   codebase trains on, unless the tokenizer was saved with
-  ``prompt_convention='checkpoint'`` (what `models.hf_import` does): then they
+  ``prompt_convention='checkpoint'`` (what `workdir.hf_import` does): then they
   start with what the checkpoint's own post-processor puts before a text, as
   transformers' ``tokenizer(text)`` does (Llama: ``<s>``; Qwen: nothing).
 

@@ -14,7 +14,7 @@ prompt_BxP[b, :prompt_len_B[b]].
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import flax.struct
 import jax
@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from decoding import sampling as sampling_lib
 from models import cache as cache_lib
+from models import kind as kind_lib
 from models import transformer as transformer_lib
 
 
@@ -151,6 +152,8 @@ class Decoder:
   name: ClassVar[str] = ''
   family: ClassVar[str] = ''
   lossless: ClassVar[bool] = True
+  # The model families (models.kind.FAMILIES) whose target it decodes; checked by for_model.
+  model_kinds: ClassVar[tuple[str, ...]] = ('autoregressive',)
   sampling: sampling_lib.SamplingConfig = sampling_lib.SamplingConfig()
 
   def extra_models(self) -> dict[str, str]:
@@ -162,10 +165,12 @@ class Decoder:
     del max_new_tokens
     return 0
 
-  def for_model(self, run_config: dict[str, Any], tokenizer: Any) -> 'Decoder':
-    """This decoder with settings that depend on the model filled in from its training run's
-    config and tokenizer (e.g. a diffusion decoder's mask id and logit shift). Default: self."""
-    del run_config, tokenizer
+  def for_model(self, kinds: Mapping[str, kind_lib.ModelKind]) -> 'Decoder':
+    """This decoder checked against the kinds of the models it will run (`kinds['target']`,
+    plus its extra models' by name where known) and with settings that depend on them filled
+    in (e.g. a diffusion decoder's mask id and logit shift). Default: checks the target
+    against `model_kinds` (a one-line ValueError on a mismatch) and returns self."""
+    kind_lib.require(kinds['target'], self.model_kinds, f'Decoder {self.name!r}')
     return self
 
   def generate(self, models: Models, params: dict[str, Any], prompt_BxP: jax.Array,

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from decoding import Models, registry, run_decoder
-from training import loading
+from workdir import loading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

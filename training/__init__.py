@@ -1,1 +1,2 @@
-"""Objectives, train state, the train step, sharding and checkpointing."""
+"""Objectives, train state, the train step, sharding rules and the training loop
+(checkpoints and loading live in `workdir/`)."""

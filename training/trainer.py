@@ -7,6 +7,7 @@ logs to stdout / JSONL / TensorBoard and plots the loss curve at the end.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -24,13 +25,13 @@ import data as data_lib
 from models import config as config_lib
 from models import sharding as sharding_lib
 from models import transformer as transformer_lib
-from training import checkpoint as checkpoint_lib
 from training import metrics as metrics_lib
 from training import objectives
 from training import optimizer as optimizer_lib
 from training import step as step_lib
 from training import train_state as state_lib
-from training import workdir as workdir_lib
+from workdir import checkpoint as checkpoint_lib
+from workdir import lock as workdir_lib
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -213,8 +214,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   shardings = state_lib.state_shardings(model, objective, tx, mesh, rules)
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=tc.keep_checkpoints,
                                      async_save=tc.async_checkpointing)
-  meta = {'model': mcfg.to_dict(), 'objective': config.objective,
-          'extras': sorted(k for k in shardings.params if k != 'model'),
+  extras = sorted(k for k in shardings.params if k != 'model')
+  meta = {'model': mcfg.to_dict(), 'objective': config.objective, 'extras': extras,
+          'kind': dataclasses.replace(objective.kind, heads=tuple(extras)).to_dict(),
           'tokenizer': type(tokenizer).__name__, 'config': _normalise(config.to_dict())}
 
   make_iter = objective.make_train_iterator or data_lib.make_train_iterator

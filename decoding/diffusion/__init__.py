@@ -10,11 +10,12 @@
   wedlm        WeDLM streaming: sliding mask window, exact causal KV cache.
   diffuspec    a diffusion drafter, causal-consistency path search, AR verification.
   guided_diffusion  a small AR model chooses which tokens to unmask.
-  assd         any-subset speculative decoding of an any-subset AR model (`as_arm`):
+  assd         any-subset speculative decoding of an any-subset AR model (kind any_order):
                lossless against sequential decoding in the same order.
 
 See `canvas.py` for the layout, the shift and the common settings (mask_id, shift,
-block_causal, block_size; -1 = take them from the run via `for_model`).
+block_causal, block_size; -1 = take them from the model's `models.kind.ModelKind` via
+`for_model`, which also refuses a model of a kind the decoder cannot read).
 """
 
 from decoding.diffusion import assd

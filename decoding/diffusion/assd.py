@@ -1,10 +1,11 @@
 """ASSD: any-subset speculative decoding of an any-subset AR model (Guo & Ermon 2025).
 
-The model (`as_arm` objective) gives, in one forward of `models.any_order.two_stream_logits`,
-both the marginals of any positions given the revealed tokens and the exact conditionals of
-an order. Decoding fills the canvas in a fixed order (`ordering`: left to right, or a random
-permutation per row); sequential decoding reveals one position per forward and samples the
-model's joint in that order. ASSD reveals several per forward with the same joint:
+The model (an any-order `ModelKind`, e.g. from training/objectives/as_arm.py) gives, in one
+forward of `models.any_order.two_stream_logits`, both the marginals of any positions given
+the revealed tokens and the exact conditionals of an order. Decoding fills the canvas in a
+fixed order (`ordering`: left to right, or a random permutation per row); sequential
+decoding reveals one position per forward and samples the model's joint in that order. ASSD
+reveals several per forward with the same joint:
 
   1. draft: one forward reads the marginals q_i of the next k positions of the order given
      the n revealed tokens, and samples each independently (d_i ~ q_i);
@@ -42,6 +43,7 @@ from decoding import sampling as sampling_lib
 from decoding.diffusion import canvas
 from decoding.speculative import verify as verify_lib
 from models import any_order
+from models import kind as kind_lib
 from pallas_kernels import spec_verify
 
 ORDERINGS = ('left_to_right', 'random')
@@ -72,16 +74,14 @@ class ASSDDecoder(canvas.DiffusionDecoder):
   order's conditionals; lossless against sequential decoding in the same order."""
   name: ClassVar[str] = 'assd'
   lossless: ClassVar[bool] = True
-  objectives: ClassVar[tuple[str, ...]] = ('as_arm',)
+  model_kinds: ClassVar[tuple[str, ...]] = ('any_order',)
   draft_len: int = 4
   ordering: str = 'left_to_right'
 
-  def for_model(self, run_config: Mapping[str, Any], tokenizer: Any) -> 'ASSDDecoder':
-    objective = run_config.get('objective', '')
-    if objective not in self.objectives:
-      raise ValueError(f"Decoder 'assd' needs an any-subset AR model (objective 'as_arm'); "
-                       f'this run was trained with {objective!r}.')
-    mask_id = self.mask_id if self.mask_id >= 0 else int(tokenizer.mask_id)
+  def for_model(self, kinds: Mapping[str, kind_lib.ModelKind]) -> 'ASSDDecoder':
+    kind = kinds['target']
+    kind_lib.require(kind, self.model_kinds, f'Decoder {self.name!r}')
+    mask_id = self.mask_id if self.mask_id >= 0 else kind.mask_id
     return dataclasses.replace(self, mask_id=mask_id, shift=0, block_causal=0)
 
   def validate(self, vocab_size: int) -> None:

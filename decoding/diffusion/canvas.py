@@ -31,17 +31,15 @@ import jax.numpy as jnp
 
 from decoding import base
 from decoding import sampling as sampling_lib
+from models import kind as kind_lib
 
 NEG_INF = -jnp.inf
-_BLOCK_CAUSAL = ('block_diffusion',)
-_NOT_DIFFUSION = ('ar', 'ar_task')
-ANY_ORDER_OBJECTIVES = ('as_arm',)  # decoded by `assd` only
 
 
 @dataclasses.dataclass(frozen=True)
 class DiffusionDecoder(base.Decoder):
-  """Settings every diffusion decoder has. -1 means 'take it from the model's run':
-  `for_model(run_config, tokenizer)` fills them (sample.py and the benchmark call it).
+  """Settings every diffusion decoder has. -1 means 'take it from the model's kind':
+  `for_model({'target': ModelKind, ...})` fills them (sample.py and the benchmarks call it).
 
   mask_id: the <mask> token (byte tokenizer: 259, BPE: 3).
   shift: 1 if the model reads predictions one position left (Dream-style), else 0.
@@ -50,34 +48,34 @@ class DiffusionDecoder(base.Decoder):
   """
   family: ClassVar[str] = 'diffusion'
   lossless: ClassVar[bool] = False
+  model_kinds: ClassVar[tuple[str, ...]] = ('diffusion',)
   mask_id: int = -1
   shift: int = -1
   block_causal: int = -1
   block_size: int = 32
 
-  def for_model(self, run_config: Mapping[str, Any], tokenizer: Any) -> 'DiffusionDecoder':
-    """This decoder with the -1 settings taken from a training run's config and tokenizer.
+  def for_model(self, kinds: Mapping[str, kind_lib.ModelKind]) -> 'DiffusionDecoder':
+    """This decoder checked against the target's kind, with the -1 settings taken from it.
 
     A block-causal model also fixes block_size to the block length it was trained with.
     """
-    objective = run_config.get('objective', '')
-    if objective in _NOT_DIFFUSION:
-      raise ValueError(f'Decoder {self.name!r} needs a diffusion model (objective '
-                       f'masked_diffusion, block_diffusion or wedlm); this run was trained with '
-                       f'{objective!r}.')
-    if objective in ANY_ORDER_OBJECTIVES:
-      raise ValueError(f'This run is an any-subset AR model (objective {objective!r}), read by '
-                       f"two-stream queries; decode it with 'assd', not {self.name!r}.")
-    diffusion = run_config.get('diffusion', {}) or {}
+    return self.completed_for(kinds['target'])
+
+  def completed_for(self, kind: kind_lib.ModelKind, role: str = '') -> 'DiffusionDecoder':
+    """The check (a diffusion model) and completion of `for_model` against one model's kind
+    (`role`: which model, for the message; default the target)."""
+    who = f'Decoder {self.name!r}' + (f' ({role})' if role else '')
+    kind_lib.require(kind, ('diffusion',), who,
+                     hint="decode it with 'assd'" if kind.any_order else '')
     updates: dict[str, Any] = {}
     if self.mask_id < 0:
-      updates['mask_id'] = int(tokenizer.mask_id)
+      updates['mask_id'] = kind.mask_id
     if self.shift < 0:
-      updates['shift'] = int(bool(diffusion.get('shift', False)))
+      updates['shift'] = int(kind.shift)
     if self.block_causal < 0:
-      updates['block_causal'] = int(objective in _BLOCK_CAUSAL)
-    if updates.get('block_causal', self.block_causal) == 1 and 'block_size' in diffusion:
-      updates['block_size'] = int(diffusion['block_size'])
+      updates['block_causal'] = int(kind.attention == 'block_causal')
+    if updates.get('block_causal', self.block_causal) == 1 and kind.block_size > 0:
+      updates['block_size'] = kind.block_size
     return dataclasses.replace(self, **updates)
 
   def check_settings(self, vocab_size: int) -> None:
@@ -88,7 +86,7 @@ class DiffusionDecoder(base.Decoder):
             f'Decoder {self.name!r}: {name} is unset (-1). Set --decoder_config.{name}=... '
             '(mask_id: the <mask> token id, 259 for the byte tokenizer; shift: 1 for models '
             'trained with the logit shift; block_causal: 1 for block diffusion) or build the '
-            'decoder with .for_model(run_config, tokenizer).')
+            'decoder with .for_model(kinds).')
     if not 0 <= self.mask_id < vocab_size:
       raise ValueError(f'mask_id={self.mask_id} is outside the vocabulary ({vocab_size}).')
     if self.shift not in (0, 1) or self.block_causal not in (0, 1):

@@ -25,8 +25,6 @@ other_forwards = drafter forwards; extra['drafted'/'accepted'] give the acceptan
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any, ClassVar, Mapping
 
 import flax.struct
@@ -38,6 +36,7 @@ from decoding import registry
 from decoding import sampling as sampling_lib
 from decoding.diffusion import canvas
 from models import cache as cache_lib
+from models import kind as kind_lib
 from pallas_kernels import spec_verify
 
 VERIFY = ('keys', 'chain')
@@ -101,6 +100,7 @@ class DiffuSpecDecoder(canvas.DiffusionDecoder):
   name: ClassVar[str] = 'diffuspec'
   family: ClassVar[str] = 'speculative'
   lossless: ClassVar[bool] = True
+  model_kinds: ClassVar[tuple[str, ...]] = ('autoregressive',)  # the target; drafter: diffusion
   drafter: str = ''
   draft_len: int = 8
   lattice_k: int = 3
@@ -119,15 +119,13 @@ class DiffuSpecDecoder(canvas.DiffusionDecoder):
     del max_new_tokens
     return self.draft_len + 1
 
-  def for_model(self, run_config: Mapping[str, Any], tokenizer: Any) -> 'DiffuSpecDecoder':
-    """mask_id / shift from the *drafter's* run (its config.json), not the target's."""
-    path = os.path.join(self.drafter, 'config.json')
-    drafter_config = {}
-    if self.drafter and os.path.isfile(path):
-      with open(path) as f:
-        drafter_config = json.load(f)
-    del run_config
-    return super().for_model(drafter_config, tokenizer)
+  def for_model(self, kinds: Mapping[str, kind_lib.ModelKind]) -> 'DiffuSpecDecoder':
+    """Checks the target (autoregressive) and the drafter (diffusion); mask_id / shift from
+    the *drafter's* kind, not the target's (left unset when its kind is unknown)."""
+    kind_lib.require(kinds['target'], self.model_kinds, f'Decoder {self.name!r} (target)')
+    if 'drafter' not in kinds:
+      return self
+    return self.completed_for(kinds['drafter'], role='drafter')
 
   def generate(self, models: base.Models, params: dict[str, Any], prompt_BxP: jax.Array,
                prompt_len_B: jax.Array, row_keys_B: jax.Array, *, max_new_tokens: int,

@@ -5,7 +5,7 @@
 
 `params` is the Transformer's tree (what a workdir stores under 'model'). This package only
 converts tensors and config files; writing or reading a workdir happens in the entry points
-`python -m models.hf_import` and `python -m models.hf_export`. Conversion is tensor by tensor:
+`python -m workdir.hf_import` and `python -m workdir.hf_export`. Conversion is tensor by tensor:
 the import holds our converted tree plus one source tensor, the export our tree plus one
 output tensor, never two copies of the model.
 """

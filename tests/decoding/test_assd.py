@@ -22,6 +22,7 @@ from scipy import stats as scipy_stats
 import decoding
 from decoding import base, registry
 from decoding.diffusion import assd as assd_lib
+from models.kind import ModelKind
 from models import Transformer, init_params
 from testlib import small_config
 from training.objectives import as_arm
@@ -123,7 +124,8 @@ def sequential_greedy(setup, ordering):
 def run_assd(setup, sampling=decoding.SamplingConfig(), **settings):
   model, params, prompt, keys = setup
   dec = registry.build('assd', dict(mask_id=MASK, **settings), sampling)
-  dec = dec.for_model({'objective': 'as_arm'}, None)
+  dec = dec.for_model({'target': ModelKind(attention='bidirectional', mask_id=MASK,
+                                            any_order=True)})
   fn = jax.jit(lambda p, t, l, k: dec.generate(base.Models(model), {'target': p}, t, l, k,
                                                max_new_tokens=N, cache_size=64, eos_id=EOS,
                                                pad_id=PAD))
@@ -203,10 +205,10 @@ def test_assd_sampled_follows_the_joint():
 def test_bad_input_is_refused():
   dec = assd_lib.ASSDDecoder()
   with pytest.raises(ValueError, match="needs an any-subset AR model"):
-    dec.for_model({'objective': 'masked_diffusion'}, None)
+    dec.for_model({'target': ModelKind(attention='bidirectional', mask_id=3)})
   with pytest.raises(ValueError, match="decode it with 'assd'"):
     registry.build('llada', {}, decoding.SamplingConfig()).for_model(
-        {'objective': 'as_arm'}, type('Tok', (), {'mask_id': 3})())
+        {'target': ModelKind(attention='bidirectional', mask_id=3, any_order=True)})
   for bad, match in [(dict(draft_len=0), 'draft_len'), (dict(ordering='zigzag'), 'ordering'),
                      (dict(shift=1), 'shift')]:
     d = assd_lib.ASSDDecoder(mask_id=MASK, shift=0, block_causal=0)

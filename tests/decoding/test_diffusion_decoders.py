@@ -14,6 +14,7 @@ from decoding import base, registry, runner
 from decoding.diffusion import canvas
 from models import ModelOutput, Transformer, init_params
 from testlib import small_config
+from workdir import kind as workdir_kind
 
 V, MASK, EOS, PAD = 64, 63, 62, 61
 B, P, N = 3, 8, 12
@@ -200,14 +201,15 @@ def test_bad_input_gives_clear_errors(setup):
 
 
 def test_for_model_reads_the_run_config():
-  class Tok:
-    mask_id = 259
+  # A run config without a recorded kind (an older checkpoint) -> its kind -> the settings.
+  def kinds(config):
+    return {'target': workdir_kind.from_config(config, tokenizer_mask_id=259)}
   dec = registry.build('llada', {})
-  got = dec.for_model({'objective': 'block_diffusion',
-                       'diffusion': {'shift': True, 'block_size': 8}}, Tok())
+  got = dec.for_model(kinds({'objective': 'block_diffusion',
+                             'diffusion': {'shift': True, 'block_size': 8}}))
   assert (got.mask_id, got.shift, got.block_causal, got.block_size) == (259, 1, 1, 8)
-  got = dec.for_model({'objective': 'masked_diffusion', 'diffusion': {'shift': False}}, Tok())
+  got = dec.for_model(kinds({'objective': 'masked_diffusion', 'diffusion': {'shift': False}}))
   assert (got.mask_id, got.shift, got.block_causal, got.block_size) == (259, 0, 0, 32)
   assert canvas.DiffusionDecoder.lossless is False
   with pytest.raises(ValueError, match='needs a diffusion model'):
-    dec.for_model({'objective': 'ar'}, Tok())
+    dec.for_model(kinds({'objective': 'ar'}))

@@ -26,7 +26,7 @@ CFG = SamplingConfig(temperature=0.7, top_k=8)
 
 @pytest.fixture(scope='module')
 def lm(trained_workdir):
-  from training import loading  # pylint: disable=g-import-not-at-top
+  from workdir import loading  # pylint: disable=g-import-not-at-top
   target = loading.load_model(trained_workdir)
   import dataclasses  # pylint: disable=g-import-not-at-top
   draft = Transformer(dataclasses.replace(target.model.cfg, num_layers=1,

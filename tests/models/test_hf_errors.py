@@ -15,7 +15,7 @@ from models import hf
 from models.hf import config_map, convert, safetensors_io
 from configs import lm
 
-_BASE = lm.get_config('tiny').to_dict()  # what `python -m models.hf_import` starts from
+_BASE = lm.get_config('tiny').to_dict()  # what `python -m workdir.hf_import` starts from
 
 LLAMA = dict(architectures=['LlamaForCausalLM'], model_type='llama', vocab_size=40,
              hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4,
@@ -182,7 +182,7 @@ def test_failed_overwrite_import_leaves_the_workdir_intact(tmp_path, trained_wor
   import shutil  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  from training import loading  # pylint: disable=g-import-not-at-top
+  from workdir import loading  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / 'w')
   shutil.copytree(trained_workdir, workdir)
   before = _tree(workdir)
@@ -192,7 +192,7 @@ def test_failed_overwrite_import_leaves_the_workdir_intact(tmp_path, trained_wor
   env = dict(os.environ)
   env.pop('XLA_FLAGS', None)
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  out = subprocess.run([sys.executable, '-m', 'models.hf_import', f'--hf_dir={broken}',
+  out = subprocess.run([sys.executable, '-m', 'workdir.hf_import', f'--hf_dir={broken}',
                         f'--workdir={workdir}', '--overwrite'], cwd=root, env=env,
                        capture_output=True, text=True)
   assert out.returncode == 2, out.stderr[-2000:]
@@ -204,8 +204,8 @@ def test_failed_overwrite_import_leaves_the_workdir_intact(tmp_path, trained_wor
 
 def test_import_replaces_only_a_workdir_and_only_when_asked(tmp_path, trained_workdir):
   import shutil  # pylint: disable=g-import-not-at-top
-  from training import hf_workdir  # pylint: disable=g-import-not-at-top
-  from training import loading  # pylint: disable=g-import-not-at-top
+  from workdir import hf_workdir  # pylint: disable=g-import-not-at-top
+  from workdir import loading  # pylint: disable=g-import-not-at-top
   good = str(tmp_path / 'good')
   _write(good, LLAMA)
   _tokenizer_json(good)

@@ -27,7 +27,7 @@ from decoding import base, registry, runner  # noqa: E402
 from models import Transformer, hf  # noqa: E402
 from configs import lm  # noqa: E402
 
-_BASE = lm.get_config('tiny').to_dict()  # what `python -m models.hf_import` starts from
+_BASE = lm.get_config('tiny').to_dict()  # what `python -m workdir.hf_import` starts from
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOL = 1e-4
@@ -192,13 +192,13 @@ def _run(args, **kw):
 
 @pytest.mark.slow
 def test_entry_points_import_sample_export(tmp_path):
-  """`python -m models.hf_import`, `sample.py --workdir` and `python -m models.hf_export`
+  """`python -m workdir.hf_import`, `sample.py --workdir` and `python -m workdir.hf_export`
   on a Qwen2 checkpoint without BOS (its eos becomes our <bos> and <pad> roles, but prompts
   start without it, as transformers' tokenizer does)."""
   import json  # pylint: disable=g-import-not-at-top
   hf_dir, workdir, out = (str(tmp_path / n) for n in ('hf', 'work', 'export'))
   model, fast = make_hf_model('qwen2', hf_dir)
-  print(_run(['-m', 'models.hf_import', f'--hf_dir={hf_dir}', f'--workdir={workdir}']))
+  print(_run(['-m', 'workdir.hf_import', f'--hf_dir={hf_dir}', f'--workdir={workdir}']))
   text = 'def make_hf_model(family'
   lines = _run(['sample.py', f'--workdir={workdir}', f'--prompt={text}', '--max_new_tokens=10',
                 '--json']).strip().splitlines()
@@ -209,7 +209,7 @@ def test_entry_points_import_sample_export(tmp_path):
     ref = model.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False,
                          eos_token_id=eos, pad_token_id=eos)[0, len(prompt):].tolist()
   assert row['token_ids'] == ref
-  _run(['-m', 'models.hf_export', f'--workdir={workdir}', f'--out_dir={out}'])
+  _run(['-m', 'workdir.hf_export', f'--workdir={workdir}', f'--out_dir={out}'])
   back = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
   assert back.config.vocab_size == model.config.vocab_size
   tokens = np.asarray([prompt])
@@ -233,8 +233,8 @@ def test_prompts_follow_the_checkpoint_and_greedy_matches_transformers_on_text(c
   generate(). The prompt ids and the greedy continuation must be the same; --add_bos
   overrides the convention either way."""
   import cli  # pylint: disable=g-import-not-at-top
-  from training import hf_workdir  # pylint: disable=g-import-not-at-top
-  from training import loading  # pylint: disable=g-import-not-at-top
+  from workdir import hf_workdir  # pylint: disable=g-import-not-at-top
+  from workdir import loading  # pylint: disable=g-import-not-at-top
   family, bos_template, config_kw = PROMPT_CASES[case]
   hf_dir, workdir = str(tmp_path / 'hf'), str(tmp_path / 'work')
   model, fast = make_hf_model(family, hf_dir, bos_template=bos_template, **config_kw)
@@ -271,8 +271,8 @@ def test_added_special_tokens_are_never_sampled(tmp_path):
   """A Llama-2-like checkpoint whose table the tokenizer fills: the import appends our
   missing specials as new ids; sampled at temperature 1 (where logit 0 would give them a
   few % of the mass on this small-logit model), no decoder ever produces one."""
-  from training import hf_workdir  # pylint: disable=g-import-not-at-top
-  from training import loading  # pylint: disable=g-import-not-at-top
+  from workdir import hf_workdir  # pylint: disable=g-import-not-at-top
+  from workdir import loading  # pylint: disable=g-import-not-at-top
   hf_dir, workdir = str(tmp_path / 'hf'), str(tmp_path / 'work')
   model, fast = make_hf_model('llama2', hf_dir, bos_template=True)
   hf_workdir.import_checkpoint(hf_dir, workdir, base_config=_BASE)

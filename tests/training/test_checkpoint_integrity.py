@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from testlib import lm_test_config
-from training import checkpoint, loading, trainer
+from training import trainer
+from workdir import checkpoint, loading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -149,7 +150,7 @@ def test_non_finite_or_absurd_parameters_are_refused(tmp_path, capfd):
 
 
 def test_digests_see_every_element_and_ignore_sharding():
-  from training import integrity  # pylint: disable=g-import-not-at-top
+  from workdir import integrity  # pylint: disable=g-import-not-at-top
   x = np.random.default_rng(0).normal(size=(64, 40)).astype(np.float32)
   base = integrity.digests({'x': x})
   for i, j in ((0, 0), (63, 39), (17, 5)):

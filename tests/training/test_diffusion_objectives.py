@@ -148,7 +148,8 @@ def test_settings_resolve_the_mask_id_and_reject_unknown_keys():
 
 @pytest.mark.slow
 def test_dream_style_run_starts_from_the_ar_checkpoint(tmp_path, trained_workdir, data_dir):
-  from training import loading, trainer  # pylint: disable=g-import-not-at-top
+  from training import trainer  # pylint: disable=g-import-not-at-top
+  from workdir import loading  # pylint: disable=g-import-not-at-top
   c = diffusion_lm.get_config('dream,test')
   c.data.data_dir = data_dir
   c.data.batch_size = 8
@@ -166,7 +167,7 @@ def test_dream_style_run_starts_from_the_ar_checkpoint(tmp_path, trained_workdir
 
 def test_reinit_tokens_redraws_only_those_embedding_rows(model_and_params, monkeypatch):
   import types  # pylint: disable=g-import-not-at-top
-  from training import loading  # pylint: disable=g-import-not-at-top
+  from workdir import loading  # pylint: disable=g-import-not-at-top
   model, params = model_and_params
   monkeypatch.setattr(loading, 'load_model',
                       lambda workdir: types.SimpleNamespace(params=params['model'], model=model))

@@ -11,7 +11,8 @@ from configs import latent_reasoning
 from data import tokenizers
 from decoding import Models, registry, run_decoder
 from models import Transformer, init_params
-from training import loading, objectives, trainer
+from training import objectives, trainer
+from workdir import loading
 from training.objectives import coconut
 
 TOK = tokenizers.make_tokenizer('byte')

@@ -32,7 +32,8 @@ import pytest
 
 from decoding import Models, registry, run_decoder
 from testlib import lm_test_config
-from training import checkpoint, loading, metrics, trainer
+from training import metrics, trainer
+from workdir import checkpoint, loading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 24

@@ -10,7 +10,8 @@ import pytest
 
 from configs import spec_draft, spec_heads
 from decoding import compare, registry
-from training import loading, trainer
+from training import trainer
+from workdir import loading
 from training.objectives import make_objective
 from training.objectives import spec_draft as spec_draft_lib
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from testlib import lm_test_config
-from training import checkpoint, loading, trainer
+from training import trainer
+from workdir import checkpoint, loading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

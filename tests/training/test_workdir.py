@@ -10,7 +10,8 @@ import time
 import pytest
 
 from testlib import lm_test_config
-from training import checkpoint, trainer
+from training import trainer
+from workdir import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -39,7 +40,7 @@ def test_second_run_is_refused_while_the_first_lives_and_resumes_after_a_kill(tm
     second = lm_test_config(data_dir, steps=8, learning_rate=0.1)
     with pytest.raises(Exception, match=f'in use by another run.*pid {first.pid}') as err:
       trainer.train_and_evaluate(second, workdir)
-    from training import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+    from workdir import lock as workdir_lib  # pylint: disable=g-import-not-at-top
     assert isinstance(err.value, workdir_lib.WorkdirInUseError)
     assert '--config.train.steps=100000' in str(err.value)  # names the holder's command
   finally:
@@ -53,7 +54,7 @@ def test_second_run_is_refused_while_the_first_lives_and_resumes_after_a_kill(tm
 
 
 def test_lock_names_the_live_holder_and_is_released(tmp_path):
-  from training import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from workdir import lock as workdir_lib  # pylint: disable=g-import-not-at-top
   workdir = workdir_lib.prepare(str(tmp_path / 'w'))
   with workdir_lib.lock(workdir):
     with pytest.raises(workdir_lib.WorkdirInUseError, match=f'pid {os.getpid()} on '):

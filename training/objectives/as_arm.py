@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from models import any_order
+from models import kind as kind_lib
 from models import transformer as transformer_lib
 from training.objectives import diffusion_lib as lib
 from training.objectives.registry import Objective, register
@@ -70,4 +71,6 @@ def as_arm_objective(model: transformer_lib.Transformer,
   return Objective(loss_fn=loss_fn, eval_fn=lib.averaged_eval(loss_fn, s.eval_samples),
                    init_model_params=(lib.init_from(s.init_from, model, s.reinit_ids)
                                       if s.init_from else None),
+                   kind=kind_lib.ModelKind(attention='bidirectional', mask_id=s.mask_id,
+                                           any_order=True),
                    **lib.data_hooks(config, s.mask_id))

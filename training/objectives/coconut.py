@@ -274,7 +274,7 @@ def data_hooks(s: LatentSettings, config: ml_collections.ConfigDict, with_steps:
                                       num_batches=max_batches)
 
   def init_model_params():
-    from training import loading  # pylint: disable=g-import-not-at-top
+    from workdir import loading  # pylint: disable=g-import-not-at-top
     return loading.load_model(s.init_from).params
 
   return make_train_iterator, make_eval_batches, (init_model_params if s.init_from else None)

@@ -249,7 +249,7 @@ def init_from(workdir: str, model: transformer_lib.Transformer,
   """init_model_params: the model params of the checkpoint in `workdir` (same architecture),
   with the embedding rows of `reinit_ids` re-drawn from N(0, init_std) (key 0)."""
   def load():
-    from training import loading  # pylint: disable=g-import-not-at-top
+    from workdir import loading  # pylint: disable=g-import-not-at-top
     loaded = loading.load_model(workdir)
     mine, theirs = model.cfg.to_dict(), loaded.model.cfg.to_dict()
     differ = sorted(k for k in mine if mine[k] != theirs.get(k))

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from models import kind as kind_lib
 from models import transformer as transformer_lib
 from training.objectives import diffusion_lib as lib
 from training.objectives.registry import Objective, register, token_cross_entropy
@@ -55,6 +56,8 @@ def masked_diffusion_objective(model: transformer_lib.Transformer,
   return Objective(loss_fn=loss_fn, eval_fn=lib.averaged_eval(loss_fn, s.eval_samples),
                    init_model_params=(lib.init_from(s.init_from, model, s.reinit_ids)
                                       if s.init_from else None),
+                   kind=kind_lib.ModelKind(attention='bidirectional', mask_id=s.mask_id,
+                                           shift=s.shift),
                    **lib.data_hooks(config, s.mask_id))
 
 

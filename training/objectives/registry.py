@@ -9,6 +9,9 @@ An objective says what is trained and how:
   make_train_iterator / make_eval_batches  its own data (synthetic tasks); default: packed LM
   eval_fn                                  metrics on eval batches; default: loss_fn's metrics
   init_model_params() -> model params      start a fresh run from them (e.g. an AR checkpoint)
+  kind                                     the `models.kind.ModelKind` it trains (attention, mask,
+                                           shift, blocks, any-order); written into every
+                                           checkpoint with the extras as `heads`
 
 Metrics named `*_sum` are summed over evaluation batches, the rest averaged. When the eval
 metrics contain `nll_sum` and the batches hold `tokens`, bits per byte are reported too.
@@ -25,6 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 
 import registry as registry_lib
+from models import kind as kind_lib
 from models import transformer as transformer_lib
 
 Batch = dict[str, jax.Array]
@@ -42,6 +46,7 @@ class Objective:
   make_eval_batches: Callable[..., list[Batch]] | None = None
   eval_fn: LossFn | None = None
   init_model_params: Callable[[], Any] | None = None  # start from these model params (fresh runs)
+  kind: kind_lib.ModelKind = kind_lib.ModelKind()  # what decoders read; default causal AR
 
   def extras(self, rng: jax.Array) -> dict[str, Any]:
     return dict(self.init_extras(rng)) if self.init_extras else {}

@@ -42,7 +42,7 @@ def load_target(workdir: str, model: transformer_lib.Transformer | None = None):
   if not workdir:
     raise ValueError('spec.target_workdir must name the trained target run (e.g. '
                      'runs/spec/target).')
-  from training import loading  # pylint: disable=g-import-not-at-top
+  from workdir import loading  # pylint: disable=g-import-not-at-top
   loaded = loading.load_model(workdir)
   if model is not None:
     mine, theirs = model.cfg.to_dict(), loaded.model.cfg.to_dict()

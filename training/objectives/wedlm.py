@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from models import kind as kind_lib
 from models import transformer as transformer_lib
 from training.objectives import diffusion_lib as lib
 from training.objectives import registry
@@ -109,4 +110,6 @@ def wedlm_objective(model: transformer_lib.Transformer,
   return Objective(loss_fn=loss_fn, eval_fn=eval_fn,
                    init_model_params=(lib.init_from(s.init_from, model, s.reinit_ids)
                                       if s.init_from else None),
+                   kind=kind_lib.ModelKind(attention='causal', mask_id=s.mask_id,
+                                           shift=s.shift, block_size=s.block_size),
                    **lib.data_hooks(config, s.mask_id))

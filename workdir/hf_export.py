@@ -1,6 +1,6 @@
 """Export a workdir's checkpoint as a Hugging Face model directory.
 
-  python -m models.hf_export --workdir=runs/tiny --out_dir=exports/tiny \
+  python -m workdir.hf_export --workdir=runs/tiny --out_dir=exports/tiny \
       [--dtype=float32|bfloat16|float16] [--architecture=LlamaForCausalLM] \
       [--checkpoint_step=N] [--max_shard_mb=5120]
 
@@ -20,7 +20,9 @@ import time
 
 from absl import app, flags, logging
 
+import data
 from models import hf
+from workdir import checkpoint, loading
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir written by train.py or hf_import.')
 _OUT_DIR = flags.DEFINE_string('out_dir', None, 'Hugging Face directory to write.')
@@ -38,8 +40,6 @@ def main(argv):
   if not _WORKDIR.value or not _OUT_DIR.value:
     raise app.UsageError('--workdir and --out_dir are required.')
   logging.set_verbosity(logging.ERROR)  # Orbax is chatty
-  import data  # pylint: disable=g-import-not-at-top
-  from training import checkpoint, loading  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
   try:
     loaded = loading.load_model(_WORKDIR.value, step=_STEP.value)

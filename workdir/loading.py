@@ -1,5 +1,6 @@
 """Load a trained model from a workdir: the model, its params (restored into shardings) and
-its tokenizer. What sample.py, benchmarks and drafters use: `load_model(workdir)`."""
+its tokenizer and its kind (`models.kind.ModelKind`, what decoders check). What sample.py,
+benchmarks and drafters use: `load_model(workdir)`."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import data as data_lib
 from models import config as config_lib
+from models import kind as kind_model_lib
 from models import sharding as sharding_lib
 from models import transformer as transformer_lib
-from training import checkpoint as checkpoint_lib
+from workdir import checkpoint as checkpoint_lib
+from workdir import kind as kind_lib
 
 
 @dataclasses.dataclass
@@ -29,6 +32,7 @@ class LoadedModel:
   step: int
   config: dict[str, Any]  # the run's full config (config.json)
   workdir: str
+  kind: kind_model_lib.ModelKind = kind_model_lib.ModelKind()  # recorded or derived (kind.py)
 
   @property
   def model_config(self) -> config_lib.ModelConfig:
@@ -77,7 +81,7 @@ def load_model(workdir: str, *, step: int | None = None, mesh: Mesh | None = Non
                          shapes, shardings), None)
 
   try:
-    restored_step, params, _, _, _ = ckpt.restore(abstract_fn, step=step)
+    restored_step, params, _, _, meta = ckpt.restore(abstract_fn, step=step)
   finally:
     ckpt.close()
   extras = {k: v for k, v in params.items() if k != 'model'}
@@ -89,4 +93,5 @@ def load_model(workdir: str, *, step: int | None = None, mesh: Mesh | None = Non
     params = {'model': cast(params['model']), **{k: cast(v) for k, v in extras.items()}}
     extras = {k: v for k, v in params.items() if k != 'model'}
   return LoadedModel(model=model, params=params['model'], extras=extras,
-                     tokenizer=tokenizer, step=restored_step, config=config, workdir=workdir)
+                     tokenizer=tokenizer, step=restored_step, config=config, workdir=workdir,
+                     kind=kind_lib.from_meta(meta, config, tokenizer))

@@ -1,4 +1,4 @@
-"""Writing a workdir from a Hugging Face checkpoint (what `python -m models.hf_import` runs).
+"""Writing a workdir from a Hugging Face checkpoint (what `python -m workdir.hf_import` runs).
 
   summary = hf_workdir.import_checkpoint('path/to/hf_dir', 'runs/x', base_config=...)
 
@@ -20,10 +20,11 @@ import numpy as np
 
 import data as data_lib
 from models import hf
+from models import kind as kind_lib
 from models.hf import config_map
 from models.hf import tokenizer_files
-from training import checkpoint as checkpoint_lib
-from training import workdir as workdir_lib
+from workdir import checkpoint as checkpoint_lib
+from workdir import lock as workdir_lib
 
 
 def run_config(base: dict, cfg, hf_dir: str, info: config_map.HFInfo,
@@ -42,17 +43,17 @@ def import_checkpoint(hf_dir: str, workdir: str, *, base_config: dict, overwrite
   """Imports `hf_dir` into `workdir`; returns the summary line.
 
   `base_config`: the training config (a dict) the workdir's config.json starts from
-  (`python -m models.hf_import` passes configs/lm.py:tiny); its model and tokenizer sections
+  (`python -m workdir.hf_import` passes configs/lm.py:tiny); its model and tokenizer sections
   are replaced by the checkpoint's.
 
   Everything is written into a temporary folder beside `workdir` and swapped in only once
   the checkpoint is complete, so a failed import leaves an existing workdir as it was. A
   workdir that is not empty needs `overwrite`, and is replaced only if it looks like one
-  (config.json, checkpoints/ or tokenizer/) and no run holds it (`training.workdir.lock`).
+  (config.json, checkpoints/ or tokenizer/) and no run holds it (`workdir.lock.lock`).
 
   Raises:
     ValueError (and its subclasses from `models.hf`), FileNotFoundError,
-    `training.workdir.WorkdirInUseError`.
+    `workdir.lock.WorkdirInUseError`.
   """
   workdir = os.path.abspath(workdir)
   cfg0, info = config_map.to_model_config(hf.read_config(hf_dir))
@@ -83,6 +84,7 @@ def import_checkpoint(hf_dir: str, workdir: str, *, base_config: dict, overwrite
       config = run_config(base_config, cfg, hf_dir, info, cfg0.vocab_size)
       checkpoint_lib.write_config(staging, config)
       meta = {'model': config['model'], 'objective': 'ar', 'extras': [],
+              'kind': kind_lib.ModelKind().to_dict(),  # a causal LM, no heads
               'tokenizer': type(tokenizer).__name__, 'config': config, 'hf': config['hf']}
       ckpt = checkpoint_lib.Checkpointer(staging, async_save=False)
       # No optimizer state exists for an imported model; orbax refuses an empty item.

@@ -6,7 +6,7 @@ Layout of a workdir:
   checkpoints/<step>/  params, opt_state, data (iterator state, JSON), meta (step, configs)
 
 Every checkpoint records a digest of each array of params and opt_state in its meta
-(`training.integrity`); `restore` recomputes them and also refuses non-finite or absurd
+(`workdir.integrity`); `restore` recomputes them and also refuses non-finite or absurd
 parameters. A checkpoint that cannot be read or fails these checks is skipped for the
 previous step, with one warning line on stderr; training (`move_unreadable=True`) also moves
 it to `checkpoints_unreadable/` so that the run can write that step again. A checkpoint whose
@@ -27,7 +27,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from models import config as config_lib
-from training import integrity
+from workdir import integrity
 
 CHECKPOINT_DIR = 'checkpoints'
 UNREADABLE_DIR = 'checkpoints_unreadable'

@@ -1,6 +1,6 @@
 """Import a Hugging Face checkpoint into a workdir that `sample.py` and every decoder read.
 
-  python -m models.hf_import --hf_dir=path/to/Llama-3.2-1B --workdir=runs/llama1b \
+  python -m workdir.hf_import --hf_dir=path/to/Llama-3.2-1B --workdir=runs/llama1b \
       [--param_dtype=float32|bfloat16] [--dtype=float32|bfloat16] [--overwrite]
   python sample.py --workdir=runs/llama1b --prompt='def fib(n):' --decoder=ar
 
@@ -13,9 +13,8 @@ with a broken checkpoint) leaves the existing workdir intact. Special tokens the
 lacks are appended as new ids that the model never produces (`valid_vocab_size`), and
 prompts start as the checkpoint's tokenizer starts them (BOS for Llama, none for Qwen).
 
-The conversion library (`models.hf`) imports nothing outside `models`; writing a workdir
-(`training.hf_workdir`) needs `training` and `data`, which `main` imports (DESIGN.md import
-rules).
+The conversion library (`models.hf`) imports nothing outside `models`; this entry point and
+`workdir.hf_workdir` add the workdir around it (config.json, tokenizer/, checkpoint).
 """
 
 from __future__ import annotations
@@ -24,7 +23,10 @@ import sys
 
 from absl import app, flags, logging
 
+from configs import lm
 from models import hf
+from workdir import hf_workdir
+from workdir import lock as workdir_lib
 
 _HF_DIR = flags.DEFINE_string('hf_dir', None, 'Hugging Face model directory (config.json, '
                               'safetensors, tokenizer.json).')
@@ -42,9 +44,6 @@ def main(argv):
   if not _HF_DIR.value or not _WORKDIR.value:
     raise app.UsageError('--hf_dir and --workdir are required.')
   logging.set_verbosity(logging.ERROR)  # Orbax is chatty
-  from configs import lm  # pylint: disable=g-import-not-at-top
-  from training import hf_workdir  # pylint: disable=g-import-not-at-top
-  from training import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   try:
     summary = hf_workdir.import_checkpoint(
         _HF_DIR.value, _WORKDIR.value, base_config=lm.get_config('tiny').to_dict(),

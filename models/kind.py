@@ -1,0 +1,108 @@
+"""What a trained model is, as decoders need to know it: `ModelKind`, written into every
+checkpoint by the training objective (or the HF import) and read by decoders.
+
+  kind = ModelKind(attention='bidirectional', mask_id=259, shift=True)   # Dream-style MDLM
+  require(kind, ('diffusion',), who="Decoder 'llada'")   # ValueError on a mismatch
+
+A decoder declares the kind families it accepts (`FAMILIES`); `families(kind)` says which a
+kind belongs to. A causal model that was also trained to fill masks (WeDLM) belongs to both
+'autoregressive' and 'diffusion'; an any-subset AR model only to 'any_order'.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+ATTENTION = ('causal', 'bidirectional', 'block_causal')
+
+FAMILIES = {  # name -> what a message says a decoder needs
+    'autoregressive': 'an autoregressive (causal) model',
+    'diffusion': 'a diffusion model (trained to fill <mask> tokens)',
+    'any_order': 'an any-subset AR model (two-stream queries)',
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelKind:
+  """How a trained model reads its input and what it predicts.
+
+  attention: 'causal' (AR, WeDLM), 'bidirectional' (masked diffusion) or 'block_causal'
+    (block diffusion: bidirectional inside blocks of `block_size`, causal across them).
+  mask_id: the <mask> token it was trained to fill; -1 if none (an AR model).
+  shift: the prediction for position q is read at q-1 (Dream-style AR adaptation).
+  block_size: the block length it was trained with (block diffusion, WeDLM); 0 if none.
+  any_order: an any-subset AR model, read by two-stream queries (ASSD).
+  heads: the trained trees saved beside the model (e.g. 'medusa', 'mtp', 'adapter',
+    'draft'), sorted.
+  """
+  attention: str = 'causal'
+  mask_id: int = -1
+  shift: bool = False
+  block_size: int = 0
+  any_order: bool = False
+  heads: tuple[str, ...] = ()
+
+  def __post_init__(self):
+    if self.attention not in ATTENTION:
+      raise ValueError(f'ModelKind.attention must be one of {ATTENTION}, got '
+                       f'{self.attention!r}.')
+    object.__setattr__(self, 'heads', tuple(sorted(self.heads)))
+
+  def to_dict(self) -> dict[str, Any]:
+    return {**dataclasses.asdict(self), 'heads': list(self.heads)}
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> 'ModelKind':
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ValueError(f'Unknown ModelKind fields {unknown}; known: {sorted(known)}.')
+    d = dict(d)
+    for name, cast in (('mask_id', int), ('shift', bool), ('block_size', int),
+                       ('any_order', bool)):
+      if name in d:
+        d[name] = cast(d[name])
+    return cls(**{**d, 'heads': tuple(d.get('heads', ()))})
+
+  def describe(self) -> str:
+    """One line, e.g. 'bidirectional, mask 259, shift' or 'causal, heads medusa'."""
+    parts = [self.attention + (' any-order' if self.any_order else '')]
+    if self.mask_id >= 0:
+      parts.append(f'mask {self.mask_id}')
+    if self.shift:
+      parts.append('shift')
+    if self.block_size:
+      parts.append(f'blocks of {self.block_size}')
+    if self.heads:
+      parts.append('heads ' + '/'.join(self.heads))
+    return ', '.join(parts)
+
+
+def families(kind: ModelKind) -> frozenset[str]:
+  """The decoder families (`FAMILIES`) that can read a model of this kind."""
+  if kind.any_order:
+    return frozenset({'any_order'})
+  out = set()
+  if kind.attention == 'causal':
+    out.add('autoregressive')
+  if kind.mask_id >= 0:
+    out.add('diffusion')
+  return frozenset(out)
+
+
+def accepts(accepted: Sequence[str], kind: ModelKind) -> bool:
+  return bool(families(kind) & set(accepted))
+
+
+def require(kind: ModelKind, accepted: Sequence[str], who: str, hint: str = '') -> None:
+  """ValueError (one line, naming `who`, the families it accepts and the kind found) unless
+  `kind` belongs to one of `accepted`."""
+  unknown = sorted(set(accepted) - set(FAMILIES))
+  if unknown:
+    raise ValueError(f'{who}: unknown model families {unknown}; known: {sorted(FAMILIES)}.')
+  if not accepts(accepted, kind):
+    needs = ' or '.join(FAMILIES[a] for a in accepted)
+    raise ValueError(f'{who} needs {needs}; this model is {kind.describe()} '
+                     f'(ModelKind families: {sorted(families(kind)) or "none"})'
+                     + (f'; {hint}' if hint else '') + '.')
