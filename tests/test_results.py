@@ -5,7 +5,9 @@ import textwrap
 
 import pytest
 
+from benchmarks import check_figures
 from benchmarks import check_results as check
+from benchmarks import results_text
 from benchmarks import common
 
 
@@ -15,7 +17,7 @@ def test_committed_results_hold_no_impossible_figures():
 
 
 def test_every_figure_in_readme_and_docs_is_in_a_results_file():
-  problems = check.check_figures()
+  problems = check_figures.check_figures()
   assert not problems, '\n'.join(problems)
 
 
@@ -33,18 +35,18 @@ PROVENANCE = """\
 @pytest.fixture
 def tree(tmp_path, monkeypatch):
   """A repository skeleton: write(relative path, text) -> absolute path."""
-  monkeypatch.setattr(check, 'ROOT', str(tmp_path))
-  monkeypatch.setattr(check, 'RESULTS', str(tmp_path / 'benchmarks' / 'results'))
-  check.numbers_in.cache_clear()
+  monkeypatch.setattr(results_text, 'ROOT', str(tmp_path))
+  monkeypatch.setattr(results_text, 'RESULTS', str(tmp_path / 'benchmarks' / 'results'))
+  results_text.numbers_in.cache_clear()
 
   def write(rel, text):
     path = tmp_path / rel
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text))
-    check.numbers_in.cache_clear()
+    results_text.numbers_in.cache_clear()
     return str(path)
   yield write
-  check.numbers_in.cache_clear()
+  results_text.numbers_in.cache_clear()
 
 
 def _results_problems(tree, body, name='x.md', provenance=PROVENANCE):
@@ -112,7 +114,7 @@ def test_provenance_and_hand_written_parts(tree):
 
 
 def test_results_written_by_the_scripts_pass(tree, monkeypatch):
-  monkeypatch.setattr(common, 'RESULTS_DIR', check.RESULTS)
+  monkeypatch.setattr(common, 'RESULTS_DIR', results_text.RESULTS)
   common.write_results('fresh', 'Fresh', common.markdown_table(
       ['method', 'tau', 'speedup'], [['ar', '1.00', '1.00x'], ['tree', '3.45', '0.13x']]))
   assert check.check_results() == []
@@ -120,7 +122,7 @@ def test_results_written_by_the_scripts_pass(tree, monkeypatch):
 
 def _figure_problems(tree, doc_text):
   doc = tree('docs/page.md', doc_text)
-  return check.check_figures([doc])
+  return check_figures.check_figures([doc])
 
 
 RESULTS_MD = """\
