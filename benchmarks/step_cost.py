@@ -157,7 +157,6 @@ def breakdown(decoder, models: Models, params: dict[str, Any], prompts: Sequence
                              batches, **noop_kw)
   t_other, _ = step_time(decoder, cost_model.noop_models(models, ['target'] + extras),
                          params, batches, **noop_kw)
-  t_no_drafts = t_step
   T = step_tokens(decoder, models)
   tree = not step_is_chain(decoder, models)
   if curve is None or (T, tree) not in curve:
@@ -174,7 +173,6 @@ def breakdown(decoder, models: Models, params: dict[str, Any], prompts: Sequence
              drafter_ms=(t_no_target - t_other) * 1e3, other_ms=t_other * 1e3,
              target_fwd_ms=t_fwd * 1e3, decode_s=summary['decode_s'],
              generated=summary['generated'], output=summary['tokens'])
-  del t_no_drafts
   out['sum_ms'] = out['target_ms'] + out['drafter_ms'] + out['other_ms']
   out['overhead_share'] = out['other_ms'] / out['step_ms']
   if t_ar is not None:

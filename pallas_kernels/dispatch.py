@@ -360,6 +360,12 @@ def _all_at_least(rows, column: str, bound: float) -> bool | None:
   return None if not vals else min(vals) >= bound
 
 
+def _ratio_rows(rows, numerator: str, denominator: str) -> list[dict[str, str]]:
+  """Rows {'r': numerator / denominator} where both cells are numbers (for `_all_at_least`)."""
+  return [{'r': str(_num(r.get(numerator)) / _num(r.get(denominator)))} for r in rows
+          if _num(r.get(numerator)) and _num(r.get(denominator))]
+
+
 def proposals_from_results(markdown: str) -> dict[tuple[str, str, str], tuple[str, str]]:
   """What each GPU case's winner is by a `benchmarks.kernels` results file: {(op, 'gpu',
   case): (impl, why)}. Ours wins a comparison only if it wins on every measured row and its
@@ -384,9 +390,7 @@ def proposals_from_results(markdown: str) -> dict[tuple[str, str, str], tuple[st
     out[('attention', 'gpu', 'tree')] = (
         'pallas' if tree_win and tree_ok else 'cudnn',
         f'cuDNN/ours >= 1 on every row: {tree_win}; checked {tree_ok}')
-    dense = [{'r': str(_num(r.get('cuDNN')) / _num(r.get('ours, dense mask')))} for r in tree
-             if _num(r.get('cuDNN')) and _num(r.get('ours, dense mask'))]
-    dense_win = _all_at_least(dense, 'r', 1.0)
+    dense_win = _all_at_least(_ratio_rows(tree, 'cuDNN', 'ours, dense mask'), 'r', 1.0)
     if dense_win is not None:
       out[('attention', 'gpu', 'explicit')] = (
           'pallas' if dense_win and decode_ok else 'cudnn',
@@ -397,9 +401,7 @@ def proposals_from_results(markdown: str) -> dict[tuple[str, str, str], tuple[st
         'pallas' if dec and decode_ok else 'xla',
         f'ours/XLA >= 1 on every row: {dec}; checked {decode_ok}')
   delta = _section(s, 'Chunked gated DeltaProduct')
-  delta_rows = [{'r': str(_num(r.get('XLA chunked')) / _num(r.get('ours')))} for r in delta
-                if _num(r.get('ours')) and _num(r.get('XLA chunked'))]
-  dwin = _all_at_least(delta_rows, 'r', 1.0)
+  dwin = _all_at_least(_ratio_rows(delta, 'XLA chunked', 'ours'), 'r', 1.0)
   if dwin is not None:
     out[('delta_rule', 'gpu', 'chunked')] = (
         'pallas' if dwin and delta_ok else 'xla',
