@@ -26,6 +26,7 @@ from ml_collections import config_flags
 
 import cli
 import decoding
+from benchmarks import common
 from decoding import compare
 from decoding import limits
 from decoding import registry
@@ -146,7 +147,6 @@ def main(argv):
   table = compare.comparison_table(results)
   print(table)
   if _RESULTS.value:
-    from benchmarks import common  # pylint: disable=g-import-not-at-top
     body = (f'`{target.workdir}` (step {target.step}), {len(prompts)} prompts x '
             f'{_MAX_NEW.value} new tokens, batch size {_BATCH.value}, sampling {sampling}, '
             f'best of {_REPEATS.value} interleaved passes; speedup against the first '

@@ -157,8 +157,8 @@ def test_decoder_specs_carry_their_own_settings():
 
 def test_diffusion_accounting_of_ar_against_itself(target):
   """The diffusion step accounting on a decoder whose answer is known: cached AR measured
-  against itself commits one token per forward and per step, reproduces AR's tokens, and
-  splits each step into a positive model part and a no-op part smaller than the step."""
+  against itself commits one token per forward and per step, reproduces AR's tokens, and its
+  loop with no-op models is faster than with the real one."""
   model, params, ar_tokens = target
   run = SimpleNamespace(model=model, params=params, config={}, workdir='',
                         tokenizer=SimpleNamespace(pad_id=0, eos_id=-1))
@@ -166,10 +166,8 @@ def test_diffusion_accounting_of_ar_against_itself(target):
                              repeats=1)
   assert r['tokens'] == r['ar_tokens'] == [t[:12] for t in ar_tokens]
   assert r['tokens_per_forward'] == pytest.approx(1.0)
-  assert r['tokens_per_step'] == pytest.approx(1.0) == r['ideal_memory_bound']
-  assert 0 < r['other_ms'] < r['step_ms'] and r['model_ms'] > 0
-  assert r['model_ms'] + r['other_ms'] == pytest.approx(r['step_ms'])
-  assert 0 < r['overhead_share'] < 1
+  assert r['tokens_per_step'] == pytest.approx(1.0)
+  assert 0 < r['other_ms'] < r['step_ms']
 
 
 def test_sample_comparison_table_flags_speedups_above_tau():
