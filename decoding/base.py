@@ -165,6 +165,13 @@ class Decoder:
     del max_new_tokens
     return 0
 
+  def prepare(self, models: 'Models', params: dict[str, Any], *, batch: int,
+              cache_size: int) -> 'Decoder':
+    """This decoder with settings measured on this machine filled in, before compiling (e.g.
+    the relative forward costs of an adaptive draft length). Default: unchanged."""
+    del models, params, batch, cache_size
+    return self
+
   def for_model(self, kinds: Mapping[str, kind_lib.ModelKind]) -> 'Decoder':
     """This decoder checked against the kinds of the models it will run (`kinds['target']`,
     plus its extra models' by name where known) and with settings that depend on them filled

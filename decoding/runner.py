@@ -101,7 +101,8 @@ def lower_generate(decoder: base.Decoder, models: base.Models, params: dict[str,
                    prompt_BxP: jax.Array, prompt_len_B: jax.Array, row_keys_B: jax.Array, *,
                    max_new_tokens: int, cache_size: int, eos_id: int, pad_id: int):
   """The jitted `decoder.generate`, lowered for these shapes (`.compile()` it once, then call
-  it with (params, prompt_BxP, prompt_len_B, row_keys_B))."""
+  it with (params, prompt_BxP, prompt_len_B, row_keys_B)). `decoder.prepare` runs first."""
+  decoder = decoder.prepare(models, params, batch=prompt_BxP.shape[0], cache_size=cache_size)
   return _generate.lower(decoder, models, params, prompt_BxP, prompt_len_B, row_keys_B,
                          max_new_tokens=max_new_tokens, cache_size=cache_size, eos_id=eos_id,
                          pad_id=pad_id)

@@ -37,6 +37,7 @@ import jax
 import registry as registry_lib
 from decoding import base
 from decoding import registry
+from decoding.speculative import adaptive as adaptive_lib
 from decoding.speculative import draft_model
 from decoding.speculative import drafter as drafter_lib
 from decoding.speculative import early_exit
@@ -71,6 +72,11 @@ class SpecDecoder(base.Decoder):
   lossless: ClassVar[bool] = True
   drafter_type: ClassVar[type[drafter_lib.Drafter]] = drafter_lib.Drafter
   verifier: str = 'auto'
+  adaptive: bool = False       # chains: pick the chain length 0..gamma per step by recent
+                               # acceptance and measured forward costs (adaptive.py)
+  costs: str = ''              # adaptive: relative forward costs per chain length, e.g.
+                               # '1,1.2,1.5,2.4' ('/' in a --decoder spec); '' = measured
+                               # when the decoder is compiled
 
   def __post_init__(self):
     if self.verifier not in VERIFIERS:
@@ -87,7 +93,13 @@ class SpecDecoder(base.Decoder):
       raise ValueError(f'The {composed.drafter_name()!r} drafter proposes tokens without a '
                        f"distribution q; verifier={self.verifier!r} needs one. Use 'auto' or "
                        "'deterministic'.")
-    object.__setattr__(self, '_drafter', composed.make_drafter(self.verification_mode()))
+    built = composed.make_drafter(self.verification_mode())
+    if self.adaptive:
+      costs = tuple(float(c) for c in self.costs.replace('/', ',').split(',')) if self.costs else ()
+      built = adaptive_lib.AdaptiveChain.of(built, costs=costs)
+    elif self.costs:
+      raise ValueError('costs is a setting of the adaptive draft length; add adaptive=1.')
+    object.__setattr__(self, '_drafter', built)
 
   # ---------------------------------------------------------------- the three choices
   def composed(self) -> 'SpecDecoder':
@@ -118,6 +130,14 @@ class SpecDecoder(base.Decoder):
     return {'chain': 'iid', 'static': 'wor', 'dynamic': 'deterministic'}[composed.tree]
 
   # ---------------------------------------------------------------- Decoder interface
+  def prepare(self, models, params, *, batch, cache_size):
+    """Adaptive draft length without given costs: measures them on this machine."""
+    if not self.adaptive or self.costs:
+      return self
+    costs = adaptive_lib.calibrate(models.target, params['target'], self._drafter.gammas,
+                                   batch=batch, cache_size=cache_size)
+    return dataclasses.replace(self, costs=','.join(f'{c:g}' for c in costs))
+
   def extra_models(self) -> dict[str, str]:
     return self.get_drafter().extra_models()
 

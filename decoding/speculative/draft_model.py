@@ -71,6 +71,9 @@ class DraftModelDrafter(drafter_lib.Drafter):
   nodes: int = 16
   stop_below: float = 0.0
   mode: str = 'iid'
+  state_nodes: int = 0  # chains: width of the per-node state (0 = the chain's), so that
+                        # chains of several lengths share one state (adaptive.py)
+  ar_step_ok: ClassVar[bool] = False  # the draft must see every token: no step skips it
 
   # ------------------------------------------------------------------ static shape
   @property
@@ -146,7 +149,7 @@ class DraftModelDrafter(drafter_lib.Drafter):
     cache = cache_lib.Cache.init(draft.cfg, B, env.cache_size)
     _, cache, _ = base.prefill(draft, env.params[DRAFT], env.prompt_BxP, env.prompt_len_B,
                                cache)
-    T = self.max_nodes
+    T = max(self.max_nodes, self.state_nodes)
     return DraftState(cache=cache, pending_B=jnp.full((B,), -1, jnp.int32),
                       processed_BxT=jnp.zeros((B, T), bool),
                       node_slots_BxT=jnp.zeros((B, T), jnp.int32))
@@ -214,8 +217,9 @@ class DraftModelDrafter(drafter_lib.Drafter):
     carry = (jnp.int32(1), cache, tokens, valid, logq, calls_B)
     _, cache, tokens, valid, logq, calls_B = jax.lax.while_loop(cond, body, carry)
     tree = trees.from_template(self.template, tokens, valid, logq)
-    depth = jnp.arange(G + 1)[None]
-    processed = tree.valid_BxT & (depth < G)
+    W = max(G + 1, self.state_nodes)
+    depth = jnp.arange(W)[None]
+    processed = jnp.pad(tree.valid_BxT, ((0, 0), (0, W - G - 1))) & (depth < G)
     state = state.replace(cache=cache, processed_BxT=processed,
                           node_slots_BxT=base_B[:, None] + depth)
     return tree, state, target_cache, calls_B

@@ -13,6 +13,7 @@ padding (never written, never counted).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 
 from decoding import base
 from decoding import sampling as sampling_lib
+from decoding.speculative import adaptive
 from decoding.speculative import drafter as drafter_lib
 from decoding.speculative import verify as verify_lib
 from models import cache as cache_lib
@@ -77,10 +79,58 @@ def step(drafter: drafter_lib.Drafter, env: drafter_lib.Env, s: SpecState, *, eo
   base_B = env.prompt_len_B + s.progress.num_generated_B - 1
   tree, dstate, cache, other_B = drafter.propose(env, s.drafter, s.cache, s.last_B, base_B,
                                                  active_B)
+  return verify_and_commit(drafter, env, s, tree, dstate, cache, other_B, eos_id=eos_id,
+                           pad_id=pad_id)
+
+
+def ar_step(drafter: drafter_lib.Drafter, env: drafter_lib.Env, s: SpecState, *, eos_id: int,
+            pad_id: int) -> SpecState:
+  """A step that drafts nothing (one target forward over the root; the drafter updates)."""
+  active_B = s.progress.active_B
+  tree = adaptive.ar_tree(s.last_B, active_B)
+  return verify_and_commit(drafter, env, s, tree, s.drafter, s.cache, jnp.zeros_like(s.last_B),
+                           eos_id=eos_id, pad_id=pad_id, depth=0)
+
+
+def adaptive_run(drafter: adaptive.AdaptiveChain, env: drafter_lib.Env, s: SpecState, *,
+                 eos_id: int, pad_id: int) -> SpecState:
+  """Runs to completion in phases: a phase runs one chain length's own `while_loop` for as
+  long as `drafter.choose` keeps picking it. A `lax.switch` copies the loop state (the
+  cache) in and out, so it is paid per change of length, not per step."""
+  def run(i: int, v: drafter_lib.Drafter | None):
+    one = functools.partial(ar_step, drafter.longest) if v is None else functools.partial(
+        step, v)
+
+    def body(s: SpecState) -> SpecState:
+      a = s.drafter
+      out = one(env, s.replace(drafter=a.inner), eos_id=eos_id, pad_id=pad_id)
+      accepted_B = jnp.sum(out.accepted_by_depth_BxD - s.accepted_by_depth_BxD, axis=1)
+      return out.replace(drafter=drafter.observe(a, out.drafter, i, accepted_B,
+                                                 s.progress.active_B))
+
+    def cond(s: SpecState) -> jax.Array:
+      return ~jnp.all(s.progress.done_B) & (drafter.choose(s.drafter) == i)
+    return lambda s: jax.lax.while_loop(cond, body, s)
+
+  def phase(s: SpecState) -> SpecState:
+    index = drafter.choose(s.drafter)
+    s = s.replace(drafter=s.drafter.replace(current=index))
+    return jax.lax.switch(index, [run(i, v) for i, v in enumerate(drafter.variants)], s)
+
+  return jax.lax.while_loop(lambda s: ~jnp.all(s.progress.done_B), phase, s)
+
+
+def verify_and_commit(drafter: drafter_lib.Drafter, env: drafter_lib.Env, s: SpecState,
+                      tree, dstate, cache, other_B, *, eos_id: int, pad_id: int,
+                      depth: int | None = None) -> SpecState:
+  """The target forward over `tree`, verification, commit, and the drafter's update."""
+  active_B = s.progress.active_B
+  base_B = env.prompt_len_B + s.progress.num_generated_B - 1
   out, dstate = drafter.target_forward(env, dstate, cache, tree, base_B, active_B)
   verdict = verify_lib.verify(tree, out.logits_BxTxV, sampling=env.sampling, mode=env.mode,
-                              depth=drafter.max_depth, row_keys_B=env.row_keys_B,
-                              base_B=base_B, chain=drafter.is_chain)
+                              depth=drafter.max_depth if depth is None else depth,
+                              row_keys_B=env.row_keys_B, base_B=base_B, chain=True
+                              if depth == 0 else drafter.is_chain)
   room_B = env.max_new_tokens - s.progress.num_generated_B
   count_B, hit_eos_B = base.truncate_at_eos(verdict.new_BxD1, verdict.accepted_B + 1, room_B,
                                             eos_id)
@@ -109,6 +159,8 @@ def generate(drafter: drafter_lib.Drafter, env: drafter_lib.Env, *, eos_id: int,
              pad_id: int) -> base.DecodeResult:
   """Runs the loop to completion and packs the result with its statistics."""
   state = init_state(drafter, env, eos_id=eos_id, pad_id=pad_id)
+  if isinstance(drafter, adaptive.AdaptiveChain):
+    return result(drafter, adaptive_run(drafter, env, state, eos_id=eos_id, pad_id=pad_id))
   state = jax.lax.while_loop(lambda s: ~jnp.all(s.progress.done_B),
                              lambda s: step(drafter, env, s, eos_id=eos_id, pad_id=pad_id),
                              state)

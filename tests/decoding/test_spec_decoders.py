@@ -73,6 +73,15 @@ METHODS = {
     'del': ('del', {}),
     'medusa': ('medusa', dict(branching='3,2,1')),
     'mtp': ('mtp', dict(gamma=3)),
+    # Adaptive draft length: given costs that make the length change during the run, and
+    # costs measured when the decoder is compiled.
+    'prompt_lookup-adaptive': ('prompt_lookup', dict(adaptive=True, costs='1,1.1,1.3,1.6,2,3')),
+    'prompt_lookup-adaptive-measured': ('prompt_lookup', dict(gamma=3, adaptive=True)),
+    'token_recycling-adaptive': ('token_recycling', dict(tree='chain', gamma=3, adaptive=True,
+                                                         costs='1,1.2,1.3,1.5')),
+    'chain-adaptive-length': ('speculative', dict(draft_workdir='x', gamma=4, adaptive=True,
+                                                  costs='1,1.2,1.4,1.6')),
+    'mtp-adaptive': ('mtp', dict(gamma=3, tree='chain', adaptive=True, costs='1,1.1,1.3,1.5')),
 }
 
 

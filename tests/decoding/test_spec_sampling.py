@@ -51,10 +51,13 @@ def _exact_two_token(model, params, prompt):
     dict(gamma=3),                                              # chain, Leviathan/Chen
     dict(tree='static', branching='3,2', verifier='wor'),        # Sequoia / RSD-C tree
     dict(tree='dynamic', top_k=3, gamma=2, verifier='wor'),      # RSD-S stochastic beams
-], ids=['chain-iid', 'tree-wor', 'dynamic-wor'])
+    dict(drafter='prompt_lookup', gamma=3, adaptive=True,       # adaptive: an AR step
+         costs='1,9,9,9'),
+], ids=['chain-iid', 'tree-wor', 'dynamic-wor', 'adaptive-ar-step'])
 def test_two_token_prefix_distribution_matches_target(lm, settings):
   target, draft, dp, prompt = lm
-  dec = registry.build('speculative', dict(settings, draft_workdir='x'), CFG)
+  extra = {} if 'drafter' in settings else {'draft_workdir': 'x'}
+  dec = registry.build('speculative', dict(settings, **extra), CFG)
   rows, _ = run_decoder(dec, Models(target.model, extras=(('draft', draft),)),
                         {'target': target.params, 'draft': dp}, [prompt] * ROWS,
                         max_new_tokens=2, cache_size=32, eos_id=-1, pad_id=0, seed=11,

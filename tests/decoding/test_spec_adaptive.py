@@ -1,0 +1,110 @@
+"""Adaptive draft length: the policy against its formula, lengths that really change during a
+run with output equal to AR's (the ragged-batch greedy test in test_spec_decoders.py runs the
+adaptive decoders too), the measured costs, and clear errors."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from testlib import small_config
+from decoding import Models, registry, run_decoder
+from decoding.speculative import adaptive
+from models import Transformer, init_params
+
+V = 48
+PROMPTS = [[1, 5, 9, 3, 1, 5, 9, 3, 1, 5], [2, 7], [4, 4, 8, 1, 4, 4, 8, 1, 4], [3, 3, 3]]
+N_NEW = 40
+
+
+@pytest.fixture(scope='module')
+def lm():
+  cfg = small_config(vocab_size=V, num_layers=2)
+  model = Transformer(cfg)
+  # A peaked model that repeats itself, so prompt lookup is sometimes right.
+  params = init_params(Transformer(small_config(vocab_size=V, num_layers=2, init_std=0.5)),
+                       jax.random.key(3))
+  return Models(model), {'target': params}
+
+
+def test_ladder_and_chain_lengths():
+  assert adaptive.ladder(6, with_ar=True) == (0, 1, 2, 3, 4, 6)
+  assert adaptive.ladder(16, with_ar=False) == (1, 2, 3, 4, 6, 9, 13, 16)
+  assert adaptive.ladder(1, with_ar=False) == (1,)
+  dec = registry.build('prompt_lookup', dict(gamma=4, adaptive=True))
+  d = dec.get_drafter()
+  assert d.gammas == (0, 1, 2, 3, 4) and d.variants[0] is None
+  assert [v.gamma for v in d.variants[1:]] == [1, 2, 3, 4]
+  assert d.max_depth == 4 and d.max_nodes == 5 and d.is_chain
+
+
+@pytest.mark.parametrize('seed', range(3))
+def test_choice_maximises_expected_tokens_per_cost(seed):
+  rng = np.random.default_rng(seed)
+  gammas = (0, 1, 2, 3, 4, 6)
+  costs = tuple(np.round(np.cumsum(np.r_[1.0, rng.uniform(0.0, 0.8, len(gammas) - 1)]), 2))
+  d = adaptive.AdaptiveChain(variants=(None,) * len(gammas), gammas=gammas, costs=costs)
+  for _ in range(20):
+    acc, tests = rng.uniform(0, 30), 0.0
+    tests = acc + rng.uniform(0, 30)
+    state = adaptive.AdaptState(inner=(), accepted=jnp.float32(acc), tests=jnp.float32(tests),
+                                current=jnp.int32(-1), choices_BxV=jnp.zeros((1, 6), jnp.int32))
+    alpha = (acc + 1) / (tests + 2)
+    score = [sum(alpha ** k for k in range(g + 1)) / c for g, c in zip(gammas, costs)]
+    assert int(d.choose(state)) == int(np.argmax(score))
+    # Hysteresis: a current length within `margin` of the best is kept, a worse one is not.
+    for cur in range(len(gammas)):
+      got = int(d.choose(state.replace(current=jnp.int32(cur))))
+      want = cur if max(score) <= d.margin * score[cur] * (1 + 1e-6) else int(np.argmax(score))
+      if abs(max(score) - d.margin * score[cur]) > 1e-4:  # away from the float boundary
+        assert got == want, (cur, score)
+
+
+def test_length_changes_during_a_run_and_output_equals_ar(lm):
+  models, params = lm
+  ref, _ = run_decoder(registry.build('ar'), models, params, PROMPTS, max_new_tokens=N_NEW,
+                       cache_size=128, eos_id=-1, pad_id=0)
+  # Drafts cost little beyond one token here, so the length follows acceptance.
+  dec = registry.build('prompt_lookup', dict(gamma=6, adaptive=True,
+                                             costs='1,1.2,1.3,1.4,1.5,1.6'))
+  rows, stats = run_decoder(dec, models, params, PROMPTS, max_new_tokens=N_NEW,
+                            cache_size=128, eos_id=-1, pad_id=0)
+  assert [r.tokens for r in rows] == [r.tokens for r in ref]
+  used = np.asarray(stats.extra['adaptive_steps'])
+  assert used.sum() == stats.extra['spec_steps']
+  assert (used > 0).sum() >= 2, used  # more than one length ran
+  # Forwards that cost as much as the drafts are worth: only AR steps, no drafts at all.
+  dec = registry.build('prompt_lookup', dict(gamma=4, adaptive=True, costs='1,9,9,9,9'))
+  rows, stats = run_decoder(dec, models, params, PROMPTS, max_new_tokens=N_NEW,
+                            cache_size=128, eos_id=-1, pad_id=0)
+  assert [r.tokens for r in rows] == [r.tokens for r in ref]
+  assert stats.extra['drafted_tokens'] == 0
+  assert stats.target_forwards == stats.generated
+
+
+def test_measured_costs_are_relative_and_non_decreasing(lm):
+  models, params = lm
+  costs = adaptive.calibrate(models.target, params['target'], (0, 1, 2, 4, 8), batch=2,
+                             cache_size=64, seconds=0.005, trials=2)
+  assert len(costs) == 5 and costs[0] == 1.0
+  assert all(a <= b for a, b in zip(costs, costs[1:])), costs
+  dec = registry.build('prompt_lookup', dict(gamma=4, adaptive=True))
+  ready = dec.prepare(models, params, batch=2, cache_size=64)
+  assert len(ready.get_drafter().costs) == 5 and ready.costs
+  assert registry.build('prompt_lookup').prepare(models, params, batch=1, cache_size=64) == \
+      registry.build('prompt_lookup')  # non-adaptive decoders measure nothing
+
+
+def test_bad_settings_give_clear_errors(lm):
+  models, params = lm
+  with pytest.raises(ValueError, match='drafts a tree'):
+    registry.build('token_recycling', dict(adaptive=True))
+  with pytest.raises(ValueError, match='add adaptive=1'):
+    registry.build('prompt_lookup', dict(costs='1,2'))
+  with pytest.raises(ValueError, match='one relative forward cost per chain length'):
+    registry.build('prompt_lookup', dict(gamma=2, adaptive=True, costs='1,2'))
+  with pytest.raises(ValueError, match='depends on its chain length'):
+    run_decoder(registry.build('layerskip', dict(exit_layer=1, adaptive=True, costs='1,1,1,1')),
+                models, params, PROMPTS, max_new_tokens=8, cache_size=128, eos_id=-1, pad_id=0)
