@@ -150,8 +150,9 @@ def run(args) -> str:
   if 'draft' not in have:
     raise ValueError(f'No draft run in {args.draft!r}: assisted generation needs one.')
   tok = target.tokenizer
-  prompts = cli.read_prompts(tok, prompt=None, prompts_file=None, heldout=args.prompts,
-                             prompt_chars=args.prompt_chars, data_config=target.config['data'])
+  prompts = workbench.read_prompts(tok, prompt=None, prompts_file=None, heldout=args.prompts,
+                                   prompt_chars=args.prompt_chars,
+                                   data_config=target.config['data'])
   ours = _ours(args, target, params, models, have, prompts)
   with tempfile.TemporaryDirectory() as tmp:
     t_dir, d_dir = os.path.join(tmp, 'target'), os.path.join(tmp, 'draft')
