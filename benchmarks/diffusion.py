@@ -39,10 +39,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import data
+import workbench
 from benchmarks import common
-from decoding import base, registry, runner
-from decoding import sampling as sampling_lib
-from decoding.diffusion import canvas
+from data.tasks import exact_match
 
 GOAL_NFE = 0.35
 
@@ -63,40 +63,24 @@ class Row:
 
 
 LOADED: dict[str, str] = {}  # run name -> what the report says about it
+_RUNS: dict[str, Any] = {}  # every run restored once, as a target or an extra run
 
 
-def load(path: str):
-  from workdir import loading  # pylint: disable=g-import-not-at-top
-  if not os.path.isdir(os.path.join(path, 'checkpoints')):
+def open_run(path: str) -> workbench.Workbench | None:
+  """The workbench of the run at `path`, or None if it has no checkpoint yet."""
+  if not workbench.has_checkpoint(path):
     return None
-  m = loading.load_model(path)
-  cfg = m.config
-  params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(m.params))
-  data = cfg.get('data', {})
-  LOADED[os.path.basename(os.path.normpath(path))] = (
-      f"objective {cfg.get('objective')}, step {m.step} of {cfg.get('train', {}).get('steps')}, "
-      f"{params / 1e6:.2f}M params, batch {data.get('batch_size')} x seq_len "
-      f"{data.get('seq_len')}"
-      + (f", initialised from {(cfg.get('diffusion') or {}).get('init_from')}"
-         if (cfg.get('diffusion') or {}).get('init_from') else ''))
-  return m
+  bench = workbench.Workbench.load(path, runs=_RUNS)
+  LOADED[bench.name] = workbench.describe_run(bench)
+  return bench
 
 
-def run(name: str, settings: dict[str, Any], target, prompts: Sequence[Sequence[int]],
-        max_new: int, extras: dict[str, Any] | None = None, batch_size: int = 64):
-  """One decoder over all prompts: (rows, stats, decoder)."""
-  dec = registry.build(name, settings, sampling_lib.SamplingConfig())
-  if isinstance(dec, canvas.DiffusionDecoder):  # mask id, shift, block layout from the kind
-    from workdir import kind as kind_lib  # pylint: disable=g-import-not-at-top
-    dec = dec.for_model(kind_lib.for_decoder(target.kind, dec.extra_models()))
-  extras = extras or {}
-  models = base.Models(target.model, extras=tuple((k, v.model) for k, v in extras.items()))
-  params = {'target': target.params, **{k: v.params for k, v in extras.items()}}
-  tok = target.tokenizer
-  size = max(len(p) for p in prompts) + max_new + dec.extra_cache_slots(max_new)
-  rows, stats = runner.run_decoder(dec, models, params, prompts, max_new_tokens=max_new,
-                                   cache_size=int(math.ceil(size / 64) * 64), eos_id=tok.eos_id,
-                                   pad_id=tok.pad_id, batch_size=batch_size)
+def run(name: str, settings: dict[str, Any], target: workbench.Workbench,
+        prompts: Sequence[Sequence[int]], max_new: int, batch_size: int = 64):
+  """One decoder over all prompts, greedy: (rows, stats, decoder); the runs it declares
+  (guide, drafter) come from its settings."""
+  dec = target.decoder(name, settings=settings)
+  rows, stats = target.run_one(dec, prompts, max_new_tokens=max_new, batch_size=batch_size)
   return rows, stats, dec
 
 
@@ -146,7 +130,6 @@ SUDOKU_DECODERS = [  # (name, settings) on the masked-diffusion model
 
 def sudoku_puzzles(tokenizer, n: int, seed: int):
   """(prompts, max_new, accuracy(rows) in %) for n held-out sudoku4 puzzles."""
-  from data.tasks import exact_match  # pylint: disable=g-import-not-at-top
   task = exact_match.get('sudoku4')
   examples = exact_match.examples(task, n, seed=seed)
   prompts = [exact_match.prompt_ids(tokenizer, p) for p, _ in examples]
@@ -158,7 +141,7 @@ def sudoku_puzzles(tokenizer, n: int, seed: int):
 
 
 def sudoku_part(runs: str, n: int, seed: int = 0) -> list[Row]:
-  mdlm, ar = load(os.path.join(runs, 'sudoku4_mdlm')), load(os.path.join(runs, 'sudoku4_ar'))
+  mdlm, ar = (open_run(os.path.join(runs, r)) for r in ('sudoku4_mdlm', 'sudoku4_ar'))
   if mdlm is None:
     print('sudoku4: no masked-diffusion run; skipped.')
     return []
@@ -189,7 +172,7 @@ ASSD_DECODERS = [  # (settings) of `assd` on the any-subset AR model; draft_len=
 def assd_part(runs: str, n: int, seed: int = 0) -> list[Row]:
   """ASSD on the any-subset AR model (RUNS/sudoku4_asarm) against sequential decoding of the
   same model in the same order (draft_len=1), on the sudoku4 puzzles of `sudoku_part`."""
-  asarm = load(os.path.join(runs, 'sudoku4_asarm'))
+  asarm = open_run(os.path.join(runs, 'sudoku4_asarm'))
   if asarm is None:
     print('assd: no sudoku4_asarm run; skipped.')
     return []
@@ -231,7 +214,6 @@ def assd_goals(rows: list[Row]) -> list[list[str]]:
 
 def code_prompts(tokenizer, n: int, chars: int) -> list[list[int]]:
   """Held-out stdlib text: `chars` characters from a line start about a third into a file."""
-  import data  # pylint: disable=g-import-not-at-top
   cfg = data.DataConfig(name='python_stdlib')
   out = []
   for doc in data.load_texts(cfg, cfg.eval_split):
@@ -270,9 +252,8 @@ def ar_quality(ar, prompts, generations) -> tuple[float, float]:
 
 
 def code_part(runs: str, n: int, max_new: int) -> list[Row]:
-  mdlm = load(os.path.join(runs, 'code_mdlm'))
-  ar = load(os.path.join(runs, 'code_ar'))
-  wedlm = load(os.path.join(runs, 'code_wedlm'))
+  mdlm, ar, wedlm = (open_run(os.path.join(runs, r))
+                     for r in ('code_mdlm', 'code_ar', 'code_wedlm'))
   out = []
   ref = mdlm or ar or wedlm
   if ref is None:
@@ -314,10 +295,9 @@ def code_part(runs: str, n: int, max_new: int) -> list[Row]:
       configs.append(('guided_diffusion', dict(guide_threshold=0.3)))
     for name, settings in configs:
       settings = dict(settings, block_size=bs, shift=-1, block_causal=-1)
-      extras = {'guide': ar} if name == 'guided_diffusion' else None
       if name == 'guided_diffusion':
         settings['guide'] = ar.workdir
-      rows, stats, dec = run(name, settings, mdlm, prompts, max_new, extras)
+      rows, stats, dec = run(name, settings, mdlm, prompts, max_new)
       ppl, ent = quality(rows)
       out.append(make_row('code', 'mdlm', name, dec, rows, stats, ppl, 'AR ppl', entropy=ent))
       print(name, out[-1].settings, f'ppl {ppl:.2f} H {ent:.2f}',
@@ -328,7 +308,7 @@ def code_part(runs: str, n: int, max_new: int) -> list[Row]:
     out.append(make_row('code', 'ar', 'ar', dec, rows, stats, ppl, 'AR ppl', entropy=ent))
     if mdlm is not None:
       settings = dict(drafter=mdlm.workdir, draft_len=8, shift=-1, block_causal=0)
-      rows, stats, dec = run('diffuspec', settings, ar, prompts, max_new, {'drafter': mdlm})
+      rows, stats, dec = run('diffuspec', settings, ar, prompts, max_new)
       ppl, ent = quality(rows)
       out.append(make_row('code', 'ar+mdlm drafter', 'diffuspec', dec, rows, stats, ppl,
                           'AR ppl', entropy=ent))

@@ -5,13 +5,13 @@
       [--set=NAME.FIELD=VALUE ...] [--out=benchmarks/results/report.md]
 
 Every decoder in `decoding.registry` (new modules register themselves) runs on held-out
-files of each model's corpus at every temperature and is grouped by family. A decoder runs
-on the first workdir whose training objective it decodes (the class attribute `objectives`
-if it has one; an any-order decoder (`model_kinds`) <-> an any-subset AR run; else: family
-'diffusion' <-> a diffusion objective, every other family <-> an AR model; building it then
-checks the run's `ModelKind`); decoders that need a model no workdir provides, or whose
-extra models (e.g. a draft `*_workdir` setting) are not given, are listed as skipped with
-the reason, as is any decoder that fails.
+files of the first model's corpus at every temperature and is grouped by family. Runs are
+loaded and decoders built and run through the `workbench`. A decoder runs on the first
+workdir whose `ModelKind` it reads (its declared `model_kinds`; a run of exactly those
+families first, e.g. an AR run before a WeDLM one for a speculative decoder), AR on every one
+it reads; decoders that need a model no workdir provides, or whose extra models (e.g. a draft
+`*_workdir` setting) are not given, are listed as skipped with the reason, as is any decoder
+that fails.
 
 Columns: τ = tokens per target forward (bonus token counted); NFE/token = all forward passes
 (target + draft/heads) per generated token; tokens/s excludes compilation; speedup = tokens/s
@@ -27,8 +27,11 @@ from every decoder's step histogram). The rows are also written as JSON beside t
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import datetime
 import functools
+import json
 import math
 import os
 import sys
@@ -39,24 +42,27 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+import cli
+import workbench
 from benchmarks import common
-
-DIFFUSION_OBJECTIVES = ('masked_diffusion', 'block_diffusion', 'wedlm')
-ANY_ORDER_OBJECTIVES = ('as_arm',)
+from decoding import SamplingConfig, registry
+from models import kind as kind_lib
 
 
 @dataclasses.dataclass
 class Model:
-  """A workdir offered to the report: the loaded model, its objective and prompts."""
-  workdir: str
-  loaded: Any  # workdir.loading.LoadedModel
-  objective: str
+  """A run offered to the report: its workbench and the prompts (the same texts for all)."""
+  bench: workbench.Workbench
   prompts: list[list[int]]
   texts: list[str]
 
   @property
   def name(self) -> str:
-    return os.path.basename(self.workdir.rstrip('/'))
+    return self.bench.name
+
+  @property
+  def kind(self) -> kind_lib.ModelKind:
+    return self.bench.kind
 
 
 @dataclasses.dataclass
@@ -81,92 +87,47 @@ class Row:
   same_as_ar: str = '—'
 
 
-def decodes(cls: Any, objective: str) -> bool:
-  """Whether decoder class `cls` runs on a model trained with `objective`."""
-  wanted = getattr(cls, 'objectives', None)
-  if wanted:
-    return objective in tuple(wanted)
-  if 'any_order' in getattr(cls, 'model_kinds', ()):  # assd: models.kind family any_order
-    return objective in ANY_ORDER_OBJECTIVES
-  if objective in ANY_ORDER_OBJECTIVES:  # only decoders of that family read it
-    return False
-  return (cls.family == 'diffusion') == (objective in DIFFUSION_OBJECTIVES)
+def decodes(cls: Any, kind: kind_lib.ModelKind) -> bool:
+  """Whether decoder class `cls` reads a model of `kind` (its declared `model_kinds`)."""
+  return kind_lib.accepts(cls.model_kinds, kind)
 
 
-def load_models(workdirs: Sequence[str], *, num_prompts: int, prompt_chars: int) -> list[Model]:
-  """Loads each workdir and takes the same held-out texts as prompts for all of them."""
-  import data  # pylint: disable=g-import-not-at-top
-  from workdir import loading  # pylint: disable=g-import-not-at-top
-  models, texts = [], None
-  for workdir in workdirs:
-    loaded = loading.load_model(workdir)
-    if texts is None:
-      cfg = data.DataConfig(**(loaded.config.get('data') or {}))
-      texts = []
-      for doc in data.load_texts(cfg, cfg.eval_split):
-        if len(doc) >= prompt_chars:
-          texts.append(doc[:prompt_chars])
-        if len(texts) == num_prompts:
-          break
-    prompts = [loaded.tokenizer.encode(t, add_bos=True) for t in texts]
-    models.append(Model(workdir=loaded.workdir, loaded=loaded,
-                        objective=str(loaded.config.get('objective', 'ar')), prompts=prompts,
-                        texts=texts))
-  return models
+def offer(benches: Sequence[workbench.Workbench], *, num_prompts: int, prompt_chars: int
+          ) -> list[Model]:
+  """The runs offered to the report, with the same held-out texts (of the first run's
+  corpus) as prompts for all of them."""
+  texts = workbench.heldout_texts(benches[0].config.get('data'), num_prompts, prompt_chars)
+  return [Model(b, [b.tokenizer.encode_prompt(t) for t in texts], texts) for b in benches]
 
 
-_EXTRA_CACHE: dict[str, Any] = {}
-
-
-def _extra_loader(target: Model):
-  """load_extra for compare.run_all: loads a workdir once per process, checks the vocab."""
-  from workdir import loading  # pylint: disable=g-import-not-at-top
-
-  def load_extra(workdir: str):
-    key = os.path.abspath(workdir)
-    if key not in _EXTRA_CACHE:
-      _EXTRA_CACHE[key] = loading.load_model(workdir)
-    extra = _EXTRA_CACHE[key]
-    if extra.tokenizer.vocab_size != target.loaded.tokenizer.vocab_size:
-      raise ValueError(f'{workdir} uses a different vocabulary from {target.workdir}.')
-    return extra.model, extra.params
-  return load_extra
+def default_judge(models: Sequence[Model]) -> Model:
+  """The first plain AR run (causal, no mask), else the first run."""
+  return next((m for m in models if kind_lib.families(m.kind) == {'autoregressive'}),
+              models[0])
 
 
 def targets(name: str, models: Sequence[Model]) -> tuple[list[Model], str]:
-  """The workdirs decoder `name` may run on, in order, or ([], why none fits)."""
-  from decoding import registry  # pylint: disable=g-import-not-at-top
+  """The workdirs decoder `name` may run on, in order (runs of exactly the families it
+  reads first), or ([], why none fits)."""
   cls = registry.get(name)
-  fits = [m for m in models if decodes(cls, m.objective)]
+  fits = [m for m in models if decodes(cls, m.kind)]
+  fits.sort(key=lambda m: not kind_lib.families(m.kind) <= set(cls.model_kinds))
   if fits:
     return fits, ''
-  wanted = getattr(cls, 'objectives', None) or (
-      ANY_ORDER_OBJECTIVES if 'any_order' in getattr(cls, 'model_kinds', ()) else
-      DIFFUSION_OBJECTIVES if cls.family == 'diffusion' else ('ar', '...'))
-  return [], (f'needs a model trained with {"/".join(wanted)}; the workdirs given have '
-              f'{sorted({m.objective for m in models})}')
+  needs = ' or '.join(kind_lib.FAMILIES.get(f, f) for f in cls.model_kinds)
+  return [], (f'needs {needs}; the workdirs given are '
+              f'{sorted({m.kind.describe() for m in models})}')
 
 
 def build(name: str, temperature: float, target: Model, extra_workdirs: dict[str, str],
           settings: dict[str, Any]) -> tuple[Any, str]:
   """(decoder for `target`, '') or (None, the reason it cannot be built)."""
-  import decoding  # pylint: disable=g-import-not-at-top
-  from decoding import registry  # pylint: disable=g-import-not-at-top
-  fields = {f.name: f for f in registry.settings_fields(name)}
-  chosen = {k: v for k, v in settings.items() if k in fields}
-  for f in fields.values():  # draft_workdir or draft <- --models=draft=DIR
-    key = f.name.removesuffix('_workdir')
-    if f.default in ('', None) and not chosen.get(f.name) and key in extra_workdirs:
-      chosen[f.name] = extra_workdirs[key]
   try:
-    dec = registry.build(name, chosen, decoding.SamplingConfig(temperature=temperature))
-    needs = dec.extra_models()
-    if hasattr(dec, 'for_model'):
-      from workdir import kind as kind_lib  # pylint: disable=g-import-not-at-top
-      dec = dec.for_model(kind_lib.for_decoder(target.loaded.kind, needs))
+    dec = target.bench.decoder(name, SamplingConfig(temperature=temperature), settings,
+                               runs=extra_workdirs)
   except (ValueError, TypeError, KeyError) as e:
     return None, f'cannot be built with these settings: {e}'
-  missing = {k: v for k, v in needs.items() if not v or not os.path.isdir(v)}
+  missing = target.bench.missing_runs(dec)
   if missing:
     return None, ('needs model(s) ' + ', '.join(f'{k!r} ({v or "not set"})'
                                                 for k, v in missing.items())
@@ -177,16 +138,11 @@ def build(name: str, temperature: float, target: Model, extra_workdirs: dict[str
 def run_one(dec: Any, target: Model, *, max_new_tokens: int, seed: int,
             repeats: int = 5) -> Row:
   """Runs `dec` on all prompts `repeats` times (compiled once); tokens/s from the median."""
-  from decoding import compare  # pylint: disable=g-import-not-at-top
-  tok = target.loaded.tokenizer
+  tok = target.bench.tokenizer
   walls, first = [], None
   for _ in range(max(repeats, 1)):
-    results = compare.run_all([dec], target.loaded.model, target.loaded.params,
-                              target.prompts, eos_id=tok.eos_id, pad_id=tok.pad_id,
-                              max_new_tokens=max_new_tokens, seed=seed,
-                              load_extra=_extra_loader(target),
-                              target_extras=target.loaded.extras)
-    rows, stats = next(iter(results.values()))
+    rows, stats = target.bench.run_one(dec, target.prompts, max_new_tokens=max_new_tokens,
+                                       seed=seed)
     first = first or (rows, stats)
     walls.append(stats.wall_time_s)
   rows, stats = first
@@ -212,7 +168,7 @@ def _next_token_nll(model: Any, params: Any, tokens_BxT: jax.Array, positions_Bx
 def judge_quality(judge: Model, prompt_texts: Sequence[str], gen_texts: Sequence[str]
                   ) -> tuple[float, float]:
   """(perplexity of the generated text given the prompt, mean unigram entropy in bits)."""
-  tok, model, params = judge.loaded.tokenizer, judge.loaded.model, judge.loaded.params
+  tok, model, params = judge.bench.tokenizer, judge.bench.model, judge.bench.params
   seqs, starts, entropies = [], [], []
   for p, g in zip(prompt_texts, gen_texts):
     prompt, gen = tok.encode(p, add_bos=True), tok.encode(g)
@@ -262,10 +218,9 @@ def run_report(models: Sequence[Model], *, decoders: Sequence[str] | None = None
   speedups and the 'same tokens as AR at T=0' column are relative to AR on the same model.
   Every other decoder runs on the first compatible model that does not refuse it.
   """
-  from decoding import registry  # pylint: disable=g-import-not-at-top
   names = list(decoders or registry.names())
   names.sort(key=lambda n: (n != 'ar', registry.get(n).family, n))
-  judge = judge or next((m for m in models if m.objective == 'ar'), models[0])
+  judge = judge or default_judge(models)
   rows: list[Row] = []
   skipped: list[tuple[str, str]] = []
   for name in names:
@@ -440,7 +395,6 @@ def define_flags() -> Any:
 
 def parse_settings(items: Sequence[str]) -> dict[str, dict[str, Any]]:
   """['spec.gamma=4', ...] -> {'spec': {'gamma': 4}} (values parsed as Python literals)."""
-  import ast  # pylint: disable=g-import-not-at-top
   out: dict[str, dict[str, Any]] = {}
   for item in items:
     key, sep, value = item.partition('=')
@@ -459,7 +413,6 @@ def write(out: str, rows: Sequence[Row], skipped: Sequence[tuple[str, str]], set
           provenance: str, rendered: str = '') -> list[str]:
   """Writes the markdown, its plots and <out>.json (rows without token ids); `rendered`
   (a provenance line for --replot) goes in the markdown only."""
-  import json  # pylint: disable=g-import-not-at-top
   out_dir = os.path.dirname(os.path.abspath(out))
   prefix = os.path.splitext(os.path.basename(out))[0]
   os.makedirs(out_dir, exist_ok=True)
@@ -476,7 +429,6 @@ def write(out: str, rows: Sequence[Row], skipped: Sequence[tuple[str, str]], set
 
 def replot(out: str) -> list[str]:
   """Rewrites the markdown and plots of a previous run from its JSON."""
-  import json  # pylint: disable=g-import-not-at-top
   path = os.path.splitext(out)[0] + '.json'
   if not os.path.isfile(path):
     raise FileNotFoundError(f'--replot needs {path} from an earlier run.')
@@ -484,7 +436,6 @@ def replot(out: str) -> list[str]:
     saved = json.load(f)
   rows = [Row(**r) for r in saved['rows']]
   provenance = common.with_commit_line(saved['provenance'])
-  import datetime  # pylint: disable=g-import-not-at-top
   when = f'{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC'
   rendered = (f'- rendered: from {os.path.basename(path)} by `python -m benchmarks.report '
               f'--replot` ({when}, commit {common.git_commit()}); the figures are those of '
@@ -496,16 +447,16 @@ def replot(out: str) -> list[str]:
 def main(argv, flag_values: dict[str, Any]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  import cli  # pylint: disable=g-import-not-at-top
   cli.quiet_logging(sys.argv)
   v = {k: holder.value for k, holder in flag_values.items()}
   if v['replot']:
     print('Wrote ' + ', '.join(replot(v['out'])))
     return
-  models = load_models(v['workdirs'], num_prompts=v['num_prompts'],
-                       prompt_chars=v['prompt_chars'])
-  judge = (load_models([v['judge']], num_prompts=v['num_prompts'],
-                       prompt_chars=v['prompt_chars'])[0] if v['judge'] else None)
+  benches = [workbench.Workbench.load(w) for w in v['workdirs']]
+  if v['judge']:
+    benches.append(workbench.Workbench.load(v['judge']))
+  models = offer(benches, num_prompts=v['num_prompts'], prompt_chars=v['prompt_chars'])
+  judge = models.pop() if v['judge'] else None
   temps = [float(t) for t in v['temperatures']]
   load = os.getloadavg()[0]
   rows, skipped = run_report(
@@ -513,8 +464,9 @@ def main(argv, flag_values: dict[str, Any]) -> None:
       max_new_tokens=v['max_new_tokens'], seed=v['seed'], repeats=v['repeats'],
       extra_workdirs=dict(item.split('=', 1) for item in v['models']),
       settings=parse_settings(v['set']), judge=judge)
-  judge_name = (judge or next((m for m in models if m.objective == 'ar'), models[0])).name
-  setup = (f'Models: {", ".join(f"`{m.workdir}` ({m.objective})" for m in models)}; judge: '
+  judge_name = (judge or default_judge(models)).name
+  runs = ", ".join(f"`{m.bench.workdir}` ({m.kind.describe()})" for m in models)
+  setup = (f'Models: {runs}; judge: '
            f'`{judge_name}`. Prompts: {len(models[0].texts)} held-out documents, first '
            f'{v["prompt_chars"]} characters; {v["max_new_tokens"]} new tokens, batch of all '
            f'prompts, median of {v["repeats"]} timed runs; temperatures '

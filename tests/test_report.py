@@ -9,8 +9,10 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
+import workbench
 from benchmarks import report
 from decoding import ar, registry
+from models import kind as kind_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,6 +54,7 @@ class _Diffusion(ar.ARDecoder):
   name: ClassVar[str] = 'report_test_diffusion'
   family: ClassVar[str] = 'diffusion'
   lossless: ClassVar[bool] = False
+  model_kinds: ClassVar[tuple[str, ...]] = ('diffusion',)
 
 
 @pytest.fixture
@@ -66,31 +69,38 @@ def fake_decoders():
     registry.DECODERS.remove(cls.name)
 
 
+def _models(workdir, num_prompts):
+  return report.offer([workbench.Workbench.load(workdir)], num_prompts=num_prompts,
+                      prompt_chars=40)
+
+
 def test_acceptance_curve_from_step_histogram():
   # 4 steps: one committed 1 token, two committed 2, one committed 3.
   np.testing.assert_allclose(report.acceptance_curve([0, 1, 2, 1]), [1.0, 0.75, 0.25])
   np.testing.assert_allclose(report.acceptance_curve([0, 5]), [1.0])
 
 
-def test_decodes_matches_objectives_and_families():
+def test_decodes_by_the_declared_model_kinds():
   class Spec:
     family = 'speculative'
+    model_kinds = ('autoregressive',)
 
   class Diff:
     family = 'diffusion'
+    model_kinds = ('diffusion',)
 
-  class Explicit:
-    family = 'latent'
-    objectives = ('coconut',)
-
-  assert report.decodes(Spec, 'ar') and not report.decodes(Spec, 'masked_diffusion')
-  assert report.decodes(Diff, 'block_diffusion') and not report.decodes(Diff, 'ar')
-  assert report.decodes(Explicit, 'coconut') and not report.decodes(Explicit, 'ar')
+  ar_kind, mdlm = kind_lib.ModelKind(), kind_lib.ModelKind('bidirectional', mask_id=3)
+  bd3 = kind_lib.ModelKind('block_causal', mask_id=3, block_size=4)
+  wedlm = kind_lib.ModelKind('causal', mask_id=3, block_size=4)
+  any_order = kind_lib.ModelKind('bidirectional', mask_id=3, any_order=True)
+  assert report.decodes(Spec, ar_kind) and not report.decodes(Spec, mdlm)
+  assert report.decodes(Diff, bd3) and not report.decodes(Diff, ar_kind)
+  assert report.decodes(Diff, wedlm) and report.decodes(Spec, wedlm)  # causal and mask-filling
   # An any-subset AR run is read by two-stream queries: only ASSD decodes it.
   from decoding.diffusion import assd  # pylint: disable=g-import-not-at-top
-  assert report.decodes(assd.ASSDDecoder, 'as_arm')
-  assert not report.decodes(assd.ASSDDecoder, 'masked_diffusion')
-  assert not report.decodes(Spec, 'as_arm') and not report.decodes(Diff, 'as_arm')
+  assert report.decodes(assd.ASSDDecoder, any_order)
+  assert not report.decodes(assd.ASSDDecoder, mdlm)
+  assert not report.decodes(Spec, any_order) and not report.decodes(Diff, any_order)
 
 
 def test_parse_settings():
@@ -102,15 +112,15 @@ def test_parse_settings():
 
 def test_every_registered_decoder_is_planned_or_skipped_with_a_reason(trained_workdir,
                                                                        fake_decoders):
-  models = report.load_models([trained_workdir], num_prompts=2, prompt_chars=40)
+  models = _models(trained_workdir, 2)
   for name in registry.names():
     fits, reason = report.targets(name, models)
     assert bool(fits) != bool(reason), name
     if fits:
       dec, reason = report.build(name, 0.0, fits[0], {}, {})
       assert (dec is None) == bool(reason), name
-  assert 'masked_diffusion' in report.targets('report_test_diffusion', models)[1]
-  assert "['ar']" in report.targets('report_test_diffusion', models)[1]
+  assert 'needs a diffusion model' in report.targets('report_test_diffusion', models)[1]
+  assert "['causal']" in report.targets('report_test_diffusion', models)[1]
   _, reason = report.build('report_test_needs_draft', 0.0, models[0], {}, {})
   assert "'draft'" in reason and '--models=draft=DIR' in reason
   dec, _ = report.build('report_test_needs_draft', 0.0, models[0], {'draft': trained_workdir},
@@ -119,7 +129,7 @@ def test_every_registered_decoder_is_planned_or_skipped_with_a_reason(trained_wo
 
 
 def test_report_rows_quality_and_files(trained_workdir, fake_decoders, tmp_path):
-  models = report.load_models([trained_workdir], num_prompts=3, prompt_chars=40)
+  models = _models(trained_workdir, 3)
   rows, skipped = report.run_report(
       models, decoders=['ar', *fake_decoders], temperatures=(0.0, 1.0), max_new_tokens=8,
       repeats=1, extra_workdirs={'draft': trained_workdir}, log=lambda *_: None)
@@ -133,7 +143,7 @@ def test_report_rows_quality_and_files(trained_workdir, fake_decoders, tmp_path)
   assert by['ar', 1.0].perplexity > ar0.perplexity  # sampling is less likely than greedy
   assert 0 <= ar0.entropy_bits < by['ar', 1.0].entropy_bits <= np.log2(8)
   reasons = dict(skipped)
-  assert 'masked_diffusion' in reasons['report_test_diffusion']
+  assert 'needs a diffusion model' in reasons['report_test_diffusion']
   name = models[0].name
   assert reasons['report_test_broken'] == f'failed by {name}: RuntimeError: boom'
   assert reasons['report_test_refuses'] == (f'refused by {name}: ValueError: needs heads in '
@@ -175,13 +185,13 @@ def test_markdown_flags_speedups_above_tau_and_looping_text():
 def test_judge_perplexity_is_the_models_own(trained_workdir):
   """Perplexity equals exp(mean NLL) computed directly from the judge's logits."""
   import jax  # pylint: disable=g-import-not-at-top
-  judge = report.load_models([trained_workdir], num_prompts=1, prompt_chars=40)[0]
-  tok, model = judge.loaded.tokenizer, judge.loaded.model
+  judge = _models(trained_workdir, 1)[0]
+  tok, model = judge.bench.tokenizer, judge.bench.model
   prompt, gen = 'import os\n', 'def f(x):\n  return x'
   ppl, entropy = report.judge_quality(judge, [prompt], [gen])
   ids = tok.encode(prompt, add_bos=True) + tok.encode(gen)
   start = len(tok.encode(prompt, add_bos=True))
-  logits = jax.jit(model.apply)({'params': judge.loaded.params},
+  logits = jax.jit(model.apply)({'params': judge.bench.params},
                                 np.asarray([ids])).logits_BxTxV[0]
   logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
   nll = [-logp[t - 1, ids[t]] for t in range(start, len(ids))]

@@ -51,22 +51,30 @@ class Workbench:
   extras: trained trees passed to every decoder as params[name] beside params['target'] (the
     target run's own heads and adapters, plus those attached by `add_heads`).
   mesh, dtype: how every run is restored (sharded over `mesh`; weights cast to `dtype`).
+  runs: restored runs by absolute workdir; pass one dict to several workbenches and a run is
+    restored once for all of them, as a target or as an extra run.
   """
 
   def __init__(self, target: loading.LoadedModel, *, mesh: Mesh | None = None,
-               dtype: str | None = None):
+               dtype: str | None = None,
+               runs: dict[str, loading.LoadedModel] | None = None):
     self.target = target
     self.mesh, self.dtype = mesh, dtype
     self.extras: dict[str, Any] = dict(target.extras)
-    self._runs: dict[str, loading.LoadedModel] = {target.workdir: target}
+    self._runs = {} if runs is None else runs
+    self._runs.setdefault(target.workdir, target)
 
   @classmethod
   def load(cls, workdir: str, *, step: int | None = None, mesh: Mesh | None = None,
-           dtype: str | None = None) -> 'Workbench':
-    """Restores `workdir` (its newest readable checkpoint, or `step`); CheckpointError with a
-    clear message when it is not a trained run."""
+           dtype: str | None = None, runs: dict[str, loading.LoadedModel] | None = None
+           ) -> 'Workbench':
+    """Restores `workdir` (its newest readable checkpoint, or `step`) unless `runs` holds it;
+    CheckpointError with a clear message when it is not a trained run."""
+    key = os.path.abspath(workdir)
+    if step is None and runs is not None and key in runs:
+      return cls(runs[key], mesh=mesh, dtype=dtype, runs=runs)
     return cls(loading.load_model(workdir, step=step, mesh=mesh, dtype=dtype), mesh=mesh,
-               dtype=dtype)
+               dtype=dtype, runs=runs)
 
   # ------------------------------------------------------------------ the target run
 
@@ -115,12 +123,12 @@ class Workbench:
     target's vocabulary."""
     key = os.path.abspath(workdir)
     if key not in self._runs:
-      run = loading.load_model(workdir, mesh=self.mesh, dtype=self.dtype)
-      if run.tokenizer.vocab_size != self.tokenizer.vocab_size:
-        raise ValueError(f'{workdir} uses a different vocabulary ({run.tokenizer.vocab_size} '
-                         f'tokens) from the target ({self.tokenizer.vocab_size}).')
-      self._runs[key] = run
-    return self._runs[key]
+      self._runs[key] = loading.load_model(workdir, mesh=self.mesh, dtype=self.dtype)
+    run = self._runs[key]
+    if run.tokenizer.vocab_size != self.tokenizer.vocab_size:
+      raise ValueError(f'{workdir} uses a different vocabulary ({run.tokenizer.vocab_size} '
+                       f'tokens) from the target ({self.tokenizer.vocab_size}).')
+    return run
 
   def add_heads(self, name: str, workdir: str) -> None:
     """Passes the trees `name` trained in `workdir` on the frozen target (e.g. 'medusa') to
