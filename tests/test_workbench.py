@@ -1,10 +1,13 @@
 """workbench: loading a trained run, its decoders' extra runs, prompts, running decoders."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
 import workbench
+from benchmarks import diffusion
+from benchmarks import speculative
 from decoding import Models, SamplingConfig, registry, run_decoder
 from workdir import loading
 
@@ -87,3 +90,28 @@ def test_read_prompts_sources(bench, tmp_path):
   assert held == bench.heldout_prompts(2, 30)[1]
   with pytest.raises(ValueError, match='Give exactly one of'):
     workbench.read_prompts(tok, prompt='a', prompts_file=str(f), heldout=0, prompt_chars=0)
+
+
+def test_speculative_benchmark_runs_on_the_workbench(trained_workdir, tmp_path, capsys):
+  """benchmarks.speculative: the target is its own draft; heads runs missing are skipped."""
+  args = SimpleNamespace(target=trained_workdir, draft=trained_workdir, medusa='',
+                         mtp=str(tmp_path / 'none'), kangaroo='', dtype='', temperature=0.0,
+                         batch_size=2, prompts=2, prompt_chars=40, max_new_tokens=8,
+                         repeats=1, methods='draft chain g4,prompt lookup,medusa', part='',
+                         merge=False, raw_dir=str(tmp_path))
+  with open(speculative.run(args)) as f:
+    raw = json.load(f)
+  assert raw['rows']['draft chain g4']['equals_ar'] and raw['rows']['prompt lookup']['equals_ar']
+  assert raw['skipped'] == ['medusa (needs medusa)']
+  assert "mtp: no checkpoint in" in capsys.readouterr().out
+
+
+def test_diffusion_benchmark_opens_runs_through_the_workbench(bench, trained_workdir, tmp_path):
+  assert diffusion.open_run(str(tmp_path)) is None
+  run = diffusion.open_run(trained_workdir)
+  assert run.workdir == bench.workdir and 'causal' in diffusion.LOADED[run.name]
+  _, prompts = bench.heldout_prompts(2, chars=40)
+  rows, stats, dec = diffusion.run('ar', {}, run, prompts, 8)
+  ref, _ = bench.run_one(bench.decoder('ar'), prompts, max_new_tokens=8)
+  assert dec.name == 'ar' and [r.tokens for r in rows] == [r.tokens for r in ref]
+  assert stats.generated == sum(len(r.tokens) for r in ref)
