@@ -11,6 +11,7 @@ import pytest
 
 import workbench
 from benchmarks import report
+from benchmarks import report_files
 from decoding import ar, registry
 from models import kind as kind_lib
 
@@ -76,8 +77,8 @@ def _models(workdir, num_prompts):
 
 def test_acceptance_curve_from_step_histogram():
   # 4 steps: one committed 1 token, two committed 2, one committed 3.
-  np.testing.assert_allclose(report.acceptance_curve([0, 1, 2, 1]), [1.0, 0.75, 0.25])
-  np.testing.assert_allclose(report.acceptance_curve([0, 5]), [1.0])
+  np.testing.assert_allclose(report_files.acceptance_curve([0, 1, 2, 1]), [1.0, 0.75, 0.25])
+  np.testing.assert_allclose(report_files.acceptance_curve([0, 5]), [1.0])
 
 
 def test_decodes_by_the_declared_model_kinds():
@@ -148,24 +149,24 @@ def test_report_rows_quality_and_files(trained_workdir, fake_decoders, tmp_path)
   assert reasons['report_test_broken'] == f'failed by {name}: RuntimeError: boom'
   assert reasons['report_test_refuses'] == (f'refused by {name}: ValueError: needs heads in '
                                             'the target run')
-  plots = report.plot(rows, str(tmp_path))
+  plots = report_files.plot(rows, str(tmp_path))
   assert all(os.path.getsize(tmp_path / p) > 1000 for p in plots)
-  text = report.markdown(rows, skipped, plots, 'setup')
+  text = report_files.markdown(rows, skipped, plots, 'setup')
   assert text.count('\n| ar | autoregressive | yes |') == 2
   assert '`report_test_broken`: failed' in text and 'report_speed_quality.png' in text
   out = str(tmp_path / 'r.md')
-  files = report.write(out, rows, skipped, 'setup', '- device: x')
+  files = report_files.write(out, rows, skipped, 'setup', '- device: x')
   first = open(out).read()
   assert files[-1] == 'r.json' and 'setup' in first and '- device: x' in first
   os.remove(out)
-  assert report.replot(out) == files
+  assert report_files.replot(out) == files
   again = open(out).read().splitlines()
   rendered = [l for l in again if l.startswith('- rendered: from r.json by')]
   assert len(rendered) == 1 and [l for l in again if l not in rendered] == first.splitlines()
 
 
 def _row(method, tau, speedup, texts):
-  return report.Row(method=method, family='speculative', lossless=True, temperature=0.0,
+  return report_files.Row(method=method, family='speculative', lossless=True, temperature=0.0,
                     model='m', tau=tau, nfe_per_token=1.0, tokens_per_s=100.0, generated=8,
                     compile_s=0.0, step_hist=[0, 8], tokens=[], texts=texts, speedup=speedup)
 
@@ -174,12 +175,12 @@ def test_markdown_flags_speedups_above_tau_and_looping_text():
   prose = ['def parse(line):\n    key, value = line.split("=")\n    return key']
   rows = [_row('a', 1.86, 4.73, prose), _row('b', 2.0, 1.5, prose),
           _row('c', 1.0, 1.0, ['the command the command the command the comm'])]
-  lines = {l.split(' | ')[0]: l for l in report.markdown(rows, [], [], '').splitlines()
+  lines = {l.split(' | ')[0]: l for l in report_files.markdown(rows, [], [], '').splitlines()
            if l.startswith('| ') and not l.startswith('| method')}
   assert '| 4.73x (!) |' in lines['| a'] and '(!)' not in lines['| b'] + lines['| c']
   assert '(degenerate)' in lines['| c'] and '(degenerate)' not in lines['| a'] + lines['| b']
-  assert report.repeated_fraction(['abcdefgh' * 8]) > 0.8
-  assert report.repeated_fraction(prose) == 0.0
+  assert report_files.repeated_fraction(['abcdefgh' * 8]) > 0.8
+  assert report_files.repeated_fraction(prose) == 0.0
 
 
 def test_judge_perplexity_is_the_models_own(trained_workdir):
