@@ -1,5 +1,5 @@
 """Shared command-line plumbing for train.py and sample.py: flag parsing with clear errors,
-multi-host initialisation, and CPU-friendly defaults."""
+multi-host initialisation, and CPU-friendly defaults (prompts: `workbench.read_prompts`)."""
 
 from __future__ import annotations
 
@@ -131,54 +131,3 @@ def parse_mesh(spec: str):
     shape[k.strip()] = int(v)
   return sharding.make_mesh(shape)
 
-
-def read_prompts(tokenizer, *, prompt: str | None, prompts_file: str | None, heldout: int,
-                 prompt_chars: int, data_config: dict | None = None,
-                 add_bos: bool | None = None) -> list[list[int]]:
-  """Token ids of the prompts given by exactly one of the three sources.
-
-  Each prompt starts as the model's tokenizer starts one (`Tokenizer.encode_prompt`: BOS for
-  models trained here and checkpoints whose tokenizer adds one, nothing for e.g. Qwen);
-  `add_bos` True/False overrides that. Bad input raises ValueError naming the file and line.
-  """
-  import json  # pylint: disable=g-import-not-at-top
-  given = sum(x is not None and x != 0 for x in (prompt, prompts_file, heldout or None))
-  if given != 1:
-    raise ValueError('Give exactly one of --prompt, --prompts_file or --heldout_prompts=N.')
-  if prompt is not None:
-    texts = [prompt]
-  elif prompts_file is not None:
-    if not os.path.isfile(prompts_file):
-      raise ValueError(f'--prompts_file={prompts_file} does not exist.')
-    with open(prompts_file, encoding='utf-8', errors='replace') as f:
-      if prompts_file.endswith('.jsonl'):
-        texts = []
-        for n, line in enumerate(f, 1):
-          if not line.strip():
-            continue
-          try:
-            obj = json.loads(line)
-          except ValueError as e:
-            raise ValueError(f'{prompts_file} line {n} is not JSON ({e}).') from None
-          if isinstance(obj, dict):
-            if not isinstance(obj.get('prompt'), str):
-              raise ValueError(f'{prompts_file} line {n}: expected a JSON string or an object '
-                               f'with a "prompt" string, got keys {sorted(obj)}.')
-            obj = obj['prompt']
-          texts.append(obj if isinstance(obj, str) else json.dumps(obj))
-      else:
-        texts = [line.rstrip('\n') for line in f if line.strip()]
-    if not texts:
-      raise ValueError(f'{prompts_file} holds no prompts.')
-  else:
-    import data  # pylint: disable=g-import-not-at-top
-    cfg = data.DataConfig(**(data_config or {}))
-    texts = []
-    for doc in data.load_texts(cfg, cfg.eval_split):
-      if len(doc) >= prompt_chars:
-        texts.append(doc[:prompt_chars])
-      if len(texts) == heldout:
-        break
-  if any(t == '' for t in texts):
-    raise ValueError('Empty prompt: every prompt needs at least one character.')
-  return [tokenizer.encode_prompt(t, add_bos) for t in texts]

@@ -26,10 +26,12 @@ from ml_collections import config_flags
 
 import cli
 import decoding
+import workbench
 from benchmarks import common
 from decoding import compare
 from decoding import limits
 from decoding import registry
+from workdir import checkpoint
 
 _DECODERS = cli.peek_flag(sys.argv, 'decoder', 'ar').split(',')
 try:
@@ -88,8 +90,6 @@ def main(argv):
     return
   if not _WORKDIR.value:
     cli.fail('--workdir is required (a directory written by train.py).')
-  from workdir import checkpoint, loading  # pylint: disable=g-import-not-at-top
-  from workdir import kind as kind_lib  # pylint: disable=g-import-not-at-top
   overridden = cli.config_overrides(sys.argv, 'decoder_config')
   try:
     for name, value in (('batch_size', _BATCH.value), ('cache_size', _CACHE.value)):
@@ -100,37 +100,23 @@ def main(argv):
     if _REPEATS.value < 1:
       raise ValueError(f'--repeats must be >= 1, got {_REPEATS.value}.')
     decoders = compare.build_decoders(_DECODERS, _SETTINGS.value, overridden, sampling)
-    mesh = cli.parse_mesh(_MESH.value)
-    target = loading.load_model(_WORKDIR.value, step=_STEP.value, mesh=mesh,
-                                dtype=_DTYPE.value)
-    decoders = [(label, d.for_model(kind_lib.for_decoder(target.kind, d.extra_models())))
-                for label, d in decoders]
-    prompts = cli.read_prompts(target.tokenizer, prompt=_PROMPT.value,
-                               prompts_file=_PROMPTS_FILE.value, heldout=_HELDOUT.value,
-                               prompt_chars=_PROMPT_CHARS.value,
-                               data_config=target.config.get('data'),
-                               add_bos={'auto': None, 'true': True, 'false': False}[
-                                   _ADD_BOS.value])
+    bench = workbench.Workbench.load(_WORKDIR.value, step=_STEP.value,
+                                     mesh=cli.parse_mesh(_MESH.value), dtype=_DTYPE.value)
+    decoders = [(label, bench.fit(d)) for label, d in decoders]
+    prompts = workbench.read_prompts(
+        bench.tokenizer, prompt=_PROMPT.value, prompts_file=_PROMPTS_FILE.value,
+        heldout=_HELDOUT.value, prompt_chars=_PROMPT_CHARS.value,
+        data_config=bench.config.get('data'),
+        add_bos={'auto': None, 'true': True, 'false': False}[_ADD_BOS.value])
     prompts = limits.fit_prompts(prompts, max_new_tokens=_MAX_NEW.value,
-                                 max_len=target.model_config.max_seq_len,
-                                 prefix=target.tokenizer.prompt_prefix, warn=cli.warn)
-
-    def load_extra(workdir):
-      extra = loading.load_model(workdir, mesh=mesh, dtype=_DTYPE.value)
-      if extra.tokenizer.vocab_size != target.tokenizer.vocab_size:
-        raise ValueError(f'{workdir} uses a different vocabulary ({extra.tokenizer.vocab_size}'
-                         f' tokens) from the target ({target.tokenizer.vocab_size}).')
-      return extra.model, extra.params
-
-    results = compare.run_all(decoders, target.model, target.params, prompts,
-                              eos_id=target.tokenizer.eos_id, pad_id=target.tokenizer.pad_id,
-                              max_new_tokens=_MAX_NEW.value, cache_size=_CACHE.value,
-                              seed=_SEED.value, batch_size=_BATCH.value, mesh=mesh,
-                              load_extra=load_extra, target_extras=target.extras,
-                              repeats=_REPEATS.value)
+                                 max_len=bench.target.model_config.max_seq_len,
+                                 prefix=bench.tokenizer.prompt_prefix, warn=cli.warn)
+    results = bench.run(decoders, prompts, max_new_tokens=_MAX_NEW.value,
+                        cache_size=_CACHE.value, seed=_SEED.value, batch_size=_BATCH.value,
+                        repeats=_REPEATS.value)
   except (ValueError, checkpoint.CheckpointError, FileNotFoundError) as e:
     cli.fail(str(e))
-  tok = target.tokenizer
+  tok, target = bench.tokenizer, bench.target
   if _JSON.value:
     for name, (rows, stats) in results.items():
       for row in rows:

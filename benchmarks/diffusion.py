@@ -39,64 +39,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import data
+import workbench
 from benchmarks import common
-from decoding import base, registry, runner
-from decoding import sampling as sampling_lib
-from decoding.diffusion import canvas
+from benchmarks import diffusion_goals
+from data.tasks import exact_match
 
-GOAL_NFE = 0.35
-
-
-@dataclasses.dataclass
-class Row:
-  part: str
-  model: str
-  decoder: str
-  settings: str
-  nfe_per_token: float
-  tokens_per_forward: float
-  tokens_per_s: float
-  quality: float
-  quality_name: str
-  extra: dict[str, Any]
-  tokens: list[list[int]]
-
-
+Row = diffusion_goals.Row  # a measured decoder (what the goals judge)
 LOADED: dict[str, str] = {}  # run name -> what the report says about it
+_RUNS: dict[str, Any] = {}  # every run restored once, as a target or an extra run
 
 
-def load(path: str):
-  from workdir import loading  # pylint: disable=g-import-not-at-top
-  if not os.path.isdir(os.path.join(path, 'checkpoints')):
+def open_run(path: str) -> workbench.Workbench | None:
+  """The workbench of the run at `path`, or None if it has no checkpoint yet."""
+  if not workbench.has_checkpoint(path):
     return None
-  m = loading.load_model(path)
-  cfg = m.config
-  params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(m.params))
-  data = cfg.get('data', {})
-  LOADED[os.path.basename(os.path.normpath(path))] = (
-      f"objective {cfg.get('objective')}, step {m.step} of {cfg.get('train', {}).get('steps')}, "
-      f"{params / 1e6:.2f}M params, batch {data.get('batch_size')} x seq_len "
-      f"{data.get('seq_len')}"
-      + (f", initialised from {(cfg.get('diffusion') or {}).get('init_from')}"
-         if (cfg.get('diffusion') or {}).get('init_from') else ''))
-  return m
+  bench = workbench.Workbench.load(path, runs=_RUNS)
+  LOADED[bench.name] = workbench.describe_run(bench)
+  return bench
 
 
-def run(name: str, settings: dict[str, Any], target, prompts: Sequence[Sequence[int]],
-        max_new: int, extras: dict[str, Any] | None = None, batch_size: int = 64):
-  """One decoder over all prompts: (rows, stats, decoder)."""
-  dec = registry.build(name, settings, sampling_lib.SamplingConfig())
-  if isinstance(dec, canvas.DiffusionDecoder):  # mask id, shift, block layout from the kind
-    from workdir import kind as kind_lib  # pylint: disable=g-import-not-at-top
-    dec = dec.for_model(kind_lib.for_decoder(target.kind, dec.extra_models()))
-  extras = extras or {}
-  models = base.Models(target.model, extras=tuple((k, v.model) for k, v in extras.items()))
-  params = {'target': target.params, **{k: v.params for k, v in extras.items()}}
-  tok = target.tokenizer
-  size = max(len(p) for p in prompts) + max_new + dec.extra_cache_slots(max_new)
-  rows, stats = runner.run_decoder(dec, models, params, prompts, max_new_tokens=max_new,
-                                   cache_size=int(math.ceil(size / 64) * 64), eos_id=tok.eos_id,
-                                   pad_id=tok.pad_id, batch_size=batch_size)
+def run(name: str, settings: dict[str, Any], target: workbench.Workbench,
+        prompts: Sequence[Sequence[int]], max_new: int, batch_size: int = 64):
+  """One decoder over all prompts, greedy: (rows, stats, decoder); the runs it declares
+  (guide, drafter) come from its settings."""
+  dec = target.decoder(name, settings=settings)
+  rows, stats = target.run_one(dec, prompts, max_new_tokens=max_new, batch_size=batch_size)
   return rows, stats, dec
 
 
@@ -146,7 +114,6 @@ SUDOKU_DECODERS = [  # (name, settings) on the masked-diffusion model
 
 def sudoku_puzzles(tokenizer, n: int, seed: int):
   """(prompts, max_new, accuracy(rows) in %) for n held-out sudoku4 puzzles."""
-  from data.tasks import exact_match  # pylint: disable=g-import-not-at-top
   task = exact_match.get('sudoku4')
   examples = exact_match.examples(task, n, seed=seed)
   prompts = [exact_match.prompt_ids(tokenizer, p) for p, _ in examples]
@@ -158,7 +125,7 @@ def sudoku_puzzles(tokenizer, n: int, seed: int):
 
 
 def sudoku_part(runs: str, n: int, seed: int = 0) -> list[Row]:
-  mdlm, ar = load(os.path.join(runs, 'sudoku4_mdlm')), load(os.path.join(runs, 'sudoku4_ar'))
+  mdlm, ar = (open_run(os.path.join(runs, r)) for r in ('sudoku4_mdlm', 'sudoku4_ar'))
   if mdlm is None:
     print('sudoku4: no masked-diffusion run; skipped.')
     return []
@@ -189,7 +156,7 @@ ASSD_DECODERS = [  # (settings) of `assd` on the any-subset AR model; draft_len=
 def assd_part(runs: str, n: int, seed: int = 0) -> list[Row]:
   """ASSD on the any-subset AR model (RUNS/sudoku4_asarm) against sequential decoding of the
   same model in the same order (draft_len=1), on the sudoku4 puzzles of `sudoku_part`."""
-  asarm = load(os.path.join(runs, 'sudoku4_asarm'))
+  asarm = open_run(os.path.join(runs, 'sudoku4_asarm'))
   if asarm is None:
     print('assd: no sudoku4_asarm run; skipped.')
     return []
@@ -206,32 +173,10 @@ def assd_part(runs: str, n: int, seed: int = 0) -> list[Row]:
   return out
 
 
-def assd_goals(rows: list[Row]) -> list[list[str]]:
-  """ASSD's claims: output identical to sequential decoding in the same order, and fewer
-  forwards per token (never more than one, plus one per row)."""
-  out = []
-  for ordering in ('left_to_right', 'random'):
-    rs = [r for r in rows if r.part == 'assd' and
-          (('ordering=random' in r.settings) == (ordering == 'random'))]
-    seq = next((r for r in rs if 'sequential' in r.settings), None)
-    if seq is None:
-      continue
-    for r in rs:
-      if r is seq:
-        continue
-      same = r.tokens == seq.tokens
-      out.append([f'sudoku4 ({ordering}): ASSD output = sequential decoding of the same model',
-                  f'{r.settings}: identical: {same}; {r.tokens_per_forward:.2f} tokens/forward '
-                  f'vs {seq.tokens_per_forward:.2f}; {r.quality:.1f}% solved',
-                  'met' if same and r.nfe_per_token < seq.nfe_per_token else 'not met'])
-  return out
-
-
 # ---------------------------------------------------------------------------- code
 
 def code_prompts(tokenizer, n: int, chars: int) -> list[list[int]]:
   """Held-out stdlib text: `chars` characters from a line start about a third into a file."""
-  import data  # pylint: disable=g-import-not-at-top
   cfg = data.DataConfig(name='python_stdlib')
   out = []
   for doc in data.load_texts(cfg, cfg.eval_split):
@@ -270,9 +215,8 @@ def ar_quality(ar, prompts, generations) -> tuple[float, float]:
 
 
 def code_part(runs: str, n: int, max_new: int) -> list[Row]:
-  mdlm = load(os.path.join(runs, 'code_mdlm'))
-  ar = load(os.path.join(runs, 'code_ar'))
-  wedlm = load(os.path.join(runs, 'code_wedlm'))
+  mdlm, ar, wedlm = (open_run(os.path.join(runs, r))
+                     for r in ('code_mdlm', 'code_ar', 'code_wedlm'))
   out = []
   ref = mdlm or ar or wedlm
   if ref is None:
@@ -314,10 +258,9 @@ def code_part(runs: str, n: int, max_new: int) -> list[Row]:
       configs.append(('guided_diffusion', dict(guide_threshold=0.3)))
     for name, settings in configs:
       settings = dict(settings, block_size=bs, shift=-1, block_causal=-1)
-      extras = {'guide': ar} if name == 'guided_diffusion' else None
       if name == 'guided_diffusion':
         settings['guide'] = ar.workdir
-      rows, stats, dec = run(name, settings, mdlm, prompts, max_new, extras)
+      rows, stats, dec = run(name, settings, mdlm, prompts, max_new)
       ppl, ent = quality(rows)
       out.append(make_row('code', 'mdlm', name, dec, rows, stats, ppl, 'AR ppl', entropy=ent))
       print(name, out[-1].settings, f'ppl {ppl:.2f} H {ent:.2f}',
@@ -328,7 +271,7 @@ def code_part(runs: str, n: int, max_new: int) -> list[Row]:
     out.append(make_row('code', 'ar', 'ar', dec, rows, stats, ppl, 'AR ppl', entropy=ent))
     if mdlm is not None:
       settings = dict(drafter=mdlm.workdir, draft_len=8, shift=-1, block_causal=0)
-      rows, stats, dec = run('diffuspec', settings, ar, prompts, max_new, {'drafter': mdlm})
+      rows, stats, dec = run('diffuspec', settings, ar, prompts, max_new)
       ppl, ent = quality(rows)
       out.append(make_row('code', 'ar+mdlm drafter', 'diffuspec', dec, rows, stats, ppl,
                           'AR ppl', entropy=ent))
@@ -348,95 +291,6 @@ def code_part(runs: str, n: int, max_new: int) -> list[Row]:
 
 # ---------------------------------------------------------------------------- report
 
-# Code has no exact match: "1 point" is read as our AR model's perplexity within 5% of one
-# token per step's AND the text's unigram entropy at least 95% of its (degenerate, repetitive
-# text has a low perplexity: a lower perplexity alone is not better text).
-CODE_PPL_SLACK = 0.05
-
-
-def quality_kept(part: str, r: Row, ref: Row) -> bool:
-  """Quality within the goal's bound of the one-token-per-step reference."""
-  if part == 'sudoku4':
-    return ref.quality - r.quality <= 1.0
-  ent, ref_ent = r.extra.get('entropy'), ref.extra.get('entropy')
-  entropy_kept = ent is None or ref_ent is None or ent >= ref_ent * (1 - CODE_PPL_SLACK)
-  return r.quality <= ref.quality * (1 + CODE_PPL_SLACK) and entropy_kept
-
-
-def degenerate_reference(rows: list[Row], ref: Row) -> bool:
-  """True when one-per-step diffusion text has under half the unigram entropy of our AR
-  model's own text: whitespace runs, which every decoder reproduces, so matching its quality
-  says nothing about the decoder."""
-  ar = next((r for r in rows if r.model == 'ar' and r.decoder == 'ar'), None)
-  if ar is None or 'entropy' not in ar.extra or 'entropy' not in ref.extra:
-    return False
-  return ref.extra['entropy'] < 0.5 * ar.extra['entropy']
-
-
-def goals(rows: list[Row]) -> list[list[str]]:
-  """The issue's goals, each with its measured value and whether it is met at this scale."""
-  out = []
-  sud = [r for r in rows if r.part == 'sudoku4']
-  code = [r for r in rows if r.part == 'code']
-  for part, rs, better in (('sudoku4', sud, max), ('code', code, min)):
-    ref = next((r for r in rs if r.decoder == 'llada' and 'random' not in r.settings
-                and 'tokens_per_step=4' not in r.settings), None)
-    if ref is None:
-      continue
-    for name in ('fast_dllm', 'localleap', 'ete'):
-      cands = [r for r in rs if r.decoder == name and 'cache' not in r.settings]
-      if not cands:
-        continue
-      # The fastest setting within the quality bound; if none keeps quality, the fastest.
-      keeps = [r for r in cands if quality_kept(part, r, ref)]
-      r = min(keeps or cands, key=lambda x: x.nfe_per_token)
-      ok = r.nfe_per_token <= GOAL_NFE and quality_kept(part, r, ref)
-      status = 'met' if ok else 'not met'
-      if ok and part == 'code' and degenerate_reference(rs, ref):
-        status = 'not measurable: the one-per-step text is degenerate'
-      if part == 'sudoku4':
-        q = f'{r.quality:.1f}% vs {ref.quality:.1f}% (one per step)'
-        bound = '<= 1 point loss'
-      else:
-        q = (f'ppl {r.quality:.2f} vs {ref.quality:.2f}, entropy '
-             f"{r.extra.get('entropy', float('nan')):.2f} vs "
-             f"{ref.extra.get('entropy', float('nan')):.2f} bits (one per step)")
-        bound = f'AR ppl and text entropy within {CODE_PPL_SLACK:.0%}'
-      out.append([f'{part}: {name} <= {GOAL_NFE} NFE/token, {bound}',
-                  f'{r.nfe_per_token:.2f} NFE/token ({r.settings or "defaults"}); {q}',
-                  status])
-    fd = next((r for r in rs if r.decoder == 'freedave'), None)
-    if fd is not None:
-      same = fd.tokens == ref.tokens
-      out.append([f'{part}: FreeDave >= 1.5 tokens/forward, identical output',
-                  f'{fd.tokens_per_forward:.2f} tokens/forward; identical: {same}',
-                  'met' if same and fd.tokens_per_forward >= 1.5 else 'not met'])
-  if sud:
-    ar = next((r for r in sud if r.model == 'ar'), None)
-    best = max((r for r in sud if r.model == 'mdlm' and 'left to right' not in r.settings),
-               key=lambda r: r.quality)
-    if ar is not None:
-      out.append(['sudoku4: adaptive-order masked diffusion beats the same-size AR model',
-                  f'{best.decoder} ({best.settings or "defaults"}) {best.quality:.1f}% vs AR '
-                  f'{ar.quality:.1f}%',
-                  'met' if best.quality > ar.quality else 'not met'])
-  out += assd_goals(rows)
-  wd = [r for r in code if r.model == 'wedlm']
-  ar_w = next((r for r in wd if r.decoder == 'ar'), None)
-  if code and ar_w is None:
-    out.append(['code: WeDLM >= 2x the tokens/s of AR on the same backbone',
-                'no code_wedlm run under --runs', 'not measured'])
-  if ar_w is not None:
-    best = max((r for r in wd if r.decoder == 'wedlm'), key=lambda r: r.tokens_per_s,
-               default=None)
-    if best is not None:
-      ratio = best.tokens_per_s / max(ar_w.tokens_per_s, 1e-9)
-      out.append(['code: WeDLM >= 2x the tokens/s of AR on the same backbone',
-                  f'{ratio:.2f}x on CPU ({best.tokens_per_forward:.2f} tokens/forward, '
-                  f'{best.settings})', 'met' if ratio >= 2 else 'not met on CPU (needs GPU)'])
-  return out
-
-
 def plot(rows: list[Row], path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
@@ -449,7 +303,7 @@ def plot(rows: list[Row], path: str) -> None:
       ax.scatter(r.nfe_per_token, r.quality, s=30)
       ax.annotate(f'{r.decoder}\n{r.settings[:28]}' if r.settings else r.decoder,
                   (r.nfe_per_token, r.quality), fontsize=6)
-    ax.axvline(GOAL_NFE, ls='--', c='gray', lw=0.8)
+    ax.axvline(diffusion_goals.GOAL_NFE, ls='--', c='gray', lw=0.8)
     ax.set_xlabel('target forwards (NFE) per generated token')
     ax.set_ylabel(rs[0].quality_name)
     ax.set_title(part)
@@ -504,7 +358,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   png = os.path.join(common.RESULTS_DIR, f'{args.out}_speed_quality.png')
   os.makedirs(common.RESULTS_DIR, exist_ok=True)
   plot(rows, png)
-  goal_table = common.markdown_table(['goal', 'measured', 'status'], goals(rows))
+  goal_table = common.markdown_table(['goal', 'measured', 'status'],
+                                    diffusion_goals.goals(rows))
   models = '\n'.join(f'- `{k}`: {v}' for k, v in sorted(LOADED.items()))
   body = (f'Greedy decoding; speed ratios within a part are against its first row. '
           f'NFE/token = target forwards / generated tokens, where a row\'s generated tokens '

@@ -39,7 +39,6 @@ from benchmarks import common, cost_model, harness
 from benchmarks import diffusion as diffusion_bench
 from decoding import base, registry
 from decoding import sampling as sampling_lib
-from workdir import kind as kind_lib
 
 OVERHEAD_GOAL = 0.25  # issue: "other" at most a quarter of a step on the tiny model
 
@@ -62,15 +61,15 @@ DECODERS = [
 
 
 def build(name: str, settings: dict[str, Any], target, extras: dict[str, Any], max_new: int):
-  """The decoder with its run-dependent fields (mask id, shift, block) filled in."""
+  """The decoder with its run-dependent fields (mask id, shift, block) filled in by the
+  workbench of `target`."""
   if name in ('llada', 'fast_dllm', 'freedave'):
     settings = {'block_size': max_new, 'shift': -1, 'block_causal': -1, **settings}
   if name == 'diffuspec':
     settings = dict(settings, drafter=extras['drafter'].workdir, shift=-1)
   if name == 'wedlm':
     settings = dict(settings, shift=-1, block_causal=-1)
-  dec = registry.build(name, settings, sampling_lib.SamplingConfig())
-  return dec.for_model(kind_lib.for_decoder(target.kind, dec.extra_models()))
+  return target.decoder(name, settings=settings)
 
 
 def iterations(results) -> int:
@@ -114,7 +113,7 @@ def measure(dec, target, extras, ar, prompts, *, max_new: int, repeats: int) -> 
 
 
 def run(args) -> str:
-  ar = diffusion_bench.load(os.path.join(args.runs, 'sudoku4_ar'))
+  ar = diffusion_bench.open_run(os.path.join(args.runs, 'sudoku4_ar'))
   if ar is None:
     raise SystemExit(f'No sudoku4_ar run under {args.runs}: train it with configs/'
                      'diffusion_tasks.py:sudoku4,ar (see the module docstring).')
@@ -123,8 +122,8 @@ def run(args) -> str:
   ar_row = None
   rows = []
   for label, run_name, name, settings, extra_runs in DECODERS:
-    target = diffusion_bench.load(os.path.join(args.runs, run_name))
-    extras = {k: diffusion_bench.load(os.path.join(args.runs, v))
+    target = diffusion_bench.open_run(os.path.join(args.runs, run_name))
+    extras = {k: diffusion_bench.open_run(os.path.join(args.runs, v))
               for k, v in extra_runs.items()}
     if target is None or any(v is None for v in extras.values()):
       print(f'{label}: missing run(s) {run_name} {list(extra_runs.values())}; skipped.')

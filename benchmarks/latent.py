@@ -32,13 +32,14 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
+import workbench
 from benchmarks import common
 from benchmarks import latent_router
 from benchmarks import latent_train
+from configs import latent_reasoning
 from data.tasks import reasoning
-from decoding import Models, SamplingConfig, registry, run_decoder
+from decoding import SamplingConfig
 from decoding.latent import routing
-from workdir import loading
 
 _PROTOCOL = flags.DEFINE_enum('protocol', 'cpu', ['cpu', 'full'], 'Which protocol to run.')
 _ROOT = flags.DEFINE_string('root', 'runs/latent', 'Training runs live here.')
@@ -98,36 +99,30 @@ class Evaluator:
   def __init__(self, task: reasoning.ReasoningTask, split: str, n: int, batch_size: int):
     self.task, self.split, self.batch_size = task, split, batch_size
     self.examples = reasoning.examples(task, n, seed=0, split=split)
-    self._loaded: dict[str, Any] = {}
+    self._runs: dict[str, Any] = {}  # every run restored once, as target or large model
 
-  def load(self, workdir: str):
-    if workdir not in self._loaded:
-      self._loaded[workdir] = loading.load_model(workdir)
-    return self._loaded[workdir]
+  def bench(self, workdir: str) -> workbench.Workbench:
+    return workbench.Workbench.load(workdir, runs=self._runs)
 
   def run(self, name: str, workdir: str, settings: dict[str, Any] | None = None,
           sampling: SamplingConfig = SamplingConfig(), large: str | None = None,
           router: dict[str, Any] | None = None) -> dict[str, float]:
-    lm = self.load(workdir)
-    tok = lm.tokenizer
+    bench = self.bench(workdir)
+    tok = bench.tokenizer
     prompts = [reasoning.prompt_ids(tok, e) for e in self.examples]
-    models, params = Models(lm.model), {'target': lm.params}
     settings = dict(settings or {})
+    extra_params = {}
     if large is not None:
-      big = self.load(large)
-      models = Models(lm.model, extras=(('large', big.model),))
-      params['large'] = big.params
       settings['large_workdir'] = large
       if router is not None:
-        params['router'] = router
-    dec = registry.build(name, settings, sampling=sampling)
+        extra_params['router'] = router
+    dec = bench.decoder(name, sampling, settings)
     budget = self.task.max_cot_chars + self.task.max_answer_chars + 2 + int(
         settings.get('latent_steps', 0))
     t0 = time.perf_counter()
-    rows, stats = run_decoder(dec, models, params, prompts, max_new_tokens=budget,
-                              cache_size=self.task.max_question_chars + 3 + budget + 16,
-                              eos_id=tok.eos_id, pad_id=tok.pad_id, seed=0,
-                              batch_size=self.batch_size)
+    rows, stats = bench.run_one(dec, prompts, max_new_tokens=budget,
+                                cache_size=self.task.max_question_chars + 3 + budget + 16,
+                                seed=0, batch_size=self.batch_size, extra_params=extra_params)
     answers = [reasoning.parse_answer(tok, r.tokens) for r in rows]
     out = {'accuracy': reasoning.accuracy(self.task, self.examples, answers),
            'tokens': float(np.mean([len(r.tokens) for r in rows])),
@@ -150,7 +145,6 @@ def _save_partial(root: str, task_name: str, results: dict[str, Any]) -> None:
 
 def evaluate_task(task_name: str, proto: Protocol, root: str, n: int) -> dict[str, Any]:
   task = reasoning.get(task_name)
-  from configs import latent_reasoning  # pylint: disable=g-import-not-at-top
   max_stage = latent_reasoning.MAX_STAGE[task_name]
   d = lambda m: os.path.join(root, task_name, m)
   final = latent_train.plan(task_name, proto.size, proto.steps, proto.stage0_factor, [
@@ -190,7 +184,7 @@ def evaluate_task(task_name: str, proto: Protocol, root: str, n: int) -> dict[st
 def evaluate_routing(task, small_dir: str, large_dir: str, proto: Protocol, n: int,
                      root: str) -> dict[str, Any]:
   ev = Evaluator(task, 'train', n, proto.batch_size)
-  small, large = ev.load(small_dir), ev.load(large_dir)
+  small, large = ev.bench(small_dir).target, ev.bench(large_dir).target
   tokens, mask = latent_router.cot_rows(small.tokenizer, task, 512, seed=1)
   feats, labels = latent_router.features_and_labels(small, large, tokens, mask)
   router, metrics = latent_router.train_router(feats, labels, 400)

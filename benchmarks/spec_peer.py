@@ -38,11 +38,11 @@ from typing import Any
 import jax
 import numpy as np
 
-import cli
+import workbench
 from benchmarks import common
 from benchmarks import harness
 from benchmarks import speculative
-from decoding import Models, SamplingConfig, registry
+from decoding import SamplingConfig
 
 
 def _export(loaded, params, out_dir: str) -> None:
@@ -54,24 +54,25 @@ def _export(loaded, params, out_dir: str) -> None:
                   special_ids=loaded.tokenizer.special_ids, special_tokens=data.SPECIAL_TOKENS)
 
 
-def _ours(args, target, params, models, have, prompts) -> dict[str, dict[str, Any]]:
+def _ours(args, bench, have, prompts) -> dict[str, dict[str, Any]]:
   """Tokens/s of our AR and of each of `--methods` at batch 1 (one AOT compile per prompt
   shape); methods whose runs are missing are skipped."""
-  tok = target.tokenizer
+  tok = bench.tokenizer
   cache = int(np.ceil((max(map(len, prompts)) + args.max_new_tokens + 128) / 64) * 64)
   batches = harness.make_batches(prompts, 1, tok.pad_id)
   kw = dict(max_new=args.max_new_tokens, cache_size=cache, eos_id=tok.eos_id, pad_id=tok.pad_id)
   greedy = SamplingConfig(temperature=0.0)
-  setups = {'ar': (registry.build('ar', sampling=greedy), Models(target.model))}
+  ar = bench.decoder('ar', greedy)
+  setups = {'ar': (ar, *bench.models_for(ar))}
   for name in _method_names(args):
     needs = speculative.METHODS[name][2]
     if any(n not in have for n in needs):
       print(f'ours {name}: skipped (needs {", ".join(needs)})', flush=True)
       continue
-    setups[name] = speculative.build_method(name, args.draft, models, greedy)
+    setups[name] = speculative.build_method(name, bench, args.draft, greedy)
   out = {}
-  for name, (dec, sub) in setups.items():
-    fns, compile_s = harness.compile_decoder(dec, sub, params, batches, **kw)
+  for name, (dec, models, params) in setups.items():
+    fns, compile_s = harness.compile_decoder(dec, models, params, batches, **kw)
     harness.timed_pass(fns, params, batches)
     passes = [harness.timed_pass(fns, params, batches) for _ in range(args.repeats)]
     wall = min(t for t, _ in passes)
@@ -146,17 +147,19 @@ def _theirs(args, target_dir, draft_dir, prompts, eos_id, pad_id) -> dict[str, d
 
 
 def run(args) -> str:
-  target, params, models, have = speculative.load_runs(args)
+  bench, have = speculative.open_runs(args)
   if 'draft' not in have:
     raise ValueError(f'No draft run in {args.draft!r}: assisted generation needs one.')
-  tok = target.tokenizer
-  prompts = cli.read_prompts(tok, prompt=None, prompts_file=None, heldout=args.prompts,
-                             prompt_chars=args.prompt_chars, data_config=target.config['data'])
-  ours = _ours(args, target, params, models, have, prompts)
+  tok = bench.tokenizer
+  prompts = workbench.read_prompts(tok, prompt=None, prompts_file=None, heldout=args.prompts,
+                                   prompt_chars=args.prompt_chars,
+                                   data_config=bench.config['data'])
+  ours = _ours(args, bench, have, prompts)
   with tempfile.TemporaryDirectory() as tmp:
     t_dir, d_dir = os.path.join(tmp, 'target'), os.path.join(tmp, 'draft')
-    _export(target, params['target'], t_dir)
-    _export(have['draft'], params['draft'], d_dir)
+    draft = bench.run_of(have['draft'])
+    _export(bench.target, bench.params, t_dir)
+    _export(draft, draft.params, d_dir)
     theirs = _theirs(args, t_dir, d_dir, prompts, tok.eos_id, tok.pad_id)
   version = theirs.pop('_version')
   same = sum(a == b for a, b in zip(ours['ar']['tokens'], theirs['generate()']['tokens']))

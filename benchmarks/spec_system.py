@@ -28,6 +28,7 @@ import os
 import jax
 import numpy as np
 
+import workbench
 from benchmarks import common
 from benchmarks import cost_model
 from benchmarks import forward_cost
@@ -53,7 +54,6 @@ IDEAL_SHARE_GOAL = 0.85
 
 
 def _load(args):
-  import cli  # pylint: disable=g-import-not-at-top
   import data  # pylint: disable=g-import-not-at-top
   model, params = cost_model.random_model(args.preset, args.dtype)
   tok = data.make_tokenizer('byte')
@@ -62,8 +62,8 @@ def _load(args):
     prompts = [list(rng.integers(3, model.cfg.vocab_size, size=args.prompt_tokens))
                for _ in range(args.prompts)]
   else:
-    prompts = cli.read_prompts(tok, prompt=None, prompts_file=None, heldout=args.prompts,
-                               prompt_chars=args.prompt_tokens, data_config={})
+    prompts = workbench.read_prompts(tok, prompt=None, prompts_file=None, heldout=args.prompts,
+                                     prompt_chars=args.prompt_tokens, data_config={})
   return model, params, prompts, tok.pad_id
 
 

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-import cli
+import workbench
 from benchmarks import common
 from benchmarks import harness
-from decoding import Models, SamplingConfig, registry
+from decoding import SamplingConfig
 
 RAW_DIR = os.path.join(common.RESULTS_DIR, 'speculative_raw')
 
@@ -66,51 +66,48 @@ METHODS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
 }
 
 
-def load_runs(args) -> tuple[Any, dict[str, Any], Models, dict[str, Any]]:
-  """(target, params, models, runs): the target run, the params of it and of every drafter
-  run found (`draft`, `medusa`, `mtp`, `kangaroo`), the models, and the loaded drafter runs
-  by name (those missing are skipped with a message)."""
-  from workdir import loading  # pylint: disable=g-import-not-at-top
-  dtype = getattr(args, 'dtype', '') or None
-  target = loading.load_model(args.target, dtype=dtype)
-  params: dict[str, Any] = {'target': target.params}
-  extras, have = [], {}
-  runs = {'draft': args.draft, 'medusa': args.medusa, 'mtp': args.mtp,
-          'kangaroo': args.kangaroo}
-  for name, workdir in runs.items():
-    ckpt = os.path.join(workdir or '', 'checkpoints')
-    if not workdir or not os.path.isdir(ckpt) or not os.listdir(ckpt):
+RUNS = ('draft', 'medusa', 'mtp', 'kangaroo')  # --NAME: the run a method may need
+
+
+def open_runs(args) -> tuple[workbench.Workbench, dict[str, str]]:
+  """(workbench of the target, {name: workdir} of the runs found): the draft model's run
+  (checked against the target's vocabulary) and the heads trained on the frozen target
+  (`medusa`, `mtp`, `kangaroo`, attached as params[name]); missing runs are skipped with a
+  message."""
+  bench = workbench.Workbench.load(args.target, dtype=getattr(args, 'dtype', '') or None)
+  have = {}
+  for name in RUNS:
+    workdir = getattr(args, name)
+    if not workbench.has_checkpoint(workdir):
       print(f'{name}: no checkpoint in {workdir!r}; its methods are skipped', flush=True)
       continue
-    run = loading.load_model(workdir, dtype=dtype)
-    if run.tokenizer.vocab_size != target.tokenizer.vocab_size:
-      raise ValueError(f'{workdir} has a different vocabulary from the target.')
     if name == 'draft':
-      extras.append(('draft', run.model))
-      params['draft'] = run.params
-    else:  # heads trained on the (frozen) target: same model, extra params
-      params[name] = run.extras[name]
-    have[name] = run
-  return target, params, Models(target.model, extras=tuple(extras)), have
+      bench.run_of(workdir)
+    else:
+      bench.add_heads(name, workdir)
+    have[name] = workdir
+  return bench, have
 
 
-def build_method(name: str, draft_workdir: str, models: Models, sampling: SamplingConfig):
-  """(decoder, models it runs on) of METHODS[name]; `models` holds the target and the draft."""
+def build_method(name: str, bench: workbench.Workbench, draft_workdir: str,
+                 sampling: SamplingConfig):
+  """(decoder, models, params) of METHODS[name] on the target of `bench`."""
   dec_name, settings, needs = METHODS[name]
   settings = dict(settings)
   if 'draft' in needs:
     settings['draft_workdir'] = draft_workdir
   if dec_name == 'layerskip':  # a shallow target (a CPU rehearsal): exit before the last layer
-    settings['exit_layer'] = min(settings['exit_layer'], models.target.cfg.num_layers - 1)
-  return (registry.build(dec_name, settings, sampling),
-          Models(models.target, extras=models.extras if 'draft' in needs else ()))
+    settings['exit_layer'] = min(settings['exit_layer'], bench.model.cfg.num_layers - 1)
+  dec = bench.decoder(dec_name, sampling, settings)
+  return (dec, *bench.models_for(dec))
 
 
 def run(args) -> str:
-  target, params, models, have = load_runs(args)
-  tok = target.tokenizer
-  prompts = cli.read_prompts(tok, prompt=None, prompts_file=None, heldout=args.prompts,
-                             prompt_chars=args.prompt_chars, data_config=target.config['data'])
+  bench, have = open_runs(args)
+  tok = bench.tokenizer
+  prompts = workbench.read_prompts(tok, prompt=None, prompts_file=None, heldout=args.prompts,
+                                   prompt_chars=args.prompt_chars,
+                                   data_config=bench.config['data'])
   sampling = SamplingConfig(temperature=args.temperature)
   names = [m.strip() for m in args.methods.split(',')] if args.methods else list(METHODS)
   unknown = [m for m in names if m not in METHODS]
@@ -121,9 +118,9 @@ def run(args) -> str:
   cache = int(np.ceil((max(map(len, prompts)) + args.max_new_tokens + 128) / 64) * 64)
   batches = harness.make_batches(prompts, args.batch_size, tok.pad_id)
   kw = dict(max_new=args.max_new_tokens, cache_size=cache, eos_id=tok.eos_id, pad_id=tok.pad_id)
-  ar_models, ar_params = Models(target.model), {'target': params['target']}
-  ar_fns, ar_compile = harness.compile_decoder(registry.build('ar', sampling=sampling),
-                                               ar_models, ar_params, batches, **kw)
+  ar_dec = bench.decoder('ar', sampling)
+  ar_models, ar_params = bench.models_for(ar_dec)[0], {'target': bench.params}  # as measure_pair
+  ar_fns, ar_compile = harness.compile_decoder(ar_dec, ar_models, ar_params, batches, **kw)
   ar_best, ar_results = harness.best_pass(ar_fns, ar_params, batches, args.repeats)
   ar = harness.summarise(ar_results, ar_best, ar_compile)
   path = os.path.join(args.raw_dir, f't{args.temperature:g}_b{args.batch_size}{args.part}.json')
@@ -147,8 +144,8 @@ def run(args) -> str:
       rows.pop(name, None)
       continue
     try:
-      dec, sub = build_method(name, args.draft, models, sampling)
-      method = harness.compile_decoder(dec, sub, params, batches, **kw)
+      dec, models, params = build_method(name, bench, args.draft, sampling)
+      method = harness.compile_decoder(dec, models, params, batches, **kw)
       r, ar_wall = harness.measure_pair(method, (ar_fns, ar_compile), params, batches,
                                         repeats=args.repeats)
     except Exception as e:  # pylint: disable=broad-except

@@ -34,6 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+import workbench
 from benchmarks import common
 from benchmarks import cost_model
 from benchmarks import harness
@@ -185,22 +186,21 @@ def breakdown(decoder, models: Models, params: dict[str, Any], prompts: Sequence
 
 def _load(args):
   """(models, params, prompts, eos, pad, name): a trained workdir or a random preset."""
-  import cli  # pylint: disable=g-import-not-at-top
   if args.workdir:
     from workdir import loading  # pylint: disable=g-import-not-at-top
     run = loading.load_model(args.workdir)
-    prompts = cli.read_prompts(run.tokenizer, prompt=None, prompts_file=None,
-                               heldout=args.prompts, prompt_chars=args.prompt_chars,
-                               data_config=run.config['data'])
+    prompts = workbench.read_prompts(run.tokenizer, prompt=None, prompts_file=None,
+                                     heldout=args.prompts, prompt_chars=args.prompt_chars,
+                                     data_config=run.config['data'])
     name = os.path.basename(os.path.normpath(args.workdir))
     return (Models(run.model), {'target': run.params, **run.extras}, prompts,
             run.tokenizer.eos_id, run.tokenizer.pad_id, name)
   import data  # pylint: disable=g-import-not-at-top
   model, params = cost_model.random_model(args.preset, args.dtype)
   tok = data.make_tokenizer('byte')
-  prompts = cli.read_prompts(tok, prompt=None, prompts_file=None, heldout=args.prompts,
-                             prompt_chars=args.prompt_chars,
-                             data_config={'name': 'python_stdlib'})
+  prompts = workbench.read_prompts(tok, prompt=None, prompts_file=None, heldout=args.prompts,
+                                   prompt_chars=args.prompt_chars,
+                                   data_config={'name': 'python_stdlib'})
   # Random weights rarely say EOS; never stopping keeps every row the same length.
   return Models(model), {'target': params}, prompts, -1, tok.pad_id, args.preset
 

@@ -1,6 +1,6 @@
-"""benchmarks.diffusion's goals table: which setting a goal is judged on, and its status."""
+"""benchmarks.diffusion_goals: which setting a goal is judged on, and its status."""
 
-from benchmarks import diffusion as bd
+from benchmarks import diffusion_goals as bd
 
 
 def _row(part, decoder, settings, nfe, quality, model='mdlm', tokens=None, **extra):

@@ -9,8 +9,11 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
+import workbench
 from benchmarks import report
+from benchmarks import report_files
 from decoding import ar, registry
+from models import kind as kind_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,6 +55,7 @@ class _Diffusion(ar.ARDecoder):
   name: ClassVar[str] = 'report_test_diffusion'
   family: ClassVar[str] = 'diffusion'
   lossless: ClassVar[bool] = False
+  model_kinds: ClassVar[tuple[str, ...]] = ('diffusion',)
 
 
 @pytest.fixture
@@ -66,31 +70,38 @@ def fake_decoders():
     registry.DECODERS.remove(cls.name)
 
 
+def _models(workdir, num_prompts):
+  return report.offer([workbench.Workbench.load(workdir)], num_prompts=num_prompts,
+                      prompt_chars=40)
+
+
 def test_acceptance_curve_from_step_histogram():
   # 4 steps: one committed 1 token, two committed 2, one committed 3.
-  np.testing.assert_allclose(report.acceptance_curve([0, 1, 2, 1]), [1.0, 0.75, 0.25])
-  np.testing.assert_allclose(report.acceptance_curve([0, 5]), [1.0])
+  np.testing.assert_allclose(report_files.acceptance_curve([0, 1, 2, 1]), [1.0, 0.75, 0.25])
+  np.testing.assert_allclose(report_files.acceptance_curve([0, 5]), [1.0])
 
 
-def test_decodes_matches_objectives_and_families():
+def test_decodes_by_the_declared_model_kinds():
   class Spec:
     family = 'speculative'
+    model_kinds = ('autoregressive',)
 
   class Diff:
     family = 'diffusion'
+    model_kinds = ('diffusion',)
 
-  class Explicit:
-    family = 'latent'
-    objectives = ('coconut',)
-
-  assert report.decodes(Spec, 'ar') and not report.decodes(Spec, 'masked_diffusion')
-  assert report.decodes(Diff, 'block_diffusion') and not report.decodes(Diff, 'ar')
-  assert report.decodes(Explicit, 'coconut') and not report.decodes(Explicit, 'ar')
+  ar_kind, mdlm = kind_lib.ModelKind(), kind_lib.ModelKind('bidirectional', mask_id=3)
+  bd3 = kind_lib.ModelKind('block_causal', mask_id=3, block_size=4)
+  wedlm = kind_lib.ModelKind('causal', mask_id=3, block_size=4)
+  any_order = kind_lib.ModelKind('bidirectional', mask_id=3, any_order=True)
+  assert report.decodes(Spec, ar_kind) and not report.decodes(Spec, mdlm)
+  assert report.decodes(Diff, bd3) and not report.decodes(Diff, ar_kind)
+  assert report.decodes(Diff, wedlm) and report.decodes(Spec, wedlm)  # causal and mask-filling
   # An any-subset AR run is read by two-stream queries: only ASSD decodes it.
   from decoding.diffusion import assd  # pylint: disable=g-import-not-at-top
-  assert report.decodes(assd.ASSDDecoder, 'as_arm')
-  assert not report.decodes(assd.ASSDDecoder, 'masked_diffusion')
-  assert not report.decodes(Spec, 'as_arm') and not report.decodes(Diff, 'as_arm')
+  assert report.decodes(assd.ASSDDecoder, any_order)
+  assert not report.decodes(assd.ASSDDecoder, mdlm)
+  assert not report.decodes(Spec, any_order) and not report.decodes(Diff, any_order)
 
 
 def test_parse_settings():
@@ -102,15 +113,15 @@ def test_parse_settings():
 
 def test_every_registered_decoder_is_planned_or_skipped_with_a_reason(trained_workdir,
                                                                        fake_decoders):
-  models = report.load_models([trained_workdir], num_prompts=2, prompt_chars=40)
+  models = _models(trained_workdir, 2)
   for name in registry.names():
     fits, reason = report.targets(name, models)
     assert bool(fits) != bool(reason), name
     if fits:
       dec, reason = report.build(name, 0.0, fits[0], {}, {})
       assert (dec is None) == bool(reason), name
-  assert 'masked_diffusion' in report.targets('report_test_diffusion', models)[1]
-  assert "['ar']" in report.targets('report_test_diffusion', models)[1]
+  assert 'needs a diffusion model' in report.targets('report_test_diffusion', models)[1]
+  assert "['causal']" in report.targets('report_test_diffusion', models)[1]
   _, reason = report.build('report_test_needs_draft', 0.0, models[0], {}, {})
   assert "'draft'" in reason and '--models=draft=DIR' in reason
   dec, _ = report.build('report_test_needs_draft', 0.0, models[0], {'draft': trained_workdir},
@@ -119,7 +130,7 @@ def test_every_registered_decoder_is_planned_or_skipped_with_a_reason(trained_wo
 
 
 def test_report_rows_quality_and_files(trained_workdir, fake_decoders, tmp_path):
-  models = report.load_models([trained_workdir], num_prompts=3, prompt_chars=40)
+  models = _models(trained_workdir, 3)
   rows, skipped = report.run_report(
       models, decoders=['ar', *fake_decoders], temperatures=(0.0, 1.0), max_new_tokens=8,
       repeats=1, extra_workdirs={'draft': trained_workdir}, log=lambda *_: None)
@@ -133,29 +144,29 @@ def test_report_rows_quality_and_files(trained_workdir, fake_decoders, tmp_path)
   assert by['ar', 1.0].perplexity > ar0.perplexity  # sampling is less likely than greedy
   assert 0 <= ar0.entropy_bits < by['ar', 1.0].entropy_bits <= np.log2(8)
   reasons = dict(skipped)
-  assert 'masked_diffusion' in reasons['report_test_diffusion']
+  assert 'needs a diffusion model' in reasons['report_test_diffusion']
   name = models[0].name
   assert reasons['report_test_broken'] == f'failed by {name}: RuntimeError: boom'
   assert reasons['report_test_refuses'] == (f'refused by {name}: ValueError: needs heads in '
                                             'the target run')
-  plots = report.plot(rows, str(tmp_path))
+  plots = report_files.plot(rows, str(tmp_path))
   assert all(os.path.getsize(tmp_path / p) > 1000 for p in plots)
-  text = report.markdown(rows, skipped, plots, 'setup')
+  text = report_files.markdown(rows, skipped, plots, 'setup')
   assert text.count('\n| ar | autoregressive | yes |') == 2
   assert '`report_test_broken`: failed' in text and 'report_speed_quality.png' in text
   out = str(tmp_path / 'r.md')
-  files = report.write(out, rows, skipped, 'setup', '- device: x')
+  files = report_files.write(out, rows, skipped, 'setup', '- device: x')
   first = open(out).read()
   assert files[-1] == 'r.json' and 'setup' in first and '- device: x' in first
   os.remove(out)
-  assert report.replot(out) == files
+  assert report_files.replot(out) == files
   again = open(out).read().splitlines()
   rendered = [l for l in again if l.startswith('- rendered: from r.json by')]
   assert len(rendered) == 1 and [l for l in again if l not in rendered] == first.splitlines()
 
 
 def _row(method, tau, speedup, texts):
-  return report.Row(method=method, family='speculative', lossless=True, temperature=0.0,
+  return report_files.Row(method=method, family='speculative', lossless=True, temperature=0.0,
                     model='m', tau=tau, nfe_per_token=1.0, tokens_per_s=100.0, generated=8,
                     compile_s=0.0, step_hist=[0, 8], tokens=[], texts=texts, speedup=speedup)
 
@@ -164,24 +175,24 @@ def test_markdown_flags_speedups_above_tau_and_looping_text():
   prose = ['def parse(line):\n    key, value = line.split("=")\n    return key']
   rows = [_row('a', 1.86, 4.73, prose), _row('b', 2.0, 1.5, prose),
           _row('c', 1.0, 1.0, ['the command the command the command the comm'])]
-  lines = {l.split(' | ')[0]: l for l in report.markdown(rows, [], [], '').splitlines()
+  lines = {l.split(' | ')[0]: l for l in report_files.markdown(rows, [], [], '').splitlines()
            if l.startswith('| ') and not l.startswith('| method')}
   assert '| 4.73x (!) |' in lines['| a'] and '(!)' not in lines['| b'] + lines['| c']
   assert '(degenerate)' in lines['| c'] and '(degenerate)' not in lines['| a'] + lines['| b']
-  assert report.repeated_fraction(['abcdefgh' * 8]) > 0.8
-  assert report.repeated_fraction(prose) == 0.0
+  assert report_files.repeated_fraction(['abcdefgh' * 8]) > 0.8
+  assert report_files.repeated_fraction(prose) == 0.0
 
 
 def test_judge_perplexity_is_the_models_own(trained_workdir):
   """Perplexity equals exp(mean NLL) computed directly from the judge's logits."""
   import jax  # pylint: disable=g-import-not-at-top
-  judge = report.load_models([trained_workdir], num_prompts=1, prompt_chars=40)[0]
-  tok, model = judge.loaded.tokenizer, judge.loaded.model
+  judge = _models(trained_workdir, 1)[0]
+  tok, model = judge.bench.tokenizer, judge.bench.model
   prompt, gen = 'import os\n', 'def f(x):\n  return x'
   ppl, entropy = report.judge_quality(judge, [prompt], [gen])
   ids = tok.encode(prompt, add_bos=True) + tok.encode(gen)
   start = len(tok.encode(prompt, add_bos=True))
-  logits = jax.jit(model.apply)({'params': judge.loaded.params},
+  logits = jax.jit(model.apply)({'params': judge.bench.params},
                                 np.asarray([ids])).logits_BxTxV[0]
   logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
   nll = [-logp[t - 1, ids[t]] for t in range(start, len(ids))]

@@ -23,6 +23,7 @@ torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 
 import decoding  # noqa: E402
+import workbench  # noqa: E402
 from decoding import base, registry, runner  # noqa: E402
 from models import Transformer, hf  # noqa: E402
 from configs import lm  # noqa: E402
@@ -232,7 +233,6 @@ def test_prompts_follow_the_checkpoint_and_greedy_matches_transformers_on_text(c
   """What a user does: import, then sample the same text as transformers' tokenizer +
   generate(). The prompt ids and the greedy continuation must be the same; --add_bos
   overrides the convention either way."""
-  import cli  # pylint: disable=g-import-not-at-top
   from workdir import hf_workdir  # pylint: disable=g-import-not-at-top
   from workdir import loading  # pylint: disable=g-import-not-at-top
   family, bos_template, config_kw = PROMPT_CASES[case]
@@ -252,8 +252,8 @@ def test_prompts_follow_the_checkpoint_and_greedy_matches_transformers_on_text(c
                            max_new_tokens=12, do_sample=False, eos_token_id=eos,
                            pad_token_id=eos)
     expected.append(out[0, len(ids):].tolist())
-  ours_ids = [cli.read_prompts(tok, prompt=t, prompts_file=None, heldout=0, prompt_chars=0)[0]
-              for t in texts]
+  ours_ids = [workbench.read_prompts(tok, prompt=t, prompts_file=None, heldout=0,
+                                     prompt_chars=0)[0] for t in texts]
   assert ours_ids == theirs_ids
   assert (ours_ids[0][0] == fast.bos_token_id) == bos_template
   rows, _ = runner.run_decoder(registry.build('ar'), base.Models(loaded.model),
@@ -261,8 +261,8 @@ def test_prompts_follow_the_checkpoint_and_greedy_matches_transformers_on_text(c
                                cache_size=64, eos_id=eos, pad_id=eos)
   assert [r.tokens for r in rows] == expected
   assert len(set(sum(expected, []))) >= 3, 'degenerate generation would prove little'
-  forced = cli.read_prompts(tok, prompt=texts[0], prompts_file=None, heldout=0,
-                            prompt_chars=0, add_bos=not bos_template)[0]
+  forced = workbench.read_prompts(tok, prompt=texts[0], prompts_file=None, heldout=0,
+                                  prompt_chars=0, add_bos=not bos_template)[0]
   assert forced == ([tok.bos_id] + theirs_ids[0] if not bos_template else theirs_ids[0][1:])
 
 
