@@ -88,7 +88,7 @@ def maybe_initialize_distributed() -> None:
         try:
           kwargs[key] = int(os.environ[env])
         except ValueError:
-          raise UsageError(f'{env}={os.environ[env]!r} is not an integer.') from None
+          raise ValueError(f'{env}={os.environ[env]!r} is not an integer.') from None
     jax.distributed.initialize(**kwargs)
 
 
