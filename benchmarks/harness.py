@@ -110,7 +110,7 @@ def summarise(results, wall: float, compile_s: float) -> dict[str, Any]:
     out['spec_steps'] = int(extra['spec_steps'])
     out['acceptance_by_position'] = (np.asarray(extra['accepted_by_depth']) / steps).tolist()
     out['drafted_per_step'] = float(extra['drafted_tokens']) / steps
-  for k in ('exit_steps', 'exit_acceptance'):
+  for k in ('exit_steps', 'exit_acceptance', 'adaptive_steps'):
     if k in extra:
       out[k] = np.asarray(extra[k]).tolist()
   return out

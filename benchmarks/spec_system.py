@@ -53,7 +53,7 @@ GOAL_ALPHA = 0.8
 IDEAL_SHARE_GOAL = 0.85
 
 
-def _load(args):
+def load(args):
   import data  # pylint: disable=g-import-not-at-top
   model, params = cost_model.random_model(args.preset, args.dtype)
   tok = data.make_tokenizer('byte')
@@ -68,7 +68,7 @@ def _load(args):
 
 
 def run(args) -> tuple[str, list[dict]]:
-  model, params, prompts, pad_id = _load(args)
+  model, params, prompts, pad_id = load(args)
   draft = oracle.OracleDraft.for_target(model.cfg)
   models = Models(model, extras=(('draft', draft),))
   ar_models = Models(model)

@@ -14,7 +14,7 @@ where c(T) is the cost of a target forward over T tokens relative to T = 1 (`cos
 measured on this machine by `calibrate` when the decoder is compiled, or given) and alpha is
 the acceptance rate of recent drafted tokens, a discounted count over the batch:
 
-  alpha = (accepted + 1) / (tests + 2),   accepted, tests <- decay * (accepted, tests) + step's
+  alpha = (accepted + 1/2) / (tests + 1),   accepted, tests <- decay * (accepted, tests) + step's
 
 (each step adds its accepted drafts, and one rejected test when the chain stopped early).
 After AR steps only a slower discount acts, so alpha drifts back to 1/2 and drafting is
@@ -109,12 +109,12 @@ class AdaptiveChain(drafter_lib.Drafter):
   variants: tuple[drafter_lib.Drafter | None, ...]
   gammas: tuple[int, ...]
   costs: tuple[float, ...] = ()
-  decay: float = 0.8
+  decay: float = 0.9
   ar_decay: float = 0.97
   margin: float = 1.05
 
   @classmethod
-  def of(cls, d: drafter_lib.Drafter, costs: Sequence[float] = (), decay: float = 0.8
+  def of(cls, d: drafter_lib.Drafter, costs: Sequence[float] = (), decay: float = 0.9
          ) -> 'AdaptiveChain':
     longest = d.max_depth
     gammas = ladder(longest, with_ar=allows_ar_step(d))
@@ -195,7 +195,7 @@ class AdaptiveChain(drafter_lib.Drafter):
 
   # ---------------------------------------------------------------- the policy
   def alpha(self, state: AdaptState) -> jax.Array:
-    return (state.accepted + 1.0) / (state.tests + 2.0)
+    return (state.accepted + 0.5) / (state.tests + 1.0)
 
   def scores(self, state: AdaptState) -> jax.Array:
     """[V] expected tokens per unit of forward cost of each chain length."""

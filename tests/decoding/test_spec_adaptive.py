@@ -51,7 +51,7 @@ def test_choice_maximises_expected_tokens_per_cost(seed):
     tests = acc + rng.uniform(0, 30)
     state = adaptive.AdaptState(inner=(), accepted=jnp.float32(acc), tests=jnp.float32(tests),
                                 current=jnp.int32(-1), choices_BxV=jnp.zeros((1, 6), jnp.int32))
-    alpha = (acc + 1) / (tests + 2)
+    alpha = (acc + 0.5) / (tests + 1)
     score = [sum(alpha ** k for k in range(g + 1)) / c for g, c in zip(gammas, costs)]
     assert int(d.choose(state)) == int(np.argmax(score))
     # Hysteresis: a current length within `margin` of the best is kept, a worse one is not.
