@@ -89,7 +89,7 @@ IMPLS = common.IMPLS + ('cudnn', 'splash')
 
 def mask_case(T: int, S: int, *, default_positions: bool, segments: bool, dense: bool,
               causal: bool, block_causal_size: int | None, window: int) -> str:
-  """The dispatch case of a call (see `pallas_kernels.dispatch.CASES`)."""
+  """The dispatch case of a call (see `pallas_kernels.dispatch_table.CASES`)."""
   if dense:
     return 'explicit'
   if (not default_positions or T != S or (block_causal_size or 1) > 1
