@@ -30,6 +30,7 @@ benchmarks/results/speculative_peer.md (`--name`).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -38,17 +39,17 @@ from typing import Any
 import jax
 import numpy as np
 
-import cli
 from benchmarks import common
 from benchmarks import harness
 from benchmarks import speculative
+import cli
+import data
 from decoding import Models, SamplingConfig, registry
+from models import hf
+from workdir import checkpoint
 
 
 def _export(loaded, params, out_dir: str) -> None:
-  import data  # pylint: disable=g-import-not-at-top
-  from models import hf  # pylint: disable=g-import-not-at-top
-  from workdir import checkpoint  # pylint: disable=g-import-not-at-top
   hf.export_model(params, loaded.model_config, out_dir,
                   tokenizer_dir=os.path.join(loaded.workdir, checkpoint.TOKENIZER_DIR),
                   special_ids=loaded.tokenizer.special_ids, special_tokens=data.SPECIAL_TOKENS)
@@ -88,7 +89,6 @@ def _method_names(args) -> list[str]:
   file) when it is not among them."""
   names = [m.strip() for m in args.methods.split(',') if m.strip()]
   if args.best_from:
-    import json  # pylint: disable=g-import-not-at-top
     with open(args.best_from) as f:
       rows = json.load(f)['rows']
     cands = [(r['speedup'], n) for n, r in rows.items() if 'speedup' in r
@@ -103,6 +103,7 @@ def _method_names(args) -> list[str]:
 
 def _theirs(args, target_dir, draft_dir, prompts, eos_id, pad_id) -> dict[str, dict[str, Any]]:
   """Tokens/s of transformers' generate() variants at batch 1."""
+  # The peer only: torch and transformers are optional and take ~2 s to import.
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   device = 'cuda' if torch.cuda.is_available() else 'cpu'

@@ -34,6 +34,8 @@ from benchmarks import forward_cost
 from benchmarks import harness
 from benchmarks import oracle
 from benchmarks import step_cost
+import cli
+import data
 from decoding import Models, SamplingConfig, registry
 
 # verifier -> (decoder, settings). Node budgets stay within 32 (the goal's dynamic tree).
@@ -53,8 +55,6 @@ IDEAL_SHARE_GOAL = 0.85
 
 
 def _load(args):
-  import cli  # pylint: disable=g-import-not-at-top
-  import data  # pylint: disable=g-import-not-at-top
   model, params = cost_model.random_model(args.preset, args.dtype)
   tok = data.make_tokenizer('byte')
   if model.cfg.vocab_size != tok.vocab_size:  # BPE-sized presets: prompts as random ids
