@@ -62,6 +62,15 @@ def _ratio_rows(rows, numerator: str, denominator: str) -> list[dict[str, str]]:
           if _num(r.get(numerator)) and _num(r.get(denominator))]
 
 
+def _propose(out, key, win: bool | None, checked: tuple[str, ...], peer: str,
+             ratio: str) -> None:
+  """out[key]: ours ('pallas') if it won every measured row (`win`) and passed its check in
+  some dtype, else `peer`; nothing when the file does not measure the case (`win` None)."""
+  if win is not None:
+    out[key] = ('pallas' if win and checked else peer,
+                f'{ratio} >= 1 on every row: {win}; checked {checked}')
+
+
 def proposals_from_results(markdown: str) -> dict[tuple[str, str, str], tuple[str, str]]:
   """What each GPU case's winner is by a `benchmarks.kernels` results file: {(op, 'gpu',
   case): (impl, why)}. Ours wins a comparison only if it wins on every measured row and its
@@ -82,31 +91,20 @@ def proposals_from_results(markdown: str) -> dict[tuple[str, str, str], tuple[st
         f'ours/cuDNN >= 1 on every row: forward {fwd}, fwd+bwd {both}; checked {flash_ok}')
   tree = _section(s, 'Tree verification')
   tree_win = _all_at_least(tree, 'cuDNN / ours', 1.0)
+  _propose(out, ('attention', 'gpu', 'tree'), tree_win, tree_ok, 'cudnn', 'cuDNN/ours')
   if tree_win is not None:
-    out[('attention', 'gpu', 'tree')] = (
-        'pallas' if tree_win and tree_ok else 'cudnn',
-        f'cuDNN/ours >= 1 on every row: {tree_win}; checked {tree_ok}')
     dense_win = _all_at_least(_ratio_rows(tree, 'cuDNN', 'ours, dense mask'), 'r', 1.0)
     if dense_win is not None:
       out[('attention', 'gpu', 'explicit')] = (
           'pallas' if dense_win and decode_ok else 'cudnn',
           f'cuDNN/ours(dense mask) >= 1 on every row: {dense_win}')
   dec = _all_at_least(_section(s, 'Decode attention'), 'ours/XLA speed', 1.0)
-  if dec is not None:
-    out[('attention', 'gpu', 'decode')] = (
-        'pallas' if dec and decode_ok else 'xla',
-        f'ours/XLA >= 1 on every row: {dec}; checked {decode_ok}')
+  _propose(out, ('attention', 'gpu', 'decode'), dec, decode_ok, 'xla', 'ours/XLA')
   delta = _section(s, 'Chunked gated DeltaProduct')
   dwin = _all_at_least(_ratio_rows(delta, 'XLA chunked', 'ours'), 'r', 1.0)
-  if dwin is not None:
-    out[('delta_rule', 'gpu', 'chunked')] = (
-        'pallas' if dwin and delta_ok else 'xla',
-        f'XLA/ours >= 1 on every row: {dwin}; checked {delta_ok}')
+  _propose(out, ('delta_rule', 'gpu', 'chunked'), dwin, delta_ok, 'xla', 'XLA/ours')
   samp = _all_at_least(_section(s, 'Fused sampling'), 'sort / fused', 1.0)
-  if samp is not None:
-    out[('sampling', 'gpu', 'top_p')] = (
-        'pallas' if samp and sampling_ok else 'xla',
-        f'sort/fused >= 1 on every row: {samp}; checked {sampling_ok}')
+  _propose(out, ('sampling', 'gpu', 'top_p'), samp, sampling_ok, 'xla', 'sort/fused')
   if chain_ok and not _section(s, 'Chain verification'):
     out[('spec_verify', 'gpu', 'chain')] = ('xla', f'checked {chain_ok}; speed not measured')
   return out
