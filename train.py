@@ -9,6 +9,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import cli
+from training import trainer
+from workdir import checkpoint
+from workdir import lock as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
@@ -21,9 +24,6 @@ def main(argv):
     cli.fail(f'Unexpected arguments: {argv[1:]}')
   cli.quiet_logging(sys.argv)
   cli.maybe_initialize_distributed()
-  from training import trainer  # pylint: disable=g-import-not-at-top
-  from workdir import checkpoint  # pylint: disable=g-import-not-at-top
-  from workdir import lock as workdir_lib  # pylint: disable=g-import-not-at-top
   try:
     trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ValueError, checkpoint.CheckpointError, trainer.NonFiniteLossError,

@@ -26,6 +26,8 @@ import sys
 
 from absl import app, flags
 
+from configs import latent_reasoning
+
 
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,7 +35,6 @@ ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def plan(task: str, size: str, steps: int, stage0_factor: int, methods: list[str], root: str,
          extra: list[str], suffix: str = '') -> tuple[list[tuple[str, str]], dict[str, str]]:
   """[(workdir, config argument)] in training order and {method: final workdir}."""
-  from configs import latent_reasoning  # pylint: disable=g-import-not-at-top
   base = latent_reasoning.get_config(','.join([f'task={task}', f'size={size}'] + extra))
   steps = steps or base.train.steps
   max_stage = base.latent.max_stage

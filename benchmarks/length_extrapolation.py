@@ -24,10 +24,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
+from configs import deltanet
+import data as data_lib
+from training import trainer
+from workdir import checkpoint
+from workdir import loading
 
 
 def _finished(workdir: str, steps: int) -> bool:
-  from workdir import checkpoint  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(os.path.join(workdir, checkpoint.CHECKPOINT_DIR)):
     return False
   latest = checkpoint.Checkpointer(workdir, read_only=True, async_save=False).latest_step()
@@ -36,8 +40,6 @@ def _finished(workdir: str, steps: int) -> bool:
 
 def train_variants(variants: list[str], size: str, runs_dir: str) -> list[str]:
   """Trains configs/deltanet.py:<variant>,<size> into runs_dir/<variant>_<size> if needed."""
-  from configs import deltanet  # pylint: disable=g-import-not-at-top
-  from training import trainer  # pylint: disable=g-import-not-at-top
   workdirs = []
   for variant in variants:
     config = deltanet.get_config(f'{variant},{size}')
@@ -52,8 +54,6 @@ def train_variants(variants: list[str], size: str, runs_dir: str) -> list[str]:
 def loss_by_position(workdir: str, eval_len: int, batch: int, batches: int
                      ) -> tuple[np.ndarray, dict]:
   """Mean next-token loss at each position [eval_len] and facts about the run."""
-  import data as data_lib  # pylint: disable=g-import-not-at-top
-  from workdir import loading  # pylint: disable=g-import-not-at-top
   run = loading.load_model(workdir)
   dc = data_lib.DataConfig(**dict(run.config['data'], seq_len=eval_len, batch_size=batch))
   rows = data_lib.make_eval_batches(dc, run.tokenizer, max_batches=batches)

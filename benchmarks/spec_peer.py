@@ -30,6 +30,7 @@ benchmarks/results/speculative_peer.md (`--name`).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -42,13 +43,13 @@ import workbench
 from benchmarks import common
 from benchmarks import harness
 from benchmarks import speculative
+import data
 from decoding import SamplingConfig
+from models import hf
+from workdir import checkpoint
 
 
 def _export(loaded, params, out_dir: str) -> None:
-  import data  # pylint: disable=g-import-not-at-top
-  from models import hf  # pylint: disable=g-import-not-at-top
-  from workdir import checkpoint  # pylint: disable=g-import-not-at-top
   hf.export_model(params, loaded.model_config, out_dir,
                   tokenizer_dir=os.path.join(loaded.workdir, checkpoint.TOKENIZER_DIR),
                   special_ids=loaded.tokenizer.special_ids, special_tokens=data.SPECIAL_TOKENS)
@@ -89,7 +90,6 @@ def _method_names(args) -> list[str]:
   file) when it is not among them."""
   names = [m.strip() for m in args.methods.split(',') if m.strip()]
   if args.best_from:
-    import json  # pylint: disable=g-import-not-at-top
     with open(args.best_from) as f:
       rows = json.load(f)['rows']
     cands = [(r['speedup'], n) for n, r in rows.items() if 'speedup' in r
@@ -104,6 +104,7 @@ def _method_names(args) -> list[str]:
 
 def _theirs(args, target_dir, draft_dir, prompts, eos_id, pad_id) -> dict[str, dict[str, Any]]:
   """Tokens/s of transformers' generate() variants at batch 1."""
+  # The peer only: torch and transformers are optional and take ~2 s to import.
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   device = 'cuda' if torch.cuda.is_available() else 'cpu'

@@ -35,6 +35,7 @@ from benchmarks import forward_cost
 from benchmarks import harness
 from benchmarks import oracle
 from benchmarks import step_cost
+import data
 from decoding import Models, SamplingConfig, registry
 
 # verifier -> (decoder, settings). Node budgets stay within 32 (the goal's dynamic tree).
@@ -54,7 +55,6 @@ IDEAL_SHARE_GOAL = 0.85
 
 
 def load(args):
-  import data  # pylint: disable=g-import-not-at-top
   model, params = cost_model.random_model(args.preset, args.dtype)
   tok = data.make_tokenizer('byte')
   if model.cfg.vocab_size != tok.vocab_size:  # BPE-sized presets: prompts as random ids

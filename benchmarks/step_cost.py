@@ -39,8 +39,11 @@ from benchmarks import common
 from benchmarks import cost_model
 from benchmarks import harness
 from benchmarks import oracle
+import cli
+import data
 from decoding import Models, SamplingConfig, registry
 from models import heads as heads_lib
+from workdir import loading
 
 DEFAULT_DECODERS = ('ar,prompt_lookup,token_recycling,jacobi,lookahead,layerskip,del,kangaroo,'
                     'medusa,mtp,speculative:gamma=4,speculative:tree=static:tree_nodes=16,'
@@ -187,7 +190,6 @@ def breakdown(decoder, models: Models, params: dict[str, Any], prompts: Sequence
 def _load(args):
   """(models, params, prompts, eos, pad, name): a trained workdir or a random preset."""
   if args.workdir:
-    from workdir import loading  # pylint: disable=g-import-not-at-top
     run = loading.load_model(args.workdir)
     prompts = workbench.read_prompts(run.tokenizer, prompt=None, prompts_file=None,
                                      heldout=args.prompts, prompt_chars=args.prompt_chars,
@@ -195,7 +197,6 @@ def _load(args):
     name = os.path.basename(os.path.normpath(args.workdir))
     return (Models(run.model), {'target': run.params, **run.extras}, prompts,
             run.tokenizer.eos_id, run.tokenizer.pad_id, name)
-  import data  # pylint: disable=g-import-not-at-top
   model, params = cost_model.random_model(args.preset, args.dtype)
   tok = data.make_tokenizer('byte')
   prompts = workbench.read_prompts(tok, prompt=None, prompts_file=None, heldout=args.prompts,

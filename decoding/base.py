@@ -154,6 +154,8 @@ class Decoder:
   lossless: ClassVar[bool] = True
   # The model families (models.kind.FAMILIES) whose target it decodes; checked by for_model.
   model_kinds: ClassVar[tuple[str, ...]] = ('autoregressive',)
+  # The trained heads (models.kind.HEADS) its target run must hold; checked by for_model.
+  model_heads: ClassVar[tuple[str, ...]] = ()
   sampling: sampling_lib.SamplingConfig = sampling_lib.SamplingConfig()
 
   def extra_models(self) -> dict[str, str]:
@@ -176,8 +178,10 @@ class Decoder:
     """This decoder checked against the kinds of the models it will run (`kinds['target']`,
     plus its extra models' by name where known) and with settings that depend on them filled
     in (e.g. a diffusion decoder's mask id and logit shift). Default: checks the target
-    against `model_kinds` (a one-line ValueError on a mismatch) and returns self."""
+    against `model_kinds` and `model_heads` (a one-line ValueError on a mismatch) and returns
+    self."""
     kind_lib.require(kinds['target'], self.model_kinds, f'Decoder {self.name!r}')
+    kind_lib.require_heads(kinds['target'], self.model_heads, f'Decoder {self.name!r}')
     return self
 
   def generate(self, models: Models, params: dict[str, Any], prompt_BxP: jax.Array,

@@ -3,9 +3,10 @@ checkpoint by the training objective (or the HF import) and read by decoders.
 
   kind = ModelKind(attention='bidirectional', mask_id=259, shift=True)   # Dream-style MDLM
   require(kind, ('diffusion',), who="Decoder 'llada'")   # ValueError on a mismatch
+  require_heads(kind, ('medusa',), who="Decoder 'medusa'")   # ValueError: no medusa heads
 
 A decoder declares the kind families it accepts (`FAMILIES`); `families(kind)` says which a
-kind belongs to. A causal model that was also trained to fill masks (WeDLM) belongs to both
+kind belongs to. A decoder that drafts with trained heads also declares them (`HEADS`). A causal model that was also trained to fill masks (WeDLM) belongs to both
 'autoregressive' and 'diffusion'; an any-subset AR model only to 'any_order'.
 """
 
@@ -22,6 +23,12 @@ FAMILIES = {  # name -> what a message says a decoder needs
     'any_order': 'an any-subset AR model (two-stream queries)',
 }
 
+HEADS = {  # a trained tree saved beside the model (models.heads) -> the config that trains it
+    'medusa': 'configs/spec_heads.py:medusa',
+    'mtp': 'configs/spec_heads.py:mtp',
+    'kangaroo': 'configs/spec_heads.py:kangaroo',  # the Kangaroo adapter
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelKind:
@@ -33,8 +40,8 @@ class ModelKind:
   shift: the prediction for position q is read at q-1 (Dream-style AR adaptation).
   block_size: the block length it was trained with (block diffusion, WeDLM); 0 if none.
   any_order: an any-subset AR model, read by two-stream queries (ASSD).
-  heads: the trained trees saved beside the model (e.g. 'medusa', 'mtp', 'adapter',
-    'draft'), sorted.
+  heads: the trained trees saved beside the model (e.g. 'medusa', 'mtp', 'kangaroo': see
+    `HEADS`), sorted.
   """
   attention: str = 'causal'
   mask_id: int = -1
@@ -106,3 +113,22 @@ def require(kind: ModelKind, accepted: Sequence[str], who: str, hint: str = '') 
     raise ValueError(f'{who} needs {needs}; this model is {kind.describe()} '
                      f'(ModelKind families: {sorted(families(kind)) or "none"})'
                      + (f'; {hint}' if hint else '') + '.')
+
+
+def train_heads_hint(heads: Sequence[str]) -> str:
+  """How a run gets `heads` (keys of `HEADS`), for the end of an error message."""
+  commands = ' and '.join(f'`python train.py --config={HEADS[h]} --workdir=RUN`' for h in heads)
+  return (f'train them with {commands} and sample with `--workdir=RUN` (the run holds the '
+          'target and its heads)')
+
+
+def require_heads(kind: ModelKind, heads: Sequence[str], who: str) -> None:
+  """ValueError (one line, naming `who`, the heads missing, the kind found and how to train
+  them) unless the run holds every head of `heads` (`ModelKind.heads`)."""
+  unknown = sorted(set(heads) - set(HEADS))
+  if unknown:
+    raise ValueError(f'{who}: unknown heads {unknown}; known: {sorted(HEADS)}.')
+  missing = [h for h in heads if h not in kind.heads]
+  if missing:
+    raise ValueError(f'{who} needs {"/".join(missing)} heads in the target run (this model is '
+                     f'{kind.describe()}): {train_heads_hint(missing)}.')

@@ -226,6 +226,7 @@ class SpeculativeDecoder(DraftModelDecoder):
                            f'settings: {sorted(set(own) - {"sampling"})}).')
       routed = family(**settings)
     object.__setattr__(self, '_routed', routed)
+    object.__setattr__(self, 'model_heads', routed.model_heads)  # drafter=medusa needs heads
     super().__post_init__()
 
   def composed(self) -> SpecDecoder:
@@ -330,6 +331,7 @@ class MedusaDecoder(HeadsDecoder):
   """Medusa heads on the target's last hidden state over a static tree (needs a run trained
   with configs/spec_heads.py:medusa; lossless)."""
   name: ClassVar[str] = 'medusa'
+  model_heads: ClassVar[tuple[str, ...]] = ('medusa',)
   drafter_type: ClassVar[type[drafter_lib.Drafter]] = head_drafters.MedusaDrafter
   tree: str = 'static'
   gamma: int = 3
@@ -345,6 +347,7 @@ class MTPDecoder(HeadsDecoder):
   """DeepSeek-style sequential MTP modules as drafter (needs a run trained with
   configs/spec_heads.py:mtp; lossless)."""
   name: ClassVar[str] = 'mtp'
+  model_heads: ClassVar[tuple[str, ...]] = ('mtp',)
   drafter_type: ClassVar[type[drafter_lib.Drafter]] = head_drafters.MTPDrafter
   gamma: int = 2
 
@@ -385,6 +388,7 @@ class KangarooDecoder(EarlyExitDecoder):
   """Kangaroo: early exit plus a trained adapter, stop at low confidence (needs
   configs/spec_heads.py:kangaroo; lossless)."""
   name: ClassVar[str] = 'kangaroo'
+  model_heads: ClassVar[tuple[str, ...]] = ('kangaroo',)
   adapter: ClassVar[bool] = True
   gamma: int = 6
   stop_below: float = 0.6

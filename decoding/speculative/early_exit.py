@@ -35,6 +35,7 @@ from decoding.speculative import trees
 from decoding.speculative import verify as verify_lib
 from models import cache as cache_lib
 from models import heads as heads_lib
+from models import kind as kind_lib
 
 
 @flax.struct.dataclass
@@ -90,9 +91,8 @@ class EarlyExitDrafter(drafter_lib.ChainDrafter):
                        'with recurrent layers are not supported (use a separate draft model).')
     if self.adapter:
       if heads_lib.KANGAROO not in params:
-        raise ValueError("The 'kangaroo' drafter needs an adapter in the target run: train "
-                         'it with `python train.py --config=configs/spec_heads.py:kangaroo '
-                         '--workdir=RUN` and sample with `--workdir=RUN`.')
+        raise ValueError("The 'kangaroo' drafter needs an adapter in the target run: "
+                         f'{kind_lib.train_heads_hint((heads_lib.KANGAROO,))}.')
 
   def prefill_kwargs(self):
     return {'return_hidden': True} if self.adapter else {}

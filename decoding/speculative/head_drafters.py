@@ -2,7 +2,8 @@
 
 The heads are training extras of the target's run (params['medusa'] / params['mtp'], see
 models/heads.py and training/objectives/spec_heads.py); `sample.py --workdir=RUN` passes a
-run's extras to the decoders. Both read the target's final hidden state at the last accepted
+run's extras to the decoders, whose `model_heads` make `Decoder.for_model` refuse a run without
+them (its `ModelKind.heads`). Both read the target's final hidden state at the last accepted
 node, which the verification forward computed, so drafting costs no target forward.
 
   Medusa: head k proposes the token k + 1 places after the root, independently of the tokens
@@ -25,6 +26,7 @@ import numpy as np
 from decoding.speculative import drafter as drafter_lib
 from decoding.speculative import trees
 from models import heads as heads_lib
+from models import kind as kind_lib
 
 
 @flax.struct.dataclass
@@ -46,12 +48,12 @@ def _accepted_hidden(state: HiddenState, step: drafter_lib.Step) -> HiddenState:
                                state.h_BxD))
 
 
-def _need(params, name: str, how: str) -> None:
+def _need(params, name: str) -> None:
+  """The heads in the params at generation (`Decoder.for_model` checks the run's kind before:
+  `model_heads`); this catches a caller that skipped it."""
   if name not in params:
-    raise ValueError(f'The {name!r} drafter needs {name} heads in the target run: train them '
-                     f'with `python train.py --config=configs/spec_heads.py:{how} '
-                     f'--workdir=RUN` and sample with `--workdir=RUN` (the run holds the '
-                     f'target and its heads).')
+    raise ValueError(f'The {name!r} drafter needs {name} heads in the target run: '
+                     f'{kind_lib.train_heads_hint((name,))}.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +63,7 @@ class MedusaDrafter(drafter_lib.TemplateDrafter):
   template: trees.Template = dataclasses.field(default_factory=lambda: trees.chain(3))
 
   def check(self, models, params):
-    _need(params, heads_lib.MEDUSA, 'medusa')
+    _need(params, heads_lib.MEDUSA)
     K = params[heads_lib.MEDUSA]['w'].shape[0]
     if self.template.max_depth > K:
       raise ValueError(f'The Medusa tree is {self.template.max_depth} deep but the run has '
@@ -99,7 +101,7 @@ class MTPDrafter(drafter_lib.TemplateDrafter):
     return sum(1 for k in params[heads_lib.MTP] if k.startswith('module_'))
 
   def check(self, models, params):
-    _need(params, heads_lib.MTP, 'mtp')
+    _need(params, heads_lib.MTP)
     K = self.depth_of(params)
     if self.template.max_depth > K:
       raise ValueError(f'The MTP tree is {self.template.max_depth} deep but the run has {K} '

@@ -73,7 +73,8 @@ def attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: jax.Arra
   cache = kv_layout == 'cache'
   S, K = (k_BxSxKxDh.shape[2], k_BxSxKxDh.shape[1]) if cache else k_BxSxKxDh.shape[1:3]
   mask_BxTxS = jnp.broadcast_to(mask_BxTxS, (B, T, S))
-  # Imported here: both packages import this one's reference module.
+  # Imported here: both packages import this package (vendor, reference); at the top of
+  # this file the import of either one first fails with a cycle (tried).
   from pallas_kernels.decode_attention import decode_attention  # pylint: disable=g-import-not-at-top
   from pallas_kernels.flash_attention import flash_attention  # pylint: disable=g-import-not-at-top
   if impl != 'cudnn' and call_case(T, S, H // K) == 'decode':

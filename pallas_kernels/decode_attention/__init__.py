@@ -31,6 +31,8 @@ import jax.numpy as jnp
 from pallas_kernels import common
 from pallas_kernels import dispatch
 from pallas_kernels.attention import vendor
+from pallas_kernels.decode_attention import gpu
+from pallas_kernels.decode_attention import tpu
 from pallas_kernels.decode_attention.reference import (ancestor_mask,
                                                        decode_attention_reference,
                                                        visible_slots)
@@ -189,13 +191,11 @@ def _kernel_path(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B, mask_BxTxS, new,
     nmask = common.pad_axis(_row_mask(new_mask_BxTxN, G, R), 2, Np)
 
   if family == 'tpu':
-    from pallas_kernels.decode_attention import tpu  # pylint: disable=g-import-not-at-top
     st = tpu.Static(scale=scale, block_k=bk, has_mask=mask is not None, has_new=has_new,
                     interpret=interpret)
     o, m, l = tpu.partials(q, k, v, lengths_B, mask, kn, vn, nmask, st)
     base = math.e
   else:
-    from pallas_kernels.decode_attention import gpu  # pylint: disable=g-import-not-at-top
     nblk = Sp // bk
     parts = bs.num_parts or common.cdiv(264, B * K)
     parts = max(1, min(parts, nblk))
@@ -206,8 +206,7 @@ def _kernel_path(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B, mask_BxTxS, new,
                     num_stages=bs.num_stages, cache_layout=cache_layout)
     o, m, l = gpu.partials(q, k, v, lengths_B, mask, kn, vn, nmask, st)
     base = 2.0
-  from pallas_kernels.decode_attention.gpu import combine  # pylint: disable=g-import-not-at-top
-  out_BxKxRxDh = combine(o, m, l, base)[:, :, :T * G, :Dh]
+  out_BxKxRxDh = gpu.combine(o, m, l, base)[:, :, :T * G, :Dh]
   out = out_BxKxRxDh.reshape(B, K, T, G, Dh).transpose(0, 2, 1, 3, 4).reshape(B, T, H, Dh)
   return out.astype(q_BxTxHxDh.dtype)
 

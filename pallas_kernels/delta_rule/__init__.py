@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import dispatch
+from pallas_kernels.delta_rule.chunk import delta_rule_pallas
 from pallas_kernels.delta_rule.reference import (delta_product_step, delta_rule_chunked,
                                                  delta_rule_recurrent)
 
@@ -63,7 +64,6 @@ def delta_rule(q_BxTxHxDk: jax.Array, k_BxTxHxDk: jax.Array, v_BxTxHxDv: jax.Arr
                               scale=scale, chunk_size=chunk_size,
                               initial_state_BxHxDkxDv=initial_state_BxHxDkxDv)
   if impl in ('pallas', 'pallas_gpu', 'pallas_tpu'):
-    from pallas_kernels.delta_rule.chunk import delta_rule_pallas  # pylint: disable=g-import-not-at-top
     return delta_rule_pallas(q_BxTxHxDk, k_BxTxHxDk, v_BxTxHxDv, beta_BxTxH, g_BxTxH,
                              chunk_size=chunk_size, scale=scale, impl=impl,
                              initial_state_BxHxDkxDv=initial_state_BxHxDkxDv)

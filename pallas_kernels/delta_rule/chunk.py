@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import common
+from pallas_kernels.delta_rule import gpu
+from pallas_kernels.delta_rule import tpu
 from pallas_kernels.delta_rule.reference import unit_lower_inverse
 
 F32 = jnp.float32
@@ -86,11 +88,7 @@ def _chunk_step(p: Prepared, S_BxHxNxKxV):
 
 
 def _kernels(family: str):
-  if family == 'tpu':
-    from pallas_kernels.delta_rule import tpu  # pylint: disable=g-import-not-at-top
-    return tpu
-  from pallas_kernels.delta_rule import gpu  # pylint: disable=g-import-not-at-top
-  return gpu
+  return tpu if family == 'tpu' else gpu
 
 
 def _cast(p: Prepared, dtype) -> Prepared:

@@ -25,8 +25,10 @@ import jax.numpy as jnp
 from pallas_kernels import common
 from pallas_kernels import dispatch
 from pallas_kernels.attention import vendor
+from pallas_kernels.flash_attention import gpu
 from pallas_kernels.flash_attention import mask as mask_lib
 from pallas_kernels.flash_attention.mask import FlashMask
+from pallas_kernels.flash_attention import tpu
 from pallas_kernels.flash_attention.reference import flash_attention_reference
 
 
@@ -58,11 +60,7 @@ class BlockSizes:
 
 
 def _backend(family: str):
-  if family == 'tpu':
-    from pallas_kernels.flash_attention import tpu  # pylint: disable=g-import-not-at-top
-    return tpu
-  from pallas_kernels.flash_attention import gpu  # pylint: disable=g-import-not-at-top
-  return gpu
+  return tpu if family == 'tpu' else gpu
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
@@ -89,7 +87,7 @@ IMPLS = common.IMPLS + ('cudnn', 'splash')
 
 def mask_case(T: int, S: int, *, default_positions: bool, segments: bool, dense: bool,
               causal: bool, block_causal_size: int | None, window: int) -> str:
-  """The dispatch case of a call (see `pallas_kernels.dispatch.CASES`)."""
+  """The dispatch case of a call (see `pallas_kernels.dispatch_table.CASES`)."""
   if dense:
     return 'explicit'
   if (not default_positions or T != S or (block_causal_size or 1) > 1

@@ -25,6 +25,8 @@ import jax.numpy as jnp
 
 from pallas_kernels import common
 from pallas_kernels import dispatch
+from pallas_kernels.sampling import gpu
+from pallas_kernels.sampling import tpu
 from pallas_kernels.sampling.reference import (filtered_log_probs, gumbel_noise,
                                                sample_reference)
 
@@ -62,13 +64,11 @@ def fused_sample(logits_BxV: jax.Array, gumbel_BxV: jax.Array | None, *, tempera
     return sample_reference(logits_BxV, gumbel_BxV, temperature, top_k, top_p, min_p)
   gumbel_BxV = gumbel_BxV.astype(jnp.float32)
   if family == 'tpu':
-    from pallas_kernels.sampling import tpu  # pylint: disable=g-import-not-at-top
     Vp = common.round_up(V, 128)
     st = tpu.Static(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
                     min_p=float(min_p), interpret=interpret)
     kernel = tpu.sample
   else:
-    from pallas_kernels.sampling import gpu  # pylint: disable=g-import-not-at-top
     bv = min(common.next_pow2(block_v), common.next_pow2(V))
     Vp = common.round_up(V, bv)
     st = gpu.Static(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),

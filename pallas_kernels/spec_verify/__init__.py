@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import dispatch
+from pallas_kernels.spec_verify.fused import chain_verify_pallas, tree_verify_pallas
 from pallas_kernels.spec_verify.reference import (MODES, chain_verify_reference, kseq_beta,
                                                   kseq_residual, kseq_rho,
                                                   tree_verify_reference)
@@ -45,7 +46,6 @@ def chain_verify(target_logp_BxG1xV: jax.Array, draft_logq_BxGxV: jax.Array | No
   """See `reference.chain_verify_reference`."""
   impl = _check_impl(impl, 'chain')
   if impl.startswith('pallas'):
-    from pallas_kernels.spec_verify.fused import chain_verify_pallas  # pylint: disable=g-import-not-at-top
     return chain_verify_pallas(target_logp_BxG1xV, draft_logq_BxGxV, draft_BxG, valid_BxG,
                                u_BxG, mode=mode, impl=impl)
   return chain_verify_reference(target_logp_BxG1xV, draft_logq_BxGxV, draft_BxG, valid_BxG,
@@ -59,7 +59,6 @@ def tree_verify(target_logp_BxTxV: jax.Array, draft_logq_BxTxV: jax.Array | None
   """See `reference.tree_verify_reference`."""
   impl = _check_impl(impl, 'tree')
   if impl.startswith('pallas'):
-    from pallas_kernels.spec_verify.fused import tree_verify_pallas  # pylint: disable=g-import-not-at-top
     return tree_verify_pallas(target_logp_BxTxV, draft_logq_BxTxV, tokens_BxT, children_BxTxK,
                               u_BxDxK, mode=mode, impl=impl)
   return tree_verify_reference(target_logp_BxTxV, draft_logq_BxTxV, tokens_BxT, children_BxTxK,

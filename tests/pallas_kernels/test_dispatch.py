@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pallas_kernels import attention as attention_ops
-from pallas_kernels import common, dispatch
+from pallas_kernels import common, dispatch, dispatch_refresh, dispatch_table
 from pallas_kernels.attention import vendor
 from pallas_kernels.decode_attention import ancestor_mask, decode_attention, tree_attention
 from pallas_kernels.decode_attention import choose_impl as decode_choose
@@ -23,13 +23,13 @@ BF16, F16, F32 = jnp.bfloat16, jnp.float16, jnp.float32
 # --- the table ---
 
 @pytest.mark.parametrize('op,platform,case', [
-    (op, p, c) for op, cases in dispatch.CASES.items() for p in dispatch.PLATFORMS
+    (op, p, c) for op, cases in dispatch_table.CASES.items() for p in dispatch_table.PLATFORMS
     for c in cases])
 def test_every_entry_names_a_real_impl_and_its_evidence(op, platform, case):
-  e = dispatch.TABLE[(op, platform, case)]
-  assert e.impl in dispatch.OP_IMPLS[op] and e.fallback in dispatch.OP_IMPLS[op]
+  e = dispatch_table.TABLE[(op, platform, case)]
+  assert e.impl in dispatch_table.OP_IMPLS[op] and e.fallback in dispatch_table.OP_IMPLS[op]
   assert e.why
-  if e.source == dispatch.UNMEASURED:
+  if e.source == dispatch_table.UNMEASURED:
     assert not e.rows
   else:
     text = (ROOT / e.source).read_text()
@@ -37,34 +37,38 @@ def test_every_entry_names_a_real_impl_and_its_evidence(op, platform, case):
     for row in e.rows:
       assert row in text, f'{row!r} is not in {e.source}'
   if e.impl == 'pallas':  # only a kernel that passed its on-device check, in those dtypes
-    assert e.checked and e.source != dispatch.UNMEASURED
+    assert e.checked and e.source != dispatch_table.UNMEASURED
   if platform == 'cpu':
     assert e.impl == 'xla'
 
 
 def test_gpu_entries_agree_with_the_committed_measurement():
-  proposals = dispatch.proposals_from_results((ROOT / dispatch.KERNELS_MD).read_text())
+  proposals = dispatch_refresh.proposals_from_results(
+      (ROOT / dispatch_table.KERNELS_MD).read_text())
   assert len(proposals) >= 6
   for key, (impl, why) in proposals.items():
-    assert dispatch.TABLE[key].impl == impl, (key, why)
+    assert dispatch_table.TABLE[key].impl == impl, (key, why)
 
 
 def test_proposals_flip_when_ours_wins_and_not_when_unchecked():
-  text = (ROOT / dispatch.KERNELS_MD).read_text()
+  text = (ROOT / dispatch_table.KERNELS_MD).read_text()
   faster = text.replace('| 0.2915 | 0.5175 |', '| 0.9915 | 1.76 |')
-  assert dispatch.proposals_from_results(faster)[('attention', 'gpu', 'tree')][0] == 'pallas'
+  proposals = dispatch_refresh.proposals_from_results(faster)
+  assert proposals[('attention', 'gpu', 'tree')][0] == 'pallas'
   # Decode stays ours only while its check passes.
   broken = text.replace('| decode | pallas | B2 S4096 H16 K4 D128 | bfloat16 | 0.005128 | 0.03 | True |',
                         '| decode | pallas | B2 S4096 H16 K4 D128 | bfloat16 | 0.5 | 0.03 | False |')
-  assert dispatch.proposals_from_results(broken)[('attention', 'gpu', 'decode')][0] == 'xla'
+  proposals = dispatch_refresh.proposals_from_results(broken)
+  assert proposals[('attention', 'gpu', 'decode')][0] == 'xla'
   # Delta rule flips to ours once its float32 rows pass.
   fixed = text.replace('| 0.0001 | False |', '| 0.0001 | True |')
-  assert dispatch.proposals_from_results(fixed)[('delta_rule', 'gpu', 'chunked')][0] == 'pallas'
+  proposals = dispatch_refresh.proposals_from_results(fixed)
+  assert proposals[('delta_rule', 'gpu', 'chunked')][0] == 'pallas'
 
 
 def test_table_markdown_lists_every_case():
-  md = dispatch.table_markdown()
-  assert md.count('\n') == 1 + sum(len(c) for c in dispatch.CASES.values())
+  md = dispatch_table.table_markdown()
+  assert md.count('\n') == 1 + sum(len(c) for c in dispatch_table.CASES.values())
   assert '| attention | causal | cudnn | splash | xla |' in md
 
 
@@ -338,11 +342,11 @@ def test_sampling_auto_with_threshold_runs_a_kernel():
 def test_all_entries_and_decisions_cover_every_gpu_case():
   """Every GPU case appears in DECISIONS (a new case needs a decision test)."""
   tested = {(d[0], d[1]) for d in DECISIONS if d[2] == 'gpu'}
-  assert tested == {(op, c) for op, cases in dispatch.CASES.items() for c in cases}
+  assert tested == {(op, c) for op, cases in dispatch_table.CASES.items() for c in cases}
 
 
 def test_docs_quote_the_table():
   """docs/kernels.md's table says what TABLE says (op, case, gpu, tpu, cpu per row)."""
   docs = (ROOT / 'docs' / 'kernels.md').read_text()
-  for line in dispatch.table_markdown().splitlines()[2:]:
+  for line in dispatch_table.table_markdown().splitlines()[2:]:
     assert line in docs, f'docs/kernels.md lacks {line!r}'

@@ -12,6 +12,7 @@ import decoding
 from configs import diffusion_lm, diffusion_tasks, lm
 from decoding import registry
 from models import Transformer
+from models import heads as heads_lib
 from models import kind as kind_lib
 from models.kind import ModelKind
 from testlib import small_config
@@ -72,6 +73,31 @@ def test_diffuspec_checks_target_and_drafter():
   got = dec.for_model({'target': AR, 'drafter': MDLM})
   assert (got.mask_id, got.shift, got.block_causal) == (259, 1, 0)
 
+
+
+@pytest.mark.parametrize('name, settings, head', [
+    ('medusa', {}, 'medusa'),
+    ('mtp', {}, 'mtp'),
+    ('kangaroo', {}, 'kangaroo'),
+    ('speculative', {'drafter': 'medusa'}, 'medusa'),  # routed to the Medusa drafter
+])
+def test_a_heads_decoder_refuses_a_run_without_its_heads_with_one_line(name, settings, head):
+  dec = _build(name, **settings)
+  for kind in (AR, ModelKind(heads=tuple(h for h in kind_lib.HEADS if h != head))):
+    with pytest.raises(ValueError) as e:
+      dec.for_model({'target': kind})
+    msg = str(e.value)
+    assert '\n' not in msg
+    assert f'Decoder {name!r} needs {head} heads in the target run' in msg, msg
+    assert f'`python train.py --config=configs/spec_heads.py:{head} --workdir=RUN`' in msg, msg
+  assert dec.for_model({'target': ModelKind(heads=(head,))}) == dec
+
+
+def test_heads_known_to_the_kind_are_the_models_heads():
+  assert set(kind_lib.HEADS) == {heads_lib.MEDUSA, heads_lib.MTP, heads_lib.KANGAROO}
+  assert _build('speculative').for_model({'target': AR}) == _build('speculative')
+  with pytest.raises(ValueError, match='unknown heads'):
+    kind_lib.require_heads(AR, ('eagle',), 'x')
 
 def test_decoders_accept_their_kinds_and_take_settings_from_them():
   assert _build('ar').for_model({'target': WEDLM}) == _build('ar')

@@ -48,6 +48,7 @@ from data.tasks import reasoning
 from models import cache as cache_lib
 from models import transformer as transformer_lib
 from training.objectives.registry import Objective, register, token_cross_entropy
+from workdir import loading
 
 METHODS = ('coconut', 'pause', 'cot', 'nocot')
 
@@ -274,7 +275,6 @@ def data_hooks(s: LatentSettings, config: ml_collections.ConfigDict, with_steps:
                                       num_batches=max_batches)
 
   def init_model_params():
-    from workdir import loading  # pylint: disable=g-import-not-at-top
     return loading.load_model(s.init_from).params
 
   return make_train_iterator, make_eval_batches, (init_model_params if s.init_from else None)

@@ -45,6 +45,7 @@ import data as data_lib
 from data.tasks import exact_match
 from data.tasks import iterator as task_iterator
 from models import transformer as transformer_lib
+from workdir import loading
 
 _SPECIAL_MASK_INDEX = 3  # '<mask>' in data.tokenizer_base.SPECIAL_TOKENS
 _DEFAULT_MASK_IDS = {'byte': 256 + _SPECIAL_MASK_INDEX, 'bpe': _SPECIAL_MASK_INDEX}
@@ -249,7 +250,6 @@ def init_from(workdir: str, model: transformer_lib.Transformer,
   """init_model_params: the model params of the checkpoint in `workdir` (same architecture),
   with the embedding rows of `reinit_ids` re-drawn from N(0, init_std) (key 0)."""
   def load():
-    from workdir import loading  # pylint: disable=g-import-not-at-top
     loaded = loading.load_model(workdir)
     mine, theirs = model.cfg.to_dict(), loaded.model.cfg.to_dict()
     differ = sorted(k for k in mine if mine[k] != theirs.get(k))

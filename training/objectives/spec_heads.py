@@ -28,6 +28,7 @@ import ml_collections
 from models import heads as heads_lib
 from models import transformer as transformer_lib
 from training.objectives.registry import Objective, register, token_cross_entropy
+from workdir import loading
 
 
 def spec_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -42,7 +43,6 @@ def load_target(workdir: str, model: transformer_lib.Transformer | None = None):
   if not workdir:
     raise ValueError('spec.target_workdir must name the trained target run (e.g. '
                      'runs/spec/target).')
-  from workdir import loading  # pylint: disable=g-import-not-at-top
   loaded = loading.load_model(workdir)
   if model is not None:
     mine, theirs = model.cfg.to_dict(), loaded.model.cfg.to_dict()

@@ -1,0 +1,169 @@
+"""Pallas kernels on this device against their XLA references: the `check` section of
+`python -m benchmarks.kernels` (and, in interpret mode on CPU, of `--cpu_status`).
+
+Each row is [kernel, impl, shape, dtype, rel. error, tol, ok]; a kernel that does not compile
+or run on this device gives one failing row naming the exception instead of hiding the rows
+of the others. `normal` and `error_text` are shared with the speed sections
+(`benchmarks.kernel_speed`).
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pallas_kernels.decode_attention import decode_attention, tree_attention
+from pallas_kernels.delta_rule.chunk import delta_rule_pallas
+from pallas_kernels.delta_rule.reference import delta_rule_chunked
+from pallas_kernels.flash_attention import flash_attention
+from pallas_kernels.sampling import fused_sample, gumbel_noise
+from pallas_kernels.spec_verify import reference as verify_ref
+from pallas_kernels.spec_verify.fused import chain_verify_pallas
+
+BF16, F32 = jnp.bfloat16, jnp.float32
+
+
+def normal(seed: int, shape, dtype=BF16):
+  """Standard normal numbers of `shape` in `dtype`, drawn in float32 from `seed`."""
+  return jax.random.normal(jax.random.key(seed), shape, F32).astype(dtype)
+
+
+def error_text(e: Exception, limit: int) -> str:
+  """'Type: first line of the message' (cut to `limit` characters), for a table cell."""
+  return f'{type(e).__name__}: {str(e).splitlines()[0][:limit]}' if str(e) else type(e).__name__
+
+
+def _err(a, b) -> float:
+  a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+  return float(np.abs(a - b).max() / (np.abs(b).max() + 1e-6))
+
+
+def _guarded(name: str, impl: str, dtype: str, fn: Callable[[], list[list[Any]]]):
+  """fn()'s rows, or one failing row naming the exception (a kernel that does not compile or
+  run on this device must not hide the checks of the others)."""
+  try:
+    rows = fn()
+  except Exception as e:  # pylint: disable=broad-except
+    traceback.print_exc()
+    rows = [[name, impl, 'n/a', dtype, error_text(e, 60), 'n/a', False]]
+  for row in rows:  # as they come: a run cut short still shows what passed
+    print('  ' + ' | '.join(f'{x:.3g}' if isinstance(x, float) else str(x) for x in row),
+          flush=True)
+  return rows
+
+
+def checks(impls: tuple[str, ...], small: bool) -> list[list[Any]]:
+  """Each kernel vs its reference: rows [kernel, impl, shape, dtype, rel. error, tol, ok].
+
+  The references run with full-precision float32 dots: XLA's default on a GPU is TF32, whose
+  errors (3e-4 to 2e-3, first H100 run) would hide a kernel's own behind the reference's.
+  The kernels ask for full precision themselves (`common.dot_precision`).
+  """
+  with jax.default_matmul_precision('highest'):
+    return _checks(impls, small)
+
+
+def _checks(impls: tuple[str, ...], small: bool) -> list[list[Any]]:
+  rows = []
+  T, S = (40, 96) if small else (1000, 4096)
+  H, K, Dh = (4, 2, 32) if small else (16, 4, 128)
+  for impl in impls:
+    for dtype, tol in ((F32, 1e-4), (BF16, 3e-2)):
+      dn = jnp.dtype(dtype).name
+      q, k, v = normal(0, (2, T, H, Dh), dtype), normal(1, (2, T, K, Dh), dtype), normal(
+          2, (2, T, K, Dh), dtype)
+      seg = jnp.cumsum(jax.random.bernoulli(jax.random.key(3), 0.01, (2, T)), 1)
+
+      # Every array is an argument of the jitted function: a captured one becomes a constant
+      # that XLA may fold at compile time (minutes for a sort over [8, 128k]).
+      def flash(impl, q, k, v, seg):
+        f = lambda q, k, v: flash_attention(q, k, v, q_segment_ids_BxT=seg,
+                                            kv_segment_ids_BxS=seg, impl=impl)
+        o, vjp = jax.vjp(f, q, k, v)
+        return (o, *vjp(o))
+      run = jax.jit(flash, static_argnums=0)
+
+      def flash_rows():
+        got, want = run(impl, q, k, v, seg), run('xla', q, k, v, seg)
+        return [[name, impl, f'B2 T{T} H{H} K{K} D{Dh} causal+seg', dn, _err(a, b), tol,
+                 _err(a, b) < tol]
+                for name, a, b in zip(('flash fwd', 'flash dq', 'flash dk', 'flash dv'), got,
+                                      want)]
+      rows += _guarded('flash', impl, dn, flash_rows)
+
+      qd, kc, vc = normal(4, (2, 5, H, Dh), dtype), normal(5, (2, S, K, Dh), dtype), normal(
+          6, (2, S, K, Dh), dtype)
+      lengths = jnp.array([S // 3, S])
+      par = jnp.array([-1, 0, 0, 1, 2])
+      kt, vt = normal(7, (2, 5, K, Dh), dtype), normal(8, (2, 5, K, Dh), dtype)
+      arrays = (qd, kc, vc, lengths, kt, vt, par)
+      dec = jax.jit(lambda impl, qd, kc, vc, lengths, *_: decode_attention(
+          qd[:, :1], kc, vc, lengths, impl=impl), static_argnums=0)
+      tree = jax.jit(lambda impl, qd, kc, vc, lengths, kt, vt, par: tree_attention(
+          qd, kc, vc, lengths, kt, vt, parents_BxN=par, impl=impl), static_argnums=0)
+      for name, f in (('decode', dec), ('tree', tree)):
+        def one(f=f, name=name):
+          e = _err(f(impl, *arrays), f('xla', *arrays))
+          return [[name, impl, f'B2 S{S} H{H} K{K} D{Dh}', dn, e, tol, e < tol]]
+        rows += _guarded(name, impl, dn, one)
+
+    rows += _guarded('delta rule', impl, 'float32', lambda: _check_delta_rule(impl, small))
+    if impl != 'pallas_tpu':
+      rows += _guarded('chain verify', impl, 'float32', lambda: _check_verify(impl, small))
+    V = 1000 if small else 128256
+    logits = normal(9, (8, V), F32) * 3
+    g = gumbel_noise(jax.random.key(10), (8, V))
+    cfg = dict(temperature=0.8, top_k=50, top_p=0.9, min_p=0.02)
+    same = jax.jit(lambda impl, logits, g: fused_sample(logits, g, impl=impl, **cfg),
+                   static_argnums=0)
+
+    def sampling_rows():
+      agree = float((same(impl, logits, g) == same('xla', logits, g)).mean())
+      return [['sampling (tokens equal)', impl, f'B8 V{V}', 'float32', 1 - agree, 0.0,
+               agree == 1.0]]
+    rows += _guarded('sampling', impl, 'float32', sampling_rows)
+  return rows
+
+
+def _check_delta_rule(impl: str, small: bool) -> list[list[Any]]:
+  B, T, H, Dk, Dv = (1, 50, 2, 16, 32) if small else (2, 1000, 4, 128, 256)
+  q, v = normal(0, (B, T, H, Dk), F32), normal(1, (B, T, H, Dv), F32)
+  k = normal(2, (B, T, H, Dk), F32)
+  k = k / jnp.linalg.norm(k, axis=-1, keepdims=True)
+  beta = 2 * jax.nn.sigmoid(normal(3, (B, T, H), F32))
+  g = -jax.nn.softplus(normal(4, (B, T, H), F32))
+
+  def run(fn):
+    loss = lambda q, k, v, beta, g: fn(q, k, v, beta, g,
+                                       chunk_size=16 if small else 64)[0].sum()
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v, beta, g)
+  (l1, g1) = run(lambda *a, **kw: delta_rule_pallas(*a, impl=impl, **kw))
+  (l2, g2) = run(delta_rule_chunked)
+  rows = []
+  for name, a, b in (('delta rule fwd', l1, l2), *zip(('delta dq', 'delta dk', 'delta dv'), g1,
+                                                      g2)):
+    e = _err(a, b)
+    rows.append([name, impl, f'B{B} T{T} H{H} Dk{Dk} Dv{Dv} gated', 'float32', e, 1e-4,
+                 e < 1e-4])
+  return rows
+
+
+def _check_verify(impl: str, small: bool) -> list[list[Any]]:
+  B, G, V = (8, 4, 1000) if small else (64, 6, 128256)
+  logp = jax.nn.log_softmax(4 * normal(0, (B, G + 1, V), F32), axis=-1)
+  logq = jax.nn.log_softmax(4 * normal(1, (B, G, V), F32), axis=-1)
+  draft = jnp.argmax(logp[:, :G], axis=-1)
+  valid = jnp.ones((B, G), bool)
+  u = jax.random.uniform(jax.random.key(2), (B, G))
+  n, res = jax.jit(lambda *a: chain_verify_pallas(*a, impl=impl))(logp, logq, draft, valid, u)
+  n_ref, res_ref = verify_ref.chain_verify_reference(logp, logq, draft, valid, u, mode='iid')
+  fin = np.isfinite(np.asarray(res_ref))
+  same = bool((np.asarray(n) == np.asarray(n_ref)).all()
+              and (np.isfinite(np.asarray(res)) == fin).all())
+  e = _err(np.where(fin, res, 0), np.where(fin, res_ref, 0))
+  return [['chain verify (iid)', impl, f'B{B} G{G} V{V}', 'float32', e, 1e-4,
+           same and e < 1e-4]]

@@ -1,0 +1,205 @@
+"""Pallas kernels' speed against the best peer: the measuring sections of
+`python -m benchmarks.kernels` (flash, tree, decode, delta, sampling).
+
+Each `bench_*` returns its table's rows (and prints each as it is measured); a timing that
+fails becomes its error text in the cell, so one failing peer does not lose a row. The
+tables' headings and columns are written by `benchmarks.kernels`.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import common
+from benchmarks.kernel_checks import BF16, F32, error_text, normal
+from pallas_kernels.decode_attention import ancestor_mask, decode_attention, tree_attention
+from pallas_kernels.delta_rule.chunk import delta_rule_pallas
+from pallas_kernels.delta_rule.reference import delta_rule_chunked
+from pallas_kernels.flash_attention import flash_attention
+from pallas_kernels.sampling import fused_sample, gumbel_noise
+
+
+def _time(fn: Callable[[], Any], repeats: int = 10) -> float:
+  """Median seconds of fn() (jitted, blocked)."""
+  return common.median_time(lambda: jax.block_until_ready(fn()), warmup=2, repeats=repeats)
+
+
+def _try(fn: Callable[[], Any]) -> Any:
+  try:
+    return fn()
+  except Exception as e:  # pylint: disable=broad-except
+    msg = error_text(e, 80)
+    print(f'  failed: {msg}', flush=True)
+    return msg
+
+
+def bench_flash(quick: bool, backward: bool = True) -> list[list[Any]]:
+  peak, _ = common.device_peaks()
+  rows = []
+  for Dh in (64, 128):
+    H = 2048 // Dh
+    for T in ((1024, 4096, 16384) if quick else (1024, 2048, 4096, 8192, 16384)):
+      B = max(1, 16384 // T)
+      q, k, v = (normal(i, (B, T, H, Dh)) for i in range(3))
+      flops = 4 * B * H * T * T * Dh / 2  # causal: half of the T x T scores
+      fns = {
+          'ours': jax.jit(lambda q, k, v: flash_attention(q, k, v, causal=True, impl='pallas')),
+          'cudnn': jax.jit(lambda q, k, v: jax.nn.dot_product_attention(
+              q, k, v, is_causal=True, implementation='cudnn')),
+          'xla': jax.jit(lambda q, k, v: jax.nn.dot_product_attention(
+              q, k, v, is_causal=True, implementation='xla')),
+      }
+      times = {n: _try(lambda f=f: _time(lambda: f(q, k, v))) for n, f in fns.items()}
+      bwd = {}
+      if backward:
+        for n in ('ours', 'cudnn'):
+          g = jax.jit(jax.grad(lambda q, k, v, f=fns[n]: f(q, k, v).astype(F32).sum(),
+                               argnums=(0, 1, 2)))
+          bwd[n] = _try(lambda g=g: _time(lambda: g(q, k, v)))
+      tf = lambda t, mult=1.0: flops * mult / t / 1e12 if isinstance(t, float) else t
+      row = [Dh, T, B, H, tf(times['ours']), tf(times['cudnn']), tf(times['xla']),
+             _ratio(times['cudnn'], times['ours']),
+             tf(times['ours']) / (peak / 1e12) if peak and isinstance(times['ours'], float)
+             else 'n/a',
+             tf(bwd.get('ours', 'n/a'), 3.5), tf(bwd.get('cudnn', 'n/a'), 3.5),
+             _ratio(bwd.get('cudnn'), bwd.get('ours'))]
+      rows.append(row)
+      print('  flash', row, flush=True)
+  return rows
+
+
+def _ratio(t_peer, t_ours):
+  if isinstance(t_peer, float) and isinstance(t_ours, float):
+    return t_peer / t_ours
+  return 'n/a'
+
+
+def bench_tree(quick: bool) -> list[list[Any]]:
+  rows = []
+  B, N, H, K, Dh = 8, 64, 32, 8, 128
+  for prefix in ((2048,) if quick else (2048, 8192)):
+    S = prefix + N
+    q = normal(0, (B, N, H, Dh))
+    kc, vc = normal(1, (B, S, K, Dh)), normal(2, (B, S, K, Dh))
+    kt, vt = kc[:, prefix:], vc[:, prefix:]  # the tree is written right after the prefix
+    rng = np.random.default_rng(0)
+    parents = jnp.asarray([-1] + [int(rng.integers(0, i)) for i in range(1, N)])
+    tmask = ancestor_mask(jnp.broadcast_to(parents, (B, N)))
+    lengths = jnp.full((B,), prefix, jnp.int32)
+    dense = jnp.concatenate([jnp.ones((B, N, prefix), bool), tmask], axis=-1)
+    ours = jax.jit(lambda q, kc, vc, kt, vt, lengths, tmask: tree_attention(
+        q, kc, vc, lengths, kt, vt, tree_mask_BxNxN=tmask, impl='pallas'))
+    ours_dense = jax.jit(lambda q, kc, vc, dense: decode_attention(
+        q, kc, vc, jnp.full((B,), S), mask_BxTxS=dense, impl='pallas'))
+    cudnn = jax.jit(lambda q, kc, vc, dense: jax.nn.dot_product_attention(
+        q, kc, vc, mask=dense[:, None], implementation='cudnn'))
+    t_ours = _try(lambda: _time(lambda: ours(q, kc, vc, kt, vt, lengths, tmask)))
+    t_dense = _try(lambda: _time(lambda: ours_dense(q, kc, vc, dense)))
+    t_cudnn = _try(lambda: _time(lambda: cudnn(q, kc, vc, dense)))
+    ms = lambda t: t * 1e3 if isinstance(t, float) else t
+    rows.append([B, prefix, N, ms(t_ours), ms(t_dense), ms(t_cudnn), _ratio(t_cudnn, t_ours)])
+    print('  tree', rows[-1], flush=True)
+  return rows
+
+
+def bench_decode(quick: bool) -> list[list[Any]]:
+  _, peak_bw = common.device_peaks()
+  rows = []
+  H, K, Dh = 32, 8, 128
+  for B in (8, 32):
+    for ctx in ((4096,) if quick else (4096, 16384)):
+      q = normal(0, (B, 1, H, Dh))
+      kc, vc = normal(1, (B, ctx, K, Dh)), normal(2, (B, ctx, K, Dh))
+      lengths = jnp.full((B,), ctx, jnp.int32)
+      ours = jax.jit(lambda q, kc, vc: decode_attention(q, kc, vc, lengths, impl='pallas'))
+      xla = jax.jit(lambda q, kc, vc: decode_attention(q, kc, vc, lengths, impl='xla'))
+      t_ours = _try(lambda: _time(lambda: ours(q, kc, vc)))
+      t_xla = _try(lambda: _time(lambda: xla(q, kc, vc)))
+      nbytes = 2 * B * ctx * K * Dh * 2
+      gbs = lambda t: nbytes / t / 1e9 if isinstance(t, float) else t
+      frac = gbs(t_ours) * 1e9 / peak_bw if peak_bw and isinstance(t_ours, float) else 'n/a'
+      rows.append([B, ctx, gbs(t_ours), frac, gbs(t_xla), _ratio(t_xla, t_ours)])
+      print('  decode', rows[-1], flush=True)
+  return rows
+
+
+def bench_delta(quick: bool) -> tuple[list[list[Any]], str]:
+  """Chunked gated DeltaProduct (n_h = 2) forward + backward, ours vs fla."""
+  B, H, Dk, Dv, nh = 1, 16, 128, 256, 2
+  rows, notes = [], []
+  try:  # the optional peer: torch and fla only when measuring against it
+    import torch  # pylint: disable=g-import-not-at-top
+    from fla.ops.gated_delta_product import chunk_gated_delta_product  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    chunk_gated_delta_product = None
+    notes.append(f'fla not importable ({e}): `pip install flash-linear-attention` for the peer.')
+  for T in ((4096,) if quick else (4096, 16384)):
+    L = nh * T
+    q = normal(0, (B, L, H, Dk))
+    k = normal(1, (B, L, H, Dk), F32)
+    k = (k / jnp.linalg.norm(k, axis=-1, keepdims=True)).astype(BF16)
+    v = normal(2, (B, L, H, Dv))
+    beta = jax.nn.sigmoid(normal(3, (B, L, H), F32)) * 2
+    g = -jax.nn.softplus(normal(4, (B, L, H), F32))
+    g = g.at[:, 1::nh].set(0.0)  # the gate only on each token's first sub-step
+
+    def loss(q, k, v, impl):
+      fn = delta_rule_chunked if impl == 'xla' else functools.partial(delta_rule_pallas,
+                                                                      impl=impl)
+      o, _ = fn(q, k, v, beta, g)
+      return o.astype(F32).sum()
+    t = {}
+    for impl in ('pallas', 'xla'):
+      fn = jax.jit(jax.grad(lambda q, k, v, impl=impl: loss(q, k, v, impl), argnums=(0, 1, 2)))
+      t[impl] = _try(lambda fn=fn: _time(lambda: fn(q, k, v), repeats=5))
+    t_fla = 'n/a'
+    if chunk_gated_delta_product is not None:
+      def run_fla():
+        dev = 'cuda'
+        tq = torch.randn(B, T, H, Dk, device=dev, dtype=torch.bfloat16, requires_grad=True)
+        tk = torch.nn.functional.normalize(torch.randn(B, L, H, Dk, device=dev), dim=-1).to(
+            torch.bfloat16).requires_grad_()
+        tv = torch.randn(B, L, H, Dv, device=dev, dtype=torch.bfloat16, requires_grad=True)
+        tb = (torch.rand(B, L, H, device=dev) * 2).to(torch.bfloat16)
+        tg = -torch.nn.functional.softplus(torch.randn(B, T, H, device=dev))
+        def step():
+          o, _ = chunk_gated_delta_product(tq, tk, tv, tg, tb, num_householder=nh)
+          o.float().sum().backward()
+        for _ in range(2):
+          step()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(5):
+          t0 = time.perf_counter()
+          step()
+          torch.cuda.synchronize()
+          times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+      t_fla = _try(run_fla)
+    ms = lambda x: x * 1e3 if isinstance(x, float) else x
+    rows.append([T, L, ms(t['pallas']), ms(t['xla']), ms(t_fla), _ratio(t_fla, t['pallas'])])
+    print('  delta', rows[-1], flush=True)
+  return rows, ' '.join(notes)
+
+
+def bench_sampling(quick: bool) -> list[list[Any]]:
+  rows = []
+  cfg = dict(temperature=0.8, top_p=0.95)
+  for V in ((32768, 262144) if quick else (32768, 131072, 262144)):
+    for B in ((1, 64) if quick else (1, 8, 64)):
+      logits = normal(0, (B, V), F32) * 4
+      g = gumbel_noise(jax.random.key(1), (B, V))
+      ours = jax.jit(lambda l, g: fused_sample(l, g, impl='pallas', **cfg))
+      sort = jax.jit(lambda l, g: fused_sample(l, g, impl='xla', **cfg))
+      t_ours = _try(lambda: _time(lambda: ours(logits, g)))
+      t_sort = _try(lambda: _time(lambda: sort(logits, g)))
+      us = lambda t: t * 1e6 if isinstance(t, float) else t
+      rows.append([V, B, us(t_ours), us(t_sort), _ratio(t_sort, t_ours)])
+      print('  sampling', rows[-1], flush=True)
+  return rows

@@ -1,0 +1,128 @@
+"""Refreshing the GPU entries of the dispatch table from a `python -m benchmarks.kernels` run.
+
+  python -m pallas_kernels.dispatch benchmarks/results/kernels.md
+
+reads a results file, says per case which implementation its rows make the winner
+(`proposals_from_results`) and prints where that differs from `dispatch_table.TABLE`.
+"""
+
+from __future__ import annotations
+
+from pallas_kernels import dispatch_table
+
+
+def parse_results(markdown: str) -> dict[str, list[dict[str, str]]]:
+  """{section heading: [row as {column: cell}]} for every table of a results file."""
+  sections: dict[str, list[dict[str, str]]] = {}
+  heading, header = '', None
+  for line in markdown.splitlines():
+    if line.startswith('## '):
+      heading, header = line[3:].strip(), None
+      sections.setdefault(heading, [])
+    elif line.startswith('|') and heading:
+      cells = [c.strip() for c in line.strip().strip('|').split('|')]
+      if header is None:
+        header = cells
+      elif not all(set(c) <= set('-: ') for c in cells):
+        sections[heading].append(dict(zip(header, cells)))
+    else:
+      header = None
+  return sections
+
+
+def _num(cell: str | None) -> float | None:
+  try:
+    return float(cell)
+  except (TypeError, ValueError):
+    return None
+
+
+def _section(sections, prefix: str) -> list[dict[str, str]]:
+  return next((rows for h, rows in sections.items() if h.startswith(prefix)), [])
+
+
+def _checked(sections, *kernels: str) -> tuple[str, ...]:
+  """Dtypes in which every correctness row of these kernels passed."""
+  rows = [r for r in _section(sections, 'Correctness')
+          if any(r.get('kernel', '').startswith(k) for k in kernels)]
+  dtypes = sorted({r['dtype'] for r in rows})
+  return tuple(d for d in dtypes if all(r['ok'] == 'True' for r in rows if r['dtype'] == d))
+
+
+def _all_at_least(rows, column: str, bound: float) -> bool | None:
+  """Every row's `column` >= bound (None: no row has a number there)."""
+  vals = [_num(r.get(column)) for r in rows]
+  vals = [v for v in vals if v is not None]
+  return None if not vals else min(vals) >= bound
+
+
+def _ratio_rows(rows, numerator: str, denominator: str) -> list[dict[str, str]]:
+  """Rows {'r': numerator / denominator} where both cells are numbers (for `_all_at_least`)."""
+  return [{'r': str(_num(r.get(numerator)) / _num(r.get(denominator)))} for r in rows
+          if _num(r.get(numerator)) and _num(r.get(denominator))]
+
+
+def _propose(out, key, win: bool | None, checked: tuple[str, ...], peer: str,
+             ratio: str) -> None:
+  """out[key]: ours ('pallas') if it won every measured row (`win`) and passed its check in
+  some dtype, else `peer`; nothing when the file does not measure the case (`win` None)."""
+  if win is not None:
+    out[key] = ('pallas' if win and checked else peer,
+                f'{ratio} >= 1 on every row: {win}; checked {checked}')
+
+
+def proposals_from_results(markdown: str) -> dict[tuple[str, str, str], tuple[str, str]]:
+  """What each GPU case's winner is by a `benchmarks.kernels` results file: {(op, 'gpu',
+  case): (impl, why)}. Ours wins a comparison only if it wins on every measured row and its
+  on-device check passed (in some dtype); a case the file does not measure is left out."""
+  s = parse_results(markdown)
+  out: dict[tuple[str, str, str], tuple[str, str]] = {}
+  flash_ok, decode_ok = _checked(s, 'flash'), _checked(s, 'decode')
+  tree_ok, delta_ok = _checked(s, 'tree'), _checked(s, 'delta')
+  sampling_ok, chain_ok = _checked(s, 'sampling'), _checked(s, 'chain verify')
+
+  flash = _section(s, 'Flash attention')
+  fwd = _all_at_least(flash, 'ours/cuDNN speed', 1.0)
+  both = _all_at_least(flash, 'ours/cuDNN fwd+bwd', 1.0)
+  if fwd is not None:
+    win = fwd and both is not False and bool(flash_ok)
+    out[('attention', 'gpu', 'causal')] = (
+        'pallas' if win else 'cudnn',
+        f'ours/cuDNN >= 1 on every row: forward {fwd}, fwd+bwd {both}; checked {flash_ok}')
+  tree = _section(s, 'Tree verification')
+  tree_win = _all_at_least(tree, 'cuDNN / ours', 1.0)
+  _propose(out, ('attention', 'gpu', 'tree'), tree_win, tree_ok, 'cudnn', 'cuDNN/ours')
+  if tree_win is not None:
+    dense_win = _all_at_least(_ratio_rows(tree, 'cuDNN', 'ours, dense mask'), 'r', 1.0)
+    if dense_win is not None:
+      out[('attention', 'gpu', 'explicit')] = (
+          'pallas' if dense_win and decode_ok else 'cudnn',
+          f'cuDNN/ours(dense mask) >= 1 on every row: {dense_win}')
+  dec = _all_at_least(_section(s, 'Decode attention'), 'ours/XLA speed', 1.0)
+  _propose(out, ('attention', 'gpu', 'decode'), dec, decode_ok, 'xla', 'ours/XLA')
+  delta = _section(s, 'Chunked gated DeltaProduct')
+  dwin = _all_at_least(_ratio_rows(delta, 'XLA chunked', 'ours'), 'r', 1.0)
+  _propose(out, ('delta_rule', 'gpu', 'chunked'), dwin, delta_ok, 'xla', 'XLA/ours')
+  samp = _all_at_least(_section(s, 'Fused sampling'), 'sort / fused', 1.0)
+  _propose(out, ('sampling', 'gpu', 'top_p'), samp, sampling_ok, 'xla', 'sort/fused')
+  if chain_ok and not _section(s, 'Chain verification'):
+    out[('spec_verify', 'gpu', 'chain')] = ('xla', f'checked {chain_ok}; speed not measured')
+  return out
+
+
+def main(argv: list[str]) -> int:
+  """Prints, per case a results file (argv[1], default KERNELS_MD) measures, its winner and
+  whether the table agrees."""
+  path = argv[1] if len(argv) > 1 else dispatch_table.KERNELS_MD
+  with open(path) as f:
+    proposals = proposals_from_results(f.read())
+  changed = 0
+  for key, (impl, why) in sorted(proposals.items()):
+    now = dispatch_table.TABLE[key].impl
+    mark = 'same' if impl == now else 'FLIP'
+    changed += impl != now
+    print(f'{mark:4} {"/".join(key)}: table {now}, {path} says {impl} ({why})')
+  print(f'{changed} entr{"y" if changed == 1 else "ies"} to change in '
+        'pallas_kernels/dispatch_table.py')
+  return 0
+
