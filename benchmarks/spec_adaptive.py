@@ -99,19 +99,18 @@ def write(rows, args) -> str:
   alphas = sorted({r['alpha'] for r in rows})
   methods = list(dict.fromkeys(r['method'] for r in rows))
   cell = {(r['method'], r['alpha']): r for r in rows}
+  adaptive = [m for m in methods if m.startswith('adaptive')][0]
+  best = {a: max((cell[m, a] for m in methods if m != adaptive), key=lambda r: r['speedup'])
+          for a in alphas}
   table = []
   for m in methods:
+    worst = min(cell[m, a]['speedup'] / best[a]['speedup'] for a in alphas)
     table.append([m] + [f"{cell[m, a]['speedup']:.2f}x (tau {cell[m, a]['tau']:.2f})"
                         + (' (!)' if harness.implausible(cell[m, a]) else '')
-                        for a in alphas])
-  best_fixed, share = [], []
-  adaptive = [m for m in methods if m.startswith('adaptive')][0]
-  for a in alphas:
-    fixed = max((cell[m, a] for m in methods if m != adaptive), key=lambda r: r['speedup'])
-    best_fixed.append(f"{fixed['method']}")
-    share.append(f"{cell[adaptive, a]['speedup'] / fixed['speedup']:.2f}")
-  table.append(['best fixed length'] + best_fixed)
-  table.append(['adaptive / best fixed'] + share)
+                        for a in alphas] + [f'{worst:.2f}'])
+  table.append(['best fixed length'] + [best[a]['method'] for a in alphas] + [''])
+  table.append(['adaptive / best fixed'] + [
+      f"{cell[adaptive, a]['speedup'] / best[a]['speedup']:.2f}" for a in alphas] + [''])
   lengths = [[f'{a:g}', cell[adaptive, a]['lengths'], f"{cell[adaptive, a]['ideal']:.2f}x"]
              for a in alphas]
   ad = [r for r in rows if r['method'] == adaptive][0]
@@ -121,7 +120,8 @@ def write(rows, args) -> str:
       f'{args.max_new_tokens} new tokens, batch 1, temperature 0; decode-phase speedup over AR '
       f'timed alternately in one run (best of {args.repeats}). One run, one seed. (!) marks a '
       'speedup above tau (a measurement error).\n',
-      common.markdown_table(['method'] + [f'alpha {a:g}' for a in alphas], table), '',
+      common.markdown_table(['method'] + [f'alpha {a:g}' for a in alphas]
+                            + ['lowest share of the best fixed length'], table), '',
       f'AR step {rows[0]["t_ar_ms"]:.3f} ms. Relative forward costs c(k + 1) / c(1) the '
       f"adaptive decoder measured before compiling, for k = {ad['gammas']}: `{ad['costs']}`.\n",
       '## Lengths the adaptive decoder ran (length: steps) and its ideal\n',
