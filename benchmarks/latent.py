@@ -233,9 +233,7 @@ def tables(all_results: dict[str, Any]) -> str:
 
 
 def plots(all_results: dict[str, Any]) -> list[str]:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = common.pyplot()
   paths = []
   tasks = list(all_results)
   fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
