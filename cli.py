@@ -8,7 +8,11 @@ import re
 import sys
 from typing import Callable, Sequence
 
+import jax
 from absl import flags
+from absl import logging
+
+from models import sharding
 
 
 def _config_keys(argv: Sequence[str], flag: str) -> list[str]:
@@ -61,7 +65,6 @@ def quiet_logging(argv: Sequence[str]) -> None:
 
   The run's own warnings (e.g. a checkpoint fallback) are printed, not logged."""
   if not any(a.startswith(('--verbosity', '-v=')) for a in argv):
-    from absl import logging  # pylint: disable=g-import-not-at-top
     logging.set_verbosity(logging.ERROR)
 
 
@@ -81,7 +84,6 @@ def maybe_initialize_distributed() -> None:
   multi_tpu = ',' in os.environ.get('TPU_WORKER_HOSTNAMES', '')
   if (os.environ.get('JAX_COORDINATOR_ADDRESS') or multi_slurm or multi_tpu
       or os.environ.get('LEAPFROG_DISTRIBUTED') == '1'):
-    import jax  # pylint: disable=g-import-not-at-top
     kwargs = {}
     for key, env in (('num_processes', 'JAX_NUM_PROCESSES'), ('process_id', 'JAX_PROCESS_ID')):
       if os.environ.get(env):
@@ -89,6 +91,8 @@ def maybe_initialize_distributed() -> None:
           kwargs[key] = int(os.environ[env])
         except ValueError:
           raise ValueError(f'{env}={os.environ[env]!r} is not an integer.') from None
+    # Must run before any backend starts: importing jax (at the top) starts none, the first
+    # device query does (import train leaves xla_bridge._backends empty).
     jax.distributed.initialize(**kwargs)
 
 
@@ -122,7 +126,6 @@ def parse_mesh(spec: str):
   """'data=2,tensor=4' -> a Mesh over the devices ('' -> None: single device)."""
   if not spec:
     return None
-  from models import sharding  # pylint: disable=g-import-not-at-top
   shape = {}
   for part in spec.split(','):
     if '=' not in part:

@@ -133,3 +133,15 @@ def write_results(name: str, title: str, body: str) -> str:
   with open(path, 'w') as f:
     f.write(f'# {title}\n\n{provenance()}\n\n{body.rstrip()}\n')
   return path
+
+
+def pyplot():
+  """matplotlib.pyplot on the Agg backend (plots go to files): what every benchmark plots with.
+
+  Imported when a benchmark plots, not at the top of its module: selecting Agg on import would
+  switch the backend of a notebook that imports the module, and pyplot takes ~0.4 s to import.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt

@@ -292,9 +292,7 @@ def code_part(runs: str, n: int, max_new: int) -> list[Row]:
 # ---------------------------------------------------------------------------- report
 
 def plot(rows: list[Row], path: str) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = common.pyplot()
   parts = sorted({r.part for r in rows})
   fig, axes = plt.subplots(1, len(parts), figsize=(6 * len(parts), 4.5), squeeze=False)
   for ax, part in zip(axes[0], parts):

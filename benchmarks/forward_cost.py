@@ -88,9 +88,7 @@ def report(rows, name: str) -> str:
 
 def _plot(rows, name) -> str | None:
   try:
-    import matplotlib  # pylint: disable=g-import-not-at-top
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+    plt = common.pyplot()
   except ImportError:
     return None
   fig, ax = plt.subplots(figsize=(7, 4.5))

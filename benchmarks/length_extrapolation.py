@@ -78,9 +78,7 @@ def loss_by_position(workdir: str, eval_len: int, batch: int, batches: int
 
 def _plot(curves: list[tuple[dict, np.ndarray]], train_len: int) -> str | None:
   try:
-    import matplotlib  # pylint: disable=g-import-not-at-top
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+    plt = common.pyplot()
   except ImportError:
     return None
   fig, ax = plt.subplots(figsize=(7, 4))

@@ -98,9 +98,7 @@ def acceptance_curve(step_hist: Sequence[int]) -> np.ndarray:
 
 def plot(rows: Sequence[Row], out_dir: str, prefix: str = 'report') -> list[str]:
   """Writes <prefix>_speed_quality.png and <prefix>_acceptance.png; returns file names."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = common.pyplot()
   os.makedirs(out_dir, exist_ok=True)
   names = []
   temps = sorted({r.temperature for r in rows})

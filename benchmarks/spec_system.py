@@ -208,9 +208,7 @@ def write(rows, args) -> str:
 
 def _plot(rows, name) -> str | None:
   try:
-    import matplotlib  # pylint: disable=g-import-not-at-top
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+    plt = common.pyplot()
   except ImportError:
     return None
   fig, ax = plt.subplots(figsize=(6.5, 5))

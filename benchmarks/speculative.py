@@ -331,9 +331,7 @@ def report(raw_dir: str = RAW_DIR, out_name: str = 'speculative') -> str:
 
 def _plot(runs, out_name: str = 'speculative') -> str | None:
   try:
-    import matplotlib  # pylint: disable=g-import-not-at-top
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+    plt = common.pyplot()
   except ImportError:
     return None
   chosen = [r for r in runs if r['batch_size'] == 1] or runs[:1]

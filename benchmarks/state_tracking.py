@@ -254,9 +254,7 @@ def _solved_length(acc: list[float], threshold: float = 0.99) -> int:
 
 def _plot(cells: dict[str, dict], train_len: int) -> str | None:
   try:
-    import matplotlib  # pylint: disable=g-import-not-at-top
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+    plt = common.pyplot()
   except ImportError:
     return None
   tasks = sorted({r['cell']['task'] for r in cells.values()})

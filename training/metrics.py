@@ -74,6 +74,7 @@ def plot_loss_curve(workdir: str) -> str | None:
   rows = read_metrics(workdir)
   if not rows or jax.process_index() != 0:
     return None
+  # Here, not at the top: Agg on import would switch a notebook's backend; pyplot takes ~0.4 s.
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top

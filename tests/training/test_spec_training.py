@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import workbench
 from configs import spec_draft, spec_heads
-from decoding import compare, registry
+from decoding import registry
 from training import trainer
 from workdir import loading
 from training.objectives import make_objective
@@ -54,24 +55,17 @@ def test_heads_train_on_a_frozen_target(runs, trained_workdir):
 
 
 def test_trained_runs_drive_their_decoders(runs, trained_workdir):
-  """What sample.py does: the run's extras reach the decoders; drafts load as extra models."""
-  target = loading.load_model(trained_workdir)
-  tok = target.tokenizer
-  prompts = [tok.encode(t, add_bos=True) for t in ('def f(x):\n', 'import o', 'class')]
-
-  def load_extra(workdir):
-    run = loading.load_model(workdir)
-    return run.model, run.params
-
-  extras = {}
+  """What sample.py does: the heads runs attach to the target (`add_heads`); the draft loads
+  as an extra run."""
+  bench = workbench.Workbench.load(trained_workdir)
   for kind in ('medusa', 'mtp', 'kangaroo'):
-    extras.update(loading.load_model(runs[kind][0]).extras)
+    bench.add_heads(kind, runs[kind][0])
+  tok = bench.tokenizer
+  prompts = [tok.encode(t, add_bos=True) for t in ('def f(x):\n', 'import o', 'class')]
   decoders = [registry.build('ar'), registry.build('medusa', {'gamma': 3}),
               registry.build('mtp', {'gamma': 3}), registry.build('kangaroo', {'exit_layer': 1}),
               registry.build('speculative', {'draft_workdir': runs['draft'][0]})]
-  results = compare.run_all(decoders, target.model, target.params, prompts, eos_id=tok.eos_id,
-                            pad_id=tok.pad_id, max_new_tokens=12, load_extra=load_extra,
-                            target_extras=extras)
+  results = bench.run(decoders, prompts, max_new_tokens=12)
   ref = [r.tokens for r in results['ar'][0]]
   for name, (rows, _) in results.items():
     assert [r.tokens for r in rows] == ref, name
