@@ -39,7 +39,6 @@ from benchmarks import common
 from benchmarks import cost_model
 from benchmarks import harness
 from benchmarks import oracle
-import cli
 import data
 from decoding import Models, SamplingConfig, registry
 from models import heads as heads_lib
