@@ -228,6 +228,21 @@ class AdaptiveChain(drafter_lib.Drafter):
                          choices_BxV=state.choices_BxV + onehot_1xV * active_B[:, None])
 
 
+def wrap(d: drafter_lib.Drafter, adaptive: bool, costs: str) -> drafter_lib.Drafter:
+  """The decoder settings `adaptive`, `costs` ('1,1.3,...'; '/' also separates) applied."""
+  if not adaptive:
+    if costs:
+      raise ValueError('costs is a setting of the adaptive draft length; add adaptive=1.')
+    return d
+  return AdaptiveChain.of(d, costs=tuple(float(c) for c in costs.replace('/', ',').split(','))
+                          if costs else ())
+
+
+def costs_to_measure(d: drafter_lib.Drafter, costs: str) -> bool:
+  """Whether `d` is adaptive without given costs (`Decoder.prepare` measures them)."""
+  return isinstance(d, AdaptiveChain) and not costs
+
+
 def ar_tree(root_B: jax.Array, active_B: jax.Array) -> trees.Tree:
   """The root alone: a step that drafts nothing."""
   return trees.from_template(trees.Template(parents=(-1,), ranks=(0,)), root_B[:, None],

@@ -93,13 +93,8 @@ class SpecDecoder(base.Decoder):
       raise ValueError(f'The {composed.drafter_name()!r} drafter proposes tokens without a '
                        f"distribution q; verifier={self.verifier!r} needs one. Use 'auto' or "
                        "'deterministic'.")
-    built = composed.make_drafter(self.verification_mode())
-    if self.adaptive:
-      costs = tuple(float(c) for c in self.costs.replace('/', ',').split(',')) if self.costs else ()
-      built = adaptive_lib.AdaptiveChain.of(built, costs=costs)
-    elif self.costs:
-      raise ValueError('costs is a setting of the adaptive draft length; add adaptive=1.')
-    object.__setattr__(self, '_drafter', built)
+    object.__setattr__(self, '_drafter', adaptive_lib.wrap(
+        composed.make_drafter(self.verification_mode()), self.adaptive, self.costs))
 
   # ---------------------------------------------------------------- the three choices
   def composed(self) -> 'SpecDecoder':
@@ -132,7 +127,7 @@ class SpecDecoder(base.Decoder):
   # ---------------------------------------------------------------- Decoder interface
   def prepare(self, models, params, *, batch, cache_size):
     """Adaptive draft length without given costs: measures them on this machine."""
-    if not self.adaptive or self.costs:
+    if not adaptive_lib.costs_to_measure(self._drafter, self.costs):
       return self
     costs = adaptive_lib.calibrate(models.target, params['target'], self._drafter.gammas,
                                    batch=batch, cache_size=cache_size)

@@ -39,7 +39,6 @@ from decoding.speculative import trees
 from decoding.speculative import verify as verify_lib
 from models import cache as cache_lib
 from models import masks
-from models import transformer as transformer_lib
 
 DRAFT = 'draft'
 
