@@ -15,7 +15,8 @@ impl:
           today (the chain kernel passed its H100 check; its speed is not measured).
 
 The rules ('deterministic', 'iid', 'wor', 'kseq', 'traversal') and their exactness are
-documented in `reference.py`; 'traversal' has no kernel yet (every impl runs the reference). Randomness is passed in (uniforms in (0, 1)); kernels draw none.
+documented in `reference.py`; 'traversal' has no kernel yet (every impl runs the
+reference). Randomness is passed in (uniforms in (0, 1)); kernels draw none.
 """
 
 from __future__ import annotations

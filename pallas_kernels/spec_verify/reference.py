@@ -358,7 +358,8 @@ def traversal_verify(target_logp_BxTxV: jax.Array, draft_logq_BxTxV: jax.Array,
   Arguments and results as `tree_verify_reference`, except that u_BxDxK is read as one stream
   of D * K uniforms per row (one per leaf test; a tree of T nodes needs at most T - 1) and D
   still bounds the path length. `without_replacement`: siblings were drawn without
-  replacement (the paper's q update; not a `mode`, no drafter draws such trees for it yet).
+  replacement (q minus the rejected token, the update quoted from a reimplementation of the
+  paper; not a `mode`: no drafter draws such trees for it yet).
   Plain jnp only: a `lax.while_loop` of at most T leaf tests per row.
   """
   B, T, _ = target_logp_BxTxV.shape
