@@ -227,7 +227,7 @@ def _chain_vs_tree(tables, *, mode):
 def test_chain_closed_form_equals_tree_walk(tables):
   """chain_verify (no loop) and tree_verify on a one-path tree agree on every row."""
   G = 3
-  for mode in ('iid', 'deterministic'):
+  for mode in ('iid', 'deterministic', 'traversal'):
     (n_c, res_c), (path, n_t, res_t) = _chain_vs_tree(tables, mode=mode)
     np.testing.assert_array_equal(n_c, n_t)
     np.testing.assert_allclose(jnp.exp(res_c), jnp.exp(res_t), atol=1e-6)
