@@ -2,7 +2,7 @@
 
   drafter    what proposes tokens: a class per drafter family, whose dataclass fields are
              that family's settings and whose `make_drafter` builds its `drafter.Drafter`
-  verifier   `verifier` (every decoder): auto | deterministic | iid | wor | kseq
+  verifier   `verifier` (every decoder): auto | deterministic | iid | wor | kseq | traversal
   tree       the tree policy of drafters that fill a tree (`TreeDecoder`): tree, gamma,
              tree_nodes, branching (+ top_k for dynamic draft-model trees)
 
@@ -48,7 +48,7 @@ from decoding.speculative import ngram
 from decoding.speculative import trees
 
 TREES = ('chain', 'static', 'dynamic')
-VERIFIERS = ('auto', 'deterministic', 'iid', 'wor', 'kseq')
+VERIFIERS = ('auto', 'deterministic', 'iid', 'wor', 'kseq', 'traversal')
 # Rank-acceptance profile for best-first static trees of a draft model (Sequoia-style).
 DRAFT_PROFILE = (0.75, 0.12, 0.05, 0.03, 0.02, 0.015, 0.01, 0.01)
 # Medusa trees: rank-acceptance of head proposals (top-1 dominates).
@@ -89,10 +89,13 @@ class SpecDecoder(base.Decoder):
     if getattr(self, 'tree', 'chain') not in TREES:
       raise ValueError(f'Unknown tree {self.tree!r}; choose one of {TREES}.')
     composed = self.composed()
-    if not composed.drafter_type.has_q and self.verifier in ('iid', 'wor', 'kseq'):
+    if not composed.drafter_type.has_q and self.verifier in ('iid', 'wor', 'kseq', 'traversal'):
       raise ValueError(f'The {composed.drafter_name()!r} drafter proposes tokens without a '
                        f"distribution q; verifier={self.verifier!r} needs one. Use 'auto' or "
                        "'deterministic'.")
+    if self.verifier == 'traversal' and getattr(composed, 'tree', 'chain') == 'dynamic':
+      raise ValueError("verifier='traversal' needs children drawn i.i.d. from q; dynamic trees "
+                       "take top-k children. Use tree='static' or 'chain'.")
     object.__setattr__(self, '_drafter', adaptive_lib.wrap(
         composed.make_drafter(self.verification_mode()), self.adaptive, self.costs))
 

@@ -5,6 +5,7 @@ that drew the children decides the verification rule:
 
   deterministic   top-k of the raw draft logits (EAGLE; greedy drafts)  -> 'deterministic'
   iid / kseq      k i.i.d. samples from q (exponential race)            -> 'iid' / 'kseq'
+                  (how = 'traversal' draws the same way)                   / 'traversal'
   wor             k samples without replacement (Gumbel-top-k on log q)  -> 'wor'
 
 Under greedy sampling every drafter uses top-k (q is one-hot there).
@@ -51,7 +52,7 @@ def children(logits_BxNxV: jax.Array, k: int, how: str, sampling: sampling_lib.S
   if keys_BxN is None:
     raise ValueError(f'Sampled proposals ({how!r}) need random keys.')
   logq = sampling_lib.log_probs(logits, sampling)
-  if how in ('iid', 'kseq'):
+  if how in ('iid', 'kseq', 'traversal'):
     g = _gumbel(jax.vmap(jax.vmap(lambda kk: jax.random.split(kk, k)))(keys_BxN).reshape(
         B, N * k), V).reshape(B, N, k, V)
     tok = jnp.argmax(logq[:, :, None, :] + g, axis=-1).astype(jnp.int32)

@@ -125,6 +125,8 @@ def verify(tree: trees.Tree, target_logits_BxTxV: jax.Array, *,
   logp_BxTxV = sampling_lib.log_probs(target_logits_BxTxV, sampling)
   logq = None if mode == 'deterministic' else tree.logq_BxTxV
   K = tree.children_BxTxK.shape[2]
+  if mode == 'traversal':  # one stream of leaf tests: up to T - 1, laid out as [D, K']
+    K = max(K, -(-(tree.tokens_BxT.shape[1] - 1) // depth))
   u_BxDxK = accept_uniforms(row_keys_B, base_B, depth, K)
   if chain:
     n_B, res_BxV = spec_verify.chain_verify(

@@ -14,8 +14,9 @@ impl:
   'auto'  what `pallas_kernels.dispatch` says for case 'chain' / 'tree': 'xla' everywhere
           today (the chain kernel passed its H100 check; its speed is not measured).
 
-The rules ('deterministic', 'iid', 'wor', 'kseq') and their exactness are documented in
-`reference.py`. Randomness is passed in (uniforms in (0, 1)); kernels draw none.
+The rules ('deterministic', 'iid', 'wor', 'kseq', 'traversal') and their exactness are
+documented in `reference.py`; 'traversal' has no kernel yet (every impl runs the
+reference). Randomness is passed in (uniforms in (0, 1)); kernels draw none.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 from pallas_kernels import dispatch
 from pallas_kernels.spec_verify.fused import chain_verify_pallas, tree_verify_pallas
 from pallas_kernels.spec_verify.reference import (MODES, chain_verify_reference, kseq_beta,
-                                                  kseq_residual, kseq_rho,
+                                                  kseq_residual, kseq_rho, traversal_verify,
                                                   tree_verify_reference)
 
 IMPLS = ('auto', 'xla', 'pallas', 'pallas_gpu')
@@ -66,4 +67,4 @@ def tree_verify(target_logp_BxTxV: jax.Array, draft_logq_BxTxV: jax.Array | None
 
 
 __all__ = ['chain_verify', 'tree_verify', 'kseq_rho', 'kseq_beta', 'kseq_residual', 'MODES',
-           'IMPLS', 'chain_verify_reference', 'tree_verify_reference']
+           'IMPLS', 'chain_verify_reference', 'tree_verify_reference', 'traversal_verify']

@@ -7,7 +7,8 @@
 
 GPU kernels (Triton lowering; interpreted elsewhere). Tree verification is fused for
 mode 'deterministic' (EAGLE-style top-k children, heads, n-gram trees); the other tree modes
-need a full-vocabulary residual update per rejected child and use the reference.
+need a full-vocabulary residual update per rejected child and use the reference. Mode
+'traversal' has no kernel yet, chain or tree: it always runs the reference.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def chain_verify_pallas(target_logp_BxG1xV, draft_logq_BxGxV, draft_BxG, valid_B
   deterministic = mode == 'deterministic' or draft_logq_BxGxV is None
   V = target_logp_BxG1xV.shape[-1]
   st, Vp = _setup(V, impl, block_v, deterministic)
-  if st is None:
+  if st is None or mode == 'traversal':  # no kernel for traversal yet
     return chain_verify_reference(target_logp_BxG1xV, draft_logq_BxGxV, draft_BxG, valid_BxG,
                                   u_BxG, mode=mode)
   pad = lambda x: common.pad_axis(x.astype(jnp.float32), 2, Vp, -jnp.inf)

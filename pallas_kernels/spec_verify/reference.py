@@ -21,6 +21,10 @@ Verification rules (`mode`), all exact: the committed tokens are distributed as 
                    u <= p(x) / (rho q(x)), rho solving 1 - (1 - beta)^k = rho beta with
                    beta(rho) = sum_x min(q(x), p(x)/rho); if none is accepted, sample the
                    residual p - c min(q, p/rho), c = (1 - (1 - beta)^k) / beta (<= rho).
+  'traversal'      Traversal Verification (Weng et al. 2025) for children drawn i.i.d. from
+                   q: leaf to root with sequence-level acceptance probabilities (see
+                   `_traversal_row`). On a chain it is block verification (Sun et al. 2024).
+                   Reference only (no Pallas kernel yet; the fused entry points fall back here).
 
 When every child is rejected (or a node has no children) the caller samples one token from the
 returned residual: the correction token, or the bonus token after a fully accepted path.
@@ -33,7 +37,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-MODES = ('deterministic', 'iid', 'wor', 'kseq')
+MODES = ('deterministic', 'iid', 'wor', 'kseq', 'traversal')
 _TINY = 1e-30
 KSEQ_ITERS = 40  # bisection steps for rho: the bracket [1, k] shrinks to k * 2^-40.
 
@@ -114,12 +118,15 @@ def chain_verify_reference(target_logp_BxG1xV: jax.Array, draft_logq_BxGxV: jax.
     valid_BxG: drafts that exist (a chain may be shorter in some rows); must be a prefix.
     u_BxG: uniforms in (0, 1), one per draft.
     mode: 'deterministic' or 'iid' (one child per node: 'wor' and 'kseq' are the same as
-      'iid'; they are accepted and treated as 'iid').
+      'iid'; they are accepted and treated as 'iid'), or 'traversal' (block verification:
+      it runs the tree walk of `traversal_verify` on the chain, not a closed form).
 
   Returns:
     (accepted drafts n [B], log of the distribution to sample the next token from [B, V]).
   """
   _check_mode(mode)
+  if mode == 'traversal':
+    return _chain_traversal(target_logp_BxG1xV, draft_logq_BxGxV, draft_BxG, valid_BxG, u_BxG)
   deterministic = mode == 'deterministic' or draft_logq_BxGxV is None
   B, G = draft_BxG.shape
   p_BxG1xV = jnp.exp(target_logp_BxG1xV.astype(jnp.float32))
@@ -223,7 +230,8 @@ def tree_verify_reference(target_logp_BxTxV: jax.Array, draft_logq_BxTxV: jax.Ar
     tokens_BxT: node tokens (the root's is ignored).
     children_BxTxK: children of each node in the order they are tested, -1 padded.
     u_BxDxK: uniforms in (0, 1): row d serves the children tested at depth d + 1. D is the
-      deepest node's depth (paths have at most D drafted tokens).
+      deepest node's depth (paths have at most D drafted tokens). Mode 'traversal' reads
+      them as one stream of D * K numbers, which must be at least T - 1.
     mode: see the module docstring.
 
   Returns:
@@ -234,6 +242,9 @@ def tree_verify_reference(target_logp_BxTxV: jax.Array, draft_logq_BxTxV: jax.Ar
   _check_mode(mode)
   if mode != 'deterministic' and draft_logq_BxTxV is None:
     raise ValueError(f"Verification mode {mode!r} needs the draft's log q for every node.")
+  if mode == 'traversal':
+    return traversal_verify(target_logp_BxTxV, draft_logq_BxTxV, tokens_BxT, children_BxTxK,
+                            u_BxDxK)
   depth = u_BxDxK.shape[1]
   logq = None if mode == 'deterministic' else draft_logq_BxTxV
   fn = lambda lp, lq, tok, ch, u: _verify_row(lp, lq, tok, ch, u, mode, depth)
@@ -243,3 +254,138 @@ def tree_verify_reference(target_logp_BxTxV: jax.Array, draft_logq_BxTxV: jax.Ar
   else:
     path, n, res = jax.vmap(fn)(target_logp_BxTxV, logq, tokens_BxT, children_BxTxK, u_BxDxK)
   return path, n.astype(jnp.int32), _log(res)
+
+
+# ----------------------------------------------------------------------------------------
+# Traversal Verification: leaf to root, whole paths at once.
+# ----------------------------------------------------------------------------------------
+
+def _traversal_row(logp_TxV, logq_TxV, tokens_T, children_TxK, u_N, depth, wor):
+  """One row of `traversal_verify` (vmapped over B).
+
+  Every node v carries its target p_v, its draft q_v (what its children were drawn from) and
+  a sequence-level acceptance probability a_v: a_root = 1, a_x = min(1, a_v p_v(x) / q_v(x))
+  for a child x of v. Repeatedly take the first leaf of the remaining tree in post-order
+  (descend through first remaining children); accept its whole root->leaf path if u <= a_leaf.
+  Otherwise delete the leaf and update its parent v:
+
+    p_v <- norm([a_v p_v - q_v]_+),  a_v <- S / (S + 1 - a_v),  S = sum [a_v p_v - q_v]_+,
+
+  then recompute a over v's remaining subtree (untouched so far: post-order finishes a
+  subtree before its right siblings). A node whose children are all deleted is a leaf and is
+  tested with its updated a; the root (a = 1) is always accepted. The next token is drawn from
+  p at the end node (its residual if it lost children, p itself at an original leaf).
+
+  q_v is kept after a rejection because siblings are i.i.d. (with replacement). With `wor`
+  (siblings without replacement) the rejected token is removed from q_v as well. Enumerating
+  every tree exactly shows each pairing is lossless and the crossed ones (and the variant
+  a_v <- min(1, S / (1 - q_v(x)))) are not; see tests/pallas_kernels/test_spec_traversal.py.
+  """
+  T, _ = logp_TxV.shape
+  p_TxV = jnp.exp(logp_TxV.astype(jnp.float32))
+  q_TxV = jnp.exp(logq_TxV.astype(jnp.float32))
+  kid_ok_TxK = children_TxK >= 0
+  kids_TxK = jnp.maximum(children_TxK, 0)
+  node_T = jnp.arange(T, dtype=jnp.int32)
+  parent_T = jnp.full((T,), -1, jnp.int32).at[jnp.where(kid_ok_TxK, children_TxK, T)].set(
+      jnp.broadcast_to(node_T[:, None], children_TxK.shape), mode='drop')
+  par_T = jnp.maximum(parent_T, 0)
+  is_child_T = parent_T >= 0
+
+  def ratios(p_TxV, q_TxV):  # p_parent(x) / q_parent(x) of every node x
+    return p_TxV[par_T, tokens_T] / jnp.maximum(q_TxV[par_T, tokens_T], _TINY)
+
+  def propagate(a_T, ratio_T, fixed_T):  # a_x = min(1, a_parent ratio_x), top down
+    body = lambda _, a: jnp.where(fixed_T, a, jnp.minimum(1.0, a[par_T] * ratio_T))
+    return jax.lax.fori_loop(0, depth, body, a_T)
+
+  def first_leaf(alive_T):
+    def first_kid(v):
+      ok_K = kid_ok_TxK[v] & alive_T[kids_TxK[v]]
+      return jnp.where(jnp.any(ok_K), kids_TxK[v, jnp.argmax(ok_K)], -1)
+    leaf, _ = jax.lax.while_loop(lambda c: c[1] >= 0, lambda c: (c[1], first_kid(c[1])),
+                                 (jnp.int32(0), first_kid(0)))
+    return leaf
+
+  def step(c):
+    alive_T, p_TxV, q_TxV, a_T, fixed_T, ratio_T, i, _ = c
+    leaf = first_leaf(alive_T)
+    accept = (leaf == 0) | (u_N[jnp.minimum(i, u_N.shape[0] - 1)] <= a_T[leaf])
+    reject = ~accept
+    v = par_T[leaf]
+    a_v = a_T[v]
+    r_V = jnp.maximum(a_v * p_TxV[v] - q_TxV[v], 0.0)
+    s = jnp.sum(r_V)
+    den = s + 1.0 - a_v  # 0 only when a_v = 1 and p_v = q_v: the rejection had probability 0
+    new_a = jnp.where(den > 1e-12, s / jnp.maximum(den, _TINY), 1.0)
+    new_q = _normalise_or(q_TxV[v], q_TxV[v].at[tokens_T[leaf]].set(0.0)) if wor else q_TxV[v]
+    p_TxV = p_TxV.at[v].set(jnp.where(reject, _normalise_or(p_TxV[v], r_V), p_TxV[v]))
+    q_TxV = q_TxV.at[v].set(jnp.where(reject, new_q, q_TxV[v]))
+    a_T = a_T.at[v].set(jnp.where(reject, new_a, a_v))
+    fixed_T = fixed_T.at[v].set(fixed_T[v] | reject)
+    ratio_T = jnp.where(reject & (parent_T == v), ratios(p_TxV, q_TxV), ratio_T)
+    a_T = propagate(a_T, ratio_T, fixed_T)
+    alive_T = alive_T.at[leaf].set(accept)
+    return alive_T, p_TxV, q_TxV, a_T, fixed_T, ratio_T, i + (leaf != 0), jnp.where(
+        accept, leaf, -1)
+
+  ratio_T = ratios(p_TxV, q_TxV)
+  fixed_T = ~is_child_T
+  a_T = propagate(jnp.ones((T,), jnp.float32), ratio_T, fixed_T)
+  alive_T = (node_T == 0) | is_child_T
+  init = (alive_T, p_TxV, q_TxV, a_T, fixed_T, ratio_T, jnp.int32(0), jnp.int32(-1))
+  out = jax.lax.while_loop(lambda c: c[-1] < 0, step, init)  # <= T tests: each deletes one
+  p_TxV, end = out[1], out[-1]
+  depth_T = jax.lax.fori_loop(0, depth, lambda _, d: jnp.where(is_child_T, d[par_T] + 1, 0),
+                              jnp.zeros((T,), jnp.int32))
+
+  def up(_, c):
+    node, path = c
+    path = path.at[jnp.where(node >= 0, depth_T[jnp.maximum(node, 0)], depth + 1)].set(
+        node, mode='drop')
+    return jnp.where(node > 0, parent_T[jnp.maximum(node, 0)], -1), path
+
+  _, path = jax.lax.fori_loop(0, depth + 1, up, (end, jnp.full((depth + 1,), -1, jnp.int32)))
+  return path, depth_T[end], p_TxV[end]
+
+
+def traversal_verify(target_logp_BxTxV: jax.Array, draft_logq_BxTxV: jax.Array,
+                     tokens_BxT: jax.Array, children_BxTxK: jax.Array, u_BxDxK: jax.Array,
+                     *, without_replacement: bool = False
+                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Traversal Verification of a token tree (`tree_verify_reference(mode='traversal')`).
+
+  Arguments and results as `tree_verify_reference`, except that u_BxDxK is read as one stream
+  of D * K uniforms per row (one per leaf test; a tree of T nodes needs at most T - 1) and D
+  still bounds the path length. `without_replacement`: siblings were drawn without
+  replacement (q minus the rejected token, the update quoted from a reimplementation of the
+  paper; not a `mode`: no drafter draws such trees for it yet).
+  Plain jnp only: a `lax.while_loop` of at most T leaf tests per row.
+  """
+  B, T, _ = target_logp_BxTxV.shape
+  depth = u_BxDxK.shape[1]
+  u_BxN = u_BxDxK.reshape(B, -1)
+  if u_BxN.shape[1] < T - 1:
+    raise ValueError(f'Traversal verification of {T} nodes needs {T - 1} uniforms per row, '
+                     f'got {u_BxN.shape[1]} (u has shape {u_BxDxK.shape}).')
+  if draft_logq_BxTxV is None:
+    raise ValueError("Verification mode 'traversal' needs the draft's log q for every node.")
+  row = lambda lp, lq, tok, ch, u: _traversal_row(lp, lq, tok, ch, u, depth,
+                                                  without_replacement)
+  path, n, res = jax.vmap(row)(target_logp_BxTxV, draft_logq_BxTxV, tokens_BxT,
+                               children_BxTxK, u_BxN)
+  return path, n.astype(jnp.int32), _log(res)
+
+
+def _chain_traversal(target_logp_BxG1xV, draft_logq_BxGxV, draft_BxG, valid_BxG, u_BxG):
+  """The chain as a one-path tree under `traversal_verify` (block verification)."""
+  if draft_logq_BxGxV is None:
+    raise ValueError("Verification mode 'traversal' needs the draft's log q for every node.")
+  B, G = draft_BxG.shape
+  tokens_BxT = jnp.concatenate([jnp.zeros((B, 1), draft_BxG.dtype), draft_BxG], axis=1)
+  has_kid_BxT = jnp.concatenate([valid_BxG, jnp.zeros((B, 1), bool)], axis=1)
+  children_BxT = jnp.where(has_kid_BxT, jnp.arange(1, G + 2, dtype=jnp.int32)[None], -1)
+  logq_BxTxV = jnp.concatenate([draft_logq_BxGxV, draft_logq_BxGxV[:, :1]], axis=1)
+  _, n_B, res_BxV = traversal_verify(target_logp_BxG1xV, logq_BxTxV, tokens_BxT,
+                                     children_BxT[..., None], u_BxG[..., None])
+  return n_B, res_BxV

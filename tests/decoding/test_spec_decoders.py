@@ -268,6 +268,14 @@ def test_settings_are_validated():
   assert registry.build('speculative', {'draft_workdir': 'x', 'tree': 'static'},
                         s).verification_mode() == 'wor'
   assert registry.build('token_recycling', {}, s).verification_mode() == 'deterministic'
+  tv = {'draft_workdir': 'x', 'tree': 'static', 'verifier': 'traversal'}
+  assert registry.build('speculative', tv, s).verification_mode() == 'traversal'
+  # Greedy runs every verifier as 'deterministic' (so greedy == AR holds as for the others).
+  assert registry.build('speculative', tv).verification_mode() == 'deterministic'
+  with pytest.raises(ValueError, match='i.i.d.'):
+    registry.build('speculative', dict(tv, tree='dynamic'), s)
+  with pytest.raises(ValueError, match='without a distribution q'):
+    registry.build('prompt_lookup', {'verifier': 'traversal'}, s)
   with pytest.raises(ValueError, match='gamma'):
     registry.build('speculative', {'gamma': 0})
 

@@ -103,6 +103,8 @@ def _one_round(key, ctx2, tables, cfg, parents, mode, draw):
         tokens[c] = drawn[r].astype(jnp.int32)
         ctx[c] = (b, tokens[c])
   tokens_T = jnp.stack(tokens).at[0].set(0)
+  if mode == 'traversal':  # one stream of leaf tests: T - 1 at most
+    K = max(K, -(-(T - 1) // D))
   u = jax.random.uniform(k_u, (D, K), minval=1e-7, maxval=1.0)
   path, n, res = sv.tree_verify(jnp.stack(logp_nodes)[None], jnp.stack(logq_nodes)[None],
                                 tokens_T[None], jnp.asarray(kids)[None], u[None], mode=mode)
@@ -168,6 +170,8 @@ CASES = [  # (mode, how children are drawn, tree)
     ('iid', 'iid', TREE_3x2),        # SpecInfer, with replacement
     ('wor', 'wor', TREE_3x2),        # Sequoia / RSD, without replacement
     ('kseq', 'iid', TREE_3x2),       # SpecTr K-SEQ
+    ('traversal', 'iid', CHAIN3),    # block verification
+    ('traversal', 'iid', TREE_3x2),  # Traversal Verification
 ]
 
 
@@ -223,7 +227,7 @@ def _chain_vs_tree(tables, *, mode):
 def test_chain_closed_form_equals_tree_walk(tables):
   """chain_verify (no loop) and tree_verify on a one-path tree agree on every row."""
   G = 3
-  for mode in ('iid', 'deterministic'):
+  for mode in ('iid', 'deterministic', 'traversal'):
     (n_c, res_c), (path, n_t, res_t) = _chain_vs_tree(tables, mode=mode)
     np.testing.assert_array_equal(n_c, n_t)
     np.testing.assert_allclose(jnp.exp(res_c), jnp.exp(res_t), atol=1e-6)
@@ -248,7 +252,8 @@ def _greedy_chain(tables):
   # A greedy draft model's q is one-hot on the draft itself.
   onehot_q = jnp.where(jax.nn.one_hot(drafts, V, dtype=bool), 0.0, -jnp.inf)
   out = [sv.chain_verify(logp, None, drafts, valid, u, mode='deterministic'),
-         sv.chain_verify(logp, onehot_q, drafts, valid, u, mode='iid')]
+         sv.chain_verify(logp, onehot_q, drafts, valid, u, mode='iid'),
+         sv.chain_verify(logp, onehot_q, drafts, valid, u, mode='traversal')]
   expect = jnp.sum(jnp.cumprod(drafts == argmax[:, :G], axis=1), axis=1)
   return out, expect, argmax
 
