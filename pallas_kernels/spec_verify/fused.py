@@ -13,7 +13,6 @@ need a full-vocabulary residual update per rejected child and use the reference.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from pallas_kernels import common
