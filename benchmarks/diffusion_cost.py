@@ -156,7 +156,7 @@ def verdict(r: dict[str, Any]) -> str:
 
 
 def report(rows, ar_row, args) -> str:
-  header = ['decoder', 'run', 'tokens / forward', 'step ms', 'other ms', 'other share',
+  header = ['decoder', 'run', 'tokens/forward', 'step ms', 'other ms', 'other share',
             'model ms', 'ideal vs cached AR (here)', 'ideal, memory-bound', 'measured vs AR',
             'solved %', 'beats cached AR here?']
   table = [[r['label'], r['run'], f"{r['tokens_per_forward']:.2f}", f"{r['step_ms']:.3f}",
