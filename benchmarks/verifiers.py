@@ -189,7 +189,7 @@ def report(rows: list[dict], name: str) -> str:
                               '\n'.join(body))
 
 
-def main():
+def parse_args(argv=None) -> argparse.Namespace:
   ap = argparse.ArgumentParser(description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument('--budgets', default='4,8,16', help='drafted nodes per step')
@@ -207,7 +207,7 @@ def main():
   ap.add_argument('--target', default='', help='trained target workdir (with --draft)')
   ap.add_argument('--draft', default='')
   ap.add_argument('--out', default='', help='results name (default verifiers_<device>)')
-  args = ap.parse_args()
+  args = ap.parse_args(argv)
   if bool(args.target) != bool(args.draft):
     ap.error('--target and --draft go together.')
   args.budgets = [int(b) for b in args.budgets.split(',')]
@@ -217,7 +217,13 @@ def main():
   args.samplings = [(float(s.split('/')[0]), int(s.split('/')[1]) if '/' in s else 0)
                     for s in args.samplings.split(',')]
   args.batch = args.batch or None
-  name = args.out or f'verifiers_{forward_cost.device_tag()}'
+  args.out = args.out or f'verifiers_{forward_cost.device_tag()}'
+  return args
+
+
+def main(argv=None) -> str:
+  args = parse_args(argv)
+  name = args.out
   loaded, rows = load(args), []
   for temperature, top_k in args.samplings:  # written after each: a cut run keeps them
     rows += measure(args, loaded, temperature, top_k)
@@ -226,6 +232,7 @@ def main():
       json.dump({'provenance': common.provenance(), 'rows': rows}, f, indent=1)
     path = report(rows, name)
   print(path)
+  return path
 
 
 if __name__ == '__main__':
