@@ -184,3 +184,21 @@ def test_sample_comparison_table_flags_speedups_above_tau():
   rows = {line.split('|')[1].strip(): line for line in table.splitlines()[2:]}
   assert '2.50x (!)' in rows['prompt_lookup']
   assert '1.11x |' in rows['jacobi'] and '(!)' not in rows['jacobi']
+
+
+def test_verifier_table_runs_and_traversal_is_not_below_iid(tmp_path, monkeypatch):
+  """benchmarks/verifiers.py at toy size writes its table; on the same static tree (same
+  prompts and row keys) traversal's tau is not below iid's beyond 3 paired standard errors."""
+  from benchmarks import verifiers  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(common, 'RESULTS_DIR', str(tmp_path))
+  path = verifiers.main(['--prompts=96', '--max_new_tokens=12', '--budgets=8',
+                         '--samplings=1', '--out=verifiers_t',
+                         '--verifiers=static tree iid,static tree traversal,delayed traversal'])
+  text = open(path).read()
+  assert 'NOT SPEED' in text and '| delayed traversal |' in text and '- commit: ' in text
+  with open(tmp_path / 'verifiers_t.json') as f:
+    rows = {r['verifier']: r for r in json.load(f)['rows']}
+  assert all(r['tau'] > 1 for k, r in rows.items() if not k.startswith('traversal -'))
+  diff = rows['traversal - iid (paired, static tree)']
+  assert diff['tau'] > -3 * diff['se'], diff
+  assert rows['delayed traversal']['shape'] == '1,1,3,3'  # delay 2, then 3 rollouts of 2

@@ -4,7 +4,7 @@
              that family's settings and whose `make_drafter` builds its `drafter.Drafter`
   verifier   `verifier` (every decoder): auto | deterministic | iid | wor | kseq | traversal
   tree       the tree policy of drafters that fill a tree (`TreeDecoder`): tree, gamma,
-             tree_nodes, branching (+ top_k for dynamic draft-model trees)
+             tree_nodes, branching, delay (+ top_k for dynamic draft-model trees)
 
   class                  name(s)                       drafter (drafter module)
   SpeculativeDecoder     speculative                   any, by `drafter=NAME` (default model)
@@ -88,6 +88,8 @@ class SpecDecoder(base.Decoder):
       raise ValueError(f'stop_below must be in [0, 1), got {self.stop_below}.')
     if getattr(self, 'tree', 'chain') not in TREES:
       raise ValueError(f'Unknown tree {self.tree!r}; choose one of {TREES}.')
+    if getattr(self, 'delay', 0) and self.tree != 'static':
+      raise ValueError(f'delay={self.delay} (delayed tree expansion) needs tree=static.')
     composed = self.composed()
     if not composed.drafter_type.has_q and self.verifier in ('iid', 'wor', 'kseq', 'traversal'):
       raise ValueError(f'The {composed.drafter_name()!r} drafter proposes tokens without a '
@@ -169,13 +171,14 @@ class TreeDecoder(SpecDecoder):
   gamma: int = 4               # chain length / deepest tree level
   tree_nodes: int = 24         # static (best-first) and dynamic trees: drafted nodes
   branching: str = ''          # static tree as children per depth, e.g. '4,2,2,1'
+  delay: int = 0               # static: one path of `delay` drafts, then i.i.d. rollouts (DDTE)
 
   def template(self, profile: tuple[float, ...] | None = None) -> trees.Template:
     """The static tree of these settings (chain: gamma drafts)."""
     if self.tree == 'chain':
       return trees.chain(self.gamma)
     return trees.parse(self.branching, nodes=self.tree_nodes, depth=self.gamma,
-                       profile=profile or self.profile)
+                       profile=profile or self.profile, delay=self.delay)
 
 
 # ------------------------------------------------------------------------ draft model

@@ -184,6 +184,32 @@ def best_first(nodes: int, max_depth: int, accept_by_rank: Sequence[float]) -> T
   return _bfs(parents, ranks)
 
 
+def delayed(nodes: int, depth: int, delay: int) -> Template:
+  """Delayed tree expansion (DDTE, arXiv 2602.16994): one path for `delay` drafts, then the
+  rest of the `nodes` budget as i.i.d. rollouts below its end.
+
+  Each rollout is a chain of depth - delay drafts (rank r = the r-th i.i.d. sample of the
+  branch node, rank 0 below it), the last one shorter when the budget does not divide; with
+  children drawn i.i.d. from q (verifier iid or traversal) the rollouts are independent
+  draft continuations. delay = 0 is plain multi-draft (k rollouts from the root); the same
+  shape as `branching([1] * delay + [k] + [1] * (depth - delay - 1))` when it divides.
+  """
+  if not 0 <= delay < depth or nodes <= delay:
+    raise ValueError(f'A delayed tree needs 0 <= delay < depth and nodes > delay, got '
+                     f'nodes={nodes}, depth={depth}, delay={delay}.')
+  parents, ranks = list(range(-1, delay)), [0] * (delay + 1)
+  left, rank = nodes - delay, 0
+  while left > 0:
+    parent = delay
+    for d in range(min(depth - delay, left)):
+      parents.append(parent)
+      ranks.append(rank if d == 0 else 0)
+      parent = len(parents) - 1
+    left -= depth - delay
+    rank += 1
+  return _bfs(parents, ranks)
+
+
 def _bfs(parents: list[int], ranks: list[int]) -> Template:
   """Reorders nodes breadth-first (by depth, then parent, then rank)."""
   depth = [0] * len(parents)
@@ -206,10 +232,17 @@ def _bfs(parents: list[int], ranks: list[int]) -> Template:
 RECYCLING_PROFILE = (0.55, 0.2, 0.1, 0.06, 0.04, 0.03, 0.02, 0.015)
 
 
-def parse(spec: str, *, nodes: int, depth: int, profile: Sequence[float]) -> Template:
+def parse(spec: str, *, nodes: int, depth: int, profile: Sequence[float],
+          delay: int = 0) -> Template:
   """A template from a setting: 'chain', 'w1,w2,...' (branching per depth) or '' (best-first
-  with `nodes` nodes, depth <= `depth`, from the rank-acceptance `profile`)."""
+  with `nodes` nodes, depth <= `depth`, from the rank-acceptance `profile`; with `delay` > 0
+  the delayed tree of `nodes` nodes and depth `depth` instead)."""
   spec = spec.strip()
+  if delay:
+    if spec:
+      raise ValueError(f'A delayed tree (delay={delay}) is built from the node budget; it '
+                       f'takes no tree spec (got {spec!r}).')
+    return delayed(nodes, depth, delay)
   if spec == 'chain':
     return chain(depth)
   if spec:

@@ -63,6 +63,8 @@ METHODS = {
     'chain': ('speculative', dict(draft_workdir='x', gamma=3)),
     'chain-adaptive': ('speculative', dict(draft_workdir='x', gamma=4, stop_below=0.3)),
     'static-tree': ('speculative', dict(draft_workdir='x', tree='static', branching='3,2,1')),
+    'delayed-tree': ('speculative', dict(draft_workdir='x', tree='static', tree_nodes=6,
+                                         gamma=4, delay=2)),
     'dynamic-tree': ('spec_dynamic', dict(draft_workdir='x', gamma=3, top_k=3, tree_nodes=10)),
     'prompt_lookup': ('prompt_lookup', {}),
     'token_recycling': ('token_recycling', dict(tree_nodes=20, gamma=4)),
@@ -258,6 +260,36 @@ def test_tree_builders():
   assert [tokens[c] for c in kids_root] == [5, 2]
   with pytest.raises(ValueError, match='parents must precede'):
     trees.Template(parents=(-1, 2, 0), ranks=(0, 0, 0))
+
+
+@pytest.mark.parametrize('nodes,depth,delay', [(4, 2, 1), (8, 5, 2), (16, 10, 4), (7, 4, 2),
+                                               (6, 3, 0)])
+def test_delayed_tree_spends_the_budget_below_one_path(nodes, depth, delay):
+  """DDTE: `delay` single-child levels, then i.i.d. rollouts of depth - delay drafts (the
+  last one shorter) from the end of that path; exactly `nodes` drafted nodes."""
+  tpl = trees.delayed(nodes, depth, delay)
+  assert tpl.size == nodes + 1 and tpl.max_depth == depth
+  kids = tpl.children()
+  n_kids = (kids >= 0).sum(1)
+  assert list(n_kids[:delay]) == [1] * delay  # the delayed path 0 -> 1 -> ... -> delay
+  assert tpl.parents[:delay + 1] == tuple(range(-1, delay))
+  k = -(-(nodes - delay) // (depth - delay))
+  assert n_kids[delay] == k and [tpl.ranks[c] for c in kids[delay][:k]] == list(range(k))
+  assert n_kids[delay + 1:].max() <= 1  # below the branch node: chains (rank 0)
+  assert all(tpl.ranks[i] == 0 for i in range(1, tpl.size) if tpl.parents[i] != delay)
+  decoder = registry.build('speculative', dict(draft_workdir='x', tree='static',
+                                               tree_nodes=nodes, gamma=depth, delay=delay,
+                                               verifier='traversal'))
+  if delay:
+    assert decoder.template() == tpl
+  assert trees.delayed(6, 4, 2) == trees.branching([1, 1, 2, 1])
+  with pytest.raises(ValueError, match='delayed tree'):
+    trees.delayed(4, 3, 3)
+  with pytest.raises(ValueError, match='needs tree=static'):
+    registry.build('speculative', dict(draft_workdir='x', delay=2))
+  with pytest.raises(ValueError, match='no tree spec'):
+    registry.build('speculative', dict(draft_workdir='x', tree='static', delay=1,
+                                       branching='2,1'))
 
 
 def test_settings_are_validated():

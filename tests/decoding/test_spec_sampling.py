@@ -52,9 +52,13 @@ def _exact_two_token(model, params, prompt):
     dict(tree='static', branching='3,2', verifier='wor'),        # Sequoia / RSD-C tree
     dict(tree='dynamic', top_k=3, gamma=2, verifier='wor'),      # RSD-S stochastic beams
     dict(tree='static', branching='3,2', verifier='traversal'),  # Traversal Verification
+    dict(tree='static', tree_nodes=5, gamma=3, delay=1,         # delayed expansion (DDTE)
+         verifier='traversal'),
+    dict(tree='static', tree_nodes=5, gamma=3, delay=1, verifier='iid'),
     dict(drafter='prompt_lookup', gamma=3, adaptive=True,       # adaptive: an AR step
          costs='1,9,9,9'),
-], ids=['chain-iid', 'tree-wor', 'dynamic-wor', 'tree-traversal', 'adaptive-ar-step'])
+], ids=['chain-iid', 'tree-wor', 'dynamic-wor', 'tree-traversal', 'delayed-traversal',
+        'delayed-iid', 'adaptive-ar-step'])
 def test_two_token_prefix_distribution_matches_target(lm, settings):
   target, draft, dp, prompt = lm
   extra = {} if 'drafter' in settings else {'draft_workdir': 'x'}

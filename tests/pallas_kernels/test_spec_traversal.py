@@ -34,7 +34,8 @@ import pallas_kernels.spec_verify as sv
 # ------------------------------------------------------------------ the rule in numpy
 
 SHAPES = {'2-then-1': (-1, 0, 0, 1, 2), 'chain3': (-1, 0, 1, 2), '1-then-2': (-1, 0, 1, 1),
-          '2x2-uneven': (-1, 0, 0, 1, 1, 2)}
+          '2x2-uneven': (-1, 0, 0, 1, 1, 2),
+          'delayed-1-then-2x2': (-1, 0, 1, 1, 2, 3)}  # trees.delayed(5, 3, 1) (DDTE)
 
 
 def _kids(parents):
