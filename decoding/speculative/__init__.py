@@ -10,6 +10,8 @@
   jacobi.py       Jacobi and lookahead drafters
   head_drafters.py  Medusa and MTP drafters (heads trained on the target)
   early_exit.py   LayerSkip, Kangaroo and DEL drafters (the target's own first layers)
+  adaptive.py     adaptive draft length: the chain length per step by acceptance and cost
+  settings.py     the checks every speculative decoder's settings pass
   decoders.py     the registered decoders: one class per name, each a drafter family's
                   settings + a verifier choice (+ a tree policy), its drafter built once
 

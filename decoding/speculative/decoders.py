@@ -45,16 +45,15 @@ from decoding.speculative import head_drafters
 from decoding.speculative import jacobi
 from decoding.speculative import loop
 from decoding.speculative import ngram
+from decoding.speculative import settings as settings_lib
 from decoding.speculative import trees
 
-TREES = ('chain', 'static', 'dynamic')
-VERIFIERS = ('auto', 'deterministic', 'iid', 'wor', 'kseq', 'traversal')
+TREES = settings_lib.TREES
+VERIFIERS = settings_lib.VERIFIERS
 # Rank-acceptance profile for best-first static trees of a draft model (Sequoia-style).
 DRAFT_PROFILE = (0.75, 0.12, 0.05, 0.03, 0.02, 0.015, 0.01, 0.01)
 # Medusa trees: rank-acceptance of head proposals (top-1 dominates).
 HEADS_PROFILE = (0.6, 0.15, 0.07, 0.04, 0.03, 0.02)
-# Settings that count something and must be >= 1.
-_POSITIVE = ('gamma', 'top_k', 'tree_nodes', 'ngram', 'recycle_k', 'window', 'pool')
 
 # Drafter family name -> its decoder class (`speculative:drafter=NAME`).
 DRAFTERS: registry_lib.Registry[type['SpecDecoder']] = registry_lib.Registry('drafter')
@@ -79,25 +78,8 @@ class SpecDecoder(base.Decoder):
                                # when the decoder is compiled
 
   def __post_init__(self):
-    if self.verifier not in VERIFIERS:
-      raise ValueError(f'Unknown verifier {self.verifier!r}; choose one of {VERIFIERS}.')
-    for f in dataclasses.fields(self):
-      if f.name in _POSITIVE and getattr(self, f.name) < 1:
-        raise ValueError(f'{f.name} must be >= 1, got {getattr(self, f.name)}.')
-    if not 0.0 <= getattr(self, 'stop_below', 0.0) < 1.0:
-      raise ValueError(f'stop_below must be in [0, 1), got {self.stop_below}.')
-    if getattr(self, 'tree', 'chain') not in TREES:
-      raise ValueError(f'Unknown tree {self.tree!r}; choose one of {TREES}.')
-    if getattr(self, 'delay', 0) and self.tree != 'static':
-      raise ValueError(f'delay={self.delay} (delayed tree expansion) needs tree=static.')
     composed = self.composed()
-    if not composed.drafter_type.has_q and self.verifier in ('iid', 'wor', 'kseq', 'traversal'):
-      raise ValueError(f'The {composed.drafter_name()!r} drafter proposes tokens without a '
-                       f"distribution q; verifier={self.verifier!r} needs one. Use 'auto' or "
-                       "'deterministic'.")
-    if self.verifier == 'traversal' and getattr(composed, 'tree', 'chain') == 'dynamic':
-      raise ValueError("verifier='traversal' needs children drawn i.i.d. from q; dynamic trees "
-                       "take top-k children. Use tree='static' or 'chain'.")
+    settings_lib.check(self, composed)
     object.__setattr__(self, '_drafter', adaptive_lib.wrap(
         composed.make_drafter(self.verification_mode()), self.adaptive, self.costs))
 
