@@ -13,6 +13,10 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
                       os.path.join(tempfile.gettempdir(), f'leapfrog-jax-cache-{os.getuid()}'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+# A size bound turns on jax's file lock around every cache read and write: without it an
+# entry is written in place, so a worker reading it meanwhile can deserialise a truncated
+# executable (seen: a segfault in compilation_cache.get_executable_and_time under -n 2).
+os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(8 << 30))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 import jax  # noqa: E402
