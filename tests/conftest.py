@@ -6,17 +6,19 @@ import tempfile
 # Must happen before jax is imported anywhere.
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-# A persistent compilation cache shared by the xdist workers and the train.py / sample.py
-# subprocesses the tests start: many tests compile the same test-size functions (about a
-# quarter of the suite's time on a cold cache, more on a warm one). Keys cover the HLO, the
-# devices and the jax version, so a stale entry is never reused.
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
-                      os.path.join(tempfile.gettempdir(), f'leapfrog-jax-cache-{os.getuid()}'))
+# A persistent compilation cache per xdist worker (`PYTEST_XDIST_WORKER` is set before this
+# file is imported), shared with the train.py / sample.py subprocesses its tests start: many
+# tests compile the same test-size functions (about a quarter of the suite's time on a cold
+# cache, more on a warm one). Keys cover the HLO, the devices and the jax version, so a stale
+# entry is never reused. Not one cache for all workers: jax writes an entry in place without
+# a lock, and a worker reading it meanwhile deserialised a truncated executable (a segfault in
+# compilation_cache.get_executable_and_time); jax's lock comes only with a size bound, whose
+# eviction scan of every entry on each write made a cold suite several times slower.
+_WORKER = os.environ.get('PYTEST_XDIST_WORKER')
+if _WORKER or 'JAX_COMPILATION_CACHE_DIR' not in os.environ:  # a worker inherits main's
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = os.path.join(
+      tempfile.gettempdir(), f"leapfrog-jax-cache-{os.getuid()}-{_WORKER or 'main'}")
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
-# A size bound turns on jax's file lock around every cache read and write: without it an
-# entry is written in place, so a worker reading it meanwhile can deserialise a truncated
-# executable (seen: a segfault in compilation_cache.get_executable_and_time under -n 2).
-os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(8 << 30))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 import jax  # noqa: E402
