@@ -6,10 +6,9 @@ size presets, and stand-ins that make a model call (almost) free.
   curve = forward_curve(model, params, batch=1, tokens=(1, 2, 4, 8))
 
 A multi-token decoder pays off when a forward over T tokens costs little more than over one:
-`forward_time` measures one cached forward over T new tokens the way a decode loop runs it —
-R forwards inside one compiled `fori_loop`, every logit consumed, the cache reset to the same
-context each time — so neither Python dispatch nor dead-code elimination of unused logits
-hides or adds cost. `ideal_speedup` turns a decoder's tau into the speedup over AR that the
+`forward_time` (`decoding/forward_timing.py`, where adaptive draft lengths measure their costs
+too) measures one cached forward over T new tokens the way a decode loop runs it, so neither
+Python dispatch nor dead-code elimination of unused logits hides or adds cost. `ideal_speedup` turns a decoder's tau into the speedup over AR that the
 curve allows (the step costing exactly one target forward over its tokens).
 
 `noop_models` swaps a decoder's models for `NoopModel`s of the same shapes, whose forward
@@ -21,7 +20,6 @@ bookkeeping), see benchmarks/step_cost.py.
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any, Sequence
 
 import jax
@@ -29,8 +27,8 @@ import jax.numpy as jnp
 
 from configs import common as presets
 from decoding import base
-from models import Cache, ModelConfig, Transformer, init_params
-from models import masks
+from decoding import forward_timing
+from models import ModelConfig, Transformer, init_params
 from models import transformer as transformer_lib
 
 BYTE_VOCAB = 272  # the byte tokenizer's vocabulary (256 bytes + special tokens)
@@ -62,61 +60,7 @@ def weight_bytes(params: Any) -> int:
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
 
 
-def _time_min(fn, repeats: int) -> float:
-  fn()  # warm-up: the first run of a compiled function allocates
-  best = float('inf')
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - t0)
-  return best
-
-
-def forward_time(model: Transformer, params: Any, *, batch: int, tokens: int,
-                 cache_size: int = 512, context: int = 256, min_seconds: float = 0.2,
-                 repeats: int = 5, explicit_mask: bool = False) -> float:
-  """Seconds of one cached forward over `tokens` new tokens per row after `context` ones.
-
-  R forwards run in one compiled loop (R chosen so a run lasts about `min_seconds`) with a
-  data-dependent stopping condition, as a decode loop runs them (a loop of known trip count
-  runs measurably faster on XLA's CPU runtime): forward i writes its T tokens at the next free slots after the
-  `context` committed ones, at positions that advance every call (cycling through the free
-  slots), and its argmaxes feed the next forward's tokens. Best of `repeats` runs, divided
-  by R.
-  """
-  if context + tokens > cache_size:
-    raise ValueError(f'context {context} + {tokens} tokens do not fit a cache of '
-                     f'{cache_size} slots.')
-  cfg = model.cfg
-  B, T = batch, tokens
-  cache = Cache.init(cfg, B, cache_size).replace(lengths=jnp.full((B,), context, jnp.int32))
-  rounds = (cache_size - context) // T  # distinct write windows before slots repeat
-  t_1xT = jnp.arange(T, dtype=jnp.int32)[None]
-  mask = None
-  if explicit_mask:  # a chain written as a tree mask: the cost does not depend on its shape
-    mask = masks.block_to_cache_mask(jnp.tril(jnp.ones((1, T, T), bool)),
-                                     jnp.full((B,), context, jnp.int32), cache_size)
-
-  def run(p, cache, reps):
-    def body(carry):
-      i, c, tok_BxT = carry
-      positions_BxT = jnp.broadcast_to(context + (i % rounds) * T + t_1xT, (B, T))
-      out = model.apply({'params': p}, tok_BxT, positions_BxT, cache=c, attn_mask=mask)
-      nxt_BxT = jnp.argmax(out.logits_BxTxV, axis=-1).astype(jnp.int32)
-      return i + 1, out.cache.replace(lengths=c.lengths), nxt_BxT
-
-    def cond(carry):  # data-dependent, as a decode loop's "until every row is done"
-      i, _, tok_BxT = carry
-      return (i < reps) & (tok_BxT[0, 0] >= 0)
-
-    init = (jnp.int32(0), cache, jnp.zeros((B, T), jnp.int32))
-    return jax.lax.while_loop(cond, body, init)[2]
-
-  probe = jax.jit(run, static_argnums=2).lower(params, cache, 2).compile()
-  t2 = _time_min(lambda: probe(params, cache).block_until_ready(), 2)
-  reps = int(min(max(min_seconds / max(t2 / 2, 1e-6), 3), 2000))
-  fn = jax.jit(run, static_argnums=2).lower(params, cache, reps).compile()
-  return _time_min(lambda: fn(params, cache).block_until_ready(), repeats) / reps
+forward_time = forward_timing.forward_time  # re-exported: the benchmarks' name
 
 
 def forward_curve(model: Transformer, params: Any, *, batch: int, tokens: Sequence[int],

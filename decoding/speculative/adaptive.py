@@ -28,20 +28,18 @@ distribution).
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any, Sequence
 
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from decoding import forward_timing
 from decoding.speculative import drafter as drafter_lib
 from decoding.speculative import trees
-from decoding.speculative import verify as verify_lib
-from models import cache as cache_lib
 
 AR = 0  # the chain length of a plain AR step
+ROOT_ONLY = trees.Template(parents=(-1,), ranks=(0,))  # the tree of an AR step
 
 
 @flax.struct.dataclass
@@ -245,46 +243,25 @@ def costs_to_measure(d: drafter_lib.Drafter, costs: str) -> bool:
 
 def ar_tree(root_B: jax.Array, active_B: jax.Array) -> trees.Tree:
   """The root alone: a step that drafts nothing."""
-  return trees.from_template(trees.Template(parents=(-1,), ranks=(0,)), root_B[:, None],
-                             active_B[:, None])
+  return trees.from_template(ROOT_ONLY, root_B[:, None], active_B[:, None])
 
 
 def calibrate(target: Any, params: Any, gammas: Sequence[int], *, batch: int,
               cache_size: int, seconds: float = 0.05, trials: int = 5) -> tuple[float, ...]:
   """c(g + 1) / c(1) for each chain length g: timed target forwards on this machine.
 
-  Each cost is the best of `trials` runs of a compiled loop of forwards over g + 1 chain
-  tokens (as many as take about `seconds`), at batch `batch`, with half the cache committed
-  (random tokens: the cost of a forward does not depend on them). Costs are made
-  non-decreasing in T (a longer forward never costs less: what looks cheaper is noise) and
-  rounded to 2 decimals, so that close measurements give the same (static, hashed) decoder
-  and the same compiled program.
+  Each cost is `forward_timing.forward_time` over g + 1 tokens (a compiled loop of about
+  `seconds`, best of `trials`) at batch `batch`, with about half the cache committed. Costs
+  are made non-decreasing in T (a longer forward never costs less: what looks cheaper is
+  noise) and rounded to 2 decimals, so that close measurements give the same (static, hashed)
+  decoder and the same compiled program.
   """
-  base = max(cache_size // 2 - max(gammas) - 1, 0)
-  per_forward = {}
-  for T in sorted({1} | {g + 1 for g in gammas}):
-    template = trees.chain(T - 1) if T > 1 else trees.Template(parents=(-1,), ranks=(0,))
-    tree = trees.from_template(template, jnp.ones((batch, T), jnp.int32))
-    base_B = jnp.full((batch,), base, jnp.int32)
-
-    @jax.jit
-    def run(params, repeats, tree=tree, base_B=base_B):
-      def body(_, carry):  # the cache is carried (written in place), as in decoding
-        cache, acc = carry
-        out = verify_lib.forward_tree(target, params, cache, tree, base_B,
-                                      jnp.ones((batch,), bool), chain=True)
-        return out.cache, acc + jnp.sum(out.logits_BxTxV[:, -1, :1].astype(jnp.float32))
-      cache = cache_lib.Cache.init(target.cfg, batch, cache_size)
-      return jax.lax.fori_loop(0, repeats, body, (cache, jnp.zeros((), jnp.float32)))[1]
-
-    def timed(repeats):
-      t0 = time.perf_counter()
-      jax.block_until_ready(run(params, repeats))
-      return time.perf_counter() - t0
-
-    timed(1)  # compile
-    repeats = int(np.clip(seconds / max(timed(4) / 4, 1e-6), 4, 1000))
-    per_forward[T] = min(timed(repeats) for _ in range(trials)) / repeats
+  longest = max(gammas) + 1
+  context = max(min(cache_size // 2, cache_size - longest), 0)
+  per_forward = {T: forward_timing.forward_time(target, params, batch=batch, tokens=T,
+                                                cache_size=cache_size, context=context,
+                                                min_seconds=seconds, repeats=trials)
+                 for T in sorted({1} | {g + 1 for g in gammas})}
   relative, worst = {}, 1.0
   for T in sorted(per_forward):
     worst = max(worst, per_forward[T] / per_forward[1])

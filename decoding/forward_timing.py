@@ -1,0 +1,73 @@
+"""Seconds of one cached forward over T new tokens, timed the way a decode loop runs it.
+
+Used by the adaptive draft length (`speculative/adaptive.py`: relative costs measured when a
+decoder is compiled) and by the benchmarks (`benchmarks.cost_model`: the forward-cost curve).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from models import Cache, Transformer
+from models import masks
+
+
+def _time_min(fn, repeats: int) -> float:
+  fn()  # warm-up: the first run of a compiled function allocates
+  best = float('inf')
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - t0)
+  return best
+
+
+def forward_time(model: Transformer, params: Any, *, batch: int, tokens: int,
+                 cache_size: int = 512, context: int = 256, min_seconds: float = 0.2,
+                 repeats: int = 5, explicit_mask: bool = False) -> float:
+  """Seconds of one cached forward over `tokens` new tokens per row after `context` ones.
+
+  R forwards run in one compiled loop (R chosen so a run lasts about `min_seconds`) with a
+  data-dependent stopping condition, as a decode loop runs them (a loop of known trip count
+  runs measurably faster on XLA's CPU runtime): forward i writes its T tokens at the next free slots after the
+  `context` committed ones, at positions that advance every call (cycling through the free
+  slots), and its argmaxes feed the next forward's tokens. Best of `repeats` runs, divided
+  by R.
+  """
+  if context + tokens > cache_size:
+    raise ValueError(f'context {context} + {tokens} tokens do not fit a cache of '
+                     f'{cache_size} slots.')
+  cfg = model.cfg
+  B, T = batch, tokens
+  cache = Cache.init(cfg, B, cache_size).replace(lengths=jnp.full((B,), context, jnp.int32))
+  rounds = (cache_size - context) // T  # distinct write windows before slots repeat
+  t_1xT = jnp.arange(T, dtype=jnp.int32)[None]
+  mask = None
+  if explicit_mask:  # a chain written as a tree mask: the cost does not depend on its shape
+    mask = masks.block_to_cache_mask(jnp.tril(jnp.ones((1, T, T), bool)),
+                                     jnp.full((B,), context, jnp.int32), cache_size)
+
+  def run(p, cache, reps):
+    def body(carry):
+      i, c, tok_BxT = carry
+      positions_BxT = jnp.broadcast_to(context + (i % rounds) * T + t_1xT, (B, T))
+      out = model.apply({'params': p}, tok_BxT, positions_BxT, cache=c, attn_mask=mask)
+      nxt_BxT = jnp.argmax(out.logits_BxTxV, axis=-1).astype(jnp.int32)
+      return i + 1, out.cache.replace(lengths=c.lengths), nxt_BxT
+
+    def cond(carry):  # data-dependent, as a decode loop's "until every row is done"
+      i, _, tok_BxT = carry
+      return (i < reps) & (tok_BxT[0, 0] >= 0)
+
+    init = (jnp.int32(0), cache, jnp.zeros((B, T), jnp.int32))
+    return jax.lax.while_loop(cond, body, init)[2]
+
+  probe = jax.jit(run, static_argnums=2).lower(params, cache, 2).compile()
+  t2 = _time_min(lambda: probe(params, cache).block_until_ready(), 2)
+  reps = int(min(max(min_seconds / max(t2 / 2, 1e-6), 3), 2000))
+  fn = jax.jit(run, static_argnums=2).lower(params, cache, reps).compile()
+  return _time_min(lambda: fn(params, cache).block_until_ready(), repeats) / reps
