@@ -29,26 +29,18 @@ from benchmarks import forward_cost
 from benchmarks import harness
 from benchmarks import oracle
 from benchmarks import spec_system
-from benchmarks import step_cost
 from decoding import Models, SamplingConfig, registry
 
 
 def run(args) -> list[dict]:
   model, params, prompts, pad_id = spec_system.load(args)
   models = Models(model, extras=(('draft', oracle.OracleDraft.for_target(model.cfg)),))
-  ar_models = Models(model)
-  cache = int(-(-(max(map(len, prompts)) + args.max_new_tokens + 80) // 64) * 64)
+  cache = spec_system.cache_slots(prompts, args.max_new_tokens)
   kw = dict(max_new=args.max_new_tokens, cache_size=cache, eos_id=-1, pad_id=pad_id)
   sampling = SamplingConfig()
-  batches = harness.make_batches(prompts, 1, pad_id)
-  ar = registry.build('ar', sampling=sampling)
-  ar_params = {'target': params}
-  ar_n = harness.compile_decoder(ar, ar_models, ar_params, batches, **kw)
-  ar_1 = harness.compile_decoder(ar, ar_models, ar_params, batches, **dict(kw, max_new=1))
-  _, ar_results = harness.timed_pass(ar_n[0], ar_params, batches)
-  refs = [oracle.reference_rows(p, l, r.tokens_BxN, r.num_generated_B, cache)
-          for (p, l, _), r in zip(batches, jax.device_get(ar_results))]
-  t_ar, _ = step_cost.step_time(ar, ar_models, ar_params, batches, repeats=args.repeats, **kw)
+  base = spec_system.ar_baseline(model, params, prompts, batch=1, pad_id=pad_id, kw=kw,
+                                 repeats=args.repeats)
+  batches, ar_n, ar_1, t_ar = base.batches, base.ar_n, base.ar_1, base.t_ar
   curve: dict[int, float] = {}
 
   def t_fwd(T):
@@ -57,7 +49,7 @@ def run(args) -> list[dict]:
                                          context=cache // 2)
     return curve[T]
 
-  per_alpha = lambda a: [{'target': params, 'draft': oracle.oracle_params(r, a)} for r in refs]
+  per_alpha = lambda a: base.oracle_params(params, a)
   device = jax.devices()[0].device_kind
   methods = [(f'chain k={k}', dict(gamma=k)) for k in map(int, args.fixed.split(','))]
   methods.append((f'adaptive (k <= {args.gamma})', dict(gamma=args.gamma, adaptive=True)))

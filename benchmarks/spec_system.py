@@ -22,8 +22,10 @@ plot of measured against ideal speedup.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+from typing import Any
 
 import jax
 import numpy as np
@@ -67,12 +69,46 @@ def load(args):
   return model, params, prompts, tok.pad_id
 
 
+def cache_slots(prompts, max_new_tokens: int) -> int:
+  """Cache slots for these prompts, the new tokens and room for the largest draft tree."""
+  return int(-(-(max(map(len, prompts)) + max_new_tokens + 80) // 64) * 64)
+
+
+@dataclasses.dataclass
+class Baseline:
+  """AR on the prompts at one batch size: compiled programs for N tokens and for one, the
+  oracle's reference rows (prompt + AR continuation) and one AR step's time."""
+  batches: list
+  ar_n: Any
+  ar_1: Any
+  refs: list
+  t_ar: float
+
+  def oracle_params(self, params, alpha: float) -> list[dict]:
+    """Per batch: the target's params and the oracle draft's at this alpha."""
+    return [{'target': params, 'draft': oracle.oracle_params(r, alpha)} for r in self.refs]
+
+
+def ar_baseline(model, params, prompts, *, batch: int, pad_id: int, kw: dict, repeats: int
+                ) -> Baseline:
+  ar_models = Models(model)
+  batches = harness.make_batches(prompts, batch, pad_id)
+  ar = registry.build('ar', sampling=SamplingConfig())
+  ar_params = {'target': params}
+  ar_n = harness.compile_decoder(ar, ar_models, ar_params, batches, **kw)
+  ar_1 = harness.compile_decoder(ar, ar_models, ar_params, batches, **dict(kw, max_new=1))
+  _, ar_results = harness.timed_pass(ar_n[0], ar_params, batches)
+  refs = [oracle.reference_rows(p, l, r.tokens_BxN, r.num_generated_B, kw['cache_size'])
+          for (p, l, _), r in zip(batches, jax.device_get(ar_results))]
+  t_ar, _ = step_cost.step_time(ar, ar_models, ar_params, batches, repeats=repeats, **kw)
+  return Baseline(batches=batches, ar_n=ar_n, ar_1=ar_1, refs=refs, t_ar=t_ar)
+
+
 def run(args) -> tuple[str, list[dict]]:
   model, params, prompts, pad_id = load(args)
   draft = oracle.OracleDraft.for_target(model.cfg)
   models = Models(model, extras=(('draft', draft),))
-  ar_models = Models(model)
-  cache = int(-(-(max(map(len, prompts)) + args.max_new_tokens + 80) // 64) * 64)
+  cache = cache_slots(prompts, args.max_new_tokens)
   kw = dict(max_new=args.max_new_tokens, cache_size=cache, eos_id=-1, pad_id=pad_id)
   sampling = SamplingConfig()
   names = args.verifiers.split(',') if args.verifiers else list(VERIFIERS)
@@ -82,16 +118,9 @@ def run(args) -> tuple[str, list[dict]]:
   device = jax.devices()[0].device_kind
   rows = []
   for batch in [int(b) for b in args.batches.split(',')]:
-    batches = harness.make_batches(prompts, batch, pad_id)
-    ar = registry.build('ar', sampling=sampling)
-    ar_params = {'target': params}
-    ar_n = harness.compile_decoder(ar, ar_models, ar_params, batches, **kw)
-    ar_1 = harness.compile_decoder(ar, ar_models, ar_params, batches, **dict(kw, max_new=1))
-    _, ar_results = harness.timed_pass(ar_n[0], ar_params, batches)
-    refs = [oracle.reference_rows(p, l, r.tokens_BxN, r.num_generated_B, cache)
-            for (p, l, _), r in zip(batches, jax.device_get(ar_results))]
-    t_ar, _ = step_cost.step_time(ar, ar_models, ar_params, batches, repeats=args.repeats,
-                                  **kw)
+    base = ar_baseline(model, params, prompts, batch=batch, pad_id=pad_id, kw=kw,
+                       repeats=args.repeats)
+    batches, ar_n, ar_1, t_ar = base.batches, base.ar_n, base.ar_1, base.t_ar
     curve = {1: cost_model.forward_time(model, params, batch=batch, tokens=1,
                                         cache_size=cache, context=cache // 2)}
     print(f'B={batch}: AR step {t_ar * 1e3:.3f} ms, forward T=1 {curve[1] * 1e3:.3f} ms',
@@ -103,8 +132,7 @@ def run(args) -> tuple[str, list[dict]]:
       if T not in curve:
         curve[T] = cost_model.forward_time(model, params, batch=batch, tokens=T,
                                            cache_size=cache, context=cache // 2)
-      per_alpha = lambda a: [{'target': params, 'draft': oracle.oracle_params(r, a)}
-                             for r in refs]
+      per_alpha = lambda a: base.oracle_params(params, a)
       fns_n = harness.compile_decoder(dec, models, per_alpha(1.0), batches, **kw)
       fns_1 = harness.compile_decoder(dec, models, per_alpha(1.0), batches,
                                       **dict(kw, max_new=1))
