@@ -27,6 +27,7 @@ HEADS = {  # a trained tree saved beside the model (models.heads) -> the config 
     'medusa': 'configs/spec_heads.py:medusa',
     'mtp': 'configs/spec_heads.py:mtp',
     'kangaroo': 'configs/spec_heads.py:kangaroo',  # the Kangaroo adapter
+    'unmask_policy': 'configs/unmask_policy.py:TASK',  # a diffusion run's unmasking policy
 }
 
 

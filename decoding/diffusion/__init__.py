@@ -10,6 +10,8 @@
   wedlm        WeDLM streaming: sliding mask window, exact causal KV cache.
   diffuspec    a diffusion drafter, causal-consistency path search, AR verification.
   guided_diffusion  a small AR model chooses which tokens to unmask.
+  learned_unmask  a small policy trained by policy gradient picks the positions to unmask
+               (unmask_policy.py; its params are the run's 'unmask_policy' tree).
   assd         any-subset speculative decoding of an any-subset AR model (kind any_order):
                lossless against sequential decoding in the same order.
 
@@ -23,4 +25,5 @@ from decoding.diffusion import decoders
 from decoding.diffusion import diffuspec
 from decoding.diffusion import freedave
 from decoding.diffusion import guided
+from decoding.diffusion import unmask_policy
 from decoding.diffusion import wedlm

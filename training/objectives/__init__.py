@@ -13,6 +13,7 @@ objective's home: adding an objective is adding a file with a `@register('name')
   spec_heads.py        medusa_heads, mtp_heads, kangaroo_adapter
   coconut.py           coconut, pause, cot, nocot
   sim_cot.py           sim_cot
+  unmask_policy.py     unmask_policy
 """
 
 from training.objectives import ar
@@ -23,6 +24,7 @@ from training.objectives import masked_diffusion
 from training.objectives import sim_cot
 from training.objectives import spec_draft
 from training.objectives import spec_heads
+from training.objectives import unmask_policy
 from training.objectives import wedlm
 from training.objectives.registry import (Batch, LossFn, Objective, ObjectiveFactory,
                                           make_objective, names, register,

@@ -1,0 +1,47 @@
+"""A learned unmasking policy for a trained masked-diffusion model, by policy gradient.
+
+  python train.py --config=configs/diffusion_tasks.py:sudoku4,mdlm --workdir=runs/diffusion/sudoku4_mdlm
+  python train.py --config=configs/unmask_policy.py:sudoku4 --workdir=runs/diffusion/sudoku4_policy
+  python sample.py --workdir=runs/diffusion/sudoku4_policy --decoder=learned_unmask,fast_dllm
+
+The argument is `TASK[,SIZE]` (TASK a generated task of configs/diffusion_tasks.py; SIZE the
+diffusion model's preset, default tiny; `test` for unit tests). The run starts from the
+masked-diffusion run in `policy.diffusion_workdir` (default runs/diffusion/TASK_mdlm; override
+with --config.policy.diffusion_workdir=DIR), keeps it frozen and trains only the policy
+(training/objectives/unmask_policy.py): a solved answer earns 1 - `policy.cost` * forwards / N
+(N the answer length; a wrong one earns 0), `policy.group` the rollouts per prompt.
+About 10 minutes for sudoku4 on 2 CPU cores (200 steps of 32 puzzles x 8 rollouts).
+"""
+
+import ml_collections
+
+from configs import common
+from configs import diffusion_tasks
+
+
+def get_config(arg: str = 'sudoku4') -> ml_collections.ConfigDict:
+  parts = (arg or 'sudoku4').split(',')
+  task, size = parts[0], parts[1] if len(parts) > 1 else 'tiny'
+  if task not in diffusion_tasks.TASKS:
+    raise ValueError(f'Unknown task {task!r}; choose one of {sorted(diffusion_tasks.TASKS)}.')
+  c = common.base_config()
+  c.objective = 'unmask_policy'
+  c.model = common.model_config(size, max_seq_len=256)
+  c.diffusion = ml_collections.ConfigDict(dict(
+      mask_id=-1, shift=False, noise_eps=1e-3, sampling_eps=1e-3, loss_form='mdlm',
+      block_size=16, eval_samples=1, init_from='', ar_weight=1.0, reinit_tokens=''))
+  c.task = ml_collections.ConfigDict(dict(name=task))
+  c.policy = ml_collections.ConfigDict(dict(
+      diffusion_workdir=f'runs/diffusion/{task}_mdlm', group=8, cost=0.5))
+  c.data.seq_len = diffusion_tasks.TASKS[task][0]
+  if size == 'test':
+    c.data.batch_size = 8  # a multiple of the test suite's 8 host devices
+    c.policy.group = 2
+    c.train.update(steps=6, warmup_steps=1, log_every=2, eval_every=3, eval_batches=1,
+                   checkpoint_every=3, progress_bar=False)
+  else:
+    c.data.batch_size = 32
+    c.train.update(steps=200, learning_rate=3e-4, warmup_steps=20, log_every=25,
+                   eval_every=100, eval_batches=4, checkpoint_every=100, weight_decay=0.0)
+  c.lock()
+  return c
