@@ -33,7 +33,6 @@ default) and reports solved, forwards per answer token and the reward.
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 import ml_collections
