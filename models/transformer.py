@@ -90,7 +90,8 @@ class Transformer(nn.Module):
                layer_range: tuple[int, int] | None = None,
                return_hidden: bool = False,
                return_step_states: bool = False,
-               parents_BxT: jax.Array | None = None) -> ModelOutput:
+               parents_BxT: jax.Array | None = None,
+               skip_layers_BxT: jax.Array | None = None) -> ModelOutput:
     """Runs layers [lo, hi) over T tokens.
 
     Args:
@@ -112,6 +113,11 @@ class Transformer(nn.Module):
         recurrence starts from its parent's state. Attention layers ignore it (pass them the
         tree mask). Recurrent layers consume a call's valid tokens in call order otherwise,
         so a recurrent model refuses a non-causal `attn_mask` without `parents_BxT`.
+      skip_layers_BxT: SkipDecode training (`training/objectives/skipdecode.py`): token (b, t)
+        skips layers 0 .. skip[b, t] - 1, its embedding entering layer skip[b, t] unchanged
+        (its residual stream passes those layers untouched). With skips that never decrease
+        along a row's positions, this one forward equals decoding token by token with a cache
+        whose skipped entries are never read (`decoding/skipdecode.py`). Default: none.
     """
     cfg = self.cfg
     lo, hi = layer_range if layer_range is not None else (0, cfg.num_layers)
@@ -172,6 +178,8 @@ class Transformer(nn.Module):
       x_BxTxD, layer_cache, *steps = block_cls(cfg, cfg.layer_types[i], name=f'layer_{i}')(
           x_BxTxD, positions_BxT, mask_BxTxS, layer_cache, slots_BxT, valid_BxT, parents_BxT,
           return_step_states)
+      if skip_layers_BxT is not None:  # skipped tokens keep the stream entering the layer
+        x_BxTxD = jnp.where((i < skip_layers_BxT)[..., None], hidden[-1], x_BxTxD)
       if cache is not None:
         new_layers[i] = layer_cache
       if steps:
