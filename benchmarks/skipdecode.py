@@ -168,13 +168,13 @@ def main():
       agree, prefix = agreement(ar_rows, rows)
       judge = judge_perplexity(base, prompts, [r.tokens for r in rows])
       layers = (stats.extra['layer_forwards'] / stats.generated if 'layer_forwards' in
-                stats.extra else float('nan'))
+                stats.extra else '—')
       rows_out.append([label, method, sched, ppl, acc, agree, prefix, judge,
                        layers if spec != 'ar' else float(L),
                        stats.tokens_per_s, stats.tokens_per_s / ar_stats.tokens_per_s])
       print(rows_out[-1], flush=True)
       if spec not in ('ar', 'layerskip'):
-        plot.setdefault((label, method), []).append((layers, ppl))
+        plot.setdefault((label, method, sched.split()[0]), []).append((layers, ppl))
   header = ['model', 'method', 'schedule', 'held-out ppl (teacher-forced)', 'held-out acc',
             'agreement with AR', 'common prefix (tokens)', 'judge ppl of output',
             'layers / token', 'tokens/s', 'vs AR']
@@ -192,10 +192,11 @@ def main():
           'it saves layers.\n\n' + common.markdown_table(header, rows_out) + '\n')
   plt = common.pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
-  for (label, method), pts in plot.items():
+  for (label, method, kind), pts in plot.items():
     pts.sort()
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], 'o-' if 'bottom' in method else 's--',
-            label=f'{method}, {label}')
+    ax.plot([p[0] for p in pts], [p[1] for p in pts],
+            ('o' if 'bottom' in method else 's') + ('-' if kind == 'constant' else ':'),
+            label=f'{method}, {kind}, {label}')
   ax.set_xlabel('layer forwards per generated token')
   ax.set_ylabel('held-out perplexity (teacher-forced)')
   ax.set_yscale('log')
