@@ -9,8 +9,10 @@ and never decreases along the generation:
 
   skip(i) for the forward that produces generated token i   (i = 0 is prefill: skip 0)
   linear schedule: min_skip for i < warmup, then rising linearly to max_skip at i = length
-  (0 = the last token of the budget), then constant; or an explicit `schedule` ('0/1/1/2': one entry per
-  generated token, the last one repeated).
+  (0 = the last token of the budget), then constant; or an explicit `schedule` ('0/1/1/2':
+  one entry per generated token, the last one repeated). The decode loop is one `while_loop`
+  per phase of constant skip (the schedule's distinct values, in order), each with a static
+  layer range, run one after the other (fixed shapes, no host sync).
 
 A token that skips layers 0 .. s-1 enters layer s with its embedding. Because skips never
 decrease, every layer a token runs was run by every earlier token, so the keys and values it
@@ -159,10 +161,12 @@ class SkipDecoder(base.Decoder):
                        'need every token, so hybrids are not supported.')
     B, N = prompt_BxP.shape[0], max_new_tokens
     skip_N = self.skips(L, N)
-    values = sorted(set(int(s) for s in skip_N[1:])) or [0]
-    branch_N = jnp.asarray([values.index(int(s)) if i else 0 for i, s in enumerate(skip_N)],
-                           jnp.int32)
-    layers_N = jnp.asarray(L - skip_N, jnp.int32)
+    # The schedule never decreases, so it is a sequence of phases of one skip each:
+    # (skip, first generated index after the phase). One while_loop per phase, each with its
+    # own static layer range: no lax.switch in the step (a conditional around the forward
+    # made XLA copy the cache in and out of its branches at every step).
+    phases = [(int(skip_N[i]), i + 1) for i in range(1, N)
+              if i == N - 1 or skip_N[i + 1] != skip_N[i]]
 
     cache = cache_lib.Cache.init(cfg, B, cache_size)
     logits_BxV, cache, _ = base.prefill(target, p, prompt_BxP, prompt_len_B, cache)
@@ -173,32 +177,25 @@ class SkipDecoder(base.Decoder):
                       progress=base.Progress.start(B, N, pad_id=pad_id, eos_id=eos_id,
                                                    first_B=first_B, target_forwards=1))
 
-    def branch(skip: int):
-      def run(args):
-        out = forward_skipping(target, p, *args, skip, self.skip_from)
-        return out.logits_BxTxV[:, 0], out.cache
-      return run
-    branches = [branch(v) for v in values]  # one compiled forward per distinct skip
+    def phase(skip: int, end: int):
+      def cond_fn(st: SkipState) -> jax.Array:
+        return ~jnp.all(st.progress.done_B) & (st.step + 1 < end)
 
-    def cond_fn(st: SkipState) -> jax.Array:
-      return ~jnp.all(st.progress.done_B)
+      def step_fn(st: SkipState) -> SkipState:
+        active_B = st.progress.active_B
+        pos_B = prompt_len_B + st.progress.num_generated_B - 1
+        out = forward_skipping(target, p, st.last_B[:, None],
+                               jnp.where(active_B, pos_B, -1)[:, None], st.cache, skip,
+                               self.skip_from)
+        next_B = sampling_lib.sample(sampling_lib.token_keys(row_keys_B, pos_B + 1),
+                                     out.logits_BxTxV[:, 0], self.sampling)
+        next_B = jnp.where(active_B, next_B, pad_id)
+        progress = st.progress.count(active_B).commit(
+            next_B[:, None], active_B.astype(jnp.int32), next_B == eos_id, N)
+        return SkipState(cache=out.cache, last_B=next_B, step=st.step + 1,
+                         layers_B=st.layers_B + (L - skip) * active_B, progress=progress)
+      return cond_fn, step_fn
 
-    def step_fn(st: SkipState) -> SkipState:
-      active_B = st.progress.active_B
-      pos_B = prompt_len_B + st.progress.num_generated_B - 1
-      args = (st.last_B[:, None], jnp.where(active_B, pos_B, -1)[:, None], st.cache)
-      i = jnp.minimum(st.step + 1, N - 1)  # the generated token this forward produces
-      if len(branches) == 1:
-        logits_BxV, cache = branches[0](args)
-      else:
-        logits_BxV, cache = jax.lax.switch(branch_N[i], branches, args)
-      next_B = sampling_lib.sample(sampling_lib.token_keys(row_keys_B, pos_B + 1), logits_BxV,
-                                   self.sampling)
-      next_B = jnp.where(active_B, next_B, pad_id)
-      progress = st.progress.count(active_B).commit(next_B[:, None], active_B.astype(jnp.int32),
-                                                    next_B == eos_id, N)
-      return SkipState(cache=cache, last_B=next_B, step=st.step + 1,
-                       layers_B=st.layers_B + layers_N[i] * active_B, progress=progress)
-
-    state = jax.lax.while_loop(cond_fn, step_fn, state)
+    for skip, end in phases:
+      state = jax.lax.while_loop(*phase(skip, end), state)
     return state.progress.result({'layer_forwards': state.layers_B})
