@@ -44,6 +44,12 @@ class ARDecoder(base.Decoder):
   h2o: int = 0      # H2O cache budget in slots (0 = full cache, lossless)
   recent: int = 0   # H2O: the newest positions never evicted
 
+  def is_lossless(self) -> bool:
+    return not self.h2o
+
+  def cheaper_steps(self) -> bool:
+    return bool(self.h2o)
+
   def generate(self, models: base.Models, params: dict[str, Any], prompt_BxP: jax.Array,
                prompt_len_B: jax.Array, row_keys_B: jax.Array, *, max_new_tokens: int,
                cache_size: int, eos_id: int, pad_id: int) -> base.DecodeResult:

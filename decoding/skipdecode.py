@@ -119,6 +119,9 @@ class SkipDecoder(base.Decoder):
   schedule: str = ''       # explicit skips per generated token, '0/0/1/2' (overrides the above)
   skip_from: str = 'bottom'  # 'bottom' = SkipDecode; 'top' = plain early exit, same schedule
 
+  def cheaper_steps(self) -> bool:
+    return True
+
   def skips(self, num_layers: int, max_new_tokens: int) -> np.ndarray:
     """The schedule for this budget, checked: [max_new_tokens] ints, entry 0 = 0."""
     N, L = max_new_tokens, num_layers

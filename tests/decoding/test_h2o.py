@@ -210,3 +210,11 @@ def test_bad_settings_give_clear_errors(lm):
     _run(model, params, 'ar:h2o=1')
   with pytest.raises(ValueError, match='recent is an H2O setting'):
     _run(model, params, 'ar:recent=3')
+
+
+def test_an_evicting_ar_says_it_is_lossy_and_may_beat_ar_per_step():
+  assert registry.build('ar').is_lossless() and not registry.build('ar').cheaper_steps()
+  evicting = registry.build('ar', {'h2o': 8, 'recent': 2})
+  assert not evicting.is_lossless() and evicting.cheaper_steps()
+  skip = registry.build('skipdecode')
+  assert not skip.is_lossless() and skip.cheaper_steps()
