@@ -2,7 +2,7 @@
 
   python train.py --config=configs/lm.py:tiny --workdir=runs/tiny            # the AR run
   python train.py --config=configs/skipdecode.py:tiny --workdir=runs/skip_tiny \
-      --config.skip.init_from=runs/tiny                     # 100 steps: ~1 min on 2 idle cores
+      --config.skip.init_from=runs/tiny    # 100 steps: ~4 min on 2 cores shared with other jobs
   python sample.py --workdir=runs/skip_tiny --heldout_prompts=4 \
       --decoder=ar,skipdecode:max_skip=2,skipdecode:max_skip=2:skip_from=top
 
