@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from testlib import jit_apply, small_config
-from decoding import Models, h2o, registry, run_decoder
+from decoding import Models, SamplingConfig, h2o, registry, run_decoder
 from models import Cache, Transformer, init_params
 
 PAD = 0
@@ -218,3 +218,15 @@ def test_an_evicting_ar_says_it_is_lossy_and_may_beat_ar_per_step():
   assert not evicting.is_lossless() and evicting.cheaper_steps()
   skip = registry.build('skipdecode')
   assert not skip.is_lossless() and skip.cheaper_steps()
+
+
+def test_a_prompt_alone_equals_the_prompt_in_a_batch(lm):
+  """Eviction is decided per row, so a row's output does not depend on its batch."""
+  model, params = lm
+  dec = registry.build('ar', {'h2o': 6, 'recent': 2}, SamplingConfig(temperature=1.0))
+  kw = dict(max_new_tokens=10, cache_size=32, eos_id=-1, pad_id=PAD, seed=5)
+  batch, _ = run_decoder(dec, Models(model), {'target': params}, PROMPTS, **kw)
+  for i in range(len(PROMPTS)):
+    alone, _ = run_decoder(dec, Models(model), {'target': params}, PROMPTS[:i + 1],
+                           batch_size=1, **kw)
+    assert alone[i].tokens == batch[i].tokens

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from testlib import jit_apply, small_config
-from decoding import Models, registry, run_decoder
+from decoding import Models, SamplingConfig, registry, run_decoder
 from decoding import skipdecode
 from models import Cache, Transformer, init_params
 
@@ -132,3 +132,17 @@ def test_bad_schedules_give_clear_errors(lm):
     _run(model, params, 'skipdecode:min_skip=2:max_skip=1')
   with pytest.raises(ValueError, match="skip_from must be 'bottom' or 'top'"):
     _run(model, params, 'skipdecode:skip_from=middle')
+
+
+def test_a_prompt_alone_equals_the_prompt_in_a_batch(lm):
+  """The schedule depends on the generation step only, so a row's output does not depend on
+  its batch (greedy and sampled; row keys are per prompt index)."""
+  model, params = lm
+  dec = registry.build('skipdecode', {'schedule': '0/1/1/2'},
+                       SamplingConfig(temperature=1.0, top_k=20))
+  kw = dict(max_new_tokens=8, cache_size=32, eos_id=-1, pad_id=PAD, seed=3)
+  batch, _ = run_decoder(dec, Models(model), {'target': params}, PROMPTS, **kw)
+  for i in range(len(PROMPTS)):
+    alone, _ = run_decoder(dec, Models(model), {'target': params}, PROMPTS[:i + 1],
+                           batch_size=1, **kw)
+    assert alone[i].tokens == batch[i].tokens
