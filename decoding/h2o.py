@@ -1,5 +1,6 @@
 """H2O heavy-hitter KV eviction (Zhang et al. 2023) as a cache policy for one-token-per-step
-decoding: `ar:h2o=BUDGET:recent=R`. Lossy (the model attends to fewer tokens than it saw).
+decoding: `ar:h2o=BUDGET:recent=R`, `skipdecode:...:h2o=BUDGET:recent=R`. Lossy (the model
+attends to fewer tokens than it saw).
 
 The cache has a fixed number of slots, `budget` (or the full cache size if smaller), and each
 slot keeps the logical position of the token it holds, so keys keep the RoPE of their original

@@ -23,6 +23,10 @@ are never written and never read. The prompt runs all layers (prefill).
 the token runs layers 0 .. L-s-1 and the head reads the stream after them; again every layer
 it runs was run by every earlier token): the comparison the SkipDecode paper makes.
 
+`h2o=BUDGET:recent=R` decodes through the H2O evicting cache (`decoding/h2o.py`) as well: a
+reused slot keeps the evicted token's entries in the layers the new token skips, and no later
+token reads them (it skips those layers too).
+
 Training: `configs/skipdecode.py` fine-tunes an AR run with random non-decreasing skip
 profiles (`training/objectives/skipdecode.py`), using the model's `skip_layers_BxT`, which
 runs one sequence exactly as this decoder runs it token by token.
@@ -39,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from decoding import base
+from decoding import h2o as h2o_lib
 from decoding import registry
 from decoding import sampling as sampling_lib
 from models import cache as cache_lib
@@ -71,20 +76,25 @@ def parse_schedule(text: str, n: int) -> np.ndarray:
 
 
 def forward_skipping(model, params: Any, tokens_BxT: jax.Array, positions_BxT: jax.Array,
-                     cache: cache_lib.Cache, skip: int, skip_from: str = 'bottom'):
+                     cache: Any, skip: int, skip_from: str = 'bottom',
+                     policy: h2o_lib.H2OPolicy | None = None) -> tuple[Any, Any]:
   """One cached forward that skips `skip` (static) layers: the lowest ones (the embedding
   enters layer `skip`; SkipDecode) or the highest ones (the head reads the stream after layer
-  L - skip - 1; early exit). Entries of skipped layers are not written."""
+  L - skip - 1; early exit). Entries of skipped layers are not written. With an H2O `policy`
+  the cache is its `H2OCache`. Returns (model output, the new cache)."""
   L = model.cfg.num_layers
-  if skip == 0:
-    return model.apply({'params': params}, tokens_BxT, positions_BxT, cache=cache)
-  if skip_from == 'top':
-    return model.apply({'params': params}, tokens_BxT, positions_BxT, cache=cache,
-                       layer_range=(0, L - skip))
-  x_BxTxD = jnp.take(heads_lib.input_embedding(params), tokens_BxT, axis=0)
-  return model.apply({'params': params}, None, positions_BxT, cache=cache,
-                     inputs_embeds_BxTxD=x_BxTxD.astype(model.cfg.compute_dtype),
-                     layer_range=(skip, L))
+  kwargs: dict[str, Any] = {}
+  if skip and skip_from == 'top':
+    kwargs['layer_range'] = (0, L - skip)
+  elif skip:
+    x_BxTxD = jnp.take(heads_lib.input_embedding(params), tokens_BxT, axis=0)
+    tokens_BxT = None
+    kwargs.update(inputs_embeds_BxTxD=x_BxTxD.astype(model.cfg.compute_dtype),
+                  layer_range=(skip, L))
+  if policy is not None:
+    return policy.forward(model, params, tokens_BxT, positions_BxT, cache, **kwargs)
+  out = model.apply({'params': params}, tokens_BxT, positions_BxT, cache=cache, **kwargs)
+  return out, out.cache
 
 
 @flax.struct.dataclass
@@ -92,6 +102,7 @@ class SkipState:
   """Loop state of `SkipDecoder`.
 
   cache: the target's cache (lengths as in `ARState`); entries of skipped layers unwritten.
+    With `h2o`, an `h2o.H2OCache` (the eviction policy composes with skipping).
   last_B: the newest token of each row; step: loop iterations so far (the forward of
   iteration k produces generated token k + 1 for every active row).
   layers_B: layer forwards run per row (prefill counted as one forward of all layers).
@@ -118,6 +129,8 @@ class SkipDecoder(base.Decoder):
   length: int = 0          # generated token index where max_skip is reached (0 = the last)
   schedule: str = ''       # explicit skips per generated token, '0/0/1/2' (overrides the above)
   skip_from: str = 'bottom'  # 'bottom' = SkipDecode; 'top' = plain early exit, same schedule
+  h2o: int = 0             # H2O cache budget in slots (0 = full cache; decoding/h2o.py)
+  recent: int = 0          # H2O: the newest positions never evicted
 
   def cheaper_steps(self) -> bool:
     return True
@@ -171,8 +184,14 @@ class SkipDecoder(base.Decoder):
     phases = [(int(skip_N[i]), i + 1) for i in range(1, N)
               if i == N - 1 or skip_N[i + 1] != skip_N[i]]
 
-    cache = cache_lib.Cache.init(cfg, B, cache_size)
-    logits_BxV, cache, _ = base.prefill(target, p, prompt_BxP, prompt_len_B, cache)
+    policy = h2o_lib.H2OPolicy(self.h2o, self.recent) if self.h2o else None
+    if policy is not None:
+      logits_BxV, cache = policy.prefill(target, p, prompt_BxP, prompt_len_B, cache_size)
+    else:
+      if self.recent:
+        raise ValueError('skipdecode: recent is an H2O setting; set h2o=BUDGET too.')
+      cache = cache_lib.Cache.init(cfg, B, cache_size)
+      logits_BxV, cache, _ = base.prefill(target, p, prompt_BxP, prompt_len_B, cache)
     first_B = sampling_lib.sample(sampling_lib.token_keys(row_keys_B, prompt_len_B),
                                   logits_BxV, self.sampling)
     state = SkipState(cache=cache, last_B=first_B, step=jnp.int32(0),
@@ -187,15 +206,15 @@ class SkipDecoder(base.Decoder):
       def step_fn(st: SkipState) -> SkipState:
         active_B = st.progress.active_B
         pos_B = prompt_len_B + st.progress.num_generated_B - 1
-        out = forward_skipping(target, p, st.last_B[:, None],
-                               jnp.where(active_B, pos_B, -1)[:, None], st.cache, skip,
-                               self.skip_from)
+        out, cache = forward_skipping(target, p, st.last_B[:, None],
+                                      jnp.where(active_B, pos_B, -1)[:, None], st.cache, skip,
+                                      self.skip_from, policy)
         next_B = sampling_lib.sample(sampling_lib.token_keys(row_keys_B, pos_B + 1),
                                      out.logits_BxTxV[:, 0], self.sampling)
         next_B = jnp.where(active_B, next_B, pad_id)
         progress = st.progress.count(active_B).commit(
             next_B[:, None], active_B.astype(jnp.int32), next_B == eos_id, N)
-        return SkipState(cache=out.cache, last_B=next_B, step=st.step + 1,
+        return SkipState(cache=cache, last_B=next_B, step=st.step + 1,
                          layers_B=st.layers_B + (L - skip) * active_B, progress=progress)
       return cond_fn, step_fn
 

@@ -106,8 +106,8 @@ def test_cache_entries_of_computed_layers_equal_a_full_forward(lm):
   cache = apply(params, tokens[:, :4], cache=Cache.init(model.cfg, 1, 16)).cache
   step = jax.jit(skipdecode.forward_skipping, static_argnums=(0, 5))
   for t in range(4, T):
-    out = step(model, params, tokens[:, t:t + 1], jnp.asarray([[t]]), cache, int(skip[0, t]))
-    cache = out.cache
+    _, cache = step(model, params, tokens[:, t:t + 1], jnp.asarray([[t]]), cache,
+                    int(skip[0, t]))
   for layer in range(L):
     computed = skip[0] <= layer
     got, want = cache.layers[layer], full.layers[layer]
@@ -146,3 +146,17 @@ def test_a_prompt_alone_equals_the_prompt_in_a_batch(lm):
     alone, _ = run_decoder(dec, Models(model), {'target': params}, PROMPTS[:i + 1],
                            batch_size=1, **kw)
     assert alone[i].tokens == batch[i].tokens
+
+
+def test_composes_with_h2o_eviction(lm):
+  """skipdecode takes the H2O cache: schedule zero equals ar with the same policy, and a
+  budget holding the sequence equals plain skipdecode."""
+  model, params = lm
+  ar, _ = _run(model, params, 'ar:h2o=6:recent=2')
+  rows, _ = _run(model, params, 'skipdecode:max_skip=0:h2o=6:recent=2')
+  assert [r.tokens for r in rows] == [r.tokens for r in ar]
+  plain, _ = _run(model, params, 'skipdecode:schedule=0/1/2')
+  rows, _ = _run(model, params, 'skipdecode:schedule=0/1/2:h2o=32:recent=3')
+  assert [r.tokens for r in rows] == [r.tokens for r in plain]
+  evicting, _ = _run(model, params, 'skipdecode:schedule=0/1/2:h2o=5:recent=2')
+  assert all(len(r.tokens) == 10 for r in evicting)
