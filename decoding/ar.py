@@ -33,7 +33,8 @@ class ARState:
 @registry.register
 @dataclasses.dataclass(frozen=True)
 class ARDecoder(base.Decoder):
-  """Autoregressive: batched prefill, then one token per target forward over the KV cache.
+  """Autoregressive: batched prefill, then one token per target forward over the KV cache
+  (with h2o=BUDGET: H2O eviction, lossy).
 
   `h2o=BUDGET` (with `recent=R`) decodes through the H2O heavy-hitter cache of BUDGET slots
   (`decoding/h2o.py`): lossy once tokens are evicted; 0 (default) = the full cache.
