@@ -120,8 +120,8 @@ def main():
     if spec != 'ar':
       plot.setdefault(name, []).append((budget, ppl))
   header = ['policy', 'budget (slots)', 'recent', 'cache slots / full',
-            'held-out ppl (teacher-forced)', 'held-out acc', 'agreement with full-cache AR', 'common prefix (tokens)',
-            'tokens/s', 'vs AR']
+            'held-out ppl (teacher-forced)', 'held-out acc', 'agreement with full-cache AR',
+            'common prefix (tokens)', 'tokens/s', 'vs AR']
   body = (f'`{args.workdir}` ({model.cfg.num_layers} layers, trained on 128-token windows). '
           f'Teacher-forced: {len(seqs)} held-out documents, first {T} tokens, '
           f'{args.prompt_tokens} prefilled, the other {T - args.prompt_tokens} fed one at a '
