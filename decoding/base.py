@@ -158,6 +158,17 @@ class Decoder:
   model_heads: ClassVar[tuple[str, ...]] = ()
   sampling: sampling_lib.SamplingConfig = sampling_lib.SamplingConfig()
 
+  def is_lossless(self) -> bool:
+    """Whether these settings reproduce the target (default: the class's `lossless`; a
+    lossy setting of a lossless decoder, e.g. `ar:h2o=...`, says no)."""
+    return type(self).lossless
+
+  def cheaper_steps(self) -> bool:
+    """Whether a target forward may run only part of the model (fewer layers, fewer keys),
+    so a step can cost less than an AR step and tokens/s may exceed AR's by more than τ.
+    Default no."""
+    return False
+
   def extra_models(self) -> dict[str, str]:
     """Extra models to load: {name: workdir} (e.g. a draft model). Default none."""
     return {}

@@ -125,7 +125,8 @@ def comparison_table(results: Results) -> str:
   """A markdown table: one line per decoder, speedup against the first decoder.
 
   A speedup above tau (tokens per target forward) is timing noise, not the method (a step
-  never costs less than one target forward): such a row is marked '(!)'.
+  never costs less than one target forward): such a row is marked '(!)', unless the
+  decoder's steps may run only part of the model (`Decoder.cheaper_steps`: SkipDecode, H2O).
   """
   header = ('| decoder | family | lossless | generated | target fwd | other fwd | tau '
             '| tokens/s | speedup | compile s |')
@@ -135,8 +136,10 @@ def comparison_table(results: Results) -> str:
     cls = registry.get(s.decoder)
     ref = ref or s.tokens_per_s
     speedup = s.tokens_per_s / max(ref, 1e-9)
-    lines.append(f'| {name} | {cls.family} | {"yes" if cls.lossless else "no"} | {s.generated} '
+    flag = ' (!)' if speedup > s.tau and not s.cheaper_steps else ''
+    lossless = cls.lossless and s.lossless
+    lines.append(f'| {name} | {cls.family} | {"yes" if lossless else "no"} | {s.generated} '
                  f'| {s.target_forwards} | {s.other_forwards} | {s.tau:.2f} '
-                 f'| {s.tokens_per_s:.1f} | {speedup:.2f}x{" (!)" if speedup > s.tau else ""} '
+                 f'| {s.tokens_per_s:.1f} | {speedup:.2f}x{flag} '
                  f'| {s.compile_time_s:.1f} |')
   return '\n'.join(lines)

@@ -53,6 +53,8 @@ class RunStats:
   compile_time_s: float
   step_tokens_hist: list[int]
   extra: dict[str, Any]
+  lossless: bool = True        # the decoder's settings reproduce the target
+  cheaper_steps: bool = False  # a step may cost less than an AR step (Decoder.cheaper_steps)
 
   @property
   def tau(self) -> float:
@@ -210,5 +212,6 @@ def run_decoder(decoder: base.Decoder, models: base.Models, params: dict[str, An
                    target_forwards=sum(r.target_forwards for r in rows),
                    other_forwards=sum(r.other_forwards for r in rows),
                    wall_time_s=wall, compile_time_s=compile_time,
-                   step_tokens_hist=hist.tolist(), extra=extra)
+                   step_tokens_hist=hist.tolist(), extra=extra,
+                   lossless=decoder.is_lossless(), cheaper_steps=decoder.cheaper_steps())
   return rows, stats

@@ -18,17 +18,19 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, mask_BxTxS: jax.Array,
-               kv: cache_lib.KVCache | None = None, slots_BxT: jax.Array | None = None
-               ) -> tuple[jax.Array, cache_lib.KVCache | None]:
+               kv: cache_lib.KVCache | None = None, slots_BxT: jax.Array | None = None,
+               return_attention: bool = False):
     """Args:
       x_BxTxD: normalised input.
       positions_BxT: RoPE positions.
       mask_BxTxS: which keys each query sees; S = T without a cache, the cache size with one.
       kv: this layer's cache, or None (training / no cache).
       slots_BxT: sanitised write slots (required with `kv`).
+      return_attention: also return the attention probabilities summed over heads,
+        [B, T, S] float32 (KV-cache eviction policies, `decoding/h2o.py`).
 
     Returns:
-      ([B, T, D] output, the updated KVCache or None).
+      ([B, T, D] output, the updated KVCache or None), plus the attention mass when asked.
     """
     cfg = self.cfg
     D, H, K, Dh, dt = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.compute_dtype
@@ -70,4 +72,24 @@ class Attention(nn.Module):
     out_BxTxHxDh = attention_ops.attention(q_BxTxHxDh, keys, values, mask_BxTxS,
                                            scale=Dh ** -0.5, impl=cfg.attention_impl,
                                            kv_layout=layout)
-    return jnp.einsum('BTHd,HdD->BTD', out_BxTxHxDh, wo.astype(dt)), kv
+    out_BxTxD = jnp.einsum('BTHd,HdD->BTD', out_BxTxHxDh, wo.astype(dt))
+    if return_attention:
+      return out_BxTxD, kv, attention_mass(q_BxTxHxDh, keys, mask_BxTxS, Dh ** -0.5, layout)
+    return out_BxTxD, kv
+
+
+def attention_mass(q_BxTxHxDh: jax.Array, keys: jax.Array, mask_BxTxS: jax.Array, scale: float,
+                   layout: str) -> jax.Array:
+  """[B, T, S] float32: softmax attention probabilities summed over the query heads (keys
+  [B, K, S, Dh] in the cache layout, else [B, S, K, Dh]); a query that sees no key gets 0."""
+  B, T, H, Dh = q_BxTxHxDh.shape
+  K = keys.shape[1] if layout == 'cache' else keys.shape[2]
+  q_BxTxKxGxDh = q_BxTxHxDh.astype(jnp.float32).reshape(B, T, K, H // K, Dh)
+  eq = 'BTKGd,BKSd->BKGTS' if layout == 'cache' else 'BTKGd,BSKd->BKGTS'
+  logits = jnp.einsum(eq, q_BxTxKxGxDh, keys.astype(jnp.float32)) * scale
+  mask = jnp.broadcast_to(mask_BxTxS, (B, T, logits.shape[-1]))[:, None, None]
+  logits = jnp.where(mask, logits, -jnp.inf)
+  top = jnp.max(logits, axis=-1, keepdims=True)
+  e = jnp.where(mask, jnp.exp(logits - jnp.where(jnp.isfinite(top), top, 0.0)), 0.0)
+  p = e / jnp.maximum(jnp.sum(e, axis=-1, keepdims=True), 1e-30)
+  return jnp.sum(p, axis=(1, 2))

@@ -38,12 +38,15 @@ class ModelOutput:
     (attention) or the recurrent layer's cache entry after each token of the call (leading
     [B, T + 1]; entry 0 = before the call), plus the lengths before the call. Roll back with
     `out.cache.rewind(keep_B, out.step_states)`. Else None.
+  attention_BxTxS: when `return_attention`, the attention probabilities over the keys summed
+    over heads and the attention layers run (float32); else None.
   """
   logits_BxTxV: jax.Array
   cache: cache_lib.Cache | None
   hidden: tuple[jax.Array, ...] | None
   last_hidden_BxTxD: jax.Array
   step_states: delta_cache.StepStates | None = None
+  attention_BxTxS: jax.Array | None = None
 
 
 class Block(nn.Module):
@@ -51,28 +54,36 @@ class Block(nn.Module):
 
   The mixer is attention ('attn', `kind='attention'`) or the recurrent DeltaProduct layer
   ('delta', `kind='deltaproduct'`). Returns (x, layer_cache), plus the per-token cache entries
-  (None for attention) when `return_step_states`.
+  (None for attention) when `return_step_states`, plus the attention mass [B, T, S] (None for
+  recurrent layers) when `return_attention`.
   """
   cfg: config_lib.ModelConfig
   kind: str = config_lib.ATTENTION
 
   @nn.compact
   def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, layer_cache, slots_BxT,
-               valid_BxT=None, parents_BxT=None, return_step_states=False):
+               valid_BxT=None, parents_BxT=None, return_step_states=False,
+               return_attention=False):
     cfg = self.cfg
     norm = lambda name: layers.RMSNorm(cfg.norm_eps, 'embed', cfg.weight_dtype, name=name)
-    steps = None
+    steps = mass = None
     if self.kind == config_lib.DELTAPRODUCT:
       h_BxTxD, layer_cache, steps = deltaproduct.DeltaProduct(cfg, name='delta')(
           norm('delta_norm')(x_BxTxD), valid_BxT, layer_cache, parents_BxT, return_step_states)
+    elif return_attention:
+      h_BxTxD, layer_cache, mass = attention_lib.Attention(cfg, name='attn')(
+          norm('attn_norm')(x_BxTxD), positions_BxT, mask_BxTxS, layer_cache, slots_BxT, True)
     else:
       h_BxTxD, layer_cache = attention_lib.Attention(cfg, name='attn')(
           norm('attn_norm')(x_BxTxD), positions_BxT, mask_BxTxS, layer_cache, slots_BxT)
     x_BxTxD = x_BxTxD + h_BxTxD
     x_BxTxD = x_BxTxD + layers.MLP(cfg, name='mlp')(norm('mlp_norm')(x_BxTxD))
+    out = (x_BxTxD, layer_cache)
     if return_step_states:
-      return x_BxTxD, layer_cache, steps
-    return x_BxTxD, layer_cache
+      out += (steps,)
+    if return_attention:
+      out += (mass,)
+    return out
 
 
 class Transformer(nn.Module):
@@ -90,7 +101,9 @@ class Transformer(nn.Module):
                layer_range: tuple[int, int] | None = None,
                return_hidden: bool = False,
                return_step_states: bool = False,
-               parents_BxT: jax.Array | None = None) -> ModelOutput:
+               parents_BxT: jax.Array | None = None,
+               skip_layers_BxT: jax.Array | None = None,
+               return_attention: bool = False) -> ModelOutput:
     """Runs layers [lo, hi) over T tokens.
 
     Args:
@@ -112,6 +125,14 @@ class Transformer(nn.Module):
         recurrence starts from its parent's state. Attention layers ignore it (pass them the
         tree mask). Recurrent layers consume a call's valid tokens in call order otherwise,
         so a recurrent model refuses a non-causal `attn_mask` without `parents_BxT`.
+      skip_layers_BxT: SkipDecode training (`training/objectives/skipdecode.py`): token (b, t)
+        skips layers 0 .. skip[b, t] - 1, its embedding entering layer skip[b, t] unchanged
+        (its residual stream passes those layers untouched). With skips that never decrease
+        along a row's positions, this one forward equals decoding token by token with a cache
+        whose skipped entries are never read (`decoding/skipdecode.py`). Default: none.
+      return_attention: also return `attention_BxTxS`, the attention probabilities over the
+        keys (cache slots with a cache) summed over the heads and the attention layers run
+        (KV-cache eviction, `decoding/h2o.py`); computed beside the attention, in float32.
     """
     cfg = self.cfg
     lo, hi = layer_range if layer_range is not None else (0, cfg.num_layers)
@@ -163,15 +184,24 @@ class Transformer(nn.Module):
     step_layers: list[Any] = [None] * cfg.num_layers
     block_cls = Block
     if cfg.remat != 'none' and cache is None:
-      # Argument 8 (counting the module) is `return_step_states`, a Python bool.
+      # Arguments 8 and 9 (counting the module) are `return_step_states` and
+      # `return_attention`, Python bools.
       policy = (jax.checkpoint_policies.dots_with_no_batch_dims_saveable
                 if cfg.remat == 'dots' else None)
-      block_cls = nn.remat(Block, static_argnums=(8,), policy=policy)
+      block_cls = nn.remat(Block, static_argnums=(8, 9), policy=policy)
+    attention_BxTxS = None
     for i in range(lo, hi):
       layer_cache = cache.layers[i] if cache is not None else None
-      x_BxTxD, layer_cache, *steps = block_cls(cfg, cfg.layer_types[i], name=f'layer_{i}')(
+      x_BxTxD, layer_cache, *rest = block_cls(cfg, cfg.layer_types[i], name=f'layer_{i}')(
           x_BxTxD, positions_BxT, mask_BxTxS, layer_cache, slots_BxT, valid_BxT, parents_BxT,
-          return_step_states)
+          return_step_states, return_attention)
+      if return_attention:
+        mass = rest.pop()
+        if mass is not None:
+          attention_BxTxS = mass if attention_BxTxS is None else attention_BxTxS + mass
+      steps = rest
+      if skip_layers_BxT is not None:  # skipped tokens keep the stream entering the layer
+        x_BxTxD = jnp.where((i < skip_layers_BxT)[..., None], hidden[-1], x_BxTxD)
       if cache is not None:
         new_layers[i] = layer_cache
       if steps:
@@ -196,7 +226,8 @@ class Transformer(nn.Module):
       step_states = delta_cache.StepStates(layers=tuple(step_layers), lengths_B=cache.lengths)
     return ModelOutput(logits_BxTxV=layers.mask_invalid_ids(logits_BxTxV, cfg), cache=new_cache,
                        hidden=tuple(hidden) if return_hidden else None,
-                       last_hidden_BxTxD=last_hidden_BxTxD, step_states=step_states)
+                       last_hidden_BxTxD=last_hidden_BxTxD, step_states=step_states,
+                       attention_BxTxS=attention_BxTxS)
 
 
 def init_params(model: Transformer, rng: jax.Array, seq_len: int = 8) -> Any:

@@ -3,8 +3,9 @@
 A copy of every layer's K/V per step costs more than the step's attention on a small model;
 two such copies were found in compiled programs (a layout XLA's matrix products did not take
 as it lay, and a one-slot write duplicated by fusion at batch 1). This checks the compiled
-HLO of AR decoding and of a multi-token cached forward loop for instructions inside a while
-loop body that copy or transpose a buffer of a cache array's shape.
+HLO of AR decoding (also with H2O eviction), SkipDecode and a multi-token cached forward loop
+for instructions inside a while loop body that copy or transpose a buffer of a cache array's
+shape.
 """
 
 from __future__ import annotations
@@ -85,3 +86,23 @@ def test_cached_forward_loop_does_not_copy_the_cache(batch, tokens):
   hlo = jax.jit(run).lower(params, cache, 4).compile().as_text()
   assert _loop_bodies(hlo)
   assert not _cache_copies(hlo, cache)
+
+
+@pytest.mark.parametrize('spec,size', [('skipdecode:schedule=0/1/2', S),
+                                       ('ar:h2o=16:recent=4', 16)])
+@pytest.mark.parametrize('batch', [1, 3])
+def test_skipping_and_evicting_decode_loops_do_not_copy_the_cache(spec, size, batch):
+  """SkipDecode runs one loop per phase of constant skip (a lax.switch over the skip inside
+  the step copied the cache 4 times per step); H2O writes its evicting cache in place."""
+  cfg = small_config(num_layers=3)
+  model = Transformer(cfg)
+  params = {'target': init_params(model, jax.random.key(0))}
+  prompt = jnp.ones((batch, 8), jnp.int32)
+  lengths = jnp.full((batch,), 5, jnp.int32)
+  keys = jax.random.split(jax.random.key(1), batch)
+  name, settings = registry.parse_spec(spec)
+  hlo = runner.lower_generate(registry.build(name, settings), Models(model), params, prompt,
+                              lengths, keys, max_new_tokens=16, cache_size=S, eos_id=-1,
+                              pad_id=0).compile().as_text()
+  assert _loop_bodies(hlo), 'no while loop found in the compiled program'
+  assert not _cache_copies(hlo, Cache.init(cfg, batch, size))

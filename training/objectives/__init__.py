@@ -14,6 +14,7 @@ objective's home: adding an objective is adding a file with a `@register('name')
   coconut.py           coconut, pause, cot, nocot
   sim_cot.py           sim_cot
   unmask_policy.py     unmask_policy
+  skipdecode.py        skipdecode (random layer-skip fine-tuning)
 """
 
 from training.objectives import ar
@@ -22,6 +23,7 @@ from training.objectives import block_diffusion
 from training.objectives import coconut
 from training.objectives import masked_diffusion
 from training.objectives import sim_cot
+from training.objectives import skipdecode
 from training.objectives import spec_draft
 from training.objectives import spec_heads
 from training.objectives import unmask_policy
