@@ -174,3 +174,26 @@ def test_sudoku_reward_scores_like_the_task():
   got = objective_lib.sudoku_solved(jnp.asarray(rows), jnp.asarray(prompts), digits, ord('.'), 2)
   np.testing.assert_array_equal(np.asarray(got), want)
   assert 0 < sum(want) < len(want)
+
+
+def test_untrained_policy_is_fast_dllm_at_its_offset(setup):
+  """The warm start (output layer zero) at policy threshold 0.5 unmasks exactly what
+  Fast-dLLM does at threshold = the offset (the claim benchmarks/unmask_policy.py makes)."""
+  model, params, prompt, _ = setup
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(B))
+  common = dict(mask_id=MASK, shift=0, block_causal=0, block_size=N)
+  fresh = policy_lib.init_params(jax.random.key(9), R=N)
+  out = {}
+  for offset in (0.0975, 0.098):  # inside this model's spread of confidences
+    pol = dict(fresh, offset=jnp.asarray(offset))
+    for name, extra in (('learned_unmask', {}), ('fast_dllm', dict(threshold=offset))):
+      dec = registry.build(name, {**common, **extra}, decoding.SamplingConfig())
+      out[name, offset] = jax.device_get(dec.generate(
+          base.Models(model), {'target': params, policy_lib.HEAD: pol}, prompt,
+          jnp.asarray(PLEN), keys, max_new_tokens=N, cache_size=64, eos_id=EOS, pad_id=PAD))
+    a, b = out['learned_unmask', offset], out['fast_dllm', offset]
+    np.testing.assert_array_equal(a.tokens_BxN, b.tokens_BxN)
+    np.testing.assert_array_equal(a.target_forwards_B, b.target_forwards_B)
+  # The two offsets decode differently (the comparison is not of a degenerate rule).
+  assert not np.array_equal(out['fast_dllm', 0.0975].target_forwards_B,
+                            out['fast_dllm', 0.098].target_forwards_B)
