@@ -45,14 +45,19 @@ EAGLE3, EAGLE1 = 'eagle3', 'eagle1'
 VARIANTS = (EAGLE3, EAGLE1)
 
 
+def parse_layers(spec: str | Sequence[int]) -> tuple[int, ...]:
+  """'1,2,4' or '1/2/4' (or a sequence) -> (1, 2, 4); '' -> () (the default)."""
+  if isinstance(spec, str):
+    return tuple(int(s) for s in spec.replace('/', ',').split(',') if s.strip())
+  return tuple(int(i) for i in spec)
+
+
 def feature_layers(num_layers: int, spec: str | Sequence[int] = '') -> tuple[int, ...]:
   """Indices into `ModelOutput.hidden` (0 = embeddings, i = after layer i) of EAGLE-3's low,
   middle and high features. Default (1, ceil(L / 2), L): on a 4-layer model the paper's choice
   (inputs of layers 2, L/2 and L - 3 of a 32-layer Llama) would leave out every layer above
   the middle, so ours keeps the top residual stream (before the final norm)."""
-  if isinstance(spec, str):
-    spec = tuple(int(s) for s in spec.replace('/', ',').split(',') if s.strip())
-  out = tuple(spec) or (1, max((num_layers + 1) // 2, 1), num_layers)
+  out = parse_layers(spec) or (1, max((num_layers + 1) // 2, 1), num_layers)
   for i in out:
     if not 0 <= i <= num_layers:
       raise ValueError(f'EAGLE feature layer {i} must be in [0, {num_layers}] (indices into '
@@ -126,7 +131,9 @@ class EagleDraft(nn.Module):
         write_slots_BxT = positions_BxT
       slots_BxT, key_pos, key_valid = cache.begin_write(positions_BxT, write_slots_BxT)
       kv = cache.layers[0]
-    mask = masks.build_mask(positions_BxT, key_pos, key_valid, attn_mask)
+    # Slot 0 (position 0) never holds a pair, yet lies below the committed length: keys at
+    # negative positions are never visible.
+    mask = masks.build_mask(positions_BxT, key_pos, key_valid & (key_pos >= 0), attn_mask)
     x = x_BxTxD.astype(dt)
     e = jnp.take(in_emb_VxD, tokens_BxT, axis=0).astype(dt)
     u = jnp.concatenate([self.e_norm(e), self.x_norm(x)], -1)
