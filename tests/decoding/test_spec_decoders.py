@@ -434,3 +434,23 @@ def test_eagle_drafts_match_a_reference_without_cache(setup, method):
         checked += 1
     s = step(params, s)
   assert checked > 20
+
+
+def test_eagle_errors(setup):
+  """A run without the draft layer, a static tree, and feature layers the layer was not
+  trained on give one clear line each."""
+  from models.kind import ModelKind  # pylint: disable=g-import-not-at-top
+  models, params, eos, _ = setup
+  run = lambda dec, p=params: run_decoder(dec, models, p, PROMPTS, max_new_tokens=N_NEW,
+                                          cache_size=CACHE, eos_id=eos, pad_id=PAD)
+  with pytest.raises(ValueError, match=r'eagle3 heads in the target run.*spec_heads.py:eagle3'):
+    registry.build('eagle3').for_model({'target': ModelKind(heads=('medusa',))})
+  assert registry.build('eagle1').for_model({'target': ModelKind(heads=('eagle1',))})
+  with pytest.raises(ValueError, match=r"'eagle1' drafter needs an eagle1 draft layer"):
+    run(registry.build('eagle1'), {k: v for k, v in params.items() if k != 'eagle1'})
+  with pytest.raises(ValueError, match="tree='chain' or 'dynamic'"):
+    registry.build('eagle3', {'tree': 'static'})
+  with pytest.raises(ValueError, match='trained on 3 fused target layers'):
+    run(registry.build('eagle3', {'feature_layers': '1/3'}))
+  with pytest.raises(ValueError, match='EAGLE feature layer 9'):
+    run(registry.build('eagle3', {'feature_layers': '1/2/9'}))
