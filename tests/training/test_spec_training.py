@@ -61,6 +61,8 @@ def test_trained_runs_drive_their_decoders(runs, trained_workdir):
   bench = workbench.Workbench.load(trained_workdir)
   for kind in ('medusa', 'mtp', 'kangaroo', 'eagle3'):
     bench.add_heads(kind, runs[kind][0])
+  # Attached heads count as the target's (a decoder that drafts with them passes its check).
+  assert bench.decoder('eagle3').name == 'eagle3' and 'medusa' in bench.kind.heads
   tok = bench.tokenizer
   prompts = [tok.encode(t, add_bos=True) for t in ('def f(x):\n', 'import o', 'class')]
   decoders = [registry.build('ar'), registry.build('medusa', {'gamma': 3}),
