@@ -408,6 +408,9 @@ class EagleDecoder(SpecDecoder):
 
   def make_drafter(self, mode):
     del mode  # deterministic drafts: every rule verifies them as 'deterministic'
+    if self.adaptive:
+      raise ValueError(f'The {self.name!r} decoder has no adaptive draft length yet (its '
+                       'pending pairs are sized by gamma); use adaptive=0.')
     if self.tree not in ('chain', 'dynamic'):
       raise ValueError(f"The {self.name!r} decoder drafts tree='chain' or 'dynamic' "
                        f'(EAGLE-2), got {self.tree!r}.')

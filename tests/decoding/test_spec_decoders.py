@@ -450,6 +450,8 @@ def test_eagle_errors(setup):
     run(registry.build('eagle1'), {k: v for k, v in params.items() if k != 'eagle1'})
   with pytest.raises(ValueError, match="tree='chain' or 'dynamic'"):
     registry.build('eagle3', {'tree': 'static'})
+  with pytest.raises(ValueError, match='no adaptive draft length'):
+    registry.build('eagle3', {'tree': 'chain', 'adaptive': True})
   with pytest.raises(ValueError, match='trained on 3 fused target layers'):
     run(registry.build('eagle3', {'feature_layers': '1/3'}))
   with pytest.raises(ValueError, match='EAGLE feature layer 9'):
