@@ -85,7 +85,10 @@ def run(args) -> tuple[str, str]:
     print(f"{name}: tau {r['tau']:.3f}  acceptance {np.round(r['acceptance_by_position'], 3)}"
           f"  = AR: {r['equals_ar']}  ({r['tokens_per_s']:.0f} tok/s vs AR "
           f"{ar['tokens_per_s']:.0f} on a shared machine; not recorded)", flush=True)
+  lens = [len(p) for p in prompts]
   meta = {'prompts': len(prompts), 'max_new_tokens': args.max_new_tokens,
+          'prompt_tokens_mean': float(np.mean(lens)), 'last_position': max(lens) +
+          args.max_new_tokens - 1, 'train_seq_len': int(bench.config['data']['seq_len']),
           'batch_size': args.batch_size, 'temperature': 0.0, 'target': args.target,
           'runs': args.runs, 'ar_tau': ar['tau'], 'skipped': skipped,
           'provenance': common.provenance()}
@@ -115,6 +118,12 @@ def _body(rows, meta) -> str:
       f"(`configs/spec_heads.py`), one run and one seed each. tau counts the bonus token and "
       "the prefill; acc@d = share of verification steps whose accepted path reached depth d. "
       "Speed is not recorded here (measured on a shared machine).", '',
+      f"Prompts are {meta['prompt_tokens_mean']:.0f} tokens on average; decoding reaches "
+      f"position {meta['last_position']}, while the target and the drafters were trained on "
+      f"rows of {meta['train_seq_len']} tokens"
+      + (' (positions past training: the attention drafters (EAGLE) see relative distances '
+         'they were not trained on; Medusa and MTP heads have no attention).'
+         if meta['last_position'] >= meta['train_seq_len'] else '.'), '',
       common.markdown_table(header, table)]
   if meta['skipped']:
     text += ['', 'Skipped: ' + '; '.join(meta['skipped'])]
