@@ -53,7 +53,6 @@ def ttt_unroll(module: eagle_lib.EagleDraft, params, x0_BxNxD, tokens_BxT, in_em
   Returns ([g_j [B, N, D]], [logits_j [B, N, V]], [inputs x_j [B, N, D]]) for j < steps.
   """
   B, N, _ = x0_BxNxD.shape
-  T = tokens_BxT.shape[1]
   pad = jnp.pad(tokens_BxT, ((0, 0), (0, steps)))
   xs, toks, poss, gs, logits = [], [], [], [], []
   x = x0_BxNxD
@@ -69,7 +68,6 @@ def ttt_unroll(module: eagle_lib.EagleDraft, params, x0_BxNxD, tokens_BxT, in_em
     gs.append(g)
     logits.append(lg)
     x = g
-  del T
   return gs, logits, xs
 
 
@@ -134,8 +132,9 @@ def _make(variant: str, model: transformer_lib.Transformer,
     loss = total / norm
     return loss, dict(metrics, loss=loss)
 
+  init_model = spec_heads._init_from(s, model)  # pylint: disable=protected-access
   return Objective(loss_fn=loss_fn, init_extras=init_extras, frozen=('model',),
-                   init_model_params=spec_heads._init_from(s, model))  # pylint: disable=protected-access
+                   init_model_params=init_model)
 
 
 @register('eagle3_draft')
