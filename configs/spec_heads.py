@@ -1,9 +1,12 @@
-"""Draft heads on a trained target: Medusa heads, MTP modules or a Kangaroo adapter.
+"""Draft heads on a trained target: Medusa heads, MTP modules, a Kangaroo adapter or an EAGLE
+draft layer.
 
   python train.py --config=configs/lm.py:tiny --workdir=runs/spec/target        # the target
   python train.py --config=configs/spec_heads.py:medusa --workdir=runs/spec/medusa
   python train.py --config=configs/spec_heads.py:mtp --workdir=runs/spec/mtp
   python train.py --config=configs/spec_heads.py:kangaroo --workdir=runs/spec/kangaroo
+  python train.py --config=configs/spec_heads.py:eagle3 --workdir=runs/spec/eagle3
+  python train.py --config=configs/spec_heads.py:eagle1 --workdir=runs/spec/eagle1
   python sample.py --workdir=runs/spec/medusa --decoder=ar,medusa --heldout_prompts=8
 
 Each run starts from the target in `spec.target_workdir` (default runs/spec/target; override
@@ -11,7 +14,10 @@ with --config.spec.target_workdir=DIR) and, with the base frozen (`spec.joint=Fa
 only the extra params; the run's workdir then holds target + heads, which is what sample.py
 needs. About 5 minutes each for the `tiny` target on 2 CPU cores (600 steps, batch 16 x 128).
 `spec.joint=True` trains base and heads together (base next-token loss weighted by
-`spec.base_weight`). The argument is 'medusa' | 'mtp' | 'kangaroo', optionally ',test' (the
+`spec.base_weight`). EAGLE-3 (`eagle3`) unrolls `spec.ttt_steps` = 3 training-time-test
+steps (about 6 draft-layer passes over a row per step), EAGLE-1 (`eagle1`) one step with
+feature regression.
+The argument is 'medusa' | 'mtp' | 'kangaroo' | 'eagle3' | 'eagle1', optionally ',test' (the
 `test` model preset, 20 steps: unit tests) or ',SIZE' for another target preset; for
 `small`/`base` (BPE targets) also pass the target's tokenizer, e.g.
   python train.py --config=configs/spec_heads.py:medusa,small --workdir=runs/gpu/medusa \
@@ -24,7 +30,8 @@ import ml_collections
 
 from configs import common
 
-OBJECTIVES = {'medusa': 'medusa_heads', 'mtp': 'mtp_heads', 'kangaroo': 'kangaroo_adapter'}
+OBJECTIVES = {'medusa': 'medusa_heads', 'mtp': 'mtp_heads', 'kangaroo': 'kangaroo_adapter',
+              'eagle3': 'eagle3_draft', 'eagle1': 'eagle1_draft'}
 
 
 def get_config(arg: str = 'medusa') -> ml_collections.ConfigDict:
@@ -39,10 +46,17 @@ def get_config(arg: str = 'medusa') -> ml_collections.ConfigDict:
     c.model.dtype = 'bfloat16'   # (pass the target's: --config.tokenizer.kind=bpe
                                  #  --config.tokenizer.path=TARGET/tokenizer)
   c.spec = ml_collections.ConfigDict(dict(
-      target_workdir='runs/spec/target', heads={'medusa': 4, 'mtp': 3, 'kangaroo': 0}[kind],
+      target_workdir='runs/spec/target',
+      heads={'medusa': 4, 'mtp': 3, 'kangaroo': 0, 'eagle3': 0, 'eagle1': 0}[kind],
       joint=False, base_weight=1.0, decay=0.8, exit_layer=1,
       loss='kl', source='corpus', kl_weight=1.0, ce_weight=0.0, gen_prompt=32,
-      gen_temperature=1.0))
+      gen_temperature=1.0,
+      # EAGLE: training-time-test steps, fused target layers ('' = models.eagle default),
+      # EAGLE-1's feature-regression weight and input-feature noise.
+      ttt_steps=3 if kind == 'eagle3' else 1, feature_layers='', reg_weight=1.0,
+      feature_noise=0.2 if kind == 'eagle1' else 0.0))
+  if kind == 'eagle1':
+    c.spec.ce_weight = 0.1  # EAGLE-1: 1.0 x smooth L1 (feature) + 0.1 x token loss
   if size == 'test':
     c.data.seq_len, c.data.batch_size = 32, 8
     c.train.update(steps=20, warmup_steps=2, log_every=5, eval_every=10, eval_batches=2,

@@ -27,6 +27,8 @@ HEADS = {  # a trained tree saved beside the model (models.heads) -> the config 
     'medusa': 'configs/spec_heads.py:medusa',
     'mtp': 'configs/spec_heads.py:mtp',
     'kangaroo': 'configs/spec_heads.py:kangaroo',  # the Kangaroo adapter
+    'eagle3': 'configs/spec_heads.py:eagle3',  # EAGLE-3 draft layer (models/eagle.py)
+    'eagle1': 'configs/spec_heads.py:eagle1',  # EAGLE-1 draft layer
     'unmask_policy': 'configs/unmask_policy.py:TASK',  # a diffusion run's unmasking policy
 }
 

@@ -15,6 +15,7 @@ attached with `add_heads`. Every decoder is checked against the model kinds it r
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Mapping, Sequence
 
@@ -108,7 +109,11 @@ class Workbench:
 
   @property
   def kind(self) -> kind_model_lib.ModelKind:
-    return self.target.kind
+    """The target's kind, with the heads attached by `add_heads` (so decoders that draft with
+    them pass `Decoder.for_model`)."""
+    kind = self.target.kind
+    added = tuple(h for h in self.extras if h in kind_model_lib.HEADS and h not in kind.heads)
+    return dataclasses.replace(kind, heads=kind.heads + added) if added else kind
 
   def heldout_prompts(self, n: int, chars: int) -> tuple[list[str], list[list[int]]]:
     """(texts, token ids): `n` held-out documents of this run's corpus, first `chars`

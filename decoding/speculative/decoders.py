@@ -16,6 +16,7 @@
   LookaheadDecoder       lookahead                     Jacobi window + n-gram pool (jacobi)
   MedusaDecoder, MTPDecoder          medusa, mtp       heads (head_drafters)
   LayerSkipDecoder, KangarooDecoder, DELDecoder        early exit (early_exit)
+  Eagle3Decoder, Eagle1Decoder       eagle3, eagle1    EAGLE draft layer on target features (eagle)
 
 The drafter is built once, when the decoder is (`__post_init__`), with the verification rule
 it will run under; `get_drafter()` returns it. Every one of them is lossless: greedy output
@@ -40,6 +41,7 @@ from decoding import registry
 from decoding.speculative import adaptive as adaptive_lib
 from decoding.speculative import draft_model
 from decoding.speculative import drafter as drafter_lib
+from decoding.speculative import eagle
 from decoding.speculative import early_exit
 from decoding.speculative import head_drafters
 from decoding.speculative import jacobi
@@ -47,6 +49,7 @@ from decoding.speculative import loop
 from decoding.speculative import ngram
 from decoding.speculative import settings as settings_lib
 from decoding.speculative import trees
+from models import eagle as eagle_lib
 
 TREES = settings_lib.TREES
 VERIFIERS = settings_lib.VERIFIERS
@@ -389,9 +392,57 @@ class DELDecoder(EarlyExitDecoder):
     return ()
 
 
+# ------------------------------------------------------------------------ EAGLE
+@dataclasses.dataclass(frozen=True)
+class EagleDecoder(SpecDecoder):
+  """An EAGLE draft layer on the target's features, over a chain or an EAGLE-2 dynamic
+  tree."""
+  drafter_type: ClassVar[type[drafter_lib.Drafter]] = eagle.EagleDrafter
+  variant: ClassVar[str] = ''
+  tree: str = 'dynamic'        # chain | dynamic (EAGLE-2)
+  gamma: int = 5               # chain length / tree depth
+  top_k: int = 4               # dynamic: frontier width and children per node
+  tree_nodes: int = 24         # dynamic: drafted nodes
+  feature_layers: str = ''     # EAGLE-3: fused target layers, e.g. '1/2/4' ('' = the default
+                               # of models.eagle.feature_layers, as training uses)
+
+  def make_drafter(self, mode):
+    del mode  # deterministic drafts: every rule verifies them as 'deterministic'
+    if self.adaptive:
+      raise ValueError(f'The {self.name!r} decoder has no adaptive draft length yet (its '
+                       'pending pairs are sized by gamma); use adaptive=0.')
+    if self.tree not in ('chain', 'dynamic'):
+      raise ValueError(f"The {self.name!r} decoder drafts tree='chain' or 'dynamic' "
+                       f'(EAGLE-2), got {self.tree!r}.')
+    return eagle.EagleDrafter(variant=self.variant, shape=self.tree, gamma=self.gamma,
+                              top_k=self.top_k, nodes=self.tree_nodes,
+                              layers=eagle_lib.parse_layers(self.feature_layers))
+
+
+@registry.register
+@dataclasses.dataclass(frozen=True)
+class Eagle3Decoder(EagleDecoder):
+  """EAGLE-3: one draft layer on fused low/mid/high target features, trained with
+  training-time test (needs configs/spec_heads.py:eagle3; lossless)."""
+  name: ClassVar[str] = 'eagle3'
+  model_heads: ClassVar[tuple[str, ...]] = ('eagle3',)
+  variant: ClassVar[str] = 'eagle3'
+
+
+@registry.register
+@dataclasses.dataclass(frozen=True)
+class Eagle1Decoder(EagleDecoder):
+  """EAGLE-1: one draft layer on the target's top feature, trained with feature regression
+  (needs configs/spec_heads.py:eagle1; lossless)."""
+  name: ClassVar[str] = 'eagle1'
+  model_heads: ClassVar[tuple[str, ...]] = ('eagle1',)
+  variant: ClassVar[str] = 'eagle1'
+
+
 for _name, _cls in (('model', DraftModelDecoder), ('prompt_lookup', PromptLookupDecoder),
                     ('token_recycling', TokenRecyclingDecoder), ('jacobi', JacobiDecoder),
                     ('lookahead', LookaheadDecoder), ('medusa', MedusaDecoder),
                     ('mtp', MTPDecoder), ('layerskip', LayerSkipDecoder),
-                    ('kangaroo', KangarooDecoder), ('del', DELDecoder)):
+                    ('kangaroo', KangarooDecoder), ('del', DELDecoder),
+                    ('eagle3', Eagle3Decoder), ('eagle1', Eagle1Decoder)):
   DRAFTERS.add(_name, _cls)

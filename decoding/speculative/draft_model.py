@@ -351,26 +351,14 @@ class DraftModelDrafter(drafter_lib.Drafter):
     else:
       # EAGLE-2: keep the best `nodes` candidates (deterministic scores fall along paths).
       sel_score, sel = jax.lax.top_k(score[:, 1:], N)
-    # Sort by index so parents precede children.
-    sel = jnp.sort(jnp.where(jnp.isfinite(sel_score), sel + 1, C1), axis=1)
-    sel_ok = sel < C1
-    sel = jnp.minimum(sel, C1 - 1)
-    node_cand = jnp.concatenate([jnp.zeros((B, 1), jnp.int32), sel], 1)  # [B, T]
-    node_ok = jnp.concatenate([active_B[:, None], sel_ok & active_B[:, None]], 1)
-    inv = jnp.full((B, C1 + 1), -1, jnp.int32).at[b, jnp.where(node_ok, node_cand, C1)].set(
-        jnp.broadcast_to(jnp.arange(N + 1, dtype=jnp.int32), (B, N + 1)))[:, :C1]
-    par_cand = jnp.take_along_axis(cand_par, node_cand, 1)
-    parents = jnp.where(par_cand >= 0, jnp.take_along_axis(inv, jnp.maximum(par_cand, 0), 1),
-                        -1).at[:, 0].set(-1)
-    node_ok = node_ok & ((parents >= 0) | (jnp.arange(N + 1) == 0)[None])
+    node_cand, parents, valid, anc = trees.select_candidates(sel, sel_score, cand_par, active_B,
+                                                             D)
     tokens = jnp.take_along_axis(cand_tok, node_cand, 1)
     depth = jnp.take_along_axis(cand_depth, node_cand, 1)
     logq = None
     if wor:
       slot = jnp.take_along_axis(fed_slot, node_cand, 1)
       logq = jnp.take_along_axis(logq_fed, jnp.maximum(slot, 0)[:, :, None], 1)
-    anc = trees.ancestors_from_parents(parents, D)
-    valid = ~jnp.any(anc & ~node_ok[:, None, :], axis=-1)  # whole path kept
     tree = trees.Tree(tokens, parents, depth, valid, trees.children_table(parents, valid, k),
                       logq, anc & valid[:, None, :] & valid[:, :, None])
     processed = valid & jnp.take_along_axis(fed, node_cand, 1)

@@ -313,6 +313,36 @@ def ancestors_from_parents(parents_BxT: jax.Array, max_depth: int) -> jax.Array:
   return anc
 
 
+def select_candidates(sel_BxN: jax.Array, sel_score_BxN: jax.Array, cand_par_BxC: jax.Array,
+                      active_B: jax.Array, max_depth: int
+                      ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """Dynamic trees (EAGLE-2 / RSD-S): the chosen candidates as tree nodes.
+
+  sel_BxN: chosen candidate indices, 0-based over the candidates after the root (candidate
+  0); sel_score: their scores (-inf = not kept); cand_par_BxC: each candidate's parent
+  candidate (-1 for the root; parents precede children). Returns (node_cand [B, N + 1]: the
+  candidate of each node, root first, then by index so parents precede children; parents;
+  valid: the node's whole path is kept; ancestors [B, N + 1, N + 1], ignoring validity).
+  """
+  B, C1 = cand_par_BxC.shape
+  N = sel_BxN.shape[1]
+  b = jnp.arange(B)[:, None]
+  sel = jnp.sort(jnp.where(jnp.isfinite(sel_score_BxN), sel_BxN + 1, C1), axis=1)
+  sel_ok = sel < C1
+  sel = jnp.minimum(sel, C1 - 1)
+  node_cand = jnp.concatenate([jnp.zeros((B, 1), jnp.int32), sel], 1)
+  node_ok = jnp.concatenate([active_B[:, None], sel_ok & active_B[:, None]], 1)
+  inv = jnp.full((B, C1 + 1), -1, jnp.int32).at[b, jnp.where(node_ok, node_cand, C1)].set(
+      jnp.broadcast_to(jnp.arange(N + 1, dtype=jnp.int32), (B, N + 1)))[:, :C1]
+  par_cand = jnp.take_along_axis(cand_par_BxC, node_cand, 1)
+  parents = jnp.where(par_cand >= 0, jnp.take_along_axis(inv, jnp.maximum(par_cand, 0), 1),
+                      -1).at[:, 0].set(-1)
+  node_ok = node_ok & ((parents >= 0) | (jnp.arange(N + 1) == 0)[None])
+  anc = ancestors_from_parents(parents, max_depth)
+  valid = ~jnp.any(anc & ~node_ok[:, None, :], axis=-1)  # whole path kept
+  return node_cand, parents, valid, anc
+
+
 def close_under_ancestors(parents_BxT: jax.Array, valid_BxT: jax.Array,
                           max_depth: int | None = None) -> jax.Array:
   """A node stays valid only if its whole path to the root is (parents precede children)."""

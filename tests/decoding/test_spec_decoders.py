@@ -16,7 +16,7 @@ from decoding import Models, SamplingConfig, registry, run_decoder
 from decoding.speculative import decoders as spec_decoders
 from decoding.speculative import drafter as drafter_lib
 from decoding.speculative import loop, trees, verify
-from models import Cache, Transformer, heads, init_params
+from models import Cache, Transformer, eagle, heads, init_params
 
 V = 48
 PAD = 0
@@ -42,8 +42,13 @@ def setup():
                                                jnp.zeros((1, 3), jnp.int32), emb, emb)['params'])
   kang = nn.unbox(heads.KangarooAdapter(cfg).init(jax.random.key(4), h,
                                                   jnp.zeros((1, 2), jnp.int32), emb)['params'])
+  # EAGLE layers with spread outputs (random weights, scaled up so drafts vary by context).
+  scale = lambda t: jax.tree.map(lambda x: x * 4.0, t)
+  e3 = scale(eagle.init_params(cfg, 'eagle3', eagle.feature_layers(3), jax.random.key(5)))
+  e1 = scale(eagle.init_params(cfg, 'eagle1', (), jax.random.key(6)))
   models = Models(target, extras=(('draft', draft),))
-  params = {'target': tp, 'draft': dp, 'medusa': med, 'mtp': mtp, 'kangaroo': kang}
+  params = {'target': tp, 'draft': dp, 'medusa': med, 'mtp': mtp, 'kangaroo': kang,
+            'eagle3': e3, 'eagle1': e1}
   ar = registry.build('ar')
   free, _ = run_decoder(ar, models, params, PROMPTS, max_new_tokens=N_NEW, cache_size=CACHE,
                         eos_id=-1, pad_id=PAD)
@@ -75,6 +80,11 @@ METHODS = {
     'del': ('del', {}),
     'medusa': ('medusa', dict(branching='3,2,1')),
     'mtp': ('mtp', dict(gamma=3)),
+    'eagle3-chain': ('eagle3', dict(tree='chain', gamma=4)),
+    'eagle3-dynamic': ('eagle3', dict(gamma=3, top_k=3, tree_nodes=10)),
+    'eagle1-chain': ('eagle1', dict(tree='chain', gamma=3)),
+    'eagle1-dynamic': ('eagle1', dict(gamma=4, top_k=2, tree_nodes=6)),
+    'speculative-drafter-eagle3': ('speculative', dict(drafter='eagle3', tree='chain')),
     # Adaptive draft length: given costs that make the length change during the run, and
     # costs measured when the decoder is compiled.
     'prompt_lookup-adaptive': ('prompt_lookup', dict(adaptive=True, costs='1,1.1,1.3,1.6,2,3')),
@@ -339,3 +349,110 @@ def test_greedy_tree_verify_equals_the_walk(template):
   np.testing.assert_array_equal(path, path_ref)
   np.testing.assert_array_equal(nxt, jnp.argmax(res_ref, -1))
   assert len(set(np.asarray(n).tolist())) >= 3  # the cases vary
+
+
+@pytest.mark.parametrize('method', ['eagle3-chain', 'eagle1-chain', 'eagle3-dynamic'])
+def test_eagle_drafts_match_a_reference_without_cache(setup, method):
+  """Every drafted node equals what the draft layer computes from scratch (no cache) on the
+  committed text with the target's features, then its own outputs along the node's path:
+  the chain's node is the argmax, a dynamic tree's node is among the top_k. This checks the
+  draft cache stays consistent across verification (commit / roll back), which greedy == AR
+  cannot see (the verifier corrects any draft)."""
+  models, params, eos, _ = setup
+  name, settings = METHODS[method]
+  dec = registry.build(name, settings)
+  init, step, lens = _step_fn(dec, models, params, eos)
+  drafter = dec.get_drafter().resolve(models)
+  variant, ids, k = drafter.variant, drafter.layers, drafter.max_children
+  cfg, tp = models.target.cfg, params['target']
+  module = eagle.EagleDraft(cfg, variant, max(len(ids), 1))
+  ep = params[variant]
+  in_emb, out_emb = heads.input_embedding(tp), heads.output_embedding(tp, cfg)
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(len(PROMPTS)))
+  B, P, L = len(PROMPTS), max(map(len, PROMPTS)), 64
+  prompt = np.full((B, P), PAD, np.int32)
+  for i, p in enumerate(PROMPTS):
+    prompt[i, :len(p)] = p
+
+  def env(p):
+    return drafter_lib.Env(models=models, params=p, sampling=dec.sampling, mode='deterministic',
+                           row_keys_B=keys, prompt_BxP=jnp.asarray(prompt), prompt_len_B=lens,
+                           cache_size=CACHE, max_new_tokens=N_NEW)
+
+  @jax.jit
+  def propose(p, s):
+    base_B = lens + s.progress.num_generated_B - 1
+    return drafter.propose(env(p), s.drafter, s.cache, s.last_B, base_B,
+                           s.progress.active_B)[0]
+
+  @jax.jit
+  def features(tokens_L, n):  # target features of positions < n
+    pos = jnp.where(jnp.arange(L) < n, jnp.arange(L), -1)[None]
+    out = models.target.apply({'params': tp}, tokens_L[None], pos, return_hidden=True)
+    return eagle.target_features(out, variant, ids)[0]
+
+  @jax.jit
+  def draft(x_LxF_fused, tokens_L, n):  # the draft layer over pairs at positions 1 .. n - 1
+    pos = jnp.where((jnp.arange(L) >= 1) & (jnp.arange(L) < n), jnp.arange(L), -1)[None]
+    g, logits, _ = module.apply({'params': ep}, x_LxF_fused[None], tokens_L[None], pos, in_emb,
+                                out_emb)
+    return g[0], logits[0]
+
+  fuse = jax.jit(lambda f: module.apply({'params': ep}, f, method=eagle.EagleDraft.fuse))
+  s = init(params)
+  checked = 0
+  for _ in range(6):
+    tree = propose(params, s)
+    n_gen = np.asarray(s.progress.num_generated_B)
+    for b in np.nonzero(~np.asarray(s.progress.done_B))[0]:
+      seq = list(PROMPTS[b]) + list(np.asarray(s.progress.tokens_BxN[b, :n_gen[b]]))
+      base_pos = len(seq) - 1
+      toks = np.zeros(L, np.int32)
+      toks[:len(seq)] = seq
+      feat = features(jnp.asarray(toks), base_pos)
+      x = np.zeros((L, cfg.d_model), np.float32)
+      x[1:base_pos + 1] = np.asarray(fuse(feat[None]))[0, :base_pos]
+      parents = np.asarray(tree.parents_BxT[b])
+      tok = np.asarray(tree.tokens_BxT[b])
+      for node in np.nonzero(np.asarray(tree.valid_BxT[b]))[0][1:]:
+        path = []
+        a = parents[node]
+        while a > 0:
+          path.append(a)
+          a = parents[a]
+        xs, ts = x.copy(), toks.copy()
+        g, logits = draft(jnp.asarray(xs), jnp.asarray(ts), base_pos + 1)
+        for depth, a in enumerate(reversed(path)):  # own-feature pairs along the path
+          q = base_pos + 1 + depth
+          xs[q], ts[q] = np.asarray(g[q - 1]), tok[a]
+          g, logits = draft(jnp.asarray(xs), jnp.asarray(ts), q + 1)
+        top = np.argsort(-np.asarray(logits[base_pos + len(path)]))[:k]
+        lg = np.asarray(logits[base_pos + len(path)])
+        assert tok[node] in top, (method, b, node, _, lg[tok[node]], lg[top])
+        if k == 1:
+          assert tok[node] == top[0]
+        checked += 1
+    s = step(params, s)
+  assert checked > 20
+
+
+def test_eagle_errors(setup):
+  """A run without the draft layer, a static tree, and feature layers the layer was not
+  trained on give one clear line each."""
+  from models.kind import ModelKind  # pylint: disable=g-import-not-at-top
+  models, params, eos, _ = setup
+  run = lambda dec, p=params: run_decoder(dec, models, p, PROMPTS, max_new_tokens=N_NEW,
+                                          cache_size=CACHE, eos_id=eos, pad_id=PAD)
+  with pytest.raises(ValueError, match=r'eagle3 heads in the target run.*spec_heads.py:eagle3'):
+    registry.build('eagle3').for_model({'target': ModelKind(heads=('medusa',))})
+  assert registry.build('eagle1').for_model({'target': ModelKind(heads=('eagle1',))})
+  with pytest.raises(ValueError, match=r"'eagle1' drafter needs an eagle1 draft layer"):
+    run(registry.build('eagle1'), {k: v for k, v in params.items() if k != 'eagle1'})
+  with pytest.raises(ValueError, match="tree='chain' or 'dynamic'"):
+    registry.build('eagle3', {'tree': 'static'})
+  with pytest.raises(ValueError, match='no adaptive draft length'):
+    registry.build('eagle3', {'tree': 'chain', 'adaptive': True})
+  with pytest.raises(ValueError, match='trained on 3 fused target layers'):
+    run(registry.build('eagle3', {'feature_layers': '1/3'}))
+  with pytest.raises(ValueError, match='EAGLE feature layer 9'):
+    run(registry.build('eagle3', {'feature_layers': '1/2/9'}))

@@ -67,6 +67,10 @@ def test_two_token_prefix_distribution_matches_target(lm, settings):
                         {'target': target.params, 'draft': dp}, [prompt] * ROWS,
                         max_new_tokens=2, cache_size=32, eos_id=-1, pad_id=0, seed=11,
                         prompt_bucket=8)
+  _assert_matches_target(rows, target, prompt)
+
+
+def _assert_matches_target(rows, target, prompt):
   V = target.model.cfg.vocab_size
   pairs = np.array([r.tokens[:2] for r in rows])
   counts = np.bincount(pairs[:, 0] * V + pairs[:, 1], minlength=V * V).astype(np.float64)
@@ -79,3 +83,22 @@ def test_two_token_prefix_distribution_matches_target(lm, settings):
   pvalue = stats.chisquare(obs[exp > 0], exp[exp > 0]).pvalue
   assert tv < TV_BOUND, tv
   assert pvalue > 0.01, pvalue
+
+
+@pytest.mark.parametrize('name,settings', [
+    ('eagle3', dict(tree='chain', gamma=3)),
+    ('eagle1', dict(gamma=2, top_k=3, tree_nodes=5)),           # EAGLE-2 dynamic tree
+], ids=['eagle3-chain', 'eagle1-dynamic'])
+def test_eagle_two_token_prefix_distribution_matches_target(lm, name, settings):
+  """EAGLE drafts deterministically (argmax / top-k children of a random draft layer); the
+  deterministic rule verifies them under sampling."""
+  from models import eagle  # pylint: disable=g-import-not-at-top
+  target, _, _, prompt = lm
+  cfg = target.model.cfg
+  ids = eagle.feature_layers(cfg.num_layers)
+  ep = jax.tree.map(lambda x: 3 * x, eagle.init_params(cfg, name, ids, jax.random.key(4)))
+  dec = registry.build(name, settings, CFG)
+  rows, _ = run_decoder(dec, Models(target.model), {'target': target.params, name: ep},
+                        [prompt] * ROWS, max_new_tokens=2, cache_size=32, eos_id=-1, pad_id=0,
+                        seed=11, prompt_bucket=8)
+  _assert_matches_target(rows, target, prompt)

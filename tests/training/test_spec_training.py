@@ -30,7 +30,7 @@ def _train(config, data_dir, target, workdir):
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory, data_dir, trained_workdir):
   out = {}
-  for kind in ('medusa', 'mtp', 'kangaroo'):
+  for kind in ('medusa', 'mtp', 'kangaroo', 'eagle3'):
     workdir = str(tmp_path_factory.mktemp(kind))
     cfg = spec_heads.get_config(f'{kind},test')
     cfg.data.batch_size = 8
@@ -43,7 +43,7 @@ def runs(tmp_path_factory, data_dir, trained_workdir):
 
 def test_heads_train_on_a_frozen_target(runs, trained_workdir):
   target = loading.load_model(trained_workdir)
-  for kind in ('medusa', 'mtp', 'kangaroo'):
+  for kind in ('medusa', 'mtp', 'kangaroo', 'eagle3'):
     workdir, metrics = runs[kind]
     assert np.isfinite(metrics['train']['loss']) and np.isfinite(metrics['eval']['loss'])
     run = loading.load_model(workdir)
@@ -52,18 +52,22 @@ def test_heads_train_on_a_frozen_target(runs, trained_workdir):
     jax.tree.map(np.testing.assert_array_equal, run.params, target.params)
   assert 'head3_acc' in runs['mtp'][1]['eval'] and 'head4_acc' in runs['medusa'][1]['eval']
   assert 0 <= runs['kangaroo'][1]['eval']['top1_agreement'] <= 1
+  assert 'agree3' in runs['eagle3'][1]['eval']  # three training-time-test steps
 
 
 def test_trained_runs_drive_their_decoders(runs, trained_workdir):
   """What sample.py does: the heads runs attach to the target (`add_heads`); the draft loads
   as an extra run."""
   bench = workbench.Workbench.load(trained_workdir)
-  for kind in ('medusa', 'mtp', 'kangaroo'):
+  for kind in ('medusa', 'mtp', 'kangaroo', 'eagle3'):
     bench.add_heads(kind, runs[kind][0])
+  # Attached heads count as the target's (a decoder that drafts with them passes its check).
+  assert bench.decoder('eagle3').name == 'eagle3' and 'medusa' in bench.kind.heads
   tok = bench.tokenizer
   prompts = [tok.encode(t, add_bos=True) for t in ('def f(x):\n', 'import o', 'class')]
   decoders = [registry.build('ar'), registry.build('medusa', {'gamma': 3}),
               registry.build('mtp', {'gamma': 3}), registry.build('kangaroo', {'exit_layer': 1}),
+              registry.build('eagle3', {'gamma': 3, 'top_k': 2, 'tree_nodes': 6}),
               registry.build('speculative', {'draft_workdir': runs['draft'][0]})]
   results = bench.run(decoders, prompts, max_new_tokens=12)
   ref = [r.tokens for r in results['ar'][0]]
@@ -119,3 +123,73 @@ def test_recipe_errors(trained_workdir):
   cfg.spec.target_workdir = trained_workdir
   with pytest.raises(ValueError, match='same tokenizer'):
     make_objective('draft_distill', Transformer(small_config(vocab_size=64)), cfg)
+
+
+def test_eagle_training_time_test_unrolls_like_decoding():
+  """Step j of the training-time test at pair i is what drafting computes: the pairs of the
+  committed text (target features) up to position i + 1, then the draft's own outputs fed
+  back along the path, each new pair seeing the prefix and its own path only (the mask)."""
+  from models import eagle  # pylint: disable=g-import-not-at-top
+  from models import heads  # pylint: disable=g-import-not-at-top
+  from testlib import small_config  # pylint: disable=g-import-not-at-top
+  from training.objectives import eagle as eagle_obj  # pylint: disable=g-import-not-at-top
+  cfg = small_config(vocab_size=40, num_layers=2)
+  ids = eagle.feature_layers(2)
+  module = eagle.EagleDraft(cfg, 'eagle3', len(ids))
+  p = jax.tree.map(lambda x: 3 * x, eagle.init_params(cfg, 'eagle3', ids, jax.random.key(0)))
+  emb = 0.5 * jax.random.normal(jax.random.key(1), (40, cfg.d_model))
+  T, K = 10, 3
+  tokens = jax.random.randint(jax.random.key(2), (2, T), 0, 40)
+  feats = jax.random.normal(jax.random.key(3), (2, T - 1, 3 * cfg.d_model))
+  x0 = module.apply({'params': p}, feats, method=eagle.EagleDraft.fuse)
+  gs, logits, xs = eagle_obj.ttt_unroll(module, p, x0, tokens, emb, emb, K)
+  for j in range(1, K):
+    np.testing.assert_array_equal(xs[j], gs[j - 1])  # own outputs feed the next step
+  run = jax.jit(lambda x, t, pos: module.apply({'params': p}, x, t, pos, emb, emb)[:2])
+  for i in (0, 3, T - 1 - K):
+    # Prefix pairs 0 .. i at positions 1 .. i + 1, then own pairs along the path.
+    x, tok = x0[:, :i + 1], tokens[:, 1:i + 2]
+    for j in range(K):
+      pos = jnp.broadcast_to(jnp.arange(1, x.shape[1] + 1), tok.shape)
+      g, lg = run(x, tok, pos)
+      np.testing.assert_allclose(logits[j][:, i], lg[:, -1], atol=1e-4, rtol=1e-4)
+      x = jnp.concatenate([x, g[:, -1:]], 1)
+      tok = jnp.concatenate([tok, tokens[:, i + 2 + j:i + 3 + j]], 1)
+  del heads
+
+
+@pytest.mark.parametrize('kind', ['eagle3', 'eagle1'])
+def test_eagle_loss_decreases_on_the_test_preset(trained_workdir, kind):
+  import optax  # pylint: disable=g-import-not-at-top
+  from models import Transformer  # pylint: disable=g-import-not-at-top
+  cfg = spec_heads.get_config(f'{kind},test')
+  cfg.spec.target_workdir = trained_workdir
+  target = loading.load_model(trained_workdir)
+  objective = make_objective(f'{kind}_draft', Transformer(target.model.cfg), cfg)
+  extras = objective.extras(jax.random.key(0))
+  tok = target.tokenizer
+  text = 'def f(x):\n    return x + 1\n\nclass A:\n    pass\n' * 3
+  row = np.asarray(tok.encode(text, add_bos=True)[:33], np.int32)
+  batch = {'tokens': jnp.asarray(np.stack([row, np.roll(row, 5)]))}
+  opt = optax.adam(3e-3)
+  state = opt.init(extras)
+
+  @jax.jit
+  def train_step(extras, state):
+    (loss, metrics), g = jax.value_and_grad(
+        lambda e: objective.loss_fn({'model': target.params, **e}, batch, jax.random.key(1)),
+        has_aux=True)(extras)
+    upd, state = opt.update(g, state)
+    return optax.apply_updates(extras, upd), state, loss, metrics
+
+  losses = []
+  for _ in range(12):
+    extras, state, loss, metrics = train_step(extras, state)
+    losses.append(float(loss))
+  assert np.isfinite(losses).all()
+  assert losses[-1] < 0.8 * losses[0], losses
+  assert set(extras) == {kind}
+  if kind == 'eagle3':
+    assert {'agree1', 'agree2', 'agree3'} <= set(metrics)
+  else:
+    assert 'reg1' in metrics

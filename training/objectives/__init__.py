@@ -11,6 +11,7 @@ objective's home: adding an objective is adding a file with a `@register('name')
   as_arm.py            as_arm
   spec_draft.py        draft_distill
   spec_heads.py        medusa_heads, mtp_heads, kangaroo_adapter
+  eagle.py             eagle3_draft, eagle1_draft
   coconut.py           coconut, pause, cot, nocot
   sim_cot.py           sim_cot
   unmask_policy.py     unmask_policy
@@ -21,6 +22,7 @@ from training.objectives import ar
 from training.objectives import as_arm
 from training.objectives import block_diffusion
 from training.objectives import coconut
+from training.objectives import eagle
 from training.objectives import masked_diffusion
 from training.objectives import sim_cot
 from training.objectives import skipdecode
