@@ -70,6 +70,8 @@ METHODS = {
     'token_recycling': ('token_recycling', dict(tree_nodes=20, gamma=4)),
     'jacobi': ('jacobi', {}),
     'lookahead': ('lookahead', {}),
+    'jacobi_forcing': ('jacobi_forcing', dict(block=3, blocks=2, recycle=2)),
+    'jacobi_forcing-no-recycle': ('jacobi_forcing', dict(block=4, blocks=1, recycle=0)),
     'layerskip': ('layerskip', dict(exit_layer=1)),
     'kangaroo': ('kangaroo', dict(exit_layer=2, stop_below=0.05)),
     'del': ('del', {}),
@@ -310,6 +312,12 @@ def test_settings_are_validated():
     registry.build('prompt_lookup', {'verifier': 'traversal'}, s)
   with pytest.raises(ValueError, match='gamma'):
     registry.build('speculative', {'gamma': 0})
+  with pytest.raises(ValueError, match='block must be >= 1'):
+    registry.build('jacobi_forcing', {'block': 0})
+  with pytest.raises(ValueError, match='recycle must be >= 0'):
+    registry.build('jacobi_forcing', {'recycle': -1})
+  jf = registry.build('jacobi_forcing', {'block': 4, 'blocks': 3, 'recycle': 0}).get_drafter()
+  assert jf.kind == 'jacobi' and jf.window == 12  # no recycling: the plain Jacobi window
 
 
 @pytest.mark.parametrize('template', [trees.best_first(80, 6, trees.RECYCLING_PROFILE),
