@@ -35,7 +35,9 @@ from decoding import SamplingConfig
 
 
 def methods(block: int, blocks: int, recycle: int) -> dict[str, tuple[str, dict[str, Any]]]:
+  short = max(block // 2, 1)
   return {
+      f'jacobi n={short}': ('jacobi', dict(window=short)),
       f'jacobi n={block}': ('jacobi', dict(window=block)),
       f'jacobi_forcing {blocks}x{block}': ('jacobi_forcing', dict(block=block, blocks=blocks,
                                                                   recycle=0)),
@@ -111,28 +113,31 @@ def render(result: dict[str, Any]) -> str:
     for name, r in run['rows'].items():
       speed.append([label, name, f"{r['tokens_per_s']:.1f}", f"{r['ar_tokens_per_s']:.1f}",
                     f"{r['speedup']:.2f}", 'yes' if r['equals_ar'] else 'NO'])
-  quality = [[label, run['workdir'], run['step'], f"{run['bits_per_byte']:.4f}"]
-             for label, run in runs.items()]
+  quality = [[label, run['workdir'], run['step'], run.get('train', ''),
+              f"{run['bits_per_byte']:.4f}"] for label, run in runs.items()]
   s = result['settings']
   return '\n\n'.join([
       f"{s['prompts']} held-out prompts ({s['prompt_chars']} characters) x {s['max_new_tokens']} "
       f"new tokens, greedy, batch {s['batch_size']}; Jacobi blocks of n = {s['block']}, "
       f"K = {s['blocks']} blocks, recycling pool {s['recycle']}; "
-      f"fastest of {s['repeats']} alternating passes. One training run, one seed.",
+      f"fastest of {s['repeats']} alternating passes. Each forced run is one training run of "
+      "one seed.",
       '## Iterations per token (target forwards after the prefill per generated token)',
       common.markdown_table(header, table),
       '## Tokens/s against AR on the same model (same process, alternating passes)',
       common.markdown_table(['model', 'method', 'tokens/s', 'AR tokens/s', 'speedup',
                              'equals AR'], speed),
       '## Quality: teacher-forced bits per byte on held-out rows',
-      common.markdown_table(['model', 'workdir', 'step', 'bits per byte'], quality),
+      common.markdown_table(['model', 'workdir', 'step', 'training', 'bits per byte'],
+                            quality),
   ])
 
 
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--base', default='runs/tiny')
-  p.add_argument('--forced', default='runs/jf_tiny')
+  p.add_argument('--forced', default='runs/jf_tiny',
+                 help='one or more forced runs of the same base, comma-separated')
   p.add_argument('--prompts', type=int, default=8)
   p.add_argument('--prompt_chars', type=int, default=200)
   p.add_argument('--max_new_tokens', type=int, default=96)
@@ -148,7 +153,13 @@ def main(argv=None) -> None:
     raise ValueError(f'--repeats must be >= 1, got {args.repeats}.')
   runs = {}
   prompts = None
-  for label, workdir in (('base', args.base), ('forced', args.forced)):
+  forced = [w for w in args.forced.split(',') if w]
+  if not forced:
+    raise ValueError('--forced must name at least one run.')
+  labelled = [('base', args.base)] + [
+      ('forced' if len(forced) == 1 else f'forced {os.path.basename(w.rstrip("/"))}', w)
+      for w in forced]
+  for label, workdir in labelled:
     bench = workbench.Workbench.load(workdir)
     if prompts is None:  # the same token ids for both (the forced run keeps the tokenizer)
       prompts = workbench.read_prompts(bench.tokenizer, prompt=None, prompts_file=None,
@@ -158,7 +169,10 @@ def main(argv=None) -> None:
       eval_batches = data_lib.make_eval_batches(dc, bench.tokenizer,
                                                 max_batches=args.eval_batches)
     print(f'{label}: {workdir}', flush=True)
+    train = bench.config.get('train', {})
     runs[label] = {'workdir': workdir, 'step': bench.step,
+                   'train': (f"{bench.config.get('objective')}, lr {train.get('learning_rate')}, "
+                             f"batch {bench.config.get('data', {}).get('batch_size')}"),
                    'bits_per_byte': bits_per_byte(bench, eval_batches),
                    'rows': measure(bench, prompts, args)}
   result = {'settings': {k: v for k, v in vars(args).items() if k not in ('base', 'forced')},

@@ -5,6 +5,8 @@ falls over a few steps, clear errors), and a train.py run whose result decodes w
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -146,14 +148,20 @@ def test_bad_settings_give_clear_errors(trained_workdir):
     make_objective('jacobi_forcing', model, cfg).init_model_params()
 
 
-def test_train_py_run_decodes_exactly_as_ar(tmp_path, data_dir, trained_workdir):
-  """A short train.py run from the base; `jacobi_forcing` (with and without recycling) and
-  `jacobi` give AR's greedy tokens on a ragged batch for the base and the forced run."""
+@pytest.fixture(scope='module')
+def forced_run(tmp_path_factory, data_dir, trained_workdir):
+  """A short train.py run of the `,test` preset from the base."""
   cfg = _test_config(trained_workdir)
   cfg.data.data_dir = data_dir
   cfg.train.update(steps=3, eval_every=3, checkpoint_every=3, async_checkpointing=False)
-  workdir = str(tmp_path / 'jf')
-  metrics = trainer.train_and_evaluate(cfg, workdir)
+  workdir = str(tmp_path_factory.mktemp('jf'))
+  return workdir, trainer.train_and_evaluate(cfg, workdir)
+
+
+def test_train_py_run_decodes_exactly_as_ar(forced_run, trained_workdir):
+  """`jacobi_forcing` (with and without recycling) and `jacobi` give AR's greedy tokens on a
+  ragged batch for the base and the forced run."""
+  workdir, metrics = forced_run
   assert np.isfinite(metrics['train']['loss']) and 'bits_per_byte' in metrics['eval']
   for run in (trained_workdir, workdir):
     bench = workbench.Workbench.load(run)
@@ -169,3 +177,18 @@ def test_train_py_run_decodes_exactly_as_ar(tmp_path, data_dir, trained_workdir)
     assert set(results) == {'ar', 'jacobi', 'jf', 'jf1'}
     for name, (rows, _) in results.items():
       assert [r.tokens for r in rows] == ref, (run, name)
+
+
+def test_benchmark_writes_its_table(forced_run, trained_workdir, tmp_path, monkeypatch):
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  from benchmarks import jacobi_forcing as bench_jf  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(common, 'RESULTS_DIR', str(tmp_path))
+  bench_jf.main([f'--base={trained_workdir}', f'--forced={forced_run[0]}', '--prompts=2',
+                 '--prompt_chars=20', '--max_new_tokens=12', '--block=4', '--repeats=1',
+                 '--eval_batches=1', '--tag=test'])
+  text = (tmp_path / 'jacobi_forcing_test.md').read_text()
+  assert '- commit: ' in text and 'jacobi_forcing 2x4 + recycle 2' in text
+  result = json.loads((tmp_path / 'jacobi_forcing_test.json').read_text())
+  for run in result['runs'].values():
+    assert all(r['equals_ar'] for r in run['rows'].values())
+    assert all(0 < r['iters_per_token'] <= 1 for r in run['rows'].values())
