@@ -46,6 +46,17 @@ def methods(block: int, blocks: int, recycle: int) -> dict[str, tuple[str, dict[
   }
 
 
+def training(config: dict[str, Any]) -> str:
+  """The run's objective, learning rate, batch and (Jacobi Forcing) loss weights."""
+  train, jf = config.get('train', {}), config.get('jf', {})
+  out = (f"{config.get('objective')}, lr {train.get('learning_rate')}, "
+         f"batch {config.get('data', {}).get('batch_size')}")
+  if jf:
+    out += (f", weights AR {jf.get('ar_weight')} / consistency {jf.get('consistency_weight')}"
+            f" / corpus {jf.get('corpus_weight')}, n {jf.get('block')} x {jf.get('blocks')}")
+  return out
+
+
 def bits_per_byte(bench: workbench.Workbench, batches: list[dict[str, np.ndarray]]) -> float:
   """Teacher-forced next-token bits per byte of the run's model on `batches`."""
   model, params = bench.model, bench.params
@@ -169,10 +180,7 @@ def main(argv=None) -> None:
       eval_batches = data_lib.make_eval_batches(dc, bench.tokenizer,
                                                 max_batches=args.eval_batches)
     print(f'{label}: {workdir}', flush=True)
-    train = bench.config.get('train', {})
-    runs[label] = {'workdir': workdir, 'step': bench.step,
-                   'train': (f"{bench.config.get('objective')}, lr {train.get('learning_rate')}, "
-                             f"batch {bench.config.get('data', {}).get('batch_size')}"),
+    runs[label] = {'workdir': workdir, 'step': bench.step, 'train': training(bench.config),
                    'bits_per_byte': bits_per_byte(bench, eval_batches),
                    'rows': measure(bench, prompts, args)}
   result = {'settings': {k: v for k, v in vars(args).items() if k not in ('base', 'forced')},
