@@ -7,9 +7,9 @@ base on its own Jacobi trajectories, tokens/s against AR in the same run, and qu
 
 For the base and the forced run, on the same held-out prompts of the code corpus (validation
 split), greedy: AR and the Jacobi decoders (`jacobi` one block of n, `jacobi_forcing` K blocks
-of n without and with rejection recycling). Per row: iterations per token (verification
-steps, i.e. target forwards after the prefill, per generated token; AR: 1), tau (tokens per
-target forward, the prefill counted, as every speculative table here), tokens/s of the method
+of n without and with rejection recycling). Per row: iterations per token (target forwards
+per generated token, the prefill counted: 1 for AR, 1 / tau for the others; tau is tokens per
+target forward as in every speculative table here), tokens/s of the method
 and of AR on the same model (timed alternately, each keeping its fastest pass), the speedup,
 and whether the tokens equal AR's. Quality: bits per byte of each model on the same held-out
 rows (teacher-forced next-token loss). Writes benchmarks/results/jacobi_forcing_<tag>.md and
@@ -86,9 +86,9 @@ def measure(bench: workbench.Workbench, prompts, args) -> dict[str, dict[str, An
   ar_fns, ar_compile = harness.compile_decoder(ar_dec, ar_models, ar_params, batches, **kw)
   ar_best, ar_results = harness.best_pass(ar_fns, ar_params, batches, args.repeats)
   ar = harness.summarise(ar_results, ar_best, ar_compile)
-  rows = {'ar': {'iters_per_token': 1.0, 'tau': ar['tau'], 'tokens_per_s': ar['tokens_per_s'],
-                 'ar_tokens_per_s': ar['tokens_per_s'], 'speedup': 1.0, 'equals_ar': True,
-                 'generated': ar['generated']}}
+  rows = {'ar': {'iters_per_token': ar['target_forwards'] / ar['generated'], 'tau': ar['tau'],
+                 'tokens_per_s': ar['tokens_per_s'], 'ar_tokens_per_s': ar['tokens_per_s'],
+                 'speedup': 1.0, 'equals_ar': True, 'generated': ar['generated']}}
   for name, (dec_name, settings) in methods(args.block, args.blocks, args.recycle).items():
     dec = bench.decoder(dec_name, sampling, settings)
     models, params = bench.models_for(dec)
@@ -96,7 +96,7 @@ def measure(bench: workbench.Workbench, prompts, args) -> dict[str, dict[str, An
     r, ar_wall = harness.measure_pair(fns, (ar_fns, ar_compile), params, batches,
                                       repeats=args.repeats)
     ar_tps = ar['generated'] / ar_wall
-    rows[name] = {'iters_per_token': r['spec_steps'] / r['generated'], 'tau': r['tau'],
+    rows[name] = {'iters_per_token': r['target_forwards'] / r['generated'], 'tau': r['tau'],
                   'tokens_per_s': r['tokens_per_s'], 'ar_tokens_per_s': ar_tps,
                   'speedup': r['tokens_per_s'] / ar_tps, 'equals_ar': r['tokens'] == ar['tokens'],
                   'generated': r['generated'], 'drafted_per_step': r['drafted_per_step']}
@@ -133,7 +133,7 @@ def render(result: dict[str, Any]) -> str:
       f"K = {s['blocks']} blocks, recycling pool {s['recycle']}; "
       f"fastest of {s['repeats']} alternating passes. Each forced run is one training run of "
       "one seed.",
-      '## Iterations per token (target forwards after the prefill per generated token)',
+      '## Iterations per token (target forwards per generated token, the prefill counted)',
       common.markdown_table(header, table),
       '## Tokens/s against AR on the same model (same process, alternating passes)',
       common.markdown_table(['model', 'method', 'tokens/s', 'AR tokens/s', 'speedup',
