@@ -10,7 +10,7 @@ The model section must equal the base's (the `tiny` preset by default; the argum
 'SIZE[,test]' picks another preset, ',test' the unit-test settings). Each step collects the
 current model's Jacobi trajectories (prompt of 32 corpus tokens, 2 blocks of 16) and trains
 AR + consistency on them; about 5 minutes for 120 steps (batch 8) on 2 busy CPU cores.
-Measured (one seed): Jacobi iterations per token on held-out prompts 0.92 -> 0.28 at n = 16,
+Measured (one seed): Jacobi iterations per token on held-out prompts 0.93 -> 0.29 at n = 16,
 bits per byte 2.05 -> 2.28 (docs/speculative.md#jacobi-forcing).
 See training/objectives/jacobi_forcing.py.
 """
