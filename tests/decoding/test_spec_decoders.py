@@ -139,7 +139,7 @@ def _ar_cache(model, params, tokens_BxT, lengths_B):
                      cache=Cache.init(model.cfg, tokens_BxT.shape[0], CACHE)).cache
 
 
-@pytest.mark.parametrize('method', ['dynamic-tree', 'lookahead'])
+@pytest.mark.parametrize('method', ['dynamic-tree', 'lookahead', 'jacobi_forcing'])
 def test_cache_equals_ar_cache_after_every_step(setup, method):
   models, params, eos, ref = setup
   name, settings = METHODS[method]
