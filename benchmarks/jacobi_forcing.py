@@ -57,6 +57,16 @@ def training(config: dict[str, Any]) -> str:
   return out
 
 
+def distinct_ngrams(rows: list[list[int]], n: int = 4) -> float:
+  """Share of a row's n-grams that are distinct, over all rows (1 = no repeats): how
+  repetitive the greedy text is (a model can converge fast by repeating itself)."""
+  distinct, total = 0, 0
+  for r in rows:
+    grams = [tuple(r[i:i + n]) for i in range(len(r) - n + 1)]
+    distinct, total = distinct + len(set(grams)), total + len(grams)
+  return distinct / max(total, 1)
+
+
 def bits_per_byte(bench: workbench.Workbench, batches: list[dict[str, np.ndarray]]) -> float:
   """Teacher-forced next-token bits per byte of the run's model on `batches`."""
   model, params = bench.model, bench.params
@@ -75,7 +85,9 @@ def bits_per_byte(bench: workbench.Workbench, batches: list[dict[str, np.ndarray
   return total / nbytes / np.log(2)
 
 
-def measure(bench: workbench.Workbench, prompts, args) -> dict[str, dict[str, Any]]:
+def measure(bench: workbench.Workbench, prompts, args
+            ) -> tuple[dict[str, dict[str, Any]], float]:
+  """(rows by method, distinct 4-gram share of the AR output)."""
   tok = bench.tokenizer
   sampling = SamplingConfig(temperature=0.0)
   cache = int(np.ceil((max(map(len, prompts)) + args.max_new_tokens + 160) / 64) * 64)
@@ -103,7 +115,7 @@ def measure(bench: workbench.Workbench, prompts, args) -> dict[str, dict[str, An
     print(f"  {name}: {rows[name]['iters_per_token']:.3f} iters/token, tau {r['tau']:.2f}, "
           f"{r['tokens_per_s']:.0f} vs AR {ar_tps:.0f} tok/s, = AR: {rows[name]['equals_ar']}",
           flush=True)
-  return rows
+  return rows, distinct_ngrams(ar['tokens'])
 
 
 def render(result: dict[str, Any]) -> str:
@@ -125,7 +137,8 @@ def render(result: dict[str, Any]) -> str:
       speed.append([label, name, f"{r['tokens_per_s']:.1f}", f"{r['ar_tokens_per_s']:.1f}",
                     f"{r['speedup']:.2f}", 'yes' if r['equals_ar'] else 'NO'])
   quality = [[label, run['workdir'], run['step'], run.get('train', ''),
-              f"{run['bits_per_byte']:.4f}"] for label, run in runs.items()]
+              f"{run['bits_per_byte']:.4f}", f"{run['distinct_4grams']:.3f}"]
+             for label, run in runs.items()]
   s = result['settings']
   return '\n\n'.join([
       f"{s['prompts']} held-out prompts ({s['prompt_chars']} characters) x {s['max_new_tokens']} "
@@ -138,9 +151,10 @@ def render(result: dict[str, Any]) -> str:
       '## Tokens/s against AR on the same model (same process, alternating passes)',
       common.markdown_table(['model', 'method', 'tokens/s', 'AR tokens/s', 'speedup',
                              'equals AR'], speed),
-      '## Quality: teacher-forced bits per byte on held-out rows',
-      common.markdown_table(['model', 'workdir', 'step', 'training', 'bits per byte'],
-                            quality),
+      '## Quality: teacher-forced bits per byte on held-out rows; share of distinct 4-grams '
+      'in the greedy (AR) continuations of the prompts above (1 = no repeats)',
+      common.markdown_table(['model', 'workdir', 'step', 'training', 'bits per byte',
+                             'distinct 4-grams of greedy output'], quality),
   ])
 
 
@@ -181,8 +195,8 @@ def main(argv=None) -> None:
                                                 max_batches=args.eval_batches)
     print(f'{label}: {workdir}', flush=True)
     runs[label] = {'workdir': workdir, 'step': bench.step, 'train': training(bench.config),
-                   'bits_per_byte': bits_per_byte(bench, eval_batches),
-                   'rows': measure(bench, prompts, args)}
+                   'bits_per_byte': bits_per_byte(bench, eval_batches)}
+    runs[label]['rows'], runs[label]['distinct_4grams'] = measure(bench, prompts, args)
   result = {'settings': {k: v for k, v in vars(args).items() if k not in ('base', 'forced')},
             'provenance': common.provenance(), 'runs': runs}
   path = common.write_results(f'jacobi_forcing_{args.tag}',
