@@ -30,7 +30,7 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   c.jf = ml_collections.ConfigDict(dict(
       base_workdir='runs/tiny', prompt_len=32, block=16, blocks=2, noise_window=16,
       context='noisy', consistency='soft', ar_weight=1.0, consistency_weight=1.0,
-      corpus_weight=1.0))
+      corpus_weight=1.0, trajectories='current'))
   if test:
     c.data.seq_len, c.data.batch_size = 32, 8
     c.jf.update(prompt_len=8, block=4, blocks=2, noise_window=4)

@@ -130,12 +130,33 @@ def test_objective_loss_is_finite_and_falls(trained_workdir):
   assert 1 <= float(metrics['iters_per_block']) <= 4  # a block of 4 converges in <= 4
 
 
+def test_trajectories_from_the_frozen_base(trained_workdir):
+  """jf.trajectories='base': the base is a frozen extra and the trajectories (hence
+  iters_per_block) come from it, whatever the trained model's weights are."""
+  cfg = _test_config(trained_workdir)
+  cfg.jf.trajectories = 'base'
+  model = Transformer(trainer.model_config(cfg, 272))
+  objective = make_objective('jacobi_forcing', model, cfg)
+  assert objective.frozen == (jf_lib.BASE,)
+  base = objective.extras(jax.random.key(0))[jf_lib.BASE]
+  tokens = jax.random.randint(jax.random.key(0), (4, 33), 40, 120)
+  loss_fn = jax.jit(objective.loss_fn)
+  other = init_params(model, jax.random.key(5))
+  _, m_base = loss_fn({'model': base, jf_lib.BASE: base}, {'tokens': tokens}, jax.random.key(1))
+  loss, m_other = loss_fn({'model': other, jf_lib.BASE: base}, {'tokens': tokens},
+                          jax.random.key(1))
+  assert np.isfinite(float(loss))
+  assert float(m_other['iters_per_block']) == float(m_base['iters_per_block'])
+  assert float(m_other['ar_loss']) != float(m_base['ar_loss'])
+
+
 def test_bad_settings_give_clear_errors(trained_workdir):
   model = Transformer(small_config(vocab_size=272))
   with pytest.raises(ValueError, match='`jf` config section'):
     make_objective('jacobi_forcing', model, None)
   for key, value, match in (('context', 'diagonal', 'jf.context'),
                             ('consistency', 'l2', 'jf.consistency'),
+                            ('trajectories', 'teacher', 'jf.trajectories'),
                             ('block', 0, 'jf.block must be'),
                             ('ar_weight', -1.0, 'jf.ar_weight'),
                             ('prompt_len', 99, 'longer than a data row')):

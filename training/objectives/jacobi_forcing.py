@@ -5,7 +5,8 @@ Jacobi Forcing (Hu et al. 2025, arXiv 2512.14681, hao-ai-lab/JacobiForcing) exte
 (Kou et al. 2024): progressive consistency distillation under a causal mask. Per train step:
 
   1. trajectories  the first `jf.prompt_len` tokens of each corpus row are a prompt; the
-                   current model (no gradient) writes the greedy continuation of
+                   current model (or the frozen base, jf.trajectories='base'; no gradient)
+                   writes the greedy continuation of
                    `jf.blocks` x `jf.block` tokens (the fixed points), then Jacobi-decodes
                    every block from a guess of random prompt tokens after its converged
                    context, recording all `block` + 1 states (jacobi_lib.collect).
@@ -31,9 +32,13 @@ from the collected trajectories: n = no better than AR, 1 = the whole block at o
 `noisy_top1` (noisy predictions already equal to the fixed point), the two losses, and in
 evaluation the plain next-token loss / bits per byte on the held-out rows (quality).
 
-Simplified from the paper: trajectories are collected online from the current model each
-step (the paper collects them once from the base, offline; a progressive n16 -> n32 stage is
-not done, `jf.block` is fixed per run); the losses are means over their own positions with
+`jf.trajectories`: 'current' collects them from the model being trained (on-policy; on our
+tiny model this fed back into ever more repetitive greedy text), 'base' from the frozen base
+(kept as the run's extra `jf_base`), as the paper does with its offline data set.
+
+Simplified from the paper: trajectories are computed inside the train step instead of read
+from a stored data set (a progressive n16 -> n32 stage is not done, `jf.block` is fixed per
+run); the losses are means over their own positions with
 weights (paper: 10 * AR + soft CE / number of blocks); the initial guess is random prompt
 tokens (CLLM) for every block.
 """
@@ -52,6 +57,8 @@ from training.objectives.spec_draft import generate_rows
 from training.objectives.spec_heads import load_target
 
 CONSISTENCY = ('soft', 'hard')
+SOURCES = ('current', 'base')  # whose Jacobi trajectories (and greedy fixed points) train
+BASE = 'jf_base'  # the frozen base params (an extra of the run) for jf.trajectories='base'
 
 
 def jf_settings(config: ml_collections.ConfigDict | None) -> ml_collections.ConfigDict:
@@ -66,6 +73,8 @@ def jf_settings(config: ml_collections.ConfigDict | None) -> ml_collections.Conf
       raise ValueError(f'jf.{key} must be an integer >= 1, got {s[key]!r}.')
   if s.context not in jacobi_lib.CONTEXTS:
     raise ValueError(f'jf.context must be one of {jacobi_lib.CONTEXTS}, got {s.context!r}.')
+  if s.trajectories not in SOURCES:
+    raise ValueError(f'jf.trajectories must be one of {SOURCES}, got {s.trajectories!r}.')
   if s.consistency not in CONSISTENCY:
     raise ValueError(f'jf.consistency must be one of {CONSISTENCY}, got {s.consistency!r}.')
   for key in ('ar_weight', 'consistency_weight', 'corpus_weight'):
@@ -125,12 +134,23 @@ def jacobi_forcing(model: transformer_lib.Transformer,
                        '(e.g. runs/tiny).')
     return load_target(s.base_workdir, model).params
 
+  # Loaded here, not inside init_extras (which runs under tracing to build the state).
+  base_params = init_model_params() if s.trajectories == 'base' else None
+
+  def init_extras(rng):
+    del rng
+    return {BASE: base_params} if s.trajectories == 'base' else {}
+
+  def extra_logical_axes():
+    return {BASE: transformer_lib.logical_axes(model)} if s.trajectories == 'base' else {}
+
   def loss_fn(params, batch, rng):
     p = params['model']
     prompt = batch['tokens'][:, :s.prompt_len]
     B = prompt.shape[0]
     rng_traj, rng_pick = jax.random.split(rng)
-    states, clean = trajectories(model, p, layout, prompt, rng_traj)
+    source = params[BASE] if s.trajectories == 'base' else p
+    states, clean = trajectories(model, source, layout, prompt, rng_traj)
     noisy, noise = jacobi_lib.progressive_pick(states, clean, s.noise_window, rng_pick)
     packed = layout.pack(prompt, noisy, clean)
     logits = model.apply({'params': p}, packed, jnp.broadcast_to(positions, packed.shape),
@@ -177,4 +197,6 @@ def jacobi_forcing(model: transformer_lib.Transformer,
                    nll_sum=ar['nll_sum'], tokens_sum=ar['tokens_sum'])
     return metrics['loss'], metrics
 
-  return Objective(loss_fn=loss_fn, eval_fn=eval_fn, init_model_params=init_model_params)
+  return Objective(loss_fn=loss_fn, eval_fn=eval_fn, init_model_params=init_model_params,
+                   init_extras=init_extras, extra_logical_axes=extra_logical_axes,
+                   frozen=(BASE,) if s.trajectories == 'base' else ())
