@@ -32,9 +32,10 @@ from the collected trajectories: n = no better than AR, 1 = the whole block at o
 `noisy_top1` (noisy predictions already equal to the fixed point), the two losses, and in
 evaluation the plain next-token loss / bits per byte on the held-out rows (quality).
 
-`jf.trajectories`: 'current' collects them from the model being trained (on-policy; on our
-tiny model this fed back into ever more repetitive greedy text), 'base' from the frozen base
-(kept as the run's extra `jf_base`), as the paper does with its offline data set.
+`jf.trajectories`: 'current' collects them from the model being trained (on-policy), 'base'
+from the frozen base (kept as the run's extra `jf_base`), as the paper does with its offline
+data set; `iters_per_block` then measures the base. On the tiny runs both left the greedy text
+far more repetitive than the base's (docs/speculative.md#jacobi-forcing).
 
 Simplified from the paper: trajectories are computed inside the train step instead of read
 from a stored data set (a progressive n16 -> n32 stage is not done, `jf.block` is fixed per
