@@ -39,7 +39,7 @@ def test_every_registry_is_a_registry_and_complete_after_one_import():
 
 def test_each_speculative_name_is_its_own_class_with_its_drafters_settings():
   for name in ('speculative', 'spec_dynamic', 'spec_rsd', 'prompt_lookup', 'token_recycling',
-               'jacobi', 'lookahead', 'medusa', 'mtp', 'layerskip', 'kangaroo', 'del'):
+               'jacobi', 'lookahead', 'jacobi_forcing', 'medusa', 'mtp', 'layerskip', 'kangaroo', 'del'):
     cls = decoder_registry.get(name)
     assert cls.__name__.endswith('Decoder') and cls.__module__ == spec_decoders.__name__
     assert 'verifier' in {f.name for f in decoder_registry.settings_fields(name)}

@@ -14,6 +14,7 @@
   TokenRecyclingDecoder  token_recycling               successor table (ngram)
   JacobiDecoder          jacobi                        Jacobi window (jacobi)
   LookaheadDecoder       lookahead                     Jacobi window + n-gram pool (jacobi)
+  JacobiForcingDecoder   jacobi_forcing                Jacobi blocks + rejected tails (jacobi)
   MedusaDecoder, MTPDecoder          medusa, mtp       heads (head_drafters)
   LayerSkipDecoder, KangarooDecoder, DELDecoder        early exit (early_exit)
   Eagle3Decoder, Eagle1Decoder       eagle3, eagle1    EAGLE draft layer on target features (eagle)
@@ -304,6 +305,24 @@ class LookaheadDecoder(SpecDecoder):
     return jacobi.LookaheadDrafter(window=self.window, ngram=self.ngram, pool=self.pool)
 
 
+@registry.register
+@dataclasses.dataclass(frozen=True)
+class JacobiForcingDecoder(SpecDecoder):
+  """Jacobi Forcing's decoder: a window of `blocks` Jacobi blocks of `block` guesses plus
+  rejection recycling (for runs trained with configs/jacobi_forcing.py; lossless on any)."""
+  name: ClassVar[str] = 'jacobi_forcing'
+  drafter_type: ClassVar[type[drafter_lib.Drafter]] = jacobi.JacobiForcingDrafter
+  block: int = 16              # guesses per Jacobi block (n)
+  blocks: int = 2              # blocks iterated at once (K); the window is K * n
+  recycle: int = 2             # rejected tails verified per step (0 = plain Jacobi window)
+
+  def make_drafter(self, mode):
+    window = self.block * self.blocks
+    if self.recycle == 0:
+      return jacobi.JacobiDrafter(window=window)
+    return jacobi.JacobiForcingDrafter(window=window, ngram=window + 1, pool=self.recycle)
+
+
 # ------------------------------------------------------------------------ heads
 @dataclasses.dataclass(frozen=True)
 class HeadsDecoder(TreeDecoder):
@@ -441,7 +460,8 @@ class Eagle1Decoder(EagleDecoder):
 
 for _name, _cls in (('model', DraftModelDecoder), ('prompt_lookup', PromptLookupDecoder),
                     ('token_recycling', TokenRecyclingDecoder), ('jacobi', JacobiDecoder),
-                    ('lookahead', LookaheadDecoder), ('medusa', MedusaDecoder),
+                    ('lookahead', LookaheadDecoder), ('jacobi_forcing', JacobiForcingDecoder),
+                    ('medusa', MedusaDecoder),
                     ('mtp', MTPDecoder), ('layerskip', LayerSkipDecoder),
                     ('kangaroo', KangarooDecoder), ('del', DELDecoder),
                     ('eagle3', Eagle3Decoder), ('eagle1', Eagle1Decoder)):

@@ -12,6 +12,10 @@ whose other branches are n-grams from a pool keyed by the root token; every step
 branch's predictions (the newest trajectory level) feed the pool with its n-grams. The
 original collects n-grams along the diagonals of an (N - 1)-level window computed in the same
 forward; we keep one level (docs/speculative.md).
+
+Jacobi Forcing's decoder (Hu et al. 2025): a window of several Jacobi blocks plus rejection
+recycling, a pool of the window's rejected tails verified as extra trie branches. Meant for a
+model trained with the `jacobi_forcing` objective (configs/jacobi_forcing.py), lossless on any.
 """
 
 from __future__ import annotations
@@ -166,5 +170,52 @@ class LookaheadDrafter(drafter_lib.Drafter):
 
     pool, pool_ok, ptr = jax.lax.fori_loop(
         0, n_grams, insert, (state.pool_BxVxPxL, state.pool_ok_BxVxP, state.ptr_BxV))
+    return LookaheadState(guess_BxW=guess, pool_BxVxPxL=pool, pool_ok_BxVxP=pool_ok,
+                          ptr_BxV=ptr)
+
+
+@dataclasses.dataclass(frozen=True)
+class JacobiForcingDrafter(LookaheadDrafter):
+  """Jacobi Forcing's decoder (Hu et al. 2025): a Jacobi window of `window` = blocks x block
+  guesses plus rejection recycling, verified as one token trie.
+
+  Multi-block: the K blocks of n are one window of K * n guesses iterated together (block k
+  is guessed on top of the unconverged guesses before it) and verified as one chain; the
+  paper's policy of starting block k + 1 only once block k has ceil(r * n) accepted tokens
+  (a compute saving of its padded batch) is not modelled. Rejection recycling: after each
+  step, the Jacobi window's rejected tail (its guesses from the first one the target
+  rejected on) goes into a pool keyed by its first token; when a later root equals that
+  token, the rest of the tail is verified as one more branch of the trie (`pool` branches
+  per root). The pool's entries are `window` tokens long (`ngram` = window + 1).
+  """
+  kind: ClassVar[str] = 'jacobi_forcing'
+
+  def update(self, env, state, step):
+    cands, ok = self._candidates(state, step.tree.tokens_BxT[:, 0])
+    rep = trees.representative(cands, ok)[:, -1, :self.window]  # Jacobi branch nodes [B, W]
+    pred = jnp.argmax(step.out.logits_BxTxV, axis=-1).astype(jnp.int32)
+    guess = _next_guesses(pred, rep, step.keep_B, state.guess_BxW, step.active_B)
+    # The Jacobi branch's own verdict: guess i + 1 stands if the target's prediction at the
+    # branch node of depth i (the root for i = 0) equals it.
+    B, W = state.guess_BxW.shape
+    before = jnp.concatenate([pred[:, :1], jnp.take_along_axis(pred, rep, axis=1)[:, :-1]], 1)
+    match = jnp.cumprod((before == state.guess_BxW).astype(jnp.int32), axis=1)
+    accepted_B = jnp.sum(match, axis=1)  # guesses of the branch that stand
+    # Rejected tail g[a], g[a + 1], ... (0-based a = accepted): key g[a], continuation the
+    # rest, padded with its last token to the pool's length.
+    L = state.pool_BxVxPxL.shape[3]
+    src = jnp.minimum(accepted_B[:, None] + 1 + jnp.arange(L)[None], W - 1)
+    cont = jnp.take_along_axis(state.guess_BxW, src, axis=1)  # [B, L]
+    key = jnp.take_along_axis(state.guess_BxW, jnp.minimum(accepted_B, W - 1)[:, None],
+                              axis=1)[:, 0]
+    b = jnp.arange(B)
+    pool, pool_ok, ptr = state.pool_BxVxPxL, state.pool_ok_BxVxP, state.ptr_BxV
+    have = jnp.any(jnp.all(pool[b, key] == cont[:, None], axis=-1) & pool_ok[b, key], -1)
+    write = step.active_B & (accepted_B < W - 1) & ~have  # a tail of >= 2 guesses
+    slot = ptr[b, key]
+    key_w = jnp.where(write, key, pool.shape[1])
+    pool = pool.at[b, key_w, slot].set(cont, mode='drop')
+    pool_ok = pool_ok.at[b, key_w, slot].set(True, mode='drop')
+    ptr = ptr.at[b, key_w].set((slot + 1) % self.pool, mode='drop')
     return LookaheadState(guess_BxW=guess, pool_BxVxPxL=pool, pool_ok_BxVxP=pool_ok,
                           ptr_BxV=ptr)

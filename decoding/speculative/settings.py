@@ -8,7 +8,10 @@ from typing import Any
 TREES = ('chain', 'static', 'dynamic')
 VERIFIERS = ('auto', 'deterministic', 'iid', 'wor', 'kseq', 'traversal')
 # Settings that count something and must be >= 1.
-POSITIVE = ('gamma', 'top_k', 'tree_nodes', 'ngram', 'recycle_k', 'window', 'pool')
+POSITIVE = ('gamma', 'top_k', 'tree_nodes', 'ngram', 'recycle_k', 'window', 'pool', 'block',
+            'blocks')
+# Settings that count something and may be 0.
+NON_NEGATIVE = ('recycle',)
 # Verification rules that read the draft's distribution q.
 NEED_Q = ('iid', 'wor', 'kseq', 'traversal')
 
@@ -22,6 +25,8 @@ def check(decoder: Any, composed: Any) -> None:
   for f in dataclasses.fields(decoder):
     if f.name in POSITIVE and getattr(decoder, f.name) < 1:
       raise ValueError(f'{f.name} must be >= 1, got {getattr(decoder, f.name)}.')
+    if f.name in NON_NEGATIVE and getattr(decoder, f.name) < 0:
+      raise ValueError(f'{f.name} must be >= 0, got {getattr(decoder, f.name)}.')
   stop_below = getattr(decoder, 'stop_below', 0.0)
   if not 0.0 <= stop_below < 1.0:
     raise ValueError(f'stop_below must be in [0, 1), got {stop_below}.')

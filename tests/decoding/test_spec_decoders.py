@@ -75,6 +75,8 @@ METHODS = {
     'token_recycling': ('token_recycling', dict(tree_nodes=20, gamma=4)),
     'jacobi': ('jacobi', {}),
     'lookahead': ('lookahead', {}),
+    'jacobi_forcing': ('jacobi_forcing', dict(block=3, blocks=2, recycle=2)),
+    'jacobi_forcing-no-recycle': ('jacobi_forcing', dict(block=4, blocks=1, recycle=0)),
     'layerskip': ('layerskip', dict(exit_layer=1)),
     'kangaroo': ('kangaroo', dict(exit_layer=2, stop_below=0.05)),
     'del': ('del', {}),
@@ -147,7 +149,7 @@ def _ar_cache(model, params, tokens_BxT, lengths_B):
                      cache=Cache.init(model.cfg, tokens_BxT.shape[0], CACHE)).cache
 
 
-@pytest.mark.parametrize('method', ['dynamic-tree', 'lookahead'])
+@pytest.mark.parametrize('method', ['dynamic-tree', 'lookahead', 'jacobi_forcing'])
 def test_cache_equals_ar_cache_after_every_step(setup, method):
   models, params, eos, ref = setup
   name, settings = METHODS[method]
@@ -320,6 +322,12 @@ def test_settings_are_validated():
     registry.build('prompt_lookup', {'verifier': 'traversal'}, s)
   with pytest.raises(ValueError, match='gamma'):
     registry.build('speculative', {'gamma': 0})
+  with pytest.raises(ValueError, match='block must be >= 1'):
+    registry.build('jacobi_forcing', {'block': 0})
+  with pytest.raises(ValueError, match='recycle must be >= 0'):
+    registry.build('jacobi_forcing', {'recycle': -1})
+  jf = registry.build('jacobi_forcing', {'block': 4, 'blocks': 3, 'recycle': 0}).get_drafter()
+  assert jf.kind == 'jacobi' and jf.window == 12  # no recycling: the plain Jacobi window
 
 
 @pytest.mark.parametrize('template', [trees.best_first(80, 6, trees.RECYCLING_PROFILE),

@@ -57,12 +57,15 @@ def _exact_two_token(model, params, prompt):
     dict(tree='static', tree_nodes=5, gamma=3, delay=1, verifier='iid'),
     dict(drafter='prompt_lookup', gamma=3, adaptive=True,       # adaptive: an AR step
          costs='1,9,9,9'),
+    dict(decoder='jacobi_forcing', block=2, blocks=2, recycle=2),  # Jacobi blocks + recycling
 ], ids=['chain-iid', 'tree-wor', 'dynamic-wor', 'tree-traversal', 'delayed-traversal',
-        'delayed-iid', 'adaptive-ar-step'])
+        'delayed-iid', 'adaptive-ar-step', 'jacobi_forcing'])
 def test_two_token_prefix_distribution_matches_target(lm, settings):
   target, draft, dp, prompt = lm
-  extra = {} if 'drafter' in settings else {'draft_workdir': 'x'}
-  dec = registry.build('speculative', dict(settings, **extra), CFG)
+  settings = dict(settings)
+  name = settings.pop('decoder', 'speculative')
+  extra = {} if 'drafter' in settings or name != 'speculative' else {'draft_workdir': 'x'}
+  dec = registry.build(name, dict(settings, **extra), CFG)
   rows, _ = run_decoder(dec, Models(target.model, extras=(('draft', draft),)),
                         {'target': target.params, 'draft': dp}, [prompt] * ROWS,
                         max_new_tokens=2, cache_size=32, eos_id=-1, pad_id=0, seed=11,

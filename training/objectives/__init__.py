@@ -10,6 +10,7 @@ objective's home: adding an objective is adding a file with a `@register('name')
   wedlm.py             wedlm
   as_arm.py            as_arm
   spec_draft.py        draft_distill
+  jacobi_forcing.py    jacobi_forcing (helpers: jacobi_lib.py)
   spec_heads.py        medusa_heads, mtp_heads, kangaroo_adapter
   eagle.py             eagle3_draft, eagle1_draft
   coconut.py           coconut, pause, cot, nocot
@@ -23,6 +24,7 @@ from training.objectives import as_arm
 from training.objectives import block_diffusion
 from training.objectives import coconut
 from training.objectives import eagle
+from training.objectives import jacobi_forcing
 from training.objectives import masked_diffusion
 from training.objectives import sim_cot
 from training.objectives import skipdecode
