@@ -29,9 +29,9 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from benchmarks import common
+from benchmarks import harness
 from decoding import SamplingConfig
 from decoding import h2o
 from workbench import Workbench
@@ -67,18 +67,6 @@ def _teacher_forced(model, params, tokens_BxT, prompt, budget, recent):
   return jnp.mean(nll), jnp.mean(hits)
 
 
-def agreement(ref_rows, rows) -> tuple[float, float]:
-  same = total = 0
-  prefix = []
-  for a, r in zip(ref_rows, rows):
-    n = min(len(a.tokens), len(r.tokens))
-    eq = [x == y for x, y in zip(a.tokens[:n], r.tokens[:n])]
-    same += sum(eq)
-    total += max(len(a.tokens), len(r.tokens))
-    prefix.append(eq.index(False) if False in eq else n)
-  return same / max(total, 1), float(np.mean(prefix))
-
-
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument('--workdir', default='runs/tiny')
@@ -110,7 +98,7 @@ def main():
     nll, acc = _teacher_forced(model, params, tokens, args.prompt_tokens,
                                budget if spec != 'ar' else full, recent)
     rows, stats = by_spec[spec]
-    agree, prefix = agreement(ref_rows, rows)
+    agree, prefix = harness.agreement(ref_rows, rows)
     ppl = math.exp(float(nll))
     rows_out.append([name, budget if spec != 'ar' else f'{full} (all)', recent,
                      min(budget, full) / full, ppl,

@@ -179,6 +179,21 @@ def measure_decode_pair(method_n, method_1, ar_n, ar_1, params, batches, *, repe
   return out
 
 
+def agreement(ref_rows, rows) -> tuple[float, float]:
+  """(fraction of positions where `rows` equal `ref_rows`, counted over the longer of each
+  pair; mean common-prefix length): how close a lossy decoder's output stays to a reference
+  decoder's (rows: `runner.RowOutput`s or anything with `.tokens`)."""
+  same = total = 0
+  prefix = []
+  for a, r in zip(ref_rows, rows):
+    n = min(len(a.tokens), len(r.tokens))
+    eq = [x == y for x, y in zip(a.tokens[:n], r.tokens[:n])]
+    same += sum(eq)
+    total += max(len(a.tokens), len(r.tokens))
+    prefix.append(eq.index(False) if False in eq else n)
+  return same / max(total, 1), float(np.mean(prefix))
+
+
 def implausible(row: dict[str, Any]) -> bool:
   """A speedup above tau (see `common.speedup_above_tau`): load on the machine, not the
   method; tables flag such rows with '(!)'."""

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
+from benchmarks import harness
 from decoding import SamplingConfig
 from decoding import registry
 from models import heads as heads_lib
@@ -119,19 +120,6 @@ def judge_perplexity(judge: Workbench, prompts, outputs) -> float:
   return math.exp(nll / max(count, 1))
 
 
-def agreement(ar_rows, rows) -> tuple[float, float]:
-  """(fraction of positions equal to AR's, mean common-prefix length)."""
-  same = total = 0
-  prefix = []
-  for a, r in zip(ar_rows, rows):
-    n = min(len(a.tokens), len(r.tokens))
-    eq = [x == y for x, y in zip(a.tokens[:n], r.tokens[:n])]
-    same += sum(eq)
-    total += max(len(a.tokens), len(r.tokens))
-    prefix.append(eq.index(False) if False in eq else n)
-  return same / max(total, 1), float(np.mean(prefix))
-
-
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument('--workdir', default='runs/skip_tiny')
@@ -165,7 +153,7 @@ def main():
     for spec, method, sched, _ in specs:
       rows, stats = by_spec[spec]
       ppl, acc = teacher_forced(bench, full, N, spec if spec != 'layerskip' else 'ar')
-      agree, prefix = agreement(ar_rows, rows)
+      agree, prefix = harness.agreement(ar_rows, rows)
       judge = judge_perplexity(base, prompts, [r.tokens for r in rows])
       layers = (stats.extra['layer_forwards'] / stats.generated if 'layer_forwards' in
                 stats.extra else '—')

@@ -202,3 +202,12 @@ def test_verifier_table_runs_and_traversal_is_not_below_iid(tmp_path, monkeypatc
   diff = rows['traversal - iid (paired, static tree)']
   assert diff['tau'] > -3 * diff['se'], diff
   assert rows['delayed traversal']['shape'] == '1,1,3,3'  # delay 2, then 3 rollouts of 2
+
+
+def test_agreement_counts_positions_over_the_longer_row_and_common_prefixes():
+  row = lambda *t: SimpleNamespace(tokens=list(t))
+  ref = [row(1, 2, 3, 4), row(5, 6), row(7)]
+  out = [row(1, 2, 9, 4), row(5, 6, 8), row(0)]
+  frac, prefix = harness.agreement(ref, out)
+  assert frac == pytest.approx((3 + 2 + 0) / (4 + 3 + 1))
+  assert prefix == pytest.approx((2 + 2 + 0) / 3)

@@ -39,6 +39,18 @@ class LoadedModel:
     return self.model.cfg
 
 
+def require_same_model(model_cfg: config_lib.ModelConfig, loaded: LoadedModel, setting: str,
+                       hint: str = '') -> None:
+  """ValueError unless `loaded`'s model config equals `model_cfg`: names the config setting
+  that pointed at the run (e.g. 'diffusion.init_from=DIR') and every field that differs."""
+  mine, theirs = model_cfg.to_dict(), loaded.model.cfg.to_dict()
+  differ = sorted(k for k in mine if mine[k] != theirs.get(k))
+  if differ:
+    raise ValueError(f'{setting} holds a different model: '
+                     + ', '.join(f'{k}={theirs.get(k)!r} (config: {mine[k]!r})' for k in differ)
+                     + (f'. {hint}' if hint else ''))
+
+
 def load_model(workdir: str, *, step: int | None = None, mesh: Mesh | None = None,
                rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES,
                dtype: str | None = None) -> LoadedModel:

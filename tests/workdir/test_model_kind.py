@@ -175,3 +175,14 @@ def test_a_checkpoint_without_a_kind_gets_it_from_its_config(tmp_path, trained_w
   assert workdir_kind.read(out) == expected
   dec = registry.build('llada', {}).for_model({'target': loaded.kind})
   assert (dec.block_causal, dec.block_size) == (1, 4)
+
+
+def test_require_same_model_names_the_setting_and_every_differing_field():
+  loaded = types.SimpleNamespace(model=Transformer(small_config(num_layers=2, d_model=32)))
+  loading.require_same_model(small_config(num_layers=2, d_model=32), loaded, 'x.init_from=D')
+  with pytest.raises(ValueError, match=r"x.init_from=D holds a different model: d_model=32 "
+                     r"\(config: 64\), .*num_layers=2 \(config: 3\)\. Use the target's"):
+    loading.require_same_model(small_config(num_layers=3, d_model=64), loaded, 'x.init_from=D',
+                               "Use the target's.")
+  with pytest.raises(ValueError, match=r'holds a different model: mlp_dim=64 \(config: 96\)$'):
+    loading.require_same_model(small_config(mlp_dim=96), loaded, 'x')

@@ -251,12 +251,7 @@ def init_from(workdir: str, model: transformer_lib.Transformer,
   with the embedding rows of `reinit_ids` re-drawn from N(0, init_std) (key 0)."""
   def load():
     loaded = loading.load_model(workdir)
-    mine, theirs = model.cfg.to_dict(), loaded.model.cfg.to_dict()
-    differ = sorted(k for k in mine if mine[k] != theirs.get(k))
-    if differ:
-      raise ValueError(f'diffusion.init_from={workdir} has a different model: '
-                       + ', '.join(f'{k}={theirs.get(k)!r} (config: {mine[k]!r})'
-                                   for k in differ))
+    loading.require_same_model(model.cfg, loaded, f'diffusion.init_from={workdir}')
     params = loaded.params
     if reinit_ids:
       emb = params['embed']['embedding']

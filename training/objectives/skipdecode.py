@@ -97,11 +97,7 @@ def skipdecode_objective(model: transformer_lib.Transformer,
 
   def init_model_params():
     loaded = loading.load_model(s.init_from)
-    mine, theirs = model.cfg.to_dict(), loaded.model.cfg.to_dict()
-    differ = sorted(k for k in mine if mine[k] != theirs.get(k))
-    if differ:
-      raise ValueError(f'skip.init_from={s.init_from} has a different model: ' + ', '.join(
-          f'{k}={theirs.get(k)!r} (config: {mine[k]!r})' for k in differ))
+    loading.require_same_model(model.cfg, loaded, f'skip.init_from={s.init_from}')
     return loaded.params
 
   return Objective(loss_fn=loss_fn, eval_fn=eval_fn,

@@ -45,13 +45,8 @@ def load_target(workdir: str, model: transformer_lib.Transformer | None = None):
                      'runs/spec/target).')
   loaded = loading.load_model(workdir)
   if model is not None:
-    mine, theirs = model.cfg.to_dict(), loaded.model.cfg.to_dict()
-    differ = sorted(k for k in mine if mine[k] != theirs.get(k))
-    if differ:
-      raise ValueError(f'spec.target_workdir={workdir} holds a different model: '
-                       + ', '.join(f'{k}={theirs.get(k)!r} (config: {mine[k]!r})'
-                                   for k in differ)
-                       + '. Use the same model section as the target run.')
+    loading.require_same_model(model.cfg, loaded, f'spec.target_workdir={workdir}',
+                               'Use the same model section as the target run.')
   return loaded
 
 

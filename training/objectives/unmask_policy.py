@@ -216,12 +216,7 @@ def unmask_policy_objective(model: transformer_lib.Transformer,
       raise ValueError(f'policy.diffusion_workdir={p.diffusion_workdir} holds a '
                        f'{loaded.kind.describe()} model; this objective decodes bidirectional '
                        f'masked diffusion with shift={s.shift} (set diffusion.shift to match).')
-    mine, theirs = model.cfg.to_dict(), loaded.model.cfg.to_dict()
-    differ = sorted(k for k in mine if mine[k] != theirs.get(k))
-    if differ:
-      raise ValueError(f'policy.diffusion_workdir={p.diffusion_workdir} holds a different model: '
-                       + ', '.join(f'{k}={theirs.get(k)!r} (config: {mine[k]!r})'
-                                   for k in differ))
+    loading.require_same_model(model.cfg, loaded, f'policy.diffusion_workdir={p.diffusion_workdir}')
     return loaded.params
 
   sudoku_n = {'sudoku4': 2, 'sudoku9': 3}.get(task.name, 0)
