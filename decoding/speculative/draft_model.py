@@ -77,8 +77,8 @@ class DraftModelDrafter(drafter_lib.Drafter):
   # ------------------------------------------------------------------ static shape
   @property
   def candidates(self) -> int:
-    """Dynamic trees: candidate nodes (without the root) = k + (depth - 1) k^2."""
-    return self.top_k + (self.depth - 1) * self.top_k ** 2
+    """Dynamic trees: candidate nodes without the root (`trees.dynamic_candidates`)."""
+    return trees.dynamic_candidates(self.top_k, self.depth)
 
   @property
   def max_nodes(self) -> int:

@@ -67,8 +67,8 @@ class EagleDrafter(drafter_lib.Drafter):
   # ------------------------------------------------------------------ static shape
   @property
   def candidates(self) -> int:
-    """Dynamic trees: candidate nodes (without the root) = k + (depth - 1) k^2."""
-    return self.top_k + (self.gamma - 1) * self.top_k ** 2
+    """Dynamic trees: candidate nodes without the root (`trees.dynamic_candidates`)."""
+    return trees.dynamic_candidates(self.top_k, self.gamma)
 
   @property
   def max_nodes(self) -> int:

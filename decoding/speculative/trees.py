@@ -313,6 +313,13 @@ def ancestors_from_parents(parents_BxT: jax.Array, max_depth: int) -> jax.Array:
   return anc
 
 
+def dynamic_candidates(top_k: int, depth: int) -> int:
+  """Dynamic trees (EAGLE-2): candidate nodes after the root when the first round expands the
+  root into top_k children and each later round expands the top_k best frontier nodes into
+  top_k children each: k + (depth - 1) k^2."""
+  return top_k + (depth - 1) * top_k ** 2
+
+
 def select_candidates(sel_BxN: jax.Array, sel_score_BxN: jax.Array, cand_par_BxC: jax.Array,
                       active_B: jax.Array, max_depth: int
                       ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
