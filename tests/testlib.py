@@ -1,10 +1,29 @@
 """Helpers shared by the tests (fixtures live in conftest.py)."""
 
 import functools
+import os
 
 import jax
 
 from models import config as config_lib
+
+
+def subprocess_env(*, concurrent: bool = False, **extra: str) -> dict[str, str]:
+  """The environment for a train.py / sample.py subprocess: one host device (the suite's
+  forced 8-device count dropped) plus `extra` variables.
+
+  concurrent: the process runs beside this one or may be killed mid-run. It then gets no
+  persistent compilation cache: jax writes a cache entry in place, so a process reading an
+  entry that another is still writing, or that a killed process left half-written,
+  deserialises a truncated executable and segfaults (seen in the suite after the killed-run
+  and the concurrent-workdir tests).
+  """
+  env = dict(os.environ, **extra)
+  if 'XLA_FLAGS' not in extra:
+    env.pop('XLA_FLAGS', None)
+  if concurrent:
+    env.pop('JAX_COMPILATION_CACHE_DIR', None)
+  return env
 
 
 def small_config(**overrides) -> config_lib.ModelConfig:

@@ -13,7 +13,7 @@ import pytest
 import decoding
 from decoding import base, registry
 from decoding.diffusion import canvas
-from decoding.diffusion import unmask_policy as policy_lib
+from models import unmask_policy as policy_lib
 from models import Transformer, init_params
 from models import kind as kind_lib
 from testlib import small_config
@@ -145,7 +145,8 @@ def test_features_ignore_positions_that_are_not_masked():
                             conf=jnp.asarray([[0.9, 0.8, 0.7, 0.6]]),
                             entropy=jnp.ones((1, 4)), margin=jnp.full((1, 4), 0.5))
   el = jnp.asarray([[True, False, True, False]])
-  f = np.asarray(policy_lib.features(stats, el, jnp.ones((1, 4), bool), V))
+  f = np.asarray(policy_lib.features(stats.conf, stats.margin, stats.entropy, el,
+                                     jnp.ones((1, 4), bool), V))
   np.testing.assert_allclose(f[0, :, 0], [0.9, 0, 0.7, 0], atol=1e-6)
   np.testing.assert_allclose(f[0, :, 3], [1, 0, 1, 0])
   np.testing.assert_allclose(f[0, :, 4], 0.5)

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import pytest
 
+import testlib
 from testlib import lm_test_config
 from training import trainer
 from workdir import checkpoint, loading
@@ -168,12 +169,6 @@ def test_digests_see_every_element_and_ignore_sharding():
   assert bf16 != base
 
 
-def _one_device_env():
-  env = dict(os.environ)
-  env.pop('XLA_FLAGS', None)
-  return env
-
-
 @pytest.mark.slow
 def test_cli_fallback_prints_one_warning_and_keeps_json_clean(tmp_path, trained_workdir,
                                                               data_dir):
@@ -185,7 +180,7 @@ def test_cli_fallback_prints_one_warning_and_keeps_json_clean(tmp_path, trained_
   out = subprocess.run(
       [sys.executable, 'train.py', '--config=configs/lm.py:test', f'--workdir={workdir}',
        f'--config.data.data_dir={data_dir}', '--config.data.batch_size=8',
-       '--config.train.steps=30'], cwd=ROOT, env=_one_device_env(), capture_output=True,
+       '--config.train.steps=30'], cwd=ROOT, env=testlib.subprocess_env(), capture_output=True,
       text=True)
   assert out.returncode == 0, out.stderr[-3000:]
   assert [line for line in out.stderr.splitlines() if line.strip()] == [
@@ -194,7 +189,7 @@ def test_cli_fallback_prints_one_warning_and_keeps_json_clean(tmp_path, trained_
   corrupt(workdir, 30, 'bytes32')
   out = subprocess.run(
       [sys.executable, 'sample.py', f'--workdir={workdir}', '--prompt=' + 'x' * 300,
-       '--max_new_tokens=8', '--json'], cwd=ROOT, env=_one_device_env(), capture_output=True,
+       '--max_new_tokens=8', '--json'], cwd=ROOT, env=testlib.subprocess_env(), capture_output=True,
       text=True)
   assert out.returncode == 0, out.stderr[-3000:]
   rows = [json.loads(line) for line in out.stdout.splitlines()]

@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 
 from decoding import Models, registry, run_decoder
+import testlib
 from testlib import lm_test_config
 from training import metrics, trainer
 from workdir import checkpoint, loading
@@ -62,9 +63,10 @@ def _start_two(workdir, data_dir, logs):
   port, procs = _free_port(), []
   launch = len(list(logs.iterdir())) // 2
   for i in range(2):
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
-               JAX_COORDINATOR_ADDRESS=f'localhost:{port}', JAX_NUM_PROCESSES='2',
-               JAX_PROCESS_ID=str(i))
+    env = testlib.subprocess_env(concurrent=True,
+                                 XLA_FLAGS='--xla_force_host_platform_device_count=4',
+                                 JAX_COORDINATOR_ADDRESS=f'localhost:{port}',
+                                 JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(i))
     log = open(logs / f'launch{launch}_process{i}.log', 'w')
     procs.append((subprocess.Popen(_train_cmd(workdir, data_dir), cwd=ROOT, env=env,
                                    stdout=log, stderr=subprocess.STDOUT), log))
@@ -152,8 +154,7 @@ def test_two_processes_train_restore_and_resume_like_one(tmp_path, data_dir):
 
   # sample.py restores the two-process checkpoint in one process and decodes like the
   # single-process model.
-  env = dict(os.environ)
-  env.pop('XLA_FLAGS', None)
+  env = testlib.subprocess_env()
   sampled = subprocess.run([sys.executable, 'sample.py', f'--workdir={work}',
                             '--prompt=def main(', '--max_new_tokens=12', '--json'],
                            cwd=ROOT, capture_output=True, text=True, env=env)

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+import testlib
 from testlib import lm_test_config
 from training import trainer
 from workdir import checkpoint, loading
@@ -53,16 +54,10 @@ def _train_cmd(workdir, data_dir, steps, every):
           '--config.train.eval_every=1000', '--config.train.progress_bar=False']
 
 
-def _one_device_env():
-  env = dict(os.environ)
-  env.pop('XLA_FLAGS', None)
-  return env
-
-
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(tmp_path, data_dir):
   """SIGKILL during training (async checkpoints in flight), then resume: same parameters."""
-  env, steps = _one_device_env(), 120
+  env, steps = testlib.subprocess_env(concurrent=True), 120
   ref = str(tmp_path / 'ref')
   subprocess.run(_train_cmd(ref, data_dir, steps, 10), cwd=ROOT, env=env, check=True,
                  capture_output=True)
@@ -145,7 +140,7 @@ def test_bad_config_values(tmp_path, data_dir, key, value, match):
 def test_bad_config_flags(tmp_path, flag, match):
   out = subprocess.run([sys.executable, 'train.py', '--config=configs/lm.py:test',
                         f'--workdir={tmp_path}', flag], cwd=ROOT, capture_output=True,
-                       text=True, env=_one_device_env())
+                       text=True, env=testlib.subprocess_env())
   assert out.returncode != 0
   assert match in out.stderr + out.stdout
   assert 'Traceback' not in out.stderr

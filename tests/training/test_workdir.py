@@ -9,17 +9,12 @@ import time
 
 import pytest
 
+import testlib
 from testlib import lm_test_config
 from training import trainer
 from workdir import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _one_device_env():
-  env = dict(os.environ)
-  env.pop('XLA_FLAGS', None)
-  return env
 
 
 @pytest.mark.slow
@@ -30,7 +25,7 @@ def test_second_run_is_refused_while_the_first_lives_and_resumes_after_a_kill(tm
       [sys.executable, 'train.py', '--config=configs/lm.py:test', f'--workdir={workdir}',
        f'--config.data.data_dir={data_dir}', '--config.data.batch_size=8',
        '--config.train.steps=100000', '--config.train.checkpoint_every=5',
-       '--config.train.eval_every=100000'], cwd=ROOT, env=_one_device_env(),
+       '--config.train.eval_every=100000'], cwd=ROOT, env=testlib.subprocess_env(concurrent=True),
       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
     deadline = time.time() + 180
@@ -100,7 +95,7 @@ TRAIN_CLI_ERRORS = [
 def test_train_cli_errors_are_one_line_with_exit_code_2(tmp_path, args, match):
   (tmp_path / 'file').write_text('not a directory')
   out = subprocess.run([sys.executable, 'train.py', *(a.format(tmp=tmp_path) for a in args)],
-                       cwd=ROOT, env=_one_device_env(), capture_output=True, text=True)
+                       cwd=ROOT, env=testlib.subprocess_env(), capture_output=True, text=True)
   assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
   assert out.stderr.count('\n') == 1 and out.stderr.startswith('error: '), out.stderr[-2000:]
   assert match in out.stderr

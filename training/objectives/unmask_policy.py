@@ -39,11 +39,9 @@ import ml_collections
 
 from data.tasks import exact_match
 from data.tasks import sudoku
-from decoding import sampling as sampling_lib
-from decoding.diffusion import canvas
-from decoding.diffusion import unmask_policy as policy_lib
 from models import kind as kind_lib
 from models import transformer as transformer_lib
+from models import unmask_policy as policy_lib
 from training.objectives import diffusion_lib as lib
 from training.objectives.registry import Objective, register
 from workdir import loading
@@ -86,6 +84,11 @@ def rollout(model, model_params, policy_params, prompt_BxP, prompt_len_B, *, ans
             threshold: float = 0.5):
   """Decodes with the policy; sampled actions when `rng` is given, else greedy.
 
+  The canvas loop of `decoding/diffusion/engine.py` for one block over the whole answer, no
+  cache, greedy tokens, written here with plain arrays (training may not import decoding/);
+  a test checks that it commits what the 'learned_unmask' decoder commits, token for token
+  and forward for forward. The buffer is [prompt (prompt_len) | canvas (N) | padding] per row.
+
   Returns a dict: canvas_BxN (final tokens), forwards_B, in_range (B, N) and per step
   [S = N, ...] the features feats (S, B, N, F), eligible, actions (what was drawn or chosen,
   before the at-least-one rule) and active (S, B); steps after every row was done hold zeros
@@ -93,37 +96,52 @@ def rollout(model, model_params, policy_params, prompt_BxP, prompt_len_B, *, ans
   """
   B, P = prompt_BxP.shape
   N = answer_len
-  layout = canvas.Layout(prompt_len_B=prompt_len_B.astype(jnp.int32), P=P, N=N)
-  L = layout.L
-  full_pos = layout.positions(jnp.broadcast_to(jnp.arange(L), (B, L)))
-  n_BxN = jnp.broadcast_to(jnp.arange(N), (B, N))
+  L = P + N
+  plen = prompt_len_B.astype(jnp.int32)[:, None]
+  idx = jnp.arange(L)[None, :]
+  full_pos = jnp.where(idx < plen + N, idx, -1)
+  canvas_idx = jnp.minimum(plen + jnp.arange(N)[None, :], L - 1)  # buffer index of canvas n
   in_range = jnp.ones((B, N), bool)
   vocab = model.cfg.vocab_size
-  greedy = sampling_lib.SamplingConfig()
-  dummy_keys = jnp.zeros((B, N), jnp.uint32)
-  seq0 = canvas.initial_sequence(prompt_BxP, layout, mask_id, pad_id)
+  padded = jnp.pad(prompt_BxP, ((0, 0), (0, N)), constant_values=pad_id)
+  seq0 = jnp.where(idx < plen, padded, jnp.where(idx < plen + N, mask_id, pad_id)).astype(jnp.int32)
+  rows = jnp.arange(B)[:, None]
+
+  def canvas_of(seq):
+    return jnp.take_along_axis(seq, canvas_idx, axis=1)
+
+  def done_of(cv):  # nothing masked before the first committed <eos> (or N)
+    masked = cv == mask_id
+    is_eos = ~masked & (cv == eos_id)
+    end = jnp.where(is_eos.any(1), jnp.argmax(is_eos, axis=1) + 1, N)
+    return ~jnp.any(masked & (jnp.arange(N)[None, :] < end[:, None]), axis=1)
 
   def step(carry, key):
     seq, done, forwards = carry
     active = ~done
-    cv = canvas.canvas_of(seq, layout)
-    eligible = (cv == mask_id) & active[:, None]
+    eligible = (canvas_of(seq) == mask_id) & active[:, None]
     logits = model.apply({'params': model_params}, seq, full_pos,
                          attn_mask='bidirectional').logits_BxTxV
-    e = jnp.clip(layout.prompt_len_B[:, None] + n_BxN - shift, 0, L - 1)
-    region = jnp.take_along_axis(logits, e[..., None], axis=1)
-    stats = canvas.token_stats(region, dummy_keys, greedy, mask_id)
-    feats = policy_lib.features(stats, eligible, in_range, vocab)
+    e = jnp.clip(plen + jnp.arange(N)[None, :] - shift, 0, L - 1)
+    region = jnp.take_along_axis(logits, e[..., None], axis=1).astype(jnp.float32)
+    logp = jax.nn.log_softmax(region.at[..., mask_id].set(-jnp.inf), axis=-1)  # SUBS
+    token = jnp.argmax(logp, axis=-1).astype(jnp.int32)
+    p = jnp.exp(logp)
+    top2 = jax.lax.top_k(p, 2)[0]
+    feats = policy_lib.features(
+        jnp.exp(jnp.take_along_axis(logp, token[..., None], axis=-1)[..., 0]),
+        top2[..., 0] - top2[..., 1], -jnp.sum(jnp.where(p > 0, p * logp, 0.0), axis=-1),
+        eligible, in_range, vocab)
     probs = jax.nn.sigmoid(policy_lib.UnmaskPolicy().apply({'params': policy_params}, feats,
                                                            in_range))
     if key is None:
       actions = eligible & (probs > threshold)
     else:
       actions = eligible & (jax.random.uniform(key, probs.shape) < probs)
-    commit = actions | canvas.top_k_mask(probs, eligible, 1)
-    commit = commit & eligible
-    seq = canvas.write_canvas(seq, layout, jnp.where(commit, stats.token, 0), commit)
-    done = done | canvas.row_done(canvas.canvas_of(seq, layout), mask_id, eos_id)
+    best = jax.nn.one_hot(jnp.argmax(jnp.where(eligible, probs, -jnp.inf), axis=1), N, dtype=bool)
+    commit = (actions | best) & eligible  # at least the most probable position
+    seq = seq.at[rows, jnp.where(commit, canvas_idx, L)].set(token, mode='drop')
+    done = done | done_of(canvas_of(seq))
     rec = dict(feats=feats, eligible=eligible, actions=actions, active=active)
     return (seq, done, forwards + active.astype(jnp.int32)), rec
 
@@ -141,8 +159,7 @@ def rollout(model, model_params, policy_params, prompt_BxP, prompt_len_B, *, ans
   _, carry, recs = jax.lax.while_loop(lambda l: (l[0] < N) & ~jnp.all(l[1][1]), body,
                                       (jnp.zeros((), jnp.int32), carry0, recs0))
   seq, _, forwards = carry
-  return dict(canvas_BxN=canvas.canvas_of(seq, layout), forwards_B=forwards, in_range=in_range,
-              **recs)
+  return dict(canvas_BxN=canvas_of(seq), forwards_B=forwards, in_range=in_range, **recs)
 
 
 def solved(canvas_BxN: jax.Array, reference_BxN: jax.Array, ref_len_B: jax.Array) -> jax.Array:
