@@ -10,7 +10,7 @@ masked-diffusion run in `policy.diffusion_workdir` (default runs/diffusion/TASK_
 with --config.policy.diffusion_workdir=DIR), keeps it frozen and trains only the policy
 (training/objectives/unmask_policy.py): a solved answer earns 1 - `policy.cost` * forwards / N
 (N the answer length; a wrong one earns 0), `policy.group` the rollouts per prompt.
-About 10 minutes for sudoku4 on 2 CPU cores (200 steps of 32 puzzles x 8 rollouts).
+About 16 minutes for sudoku4 on 2 busy CPU cores (200 steps of 32 puzzles x 8 rollouts).
 """
 
 import ml_collections
