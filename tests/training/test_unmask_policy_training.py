@@ -24,7 +24,7 @@ def test_policy_run_trains_only_the_policy_and_decodes(tmp_path):
   trainer.train_and_evaluate(c, base)
   c = unmask_policy.get_config('sudoku4,test')
   c.policy.diffusion_workdir = base
-  c.train.async_checkpointing = False
+  c.train.update(steps=2, eval_every=2, checkpoint_every=2, async_checkpointing=False)
   out = trainer.train_and_evaluate(c, str(tmp_path / 'policy'))
   for key in ('solved', 'forwards_per_token', 'reward'):
     assert np.isfinite(out['eval'][key])
