@@ -72,7 +72,7 @@ def measure(args) -> list[dict]:
                        'policies of one base.')
   tok = first.tokenizer
   sets = puzzles(args.puzzles, args.seed, args.ood_blanks)
-  max_new = 16 + 1
+  max_new = exact_match.get('sudoku4').max_answer_chars + 1  # the grid and <eos>
   rows = []
   for label, policy, name, settings in decoders(args.policies, args.thresholds):
     bench = benches[policy] if policy else first

@@ -42,12 +42,6 @@ def policy_logits(params, stats: canvas.TokenStats, eligible_BxR: jax.Array,
   return policy_lib.UnmaskPolicy().apply({'params': params}, feats, in_range_BxR)
 
 
-def commit_from_probs(probs_BxR: jax.Array, eligible_BxR: jax.Array,
-                      threshold: float) -> jax.Array:
-  """Every eligible position with probability > threshold, and always the most probable."""
-  return canvas.threshold_mask(probs_BxR, eligible_BxR, threshold)
-
-
 @registry.register
 @dataclasses.dataclass(frozen=True)
 class LearnedUnmaskDecoder(engine.CanvasDecoder):
@@ -77,4 +71,5 @@ class LearnedUnmaskDecoder(engine.CanvasDecoder):
     in_range = ctx.n_BxR < ctx.layout.N
     vocab = ctx.models.target.cfg.vocab_size
     logits = policy_logits(ctx.params[HEAD], stats, eligible_BxR, in_range, vocab)
-    return commit_from_probs(jax.nn.sigmoid(logits), eligible_BxR, self.threshold)
+    # Every position above the threshold, and always the most probable one.
+    return canvas.threshold_mask(jax.nn.sigmoid(logits), eligible_BxR, self.threshold)
