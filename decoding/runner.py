@@ -9,6 +9,7 @@ cover execution only.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import math
@@ -126,8 +127,16 @@ def shard_params(models: base.Models, params: dict[str, Any], mesh: Mesh,
 
 
 # Compiled programs by (decoder, models, shapes, static arguments): running a decoder again on
-# prompts of the same shapes (timing repeats) reuses its program.
-_COMPILED: dict[Any, Any] = {}
+# prompts of the same shapes (timing repeats) reuses its program. Bounded, least recently used
+# first out: every program holds its machine code in memory mappings, and a process that kept
+# them all (a long comparison, the test suite) ran into Linux's per-process mapping limit.
+_COMPILED: collections.OrderedDict[Any, Any] = collections.OrderedDict()
+_COMPILED_MAX = 32
+
+
+def clear_compiled() -> None:
+  """Drops every program `run_decoder` kept (see `_COMPILED`)."""
+  _COMPILED.clear()
 
 
 def _compiled(decoder, models, params, args, **static):
@@ -137,10 +146,13 @@ def _compiled(decoder, models, params, args, **static):
   key = (decoder, models, jax.tree.structure(shapes), tuple(jax.tree.leaves(shapes)),
          tuple(sorted(static.items())))
   if key in _COMPILED:
+    _COMPILED.move_to_end(key)
     return _COMPILED[key], 0.0
   t0 = time.perf_counter()
   fn = lower_generate(decoder, models, params, *args, **static).compile()
   _COMPILED[key] = fn
+  while len(_COMPILED) > _COMPILED_MAX:
+    _COMPILED.popitem(last=False)
   return fn, time.perf_counter() - t0
 
 

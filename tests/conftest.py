@@ -1,5 +1,6 @@
 """Test set-up: 8 virtual CPU devices (multi-device tests), float32 everywhere."""
 
+import gc
 import os
 import tempfile
 
@@ -31,6 +32,43 @@ from testlib import small_config  # noqa: E402
 @pytest.fixture
 def cfg():
   return small_config()
+
+
+def _max_map_count() -> int:
+  try:
+    with open('/proc/sys/vm/max_map_count') as f:
+      return int(f.read())
+  except OSError:
+    return 65530
+
+
+_MAX_MAPS = _max_map_count()
+_MAP_BUDGET = _MAX_MAPS // 2
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _release_compiled_code():
+  """Drops every compiled executable after each test module.
+
+  XLA:CPU maps each executable's code into a few memory regions that live as long as the
+  executable, and jit's caches (and `decoding.runner`'s programs) keep every executable alive. A worker of `pytest -n 2` passed
+  Linux's default limit of 65,530 mappings per process (`vm.max_map_count`) about two thirds
+  into the suite, and the next compile or cache load died (SIGSEGV in
+  `get_executable_and_time`, SIGABRT in `backend_compile_and_load`) in whichever test was
+  running. A module's later recompiles come from the persistent cache.
+  """
+  yield
+  from decoding import runner  # pylint: disable=g-import-not-at-top
+  runner.clear_compiled()
+  jax.clear_caches()
+  gc.collect()
+  if os.path.exists('/proc/self/maps'):
+    with open('/proc/self/maps') as f:
+      maps = sum(1 for _ in f)
+    if maps > _MAP_BUDGET:
+      pytest.fail(f'This test process holds {maps} memory mappings after releasing compiled '
+                  f'code (budget {_MAP_BUDGET}, Linux stops at {_MAX_MAPS}): something keeps '
+                  'executables alive across modules.', pytrace=False)
 
 
 def pytest_report_header(config):

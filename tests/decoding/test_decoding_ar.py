@@ -112,3 +112,19 @@ def test_bad_inputs_give_clear_errors(lm):
     registry.build('ar', {'gamma': 3})
   with pytest.raises(ValueError, match='top_p'):
     SamplingConfig(top_p=0.0)
+
+
+def test_run_decoder_keeps_a_bounded_number_of_programs(lm, monkeypatch):
+  """Programs are reused for repeated shapes, and the oldest is dropped past the bound (every
+  kept program holds machine code in memory mappings, which a process runs out of)."""
+  from decoding import runner  # pylint: disable=g-import-not-at-top
+  model, params = lm
+  monkeypatch.setattr(runner, '_COMPILED_MAX', 2)
+  runner.clear_compiled()
+  compile_s = lambda n: _run(model, params, PROMPTS[:1], n=n)[1].compile_time_s
+  assert compile_s(3) > 0 and compile_s(4) > 0
+  assert compile_s(3) == 0  # reused; now the most recent
+  assert compile_s(5) > 0   # evicts n=4, the least recently used
+  assert len(runner._COMPILED) == 2
+  assert compile_s(3) == 0
+  assert compile_s(4) > 0
