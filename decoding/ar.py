@@ -51,6 +51,16 @@ class ARDecoder(base.Decoder):
   def cheaper_steps(self) -> bool:
     return bool(self.h2o)
 
+  def prefill(self, models: base.Models, params: dict[str, Any], prompt_BxP: jax.Array,
+              prompt_len_B: jax.Array, cache_size: int) -> tuple[jax.Array, cache_lib.Cache]:
+    """(logits at each row's last prompt token [B, V], the target's cache after the prompt:
+    lengths = prompt lengths). Subclasses fill the cache another way (`kv_predict`)."""
+    target = models.target
+    cache = cache_lib.Cache.init(target.cfg, prompt_BxP.shape[0], cache_size)
+    logits_BxV, cache, _ = base.prefill(target, params['target'], prompt_BxP, prompt_len_B,
+                                        cache)
+    return logits_BxV, cache
+
   def generate(self, models: base.Models, params: dict[str, Any], prompt_BxP: jax.Array,
                prompt_len_B: jax.Array, row_keys_B: jax.Array, *, max_new_tokens: int,
                cache_size: int, eos_id: int, pad_id: int) -> base.DecodeResult:
@@ -63,8 +73,7 @@ class ARDecoder(base.Decoder):
     else:
       if self.recent:
         raise ValueError('ar: recent is an H2O setting; set h2o=BUDGET too.')
-      cache = cache_lib.Cache.init(target.cfg, B, cache_size)
-      logits_BxV, cache, _ = base.prefill(target, p, prompt_BxP, prompt_len_B, cache)
+      logits_BxV, cache = self.prefill(models, params, prompt_BxP, prompt_len_B, cache_size)
     first_B = sampling_lib.sample(sampling_lib.token_keys(row_keys_B, prompt_len_B),
                                   logits_BxV, self.sampling)
     state = ARState(cache=cache, last_B=first_B,
