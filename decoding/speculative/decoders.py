@@ -19,6 +19,7 @@
   LayerSkipDecoder, KangarooDecoder, DELDecoder        early exit (early_exit)
   Eagle3Decoder, Eagle1Decoder       eagle3, eagle1    EAGLE draft layer on target features (eagle)
   ChimeraDecoder                     chimera           trigram + full-context draft heads (chimera)
+  S2DDecoder                         s2d               a sub-model of a nested draft (s2d)
 
 The drafter is built once, when the decoder is (`__post_init__`), with the verification rule
 it will run under; `get_drafter()` returns it. Every one of them is lossless: greedy output
@@ -49,6 +50,7 @@ from decoding.speculative import early_exit
 from decoding.speculative import head_drafters
 from decoding.speculative import jacobi
 from decoding.speculative import loop
+from decoding.speculative import s2d
 from decoding.speculative import ngram
 from decoding.speculative import settings as settings_lib
 from decoding.speculative import trees
@@ -493,3 +495,26 @@ class ChimeraDecoder(HeadsDecoder):
 
 
 DRAFTERS.add('chimera', ChimeraDecoder)
+
+
+# ------------------------------------------------------------------------ S2D
+@registry.register
+@dataclasses.dataclass(frozen=True)
+class S2DDecoder(DraftModelDecoder):
+  """S2D: one sorted, nested draft serves several targets; each uses the sub-model (exit
+  layer) picked for it by measured acceptance (`s2d.calibrate`; needs a draft trained with
+  configs/s2d.py; lossless)."""
+  name: ClassVar[str] = 's2d'
+  drafter_type: ClassVar[type[drafter_lib.Drafter]] = s2d.S2DDrafter
+  exit_layer: int = 0          # the sub-model: the draft's first exit_layer layers (0 = all)
+
+  def drafter_name(self) -> str:
+    return 's2d'
+
+  def make_drafter(self, mode):
+    d = super().make_drafter(mode)
+    return s2d.S2DDrafter(**{f.name: getattr(d, f.name) for f in dataclasses.fields(d)},
+                          exit_layer=self.exit_layer)
+
+
+DRAFTERS.add('s2d', S2DDecoder)

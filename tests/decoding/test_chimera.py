@@ -1,5 +1,4 @@
-"""The Chimera drafter: greedy == AR token for token on a ragged batch (chain, static tree,
-through `speculative:drafter=chimera`), every draft equals the draft model's no-cache forward
+"""The Chimera drafter: greedy == AR token for token on a ragged batch (chain, static tree), every draft equals the draft model's no-cache forward
 over the committed text (the cache and the pending pairs stay consistent), clear errors."""
 
 from __future__ import annotations
@@ -53,7 +52,6 @@ def setup():
 METHODS = {
     'chain': ('chimera', dict(tree='chain', gamma=4)),
     'static-tree': ('chimera', dict(branching='3,2,1')),
-    'speculative-drafter': ('speculative', dict(drafter='chimera', tree='chain', gamma=3)),
 }
 
 
