@@ -1,5 +1,6 @@
 """The Chimera drafter: greedy == AR token for token on a ragged batch (chain, static tree),
-every draft equals the draft model's no-cache forward over the committed text (the cache and the pending pairs stay consistent), clear errors."""
+every draft equals the draft model's no-cache forward over the committed text (the cache and
+the pending pairs stay consistent), clear errors."""
 
 from __future__ import annotations
 
