@@ -80,6 +80,9 @@ def run(args) -> tuple[str, str]:
                                   heldout=args.prompts + args.calib,
                                   prompt_chars=args.prompt_chars,
                                   data_config=bench.config['data'])
+    if len(allp) < args.prompts + args.calib:
+      raise ValueError(f'Only {len(allp)} held-out prompts of {args.prompt_chars} characters; '
+                       f'lower --prompts ({args.prompts}) or --calib ({args.calib}).')
     prompts, calib_prompts = allp[:args.prompts], allp[args.prompts:]
     cache = int(np.ceil((max(map(len, allp)) + args.max_new_tokens + 128) / 64) * 64)
     batches = harness.make_batches(prompts, args.batch_size, tok.pad_id)
@@ -194,7 +197,7 @@ def main():
   p.add_argument('--target_b', default='runs/tiny2')
   p.add_argument('--runs', default='runs', help='folder with chimera/ and mtp/ on target A')
   p.add_argument('--s2d_draft', default='runs/s2d_draft')
-  p.add_argument('--prompts', type=int, default=14)
+  p.add_argument('--prompts', type=int, default=10)
   p.add_argument('--calib', type=int, default=4)
   p.add_argument('--prompt_chars', type=int, default=60)
   p.add_argument('--max_new_tokens', type=int, default=64)
