@@ -7,6 +7,7 @@ draft layer.
   python train.py --config=configs/spec_heads.py:kangaroo --workdir=runs/spec/kangaroo
   python train.py --config=configs/spec_heads.py:eagle3 --workdir=runs/spec/eagle3
   python train.py --config=configs/spec_heads.py:eagle1 --workdir=runs/spec/eagle1
+  python train.py --config=configs/spec_heads.py:chimera --workdir=runs/spec/chimera
   python sample.py --workdir=runs/spec/medusa --decoder=ar,medusa --heldout_prompts=8
 
 Each run starts from the target in `spec.target_workdir` (default runs/spec/target; override
@@ -16,10 +17,11 @@ needs. About 5 minutes each for the `tiny` target on 2 CPU cores (600 steps, bat
 `spec.joint=True` trains base and heads together (base next-token loss weighted by
 `spec.base_weight`). EAGLE-3 (`eagle3`) unrolls `spec.ttt_steps` = 3 training-time-test
 steps (about 6 draft-layer passes over a row per step), EAGLE-1 (`eagle1`) one step with
-feature regression.
-The argument is 'medusa' | 'mtp' | 'kangaroo' | 'eagle3' | 'eagle1', optionally ',test' (the
-`test` model preset, 20 steps: unit tests) or ',SIZE' for another target preset; for
-`small`/`base` (BPE targets) also pass the target's tokenizer, e.g.
+feature regression. Chimera (`chimera`) trains a trigram encoder, one full-context layer and
+`spec.heads` = 4 residual heads by distillation (`spec.loss` = 'kl' | 'mse' | 'ce').
+The argument is 'medusa' | 'mtp' | 'kangaroo' | 'eagle3' | 'eagle1' | 'chimera', optionally
+',test' (the `test` model preset, 20 steps: unit tests) or ',SIZE' for another target preset;
+for `small`/`base` (BPE targets) also pass the target's tokenizer, e.g.
   python train.py --config=configs/spec_heads.py:medusa,small --workdir=runs/gpu/medusa \
       --config.spec.target_workdir=runs/gpu/small --config.tokenizer.kind=bpe \
       --config.tokenizer.path=runs/gpu/small/tokenizer
@@ -31,7 +33,7 @@ import ml_collections
 from configs import common
 
 OBJECTIVES = {'medusa': 'medusa_heads', 'mtp': 'mtp_heads', 'kangaroo': 'kangaroo_adapter',
-              'eagle3': 'eagle3_draft', 'eagle1': 'eagle1_draft'}
+              'eagle3': 'eagle3_draft', 'eagle1': 'eagle1_draft', 'chimera': 'chimera_draft'}
 
 
 def get_config(arg: str = 'medusa') -> ml_collections.ConfigDict:
@@ -47,7 +49,8 @@ def get_config(arg: str = 'medusa') -> ml_collections.ConfigDict:
                                  #  --config.tokenizer.path=TARGET/tokenizer)
   c.spec = ml_collections.ConfigDict(dict(
       target_workdir='runs/spec/target',
-      heads={'medusa': 4, 'mtp': 3, 'kangaroo': 0, 'eagle3': 0, 'eagle1': 0}[kind],
+      heads={'medusa': 4, 'mtp': 3, 'kangaroo': 0, 'eagle3': 0, 'eagle1': 0,
+             'chimera': 4}[kind],
       joint=False, base_weight=1.0, decay=0.8, exit_layer=1,
       loss='kl', source='corpus', kl_weight=1.0, ce_weight=0.0, gen_prompt=32,
       gen_temperature=1.0,

@@ -31,6 +31,7 @@ HEADS = {  # a trained tree saved beside the model (models.heads) -> the config 
     'eagle1': 'configs/spec_heads.py:eagle1',  # EAGLE-1 draft layer
     'unmask_policy': 'configs/unmask_policy.py:TASK',  # a diffusion run's unmasking policy
     'kv_predict': 'configs/kv_predict.py',  # KV Prediction's auxiliary model and predictor
+    'chimera': 'configs/spec_heads.py:chimera',  # Chimera's draft (models/chimera.py)
 }
 
 

@@ -18,6 +18,8 @@
   MedusaDecoder, MTPDecoder          medusa, mtp       heads (head_drafters)
   LayerSkipDecoder, KangarooDecoder, DELDecoder        early exit (early_exit)
   Eagle3Decoder, Eagle1Decoder       eagle3, eagle1    EAGLE draft layer on target features (eagle)
+  ChimeraDecoder                     chimera           trigram + full-context draft heads (chimera)
+  S2DDecoder                         s2d               a sub-model of a nested draft (s2d)
 
 The drafter is built once, when the decoder is (`__post_init__`), with the verification rule
 it will run under; `get_drafter()` returns it. Every one of them is lossless: greedy output
@@ -40,6 +42,7 @@ import registry as registry_lib
 from decoding import base
 from decoding import registry
 from decoding.speculative import adaptive as adaptive_lib
+from decoding.speculative import chimera
 from decoding.speculative import draft_model
 from decoding.speculative import drafter as drafter_lib
 from decoding.speculative import eagle
@@ -47,6 +50,7 @@ from decoding.speculative import early_exit
 from decoding.speculative import head_drafters
 from decoding.speculative import jacobi
 from decoding.speculative import loop
+from decoding.speculative import s2d
 from decoding.speculative import ngram
 from decoding.speculative import settings as settings_lib
 from decoding.speculative import trees
@@ -466,3 +470,51 @@ for _name, _cls in (('model', DraftModelDecoder), ('prompt_lookup', PromptLookup
                     ('kangaroo', KangarooDecoder), ('del', DELDecoder),
                     ('eagle3', Eagle3Decoder), ('eagle1', Eagle1Decoder)):
   DRAFTERS.add(_name, _cls)
+
+
+# ------------------------------------------------------------------------ Chimera
+@registry.register
+@dataclasses.dataclass(frozen=True)
+class ChimeraDecoder(HeadsDecoder):
+  """Chimera: a trigram encoder and one full-context layer on the target's hidden states feed
+  residual heads that propose a chain or a static tree (needs configs/spec_heads.py:chimera;
+  lossless)."""
+  name: ClassVar[str] = 'chimera'
+  model_heads: ClassVar[tuple[str, ...]] = ('chimera',)
+  drafter_type: ClassVar[type[drafter_lib.Drafter]] = chimera.ChimeraDrafter
+  tree: str = 'static'
+  gamma: int = 4
+  tree_nodes: int = 24
+
+  def make_drafter(self, mode):
+    del mode  # deterministic drafts: every rule verifies them as 'deterministic'
+    if self.adaptive:
+      raise ValueError("The 'chimera' decoder has no adaptive draft length yet; use "
+                       'adaptive=0.')
+    return chimera.ChimeraDrafter(template=self.template())
+
+
+DRAFTERS.add('chimera', ChimeraDecoder)
+
+
+# ------------------------------------------------------------------------ S2D
+@registry.register
+@dataclasses.dataclass(frozen=True)
+class S2DDecoder(DraftModelDecoder):
+  """S2D: one sorted, nested draft serves several targets; each uses the sub-model (exit
+  layer) picked for it by measured acceptance (`s2d.calibrate`; needs a draft trained with
+  configs/s2d.py; lossless)."""
+  name: ClassVar[str] = 's2d'
+  drafter_type: ClassVar[type[drafter_lib.Drafter]] = s2d.S2DDrafter
+  exit_layer: int = 0          # the sub-model: the draft's first exit_layer layers (0 = all)
+
+  def drafter_name(self) -> str:
+    return 's2d'
+
+  def make_drafter(self, mode):
+    d = super().make_drafter(mode)
+    return s2d.S2DDrafter(**{f.name: getattr(d, f.name) for f in dataclasses.fields(d)},
+                          exit_layer=self.exit_layer)
+
+
+DRAFTERS.add('s2d', S2DDecoder)

@@ -105,3 +105,30 @@ def test_eagle_two_token_prefix_distribution_matches_target(lm, name, settings):
                         [prompt] * ROWS, max_new_tokens=2, cache_size=32, eos_id=-1, pad_id=0,
                         seed=11, prompt_bucket=8)
   _assert_matches_target(rows, target, prompt)
+
+
+def test_chimera_two_token_prefix_distribution_matches_target(lm):
+  """Chimera drafts deterministically (its heads' top tokens); the deterministic rule verifies
+  them under sampling."""
+  from models import chimera, heads  # pylint: disable=g-import-not-at-top
+  target, _, _, prompt = lm
+  cfg = target.model.cfg
+  cp = chimera.init_heads_from(chimera.init_params(cfg, 2, jax.random.key(4)),
+                               heads.output_embedding(target.params, cfg))
+  dec = registry.build('chimera', dict(tree='chain', gamma=2), CFG)
+  rows, _ = run_decoder(dec, Models(target.model), {'target': target.params, 'chimera': cp},
+                        [prompt] * ROWS, max_new_tokens=2, cache_size=32, eos_id=-1, pad_id=0,
+                        seed=11, prompt_bucket=8)
+  _assert_matches_target(rows, target, prompt)
+
+
+def test_s2d_two_token_prefix_distribution_matches_target(lm):
+  """S2D's sub-model 1 of a nested draft (here the target's own first layer and head) drafts
+  a chain verified by speculative sampling."""
+  target, _, _, prompt = lm
+  dec = registry.build('s2d', dict(draft_workdir='x', exit_layer=1, gamma=2), CFG)
+  rows, _ = run_decoder(dec, Models(target.model, extras=(('draft', target.model),)),
+                        {'target': target.params, 'draft': target.params}, [prompt] * ROWS,
+                        max_new_tokens=2, cache_size=32, eos_id=-1, pad_id=0, seed=11,
+                        prompt_bucket=8)
+  _assert_matches_target(rows, target, prompt)

@@ -12,6 +12,7 @@ import decoding
 from configs import diffusion_lm, diffusion_tasks, lm
 from decoding import registry
 from models import Transformer
+from models import chimera as chimera_lib
 from models import eagle as eagle_lib
 from models import heads as heads_lib
 from models import kv_predict as kv_predict_lib
@@ -83,6 +84,7 @@ def test_diffuspec_checks_target_and_drafter():
     ('mtp', {}, 'mtp'),
     ('kangaroo', {}, 'kangaroo'),
     ('speculative', {'drafter': 'medusa'}, 'medusa'),  # routed to the Medusa drafter
+    ('chimera', {}, 'chimera'),
 ])
 def test_a_heads_decoder_refuses_a_run_without_its_heads_with_one_line(name, settings, head):
   dec = _build(name, **settings)
@@ -99,7 +101,7 @@ def test_a_heads_decoder_refuses_a_run_without_its_heads_with_one_line(name, set
 def test_heads_known_to_the_kind_are_the_models_heads():
   assert set(kind_lib.HEADS) == {heads_lib.MEDUSA, heads_lib.MTP, heads_lib.KANGAROO,
                                  *eagle_lib.VARIANTS, unmask_policy_lib.HEAD,
-                                 kv_predict_lib.KV_PREDICT}
+                                 kv_predict_lib.KV_PREDICT, chimera_lib.CHIMERA}
   assert _build('speculative').for_model({'target': AR}) == _build('speculative')
   with pytest.raises(ValueError, match='unknown heads'):
     kind_lib.require_heads(AR, ('eagle',), 'x')

@@ -18,6 +18,8 @@ objective's home: adding an objective is adding a file with a `@register('name')
   unmask_policy.py     unmask_policy
   skipdecode.py        skipdecode (random layer-skip fine-tuning)
   kv_predict.py        kv_predict (auxiliary model + KV predictor on a frozen base)
+  chimera.py           chimera_draft
+  s2d.py               s2d_soft (nested draft, SoFT)
 """
 
 from training.objectives import ar
@@ -34,6 +36,8 @@ from training.objectives import spec_draft
 from training.objectives import spec_heads
 from training.objectives import unmask_policy
 from training.objectives import wedlm
+from training.objectives import chimera  # pylint: disable=g-bad-import-order
+from training.objectives import s2d
 from training.objectives.registry import (Batch, LossFn, Objective, ObjectiveFactory,
                                           make_objective, names, register,
                                           token_cross_entropy)
