@@ -30,6 +30,7 @@ HEADS = {  # a trained tree saved beside the model (models.heads) -> the config 
     'eagle3': 'configs/spec_heads.py:eagle3',  # EAGLE-3 draft layer (models/eagle.py)
     'eagle1': 'configs/spec_heads.py:eagle1',  # EAGLE-1 draft layer
     'unmask_policy': 'configs/unmask_policy.py:TASK',  # a diffusion run's unmasking policy
+    'ppd': 'configs/ppd.py',  # PPD prompt tokens (models/ppd.py)
 }
 
 

@@ -17,6 +17,7 @@ objective's home: adding an objective is adding a file with a `@register('name')
   sim_cot.py           sim_cot
   unmask_policy.py     unmask_policy
   skipdecode.py        skipdecode (random layer-skip fine-tuning)
+  ppd.py               ppd_prompts (PPD prompt tokens)
 """
 
 from training.objectives import ar
@@ -26,6 +27,7 @@ from training.objectives import coconut
 from training.objectives import eagle
 from training.objectives import jacobi_forcing
 from training.objectives import masked_diffusion
+from training.objectives import ppd
 from training.objectives import sim_cot
 from training.objectives import skipdecode
 from training.objectives import spec_draft
