@@ -4,9 +4,10 @@ riding along in the forward that verifies the previous one. Decoder `ppd`.
 The prompt tokens are a training extra of the target's run (params['ppd'] = {'prompts':
 [K, D]}, trained by configs/ppd.py, see models/ppd.py). Per step:
 
+  init            after the prefill, one forward of gamma prompt tokens attached to the last
+                  prompt token gives the first step's candidates (an 'other' forward).
   propose         node at depth d, rank r = the r-th best token of prompt d - 1 attached to
-                  the last accepted node of the previous step (no forward of its own); the
-                  first step, before any prompt token ran, drafts nothing.
+                  the last accepted node of the previous step (no forward of its own).
   target_forward  one forward over the tree's T nodes plus gamma prompt tokens attached to
                   every node (T (1 + gamma) tokens; prompt i of node n at position
                   pos(n) + 1 + i sees n's path and the earlier prompts of n). The tree's
@@ -146,7 +147,8 @@ def choose_nodes(accuracy: Sequence[Sequence[float]], gamma: int,
 
 
 def measure_costs(model: Any, params: Any, gamma: int, budgets: Sequence[int], *, batch: int,
-                  cache_size: int) -> dict[int, float]:
+                  cache_size: int, seconds: float = 0.05, repeats: int = 3
+                  ) -> dict[int, float]:
   """Relative cost c(T) / c(1) of one cached forward (explicit mask, as PPD runs it) over
   T = forward_tokens(n, gamma) tokens for each budget n, timed on this machine and made
   non-decreasing in T (a larger forward never costs less: what looks cheaper is noise)."""
@@ -155,7 +157,8 @@ def measure_costs(model: Any, params: Any, gamma: int, budgets: Sequence[int], *
   context = max(min(cache_size // 2, cache_size - longest), 0)
   t = {T: forward_timing.forward_time(model, params, batch=batch, tokens=T,
                                       cache_size=cache_size, context=context,
-                                      min_seconds=0.05, repeats=3, explicit_mask=True)
+                                      min_seconds=seconds, repeats=repeats,
+                                      explicit_mask=True)
        for T in sizes}
   out, worst = {}, 1.0
   for T in sizes:
@@ -199,7 +202,7 @@ def parse_accuracy(text: str) -> tuple[tuple[float, ...], ...]:
 @flax.struct.dataclass
 class PPDState:
   """cand_BxGxR: top-R tokens of each prompt position at the last accepted node;
-  ready_B: a verification has run (before it, no candidates: the step drafts nothing);
+  ready_B: the row has candidates (an empty prompt has none before its first step);
   node_cand_BxTxGxR: the candidates of every node of the last verified tree."""
   cand_BxGxR: jax.Array
   ready_B: jax.Array
@@ -229,10 +232,24 @@ class PPDDrafter(drafter_lib.TemplateDrafter):
       raise ValueError('The ppd drafter attaches prompt tokens with an explicit attention '
                        'mask; targets with recurrent layers are not supported.')
 
+  prefill_forwards: ClassVar[int] = 1  # the prompt tokens after the prompt (see `init`)
+
   def init(self, env, prefill, first_B):
+    """The first step's candidates: the gamma prompt tokens attached to each row's last
+    prompt token, one small forward on (a copy of) the prefill's cache, which is discarded.
+    (A serving system would append them to the prefill itself.)"""
     B, T, G, R = first_B.shape[0], self.template.size, self.gamma, self.template.max_rank
-    return PPDState(cand_BxGxR=jnp.zeros((B, G, R), jnp.int32),
-                    ready_B=jnp.zeros((B,), bool),
+    cfg = env.target.cfg
+    plen = env.prompt_len_B.astype(jnp.int32)
+    pos = plen[:, None] + jnp.arange(G, dtype=jnp.int32)[None]
+    mask = masks.block_to_cache_mask(jnp.tril(jnp.ones((1, G, G), bool)), plen,
+                                     prefill.cache.size)
+    x = jnp.broadcast_to(env.params[ppd_lib.PPD]['prompts'][:G].astype(cfg.compute_dtype)[None],
+                         (B, G, cfg.d_model))
+    out = env.target.apply({'params': env.target_params}, None, pos, cache=prefill.cache,
+                           write_slots_BxT=pos, attn_mask=mask, inputs_embeds_BxTxD=x)
+    return PPDState(cand_BxGxR=drafter_lib.top_children(out.logits_BxTxV, R),
+                    ready_B=plen > 0,
                     node_cand_BxTxGxR=jnp.zeros((B, T, G, R), jnp.int32))
 
   def propose(self, env, state, cache, root_B, base_B, active_B):
