@@ -167,7 +167,8 @@ def test_prompt_logits_in_the_verifying_forward_match_a_full_forward(setup):
   B, L = prefix.shape
   tpl = trees.branching([2, 2, 1])
   drafter = ppd.PPDDrafter(template=tpl)
-  cache = target.apply({'params': tp}, prefix, cache=Cache.init(target.cfg, B, 64)).cache
+  cache = jax.jit(lambda p, c: target.apply({'params': p}, prefix, cache=c).cache)(
+      tp, Cache.init(target.cfg, B, 64))
   tokens = jax.random.randint(jax.random.key(2), (B, tpl.size), 0, V)
   valid = jnp.ones((B, tpl.size), bool).at[1, 2].set(False)  # row 1 drops node 2's subtree
   tree = trees.from_template(tpl, tokens, valid)
@@ -178,17 +179,24 @@ def test_prompt_logits_in_the_verifying_forward_match_a_full_forward(setup):
   state = ppd.PPDState(cand_BxGxR=jnp.zeros((B, G, R), jnp.int32), ready_B=jnp.ones(B, bool),
                        node_cand_BxTxGxR=jnp.zeros((B, tpl.size, G, R), jnp.int32))
   base = jnp.full((B,), L, jnp.int32)
-  out, state = drafter.target_forward(env, state, cache, tree, base, jnp.ones((B,), bool))
+  out, state = jax.jit(lambda st, c, t: drafter.target_forward(
+      env, st, c, t, base, jnp.ones((B,), bool)))(state, cache, tree)
   assert out.logits_BxTxV.shape == (B, tpl.size, V)
   anc = tpl.ancestors()
   prompts = params['ppd']['prompts']
+  full = jax.jit(lambda seq: ppd_model.forward_with_prompts(target, tp, prompts, seq))
+  depths = np.asarray(tpl.depths)
+  checked = 0
   for b in range(B):
-    for n in range(tpl.size):
-      if not bool(tree.valid_BxT[b, n]):
+    for leaf in np.nonzero(depths == tpl.max_depth)[0]:
+      if not bool(tree.valid_BxT[b, leaf]):
         continue
-      path = [int(tokens[b, u]) for u in np.nonzero(anc[n])[0]]
-      seq = jnp.concatenate([prefix[b], jnp.asarray(path, jnp.int32)])[None]
-      base_logits, prompt_logits = ppd_model.forward_with_prompts(target, tp, prompts, seq)
-      np.testing.assert_allclose(out.logits_BxTxV[b, n], base_logits[0, -1], atol=2e-4)
-      want = jax.lax.top_k(prompt_logits[0, -1], tpl.max_rank)[1]
-      np.testing.assert_array_equal(state.node_cand_BxTxGxR[b, n], want)
+      path = np.nonzero(anc[leaf])[0]  # root .. leaf, in depth order
+      seq = jnp.concatenate([prefix[b], tokens[b, path]])[None]
+      base_logits, prompt_logits = full(seq)  # one forward covers every node of the path
+      for d, n in enumerate(path):
+        np.testing.assert_allclose(out.logits_BxTxV[b, n], base_logits[0, L + d], atol=2e-4)
+        want = jax.lax.top_k(prompt_logits[0, L + d], tpl.max_rank)[1]
+        np.testing.assert_array_equal(state.node_cand_BxTxGxR[b, n], want)
+        checked += 1
+  assert checked > 2 * tpl.size

@@ -12,7 +12,6 @@ import pytest
 
 import workbench
 from configs import ppd as ppd_config
-from decoding import registry
 from training import trainer
 from training import train_state as state_lib
 from training.objectives import make_objective
@@ -77,18 +76,17 @@ def test_distillation_loss_decreases():
   assert losses[-1] < 0.85 * losses[0], losses
 
 
-def test_trained_prompt_tokens_drive_the_decoder(run, trained_workdir):
+def test_the_run_attaches_to_the_target(run, trained_workdir):
+  """What sample.py does: the prompt tokens attach to the target (`add_heads`) and the ppd
+  decoder accepts it (decoding itself: tests/decoding/test_ppd.py)."""
   _, workdir, _ = run
   bench = workbench.Workbench.load(trained_workdir)
   with pytest.raises(ValueError, match='ppd heads'):
     bench.decoder('ppd')
   bench.add_heads('ppd', workdir)
-  tok = bench.tokenizer
-  prompts = [tok.encode(t, add_bos=True) for t in ('def f(x):\n', 'import o', 'class')]
-  results = bench.run([registry.build('ar'),
-                       registry.build('ppd', {'tree_nodes': 6, 'auto_size': False})],
-                      prompts, max_new_tokens=12)
-  assert [r.tokens for r in results['ppd'][0]] == [r.tokens for r in results['ar'][0]]
+  assert bench.decoder('ppd').name == 'ppd' and 'ppd' in bench.kind.heads
+  models, params = bench.models_for(bench.decoder('ppd'))
+  assert params['ppd']['prompts'].shape == (3, models.target.cfg.d_model)
 
 
 def test_recipe_errors(trained_workdir):
