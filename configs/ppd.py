@@ -9,8 +9,8 @@ The run starts from the target in `spec.target_workdir` and trains only the K = 
 prompt-token embeddings (params['ppd'], K x d_model numbers) by self-distillation from the
 base: loss = sum_i decay^i KL(p_base || q_i) / K with decay 0.8 (training/objectives/ppd.py).
 Learning rate 1e-2 as in the paper. Every token of a row gets K prompt tokens, so a step runs
-the base over rows of seq_len x (1 + K) tokens: 300 steps of batch 16 x 64 take about 10
-minutes for the `tiny` target on 2 busy CPU cores. The run's workdir then holds target +
+the base over rows of seq_len x (1 + K) tokens: 300 steps of batch 16 x 64 took 18 minutes
+for the `tiny` target on 2 CPU cores shared with other jobs (2-3.5 s per step). The run's workdir then holds target +
 prompt tokens, which is what sample.py (decoder `ppd`) needs.
 
 The argument is optionally 'K' (prompt tokens, default 3), then ',test' (the `test` model
