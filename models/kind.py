@@ -32,6 +32,7 @@ HEADS = {  # a trained tree saved beside the model (models.heads) -> the config 
     'unmask_policy': 'configs/unmask_policy.py:TASK',  # a diffusion run's unmasking policy
     'kv_predict': 'configs/kv_predict.py',  # KV Prediction's auxiliary model and predictor
     'chimera': 'configs/spec_heads.py:chimera',  # Chimera's draft (models/chimera.py)
+    'ppd': 'configs/ppd.py',  # PPD prompt tokens (models/ppd.py)
 }
 
 

@@ -11,6 +11,7 @@
   head_drafters.py  Medusa and MTP drafters (heads trained on the target)
   early_exit.py   LayerSkip, Kangaroo and DEL drafters (the target's own first layers)
   adaptive.py     adaptive draft length: the chain length per step by acceptance and cost
+  ppd.py          PPD: trained prompt tokens drafting in the verifying forward, decoder ppd
   settings.py     the checks every speculative decoder's settings pass
   decoders.py     the registered decoders: one class per name, each a drafter family's
                   settings + a verifier choice (+ a tree policy), its drafter built once
@@ -19,3 +20,4 @@ See docs/speculative.md.
 """
 
 from decoding.speculative import decoders
+from decoding.speculative import ppd

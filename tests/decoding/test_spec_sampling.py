@@ -132,3 +132,18 @@ def test_s2d_two_token_prefix_distribution_matches_target(lm):
                         max_new_tokens=2, cache_size=32, eos_id=-1, pad_id=0, seed=11,
                         prompt_bucket=8)
   _assert_matches_target(rows, target, prompt)
+
+
+def test_ppd_two_token_prefix_distribution_matches_target(lm):
+  """PPD drafts deterministically (top-r tokens of prompt tokens; random embeddings of a
+  large scale here); the deterministic rule verifies them under sampling. The first step's
+  drafts come from the prompt tokens attached to the prompt, so token 2 is verified."""
+  from models import ppd as ppd_model  # pylint: disable=g-import-not-at-top
+  target, _, _, prompt = lm
+  prompts = ppd_model.init_params(target.model.cfg.d_model, 1, jax.random.key(4), 0.05)
+  dec = registry.build('ppd', dict(gamma=1, branching='4'), CFG)
+  rows, stats = run_decoder(dec, Models(target.model), {'target': target.params, 'ppd': prompts},
+                            [prompt] * ROWS, max_new_tokens=2, cache_size=64, eos_id=-1,
+                            pad_id=0, seed=11, prompt_bucket=8)
+  assert stats.extra['accepted_by_depth'][0] > 0  # some drafted second tokens were accepted
+  _assert_matches_target(rows, target, prompt)

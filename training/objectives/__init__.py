@@ -20,6 +20,7 @@ objective's home: adding an objective is adding a file with a `@register('name')
   kv_predict.py        kv_predict (auxiliary model + KV predictor on a frozen base)
   chimera.py           chimera_draft
   s2d.py               s2d_soft (nested draft, SoFT)
+  ppd.py               ppd_prompts (PPD prompt tokens)
 """
 
 from training.objectives import ar
@@ -30,6 +31,7 @@ from training.objectives import eagle
 from training.objectives import jacobi_forcing
 from training.objectives import kv_predict
 from training.objectives import masked_diffusion
+from training.objectives import ppd
 from training.objectives import sim_cot
 from training.objectives import skipdecode
 from training.objectives import spec_draft
