@@ -17,6 +17,7 @@ objective's home: adding an objective is adding a file with a `@register('name')
   sim_cot.py           sim_cot
   unmask_policy.py     unmask_policy
   skipdecode.py        skipdecode (random layer-skip fine-tuning)
+  insertion.py         insertion (insertion LM, ILM)
 """
 
 from training.objectives import ar
@@ -32,6 +33,7 @@ from training.objectives import spec_draft
 from training.objectives import spec_heads
 from training.objectives import unmask_policy
 from training.objectives import wedlm
+from training.objectives import insertion
 from training.objectives.registry import (Batch, LossFn, Objective, ObjectiveFactory,
                                           make_objective, names, register,
                                           token_cross_entropy)
