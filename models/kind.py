@@ -65,7 +65,10 @@ class ModelKind:
     object.__setattr__(self, 'heads', tuple(sorted(self.heads)))
 
   def to_dict(self) -> dict[str, Any]:
-    return {**dataclasses.asdict(self), 'heads': list(self.heads)}
+    d = {**dataclasses.asdict(self), 'heads': list(self.heads)}
+    if not self.insertion:  # kinds without it read as before (older readers know no such key)
+      del d['insertion']
+    return d
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> 'ModelKind':

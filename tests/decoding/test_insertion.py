@@ -169,6 +169,7 @@ def test_kinds_and_bad_settings_are_refused():
     registry.build('insertion').for_model({'target': ModelKind('bidirectional', mask_id=3)})
   assert registry.build('insertion').for_model({'target': kind}) == ins_lib.InsertionDecoder()
   assert ModelKind.from_dict(kind.to_dict()) == kind
+  assert 'insertion' not in ModelKind().to_dict()  # other kinds' checkpoints are unchanged
   model = OracleInserter(((0, 1, 2),))
   for bad, match in ((dict(stop_threshold=0.0), 'stop_threshold'),
                      (dict(insert_from=-2), 'insert_from'),
