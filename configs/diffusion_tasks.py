@@ -4,9 +4,12 @@
   python train.py --config=configs/diffusion_tasks.py:sudoku4,ar --workdir=runs/sudoku4_ar
   python train.py --config=configs/diffusion_tasks.py:countdown3,mdlm --workdir=runs/cd3_mdlm
   python train.py --config=configs/diffusion_tasks.py:infill,bd3 --workdir=runs/infill_bd3
+  python train.py --config=configs/diffusion_tasks.py:sudoku4,ilm --workdir=runs/sudoku4_ilm
 
-The argument is `TASK,KIND[,SIZE]`: TASK in sudoku4, sudoku9, countdown3, countdown4, infill;
-KIND in mdlm, dream (logit shift), bd3, wedlm, asarm (any-subset AR, for ASSD), ar; SIZE a
+The argument is `TASK,KIND[,SIZE]`: TASK in sudoku4, sudoku9, countdown3, countdown4, infill,
+progression (a whole arithmetic progression, for in-place infilling of unknown length); KIND
+in mdlm, dream (logit shift), bd3, wedlm, asarm (any-subset AR, for ASSD), ar, ilm (insertion
+LM: section `insertion`, decoder 'insertion'); SIZE a
 preset (default tiny). Rows are <bos> prompt <sep> answer <eos>...; only the answer is a
 target (never noised prompts).
 On 2 otherwise idle CPU cores the tiny runs take about 10 minutes (sudoku4: 1500 steps of 32
@@ -24,6 +27,7 @@ KINDS = {  # kind -> (objective, shift)
     'wedlm': ('wedlm', True),
     'asarm': ('as_arm', False),
     'ar': ('ar_task', False),
+    'ilm': ('insertion', False),  # insertion LM (training/objectives/insertion.py)
 }
 # task -> (seq_len, batch size, steps) for the tiny preset; seq_len >= the task's row length.
 TASKS = {
@@ -32,6 +36,7 @@ TASKS = {
     'countdown3': (48, 64, 2000),
     'countdown4': (64, 64, 3000),
     'infill': (32, 64, 1500),
+    'progression': (32, 32, 1500),
 }
 
 
@@ -53,6 +58,8 @@ def get_config(arg: str = 'sudoku4,mdlm') -> ml_collections.ConfigDict:
       mask_id=-1, shift=shift, noise_eps=1e-3, sampling_eps=1e-3, loss_form='mdlm',
       block_size=16, eval_samples=4, init_from='', ar_weight=1.0,
       reinit_tokens=''))
+  if objective == 'insertion':
+    c.insertion = ml_collections.ConfigDict(dict(eos_id=-1, stop_weight=1.0, eval_samples=4))
   c.task = ml_collections.ConfigDict(dict(name=task))
   c.data.seq_len, c.data.batch_size = seq_len, batch
   if size == 'test':
@@ -60,6 +67,8 @@ def get_config(arg: str = 'sudoku4,mdlm') -> ml_collections.ConfigDict:
     c.train.update(steps=20, warmup_steps=2, log_every=5, eval_every=10, eval_batches=2,
                    checkpoint_every=10, progress_bar=False)
     c.diffusion.eval_samples = 1
+    if objective == 'insertion':
+      c.insertion.eval_samples = 1
   else:
     c.train.update(steps=steps, learning_rate=2e-3, warmup_steps=100, log_every=100,
                    eval_every=500, eval_batches=4, checkpoint_every=500, weight_decay=0.01)

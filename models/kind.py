@@ -21,6 +21,7 @@ FAMILIES = {  # name -> what a message says a decoder needs
     'autoregressive': 'an autoregressive (causal) model',
     'diffusion': 'a diffusion model (trained to fill <mask> tokens)',
     'any_order': 'an any-subset AR model (two-stream queries)',
+    'insertion': 'an insertion model (scores (gap, token) pairs and a stop signal)',
 }
 
 HEADS = {  # a trained tree saved beside the model (models.heads) -> the config that trains it
@@ -46,6 +47,9 @@ class ModelKind:
   shift: the prediction for position q is read at q-1 (Dream-style AR adaptation).
   block_size: the block length it was trained with (block diffusion, WeDLM); 0 if none.
   any_order: an any-subset AR model, read by two-stream queries (ASSD).
+  insertion: an insertion language model (ILM): the logits at a token score inserting each
+    vocabulary token in the gap after it, the <eos> logit at position 0 is the stop signal
+    (training/objectives/insertion.py); only the 'insertion' decoder reads it.
   heads: the trained trees saved beside the model (e.g. 'medusa', 'mtp', 'kangaroo': see
     `HEADS`), sorted.
   """
@@ -55,6 +59,7 @@ class ModelKind:
   block_size: int = 0
   any_order: bool = False
   heads: tuple[str, ...] = ()
+  insertion: bool = False
 
   def __post_init__(self):
     if self.attention not in ATTENTION:
@@ -63,7 +68,10 @@ class ModelKind:
     object.__setattr__(self, 'heads', tuple(sorted(self.heads)))
 
   def to_dict(self) -> dict[str, Any]:
-    return {**dataclasses.asdict(self), 'heads': list(self.heads)}
+    d = {**dataclasses.asdict(self), 'heads': list(self.heads)}
+    if not self.insertion:  # kinds without it read as before (older readers know no such key)
+      del d['insertion']
+    return d
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> 'ModelKind':
@@ -73,14 +81,15 @@ class ModelKind:
       raise ValueError(f'Unknown ModelKind fields {unknown}; known: {sorted(known)}.')
     d = dict(d)
     for name, cast in (('mask_id', int), ('shift', bool), ('block_size', int),
-                       ('any_order', bool)):
+                       ('any_order', bool), ('insertion', bool)):
       if name in d:
         d[name] = cast(d[name])
     return cls(**{**d, 'heads': tuple(d.get('heads', ()))})
 
   def describe(self) -> str:
     """One line, e.g. 'bidirectional, mask 259, shift' or 'causal, heads medusa'."""
-    parts = [self.attention + (' any-order' if self.any_order else '')]
+    parts = [self.attention + (' any-order' if self.any_order else '')
+             + (' insertion' if self.insertion else '')]
     if self.mask_id >= 0:
       parts.append(f'mask {self.mask_id}')
     if self.shift:
@@ -96,6 +105,8 @@ def families(kind: ModelKind) -> frozenset[str]:
   """The decoder families (`FAMILIES`) that can read a model of this kind."""
   if kind.any_order:
     return frozenset({'any_order'})
+  if kind.insertion:
+    return frozenset({'insertion'})
   out = set()
   if kind.attention == 'causal':
     out.add('autoregressive')
@@ -115,6 +126,8 @@ def require(kind: ModelKind, accepted: Sequence[str], who: str, hint: str = '') 
   if unknown:
     raise ValueError(f'{who}: unknown model families {unknown}; known: {sorted(FAMILIES)}.')
   if not accepts(accepted, kind):
+    if kind.insertion and not hint:
+      hint = "decode it with 'insertion'"
     needs = ' or '.join(FAMILIES[a] for a in accepted)
     raise ValueError(f'{who} needs {needs}; this model is {kind.describe()} '
                      f'(ModelKind families: {sorted(families(kind)) or "none"})'

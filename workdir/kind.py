@@ -42,6 +42,8 @@ def from_config(config: Mapping[str, Any], *, tokenizer_mask_id: int,
   if objective == 'wedlm':
     return ModelKind(attention='causal', mask_id=mask_id, shift=shift, block_size=block_size,
                      heads=heads)
+  if objective == 'insertion':
+    return ModelKind(attention='bidirectional', insertion=True, heads=heads)
   if objective == 'as_arm':
     return ModelKind(attention='bidirectional', mask_id=mask_id, any_order=True, heads=heads)
   return ModelKind(heads=heads)

@@ -14,6 +14,9 @@
                (unmask_policy.py; its params are the run's 'unmask_policy' tree).
   assd         any-subset speculative decoding of an any-subset AR model (kind any_order):
                lossless against sequential decoding in the same order.
+  insertion    insertion LM (kind insertion, ILM): one (gap, token) insertion per forward,
+               anywhere after the prompt or inside its tail (insert_from), until the stop
+               signal or the length cap (insertion.py).
 
 See `canvas.py` for the layout, the shift and the common settings (mask_id, shift,
 block_causal, block_size; -1 = take them from the model's `models.kind.ModelKind` via
@@ -25,5 +28,6 @@ from decoding.diffusion import decoders
 from decoding.diffusion import diffuspec
 from decoding.diffusion import freedave
 from decoding.diffusion import guided
+from decoding.diffusion import insertion
 from decoding.diffusion import unmask_policy
 from decoding.diffusion import wedlm

@@ -21,6 +21,7 @@ objective's home: adding an objective is adding a file with a `@register('name')
   chimera.py           chimera_draft
   s2d.py               s2d_soft (nested draft, SoFT)
   ppd.py               ppd_prompts (PPD prompt tokens)
+  insertion.py         insertion (insertion LM, ILM)
 """
 
 from training.objectives import ar
@@ -40,6 +41,7 @@ from training.objectives import unmask_policy
 from training.objectives import wedlm
 from training.objectives import chimera  # pylint: disable=g-bad-import-order
 from training.objectives import s2d
+from training.objectives import insertion
 from training.objectives.registry import (Batch, LossFn, Objective, ObjectiveFactory,
                                           make_objective, names, register,
                                           token_cross_entropy)

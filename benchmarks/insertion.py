@@ -1,0 +1,264 @@
+"""Insertion language models (ILM) against AR and masked diffusion (MDLM): a planning task at
+equal training budget, and in-place infilling of unknown length.
+
+  python -m benchmarks.insertion --runs=runs/diffusion
+  python -m benchmarks.insertion --ar_run=A --mdlm_run=M --step=1500   # other baselines
+  python -m benchmarks.insertion --examples=16 --out=t      # smoke
+
+MEASURES QUALITY AND FORWARDS PER TOKEN, NOT SPEED. Greedy everywhere.
+
+sudoku4 (planning): the runs `sudoku4_ilm` (configs/diffusion_tasks.py:sudoku4,ilm),
+`sudoku4_ar` (:sudoku4,ar) and `--mdlm_run` (:sudoku4,mdlm), restored at the same step
+`--step` (default: the newest step all three have) of the same preset schedule, so each has
+seen the same rows x steps. Decoders: 'insertion' (one (gap, token) per forward, until the
+stop signal), 'ar', 'llada' one token per step (confidence order, block = the whole answer).
+Solved = a valid grid that keeps every clue (`sudoku.is_valid_solution`).
+
+progression (infilling of unknown length): held-out 7-term arithmetic progressions with 1-3
+whole terms cut from the middle (`infilling.cut_middle`, at least 2 terms kept each side).
+  ILM (`progression_ilm`): the partial row is the prompt, 'insertion' with insert_from=1
+    (any gap after <sep>); nothing says how many tokens are missing.
+  MDLM (`progression_mdlm`), length given: the missing span is k <mask> tokens, k = the true
+    length (an oracle ILM does not need), one token per forward, most confident first.
+  MDLM, length guessed: k = the most frequent missing length among the examples (what a
+    user without the length could do); right only where the guess is.
+Solved = the filled row equals the original; "length right" = as many tokens as missing.
+Writes benchmarks/results/insertion_<device>.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import common
+from benchmarks import diffusion as diffusion_bench
+from benchmarks import forward_cost
+from data.tasks import exact_match
+from data.tasks import infilling
+from data.tasks import sudoku
+import workbench
+from workbench import Workbench
+from workdir import checkpoint as checkpoint_lib
+
+
+def common_step(paths: list[str]) -> int:
+  """The newest checkpoint step every run has."""
+  steps = None
+  for p in paths:
+    ckpt = checkpoint_lib.Checkpointer(os.path.abspath(p), read_only=True, async_save=False)
+    try:
+      have = set(ckpt.all_steps())
+    finally:
+      ckpt.close()
+    steps = have if steps is None else steps & have
+  if not steps:
+    raise SystemExit(f'No checkpoint step shared by {paths}.')
+  return max(steps)
+
+
+def load(path: str, step: int) -> Workbench:
+  bench = Workbench.load(path, step=step)
+  diffusion_bench.LOADED[bench.name] = workbench.describe_run(bench)
+  return bench
+
+
+def rate(rows, stats, ok) -> dict:
+  gen = max(stats.generated, 1)
+  return dict(solved=100.0 * float(np.mean(ok)), forwards_per_token=stats.target_forwards / gen,
+              forwards=stats.target_forwards, tokens=stats.generated, n=len(ok))
+
+
+def sudoku_part(args) -> list[dict]:
+  paths = {'ILM': os.path.join(args.runs, 'sudoku4_ilm'),
+           'AR': args.ar_run, 'MDLM': args.mdlm_run}
+  step = args.step or common_step(list(paths.values()))
+  task = exact_match.get('sudoku4')
+  pairs = exact_match.examples(task, args.examples, seed=args.seed)
+  max_new = task.max_answer_chars + 1
+  out = []
+  for label, name, settings in (('ILM', 'insertion', {}), ('AR', 'ar', {}),
+                                ('MDLM', 'llada', dict(tokens_per_step=1, ordering='confidence',
+                                                       block_size=max_new))):
+    bench = load(paths[label], step)
+    tok = bench.tokenizer
+    prompts = [exact_match.prompt_ids(tok, p) for p, _ in pairs]
+    dec = bench.decoder(name, settings=settings)
+    rows, stats = bench.run_one(dec, prompts, max_new_tokens=max_new, batch_size=64)
+    ok = [sudoku.is_valid_solution(p, tok.decode([t for t in r.tokens if t != tok.eos_id]))
+          for (p, _), r in zip(pairs, rows)]
+    out.append(dict(part='sudoku4', model=label, run=bench.name, step=step, decoder=name,
+                    **rate(rows, stats, ok)))
+    print(out[-1], flush=True)
+  return out
+
+
+def infill_examples(n: int, seed: int) -> list[tuple[str, str, str, str]]:
+  """(answer, left, missing, right) for n held-out progressions."""
+  rng = np.random.default_rng([seed, 17])
+  return [(a, *infilling.cut_middle(a, rng)) for _, a in
+          exact_match.examples(exact_match.get('progression'), n, seed=seed)]
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'steps', 'mask_id'))
+def _mdlm_fill(model, params, tokens_BxT, *, steps: int, mask_id: int):
+  """Fills the <mask> entries of full rows, one per forward, most confident first (SUBS);
+  rows with no mask left stop counting. Returns (rows, forwards per row)."""
+  def body(_, carry):
+    tok, fwd = carry
+    masked = tok == mask_id
+    logits = model.apply({'params': params}, tok, attn_mask='bidirectional').logits_BxTxV
+    logits = logits.astype(jnp.float32).at[..., mask_id].set(-jnp.inf)
+    probs = jax.nn.softmax(logits, -1)
+    conf = jnp.where(masked, probs.max(-1), -1.0)
+    pos = jnp.argmax(conf, 1)
+    b = jnp.arange(tok.shape[0])
+    any_masked = masked.any(1)
+    new = jnp.where(any_masked, jnp.argmax(logits[b, pos], -1), tok[b, pos])
+    return tok.at[b, pos].set(new.astype(tok.dtype)), fwd + any_masked
+  return jax.lax.fori_loop(0, steps, body,
+                           (tokens_BxT, jnp.zeros(tokens_BxT.shape[:1], jnp.int32)))
+
+
+def mdlm_infill(bench: Workbench, examples, lengths: list[int]) -> tuple[list[str], int, int]:
+  """(filled rows as text, forwards, filled tokens): k_i <mask> tokens in place of example
+  i's missing span, in a training-shaped row (<bos> <sep> answer <eos>...)."""
+  tok = bench.tokenizer
+  T = int(bench.config['data']['seq_len']) + 1
+  rows = []
+  for (_, left, _, right), k in zip(examples, lengths):
+    ids = ([tok.bos_id, tok.special_id('<sep>')] + list(tok.encode(left)) + [tok.mask_id] * k
+           + list(tok.encode(right)))
+    if len(ids) + 1 > T:
+      raise ValueError(f'Row of {len(ids) + 1} tokens does not fit seq_len + 1 = {T}.')
+    rows.append(ids + [tok.eos_id] * (T - len(ids)))
+  filled, fwd = _mdlm_fill(bench.model, bench.params, jnp.asarray(rows, jnp.int32),
+                           steps=max(lengths), mask_id=tok.mask_id)
+  texts = []
+  for r in np.asarray(filled):
+    body = r[2:].tolist()
+    body = body[:body.index(tok.eos_id)] if tok.eos_id in body else body
+    texts.append(tok.decode(body))
+  return texts, int(np.asarray(fwd).sum()), int(sum(lengths))
+
+
+def infill_part(args) -> list[dict]:
+  ilm = load(os.path.join(args.runs, 'progression_ilm'), args.infill_step or None)
+  mdlm = load(os.path.join(args.runs, 'progression_mdlm'), args.infill_step or None)
+  examples = infill_examples(args.examples, args.seed)
+  out = []
+  tok = ilm.tokenizer
+  prompts = [[tok.bos_id, tok.special_id('<sep>')] + list(tok.encode(left + right))
+             for _, left, _, right in examples]
+  max_missing = max(len(tok.encode(m)) for _, _, m, _ in examples)
+  dec = ilm.decoder('insertion', settings=dict(insert_from=1))
+  rows, stats = ilm.run_one(dec, prompts, max_new_tokens=max_missing + 4, batch_size=64)
+  texts = [tok.decode(r.extra['sequence'][2:r.extra['length']]) for r in rows]
+  length_ok = [r.extra['length'] - len(p) == len(tok.encode(m))
+               for r, p, (_, _, m, _) in zip(rows, prompts, examples)]
+  ok = [t == a for t, (a, _, _, _) in zip(texts, examples)]
+  out.append(dict(part='infill', model='ILM', run=ilm.name, step=ilm.step,
+                  decoder='insertion(insert_from=1)', length='not given',
+                  length_right=100.0 * float(np.mean(length_ok)), **rate(rows, stats, ok)))
+  print(out[-1], flush=True)
+  true_k = [len(tok.encode(m)) for _, _, m, _ in examples]
+  guess = collections.Counter(true_k).most_common(1)[0][0]
+  for label, ks in (('given (oracle)', true_k), (f'guessed ({guess} tokens)',
+                                                 [guess] * len(true_k))):
+    texts, fwd, n = mdlm_infill(mdlm, examples, ks)
+    ok = [t == a for t, (a, _, _, _) in zip(texts, examples)]
+    length_ok = [k == t for k, t in zip(ks, true_k)]
+    out.append(dict(part='infill', model='MDLM', run=mdlm.name, step=mdlm.step,
+                    decoder='one per step (confidence)', length=label,
+                    length_right=100.0 * float(np.mean(length_ok)),
+                    solved=100.0 * float(np.mean(ok)), forwards_per_token=fwd / max(n, 1),
+                    forwards=fwd, tokens=n, n=len(ok)))
+    print(out[-1], flush=True)
+  return out
+
+
+def report(rows: list[dict], args, name: str) -> str:
+  se = lambda r: 100 * np.sqrt(r['solved'] / 100 * (1 - r['solved'] / 100) / r['n'])
+  sud = [r for r in rows if r['part'] == 'sudoku4']
+  inf = [r for r in rows if r['part'] == 'infill']
+  body = []
+  if sud:
+    body += [
+        f'## sudoku4 (planning), equal training budget\n\n{sud[0]["n"]} held-out puzzles '
+        f'(seed {args.seed}); every model restored at step {sud[0]["step"]} of the same tiny '
+        'preset schedule (same rows x steps, same architecture). Greedy. One training run and '
+        'one seed per model.\n',
+        common.markdown_table(
+            ['model', 'run', 'decoder', 'solved %', '± (binomial s.e.)', 'forwards / token'],
+            [[r['model'], r['run'], r['decoder'], f"{r['solved']:.1f}", f'{se(r):.1f}',
+              f"{r['forwards_per_token']:.3f}"] for r in sud]), '']
+  if inf:
+    body += [
+        f'## Infilling of unknown length (progression)\n\n{inf[0]["n"]} held-out 7-term '
+        'progressions with 1-3 whole terms cut from the middle. ILM reads the row with the '
+        'gap closed and inserts until its stop signal; MDLM needs the number of <mask> '
+        'tokens: given (an oracle) or guessed (the most frequent missing length). Solved = '
+        'the filled row equals the original. Greedy; one run, one seed per model.\n',
+        common.markdown_table(
+            ['model', 'run (step)', 'missing length', 'solved %', '± (binomial s.e.)',
+             'length right %', 'forwards / token'],
+            [[r['model'], f"{r['run']} ({r['step']})", r['length'], f"{r['solved']:.1f}",
+              f'{se(r):.1f}', f"{r['length_right']:.1f}", f"{r['forwards_per_token']:.3f}"]
+             for r in inf]), '']
+  body.append('Models:\n\n' + '\n'.join(f'- `{k}`: {v}' for k, v in
+                                          sorted(diffusion_bench.LOADED.items())))
+  body.append('\nForwards per token: target forwards / generated tokens (ILM: one per '
+              'insertion plus the step whose stop signal ends the row; AR: one per token '
+              'including <eos>; MDLM one per step: one per filled position). Speed was not '
+              'measured (shared, loaded CPU).')
+  return common.write_results(name, 'Insertion language models (ILM) against AR and MDLM',
+                              '\n'.join(body))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  ap = argparse.ArgumentParser(description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument('--runs', default='runs/diffusion')
+  ap.add_argument('--ar_run', default='', help='sudoku4 AR run (default RUNS/sudoku4_ar)')
+  ap.add_argument('--mdlm_run', default='', help='sudoku4 MDLM run (default RUNS/sudoku4_mdlm)')
+  ap.add_argument('--step', type=int, default=0, help='sudoku4 step (0 = newest shared)')
+  ap.add_argument('--infill_step', type=int, default=0, help='progression runs (0 = newest)')
+  ap.add_argument('--parts', default='sudoku4,infill')
+  ap.add_argument('--examples', type=int, default=256)
+  ap.add_argument('--seed', type=int, default=0)
+  ap.add_argument('--out', default='', help='results name (default insertion_<device>)')
+  args = ap.parse_args(argv)
+  args.ar_run = args.ar_run or os.path.join(args.runs, 'sudoku4_ar')
+  args.mdlm_run = args.mdlm_run or os.path.join(args.runs, 'sudoku4_mdlm')
+  args.parts = [p for p in args.parts.split(',') if p]
+  unknown = sorted(set(args.parts) - {'sudoku4', 'infill'})
+  if unknown:
+    ap.error(f'Unknown parts {unknown}; choose from sudoku4, infill.')
+  args.out = args.out or f'insertion_{forward_cost.device_tag()}'
+  return args
+
+
+def main(argv=None) -> str:
+  args = parse_args(argv)
+  rows = []
+  if 'sudoku4' in args.parts:
+    rows += sudoku_part(args)
+  if 'infill' in args.parts:
+    rows += infill_part(args)
+  os.makedirs(common.RESULTS_DIR, exist_ok=True)
+  with open(os.path.join(common.RESULTS_DIR, f'{args.out}.json'), 'w') as f:
+    json.dump({'provenance': common.provenance(), 'rows': rows}, f, indent=1)
+  path = report(rows, args, args.out)
+  print(path)
+  return path
+
+
+if __name__ == '__main__':
+  main()
