@@ -27,21 +27,21 @@ objective's home: adding an objective is adding a file with a `@register('name')
 from training.objectives import ar
 from training.objectives import as_arm
 from training.objectives import block_diffusion
+from training.objectives import chimera
 from training.objectives import coconut
 from training.objectives import eagle
+from training.objectives import insertion
 from training.objectives import jacobi_forcing
 from training.objectives import kv_predict
 from training.objectives import masked_diffusion
 from training.objectives import ppd
+from training.objectives import s2d
 from training.objectives import sim_cot
 from training.objectives import skipdecode
 from training.objectives import spec_draft
 from training.objectives import spec_heads
 from training.objectives import unmask_policy
 from training.objectives import wedlm
-from training.objectives import chimera  # pylint: disable=g-bad-import-order
-from training.objectives import s2d
-from training.objectives import insertion
 from training.objectives.registry import (Batch, LossFn, Objective, ObjectiveFactory,
                                           make_objective, names, register,
                                           token_cross_entropy)
