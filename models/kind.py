@@ -30,6 +30,7 @@ HEADS = {  # a trained tree saved beside the model (models.heads) -> the config 
     'eagle3': 'configs/spec_heads.py:eagle3',  # EAGLE-3 draft layer (models/eagle.py)
     'eagle1': 'configs/spec_heads.py:eagle1',  # EAGLE-1 draft layer
     'unmask_policy': 'configs/unmask_policy.py:TASK',  # a diffusion run's unmasking policy
+    'mask_mtp': 'configs/mask_mtp.py',  # mask embeddings, gated LoRA, sampler (models/mask_mtp.py)
 }
 
 
