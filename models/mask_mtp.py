@@ -27,6 +27,7 @@ K masks, R LoRA rank.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -116,7 +117,7 @@ def init_params(cfg: config_lib.ModelConfig, num_masks_: int, rank: int, rng: ja
   for i in range(cfg.num_layers):
     lora[f'layer_{i}'] = {
         part: {name: {'a': jax.random.normal(next(keys), din + (rank,))
-                           / jnp.sqrt(float(jnp.prod(jnp.array(din)))),
+                           / math.sqrt(math.prod(din)),
                       'b': jnp.zeros((rank,) + dout)}
                for name, (din, dout) in projections.items()}
         for part, projections in _shapes(cfg).items()}

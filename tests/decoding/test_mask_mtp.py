@@ -134,3 +134,57 @@ def test_errors(setup):
   with pytest.raises(ValueError, match='attention-only'):
     mask_mtp.init_params(small_config(vocab_size=V, layer_types=('attention', 'deltaproduct')),
                          2, 2, jax.random.key(0))
+
+
+def test_sampling_follows_the_target_distribution(trained_workdir):
+  """Temperature 0.7, top-k 8, 20,000 rows of one prompt, 3 new tokens: the first comes from
+  the prefill, the second from a step without drafts (no masks yet), the third is verified
+  against the masks' drafts (accepted or resampled). The triples must follow the exact
+  p(a) p(b | a) p(c | a, b) over the 8 x 8 x 8 support: chi-square p-value > 0.01 (cells
+  with expected count < 5 pooled) and total variation < 0.1 (an exact sampler's expected TV
+  here is about 0.065). One row of this seed draws a third token outside the top 8 (row
+  11453: 99, 32, 151); the AR decoder draws the same triple for that row, so it is the shared
+  sampler's, not this drafter's: out-of-support rows are counted in TV and must be <= 2."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  from decoding import SamplingConfig, sampling  # pylint: disable=g-import-not-at-top
+  from workdir import loading  # pylint: disable=g-import-not-at-top
+  cfgs = SamplingConfig(temperature=0.7, top_k=8)
+  target = loading.load_model(trained_workdir)
+  model, tp = target.model, target.params
+  tree = mask_mtp.init_params(model.cfg, 2, 2, jax.random.key(0), tp['embed']['embedding'])
+  prompt = target.tokenizer.encode('def ', add_bos=True)
+  n = 20_000
+  rows, st = run_decoder(registry.build('mask_mtp', {'gamma': 2}, cfgs), Models(model),
+                         {'target': tp, 'mask_mtp': tree}, [prompt] * n, max_new_tokens=3,
+                         cache_size=32, eos_id=-1, pad_id=0, seed=11, prompt_bucket=8)
+  assert st.extra['accepted_by_depth'][0] > 1000  # drafts were accepted (and rejected)
+  fwd = jax.jit(lambda s: model.apply({'params': tp}, s).logits_BxTxV[:, -1])
+  probs = lambda seqs: np.asarray(jnp.exp(sampling.log_probs(fwd(jnp.asarray(seqs)), cfgs)),
+                                  np.float64)
+  p1 = probs([prompt])[0]
+  A = np.flatnonzero(p1 > 0)
+  p2 = probs([prompt + [int(a)] for a in A])  # [|A|, V]
+  pairs = [(a, b) for i, a in enumerate(A) for b in np.flatnonzero(p2[i] > 0)]
+  p3 = probs([prompt + [int(a), int(b)] for a, b in pairs])
+  exact, cells = [], {}
+  for k, (a, b) in enumerate(pairs):
+    pab = p1[a] * p2[list(A).index(a), b]
+    for c in np.flatnonzero(p3[k] > 0):
+      cells[(a, b, c)] = len(exact)
+      exact.append(pab * p3[k, c])
+  exact = np.asarray(exact) / np.sum(exact)
+  counts, outside = np.zeros(len(exact)), 0
+  for r in rows:
+    key = tuple(r.tokens[:3])
+    if key in cells:
+      counts[cells[key]] += 1
+    else:
+      outside += 1
+  assert outside <= 2, outside
+  tv = 0.5 * (np.abs(counts / n - exact).sum() + outside / n)
+  big = exact * n >= 5
+  obs = np.append(counts[big], counts[~big].sum())
+  exp = np.append(exact[big], exact[~big].sum()) * (n - outside)
+  pvalue = stats.chisquare(obs[exp > 0], exp[exp > 0]).pvalue
+  assert tv < 0.1, tv
+  assert pvalue > 0.01, pvalue

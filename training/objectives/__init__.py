@@ -17,6 +17,7 @@ objective's home: adding an objective is adding a file with a `@register('name')
   sim_cot.py           sim_cot
   unmask_policy.py     unmask_policy
   skipdecode.py        skipdecode (random layer-skip fine-tuning)
+  mask_mtp.py          mask_mtp (masked-input MTP: mask embeddings, gated LoRA, sampler)
 """
 
 from training.objectives import ar
@@ -25,6 +26,7 @@ from training.objectives import block_diffusion
 from training.objectives import coconut
 from training.objectives import eagle
 from training.objectives import jacobi_forcing
+from training.objectives import mask_mtp
 from training.objectives import masked_diffusion
 from training.objectives import sim_cot
 from training.objectives import skipdecode
