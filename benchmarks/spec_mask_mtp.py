@@ -71,7 +71,8 @@ def run(args) -> tuple[str, str]:
   meta = {'prompts': len(prompts), 'max_new_tokens': args.max_new_tokens,
           'prompt_tokens_mean': float(np.mean(lens)), 'batch_size': args.batch_size,
           'temperature': 0.0, 'target': args.target, 'run': args.run, 'ar_tau': ar['tau'],
-          'train_steps': train['train']['steps'], 'spec': train['spec'],
+          'train_steps': train['train']['steps'],
+          'spec': {k: v for k, v in train['spec'].items() if k != 'target_workdir'},
           'provenance': common.provenance()}
   out_json = os.path.join(common.RESULTS_DIR, f'{args.name}.json')
   os.makedirs(common.RESULTS_DIR, exist_ok=True)
