@@ -8,7 +8,8 @@ draft depth, next to the MTP / Medusa chains of benchmarks/results/eagle_tiny_cp
       --prompt_chars 60 --max_new_tokens 64
 
 Held-out prompts of the code corpus, greedy (temperature 0), batches of 8, linear decoding at
-2, 3 and 4 masks (= drafts per step). Per setting: tau (tokens per target forward, bonus and
+2, 3 and 4 masks (= drafts per step) and quadratic decoding (masks after every drafted node)
+at 3 and 4. Per setting: tau (tokens per target forward, bonus and
 prefill counted), acceptance by position (share of verification steps whose accepted path
 reached depth d; steps without drafts — the first, and each one after a rejection — count as
 reaching no depth), drafted nodes per step, sampler-head calls per token, and whether the
@@ -29,7 +30,9 @@ from benchmarks import common
 from benchmarks import harness
 from decoding import SamplingConfig
 
-GAMMAS = (2, 3, 4)
+# name -> mask_mtp settings
+SETTINGS = {f'mask_mtp chain {g}': dict(gamma=g) for g in (2, 3, 4)}
+SETTINGS.update({f'mask_mtp quadratic chain {g}': dict(gamma=g, quadratic=True) for g in (3, 4)})
 
 
 def run(args) -> tuple[str, str]:
@@ -50,9 +53,8 @@ def run(args) -> tuple[str, str]:
   wall, results = harness.timed_pass(fns, ar_params, batches)
   ar = harness.summarise(results, wall, compile_s)
   rows = {}
-  for g in GAMMAS:
-    name = f'mask_mtp chain {g}'
-    dec = bench.decoder('mask_mtp', sampling, {'gamma': g})
+  for name, settings in SETTINGS.items():
+    dec = bench.decoder('mask_mtp', sampling, settings)
     models, params = bench.models_for(dec)
     fns, compile_s = harness.compile_decoder(dec, models, params, batches, **kw)
     wall, results = harness.timed_pass(fns, params, batches)
@@ -101,8 +103,9 @@ def _body(rows, meta) -> str:
       f"trained {meta['train_steps']} steps on the frozen target (`configs/mask_mtp.py`: "
       f"{s['heads']} masks, LoRA rank {s['lora_rank']}, {s['anchors']} anchors per row, loss "
       f"{s['loss']}, weights mtp {s['mtp_weight']} / sampler {s['sampler_weight']} / latent "
-      f"{s['latent_weight']}), one run and one seed. Linear decoding: a step after a rejection "
-      "(and the first) verifies no drafts. tau counts the bonus token and the prefill; acc@d = "
+      f"{s['latent_weight']}), one run and one seed. Linear decoding (chain): a step after a "
+      "rejection (and the first) verifies no drafts; quadratic: k masks after every node, so "
+      "only the first step has none. tau counts the bonus token and the prefill; acc@d = "
       "share of verification steps whose accepted path reached depth d (steps without drafts "
       "included). Speed is not recorded here (measured on a shared machine).", '',
       common.markdown_table(header, table)])

@@ -37,6 +37,7 @@ from decoding.speculative import verify as verify_lib
 from models import heads as heads_lib
 from models import kind as kind_lib
 from models import mask_mtp as mask_lib
+from models import masks
 
 
 @flax.struct.dataclass
@@ -56,9 +57,14 @@ class MaskMTPDrafter(drafter_lib.ChainDrafter):
   """See module docstring; `gamma` drafts = masks per forward (<= the trained masks)."""
   kind: ClassVar[str] = mask_lib.MASK_MTP
   gamma: int = 4
+  quadratic: bool = False  # k masks after every tree node, not only after the last
+
+  @property
+  def mask_blocks(self) -> int:
+    return self.gamma + 1 if self.quadratic else 1
 
   def extra_cache_slots(self) -> int:
-    return 2 * self.gamma + 1  # the tree (gamma + 1 nodes), then gamma masks
+    return self.gamma + 1 + self.mask_blocks * self.gamma  # the tree, then the masks
 
   def check(self, models, params):
     name = mask_lib.MASK_MTP
@@ -81,7 +87,7 @@ class MaskMTPDrafter(drafter_lib.ChainDrafter):
     h = jnp.zeros((B, self.gamma, D), prefill.last_hidden_BxTxD.dtype)
     zeros = jnp.zeros((B,), jnp.int32)
     return MaskState(h_BxKxD=h, ready_B=jnp.zeros((B,), bool), drafts_B=zeros,
-                     pend_h_BxKxD=h)
+                     pend_h_BxKxD=jnp.zeros((B, self.mask_blocks) + h.shape[1:], h.dtype))
 
   def propose(self, env, state, cache, root_B, base_B, active_B):
     G, cfg = self.gamma, env.target.cfg
@@ -104,33 +110,69 @@ class MaskMTPDrafter(drafter_lib.ChainDrafter):
     return tree, state, cache, draft.astype(jnp.int32) * G
 
   def target_forward(self, env, state, cache, tree, base_B, active_B):
-    """One forward over the tree and k masks after its last valid node (LoRA at the masks);
-    returns the output over the tree's nodes and keeps the masks' hidden states."""
-    G, T = self.gamma, tree.tokens_BxT.shape[1]
-    B = base_B.shape[0]
+    """One forward over the tree and k masks after its last valid node (linear) or after
+    every valid node (quadratic), the LoRA at the masks; returns the output over the tree's
+    nodes and keeps the masks' hidden states."""
+    G, T, N = self.gamma, tree.tokens_BxT.shape[1], self.mask_blocks
+    B, M = base_B.shape[0], self.mask_blocks * self.gamma
     inp = verify_lib.tree_inputs(tree, base_B, active_B, cache.size, chain=True)
-    j = jnp.arange(1, G + 1, dtype=jnp.int32)[None]
-    mask_pos = base_B[:, None] + state.drafts_B[:, None] + j
-    mask_pos = jnp.where(active_B[:, None], mask_pos, -1)
-    tokens = jnp.concatenate([tree.tokens_BxT, jnp.zeros((B, G), jnp.int32)], 1)
+    j = jnp.arange(1, G + 1, dtype=jnp.int32)[None, None]
+    if self.quadratic:  # block i follows node i (positions base + i + j)
+      anchor_BxN = jnp.broadcast_to(jnp.arange(N, dtype=jnp.int32)[None], (B, N))
+      live_BxN = tree.valid_BxT & active_B[:, None]
+    else:  # one block after the last valid node
+      anchor_BxN = state.drafts_B[:, None]
+      live_BxN = active_B[:, None]
+    mask_pos = jnp.where(live_BxN[:, :, None], base_B[:, None, None] + anchor_BxN[:, :, None] + j,
+                         -1).reshape(B, M)
+    tokens = jnp.concatenate([tree.tokens_BxT, jnp.zeros((B, M), jnp.int32)], 1)
     positions = jnp.concatenate([inp['positions'], mask_pos], 1)
-    slots = jnp.concatenate([inp['slots'], jnp.where(mask_pos >= 0, mask_pos, 0)], 1)
-    gate = jnp.broadcast_to(jnp.arange(T + G)[None] >= T, (B, T + G))
-    index = jnp.broadcast_to(jnp.maximum(jnp.arange(T + G) - T, 0)[None], (B, T + G))
+    L = T + M
+    gate = jnp.broadcast_to(jnp.arange(L)[None] >= T, (B, L))
+    index = jnp.broadcast_to(jnp.concatenate([jnp.zeros((T,), jnp.int32),
+                                              jnp.tile(jnp.arange(G), N)])[None], (B, L))
     lora = mask_lib.gated_lora(env.params[mask_lib.MASK_MTP], gate, index)
-    out = env.target.apply({'params': env.target_params}, tokens, positions, cache=cache,
-                           write_slots_BxT=slots, lora=lora)
-    state = state.replace(pend_h_BxKxD=out.last_hidden_BxTxD[:, T:].astype(
+    if self.quadratic:  # explicit mask: block i sees nodes <= i and its own earlier masks
+      slots = base_B[:, None] + jnp.arange(L, dtype=jnp.int32)[None]
+      out = env.target.apply({'params': env.target_params}, tokens, positions, cache=cache,
+                             write_slots_BxT=slots,
+                             attn_mask=masks.block_to_cache_mask(
+                                 quadratic_mask(T, G)[None], base_B, cache.size), lora=lora)
+    else:  # causal by positions: the masks come after every node
+      slots = jnp.concatenate([inp['slots'], jnp.where(mask_pos >= 0, mask_pos, 0)], 1)
+      out = env.target.apply({'params': env.target_params}, tokens, positions, cache=cache,
+                             write_slots_BxT=slots, lora=lora)
+    state = state.replace(pend_h_BxKxD=out.last_hidden_BxTxD[:, T:].reshape(B, N, G, -1).astype(
         state.pend_h_BxKxD.dtype))
     return out.replace(logits_BxTxV=out.logits_BxTxV[:, :T],
                        last_hidden_BxTxD=out.last_hidden_BxTxD[:, :T]), state
 
   def update(self, env, state, step):
     act = step.active_B
-    full = step.keep_B == state.drafts_B + 1  # every draft accepted: the masks follow the bonus
+    if self.quadratic:  # the block after the last accepted node precedes the bonus
+      block = jnp.clip(step.keep_B - 1, 0, self.gamma)
+      full = jnp.ones_like(act)
+    else:  # the one block follows the last draft: valid if every draft was accepted
+      block = jnp.zeros_like(step.keep_B)
+      full = step.keep_B == state.drafts_B + 1
+    pend = jnp.take_along_axis(state.pend_h_BxKxD, block[:, None, None, None], 1)[:, 0]
     ready = jnp.where(act, full, state.ready_B)
-    h = jnp.where((act & full)[:, None, None], state.pend_h_BxKxD, state.h_BxKxD)
+    h = jnp.where((act & full)[:, None, None], pend, state.h_BxKxD)
     return state.replace(h_BxKxD=h, ready_B=ready)
+
+
+def quadratic_mask(T: int, G: int) -> jax.Array:
+  """[L, L] local attention of quadratic decoding, L = T + T G: the chain's T nodes
+  causally, then T blocks of G masks; block i sees nodes 0 .. i and its masks 1 .. j."""
+  L = T + T * G
+  idx = jnp.arange(L)
+  is_mask = idx >= T
+  block = jnp.where(is_mask, (idx - T) // G, idx)  # a node's "block" is itself
+  node_q = jnp.where(is_mask, block, idx)  # the last node each query sees
+  see_node = (~is_mask)[None, :] & (idx[None, :] <= node_q[:, None])
+  see_mask = (is_mask[:, None] & is_mask[None, :] & (block[:, None] == block[None, :])
+              & (idx[None, :] <= idx[:, None]))
+  return see_node | see_mask
 
 
 @registry.register
@@ -143,13 +185,15 @@ class MaskMTPDecoder(decoders.SpecDecoder):
   model_heads: ClassVar[tuple[str, ...]] = (mask_lib.MASK_MTP,)
   drafter_type: ClassVar[type[drafter_lib.Drafter]] = MaskMTPDrafter
   gamma: int = 4               # drafts (= masks) per step, <= the trained masks
+  quadratic: bool = False      # masks after every drafted node ((gamma + 1)^2 inputs), so a
+                               # partly accepted chain still leaves fresh drafts
 
   def make_drafter(self, mode):
     del mode  # argmax drafts: every rule verifies them as 'deterministic'
     if self.adaptive:
       raise ValueError("The 'mask_mtp' decoder has no adaptive draft length (its masks are "
                        'sized by gamma); use adaptive=0.')
-    return MaskMTPDrafter(gamma=self.gamma)
+    return MaskMTPDrafter(gamma=self.gamma, quadratic=self.quadratic)
 
 
 decoders.DRAFTERS.add('mask_mtp', MaskMTPDecoder)

@@ -98,7 +98,8 @@ def test_gate_leaves_ordinary_tokens_bit_identical(setup):
 @pytest.mark.parametrize('name,settings', [
     ('mask_mtp', dict(gamma=4)),
     ('speculative', dict(drafter='mask_mtp', gamma=2)),  # the speculative:drafter= route
-], ids=['mask_mtp-4', 'speculative-drafter-2'])
+    ('mask_mtp', dict(gamma=3, quadratic=True)),
+], ids=['mask_mtp-4', 'speculative-drafter-2', 'quadratic-3'])
 def test_greedy_equals_ar_on_a_ragged_batch(setup, name, settings):
   models, params, eos, ref = setup
   dec = registry.build(name, settings)
