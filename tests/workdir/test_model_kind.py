@@ -15,6 +15,7 @@ from models import Transformer
 from models import eagle as eagle_lib
 from models import heads as heads_lib
 from models import unmask_policy as unmask_policy_lib
+from models import mask_mtp as mask_mtp_lib
 from models import kind as kind_lib
 from models.kind import ModelKind
 from testlib import small_config
@@ -97,7 +98,7 @@ def test_a_heads_decoder_refuses_a_run_without_its_heads_with_one_line(name, set
 
 def test_heads_known_to_the_kind_are_the_models_heads():
   assert set(kind_lib.HEADS) == {heads_lib.MEDUSA, heads_lib.MTP, heads_lib.KANGAROO,
-                                 *eagle_lib.VARIANTS, unmask_policy_lib.HEAD}
+                                 *eagle_lib.VARIANTS, unmask_policy_lib.HEAD, mask_mtp_lib.MASK_MTP}
   assert _build('speculative').for_model({'target': AR}) == _build('speculative')
   with pytest.raises(ValueError, match='unknown heads'):
     kind_lib.require_heads(AR, ('eagle',), 'x')
