@@ -13,8 +13,8 @@ each block seeing its anchor's prefix); loss = mtp_weight x CE of the masks' own
 mean squared distance of each mask's final hidden state to the (stop-gradient) hidden state
 of the ordinary position that predicts the same token. `spec.loss='kl'` replaces both CEs by
 KL(target || drafter) at that position (self-distillation; the paper trains on data).
-About 10 minutes for the `tiny` target on 2 shared CPU cores (600 steps, batch 16 x 128, 16
-anchors x 4 masks). The argument is '' (tiny) or 'SIZE' for another target preset, or 'test'
+36 minutes for the `tiny` target on 2 CPU cores shared with other jobs (600 steps, batch
+16 x 128, 16 anchors x 4 masks). The argument is '' (tiny) or 'SIZE' for another target preset, or 'test'
 (the `test` model preset, 20 steps: unit tests).
 """
 

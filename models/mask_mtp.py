@@ -17,7 +17,7 @@ params['mask_mtp'] (beside the frozen target, a training extra) holds:
                            token before x_{t+j+1}] whose output goes through the target's LM
                            head: the k drafts are chained (each sees the previous one).
 
-  lora = gated_lora(cfg, params['mask_mtp'], gate_BxT)   # -> Transformer(..., lora=lora)
+  lora = gated_lora(params['mask_mtp'], gate_BxT, index_BxT)  # -> Transformer(..., lora=lora)
   logits = MaskSampler(cfg).apply({'params': p['sampler']}, h_BxTxD, prev_BxT, in_emb, out_emb)
 
 Training: training/objectives/mask_mtp.py (configs/mask_mtp.py); decoding:

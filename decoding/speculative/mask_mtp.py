@@ -17,6 +17,10 @@ draft rejected, and the first step) the next step verifies the root alone and dr
 a step that commits one token. The cache gets the masks' keys past the tree; commit keeps
 only the accepted prefix (`verify.commit_accepted`), so they are never visible later.
 
+Quadratic decoding (`quadratic=True`) puts k masks after every chain node instead ((k + 1)^2
+inputs; block i sees nodes 0 .. i and its own earlier masks, an explicit mask), so the block
+after the last accepted node drafts the next step whatever was accepted.
+
 Drafts are argmax chains (deterministic), verified by the deterministic rule.
 """
 
