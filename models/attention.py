@@ -19,7 +19,7 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, mask_BxTxS: jax.Array,
                kv: cache_lib.KVCache | None = None, slots_BxT: jax.Array | None = None,
-               return_attention: bool = False):
+               return_attention: bool = False, lora=None, gate_BxT: jax.Array | None = None):
     """Args:
       x_BxTxD: normalised input.
       positions_BxT: RoPE positions.
@@ -28,6 +28,8 @@ class Attention(nn.Module):
       slots_BxT: sanitised write slots (required with `kv`).
       return_attention: also return the attention probabilities summed over heads,
         [B, T, S] float32 (KV-cache eviction policies, `decoding/h2o.py`).
+      lora, gate_BxT: a gated LoRA on q, k, v and o ({'q': {'a', 'b'}, ...}), acting where
+        gate_BxT is True (`layers.gated_lora`, models/mask_mtp.py); None: none.
 
     Returns:
       ([B, T, D] output, the updated KVCache or None), plus the attention mass when asked.
@@ -45,9 +47,13 @@ class Attention(nn.Module):
     wo = layers.logical_param(self, 'o', out_init, (H, Dh, D), ('heads', 'head_dim', 'embed'),
                               cfg.weight_dtype)
     x = x_BxTxD.astype(dt)
-    q_BxTxHxDh = jnp.einsum('BTD,DHd->BTHd', x, wq.astype(dt))
-    k_BxTxKxDh = jnp.einsum('BTD,DKd->BTKd', x, wk.astype(dt))
-    v_BxTxKxDh = jnp.einsum('BTD,DKd->BTKd', x, wv.astype(dt))
+    lo = (lambda name: None) if lora is None else lora.get
+    q_BxTxHxDh = layers.gated_lora(jnp.einsum('BTD,DHd->BTHd', x, wq.astype(dt)), x, lo('q'),
+                                   gate_BxT, 1)
+    k_BxTxKxDh = layers.gated_lora(jnp.einsum('BTD,DKd->BTKd', x, wk.astype(dt)), x, lo('k'),
+                                   gate_BxT, 1)
+    v_BxTxKxDh = layers.gated_lora(jnp.einsum('BTD,DKd->BTKd', x, wv.astype(dt)), x, lo('v'),
+                                   gate_BxT, 1)
     if cfg.qkv_bias:
       zeros = nn.initializers.zeros
       q_BxTxHxDh += layers.logical_param(self, 'q_bias', zeros, (H, Dh), ('heads', 'head_dim'),
@@ -72,7 +78,8 @@ class Attention(nn.Module):
     out_BxTxHxDh = attention_ops.attention(q_BxTxHxDh, keys, values, mask_BxTxS,
                                            scale=Dh ** -0.5, impl=cfg.attention_impl,
                                            kv_layout=layout)
-    out_BxTxD = jnp.einsum('BTHd,HdD->BTD', out_BxTxHxDh, wo.astype(dt))
+    out_BxTxD = layers.gated_lora(jnp.einsum('BTHd,HdD->BTD', out_BxTxHxDh, wo.astype(dt)),
+                                  out_BxTxHxDh, lo('o'), gate_BxT, 2)
     if return_attention:
       return out_BxTxD, kv, attention_mass(q_BxTxHxDh, keys, mask_BxTxS, Dh ** -0.5, layout)
     return out_BxTxD, kv

@@ -34,6 +34,7 @@ HEADS = {  # a trained tree saved beside the model (models.heads) -> the config 
     'kv_predict': 'configs/kv_predict.py',  # KV Prediction's auxiliary model and predictor
     'chimera': 'configs/spec_heads.py:chimera',  # Chimera's draft (models/chimera.py)
     'ppd': 'configs/ppd.py',  # PPD prompt tokens (models/ppd.py)
+    'mask_mtp': 'configs/mask_mtp.py',  # mask embeddings, gated LoRA, sampler (models/mask_mtp.py)
 }
 
 

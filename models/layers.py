@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -82,7 +82,9 @@ class MLP(nn.Module):
   cfg: config_lib.ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+  def __call__(self, x_BxTxD: jax.Array, lora: Any = None,
+               gate_BxT: jax.Array | None = None) -> jax.Array:
+    """`lora` / `gate_BxT`: a gated LoRA on gate, up and down (see `gated_lora`)."""
     cfg = self.cfg
     D, F, dt = cfg.d_model, cfg.mlp_dim, cfg.compute_dtype
     init = nn.initializers.normal(cfg.init_std)
@@ -91,9 +93,35 @@ class MLP(nn.Module):
     w_up = logical_param(self, 'up', init, (D, F), ('embed', 'mlp'), cfg.weight_dtype)
     w_down = logical_param(self, 'down', out_init, (F, D), ('mlp', 'embed'), cfg.weight_dtype)
     x = x_BxTxD.astype(dt)
-    h_BxTxF = nn.silu(jnp.einsum('BTD,DF->BTF', x, w_gate.astype(dt)))
-    h_BxTxF = h_BxTxF * jnp.einsum('BTD,DF->BTF', x, w_up.astype(dt))
-    return jnp.einsum('BTF,FD->BTD', h_BxTxF, w_down.astype(dt))
+    lo = (lambda name: None) if lora is None else lora.get
+    g_BxTxF = gated_lora(jnp.einsum('BTD,DF->BTF', x, w_gate.astype(dt)), x, lo('gate'),
+                         gate_BxT, 1)
+    u_BxTxF = gated_lora(jnp.einsum('BTD,DF->BTF', x, w_up.astype(dt)), x, lo('up'), gate_BxT, 1)
+    h_BxTxF = nn.silu(g_BxTxF) * u_BxTxF
+    return gated_lora(jnp.einsum('BTF,FD->BTD', h_BxTxF, w_down.astype(dt)), h_BxTxF,
+                      lo('down'), gate_BxT, 1)
+
+
+def gated_lora(y_BxTx: jax.Array, x_BxTx: jax.Array, ab: Any, gate_BxT: jax.Array | None,
+               n_in: int) -> jax.Array:
+  """y + gate * (x A) B: a LoRA that acts only where `gate_BxT` is True ("Your LLM Knows the
+  Future": m = 1 at <mask> positions only, models/mask_mtp.py).
+
+  y_BxTx: the frozen projection's output [B, T, *out]; x_BxTx: its input [B, T, *in] (n_in
+  trailing axes); ab: {'a': [*in, r], 'b': [r, *out]} or None (no LoRA: y unchanged).
+  Ungated positions get y itself (a select, not an addition): their values do not depend on
+  the LoRA at all. (Two different compiled programs, with and without this argument, may still
+  differ in the last bits where the compiler fuses the same ops differently.)
+  """
+  if ab is None:
+    return y_BxTx
+  if gate_BxT is None:
+    raise ValueError('A gated LoRA needs gate_BxT (True where it acts).')
+  dt = y_BxTx.dtype
+  h = jnp.tensordot(x_BxTx.astype(dt), ab['a'].astype(dt), axes=n_in)
+  delta = jnp.tensordot(h, ab['b'].astype(dt), axes=1)
+  g = gate_BxT.reshape(gate_BxT.shape + (1,) * (y_BxTx.ndim - 2))
+  return jnp.where(g, y_BxTx + delta, y_BxTx)
 
 
 class Embedder(nn.Module):

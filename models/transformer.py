@@ -63,7 +63,7 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, layer_cache, slots_BxT,
                valid_BxT=None, parents_BxT=None, return_step_states=False,
-               return_attention=False):
+               return_attention=False, lora=None, gate_BxT=None):
     cfg = self.cfg
     norm = lambda name: layers.RMSNorm(cfg.norm_eps, 'embed', cfg.weight_dtype, name=name)
     steps = mass = None
@@ -72,12 +72,15 @@ class Block(nn.Module):
           norm('delta_norm')(x_BxTxD), valid_BxT, layer_cache, parents_BxT, return_step_states)
     elif return_attention:
       h_BxTxD, layer_cache, mass = attention_lib.Attention(cfg, name='attn')(
-          norm('attn_norm')(x_BxTxD), positions_BxT, mask_BxTxS, layer_cache, slots_BxT, True)
+          norm('attn_norm')(x_BxTxD), positions_BxT, mask_BxTxS, layer_cache, slots_BxT, True,
+          lora=None if lora is None else lora.get('attn'), gate_BxT=gate_BxT)
     else:
       h_BxTxD, layer_cache = attention_lib.Attention(cfg, name='attn')(
-          norm('attn_norm')(x_BxTxD), positions_BxT, mask_BxTxS, layer_cache, slots_BxT)
+          norm('attn_norm')(x_BxTxD), positions_BxT, mask_BxTxS, layer_cache, slots_BxT,
+          lora=None if lora is None else lora.get('attn'), gate_BxT=gate_BxT)
     x_BxTxD = x_BxTxD + h_BxTxD
-    x_BxTxD = x_BxTxD + layers.MLP(cfg, name='mlp')(norm('mlp_norm')(x_BxTxD))
+    x_BxTxD = x_BxTxD + layers.MLP(cfg, name='mlp')(
+        norm('mlp_norm')(x_BxTxD), None if lora is None else lora.get('mlp'), gate_BxT)
     out = (x_BxTxD, layer_cache)
     if return_step_states:
       out += (steps,)
@@ -103,7 +106,8 @@ class Transformer(nn.Module):
                return_step_states: bool = False,
                parents_BxT: jax.Array | None = None,
                skip_layers_BxT: jax.Array | None = None,
-               return_attention: bool = False) -> ModelOutput:
+               return_attention: bool = False,
+               lora: Any = None) -> ModelOutput:
     """Runs layers [lo, hi) over T tokens.
 
     Args:
@@ -133,6 +137,10 @@ class Transformer(nn.Module):
       return_attention: also return `attention_BxTxS`, the attention probabilities over the
         keys (cache slots with a cache) summed over the heads and the attention layers run
         (KV-cache eviction, `decoding/h2o.py`); computed beside the attention, in float32.
+      lora: a `models.mask_mtp.GatedLoRA` (masked-input multi-token prediction): at the
+        positions where its gate_BxT is True the input embedding is replaced by its
+        mask_embed_BxTxD and every attention / MLP projection gets its low-rank update; the
+        other positions compute exactly what they compute without it. Default: none.
     """
     cfg = self.cfg
     lo, hi = layer_range if layer_range is not None else (0, cfg.num_layers)
@@ -150,6 +158,13 @@ class Transformer(nn.Module):
     else:
       x_BxTxD = embedder(tokens_BxT)
     B, T = x_BxTxD.shape[:2]
+    if lora is not None:
+      if any(k != config_lib.ATTENTION for k in cfg.layer_types):
+        raise ValueError('A gated LoRA (mask_mtp) needs an attention-only model; this one has '
+                         f'layers {cfg.layer_types}.')
+      if lora.mask_embed_BxTxD is not None:
+        x_BxTxD = jnp.where(lora.gate_BxT[..., None],
+                            lora.mask_embed_BxTxD.astype(x_BxTxD.dtype), x_BxTxD)
     if positions_BxT is None:
       positions_BxT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     positions_BxT = positions_BxT.astype(jnp.int32)
@@ -194,7 +209,8 @@ class Transformer(nn.Module):
       layer_cache = cache.layers[i] if cache is not None else None
       x_BxTxD, layer_cache, *rest = block_cls(cfg, cfg.layer_types[i], name=f'layer_{i}')(
           x_BxTxD, positions_BxT, mask_BxTxS, layer_cache, slots_BxT, valid_BxT, parents_BxT,
-          return_step_states, return_attention)
+          return_step_states, return_attention,
+          *(() if lora is None else (lora.layers[f'layer_{i}'], lora.gate_BxT)))
       if return_attention:
         mass = rest.pop()
         if mass is not None:

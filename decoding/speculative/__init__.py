@@ -15,9 +15,12 @@
   settings.py     the checks every speculative decoder's settings pass
   decoders.py     the registered decoders: one class per name, each a drafter family's
                   settings + a verifier choice (+ a tree policy), its drafter built once
+  mask_mtp.py     masked-input MTP ("Your LLM Knows the Future"): the target drafts from
+                  <mask> inputs through a gated LoRA in the forward that verifies
 
 See docs/speculative.md.
 """
 
 from decoding.speculative import decoders
 from decoding.speculative import ppd
+from decoding.speculative import mask_mtp

@@ -22,6 +22,7 @@ objective's home: adding an objective is adding a file with a `@register('name')
   s2d.py               s2d_soft (nested draft, SoFT)
   ppd.py               ppd_prompts (PPD prompt tokens)
   insertion.py         insertion (insertion LM, ILM)
+  mask_mtp.py          mask_mtp (masked-input MTP: mask embeddings, gated LoRA, sampler)
 """
 
 from training.objectives import ar
@@ -33,6 +34,7 @@ from training.objectives import eagle
 from training.objectives import insertion
 from training.objectives import jacobi_forcing
 from training.objectives import kv_predict
+from training.objectives import mask_mtp
 from training.objectives import masked_diffusion
 from training.objectives import ppd
 from training.objectives import s2d
