@@ -22,5 +22,5 @@ See docs/speculative.md.
 """
 
 from decoding.speculative import decoders
-from decoding.speculative import ppd
 from decoding.speculative import mask_mtp
+from decoding.speculative import ppd
