@@ -108,20 +108,31 @@ def probs(logits_BxV: jax.Array, cfg: SamplingConfig) -> jax.Array:
   return jnp.exp(log_probs(logits_BxV, cfg))
 
 
+def uniform_from_bits(bits: jax.Array) -> jax.Array:
+  """float32 uniforms strictly inside (0, 1) from uint32 random bits: (k + 1/2) / 2^23, k the
+  top 23 bits.
+
+  Every k + 1/2 below 2^23 is exact in float32, so u < 1 always. (With 24 bits, (k + 1/2) /
+  2^24 rounded the largest k up to u = 1 exactly: -log(-log u) was then +inf, and in the race
+  below a token filtered out by top-k (log p = -inf) won with probability 2^-24 per token.)
+  """
+  return ((bits >> 9).astype(jnp.float32) + 0.5) * (1.0 / (1 << 23))
+
+
 def sample_from_log_probs(rng: jax.Array, logp_BxV: jax.Array) -> jax.Array:
   """Draws one token per row by the exponential race argmax(log p - log E), E ~ Exp(1).
 
-  E is computed as -log(U) with U uniform in (0, 1) built from 24 random bits, so its
-  smallest value is about 6e-8: the race matches `logp` exactly up to events of probability
-  < 1e-7 (no temperature-lowering truncation). `rng` may be one key or one key per row [B].
+  E is computed as -log(U) with U uniform in (0, 1) (`uniform_from_bits`, 23 random bits), so
+  its smallest value is about 6e-8: the race matches `logp` exactly up to events of
+  probability < 1e-7 (no temperature-lowering truncation). `rng` may be one key or one key
+  per row [B].
   """
   shape = logp_BxV.shape
   if rng.ndim == 0:
     bits = jax.random.bits(rng, shape, jnp.uint32)
   else:  # one key per row: rows are independent of batch composition.
     bits = jax.vmap(lambda k: jax.random.bits(k, shape[1:], jnp.uint32))(rng)
-  u = ((bits >> 8).astype(jnp.float32) + 0.5) * (1.0 / (1 << 24))
-  race = logp_BxV - jnp.log(-jnp.log(u))
+  race = logp_BxV - jnp.log(-jnp.log(uniform_from_bits(bits)))
   return jnp.argmax(race, axis=-1).astype(jnp.int32)
 
 

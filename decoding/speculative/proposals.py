@@ -20,10 +20,10 @@ from decoding import sampling as sampling_lib
 
 
 def _gumbel(keys_BxN: jax.Array, V: int) -> jax.Array:
-  """[B, N, V] standard Gumbel noise from one key per (row, node), via 24-bit uniforms."""
+  """[B, N, V] standard Gumbel noise from one key per (row, node), via
+  `sampling.uniform_from_bits`."""
   bits = jax.vmap(jax.vmap(lambda k: jax.random.bits(k, (V,), jnp.uint32)))(keys_BxN)
-  u = ((bits >> 8).astype(jnp.float32) + 0.5) * (1.0 / (1 << 24))
-  return -jnp.log(-jnp.log(u))
+  return -jnp.log(-jnp.log(sampling_lib.uniform_from_bits(bits)))
 
 
 def node_keys(keys_B: jax.Array, n: int, offset: int = 0) -> jax.Array:

@@ -37,7 +37,7 @@ SALT_DRAFT = 0xD4AF
 def uniforms(keys_B: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   """Uniforms in (0, 1) (never 0: an accept test u <= 0 must fail), one key per row."""
   bits = jax.vmap(lambda k: jax.random.bits(k, shape, jnp.uint32))(keys_B)
-  return ((bits >> 8).astype(jnp.float32) + 0.5) * (1.0 / (1 << 24))
+  return sampling_lib.uniform_from_bits(bits)
 
 
 def position_keys(row_keys_B: jax.Array, positions_B: jax.Array, salt: int) -> jax.Array:

@@ -22,7 +22,8 @@ def gumbel_noise(rng: jax.Array, shape: tuple[int, int]) -> jax.Array:
     bits = jax.random.bits(rng, shape, jnp.uint32)
   else:
     bits = jax.vmap(lambda k: jax.random.bits(k, shape[1:], jnp.uint32))(rng)
-  u = ((bits >> 8).astype(jnp.float32) + 0.5) * (1.0 / (1 << 24))
+  # decoding.sampling.uniform_from_bits (kernels do not import decoding): u < 1 strictly.
+  u = ((bits >> 9).astype(jnp.float32) + 0.5) * (1.0 / (1 << 23))
   return -jnp.log(-jnp.log(u))
 
 
