@@ -186,7 +186,7 @@ def token_stats(logits_BxWxV: jax.Array, keys_BxW: jax.Array,
   """Chosen tokens and confidence statistics from logits (float32).
 
   Tokens: argmax under greedy sampling, else a draw from `sampling.log_probs` by the
-  foundation's exponential race (24-bit uniforms: no temperature-lowering truncation).
+  foundation's exponential race (23-bit uniforms: no temperature-lowering truncation).
   The mask token is never chosen (SUBS).
   """
   logits = logits_BxWxV.astype(jnp.float32).at[..., mask_id].set(NEG_INF)
