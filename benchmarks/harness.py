@@ -116,6 +116,30 @@ def summarise(results, wall: float, compile_s: float) -> dict[str, Any]:
   return out
 
 
+def measure(decoder, models, params, batches, *, warmup: bool = False, **kw
+            ) -> dict[str, Any]:
+  """`summarise` of one timed pass of `decoder` over the batches, compiled first (with
+  `warmup`, after one untimed pass). kw: `compile_decoder`'s max_new, cache_size, eos_id,
+  pad_id."""
+  fns, compile_s = compile_decoder(decoder, models, params, batches, **kw)
+  if warmup:
+    timed_pass(fns, params, batches)
+  wall, results = timed_pass(fns, params, batches)
+  return summarise(results, wall, compile_s)
+
+
+TAU_KEYS = ('tau', 'acceptance_by_position', 'drafted_per_step', 'other_forwards_per_token',
+            'equals_ar', 'generated', 'target_forwards', 'spec_steps')
+
+
+def tau_row(r: dict[str, Any], ar_tokens, keys: Sequence[str] = TAU_KEYS) -> dict[str, Any]:
+  """The columns of a greedy drafter's row in a tau table: `keys` of `summarise`'s dict `r`,
+  plus equals_ar (its tokens are `ar_tokens`) and other_forwards_per_token."""
+  r = dict(r, equals_ar=r['tokens'] == ar_tokens,
+           other_forwards_per_token=r['other_forwards'] / r['generated'])
+  return {k: r[k] for k in keys}
+
+
 def measure_pair(method, ar, params, batches, *, repeats) -> tuple[dict[str, Any], float]:
   """Times the method and AR alternately, `repeats` passes each, and keeps each one's fastest.
 

@@ -48,23 +48,14 @@ S2D_GAMMA = 4
 
 def _measure(bench, dec, batches, kw, ar_tokens) -> dict[str, Any]:
   models, params = bench.models_for(dec)
-  fns, compile_s = harness.compile_decoder(dec, models, params, batches, **kw)
-  wall, results = harness.timed_pass(fns, params, batches)
-  r = harness.summarise(results, wall, compile_s)
-  r['equals_ar'] = r.pop('tokens') == ar_tokens
-  r['other_forwards_per_token'] = r['other_forwards'] / r['generated']
-  return {k: r[k] for k in ('tau', 'acceptance_by_position', 'drafted_per_step',
-                            'other_forwards_per_token', 'equals_ar', 'generated',
-                            'target_forwards', 'spec_steps', 'tokens_per_s')}
+  return harness.tau_row(harness.measure(dec, models, params, batches, **kw), ar_tokens,
+                         harness.TAU_KEYS + ('tokens_per_s',))
 
 
 def _ar(bench, batches, kw):
   dec = bench.decoder('ar', SamplingConfig(temperature=0.0))
   models, _ = bench.models_for(dec)
-  params = {'target': bench.params}
-  fns, compile_s = harness.compile_decoder(dec, models, params, batches, **kw)
-  wall, results = harness.timed_pass(fns, params, batches)
-  return harness.summarise(results, wall, compile_s)
+  return harness.measure(dec, models, {'target': bench.params}, batches, **kw)
 
 
 def run(args) -> tuple[str, str]:

@@ -62,10 +62,7 @@ def run(args) -> tuple[str, str]:
   kw = dict(max_new=args.max_new_tokens, cache_size=cache, eos_id=tok.eos_id, pad_id=tok.pad_id)
   ar_dec = bench.decoder('ar', sampling)
   ar_models, _ = bench.models_for(ar_dec)
-  ar_params = {'target': bench.params}
-  fns, compile_s = harness.compile_decoder(ar_dec, ar_models, ar_params, batches, **kw)
-  wall, results = harness.timed_pass(fns, ar_params, batches)
-  ar = harness.summarise(results, wall, compile_s)
+  ar = harness.measure(ar_dec, ar_models, {'target': bench.params}, batches, **kw)
   rows = {}
   for name, (dec_name, settings, needs) in METHODS.items():
     if needs not in have:
@@ -73,17 +70,10 @@ def run(args) -> tuple[str, str]:
       continue
     dec = bench.decoder(dec_name, sampling, settings)
     models, params = bench.models_for(dec)
-    fns, compile_s = harness.compile_decoder(dec, models, params, batches, **kw)
-    harness.timed_pass(fns, params, batches)  # warm-up
-    wall, results = harness.timed_pass(fns, params, batches)
-    r = harness.summarise(results, wall, compile_s)
-    r['equals_ar'] = r.pop('tokens') == ar['tokens']
-    r['other_forwards_per_token'] = r['other_forwards'] / r['generated']
-    rows[name] = {k: r[k] for k in ('tau', 'acceptance_by_position', 'drafted_per_step',
-                                    'other_forwards_per_token', 'equals_ar', 'generated',
-                                    'target_forwards', 'spec_steps')}
+    r = harness.measure(dec, models, params, batches, warmup=True, **kw)
+    rows[name] = harness.tau_row(r, ar['tokens'])
     print(f"{name}: tau {r['tau']:.3f}  acceptance {np.round(r['acceptance_by_position'], 3)}"
-          f"  = AR: {r['equals_ar']}  ({r['tokens_per_s']:.0f} tok/s vs AR "
+          f"  = AR: {rows[name]['equals_ar']}  ({r['tokens_per_s']:.0f} tok/s vs AR "
           f"{ar['tokens_per_s']:.0f} on a shared machine; not recorded)", flush=True)
   lens = [len(p) for p in prompts]
   meta = {'prompts': len(prompts), 'max_new_tokens': args.max_new_tokens,

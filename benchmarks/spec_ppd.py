@@ -76,10 +76,7 @@ def run(args) -> tuple[str, str]:
   kw = dict(max_new=args.max_new_tokens, cache_size=cache, eos_id=tok.eos_id, pad_id=tok.pad_id)
   ar_dec = bench.decoder('ar', sampling)
   ar_models, _ = bench.models_for(ar_dec)
-  fns, compile_s = harness.compile_decoder(ar_dec, ar_models, {'target': bench.params}, batches,
-                                           **kw)
-  wall, results = harness.timed_pass(fns, {'target': bench.params}, batches)
-  ar = harness.summarise(results, wall, compile_s)
+  ar = harness.measure(ar_dec, ar_models, {'target': bench.params}, batches, **kw)
   methods = {f'ppd chain {G}': dict(tree='chain', gamma=G)}
   for n in sorted({6, 12, 24, best}):
     label = f'ppd tree {n}' + (' (hardware-aware pick)' if n == best else '')
@@ -90,9 +87,7 @@ def run(args) -> tuple[str, str]:
     dec = bench.decoder('ppd', sampling, settings)
     tpl = dec.get_drafter().template
     models, params = bench.models_for(dec)
-    fns, compile_s = harness.compile_decoder(dec, models, params, batches, **kw)
-    wall, results = harness.timed_pass(fns, params, batches)
-    r = harness.summarise(results, wall, compile_s)
+    r = harness.measure(dec, models, params, batches, **kw)
     expected = ppd.expected_accept(tpl, accuracy)
     steps = r['spec_steps']
     out_rows[name] = dict(
