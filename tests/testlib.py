@@ -64,3 +64,34 @@ def lm_test_config(data_dir: str, **train_overrides):
   c.data.batch_size = 8
   c.train.update(async_checkpointing=False, **train_overrides)
   return c
+
+
+CODE_TEXT = 'def f(x):\n    return x + 1\n\nclass A:\n    pass\n' * 3
+
+
+def code_batch(tokenizer, roll: int, length: int = 33) -> dict[str, jax.Array]:
+  """{'tokens': [2, length]}: a short code row and the same row rolled by `roll`."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  row = np.asarray(tokenizer.encode(CODE_TEXT, add_bos=True)[:length], np.int32)
+  return {'tokens': jax.numpy.asarray(np.stack([row, np.roll(row, roll)]))}
+
+
+def train_extras(objective, model_params, extras, batch, *, steps: int, learning_rate: float):
+  """`steps` jitted Adam steps of `objective.loss_fn` on one batch, updating the extras only
+  (the model params frozen). Returns (extras, the loss before each step, the last metrics)."""
+  import optax  # pylint: disable=g-import-not-at-top
+  opt = optax.adam(learning_rate)
+
+  @jax.jit
+  def step(extras, state):
+    (loss, metrics), g = jax.value_and_grad(
+        lambda e: objective.loss_fn({'model': model_params, **e}, batch, jax.random.key(1)),
+        has_aux=True)(extras)
+    upd, state = opt.update(g, state)
+    return optax.apply_updates(extras, upd), state, loss, metrics
+
+  state, losses, metrics = opt.init(extras), [], {}
+  for _ in range(steps):
+    extras, state, loss, metrics = step(extras, state)
+    losses.append(float(loss))
+  return extras, losses, metrics

@@ -4,9 +4,9 @@ is exact where its inputs are, training lowers the gap, and misuse fails clearly
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
+import testlib
 from testlib import small_config
 from decoding import Models, registry, run_decoder
 from models import Cache, Transformer, init_params
@@ -86,25 +86,9 @@ def test_predictor_training_lowers_the_gap_to_the_exact_cache(trained_workdir):
   keys = jax.random.split(jax.random.key(3), len(leaves))
   extras = jax.tree.unflatten(tree, [x * (1 + 0.5 * jax.random.normal(k, x.shape))
                                      for x, k in zip(leaves, keys)])
-  tok = base.tokenizer
-  text = 'def f(x):\n    return x + 1\n\nclass A:\n    pass\n' * 3
-  row = np.asarray(tok.encode(text, add_bos=True)[:33], np.int32)
-  batch = {'tokens': jnp.asarray(np.stack([row, np.roll(row, 7)]))}
-  opt = optax.adam(3e-3)
-  state = opt.init(extras)
-
-  @jax.jit
-  def step(extras, state):
-    (loss, metrics), g = jax.value_and_grad(
-        lambda e: objective.loss_fn({'model': base.params, **e}, batch, jax.random.key(1)),
-        has_aux=True)(extras)
-    upd, state = opt.update(g, state)
-    return optax.apply_updates(extras, upd), state, loss, metrics
-
-  losses = []
-  for _ in range(10):
-    extras, state, loss, metrics = step(extras, state)
-    losses.append(float(loss))
+  extras, losses, metrics = testlib.train_extras(
+      objective, base.params, extras, testlib.code_batch(base.tokenizer, 7), steps=10,
+      learning_rate=3e-3)
   assert np.isfinite(losses).all()
   assert losses[-1] < 0.7 * losses[0], losses
   assert set(extras) == {'kv_predict'} and kvp_lib.num_aux_layers(extras['kv_predict']) == 1

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import testlib
 import workbench
 from configs import spec_draft, spec_heads
 from decoding import registry
@@ -160,32 +161,15 @@ def test_eagle_training_time_test_unrolls_like_decoding():
 
 @pytest.mark.parametrize('kind', ['eagle3', 'eagle1'])
 def test_eagle_loss_decreases_on_the_test_preset(trained_workdir, kind):
-  import optax  # pylint: disable=g-import-not-at-top
   from models import Transformer  # pylint: disable=g-import-not-at-top
   cfg = spec_heads.get_config(f'{kind},test')
   cfg.spec.target_workdir = trained_workdir
   target = loading.load_model(trained_workdir)
   objective = make_objective(f'{kind}_draft', Transformer(target.model.cfg), cfg)
   extras = objective.extras(jax.random.key(0))
-  tok = target.tokenizer
-  text = 'def f(x):\n    return x + 1\n\nclass A:\n    pass\n' * 3
-  row = np.asarray(tok.encode(text, add_bos=True)[:33], np.int32)
-  batch = {'tokens': jnp.asarray(np.stack([row, np.roll(row, 5)]))}
-  opt = optax.adam(3e-3)
-  state = opt.init(extras)
-
-  @jax.jit
-  def train_step(extras, state):
-    (loss, metrics), g = jax.value_and_grad(
-        lambda e: objective.loss_fn({'model': target.params, **e}, batch, jax.random.key(1)),
-        has_aux=True)(extras)
-    upd, state = opt.update(g, state)
-    return optax.apply_updates(extras, upd), state, loss, metrics
-
-  losses = []
-  for _ in range(12):
-    extras, state, loss, metrics = train_step(extras, state)
-    losses.append(float(loss))
+  extras, losses, metrics = testlib.train_extras(
+      objective, target.params, extras, testlib.code_batch(target.tokenizer, 5), steps=12,
+      learning_rate=3e-3)
   assert np.isfinite(losses).all()
   assert losses[-1] < 0.8 * losses[0], losses
   assert set(extras) == {kind}
