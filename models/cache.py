@@ -87,6 +87,19 @@ class KVCache:
     return KVCache(k=K_AXES, v=V_AXES)
 
 
+def begin_call(cache: 'Cache | None', positions_BxT: jax.Array,
+               write_slots_BxT: jax.Array | None = None
+               ) -> tuple[jax.Array | None, jax.Array, jax.Array]:
+  """(write slots, key positions, key validity) of a call over T tokens: `Cache.begin_write`
+  (slots default to the positions), or without a cache (None, the call's own positions,
+  positions >= 0): the call's tokens are then the keys."""
+  if cache is None:
+    return None, positions_BxT, positions_BxT >= 0
+  if write_slots_BxT is None:
+    write_slots_BxT = positions_BxT
+  return cache.begin_write(positions_BxT, write_slots_BxT)
+
+
 @flax.struct.dataclass
 class Cache:
   """Per-layer state plus the slot bookkeeping shared by all layers."""

@@ -124,13 +124,8 @@ class EagleDraft(nn.Module):
     cfg = self.cfg
     dt = cfg.compute_dtype
     positions_BxT = positions_BxT.astype(jnp.int32)
-    if cache is None:
-      slots_BxT, key_pos, key_valid, kv = None, positions_BxT, positions_BxT >= 0, None
-    else:
-      if write_slots_BxT is None:
-        write_slots_BxT = positions_BxT
-      slots_BxT, key_pos, key_valid = cache.begin_write(positions_BxT, write_slots_BxT)
-      kv = cache.layers[0]
+    slots_BxT, key_pos, key_valid = cache_lib.begin_call(cache, positions_BxT, write_slots_BxT)
+    kv = None if cache is None else cache.layers[0]
     # Slot 0 (position 0) never holds a pair, yet lies below the committed length: keys at
     # negative positions are never visible.
     mask = masks.build_mask(positions_BxT, key_pos, key_valid & (key_pos >= 0), attn_mask)
