@@ -80,3 +80,17 @@ def lm_run_settings(c: ml_collections.ConfigDict, size: str) -> None:
     c.data.seq_len, c.data.batch_size = seq_len, batch
     c.train.update(steps=steps, learning_rate=lr, warmup_steps=every, log_every=100,
                    eval_every=every, eval_batches=16, checkpoint_every=every)
+
+
+def heads_run_settings(c: ml_collections.ConfigDict, size: str) -> None:
+  """Rows, batch and schedule of a run that trains extras beside a frozen target (draft heads,
+  masked-input MTP): the `test` preset for unit tests (batch 8: the suite's 8 devices), else
+  600 steps of 16 x 128."""
+  if size == 'test':
+    c.data.seq_len, c.data.batch_size = 32, 8
+    c.train.update(steps=20, warmup_steps=2, log_every=5, eval_every=10, eval_batches=2,
+                   checkpoint_every=10, progress_bar=False)
+  else:
+    c.data.seq_len, c.data.batch_size = 128, 16
+    c.train.update(steps=600, learning_rate=3e-3, warmup_steps=60, log_every=50,
+                   eval_every=200, eval_batches=8, checkpoint_every=200, weight_decay=0.0)

@@ -36,13 +36,6 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       lora_rank=4 if size == 'test' else 16,
       anchors=4 if size == 'test' else 16,  # mask blocks per training row
       loss='ce', mtp_weight=1.0, sampler_weight=1.0, latent_weight=1.0))
-  if size == 'test':
-    c.data.seq_len, c.data.batch_size = 32, 8
-    c.train.update(steps=20, warmup_steps=2, log_every=5, eval_every=10, eval_batches=2,
-                   checkpoint_every=10, progress_bar=False)
-  else:
-    c.data.seq_len, c.data.batch_size = 128, 16
-    c.train.update(steps=600, learning_rate=3e-3, warmup_steps=60, log_every=50,
-                   eval_every=200, eval_batches=8, checkpoint_every=200, weight_decay=0.0)
+  common.heads_run_settings(c, size)
   c.lock()
   return c
