@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import testlib
 from testlib import small_config
 from decoding import Models, registry, run_decoder
 from decoding.speculative import drafter as drafter_lib
@@ -35,18 +36,8 @@ def setup():
   cp = jax.tree.map(lambda x: x + 0.3 * jax.random.normal(jax.random.key(2), x.shape), cp)
   models = Models(target)
   params = {'target': tp, 'chimera': cp}
-  ar = registry.build('ar')
-  free, _ = run_decoder(ar, models, params, PROMPTS, max_new_tokens=N_NEW, cache_size=CACHE,
-                        eos_id=-1, pad_id=PAD)
-  free = [r.tokens for r in free]
-
-  def lengths(eos):  # where each row would stop with this EOS
-    return {t.index(eos) + 1 if eos in t else N_NEW for t in free}
-  eos = max(sorted({t for r in free for t in r}), key=lambda e: len(lengths(e)))
-  ref, _ = run_decoder(ar, models, params, PROMPTS, max_new_tokens=N_NEW, cache_size=CACHE,
-                       eos_id=eos, pad_id=PAD)
-  ref = [r.tokens for r in ref]
-  assert len({len(r) for r in ref}) > 2, 'rows should finish at different times'
+  eos, ref = testlib.ragged_ar_reference(models, params, PROMPTS, max_new_tokens=N_NEW,
+                                         cache_size=CACHE, pad_id=PAD)
   return models, params, eos, ref
 
 

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import testlib
 from testlib import small_config
 from decoding import Models, SamplingConfig, registry, run_decoder
 from decoding.speculative import decoders as spec_decoders
@@ -49,18 +50,8 @@ def setup():
   models = Models(target, extras=(('draft', draft),))
   params = {'target': tp, 'draft': dp, 'medusa': med, 'mtp': mtp, 'kangaroo': kang,
             'eagle3': e3, 'eagle1': e1}
-  ar = registry.build('ar')
-  free, _ = run_decoder(ar, models, params, PROMPTS, max_new_tokens=N_NEW, cache_size=CACHE,
-                        eos_id=-1, pad_id=PAD)
-  free = [r.tokens for r in free]
-
-  def lengths(eos):  # where each row would stop with this EOS
-    return {t.index(eos) + 1 if eos in t else N_NEW for t in free}
-  eos = max(sorted({t for r in free for t in r}), key=lambda e: len(lengths(e)))
-  ref, _ = run_decoder(ar, models, params, PROMPTS, max_new_tokens=N_NEW, cache_size=CACHE,
-                       eos_id=eos, pad_id=PAD)
-  ref = [r.tokens for r in ref]
-  assert len({len(r) for r in ref}) > 2, 'rows should finish at different times'
+  eos, ref = testlib.ragged_ar_reference(models, params, PROMPTS, max_new_tokens=N_NEW,
+                                         cache_size=CACHE, pad_id=PAD)
   return models, params, eos, ref
 
 
