@@ -113,3 +113,20 @@ def ragged_ar_reference(models, params, prompts, *, max_new_tokens: int, cache_s
   ref = [r.tokens for r in run_decoder(ar, models, params, prompts, eos_id=eos, **kw)[0]]
   assert len({len(r) for r in ref}) > 2, 'rows should finish at different times'
   return eos, ref
+
+
+def decode_like_ar(decoder, models, params, prompts, eos: int, ref: list[list[int]], *,
+                   max_new_tokens: int, cache_size: int, pad_id: int):
+  """Runs a lossless one-model-forward-per-step decoder and asserts its tokens are `ref`
+  (`ragged_ar_reference`) and its statistics add up: committed tokens per step sum to the
+  generated ones, one target forward per step plus each row's prefill. Returns its stats."""
+  from decoding import run_decoder  # pylint: disable=g-import-not-at-top
+  assert decoder.lossless
+  rows, stats = run_decoder(decoder, models, params, prompts, max_new_tokens=max_new_tokens,
+                            cache_size=cache_size, eos_id=eos, pad_id=pad_id)
+  assert [r.tokens for r in rows] == ref
+  assert stats.generated == sum(map(len, ref))
+  assert sum(m * c for m, c in enumerate(stats.step_tokens_hist)) + len(prompts) == \
+      stats.generated
+  assert stats.target_forwards == sum(stats.step_tokens_hist) + len(prompts)
+  return stats
