@@ -14,13 +14,16 @@ curve allows (the step costing exactly one target forward over its tokens).
 `noop_models` swaps a decoder's models for `NoopModel`s of the same shapes, whose forward
 only does the cache bookkeeping and returns cheap logits: timing a decoder that way leaves
 everything else a step does (drafting logic, trees, masks, verification, cache commits,
-bookkeeping), see benchmarks/step_cost.py.
+bookkeeping), see benchmarks/step_cost.py. Drafters that live inside a decoder rather than
+in its `Models` (Medusa heads, MTP modules, the Kangaroo adapter, the EAGLE and Chimera draft
+layers) are made free the same way by `noop_draft_modules`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +32,9 @@ from configs import common as presets
 from decoding import base
 from decoding import forward_timing
 from models import ModelConfig, Transformer, init_params
+from models import chimera as chimera_lib
+from models import eagle as eagle_lib
+from models import heads as heads_lib
 from models import transformer as transformer_lib
 
 BYTE_VOCAB = 272  # the byte tokenizer's vocabulary (256 bytes + special tokens)
@@ -150,3 +156,48 @@ def noop_models(models: base.Models, which: Sequence[str] = ('target',)) -> base
   swap = lambda name, m: NoopModel(m.cfg) if name in which and hasattr(m, 'cfg') else m
   return base.Models(target=swap('target', models.target),
                      extras=tuple((k, swap(k, m)) for k, m in models.extras))
+
+
+# The flax modules that draft inside a decoder (their params are extras of the run, their
+# calls are not `Models` calls).
+DRAFT_MODULES = (heads_lib.MedusaHeads, heads_lib.MTPModules, heads_lib.KangarooAdapter,
+                 eagle_lib.EagleDraft, chimera_lib.ChimeraDraft)
+
+
+@contextlib.contextmanager
+def noop_draft_modules(classes: Sequence[type] = DRAFT_MODULES) -> Iterator[None]:
+  """While active (at trace time), `cls.apply` of each class returns zeros of the shapes and
+  dtypes the real call returns (`jax.eval_shape`), plus 1e-30 x the sum of every array input
+  so that what the decoder computes to feed the module is not dead code. jax's trace caches
+  are cleared on entry and exit, so no program traced with the real modules is reused while
+  they are patched, nor the other way round."""
+  saved = {cls: cls.__dict__.get('apply') for cls in classes}
+
+  def make(cls):
+    real = super(cls, cls).apply if saved[cls] is None else saved[cls]
+
+    def apply(self, variables, *args, **kwargs):
+      shapes = jax.eval_shape(lambda: real(self, variables, *args, **kwargs))
+      leaves = [x for x in jax.tree.leaves((args, kwargs)) if hasattr(x, 'dtype')
+                and jnp.issubdtype(x.dtype, jnp.number)]
+      touch = sum((1e-30 * jnp.sum(jnp.asarray(x).astype(jnp.float32)) for x in leaves),
+                  jnp.float32(0))
+
+      def zeros(sd):
+        z = jnp.zeros(sd.shape, sd.dtype)
+        return z + touch.astype(sd.dtype) if jnp.issubdtype(sd.dtype, jnp.floating) else z
+      return jax.tree.map(zeros, shapes)
+    return apply
+
+  jax.clear_caches()
+  try:
+    for cls in classes:
+      cls.apply = make(cls)
+    yield
+  finally:
+    for cls, fn in saved.items():
+      if fn is None:
+        del cls.apply
+      else:
+        cls.apply = fn
+    jax.clear_caches()

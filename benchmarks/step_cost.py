@@ -12,7 +12,11 @@ code):
   target     step - (the step with the target a no-op): every target call of the step, in
              the loop (self-speculative drafting, the target's own layers, included);
   drafter    (the step with the target a no-op) - (the step with every model a no-op): the
-             draft models (0 without one; the oracle draft of draft-model rows costs ~0);
+             draft models and the draft modules a decoder runs itself (Medusa heads, MTP
+             modules, Kangaroo adapter, EAGLE and Chimera layers: `cost_model.
+             noop_draft_modules`); 0 without one; the oracle draft of draft-model rows costs
+             ~0. Drafts made inside the target's forward (PPD's prompt tokens, masked-input
+             MTP's masks) are target time;
   other      the step with every model a no-op: drafting logic, tree building, masks,
              verification, cache gather/commit, bookkeeping and the loop itself.
 The four runs are separate measurements; the columns add up to the step by construction
@@ -26,13 +30,12 @@ tau * t_AR / t_fwd(T) the curve allows. Writes benchmarks/results/step_cost_<nam
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 from typing import Any, Sequence
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 import workbench
 from benchmarks import common
@@ -41,7 +44,8 @@ from benchmarks import harness
 from benchmarks import oracle
 import data
 from decoding import Models, SamplingConfig, registry
-from models import heads as heads_lib
+from models import chimera as chimera_lib
+from training import objectives
 from workdir import loading
 
 DEFAULT_DECODERS = ('ar,prompt_lookup,token_recycling,jacobi,lookahead,layerskip,del,kangaroo,'
@@ -67,35 +71,50 @@ def is_draft_model(decoder) -> bool:
   return get is not None and get().kind == 'model'
 
 
+# Decoders whose drafter is params of the run (extras): (configs module, argument) of the
+# training recipe that makes them. A run without them gets the recipe's initial params: a
+# step's time does not depend on their values.
+EXTRAS_RECIPES = {'medusa': ('spec_heads', 'medusa'), 'mtp': ('spec_heads', 'mtp'),
+                  'kangaroo': ('spec_heads', 'kangaroo'), 'eagle3': ('spec_heads', 'eagle3'),
+                  'eagle1': ('spec_heads', 'eagle1'), 'chimera': ('spec_heads', 'chimera'),
+                  'mask_mtp': ('mask_mtp', ''), 'ppd': ('ppd', '')}
+
+
+def recipe_extras(name: str, model, depth: int, rng: jax.Array) -> dict[str, Any]:
+  """The initial extra params of decoder `name`'s training recipe for `model`, with at
+  least `depth` heads / masks / prompt tokens where the recipe counts them."""
+  module, arg = EXTRAS_RECIPES[name]
+  c = importlib.import_module(f'configs.{module}').get_config(arg)
+  if c.spec.get('heads', 0):
+    c.spec.heads = max(int(c.spec.heads), depth)
+  if name == 'chimera':  # its recipe copies the trained target's output layer into the heads
+    init = lambda r: {chimera_lib.CHIMERA: chimera_lib.init_params(model.cfg, c.spec.heads, r)}
+  else:
+    init = objectives.make_objective(c.objective, model, c).extras
+  return jax.jit(init)(rng)  # one program, not hundreds of small eager ops
+
+
 def with_stand_ins(decoder, models: Models, params: dict[str, Any], batches, ar_results,
                    cache_size: int, alpha: float = 0.8) -> tuple[Models, list[dict[str, Any]]]:
   """(models, per-batch params) a decoder needs beyond the target: a draft model becomes the
   oracle draft at acceptance `alpha` (benchmarks.oracle; its forward costs almost nothing,
-  so the 'drafter' share of such rows is the drafting logic's), and draft heads or a
-  Kangaroo adapter that the run does not have get random weights (their speed does not
-  depend on their values)."""
+  so the 'drafter' share of such rows is the drafting logic's), and draft heads, adapters,
+  draft layers, prompt tokens or mask LoRAs that the run does not have get their training
+  recipe's initial weights (`EXTRAS_RECIPES`; speed does not depend on their values)."""
   cfg = models.target.cfg
   drafter = decoder.get_drafter() if hasattr(decoder, 'get_drafter') else None
   extras, per_batch = dict(models.extras), []
+  stand_in = {}
+  if decoder.name in EXTRAS_RECIPES:
+    depth = int(getattr(drafter, 'max_depth', 0) or 0)
+    stand_in = recipe_extras(decoder.name, models.target, depth, jax.random.key(0))
   for (prompt, lens, _), res in zip(batches, jax.device_get(ar_results)):
     p = dict(params)
     if is_draft_model(decoder):
       extras['draft'] = oracle.OracleDraft.for_target(cfg)
       p['draft'] = oracle.oracle_params(oracle.reference_rows(
           prompt, lens, res.tokens_BxN, res.num_generated_B, cache_size), alpha)
-    h = jnp.zeros((1, 2, cfg.d_model), cfg.compute_dtype)
-    emb = p['target']['embed']['embedding']
-    key = jax.random.key(0)
-    if decoder.name == 'medusa' and heads_lib.MEDUSA not in p:
-      K = drafter.max_depth
-      p[heads_lib.MEDUSA] = nn.unbox(heads_lib.MedusaHeads(cfg, K).init(key, h, emb)['params'])
-    if decoder.name == 'mtp' and heads_lib.MTP not in p:
-      K = drafter.max_depth
-      p[heads_lib.MTP] = nn.unbox(heads_lib.MTPModules(cfg, K).init(
-          key, h, jnp.zeros((1, K), jnp.int32), emb, emb)['params'])
-    if decoder.name == 'kangaroo' and heads_lib.KANGAROO not in p:
-      p[heads_lib.KANGAROO] = nn.unbox(heads_lib.KangarooAdapter(cfg).init(
-          key, h, jnp.zeros((1, 2), jnp.int32), emb)['params'])
+    p.update({k: v for k, v in stand_in.items() if k not in p})
     per_batch.append(p)
   return Models(models.target, extras=tuple(extras.items())), per_batch
 
@@ -158,8 +177,9 @@ def breakdown(decoder, models: Models, params: dict[str, Any], prompts: Sequence
   noop_kw = dict(kw, eos_id=-1)
   t_no_target, _ = step_time(decoder, cost_model.noop_models(models, ['target']), params,
                              batches, **noop_kw)
-  t_other, _ = step_time(decoder, cost_model.noop_models(models, ['target'] + extras),
-                         params, batches, **noop_kw)
+  with cost_model.noop_draft_modules():
+    t_other, _ = step_time(decoder, cost_model.noop_models(models, ['target'] + extras),
+                           params, batches, **noop_kw)
   T = step_tokens(decoder, models)
   tree = not step_is_chain(decoder, models)
   if curve is None or (T, tree) not in curve:

@@ -92,6 +92,51 @@ def test_noop_model_keeps_the_loop_running_and_the_cache_bookkeeping(target):
     assert stats.target_forwards >= len(PROMPTS)
 
 
+def test_noop_draft_modules_return_the_real_shapes_and_restore_the_modules(target):
+  """Inside `noop_draft_modules` a draft module's call gives (nearly) zeros of exactly the
+  real output's shapes and dtypes; outside, the real call again (also after an error)."""
+  model, params, _ = target
+  extras = step_cost.recipe_extras('eagle3', model, 0, jax.random.key(1))
+  (name, p), = extras.items()
+  from models import eagle as eagle_lib  # pylint: disable=g-import-not-at-top
+  ids = eagle_lib.feature_layers(model.cfg.num_layers, '')
+  module = eagle_lib.EagleDraft(model.cfg, name, len(ids))
+  B, T, D = 2, 3, model.cfg.d_model
+  args = (jax.numpy.ones((B, T, D)), jax.numpy.ones((B, T), jax.numpy.int32),
+          jax.numpy.broadcast_to(jax.numpy.arange(T), (B, T)),
+          params['embed']['embedding'], params['embed']['embedding'])
+  real = module.apply({'params': p}, *args)
+  with cost_model.noop_draft_modules():
+    fake = module.apply({'params': p}, *args)
+  assert jax.tree.structure(fake) == jax.tree.structure(real)
+  for a, b in zip(jax.tree.leaves(real), jax.tree.leaves(fake)):
+    assert a.shape == b.shape and a.dtype == b.dtype
+    assert np.abs(np.asarray(b, np.float64)).max() < 1e-20  # zeros + 1e-30 x the inputs
+  assert any(np.asarray(a).any() for a in jax.tree.leaves(real))
+  with pytest.raises(RuntimeError), cost_model.noop_draft_modules():
+    raise RuntimeError('inside')
+  again = module.apply({'params': p}, *args)
+  for a, b in zip(jax.tree.leaves(real), jax.tree.leaves(again)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_recipe_stand_ins_run_a_head_decoder_with_free_models(target):
+  """Every decoder whose drafter is trained params gets its recipe's initial params; one with
+  a cached draft layer (Chimera) runs from them with the target and its draft layer made free
+  (the breakdown's 'other' run)."""
+  model, params, _ = target
+  for name in step_cost.EXTRAS_RECIPES:
+    extras = step_cost.recipe_extras(name, model, 3, jax.random.key(1))
+    assert extras and all(jax.tree.leaves(t) for t in extras.values()), name
+  extras = step_cost.recipe_extras('chimera', model, 3, jax.random.key(1))
+  noop = cost_model.noop_models(Models(model))
+  with cost_model.noop_draft_modules():
+    rows, stats = run_decoder(registry.build('chimera'), noop, {'target': params, **extras},
+                              PROMPTS, max_new_tokens=12, cache_size=CACHE, eos_id=-1, pad_id=0)
+  assert all(len(r.tokens) == 12 for r in rows)
+  assert stats.target_forwards >= len(PROMPTS)
+
+
 def test_step_tokens():
   cfg = small_config()
   models = Models(Transformer(cfg))
