@@ -31,3 +31,4 @@ from decoding.diffusion import guided
 from decoding.diffusion import insertion
 from decoding.diffusion import unmask_policy
 from decoding.diffusion import wedlm
+from decoding.diffusion import ctrldiff
