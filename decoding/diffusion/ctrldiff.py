@@ -29,7 +29,8 @@ forwards (tested).
 
 Classifier guidance (the paper's second part) is not implemented here.
 
-Statistics: extra['mean_block_size'] per row (float), extra['blocks'] (int).
+Statistics: extra['block_size_sum'] (the sizes chosen, summed) and extra['blocks'] per row
+(their ratio is the mean block size).
 """
 
 from __future__ import annotations
@@ -245,7 +246,6 @@ class CtrlDiffDecoder(canvas.DiffusionDecoder):
                            steps=s.steps + 1)
 
     state = jax.lax.while_loop(cond_fn, step_fn, state)
-    extra = {'mean_block_size': state.size_sum_B / jnp.maximum(state.blocks_B, 1),
-             'blocks': state.blocks_B}
+    extra = {'block_size_sum': state.size_sum_B, 'blocks': state.blocks_B}
     return canvas.result(canvas.canvas_of(state.seq_BxL, layout), self.mask_id, eos_id, pad_id,
                          state.progress, extra)

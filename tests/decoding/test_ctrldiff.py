@@ -57,13 +57,13 @@ def test_forced_size_equals_fixed_block_decoder(setup, b, k, shift, sampled):
   np.testing.assert_array_equal(got.tokens_BxN, fixed.tokens_BxN)
   np.testing.assert_array_equal(got.num_generated_B, fixed.num_generated_B)
   np.testing.assert_array_equal(got.target_forwards_B, fixed.target_forwards_B)
-  assert np.all(got.extra['mean_block_size'] == b)
+  np.testing.assert_array_equal(got.extra['block_size_sum'], b * got.extra['blocks'])
 
 
 def test_predicted_sizes_are_allowed_and_rows_match_alone(setup):
   got = generate(setup, 'ctrldiff', **COMMON, sizes='2,4,8', block_size=4, threshold=0.5)
   assert np.all(got.num_generated_B == N)  # no EOS in this vocabulary slice: full canvases
-  sizes = got.extra['mean_block_size']
+  sizes = got.extra['block_size_sum'] / got.extra['blocks']
   assert np.all((sizes >= 2) & (sizes <= 8))
   # Forwards: prefill + one step per block + one boundary forward per block after the first.
   np.testing.assert_array_equal(got.target_forwards_B, 1 + 2 * got.extra['blocks'] - 1)
