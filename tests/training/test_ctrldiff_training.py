@@ -23,11 +23,16 @@ V, MASK = 32, 31
 def test_random_partitions_use_the_allowed_sizes():
   blk = np.asarray(bd.random_block_ids(jax.random.key(0), 64, 40, (2, 4, 8)))
   assert np.all(np.diff(blk, axis=1) >= 0) and np.all(np.diff(blk, axis=1) <= 1)
+  aligned = mixed = 0
   for row in blk:
     lengths = np.bincount(row)
     inner = lengths[1:-1]  # the first may be cut, the last truncated by the row end
     assert set(inner) <= {2, 4, 8}, lengths
-  assert np.any(blk[:, 0] != blk[:, 1]) or np.any(blk[:, 1] == blk[:, 2])  # both kinds occur
+    if len(set(lengths[:-1])) == 1:  # one size from position 0: blk = position // n
+      np.testing.assert_array_equal(row, np.arange(40) // lengths[0])
+      aligned += 1
+    mixed += len(set(inner)) > 1
+  assert aligned > 0 and mixed > 0  # both kinds of rows occur
 
 
 def test_mask_from_blocks_equals_the_fixed_mask():
