@@ -9,7 +9,8 @@
 The argument is `TASK,KIND[,SIZE]`: TASK in sudoku4, sudoku9, countdown3, countdown4, infill,
 progression (a whole arithmetic progression, for in-place infilling of unknown length); KIND
 in mdlm, dream (logit shift), bd3, wedlm, asarm (any-subset AR, for ASSD), ar, ilm (insertion
-LM: section `insertion`, decoder 'insertion'); SIZE a
+LM: section `insertion`, decoder 'insertion'), ctrldiff (block diffusion over blocks of
+2, 4, 8 and 16 drawn per row, for the 'ctrldiff' decoder: configs/ctrldiff.py); SIZE a
 preset (default tiny). Rows are <bos> prompt <sep> answer <eos>...; only the answer is a
 target (never noised prompts).
 On 2 otherwise idle CPU cores the tiny runs take about 10 minutes (sudoku4: 1500 steps of 32
@@ -28,7 +29,9 @@ KINDS = {  # kind -> (objective, shift)
     'asarm': ('as_arm', False),
     'ar': ('ar_task', False),
     'ilm': ('insertion', False),  # insertion LM (training/objectives/insertion.py)
+    'ctrldiff': ('block_diffusion', False),  # blocks of every size in CTRLDIFF_SIZES
 }
+CTRLDIFF_SIZES = '2,4,8,16'  # kind ctrldiff: diffusion.block_sizes (decoder 'ctrldiff')
 # task -> (seq_len, batch size, steps) for the tiny preset; seq_len >= the task's row length.
 TASKS = {
     'sudoku4': (36, 32, 1500),
@@ -57,7 +60,7 @@ def get_config(arg: str = 'sudoku4,mdlm') -> ml_collections.ConfigDict:
   c.diffusion = ml_collections.ConfigDict(dict(
       mask_id=-1, shift=shift, noise_eps=1e-3, sampling_eps=1e-3, loss_form='mdlm',
       block_size=16, eval_samples=4, init_from='', ar_weight=1.0,
-      reinit_tokens=''))
+      reinit_tokens='', block_sizes=CTRLDIFF_SIZES if kind == 'ctrldiff' else ''))
   if objective == 'insertion':
     c.insertion = ml_collections.ConfigDict(dict(eos_id=-1, stop_weight=1.0, eval_samples=4))
   c.task = ml_collections.ConfigDict(dict(name=task))

@@ -35,6 +35,7 @@ HEADS = {  # a trained tree saved beside the model (models.heads) -> the config 
     'chimera': 'configs/spec_heads.py:chimera',  # Chimera's draft (models/chimera.py)
     'ppd': 'configs/ppd.py',  # PPD prompt tokens (models/ppd.py)
     'mask_mtp': 'configs/mask_mtp.py',  # mask embeddings, gated LoRA, sampler (models/mask_mtp.py)
+    'ctrldiff': 'configs/ctrldiff.py:TASK',  # CtrlDiff's block-size predictor (models/block_size.py)
 }
 
 

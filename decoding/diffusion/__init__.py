@@ -17,6 +17,9 @@
   insertion    insertion LM (kind insertion, ILM): one (gap, token) insertion per forward,
                anywhere after the prompt or inside its tail (insert_from), until the stop
                signal or the length cap (insertion.py).
+  ctrldiff     CtrlDiff: block diffusion whose block size a learned predictor picks per block
+               (ctrldiff.py; its params are the run's 'ctrldiff' tree); force_size=b is
+               fixed-size block diffusion, token for token `llada` with block_causal=1.
 
 See `canvas.py` for the layout, the shift and the common settings (mask_id, shift,
 block_causal, block_size; -1 = take them from the model's `models.kind.ModelKind` via
@@ -31,3 +34,4 @@ from decoding.diffusion import guided
 from decoding.diffusion import insertion
 from decoding.diffusion import unmask_policy
 from decoding.diffusion import wedlm
+from decoding.diffusion import ctrldiff

@@ -44,6 +44,7 @@ from training.objectives import spec_draft
 from training.objectives import spec_heads
 from training.objectives import unmask_policy
 from training.objectives import wedlm
+from training.objectives import ctrldiff
 from training.objectives.registry import (Batch, LossFn, Objective, ObjectiveFactory,
                                           make_objective, names, register,
                                           token_cross_entropy)

@@ -28,6 +28,9 @@ Config section `diffusion` (see configs/diffusion_lm.py):
                  tied embeddings (two exchangeable tokens, such as sudoku digits, that a run
                  merged into one; gradient descent does not leave that symmetric saddle).
   ar_weight      WeDLM: weight of the AR loss on the clean stream.
+  block_sizes    block diffusion: comma-separated block lengths (e.g. '2,4,8,16'); '' = only
+                 block_size. With a set, every row draws its own block partition (CtrlDiff:
+                 one model that decodes with any of these sizes; block_diffusion.py).
 Config section `task`: name '' = packed LM data, else a data.tasks.exact_match task name.
 """
 
@@ -84,6 +87,7 @@ class DiffusionSettings:
   init_from: str = ''
   ar_weight: float = 1.0
   reinit_tokens: str = ''
+  block_sizes: str = ''
 
   def __post_init__(self):
     if self.loss_form not in ('mdlm', 'llada'):
@@ -96,6 +100,7 @@ class DiffusionSettings:
       raise ValueError('diffusion.reinit_tokens re-draws rows of the diffusion.init_from '
                        'checkpoint; set init_from too.')
     _ = self.reinit_ids  # parses or raises
+    _ = self.block_size_set  # parses or raises
 
   @property
   def reinit_ids(self) -> tuple[int, ...]:
@@ -104,6 +109,18 @@ class DiffusionSettings:
     except ValueError:
       raise ValueError(f'diffusion.reinit_tokens must be comma-separated token ids, got '
                        f'{self.reinit_tokens!r}.') from None
+
+  @property
+  def block_size_set(self) -> tuple[int, ...]:
+    """The sorted block lengths of `block_sizes` (empty when unset)."""
+    try:
+      sizes = tuple(sorted({int(x) for x in str(self.block_sizes).split(',') if x.strip()}))
+    except ValueError:
+      raise ValueError(f'diffusion.block_sizes must be comma-separated positive ints, got '
+                       f'{self.block_sizes!r}.') from None
+    if any(n <= 0 for n in sizes):
+      raise ValueError(f'diffusion.block_sizes must be positive, got {self.block_sizes!r}.')
+    return sizes
 
   @property
   def schedule(self) -> LogLinearSchedule:
