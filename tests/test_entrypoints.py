@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+import testlib
 from decoding import Models, registry, run_decoder
 from workdir import loading
 
@@ -15,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _sample(*args):
   env = dict(os.environ)
-  env.pop('XLA_FLAGS', None)
+  env['XLA_FLAGS'] = testlib.compile_flags()  # one device
   return subprocess.run([sys.executable, 'sample.py', *args], cwd=ROOT, capture_output=True,
                         text=True, env=env)
 

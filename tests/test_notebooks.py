@@ -10,6 +10,8 @@ import os
 
 import pytest
 
+import testlib
+
 nbformat = pytest.importorskip('nbformat')
 nbclient = pytest.importorskip('nbclient')
 
@@ -32,7 +34,8 @@ def execute(name: str, params: dict, devices: int = 1):
   cell.metadata['tags'] = ['injected-parameters']
   nb.cells.insert(tagged[0] + 1, cell)
   env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}', MPLBACKEND='Agg')
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} '
+             + testlib.compile_flags(), MPLBACKEND='Agg')
   client = nbclient.NotebookClient(nb, timeout=600, startup_timeout=180, kernel_name='python3',
                                    resources={'metadata': {'path': NOTEBOOKS}})
   client.execute(env=env)

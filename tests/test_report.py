@@ -9,6 +9,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
+import testlib
 import workbench
 from benchmarks import report
 from benchmarks import report_files
@@ -205,7 +206,7 @@ def test_judge_perplexity_is_the_models_own(trained_workdir):
 def test_command_line_writes_the_report(trained_workdir, tmp_path):
   out = tmp_path / 'r.md'
   env = dict(os.environ)
-  env.pop('XLA_FLAGS', None)
+  env['XLA_FLAGS'] = testlib.compile_flags()  # one device
   proc = subprocess.run(
       [sys.executable, '-m', 'benchmarks.report', f'--workdirs={trained_workdir}',
        '--decoders=ar', '--num_prompts=2', '--prompt_chars=40', '--max_new_tokens=6',

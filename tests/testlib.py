@@ -8,9 +8,16 @@ import jax
 from models import config as config_lib
 
 
+def compile_flags() -> str:
+  """The suite's XLA flags (tests/conftest.py: the LLVM optimisation level) without its
+  forced 8-device count: what a subprocess gets on top of its own device count."""
+  return ' '.join(f for f in os.environ.get('XLA_FLAGS', '').split()
+                  if not f.startswith('--xla_force_host_platform_device_count'))
+
+
 def subprocess_env(*, concurrent: bool = False, **extra: str) -> dict[str, str]:
   """The environment for a train.py / sample.py subprocess: one host device (the suite's
-  forced 8-device count dropped) plus `extra` variables.
+  forced 8-device count dropped; its other XLA flags kept) plus `extra` variables.
 
   concurrent: the process runs beside this one or may be killed mid-run. It then gets no
   persistent compilation cache: jax writes a cache entry in place, so a process reading an
@@ -19,8 +26,7 @@ def subprocess_env(*, concurrent: bool = False, **extra: str) -> dict[str, str]:
   and the concurrent-workdir tests).
   """
   env = dict(os.environ, **extra)
-  if 'XLA_FLAGS' not in extra:
-    env.pop('XLA_FLAGS', None)
+  env['XLA_FLAGS'] = f"{extra.get('XLA_FLAGS', '')} {compile_flags()}".strip()
   if concurrent:
     env.pop('JAX_COMPILATION_CACHE_DIR', None)
   return env

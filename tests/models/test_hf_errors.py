@@ -11,6 +11,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+import testlib
+
 from models import hf
 from models.hf import config_map, convert, safetensors_io
 from configs import lm
@@ -190,7 +192,7 @@ def test_failed_overwrite_import_leaves_the_workdir_intact(tmp_path, trained_wor
   _write(broken, LLAMA, drop=('model.layers.1.mlp.up_proj.weight',))
   _tokenizer_json(broken)
   env = dict(os.environ)
-  env.pop('XLA_FLAGS', None)
+  env['XLA_FLAGS'] = testlib.compile_flags()  # one device
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   out = subprocess.run([sys.executable, '-m', 'workdir.hf_import', f'--hf_dir={broken}',
                         f'--workdir={workdir}', '--overwrite'], cwd=root, env=env,

@@ -23,6 +23,7 @@ torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 
 import decoding  # noqa: E402
+import testlib  # noqa: E402
 import workbench  # noqa: E402
 from decoding import base, registry, runner  # noqa: E402
 from models import Transformer, hf  # noqa: E402
@@ -184,7 +185,7 @@ def test_padded_vocabulary_rows_are_zero_and_never_produced(tmp_path):
 
 def _run(args, **kw):
   env = dict(os.environ)
-  env.pop('XLA_FLAGS', None)
+  env['XLA_FLAGS'] = testlib.compile_flags()  # one device
   proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=300, **kw)
   assert proc.returncode == 0, proc.stderr[-3000:]
