@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import re
@@ -124,6 +125,15 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   out = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   out += ['| ' + ' | '.join(fmt(v) for v in row) + ' |' for row in rows]
   return '\n'.join(out)
+
+
+def write_json(name: str, payload: Any) -> str:
+  """Writes benchmarks/results/<name>.json (replacing it) and returns the path."""
+  os.makedirs(RESULTS_DIR, exist_ok=True)
+  path = os.path.join(RESULTS_DIR, f'{name}.json')
+  with open(path, 'w') as f:
+    json.dump(payload, f, indent=1)
+  return path
 
 
 def write_results(name: str, title: str, body: str) -> str:

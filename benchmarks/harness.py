@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from decoding import runner
+from decoding import SamplingConfig, runner
 
 
 def make_batches(prompts: Sequence[Sequence[int]], batch_size: int, pad_id: int, *,
@@ -126,6 +126,20 @@ def measure(decoder, models, params, batches, *, warmup: bool = False, **kw
     timed_pass(fns, params, batches)
   wall, results = timed_pass(fns, params, batches)
   return summarise(results, wall, compile_s)
+
+
+def cache_slots(prompts: Sequence[Sequence[int]], max_new: int, margin: int = 128) -> int:
+  """A cache for these prompts: the longest prompt + `max_new` + `margin` slots, rounded up
+  to a multiple of 64."""
+  return int(np.ceil((max(map(len, prompts)) + max_new + margin) / 64) * 64)
+
+
+def ar_reference(bench, batches, **kw) -> dict[str, Any]:
+  """`measure` of greedy AR with the target of workbench `bench` (the reference tokens and
+  tau of a drafter table). kw: `compile_decoder`'s max_new, cache_size, eos_id, pad_id."""
+  dec = bench.decoder('ar', SamplingConfig(temperature=0.0))
+  models, _ = bench.models_for(dec)
+  return measure(dec, models, {'target': bench.params}, batches, **kw)
 
 
 TAU_KEYS = ('tau', 'acceptance_by_position', 'drafted_per_step', 'other_forwards_per_token',

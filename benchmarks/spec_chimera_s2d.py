@@ -23,11 +23,9 @@ tokens/s does, so speed is printed but not written. Writes benchmarks/results/NA
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from typing import Any
 
-import numpy as np
 
 import workbench
 from benchmarks import common
@@ -52,12 +50,6 @@ def _measure(bench, dec, batches, kw, ar_tokens) -> dict[str, Any]:
                          harness.TAU_KEYS + ('tokens_per_s',))
 
 
-def _ar(bench, batches, kw):
-  dec = bench.decoder('ar', SamplingConfig(temperature=0.0))
-  models, _ = bench.models_for(dec)
-  return harness.measure(dec, models, {'target': bench.params}, batches, **kw)
-
-
 def run(args) -> tuple[str, str]:
   sampling = SamplingConfig(temperature=0.0)
   rows, s2d_rows, calib, skipped, meta_targets = {}, {}, {}, [], {}
@@ -75,11 +67,11 @@ def run(args) -> tuple[str, str]:
       raise ValueError(f'Only {len(allp)} held-out prompts of {args.prompt_chars} characters; '
                        f'lower --prompts ({args.prompts}) or --calib ({args.calib}).')
     prompts, calib_prompts = allp[:args.prompts], allp[args.prompts:]
-    cache = int(np.ceil((max(map(len, allp)) + args.max_new_tokens + 128) / 64) * 64)
+    cache = harness.cache_slots(allp, args.max_new_tokens)
     batches = harness.make_batches(prompts, args.batch_size, tok.pad_id)
     kw = dict(max_new=args.max_new_tokens, cache_size=cache, eos_id=tok.eos_id,
               pad_id=tok.pad_id)
-    ar = _ar(bench, batches, kw)
+    ar = harness.ar_reference(bench, batches, **kw)
     meta_targets[label] = dict(workdir=target, layers=bench.model.cfg.num_layers,
                                ar_tau=ar['tau'])
     if label == 'A':
@@ -121,10 +113,8 @@ def run(args) -> tuple[str, str]:
           'prompt_chars': args.prompt_chars, 'temperature': 0.0, 'targets': meta_targets,
           'runs': args.runs, 's2d_draft': args.s2d_draft, 'skipped': skipped,
           'provenance': common.provenance()}
-  out_json = os.path.join(common.RESULTS_DIR, f'{args.name}.json')
-  os.makedirs(common.RESULTS_DIR, exist_ok=True)
-  with open(out_json, 'w') as f:
-    json.dump({**meta, 'rows': rows, 's2d_rows': s2d_rows, 'calibration': calib}, f, indent=1)
+  out_json = common.write_json(args.name, {**meta, 'rows': rows, 's2d_rows': s2d_rows,
+                                           'calibration': calib})
   return common.write_results(args.name, 'Chimera and S2D on tiny targets (tau, acceptance by '
                               'depth)', _body(rows, s2d_rows, calib, meta)), out_json
 

@@ -19,7 +19,6 @@ Writes benchmarks/results/eagle_tiny_cpu.md and .json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from typing import Any
 
@@ -57,12 +56,10 @@ def run(args) -> tuple[str, str]:
                                    prompt_chars=args.prompt_chars,
                                    data_config=bench.config['data'])
   sampling = SamplingConfig(temperature=0.0)
-  cache = int(np.ceil((max(map(len, prompts)) + args.max_new_tokens + 128) / 64) * 64)
+  cache = harness.cache_slots(prompts, args.max_new_tokens)
   batches = harness.make_batches(prompts, args.batch_size, tok.pad_id)
   kw = dict(max_new=args.max_new_tokens, cache_size=cache, eos_id=tok.eos_id, pad_id=tok.pad_id)
-  ar_dec = bench.decoder('ar', sampling)
-  ar_models, _ = bench.models_for(ar_dec)
-  ar = harness.measure(ar_dec, ar_models, {'target': bench.params}, batches, **kw)
+  ar = harness.ar_reference(bench, batches, **kw)
   rows = {}
   for name, (dec_name, settings, needs) in METHODS.items():
     if needs not in have:
@@ -82,10 +79,7 @@ def run(args) -> tuple[str, str]:
           'batch_size': args.batch_size, 'temperature': 0.0, 'target': args.target,
           'runs': args.runs, 'ar_tau': ar['tau'], 'skipped': skipped,
           'provenance': common.provenance()}
-  out_json = os.path.join(common.RESULTS_DIR, f'{args.name}.json')
-  os.makedirs(common.RESULTS_DIR, exist_ok=True)
-  with open(out_json, 'w') as f:
-    json.dump({**meta, 'rows': rows}, f, indent=1)
+  out_json = common.write_json(args.name, {**meta, 'rows': rows})
   return common.write_results(args.name, 'EAGLE-3 / EAGLE-1 / Medusa / MTP on the tiny target '
                               '(tau, acceptance by depth)', _body(rows, meta)), out_json
 

@@ -43,12 +43,10 @@ def run(args) -> tuple[str, str]:
                                    prompt_chars=args.prompt_chars,
                                    data_config=bench.config['data'])
   sampling = SamplingConfig(temperature=0.0)
-  cache = int(np.ceil((max(map(len, prompts)) + args.max_new_tokens + 128) / 64) * 64)
+  cache = harness.cache_slots(prompts, args.max_new_tokens)
   batches = harness.make_batches(prompts, args.batch_size, tok.pad_id)
   kw = dict(max_new=args.max_new_tokens, cache_size=cache, eos_id=tok.eos_id, pad_id=tok.pad_id)
-  ar_dec = bench.decoder('ar', sampling)
-  ar_models, _ = bench.models_for(ar_dec)
-  ar = harness.measure(ar_dec, ar_models, {'target': bench.params}, batches, **kw)
+  ar = harness.ar_reference(bench, batches, **kw)
   rows = {}
   for name, settings in SETTINGS.items():
     dec = bench.decoder('mask_mtp', sampling, settings)
@@ -67,10 +65,7 @@ def run(args) -> tuple[str, str]:
           'train_steps': train['train']['steps'],
           'spec': {k: v for k, v in train['spec'].items() if k != 'target_workdir'},
           'provenance': common.provenance()}
-  out_json = os.path.join(common.RESULTS_DIR, f'{args.name}.json')
-  os.makedirs(common.RESULTS_DIR, exist_ok=True)
-  with open(out_json, 'w') as f:
-    json.dump({**meta, 'rows': rows}, f, indent=1)
+  out_json = common.write_json(args.name, {**meta, 'rows': rows})
   return common.write_results(args.name, 'Masked-input MTP (mask_mtp) on the tiny target (tau, '
                               'acceptance by depth)', _body(rows, meta)), out_json
 

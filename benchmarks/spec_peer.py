@@ -37,7 +37,6 @@ import time
 from typing import Any
 
 import jax
-import numpy as np
 
 import workbench
 from benchmarks import common
@@ -59,7 +58,7 @@ def _ours(args, bench, have, prompts) -> dict[str, dict[str, Any]]:
   """Tokens/s of our AR and of each of `--methods` at batch 1 (one AOT compile per prompt
   shape); methods whose runs are missing are skipped."""
   tok = bench.tokenizer
-  cache = int(np.ceil((max(map(len, prompts)) + args.max_new_tokens + 128) / 64) * 64)
+  cache = harness.cache_slots(prompts, args.max_new_tokens)
   batches = harness.make_batches(prompts, 1, tok.pad_id)
   kw = dict(max_new=args.max_new_tokens, cache_size=cache, eos_id=tok.eos_id, pad_id=tok.pad_id)
   greedy = SamplingConfig(temperature=0.0)

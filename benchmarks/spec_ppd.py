@@ -64,8 +64,8 @@ def run(args) -> tuple[str, str]:
   prompts = workbench.read_prompts(tok, prompt=None, prompts_file=None, heldout=args.prompts,
                                    prompt_chars=args.prompt_chars,
                                    data_config=bench.config['data'])
-  cache = int(np.ceil((max(map(len, prompts)) + args.max_new_tokens
-                       + ppd.forward_tokens(max(ppd.BUDGETS), G) + 8) / 64) * 64)
+  cache = harness.cache_slots(prompts, args.max_new_tokens,
+                              margin=ppd.forward_tokens(max(ppd.BUDGETS), G) + 8)
   costs = ppd.measure_costs(model, bench.params, G, ppd.BUDGETS, batch=args.batch_size,
                             cache_size=max(cache, 2 * ppd.forward_tokens(max(ppd.BUDGETS), G)),
                             seconds=0.2, repeats=5)
@@ -74,9 +74,7 @@ def run(args) -> tuple[str, str]:
   sampling = SamplingConfig(temperature=0.0)
   batches = harness.make_batches(prompts, args.batch_size, tok.pad_id)
   kw = dict(max_new=args.max_new_tokens, cache_size=cache, eos_id=tok.eos_id, pad_id=tok.pad_id)
-  ar_dec = bench.decoder('ar', sampling)
-  ar_models, _ = bench.models_for(ar_dec)
-  ar = harness.measure(ar_dec, ar_models, {'target': bench.params}, batches, **kw)
+  ar = harness.ar_reference(bench, batches, **kw)
   methods = {f'ppd chain {G}': dict(tree='chain', gamma=G)}
   for n in sorted({6, 12, 24, best}):
     label = f'ppd tree {n}' + (' (hardware-aware pick)' if n == best else '')
@@ -117,10 +115,7 @@ def run(args) -> tuple[str, str]:
           'costs': {str(k): v for k, v in costs.items()},
           'budget_values': {str(k): v for k, v in values.items()}, 'chosen_nodes': best,
           'reference': os.path.relpath(args.reference, common.REPO_ROOT) if ref else '', 'provenance': common.provenance()}
-  os.makedirs(common.RESULTS_DIR, exist_ok=True)
-  out_json = os.path.join(common.RESULTS_DIR, f'{args.name}.json')
-  with open(out_json, 'w') as f:
-    json.dump({**meta, 'rows': out_rows, 'reference_rows': ref}, f, indent=1)
+  out_json = common.write_json(args.name, {**meta, 'rows': out_rows, 'reference_rows': ref})
   return common.write_results(args.name, 'PPD prompt tokens on the tiny target (accuracy, '
                               'hardware-aware tree, tau)', _body(out_rows, ref, meta)), out_json
 

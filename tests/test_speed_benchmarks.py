@@ -256,3 +256,20 @@ def test_agreement_counts_positions_over_the_longer_row_and_common_prefixes():
   frac, prefix = harness.agreement(ref, out)
   assert frac == pytest.approx((3 + 2 + 0) / (4 + 3 + 1))
   assert prefix == pytest.approx((2 + 2 + 0) / 3)
+
+
+def test_cache_slots_and_the_ar_reference_of_a_run(trained_workdir):
+  """`cache_slots` holds the longest prompt, the new tokens and the margin in whole 64-slot
+  blocks; `ar_reference` gives the greedy AR tokens `run_decoder` gives for the run."""
+  assert harness.cache_slots([[1] * 10, [1] * 70], 5) == 256  # 70 + 5 + 128 = 203
+  assert harness.cache_slots([[1] * 3], 61, margin=0) == 64
+  import workbench  # pylint: disable=g-import-not-at-top
+  bench = workbench.Workbench.load(trained_workdir)
+  prompts = [[5, 6, 7, 8], [9, 10]]
+  batches = harness.make_batches(prompts, 2, bench.tokenizer.pad_id)
+  ref = harness.ar_reference(bench, batches, max_new=6, cache_size=64, eos_id=-1,
+                             pad_id=bench.tokenizer.pad_id)
+  rows, _ = run_decoder(registry.build('ar'), Models(bench.model), {'target': bench.params},
+                        prompts, max_new_tokens=6, cache_size=64, eos_id=-1,
+                        pad_id=bench.tokenizer.pad_id)
+  assert ref['tokens'] == [r.tokens for r in rows]
