@@ -32,6 +32,20 @@ def subprocess_env(*, concurrent: bool = False, **extra: str) -> dict[str, str]:
   return env
 
 
+def peaked_diffusion_setup(batch: int, prompt_len: int, vocab_size: int, max_token: int):
+  """(model, params, prompt_BxP, keys_B) for diffusion decoder tests: a one-layer model whose
+  weight matrices are scaled by 8 (peaked, varied confidences, so several commits per step
+  happen), random prompt tokens below `max_token` and one key per row."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from models import Transformer, init_params  # pylint: disable=g-import-not-at-top
+  model = Transformer(small_config(vocab_size=vocab_size, num_layers=1))
+  params = init_params(model, jax.random.key(0))
+  params = jax.tree.map(lambda x: x * 8 if x.ndim == 2 else x, params)
+  prompt = jax.random.randint(jax.random.key(1), (batch, prompt_len), 0, max_token)
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(batch))
+  return model, params, prompt, keys
+
+
 def small_config(**overrides) -> config_lib.ModelConfig:
   """A model that compiles in seconds (the `test` preset, vocab 64)."""
   d = dict(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 
 import decoding
+import testlib
 from decoding import base, registry
-from models import Transformer, init_params
 from models import block_size as bs_lib
-from testlib import small_config
 
 V, MASK, EOS, PAD = 64, 63, 62, 61
 B, P, N = 3, 8, 12
@@ -22,11 +21,7 @@ SAMPLED = decoding.SamplingConfig(temperature=1.0)
 
 @pytest.fixture(scope='module')
 def setup():
-  model = Transformer(small_config(vocab_size=V, num_layers=1))
-  params = init_params(model, jax.random.key(0))
-  params = jax.tree.map(lambda x: x * 8 if x.ndim == 2 else x, params)  # peaked confidences
-  prompt = jax.random.randint(jax.random.key(1), (B, P), 0, 60)
-  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(B))
+  model, params, prompt, keys = testlib.peaked_diffusion_setup(B, P, V, 60)
   head = dict(bs_lib.init_params(jax.random.key(3), model.cfg.d_model, 3))
   # A large position embedding makes the choice vary from block to block (mixed partitions).
   head['pos_embed'] = head['pos_embed'] * 100

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 import decoding
+import testlib
 from decoding import base, registry, runner
 from decoding.diffusion import canvas
-from models import ModelOutput, Transformer, init_params
+from models import ModelOutput
 from testlib import small_config
 from workdir import kind as workdir_kind
 
@@ -25,13 +26,7 @@ SAMPLED = decoding.SamplingConfig(temperature=1.0)
 
 @pytest.fixture(scope='module')
 def setup():
-  model = Transformer(small_config(vocab_size=V, num_layers=1))
-  params = init_params(model, jax.random.key(0))
-  # Larger weights give peaked, varied confidences (several commits per step happen).
-  params = jax.tree.map(lambda x: x * 8 if x.ndim == 2 else x, params)
-  prompt = jax.random.randint(jax.random.key(1), (B, P), 0, 60)
-  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(B))
-  return model, params, prompt, keys
+  return testlib.peaked_diffusion_setup(B, P, V, 60)
 
 
 _COMPILED = {}
