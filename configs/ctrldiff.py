@@ -19,17 +19,12 @@ from configs import diffusion_tasks
 
 
 def get_config(arg: str = 'sudoku4') -> ml_collections.ConfigDict:
-  parts = (arg or 'sudoku4').split(',')
-  task, size = parts[0], parts[1] if len(parts) > 1 else 'tiny'
-  if task not in diffusion_tasks.TASKS:
-    raise ValueError(f'Unknown task {task!r}; choose one of {sorted(diffusion_tasks.TASKS)}.')
+  task, size = diffusion_tasks.task_and_size(arg)
   c = common.base_config()
   c.objective = 'ctrldiff'
   c.model = common.model_config(size, max_seq_len=256)
-  c.diffusion = ml_collections.ConfigDict(dict(
-      mask_id=-1, shift=False, noise_eps=1e-3, sampling_eps=1e-3, loss_form='mdlm',
-      block_size=16, eval_samples=1, init_from='', ar_weight=1.0, reinit_tokens='',
-      block_sizes=diffusion_tasks.CTRLDIFF_SIZES))
+  c.diffusion = diffusion_tasks.diffusion_section(eval_samples=1,
+                                                  block_sizes=diffusion_tasks.CTRLDIFF_SIZES)
   c.task = ml_collections.ConfigDict(dict(name=task))
   c.ctrldiff = ml_collections.ConfigDict(dict(
       diffusion_workdir=f'runs/diffusion/{task}_ctrldiff', sizes=diffusion_tasks.CTRLDIFF_SIZES))

@@ -43,6 +43,23 @@ TASKS = {
 }
 
 
+def diffusion_section(**overrides) -> ml_collections.ConfigDict:
+  """The `diffusion` config section of a diffusion run (and of the runs trained on one)."""
+  return ml_collections.ConfigDict(dict(dict(
+      mask_id=-1, shift=False, noise_eps=1e-3, sampling_eps=1e-3, loss_form='mdlm',
+      block_size=16, eval_samples=4, init_from='', ar_weight=1.0, reinit_tokens=''),
+      **overrides))
+
+
+def task_and_size(arg: str, default: str = 'sudoku4') -> tuple[str, str]:
+  """(task, size preset) of a 'TASK[,SIZE]' config argument (size 'tiny' by default)."""
+  parts = (arg or default).split(',')
+  task, size = parts[0], parts[1] if len(parts) > 1 else 'tiny'
+  if task not in TASKS:
+    raise ValueError(f'Unknown task {task!r}; choose one of {sorted(TASKS)}.')
+  return task, size
+
+
 def get_config(arg: str = 'sudoku4,mdlm') -> ml_collections.ConfigDict:
   parts = (arg or 'sudoku4,mdlm').split(',')
   if len(parts) < 2:
@@ -57,10 +74,8 @@ def get_config(arg: str = 'sudoku4,mdlm') -> ml_collections.ConfigDict:
   c = common.base_config()
   c.objective = objective
   c.model = common.model_config(size, max_seq_len=256)
-  c.diffusion = ml_collections.ConfigDict(dict(
-      mask_id=-1, shift=shift, noise_eps=1e-3, sampling_eps=1e-3, loss_form='mdlm',
-      block_size=16, eval_samples=4, init_from='', ar_weight=1.0,
-      reinit_tokens='', block_sizes=CTRLDIFF_SIZES if kind == 'ctrldiff' else ''))
+  c.diffusion = diffusion_section(shift=shift,
+                                  block_sizes=CTRLDIFF_SIZES if kind == 'ctrldiff' else '')
   if objective == 'insertion':
     c.insertion = ml_collections.ConfigDict(dict(eos_id=-1, stop_weight=1.0, eval_samples=4))
   c.task = ml_collections.ConfigDict(dict(name=task))
