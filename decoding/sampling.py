@@ -74,6 +74,32 @@ class SamplingConfig:
     return self.temperature == 0.0
 
 
+# Up to this k, XLA:CPU takes the k-th largest value faster by k - 1 argmax passes than by
+# `lax.top_k`, which it lowers to a full comparator sort of every row (measured on [80000,
+# 272] float32, k = 8: 0.42 s against 2.3 s). Accelerators keep `lax.top_k`.
+CPU_KTH_BY_PASSES = 64
+
+
+def kth_largest(x_NxV: jax.Array, k: int) -> jax.Array:
+  """[..., 1]: the k-th largest value of each row, counting equal values separately (what
+  `lax.top_k(x, k)[0][..., -1:]` gives), for 1 <= k <= V."""
+  def by_sort(x):
+    return jax.lax.top_k(x, k)[0][..., -1:]
+
+  def by_passes(x):
+    # Each pass sets one occurrence of the row's maximum to -inf: after k - 1 passes the
+    # maximum is the k-th largest. Once only -inf is left it is the answer whichever
+    # occurrence a pass picks.
+    iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    for _ in range(k - 1):
+      x = jnp.where(iota == jnp.argmax(x, axis=-1, keepdims=True), NEG_INF, x)
+    return jnp.max(x, axis=-1, keepdims=True)
+
+  if k > CPU_KTH_BY_PASSES:
+    return by_sort(x_NxV)
+  return jax.lax.platform_dependent(x_NxV, cpu=by_passes, default=by_sort)
+
+
 def log_probs(logits_BxV: jax.Array, cfg: SamplingConfig) -> jax.Array:
   """Normalised log-probabilities after temperature, top-k, top-p and min-p (float32).
 
@@ -87,7 +113,7 @@ def log_probs(logits_BxV: jax.Array, cfg: SamplingConfig) -> jax.Array:
     return jnp.where(onehot, 0.0, NEG_INF)
   logits = logits / cfg.temperature
   if 0 < cfg.top_k < V:
-    kth = jax.lax.top_k(logits, cfg.top_k)[0][..., -1:]
+    kth = kth_largest(logits, cfg.top_k)
     logits = jnp.where(logits < kth, NEG_INF, logits)
   if cfg.top_p < 1.0:
     # Keep the smallest set of most likely tokens whose mass reaches top_p (ties kept).

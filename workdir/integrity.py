@@ -16,7 +16,6 @@ about 2^-64.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -73,10 +72,16 @@ def _max_abs(x: jax.Array) -> jax.Array:
   return jnp.max(jnp.abs(x.astype(jnp.float32)))
 
 
-@functools.partial(jax.jit, static_argnames='with_max')
-def _summaries(leaves: list[jax.Array], with_max: bool):
-  return ([_digest(x) for x in leaves],
-          [_max_abs(x) for x in leaves] if with_max else None)
+# One small program per distinct leaf shape and dtype (a model's layers share a few), reused
+# across trees, not one program per tree compiled anew for every model and optimiser state
+# (the `test` preset's params and AdamW state, first call, CPU: 0.54 s against 1.34 s).
+_digest_jit = jax.jit(_digest)
+_max_abs_jit = jax.jit(_max_abs)
+
+
+def _summaries(leaves: list[Any], with_max: bool):
+  return ([_digest_jit(x) for x in leaves],
+          [_max_abs_jit(x) for x in leaves] if with_max else None)
 
 
 def _flatten(tree: Any) -> tuple[list[str], list[Any]]:
