@@ -28,6 +28,7 @@ V vocabulary.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -149,8 +150,14 @@ class EagleDraft(nn.Module):
 def init_params(cfg: config_lib.ModelConfig, variant: str, layer_ids: Sequence[int],
                 rng: jax.Array) -> Any:
   """Fresh draft parameters (plain arrays)."""
-  module = EagleDraft(cfg, variant, len(layer_ids))
-  F = feature_width(cfg, variant, layer_ids)
+  return _init(cfg, variant, len(layer_ids), feature_width(cfg, variant, layer_ids), rng)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _init(cfg: config_lib.ModelConfig, variant: str, num_layers: int, F: int,
+          rng: jax.Array) -> Any:
+  """One jitted program, not one compile per operation of an eager `init`."""
+  module = EagleDraft(cfg, variant, num_layers)
   emb = jnp.zeros((cfg.vocab_size, cfg.d_model))
   return nn.unbox(module.init(rng, jnp.zeros((1, 2, F)), jnp.zeros((1, 2), jnp.int32), emb,
                               emb, method=EagleDraft.init_all)['params'])

@@ -28,6 +28,7 @@ K masks, R LoRA rank.
 from __future__ import annotations
 
 import math
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -108,6 +109,13 @@ def init_params(cfg: config_lib.ModelConfig, num_masks_: int, rank: int, rng: ja
   if any(k != config_lib.ATTENTION for k in cfg.layer_types):
     raise ValueError('mask_mtp adapts attention-only models; this one has layers '
                      f'{cfg.layer_types}.')
+  return _init(cfg, num_masks_, rank, rng, embedding_VxD)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _init(cfg: config_lib.ModelConfig, num_masks_: int, rank: int, rng: jax.Array,
+          embedding_VxD: jax.Array | None) -> dict[str, Any]:
+  """One jitted program, not one compile per operation of an eager `init`."""
   k_emb, k_lora, k_samp = jax.random.split(rng, 3)
   emb = cfg.init_std * jax.random.normal(k_emb, (num_masks_, cfg.d_model))
   if embedding_VxD is not None:
