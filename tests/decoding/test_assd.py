@@ -10,6 +10,7 @@ physically reorders the revealed tokens (no two-stream mask):
 """
 
 import dataclasses
+import functools
 import itertools
 
 import jax
@@ -49,9 +50,16 @@ def reference_logp(model, params, prompt, revealed, query_pos, mask_id):
   T = Pr + n + 1
   i, j = np.arange(T)[:, None], np.arange(T)[None, :]
   mask = (j <= i) | (j < Pr)
-  out = model.apply({'params': params}, jnp.asarray(tokens, jnp.int32),
-                    jnp.asarray(positions, jnp.int32),
-                    attn_mask=jnp.broadcast_to(jnp.asarray(mask), (R, T, T)))
+  return _last_logp(model, params, jnp.asarray(tokens, jnp.int32),
+                    jnp.asarray(positions, jnp.int32), jnp.asarray(mask), mask_id)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _last_logp(model, params, tokens, positions, mask, mask_id):
+  """The reference's forward, jitted (one program per shape, not one per eager operation)."""
+  R, T = tokens.shape
+  out = model.apply({'params': params}, tokens, positions,
+                    attn_mask=jnp.broadcast_to(mask, (R, T, T)))
   return lib.subs_log_probs(out.logits_BxTxV[:, -1], mask_id)
 
 
