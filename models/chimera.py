@@ -106,16 +106,12 @@ class ChimeraDraft(nn.Module):
     return logits, new_cache
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
 def init_params(cfg: config_lib.ModelConfig, num_heads: int, rng: jax.Array) -> Any:
-  """Fresh draft parameters (plain arrays; heads random: see `init_heads_from`)."""
+  """Fresh draft parameters (plain arrays; heads random: see `init_heads_from`). Jitted: one
+  program, not one compile per operation of an eager `init`."""
   if num_heads < 1:
     raise ValueError(f'A Chimera draft needs at least one head, got {num_heads}.')
-  return _init(cfg, num_heads, rng)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _init(cfg: config_lib.ModelConfig, num_heads: int, rng: jax.Array) -> Any:
-  """One jitted program, not one compile per operation of an eager `init`."""
   emb = jnp.zeros((cfg.vocab_size, cfg.d_model))
   return nn.unbox(ChimeraDraft(cfg, num_heads).init(
       rng, jnp.zeros((1, 2, cfg.d_model)), jnp.zeros((1, 2, 3), jnp.int32),

@@ -27,8 +27,8 @@ K masks, R LoRA rank.
 
 from __future__ import annotations
 
-import math
 import functools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -98,24 +98,19 @@ class MaskSampler(nn.Module):
     return layers.mask_invalid_ids(jnp.einsum('BTD,VD->BTV', z, out_emb_VxD.astype(dt)), cfg)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def init_params(cfg: config_lib.ModelConfig, num_masks_: int, rank: int, rng: jax.Array,
                 embedding_VxD: jax.Array | None = None) -> dict[str, Any]:
   """A fresh tree: LoRA A ~ N(0, 1/D_in), B = 0 (the masks start as the base model), mask
   embeddings from N(0, init_std) (or the mean token embedding plus that noise, given the
-  model's embedding), a sampler that starts as the identity."""
+  model's embedding), a sampler that starts as the identity. Jitted: one program, not one
+  compile per operation of an eager `init`."""
   if num_masks_ < 1 or rank < 1:
     raise ValueError(f'mask_mtp needs >= 1 masks and LoRA rank >= 1, got {num_masks_} and '
                      f'{rank}.')
   if any(k != config_lib.ATTENTION for k in cfg.layer_types):
     raise ValueError('mask_mtp adapts attention-only models; this one has layers '
                      f'{cfg.layer_types}.')
-  return _init(cfg, num_masks_, rank, rng, embedding_VxD)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _init(cfg: config_lib.ModelConfig, num_masks_: int, rank: int, rng: jax.Array,
-          embedding_VxD: jax.Array | None) -> dict[str, Any]:
-  """One jitted program, not one compile per operation of an eager `init`."""
   k_emb, k_lora, k_samp = jax.random.split(rng, 3)
   emb = cfg.init_std * jax.random.normal(k_emb, (num_masks_, cfg.d_model))
   if embedding_VxD is not None:
