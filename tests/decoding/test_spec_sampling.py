@@ -10,7 +10,7 @@ chi-square goodness-of-fit p-value > 0.01 (cells with expected count < 5 pooled)
 
 from __future__ import annotations
 
-import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -38,12 +38,12 @@ def lm(trained_workdir):
   return target, draft, dp, prompt
 
 
-@functools.lru_cache(maxsize=1)
-def _exact_two_token_of(workdir, prompt):
-  """The exact two-token distribution of the run at `workdir` (one computation per module)."""
-  from workdir import loading  # pylint: disable=g-import-not-at-top
-  target = loading.load_model(workdir)
-  return _exact_two_token(target.model, target.params, list(prompt))
+@pytest.fixture(scope='module')
+def exact(lm):
+  """[V * V]: the target's exact two-token distribution after the prompt, normalised."""
+  target, _, _, prompt = lm
+  p = _exact_two_token(target.model, target.params, prompt).ravel()
+  return p / p.sum()
 
 
 def _exact_two_token(model, params, prompt):
@@ -70,7 +70,7 @@ def _exact_two_token(model, params, prompt):
     dict(decoder='jacobi_forcing', block=2, blocks=2, recycle=2),  # Jacobi blocks + recycling
 ], ids=['chain-iid', 'tree-wor', 'dynamic-wor', 'tree-traversal', 'delayed-traversal',
         'delayed-iid', 'adaptive-ar-step', 'jacobi_forcing'])
-def test_two_token_prefix_distribution_matches_target(lm, settings):
+def test_two_token_prefix_distribution_matches_target(lm, exact, settings):
   target, draft, dp, prompt = lm
   settings = dict(settings)
   name = settings.pop('decoder', 'speculative')
@@ -80,15 +80,13 @@ def test_two_token_prefix_distribution_matches_target(lm, settings):
                         {'target': target.params, 'draft': dp}, [prompt] * ROWS,
                         max_new_tokens=2, cache_size=32, eos_id=-1, pad_id=0, seed=11,
                         prompt_bucket=8)
-  _assert_matches_target(rows, target, prompt)
+  _assert_matches_target(rows, exact)
 
 
-def _assert_matches_target(rows, target, prompt):
-  V = target.model.cfg.vocab_size
+def _assert_matches_target(rows, exact):
+  V = math.isqrt(exact.size)
   pairs = np.array([r.tokens[:2] for r in rows])
   counts = np.bincount(pairs[:, 0] * V + pairs[:, 1], minlength=V * V).astype(np.float64)
-  exact = _exact_two_token_of(target.workdir, tuple(prompt)).ravel()
-  exact = exact / exact.sum()  # not in place: the array is cached
   tv = 0.5 * np.abs(counts / counts.sum() - exact).sum()
   big = exact * ROWS >= 5
   obs = np.append(counts[big], counts[~big].sum())
@@ -102,7 +100,7 @@ def _assert_matches_target(rows, target, prompt):
     ('eagle3', dict(tree='chain', gamma=3)),
     ('eagle1', dict(gamma=2, top_k=3, tree_nodes=5)),           # EAGLE-2 dynamic tree
 ], ids=['eagle3-chain', 'eagle1-dynamic'])
-def test_eagle_two_token_prefix_distribution_matches_target(lm, name, settings):
+def test_eagle_two_token_prefix_distribution_matches_target(lm, exact, name, settings):
   """EAGLE drafts deterministically (argmax / top-k children of a random draft layer); the
   deterministic rule verifies them under sampling."""
   from models import eagle  # pylint: disable=g-import-not-at-top
@@ -114,10 +112,10 @@ def test_eagle_two_token_prefix_distribution_matches_target(lm, name, settings):
   rows, _ = run_decoder(dec, Models(target.model), {'target': target.params, name: ep},
                         [prompt] * ROWS, max_new_tokens=2, cache_size=32, eos_id=-1, pad_id=0,
                         seed=11, prompt_bucket=8)
-  _assert_matches_target(rows, target, prompt)
+  _assert_matches_target(rows, exact)
 
 
-def test_chimera_two_token_prefix_distribution_matches_target(lm):
+def test_chimera_two_token_prefix_distribution_matches_target(lm, exact):
   """Chimera drafts deterministically (its heads' top tokens); the deterministic rule verifies
   them under sampling."""
   from models import chimera, heads  # pylint: disable=g-import-not-at-top
@@ -129,10 +127,10 @@ def test_chimera_two_token_prefix_distribution_matches_target(lm):
   rows, _ = run_decoder(dec, Models(target.model), {'target': target.params, 'chimera': cp},
                         [prompt] * ROWS, max_new_tokens=2, cache_size=32, eos_id=-1, pad_id=0,
                         seed=11, prompt_bucket=8)
-  _assert_matches_target(rows, target, prompt)
+  _assert_matches_target(rows, exact)
 
 
-def test_s2d_two_token_prefix_distribution_matches_target(lm):
+def test_s2d_two_token_prefix_distribution_matches_target(lm, exact):
   """S2D's sub-model 1 of a nested draft (here the target's own first layer and head) drafts
   a chain verified by speculative sampling."""
   target, _, _, prompt = lm
@@ -141,10 +139,10 @@ def test_s2d_two_token_prefix_distribution_matches_target(lm):
                         {'target': target.params, 'draft': target.params}, [prompt] * ROWS,
                         max_new_tokens=2, cache_size=32, eos_id=-1, pad_id=0, seed=11,
                         prompt_bucket=8)
-  _assert_matches_target(rows, target, prompt)
+  _assert_matches_target(rows, exact)
 
 
-def test_ppd_two_token_prefix_distribution_matches_target(lm):
+def test_ppd_two_token_prefix_distribution_matches_target(lm, exact):
   """PPD drafts deterministically (top-r tokens of prompt tokens; random embeddings of a
   large scale here); the deterministic rule verifies them under sampling. The first step's
   drafts come from the prompt tokens attached to the prompt, so token 2 is verified."""
@@ -156,4 +154,4 @@ def test_ppd_two_token_prefix_distribution_matches_target(lm):
                             [prompt] * ROWS, max_new_tokens=2, cache_size=64, eos_id=-1,
                             pad_id=0, seed=11, prompt_bucket=8)
   assert stats.extra['accepted_by_depth'][0] > 0  # some drafted second tokens were accepted
-  _assert_matches_target(rows, target, prompt)
+  _assert_matches_target(rows, exact)
