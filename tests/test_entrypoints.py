@@ -15,8 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _sample(*args):
-  env = dict(os.environ)
-  env['XLA_FLAGS'] = testlib.compile_flags()  # one device
+  env = testlib.subprocess_env()  # one device
   return subprocess.run([sys.executable, 'sample.py', *args], cwd=ROOT, capture_output=True,
                         text=True, env=env)
 

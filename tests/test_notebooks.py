@@ -33,9 +33,9 @@ def execute(name: str, params: dict, devices: int = 1):
   cell = nbformat.v4.new_code_cell('\n'.join(f'{k} = {v!r}' for k, v in params.items()))
   cell.metadata['tags'] = ['injected-parameters']
   nb.cells.insert(tagged[0] + 1, cell)
-  env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} '
-             + testlib.compile_flags(), MPLBACKEND='Agg')
+  env = testlib.subprocess_env(
+      JAX_PLATFORMS='cpu', XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+      MPLBACKEND='Agg')
   client = nbclient.NotebookClient(nb, timeout=600, startup_timeout=180, kernel_name='python3',
                                    resources={'metadata': {'path': NOTEBOOKS}})
   client.execute(env=env)

@@ -205,8 +205,7 @@ def test_judge_perplexity_is_the_models_own(trained_workdir):
 @pytest.mark.slow
 def test_command_line_writes_the_report(trained_workdir, tmp_path):
   out = tmp_path / 'r.md'
-  env = dict(os.environ)
-  env['XLA_FLAGS'] = testlib.compile_flags()  # one device
+  env = testlib.subprocess_env()  # one device
   proc = subprocess.run(
       [sys.executable, '-m', 'benchmarks.report', f'--workdirs={trained_workdir}',
        '--decoders=ar', '--num_prompts=2', '--prompt_chars=40', '--max_new_tokens=6',

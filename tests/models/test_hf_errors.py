@@ -191,8 +191,7 @@ def test_failed_overwrite_import_leaves_the_workdir_intact(tmp_path, trained_wor
   broken = str(tmp_path / 'broken')
   _write(broken, LLAMA, drop=('model.layers.1.mlp.up_proj.weight',))
   _tokenizer_json(broken)
-  env = dict(os.environ)
-  env['XLA_FLAGS'] = testlib.compile_flags()  # one device
+  env = testlib.subprocess_env()  # one device
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   out = subprocess.run([sys.executable, '-m', 'workdir.hf_import', f'--hf_dir={broken}',
                         f'--workdir={workdir}', '--overwrite'], cwd=root, env=env,

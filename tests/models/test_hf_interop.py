@@ -184,8 +184,7 @@ def test_padded_vocabulary_rows_are_zero_and_never_produced(tmp_path):
 
 
 def _run(args, **kw):
-  env = dict(os.environ)
-  env['XLA_FLAGS'] = testlib.compile_flags()  # one device
+  env = testlib.subprocess_env()  # one device
   proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=300, **kw)
   assert proc.returncode == 0, proc.stderr[-3000:]
