@@ -26,7 +26,6 @@ import argparse
 import os
 from typing import Any
 
-
 import workbench
 from benchmarks import common
 from benchmarks import harness

@@ -51,9 +51,10 @@ def diffusion_section(**overrides) -> ml_collections.ConfigDict:
       **overrides))
 
 
-def task_and_size(arg: str, default: str = 'sudoku4') -> tuple[str, str]:
-  """(task, size preset) of a 'TASK[,SIZE]' config argument (size 'tiny' by default)."""
-  parts = (arg or default).split(',')
+def task_and_size(arg: str) -> tuple[str, str]:
+  """(task, size preset) of a 'TASK[,SIZE]' config argument (task 'sudoku4' and size 'tiny'
+  by default)."""
+  parts = (arg or 'sudoku4').split(',')
   task, size = parts[0], parts[1] if len(parts) > 1 else 'tiny'
   if task not in TASKS:
     raise ValueError(f'Unknown task {task!r}; choose one of {sorted(TASKS)}.')
