@@ -130,6 +130,8 @@ class Evaluator:
            'seconds': time.perf_counter() - t0}
     if large is not None:
       out['large_fraction'] = stats.extra['large_tokens'] / max(stats.generated, 1)
+      if name != 'r2r':  # step routers: the share of steps the large model began
+        out['large_step_fraction'] = stats.extra['large_steps'] / max(stats.extra['steps'], 1)
     return out
 
 

@@ -4,7 +4,8 @@ The target (`--workdir`) is the SMALL model; the large one is an extra model
 (`large_workdir`, params['large']). Both see every committed token (their caches stay in
 sync), so the output is one sequence written partly by each model; `large_tokens` counts the
 tokens the large model wrote, the budget the routers trade against accuracy (`large_mask`
-[B, N] marks them).
+[B, N] marks them); `steps` / `large_steps` count the steps begun (a step starts at the first
+token and after a token in `step_end_ids`) and those begun by the large model.
 
   glimprouter  step level (GlimpRouter): at the start of each step (after a token in
                `step_end_ids`, and at the first token; our tasks end steps with '.') the small model's top-20 entropy of
@@ -14,6 +15,8 @@ tokens the large model wrote, the budget the routers trade against accuracy (`la
                predicts that the small model diverges from the large one; p >= threshold
                -> the large model writes the token. `random_fraction` > 0 replaces the router
                by a coin with that probability (the random baseline at equal budget).
+  arbitrage    step level (Arbitrage, arbitrage.py): the same MLP at a step's first token
+               predicts that the large model's step would be better (advantage labels).
 
 The router's parameters come from params['router'] if given, else from the .npz file
 `router_path` (written by benchmarks/latent_router.py, which trains it on divergence labels).
@@ -86,8 +89,9 @@ def load_router(path: str) -> dict[str, np.ndarray]:
 @flax.struct.dataclass
 class RouteState:
   """Both caches hold every committed token; logits/hidden are for the next token.
-  writer_B: the large model writes the current step (GlimpRouter). progress: tokens, counts
-  and done flags (`base.Progress`; both models run once per token, counted at the end)."""
+  writer_B: the large model writes the current step (GlimpRouter, Arbitrage). steps_B /
+  large_steps_B: steps begun / begun by the large model. progress: tokens, counts and done
+  flags (`base.Progress`; both models run once per token, counted at the end)."""
   cache_s: Any
   cache_l: Any
   logits_s: jax.Array
@@ -97,6 +101,8 @@ class RouteState:
   large_BxN: jax.Array
   large_B: jax.Array
   writer_B: jax.Array
+  steps_B: jax.Array
+  large_steps_B: jax.Array
 
 
 def _forward(model, params, tok_B, pos_B, cache):
@@ -142,7 +148,8 @@ class RoutingDecoder(base.Decoder):
     state = RouteState(cache_s=cache_s, cache_l=cache_l, logits_s=logits_s, hidden_s=hidden_s,
                        logits_l=logits_l, progress=base.Progress.start(B, N, pad_id=pad_id),
                        large_BxN=jnp.zeros((B, N), jnp.int32), large_B=zeros,
-                       writer_B=jnp.zeros((B,), jnp.bool_))
+                       writer_B=jnp.zeros((B,), jnp.bool_), steps_B=zeros,
+                       large_steps_B=zeros)
     step_end = jnp.asarray(self.step_end_ids, jnp.int32)
 
     def step_fn(s: RouteState) -> RouteState:
@@ -167,13 +174,16 @@ class RoutingDecoder(base.Decoder):
                                      active_B & (tok_B == eos_id), N),
           large_BxN=base.write_tokens(s.large_BxN, use_large_B[:, None].astype(jnp.int32),
                                       num_B, active_B.astype(jnp.int32)),
-          large_B=s.large_B + (active_B & use_large_B), writer_B=use_large_B)
+          large_B=s.large_B + (active_B & use_large_B), writer_B=use_large_B,
+          steps_B=s.steps_B + (active_B & step_start_B),
+          large_steps_B=s.large_steps_B + (active_B & step_start_B & use_large_B))
 
     state = jax.lax.while_loop(lambda s: ~jnp.all(s.progress.done_B), step_fn, state)
     n = state.progress.num_generated_B
     progress = state.progress.replace(target_forwards_B=n + 1, other_forwards_B=n + 1,
                                       hist_BxM=jnp.stack([zeros, n], 1))
-    return progress.result({'large_tokens': state.large_B, 'large_mask': state.large_BxN})
+    return progress.result({'large_tokens': state.large_B, 'large_mask': state.large_BxN,
+                            'steps': state.steps_B, 'large_steps': state.large_steps_B})
 
 
 @registry.register
