@@ -8,8 +8,11 @@
                   pause_thinking
   cntp.py         CNTP: entropy-triggered trials on forked caches, lowest perplexity kept
   routing.py      small-large routing: GlimpRouter (step level) and an R2R token router
+  arbitrage.py    Arbitrage: step-level routing by a router's predicted large-model advantage,
+                  and its advantage labels
 """
 
+from decoding.latent import arbitrage
 from decoding.latent import cntp
 from decoding.latent import decoders
 from decoding.latent import routing
