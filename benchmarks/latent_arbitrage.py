@@ -1,0 +1,283 @@
+"""Arbitrage against GlimpRouter and R2R at matched large-model budgets (reasoning tasks).
+
+  python -m benchmarks.latent_arbitrage --tasks=prosqa [--root=runs/latent]   # CPU: ~5 min
+
+The small / large pair of each task is benchmarks/latent.py's routing pair, ROOT/TASK/cot_other
+and ROOT/TASK/cot (its `--protocol=cpu` trains them: `test` CoT models, 200 and 1600 steps,
+lr 3e-3, batch 32). This script, per task,
+
+1. labels steps (decoding/latent/arbitrage.py): the small model writes its greedy row for each
+   of `rows` training problems (seed 1; the evaluation questions use seed 0); at each step
+   boundary k the large model completes the prefix greedily and the task scores the answer
+   (v_k); advantage_k = v_k - v_{k+1}, label = advantage > `margin`;
+2. fits the Arbitrage router (routing.py's MLP over the small model's state at the step
+   start; class-balanced logistic loss, latent_router.train_router) on 80% of the problems
+   and reports balanced accuracy on the other 20%; fits R2R's token router as latent.py does;
+3. sweeps each router's threshold at the quantiles of its own signal on the training problems
+   that should send `fractions` of steps (tokens, for R2R) to the large model, plus a random
+   step router at each Arbitrage budget (`arbitrage:random_fraction`), on `questions`
+   in-distribution questions (latent.py's evaluation set), greedy;
+4. writes benchmarks/results/latent_arbitrage.md / .json and latent_arbitrage.png (accuracy
+   against the fraction of tokens the large model wrote).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from benchmarks import common
+from benchmarks import latent
+from benchmarks import latent_router
+from data.tasks import reasoning
+from decoding.latent import arbitrage, feedback, routing
+
+
+def define_flags() -> None:
+  """Command-line flags (defined only when run as a script, so the module can be imported)."""
+  global _ROOT, _TASKS, _REUSE, _ROWS, _QUESTIONS, _BATCH, _MARGIN, _FRACTIONS, _STEPS
+  _ROOT = flags.DEFINE_string('root', 'runs/latent', 'Runs: ROOT/TASK/cot_other (small) and '
+                              'ROOT/TASK/cot (large), as benchmarks/latent.py lays them out.')
+  _TASKS = flags.DEFINE_list('tasks', ['prosqa'], 'Reasoning tasks.')
+  _REUSE = flags.DEFINE_bool('reuse', False, 'Take a task\'s measurements from '
+                             'ROOT/TASK/arbitrage.json when it exists (written by every run).')
+  _ROWS = flags.DEFINE_integer('rows', 512, 'Training problems for the routers.')
+  _QUESTIONS = flags.DEFINE_integer('questions', 200, 'Held-out questions (in distribution).')
+  _BATCH = flags.DEFINE_integer('batch', 100, 'Decode batch.')
+  _MARGIN = flags.DEFINE_float('margin', 0.0, 'Advantage margin of a positive label.')
+  _FRACTIONS = flags.DEFINE_list('fractions', ['0.1', '0.25', '0.5', '0.75'],
+                                 'Target large-model fractions of the threshold sweeps.')
+  _STEPS = flags.DEFINE_integer('router_steps', 400, 'Adam steps of each router (full batch).')
+
+
+# ------------------------------------------------------------------------------ labelling
+def _decode(bench, prompts: list[list[int]], budget: int, cache_size: int, batch: int
+            ) -> list[list[int]]:
+  """Greedy AR rows of `bench`'s model; the prompts are padded with copies to a multiple of
+  the batch, so that every batch has one shape (one compile)."""
+  n = len(prompts)
+  padded = prompts + [prompts[-1]] * (-n % batch)
+  rows, _ = bench.run_one(bench.decoder('ar'), padded, max_new_tokens=budget,
+                          cache_size=cache_size, seed=0, batch_size=batch)
+  return [r.tokens for r in rows[:n]]
+
+
+def label(small_bench, large_bench, task, exs, batch: int, margin: float
+          ) -> tuple[arbitrage.StepLabels, list[list[int]], list[list[int]]]:
+  """Step labels of the small model's greedy rows on `exs`; also (prompts, small rows)."""
+  tok = small_bench.tokenizer
+  budget = task.max_cot_chars + task.max_answer_chars + 2
+  cache = task.max_question_chars + 3 + 2 * budget + 16
+  prompts = [reasoning.prompt_ids(tok, e) for e in exs]
+  small_rows = _decode(small_bench, prompts, budget, cache, batch)
+  score = lambda e, ids: float(task.score(e, reasoning.parse_answer(tok, ids) or '\0'))
+  small_scores = [score(e, r) for e, r in zip(exs, small_rows)]
+
+  def value_fn(problems, prefixes):
+    outs = _decode(large_bench, prefixes, budget, cache, batch)
+    return [score(exs[b], p + o) for b, p, o in zip(problems, prefixes, outs)]
+
+  labels = arbitrage.label_steps(prompts, small_rows, small_scores, value_fn,
+                                 eos_id=tok.eos_id, margin=margin)
+  return labels, prompts, small_rows
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _outputs(model, params, tokens_BxT):
+  out = model.apply({'params': params}, tokens_BxT)
+  return out.logits_BxTxV, out.last_hidden_BxTxD
+
+
+def step_features(small, prompts, small_rows, labels: arbitrage.StepLabels
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """Router features [M, F] and GlimpRouter's top-20 entropy [M] of the small model at each
+  labelled step's start (its output at position pos - 1 of prompt + row, teacher-forced)."""
+  seqs = [p + r for p, r in zip(prompts, small_rows)]
+  T = max(map(len, seqs))
+  tokens = np.full((len(seqs), T), small.tokenizer.eos_id, np.int32)
+  for i, s in enumerate(seqs):
+    tokens[i, :len(s)] = s
+  feats, ents = [], []
+  for i in range(0, len(seqs), 64):
+    logits, hidden = _outputs(small.model, small.params, jnp.asarray(tokens[i:i + 64]))
+    sel = (labels.row_M >= i) & (labels.row_M < i + 64)
+    r, p = labels.row_M[sel] - i, labels.pos_M[sel] - 1
+    lg, hd = logits[r, p], hidden[r, p]
+    feats.append(np.asarray(routing.router_features(lg, hd, small.params['embed']['embedding'])))
+    ents.append(np.asarray(feedback.topk_entropy(lg, 20)))
+  return np.concatenate(feats), np.concatenate(ents)
+
+
+def _balanced_accuracy(pred: np.ndarray, y: np.ndarray) -> float:
+  tpr = (pred & y).sum() / max(y.sum(), 1)
+  tnr = (~pred & ~y).sum() / max((~y).sum(), 1)
+  return float((tpr + tnr) / 2)
+
+
+def _quantile_thresholds(signal: np.ndarray, fractions: list[float]) -> list[float]:
+  """Thresholds t with P(signal >= t) ~ f for each target fraction f."""
+  return [float(np.quantile(signal, 1.0 - f)) for f in fractions]
+
+
+# ------------------------------------------------------------------------------ benchmark
+def run(small_dir: str, large_dir: str, task_name: str, rows: int, questions: int, batch: int,
+        margin: float, fractions: list[float], router_steps: int) -> dict[str, Any]:
+  task = reasoning.get(task_name)
+  ev = latent.Evaluator(task, 'train', questions, batch)
+  small_bench, large_bench = ev.bench(small_dir), ev.bench(large_dir)
+  exs = reasoning.examples(task, rows, seed=1)
+  labels, prompts, small_rows = label(small_bench, large_bench, task, exs, batch, margin)
+  feats, ent = step_features(small_bench.target, prompts, small_rows, labels)
+  y = labels.label_M
+  train = labels.row_M < int(0.8 * rows)
+  router, fit = latent_router.train_router(feats[train], y[train].astype(np.float32),
+                                           router_steps)
+  p_steps = np.asarray(jax.nn.sigmoid(routing.router_logit(router, jnp.asarray(feats))))
+  adv = labels.advantage_M
+  out: dict[str, Any] = {
+      'task': task_name, 'small_run': small_dir, 'large_run': large_dir, 'margin': margin,
+      'training_problems': rows, 'questions': questions,
+      'labels': {'steps': int(len(y)), 'positive_fraction': float(y.mean()),
+                 'advantage_counts': {str(a): int((adv == a).sum()) for a in (-1, 0, 1)},
+                 'small_train_accuracy': float(np.mean([v[-1] for v in labels.values])),
+                 'large_train_accuracy': float(np.mean([v[0] for v in labels.values]))},
+      'router': {**fit, 'val_balanced_accuracy': _balanced_accuracy(
+          p_steps[~train] >= 0.5, y[~train]), 'val_steps': int((~train).sum())}}
+  print(f'labels {out["labels"]}; router {out["router"]}', flush=True)
+  r2r_tokens, r2r_mask = latent_router.cot_rows(small_bench.tokenizer, task, rows, seed=1)
+  r2r_feats, r2r_labels = latent_router.features_and_labels(
+      small_bench.target, large_bench.target, r2r_tokens, r2r_mask)
+  r2r, r2r_fit = latent_router.train_router(r2r_feats, r2r_labels, router_steps)
+  p_tokens = np.asarray(jax.nn.sigmoid(routing.router_logit(r2r, jnp.asarray(r2r_feats))))
+  out['r2r_router'] = r2r_fit
+  out['small'], out['large'] = ev.run('ar', small_dir), ev.run('ar', large_dir)
+  sweeps = {'arbitrage': (_quantile_thresholds(p_steps[train], fractions), router),
+            'glimprouter': (_quantile_thresholds(ent[train], fractions), None),
+            'r2r': (_quantile_thresholds(p_tokens, fractions), r2r)}
+  out['curves'] = {}
+  for name, (thresholds, rtr) in sweeps.items():
+    for f, th in zip(fractions, thresholds):
+      r = ev.run(name, small_dir, {'threshold': th}, large=large_dir, router=rtr)
+      out['curves'].setdefault(name, []).append({'target_fraction': f, 'threshold': th, **r})
+      print(f'{name} @{th:.4g} (target {f}): {r}', flush=True)
+      if name == 'arbitrage':
+        rnd = ev.run('arbitrage', small_dir,
+                     {'random_fraction': min(max(r['large_step_fraction'], 1e-3), 1.0)},
+                     large=large_dir)
+        out['curves'].setdefault('random (steps)', []).append({'target_fraction': f, **rnd})
+        print(f'  random at the same step fraction: {rnd}', flush=True)
+  return out
+
+
+def _se(acc: float, n: int) -> float:
+  return float(np.sqrt(max(acc * (1 - acc), 1e-12) / n))
+
+
+def matched(res: dict[str, Any], n: int) -> list[list[str]]:
+  """For each Arbitrage point: the other routers' point nearest in large-token fraction."""
+  rows = []
+  for i, a in enumerate(res['curves']['arbitrage']):
+    row = [f'{a["large_fraction"]:.2f}', f'{a["accuracy"]:.1%}']
+    for name in ('glimprouter', 'r2r'):
+      b = min(res['curves'][name], key=lambda r: abs(r['large_fraction'] - a['large_fraction']))
+      row.append(f'{b["accuracy"]:.1%} @{b["large_fraction"]:.2f}')
+    rnd = res['curves']['random (steps)'][i]
+    row.append(f'{rnd["accuracy"]:.1%} @{rnd["large_fraction"]:.2f}')
+    row.append(f'{np.sqrt(2) * _se(a["accuracy"], n):.1%}')
+    rows.append(row)
+  return rows
+
+
+def report(res: dict[str, Any]) -> str:
+  lab, rt, n = res['labels'], res['router'], res['questions']
+  rows = [['small alone', '-', '-', f'{res["small"]["accuracy"]:.1%}', '0.00', '0.00',
+           f'{res["small"]["tokens"]:.1f}'],
+          ['large alone', '-', '-', f'{res["large"]["accuracy"]:.1%}', '1.00', '1.00',
+           f'{res["large"]["tokens"]:.1f}']]
+  for name, curve in res['curves'].items():
+    for r in curve:
+      step = r.get('large_step_fraction')
+      rows.append([name, f'{r["target_fraction"]:.2f}',
+                   f'{r["threshold"]:.4g}' if 'threshold' in r else '-',
+                   f'{r["accuracy"]:.1%}', f'{r["large_fraction"]:.2f}',
+                   '-' if step is None else f'{step:.2f}', f'{r["tokens"]:.1f}'])
+  return (
+      f'### {res["task"]}\n\nSmall = `{res["small_run"]}`, large = `{res["large_run"]}`; {n} '
+      'held-out in-distribution questions, greedy, one run (one seed) per point. Large '
+      'fraction = share of generated tokens the large model wrote; steps = share of steps it '
+      'began (R2R routes tokens, so it has no step share).\n\n'
+      f'Advantage labels: {lab["steps"]} steps of the small model\'s greedy rows on '
+      f'{res["training_problems"]} training problems (margin {res["margin"]}); advantage '
+      f'counts {lab["advantage_counts"]} (-1 / 0 / +1), positive fraction '
+      f'{lab["positive_fraction"]:.3f}; on these problems the small model alone scores '
+      f'{lab["small_train_accuracy"]:.1%}, the large model alone {lab["large_train_accuracy"]:.1%}. '
+      f'Arbitrage router: train balanced accuracy {rt["balanced_accuracy"]:.3f}, held-out '
+      f'({rt["val_steps"]} steps of the last 20% of problems) '
+      f'{rt["val_balanced_accuracy"]:.3f}. R2R router (divergence labels): train balanced '
+      f'accuracy {res["r2r_router"]["balanced_accuracy"]:.3f}.\n\n'
+      + common.markdown_table(['router', 'target fraction', 'threshold', 'accuracy',
+                               'large fraction', 'large steps', 'tokens'], rows)
+      + '\n\nMatched budgets (nearest point of each other router by large-token fraction):'
+      '\n\n' + common.markdown_table(
+          ['large fraction', 'arbitrage acc', 'glimprouter acc', 'r2r acc',
+           'random (steps) acc', 's.e. of a difference'], matched(res, n)))
+
+
+def plot(results: list[dict[str, Any]]) -> str:
+  plt = common.pyplot()
+  fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
+  for ax, res in zip(axes[0], results):
+    for name, curve in res['curves'].items():
+      pts = sorted([(0.0, 100 * res['small']['accuracy'])]
+                   + [(r['large_fraction'], 100 * r['accuracy']) for r in curve]
+                   + [(1.0, 100 * res['large']['accuracy'])])
+      ax.plot(*zip(*pts), 'o--' if name.startswith('random') else 'o-', label=name)
+    ax.set(xlabel='fraction of tokens written by the large model', ylabel='accuracy (%)',
+           title=f'{res["task"]}: routing at matched budgets (ends: small / large alone)')
+    ax.legend(fontsize=8)
+  path = os.path.join(common.RESULTS_DIR, 'latent_arbitrage.png')
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  return path
+
+
+def main(argv):
+  del argv
+  results = []
+  for task in _TASKS.value:
+    saved = os.path.join(_ROOT.value, task, 'arbitrage.json')
+    if _REUSE.value and os.path.exists(saved):
+      with open(saved) as f:
+        results.append(json.load(f))
+      continue
+    results.append(run(os.path.join(_ROOT.value, task, 'cot_other'),
+                       os.path.join(_ROOT.value, task, 'cot'), task, _ROWS.value,
+                       _QUESTIONS.value, _BATCH.value, _MARGIN.value,
+                       [float(f) for f in _FRACTIONS.value], _STEPS.value))
+    with open(saved, 'w') as f:
+      json.dump(results[-1], f, indent=1)
+  os.makedirs(common.RESULTS_DIR, exist_ok=True)
+  with open(os.path.join(common.RESULTS_DIR, 'latent_arbitrage.json'), 'w') as f:
+    json.dump({r['task']: r for r in results}, f, indent=1)
+  plot(results)
+  body = '\n\n'.join(report(r) for r in results) + '\n\n![](latent_arbitrage.png)'
+  path = common.write_results('latent_arbitrage', 'Arbitrage vs GlimpRouter vs R2R', body)
+  print(f'wrote {path}')
+
+
+if __name__ == '__main__':
+  # As benchmarks/latent.py: ProsQA orders edges by the hash seed; fix it so questions repeat.
+  if os.environ.get('PYTHONHASHSEED') != '0':
+    os.environ['PYTHONHASHSEED'] = '0'
+    os.execv(sys.executable, [sys.executable, '-m', 'benchmarks.latent_arbitrage']
+             + sys.argv[1:])
+  define_flags()
+  app.run(main)
