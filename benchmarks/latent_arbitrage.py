@@ -43,10 +43,9 @@ from decoding.latent import arbitrage, feedback, routing
 
 def define_flags() -> None:
   """Command-line flags (defined only when run as a script, so the module can be imported)."""
-  global _ROOT, _TASKS, _REUSE, _ROWS, _QUESTIONS, _BATCH, _MARGIN, _FRACTIONS, _STEPS
-  _ROOT = flags.DEFINE_string('root', 'runs/latent', 'Runs: ROOT/TASK/cot_other (small) and '
-                              'ROOT/TASK/cot (large), as benchmarks/latent.py lays them out.')
-  _TASKS = flags.DEFINE_list('tasks', ['prosqa'], 'Reasoning tasks.')
+  global _REUSE, _ROWS, _QUESTIONS, _BATCH, _MARGIN, _FRACTIONS, _STEPS
+  # --root (runs: ROOT/TASK/cot_other = small, ROOT/TASK/cot = large) and --tasks (default
+  # prosqa) are benchmarks/latent.py's flags, defined when it is imported.
   _REUSE = flags.DEFINE_bool('reuse', False, 'Take a task\'s measurements from '
                              'ROOT/TASK/arbitrage.json when it exists (written by every run).')
   _ROWS = flags.DEFINE_integer('rows', 512, 'Training problems for the routers.')
@@ -252,14 +251,15 @@ def plot(results: list[dict[str, Any]]) -> str:
 def main(argv):
   del argv
   results = []
-  for task in _TASKS.value:
-    saved = os.path.join(_ROOT.value, task, 'arbitrage.json')
+  root = latent._ROOT.value  # pylint: disable=protected-access
+  for task in latent._TASKS.value or ['prosqa']:  # pylint: disable=protected-access
+    saved = os.path.join(root, task, 'arbitrage.json')
     if _REUSE.value and os.path.exists(saved):
       with open(saved) as f:
         results.append(json.load(f))
       continue
-    results.append(run(os.path.join(_ROOT.value, task, 'cot_other'),
-                       os.path.join(_ROOT.value, task, 'cot'), task, _ROWS.value,
+    results.append(run(os.path.join(root, task, 'cot_other'),
+                       os.path.join(root, task, 'cot'), task, _ROWS.value,
                        _QUESTIONS.value, _BATCH.value, _MARGIN.value,
                        [float(f) for f in _FRACTIONS.value], _STEPS.value))
     with open(saved, 'w') as f:
