@@ -1,15 +1,17 @@
 """Arbitrage against GlimpRouter and R2R at matched large-model budgets (reasoning tasks).
 
-  python -m benchmarks.latent_arbitrage --tasks=prosqa [--root=runs/latent]   # CPU: ~5 min
+  python -m benchmarks.latent_arbitrage --tasks=prosqa [--root=runs/latent]   # CPU: ~8 min
 
 The small / large pair of each task is benchmarks/latent.py's routing pair, ROOT/TASK/cot_other
 and ROOT/TASK/cot (its `--protocol=cpu` trains them: `test` CoT models, 200 and 1600 steps,
 lr 3e-3, batch 32). This script, per task,
 
-1. labels steps (decoding/latent/arbitrage.py): the small model writes its greedy row for each
-   of `rows` training problems (seed 1; the evaluation questions use seed 0); at each step
-   boundary k the large model completes the prefix greedily and the task scores the answer
-   (v_k); advantage_k = v_k - v_{k+1}, label = advantage > `margin`;
+1. labels steps (decoding/latent/arbitrage.py) on `rows` training problems (seed 1; the
+   evaluation questions use seed 0), along three kinds of greedy rows: the small model's, the
+   large model's and a random step router's (half the steps large), so that the labels cover
+   the states routing visits at any budget. At each step boundary: the large model completes
+   the prefix (v_large), the small model drafts its step and the large model completes that
+   (v_small); the task scores the answers; label = v_large - v_small > `margin`;
 2. fits the Arbitrage router (routing.py's MLP over the small model's state at the step
    start; class-balanced logistic loss, latent_router.train_router) on 80% of the problems
    and reports balanced accuracy on the other 20%; fits R2R's token router as latent.py does;
@@ -58,35 +60,58 @@ def define_flags() -> None:
 
 
 # ------------------------------------------------------------------------------ labelling
-def _decode(bench, prompts: list[list[int]], budget: int, cache_size: int, batch: int
-            ) -> list[list[int]]:
-  """Greedy AR rows of `bench`'s model; the prompts are padded with copies to a multiple of
-  the batch, so that every batch has one shape (one compile)."""
+def _decode(bench, prompts: list[list[int]], budget: int, cache_size: int, batch: int,
+            decoder=None) -> list[list[int]]:
+  """Greedy rows of `bench`'s model (`ar`, or `decoder`); the prompts are padded with copies
+  to a multiple of the batch, so that every batch has one shape (one compile)."""
   n = len(prompts)
+  if not n:
+    return []
   padded = prompts + [prompts[-1]] * (-n % batch)
-  rows, _ = bench.run_one(bench.decoder('ar'), padded, max_new_tokens=budget,
+  rows, _ = bench.run_one(decoder or bench.decoder('ar'), padded, max_new_tokens=budget,
                           cache_size=cache_size, seed=0, batch_size=batch)
   return [r.tokens for r in rows[:n]]
 
 
-def label(small_bench, large_bench, task, exs, batch: int, margin: float
-          ) -> tuple[arbitrage.StepLabels, list[list[int]], list[list[int]]]:
-  """Step labels of the small model's greedy rows on `exs`; also (prompts, small rows)."""
+TRAJECTORIES = ('small', 'large', 'random')
+
+
+def label(small_bench, large_bench, large_dir: str, task, exs, batch: int, margin: float
+          ) -> tuple[arbitrage.StepLabels, list[list[int]], list[list[int]], dict[str, float]]:
+  """Step labels along three kinds of greedy rows on `exs` (in TRAJECTORIES order: the small
+  model's, the large model's, and those of a random step router sending half the steps to
+  the large model); row j of the labels is problem j % len(exs). Also returns (prompts, rows)
+  of every labelled row and each kind's accuracy."""
   tok = small_bench.tokenizer
   budget = task.max_cot_chars + task.max_answer_chars + 2
+  step_budget = max(task.max_step_chars, task.max_answer_chars + 1) + 1
   cache = task.max_question_chars + 3 + 2 * budget + 16
   prompts = [reasoning.prompt_ids(tok, e) for e in exs]
-  small_rows = _decode(small_bench, prompts, budget, cache, batch)
+  mixed = small_bench.decoder('arbitrage', settings={'random_fraction': 0.5,
+                                                     'large_workdir': large_dir})
+  rows = (_decode(small_bench, prompts, budget, cache, batch)
+          + _decode(large_bench, prompts, budget, cache, batch)
+          + _decode(small_bench, prompts, budget, cache, batch, decoder=mixed))
   score = lambda e, ids: float(task.score(e, reasoning.parse_answer(tok, ids) or '\0'))
-  small_scores = [score(e, r) for e, r in zip(exs, small_rows)]
+  n = len(exs)
+  accuracy = {k: float(np.mean([score(exs[j % n], rows[j]) for j in range(i * n, (i + 1) * n)]))
+              for i, k in enumerate(TRAJECTORIES)}
+
+  def draft_fn(problems, prefixes):
+    del problems
+    return _decode(small_bench, prefixes, step_budget, cache, batch)
 
   def value_fn(problems, prefixes):
-    outs = _decode(large_bench, prefixes, budget, cache, batch)
-    return [score(exs[b], p + o) for b, p, o in zip(problems, prefixes, outs)]
+    todo = [j for j, p in enumerate(prefixes) if p[-1] != tok.eos_id]
+    full = list(prefixes)
+    for j, o in zip(todo, _decode(large_bench, [prefixes[j] for j in todo], budget, cache,
+                                  batch)):
+      full[j] = prefixes[j] + o
+    return [score(exs[b % n], f) for b, f in zip(problems, full)]
 
-  labels = arbitrage.label_steps(prompts, small_rows, small_scores, value_fn,
+  labels = arbitrage.label_steps(prompts * len(TRAJECTORIES), rows, value_fn, draft_fn,
                                  eos_id=tok.eos_id, margin=margin)
-  return labels, prompts, small_rows
+  return labels, prompts * len(TRAJECTORIES), rows, accuracy
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -95,11 +120,11 @@ def _outputs(model, params, tokens_BxT):
   return out.logits_BxTxV, out.last_hidden_BxTxD
 
 
-def step_features(small, prompts, small_rows, labels: arbitrage.StepLabels
+def step_features(small, prompts, rows, labels: arbitrage.StepLabels
                   ) -> tuple[np.ndarray, np.ndarray]:
   """Router features [M, F] and GlimpRouter's top-20 entropy [M] of the small model at each
   labelled step's start (its output at position pos - 1 of prompt + row, teacher-forced)."""
-  seqs = [p + r for p, r in zip(prompts, small_rows)]
+  seqs = [p + r for p, r in zip(prompts, rows)]
   T = max(map(len, seqs))
   tokens = np.full((len(seqs), T), small.tokenizer.eos_id, np.int32)
   for i, s in enumerate(seqs):
@@ -133,21 +158,23 @@ def run(small_dir: str, large_dir: str, task_name: str, rows: int, questions: in
   ev = latent.Evaluator(task, 'train', questions, batch)
   small_bench, large_bench = ev.bench(small_dir), ev.bench(large_dir)
   exs = reasoning.examples(task, rows, seed=1)
-  labels, prompts, small_rows = label(small_bench, large_bench, task, exs, batch, margin)
-  feats, ent = step_features(small_bench.target, prompts, small_rows, labels)
+  labels, prompts, trajectories, traj_acc = label(small_bench, large_bench, large_dir, task,
+                                                  exs, batch, margin)
+  feats, ent = step_features(small_bench.target, prompts, trajectories, labels)
   y = labels.label_M
-  train = labels.row_M < int(0.8 * rows)
+  train = (labels.row_M % rows) < int(0.8 * rows)
   router, fit = latent_router.train_router(feats[train], y[train].astype(np.float32),
                                            router_steps)
   p_steps = np.asarray(jax.nn.sigmoid(routing.router_logit(router, jnp.asarray(feats))))
-  adv = labels.advantage_M
+  adv, kind = labels.advantage_M, labels.row_M // rows
   out: dict[str, Any] = {
       'task': task_name, 'small_run': small_dir, 'large_run': large_dir, 'margin': margin,
       'training_problems': rows, 'questions': questions,
       'labels': {'steps': int(len(y)), 'positive_fraction': float(y.mean()),
-                 'advantage_counts': {str(a): int((adv == a).sum()) for a in (-1, 0, 1)},
-                 'small_train_accuracy': float(np.mean([v[-1] for v in labels.values])),
-                 'large_train_accuracy': float(np.mean([v[0] for v in labels.values]))},
+                 'trajectory_accuracy': traj_acc,
+                 'advantage_counts': {t: {str(a): int(((adv == a) & (kind == i)).sum())
+                                          for a in (-1, 0, 1)}
+                                      for i, t in enumerate(TRAJECTORIES)}},
       'router': {**fit, 'val_balanced_accuracy': _balanced_accuracy(
           p_steps[~train] >= 0.5, y[~train]), 'val_steps': int((~train).sum())}}
   print(f'labels {out["labels"]}; router {out["router"]}', flush=True)
@@ -213,11 +240,14 @@ def report(res: dict[str, Any]) -> str:
       'held-out in-distribution questions, greedy, one run (one seed) per point. Large '
       'fraction = share of generated tokens the large model wrote; steps = share of steps it '
       'began (R2R routes tokens, so it has no step share).\n\n'
-      f'Advantage labels: {lab["steps"]} steps of the small model\'s greedy rows on '
-      f'{res["training_problems"]} training problems (margin {res["margin"]}); advantage '
-      f'counts {lab["advantage_counts"]} (-1 / 0 / +1), positive fraction '
-      f'{lab["positive_fraction"]:.3f}; on these problems the small model alone scores '
-      f'{lab["small_train_accuracy"]:.1%}, the large model alone {lab["large_train_accuracy"]:.1%}. '
+      f'Advantage labels: {lab["steps"]} step boundaries on {res["training_problems"]} '
+      'training problems, along the greedy rows of the small model, the large model and a '
+      'random step router (half the steps large), whose accuracies on these problems are '
+      + ' / '.join(f'{v:.1%}' for v in lab['trajectory_accuracy'].values())
+      + f'; margin {res["margin"]}; advantage counts (-1 / 0 / +1) '
+      + '; '.join(f'{t}: ' + ' / '.join(str(c) for c in counts.values())
+                  for t, counts in lab['advantage_counts'].items())
+      + f'; positive fraction {lab["positive_fraction"]:.3f}. '
       f'Arbitrage router: train balanced accuracy {rt["balanced_accuracy"]:.3f}, held-out '
       f'({rt["val_steps"]} steps of the last 20% of problems) '
       f'{rt["val_balanced_accuracy"]:.3f}. R2R router (divergence labels): train balanced '

@@ -20,24 +20,24 @@ router reads the small model's drafted step and the target regenerates rejected 
 decides before the step is drafted, so no draft is thrown away and the loop keeps one token
 per iteration, at the price of not seeing the step it judges.
 
-Step score and labels (`step_spans`, `advantage_labels`, `label_steps`; the paper scores steps
-with a process reward model): on our generated tasks the answer is known, so a step is scored
-exactly by a rollout. Along the small model's own greedy trajectory, with boundaries k = 0..K
-(prefix_k = prompt + its first k steps), the value
+Step score and labels (`step_spans`, `label_steps`; the paper scores steps with a process
+reward model): on our generated tasks the answer is known, so a step is scored exactly by a
+rollout. At each step boundary k of a trajectory (prefix_k = prompt + its first k steps):
 
-  v_k = score(the large model's greedy completion of prefix_k)   (1 if the answer is right)
-  v_K = score(the small model's own full row)
+  v_large = score(the large model's greedy completion of prefix_k)       (1: right answer)
+  v_small = score(the large model's greedy completion of prefix_k + s_k)  s_k = the small
+            model's greedy step from prefix_k (a row it ends is scored as it stands)
 
-makes v_k the value when the large model writes step k (and the rest) and v_{k+1} the value
-when the small model writes step k and the large model the rest, so
+  advantage_k = v_large - v_small,    label_k = advantage_k > margin,
 
-  advantage_k = v_k - v_{k+1},    label_k = advantage_k > margin.
-
-Scoring both versions of the step with the same (large) completer is Math-Shepherd's
-completion-based step value; it is exact, needs no reward model, and one large rollout per
-boundary gives both versions' values (v_{k+1} is the next boundary's v). With v in {0, 1} any
-margin in [0, 1) labels the steps where only the large model's version reaches the answer.
-The router is fitted by benchmarks/latent_arbitrage.py (params['router'] or `router_path`).
+i.e. the large model's version of step k against the small model's, both completed by the same
+(large) model: Math-Shepherd's completion-based step value with the large model as completer;
+exact, and no reward model to train. With values in {0, 1} any margin in [0, 1) labels the
+steps where only the large model's version reaches the answer. The trajectories can be any
+rows: benchmarks/latent_arbitrage.py labels the small model's, the large model's and a random
+step router's greedy rows, so that the router sees the states that routing at any budget
+visits (labels along the small model's rows alone never show it a step that follows the large
+model's reasoning). The router is fitted there (params['router'] or `router_path`).
 """
 
 from __future__ import annotations
@@ -72,66 +72,68 @@ def step_spans(row: Sequence[int], step_end_ids: Sequence[int], eos_id: int
   return spans
 
 
-def advantage_labels(values_K1: np.ndarray, margin: float = 0.0
-                     ) -> tuple[np.ndarray, np.ndarray]:
-  """values [K + 1] (v_k above) -> (advantage [K] = v_k - v_{k+1}, label [K] = adv > margin)."""
-  v = np.asarray(values_K1, np.float64)
-  if v.ndim != 1 or v.size < 1:
-    raise ValueError(f'values must be a vector [K + 1] with K >= 0, got shape {v.shape}.')
-  if not math.isfinite(margin):
-    raise ValueError(f'margin must be finite, got {margin}.')
-  adv = v[:-1] - v[1:]
-  return adv, adv > margin
+def cut_step(tokens: Sequence[int], step_end_ids: Sequence[int], eos_id: int) -> list[int]:
+  """A drafted continuation cut after its first step end or eos (the step it starts)."""
+  out = []
+  for tok in tokens:
+    out.append(int(tok))
+    if tok in step_end_ids or tok == eos_id:
+      break
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
 class StepLabels:
-  """Per step of the small model's rows (M steps in all): row index, position of the step's
+  """Per step boundary of the trajectories (M in all): row index, position of the step's
   first token in prompt + row (the router reads the small model's output at position - 1),
-  advantage and label."""
+  the two values, advantage and label."""
   row_M: np.ndarray
   pos_M: np.ndarray
+  v_large_M: np.ndarray
+  v_small_M: np.ndarray
   advantage_M: np.ndarray
   label_M: np.ndarray
-  values: list[np.ndarray]  # per row: v_0 .. v_K
 
 
-def label_steps(prompts: Sequence[Sequence[int]], small_rows: Sequence[Sequence[int]],
-                small_scores: Sequence[float],
-                value_fn: Callable[[list[int], list[list[int]]], Sequence[float]], *,
+Fn = Callable[[list[int], list[list[int]]], Sequence[Any]]
+
+
+def label_steps(prompts: Sequence[Sequence[int]], rows: Sequence[Sequence[int]],
+                value_fn: Fn, draft_fn: Fn, *,
                 step_end_ids: Sequence[int] = routing.STEP_END_IDS, eos_id: int,
                 margin: float = 0.0) -> StepLabels:
-  """Advantage labels of every step of the small model's (greedy) rows.
+  """Advantage labels at every step boundary of `rows` (row i continues prompts[i]).
 
-  prompts / small_rows: token ids per problem (small_rows[i] continues prompts[i]);
-  small_scores[i]: the score of small_rows[i] itself (v_K); value_fn(problems, prefixes) ->
-  the score of the large model's completion of each prefix, prefixes[j] being one of problem
-  problems[j] (v_k, k < K; called once, with every prefix, so that the caller can batch the
-  rollouts).
+  Both callables take (problems, prefixes), prefixes[j] being one of problem problems[j], and
+  are called once each over every prefix, so that the caller can batch the decoding:
+  draft_fn -> the small model's greedy continuation of each prefix (cut here after its first
+  step end or eos); value_fn -> the score of each prefix once the large model has completed
+  it (the score of the prefix itself when it already ends with eos).
   """
-  if not len(prompts) == len(small_rows) == len(small_scores):
-    raise ValueError(f'prompts, small_rows and small_scores differ in length: {len(prompts)}, '
-                     f'{len(small_rows)}, {len(small_scores)}.')
-  spans = [step_spans(r, step_end_ids, eos_id) for r in small_rows]
+  if len(prompts) != len(rows):
+    raise ValueError(f'prompts and rows differ in length: {len(prompts)} vs {len(rows)}.')
+  if not math.isfinite(margin):
+    raise ValueError(f'margin must be finite, got {margin}.')
+  spans = [step_spans(r, step_end_ids, eos_id) for r in rows]
   problems = [b for b, sp in enumerate(spans) for _ in sp]
-  prefixes = [list(p) + list(r[:a]) for p, r, sp in zip(prompts, small_rows, spans)
-              for a, _ in sp]
-  values_flat = [float(v) for v in value_fn(problems, prefixes)] if prefixes else []
-  if len(values_flat) != len(prefixes):
-    raise ValueError(f'value_fn gave {len(values_flat)} values for {len(prefixes)} prefixes.')
-  rows, pos, adv, lab, values, i = [], [], [], [], [], 0
-  for b, (p, sp) in enumerate(zip(prompts, spans)):
-    v = np.asarray(values_flat[i:i + len(sp)] + [small_scores[b]], np.float64)
-    i += len(sp)
-    a, l = advantage_labels(v, margin)
-    rows += [b] * len(sp)
-    pos += [len(p) + s for s, _ in sp]
-    adv.append(a)
-    lab.append(l)
-    values.append(v)
-  cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros((0,), dt)
-  return StepLabels(np.asarray(rows, np.int32), np.asarray(pos, np.int32),
-                    cat(adv, np.float32), cat(lab, bool), values)
+  prefixes = [list(p) + list(r[:a]) for p, r, sp in zip(prompts, rows, spans) for a, _ in sp]
+  if not prefixes:
+    z = np.zeros((0,), np.float32)
+    return StepLabels(np.zeros((0,), np.int32), np.zeros((0,), np.int32), z, z, z,
+                      np.zeros((0,), bool))
+  drafts = list(draft_fn(problems, prefixes))
+  values = [float(v) for v in value_fn(problems * 2, prefixes + [
+      p + cut_step(d, step_end_ids, eos_id) for p, d in zip(prefixes, drafts)])]
+  if len(drafts) != len(prefixes) or len(values) != 2 * len(prefixes):
+    raise ValueError(f'draft_fn / value_fn gave {len(drafts)} drafts and {len(values)} values '
+                     f'for {len(prefixes)} prefixes (want {len(prefixes)} and '
+                     f'{2 * len(prefixes)}).')
+  v_large = np.asarray(values[:len(prefixes)], np.float32)
+  v_small = np.asarray(values[len(prefixes):], np.float32)
+  adv = v_large - v_small
+  pos = [len(p) + a for p, sp in zip(prompts, spans) for a, _ in sp]
+  return StepLabels(np.asarray(problems, np.int32), np.asarray(pos, np.int32), v_large,
+                    v_small, adv, adv > margin)
 
 
 # ------------------------------------------------------------------------------ decoder

@@ -3,7 +3,6 @@ token, the writer changes only at step starts and the step counts add up, advant
 match a hand-computed case, and bad input fails clearly."""
 
 import jax
-import numpy as np
 import pytest
 
 from decoding import registry
@@ -52,25 +51,32 @@ def test_random_arbitrage_routes_whole_steps(pair):
 
 
 def test_labels_match_a_hand_computed_case():
-  """Row [5, 9, 7, 9, 8, 47] with step end 9 and eos 47: steps [5 9] [7 9] [8 47] start at
-  prompt length 2 + 0, 2, 4; boundary values v_0..v_2 come from value_fn by prefix length,
-  v_3 = the small row's score; advantage v_k - v_{k+1}."""
-  seen = []
+  """Row [5, 9, 7, 9, 8, 47] (after prompt [1, 2]) with step end 9 and eos 47: boundaries at
+  prompt + 0, 2, 4 tokens; the small model's drafts are cut after their first 9 or 47; the
+  large version of step k is worth value(prefix_k), the small one value(prefix_k + draft)."""
+  value = {(1, 2): 1, (1, 2, 5, 9): 1, (1, 2, 5, 9, 6, 6, 9): 0, (1, 2, 5, 9, 7, 9): 0,
+           (1, 2, 5, 9, 7, 9, 47): 1}
+  calls = []
+
+  def draft_fn(problems, prefixes):
+    calls.append(('draft', problems, prefixes))
+    return [[5, 9, 3, 3], [6, 6, 9, 1], [47, 5]]
 
   def value_fn(problems, prefixes):
-    assert problems == [0, 0, 0]
-    seen.extend(prefixes)
-    return [{2: 1.0, 4: 0.0, 6: 1.0}[len(p)] for p in prefixes]
+    calls.append(('value', problems, prefixes))
+    return [value[tuple(p)] for p in prefixes]
 
-  out = arbitrage.label_steps([[1, 2]], [[5, 9, 7, 9, 8, 47, 0, 0]], [0.0], value_fn,
+  out = arbitrage.label_steps([[1, 2]], [[5, 9, 7, 9, 8, 47, 0, 0]], value_fn, draft_fn,
                               step_end_ids=(9,), eos_id=47, margin=0.5)
-  assert seen == [[1, 2], [1, 2, 5, 9], [1, 2, 5, 9, 7, 9]]
+  prefixes = [[1, 2], [1, 2, 5, 9], [1, 2, 5, 9, 7, 9]]
+  assert calls[0] == ('draft', [0, 0, 0], prefixes)
+  assert calls[1] == ('value', [0] * 6, prefixes + [[1, 2, 5, 9], [1, 2, 5, 9, 6, 6, 9],
+                                                    [1, 2, 5, 9, 7, 9, 47]])
   assert out.pos_M.tolist() == [2, 4, 6] and out.row_M.tolist() == [0, 0, 0]
-  assert out.advantage_M.tolist() == [1.0, -1.0, 1.0]
-  assert out.label_M.tolist() == [True, False, True]
+  assert out.v_large_M.tolist() == [1, 1, 0] and out.v_small_M.tolist() == [1, 0, 1]
+  assert out.advantage_M.tolist() == [0, 1, -1]
+  assert out.label_M.tolist() == [False, True, False]
   assert arbitrage.step_spans([4, 9, 9, 5], (9,), 47) == [(0, 2), (2, 3), (3, 4)]
-  adv, lab = arbitrage.advantage_labels(np.array([1.0, 1.0, 0.0]), margin=0.0)
-  assert adv.tolist() == [0.0, 1.0] and lab.tolist() == [False, True]
 
 
 def test_errors_are_clear():
@@ -83,8 +89,9 @@ def test_errors_are_clear():
   with pytest.raises(ValueError, match='needs a router'):
     registry.build('arbitrage').router({})
   with pytest.raises(ValueError, match='differ in length'):
-    arbitrage.label_steps([[1]], [], [], lambda b, p: [], eos_id=0)
+    arbitrage.label_steps([[1]], [], lambda b, p: [], lambda b, p: [], eos_id=0)
   with pytest.raises(ValueError, match='1 prefixes'):
-    arbitrage.label_steps([[1]], [[2]], [1.0], lambda b, p: [], eos_id=0)
-  with pytest.raises(ValueError, match='vector'):
-    arbitrage.advantage_labels(np.zeros((0,)))
+    arbitrage.label_steps([[1]], [[2]], lambda b, p: [1.0], lambda b, p: [[3]], eos_id=0)
+  with pytest.raises(ValueError, match='margin'):
+    arbitrage.label_steps([[1]], [[2]], lambda b, p: [], lambda b, p: [], eos_id=0,
+                          margin=float('inf'))
