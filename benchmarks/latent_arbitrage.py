@@ -14,7 +14,9 @@ lr 3e-3, batch 32). This script, per task,
    (v_small); the task scores the answers; label = v_large - v_small > `margin`;
 2. fits the Arbitrage router (routing.py's MLP over the small model's state at the step
    start; class-balanced logistic loss, latent_router.train_router) on 80% of the problems
-   and reports balanced accuracy on the other 20%; fits R2R's token router as latent.py does;
+   and reports balanced accuracy on the other 20% (saved as ROOT/TASK/arbitrage_router.npz,
+   for `--decoder=arbitrage --decoder_config.router_path=...`); fits R2R's token router as
+   latent.py does;
 3. sweeps each router's threshold at the quantiles of its own signal on the training problems
    that should send `fractions` of steps (tokens, for R2R) to the large model, plus a random
    step router at each Arbitrage budget (`arbitrage:random_fraction`), on `questions`
@@ -165,6 +167,7 @@ def run(small_dir: str, large_dir: str, task_name: str, rows: int, questions: in
   train = (labels.row_M % rows) < int(0.8 * rows)
   router, fit = latent_router.train_router(feats[train], y[train].astype(np.float32),
                                            router_steps)
+  routing.save_router(os.path.join(os.path.dirname(small_dir), 'arbitrage_router.npz'), router)
   p_steps = np.asarray(jax.nn.sigmoid(routing.router_logit(router, jnp.asarray(feats))))
   adv, kind = labels.advantage_M, labels.row_M // rows
   out: dict[str, Any] = {
