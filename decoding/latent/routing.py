@@ -16,7 +16,8 @@ token and after a token in `step_end_ids`) and those begun by the large model.
                -> the large model writes the token. `random_fraction` > 0 replaces the router
                by a coin with that probability (the random baseline at equal budget).
   arbitrage    step level (Arbitrage, arbitrage.py): the same MLP at a step's first token
-               predicts that the large model's step would be better (advantage labels).
+               predicts that the large model's step would be better (advantage labels;
+               its router is fitted by benchmarks/latent_arbitrage.py).
 
 The router's parameters come from params['router'] if given, else from the .npz file
 `router_path` (written by benchmarks/latent_router.py, which trains it on divergence labels).
