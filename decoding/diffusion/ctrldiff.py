@@ -27,7 +27,19 @@ Lossy (parallel unmasking). With force_size=b it gives exactly the tokens of `ll
 (block_causal=1, cache='prefix', block_size=b, tokens_per_step as here) and the same target
 forwards (tested).
 
-Classifier guidance (the paper's second part) is not implemented here.
+Classifier guidance (the paper's second part, controllable generation): with
+`guidance_scale` γ > 0 every step reweights the block's predictions by an attribute
+classifier (the run's 'attribute' tree, models/attribute.py) before choosing tokens:
+p_guided(x_i = v) ∝ p(x_i = v | x) · p(y = guidance_class | x[i <- v])^γ, exactly over the
+`guidance_top_k` most likely candidates per position ('exact') or to first order over the
+whole vocabulary ('taylor'); decoding/diffusion/guidance.py has the details. Tokens,
+confidences (the order of `tokens_per_step`) and samples all come from the guided
+distribution; γ = 0 is the unguided decoder, token for token. With force_size=b this is
+guided fixed-size block diffusion (BD3), through the same code; the block-size predictor
+reads the model's hidden states only, so guidance changes the sizes only through the tokens.
+Lossy twice over: parallel unmasking and the guided distribution. other_forwards counts one
+classifier call per step (a batch of B x M x K sequences for 'exact', a forward and backward
+for 'taylor').
 
 Statistics: extra['block_size_sum'] (the sizes chosen, summed) and extra['blocks'] per row
 (their ratio is the mean block size).
@@ -45,6 +57,8 @@ import jax.numpy as jnp
 from decoding import base
 from decoding import registry
 from decoding.diffusion import canvas
+from decoding.diffusion import guidance as guidance_lib
+from models import attribute as attr_lib
 from models import block_size as bs_lib
 from models import cache as cache_lib
 from models import kind as kind_lib
@@ -88,6 +102,10 @@ class CtrlDiffDecoder(canvas.DiffusionDecoder):
   tokens_per_step: tokens committed per step inside a block, most confident first; 0 = the
     whole block in one step.
   block_size: the prompt's prefill blocks (must be one of `sizes`).
+  guidance_scale: classifier guidance strength γ (0 = off; module docstring).
+  guidance_class: the attribute class to steer towards (an index of the classifier's classes).
+  guidance: 'exact' (top-k candidates scored by the classifier) or 'taylor' (first order).
+  guidance_top_k: candidates per position for 'exact'.
   """
   name: ClassVar[str] = 'ctrldiff'
   sizes: str = '2,4,8,16'
@@ -96,10 +114,17 @@ class CtrlDiffDecoder(canvas.DiffusionDecoder):
   tokens_per_step: int = 0
   block_size: int = 16
   block_causal: int = 1
+  guidance_scale: float = 0.0
+  guidance_class: int = 1
+  guidance: str = 'exact'
+  guidance_top_k: int = 8
 
   def for_model(self, kinds: Mapping[str, kind_lib.ModelKind]) -> 'CtrlDiffDecoder':
     if self.force_size <= 0:
       kind_lib.require_heads(kinds['target'], (bs_lib.HEAD,), f'Decoder {self.name!r}')
+    if self.guidance_scale > 0:
+      kind_lib.require_heads(kinds['target'], (attr_lib.HEAD,), f'Decoder {self.name!r} '
+                             f'(guidance_scale={self.guidance_scale})')
     out = self.completed_for(kinds['target'])
     if kinds['target'].attention != 'block_causal':
       raise ValueError(f"Decoder 'ctrldiff' needs a block diffusion model; this model is "
@@ -127,6 +152,8 @@ class CtrlDiffDecoder(canvas.DiffusionDecoder):
     if self.tokens_per_step < 0:
       raise ValueError(f'tokens_per_step must be >= 0 (0 = whole block), got '
                        f'{self.tokens_per_step}.')
+    guidance_lib.check(self.guidance_scale, self.guidance, self.guidance_top_k,
+                       f'Decoder {self.name!r}')
 
   def generate(self, models: base.Models, params: dict[str, Any], prompt_BxP: jax.Array,
                prompt_len_B: jax.Array, row_keys_B: jax.Array, *, max_new_tokens: int,
@@ -138,6 +165,9 @@ class CtrlDiffDecoder(canvas.DiffusionDecoder):
     if predict and bs_lib.HEAD not in params:
       raise ValueError(f"Decoder 'ctrldiff' needs the run's {bs_lib.HEAD!r} params (or "
                        f'force_size > 0): {kind_lib.train_heads_hint((bs_lib.HEAD,))}.')
+    guided = self.guidance_scale > 0
+    if guided:
+      guidance_lib.check_classifier(params, self.guidance_class, f'Decoder {self.name!r}')
     B, P = prompt_BxP.shape
     N, shift, M = max_new_tokens, self.shift, sizes[-1]
     W = 2 * M
@@ -178,6 +208,7 @@ class CtrlDiffDecoder(canvas.DiffusionDecoder):
     keys_of = lambda abs_BxR: canvas.position_keys(row_keys_B, abs_BxR)
     w_1xW = jnp.arange(W)[None, :]
     r_1xM = jnp.arange(M)[None, :]
+    valid_BxL = layout.positions(jnp.broadcast_to(jnp.arange(L), (B, L))) >= 0
 
     def cond_fn(s: CtrlDiffState) -> jax.Array:
       return ~jnp.all(s.progress.done_B) & (s.steps <= N)
@@ -229,6 +260,11 @@ class CtrlDiffDecoder(canvas.DiffusionDecoder):
       rl = jnp.take_along_axis(out.logits_BxTxV, jnp.clip(e, 0, W - 1)[..., None], axis=1)
       masked = jnp.take_along_axis(cv, jnp.clip(n_BxM, 0, N - 1), axis=1) == self.mask_id
       eligible = ok & masked & active[:, None]
+      if guided:
+        rl = guidance_lib.guided_logits(
+            params, rl, s.seq_BxL, valid_BxL, jnp.where(eligible, abs_BxM, 0),
+            scale=self.guidance_scale, target_class=self.guidance_class, mode=self.guidance,
+            top_k=self.guidance_top_k, mask_id=self.mask_id)
       stats = canvas.token_stats(rl, keys_of(abs_BxM), self.sampling, self.mask_id)
       k = self.tokens_per_step if self.tokens_per_step > 0 else M
       commit = canvas.top_k_mask(stats.conf, eligible, k) & eligible
@@ -239,7 +275,7 @@ class CtrlDiffDecoder(canvas.DiffusionDecoder):
       seq = canvas.write_canvas(s.seq_BxL, layout, tokens_BxN, where_BxN)
       done = progress.done_B | canvas.row_done(canvas.canvas_of(seq, layout), self.mask_id,
                                                eos_id)
-      progress = progress.count(active, committed_B=jnp.sum(commit, axis=1))
+      progress = progress.count(active, other_B=int(guided), committed_B=jnp.sum(commit, axis=1))
       return CtrlDiffState(seq_BxL=seq, cache=out.cache, start_B=start, end_B=end,
                            prev_start_B=prev_start, feat_BxD=feat, size_sum_B=size_sum,
                            blocks_B=blocks, progress=progress.replace(done_B=done),
