@@ -42,7 +42,10 @@ classifier call per step (a batch of B x M x K sequences for 'exact', a forward 
 for 'taylor').
 
 Statistics: extra['block_size_sum'] (the sizes chosen, summed) and extra['blocks'] per row
-(their ratio is the mean block size).
+(their ratio is the mean block size); extra['model_nll_sum'] and extra['committed']: -log p
+of every committed token under the unguided model (T = 1), summed per row, and the number of
+tokens committed (their ratio is what guidance costs in the model's own terms: the model's
+negative log-likelihood per token of the decoding path).
 """
 
 from __future__ import annotations
@@ -75,6 +78,8 @@ class CtrlDiffState:
   prev_start_B: start of the block before it (its entries are recomputed clean each step).
   feat_BxD: final hidden state at the last clean position before the next block.
   size_sum_B / blocks_B: sum of chosen block sizes and number of blocks.
+  nll_sum_B: -log p_model of every committed token under the unguided model (T = 1, SUBS).
+  committed_B: tokens committed (also past an <eos> committed in the same step).
   progress: forwards, commit histogram, done (`base.Progress`).
   steps: loop iterations (a safety bound).
   """
@@ -85,6 +90,8 @@ class CtrlDiffState:
   prev_start_B: jax.Array
   feat_BxD: jax.Array
   size_sum_B: jax.Array
+  nll_sum_B: jax.Array
+  committed_B: jax.Array
   blocks_B: jax.Array
   progress: base.Progress
   steps: jax.Array
@@ -203,6 +210,7 @@ class CtrlDiffDecoder(canvas.DiffusionDecoder):
         cache=pre.cache, start_B=plen, end_B=plen,  # empty: the first step picks a block
         prev_start_B=(plen // pb) * pb - pb, feat_BxD=feat0,
         size_sum_B=jnp.zeros((B,), jnp.int32), blocks_B=jnp.zeros((B,), jnp.int32),
+        nll_sum_B=jnp.zeros((B,), jnp.float32), committed_B=jnp.zeros((B,), jnp.int32),
         progress=base.Progress.start(B, N, hist_size=M + 1, target_forwards=1, tokens=False),
         steps=jnp.zeros((), jnp.int32))
     keys_of = lambda abs_BxR: canvas.position_keys(row_keys_B, abs_BxR)
@@ -260,6 +268,8 @@ class CtrlDiffDecoder(canvas.DiffusionDecoder):
       rl = jnp.take_along_axis(out.logits_BxTxV, jnp.clip(e, 0, W - 1)[..., None], axis=1)
       masked = jnp.take_along_axis(cv, jnp.clip(n_BxM, 0, N - 1), axis=1) == self.mask_id
       eligible = ok & masked & active[:, None]
+      model_logp = jax.nn.log_softmax(rl.astype(jnp.float32).at[..., self.mask_id].set(-jnp.inf),
+                                      axis=-1)
       if guided:
         rl = guidance_lib.guided_logits(
             params, rl, s.seq_BxL, valid_BxL, jnp.where(eligible, abs_BxM, 0),
@@ -268,6 +278,8 @@ class CtrlDiffDecoder(canvas.DiffusionDecoder):
       stats = canvas.token_stats(rl, keys_of(abs_BxM), self.sampling, self.mask_id)
       k = self.tokens_per_step if self.tokens_per_step > 0 else M
       commit = canvas.top_k_mask(stats.conf, eligible, k) & eligible
+      nll = -jnp.take_along_axis(model_logp, stats.token[..., None], axis=2)[..., 0]
+      nll_sum = s.nll_sum_B + jnp.sum(jnp.where(commit, nll, 0.0), axis=1)
       b_Bx1 = jnp.arange(B)[:, None]
       where_n = jnp.where(commit, n_BxM, N)
       tokens_BxN = jnp.zeros((B, N), jnp.int32).at[b_Bx1, where_n].set(stats.token, mode='drop')
@@ -278,10 +290,13 @@ class CtrlDiffDecoder(canvas.DiffusionDecoder):
       progress = progress.count(active, other_B=int(guided), committed_B=jnp.sum(commit, axis=1))
       return CtrlDiffState(seq_BxL=seq, cache=out.cache, start_B=start, end_B=end,
                            prev_start_B=prev_start, feat_BxD=feat, size_sum_B=size_sum,
+                           nll_sum_B=nll_sum,
+                           committed_B=s.committed_B + jnp.sum(commit, axis=1),
                            blocks_B=blocks, progress=progress.replace(done_B=done),
                            steps=s.steps + 1)
 
     state = jax.lax.while_loop(cond_fn, step_fn, state)
-    extra = {'block_size_sum': state.size_sum_B, 'blocks': state.blocks_B}
+    extra = {'block_size_sum': state.size_sum_B, 'blocks': state.blocks_B,
+             'model_nll_sum': state.nll_sum_B, 'committed': state.committed_B}
     return canvas.result(canvas.canvas_of(state.seq_BxL, layout), self.mask_id, eos_id, pad_id,
                          state.progress, extra)

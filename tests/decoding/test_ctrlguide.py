@@ -92,6 +92,9 @@ def test_guidance_raises_the_attribute_rate(setup, unguided):
   assert base_share < mid < 1.0, (base_share, mid)
   np.testing.assert_array_equal(good_share(strong), 1.0)  # every row, every token
   np.testing.assert_array_equal(strong.other_forwards_B, strong.target_forwards_B - 1)
+  for r in (strong, unguided):  # the model's NLL of the committed tokens (unguided, T = 1)
+    assert np.all(r.extra['committed'] >= r.num_generated_B)
+    assert np.all(r.extra['model_nll_sum'] > 0)
   # Towards the other class: no good tokens at all.
   away = generate(setup, guidance_scale=200.0, guidance_top_k=16, guidance_class=0)
   np.testing.assert_array_equal(good_share(away), 0.0)
