@@ -1,6 +1,7 @@
 """Classifier-guided CtrlDiff: γ = 0 is the unguided decoder token for token; a synthetic
-classifier that prefers 'even' tokens raises their rate with γ until every row has them; the
-guided distribution is the product rule computed by hand; bad settings raise."""
+classifier that prefers 'even' tokens raises their rate with γ until every row has them (and
+first-order guidance towards the other class removes them); the guided distribution is the
+product rule computed by hand; bad settings raise."""
 
 import jax
 import jax.numpy as jnp
@@ -95,15 +96,13 @@ def test_guidance_raises_the_attribute_rate(setup, unguided):
   for r in (strong, unguided):  # the model's NLL of the committed tokens (unguided, T = 1)
     assert np.all(r.extra['committed'] >= r.num_generated_B)
     assert np.all(r.extra['model_nll_sum'] > 0)
-  # Towards the other class: no good tokens at all.
-  away = generate(setup, guidance_scale=200.0, guidance_top_k=16, guidance_class=0)
-  np.testing.assert_array_equal(good_share(away), 0.0)
 
 
 def test_first_order_guidance_steers_too(setup, unguided):
-  strong = generate(setup, guidance_scale=200.0, guidance='taylor')
-  np.testing.assert_array_equal(good_share(strong), 1.0)
-  assert good_share(unguided).mean() < 0.75
+  # Towards class 0 (the other class, also checking the class is honoured): no good tokens.
+  away = generate(setup, guidance_scale=200.0, guidance='taylor', guidance_class=0)
+  np.testing.assert_array_equal(good_share(away), 0.0)
+  assert good_share(unguided).mean() > 0.25
 
 
 def test_exact_guidance_is_the_product_rule():
