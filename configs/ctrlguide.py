@@ -3,16 +3,18 @@
   python train.py --config=configs/diffusion_tasks.py:progression,ctrldiff --workdir=runs/diffusion/progression_ctrldiff
   python train.py --config=configs/ctrldiff.py:progression --workdir=runs/diffusion/progression_ctrldiff_sizes
   python train.py --config=configs/ctrlguide.py:progression --workdir=runs/diffusion/progression_ctrlguide
-  python sample.py --workdir=runs/diffusion/progression_ctrlguide --decoder=ctrldiff \
-      --temperature=1 --prompt='' --decoder_config.guidance_scale=2
+  python -m benchmarks.ctrlguide --run=runs/diffusion/progression_ctrlguide --threshold=0.5
 
 The argument is `TASK[,SIZE]` (TASK a task of configs/diffusion_tasks.py that has an attribute
 in `ATTRIBUTES`; SIZE the diffusion model's preset, default tiny; `test` for unit tests). The
 run starts from the CtrlDiff run in `attribute.base_workdir` (default
 runs/diffusion/TASK_ctrldiff_sizes), keeps its model and its 'ctrldiff' block-size predictor
 frozen (`attribute.carry`) and fits only the classifier (models/attribute.py,
-training/objectives/attribute.py) on noised rows labelled by the attribute. About 2 minutes
-on 2 busy CPU cores (300 steps of 64 rows; the classifier has ~0.1M parameters).
+training/objectives/attribute.py) on noised rows labelled by the attribute. About 1 minute
+on 2 busy CPU cores (300 steps of 64 rows; the classifier has ~0.1M parameters). The
+progression task's prompt is empty, which sample.py refuses; decode it through the benchmark
+(or `workbench.Workbench`); tasks with prompts decode with `python sample.py --workdir=RUN
+--decoder=ctrldiff --decoder_config.guidance_scale=2`.
 """
 
 import ml_collections
