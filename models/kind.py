@@ -36,6 +36,7 @@ HEADS = {  # a trained tree saved beside the model (models.heads) -> the config 
     'ppd': 'configs/ppd.py',  # PPD prompt tokens (models/ppd.py)
     'mask_mtp': 'configs/mask_mtp.py',  # mask embeddings, gated LoRA, sampler (models/mask_mtp.py)
     'ctrldiff': 'configs/ctrldiff.py:TASK',  # CtrlDiff's block-size predictor (models/block_size.py)
+    'attribute': 'configs/ctrlguide.py:TASK',  # guidance's attribute classifier (models/attribute.py)
 }
 
 

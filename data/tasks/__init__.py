@@ -6,6 +6,7 @@ imported first (each task module imports only its registry's module):
   exact_match.py   countdown3/4 (countdown.py), infill (infilling.py), sudoku4/9 (sudoku.py)
   reasoning.py     multiplication, parity (parity_cot.py), prontoqa, prosqa
   state_tracking.py  group word problems (its own generator table)
+  attributes.py    labels of answers (e.g. a progression's step parity) for guided decoding
 """
 
 from data.tasks import exact_match
@@ -17,3 +18,4 @@ from data.tasks import parity_cot
 from data.tasks import prontoqa
 from data.tasks import prosqa
 from data.tasks import sudoku
+from data.tasks import attributes

@@ -19,7 +19,9 @@
                signal or the length cap (insertion.py).
   ctrldiff     CtrlDiff: block diffusion whose block size a learned predictor picks per block
                (ctrldiff.py; its params are the run's 'ctrldiff' tree); force_size=b is
-               fixed-size block diffusion, token for token `llada` with block_causal=1.
+               fixed-size block diffusion, token for token `llada` with block_causal=1;
+               guidance_scale > 0 steers it with an attribute classifier (guidance.py; the
+               run's 'attribute' tree).
 
 See `canvas.py` for the layout, the shift and the common settings (mask_id, shift,
 block_causal, block_size; -1 = take them from the model's `models.kind.ModelKind` via

@@ -27,10 +27,25 @@ Lossy (parallel unmasking). With force_size=b it gives exactly the tokens of `ll
 (block_causal=1, cache='prefix', block_size=b, tokens_per_step as here) and the same target
 forwards (tested).
 
-Classifier guidance (the paper's second part) is not implemented here.
+Classifier guidance (the paper's second part, controllable generation): with
+`guidance_scale` γ > 0 every step reweights the block's predictions by an attribute
+classifier (the run's 'attribute' tree, models/attribute.py) before choosing tokens:
+p_guided(x_i = v) ∝ p(x_i = v | x) · p(y = guidance_class | x[i <- v])^γ, exactly over the
+`guidance_top_k` most likely candidates per position ('exact') or to first order over the
+whole vocabulary ('taylor'); decoding/diffusion/guidance.py has the details. Tokens,
+confidences (the order of `tokens_per_step`) and samples all come from the guided
+distribution; γ = 0 is the unguided decoder, token for token. With force_size=b this is
+guided fixed-size block diffusion (BD3), through the same code; the block-size predictor
+reads the model's hidden states only, so guidance changes the sizes only through the tokens.
+Lossy twice over: parallel unmasking and the guided distribution. other_forwards counts one
+classifier call per step (a batch of B x M x K sequences for 'exact', a forward and backward
+for 'taylor').
 
 Statistics: extra['block_size_sum'] (the sizes chosen, summed) and extra['blocks'] per row
-(their ratio is the mean block size).
+(their ratio is the mean block size); extra['model_nll_sum'] and extra['committed']: -log p
+of every committed token under the unguided model (T = 1), summed per row, and the number of
+tokens committed (their ratio is what guidance costs in the model's own terms: the model's
+negative log-likelihood per token of the decoding path).
 """
 
 from __future__ import annotations
@@ -45,6 +60,8 @@ import jax.numpy as jnp
 from decoding import base
 from decoding import registry
 from decoding.diffusion import canvas
+from decoding.diffusion import guidance as guidance_lib
+from models import attribute as attr_lib
 from models import block_size as bs_lib
 from models import cache as cache_lib
 from models import kind as kind_lib
@@ -61,6 +78,8 @@ class CtrlDiffState:
   prev_start_B: start of the block before it (its entries are recomputed clean each step).
   feat_BxD: final hidden state at the last clean position before the next block.
   size_sum_B / blocks_B: sum of chosen block sizes and number of blocks.
+  nll_sum_B: -log p_model of every committed token under the unguided model (T = 1, SUBS).
+  committed_B: tokens committed (also past an <eos> committed in the same step).
   progress: forwards, commit histogram, done (`base.Progress`).
   steps: loop iterations (a safety bound).
   """
@@ -71,6 +90,8 @@ class CtrlDiffState:
   prev_start_B: jax.Array
   feat_BxD: jax.Array
   size_sum_B: jax.Array
+  nll_sum_B: jax.Array
+  committed_B: jax.Array
   blocks_B: jax.Array
   progress: base.Progress
   steps: jax.Array
@@ -88,6 +109,10 @@ class CtrlDiffDecoder(canvas.DiffusionDecoder):
   tokens_per_step: tokens committed per step inside a block, most confident first; 0 = the
     whole block in one step.
   block_size: the prompt's prefill blocks (must be one of `sizes`).
+  guidance_scale: classifier guidance strength γ (0 = off; module docstring).
+  guidance_class: the attribute class to steer towards (an index of the classifier's classes).
+  guidance: 'exact' (top-k candidates scored by the classifier) or 'taylor' (first order).
+  guidance_top_k: candidates per position for 'exact'.
   """
   name: ClassVar[str] = 'ctrldiff'
   sizes: str = '2,4,8,16'
@@ -96,10 +121,17 @@ class CtrlDiffDecoder(canvas.DiffusionDecoder):
   tokens_per_step: int = 0
   block_size: int = 16
   block_causal: int = 1
+  guidance_scale: float = 0.0
+  guidance_class: int = 1
+  guidance: str = 'exact'
+  guidance_top_k: int = 8
 
   def for_model(self, kinds: Mapping[str, kind_lib.ModelKind]) -> 'CtrlDiffDecoder':
     if self.force_size <= 0:
       kind_lib.require_heads(kinds['target'], (bs_lib.HEAD,), f'Decoder {self.name!r}')
+    if self.guidance_scale > 0:
+      kind_lib.require_heads(kinds['target'], (attr_lib.HEAD,), f'Decoder {self.name!r} '
+                             f'(guidance_scale={self.guidance_scale})')
     out = self.completed_for(kinds['target'])
     if kinds['target'].attention != 'block_causal':
       raise ValueError(f"Decoder 'ctrldiff' needs a block diffusion model; this model is "
@@ -127,6 +159,8 @@ class CtrlDiffDecoder(canvas.DiffusionDecoder):
     if self.tokens_per_step < 0:
       raise ValueError(f'tokens_per_step must be >= 0 (0 = whole block), got '
                        f'{self.tokens_per_step}.')
+    guidance_lib.check(self.guidance_scale, self.guidance, self.guidance_top_k,
+                       f'Decoder {self.name!r}')
 
   def generate(self, models: base.Models, params: dict[str, Any], prompt_BxP: jax.Array,
                prompt_len_B: jax.Array, row_keys_B: jax.Array, *, max_new_tokens: int,
@@ -138,6 +172,9 @@ class CtrlDiffDecoder(canvas.DiffusionDecoder):
     if predict and bs_lib.HEAD not in params:
       raise ValueError(f"Decoder 'ctrldiff' needs the run's {bs_lib.HEAD!r} params (or "
                        f'force_size > 0): {kind_lib.train_heads_hint((bs_lib.HEAD,))}.')
+    guided = self.guidance_scale > 0
+    if guided:
+      guidance_lib.check_classifier(params, self.guidance_class, f'Decoder {self.name!r}')
     B, P = prompt_BxP.shape
     N, shift, M = max_new_tokens, self.shift, sizes[-1]
     W = 2 * M
@@ -173,11 +210,13 @@ class CtrlDiffDecoder(canvas.DiffusionDecoder):
         cache=pre.cache, start_B=plen, end_B=plen,  # empty: the first step picks a block
         prev_start_B=(plen // pb) * pb - pb, feat_BxD=feat0,
         size_sum_B=jnp.zeros((B,), jnp.int32), blocks_B=jnp.zeros((B,), jnp.int32),
+        nll_sum_B=jnp.zeros((B,), jnp.float32), committed_B=jnp.zeros((B,), jnp.int32),
         progress=base.Progress.start(B, N, hist_size=M + 1, target_forwards=1, tokens=False),
         steps=jnp.zeros((), jnp.int32))
     keys_of = lambda abs_BxR: canvas.position_keys(row_keys_B, abs_BxR)
     w_1xW = jnp.arange(W)[None, :]
     r_1xM = jnp.arange(M)[None, :]
+    valid_BxL = layout.positions(jnp.broadcast_to(jnp.arange(L), (B, L))) >= 0
 
     def cond_fn(s: CtrlDiffState) -> jax.Array:
       return ~jnp.all(s.progress.done_B) & (s.steps <= N)
@@ -229,9 +268,18 @@ class CtrlDiffDecoder(canvas.DiffusionDecoder):
       rl = jnp.take_along_axis(out.logits_BxTxV, jnp.clip(e, 0, W - 1)[..., None], axis=1)
       masked = jnp.take_along_axis(cv, jnp.clip(n_BxM, 0, N - 1), axis=1) == self.mask_id
       eligible = ok & masked & active[:, None]
+      model_logp = jax.nn.log_softmax(rl.astype(jnp.float32).at[..., self.mask_id].set(-jnp.inf),
+                                      axis=-1)
+      if guided:
+        rl = guidance_lib.guided_logits(
+            params, rl, s.seq_BxL, valid_BxL, jnp.where(eligible, abs_BxM, 0),
+            scale=self.guidance_scale, target_class=self.guidance_class, mode=self.guidance,
+            top_k=self.guidance_top_k, mask_id=self.mask_id)
       stats = canvas.token_stats(rl, keys_of(abs_BxM), self.sampling, self.mask_id)
       k = self.tokens_per_step if self.tokens_per_step > 0 else M
       commit = canvas.top_k_mask(stats.conf, eligible, k) & eligible
+      nll = -jnp.take_along_axis(model_logp, stats.token[..., None], axis=2)[..., 0]
+      nll_sum = s.nll_sum_B + jnp.sum(jnp.where(commit, nll, 0.0), axis=1)
       b_Bx1 = jnp.arange(B)[:, None]
       where_n = jnp.where(commit, n_BxM, N)
       tokens_BxN = jnp.zeros((B, N), jnp.int32).at[b_Bx1, where_n].set(stats.token, mode='drop')
@@ -239,13 +287,16 @@ class CtrlDiffDecoder(canvas.DiffusionDecoder):
       seq = canvas.write_canvas(s.seq_BxL, layout, tokens_BxN, where_BxN)
       done = progress.done_B | canvas.row_done(canvas.canvas_of(seq, layout), self.mask_id,
                                                eos_id)
-      progress = progress.count(active, committed_B=jnp.sum(commit, axis=1))
+      progress = progress.count(active, other_B=int(guided), committed_B=jnp.sum(commit, axis=1))
       return CtrlDiffState(seq_BxL=seq, cache=out.cache, start_B=start, end_B=end,
                            prev_start_B=prev_start, feat_BxD=feat, size_sum_B=size_sum,
+                           nll_sum_B=nll_sum,
+                           committed_B=s.committed_B + jnp.sum(commit, axis=1),
                            blocks_B=blocks, progress=progress.replace(done_B=done),
                            steps=s.steps + 1)
 
     state = jax.lax.while_loop(cond_fn, step_fn, state)
-    extra = {'block_size_sum': state.size_sum_B, 'blocks': state.blocks_B}
+    extra = {'block_size_sum': state.size_sum_B, 'blocks': state.blocks_B,
+             'model_nll_sum': state.nll_sum_B, 'committed': state.committed_B}
     return canvas.result(canvas.canvas_of(state.seq_BxL, layout), self.mask_id, eos_id, pad_id,
                          state.progress, extra)

@@ -23,6 +23,8 @@ objective's home: adding an objective is adding a file with a `@register('name')
   ppd.py               ppd_prompts (PPD prompt tokens)
   insertion.py         insertion (insertion LM, ILM)
   mask_mtp.py          mask_mtp (masked-input MTP: mask embeddings, gated LoRA, sampler)
+  ctrldiff.py          ctrldiff (CtrlDiff's block-size predictor on a frozen base)
+  attribute.py         attribute_classifier (classifier guidance's attribute classifier)
 """
 
 from training.objectives import ar
@@ -45,6 +47,7 @@ from training.objectives import spec_heads
 from training.objectives import unmask_policy
 from training.objectives import wedlm
 from training.objectives import ctrldiff
+from training.objectives import attribute
 from training.objectives.registry import (Batch, LossFn, Objective, ObjectiveFactory,
                                           make_objective, names, register,
                                           token_cross_entropy)
