@@ -19,6 +19,7 @@ from models import kv_predict as kv_predict_lib
 from models import ppd as ppd_lib
 from models import unmask_policy as unmask_policy_lib
 from models import mask_mtp as mask_mtp_lib
+from models import attribute as attribute_lib
 from models import block_size as block_size_lib
 from models import kind as kind_lib
 from models.kind import ModelKind
@@ -105,7 +106,8 @@ def test_heads_known_to_the_kind_are_the_models_heads():
   assert set(kind_lib.HEADS) == {heads_lib.MEDUSA, heads_lib.MTP, heads_lib.KANGAROO,
                                  *eagle_lib.VARIANTS, unmask_policy_lib.HEAD,
                                  kv_predict_lib.KV_PREDICT, chimera_lib.CHIMERA, ppd_lib.PPD,
-                                 mask_mtp_lib.MASK_MTP, block_size_lib.HEAD}
+                                 mask_mtp_lib.MASK_MTP, block_size_lib.HEAD,
+                                 attribute_lib.HEAD}
   assert _build('speculative').for_model({'target': AR}) == _build('speculative')
   with pytest.raises(ValueError, match='unknown heads'):
     kind_lib.require_heads(AR, ('eagle',), 'x')
