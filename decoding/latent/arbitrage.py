@@ -46,7 +46,6 @@ import dataclasses
 import math
 from typing import Any, Callable, ClassVar, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -139,39 +138,15 @@ def label_steps(prompts: Sequence[Sequence[int]], rows: Sequence[Sequence[int]],
 # ------------------------------------------------------------------------------ decoder
 @registry.register
 @dataclasses.dataclass(frozen=True)
-class ArbitrageDecoder(routing.RoutingDecoder):
+class ArbitrageDecoder(routing.R2RDecoder):
   """Arbitrage (lossy): a router's P(large model's step is better) picks who writes a step.
 
-  p >= threshold at a step's first token: the large model writes the step."""
+  p >= threshold at a step's first token: the large model writes the step. The router, its
+  loading, the random baseline and the setting checks are R2R's (routing.py); only the
+  decision is taken once per step instead of per token."""
   name: ClassVar[str] = 'arbitrage'
-  threshold: float = 0.5
-  router_path: str = ''
-  random_fraction: float = 0.0
-
-  def __post_init__(self):
-    if not math.isfinite(self.threshold):
-      raise ValueError(f'arbitrage threshold must be finite (> 1: small model only, < 0: '
-                       f'large model only), got {self.threshold}.')
-    if not 0.0 <= self.random_fraction <= 1.0:
-      raise ValueError(f'arbitrage random_fraction must be in [0, 1], got '
-                       f'{self.random_fraction}.')
-
-  def router(self, params: dict[str, Any]) -> dict[str, jax.Array]:
-    if params.get('router') is not None:
-      return params['router']
-    if not self.router_path:
-      raise ValueError('arbitrage needs a router: params["router"] or '
-                       '--decoder_config.router_path (train one with '
-                       'benchmarks/latent_arbitrage.py), or random_fraction > 0.')
-    return jax.tree.map(jnp.asarray, routing.load_router(self.router_path))
+  route_salt: ClassVar[int] = ARBITRAGE_SALT
+  router_script: ClassVar[str] = 'benchmarks/latent_arbitrage.py'
 
   def route(self, s, params, embed_VxD, keys_B, step_start_B):
-    if self.random_fraction > 0:
-      coin = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, ARBITRAGE_SALT)))(
-          keys_B)
-      decide_B = coin < self.random_fraction
-    else:
-      feats_BxF = routing.router_features(s.logits_s, s.hidden_s, embed_VxD)
-      decide_B = jax.nn.sigmoid(routing.router_logit(self.router(params), feats_BxF)
-                                ) >= self.threshold
-    return jnp.where(step_start_B, decide_B, s.writer_B)
+    return jnp.where(step_start_B, self.wants_large(s, params, embed_VxD, keys_B), s.writer_B)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, ClassVar
 
 import flax.struct
@@ -213,18 +214,43 @@ class GlimpRouterDecoder(RoutingDecoder):
 class R2RDecoder(RoutingDecoder):
   """R2R-style token router (lossy): an MLP predicts small/large divergence per token.
 
-  Router probability >= threshold: the large model writes the token."""
+  Router probability >= threshold: the large model writes the token. Subclasses that route
+  whole steps (arbitrage.py) reuse `wants_large` at a step's first token."""
   name: ClassVar[str] = 'r2r'
+  route_salt: ClassVar[int] = ROUTE_SALT
+  router_script: ClassVar[str] = 'benchmarks/latent_router.py'  # fits the router
   threshold: float = 0.5
   router_path: str = ''
   random_fraction: float = 0.0
 
+  def __post_init__(self):
+    if not math.isfinite(self.threshold):
+      raise ValueError(f'{self.name} threshold must be finite (> 1: small model only, < 0: '
+                       f'large model only), got {self.threshold}.')
+    if not 0.0 <= self.random_fraction <= 1.0:
+      raise ValueError(f'{self.name} random_fraction must be in [0, 1], got '
+                       f'{self.random_fraction}.')
+
+  def router(self, params: dict[str, Any]) -> dict[str, jax.Array]:
+    """The router's parameters: params['router'], else the .npz file `router_path`."""
+    if params.get('router') is not None:
+      return params['router']
+    if not self.router_path:
+      raise ValueError(f'{self.name} needs a router: params["router"] or '
+                       f'--decoder_config.router_path (train one with {self.router_script}), '
+                       'or random_fraction > 0.')
+    return jax.tree.map(jnp.asarray, load_router(self.router_path))
+
+  def wants_large(self, s, params, embed_VxD, keys_B) -> jax.Array:
+    """[B] bool: the router's probability >= threshold (or the random baseline's coin)."""
+    if self.random_fraction > 0:
+      coin = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, self.route_salt)))(
+          keys_B)
+      return coin < self.random_fraction
+    p_B = jax.nn.sigmoid(router_logit(self.router(params),
+                                      router_features(s.logits_s, s.hidden_s, embed_VxD)))
+    return p_B >= self.threshold
+
   def route(self, s, params, embed_VxD, keys_B, step_start_B):
     del step_start_B
-    if self.random_fraction > 0:
-      coin = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, ROUTE_SALT)))(keys_B)
-      return coin < self.random_fraction
-    router = params.get('router') or jax.tree.map(jnp.asarray, load_router(self.router_path))
-    p_B = jax.nn.sigmoid(router_logit(router, router_features(s.logits_s, s.hidden_s,
-                                                              embed_VxD)))
-    return p_B >= self.threshold
+    return self.wants_large(s, params, embed_VxD, keys_B)
