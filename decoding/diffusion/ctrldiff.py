@@ -79,7 +79,6 @@ class CtrlDiffState:
   feat_BxD: final hidden state at the last clean position before the next block.
   size_sum_B / blocks_B: sum of chosen block sizes and number of blocks.
   nll_sum_B: -log p_model of every committed token under the unguided model (T = 1, SUBS).
-  committed_B: tokens committed (also past an <eos> committed in the same step).
   progress: forwards, commit histogram, done (`base.Progress`).
   steps: loop iterations (a safety bound).
   """
@@ -91,7 +90,6 @@ class CtrlDiffState:
   feat_BxD: jax.Array
   size_sum_B: jax.Array
   nll_sum_B: jax.Array
-  committed_B: jax.Array
   blocks_B: jax.Array
   progress: base.Progress
   steps: jax.Array
@@ -210,7 +208,7 @@ class CtrlDiffDecoder(canvas.DiffusionDecoder):
         cache=pre.cache, start_B=plen, end_B=plen,  # empty: the first step picks a block
         prev_start_B=(plen // pb) * pb - pb, feat_BxD=feat0,
         size_sum_B=jnp.zeros((B,), jnp.int32), blocks_B=jnp.zeros((B,), jnp.int32),
-        nll_sum_B=jnp.zeros((B,), jnp.float32), committed_B=jnp.zeros((B,), jnp.int32),
+        nll_sum_B=jnp.zeros((B,), jnp.float32),
         progress=base.Progress.start(B, N, hist_size=M + 1, target_forwards=1, tokens=False),
         steps=jnp.zeros((), jnp.int32))
     keys_of = lambda abs_BxR: canvas.position_keys(row_keys_B, abs_BxR)
@@ -291,12 +289,14 @@ class CtrlDiffDecoder(canvas.DiffusionDecoder):
       return CtrlDiffState(seq_BxL=seq, cache=out.cache, start_B=start, end_B=end,
                            prev_start_B=prev_start, feat_BxD=feat, size_sum_B=size_sum,
                            nll_sum_B=nll_sum,
-                           committed_B=s.committed_B + jnp.sum(commit, axis=1),
                            blocks_B=blocks, progress=progress.replace(done_B=done),
                            steps=s.steps + 1)
 
     state = jax.lax.while_loop(cond_fn, step_fn, state)
+    # Tokens committed (also past an <eos> committed in the same step): from the histogram of
+    # tokens committed per step.
+    committed = jnp.sum(state.progress.hist_BxM * jnp.arange(M + 1)[None, :], axis=1)
     extra = {'block_size_sum': state.size_sum_B, 'blocks': state.blocks_B,
-             'model_nll_sum': state.nll_sum_B, 'committed': state.committed_B}
+             'model_nll_sum': state.nll_sum_B, 'committed': committed}
     return canvas.result(canvas.canvas_of(state.seq_BxL, layout), self.mask_id, eos_id, pad_id,
                          state.progress, extra)

@@ -70,8 +70,8 @@ def noised(rng: jax.Array, tokens_BxT: jax.Array, maskable_BxT: jax.Array, mask_
   length = jnp.sum(maskable_BxT, axis=1)
   cut = start + jnp.floor(jax.random.uniform(k_cut, (B,)) * (length + 1)).astype(jnp.int32)
   w = jax.random.randint(k_w, (B,), 1, MAX_BLOCK + 1)
-  block = (pos >= (cut + w)[:, None]) | ((pos >= cut[:, None]) & (u_BxT < t_Bx1))
   uniform = u_BxT < t_Bx1
+  block = (pos >= (cut + w)[:, None]) | ((pos >= cut[:, None]) & uniform)
   by_block = jax.random.bernoulli(k_mode, 0.5, (B, 1))
   masked = maskable_BxT & jnp.where(by_block, block, uniform)
   return jnp.where(masked, mask_id, tokens_BxT)
