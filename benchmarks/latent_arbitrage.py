@@ -27,7 +27,6 @@ lr 3e-3, batch 32). This script, per task,
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -116,12 +115,6 @@ def label(small_bench, large_bench, large_dir: str, task, exs, batch: int, margi
   return labels, prompts * len(TRAJECTORIES), rows, accuracy
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _outputs(model, params, tokens_BxT):
-  out = model.apply({'params': params}, tokens_BxT)
-  return out.logits_BxTxV, out.last_hidden_BxTxD
-
-
 def step_features(small, prompts, rows, labels: arbitrage.StepLabels
                   ) -> tuple[np.ndarray, np.ndarray]:
   """Router features [M, F] and GlimpRouter's top-20 entropy [M] of the small model at each
@@ -133,7 +126,7 @@ def step_features(small, prompts, rows, labels: arbitrage.StepLabels
     tokens[i, :len(s)] = s
   feats, ents = [], []
   for i in range(0, len(seqs), 64):
-    logits, hidden = _outputs(small.model, small.params, jnp.asarray(tokens[i:i + 64]))
+    logits, hidden = latent_router.outputs(small.model, small.params, jnp.asarray(tokens[i:i + 64]))
     sel = (labels.row_M >= i) & (labels.row_M < i + 64)
     r, p = labels.row_M[sel] - i, labels.pos_M[sel] - 1
     lg, hd = logits[r, p], hidden[r, p]

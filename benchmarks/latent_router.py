@@ -41,13 +41,15 @@ def cot_rows(tokenizer, task, n: int, seed: int = 1) -> tuple[np.ndarray, np.nda
   return tokens, mask
 
 
+@functools.partial(jax.jit, static_argnums=(0,))
+def outputs(model, params, tokens_BxT):
+  """Full forward: (logits [B, T, V], last hidden state [B, T, D])."""
+  out = model.apply({'params': params}, tokens_BxT)
+  return out.logits_BxTxV, out.last_hidden_BxTxD
+
+
 def features_and_labels(small, large, tokens: np.ndarray, mask: np.ndarray
                         ) -> tuple[np.ndarray, np.ndarray]:
-  @functools.partial(jax.jit, static_argnums=(0,))
-  def outputs(model, params, t):
-    out = model.apply({'params': params}, t)
-    return out.logits_BxTxV, out.last_hidden_BxTxD
-
   feats, labels = [], []
   for i in range(0, len(tokens), 64):
     t = jnp.asarray(tokens[i:i + 64])
