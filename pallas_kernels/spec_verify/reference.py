@@ -291,9 +291,17 @@ def _traversal_row(logp_TxV, logq_TxV, tokens_T, children_TxK, u_N, depth, wor):
       jnp.broadcast_to(node_T[:, None], children_TxK.shape), mode='drop')
   par_T = jnp.maximum(parent_T, 0)
   is_child_T = parent_T >= 0
+  depth_T = jax.lax.fori_loop(0, depth, lambda _, d: jnp.where(is_child_T, d[par_T] + 1, 0),
+                              jnp.zeros((T,), jnp.int32))
 
-  def ratios(p_TxV, q_TxV):  # p_parent(x) / q_parent(x) of every node x
-    return p_TxV[par_T, tokens_T] / jnp.maximum(q_TxV[par_T, tokens_T], _TINY)
+  # Updated p and q rows live in one slot per depth, not in a carried [T, V] table: a node
+  # whose p changed (it lost a child) is an ancestor of every later leaf until it is deleted
+  # itself (post-order), so at most one updated node per depth is alive at any time.
+  S = depth + 1
+
+  def row(table_TxV, slot_node_S, slot_SxV, v):  # the current p (or q) of node v: [V]
+    d = depth_T[v]
+    return jnp.where(slot_node_S[d] == v, slot_SxV[d], table_TxV[v])
 
   def propagate(a_T, ratio_T, fixed_T):  # a_x = min(1, a_parent ratio_x), top down
     body = lambda _, a: jnp.where(fixed_T, a, jnp.minimum(1.0, a[par_T] * ratio_T))
@@ -308,36 +316,44 @@ def _traversal_row(logp_TxV, logq_TxV, tokens_T, children_TxK, u_N, depth, wor):
     return leaf
 
   def step(c):
-    alive_T, p_TxV, q_TxV, a_T, fixed_T, ratio_T, i, _ = c
+    alive_T, slot_node_S, slot_p_SxV, slot_q_SxV, a_T, fixed_T, ratio_T, i, _ = c
     leaf = first_leaf(alive_T)
     accept = (leaf == 0) | (u_N[jnp.minimum(i, u_N.shape[0] - 1)] <= a_T[leaf])
     reject = ~accept
     v = par_T[leaf]
+    d = depth_T[v]
     a_v = a_T[v]
-    r_V = jnp.maximum(a_v * p_TxV[v] - q_TxV[v], 0.0)
+    p_V = row(p_TxV, slot_node_S, slot_p_SxV, v)
+    q_V = row(q_TxV, slot_node_S, slot_q_SxV, v)
+    r_V = jnp.maximum(a_v * p_V - q_V, 0.0)
     s = jnp.sum(r_V)
     den = s + 1.0 - a_v  # 0 only when a_v = 1 and p_v = q_v: the rejection had probability 0
     new_a = jnp.where(den > 1e-12, s / jnp.maximum(den, _TINY), 1.0)
-    new_q = _normalise_or(q_TxV[v], q_TxV[v].at[tokens_T[leaf]].set(0.0)) if wor else q_TxV[v]
-    p_TxV = p_TxV.at[v].set(jnp.where(reject, _normalise_or(p_TxV[v], r_V), p_TxV[v]))
-    q_TxV = q_TxV.at[v].set(jnp.where(reject, new_q, q_TxV[v]))
+    new_p = _normalise_or(p_V, r_V)
+    new_q = _normalise_or(q_V, q_V.at[tokens_T[leaf]].set(0.0)) if wor else q_V
+    write_S = reject & (jnp.arange(S) == d)  # a select, not a scatter: cheaper under vmap
+    slot_p_SxV = jnp.where(write_S[:, None], new_p[None], slot_p_SxV)
+    slot_q_SxV = jnp.where(write_S[:, None], new_q[None], slot_q_SxV)
+    slot_node_S = jnp.where(write_S, v, slot_node_S)
     a_T = a_T.at[v].set(jnp.where(reject, new_a, a_v))
     fixed_T = fixed_T.at[v].set(fixed_T[v] | reject)
-    ratio_T = jnp.where(reject & (parent_T == v), ratios(p_TxV, q_TxV), ratio_T)
+    new_ratio_T = new_p[tokens_T] / jnp.maximum(new_q[tokens_T], _TINY)
+    ratio_T = jnp.where(reject & (parent_T == v), new_ratio_T, ratio_T)
     a_T = propagate(a_T, ratio_T, fixed_T)
     alive_T = alive_T.at[leaf].set(accept)
-    return alive_T, p_TxV, q_TxV, a_T, fixed_T, ratio_T, i + (leaf != 0), jnp.where(
-        accept, leaf, -1)
+    return (alive_T, slot_node_S, slot_p_SxV, slot_q_SxV, a_T, fixed_T, ratio_T, i + (leaf != 0),
+            jnp.where(accept, leaf, -1))
 
-  ratio_T = ratios(p_TxV, q_TxV)
+  # p_parent(x) / q_parent(x) of every node x
+  ratio_T = p_TxV[par_T, tokens_T] / jnp.maximum(q_TxV[par_T, tokens_T], _TINY)
   fixed_T = ~is_child_T
   a_T = propagate(jnp.ones((T,), jnp.float32), ratio_T, fixed_T)
   alive_T = (node_T == 0) | is_child_T
-  init = (alive_T, p_TxV, q_TxV, a_T, fixed_T, ratio_T, jnp.int32(0), jnp.int32(-1))
+  slots_SxV = jnp.zeros((S, p_TxV.shape[1]), jnp.float32)
+  init = (alive_T, jnp.full((S,), -1, jnp.int32), slots_SxV, slots_SxV, a_T, fixed_T, ratio_T,
+          jnp.int32(0), jnp.int32(-1))
   out = jax.lax.while_loop(lambda c: c[-1] < 0, step, init)  # <= T tests: each deletes one
-  p_TxV, end = out[1], out[-1]
-  depth_T = jax.lax.fori_loop(0, depth, lambda _, d: jnp.where(is_child_T, d[par_T] + 1, 0),
-                              jnp.zeros((T,), jnp.int32))
+  slot_node_S, slot_p_SxV, end = out[1], out[2], out[-1]
 
   def up(_, c):
     node, path = c
@@ -346,7 +362,7 @@ def _traversal_row(logp_TxV, logq_TxV, tokens_T, children_TxK, u_N, depth, wor):
     return jnp.where(node > 0, parent_T[jnp.maximum(node, 0)], -1), path
 
   _, path = jax.lax.fori_loop(0, depth + 1, up, (end, jnp.full((depth + 1,), -1, jnp.int32)))
-  return path, depth_T[end], p_TxV[end]
+  return path, depth_T[end], row(p_TxV, slot_node_S, slot_p_SxV, end)
 
 
 def traversal_verify(target_logp_BxTxV: jax.Array, draft_logq_BxTxV: jax.Array,
