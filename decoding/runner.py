@@ -139,17 +139,19 @@ def clear_compiled() -> None:
   _COMPILED.clear()
 
 
-def _compiled(decoder, models, params, args, **static):
+def _compiled(decoder, models, params, args, compiler_options=None, **static):
   """(compiled program, seconds spent compiling it now: 0 when reused)."""
   shapes = jax.tree.map(lambda x: (x.shape, str(x.dtype), getattr(x, 'sharding', None)),
                         (params, args))
+  options = tuple(sorted((compiler_options or {}).items()))
   key = (decoder, models, jax.tree.structure(shapes), tuple(jax.tree.leaves(shapes)),
-         tuple(sorted(static.items())))
+         tuple(sorted(static.items())), options)
   if key in _COMPILED:
     _COMPILED.move_to_end(key)
     return _COMPILED[key], 0.0
   t0 = time.perf_counter()
-  fn = lower_generate(decoder, models, params, *args, **static).compile()
+  fn = lower_generate(decoder, models, params, *args, **static).compile(
+      dict(options) if options else None)
   _COMPILED[key] = fn
   while len(_COMPILED) > _COMPILED_MAX:
     _COMPILED.popitem(last=False)
@@ -164,11 +166,14 @@ def run_decoder(decoder: base.Decoder, models: base.Models, params: dict[str, An
                 prompts: Sequence[Sequence[int]], *, max_new_tokens: int, cache_size: int,
                 eos_id: int, pad_id: int, seed: int = 0, batch_size: int | None = None,
                 mesh: Mesh | None = None, rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES,
-                prompt_bucket: int = 32) -> tuple[list[RowOutput], RunStats]:
+                prompt_bucket: int = 32, compiler_options: dict[str, Any] | None = None
+                ) -> tuple[list[RowOutput], RunStats]:
   """Runs `decoder` over all prompts in batches; returns per-row outputs and totals.
 
   Row i's random key is fold_in(key(seed), i), so a prompt gives the same output alone or in
-  any batch. With a `mesh`, params are sharded by the rules and the batch over the data axes
+  any batch. `compiler_options`: XLA options for this program's compile only, overriding
+  XLA_FLAGS (e.g. {'xla_backend_optimization_level': 2} where the process compiles at -O0, as
+  the test suite does, for a program whose running time outweighs its compile). With a `mesh`, params are sharded by the rules and the batch over the data axes
   (a short last batch is filled with copies, which are dropped).
   """
   validate_prompts(prompts, max_new_tokens=max_new_tokens, cache_size=cache_size,
@@ -194,8 +199,9 @@ def run_decoder(decoder: base.Decoder, models: base.Models, params: dict[str, An
     args = [jnp.asarray(prompt_BxP), jnp.asarray(prompt_len_B), keys_B]
     if mesh is not None:
       args = [jax.device_put(a, sharding_lib.batch_sharding(mesh, a.ndim, rules)) for a in args]
-    fn, seconds = _compiled(decoder, models, params, args, max_new_tokens=max_new_tokens,
-                            cache_size=cache_size, eos_id=eos_id, pad_id=pad_id)
+    fn, seconds = _compiled(decoder, models, params, args, compiler_options,
+                            max_new_tokens=max_new_tokens, cache_size=cache_size, eos_id=eos_id,
+                            pad_id=pad_id)
     compile_time += seconds
     t0 = time.perf_counter()
     result = jax.block_until_ready(fn(params, *args))

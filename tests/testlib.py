@@ -15,6 +15,13 @@ def compile_flags() -> str:
                   if not f.startswith('--xla_force_host_platform_device_count'))
 
 
+# XLA options for the few programs whose running time outweighs their compile (the sampled
+# distribution tests: 10^4 to 10^5 rows): compiled with XLA's usual optimisation instead of
+# the suite's -O0 and older emitters (conftest.py), per program (`jax.jit(...,
+# compiler_options=RUN_OPTIMISED)`, `run_decoder(..., compiler_options=RUN_OPTIMISED)`).
+RUN_OPTIMISED = {'xla_backend_optimization_level': 2, 'xla_cpu_use_fusion_emitters': True}
+
+
 def subprocess_env(*, concurrent: bool = False, **extra: str) -> dict[str, str]:
   """The environment for a train.py / sample.py subprocess: one host device (the suite's
   forced 8-device count dropped; its other XLA flags kept) plus `extra` variables.

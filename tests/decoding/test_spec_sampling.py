@@ -20,10 +20,13 @@ from scipy import stats
 
 from decoding import Models, SamplingConfig, registry, run_decoder, sampling
 from models import Transformer
+import testlib
 
 ROWS = 20_000
 TV_BOUND = 0.04
 CFG = SamplingConfig(temperature=0.7, top_k=8)
+# 20,000 rows: running these programs outweighs compiling them (testlib.RUN_OPTIMISED).
+FAST = testlib.RUN_OPTIMISED
 
 
 @pytest.fixture(scope='module')
@@ -79,7 +82,7 @@ def test_two_token_prefix_distribution_matches_target(lm, exact, settings):
   rows, _ = run_decoder(dec, Models(target.model, extras=(('draft', draft),)),
                         {'target': target.params, 'draft': dp}, [prompt] * ROWS,
                         max_new_tokens=2, cache_size=32, eos_id=-1, pad_id=0, seed=11,
-                        prompt_bucket=8)
+                        prompt_bucket=8, compiler_options=FAST)
   _assert_matches_target(rows, exact)
 
 
@@ -111,7 +114,7 @@ def test_eagle_two_token_prefix_distribution_matches_target(lm, exact, name, set
   dec = registry.build(name, settings, CFG)
   rows, _ = run_decoder(dec, Models(target.model), {'target': target.params, name: ep},
                         [prompt] * ROWS, max_new_tokens=2, cache_size=32, eos_id=-1, pad_id=0,
-                        seed=11, prompt_bucket=8)
+                        seed=11, prompt_bucket=8, compiler_options=FAST)
   _assert_matches_target(rows, exact)
 
 
@@ -126,7 +129,7 @@ def test_chimera_two_token_prefix_distribution_matches_target(lm, exact):
   dec = registry.build('chimera', dict(tree='chain', gamma=2), CFG)
   rows, _ = run_decoder(dec, Models(target.model), {'target': target.params, 'chimera': cp},
                         [prompt] * ROWS, max_new_tokens=2, cache_size=32, eos_id=-1, pad_id=0,
-                        seed=11, prompt_bucket=8)
+                        seed=11, prompt_bucket=8, compiler_options=FAST)
   _assert_matches_target(rows, exact)
 
 
@@ -138,7 +141,7 @@ def test_s2d_two_token_prefix_distribution_matches_target(lm, exact):
   rows, _ = run_decoder(dec, Models(target.model, extras=(('draft', target.model),)),
                         {'target': target.params, 'draft': target.params}, [prompt] * ROWS,
                         max_new_tokens=2, cache_size=32, eos_id=-1, pad_id=0, seed=11,
-                        prompt_bucket=8)
+                        prompt_bucket=8, compiler_options=FAST)
   _assert_matches_target(rows, exact)
 
 
@@ -152,6 +155,6 @@ def test_ppd_two_token_prefix_distribution_matches_target(lm, exact):
   dec = registry.build('ppd', dict(gamma=1, branching='4'), CFG)
   rows, stats = run_decoder(dec, Models(target.model), {'target': target.params, 'ppd': prompts},
                             [prompt] * ROWS, max_new_tokens=2, cache_size=64, eos_id=-1,
-                            pad_id=0, seed=11, prompt_bucket=8)
+                            pad_id=0, seed=11, prompt_bucket=8, compiler_options=FAST)
   assert stats.extra['accepted_by_depth'][0] > 0  # some drafted second tokens were accepted
   _assert_matches_target(rows, exact)

@@ -30,6 +30,7 @@ import pytest
 from scipy import stats
 
 import pallas_kernels.spec_verify as sv
+import testlib
 
 # ------------------------------------------------------------------ the rule in numpy
 
@@ -222,7 +223,8 @@ def _logit_tables(seed, same=False):
   return lp, lq
 
 
-@functools.partial(jax.jit, static_argnames=('mode', 'wor'))
+@functools.partial(jax.jit, static_argnames=('mode', 'wor'),
+                   compiler_options=testlib.RUN_OPTIMISED)  # 2 * 10^5 trials
 def _sampled(keys, lp, lq, mode='traversal', wor=False):
   kids = jnp.asarray(_children_table(TREE, 2))
 

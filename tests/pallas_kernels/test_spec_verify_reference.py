@@ -25,6 +25,7 @@ import pytest
 from scipy import stats
 
 import pallas_kernels.spec_verify as sv
+import testlib
 from decoding import sampling
 
 V = 16
@@ -115,7 +116,8 @@ def _one_round(key, ctx2, tables, cfg, parents, mode, draw):
   return out, n + 1
 
 
-@functools.partial(jax.jit, static_argnames=('parents', 'mode', 'draw'))
+@functools.partial(jax.jit, static_argnames=('parents', 'mode', 'draw'),
+                   compiler_options=testlib.RUN_OPTIMISED)  # 10^5 trials
 def _first_two_jit(keys, tables, *, parents, mode, draw):
   def trial(key):
     def round_fn(carry, k):
