@@ -2,7 +2,7 @@
 (models/hamburger.py), several tokens per base forward and per KV entry.
 
   python train.py --config=configs/lm.py:tiny --workdir=runs/tiny               # the base
-  python train.py --config=configs/hamburger.py:tiny --workdir=runs/ham_tiny    # ~5 min, 2 cores
+  python train.py --config=configs/hamburger.py:tiny --workdir=runs/ham_tiny    # ~11 min on the loaded 2-core CPU
   python sample.py --workdir=runs/ham_tiny --heldout_prompts=4 --decoder=ar,hamburger
 
 The run starts from the base in `hamburger.target_workdir` (default runs/tiny; same model
@@ -33,7 +33,7 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
     c.data.batch_size = 8  # a multiple of the test suite's 8 devices
   else:
     # Short: a step costs ~3x an AR step (a plain pass for the segmentation, the compressed
-    # pass and the micro decoder over every step); ~5 min on a loaded 2-core CPU.
+    # pass and the micro decoder over every step): 11 min on a loaded 2-core CPU.
     c.train.update(steps=120, learning_rate=1e-3, warmup_steps=12, log_every=20,
                    eval_every=60, eval_batches=4, checkpoint_every=60, weight_decay=0.0)
   c.lock()

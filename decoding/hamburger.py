@@ -15,7 +15,7 @@ with the key AR would use for that token index; the step boundary is the determi
 threshold.
 
 Statistics: target forwards = prefill + one per step; other forwards = micro decoder passes
-(max_tokens - 1 per step); extra['kv_entries'] = cache entries written after the prompt
+(at most max_tokens - 1 per step: a pass runs only while some row of the batch continues); extra['kv_entries'] = cache entries written after the prompt
 (one per step but the last, whose tokens are never fed back).
 """
 
@@ -101,19 +101,26 @@ class HamburgerDecoder(base.Decoder):
     B, N = prompt_BxP.shape[0], max_new_tokens
 
     def micro_step(logits_BxV, h_BxD, done_B, num_B):
-      """The next step's tokens [B, K] and count [B] from the base's output at an entry."""
+      """The next step's tokens [B, K], count [B] and micro passes run (scalar) from the base's
+      output at an entry. A pass runs only while some row's step goes on (`lax.cond`)."""
       key_at = lambda i: sampling_lib.token_keys(row_keys_B, prompt_len_B + num_B + i)
       group = jnp.full((B, K), pad_id, jnp.int32)
       group = group.at[:, 0].set(sampling_lib.sample(key_at(0), logits_BxV, self.sampling))
-      count, alive = jnp.ones((B,), jnp.int32), ~done_B
+      count, alive, passes = jnp.ones((B,), jnp.int32), ~done_B, jnp.zeros((), jnp.int32)
       for i in range(1, K):  # K is small and static: unrolled
-        logits, cont = ham_lib.micro_forward(cfg, p, hb, h_BxD, group[:, :K - 1])
-        alive = alive & (jax.nn.sigmoid(cont[:, i]) >= self.threshold) & (
-            group[:, i - 1] != eos_id)
-        tok = sampling_lib.sample(key_at(i), logits[:, i], self.sampling)
-        group = group.at[:, i].set(jnp.where(alive, tok, pad_id))
-        count = count + alive
-      return group, count
+        alive = alive & (group[:, i - 1] != eos_id)
+
+        def run(carry, i=i):
+          group, count, alive, passes = carry
+          logits, cont = ham_lib.micro_forward(cfg, p, hb, h_BxD, group[:, :K - 1])
+          alive = alive & (jax.nn.sigmoid(cont[:, i]) >= self.threshold)
+          tok = sampling_lib.sample(key_at(i), logits[:, i], self.sampling)
+          return (group.at[:, i].set(jnp.where(alive, tok, pad_id)), count + alive, alive,
+                  passes + 1)
+
+        group, count, alive, passes = jax.lax.cond(jnp.any(alive), run, lambda c: c,
+                                                   (group, count, alive, passes))
+      return group, count, passes
 
     def cut(progress, group, count, active_B):
       """(count cut at EOS and the budget, whether the row ended): 0 for inactive rows."""
@@ -126,11 +133,12 @@ class HamburgerDecoder(base.Decoder):
     last_B = jnp.maximum(prompt_len_B - 1, 0)
     h_BxD = jnp.take_along_axis(out.hidden[-1], last_B[:, None, None], axis=1)[:, 0]
     progress = base.Progress.start(B, N, pad_id=pad_id, hist_size=K + 1, target_forwards=1)
-    group, count = micro_step(logits_BxV, h_BxD, progress.done_B, progress.num_generated_B)
+    group, count, passes = micro_step(logits_BxV, h_BxD, progress.done_B,
+                                      progress.num_generated_B)
     active = progress.active_B
     count, ended = cut(progress, group, count, active)
     progress = progress.replace(hist_BxM=base.add_hist(progress.hist_BxM, count, active),
-                                other_forwards_B=progress.other_forwards_B + (K - 1) * active)
+                                other_forwards_B=progress.other_forwards_B + passes * active)
     progress = progress.commit(group, count, ended, N)
     state = HamState(cache=cache, group_BxK=group, count_B=count, slot_B=prompt_len_B,
                      entries_B=jnp.zeros((B,), jnp.int32), progress=progress)
@@ -145,10 +153,10 @@ class HamburgerDecoder(base.Decoder):
       out = target.apply({'params': p}, None, pos_B[:, None], cache=s.cache,
                          write_slots_BxT=jnp.where(active_B, s.slot_B, -1)[:, None],
                          inputs_embeds_BxTxD=x_BxD[:, None], return_hidden=True)
-      group, count = micro_step(out.logits_BxTxV[:, 0], out.hidden[-1][:, 0], s.progress.done_B,
-                                s.progress.num_generated_B)
+      group, count, passes = micro_step(out.logits_BxTxV[:, 0], out.hidden[-1][:, 0],
+                                        s.progress.done_B, s.progress.num_generated_B)
       count, ended = cut(s.progress, group, count, active_B)
-      progress = s.progress.count(active_B, other_B=K - 1, committed_B=count).commit(
+      progress = s.progress.count(active_B, other_B=passes, committed_B=count).commit(
           group, count, ended, N)
       return HamState(cache=out.cache, group_BxK=group, count_B=count,
                       slot_B=s.slot_B + active_B, entries_B=s.entries_B + active_B,
