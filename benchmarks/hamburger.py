@@ -95,7 +95,7 @@ def main():
   ap.add_argument('--prompt_chars', type=int, default=64)
   ap.add_argument('--new_tokens', type=int, default=128)
   ap.add_argument('--batch', type=int, default=8)
-  ap.add_argument('--thresholds', default='0.3,0.5,0.7')
+  ap.add_argument('--thresholds', default='0.2,0.3,0.5,0.7')
   ap.add_argument('--repeats', type=int, default=5)
   ap.add_argument('--docs', type=int, default=32)
   ap.add_argument('--seq_tokens', type=int, default=128)
@@ -202,9 +202,9 @@ def main():
       '(the first token of each window unscored):\n\n' + nll_table + '\n')
   plt = common.pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
-  pts = payload[1:]
+  pts = sorted(payload[1:], key=lambda r: r['tokens_per_forward'])
   ax.plot([r['tokens_per_forward'] for r in pts], [r['ppl_under_base'] for r in pts], 'o-',
-          label='hamburger (max_tokens=1, then thresholds)')
+          label='hamburger (max_tokens=1 and each threshold)')
   ax.plot([payload[0]['tokens_per_forward']], [payload[0]['ppl_under_base']], 'k*', ms=10,
           label='ar (base)')
   ax.set_xlabel('tokens per base forward')
