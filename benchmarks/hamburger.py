@@ -173,7 +173,7 @@ def main():
                   prefix, '-' if i == 0 else own, s['tokens_per_s'], f'{speedup:.2f}{flag}'])
     print(table[-1], flush=True)
 
-  header = ['decoder', 'τ (tokens per base forward)', 'KV entries per token',
+  header = ['decoder', 'τ (tokens per forward, base)', 'KV entries per token',
             'micro passes per token', 'output ppl under base', 'agreement with ar',
             'common prefix (tokens)', 'agreement with max_tokens=1', 'tokens/s',
             'speedup vs ar']
