@@ -72,29 +72,33 @@ def test_one_token_steps_are_ar_token_for_token(lm, temperature):
 
 def test_cached_steps_equal_the_full_forward_over_the_compressed_sequence(lm):
   """Decode greedily with steps of exactly K tokens (threshold 0), then run the training
-  path (objective's `steps` + `step_losses` inputs) over prompt singletons + those steps in
-  one uncached forward: the base head and the micro decoder pick the same tokens."""
+  path (the objective's `steps`, `compose`, one uncached forward, the micro decoder) over
+  prompt singletons + those steps: the base head and the micro decoder pick the same tokens.
+  Rows are padded with one-token steps at the end (causal: they change nothing before)."""
   model, params, hb = lm
-  hparams = {'target': params, 'hamburger': hb}
-  rows, _ = _run(model, hparams, 'hamburger:threshold=0.0', n=9)
-  for prompt, row in zip(PROMPTS, rows):
+  rows, _ = _run(model, {'target': params, 'hamburger': hb}, 'hamburger:threshold=0.0', n=9)
+  L = max(map(len, PROMPTS)) + 9
+  seq, starts = np.zeros((len(PROMPTS), L), np.int32), np.ones((len(PROMPTS), L), bool)
+  for r, (prompt, row) in enumerate(zip(PROMPTS, rows)):
     assert len(row.tokens) == 9
-    seq = jnp.asarray([prompt + row.tokens])
-    n = seq.shape[1]
-    starts = np.zeros((1, n), bool)
-    starts[0, :len(prompt)] = True
-    starts[0, len(prompt)::K] = True
-    group, size, first, valid = ham_obj.steps(seq, jnp.asarray(starts), K)
+    seq[r, :len(prompt) + 9] = prompt + row.tokens
+    starts[r, len(prompt):len(prompt) + 9] = (np.arange(9) % K) == 0
+
+  @jax.jit
+  def full(seq, starts):
+    group, size, first, valid = ham_obj.steps(seq, starts, K)
     x = ham_lib.compose(model.cfg, params, hb, group, size)
     pos = jnp.where(valid, first + size - 1, -1)
     out = model.apply({'params': params}, None, pos, inputs_embeds_BxTxD=x, return_hidden=True)
-    n_entries = len(prompt) + 3
-    for j in range(len(prompt) - 1, n_entries - 1):
-      nxt = [int(t) for t in group[0, j + 1, :K]]
-      assert int(jnp.argmax(out.logits_BxTxV[0, j])) == nxt[0]
-      logits, _ = ham_lib.micro_forward(model.cfg, params, hb, out.hidden[-1][0, j],
-                                        jnp.asarray(nxt[:K - 1]))
-      assert [int(t) for t in jnp.argmax(logits[1:], -1)] == nxt[1:]
+    nxt = jnp.pad(group[:, 1:], ((0, 0), (0, 1), (0, 0)))
+    micro, _ = ham_lib.micro_forward(model.cfg, params, hb, out.hidden[-1], nxt[..., :K - 1])
+    return nxt, jnp.argmax(out.logits_BxTxV, -1), jnp.argmax(micro[..., 1:, :], -1)
+
+  nxt, first_pick, micro_pick = jax.device_get(full(jnp.asarray(seq), jnp.asarray(starts)))
+  for r, prompt in enumerate(PROMPTS):
+    for j in range(len(prompt) - 1, len(prompt) + 2):  # the entries that predict the 3 steps
+      assert first_pick[r, j] == nxt[r, j, 0]
+      assert micro_pick[r, j].tolist() == nxt[r, j, 1:].tolist()
 
 
 def test_stats_count_entries_and_steps(lm):
@@ -133,8 +137,8 @@ def test_one_token_steps_score_what_ar_scores(lm):
   row (the micro decoder and stop head score nothing but the stop after token 1)."""
   model, params, hb = lm
   tokens = jax.random.randint(jax.random.key(2), (2, 11), 0, 48)
-  ce1, w1, _, wm, _, ws, _, _ = ham_obj.step_losses(
-      model, params, hb, tokens, jnp.ones(tokens.shape, bool), K)
+  losses = jax.jit(ham_obj.step_losses, static_argnums=(0, 5))
+  ce1, w1, _, wm, _, ws, _, _ = losses(model, params, hb, tokens, jnp.ones(tokens.shape, bool), K)
   logp = jax.nn.log_softmax(model.apply({'params': params}, tokens[:, :-1]).logits_BxTxV)
   ar = -jnp.mean(jnp.take_along_axis(logp, tokens[:, 1:, None], -1))
   np.testing.assert_allclose(jnp.sum(ce1 * w1) / jnp.sum(w1), ar, rtol=1e-5)
@@ -185,3 +189,16 @@ def test_clear_errors(lm):
     make_objective('hamburger', model, cfg)
   with pytest.raises(ValueError, match='configs/hamburger.py'):
     make_objective('hamburger', model, None)
+
+
+def test_batched_rows_equal_rows_alone(lm):
+  """Steps of different lengths per row (random stop head): a ragged batch gives each row what
+  it gives alone (the micro passes skipped once no row continues change nothing)."""
+  model, params, hb = lm
+  hparams = {'target': params, 'hamburger': hb}
+  rows, stats = _run(model, hparams, 'hamburger:threshold=0.5', prompts=PROMPTS[:3], n=10)
+  hist = stats.step_tokens_hist
+  assert sum(h > 0 for h in hist[1:]) >= 2, hist  # steps of several lengths happened
+  for prompt, row in list(zip(PROMPTS[:3], rows))[::2]:
+    alone, _ = _run(model, hparams, 'hamburger:threshold=0.5', prompts=[prompt], n=10)
+    assert alone[0].tokens == row.tokens
