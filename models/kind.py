@@ -37,6 +37,7 @@ HEADS = {  # a trained tree saved beside the model (models.heads) -> the config 
     'mask_mtp': 'configs/mask_mtp.py',  # mask embeddings, gated LoRA, sampler (models/mask_mtp.py)
     'ctrldiff': 'configs/ctrldiff.py:TASK',  # CtrlDiff's block-size predictor (models/block_size.py)
     'attribute': 'configs/ctrlguide.py:TASK',  # guidance's attribute classifier (models/attribute.py)
+    'hamburger': 'configs/hamburger.py',  # HAMburger's embedder and micro decoder (models/hamburger.py)
 }
 
 

@@ -15,6 +15,7 @@ from models import Transformer
 from models import chimera as chimera_lib
 from models import eagle as eagle_lib
 from models import heads as heads_lib
+from models import hamburger as hamburger_lib
 from models import kv_predict as kv_predict_lib
 from models import ppd as ppd_lib
 from models import unmask_policy as unmask_policy_lib
@@ -107,7 +108,7 @@ def test_heads_known_to_the_kind_are_the_models_heads():
                                  *eagle_lib.VARIANTS, unmask_policy_lib.HEAD,
                                  kv_predict_lib.KV_PREDICT, chimera_lib.CHIMERA, ppd_lib.PPD,
                                  mask_mtp_lib.MASK_MTP, block_size_lib.HEAD,
-                                 attribute_lib.HEAD}
+                                 attribute_lib.HEAD, hamburger_lib.HAMBURGER}
   assert _build('speculative').for_model({'target': AR}) == _build('speculative')
   with pytest.raises(ValueError, match='unknown heads'):
     kind_lib.require_heads(AR, ('eagle',), 'x')

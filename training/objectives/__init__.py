@@ -25,6 +25,7 @@ objective's home: adding an objective is adding a file with a `@register('name')
   mask_mtp.py          mask_mtp (masked-input MTP: mask embeddings, gated LoRA, sampler)
   ctrldiff.py          ctrldiff (CtrlDiff's block-size predictor on a frozen base)
   attribute.py         attribute_classifier (classifier guidance's attribute classifier)
+  hamburger.py         hamburger (HAMburger: compositional embedder + micro-step decoder)
 """
 
 from training.objectives import ar
@@ -33,6 +34,7 @@ from training.objectives import block_diffusion
 from training.objectives import chimera
 from training.objectives import coconut
 from training.objectives import eagle
+from training.objectives import hamburger
 from training.objectives import insertion
 from training.objectives import jacobi_forcing
 from training.objectives import kv_predict
