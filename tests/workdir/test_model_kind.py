@@ -20,6 +20,7 @@ from models import ppd as ppd_lib
 from models import unmask_policy as unmask_policy_lib
 from models import mask_mtp as mask_mtp_lib
 from models import attribute as attribute_lib
+from models import bitlm as bitlm_lib
 from models import block_size as block_size_lib
 from models import kind as kind_lib
 from models.kind import ModelKind
@@ -51,6 +52,7 @@ def test_families():
   assert kind_lib.families(MDLM) == kind_lib.families(BD3) == {'diffusion'}
   assert kind_lib.families(WEDLM) == {'autoregressive', 'diffusion'}  # causal, fills masks
   assert kind_lib.families(ASARM) == {'any_order'}
+  assert kind_lib.families(ModelKind(heads=('bitlm',))) == {'bitlm'}  # not an AR model
 
 
 def _build(name, **settings):
@@ -107,7 +109,7 @@ def test_heads_known_to_the_kind_are_the_models_heads():
                                  *eagle_lib.VARIANTS, unmask_policy_lib.HEAD,
                                  kv_predict_lib.KV_PREDICT, chimera_lib.CHIMERA, ppd_lib.PPD,
                                  mask_mtp_lib.MASK_MTP, block_size_lib.HEAD,
-                                 attribute_lib.HEAD}
+                                 attribute_lib.HEAD, bitlm_lib.BITLM}
   assert _build('speculative').for_model({'target': AR}) == _build('speculative')
   with pytest.raises(ValueError, match='unknown heads'):
     kind_lib.require_heads(AR, ('eagle',), 'x')
