@@ -22,6 +22,7 @@ FAMILIES = {  # name -> what a message says a decoder needs
     'diffusion': 'a diffusion model (trained to fill <mask> tokens)',
     'any_order': 'an any-subset AR model (two-stream queries)',
     'insertion': 'an insertion model (scores (gap, token) pairs and a stop signal)',
+    'bitlm': 'a BitLM model (causal backbone + bitwise diffusion head, configs/bitlm.py)',
 }
 
 HEADS = {  # a trained tree saved beside the model (models.heads) -> the config that trains it
@@ -38,6 +39,7 @@ HEADS = {  # a trained tree saved beside the model (models.heads) -> the config 
     'ctrldiff': 'configs/ctrldiff.py:TASK',  # CtrlDiff's block-size predictor (models/block_size.py)
     'attribute': 'configs/ctrlguide.py:TASK',  # guidance's attribute classifier (models/attribute.py)
     'hamburger': 'configs/hamburger.py',  # HAMburger's embedder and micro decoder (models/hamburger.py)
+    'bitlm': 'configs/bitlm.py:tiny',  # BitLM's bitwise diffusion head (models/bitlm.py)
 }
 
 
@@ -111,6 +113,8 @@ def families(kind: ModelKind) -> frozenset[str]:
     return frozenset({'any_order'})
   if kind.insertion:
     return frozenset({'insertion'})
+  if 'bitlm' in kind.heads:  # its vocabulary head is untrained: only the bit head decodes it
+    return frozenset({'bitlm'})
   out = set()
   if kind.attention == 'causal':
     out.add('autoregressive')

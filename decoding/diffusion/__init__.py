@@ -22,6 +22,8 @@
                fixed-size block diffusion, token for token `llada` with block_causal=1;
                guidance_scale > 0 steers it with an attribute classifier (guidance.py; the
                run's 'attribute' tree).
+  bitlm        BitLM (kind bitlm): a bitwise diffusion head fills K tokens' binary codes per
+               backbone forward of a causal model (bitlm.py; the run's 'bitlm' tree).
 
 See `canvas.py` for the layout, the shift and the common settings (mask_id, shift,
 block_causal, block_size; -1 = take them from the model's `models.kind.ModelKind` via
@@ -37,3 +39,4 @@ from decoding.diffusion import insertion
 from decoding.diffusion import unmask_policy
 from decoding.diffusion import wedlm
 from decoding.diffusion import ctrldiff
+from decoding.diffusion import bitlm

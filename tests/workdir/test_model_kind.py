@@ -21,6 +21,7 @@ from models import ppd as ppd_lib
 from models import unmask_policy as unmask_policy_lib
 from models import mask_mtp as mask_mtp_lib
 from models import attribute as attribute_lib
+from models import bitlm as bitlm_lib
 from models import block_size as block_size_lib
 from models import kind as kind_lib
 from models.kind import ModelKind
@@ -52,6 +53,7 @@ def test_families():
   assert kind_lib.families(MDLM) == kind_lib.families(BD3) == {'diffusion'}
   assert kind_lib.families(WEDLM) == {'autoregressive', 'diffusion'}  # causal, fills masks
   assert kind_lib.families(ASARM) == {'any_order'}
+  assert kind_lib.families(ModelKind(heads=('bitlm',))) == {'bitlm'}  # not an AR model
 
 
 def _build(name, **settings):
@@ -93,7 +95,9 @@ def test_diffuspec_checks_target_and_drafter():
 ])
 def test_a_heads_decoder_refuses_a_run_without_its_heads_with_one_line(name, settings, head):
   dec = _build(name, **settings)
-  for kind in (AR, ModelKind(heads=tuple(h for h in kind_lib.HEADS if h != head))):
+  # Every other head but BitLM's (a run with it is a BitLM model, not an AR model: see
+  # test_families).
+  for kind in (AR, ModelKind(heads=tuple(h for h in kind_lib.HEADS if h not in (head, 'bitlm')))):
     with pytest.raises(ValueError) as e:
       dec.for_model({'target': kind})
     msg = str(e.value)
@@ -108,7 +112,8 @@ def test_heads_known_to_the_kind_are_the_models_heads():
                                  *eagle_lib.VARIANTS, unmask_policy_lib.HEAD,
                                  kv_predict_lib.KV_PREDICT, chimera_lib.CHIMERA, ppd_lib.PPD,
                                  mask_mtp_lib.MASK_MTP, block_size_lib.HEAD,
-                                 attribute_lib.HEAD, hamburger_lib.HAMBURGER}
+                                 attribute_lib.HEAD, hamburger_lib.HAMBURGER,
+                                 bitlm_lib.BITLM}
   assert _build('speculative').for_model({'target': AR}) == _build('speculative')
   with pytest.raises(ValueError, match='unknown heads'):
     kind_lib.require_heads(AR, ('eagle',), 'x')

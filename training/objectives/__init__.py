@@ -26,6 +26,7 @@ objective's home: adding an objective is adding a file with a `@register('name')
   ctrldiff.py          ctrldiff (CtrlDiff's block-size predictor on a frozen base)
   attribute.py         attribute_classifier (classifier guidance's attribute classifier)
   hamburger.py         hamburger (HAMburger: compositional embedder + micro-step decoder)
+  bitlm.py             bitlm (BitLM: causal backbone + bitwise diffusion head, from scratch)
 """
 
 from training.objectives import ar
@@ -50,6 +51,7 @@ from training.objectives import unmask_policy
 from training.objectives import wedlm
 from training.objectives import ctrldiff
 from training.objectives import attribute
+from training.objectives import bitlm
 from training.objectives.registry import (Batch, LossFn, Objective, ObjectiveFactory,
                                           make_objective, names, register,
                                           token_cross_entropy)

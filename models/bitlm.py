@@ -1,0 +1,204 @@
+"""BitLM (Zhuang et al. 2026, arXiv 2605.11577): tokens as fixed-length binary codes and a
+small diffusion head that denoises the codes of a block of K tokens at once.
+
+  code      token id v < V  ->  b = ceil(log2 V) bits, most significant first
+            (`encode_bits` / `decode_bits`); codes >= V are invalid (`valid_ids`).
+  backbone  the house causal `Transformer` over tokens (one position, one KV entry per
+            token; its vocabulary head is not used). Its final-normed hidden state at token
+            t, h_t [D], summarises x_0 .. x_t.
+  head      `BitHead`: conditioned on h_t, it reads a partially masked code of the next K
+            tokens x_{t+1} .. x_{t+K} (each bit 0, 1 or masked) and gives a logit per bit
+            [K, b] for P(bit = 1): absorbing (masked) diffusion over the K x b bits. The
+            head's K slots attend to each other (bidirectional, inside the block); across
+            blocks the model is causal (the backbone).
+
+Decoding (`decoding/diffusion/bitlm.py`) runs the backbone once per block of K committed
+tokens; the head fills the block's bits in a few denoising steps in between.
+
+Why per-token positions with causal attention, not one position per block: the house cache,
+masks and RoPE serve it unchanged, a block may start anywhere (ragged prompts need no padding
+to a block boundary) and training uses every position as a block start. The price: one KV
+entry per token (as AR), where one position per block would store 1/K of them.
+
+Differences from the paper: the paper denoises the bits with a continuous (analog-bit)
+diffusion head; here the head is an absorbing-state (masked) diffusion over bits, whose
+training loss is an upper bound on the NLL (MDLM's ELBO), so quality is comparable with an
+AR model's NLL. The head's shape (block size K, bits, width, layers, heads) is read from its
+parameters (`head_shape`), so a run needs no extra config to decode.
+
+Axis letters: B batch, T tokens, D backbone width, K block slots, b bits per token, W head
+width, H head heads, Dh head head width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+BITLM = 'bitlm'
+MASKED = 2  # bit state: 0, 1 or masked
+
+
+def num_bits(vocab_size: int) -> int:
+  """Bits per token: ceil(log2 V), at least 1."""
+  if vocab_size < 1:
+    raise ValueError(f'BitLM needs a vocabulary of at least one token, got {vocab_size}.')
+  return max(1, (vocab_size - 1).bit_length())
+
+
+def encode_bits(ids: jax.Array, nbits: int) -> jax.Array:
+  """[...] int ids -> [..., b] int32 bits, most significant first."""
+  shifts = jnp.arange(nbits - 1, -1, -1, dtype=jnp.int32)
+  return (ids.astype(jnp.int32)[..., None] >> shifts) & 1
+
+
+def decode_bits(bits: jax.Array) -> jax.Array:
+  """[..., b] bits (0/1) -> [...] int32 ids (may be >= V: see `valid_ids`)."""
+  nbits = bits.shape[-1]
+  weights = 1 << jnp.arange(nbits - 1, -1, -1, dtype=jnp.int32)
+  return jnp.sum(bits.astype(jnp.int32) * weights, axis=-1)
+
+
+def valid_ids(ids: jax.Array, bit_logits: jax.Array, vocab_size: int) -> jax.Array:
+  """The stated rule for invalid codes: an id >= V is replaced by the valid id whose code the
+  bit logits like best, argmax_{v < V} sum_j log P(bit_j = code(v)_j) (independent bits under
+  the given logits). ids: [...]; bit_logits: [..., b] (logit of P(bit = 1)). Valid ids are
+  kept."""
+  nbits = bit_logits.shape[-1]
+  codes_Vxb = encode_bits(jnp.arange(vocab_size), nbits).astype(jnp.float32)
+  l = bit_logits.astype(jnp.float32)
+  score = (jax.nn.log_sigmoid(l) @ codes_Vxb.T + jax.nn.log_sigmoid(-l) @ (1 - codes_Vxb).T)
+  best = jnp.argmax(score, axis=-1).astype(jnp.int32)
+  return jnp.where(ids < vocab_size, ids, best)
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadShape:
+  """The head's sizes: block (K), bits (b), width (W), layers, heads (H), mlp width, cond (D)."""
+  block: int
+  bits: int
+  width: int
+  layers: int
+  heads: int
+  mlp: int
+  cond: int
+
+  def __post_init__(self):
+    for name in ('block', 'bits', 'width', 'layers', 'heads', 'mlp', 'cond'):
+      if getattr(self, name) < 1:
+        raise ValueError(f'BitLM head: {name} must be >= 1, got {getattr(self, name)}.')
+    if self.width % self.heads:
+      raise ValueError(f'BitLM head: width {self.width} is not a multiple of heads '
+                       f'{self.heads}.')
+
+
+def head_shape(p: Any) -> HeadShape:
+  """The `HeadShape` of trained head params (params['bitlm'])."""
+  nbits, _, W = p['bit_embed'].shape
+  layers = sum(1 for k in p if k.startswith('layer_'))
+  _, H, _ = p['layer_0']['q'].shape
+  return HeadShape(block=p['slot_embed'].shape[0], bits=nbits, width=W, layers=layers,
+                   heads=H, mlp=p['layer_0']['up'].shape[1], cond=p['cond'].shape[0])
+
+
+def init_head(shape: HeadShape, rng: jax.Array) -> dict[str, Any]:
+  """Fresh head params (float32)."""
+  W, Dh = shape.width, shape.width // shape.heads
+  keys = iter(jax.random.split(rng, 4 + 6 * shape.layers))
+  normal = lambda shp, fan_in: jax.random.normal(next(keys), shp, jnp.float32) / math.sqrt(
+      fan_in)
+  p = {'bit_embed': normal((shape.bits, 3, W), 1.0) * 0.5,
+       'slot_embed': normal((shape.block, W), 1.0) * 0.5,
+       'cond': normal((shape.cond, W), shape.cond),
+       'out_norm': jnp.ones((W,), jnp.float32),
+       'out': normal((W, shape.bits), W), 'out_bias': jnp.zeros((shape.bits,), jnp.float32)}
+  for i in range(shape.layers):
+    p[f'layer_{i}'] = {
+        'attn_norm': jnp.ones((W,), jnp.float32), 'mlp_norm': jnp.ones((W,), jnp.float32),
+        'q': normal((W, shape.heads, Dh), W), 'k': normal((W, shape.heads, Dh), W),
+        'v': normal((W, shape.heads, Dh), W), 'o': normal((shape.heads, Dh, W), W),
+        'up': normal((W, shape.mlp), W), 'down': normal((shape.mlp, W), shape.mlp)}
+  return p
+
+
+def _rms(x: jax.Array, scale: jax.Array, eps: float = 1e-6) -> jax.Array:
+  return x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + eps) * scale
+
+
+def head_logits(p: Any, cond_BxD: jax.Array, state_BxKxb: jax.Array) -> jax.Array:
+  """The head: bit logits [B, K, b] (float32, logit of P(bit = 1)) of the block's code given
+  the backbone's hidden state h_t [B, D] and the current bits [B, K, b] (0, 1 or MASKED).
+
+  Each slot's input is the sum over its bits of an embedding of (bit index, state), plus a
+  slot embedding and the projected condition; then pre-norm layers of bidirectional
+  attention among the K slots and a GELU MLP."""
+  onehot = jax.nn.one_hot(state_BxKxb, 3, dtype=jnp.float32)  # [B, K, b, 3]: a matmul, not a
+  x = jnp.einsum('BKbs,bsW->BKW', onehot, p['bit_embed'])        # gather (fast gradients)
+  x = x + p['slot_embed'][None] + (cond_BxD.astype(jnp.float32) @ p['cond'])[:, None]
+  i = 0
+  while f'layer_{i}' in p:
+    lp = p[f'layer_{i}']
+    y = _rms(x, lp['attn_norm'])
+    q = jnp.einsum('BKW,WHd->BKHd', y, lp['q'])
+    k = jnp.einsum('BKW,WHd->BKHd', y, lp['k'])
+    v = jnp.einsum('BKW,WHd->BKHd', y, lp['v'])
+    att = jax.nn.softmax(jnp.einsum('BKHd,BJHd->BHKJ', q, k) / math.sqrt(q.shape[-1]), -1)
+    x = x + jnp.einsum('BHKJ,BJHd,HdW->BKW', att, v, lp['o'])
+    x = x + jax.nn.gelu(_rms(x, lp['mlp_norm']) @ lp['up']) @ lp['down']
+    i += 1
+  return _rms(x, p['out_norm']) @ p['out'] + p['out_bias']
+
+
+def unmask_counts(total: int, steps: int) -> list[int]:
+  """Bits committed at each of `steps` denoising steps (as even as integers allow; sum =
+  total, each >= 1)."""
+  if not 1 <= steps <= total:
+    raise ValueError(f'BitLM: steps must be in 1 .. {total} (the bits of a block), got '
+                     f'{steps}.')
+  marks = [round(total * (s + 1) / steps) for s in range(steps)]
+  return [m - n for m, n in zip(marks, [0] + marks[:-1])]
+
+
+def denoise_block(p: Any, cond_BxD: jax.Array, steps: int, vocab_size: int, *,
+                  temperature: float = 0.0, keys_B: jax.Array | None = None
+                  ) -> tuple[jax.Array, jax.Array]:
+  """Fills a block's K x b bits from all-masked in `steps` head calls.
+
+  Each step the head scores every bit; a value is drawn per masked bit (greedy: logit > 0;
+  else Bernoulli(sigmoid(logit / temperature)) with keys_B[b] folded with the step) and the
+  `unmask_counts` most confident masked bits (largest log-probability of their drawn value;
+  ties: lowest index) are committed. Codes >= V are replaced by `valid_ids` under the logits
+  each bit was committed with.
+
+  Returns (ids [B, K] int32, all < V; bits [B, K, b] before the invalid-code rule).
+  """
+  shape = head_shape(p)
+  B, K, nb = cond_BxD.shape[0], shape.block, shape.bits
+  M = K * nb
+  counts = jnp.asarray(unmask_counts(M, steps), jnp.int32)
+  greedy = temperature == 0.0
+  if not greedy and keys_B is None:
+    raise ValueError('BitLM: sampling (temperature > 0) needs per-row keys.')
+
+  def step(s, carry):
+    state, committed = carry
+    logits = head_logits(p, cond_BxD, state)
+    if greedy:
+      value = (logits > 0).astype(jnp.int32)
+    else:
+      u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, s), (K, nb)))(keys_B)
+      value = (u < jax.nn.sigmoid(logits / temperature)).astype(jnp.int32)
+    conf = jax.nn.log_sigmoid(jnp.where(value == 1, logits, -logits)).reshape(B, M)
+    masked = (state == MASKED).reshape(B, M)
+    conf = jnp.where(masked, conf, -jnp.inf)
+    rank = jnp.argsort(jnp.argsort(-conf, axis=-1, stable=True), axis=-1, stable=True)
+    take = (masked & (rank < counts[s])).reshape(B, K, nb)
+    return (jnp.where(take, value, state), jnp.where(take, logits, committed))
+
+  state = jnp.full((B, K, nb), MASKED, jnp.int32)
+  state, logits = jax.lax.fori_loop(0, steps, step, (state, jnp.zeros((B, K, nb), jnp.float32)))
+  return valid_ids(decode_bits(state), logits, vocab_size), state

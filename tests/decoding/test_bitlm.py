@@ -1,0 +1,202 @@
+"""BitLM: the bit code, the invalid-code rule, the decoder against an uncached reference
+(ragged batch), its degenerate one-step setting against the head's greedy per-token choice,
+the objective against hand-computed values, and clear errors."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from testlib import small_config
+from decoding import Models, SamplingConfig, registry, run_decoder
+from models import Transformer, init_params
+from models import bitlm as bitlm_lib
+from models.kind import ModelKind
+from training.objectives import bitlm as objective_lib
+from training.objectives import make_objective
+
+V = 40  # 6 bits: codes 40 .. 63 are invalid
+PAD = 0
+PROMPTS = [[1, 5, 9, 3], [2, 7], [4, 4, 8, 1, 6, 2, 9, 11, 3, 5], [3]]
+
+
+def _lm(block, seed=0):
+  cfg = small_config(vocab_size=V, init_std=0.3)
+  model = Transformer(cfg)
+  shape = bitlm_lib.HeadShape(block=block, bits=bitlm_lib.num_bits(V), width=16, layers=1,
+                              heads=2, mlp=32, cond=cfg.d_model)
+  head = bitlm_lib.init_head(shape, jax.random.key(seed + 1))
+  head = {**head, 'out': head['out'] * 6.0}  # peaked, varied confidences
+  return model, {'target': init_params(model, jax.random.key(seed)), 'bitlm': head}
+
+
+def _run(model, params, spec, prompts=PROMPTS, n=9, sampling=None, eos=-1, batch_size=None):
+  name, settings = registry.parse_spec(spec)
+  return run_decoder(registry.build(name, settings, sampling), Models(model), params, prompts,
+                     max_new_tokens=n, cache_size=40, eos_id=eos, pad_id=PAD,
+                     batch_size=batch_size)
+
+
+def _uncached(model, params, prompt, n, steps):
+  """The decoder's loop without a cache: the full backbone over prompt + tokens so far (right
+  padded to a fixed width: causal, so the padding changes nothing before it), the head on the
+  newest token's hidden state, K tokens appended, until n tokens."""
+  @jax.jit
+  def block(x_1xT, i):
+    h = model.apply({'params': params['target']}, x_1xT).last_hidden_BxTxD[:, i]
+    return bitlm_lib.denoise_block(params['bitlm'], h, steps, V)[0][0]
+
+  out = list(prompt)
+  while len(out) - len(prompt) < n:
+    out += [int(t) for t in block(jnp.asarray([out + [PAD] * (32 - len(out))]), len(out) - 1)]
+  return out[len(prompt):len(prompt) + n]
+
+
+def test_the_bit_code_round_trips_every_id_and_marks_invalid_codes():
+  for vocab in (2, 40, 259, 32768):
+    nb = bitlm_lib.num_bits(vocab)
+    assert 2 ** (nb - 1) < vocab <= 2 ** nb
+    ids = jnp.arange(vocab)
+    bits = bitlm_lib.encode_bits(ids, nb)
+    assert bits.shape == (vocab, nb) and set(np.unique(bits)) <= {0, 1}
+    np.testing.assert_array_equal(bitlm_lib.decode_bits(bits), ids)
+  assert bitlm_lib.encode_bits(jnp.asarray(6), 4).tolist() == [0, 1, 1, 0]  # MSB first
+  # The rule for codes >= V: the valid id with the best independent-bit score (brute force).
+  logits = jax.random.normal(jax.random.key(0), (50, 6)) * 3
+  raw = bitlm_lib.decode_bits((logits > 0).astype(jnp.int32))
+  got = bitlm_lib.valid_ids(raw, logits, V)
+  codes = np.asarray(bitlm_lib.encode_bits(jnp.arange(V), 6))
+  for r, l, g in zip(np.asarray(raw), np.asarray(logits, np.float64), np.asarray(got)):
+    score = [np.sum(np.where(c == 1, -np.log1p(np.exp(-l)), -np.log1p(np.exp(l))))
+             for c in codes]
+    assert g == (r if r < V else int(np.argmax(score)))
+  assert (np.asarray(raw) >= V).any() and (np.asarray(got) < V).all()
+
+
+@pytest.mark.parametrize('block, steps', [(3, 4), (1, 6)])
+def test_cached_block_decoding_equals_the_uncached_reference_in_a_ragged_batch(block, steps):
+  model, params = _lm(block)
+  rows, stats = _run(model, params, f'bitlm:steps={steps}')
+  for prompt, row in zip(PROMPTS, rows):
+    assert row.tokens == _uncached(model, params, prompt, 9, steps)
+  assert not stats.lossless
+  r = rows[0]
+  assert r.target_forwards == math.ceil(9 / block)  # prefill + one per block but the last
+  assert r.other_forwards == steps * math.ceil(9 / block)
+
+
+def test_one_denoising_step_is_the_heads_greedy_per_token_choice():
+  """K = 1, steps = 1: each token is argmax over the valid ids of the head's own one-step
+  distribution, prod_j P(bit_j | all masked), read from the full (uncached) forward."""
+  model, params = _lm(1, seed=3)
+  params['bitlm'] = {**params['bitlm'], 'out_bias': params['bitlm']['out_bias'].at[0].set(4.0)}
+  rows, _ = _run(model, params, 'bitlm:steps=1', n=7)
+  codes = bitlm_lib.encode_bits(jnp.arange(V), 6).astype(jnp.float32)
+
+  @jax.jit
+  def greedy_choice(x_1xT, i):  # (argmax_v score(v), the raw per-bit argmax code)
+    h = model.apply({'params': params['target']}, x_1xT).last_hidden_BxTxD[:, i]
+    l = bitlm_lib.head_logits(params['bitlm'], h, jnp.full((1, 1, 6), bitlm_lib.MASKED))[0, 0]
+    score = jax.nn.log_sigmoid(l) @ codes.T + jax.nn.log_sigmoid(-l) @ (1 - codes).T
+    return jnp.argmax(score), bitlm_lib.decode_bits((l > 0).astype(jnp.int32))
+
+  hit_invalid = False
+  for prompt, row in zip(PROMPTS, rows):
+    seq = list(prompt)
+    for tok in row.tokens:
+      best, raw = greedy_choice(jnp.asarray([seq + [PAD] * (32 - len(seq))]), len(seq) - 1)
+      assert tok == int(best)
+      hit_invalid |= int(raw) >= V
+      seq.append(tok)
+  assert hit_invalid  # the MSB bias makes the raw argmax code invalid somewhere
+
+
+def test_no_id_at_or_above_the_vocabulary_and_sampling_is_batch_invariant():
+  model, params = _lm(2)
+  # Bias every bit towards 1: raw codes are mostly 63 (invalid).
+  params['bitlm'] = {**params['bitlm'], 'out_bias': jnp.full((6,), 3.0)}
+  sampling = SamplingConfig(temperature=1.0)
+  rows, _ = _run(model, params, 'bitlm:steps=3', sampling=sampling)
+  assert all(0 <= t < V for r in rows for t in r.tokens)
+  alone, _ = _run(model, params, 'bitlm:steps=3', sampling=sampling, batch_size=1)
+  assert [r.tokens for r in alone] == [r.tokens for r in rows]
+  greedy, _ = _run(model, params, 'bitlm:steps=3')
+  assert all(0 <= t < V for r in greedy for t in r.tokens)
+
+
+def test_eos_ends_a_row_inside_a_block():
+  model, params = _lm(3)
+  free, _ = _run(model, params, 'bitlm:steps=4')
+  eos = free[2].tokens[4]  # inside the second block of row 2
+  rows, _ = _run(model, params, 'bitlm:steps=4', eos=eos)
+  for f, r in zip(free, rows):
+    cut = f.tokens.index(eos) + 1 if eos in f.tokens else len(f.tokens)
+    assert r.tokens == f.tokens[:cut]
+
+
+def test_the_objective_equals_hand_computed_values():
+  # All bits masked at r = 1/2, logits 0: each bit costs log 2; K = 2, b = 2 -> 4 log 2 / r / K.
+  z = jnp.zeros((1, 2, 2))
+  got = objective_lib.block_bound(z, jnp.asarray([[[0, 1], [1, 1]]]), z == 0, jnp.asarray([0.5]))
+  np.testing.assert_allclose(got, [4 * math.log(2)], rtol=1e-6)
+  # The full loss on a tiny case against a loop over blocks and bits (same noise draws).
+  model, params = _lm(2)
+  head = params['bitlm']
+  tokens = jnp.asarray([[3, 9, 4, 39, 7, 2], [1, 1, 0, 5, 33, 8]])
+  hidden = model.apply({'params': params['target']}, tokens[:, :-1]).last_hidden_BxTxD
+  rng = jax.random.key(5)
+  loss, metrics = objective_lib.block_loss(head, hidden, tokens, rng, eps=1e-3)
+  r, masked = objective_lib.draw_noise(rng, (2 * 4, 2, 6), 1e-3)  # N = T - K + 1 = 4 per row
+  r, masked = np.asarray(r), np.asarray(masked)
+  total = []
+  for b in range(2):
+    for t in range(4):
+      i = b * 4 + t
+      block = [int(tokens[b, t + 1 + k]) for k in range(2)]
+      bits = np.array([[(v >> (5 - j)) & 1 for j in range(6)] for v in block])
+      state = np.where(masked[i], bitlm_lib.MASKED, bits)
+      l = np.asarray(bitlm_lib.head_logits(head, hidden[b, t][None], jnp.asarray(state)[None]))[0]
+      bce = np.where(bits == 1, np.log1p(np.exp(-l)), np.log1p(np.exp(l)))
+      total.append(np.sum(bce * masked[i]) / r[i] / 2)
+  np.testing.assert_allclose(float(loss), np.mean(total), rtol=1e-5)
+  assert 0 < float(metrics['mask_frac']) < 1
+
+
+def test_the_objective_trains_backbone_and_head_from_the_config():
+  import configs.bitlm  # pylint: disable=g-import-not-at-top
+  cfg = configs.bitlm.get_config('test')
+  model = Transformer(small_config(vocab_size=259))
+  objective = make_objective('bitlm', model, cfg)
+  params = {'model': init_params(model, jax.random.key(0)), **objective.extras(jax.random.key(1))}
+  assert bitlm_lib.head_shape(params['bitlm']).bits == 9
+  batch = {'tokens': jax.random.randint(jax.random.key(2), (2, 33), 0, 259)}
+  (loss, _), g = jax.jit(jax.value_and_grad(objective.loss_fn, has_aux=True))(
+      params, batch, jax.random.key(3))
+  assert np.isfinite(float(loss))
+  # The backbone learns through the head (its vocabulary head gets no gradient).
+  assert float(sum(jnp.abs(x).sum() for x in jax.tree.leaves(g['model']['layer_0']))) > 0
+
+
+def test_clear_errors():
+  model, params = _lm(2)
+  with pytest.raises(ValueError, match=r'steps must be in 1 \.\. 12'):
+    _run(model, params, 'bitlm:steps=13')
+  with pytest.raises(ValueError, match='steps must be >= 0'):
+    registry.build('bitlm', {'steps': -1})
+  with pytest.raises(ValueError, match='temperature only'):
+    registry.build('bitlm', {}, SamplingConfig(temperature=1.0, top_k=5))
+  with pytest.raises(ValueError, match='bitwise diffusion head'):
+    _run(model, {'target': params['target']}, 'bitlm')
+  with pytest.raises(ValueError, match="Decoder 'bitlm' needs a BitLM model"):
+    registry.build('bitlm').for_model({'target': ModelKind()})
+  with pytest.raises(ValueError, match="Decoder 'ar' needs an autoregressive"):
+    registry.build('ar').for_model({'target': ModelKind(heads=('bitlm',))})
+  assert registry.build('bitlm').for_model({'target': ModelKind(heads=('bitlm',))})
+  with pytest.raises(ValueError, match='`bitlm` config section'):
+    make_objective('bitlm', model, None)
+  with pytest.raises(ValueError, match='hold no block of 8'):
+    objective_lib.block_targets(jnp.zeros((1, 6), jnp.int32), 8)
+  with pytest.raises(ValueError, match='width 10 is not a multiple'):
+    bitlm_lib.HeadShape(block=2, bits=6, width=10, layers=1, heads=4, mlp=8, cond=4)

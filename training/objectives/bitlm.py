@@ -1,0 +1,136 @@
+"""BitLM (models/bitlm.py): `bitlm` trains a causal backbone and a bitwise diffusion head from
+scratch.
+
+Training row: tokens x_0 .. x_T; the backbone reads x_0 .. x_{T-1} (causal) and gives h_t.
+Every t with a full block after it (t = 0 .. T - K) is a block start: the head, conditioned
+on h_t, denoises the code of x_{t+1} .. x_{t+K} (K x b bits). Per block, an absorbing
+diffusion over its bits with the linear schedule (MDLM): draw r ~ U(eps, 1), mask each bit
+independently with probability r, and
+
+  loss_block = (1 / r) * sum over masked bits of BCE(head logit, true bit) / K
+
+in nats per token. Its expectation over r and the masks is an upper bound on
+-log p(x_{t+1..t+K} | x_<=t) / K under the head's diffusion model (MDLM's ELBO; the bound
+also pays for any mass on invalid codes), so it compares with an AR model's next-token loss.
+The loss is the mean over blocks (with `starts` > 0, over a random `starts` block
+starts per row: the same mean in expectation, at a fraction of the head's cost). Metrics: `loss` (the bound, nats/token), `bit_acc` (masked
+bits predicted right), `mask_frac`.
+
+Config section `bitlm`: block (K), head_width, head_layers, head_heads, head_mlp, eps,
+starts (0 = every block start).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from models import bitlm as bitlm_lib
+from models import transformer as transformer_lib
+from training.objectives.registry import Objective, register
+
+KEYS = ('block', 'head_width', 'head_layers', 'head_heads', 'head_mlp', 'eps', 'starts')
+
+
+def head_shape(model: transformer_lib.Transformer, config: ml_collections.ConfigDict
+               ) -> tuple[bitlm_lib.HeadShape, float]:
+  """(the head's shape, eps) from config.bitlm; ValueError on a missing section or bad value."""
+  if config is None or 'bitlm' not in config:
+    raise ValueError("Objective 'bitlm' reads a `bitlm` config section (block, head_width, "
+                     '...): use configs/bitlm.py.')
+  s = config.bitlm
+  unknown = sorted(set(s.keys()) - set(KEYS))
+  if unknown:
+    raise ValueError(f'Unknown bitlm config keys {unknown}; known: {sorted(KEYS)}.')
+  if not 0.0 < s.eps < 1.0:
+    raise ValueError(f'bitlm.eps must be in (0, 1), got {s.eps}.')
+  shape = bitlm_lib.HeadShape(
+      block=s.block, bits=bitlm_lib.num_bits(model.cfg.vocab_size), width=s.head_width,
+      layers=s.head_layers, heads=s.head_heads, mlp=s.head_mlp, cond=model.cfg.d_model)
+  if s.get('starts', 0) < 0:
+    raise ValueError(f'bitlm.starts must be >= 0 (0 = every block start), got {s.starts}.')
+  return shape, float(s.eps)
+
+
+def block_targets(tokens_BxT1: jax.Array, block: int) -> jax.Array:
+  """[B, N, K] the K tokens after each block start t = 0 .. N - 1 (N = T - K + 1) of a row of
+  T + 1 tokens: out[b, t, k] = tokens[b, t + 1 + k]."""
+  T = tokens_BxT1.shape[1] - 1
+  if T < block:
+    raise ValueError(f'bitlm: rows of {T + 1} tokens hold no block of {block} after a context '
+                     'token; raise data.seq_len or lower bitlm.block.')
+  N = T - block + 1
+  idx = jnp.arange(N)[:, None] + 1 + jnp.arange(block)[None, :]
+  return tokens_BxT1[:, idx]
+
+
+def block_bound(logits_NxKxb: jax.Array, bits_NxKxb: jax.Array, masked_NxKxb: jax.Array,
+                r_N: jax.Array) -> jax.Array:
+  """[N] the per-token diffusion bound of each block: sum over masked bits of
+  BCE(logit, bit) / r / K (see the module docstring)."""
+  l = logits_NxKxb.astype(jnp.float32)
+  bce = jnp.where(bits_NxKxb == 1, -jax.nn.log_sigmoid(l), -jax.nn.log_sigmoid(-l))
+  K = bits_NxKxb.shape[1]
+  return jnp.sum(jnp.where(masked_NxKxb, bce, 0.0), axis=(1, 2)) / r_N / K
+
+
+def draw_noise(rng: jax.Array, shape_NxKxb: tuple[int, ...], eps: float
+               ) -> tuple[jax.Array, jax.Array]:
+  """(r [N] ~ U(eps, 1), masked [N, K, b]: each bit masked with probability r)."""
+  k_r, k_m = jax.random.split(rng)
+  N = shape_NxKxb[0]
+  r = eps + (1.0 - eps) * jax.random.uniform(k_r, (N,))
+  masked = jax.random.uniform(k_m, shape_NxKxb) < r[:, None, None]
+  return r, masked
+
+
+def pick_starts(rng: jax.Array, shape_BxN: tuple[int, int], starts: int) -> jax.Array:
+  """[B, starts] distinct block starts per row, uniformly at random, sorted."""
+  u = jax.random.uniform(rng, shape_BxN)
+  return jnp.sort(jnp.argsort(u, axis=1)[:, :starts], axis=1)
+
+
+def block_loss(head_params, hidden_BxTxD: jax.Array, tokens_BxT1: jax.Array, rng: jax.Array,
+               eps: float, starts: int = 0) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(mean bound over the blocks of the batch, metrics) from the backbone's hidden states
+  h_0 .. h_{T-1} [B, T, D] and the row tokens [B, T + 1]. starts > 0: a random `starts` of
+  each row's block starts (an unbiased estimate of the mean over all of them, cheaper)."""
+  shape = bitlm_lib.head_shape(head_params)
+  K, nb = shape.block, shape.bits
+  targets_BxNxK = block_targets(tokens_BxT1, K)
+  cond_BxNxD = hidden_BxTxD[:, :targets_BxNxK.shape[1]]
+  if starts and starts < targets_BxNxK.shape[1]:  # a random subset of the block starts
+    rng, k_pick = jax.random.split(rng)
+    pick_BxS = pick_starts(k_pick, targets_BxNxK.shape[:2], starts)
+    targets_BxNxK = jnp.take_along_axis(targets_BxNxK, pick_BxS[..., None], axis=1)
+    cond_BxNxD = jnp.take_along_axis(cond_BxNxD, pick_BxS[..., None], axis=1)
+  B, N, _ = targets_BxNxK.shape
+  bits = bitlm_lib.encode_bits(targets_BxNxK, nb).reshape(B * N, K, nb)
+  r, masked = draw_noise(rng, (B * N, K, nb), eps)
+  state = jnp.where(masked, bitlm_lib.MASKED, bits)
+  cond = cond_BxNxD.reshape(B * N, -1)
+  logits = bitlm_lib.head_logits(head_params, cond, state)
+  bound = block_bound(logits, bits, masked, r)
+  loss = jnp.mean(bound)
+  n_masked = jnp.maximum(masked.sum(), 1)
+  bit_acc = jnp.sum(masked & ((logits > 0) == (bits == 1))) / n_masked
+  return loss, {'loss': loss, 'bit_acc': bit_acc, 'mask_frac': jnp.mean(masked)}
+
+
+@register('bitlm')
+def bitlm(model: transformer_lib.Transformer, config: ml_collections.ConfigDict) -> Objective:
+  """Backbone + bitwise diffusion head from scratch (see the module docstring)."""
+  shape, eps = head_shape(model, config)
+  starts = int(config.bitlm.get('starts', 0))
+
+  def init_extras(rng):
+    return {bitlm_lib.BITLM: bitlm_lib.init_head(shape, rng)}
+
+  def loss_fn(params, batch, rng):
+    tokens = batch['tokens']
+    out = model.apply({'params': params['model']}, tokens[:, :-1])
+    return block_loss(params[bitlm_lib.BITLM], out.last_hidden_BxTxD, tokens, rng, eps,
+                      starts)
+
+  return Objective(loss_fn=loss_fn, init_extras=init_extras)
