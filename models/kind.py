@@ -37,6 +37,7 @@ HEADS = {  # a trained tree saved beside the model (models.heads) -> the config 
     'mask_mtp': 'configs/mask_mtp.py',  # mask embeddings, gated LoRA, sampler (models/mask_mtp.py)
     'ctrldiff': 'configs/ctrldiff.py:TASK',  # CtrlDiff's block-size predictor (models/block_size.py)
     'attribute': 'configs/ctrlguide.py:TASK',  # guidance's attribute classifier (models/attribute.py)
+    'pipo': 'configs/pipo.py:task=TASK',  # PIPO's compressor, MTP and confidence heads (models/pipo.py)
 }
 
 

@@ -25,6 +25,7 @@ objective's home: adding an objective is adding a file with a `@register('name')
   mask_mtp.py          mask_mtp (masked-input MTP: mask embeddings, gated LoRA, sampler)
   ctrldiff.py          ctrldiff (CtrlDiff's block-size predictor on a frozen base)
   attribute.py         attribute_classifier (classifier guidance's attribute classifier)
+  pipo.py              pipo (PIPO: chunk compressor, MTP and confidence heads on a CoT run)
 """
 
 from training.objectives import ar
@@ -48,6 +49,7 @@ from training.objectives import unmask_policy
 from training.objectives import wedlm
 from training.objectives import ctrldiff
 from training.objectives import attribute
+from training.objectives import pipo
 from training.objectives.registry import (Batch, LossFn, Objective, ObjectiveFactory,
                                           make_objective, names, register,
                                           token_cross_entropy)
