@@ -2,9 +2,9 @@
 write two tokens per position and say when its second token can be trusted.
 
   python train.py --config=configs/latent_reasoning.py:task=prontoqa,method=cot,size=tiny,\\
-steps=500 --workdir=runs/pipo/prontoqa/cot                                 # the base, ~6 min
+steps=500 --workdir=runs/pipo/prontoqa/cot                      # the base, ~10 min
   python train.py --config=configs/pipo.py:task=prontoqa,size=tiny \\
-      --workdir=runs/pipo/prontoqa/pipo                                    # ~5 min, 2 cores
+      --workdir=runs/pipo/prontoqa/pipo            # ~6 min on a loaded 2-core host
   python sample.py --workdir=runs/pipo/prontoqa/pipo --decoder=pipo --decoder_config.threshold=0.5
 
 The argument is comma-separated key=value pairs:
@@ -14,7 +14,8 @@ The argument is comma-separated key=value pairs:
   steps, lr, batch, single (pipo.single_prob), conf (pipo.conf_weight)
 
 The objective (`training/objectives/pipo.py`) fine-tunes the base and trains params['pipo']
-(models/pipo.py); the workdir then holds both, which `--decoder=pipo` reads.
+(models/pipo.py); the workdir then holds both, which `--decoder=pipo` reads. The `tiny` ProntoQA
+base of this recipe is at chance on the task (benchmarks/results/latent_pipo.md).
 """
 
 import ml_collections
@@ -30,7 +31,11 @@ SIZES = {  # size: (steps, batch, learning rate, warmup)
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   opts = dict(task='prontoqa', size='tiny', init=None, steps='', lr='', batch='',
               single='0.25', conf='1.0')
-  given = dict(item.split('=', 1) for item in filter(None, (arg or '').split(',')))
+  items = [item for item in (arg or '').split(',') if item]
+  bad = [item for item in items if '=' not in item]
+  if bad:
+    raise ValueError(f'Config argument {bad[0]!r} is not key=value.')
+  given = dict(item.split('=', 1) for item in items)
   unknown = sorted(set(given) - set(opts))
   if unknown:
     raise ValueError(f'Unknown config arguments {unknown}; known: {sorted(opts)}.')

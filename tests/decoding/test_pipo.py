@@ -156,3 +156,5 @@ def test_misuse_fails_clearly(lm):
   with pytest.raises(ValueError, match='needs pipo heads in the target run'):
     registry.build('pipo').for_model({'target': ModelKind()})
   assert registry.build('pipo').for_model({'target': ModelKind(heads=('pipo',))})
+  # Lossy, and its steps may cost less than an AR step (half the positions).
+  assert not registry.build('pipo').is_lossless() and registry.build('pipo').cheaper_steps()

@@ -105,5 +105,7 @@ def test_batches_and_settings():
     objective_lib.PIPOSettings(single_prob=1.5)
   with pytest.raises(ValueError, match='Unknown config arguments'):
     pipo_config.get_config('size=test,colour=red')
+  with pytest.raises(ValueError, match='is not key=value'):
+    pipo_config.get_config('test')
   with pytest.raises(ValueError, match='reads a `pipo` config section'):
     make_objective('pipo', Transformer(small_config()), None)
