@@ -40,6 +40,7 @@ HEADS = {  # a trained tree saved beside the model (models.heads) -> the config 
     'attribute': 'configs/ctrlguide.py:TASK',  # guidance's attribute classifier (models/attribute.py)
     'hamburger': 'configs/hamburger.py',  # HAMburger's embedder and micro decoder (models/hamburger.py)
     'bitlm': 'configs/bitlm.py:tiny',  # BitLM's bitwise diffusion head (models/bitlm.py)
+    'pipo': 'configs/pipo.py:task=TASK',  # PIPO's compressor, MTP and confidence heads (models/pipo.py)
 }
 
 

@@ -10,9 +10,12 @@
   routing.py      small-large routing: GlimpRouter (step level) and an R2R token router
   arbitrage.py    Arbitrage: step-level routing by a router's predicted large-model advantage,
                   and its advantage labels
+  pipo.py         PIPO: two-token chunks in, two tokens out, a confidence head in place of a
+                  verifier
 """
 
 from decoding.latent import arbitrage
 from decoding.latent import cntp
 from decoding.latent import decoders
+from decoding.latent import pipo
 from decoding.latent import routing

@@ -22,6 +22,7 @@ from models import unmask_policy as unmask_policy_lib
 from models import mask_mtp as mask_mtp_lib
 from models import attribute as attribute_lib
 from models import bitlm as bitlm_lib
+from models import pipo as pipo_lib
 from models import block_size as block_size_lib
 from models import kind as kind_lib
 from models.kind import ModelKind
@@ -113,7 +114,7 @@ def test_heads_known_to_the_kind_are_the_models_heads():
                                  kv_predict_lib.KV_PREDICT, chimera_lib.CHIMERA, ppd_lib.PPD,
                                  mask_mtp_lib.MASK_MTP, block_size_lib.HEAD,
                                  attribute_lib.HEAD, hamburger_lib.HAMBURGER,
-                                 bitlm_lib.BITLM}
+                                 bitlm_lib.BITLM, pipo_lib.PIPO}
   assert _build('speculative').for_model({'target': AR}) == _build('speculative')
   with pytest.raises(ValueError, match='unknown heads'):
     kind_lib.require_heads(AR, ('eagle',), 'x')

@@ -27,6 +27,7 @@ objective's home: adding an objective is adding a file with a `@register('name')
   attribute.py         attribute_classifier (classifier guidance's attribute classifier)
   hamburger.py         hamburger (HAMburger: compositional embedder + micro-step decoder)
   bitlm.py             bitlm (BitLM: causal backbone + bitwise diffusion head, from scratch)
+  pipo.py              pipo (PIPO: chunk compressor, MTP and confidence heads on a CoT run)
 """
 
 from training.objectives import ar
@@ -52,6 +53,7 @@ from training.objectives import wedlm
 from training.objectives import ctrldiff
 from training.objectives import attribute
 from training.objectives import bitlm
+from training.objectives import pipo
 from training.objectives.registry import (Batch, LossFn, Objective, ObjectiveFactory,
                                           make_objective, names, register,
                                           token_cross_entropy)
