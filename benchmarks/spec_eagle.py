@@ -1,14 +1,18 @@
-"""EAGLE-3 vs EAGLE-1 vs Medusa vs MTP on one target: tau and acceptance by draft depth.
+"""EAGLE-3 vs EAGLE-1 vs Medusa vs MTP vs a draft model on one target: tau and acceptance by
+draft depth.
 
-  # the target and four drafters, 600 steps each (configs/spec_heads.py)
+  # the target and four drafters, 600 steps each (configs/spec_heads.py), and a distilled
+  # draft model (configs/spec_draft.py, 800 steps)
   python train.py --config=configs/lm.py:tiny --workdir=runs/spec/target
   for k in eagle3 eagle1 medusa mtp; do
     python train.py --config=configs/spec_heads.py:$k --workdir=runs/spec/$k; done
+  python train.py --config=configs/spec_draft.py --workdir=runs/spec/draft
   python -m benchmarks.spec_eagle            # about 5 minutes on 2 CPU cores
 
 Held-out prompts of the code corpus, greedy (temperature 0), every method on the same
 prompts and target, at a chain of 4 drafts and at a tree of 24 drafted nodes (EAGLE: the
-EAGLE-2 dynamic tree; Medusa and MTP: their static trees). Per method: tau (tokens per target
+EAGLE-2 dynamic tree; Medusa and MTP: their static trees; the draft model: its dynamic tree
+of stochastic beams, the same tree policy under greedy verification). Per method: tau (tokens per target
 forward, bonus token and prefill counted), acceptance by position (share of verification
 steps whose accepted path reached depth d), drafted nodes per step, draft forwards per
 generated token, and whether the tokens equal AR's. tau does not depend on the machine's load;
@@ -39,8 +43,12 @@ METHODS: dict[str, tuple[str, dict[str, Any], str]] = {
     'eagle1 dynamic tree 24': ('eagle1', dict(gamma=5, top_k=4, tree_nodes=24), 'eagle1'),
     'medusa static tree 24': ('medusa', dict(tree='static', gamma=4, tree_nodes=24), 'medusa'),
     'mtp static tree 24': ('mtp', dict(tree='static', gamma=3, tree_nodes=24), 'mtp'),
+    'draft model chain 4': ('speculative', dict(gamma=4), 'draft'),
+    'draft model dynamic tree 24': ('speculative', dict(tree='dynamic', gamma=5, top_k=4,
+                                                        tree_nodes=24), 'draft'),
 }
 HEADS = ('eagle3', 'eagle1', 'medusa', 'mtp')
+DRAFT = 'draft'  # a separate model (speculative's draft_workdir), not heads on the target
 
 
 def run(args) -> tuple[str, str]:
@@ -51,6 +59,8 @@ def run(args) -> tuple[str, str]:
     if workbench.has_checkpoint(workdir):
       bench.add_heads(name, workdir)
       have.add(name)
+  if workbench.has_checkpoint(os.path.join(args.runs, DRAFT)):
+    have.add(DRAFT)
   tok = bench.tokenizer
   prompts = workbench.read_prompts(tok, prompt=None, prompts_file=None, heldout=args.prompts,
                                    prompt_chars=args.prompt_chars,
@@ -65,6 +75,8 @@ def run(args) -> tuple[str, str]:
     if needs not in have:
       skipped.append(f'{name} (no {needs} run in {args.runs})')
       continue
+    if needs == DRAFT:
+      settings = dict(settings, draft_workdir=os.path.join(args.runs, DRAFT))
     dec = bench.decoder(dec_name, sampling, settings)
     models, params = bench.models_for(dec)
     r = harness.measure(dec, models, params, batches, warmup=True, **kw)
@@ -80,8 +92,9 @@ def run(args) -> tuple[str, str]:
           'runs': args.runs, 'ar_tau': ar['tau'], 'skipped': skipped,
           'provenance': common.provenance()}
   out_json = common.write_json(args.name, {**meta, 'rows': rows})
-  return common.write_results(args.name, 'EAGLE-3 / EAGLE-1 / Medusa / MTP on the tiny target '
-                              '(tau, acceptance by depth)', _body(rows, meta)), out_json
+  return common.write_results(args.name, 'EAGLE-3 / EAGLE-1 / Medusa / MTP / draft model on '
+                              'the tiny target (tau, acceptance by depth)',
+                              _body(rows, meta)), out_json
 
 
 def _body(rows, meta) -> str:
@@ -99,7 +112,10 @@ def _body(rows, meta) -> str:
       f"{meta['prompts']} held-out prompts of the code corpus, {meta['max_new_tokens']} new "
       f"tokens each, greedy, batches of {meta['batch_size']}; target `{meta['target']}` (the "
       f"`tiny` preset), drafters trained 600 steps each on the frozen target "
-      f"(`configs/spec_heads.py`), one run and one seed each. tau counts the bonus token and "
+      f"(`configs/spec_heads.py`), the draft model (the `test` preset: 2 layers, width 64) "
+      f"distilled from it for 800 steps (`configs/spec_draft.py`), one run and one seed each. "
+      f"Draft forwards of the draft model are forwards of a separate model (of ~8x fewer "
+      f"FLOPs than the target), not of heads on the target's features. tau counts the bonus token and "
       "the prefill; acc@d = share of verification steps whose accepted path reached depth d. "
       "Speed is not recorded here (measured on a shared machine).", '',
       f"Prompts are {meta['prompt_tokens_mean']:.0f} tokens on average; decoding reaches "
@@ -118,7 +134,8 @@ def main():
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--target', default='runs/spec/target')
-  p.add_argument('--runs', default='runs/spec', help='folder with eagle3/ eagle1/ medusa/ mtp/')
+  p.add_argument('--runs', default='runs/spec',
+                 help='folder with eagle3/ eagle1/ medusa/ mtp/ draft/')
   p.add_argument('--prompts', type=int, default=16)
   p.add_argument('--prompt_chars', type=int, default=200)
   p.add_argument('--max_new_tokens', type=int, default=128)
