@@ -6,7 +6,7 @@
 init=runs/latent/prosqa/cot --workdir=runs/latent/prosqa/coconut1
 
 The argument is comma-separated key=value pairs:
-  task       prosqa | prontoqa | multiplication | parity (data/tasks/reasoning.py)
+  task       prosqa | prontoqa | multiplication | parity | modsum (data/tasks/reasoning.py)
   method     cot | nocot | coconut | pause | sim_cot (training/objectives/coconut.py,
              sim_cot.py); the objective of the same name
   stage      curriculum stage (coconut, pause, sim_cot); > max_stage = every step latent
@@ -25,7 +25,8 @@ import ml_collections
 
 from configs import common
 
-MAX_STAGE = {'prosqa': 4, 'prontoqa': 4, 'multiplication': 3, 'parity': 4}
+MAX_STAGE = {'prosqa': 4, 'prontoqa': 4, 'multiplication': 3, 'parity': 4,
+             'modsum': 4}
 SIZES = {
     # size: (steps per stage, batch, learning rate, warmup)
     'test': (4, 8, 1e-3, 1),

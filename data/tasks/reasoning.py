@@ -6,6 +6,7 @@ chains). Registered tasks (one module each):
 
   prosqa          ProsQA-style graph reachability (prosqa.py)
   prontoqa        ProntoQA-style multi-hop logic with distractor chains (prontoqa.py)
+  modsum          additions / subtractions mod 10, running value per step (modsum.py)
   multiplication  multi-digit multiplication with running-sum steps (multiplication.py)
   parity          parity of a bit string with running-parity steps (parity_cot.py)
 

@@ -11,7 +11,7 @@ import pytest
 from data import tokenizers
 from data.tasks import multiplication, prontoqa, prosqa, reasoning
 
-TASKS = ['prosqa', 'prontoqa', 'multiplication', 'parity']
+TASKS = ['prosqa', 'prontoqa', 'multiplication', 'parity', 'modsum']
 
 
 @pytest.mark.parametrize('name', TASKS)
@@ -32,7 +32,7 @@ def test_examples_fit_their_bounds_and_are_deterministic(name, split):
 def test_generation_does_not_depend_on_the_hash_seed():
   """Two processes with different PYTHONHASHSEED generate the same questions (set order)."""
   code = ('from data.tasks import reasoning\n'
-          'for name in ("prosqa", "prontoqa", "multiplication", "parity"):\n'
+          'for name in ("prosqa", "prontoqa", "multiplication", "parity", "modsum"):\n'
           '  print([e.question for e in reasoning.examples(reasoning.get(name), 20, seed=1)])')
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   outs = [subprocess.run([sys.executable, '-c', code], cwd=root, capture_output=True, text=True,
@@ -91,6 +91,26 @@ def test_parity_steps_and_answer():
     assert 20 <= len(bits) <= 24 and ex.answer == str(sum(bits) % 2)
     for i, s in enumerate(ex.steps):
       assert s == f'{sum(bits[:4 * (i + 1)]) % 2}.'
+
+
+def test_modsum_steps_are_running_values_and_ood_chains_are_longer():
+  """Recomputed here from the question's characters: the k-th step is the first k + 1
+  digits combined with their signs mod 10 (not a replay of the generator's loop)."""
+  task = reasoning.get('modsum')
+  for split, n in (('train', 6), ('ood', 8)):
+    exs = reasoning.examples(task, 200, split=split)
+    for ex in exs:
+      q = ex.question
+      assert len(q) == 2 * n - 1 and q[::2].isdigit() and set(q[1::2]) <= {'+', '-'}
+      signed = [int(q[0])] + [int(q[i + 1]) * (1 if q[i] == '+' else -1)
+                              for i in range(1, len(q), 2)]
+      assert len(ex.steps) == n - 1
+      for k, step in enumerate(ex.steps, start=1):
+        assert step == f'{sum(signed[:k + 1]) % 10}.', (ex, k)
+      assert ex.answer == str(sum(signed) % 10) == ex.steps[-1][0]
+    # both operators and every answer digit occur (no degenerate chains)
+    assert {c for e in exs for c in e.question[1::2]} == {'+', '-'}
+    assert {e.answer for e in exs} == set('0123456789')
 
 
 def test_token_layout_and_answer_parsing():
