@@ -21,8 +21,9 @@ lr 3e-3, batch 32). This script, per task,
    that should send `fractions` of steps (tokens, for R2R) to the large model, plus a random
    step router at each Arbitrage budget (`arbitrage:random_fraction`), on `questions`
    in-distribution questions (latent.py's evaluation set), greedy;
-4. writes benchmarks/results/latent_arbitrage.md / .json and latent_arbitrage.png (accuracy
-   against the fraction of tokens the large model wrote).
+4. writes benchmarks/results/OUT.md / .json and OUT.png (accuracy against the fraction of
+   tokens the large model wrote); OUT is `--out`, latent_arbitrage unless given (e.g.
+   `--tasks=modsum --out=latent_arbitrage_modsum` keeps the ProsQA / parity file).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from decoding.latent import arbitrage, feedback, routing
 
 def define_flags() -> None:
   """Command-line flags (defined only when run as a script, so the module can be imported)."""
-  global _REUSE, _ROWS, _QUESTIONS, _BATCH, _MARGIN, _FRACTIONS, _STEPS
+  global _REUSE, _ROWS, _QUESTIONS, _BATCH, _MARGIN, _FRACTIONS, _STEPS, _OUT
   # --root (runs: ROOT/TASK/cot_other = small, ROOT/TASK/cot = large) and --tasks (default
   # prosqa) are benchmarks/latent.py's flags, defined when it is imported.
   _REUSE = flags.DEFINE_bool('reuse', False, 'Take a task\'s measurements from '
@@ -58,6 +59,8 @@ def define_flags() -> None:
   _FRACTIONS = flags.DEFINE_list('fractions', ['0.1', '0.25', '0.5', '0.75'],
                                  'Target large-model fractions of the threshold sweeps.')
   _STEPS = flags.DEFINE_integer('router_steps', 400, 'Adam steps of each router (full batch).')
+  _OUT = flags.DEFINE_string('out', 'latent_arbitrage', 'Results files: '
+                             'benchmarks/results/OUT.md / .json / .png.')
 
 
 # ------------------------------------------------------------------------------ labelling
@@ -256,7 +259,7 @@ def report(res: dict[str, Any]) -> str:
            'random (steps) acc', 's.e. of a difference'], matched(res, n)))
 
 
-def plot(results: list[dict[str, Any]]) -> str:
+def plot(results: list[dict[str, Any]], name: str = 'latent_arbitrage') -> str:
   plt = common.pyplot()
   fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
   for ax, res in zip(axes[0], results):
@@ -268,7 +271,7 @@ def plot(results: list[dict[str, Any]]) -> str:
     ax.set(xlabel='fraction of tokens written by the large model', ylabel='accuracy (%)',
            title=f'{res["task"]}: routing at matched budgets (ends: small / large alone)')
     ax.legend(fontsize=8)
-  path = os.path.join(common.RESULTS_DIR, 'latent_arbitrage.png')
+  path = os.path.join(common.RESULTS_DIR, f'{name}.png')
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   return path
@@ -291,11 +294,12 @@ def main(argv):
     with open(saved, 'w') as f:
       json.dump(results[-1], f, indent=1)
   os.makedirs(common.RESULTS_DIR, exist_ok=True)
-  with open(os.path.join(common.RESULTS_DIR, 'latent_arbitrage.json'), 'w') as f:
+  out = _OUT.value
+  with open(os.path.join(common.RESULTS_DIR, f'{out}.json'), 'w') as f:
     json.dump({r['task']: r for r in results}, f, indent=1)
-  plot(results)
-  body = '\n\n'.join(report(r) for r in results) + '\n\n![](latent_arbitrage.png)'
-  path = common.write_results('latent_arbitrage', 'Arbitrage vs GlimpRouter vs R2R', body)
+  plot(results, out)
+  body = '\n\n'.join(report(r) for r in results) + f'\n\n![]({out}.png)'
+  path = common.write_results(out, 'Arbitrage vs GlimpRouter vs R2R', body)
   print(f'wrote {path}')
 
 

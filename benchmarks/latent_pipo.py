@@ -13,8 +13,8 @@ questions (data/tasks/reasoning.py, seed 0), greedy, batch `batch`, the script d
 and reports task accuracy, base forwards per generated token (prefill included), the share of
 steps that took a pair, prompt positions (pairs halve them), tokens/s and speedup against `ar`
 (each decoder's fastest of `repeats` passes, passes interleaved within a run), then writes
-benchmarks/results/latent_pipo.md / .json and latent_pipo.png (accuracy against base forwards
-per token over the threshold).
+benchmarks/results/OUT.md / .json and OUT.png (accuracy against base forwards per token over
+the threshold); OUT is `--out`, latent_pipo unless given.
 
 GlimpRouter, R2R and Arbitrage (benchmarks/latent_arbitrage.py) split a fixed number of
 large-model tokens between a small and a large model; PIPO is a one-model method with no
@@ -42,6 +42,8 @@ _PIPO = flags.DEFINE_string('pipo_run', '', 'The PIPO run (default ROOT/TASK/pip
 _QUESTIONS = flags.DEFINE_integer('questions', 200, 'Held-out questions (in distribution).')
 _BATCH = flags.DEFINE_integer('batch', 100, 'Decode batch.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed passes per decoder (fastest kept).')
+_OUT = flags.DEFINE_string('out', 'latent_pipo', 'Results files: '
+                           'benchmarks/results/OUT.md / .json / .png.')
 _THRESHOLDS = flags.DEFINE_list('thresholds', ['inf', '0.9', '0.8', '0.7', '0.6', '0.5', '0.3',
                                                '-inf'], 'Confidence thresholds of pipo.')
 
@@ -150,7 +152,7 @@ def render(out: dict[str, Any]) -> str:
       'per token.\n')
 
 
-def plot(out: dict[str, Any]) -> str:
+def plot(out: dict[str, Any], name: str = 'latent_pipo') -> str:
   plt = common.pyplot()
   fig, ax = plt.subplots(figsize=(5.5, 4))
   xs = [r['forwards_per_token'] for r in out['pipo']]
@@ -166,7 +168,7 @@ def plot(out: dict[str, Any]) -> str:
   ax.set_title(f'PIPO on {out["task"]} (one run)')
   ax.legend()
   fig.tight_layout()
-  path = os.path.join(common.RESULTS_DIR, 'latent_pipo.png')
+  path = os.path.join(common.RESULTS_DIR, f'{name}.png')
   fig.savefig(path, dpi=120)
   return path
 
@@ -176,9 +178,9 @@ def main(argv):
   thresholds = [float(t) for t in _THRESHOLDS.value]
   out = run(_TASK.value, _ROOT.value, _QUESTIONS.value, _BATCH.value, _REPEATS.value,
             thresholds, _BASE.value, _PIPO.value)
-  common.write_json('latent_pipo', {**out, 'provenance': common.provenance()})
-  plot(out)
-  print(common.write_results('latent_pipo', 'PIPO (Pair-In, Pair-Out) vs AR', render(out)))
+  common.write_json(_OUT.value, {**out, 'provenance': common.provenance()})
+  plot(out, _OUT.value)
+  print(common.write_results(_OUT.value, 'PIPO (Pair-In, Pair-Out) vs AR', render(out)))
 
 
 if __name__ == '__main__':
