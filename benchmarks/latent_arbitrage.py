@@ -259,7 +259,7 @@ def report(res: dict[str, Any]) -> str:
            'random (steps) acc', 's.e. of a difference'], matched(res, n)))
 
 
-def plot(results: list[dict[str, Any]], name: str = 'latent_arbitrage') -> str:
+def plot(results: list[dict[str, Any]], out: str = 'latent_arbitrage') -> str:
   plt = common.pyplot()
   fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
   for ax, res in zip(axes[0], results):
@@ -271,7 +271,7 @@ def plot(results: list[dict[str, Any]], name: str = 'latent_arbitrage') -> str:
     ax.set(xlabel='fraction of tokens written by the large model', ylabel='accuracy (%)',
            title=f'{res["task"]}: routing at matched budgets (ends: small / large alone)')
     ax.legend(fontsize=8)
-  path = os.path.join(common.RESULTS_DIR, f'{name}.png')
+  path = os.path.join(common.RESULTS_DIR, f'{out}.png')
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   return path
