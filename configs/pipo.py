@@ -15,7 +15,9 @@ The argument is comma-separated key=value pairs:
 
 The objective (`training/objectives/pipo.py`) fine-tunes the base and trains params['pipo']
 (models/pipo.py); the workdir then holds both, which `--decoder=pipo` reads. The `tiny` ProntoQA
-base of this recipe is at chance on the task (benchmarks/results/latent_pipo.md).
+base of this recipe is at chance on the task (benchmarks/results/latent_pipo.md). On modsum's
+competent `test` base (size=test, init=runs/latent/modsum/cot) this recipe loses the task, and
+`single=0` (pairs only) keeps it (latent_pipo_modsum.md, latent_pipo_modsum_pairs.md).
 """
 
 import ml_collections
