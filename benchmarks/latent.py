@@ -40,7 +40,7 @@ from benchmarks import latent_train
 from configs import latent_reasoning
 from data.tasks import reasoning
 from decoding import SamplingConfig
-from decoding.latent import routing
+from decoding.latent import arbitrage, routing
 
 _PROTOCOL = flags.DEFINE_enum('protocol', 'cpu', ['cpu', 'full'], 'Which protocol to run.')
 _ROOT = flags.DEFINE_string('root', 'runs/latent', 'Training runs live here.')
@@ -130,9 +130,22 @@ class Evaluator:
            'seconds': time.perf_counter() - t0}
     if large is not None:
       out['large_fraction'] = stats.extra['large_tokens'] / max(stats.generated, 1)
+      out['large_touched_step_fraction'] = _touched_steps(rows, tok.eos_id)
       if name != 'r2r':  # step routers: the share of steps the large model began
         out['large_step_fraction'] = stats.extra['large_steps'] / max(stats.extra['steps'], 1)
     return out
+
+
+def _touched_steps(rows, eos_id: int) -> float:
+  """Share of steps (as the routing decoders split rows) in which the large model wrote at
+  least one token: a token router (R2R) that hands over one token of a step touches it."""
+  touched = total = 0
+  for r in rows:
+    mask = r.extra['large_mask']
+    for start, end in arbitrage.step_spans(r.tokens, routing.STEP_END_IDS, eos_id):
+      total += 1
+      touched += any(mask[start:end])
+  return touched / max(total, 1)
 
 
 def _save_partial(root: str, task_name: str, results: dict[str, Any]) -> None:

@@ -223,22 +223,24 @@ def matched(res: dict[str, Any], n: int) -> list[list[str]]:
 
 def report(res: dict[str, Any]) -> str:
   lab, rt, n = res['labels'], res['router'], res['questions']
-  rows = [['small alone', '-', '-', f'{res["small"]["accuracy"]:.1%}', '0.00', '0.00',
+  rows = [['small alone', '-', '-', f'{res["small"]["accuracy"]:.1%}', '0.00', '0.00', '0.00',
            f'{res["small"]["tokens"]:.1f}'],
-          ['large alone', '-', '-', f'{res["large"]["accuracy"]:.1%}', '1.00', '1.00',
+          ['large alone', '-', '-', f'{res["large"]["accuracy"]:.1%}', '1.00', '1.00', '1.00',
            f'{res["large"]["tokens"]:.1f}']]
   for name, curve in res['curves'].items():
     for r in curve:
-      step = r.get('large_step_fraction')
+      step, touched = r.get('large_step_fraction'), r.get('large_touched_step_fraction')
       rows.append([name, f'{r["target_fraction"]:.2f}',
                    f'{r["threshold"]:.4g}' if 'threshold' in r else '-',
                    f'{r["accuracy"]:.1%}', f'{r["large_fraction"]:.2f}',
-                   '-' if step is None else f'{step:.2f}', f'{r["tokens"]:.1f}'])
+                   '-' if step is None else f'{step:.2f}',
+                   '-' if touched is None else f'{touched:.2f}', f'{r["tokens"]:.1f}'])
   return (
       f'### {res["task"]}\n\nSmall = `{res["small_run"]}`, large = `{res["large_run"]}`; {n} '
       'held-out in-distribution questions, greedy, one run (one seed) per point. Large '
       'fraction = share of generated tokens the large model wrote; steps = share of steps it '
-      'began (R2R routes tokens, so it has no step share).\n\n'
+      'began (R2R routes tokens, so it has no step share); touched = share of steps in which it '
+      'wrote at least one token (R2R can touch a step by writing one of its tokens).\n\n'
       f'Advantage labels: {lab["steps"]} step boundaries on {res["training_problems"]} '
       'training problems, along the greedy rows of the small model, the large model and a '
       'random step router (half the steps large), whose accuracies on these problems are '
@@ -252,7 +254,8 @@ def report(res: dict[str, Any]) -> str:
       f'{rt["val_balanced_accuracy"]:.3f}. R2R router (divergence labels): train balanced '
       f'accuracy {res["r2r_router"]["balanced_accuracy"]:.3f}.\n\n'
       + common.markdown_table(['router', 'target fraction', 'threshold', 'accuracy',
-                               'large fraction', 'large steps', 'tokens'], rows)
+                               'large fraction', 'large steps', 'large steps touched', 'tokens'],
+                              rows)
       + '\n\nMatched budgets (nearest point of each other router by large-token fraction):'
       '\n\n' + common.markdown_table(
           ['large fraction', 'arbitrage acc', 'glimprouter acc', 'r2r acc',
