@@ -116,7 +116,7 @@ def run(args) -> tuple[str, list[dict]]:
   if unknown:
     raise ValueError(f'Unknown verifiers {unknown}; choose from {list(VERIFIERS)}.')
   device = jax.devices()[0].device_kind
-  rows = []
+  rows, path = [], ''
   for batch in [int(b) for b in args.batches.split(',')]:
     base = ar_baseline(model, params, prompts, batch=batch, pad_id=pad_id, kw=kw,
                        repeats=args.repeats)
@@ -155,7 +155,8 @@ def run(args) -> tuple[str, list[dict]]:
               f"{row['speedup']:.2f}x AR (ideal {row['ideal']:.2f}x, "
               f"{100 * row['measured_over_ideal']:.0f}%), = AR: {row['equal_to_ar']}",
               flush=True)
-  return write(rows, args), rows
+      path = write(rows, args)  # after every verifier: a run cut short keeps its rows
+  return path, rows
 
 
 def goals(rows) -> list[list[str]]:
