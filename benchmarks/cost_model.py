@@ -40,8 +40,8 @@ from models import transformer as transformer_lib
 BYTE_VOCAB = 272  # the byte tokenizer's vocabulary (256 bytes + special tokens)
 
 
-def preset_config(preset: str, dtype: str = 'float32', vocab_size: int | None = None
-                  ) -> ModelConfig:
+def preset_config(preset: str, dtype: str = 'float32', vocab_size: int | None = None,
+                  attention_impl: str = 'auto') -> ModelConfig:
   """The model config of a size preset (byte vocabulary for test/tiny/mem, 32k BPE above)."""
   if preset not in presets.PRESETS:
     raise ValueError(f'Unknown preset {preset!r}; presets: {sorted(presets.PRESETS)}.')
@@ -49,13 +49,15 @@ def preset_config(preset: str, dtype: str = 'float32', vocab_size: int | None = 
   if vocab_size is None:
     vocab_size = BYTE_VOCAB if preset in ('test', 'tiny', 'mem') else 32768
   d['max_seq_len'] = max(d['max_seq_len'], 4096)
-  return ModelConfig(vocab_size=vocab_size, dtype=dtype, param_dtype=dtype, **d)
+  return ModelConfig(vocab_size=vocab_size, dtype=dtype, param_dtype=dtype,
+                     attention_impl=attention_impl, **d)
 
 
 def random_model(preset: str, dtype: str = 'float32', seed: int = 0,
-                 vocab_size: int | None = None) -> tuple[Transformer, Any]:
+                 vocab_size: int | None = None, attention_impl: str = 'auto'
+                 ) -> tuple[Transformer, Any]:
   """A `Transformer` of the preset with random weights (for speed work only)."""
-  cfg = preset_config(preset, dtype, vocab_size)
+  cfg = preset_config(preset, dtype, vocab_size, attention_impl)
   model = Transformer(cfg)
   params = jax.tree.map(lambda p: p.astype(cfg.weight_dtype),
                         init_params(model, jax.random.key(seed)))

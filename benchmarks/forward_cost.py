@@ -31,17 +31,18 @@ def device_tag() -> str:
   return 'cpu' if d.platform == 'cpu' else d.platform + '_' + d.device_kind.split()[-1].lower()
 
 
-def measure(presets, batches, tokens, *, dtype, cache, context) -> list[dict]:
+def measure(presets, batches, tokens, *, dtype, cache, context, attention_impl='auto'
+            ) -> list[dict]:
   rows = []
   for preset in presets:
-    model, params = cost_model.random_model(preset, dtype)
+    model, params = cost_model.random_model(preset, dtype, attention_impl=attention_impl)
     mb = cost_model.weight_bytes(params) / 1e6
     for batch in batches:
       curve = cost_model.forward_curve(model, params, batch=batch, tokens=tokens,
                                        cache_size=cache, context=context)
       for t, sec in curve.items():
         rows.append(dict(device=jax.devices()[0].device_kind, preset=preset, dtype=dtype,
-                         weight_mb=round(mb, 1), batch=batch, tokens=t, ms=sec * 1e3,
+                         attention_impl=attention_impl, weight_mb=round(mb, 1), batch=batch, tokens=t, ms=sec * 1e3,
                          ratio=sec / curve[min(curve)]))
       line = ' '.join(f'T={t}:{sec * 1e3:.3f}ms' for t, sec in curve.items())
       print(f'{preset} ({mb:.0f} MB) B={batch}: {line}', flush=True)
@@ -120,6 +121,8 @@ def main():
   ap.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
   ap.add_argument('--cache', type=int, default=512)
   ap.add_argument('--context', type=int, default=256)
+  ap.add_argument('--attention_impl', default='auto', choices=['auto', 'xla', 'cudnn', 'pallas'],
+                  help="the model's attention implementation (default: the dispatch table's)")
   ap.add_argument('--out', default='', help='results name (default forward_cost_<device>)')
   args = ap.parse_args()
   name = args.out or f'forward_cost_{device_tag()}'
@@ -127,7 +130,7 @@ def main():
   for preset in args.presets.split(','):  # written after each preset: a run cut short keeps them
     rows += measure([preset], [int(b) for b in args.batches.split(',')],
                     [int(t) for t in args.tokens.split(',')], dtype=args.dtype,
-                    cache=args.cache, context=args.context)
+                    cache=args.cache, context=args.context, attention_impl=args.attention_impl)
     os.makedirs(common.RESULTS_DIR, exist_ok=True)
     with open(os.path.join(common.RESULTS_DIR, f'{name}.json'), 'w') as f:
       json.dump({'provenance': common.provenance(), 'rows': rows}, f, indent=1)

@@ -1,0 +1,55 @@
+"""Is a one-row bf16 matmul slower than a two-row one on this device? (the GEMV question)
+
+  python -m benchmarks.matvec_probe            # prints, and writes nothing
+
+The forward-cost curve of `base` on the H200 (benchmarks/results/forward_cost_gpu_h200.md)
+has one token per row cost 1.8x two tokens per row at batch 1. A batch-1, one-token forward
+is the only shape whose matmuls have a single row (M = 1), and the only one that runs our
+Pallas decode attention at batch 1: this probe times the matmuls alone, x[M, K] @ W[K, N] in
+bf16 for M = 1, 2, 8 over `base`-sized weights, in a compiled loop whose every step depends
+on the last, and prints ms per product and the bandwidth of reading W.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+
+SHAPES = ((2048, 8192), (8192, 2048), (2048, 32768))  # base: MLP up, down, unembedding
+STEPS = 200
+
+
+def time_matmul(m: int, k: int, n: int, dtype=jnp.bfloat16) -> float:
+  """Seconds per x[m, k] @ w[k, n], best of 3 runs of a loop of STEPS dependent products."""
+  w = jax.random.normal(jax.random.key(0), (k, n), dtype)
+  x = jax.random.normal(jax.random.key(1), (m, k), dtype)
+
+  @jax.jit
+  def loop(x, w):
+    def body(_, x):
+      y = x @ w
+      return x + (y[:, :1] * 1e-3).astype(x.dtype)  # the next product depends on this one
+    return jax.lax.fori_loop(0, STEPS, body, x)
+
+  jax.block_until_ready(loop(x, w))
+  best = float('inf')
+  for _ in range(3):
+    t0 = time.perf_counter()
+    jax.block_until_ready(loop(x, w))
+    best = min(best, time.perf_counter() - t0)
+  return best / STEPS
+
+
+def main():
+  print(jax.devices()[0].device_kind, jax.__version__)
+  for k, n in SHAPES:
+    for m in (1, 2, 8):
+      s = time_matmul(m, k, n)
+      print(f'M={m} K={k} N={n}: {s * 1e6:.1f} us, W read at {k * n * 2 / s / 1e9:.0f} GB/s',
+            flush=True)
+
+
+if __name__ == '__main__':
+  main()
