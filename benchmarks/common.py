@@ -44,20 +44,23 @@ def device_peaks() -> tuple[float | None, float | None]:
 def git_commit(root: str = REPO_ROOT) -> str:
   """The commit of the code that runs and whether the code differs from it.
 
-  'abc123def456 (clean)', 'abc123def456 + uncommitted changes (dirty)', or from
-  $LEAPFROG_COMMIT when there is no git checkout. Changes under benchmarks/results (what
-  the benchmarks write) do not count as dirty; untracked files outside git's ignores do.
+  'abc123def456 (clean)', 'abc123def456 + uncommitted changes (dirty)', or, when
+  $LEAPFROG_COMMIT is set, that value: a lent machine gets a copy whose .git may be older than
+  the code sent with it (the H200 call of 2026-12-04 read a stale HEAD and called the code
+  dirty), so the commit written out by whoever sent the code wins. Changes under
+  benchmarks/results (what the benchmarks write) do not count as dirty; untracked files
+  outside git's ignores do.
   """
   def git(*args):
     return subprocess.run(['git', '-C', root, *args], capture_output=True, text=True,
                           check=True, timeout=30).stdout.strip()
+  given = os.environ.get(COMMIT_ENV)
+  if given:
+    return f'{given} (from ${COMMIT_ENV})'
   try:
     sha = git('rev-parse', 'HEAD')
     changed = git('status', '--porcelain', '--', '.', ':(exclude)benchmarks/results')
   except (OSError, subprocess.SubprocessError):
-    given = os.environ.get(COMMIT_ENV)
-    if given:
-      return f'{given} (from ${COMMIT_ENV}; no git checkout here)'
     return f'unknown (no git checkout; set ${COMMIT_ENV})'
   return f'{sha[:12]} + uncommitted changes (dirty)' if changed else f'{sha[:12]} (clean)'
 

@@ -45,3 +45,18 @@ def test_provenance_lists_device_versions_date_commit_and_command():
   assert keys == ['- device', '- versions', '- date', '- commit', '- command']
   head = _git(os.path.dirname(common.RESULTS_DIR), 'rev-parse', 'HEAD')
   assert lines[3].startswith(f'- commit: {head[:12]}')
+
+
+def test_the_sent_commit_wins_over_a_stale_checkout(tmp_path, monkeypatch):
+  # A lent machine's copy carried a .git at an older HEAD, with the newer code as changes.
+  monkeypatch.delenv(common.COMMIT_ENV, raising=False)
+  repo = tmp_path / 'repo'
+  repo.mkdir()
+  (repo / 'code.py').write_text('x = 1\n')
+  _git(repo, 'init', '-q')
+  _git(repo, 'add', '.')
+  _git(repo, '-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'one')
+  (repo / 'code.py').write_text('x = 2\n')
+  assert 'dirty' in common.git_commit(str(repo))
+  monkeypatch.setenv(common.COMMIT_ENV, 'feedbeef1234')
+  assert common.git_commit(str(repo)) == f'feedbeef1234 (from ${common.COMMIT_ENV})'
