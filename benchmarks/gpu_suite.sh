@@ -12,9 +12,14 @@
 #   delta      python -m benchmarks.deltaproduct --preset=gpu (chunked vs naive scan)
 #   fwd_cost   python -m benchmarks.forward_cost, presets base,small,mem,tiny, batch 1 and 8, bf16
 #              (the forward-cost curve: which preset is memory-bound here; issue 19 section 2)
-#   spec_system  python -m benchmarks.spec_system --preset=base --dtype=bfloat16 (oracle
-#              drafts at controlled acceptance; issue 19 section 3, goal chain >= 3x AR)
-#   step_cost  python -m benchmarks.step_cost --preset=base --dtype=bfloat16 --batches=1 (where
+#   spec_system  python -m benchmarks.spec_system --preset=base --dtype=float32 (oracle
+#              drafts at controlled acceptance; issue 19 section 3, goal chain >= 3x AR; fp32
+#              at full matmul precision: in bf16 on random weights the first 2026-12-04 H200
+#              run's verify and AR forwards broke near-ties apart, tau fell to 1.1)
+#   t1         why a batch-1 one-token forward of `base` cost 1.8x a two-token one on the
+#              H200: python -m benchmarks.matvec_probe, then benchmarks.forward_cost at batch 1,
+#              T = 1, 2 for $T1_PRESETS with XLA's default and with Triton GEMMs off
+#   step_cost  python -m benchmarks.step_cost --preset=base --dtype=float32 --batches=1 (where
 #              a step's time goes on a memory-bound target; issue 19 section 1)
 #   spec       python -m benchmarks.speculative on the runs under $SPEC_RUNS (default runs/spec)
 #   spec_small = small_target,drafters,small_bench (each also a stage of its own):
@@ -25,9 +30,9 @@
 #              prompt lookup and spec_small's fastest method against transformers' generate(),
 #              assisted generation and prompt lookup on the same exported weights
 #
-# The two calls of issue 19 (each within the 10 minutes of one call on an H200):
+# The calls of issue 19 (each within the 10 minutes of one call on an H200):
 #   bash benchmarks/gpu_suite.sh spec_small,peer              # section 4: real drafters
-#   bash benchmarks/gpu_suite.sh fwd_cost,spec_system,step_cost   # sections 1-3
+#   bash benchmarks/gpu_suite.sh t1,spec_system,step_cost     # sections 1-3 (fwd_cost ran)
 #
 # Every results file records the commit of the code that ran (benchmarks/common.py); a copy
 # without .git (a lent machine gets the working tree only) takes it from $LEAPFROG_COMMIT, so
@@ -71,7 +76,7 @@ if [ "$REHEARSE" = 1 ]; then
   : "${DRAFT_SIZE:=test}" "${DRAFT_STEPS:=20}" "${HEAD_STEPS:=20}" "${DRAFT_BATCH:=4}"
   : "${DRAFT_SEQ:=64}" "${SPEC_PROMPTS:=2}" "${SPEC_NEW:=32}" "${SPEC_REPEATS:=1}"
   : "${PEER_REPEATS:=1}" "${FWD_PRESETS:=test,tiny}" "${FWD_ARGS:=--tokens=1,2,4,8}"
-  : "${SYSTEM_PRESET:=test}"
+  : "${SYSTEM_PRESET:=test}" "${T1_PRESETS:=test}"
   : "${SYSTEM_ARGS:=--prompts=2 --prompt_tokens=64 --max_new_tokens=32 --alphas=0.8,1.0 --repeats=1}"
   : "${SYSTEM_VERIFIERS:=chain k=4,dynamic tree 8}"
   : "${STEP_PRESET:=test}" "${STEP_ARGS:=--prompts=2 --max_new_tokens=24 --repeats=1}"
@@ -85,18 +90,20 @@ else
   : "${DRAFT_SIZE:=tiny}" "${DRAFT_STEPS:=600}" "${HEAD_STEPS:=300}" "${DRAFT_BATCH:=32}"
   : "${DRAFT_SEQ:=512}" "${SPEC_PROMPTS:=8}" "${SPEC_NEW:=128}" "${SPEC_REPEATS:=3}"
   : "${PEER_REPEATS:=2}" "${FWD_PRESETS:=base,small,mem,tiny}" "${FWD_ARGS:=}"
-  : "${SYSTEM_PRESET:=base}"
-  : "${SYSTEM_ARGS:=--repeats=2}"
+  : "${SYSTEM_PRESET:=base}" "${T1_PRESETS:=base}"
+  : "${SYSTEM_ARGS:=--repeats=2 --alphas=0.7,0.8,1.0}"
   : "${STEP_PRESET:=base}" "${STEP_ARGS:=--prompts=4 --max_new_tokens=64 --repeats=3}"
   LOG=${OUT:-/tmp}/gpu_suite.log
 fi
 LIMIT_SCALE=${LIMIT_SCALE:-1} PARALLEL_DRAFTERS=${PARALLEL_DRAFTERS:-1}
 SPEC_DTYPE=${SPEC_DTYPE:-bfloat16}
-SYSTEM_VERIFIERS=${SYSTEM_VERIFIERS:-chain k=4,chain k=8,dynamic tree 16,dynamic tree 32}
+SYSTEM_VERIFIERS=${SYSTEM_VERIFIERS:-chain k=4,dynamic tree 16}
+SYSTEM_DTYPE=${SYSTEM_DTYPE:-float32}
 # Every speculative decoder of benchmarks/speculative.py, the likeliest winners first (the raw
 # file is written after each method, so a stage cut short by its limit keeps the first ones).
 SMALL_METHODS=${SMALL_METHODS:-draft chain g4,draft dynamic tree 32,medusa,mtp,kangaroo,prompt lookup,draft static tree 60,token recycling,layerskip,lookahead,jacobi,del}
 STEP_DECODERS=${STEP_DECODERS:-ar,speculative:gamma=4,spec_dynamic:tree_nodes=16,medusa}
+STEP_DTYPE=${STEP_DTYPE:-float32}  # the oracle draft of its draft-model rows, as spec_system
 
 save() {
   if [ -n "${OUT:-}" ]; then
@@ -170,13 +177,21 @@ for s in ${stages//,/ }; do
     fwd_cost)
       stage fwd_cost "${FWD_LIMIT:-190}" $PY -m benchmarks.forward_cost \
         --presets="$FWD_PRESETS" --batches=1,8 --dtype=bfloat16 $FWD_ARGS ;;
-    spec_system)
-      stage spec_system "${SYSTEM_LIMIT:-230}" $PY -m benchmarks.spec_system \
-        --preset="$SYSTEM_PRESET" --dtype=bfloat16 --verifiers="$SYSTEM_VERIFIERS" $SYSTEM_ARGS ;;
+    spec_system)  # fp32 products at full precision (no TF32), so verify and AR agree
+      stage spec_system "${SYSTEM_LIMIT:-230}" env JAX_DEFAULT_MATMUL_PRECISION=highest \
+        $PY -m benchmarks.spec_system --preset="$SYSTEM_PRESET" --dtype="$SYSTEM_DTYPE" \
+        --verifiers="$SYSTEM_VERIFIERS" $SYSTEM_ARGS ;;
+    t1)  # one process per XLA setting (flags are read at start-up)
+      t1="$PY -m benchmarks.forward_cost --presets=$T1_PRESETS --batches=1 --tokens=1,2"
+      t1="$t1 --dtype=bfloat16 --cache=512 --context=256"
+      stage t1 "${T1_LIMIT:-200}" bash -c "$PY -m benchmarks.matvec_probe
+         $t1 --out=forward_cost_t1_xla_default
+         XLA_FLAGS='--xla_gpu_enable_triton_gemm=false' $t1 --out=forward_cost_t1_no_triton_gemm" ;;
     step_cost)
-      stage step_cost "${STEP_LIMIT:-140}" $PY -m benchmarks.step_cost --preset="$STEP_PRESET" \
-        --dtype=bfloat16 --batches=1 --decoders="$STEP_DECODERS" $STEP_ARGS \
-        --out="$STEP_PRESET"_bf16_$( [ "$REHEARSE" = 1 ] && echo rehearsal || echo gpu) ;;
+      stage step_cost "${STEP_LIMIT:-140}" env JAX_DEFAULT_MATMUL_PRECISION=highest \
+        $PY -m benchmarks.step_cost --preset="$STEP_PRESET" \
+        --dtype="$STEP_DTYPE" --batches=1 --decoders="$STEP_DECODERS" $STEP_ARGS \
+        --out="$STEP_PRESET"_${STEP_DTYPE}_$( [ "$REHEARSE" = 1 ] && echo rehearsal || echo gpu) ;;
     spec)
       raw=$RESULTS/speculative_raw_gpu
       stage spec "${SPEC_LIMIT:-240}" $PY -m benchmarks.speculative --temperature=0 \

@@ -20,6 +20,7 @@ START_MARGIN = 30       # start-up, wheels and copying the results back
 CALLS = {
     'spec_small,peer': ('small_target', 'drafters', 'spec_small', 'spec_small_report', 'peer'),
     'fwd_cost,spec_system,step_cost': ('fwd_cost', 'spec_system', 'step_cost'),
+    't1,spec_system,step_cost': ('t1', 'spec_system', 'step_cost'),
 }
 
 
@@ -31,17 +32,17 @@ def script() -> str:
 
 def _case_stages(text: str) -> set[str]:
   body = text[text.index('  case $s in'):]
-  return set(re.findall(r'^    ([a-z_]+)\)', body, re.M))
+  return set(re.findall(r'^    ([a-z0-9_]+)\)', body, re.M))
 
 
 def _documented_stages(text: str) -> set[str]:
-  head = text[text.index('# Stages'):text.index('# The two calls')]
-  return set(re.findall(r'^#   ([a-z_]+) ', head, re.M))
+  head = text[text.index('# Stages'):text.index('# The calls')]
+  return set(re.findall(r'^#   ([a-z0-9_]+) ', head, re.M))
 
 
 def _limits(text: str) -> dict[str, int]:
   """Default limit of every stage call: `stage NAME "${X_LIMIT:-N}"` or `stage NAME N`."""
-  found = re.findall(r'\b(?:parallel_)?stage ([a-z_]+) (?:"\$\{[A-Z_]+:-(\d+)\}"|(\d+))', text)
+  found = re.findall(r'\b(?:parallel_)?stage ([a-z0-9_]+) (?:"\$\{[A-Z0-9_]+:-(\d+)\}"|(\d+))', text)
   return {name: int(a or b) for name, a, b in found}
 
 
@@ -51,7 +52,7 @@ def _defaults(text: str, block: str) -> set[str]:
   mid = text.index('\nelse\n', start)
   end = text.index('\nfi\n', mid)
   part = text[start:mid] if block == 'rehearse' else text[mid:end]
-  return set(re.findall(r'\$\{([A-Z_]+):=', part))
+  return set(re.findall(r'\$\{([A-Z0-9_]+):=', part))
 
 
 def test_every_documented_stage_is_implemented_and_the_reverse(script):
