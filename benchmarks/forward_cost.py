@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from typing import Any
 
 import jax
 
@@ -31,21 +32,56 @@ def device_tag() -> str:
   return 'cpu' if d.platform == 'cpu' else d.platform + '_' + d.device_kind.split()[-1].lower()
 
 
-def measure(presets, batches, tokens, *, dtype, cache, context, attention_impl='auto'
-            ) -> list[dict]:
+def parse_variants(spec: str) -> list[tuple[str, dict[str, Any]]]:
+  """'default,no_triton:xla_gpu_enable_triton_gemm=false' -> [(name, XLA compile options)].
+
+  Each variant is NAME[:OPTION=VALUE...]; values 'true'/'false' become bools, integers ints.
+  """
+  out = []
+  for item in filter(None, spec.split(',')):
+    name, *pairs = item.split(':')
+    opts: dict[str, Any] = {}
+    for pair in pairs:
+      key, sep, value = pair.partition('=')
+      if not sep or not key:
+        raise ValueError(f'Variant {item!r}: expected NAME[:OPTION=VALUE...], got {pair!r}.')
+      low = value.lower()
+      opts[key] = (low == 'true') if low in ('true', 'false') else (
+          int(value) if value.lstrip('-').isdigit() else value)
+    out.append((name, opts))
+  if len({n for n, _ in out}) != len(out):
+    raise ValueError(f'Variant names repeat in {spec!r}.')
+  return out
+
+
+def measure(presets, batches, tokens, *, dtype, cache, context, attention_impl='auto',
+            variants=(('default', {}),)) -> list[dict]:
   rows = []
   for preset in presets:
     model, params = cost_model.random_model(preset, dtype, attention_impl=attention_impl)
     mb = cost_model.weight_bytes(params) / 1e6
-    for batch in batches:
-      curve = cost_model.forward_curve(model, params, batch=batch, tokens=tokens,
-                                       cache_size=cache, context=context)
-      for t, sec in curve.items():
-        rows.append(dict(device=jax.devices()[0].device_kind, preset=preset, dtype=dtype,
-                         attention_impl=attention_impl, weight_mb=round(mb, 1), batch=batch, tokens=t, ms=sec * 1e3,
-                         ratio=sec / curve[min(curve)]))
-      line = ' '.join(f'T={t}:{sec * 1e3:.3f}ms' for t, sec in curve.items())
-      print(f'{preset} ({mb:.0f} MB) B={batch}: {line}', flush=True)
+    for variant, options in variants:
+      label = preset if variant == 'default' else f'{preset} [{variant}]'
+      for batch in batches:
+        try:
+          curve = {int(t): cost_model.forward_time(
+              model, params, batch=batch, tokens=int(t), cache_size=cache, context=context,
+              compiler_options=options or None) for t in tokens}
+        except Exception as e:  # pylint: disable=broad-except
+          if variant == 'default':
+            raise
+          # An option this XLA does not know: the other variants still run; the table lacks
+          # this one's rows and the log says why.
+          print(f'{label} B={batch}: not measured ({type(e).__name__}: {str(e)[:200]})',
+                flush=True)
+          continue
+        for t, sec in curve.items():
+          rows.append(dict(device=jax.devices()[0].device_kind, preset=label, dtype=dtype,
+                           attention_impl=attention_impl, variant=variant,
+                           compiler_options=options, weight_mb=round(mb, 1), batch=batch,
+                           tokens=t, ms=sec * 1e3, ratio=sec / curve[min(curve)]))
+        line = ' '.join(f'T={t}:{sec * 1e3:.3f}ms' for t, sec in curve.items())
+        print(f'{label} ({mb:.0f} MB) B={batch}: {line}', flush=True)
   return rows
 
 
@@ -123,14 +159,20 @@ def main():
   ap.add_argument('--context', type=int, default=256)
   ap.add_argument('--attention_impl', default='auto', choices=['auto', 'xla', 'cudnn', 'pallas'],
                   help="the model's attention implementation (default: the dispatch table's)")
+  ap.add_argument('--variants', default='default',
+                  help='XLA compile settings to compare in this one process: '
+                  'NAME[:OPTION=VALUE...], comma-separated, e.g. '
+                  '"default,no_triton_gemm:xla_gpu_enable_triton_gemm=false"')
   ap.add_argument('--out', default='', help='results name (default forward_cost_<device>)')
   args = ap.parse_args()
+  variants = parse_variants(args.variants)
   name = args.out or f'forward_cost_{device_tag()}'
   rows = []
   for preset in args.presets.split(','):  # written after each preset: a run cut short keeps them
     rows += measure([preset], [int(b) for b in args.batches.split(',')],
                     [int(t) for t in args.tokens.split(',')], dtype=args.dtype,
-                    cache=args.cache, context=args.context, attention_impl=args.attention_impl)
+                    cache=args.cache, context=args.context, attention_impl=args.attention_impl,
+                    variants=variants)
     os.makedirs(common.RESULTS_DIR, exist_ok=True)
     with open(os.path.join(common.RESULTS_DIR, f'{name}.json'), 'w') as f:
       json.dump({'provenance': common.provenance(), 'rows': rows}, f, indent=1)

@@ -18,7 +18,7 @@
 #              run's verify and AR forwards broke near-ties apart, tau fell to 1.1)
 #   t1         why a batch-1 one-token forward of `base` cost 1.8x a two-token one on the
 #              H200: python -m benchmarks.matvec_probe, then benchmarks.forward_cost at batch 1,
-#              T = 1, 2 for $T1_PRESETS with XLA's default and with Triton GEMMs off
+#              T = 1, 2 for $T1_PRESETS under each XLA setting of $T1_VARIANTS
 #   step_cost  python -m benchmarks.step_cost --preset=base --dtype=float32 --batches=1 (where
 #              a step's time goes on a memory-bound target; issue 19 section 1)
 #   spec       python -m benchmarks.speculative on the runs under $SPEC_RUNS (default runs/spec)
@@ -76,7 +76,7 @@ if [ "$REHEARSE" = 1 ]; then
   : "${DRAFT_SIZE:=test}" "${DRAFT_STEPS:=20}" "${HEAD_STEPS:=20}" "${DRAFT_BATCH:=4}"
   : "${DRAFT_SEQ:=64}" "${SPEC_PROMPTS:=2}" "${SPEC_NEW:=32}" "${SPEC_REPEATS:=1}"
   : "${PEER_REPEATS:=1}" "${FWD_PRESETS:=test,tiny}" "${FWD_ARGS:=--tokens=1,2,4,8}"
-  : "${SYSTEM_PRESET:=test}" "${T1_PRESETS:=test}"
+  : "${SYSTEM_PRESET:=test}" "${T1_PRESETS:=test}" "${MATVEC_ARGS:=--steps=3}"
   : "${SYSTEM_ARGS:=--prompts=2 --prompt_tokens=64 --max_new_tokens=32 --alphas=0.8,1.0 --repeats=1}"
   : "${SYSTEM_VERIFIERS:=chain k=4,dynamic tree 8}"
   : "${STEP_PRESET:=test}" "${STEP_ARGS:=--prompts=2 --max_new_tokens=24 --repeats=1}"
@@ -90,7 +90,7 @@ else
   : "${DRAFT_SIZE:=tiny}" "${DRAFT_STEPS:=600}" "${HEAD_STEPS:=300}" "${DRAFT_BATCH:=32}"
   : "${DRAFT_SEQ:=512}" "${SPEC_PROMPTS:=8}" "${SPEC_NEW:=128}" "${SPEC_REPEATS:=3}"
   : "${PEER_REPEATS:=2}" "${FWD_PRESETS:=base,small,mem,tiny}" "${FWD_ARGS:=}"
-  : "${SYSTEM_PRESET:=base}" "${T1_PRESETS:=base}"
+  : "${SYSTEM_PRESET:=base}" "${T1_PRESETS:=base}" "${MATVEC_ARGS:=}"
   : "${SYSTEM_ARGS:=--repeats=2 --alphas=0.7,0.8,1.0}"
   : "${STEP_PRESET:=base}" "${STEP_ARGS:=--prompts=4 --max_new_tokens=64 --repeats=3}"
   LOG=${OUT:-/tmp}/gpu_suite.log
@@ -99,6 +99,9 @@ LIMIT_SCALE=${LIMIT_SCALE:-1} PARALLEL_DRAFTERS=${PARALLEL_DRAFTERS:-1}
 SPEC_DTYPE=${SPEC_DTYPE:-bfloat16}
 SYSTEM_VERIFIERS=${SYSTEM_VERIFIERS:-chain k=4,dynamic tree 16}
 SYSTEM_DTYPE=${SYSTEM_DTYPE:-float32}
+# t1: XLA's defaults, Triton GEMM fusions off, cuBLASLt on (an option this XLA lacks is
+# reported and skipped)
+T1_VARIANTS=${T1_VARIANTS:-default,no_triton_gemm:xla_gpu_enable_triton_gemm=false,cublaslt:xla_gpu_enable_cublaslt=true}
 # Every speculative decoder of benchmarks/speculative.py, the likeliest winners first (the raw
 # file is written after each method, so a stage cut short by its limit keeps the first ones).
 SMALL_METHODS=${SMALL_METHODS:-draft chain g4,draft dynamic tree 32,medusa,mtp,kangaroo,prompt lookup,draft static tree 60,token recycling,layerskip,lookahead,jacobi,del}
@@ -181,12 +184,10 @@ for s in ${stages//,/ }; do
       stage spec_system "${SYSTEM_LIMIT:-230}" env JAX_DEFAULT_MATMUL_PRECISION=highest \
         $PY -m benchmarks.spec_system --preset="$SYSTEM_PRESET" --dtype="$SYSTEM_DTYPE" \
         --verifiers="$SYSTEM_VERIFIERS" $SYSTEM_ARGS ;;
-    t1)  # one process per XLA setting (flags are read at start-up)
-      t1="$PY -m benchmarks.forward_cost --presets=$T1_PRESETS --batches=1 --tokens=1,2"
-      t1="$t1 --dtype=bfloat16 --cache=512 --context=256"
-      stage t1 "${T1_LIMIT:-200}" bash -c "$PY -m benchmarks.matvec_probe
-         $t1 --out=forward_cost_t1_xla_default
-         XLA_FLAGS='--xla_gpu_enable_triton_gemm=false' $t1 --out=forward_cost_t1_no_triton_gemm" ;;
+    t1)  # the XLA settings compared in one process (per-compile options), model built once
+      stage t1 "${T1_LIMIT:-200}" bash -c "$PY -m benchmarks.matvec_probe $MATVEC_ARGS
+         $PY -m benchmarks.forward_cost --presets=$T1_PRESETS --batches=1 --tokens=1,2 \
+           --dtype=bfloat16 --out=forward_cost_t1 --variants=$T1_VARIANTS" ;;
     step_cost)
       stage step_cost "${STEP_LIMIT:-140}" env JAX_DEFAULT_MATMUL_PRECISION=highest \
         $PY -m benchmarks.step_cost --preset="$STEP_PRESET" \

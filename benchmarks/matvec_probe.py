@@ -25,8 +25,8 @@ SHAPES = ((2048, 8192), (8192, 2048), (2048, 32768))  # base: MLP up, down, unem
 STEPS = 200
 
 
-def time_matmul(m: int, k: int, n: int, dtype=jnp.bfloat16) -> float:
-  """Seconds per x[m, k] @ w[k, n], best of 3 runs of a loop of STEPS dependent products."""
+def time_matmul(m: int, k: int, n: int, dtype=jnp.bfloat16, steps: int = STEPS) -> float:
+  """Seconds per x[m, k] @ w[k, n], best of 3 runs of a loop of `steps` dependent products."""
   w = jax.random.normal(jax.random.key(0), (k, n), dtype)
   x = jax.random.normal(jax.random.key(1), (m, k), dtype)
 
@@ -35,7 +35,7 @@ def time_matmul(m: int, k: int, n: int, dtype=jnp.bfloat16) -> float:
     def body(_, x):
       y = x @ w
       return x + (y[:, :1] * 1e-3).astype(x.dtype)  # the next product depends on this one
-    return jax.lax.fori_loop(0, STEPS, body, x)
+    return jax.lax.fori_loop(0, steps, body, x)
 
   jax.block_until_ready(loop(x, w))
   best = float('inf')
@@ -43,22 +43,23 @@ def time_matmul(m: int, k: int, n: int, dtype=jnp.bfloat16) -> float:
     t0 = time.perf_counter()
     jax.block_until_ready(loop(x, w))
     best = min(best, time.perf_counter() - t0)
-  return best / STEPS
+  return best / steps
 
 
 def main():
   ap = argparse.ArgumentParser(description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument('--steps', type=int, default=STEPS, help='products per timed loop')
   ap.add_argument('--out', default='', help='results name (default matvec_probe_<device>)')
   args = ap.parse_args()
   rows = []
   for k, n in SHAPES:
     for m in (1, 2, 8):
-      s = time_matmul(m, k, n)
+      s = time_matmul(m, k, n, steps=args.steps)
       rows.append([m, k, n, f'{s * 1e6:.1f}', f'{k * n * 2 / s / 1e9:.0f}'])
       print(f'M={m} K={k} N={n}: {s * 1e6:.1f} us, W read at {rows[-1][-1]} GB/s', flush=True)
   body = ('bf16 x[M, K] @ W[K, N], a compiled loop of dependent products, best of 3 runs '
-          f'divided by {STEPS}. GB/s: the bytes of W over the time of one product.\n\n'
+          f'divided by {args.steps}. GB/s: the bytes of W over the time of one product.\n\n'
           + common.markdown_table(['M', 'K', 'N', 'us per product', 'W read GB/s'], rows))
   print(common.write_results(args.out or f'matvec_probe_{forward_cost.device_tag()}',
                              'One-row vs two-row matmuls', body))

@@ -28,8 +28,12 @@ def _time_min(fn, repeats: int) -> float:
 
 def forward_time(model: Transformer, params: Any, *, batch: int, tokens: int,
                  cache_size: int = 512, context: int = 256, min_seconds: float = 0.2,
-                 repeats: int = 5, explicit_mask: bool = False) -> float:
+                 repeats: int = 5, explicit_mask: bool = False,
+                 compiler_options: dict[str, Any] | None = None) -> float:
   """Seconds of one cached forward over `tokens` new tokens per row after `context` ones.
+
+  `compiler_options`: XLA options for this program's compile only (e.g.
+  {'xla_gpu_enable_triton_gemm': False}), so that one process can compare settings.
 
   R forwards run in one compiled loop (R chosen so a run lasts about `min_seconds`) with a
   data-dependent stopping condition, as a decode loop runs them (a loop of known trip count
@@ -67,7 +71,7 @@ def forward_time(model: Transformer, params: Any, *, batch: int, tokens: int,
     return jax.lax.while_loop(cond, body, init)[2]
 
   # One program for the probe and the timed runs: the trip count is an argument.
-  fn = jax.jit(run).lower(params, cache, jnp.int32(2)).compile()
+  fn = jax.jit(run).lower(params, cache, jnp.int32(2)).compile(compiler_options)
   t2 = _time_min(lambda: fn(params, cache, jnp.int32(2)).block_until_ready(), 2)
   reps = int(min(max(min_seconds / max(t2 / 2, 1e-6), 3), 2000))
   reps_arg = jnp.int32(reps)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from testlib import small_config
-from benchmarks import (common, cost_model, diffusion_cost, harness, oracle, spec_system,
-                        step_cost)
+from benchmarks import (common, cost_model, diffusion_cost, forward_cost, harness, oracle,
+                        spec_system, step_cost)
 from decoding import Models, SamplingConfig, compare, registry, run_decoder
 from decoding.runner import RunStats
 from models import Transformer, init_params
@@ -273,3 +273,26 @@ def test_cache_slots_and_the_ar_reference_of_a_run(trained_workdir):
                         prompts, max_new_tokens=6, cache_size=64, eos_id=-1,
                         pad_id=bench.tokenizer.pad_id)
   assert ref['tokens'] == [r.tokens for r in rows]
+
+
+def test_forward_cost_variants_parse_and_reach_the_compile():
+  assert forward_cost.parse_variants('default,off:xla_gpu_enable_triton_gemm=false:n=3') == [
+      ('default', {}), ('off', {'xla_gpu_enable_triton_gemm': False, 'n': 3})]
+  for bad in ('a:nokey', 'a,a', 'a:=1'):
+    with pytest.raises(ValueError):
+      forward_cost.parse_variants(bad)
+  cfg = small_config()
+  model = Transformer(cfg)
+  params = init_params(model, jax.random.key(0))
+  kw = dict(batch=1, tokens=2, cache_size=16, context=4, min_seconds=0.0, repeats=1)
+  assert cost_model.forward_time(model, params, compiler_options={
+      'xla_backend_optimization_level': 0}, **kw) > 0
+  with pytest.raises(Exception, match='no_such_xla_option'):  # the options reach XLA
+    cost_model.forward_time(model, params, compiler_options={'no_such_xla_option': 1}, **kw)
+  rows = forward_cost.measure(['test'], [1], [1, 2], dtype='float32', cache=16, context=4,
+                              variants=[('default', {}), ('o0', {
+                                  'xla_backend_optimization_level': 0}),
+                                        ('bad', {'no_such_xla_option': 1})])
+  assert [(r['preset'], r['tokens']) for r in rows] == [
+      ('test', 1), ('test', 2), ('test [o0]', 1), ('test [o0]', 2)]
+  assert all(r['ratio'] > 0 for r in rows) and rows[0]['ratio'] == 1.0
