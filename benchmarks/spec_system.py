@@ -195,11 +195,12 @@ def goals(rows) -> list[list[str]]:
 def write(rows, args) -> str:
   name = args.out or f'spec_system_{forward_cost.device_tag()}'
   json_path = os.path.join(common.RESULTS_DIR, 'spec_system.json')
+  rows = [dict(r, name=name) for r in rows]
   old = []
-  if os.path.exists(json_path):  # keep other devices' rows
+  if os.path.exists(json_path):  # keep other runs' rows: another device, preset or results file
     with open(json_path) as f:
-      old = [r for r in json.load(f) if r['device'] != rows[0]['device']
-             or r['preset'] != rows[0]['preset']]
+      old = [r for r in json.load(f) if (r['device'], r['preset'], r.get('name', name))
+             != (rows[0]['device'], rows[0]['preset'], name)]
   with open(json_path, 'w') as f:
     json.dump(old + rows, f, indent=1)
   header = ['verifier', 'T', 'batch', 'alpha', 'tau', 'tokens/s', 'AR tokens/s', 'speedup',

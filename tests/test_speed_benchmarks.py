@@ -296,3 +296,22 @@ def test_forward_cost_variants_parse_and_reach_the_compile():
   assert [(r['preset'], r['tokens']) for r in rows] == [
       ('test', 1), ('test', 2), ('test [o0]', 1), ('test [o0]', 2)]
   assert all(r['ratio'] > 0 for r in rows) and rows[0]['ratio'] == 1.0
+
+
+def test_spec_system_json_keeps_the_rows_of_other_runs(tmp_path, monkeypatch):
+  """A quick run under another results name must not replace a full run's rows."""
+  monkeypatch.setattr(common, 'RESULTS_DIR', str(tmp_path))
+  row = dict(device='cpu', preset='mem', dtype='float32', verifier='chain k=4',
+             tokens_per_step=5, alpha=0.8, batch=1, tau=2.0, tokens_per_s=10.0,
+             ar_tokens_per_s=5.0, speedup=1.5, ideal=1.8, t_ar_ms=1.0, t_fwd_ms=1.1,
+             measured_over_ideal=0.83, equal_to_ar=True)
+  def args(out):
+    return type('A', (), dict(out=out, preset='mem', dtype='float32', prompts=1,
+                              max_new_tokens=8, repeats=1))()
+  spec_system.write([row, dict(row, alpha=1.0)], args('spec_system_full'))
+  spec_system.write([dict(row, speedup=1.4)], args('spec_system_quick'))
+  spec_system.write([dict(row, speedup=1.3)], args('spec_system_quick'))  # a rerun replaces
+  rows = json.load(open(tmp_path / 'spec_system.json'))
+  assert sorted((r['name'], r['alpha'], r['speedup']) for r in rows) == [
+      ('spec_system_full', 0.8, 1.5), ('spec_system_full', 1.0, 1.5),
+      ('spec_system_quick', 0.8, 1.3)]
