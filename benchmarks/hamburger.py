@@ -21,7 +21,7 @@ process, on the same held-out prompts:
                    its training segmentation (steps of tokens it gives p >= tau) and with
                    one-token steps.
 
-Writes benchmarks/results/hamburger_cpu.{md,json} (+ .png). One run, one seed, greedy, times
+Writes benchmarks/results/hamburger_cpu.{md,json} (+ .png; another name with --out). One run, one seed, greedy, times
 on a shared 2-core CPU where the tiny model is not memory-bound (a base forward costs little
 more over a batch of entries than over one; real LLMs' memory-bound decode is the regime the
 paper's speedups need).
@@ -99,6 +99,7 @@ def main():
   ap.add_argument('--repeats', type=int, default=5)
   ap.add_argument('--docs', type=int, default=32)
   ap.add_argument('--seq_tokens', type=int, default=128)
+  ap.add_argument('--out', default='hamburger_cpu', help='results name (.md, .json, .png)')
   args = ap.parse_args()
 
   ham, base = Workbench.load(args.run), Workbench.load(args.base)
@@ -185,7 +186,8 @@ def main():
       f'Base `{args.base}` ({cfg.num_layers} layers, d_model {cfg.d_model}, '
       f'{sum(x.size for x in jax.tree.leaves(base.params)) / 1e6:.2f}M params); HAMburger '
       f'`{args.run}`: the same base fine-tuned {ham.step} steps with the compositional '
-      f'embedder and a one-layer micro decoder (steps of at most k = {k} tokens, training '
+      f'embedder ({ham_lib.embedder_kind(hb)}) and a one-layer micro decoder (steps of at '
+      f'most k = {k} tokens, training '
       f'segmentation p >= {tau}). Generation: {rows_n} held-out prompts of '
       f'{args.prompt_chars} characters, {args.new_tokens} new tokens, greedy, batches of '
       f'{args.batch} (ragged), prefill included; tokens/s is the fastest of {args.repeats} '
@@ -211,14 +213,14 @@ def main():
   ax.set_ylabel('output perplexity under the base')
   ax.legend()
   fig.tight_layout()
-  fig.savefig(f'{common.RESULTS_DIR}/hamburger_cpu.png', dpi=120)
-  body += '\n![tokens per forward vs quality](hamburger_cpu.png)\n'
-  common.write_json('hamburger_cpu', {
+  fig.savefig(f'{common.RESULTS_DIR}/{args.out}.png', dpi=120)
+  body += f'\n![tokens per forward vs quality]({args.out}.png)\n'
+  common.write_json(args.out, {
       'rows': payload, 'heldout': {'base_ar_nll': base_nll, 'ham_nll': ham_nll,
                                    'ham_one_token_nll': ham_single, 'ham_ar_nll': ham_ar,
                                    'tokens_per_step': per_step, 'docs': len(seqs)},
       'args': vars(args)})
-  path = common.write_results('hamburger_cpu', 'HAMburger: several tokens per base forward and '
+  path = common.write_results(args.out, 'HAMburger: several tokens per base forward and '
                               'per KV entry, against AR of equal size', body)
   print(f'wrote {path}')
 

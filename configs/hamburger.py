@@ -10,7 +10,8 @@ preset) and fine-tunes all of it (`training/objectives/hamburger.py`): the base,
 embedder's per-offset maps and the micro decoder (a copy of the base's last layer plus a stop
 head). Steps hold 1 .. k tokens: a token joins the step before it when the model gives it
 probability >= tau. The argument is a size preset (test, tiny), optionally ',k' (default 4)
-and ',tau' (default 0.5).
+and ',tau' (default 0.5). `--config.hamburger.embedder=cross_attention` trains the paper's
+cross-attention embedder instead of the per-offset maps.
 """
 
 import ml_collections
@@ -28,7 +29,10 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   c.model = common.model_config(size)
   common.lm_run_settings(c, size)
   c.hamburger = ml_collections.ConfigDict(dict(
-      target_workdir='' if size == 'test' else 'runs/tiny', k=k, tau=tau, stop_weight=0.5))
+      target_workdir='' if size == 'test' else 'runs/tiny', k=k, tau=tau, stop_weight=0.5,
+      # the compositional embedder: 'linear' (per-offset maps) or 'cross_attention' (the
+      # paper's: mean-embedding query over the step's tokens + in-step positions)
+      embedder='linear'))
   if size == 'test':
     c.data.batch_size = 8  # a multiple of the test suite's 8 devices
   else:

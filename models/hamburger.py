@@ -26,9 +26,21 @@ slots and head): with max_tokens=1 the `hamburger` decoder is `ar` on the wrappe
 for token. Generation with longer steps trusts the micro decoder's tokens without
 verification (lossy). Prompts are prefilled one token per entry, as by the base.
 
-Differences from the paper: the compositional embedder here is a sum of per-offset linear
-maps (the paper uses a small cross-attention with the mean embedding as query and learned
-in-step position embeddings); the step boundary is a binary stop head (the paper emits an
+Two compositional embedders (`init_params(..., embedder=)`, `hamburger.embedder` in
+configs/hamburger.py; `compose` tells them apart by their params):
+
+  'linear'           the sum of per-offset linear maps above (the default).
+  'cross_attention'  the paper's form: the mean of the step's token embeddings queries the
+                     tokens' embeddings plus learned in-step position embeddings,
+                       e_i = E(t_i) + P_i,   a = softmax_i((mean E) Wq . e_i Wk / sqrt(D)),
+                       e   = mean E + (sum_i a_i e_i Wv) Wo        (m >= 2; Wo init 0)
+                     and a one-token step is E(t) exactly (params ['hamburger']['compose']
+                     'pos' [k, D] (init 0), 'wq', 'wk', 'wv' [D, D] (init identity), 'wo'
+                     [D, D] (init 0)). At initialisation a longer step is the mean of its
+                     embeddings.
+
+Differences from the paper: the default embedder is the linear one (the cross-attention one
+is the paper's, one head, no MLP after it); the step boundary is a binary stop head (the paper emits an
 end-of-step token); the micro decoder has one layer without its own KV cache (it re-reads
 its <= k inputs at each micro step). Models with recurrent (deltaproduct) layers are not
 supported.
@@ -60,8 +72,18 @@ def check_model(cfg: config_lib.ModelConfig, k: int) -> None:
     raise ValueError(f'hamburger: k (the most tokens per step) must be in 2 .. 16, got {k}.')
 
 
+EMBEDDERS = ('linear', 'cross_attention')
+
+
+def embedder_kind(hb: Any) -> str:
+  """'linear' or 'cross_attention': which compositional embedder params['hamburger'] holds."""
+  return 'cross_attention' if 'pos' in hb['compose'] else 'linear'
+
+
 def max_tokens(hb: Any) -> int:
   """k, the most tokens per step trained params['hamburger'] were built for."""
+  if embedder_kind(hb) == 'cross_attention':
+    return int(hb['compose']['pos'].shape[0])
   return int(hb['compose']['offsets'].shape[0]) + 1
 
 
@@ -70,12 +92,21 @@ def micro_config(cfg: config_lib.ModelConfig) -> config_lib.ModelConfig:
   return dataclasses.replace(cfg, num_layers=1, layer_types=(config_lib.ATTENTION,))
 
 
-def init_params(cfg: config_lib.ModelConfig, base_params: Any, k: int) -> dict:
+def init_params(cfg: config_lib.ModelConfig, base_params: Any, k: int,
+                embedder: str = 'linear') -> dict:
   """params['hamburger'] from the base's weights (see the module docstring)."""
   check_model(cfg, k)
+  if embedder not in EMBEDDERS:
+    raise ValueError(f'hamburger: embedder must be one of {EMBEDDERS}, got {embedder!r}.')
   D = cfg.d_model
+  wd = cfg.weight_dtype
   last = base_params[f'layer_{cfg.num_layers - 1}']
-  out = {'compose': {'offsets': jnp.zeros((k - 1, D, D), cfg.weight_dtype)},
+  if embedder == 'linear':
+    comp = {'offsets': jnp.zeros((k - 1, D, D), wd)}
+  else:
+    comp = {'pos': jnp.zeros((k, D), wd), 'wq': jnp.eye(D, dtype=wd),
+            'wk': jnp.eye(D, dtype=wd), 'wv': jnp.eye(D, dtype=wd), 'wo': jnp.zeros((D, D), wd)}
+  out = {'compose': comp,
          'micro': {'layer_0': last, 'in_proj': jnp.eye(D, dtype=cfg.weight_dtype),
                    'stop_w': jnp.zeros((D,), cfg.weight_dtype),
                    'stop_b': jnp.zeros((), cfg.weight_dtype)}}
@@ -92,10 +123,12 @@ def compose(cfg: config_lib.ModelConfig, base_params: Any, hb: Any, group_xK: ja
   """One input vector [..., D] per step from its tokens group[..., :count] (count >= 1; the
   rest of the K columns is ignored): E(last) + sum_j E(last - j) @ W_j."""
   K = group_xK.shape[-1]
-  W = hb['compose']['offsets']
-  if K > W.shape[0] + 1:
+  if K > max_tokens(hb):
     raise ValueError(f'hamburger: steps of {K} tokens, but the embedder was built for at most '
-                     f'{W.shape[0] + 1}.')
+                     f'{max_tokens(hb)}.')
+  if embedder_kind(hb) == 'cross_attention':
+    return _compose_cross_attention(cfg, base_params, hb['compose'], group_xK, count_x)
+  W = hb['compose']['offsets']
   last_x = jnp.maximum(count_x, 1) - 1
   e_xKxD = embed(cfg, base_params, group_xK)
   take = lambda i_x: jnp.take_along_axis(e_xKxD, jnp.clip(i_x, 0, K - 1)[..., None, None],
@@ -110,6 +143,29 @@ def compose(cfg: config_lib.ModelConfig, base_params: Any, hb: Any, group_xK: ja
     out = out + jnp.einsum('...JD,JDE->...E', prev_xJxD.astype(dt),
                            W[:K - 1].astype(dt))
   return out
+
+
+def _compose_cross_attention(cfg: config_lib.ModelConfig, base_params: Any, cp: Any,
+                             group_xK: jax.Array, count_x: jax.Array) -> jax.Array:
+  """The paper's embedder (module docstring): [..., D]; a one-token step is E(t) exactly."""
+  K = group_xK.shape[-1]
+  dt = cfg.compute_dtype
+  count_x = jnp.maximum(count_x, 1)
+  e_xKxD = embed(cfg, base_params, group_xK).astype(dt)
+  in_step_xK = jnp.arange(K) < count_x[..., None]
+  w_xK = in_step_xK.astype(dt)
+  mean_xD = jnp.einsum('...K,...KD->...D', w_xK, e_xKxD) / count_x[..., None].astype(dt)
+  kv_xKxD = e_xKxD + cp['pos'][:K].astype(dt)
+  q_xD = mean_xD @ cp['wq'].astype(dt)
+  k_xKxD = kv_xKxD @ cp['wk'].astype(dt)
+  v_xKxD = kv_xKxD @ cp['wv'].astype(dt)
+  scores = jnp.einsum('...D,...KD->...K', q_xD, k_xKxD).astype(jnp.float32)
+  scores = jnp.where(in_step_xK, scores / jnp.sqrt(jnp.float32(cfg.d_model)), -1e30)
+  a_xK = jax.nn.softmax(scores, axis=-1).astype(dt)
+  out_xD = mean_xD + jnp.einsum('...K,...KD->...D', a_xK, v_xKxD) @ cp['wo'].astype(dt)
+  last_x = (count_x - 1)[..., None, None]
+  single_xD = jnp.take_along_axis(e_xKxD, jnp.clip(last_x, 0, K - 1), axis=-2)[..., 0, :]
+  return jnp.where((count_x == 1)[..., None], single_xD, out_xD)
 
 
 def micro_forward(cfg: config_lib.ModelConfig, base_params: Any, hb: Any, h_xD: jax.Array,

@@ -145,11 +145,13 @@ def test_one_token_steps_score_what_ar_scores(lm):
   assert float(jnp.sum(wm)) == 0 and float(jnp.sum(ws)) == 2 * 10
 
 
-def test_training_lowers_the_loss(trained_workdir):
+@pytest.mark.parametrize('embedder', ['linear', 'cross_attention'])
+def test_training_lowers_the_loss(trained_workdir, embedder):
   import configs.hamburger  # pylint: disable=g-import-not-at-top
   from workdir import loading  # pylint: disable=g-import-not-at-top
   cfg = configs.hamburger.get_config('test')
   cfg.hamburger.target_workdir = trained_workdir
+  cfg.hamburger.embedder = embedder
   base = loading.load_model(trained_workdir)
   objective = make_objective('hamburger', base.model, cfg)
   extras = objective.extras(jax.random.key(0))
@@ -160,6 +162,7 @@ def test_training_lowers_the_loss(trained_workdir):
   # The base (frozen here) scores every step's first token: only the rest can improve.
   assert losses[-1] < losses[0] - 0.2, losses
   assert set(extras) == {'hamburger'} and ham_lib.max_tokens(extras['hamburger']) == 4
+  assert ham_lib.embedder_kind(extras['hamburger']) == embedder
   assert 1.0 <= float(metrics['tokens_per_step']) <= 4.0
 
 
@@ -187,6 +190,9 @@ def test_clear_errors(lm):
   cfg = configs.hamburger.get_config('test')
   with pytest.raises(ValueError, match='target_workdir'):
     make_objective('hamburger', model, cfg)
+  cfg.hamburger.embedder = 'mlp'
+  with pytest.raises(ValueError, match='hamburger.embedder must be one of'):
+    make_objective('hamburger', model, cfg)
   with pytest.raises(ValueError, match='configs/hamburger.py'):
     make_objective('hamburger', model, None)
 
@@ -202,3 +208,53 @@ def test_batched_rows_equal_rows_alone(lm):
   for prompt, row in list(zip(PROMPTS[:3], rows))[::2]:
     alone, _ = _run(model, hparams, 'hamburger:threshold=0.5', prompts=[prompt], n=10)
     assert alone[0].tokens == row.tokens
+
+
+@pytest.fixture(scope='module')
+def cross(lm):
+  """The cross-attention embedder with random (non-zero) weights throughout."""
+  model, params, _ = lm
+  hb = ham_lib.init_params(model.cfg, params, K, embedder='cross_attention')
+  keys = jax.random.split(jax.random.key(11), 5)
+  for key, name in zip(keys, ('pos', 'wq', 'wk', 'wv', 'wo')):
+    hb['compose'][name] = hb['compose'][name] + 0.3 * jax.random.normal(
+        key, hb['compose'][name].shape)
+  return hb
+
+
+def test_cross_attention_embedder(lm, cross):
+  """One-token steps are the plain embedding; a longer step reads exactly its own tokens, in
+  order (position embeddings), and is neither its last token's embedding nor their mean."""
+  model, params, _ = lm
+  cfg, E = model.cfg, params['embed']['embedding']
+  assert ham_lib.embedder_kind(cross) == 'cross_attention' and ham_lib.max_tokens(cross) == K
+  group = jnp.asarray([[[3, 9, 4], [1, 7, 7]], [[5, 2, 8], [6, 6, 1]]])  # [B, M, K]
+  comp = jax.jit(lambda g, c: ham_lib.compose(cfg, params, cross, g, c))
+  one = comp(group, jnp.ones((2, 2), jnp.int32))
+  np.testing.assert_allclose(one, E[group[..., 0]], atol=1e-6)
+  two = comp(group, jnp.full((2, 2), 2, jnp.int32))
+  assert two.shape == (2, 2, cfg.d_model)
+  assert float(jnp.min(jnp.abs(two - E[group[..., 1]]).max(-1))) > 1e-2
+  assert float(jnp.min(jnp.abs(two - E[group[..., :2]].mean(-2)).max(-1))) > 1e-2
+  # the column beyond the step's count is never read ...
+  np.testing.assert_allclose(comp(group.at[..., 2].set(0), jnp.full((2, 2), 2, jnp.int32)),
+                             two, atol=1e-6)
+  # ... and the order of the step's tokens matters
+  swapped = comp(group[..., jnp.asarray([1, 0, 2])], jnp.full((2, 2), 2, jnp.int32))
+  assert float(jnp.max(jnp.abs(swapped - two))) > 1e-3
+  # at initialisation a longer step is the mean of its embeddings
+  init = ham_lib.init_params(cfg, params, K, embedder='cross_attention')
+  np.testing.assert_allclose(
+      ham_lib.compose(cfg, params, init, group, jnp.full((2, 2), 3, jnp.int32)),
+      E[group].mean(-2), atol=1e-5)
+  with pytest.raises(ValueError, match='embedder must be one of'):
+    ham_lib.init_params(cfg, params, K, embedder='mlp')
+
+
+def test_cross_attention_one_token_steps_are_ar_and_long_steps_decode(lm, cross):
+  model, params, _ = lm
+  ar_rows, _ = _run(model, {'target': params}, 'ar')
+  rows, _ = _run(model, {'target': params, 'hamburger': cross}, 'hamburger:max_tokens=1')
+  assert [r.tokens for r in rows] == [r.tokens for r in ar_rows]
+  rows, stats = _run(model, {'target': params, 'hamburger': cross}, 'hamburger:threshold=0.0')
+  assert all(len(r.tokens) == 12 for r in rows) and stats.generated == 12 * len(PROMPTS)

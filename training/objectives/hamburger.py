@@ -131,6 +131,10 @@ def hamburger(model: transformer_lib.Transformer,
     raise ValueError(f'hamburger.stop_weight must be >= 0, got {s_cfg.stop_weight}.')
   if not 0.0 < s_cfg.tau <= 1.0:
     raise ValueError(f'hamburger.tau must be in (0, 1], got {s_cfg.tau}.')
+  embedder = str(s_cfg.get('embedder', 'linear'))
+  if embedder not in ham_lib.EMBEDDERS:
+    raise ValueError(f'hamburger.embedder must be one of {ham_lib.EMBEDDERS}, got '
+                     f'{embedder!r}.')
   if not s_cfg.target_workdir:
     raise ValueError('hamburger.target_workdir must name the trained base run (e.g. '
                      'runs/tiny).')
@@ -139,7 +143,7 @@ def hamburger(model: transformer_lib.Transformer,
 
   def init_extras(rng):
     del rng
-    return {ham_lib.HAMBURGER: ham_lib.init_params(cfg, base_params, k)}
+    return {ham_lib.HAMBURGER: ham_lib.init_params(cfg, base_params, k, embedder)}
 
   def loss_fn(params, batch, rng):
     del rng
