@@ -23,6 +23,7 @@ import jax
 
 from benchmarks import common
 from benchmarks import cost_model
+import pallas_kernels.attention as attention_ops
 
 MEMORY_BOUND_RATIO = 1.5  # t(8) / t(1) at most this: memory-bound
 
@@ -64,9 +65,9 @@ def measure(presets, batches, tokens, *, dtype, cache, context, attention_impl='
       label = preset if variant == 'default' else f'{preset} [{variant}]'
       for batch in batches:
         try:
-          curve = {int(t): cost_model.forward_time(
-              model, params, batch=batch, tokens=int(t), cache_size=cache, context=context,
-              compiler_options=options or None) for t in tokens}
+          curve = cost_model.forward_curve(model, params, batch=batch, tokens=tokens,
+                                           cache_size=cache, context=context,
+                                           compiler_options=options or None)
         except Exception as e:  # pylint: disable=broad-except
           if variant == 'default':
             raise
@@ -157,7 +158,7 @@ def main():
   ap.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
   ap.add_argument('--cache', type=int, default=512)
   ap.add_argument('--context', type=int, default=256)
-  ap.add_argument('--attention_impl', default='auto', choices=['auto', 'xla', 'cudnn', 'pallas'],
+  ap.add_argument('--attention_impl', default='auto', choices=attention_ops.IMPLS,
                   help="the model's attention implementation (default: the dispatch table's)")
   ap.add_argument('--variants', default='default',
                   help='XLA compile settings to compare in this one process: '

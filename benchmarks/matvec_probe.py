@@ -3,23 +3,24 @@
   python -m benchmarks.matvec_probe            # benchmarks/results/matvec_probe_<device>.md
 
 The forward-cost curve of `base` on the H200 (benchmarks/results/forward_cost_gpu_h200.md)
-has one token per row cost 1.8x two tokens per row at batch 1. A batch-1, one-token forward
-is the only shape whose matmuls have a single row (M = 1), and the only one that runs our
-Pallas decode attention at batch 1: this probe times the matmuls alone, x[M, K] @ W[K, N] in
-bf16 for M = 1, 2, 8 over `base`-sized weights, in a compiled loop whose every step depends
-on the last, and writes the microseconds per product and the bandwidth of reading W.
+has one token per row cost 1.8x two tokens per row at batch 1. Both shapes take the same
+attention path there (the 'decode' case, XLA over the cache layout), but a batch-1, one-token
+forward is the only shape whose matmuls have a single row (M = 1): this probe times the
+matmuls alone, x[M, K] @ W[K, N] in bf16 for M = 1, 2, 8 over `base`-sized weights, in a
+compiled loop whose every step depends on the whole last product, and writes the
+microseconds per product and the bandwidth of reading W.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 
 from benchmarks import common
 from benchmarks import forward_cost
+from decoding import forward_timing
 
 SHAPES = ((2048, 8192), (8192, 2048), (2048, 32768))  # base: MLP up, down, unembedding
 STEPS = 200
@@ -33,17 +34,13 @@ def time_matmul(m: int, k: int, n: int, dtype=jnp.bfloat16, steps: int = STEPS) 
   @jax.jit
   def loop(x, w):
     def body(_, x):
-      y = x @ w
-      return x + (y[:, :1] * 1e-3).astype(x.dtype)  # the next product depends on this one
+      # The next product depends on every column of this one (a slice of it could let XLA
+      # compute, and read, only part of W).
+      y = jnp.sum(x @ w, axis=-1, keepdims=True, dtype=jnp.float32)
+      return x + (y * 1e-6).astype(x.dtype)
     return jax.lax.fori_loop(0, steps, body, x)
 
-  jax.block_until_ready(loop(x, w))
-  best = float('inf')
-  for _ in range(3):
-    t0 = time.perf_counter()
-    jax.block_until_ready(loop(x, w))
-    best = min(best, time.perf_counter() - t0)
-  return best / steps
+  return forward_timing.time_min(lambda: jax.block_until_ready(loop(x, w)), 3) / steps
 
 
 def main():

@@ -16,7 +16,9 @@ from models import Cache, Transformer
 from models import masks
 
 
-def _time_min(fn, repeats: int) -> float:
+def time_min(fn, repeats: int) -> float:
+  """The fastest of `repeats` calls of `fn` (which blocks until its result is ready), in
+  seconds, after one warm-up call."""
   fn()  # warm-up: the first run of a compiled function allocates
   best = float('inf')
   for _ in range(repeats):
@@ -72,7 +74,7 @@ def forward_time(model: Transformer, params: Any, *, batch: int, tokens: int,
 
   # One program for the probe and the timed runs: the trip count is an argument.
   fn = jax.jit(run).lower(params, cache, jnp.int32(2)).compile(compiler_options)
-  t2 = _time_min(lambda: fn(params, cache, jnp.int32(2)).block_until_ready(), 2)
+  t2 = time_min(lambda: fn(params, cache, jnp.int32(2)).block_until_ready(), 2)
   reps = int(min(max(min_seconds / max(t2 / 2, 1e-6), 3), 2000))
   reps_arg = jnp.int32(reps)
-  return _time_min(lambda: fn(params, cache, reps_arg).block_until_ready(), repeats) / reps
+  return time_min(lambda: fn(params, cache, reps_arg).block_until_ready(), repeats) / reps
