@@ -21,8 +21,8 @@ process, on the same held-out prompts:
                    its training segmentation (steps of tokens it gives p >= tau) and with
                    one-token steps.
 
-Writes benchmarks/results/hamburger_cpu.{md,json} (+ .png; another name with --out). One run, one seed, greedy, times
-on a shared 2-core CPU where the tiny model is not memory-bound (a base forward costs little
+Writes benchmarks/results/hamburger_cpu.{md,json} (+ .png; another name with --out). One
+run, one seed, greedy, times on a shared 2-core CPU where the tiny model is not memory-bound (a base forward costs little
 more over a batch of entries than over one; real LLMs' memory-bound decode is the regime the
 paper's speedups need).
 """

@@ -40,8 +40,8 @@ configs/hamburger.py; `compose` tells them apart by their params):
                      embeddings.
 
 Differences from the paper: the default embedder is the linear one (the cross-attention one
-is the paper's, one head, no MLP after it); the step boundary is a binary stop head (the paper emits an
-end-of-step token); the micro decoder has one layer without its own KV cache (it re-reads
+is the paper's, one head, no MLP after it); the step boundary is a binary stop head (the
+paper emits an end-of-step token); the micro decoder has one layer without its own KV cache (it re-reads
 its <= k inputs at each micro step). Models with recurrent (deltaproduct) layers are not
 supported.
 
@@ -163,9 +163,7 @@ def _compose_cross_attention(cfg: config_lib.ModelConfig, base_params: Any, cp: 
   scores = jnp.where(in_step_xK, scores / jnp.sqrt(jnp.float32(cfg.d_model)), -1e30)
   a_xK = jax.nn.softmax(scores, axis=-1).astype(dt)
   out_xD = mean_xD + jnp.einsum('...K,...KD->...D', a_xK, v_xKxD) @ cp['wo'].astype(dt)
-  last_x = (count_x - 1)[..., None, None]
-  single_xD = jnp.take_along_axis(e_xKxD, jnp.clip(last_x, 0, K - 1), axis=-2)[..., 0, :]
-  return jnp.where((count_x == 1)[..., None], single_xD, out_xD)
+  return jnp.where((count_x == 1)[..., None], e_xKxD[..., 0, :], out_xD)  # one token: E(t)
 
 
 def micro_forward(cfg: config_lib.ModelConfig, base_params: Any, hb: Any, h_xD: jax.Array,
