@@ -61,6 +61,10 @@ if [ "${REHEARSE:-0}" != 1 ] && [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; th
     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.6}
+# One persistent compile cache for all stages: compiling `base` took most of every stage of the
+# first H200 run, and spec_system and step_cost build some of the same programs.
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/leapfrog-gpu-jax-cache}
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-1}
 PY=${PYTHON:-python3}
 REHEARSE=${REHEARSE:-0}
 SPEC_RUNS=${SPEC_RUNS:-runs/spec}
