@@ -15,6 +15,7 @@ tokens, ms, ratio) and a plot of ratio against T.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from typing import Any
@@ -23,6 +24,7 @@ import jax
 
 from benchmarks import common
 from benchmarks import cost_model
+from models import Transformer
 import pallas_kernels.attention as attention_ops
 
 MEMORY_BOUND_RATIO = 1.5  # t(8) / t(1) at most this: memory-bound
@@ -37,6 +39,8 @@ def parse_variants(spec: str) -> list[tuple[str, dict[str, Any]]]:
   """'default,no_triton:xla_gpu_enable_triton_gemm=false' -> [(name, XLA compile options)].
 
   Each variant is NAME[:OPTION=VALUE...]; values 'true'/'false' become bools, integers ints.
+  An option named model.FIELD sets that `ModelConfig` field instead (same weights), e.g.
+  'pad8:model.min_matmul_rows=8'.
   """
   out = []
   for item in filter(None, spec.split(',')):
@@ -64,10 +68,13 @@ def measure(presets, batches, tokens, *, dtype, cache, context, attention_impl='
     for variant, options in variants:
       label = preset if variant == 'default' else f'{preset} [{variant}]'
       for batch in batches:
+        fields = {k[len('model.'):]: v for k, v in options.items() if k.startswith('model.')}
+        xla = {k: v for k, v in options.items() if not k.startswith('model.')}
         try:
-          curve = cost_model.forward_curve(model, params, batch=batch, tokens=tokens,
+          m = Transformer(dataclasses.replace(model.cfg, **fields)) if fields else model
+          curve = cost_model.forward_curve(m, params, batch=batch, tokens=tokens,
                                            cache_size=cache, context=context,
-                                           compiler_options=options or None)
+                                           compiler_options=xla or None)
         except Exception as e:  # pylint: disable=broad-except
           if variant == 'default':
             raise

@@ -47,12 +47,13 @@ class Attention(nn.Module):
     wo = layers.logical_param(self, 'o', out_init, (H, Dh, D), ('heads', 'head_dim', 'embed'),
                               cfg.weight_dtype)
     x = x_BxTxD.astype(dt)
+    proj = lambda eq, a, w: layers.project(eq, a, w.astype(dt), cfg.min_matmul_rows)
     lo = (lambda name: None) if lora is None else lora.get
-    q_BxTxHxDh = layers.gated_lora(jnp.einsum('BTD,DHd->BTHd', x, wq.astype(dt)), x, lo('q'),
+    q_BxTxHxDh = layers.gated_lora(proj('BTD,DHd->BTHd', x, wq), x, lo('q'),
                                    gate_BxT, 1)
-    k_BxTxKxDh = layers.gated_lora(jnp.einsum('BTD,DKd->BTKd', x, wk.astype(dt)), x, lo('k'),
+    k_BxTxKxDh = layers.gated_lora(proj('BTD,DKd->BTKd', x, wk), x, lo('k'),
                                    gate_BxT, 1)
-    v_BxTxKxDh = layers.gated_lora(jnp.einsum('BTD,DKd->BTKd', x, wv.astype(dt)), x, lo('v'),
+    v_BxTxKxDh = layers.gated_lora(proj('BTD,DKd->BTKd', x, wv), x, lo('v'),
                                    gate_BxT, 1)
     if cfg.qkv_bias:
       zeros = nn.initializers.zeros
@@ -78,7 +79,7 @@ class Attention(nn.Module):
     out_BxTxHxDh = attention_ops.attention(q_BxTxHxDh, keys, values, mask_BxTxS,
                                            scale=Dh ** -0.5, impl=cfg.attention_impl,
                                            kv_layout=layout)
-    out_BxTxD = layers.gated_lora(jnp.einsum('BTHd,HdD->BTD', out_BxTxHxDh, wo.astype(dt)),
+    out_BxTxD = layers.gated_lora(proj('BTHd,HdD->BTD', out_BxTxHxDh, wo),
                                   out_BxTxHxDh, lo('o'), gate_BxT, 2)
     if return_attention:
       return out_BxTxD, kv, attention_mass(q_BxTxHxDh, keys, mask_BxTxS, Dh ** -0.5, layout)

@@ -70,6 +70,12 @@ class ModelConfig:
       ids below N are; the head gives ids N..V-1 the logit `layers.NEVER_LOGIT` (-1e30), so no
       decoder can produce them (a Hugging Face import whose tokenizer needed special tokens
       beyond the checkpoint's vocabulary pads the table with such ids).
+    min_matmul_rows: the attention and MLP projections of a call with fewer than this many
+      token rows (B * T) run on zero rows padded up to it, then drop them: the same numbers
+      through a different matrix-product shape. 1 = off. On an H200, XLA's one-row bf16
+      product at K = 2048, N = 8192 read its weights at 1381 GB/s and the two-row one at 2045
+      (benchmarks/results/matvec_probe_gpu_h200.md), and a batch-1 one-token forward of `base`
+      cost 1.8x a two-token one (forward_cost_t1.md).
   """
 
   vocab_size: int
@@ -104,6 +110,7 @@ class ModelConfig:
   sliding_window: int = 0
   remat: str = 'none'
   valid_vocab_size: int = 0
+  min_matmul_rows: int = 1
 
   def __post_init__(self):
     positive = ('vocab_size', 'd_model', 'num_layers', 'num_heads', 'num_kv_heads',
@@ -122,6 +129,9 @@ class ModelConfig:
       if getattr(self, name) not in ('float32', 'bfloat16', 'float16'):
         raise ValueError(f"model.{name} must be 'float32', 'bfloat16' or 'float16', "
                          f'got {getattr(self, name)!r}.')
+    if not isinstance(self.min_matmul_rows, int) or self.min_matmul_rows < 1:
+      raise ValueError(f'model.min_matmul_rows must be an integer >= 1 (1 = off), got '
+                       f'{self.min_matmul_rows!r}.')
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f'model.remat must be one of {REMAT_POLICIES}, got {self.remat!r}.')
     types = tuple(self.layer_types) or (ATTENTION,) * self.num_layers

@@ -87,6 +87,7 @@ class MLP(nn.Module):
     """`lora` / `gate_BxT`: a gated LoRA on gate, up and down (see `gated_lora`)."""
     cfg = self.cfg
     D, F, dt = cfg.d_model, cfg.mlp_dim, cfg.compute_dtype
+    proj = lambda eq, a, w: project(eq, a, w.astype(dt), cfg.min_matmul_rows)
     init = nn.initializers.normal(cfg.init_std)
     out_init = nn.initializers.normal(cfg.init_std / (2 * cfg.num_layers) ** 0.5)
     w_gate = logical_param(self, 'gate', init, (D, F), ('embed', 'mlp'), cfg.weight_dtype)
@@ -94,12 +95,30 @@ class MLP(nn.Module):
     w_down = logical_param(self, 'down', out_init, (F, D), ('mlp', 'embed'), cfg.weight_dtype)
     x = x_BxTxD.astype(dt)
     lo = (lambda name: None) if lora is None else lora.get
-    g_BxTxF = gated_lora(jnp.einsum('BTD,DF->BTF', x, w_gate.astype(dt)), x, lo('gate'),
+    g_BxTxF = gated_lora(proj('BTD,DF->BTF', x, w_gate), x, lo('gate'),
                          gate_BxT, 1)
-    u_BxTxF = gated_lora(jnp.einsum('BTD,DF->BTF', x, w_up.astype(dt)), x, lo('up'), gate_BxT, 1)
+    u_BxTxF = gated_lora(proj('BTD,DF->BTF', x, w_up), x, lo('up'), gate_BxT, 1)
     h_BxTxF = nn.silu(g_BxTxF) * u_BxTxF
-    return gated_lora(jnp.einsum('BTF,FD->BTD', h_BxTxF, w_down.astype(dt)), h_BxTxF,
+    return gated_lora(proj('BTF,FD->BTD', h_BxTxF, w_down), h_BxTxF,
                       lo('down'), gate_BxT, 1)
+
+
+def project(eq: str, x_BxTx: jax.Array, w: jax.Array, min_rows: int = 1) -> jax.Array:
+  """jnp.einsum(eq, x, w) for a projection whose first two axes are [B, T] on both sides.
+
+  With fewer than `min_rows` token rows (B * T), x's T axis is zero-padded so that B * T' >=
+  min_rows, the product runs on the padded rows and the result drops them: the same values
+  through a larger matrix-product shape (`ModelConfig.min_matmul_rows`: XLA's one-row product
+  can read the weights far slower than a two-row one). The optimisation barriers keep the
+  compiler from folding the padding back into a one-row product.
+  """
+  B, T = x_BxTx.shape[:2]
+  if B * T >= min_rows:
+    return jnp.einsum(eq, x_BxTx, w)
+  pad = -(-min_rows // B) - T
+  x_pad = jnp.pad(x_BxTx, [(0, 0), (0, pad)] + [(0, 0)] * (x_BxTx.ndim - 2))
+  y_pad = jnp.einsum(eq, jax.lax.optimization_barrier(x_pad), w)
+  return jax.lax.optimization_barrier(y_pad)[:, :T]
 
 
 def gated_lora(y_BxTx: jax.Array, x_BxTx: jax.Array, ab: Any, gate_BxT: jax.Array | None,

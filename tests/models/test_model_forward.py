@@ -35,8 +35,9 @@ def _tokens(B, T, V, seed=1):
 
 @pytest.mark.parametrize('overrides', [
     dict(), dict(qk_norm=True), dict(qkv_bias=True, tie_embeddings=False),
-    dict(num_kv_heads=4), dict(num_kv_heads=1)], ids=['base', 'qknorm', 'bias-untied', 'mha',
-                                                       'mqa'])
+    dict(num_kv_heads=4), dict(num_kv_heads=1),
+    dict(min_matmul_rows=8)],  # steps of 2 and 6 rows padded to 8, the 10-row prefill not
+    ids=['base', 'qknorm', 'bias-untied', 'mha', 'mqa', 'padded-rows'])
 def test_cache_decode_equals_full_forward(overrides):
   cfg = small_config(**overrides)
   model, params = _setup(cfg)
@@ -244,6 +245,8 @@ def test_config_errors():
     small_config(d_model=0)
   with pytest.raises(ValueError, match='layer_types'):
     small_config(layer_types=('attention',))
+  with pytest.raises(ValueError, match='min_matmul_rows'):
+    small_config(min_matmul_rows=0)
   from models import ModelConfig
   with pytest.raises(ValueError, match='Unknown model config keys'):
     ModelConfig.from_dict(dict(small_config().to_dict(), wat=1))
