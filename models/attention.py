@@ -47,7 +47,7 @@ class Attention(nn.Module):
     wo = layers.logical_param(self, 'o', out_init, (H, Dh, D), ('heads', 'head_dim', 'embed'),
                               cfg.weight_dtype)
     x = x_BxTxD.astype(dt)
-    proj = lambda eq, a, w: layers.project(eq, a, w.astype(dt), cfg.min_matmul_rows)
+    proj = lambda eq, a, w: layers.project(eq, a, w.astype(dt), layers.matmul_rows(cfg))
     lo = (lambda name: None) if lora is None else lora.get
     q_BxTxHxDh = layers.gated_lora(proj('BTD,DHd->BTHd', x, wq), x, lo('q'),
                                    gate_BxT, 1)

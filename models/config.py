@@ -72,10 +72,12 @@ class ModelConfig:
       beyond the checkpoint's vocabulary pads the table with such ids).
     min_matmul_rows: the attention and MLP projections of a call with fewer than this many
       token rows (B * T) run on zero rows padded up to it, then drop them: the same numbers
-      through a different matrix-product shape. 1 = off. On an H200, XLA's one-row bf16
-      product at K = 2048, N = 8192 read its weights at 1381 GB/s and the two-row one at 2045
-      (benchmarks/results/matvec_probe_gpu_h200.md), and a batch-1 one-token forward of `base`
-      cost 1.8x a two-token one (forward_cost_t1.md).
+      through a different matrix-product shape. 1 = off; 0 (default) = 2 for 16-bit compute
+      on a GPU, else 1. On an H200, XLA's one-row bf16 product at K = 2048, N = 8192 read its
+      weights at 1381 GB/s and the two-row one at 2045 (benchmarks/results/
+      matvec_probe_gpu_h200.md); padding to 2 rows took a batch-1 one-token bf16 forward of
+      `base` from 1.821 to 1.094 ms, and in fp32 the one-row product was the faster one
+      (forward_cost_rows_bf16.md, forward_cost_rows_fp32.md).
   """
 
   vocab_size: int
@@ -110,7 +112,7 @@ class ModelConfig:
   sliding_window: int = 0
   remat: str = 'none'
   valid_vocab_size: int = 0
-  min_matmul_rows: int = 1
+  min_matmul_rows: int = 0
 
   def __post_init__(self):
     positive = ('vocab_size', 'd_model', 'num_layers', 'num_heads', 'num_kv_heads',
@@ -129,8 +131,8 @@ class ModelConfig:
       if getattr(self, name) not in ('float32', 'bfloat16', 'float16'):
         raise ValueError(f"model.{name} must be 'float32', 'bfloat16' or 'float16', "
                          f'got {getattr(self, name)!r}.')
-    if not isinstance(self.min_matmul_rows, int) or self.min_matmul_rows < 1:
-      raise ValueError(f'model.min_matmul_rows must be an integer >= 1 (1 = off), got '
+    if not isinstance(self.min_matmul_rows, int) or self.min_matmul_rows < 0:
+      raise ValueError(f'model.min_matmul_rows must be an integer >= 0 (0 = auto), got '
                        f'{self.min_matmul_rows!r}.')
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f'model.remat must be one of {REMAT_POLICIES}, got {self.remat!r}.')

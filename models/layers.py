@@ -87,7 +87,7 @@ class MLP(nn.Module):
     """`lora` / `gate_BxT`: a gated LoRA on gate, up and down (see `gated_lora`)."""
     cfg = self.cfg
     D, F, dt = cfg.d_model, cfg.mlp_dim, cfg.compute_dtype
-    proj = lambda eq, a, w: project(eq, a, w.astype(dt), cfg.min_matmul_rows)
+    proj = lambda eq, a, w: project(eq, a, w.astype(dt), matmul_rows(cfg))
     init = nn.initializers.normal(cfg.init_std)
     out_init = nn.initializers.normal(cfg.init_std / (2 * cfg.num_layers) ** 0.5)
     w_gate = logical_param(self, 'gate', init, (D, F), ('embed', 'mlp'), cfg.weight_dtype)
@@ -101,6 +101,14 @@ class MLP(nn.Module):
     h_BxTxF = nn.silu(g_BxTxF) * u_BxTxF
     return gated_lora(proj('BTF,FD->BTD', h_BxTxF, w_down), h_BxTxF,
                       lo('down'), gate_BxT, 1)
+
+
+def matmul_rows(cfg: config_lib.ModelConfig) -> int:
+  """`cfg.min_matmul_rows`, with 0 (auto) resolved: 2 for 16-bit compute on a GPU, else 1."""
+  if cfg.min_matmul_rows:
+    return cfg.min_matmul_rows
+  sixteen_bit = jnp.dtype(cfg.compute_dtype).itemsize == 2
+  return 2 if sixteen_bit and jax.default_backend() == 'gpu' else 1
 
 
 def project(eq: str, x_BxTx: jax.Array, w: jax.Array, min_rows: int = 1) -> jax.Array:

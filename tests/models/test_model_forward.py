@@ -246,7 +246,7 @@ def test_config_errors():
   with pytest.raises(ValueError, match='layer_types'):
     small_config(layer_types=('attention',))
   with pytest.raises(ValueError, match='min_matmul_rows'):
-    small_config(min_matmul_rows=0)
+    small_config(min_matmul_rows=-1)
   from models import ModelConfig
   with pytest.raises(ValueError, match='Unknown model config keys'):
     ModelConfig.from_dict(dict(small_config().to_dict(), wat=1))
@@ -341,3 +341,16 @@ def test_ids_past_valid_vocab_size_get_the_never_logit_everywhere(tie):
     assert (got.argmax(-1) < valid).all(), name
   with pytest.raises(ValueError, match='valid_vocab_size'):
     small_config(valid_vocab_size=65)
+
+
+def test_min_matmul_rows_auto_pads_only_16_bit_gpu_calls(monkeypatch):
+  """0 = auto: 2 rows for bf16/fp16 compute on a GPU (the H200's one-row product is slow in
+  bf16, the faster one in fp32), 1 elsewhere; an explicit value wins."""
+  from models import layers
+  for backend, dtype, rows, want in [('gpu', 'bfloat16', 0, 2), ('gpu', 'float16', 0, 2),
+                                     ('gpu', 'float32', 0, 1), ('cpu', 'bfloat16', 0, 1),
+                                     ('tpu', 'bfloat16', 0, 1), ('gpu', 'float32', 8, 8),
+                                     ('gpu', 'bfloat16', 1, 1)]:
+    monkeypatch.setattr(jax, 'default_backend', lambda b=backend: b)
+    assert layers.matmul_rows(small_config(dtype=dtype, min_matmul_rows=rows)) == want, (
+        backend, dtype, rows)
