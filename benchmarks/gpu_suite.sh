@@ -32,7 +32,10 @@
 #
 # The calls of issue 19 (each within the 10 minutes of one call on an H200):
 #   bash benchmarks/gpu_suite.sh spec_small,peer              # section 4: real drafters
-#   bash benchmarks/gpu_suite.sh t1,spec_system,step_cost     # sections 1-3 (fwd_cost ran)
+#   bash benchmarks/gpu_suite.sh t1,spec_system,step_cost     # sections 1-3 (ran 2026-12-04)
+#   FWD_PRESETS=small,mem,tiny bash benchmarks/gpu_suite.sh fwd_cost,step_cost  # the rest: curve of
+#                          small, mem, tiny (padded one-row products now the bf16 default)
+#                          and the tree and Medusa rows of the step cost
 #
 # Every results file records the commit of the code that ran (benchmarks/common.py); a copy
 # without .git (a lent machine gets the working tree only) takes it from $LEAPFROG_COMMIT, so
