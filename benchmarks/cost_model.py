@@ -54,13 +54,27 @@ def preset_config(preset: str, dtype: str = 'float32', vocab_size: int | None = 
 
 
 def random_model(preset: str, dtype: str = 'float32', seed: int = 0,
-                 vocab_size: int | None = None, attention_impl: str = 'auto'
-                 ) -> tuple[Transformer, Any]:
-  """A `Transformer` of the preset with random weights (for speed work only)."""
+                 vocab_size: int | None = None, attention_impl: str = 'auto',
+                 embed_scale: float = 1.0) -> tuple[Transformer, Any]:
+  """A `Transformer` of the preset with random weights (for speed work only).
+
+  `embed_scale` multiplies the (tied) embedding table. At 1 the random blocks dominate the
+  residual stream and the next-token logits are nearly flat, so a one-token and a T-token
+  forward in bf16, which round differently, break near-ties apart and a greedy speculative
+  decoder leaves AR's text. Large (e.g. 30), the input embedding dominates the residual
+  stream and the tied head puts a wide margin on repeating the current token: the greedy
+  text is degenerate (the last prompt token repeated), but AR and every verify forward agree
+  in bf16 too. Speed does not depend on the values; the outputs-equal-AR check does.
+  """
+  if not embed_scale > 0:
+    raise ValueError(f'embed_scale must be positive, got {embed_scale!r}.')
   cfg = preset_config(preset, dtype, vocab_size, attention_impl)
   model = Transformer(cfg)
-  params = jax.tree.map(lambda p: p.astype(cfg.weight_dtype),
-                        init_params(model, jax.random.key(seed)))
+  params = init_params(model, jax.random.key(seed))
+  if embed_scale != 1.0:
+    params = dict(params, embed=dict(params['embed'],
+                                     embedding=params['embed']['embedding'] * embed_scale))
+  params = jax.tree.map(lambda p: p.astype(cfg.weight_dtype), params)
   return model, params
 
 

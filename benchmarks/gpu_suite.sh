@@ -16,6 +16,9 @@
 #              drafts at controlled acceptance; issue 19 section 3, goal chain >= 3x AR; fp32
 #              at full matmul precision: in bf16 on random weights the first 2026-12-04 H200
 #              run's verify and AR forwards broke near-ties apart, tau fell to 1.1)
+#   spec_bf16  the same in bf16 (as the issue's GPU goal asks), `base` with its embedding x30
+#              (cost_model.random_model: the greedy text is degenerate, a repeated token, but AR
+#              and verify forwards no longer split near-ties) and padded one-row products
 #   t1         why a batch-1 one-token forward of `base` cost 1.8x a two-token one on the
 #              H200: python -m benchmarks.matvec_probe, then benchmarks.forward_cost at batch 1,
 #              T = 1, 2 for $T1_PRESETS under each XLA setting of $T1_VARIANTS
@@ -33,9 +36,10 @@
 # The calls of issue 19 (each within the 10 minutes of one call on an H200):
 #   bash benchmarks/gpu_suite.sh spec_small,peer              # section 4: real drafters
 #   bash benchmarks/gpu_suite.sh t1,spec_system,step_cost     # sections 1-3 (ran 2026-12-04)
-#   FWD_PRESETS=small,mem,tiny bash benchmarks/gpu_suite.sh fwd_cost,step_cost  # the rest: curve of
-#                          small, mem, tiny (padded one-row products now the bf16 default)
-#                          and the tree and Medusa rows of the step cost
+#   FWD_PRESETS=small,mem,tiny bash benchmarks/gpu_suite.sh spec_bf16,fwd_cost,step_cost
+#                          # section 3's goal in bf16 (spec_bf16), the rest of call 2: the
+#                          # curve of small, mem, tiny (padded one-row products now the bf16
+#                          # default) and the tree and Medusa rows of the step cost
 #
 # Every results file records the commit of the code that ran (benchmarks/common.py); a copy
 # without .git (a lent machine gets the working tree only) takes it from $LEAPFROG_COMMIT, so
@@ -191,6 +195,11 @@ for s in ${stages//,/ }; do
       stage spec_system "${SYSTEM_LIMIT:-230}" env JAX_DEFAULT_MATMUL_PRECISION=highest \
         $PY -m benchmarks.spec_system --preset="$SYSTEM_PRESET" --dtype="$SYSTEM_DTYPE" \
         --verifiers="$SYSTEM_VERIFIERS" $SYSTEM_ARGS ;;
+    spec_bf16)  # bf16; embedding x30 so that AR and verify agree (degenerate text)
+      stage spec_bf16 "${BF16_LIMIT:-200}" $PY -m benchmarks.spec_system \
+        --preset="$SYSTEM_PRESET" --dtype=bfloat16 --embed_scale=30 \
+        --verifiers="$SYSTEM_VERIFIERS" $SYSTEM_ARGS \
+        --out=spec_system_$( [ "$REHEARSE" = 1 ] && echo rehearsal || echo gpu_h200)_bf16 ;;
     t1)  # the XLA settings compared in one process (per-compile options), model built once
       stage t1 "${T1_LIMIT:-200}" bash -c "$PY -m benchmarks.matvec_probe $MATVEC_ARGS
          $PY -m benchmarks.forward_cost --presets=$T1_PRESETS --batches=1 --tokens=1,2 \

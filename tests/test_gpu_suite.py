@@ -21,6 +21,7 @@ CALLS = {
     'spec_small,peer': ('small_target', 'drafters', 'spec_small', 'spec_small_report', 'peer'),
     'fwd_cost,spec_system,step_cost': ('fwd_cost', 'spec_system', 'step_cost'),
     't1,spec_system,step_cost': ('t1', 'spec_system', 'step_cost'),
+    'spec_bf16,fwd_cost,step_cost': ('spec_bf16', 'fwd_cost', 'step_cost'),
 }
 
 
