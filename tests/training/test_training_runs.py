@@ -35,8 +35,11 @@ def _final_eval(workdir):
 
 
 def test_stop_and_resume_equals_uninterrupted(tmp_path, data_dir):
+  """12 steps, stopped after 7 (checkpoints at 4 and 7) and resumed: the uninterrupted run's
+  parameters and final eval loss. The uninterrupted run saves only at step 12 (a save costs
+  about a CPU second here; how often a run saves must not change its numbers)."""
   full = str(tmp_path / 'full')
-  trainer.train_and_evaluate(lm_test_config(data_dir, steps=12, checkpoint_every=4), full)
+  trainer.train_and_evaluate(lm_test_config(data_dir, steps=12, checkpoint_every=12), full)
   split = str(tmp_path / 'split')
   out = trainer.train_and_evaluate(
       lm_test_config(data_dir, steps=12, checkpoint_every=4, stop_after_steps=7), split)
@@ -56,10 +59,15 @@ def _train_cmd(workdir, data_dir, steps, every):
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(tmp_path, data_dir):
-  """SIGKILL during training (async checkpoints in flight), then resume: same parameters."""
-  env, steps = testlib.subprocess_env(concurrent=True), 120
+  """SIGKILL during training (async checkpoints in flight), then resume: same parameters.
+
+  40 steps, a checkpoint every 10, killed once the checkpoint of step 20 exists: 20 steps and
+  two checkpoints of margin before the run could finish. The uninterrupted reference saves only
+  its final checkpoint (each save costs CPU time; how often a run saves must not change its
+  parameters)."""
+  env, steps = testlib.subprocess_env(concurrent=True), 40
   ref = str(tmp_path / 'ref')
-  subprocess.run(_train_cmd(ref, data_dir, steps, 10), cwd=ROOT, env=env, check=True,
+  subprocess.run(_train_cmd(ref, data_dir, steps, steps), cwd=ROOT, env=env, check=True,
                  capture_output=True)
   killed = str(tmp_path / 'killed')
   proc = subprocess.Popen(_train_cmd(killed, data_dir, steps, 10), cwd=ROOT, env=env,
