@@ -220,11 +220,12 @@ def write(rows, args) -> str:
             'yes' if r['equal_to_ar'] else 'NO'] for r in rows]
   t_lines = sorted({(r['batch'], r['t_ar_ms']) for r in rows})
   fwd = sorted({(r['batch'], r['tokens_per_step'], r['t_fwd_ms']) for r in rows})
+  scaled = _scaled(getattr(args, 'embed_scale', 1.0))  # report() callers may predate it
   body = [
       '**A benchmark of the system, not of a drafter**: the draft is an oracle that knows the '
       "target's greedy continuation and proposes it with each token wrong with probability "
       f'1 - alpha (`benchmarks/oracle.py`). Preset `{args.preset}` ({args.dtype}, random '
-      f'weights{_scaled(args.embed_scale)}), {args.prompts} prompts x {args.max_new_tokens} '
+      f'weights{scaled}), {args.prompts} prompts x {args.max_new_tokens} '
       'new tokens, temperature 0. '
       'Decode phase only (the prefill, the same for both, is excluded): speedup = AR decode '
       'time / method decode time for the same tokens, each t(N tokens) - t(1 token), passes '
