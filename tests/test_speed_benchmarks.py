@@ -292,9 +292,13 @@ def test_forward_cost_variants_parse_and_reach_the_compile():
   rows = forward_cost.measure(['test'], [1], [1, 2], dtype='float32', cache=16, context=4,
                               variants=[('default', {}), ('o0', {
                                   'xla_backend_optimization_level': 0}),
-                                        ('bad', {'no_such_xla_option': 1})])
+                                        ('bad', {'no_such_xla_option': 1}),
+                                        # model fields reach the config: -1 is refused there
+                                        ('pad', {'model.min_matmul_rows': 4}),
+                                        ('badfield', {'model.min_matmul_rows': -1})])
   assert [(r['preset'], r['tokens']) for r in rows] == [
-      ('test', 1), ('test', 2), ('test [o0]', 1), ('test [o0]', 2)]
+      ('test', 1), ('test', 2), ('test [o0]', 1), ('test [o0]', 2), ('test [pad]', 1),
+      ('test [pad]', 2)]
   assert all(r['ratio'] > 0 for r in rows) and rows[0]['ratio'] == 1.0
 
 
