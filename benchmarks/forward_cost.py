@@ -65,29 +65,34 @@ def measure(presets, batches, tokens, *, dtype, cache, context, attention_impl='
   for preset in presets:
     model, params = cost_model.random_model(preset, dtype, attention_impl=attention_impl)
     mb = cost_model.weight_bytes(params) / 1e6
+    # Each variant's model first: a model field the config refuses is the caller's error, and
+    # is raised before anything is timed.
+    runs = []
     for variant, options in variants:
+      fields = {k[len('model.'):]: v for k, v in options.items() if k.startswith('model.')}
+      xla = {k: v for k, v in options.items() if not k.startswith('model.')}
+      m = Transformer(dataclasses.replace(model.cfg, **fields)) if fields else model
+      runs.append((variant, m, fields, xla))
+    for variant, m, fields, xla in runs:
       label = preset if variant == 'default' else f'{preset} [{variant}]'
       for batch in batches:
-        fields = {k[len('model.'):]: v for k, v in options.items() if k.startswith('model.')}
-        xla = {k: v for k, v in options.items() if not k.startswith('model.')}
         try:
-          m = Transformer(dataclasses.replace(model.cfg, **fields)) if fields else model
           curve = cost_model.forward_curve(m, params, batch=batch, tokens=tokens,
                                            cache_size=cache, context=context,
                                            compiler_options=xla or None)
         except Exception as e:  # pylint: disable=broad-except
           if variant == 'default':
             raise
-          # An option this XLA does not know: the other variants still run; the table lacks
-          # this one's rows and the log says why.
+          # An XLA option this XLA does not know: the other variants still run; the table
+          # lacks this one's rows and the log says why.
           print(f'{label} B={batch}: not measured ({type(e).__name__}: {str(e)[:200]})',
                 flush=True)
           continue
         for t, sec in curve.items():
           rows.append(dict(device=jax.devices()[0].device_kind, preset=label, dtype=dtype,
                            attention_impl=attention_impl, variant=variant,
-                           compiler_options=options, weight_mb=round(mb, 1), batch=batch,
-                           tokens=t, ms=sec * 1e3, ratio=sec / curve[min(curve)]))
+                           compiler_options=xla, model_fields=fields, weight_mb=round(mb, 1),
+                           batch=batch, tokens=t, ms=sec * 1e3, ratio=sec / curve[min(curve)]))
         line = ' '.join(f'T={t}:{sec * 1e3:.3f}ms' for t, sec in curve.items())
         print(f'{label} ({mb:.0f} MB) B={batch}: {line}', flush=True)
   return rows
@@ -168,9 +173,10 @@ def main():
   ap.add_argument('--attention_impl', default='auto', choices=attention_ops.IMPLS,
                   help="the model's attention implementation (default: the dispatch table's)")
   ap.add_argument('--variants', default='default',
-                  help='XLA compile settings to compare in this one process: '
-                  'NAME[:OPTION=VALUE...], comma-separated, e.g. '
-                  '"default,no_triton_gemm:xla_gpu_enable_triton_gemm=false"')
+                  help='settings to compare in this one process: NAME[:OPTION=VALUE...], '
+                  'comma-separated; an OPTION is an XLA compile option or model.FIELD, e.g. '
+                  '"default,no_triton_gemm:xla_gpu_enable_triton_gemm=false,'
+                  'pad2:model.min_matmul_rows=2"')
   ap.add_argument('--out', default='', help='results name (default forward_cost_<device>)')
   args = ap.parse_args()
   variants = parse_variants(args.variants)

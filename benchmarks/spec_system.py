@@ -220,7 +220,7 @@ def write(rows, args) -> str:
             'yes' if r['equal_to_ar'] else 'NO'] for r in rows]
   t_lines = sorted({(r['batch'], r['t_ar_ms']) for r in rows})
   fwd = sorted({(r['batch'], r['tokens_per_step'], r['t_fwd_ms']) for r in rows})
-  scaled = _scaled(getattr(args, 'embed_scale', 1.0))  # report() callers may predate it
+  scaled = _scaled(args.embed_scale)
   body = [
       '**A benchmark of the system, not of a drafter**: the draft is an oracle that knows the '
       "target's greedy continuation and proposes it with each token wrong with probability "

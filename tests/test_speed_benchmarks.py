@@ -176,7 +176,7 @@ def test_speedups_above_tau_are_flagged_in_the_tables(tmp_path, monkeypatch):
                  ar_tokens_per_s=4.0, speedup=2.5, ideal=2.2, t_ar_ms=1.0, t_fwd_ms=1.0,
                  measured_over_ideal=1.1, equal_to_ar=True)
   args = type('A', (), dict(out='spec_system_t', preset='test', dtype='float32', prompts=1,
-                            max_new_tokens=8, repeats=1))()
+                            max_new_tokens=8, repeats=1, embed_scale=1.0))()
   text = open(spec_system.write([sys_row], args)).read()
   assert '2.50x (!)' in text
   assert any('(!)' in g[1] and g[2] == 'NOT met' for g in spec_system.goals([sys_row]))
@@ -293,13 +293,16 @@ def test_forward_cost_variants_parse_and_reach_the_compile():
                               variants=[('default', {}), ('o0', {
                                   'xla_backend_optimization_level': 0}),
                                         ('bad', {'no_such_xla_option': 1}),
-                                        # model fields reach the config: -1 is refused there
-                                        ('pad', {'model.min_matmul_rows': 4}),
-                                        ('badfield', {'model.min_matmul_rows': -1})])
+                                        ('pad', {'model.min_matmul_rows': 4})])
   assert [(r['preset'], r['tokens']) for r in rows] == [
       ('test', 1), ('test', 2), ('test [o0]', 1), ('test [o0]', 2), ('test [pad]', 1),
       ('test [pad]', 2)]
   assert all(r['ratio'] > 0 for r in rows) and rows[0]['ratio'] == 1.0
+  assert rows[-1]['model_fields'] == {'min_matmul_rows': 4} and not rows[-1]['compiler_options']
+  # model fields reach the config, and one it refuses is an error before anything is timed
+  with pytest.raises(ValueError, match='min_matmul_rows'):
+    forward_cost.measure(['test'], [1], [1], dtype='float32', cache=16, context=4,
+                         variants=[('default', {}), ('bad', {'model.min_matmul_rows': -1})])
 
 
 def test_spec_system_json_keeps_the_rows_of_other_runs(tmp_path, monkeypatch):
@@ -311,7 +314,7 @@ def test_spec_system_json_keeps_the_rows_of_other_runs(tmp_path, monkeypatch):
              measured_over_ideal=0.83, equal_to_ar=True)
   def args(out):
     return type('A', (), dict(out=out, preset='mem', dtype='float32', prompts=1,
-                              max_new_tokens=8, repeats=1))()
+                              max_new_tokens=8, repeats=1, embed_scale=1.0))()
   spec_system.write([row, dict(row, alpha=1.0)], args('spec_system_full'))
   spec_system.write([dict(row, speedup=1.4)], args('spec_system_quick'))
   spec_system.write([dict(row, speedup=1.3)], args('spec_system_quick'))  # a rerun replaces
