@@ -40,10 +40,12 @@ def parse_variants(spec: str) -> list[tuple[str, dict[str, Any]]]:
 
   Each variant is NAME[:OPTION=VALUE...]; values 'true'/'false' become bools, integers ints.
   An option named model.FIELD sets that `ModelConfig` field instead (same weights), e.g.
-  'pad8:model.min_matmul_rows=8'.
+  'pad8:model.min_matmul_rows=8'. Variants are separated by ';' when the spec holds one (so
+  that a value may list several items, 'default;graphs:xla_gpu_enable_command_buffer=FUSION,
+  WHILE'), else by ','.
   """
   out = []
-  for item in filter(None, spec.split(',')):
+  for item in filter(None, spec.split(';' if ';' in spec else ',')):
     name, *pairs = item.split(':')
     opts: dict[str, Any] = {}
     for pair in pairs:

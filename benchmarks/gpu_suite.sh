@@ -32,11 +32,19 @@
 #   peer       python -m benchmarks.spec_peer on the spec_small runs: our AR, draft chain,
 #              prompt lookup and spec_small's fastest method against transformers' generate(),
 #              assisted generation and prompt lookup on the same exported weights
+#   graphs     spec_system as spec_bf16, chain k=4 only, its programs (AR's included) compiled
+#              twice in one run: XLA's defaults, and with command buffers (CUDA graphs) for
+#              while loops and conditionals too ($GRAPH_TYPES): does the 0.29 ms a step the
+#              bf16 chain spends outside the target forward shrink?
+#   fwd_small  benchmarks.forward_cost of $FWD_SMALL_PRESETS at batch 1, T = 1, 2, 5, 11:
+#              defaults (one-row products padded to 2 in bf16), unpadded, and with command
+#              buffers: is `small` launch-bound, and does the padding cost it more than it saves?
 #
 # The calls of issue 19 (each within the 10 minutes of one call on an H200):
 #   bash benchmarks/gpu_suite.sh spec_small,peer              # section 4: real drafters
 #   bash benchmarks/gpu_suite.sh t1,spec_system,step_cost     # sections 1-3 (ran 2026-12-04)
 #   FWD_PRESETS=small,mem,tiny bash benchmarks/gpu_suite.sh spec_bf16,fwd_cost,step_cost
+#   bash benchmarks/gpu_suite.sh graphs,fwd_small              # the launch-bound part
 #                          # section 3's goal in bf16 (spec_bf16), the rest of call 2: the
 #                          # curve of small, mem, tiny (padded one-row products now the bf16
 #                          # default) and the tree and Medusa rows of the step cost
@@ -91,6 +99,8 @@ if [ "$REHEARSE" = 1 ]; then
   : "${SYSTEM_ARGS:=--prompts=2 --prompt_tokens=64 --max_new_tokens=32 --alphas=0.8,1.0 --repeats=1}"
   : "${SYSTEM_VERIFIERS:=chain k=4,dynamic tree 8}"
   : "${STEP_PRESET:=test}" "${STEP_ARGS:=--prompts=2 --max_new_tokens=24 --repeats=1}"
+  : "${GRAPHS_ARGS:=--prompts=2 --prompt_tokens=64 --max_new_tokens=32 --alphas=0.8 --repeats=1}"
+  : "${FWD_SMALL_PRESETS:=test}"
   : "${LIMIT_SCALE:=8}"  # toy sizes, but 2 shared CPU cores: every stage limit x 8
   : "${PARALLEL_DRAFTERS:=0}"  # four trainings at once starve on 2 loaded cores
   LOG=${OUT:-$R}/gpu_suite.log
@@ -104,6 +114,7 @@ else
   : "${SYSTEM_PRESET:=base}" "${T1_PRESETS:=base}" "${MATVEC_ARGS:=}"
   : "${SYSTEM_ARGS:=--repeats=2 --alphas=0.7,0.8,1.0}"
   : "${STEP_PRESET:=base}" "${STEP_ARGS:=--prompts=4 --max_new_tokens=64 --repeats=3}"
+  : "${GRAPHS_ARGS:=--repeats=2 --alphas=0.8}" "${FWD_SMALL_PRESETS:=small}"
   LOG=${OUT:-/tmp}/gpu_suite.log
 fi
 LIMIT_SCALE=${LIMIT_SCALE:-1} PARALLEL_DRAFTERS=${PARALLEL_DRAFTERS:-1}
@@ -117,6 +128,9 @@ T1_VARIANTS=${T1_VARIANTS:-default,no_triton_gemm:xla_gpu_enable_triton_gemm=fal
 # file is written after each method, so a stage cut short by its limit keeps the first ones).
 SMALL_METHODS=${SMALL_METHODS:-draft chain g4,draft dynamic tree 32,medusa,mtp,kangaroo,prompt lookup,draft static tree 60,token recycling,layerskip,lookahead,jacobi,del}
 STEP_DECODERS=${STEP_DECODERS:-ar,speculative:gamma=4,spec_dynamic:tree_nodes=16,medusa}
+# Command buffers (CUDA graphs) for every command type, while loops and conditionals included
+# (XLA's default leaves those two out, so each decode-loop iteration returns to the host)
+GRAPH_TYPES=${GRAPH_TYPES:-FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE}
 STEP_DTYPE=${STEP_DTYPE:-float32}  # the oracle draft of its draft-model rows, as spec_system
 
 save() {
@@ -200,6 +214,15 @@ for s in ${stages//,/ }; do
         --preset="$SYSTEM_PRESET" --dtype=bfloat16 --embed_scale=30 \
         --verifiers="$SYSTEM_VERIFIERS" $SYSTEM_ARGS \
         --out=spec_system_$( [ "$REHEARSE" = 1 ] && echo rehearsal || echo gpu_h200)_bf16 ;;
+    graphs)  # one run, two compiles of every program: XLA's defaults, command buffers
+      stage graphs "${GRAPHS_LIMIT:-170}" $PY -m benchmarks.spec_system \
+        --preset="$SYSTEM_PRESET" --dtype=bfloat16 --embed_scale=30 --verifiers="chain k=4" \
+        $GRAPHS_ARGS --variants="default;graphs:xla_gpu_enable_command_buffer=$GRAPH_TYPES" \
+        --out=spec_system_$( [ "$REHEARSE" = 1 ] && echo rehearsal || echo gpu_h200)_graphs ;;
+    fwd_small)
+      stage fwd_small "${FWD_SMALL_LIMIT:-70}" $PY -m benchmarks.forward_cost \
+        --presets="$FWD_SMALL_PRESETS" --batches=1 --tokens=1,2,5,11 --dtype=bfloat16 \
+        --out=forward_cost_small_rows --variants="default;rows1:model.min_matmul_rows=1;graphs:xla_gpu_enable_command_buffer=$GRAPH_TYPES" ;;
     t1)  # the XLA settings compared in one process (per-compile options), model built once
       stage t1 "${T1_LIMIT:-200}" bash -c "$PY -m benchmarks.matvec_probe $MATVEC_ARGS
          $PY -m benchmarks.forward_cost --presets=$T1_PRESETS --batches=1 --tokens=1,2 \

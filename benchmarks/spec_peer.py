@@ -55,11 +55,11 @@ def _export(loaded, params, out_dir: str) -> None:
 
 
 def _ours(args, bench, have, prompts) -> dict[str, dict[str, Any]]:
-  """Tokens/s of our AR and of each of `--methods` at batch 1 (one AOT compile per prompt
-  shape); methods whose runs are missing are skipped."""
+  """Tokens/s of our AR and of each of `--methods` at batch 1 (one AOT compile each: every
+  prompt padded to one width); methods whose runs are missing are skipped."""
   tok = bench.tokenizer
   cache = harness.cache_slots(prompts, args.max_new_tokens)
-  batches = harness.make_batches(prompts, 1, tok.pad_id)
+  batches = harness.make_batches(prompts, 1, tok.pad_id, bucket=harness.one_shape(prompts))
   kw = dict(max_new=args.max_new_tokens, cache_size=cache, eos_id=tok.eos_id, pad_id=tok.pad_id)
   greedy = SamplingConfig(temperature=0.0)
   ar = bench.decoder('ar', greedy)
@@ -101,8 +101,11 @@ def _method_names(args) -> list[str]:
   return names
 
 
-def _theirs(args, target_dir, draft_dir, prompts, eos_id, pad_id) -> dict[str, dict[str, Any]]:
-  """Tokens/s of transformers' generate() variants at batch 1."""
+def _theirs(args, target_dir, draft_dir, prompts, eos_id, pad_id, on_row=None
+            ) -> dict[str, dict[str, Any]]:
+  """Tokens/s of transformers' generate() variants at batch 1: assisted generation first (the
+  goal's peer), then prompt lookup, then plain generate(). `on_row(name, row, version)` is
+  called as each finishes (so a run cut short keeps the rows before)."""
   # The peer only: torch and transformers are optional and take ~2 s to import.
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
@@ -111,18 +114,19 @@ def _theirs(args, target_dir, draft_dir, prompts, eos_id, pad_id) -> dict[str, d
   load = lambda d: transformers.AutoModelForCausalLM.from_pretrained(
       d, dtype=dtype).to(device).eval()
   target, draft = load(target_dir), load(draft_dir)
+  version = f'torch {torch.__version__}, transformers {transformers.__version__}, {device}, {dtype}'
   base = dict(do_sample=False, max_new_tokens=args.max_new_tokens, eos_token_id=eos_id,
               pad_token_id=pad_id)
-  setups = {'generate()': {}, 'assisted generation (assistant_model=draft)':
-            dict(assistant_model=draft),
-            f'prompt lookup (prompt_lookup_num_tokens={args.pld_tokens})':
-            dict(prompt_lookup_num_tokens=args.pld_tokens)}
+  setups = {ASSISTED: dict(assistant_model=draft),
+            f'{PLD} (prompt_lookup_num_tokens={args.pld_tokens})':
+            dict(prompt_lookup_num_tokens=args.pld_tokens),
+            GENERATE: {}}
   inputs = [torch.tensor([p], device=device) for p in prompts]
 
-  def one_pass(kw):
+  def one_pass(kw, ids_list):
     t0, toks = time.perf_counter(), []
     with torch.no_grad():
-      for ids in inputs:
+      for ids in ids_list:
         out = target.generate(ids, attention_mask=torch.ones_like(ids), **base, **kw)
         new = out[0, ids.shape[1]:].tolist()
         if eos_id in new:  # transformers pads finished rows; keep up to and including <eos>
@@ -134,16 +138,83 @@ def _theirs(args, target_dir, draft_dir, prompts, eos_id, pad_id) -> dict[str, d
 
   out = {}
   for name, kw in setups.items():
-    one_pass(kw)  # warm-up
-    passes = [one_pass(kw) for _ in range(args.repeats)]
+    one_pass(kw, inputs[:1])  # warm-up (one prompt: eager PyTorch has nothing to compile)
+    passes = [one_pass(kw, inputs) for _ in range(args.repeats)]
     wall = min(t for t, _ in passes)
     toks = passes[0][1]
     gen = sum(map(len, toks))
     out[name] = dict(tokens=toks, generated=gen, wall_s=wall, tokens_per_s=gen / wall)
     print(f"transformers {name}: {gen / wall:.1f} tok/s", flush=True)
-  out['_version'] = (f'torch {torch.__version__}, transformers {transformers.__version__}, '
-                     f'{device}, {dtype}')
+    if on_row:
+      on_row(name, out[name], version)
   return out
+
+
+ASSISTED = 'assisted generation (assistant_model=draft)'
+PLD = 'prompt lookup'
+GENERATE = 'generate()'
+
+
+def report(args, ours: dict[str, dict[str, Any]], theirs: dict[str, dict[str, Any]],
+           version: str, n_prompts: int) -> str:
+  """Writes the results file from the rows measured so far (a side not measured yet, e.g. cut
+  by a time limit, is said to be missing); returns its path."""
+  ar = ours['ar']
+  vs_ar = lambda r: r['tokens_per_s'] / ar['tokens_per_s']
+  rows = [['ours', n, r['generated'], f"{r['tau']:.2f}", f"{r['tokens_per_s']:.1f}",
+           f'{vs_ar(r):.2f}x' + (' (!)' if vs_ar(r) > r['tau'] * (1 + 1e-9) else ''),
+           'yes' if r['tokens'] == ar['tokens'] else 'NO'] for n, r in ours.items()]
+  rows += [['transformers', n, r['generated'], '-', f"{r['tokens_per_s']:.1f}",
+            f'{vs_ar(r):.2f}x', 'yes' if r['tokens'] == ar['tokens'] else 'NO']
+           for n, r in theirs.items()]
+  best_ours = max(((r['tokens_per_s'], n) for n, r in ours.items()
+                   if n != 'ar' and vs_ar(r) <= r['tau'] * (1 + 1e-9)), default=None)
+  assisted = theirs.get(ASSISTED)
+  pld = next((r for n, r in theirs.items() if n.startswith(PLD)), None)
+  ratios = []
+  if best_ours:
+    ratios.append(['best of ours vs our AR', best_ours[1],
+                   f"{best_ours[0] / ar['tokens_per_s']:.2f}x"])
+    if assisted:
+      ratios.append(['best of ours vs assisted generation', best_ours[1],
+                     f"{best_ours[0] / assisted['tokens_per_s']:.2f}x"])
+  if 'prompt lookup' in ours and pld:
+    ratios.append(['ours prompt lookup vs transformers prompt lookup', '',
+                   f"{ours['prompt lookup']['tokens_per_s'] / pld['tokens_per_s']:.2f}x"])
+  if GENERATE in theirs:
+    ratios.append(['ours ar vs transformers generate()', '',
+                   f"{ar['tokens_per_s'] / theirs[GENERATE]['tokens_per_s']:.2f}x"])
+  on_gpu = 'cuda' in version and jax.default_backend() == 'gpu'
+  if not (best_ours and assisted):
+    goal_line = 'not measured: ' + ('no method of ours below its tau' if not best_ours else
+                                    'assisted generation was not timed in this run') + '.'
+  else:
+    goal = best_ours[0] / assisted['tokens_per_s']
+    goal_line = (f"{'met' if goal >= 2 else 'not met'} ({goal:.2f}x)." if on_gpu else
+                 f'not measured: this run is not on a GPU (ratio here {goal:.2f}x).')
+  missing = [n for n in (ASSISTED, PLD, GENERATE)
+             if not any(m.startswith(n) for m in theirs)]
+  same = (f"{sum(a == b for a, b in zip(ar['tokens'], theirs[GENERATE]['tokens']))} of "
+          f'{n_prompts}' if GENERATE in theirs else 'not measured')
+  dtype = args.dtype or 'as trained'
+  body = (f"Peer: {version or 'transformers not reached'}. Greedy, batch 1, {n_prompts} "
+          f'held-out prompts, up to {args.max_new_tokens} new tokens, ours in {dtype}, best of '
+          f'{args.repeats} timed passes after a warm-up; target `{args.target}`, draft '
+          f'`{args.draft}` (exported to HF format for transformers). "vs our AR": tokens/s '
+          'over our AR\'s in this run, (!) where above tau (a measurement error, not a '
+          'result: such a row is left out of "best of ours"); "= our AR": the greedy tokens '
+          'equal our AR decoder\'s (in bfloat16 near-ties may break differently between a '
+          '1-token and a T-token forward, or between frameworks).'
+          + (f" Not measured in this run (cut short or not reached): {', '.join(missing)}."
+             if missing else '') + '\n\n'
+          + common.markdown_table(['side', 'method', 'tokens', 'tau', 'tokens/s',
+                                   'vs our AR', '= our AR'], rows)
+          + '\n\n' + common.markdown_table(['ratio', 'ours', 'value'], ratios)
+          + f'\n\ntransformers generate() continuations equal to our AR decoder token for '
+          f'token: {same}.\n\n'
+          f'Goal (>= 2x assisted generation tokens/s at batch 1, on a GPU): {goal_line}\n')
+  return common.write_results(args.name, 'Speculative decoding vs transformers assisted '
+                              'generation', body)
 
 
 def run(args) -> str:
@@ -155,55 +226,21 @@ def run(args) -> str:
                                    prompt_chars=args.prompt_chars,
                                    data_config=bench.config['data'])
   ours = _ours(args, bench, have, prompts)
+  path = report(args, ours, {}, '', len(prompts))  # ours now: a cut peer keeps them
+  theirs: dict[str, dict[str, Any]] = {}
+
+  def on_row(name, row, version):
+    nonlocal path
+    theirs[name] = row
+    path = report(args, ours, theirs, version, len(prompts))
+
   with tempfile.TemporaryDirectory() as tmp:
     t_dir, d_dir = os.path.join(tmp, 'target'), os.path.join(tmp, 'draft')
     draft = bench.run_of(have['draft'])
     _export(bench.target, bench.params, t_dir)
     _export(draft, draft.params, d_dir)
-    theirs = _theirs(args, t_dir, d_dir, prompts, tok.eos_id, tok.pad_id)
-  version = theirs.pop('_version')
-  same = sum(a == b for a, b in zip(ours['ar']['tokens'], theirs['generate()']['tokens']))
-  rows = [['ours', n, r['generated'], f"{r['tau']:.2f}", f"{r['tokens_per_s']:.1f}",
-           f"{r['tokens_per_s'] / ours['ar']['tokens_per_s']:.2f}x",
-           'yes' if r['tokens'] == ours['ar']['tokens'] else 'NO'] for n, r in ours.items()]
-  rows += [['transformers', n, r['generated'], '-', f"{r['tokens_per_s']:.1f}",
-            f"{r['tokens_per_s'] / ours['ar']['tokens_per_s']:.2f}x",
-            'yes' if r['tokens'] == ours['ar']['tokens'] else 'NO']
-           for n, r in theirs.items()]
-  best_ours = max((r['tokens_per_s'], n) for n, r in ours.items() if n != 'ar')
-  assisted = next(r for n, r in theirs.items() if n.startswith('assisted'))
-  pld = next(r for n, r in theirs.items() if n.startswith('prompt lookup'))
-  ratios = [
-      ['best of ours vs our AR', f'{best_ours[1]}',
-       f"{best_ours[0] / ours['ar']['tokens_per_s']:.2f}x"],
-      ['best of ours vs assisted generation', f'{best_ours[1]}',
-       f"{best_ours[0] / assisted['tokens_per_s']:.2f}x"],
-      ['ours ar vs transformers generate()', '',
-       f"{ours['ar']['tokens_per_s'] / theirs['generate()']['tokens_per_s']:.2f}x"],
-  ]
-  if 'prompt lookup' in ours:
-    ratios.insert(2, ['ours prompt lookup vs transformers prompt lookup', '',
-                      f"{ours['prompt lookup']['tokens_per_s'] / pld['tokens_per_s']:.2f}x"])
-  on_gpu = 'cuda' in version and jax.default_backend() == 'gpu'
-  goal = best_ours[0] / assisted['tokens_per_s']
-  dtype = args.dtype or 'as trained'
-  body = (f'Peer: {version}. Greedy, batch 1, {len(prompts)} held-out prompts, up to '
-          f'{args.max_new_tokens} new tokens, ours in {dtype}, best of {args.repeats} timed '
-          f'passes after a warm-up; target `{args.target}`, draft `{args.draft}` (exported to '
-          f'HF format for transformers). "vs our AR": tokens/s over our AR\'s in this run; '
-          '"= our AR": the greedy tokens equal our AR decoder\'s (in bfloat16 near-ties may '
-          'break differently between a 1-token and a T-token forward, or between frameworks).'
-          '\n\n'
-          + common.markdown_table(['side', 'method', 'tokens', 'tau', 'tokens/s',
-                                   'vs our AR', '= our AR'], rows)
-          + '\n\n' + common.markdown_table(['ratio', 'ours', 'value'], ratios)
-          + f'\n\ntransformers generate() continuations equal to our AR decoder token for '
-          f'token: {same} of {len(prompts)}.\n\n'
-          f'Goal (>= 2x assisted generation tokens/s at batch 1, on a GPU): '
-          + (f"{'met' if goal >= 2 else 'not met'} ({goal:.2f}x)." if on_gpu else
-             f'not measured: this run is not on a GPU (ratio here {goal:.2f}x).') + '\n')
-  return common.write_results(args.name, 'Speculative decoding vs transformers assisted '
-                              'generation', body)
+    _theirs(args, t_dir, d_dir, prompts, tok.eos_id, tok.pad_id, on_row=on_row)
+  return path
 
 
 def main():

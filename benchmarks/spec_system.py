@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import itertools
 import json
 import os
 from typing import Any
@@ -123,27 +125,35 @@ def run(args) -> tuple[str, list[dict]]:
   unknown = [n for n in names if n not in VERIFIERS]
   if unknown:
     raise ValueError(f'Unknown verifiers {unknown}; choose from {list(VERIFIERS)}.')
+  variants = forward_cost.parse_variants(getattr(args, 'variants', '') or 'default')
+  for vname, opts in variants:
+    if any(k.startswith('model.') for k in opts):
+      raise ValueError(f'Variant {vname!r}: only XLA options here, not model fields ({opts}).')
   device = jax.devices()[0].device_kind
   rows, path = [], ''
-  for batch in [int(b) for b in args.batches.split(',')]:
-    base = ar_baseline(model, params, prompts, batch=batch, pad_id=pad_id, kw=kw,
+  for (vname, opts), batch in itertools.product(variants,
+                                                [int(b) for b in args.batches.split(',')]):
+    vkw = dict(kw, compiler_options=opts or None)
+    base = ar_baseline(model, params, prompts, batch=batch, pad_id=pad_id, kw=vkw,
                        repeats=args.repeats)
     batches, ar_n, ar_1, t_ar = base.batches, base.ar_n, base.ar_1, base.t_ar
-    curve = {1: cost_model.forward_time(model, params, batch=batch, tokens=1,
-                                        cache_size=cache, context=cache // 2)}
-    print(f'B={batch}: AR step {t_ar * 1e3:.3f} ms, forward T=1 {curve[1] * 1e3:.3f} ms',
+    fwd = functools.partial(cost_model.forward_time, model, params, batch=batch,
+                            cache_size=cache, context=cache // 2,
+                            compiler_options=opts or None)
+    curve = {1: fwd(tokens=1)}
+    tag = '' if len(variants) == 1 else f' [{vname}]'
+    print(f'B={batch}{tag}: AR step {t_ar * 1e3:.3f} ms, forward T=1 {curve[1] * 1e3:.3f} ms',
           flush=True)
     for name in names:
       dec_name, settings = VERIFIERS[name]
       dec = registry.build(dec_name, dict(settings, draft_workdir='oracle'), sampling)
       T = step_cost.step_tokens(dec, models)
       if T not in curve:
-        curve[T] = cost_model.forward_time(model, params, batch=batch, tokens=T,
-                                           cache_size=cache, context=cache // 2)
-      per_alpha = lambda a: base.oracle_params(params, a)
-      fns_n = harness.compile_decoder(dec, models, per_alpha(1.0), batches, **kw)
+        curve[T] = fwd(tokens=T)
+      per_alpha = lambda a: base.oracle_params(params, a)  # pylint: disable=cell-var-from-loop
+      fns_n = harness.compile_decoder(dec, models, per_alpha(1.0), batches, **vkw)
       fns_1 = harness.compile_decoder(dec, models, per_alpha(1.0), batches,
-                                      **dict(kw, max_new=1))
+                                      **dict(vkw, max_new=1))
       for alpha in [float(a) for a in args.alphas.split(',')]:
         r = harness.measure_decode_pair(fns_n, fns_1, ar_n, ar_1, per_alpha(alpha), batches,
                                         repeats=args.repeats)
@@ -156,15 +166,22 @@ def run(args) -> tuple[str, list[dict]]:
                    ideal=cost_model.ideal_speedup(r['decode_tau'], t_ar, curve[T]),
                    t_ar_ms=t_ar * 1e3, t_fwd_ms=curve[T] * 1e3,
                    acceptance_by_position=r.get('acceptance_by_position', []),
-                   equal_to_ar=r['tokens'] == r['ar_tokens'])
+                   equal_to_ar=r['tokens'] == r['ar_tokens'], variant=vname,
+                   compiler_options=opts)
         row['measured_over_ideal'] = row['speedup'] / row['ideal']
         rows.append(row)
-        print(f"B={batch} {name} alpha={alpha:g}: tau {row['tau']:.2f}, "
+        print(f"B={batch}{tag} {name} alpha={alpha:g}: tau {row['tau']:.2f}, "
               f"{row['speedup']:.2f}x AR (ideal {row['ideal']:.2f}x, "
               f"{100 * row['measured_over_ideal']:.0f}%), = AR: {row['equal_to_ar']}",
               flush=True)
       path = write(rows, args)  # after every verifier: a run cut short keeps its rows
   return path, rows
+
+
+def row_label(r: dict[str, Any]) -> str:
+  """The row's verifier, with its variant of XLA options when not the default."""
+  v = r.get('variant', 'default')
+  return r['verifier'] + ('' if v == 'default' else f' [{v}]')
 
 
 def goals(rows) -> list[list[str]]:
@@ -187,13 +204,13 @@ def goals(rows) -> list[list[str]]:
     best = max(cands, key=lambda r: r['speedup'])
     flagged = harness.implausible(best)
     out.append([f'{label} at alpha {GOAL_ALPHA} >= {need:g}x AR',
-                f"{best['speedup']:.2f}x ({best['verifier']})" + (' (!)' if flagged else ''),
+                f"{best['speedup']:.2f}x ({row_label(best)})" + (' (!)' if flagged else ''),
                 'met' if best['speedup'] >= need and not flagged else 'NOT met'])
   worst = min(b1, key=lambda r: r['measured_over_ideal'], default=None)
   if worst:
     ok = all(r['measured_over_ideal'] >= IDEAL_SHARE_GOAL for r in b1)
     out.append([f'every verifier within {100 * IDEAL_SHARE_GOAL:.0f}% of its ideal (batch 1)',
-                f"lowest {worst['measured_over_ideal']:.2f} ({worst['verifier']}, "
+                f"lowest {worst['measured_over_ideal']:.2f} ({row_label(worst)}, "
                 f"alpha {worst['alpha']:g})", 'met' if ok else 'NOT met'])
   out.append(['every output equals AR', f"{sum(r['equal_to_ar'] for r in rows)}/{len(rows)}",
               'met' if all(r['equal_to_ar'] for r in rows) else 'NOT met'])
@@ -213,13 +230,21 @@ def write(rows, args) -> str:
     json.dump(old + rows, f, indent=1)
   header = ['verifier', 'T', 'batch', 'alpha', 'tau', 'tokens/s', 'AR tokens/s', 'speedup',
             'ideal', 'measured / ideal', '= AR']
-  table = [[r['verifier'], r['tokens_per_step'], r['batch'], f"{r['alpha']:g}",
+  table = [[row_label(r), r['tokens_per_step'], r['batch'], f"{r['alpha']:g}",
             f"{r['tau']:.2f}", f"{r['tokens_per_s']:.0f}", f"{r['ar_tokens_per_s']:.0f}",
             f"{r['speedup']:.2f}x" + (' (!)' if harness.implausible(r) else ''),
             f"{r['ideal']:.2f}x", f"{r['measured_over_ideal']:.2f}",
             'yes' if r['equal_to_ar'] else 'NO'] for r in rows]
-  t_lines = sorted({(r['batch'], r['t_ar_ms']) for r in rows})
-  fwd = sorted({(r['batch'], r['tokens_per_step'], r['t_fwd_ms']) for r in rows})
+  variants = list(dict.fromkeys(r.get('variant', 'default') for r in rows))
+  vtag = lambda r: '' if len(variants) == 1 else f" [{r.get('variant', 'default')}]"
+  t_lines = sorted({(r['batch'], vtag(r), r['t_ar_ms']) for r in rows})
+  fwd = sorted({(r['batch'], vtag(r), r['tokens_per_step'], r['t_fwd_ms']) for r in rows})
+  options = ''
+  if variants != ['default']:
+    opts = {r.get('variant', 'default'): r.get('compiler_options') or 'none' for r in rows}
+    options = ('XLA options per variant (every program of a row, AR and the forward-cost '
+               'curve included, compiled with them): '
+               + '; '.join(f'{v}: {o}' for v, o in opts.items()) + '.\n')
   scaled = _scaled(args.embed_scale)
   body = [
       '**A benchmark of the system, not of a drafter**: the draft is an oracle that knows the '
@@ -235,9 +260,9 @@ def write(rows, args) -> str:
       'the step ran faster in the loop than the isolated forward it is compared with (timing '
       'noise between the two measurements).\n',
       '## Goals\n', common.markdown_table(['goal', 'measured', 'status'], goals(rows)), '',
-      'AR step: ' + ', '.join(f'batch {b}: {t:.3f} ms' for b, t in t_lines) + '; target '
-      'forward over T tokens: ' + ', '.join(f'B{b} T={t}: {ms:.3f} ms' for b, t, ms in fwd)
-      + '.\n',
+      options + 'AR step: ' + ', '.join(f'batch {b}{v}: {t:.3f} ms' for b, v, t in t_lines)
+      + '; target forward over T tokens: '
+      + ', '.join(f'B{b}{v} T={t}: {ms:.3f} ms' for b, v, t, ms in fwd) + '.\n',
       '## All rows\n', common.markdown_table(header, table)]
   plot = _plot(rows, name)
   if plot:
@@ -252,8 +277,8 @@ def _plot(rows, name) -> str | None:
   except ImportError:
     return None
   fig, ax = plt.subplots(figsize=(6.5, 5))
-  for i, v in enumerate(dict.fromkeys(r['verifier'] for r in rows)):
-    sel = [r for r in rows if r['verifier'] == v and r['batch'] == min(x['batch'] for x in rows)]
+  for i, v in enumerate(dict.fromkeys(row_label(r) for r in rows)):
+    sel = [r for r in rows if row_label(r) == v and r['batch'] == min(x['batch'] for x in rows)]
     ax.plot([r['ideal'] for r in sel], [r['speedup'] for r in sel], marker='os^vD<>'[i % 7],
             label=v)
   top = max(max(r['ideal'] for r in rows), max(r['speedup'] for r in rows)) * 1.05
@@ -286,6 +311,10 @@ def main():
   ap.add_argument('--max_new_tokens', type=int, default=96)
   ap.add_argument('--repeats', type=int, default=3)
   ap.add_argument('--out', default='')
+  ap.add_argument('--variants', default='default',
+                  help="XLA options, each variant compiling every program (AR included) with "
+                       "its own, in one run: 'default;graphs:xla_gpu_enable_command_buffer="
+                       "FUSION,CUBLAS,WHILE' (benchmarks.forward_cost.parse_variants)")
   ap.add_argument('--embed_scale', type=float, default=1.0,
                   help='multiply the random embedding table (cost_model.random_model): large '
                        'values make the greedy text degenerate but AR and verify agree in bf16')

@@ -116,7 +116,8 @@ def run(args) -> str:
   if args.repeats < 1:
     raise ValueError(f'--repeats must be >= 1, got {args.repeats}.')
   cache = int(np.ceil((max(map(len, prompts)) + args.max_new_tokens + 128) / 64) * 64)
-  batches = harness.make_batches(prompts, args.batch_size, tok.pad_id)
+  batches = harness.make_batches(prompts, args.batch_size, tok.pad_id,
+                                 bucket=harness.one_shape(prompts))  # one compile per method
   kw = dict(max_new=args.max_new_tokens, cache_size=cache, eos_id=tok.eos_id, pad_id=tok.pad_id)
   ar_dec = bench.decoder('ar', sampling)
   ar_models, ar_params = bench.models_for(ar_dec)[0], {'target': bench.params}  # as measure_pair

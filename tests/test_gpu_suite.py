@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from types import SimpleNamespace
 
 import pytest
 
@@ -22,6 +23,7 @@ CALLS = {
     'fwd_cost,spec_system,step_cost': ('fwd_cost', 'spec_system', 'step_cost'),
     't1,spec_system,step_cost': ('t1', 'spec_system', 'step_cost'),
     'spec_bf16,fwd_cost,step_cost': ('spec_bf16', 'fwd_cost', 'step_cost'),
+    'graphs,fwd_small': ('graphs', 'fwd_small'),
 }
 
 
@@ -123,3 +125,25 @@ def test_peer_adds_the_fastest_lossless_method(tmp_path):
   Args.methods = 'bogus'
   with pytest.raises(ValueError, match='Unknown methods'):
     spec_peer._method_names(Args)
+
+
+def test_peer_report_keeps_what_was_measured_and_flags_speedups_above_tau(tmp_path,
+                                                                         monkeypatch):
+  """The peer's file is written after our side and after each transformers row: a run cut
+  short says what it lacks; a speedup above tau is flagged and never the 'best of ours'."""
+  from benchmarks import common, spec_peer  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(common, 'RESULTS_DIR', str(tmp_path))
+  args = SimpleNamespace(dtype='bfloat16', max_new_tokens=8, repeats=1, target='t', draft='d',
+                         name='peer_t')
+  toks = [[1, 2, 3]]
+  ours = {'ar': dict(tokens=toks, generated=3, tau=1.0, tokens_per_s=100.0),
+          'medusa': dict(tokens=toks, generated=3, tau=2.5, tokens_per_s=180.0),
+          'prompt lookup': dict(tokens=toks, generated=3, tau=3.0, tokens_per_s=313.0)}
+  text = open(spec_peer.report(args, ours, {}, '', 1)).read()
+  assert '3.13x (!)' in text and '| medusa | 1.80x |' in text  # best: medusa, not the flagged
+  assert 'Not measured in this run (cut short or not reached): assisted' in text
+  assert 'Goal (>= 2x assisted generation tokens/s at batch 1, on a GPU): not measured' in text
+  theirs = {spec_peer.ASSISTED: dict(tokens=toks, generated=3, tokens_per_s=60.0)}
+  text = open(spec_peer.report(args, ours, theirs, 'torch x, cpu', 1)).read()
+  assert '| best of ours vs assisted generation | medusa | 3.00x |' in text
+  assert 'generate()' in text.split('Not measured in this run')[1].split('\n')[0]

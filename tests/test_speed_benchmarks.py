@@ -322,3 +322,33 @@ def test_spec_system_json_keeps_the_rows_of_other_runs(tmp_path, monkeypatch):
   assert sorted((r['name'], r['alpha'], r['speedup']) for r in rows) == [
       ('spec_system_full', 0.8, 1.5), ('spec_system_full', 1.0, 1.5),
       ('spec_system_quick', 0.8, 1.3)]
+
+
+def test_xla_option_variants_reach_every_decoder_compile_and_label_the_rows(
+    target, tmp_path, monkeypatch):
+  """`--variants` of the system benchmark: a value may list items (';' between variants), the
+  options reach the decoders' compiles (an unknown one is XLA's error), and the rows of two
+  variants stay apart in the table with their options named."""
+  assert forward_cost.parse_variants(
+      'default;graphs:xla_gpu_enable_command_buffer=FUSION,WHILE:n=2') == [
+          ('default', {}), ('graphs', {'xla_gpu_enable_command_buffer': 'FUSION,WHILE', 'n': 2})]
+  model, params, _ = target
+  batches = harness.make_batches(PROMPTS[:1], 1, 0)
+  kw = dict(max_new=4, cache_size=CACHE, eos_id=-1, pad_id=0)
+  with pytest.raises(Exception, match='no_such_xla_option'):
+    harness.compile_decoder(registry.build('ar'), Models(model), {'target': params}, batches,
+                            compiler_options={'no_such_xla_option': 1}, **kw)
+  monkeypatch.setattr(common, 'RESULTS_DIR', str(tmp_path))
+  row = dict(device='cpu', preset='test', dtype='float32', verifier='chain k=4',
+             tokens_per_step=5, alpha=0.8, batch=1, tau=2.0, tokens_per_s=10.0,
+             ar_tokens_per_s=6.0, speedup=1.6, ideal=2.0, t_ar_ms=1.0, t_fwd_ms=1.0,
+             measured_over_ideal=0.8, equal_to_ar=True, variant='default',
+             compiler_options={})
+  graphs = dict(row, variant='graphs', speedup=1.9, measured_over_ideal=0.95,
+                compiler_options={'xla_gpu_enable_command_buffer': 'FUSION,WHILE'})
+  args = SimpleNamespace(out='spec_system_v', preset='test', dtype='float32', prompts=1,
+                         max_new_tokens=8, repeats=1, embed_scale=1.0)
+  text = open(spec_system.write([row, graphs], args)).read()
+  assert '| chain k=4 | 5 |' in text and '| chain k=4 [graphs] | 5 |' in text
+  assert 'FUSION,WHILE' in text and 'batch 1 [graphs]: 1.000 ms' in text
+  assert spec_system.goals([row, graphs])[-2][1].startswith('lowest 0.80 (chain k=4, ')
