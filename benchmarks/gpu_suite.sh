@@ -108,7 +108,7 @@ else
   RESULTS=benchmarks/results
   : "${SMALL_RUNS:=runs/gpu}" "${SMALL_PRESET:=small}" "${SMALL_STEPS:=600}" "${SMALL_BATCH:=32}"
   : "${SMALL_SEQ:=512}" "${SMALL_ARGS:=}"
-  : "${DRAFT_SIZE:=tiny}" "${DRAFT_STEPS:=600}" "${HEAD_STEPS:=300}" "${DRAFT_BATCH:=32}"
+  : "${DRAFT_SIZE:=tiny}" "${DRAFT_STEPS:=500}" "${HEAD_STEPS:=300}" "${DRAFT_BATCH:=32}"
   : "${DRAFT_SEQ:=512}" "${SPEC_PROMPTS:=8}" "${SPEC_NEW:=128}" "${SPEC_REPEATS:=3}"
   : "${PEER_REPEATS:=2}" "${FWD_PRESETS:=base,small,mem,tiny}" "${FWD_ARGS:=}"
   : "${SYSTEM_PRESET:=base}" "${T1_PRESETS:=base}" "${MATVEC_ARGS:=}"
@@ -240,7 +240,7 @@ for s in ${stages//,/ }; do
         --raw_dir=$raw --methods="${SPEC_METHODS:-draft chain g4,draft dynamic tree 60,draft static tree 60,prompt lookup,token recycling,layerskip,medusa,mtp}"
       stage spec_report 60 $PY -m benchmarks.speculative --report --raw_dir=$raw ;;
     small_target)  # `small`: 110M parameters, BPE 32k, bf16 compute
-      stage small_target "${SMALL_TARGET_LIMIT:-130}" $PY train.py \
+      stage small_target "${SMALL_TARGET_LIMIT:-150}" $PY train.py \
         --config=configs/lm.py:$SMALL_PRESET --workdir=$w/small \
         --config.train.steps=$SMALL_STEPS --config.train.warmup_steps=$((SMALL_STEPS / 10)) \
         --config.data.batch_size=$SMALL_BATCH --config.data.seq_len=$SMALL_SEQ \
@@ -271,7 +271,7 @@ for s in ${stages//,/ }; do
       name=speculative_peer_gpu_small
       [ "$REHEARSE" = 1 ] && name=speculative_peer_rehearsal
       best=$small_raw/t0_b1.json
-      stage peer "${PEER_LIMIT:-140}" $PY -m benchmarks.spec_peer --target=$w/small \
+      stage peer "${PEER_LIMIT:-120}" $PY -m benchmarks.spec_peer --target=$w/small \
         --draft=$w/draft --medusa=$w/medusa --mtp=$w/mtp --kangaroo=$w/kangaroo \
         --dtype="$SPEC_DTYPE" --methods="draft chain g4,prompt lookup" \
         $( [ -f "$best" ] && echo "--best_from=$best" ) --prompts="$SPEC_PROMPTS" \
