@@ -27,15 +27,16 @@
 #   spec       python -m benchmarks.speculative on the runs under $SPEC_RUNS (default runs/spec)
 #   spec_small = small_target,drafters,small_bench (each also a stage of its own):
 #              trains a `small` target (BPE 32k), then at once a distilled `tiny` draft, Medusa
-#              heads, MTP modules and a Kangaroo adapter on it, then every speculative decoder
+#              heads, MTP modules, a Kangaroo adapter and EAGLE-3 on it, then every speculative decoder
 #              against our AR on them (at 0.8M parameters a decode step is launch-bound)
 #   peer       python -m benchmarks.spec_peer on the spec_small runs: our AR, draft chain,
 #              prompt lookup and spec_small's fastest method against transformers' generate(),
 #              assisted generation and prompt lookup on the same exported weights
-#   graphs     spec_system as spec_bf16, chain k=4 only, its programs (AR's included) compiled
-#              twice in one run: XLA's defaults, and with command buffers (CUDA graphs) for
-#              while loops and conditionals too ($GRAPH_TYPES): does the 0.29 ms a step the
-#              bf16 chain spends outside the target forward shrink?
+#   graphs     spec_system as spec_bf16, chain k=4 drafting in a fixed-count loop and in a
+#              while loop (as before), every program (AR's included) compiled twice in one
+#              run: XLA's defaults, and with command buffers (CUDA graphs) for while loops and
+#              conditionals too ($GRAPH_TYPES): which removes the bf16 chain's time outside
+#              the target forward?
 #   fwd_small  benchmarks.forward_cost of $FWD_SMALL_PRESETS at batch 1, T = 1, 2, 5, 11:
 #              defaults (one-row products padded to 2 in bf16), unpadded, and with command
 #              buffers: is `small` launch-bound, and does the padding cost it more than it saves?
@@ -126,7 +127,9 @@ SYSTEM_DTYPE=${SYSTEM_DTYPE:-float32}
 T1_VARIANTS=${T1_VARIANTS:-default,no_triton_gemm:xla_gpu_enable_triton_gemm=false,cublaslt:xla_gpu_enable_cublaslt=true}
 # Every speculative decoder of benchmarks/speculative.py, the likeliest winners first (the raw
 # file is written after each method, so a stage cut short by its limit keeps the first ones).
-SMALL_METHODS=${SMALL_METHODS:-draft chain g4,draft dynamic tree 32,medusa,mtp,kangaroo,prompt lookup,draft static tree 60,token recycling,layerskip,lookahead,jacobi,del}
+# (The 2026-12-04 run measured the first three of the old order: draft chain g4, draft dynamic
+# tree 32, medusa; now EAGLE-3 and prompt lookup come first among those not yet measured.)
+SMALL_METHODS=${SMALL_METHODS:-medusa,eagle3 dynamic tree 32,prompt lookup,draft dynamic tree 32,draft chain g4,mtp,kangaroo,token recycling,layerskip,lookahead,eagle3 chain g4,jacobi,draft static tree 60,del}
 STEP_DECODERS=${STEP_DECODERS:-ar,speculative:gamma=4,spec_dynamic:tree_nodes=16,medusa}
 # Command buffers (CUDA graphs) for every command type, while loops and conditionals included
 # (XLA's default leaves those two out, so each decode-loop iteration returns to the host)
@@ -215,12 +218,13 @@ for s in ${stages//,/ }; do
         --verifiers="$SYSTEM_VERIFIERS" $SYSTEM_ARGS \
         --out=spec_system_$( [ "$REHEARSE" = 1 ] && echo rehearsal || echo gpu_h200)_bf16 ;;
     graphs)  # one run, two compiles of every program: XLA's defaults, command buffers
-      stage graphs "${GRAPHS_LIMIT:-170}" $PY -m benchmarks.spec_system \
-        --preset="$SYSTEM_PRESET" --dtype=bfloat16 --embed_scale=30 --verifiers="chain k=4" \
+      stage graphs "${GRAPHS_LIMIT:-200}" $PY -m benchmarks.spec_system \
+        --preset="$SYSTEM_PRESET" --dtype=bfloat16 --embed_scale=30 \
+        --verifiers="chain k=4,chain k=4 (while loop)" \
         $GRAPHS_ARGS --variants="default;graphs:xla_gpu_enable_command_buffer=$GRAPH_TYPES" \
         --out=spec_system_$( [ "$REHEARSE" = 1 ] && echo rehearsal || echo gpu_h200)_graphs ;;
     fwd_small)
-      stage fwd_small "${FWD_SMALL_LIMIT:-70}" $PY -m benchmarks.forward_cost \
+      stage fwd_small "${FWD_SMALL_LIMIT:-60}" $PY -m benchmarks.forward_cost \
         --presets="$FWD_SMALL_PRESETS" --batches=1 --tokens=1,2,5,11 --dtype=bfloat16 \
         --out=forward_cost_small_rows --variants="default;rows1:model.min_matmul_rows=1;graphs:xla_gpu_enable_command_buffer=$GRAPH_TYPES" ;;
     t1)  # the XLA settings compared in one process (per-compile options), model built once
@@ -252,18 +256,20 @@ for s in ${stages//,/ }; do
       runs=(draft "$PY train.py --config=configs/spec_draft.py:corpus,$DRAFT_SIZE --workdir=$w/draft $(drafter_args "$DRAFT_STEPS")"
         medusa "$PY train.py --config=$heads:medusa,$SMALL_PRESET --workdir=$w/medusa --config.model.dtype=bfloat16 $(drafter_args "$HEAD_STEPS")"
         mtp "$PY train.py --config=$heads:mtp,$SMALL_PRESET --workdir=$w/mtp --config.model.dtype=bfloat16 $(drafter_args "$HEAD_STEPS")"
-        kangaroo "$PY train.py --config=$heads:kangaroo,$SMALL_PRESET --workdir=$w/kangaroo --config.model.dtype=bfloat16 $(drafter_args "$HEAD_STEPS")")
+        kangaroo "$PY train.py --config=$heads:kangaroo,$SMALL_PRESET --workdir=$w/kangaroo --config.model.dtype=bfloat16 $(drafter_args "$HEAD_STEPS")"
+        eagle3 "$PY train.py --config=$heads:eagle3,$SMALL_PRESET --workdir=$w/eagle3 --config.model.dtype=bfloat16 $(drafter_args "$HEAD_STEPS")")
       if [ "$PARALLEL_DRAFTERS" = 1 ]; then
         parallel_stage drafters "${DRAFTERS_LIMIT:-130}" "${runs[@]}"
       else  # one after another, each with the whole limit (the rehearsal on a loaded CPU)
-        for i in 0 2 4 6; do
+        for i in 0 2 4 6 8; do
           parallel_stage "drafters_${runs[$i]}" "${DRAFTERS_LIMIT:-130}" "${runs[@]:$i:2}"
         done
       fi ;;
     small_bench)  # every speculative decoder on the runs above, against our AR
       stage spec_small "${SPEC_SMALL_LIMIT:-150}" $PY -m benchmarks.speculative --temperature=0 \
         --batch_size=1 --dtype="$SPEC_DTYPE" --target=$w/small --draft=$w/draft \
-        --medusa=$w/medusa --mtp=$w/mtp --kangaroo=$w/kangaroo --raw_dir="$small_raw" \
+        --medusa=$w/medusa --mtp=$w/mtp --kangaroo=$w/kangaroo --eagle3=$w/eagle3 \
+        --raw_dir="$small_raw" \
         --prompts="$SPEC_PROMPTS" --max_new_tokens="$SPEC_NEW" --repeats="$SPEC_REPEATS" \
         --methods="$SMALL_METHODS" ${SPEC_ARGS:-}
       stage spec_small_report 15 $PY -m benchmarks.speculative --report --raw_dir="$small_raw" ;;
@@ -273,6 +279,7 @@ for s in ${stages//,/ }; do
       best=$small_raw/t0_b1.json
       stage peer "${PEER_LIMIT:-120}" $PY -m benchmarks.spec_peer --target=$w/small \
         --draft=$w/draft --medusa=$w/medusa --mtp=$w/mtp --kangaroo=$w/kangaroo \
+        --eagle3=$w/eagle3 \
         --dtype="$SPEC_DTYPE" --methods="draft chain g4,prompt lookup" \
         $( [ -f "$best" ] && echo "--best_from=$best" ) --prompts="$SPEC_PROMPTS" \
         --max_new_tokens="$SPEC_NEW" --repeats="$PEER_REPEATS" --name=$name ${PEER_ARGS:-} ;;

@@ -254,6 +254,7 @@ def main():
   p.add_argument('--medusa', default='', help='a Medusa heads run (for --methods=medusa)')
   p.add_argument('--mtp', default='', help='an MTP modules run (for --methods=mtp)')
   p.add_argument('--kangaroo', default='', help='a Kangaroo adapter run (--methods=kangaroo)')
+  p.add_argument('--eagle3', default='', help='an EAGLE-3 run (--methods=eagle3 ...)')
   p.add_argument('--methods', default='draft chain g4,prompt lookup',
                  help='ours besides AR: names of benchmarks.speculative.METHODS')
   p.add_argument('--best_from', default='',

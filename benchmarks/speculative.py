@@ -63,17 +63,20 @@ METHODS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     'del': ('del', {}, ()),
     'medusa': ('medusa', dict(gamma=4, tree_nodes=32), ('medusa',)),
     'mtp': ('mtp', dict(gamma=3), ('mtp',)),
+    # EAGLE-3 with its EAGLE-2 dynamic tree (benchmarks/spec_eagle.py compares it in depth)
+    'eagle3 dynamic tree 32': ('eagle3', dict(gamma=6, top_k=4, tree_nodes=32), ('eagle3',)),
+    'eagle3 chain g4': ('eagle3', dict(tree='chain', gamma=4), ('eagle3',)),
 }
 
 
-RUNS = ('draft', 'medusa', 'mtp', 'kangaroo')  # --NAME: the run a method may need
+RUNS = ('draft', 'medusa', 'mtp', 'kangaroo', 'eagle3')  # --NAME: the run a method may need
 
 
 def open_runs(args) -> tuple[workbench.Workbench, dict[str, str]]:
   """(workbench of the target, {name: workdir} of the runs found): the draft model's run
   (checked against the target's vocabulary) and the heads trained on the frozen target
-  (`medusa`, `mtp`, `kangaroo`, attached as params[name]); missing runs are skipped with a
-  message."""
+  (`medusa`, `mtp`, `kangaroo`, `eagle3`, attached as params[name]); missing runs are
+  skipped with a message."""
   bench = workbench.Workbench.load(args.target, dtype=getattr(args, 'dtype', '') or None)
   have = {}
   for name in RUNS:
@@ -368,6 +371,7 @@ def main():
   p.add_argument('--medusa', default='runs/spec/medusa')
   p.add_argument('--mtp', default='runs/spec/mtp')
   p.add_argument('--kangaroo', default='runs/spec/kangaroo')
+  p.add_argument('--eagle3', default='runs/spec/eagle3')
   p.add_argument('--dtype', default='', choices=['', 'float32', 'bfloat16'],
                  help='cast every run to this compute and weight dtype (default: as trained)')
   p.add_argument('--temperature', type=float, default=0.0)

@@ -90,7 +90,7 @@ def test_each_planned_call_fits_one_device_call(script, call):
 def test_peer_measures_the_runs_spec_small_trained(script):
   peer = script[script.index('    peer)'):]
   peer = peer[:peer.index(';;')]
-  for run in ('small', 'draft', 'medusa', 'mtp', 'kangaroo'):
+  for run in ('small', 'draft', 'medusa', 'mtp', 'kangaroo', 'eagle3'):
     assert f'$w/{run}' in peer, run
   assert 'SPEC_RUNS' not in peer
 
@@ -99,7 +99,7 @@ def test_head_configs_match_the_target_they_train_on():
   """The heads objectives refuse a target whose model section differs (dtype included)."""
   for size in ('test', 'small', 'base'):
     target = lm.get_config(size).model.to_dict()
-    for kind in ('medusa', 'mtp', 'kangaroo'):
+    for kind in ('medusa', 'mtp', 'kangaroo', 'eagle3'):
       heads = spec_heads.get_config(f'{kind},{size}').model.to_dict()
       if size == 'test':  # the suite's rehearsal passes --config.model.dtype=bfloat16
         heads['dtype'] = target['dtype']
@@ -147,3 +147,19 @@ def test_peer_report_keeps_what_was_measured_and_flags_speedups_above_tau(tmp_pa
   text = open(spec_peer.report(args, ours, theirs, 'torch x, cpu', 1)).read()
   assert '| best of ours vs assisted generation | medusa | 3.00x |' in text
   assert 'generate()' in text.split('Not measured in this run')[1].split('\n')[0]
+
+
+def test_every_run_the_drafters_stage_trains_is_benchmarked(script):
+  """A drafter trained in `drafters` is handed to spec_small (and peer) and has a method."""
+  from benchmarks import speculative  # pylint: disable=g-import-not-at-top
+  drafters = script[script.index('    drafters)'):]
+  trained = set(re.findall(r'--workdir=\$w/([a-z0-9_]+)', drafters[:drafters.index(';;')]))
+  bench = script[script.index('    small_bench)'):]
+  bench = bench[:bench.index(';;')]
+  assert trained == set(speculative.RUNS), trained
+  for run in trained:
+    assert f'--{run}=$w/{run}' in bench, run
+  methods = re.search(r'SMALL_METHODS=\$\{SMALL_METHODS:-([^}]*)\}', script).group(1).split(',')
+  assert set(methods) <= set(speculative.METHODS)
+  needed = {r for m in methods for r in speculative.METHODS[m][2]}
+  assert needed == trained, (needed, trained)

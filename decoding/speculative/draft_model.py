@@ -72,6 +72,7 @@ class DraftModelDrafter(drafter_lib.Drafter):
   mode: str = 'iid'
   state_nodes: int = 0  # chains: width of the per-node state (0 = the chain's), so that
                         # chains of several lengths share one state (adaptive.py)
+  loop: str = 'auto'    # chains: the drafting loop (drafter.draft_loop: auto | while | fixed)
   ar_step_ok: ClassVar[bool] = False  # the draft must see every token: no step skips it
 
   # ------------------------------------------------------------------ static shape
@@ -214,7 +215,8 @@ class DraftModelDrafter(drafter_lib.Drafter):
       return j + 1, cache, tokens, valid, logq, calls_B + ok_B
 
     carry = (jnp.int32(1), cache, tokens, valid, logq, calls_B)
-    _, cache, tokens, valid, logq, calls_B = jax.lax.while_loop(cond, body, carry)
+    _, cache, tokens, valid, logq, calls_B = drafter_lib.draft_loop(
+        cond, body, carry, G - 1, self.loop, can_stop_early=self.stop_below > 0)
     tree = trees.from_template(self.template, tokens, valid, logq)
     W = max(G + 1, self.state_nodes)
     depth = jnp.arange(W)[None]

@@ -25,10 +25,32 @@ import jax.numpy as jnp
 
 from decoding import base
 from decoding import sampling as sampling_lib
+from decoding.speculative import settings
 from decoding.speculative import trees
 from decoding.speculative import verify as verify_lib
 from models import cache as cache_lib
 from models import transformer as transformer_lib
+
+
+def draft_loop(cond, body, carry, iterations: int, kind: str, can_stop_early: bool):
+  """Runs a drafting loop of at most `iterations` passes of `body` (carry -> carry; the body
+  advances its own counter and must leave every row it has stopped unchanged).
+
+  kind 'while': `lax.while_loop(cond, ...)`, which ends as soon as `cond` is false (no row
+  drafts on): no wasted draft forwards, but on a GPU every iteration copies the predicate to
+  the host and waits for it. 'fixed': exactly `iterations` passes (`fori_loop` with a static
+  trip count, which XLA runs without host round trips); rows that stopped pass through the
+  body unchanged. 'auto': 'fixed' unless rows can stop early (`can_stop_early`: a
+  confidence threshold or a per-row length), where ending the loop saves whole draft
+  forwards. Without an early stop the while loop could only end once every row is
+  inactive, which the speculative loop never lets a step reach, so both give the same
+  result.
+  """
+  if kind not in settings.DRAFT_LOOPS:
+    raise ValueError(f'Unknown draft_loop {kind!r}; choose one of {settings.DRAFT_LOOPS}.')
+  if kind == 'while' or (kind == 'auto' and can_stop_early):
+    return jax.lax.while_loop(cond, body, carry)
+  return jax.lax.fori_loop(0, iterations, lambda _, c: body(c), carry)
 
 
 @dataclasses.dataclass

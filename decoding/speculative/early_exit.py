@@ -67,6 +67,7 @@ class EarlyExitDrafter(drafter_lib.ChainDrafter):
   stop_below: float = 0.0
   adapter: bool = False  # Kangaroo
   prior: float = 0.5     # DEL: acceptance assumed before any evidence
+  loop: str = 'auto'     # the drafting loop (drafter.draft_loop: auto | while | fixed)
 
   @property
   def dynamic(self) -> bool:
@@ -181,7 +182,8 @@ class EarlyExitDrafter(drafter_lib.ChainDrafter):
 
     carry = (jnp.int32(0), cache, state.adapter, tokens, valid, h_all, hs,
              jnp.zeros((B,), jnp.int32))
-    _, cache, adapter, tokens, valid, h_all, hs, calls = jax.lax.while_loop(cond, body, carry)
+    _, cache, adapter, tokens, valid, h_all, hs, calls = drafter_lib.draft_loop(
+        cond, body, carry, G, self.loop, can_stop_early=self.stop_below > 0 or self.dynamic)
     return cache, adapter, tokens, valid, h_all, hs, calls
 
   def propose(self, env, state, cache, root_B, base_B, active_B):

@@ -7,6 +7,7 @@ from typing import Any
 
 TREES = ('chain', 'static', 'dynamic')
 VERIFIERS = ('auto', 'deterministic', 'iid', 'wor', 'kseq', 'traversal')
+DRAFT_LOOPS = ('auto', 'while', 'fixed')  # drafter.draft_loop
 # Settings that count something and must be >= 1.
 POSITIVE = ('gamma', 'top_k', 'tree_nodes', 'ngram', 'recycle_k', 'window', 'pool', 'block',
             'blocks')
@@ -30,6 +31,9 @@ def check(decoder: Any, composed: Any) -> None:
   stop_below = getattr(decoder, 'stop_below', 0.0)
   if not 0.0 <= stop_below < 1.0:
     raise ValueError(f'stop_below must be in [0, 1), got {stop_below}.')
+  loop = getattr(decoder, 'draft_loop', 'auto')
+  if loop not in DRAFT_LOOPS:
+    raise ValueError(f'Unknown draft_loop {loop!r}; choose one of {DRAFT_LOOPS}.')
   tree = getattr(decoder, 'tree', 'chain')
   if tree not in TREES:
     raise ValueError(f'Unknown tree {tree!r}; choose one of {TREES}.')

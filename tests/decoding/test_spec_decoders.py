@@ -56,8 +56,11 @@ def setup():
 
 
 METHODS = {
-    'chain': ('speculative', dict(draft_workdir='x', gamma=3)),
-    'chain-adaptive': ('speculative', dict(draft_workdir='x', gamma=4, stop_below=0.3)),
+    'chain': ('speculative', dict(draft_workdir='x', gamma=3)),  # draft loop: a fixed count
+    'chain-while': ('speculative', dict(draft_workdir='x', gamma=3, draft_loop='while')),
+    # rows stop drafting at different depths; the fixed-count loop passes them through
+    'chain-adaptive': ('speculative', dict(draft_workdir='x', gamma=4, stop_below=0.3,
+                                           draft_loop='fixed')),
     'static-tree': ('speculative', dict(draft_workdir='x', tree='static', branching='3,2,1')),
     'delayed-tree': ('speculative', dict(draft_workdir='x', tree='static', tree_nodes=6,
                                          gamma=4, delay=2)),
@@ -306,6 +309,10 @@ def test_settings_are_validated():
     registry.build('prompt_lookup', {'verifier': 'traversal'}, s)
   with pytest.raises(ValueError, match='gamma'):
     registry.build('speculative', {'gamma': 0})
+  with pytest.raises(ValueError, match='draft_loop'):
+    registry.build('speculative', {'draft_loop': 'sometimes'})
+  with pytest.raises(ValueError, match='draft_loop'):
+    registry.build('layerskip', {'draft_loop': 'unrolled'})
   with pytest.raises(ValueError, match='block must be >= 1'):
     registry.build('jacobi_forcing', {'block': 0})
   with pytest.raises(ValueError, match='recycle must be >= 0'):
@@ -448,3 +455,21 @@ def test_eagle_errors(setup):
     run(registry.build('eagle3', {'feature_layers': '1/3'}))
   with pytest.raises(ValueError, match='EAGLE feature layer 9'):
     run(registry.build('eagle3', {'feature_layers': '1/2/9'}))
+
+
+def test_draft_loop_runs_a_fixed_count_unless_rows_can_stop_early():
+  """'while' ends when no row drafts on; 'fixed' always runs its count (a scan, which XLA runs
+  without a host round trip per iteration on a GPU) and passes stopped rows through; 'auto'
+  takes 'fixed' unless rows can stop early."""
+  cond = lambda c: c[0] < c[1]
+  body = lambda c: (c[0] + 1, c[1], c[2] + jnp.where(c[0] < c[1], 1, 0))
+  carry = (jnp.int32(0), jnp.int32(2), jnp.int32(0))
+  w = drafter_lib.draft_loop(cond, body, carry, 5, 'while', can_stop_early=False)
+  f = drafter_lib.draft_loop(cond, body, carry, 5, 'fixed', can_stop_early=True)
+  assert (int(w[0]), int(w[2])) == (2, 2) and (int(f[0]), int(f[2])) == (5, 2)
+  prims = lambda stop: {e.primitive.name for e in jax.make_jaxpr(
+      lambda c: drafter_lib.draft_loop(cond, body, c, 5, 'auto', stop))(carry).eqns}
+  assert 'scan' in prims(False) and 'while' not in prims(False)
+  assert 'while' in prims(True)
+  with pytest.raises(ValueError, match='draft_loop'):
+    drafter_lib.draft_loop(cond, body, carry, 5, 'unrolled', False)
