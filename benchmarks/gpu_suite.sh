@@ -37,15 +37,17 @@
 #              run: XLA's defaults, and with command buffers (CUDA graphs) for while loops and
 #              conditionals too ($GRAPH_TYPES): which removes the bf16 chain's time outside
 #              the target forward?
-#   fwd_small  benchmarks.forward_cost of $FWD_SMALL_PRESETS at batch 1, T = 1, 2, 5, 11:
-#              defaults (one-row products padded to 2 in bf16), unpadded, and with command
-#              buffers: is `small` launch-bound, and does the padding cost it more than it saves?
+#   fwd_small  benchmarks.forward_cost of $FWD_SMALL_PRESETS at batch 1, T = 1, 2, bf16:
+#              the defaults (one-row products padded to 2 rows per projection), unpadded,
+#              and padded once per call (model.pad_rows=model): what the padding costs a
+#              launch-bound `small`, and whether `base`'s one-token forward then costs what
+#              its two-token one does
 #
 # The calls of issue 19 (each within the 10 minutes of one call on an H200):
 #   bash benchmarks/gpu_suite.sh spec_small,peer              # section 4: real drafters
 #   bash benchmarks/gpu_suite.sh t1,spec_system,step_cost     # sections 1-3 (ran 2026-12-04)
 #   FWD_PRESETS=small,mem,tiny bash benchmarks/gpu_suite.sh spec_bf16,fwd_cost,step_cost
-#   bash benchmarks/gpu_suite.sh graphs,fwd_small              # the launch-bound part
+#   bash benchmarks/gpu_suite.sh graphs                        # then fwd_small, time allowing
 #                          # section 3's goal in bf16 (spec_bf16), the rest of call 2: the
 #                          # curve of small, mem, tiny (padded one-row products now the bf16
 #                          # default) and the tree and Medusa rows of the step cost
@@ -115,7 +117,7 @@ else
   : "${SYSTEM_PRESET:=base}" "${T1_PRESETS:=base}" "${MATVEC_ARGS:=}"
   : "${SYSTEM_ARGS:=--repeats=2 --alphas=0.7,0.8,1.0}"
   : "${STEP_PRESET:=base}" "${STEP_ARGS:=--prompts=4 --max_new_tokens=64 --repeats=3}"
-  : "${GRAPHS_ARGS:=--repeats=2 --alphas=0.8}" "${FWD_SMALL_PRESETS:=small}"
+  : "${GRAPHS_ARGS:=--repeats=2 --alphas=0.8}" "${FWD_SMALL_PRESETS:=small,base}"
   LOG=${OUT:-/tmp}/gpu_suite.log
 fi
 LIMIT_SCALE=${LIMIT_SCALE:-1} PARALLEL_DRAFTERS=${PARALLEL_DRAFTERS:-1}
@@ -218,15 +220,16 @@ for s in ${stages//,/ }; do
         --verifiers="$SYSTEM_VERIFIERS" $SYSTEM_ARGS \
         --out=spec_system_$( [ "$REHEARSE" = 1 ] && echo rehearsal || echo gpu_h200)_bf16 ;;
     graphs)  # one run, two compiles of every program: XLA's defaults, command buffers
-      stage graphs "${GRAPHS_LIMIT:-200}" $PY -m benchmarks.spec_system \
+      stage graphs "${GRAPHS_LIMIT:-270}" $PY -m benchmarks.spec_system \
         --preset="$SYSTEM_PRESET" --dtype=bfloat16 --embed_scale=30 \
         --verifiers="chain k=4,chain k=4 (while loop)" \
         $GRAPHS_ARGS --variants="default;graphs:xla_gpu_enable_command_buffer=$GRAPH_TYPES" \
         --out=spec_system_$( [ "$REHEARSE" = 1 ] && echo rehearsal || echo gpu_h200)_graphs ;;
     fwd_small)
-      stage fwd_small "${FWD_SMALL_LIMIT:-60}" $PY -m benchmarks.forward_cost \
-        --presets="$FWD_SMALL_PRESETS" --batches=1 --tokens=1,2,5,11 --dtype=bfloat16 \
-        --out=forward_cost_small_rows --variants="default;rows1:model.min_matmul_rows=1;graphs:xla_gpu_enable_command_buffer=$GRAPH_TYPES" ;;
+      stage fwd_small "${FWD_SMALL_LIMIT:-100}" $PY -m benchmarks.forward_cost \
+        --presets="$FWD_SMALL_PRESETS" --batches=1 --tokens=1,2 --dtype=bfloat16 \
+        --out=forward_cost_small_rows \
+        --variants="default;rows1:model.min_matmul_rows=1;padcall:model.pad_rows=model:model.min_matmul_rows=2" ;;
     t1)  # the XLA settings compared in one process (per-compile options), model built once
       stage t1 "${T1_LIMIT:-200}" bash -c "$PY -m benchmarks.matvec_probe $MATVEC_ARGS
          $PY -m benchmarks.forward_cost --presets=$T1_PRESETS --batches=1 --tokens=1,2 \

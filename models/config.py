@@ -15,6 +15,7 @@ import jax.numpy as jnp
 ATTENTION = 'attention'
 DELTAPRODUCT = 'deltaproduct'  # Gated DeltaProduct / DeltaNet: models/deltaproduct.py
 LAYER_TYPES = (ATTENTION, DELTAPRODUCT)
+PAD_ROWS = ('projections', 'model')
 REMAT_POLICIES = ('none', 'block', 'dots')
 
 
@@ -78,6 +79,16 @@ class ModelConfig:
       matvec_probe_gpu_h200.md); padding to 2 rows took a batch-1 one-token bf16 forward of
       `base` from 1.821 to 1.094 ms, and in fp32 the one-row product was the faster one
       (forward_cost_rows_bf16.md, forward_cost_rows_fp32.md).
+    pad_rows: where the rows `min_matmul_rows` asks for are added. 'projections' (default):
+      each attention and MLP projection pads its input and drops the extra rows (two more
+      operations per projection, kept apart by optimisation barriers). 'model': a cached
+      call pads itself once, with dummy tokens at position -1 (never attended to, never
+      written to the cache), runs every layer on them and drops them from its outputs, so
+      the layers add no operations; calls it cannot pad that way (no cache, an explicit
+      mask, LoRA, layer skips, token trees, step states, attention mass) fall back to
+      'projections'. On the H200, `base`'s unpadded two-token bf16 forward took 0.993 ms
+      against 1.094 ms for the one-token forward padded per projection
+      (forward_cost_rows_bf16.md); 'model' has not been timed there yet.
   """
 
   vocab_size: int
@@ -113,6 +124,7 @@ class ModelConfig:
   remat: str = 'none'
   valid_vocab_size: int = 0
   min_matmul_rows: int = 0
+  pad_rows: str = 'projections'
 
   def __post_init__(self):
     positive = ('vocab_size', 'd_model', 'num_layers', 'num_heads', 'num_kv_heads',
@@ -134,6 +146,8 @@ class ModelConfig:
     if not isinstance(self.min_matmul_rows, int) or self.min_matmul_rows < 0:
       raise ValueError(f'model.min_matmul_rows must be an integer >= 0 (0 = auto), got '
                        f'{self.min_matmul_rows!r}.')
+    if self.pad_rows not in PAD_ROWS:
+      raise ValueError(f'model.pad_rows must be one of {PAD_ROWS}, got {self.pad_rows!r}.')
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f'model.remat must be one of {REMAT_POLICIES}, got {self.remat!r}.')
     types = tuple(self.layer_types) or (ATTENTION,) * self.num_layers

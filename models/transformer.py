@@ -183,6 +183,23 @@ class Transformer(nn.Module):
     if parents_BxT is not None:
       parents_BxT = jnp.broadcast_to(jnp.asarray(parents_BxT, jnp.int32), (B, T))
 
+    # ModelConfig.pad_rows='model': a call with fewer token rows than min_matmul_rows runs on
+    # dummy tokens appended at position -1 (never attended to, never written) and drops them
+    # at the end; the barrier keeps the compiler from slicing them off early.
+    rows = layers.matmul_rows(cfg)
+    pad_T = 0
+    if (cfg.pad_rows == 'model' and B * T < rows and cache is not None and lora is None
+        and skip_layers_BxT is None and parents_BxT is None and not return_step_states
+        and not return_attention and causal):
+      pad_T = -(-rows // B) - T
+      x_BxTxD = jax.lax.optimization_barrier(
+          jnp.pad(x_BxTxD, ((0, 0), (0, pad_T), (0, 0))))
+      if write_slots_BxT is None:
+        write_slots_BxT = positions_BxT
+      positions_BxT, write_slots_BxT = (
+          jnp.pad(a.astype(jnp.int32), ((0, 0), (0, pad_T)), constant_values=-1)
+          for a in (positions_BxT, write_slots_BxT))
+
     if cache is None:
       slots_BxT = None
       key_pos_BxS, key_valid_BxS = positions_BxT, positions_BxT >= 0
@@ -235,6 +252,11 @@ class Transformer(nn.Module):
                                cfg.weight_dtype)
       logits_BxTxV = jnp.einsum('BTD,DV->BTV', last_hidden_BxTxD,
                                 w.astype(cfg.compute_dtype))
+    if pad_T:  # drop the dummy tokens
+      logits_BxTxV, last_hidden_BxTxD, hidden = jax.lax.optimization_barrier(
+          (logits_BxTxV, last_hidden_BxTxD, hidden))
+      logits_BxTxV, last_hidden_BxTxD = logits_BxTxV[:, :T], last_hidden_BxTxD[:, :T]
+      hidden = [h[:, :T] for h in hidden]
     new_cache = None
     if cache is not None:
       new_cache = cache.end_write(tuple(new_layers), key_pos_BxS, slots_BxT)

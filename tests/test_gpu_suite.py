@@ -23,7 +23,7 @@ CALLS = {
     'fwd_cost,spec_system,step_cost': ('fwd_cost', 'spec_system', 'step_cost'),
     't1,spec_system,step_cost': ('t1', 'spec_system', 'step_cost'),
     'spec_bf16,fwd_cost,step_cost': ('spec_bf16', 'fwd_cost', 'step_cost'),
-    'graphs,fwd_small': ('graphs', 'fwd_small'),
+    'graphs,fwd_small': ('graphs', 'fwd_small'),  # in two sessions' leftovers, or one call
 }
 
 

@@ -36,8 +36,9 @@ def _tokens(B, T, V, seed=1):
 @pytest.mark.parametrize('overrides', [
     dict(), dict(qk_norm=True), dict(qkv_bias=True, tie_embeddings=False),
     dict(num_kv_heads=4), dict(num_kv_heads=1),
-    dict(min_matmul_rows=8)],  # steps of 2 and 6 rows padded to 8, the 10-row prefill not
-    ids=['base', 'qknorm', 'bias-untied', 'mha', 'mqa', 'padded-rows'])
+    dict(min_matmul_rows=8),  # steps of 2 and 6 rows padded to 8, the 10-row prefill not
+    dict(min_matmul_rows=8, pad_rows='model')],  # the same rows as dummy tokens of the call
+    ids=['base', 'qknorm', 'bias-untied', 'mha', 'mqa', 'padded-rows', 'padded-calls'])
 def test_cache_decode_equals_full_forward(overrides):
   cfg = small_config(**overrides)
   model, params = _setup(cfg)
@@ -247,6 +248,8 @@ def test_config_errors():
     small_config(layer_types=('attention',))
   with pytest.raises(ValueError, match='min_matmul_rows'):
     small_config(min_matmul_rows=-1)
+  with pytest.raises(ValueError, match='pad_rows'):
+    small_config(pad_rows='layers')
   from models import ModelConfig
   with pytest.raises(ValueError, match='Unknown model config keys'):
     ModelConfig.from_dict(dict(small_config().to_dict(), wat=1))
@@ -354,3 +357,34 @@ def test_min_matmul_rows_auto_pads_only_16_bit_gpu_calls(monkeypatch):
     monkeypatch.setattr(jax, 'default_backend', lambda b=backend: b)
     assert layers.matmul_rows(small_config(dtype=dtype, min_matmul_rows=rows)) == want, (
         backend, dtype, rows)
+
+
+def _count_primitive(jaxpr, name: str) -> int:
+  """Equations of primitive `name` in a jaxpr and the jaxprs nested in its equations."""
+  n = 0
+  for e in jaxpr.eqns:
+    n += e.primitive.name == name
+    for v in e.params.values():
+      for sub in (v if isinstance(v, (list, tuple)) else [v]):
+        if isinstance(sub, jax.extend.core.ClosedJaxpr):
+          n += _count_primitive(sub.jaxpr, name)
+        elif isinstance(sub, jax.extend.core.Jaxpr):
+          n += _count_primitive(sub, name)
+  return n
+
+
+def test_pad_rows_model_pads_a_call_once_not_every_projection():
+  """pad_rows='model': one barrier on the padded input and one on the outputs, where
+  'projections' puts two around every attention and MLP projection; calls it cannot pad
+  (an explicit mask here) fall back to the projections."""
+  def barriers(pad_rows, mask=None):
+    cfg = small_config(min_matmul_rows=2, pad_rows=pad_rows)
+    model, params = _setup(cfg)
+    cache = Cache.init(cfg, 1, 8)
+    fn = lambda p, c: model.apply({'params': p}, jnp.ones((1, 1), jnp.int32),
+                                  jnp.zeros((1, 1), jnp.int32), cache=c,
+                                  attn_mask=mask).logits_BxTxV
+    return _count_primitive(jax.make_jaxpr(fn)(params, cache).jaxpr, 'optimization_barrier')
+  per_projection = barriers('projections')
+  assert barriers('model') == 2 and per_projection >= 2 * 4 * small_config().num_layers
+  assert barriers('model', mask=jnp.ones((1, 1, 8), bool)) == per_projection
