@@ -80,7 +80,7 @@ def open_runs(args) -> tuple[workbench.Workbench, dict[str, str]]:
   bench = workbench.Workbench.load(args.target, dtype=getattr(args, 'dtype', '') or None)
   have = {}
   for name in RUNS:
-    workdir = getattr(args, name)
+    workdir = getattr(args, name, '')  # a caller without --NAME has no such run
     if not workbench.has_checkpoint(workdir):
       print(f'{name}: no checkpoint in {workdir!r}; its methods are skipped', flush=True)
       continue
