@@ -100,6 +100,9 @@ def main(argv):
     if _REPEATS.value < 1:
       raise ValueError(f'--repeats must be >= 1, got {_REPEATS.value}.')
     decoders = compare.build_decoders(_DECODERS, _SETTINGS.value, overridden, sampling)
+    # the prompts' own errors before the model is loaded (seconds for a large one)
+    workbench.check_prompt_sources(prompt=_PROMPT.value, prompts_file=_PROMPTS_FILE.value,
+                                   heldout=_HELDOUT.value)
     bench = workbench.Workbench.load(_WORKDIR.value, step=_STEP.value,
                                      mesh=cli.parse_mesh(_MESH.value), dtype=_DTYPE.value)
     decoders = [(label, bench.fit(d)) for label, d in decoders]

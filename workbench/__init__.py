@@ -16,7 +16,7 @@ Sits above `decoding/` and `workdir/` (DESIGN.md's layers): imports them, `model
 """
 
 from workbench.bench import MissingRunError, Workbench, describe_run, has_checkpoint
-from workbench.prompts import heldout_texts, read_prompts
+from workbench.prompts import check_prompt_sources, heldout_texts, read_prompts
 
 __all__ = ['MissingRunError', 'Workbench', 'describe_run', 'has_checkpoint', 'heldout_texts',
-           'read_prompts']
+           'read_prompts', 'check_prompt_sources']

@@ -66,6 +66,19 @@ def read_prompts(tokenizer: data_lib.Tokenizer, *, prompt: str | None,
   models trained here and checkpoints whose tokenizer adds one, nothing for e.g. Qwen);
   `add_bos` True/False overrides that. Bad input raises ValueError naming the file and line.
   """
+  texts = check_prompt_sources(prompt=prompt, prompts_file=prompts_file, heldout=heldout)
+  if texts is None:
+    texts = heldout_texts(data_config, heldout, prompt_chars)
+  _check_texts(texts)
+  return [tokenizer.encode_prompt(t, add_bos) for t in texts]
+
+
+def check_prompt_sources(*, prompt: str | None, prompts_file: str | None,
+                         heldout: int) -> list[str] | None:
+  """Checks that exactly one source is given and, for --prompt and --prompts_file, reads and
+  checks the texts (ValueError otherwise), without a model: a command line can fail before
+  it loads one. Returns the texts, or None for held-out prompts (they need the run's corpus
+  settings)."""
   given = sum(x is not None and x != 0 for x in (prompt, prompts_file, heldout or None))
   if given != 1:
     raise ValueError('Give exactly one of --prompt, --prompts_file or --heldout_prompts=N.')
@@ -76,7 +89,11 @@ def read_prompts(tokenizer: data_lib.Tokenizer, *, prompt: str | None,
     if not texts:
       raise ValueError(f'{prompts_file} holds no prompts.')
   else:
-    texts = heldout_texts(data_config, heldout, prompt_chars)
+    return None
+  _check_texts(texts)
+  return texts
+
+
+def _check_texts(texts: list[str]) -> None:
   if any(t == '' for t in texts):
     raise ValueError('Empty prompt: every prompt needs at least one character.')
-  return [tokenizer.encode_prompt(t, add_bos) for t in texts]
