@@ -176,9 +176,11 @@ def main():
                   help="the model's attention implementation (default: the dispatch table's)")
   ap.add_argument('--variants', default='default',
                   help='settings to compare in this one process: NAME[:OPTION=VALUE...], '
-                  'comma-separated; an OPTION is an XLA compile option or model.FIELD, e.g. '
+                  'comma-separated (semicolon-separated when a value lists items); an '
+                  'OPTION is an XLA compile option or model.FIELD, e.g. '
                   '"default,no_triton_gemm:xla_gpu_enable_triton_gemm=false,'
-                  'pad2:model.min_matmul_rows=2"')
+                  'pad2:model.min_matmul_rows=2" or "default;graphs:'
+                  'xla_gpu_enable_command_buffer=FUSION,WHILE"')
   ap.add_argument('--out', default='', help='results name (default forward_cost_<device>)')
   args = ap.parse_args()
   variants = parse_variants(args.variants)
