@@ -110,6 +110,9 @@ def _theirs(args, target_dir, draft_dir, prompts, eos_id, pad_id, on_row=None
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
+  if device == 'cpu' and jax.default_backend() == 'gpu':
+    print('WARNING: torch sees no GPU but jax runs on one: transformers runs on the CPU and '
+          'every ratio against it compares two devices.', flush=True)
   dtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16}[args.dtype or 'float32']
   load = lambda d: transformers.AutoModelForCausalLM.from_pretrained(
       d, dtype=dtype).to(device).eval()
@@ -185,6 +188,7 @@ def report(args, ours: dict[str, dict[str, Any]], theirs: dict[str, dict[str, An
     ratios.append(['ours ar vs transformers generate()', '',
                    f"{ar['tokens_per_s'] / theirs[GENERATE]['tokens_per_s']:.2f}x"])
   on_gpu = 'cuda' in version and jax.default_backend() == 'gpu'
+  apart = (version and jax.default_backend() == 'gpu' and 'cuda' not in version)
   if not (best_ours and assisted):
     goal_line = 'not measured: ' + ('no method of ours below its tau' if not best_ours else
                                     'assisted generation was not timed in this run') + '.'
@@ -206,7 +210,10 @@ def report(args, ours: dict[str, dict[str, Any]], theirs: dict[str, dict[str, An
           'equal our AR decoder\'s (in bfloat16 near-ties may break differently between a '
           '1-token and a T-token forward, or between frameworks).'
           + (f" Not measured in this run (cut short or not reached): {', '.join(missing)}."
-             if missing else '') + '\n\n'
+             if missing else '')
+          + (' **transformers ran on the CPU (torch saw no GPU) while ours ran on the GPU: '
+             'the ratios against it compare two devices, not two implementations.**'
+             if apart else '') + '\n\n'
           + common.markdown_table(['side', 'method', 'tokens', 'tau', 'tokens/s',
                                    'vs our AR', '= our AR'], rows)
           + '\n\n' + common.markdown_table(['ratio', 'ours', 'value'], ratios)

@@ -147,6 +147,12 @@ def test_peer_report_keeps_what_was_measured_and_flags_speedups_above_tau(tmp_pa
   text = open(spec_peer.report(args, ours, theirs, 'torch x, cpu', 1)).read()
   assert '| best of ours vs assisted generation | medusa | 3.00x |' in text
   assert 'generate()' in text.split('Not measured in this run')[1].split('\n')[0]
+  assert 'two devices' not in text
+  import jax  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')  # ours on a GPU, torch on CPU
+  text = open(spec_peer.report(args, ours, theirs, 'torch x, transformers y, cpu, bf16',
+                               1)).read()
+  assert 'compare two devices' in text and 'not measured: this run is not on a GPU' in text
 
 
 def test_every_run_the_drafters_stage_trains_is_benchmarked(script):
