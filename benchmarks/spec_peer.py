@@ -117,7 +117,8 @@ def _theirs(args, target_dir, draft_dir, prompts, eos_id, pad_id, on_row=None
   load = lambda d: transformers.AutoModelForCausalLM.from_pretrained(
       d, dtype=dtype).to(device).eval()
   target, draft = load(target_dir), load(draft_dir)
-  version = f'torch {torch.__version__}, transformers {transformers.__version__}, {device}, {dtype}'
+  version = (f'torch {torch.__version__}, transformers {transformers.__version__}, {device}, '
+             f'{dtype}')
   base = dict(do_sample=False, max_new_tokens=args.max_new_tokens, eos_token_id=eos_id,
               pad_token_id=pad_id)
   setups = {ASSISTED: dict(assistant_model=draft),
@@ -165,13 +166,14 @@ def report(args, ours: dict[str, dict[str, Any]], theirs: dict[str, dict[str, An
   ar = ours['ar']
   vs_ar = lambda r: r['tokens_per_s'] / ar['tokens_per_s']
   rows = [['ours', n, r['generated'], f"{r['tau']:.2f}", f"{r['tokens_per_s']:.1f}",
-           f'{vs_ar(r):.2f}x' + (' (!)' if vs_ar(r) > r['tau'] * (1 + 1e-9) else ''),
+           f'{vs_ar(r):.2f}x' + (' (!)' if common.speedup_above_tau(vs_ar(r), r['tau']) else ''),
            'yes' if r['tokens'] == ar['tokens'] else 'NO'] for n, r in ours.items()]
   rows += [['transformers', n, r['generated'], '-', f"{r['tokens_per_s']:.1f}",
             f'{vs_ar(r):.2f}x', 'yes' if r['tokens'] == ar['tokens'] else 'NO']
            for n, r in theirs.items()]
   best_ours = max(((r['tokens_per_s'], n) for n, r in ours.items()
-                   if n != 'ar' and vs_ar(r) <= r['tau'] * (1 + 1e-9)), default=None)
+                   if n != 'ar' and not common.speedup_above_tau(vs_ar(r), r['tau'])),
+                  default=None)
   assisted = theirs.get(ASSISTED)
   pld = next((r for n, r in theirs.items() if n.startswith(PLD)), None)
   ratios = []
@@ -188,7 +190,7 @@ def report(args, ours: dict[str, dict[str, Any]], theirs: dict[str, dict[str, An
     ratios.append(['ours ar vs transformers generate()', '',
                    f"{ar['tokens_per_s'] / theirs[GENERATE]['tokens_per_s']:.2f}x"])
   on_gpu = 'cuda' in version and jax.default_backend() == 'gpu'
-  apart = (version and jax.default_backend() == 'gpu' and 'cuda' not in version)
+  apart = bool(version) and jax.default_backend() == 'gpu' and 'cuda' not in version
   if not (best_ours and assisted):
     goal_line = 'not measured: ' + ('no method of ours below its tau' if not best_ours else
                                     'assisted generation was not timed in this run') + '.'

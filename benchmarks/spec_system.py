@@ -113,7 +113,8 @@ def ar_baseline(model, params, prompts, *, batch: int, pad_id: int, kw: dict, re
   _, ar_results = harness.timed_pass(ar_n[0], ar_params, batches)
   refs = [oracle.reference_rows(p, l, r.tokens_BxN, r.num_generated_B, kw['cache_size'])
           for (p, l, _), r in zip(batches, jax.device_get(ar_results))]
-  t_ar, _ = step_cost.step_time(ar, ar_models, ar_params, batches, repeats=repeats, **kw)
+  t_ar, _ = step_cost.step_time(ar, ar_models, ar_params, batches, repeats=repeats,
+                                compiled=(ar_n, ar_1), **kw)  # the programs just compiled
   return Baseline(batches=batches, ar_n=ar_n, ar_1=ar_1, refs=refs, t_ar=t_ar)
 
 

@@ -127,15 +127,19 @@ def step_is_chain(decoder, models: Models) -> bool:
 
 def step_time(decoder, models, params, batches, *, max_new: int, cache_size: int,
               eos_id: int, pad_id: int, repeats: int,
-              compiler_options: dict[str, Any] | None = None) -> tuple[float, dict[str, Any]]:
+              compiler_options: dict[str, Any] | None = None,
+              compiled: tuple[Any, Any] | None = None) -> tuple[float, dict[str, Any]]:
   """(seconds per loop iteration, summary of the N-token run with `decode_s`: the time of
   the tokens after the first, t(N) - t(1), prefill excluded). `compiler_options`: XLA
-  options for its compiles (`harness.compile_decoder`)."""
-  kw = dict(cache_size=cache_size, eos_id=eos_id, pad_id=pad_id,
-            compiler_options=compiler_options)
-  fn_n, compile_s = harness.compile_decoder(decoder, models, params, batches,
-                                            max_new=max_new, **kw)
-  fn_1, _ = harness.compile_decoder(decoder, models, params, batches, max_new=1, **kw)
+  options for its compiles (`harness.compile_decoder`); `compiled`: the (N-token, 1-token)
+  `compile_decoder` results of these same arguments when the caller has them already."""
+  if compiled is None:
+    kw = dict(cache_size=cache_size, eos_id=eos_id, pad_id=pad_id,
+              compiler_options=compiler_options)
+    compiled = (harness.compile_decoder(decoder, models, params, batches, max_new=max_new,
+                                        **kw),
+                harness.compile_decoder(decoder, models, params, batches, max_new=1, **kw))
+  (fn_n, compile_s), (fn_1, _) = compiled
   harness.timed_pass(fn_n, params, batches)  # warm-up
   harness.timed_pass(fn_1, params, batches)
   t_n = t_1 = float('inf')

@@ -41,9 +41,9 @@ def draft_loop(cond, body, carry, iterations: int, kind: str, can_stop_early: bo
   the host and waits for it. 'fixed': exactly `iterations` passes (`fori_loop` with a static
   trip count, which XLA knows, so it need not read a predicate back each iteration; whether
   that makes the step faster on a GPU is measured by gpu_suite.sh's `graphs` stage); rows
-  that stopped pass through the body unchanged. 'auto': 'fixed' unless rows can stop early (`can_stop_early`: a
-  confidence threshold or a per-row length), where ending the loop saves whole draft
-  forwards. Without an early stop the while loop could only end once every row is
+  that stopped pass through the body unchanged. 'auto': 'fixed' unless rows can stop early
+  (`can_stop_early`: a confidence threshold or a per-row length), where ending the loop
+  saves whole draft forwards. Without an early stop the while loop could only end once every row is
   inactive, which the speculative loop never lets a step reach, so both give the same
   result.
   """
