@@ -141,7 +141,7 @@ def run(args) -> str:
     skipped = [s for s in old['skipped'] if s.split(' (')[0] not in names]
   rows['ar'] = {k: v for k, v in ar.items() if k != 'tokens'}
   print(f"ar: {ar['tokens_per_s']:.1f} tok/s", flush=True)
-  for name in names:
+  for i, name in enumerate(names):
     needs = METHODS[name][2]
     if any(n not in have for n in needs):
       skipped.append(f'{name} (needs {", ".join(needs)})')
@@ -167,7 +167,11 @@ def run(args) -> str:
     print(f"{name}: tau {r['tau']:.2f}, {r['tokens_per_s']:.1f} tok/s vs AR "
           f"{r['ar_tokens_per_s']:.1f}, {r['speedup']:.2f}x"
           + (f", = AR: {r.get('equals_ar')}" if args.temperature == 0 else ''), flush=True)
-    _write(path, args, len(prompts), commands, skipped, rows)  # after every method
+    # after every method, saying which are still to come: a run its time limit cuts short
+    # leaves a file that names the methods it never reached
+    _write(path, args, len(prompts), commands,
+           skipped + [f'{n} (not reached: the run ended before it)' for n in names[i + 1:]],
+           rows)
   _write(path, args, len(prompts), commands, skipped, rows)
   return path
 

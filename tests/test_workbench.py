@@ -92,8 +92,14 @@ def test_read_prompts_sources(bench, tmp_path):
     workbench.read_prompts(tok, prompt='a', prompts_file=str(f), heldout=0, prompt_chars=0)
 
 
-def test_speculative_benchmark_runs_on_the_workbench(trained_workdir, tmp_path, capsys):
-  """benchmarks.speculative: the target is its own draft; heads runs missing are skipped."""
+def test_speculative_benchmark_runs_on_the_workbench(trained_workdir, tmp_path, capsys,
+                                                    monkeypatch):
+  """benchmarks.speculative: the target is its own draft; heads runs missing are skipped;
+  the file written after each method names those not reached yet (a run cut short says so)."""
+  written = []
+  write = speculative._write
+  monkeypatch.setattr(speculative, '_write', lambda *a: (written.append(list(a[4])),
+                                                         write(*a)))
   args = SimpleNamespace(target=trained_workdir, draft=trained_workdir, medusa='',
                          mtp=str(tmp_path / 'none'), kangaroo='', dtype='', temperature=0.0,
                          batch_size=2, prompts=2, prompt_chars=40, max_new_tokens=8,
@@ -103,6 +109,9 @@ def test_speculative_benchmark_runs_on_the_workbench(trained_workdir, tmp_path, 
     raw = json.load(f)
   assert raw['rows']['draft chain g4']['equals_ar'] and raw['rows']['prompt lookup']['equals_ar']
   assert raw['skipped'] == ['medusa (needs medusa)']
+  assert written[0] == ['prompt lookup (not reached: the run ended before it)',
+                        'medusa (not reached: the run ended before it)']
+  assert written[-1] == raw['skipped']
   assert "mtp: no checkpoint in" in capsys.readouterr().out
 
 
