@@ -80,8 +80,20 @@ _max_abs_jit = jax.jit(_max_abs)
 
 
 def _summaries(leaves: list[Any], with_max: bool):
-  return ([_digest_jit(x) for x in leaves],
-          [_max_abs_jit(x) for x in leaves] if with_max else None)
+  """Per leaf, its digest (and max |x|), as arrays. A leaf sharded over several devices is
+  summarised by a program with collectives, and those are run one at a time: XLA:CPU with
+  dozens of such programs in flight at once deadlocked (devices waiting in an all-reduce for
+  peers whose launch waited for a free slot; a checkpoint save of the 8-device notebook hung
+  under load, CI and here), and a save is not the place to overlap them."""
+  digests_, maxima = [], []
+  for x in leaves:
+    results = [_digest_jit(x)] + ([_max_abs_jit(x)] if with_max else [])
+    if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1:
+      jax.block_until_ready(results)
+    digests_.append(results[0])
+    if with_max:
+      maxima.append(results[1])
+  return digests_, (maxima if with_max else None)
 
 
 def _flatten(tree: Any) -> tuple[list[str], list[Any]]:
