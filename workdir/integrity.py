@@ -87,12 +87,11 @@ def _summaries(leaves: list[Any], with_max: bool):
   under load, CI and here), and a save is not the place to overlap them."""
   digests_, maxima = [], []
   for x in leaves:
-    results = [_digest_jit(x)] + ([_max_abs_jit(x)] if with_max else [])
-    if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1:
-      jax.block_until_ready(results)
-    digests_.append(results[0])
+    sharded = isinstance(x, jax.Array) and len(x.sharding.device_set) > 1
+    wait = jax.block_until_ready if sharded else (lambda r: r)
+    digests_.append(wait(_digest_jit(x)))
     if with_max:
-      maxima.append(results[1])
+      maxima.append(wait(_max_abs_jit(x)))
   return digests_, (maxima if with_max else None)
 
 

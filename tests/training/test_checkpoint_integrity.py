@@ -169,6 +169,29 @@ def test_digests_see_every_element_and_ignore_sharding():
   assert bf16 != base
 
 
+def test_sharded_leaves_are_summarised_one_program_at_a_time(monkeypatch):
+  """No digest or max program over a multi-device leaf is dispatched while the previous one
+  still runs (many such programs in flight deadlocked XLA:CPU's virtual devices during a
+  save); leaves large enough that one program takes far longer than dispatching the next."""
+  from workdir import integrity  # pylint: disable=g-import-not-at-top
+  mesh = jax.make_mesh((8,), ('d',), axis_types=(jax.sharding.AxisType.Auto,))
+  spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('d'))
+  tree = {f'w{i}': jax.device_put(np.full((8, 2**18), i, np.float32), spec) for i in range(4)}
+  issued, overlapped = [], []
+
+  def spy(jitted):
+    def call(x):
+      overlapped.extend(r for r in issued if not r.is_ready())
+      issued.append(jitted(x))
+      return issued[-1]
+    return call
+
+  monkeypatch.setattr(integrity, '_digest_jit', spy(integrity._digest_jit))
+  monkeypatch.setattr(integrity, '_max_abs_jit', spy(integrity._max_abs_jit))
+  integrity.check('params', tree, integrity.digests(tree), bound=10.0)
+  assert len(issued) == 12 and not overlapped
+
+
 @pytest.mark.slow
 def test_cli_fallback_prints_one_warning_and_keeps_json_clean(tmp_path, trained_workdir,
                                                               data_dir):
