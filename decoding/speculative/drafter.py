@@ -47,8 +47,7 @@ def draft_loop(cond, body, carry, iterations: int, kind: str, can_stop_early: bo
   inactive, which the speculative loop never lets a step reach, so both give the same
   result.
   """
-  if kind not in settings.DRAFT_LOOPS:
-    raise ValueError(f'Unknown draft_loop {kind!r}; choose one of {settings.DRAFT_LOOPS}.')
+  settings.check_draft_loop(kind)
   if kind == 'while' or (kind == 'auto' and can_stop_early):
     return jax.lax.while_loop(cond, body, carry)
   return jax.lax.fori_loop(0, iterations, lambda _, c: body(c), carry)

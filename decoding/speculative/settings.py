@@ -17,6 +17,12 @@ NON_NEGATIVE = ('recycle',)
 NEED_Q = ('iid', 'wor', 'kseq', 'traversal')
 
 
+def check_draft_loop(kind: str) -> None:
+  """ValueError unless `kind` is one of DRAFT_LOOPS (decoders at build, drafters at use)."""
+  if kind not in DRAFT_LOOPS:
+    raise ValueError(f'Unknown draft_loop {kind!r}; choose one of {DRAFT_LOOPS}.')
+
+
 def check(decoder: Any, composed: Any) -> None:
   """Raises ValueError for settings of `decoder` that cannot work; `composed` is the decoder
   whose drafter settings are used (itself but for `speculative:drafter=`)."""
@@ -31,9 +37,7 @@ def check(decoder: Any, composed: Any) -> None:
   stop_below = getattr(decoder, 'stop_below', 0.0)
   if not 0.0 <= stop_below < 1.0:
     raise ValueError(f'stop_below must be in [0, 1), got {stop_below}.')
-  loop = getattr(decoder, 'draft_loop', 'auto')
-  if loop not in DRAFT_LOOPS:
-    raise ValueError(f'Unknown draft_loop {loop!r}; choose one of {DRAFT_LOOPS}.')
+  check_draft_loop(getattr(decoder, 'draft_loop', 'auto'))
   tree = getattr(decoder, 'tree', 'chain')
   if tree not in TREES:
     raise ValueError(f'Unknown tree {tree!r}; choose one of {TREES}.')
