@@ -82,7 +82,8 @@ def weight_bytes(params: Any) -> int:
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
 
 
-forward_time = forward_timing.forward_time  # re-exported: the benchmarks' name
+forward_time = forward_timing.forward_time  # re-exported: the benchmarks' names
+forward_probe = forward_timing.forward_probe
 
 
 def forward_curve(model: Transformer, params: Any, *, batch: int, tokens: Sequence[int],

@@ -15,7 +15,7 @@ over more tokens than AR's step cannot cost less than it).
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -189,10 +189,15 @@ def measure_pair(method, ar, params, batches, *, repeats) -> tuple[dict[str, Any
   return out, min(ar_times)
 
 
-def alternate(progs, batches, *, repeats: int) -> tuple[list[float], list[Any]]:
+def alternate(progs, batches, *, repeats: int, probes: Sequence[Callable[[], float]] = ()
+              ) -> tuple[list[float], list[Any]]:
   """Best wall time and its results for each (compiled fns, params) program, their passes
-  alternated `repeats` times after one warm-up pass each (so all see the same load)."""
-  best, results = [float('inf')] * len(progs), [None] * len(progs)
+  alternated `repeats` times after one warm-up pass each (so all see the same load).
+  `probes`: zero-argument callables that time themselves and return seconds (warmed up by
+  the caller), called in the same turns after the programs; their best times follow the
+  programs' in the returned list (their results are None)."""
+  n = len(progs)
+  best, results = [float('inf')] * (n + len(probes)), [None] * (n + len(probes))
   for fns, pp in progs:  # warm-up: the first call of a compiled function is slower
     timed_pass(fns, pp, batches)
   for _ in range(repeats):
@@ -200,11 +205,13 @@ def alternate(progs, batches, *, repeats: int) -> tuple[list[float], list[Any]]:
       t, res = timed_pass(fns, pp, batches)
       if t < best[i]:
         best[i], results[i] = t, res
+    for i, probe in enumerate(probes):
+      best[n + i] = min(best[n + i], probe())
   return best, results
 
 
-def measure_decode_pair(method_n, method_1, ar_n, ar_1, params, batches, *, repeats
-                        ) -> dict[str, Any]:
+def measure_decode_pair(method_n, method_1, ar_n, ar_1, params, batches, *, repeats,
+                        probes: Sequence[Callable[[], float]] = ()) -> dict[str, Any]:
   """Decode-phase speed of a method against AR, prefill excluded.
 
   Each argument pair is (fns, compile seconds) from `compile_decoder` for N new tokens and for
@@ -212,12 +219,14 @@ def measure_decode_pair(method_n, method_1, ar_n, ar_1, params, batches, *, repe
   after a warm-up, each keeps its fastest, and the decode time is t(N) - t(1): the speedup
   `ar_decode_s / decode_s` compares the same tokens after the same prefill. Returns the
   method's summary of the N-token run with decode_s, ar_decode_s, the decode-phase tau
-  (tokens after the first over target forwards after the prefill) and the speedup.
+  (tokens after the first over target forwards after the prefill), the speedup, the AR
+  decode-loop iterations `ar_steps` (so ar_decode_s / ar_steps is one AR step in this window)
+  and `probe_s`: the best time of each of `probes` (see `alternate`), timed in the same turns.
   """
   ar_params = [{'target': p['target']} for p in per_batch(params, len(batches))]
   best, results = alternate([(method_n[0], params), (method_1[0], params),
                              (ar_n[0], ar_params), (ar_1[0], ar_params)], batches,
-                            repeats=repeats)
+                            repeats=repeats, probes=probes)
   out = summarise(results[0], best[0], method_n[1])
   rows = sum(int(p.shape[0]) for p, _, _ in batches)
   out['decode_s'] = best[0] - best[1]
@@ -225,6 +234,8 @@ def measure_decode_pair(method_n, method_1, ar_n, ar_1, params, batches, *, repe
   out['decode_tau'] = (out['generated'] - rows) / max(out['target_forwards'] - rows, 1)
   out['speedup'] = out['ar_decode_s'] / max(out['decode_s'], 1e-12)
   out['ar_tokens'] = summarise(results[2], best[2], ar_n[1])['tokens']
+  out['ar_steps'] = loop_steps(results[2]) - loop_steps(results[3])
+  out['probe_s'] = best[4:]
   return out
 
 

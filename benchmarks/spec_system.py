@@ -11,9 +11,10 @@ independently wrong with probability 1 - alpha (trees: the right path plus wrong
 multi-draft: k drafts of which only the best can be right). Every verifier runs through the
 real speculative loop at temperature 0 on random weights; each output is checked to equal AR's
 token for token. Per verifier and alpha: tau, tokens/s, the speedup over AR timed alternately
-in the same run, and the ideal speedup tau * t_AR / t_fwd(T) (t_AR one measured AR step,
-t_fwd(T) one target forward over the step's T tokens, `benchmarks.cost_model`): measured /
-ideal is the share of a step spent in the target forward. Writes
+in the same run, and the ideal speedup tau * t_AR / t_fwd(T) (t_AR one AR step, t_fwd(T) one
+target forward over the step's T tokens, `benchmarks.cost_model`; both timed in the row's own
+turns, under the load its speedup saw): measured / ideal = t_fwd(T) / t_step is the share of
+a step spent in the target forward. Writes
 benchmarks/results/spec_system_<device>.md, the rows to benchmarks/results/spec_system.json
 (keys device, preset, verifier, alpha, batch, tau, speedup, ideal, equal_to_ar, ...) and a
 plot of measured against ideal speedup.
@@ -141,34 +142,38 @@ def run(args) -> tuple[str, list[dict]]:
     base = ar_baseline(model, params, prompts, batch=batch, pad_id=pad_id, kw=vkw,
                        repeats=args.repeats)
     batches, ar_n, ar_1, t_ar = base.batches, base.ar_n, base.ar_1, base.t_ar
-    fwd = functools.partial(cost_model.forward_time, model, params, batch=batch,
-                            cache_size=cache, context=cache // 2,
-                            compiler_options=opts or None)
-    curve = {1: fwd(tokens=1)}
+    # t_fwd(T) is timed in turns with each row's decode passes (as its AR step is), so that
+    # measured / ideal compares times taken under the same load.
+    probe = functools.partial(cost_model.forward_probe, model, params, batch=batch,
+                              cache_size=cache, context=cache // 2,
+                              compiler_options=opts or None)
+    probes = {1: probe(tokens=1)}
     tag = '' if len(variants) == 1 else f' [{vname}]'
-    print(f'B={batch}{tag}: AR step {t_ar * 1e3:.3f} ms, forward T=1 {curve[1] * 1e3:.3f} ms',
-          flush=True)
+    print(f'B={batch}{tag}: AR step {t_ar * 1e3:.3f} ms, forward T=1 '
+          f'{min(probes[1]() for _ in range(3)) * 1e3:.3f} ms', flush=True)
     for name in names:
       dec_name, settings = VERIFIERS[name]
       dec = registry.build(dec_name, dict(settings, draft_workdir='oracle'), sampling)
       T = step_cost.step_tokens(dec, models)
-      if T not in curve:
-        curve[T] = fwd(tokens=T)
+      if T not in probes:
+        probes[T] = probe(tokens=T)
       per_alpha = lambda a: base.oracle_params(params, a)  # pylint: disable=cell-var-from-loop
       fns_n = harness.compile_decoder(dec, models, per_alpha(1.0), batches, **vkw)
       fns_1 = harness.compile_decoder(dec, models, per_alpha(1.0), batches,
                                       **dict(vkw, max_new=1))
       for alpha in [float(a) for a in args.alphas.split(',')]:
         r = harness.measure_decode_pair(fns_n, fns_1, ar_n, ar_1, per_alpha(alpha), batches,
-                                        repeats=args.repeats)
+                                        repeats=args.repeats, probes=[probes[T]])
         decode_tokens = r['generated'] - sum(int(p.shape[0]) for p, _, _ in batches)
+        t_ar_row = r['ar_decode_s'] / max(r['ar_steps'], 1)  # this row's window
+        t_fwd_row = r['probe_s'][0]
         row = dict(device=device, preset=args.preset, dtype=args.dtype, verifier=name,
                    decoder=dec_name, settings=settings, tokens_per_step=T, alpha=alpha,
                    batch=batch, tau=r['decode_tau'],
                    tokens_per_s=decode_tokens / r['decode_s'],
                    ar_tokens_per_s=decode_tokens / r['ar_decode_s'], speedup=r['speedup'],
-                   ideal=cost_model.ideal_speedup(r['decode_tau'], t_ar, curve[T]),
-                   t_ar_ms=t_ar * 1e3, t_fwd_ms=curve[T] * 1e3,
+                   ideal=cost_model.ideal_speedup(r['decode_tau'], t_ar_row, t_fwd_row),
+                   t_ar_ms=t_ar_row * 1e3, t_fwd_ms=t_fwd_row * 1e3,
                    acceptance_by_position=r.get('acceptance_by_position', []),
                    equal_to_ar=r['tokens'] == r['ar_tokens'], variant=vname,
                    compiler_options=opts)
@@ -232,17 +237,15 @@ def write(rows, args) -> str:
              != (rows[0]['device'], rows[0]['preset'], name)]
   with open(json_path, 'w') as f:
     json.dump(old + rows, f, indent=1)
-  header = ['verifier', 'T', 'batch', 'alpha', 'tau', 'tokens/s', 'AR tokens/s', 'speedup',
-            'ideal', 'measured / ideal', '= AR']
+  header = ['verifier', 'T', 'batch', 'alpha', 'tau', 'tokens/s', 'AR tokens/s', 't_AR ms',
+            't_fwd(T) ms', 'speedup', 'ideal', 'measured / ideal', '= AR']
   table = [[row_label(r), r['tokens_per_step'], r['batch'], f"{r['alpha']:g}",
             f"{r['tau']:.2f}", f"{r['tokens_per_s']:.0f}", f"{r['ar_tokens_per_s']:.0f}",
+            f"{r['t_ar_ms']:.3f}", f"{r['t_fwd_ms']:.3f}",
             f"{r['speedup']:.2f}x" + (' (!)' if harness.implausible(r) else ''),
             f"{r['ideal']:.2f}x", f"{r['measured_over_ideal']:.2f}",
             'yes' if r['equal_to_ar'] else 'NO'] for r in rows]
   variants = list(dict.fromkeys(r.get('variant', 'default') for r in rows))
-  vtag = lambda r: '' if len(variants) == 1 else f" [{r.get('variant', 'default')}]"
-  t_lines = sorted({(r['batch'], vtag(r), r['t_ar_ms']) for r in rows})
-  fwd = sorted({(r['batch'], vtag(r), r['tokens_per_step'], r['t_fwd_ms']) for r in rows})
   options = ''
   if variants != ['default']:
     opts = {r.get('variant', 'default'): r.get('compiler_options') or 'none' for r in rows}
@@ -259,14 +262,15 @@ def write(rows, args) -> str:
       'Decode phase only (the prefill, the same for both, is excluded): speedup = AR decode '
       'time / method decode time for the same tokens, each t(N tokens) - t(1 token), passes '
       f'of the four programs alternated (best of {args.repeats} each); tau = tokens after the '
-      'first / target forwards after the prefill. Ideal: tau x t_AR / t_fwd(T). (!) marks a '
-      'speedup above tau (a measurement error, not a result). measured / ideal above 1 means '
-      'the step ran faster in the loop than the isolated forward it is compared with (timing '
-      'noise between the two measurements).\n',
+      'first / target forwards after the prefill. Ideal: tau x t_AR / t_fwd(T), both timed '
+      "in the row's own turns (t_AR: AR decode time / AR steps; t_fwd(T): a compiled loop of "
+      "target forwards over the step's T tokens, run once after each round of the four "
+      'programs, best of its runs), so that measured / ideal = t_fwd(T) / t_step, the share '
+      'of a step spent in the target forward, compares times taken under the same load. (!) '
+      'marks a speedup above tau (a measurement error, not a result). measured / ideal above 1 '
+      'means the step ran faster in the loop than the isolated forward it is compared with.\n',
       '## Goals\n', common.markdown_table(['goal', 'measured', 'status'], goals(rows)), '',
-      options + 'AR step: ' + ', '.join(f'batch {b}{v}: {t:.3f} ms' for b, v, t in t_lines)
-      + '; target forward over T tokens: '
-      + ', '.join(f'B{b}{v} T={t}: {ms:.3f} ms' for b, v, t, ms in fwd) + '.\n',
+      *([options] if options else []),
       '## All rows\n', common.markdown_table(header, table)]
   plot = _plot(rows, name)
   if plot:

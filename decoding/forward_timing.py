@@ -7,7 +7,7 @@ decoder is compiled) and by the benchmarks (`benchmarks.cost_model`: the forward
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -29,20 +29,31 @@ def time_min(fn, repeats: int) -> float:
 
 
 def forward_time(model: Transformer, params: Any, *, batch: int, tokens: int,
-                 cache_size: int = 512, context: int = 256, min_seconds: float = 0.2,
-                 repeats: int = 5, explicit_mask: bool = False,
-                 compiler_options: dict[str, Any] | None = None) -> float:
-  """Seconds of one cached forward over `tokens` new tokens per row after `context` ones.
+                 repeats: int = 5, **kwargs) -> float:
+  """Seconds of one cached forward over `tokens` new tokens per row: the best of `repeats`
+  runs of `forward_probe` (whose keyword arguments `kwargs` are)."""
+  probe = forward_probe(model, params, batch=batch, tokens=tokens, **kwargs)
+  return min(probe() for _ in range(repeats))
+
+
+def forward_probe(model: Transformer, params: Any, *, batch: int, tokens: int,
+                  cache_size: int = 512, context: int = 256, min_seconds: float = 0.2,
+                  explicit_mask: bool = False,
+                  compiler_options: dict[str, Any] | None = None) -> Callable[[], float]:
+  """A compiled probe: each call runs it once and returns the seconds of one cached forward
+  over `tokens` new tokens per row after `context` ones (so a caller can time it in turns
+  with other programs, under the same load).
 
   `compiler_options`: XLA options for this program's compile only (e.g.
   {'xla_gpu_enable_triton_gemm': False}), so that one process can compare settings.
 
   R forwards run in one compiled loop (R chosen so a run lasts about `min_seconds`) with a
   data-dependent stopping condition, as a decode loop runs them (a loop of known trip count
-  runs measurably faster on XLA's CPU runtime): forward i writes its T tokens at the next free slots after the
-  `context` committed ones, at positions that advance every call (cycling through the free
-  slots), and its argmaxes feed the next forward's tokens. Best of `repeats` runs, divided
-  by R.
+  runs measurably faster on XLA's CPU runtime): forward i writes its T tokens at the next
+  free slots after the `context` committed ones, at positions that advance every call
+  (cycling through the free slots), and its argmaxes feed the next forward's tokens. A call
+  returns its run's time divided by R. The probe is warmed up (one run) before it is
+  returned.
   """
   if context + tokens > cache_size:
     raise ValueError(f'context {context} + {tokens} tokens do not fit a cache of '
@@ -77,4 +88,11 @@ def forward_time(model: Transformer, params: Any, *, batch: int, tokens: int,
   t2 = time_min(lambda: fn(params, cache, jnp.int32(2)).block_until_ready(), 2)
   reps = int(min(max(min_seconds / max(t2 / 2, 1e-6), 3), 2000))
   reps_arg = jnp.int32(reps)
-  return time_min(lambda: fn(params, cache, reps_arg).block_until_ready(), repeats) / reps
+
+  def probe() -> float:
+    t0 = time.perf_counter()
+    fn(params, cache, reps_arg).block_until_ready()
+    return (time.perf_counter() - t0) / reps
+
+  probe()  # warm-up: the first run of a compiled function allocates
+  return probe

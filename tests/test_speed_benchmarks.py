@@ -350,5 +350,33 @@ def test_xla_option_variants_reach_every_decoder_compile_and_label_the_rows(
                          max_new_tokens=8, repeats=1, embed_scale=1.0)
   text = open(spec_system.write([row, graphs], args)).read()
   assert '| chain k=4 | 5 |' in text and '| chain k=4 [graphs] | 5 |' in text
-  assert 'FUSION,WHILE' in text and 'batch 1 [graphs]: 1.000 ms' in text
+  assert 'FUSION,WHILE' in text and '| 1.000 | 1.000 | 1.90x |' in text
   assert spec_system.goals([row, graphs])[-2][1].startswith('lowest 0.80 (chain k=4, ')
+
+
+def test_spec_system_times_the_ideal_in_each_rows_own_turns(tmp_path, monkeypatch):
+  """The ideal's t_fwd(T) is a probe timed once per round between the row's decode passes
+  (not one curve measured before every row), t_AR is the same window's AR step, and so
+  measured / ideal = t_fwd(T) / t_step; the output equals AR's."""
+  monkeypatch.setattr(common, 'RESULTS_DIR', str(tmp_path))
+  calls, make = [], cost_model.forward_probe
+
+  def counting_probe(*a, **kw):
+    probe = make(*a, **dict(kw, min_seconds=0.01))
+    def timed():
+      calls.append((kw['tokens'], probe()))
+      return calls[-1][1]
+    return timed
+
+  monkeypatch.setattr(cost_model, 'forward_probe', counting_probe)
+  args = SimpleNamespace(preset='test', dtype='float32', embed_scale=1.0, prompts=1,
+                         prompt_tokens=24, max_new_tokens=12, verifiers='chain k=4',
+                         alphas='0.8', batches='1', repeats=3, out='spec_system_probe',
+                         variants='default')
+  _, (row,) = spec_system.run(args)
+  in_row = [t for T, t in calls if T == row['tokens_per_step']]
+  assert len(in_row) == args.repeats  # one per round of the four programs
+  assert row['t_fwd_ms'] == pytest.approx(min(in_row) * 1e3)
+  assert row['ideal'] == pytest.approx(row['tau'] * row['t_ar_ms'] / row['t_fwd_ms'])
+  assert row['measured_over_ideal'] == pytest.approx(row['speedup'] / row['ideal'])
+  assert row['equal_to_ar'] and row['tau'] > 1
