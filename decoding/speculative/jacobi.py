@@ -37,39 +37,48 @@ class JacobiState:
   guess_BxW: jax.Array
 
 
-def _next_guesses(pred_BxT: jax.Array, node_of_BxW: jax.Array, keep_B: jax.Array,
-                  old_BxW: jax.Array, active_B: jax.Array) -> jax.Array:
-  """Guesses after a step: the prediction made at the Jacobi node of depth keep + j for
-  position new_base + 1 + j; beyond the window the last prediction is repeated."""
-  W = old_BxW.shape[1]
-  depth_BxW = keep_B[:, None] + jnp.arange(W)[None]  # node depth whose prediction we need
-  # Jacobi node at depth l (1..W) is node_of[l - 1]; depth 0 is the root (node 0).
-  node_BxW = jnp.where(depth_BxW == 0, 0, jnp.take_along_axis(
-      node_of_BxW, jnp.clip(depth_BxW - 1, 0, W - 1), axis=1))
-  node_BxW = jnp.where(depth_BxW <= W, node_BxW, node_of_BxW[:, -1:])
-  new = jnp.take_along_axis(pred_BxT, node_BxW, axis=1)
-  return jnp.where(active_B[:, None], new, old_BxW)
+def _next_guesses(pred_BxT: jax.Array, node_of_BxL: jax.Array, keep_B: jax.Array,
+                  old_BxC: jax.Array, active_B: jax.Array) -> jax.Array:
+  """Guesses after a step, [B, C]: the prediction made at the Jacobi node of depth keep + j
+  for position new_base + 1 + j; beyond the L verified nodes (node_of_BxL: the node index of
+  depths 1..L) the last prediction is repeated. C >= L: the state may hold more guesses than
+  one step verifies (an adaptive window, `JacobiDrafter.state_nodes`)."""
+  L, C = node_of_BxL.shape[1], old_BxC.shape[1]
+  depth_BxC = keep_B[:, None] + jnp.arange(C)[None]  # node depth whose prediction we need
+  # Jacobi node at depth l (1..L) is node_of[l - 1]; depth 0 is the root (node 0).
+  node_BxC = jnp.where(depth_BxC == 0, 0, jnp.take_along_axis(
+      node_of_BxL, jnp.clip(depth_BxC - 1, 0, L - 1), axis=1))
+  node_BxC = jnp.where(depth_BxC <= L, node_BxC, node_of_BxL[:, -1:])
+  new = jnp.take_along_axis(pred_BxT, node_BxC, axis=1)
+  return jnp.where(active_B[:, None], new, old_BxC)
 
 
 @dataclasses.dataclass(frozen=True)
 class JacobiDrafter(drafter_lib.ChainDrafter):
-  """Jacobi iteration over a window of `window` guesses (a chain)."""
+  """Jacobi iteration over a window of `window` guesses (a chain).
+
+  state_nodes: nodes of the longest window the state serves (0 = this one's): the state keeps
+  max(window, state_nodes - 1) guesses and a step verifies the first `window`, so that windows
+  of several lengths share one state (adaptive.py; after an AR step, which skips the drafter,
+  the guesses lag one position, which costs acceptance, never correctness)."""
   kind: ClassVar[str] = 'jacobi'
   chain_field: ClassVar[str] = 'window'
   window: int = 5
+  state_nodes: int = 0
 
   def init(self, env, prefill, first_B):
-    return JacobiState(jnp.broadcast_to(first_B[:, None], (first_B.shape[0], self.window)))
+    C = max(self.window, self.state_nodes - 1)
+    return JacobiState(jnp.broadcast_to(first_B[:, None], (first_B.shape[0], C)))
 
   def propose(self, env, state, cache, root_B, base_B, active_B):
-    tokens = jnp.concatenate([root_B[:, None], state.guess_BxW], axis=1)
+    tokens = jnp.concatenate([root_B[:, None], state.guess_BxW[:, :self.window]], axis=1)
     tree = trees.from_template(trees.chain(self.window), tokens,
                                jnp.broadcast_to(active_B[:, None], tokens.shape))
     return tree, state, cache, jnp.zeros_like(base_B)
 
   def update(self, env, state, step):
     pred = jnp.argmax(step.out.logits_BxTxV, axis=-1).astype(jnp.int32)
-    B, W = state.guess_BxW.shape
+    B, W = state.guess_BxW.shape[0], self.window
     node_of = jnp.broadcast_to(jnp.arange(1, W + 1, dtype=jnp.int32), (B, W))
     return JacobiState(_next_guesses(pred, node_of, step.keep_B, state.guess_BxW,
                                      step.active_B))

@@ -84,6 +84,26 @@ def test_length_changes_during_a_run_and_output_equals_ar(lm):
   assert stats.target_forwards == stats.generated
 
 
+def test_jacobi_windows_of_several_lengths_share_one_state(lm):
+  """Jacobi's state (its guesses) is sized by the longest window, so the window adapts like a
+  draft length: more than one length runs, the output equals AR's, and every variant's
+  state has the longest one's shape."""
+  models, params = lm
+  ref, _ = run_decoder(registry.build('ar'), models, params, PROMPTS, max_new_tokens=N_NEW,
+                       cache_size=128, eos_id=-1, pad_id=0)
+  dec = registry.build('jacobi', dict(window=6, adaptive=True,
+                                      costs='1,1.05,1.1,1.15,1.2,1.25'))
+  drafter = dec.get_drafter()
+  assert [v.window for v in drafter.variants[1:]] == [1, 2, 3, 4, 6]
+  assert {v.state_nodes for v in drafter.variants[1:]} == {7}
+  rows, stats = run_decoder(dec, models, params, PROMPTS, max_new_tokens=N_NEW,
+                            cache_size=128, eos_id=-1, pad_id=0)
+  assert [r.tokens for r in rows] == [r.tokens for r in ref]
+  used = np.asarray(stats.extra['adaptive_steps'])
+  assert used.sum() == stats.extra['spec_steps']
+  assert (used > 0).sum() >= 2, used
+
+
 def test_measured_costs_are_relative_and_non_decreasing(lm):
   models, params = lm
   costs = adaptive.calibrate(models.target, params['target'], (0, 1, 2, 4, 8), batch=2,

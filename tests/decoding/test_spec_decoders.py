@@ -90,6 +90,7 @@ METHODS = {
     'chain-adaptive-length': ('speculative', dict(draft_workdir='x', gamma=4, adaptive=True,
                                                   costs='1,1.2,1.4,1.6')),
     'mtp-adaptive': ('mtp', dict(gamma=3, tree='chain', adaptive=True, costs='1,1.1,1.3,1.5')),
+    'jacobi-adaptive': ('jacobi', dict(window=4, adaptive=True, costs='1,1.05,1.1,1.15,1.2')),
 }
 
 
