@@ -15,12 +15,17 @@ lr 3e-3, batch 32). This script, per task,
 2. fits the Arbitrage router (routing.py's MLP over the small model's state at the step
    start; class-balanced logistic loss, latent_router.train_router) on 80% of the problems
    and reports balanced accuracy on the other 20% (saved as ROOT/TASK/arbitrage_router.npz,
-   for `--decoder=arbitrage --decoder_config.router_path=...`); fits R2R's token router as
-   latent.py does;
+   for `--decoder=arbitrage --decoder_config.router_path=...`); fits the same way, on the same
+   labels, the router of the drafted judge (`judge=drafted`) over the features of each label's
+   prefix + the small model's drafted step s_k teacher-forced through the small model
+   (arbitrage.drafted_features; saved as ROOT/TASK/arbitrage_drafted_router.npz); fits R2R's
+   token router as latent.py does;
 3. sweeps each router's threshold at the quantiles of its own signal on the training problems
    that should send `fractions` of steps (tokens, for R2R) to the large model, plus a random
-   step router at each Arbitrage budget (`arbitrage:random_fraction`), on `questions`
-   in-distribution questions (latent.py's evaluation set), greedy;
+   step router at each Arbitrage budget (`arbitrage:random_fraction`), and the drafted judge
+   (`arbitrage (drafted)`, steps of at most step_budget(task) tokens, with its discarded
+   draft tokens), on `questions` in-distribution questions (latent.py's evaluation set),
+   greedy;
 4. writes benchmarks/results/OUT.md / .json and OUT.png (accuracy against the fraction of
    tokens the large model wrote); OUT is `--out`, latent_arbitrage unless given (e.g.
    `--tasks=modsum --out=latent_arbitrage_modsum` keeps the ProsQA / parity file).
@@ -31,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Any
 
 import jax
@@ -81,14 +87,16 @@ TRAJECTORIES = ('small', 'large', 'random')
 
 
 def label(small_bench, large_bench, large_dir: str, task, exs, batch: int, margin: float
-          ) -> tuple[arbitrage.StepLabels, list[list[int]], list[list[int]], dict[str, float]]:
+          ) -> tuple[arbitrage.StepLabels, list[list[int]], list[list[int]], dict[str, float],
+                     list[list[int]]]:
   """Step labels along three kinds of greedy rows on `exs` (in TRAJECTORIES order: the small
   model's, the large model's, and those of a random step router sending half the steps to
   the large model); row j of the labels is problem j % len(exs). Also returns (prompts, rows)
-  of every labelled row and each kind's accuracy."""
+  of every labelled row, each kind's accuracy, and the small model's drafted step s_k at each
+  label (cut after its first step end or eos)."""
   tok = small_bench.tokenizer
   budget = task.max_cot_chars + task.max_answer_chars + 2
-  step_budget = max(task.max_step_chars, task.max_answer_chars + 1) + 1
+  bound = step_budget(task)
   cache = task.max_question_chars + 3 + 2 * budget + 16
   prompts = [reasoning.prompt_ids(tok, e) for e in exs]
   mixed = small_bench.decoder('arbitrage', settings={'random_fraction': 0.5,
@@ -101,9 +109,12 @@ def label(small_bench, large_bench, large_dir: str, task, exs, batch: int, margi
   accuracy = {k: float(np.mean([score(exs[j % n], rows[j]) for j in range(i * n, (i + 1) * n)]))
               for i, k in enumerate(TRAJECTORIES)}
 
+  drafted = []
+
   def draft_fn(problems, prefixes):
     del problems
-    return _decode(small_bench, prefixes, step_budget, cache, batch)
+    drafted.extend(_decode(small_bench, prefixes, bound, cache, batch))
+    return drafted
 
   def value_fn(problems, prefixes):
     todo = [j for j, p in enumerate(prefixes) if p[-1] != tok.eos_id]
@@ -115,7 +126,13 @@ def label(small_bench, large_bench, large_dir: str, task, exs, batch: int, margi
 
   labels = arbitrage.label_steps(prompts * len(TRAJECTORIES), rows, value_fn, draft_fn,
                                  eos_id=tok.eos_id, margin=margin)
-  return labels, prompts * len(TRAJECTORIES), rows, accuracy
+  drafts = [arbitrage.cut_step(d, routing.STEP_END_IDS, tok.eos_id) for d in drafted]
+  return labels, prompts * len(TRAJECTORIES), rows, accuracy, drafts
+
+
+def step_budget(task) -> int:
+  """Tokens a drafted step may take (labels' drafts and the drafted judge's bound alike)."""
+  return max(task.max_step_chars, task.max_answer_chars + 1) + 1
 
 
 def step_features(small, prompts, rows, labels: arbitrage.StepLabels
@@ -138,6 +155,34 @@ def step_features(small, prompts, rows, labels: arbitrage.StepLabels
   return np.concatenate(feats), np.concatenate(ents)
 
 
+def drafted_step_features(small, prompts, rows, labels: arbitrage.StepLabels,
+                          drafts: list[list[int]]) -> np.ndarray:
+  """The drafted judge's router features [M, 2F + 1] (arbitrage.drafted_features) of each
+  labelled step: prefix_k + s_k teacher-forced through the small model; the mean of
+  router_features over its outputs at positions P - 1 .. P + m - 2 (those that produced the
+  m tokens of s_k, P = len(prefix_k)), those at P + m - 1 (after the step), and m."""
+  seqs = [(prompts[r] + rows[r])[:p] + d
+          for r, p, d in zip(labels.row_M, labels.pos_M, drafts)]
+  T, B = max(map(len, seqs)), 64
+  embed = small.params['embed']['embedding']
+  sums, counts, lasts = [], [], []
+  for i in range(0, len(seqs), B):
+    chunk = seqs[i:i + B]
+    tokens = np.full((B, T), small.tokenizer.eos_id, np.int32)
+    for j, s in enumerate(chunk):
+      tokens[j, :len(s)] = s
+    logits, hidden = latent_router.outputs(small.model, small.params, jnp.asarray(tokens))
+    f = np.asarray(routing.router_features(logits.reshape(B * T, -1),
+                                           hidden.reshape(B * T, -1), embed)).reshape(B, T, -1)
+    for j, (s, d) in enumerate(zip(chunk, drafts[i:i + B])):
+      P, m = len(s) - len(d), len(d)
+      sums.append(f[j, P - 1:P + m - 1].sum(0))
+      counts.append(m)
+      lasts.append(f[j, P + m - 1])
+  return np.asarray(arbitrage.drafted_features(jnp.asarray(np.stack(sums)),
+                                               jnp.asarray(counts), jnp.asarray(np.stack(lasts))))
+
+
 def _balanced_accuracy(pred: np.ndarray, y: np.ndarray) -> float:
   tpr = (pred & y).sum() / max(y.sum(), 1)
   tnr = (~pred & ~y).sum() / max((~y).sum(), 1)
@@ -156,15 +201,21 @@ def run(small_dir: str, large_dir: str, task_name: str, rows: int, questions: in
   ev = latent.Evaluator(task, 'train', questions, batch)
   small_bench, large_bench = ev.bench(small_dir), ev.bench(large_dir)
   exs = reasoning.examples(task, rows, seed=1)
-  labels, prompts, trajectories, traj_acc = label(small_bench, large_bench, large_dir, task,
-                                                  exs, batch, margin)
+  labels, prompts, trajectories, traj_acc, drafts = label(small_bench, large_bench, large_dir,
+                                                          task, exs, batch, margin)
   feats, ent = step_features(small_bench.target, prompts, trajectories, labels)
+  dfeats = drafted_step_features(small_bench.target, prompts, trajectories, labels, drafts)
   y = labels.label_M
   train = (labels.row_M % rows) < int(0.8 * rows)
   router, fit = latent_router.train_router(feats[train], y[train].astype(np.float32),
                                            router_steps)
   routing.save_router(os.path.join(os.path.dirname(small_dir), 'arbitrage_router.npz'), router)
   p_steps = np.asarray(jax.nn.sigmoid(routing.router_logit(router, jnp.asarray(feats))))
+  drouter, dfit = latent_router.train_router(dfeats[train], y[train].astype(np.float32),
+                                             router_steps)
+  routing.save_router(os.path.join(os.path.dirname(small_dir), 'arbitrage_drafted_router.npz'),
+                      drouter)
+  p_drafted = np.asarray(jax.nn.sigmoid(routing.router_logit(drouter, jnp.asarray(dfeats))))
   adv, kind = labels.advantage_M, labels.row_M // rows
   out: dict[str, Any] = {
       'task': task_name, 'small_run': small_dir, 'large_run': large_dir, 'margin': margin,
@@ -175,8 +226,11 @@ def run(small_dir: str, large_dir: str, task_name: str, rows: int, questions: in
                                           for a in (-1, 0, 1)}
                                       for i, t in enumerate(TRAJECTORIES)}},
       'router': {**fit, 'val_balanced_accuracy': _balanced_accuracy(
-          p_steps[~train] >= 0.5, y[~train]), 'val_steps': int((~train).sum())}}
-  print(f'labels {out["labels"]}; router {out["router"]}', flush=True)
+          p_steps[~train] >= 0.5, y[~train]), 'val_steps': int((~train).sum())},
+      'drafted_router': {**dfit, 'val_balanced_accuracy': _balanced_accuracy(
+          p_drafted[~train] >= 0.5, y[~train]), 'max_step_tokens': step_budget(task)}}
+  print(f'labels {out["labels"]}; router {out["router"]}; drafted router '
+        f'{out["drafted_router"]}', flush=True)
   r2r_tokens, r2r_mask = latent_router.cot_rows(small_bench.tokenizer, task, rows, seed=1)
   r2r_feats, r2r_labels = latent_router.features_and_labels(
       small_bench.target, large_bench.target, r2r_tokens, r2r_mask)
@@ -199,7 +253,41 @@ def run(small_dir: str, large_dir: str, task_name: str, rows: int, questions: in
                      large=large_dir)
         out['curves'].setdefault('random (steps)', []).append({'target_fraction': f, **rnd})
         print(f'  random at the same step fraction: {rnd}', flush=True)
+  drafted = {'judge': 'drafted', 'max_step_tokens': step_budget(task)}
+  for f, th in zip(fractions, _quantile_thresholds(p_drafted[train], fractions)):
+    r = run_drafted(ev, small_dir, large_dir, {**drafted, 'threshold': th}, drouter)
+    out['curves'].setdefault(DRAFTED, []).append({'target_fraction': f, 'threshold': th, **r})
+    print(f'{DRAFTED} @{th:.4g} (target {f}): {r}', flush=True)
   return out
+
+
+DRAFTED = 'arbitrage (drafted)'
+
+
+def run_drafted(ev: latent.Evaluator, small_dir: str, large_dir: str, settings: dict[str, Any],
+                router: dict[str, Any]) -> dict[str, float]:
+  """latent.Evaluator.run for the drafted judge, plus its draft counts per generated token:
+  `discarded_fraction` (drafted tokens thrown away) and `ingested_fraction` (accepted tokens
+  the large model read in one forward per step)."""
+  bench = ev.bench(small_dir)
+  tok = bench.tokenizer
+  prompts = [reasoning.prompt_ids(tok, e) for e in ev.examples]
+  budget = ev.task.max_cot_chars + ev.task.max_answer_chars + 2
+  dec = bench.decoder('arbitrage', settings={**settings, 'large_workdir': large_dir})
+  t0 = time.perf_counter()
+  rows, stats = bench.run_one(dec, prompts, max_new_tokens=budget,
+                              cache_size=ev.task.max_question_chars + 3 + budget + 16, seed=0,
+                              batch_size=ev.batch_size, extra_params={'router': router})
+  answers = [reasoning.parse_answer(tok, r.tokens) for r in rows]
+  n, x = max(stats.generated, 1), stats.extra
+  touched = latent._touched_steps(rows, tok.eos_id)  # pylint: disable=protected-access
+  return {'accuracy': reasoning.accuracy(ev.task, ev.examples, answers),
+          'tokens': float(np.mean([len(r.tokens) for r in rows])),
+          'seconds': time.perf_counter() - t0, 'large_fraction': x['large_tokens'] / n,
+          'large_touched_step_fraction': touched,
+          'large_step_fraction': x['large_steps'] / max(x['steps'], 1),
+          'discarded_fraction': x['discarded_tokens'] / n,
+          'ingested_fraction': x['ingested_tokens'] / n}
 
 
 def _se(acc: float, n: int) -> float:
@@ -211,7 +299,7 @@ def matched(res: dict[str, Any], n: int) -> list[list[str]]:
   rows = []
   for i, a in enumerate(res['curves']['arbitrage']):
     row = [f'{a["large_fraction"]:.2f}', f'{a["accuracy"]:.1%}']
-    for name in ('glimprouter', 'r2r'):
+    for name in ('glimprouter', 'r2r') + ((DRAFTED,) if DRAFTED in res['curves'] else ()):
       b = min(res['curves'][name], key=lambda r: abs(r['large_fraction'] - a['large_fraction']))
       row.append(f'{b["accuracy"]:.1%} @{b["large_fraction"]:.2f}')
     rnd = res['curves']['random (steps)'][i]
@@ -224,9 +312,9 @@ def matched(res: dict[str, Any], n: int) -> list[list[str]]:
 def report(res: dict[str, Any]) -> str:
   lab, rt, n = res['labels'], res['router'], res['questions']
   rows = [['small alone', '-', '-', f'{res["small"]["accuracy"]:.1%}', '0.00', '0.00', '0.00',
-           f'{res["small"]["tokens"]:.1f}'],
+           '-', f'{res["small"]["tokens"]:.1f}'],
           ['large alone', '-', '-', f'{res["large"]["accuracy"]:.1%}', '1.00', '1.00', '1.00',
-           f'{res["large"]["tokens"]:.1f}']]
+           '-', f'{res["large"]["tokens"]:.1f}']]
   for name, curve in res['curves'].items():
     for r in curve:
       step, touched = r.get('large_step_fraction'), r.get('large_touched_step_fraction')
@@ -234,13 +322,18 @@ def report(res: dict[str, Any]) -> str:
                    f'{r["threshold"]:.4g}' if 'threshold' in r else '-',
                    f'{r["accuracy"]:.1%}', f'{r["large_fraction"]:.2f}',
                    '-' if step is None else f'{step:.2f}',
-                   '-' if touched is None else f'{touched:.2f}', f'{r["tokens"]:.1f}'])
+                   '-' if touched is None else f'{touched:.2f}',
+                   f'{r["discarded_fraction"]:.2f}' if 'discarded_fraction' in r else '-',
+                   f'{r["tokens"]:.1f}'])
   return (
       f'### {res["task"]}\n\nSmall = `{res["small_run"]}`, large = `{res["large_run"]}`; {n} '
       'held-out in-distribution questions, greedy, one run (one seed) per point. Large '
       'fraction = share of generated tokens the large model wrote; steps = share of steps it '
       'began (R2R routes tokens, so it has no step share); touched = share of steps in which it '
-      'wrote at least one token (R2R can touch a step by writing one of its tokens).\n\n'
+      'wrote at least one token (R2R can touch a step by writing one of its tokens); '
+      'discarded = drafted tokens thrown away per generated token (`arbitrage (drafted)`: the '
+      'router judges the small model\'s drafted step, the large model rewrites the rejected '
+      'ones; `arbitrage` judges at the step\'s first token and drafts nothing).\n\n'
       f'Advantage labels: {lab["steps"]} step boundaries on {res["training_problems"]} '
       'training problems, along the greedy rows of the small model, the large model and a '
       'random step router (half the steps large), whose accuracies on these problems are '
@@ -252,14 +345,21 @@ def report(res: dict[str, Any]) -> str:
       f'Arbitrage router: train balanced accuracy {rt["balanced_accuracy"]:.3f}, held-out '
       f'({rt["val_steps"]} steps of the last 20% of problems) '
       f'{rt["val_balanced_accuracy"]:.3f}. R2R router (divergence labels): train balanced '
-      f'accuracy {res["r2r_router"]["balanced_accuracy"]:.3f}.\n\n'
+      f'accuracy {res["r2r_router"]["balanced_accuracy"]:.3f}.'
+      + (f' Drafted-step router (same labels, features of prefix + the small model\'s drafted '
+         f'step, at most {res["drafted_router"]["max_step_tokens"]} tokens): train balanced '
+         f'accuracy {res["drafted_router"]["balanced_accuracy"]:.3f}, held-out '
+         f'{res["drafted_router"]["val_balanced_accuracy"]:.3f}.'
+         if 'drafted_router' in res else '') + '\n\n'
       + common.markdown_table(['router', 'target fraction', 'threshold', 'accuracy',
-                               'large fraction', 'large steps', 'large steps touched', 'tokens'],
+                               'large fraction', 'large steps', 'large steps touched',
+                               'discarded', 'tokens'],
                               rows)
       + '\n\nMatched budgets (nearest point of each other router by large-token fraction):'
       '\n\n' + common.markdown_table(
-          ['large fraction', 'arbitrage acc', 'glimprouter acc', 'r2r acc',
-           'random (steps) acc', 's.e. of a difference'], matched(res, n)))
+          ['large fraction', 'arbitrage acc', 'glimprouter acc', 'r2r acc']
+          + (['arbitrage (drafted) acc'] if DRAFTED in res['curves'] else [])
+          + ['random (steps) acc', 's.e. of a difference'], matched(res, n)))
 
 
 def plot(results: list[dict[str, Any]], out: str = 'latent_arbitrage') -> str:
