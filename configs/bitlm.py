@@ -3,11 +3,14 @@
   python train.py --config=configs/bitlm.py:tiny --workdir=runs/bitlm_tiny     # 21 min*
   python sample.py --workdir=runs/bitlm_tiny --heldout_prompts=4 --decoder=bitlm
   python -m benchmarks.bitlm --bitlm=runs/bitlm_tiny --ar=runs/tiny
+  python train.py --config=configs/bitlm.py:tiny,head=analog --workdir=runs/bitlm_analog_tiny
 
 * 600 steps took 21 minutes on 2 CPU cores shared with three other training jobs (about 1.7 s
 a step; configs/lm.py:tiny takes about 0.45 s a step on the same cores when they are quiet).
 
-The argument is a size preset (test, tiny), optionally ',K' for the block size (default 4).
+The argument is a size preset (test, tiny), then optionally ',K' for the block size (default
+4) and ',head=analog' for the paper's continuous analog-bit head instead of the default
+absorbing (masked) bit head (models/bitlm.py), e.g. `tiny,8,head=analog`.
 The backbone is `configs/lm.py`'s model of that size, trained on the same data for the same
 steps (600 steps of 16 x 128 tokens for tiny), so the AR run of that config is the equal-size
 baseline. The head (training/objectives/bitlm.py) adds about 0.07M parameters at tiny and is trained
@@ -26,8 +29,17 @@ HEADS = {  # size -> (width, layers, heads, mlp)
 
 def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   parts = (arg or 'tiny').split(',')
-  size = parts[0]
-  block = int(parts[1]) if len(parts) > 1 else 4
+  size, block, head = parts[0], 4, 'masked'
+  for part in parts[1:]:
+    if part.startswith('head='):
+      head = part[len('head='):]
+      if head not in ('masked', 'analog'):
+        raise ValueError(f"configs/bitlm.py: head must be 'masked' or 'analog', got {head!r}.")
+    elif part.isdigit():
+      block = int(part)
+    else:
+      raise ValueError(f'configs/bitlm.py: options are a block size K or head=masked|analog, '
+                       f'got {part!r}.')
   if size not in HEADS:
     raise ValueError(f'configs/bitlm.py: size must be one of {sorted(HEADS)}, got {size!r}.')
   width, layers, heads, mlp = HEADS[size]
@@ -35,8 +47,9 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   c.objective = 'bitlm'
   c.model = common.model_config(size)
   common.lm_run_settings(c, size)
-  c.bitlm = ml_collections.ConfigDict(dict(block=block, head_width=width, head_layers=layers,
-                                           head_heads=heads, head_mlp=mlp, eps=1e-3,
+  c.bitlm = ml_collections.ConfigDict(dict(head=head, block=block, head_width=width,
+                                           head_layers=layers, head_heads=heads, head_mlp=mlp,
+                                           eps=1e-3,
                                            starts=0 if size == 'test' else 32))
   if size == 'test':
     c.data.batch_size = 8  # a multiple of the test suite's 8 devices

@@ -6,11 +6,18 @@ small diffusion head that denoises the codes of a block of K tokens at once.
   backbone  the house causal `Transformer` over tokens (one position, one KV entry per
             token; its vocabulary head is not used). Its final-normed hidden state at token
             t, h_t [D], summarises x_0 .. x_t.
-  head      `BitHead`: conditioned on h_t, it reads a partially masked code of the next K
-            tokens x_{t+1} .. x_{t+K} (each bit 0, 1 or masked) and gives a logit per bit
-            [K, b] for P(bit = 1): absorbing (masked) diffusion over the K x b bits. The
-            head's K slots attend to each other (bidirectional, inside the block); across
-            blocks the model is causal (the backbone).
+  head      conditioned on h_t, it reads a noisy code of the next K tokens
+            x_{t+1} .. x_{t+K} and gives a logit per bit [K, b] for P(bit = 1) of the clean
+            code. Two kinds (`HeadShape.kind`, read back from the params by `head_shape`):
+              'masked'  (default) absorbing diffusion over the K x b bits: each bit 0, 1 or
+                        masked (`head_logits`, `denoise_block`);
+              'analog'  continuous analog-bit diffusion (Chen et al. 2022, the paper's head):
+                        bits as +-1 reals, x_t = cos(pi t / 2) x_0 + sin(pi t / 2) eps
+                        (cosine schedule, t in [0, 1]); the head reads x_t and t
+                        (`analog_logits`) and predicts the clean bits; sampling runs DDIM
+                        from Gaussian noise (`denoise_analog`) and thresholds at 0.
+            The head's K slots attend to each other (bidirectional, inside the block);
+            across blocks the model is causal (the backbone).
 
 Decoding (`decoding/diffusion/bitlm.py`) runs the backbone once per block of K committed
 tokens; the head fills the block's bits in a few denoising steps in between.
@@ -21,10 +28,11 @@ to a block boundary) and training uses every position as a block start. The pric
 entry per token (as AR), where one position per block would store 1/K of them.
 
 Differences from the paper: the paper denoises the bits with a continuous (analog-bit)
-diffusion head; here the head is an absorbing-state (masked) diffusion over bits, whose
-training loss is an upper bound on the NLL (MDLM's ELBO), so quality is comparable with an
-AR model's NLL. The head's shape (block size K, bits, width, layers, heads) is read from its
-parameters (`head_shape`), so a run needs no extra config to decode.
+diffusion head, the 'analog' kind here (without self-conditioning); the default 'masked'
+kind is an absorbing-state diffusion over bits, whose training loss is an upper bound on the
+NLL (MDLM's ELBO), so its quality is comparable with an AR model's NLL (the analog head's
+loss bounds nothing). The head's kind and shape (block size K, bits, width, layers, heads)
+are read from its parameters (`head_shape`), so a run needs no extra config to decode.
 
 Axis letters: B batch, T tokens, D backbone width, K block slots, b bits per token, W head
 width, H head heads, Dh head head width.
@@ -41,6 +49,14 @@ import jax.numpy as jnp
 
 BITLM = 'bitlm'
 MASKED = 2  # bit state: 0, 1 or masked
+HEAD_KINDS = ('masked', 'analog')
+TIME_FEATURES = 32  # sinusoidal features of the analog head's noise level t
+
+
+def check_head_kind(kind: str) -> str:
+  if kind not in HEAD_KINDS:
+    raise ValueError(f'BitLM head kind must be one of {HEAD_KINDS}, got {kind!r}.')
+  return kind
 
 
 def num_bits(vocab_size: int) -> int:
@@ -78,7 +94,8 @@ def valid_ids(ids: jax.Array, bit_logits: jax.Array, vocab_size: int) -> jax.Arr
 
 @dataclasses.dataclass(frozen=True)
 class HeadShape:
-  """The head's sizes: block (K), bits (b), width (W), layers, heads (H), mlp width, cond (D)."""
+  """The head's sizes: block (K), bits (b), width (W), layers, heads (H), mlp width, cond (D),
+  and its kind ('masked' or 'analog', see the module docstring)."""
   block: int
   bits: int
   width: int
@@ -86,8 +103,10 @@ class HeadShape:
   heads: int
   mlp: int
   cond: int
+  kind: str = 'masked'
 
   def __post_init__(self):
+    check_head_kind(self.kind)
     for name in ('block', 'bits', 'width', 'layers', 'heads', 'mlp', 'cond'):
       if getattr(self, name) < 1:
         raise ValueError(f'BitLM head: {name} must be >= 1, got {getattr(self, name)}.')
@@ -97,12 +116,17 @@ class HeadShape:
 
 
 def head_shape(p: Any) -> HeadShape:
-  """The `HeadShape` of trained head params (params['bitlm'])."""
-  nbits, _, W = p['bit_embed'].shape
+  """The `HeadShape` of trained head params (params['bitlm']); an analog head is the one with
+  a `bit_in` projection (a masked one embeds bit states: `bit_embed`)."""
+  if 'bit_in' in p:
+    kind, (nbits, W) = 'analog', p['bit_in'].shape
+  else:
+    kind, (nbits, _, W) = 'masked', p['bit_embed'].shape
   layers = sum(1 for k in p if k.startswith('layer_'))
   _, H, _ = p['layer_0']['q'].shape
   return HeadShape(block=p['slot_embed'].shape[0], bits=nbits, width=W, layers=layers,
-                   heads=H, mlp=p['layer_0']['up'].shape[1], cond=p['cond'].shape[0])
+                   heads=H, mlp=p['layer_0']['up'].shape[1], cond=p['cond'].shape[0],
+                   kind=kind)
 
 
 def init_head(shape: HeadShape, rng: jax.Array) -> dict[str, Any]:
@@ -122,6 +146,13 @@ def init_head(shape: HeadShape, rng: jax.Array) -> dict[str, Any]:
         'q': normal((W, shape.heads, Dh), W), 'k': normal((W, shape.heads, Dh), W),
         'v': normal((W, shape.heads, Dh), W), 'o': normal((shape.heads, Dh, W), W),
         'up': normal((W, shape.mlp), W), 'down': normal((shape.mlp, W), shape.mlp)}
+  if shape.kind == 'analog':  # noisy bit values in, a noise-level embedding (own keys, so the
+    del p['bit_embed']        # masked head's init is unchanged)
+    k_in, k_t1, k_t2 = jax.random.split(jax.random.fold_in(rng, 1), 3)
+    F = TIME_FEATURES
+    p['bit_in'] = jax.random.normal(k_in, (shape.bits, W), jnp.float32) / math.sqrt(shape.bits)
+    p['time_in'] = jax.random.normal(k_t1, (F, W), jnp.float32) / math.sqrt(F)
+    p['time_out'] = jax.random.normal(k_t2, (W, W), jnp.float32) / math.sqrt(W)
   return p
 
 
@@ -136,8 +167,39 @@ def head_logits(p: Any, cond_BxD: jax.Array, state_BxKxb: jax.Array) -> jax.Arra
   Each slot's input is the sum over its bits of an embedding of (bit index, state), plus a
   slot embedding and the projected condition; then pre-norm layers of bidirectional
   attention among the K slots and a GELU MLP."""
+  if 'bit_embed' not in p:
+    raise ValueError('BitLM: head_logits reads bit states (a masked head); an analog head '
+                     'reads noisy bit values: use analog_logits.')
   onehot = jax.nn.one_hot(state_BxKxb, 3, dtype=jnp.float32)  # [B, K, b, 3]: a matmul, not a
   x = jnp.einsum('BKbs,bsW->BKW', onehot, p['bit_embed'])        # gather (fast gradients)
+  return _trunk(p, cond_BxD, x)
+
+
+def time_features(t_B: jax.Array) -> jax.Array:
+  """[B, TIME_FEATURES] sinusoidal features of noise levels t in [0, 1]."""
+  half = TIME_FEATURES // 2
+  freqs = jnp.exp(-math.log(1000.0) * jnp.arange(half, dtype=jnp.float32) / half)
+  ang = 1000.0 * t_B.astype(jnp.float32)[:, None] * freqs[None]
+  return jnp.concatenate([jnp.sin(ang), jnp.cos(ang)], axis=-1)
+
+
+def analog_logits(p: Any, cond_BxD: jax.Array, x_BxKxb: jax.Array, t_B: jax.Array
+                  ) -> jax.Array:
+  """The analog head: logits [B, K, b] (float32) of P(clean bit = 1) given h_t [B, D], the
+  noisy bit values x_t [B, K, b] (reals; clean bits are -1 / +1) and the noise level t [B].
+
+  Each slot's input is the linear projection of its b values, plus a slot embedding, the
+  projected condition and an MLP of t's sinusoidal features; then the masked head's layers."""
+  if 'bit_in' not in p:
+    raise ValueError('BitLM: analog_logits needs an analog head (params with bit_in).')
+  x = x_BxKxb.astype(jnp.float32) @ p['bit_in']
+  temb = jax.nn.gelu(time_features(t_B) @ p['time_in']) @ p['time_out']
+  return _trunk(p, cond_BxD, x + temb[:, None])
+
+
+def _trunk(p: Any, cond_BxD: jax.Array, x: jax.Array) -> jax.Array:
+  """Slot inputs x [B, K, W] -> bit logits [B, K, b]: slot embedding and projected condition
+  added, pre-norm layers of bidirectional attention among the K slots and a GELU MLP."""
   x = x + p['slot_embed'][None] + (cond_BxD.astype(jnp.float32) @ p['cond'])[:, None]
   i = 0
   while f'layer_{i}' in p:
@@ -163,10 +225,97 @@ def unmask_counts(total: int, steps: int) -> list[int]:
   return [m - n for m, n in zip(marks, [0] + marks[:-1])]
 
 
+def check_steps(shape: HeadShape, steps: int, temperature: float = 0.0) -> int:
+  """`steps` if the head can run it (masked: 1 .. K x b; analog: >= 1, and temperature, its
+  DDIM eta, in [0, 1]); ValueError otherwise."""
+  if shape.kind == 'masked':
+    unmask_counts(shape.block * shape.bits, steps)
+  else:
+    if steps < 1:
+      raise ValueError(f'BitLM (analog head): steps must be >= 1, got {steps}.')
+    if not 0.0 <= temperature <= 1.0:
+      raise ValueError('BitLM (analog head): temperature is the DDIM eta (0 = deterministic, '
+                       f'1 = ancestral DDPM) and must be in [0, 1], got {temperature}.')
+  return steps
+
+
+def analog_schedule(t: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(signal, noise) scales of the cosine schedule at noise level t in [0, 1]:
+  x_t = cos(pi t / 2) x_0 + sin(pi t / 2) eps; t = 0 is clean, t = 1 pure noise."""
+  t = jnp.asarray(t, jnp.float32)
+  return jnp.cos(0.5 * math.pi * t), jnp.sin(0.5 * math.pi * t)
+
+
+def noise_bits(bits: jax.Array, t_N: jax.Array, eps: jax.Array) -> jax.Array:
+  """x_t [N, ...] of clean bits (0/1 -> -1/+1) [N, ...] at noise levels t [N] with standard
+  Gaussian eps [N, ...]."""
+  a, s = analog_schedule(t_N)
+  a, s = a.reshape((-1,) + (1,) * (bits.ndim - 1)), s.reshape((-1,) + (1,) * (bits.ndim - 1))
+  return a * (2.0 * bits.astype(jnp.float32) - 1.0) + s * eps
+
+
+def analog_times(steps: int) -> jax.Array:
+  """[steps + 1] the sampler's noise levels, 1 = t_0 > t_1 > ... > t_steps = 0 (uniform)."""
+  return 1.0 - jnp.arange(steps + 1, dtype=jnp.float32) / steps
+
+
+def ddim_update(x: jax.Array, logits: jax.Array, t: jax.Array, t_next: jax.Array,
+                eta: float, z: jax.Array) -> jax.Array:
+  """One DDIM update from noise level t to t_next < t (scalars): the head's clean estimate
+  x0 = E[+-1 bit] = tanh(logit / 2), eps = (x - a x0) / s, then
+  x' = a' x0 + sqrt(s'^2 - sigma^2) eps + sigma z, sigma = eta s'/s sqrt(1 - a^2/a'^2)
+  (eta 0: deterministic DDIM; 1: ancestral DDPM). At t_next = 0, x' = x0."""
+  a, s = analog_schedule(t)
+  a2, s2 = analog_schedule(t_next)
+  x0 = jnp.tanh(0.5 * logits)
+  eps = (x - a * x0) / s
+  sigma = eta * s2 / s * jnp.sqrt(jnp.maximum(1.0 - (a / a2) ** 2, 0.0))
+  return a2 * x0 + jnp.sqrt(jnp.maximum(s2 ** 2 - sigma ** 2, 0.0)) * eps + sigma * z
+
+
+def denoise_analog(p: Any, cond_BxD: jax.Array, steps: int, vocab_size: int, *,
+                   temperature: float = 0.0, keys_B: jax.Array | None = None
+                   ) -> tuple[jax.Array, jax.Array]:
+  """The analog head's block: x_{t_0} ~ N(0, I) [K, b] per row from fold_in(keys_B[b], 0),
+  then `steps` head calls, each a `ddim_update` from t_s to t_{s+1} (`analog_times`) with
+  eta = temperature (its fresh noise from fold_in(keys_B[b], s + 1)). The last update lands
+  on t = 0, where x is the head's last clean estimate: the bits are the signs of its last
+  logits, and codes >= V are replaced by `valid_ids` under those logits. Temperature 0 is
+  deterministic given the row keys (the starting noise is always drawn).
+
+  Returns (ids [B, K] int32, all < V; bits [B, K, b] before the invalid-code rule)."""
+  _, logits = analog_sample(p, cond_BxD, steps, temperature=temperature, keys_B=keys_B)
+  bits = (logits > 0).astype(jnp.int32)
+  return valid_ids(decode_bits(bits), logits, vocab_size), bits
+
+
+def analog_sample(p: Any, cond_BxD: jax.Array, steps: int, *, temperature: float,
+                  keys_B: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+  """`denoise_analog`'s DDIM loop: (x at noise level 0 [B, K, b], the last head logits
+  [B, K, b]); x = tanh(last logits / 2)."""
+  shape = head_shape(p)
+  check_steps(shape, steps, temperature)
+  if keys_B is None:
+    raise ValueError('BitLM (analog head): sampling starts from per-row noise; pass keys_B.')
+  B, K, nb = cond_BxD.shape[0], shape.block, shape.bits
+  ts = analog_times(steps)
+  normal = lambda i: jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i), (K, nb)))(
+      keys_B)
+
+  def step(s, carry):
+    x, _ = carry
+    logits = analog_logits(p, cond_BxD, x, jnp.full((B,), ts[s]))
+    z = normal(s + 1) if temperature else jnp.zeros_like(x)
+    return ddim_update(x, logits, ts[s], ts[s + 1], temperature, z), logits
+
+  return jax.lax.fori_loop(0, steps, step, (normal(0), jnp.zeros((B, K, nb), jnp.float32)))
+
+
 def denoise_block(p: Any, cond_BxD: jax.Array, steps: int, vocab_size: int, *,
                   temperature: float = 0.0, keys_B: jax.Array | None = None
                   ) -> tuple[jax.Array, jax.Array]:
-  """Fills a block's K x b bits from all-masked in `steps` head calls.
+  """Fills a block's K x b bits in `steps` head calls: an analog head runs `denoise_analog`;
+  a masked one starts from all-masked, as follows.
 
   Each step the head scores every bit; a value is drawn per masked bit (greedy: logit > 0;
   else Bernoulli(sigmoid(logit / temperature)) with keys_B[b] folded with the step) and the
@@ -177,6 +326,9 @@ def denoise_block(p: Any, cond_BxD: jax.Array, steps: int, vocab_size: int, *,
   Returns (ids [B, K] int32, all < V; bits [B, K, b] before the invalid-code rule).
   """
   shape = head_shape(p)
+  if shape.kind == 'analog':
+    return denoise_analog(p, cond_BxD, steps, vocab_size, temperature=temperature,
+                          keys_B=keys_B)
   B, K, nb = cond_BxD.shape[0], shape.block, shape.bits
   M = K * nb
   counts = jnp.asarray(unmask_counts(M, steps), jnp.int32)

@@ -4,10 +4,14 @@ Prefill runs the prompt through the causal backbone into its KV cache; the hidde
 each row's last prompt token conditions the head. Each loop step then:
 
   1. the head fills the next block's K x b bits in `steps` denoising calls
-     (`models.bitlm.denoise_block`: per step the most confident masked bits are committed;
-     greedy = logit > 0, or Bernoulli(sigmoid(logit / temperature)) under sampling); codes
-     >= V are replaced by the valid id the bit logits like best (`valid_ids`), so no id >= V
-     is ever emitted;
+     (`models.bitlm.denoise_block`). A masked head (the default): per step the most
+     confident masked bits are committed; greedy = logit > 0, or
+     Bernoulli(sigmoid(logit / temperature)) under sampling. An analog head (the paper's):
+     DDIM from Gaussian noise drawn from the block's key, over `steps` noise levels from 1
+     to 0, bits = signs of the last clean estimate; temperature is DDIM's eta (0:
+     deterministic updates, the output still a function of the starting noise, i.e. of the
+     row key; 1: ancestral DDPM; above 1 refused). Either way codes >= V are replaced by the
+     valid id the last bit logits like best (`valid_ids`), so no id >= V is ever emitted;
   2. the block is cut at the first EOS and at the row's budget and committed;
   3. the backbone runs once over the committed tokens (positions after the row's last token,
      K entries into the cache) and its hidden state at the block's last token conditions the
@@ -18,9 +22,11 @@ step's the next; the last step's is not needed and not counted), so tokens per b
 forward = K but for a short last block or an EOS, where `ar` counts one per token (its
 prefill included). Head calls: `steps` per block (`other_forwards`). KV entries per token: one per layer, as `ar`.
 Lossy: a different model from an AR model, no AR reference. Greedy decoding is deterministic
-and batch-invariant; with sampling, row b's block n draws from fold_in(row key b, n).
+and batch-invariant (with an analog head, given the row keys); with sampling (and the analog
+head's starting noise), row b's block n draws from fold_in(row key b, n).
 
-Settings: `steps` head calls per block (1 .. K x b; 0 = b, i.e. K bits per call on average).
+Settings: `steps` head calls per block (masked: 1 .. K x b; analog: >= 1; 0 = b, i.e. K bits
+per call on average for the masked head). The head's kind is read from its params.
 Sampling: temperature only (top-k / top-p / min-p have no meaning over independent bits and
 are refused).
 """
@@ -78,9 +84,9 @@ class BitLMDecoder(base.Decoder):
                        'do not apply (use temperature only).')
 
   def block_steps(self, shape: bitlm_lib.HeadShape) -> int:
-    steps = self.steps or shape.bits
-    bitlm_lib.unmask_counts(shape.block * shape.bits, steps)  # ValueError when out of range
-    return steps
+    # ValueError when out of range for the head's kind (or, analog, temperature > 1)
+    return bitlm_lib.check_steps(shape, self.steps or shape.bits,
+                                 float(self.sampling.temperature))
 
   def generate(self, models: base.Models, params: dict[str, Any], prompt_BxP: jax.Array,
                prompt_len_B: jax.Array, row_keys_B: jax.Array, *, max_new_tokens: int,

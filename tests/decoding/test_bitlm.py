@@ -1,6 +1,7 @@
 """BitLM: the bit code, the invalid-code rule, the decoder against an uncached reference
-(ragged batch), its degenerate one-step setting against the head's greedy per-token choice,
-the objective against hand-computed values, and clear errors."""
+(ragged batch; masked and analog heads), its degenerate one-step setting against the head's
+greedy per-token choice, the analog sampler against a hand-written DDIM loop, both objectives
+against hand-computed values, and clear errors."""
 
 import math
 
@@ -11,6 +12,7 @@ import pytest
 
 from testlib import small_config
 from decoding import Models, SamplingConfig, registry, run_decoder
+from decoding.diffusion import bitlm as decoder_lib
 from models import Transformer, init_params
 from models import bitlm as bitlm_lib
 from models.kind import ModelKind
@@ -22,11 +24,11 @@ PAD = 0
 PROMPTS = [[1, 5, 9, 3], [2, 7], [4, 4, 8, 1, 6, 2, 9, 11, 3, 5], [3]]
 
 
-def _lm(block, seed=0):
+def _lm(block, seed=0, kind='masked'):
   cfg = small_config(vocab_size=V, init_std=0.3)
   model = Transformer(cfg)
   shape = bitlm_lib.HeadShape(block=block, bits=bitlm_lib.num_bits(V), width=16, layers=1,
-                              heads=2, mlp=32, cond=cfg.d_model)
+                              heads=2, mlp=32, cond=cfg.d_model, kind=kind)
   head = bitlm_lib.init_head(shape, jax.random.key(seed + 1))
   head = {**head, 'out': head['out'] * 6.0}  # peaked, varied confidences
   return model, {'target': init_params(model, jax.random.key(seed)), 'bitlm': head}
@@ -39,18 +41,23 @@ def _run(model, params, spec, prompts=PROMPTS, n=9, sampling=None, eos=-1, batch
                      batch_size=batch_size)
 
 
-def _uncached(model, params, prompt, n, steps):
+def _uncached(model, params, prompt, n, steps, row=0):
   """The decoder's loop without a cache: the full backbone over prompt + tokens so far (right
   padded to a fixed width: causal, so the padding changes nothing before it), the head on the
-  newest token's hidden state, K tokens appended, until n tokens."""
+  newest token's hidden state, K tokens appended, until n tokens. Block keys as the decoder
+  documents them (row key fold_in(key(0), row), then the salt and the tokens so far; only the
+  analog head reads them at temperature 0)."""
   @jax.jit
-  def block(x_1xT, i):
+  def block(x_1xT, i, key):
     h = model.apply({'params': params['target']}, x_1xT).last_hidden_BxTxD[:, i]
-    return bitlm_lib.denoise_block(params['bitlm'], h, steps, V)[0][0]
+    return bitlm_lib.denoise_block(params['bitlm'], h, steps, V, keys_B=key[None])[0][0]
 
+  row_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), row), decoder_lib._SALT)
   out = list(prompt)
   while len(out) - len(prompt) < n:
-    out += [int(t) for t in block(jnp.asarray([out + [PAD] * (32 - len(out))]), len(out) - 1)]
+    key = jax.random.fold_in(row_key, len(out) - len(prompt))
+    out += [int(t) for t in block(jnp.asarray([out + [PAD] * (32 - len(out))]), len(out) - 1,
+                                  key)]
   return out[len(prompt):len(prompt) + n]
 
 
@@ -75,12 +82,14 @@ def test_the_bit_code_round_trips_every_id_and_marks_invalid_codes():
   assert (np.asarray(raw) >= V).any() and (np.asarray(got) < V).all()
 
 
-@pytest.mark.parametrize('block, steps', [(3, 4), (1, 6)])
-def test_cached_block_decoding_equals_the_uncached_reference_in_a_ragged_batch(block, steps):
-  model, params = _lm(block)
+@pytest.mark.parametrize('block, steps, kind', [(3, 4, 'masked'), (1, 6, 'masked'),
+                                               (3, 4, 'analog'), (2, 60, 'analog')])
+def test_cached_block_decoding_equals_the_uncached_reference_in_a_ragged_batch(block, steps,
+                                                                                 kind):
+  model, params = _lm(block, kind=kind)
   rows, stats = _run(model, params, f'bitlm:steps={steps}')
-  for prompt, row in zip(PROMPTS, rows):
-    assert row.tokens == _uncached(model, params, prompt, 9, steps)
+  for i, (prompt, row) in enumerate(zip(PROMPTS, rows)):
+    assert row.tokens == _uncached(model, params, prompt, 9, steps, row=i)
   assert not stats.lossless
   r = rows[0]
   assert r.target_forwards == math.ceil(9 / block)  # prefill + one per block but the last
@@ -113,8 +122,9 @@ def test_one_denoising_step_is_the_heads_greedy_per_token_choice():
   assert hit_invalid  # the MSB bias makes the raw argmax code invalid somewhere
 
 
-def test_no_id_at_or_above_the_vocabulary_and_sampling_is_batch_invariant():
-  model, params = _lm(2)
+@pytest.mark.parametrize('kind', ['masked', 'analog'])
+def test_no_id_at_or_above_the_vocabulary_and_sampling_is_batch_invariant(kind):
+  model, params = _lm(2, kind=kind)
   # Bias every bit towards 1: raw codes are mostly 63 (invalid).
   params['bitlm'] = {**params['bitlm'], 'out_bias': jnp.full((6,), 3.0)}
   sampling = SamplingConfig(temperature=1.0)
@@ -124,6 +134,48 @@ def test_no_id_at_or_above_the_vocabulary_and_sampling_is_batch_invariant():
   assert [r.tokens for r in alone] == [r.tokens for r in rows]
   greedy, _ = _run(model, params, 'bitlm:steps=3')
   assert all(0 <= t < V for r in greedy for t in r.tokens)
+  alone, _ = _run(model, params, 'bitlm:steps=3', batch_size=1)
+  assert [r.tokens for r in alone] == [r.tokens for r in greedy]
+
+
+@pytest.mark.parametrize('eta', [0.0, 1.0])
+def test_the_analog_sampler_is_a_ddim_loop_ending_at_noise_level_zero(eta):
+  """denoise_block with an analog head against DDIM written out by hand: x from N(0, I) per
+  row key, head called at t = 1, 1 - 1/S, ..., 1/S; the last update lands on t = 0, where x
+  is the clean estimate tanh(logit / 2) and the bits are the signs of the last logits."""
+  S, K, B = 5, 3, 4
+  ts = np.asarray(bitlm_lib.analog_times(S))
+  np.testing.assert_allclose(ts, [1.0, 0.8, 0.6, 0.4, 0.2, 0.0], atol=1e-7)
+  a0, s0 = bitlm_lib.analog_schedule(0.0)
+  a1, s1 = bitlm_lib.analog_schedule(1.0)
+  assert (float(a0), float(s0)) == (1.0, 0.0) and abs(float(a1)) < 1e-6 and float(s1) == 1.0
+  _, params = _lm(K, seed=2, kind='analog')
+  head = params['bitlm']
+  cond = jax.random.normal(jax.random.key(7), (B, head['cond'].shape[0]))
+  keys = jax.random.split(jax.random.key(8), B)
+  head = {**head, 'bit_in': head['bit_in'] * 4.0}  # the logits follow the noisy input
+  ids, bits = bitlm_lib.denoise_block(head, cond, S, V, temperature=eta, keys_B=keys)
+  x_got, l_got = bitlm_lib.analog_sample(head, cond, S, temperature=eta, keys_B=keys)
+  draw = lambda i: np.stack([np.asarray(jax.random.normal(jax.random.fold_in(k, i), (K, 6)))
+                             for k in keys]).astype(np.float64)
+  x = draw(0)
+  for s in range(S):
+    t, t2 = ts[s], ts[s + 1]
+    l = np.asarray(bitlm_lib.analog_logits(head, cond, jnp.asarray(x, jnp.float32),
+                                           jnp.full((B,), t)), np.float64)
+    a, sd = math.cos(math.pi * t / 2), math.sin(math.pi * t / 2)
+    a2, sd2 = math.cos(math.pi * t2 / 2), math.sin(math.pi * t2 / 2)
+    x0 = np.tanh(l / 2)
+    eps = (x - a * x0) / sd
+    sigma = eta * sd2 / sd * math.sqrt(max(1 - (a / a2) ** 2, 0.0))
+    x = a2 * x0 + math.sqrt(max(sd2 ** 2 - sigma ** 2, 0.0)) * eps + sigma * draw(s + 1)
+  np.testing.assert_allclose(l_got, l, rtol=1e-3, atol=1e-3)  # the same trajectory
+  np.testing.assert_allclose(x, np.tanh(l / 2), atol=1e-6)  # noise level 0 at the last step
+  np.testing.assert_allclose(x_got, x, atol=1e-3)
+  np.testing.assert_array_equal(bits, (l > 0).astype(np.int32))
+  raw = bitlm_lib.decode_bits(jnp.asarray(l > 0, jnp.int32))
+  np.testing.assert_array_equal(ids, bitlm_lib.valid_ids(raw, jnp.asarray(l, jnp.float32), V))
+  assert np.asarray(ids).max() < V
 
 
 def test_eos_ends_a_row_inside_a_block():
@@ -164,13 +216,48 @@ def test_the_objective_equals_hand_computed_values():
   assert 0 < float(metrics['mask_frac']) < 1
 
 
-def test_the_objective_trains_backbone_and_head_from_the_config():
+def test_the_analog_objective_equals_hand_computed_values():
+  # Logits 0: each bit costs log 2 whatever its value; K = 2, b = 3 -> 6 log 2 / K per token.
+  got = objective_lib.analog_block_loss(jnp.zeros((1, 2, 3)), jnp.asarray([[[0, 1, 1], [1, 0, 0]]]))
+  np.testing.assert_allclose(got, [3 * math.log(2)], rtol=1e-6)
+  # Noising: t = 0 gives the clean +-1 bits, t = 1 the noise.
+  bits, e = jnp.asarray([[1, 0, 1]]), jnp.asarray([[0.3, -2.0, 0.5]])
+  np.testing.assert_allclose(bitlm_lib.noise_bits(bits, jnp.zeros(1), e), [[1, -1, 1]])
+  np.testing.assert_allclose(bitlm_lib.noise_bits(bits, jnp.ones(1), e), e, atol=1e-6)
+  # The full loss against a loop over blocks and bits (same noise draws).
+  model, params = _lm(2, kind='analog')
+  head = params['bitlm']
+  tokens = jnp.asarray([[3, 9, 4, 39, 7, 2], [1, 1, 0, 5, 33, 8]])
+  hidden = model.apply({'params': params['target']}, tokens[:, :-1]).last_hidden_BxTxD
+  rng = jax.random.key(5)
+  loss, metrics = objective_lib.block_loss(head, hidden, tokens, rng, eps=1e-3)
+  t, noise = objective_lib.draw_analog_noise(rng, (2 * 4, 2, 6))
+  t, noise = np.asarray(t, np.float64), np.asarray(noise, np.float64)
+  total = []
+  for b in range(2):
+    for s in range(4):
+      i = b * 4 + s
+      block = [int(tokens[b, s + 1 + k]) for k in range(2)]
+      bits = np.array([[(v >> (5 - j)) & 1 for j in range(6)] for v in block])
+      x = math.cos(math.pi * t[i] / 2) * (2 * bits - 1) + math.sin(math.pi * t[i] / 2) * noise[i]
+      l = np.asarray(bitlm_lib.analog_logits(head, hidden[b, s][None],
+                                             jnp.asarray(x, jnp.float32)[None],
+                                             jnp.asarray([t[i]], jnp.float32)))[0]
+      bce = np.where(bits == 1, np.log1p(np.exp(-l)), np.log1p(np.exp(l)))
+      total.append(np.sum(bce) / 2)
+  np.testing.assert_allclose(float(loss), np.mean(total), rtol=1e-5)
+  assert 0 < float(metrics['t_mean']) < 1 and 0 <= float(metrics['bit_acc']) <= 1
+
+
+@pytest.mark.parametrize('arg, kind', [('test', 'masked'), ('test,head=analog', 'analog')])
+def test_the_objective_trains_backbone_and_head_from_the_config(arg, kind):
   import configs.bitlm  # pylint: disable=g-import-not-at-top
-  cfg = configs.bitlm.get_config('test')
+  cfg = configs.bitlm.get_config(arg)
   model = Transformer(small_config(vocab_size=259))
   objective = make_objective('bitlm', model, cfg)
   params = {'model': init_params(model, jax.random.key(0)), **objective.extras(jax.random.key(1))}
-  assert bitlm_lib.head_shape(params['bitlm']).bits == 9
+  shape = bitlm_lib.head_shape(params['bitlm'])
+  assert shape.bits == 9 and shape.kind == kind
   batch = {'tokens': jax.random.randint(jax.random.key(2), (2, 33), 0, 259)}
   (loss, _), g = jax.jit(jax.value_and_grad(objective.loss_fn, has_aux=True))(
       params, batch, jax.random.key(3))
@@ -200,3 +287,31 @@ def test_clear_errors():
     objective_lib.block_targets(jnp.zeros((1, 6), jnp.int32), 8)
   with pytest.raises(ValueError, match='width 10 is not a multiple'):
     bitlm_lib.HeadShape(block=2, bits=6, width=10, layers=1, heads=4, mlp=8, cond=4)
+
+
+def test_clear_errors_of_the_head_setting():
+  import configs.bitlm  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="head kind must be one of .*'gauss'"):
+    bitlm_lib.HeadShape(block=2, bits=6, width=8, layers=1, heads=2, mlp=8, cond=4,
+                        kind='gauss')
+  with pytest.raises(ValueError, match="head must be 'masked' or 'analog'"):
+    configs.bitlm.get_config('tiny,head=gauss')
+  with pytest.raises(ValueError, match='options are a block size'):
+    configs.bitlm.get_config('tiny,analog')
+  cfg = configs.bitlm.get_config('test')
+  cfg.unlock()
+  cfg.bitlm.head = 'gauss'
+  with pytest.raises(ValueError, match='head kind must be one of'):
+    make_objective('bitlm', Transformer(small_config(vocab_size=V)), cfg)
+  model, params = _lm(2, kind='analog')
+  D = params['bitlm']['cond'].shape[0]
+  with pytest.raises(ValueError, match=r'eta.*must be in \[0, 1\]'):
+    _run(model, params, 'bitlm:steps=3', sampling=SamplingConfig(temperature=1.5))
+  with pytest.raises(ValueError, match='use analog_logits'):
+    bitlm_lib.head_logits(params['bitlm'], jnp.zeros((1, D)), jnp.zeros((1, 2, 6), jnp.int32))
+  with pytest.raises(ValueError, match='pass keys_B'):
+    bitlm_lib.denoise_block(params['bitlm'], jnp.zeros((1, D)), 3, V)
+  _, masked = _lm(2)
+  with pytest.raises(ValueError, match='needs an analog head'):
+    bitlm_lib.analog_logits(masked['bitlm'], jnp.zeros((1, D)), jnp.zeros((1, 2, 6)),
+                            jnp.zeros((1,)))

@@ -12,12 +12,24 @@ independently with probability r, and
 in nats per token. Its expectation over r and the masks is an upper bound on
 -log p(x_{t+1..t+K} | x_<=t) / K under the head's diffusion model (MDLM's ELBO; the bound
 also pays for any mass on invalid codes), so it compares with an AR model's next-token loss.
-The loss is the mean over blocks (with `starts` > 0, over a random `starts` block
-starts per row: the same mean in expectation, at a fraction of the head's cost). Metrics: `loss` (the bound, nats/token), `bit_acc` (masked
-bits predicted right), `mask_frac`.
 
-Config section `bitlm`: block (K), head_width, head_layers, head_heads, head_mlp, eps,
-starts (0 = every block start).
+With `head='analog'` (continuous analog-bit diffusion, models/bitlm.py): per block draw a
+noise level t ~ U(0, 1) and eps ~ N(0, I) [K, b], noise the +-1 bits with the cosine schedule
+(x_t = cos(pi t / 2) x_0 + sin(pi t / 2) eps) and
+
+  loss_block = sum over all bits of BCE(head logit given x_t and t, true bit) / K
+
+in nats per token: the clean-bit cross-entropy averaged over noise levels (its sigmoid gives
+E[x_0 | x_t], the x0 estimate the DDIM sampler uses). It is not a bound on the NLL.
+
+The loss is the mean over blocks (with `starts` > 0, over a random `starts` block starts per
+row: the same mean in expectation, at a fraction of the head's cost). Metrics: `loss` (nats
+per token), `bit_acc` (masked bits, or with the analog head all bits, predicted right),
+`mask_frac` (masked head) or `t_mean` (analog head).
+
+Config section `bitlm`: head ('masked' or 'analog'; absent = 'masked'), block (K),
+head_width, head_layers, head_heads, head_mlp, eps (masked head only), starts (0 = every
+block start).
 """
 
 from __future__ import annotations
@@ -30,12 +42,13 @@ from models import bitlm as bitlm_lib
 from models import transformer as transformer_lib
 from training.objectives.registry import Objective, register
 
-KEYS = ('block', 'head_width', 'head_layers', 'head_heads', 'head_mlp', 'eps', 'starts')
+KEYS = ('head', 'block', 'head_width', 'head_layers', 'head_heads', 'head_mlp', 'eps', 'starts')
 
 
 def head_shape(model: transformer_lib.Transformer, config: ml_collections.ConfigDict
                ) -> tuple[bitlm_lib.HeadShape, float]:
-  """(the head's shape, eps) from config.bitlm; ValueError on a missing section or bad value."""
+  """(the head's shape and kind, eps) from config.bitlm; ValueError on a missing section or
+  bad value."""
   if config is None or 'bitlm' not in config:
     raise ValueError("Objective 'bitlm' reads a `bitlm` config section (block, head_width, "
                      '...): use configs/bitlm.py.')
@@ -47,7 +60,8 @@ def head_shape(model: transformer_lib.Transformer, config: ml_collections.Config
     raise ValueError(f'bitlm.eps must be in (0, 1), got {s.eps}.')
   shape = bitlm_lib.HeadShape(
       block=s.block, bits=bitlm_lib.num_bits(model.cfg.vocab_size), width=s.head_width,
-      layers=s.head_layers, heads=s.head_heads, mlp=s.head_mlp, cond=model.cfg.d_model)
+      layers=s.head_layers, heads=s.head_heads, mlp=s.head_mlp, cond=model.cfg.d_model,
+      kind=bitlm_lib.check_head_kind(s.get('head', 'masked')))
   if s.get('starts', 0) < 0:
     raise ValueError(f'bitlm.starts must be >= 0 (0 = every block start), got {s.starts}.')
   return shape, float(s.eps)
@@ -85,6 +99,20 @@ def draw_noise(rng: jax.Array, shape_NxKxb: tuple[int, ...], eps: float
   return r, masked
 
 
+def draw_analog_noise(rng: jax.Array, shape_NxKxb: tuple[int, ...]
+                      ) -> tuple[jax.Array, jax.Array]:
+  """(t [N] ~ U(0, 1), eps [N, K, b] ~ N(0, I)): the analog head's noise per block."""
+  k_t, k_e = jax.random.split(rng)
+  return jax.random.uniform(k_t, shape_NxKxb[:1]), jax.random.normal(k_e, shape_NxKxb)
+
+
+def analog_block_loss(logits_NxKxb: jax.Array, bits_NxKxb: jax.Array) -> jax.Array:
+  """[N] the analog head's loss per block: sum over bits of BCE(logit, bit) / K."""
+  l = logits_NxKxb.astype(jnp.float32)
+  bce = jnp.where(bits_NxKxb == 1, -jax.nn.log_sigmoid(l), -jax.nn.log_sigmoid(-l))
+  return jnp.sum(bce, axis=(1, 2)) / bits_NxKxb.shape[1]
+
+
 def pick_starts(rng: jax.Array, shape_BxN: tuple[int, int], starts: int) -> jax.Array:
   """[B, starts] distinct block starts per row, uniformly at random, sorted."""
   u = jax.random.uniform(rng, shape_BxN)
@@ -107,9 +135,15 @@ def block_loss(head_params, hidden_BxTxD: jax.Array, tokens_BxT1: jax.Array, rng
     cond_BxNxD = jnp.take_along_axis(cond_BxNxD, pick_BxS[..., None], axis=1)
   B, N, _ = targets_BxNxK.shape
   bits = bitlm_lib.encode_bits(targets_BxNxK, nb).reshape(B * N, K, nb)
+  cond = cond_BxNxD.reshape(B * N, -1)
+  if shape.kind == 'analog':
+    t, noise = draw_analog_noise(rng, (B * N, K, nb))
+    logits = bitlm_lib.analog_logits(head_params, cond, bitlm_lib.noise_bits(bits, t, noise), t)
+    loss = jnp.mean(analog_block_loss(logits, bits))
+    bit_acc = jnp.mean((logits > 0) == (bits == 1))
+    return loss, {'loss': loss, 'bit_acc': bit_acc, 't_mean': jnp.mean(t)}
   r, masked = draw_noise(rng, (B * N, K, nb), eps)
   state = jnp.where(masked, bitlm_lib.MASKED, bits)
-  cond = cond_BxNxD.reshape(B * N, -1)
   logits = bitlm_lib.head_logits(head_params, cond, state)
   bound = block_bound(logits, bits, masked, r)
   loss = jnp.mean(bound)
@@ -120,7 +154,8 @@ def block_loss(head_params, hidden_BxTxD: jax.Array, tokens_BxT1: jax.Array, rng
 
 @register('bitlm')
 def bitlm(model: transformer_lib.Transformer, config: ml_collections.ConfigDict) -> Objective:
-  """Backbone + bitwise diffusion head from scratch (see the module docstring)."""
+  """Backbone + bitwise diffusion head (masked or analog) from scratch (see the module
+  docstring)."""
   shape, eps = head_shape(model, config)
   starts = int(config.bitlm.get('starts', 0))
 
