@@ -69,6 +69,9 @@ def ladder(gamma: int, *, with_ar: bool) -> tuple[int, ...]:
 def with_chain_length(d: drafter_lib.Drafter, gamma: int) -> drafter_lib.Drafter:
   """The same drafter drafting a chain of `gamma` tokens (a drafter with a `state_nodes`
   field keeps the per-node state of its longest chain, so that all lengths share it)."""
+  if not getattr(d, 'shares_state_across_lengths', True):
+    raise ValueError(f'The {d.kind!r} drafter keeps a state that depends on its chain '
+                     'length, so its draft length cannot change per step (adaptive=0).')
   fields = {f.name for f in dataclasses.fields(d)}
   keep = {'state_nodes': max(d.max_nodes, d.state_nodes)} if 'state_nodes' in fields else {}
   if isinstance(d, drafter_lib.ChainDrafter):

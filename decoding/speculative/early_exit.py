@@ -62,6 +62,8 @@ class ExitState:
 class EarlyExitDrafter(drafter_lib.ChainDrafter):
   """See module docstring. `exits` has one layer (LayerSkip/Kangaroo) or several (DEL)."""
   kind: ClassVar[str] = 'early_exit'
+  # Its per-node hidden states are sized by gamma: no adaptive length (refused at build).
+  shares_state_across_lengths: ClassVar[bool] = False
   exits: tuple[int, ...] = (1,)
   gamma: int = 4
   stop_below: float = 0.0

@@ -12,6 +12,7 @@ import pytest
 from testlib import small_config
 from decoding import Models, registry, run_decoder
 from decoding.speculative import adaptive
+from decoding.speculative import early_exit
 from models import Transformer, init_params
 
 V = 48
@@ -117,7 +118,7 @@ def test_measured_costs_are_relative_and_non_decreasing(lm):
       registry.build('prompt_lookup')  # non-adaptive decoders measure nothing
 
 
-def test_bad_settings_give_clear_errors(lm):
+def test_bad_settings_give_clear_errors(lm, monkeypatch):
   models, params = lm
   with pytest.raises(ValueError, match='drafts a tree'):
     registry.build('token_recycling', dict(adaptive=True))
@@ -125,6 +126,11 @@ def test_bad_settings_give_clear_errors(lm):
     registry.build('prompt_lookup', dict(costs='1,2'))
   with pytest.raises(ValueError, match='one relative forward cost per chain length'):
     registry.build('prompt_lookup', dict(gamma=2, adaptive=True, costs='1,2'))
+  for name in ('layerskip', 'kangaroo', 'del'):  # refused when the decoder is built
+    with pytest.raises(ValueError, match='depends on its chain length'):
+      registry.build(name, dict(adaptive=True))
+  # A drafter that does not say so is still caught when the loop compares the variants' states.
+  monkeypatch.setattr(early_exit.EarlyExitDrafter, 'shares_state_across_lengths', True)
   with pytest.raises(ValueError, match='depends on its chain length'):
     run_decoder(registry.build('layerskip', dict(exit_layer=1, adaptive=True, costs='1,1,1,1')),
                 models, params, PROMPTS, max_new_tokens=8, cache_size=128, eos_id=-1, pad_id=0)
