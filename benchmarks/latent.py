@@ -133,6 +133,9 @@ class Evaluator:
       out['large_touched_step_fraction'] = _touched_steps(rows, tok.eos_id)
       if name != 'r2r':  # step routers: the share of steps the large model began
         out['large_step_fraction'] = stats.extra['large_steps'] / max(stats.extra['steps'], 1)
+      for key in ('discarded', 'ingested'):  # Arbitrage's drafted judge: its drafts' fate,
+        if f'{key}_tokens' in stats.extra:   # per generated token
+          out[f'{key}_fraction'] = stats.extra[f'{key}_tokens'] / max(stats.generated, 1)
     return out
 
 

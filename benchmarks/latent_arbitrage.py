@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from typing import Any
 
 import jax
@@ -255,39 +254,14 @@ def run(small_dir: str, large_dir: str, task_name: str, rows: int, questions: in
         print(f'  random at the same step fraction: {rnd}', flush=True)
   drafted = {'judge': 'drafted', 'max_step_tokens': step_budget(task)}
   for f, th in zip(fractions, _quantile_thresholds(p_drafted[train], fractions)):
-    r = run_drafted(ev, small_dir, large_dir, {**drafted, 'threshold': th}, drouter)
+    r = ev.run('arbitrage', small_dir, {**drafted, 'threshold': th}, large=large_dir,
+               router=drouter)
     out['curves'].setdefault(DRAFTED, []).append({'target_fraction': f, 'threshold': th, **r})
     print(f'{DRAFTED} @{th:.4g} (target {f}): {r}', flush=True)
   return out
 
 
 DRAFTED = 'arbitrage (drafted)'
-
-
-def run_drafted(ev: latent.Evaluator, small_dir: str, large_dir: str, settings: dict[str, Any],
-                router: dict[str, Any]) -> dict[str, float]:
-  """latent.Evaluator.run for the drafted judge, plus its draft counts per generated token:
-  `discarded_fraction` (drafted tokens thrown away) and `ingested_fraction` (accepted tokens
-  the large model read in one forward per step)."""
-  bench = ev.bench(small_dir)
-  tok = bench.tokenizer
-  prompts = [reasoning.prompt_ids(tok, e) for e in ev.examples]
-  budget = ev.task.max_cot_chars + ev.task.max_answer_chars + 2
-  dec = bench.decoder('arbitrage', settings={**settings, 'large_workdir': large_dir})
-  t0 = time.perf_counter()
-  rows, stats = bench.run_one(dec, prompts, max_new_tokens=budget,
-                              cache_size=ev.task.max_question_chars + 3 + budget + 16, seed=0,
-                              batch_size=ev.batch_size, extra_params={'router': router})
-  answers = [reasoning.parse_answer(tok, r.tokens) for r in rows]
-  n, x = max(stats.generated, 1), stats.extra
-  touched = latent._touched_steps(rows, tok.eos_id)  # pylint: disable=protected-access
-  return {'accuracy': reasoning.accuracy(ev.task, ev.examples, answers),
-          'tokens': float(np.mean([len(r.tokens) for r in rows])),
-          'seconds': time.perf_counter() - t0, 'large_fraction': x['large_tokens'] / n,
-          'large_touched_step_fraction': touched,
-          'large_step_fraction': x['large_steps'] / max(x['steps'], 1),
-          'discarded_fraction': x['discarded_tokens'] / n,
-          'ingested_fraction': x['ingested_tokens'] / n}
 
 
 def _se(acc: float, n: int) -> float:
