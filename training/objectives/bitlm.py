@@ -83,10 +83,15 @@ def block_bound(logits_NxKxb: jax.Array, bits_NxKxb: jax.Array, masked_NxKxb: ja
                 r_N: jax.Array) -> jax.Array:
   """[N] the per-token diffusion bound of each block: sum over masked bits of
   BCE(logit, bit) / r / K (see the module docstring)."""
-  l = logits_NxKxb.astype(jnp.float32)
-  bce = jnp.where(bits_NxKxb == 1, -jax.nn.log_sigmoid(l), -jax.nn.log_sigmoid(-l))
   K = bits_NxKxb.shape[1]
+  bce = bit_bce(logits_NxKxb, bits_NxKxb)
   return jnp.sum(jnp.where(masked_NxKxb, bce, 0.0), axis=(1, 2)) / r_N / K
+
+
+def bit_bce(logits: jax.Array, bits: jax.Array) -> jax.Array:
+  """Elementwise -log P(bit) under P(bit = 1) = sigmoid(logit), in float32 (both heads)."""
+  l = logits.astype(jnp.float32)
+  return jnp.where(bits == 1, -jax.nn.log_sigmoid(l), -jax.nn.log_sigmoid(-l))
 
 
 def draw_noise(rng: jax.Array, shape_NxKxb: tuple[int, ...], eps: float
@@ -108,9 +113,7 @@ def draw_analog_noise(rng: jax.Array, shape_NxKxb: tuple[int, ...]
 
 def analog_block_loss(logits_NxKxb: jax.Array, bits_NxKxb: jax.Array) -> jax.Array:
   """[N] the analog head's loss per block: sum over bits of BCE(logit, bit) / K."""
-  l = logits_NxKxb.astype(jnp.float32)
-  bce = jnp.where(bits_NxKxb == 1, -jax.nn.log_sigmoid(l), -jax.nn.log_sigmoid(-l))
-  return jnp.sum(bce, axis=(1, 2)) / bits_NxKxb.shape[1]
+  return jnp.sum(bit_bce(logits_NxKxb, bits_NxKxb), axis=(1, 2)) / bits_NxKxb.shape[1]
 
 
 def pick_starts(rng: jax.Array, shape_BxN: tuple[int, int], starts: int) -> jax.Array:
