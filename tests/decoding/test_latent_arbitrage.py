@@ -125,8 +125,10 @@ def _by_hand(k, bound, n=10):
 
 def test_drafted_judge_rejects_chosen_steps_as_computed_by_hand(pair):
   """Accepted steps are the small model's greedy step, rejected ones the large model's, and
-  the small model continues after a rejected step as if its draft never existed (a missing
-  cache rollback would leave the draft visible to it)."""
+  the small model continues after a rejected step from the large model's tokens (one not fed
+  them, or a large model that skipped reading accepted drafts, fails this). Not caught here:
+  a missing rollback of the small cache, whose stale draft slots the causal mask hides until
+  they are overwritten (slots are positions), so outputs do not depend on it."""
   k, bound = 3, 4
   out, mask, kinds, discarded = _by_hand(k, bound)
   flat = [x for ks in kinds for x in ks]
