@@ -219,9 +219,9 @@ def measure_decode_pair(method_n, method_1, ar_n, ar_1, params, batches, *, repe
   after a warm-up, each keeps its fastest, and the decode time is t(N) - t(1): the speedup
   `ar_decode_s / decode_s` compares the same tokens after the same prefill. Returns the
   method's summary of the N-token run with decode_s, ar_decode_s, the decode-phase tau
-  (tokens after the first over target forwards after the prefill), the speedup, the AR
-  decode-loop iterations `ar_steps` (so ar_decode_s / ar_steps is one AR step in this window)
-  and `probe_s`: the best time of each of `probes` (see `alternate`), timed in the same turns.
+  (tokens after the first over target forwards after the prefill), the speedup, `ar_step_s`
+  (one AR decode-loop iteration in this window: ar_decode_s / its iterations) and `probe_s`:
+  the best time of each of `probes` (see `alternate`), timed in the same turns.
   """
   ar_params = [{'target': p['target']} for p in per_batch(params, len(batches))]
   best, results = alternate([(method_n[0], params), (method_1[0], params),
@@ -234,7 +234,8 @@ def measure_decode_pair(method_n, method_1, ar_n, ar_1, params, batches, *, repe
   out['decode_tau'] = (out['generated'] - rows) / max(out['target_forwards'] - rows, 1)
   out['speedup'] = out['ar_decode_s'] / max(out['decode_s'], 1e-12)
   out['ar_tokens'] = summarise(results[2], best[2], ar_n[1])['tokens']
-  out['ar_steps'] = loop_steps(results[2]) - loop_steps(results[3])
+  out['ar_step_s'] = out['ar_decode_s'] / max(loop_steps(results[2]) - loop_steps(results[3]),
+                                              1)
   out['probe_s'] = best[4:]
   return out
 

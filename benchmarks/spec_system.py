@@ -165,8 +165,7 @@ def run(args) -> tuple[str, list[dict]]:
         r = harness.measure_decode_pair(fns_n, fns_1, ar_n, ar_1, per_alpha(alpha), batches,
                                         repeats=args.repeats, probes=[probes[T]])
         decode_tokens = r['generated'] - sum(int(p.shape[0]) for p, _, _ in batches)
-        t_ar_row = r['ar_decode_s'] / max(r['ar_steps'], 1)  # this row's window
-        t_fwd_row = r['probe_s'][0]
+        t_ar_row, t_fwd_row = r['ar_step_s'], r['probe_s'][0]  # this row's window
         row = dict(device=device, preset=args.preset, dtype=args.dtype, verifier=name,
                    decoder=dec_name, settings=settings, tokens_per_step=T, alpha=alpha,
                    batch=batch, tau=r['decode_tau'],
