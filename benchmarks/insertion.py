@@ -14,6 +14,14 @@ seen the same rows x steps. Decoders: 'insertion' (one (gap, token) per forward,
 stop signal), 'ar', 'llada' one token per step (confidence order, block = the whole answer).
 Solved = a valid grid that keeps every clue (`sudoku.is_valid_solution`).
 
+star3 (planning, the ILM paper's own task; `--parts=star3`): path-star graphs
+(data/tasks/stargraph.py, degree 3, arms of 4 nodes), the runs RUNS/star3_ilm, star3_ar and
+star3_mdlm (configs/diffusion_tasks.py:star3,KIND) at `--step` (default: the newest step all
+three have), the same three decoders. Solved = the path from the centre to the goal; the
+table adds where answers go wrong (`stargraph.diagnose`): the first step after the centre
+(the one choice that needs planning left to right), and whether the answer follows the edges
+at all. Other parts than the default pair write insertion_<parts>_<device> unless --out.
+
 progression (infilling of unknown length): held-out 7-term arithmetic progressions with 1-3
 whole terms cut from the middle (`infilling.cut_middle`, at least 2 terms kept each side).
   ILM (`progression_ilm`): the partial row is the prompt, 'insertion' with insert_from=1
@@ -43,7 +51,7 @@ from benchmarks import diffusion as diffusion_bench
 from benchmarks import forward_cost
 from data.tasks import exact_match
 from data.tasks import infilling
-from data.tasks import sudoku
+from data.tasks import stargraph
 import workbench
 from workbench import Workbench
 from workdir import checkpoint as checkpoint_lib
@@ -76,11 +84,18 @@ def rate(rows, stats, ok) -> dict:
               forwards=stats.target_forwards, tokens=stats.generated, n=len(ok))
 
 
-def sudoku_part(args) -> list[dict]:
-  paths = {'ILM': os.path.join(args.runs, 'sudoku4_ilm'),
-           'AR': args.ar_run, 'MDLM': args.mdlm_run}
+PLANNING = ('sudoku4', 'star3')  # planning parts: task names (configs/diffusion_tasks.py)
+
+
+def planning_part(args, task_name: str) -> list[dict]:
+  """ILM, AR and MDLM on one planning task at the same training step (module docstring)."""
+  paths = {'ILM': os.path.join(args.runs, f'{task_name}_ilm'),
+           'AR': args.ar_run if task_name == 'sudoku4' else os.path.join(args.runs,
+                                                                         f'{task_name}_ar'),
+           'MDLM': args.mdlm_run if task_name == 'sudoku4' else os.path.join(
+               args.runs, f'{task_name}_mdlm')}
   step = args.step or common_step(list(paths.values()))
-  task = exact_match.get('sudoku4')
+  task = exact_match.get(task_name)
   pairs = exact_match.examples(task, args.examples, seed=args.seed)
   max_new = task.max_answer_chars + 1
   out = []
@@ -92,10 +107,14 @@ def sudoku_part(args) -> list[dict]:
     prompts = [exact_match.prompt_ids(tok, p) for p, _ in pairs]
     dec = bench.decoder(name, settings=settings)
     rows, stats = bench.run_one(dec, prompts, max_new_tokens=max_new, batch_size=64)
-    ok = [sudoku.is_valid_solution(p, tok.decode([t for t in r.tokens if t != tok.eos_id]))
-          for (p, _), r in zip(pairs, rows)]
-    out.append(dict(part='sudoku4', model=label, run=bench.name, step=step, decoder=name,
-                    **rate(rows, stats, ok)))
+    answers = [tok.decode([t for t in r.tokens if t != tok.eos_id]) for r in rows]
+    ok = [task.score(p, a) for (p, _), a in zip(pairs, answers)]
+    extra = {}
+    if task_name == 'star3':  # where the answers go wrong (stargraph.diagnose)
+      diag = [stargraph.diagnose(p, a) for (p, _), a in zip(pairs, answers)]
+      extra = {k: 100.0 * float(np.mean([d[k] for d in diag])) for k in diag[0]}
+    out.append(dict(part=task_name, model=label, run=bench.name, step=step, decoder=name,
+                    **rate(rows, stats, ok), **extra))
     print(out[-1], flush=True)
   return out
 
@@ -186,19 +205,33 @@ def infill_part(args) -> list[dict]:
 
 def report(rows: list[dict], args, name: str) -> str:
   se = lambda r: 100 * np.sqrt(r['solved'] / 100 * (1 - r['solved'] / 100) / r['n'])
-  sud = [r for r in rows if r['part'] == 'sudoku4']
   inf = [r for r in rows if r['part'] == 'infill']
   body = []
-  if sud:
+  for task_name in PLANNING:
+    part = [r for r in rows if r['part'] == task_name]
+    if not part:
+      continue
+    star = task_name == 'star3'
+    what = ('path-star graphs (degree 3, arms of 4 nodes; solved = the path from the centre '
+            'to the goal)' if star else 'puzzles (solved = a valid grid that keeps every clue)')
     body += [
-        f'## sudoku4 (planning), equal training budget\n\n{sud[0]["n"]} held-out puzzles '
-        f'(seed {args.seed}); every model restored at step {sud[0]["step"]} of the same tiny '
+        f'## {task_name} (planning), equal training budget\n\n{part[0]["n"]} held-out {what}, '
+        f'seed {args.seed}; every model restored at step {part[0]["step"]} of the same tiny '
         'preset schedule (same rows x steps, same architecture). Greedy. One training run and '
         'one seed per model.\n',
         common.markdown_table(
-            ['model', 'run', 'decoder', 'solved %', '± (binomial s.e.)', 'forwards / token'],
-            [[r['model'], r['run'], r['decoder'], f"{r['solved']:.1f}", f'{se(r):.1f}',
-              f"{r['forwards_per_token']:.3f}"] for r in sud]), '']
+            ['model', 'run', 'decoder', 'solved %', '± (binomial s.e.)']
+            + (['first step right %', 'follows the edges %'] if star else [])
+            + ['forwards / token'],
+            [[r['model'], r['run'], r['decoder'], f"{r['solved']:.1f}", f'{se(r):.1f}']
+             + ([f"{r['first_step']:.1f}", f"{r['walk']:.1f}"] if star else [])
+             + [f"{r['forwards_per_token']:.3f}"] for r in part]), '']
+    if star:
+      body += ['"first step right": the answer\'s second node is the centre\'s child on the '
+               'goal\'s arm, the one choice that needs planning left to right (a guess among '
+               'the centre\'s 3 children: 1 in 3); "follows the edges": the answer starts at '
+               'the centre and every step is an edge, whichever arm it takes (next-token '
+               'prediction\'s shortcut).\n']
   if inf:
     body += [
         f'## Infilling of unknown length (progression)\n\n{inf[0]["n"]} held-out 7-term '
@@ -228,9 +261,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   ap.add_argument('--runs', default='runs/diffusion')
   ap.add_argument('--ar_run', default='', help='sudoku4 AR run (default RUNS/sudoku4_ar)')
   ap.add_argument('--mdlm_run', default='', help='sudoku4 MDLM run (default RUNS/sudoku4_mdlm)')
-  ap.add_argument('--step', type=int, default=0, help='sudoku4 step (0 = newest shared)')
+  ap.add_argument('--step', type=int, default=0, help='planning parts: the step (0 = the newest all three runs have)')
   ap.add_argument('--infill_step', type=int, default=0, help='progression runs (0 = newest)')
-  ap.add_argument('--parts', default='sudoku4,infill')
+  ap.add_argument('--parts', default='sudoku4,infill',
+                  help=f"comma-separated, from {', '.join(PLANNING)}, infill")
   ap.add_argument('--examples', type=int, default=256)
   ap.add_argument('--seed', type=int, default=0)
   ap.add_argument('--out', default='', help='results name (default insertion_<device>)')
@@ -238,18 +272,21 @@ def parse_args(argv=None) -> argparse.Namespace:
   args.ar_run = args.ar_run or os.path.join(args.runs, 'sudoku4_ar')
   args.mdlm_run = args.mdlm_run or os.path.join(args.runs, 'sudoku4_mdlm')
   args.parts = [p for p in args.parts.split(',') if p]
-  unknown = sorted(set(args.parts) - {'sudoku4', 'infill'})
+  unknown = sorted(set(args.parts) - set(PLANNING) - {'infill'})
   if unknown:
-    ap.error(f'Unknown parts {unknown}; choose from sudoku4, infill.')
-  args.out = args.out or f'insertion_{forward_cost.device_tag()}'
+    ap.error(f"Unknown parts {unknown}; choose from {', '.join(PLANNING)}, infill.")
+  default_parts = args.parts == ['sudoku4', 'infill']  # other parts: a file of their own
+  args.out = args.out or '_'.join(['insertion'] + ([] if default_parts else args.parts)
+                                  + [forward_cost.device_tag()])
   return args
 
 
 def main(argv=None) -> str:
   args = parse_args(argv)
   rows = []
-  if 'sudoku4' in args.parts:
-    rows += sudoku_part(args)
+  for task_name in PLANNING:
+    if task_name in args.parts:
+      rows += planning_part(args, task_name)
   if 'infill' in args.parts:
     rows += infill_part(args)
   os.makedirs(common.RESULTS_DIR, exist_ok=True)

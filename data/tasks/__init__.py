@@ -3,7 +3,8 @@
 The registered tasks, imported here so that each registry is complete whichever module is
 imported first (each task module imports only its registry's module):
 
-  exact_match.py   countdown3/4 (countdown.py), infill (infilling.py), sudoku4/9 (sudoku.py)
+  exact_match.py   countdown3/4 (countdown.py), infill (infilling.py), sudoku4/9 (sudoku.py),
+                   star3 (stargraph.py)
   reasoning.py     modsum, multiplication, parity (parity_cot.py), prontoqa, prosqa
   state_tracking.py  group word problems (its own generator table)
   attributes.py    labels of answers (e.g. a progression's step parity) for guided decoding
@@ -18,5 +19,6 @@ from data.tasks import multiplication
 from data.tasks import parity_cot
 from data.tasks import prontoqa
 from data.tasks import prosqa
+from data.tasks import stargraph
 from data.tasks import sudoku
 from data.tasks import attributes

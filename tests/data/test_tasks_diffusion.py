@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from data import tokenizers
-from data.tasks import countdown, exact_match, infilling, iterator, sudoku
+from data.tasks import countdown, exact_match, infilling, iterator, stargraph, sudoku
 
-TASKS = ['sudoku4', 'sudoku9', 'countdown3', 'countdown4', 'infill']
+TASKS = ['sudoku4', 'sudoku9', 'countdown3', 'countdown4', 'infill', 'star3']
 
 
 @pytest.mark.parametrize('name', TASKS)
@@ -50,6 +50,71 @@ def test_countdown_scorer_checks_arithmetic_numbers_and_target():
   assert not ok('3,7,25>46', '7*3=21')              # misses the target
   assert not ok('3,7,25>46', '7*3=21,21+25=46,')    # trailing garbage
   assert not ok('8,3>2', '8/3=2')                   # inexact division
+
+
+def _forward_paths(prompt):
+  """Every node's path from the start, by a forward search over the edges (the generator's
+  and solver's backward walk is not used)."""
+  edges_s, _, (start, _) = prompt.rpartition('=')
+  children = {}
+  for e in edges_s.split(' '):
+    children.setdefault(e[0], []).append(e[1])
+  paths, frontier = {start: start}, [start]
+  while frontier:
+    node = frontier.pop()
+    for c in children.get(node, []):
+      assert c not in paths, prompt  # a tree: every node reached once
+      paths[c] = paths[node] + c
+      frontier.append(c)
+  return children, paths
+
+
+@pytest.mark.parametrize('degree,arm', [(3, 4), (2, 1), (5, 3)])
+def test_star_graphs_are_path_stars_and_the_answer_is_the_path(degree, arm):
+  rng = np.random.default_rng(degree * 10 + arm)
+  goals = set()
+  for _ in range(100):
+    prompt, answer = stargraph.make_star(rng, degree, arm)
+    children, paths = _forward_paths(prompt)
+    start, goal = prompt[-2:]
+    assert len(paths) == 1 + degree * arm and len(set(paths)) == len(paths)
+    assert len(children[start]) == degree     # the centre has `degree` arms ...
+    leaves = [n for n in paths if n not in children]
+    assert len(leaves) == degree and all(len(paths[n]) == arm + 1 for n in leaves)
+    assert all(len(c) == 1 for n, c in children.items() if n != start)  # ... each a path
+    assert goal in leaves and answer == paths[goal] == stargraph.solve(prompt)
+    assert stargraph.is_path(prompt, answer)
+    goals.add(answer[1])
+    # Every other answer fails: the same walk down another arm, a prefix, a missing node.
+    for leaf in leaves:
+      assert stargraph.is_path(prompt, paths[leaf]) == (leaf == goal)
+    assert not stargraph.is_path(prompt, answer[:-1])
+    assert not stargraph.is_path(prompt, answer + answer[-1])
+    if arm > 1:
+      assert not stargraph.is_path(prompt, answer[0] + answer[2:])
+  assert len(goals) > 10  # the letters vary between graphs
+
+
+def test_star_diagnosis_and_bad_input():
+  rng = np.random.default_rng(3)
+  prompt, answer = stargraph.make_star(rng, 3, 4)
+  children, paths = _forward_paths(prompt)
+  start = prompt[-2]
+  other = next(paths[n] for n in paths if len(paths[n]) == 5 and paths[n][1] != answer[1])
+  assert stargraph.diagnose(prompt, answer) == dict(first_step=True, walk=True)
+  assert stargraph.diagnose(prompt, other) == dict(first_step=False, walk=True)
+  unused = next(c for c in stargraph.LABELS if c not in paths)
+  assert stargraph.diagnose(prompt, answer[:3] + unused * 2) == dict(first_step=True,
+                                                                     walk=False)
+  assert stargraph.diagnose(prompt, start + answer[2:]) == dict(first_step=False, walk=False)
+  assert stargraph.solve('ab bc') is None and stargraph.solve('ab cb=ac') is None
+  assert stargraph.solve('ab bc=ad') is None  # the goal is not reached
+  with pytest.raises(ValueError, match='degree >= 2'):
+    stargraph.make_star(rng, 1, 4)
+  with pytest.raises(ValueError, match='labels'):
+    stargraph.make_star(rng, 9, 3)
+  with pytest.raises(ValueError, match='Not a path-star'):
+    stargraph.diagnose('ab', 'a')
 
 
 def test_infilling_is_exact_match():

@@ -1,0 +1,34 @@
+"""benchmarks.insertion: which parts run, where their results go, and how the path-star table
+reads its rows (the decoding itself is tested in tests/decoding/test_insertion.py)."""
+
+import pytest
+
+from benchmarks import common
+from benchmarks import forward_cost
+from benchmarks import insertion
+
+
+def test_parts_and_results_names():
+  dev = forward_cost.device_tag()
+  args = insertion.parse_args([])
+  assert args.parts == ['sudoku4', 'infill'] and args.out == f'insertion_{dev}'
+  # Another selection of parts gets a file of its own instead of overwriting the default's.
+  assert insertion.parse_args(['--parts=star3']).out == f'insertion_star3_{dev}'
+  assert insertion.parse_args(['--parts=star3', '--out=x']).out == 'x'
+  with pytest.raises(SystemExit):
+    insertion.parse_args(['--parts=star4'])
+
+
+def test_star_table_reports_solved_and_where_answers_go_wrong(tmp_path, monkeypatch):
+  monkeypatch.setattr(common, 'RESULTS_DIR', str(tmp_path))
+  monkeypatch.setattr(insertion.diffusion_bench, 'LOADED', {'star3_ar': 'causal'})
+  rows = [dict(part='star3', model=m, run=f'star3_{m.lower()}', step=7, decoder=d, solved=s,
+               forwards_per_token=1.0, forwards=6, tokens=6, n=100, first_step=f, walk=w)
+          for m, d, s, f, w in (('ILM', 'insertion', 91.0, 92.0, 95.0),
+                                ('AR', 'ar', 33.0, 34.0, 99.0))]
+  args = insertion.parse_args(['--parts=star3'])
+  text = open(insertion.report(rows, args, 'star_t')).read()
+  assert '## star3 (planning)' in text and 'step 7' in text and 'sudoku4' not in text
+  assert ('| ILM | star3_ilm | insertion | 91.0 | 2.9 | 92.0 | 95.0 | 1.000 |' in text), text
+  assert '| AR | star3_ar | ar | 33.0 | 4.7 | 34.0 | 99.0 | 1.000 |' in text
+  assert 'first step right %' in text and 'follows the edges %' in text
