@@ -42,6 +42,10 @@
 #              and padded once per call (model.pad_rows=model): what the padding costs a
 #              launch-bound `small`, and whether `base`'s one-token forward then costs what
 #              its two-token one does
+#   star       issue 18's planning comparison at a size the CPU cannot train: path-star graphs
+#              (data/tasks/stargraph.py), ILM, AR and MDLM of preset $STAR_SIZE trained at once
+#              for $STAR_STEPS steps each, then python -m benchmarks.insertion --parts=star3
+#              (on CPU, tiny at 12000 steps, none of the three learns the edge lookups)
 #
 # The calls of issue 19 (each within the 10 minutes of one call on an H200):
 #   bash benchmarks/gpu_suite.sh spec_small,peer              # section 4: real drafters
@@ -103,7 +107,7 @@ if [ "$REHEARSE" = 1 ]; then
   : "${SYSTEM_VERIFIERS:=chain k=4,dynamic tree 8}"
   : "${STEP_PRESET:=test}" "${STEP_ARGS:=--prompts=2 --max_new_tokens=24 --repeats=1}"
   : "${GRAPHS_ARGS:=--prompts=2 --prompt_tokens=64 --max_new_tokens=32 --alphas=0.8 --repeats=1}"
-  : "${FWD_SMALL_PRESETS:=test}"
+  : "${FWD_SMALL_PRESETS:=test}" "${STAR_SIZE:=test}" "${STAR_STEPS:=20}"
   : "${LIMIT_SCALE:=8}"  # toy sizes, but 2 shared CPU cores: every stage limit x 8
   : "${PARALLEL_DRAFTERS:=0}"  # four trainings at once starve on 2 loaded cores
   LOG=${OUT:-$R}/gpu_suite.log
@@ -118,6 +122,7 @@ else
   : "${SYSTEM_ARGS:=--repeats=2 --alphas=0.7,0.8,1.0}"
   : "${STEP_PRESET:=base}" "${STEP_ARGS:=--prompts=4 --max_new_tokens=64 --repeats=3}"
   : "${GRAPHS_ARGS:=--repeats=2 --alphas=0.8}" "${FWD_SMALL_PRESETS:=small,base}"
+  : "${STAR_SIZE:=mem}" "${STAR_STEPS:=8000}"
   LOG=${OUT:-/tmp}/gpu_suite.log
 fi
 LIMIT_SCALE=${LIMIT_SCALE:-1} PARALLEL_DRAFTERS=${PARALLEL_DRAFTERS:-1}
@@ -286,6 +291,17 @@ for s in ${stages//,/ }; do
         --dtype="$SPEC_DTYPE" --methods="draft chain g4,prompt lookup" \
         $( [ -f "$best" ] && echo "--best_from=$best" ) --prompts="$SPEC_PROMPTS" \
         --max_new_tokens="$SPEC_NEW" --repeats="$PEER_REPEATS" --name=$name ${PEER_ARGS:-} ;;
+    star)  # three trainings at once (each checkpoints halfway, so a cut leaves a shared step)
+      star_args="--config.train.steps=$STAR_STEPS --config.train.eval_every=$((STAR_STEPS / 2))"
+      star_args="$star_args --config.train.checkpoint_every=$((STAR_STEPS / 2))"
+      star_args="$star_args --config.train.log_every=$((STAR_STEPS / 10)) --config.train.progress_bar=False"
+      runs=()
+      for k in ilm ar mdlm; do
+        runs+=("$k" "$PY train.py --config=configs/diffusion_tasks.py:star3,$k,$STAR_SIZE --workdir=$w/star3_$k $star_args")
+      done
+      parallel_stage star "${STAR_LIMIT:-300}" "${runs[@]}"
+      stage star_bench "${STAR_BENCH_LIMIT:-90}" $PY -m benchmarks.insertion --parts=star3 \
+        --runs=$w --out=insertion_star3_$( [ "$REHEARSE" = 1 ] && echo rehearsal || echo gpu_h200) ;;
     *) echo "unknown stage $s" ;;
   esac
 done

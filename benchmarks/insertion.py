@@ -216,7 +216,7 @@ def report(rows: list[dict], args, name: str) -> str:
             'to the goal)' if star else 'puzzles (solved = a valid grid that keeps every clue)')
     body += [
         f'## {task_name} (planning), equal training budget\n\n{part[0]["n"]} held-out {what}, '
-        f'seed {args.seed}; every model restored at step {part[0]["step"]} of the same tiny '
+        f'seed {args.seed}; every model restored at step {part[0]["step"]} of the same '
         'preset schedule (same rows x steps, same architecture). Greedy. One training run and '
         'one seed per model.\n',
         common.markdown_table(
