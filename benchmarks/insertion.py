@@ -19,8 +19,8 @@ star3 (planning, the ILM paper's own task; `--parts=star3`): path-star graphs
 star3_mdlm (configs/diffusion_tasks.py:star3,KIND) at `--step` (default: the newest step all
 three have), the same three decoders. Solved = the path from the centre to the goal; the
 table adds where answers go wrong (`stargraph.diagnose`): the first step after the centre
-(the one choice that needs planning left to right), and whether the answer follows the edges
-at all. Other parts than the default pair write insertion_<parts>_<device> unless --out.
+(the one choice that needs planning left to right), whether it follows the edges at all, and
+whether it has the right length, start and goal (copied from the prompt). Other parts than the default pair write insertion_<parts>_<device> unless --out.
 
 progression (infilling of unknown length): held-out 7-term arithmetic progressions with 1-3
 whole terms cut from the middle (`infilling.cut_middle`, at least 2 terms kept each side).
@@ -221,13 +221,15 @@ def report(rows: list[dict], args, name: str) -> str:
         'one seed per model.\n',
         common.markdown_table(
             ['model', 'run', 'decoder', 'solved %', '± (binomial s.e.)']
-            + (['first step right %', 'follows the edges %'] if star else [])
+            + (['ends right %', 'first step right %', 'follows the edges %'] if star else [])
             + ['forwards / token'],
             [[r['model'], r['run'], r['decoder'], f"{r['solved']:.1f}", f'{se(r):.1f}']
-             + ([f"{r['first_step']:.1f}", f"{r['walk']:.1f}"] if star else [])
+             + ([f"{r[k]:.1f}" for k in ('ends', 'first_step', 'walk')] if star else [])
              + [f"{r['forwards_per_token']:.3f}"] for r in part]), '']
     if star:
-      body += ['"first step right": the answer\'s second node is the centre\'s child on the '
+      body += ['"ends right": as many nodes as the path, the first the centre and the last the '
+               'goal (both copied from the prompt; no edge read); '
+               '"first step right": the answer\'s second node is the centre\'s child on the '
                'goal\'s arm, the one choice that needs planning left to right (a guess among '
                'the centre\'s 3 children: 1 in 3); "follows the edges": the answer starts at '
                'the centre and every step is an edge, whichever arm it takes (next-token '

@@ -23,12 +23,13 @@ def test_star_table_reports_solved_and_where_answers_go_wrong(tmp_path, monkeypa
   monkeypatch.setattr(common, 'RESULTS_DIR', str(tmp_path))
   monkeypatch.setattr(insertion.diffusion_bench, 'LOADED', {'star3_ar': 'causal'})
   rows = [dict(part='star3', model=m, run=f'star3_{m.lower()}', step=7, decoder=d, solved=s,
-               forwards_per_token=1.0, forwards=6, tokens=6, n=100, first_step=f, walk=w)
-          for m, d, s, f, w in (('ILM', 'insertion', 91.0, 92.0, 95.0),
-                                ('AR', 'ar', 33.0, 34.0, 99.0))]
+               forwards_per_token=1.0, forwards=6, tokens=6, n=100, ends=e, first_step=f,
+               walk=w)
+          for m, d, s, e, f, w in (('ILM', 'insertion', 91.0, 96.0, 92.0, 95.0),
+                                   ('AR', 'ar', 33.0, 97.0, 34.0, 99.0))]
   args = insertion.parse_args(['--parts=star3'])
   text = open(insertion.report(rows, args, 'star_t')).read()
   assert '## star3 (planning)' in text and 'step 7' in text and 'sudoku4' not in text
-  assert ('| ILM | star3_ilm | insertion | 91.0 | 2.9 | 92.0 | 95.0 | 1.000 |' in text), text
-  assert '| AR | star3_ar | ar | 33.0 | 4.7 | 34.0 | 99.0 | 1.000 |' in text
-  assert 'first step right %' in text and 'follows the edges %' in text
+  assert ('| ILM | star3_ilm | insertion | 91.0 | 2.9 | 96.0 | 92.0 | 95.0 | 1.000 |' in text), text
+  assert '| AR | star3_ar | ar | 33.0 | 4.7 | 97.0 | 34.0 | 99.0 | 1.000 |' in text
+  assert 'ends right %' in text and 'first step right %' in text and 'follows the edges %' in text

@@ -72,17 +72,19 @@ def is_path(prompt: str, answer: str) -> bool:
 
 
 def diagnose(prompt: str, answer: str) -> dict[str, bool]:
-  """Where an answer goes wrong: `first_step` (its second node is the start's child on the
-  goal's arm: the one decision that needs planning left to right) and `walk` (it starts at
-  the start and follows the edges, wherever it ends: what next-token prediction's shortcut
-  gets right even when it picks the wrong arm)."""
+  """Where an answer goes wrong: `ends` (the right length, starting at the start and ending
+  at the goal: both are copied from the prompt, no edge needs reading), `first_step` (its
+  second node is the start's child on the goal's arm: the one decision that needs planning
+  left to right) and `walk` (it starts at the start and follows the edges, wherever it ends:
+  what next-token prediction's shortcut gets right even when it picks the wrong arm)."""
   want = solve(prompt)
   if want is None:
     raise ValueError(f'Not a path-star graph question: {prompt!r}.')
   edges = set(prompt.rpartition('=')[0].split(' '))
   walk = (len(answer) >= 1 and answer[0] == want[0]
           and all(a + b in edges for a, b in zip(answer, answer[1:])))
-  return dict(first_step=answer[:2] == want[:2], walk=walk)
+  ends = len(answer) == len(want) and answer[0] == want[0] and answer[-1] == want[-1]
+  return dict(ends=ends, first_step=answer[:2] == want[:2], walk=walk)
 
 
 def _task(name: str, degree: int, arm: int) -> exact_match.TextTask:

@@ -101,12 +101,16 @@ def test_star_diagnosis_and_bad_input():
   children, paths = _forward_paths(prompt)
   start = prompt[-2]
   other = next(paths[n] for n in paths if len(paths[n]) == 5 and paths[n][1] != answer[1])
-  assert stargraph.diagnose(prompt, answer) == dict(first_step=True, walk=True)
-  assert stargraph.diagnose(prompt, other) == dict(first_step=False, walk=True)
+  assert stargraph.diagnose(prompt, answer) == dict(ends=True, first_step=True, walk=True)
+  assert stargraph.diagnose(prompt, other) == dict(ends=False, first_step=False, walk=True)
   unused = next(c for c in stargraph.LABELS if c not in paths)
-  assert stargraph.diagnose(prompt, answer[:3] + unused * 2) == dict(first_step=True,
+  assert stargraph.diagnose(prompt, answer[:3] + unused * 2) == dict(ends=False,
+                                                                     first_step=True,
                                                                      walk=False)
-  assert stargraph.diagnose(prompt, start + answer[2:]) == dict(first_step=False, walk=False)
+  assert stargraph.diagnose(prompt, answer[:3] + unused + answer[-1]) == dict(
+      ends=True, first_step=True, walk=False)
+  assert stargraph.diagnose(prompt, start + answer[2:]) == dict(ends=False, first_step=False,
+                                                                walk=False)
   assert stargraph.solve('ab bc') is None and stargraph.solve('ab cb=ac') is None
   assert stargraph.solve('ab bc=ad') is None  # the goal is not reached
   with pytest.raises(ValueError, match='degree >= 2'):
