@@ -14,13 +14,14 @@ seen the same rows x steps. Decoders: 'insertion' (one (gap, token) per forward,
 stop signal), 'ar', 'llada' one token per step (confidence order, block = the whole answer).
 Solved = a valid grid that keeps every clue (`sudoku.is_valid_solution`).
 
-star3 (planning, the ILM paper's own task; `--parts=star3`): path-star graphs
-(data/tasks/stargraph.py, degree 3, arms of 4 nodes), the runs RUNS/star3_ilm, star3_ar and
-star3_mdlm (configs/diffusion_tasks.py:star3,KIND) at `--step` (default: the newest step all
-three have), the same three decoders. Solved = the path from the centre to the goal; the
-table adds where answers go wrong (`stargraph.diagnose`): the first step after the centre
-(the one choice that needs planning left to right), whether it follows the edges at all, and
-whether it has the right length, start and goal (copied from the prompt). Other parts than the default pair write insertion_<parts>_<device> unless --out.
+star3, star2 (planning, the ILM paper's own task; e.g. `--parts=star2`): path-star graphs
+(data/tasks/stargraph.py; star3: degree 3, arms of 4 nodes; star2: degree 2, arms of 2), the
+runs RUNS/TASK_ilm, TASK_ar and TASK_mdlm (configs/diffusion_tasks.py:TASK,KIND) at `--step`
+(default: the newest step all three have), the same three decoders. Solved = the path from
+the centre to the goal; the table adds where answers go wrong (`stargraph.diagnose`): the
+first step after the centre (the one choice that needs planning left to right), whether it
+follows the edges at all, and whether it has the right length, start and goal (copied from
+the prompt). Other parts than the default pair write insertion_<parts>_<device> unless --out.
 
 progression (infilling of unknown length): held-out 7-term arithmetic progressions with 1-3
 whole terms cut from the middle (`infilling.cut_middle`, at least 2 terms kept each side).
@@ -84,7 +85,7 @@ def rate(rows, stats, ok) -> dict:
               forwards=stats.target_forwards, tokens=stats.generated, n=len(ok))
 
 
-PLANNING = ('sudoku4', 'star3')  # planning parts: task names (configs/diffusion_tasks.py)
+PLANNING = ('sudoku4', 'star3', 'star2')  # planning parts: task names (configs/diffusion_tasks.py)
 
 
 def planning_part(args, task_name: str) -> list[dict]:
@@ -110,7 +111,7 @@ def planning_part(args, task_name: str) -> list[dict]:
     answers = [tok.decode([t for t in r.tokens if t != tok.eos_id]) for r in rows]
     ok = [task.score(p, a) for (p, _), a in zip(pairs, answers)]
     extra = {}
-    if task_name == 'star3':  # where the answers go wrong (stargraph.diagnose)
+    if task_name.startswith('star'):  # where the answers go wrong (stargraph.diagnose)
       diag = [stargraph.diagnose(p, a) for (p, _), a in zip(pairs, answers)]
       extra = {k: 100.0 * float(np.mean([d[k] for d in diag])) for k in diag[0]}
     out.append(dict(part=task_name, model=label, run=bench.name, step=step, decoder=name,
@@ -211,9 +212,11 @@ def report(rows: list[dict], args, name: str) -> str:
     part = [r for r in rows if r['part'] == task_name]
     if not part:
       continue
-    star = task_name == 'star3'
-    what = ('path-star graphs (degree 3, arms of 4 nodes; solved = the path from the centre '
-            'to the goal)' if star else 'puzzles (solved = a valid grid that keeps every clue)')
+    star = task_name.startswith('star')
+    degree, arm = stargraph.DEGREE_ARM[task_name] if star else (0, 0)
+    what = (f'path-star graphs (degree {degree}, arms of {arm} nodes; solved = the path from '
+            'the centre to the goal)' if star else
+            'puzzles (solved = a valid grid that keeps every clue)')
     body += [
         f'## {task_name} (planning), equal training budget\n\n{part[0]["n"]} held-out {what}, '
         f'seed {args.seed}; every model restored at step {part[0]["step"]} of the same '
@@ -231,9 +234,9 @@ def report(rows: list[dict], args, name: str) -> str:
                'goal (both copied from the prompt; no edge read); '
                '"first step right": the answer\'s second node is the centre\'s child on the '
                'goal\'s arm, the one choice that needs planning left to right (a guess among '
-               'the centre\'s 3 children: 1 in 3); "follows the edges": the answer starts at '
-               'the centre and every step is an edge, whichever arm it takes (next-token '
-               'prediction\'s shortcut).\n']
+               f'the centre\'s {degree} children: 1 in {degree}); "follows the edges": the '
+               'answer starts at the centre and every step is an edge, whichever arm it takes '
+               '(next-token prediction\'s shortcut).\n']
   if inf:
     body += [
         f'## Infilling of unknown length (progression)\n\n{inf[0]["n"]} held-out 7-term '
@@ -263,7 +266,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   ap.add_argument('--runs', default='runs/diffusion')
   ap.add_argument('--ar_run', default='', help='sudoku4 AR run (default RUNS/sudoku4_ar)')
   ap.add_argument('--mdlm_run', default='', help='sudoku4 MDLM run (default RUNS/sudoku4_mdlm)')
-  ap.add_argument('--step', type=int, default=0, help='planning parts: the step (0 = the newest all three runs have)')
+  ap.add_argument('--step', type=int, default=0,
+                  help='planning parts: the step (0 = the newest all three runs have)')
   ap.add_argument('--infill_step', type=int, default=0, help='progression runs (0 = newest)')
   ap.add_argument('--parts', default='sudoku4,infill',
                   help=f"comma-separated, from {', '.join(PLANNING)}, infill")

@@ -7,8 +7,8 @@
   python train.py --config=configs/diffusion_tasks.py:sudoku4,ilm --workdir=runs/sudoku4_ilm
 
 The argument is `TASK,KIND[,SIZE]`: TASK in sudoku4, sudoku9, countdown3, countdown4, infill,
-progression (a whole arithmetic progression, for in-place infilling of unknown length), star3
-(a path-star graph's path from centre to goal, data/tasks/stargraph.py); KIND
+progression (a whole arithmetic progression, for in-place infilling of unknown length), star3,
+star2 (a path-star graph's path from centre to goal, data/tasks/stargraph.py); KIND
 in mdlm, dream (logit shift), bd3, wedlm, asarm (any-subset AR, for ASSD), ar, ilm (insertion
 LM: section `insertion`, decoder 'insertion'), ctrldiff (block diffusion over blocks of
 2, 4, 8 and 16 drawn per row, for the 'ctrldiff' decoder: configs/ctrldiff.py); SIZE a
@@ -42,6 +42,7 @@ TASKS = {
     'infill': (32, 64, 1500),
     'progression': (32, 32, 1500),
     'star3': (48, 32, 6000),
+    'star2': (24, 32, 6000),
 }
 
 

@@ -32,4 +32,9 @@ def test_star_table_reports_solved_and_where_answers_go_wrong(tmp_path, monkeypa
   assert '## star3 (planning)' in text and 'step 7' in text and 'sudoku4' not in text
   assert ('| ILM | star3_ilm | insertion | 91.0 | 2.9 | 96.0 | 92.0 | 95.0 | 1.000 |' in text), text
   assert '| AR | star3_ar | ar | 33.0 | 4.7 | 97.0 | 34.0 | 99.0 | 1.000 |' in text
-  assert 'ends right %' in text and 'first step right %' in text and 'follows the edges %' in text
+  assert 'ends right %' in text and 'first step right %' in text
+  assert 'degree 3, arms of 4 nodes' in text and '1 in 3' in text
+  rows = [dict(r, part='star2') for r in rows]
+  text = open(insertion.report(rows, args, 'star_t2')).read()
+  assert '## star2 (planning)' in text and 'degree 2, arms of 2 nodes' in text
+  assert '1 in 2' in text and '| ILM | star3_ilm | insertion | 91.0 |' in text and 'follows the edges %' in text

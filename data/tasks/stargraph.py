@@ -96,6 +96,16 @@ def _task(name: str, degree: int, arm: int) -> exact_match.TextTask:
                   'centre to a leaf')
 
 
+DEGREE_ARM = {'star3': (3, 4), 'star2': (2, 2)}  # the registered tasks' (degree, arm)
+
+
 @exact_match.register('star3')
 def star3() -> exact_match.TextTask:
-  return _task('star3', 3, 4)
+  return _task('star3', *DEGREE_ARM['star3'])
+
+
+@exact_match.register('star2')
+def star2() -> exact_match.TextTask:
+  """The smallest planning instance: 2 arms of 2 nodes ('tl lz ek te=tk' -> 'tek'): one
+  choice after the centre, one parent lookup back from the goal."""
+  return _task('star2', *DEGREE_ARM['star2'])

@@ -7,7 +7,7 @@ import pytest
 from data import tokenizers
 from data.tasks import countdown, exact_match, infilling, iterator, stargraph, sudoku
 
-TASKS = ['sudoku4', 'sudoku9', 'countdown3', 'countdown4', 'infill', 'star3']
+TASKS = ['sudoku4', 'sudoku9', 'countdown3', 'countdown4', 'infill', 'star3', 'star2']
 
 
 @pytest.mark.parametrize('name', TASKS)
@@ -93,6 +93,13 @@ def test_star_graphs_are_path_stars_and_the_answer_is_the_path(degree, arm):
     if arm > 1:
       assert not stargraph.is_path(prompt, answer[0] + answer[2:])
   assert len(goals) > 10  # the letters vary between graphs
+
+
+def test_registered_star_tasks_have_their_stated_shape():
+  for name, (degree, arm) in stargraph.DEGREE_ARM.items():
+    prompt, answer = exact_match.get(name).generate(np.random.default_rng(5))
+    children, paths = _forward_paths(prompt)
+    assert len(children[prompt[-2]]) == degree and len(answer) == arm + 1, name
 
 
 def test_star_diagnosis_and_bad_input():
