@@ -188,26 +188,37 @@ def test_eos_ends_a_row_inside_a_block():
     assert r.tokens == f.tokens[:cut]
 
 
+def _loss_case(kind):
+  """A K = 2 head of `kind`, two rows of 6 tokens, the backbone's hidden states and a key:
+  (head, hidden [2, 5, D], tokens [2, 6], rng, the objective's (loss, metrics))."""
+  model, params = _lm(2, kind=kind)
+  head = params['bitlm']
+  tokens = jnp.asarray([[3, 9, 4, 39, 7, 2], [1, 1, 0, 5, 33, 8]])
+  hidden = model.apply({'params': params['target']}, tokens[:, :-1]).last_hidden_BxTxD
+  rng = jax.random.key(5)
+  return head, hidden, tokens, rng, objective_lib.block_loss(head, hidden, tokens, rng, eps=1e-3)
+
+
+def _block_bits(tokens, b, t):
+  """[2, 6] the 6-bit codes (most significant first) of row b's tokens t + 1, t + 2."""
+  return np.array([[(int(tokens[b, t + 1 + k]) >> (5 - j)) & 1 for j in range(6)]
+                   for k in range(2)])
+
+
 def test_the_objective_equals_hand_computed_values():
   # All bits masked at r = 1/2, logits 0: each bit costs log 2; K = 2, b = 2 -> 4 log 2 / r / K.
   z = jnp.zeros((1, 2, 2))
   got = objective_lib.block_bound(z, jnp.asarray([[[0, 1], [1, 1]]]), z == 0, jnp.asarray([0.5]))
   np.testing.assert_allclose(got, [4 * math.log(2)], rtol=1e-6)
   # The full loss on a tiny case against a loop over blocks and bits (same noise draws).
-  model, params = _lm(2)
-  head = params['bitlm']
-  tokens = jnp.asarray([[3, 9, 4, 39, 7, 2], [1, 1, 0, 5, 33, 8]])
-  hidden = model.apply({'params': params['target']}, tokens[:, :-1]).last_hidden_BxTxD
-  rng = jax.random.key(5)
-  loss, metrics = objective_lib.block_loss(head, hidden, tokens, rng, eps=1e-3)
+  head, hidden, tokens, rng, (loss, metrics) = _loss_case('masked')
   r, masked = objective_lib.draw_noise(rng, (2 * 4, 2, 6), 1e-3)  # N = T - K + 1 = 4 per row
   r, masked = np.asarray(r), np.asarray(masked)
   total = []
   for b in range(2):
     for t in range(4):
       i = b * 4 + t
-      block = [int(tokens[b, t + 1 + k]) for k in range(2)]
-      bits = np.array([[(v >> (5 - j)) & 1 for j in range(6)] for v in block])
+      bits = _block_bits(tokens, b, t)
       state = np.where(masked[i], bitlm_lib.MASKED, bits)
       l = np.asarray(bitlm_lib.head_logits(head, hidden[b, t][None], jnp.asarray(state)[None]))[0]
       bce = np.where(bits == 1, np.log1p(np.exp(-l)), np.log1p(np.exp(l)))
@@ -225,20 +236,14 @@ def test_the_analog_objective_equals_hand_computed_values():
   np.testing.assert_allclose(bitlm_lib.noise_bits(bits, jnp.zeros(1), e), [[1, -1, 1]])
   np.testing.assert_allclose(bitlm_lib.noise_bits(bits, jnp.ones(1), e), e, atol=1e-6)
   # The full loss against a loop over blocks and bits (same noise draws).
-  model, params = _lm(2, kind='analog')
-  head = params['bitlm']
-  tokens = jnp.asarray([[3, 9, 4, 39, 7, 2], [1, 1, 0, 5, 33, 8]])
-  hidden = model.apply({'params': params['target']}, tokens[:, :-1]).last_hidden_BxTxD
-  rng = jax.random.key(5)
-  loss, metrics = objective_lib.block_loss(head, hidden, tokens, rng, eps=1e-3)
+  head, hidden, tokens, rng, (loss, metrics) = _loss_case('analog')
   t, noise = objective_lib.draw_analog_noise(rng, (2 * 4, 2, 6))
   t, noise = np.asarray(t, np.float64), np.asarray(noise, np.float64)
   total = []
   for b in range(2):
     for s in range(4):
       i = b * 4 + s
-      block = [int(tokens[b, s + 1 + k]) for k in range(2)]
-      bits = np.array([[(v >> (5 - j)) & 1 for j in range(6)] for v in block])
+      bits = _block_bits(tokens, b, s)
       x = math.cos(math.pi * t[i] / 2) * (2 * bits - 1) + math.sin(math.pi * t[i] / 2) * noise[i]
       l = np.asarray(bitlm_lib.analog_logits(head, hidden[b, s][None],
                                              jnp.asarray(x, jnp.float32)[None],
