@@ -61,12 +61,21 @@ def ar_nll(model, params, tokens_BxT1):
 def bitlm_bound(model, params, head, tokens_BxT1, samples, rng):
   """[samples] the per-token diffusion bound (nats) of tokens[:, 1:] on disjoint blocks of K
   (starts 0, K, 2K, ...; T a multiple of K), one noise draw per sample. An analog head: its
-  training loss on the same blocks instead (not a bound)."""
+  training loss on the same blocks instead (not a bound). A folded backbone scores the same
+  blocks: its first block holds token 0 after K - 1 pad slots, and its state at block j
+  conditions block j + 1."""
   K, nb = bitlm_lib.head_shape(head).block, bitlm_lib.head_shape(head).bits
-  h = model.apply({'params': params}, tokens_BxT1[:, :-1]).last_hidden_BxTxD
   B, T = tokens_BxT1.shape[0], tokens_BxT1.shape[1] - 1
   n = T // K
-  cond = h[:, ::K][:, :n].reshape(B * n, -1)
+  if bitlm_lib.head_shape(head).fold:
+    ids, valid = objective_lib.fold_rows(tokens_BxT1[:, :1 + n * K], jnp.full((B,), K - 1), K,
+                                         num_blocks=n + 1)
+    h = objective_lib.fold_hidden(model, {'model': params, bitlm_lib.BITLM: head},
+                                  ids[:, :-1], valid[:, :-1])
+    cond = h.reshape(B * n, -1)
+  else:
+    h = model.apply({'params': params}, tokens_BxT1[:, :-1]).last_hidden_BxTxD
+    cond = h[:, ::K][:, :n].reshape(B * n, -1)
   bits = bitlm_lib.encode_bits(tokens_BxT1[:, 1:1 + n * K].reshape(B * n, K), nb)
 
   def one(key):
@@ -135,7 +144,8 @@ def main():
     head = bit.extras[bitlm_lib.BITLM]
     bits.append((run, bit, head, bitlm_lib.head_shape(head)))
   n_params = lambda tree: sum(int(x.size) for x in jax.tree.leaves(tree))
-  name = lambda shape: f'bitlm ({shape.kind})'
+  name = lambda shape: f'bitlm ({shape.kind}' + (', fold)' if shape.fold else ')')
+  kv_per_token = lambda shape: 1 / shape.block if shape and shape.fold else 1.0
   measure = lambda shape: ('analog denoising loss (no NLL bound)' if shape.kind == 'analog'
                            else 'diffusion bound')
 
@@ -153,9 +163,10 @@ def main():
     val, se = float(vals.mean()), float(vals.std(ddof=1) / math.sqrt(len(vals)))
     print(f'held-out: AR nll {nll_ar:.3f}, {name(shape)} {measure(shape)} {val:.3f} +- {se:.3f}',
           flush=True)
-    held.append([f'BitLM, {shape.kind} head (`{run}`)', n_params(bit.params) + n_params(head),
+    held.append([f'BitLM, {shape.kind} head{", fold" if shape.fold else ""} (`{run}`)', n_params(bit.params) + n_params(head),
                  f'{measure(shape)} (± {se:.2g})', val, val / math.log(2)])
-    runs_meta.append({'run': run, 'head': shape.kind, 'block': shape.block, 'bits': shape.bits,
+    runs_meta.append({'run': run, 'head': shape.kind, 'fold': shape.fold, 'block': shape.block,
+                      'bits': shape.bits,
                       'step': bit.target.step, 'heldout_measure': measure(shape),
                       'heldout_value': val, 'heldout_se': se,
                       'backbone_params': n_params(bit.params), 'head_params': n_params(head)})
@@ -194,7 +205,7 @@ def main():
     row = {'decoder': label, 'spec': spec, 'head': shape.kind if shape else None,
            'temperature': temp, 'tau': r['tau'],
            'head_calls_per_token': r['other_forwards'] / r['generated'],
-           'kv_entries_per_token_per_layer': 1.0, 'tokens_per_s': r['tokens_per_s'],
+           'kv_entries_per_token_per_layer': kv_per_token(shape), 'tokens_per_s': r['tokens_per_s'],
            'speedup': speedup, 'generated_nll_under_ar': nll, 'generated': r['generated'],
            'compile_s': c}
     rows.append(row)
@@ -202,7 +213,8 @@ def main():
     how = 'greedy' if temp == 0 else f'T = {temp:g}'
     if shape and shape.kind == 'analog':  # the analog sampler's temperature is DDIM's eta
       how = f'DDIM eta = {temp:g}' + (' (DDPM)' if temp == 1 else '')
-    table.append([label, how, r['tau'], row['head_calls_per_token'], 1, r['tokens_per_s'],
+    table.append([label, how, r['tau'], row['head_calls_per_token'],
+                  f'{kv_per_token(shape):g}', r['tokens_per_s'],
                   f'{speedup:.3g}{flag}', nll])
     print(table[-1], flush=True)
   meta = {'bitlm_runs': runs_meta, 'ar_run': args.ar,
@@ -213,7 +225,8 @@ def main():
   common.write_json(args.out, {**meta, 'rows': rows})
   kinds = {s.kind for *_, s in bits}
   described = '; '.join(f'`{run}` ({shape.kind} head, step {bit.target.step}: blocks of K = '
-                        f'{shape.block} tokens, {shape.bits} bits per token)'
+                        f'{shape.block} tokens, {shape.bits} bits per token'
+                        + (', one backbone position per block' if shape.fold else '') + ')'
                         for run, bit, _, shape in bits)
   held_note = ''
   if 'masked' in kinds:
@@ -226,6 +239,10 @@ def main():
                   'at uniformly random noise levels, which bounds no likelihood and compares '
                   'neither with the AR NLL nor with a bound; compare the heads by the '
                   'generation table. ')
+  if any(s.fold for *_, s in bits):
+    held_note += ('A folded backbone (one position per block) scores the same blocks: its '
+                  'first block holds the document\'s first token after K - 1 pad slots, and '
+                  'its state after block j conditions block j + 1. ')
   analog_note = ('The analog head\'s sampler is DDIM from per-row Gaussian noise over `steps` '
                  'noise levels; its temperature is DDIM\'s eta (0 deterministic given the row '
                  'keys, 1 ancestral DDPM), run beside AR greedy and AR at temperature 1. '
@@ -242,7 +259,8 @@ def main():
           f'{args.new_tokens} new tokens, one batch; τ = tokens per backbone forward (the '
           'prefill counts one, as for AR); head calls per token are the bit head\'s (a small '
           'network, not the backbone); KV entries per token and layer by construction (BitLM '
-          f'keeps one position per token). {analog_note}tokens/s: median pass of '
+          'keeps one position per token, 1/K with a folded backbone: one per block). '
+          f'{analog_note}tokens/s: median pass of '
           f'{args.repeats} rounds (every decoder once per round, in turn); speedup against AR '
           'with the same sampling: median over rounds of the ratio within a round. NLL '
           'under AR: nats per generated token under the AR model. CPU `tiny` is not '
@@ -253,7 +271,9 @@ def main():
                                    'head calls per token', 'KV entries per token per layer',
                                    'tokens/s', 'speedup vs AR', 'NLL under AR (nats/token)'],
                                   table) + '\n')
-  title = ('BitLM (masked and analog-bit heads) against AR of equal size (CPU, tiny)'
+  title = ('BitLM (per-token and folded backbones) against AR of equal size (CPU, tiny)'
+           if len({s.fold for *_, s in bits}) > 1 else
+           'BitLM (masked and analog-bit heads) against AR of equal size (CPU, tiny)'
            if len(kinds) > 1 else 'BitLM (analog-bit head) against AR of equal size (CPU, tiny)'
            if kinds == {'analog'} else 'BitLM against AR of equal size (CPU, tiny)')
   path = common.write_results(args.out, title, body)

@@ -4,6 +4,7 @@
   python sample.py --workdir=runs/bitlm_tiny --heldout_prompts=4 --decoder=bitlm
   python -m benchmarks.bitlm --bitlm=runs/bitlm_tiny --ar=runs/tiny
   python train.py --config=configs/bitlm.py:tiny,head=analog --workdir=runs/bitlm_analog_tiny
+  python train.py --config=configs/bitlm.py:tiny,fold --workdir=runs/bitlm_fold_tiny
 
 * 600 steps took 21 minutes on 2 CPU cores shared with three other training jobs (about 1.7 s
 a step; configs/lm.py:tiny takes about 0.45 s a step on the same cores when they are quiet).
@@ -11,7 +12,8 @@ On the same 2 cores idle, 600 steps take about 2.5 minutes with either head.
 
 The argument is a size preset (test, tiny), then optionally ',K' for the block size (default
 4) and ',head=analog' for the paper's continuous analog-bit head instead of the default
-absorbing (masked) bit head (models/bitlm.py), e.g. `tiny,8,head=analog`.
+absorbing (masked) bit head (models/bitlm.py), and ',fold' for one backbone position (and KV
+entry) per block instead of per token, e.g. `tiny,8,head=analog` or `tiny,fold`.
 The backbone is `configs/lm.py`'s model of that size, trained on the same data for the same
 steps (600 steps of 16 x 128 tokens for tiny), so the AR run of that config is the equal-size
 baseline. The head (training/objectives/bitlm.py) adds about 0.07M parameters at tiny and is trained
@@ -30,7 +32,7 @@ HEADS = {  # size -> (width, layers, heads, mlp)
 
 def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   parts = (arg or 'tiny').split(',')
-  size, block, head = parts[0], 4, 'masked'
+  size, block, head, fold = parts[0], 4, 'masked', False
   for part in parts[1:]:
     if part.startswith('head='):
       head = part[len('head='):]
@@ -38,9 +40,11 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
         raise ValueError(f"configs/bitlm.py: head must be 'masked' or 'analog', got {head!r}.")
     elif part.isdigit():
       block = int(part)
+    elif part == 'fold':
+      fold = True
     else:
-      raise ValueError(f'configs/bitlm.py: options are a block size K or head=masked|analog, '
-                       f'got {part!r}.')
+      raise ValueError(f'configs/bitlm.py: options are a block size K, head=masked|analog or '
+                       f'fold, got {part!r}.')
   if size not in HEADS:
     raise ValueError(f'configs/bitlm.py: size must be one of {sorted(HEADS)}, got {size!r}.')
   width, layers, heads, mlp = HEADS[size]
@@ -50,7 +54,7 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   common.lm_run_settings(c, size)
   c.bitlm = ml_collections.ConfigDict(dict(head=head, block=block, head_width=width,
                                            head_layers=layers, head_heads=heads, head_mlp=mlp,
-                                           eps=1e-3,
+                                           eps=1e-3, fold=fold,
                                            starts=0 if size == 'test' else 32))
   if size == 'test':
     c.data.batch_size = 8  # a multiple of the test suite's 8 devices

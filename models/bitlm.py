@@ -6,6 +6,14 @@ small diffusion head that denoises the codes of a block of K tokens at once.
   backbone  the house causal `Transformer` over tokens (one position, one KV entry per
             token; its vocabulary head is not used). Its final-normed hidden state at token
             t, h_t [D], summarises x_0 .. x_t.
+            Or, with a folded head (`HeadShape.fold`, params['bitlm']['fold']), over blocks:
+            one position and one KV entry per block of K tokens. Block j's input is
+            sum_k e_k @ F_k (`fold_blocks`; e_k the token embedding of its slot k, or the
+            learned `fold_pad` vector for a slot before the text's start; F_k [D, D]) and
+            the hidden state at block j conditions block j + 1. Blocks are aligned to the
+            end of the prompt (`prompt_blocks`): a prompt of P tokens fills ceil(P / K)
+            blocks, the first left-padded with (-P) mod K pad slots; training rows are
+            left-padded by a random 0 .. K - 1 slots, so every alignment is trained.
   head      conditioned on h_t, it reads a noisy code of the next K tokens
             x_{t+1} .. x_{t+K} and gives a logit per bit [K, b] for P(bit = 1) of the clean
             code. Two kinds (`HeadShape.kind`, read back from the params by `head_shape`):
@@ -22,10 +30,13 @@ small diffusion head that denoises the codes of a block of K tokens at once.
 Decoding (`decoding/diffusion/bitlm.py`) runs the backbone once per block of K committed
 tokens; the head fills the block's bits in a few denoising steps in between.
 
-Why per-token positions with causal attention, not one position per block: the house cache,
-masks and RoPE serve it unchanged, a block may start anywhere (ragged prompts need no padding
-to a block boundary) and training uses every position as a block start. The price: one KV
-entry per token (as AR), where one position per block would store 1/K of them.
+Why per-token positions are the default: the house cache, masks and RoPE serve it
+unchanged, a block may start anywhere (ragged prompts need no padding to a block boundary)
+and training uses every position as a block start. The price: one KV entry per token (as
+AR). The folded backbone stores 1/K of them and runs its forwards over 1/K of the positions,
+but trains on T / K block starts per row instead of T - K + 1 and conditions a block on the
+previous block's state only (the tokens of the newest block reach the head through the
+backbone, not through a per-token state).
 
 Differences from the paper: the paper denoises the bits with a continuous (analog-bit)
 diffusion head, the 'analog' kind here (without self-conditioning); the default 'masked'
@@ -46,6 +57,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from models import layers
 
 BITLM = 'bitlm'
 MASKED = 2  # bit state: 0, 1 or masked
@@ -104,6 +117,7 @@ class HeadShape:
   mlp: int
   cond: int
   kind: str = 'masked'
+  fold: bool = False  # one backbone position per block (module docstring)
 
   def __post_init__(self):
     check_head_kind(self.kind)
@@ -126,7 +140,7 @@ def head_shape(p: Any) -> HeadShape:
   _, H, _ = p['layer_0']['q'].shape
   return HeadShape(block=p['slot_embed'].shape[0], bits=nbits, width=W, layers=layers,
                    heads=H, mlp=p['layer_0']['up'].shape[1], cond=p['cond'].shape[0],
-                   kind=kind)
+                   kind=kind, fold='fold' in p)
 
 
 def init_head(shape: HeadShape, rng: jax.Array) -> dict[str, Any]:
@@ -153,7 +167,53 @@ def init_head(shape: HeadShape, rng: jax.Array) -> dict[str, Any]:
     p['bit_in'] = jax.random.normal(k_in, (shape.bits, W), jnp.float32) / math.sqrt(shape.bits)
     p['time_in'] = jax.random.normal(k_t1, (F, W), jnp.float32) / math.sqrt(F)
     p['time_out'] = jax.random.normal(k_t2, (W, W), jnp.float32) / math.sqrt(W)
+  if shape.fold:  # own keys: the unfolded heads' init is unchanged
+    k_f, k_p = jax.random.split(jax.random.fold_in(rng, 2))
+    K, D = shape.block, shape.cond
+    # sum of K terms e_k @ F_k keeps the embedding's scale when F's entries have variance
+    # 1 / (K D); the pad slot starts at the scale of a token embedding (init_std 0.02).
+    p['fold'] = jax.random.normal(k_f, (K, D, D), jnp.float32) / math.sqrt(K * D)
+    p['fold_pad'] = 0.02 * jax.random.normal(k_p, (D,), jnp.float32)
   return p
+
+
+def fold_blocks(cfg: Any, base_params: Any, head: Any, blocks_xK: jax.Array,
+                valid_xK: jax.Array) -> jax.Array:
+  """The folded backbone's input [..., D] (cfg.compute_dtype) of blocks of K token ids
+  [..., K]: sum_k e_k @ F_k, where e_k is the backbone's token embedding of slot k, or the
+  head's `fold_pad` vector where valid[..., k] is False."""
+  if 'fold' not in head:
+    raise ValueError('BitLM: fold_blocks needs a folded head (params with fold); this head '
+                     'conditions on per-token backbone states.')
+  K = head['fold'].shape[0]
+  if blocks_xK.shape[-1] != K:
+    raise ValueError(f'BitLM: blocks of {blocks_xK.shape[-1]} tokens, but the fold was built '
+                     f'for K = {K}.')
+  dt = cfg.compute_dtype
+  emb = layers.Embedder(cfg).apply({'params': base_params['embed']}, blocks_xK).astype(dt)
+  emb = jnp.where(valid_xK[..., None], emb, head['fold_pad'].astype(dt))
+  return jnp.einsum('...KD,KDE->...E', emb, head['fold'].astype(dt))
+
+
+def prompt_blocks(prompt_BxP: jax.Array, prompt_len_B: jax.Array, block: int
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """A ragged batch of prompts (right-padded [B, P], lengths [B]) as blocks of K aligned to
+  each prompt's end: row b fills n_b = ceil(len_b / K) blocks (at least one), its first
+  block left-padded with (-len_b) mod K slots.
+
+  Returns (token ids [B, M, K] with M = ceil(P / K) (0 where not a token), valid [B, M, K]
+  (a prompt token), n_B [B] int32 (the row's blocks; blocks >= n_b are empty))."""
+  B, P = prompt_BxP.shape
+  K = block
+  M = max(1, -(-P // K))
+  length_B = prompt_len_B.astype(jnp.int32)
+  offset_B = (-length_B) % K
+  i_BxMxK = (jnp.arange(M * K, dtype=jnp.int32)[None] - offset_B[:, None]).reshape(B, M, K)
+  valid = (i_BxMxK >= 0) & (i_BxMxK < length_B[:, None, None])
+  ids = jnp.take_along_axis(prompt_BxP.astype(jnp.int32),
+                            jnp.clip(i_BxMxK, 0, P - 1).reshape(B, M * K), axis=1)
+  ids = jnp.where(valid, ids.reshape(B, M, K), 0)
+  return ids, valid, jnp.maximum(-(-length_B // K), 1)
 
 
 def _rms(x: jax.Array, scale: jax.Array, eps: float = 1e-6) -> jax.Array:

@@ -21,6 +21,12 @@ Backbone forwards counted: one per block (the prefill's conditions the first blo
 step's the next; the last step's is not needed and not counted), so tokens per backbone
 forward = K but for a short last block or an EOS, where `ar` counts one per token (its
 prefill included). Head calls: `steps` per block (`other_forwards`). KV entries per token: one per layer, as `ar`.
+
+With a folded head (`HeadShape.fold`: one backbone position per block, models/bitlm.py) the
+prefill reads each prompt as ceil(P / K) folded blocks aligned to its end
+(`models.bitlm.prompt_blocks`) and step 3 reads the committed block as one folded position:
+one KV entry per block, 1/K per token, and a cache of ceil(cache_size / K) + 1 slots. Every
+block the backbone reads while a row goes on is full (a short block ends the row).
 Lossy: a different model from an AR model, no AR reference. Greedy decoding is deterministic
 and batch-invariant (with an analog head, given the row keys); with sampling (and the analog
 head's starting noise), row b's block n draws from fold_in(row key b, n).
@@ -104,9 +110,19 @@ class BitLMDecoder(base.Decoder):
     steps = self.block_steps(shape)
     B, K, N = prompt_BxP.shape[0], shape.block, max_new_tokens
     temperature = float(self.sampling.temperature)
-    cache = cache_lib.Cache.init(target.cfg, B, cache_size)
-    _, cache, out = base.prefill(target, p, prompt_BxP, prompt_len_B, cache)
-    cond = last_hidden(out.last_hidden_BxTxD, jnp.maximum(prompt_len_B - 1, 0))
+    if shape.fold:  # one position per block: prompts as blocks aligned to their ends
+      cache = cache_lib.Cache.init(target.cfg, B, -(-cache_size // K) + 1)
+      blocks, valid, nblocks_B = bitlm_lib.prompt_blocks(prompt_BxP, prompt_len_B, K)
+      j_1xM = jnp.arange(blocks.shape[1], dtype=jnp.int32)[None]
+      out = target.apply({'params': p}, None, jnp.where(j_1xM < nblocks_B[:, None], j_1xM, -1),
+                         cache=cache,
+                         inputs_embeds_BxTxD=bitlm_lib.fold_blocks(target.cfg, p, hp, blocks,
+                                                                   valid))
+      cache, cond = out.cache, last_hidden(out.last_hidden_BxTxD, nblocks_B - 1)
+    else:
+      cache = cache_lib.Cache.init(target.cfg, B, cache_size)
+      _, cache, out = base.prefill(target, p, prompt_BxP, prompt_len_B, cache)
+      cond = last_hidden(out.last_hidden_BxTxD, jnp.maximum(prompt_len_B - 1, 0))
     state = BitLMState(cache=cache, cond_BxD=cond, progress=base.Progress.start(
         B, N, pad_id=pad_id, hist_size=K + 1))
     k_1xK = jnp.arange(K, dtype=jnp.int32)[None]
@@ -131,11 +147,19 @@ class BitLMDecoder(base.Decoder):
       # The backbone reads the committed tokens (rows still going only; the others write no
       # cache entry) and conditions the next block on its newest one.
       go = prog.active_B
-      pos_BxK = prompt_len_B[:, None] + num[:, None] + k_1xK
-      pos_BxK = jnp.where(go[:, None] & (k_1xK < count[:, None]), pos_BxK, -1)
-      fwd = target.apply({'params': p}, block_BxK, pos_BxK, cache=s.cache)
-      cond = jnp.where(go[:, None], last_hidden(fwd.last_hidden_BxTxD, jnp.maximum(count - 1, 0)),
-                       s.cond_BxD)
+      if shape.fold:  # the block as one position (a row that goes on committed K tokens)
+        pos_Bx1 = jnp.where(go, nblocks_B + num // K, -1)[:, None]
+        x_Bx1xD = bitlm_lib.fold_blocks(target.cfg, p, hp, block_BxK[:, None],
+                                        jnp.ones((B, 1, K), bool))
+        fwd = target.apply({'params': p}, None, pos_Bx1, cache=s.cache,
+                           inputs_embeds_BxTxD=x_Bx1xD)
+        newest_B = jnp.zeros((B,), jnp.int32)
+      else:
+        pos_BxK = prompt_len_B[:, None] + num[:, None] + k_1xK
+        pos_BxK = jnp.where(go[:, None] & (k_1xK < count[:, None]), pos_BxK, -1)
+        fwd = target.apply({'params': p}, block_BxK, pos_BxK, cache=s.cache)
+        newest_B = jnp.maximum(count - 1, 0)
+      cond = jnp.where(go[:, None], last_hidden(fwd.last_hidden_BxTxD, newest_B), s.cond_BxD)
       return BitLMState(cache=fwd.cache, cond_BxD=cond, progress=prog)
 
     state = jax.lax.while_loop(cond_fn, step_fn, state)

@@ -24,11 +24,11 @@ PAD = 0
 PROMPTS = [[1, 5, 9, 3], [2, 7], [4, 4, 8, 1, 6, 2, 9, 11, 3, 5], [3]]
 
 
-def _lm(block, seed=0, kind='masked'):
+def _lm(block, seed=0, kind='masked', fold=False):
   cfg = small_config(vocab_size=V, init_std=0.3)
   model = Transformer(cfg)
   shape = bitlm_lib.HeadShape(block=block, bits=bitlm_lib.num_bits(V), width=16, layers=1,
-                              heads=2, mlp=32, cond=cfg.d_model, kind=kind)
+                              heads=2, mlp=32, cond=cfg.d_model, kind=kind, fold=fold)
   head = bitlm_lib.init_head(shape, jax.random.key(seed + 1))
   head = {**head, 'out': head['out'] * 6.0}  # peaked, varied confidences
   return model, {'target': init_params(model, jax.random.key(seed)), 'bitlm': head}
@@ -58,6 +58,44 @@ def _uncached(model, params, prompt, n, steps, row=0):
     key = jax.random.fold_in(row_key, len(out) - len(prompt))
     out += [int(t) for t in block(jnp.asarray([out + [PAD] * (32 - len(out))]), len(out) - 1,
                                   key)]
+  return out[len(prompt):len(prompt) + n]
+
+
+def _np_fold(params, seq, K):
+  """The folded backbone's inputs [n, D] of a token list, written out: left-padded with
+  (-len) mod K pad slots, cut into blocks of K, block j = sum_k e_k @ F_k (e_k the embedding
+  row of slot k's token, or fold_pad at a pad slot)."""
+  E = np.asarray(params['target']['embed']['embedding'], np.float64)
+  F = np.asarray(params['bitlm']['fold'], np.float64)
+  pad = np.asarray(params['bitlm']['fold_pad'], np.float64)
+  slots = [None] * ((-len(seq)) % K) + list(seq)
+  rows = []
+  for j in range(len(slots) // K):
+    rows.append(sum((pad if t is None else E[t]) @ F[k]
+                    for k, t in enumerate(slots[j * K:(j + 1) * K])))
+  return np.stack(rows)
+
+
+def _uncached_folded(model, params, prompt, n, steps, row=0):
+  """`_uncached` for a folded head: the full backbone over the folded blocks of prompt +
+  tokens so far (aligned to the end, `_np_fold`), the head on the last block's state."""
+  K = params['bitlm']['fold'].shape[0]
+
+  @jax.jit
+  def block(x_1xNxD, i, key):
+    pos = jnp.arange(x_1xNxD.shape[1])[None]
+    h = model.apply({'params': params['target']}, None, pos,
+                    inputs_embeds_BxTxD=x_1xNxD).last_hidden_BxTxD[:, i]
+    return bitlm_lib.denoise_block(params['bitlm'], h, steps, V, keys_B=key[None])[0][0]
+
+  row_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), row), decoder_lib._SALT)
+  out = list(prompt)
+  while len(out) - len(prompt) < n:
+    x = _np_fold(params, out, K)
+    key = jax.random.fold_in(row_key, len(out) - len(prompt))
+    x_pad = np.zeros((1, 16, x.shape[1]), np.float32)  # causal: the padding changes nothing
+    x_pad[0, :len(x)] = x
+    out += [int(t) for t in block(jnp.asarray(x_pad), len(x) - 1, key)]
   return out[len(prompt):len(prompt) + n]
 
 
@@ -94,6 +132,39 @@ def test_cached_block_decoding_equals_the_uncached_reference_in_a_ragged_batch(b
   r = rows[0]
   assert r.target_forwards == math.ceil(9 / block)  # prefill + one per block but the last
   assert r.other_forwards == steps * math.ceil(9 / block)
+
+
+@pytest.mark.parametrize('block, steps, kind', [(3, 4, 'masked'), (4, 2, 'masked'),
+                                               (2, 5, 'analog')])
+def test_folded_decoding_equals_the_uncached_reference_in_a_ragged_batch(block, steps, kind):
+  """One backbone position per block: the cache holds ceil(cache_size / K) + 1 slots, so a
+  decoder writing one entry per token would lose entries and differ from the reference."""
+  model, params = _lm(block, seed=4, kind=kind, fold=True)
+  assert bitlm_lib.head_shape(params['bitlm']).fold
+  rows, _ = _run(model, params, f'bitlm:steps={steps}')
+  for i, (prompt, row) in enumerate(zip(PROMPTS, rows)):
+    assert row.tokens == _uncached_folded(model, params, prompt, 9, steps, row=i)
+  assert rows[0].target_forwards == math.ceil(9 / block)
+  # The unfolded head on the same backbone decodes something else (the fold is read).
+  unfolded = {**params, 'bitlm': {k: v for k, v in params['bitlm'].items()
+                                  if k not in ('fold', 'fold_pad')}}
+  other, _ = _run(model, unfolded, f'bitlm:steps={steps}')
+  assert [r.tokens for r in other] != [r.tokens for r in rows]
+
+
+def test_prompt_blocks_align_each_prompt_to_its_end():
+  width = max(map(len, PROMPTS))
+  prompt = jnp.asarray([p + [PAD] * (width - len(p)) for p in PROMPTS])
+  lens = jnp.asarray([len(p) for p in PROMPTS])
+  for K in (1, 3, 4):
+    ids, valid, n = map(np.asarray, bitlm_lib.prompt_blocks(prompt, lens, K))
+    assert ids.shape == valid.shape == (4, -(-width // K), K)
+    for b, p in enumerate(PROMPTS):
+      slots = [None] * ((-len(p)) % K) + p
+      assert n[b] == len(slots) // K
+      for j in range(ids.shape[1]):
+        want = slots[j * K:(j + 1) * K] if j < n[b] else [None] * K
+        assert [int(t) if v else None for t, v in zip(ids[b, j], valid[b, j])] == want
 
 
 def test_one_denoising_step_is_the_heads_greedy_per_token_choice():
@@ -254,7 +325,48 @@ def test_the_analog_objective_equals_hand_computed_values():
   assert 0 < float(metrics['t_mean']) < 1 and 0 <= float(metrics['bit_acc']) <= 1
 
 
-@pytest.mark.parametrize('arg, kind', [('test', 'masked'), ('test,head=analog', 'analog')])
+def test_the_folded_objective_equals_hand_computed_values():
+  """Rows of 9 tokens, K = 2: left-padded by the drawn offsets, 4 blocks; the backbone over
+  the folded blocks 0 .. 2, each state conditioning the next block (same noise draws)."""
+  model, params = _lm(2, seed=5, fold=True)
+  head = params['bitlm']
+  tokens = jnp.asarray([[3, 9, 4, 39, 7, 2, 5, 5, 1], [1, 1, 0, 5, 33, 8, 2, 12, 6]])
+  rng = jax.random.key(6)
+  loss, metrics = objective_lib.fold_loss(model, {'model': params['target'], 'bitlm': head},
+                                          tokens, rng, eps=1e-3)
+  rng, k_off = jax.random.split(rng)
+  offsets = np.asarray(jax.random.randint(k_off, (2,), 0, 2))
+  r, masked = objective_lib.draw_noise(rng, (2 * 3, 2, 6), 1e-3)
+  r, masked = np.asarray(r), np.asarray(masked)
+  total = []
+  for b in range(2):
+    row = list(np.asarray(tokens[b]))[:9 - offsets[b]]
+    slots = [None] * offsets[b] + row
+    x = _np_fold(params, [t for t in slots[:6] if t is not None], 2)  # blocks 0 .. 2
+    hidden = model.apply({'params': params['target']}, None, jnp.arange(3)[None],
+                         inputs_embeds_BxTxD=jnp.asarray(x, jnp.float32)[None]
+                         ).last_hidden_BxTxD[0]
+    for j in range(3):
+      i = b * 3 + j
+      blk = slots[2 * (j + 1):2 * (j + 2)]
+      bits = np.array([[(int(t) >> (5 - q)) & 1 for q in range(6)] for t in blk])
+      state = np.where(masked[i], bitlm_lib.MASKED, bits)
+      l = np.asarray(bitlm_lib.head_logits(head, hidden[j][None], jnp.asarray(state)[None]))[0]
+      bce = np.where(bits == 1, np.log1p(np.exp(-l)), np.log1p(np.exp(l)))
+      total.append(np.sum(bce * masked[i]) / r[i] / 2)
+  np.testing.assert_allclose(float(loss), np.mean(total), rtol=1e-5)
+  np.testing.assert_allclose(float(metrics['pad_frac']), offsets.sum() / 16)
+  assert offsets.sum() > 0  # a pad slot is exercised
+  # The held-out layout (benchmarks/bitlm.py): offset K - 1 and one block more, so the blocks
+  # after the first are tokens 1 .. n K, the ones the per-token backbone's bound scores.
+  ids, valid = objective_lib.fold_rows(tokens, jnp.full((2,), 1), 2, num_blocks=5)
+  np.testing.assert_array_equal(ids[:, 1:].reshape(2, 8), tokens[:, 1:])
+  np.testing.assert_array_equal(ids[:, 0, 1], tokens[:, 0])
+  assert np.asarray(valid[:, 1:]).all() and not np.asarray(valid[:, 0, 0]).any()
+
+
+@pytest.mark.parametrize('arg, kind', [('test', 'masked'), ('test,head=analog', 'analog'),
+                                       ('test,fold', 'masked')])
 def test_the_objective_trains_backbone_and_head_from_the_config(arg, kind):
   import configs.bitlm  # pylint: disable=g-import-not-at-top
   cfg = configs.bitlm.get_config(arg)
@@ -262,13 +374,15 @@ def test_the_objective_trains_backbone_and_head_from_the_config(arg, kind):
   objective = make_objective('bitlm', model, cfg)
   params = {'model': init_params(model, jax.random.key(0)), **objective.extras(jax.random.key(1))}
   shape = bitlm_lib.head_shape(params['bitlm'])
-  assert shape.bits == 9 and shape.kind == kind
+  assert shape.bits == 9 and shape.kind == kind and shape.fold == arg.endswith('fold')
   batch = {'tokens': jax.random.randint(jax.random.key(2), (2, 33), 0, 259)}
   (loss, _), g = jax.jit(jax.value_and_grad(objective.loss_fn, has_aux=True))(
       params, batch, jax.random.key(3))
   assert np.isfinite(float(loss))
   # The backbone learns through the head (its vocabulary head gets no gradient).
   assert float(sum(jnp.abs(x).sum() for x in jax.tree.leaves(g['model']['layer_0']))) > 0
+  if shape.fold:
+    assert float(jnp.abs(g['bitlm']['fold']).sum()) > 0
 
 
 def test_clear_errors():
@@ -290,6 +404,15 @@ def test_clear_errors():
     make_objective('bitlm', model, None)
   with pytest.raises(ValueError, match='hold no block of 8'):
     objective_lib.block_targets(jnp.zeros((1, 6), jnp.int32), 8)
+  with pytest.raises(ValueError, match='fewer than two blocks of 4'):
+    objective_lib.fold_rows(jnp.zeros((1, 7), jnp.int32), jnp.zeros((1,), jnp.int32), 4)
+  with pytest.raises(ValueError, match='needs a folded head'):
+    bitlm_lib.fold_blocks(model.cfg, params['target'], params['bitlm'],
+                          jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2), bool))
+  _, folded = _lm(2, fold=True)
+  with pytest.raises(ValueError, match='blocks of 3 tokens, but the fold was built for K = 2'):
+    bitlm_lib.fold_blocks(model.cfg, folded['target'], folded['bitlm'],
+                          jnp.zeros((1, 3), jnp.int32), jnp.ones((1, 3), bool))
   with pytest.raises(ValueError, match='width 10 is not a multiple'):
     bitlm_lib.HeadShape(block=2, bits=6, width=10, layers=1, heads=4, mlp=8, cond=4)
 
@@ -301,6 +424,8 @@ def test_clear_errors_of_the_head_setting():
                         kind='gauss')
   with pytest.raises(ValueError, match="head must be 'masked' or 'analog'"):
     configs.bitlm.get_config('tiny,head=gauss')
+  assert configs.bitlm.get_config('tiny,fold').bitlm.fold
+  assert not configs.bitlm.get_config('tiny').bitlm.fold
   with pytest.raises(ValueError, match='options are a block size'):
     configs.bitlm.get_config('tiny,analog')
   cfg = configs.bitlm.get_config('test')

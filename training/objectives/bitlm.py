@@ -22,6 +22,13 @@ noise level t ~ U(0, 1) and eps ~ N(0, I) [K, b], noise the +-1 bits with the co
 in nats per token: the clean-bit cross-entropy averaged over noise levels (its sigmoid gives
 E[x_0 | x_t], the x0 estimate the DDIM sampler uses). It is not a bound on the NLL.
 
+With `fold=True` (one backbone position per block, models/bitlm.py): each row of L tokens is
+left-padded by a random o in 0 .. K - 1 pad slots (the tokens after L - o dropped) and cut
+into N = L // K blocks; the backbone reads the folded blocks 0 .. N - 2 at positions
+0 .. N - 2 and its state at block j conditions block j + 1 (whose tokens are all text, as
+o < K), with the same per-block loss as above: N - 1 block starts per row instead of
+T - K + 1.
+
 The loss is the mean over blocks (with `starts` > 0, over a random `starts` block starts per
 row: the same mean in expectation, at a fraction of the head's cost). Metrics: `loss` (nats
 per token), `bit_acc` (masked bits, or with the analog head all bits, predicted right),
@@ -29,7 +36,7 @@ per token), `bit_acc` (masked bits, or with the analog head all bits, predicted 
 
 Config section `bitlm`: head ('masked' or 'analog'; absent = 'masked'), block (K),
 head_width, head_layers, head_heads, head_mlp, eps (masked head only), starts (0 = every
-block start).
+block start), fold (absent = False: one backbone position per token).
 """
 
 from __future__ import annotations
@@ -42,7 +49,8 @@ from models import bitlm as bitlm_lib
 from models import transformer as transformer_lib
 from training.objectives.registry import Objective, register
 
-KEYS = ('head', 'block', 'head_width', 'head_layers', 'head_heads', 'head_mlp', 'eps', 'starts')
+KEYS = ('head', 'block', 'head_width', 'head_layers', 'head_heads', 'head_mlp', 'eps', 'starts',
+        'fold')
 
 
 def head_shape(model: transformer_lib.Transformer, config: ml_collections.ConfigDict
@@ -61,7 +69,7 @@ def head_shape(model: transformer_lib.Transformer, config: ml_collections.Config
   shape = bitlm_lib.HeadShape(
       block=s.block, bits=bitlm_lib.num_bits(model.cfg.vocab_size), width=s.head_width,
       layers=s.head_layers, heads=s.head_heads, mlp=s.head_mlp, cond=model.cfg.d_model,
-      kind=bitlm_lib.check_head_kind(s.get('head', 'masked')))
+      kind=bitlm_lib.check_head_kind(s.get('head', 'masked')), fold=bool(s.get('fold', False)))
   if s.get('starts', 0) < 0:
     raise ValueError(f'bitlm.starts must be >= 0 (0 = every block start), got {s.starts}.')
   return shape, float(s.eps)
@@ -127,10 +135,18 @@ def block_loss(head_params, hidden_BxTxD: jax.Array, tokens_BxT1: jax.Array, rng
   """(mean bound over the blocks of the batch, metrics) from the backbone's hidden states
   h_0 .. h_{T-1} [B, T, D] and the row tokens [B, T + 1]. starts > 0: a random `starts` of
   each row's block starts (an unbiased estimate of the mean over all of them, cheaper)."""
+  targets_BxNxK = block_targets(tokens_BxT1, bitlm_lib.head_shape(head_params).block)
+  return head_loss(head_params, hidden_BxTxD[:, :targets_BxNxK.shape[1]], targets_BxNxK, rng,
+                   eps, starts)
+
+
+def head_loss(head_params, cond_BxNxD: jax.Array, targets_BxNxK: jax.Array, rng: jax.Array,
+              eps: float, starts: int = 0) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(mean loss over the blocks, metrics): block n of row b has the condition cond[b, n]
+  [D] and the tokens targets[b, n] [K]. starts > 0: a random `starts` of each row's N
+  blocks."""
   shape = bitlm_lib.head_shape(head_params)
   K, nb = shape.block, shape.bits
-  targets_BxNxK = block_targets(tokens_BxT1, K)
-  cond_BxNxD = hidden_BxTxD[:, :targets_BxNxK.shape[1]]
   if starts and starts < targets_BxNxK.shape[1]:  # a random subset of the block starts
     rng, k_pick = jax.random.split(rng)
     pick_BxS = pick_starts(k_pick, targets_BxNxK.shape[:2], starts)
@@ -155,6 +171,50 @@ def block_loss(head_params, hidden_BxTxD: jax.Array, tokens_BxT1: jax.Array, rng
   return loss, {'loss': loss, 'bit_acc': bit_acc, 'mask_frac': jnp.mean(masked)}
 
 
+def fold_rows(tokens_BxL: jax.Array, offset_B: jax.Array, block: int,
+              num_blocks: int | None = None) -> tuple[jax.Array, jax.Array]:
+  """Rows left-padded by offset[b] (0 .. K - 1) slots and cut into N blocks (default
+  L // K): (ids [B, N, K] (0 at a pad slot), valid [B, N, K]); slot i of row b holds token
+  i - offset[b] (valid while that is in 0 .. L - 1)."""
+  B, L = tokens_BxL.shape
+  N = L // block if num_blocks is None else num_blocks
+  if N < 2:
+    raise ValueError(f'bitlm (fold): rows of {L} tokens hold fewer than two blocks of {block}; '
+                     'raise data.seq_len or lower bitlm.block.')
+  i_BxNK = jnp.arange(N * block, dtype=jnp.int32)[None] - offset_B.astype(jnp.int32)[:, None]
+  valid = (i_BxNK >= 0) & (i_BxNK < L)
+  ids = jnp.where(valid, jnp.take_along_axis(tokens_BxL, jnp.clip(i_BxNK, 0, L - 1), axis=1),
+                  0)
+  return ids.reshape(B, N, block), valid.reshape(B, N, block)
+
+
+def fold_hidden(model: transformer_lib.Transformer, params, ids_BxNxK: jax.Array,
+                valid_BxNxK: jax.Array) -> jax.Array:
+  """[B, N, D] the folded backbone's states over blocks [B, N, K] at positions 0 .. N - 1
+  (no cache); params holds 'model' and 'bitlm'."""
+  x = bitlm_lib.fold_blocks(model.cfg, params['model'], params[bitlm_lib.BITLM], ids_BxNxK,
+                            valid_BxNxK)
+  B, N = x.shape[:2]
+  pos = jnp.broadcast_to(jnp.arange(N, dtype=jnp.int32), (B, N))
+  return model.apply({'params': params['model']}, None, pos,
+                     inputs_embeds_BxTxD=x).last_hidden_BxTxD
+
+
+def fold_loss(model: transformer_lib.Transformer, params, tokens_BxL: jax.Array,
+              rng: jax.Array, eps: float, starts: int = 0
+              ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The folded backbone's loss (module docstring) on rows [B, L]; params holds 'model' and
+  'bitlm'."""
+  head = params[bitlm_lib.BITLM]
+  K = bitlm_lib.head_shape(head).block
+  rng, k_off = jax.random.split(rng)
+  offset_B = jax.random.randint(k_off, tokens_BxL.shape[:1], 0, K)
+  ids, valid = fold_rows(tokens_BxL, offset_B, K)
+  hidden = fold_hidden(model, params, ids[:, :-1], valid[:, :-1])
+  loss, metrics = head_loss(head, hidden, ids[:, 1:], rng, eps, starts)
+  return loss, {**metrics, 'pad_frac': jnp.mean(~valid)}
+
+
 @register('bitlm')
 def bitlm(model: transformer_lib.Transformer, config: ml_collections.ConfigDict) -> Objective:
   """Backbone + bitwise diffusion head (masked or analog) from scratch (see the module
@@ -167,6 +227,8 @@ def bitlm(model: transformer_lib.Transformer, config: ml_collections.ConfigDict)
 
   def loss_fn(params, batch, rng):
     tokens = batch['tokens']
+    if shape.fold:
+      return fold_loss(model, params, tokens, rng, eps, starts)
     out = model.apply({'params': params['model']}, tokens[:, :-1])
     return block_loss(params[bitlm_lib.BITLM], out.last_hidden_BxTxD, tokens, rng, eps,
                       starts)
