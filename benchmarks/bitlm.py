@@ -23,8 +23,11 @@ several, comma-separated. Measured in one run:
                     calls per token, KV entries per token and layer, tokens/s (passes of all
                     decoders run in turn, `--repeats` rounds; median pass) and the speedup
                     over AR with the same sampling (median over rounds of the ratio within
-                    a round), and the NLL of the generated tokens under the AR
-                    model (how plausible the AR model finds them).
+                    a round), the NLL of the generated tokens under the AR
+                    model (how plausible the AR model finds them: runs of one character
+                    score well, so read it with the next column) and the share of distinct
+                    4-grams in the generated text (1 = no repeats; degenerate runs are
+                    near 0).
 
 Writes benchmarks/results/<--out>.{md,json} (default bitlm_cpu; e.g. --out=bitlm_analog_cpu for
 a run of `configs/bitlm.py:tiny,head=analog`). One run, one seed, on a shared 2-core CPU where
@@ -206,7 +209,8 @@ def main():
            'temperature': temp, 'tau': r['tau'],
            'head_calls_per_token': r['other_forwards'] / r['generated'],
            'kv_entries_per_token_per_layer': kv_per_token(shape), 'tokens_per_s': r['tokens_per_s'],
-           'speedup': speedup, 'generated_nll_under_ar': nll, 'generated': r['generated'],
+           'speedup': speedup, 'generated_nll_under_ar': nll,
+           'distinct_4grams': common.distinct_ngrams(r['tokens']), 'generated': r['generated'],
            'compile_s': c}
     rows.append(row)
     flag = ' (!)' if harness.implausible(row) else ''
@@ -215,7 +219,7 @@ def main():
       how = f'DDIM eta = {temp:g}' + (' (DDPM)' if temp == 1 else '')
     table.append([label, how, r['tau'], row['head_calls_per_token'],
                   f'{kv_per_token(shape):g}', r['tokens_per_s'],
-                  f'{speedup:.3g}{flag}', nll])
+                  f'{speedup:.3g}{flag}', nll, row['distinct_4grams']])
     print(table[-1], flush=True)
   meta = {'bitlm_runs': runs_meta, 'ar_run': args.ar,
           'vocab_size': int(ar.model.cfg.vocab_size), 'docs': len(seqs), 'seq_tokens': T,
@@ -263,13 +267,19 @@ def main():
           f'{analog_note}tokens/s: median pass of '
           f'{args.repeats} rounds (every decoder once per round, in turn); speedup against AR '
           'with the same sampling: median over rounds of the ratio within a round. NLL '
-          'under AR: nats per generated token under the AR model. CPU `tiny` is not '
+          'under AR: nats per generated token under the AR model (a run of one repeated '
+          'character scores well under it); distinct 4-grams: the share of distinct 4-grams '
+          'in each row\'s generated tokens, over all rows (1 = no repeats, near 0 = '
+          'degenerate runs). CPU `tiny` is not '
           'memory-bound (a forward over K tokens costs more than over one), so the speedup '
-          'stays below τ; one run, one seed, shared 2-core CPU: read ratios, not absolute '
+          'of the per-token backbone stays below τ; a folded backbone\'s forward reads one '
+          'position per block, and its speedup stays below τ by the head\'s calls and the '
+          'loop. One run per model, one seed, shared 2-core CPU: read ratios, not absolute '
           'tokens/s.\n\n'
           + common.markdown_table(['decoder', 'sampling', 'τ (tokens per backbone forward)',
                                    'head calls per token', 'KV entries per token per layer',
-                                   'tokens/s', 'speedup vs AR', 'NLL under AR (nats/token)'],
+                                   'tokens/s', 'speedup vs AR', 'NLL under AR (nats/token)',
+                                   'distinct 4-grams'],
                                   table) + '\n')
   title = ('BitLM (per-token and folded backbones) against AR of equal size (CPU, tiny)'
            if len({s.fold for *_, s in bits}) > 1 else

@@ -123,6 +123,16 @@ def median_time(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5) -> 
   return statistics.median(times)
 
 
+def distinct_ngrams(rows: list[list[int]], n: int = 4) -> float:
+  """Share of a row's n-grams that are distinct, over all rows (1 = no repeats): how
+  repetitive the greedy text is (a model can converge fast by repeating itself)."""
+  distinct, total = 0, 0
+  for r in rows:
+    grams = [tuple(r[i:i + n]) for i in range(len(r) - n + 1)]
+    distinct, total = distinct + len(set(grams)), total + len(grams)
+  return distinct / max(total, 1)
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   fmt = lambda v: f'{v:.4g}' if isinstance(v, float) else str(v)
   out = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]

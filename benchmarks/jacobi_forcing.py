@@ -57,16 +57,6 @@ def training(config: dict[str, Any]) -> str:
   return out
 
 
-def distinct_ngrams(rows: list[list[int]], n: int = 4) -> float:
-  """Share of a row's n-grams that are distinct, over all rows (1 = no repeats): how
-  repetitive the greedy text is (a model can converge fast by repeating itself)."""
-  distinct, total = 0, 0
-  for r in rows:
-    grams = [tuple(r[i:i + n]) for i in range(len(r) - n + 1)]
-    distinct, total = distinct + len(set(grams)), total + len(grams)
-  return distinct / max(total, 1)
-
-
 def bits_per_byte(bench: workbench.Workbench, batches: list[dict[str, np.ndarray]]) -> float:
   """Teacher-forced next-token bits per byte of the run's model on `batches`."""
   model, params = bench.model, bench.params
@@ -115,7 +105,7 @@ def measure(bench: workbench.Workbench, prompts, args
     print(f"  {name}: {rows[name]['iters_per_token']:.3f} iters/token, tau {r['tau']:.2f}, "
           f"{r['tokens_per_s']:.0f} vs AR {ar_tps:.0f} tok/s, = AR: {rows[name]['equals_ar']}",
           flush=True)
-  return rows, distinct_ngrams(ar['tokens'])
+  return rows, common.distinct_ngrams(ar['tokens'])
 
 
 def render(result: dict[str, Any]) -> str:

@@ -210,7 +210,7 @@ def test_benchmark_writes_its_table(forced_run, trained_workdir, tmp_path, monke
   text = (tmp_path / 'jacobi_forcing_test.md').read_text()
   assert '- commit: ' in text and 'jacobi_forcing 2x4 + recycle 2' in text
   result = json.loads((tmp_path / 'jacobi_forcing_test.json').read_text())
-  assert bench_jf.distinct_ngrams([[1, 2, 3, 4, 1, 2, 3, 4, 1]]) == 4 / 6
+  assert common.distinct_ngrams([[1, 2, 3, 4, 1, 2, 3, 4, 1]]) == 4 / 6
   for run in result['runs'].values():
     assert 0 < run['distinct_4grams'] <= 1
     assert all(r['equals_ar'] for r in run['rows'].values())
