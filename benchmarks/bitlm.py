@@ -181,12 +181,17 @@ def main():
   kw = dict(max_new=args.new_tokens, cache_size=cache, eos_id=tok.eos_id, pad_id=tok.pad_id)
   batches = harness.make_batches(prompts, len(prompts), tok.pad_id)
   greedy, sample = SamplingConfig(temperature=0.0), SamplingConfig(temperature=1.0)
+  # Rows are named by head kind and backbone; by run too where two runs share those.
+  labels = [name(shape) for *_, shape in bits]
+  labels = [f'{lab[:-1]}; `{run}`)' if labels.count(lab) > 1 else lab
+            for lab, (run, *_) in zip(labels, bits)]
   configs = [('ar', ar, 'ar', greedy, None)]
-  configs += [(f'{name(shape)}, steps={s}', bit, f'bitlm:steps={s}', greedy, shape)
-              for _, bit, _, shape in bits for s in map(int, args.steps.split(','))]
+  configs += [(f'{lab}, steps={s}', bit, f'bitlm:steps={s}', greedy, shape)
+              for lab, (_, bit, _, shape) in zip(labels, bits)
+              for s in map(int, args.steps.split(','))]
   configs += [('ar', ar, 'ar', sample, None)]
-  configs += [(f'{name(shape)}, steps={shape.bits}', bit, f'bitlm:steps={shape.bits}', sample,
-               shape) for _, bit, _, shape in bits]
+  configs += [(f'{lab}, steps={shape.bits}', bit, f'bitlm:steps={shape.bits}', sample, shape)
+              for lab, (_, bit, _, shape) in zip(labels, bits)]
   progs, compile_s = [], []
   for _, bench, spec, sampling, _ in configs:
     dec = bench.decoder(spec, sampling)
@@ -274,7 +279,8 @@ def main():
           'memory-bound (a forward over K tokens costs more than over one), so the speedup '
           'of the per-token backbone stays below τ; a folded backbone\'s forward reads one '
           'position per block, and its speedup stays below τ by the head\'s calls and the '
-          'loop. One run per model, one seed, shared 2-core CPU: read ratios, not absolute '
+          'loop. One training run per model (its seed in the run name where a run is named '
+          '`_seed1`; otherwise seed 0), shared 2-core CPU: read ratios, not absolute '
           'tokens/s.\n\n'
           + common.markdown_table(['decoder', 'sampling', 'τ (tokens per backbone forward)',
                                    'head calls per token', 'KV entries per token per layer',
