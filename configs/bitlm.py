@@ -8,7 +8,8 @@
 
 * 600 steps took 21 minutes on 2 CPU cores shared with three other training jobs (about 1.7 s
 a step; configs/lm.py:tiny takes about 0.45 s a step on the same cores when they are quiet).
-On the same 2 cores idle, 600 steps take about 2.5 minutes with either head.
+On the same 2 cores idle, 600 steps take about 2.5 minutes with either head, and under a minute
+with `fold` (its backbone reads one position per block of K tokens).
 
 The argument is a size preset (test, tiny), then optionally ',K' for the block size (default
 4) and ',head=analog' for the paper's continuous analog-bit head instead of the default
