@@ -12,7 +12,9 @@ sudoku4 (planning): the runs `sudoku4_ilm` (configs/diffusion_tasks.py:sudoku4,i
 `--step` (default: the newest step all three have) of the same preset schedule, so each has
 seen the same rows x steps. Decoders: 'insertion' (one (gap, token) per forward, until the
 stop signal), 'ar', 'llada' one token per step (confidence order, block = the whole answer).
-Solved = a valid grid that keeps every clue (`sudoku.is_valid_solution`).
+Solved = a valid grid that keeps every clue (`sudoku.is_valid_solution`); the table adds
+where answers go wrong (`sudoku.diagnose`): a full grid at all, one that keeps the clues,
+one that follows the rules.
 
 star3, star2 (planning, the ILM paper's own task; e.g. `--parts=star2`): path-star graphs
 (data/tasks/stargraph.py; star3: degree 3, arms of 4 nodes; star2: degree 2, arms of 2), the
@@ -53,6 +55,7 @@ from benchmarks import forward_cost
 from data.tasks import exact_match
 from data.tasks import infilling
 from data.tasks import stargraph
+from data.tasks import sudoku
 import workbench
 from workbench import Workbench
 from workdir import checkpoint as checkpoint_lib
@@ -88,6 +91,16 @@ def rate(rows, stats, ok) -> dict:
 PLANNING = ('sudoku4', 'star3', 'star2')  # planning parts: task names (configs/diffusion_tasks.py)
 
 
+def diagnosis(task_name: str):
+  """(diagnose(prompt, answer) -> {key: bool}, [(key, column header)]) of a planning task:
+  where its answers go wrong."""
+  if task_name.startswith('star'):
+    return stargraph.diagnose, [('ends', 'ends right %'), ('first_step', 'first step right %'),
+                                ('walk', 'follows the edges %')]
+  return sudoku.diagnose, [('grid', 'full grid %'), ('clues', 'keeps the clues %'),
+                           ('valid', 'valid grid %')]
+
+
 def planning_part(args, task_name: str) -> list[dict]:
   """ILM, AR and MDLM on one planning task at the same training step (module docstring)."""
   paths = {'ILM': os.path.join(args.runs, f'{task_name}_ilm'),
@@ -110,10 +123,9 @@ def planning_part(args, task_name: str) -> list[dict]:
     rows, stats = bench.run_one(dec, prompts, max_new_tokens=max_new, batch_size=64)
     answers = [tok.decode([t for t in r.tokens if t != tok.eos_id]) for r in rows]
     ok = [task.score(p, a) for (p, _), a in zip(pairs, answers)]
-    extra = {}
-    if task_name.startswith('star'):  # where the answers go wrong (stargraph.diagnose)
-      diag = [stargraph.diagnose(p, a) for (p, _), a in zip(pairs, answers)]
-      extra = {k: 100.0 * float(np.mean([d[k] for d in diag])) for k in diag[0]}
+    # where the answers go wrong (the task's diagnose: stargraph's or sudoku's)
+    diag = [diagnosis(task_name)[0](p, a) for (p, _), a in zip(pairs, answers)]
+    extra = {k: 100.0 * float(np.mean([d[k] for d in diag])) for k in diag[0]}
     out.append(dict(part=task_name, model=label, run=bench.name, step=step, decoder=name,
                     **rate(rows, stats, ok), **extra))
     print(out[-1], flush=True)
@@ -217,6 +229,7 @@ def report(rows: list[dict], args, name: str) -> str:
     what = (f'path-star graphs (degree {degree}, arms of {arm} nodes; solved = the path from '
             'the centre to the goal)' if star else
             'puzzles (solved = a valid grid that keeps every clue)')
+    columns = diagnosis(task_name)[1]
     body += [
         f'## {task_name} (planning), equal training budget\n\n{part[0]["n"]} held-out {what}, '
         f'seed {args.seed}; every model restored at step {part[0]["step"]} of the same '
@@ -224,10 +237,9 @@ def report(rows: list[dict], args, name: str) -> str:
         'one seed per model.\n',
         common.markdown_table(
             ['model', 'run', 'decoder', 'solved %', '± (binomial s.e.)']
-            + (['ends right %', 'first step right %', 'follows the edges %'] if star else [])
-            + ['forwards / token'],
+            + [header for _, header in columns] + ['forwards / token'],
             [[r['model'], r['run'], r['decoder'], f"{r['solved']:.1f}", f'{se(r):.1f}']
-             + ([f"{r[k]:.1f}" for k in ('ends', 'first_step', 'walk')] if star else [])
+             + [f"{r[k]:.1f}" if k in r else '—' for k, _ in columns]
              + [f"{r['forwards_per_token']:.3f}"] for r in part]), '']
     if star:
       body += ['"ends right": as many nodes as the path, the first the centre and the last the '
@@ -237,6 +249,11 @@ def report(rows: list[dict], args, name: str) -> str:
                f'the centre\'s {degree} children: 1 in {degree}); "follows the edges": the '
                'answer starts at the centre and every step is an edge, whichever arm it takes '
                '(next-token prediction\'s shortcut).\n']
+    else:
+      body += ['"full grid": as many digits 1-4 as the grid has cells (the format); "keeps the '
+               'clues": a full grid with every clue of the puzzle in its place (copying); '
+               '"valid grid": every row, column and box holds each digit once, clues aside '
+               '(the rules). Solved = keeps the clues and valid.\n']
   if inf:
     body += [
         f'## Infilling of unknown length (progression)\n\n{inf[0]["n"]} held-out 7-term '

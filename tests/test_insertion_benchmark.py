@@ -38,3 +38,18 @@ def test_star_table_reports_solved_and_where_answers_go_wrong(tmp_path, monkeypa
   text = open(insertion.report(rows, args, 'star_t2')).read()
   assert '## star2 (planning)' in text and 'degree 2, arms of 2 nodes' in text
   assert '1 in 2' in text and '| ILM | star3_ilm | insertion | 91.0 |' in text and 'follows the edges %' in text
+
+
+def test_sudoku_table_reports_where_answers_go_wrong(tmp_path, monkeypatch):
+  monkeypatch.setattr(common, 'RESULTS_DIR', str(tmp_path))
+  monkeypatch.setattr(insertion.diffusion_bench, 'LOADED', {'sudoku4_ar': 'causal'})
+  rows = [dict(part='sudoku4', model=m, run=f'sudoku4_{m.lower()}', step=9, decoder=d,
+               solved=s, forwards_per_token=1.0, forwards=6, tokens=6, n=100, grid=g,
+               clues=c, valid=v)
+          for m, d, s, g, c, v in (('ILM', 'insertion', 1.0, 99.0, 12.0, 40.0),
+                                   ('AR', 'ar', 90.0, 100.0, 96.0, 92.0))]
+  text = open(insertion.report(rows, insertion.parse_args(['--parts=sudoku4']), 'su')).read()
+  assert '## sudoku4 (planning)' in text and 'step 9' in text
+  assert '| ILM | sudoku4_ilm | insertion | 1.0 | 1.0 | 99.0 | 12.0 | 40.0 | 1.000 |' in text
+  assert '| AR | sudoku4_ar | ar | 90.0 | 3.0 | 100.0 | 96.0 | 92.0 | 1.000 |' in text
+  assert 'keeps the clues %' in text and 'valid grid %' in text and 'ends right' not in text

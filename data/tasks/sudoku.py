@@ -83,6 +83,31 @@ def is_valid_solution(puzzle: str, answer: str) -> bool:
   return all(set(line) == want for lines in (grid, grid.T, boxes) for line in lines)
 
 
+def diagnose(puzzle: str, answer: str) -> dict[str, bool]:
+  """Where a full-grid answer goes wrong: `grid` (as many cells as the puzzle, each a digit
+  1 .. size: the format), `clues` (a grid that keeps every clue: copying, no rule needed) and
+  `valid` (a grid whose rows, columns and boxes each hold every digit once, whether or not
+  it keeps the clues: the rules). A blanks-only answer is read as its filled grid. Solved
+  (`is_valid_solution`) = clues and valid."""
+  cells = len(puzzle)
+  size = int(round(cells ** 0.5))
+  n = int(round(size ** 0.5))
+  if n * n != size or size * size != cells:
+    raise ValueError(f'Not a sudoku puzzle: {puzzle!r}.')
+  if len(answer) != cells and len(answer) == puzzle.count(BLANK):
+    digits = iter(answer)
+    answer = ''.join(next(digits) if p == BLANK else p for p in puzzle)
+  grid = len(answer) == cells and all(ch.isdigit() and 1 <= int(ch) <= size for ch in answer)
+  if not grid:
+    return dict(grid=False, clues=False, valid=False)
+  clues = all(p == BLANK or p == a for p, a in zip(puzzle, answer))
+  g = np.array([int(ch) for ch in answer]).reshape(size, size)
+  boxes = g.reshape(n, n, n, n).transpose(0, 2, 1, 3).reshape(size, size)
+  want = set(range(1, size + 1))
+  valid = all(set(line) == want for lines in (g, g.T, boxes) for line in lines)
+  return dict(grid=True, clues=clues, valid=valid)
+
+
 def _task(name: str, n: int, min_blanks: int, max_blanks: int) -> exact_match.TextTask:
   cells = n ** 4
   return exact_match.TextTask(

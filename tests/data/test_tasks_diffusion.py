@@ -128,6 +128,31 @@ def test_star_diagnosis_and_bad_input():
     stargraph.diagnose('ab', 'a')
 
 
+def test_sudoku_diagnosis_and_bad_input():
+  """Hand-built answers to one puzzle: its solution; a valid grid that breaks a clue (the
+  solution with digits 1 and 2 swapped everywhere, still a valid grid); a grid that keeps
+  the clues but breaks the rules; a short answer; the blanks only."""
+  solution = '1234341221434321'  # rows 1234 / 3412 / 2143 / 4321: a valid 4x4 grid
+  puzzle = '1.3.34...1..4..1'
+  assert sudoku.is_valid_solution(puzzle, solution)
+  swapped = solution.translate(str.maketrans('12', '21'))
+  assert sudoku.diagnose(puzzle, solution) == dict(grid=True, clues=True, valid=True)
+  assert sudoku.diagnose(puzzle, swapped) == dict(grid=True, clues=False, valid=True)
+  broken = solution[:1] + '3' + solution[2:]  # the blank at cell 1 filled wrong
+  assert sudoku.diagnose(puzzle, broken) == dict(grid=True, clues=True, valid=False)
+  assert sudoku.diagnose(puzzle, solution[:15]) == dict(grid=False, clues=False, valid=False)
+  assert sudoku.diagnose(puzzle, solution[:15] + '5') == dict(grid=False, clues=False,
+                                                               valid=False)
+  blanks = ''.join(a for p, a in zip(puzzle, solution) if p == '.')
+  assert sudoku.diagnose(puzzle, blanks) == dict(grid=True, clues=True, valid=True)
+  rng = np.random.default_rng(4)
+  for _ in range(20):  # every generated puzzle's own answer passes all three
+    p, a = exact_match.get('sudoku4').generate(rng)
+    assert sudoku.diagnose(p, a) == dict(grid=True, clues=True, valid=True)
+  with pytest.raises(ValueError, match='Not a sudoku puzzle'):
+    sudoku.diagnose('1.3', '123')
+
+
 def test_infilling_is_exact_match():
   assert infilling.is_exact('12 15 18|27 30|', '21 24')
   assert not infilling.is_exact('12 15 18|27 30|', '21 24 ')
