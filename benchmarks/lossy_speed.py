@@ -1,0 +1,205 @@
+"""Speed of the lossy cheaper-step decoders where it can hold: a memory-bound target.
+
+  python -m benchmarks.lossy_speed                      # `mem` preset, random weights (CPU)
+  python -m benchmarks.lossy_speed --preset=tiny --new_tokens=32 --out=t     # smoke
+
+SPEED ONLY, RANDOM WEIGHTS: the outputs mean nothing; the quality of each method is measured
+on trained models by its own benchmark (benchmarks/skipdecode.py, benchmarks/bitlm.py). What
+this measures is what each method's step costs when the weights, not the arithmetic, bound a
+forward (the `mem` preset, 126 MB of fp32 weights, four times a 32 MB last-level cache; see
+benchmarks/forward_cost.py), which its tiny-model figures cannot show.
+
+Decoders, greedy, every one timed in the same rounds (after one warm-up pass each, each round
+runs every decoder once, in turn; a speedup is the median over rounds of AR's time / the
+decoder's time within a round):
+  ar                    the reference.
+  skipdecode            SkipDecode (skip the bottom s layers for every generated token
+                        after the first, which the prefill gives: `schedule=0/s`) and plain
+                        early exit (`skip_from=top`, the top s layers), s in `--skips`.
+                        Ideal: L / (L - s) (layers read per token).
+  bitlm                 BitLM with a random head of the `tiny` shape widened to the preset
+                        (K = `--block` tokens per block, `--head_steps` head calls per block):
+                        per-token backbone (a forward over K positions per block) and folded
+                        (one position per block, 1/K of the KV entries). Ideal: K x t_AR /
+                        t_fwd, t_fwd the forward-cost curve at K positions (per-token) or 1
+                        (folded), head calls not counted.
+"speedup / ideal" is the share of the ideal a decoder reaches; a speedup above its ideal bound
+(x 1.05) is flagged (!): load on the machine, not the method. Batch 1 and `--batch`; prompts
+are random token ids of `--prompt_tokens`; EOS never ends a row. Writes
+benchmarks/results/lossy_speed_<preset>_<device>.md and .json (or `--out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import jax
+import numpy as np
+
+from benchmarks import common
+from benchmarks import cost_model
+from benchmarks import forward_cost
+from benchmarks import harness
+from decoding import Models, SamplingConfig, registry
+from models import bitlm as bitlm_lib
+
+VOCAB = 272  # the byte tokenizer's vocabulary, as the trained runs
+
+
+def bitlm_params(model, params, block: int, fold: bool, seed: int = 1) -> dict:
+  """{'target', 'bitlm'}: the random model and a random bit head (width 64, 2 layers, as
+  configs/bitlm.py:tiny) conditioned on the model's width."""
+  shape = bitlm_lib.HeadShape(block=block, bits=bitlm_lib.num_bits(model.cfg.vocab_size),
+                              width=64, layers=2, heads=4, mlp=128, cond=model.cfg.d_model,
+                              fold=fold)
+  return {'target': params, bitlm_lib.BITLM: bitlm_lib.init_head(shape, jax.random.key(seed))}
+
+
+def decoders(num_layers: int, skips: list[int], block: int, head_steps: int
+             ) -> list[tuple[str, str, str]]:
+  """(label, decoder spec, params kind) per row: kind 'ar', 'bitlm' or 'bitlm_fold'."""
+  rows = [('ar', 'ar', 'ar')]
+  for s in skips:
+    if not 0 < s < num_layers:
+      raise ValueError(f'--skips: each skip must be in 1 .. {num_layers - 1}, got {s}.')
+    rows += [(f'skipdecode, skip bottom {s}', f'skipdecode:schedule=0/{s}', 'ar'),
+             (f'early exit, skip top {s}', f'skipdecode:schedule=0/{s}:skip_from=top', 'ar')]
+  rows += [(f'bitlm per-token, K={block}, {head_steps} head calls', f'bitlm:steps={head_steps}',
+            'bitlm'),
+           (f'bitlm folded, K={block}, {head_steps} head calls', f'bitlm:steps={head_steps}',
+            'bitlm_fold')]
+  return rows
+
+
+def skipped(label: str) -> int:
+  """Layers a SkipDecode / early-exit row skips (0 for the others)."""
+  return int(label.rsplit(' ', 1)[1]) if label.startswith(('skipdecode', 'early exit')) else 0
+
+
+def ideal(label: str, kind: str, num_layers: int, block: int, curve: dict[int, float]) -> float:
+  """The speedup a row could reach if only the weights it reads cost time (module docstring)."""
+  if kind == 'ar':
+    return num_layers / (num_layers - skipped(label))
+  t_fwd = cost_model.curve_at(curve, block if kind == 'bitlm' else 1)
+  return block * curve[1] / t_fwd
+
+
+def kv_per_token(label: str, kind: str, num_layers: int, block: int) -> float:
+  """KV entries a row writes per generated token and layer, averaged over the layers."""
+  if kind == 'bitlm_fold':
+    return 1 / block
+  return (num_layers - skipped(label)) / num_layers
+
+
+def run(args) -> tuple[list[dict], dict]:
+  """(rows, meta: weight MB and layers of the preset)."""
+  model, params = cost_model.random_model(args.preset, vocab_size=VOCAB)
+  L = model.cfg.num_layers
+  skips = [int(s) for s in args.skips.split(',') if s]
+  rows_spec = decoders(L, skips, args.block, args.head_steps)
+  kinds = {'ar': {'target': params},
+           'bitlm': bitlm_params(model, params, args.block, fold=False),
+           'bitlm_fold': bitlm_params(model, params, args.block, fold=True)}
+  rng = np.random.default_rng(0)
+  out = []
+  for batch in [int(b) for b in args.batches.split(',')]:
+    curve = cost_model.forward_curve(model, params, batch=batch, tokens=sorted({1, args.block}))
+    prompts = [list(rng.integers(3, VOCAB, args.prompt_tokens)) for _ in range(batch)]
+    batches = harness.make_batches(prompts, batch, 0)
+    kw = dict(max_new=args.new_tokens,
+              cache_size=harness.cache_slots(prompts, args.new_tokens + args.block),
+              eos_id=-1, pad_id=0)
+    progs = []
+    for label, spec, kind in rows_spec:
+      name, settings = registry.parse_spec(spec)
+      dec = registry.build(name, settings, SamplingConfig(temperature=0.0))
+      fns, c = harness.compile_decoder(dec, Models(model), kinds[kind], batches, **kw)
+      progs.append((fns, kinds[kind]))
+      print(f'compiled {label} (B={batch}) in {c:.1f} s', flush=True)
+    walls, results = _rounds(progs, batches, args.repeats)
+    for (label, spec, kind), wall, res in zip(rows_spec, walls, results):
+      r = harness.summarise(res, float(np.median(wall)), 0.0)
+      speedup = float(np.median(walls[0] / wall))
+      bound = ideal(label, kind, L, args.block, curve)
+      out.append(dict(preset=args.preset, batch=batch, decoder=label, spec=spec,
+                      tau=r['tau'], tokens_per_s=r['tokens_per_s'], speedup=speedup,
+                      ideal=bound, share_of_ideal=speedup / bound,
+                      above_ideal=speedup > 1.05 * bound,
+                      kv_entries_per_token_per_layer=kv_per_token(label, kind, L, args.block),
+                      t_fwd_1_ms=curve[1] * 1e3, t_fwd_k_ms=curve[args.block] * 1e3))
+      print(out[-1], flush=True)
+  return out, dict(weight_mb=cost_model.weight_bytes(params) / 1e6, num_layers=L)
+
+
+def _rounds(progs, batches, repeats: int):
+  """Wall times [repeats] of each program, all run in turn every round (after a warm-up)."""
+  for fns, pp in progs:
+    harness.timed_pass(fns, pp, batches)
+  times, results = [[] for _ in progs], [None] * len(progs)
+  for _ in range(repeats):
+    for i, (fns, pp) in enumerate(progs):
+      t, results[i] = harness.timed_pass(fns, pp, batches)
+      times[i].append(t)
+  return [np.asarray(t) for t in times], results
+
+
+def report(rows: list[dict], meta: dict, args, name: str) -> str:
+  table = []
+  for r in rows:
+    flag = ' (!)' if r['above_ideal'] else ''
+    table.append([r['batch'], r['decoder'], f"{r['tau']:.2f}",
+                  f"{r['kv_entries_per_token_per_layer']:.3g}", f"{r['tokens_per_s']:.4g}",
+                  f"{r['speedup']:.2f}x{flag}", f"{r['ideal']:.2f}x",
+                  f"{r['share_of_ideal']:.2f}"])
+  curve = '; '.join(f"batch {r['batch']}: {r['t_fwd_1_ms']:.3f} ms at 1 position, "
+                    f"{r['t_fwd_k_ms']:.3f} ms at {args.block}"
+                    for r in rows if r['decoder'] == 'ar')
+  body = (f'SPEED ONLY, RANDOM WEIGHTS (outputs meaningless; quality is measured on trained '
+          f'models in skipdecode.md and bitlm*.md). Preset `{args.preset}` '
+          f'({meta["weight_mb"]:.0f} MB of weights, {meta["num_layers"]} layers, vocabulary '
+          f'{VOCAB}), greedy, prompts of '
+          f'{args.prompt_tokens} random tokens, {args.new_tokens} new tokens, EOS off. '
+          f'Every decoder timed in the same {args.repeats} rounds (one pass of each per round, '
+          'in turn, after a warm-up); speedup = median over rounds of AR\'s time / the '
+          'decoder\'s within the round. tau = tokens per backbone forward. Ideal: '
+          'SkipDecode / early exit L / (L - s) (the layers a token reads); BitLM K x t_AR / '
+          't_fwd with t_fwd one cached forward over K positions (per-token backbone) or one '
+          '(folded), from the forward-cost probe of this run, head calls not counted. (!) '
+          'marks a speedup above 1.05 x its ideal (load, not the method). KV entries per '
+          f'token and layer: written by the decoder. Forward cost in this run: {curve}. One '
+          'run, one seed.\n\n'
+          + common.markdown_table(['batch', 'decoder', 'tau', 'KV entries / token / layer',
+                                   'tokens/s', 'speedup vs AR', 'ideal', 'speedup / ideal'],
+                                  table) + '\n')
+  return common.write_results(name, f'Lossy cheaper steps on a memory-bound target '
+                                    f'({args.preset}, random weights)', body)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  ap = argparse.ArgumentParser(description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument('--preset', default='mem')
+  ap.add_argument('--batches', default='1,8')
+  ap.add_argument('--skips', default='2,4', help='layers skipped (SkipDecode, early exit)')
+  ap.add_argument('--block', type=int, default=4, help='BitLM tokens per block')
+  ap.add_argument('--head_steps', type=int, default=9, help='BitLM head calls per block')
+  ap.add_argument('--prompt_tokens', type=int, default=64)
+  ap.add_argument('--new_tokens', type=int, default=128)
+  ap.add_argument('--repeats', type=int, default=5)
+  ap.add_argument('--out', default='')
+  args = ap.parse_args(argv)
+  args.out = args.out or f'lossy_speed_{args.preset}_{forward_cost.device_tag()}'
+  return args
+
+
+def main(argv=None) -> str:
+  args = parse_args(argv)
+  rows, meta = run(args)
+  common.write_json(args.out, {'provenance': common.provenance(), **meta, 'rows': rows})
+  path = report(rows, meta, args, args.out)
+  print(f'wrote {path}')
+  return path
+
+
+if __name__ == '__main__':
+  main()
