@@ -21,8 +21,9 @@ decoder's time within a round):
                         (K = `--block` tokens per block, `--head_steps` head calls per block):
                         per-token backbone (a forward over K positions per block) and folded
                         (one position per block, 1/K of the KV entries). Ideal: K x t_AR /
-                        t_fwd, t_fwd the forward-cost curve at K positions (per-token) or 1
-                        (folded), head calls not counted.
+                        t_fwd, t_fwd one forward over K positions (per-token) or over one
+                        position reading a cache of 1/K the slots (folded), head calls not
+                        counted; t_AR and t_fwd timed by the forward-cost probe in this run.
 "speedup / ideal" is the share of the ideal a decoder reaches; a speedup above its ideal bound
 (x 1.05) is flagged (!): load on the machine, not the method. Batch 1 and `--batch`; prompts
 are random token ids of `--prompt_tokens`; EOS never ends a row. Writes
@@ -76,12 +77,13 @@ def skipped(label: str) -> int:
   return int(label.rsplit(' ', 1)[1]) if label.startswith(('skipdecode', 'early exit')) else 0
 
 
-def ideal(label: str, kind: str, num_layers: int, block: int, curve: dict[int, float]) -> float:
-  """The speedup a row could reach if only the weights it reads cost time (module docstring)."""
+def ideal(label: str, kind: str, num_layers: int, block: int, curve: dict) -> float:
+  """The speedup a row could reach if its step cost only its backbone forward (module
+  docstring); curve: {1: t_fwd, block: t_fwd over K positions, 'fold': t_fwd of one
+  position over the folded cache}."""
   if kind == 'ar':
     return num_layers / (num_layers - skipped(label))
-  t_fwd = cost_model.curve_at(curve, block if kind == 'bitlm' else 1)
-  return block * curve[1] / t_fwd
+  return block * curve[1] / curve[block if kind == 'bitlm' else 'fold']
 
 
 def kv_per_token(label: str, kind: str, num_layers: int, block: int) -> float:
@@ -103,12 +105,18 @@ def run(args) -> tuple[list[dict], dict]:
   rng = np.random.default_rng(0)
   out = []
   for batch in [int(b) for b in args.batches.split(',')]:
-    curve = cost_model.forward_curve(model, params, batch=batch, tokens=sorted({1, args.block}))
     prompts = [list(rng.integers(3, VOCAB, args.prompt_tokens)) for _ in range(batch)]
     batches = harness.make_batches(prompts, batch, 0)
-    kw = dict(max_new=args.new_tokens,
-              cache_size=harness.cache_slots(prompts, args.new_tokens + args.block),
-              eos_id=-1, pad_id=0)
+    slots = harness.cache_slots(prompts, args.new_tokens + args.block)
+    kw = dict(max_new=args.new_tokens, cache_size=slots, eos_id=-1, pad_id=0)
+    # Forwards as the decoders run them: the decoders' cache, half the new tokens committed;
+    # the folded backbone's cache holds 1/K of the slots (decoding/diffusion/bitlm.py).
+    context = args.prompt_tokens + args.new_tokens // 2
+    curve = cost_model.forward_curve(model, params, batch=batch, tokens=sorted({1, args.block}),
+                                     cache_size=slots, context=context)
+    curve['fold'] = cost_model.forward_time(model, params, batch=batch, tokens=1,
+                                            cache_size=-(-slots // args.block) + 1,
+                                            context=context // args.block)
     progs = []
     for label, spec, kind in rows_spec:
       name, settings = registry.parse_spec(spec)
@@ -126,7 +134,9 @@ def run(args) -> tuple[list[dict], dict]:
                       ideal=bound, share_of_ideal=speedup / bound,
                       above_ideal=speedup > 1.05 * bound,
                       kv_entries_per_token_per_layer=kv_per_token(label, kind, L, args.block),
-                      t_fwd_1_ms=curve[1] * 1e3, t_fwd_k_ms=curve[args.block] * 1e3))
+                      t_fwd_1_ms=curve[1] * 1e3, t_fwd_k_ms=curve[args.block] * 1e3,
+                      t_fwd_fold_ms=curve['fold'] * 1e3, cache_slots=slots,
+                      context=context))
       print(out[-1], flush=True)
   return out, dict(weight_mb=cost_model.weight_bytes(params) / 1e6, num_layers=L)
 
@@ -152,8 +162,10 @@ def report(rows: list[dict], meta: dict, args, name: str) -> str:
                   f"{r['speedup']:.2f}x{flag}", f"{r['ideal']:.2f}x",
                   f"{r['share_of_ideal']:.2f}"])
   curve = '; '.join(f"batch {r['batch']}: {r['t_fwd_1_ms']:.3f} ms at 1 position, "
-                    f"{r['t_fwd_k_ms']:.3f} ms at {args.block}"
+                    f"{r['t_fwd_k_ms']:.3f} ms at {args.block}, {r['t_fwd_fold_ms']:.3f} ms at "
+                    f"1 over the folded cache ({r['cache_slots']} / {args.block} + 1 slots)"
                     for r in rows if r['decoder'] == 'ar')
+  context = rows[0]['context']
   body = (f'SPEED ONLY, RANDOM WEIGHTS (outputs meaningless; quality is measured on trained '
           f'models in skipdecode.md and bitlm*.md). Preset `{args.preset}` '
           f'({meta["weight_mb"]:.0f} MB of weights, {meta["num_layers"]} layers, vocabulary '
@@ -163,8 +175,10 @@ def report(rows: list[dict], meta: dict, args, name: str) -> str:
           'in turn, after a warm-up); speedup = median over rounds of AR\'s time / the '
           'decoder\'s within the round. tau = tokens per backbone forward. Ideal: '
           'SkipDecode / early exit L / (L - s) (the layers a token reads); BitLM K x t_AR / '
-          't_fwd with t_fwd one cached forward over K positions (per-token backbone) or one '
-          '(folded), from the forward-cost probe of this run, head calls not counted. (!) '
+          't_fwd with t_fwd one cached forward over K positions (per-token backbone) or over one '
+          'position with a cache of 1/K the slots (folded), both timed in this run by the '
+          f'forward-cost probe after {context} committed tokens (the prompt and half the new '
+          'tokens; the folded cache holds 1/K of them), head calls not counted. (!) '
           'marks a speedup above 1.05 x its ideal (load, not the method). KV entries per '
           f'token and layer: written by the decoder. Forward cost in this run: {curve}. One '
           'run, one seed.\n\n'
