@@ -24,6 +24,12 @@ decoder's time within a round):
                         t_fwd, t_fwd one forward over K positions (per-token) or over one
                         position reading a cache of 1/K the slots (folded), head calls not
                         counted; t_AR and t_fwd timed by the forward-cost probe in this run.
+  hamburger             HAMburger with its wrapper initialised from the model
+                        (`models.hamburger.init_params`: identity-like embedder, the last
+                        layer as micro decoder) and `threshold=0`, so every step takes
+                        `--block` tokens: one base forward over one position (one KV entry
+                        per step) and block - 1 micro passes. Ideal: block x t_AR / t_fwd(1)
+                        = block, micro passes not counted.
 "speedup / ideal" is the share of the ideal a decoder reaches; a speedup above its ideal bound
 (x 1.05) is flagged (!): load on the machine, not the method. Batch 1 and `--batch`; prompts
 are random token ids of `--prompt_tokens`; EOS never ends a row. Writes
@@ -43,6 +49,7 @@ from benchmarks import forward_cost
 from benchmarks import harness
 from decoding import Models, SamplingConfig, registry
 from models import bitlm as bitlm_lib
+from models import hamburger as ham_lib
 
 VOCAB = 272  # the byte tokenizer's vocabulary, as the trained runs
 
@@ -58,7 +65,8 @@ def bitlm_params(model, params, block: int, fold: bool, seed: int = 1) -> dict:
 
 def decoders(num_layers: int, skips: list[int], block: int, head_steps: int
              ) -> list[tuple[str, str, str]]:
-  """(label, decoder spec, params kind) per row: kind 'ar', 'bitlm' or 'bitlm_fold'."""
+  """(label, decoder spec, params kind) per row: kind 'ar', 'bitlm', 'bitlm_fold' or
+  'hamburger'."""
   rows = [('ar', 'ar', 'ar')]
   for s in skips:
     if not 0 < s < num_layers:
@@ -68,7 +76,8 @@ def decoders(num_layers: int, skips: list[int], block: int, head_steps: int
   rows += [(f'bitlm per-token, K={block}, {head_steps} head calls', f'bitlm:steps={head_steps}',
             'bitlm'),
            (f'bitlm folded, K={block}, {head_steps} head calls', f'bitlm:steps={head_steps}',
-            'bitlm_fold')]
+            'bitlm_fold'),
+           (f'hamburger, {block} tokens per step', 'hamburger:threshold=0', 'hamburger')]
   return rows
 
 
@@ -83,12 +92,14 @@ def ideal(label: str, kind: str, num_layers: int, block: int, curve: dict) -> fl
   position over the folded cache}."""
   if kind == 'ar':
     return num_layers / (num_layers - skipped(label))
+  if kind == 'hamburger':  # one base forward over one position per step of `block` tokens
+    return float(block)
   return block * curve[1] / curve[block if kind == 'bitlm' else 'fold']
 
 
 def kv_per_token(label: str, kind: str, num_layers: int, block: int) -> float:
   """KV entries a row writes per generated token and layer, averaged over the layers."""
-  if kind == 'bitlm_fold':
+  if kind in ('bitlm_fold', 'hamburger'):
     return 1 / block
   return (num_layers - skipped(label)) / num_layers
 
@@ -101,7 +112,9 @@ def run(args) -> tuple[list[dict], dict]:
   rows_spec = decoders(L, skips, args.block, args.head_steps)
   kinds = {'ar': {'target': params},
            'bitlm': bitlm_params(model, params, args.block, fold=False),
-           'bitlm_fold': bitlm_params(model, params, args.block, fold=True)}
+           'bitlm_fold': bitlm_params(model, params, args.block, fold=True),
+           'hamburger': {'target': params,
+                         ham_lib.HAMBURGER: ham_lib.init_params(model.cfg, params, args.block)}}
   rng = np.random.default_rng(0)
   out = []
   for batch in [int(b) for b in args.batches.split(',')]:
@@ -176,7 +189,9 @@ def report(rows: list[dict], meta: dict, args, name: str) -> str:
           'decoder\'s within the round. Tokens per forward: generated tokens per backbone '
           'forward. These decoders run cheaper forwards than AR (fewer layers; a cache of 1/K '
           'the slots), so their bound is not the tokens per forward but the ideal. Ideal: '
-          'SkipDecode / early exit L / (L - s) (the layers a token reads); BitLM K x t_AR / '
+          'SkipDecode / early exit L / (L - s) (the layers a token reads); HAMburger K (one '
+          'base forward over one position per step of K tokens, micro passes not counted); '
+          'BitLM K x t_AR / '
           't_fwd with t_fwd one cached forward over K positions (per-token backbone) or over one '
           'position with a cache of 1/K the slots (folded), both timed in this run by the '
           f'forward-cost probe after {context} committed tokens (the prompt and half the new '
@@ -198,7 +213,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   ap.add_argument('--preset', default='mem')
   ap.add_argument('--batches', default='1,8')
   ap.add_argument('--skips', default='2,4', help='layers skipped (SkipDecode, early exit)')
-  ap.add_argument('--block', type=int, default=4, help='BitLM tokens per block')
+  ap.add_argument('--block', type=int, default=4, help='BitLM tokens per block; HAMburger tokens per step')
   ap.add_argument('--head_steps', type=int, default=9, help='BitLM head calls per block')
   ap.add_argument('--prompt_tokens', type=int, default=64)
   ap.add_argument('--new_tokens', type=int, default=128)

@@ -16,7 +16,8 @@ def test_rows_ideals_and_kv_entries(tmp_path, monkeypatch):
                     '--out=ls'])
   rows = {r['decoder']: r for r in json.loads((tmp_path / 'ls.json').read_text())['rows']}
   assert list(rows) == ['ar', 'skipdecode, skip bottom 1', 'early exit, skip top 1',
-                        'bitlm per-token, K=3, 2 head calls', 'bitlm folded, K=3, 2 head calls']
+                        'bitlm per-token, K=3, 2 head calls', 'bitlm folded, K=3, 2 head calls',
+                        'hamburger, 3 tokens per step']
   L = 2  # the test preset's layers
   for name in ('skipdecode, skip bottom 1', 'early exit, skip top 1'):
     assert rows[name]['ideal'] == pytest.approx(L / (L - 1))
@@ -28,6 +29,9 @@ def test_rows_ideals_and_kv_entries(tmp_path, monkeypatch):
   assert per_token['ideal'] == pytest.approx(3 * per_token['t_fwd_1_ms'] / per_token['t_fwd_k_ms'])
   assert per_token['kv_entries_per_token_per_layer'] == 1.0
   assert fold['tau'] == pytest.approx(3.0)  # 9 tokens: 3 blocks, one backbone forward each
+  ham = rows['hamburger, 3 tokens per step']
+  assert ham['ideal'] == 3.0 and ham['kv_entries_per_token_per_layer'] == 1 / 3
+  assert ham['tau'] == pytest.approx(3.0)  # threshold 0: every step takes 3 tokens
   for r in rows.values():
     assert r['above_ideal'] == (r['speedup'] > 1.05 * r['ideal'])
   text = (tmp_path / 'ls.md').read_text()
