@@ -181,6 +181,12 @@ def mdlm_infill(bench: Workbench, examples, lengths: list[int]) -> tuple[list[st
   return texts, int(np.asarray(fwd).sum()), int(sum(lengths))
 
 
+def keeps_given(text: str, left: str, right: str) -> bool:
+  """Whether a filled row keeps the given terms: it starts with `left`, ends with `right`,
+  and the two do not overlap (the filling went into the gap, not into a kept term)."""
+  return len(text) >= len(left) + len(right) and text.startswith(left) and text.endswith(right)
+
+
 def infill_part(args) -> list[dict]:
   ilm = load(os.path.join(args.runs, 'progression_ilm'), args.infill_step or None)
   mdlm = load(os.path.join(args.runs, 'progression_mdlm'), args.infill_step or None)
@@ -196,9 +202,11 @@ def infill_part(args) -> list[dict]:
   length_ok = [r.extra['length'] - len(p) == len(tok.encode(m))
                for r, p, (_, _, m, _) in zip(rows, prompts, examples)]
   ok = [t == a for t, (a, _, _, _) in zip(texts, examples)]
+  kept = [keeps_given(t, left, right) for t, (_, left, _, right) in zip(texts, examples)]
   out.append(dict(part='infill', model='ILM', run=ilm.name, step=ilm.step,
                   decoder='insertion(insert_from=1)', length='not given',
-                  length_right=100.0 * float(np.mean(length_ok)), **rate(rows, stats, ok)))
+                  length_right=100.0 * float(np.mean(length_ok)),
+                  kept=100.0 * float(np.mean(kept)), **rate(rows, stats, ok)))
   print(out[-1], flush=True)
   true_k = [len(tok.encode(m)) for _, _, m, _ in examples]
   guess = collections.Counter(true_k).most_common(1)[0][0]
@@ -207,9 +215,11 @@ def infill_part(args) -> list[dict]:
     texts, fwd, n = mdlm_infill(mdlm, examples, ks)
     ok = [t == a for t, (a, _, _, _) in zip(texts, examples)]
     length_ok = [k == t for k, t in zip(ks, true_k)]
+    kept = [keeps_given(t, left, right) for t, (_, left, _, right) in zip(texts, examples)]
     out.append(dict(part='infill', model='MDLM', run=mdlm.name, step=mdlm.step,
                     decoder='one per step (confidence)', length=label,
                     length_right=100.0 * float(np.mean(length_ok)),
+                    kept=100.0 * float(np.mean(kept)),
                     solved=100.0 * float(np.mean(ok)), forwards_per_token=fwd / max(n, 1),
                     forwards=fwd, tokens=n, n=len(ok)))
     print(out[-1], flush=True)
@@ -260,12 +270,16 @@ def report(rows: list[dict], args, name: str) -> str:
         'progressions with 1-3 whole terms cut from the middle. ILM reads the row with the '
         'gap closed and inserts until its stop signal; MDLM needs the number of <mask> '
         'tokens: given (an oracle) or guessed (the most frequent missing length). Solved = '
-        'the filled row equals the original. Greedy; one run, one seed per model.\n',
+        'the filled row equals the original; "keeps the given terms": the filled row starts '
+        'with the text before the gap and ends with the text after it (the filling went into '
+        'the gap; MDLM\'s masks sit there by construction). Greedy; one run, one seed per '
+        'model.\n',
         common.markdown_table(
             ['model', 'run (step)', 'missing length', 'solved %', '± (binomial s.e.)',
-             'length right %', 'forwards / token'],
+             'length right %', 'keeps the given terms %', 'forwards / token'],
             [[r['model'], f"{r['run']} ({r['step']})", r['length'], f"{r['solved']:.1f}",
-              f'{se(r):.1f}', f"{r['length_right']:.1f}", f"{r['forwards_per_token']:.3f}"]
+              f'{se(r):.1f}', f"{r['length_right']:.1f}",
+              f"{r['kept']:.1f}" if 'kept' in r else '—', f"{r['forwards_per_token']:.3f}"]
              for r in inf]), '']
   body.append('Models:\n\n' + '\n'.join(f'- `{k}`: {v}' for k, v in
                                           sorted(diffusion_bench.LOADED.items())))

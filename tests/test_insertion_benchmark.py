@@ -53,3 +53,21 @@ def test_sudoku_table_reports_where_answers_go_wrong(tmp_path, monkeypatch):
   assert '| ILM | sudoku4_ilm | insertion | 1.0 | 1.0 | 99.0 | 12.0 | 40.0 | 1.000 |' in text
   assert '| AR | sudoku4_ar | ar | 90.0 | 3.0 | 100.0 | 96.0 | 92.0 | 1.000 |' in text
   assert 'keeps the clues %' in text and 'valid grid %' in text and 'ends right' not in text
+
+
+def test_infill_table_and_keeps_given(tmp_path, monkeypatch):
+  assert insertion.keeps_given('12 15 18 21 24', '12 15 ', ' 24')
+  assert not insertion.keeps_given('12 15 18 22 24', '12 15 18 21', ' 24')  # a kept term edited
+  assert not insertion.keeps_given('12 15', '12 15', '15')  # left and right overlap
+  monkeypatch.setattr(common, 'RESULTS_DIR', str(tmp_path))
+  monkeypatch.setattr(insertion.diffusion_bench, 'LOADED', {'progression_ilm': 'insertion'})
+  rows = [dict(part='infill', model='ILM', run='progression_ilm', step=5, decoder='insertion',
+               length='not given', length_right=80.0, kept=40.0, solved=2.0,
+               forwards_per_token=1.0, forwards=6, tokens=6, n=100),
+          dict(part='infill', model='MDLM', run='progression_mdlm', step=5, decoder='llada',
+               length='given (oracle)', length_right=100.0, solved=99.0,
+               forwards_per_token=1.0, forwards=6, tokens=6, n=100)]
+  text = open(insertion.report(rows, insertion.parse_args(['--parts=infill']), 'inf')).read()
+  assert '| ILM | progression_ilm (5) | not given | 2.0 | 1.4 | 80.0 | 40.0 | 1.000 |' in text
+  assert '| MDLM | progression_mdlm (5) | given (oracle) | 99.0 | 1.0 | 100.0 | — | 1.000 |' in text
+  assert 'keeps the given terms %' in text
