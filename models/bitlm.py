@@ -195,6 +195,21 @@ def fold_blocks(cfg: Any, base_params: Any, head: Any, blocks_xK: jax.Array,
   return jnp.einsum('...KD,KDE->...E', emb, head['fold'].astype(dt))
 
 
+def shifted_blocks(tokens_BxL: jax.Array, length_B: jax.Array, offset_B: jax.Array, block: int,
+                   num_blocks: int) -> tuple[jax.Array, jax.Array]:
+  """Rows cut into `num_blocks` blocks of K slots after `offset[b]` pad slots: slot i of row b
+  holds token i - offset[b], valid while that is in 0 .. length[b] - 1.
+
+  Returns (ids [B, N, K] (0 at an invalid slot), valid [B, N, K])."""
+  B, L = tokens_BxL.shape
+  i_BxNK = (jnp.arange(num_blocks * block, dtype=jnp.int32)[None]
+            - offset_B.astype(jnp.int32)[:, None])
+  valid = (i_BxNK >= 0) & (i_BxNK < length_B.astype(jnp.int32)[:, None])
+  ids = jnp.take_along_axis(tokens_BxL.astype(jnp.int32), jnp.clip(i_BxNK, 0, L - 1), axis=1)
+  return (jnp.where(valid, ids, 0).reshape(B, num_blocks, block),
+          valid.reshape(B, num_blocks, block))
+
+
 def prompt_blocks(prompt_BxP: jax.Array, prompt_len_B: jax.Array, block: int
                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """A ragged batch of prompts (right-padded [B, P], lengths [B]) as blocks of K aligned to
@@ -203,17 +218,10 @@ def prompt_blocks(prompt_BxP: jax.Array, prompt_len_B: jax.Array, block: int
 
   Returns (token ids [B, M, K] with M = ceil(P / K) (0 where not a token), valid [B, M, K]
   (a prompt token), n_B [B] int32 (the row's blocks; blocks >= n_b are empty))."""
-  B, P = prompt_BxP.shape
-  K = block
-  M = max(1, -(-P // K))
   length_B = prompt_len_B.astype(jnp.int32)
-  offset_B = (-length_B) % K
-  i_BxMxK = (jnp.arange(M * K, dtype=jnp.int32)[None] - offset_B[:, None]).reshape(B, M, K)
-  valid = (i_BxMxK >= 0) & (i_BxMxK < length_B[:, None, None])
-  ids = jnp.take_along_axis(prompt_BxP.astype(jnp.int32),
-                            jnp.clip(i_BxMxK, 0, P - 1).reshape(B, M * K), axis=1)
-  ids = jnp.where(valid, ids.reshape(B, M, K), 0)
-  return ids, valid, jnp.maximum(-(-length_B // K), 1)
+  M = max(1, -(-prompt_BxP.shape[1] // block))
+  ids, valid = shifted_blocks(prompt_BxP, length_B, (-length_B) % block, block, M)
+  return ids, valid, jnp.maximum(-(-length_B // block), 1)
 
 
 def _rms(x: jax.Array, scale: jax.Array, eps: float = 1e-6) -> jax.Array:

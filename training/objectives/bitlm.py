@@ -181,11 +181,7 @@ def fold_rows(tokens_BxL: jax.Array, offset_B: jax.Array, block: int,
   if N < 2:
     raise ValueError(f'bitlm (fold): rows of {L} tokens hold fewer than two blocks of {block}; '
                      'raise data.seq_len or lower bitlm.block.')
-  i_BxNK = jnp.arange(N * block, dtype=jnp.int32)[None] - offset_B.astype(jnp.int32)[:, None]
-  valid = (i_BxNK >= 0) & (i_BxNK < L)
-  ids = jnp.where(valid, jnp.take_along_axis(tokens_BxL, jnp.clip(i_BxNK, 0, L - 1), axis=1),
-                  0)
-  return ids.reshape(B, N, block), valid.reshape(B, N, block)
+  return bitlm_lib.shifted_blocks(tokens_BxL, jnp.full((B,), L, jnp.int32), offset_B, block, N)
 
 
 def fold_hidden(model: transformer_lib.Transformer, params, ids_BxNxK: jax.Array,
