@@ -105,22 +105,6 @@ def generated_nll(ar_bench, prompts, rows) -> float:
   return total / max(count, 1)
 
 
-def round_times(progs, batches, repeats: int) -> tuple[list[np.ndarray], list]:
-  """Wall times [repeats] of one pass of each (compiled fns, params) program, the programs
-  run in turn in every round (after one warm-up pass each), and each one's last results. A
-  speedup is then read per round (both passes under the same load) and its median kept: on a
-  shared machine the load moves between rounds more than within one."""
-  for fns, pp in progs:
-    harness.timed_pass(fns, pp, batches)
-  times = [[] for _ in progs]
-  results = [None] * len(progs)
-  for _ in range(repeats):
-    for i, (fns, pp) in enumerate(progs):
-      t, results[i] = harness.timed_pass(fns, pp, batches)
-      times[i].append(t)
-  return [np.asarray(t) for t in times], results
-
-
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument('--bitlm', default='runs/bitlm_tiny',
@@ -166,7 +150,8 @@ def main():
     val, se = float(vals.mean()), float(vals.std(ddof=1) / math.sqrt(len(vals)))
     print(f'held-out: AR nll {nll_ar:.3f}, {name(shape)} {measure(shape)} {val:.3f} +- {se:.3f}',
           flush=True)
-    held.append([f'BitLM, {shape.kind} head{", fold" if shape.fold else ""} (`{run}`)', n_params(bit.params) + n_params(head),
+    held.append([f'BitLM, {shape.kind} head{", fold" if shape.fold else ""} (`{run}`)',
+                 n_params(bit.params) + n_params(head),
                  f'{measure(shape)} (± {se:.2g})', val, val / math.log(2)])
     runs_meta.append({'run': run, 'head': shape.kind, 'fold': shape.fold, 'block': shape.block,
                       'bits': shape.bits,
@@ -199,7 +184,7 @@ def main():
     fns, c = harness.compile_decoder(dec, models, params, batches, **kw)
     progs.append((fns, params))
     compile_s.append(c)
-  walls, results = round_times(progs, batches, args.repeats)
+  walls, results = harness.round_times(progs, batches, args.repeats)
   rows, table = [], []
   ar_walls = {}
   for (label, bench, spec, sampling, shape), wall, res, c in zip(configs, walls, results,
@@ -213,7 +198,8 @@ def main():
     row = {'decoder': label, 'spec': spec, 'head': shape.kind if shape else None,
            'temperature': temp, 'tau': r['tau'],
            'head_calls_per_token': r['other_forwards'] / r['generated'],
-           'kv_entries_per_token_per_layer': kv_per_token(shape), 'tokens_per_s': r['tokens_per_s'],
+           'kv_entries_per_token_per_layer': kv_per_token(shape),
+           'tokens_per_s': r['tokens_per_s'],
            'speedup': speedup, 'generated_nll_under_ar': nll,
            'distinct_4grams': common.distinct_ngrams(r['tokens']), 'generated': r['generated'],
            'compile_s': c}

@@ -210,6 +210,22 @@ def alternate(progs, batches, *, repeats: int, probes: Sequence[Callable[[], flo
   return best, results
 
 
+def round_times(progs, batches, repeats: int) -> tuple[list[np.ndarray], list]:
+  """Wall times [repeats] of one pass of each (compiled fns, params) program, the programs
+  run in turn in every round (after one warm-up pass each), and each one's last results. A
+  speedup is then read per round (both passes under the same load) and its median kept: on a
+  shared machine the load moves between rounds more than within one."""
+  for fns, pp in progs:
+    timed_pass(fns, pp, batches)
+  times = [[] for _ in progs]
+  results = [None] * len(progs)
+  for _ in range(repeats):
+    for i, (fns, pp) in enumerate(progs):
+      t, results[i] = timed_pass(fns, pp, batches)
+      times[i].append(t)
+  return [np.asarray(t) for t in times], results
+
+
 def measure_decode_pair(method_n, method_1, ar_n, ar_1, params, batches, *, repeats,
                         probes: Sequence[Callable[[], float]] = ()) -> dict[str, Any]:
   """Decode-phase speed of a method against AR, prefill excluded.

@@ -137,7 +137,7 @@ def run(args) -> tuple[list[dict], dict]:
       fns, c = harness.compile_decoder(dec, Models(model), kinds[kind], batches, **kw)
       progs.append((fns, kinds[kind]))
       print(f'compiled {label} (B={batch}) in {c:.1f} s', flush=True)
-    walls, results = _rounds(progs, batches, args.repeats)
+    walls, results = harness.round_times(progs, batches, args.repeats)
     for (label, spec, kind), wall, res in zip(rows_spec, walls, results):
       r = harness.summarise(res, float(np.median(wall)), 0.0)
       speedup = float(np.median(walls[0] / wall))
@@ -152,18 +152,6 @@ def run(args) -> tuple[list[dict], dict]:
                       context=context))
       print(out[-1], flush=True)
   return out, dict(weight_mb=cost_model.weight_bytes(params) / 1e6, num_layers=L)
-
-
-def _rounds(progs, batches, repeats: int):
-  """Wall times [repeats] of each program, all run in turn every round (after a warm-up)."""
-  for fns, pp in progs:
-    harness.timed_pass(fns, pp, batches)
-  times, results = [[] for _ in progs], [None] * len(progs)
-  for _ in range(repeats):
-    for i, (fns, pp) in enumerate(progs):
-      t, results[i] = harness.timed_pass(fns, pp, batches)
-      times[i].append(t)
-  return [np.asarray(t) for t in times], results
 
 
 def report(rows: list[dict], meta: dict, args, name: str) -> str:
