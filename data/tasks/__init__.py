@@ -4,7 +4,7 @@ The registered tasks, imported here so that each registry is complete whichever 
 imported first (each task module imports only its registry's module):
 
   exact_match.py   countdown3/4 (countdown.py), infill (infilling.py), sudoku4/9 (sudoku.py),
-                   star3 (stargraph.py)
+                   star2/3 (stargraph.py)
   reasoning.py     modsum, multiplication, parity (parity_cot.py), prontoqa, prosqa
   state_tracking.py  group word problems (its own generator table)
   attributes.py    labels of answers (e.g. a progression's step parity) for guided decoding

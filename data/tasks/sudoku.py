@@ -55,32 +55,20 @@ def make_puzzle(rng: np.random.Generator, n: int, min_blanks: int, max_blanks: i
   return ''.join(puzzle), ''.join(flat)
 
 
-def fill(puzzle: str, answer: str) -> str | None:
-  """The completed grid: `answer` itself if it is a full grid that keeps every clue, or the
-  puzzle with its blanks filled by `answer`'s digits; None otherwise."""
-  if len(answer) == len(puzzle):
-    keeps = all(p == BLANK or p == a for p, a in zip(puzzle, answer))
-    return answer if keeps else None
-  if len(answer) != puzzle.count(BLANK):
-    return None
-  digits = iter(answer)
-  return ''.join(next(digits) if p == BLANK else p for p in puzzle)
+def _shape(puzzle: str) -> tuple[int, int] | None:
+  """(size, box side n) of a puzzle of size^2 cells with size = n^2; None otherwise."""
+  size = int(round(len(puzzle) ** 0.5))
+  n = int(round(size ** 0.5))
+  return (size, n) if n * n == size and size * size == len(puzzle) else None
 
 
 def is_valid_solution(puzzle: str, answer: str) -> bool:
-  """True iff `answer` (a full grid, or the blanks' digits) completes `puzzle` validly."""
-  cells = len(puzzle)
-  size = int(round(cells ** 0.5))
-  n = int(round(size ** 0.5))
-  if n * n != size or size * size != cells:
+  """True iff `answer` (a full grid, or the blanks' digits) completes `puzzle` validly: it
+  keeps every clue and follows the rules (`diagnose`)."""
+  if _shape(puzzle) is None:
     return False
-  grid_s = fill(puzzle, answer)
-  if grid_s is None or not all(ch.isdigit() and 1 <= int(ch) <= size for ch in grid_s):
-    return False
-  grid = np.array([int(ch) for ch in grid_s]).reshape(size, size)
-  want = set(range(1, size + 1))
-  boxes = grid.reshape(n, n, n, n).transpose(0, 2, 1, 3).reshape(size, size)
-  return all(set(line) == want for lines in (grid, grid.T, boxes) for line in lines)
+  d = diagnose(puzzle, answer)
+  return d['clues'] and d['valid']
 
 
 def diagnose(puzzle: str, answer: str) -> dict[str, bool]:
@@ -89,11 +77,11 @@ def diagnose(puzzle: str, answer: str) -> dict[str, bool]:
   `valid` (a grid whose rows, columns and boxes each hold every digit once, whether or not
   it keeps the clues: the rules). A blanks-only answer is read as its filled grid. Solved
   (`is_valid_solution`) = clues and valid."""
-  cells = len(puzzle)
-  size = int(round(cells ** 0.5))
-  n = int(round(size ** 0.5))
-  if n * n != size or size * size != cells:
+  shape = _shape(puzzle)
+  if shape is None:
     raise ValueError(f'Not a sudoku puzzle: {puzzle!r}.')
+  size, n = shape
+  cells = len(puzzle)
   if len(answer) != cells and len(answer) == puzzle.count(BLANK):
     digits = iter(answer)
     answer = ''.join(next(digits) if p == BLANK else p for p in puzzle)
