@@ -64,44 +64,39 @@ def bitlm_params(model, params, block: int, fold: bool, seed: int = 1) -> dict:
 
 
 def decoders(num_layers: int, skips: list[int], block: int, head_steps: int
-             ) -> list[tuple[str, str, str]]:
-  """(label, decoder spec, params kind) per row: kind 'ar', 'bitlm', 'bitlm_fold' or
-  'hamburger'."""
-  rows = [('ar', 'ar', 'ar')]
+             ) -> list[tuple[str, str, str, int]]:
+  """(label, decoder spec, params kind, layers skipped) per row: kind 'ar', 'bitlm',
+  'bitlm_fold' or 'hamburger'."""
+  rows = [('ar', 'ar', 'ar', 0)]
   for s in skips:
     if not 0 < s < num_layers:
       raise ValueError(f'--skips: each skip must be in 1 .. {num_layers - 1}, got {s}.')
-    rows += [(f'skipdecode, skip bottom {s}', f'skipdecode:schedule=0/{s}', 'ar'),
-             (f'early exit, skip top {s}', f'skipdecode:schedule=0/{s}:skip_from=top', 'ar')]
+    rows += [(f'skipdecode, skip bottom {s}', f'skipdecode:schedule=0/{s}', 'ar', s),
+             (f'early exit, skip top {s}', f'skipdecode:schedule=0/{s}:skip_from=top', 'ar', s)]
   rows += [(f'bitlm per-token, K={block}, {head_steps} head calls', f'bitlm:steps={head_steps}',
-            'bitlm'),
+            'bitlm', 0),
            (f'bitlm folded, K={block}, {head_steps} head calls', f'bitlm:steps={head_steps}',
-            'bitlm_fold'),
-           (f'hamburger, {block} tokens per step', 'hamburger:threshold=0', 'hamburger')]
+            'bitlm_fold', 0),
+           (f'hamburger, {block} tokens per step', 'hamburger:threshold=0', 'hamburger', 0)]
   return rows
 
 
-def skipped(label: str) -> int:
-  """Layers a SkipDecode / early-exit row skips (0 for the others)."""
-  return int(label.rsplit(' ', 1)[1]) if label.startswith(('skipdecode', 'early exit')) else 0
-
-
-def ideal(label: str, kind: str, num_layers: int, block: int, curve: dict) -> float:
+def ideal(skip: int, kind: str, num_layers: int, block: int, curve: dict) -> float:
   """The speedup a row could reach if its step cost only its backbone forward (module
   docstring); curve: {1: t_fwd, block: t_fwd over K positions, 'fold': t_fwd of one
   position over the folded cache}."""
   if kind == 'ar':
-    return num_layers / (num_layers - skipped(label))
+    return num_layers / (num_layers - skip)
   if kind == 'hamburger':  # one base forward over one position per step of `block` tokens
     return float(block)
   return block * curve[1] / curve[block if kind == 'bitlm' else 'fold']
 
 
-def kv_per_token(label: str, kind: str, num_layers: int, block: int) -> float:
+def kv_per_token(skip: int, kind: str, num_layers: int, block: int) -> float:
   """KV entries a row writes per generated token and layer, averaged over the layers."""
   if kind in ('bitlm_fold', 'hamburger'):
     return 1 / block
-  return (num_layers - skipped(label)) / num_layers
+  return (num_layers - skip) / num_layers
 
 
 def run(args) -> tuple[list[dict], dict]:
@@ -131,22 +126,22 @@ def run(args) -> tuple[list[dict], dict]:
                                             cache_size=-(-slots // args.block) + 1,
                                             context=context // args.block)
     progs = []
-    for label, spec, kind in rows_spec:
+    for label, spec, kind, _ in rows_spec:
       name, settings = registry.parse_spec(spec)
       dec = registry.build(name, settings, SamplingConfig(temperature=0.0))
       fns, c = harness.compile_decoder(dec, Models(model), kinds[kind], batches, **kw)
       progs.append((fns, kinds[kind]))
       print(f'compiled {label} (B={batch}) in {c:.1f} s', flush=True)
     walls, results = harness.round_times(progs, batches, args.repeats)
-    for (label, spec, kind), wall, res in zip(rows_spec, walls, results):
+    for (label, spec, kind, skip), wall, res in zip(rows_spec, walls, results):
       r = harness.summarise(res, float(np.median(wall)), 0.0)
       speedup = float(np.median(walls[0] / wall))
-      bound = ideal(label, kind, L, args.block, curve)
+      bound = ideal(skip, kind, L, args.block, curve)
       out.append(dict(preset=args.preset, batch=batch, decoder=label, spec=spec,
                       tau=r['tau'], tokens_per_s=r['tokens_per_s'], speedup=speedup,
                       ideal=bound, share_of_ideal=speedup / bound,
                       above_ideal=speedup > 1.05 * bound,
-                      kv_entries_per_token_per_layer=kv_per_token(label, kind, L, args.block),
+                      kv_entries_per_token_per_layer=kv_per_token(skip, kind, L, args.block),
                       t_fwd_1_ms=curve[1] * 1e3, t_fwd_k_ms=curve[args.block] * 1e3,
                       t_fwd_fold_ms=curve['fold'] * 1e3, cache_slots=slots,
                       context=context))
