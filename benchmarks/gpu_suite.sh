@@ -46,12 +46,17 @@
 #              (data/tasks/stargraph.py), ILM, AR and MDLM of preset $STAR_SIZE trained at once
 #              for $STAR_STEPS steps each, then python -m benchmarks.insertion --parts=star3
 #              (on CPU, tiny at 12000 steps, none of the three learns the edge lookups)
+#   lossy      issue 18's lossy cheaper-step decoders (SkipDecode, early exit, BitLM per-token
+#              and folded, HAMburger) on an HBM-bound target: python -m benchmarks.lossy_speed
+#              --preset=$LOSSY_PRESET --dtype=bfloat16 (random weights, speed only, each row
+#              next to its ideal; on CPU the `mem` preset ran at 0.59-0.99 of its ideals)
 #
 # The calls of issue 19 (each within the 10 minutes of one call on an H200):
 #   bash benchmarks/gpu_suite.sh spec_small,peer              # section 4: real drafters
 #   bash benchmarks/gpu_suite.sh t1,spec_system,step_cost     # sections 1-3 (ran 2026-12-04)
 #   FWD_PRESETS=small,mem,tiny bash benchmarks/gpu_suite.sh spec_bf16,fwd_cost,step_cost
 #   bash benchmarks/gpu_suite.sh graphs                        # then fwd_small, time allowing
+#   bash benchmarks/gpu_suite.sh star,lossy                    # issue 18, after issue 19's calls
 #                          # section 3's goal in bf16 (spec_bf16), the rest of call 2: the
 #                          # curve of small, mem, tiny (padded one-row products now the bf16
 #                          # default) and the tree and Medusa rows of the step cost
@@ -108,6 +113,7 @@ if [ "$REHEARSE" = 1 ]; then
   : "${STEP_PRESET:=test}" "${STEP_ARGS:=--prompts=2 --max_new_tokens=24 --repeats=1}"
   : "${GRAPHS_ARGS:=--prompts=2 --prompt_tokens=64 --max_new_tokens=32 --alphas=0.8 --repeats=1}"
   : "${FWD_SMALL_PRESETS:=test}" "${STAR_SIZE:=test}" "${STAR_STEPS:=20}"
+  : "${LOSSY_PRESET:=test}" "${LOSSY_ARGS:=--skips=1 --prompt_tokens=16 --new_tokens=16 --batches=1 --repeats=1}"
   : "${LIMIT_SCALE:=8}"  # toy sizes, but 2 shared CPU cores: every stage limit x 8
   : "${PARALLEL_DRAFTERS:=0}"  # four trainings at once starve on 2 loaded cores
   LOG=${OUT:-$R}/gpu_suite.log
@@ -123,6 +129,7 @@ else
   : "${STEP_PRESET:=base}" "${STEP_ARGS:=--prompts=4 --max_new_tokens=64 --repeats=3}"
   : "${GRAPHS_ARGS:=--repeats=2 --alphas=0.8}" "${FWD_SMALL_PRESETS:=small,base}"
   : "${STAR_SIZE:=mem}" "${STAR_STEPS:=8000}"
+  : "${LOSSY_PRESET:=base}" "${LOSSY_ARGS:=--skips=8 --batches=1 --repeats=3}"  # 6 compiles of `base`
   LOG=${OUT:-/tmp}/gpu_suite.log
 fi
 LIMIT_SCALE=${LIMIT_SCALE:-1} PARALLEL_DRAFTERS=${PARALLEL_DRAFTERS:-1}
@@ -302,6 +309,9 @@ for s in ${stages//,/ }; do
       parallel_stage star "${STAR_LIMIT:-300}" "${runs[@]}"
       stage star_bench "${STAR_BENCH_LIMIT:-90}" $PY -m benchmarks.insertion --parts=star3 \
         --runs=$w --out=insertion_star3_$( [ "$REHEARSE" = 1 ] && echo rehearsal || echo gpu_h200) ;;
+    lossy)
+      stage lossy "${LOSSY_LIMIT:-180}" $PY -m benchmarks.lossy_speed --preset="$LOSSY_PRESET" \
+        --dtype=bfloat16 $LOSSY_ARGS ;;
     *) echo "unknown stage $s" ;;
   esac
 done

@@ -2,6 +2,7 @@
 
   python -m benchmarks.lossy_speed                      # `mem` preset, random weights (CPU)
   python -m benchmarks.lossy_speed --preset=tiny --new_tokens=32 --out=t     # smoke
+  python -m benchmarks.lossy_speed --preset=base --dtype=bfloat16              # GPU (HBM-bound)
 
 SPEED ONLY, RANDOM WEIGHTS: the outputs mean nothing; the quality of each method is measured
 on trained models by its own benchmark (benchmarks/skipdecode.py, benchmarks/bitlm.py). What
@@ -101,7 +102,7 @@ def kv_per_token(skip: int, kind: str, num_layers: int, block: int) -> float:
 
 def run(args) -> tuple[list[dict], dict]:
   """(rows, meta: weight MB and layers of the preset)."""
-  model, params = cost_model.random_model(args.preset, vocab_size=VOCAB)
+  model, params = cost_model.random_model(args.preset, args.dtype, vocab_size=VOCAB)
   L = model.cfg.num_layers
   skips = [int(s) for s in args.skips.split(',') if s]
   rows_spec = decoders(L, skips, args.block, args.head_steps)
@@ -164,7 +165,7 @@ def report(rows: list[dict], meta: dict, args, name: str) -> str:
   context = rows[0]['context']
   body = (f'SPEED ONLY, RANDOM WEIGHTS (outputs meaningless; quality is measured on trained '
           f'models in skipdecode.md and bitlm*.md). Preset `{args.preset}` '
-          f'({meta["weight_mb"]:.0f} MB of weights, {meta["num_layers"]} layers, vocabulary '
+          f'({meta["weight_mb"]:.0f} MB of {args.dtype} weights, {meta["num_layers"]} layers, vocabulary '
           f'{VOCAB}), greedy, prompts of '
           f'{args.prompt_tokens} random tokens, {args.new_tokens} new tokens, EOS off. '
           f'Every decoder timed in the same {args.repeats} rounds (one pass of each per round, '
@@ -194,6 +195,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   ap = argparse.ArgumentParser(description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument('--preset', default='mem')
+  ap.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'],
+                  help='weights and compute of the target (the heads stay float32)')
   ap.add_argument('--batches', default='1,8')
   ap.add_argument('--skips', default='2,4', help='layers skipped (SkipDecode, early exit)')
   ap.add_argument('--block', type=int, default=4, help='BitLM tokens per block; HAMburger tokens per step')
