@@ -3,6 +3,7 @@ equal training budget, and in-place infilling of unknown length.
 
   python -m benchmarks.insertion --runs=runs/diffusion
   python -m benchmarks.insertion --ar_run=A --mdlm_run=M --step=1500   # other baselines
+  python -m benchmarks.insertion --parts=sudoku4 --step=8000 --ilm_step=24000  # ILM budget x3
   python -m benchmarks.insertion --examples=16 --out=t      # smoke
 
 MEASURES QUALITY AND FORWARDS PER TOKEN, NOT SPEED. Greedy everywhere.
@@ -109,6 +110,7 @@ def planning_part(args, task_name: str) -> list[dict]:
            'MDLM': args.mdlm_run if task_name == 'sudoku4' else os.path.join(
                args.runs, f'{task_name}_mdlm')}
   step = args.step or common_step(list(paths.values()))
+  steps = {'ILM': args.ilm_step or step, 'AR': step, 'MDLM': step}
   task = exact_match.get(task_name)
   pairs = exact_match.examples(task, args.examples, seed=args.seed)
   max_new = task.max_answer_chars + 1
@@ -116,7 +118,7 @@ def planning_part(args, task_name: str) -> list[dict]:
   for label, name, settings in (('ILM', 'insertion', {}), ('AR', 'ar', {}),
                                 ('MDLM', 'llada', dict(tokens_per_step=1, ordering='confidence',
                                                        block_size=max_new))):
-    bench = load(paths[label], step)
+    bench = load(paths[label], steps[label])
     tok = bench.tokenizer
     prompts = [exact_match.prompt_ids(tok, p) for p, _ in pairs]
     dec = bench.decoder(name, settings=settings)
@@ -126,7 +128,7 @@ def planning_part(args, task_name: str) -> list[dict]:
     # where the answers go wrong (the task's diagnose: stargraph's or sudoku's)
     diag = [diagnosis(task_name)[0](p, a) for (p, _), a in zip(pairs, answers)]
     extra = {k: 100.0 * float(np.mean([d[k] for d in diag])) for k in diag[0]}
-    out.append(dict(part=task_name, model=label, run=bench.name, step=step, decoder=name,
+    out.append(dict(part=task_name, model=label, run=bench.name, step=steps[label], decoder=name,
                     **rate(rows, stats, ok), **extra))
     print(out[-1], flush=True)
   return out
@@ -240,15 +242,25 @@ def report(rows: list[dict], args, name: str) -> str:
             'the centre to the goal)' if star else
             'puzzles (solved = a valid grid that keeps every clue)')
     columns = diagnosis(task_name)[1]
+    steps = {r['model']: r['step'] for r in part}
+    base_step = steps.get('AR', part[0]['step'])
+    if len(set(steps.values())) == 1:
+      title = 'equal training budget'
+      budget = (f'every model restored at step {base_step} of the same preset schedule (same '
+                'rows x steps, same architecture)')
+    else:
+      title = 'the ILM at a larger training budget'
+      budget = (f'the ILM restored at step {steps["ILM"]} ({steps["ILM"] / base_step:.3g} '
+                f'times the rows x steps of the others; `--ilm_step`), AR and MDLM at step '
+                f'{base_step}, same preset and architecture')
     body += [
-        f'## {task_name} (planning), equal training budget\n\n{part[0]["n"]} held-out {what}, '
-        f'seed {args.seed}; every model restored at step {part[0]["step"]} of the same '
-        'preset schedule (same rows x steps, same architecture). Greedy. One training run and '
-        'one seed per model.\n',
+        f'## {task_name} (planning), {title}\n\n{part[0]["n"]} held-out {what}, '
+        f'seed {args.seed}; {budget}. Greedy. One training run and one seed per model.\n',
         common.markdown_table(
-            ['model', 'run', 'decoder', 'solved %', '± (binomial s.e.)']
+            ['model', 'run (step)', 'decoder', 'solved %', '± (binomial s.e.)']
             + [header for _, header in columns] + ['forwards / token'],
-            [[r['model'], r['run'], r['decoder'], f"{r['solved']:.1f}", f'{se(r):.1f}']
+            [[r['model'], f"{r['run']} ({r['step']})", r['decoder'], f"{r['solved']:.1f}",
+              f'{se(r):.1f}']
              + [f"{r[k]:.1f}" if k in r else '—' for k, _ in columns]
              + [f"{r['forwards_per_token']:.3f}"] for r in part]), '']
     if star:
@@ -299,6 +311,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   ap.add_argument('--mdlm_run', default='', help='sudoku4 MDLM run (default RUNS/sudoku4_mdlm)')
   ap.add_argument('--step', type=int, default=0,
                   help='planning parts: the step (0 = the newest all three runs have)')
+  ap.add_argument('--ilm_step', type=int, default=0,
+                  help='planning parts: restore the ILM at this step instead of --step (a '
+                       'larger budget than its baselines; the table says so)')
   ap.add_argument('--infill_step', type=int, default=0, help='progression runs (0 = newest)')
   ap.add_argument('--parts', default='sudoku4,infill',
                   help=f"comma-separated, from {', '.join(PLANNING)}, infill")

@@ -30,14 +30,14 @@ def test_star_table_reports_solved_and_where_answers_go_wrong(tmp_path, monkeypa
   args = insertion.parse_args(['--parts=star3'])
   text = open(insertion.report(rows, args, 'star_t')).read()
   assert '## star3 (planning)' in text and 'step 7' in text and 'sudoku4' not in text
-  assert ('| ILM | star3_ilm | insertion | 91.0 | 2.9 | 96.0 | 92.0 | 95.0 | 1.000 |' in text), text
-  assert '| AR | star3_ar | ar | 33.0 | 4.7 | 97.0 | 34.0 | 99.0 | 1.000 |' in text
+  assert ('| ILM | star3_ilm (7) | insertion | 91.0 | 2.9 | 96.0 | 92.0 | 95.0 | 1.000 |' in text), text
+  assert '| AR | star3_ar (7) | ar | 33.0 | 4.7 | 97.0 | 34.0 | 99.0 | 1.000 |' in text
   assert 'ends right %' in text and 'first step right %' in text
   assert 'degree 3, arms of 4 nodes' in text and '1 in 3' in text
   rows = [dict(r, part='star2') for r in rows]
   text = open(insertion.report(rows, args, 'star_t2')).read()
   assert '## star2 (planning)' in text and 'degree 2, arms of 2 nodes' in text
-  assert '1 in 2' in text and '| ILM | star3_ilm | insertion | 91.0 |' in text and 'follows the edges %' in text
+  assert '1 in 2' in text and '| ILM | star3_ilm (7) | insertion | 91.0 |' in text and 'follows the edges %' in text
 
 
 def test_sudoku_table_reports_where_answers_go_wrong(tmp_path, monkeypatch):
@@ -50,9 +50,31 @@ def test_sudoku_table_reports_where_answers_go_wrong(tmp_path, monkeypatch):
                                    ('AR', 'ar', 90.0, 100.0, 96.0, 92.0))]
   text = open(insertion.report(rows, insertion.parse_args(['--parts=sudoku4']), 'su')).read()
   assert '## sudoku4 (planning)' in text and 'step 9' in text
-  assert '| ILM | sudoku4_ilm | insertion | 1.0 | 1.0 | 99.0 | 12.0 | 40.0 | 1.000 |' in text
-  assert '| AR | sudoku4_ar | ar | 90.0 | 3.0 | 100.0 | 96.0 | 92.0 | 1.000 |' in text
+  assert '| ILM | sudoku4_ilm (9) | insertion | 1.0 | 1.0 | 99.0 | 12.0 | 40.0 | 1.000 |' in text
+  assert '| AR | sudoku4_ar (9) | ar | 90.0 | 3.0 | 100.0 | 96.0 | 92.0 | 1.000 |' in text
   assert 'keeps the clues %' in text and 'valid grid %' in text and 'ends right' not in text
+  assert 'equal training budget' in text and 'larger' not in text
+
+
+def test_an_ilm_at_a_larger_budget_is_said_so(tmp_path, monkeypatch):
+  """`--ilm_step`: the ILM restored at another step than its baselines; the table and its
+  heading must not call that an equal budget."""
+  args = insertion.parse_args(['--parts=sudoku4', '--step=8000', '--ilm_step=24000'])
+  assert (args.step, args.ilm_step) == (8000, 24000)
+  monkeypatch.setattr(common, 'RESULTS_DIR', str(tmp_path))
+  monkeypatch.setattr(insertion.diffusion_bench, 'LOADED', {'sudoku4_ar': 'causal'})
+  rows = [dict(part='sudoku4', model=m, run=f'sudoku4_{m.lower()}', step=st, decoder=d,
+               solved=1.0, forwards_per_token=1.0, forwards=6, tokens=6, n=100, grid=1.0,
+               clues=1.0, valid=1.0)
+          for m, d, st in (('ILM', 'insertion', 24000), ('AR', 'ar', 8000),
+                           ('MDLM', 'llada', 8000))]
+  text = open(insertion.report(rows, args, 'su3')).read()
+  assert 'equal training budget' not in text and 'same rows x steps' not in text
+  assert 'the ILM at a larger training budget' in text
+  assert 'ILM restored at step 24000 (3 times the rows x steps of the others' in text
+  assert 'AR and MDLM at step 8000' in text
+  assert '| ILM | sudoku4_ilm (24000) | insertion |' in text
+  assert '| AR | sudoku4_ar (8000) | ar |' in text
 
 
 def test_infill_table_and_keeps_given(tmp_path, monkeypatch):
