@@ -142,7 +142,7 @@ def main():
   seqs = [s[:T + 1] for s in (ar.tokenizer.encode_prompt(t) for t in texts) if len(s) > T]
   tokens = jnp.asarray(seqs, jnp.int32)
   nll_ar = float(np.mean(np.asarray(ar_nll(ar.model, ar.params, tokens))))
-  held = [['AR (`runs/tiny`)', n_params(ar.params), 'NLL', nll_ar, nll_ar / math.log(2)]]
+  held = [[f'AR (`{args.ar}`)', n_params(ar.params), 'NLL', nll_ar, nll_ar / math.log(2)]]
   runs_meta = []
   for run, bit, head, shape in bits:
     vals = np.asarray(bitlm_bound(bit.model, bit.params, head, tokens, args.mc,
