@@ -34,6 +34,10 @@ whole terms cut from the middle (`infilling.cut_middle`, at least 2 terms kept e
     length (an oracle ILM does not need), one token per forward, most confident first.
   MDLM, length guessed: k = the most frequent missing length among the examples (what a
     user without the length could do); right only where the guess is.
+  MDLM, length picked by its likelihood: every length seen among the examples is filled,
+    and each row keeps the fill the MDLM itself finds likeliest (the log-probability of the
+    tokens it placed, in the order it placed them: in total, or per token); its forwards
+    count every candidate's fill.
 Solved = the filled row equals the original; "length right" = as many tokens as missing.
 Writes benchmarks/results/insertion_<device>.md and .json.
 """
@@ -144,26 +148,43 @@ def infill_examples(n: int, seed: int) -> list[tuple[str, str, str, str]]:
 @functools.partial(jax.jit, static_argnames=('model', 'steps', 'mask_id'))
 def _mdlm_fill(model, params, tokens_BxT, *, steps: int, mask_id: int):
   """Fills the <mask> entries of full rows, one per forward, most confident first (SUBS);
-  rows with no mask left stop counting. Returns (rows, forwards per row)."""
+  rows with no mask left stop counting. Returns (rows [B, T], forwards per row [B], log-prob
+  of the fill [B]: the sum over its steps of the log-probability of the token it placed,
+  i.e. the fill's likelihood under the model in the order it was filled)."""
   def body(_, carry):
-    tok, fwd = carry
+    tok, fwd, lp = carry
     masked = tok == mask_id
     logits = model.apply({'params': params}, tok, attn_mask='bidirectional').logits_BxTxV
     logits = logits.astype(jnp.float32).at[..., mask_id].set(-jnp.inf)
-    probs = jax.nn.softmax(logits, -1)
-    conf = jnp.where(masked, probs.max(-1), -1.0)
+    logp = jax.nn.log_softmax(logits, -1)
+    conf = jnp.where(masked, logp.max(-1), -jnp.inf)
     pos = jnp.argmax(conf, 1)
     b = jnp.arange(tok.shape[0])
     any_masked = masked.any(1)
     new = jnp.where(any_masked, jnp.argmax(logits[b, pos], -1), tok[b, pos])
-    return tok.at[b, pos].set(new.astype(tok.dtype)), fwd + any_masked
-  return jax.lax.fori_loop(0, steps, body,
-                           (tokens_BxT, jnp.zeros(tokens_BxT.shape[:1], jnp.int32)))
+    lp = lp + jnp.where(any_masked, logp[b, pos, new], 0.0)
+    return tok.at[b, pos].set(new.astype(tok.dtype)), fwd + any_masked, lp
+  B = tokens_BxT.shape[0]
+  return jax.lax.fori_loop(0, steps, body, (tokens_BxT, jnp.zeros((B,), jnp.int32),
+                                            jnp.zeros((B,), jnp.float32)))
 
 
-def mdlm_infill(bench: Workbench, examples, lengths: list[int]) -> tuple[list[str], int, int]:
-  """(filled rows as text, forwards, filled tokens): k_i <mask> tokens in place of example
-  i's missing span, in a training-shaped row (<bos> <sep> answer <eos>...)."""
+def pick_lengths(candidates: list[int], logp_KxN: np.ndarray, per_token: bool) -> np.ndarray:
+  """[N] index into `candidates` of each row's most likely fill: the largest log-probability
+  of the fill (`per_token`: divided by the candidate's length), the first on a tie."""
+  score = np.asarray(logp_KxN, np.float64)
+  if score.shape[0] != len(candidates):
+    raise ValueError(f'{len(candidates)} candidate lengths but {score.shape[0]} score rows.')
+  if per_token:
+    score = score / np.asarray(candidates, np.float64)[:, None]
+  return np.argmax(score, axis=0)
+
+
+def mdlm_infill(bench: Workbench, examples, lengths: list[int]
+                ) -> tuple[list[str], int, int, np.ndarray]:
+  """(filled rows as text, forwards, filled tokens, [N] log-probability of each fill): k_i
+  <mask> tokens in place of example i's missing span, in a training-shaped row (<bos> <sep>
+  answer <eos>...)."""
   tok = bench.tokenizer
   T = int(bench.config['data']['seq_len']) + 1
   rows = []
@@ -173,14 +194,14 @@ def mdlm_infill(bench: Workbench, examples, lengths: list[int]) -> tuple[list[st
     if len(ids) + 1 > T:
       raise ValueError(f'Row of {len(ids) + 1} tokens does not fit seq_len + 1 = {T}.')
     rows.append(ids + [tok.eos_id] * (T - len(ids)))
-  filled, fwd = _mdlm_fill(bench.model, bench.params, jnp.asarray(rows, jnp.int32),
-                           steps=max(lengths), mask_id=tok.mask_id)
+  filled, fwd, logp = _mdlm_fill(bench.model, bench.params, jnp.asarray(rows, jnp.int32),
+                                 steps=max(lengths), mask_id=tok.mask_id)
   texts = []
   for r in np.asarray(filled):
     body = r[2:].tolist()
     body = body[:body.index(tok.eos_id)] if tok.eos_id in body else body
     texts.append(tok.decode(body))
-  return texts, int(np.asarray(fwd).sum()), int(sum(lengths))
+  return texts, int(np.asarray(fwd).sum()), int(sum(lengths)), np.asarray(logp)
 
 
 def keeps_given(text: str, left: str, right: str) -> bool:
@@ -212,9 +233,25 @@ def infill_part(args) -> list[dict]:
   print(out[-1], flush=True)
   true_k = [len(tok.encode(m)) for _, _, m, _ in examples]
   guess = collections.Counter(true_k).most_common(1)[0][0]
-  for label, ks in (('given (oracle)', true_k), (f'guessed ({guess} tokens)',
-                                                 [guess] * len(true_k))):
-    texts, fwd, n = mdlm_infill(mdlm, examples, ks)
+  fills = {}  # length -> (texts, forwards, log-probs): every candidate, for the picked rows
+  candidates = sorted(set(true_k))
+  for k in candidates:
+    texts_k, fwd_k, _, logp_k = mdlm_infill(mdlm, examples, [k] * len(examples))
+    fills[k] = (texts_k, fwd_k, logp_k)
+  variants = [('given (oracle)', true_k, None), (f'guessed ({guess} tokens)',
+                                                 [guess] * len(true_k), None)]
+  logp = np.stack([fills[k][2] for k in candidates])
+  all_fwd = sum(f[1] for f in fills.values())  # picking pays for every candidate's fill
+  for per_token, what in ((False, 'total'), (True, 'per token')):
+    pick = pick_lengths(candidates, logp, per_token)
+    variants.append((f'picked by its likelihood ({what}, of {candidates})',
+                     [candidates[i] for i in pick], all_fwd))
+  for label, ks, fwd_all in variants:
+    if fwd_all is None:
+      texts, fwd, n, _ = mdlm_infill(mdlm, examples, ks)
+    else:
+      texts = [fills[k][0][i] for i, k in enumerate(ks)]
+      fwd, n = fwd_all, int(sum(ks))
     ok = [t == a for t, (a, _, _, _) in zip(texts, examples)]
     length_ok = [k == t for k, t in zip(ks, true_k)]
     kept = [keeps_given(t, left, right) for t, (_, left, _, right) in zip(texts, examples)]
@@ -281,7 +318,9 @@ def report(rows: list[dict], args, name: str) -> str:
         f'## Infilling of unknown length (progression)\n\n{inf[0]["n"]} held-out 7-term '
         'progressions with 1-3 whole terms cut from the middle. ILM reads the row with the '
         'gap closed and inserts until its stop signal; MDLM needs the number of <mask> '
-        'tokens: given (an oracle) or guessed (the most frequent missing length). Solved = '
+        'tokens: given (an oracle), guessed (the most frequent missing length), or picked '
+        'per row by the MDLM\'s own likelihood of its fill among the lengths seen (in total '
+        'or per token; forwards counted over every candidate\'s fill). Solved = '
         'the filled row equals the original; "keeps the given terms": the filled row starts '
         'with the text before the gap and ends with the text after it (the filling went into '
         'the gap; MDLM\'s masks sit there by construction). Greedy; one run, one seed per '

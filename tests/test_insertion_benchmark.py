@@ -93,3 +93,50 @@ def test_infill_table_and_keeps_given(tmp_path, monkeypatch):
   assert '| ILM | progression_ilm (5) | not given | 2.0 | 1.4 | 80.0 | 40.0 | 1.000 |' in text
   assert '| MDLM | progression_mdlm (5) | given (oracle) | 99.0 | 1.0 | 100.0 | — | 1.000 |' in text
   assert 'keeps the given terms %' in text
+
+
+def test_pick_lengths_takes_the_likeliest_fill_in_total_or_per_token():
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  logp = np.array([[-1.0, -3.0, -2.0],    # length 2
+                   [-1.5, -2.0, -6.0]])   # length 6
+  assert insertion.pick_lengths([2, 6], logp, per_token=False).tolist() == [0, 1, 0]
+  # per token: -0.5 / -0.25, -1.5 / -0.33, -1.0 / -1.0 (a tie: the first)
+  assert insertion.pick_lengths([2, 6], logp, per_token=True).tolist() == [1, 1, 0]
+  with pytest.raises(ValueError, match='candidate lengths'):
+    insertion.pick_lengths([2], logp, per_token=False)
+
+
+def test_mdlm_fill_log_prob_is_the_placed_tokens_log_probs():
+  """The fill's log-probability is the sum, over its steps, of log p(placed token) at the
+  placed position given the row at that step, recomputed here one step at a time."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from benchmarks import cost_model  # pylint: disable=g-import-not-at-top
+  model, params = cost_model.random_model('test', vocab_size=40)
+  mask = 39
+  rows = np.array([[1, 5, mask, mask, 7, mask, 2, 2],
+                   [1, 6, 8, mask, 9, 3, 2, 2]], np.int32)
+  filled, fwd, logp = insertion._mdlm_fill(model, params, rows, steps=3, mask_id=mask)
+  assert np.asarray(fwd).tolist() == [3, 1]
+  expect, tok = np.zeros(2), rows.copy()
+  for _ in range(3):
+    out = model.apply({'params': params}, tok, attn_mask='bidirectional').logits_BxTxV
+    lp = np.asarray(jax.nn.log_softmax(_masked(out, mask), -1))
+    for b in range(2):
+      where = np.flatnonzero(tok[b] == mask)
+      if not len(where):
+        continue
+      p = where[np.argmax(lp[b, where].max(-1))]
+      t = int(np.argmax(lp[b, p]))
+      expect[b] += lp[b, p, t]
+      tok[b, p] = t
+  np.testing.assert_array_equal(np.asarray(filled), tok)
+  np.testing.assert_allclose(np.asarray(logp), expect, rtol=1e-5, atol=1e-5)
+  assert (np.asarray(logp) < 0).all()
+
+
+def _masked(logits, mask):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  x = np.asarray(logits, np.float32).copy()
+  x[..., mask] = -np.inf
+  return x
