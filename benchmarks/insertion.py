@@ -181,8 +181,8 @@ def pick_lengths(candidates: list[int], logp_KxN: np.ndarray, per_token: bool) -
 
 
 def mdlm_infill(bench: Workbench, examples, lengths: list[int]
-                ) -> tuple[list[str], int, int, np.ndarray]:
-  """(filled rows as text, forwards, filled tokens, [N] log-probability of each fill): k_i
+                ) -> tuple[list[str], np.ndarray, np.ndarray]:
+  """(filled rows as text, [N] forwards per row, [N] log-probability of each fill): k_i
   <mask> tokens in place of example i's missing span, in a training-shaped row (<bos> <sep>
   answer <eos>...)."""
   tok = bench.tokenizer
@@ -201,7 +201,7 @@ def mdlm_infill(bench: Workbench, examples, lengths: list[int]
     body = r[2:].tolist()
     body = body[:body.index(tok.eos_id)] if tok.eos_id in body else body
     texts.append(tok.decode(body))
-  return texts, int(np.asarray(fwd).sum()), int(sum(lengths)), np.asarray(logp)
+  return texts, np.asarray(fwd), np.asarray(logp)
 
 
 def keeps_given(text: str, left: str, right: str) -> bool:
@@ -233,25 +233,23 @@ def infill_part(args) -> list[dict]:
   print(out[-1], flush=True)
   true_k = [len(tok.encode(m)) for _, _, m, _ in examples]
   guess = collections.Counter(true_k).most_common(1)[0][0]
-  fills = {}  # length -> (texts, forwards, log-probs): every candidate, for the picked rows
+  # Every row filled at every length seen (rows are independent): each variant below reads
+  # its row i's fill at its length k_i from these.
   candidates = sorted(set(true_k))
-  for k in candidates:
-    texts_k, fwd_k, _, logp_k = mdlm_infill(mdlm, examples, [k] * len(examples))
-    fills[k] = (texts_k, fwd_k, logp_k)
+  fills = {k: mdlm_infill(mdlm, examples, [k] * len(examples)) for k in candidates}
   variants = [('given (oracle)', true_k, None), (f'guessed ({guess} tokens)',
                                                  [guess] * len(true_k), None)]
   logp = np.stack([fills[k][2] for k in candidates])
-  all_fwd = sum(f[1] for f in fills.values())  # picking pays for every candidate's fill
+  every = sum(int(f[1].sum()) for f in fills.values())  # picking pays for every fill
   for per_token, what in ((False, 'total'), (True, 'per token')):
     pick = pick_lengths(candidates, logp, per_token)
     variants.append((f'picked by its likelihood ({what}, of {candidates})',
-                     [candidates[i] for i in pick], all_fwd))
-  for label, ks, fwd_all in variants:
-    if fwd_all is None:
-      texts, fwd, n, _ = mdlm_infill(mdlm, examples, ks)
-    else:
-      texts = [fills[k][0][i] for i, k in enumerate(ks)]
-      fwd, n = fwd_all, int(sum(ks))
+                     [candidates[i] for i in pick], every))
+  for label, ks, fwd in variants:
+    texts = [fills[k][0][i] for i, k in enumerate(ks)]
+    if fwd is None:  # only this row's fill at its length
+      fwd = int(sum(fills[k][1][i] for i, k in enumerate(ks)))
+    n = int(sum(ks))
     ok = [t == a for t, (a, _, _, _) in zip(texts, examples)]
     length_ok = [k == t for k, t in zip(ks, true_k)]
     kept = [keeps_given(t, left, right) for t, (_, left, _, right) in zip(texts, examples)]
