@@ -49,7 +49,7 @@
 #   lossy      issue 18's lossy cheaper-step decoders (SkipDecode, early exit, BitLM per-token
 #              and folded, HAMburger) on an HBM-bound target: python -m benchmarks.lossy_speed
 #              --preset=$LOSSY_PRESET --dtype=bfloat16 (random weights, speed only, each row
-#              next to its ideal; on CPU the `mem` preset ran at 0.59-0.99 of its ideals)
+#              next to its ideal; on CPU the `mem` preset ran at 0.59-1.02 of its ideals)
 #
 # The calls of issue 19 (each within the 10 minutes of one call on an H200):
 #   bash benchmarks/gpu_suite.sh spec_small,peer              # section 4: real drafters
