@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Real drafters on a trained, memory-bound target on 2 CPU cores (issue "Faster than AR").
+#
+#   bash benchmarks/spec_mem_cpu.sh                  # every stage, about 75 minutes on 2 cores
+#   bash benchmarks/spec_mem_cpu.sh bench            # measure again on the runs already trained
+#
+# Stages (comma-separated, in this order by default):
+#   target  the `mem` preset (31.6M parameters, 126 MB of fp32 weights, four times the
+#           32 MB last-level cache: a batch-1 decode step reads the weights from DRAM) trained
+#           on the embedded corpus for $TARGET_STEPS steps of 8 x 256 bytes (~25 minutes)
+#   draft   a `tiny` draft (0.8M parameters) distilled from it by KL on the corpus
+#   medusa  4 Medusa heads on the frozen target
+#   eagle3  an EAGLE-3 draft layer on the frozen target (training-time test, 3 steps)
+#   bench   python -m benchmarks.speculative: every method against our AR in the same run,
+#           batch 1, greedy, held-out prompts that stay within the training length
+#           (120 bytes of prompt + 128 new tokens <= 256), then its report
+# Everything goes to $RUNS (default runs/spec_mem) and benchmarks/results/speculative_raw_mem_cpu
+# (.md, acceptance plot). The drafters only read the target, so they can be retrained alone.
+set -eu
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+RUNS=${RUNS:-runs/spec_mem}
+TARGET_STEPS=${TARGET_STEPS:-400}
+DRAFT_STEPS=${DRAFT_STEPS:-300}
+HEAD_STEPS=${HEAD_STEPS:-300}
+PROMPTS=${PROMPTS:-8}
+NEW=${NEW:-128}
+REPEATS=${REPEATS:-3}
+RAW=${RAW:-benchmarks/results/speculative_raw_mem_cpu}
+METHODS=${METHODS:-draft chain g4,draft dynamic tree 32,draft static tree 32,medusa,eagle3 dynamic tree 32,eagle3 chain g4,prompt lookup,token recycling,layerskip,jacobi}
+rows="--config.data.batch_size=8 --config.data.seq_len=256 --config.train.progress_bar=False"
+extra() {  # extra STEPS: the schedule of a run beside the frozen target
+  echo "--config.spec.target_workdir=$RUNS/target --config.train.steps=$1" \
+    "--config.train.warmup_steps=$(($1 / 10)) --config.train.eval_every=$(($1 / 2))" \
+    "--config.train.checkpoint_every=$(($1 / 2)) --config.train.log_every=20 $rows"
+}
+stages=${1:-target,draft,medusa,eagle3,bench}
+for s in ${stages//,/ }; do
+  echo "=== $s"
+  case $s in
+    target)
+      $PY train.py --config=configs/lm.py:mem --workdir=$RUNS/target \
+        --config.train.steps=$TARGET_STEPS --config.train.warmup_steps=$((TARGET_STEPS / 10)) \
+        --config.train.learning_rate=1.5e-3 --config.train.eval_every=$((TARGET_STEPS / 2)) \
+        --config.train.checkpoint_every=100 --config.train.log_every=20 $rows ;;
+    draft)
+      $PY train.py --config=configs/spec_draft.py:corpus,tiny --workdir=$RUNS/draft \
+        $(extra "$DRAFT_STEPS") ;;
+    medusa|eagle3)
+      $PY train.py --config=configs/spec_heads.py:$s,mem --workdir=$RUNS/$s \
+        $(extra "$HEAD_STEPS") ;;
+    bench)
+      $PY -m benchmarks.speculative --target=$RUNS/target --draft=$RUNS/draft \
+        --medusa=$RUNS/medusa --eagle3=$RUNS/eagle3 --mtp=$RUNS/mtp --kangaroo=$RUNS/kangaroo \
+        --raw_dir=$RAW --temperature=0 --batch_size=1 --prompts=$PROMPTS --prompt_chars=120 \
+        --max_new_tokens=$NEW --repeats=$REPEATS --methods="$METHODS"
+      $PY -m benchmarks.speculative --report --raw_dir=$RAW ;;
+    *) echo "unknown stage $s" >&2; exit 2 ;;
+  esac
+done
