@@ -14,8 +14,11 @@
 #   bench   python -m benchmarks.speculative: every method against our AR in the same run,
 #           batch 1, greedy, held-out prompts that stay within the training length
 #           (120 bytes of prompt + 128 new tokens <= 256), then its report
+#   peer    python -m benchmarks.spec_peer on the same runs: our AR, draft chain, prompt lookup
+#           and bench's fastest method against transformers' generate(), assisted generation
+#           (the same distilled draft) and prompt lookup, on the same weights exported
 # Everything goes to $RUNS (default runs/spec_mem) and benchmarks/results/speculative_raw_mem_cpu
-# (.md, acceptance plot). The drafters only read the target, so they can be retrained alone.
+# (.md, acceptance plot), and benchmarks/results/speculative_peer_mem_cpu.md. The drafters only read the target, so they can be retrained alone.
 set -eu
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -26,6 +29,7 @@ HEAD_STEPS=${HEAD_STEPS:-300}
 PROMPTS=${PROMPTS:-8}
 NEW=${NEW:-128}
 REPEATS=${REPEATS:-3}
+PEER_REPEATS=${PEER_REPEATS:-2}
 RAW=${RAW:-benchmarks/results/speculative_raw_mem_cpu}
 METHODS=${METHODS:-draft chain g4,draft dynamic tree 32,draft static tree 32,medusa,eagle3 dynamic tree 32,eagle3 chain g4,prompt lookup,token recycling,layerskip,jacobi}
 rows="--config.data.batch_size=8 --config.data.seq_len=256 --config.train.progress_bar=False"
@@ -34,7 +38,7 @@ extra() {  # extra STEPS: the schedule of a run beside the frozen target
     "--config.train.warmup_steps=$(($1 / 10)) --config.train.eval_every=$(($1 / 2))" \
     "--config.train.checkpoint_every=$(($1 / 2)) --config.train.log_every=20 $rows"
 }
-stages=${1:-target,draft,medusa,eagle3,bench}
+stages=${1:-target,draft,medusa,eagle3,bench,peer}
 for s in ${stages//,/ }; do
   echo "=== $s"
   case $s in
@@ -55,6 +59,12 @@ for s in ${stages//,/ }; do
         --raw_dir=$RAW --temperature=0 --batch_size=1 --prompts=$PROMPTS --prompt_chars=120 \
         --max_new_tokens=$NEW --repeats=$REPEATS --methods="$METHODS"
       $PY -m benchmarks.speculative --report --raw_dir=$RAW ;;
+    peer)
+      best=$RAW/t0_b1.json
+      $PY -m benchmarks.spec_peer --target=$RUNS/target --draft=$RUNS/draft \
+        --medusa=$RUNS/medusa --eagle3=$RUNS/eagle3 --methods="draft chain g4,prompt lookup" \
+        $( [ -f "$best" ] && echo "--best_from=$best" ) --prompts=$PROMPTS --prompt_chars=120 \
+        --max_new_tokens=$NEW --repeats=$PEER_REPEATS --name=speculative_peer_mem_cpu ;;
     *) echo "unknown stage $s" >&2; exit 2 ;;
   esac
 done

@@ -171,3 +171,28 @@ def test_every_run_the_drafters_stage_trains_is_benchmarked(script):
   assert set(methods) <= set(speculative.METHODS)
   needed = {r for m in methods for r in speculative.METHODS[m][2]}
   assert needed == trained, (needed, trained)
+
+
+def test_spec_mem_cpu_script_trains_what_it_benchmarks():
+  """benchmarks/spec_mem_cpu.sh: its methods exist, each run they need is trained by a stage
+  and handed to the benchmark, and the configs it names build for the `mem` target."""
+  from benchmarks import speculative  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(ROOT, 'benchmarks', 'spec_mem_cpu.sh')) as f:
+    text = f.read()
+  methods = re.search(r'METHODS=\$\{METHODS:-([^}]*)\}', text).group(1).split(',')
+  assert set(methods) <= set(speculative.METHODS), set(methods) - set(speculative.METHODS)
+  default = re.search(r'stages=\$\{1:-([^}]*)\}', text).group(1).split(',')
+  assert default[0] == 'target' and default[-2:] == ['bench', 'peer'], default
+  trained = set(default[1:-2])
+  needed = {r for m in methods for r in speculative.METHODS[m][2]}
+  assert needed <= trained, needed - trained
+  bench = text[text.index('    bench)'):]
+  for run in trained:
+    assert f'--{run}=$RUNS/{run}' in bench, run
+  assert '--prompt_chars=120' in bench and 'NEW:-128' in text  # within the 256 trained
+  assert '--config.data.seq_len=256' in text
+  draft = spec_draft.get_config('corpus,tiny')
+  assert draft.model.d_model == lm.get_config('tiny').model.d_model
+  for kind in trained - {'draft'}:
+    c = spec_heads.get_config(f'{kind},mem')
+    assert c.model.d_model == lm.get_config('mem').model.d_model, kind
