@@ -39,6 +39,10 @@ RAW_DIR = os.path.join(common.RESULTS_DIR, 'speculative_raw')
 METHODS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     'draft chain g4': ('speculative', dict(gamma=4), ('draft',)),
     'draft chain adaptive': ('speculative', dict(gamma=8, stop_below=0.4), ('draft',)),
+    'draft chain g8': ('speculative', dict(gamma=8), ('draft',)),
+    # the chain length per step from recent acceptance and the forward costs measured at
+    # compile time (decoding/speculative/adaptive.py), up to 8
+    'draft chain adaptive length': ('speculative', dict(gamma=8, adaptive=True), ('draft',)),
     'draft static tree 32': ('speculative', dict(tree='static', gamma=6, tree_nodes=32),
                              ('draft',)),
     'draft dynamic tree 32': ('spec_dynamic', dict(gamma=6, top_k=4, tree_nodes=32),
