@@ -30,6 +30,7 @@ import numpy as np
 
 import workbench
 from benchmarks import common
+from benchmarks import cost_model
 from benchmarks import harness
 from decoding import SamplingConfig
 
@@ -280,9 +281,36 @@ def _merged_runs(raw_dir: str = RAW_DIR) -> list[dict[str, Any]]:
   return [groups[k] for k in sorted(groups)]
 
 
-def report(raw_dir: str = RAW_DIR, out_name: str = 'speculative') -> str:
-  """Merges the raw measurements of raw_dir into benchmarks/results/<name>.md and a plot."""
+def curve_ratio(curve_rows: list[dict[str, Any]], batch: int, tokens: float) -> float | None:
+  """t(T) / t(1) of a forward-cost curve (rows of benchmarks.forward_cost's json: batch,
+  tokens, ms) at `tokens`, linear between the measured T; None outside the measured range or
+  without the batch."""
+  pts = sorted((r['tokens'], r['ms']) for r in curve_rows if r['batch'] == batch)
+  if not pts or pts[0][0] != 1 or not pts[0][0] <= tokens <= pts[-1][0]:
+    return None
+  for (t0, m0), (t1, m1) in zip(pts, pts[1:]):
+    if t0 <= tokens <= t1:
+      return (m0 + (m1 - m0) * (tokens - t0) / (t1 - t0)) / pts[0][1]
+  return 1.0  # tokens == 1 and a single point
+
+
+def report(raw_dir: str = RAW_DIR, out_name: str = 'speculative', curve: str = '') -> str:
+  """Merges the raw measurements of raw_dir into benchmarks/results/<name>.md and a plot.
+
+  curve: a benchmarks.forward_cost json of the same target's shapes and device; each
+  speculative row then gets its step's token count T (1 + drafted tokens per step) and the
+  ideal speedup tau * t(1) / t(T) (`cost_model.ideal_speedup`: a step that costs exactly one
+  target forward over its T tokens, drafting free)."""
   runs = _merged_runs(raw_dir)
+  curve_rows, curve_source = [], ''
+  if curve:
+    with open(curve) as f:
+      data = json.load(f)
+    curve_rows = data['rows'] if isinstance(data, dict) else data
+    presets = {r['preset'] for r in curve_rows}
+    if len(presets) != 1:
+      raise ValueError(f'--curve {curve}: one preset expected, found {sorted(presets)}.')
+    curve_source = os.path.basename(curve)
   body = ['## Goals (temperature 0)\n',
           common.markdown_table(['goal', 'measured', 'status'], goals(runs)), '']
   # Summary: tau and speedup of every method in every setting.
@@ -315,6 +343,8 @@ def report(raw_dir: str = RAW_DIR, out_name: str = 'speculative') -> str:
       body.append(common.with_commit_line(c) + '\n')
     header = ['method', 'tau', 'acceptance by position (d=1..8)', 'target fwd/token',
               'other fwd/token', 'tokens/s', 'AR tokens/s', 'speedup']
+    if curve_rows:
+      header += ['step tokens T', 'ideal', 'measured / ideal']
     if r['temperature'] == 0:
       header.append('= AR')
     table = []
@@ -326,10 +356,25 @@ def report(raw_dir: str = RAW_DIR, out_name: str = 'speculative') -> str:
               f"{row['tokens_per_s']:.0f}",
               f"{row.get('ar_tokens_per_s', row['tokens_per_s']):.0f}",
               f"{row.get('speedup', 1.0):.2f}x" + (' (!)' if harness.implausible(row) else '')]
+      if curve_rows:
+        steps_T = 1 + row['drafted_per_step'] if 'drafted_per_step' in row else None
+        ratio = None if steps_T is None else curve_ratio(curve_rows, r['batch_size'], steps_T)
+        if ratio is None:
+          line += ['-' if steps_T is None else f'{steps_T:.1f}', '-', '-']
+        else:
+          ideal = cost_model.ideal_speedup(row['tau'], 1.0, ratio)
+          line += [f'{steps_T:.1f}', f'{ideal:.2f}x',
+                   f"{row.get('speedup', 1.0) / ideal:.2f}"]
       if r['temperature'] == 0:
         line.append({True: 'yes', False: 'NO', None: '-'}[row.get('equals_ar')])
       table.append(line)
     body.append(common.markdown_table(header, table))
+    if curve_rows:
+      body.append(f'\nideal = tau x t(1) / t(T) from the forward-cost curve {curve_source} '
+                  '(random weights of the same shapes, same device; linear between its '
+                  'measured T; target forwards only: drafting, trees and bookkeeping free, '
+                  'so measured / ideal is about the share of a step spent in the target '
+                  'forward). Rows without drafted tokens per step have no ideal.')
     if r['skipped']:
       body.append('\nSkipped: ' + '; '.join(r['skipped']))
     if r.get('note'):
@@ -395,13 +440,17 @@ def main():
   p.add_argument('--merge', action='store_true',
                  help='add/replace these methods in an existing raw file of the same setting')
   p.add_argument('--report', action='store_true', help='merge raw results into the .md')
+  p.add_argument('--curve', default='',
+                 help='--report: a benchmarks.forward_cost json of the target (one preset) '
+                      'for the ideal speedup of each row')
   p.add_argument('--raw_dir', default=RAW_DIR,
                  help='where raw results go; keep one folder per device (the report of '
                       'folder X is benchmarks/results/X.md, speculative.md for the default)')
   args = p.parse_args()
   if args.report:
     name = os.path.basename(os.path.normpath(args.raw_dir))
-    print(report(args.raw_dir, 'speculative' if name == 'speculative_raw' else name))
+    print(report(args.raw_dir, 'speculative' if name == 'speculative_raw' else name,
+                 curve=args.curve))
     return
   print(run(args))
 

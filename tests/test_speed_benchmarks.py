@@ -380,3 +380,42 @@ def test_spec_system_times_the_ideal_in_each_rows_own_turns(tmp_path, monkeypatc
   assert row['ideal'] == pytest.approx(row['tau'] * row['t_ar_ms'] / row['t_fwd_ms'])
   assert row['measured_over_ideal'] == pytest.approx(row['speedup'] / row['ideal'])
   assert row['equal_to_ar'] and row['tau'] > 1
+
+
+def test_speculative_report_puts_each_row_next_to_its_ideal(tmp_path, monkeypatch):
+  """--curve: T = 1 + drafted tokens per step, t(T) / t(1) linear between measured T, ideal =
+  tau / that ratio; rows outside the curve or without drafts get no ideal."""
+  from benchmarks import speculative  # pylint: disable=g-import-not-at-top
+  curve = [dict(preset='mem', batch=1, tokens=t, ms=ms)
+           for t, ms in ((1, 2.0), (2, 2.5), (4, 3.0), (8, 4.0))]
+  curve.append(dict(preset='mem', batch=8, tokens=1, ms=50.0))
+  assert speculative.curve_ratio(curve, 1, 1) == 1.0
+  assert speculative.curve_ratio(curve, 1, 5) == pytest.approx(3.25 / 2.0)
+  assert speculative.curve_ratio(curve, 1, 9) is None
+  assert speculative.curve_ratio(curve, 4, 2) is None
+  monkeypatch.setattr(common, 'RESULTS_DIR', str(tmp_path))
+  raw = tmp_path / 'raw'
+  raw.mkdir()
+  rows = {'ar': dict(tau=1.0, generated=10, target_forwards=10, other_forwards=0,
+                     tokens_per_s=100.0),
+          'draft chain g4': dict(tau=3.0, generated=30, target_forwards=10, other_forwards=40,
+                                 tokens_per_s=150.0, ar_tokens_per_s=100.0, speedup=1.5,
+                                 drafted_per_step=4.0, equals_ar=True),
+          'token recycling': dict(tau=2.0, generated=20, target_forwards=10, other_forwards=0,
+                                  tokens_per_s=50.0, ar_tokens_per_s=100.0, speedup=0.5,
+                                  drafted_per_step=80.0, equals_ar=True)}
+  (raw / 't0_b1.json').write_text(json.dumps(dict(
+      temperature=0.0, batch_size=1, prompts=1, max_new_tokens=10, provenance='- device: cpu',
+      commands=['- device: cpu'], skipped=[], rows=rows)))
+  (tmp_path / 'curve.json').write_text(json.dumps(dict(rows=curve)))
+  text = open(speculative.report(str(raw), 'spec_t', curve=str(tmp_path / 'curve.json'))).read()
+  rows_of = lambda name: [l for l in text.splitlines() if l.startswith(f'| {name} |')]
+  line = rows_of('draft chain g4')[-1]  # the setting's table (the first: the summary)
+  # T = 5: ratio 1.625, ideal 3 / 1.625 = 1.85x, measured / ideal 1.5 / 1.846 = 0.81
+  assert '| 5.0 | 1.85x | 0.81 |' in line, line
+  line = rows_of('token recycling')[-1]
+  assert '| 81.0 | - | - |' in line, line
+  (tmp_path / 'two.json').write_text(json.dumps(curve + [dict(preset='tiny', batch=1,
+                                                              tokens=1, ms=1.0)]))
+  with pytest.raises(ValueError, match='one preset'):
+    speculative.report(str(raw), 'spec_t', curve=str(tmp_path / 'two.json'))
