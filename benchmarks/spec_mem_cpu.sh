@@ -12,11 +12,13 @@
 #   medusa  4 Medusa heads on the frozen target
 #   eagle3  an EAGLE-3 draft layer on the frozen target (training-time test, 3 steps)
 #   curve   python -m benchmarks.forward_cost of `mem` (random weights, the same shapes) at
-#           batch 1 over the step sizes of the methods below, with the bench's cache size
+#           batch 1 and 8 over the step sizes of the methods below, with the bench's cache size
 #   bench   python -m benchmarks.speculative: every method against our AR in the same run,
 #           batch 1, greedy, held-out prompts that stay within the training length
 #           (120 bytes of prompt + 128 new tokens <= 256), then its report, each row next
 #           to its ideal speedup from the curve
+#   more    the best of those methods again, sampled (temperature 1, batch 1) and greedy at
+#           batch 8 (the same prompts in one batch), into the same report
 #   peer    python -m benchmarks.spec_peer on the same runs: our AR, draft chain, prompt lookup
 #           and bench's fastest method against transformers' generate(), assisted generation
 #           (the same distilled draft) and prompt lookup, on the same weights exported
@@ -35,6 +37,7 @@ REPEATS=${REPEATS:-3}
 PEER_REPEATS=${PEER_REPEATS:-2}
 RAW=${RAW:-benchmarks/results/speculative_raw_mem_cpu}
 CURVE=benchmarks/results/forward_cost_mem_spec_cpu.json
+MORE_METHODS=${MORE_METHODS:-draft chain g4,draft chain g8,draft chain adaptive length,prompt lookup}
 METHODS=${METHODS:-draft chain g4,draft chain g8,draft chain adaptive length,draft dynamic tree 32,draft static tree 32,medusa,eagle3 dynamic tree 32,eagle3 chain g4,prompt lookup,token recycling,layerskip,jacobi}
 rows="--config.data.batch_size=8 --config.data.seq_len=256 --config.train.progress_bar=False"
 extra() {  # extra STEPS: the schedule of a run beside the frozen target
@@ -42,7 +45,7 @@ extra() {  # extra STEPS: the schedule of a run beside the frozen target
     "--config.train.warmup_steps=$(($1 / 10)) --config.train.eval_every=$(($1 / 2))" \
     "--config.train.checkpoint_every=$(($1 / 2)) --config.train.log_every=20 $rows"
 }
-stages=${1:-target,draft,medusa,eagle3,curve,bench,peer}
+stages=${1:-target,draft,medusa,eagle3,curve,bench,more,peer}
 for s in ${stages//,/ }; do
   echo "=== $s"
   case $s in
@@ -58,7 +61,7 @@ for s in ${stages//,/ }; do
       $PY train.py --config=configs/spec_heads.py:$s,mem --workdir=$RUNS/$s \
         $(extra "$HEAD_STEPS") ;;
     curve)  # cache slots as bench sizes them: 64-rounded prompt + new + 128
-      $PY -m benchmarks.forward_cost --presets=mem --batches=1 \
+      $PY -m benchmarks.forward_cost --presets=mem --batches=1,8 \
         --tokens=1,2,3,4,5,6,7,8,9,12,16,25,33,48,64,81 --cache=384 --context=184 \
         --out=forward_cost_mem_spec_cpu ;;
     bench)
@@ -66,6 +69,14 @@ for s in ${stages//,/ }; do
         --medusa=$RUNS/medusa --eagle3=$RUNS/eagle3 --mtp=$RUNS/mtp --kangaroo=$RUNS/kangaroo \
         --raw_dir=$RAW --temperature=0 --batch_size=1 --prompts=$PROMPTS --prompt_chars=120 \
         --max_new_tokens=$NEW --repeats=$REPEATS --methods="$METHODS"
+      $PY -m benchmarks.speculative --report --raw_dir=$RAW \
+        $( [ -f "$CURVE" ] && echo "--curve=$CURVE" ) ;;
+    more)
+      for setting in "--temperature=1 --batch_size=1" "--temperature=0 --batch_size=8"; do
+        $PY -m benchmarks.speculative --target=$RUNS/target --draft=$RUNS/draft \
+          --raw_dir=$RAW $setting --prompts=$PROMPTS --prompt_chars=120 \
+          --max_new_tokens=$NEW --repeats=$REPEATS --methods="$MORE_METHODS"
+      done
       $PY -m benchmarks.speculative --report --raw_dir=$RAW \
         $( [ -f "$CURVE" ] && echo "--curve=$CURVE" ) ;;
     peer)

@@ -182,9 +182,12 @@ def test_spec_mem_cpu_script_trains_what_it_benchmarks():
   methods = re.search(r'METHODS=\$\{METHODS:-([^}]*)\}', text).group(1).split(',')
   assert set(methods) <= set(speculative.METHODS), set(methods) - set(speculative.METHODS)
   default = re.search(r'stages=\$\{1:-([^}]*)\}', text).group(1).split(',')
-  assert default[0] == 'target' and default[-2:] == ['bench', 'peer'], default
+  assert default[0] == 'target' and default[-3:] == ['bench', 'more', 'peer'], default
   assert default.index('curve') < default.index('bench'), default  # the report's ideals
-  trained = set(default[1:-2]) - {'curve'}
+  trained = set(default[1:-3]) - {'curve'}
+  more = re.search(r'MORE_METHODS=\$\{MORE_METHODS:-([^}]*)\}', text).group(1).split(',')
+  assert set(more) <= set(methods), set(more) - set(methods)  # only the draft run is passed
+  assert {r for m in more for r in speculative.METHODS[m][2]} <= {'draft'}
   needed = {r for m in methods for r in speculative.METHODS[m][2]}
   assert needed <= trained, needed - trained
   bench = text[text.index('    bench)'):]
