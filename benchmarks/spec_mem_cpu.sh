@@ -23,7 +23,8 @@
 #           and bench's fastest method against transformers' generate(), assisted generation
 #           (the same distilled draft) and prompt lookup, on the same weights exported
 # Everything goes to $RUNS (default runs/spec_mem) and benchmarks/results/speculative_raw_mem_cpu
-# (.md, acceptance plot), and benchmarks/results/speculative_peer_mem_cpu.md. The drafters only read the target, so they can be retrained alone.
+# (.md, acceptance plot), and benchmarks/results/speculative_peer_mem_cpu.md. The drafters
+# only read the target, so they can be retrained alone.
 set -eu
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -74,6 +75,7 @@ for s in ${stages//,/ }; do
     more)
       for setting in "--temperature=1 --batch_size=1" "--temperature=0 --batch_size=8"; do
         $PY -m benchmarks.speculative --target=$RUNS/target --draft=$RUNS/draft \
+          --medusa=$RUNS/medusa --eagle3=$RUNS/eagle3 --mtp=$RUNS/mtp --kangaroo=$RUNS/kangaroo \
           --raw_dir=$RAW $setting --prompts=$PROMPTS --prompt_chars=120 \
           --max_new_tokens=$NEW --repeats=$REPEATS --methods="$MORE_METHODS"
       done

@@ -186,8 +186,11 @@ def test_spec_mem_cpu_script_trains_what_it_benchmarks():
   assert default.index('curve') < default.index('bench'), default  # the report's ideals
   trained = set(default[1:-3]) - {'curve'}
   more = re.search(r'MORE_METHODS=\$\{MORE_METHODS:-([^}]*)\}', text).group(1).split(',')
-  assert set(more) <= set(methods), set(more) - set(methods)  # only the draft run is passed
-  assert {r for m in more for r in speculative.METHODS[m][2]} <= {'draft'}
+  assert set(more) <= set(methods), set(more) - set(methods)
+  more_stage = text[text.index('    more)'):]
+  more_stage = more_stage[:more_stage.index(';;')]
+  for run in speculative.RUNS:  # never a default run of another target
+    assert f'--{run}=$RUNS/{run}' in more_stage, run
   needed = {r for m in methods for r in speculative.METHODS[m][2]}
   assert needed <= trained, needed - trained
   bench = text[text.index('    bench)'):]
