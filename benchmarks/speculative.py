@@ -283,15 +283,12 @@ def _merged_runs(raw_dir: str = RAW_DIR) -> list[dict[str, Any]]:
 
 def curve_ratio(curve_rows: list[dict[str, Any]], batch: int, tokens: float) -> float | None:
   """t(T) / t(1) of a forward-cost curve (rows of benchmarks.forward_cost's json: batch,
-  tokens, ms) at `tokens`, linear between the measured T; None outside the measured range or
-  without the batch."""
-  pts = sorted((r['tokens'], r['ms']) for r in curve_rows if r['batch'] == batch)
-  if not pts or pts[0][0] != 1 or not pts[0][0] <= tokens <= pts[-1][0]:
+  tokens, ms) at `tokens` (`cost_model.curve_at`: linear between the measured T); None
+  outside the measured range or without the batch."""
+  curve = {r['tokens']: r['ms'] for r in curve_rows if r['batch'] == batch}
+  if 1 not in curve or not 1 <= tokens <= max(curve):
     return None
-  for (t0, m0), (t1, m1) in zip(pts, pts[1:]):
-    if t0 <= tokens <= t1:
-      return (m0 + (m1 - m0) * (tokens - t0) / (t1 - t0)) / pts[0][1]
-  return 1.0  # tokens == 1 and a single point
+  return cost_model.curve_at(curve, tokens) / curve[1]
 
 
 def report(raw_dir: str = RAW_DIR, out_name: str = 'speculative', curve: str = '') -> str:
@@ -305,8 +302,7 @@ def report(raw_dir: str = RAW_DIR, out_name: str = 'speculative', curve: str = '
   curve_rows, curve_source = [], ''
   if curve:
     with open(curve) as f:
-      data = json.load(f)
-    curve_rows = data['rows'] if isinstance(data, dict) else data
+      curve_rows = json.load(f)['rows']
     presets = {r['preset'] for r in curve_rows}
     if len(presets) != 1:
       raise ValueError(f'--curve {curve}: one preset expected, found {sorted(presets)}.')

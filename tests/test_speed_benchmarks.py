@@ -415,7 +415,7 @@ def test_speculative_report_puts_each_row_next_to_its_ideal(tmp_path, monkeypatc
   assert '| 5.0 | 1.85x | 0.81 |' in line, line
   line = rows_of('token recycling')[-1]
   assert '| 81.0 | - | - |' in line, line
-  (tmp_path / 'two.json').write_text(json.dumps(curve + [dict(preset='tiny', batch=1,
-                                                              tokens=1, ms=1.0)]))
+  (tmp_path / 'two.json').write_text(json.dumps(dict(
+      rows=curve + [dict(preset='tiny', batch=1, tokens=1, ms=1.0)])))
   with pytest.raises(ValueError, match='one preset'):
     speculative.report(str(raw), 'spec_t', curve=str(tmp_path / 'two.json'))
