@@ -99,6 +99,17 @@ def loop_steps(results) -> int:
   return sum(int(np.max(np.asarray(r.target_forwards_B))) - 1 for r in results)
 
 
+def loop_tau(ar_loop_steps: int, method_loop_steps: int) -> float:
+  """AR's decode-loop iterations over a method's on the same batches: the tau that bounds
+  and sets the speedup of a batched loop.
+
+  A batch's loop runs until its slowest row is done, so at batch > 1 it is below tau (the
+  rows' mean tokens per target forward): one row that accepts little holds the others. At
+  batch 1 it is the decode-phase tau. The ideal speedup of a loop whose every iteration costs
+  one target forward over T tokens is loop_tau * t(1) / t(T) (`cost_model.ideal_speedup`)."""
+  return ar_loop_steps / max(method_loop_steps, 1)
+
+
 def summarise(results, wall: float, compile_s: float) -> dict[str, Any]:
   """Tokens, forwards, tau, tokens/s and (speculative decoders) acceptance by position."""
   results = jax.device_get(results)
@@ -165,27 +176,36 @@ def tau_row(r: dict[str, Any], ar_tokens, keys: Sequence[str] = TAU_KEYS) -> dic
   return {k: r[k] for k in keys}
 
 
-def measure_pair(method, ar, params, batches, *, repeats) -> tuple[dict[str, Any], float]:
+def measure_pair(method, ar, params, batches, *, repeats, warmup: bool = True,
+                 probes: Sequence[Callable[[], float]] = ()) -> tuple[dict[str, Any], float]:
   """Times the method and AR alternately, `repeats` passes each, and keeps each one's fastest.
 
   `method` and `ar` are (fns, compile seconds) from `compile_decoder` (AR's params are
   params['target']). On a shared machine the other jobs' load comes and goes; alternating
   puts both decoders under the same load, and the best pass is the least disturbed one. One
-  untimed warm-up pass of each comes first. Returns the method's summary and AR's best wall
-  time of the same window.
+  untimed warm-up pass of each comes first (`warmup=False`: the caller has run both once
+  already). `probes`: zero-argument callables that time themselves and return seconds
+  (e.g. `cost_model.forward_probe`), called in the same turns after each pair of passes;
+  their best times are the summary's `probe_s`. Returns the method's summary and AR's best
+  wall time of the same window.
   """
   (fns, compile_s), (ar_fns, _) = method, ar
   ar_params = [{'target': p['target']} for p in per_batch(params, len(batches))]
   times, ar_times, results = [], [], None
-  timed_pass(fns, params, batches)  # warm-up: the first call of a compiled function is slower
-  timed_pass(ar_fns, ar_params, batches)
+  probe_s = [float('inf')] * len(probes)
+  if warmup:  # the first call of a compiled function is slower
+    timed_pass(fns, params, batches)
+    timed_pass(ar_fns, ar_params, batches)
   for _ in range(repeats):
     ar_times.append(timed_pass(ar_fns, ar_params, batches)[0])
     t, results = timed_pass(fns, params, batches)
     times.append(t)
+    probe_s = [min(best, probe()) for best, probe in zip(probe_s, probes)]
   out = summarise(results, min(times), compile_s)
   out['wall_s_all'] = times
   out['ar_wall_s_all'] = ar_times
+  if probes:
+    out['probe_s'] = probe_s
   return out, min(ar_times)
 
 
@@ -236,8 +256,9 @@ def measure_decode_pair(method_n, method_1, ar_n, ar_1, params, batches, *, repe
   `ar_decode_s / decode_s` compares the same tokens after the same prefill. Returns the
   method's summary of the N-token run with decode_s, ar_decode_s, the decode-phase tau
   (tokens after the first over target forwards after the prefill), the speedup, `ar_step_s`
-  (one AR decode-loop iteration in this window: ar_decode_s / its iterations) and `probe_s`:
-  the best time of each of `probes` (see `alternate`), timed in the same turns.
+  (one AR decode-loop iteration in this window: ar_decode_s / its iterations), `loop_tau`
+  (AR's decode-loop iterations over the method's, see `loop_tau`) and `probe_s`: the best
+  time of each of `probes` (see `alternate`), timed in the same turns.
   """
   ar_params = [{'target': p['target']} for p in per_batch(params, len(batches))]
   best, results = alternate([(method_n[0], params), (method_1[0], params),
@@ -250,8 +271,9 @@ def measure_decode_pair(method_n, method_1, ar_n, ar_1, params, batches, *, repe
   out['decode_tau'] = (out['generated'] - rows) / max(out['target_forwards'] - rows, 1)
   out['speedup'] = out['ar_decode_s'] / max(out['decode_s'], 1e-12)
   out['ar_tokens'] = summarise(results[2], best[2], ar_n[1])['tokens']
-  out['ar_step_s'] = out['ar_decode_s'] / max(loop_steps(results[2]) - loop_steps(results[3]),
-                                              1)
+  ar_steps = loop_steps(results[2]) - loop_steps(results[3])
+  out['ar_step_s'] = out['ar_decode_s'] / max(ar_steps, 1)
+  out['loop_tau'] = loop_tau(ar_steps, loop_steps(results[0]) - loop_steps(results[1]))
   out['probe_s'] = best[4:]
   return out
 
@@ -272,6 +294,8 @@ def agreement(ref_rows, rows) -> tuple[float, float]:
 
 
 def implausible(row: dict[str, Any]) -> bool:
-  """A speedup above tau (see `common.speedup_above_tau`): load on the machine, not the
-  method; tables flag such rows with '(!)'."""
-  return common.speedup_above_tau(row.get('speedup', 0), row['tau'])
+  """A speedup above tau, or above `loop_tau` where the row has it (see
+  `common.speedup_above_tau`): load on the machine, not the method; tables flag such rows
+  with '(!)'."""
+  return common.speedup_above_tau(row.get('speedup', 0),
+                                  min(row['tau'], row.get('loop_tau', row['tau'])))

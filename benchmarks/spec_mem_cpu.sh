@@ -16,7 +16,8 @@
 #   bench   python -m benchmarks.speculative: every method against our AR in the same run,
 #           batch 1, greedy, held-out prompts that stay within the training length
 #           (120 bytes of prompt + 128 new tokens <= 256), then its report, each row next
-#           to its ideal speedup from the curve
+#           to its ideal speedup from forward probes of the trained target timed in turns
+#           with the row's own passes (the curve serves rows measured without probes)
 #   more    the best of those methods again, sampled (temperature 1, batch 1) and greedy at
 #           batch 8 (the same prompts in one batch), into the same report
 #   peer    python -m benchmarks.spec_peer on the same runs: our AR, draft chain, prompt lookup

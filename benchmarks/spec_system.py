@@ -171,7 +171,8 @@ def run(args) -> tuple[str, list[dict]]:
                    batch=batch, tau=r['decode_tau'],
                    tokens_per_s=decode_tokens / r['decode_s'],
                    ar_tokens_per_s=decode_tokens / r['ar_decode_s'], speedup=r['speedup'],
-                   ideal=cost_model.ideal_speedup(r['decode_tau'], t_ar_row, t_fwd_row),
+                   loop_tau=r['loop_tau'],
+                   ideal=cost_model.ideal_speedup(r['loop_tau'], t_ar_row, t_fwd_row),
                    t_ar_ms=t_ar_row * 1e3, t_fwd_ms=t_fwd_row * 1e3,
                    acceptance_by_position=r.get('acceptance_by_position', []),
                    equal_to_ar=r['tokens'] == r['ar_tokens'], variant=vname,
@@ -261,12 +262,15 @@ def write(rows, args) -> str:
       'Decode phase only (the prefill, the same for both, is excluded): speedup = AR decode '
       'time / method decode time for the same tokens, each t(N tokens) - t(1 token), passes '
       f'of the four programs alternated (best of {args.repeats} each); tau = tokens after the '
-      'first / target forwards after the prefill. Ideal: tau x t_AR / t_fwd(T), both timed '
+      'first / target forwards after the prefill (the rows\' mean); loop tau = AR\'s decode-'
+      'loop iterations / the method\'s (a batch runs until its slowest row is done: at batch '
+      '1 it equals tau, at batch > 1 it is below it). Ideal: loop tau x t_AR / t_fwd(T), both '
+      'timed '
       "in the row's own turns (t_AR: AR decode time / AR steps; t_fwd(T): a compiled loop of "
       "target forwards over the step's T tokens, run once after each round of the four "
       'programs, best of its runs), so that measured / ideal = t_fwd(T) / t_step, the share '
       'of a step spent in the target forward, compares times taken under the same load. (!) '
-      'marks a speedup above tau (a measurement error, not a result). measured / ideal above 1 '
+      'marks a speedup above tau or loop tau (a measurement error, not a result). measured / ideal above 1 '
       'means the step ran faster in the loop than the isolated forward it is compared with.\n',
       '## Goals\n', common.markdown_table(['goal', 'measured', 'status'], goals(rows)), '',
       *([options] if options else []),

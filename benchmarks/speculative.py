@@ -15,7 +15,9 @@ target forward, the bonus token counted, prefill included), acceptance by draft 
 per generated token, tokens/s and the speedup against AR: after one AOT compile, AR and the
 method are timed alternately (`--repeats` passes each over all prompts) and each keeps its
 fastest pass, so both see the same load on a shared machine. At temperature 0 the report also
-says whether the tokens equal AR's. `--merge` adds or replaces methods in an existing raw file
+says whether the tokens equal AR's. Each row's ideal speedup (the report's
+`ideal_cells`) comes from forward probes of the target over 1 and over the step's T tokens,
+timed in the same turns as its passes (`--probes=0`: none). `--merge` adds or replaces methods in an existing raw file
 of the same setting (e.g. after training a missing drafter). Methods whose runs are missing (no draft / heads trained) are skipped and listed.
 """
 
@@ -32,6 +34,7 @@ import workbench
 from benchmarks import common
 from benchmarks import cost_model
 from benchmarks import harness
+from benchmarks import step_cost
 from decoding import SamplingConfig
 
 RAW_DIR = os.path.join(common.RESULTS_DIR, 'speculative_raw')
@@ -145,6 +148,18 @@ def run(args) -> str:
     rows, commands = old['rows'], old.get('commands', [old['provenance']])
     skipped = [s for s in old['skipped'] if s.split(' (')[0] not in names]
   rows['ar'] = {k: v for k, v in ar.items() if k != 'tokens'}
+  # Forward probes (the target, its trained weights, this batch size and cache, a context of
+  # the prompt plus half the new tokens), timed in turns with each method's passes.
+  context = harness.one_shape(prompts) + args.max_new_tokens // 2
+  probe_cache: dict[tuple[int, bool], Any] = {}
+
+  def forward_probe(T: int, tree: bool):
+    if (T, tree) not in probe_cache:
+      probe_cache[T, tree] = cost_model.forward_probe(
+          ar_models.target, bench.params, batch=args.batch_size, tokens=T, cache_size=cache,
+          context=min(context, cache - T), explicit_mask=tree)
+    return probe_cache[T, tree]
+
   print(f"ar: {ar['tokens_per_s']:.1f} tok/s", flush=True)
   for i, name in enumerate(names):
     needs = METHODS[name][2]
@@ -155,8 +170,20 @@ def run(args) -> str:
     try:
       dec, models, params = build_method(name, bench, args.draft, sampling)
       method = harness.compile_decoder(dec, models, params, batches, **kw)
+      probes, probe_T = [], []
+      if args.probes:  # the warm-up pass says the step's tokens T; AR ran before
+        first = harness.summarise(harness.timed_pass(method[0], params, batches)[1], 1.0, 0.0)
+        if 'drafted_per_step' in first:
+          probe_T = step_probe_tokens(1 + first['drafted_per_step'])
+          tree = not step_cost.step_is_chain(dec, models)
+          probes = [forward_probe(T, tree) for T in probe_T]
       r, ar_wall = harness.measure_pair(method, (ar_fns, ar_compile), params, batches,
-                                        repeats=args.repeats)
+                                        repeats=args.repeats, warmup=not args.probes,
+                                        probes=probes)
+      if probes:
+        r['forward_ms'] = [[T, t * 1e3] for T, t in zip(probe_T, r.pop('probe_s'))]
+        r['forward_mask'] = 'tree' if tree else 'causal'
+      r['loop_tau'] = harness.loop_tau(ar['loop_steps'], r['loop_steps'])
     except Exception as e:  # pylint: disable=broad-except
       # one method that breaks (e.g. out of memory on a lent GPU) leaves the others' rows
       print(f'{name}: FAILED: {type(e).__name__}: {e}', flush=True)
@@ -189,6 +216,13 @@ def _write(path, args, num_prompts, commands, skipped, rows) -> None:
                'provenance': commands[0] if commands else common.provenance(),
                'commands': commands + [common.provenance()], 'skipped': skipped,
                'rows': rows}, f, indent=1)
+
+
+def step_probe_tokens(step_tokens: float) -> list[int]:
+  """The forward sizes to probe for a step of `step_tokens` tokens on average: 1, and the
+  integers on either side (the ideal interpolates between them)."""
+  lo, hi = int(np.floor(step_tokens)), int(np.ceil(step_tokens))
+  return sorted({1, lo, hi})
 
 
 def _budget(name: str) -> int | None:
@@ -291,13 +325,51 @@ def curve_ratio(curve_rows: list[dict[str, Any]], batch: int, tokens: float) -> 
   return cost_model.curve_at(curve, tokens) / curve[1]
 
 
+IDEAL_NOTE = (
+    '\nloop tau = AR\'s decode-loop iterations / the method\'s (a batch runs until its slowest '
+    'row is done, so at batch > 1 it is below tau, the rows\' mean; at batch 1 it is tau '
+    'without the prefill). T = 1 + drafted tokens per step (a mean where the draft length '
+    'varies). t(T) / t(1): one cached forward of the target over T new tokens per row against '
+    'one over 1 (its trained weights, the same batch size, a context of the prompt plus half '
+    'the new tokens), timed in turns with the row\'s own passes (best of as many runs; linear '
+    'between the integers either side of T). ideal = loop tau x t(1) / t(T): the speedup if a '
+    'step cost exactly one target forward, drafting, trees and bookkeeping free, so measured / '
+    'ideal is about the share of a step spent in the target forward (prefill included in '
+    'measured, not in ideal). Rows without drafted tokens per step have no ideal.')
+
+
+def ideal_cells(row: dict[str, Any], ar_row: dict[str, Any], batch: int,
+                curve_rows: list[dict[str, Any]]) -> list[str]:
+  """The cells loop tau, step tokens T, t(T) / t(1), ideal and measured / ideal of a row:
+  t(T) / t(1) from the row's own forward probes, else (marked *) from `curve_rows` (a
+  benchmarks.forward_cost json's rows), else '-'."""
+  loop_tau = row.get('loop_tau')
+  if loop_tau is None and ar_row.get('loop_steps') and row.get('loop_steps'):
+    loop_tau = harness.loop_tau(ar_row['loop_steps'], row['loop_steps'])
+  if 'drafted_per_step' not in row or loop_tau is None:
+    return ['-' if loop_tau is None else f'{loop_tau:.2f}', '-', '-', '-', '-']
+  steps_T = 1 + row['drafted_per_step']
+  ratio, mark = None, ''
+  if 'forward_ms' in row:
+    curve = {int(T): ms for T, ms in row['forward_ms']}
+    ratio = cost_model.curve_at(curve, steps_T) / curve[1]
+  elif curve_rows:
+    ratio, mark = curve_ratio(curve_rows, batch, steps_T), '*'
+  if ratio is None:
+    return [f'{loop_tau:.2f}', f'{steps_T:.1f}', '-', '-', '-']
+  ideal = cost_model.ideal_speedup(loop_tau, 1.0, ratio)
+  return [f'{loop_tau:.2f}', f'{steps_T:.1f}', f'{ratio:.2f}{mark}', f'{ideal:.2f}x',
+          f"{row.get('speedup', 1.0) / ideal:.2f}"]
+
+
 def report(raw_dir: str = RAW_DIR, out_name: str = 'speculative', curve: str = '') -> str:
   """Merges the raw measurements of raw_dir into benchmarks/results/<name>.md and a plot.
 
-  curve: a benchmarks.forward_cost json of the same target's shapes and device; each
-  speculative row then gets its step's token count T (1 + drafted tokens per step) and the
-  ideal speedup tau * t(1) / t(T) (`cost_model.ideal_speedup`: a step that costs exactly one
-  target forward over its T tokens, drafting free)."""
+  Each speculative row with forward probes (`run`'s default) gets its loop tau, its step's
+  token count T (1 + drafted tokens per step) and the ideal speedup loop tau * t(1) / t(T)
+  (`ideal_cells`; `cost_model.ideal_speedup`: a step that costs exactly one target forward
+  over its T tokens, drafting free). curve: a benchmarks.forward_cost json of the same
+  target's shapes and device, for the rows measured without probes."""
   runs = _merged_runs(raw_dir)
   curve_rows, curve_source = [], ''
   if curve:
@@ -339,8 +411,10 @@ def report(raw_dir: str = RAW_DIR, out_name: str = 'speculative', curve: str = '
       body.append(common.with_commit_line(c) + '\n')
     header = ['method', 'tau', 'acceptance by position (d=1..8)', 'target fwd/token',
               'other fwd/token', 'tokens/s', 'AR tokens/s', 'speedup']
-    if curve_rows:
-      header += ['step tokens T', 'ideal', 'measured / ideal']
+    probed = any('forward_ms' in row for row in r['rows'].values())
+    with_ideal = bool(curve_rows) or probed
+    if with_ideal:
+      header += ['loop tau', 'step tokens T', 't(T) / t(1)', 'ideal', 'measured / ideal']
     if r['temperature'] == 0:
       header.append('= AR')
     table = []
@@ -352,25 +426,16 @@ def report(raw_dir: str = RAW_DIR, out_name: str = 'speculative', curve: str = '
               f"{row['tokens_per_s']:.0f}",
               f"{row.get('ar_tokens_per_s', row['tokens_per_s']):.0f}",
               f"{row.get('speedup', 1.0):.2f}x" + (' (!)' if harness.implausible(row) else '')]
-      if curve_rows:
-        steps_T = 1 + row['drafted_per_step'] if 'drafted_per_step' in row else None
-        ratio = None if steps_T is None else curve_ratio(curve_rows, r['batch_size'], steps_T)
-        if ratio is None:
-          line += ['-' if steps_T is None else f'{steps_T:.1f}', '-', '-']
-        else:
-          ideal = cost_model.ideal_speedup(row['tau'], 1.0, ratio)
-          line += [f'{steps_T:.1f}', f'{ideal:.2f}x',
-                   f"{row.get('speedup', 1.0) / ideal:.2f}"]
+      if with_ideal:
+        line += ideal_cells(row, r['rows'].get('ar', {}), r['batch_size'], curve_rows)
       if r['temperature'] == 0:
         line.append({True: 'yes', False: 'NO', None: '-'}[row.get('equals_ar')])
       table.append(line)
     body.append(common.markdown_table(header, table))
-    if curve_rows:
-      body.append(f'\nideal = tau x t(1) / t(T) from the forward-cost curve {curve_source} '
-                  '(random weights of the same shapes, same device; linear between its '
-                  'measured T; target forwards only: drafting, trees and bookkeeping free, '
-                  'so measured / ideal is about the share of a step spent in the target '
-                  'forward). Rows without drafted tokens per step have no ideal.')
+    if with_ideal:
+      body.append(IDEAL_NOTE + (f' Rows marked * take t(T) / t(1) from the forward-cost curve '
+                                f'{curve_source} (random weights of the same shapes, same '
+                                'device, timed in a run of its own).' if curve_rows else ''))
     if r['skipped']:
       body.append('\nSkipped: ' + '; '.join(r['skipped']))
     if r.get('note'):
@@ -435,6 +500,9 @@ def main():
                       'methods of the same setting, merged by --report')
   p.add_argument('--merge', action='store_true',
                  help='add/replace these methods in an existing raw file of the same setting')
+  p.add_argument('--probes', type=int, default=1,
+                 help='1: time target forwards over 1 and over the step\'s T tokens in turns '
+                      'with each method\'s passes (the ideal speedup of its row); 0: none')
   p.add_argument('--report', action='store_true', help='merge raw results into the .md')
   p.add_argument('--curve', default='',
                  help='--report: a benchmarks.forward_cost json of the target (one preset) '

@@ -178,6 +178,7 @@ def breakdown(decoder, models: Models, params: dict[str, Any], prompts: Sequence
         harness.compile_decoder(decoder, models, params, batches, max_new=1, **ckw),
         ar[0], ar[1], params, batches, repeats=repeats)
     speedup, summary['ar_tokens'] = pair['speedup'], pair['ar_tokens']
+    summary['loop_tau'] = pair['loop_tau']
   extras = [k for k, _ in models.extras]
   # A no-op model's argmax may be the EOS token; those runs never stop early instead (the
   # time per loop iteration does not depend on when rows stop).
@@ -205,8 +206,11 @@ def breakdown(decoder, models: Models, params: dict[str, Any], prompts: Sequence
              generated=summary['generated'], output=summary['tokens'])
   out['sum_ms'] = out['target_ms'] + out['drafter_ms'] + out['other_ms']
   out['overhead_share'] = out['other_ms'] / out['step_ms']
+  if 'loop_tau' in summary:  # at batch > 1 below tau: the loop waits for its slowest row
+    out['loop_tau'] = summary['loop_tau']
   if t_ar is not None:
-    out['ideal'] = cost_model.ideal_speedup(summary['decode_tau'], t_ar, t_fwd)
+    out['ideal'] = cost_model.ideal_speedup(summary.get('loop_tau', summary['decode_tau']),
+                                            t_ar, t_fwd)
   if speedup is not None:
     out['speedup'] = speedup
     out['equals_ar'] = summary['tokens'] == summary['ar_tokens']
@@ -279,12 +283,13 @@ def _write(rows, out: str, name: str) -> str:
 
 
 def report(rows, out: str, name: str) -> str:
-  header = ['decoder', 'batch', 'T', 'tau', 'step ms', 'target ms', 'drafter ms', 'other ms',
+  header = ['decoder', 'batch', 'T', 'tau', 'loop tau', 'step ms', 'target ms', 'drafter ms', 'other ms',
             'other share', 'target alone ms', 'in loop / alone', 'speedup vs AR', 'ideal',
             'measured / ideal', '= AR']
   table = []
   for r in rows:
     table.append([r['decoder'], r['batch'], r['step_tokens'], f"{r['tau']:.2f}",
+                  f"{r['loop_tau']:.2f}" if 'loop_tau' in r else '-',
                   f"{r['step_ms']:.3f}", f"{r['target_ms']:.3f}", f"{r['drafter_ms']:.3f}",
                   f"{r['other_ms']:.3f}", f"{100 * r['overhead_share']:.0f}%",
                   f"{r['target_fwd_ms']:.3f}", f"{r['target_ms'] / r['target_fwd_ms']:.2f}",
@@ -294,7 +299,10 @@ def report(rows, out: str, name: str) -> str:
   body = (f'Model: `{name}`. Decode phase (prefill excluded); every time is the best of '
           'several passes, passes alternating. Times per loop iteration (one draft -> verify '
           '-> commit step; for AR one token); tau = tokens after the first / target forwards '
-          'after the prefill; speedup = AR decode time / decode time. "target": the step minus '
+          'after the prefill (the rows\' mean); loop tau = AR\'s decode-loop iterations / the '
+          'decoder\'s (a batch runs until its slowest row is done, so at batch > 1 it is below '
+          'tau; at batch 1 it is tau); speedup = AR decode time / decode time. "target": the '
+          'step minus '
           'the step with the target a no-op (every target call, in the loop); "drafter": the '
           'same for the draft models and the draft modules the decoder runs itself (heads, '
           'adapter, EAGLE and Chimera layers; draft-model rows use the oracle draft of '
@@ -303,9 +311,9 @@ def report(rows, out: str, name: str) -> str:
           '"other": the step with every model a no-op (drafting logic, trees, masks, '
           'verification, cache commit, bookkeeping, loop); target + drafter + other = step. '
           '"target alone": the forward-cost curve at T (the forward timed on its own, with the '
-          'mask kind of the step); "in loop / alone" compares the two. ideal = tau x AR step '
-          '/ target alone. (!) marks a speedup above tau (load on the machine, not the '
-          'method). Temperature 0; "= AR": the tokens equal AR\'s.\n\n'
+          'mask kind of the step); "in loop / alone" compares the two. ideal = loop tau x AR '
+          'step / target alone (rows measured before loop tau was recorded: tau). (!) marks a '
+          'speedup above tau or loop tau (load on the machine, not the method). Temperature 0; "= AR": the tokens equal AR\'s.\n\n'
           + common.markdown_table(header, table))
   return common.write_results(out, 'Step-cost breakdown', body)
 

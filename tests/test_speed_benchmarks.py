@@ -384,7 +384,8 @@ def test_spec_system_times_the_ideal_in_each_rows_own_turns(tmp_path, monkeypatc
 
 def test_speculative_report_puts_each_row_next_to_its_ideal(tmp_path, monkeypatch):
   """--curve: T = 1 + drafted tokens per step, t(T) / t(1) linear between measured T, ideal =
-  tau / that ratio; rows outside the curve or without drafts get no ideal."""
+  loop tau / that ratio (loop tau: AR's loop iterations over the row's); rows outside the
+  curve or without drafts get no ideal; a row's own forward probes win over the curve."""
   from benchmarks import speculative  # pylint: disable=g-import-not-at-top
   curve = [dict(preset='mem', batch=1, tokens=t, ms=ms)
            for t, ms in ((1, 2.0), (2, 2.5), (4, 3.0), (8, 4.0))]
@@ -397,13 +398,17 @@ def test_speculative_report_puts_each_row_next_to_its_ideal(tmp_path, monkeypatc
   raw = tmp_path / 'raw'
   raw.mkdir()
   rows = {'ar': dict(tau=1.0, generated=10, target_forwards=10, other_forwards=0,
-                     tokens_per_s=100.0),
-          'draft chain g4': dict(tau=3.0, generated=30, target_forwards=10, other_forwards=40,
+                     tokens_per_s=100.0, loop_steps=9),
+          'draft chain g4': dict(tau=3.3, generated=30, target_forwards=10, other_forwards=40,
                                  tokens_per_s=150.0, ar_tokens_per_s=100.0, speedup=1.5,
-                                 drafted_per_step=4.0, equals_ar=True),
+                                 drafted_per_step=4.0, equals_ar=True, loop_steps=3),
           'token recycling': dict(tau=2.0, generated=20, target_forwards=10, other_forwards=0,
                                   tokens_per_s=50.0, ar_tokens_per_s=100.0, speedup=0.5,
-                                  drafted_per_step=80.0, equals_ar=True)}
+                                  drafted_per_step=80.0, equals_ar=True, loop_steps=4),
+          'draft chain probed': dict(tau=3.3, generated=30, target_forwards=10,
+                                     other_forwards=40, tokens_per_s=150.0, ar_tokens_per_s=100.0,
+                                     speedup=1.5, drafted_per_step=3.5, equals_ar=True,
+                                     loop_tau=2.5, forward_ms=[[1, 2.0], [4, 3.0], [5, 4.0]])}
   (raw / 't0_b1.json').write_text(json.dumps(dict(
       temperature=0.0, batch_size=1, prompts=1, max_new_tokens=10, provenance='- device: cpu',
       commands=['- device: cpu'], skipped=[], rows=rows)))
@@ -411,11 +416,32 @@ def test_speculative_report_puts_each_row_next_to_its_ideal(tmp_path, monkeypatc
   text = open(speculative.report(str(raw), 'spec_t', curve=str(tmp_path / 'curve.json'))).read()
   rows_of = lambda name: [l for l in text.splitlines() if l.startswith(f'| {name} |')]
   line = rows_of('draft chain g4')[-1]  # the setting's table (the first: the summary)
-  # T = 5: ratio 1.625, ideal 3 / 1.625 = 1.85x, measured / ideal 1.5 / 1.846 = 0.81
-  assert '| 5.0 | 1.85x | 0.81 |' in line, line
+  # loop tau 9 / 3 = 3 (not tau 3.3); T = 5: ratio 1.625 (from the curve: *), ideal 3 / 1.625
+  # = 1.85x, measured / ideal 1.5 / 1.846 = 0.81
+  assert '| 3.00 | 5.0 | 1.62* | 1.85x | 0.81 |' in line, line
   line = rows_of('token recycling')[-1]
-  assert '| 81.0 | - | - |' in line, line
+  assert '| 2.25 | 81.0 | - | - | - |' in line, line
+  # its own probes: T = 4.5 between 4 and 5, ratio 3.5 / 2 = 1.75, ideal 2.5 / 1.75 = 1.43x
+  line = rows_of('draft chain probed')[-1]
+  assert '| 2.50 | 4.5 | 1.75 | 1.43x | 1.05 |' in line, line
   (tmp_path / 'two.json').write_text(json.dumps(dict(
       rows=curve + [dict(preset='tiny', batch=1, tokens=1, ms=1.0)])))
   with pytest.raises(ValueError, match='one preset'):
     speculative.report(str(raw), 'spec_t', curve=str(tmp_path / 'two.json'))
+
+
+def test_loop_tau_is_set_by_the_slowest_row_of_a_batch():
+  """A batched loop runs until its slowest row is done: AR's iterations over the method's,
+  not the rows' mean tau, sets (and bounds) a batch's speedup; at batch 1 the two agree."""
+  fake = lambda fwd: SimpleNamespace(target_forwards_B=np.asarray(fwd))
+  ar = [fake([17, 17])]          # 16 new tokens per row after the prefill
+  ragged = [fake([5, 9])]        # one row took 4 verification steps, the other 8
+  assert harness.loop_steps(ragged) == 8 and harness.loop_steps(ar) == 16
+  rows_tau = (2 * 16) / (4 + 8)  # the rows' mean tokens per step after the prefill: 2.67
+  loop = harness.loop_tau(harness.loop_steps(ar), harness.loop_steps(ragged))
+  assert loop == 2.0 < rows_tau
+  one = [fake([5]), fake([9])]   # the same rows at batch 1: 12 iterations
+  assert harness.loop_tau(harness.loop_steps([fake([17]), fake([17])]),
+                          harness.loop_steps(one)) == pytest.approx(rows_tau)
+  assert harness.implausible(dict(tau=2.67, loop_tau=2.0, speedup=2.2))
+  assert not harness.implausible(dict(tau=2.67, loop_tau=2.0, speedup=1.9))

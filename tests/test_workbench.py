@@ -6,6 +6,8 @@ from types import SimpleNamespace
 import pytest
 
 import workbench
+from benchmarks import common
+from benchmarks import cost_model
 from benchmarks import diffusion
 from benchmarks import speculative
 from decoding import Models, SamplingConfig, registry, run_decoder
@@ -95,19 +97,46 @@ def test_read_prompts_sources(bench, tmp_path):
 def test_speculative_benchmark_runs_on_the_workbench(trained_workdir, tmp_path, capsys,
                                                     monkeypatch):
   """benchmarks.speculative: the target is its own draft; heads runs missing are skipped;
-  the file written after each method names those not reached yet (a run cut short says so)."""
-  written = []
+  the file written after each method names those not reached yet (a run cut short says so).
+  Each row's forward probes (over 1 and the step's T tokens) run once per round of its
+  passes, and the report's ideal is loop tau x t(1) / t(T) from them."""
+  written, calls, make = [], [], cost_model.forward_probe
   write = speculative._write
   monkeypatch.setattr(speculative, '_write', lambda *a: (written.append(list(a[4])),
                                                          write(*a)))
+
+  def counting_probe(*a, **kw):
+    probe = make(*a, **dict(kw, min_seconds=0.01))
+    def timed():
+      calls.append((kw['tokens'], probe()))
+      return calls[-1][1]
+    return timed
+
+  monkeypatch.setattr(cost_model, 'forward_probe', counting_probe)
   args = SimpleNamespace(target=trained_workdir, draft=trained_workdir, medusa='',
                          mtp=str(tmp_path / 'none'), kangaroo='', dtype='', temperature=0.0,
                          batch_size=2, prompts=2, prompt_chars=40, max_new_tokens=8,
-                         repeats=1, methods='draft chain g4,prompt lookup,medusa', part='',
-                         merge=False, raw_dir=str(tmp_path))
+                         repeats=2, methods='draft chain g4,prompt lookup,medusa', part='',
+                         merge=False, raw_dir=str(tmp_path / 'raw'), probes=1)
   with open(speculative.run(args)) as f:
     raw = json.load(f)
   assert raw['rows']['draft chain g4']['equals_ar'] and raw['rows']['prompt lookup']['equals_ar']
+  chain = raw['rows']['draft chain g4']
+  assert [T for T, _ in chain['forward_ms']] == [1, 5] and chain['forward_mask'] == 'causal'
+  for T, ms in chain['forward_ms']:  # the best of its calls, one per round
+    assert ms == pytest.approx(1e3 * min(t for T2, t in calls[:2 * args.repeats] if T2 == T))
+  assert len(calls) == args.repeats * sum(len(r['forward_ms']) for n, r in raw['rows'].items()
+                                          if n != 'ar')
+  for name in ('draft chain g4', 'prompt lookup'):  # a batch waits for its slowest row
+    row = raw['rows'][name]
+    assert row['loop_tau'] == pytest.approx(raw['rows']['ar']['loop_steps'] / row['loop_steps'])
+  monkeypatch.setattr(common, 'RESULTS_DIR', str(tmp_path))
+  text = open(speculative.report(str(tmp_path / 'raw'), 'spec_probe')).read()
+  line = [l for l in text.splitlines() if l.startswith('| draft chain g4 |')][-1]
+  ms = dict(chain['forward_ms'])
+  ideal = chain['loop_tau'] * ms[1] / ms[5]
+  assert (f"| {chain['loop_tau']:.2f} | 5.0 | {ms[5] / ms[1]:.2f} | {ideal:.2f}x | "
+          f"{chain['speedup'] / ideal:.2f} |") in line, line
   assert raw['skipped'] == ['medusa (needs medusa)']
   assert written[0] == ['prompt lookup (not reached: the run ended before it)',
                         'medusa (not reached: the run ended before it)']
