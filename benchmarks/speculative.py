@@ -433,9 +433,10 @@ def report(raw_dir: str = RAW_DIR, out_name: str = 'speculative', curve: str = '
       table.append(line)
     body.append(common.markdown_table(header, table))
     if with_ideal:
+      from_curve = any(cell.endswith('*') for line in table for cell in line[1:])
       body.append(IDEAL_NOTE + (f' Rows marked * take t(T) / t(1) from the forward-cost curve '
                                 f'{curve_source} (random weights of the same shapes, same '
-                                'device, timed in a run of its own).' if curve_rows else ''))
+                                'device, timed in a run of its own).' if from_curve else ''))
     if r['skipped']:
       body.append('\nSkipped: ' + '; '.join(r['skipped']))
     if r.get('note'):
