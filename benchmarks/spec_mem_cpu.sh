@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Real drafters on a trained, memory-bound target on 2 CPU cores (issue "Faster than AR").
 #
-#   bash benchmarks/spec_mem_cpu.sh                  # every stage, about 75 minutes on 2 cores
+#   bash benchmarks/spec_mem_cpu.sh                  # every stage, about 1¾ hours on 2 cores
 #   bash benchmarks/spec_mem_cpu.sh bench            # measure again on the runs already trained
 #
 # Stages (comma-separated, in this order by default):
@@ -10,7 +10,8 @@
 #           on the embedded corpus for $TARGET_STEPS steps of 8 x 256 bytes (~25 minutes)
 #   draft   a `tiny` draft (0.8M parameters) distilled from it by KL on the corpus
 #   medusa  4 Medusa heads on the frozen target
-#   eagle3  an EAGLE-3 draft layer on the frozen target (training-time test, 3 steps)
+#   eagle3  an EAGLE-3 draft layer on the frozen target (training-time test, 3 steps),
+#           $EAGLE_STEPS steps (~45 minutes)
 #   curve   python -m benchmarks.forward_cost of `mem` (random weights, the same shapes) at
 #           batch 1 and 8 over the step sizes of the methods below, with the bench's cache size
 #   bench   python -m benchmarks.speculative: every method against our AR in the same run,
@@ -33,6 +34,7 @@ RUNS=${RUNS:-runs/spec_mem}
 TARGET_STEPS=${TARGET_STEPS:-400}
 DRAFT_STEPS=${DRAFT_STEPS:-300}
 HEAD_STEPS=${HEAD_STEPS:-300}
+EAGLE_STEPS=${EAGLE_STEPS:-600}  # at 300 its first-step agreement was still rising (0.61)
 PROMPTS=${PROMPTS:-8}
 NEW=${NEW:-128}
 REPEATS=${REPEATS:-3}
@@ -59,9 +61,12 @@ for s in ${stages//,/ }; do
     draft)
       $PY train.py --config=configs/spec_draft.py:corpus,tiny --workdir=$RUNS/draft \
         $(extra "$DRAFT_STEPS") ;;
-    medusa|eagle3)
-      $PY train.py --config=configs/spec_heads.py:$s,mem --workdir=$RUNS/$s \
+    medusa)
+      $PY train.py --config=configs/spec_heads.py:medusa,mem --workdir=$RUNS/medusa \
         $(extra "$HEAD_STEPS") ;;
+    eagle3)
+      $PY train.py --config=configs/spec_heads.py:eagle3,mem --workdir=$RUNS/eagle3 \
+        $(extra "$EAGLE_STEPS") ;;
     curve)  # cache slots as bench sizes them: 64-rounded prompt + new + 128
       $PY -m benchmarks.forward_cost --presets=mem --batches=1,8 \
         --tokens=1,2,3,4,5,6,7,8,9,12,16,25,33,48,64,81 --cache=384 --context=184 \
