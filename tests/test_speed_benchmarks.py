@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+import testlib
 from testlib import small_config
 from benchmarks import (common, cost_model, diffusion_cost, forward_cost, harness, oracle,
                         spec_system, step_cost)
@@ -359,16 +360,8 @@ def test_spec_system_times_the_ideal_in_each_rows_own_turns(tmp_path, monkeypatc
   (not one curve measured before every row), t_AR is the same window's AR step, and so
   measured / ideal = t_fwd(T) / t_step; the output equals AR's."""
   monkeypatch.setattr(common, 'RESULTS_DIR', str(tmp_path))
-  calls, make = [], cost_model.forward_probe
-
-  def counting_probe(*a, **kw):
-    probe = make(*a, **dict(kw, min_seconds=0.01))
-    def timed():
-      calls.append((kw['tokens'], probe()))
-      return calls[-1][1]
-    return timed
-
-  monkeypatch.setattr(cost_model, 'forward_probe', counting_probe)
+  calls = []
+  testlib.counting_forward_probes(monkeypatch, calls)
   args = SimpleNamespace(preset='test', dtype='float32', embed_scale=1.0, prompts=1,
                          prompt_tokens=24, max_new_tokens=12, verifiers='chain k=4',
                          alphas='0.8', batches='1', repeats=3, out='spec_system_probe',

@@ -5,9 +5,9 @@ from types import SimpleNamespace
 
 import pytest
 
+import testlib
 import workbench
 from benchmarks import common
-from benchmarks import cost_model
 from benchmarks import diffusion
 from benchmarks import speculative
 from decoding import Models, SamplingConfig, registry, run_decoder
@@ -100,19 +100,11 @@ def test_speculative_benchmark_runs_on_the_workbench(trained_workdir, tmp_path, 
   the file written after each method names those not reached yet (a run cut short says so).
   Each row's forward probes (over 1 and the step's T tokens) run once per round of its
   passes, and the report's ideal is loop tau x t(1) / t(T) from them."""
-  written, calls, make = [], [], cost_model.forward_probe
+  written, calls = [], []
   write = speculative._write
   monkeypatch.setattr(speculative, '_write', lambda *a: (written.append(list(a[4])),
                                                          write(*a)))
-
-  def counting_probe(*a, **kw):
-    probe = make(*a, **dict(kw, min_seconds=0.01))
-    def timed():
-      calls.append((kw['tokens'], probe()))
-      return calls[-1][1]
-    return timed
-
-  monkeypatch.setattr(cost_model, 'forward_probe', counting_probe)
+  testlib.counting_forward_probes(monkeypatch, calls)
   args = SimpleNamespace(target=trained_workdir, draft=trained_workdir, medusa='',
                          mtp=str(tmp_path / 'none'), kangaroo='', dtype='', temperature=0.0,
                          batch_size=2, prompts=2, prompt_chars=40, max_new_tokens=8,

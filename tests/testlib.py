@@ -159,3 +159,21 @@ def decode_like_ar(decoder, models, params, prompts, eos: int, ref: list[list[in
       stats.generated
   assert stats.target_forwards == sum(stats.step_tokens_hist) + len(prompts)
   return stats
+
+
+def counting_forward_probes(monkeypatch, calls: list):
+  """Replaces `benchmarks.cost_model.forward_probe` with one whose probes run briefly
+  (min_seconds 0.01) and append (tokens, seconds) to `calls` at every call, so that a test
+  can check when and how often a benchmark times them."""
+  from benchmarks import cost_model  # pylint: disable=g-import-not-at-top
+  make = cost_model.forward_probe
+
+  def counting_probe(*a, **kw):
+    probe = make(*a, **dict(kw, min_seconds=0.01))
+
+    def timed():
+      calls.append((kw['tokens'], probe()))
+      return calls[-1][1]
+    return timed
+
+  monkeypatch.setattr(cost_model, 'forward_probe', counting_probe)
