@@ -15,10 +15,11 @@ target forward, the bonus token counted, prefill included), acceptance by draft 
 per generated token, tokens/s and the speedup against AR: after one AOT compile, AR and the
 method are timed alternately (`--repeats` passes each over all prompts) and each keeps its
 fastest pass, so both see the same load on a shared machine. At temperature 0 the report also
-says whether the tokens equal AR's. Each row's ideal speedup (the report's
-`ideal_cells`) comes from forward probes of the target over 1 and over the step's T tokens,
-timed in the same turns as its passes (`--probes=0`: none). `--merge` adds or replaces methods in an existing raw file
-of the same setting (e.g. after training a missing drafter). Methods whose runs are missing (no draft / heads trained) are skipped and listed.
+says whether the tokens equal AR's. Each row's ideal speedup (the report's `ideal_cells`)
+comes from forward probes of the target over 1 and over the step's T tokens, timed in the same
+turns as its passes (`--probes=0`: none). `--merge` adds or replaces methods in an existing raw
+file of the same setting (e.g. after training a missing drafter). Methods whose runs are
+missing (no draft / heads trained) are skipped and listed.
 """
 
 from __future__ import annotations
