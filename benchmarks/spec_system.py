@@ -270,7 +270,8 @@ def write(rows, args) -> str:
       "target forwards over the step's T tokens, run once after each round of the four "
       'programs, best of its runs), so that measured / ideal = t_fwd(T) / t_step, the share '
       'of a step spent in the target forward, compares times taken under the same load. (!) '
-      'marks a speedup above tau or loop tau (a measurement error, not a result). measured / ideal above 1 '
+      'marks a speedup above tau or loop tau (a measurement error, not a result). '
+      'measured / ideal above 1 '
       'means the step ran faster in the loop than the isolated forward it is compared with.\n',
       '## Goals\n', common.markdown_table(['goal', 'measured', 'status'], goals(rows)), '',
       *([options] if options else []),

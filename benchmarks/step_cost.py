@@ -283,7 +283,8 @@ def _write(rows, out: str, name: str) -> str:
 
 
 def report(rows, out: str, name: str) -> str:
-  header = ['decoder', 'batch', 'T', 'tau', 'loop tau', 'step ms', 'target ms', 'drafter ms', 'other ms',
+  header = ['decoder', 'batch', 'T', 'tau', 'loop tau', 'step ms', 'target ms', 'drafter ms',
+            'other ms',
             'other share', 'target alone ms', 'in loop / alone', 'speedup vs AR', 'ideal',
             'measured / ideal', '= AR']
   table = []
@@ -313,7 +314,8 @@ def report(rows, out: str, name: str) -> str:
           '"target alone": the forward-cost curve at T (the forward timed on its own, with the '
           'mask kind of the step); "in loop / alone" compares the two. ideal = loop tau x AR '
           'step / target alone (rows measured before loop tau was recorded: tau). (!) marks a '
-          'speedup above tau or loop tau (load on the machine, not the method). Temperature 0; "= AR": the tokens equal AR\'s.\n\n'
+          'speedup above tau or loop tau (load on the machine, not the method). '
+          'Temperature 0; "= AR": the tokens equal AR\'s.\n\n'
           + common.markdown_table(header, table))
   return common.write_results(out, 'Step-cost breakdown', body)
 
