@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Real drafters on a trained, memory-bound target on 2 CPU cores (issue "Faster than AR").
 #
-#   bash benchmarks/spec_mem_cpu.sh                  # every stage, about 1¾ hours on 2 cores
+#   bash benchmarks/spec_mem_cpu.sh                  # every stage, about 75 minutes on 2 cores
 #   bash benchmarks/spec_mem_cpu.sh bench            # measure again on the runs already trained
 #
 # Stages (comma-separated, in this order by default):
@@ -11,7 +11,7 @@
 #   draft   a `tiny` draft (0.8M parameters) distilled from it by KL on the corpus
 #   medusa  4 Medusa heads on the frozen target
 #   eagle3  an EAGLE-3 draft layer on the frozen target (training-time test, 3 steps),
-#           $EAGLE_STEPS steps (~45 minutes)
+#           $EAGLE_STEPS steps (~21 minutes)
 #   curve   python -m benchmarks.forward_cost of `mem` (random weights, the same shapes) at
 #           batch 1 and 8 over the step sizes of the methods below, with the bench's cache size
 #   bench   python -m benchmarks.speculative: every method against our AR in the same run,
@@ -34,7 +34,7 @@ RUNS=${RUNS:-runs/spec_mem}
 TARGET_STEPS=${TARGET_STEPS:-400}
 DRAFT_STEPS=${DRAFT_STEPS:-300}
 HEAD_STEPS=${HEAD_STEPS:-300}
-EAGLE_STEPS=${EAGLE_STEPS:-600}  # at 300 its first-step agreement was still rising (0.61)
+EAGLE_STEPS=${EAGLE_STEPS:-300}  # 600 measured no higher tau (speculative_raw_mem_cpu_eagle3_600)
 PROMPTS=${PROMPTS:-8}
 NEW=${NEW:-128}
 REPEATS=${REPEATS:-3}
