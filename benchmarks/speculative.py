@@ -472,7 +472,8 @@ def _plot(runs, out_name: str = 'speculative') -> str | None:
                  f"batch {r['batch_size']})")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # rows without acceptance draw no line
+      ax.legend(fontsize=7)
   path = os.path.join(common.RESULTS_DIR, f'{out_name}_acceptance.png')
   fig.savefig(path, dpi=110, bbox_inches='tight')
   plt.close(fig)
