@@ -175,9 +175,10 @@ def run(args) -> str:
       if args.probes:  # the warm-up pass says the step's tokens T; AR ran before
         first = harness.summarise(harness.timed_pass(method[0], params, batches)[1], 1.0, 0.0)
         if 'drafted_per_step' in first:
-          probe_T = step_probe_tokens(1 + first['drafted_per_step'])
           tree = not step_cost.step_is_chain(dec, models)
-          probes = [forward_probe(T, tree) for T in probe_T]
+          specs = step_probes(1 + first['drafted_per_step'], tree)
+          probe_T = [T for T, _ in specs]
+          probes = [forward_probe(T, explicit) for T, explicit in specs]
       r, ar_wall = harness.measure_pair(method, (ar_fns, ar_compile), params, batches,
                                         repeats=args.repeats, warmup=not args.probes,
                                         probes=probes)
@@ -219,11 +220,12 @@ def _write(path, args, num_prompts, commands, skipped, rows) -> None:
                'rows': rows}, f, indent=1)
 
 
-def step_probe_tokens(step_tokens: float) -> list[int]:
-  """The forward sizes to probe for a step of `step_tokens` tokens on average: 1, and the
-  integers on either side (the ideal interpolates between them)."""
+def step_probes(step_tokens: float, tree: bool) -> list[tuple[int, bool]]:
+  """(tokens, explicit tree mask) of the forwards to probe for a step of `step_tokens` tokens
+  on average: 1 token as AR's step runs it (causal), and the integers on either side of
+  `step_tokens` with the step's own mask (the ideal interpolates between them)."""
   lo, hi = int(np.floor(step_tokens)), int(np.ceil(step_tokens))
-  return sorted({1, lo, hi})
+  return [(1, False)] + [(T, tree) for T in sorted({lo, hi} - {1})]
 
 
 def _budget(name: str) -> int | None:
@@ -332,7 +334,8 @@ IDEAL_NOTE = (
     'without the prefill). T = 1 + drafted tokens per step (a mean where the draft length '
     'varies). t(T) / t(1): one cached forward of the target over T new tokens per row against '
     'one over 1 (its trained weights, the same batch size, a context of the prompt plus half '
-    'the new tokens), timed in turns with the row\'s own passes (best of as many runs; linear '
+    'the new tokens; over T with the step\'s mask, causal or tree, over 1 causal as AR\'s '
+    'step), timed in turns with the row\'s own passes (best of as many runs; linear '
     'between the integers either side of T). ideal = loop tau x t(1) / t(T): the speedup if a '
     'step cost exactly one target forward, drafting, trees and bookkeeping free, so measured / '
     'ideal is about the share of a step spent in the target forward (prefill included in '

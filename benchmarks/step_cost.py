@@ -170,7 +170,7 @@ def breakdown(decoder, models: Models, params: dict[str, Any], prompts: Sequence
   kw = dict(max_new=max_new, cache_size=cache_size, eos_id=eos_id, pad_id=pad_id,
             repeats=repeats)
   t_step, summary = step_time(decoder, models, params, batches, **kw)
-  speedup = None
+  speedup = loop_tau = None
   if ar is not None:
     ckw = dict(cache_size=cache_size, eos_id=eos_id, pad_id=pad_id)
     pair = harness.measure_decode_pair(
@@ -178,7 +178,7 @@ def breakdown(decoder, models: Models, params: dict[str, Any], prompts: Sequence
         harness.compile_decoder(decoder, models, params, batches, max_new=1, **ckw),
         ar[0], ar[1], params, batches, repeats=repeats)
     speedup, summary['ar_tokens'] = pair['speedup'], pair['ar_tokens']
-    summary['loop_tau'] = pair['loop_tau']
+    loop_tau = pair['loop_tau']  # at batch > 1 below tau: the loop waits for its slowest row
   extras = [k for k, _ in models.extras]
   # A no-op model's argmax may be the EOS token; those runs never stop early instead (the
   # time per loop iteration does not depend on when rows stop).
@@ -206,11 +206,11 @@ def breakdown(decoder, models: Models, params: dict[str, Any], prompts: Sequence
              generated=summary['generated'], output=summary['tokens'])
   out['sum_ms'] = out['target_ms'] + out['drafter_ms'] + out['other_ms']
   out['overhead_share'] = out['other_ms'] / out['step_ms']
-  if 'loop_tau' in summary:  # at batch > 1 below tau: the loop waits for its slowest row
-    out['loop_tau'] = summary['loop_tau']
+  if loop_tau is not None:
+    out['loop_tau'] = loop_tau
   if t_ar is not None:
-    out['ideal'] = cost_model.ideal_speedup(summary.get('loop_tau', summary['decode_tau']),
-                                            t_ar, t_fwd)
+    out['ideal'] = cost_model.ideal_speedup(summary['decode_tau'] if loop_tau is None
+                                            else loop_tau, t_ar, t_fwd)
   if speedup is not None:
     out['speedup'] = speedup
     out['equals_ar'] = summary['tokens'] == summary['ar_tokens']

@@ -438,3 +438,13 @@ def test_loop_tau_is_set_by_the_slowest_row_of_a_batch():
                           harness.loop_steps(one)) == pytest.approx(rows_tau)
   assert harness.implausible(dict(tau=2.67, loop_tau=2.0, speedup=2.2))
   assert not harness.implausible(dict(tau=2.67, loop_tau=2.0, speedup=1.9))
+
+
+def test_step_probes_time_one_token_as_ar_does():
+  """The ideal's t(1) is AR's step (a causal one-token forward) for every row, tree rows
+  included; t(T) uses the step's own mask, at the integers either side of a mean T."""
+  from benchmarks import speculative  # pylint: disable=g-import-not-at-top
+  assert speculative.step_probes(33.0, tree=True) == [(1, False), (33, True)]
+  assert speculative.step_probes(5.3, tree=False) == [(1, False), (5, False), (6, False)]
+  assert speculative.step_probes(1.5, tree=True) == [(1, False), (2, True)]
+  assert speculative.step_probes(1.0, tree=False) == [(1, False)]
