@@ -57,7 +57,10 @@ def get_config(arg: str = 'medusa') -> ml_collections.ConfigDict:
       # EAGLE: training-time-test steps, fused target layers ('' = models.eagle default),
       # EAGLE-1's feature-regression weight and input-feature noise.
       ttt_steps=3 if kind == 'eagle3' else 1, feature_layers='', reg_weight=1.0,
-      feature_noise=0.2 if kind == 'eagle1' else 0.0))
+      feature_noise=0.2 if kind == 'eagle1' else 0.0,
+      # EAGLE-3: the draft's own output head, trained as a correction (zero at the start)
+      # to the target's; EAGLE-1 regresses the target's features into its head as it is.
+      own_head=kind == 'eagle3'))
   if kind == 'eagle1':
     c.spec.ce_weight = 0.1  # EAGLE-1: 1.0 x smooth L1 (feature) + 0.1 x token loss
   common.heads_run_settings(c, size)

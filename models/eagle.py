@@ -89,13 +89,16 @@ class EagleDraft(nn.Module):
   """The EAGLE draft layer (see module docstring).
 
   `fuse(feat_BxTxF) -> x_BxTxD` maps target features to the layer's feature space (EAGLE-3:
-  `fc`; EAGLE-1: identity). `__call__(x, tokens, positions, in_emb, out_emb, cache=None,
+  `fc`; EAGLE-1: identity). `own_head`: logits through the target's output embedding plus a
+  trained correction `head_delta` [V, D] (zero at initialisation), the draft's own head as in
+  EAGLE-3, without giving up the target's as its starting point. `__call__(x, tokens, positions, in_emb, out_emb, cache=None,
   write_slots_BxT=None, attn_mask=None) -> (g_BxTxD, logits_BxTxV, cache)`. `init_all` touches
   every parameter (for `init`).
   """
   cfg: config_lib.ModelConfig
   variant: str = EAGLE3
   num_features: int = 3  # EAGLE-3: fused layers
+  own_head: bool = False  # a trained correction `head_delta` [V, D] to the target's head
 
   def setup(self):
     cfg = self.cfg
@@ -111,6 +114,10 @@ class EagleDraft(nn.Module):
     if self.variant == EAGLE3:
       self.out_norm = norm('out_norm')
     self.attn = attention_lib.Attention(draft_config(cfg))
+    if self.own_head:
+      self.head_delta = layers.logical_param(self, 'head_delta', nn.initializers.zeros,
+                                             (cfg.vocab_size, D), ('vocab', 'embed'),
+                                             cfg.weight_dtype)
     self.mlp = layers.MLP(cfg)
 
   def fuse(self, feat_BxTxF: jax.Array) -> jax.Array:
@@ -138,6 +145,8 @@ class EagleDraft(nn.Module):
     r = x + h
     g = r + self.mlp(self.mlp_norm(r))
     head_in = self.out_norm(g) if self.variant == EAGLE3 else g
+    if self.own_head:
+      out_emb_VxD = out_emb_VxD + self.head_delta
     logits = heads_lib._logits(head_in, out_emb_VxD, cfg)  # pylint: disable=protected-access
     new_cache = None if cache is None else cache.end_write((kv,), key_pos, slots_BxT)
     return g, logits, new_cache
@@ -148,16 +157,17 @@ class EagleDraft(nn.Module):
 
 
 def init_params(cfg: config_lib.ModelConfig, variant: str, layer_ids: Sequence[int],
-                rng: jax.Array) -> Any:
+                rng: jax.Array, own_head: bool = False) -> Any:
   """Fresh draft parameters (plain arrays)."""
-  return _init(cfg, variant, len(layer_ids), feature_width(cfg, variant, layer_ids), rng)
+  return _init(cfg, variant, len(layer_ids), feature_width(cfg, variant, layer_ids), own_head,
+               rng)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _init(cfg: config_lib.ModelConfig, variant: str, num_layers: int, F: int,
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _init(cfg: config_lib.ModelConfig, variant: str, num_layers: int, F: int, own_head: bool,
           rng: jax.Array) -> Any:
   """One jitted program, not one compile per operation of an eager `init`."""
-  module = EagleDraft(cfg, variant, num_layers)
+  module = EagleDraft(cfg, variant, num_layers, own_head)
   emb = jnp.zeros((cfg.vocab_size, cfg.d_model))
   return nn.unbox(module.init(rng, jnp.zeros((1, 2, F)), jnp.zeros((1, 2), jnp.int32), emb,
                               emb, method=EagleDraft.init_all)['params'])
@@ -166,3 +176,9 @@ def _init(cfg: config_lib.ModelConfig, variant: str, num_layers: int, F: int,
 def num_features(params: Any, cfg: config_lib.ModelConfig) -> int:
   """How many target layers a trained EAGLE-3 draft fuses (from its `fc`)."""
   return params['fc'].shape[0] // cfg.d_model if 'fc' in params else 1
+
+
+def module_for(cfg: config_lib.ModelConfig, variant: str, params: Any) -> EagleDraft:
+  """The draft layer that trained `params` (fused layers from `fc`, its own head when the
+  params carry `head_delta`)."""
+  return EagleDraft(cfg, variant, num_features(params, cfg), 'head_delta' in params)

@@ -116,15 +116,14 @@ class EagleDrafter(drafter_lib.Drafter):
   # ------------------------------------------------------------------ helpers
   def _apply(self, env, x, tokens, positions, cache, slots=None, mask=None):
     cfg = env.target.cfg
-    module = eagle_lib.EagleDraft(cfg, self.variant, max(len(self.layers), 1))
+    module = eagle_lib.module_for(cfg, self.variant, env.params[self.variant])
     return module.apply({'params': env.params[self.variant]}, x, tokens, positions,
                         heads_lib.input_embedding(env.target_params),
                         heads_lib.output_embedding(env.target_params, cfg), cache=cache,
                         write_slots_BxT=slots, attn_mask=mask)
 
   def _fuse(self, env, feat):
-    cfg = env.target.cfg
-    module = eagle_lib.EagleDraft(cfg, self.variant, max(len(self.layers), 1))
+    module = eagle_lib.module_for(env.target.cfg, self.variant, env.params[self.variant])
     return module.apply({'params': env.params[self.variant]}, feat,
                         method=eagle_lib.EagleDraft.fuse)
 

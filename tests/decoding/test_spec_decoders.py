@@ -45,7 +45,10 @@ def setup():
                                                   jnp.zeros((1, 2), jnp.int32), emb)['params'])
   # EAGLE layers with spread outputs (random weights, scaled up so drafts vary by context).
   scale = lambda t: jax.tree.map(lambda x: x * 4.0, t)
-  e3 = scale(eagle.init_params(cfg, 'eagle3', eagle.feature_layers(3), jax.random.key(5)))
+  # EAGLE-3 with its own head (a random correction to the target's), EAGLE-1 without.
+  e3 = scale(eagle.init_params(cfg, 'eagle3', eagle.feature_layers(3), jax.random.key(5),
+                               own_head=True))
+  e3['head_delta'] = 0.3 * jax.random.normal(jax.random.key(8), e3['head_delta'].shape)
   e1 = scale(eagle.init_params(cfg, 'eagle1', (), jax.random.key(6)))
   models = Models(target, extras=(('draft', draft),))
   params = {'target': tp, 'draft': dp, 'medusa': med, 'mtp': mtp, 'kangaroo': kang,
@@ -365,8 +368,8 @@ def test_eagle_drafts_match_a_reference_without_cache(setup, method):
   drafter = dec.get_drafter().resolve(models)
   variant, ids, k = drafter.variant, drafter.layers, drafter.max_children
   cfg, tp = models.target.cfg, params['target']
-  module = eagle.EagleDraft(cfg, variant, max(len(ids), 1))
   ep = params[variant]
+  module = eagle.EagleDraft(cfg, variant, max(len(ids), 1), 'head_delta' in ep)
   in_emb, out_emb = heads.input_embedding(tp), heads.output_embedding(tp, cfg)
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(len(PROMPTS)))
   B, P, L = len(PROMPTS), max(map(len, PROMPTS)), 64

@@ -177,3 +177,38 @@ def test_eagle_loss_decreases_on_the_test_preset(trained_workdir, kind):
     assert {'agree1', 'agree2', 'agree3'} <= set(metrics)
   else:
     assert 'reg1' in metrics
+  # EAGLE-3's recipe trains its own head (a correction to the target's); EAGLE-1 has none.
+  assert ('head_delta' in extras[kind]) == (kind == 'eagle3')
+  if kind == 'eagle3':
+    assert np.abs(np.asarray(extras[kind]['head_delta'])).max() > 0
+
+
+def test_eagle_own_head_starts_as_the_targets_and_adds_its_correction():
+  """With `own_head` the draft's logits are x . (E_target + head_delta): at initialisation
+  (delta zero) exactly the logits of the same layer without its own head; with a delta,
+  those logits plus x . delta (x: the head's input, the out-normed output feature)."""
+  from models import eagle  # pylint: disable=g-import-not-at-top
+  from testlib import small_config  # pylint: disable=g-import-not-at-top
+  cfg = small_config(vocab_size=40, num_layers=2)
+  ids = eagle.feature_layers(2)
+  p = eagle.init_params(cfg, 'eagle3', ids, jax.random.key(0), own_head=True)
+  assert p['head_delta'].shape == (40, cfg.d_model) and not np.asarray(p['head_delta']).any()
+  plain = {k: v for k, v in p.items() if k != 'head_delta'}
+  assert eagle.module_for(cfg, 'eagle3', plain).own_head is False
+  assert eagle.module_for(cfg, 'eagle3', p).own_head is True
+  emb = 0.5 * jax.random.normal(jax.random.key(1), (40, cfg.d_model))
+  x = jax.random.normal(jax.random.key(2), (2, 5, cfg.d_model))
+  tok = jax.random.randint(jax.random.key(3), (2, 5), 0, 40)
+  pos = jnp.broadcast_to(jnp.arange(1, 6), (2, 5))
+  call = lambda prm: eagle.module_for(cfg, 'eagle3', prm).apply({'params': prm}, x, tok, pos,
+                                                               emb, emb)
+  g0, lg0, _ = call(plain)
+  g1, lg1, _ = call(p)
+  np.testing.assert_array_equal(g0, g1)
+  np.testing.assert_allclose(lg1, lg0, rtol=1e-6, atol=1e-6)
+  delta = 0.2 * jax.random.normal(jax.random.key(4), p['head_delta'].shape)
+  _, lg2, _ = call(dict(p, head_delta=delta))
+  norm = eagle.EagleDraft(cfg, 'eagle3', len(ids)).apply(
+      {'params': plain}, g0, method=lambda m, g: m.out_norm(g))
+  np.testing.assert_allclose(lg2 - lg0, jnp.einsum('BTD,VD->BTV', norm, delta), rtol=1e-4,
+                             atol=1e-4)

@@ -81,13 +81,14 @@ def _make(variant: str, model: transformer_lib.Transformer,
   s = spec_heads.spec_settings(config)
   cfg = model.cfg
   ids = eagle_lib.feature_layers(cfg.num_layers, s.feature_layers)
-  module = eagle_lib.EagleDraft(cfg, variant, len(ids))
+  own_head = bool(s.get('own_head', False))  # runs written before the setting: False
+  module = eagle_lib.EagleDraft(cfg, variant, len(ids), own_head)
   K = s.ttt_steps
   if K < 1:
     raise ValueError(f'spec.ttt_steps must be >= 1, got {K}.')
 
   def init_extras(rng):
-    return {variant: eagle_lib.init_params(cfg, variant, ids, rng)}
+    return {variant: eagle_lib.init_params(cfg, variant, ids, rng, own_head)}
 
   def loss_fn(params, batch, rng):
     tokens = batch['tokens']
