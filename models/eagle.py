@@ -178,6 +178,18 @@ def num_features(params: Any, cfg: config_lib.ModelConfig) -> int:
   return params['fc'].shape[0] // cfg.d_model if 'fc' in params else 1
 
 
+def draft_head(params: Any, out_emb_VxD: jax.Array) -> jax.Array:
+  """[V, D] the output head a trained draft reads: the target's output embedding, plus the
+  draft's `head_delta` when it trained its own head. Decoders form it once per generation and
+  call the layer (`layer_params`, `own_head=False`) with it, not once per draft call."""
+  return out_emb_VxD + params['head_delta'] if 'head_delta' in params else out_emb_VxD
+
+
+def layer_params(params: Any) -> Any:
+  """The draft's params without its head correction (for a layer called with `draft_head`)."""
+  return {k: v for k, v in params.items() if k != 'head_delta'}
+
+
 def module_for(cfg: config_lib.ModelConfig, variant: str, params: Any) -> EagleDraft:
   """The draft layer that trained `params` (fused layers from `fc`, its own head when the
   params carry `head_delta`)."""

@@ -45,11 +45,13 @@ from models import kind as kind_lib
 class EagleState:
   """cache: the draft's one-layer cache (committed: slots < the root's position);
   pend_feat_BxPxF / pend_tok_BxP / pend_pos_BxP: pairs to write before drafting (position -1 =
-  none; valid ones are a prefix, the last is the root's pair)."""
+  none; valid ones are a prefix, the last is the root's pair); head_VxD: the output head the
+  draft reads (`models.eagle.draft_head`), formed once per generation, outside the loop."""
   cache: cache_lib.Cache
   pend_feat_BxPxF: jax.Array
   pend_tok_BxP: jax.Array
   pend_pos_BxP: jax.Array
+  head_VxD: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,18 +116,25 @@ class EagleDrafter(drafter_lib.Drafter):
                          'training run\'s spec.feature_layers as feature_layers=...')
 
   # ------------------------------------------------------------------ helpers
-  def _apply(self, env, x, tokens, positions, cache, slots=None, mask=None):
-    cfg = env.target.cfg
-    module = eagle_lib.module_for(cfg, self.variant, env.params[self.variant])
-    return module.apply({'params': env.params[self.variant]}, x, tokens, positions,
-                        heads_lib.input_embedding(env.target_params),
-                        heads_lib.output_embedding(env.target_params, cfg), cache=cache,
+  def _layer(self, env):
+    """The draft layer without its head correction (the decoder passes the merged head)."""
+    p = env.params[self.variant]
+    return (eagle_lib.EagleDraft(env.target.cfg, self.variant, eagle_lib.num_features(
+        p, env.target.cfg)), eagle_lib.layer_params(p))
+
+  def _head(self, env):
+    return eagle_lib.draft_head(env.params[self.variant],
+                                heads_lib.output_embedding(env.target_params, env.target.cfg))
+
+  def _apply(self, env, head_VxD, x, tokens, positions, cache, slots=None, mask=None):
+    module, p = self._layer(env)
+    return module.apply({'params': p}, x, tokens, positions,
+                        heads_lib.input_embedding(env.target_params), head_VxD, cache=cache,
                         write_slots_BxT=slots, attn_mask=mask)
 
   def _fuse(self, env, feat):
-    module = eagle_lib.module_for(env.target.cfg, self.variant, env.params[self.variant])
-    return module.apply({'params': env.params[self.variant]}, feat,
-                        method=eagle_lib.EagleDraft.fuse)
+    module, p = self._layer(env)
+    return module.apply({'params': p}, feat, method=eagle_lib.EagleDraft.fuse)
 
   def _features(self, out):
     return eagle_lib.target_features(out, self.variant, self.layers)
@@ -145,11 +154,12 @@ class EagleDrafter(drafter_lib.Drafter):
     cache = cache_lib.Cache.init(eagle_lib.draft_config(env.target.cfg), B, env.cache_size)
     feat = self._features(prefill)  # [B, P, F]
     plen = env.prompt_len_B
+    head = self._head(env)
     if P > 1:  # pairs at positions 1 .. len - 1: (h_{p-1}, x_p)
       pos = jnp.arange(1, P, dtype=jnp.int32)[None]
       pos = jnp.where(pos < plen[:, None], pos, -1)
-      _, _, cache = self._apply(env, self._fuse(env, feat[:, :-1]), env.prompt_BxP[:, 1:], pos,
-                                cache)
+      _, _, cache = self._apply(env, head, self._fuse(env, feat[:, :-1]), env.prompt_BxP[:, 1:],
+                                pos, cache)
     D1 = self.max_depth + 1
     last = jnp.maximum(plen - 1, 0)
     h_last = jnp.take_along_axis(feat, last[:, None, None], axis=1)  # [B, 1, F]
@@ -157,14 +167,14 @@ class EagleDrafter(drafter_lib.Drafter):
     pend_tok = jnp.zeros((B, D1), jnp.int32).at[:, 0].set(first_B)
     pend_pos = jnp.full((B, D1), -1, jnp.int32).at[:, 0].set(plen)
     return EagleState(cache=cache, pend_feat_BxPxF=pend_feat, pend_tok_BxP=pend_tok,
-                      pend_pos_BxP=pend_pos)
+                      pend_pos_BxP=pend_pos, head_VxD=head)
 
   # ------------------------------------------------------------------ propose
   def _root_call(self, env, state, active_B):
     """Writes the pending pairs; returns the root's (output feature [B, D], logits [B, V])
     and the cache."""
     pos = jnp.where(active_B[:, None], state.pend_pos_BxP, -1)
-    g, logits, cache = self._apply(env, self._fuse(env, state.pend_feat_BxPxF),
+    g, logits, cache = self._apply(env, state.head_VxD, self._fuse(env, state.pend_feat_BxPxF),
                                    state.pend_tok_BxP, pos, state.cache)
     n = jnp.sum(state.pend_pos_BxP >= 0, axis=1)
     last = jnp.maximum(n - 1, 0)[:, None, None]
@@ -174,14 +184,14 @@ class EagleDrafter(drafter_lib.Drafter):
   def propose(self, env, state, cache, root_B, base_B, active_B):
     g_root, logits_root, dcache = self._root_call(env, state, active_B)
     if self.shape == 'chain':
-      tree, dcache, calls = self._chain(env, dcache, g_root, logits_root, root_B, base_B,
-                                        active_B)
+      tree, dcache, calls = self._chain(env, state.head_VxD, dcache, g_root, logits_root,
+                                        root_B, base_B, active_B)
     else:
-      tree, dcache, calls = self._dynamic(env, dcache, g_root, logits_root, root_B, base_B,
-                                          active_B)
+      tree, dcache, calls = self._dynamic(env, state.head_VxD, dcache, g_root, logits_root,
+                                          root_B, base_B, active_B)
     return tree, state.replace(cache=dcache), cache, calls
 
-  def _chain(self, env, dcache, g_root, logits_root, root_B, base_B, active_B):
+  def _chain(self, env, head, dcache, g_root, logits_root, root_B, base_B, active_B):
     G, B = self.gamma, root_B.shape[0]
     tokens = jnp.zeros((B, G + 1), jnp.int32).at[:, 0].set(root_B)
     tokens = tokens.at[:, 1].set(jnp.argmax(logits_root, -1).astype(jnp.int32))
@@ -191,8 +201,8 @@ class EagleDrafter(drafter_lib.Drafter):
       dcache, tokens, g = c
       tok_B = jax.lax.dynamic_index_in_dim(tokens, j, 1, keepdims=False)
       pos_B = jnp.where(active_B, base_B + j, -1)
-      g_new, logits, dcache = self._apply(env, g[:, None], tok_B[:, None], pos_B[:, None],
-                                          dcache)
+      g_new, logits, dcache = self._apply(env, head, g[:, None], tok_B[:, None],
+                                          pos_B[:, None], dcache)
       nxt = jnp.argmax(logits[:, 0], -1).astype(jnp.int32)
       tokens = jax.lax.dynamic_update_index_in_dim(tokens, nxt, j + 1, 1)
       return dcache, tokens, g_new[:, 0].astype(g.dtype)
@@ -203,7 +213,7 @@ class EagleDrafter(drafter_lib.Drafter):
     calls = active_B.astype(jnp.int32) * G
     return tree, dcache, calls
 
-  def _dynamic(self, env, dcache, g_root, logits_root, root_B, base_B, active_B):
+  def _dynamic(self, env, head, dcache, g_root, logits_root, root_B, base_B, active_B):
     """EAGLE-2: `gamma` rounds; each feeds the top_k frontier nodes (by cumulative draft
     log-probability), each proposes its top_k children; the best `nodes` candidates form the
     tree (scores fall along paths, so the kept set is connected)."""
@@ -233,7 +243,7 @@ class EagleDrafter(drafter_lib.Drafter):
           b[:, :, None], jnp.arange(k)[None, :, None], slots_all[:, None, :]].set(
               f_anc, mode='drop')[:, :, :env.cache_size]
       g, logits, dcache = self._apply(
-          env, jnp.take_along_axis(cand_feat, frontier[:, :, None], 1),
+          env, head, jnp.take_along_axis(cand_feat, frontier[:, :, None], 1),
           jnp.take_along_axis(cand_tok, frontier, 1), pos, dcache,
           slots=slots_all[:, :1] + frontier, mask=prefix | lifted)
       calls = calls + active_B
@@ -270,7 +280,8 @@ class EagleDrafter(drafter_lib.Drafter):
         pend_feat_BxPxF=jnp.where(act[:, None, None], node_feat.astype(state.pend_feat_BxPxF.dtype),
                                   state.pend_feat_BxPxF),
         pend_tok_BxP=jnp.where(act[:, None], step.verdict.new_BxD1, state.pend_tok_BxP),
-        pend_pos_BxP=jnp.where(act[:, None], pend_pos, state.pend_pos_BxP))
+        pend_pos_BxP=jnp.where(act[:, None], pend_pos, state.pend_pos_BxP),
+        head_VxD=state.head_VxD)
 
 
 def select_tree(score_BxC, cand_tok_BxC, cand_par_BxC, cand_depth_BxC, active_B, N: int,
