@@ -8,10 +8,10 @@ target's preset), trained for `--steps` steps once per seed into `--workdirs`/VA
 then measured greedy on the same held-out prompts: a chain of 4 drafts and the EAGLE-2
 dynamic tree of 24 nodes, tau counting the bonus token and the prefill, each output checked
 against AR's. tau does not depend on the machine's load; speed is not recorded. Default
-variants: the draft reading the target's frozen head (`own_head=False`, the recipe before
-2026-12-05), with its own head (a trained correction to the target's, the default since),
-both at the default 3 training-time-test steps, and its own head with 5 steps (15 draft-layer
-passes over a row per training step instead of 6). Writes
+variants: the draft reading the target's frozen head (`own_head=False`, the recipe's default)
+and with its own head (a trained correction to the target's), both at the default 3
+training-time-test steps, and its own head with 5 steps (15 draft-layer passes over a row per
+training step instead of 6). Writes
 benchmarks/results/eagle_recipe_<name>.md and .json.
 """
 
@@ -32,8 +32,9 @@ from decoding import SamplingConfig
 
 SHAPES = {'chain 4': dict(tree='chain', gamma=4),
           'dynamic tree 24': dict(gamma=5, top_k=4, tree_nodes=24)}
-DEFAULT_VARIANTS = ('target head:--config.spec.own_head=False;own head:;'
-                    'own head, 5 TTT steps:--config.spec.ttt_steps=5')
+DEFAULT_VARIANTS = ('target head:--config.spec.own_head=False;'
+                    'own head:--config.spec.own_head=True;'
+                    'own head, 5 TTT steps:--config.spec.own_head=True --config.spec.ttt_steps=5')
 
 
 def parse_variants(spec: str) -> dict[str, list[str]]:

@@ -16,8 +16,9 @@ only the extra params; the run's workdir then holds target + heads, which is wha
 needs. About 5 minutes each for the `tiny` target on 2 CPU cores (600 steps, batch 16 x 128).
 `spec.joint=True` trains base and heads together (base next-token loss weighted by
 `spec.base_weight`). EAGLE-3 (`eagle3`) unrolls `spec.ttt_steps` = 3 training-time-test
-steps (about 6 draft-layer passes over a row per step), EAGLE-1 (`eagle1`) one step with
-feature regression. Chimera (`chimera`) trains a trigram encoder, one full-context layer and
+steps (about 6 draft-layer passes over a row per step; `spec.own_head=True` also trains a
+correction to the target's output head), EAGLE-1 (`eagle1`) one step with feature regression
+into the target's head. Chimera (`chimera`) trains a trigram encoder, one full-context layer and
 `spec.heads` = 4 residual heads by distillation (`spec.loss` = 'kl' | 'mse' | 'ce').
 The argument is 'medusa' | 'mtp' | 'kangaroo' | 'eagle3' | 'eagle1' | 'chimera', optionally
 ',test' (the `test` model preset, 20 steps: unit tests) or ',SIZE' for another target preset;
@@ -58,9 +59,9 @@ def get_config(arg: str = 'medusa') -> ml_collections.ConfigDict:
       # EAGLE-1's feature-regression weight and input-feature noise.
       ttt_steps=3 if kind == 'eagle3' else 1, feature_layers='', reg_weight=1.0,
       feature_noise=0.2 if kind == 'eagle1' else 0.0,
-      # EAGLE-3: the draft's own output head, trained as a correction (zero at the start)
-      # to the target's; EAGLE-1 regresses the target's features into its head as it is.
-      own_head=kind == 'eagle3'))
+      # EAGLE-3 may train its own output head: a correction to the target's, zero at the
+      # start (off: on `tiny` it raised tau, on `mem` it lowered it; docs/speculative.md).
+      own_head=False))
   if kind == 'eagle1':
     c.spec.ce_weight = 0.1  # EAGLE-1: 1.0 x smooth L1 (feature) + 0.1 x token loss
   common.heads_run_settings(c, size)
