@@ -447,3 +447,27 @@ def test_step_probes_time_one_token_as_ar_does():
   assert speculative.step_probes(5.3, tree=False) == [(1, False), (5, False), (6, False)]
   assert speculative.step_probes(1.5, tree=True) == [(1, False), (2, True)]
   assert speculative.step_probes(1.0, tree=False) == [(1, False)]
+
+
+def test_eagle_recipe_variants_and_mean_table():
+  """`benchmarks.eagle_recipe`: variants parse as NAME:OVERRIDES (bad or repeated names fail
+  clearly), workdir names are safe, and the mean table averages each variant over its seeds."""
+  from benchmarks import eagle_recipe  # pylint: disable=g-import-not-at-top
+  v = eagle_recipe.parse_variants('a:--x=1 --y=2; b : ;')
+  assert v == {'a': ['--x=1', '--y=2'], 'b': []}
+  assert set(eagle_recipe.parse_variants(eagle_recipe.DEFAULT_VARIANTS)) == {
+      'target head', 'own head', 'own head, 5 TTT steps'}
+  for bad in ('a', ':--x', 'a:;a:--y', ' ; '):
+    with pytest.raises(ValueError):
+      eagle_recipe.parse_variants(bad)
+  assert eagle_recipe.workdir_name('own head, 5 TTT', 1) == 'own_head__5_TTT_s1'
+  row = lambda name, seed, chain, tree: {
+      'variant': name, 'seed': seed, 'overrides': [], 'eval': {'agree1': 0.5},
+      'chain 4': {'tau': chain, 'equals_ar': True},
+      'dynamic tree 24': {'tau': tree, 'equals_ar': seed == 0}}
+  rows = [row('a', 0, 2.0, 3.0), row('a', 1, 3.0, 4.0), row('b', 0, 1.0, 1.5)]
+  meta = dict(target='t', size='tiny', steps=3, seeds=[0, 1], prompts=2, max_new_tokens=4,
+              last_position=9, train_seq_len=128)
+  text = eagle_recipe._body(rows, meta, ['a', 'b'])  # pylint: disable=protected-access
+  assert '| a | 2 | 2.5 | 3.5 |' in text and '| b | 1 | 1 | 1.5 |' in text
+  assert '| a | 1 | 0.500 | 3 | 4 | NO |' in text  # a row whose tokens differ from AR's
