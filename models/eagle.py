@@ -4,8 +4,9 @@ target, on the target's features, with its own KV cache and the target's output 
   EAGLE-3  feature = concat of the target's residual streams at a low, a middle and a high
            layer (`feature_layers`), fused to d_model by a linear map `fc` (no bias). The
            draft's own output (its residual stream, before its output norm) replaces the
-           fused feature on later draft steps; logits = target head(out_norm(g)). Trained with
-           training-time test (the draft consumes its own outputs for several steps).
+           fused feature on later draft steps; logits = target head(out_norm(g)), or with
+           `own_head` (head + trained head_delta)(out_norm(g)). Trained with training-time
+           test (the draft consumes its own outputs for several steps).
   EAGLE-1  feature = the target's final-normed hidden state (what its head reads). The draft
            predicts the next feature (regressed with smooth L1) and the logits are the
            target's head applied to the predicted feature directly.
@@ -89,11 +90,11 @@ class EagleDraft(nn.Module):
   """The EAGLE draft layer (see module docstring).
 
   `fuse(feat_BxTxF) -> x_BxTxD` maps target features to the layer's feature space (EAGLE-3:
-  `fc`; EAGLE-1: identity). `own_head`: logits through the target's output embedding plus a
-  trained correction `head_delta` [V, D] (zero at initialisation), the draft's own head as in
-  EAGLE-3, without giving up the target's as its starting point. `__call__(x, tokens, positions, in_emb, out_emb, cache=None,
+  `fc`; EAGLE-1: identity). `__call__(x, tokens, positions, in_emb, out_emb, cache=None,
   write_slots_BxT=None, attn_mask=None) -> (g_BxTxD, logits_BxTxV, cache)`. `init_all` touches
-  every parameter (for `init`).
+  every parameter (for `init`). `own_head`: logits through `out_emb` plus a trained correction
+  `head_delta` [V, D] (zero at initialisation), the draft's own head as in EAGLE-3, starting
+  from the target's (decoders instead pass `draft_head` as `out_emb` to a layer without it).
   """
   cfg: config_lib.ModelConfig
   variant: str = EAGLE3
