@@ -29,6 +29,8 @@ import workbench
 from benchmarks import common
 from benchmarks import harness
 from decoding import SamplingConfig
+from training import metrics as metrics_lib
+from workdir import checkpoint
 
 SHAPES = {'chain 4': dict(tree='chain', gamma=4),
           'dynamic tree 24': dict(gamma=5, top_k=4, tree_nodes=24)}
@@ -60,8 +62,8 @@ def workdir_name(variant: str, seed: int) -> str:
 def train(args, size: str, variant: str, overrides: list[str], seed: int) -> str:
   workdir = os.path.join(args.workdirs, workdir_name(variant, seed))
   if workbench.has_checkpoint(workdir) and not args.retrain:
-    step = max(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')) if s.isdigit())
-    if step >= args.steps:
+    latest = checkpoint.Checkpointer(workdir, read_only=True, async_save=False).latest_step()
+    if latest is not None and latest >= args.steps:
       return workdir
   cmd = [sys.executable, 'train.py', f'--config=configs/spec_heads.py:eagle3,{size}',
          f'--workdir={workdir}', f'--config.spec.target_workdir={args.target}',
@@ -76,14 +78,9 @@ def train(args, size: str, variant: str, overrides: list[str], seed: int) -> str
 
 
 def eval_metrics(workdir: str) -> dict[str, float]:
-  """The run's last eval metrics (agree1.., kl1..) from its metrics.jsonl."""
-  import json  # pylint: disable=g-import-not-at-top
-  last = {}
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    for line in f:
-      row = json.loads(line)
-      if row.get('split') == 'eval':
-        last = row
+  """The run's last eval metrics (agree1.., kl1..)."""
+  evals = [r for r in metrics_lib.read_metrics(workdir) if r.get('split') == 'eval']
+  last = evals[-1] if evals else {}
   return {k: float(v) for k, v in last.items() if k.startswith(('agree', 'kl'))}
 
 

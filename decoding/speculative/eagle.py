@@ -118,9 +118,8 @@ class EagleDrafter(drafter_lib.Drafter):
   # ------------------------------------------------------------------ helpers
   def _layer(self, env):
     """The draft layer without its head correction (the decoder passes the merged head)."""
-    p = env.params[self.variant]
-    return (eagle_lib.EagleDraft(env.target.cfg, self.variant, eagle_lib.num_features(
-        p, env.target.cfg)), eagle_lib.layer_params(p))
+    p = eagle_lib.layer_params(env.params[self.variant])
+    return eagle_lib.module_for(env.target.cfg, self.variant, p), p
 
   def _head(self, env):
     return eagle_lib.draft_head(env.params[self.variant],
