@@ -8,10 +8,12 @@ drafter at several chain lengths (the *variants*, gamma_0 < ... < gamma_max, gam
 plain AR step where the drafter allows it) and, before every step, chooses the one with the
 most expected tokens per unit of cost:
 
-  score(g) = E[tokens | alpha, g] / c(g + 1),   E = 1 + alpha + ... + alpha^g
+  score(g) = E[tokens | alpha, g] / s(g),   E = 1 + alpha + ... + alpha^g
 
-where c(T) is the cost of a target forward over T tokens relative to T = 1 (`costs`,
-measured on this machine by `calibrate` when the decoder is compiled, or given) and alpha is
+where s(g) is the cost of a step relative to an AR step: c(g + 1), the cost of a target
+forward over g + 1 tokens relative to T = 1 (`costs`, measured on this machine by
+`calibrate` when the decoder is compiled, or given), plus, for a drafter that drafts
+through the target's own layers (early exit), those layers' work (`step_costs`); alpha is
 the acceptance rate of recent drafted tokens, a discounted count over the batch:
 
   alpha = (accepted + 1/2) / (tests + 1),   accepted, tests <- decay * (accepted, tests) + step's
@@ -83,10 +85,25 @@ def with_chain_length(d: drafter_lib.Drafter, gamma: int) -> drafter_lib.Drafter
 
 
 def allows_ar_step(d: drafter_lib.Drafter) -> bool:
-  """Whether a step may skip drafting: the target forward does not rely on `propose`, and
-  the drafter does not need to see every token through `propose` (`ar_step_ok`)."""
+  """Whether a step may skip drafting: the target forward does not rely on `propose` (or
+  the drafter says its forward takes the root alone, `forwards_root_only`), and the drafter
+  does not need to see every token through `propose` (`ar_step_ok`)."""
   return (getattr(d, 'ar_step_ok', True)
-          and type(d).target_forward is drafter_lib.Drafter.target_forward)
+          and (type(d).target_forward is drafter_lib.Drafter.target_forward
+               or getattr(d, 'forwards_root_only', False)))
+
+
+def step_costs(variants: Sequence[drafter_lib.Drafter | None],
+               costs: Sequence[float]) -> tuple[float, ...]:
+  """A step's cost relative to an AR step for each variant, from the target forward's
+  (`costs`): the forward alone, unless the drafter's own work is part of the target's and
+  it says what a step costs (`step_cost`, e.g. early exit drafts through the target's first
+  layers)."""
+  out = []
+  for v, c in zip(variants, costs):
+    cost = getattr(v, 'step_cost', None) if v is not None else None
+    out.append(float(cost(c)) if cost is not None else float(c))
+  return tuple(out)
 
 
 def expected_tokens(alpha: jax.Array, gammas: Sequence[int]) -> jax.Array:
@@ -199,8 +216,9 @@ class AdaptiveChain(drafter_lib.Drafter):
     return (state.accepted + 0.5) / (state.tests + 1.0)
 
   def scores(self, state: AdaptState) -> jax.Array:
-    """[V] expected tokens per unit of forward cost of each chain length."""
-    costs = jnp.asarray(self.costs or (1.0,) * len(self.gammas), jnp.float32)
+    """[V] expected tokens per unit of step cost of each chain length (`step_costs`)."""
+    costs = jnp.asarray(step_costs(self.variants, self.costs or (1.0,) * len(self.gammas)),
+                        jnp.float32)
     return expected_tokens(self.alpha(state), self.gammas) / costs
 
   def choose(self, state: AdaptState) -> jax.Array:

@@ -414,6 +414,12 @@ class DELDecoder(EarlyExitDecoder):
   acceptance (lossless)."""
   name: ClassVar[str] = 'del'
 
+  def __post_init__(self):
+    if self.adaptive:
+      raise ValueError('DEL picks its own exit layer and draft length every step; the '
+                       'adaptive draft length (adaptive=1) does not apply to it.')
+    super().__post_init__()
+
   def exits(self) -> tuple[int, ...]:
     return ()
 

@@ -62,27 +62,51 @@ class ExitState:
 class EarlyExitDrafter(drafter_lib.ChainDrafter):
   """See module docstring. `exits` has one layer (LayerSkip/Kangaroo) or several (DEL)."""
   kind: ClassVar[str] = 'early_exit'
-  # Its per-node hidden states are sized by gamma: no adaptive length (refused at build).
-  shares_state_across_lengths: ClassVar[bool] = False
+  # An AR step (adaptive length 0) goes through `target_forward` with the root alone.
+  forwards_root_only: ClassVar[bool] = True
   exits: tuple[int, ...] = (1,)
   gamma: int = 4
   stop_below: float = 0.0
   adapter: bool = False  # Kangaroo
   prior: float = 0.5     # DEL: acceptance assumed before any evidence
   loop: str = 'auto'     # the drafting loop (drafter.draft_loop: auto | while | fixed)
+  state_nodes: int = 0   # chain nodes the per-node state holds (0 = gamma + 1), so that the
+                         # chain lengths of an adaptive length share one state
+  num_layers: int = 0    # the target's layers (set by `resolve`; for `step_cost`)
 
   @property
   def dynamic(self) -> bool:
     return len(self.exits) > 1
 
+  @property
+  def shares_state_across_lengths(self) -> bool:
+    """One exit: the per-node state is sized by `state_nodes`, so every chain length shares
+    it. DEL picks its own length each step: an adaptive length over it is refused."""
+    return not self.dynamic
+
+  @property
+  def ar_step_ok(self) -> bool:
+    """Kangaroo's adapter keeps a cache of its own that must see every token."""
+    return not self.adapter and not self.dynamic
+
+  def step_cost(self, target_cost: float) -> float:
+    """A step's cost relative to an AR step, given the target forward's over gamma + 1
+    tokens (`target_cost`): gamma draft tokens and the last one through the E of L layers,
+    the other L - E layers over the chain: (gamma + 1) E / L + (1 - E / L) target_cost."""
+    if not self.num_layers:
+      raise ValueError('step_cost needs a resolved drafter (num_layers).')
+    f = self.exits[0] / self.num_layers
+    return (self.gamma + 1) * f + (1.0 - f) * target_cost
+
   def resolve(self, models):
     """exits (0,) = half the layers; () = every layer 1 .. L-1 (DEL)."""
     L = models.target.cfg.num_layers
+    out = dataclasses.replace(self, num_layers=L)
     if self.exits == (0,):
-      return dataclasses.replace(self, exits=(max(L // 2, 1),))
+      return dataclasses.replace(out, exits=(max(L // 2, 1),))
     if not self.exits:
-      return dataclasses.replace(self, exits=tuple(range(1, L)))
-    return self
+      return dataclasses.replace(out, exits=tuple(range(1, L)))
+    return out
 
   def check(self, models, params):
     L = models.target.cfg.num_layers
@@ -118,14 +142,15 @@ class EarlyExitDrafter(drafter_lib.ChainDrafter):
     E = len(self.exits)
     L1 = env.target.cfg.num_layers + 1 if self.dynamic else 1
     dt = env.target.cfg.compute_dtype
-    return ExitState(h_BxTxD=jnp.zeros((B, self.gamma + 1, D), dt),
-                     hs_BxTxLxD=jnp.zeros((B, self.gamma + 1, L1, D), dt),
+    W = max(self.gamma + 1, self.state_nodes)
+    return ExitState(h_BxTxD=jnp.zeros((B, W, D), dt),
+                     hs_BxTxLxD=jnp.zeros((B, W, L1, D), dt),
                      adapter=adapter, exit_idx=jnp.int32(E - 1),
                      rate_BxE=jnp.full((B, E), self.prior, jnp.float32),
                      seen_BxE=jnp.zeros((B, E), jnp.float32),
                      exit_hist_BxE=jnp.zeros((B, E), jnp.int32),
                      limit_B=jnp.full((B,), self.gamma, jnp.int32),
-                     shadow_ExBxT=jnp.full((E, B, self.gamma + 1), -1, jnp.int32))
+                     shadow_ExBxT=jnp.full((E, B, W), -1, jnp.int32))
 
   # ------------------------------------------------------------------ DEL's choice
   def _choose(self, state, active_B, L):
@@ -224,7 +249,7 @@ class EarlyExitDrafter(drafter_lib.ChainDrafter):
     adapter = state.adapter
     if self.adapter:
       _, adapter = self._adapter_apply(env, h_last, positions[:, G:], adapter)
-    h_all = state.h_BxTxD.at[:, G:].set(h_last.astype(state.h_BxTxD.dtype))
+    h_all = state.h_BxTxD[:, :G + 1].at[:, G:].set(h_last.astype(state.h_BxTxD.dtype))
     out = target.apply({'params': p}, None, positions, cache=last.cache,
                        inputs_embeds_BxTxD=h_all, layer_range=(exit_layer, L),
                        return_hidden=self.dynamic)
@@ -253,6 +278,8 @@ class EarlyExitDrafter(drafter_lib.ChainDrafter):
     return jnp.stack(preds)
 
   def target_forward(self, env, state, cache, tree, base_B, active_B):
+    if tree.tokens_BxT.shape[1] == 1:  # an AR step of an adaptive length: nothing to reuse
+      return super().target_forward(env, state, cache, tree, base_B, active_B)
     if self.dynamic:
       branches = [(lambda e: lambda args: self._verify_forward(e, env, state, *args))(e)
                   for e in self.exits]

@@ -4,6 +4,9 @@ adaptive decoders too), the measured costs, and clear errors."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +16,7 @@ from testlib import small_config
 from decoding import Models, registry, run_decoder
 from decoding.speculative import adaptive
 from decoding.speculative import early_exit
-from models import Transformer, init_params
+from models import Transformer, heads, init_params
 
 V = 48
 PROMPTS = [[1, 5, 9, 3, 1, 5, 9, 3, 1, 5], [2, 7], [4, 4, 8, 1, 4, 4, 8, 1, 4], [3, 3, 3]]
@@ -126,11 +129,64 @@ def test_bad_settings_give_clear_errors(lm, monkeypatch):
     registry.build('prompt_lookup', dict(costs='1,2'))
   with pytest.raises(ValueError, match='one relative forward cost per chain length'):
     registry.build('prompt_lookup', dict(gamma=2, adaptive=True, costs='1,2'))
-  for name in ('layerskip', 'kangaroo', 'del'):  # refused when the decoder is built
-    with pytest.raises(ValueError, match='depends on its chain length'):
-      registry.build(name, dict(adaptive=True))
-  # A drafter that does not say so is still caught when the loop compares the variants' states.
-  monkeypatch.setattr(early_exit.EarlyExitDrafter, 'shares_state_across_lengths', True)
+  with pytest.raises(ValueError, match='DEL picks its own exit layer and draft length'):
+    registry.build('del', dict(adaptive=True))
+  # A drafter whose state is sized by its chain length without saying so is caught when the
+  # loop compares the variants' states.
+  original = early_exit.EarlyExitDrafter.init
+
+  def sized_by_gamma(self, env, prefill, first_B):
+    return original(dataclasses.replace(self, state_nodes=0), env, prefill, first_B)
+  monkeypatch.setattr(early_exit.EarlyExitDrafter, 'init', sized_by_gamma)
   with pytest.raises(ValueError, match='depends on its chain length'):
-    run_decoder(registry.build('layerskip', dict(exit_layer=1, adaptive=True, costs='1,1,1,1')),
+    run_decoder(registry.build('layerskip', dict(exit_layer=1, adaptive=True,
+                                                 costs='1,1,1,1,1')),
                 models, params, PROMPTS, max_new_tokens=8, cache_size=128, eos_id=-1, pad_id=0)
+
+
+def test_early_exit_step_cost_counts_its_draft_layers(lm):
+  """LayerSkip drafts through the target's first E of L layers, so a step of length g costs
+  (g + 1) E / L + (1 - E / L) c(g + 1) AR steps; the choice uses that, and an AR step (length
+  0) is a plain forward. Kangaroo's adapter must see every token: no AR step."""
+  models, _ = lm  # 2 layers
+  d = registry.build('layerskip', dict(exit_layer=1, gamma=3, adaptive=True,
+                                       costs='1,1.2,1.5,2')).get_drafter().resolve(models)
+  assert d.gammas == (0, 1, 2, 3)
+  want = [1.0] + [(g + 1) * 0.5 + 0.5 * c for g, c in ((1, 1.2), (2, 1.5), (3, 2.0))]
+  np.testing.assert_allclose(adaptive.step_costs(d.variants, d.costs), want, rtol=1e-6)
+  k = registry.build('kangaroo', dict(exit_layer=1, gamma=3, adaptive=True))
+  assert k.get_drafter().gammas == (1, 2, 3)
+  # alpha = 0.75: by step cost g = 1 is best (1.75 / 1.6); by the target forward alone it
+  # would be g = 2 (2.31 / 1.5): the draft layers' work decides.
+  state = adaptive.AdaptState(inner=(), accepted=jnp.float32(29.5), tests=jnp.float32(39.0),
+                              current=jnp.int32(-1), choices_BxV=jnp.zeros((1, 4), jnp.int32))
+  tokens = [sum(0.75 ** k for k in range(g + 1)) for g in d.gammas]
+  assert int(np.argmax(np.divide(tokens, want))) == 1
+  assert int(np.argmax(np.divide(tokens, d.costs))) == 2
+  assert int(d.choose(state)) == 1
+
+
+@pytest.mark.parametrize('name,settings,lengths', [
+    ('layerskip', dict(exit_layer=1, costs='1,0.5,0.5,0.5,0.5'), 2),  # AR steps and drafts
+    ('kangaroo', dict(exit_layer=1, costs='0.1,0.1,0.1,0.1'), 1),     # (a random adapter)
+])
+def test_early_exit_lengths_change_during_a_run_and_output_equals_ar(lm, name, settings,
+                                                                      lengths):
+  """Every chain length shares one state (sized by the longest); with these costs LayerSkip
+  switches between AR steps and drafting as acceptance moves, and the output is AR's."""
+  models, params = lm
+  ref, _ = run_decoder(registry.build('ar'), models, params, PROMPTS, max_new_tokens=N_NEW,
+                       cache_size=128, eos_id=-1, pad_id=0)
+  dec = registry.build(name, dict(settings, gamma=4, adaptive=True))
+  assert {v.state_nodes for v in dec.get_drafter().variants if v is not None} == {5}
+  if name == 'kangaroo':  # an adapter of random weights
+    cfg = models.target.cfg
+    h, emb = jnp.zeros((1, 2, cfg.d_model)), params['target']['embed']['embedding']
+    params = {**params, 'kangaroo': nn.unbox(heads.KangarooAdapter(cfg).init(
+        jax.random.key(4), h, jnp.zeros((1, 2), jnp.int32), emb)['params'])}
+  rows, stats = run_decoder(dec, models, params, PROMPTS, max_new_tokens=N_NEW,
+                            cache_size=128, eos_id=-1, pad_id=0)
+  assert [r.tokens for r in rows] == [r.tokens for r in ref]
+  used = np.asarray(stats.extra['adaptive_steps'])
+  assert used.sum() == stats.extra['spec_steps']
+  assert (used > 0).sum() >= lengths, used

@@ -94,6 +94,11 @@ METHODS = {
                                                   costs='1,1.2,1.4,1.6')),
     'mtp-adaptive': ('mtp', dict(gamma=3, tree='chain', adaptive=True, costs='1,1.1,1.3,1.5')),
     'jacobi-adaptive': ('jacobi', dict(window=4, adaptive=True, costs='1,1.05,1.1,1.15,1.2')),
+    # early exit: AR steps through its own forward; Kangaroo (adapter) never skips drafting
+    'layerskip-adaptive': ('layerskip', dict(exit_layer=1, adaptive=True,
+                                             costs='1,1.05,1.1,1.15,1.2')),
+    'kangaroo-adaptive': ('kangaroo', dict(exit_layer=2, stop_below=0.05, gamma=4,
+                                           adaptive=True, costs='1,1.1,1.2,1.3')),
 }
 
 

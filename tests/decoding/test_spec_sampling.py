@@ -71,8 +71,10 @@ def _exact_two_token(model, params, prompt):
     dict(drafter='prompt_lookup', gamma=3, adaptive=True,       # adaptive: an AR step
          costs='1,9,9,9'),
     dict(decoder='jacobi_forcing', block=2, blocks=2, recycle=2),  # Jacobi blocks + recycling
+    dict(decoder='layerskip', exit_layer=1, gamma=2, adaptive=True,  # early exit's AR step
+         costs='1,9,9'),
 ], ids=['chain-iid', 'tree-wor', 'dynamic-wor', 'tree-traversal', 'delayed-traversal',
-        'delayed-iid', 'adaptive-ar-step', 'jacobi_forcing'])
+        'delayed-iid', 'adaptive-ar-step', 'jacobi_forcing', 'layerskip-adaptive-ar-step'])
 def test_two_token_prefix_distribution_matches_target(lm, exact, settings):
   target, draft, dp, prompt = lm
   settings = dict(settings)
