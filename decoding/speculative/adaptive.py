@@ -49,12 +49,15 @@ class AdaptState:
   """inner: the drafter's own state (the same structure for every variant).
   accepted, tests: discounted accepted drafts and accept tests over the batch (scalars).
   current: the variant running now (-1 before the first step).
-  choices_BxV: steps each row ran with each variant (statistics)."""
+  choices_BxV: steps each row ran with each variant (statistics).
+  phases_B: runs of one length (each after the first a change of length: a copy of the
+    loop state) while the row was active (statistics)."""
   inner: Any
   accepted: jax.Array
   tests: jax.Array
   current: jax.Array
   choices_BxV: jax.Array
+  phases_B: jax.Array
 
 
 def ladder(gamma: int, *, with_ar: bool) -> tuple[int, ...]:
@@ -204,11 +207,13 @@ class AdaptiveChain(drafter_lib.Drafter):
     B = first_B.shape[0]
     return AdaptState(inner=inner, accepted=jnp.zeros((), jnp.float32),
                       tests=jnp.zeros((), jnp.float32), current=jnp.full((), -1, jnp.int32),
-                      choices_BxV=jnp.zeros((B, len(self.gammas)), jnp.int32))
+                      choices_BxV=jnp.zeros((B, len(self.gammas)), jnp.int32),
+                      phases_B=jnp.zeros((B,), jnp.int32))
 
   def extra_stats(self, state):
     out = dict(self.longest.extra_stats(state.inner))
     out['adaptive_steps'] = state.choices_BxV  # [B, V] steps per chain length (`gammas`)
+    out['adaptive_phases'] = state.phases_B     # [B] runs of one length (changes + 1)
     return out
 
   # ---------------------------------------------------------------- the policy

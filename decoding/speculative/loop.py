@@ -114,7 +114,8 @@ def adaptive_run(drafter: adaptive.AdaptiveChain, env: drafter_lib.Env, s: SpecS
 
   def phase(s: SpecState) -> SpecState:
     index = drafter.choose(s.drafter)
-    s = s.replace(drafter=s.drafter.replace(current=index))
+    a = s.drafter
+    s = s.replace(drafter=a.replace(current=index, phases_B=a.phases_B + s.progress.active_B))
     return jax.lax.switch(index, [run(i, v) for i, v in enumerate(drafter.variants)], s)
 
   return jax.lax.while_loop(lambda s: ~jnp.all(s.progress.done_B), phase, s)

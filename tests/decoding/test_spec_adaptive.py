@@ -54,7 +54,8 @@ def test_choice_maximises_expected_tokens_per_cost(seed):
     acc, tests = rng.uniform(0, 30), 0.0
     tests = acc + rng.uniform(0, 30)
     state = adaptive.AdaptState(inner=(), accepted=jnp.float32(acc), tests=jnp.float32(tests),
-                                current=jnp.int32(-1), choices_BxV=jnp.zeros((1, 6), jnp.int32))
+                                current=jnp.int32(-1), choices_BxV=jnp.zeros((1, 6), jnp.int32),
+                                phases_B=jnp.zeros((1,), jnp.int32))
     alpha = (acc + 0.5) / (tests + 1)
     score = [sum(alpha ** k for k in range(g + 1)) / c for g, c in zip(gammas, costs)]
     assert int(d.choose(state)) == int(np.argmax(score))
@@ -159,7 +160,8 @@ def test_early_exit_step_cost_counts_its_draft_layers(lm):
   # alpha = 0.75: by step cost g = 1 is best (1.75 / 1.6); by the target forward alone it
   # would be g = 2 (2.31 / 1.5): the draft layers' work decides.
   state = adaptive.AdaptState(inner=(), accepted=jnp.float32(29.5), tests=jnp.float32(39.0),
-                              current=jnp.int32(-1), choices_BxV=jnp.zeros((1, 4), jnp.int32))
+                              current=jnp.int32(-1), choices_BxV=jnp.zeros((1, 4), jnp.int32),
+                              phases_B=jnp.zeros((1,), jnp.int32))
   tokens = [sum(0.75 ** k for k in range(g + 1)) for g in d.gammas]
   assert int(np.argmax(np.divide(tokens, want))) == 1
   assert int(np.argmax(np.divide(tokens, d.costs))) == 2
@@ -190,3 +192,6 @@ def test_early_exit_lengths_change_during_a_run_and_output_equals_ar(lm, name, s
   used = np.asarray(stats.extra['adaptive_steps'])
   assert used.sum() == stats.extra['spec_steps']
   assert (used > 0).sum() >= lengths, used
+  # one length per phase: every row has one at least, and each length used is one
+  phases = stats.extra['adaptive_phases']
+  assert max(len(PROMPTS), lengths) <= phases <= stats.extra['spec_steps'], phases
