@@ -68,6 +68,9 @@ METHODS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     'jacobi': ('jacobi', {}, ()),
     'lookahead': ('lookahead', {}, ()),
     'layerskip': ('layerskip', dict(exit_layer=2), ()),
+    # the same exit, its chain length per step from recent acceptance and the step's cost
+    # (the draft layers counted), up to 8
+    'layerskip adaptive length': ('layerskip', dict(exit_layer=2, gamma=8, adaptive=True), ()),
     'kangaroo': ('kangaroo', {}, ('kangaroo',)),
     'del': ('del', {}, ()),
     'medusa': ('medusa', dict(gamma=4, tree_nodes=32), ('medusa',)),
