@@ -148,7 +148,7 @@ class EagleDraft(nn.Module):
     head_in = self.out_norm(g) if self.variant == EAGLE3 else g
     if self.own_head:
       out_emb_VxD = out_emb_VxD + self.head_delta
-    logits = heads_lib._logits(head_in, out_emb_VxD, cfg)  # pylint: disable=protected-access
+    logits = heads_lib.head_logits(head_in, out_emb_VxD, cfg)
     new_cache = None if cache is None else cache.end_write((kv,), key_pos, slots_BxT)
     return g, logits, new_cache
 

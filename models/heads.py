@@ -54,7 +54,7 @@ def final_norm(model_params: Any, cfg: config_lib.ModelConfig, x_BxTxD: jax.Arra
       {'params': model_params['final_norm']}, x_BxTxD)
 
 
-def _logits(x_BxTxD: jax.Array, out_emb_VxD: jax.Array, cfg: config_lib.ModelConfig):
+def head_logits(x_BxTxD: jax.Array, out_emb_VxD: jax.Array, cfg: config_lib.ModelConfig):
   """float32 logits through the model's output embedding (invalid ids masked as its head)."""
   dt = cfg.compute_dtype
   return layers.mask_invalid_ids(
@@ -81,7 +81,7 @@ class MedusaHeads(nn.Module):
     h = h_BxTxD.astype(dt)
     z_BxTxKxD = h[:, :, None, :] + nn.silu(jnp.einsum('BTD,KDE->BTKE', h, w.astype(dt))
                                            + b.astype(dt))
-    return _logits(z_BxTxKxD, out_emb_VxD, cfg)
+    return head_logits(z_BxTxKxD, out_emb_VxD, cfg)
 
 
 class _MTPBlock(nn.Module):
@@ -118,7 +118,7 @@ class MTPModules(nn.Module):
   def step(self, k: int, h_BxTxD, tok_BxT, in_emb_VxD, out_emb_VxD):
     e_BxTxD = jnp.take(in_emb_VxD, tok_BxT, axis=0).astype(self.cfg.compute_dtype)
     h, normed = self.blocks[k](h_BxTxD, e_BxTxD)
-    return h, _logits(normed, out_emb_VxD, self.cfg)
+    return h, head_logits(normed, out_emb_VxD, self.cfg)
 
   def __call__(self, h_BxTxD, tokens_BxT1, in_emb_VxD, out_emb_VxD):
     """Logits [B, T, depth, V] over a training row: h_BxTxD is the model's hidden state at
@@ -162,7 +162,7 @@ class KangarooAdapter(nn.Module):
     h, kv = attention_lib.Attention(adapter_config(cfg), name='attn')(
         norm('norm1')(x_BxTxD), positions_BxT, mask, kv, slots_BxT)
     x = x_BxTxD + h
-    logits = _logits(norm('norm2')(x), out_emb_VxD, cfg)
+    logits = head_logits(norm('norm2')(x), out_emb_VxD, cfg)
     new_cache = None if cache is None else cache.end_write((kv,), key_pos, slots_BxT)
     return logits, new_cache
 

@@ -334,7 +334,7 @@ def test_ids_past_valid_vocab_size_get_the_never_logit_everywhere(tie):
   }
   h = jax.random.normal(jax.random.key(5), (2, 3, cfg.d_model))
   emb = heads.output_embedding(params, cfg)
-  head_logits = heads._logits  # pylint: disable=protected-access
+  head_logits = heads.head_logits
   outs['head'] = (head_logits(h, emb, cfg), head_logits(h, emb, base_cfg))
   for name, (got, ref) in outs.items():
     got, ref = np.asarray(got), np.asarray(ref)

@@ -17,6 +17,7 @@ objective's home: adding an objective is adding a file with a `@register('name')
   sim_cot.py           sim_cot
   unmask_policy.py     unmask_policy
   skipdecode.py        skipdecode (random layer-skip fine-tuning)
+  early_exit.py        early_exit (LayerSkip's early-exit loss at every exit)
   kv_predict.py        kv_predict (auxiliary model + KV predictor on a frozen base)
   chimera.py           chimera_draft
   s2d.py               s2d_soft (nested draft, SoFT)
@@ -35,6 +36,7 @@ from training.objectives import as_arm
 from training.objectives import block_diffusion
 from training.objectives import chimera
 from training.objectives import coconut
+from training.objectives import early_exit
 from training.objectives import eagle
 from training.objectives import hamburger
 from training.objectives import insertion
