@@ -19,8 +19,12 @@ the acceptance rate of recent drafted tokens, a discounted count over the batch:
   alpha = (accepted + 1/2) / (tests + 1),   accepted, tests <- decay * (accepted, tests) + step's
 
 (each step adds its accepted drafts, and one rejected test when the chain stopped early).
-After AR steps only a slower discount acts, so alpha drifts back to 1/2 and drafting is
-tried again now and then. A length is kept until another scores `margin` better, and each
+Whether to draft at all is judged optimistically: the best drafting length's score at
+alpha + `explore` standard errors (an upper confidence bound) against an AR step's; which
+length drafts is judged at alpha (`scores`). Without evidence the bound is 1, so a drafter
+whose break-even acceptance is above 1/2 is tried at all (with the estimate alone it would
+never be: no drafts, no evidence); after AR steps only a slower discount acts, so the counts
+shrink, the bound grows, and drafting is tried again now and then. A length is kept until another scores `margin` better, and each
 length runs as its own inner loop (loop.adaptive_run): changing length copies the loop
 state, which on a CPU costs about half an AR step of the tiny model. The choice depends only on past steps, so every step is an ordinary lossless
 speculative step and the output is exact (greedy: AR's tokens; sampled: the target
@@ -126,6 +130,7 @@ class AdaptiveChain(drafter_lib.Drafter):
     drafting is retried now and then but not every few steps).
   margin: another length is chosen only when its score beats the current one's by this
     factor (each change of length costs a copy of the loop state, see loop.adaptive_run).
+  explore: standard errors of the acceptance estimate added to it (0 = the estimate alone).
   """
   variants: tuple[drafter_lib.Drafter | None, ...]
   gammas: tuple[int, ...]
@@ -133,6 +138,7 @@ class AdaptiveChain(drafter_lib.Drafter):
   decay: float = 0.9
   ar_decay: float = 0.97
   margin: float = 1.05
+  explore: float = 1.0
 
   @classmethod
   def of(cls, d: drafter_lib.Drafter, costs: Sequence[float] = (), decay: float = 0.9
@@ -217,14 +223,30 @@ class AdaptiveChain(drafter_lib.Drafter):
     return out
 
   # ---------------------------------------------------------------- the policy
-  def alpha(self, state: AdaptState) -> jax.Array:
+  def estimate(self, state: AdaptState) -> jax.Array:
+    """The acceptance estimate a = (accepted + 1/2) / (tests + 1)."""
     return (state.accepted + 0.5) / (state.tests + 1.0)
 
+  def alpha(self, state: AdaptState) -> jax.Array:
+    """The optimistic acceptance: the estimate plus `explore` standard errors (at most 1)."""
+    a = self.estimate(state)
+    return jnp.minimum(a + self.explore * jnp.sqrt(a * (1.0 - a) / (state.tests + 1.0)), 1.0)
+
   def scores(self, state: AdaptState) -> jax.Array:
-    """[V] expected tokens per unit of step cost of each chain length (`step_costs`)."""
+    """[V] the value of each chain length: expected tokens per unit of step cost
+    (`step_costs`) at the estimate, the drafting lengths' values scaled by the best drafting
+    length's gain from the optimistic acceptance. So drafting as a whole is weighed against
+    an AR step at the optimistic bound (drafting gets tried), and among drafting lengths the
+    estimate ranks them (an exploring step drafts the length the evidence favours, not the
+    longest)."""
     costs = jnp.asarray(step_costs(self.variants, self.costs or (1.0,) * len(self.gammas)),
                         jnp.float32)
-    return expected_tokens(self.alpha(state), self.gammas) / costs
+    est_V = expected_tokens(self.estimate(state), self.gammas) / costs
+    opt_V = expected_tokens(self.alpha(state), self.gammas) / costs
+    draft_V = jnp.asarray([g != AR for g in self.gammas])
+    gain = (jnp.max(jnp.where(draft_V, opt_V, 0.0))
+            / jnp.max(jnp.where(draft_V, est_V, 0.0)))
+    return jnp.where(draft_V, est_V * gain, est_V)
 
   def choose(self, state: AdaptState) -> jax.Array:
     """The variant to run (a scalar): the best score, unless the current one is within

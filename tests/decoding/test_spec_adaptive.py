@@ -49,15 +49,21 @@ def test_choice_maximises_expected_tokens_per_cost(seed):
   rng = np.random.default_rng(seed)
   gammas = (0, 1, 2, 3, 4, 6)
   costs = tuple(np.round(np.cumsum(np.r_[1.0, rng.uniform(0.0, 0.8, len(gammas) - 1)]), 2))
-  d = adaptive.AdaptiveChain(variants=(None,) * len(gammas), gammas=gammas, costs=costs)
+  explore = (0.0, 1.0, 2.0)[seed]
+  d = adaptive.AdaptiveChain(variants=(None,) * len(gammas), gammas=gammas, costs=costs,
+                             explore=explore)
   for _ in range(20):
     acc, tests = rng.uniform(0, 30), 0.0
     tests = acc + rng.uniform(0, 30)
     state = adaptive.AdaptState(inner=(), accepted=jnp.float32(acc), tests=jnp.float32(tests),
                                 current=jnp.int32(-1), choices_BxV=jnp.zeros((1, 6), jnp.int32),
                                 phases_B=jnp.zeros((1,), jnp.int32))
-    alpha = (acc + 0.5) / (tests + 1)
-    score = [sum(alpha ** k for k in range(g + 1)) / c for g, c in zip(gammas, costs)]
+    a = (acc + 0.5) / (tests + 1)
+    bound = min(a + explore * np.sqrt(a * (1 - a) / (tests + 1)), 0.999)
+    est = [sum(a ** k for k in range(g + 1)) / c for g, c in zip(gammas, costs)]
+    opt = [sum(bound ** k for k in range(g + 1)) / c for g, c in zip(gammas, costs)]
+    # drafting lengths ranked by the estimate, weighed against AR at the optimistic bound
+    score = [est[0]] + [e * max(opt[1:]) / max(est[1:]) for e in est[1:]]
     assert int(d.choose(state)) == int(np.argmax(score))
     # Hysteresis: a current length within `margin` of the best is kept, a worse one is not.
     for cur in range(len(gammas)):
@@ -65,6 +71,29 @@ def test_choice_maximises_expected_tokens_per_cost(seed):
       want = cur if max(score) <= d.margin * score[cur] * (1 + 1e-6) else int(np.argmax(score))
       if abs(max(score) - d.margin * score[cur]) > 1e-4:  # away from the float boundary
         assert got == want, (cur, score)
+
+
+def _fresh(n):
+  return adaptive.AdaptState(inner=(), accepted=jnp.float32(0.0), tests=jnp.float32(0.0),
+                             current=jnp.int32(-1), choices_BxV=jnp.zeros((1, n), jnp.int32),
+                             phases_B=jnp.zeros((1,), jnp.int32))
+
+
+def test_exploration_tries_drafting_whose_break_even_is_above_one_half():
+  """Forwards over 2 and 3 tokens cost 1.6 and 1.9 AR steps: drafting pays only above
+  alpha ~ 0.6. The estimate alone starts at 1/2 and, with no drafts ever tested, stays there:
+  only AR steps would ever run. The optimistic bound makes the first step draft; with
+  evidence of low acceptance it returns to AR, and as AR steps shrink the counts the bound
+  brings drafting back."""
+  d = adaptive.AdaptiveChain(variants=(None,) * 3, gammas=(0, 1, 2), costs=(1.0, 1.6, 1.9))
+  assert int(dataclasses.replace(d, explore=0.0).choose(_fresh(3))) == 0
+  # Without evidence the bound is 1: drafting is tried, at the length the estimate (1/2)
+  # favours, 1 (1.5 / 1.6 > 1.75 / 1.9), not the longest.
+  assert int(d.choose(_fresh(3))) == 1
+  low = _fresh(3).replace(accepted=jnp.float32(6.0), tests=jnp.float32(30.0))
+  assert int(d.choose(low)) == 0
+  shrunk = low.replace(accepted=low.accepted * 0.97 ** 150, tests=low.tests * 0.97 ** 150)
+  assert int(d.choose(shrunk)) > 0
 
 
 def test_length_changes_during_a_run_and_output_equals_ar(lm):
@@ -152,6 +181,7 @@ def test_early_exit_step_cost_counts_its_draft_layers(lm):
   models, _ = lm  # 2 layers
   d = registry.build('layerskip', dict(exit_layer=1, gamma=3, adaptive=True,
                                        costs='1,1.2,1.5,2')).get_drafter().resolve(models)
+  d = dataclasses.replace(d, explore=0.0)  # the estimate alone, 0.75 below
   assert d.gammas == (0, 1, 2, 3)
   want = [1.0] + [(g + 1) * 0.5 + 0.5 * c for g, c in ((1, 1.2), (2, 1.5), (3, 2.0))]
   np.testing.assert_allclose(adaptive.step_costs(d.variants, d.costs), want, rtol=1e-6)
@@ -169,7 +199,7 @@ def test_early_exit_step_cost_counts_its_draft_layers(lm):
 
 
 @pytest.mark.parametrize('name,settings,lengths', [
-    ('layerskip', dict(exit_layer=1, costs='1,0.5,0.5,0.5,0.5'), 2),  # AR steps and drafts
+    ('layerskip', dict(exit_layer=1, costs='1,0.7,0.7,0.7,0.7'), 2),  # AR steps and drafts
     ('kangaroo', dict(exit_layer=1, costs='0.1,0.1,0.1,0.1'), 1),     # (a random adapter)
 ])
 def test_early_exit_lengths_change_during_a_run_and_output_equals_ar(lm, name, settings,
