@@ -24,6 +24,11 @@
 #   peer    python -m benchmarks.spec_peer on the same runs: our AR, draft chain, prompt lookup
 #           and bench's fastest method against transformers' generate(), assisted generation
 #           (the same distilled draft) and prompt lookup, on the same weights exported
+#   layerskip  (not in the default list, ~16 minutes) LayerSkip's recipe: the target fine-tuned
+#           $LAYERSKIP_STEPS steps with the early-exit loss (configs/layerskip.py:mem), then
+#           python -m benchmarks.layerskip_recipe (held-out loss, each exit's agreement with the
+#           final head) and LayerSkip's chain of 4 and adaptive length against AR on the target
+#           as trained and as fine-tuned (speculative_raw_mem_cpu_layerskip[_tuned])
 # Everything goes to $RUNS (default runs/spec_mem) and benchmarks/results/speculative_raw_mem_cpu
 # (.md, acceptance plot), and benchmarks/results/speculative_peer_mem_cpu.md. The drafters
 # only read the target, so they can be retrained alone.
@@ -34,6 +39,7 @@ RUNS=${RUNS:-runs/spec_mem}
 TARGET_STEPS=${TARGET_STEPS:-400}
 DRAFT_STEPS=${DRAFT_STEPS:-300}
 HEAD_STEPS=${HEAD_STEPS:-300}
+LAYERSKIP_STEPS=${LAYERSKIP_STEPS:-150}
 EAGLE_STEPS=${EAGLE_STEPS:-300}  # 600 measured no higher tau (speculative_raw_mem_cpu_eagle3_600)
 PROMPTS=${PROMPTS:-8}
 NEW=${NEW:-128}
@@ -93,6 +99,20 @@ for s in ${stages//,/ }; do
         --medusa=$RUNS/medusa --eagle3=$RUNS/eagle3 --methods="draft chain g4,prompt lookup" \
         $( [ -f "$best" ] && echo "--best_from=$best" ) --prompts=$PROMPTS --prompt_chars=120 \
         --max_new_tokens=$NEW --repeats=$PEER_REPEATS --name=speculative_peer_mem_cpu ;;
+    layerskip)
+      $PY train.py --config=configs/layerskip.py:mem --workdir=$RUNS/layerskip \
+        --config.exit.init_from=$RUNS/target --config.train.steps=$LAYERSKIP_STEPS \
+        --config.train.progress_bar=False
+      $PY -m benchmarks.layerskip_recipe --base=$RUNS/target --tuned=$RUNS/layerskip \
+        --name=layerskip_recipe_mem_cpu
+      for run in target:layerskip layerskip:layerskip_tuned; do
+        out=benchmarks/results/speculative_raw_mem_cpu_${run#*:}
+        $PY -m benchmarks.speculative --target=$RUNS/${run%%:*} --raw_dir=$out \
+          --temperature=0 --batch_size=1 --prompts=$PROMPTS --prompt_chars=120 \
+          --max_new_tokens=$NEW --repeats=$REPEATS --methods="layerskip,layerskip adaptive length"
+        $PY -m benchmarks.speculative --report --raw_dir=$out \
+          $( [ -f "$CURVE" ] && echo "--curve=$CURVE" )
+      done ;;
     *) echo "unknown stage $s" >&2; exit 2 ;;
   esac
 done

@@ -29,8 +29,8 @@ import ml_collections
 
 from models import heads as heads_lib
 from models import transformer as transformer_lib
-from training.objectives.registry import Objective, register, token_cross_entropy
-from workdir import loading
+from training.objectives.registry import (Objective, params_from_run, read_section, register,
+                                          token_cross_entropy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,13 +41,8 @@ class ExitSettings:
 
 
 def settings(config: ml_collections.ConfigDict | None, num_layers: int) -> ExitSettings:
-  d = dict(config.exit.to_dict()) if config is not None and 'exit' in config else {}
-  known = {f.name for f in dataclasses.fields(ExitSettings)}
-  unknown = sorted(set(d) - known)
-  if unknown:
-    raise ValueError(f'Unknown exit config keys {unknown}; known: {sorted(known)}.')
-  d['layers'] = tuple(int(l) for l in d.get('layers', ()))
-  s = ExitSettings(**d)
+  s = read_section(config, 'exit', ExitSettings)
+  s = dataclasses.replace(s, layers=tuple(int(l) for l in s.layers))
   if not s.layers:
     s = dataclasses.replace(s, layers=tuple(range(1, num_layers)))
   bad = [l for l in s.layers if not 1 <= l <= num_layers - 1]
@@ -95,10 +90,5 @@ def early_exit_objective(model: transformer_lib.Transformer,
     del rng
     return losses(params, batch)
 
-  def init_model_params():
-    loaded = loading.load_model(s.init_from)
-    loading.require_same_model(model.cfg, loaded, f'exit.init_from={s.init_from}')
-    return loaded.params
-
-  return Objective(loss_fn=loss_fn,
-                   init_model_params=init_model_params if s.init_from else None)
+  return Objective(loss_fn=loss_fn, init_model_params=params_from_run(
+      model, s.init_from, 'exit.init_from') if s.init_from else None)

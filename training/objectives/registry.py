@@ -30,6 +30,7 @@ import ml_collections
 import registry as registry_lib
 from models import kind as kind_lib
 from models import transformer as transformer_lib
+from workdir import loading
 
 Batch = dict[str, jax.Array]
 LossFn = Callable[[Any, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
@@ -85,3 +86,25 @@ def token_cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
   correct = (jnp.argmax(logits_BxTxV, -1) == targets_BxT) * weights_BxT
   return loss, {'loss': loss, 'accuracy': correct.sum() / count,
                 'nll_sum': (nll_BxT * weights_BxT).sum(), 'tokens_sum': weights_BxT.sum()}
+
+
+def read_section(config: ml_collections.ConfigDict | None, name: str, cls: type) -> Any:
+  """Config section `name` as the frozen dataclass `cls` (its defaults where the section or a
+  key is missing); ValueError naming the keys `cls` does not know."""
+  d = dict(config[name].to_dict()) if config is not None and name in config else {}
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(d) - known)
+  if unknown:
+    raise ValueError(f'Unknown {name} config keys {unknown}; known: {sorted(known)}.')
+  return cls(**d)
+
+
+def params_from_run(model: transformer_lib.Transformer, workdir: str, setting: str
+                    ) -> Callable[[], Any]:
+  """`Objective.init_model_params` that starts from the model params of run `workdir` (the
+  config key naming it: `setting`), refusing a run of another model."""
+  def init():
+    loaded = loading.load_model(workdir)
+    loading.require_same_model(model.cfg, loaded, f'{setting}={workdir}')
+    return loaded.params
+  return init

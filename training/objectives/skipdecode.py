@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from models import transformer as transformer_lib
-from training.objectives.registry import Objective, register, token_cross_entropy
-from workdir import loading
+from training.objectives.registry import (Objective, params_from_run, read_section, register,
+                                          token_cross_entropy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,12 +38,7 @@ class SkipSettings:
 
 
 def settings(config: ml_collections.ConfigDict | None, num_layers: int) -> SkipSettings:
-  d = dict(config.skip.to_dict()) if config is not None and 'skip' in config else {}
-  known = {f.name for f in dataclasses.fields(SkipSettings)}
-  unknown = sorted(set(d) - known)
-  if unknown:
-    raise ValueError(f'Unknown skip config keys {unknown}; known: {sorted(known)}.')
-  s = SkipSettings(**d)
+  s = read_section(config, 'skip', SkipSettings)
   if s.max_skip < 0:
     s = dataclasses.replace(s, max_skip=num_layers - 1)
   if not 1 <= s.max_skip <= num_layers - 1:
@@ -95,10 +90,5 @@ def skipdecode_objective(model: transformer_lib.Transformer,
     metrics.update(full_loss=full['loss'], full_accuracy=full['accuracy'])
     return loss, metrics
 
-  def init_model_params():
-    loaded = loading.load_model(s.init_from)
-    loading.require_same_model(model.cfg, loaded, f'skip.init_from={s.init_from}')
-    return loaded.params
-
-  return Objective(loss_fn=loss_fn, eval_fn=eval_fn,
-                   init_model_params=init_model_params if s.init_from else None)
+  return Objective(loss_fn=loss_fn, eval_fn=eval_fn, init_model_params=params_from_run(
+      model, s.init_from, 'skip.init_from') if s.init_from else None)
