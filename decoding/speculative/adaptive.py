@@ -24,7 +24,8 @@ alpha + `explore` standard errors (an upper confidence bound) against an AR step
 length drafts is judged at alpha (`scores`). Without evidence the bound is 1, so a drafter
 whose break-even acceptance is above 1/2 is tried at all (with the estimate alone it would
 never be: no drafts, no evidence); after AR steps only a slower discount acts, so the counts
-shrink, the bound grows, and drafting is tried again now and then. A length is kept until another scores `margin` better, and each
+shrink, the bound grows, and drafting is tried again now and then. A length is kept until
+another scores `margin` better (an AR step: until it scores better at all), and each
 length runs as its own inner loop (loop.adaptive_run): changing length copies the loop
 state, which on a CPU costs about half an AR step of the tiny model. The choice depends only on past steps, so every step is an ordinary lossless
 speculative step and the output is exact (greedy: AR's tokens; sampled: the target
@@ -129,7 +130,9 @@ class AdaptiveChain(drafter_lib.Drafter):
   decay: discount of the counts per drafting step; ar_decay: per AR step (slower, so that
     drafting is retried now and then but not every few steps).
   margin: another length is chosen only when its score beats the current one's by this
-    factor (each change of length costs a copy of the loop state, see loop.adaptive_run).
+    factor (each change of length costs a copy of the loop state, see loop.adaptive_run);
+    an AR step as soon as it scores higher (AR phases run long, and a drafting step's
+    costs beyond the forward, such as a drafter's own updates, are not in its score).
   explore: standard errors of the acceptance estimate added to it (0 = the estimate alone).
   """
   variants: tuple[drafter_lib.Drafter | None, ...]
@@ -250,11 +253,13 @@ class AdaptiveChain(drafter_lib.Drafter):
 
   def choose(self, state: AdaptState) -> jax.Array:
     """The variant to run (a scalar): the best score, unless the current one is within
-    `margin` of it."""
+    `margin` of it (an AR step, the best, replaces any current length that scores lower)."""
     score_V = self.scores(state)
     best = jnp.argmax(score_V).astype(jnp.int32)
     cur = jnp.maximum(state.current, 0)
-    keep = (state.current >= 0) & (score_V[best] <= self.margin * score_V[cur])
+    to_ar = jnp.asarray(self.gammas)[best] == AR
+    keep = (state.current >= 0) & (score_V[best] <= jnp.where(to_ar, 1.0, self.margin)
+                                   * score_V[cur])
     return jnp.where(keep, state.current, best)
 
   def observe(self, state: AdaptState, inner: Any, index: int, accepted_B: jax.Array,

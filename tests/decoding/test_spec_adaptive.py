@@ -65,11 +65,14 @@ def test_choice_maximises_expected_tokens_per_cost(seed):
     # drafting lengths ranked by the estimate, weighed against AR at the optimistic bound
     score = [est[0]] + [e * max(opt[1:]) / max(est[1:]) for e in est[1:]]
     assert int(d.choose(state)) == int(np.argmax(score))
-    # Hysteresis: a current length within `margin` of the best is kept, a worse one is not.
+    # Hysteresis: a current length within `margin` of the best is kept, a worse one is not;
+    # an AR step (gamma 0), the best, is taken as soon as it scores higher (margin 1).
+    best = int(np.argmax(score))
+    m = 1.0 if gammas[best] == 0 else d.margin
     for cur in range(len(gammas)):
       got = int(d.choose(state.replace(current=jnp.int32(cur))))
-      want = cur if max(score) <= d.margin * score[cur] * (1 + 1e-6) else int(np.argmax(score))
-      if abs(max(score) - d.margin * score[cur]) > 1e-4:  # away from the float boundary
+      want = cur if max(score) <= m * score[cur] * (1 + 1e-6) else best
+      if abs(max(score) - m * score[cur]) > 1e-4:  # away from the float boundary
         assert got == want, (cur, score)
 
 
