@@ -303,18 +303,24 @@ def calibrate(target: Any, params: Any, gammas: Sequence[int], *, batch: int,
               cache_size: int, seconds: float = 0.05, trials: int = 5) -> tuple[float, ...]:
   """c(g + 1) / c(1) for each chain length g: timed target forwards on this machine.
 
-  Each cost is `forward_timing.forward_time` over g + 1 tokens (a compiled loop of about
-  `seconds`, best of `trials`) at batch `batch`, with about half the cache committed. Costs
+  Each cost is a `forward_timing.forward_probe` over g + 1 tokens (a compiled loop of about
+  `seconds`) at batch `batch`, with about half the cache committed, best of `trials`; the
+  probes run in turns, every length once per trial, so that a change of load on the machine
+  falls on all of them alike rather than on the lengths timed last. Costs
   are made non-decreasing in T (a longer forward never costs less: what looks cheaper is
   noise) and rounded to 2 decimals, so that close measurements give the same (static, hashed)
   decoder and the same compiled program.
   """
   longest = max(gammas) + 1
   context = max(min(cache_size // 2, cache_size - longest), 0)
-  per_forward = {T: forward_timing.forward_time(target, params, batch=batch, tokens=T,
-                                                cache_size=cache_size, context=context,
-                                                min_seconds=seconds, repeats=trials)
-                 for T in sorted({1} | {g + 1 for g in gammas})}
+  probes = {T: forward_timing.forward_probe(target, params, batch=batch, tokens=T,
+                                            cache_size=cache_size, context=context,
+                                            min_seconds=seconds)
+            for T in sorted({1} | {g + 1 for g in gammas})}
+  per_forward = {T: float('inf') for T in probes}
+  for _ in range(trials):
+    for T, probe in probes.items():
+      per_forward[T] = min(per_forward[T], probe())
   relative, worst = {}, 1.0
   for T in sorted(per_forward):
     worst = max(worst, per_forward[T] / per_forward[1])
