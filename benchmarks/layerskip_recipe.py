@@ -36,14 +36,13 @@ from workbench import Workbench
 
 def exit_stats(bench: Workbench, docs: list[list[int]]) -> dict[str, Any]:
   """Token-weighted loss of the final head and, per exit l, agreement with it and loss."""
-  model, params = bench.model, bench.params
+  model = bench.model
   cfg = model.cfg
 
   @jax.jit
-  def one(tokens_1xT):
+  def one(params, tokens_1xT):  # params an argument, not constants baked into the program
     inp, tgt = tokens_1xT[:, :-1], tokens_1xT[:, 1:]
     out = model.apply({'params': params}, inp, return_hidden=True)
-    out_emb = heads_lib.output_embedding(params, cfg)
     final = jnp.argmax(out.logits_BxTxV, -1)
 
     def nll(logits):
@@ -51,8 +50,7 @@ def exit_stats(bench: Workbench, docs: list[list[int]]) -> dict[str, Any]:
       return -jnp.sum(jnp.take_along_axis(logp, tgt[..., None], -1))
     per_exit = []
     for l in range(1, cfg.num_layers):
-      logits = heads_lib.head_logits(heads_lib.final_norm(params, cfg, out.hidden[l]),
-                                     out_emb, cfg)
+      logits = heads_lib.exit_logits(params, cfg, out.hidden[l])
       per_exit.append((jnp.sum(jnp.argmax(logits, -1) == final), nll(logits)))
     return nll(out.logits_BxTxV), per_exit
 
@@ -63,7 +61,7 @@ def exit_stats(bench: Workbench, docs: list[list[int]]) -> dict[str, Any]:
   for doc in docs:
     if len(doc) < 2:
       continue
-    loss, per_exit = one(jnp.asarray([doc]))
+    loss, per_exit = one(bench.params, jnp.asarray([doc]))
     n += len(doc) - 1
     total += float(loss)
     for i, (a, e) in enumerate(per_exit):

@@ -54,6 +54,14 @@ def final_norm(model_params: Any, cfg: config_lib.ModelConfig, x_BxTxD: jax.Arra
       {'params': model_params['final_norm']}, x_BxTxD)
 
 
+def exit_logits(model_params: Any, cfg: config_lib.ModelConfig, h_BxTxD: jax.Array
+                ) -> jax.Array:
+  """Logits of an early exit: the model's final norm and output head applied to the residual
+  stream `h` after some of its layers (what the early-exit draft reads)."""
+  return head_logits(final_norm(model_params, cfg, h_BxTxD),
+                     output_embedding(model_params, cfg), cfg)
+
+
 def head_logits(x_BxTxD: jax.Array, out_emb_VxD: jax.Array, cfg: config_lib.ModelConfig):
   """float32 logits through the model's output embedding (invalid ids masked as its head)."""
   dt = cfg.compute_dtype

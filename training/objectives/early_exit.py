@@ -15,9 +15,11 @@ in the paper's per-layer scale. The paper also drops layers at random during tra
 here (every exit every step costs one [V, D] head per exit, small next to the layers).
 
 Config section `exit`: layers, scale, init_from (an AR workdir with the same model to start
-from; '' = from scratch). Eval metrics: the loss above, the final head's (`full_loss`,
-`full_accuracy`) and each exit's top-1 accuracy (`exit{l}_accuracy`), which is about the
-acceptance rate of that exit's first draft.
+from; '' = from scratch). Metrics: the final head's loss and accuracy (`full_loss`,
+`full_accuracy`), each exit's (`exit{l}_loss`, `exit{l}_accuracy`, the latter about the
+acceptance rate of that exit's first draft) and, in training, the total above as `loss`
+(evaluation reports the final head's loss as `loss`, from its summed log-likelihood, with
+bits per byte).
 """
 
 from __future__ import annotations
@@ -75,10 +77,9 @@ def early_exit_objective(model: transformer_lib.Transformer,
     p = params['model']
     out = model.apply({'params': p}, inputs_BxT, return_hidden=True)
     final, metrics = token_cross_entropy(out.logits_BxTxV, targets_BxT, weights_BxT)
-    out_emb_VxD = heads_lib.output_embedding(p, cfg)
     total = final
     for l, w in zip(s.layers, weights):
-      logits = heads_lib.head_logits(heads_lib.final_norm(p, cfg, out.hidden[l]), out_emb_VxD, cfg)
+      logits = heads_lib.exit_logits(p, cfg, out.hidden[l])
       loss_l, m = token_cross_entropy(logits, targets_BxT, weights_BxT)
       total = total + s.scale * w * loss_l
       metrics[f'exit{l}_loss'] = loss_l
