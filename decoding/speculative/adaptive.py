@@ -103,15 +103,9 @@ def allows_ar_step(d: drafter_lib.Drafter) -> bool:
 
 def step_costs(variants: Sequence[drafter_lib.Drafter | None],
                costs: Sequence[float]) -> tuple[float, ...]:
-  """A step's cost relative to an AR step for each variant, from the target forward's
-  (`costs`): the forward alone, unless the drafter's own work is part of the target's and
-  it says what a step costs (`step_cost`, e.g. early exit drafts through the target's first
-  layers)."""
-  out = []
-  for v, c in zip(variants, costs):
-    cost = getattr(v, 'step_cost', None) if v is not None else None
-    out.append(float(cost(c)) if cost is not None else float(c))
-  return tuple(out)
+  """A step's cost relative to an AR step for each variant (`Drafter.step_cost`) from its
+  target forward's (`costs`); an AR step (None) costs its forward."""
+  return tuple(float(c) if v is None else float(v.step_cost(c)) for v, c in zip(variants, costs))
 
 
 def expected_tokens(alpha: jax.Array, gammas: Sequence[int]) -> jax.Array:

@@ -151,6 +151,12 @@ class Drafter:
     """Extra arguments of the target's prefill call (e.g. return_hidden for early exit)."""
     return {}
 
+  def step_cost(self, target_cost: float) -> float:
+    """A step's cost relative to an AR step, given its target forward's (`target_cost`, the
+    forward over the step's tokens relative to one over 1): that forward alone by default; a
+    drafter whose drafting runs the target's own layers adds them (early exit)."""
+    return target_cost
+
   def propose(self, env: Env, state: Any, cache: cache_lib.Cache, root_B: jax.Array,
               base_B: jax.Array, active_B: jax.Array
               ) -> tuple[trees.Tree, Any, cache_lib.Cache, jax.Array]:

@@ -90,9 +90,8 @@ class EarlyExitDrafter(drafter_lib.ChainDrafter):
     return not self.adapter and not self.dynamic
 
   def step_cost(self, target_cost: float) -> float:
-    """A step's cost relative to an AR step, given the target forward's over gamma + 1
-    tokens (`target_cost`): gamma draft tokens and the last one through the E of L layers,
-    the other L - E layers over the chain: (gamma + 1) E / L + (1 - E / L) target_cost."""
+    """gamma draft tokens and the last one through the E of L layers, the other L - E layers
+    over the chain: (gamma + 1) E / L + (1 - E / L) target_cost (`Drafter.step_cost`)."""
     if not self.num_layers:
       raise ValueError('step_cost needs a resolved drafter (num_layers).')
     f = self.exits[0] / self.num_layers
