@@ -27,9 +27,9 @@ never be: no drafts, no evidence); after AR steps only a slower discount acts, s
 shrink, the bound grows, and drafting is tried again now and then. A length is kept until
 another scores `margin` better (an AR step: until it scores better at all), and each
 length runs as its own inner loop (loop.adaptive_run): changing length copies the loop
-state, which on a CPU costs about half an AR step of the tiny model. The choice depends only on past steps, so every step is an ordinary lossless
-speculative step and the output is exact (greedy: AR's tokens; sampled: the target
-distribution).
+state, which on a CPU costs about half an AR step of the tiny model. The choice depends only
+on past steps, so every step is an ordinary lossless speculative step and the output is
+exact (greedy: AR's tokens; sampled: the target distribution).
 """
 
 from __future__ import annotations
