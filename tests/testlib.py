@@ -96,6 +96,20 @@ def lm_test_config(data_dir: str, **train_overrides):
 CODE_TEXT = 'def f(x):\n    return x + 1\n\nclass A:\n    pass\n' * 3
 
 
+def short_fine_tune(c, workdir: str, data_dir: str, steps: int = 4) -> list[dict]:
+  """Trains config `c` (a `test`-preset fine-tune whose init_from is set) for `steps` steps
+  of batch 8 on the test corpus into `workdir`; its metrics.jsonl rows."""
+  import json  # pylint: disable=g-import-not-at-top
+  from training import trainer  # pylint: disable=g-import-not-at-top
+  c.data.data_dir = data_dir
+  c.data.batch_size = 8
+  c.train.update(steps=steps, checkpoint_every=steps, eval_every=steps,
+                 async_checkpointing=False)
+  trainer.train_and_evaluate(c, workdir)
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(l) for l in f]
+
+
 def code_batch(tokenizer, roll: int, length: int = 33) -> dict[str, jax.Array]:
   """{'tokens': [2, length]}: a short code row and the same row rolled by `roll`."""
   import numpy as np  # pylint: disable=g-import-not-at-top

@@ -2,20 +2,17 @@
 over the first l layers), the total weighs them as documented, a small step along the
 gradient lowers it, and a short fine-tune from an AR run decodes with `layerskip` exactly."""
 
-import json
-import os
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
+import testlib
 from testlib import small_config
 from configs import layerskip as layerskip_config
 from decoding import SamplingConfig
 from models import Transformer, init_params
-from training import trainer
 from training.objectives import early_exit
 from training.objectives import make_objective
 from training.objectives import token_cross_entropy
@@ -88,13 +85,9 @@ def test_bad_settings_give_clear_errors():
 
 def test_fine_tune_from_an_ar_run_then_self_speculate(tmp_path, data_dir, trained_workdir):
   c = layerskip_config.get_config('test')
-  c.data.data_dir = data_dir
-  c.data.batch_size = 8
   c.exit.init_from = trained_workdir
-  c.train.update(steps=4, checkpoint_every=4, eval_every=4, async_checkpointing=False)
   workdir = str(tmp_path / 'layerskip')
-  trainer.train_and_evaluate(c, workdir)
-  rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  rows = testlib.short_fine_tune(c, workdir, data_dir)
   first = [r for r in rows if r['split'] == 'train'][0]
   evals = [r for r in rows if r['split'] == 'eval']
   assert evals and {'full_loss', 'exit1_accuracy'} <= set(evals[-1])

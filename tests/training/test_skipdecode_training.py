@@ -1,16 +1,13 @@
 """SkipDecode fine-tuning: random profiles never decrease, and a short run from an AR
 checkpoint trains, reports the full model's loss and decodes with `skipdecode`."""
 
-import json
-import os
-
 import jax
 import numpy as np
 import pytest
 
+import testlib
 from configs import skipdecode as skip_config
 from decoding import SamplingConfig
-from training import trainer
 from training.objectives import skipdecode as skip_objective
 from workbench import Workbench
 
@@ -39,13 +36,9 @@ def test_bad_settings_give_clear_errors():
 
 def test_fine_tune_from_an_ar_run_then_decode(tmp_path, data_dir, trained_workdir):
   c = skip_config.get_config('test')
-  c.data.data_dir = data_dir
-  c.data.batch_size = 8
   c.skip.init_from = trained_workdir
-  c.train.update(steps=4, checkpoint_every=4, eval_every=4, async_checkpointing=False)
   workdir = str(tmp_path / 'skip')
-  trainer.train_and_evaluate(c, workdir)
-  rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  rows = testlib.short_fine_tune(c, workdir, data_dir)
   first = [r for r in rows if r['split'] == 'train'][0]
   evals = [r for r in rows if r['split'] == 'eval']
   assert evals and 'full_loss' in evals[-1] and 'mean_skip' in evals[-1]
