@@ -41,6 +41,7 @@ import jax.numpy as jnp
 from decoding import base
 from models import cache as cache_lib
 from models import config as config_lib
+import pallas_kernels.common as kernel_common
 
 
 @flax.struct.dataclass
@@ -111,7 +112,7 @@ class H2OPolicy:
     held = pos_BxP >= 0
     recent = pos_BxP > (prompt_len_B - 1)[:, None] - self.recent
     priority = jnp.where(held, jnp.where(recent, jnp.inf, scores_BxP), -jnp.inf)
-    _, idx_BxK = jax.lax.top_k(priority, S - 1)  # the kept slots, the held ones first
+    _, idx_BxK = kernel_common.top_k(priority, S - 1)  # the kept slots, the held ones first
     ok_BxK = jnp.arange(S - 1)[None] < keep_B[:, None]
     return logits_BxV, H2OCache(cache=compact(full, idx_BxK, ok_BxK, S),
                                 scores_BxS=_pad(jnp.where(ok_BxK, jnp.take_along_axis(

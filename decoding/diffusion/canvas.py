@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from decoding import base
 from decoding import sampling as sampling_lib
 from models import kind as kind_lib
+import pallas_kernels.common as kernel_common
 
 NEG_INF = -jnp.inf
 
@@ -201,7 +202,7 @@ def token_stats(logits_BxWxV: jax.Array, keys_BxW: jax.Array,
   conf = jnp.exp(jnp.take_along_axis(logp, token[..., None], axis=-1)[..., 0])
   p = jnp.exp(logp)
   entropy = -jnp.sum(jnp.where(p > 0, p * logp, 0.0), axis=-1)
-  top2 = jax.lax.top_k(p, 2)[0]
+  top2 = kernel_common.top_k(p, 2)[0]
   return TokenStats(token=token, conf=conf, entropy=entropy, margin=top2[..., 0] - top2[..., 1])
 
 

@@ -38,6 +38,7 @@ from decoding.diffusion import canvas
 from models import cache as cache_lib
 from models import kind as kind_lib
 from pallas_kernels import spec_verify
+import pallas_kernels.common as kernel_common
 
 VERIFY = ('keys', 'chain')
 
@@ -83,7 +84,7 @@ def path_search(tok_BxGxK: jax.Array, logq_BxGxK: jax.Array, use_BxG: jax.Array,
     step = jnp.tile(logq_BxGxK[:, i], (1, K)) + bigram_weight * bonus
     step = jnp.where(use_BxG[:, i:i + 1], step, 0.0)
     total = jnp.repeat(score_BxK, K, axis=1) + step                # [B, K*K]
-    score_BxK, top = jax.lax.top_k(total, K)
+    score_BxK, top = kernel_common.top_k(total, K)
     src = top // K
     beams_BxKxG = jnp.take_along_axis(beams_BxKxG, src[..., None], axis=1)
     new = jnp.take_along_axis(b, top, axis=1)
@@ -176,7 +177,7 @@ class DiffuSpecDecoder(canvas.DiffusionDecoder):
       e = (c - shift)[:, None] + g_1xG
       dl = jnp.take_along_axis(dout.logits_BxTxV, e[..., None], axis=1)
       logq = jax.nn.log_softmax(dl.astype(jnp.float32).at[..., self.mask_id].set(-jnp.inf), -1)
-      logq_k, tok_k = jax.lax.top_k(logq, K)
+      logq_k, tok_k = kernel_common.top_k(logq, K)
       use = g_1xG < gamma[:, None]
       # 2. Causal-consistency path search.
       path = path_search(tok_k.astype(jnp.int32), logq_k, use, s.last_B, s.seq_BxL, c,

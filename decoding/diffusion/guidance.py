@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from models import attribute as attr_lib
+import pallas_kernels.common as kernel_common
 
 MODES = ('exact', 'taylor')
 
@@ -76,7 +77,7 @@ def delta_exact(cls_params: Any, seq_BxL: jax.Array, valid_BxL: jax.Array,
   B, M, V = logits_BxMxV.shape
   L = seq_BxL.shape[1]
   K = min(top_k, V)
-  cand_BxMxK = jax.lax.top_k(logits_BxMxV, K)[1].astype(seq_BxL.dtype)
+  cand_BxMxK = kernel_common.top_k(logits_BxMxV, K)[1].astype(seq_BxL.dtype)
   base = attr_lib.log_probs(cls_params, seq_BxL, valid_BxL)[:, target_class]
   filled = jnp.broadcast_to(seq_BxL[:, None, None, :], (B, M, K, L))
   hit = jnp.arange(L)[None, None, None, :] == idx_BxM[:, :, None, None]

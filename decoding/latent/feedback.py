@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from decoding import sampling as sampling_lib
+import pallas_kernels.common as kernel_common
 
 DISCRETE, CONCEPT, FULL, HIDDEN, GUMBEL, DIRICHLET, PAUSE = range(7)
 MODES: dict[str, int] = {'discrete': DISCRETE, 'concept': CONCEPT, 'full': FULL,
@@ -83,7 +84,8 @@ def entropy(logits_BxV: jax.Array) -> jax.Array:
 
 def topk_entropy(logits_BxV: jax.Array, k: int) -> jax.Array:
   """Entropy of the top-k probabilities renormalised (GlimpRouter's signal): [B]."""
-  vals_BxK = jax.lax.top_k(logits_BxV.astype(jnp.float32), min(k, logits_BxV.shape[-1]))[0]
+  vals_BxK = kernel_common.top_k(logits_BxV.astype(jnp.float32),
+                                 min(k, logits_BxV.shape[-1]))[0]
   return entropy(vals_BxK)
 
 
@@ -95,7 +97,7 @@ def concept_weights(logits_BxV: jax.Array, cfg: ConceptConfig
   """
   logp_BxV = sampling_lib.log_probs(logits_BxV, cfg.sampling)
   K = min(cfg.max_k, logp_BxV.shape[-1])
-  vals_BxK, ids_BxK = jax.lax.top_k(logp_BxV, K)
+  vals_BxK, ids_BxK = kernel_common.top_k(logp_BxV, K)
   return jax.nn.softmax(vals_BxK, axis=-1), ids_BxK.astype(jnp.int32)
 
 

@@ -42,6 +42,7 @@ from decoding import registry
 from decoding import sampling as sampling_lib
 from decoding.latent import feedback
 from models import cache as cache_lib
+import pallas_kernels.common as kernel_common
 
 ROUTER_TOPK = 8
 STEP_END_IDS = (ord('.'), ord('\n'), 262)  # byte tokenizer: '.', newline, </think>
@@ -53,7 +54,7 @@ def router_features(logits_BxV: jax.Array, hidden_BxD: jax.Array, embed_VxD: jax
                     ) -> jax.Array:
   """[B, K + 1 + 2D]: sorted top-K log-probs, entropy, hidden state, E[top token]."""
   logp_BxV = jax.nn.log_softmax(logits_BxV.astype(jnp.float32), -1)
-  top_BxK, ids_BxK = jax.lax.top_k(logp_BxV, ROUTER_TOPK)
+  top_BxK, ids_BxK = kernel_common.top_k(logp_BxV, ROUTER_TOPK)
   H_B = feedback.entropy(logits_BxV)
   e_BxD = jnp.take(embed_VxD, ids_BxK[:, 0], axis=0).astype(jnp.float32)
   return jnp.concatenate([top_BxK, H_B[:, None], hidden_BxD.astype(jnp.float32), e_BxD], -1)

@@ -39,6 +39,7 @@ from decoding.speculative import trees
 from decoding.speculative import verify as verify_lib
 from models import cache as cache_lib
 from models import masks
+import pallas_kernels.common as kernel_common
 
 DRAFT = 'draft'
 
@@ -339,7 +340,7 @@ class DraftModelDrafter(drafter_lib.Drafter):
       new_anc = jnp.take_along_axis(anc, jnp.repeat(frontier, k, axis=1)[:, :, None], 1)
       new_anc = new_anc.at[:, jnp.arange(k * k), new_ids].set(True)
       anc = anc.at[:, new_ids].set(new_anc)
-      top = jax.lax.top_k(score[:, new_ids], k)[1]
+      top = kernel_common.top_k(score[:, new_ids], k)[1]
       frontier = (start + top).astype(jnp.int32)
       beams.append(frontier)
     N = self.max_nodes - 1
@@ -352,7 +353,7 @@ class DraftModelDrafter(drafter_lib.Drafter):
       sel = sel - 1
     else:
       # EAGLE-2: keep the best `nodes` candidates (deterministic scores fall along paths).
-      sel_score, sel = jax.lax.top_k(score[:, 1:], N)
+      sel_score, sel = kernel_common.top_k(score[:, 1:], N)
     node_cand, parents, valid, anc = trees.select_candidates(sel, sel_score, cand_par, active_B,
                                                              D)
     tokens = jnp.take_along_axis(cand_tok, node_cand, 1)

@@ -30,6 +30,7 @@ from decoding.speculative import trees
 from decoding.speculative import verify as verify_lib
 from models import cache as cache_lib
 from models import transformer as transformer_lib
+import pallas_kernels.common as kernel_common
 
 
 def draft_loop(cond, body, carry, iterations: int, kind: str, can_stop_early: bool):
@@ -245,4 +246,4 @@ def draft_keys(env: Env, positions_B: jax.Array) -> jax.Array:
 
 def top_children(logits_BxNxV: jax.Array, k: int) -> jax.Array:
   """[B, N, k] the k highest-scoring tokens (ties: lowest id), for deterministic drafts."""
-  return jax.lax.top_k(logits_BxNxV.astype(jnp.float32), k)[1].astype(jnp.int32)
+  return kernel_common.top_k(logits_BxNxV.astype(jnp.float32), k)[1].astype(jnp.int32)

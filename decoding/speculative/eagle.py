@@ -39,6 +39,7 @@ from models import cache as cache_lib
 from models import eagle as eagle_lib
 from models import heads as heads_lib
 from models import kind as kind_lib
+import pallas_kernels.common as kernel_common
 
 
 @flax.struct.dataclass
@@ -221,7 +222,7 @@ class EagleDrafter(drafter_lib.Drafter):
     Dm = g_root.shape[-1]
     b = jnp.arange(B)[:, None]
     lp = jax.nn.log_softmax(logits_root.astype(jnp.float32), -1)
-    sc, tok = jax.lax.top_k(lp, k)
+    sc, tok = kernel_common.top_k(lp, k)
     cand_tok = jnp.zeros((B, C1), jnp.int32).at[:, 0].set(root_B).at[:, 1:k + 1].set(tok)
     cand_par = jnp.full((B, C1), -1, jnp.int32).at[:, 1:k + 1].set(0)
     cand_depth = jnp.zeros((B, C1), jnp.int32).at[:, 1:k + 1].set(1)
@@ -247,7 +248,7 @@ class EagleDrafter(drafter_lib.Drafter):
           slots=slots_all[:, :1] + frontier, mask=prefix | lifted)
       calls = calls + active_B
       lp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
-      csc, ctok = jax.lax.top_k(lp, k)  # [B, k, k]
+      csc, ctok = kernel_common.top_k(lp, k)  # [B, k, k]
       child_score = jnp.take_along_axis(score, frontier, 1)[..., None] + csc
       start = 1 + k + (d - 1) * k * k
       new_ids = start + jnp.arange(k * k)
@@ -259,7 +260,7 @@ class EagleDrafter(drafter_lib.Drafter):
       new_anc = jnp.take_along_axis(anc, jnp.repeat(frontier, k, axis=1)[:, :, None], 1)
       new_anc = new_anc.at[:, jnp.arange(k * k), new_ids].set(True)
       anc = anc.at[:, new_ids].set(new_anc)
-      frontier = (start + jax.lax.top_k(score[:, new_ids], k)[1]).astype(jnp.int32)
+      frontier = (start + kernel_common.top_k(score[:, new_ids], k)[1]).astype(jnp.int32)
     tree = select_tree(score, cand_tok, cand_par, cand_depth, active_B, self.max_nodes - 1, D,
                        k)
     return tree, dcache, calls
@@ -286,7 +287,7 @@ class EagleDrafter(drafter_lib.Drafter):
 def select_tree(score_BxC, cand_tok_BxC, cand_par_BxC, cand_depth_BxC, active_B, N: int,
                 D: int, k: int) -> trees.Tree:
   """The best N candidates (candidate 0 = the root) as a tree, parents before children."""
-  sel_score, sel = jax.lax.top_k(score_BxC[:, 1:], N)
+  sel_score, sel = kernel_common.top_k(score_BxC[:, 1:], N)
   node_cand, parents, valid, anc = trees.select_candidates(sel, sel_score, cand_par_BxC,
                                                            active_B, D)
   tokens = jnp.take_along_axis(cand_tok_BxC, node_cand, 1)

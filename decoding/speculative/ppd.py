@@ -51,6 +51,7 @@ from models import heads as heads_lib
 from models import kind as kind_lib
 from models import masks
 from models import ppd as ppd_lib
+import pallas_kernels.common as kernel_common
 
 # Top-r accuracy per prompt position when none is measured (depth 1, 2, 3, ...).
 PPD_PROFILE = ((0.6, 0.12, 0.05, 0.03, 0.02), (0.4, 0.1, 0.05, 0.03, 0.02),
@@ -175,7 +176,7 @@ def measure_accuracy(model: Any, model_params: Any, prompts_KxD: jax.Array,
   base, prompt = ppd_lib.forward_with_prompts(model, model_params, prompts_KxD, tokens_BxT)
   B, T, K, _ = prompt.shape
   top = jnp.argmax(base, -1)  # [B, T]
-  cand = jax.lax.top_k(prompt, ranks)[1]  # [B, T, K, R]
+  cand = kernel_common.top_k(prompt, ranks)[1]  # [B, T, K, R]
   out = np.zeros((K, ranks))
   for i in range(K):
     n = T - 1 - i

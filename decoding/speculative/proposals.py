@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from decoding import sampling as sampling_lib
+import pallas_kernels.common as kernel_common
 
 
 def _gumbel(keys_BxN: jax.Array, V: int) -> jax.Array:
@@ -47,7 +48,7 @@ def children(logits_BxNxV: jax.Array, k: int, how: str, sampling: sampling_lib.S
   B, N, V = logits.shape
   if how == 'deterministic' or sampling.greedy:
     score_BxNxV = jax.nn.log_softmax(logits, axis=-1)
-    score, tok = jax.lax.top_k(score_BxNxV, k)
+    score, tok = kernel_common.top_k(score_BxNxV, k)
     return tok.astype(jnp.int32), jnp.ones((B, N, k), bool), None, score
   if keys_BxN is None:
     raise ValueError(f'Sampled proposals ({how!r}) need random keys.')
@@ -60,7 +61,7 @@ def children(logits_BxNxV: jax.Array, k: int, how: str, sampling: sampling_lib.S
     return tok, jnp.isfinite(score), logq, score
   if how == 'wor':
     pert = logq + _gumbel(keys_BxN, V)
-    score, tok = jax.lax.top_k(pert, k)
+    score, tok = kernel_common.top_k(pert, k)
     return tok.astype(jnp.int32), jnp.isfinite(score), logq, score
   raise ValueError(f'Unknown proposal rule {how!r}.')
 

@@ -1,0 +1,59 @@
+"""`pallas_kernels.common.top_k`: `lax.top_k`'s answer, through XLA:CPU's TopK routine."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels import common
+
+
+def _numpy_top_k(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+  """Highest first, ties to the lowest index (a stable sort of -x)."""
+  ids = np.argsort(-x, axis=-1, kind='stable')[..., :k]
+  return np.take_along_axis(x, ids, axis=-1), ids
+
+
+@pytest.mark.parametrize('shape', [(9,), (4, 13), (2, 3, 40), (1, 1, 272)])
+def test_top_k_equals_a_stable_sort_with_ties_and_infinities(shape):
+  rng = np.random.default_rng(sum(shape))
+  x = rng.integers(-3, 3, size=shape).astype(np.float32)  # many equal values
+  x[rng.random(shape) < 0.2] = -np.inf
+  x[rng.random(shape) < 0.05] = np.inf
+  for k in sorted({1, 2, shape[-1] // 2, shape[-1]}):
+    values, ids = jax.jit(common.top_k, static_argnums=1)(jnp.asarray(x), k)
+    want_values, want_ids = _numpy_top_k(x, k)
+    assert ids.dtype == jnp.int32 and ids.shape == shape[:-1] + (k,)
+    np.testing.assert_array_equal(values, want_values, err_msg=f'k={k}')
+    np.testing.assert_array_equal(ids, want_ids, err_msg=f'k={k}')
+
+
+def test_top_k_keeps_the_cpu_fast_path_where_lax_top_k_loses_it():
+  """In a loop that uses two different slices of the result (as a drafter does), `lax.top_k`
+  compiles to a comparator sort on XLA:CPU; `top_k` to the TopK runtime call, same answer."""
+  if jax.default_backend() != 'cpu':
+    pytest.skip('an XLA:CPU compilation property')
+
+  def loop(fn):
+    def run(x):
+      def body(_, carry):
+        x, acc = carry
+        ids = fn(x, 8)[1]
+        return x + 1e-3 * ids[..., :1].astype(x.dtype), acc + ids
+      return jax.lax.fori_loop(0, 3, body, (x, jnp.zeros(x.shape[:-1] + (8,), jnp.int32)))
+    return jax.jit(run)
+
+  x = jax.random.normal(jax.random.key(0), (4, 272))
+  plain, ours = loop(jax.lax.top_k), loop(common.top_k)
+  assert 'custom_call_target="TopK"' not in plain.lower(x).compile().as_text()
+  assert 'custom_call_target="TopK"' in ours.lower(x).compile().as_text()
+  np.testing.assert_array_equal(ours(x)[1], plain(x)[1])
+
+
+def test_top_k_differentiates_and_vmaps_like_lax_top_k():
+  x = jax.random.normal(jax.random.key(2), (3, 2, 17))
+  grad = jax.grad(lambda x: jnp.sum(common.top_k(x, 3)[0] ** 2))(x)
+  want = jax.grad(lambda x: jnp.sum(jax.lax.top_k(x, 3)[0] ** 2))(x)
+  np.testing.assert_allclose(grad, want)
+  np.testing.assert_array_equal(jax.vmap(lambda r: common.top_k(r, 4)[1])(x),
+                                jax.lax.top_k(x, 4)[1])
