@@ -102,7 +102,7 @@ def log_probs(logits_BxV: jax.Array, cfg: SamplingConfig) -> jax.Array:
     logits = jnp.where(logits < kth, NEG_INF, logits)
   if cfg.top_p < 1.0:
     # Keep the smallest set of most likely tokens whose mass reaches top_p (ties kept).
-    sorted_desc = jnp.sort(logits, axis=-1)[..., ::-1]
+    sorted_desc = kernel_common.sort_descending(logits)
     probs_desc = jax.nn.softmax(sorted_desc, axis=-1)
     mass_before = jnp.cumsum(probs_desc, axis=-1) - probs_desc
     keep_sorted = mass_before < cfg.top_p

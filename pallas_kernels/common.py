@@ -133,3 +133,14 @@ def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     return values.reshape(lead + (k,)), ids.reshape(lead + (k,))
 
   return jax.lax.platform_dependent(x, cpu=cpu, default=lambda x: tuple(jax.lax.top_k(x, k)))
+
+
+def sort_descending(x: jax.Array) -> jax.Array:
+  """`jnp.sort(x, axis=-1)[..., ::-1]` for float32 rows: the V - 1 largest through `top_k`,
+  then the row's minimum. XLA:CPU's TopK routine does not take k = V, and with k = V - 1 it
+  beat the comparator sort on this 2-core CPU: [8, 272] 0.043 / 0.196 ms, [8, 32000]
+  27 / 45 ms."""
+  V = x.shape[-1]
+  if V == 1 or x.dtype != jnp.float32:
+    return jnp.sort(x, axis=-1)[..., ::-1]
+  return jnp.concatenate([top_k(x, V - 1)[0], jnp.min(x, axis=-1, keepdims=True)], axis=-1)

@@ -57,3 +57,13 @@ def test_top_k_differentiates_and_vmaps_like_lax_top_k():
   np.testing.assert_allclose(grad, want)
   np.testing.assert_array_equal(jax.vmap(lambda r: common.top_k(r, 4)[1])(x),
                                 jax.lax.top_k(x, 4)[1])
+
+
+@pytest.mark.parametrize('shape', [(1,), (7,), (3, 2, 50)])
+def test_sort_descending_equals_a_sort_with_ties_and_infinities(shape):
+  rng = np.random.default_rng(len(shape))
+  x = rng.integers(-3, 3, size=shape).astype(np.float32)
+  x[rng.random(shape) < 0.2] = -np.inf
+  x[rng.random(shape) < 0.05] = np.inf
+  got = jax.jit(common.sort_descending)(jnp.asarray(x))
+  np.testing.assert_array_equal(got, -np.sort(-x, axis=-1))
