@@ -59,6 +59,7 @@ import jax
 import jax.numpy as jnp
 
 from models import layers
+import pallas_kernels.common as kernel_common
 
 BITLM = 'bitlm'
 MASKED = 2  # bit state: 0, 1 or masked
@@ -415,7 +416,9 @@ def denoise_block(p: Any, cond_BxD: jax.Array, steps: int, vocab_size: int, *,
     conf = jax.nn.log_sigmoid(jnp.where(value == 1, logits, -logits)).reshape(B, M)
     masked = (state == MASKED).reshape(B, M)
     conf = jnp.where(masked, conf, -jnp.inf)
-    rank = jnp.argsort(jnp.argsort(-conf, axis=-1, stable=True), axis=-1, stable=True)
+    order = kernel_common.argsort_descending(conf)  # ties: lowest index first
+    rank = jnp.zeros_like(order).at[jnp.arange(B)[:, None], order].set(
+        jnp.broadcast_to(jnp.arange(M, dtype=order.dtype), (B, M)))
     take = (masked & (rank < counts[s])).reshape(B, K, nb)
     return (jnp.where(take, value, state), jnp.where(take, logits, committed))
 

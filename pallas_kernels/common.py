@@ -136,11 +136,34 @@ def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
 
 
 def sort_descending(x: jax.Array) -> jax.Array:
-  """`jnp.sort(x, axis=-1)[..., ::-1]` for float32 rows: the V - 1 largest through `top_k`,
-  then the row's minimum. XLA:CPU's TopK routine does not take k = V, and with k = V - 1 it
-  beat the comparator sort on this 2-core CPU: [8, 272] 0.043 / 0.196 ms, [8, 32000]
-  27 / 45 ms."""
+  """`jnp.sort(x, axis=-1)[..., ::-1]`. On XLA:CPU, float32 rows go through `top_k` (the
+  V - 1 largest, then the row's minimum): its TopK routine does not take k = V, and with
+  k = V - 1 it beat the comparator sort on this 2-core CPU: [8, 272] 0.043 / 0.196 ms,
+  [8, 32000] 27 / 45 ms. Other backends sort."""
   V = x.shape[-1]
+  by_sort = lambda x: jnp.sort(x, axis=-1)[..., ::-1]
   if V == 1 or x.dtype != jnp.float32:
-    return jnp.sort(x, axis=-1)[..., ::-1]
-  return jnp.concatenate([top_k(x, V - 1)[0], jnp.min(x, axis=-1, keepdims=True)], axis=-1)
+    return by_sort(x)
+
+  def cpu(x):
+    return jnp.concatenate([top_k(x, V - 1)[0], jnp.min(x, axis=-1, keepdims=True)], axis=-1)
+
+  return jax.lax.platform_dependent(x, cpu=cpu, default=by_sort)
+
+
+def argsort_descending(x: jax.Array) -> jax.Array:
+  """[..., N] int32: `jnp.argsort(-x, axis=-1, stable=True)` (highest first, ties to the
+  lowest index). On XLA:CPU, float32 rows go through `top_k` (the N - 1 first, then the one
+  index left), which runs in its TopK routine rather than a comparator sort. Other backends
+  sort."""
+  N = x.shape[-1]
+  by_sort = lambda x: jnp.argsort(-x, axis=-1, stable=True).astype(jnp.int32)
+  if N == 1 or x.dtype != jnp.float32:
+    return by_sort(x)
+
+  def cpu(x):
+    ids = top_k(x, N - 1)[1]
+    rest = N * (N - 1) // 2 - jnp.sum(ids, axis=-1, keepdims=True)
+    return jnp.concatenate([ids, rest.astype(jnp.int32)], axis=-1)
+
+  return jax.lax.platform_dependent(x, cpu=cpu, default=by_sort)

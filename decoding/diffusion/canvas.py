@@ -244,7 +244,7 @@ def top_k_mask(score_BxN: jax.Array, eligible_BxN: jax.Array, k_B: jax.Array | i
                ) -> jax.Array:
   """The k highest-scoring eligible positions per row (ties: lowest index)."""
   s = jnp.where(eligible_BxN, score_BxN, NEG_INF)
-  order = jnp.argsort(-s, axis=1, stable=True)
+  order = kernel_common.argsort_descending(s)
   B, N = s.shape
   rank = jnp.zeros((B, N), jnp.int32).at[jnp.arange(B)[:, None], order].set(
       jnp.broadcast_to(jnp.arange(N, dtype=jnp.int32), (B, N)))
@@ -255,7 +255,7 @@ def ranks(score_BxN: jax.Array, eligible_BxN: jax.Array) -> jax.Array:
   """Rank of each eligible position by descending score (ties: lowest index); N if not."""
   s = jnp.where(eligible_BxN, score_BxN, NEG_INF)
   B, N = s.shape
-  order = jnp.argsort(-s, axis=1, stable=True)
+  order = kernel_common.argsort_descending(s)
   r = jnp.zeros((B, N), jnp.int32).at[jnp.arange(B)[:, None], order].set(
       jnp.broadcast_to(jnp.arange(N, dtype=jnp.int32), (B, N)))
   return jnp.where(eligible_BxN, r, N)

@@ -67,3 +67,15 @@ def test_sort_descending_equals_a_sort_with_ties_and_infinities(shape):
   x[rng.random(shape) < 0.05] = np.inf
   got = jax.jit(common.sort_descending)(jnp.asarray(x))
   np.testing.assert_array_equal(got, -np.sort(-x, axis=-1))
+
+
+@pytest.mark.parametrize('shape', [(1,), (2,), (5, 33), (2, 3, 64)])
+def test_argsort_descending_equals_a_stable_argsort(shape):
+  rng = np.random.default_rng(7 + len(shape))
+  x = rng.integers(-2, 2, size=shape).astype(np.float32)  # ties everywhere
+  x[rng.random(shape) < 0.3] = -np.inf
+  got = jax.jit(common.argsort_descending)(jnp.asarray(x))
+  np.testing.assert_array_equal(got, np.argsort(-x, axis=-1, kind='stable'))
+  ints = rng.integers(0, 5, size=shape).astype(np.int32)
+  np.testing.assert_array_equal(jax.jit(common.argsort_descending)(jnp.asarray(ints)),
+                                np.argsort(-ints, axis=-1, kind='stable'))
