@@ -471,3 +471,21 @@ def test_eagle_recipe_variants_and_mean_table():
   text = eagle_recipe._body(rows, meta, ['a', 'b'])  # pylint: disable=protected-access
   assert '| a | 2 | 2.5 | 3.5 |' in text and '| b | 1 | 1 | 1.5 |' in text
   assert '| a | 1 | 0.500 | 3 | 4 | NO |' in text  # a row whose tokens differ from AR's
+
+
+def test_top_k_benchmark_compares_equal_results_and_restores_the_functions():
+  from benchmarks import top_k as top_k_bench  # pylint: disable=g-import-not-at-top
+  import pallas_kernels.common as kernel_common  # pylint: disable=g-import-not-at-top
+  ours = kernel_common.top_k
+  with top_k_bench.plain_orderings():
+    assert kernel_common.top_k is top_k_bench.plain_top_k
+  assert kernel_common.top_k is ours
+  rows = top_k_bench.measure_ops(steps=2, repeats=1)
+  assert len(rows) == len(top_k_bench.OPS) and all(r[-1] == 'yes' for r in rows), rows
+
+
+def test_top_k_benchmark_decodes_the_same_tokens_both_ways(trained_workdir):
+  from benchmarks import top_k as top_k_bench  # pylint: disable=g-import-not-at-top
+  rows, setting = top_k_bench.measure_decode(trained_workdir, 2, 8, 1)
+  assert [r[0] for r in rows] == ['before', 'after'] and all(r[-1] == 'yes' for r in rows)
+  assert 'top_k=50' in setting and rows[0][2] == '1.00x'
