@@ -121,10 +121,8 @@ def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
   routine instead. That recognition is fragile: it needs a rank-2 operand and sees through
   neither a second slice of the result nor a reshape it can fold away, so most call sites
   got the sort. Here the rows are flattened to [N, V] and the result goes through an
-  `optimization_barrier`, which keeps the pattern intact. Measured at XLA's usual
-  optimisation on this project's 2-core CPU: [4, 1, 272] k = 8 inside a decode loop 102 ->
-  3 us a call; [4000, 272] k = 8 101 -> 5.4 ms; [64, 32000] k = 64 313 -> 4.3 ms. Other
-  backends get `lax.top_k` unchanged.
+  `optimization_barrier`, which keeps the pattern intact (`python -m benchmarks.top_k`
+  times both at the decoders' call sites). Other backends get `lax.top_k` unchanged.
   """
   lead, V = x.shape[:-1], x.shape[-1]
 
@@ -138,8 +136,7 @@ def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
 def sort_descending(x: jax.Array) -> jax.Array:
   """`jnp.sort(x, axis=-1)[..., ::-1]`. On XLA:CPU, float32 rows go through `top_k` (the
   V - 1 largest, then the row's minimum): its TopK routine does not take k = V, and with
-  k = V - 1 it beat the comparator sort on this 2-core CPU: [8, 272] 0.043 / 0.196 ms,
-  [8, 32000] 27 / 45 ms. Other backends sort."""
+  k = V - 1 it beats the comparator sort (`benchmarks.top_k`). Other backends sort."""
   V = x.shape[-1]
   by_sort = lambda x: jnp.sort(x, axis=-1)[..., ::-1]
   if V == 1 or x.dtype != jnp.float32:
