@@ -171,6 +171,9 @@ def test_speedups_above_tau_are_flagged_in_the_tables(tmp_path, monkeypatch):
              sum_ms=1.0, overhead_share=0.2, speedup=1.7, ideal=1.4, equals_ar=True)
   text = open(step_cost.report([row, dict(row, speedup=1.2)], 'step_cost_t', 't')).read()
   assert '1.70x (!)' in text and '1.20x |' in text
+  sampled = open(step_cost.report([dict(row, equals_ar=None)], 'step_cost_s', 't',
+                                  SamplingConfig(temperature=1.0))).read()
+  assert 'Sampled (' in sampled and sampled.rstrip().endswith('| - |'), sampled
   sys_row = dict(device='cpu', preset='test', dtype='float32', verifier='chain k=4',
                  tokens_per_step=5, alpha=0.8, batch=1, tau=2.0, tokens_per_s=10.0,
                  ar_tokens_per_s=4.0, speedup=2.5, ideal=2.2, t_ar_ms=1.0, t_fwd_ms=1.0,
