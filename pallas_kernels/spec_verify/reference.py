@@ -73,6 +73,10 @@ def kseq_rho(p_V: jax.Array, q_V: jax.Array, k: jax.Array) -> jax.Array:
   f(rho) = 1 - (1 - beta(rho))^k - rho beta(rho) is decreasing, f(1) >= 0 >= f(k); the upper
   end of the bracket keeps f <= 0, which is what makes the residual non-negative.
   Leading axes broadcast; k is the number of i.i.d. children (>= 1).
+
+  At most KSEQ_ITERS halvings; the loop stops early once no bracket changes any more (its
+  ends are adjacent floats, so every further halving is a no-op): the same rho as all
+  KSEQ_ITERS steps, in the ~25 a float32 bracket of width < 64 needs.
   """
   k = jnp.maximum(jnp.asarray(k, jnp.float32), 1.0)
   lo = jnp.ones(p_V.shape[:-1], jnp.float32)
@@ -82,19 +86,23 @@ def kseq_rho(p_V: jax.Array, q_V: jax.Array, k: jax.Array) -> jax.Array:
     beta = kseq_beta(p_V, q_V, rho)
     return 1.0 - (1.0 - beta) ** k - rho * beta
 
-  def body(_, bracket):
-    lo, hi = bracket
+  def body(carry):
+    i, lo, hi, _ = carry
     mid = 0.5 * (lo + hi)
     neg = f(mid) <= 0
-    return jnp.where(neg, lo, mid), jnp.where(neg, mid, hi)
+    new_lo, new_hi = jnp.where(neg, lo, mid), jnp.where(neg, mid, hi)
+    return i + 1, new_lo, new_hi, jnp.any((new_lo != lo) | (new_hi != hi))
 
-  lo, hi = jax.lax.fori_loop(0, KSEQ_ITERS, body, (lo, hi))
+  _, lo, hi, _ = jax.lax.while_loop(lambda c: (c[0] < KSEQ_ITERS) & c[3], body,
+                                    (0, lo, hi, jnp.bool_(True)))
   return hi
 
 
-def kseq_residual(p_V: jax.Array, q_V: jax.Array, k: jax.Array) -> jax.Array:
-  """The K-SEQ residual distribution after all k i.i.d. children were rejected."""
-  rho = kseq_rho(p_V, q_V, k)
+def kseq_residual(p_V: jax.Array, q_V: jax.Array, k: jax.Array,
+                  rho: jax.Array | None = None) -> jax.Array:
+  """The K-SEQ residual distribution after all k i.i.d. children were rejected (`rho`:
+  `kseq_rho(p_V, q_V, k)` when the caller has it already)."""
+  rho = kseq_rho(p_V, q_V, k) if rho is None else rho
   beta = kseq_beta(p_V, q_V, rho)
   kf = jnp.maximum(jnp.asarray(k, jnp.float32), 1.0)
   c = (1.0 - (1.0 - beta) ** kf) / jnp.maximum(beta, _TINY)
@@ -199,7 +207,7 @@ def _verify_row(logp_TxV, logq_TxV, tokens_T, children_TxK, u_DxK, mode, depth):
 
     (p_V, _, chosen), _ = jax.lax.scan(body, (p0_V, q0_V, jnp.int32(-1)), jnp.arange(K))
     if mode == 'kseq':
-      p_V = jnp.where(n_kids > 0, kseq_residual(p0_V, q0_V, n_kids), p0_V)
+      p_V = jnp.where(n_kids > 0, kseq_residual(p0_V, q0_V, n_kids, rho), p0_V)
     return chosen, p_V
 
   def step(carry, d):

@@ -25,6 +25,7 @@ import pytest
 from scipy import stats
 
 import pallas_kernels.spec_verify as sv
+from pallas_kernels.spec_verify import reference as spec_verify_reference
 import testlib
 from decoding import sampling
 
@@ -287,6 +288,27 @@ def test_kseq_rho_solves_its_equation():
     assert bool(jnp.all((rho >= 1) & (rho <= n)))
     np.testing.assert_allclose(r.sum(-1), 1.0, atol=1e-5)
     assert bool(jnp.all(r >= 0))
+
+
+def test_kseq_rho_equals_every_step_of_the_bisection():
+  """Stopping once the brackets stop moving gives the rho of all KSEQ_ITERS halvings."""
+  def full_bisection(p, q, n):
+    k = jnp.float32(n)
+    lo, hi = jnp.ones(p.shape[:-1], jnp.float32), jnp.full(p.shape[:-1], k, jnp.float32)
+    for _ in range(spec_verify_reference.KSEQ_ITERS):
+      mid = 0.5 * (lo + hi)
+      beta = sv.kseq_beta(p, q, mid)
+      neg = 1.0 - (1.0 - beta) ** k - mid * beta <= 0
+      lo, hi = jnp.where(neg, lo, mid), jnp.where(neg, mid, hi)
+    return hi
+
+  keys = jax.random.split(jax.random.key(11), 2)
+  p = jax.nn.softmax(3 * jax.random.normal(keys[0], (32, V)))
+  q = jax.nn.softmax(3 * jax.random.normal(keys[1], (32, V)))
+  for n in (1, 2, 3, 5, 8, 40):
+    np.testing.assert_array_equal(jax.jit(sv.kseq_rho, static_argnums=2)(p, q, n),
+                                  jax.jit(full_bisection, static_argnums=2)(p, q, n),
+                                  err_msg=f'k={n}')
 
 
 def test_bad_arguments():
