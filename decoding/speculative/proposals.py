@@ -4,7 +4,7 @@ The same `SamplingConfig` that makes the target's p makes the draft's q here, an
 that drew the children decides the verification rule:
 
   deterministic   top-k of the raw draft logits (EAGLE; greedy drafts)  -> 'deterministic'
-  iid / kseq      k i.i.d. samples from q (exponential race)            -> 'iid' / 'kseq'
+  iid / kseq      k i.i.d. samples from q (inverse CDF, one uniform each) -> 'iid' / 'kseq'
                   (how = 'traversal' draws the same way)                   / 'traversal'
   wor             k samples without replacement (Gumbel-top-k on log q)  -> 'wor'
 
@@ -25,6 +25,25 @@ def _gumbel(keys_BxN: jax.Array, V: int) -> jax.Array:
   `sampling.uniform_from_bits`."""
   bits = jax.vmap(jax.vmap(lambda k: jax.random.bits(k, (V,), jnp.uint32)))(keys_BxN)
   return -jnp.log(-jnp.log(sampling_lib.uniform_from_bits(bits)))
+
+
+def _inverse_cdf(logq_BxNxV: jax.Array, keys_BxNxK: jax.Array) -> jax.Array:
+  """[B, N, K] int32: K i.i.d. draws from each node's q, one uniform u per draw: the first
+  token whose cumulative mass reaches u times the total.
+
+  One random number per draw rather than V (an exponential race needs V Gumbels per draw:
+  on XLA:CPU generating them was most of a sampled multi-draft step outside the models,
+  benchmarks/results/step_cost_tiny_sampled.md). u lies strictly inside (0, 1)
+  (`sampling.uniform_from_bits`), so a token of zero mass is never drawn.
+  """
+  q = jnp.exp(logq_BxNxV)
+  cdf = jnp.cumsum(q, axis=-1)
+  bits = jax.vmap(jax.vmap(jax.vmap(lambda k: jax.random.bits(k, (), jnp.uint32))))(
+      keys_BxNxK)
+  u = sampling_lib.uniform_from_bits(bits) * cdf[..., -1:]  # [B, N, K]
+  below = cdf[:, :, None, :] < u[..., None]  # [B, N, K, V]
+  V = logq_BxNxV.shape[-1]
+  return jnp.minimum(jnp.sum(below, axis=-1), V - 1).astype(jnp.int32)
 
 
 def node_keys(keys_B: jax.Array, n: int, offset: int = 0) -> jax.Array:
@@ -54,9 +73,7 @@ def children(logits_BxNxV: jax.Array, k: int, how: str, sampling: sampling_lib.S
     raise ValueError(f'Sampled proposals ({how!r}) need random keys.')
   logq = sampling_lib.log_probs(logits, sampling)
   if how in ('iid', 'kseq', 'traversal'):
-    g = _gumbel(jax.vmap(jax.vmap(lambda kk: jax.random.split(kk, k)))(keys_BxN).reshape(
-        B, N * k), V).reshape(B, N, k, V)
-    tok = jnp.argmax(logq[:, :, None, :] + g, axis=-1).astype(jnp.int32)
+    tok = _inverse_cdf(logq, jax.vmap(jax.vmap(lambda kk: jax.random.split(kk, k)))(keys_BxN))
     score = jnp.take_along_axis(logq, tok, axis=-1)
     return tok, jnp.isfinite(score), logq, score
   if how == 'wor':

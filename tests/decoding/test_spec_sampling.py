@@ -65,6 +65,7 @@ def _exact_two_token(model, params, prompt):
     dict(tree='static', branching='3,2', verifier='wor'),        # Sequoia / RSD-C tree
     dict(tree='dynamic', top_k=3, gamma=2, verifier='wor'),      # RSD-S stochastic beams
     dict(tree='static', branching='3,2', verifier='traversal'),  # Traversal Verification
+    dict(tree='static', branching='3,2', verifier='kseq'),       # SpecTr K-SEQ
     dict(tree='static', tree_nodes=5, gamma=3, delay=1,         # delayed expansion (DDTE)
          verifier='traversal'),
     dict(tree='static', tree_nodes=5, gamma=3, delay=1, verifier='iid'),
@@ -73,7 +74,8 @@ def _exact_two_token(model, params, prompt):
     dict(decoder='jacobi_forcing', block=2, blocks=2, recycle=2),  # Jacobi blocks + recycling
     dict(decoder='layerskip', exit_layer=1, gamma=2, adaptive=True,  # early exit's AR step
          costs='1,9,9'),
-], ids=['chain-iid', 'tree-wor', 'dynamic-wor', 'tree-traversal', 'delayed-traversal',
+], ids=['chain-iid', 'tree-wor', 'dynamic-wor', 'tree-traversal', 'tree-kseq',
+        'delayed-traversal',
         'delayed-iid', 'adaptive-ar-step', 'jacobi_forcing', 'layerskip-adaptive-ar-step'])
 def test_two_token_prefix_distribution_matches_target(lm, exact, settings):
   target, draft, dp, prompt = lm
