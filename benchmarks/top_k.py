@@ -31,8 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from decoding import forward_timing
+from decoding import compare, forward_timing, limits, runner
+from decoding import sampling as sampling_lib
 import pallas_kernels.common as kernel_common
+import workbench
 
 
 def plain_top_k(x, k):
@@ -112,10 +114,6 @@ def measure_ops(steps: int, repeats: int) -> list[list[Any]]:
 def measure_decode(workdir: str, prompts_n: int, new_tokens: int, repeats: int
                    ) -> tuple[list[list[Any]], str]:
   """Sampled AR on `workdir`, both ways, passes alternated: table rows and a setting line."""
-  import workbench  # pylint: disable=g-import-not-at-top
-  from decoding import compare, limits, runner  # pylint: disable=g-import-not-at-top
-  from decoding import sampling as sampling_lib  # pylint: disable=g-import-not-at-top
-
   bench = workbench.Workbench.load(workdir)
   sampling = sampling_lib.SamplingConfig(temperature=0.7, top_k=50, top_p=0.9)
   decoder = bench.decoder('ar', sampling)
