@@ -29,8 +29,8 @@ def test_top_k_equals_a_stable_sort_with_ties_and_infinities(shape):
 
 
 def test_top_k_keeps_the_cpu_fast_path_where_lax_top_k_loses_it():
-  """In a loop that uses two different slices of the result (as a drafter does), `lax.top_k`
-  compiles to a comparator sort on XLA:CPU; `top_k` to the TopK runtime call, same answer."""
+  """In a loop that uses two different slices of the result, `top_k` compiles to XLA:CPU's
+  TopK runtime call (not a comparator sort), with `lax.top_k`'s answer."""
   if jax.default_backend() != 'cpu':
     pytest.skip('an XLA:CPU compilation property')
 
@@ -45,7 +45,8 @@ def test_top_k_keeps_the_cpu_fast_path_where_lax_top_k_loses_it():
 
   x = jax.random.normal(jax.random.key(0), (4, 272))
   plain, ours = loop(jax.lax.top_k), loop(common.top_k)
-  assert 'custom_call_target="TopK"' not in plain.lower(x).compile().as_text()
+  # Whether plain `lax.top_k` gets the routine in this loop is XLA's business, not asserted
+  # (with jax 0.10.2 it got the comparator sort when this test was written).
   assert 'custom_call_target="TopK"' in ours.lower(x).compile().as_text()
   np.testing.assert_array_equal(ours(x)[1], plain(x)[1])
 
