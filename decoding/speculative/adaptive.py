@@ -79,7 +79,7 @@ def ladder(gamma: int, *, with_ar: bool) -> tuple[int, ...]:
 def with_chain_length(d: drafter_lib.Drafter, gamma: int) -> drafter_lib.Drafter:
   """The same drafter drafting a chain of `gamma` tokens (a drafter with a `state_nodes`
   field keeps the per-node state of its longest chain, so that all lengths share it)."""
-  if not getattr(d, 'shares_state_across_lengths', True):
+  if not d.shares_state_across_lengths:
     raise ValueError(f'The {d.kind!r} drafter keeps a state that depends on its chain '
                      'length, so its draft length cannot change per step (adaptive=0).')
   fields = {f.name for f in dataclasses.fields(d)}
@@ -96,9 +96,8 @@ def allows_ar_step(d: drafter_lib.Drafter) -> bool:
   """Whether a step may skip drafting: the target forward does not rely on `propose` (or
   the drafter says its forward takes the root alone, `forwards_root_only`), and the drafter
   does not need to see every token through `propose` (`ar_step_ok`)."""
-  return (getattr(d, 'ar_step_ok', True)
-          and (type(d).target_forward is drafter_lib.Drafter.target_forward
-               or getattr(d, 'forwards_root_only', False)))
+  return d.ar_step_ok and (type(d).target_forward is drafter_lib.Drafter.target_forward
+                           or d.forwards_root_only)
 
 
 def step_costs(variants: Sequence[drafter_lib.Drafter | None],

@@ -102,6 +102,11 @@ class Drafter:
   kind: ClassVar[str] = ''
   has_q: ClassVar[bool] = False  # proposes with a distribution q (else deterministic rule)
   prefill_forwards: ClassVar[int] = 0  # other forwards spent in `init` (a draft's prefill)
+  # What the adaptive draft length (adaptive.py) may do with this drafter; a subclass
+  # overrides them as class attributes or properties.
+  shares_state_across_lengths: ClassVar[bool] = True  # its state fits every chain length
+  ar_step_ok: ClassVar[bool] = True  # a step may skip `propose` (the drafter need not see it)
+  forwards_root_only: ClassVar[bool] = False  # its own target_forward takes a root-only tree
 
   @property
   def max_nodes(self) -> int:
