@@ -4,7 +4,7 @@ LayerSkip (Elhoushi et al. 2024) trains a model so that its shallow layers alrea
 the next token through the shared head; self-speculation (`layerskip` decoder) then drafts
 with the first E layers and verifies with the rest. Without such training a model's exit
 after E layers is a poor draft (on our `mem` target, exit 2 of 8: 0.47 of first drafts
-accepted). The loss here is
+accepted, benchmarks/results/speculative_raw_mem_cpu.md). The loss here is
 
   L = CE(final) + scale * sum_l w_l CE(head(final_norm(h_l))),   w_l = l / sum_k k,
 
@@ -70,7 +70,8 @@ def early_exit_objective(model: transformer_lib.Transformer,
   weights = exit_weights(s.layers)
   cfg = model.cfg
 
-  def losses(params, batch):
+  def loss_fn(params, batch, rng):
+    del rng
     tokens_BxT1 = batch['tokens']
     inputs_BxT, targets_BxT = tokens_BxT1[:, :-1], tokens_BxT1[:, 1:]
     weights_BxT = batch.get('weights', jnp.ones(targets_BxT.shape, jnp.float32))
@@ -86,10 +87,6 @@ def early_exit_objective(model: transformer_lib.Transformer,
       metrics[f'exit{l}_accuracy'] = m['accuracy']
     metrics.update(full_loss=final, full_accuracy=metrics.pop('accuracy'), loss=total)
     return total, metrics
-
-  def loss_fn(params, batch, rng):
-    del rng
-    return losses(params, batch)
 
   return Objective(loss_fn=loss_fn, init_model_params=params_from_run(
       model, s.init_from, 'exit.init_from') if s.init_from else None)
