@@ -207,6 +207,12 @@ def run_decoder(decoder: base.Decoder, models: base.Models, params: dict[str, An
     result = jax.block_until_ready(fn(params, *args))
     wall += time.perf_counter() - t0
     result = jax.device_get(result)
+    bad = int(np.sum(result.extra.get('bad_draft_steps', 0)))
+    if bad:
+      raise RuntimeError(
+          f'{decoder.name}: its drafter proposed token ids outside the vocabulary [0, '
+          f'{models.target.cfg.vocab_size}) in {bad} steps (a bug in the drafter: such ids '
+          'are never accepted, but its acceptance and speed are not what it would reach).')
     for r, i in enumerate(chunk):
       n = int(result.num_generated_B[r])
       rows.append(RowOutput(

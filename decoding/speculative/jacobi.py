@@ -53,14 +53,22 @@ def _next_guesses(pred_BxT: jax.Array, node_of_BxL: jax.Array, keep_B: jax.Array
   return jnp.where(active_B[:, None], new, old_BxC)
 
 
+def _shift_guesses(old_BxC: jax.Array, keep_B: jax.Array, active_B: jax.Array) -> jax.Array:
+  """Guesses after a step that verified none of them (an AR step) and committed keep_B
+  tokens, [B, C]: old guess keep + j for new position j (the last one repeated beyond C)."""
+  C = old_BxC.shape[1]
+  src_BxC = jnp.minimum(keep_B[:, None] + jnp.arange(C)[None], C - 1)
+  return jnp.where(active_B[:, None], jnp.take_along_axis(old_BxC, src_BxC, axis=1), old_BxC)
+
+
 @dataclasses.dataclass(frozen=True)
 class JacobiDrafter(drafter_lib.ChainDrafter):
   """Jacobi iteration over a window of `window` guesses (a chain).
 
   state_nodes: nodes of the longest window the state serves (0 = this one's): the state keeps
   max(window, state_nodes - 1) guesses and a step verifies the first `window`, so that windows
-  of several lengths share one state (adaptive.py; after an AR step, which skips the drafter,
-  the guesses lag one position, which costs acceptance, never correctness)."""
+  of several lengths share one state (adaptive.py; an AR step, which verifies no guess,
+  moves them on by the token it commits)."""
   kind: ClassVar[str] = 'jacobi'
   chain_field: ClassVar[str] = 'window'
   window: int = 5
@@ -77,8 +85,11 @@ class JacobiDrafter(drafter_lib.ChainDrafter):
     return tree, state, cache, jnp.zeros_like(base_B)
 
   def update(self, env, state, step):
+    B, T = step.out.logits_BxTxV.shape[:2]
+    if T == 1:  # an AR step (adaptive.py): no guess was verified, the root moved one on
+      return JacobiState(_shift_guesses(state.guess_BxW, step.keep_B, step.active_B))
     pred = jnp.argmax(step.out.logits_BxTxV, axis=-1).astype(jnp.int32)
-    B, W = state.guess_BxW.shape[0], self.window
+    W = self.window
     node_of = jnp.broadcast_to(jnp.arange(1, W + 1, dtype=jnp.int32), (B, W))
     return JacobiState(_next_guesses(pred, node_of, step.keep_B, state.guess_BxW,
                                      step.active_B))

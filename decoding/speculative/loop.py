@@ -39,6 +39,8 @@ class SpecState:
   accepted_by_depth_BxD: steps whose accepted path reached depth d + 1 (acceptance by
     position: divide by `steps_B`).
   steps_B, drafted_B: verification steps and drafted (non-root) nodes proposed.
+  bad_steps_B: steps whose tree held a token id outside the target's vocabulary (a drafter
+    bug: the forward reads such ids as 0 and they are never accepted; `run_decoder` raises).
   drafter: the drafter's own state.
   """
   cache: cache_lib.Cache
@@ -47,6 +49,7 @@ class SpecState:
   accepted_by_depth_BxD: jax.Array
   steps_B: jax.Array
   drafted_B: jax.Array
+  bad_steps_B: jax.Array
   drafter: Any
 
 
@@ -68,7 +71,7 @@ def init_state(drafter: drafter_lib.Drafter, env: drafter_lib.Env, *, eos_id: in
   return SpecState(
       cache=cache, last_B=first_B, progress=progress,
       accepted_by_depth_BxD=jnp.zeros((B, drafter.max_depth), jnp.int32),
-      steps_B=zeros, drafted_B=zeros,
+      steps_B=zeros, drafted_B=zeros, bad_steps_B=zeros,
       drafter=drafter.init(env, prefill, first_B))
 
 
@@ -127,7 +130,14 @@ def verify_and_commit(drafter: drafter_lib.Drafter, env: drafter_lib.Env, s: Spe
   """The target forward over `tree`, verification, commit, and the drafter's update."""
   active_B = s.progress.active_B
   base_B = env.prompt_len_B + s.progress.num_generated_B - 1
-  out, dstate = drafter.target_forward(env, dstate, cache, tree, base_B, active_B)
+  # An id outside the vocabulary would embed as NaN, whose keys/values in the cache's stale
+  # slots reach every later step through the masked products (0 * NaN): the forward reads
+  # it as 0; the verifier, which sees the id itself, never accepts it.
+  V = env.target.cfg.vocab_size
+  bad_B = jnp.any(tree.valid_BxT & ((tree.tokens_BxT < 0) | (tree.tokens_BxT >= V)), axis=1)
+  out, dstate = drafter.target_forward(
+      env, dstate, cache, tree.replace(tokens_BxT=jnp.clip(tree.tokens_BxT, 0, V - 1)),
+      base_B, active_B)
   verdict = verify_lib.verify(tree, out.logits_BxTxV, sampling=env.sampling, mode=env.mode,
                               depth=drafter.max_depth if depth is None else depth,
                               row_keys_B=env.row_keys_B, base_B=base_B, chain=True
@@ -153,7 +163,8 @@ def verify_and_commit(drafter: drafter_lib.Drafter, env: drafter_lib.Env, s: Spe
   return SpecState(
       cache=cache, last_B=last_B, progress=progress,
       accepted_by_depth_BxD=s.accepted_by_depth_BxD + reached_BxD * act[:, None],
-      steps_B=s.steps_B + act, drafted_B=s.drafted_B + drafted_B * act, drafter=dstate)
+      steps_B=s.steps_B + act, drafted_B=s.drafted_B + drafted_B * act,
+      bad_steps_B=s.bad_steps_B + (bad_B & active_B).astype(jnp.int32), drafter=dstate)
 
 
 def generate(drafter: drafter_lib.Drafter, env: drafter_lib.Env, *, eos_id: int,
@@ -170,6 +181,6 @@ def generate(drafter: drafter_lib.Drafter, env: drafter_lib.Env, *, eos_id: int,
 
 def result(drafter: drafter_lib.Drafter, s: SpecState) -> base.DecodeResult:
   extra = {'spec_steps': s.steps_B, 'accepted_by_depth': s.accepted_by_depth_BxD,
-           'drafted_tokens': s.drafted_B}
+           'drafted_tokens': s.drafted_B, 'bad_draft_steps': s.bad_steps_B}
   extra.update(drafter.extra_stats(s.drafter))
   return s.progress.result(extra)

@@ -3,7 +3,9 @@ equals the AR cache after every step, clear errors, and the recurrent rollback h
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -14,6 +16,7 @@ import pytest
 import testlib
 from testlib import small_config
 from decoding import Models, SamplingConfig, registry, run_decoder
+from decoding.speculative import adaptive
 from decoding.speculative import decoders as spec_decoders
 from decoding.speculative import drafter as drafter_lib
 from decoding.speculative import loop, trees, verify
@@ -114,6 +117,79 @@ def test_greedy_equals_ar_on_a_ragged_batch(setup, method):
   acc = stats.extra['accepted_by_depth']
   assert all(a >= b for a, b in zip(acc, acc[1:])) and acc[0] <= steps
 
+
+
+@dataclasses.dataclass(frozen=True)
+class _EveryThirdStepAR(adaptive.AdaptiveChain):
+  """An adaptive chain whose schedule is fixed: an AR step (variant 0) whenever the steps
+  taken so far are a multiple of 3, else the longest chain."""
+
+  def choose(self, state):
+    steps = jnp.max(jnp.sum(state.choices_BxV, axis=1))
+    return jnp.where(steps % 3 == 0, 0, len(self.gammas) - 1).astype(jnp.int32)
+
+
+ADAPTIVE_WITH_AR = [m for m, (name, s) in METHODS.items() if s.get('adaptive') and
+                    registry.build(name, s).get_drafter().gammas[0] == adaptive.AR]
+
+
+@pytest.mark.parametrize('method', ADAPTIVE_WITH_AR)
+def test_ar_steps_between_drafting_steps_keep_the_output_ar(setup, method):
+  """An AR step between drafting steps (an adaptive length's gamma = 0) leaves the drafter a
+  state its next draft can use: with AR and drafting steps interleaved the output is AR's,
+  and no draft holds an id outside the vocabulary (`run_decoder` raises on one: such an id
+  embeds as NaN, and once Jacobi's guesses after an AR step were such ids, the NaN keys in
+  the cache's stale slots made the output diverge from AR's)."""
+  models, params, eos, ref = setup
+  name, settings = METHODS[method]
+  gammas = registry.build(name, settings).get_drafter().gammas
+  # costs all 1: settings of no other test, so that `run_decoder` compiles this program anew
+  dec = registry.build(name, dict(settings, costs=','.join(['1'] * len(gammas))))
+  d = dec.get_drafter()
+  object.__setattr__(dec, '_drafter', _EveryThirdStepAR(
+      **{f.name: getattr(d, f.name) for f in dataclasses.fields(d)}))
+  stats = testlib.decode_like_ar(dec, models, params, PROMPTS, eos, ref, max_new_tokens=N_NEW,
+                                 cache_size=CACHE, pad_id=PAD)
+  used = np.asarray(stats.extra['adaptive_steps'])
+  assert used[0] > 0 and used[-1] > used[0], used  # both kinds of step ran
+  assert stats.extra['bad_draft_steps'] == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _OutOfVocab(drafter_lib.ChainDrafter):
+  """A broken drafter: its chain holds ids below 0 and at or above the vocabulary size."""
+  kind: ClassVar[str] = 'out_of_vocab'
+  gamma: int = 3
+
+  def propose(self, env, state, cache, root_B, base_B, active_B):
+    bad = jnp.asarray([-7, V, 2 ** 31 - 1], jnp.int32)[:self.gamma]
+    tokens = jnp.concatenate([root_B[:, None], jnp.broadcast_to(bad, (root_B.shape[0],
+                                                                      self.gamma))], axis=1)
+    tree = trees.from_template(trees.chain(self.gamma), tokens,
+                               jnp.broadcast_to(active_B[:, None], tokens.shape))
+    return tree, state, cache, jnp.zeros_like(base_B)
+
+
+def test_ids_outside_the_vocabulary_are_never_accepted_and_are_reported(setup):
+  """A draft id outside [0, V) would embed as NaN, and its keys/values, rejected but left in
+  the cache's stale slots, would reach every later step through the masked products: the
+  loop feeds such ids to the forward as 0 (the output stays AR's), counts the steps that held
+  one, and `run_decoder` raises on them."""
+  models, params, eos, ref = setup
+  B, P = len(PROMPTS), max(map(len, PROMPTS))
+  prompt = np.full((B, P), PAD, np.int32)
+  for i, p in enumerate(PROMPTS):
+    prompt[i, :len(p)] = p
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(B))
+  env = drafter_lib.Env(models=models, params=params, sampling=SamplingConfig(),
+                        mode='deterministic', row_keys_B=keys, prompt_BxP=jnp.asarray(prompt),
+                        prompt_len_B=jnp.asarray([len(p) for p in PROMPTS], jnp.int32),
+                        cache_size=CACHE, max_new_tokens=N_NEW)
+  out = jax.jit(lambda: loop.generate(_OutOfVocab(), env, eos_id=eos, pad_id=PAD))()
+  n = np.asarray(out.num_generated_B)
+  assert [list(np.asarray(out.tokens_BxN[b, :n[b]])) for b in range(B)] == ref
+  np.testing.assert_array_equal(out.extra['bad_draft_steps'], out.extra['spec_steps'])
+  assert np.all(np.asarray(out.extra['spec_steps']) > 0)
 
 def _step_fn(dec, models, params, eos):
   """init and step of the loop, jitted, to inspect the state between steps."""
