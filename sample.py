@@ -133,8 +133,12 @@ def main(argv):
       print(f'--- prompt {row.index} ---\n{tok.decode(row.prompt)}{bold}'
             f'{tok.decode(row.tokens)}{plain}')
   print()
-  table = compare.comparison_table(results)
+  table = compare.comparison_table(results, greedy=sampling.greedy)
   print(table)
+  if sampling.greedy:
+    for name in compare.mismatches(results):
+      cli.warn(f'{name} is lossless, yet at temperature 0 its tokens differ from '
+               f'{next(iter(results))}\'s: a bug (or, in low precision, a near tie).')
   if _RESULTS.value:
     body = (f'`{target.workdir}` (step {target.step}), {len(prompts)} prompts x '
             f'{_MAX_NEW.value} new tokens, batch size {_BATCH.value}, sampling {sampling}, '

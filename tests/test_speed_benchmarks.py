@@ -18,7 +18,7 @@ from testlib import small_config
 from benchmarks import (common, cost_model, diffusion_cost, forward_cost, harness, oracle,
                         spec_system, step_cost)
 from decoding import Models, SamplingConfig, compare, registry, run_decoder
-from decoding.runner import RunStats
+from decoding.runner import RowOutput, RunStats
 from models import Transformer, init_params
 
 V = 64
@@ -233,6 +233,33 @@ def test_sample_comparison_table_flags_speedups_above_tau():
   assert '2.50x (!)' in rows['prompt_lookup']
   assert '1.11x |' in rows['jacobi'] and '(!)' not in rows['jacobi']
 
+
+
+def test_sample_comparison_table_marks_lossless_rows_whose_greedy_tokens_differ():
+  """At temperature 0 the table says, per decoder, whether its tokens equal the first
+  decoder's; a lossless decoder that differs from AR is a bug and is marked (and named by
+  `mismatches`); a lossy one that differs is not; rows compare by prompt index, in any order."""
+  def run(name, tokens, lossless=True):
+    rows = [RowOutput(index=i, prompt=[1], tokens=t, target_forwards=len(t), other_forwards=0,
+                      step_tokens_hist=[], extra={}) for i, t in tokens]
+    return rows, RunStats(decoder=name, num_prompts=len(rows), generated=9,
+                          target_forwards=9, other_forwards=0, wall_time_s=1.0,
+                          compile_time_s=0.0, step_tokens_hist=[], extra={},
+                          lossless=lossless)
+  ar = [(0, [5, 6, 7]), (1, [8, 9, 10, 11, 12, 13])]
+  results = {'ar': run('ar', ar),
+             'prompt_lookup': run('prompt_lookup', ar[::-1]),               # same, reordered
+             'jacobi(adaptive=True)': run('jacobi', [ar[0], (1, [8, 9, 0, 0, 0, 0])]),
+             'ar(h2o=8)': run('ar', [ar[0], (1, [8, 9, 10, 1, 1, 1])], lossless=False)}
+  assert compare.mismatches(results) == ['jacobi(adaptive=True)']
+  rows = {line.split('|')[1].strip(): line.rstrip() for line in
+          compare.comparison_table(results, greedy=True).splitlines()[2:]}
+  assert rows['ar'].endswith('| - |') and rows['prompt_lookup'].endswith('| yes |')
+  assert rows['jacobi(adaptive=True)'].endswith('| NO (!) |')
+  assert rows['ar(h2o=8)'].endswith('| no |')
+  assert '= first' not in compare.comparison_table(results)  # sampled: no such column
+  # a lossy first decoder is no reference
+  assert compare.mismatches(dict([('h2o', results['ar(h2o=8)']), *results.items()])) == []
 
 def test_verifier_table_runs_and_traversal_is_not_below_iid(tmp_path, monkeypatch):
   """benchmarks/verifiers.py at toy size writes its table; on the same static tree (same
