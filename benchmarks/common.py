@@ -81,7 +81,7 @@ def provenance() -> str:
   """Device, versions, date, commit and the exact command: goes above every results table."""
   d = jax.devices()[0]
   lines = [f'- device: {d.platform} / {d.device_kind} x{jax.device_count()} '
-           f'({os.cpu_count()} host cores)',
+           f'({os.cpu_count()} host cores)', f'- host: {host_cpu()}',
            f'- versions: python {platform.python_version()}, jax {jax.__version__}']
   try:
     import flax  # pylint: disable=g-import-not-at-top
@@ -92,6 +92,32 @@ def provenance() -> str:
   lines.append(f'- commit: {git_commit()}')
   lines.append(f'- command: `python -m {_module()} {" ".join(sys.argv[1:])}`')
   return '\n'.join(lines)
+
+
+def host_cpu() -> str:
+  """The host's CPU model and last-level cache, e.g. 'Intel(R) Xeon(R) Processor, last-level
+  cache 480 MiB' (Linux; 'unknown' elsewhere). CPU timings depend on them: whether a preset's
+  weights fit in the cache decides whether its decoding is memory-bound (the `mem` preset's
+  126 MB do not fit a 32 MiB cache, but do fit a 480 MiB one)."""
+  model = 'unknown'
+  try:
+    with open('/proc/cpuinfo') as f:
+      model = next((line.split(':', 1)[1].strip() for line in f
+                    if line.startswith('model name')), model)
+  except OSError:
+    pass
+  base = '/sys/devices/system/cpu/cpu0/cache'
+  size = None
+  try:
+    for index in sorted(os.listdir(base)):
+      with open(os.path.join(base, index, 'size')) as f:
+        size = f.read().strip()  # the highest level comes last
+  except (OSError, ValueError):
+    pass
+  if size and size.endswith('K') and size[:-1].isdigit():
+    kib = int(size[:-1])
+    size = f'{kib // 1024} MiB' if kib >= 1024 else f'{kib} KiB'
+  return f'{model}, last-level cache {size}' if size else model
 
 
 def _module() -> str:
