@@ -26,8 +26,8 @@ whose break-even acceptance is above 1/2 is tried at all (with the estimate alon
 never be: no drafts, no evidence); after AR steps only a slower discount acts, so the counts
 shrink, the bound grows, and drafting is tried again now and then. A length is kept until
 another scores `margin` better (an AR step: until it scores better at all), and each
-length runs as its own inner loop (loop.adaptive_run): changing length copies the loop
-state, which on a CPU costs about half an AR step of the tiny model. The choice depends only
+length runs as its own inner loop (loop.adaptive_run), the state flowing from one to the
+next in place, so changing length costs only condition checks. The choice depends only
 on past steps, so every step is an ordinary lossless speculative step and the output is
 exact (greedy: AR's tokens; sampled: the target distribution).
 """
@@ -55,8 +55,8 @@ class AdaptState:
   accepted, tests: discounted accepted drafts and accept tests over the batch (scalars).
   current: the variant running now (-1 before the first step).
   choices_BxV: steps each row ran with each variant (statistics).
-  phases_B: runs of one length (each after the first a change of length: a copy of the
-    loop state) while the row was active (statistics)."""
+  phases_B: runs of one length (each after the first a change of length) while the row was
+    active (statistics)."""
   inner: Any
   accepted: jax.Array
   tests: jax.Array
@@ -123,8 +123,8 @@ class AdaptiveChain(drafter_lib.Drafter):
   decay: discount of the counts per drafting step; ar_decay: per AR step (slower, so that
     drafting is retried now and then but not every few steps).
   margin: another length is chosen only when its score beats the current one's by this
-    factor (each change of length costs a copy of the loop state, see loop.adaptive_run);
-    an AR step as soon as it scores higher (AR phases run long, and a drafting step's
+    factor (so that the length does not flap between two of nearly equal value); an AR
+    step as soon as it scores higher (AR phases run long, and a drafting step's
     costs beyond the forward, such as a drafter's own updates, are not in its score).
   explore: standard errors of the acceptance estimate added to it (0 = the estimate alone).
   """

@@ -37,11 +37,25 @@ def _loop_bodies(hlo: str) -> dict[str, list[str]]:
   return {n: comps[n] for n in bodies if n in comps}
 
 
-def _cache_copies(hlo: str, cache: Cache) -> list[str]:
+def _computations(hlo: str) -> dict[str, list[str]]:
+  """{computation name: its lines} for every computation but the entry."""
+  comps, name = {}, None
+  for line in hlo.splitlines():
+    m = None if line.startswith('ENTRY') else re.match(r'^%?([\w.\-]+) .*\{$', line)
+    name = m.group(1) if m else (None if line.startswith('ENTRY') else name)
+    if m:
+      comps[name] = []
+    elif name is not None:
+      comps[name].append(line)
+  return comps
+
+
+def _cache_copies(hlo: str, cache: Cache, bodies: dict[str, list[str]] | None = None
+                  ) -> list[str]:
   shapes = {f'f32[{",".join(map(str, x.shape))}]' for layer in cache.layers
             for x in (layer.k, layer.v)}
   bad = []
-  for body in _loop_bodies(hlo).values():
+  for body in (_loop_bodies(hlo) if bodies is None else bodies).values():
     for line in body:
       m = re.match(r'\s*(?:ROOT )?%?([\w.\-]+) = (\S+?)\{[\d,]*\} ([\w\-]+)\(', line)
       if not m or m.group(2) not in shapes:
@@ -106,3 +120,25 @@ def test_skipping_and_evicting_decode_loops_do_not_copy_the_cache(spec, size, ba
                               pad_id=0).compile().as_text()
   assert _loop_bodies(hlo), 'no while loop found in the compiled program'
   assert not _cache_copies(hlo, Cache.init(cfg, batch, size))
+
+
+@pytest.mark.parametrize('batch', [1, 3])
+def test_adaptive_draft_length_changes_length_without_copying_the_cache(batch):
+  """An adaptive chain runs one loop per length; the state flows from loop to loop (a
+  `lax.switch` choosing the loop copied every layer's cache into the chosen branch at each
+  change of length): no computation but the entry copies a cache buffer."""
+  cfg = small_config(num_layers=2)
+  model = Transformer(cfg)
+  params = {'target': init_params(model, jax.random.key(0))}
+  prompt = jnp.ones((batch, 8), jnp.int32)
+  lengths = jnp.full((batch,), 5, jnp.int32)
+  keys = jax.random.split(jax.random.key(1), batch)
+  # chains of up to 2 drafts: the attention's probabilities [B, K, S, G * T] never take a
+  # cache buffer's shape [B, K, S, Dh] (G * T <= 6 < Dh = 8)
+  dec = registry.build('prompt_lookup', dict(gamma=2, adaptive=True, costs='1,1.1,1.2'))
+  hlo = runner.lower_generate(dec, Models(model), params, prompt, lengths, keys,
+                              max_new_tokens=16, cache_size=S, eos_id=-1,
+                              pad_id=0).compile().as_text()
+  assert len(re.findall(r' while\(', hlo)) >= 4  # the outer loop and one per length
+  cache = Cache.init(cfg, batch, S)
+  assert not _cache_copies(hlo, cache, _computations(hlo))
