@@ -1,6 +1,7 @@
 """benchmarks.common.provenance: every results file says which commit of the code ran."""
 
 import os
+import re
 import subprocess
 
 from benchmarks import common
@@ -42,9 +43,14 @@ def test_without_git_the_commit_comes_from_the_environment(tmp_path, monkeypatch
 def test_provenance_lists_device_versions_date_commit_and_command():
   lines = common.provenance().splitlines()
   keys = [line.split(':', 1)[0] for line in lines]
-  assert keys == ['- device', '- versions', '- date', '- commit', '- command']
+  assert keys == ['- device', '- host', '- versions', '- date', '- commit', '- command']
   head = _git(os.path.dirname(common.RESULTS_DIR), 'rev-parse', 'HEAD')
-  assert lines[3].startswith(f'- commit: {head[:12]}')
+  assert lines[4].startswith(f'- commit: {head[:12]}')
+  # the CPU's model, and its last-level cache where Linux's sysfs tells it
+  host = lines[1].removeprefix('- host: ')
+  assert host and host != 'unknown'
+  if os.path.isdir('/sys/devices/system/cpu/cpu0/cache'):
+    assert re.search(r', last-level cache \d+ (MiB|KiB)$', host), host
 
 
 def test_the_sent_commit_wins_over_a_stale_checkout(tmp_path, monkeypatch):
