@@ -16,7 +16,7 @@ per-layer acceptance estimated on "shadow tokens": after each verification the h
 after every layer at the accepted nodes goes through the shared head, and each candidate
 exit's agreement with the committed tokens updates a running acceptance rate. The step then
 uses the (exit, length) maximising tokens per unit of compute,
-(1 - a^(g+1)) / (1 - a) / (g E / L + 1). One exit per batch (`lax.switch` over the
+(1 - a^(g+1)) / (1 - a) / (g E / L + 1). One exit per batch (`switch_in_place` over the
 candidates), so sampled DEL outputs depend on the batch (greedy ones never do).
 """
 
@@ -217,10 +217,14 @@ class EarlyExitDrafter(drafter_lib.ChainDrafter):
     if self.dynamic:
       e_idx, g = self._choose(state, active_B, L)
       limit_B = jnp.broadcast_to(g, root_B.shape)
-      branches = [
-          (lambda e: lambda args: self._draft(e, env, state, *args))(e) for e in self.exits]
-      cache, adapter, tokens, valid, h_all, hs, calls = jax.lax.switch(
-          e_idx, branches, (cache, root_B, base_B, active_B, limit_B))
+      branches = [(lambda e: lambda c: self._draft(e, env, state, c[0], root_B, base_B,
+                                                   active_B, limit_B))(e) for e in self.exits]
+      # in place: a lax.switch would copy the cache into the chosen branch every step
+      G, B = self.gamma, root_B.shape[0]
+      cache, adapter, tokens, valid, h_all, hs, calls = drafter_lib.switch_in_place(
+          e_idx, branches, (cache, state.adapter, jnp.zeros((B, G + 1), jnp.int32),
+                            jnp.zeros((B, G + 1), bool), state.h_BxTxD, state.hs_BxTxLxD,
+                            jnp.zeros((B,), jnp.int32)))
       hist = state.exit_hist_BxE + jax.nn.one_hot(e_idx, len(self.exits), dtype=jnp.int32)[
           None] * active_B[:, None]
     else:
@@ -280,10 +284,17 @@ class EarlyExitDrafter(drafter_lib.ChainDrafter):
     if tree.tokens_BxT.shape[1] == 1:  # an AR step of an adaptive length: nothing to reuse
       return super().target_forward(env, state, cache, tree, base_B, active_B)
     if self.dynamic:
-      branches = [(lambda e: lambda args: self._verify_forward(e, env, state, *args))(e)
+      branches = [(lambda e: lambda c: self._verify_forward(e, env, state, c[0].cache, tree,
+                                                            base_B, active_B))(e)
                   for e in self.exits]
-      out, adapter, shadow = jax.lax.switch(state.exit_idx, branches,
-                                            (cache, tree, base_B, active_B))
+      # in place (see propose); the first exit's output shapes stand for all
+      shapes = jax.eval_shape(lambda: self._verify_forward(self.exits[0], env, state, cache,
+                                                           tree, base_B, active_B))
+      fill = lambda x: jnp.zeros(x.shape, x.dtype)
+      out, adapter, shadow = drafter_lib.switch_in_place(state.exit_idx, branches, (
+          shapes[0].replace(logits_BxTxV=fill(shapes[0].logits_BxTxV), cache=cache,
+                            last_hidden_BxTxD=fill(shapes[0].last_hidden_BxTxD)),
+          state.adapter, jax.tree.map(fill, shapes[2])))
       return out, state.replace(adapter=adapter, shadow_ExBxT=shadow)
     out, adapter, _ = self._verify_forward(self.exits[0], env, state, cache, tree, base_B,
                                            active_B)

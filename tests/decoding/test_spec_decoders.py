@@ -558,3 +558,17 @@ def test_draft_loop_runs_a_fixed_count_unless_rows_can_stop_early():
   assert 'while' in prims(True)
   with pytest.raises(ValueError, match='draft_loop'):
     drafter_lib.draft_loop(cond, body, carry, 5, 'unrolled', False)
+
+
+@pytest.mark.parametrize('index', [0, 1, 2])
+def test_switch_in_place_equals_lax_switch(index):
+  """Each index runs its branch and only it (a branch run twice, or another one too, would
+  change the counter or the vector); the result equals lax.switch's, under jit too."""
+  branches = [lambda c, k=k: (c[0] + 1, c[1] * (k + 2) + k, c[2].at[k].add(1.0))
+              for k in range(3)]
+  carry = (jnp.int32(0), jnp.arange(4, dtype=jnp.int32), jnp.zeros((3,), jnp.float32))
+  want = jax.lax.switch(index, branches, carry)
+  for got in (drafter_lib.switch_in_place(jnp.int32(index), branches, carry),
+              jax.jit(lambda i: drafter_lib.switch_in_place(i, branches, carry))(index)):
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+  assert int(want[0]) == 1 and float(jnp.sum(want[2])) == 1.0

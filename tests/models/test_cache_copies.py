@@ -1,11 +1,12 @@
 """The compiled decode loop never copies the cache (CPU, the XLA this project pins).
 
 A copy of every layer's K/V per step costs more than the step's attention on a small model;
-two such copies were found in compiled programs (a layout XLA's matrix products did not take
-as it lay, and a one-slot write duplicated by fusion at batch 1). This checks the compiled
-HLO of AR decoding (also with H2O eviction), SkipDecode and a multi-token cached forward loop
-for instructions inside a while loop body that copy or transpose a buffer of a cache array's
-shape.
+such copies were found in compiled programs (a layout XLA's matrix products did not take as
+it lay, a one-slot write duplicated by fusion at batch 1, and the branches of a conditional
+around a forward). This checks the compiled HLO of AR decoding (also with H2O eviction),
+SkipDecode and a multi-token cached forward loop for instructions inside a while loop body
+that copy or transpose a buffer of a cache array's shape, and that of the adaptive draft
+length and of DEL for such instructions anywhere but the entry computation.
 """
 
 from __future__ import annotations
@@ -122,23 +123,25 @@ def test_skipping_and_evicting_decode_loops_do_not_copy_the_cache(spec, size, ba
   assert not _cache_copies(hlo, Cache.init(cfg, batch, size))
 
 
+@pytest.mark.parametrize('spec', ['prompt_lookup:gamma=2:adaptive=1:costs=1/1.1/1.2',
+                                  'del:gamma=2'])
 @pytest.mark.parametrize('batch', [1, 3])
-def test_adaptive_draft_length_changes_length_without_copying_the_cache(batch):
-  """An adaptive chain runs one loop per length; the state flows from loop to loop (a
+def test_speculative_loops_that_choose_per_step_do_not_copy_the_cache(spec, batch):
+  """An adaptive chain runs one loop per length, the state flowing from loop to loop (a
   `lax.switch` choosing the loop copied every layer's cache into the chosen branch at each
-  change of length): no computation but the entry copies a cache buffer."""
-  cfg = small_config(num_layers=2)
+  change of length); DEL chooses its exit layer every step through `switch_in_place` (a
+  `lax.switch` copied the cache three times a step). No computation but the entry copies a
+  cache buffer. Chains of up to 2 drafts: the attention's probabilities [B, K, S, G * T]
+  never take a cache buffer's shape [B, K, S, Dh] (G * T <= 6 < Dh = 8)."""
+  cfg = small_config(num_layers=3)
   model = Transformer(cfg)
   params = {'target': init_params(model, jax.random.key(0))}
   prompt = jnp.ones((batch, 8), jnp.int32)
   lengths = jnp.full((batch,), 5, jnp.int32)
   keys = jax.random.split(jax.random.key(1), batch)
-  # chains of up to 2 drafts: the attention's probabilities [B, K, S, G * T] never take a
-  # cache buffer's shape [B, K, S, Dh] (G * T <= 6 < Dh = 8)
-  dec = registry.build('prompt_lookup', dict(gamma=2, adaptive=True, costs='1,1.1,1.2'))
-  hlo = runner.lower_generate(dec, Models(model), params, prompt, lengths, keys,
-                              max_new_tokens=16, cache_size=S, eos_id=-1,
+  name, settings = registry.parse_spec(spec)
+  hlo = runner.lower_generate(registry.build(name, settings), Models(model), params, prompt,
+                              lengths, keys, max_new_tokens=16, cache_size=S, eos_id=-1,
                               pad_id=0).compile().as_text()
-  assert len(re.findall(r' while\(', hlo)) >= 4  # the outer loop and one per length
-  cache = Cache.init(cfg, batch, S)
-  assert not _cache_copies(hlo, cache, _computations(hlo))
+  assert len(re.findall(r' while\(', hlo)) >= 4  # adaptive: the outer loop, one per length
+  assert not _cache_copies(hlo, Cache.init(cfg, batch, S), _computations(hlo))
