@@ -14,7 +14,7 @@ prompt_BxP[b, :prompt_len_B[b]].
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import flax.struct
 import jax
@@ -245,3 +245,22 @@ def truncate_at_eos(new_BxK: jax.Array, count_B: jax.Array, room_B: jax.Array, e
   count_B = jnp.minimum(jnp.minimum(count_B, first_eos_B), room_B)
   hit_eos_B = is_eos_BxK.any(1) & (first_eos_B <= count_B)
   return count_B, hit_eos_B
+
+
+def switch_in_place(index: jax.Array, branches: Sequence[Callable[[Any], Any]], carry: Any
+                    ) -> Any:
+  """`lax.switch(index, branches, carry)` for branches carry -> carry (one structure) whose
+  carry holds large buffers that they update, such as the target's cache.
+
+  XLA gives every branch of a conditional its own copy of the buffers the branch writes:
+  every layer's keys and values on each call (DEL's choice of exit layer made three such
+  copies a step). Here branch i is the body of a while loop that runs once when `index` is i
+  and not at all otherwise; the loops run one after the other and the carry flows through
+  them in place. Placeholders in the carry for what a branch computes (rather than
+  updates) cost one fill each.
+  """
+  for i, branch in enumerate(branches):
+    carry = jax.lax.while_loop(
+        lambda c: c[0], lambda c, f=branch: (jnp.zeros((), bool), f(c[1])),
+        (jnp.asarray(index == i), carry))[1]
+  return carry

@@ -220,23 +220,27 @@ class CanvasDecoder(canvas.DiffusionDecoder):
         else:
           need = s.refreshed_blk_B != cur_B
 
-        def with_refresh(_):
-          lf, pf, sf, cf = full(s.seq_BxL, s.cache)
-          lw, pw, sw, cw = windowed(s.seq_BxL, s.cache, cur_B)
+        def with_refresh(c):  # c: (region logits, their mask, the cache), in place
+          lf, pf, sf, cf = full(s.seq_BxL, c[2])
+          lw, pw, sw, cw = windowed(s.seq_BxL, c[2], cur_B)
           rf, okf = region_logits(lf, pf, sf, n_BxR)
           rw, okw = region_logits(lw, pw, sw, n_BxR)
           return (canvas.select_rows(need, rf, rw), canvas.select_rows(need, okf, okw),
                   canvas.select_rows(need, cf, cw))
 
-        def without(_):
-          lw, pw, sw, cw = windowed(s.seq_BxL, s.cache, cur_B)
+        def without(c):
+          lw, pw, sw, cw = windowed(s.seq_BxL, c[2], cur_B)
           rw, okw = region_logits(lw, pw, sw, n_BxR)
           return rw, okw, cw
 
         if exact_cache:
-          rl, ok, new_cache = without(None)
-        else:
-          rl, ok, new_cache = jax.lax.cond(jnp.any(need & active), with_refresh, without, None)
+          rl, ok, new_cache = without((None, None, s.cache))
+        else:  # not lax.cond: its branches each got a copy of the cache (base.switch_in_place)
+          shapes = jax.eval_shape(without, (None, None, s.cache))
+          rl, ok, new_cache = base.switch_in_place(
+              jnp.any(need & active).astype(jnp.int32), [without, with_refresh],
+              (jnp.zeros(shapes[0].shape, shapes[0].dtype),
+               jnp.zeros(shapes[1].shape, shapes[1].dtype), s.cache))
         refreshed = jnp.where(need & active, cur_B, s.refreshed_blk_B)
       eligible = eligible & ok
       stats = canvas.token_stats(rl, keys_of(n_BxR), self.sampling, self.mask_id)

@@ -17,7 +17,7 @@ Self-speculative drafters (early exit) also write the target's cache while draft
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import flax.struct
 import jax
@@ -54,24 +54,6 @@ def draft_loop(cond, body, carry, iterations: int, kind: str, can_stop_early: bo
   return jax.lax.fori_loop(0, iterations, lambda _, c: body(c), carry)
 
 
-
-def switch_in_place(index: jax.Array, branches: Sequence[Callable[[Any], Any]], carry: Any
-                    ) -> Any:
-  """`lax.switch(index, branches, carry)` for branches carry -> carry (one structure) whose
-  carry holds large buffers that they update, such as the target's cache.
-
-  XLA gives every branch of a conditional its own copy of the buffers the branch writes:
-  every layer's keys and values on each call (DEL's choice of exit layer made three such
-  copies a step). Here branch i is the body of a while loop that runs once when `index` is
-  i and not at all otherwise; the loops run one after the other and the carry flows through
-  them in place. Placeholders in the carry for what a branch computes (rather than
-  updates) cost one fill each.
-  """
-  for i, branch in enumerate(branches):
-    carry = jax.lax.while_loop(
-        lambda c: c[0], lambda c, f=branch: (jnp.zeros((), bool), f(c[1])),
-        (jnp.asarray(index == i), carry))[1]
-  return carry
 
 @dataclasses.dataclass
 class Env:

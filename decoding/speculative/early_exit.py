@@ -221,7 +221,7 @@ class EarlyExitDrafter(drafter_lib.ChainDrafter):
                                                    active_B, limit_B))(e) for e in self.exits]
       # in place: a lax.switch would copy the cache into the chosen branch every step
       G, B = self.gamma, root_B.shape[0]
-      cache, adapter, tokens, valid, h_all, hs, calls = drafter_lib.switch_in_place(
+      cache, adapter, tokens, valid, h_all, hs, calls = base.switch_in_place(
           e_idx, branches, (cache, state.adapter, jnp.zeros((B, G + 1), jnp.int32),
                             jnp.zeros((B, G + 1), bool), state.h_BxTxD, state.hs_BxTxLxD,
                             jnp.zeros((B,), jnp.int32)))
@@ -291,7 +291,7 @@ class EarlyExitDrafter(drafter_lib.ChainDrafter):
       shapes = jax.eval_shape(lambda: self._verify_forward(self.exits[0], env, state, cache,
                                                            tree, base_B, active_B))
       fill = lambda x: jnp.zeros(x.shape, x.dtype)
-      out, adapter, shadow = drafter_lib.switch_in_place(state.exit_idx, branches, (
+      out, adapter, shadow = base.switch_in_place(state.exit_idx, branches, (
           shapes[0].replace(logits_BxTxV=fill(shapes[0].logits_BxTxV), cache=cache,
                             last_hidden_BxTxD=fill(shapes[0].last_hidden_BxTxD)),
           state.adapter, jax.tree.map(fill, shapes[2])))

@@ -15,7 +15,7 @@ import pytest
 
 import testlib
 from testlib import small_config
-from decoding import Models, SamplingConfig, registry, run_decoder
+from decoding import Models, SamplingConfig, base, registry, run_decoder
 from decoding.speculative import adaptive
 from decoding.speculative import decoders as spec_decoders
 from decoding.speculative import drafter as drafter_lib
@@ -568,7 +568,7 @@ def test_switch_in_place_equals_lax_switch(index):
               for k in range(3)]
   carry = (jnp.int32(0), jnp.arange(4, dtype=jnp.int32), jnp.zeros((3,), jnp.float32))
   want = jax.lax.switch(index, branches, carry)
-  for got in (drafter_lib.switch_in_place(jnp.int32(index), branches, carry),
-              jax.jit(lambda i: drafter_lib.switch_in_place(i, branches, carry))(index)):
+  for got in (base.switch_in_place(jnp.int32(index), branches, carry),
+              jax.jit(lambda i: base.switch_in_place(i, branches, carry))(index)):
     jax.tree.map(np.testing.assert_array_equal, got, want)
   assert int(want[0]) == 1 and float(jnp.sum(want[2])) == 1.0
