@@ -254,11 +254,13 @@ def generate_drafted(dec: 'ArbitrageDecoder', models: base.Models, params: dict[
                                 dec.sampling)
     feat_BxF = routing.router_features(s.logits_s, s.hidden_s, embed_VxD)
     ls, hs, cs = _forward(small, ps, tok_B, jnp.where(active_B, pos_B, -1), s.cache_s)
-    ll, cl = jax.lax.cond(
-        jnp.any(writing_B),
-        lambda: _tokens_forward(large, pl, tok_B[:, None], jnp.where(writing_B, pos_B, -1)[:, None],
-                                s.cache_l),
-        lambda: (s.logits_l[:, None], s.cache_l))
+    # the large model's forward where a row writes: not lax.cond, whose branches each got a
+    # copy of the cache (base.switch_in_place)
+    ll, cl = base.switch_in_place(jnp.any(writing_B).astype(jnp.int32), [
+        lambda c: c,
+        lambda c: _tokens_forward(large, pl, tok_B[:, None],
+                                  jnp.where(writing_B, pos_B, -1)[:, None], c[1])],
+        (s.logits_l[:, None], s.cache_l))
     ll = ll[:, 0]
     ended_tok_B = jnp.isin(tok_B, step_end) | (tok_B == eos_id)
 
@@ -283,12 +285,14 @@ def generate_drafted(dec: 'ArbitrageDecoder', models: base.Models, params: dict[
     ingest_pos_BxT = jnp.where(accept_B[:, None] & (t_1xT < count_B[:, None]),
                                start_pos_B[:, None] + t_1xT, -1)
 
-    def ingest():
+    def ingest(carry):
+      ll, cl = carry
       lg_BxTxV, c = _tokens_forward(large, pl, draft_BxT, ingest_pos_BxT, cl)
       last = jnp.take_along_axis(lg_BxTxV, (count_B - 1)[:, None, None], 1)[:, 0]
       return jnp.where(accept_B[:, None], last, ll), c
 
-    ll, cl = jax.lax.cond(jnp.any(accept_B), ingest, lambda: (ll, cl))
+    ll, cl = base.switch_in_place(jnp.any(accept_B).astype(jnp.int32),
+                                  [lambda c: c, ingest], (ll, cl))
     # Rejected drafts: the small model forgets them (its next forward is the large model's
     # first token of the step, so its logits need no restoring). With slots = positions the
     # stale slots would also stay hidden by causality until overwritten, so outputs do not

@@ -199,7 +199,9 @@ class CNTPDecoder(base.Decoder):
       n_trials_B = num_trials(feedback.entropy(s.logits_BxV), self.n_max, self.h_low,
                               self.h_high)
       need = jnp.any((n_trials_B > 1) & s.progress.active_B)
-      return jax.lax.cond(need, lambda: trial_step(s, n_trials_B), lambda: ar_step(s))
+      # not lax.cond, whose branches each got a copy of the cache (base.switch_in_place)
+      return base.switch_in_place(need.astype(jnp.int32),
+                                  [ar_step, lambda s: trial_step(s, n_trials_B)], s)
 
     state = jax.lax.while_loop(lambda s: ~jnp.all(s.progress.done_B), step_fn, state)
     return state.progress.result(

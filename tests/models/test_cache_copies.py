@@ -124,13 +124,14 @@ def test_skipping_and_evicting_decode_loops_do_not_copy_the_cache(spec, size, ba
 
 
 @pytest.mark.parametrize('spec', ['prompt_lookup:gamma=2:adaptive=1:costs=1/1.1/1.2',
-                                  'del:gamma=2'])
+                                  'del:gamma=2', 'cntp'])
 @pytest.mark.parametrize('batch', [1, 3])
 def test_speculative_loops_that_choose_per_step_do_not_copy_the_cache(spec, batch):
   """An adaptive chain runs one loop per length, the state flowing from loop to loop (a
   `lax.switch` choosing the loop copied every layer's cache into the chosen branch at each
   change of length); DEL chooses its exit layer every step through `switch_in_place` (a
-  `lax.switch` copied the cache three times a step). No computation but the entry copies a
+  `lax.switch` copied the cache three times a step), and so does CNTP between a trial span
+  and an AR step (a `lax.cond` copied it twice). No computation but the entry copies a
   cache buffer. Chains of up to 2 drafts: the attention's probabilities [B, K, S, G * T]
   never take a cache buffer's shape [B, K, S, Dh] (G * T <= 6 < Dh = 8)."""
   cfg = small_config(num_layers=3)
