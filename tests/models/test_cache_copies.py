@@ -103,12 +103,8 @@ def test_cached_forward_loop_does_not_copy_the_cache(batch, tokens):
   assert not _cache_copies(hlo, cache)
 
 
-@pytest.mark.parametrize('spec,size', [('skipdecode:schedule=0/1/2', S),
-                                       ('ar:h2o=16:recent=4', 16)])
-@pytest.mark.parametrize('batch', [1, 3])
-def test_skipping_and_evicting_decode_loops_do_not_copy_the_cache(spec, size, batch):
-  """SkipDecode runs one loop per phase of constant skip (a lax.switch over the skip inside
-  the step copied the cache 4 times per step); H2O writes its evicting cache in place."""
+def _decode_hlo(spec: str, batch: int):
+  """(compiled HLO text of decoder `spec`'s generate on a 3-layer model, its config)."""
   cfg = small_config(num_layers=3)
   model = Transformer(cfg)
   params = {'target': init_params(model, jax.random.key(0))}
@@ -119,6 +115,16 @@ def test_skipping_and_evicting_decode_loops_do_not_copy_the_cache(spec, size, ba
   hlo = runner.lower_generate(registry.build(name, settings), Models(model), params, prompt,
                               lengths, keys, max_new_tokens=16, cache_size=S, eos_id=-1,
                               pad_id=0).compile().as_text()
+  return hlo, cfg
+
+
+@pytest.mark.parametrize('spec,size', [('skipdecode:schedule=0/1/2', S),
+                                       ('ar:h2o=16:recent=4', 16)])
+@pytest.mark.parametrize('batch', [1, 3])
+def test_skipping_and_evicting_decode_loops_do_not_copy_the_cache(spec, size, batch):
+  """SkipDecode runs one loop per phase of constant skip (a lax.switch over the skip inside
+  the step copied the cache 4 times per step); H2O writes its evicting cache in place."""
+  hlo, cfg = _decode_hlo(spec, batch)
   assert _loop_bodies(hlo), 'no while loop found in the compiled program'
   assert not _cache_copies(hlo, Cache.init(cfg, batch, size))
 
@@ -134,15 +140,6 @@ def test_speculative_loops_that_choose_per_step_do_not_copy_the_cache(spec, batc
   and an AR step (a `lax.cond` copied it twice). No computation but the entry copies a
   cache buffer. Chains of up to 2 drafts: the attention's probabilities [B, K, S, G * T]
   never take a cache buffer's shape [B, K, S, Dh] (G * T <= 6 < Dh = 8)."""
-  cfg = small_config(num_layers=3)
-  model = Transformer(cfg)
-  params = {'target': init_params(model, jax.random.key(0))}
-  prompt = jnp.ones((batch, 8), jnp.int32)
-  lengths = jnp.full((batch,), 5, jnp.int32)
-  keys = jax.random.split(jax.random.key(1), batch)
-  name, settings = registry.parse_spec(spec)
-  hlo = runner.lower_generate(registry.build(name, settings), Models(model), params, prompt,
-                              lengths, keys, max_new_tokens=16, cache_size=S, eos_id=-1,
-                              pad_id=0).compile().as_text()
+  hlo, cfg = _decode_hlo(spec, batch)
   assert len(re.findall(r' while\(', hlo)) >= 4  # adaptive: the outer loop, one per length
   assert not _cache_copies(hlo, Cache.init(cfg, batch, S), _computations(hlo))
