@@ -101,9 +101,8 @@ def adaptive_run(drafter: adaptive.AdaptiveChain, env: drafter_lib.Env, s: SpecS
   for as long as `drafter.choose` picks that length; an outer loop runs the lengths' loops
   one after the other until every row is done (a loop whose length is not chosen runs no
   step). The state flows from loop to loop in place: changing length costs a few scalar
-  condition checks. (Selecting the loop with a `lax.switch` instead made XLA copy the cache
-  into the chosen branch at every change of length: about 1.4 AR steps of `tiny` at batch 4
-  on a CPU.)"""
+  condition checks. (Selecting the loop with a `lax.switch` instead made XLA copy every
+  layer's cache into the chosen branch at every change of length.)"""
   def run(i: int, v: drafter_lib.Drafter | None):
     one = functools.partial(ar_step, drafter.longest) if v is None else functools.partial(
         step, v)
