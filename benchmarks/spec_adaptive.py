@@ -108,7 +108,8 @@ def write(rows, args) -> str:
   ad = [r for r in rows if r['method'] == adaptive][0]
   body = [
       '**A benchmark of the system, not of a drafter**: oracle drafts (`benchmarks/oracle.py`)'
-      f' on preset `{args.preset}` (random weights), {args.prompts} prompts x '
+      f' on preset `{args.preset}` (random weights{spec_system.scaled(args.embed_scale)}), '
+      f'{args.prompts} prompts x '
       f'{args.max_new_tokens} new tokens, batch 1, temperature 0; decode-phase speedup over AR '
       f'timed alternately in one run (best of {args.repeats}). One run, one seed. (!) marks a '
       'speedup above tau (a measurement error).\n',
@@ -137,6 +138,8 @@ def main():
   ap.add_argument('--max_new_tokens', type=int, default=96)
   ap.add_argument('--repeats', type=int, default=3)
   ap.add_argument('--out', default='')
+  ap.add_argument('--embed_scale', type=float, default=1.0,
+                  help='multiply the random embedding table (as benchmarks.spec_system)')
   args = ap.parse_args()
   print(write(run(args), args))
 

@@ -62,7 +62,8 @@ GOAL_ALPHA = 0.8
 IDEAL_SHARE_GOAL = 0.85
 
 
-def _scaled(embed_scale: float) -> str:
+def scaled(embed_scale: float) -> str:
+  """What a results header adds to 'random weights' for `--embed_scale` ('' at 1)."""
   if embed_scale == 1:
     return ''
   return (f', embedding x{embed_scale:g} so that AR and verify forwards agree: the greedy '
@@ -252,12 +253,12 @@ def write(rows, args) -> str:
     options = ('XLA options per variant (every program of a row, AR and the forward-cost '
                'curve included, compiled with them): '
                + '; '.join(f'{v}: {o}' for v, o in opts.items()) + '.\n')
-  scaled = _scaled(args.embed_scale)
+  scale_note = scaled(args.embed_scale)
   body = [
       '**A benchmark of the system, not of a drafter**: the draft is an oracle that knows the '
       "target's greedy continuation and proposes it with each token wrong with probability "
       f'1 - alpha (`benchmarks/oracle.py`). Preset `{args.preset}` ({args.dtype}, random '
-      f'weights{scaled}), {args.prompts} prompts x {args.max_new_tokens} '
+      f'weights{scale_note}), {args.prompts} prompts x {args.max_new_tokens} '
       'new tokens, temperature 0. '
       'Decode phase only (the prefill, the same for both, is excluded): speedup = AR decode '
       'time / method decode time for the same tokens, each t(N tokens) - t(1 token), passes '

@@ -519,3 +519,18 @@ def test_top_k_benchmark_decodes_the_same_tokens_both_ways(trained_workdir):
   rows, setting = top_k_bench.measure_decode(trained_workdir, 2, 8, 1)
   assert [r[0] for r in rows] == ['before', 'after'] and all(r[-1] == 'yes' for r in rows)
   assert 'top_k=50' in setting and float(rows[1][1]) > 0
+
+
+def test_spec_adaptive_runs_at_toy_size(tmp_path, monkeypatch):
+  """benchmarks/spec_adaptive.py end to end through its command line at toy size (it once
+  broke when spec_system.load began to read an option its parser lacked): the file is
+  written, says it is a system benchmark, and every output equals AR's."""
+  from benchmarks import spec_adaptive  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(common, 'RESULTS_DIR', str(tmp_path))
+  monkeypatch.setattr('sys.argv', ['spec_adaptive', '--preset=test', '--fixed=1', '--gamma=2',
+                                   '--alphas=0.8', '--prompts=1', '--prompt_tokens=16',
+                                   '--max_new_tokens=8', '--repeats=1', '--out=sa_t'])
+  spec_adaptive.main()
+  text = open(tmp_path / 'sa_t.md').read()
+  assert 'A benchmark of the system, not of a drafter' in text
+  assert "Every output equals AR's: True (2/2)." in text
