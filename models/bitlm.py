@@ -416,9 +416,7 @@ def denoise_block(p: Any, cond_BxD: jax.Array, steps: int, vocab_size: int, *,
     conf = jax.nn.log_sigmoid(jnp.where(value == 1, logits, -logits)).reshape(B, M)
     masked = (state == MASKED).reshape(B, M)
     conf = jnp.where(masked, conf, -jnp.inf)
-    order = kernel_common.argsort_descending(conf)  # ties: lowest index first
-    rank = jnp.zeros_like(order).at[jnp.arange(B)[:, None], order].set(
-        jnp.broadcast_to(jnp.arange(M, dtype=order.dtype), (B, M)))
+    rank = kernel_common.ranks_descending(conf)  # ties: lowest index first
     take = (masked & (rank < counts[s])).reshape(B, K, nb)
     return (jnp.where(take, value, state), jnp.where(take, logits, committed))
 

@@ -164,3 +164,12 @@ def argsort_descending(x: jax.Array) -> jax.Array:
     return jnp.concatenate([ids, rest.astype(jnp.int32)], axis=-1)
 
   return jax.lax.platform_dependent(x, cpu=cpu, default=by_sort)
+
+
+def ranks_descending(x_BxN: jax.Array) -> jax.Array:
+  """[B, N] int32: each entry's place in `argsort_descending(x_BxN)` (0 = the largest; ties:
+  the lower index first), the inverse of that permutation."""
+  B, N = x_BxN.shape
+  order = argsort_descending(x_BxN)
+  return jnp.zeros((B, N), jnp.int32).at[jnp.arange(B)[:, None], order].set(
+      jnp.broadcast_to(jnp.arange(N, dtype=jnp.int32), (B, N)))

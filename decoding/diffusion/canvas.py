@@ -243,22 +243,14 @@ def select_rows(pick_B: jax.Array, a: Any, b: Any) -> Any:
 def top_k_mask(score_BxN: jax.Array, eligible_BxN: jax.Array, k_B: jax.Array | int
                ) -> jax.Array:
   """The k highest-scoring eligible positions per row (ties: lowest index)."""
-  s = jnp.where(eligible_BxN, score_BxN, NEG_INF)
-  order = kernel_common.argsort_descending(s)
-  B, N = s.shape
-  rank = jnp.zeros((B, N), jnp.int32).at[jnp.arange(B)[:, None], order].set(
-      jnp.broadcast_to(jnp.arange(N, dtype=jnp.int32), (B, N)))
+  rank = kernel_common.ranks_descending(jnp.where(eligible_BxN, score_BxN, NEG_INF))
   return eligible_BxN & (rank < jnp.reshape(jnp.asarray(k_B), (-1, 1)))
 
 
 def ranks(score_BxN: jax.Array, eligible_BxN: jax.Array) -> jax.Array:
   """Rank of each eligible position by descending score (ties: lowest index); N if not."""
-  s = jnp.where(eligible_BxN, score_BxN, NEG_INF)
-  B, N = s.shape
-  order = kernel_common.argsort_descending(s)
-  r = jnp.zeros((B, N), jnp.int32).at[jnp.arange(B)[:, None], order].set(
-      jnp.broadcast_to(jnp.arange(N, dtype=jnp.int32), (B, N)))
-  return jnp.where(eligible_BxN, r, N)
+  r = kernel_common.ranks_descending(jnp.where(eligible_BxN, score_BxN, NEG_INF))
+  return jnp.where(eligible_BxN, r, score_BxN.shape[1])
 
 
 def threshold_mask(conf_BxN: jax.Array, eligible_BxN: jax.Array, tau: float) -> jax.Array:

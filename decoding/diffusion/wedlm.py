@@ -55,9 +55,7 @@ def reorder_mask(filled_BxW: jax.Array) -> jax.Array:
   B, W = filled_BxW.shape
   key = jnp.concatenate([jnp.full((B, 1), -1), (~filled_BxW).astype(jnp.int32) * W +
                          jnp.arange(W)[None, :]], axis=1)
-  order = kernel_common.argsort_descending(-key.astype(jnp.float32))  # exact: |key| <= 2W
-  rank = jnp.zeros((B, W + 1), jnp.int32).at[jnp.arange(B)[:, None], order].set(
-      jnp.broadcast_to(jnp.arange(W + 1, dtype=jnp.int32), (B, W + 1)))
+  rank = kernel_common.ranks_descending(-key.astype(jnp.float32))  # exact: |key| <= 2W
   return rank[:, None, :] <= rank[:, :, None]
 
 

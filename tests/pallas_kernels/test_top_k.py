@@ -80,3 +80,12 @@ def test_argsort_descending_equals_a_stable_argsort(shape):
   ints = rng.integers(0, 5, size=shape).astype(np.int32)
   np.testing.assert_array_equal(jax.jit(common.argsort_descending)(jnp.asarray(ints)),
                                 np.argsort(-ints, axis=-1, kind='stable'))
+
+
+@pytest.mark.parametrize('shape', [(1, 1), (3, 2), (4, 37)])
+def test_ranks_descending_is_the_inverse_of_a_stable_argsort(shape):
+  rng = np.random.default_rng(11 + shape[1])
+  x = rng.integers(-2, 2, size=shape).astype(np.float32)  # ties everywhere
+  x[rng.random(shape) < 0.3] = -np.inf
+  want = np.argsort(np.argsort(-x, axis=-1, kind='stable'), axis=-1, kind='stable')
+  np.testing.assert_array_equal(jax.jit(common.ranks_descending)(jnp.asarray(x)), want)
