@@ -136,8 +136,8 @@ def comparison_table(results: Results, greedy: bool = False) -> str:
   lines = [header, '|' + '---|' * (11 if greedy else 10)]
   ref = None
   bad = set(mismatches(results)) if greedy else set()
-  first = next(iter(results), None)
-  for name, (rows, s) in results.items():
+  want = _tokens(next(iter(results.values()))[0]) if results else []
+  for i, (name, (rows, s)) in enumerate(results.items()):
     cls = registry.get(s.decoder)
     ref = ref or s.tokens_per_s
     speedup = s.tokens_per_s / max(ref, 1e-9)
@@ -145,8 +145,8 @@ def comparison_table(results: Results, greedy: bool = False) -> str:
     lossless = cls.lossless and s.lossless
     same = ''
     if greedy:
-      same = (' - |' if name == first else ' NO (!) |' if name in bad else
-              ' yes |' if _tokens(rows) == _tokens(results[first][0]) else ' no |')
+      same = (' - |' if i == 0 else ' yes |' if _tokens(rows) == want else
+              ' NO (!) |' if name in bad else ' no |')
     lines.append(f'| {name} | {cls.family} | {"yes" if lossless else "no"} | {s.generated} '
                  f'| {s.target_forwards} | {s.other_forwards} | {s.tau:.2f} '
                  f'| {s.tokens_per_s:.1f} | {speedup:.2f}x{flag} '

@@ -54,7 +54,6 @@ def draft_loop(cond, body, carry, iterations: int, kind: str, can_stop_early: bo
   return jax.lax.fori_loop(0, iterations, lambda _, c: body(c), carry)
 
 
-
 @dataclasses.dataclass
 class Env:
   """Everything fixed during one generation (arrays are traced values of the jit)."""

@@ -70,15 +70,7 @@ def _cache_copies(hlo: str, cache: Cache, bodies: dict[str, list[str]] | None = 
 
 @pytest.mark.parametrize('batch', [1, 3])
 def test_ar_decode_loop_does_not_copy_the_cache(batch):
-  cfg = small_config()
-  model = Transformer(cfg)
-  params = {'target': init_params(model, jax.random.key(0))}
-  prompt = jnp.ones((batch, 8), jnp.int32)
-  lengths = jnp.full((batch,), 5, jnp.int32)
-  keys = jax.random.split(jax.random.key(1), batch)
-  hlo = runner.lower_generate(registry.build('ar'), Models(model), params, prompt, lengths,
-                              keys, max_new_tokens=16, cache_size=S, eos_id=-1,
-                              pad_id=0).compile().as_text()
+  hlo, cfg = _decode_hlo('ar', batch)
   assert _loop_bodies(hlo), 'no while loop found in the compiled program'
   assert not _cache_copies(hlo, Cache.init(cfg, batch, S))
 
