@@ -253,8 +253,8 @@ def switch_in_place(index: jax.Array, branches: Sequence[Callable[[Any], Any]], 
   carry holds large buffers that they update, such as the target's cache.
 
   XLA gives every branch of a conditional its own copy of the buffers the branch writes:
-  every layer's keys and values on each call (DEL's choice of exit layer made three such
-  copies a step). Here branch i is the body of a while loop that runs once when `index` is i
+  every layer's keys and values on each call (DEL's choice of exit layer made such copies
+  every step). Here branch i is the body of a while loop that runs once when `index` is i
   and not at all otherwise; the loops run one after the other and the carry flows through
   them in place. Placeholders in the carry for what a branch computes (rather than
   updates) cost one fill each.
