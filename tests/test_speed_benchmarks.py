@@ -16,7 +16,7 @@ import pytest
 import testlib
 from testlib import small_config
 from benchmarks import (common, cost_model, diffusion_cost, forward_cost, harness, oracle,
-                        spec_system, step_cost)
+                        spec_system, step_cost, step_ops)
 from decoding import Models, SamplingConfig, compare, registry, run_decoder
 from decoding.runner import RowOutput, RunStats
 from models import Transformer, init_params
@@ -534,3 +534,24 @@ def test_spec_adaptive_runs_at_toy_size(tmp_path, monkeypatch):
   text = open(tmp_path / 'sa_t.md').read()
   assert 'A benchmark of the system, not of a drafter' in text
   assert "Every output equals AR's: True (2/2)." in text
+
+
+def test_step_ops_counts_the_decode_loop_and_inner_loops_by_their_trip_counts(target):
+  """The decode loop is found (AR: one loop; a chain that drafts in a fixed-count loop: that
+  loop inside it, counted times its trip count, gamma - 1; in a while loop: once, inexact),
+  and a step that drafts and verifies executes more operations than an AR step."""
+  model, params, _ = target
+  kw = dict(batch=2, prompt_len=8, max_new=16, cache_size=128)
+  count = lambda spec: step_ops.count_decoder(step_ops.build(spec)[0], Models(model),
+                                              {'target': params}, **kw)
+  ar = count('ar')
+  assert ar.trips is None and not ar.inner and ar.exact and ar.ops == ar.own > 20
+  fixed = count('speculative:gamma=3:draft_loop=fixed')
+  (inner,) = fixed.inner
+  assert inner.trips == 2 and fixed.exact
+  assert fixed.ops == fixed.own + 2 * inner.ops > ar.ops
+  looped = count('speculative:gamma=3:draft_loop=while')
+  assert [l.trips for l in looped.inner] == [None] and not looped.exact
+  hlo = 'ENTRY %main () -> s32[] {\n  %a = s32[] constant(1)\n  ROOT %b = s32[] add(%a, %a)\n}'
+  with pytest.raises(ValueError, match='No data-dependent while loop'):
+    step_ops.step_loop(hlo)
