@@ -32,11 +32,11 @@
 #   peer       python -m benchmarks.spec_peer on the spec_small runs: our AR, draft chain,
 #              prompt lookup and spec_small's fastest method against transformers' generate(),
 #              assisted generation and prompt lookup on the same exported weights
-#   graphs     spec_system as spec_bf16, chain k=4 drafting in a fixed-count loop and in a
-#              while loop (as before), every program (AR's included) compiled twice in one
-#              run: XLA's defaults, and with command buffers (CUDA graphs) for while loops and
-#              conditionals too ($GRAPH_TYPES): which removes the bf16 chain's time outside
-#              the target forward?
+#   graphs     spec_system as spec_bf16, chain k=4 drafting unrolled (the default), in a
+#              fixed-count loop and in a while loop, every program (AR's included) compiled
+#              twice in one run: XLA's defaults, and with command buffers (CUDA graphs) for
+#              while loops and conditionals too ($GRAPH_TYPES): which removes the bf16
+#              chain's time outside the target forward?
 #   fwd_small  benchmarks.forward_cost of $FWD_SMALL_PRESETS at batch 1, T = 1, 2, bf16:
 #              the defaults (one-row products padded to 2 rows per projection), unpadded,
 #              and padded once per call (model.pad_rows=model): what the padding costs a
@@ -232,9 +232,9 @@ for s in ${stages//,/ }; do
         --verifiers="$SYSTEM_VERIFIERS" $SYSTEM_ARGS \
         --out=spec_system_$( [ "$REHEARSE" = 1 ] && echo rehearsal || echo gpu_h200)_bf16 ;;
     graphs)  # one run, two compiles of every program: XLA's defaults, command buffers
-      stage graphs "${GRAPHS_LIMIT:-270}" $PY -m benchmarks.spec_system \
+      stage graphs "${GRAPHS_LIMIT:-330}" $PY -m benchmarks.spec_system \
         --preset="$SYSTEM_PRESET" --dtype=bfloat16 --embed_scale=30 \
-        --verifiers="chain k=4,chain k=4 (while loop)" \
+        --verifiers="chain k=4,chain k=4 (fixed-count loop),chain k=4 (while loop)" \
         $GRAPHS_ARGS --variants="default;graphs:xla_gpu_enable_command_buffer=$GRAPH_TYPES" \
         --out=spec_system_$( [ "$REHEARSE" = 1 ] && echo rehearsal || echo gpu_h200)_graphs ;;
     fwd_small)

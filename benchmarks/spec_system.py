@@ -48,8 +48,10 @@ VERIFIERS = {
     'chain k=4': ('speculative', dict(gamma=4)),
     'chain k=8': ('speculative', dict(gamma=8)),
     # the drafting loop as before 2026-12-04: a while loop (on a GPU, one host round trip per
-    # drafted token); 'chain k=4' drafts in a fixed-count loop (drafter.draft_loop)
+    # drafted token); then a fixed-count loop; since 2026-12-05 'chain k=4' drafts unrolled
+    # (drafter.draft_loop)
     'chain k=4 (while loop)': ('speculative', dict(gamma=4, draft_loop='while')),
+    'chain k=4 (fixed-count loop)': ('speculative', dict(gamma=4, draft_loop='fixed')),
     'static tree 8': ('speculative', dict(tree='static', gamma=6, tree_nodes=8)),
     'static tree 16': ('speculative', dict(tree='static', gamma=6, tree_nodes=16)),
     'dynamic tree 8': ('spec_dynamic', dict(gamma=6, top_k=2, tree_nodes=8)),

@@ -123,7 +123,14 @@ def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
   got the sort. Here the rows are flattened to [N, V] and the result goes through an
   `optimization_barrier`, which keeps the pattern intact (`python -m benchmarks.top_k`
   times both at the decoders' call sites). Other backends get `lax.top_k` unchanged.
+
+  k = 1, on every backend, is an argmax (one reduction) and the value it points at (whose
+  gradient reaches that one entry, as `lax.top_k`'s does): no TopK routine call or sort.
+  Every greedy draft node takes its top token, and on a GPU each such call is a launch.
   """
+  if k == 1:
+    ids = jnp.argmax(x, axis=-1, keepdims=True).astype(jnp.int32)
+    return jnp.take_along_axis(x, ids, axis=-1), ids
   lead, V = x.shape[:-1], x.shape[-1]
 
   def cpu(x):

@@ -550,6 +550,8 @@ def test_step_ops_counts_the_decode_loop_and_inner_loops_by_their_trip_counts(ta
   (inner,) = fixed.inner
   assert inner.trips == 2 and fixed.exact
   assert fixed.ops == fixed.own + 2 * inner.ops > ar.ops
+  unrolled = count('speculative:gamma=3:draft_loop=unroll')
+  assert not unrolled.inner and unrolled.ops < fixed.ops
   looped = count('speculative:gamma=3:draft_loop=while')
   assert [l.trips for l in looped.inner] == [None] and not looped.exact
   hlo = 'ENTRY %main () -> s32[] {\n  %a = s32[] constant(1)\n  ROOT %b = s32[] add(%a, %a)\n}'

@@ -179,7 +179,7 @@ class DraftModelDecoder(TreeDecoder):
   draft_workdir: str = ''      # the draft model's workdir
   top_k: int = 4               # dynamic trees: frontier width and children per node
   stop_below: float = 0.0      # adaptive chains: stop drafting below this top-1 probability
-  draft_loop: str = 'auto'     # chains: auto | while | fixed (drafter.draft_loop)
+  draft_loop: str = 'auto'     # chains: auto | while | fixed | unroll (drafter.draft_loop)
 
   def drafter_name(self) -> str:
     return 'model'
@@ -373,7 +373,7 @@ class EarlyExitDecoder(SpecDecoder):
   adapter: ClassVar[bool] = False  # Kangaroo's trained adapter after the exit layer
   gamma: int = 4               # longest chain
   stop_below: float = 0.0      # stop drafting below this top-1 probability
-  draft_loop: str = 'auto'     # auto | while | fixed (drafter.draft_loop)
+  draft_loop: str = 'auto'     # auto | while | fixed | unroll (drafter.draft_loop)
 
   def exits(self) -> tuple[int, ...]:
     """(E,) one exit layer (0 = half the layers); () = chosen online among all (DEL)."""

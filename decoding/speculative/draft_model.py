@@ -73,7 +73,7 @@ class DraftModelDrafter(drafter_lib.Drafter):
   mode: str = 'iid'
   state_nodes: int = 0  # chains: width of the per-node state (0 = the chain's), so that
                         # chains of several lengths share one state (adaptive.py)
-  loop: str = 'auto'    # chains: the drafting loop (drafter.draft_loop: auto | while | fixed)
+  loop: str = 'auto'    # chains: the drafting loop (drafter.draft_loop)
   ar_step_ok: ClassVar[bool] = False  # the draft must see every token: no step skips it
 
   # ------------------------------------------------------------------ static shape
@@ -329,18 +329,18 @@ class DraftModelDrafter(drafter_lib.Drafter):
       child_ok = ok & f_ok[..., None]
       child_score = jnp.where(child_ok, child_score, -jnp.inf)
       start = 1 + k + (d - 1) * k * k
-      new_ids = start + jnp.arange(k * k)
-      cand_tok = cand_tok.at[:, new_ids].set(tok.reshape(B, k * k))
-      cand_par = cand_par.at[:, new_ids].set(jnp.repeat(frontier, k, axis=1))
-      cand_depth = cand_depth.at[:, new_ids].set(d + 1)
-      cand_ok = cand_ok.at[:, new_ids].set(child_ok.reshape(B, k * k))
-      score = score.at[:, new_ids].set(child_score.reshape(B, k * k))
+      new = slice(start, start + k * k)  # this round's candidates (static: no scatter)
+      cand_tok = cand_tok.at[:, new].set(tok.reshape(B, k * k))
+      cand_par = cand_par.at[:, new].set(jnp.repeat(frontier, k, axis=1))
+      cand_depth = cand_depth.at[:, new].set(d + 1)
+      cand_ok = cand_ok.at[:, new].set(child_ok.reshape(B, k * k))
+      score = score.at[:, new].set(child_score.reshape(B, k * k))
       if wor:
-        cum_logq = cum_logq.at[:, new_ids].set(child_lq.reshape(B, k * k))
+        cum_logq = cum_logq.at[:, new].set(child_lq.reshape(B, k * k))
       new_anc = jnp.take_along_axis(anc, jnp.repeat(frontier, k, axis=1)[:, :, None], 1)
-      new_anc = new_anc.at[:, jnp.arange(k * k), new_ids].set(True)
-      anc = anc.at[:, new_ids].set(new_anc)
-      top = kernel_common.top_k(score[:, new_ids], k)[1]
+      new_anc = new_anc.at[:, :, new].set(new_anc[:, :, new] | jnp.eye(k * k, dtype=bool))
+      anc = anc.at[:, new].set(new_anc)
+      top = kernel_common.top_k(score[:, new], k)[1]
       frontier = (start + top).astype(jnp.int32)
       beams.append(frontier)
     N = self.max_nodes - 1

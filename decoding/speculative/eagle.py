@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from decoding.speculative import drafter as drafter_lib
+from decoding.speculative import proposals
 from decoding.speculative import trees
 from decoding.speculative import verify as verify_lib
 from models import cache as cache_lib
@@ -221,8 +222,7 @@ class EagleDrafter(drafter_lib.Drafter):
     C1 = 1 + self.candidates
     Dm = g_root.shape[-1]
     b = jnp.arange(B)[:, None]
-    lp = jax.nn.log_softmax(logits_root.astype(jnp.float32), -1)
-    sc, tok = kernel_common.top_k(lp, k)
+    sc, tok = proposals.top_log_probs(logits_root, k)
     cand_tok = jnp.zeros((B, C1), jnp.int32).at[:, 0].set(root_B).at[:, 1:k + 1].set(tok)
     cand_par = jnp.full((B, C1), -1, jnp.int32).at[:, 1:k + 1].set(0)
     cand_depth = jnp.zeros((B, C1), jnp.int32).at[:, 1:k + 1].set(1)
@@ -247,20 +247,19 @@ class EagleDrafter(drafter_lib.Drafter):
           jnp.take_along_axis(cand_tok, frontier, 1), pos, dcache,
           slots=slots_all[:, :1] + frontier, mask=prefix | lifted)
       calls = calls + active_B
-      lp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
-      csc, ctok = kernel_common.top_k(lp, k)  # [B, k, k]
+      csc, ctok = proposals.top_log_probs(logits, k)  # [B, k, k]
       child_score = jnp.take_along_axis(score, frontier, 1)[..., None] + csc
       start = 1 + k + (d - 1) * k * k
-      new_ids = start + jnp.arange(k * k)
-      cand_tok = cand_tok.at[:, new_ids].set(ctok.reshape(B, k * k))
-      cand_par = cand_par.at[:, new_ids].set(jnp.repeat(frontier, k, axis=1))
-      cand_depth = cand_depth.at[:, new_ids].set(d + 1)
-      score = score.at[:, new_ids].set(child_score.reshape(B, k * k))
-      cand_feat = cand_feat.at[:, new_ids].set(jnp.repeat(g.astype(cand_feat.dtype), k, axis=1))
+      new = slice(start, start + k * k)  # this round's candidates (static: no scatter)
+      cand_tok = cand_tok.at[:, new].set(ctok.reshape(B, k * k))
+      cand_par = cand_par.at[:, new].set(jnp.repeat(frontier, k, axis=1))
+      cand_depth = cand_depth.at[:, new].set(d + 1)
+      score = score.at[:, new].set(child_score.reshape(B, k * k))
+      cand_feat = cand_feat.at[:, new].set(jnp.repeat(g.astype(cand_feat.dtype), k, axis=1))
       new_anc = jnp.take_along_axis(anc, jnp.repeat(frontier, k, axis=1)[:, :, None], 1)
-      new_anc = new_anc.at[:, jnp.arange(k * k), new_ids].set(True)
-      anc = anc.at[:, new_ids].set(new_anc)
-      frontier = (start + kernel_common.top_k(score[:, new_ids], k)[1]).astype(jnp.int32)
+      new_anc = new_anc.at[:, :, new].set(new_anc[:, :, new] | jnp.eye(k * k, dtype=bool))
+      anc = anc.at[:, new].set(new_anc)
+      frontier = (start + kernel_common.top_k(score[:, new], k)[1]).astype(jnp.int32)
     tree = select_tree(score, cand_tok, cand_par, cand_depth, active_B, self.max_nodes - 1, D,
                        k)
     return tree, dcache, calls

@@ -69,7 +69,7 @@ class EarlyExitDrafter(drafter_lib.ChainDrafter):
   stop_below: float = 0.0
   adapter: bool = False  # Kangaroo
   prior: float = 0.5     # DEL: acceptance assumed before any evidence
-  loop: str = 'auto'     # the drafting loop (drafter.draft_loop: auto | while | fixed)
+  loop: str = 'auto'     # the drafting loop (drafter.draft_loop)
   state_nodes: int = 0   # chain nodes the per-node state holds (0 = gamma + 1), so that the
                          # chain lengths of an adaptive length share one state
   num_layers: int = 0    # the target's layers (set by `resolve`; for `step_cost`)

@@ -46,6 +46,18 @@ def _inverse_cdf(logq_BxNxV: jax.Array, keys_BxNxK: jax.Array) -> jax.Array:
   return jnp.minimum(jnp.sum(below, axis=-1), V - 1).astype(jnp.int32)
 
 
+def top_log_probs(logits: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+  """([..., k] log-softmax values, [..., k] int32 ids) of the k highest logits (ties: lowest
+  id): `top_k(log_softmax(logits), k)` with the same arithmetic as `jax.nn.log_softmax`, but
+  normalising only the k chosen values. A chain's drafting never reads the scores, and XLA
+  then drops the normalisation from the step."""
+  logits = logits.astype(jnp.float32)
+  top, tok = kernel_common.top_k(logits, k)
+  shift = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+  score = (top - shift) - jnp.log(jnp.sum(jnp.exp(logits - shift), axis=-1, keepdims=True))
+  return score, tok.astype(jnp.int32)
+
+
 def node_keys(keys_B: jax.Array, n: int, offset: int = 0) -> jax.Array:
   """[B, n] keys: fold_in(key_b, offset + i) (one independent stream per tree node)."""
   idx = jnp.arange(offset, offset + n, dtype=jnp.uint32)
@@ -66,9 +78,8 @@ def children(logits_BxNxV: jax.Array, k: int, how: str, sampling: sampling_lib.S
   logits = logits_BxNxV.astype(jnp.float32)
   B, N, V = logits.shape
   if how == 'deterministic' or sampling.greedy:
-    score_BxNxV = jax.nn.log_softmax(logits, axis=-1)
-    score, tok = kernel_common.top_k(score_BxNxV, k)
-    return tok.astype(jnp.int32), jnp.ones((B, N, k), bool), None, score
+    score, tok = top_log_probs(logits, k)
+    return tok, jnp.ones((B, N, k), bool), None, score
   if keys_BxN is None:
     raise ValueError(f'Sampled proposals ({how!r}) need random keys.')
   logq = sampling_lib.log_probs(logits, sampling)

@@ -7,7 +7,7 @@ from typing import Any
 
 TREES = ('chain', 'static', 'dynamic')
 VERIFIERS = ('auto', 'deterministic', 'iid', 'wor', 'kseq', 'traversal')
-DRAFT_LOOPS = ('auto', 'while', 'fixed')  # drafter.draft_loop
+DRAFT_LOOPS = ('auto', 'while', 'fixed', 'unroll')  # drafter.draft_loop
 # Settings that count something and must be >= 1.
 POSITIVE = ('gamma', 'top_k', 'tree_nodes', 'ngram', 'recycle_k', 'window', 'pool', 'block',
             'blocks')

@@ -62,7 +62,8 @@ def setup():
 
 
 METHODS = {
-    'chain': ('speculative', dict(draft_workdir='x', gamma=3)),  # draft loop: a fixed count
+    'chain': ('speculative', dict(draft_workdir='x', gamma=3)),  # draft loop: unrolled
+    'chain-fixed': ('speculative', dict(draft_workdir='x', gamma=3, draft_loop='fixed')),
     'chain-while': ('speculative', dict(draft_workdir='x', gamma=3, draft_loop='while')),
     # rows stop drafting at different depths; the fixed-count loop passes them through
     'chain-adaptive': ('speculative', dict(draft_workdir='x', gamma=4, stop_below=0.3,
@@ -544,17 +545,23 @@ def test_eagle_errors(setup):
 
 def test_draft_loop_runs_a_fixed_count_unless_rows_can_stop_early():
   """'while' ends when no row drafts on; 'fixed' always runs its count (a scan, which XLA runs
-  without a host round trip per iteration on a GPU) and passes stopped rows through; 'auto'
-  takes 'fixed' unless rows can stop early."""
+  without a host round trip per iteration on a GPU) and passes stopped rows through;
+  'unroll' runs the same passes with no loop; 'auto' unrolls up to UNROLL_MAX passes, takes
+  'fixed' beyond, and 'while' where rows can stop early."""
   cond = lambda c: c[0] < c[1]
   body = lambda c: (c[0] + 1, c[1], c[2] + jnp.where(c[0] < c[1], 1, 0))
   carry = (jnp.int32(0), jnp.int32(2), jnp.int32(0))
   w = drafter_lib.draft_loop(cond, body, carry, 5, 'while', can_stop_early=False)
   f = drafter_lib.draft_loop(cond, body, carry, 5, 'fixed', can_stop_early=True)
+  u = drafter_lib.draft_loop(cond, body, carry, 5, 'unroll', can_stop_early=True)
   assert (int(w[0]), int(w[2])) == (2, 2) and (int(f[0]), int(f[2])) == (5, 2)
-  prims = lambda stop: {e.primitive.name for e in jax.make_jaxpr(
-      lambda c: drafter_lib.draft_loop(cond, body, c, 5, 'auto', stop))(carry).eqns}
-  assert 'scan' in prims(False) and 'while' not in prims(False)
+  assert [int(x) for x in u] == [int(x) for x in f]
+  prims = lambda stop, n=5, kind='auto': {e.primitive.name for e in jax.make_jaxpr(
+      lambda c: drafter_lib.draft_loop(cond, body, c, n, kind, stop))(carry).eqns}
+  assert not prims(False) & {'scan', 'while'}  # unrolled
+  assert not prims(True, kind='unroll') & {'scan', 'while'}
+  big = drafter_lib.UNROLL_MAX + 1
+  assert 'scan' in prims(False, big) and 'while' not in prims(False, big)
   assert 'while' in prims(True)
   with pytest.raises(ValueError, match='draft_loop'):
     drafter_lib.draft_loop(cond, body, carry, 5, 'unrolled', False)

@@ -56,6 +56,10 @@ def test_top_k_differentiates_and_vmaps_like_lax_top_k():
   grad = jax.grad(lambda x: jnp.sum(common.top_k(x, 3)[0] ** 2))(x)
   want = jax.grad(lambda x: jnp.sum(jax.lax.top_k(x, 3)[0] ** 2))(x)
   np.testing.assert_allclose(grad, want)
+  ties = jnp.array([[1.0, 3.0, 3.0, -2.0], [0.0, 0.0, 0.0, 0.0]])  # k = 1: an argmax
+  grad = jax.grad(lambda x: jnp.sum(common.top_k(x, 1)[0] ** 2))(ties)
+  np.testing.assert_array_equal(grad, jax.grad(lambda x: jnp.sum(jax.lax.top_k(x, 1)[0] ** 2))(
+      ties))
   np.testing.assert_array_equal(jax.vmap(lambda r: common.top_k(r, 4)[1])(x),
                                 jax.lax.top_k(x, 4)[1])
 
