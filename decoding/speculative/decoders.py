@@ -437,6 +437,7 @@ class EagleDecoder(SpecDecoder):
   tree_nodes: int = 24         # dynamic: drafted nodes
   feature_layers: str = ''     # EAGLE-3: fused target layers, e.g. '1/2/4' ('' = the default
                                # of models.eagle.feature_layers, as training uses)
+  draft_loop: str = 'auto'     # chains: auto | while | fixed | unroll (drafter.draft_loop)
 
   def make_drafter(self, mode):
     del mode  # deterministic drafts: every rule verifies them as 'deterministic'
@@ -448,7 +449,8 @@ class EagleDecoder(SpecDecoder):
                        f'(EAGLE-2), got {self.tree!r}.')
     return eagle.EagleDrafter(variant=self.variant, shape=self.tree, gamma=self.gamma,
                               top_k=self.top_k, nodes=self.tree_nodes,
-                              layers=eagle_lib.parse_layers(self.feature_layers))
+                              layers=eagle_lib.parse_layers(self.feature_layers),
+                              loop=self.draft_loop)
 
 
 @registry.register

@@ -67,6 +67,7 @@ class EagleDrafter(drafter_lib.Drafter):
   top_k: int = 4
   nodes: int = 16
   layers: tuple[int, ...] = ()  # EAGLE-3 feature layers (() = models.eagle default)
+  loop: str = 'auto'  # chains: the drafting loop (drafter.draft_loop; every row drafts on)
 
   # ------------------------------------------------------------------ static shape
   @property
@@ -198,17 +199,19 @@ class EagleDrafter(drafter_lib.Drafter):
     tokens = tokens.at[:, 1].set(jnp.argmax(logits_root, -1).astype(jnp.int32))
     valid = jnp.zeros((B, G + 1), bool).at[:, 0].set(active_B).at[:, 1].set(active_B)
 
-    def body(j, c):  # feeds node j (its parent's output as feature), drafts node j + 1
-      dcache, tokens, g = c
+    def body(c):  # feeds node j (its parent's output as feature), drafts node j + 1
+      j, dcache, tokens, g = c
       tok_B = jax.lax.dynamic_index_in_dim(tokens, j, 1, keepdims=False)
       pos_B = jnp.where(active_B, base_B + j, -1)
       g_new, logits, dcache = self._apply(env, head, g[:, None], tok_B[:, None],
                                           pos_B[:, None], dcache)
       nxt = jnp.argmax(logits[:, 0], -1).astype(jnp.int32)
       tokens = jax.lax.dynamic_update_index_in_dim(tokens, nxt, j + 1, 1)
-      return dcache, tokens, g_new[:, 0].astype(g.dtype)
+      return j + 1, dcache, tokens, g_new[:, 0].astype(g.dtype)
 
-    dcache, tokens, _ = jax.lax.fori_loop(1, G, body, (dcache, tokens, g_root))
+    _, dcache, tokens, _ = drafter_lib.draft_loop(
+        lambda c: c[0] < G, body, (jnp.int32(1), dcache, tokens, g_root), G - 1, self.loop,
+        can_stop_early=False)
     valid = valid | (active_B[:, None] & (jnp.arange(G + 1) >= 1)[None])
     tree = trees.from_template(trees.chain(G), tokens, valid)
     calls = active_B.astype(jnp.int32) * G

@@ -84,6 +84,7 @@ METHODS = {
     'medusa': ('medusa', dict(branching='3,2,1')),
     'mtp': ('mtp', dict(gamma=3)),
     'eagle3-chain': ('eagle3', dict(tree='chain', gamma=4)),
+    'eagle3-chain-fixed': ('eagle3', dict(tree='chain', gamma=4, draft_loop='fixed')),
     'eagle3-dynamic': ('eagle3', dict(gamma=3, top_k=3, tree_nodes=10)),
     'eagle1-chain': ('eagle1', dict(tree='chain', gamma=3)),
     'eagle1-dynamic': ('eagle1', dict(gamma=4, top_k=2, tree_nodes=6)),
