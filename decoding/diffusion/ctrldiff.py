@@ -230,18 +230,20 @@ class CtrlDiffDecoder(canvas.DiffusionDecoder):
         # Boundary forward: the finished block [start, s) recomputed clean, as its own block.
         boundary = need & (s.blocks_B > 0)
 
-        def with_boundary(_):
+        def with_boundary(c):  # c: (cache, features), updated in place
           idx = s.start_B[:, None] + w_1xW[:, :M]
           tokens, pos = canvas.window(s.seq_BxL, layout, s.start_B, M)
-          pos = jnp.where(idx < s_abs[:, None], pos, -1)
-          out = run(tokens, pos, jnp.broadcast_to(s_abs[:, None], (B, M)), s.cache)
+          # Rows without a boundary write nothing (position -1 is padding), so the cache
+          # needs no selection between the old and the new one (which copied it).
+          pos = jnp.where((idx < s_abs[:, None]) & boundary[:, None], pos, -1)
+          out = run(tokens, pos, jnp.broadcast_to(s_abs[:, None], (B, M)), c[0])
           h = jnp.take_along_axis(out.last_hidden_BxTxD, jnp.clip(
               s_abs - 1 - s.start_B, 0, M - 1)[:, None, None], axis=1)[:, 0]
-          return (canvas.select_rows(boundary, out.cache, s.cache),
-                  jnp.where(boundary[:, None], h.astype(jnp.float32), s.feat_BxD))
+          return out.cache, jnp.where(boundary[:, None], h.astype(jnp.float32), c[1])
 
-        cache, feat = jax.lax.cond(jnp.any(boundary), with_boundary,
-                                   lambda _: (s.cache, s.feat_BxD), None)
+        # not lax.cond, whose branches each got a copy of the cache (base.switch_in_place)
+        cache, feat = base.switch_in_place(jnp.any(boundary).astype(jnp.int32),
+                                           [lambda c: c, with_boundary], (s.cache, s.feat_BxD))
         progress = progress.replace(
             target_forwards_B=progress.target_forwards_B + boundary.astype(jnp.int32))
       b_new = choose(feat, s_abs)

@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+import testlib
 from testlib import small_config
-from decoding import Models, registry, runner
+from decoding import Models, SamplingConfig, registry, runner
 from models import Cache, Transformer, init_params
 
 S = 64
@@ -135,3 +136,23 @@ def test_speculative_loops_that_choose_per_step_do_not_copy_the_cache(spec, batc
   hlo, cfg = _decode_hlo(spec, batch)
   assert len(re.findall(r' while\(', hlo)) >= 4  # adaptive: the outer loop, one per length
   assert not _cache_copies(hlo, Cache.init(cfg, batch, S), _computations(hlo))
+
+
+def test_ctrldiff_boundary_forward_does_not_copy_the_cache():
+  """CtrlDiff's boundary forward (once per block, rows that finished a block) runs through
+  `switch_in_place` and writes only those rows (the others' positions are padding): a
+  `lax.cond` with a selection between the old and the new cache copied it twice."""
+  from decoding import base as base_lib  # pylint: disable=g-import-not-at-top
+  from models import block_size as bs_lib  # pylint: disable=g-import-not-at-top
+  B, P, V, N = 3, 8, 64, 12
+  model, params, prompt, keys = testlib.peaked_diffusion_setup(B, P, V, 60)
+  params = {'target': params,
+            bs_lib.HEAD: dict(bs_lib.init_params(jax.random.key(3), model.cfg.d_model, 3))}
+  dec = registry.build('ctrldiff', dict(mask_id=V - 1, shift=0, block_causal=1, sizes='2,4,8',
+                                        block_size=4), SamplingConfig())
+  fn = jax.jit(lambda p, t, l, k: dec.generate(base_lib.Models(model), p, t, l, k,
+                                               max_new_tokens=N, cache_size=S, eos_id=-1,
+                                               pad_id=0))
+  hlo = fn.lower(params, prompt, jnp.asarray([8, 5, 3], jnp.int32), keys).compile().as_text()
+  assert len(re.findall(r' while\(', hlo)) >= 2  # the decode loop and the boundary's
+  assert not _cache_copies(hlo, Cache.init(model.cfg, B, S), _computations(hlo))
