@@ -6,7 +6,8 @@ it lay, a one-slot write duplicated by fusion at batch 1, and the branches of a 
 around a forward). This checks the compiled HLO of AR decoding (also with H2O eviction),
 SkipDecode and a multi-token cached forward loop for instructions inside a while loop body
 that copy or transpose a buffer of a cache array's shape, and that of the adaptive draft
-length and of DEL for such instructions anywhere but the entry computation.
+length, of DEL, of CNTP and of CtrlDiff's boundary forward for such instructions anywhere
+but the entry computation.
 """
 
 from __future__ import annotations
