@@ -37,6 +37,11 @@
 #              twice in one run: XLA's defaults, and with command buffers (CUDA graphs) for
 #              while loops and conditionals too ($GRAPH_TYPES): which removes the bf16
 #              chain's time outside the target forward?
+#   ops        benchmarks.step_ops of $OPS_PRESET in bf16 (compiles only, no timing): the
+#              operations one decode step executes in the GPU's own compiled program (its
+#              kernels and library calls) for AR, the k = 4 chain drafting unrolled, in a
+#              fixed-count and in a while loop, the 16-node dynamic tree, Medusa and EAGLE-3;
+#              on a launch-bound GPU, what the loop's time outside the forward is made of
 #   fwd_small  benchmarks.forward_cost of $FWD_SMALL_PRESETS at batch 1, T = 1, 2, bf16:
 #              the defaults (one-row products padded to 2 rows per projection), unpadded,
 #              and padded once per call (model.pad_rows=model): what the padding costs a
@@ -55,7 +60,7 @@
 #   bash benchmarks/gpu_suite.sh spec_small,peer              # section 4: real drafters
 #   bash benchmarks/gpu_suite.sh t1,spec_system,step_cost     # sections 1-3 (ran 2026-12-04)
 #   FWD_PRESETS=small,mem,tiny bash benchmarks/gpu_suite.sh spec_bf16,fwd_cost,step_cost
-#   bash benchmarks/gpu_suite.sh graphs                        # then fwd_small, time allowing
+#   bash benchmarks/gpu_suite.sh graphs,fwd_small,ops          # fwd_small and ops time allowing
 #   bash benchmarks/gpu_suite.sh star,lossy                    # issue 18, after issue 19's calls
 #                          # section 3's goal in bf16 (spec_bf16), the rest of call 2: the
 #                          # curve of small, mem, tiny (padded one-row products now the bf16
@@ -112,7 +117,7 @@ if [ "$REHEARSE" = 1 ]; then
   : "${SYSTEM_VERIFIERS:=chain k=4,dynamic tree 8}"
   : "${STEP_PRESET:=test}" "${STEP_ARGS:=--prompts=2 --max_new_tokens=24 --repeats=1}"
   : "${GRAPHS_ARGS:=--prompts=2 --prompt_tokens=64 --max_new_tokens=32 --alphas=0.8 --repeats=1}"
-  : "${FWD_SMALL_PRESETS:=test}" "${STAR_SIZE:=test}" "${STAR_STEPS:=20}"
+  : "${FWD_SMALL_PRESETS:=test}" "${STAR_SIZE:=test}" "${STAR_STEPS:=20}" "${OPS_PRESET:=test}"
   : "${LOSSY_PRESET:=test}" "${LOSSY_ARGS:=--skips=1 --prompt_tokens=16 --new_tokens=16 --batches=1 --repeats=1}"
   : "${LIMIT_SCALE:=8}"  # toy sizes, but 2 shared CPU cores: every stage limit x 8
   : "${PARALLEL_DRAFTERS:=0}"  # four trainings at once starve on 2 loaded cores
@@ -127,7 +132,7 @@ else
   : "${SYSTEM_PRESET:=base}" "${T1_PRESETS:=base}" "${MATVEC_ARGS:=}"
   : "${SYSTEM_ARGS:=--repeats=2 --alphas=0.7,0.8,1.0}"
   : "${STEP_PRESET:=base}" "${STEP_ARGS:=--prompts=4 --max_new_tokens=64 --repeats=3}"
-  : "${GRAPHS_ARGS:=--repeats=2 --alphas=0.8}" "${FWD_SMALL_PRESETS:=small,base}"
+  : "${GRAPHS_ARGS:=--repeats=2 --alphas=0.8}" "${FWD_SMALL_PRESETS:=small,base}" "${OPS_PRESET:=base}"
   : "${STAR_SIZE:=mem}" "${STAR_STEPS:=8000}"
   : "${LOSSY_PRESET:=base}" "${LOSSY_ARGS:=--skips=8 --batches=1 --repeats=3}"  # 6 compiles of `base`
   LOG=${OUT:-/tmp}/gpu_suite.log
@@ -145,6 +150,7 @@ T1_VARIANTS=${T1_VARIANTS:-default,no_triton_gemm:xla_gpu_enable_triton_gemm=fal
 # tree 32, medusa; now EAGLE-3 and prompt lookup come first among those not yet measured.)
 SMALL_METHODS=${SMALL_METHODS:-medusa,eagle3 dynamic tree 32,prompt lookup,draft dynamic tree 32,draft chain g4,mtp,kangaroo,token recycling,layerskip,lookahead,eagle3 chain g4,jacobi,draft static tree 60,del}
 STEP_DECODERS=${STEP_DECODERS:-ar,speculative:gamma=4,spec_dynamic:tree_nodes=16,medusa}
+OPS_DECODERS=${OPS_DECODERS:-ar,speculative:gamma=4,speculative:gamma=4:draft_loop=fixed,speculative:gamma=4:draft_loop=while,spec_dynamic:tree_nodes=16,medusa,eagle3}
 # Command buffers (CUDA graphs) for every command type, while loops and conditionals included
 # (XLA's default leaves those two out, so each decode-loop iteration returns to the host)
 GRAPH_TYPES=${GRAPH_TYPES:-FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE}
@@ -237,6 +243,10 @@ for s in ${stages//,/ }; do
         --verifiers="chain k=4,chain k=4 (fixed-count loop),chain k=4 (while loop)" \
         $GRAPHS_ARGS --variants="default;graphs:xla_gpu_enable_command_buffer=$GRAPH_TYPES" \
         --out=spec_system_$( [ "$REHEARSE" = 1 ] && echo rehearsal || echo gpu_h200)_graphs ;;
+    ops)  # compiles only: no timing, so any load on the machine leaves the counts alone
+      stage ops "${OPS_LIMIT:-110}" $PY -m benchmarks.step_ops --preset="$OPS_PRESET" \
+        --dtype=bfloat16 --decoders="$OPS_DECODERS" \
+        --out=$( [ "$REHEARSE" = 1 ] && echo rehearsal || echo gpu_h200) ;;
     fwd_small)
       stage fwd_small "${FWD_SMALL_LIMIT:-100}" $PY -m benchmarks.forward_cost \
         --presets="$FWD_SMALL_PRESETS" --batches=1 --tokens=1,2 --dtype=bfloat16 \

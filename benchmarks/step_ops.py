@@ -12,7 +12,9 @@ is at hand: each decoder's `generate` is compiled by this machine's XLA (random 
 their training recipe's initial weights, as in benchmarks/step_cost.py), and the operations
 one iteration of its decode loop executes are counted in the optimised HLO: every fusion,
 library call, copy, scatter or other instruction that runs (parameters, tuples, constants
-and bitcasts excluded). A loop inside the step counts its body times its trip count where
+and bitcasts excluded; a call counts the operations it calls, a GPU command buffer's
+kernels among them, and a conditional its larger branch, each plus one for itself). A loop
+inside the step counts its body times its trip count where
 XLA knows it (a fixed-count drafting loop); a loop whose count depends on the data (a while
 loop) counts once and marks the row with '>='. The decode loop is the data-dependent loop
 with the most operations (for the adaptive draft length: the loop of its longest chain).
@@ -84,6 +86,13 @@ def _count(comps: dict[str, list[str]], name: str, loops: list[Loop]) -> tuple[i
   for line in comps[name]:
     m = _INSTR.match(line)
     if not m or m.group(2) in _FREE:
+      continue
+    if m.group(2) in ('call', 'conditional'):  # a call's ops (a GPU command buffer's kernels,
+      # launched as one graph) / the larger branch, plus the instruction itself
+      called = re.findall(r'(?:to_apply|branch_computations|true_computation|'
+                          r'false_computation)=\{?([%\w.\-, ]+)\}?', line)
+      names = [n.strip().lstrip('%') for group in called for n in group.split(',')]
+      total += 1 + max([_count(comps, n, loops)[0] for n in names if n in comps] or [0])
       continue
     if m.group(2) != 'while':
       total += 1

@@ -24,6 +24,7 @@ CALLS = {
     't1,spec_system,step_cost': ('t1', 'spec_system', 'step_cost'),
     'spec_bf16,fwd_cost,step_cost': ('spec_bf16', 'fwd_cost', 'step_cost'),
     'graphs,fwd_small': ('graphs', 'fwd_small'),  # in two sessions' leftovers, or one call
+    'graphs,fwd_small,ops': ('graphs', 'fwd_small', 'ops'),
     'star': ('star', 'star_bench'),  # issue 18's planning comparison
     'star,lossy': ('star', 'star_bench', 'lossy'),  # and its lossy decoders' speed
 }

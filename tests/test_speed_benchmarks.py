@@ -557,3 +557,28 @@ def test_step_ops_counts_the_decode_loop_and_inner_loops_by_their_trip_counts(ta
   hlo = 'ENTRY %main () -> s32[] {\n  %a = s32[] constant(1)\n  ROOT %b = s32[] add(%a, %a)\n}'
   with pytest.raises(ValueError, match='No data-dependent while loop'):
     step_ops.step_loop(hlo)
+
+
+def test_step_ops_counts_what_calls_and_conditionals_run():
+  """A call counts the operations of the computation it calls (a GPU command buffer's
+  kernels) and a conditional its larger branch, each plus the instruction itself."""
+  hlo = '\n'.join([
+      '%small (p: f32[]) -> f32[] {', '  %p = f32[] parameter(0)',
+      '  ROOT %n = f32[] negate(%p)', '}',
+      '%big (q: f32[]) -> f32[] {', '  %q = f32[] parameter(0)', '  %a = f32[] exponential(%q)',
+      '  ROOT %b = f32[] negate(%a)', '}',
+      '%body (c: (s32[], f32[])) -> (s32[], f32[]) {', '  %c = (s32[], f32[]) parameter(0)',
+      '  %i = s32[] get-tuple-element(%c), index=0', '  %x = f32[] get-tuple-element(%c), index=1',
+      '  %one = s32[] constant(1)', '  %j = s32[] add(%i, %one)',
+      '  %y = f32[] call(%x), to_apply=%big',
+      '  %z = f32[] conditional(%i, %y, %y), branch_computations={%small, %big}',
+      '  ROOT %t = (s32[], f32[]) tuple(%j, %z)', '}',
+      '%cond (d: (s32[], f32[])) -> pred[] {', '  %d = (s32[], f32[]) parameter(0)',
+      '  %k = s32[] get-tuple-element(%d), index=0', '  %ten = s32[] constant(10)',
+      '  ROOT %lt = pred[] compare(%k, %ten), direction=LT', '}',
+      'ENTRY %main (e: (s32[], f32[])) -> (s32[], f32[]) {',
+      '  %e = (s32[], f32[]) parameter(0)',
+      '  ROOT %w = (s32[], f32[]) while(%e), condition=%cond, body=%body', '}'])
+  loop = step_ops.step_loop(hlo)
+  # body: add 1, call 1 + 2, conditional 1 + 2; condition: compare 1
+  assert loop.trips is None and loop.ops == 1 + 3 + 3 + 1
