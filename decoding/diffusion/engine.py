@@ -176,14 +176,20 @@ class CanvasDecoder(canvas.DiffusionDecoder):
         return blk_abs - bs - shift, 2 * bs + shift
       return blk_abs - shift, bs + shift
 
-    def full(seq_BxL, cache):
-      out = apply(seq_BxL, full_pos_BxL, cache)
+    def rows_only(pos_BxT, rows_B):
+      """Positions with the rows outside `rows_B` (None: every row) made padding: those rows
+      write nothing to the cache, and their logits are not used."""
+      return pos_BxT if rows_B is None else jnp.where(rows_B[:, None], pos_BxT, -1)
+
+    def full(seq_BxL, cache, rows_B=None):
+      out = apply(seq_BxL, rows_only(full_pos_BxL, rows_B), cache)
       return out.logits_BxTxV, full_pos_BxL, jnp.zeros((B,), jnp.int32), out.cache
 
-    def windowed(seq_BxL, cache, cur_B):
+    def windowed(seq_BxL, cache, cur_B, rows_B=None):
       start_B, W = window_spec(cur_B)
       tokens, pos = canvas.window(seq_BxL, layout, start_B, W)
-      out = model.apply({'params': p}, tokens, pos, cache=cache, attn_mask=mask_spec)
+      out = model.apply({'params': p}, tokens, rows_only(pos, rows_B), cache=cache,
+                        attn_mask=mask_spec)
       return out.logits_BxTxV, pos, start_B, out.cache
 
     keys_of = lambda n_BxR: canvas.position_keys(row_keys_B, layout.prompt_len_B[:, None] +
@@ -220,14 +226,6 @@ class CanvasDecoder(canvas.DiffusionDecoder):
         else:
           need = s.refreshed_blk_B != cur_B
 
-        def with_refresh(c):  # c: (region logits, their mask, the cache), in place
-          lf, pf, sf, cf = full(s.seq_BxL, c[2])
-          lw, pw, sw, cw = windowed(s.seq_BxL, c[2], cur_B)
-          rf, okf = region_logits(lf, pf, sf, n_BxR)
-          rw, okw = region_logits(lw, pw, sw, n_BxR)
-          return (canvas.select_rows(need, rf, rw), canvas.select_rows(need, okf, okw),
-                  canvas.select_rows(need, cf, cw))
-
         def without(c):
           lw, pw, sw, cw = windowed(s.seq_BxL, c[2], cur_B)
           rw, okw = region_logits(lw, pw, sw, n_BxR)
@@ -235,12 +233,25 @@ class CanvasDecoder(canvas.DiffusionDecoder):
 
         if exact_cache:
           rl, ok, new_cache = without((None, None, s.cache))
-        else:  # not lax.cond: its branches each got a copy of the cache (base.switch_in_place)
-          shapes = jax.eval_shape(without, (None, None, s.cache))
-          rl, ok, new_cache = base.switch_in_place(
-              jnp.any(need & active).astype(jnp.int32), [without, with_refresh],
+        else:
+          # The rows that refresh run the full forward, in its own loop that runs only when
+          # some active row refreshes; then every other row runs the windowed one. Each
+          # forward writes its own rows only (the others' positions are padding), so the one
+          # cache is updated in place: a lax.cond copied it into its branches, and selecting
+          # rows between two forwards' caches copied it too.
+          def refresh(c):  # c: (region logits, their mask, the cache)
+            lf, pf, sf, cf = full(s.seq_BxL, c[2], need)
+            rf, okf = region_logits(lf, pf, sf, n_BxR)
+            return rf, okf, cf
+
+          shapes = jax.eval_shape(refresh, (None, None, s.cache))
+          rf, okf, cache = base.switch_in_place(
+              jnp.any(need & active).astype(jnp.int32), [lambda c: c, refresh],
               (jnp.zeros(shapes[0].shape, shapes[0].dtype),
                jnp.zeros(shapes[1].shape, shapes[1].dtype), s.cache))
+          lw, pw, sw, new_cache = windowed(s.seq_BxL, cache, cur_B, ~need)
+          rw, okw = region_logits(lw, pw, sw, n_BxR)
+          rl, ok = canvas.select_rows(need, rf, rw), canvas.select_rows(need, okf, okw)
         refreshed = jnp.where(need & active, cur_B, s.refreshed_blk_B)
       eligible = eligible & ok
       stats = canvas.token_stats(rl, keys_of(n_BxR), self.sampling, self.mask_id)

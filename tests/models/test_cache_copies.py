@@ -6,8 +6,8 @@ it lay, a one-slot write duplicated by fusion at batch 1, and the branches of a 
 around a forward). This checks the compiled HLO of AR decoding (also with H2O eviction),
 SkipDecode and a multi-token cached forward loop for instructions inside a while loop body
 that copy or transpose a buffer of a cache array's shape, and that of the adaptive draft
-length, of DEL, of CNTP and of CtrlDiff's boundary forward for such instructions anywhere
-but the entry computation.
+length, of DEL, of CNTP, of CtrlDiff's boundary forward and of Fast-dLLM's refresh for such
+instructions anywhere but the entry computation.
 """
 
 from __future__ import annotations
@@ -156,4 +156,26 @@ def test_ctrldiff_boundary_forward_does_not_copy_the_cache():
                                                pad_id=0))
   hlo = fn.lower(params, prompt, jnp.asarray([8, 5, 3], jnp.int32), keys).compile().as_text()
   assert len(re.findall(r' while\(', hlo)) >= 2  # the decode loop and the boundary's
+  assert not _cache_copies(hlo, Cache.init(model.cfg, B, S), _computations(hlo))
+
+
+@pytest.mark.parametrize('cache', ['prefix', 'dual'])
+def test_fast_dllm_refresh_does_not_copy_the_cache(cache):
+  """Fast-dLLM's approximate caches refresh a row at its block starts: those rows run the
+  full forward in a loop of its own (`switch_in_place`, run when some row refreshes), the
+  others the windowed forward, each writing only its own rows into the one cache (a
+  selection between the two forwards' caches copied it)."""
+  from decoding import base as base_lib  # pylint: disable=g-import-not-at-top
+  B, P, V, N = 3, 8, 64, 12
+  model, params, prompt, keys = testlib.peaked_diffusion_setup(B, P, V, 60)
+  # Blocks of 2: no attention probabilities [B, K, S, G * T] take a cache buffer's shape
+  # [B, K, S, Dh] (G * T is 4 in the windowed forward of a block, 24 and 40 in the others).
+  dec = registry.build('fast_dllm', dict(mask_id=V - 1, shift=0, block_causal=0, block_size=2,
+                                         threshold=0.6, cache=cache), SamplingConfig())
+  fn = jax.jit(lambda p, t, l, k: dec.generate(base_lib.Models(model), p, t, l, k,
+                                               max_new_tokens=N, cache_size=S, eos_id=-1,
+                                               pad_id=0))
+  hlo = fn.lower({'target': params}, prompt, jnp.asarray([8, 5, 3], jnp.int32),
+                 keys).compile().as_text()
+  assert len(re.findall(r' while\(', hlo)) >= 2  # the decode loop and the refresh's
   assert not _cache_copies(hlo, Cache.init(model.cfg, B, S), _computations(hlo))
