@@ -291,7 +291,7 @@ class DraftModelDrafter(drafter_lib.Drafter):
         jnp.where(ok[:, 0], score0, -jnp.inf))
     anc = jnp.zeros((B, C1, C1), bool).at[:, :, 0].set(True)
     anc = anc.at[:, jnp.arange(1, k + 1), jnp.arange(1, k + 1)].set(True)
-    fed = jnp.zeros((B, C1), bool).at[:, 0].set(active_B)
+    fed_nodes = [(jnp.zeros((B, 1), jnp.int32), active_B[:, None])]  # (nodes, fed) per round
     # Per fed slot (root + frontier per round): q of its children, for 'wor' verification.
     logq_fed = jnp.zeros((B, 1 + (D - 1) * k, V), jnp.float32) if wor else None
     fed_slot = jnp.full((B, C1), -1, jnp.int32).at[:, 0].set(0)
@@ -314,7 +314,7 @@ class DraftModelDrafter(drafter_lib.Drafter):
       logits, cache = self._apply(env, cache, jnp.take_along_axis(cand_tok, frontier, 1), pos,
                                   slots_all[:, :1] + frontier, prefix | lifted)
       calls = calls + jnp.any(f_ok, axis=1)
-      fed = fed.at[b, frontier].set(fed[b, frontier] | f_ok)
+      fed_nodes.append((frontier, f_ok))  # distinct nodes across rounds: one write at the end
       tok, ok, lq, sc = proposals.children(logits, k, how, env.sampling, keys(d + 1, k, 0))
       parent_score = jnp.take_along_axis(score, frontier, 1)  # [B, k]
       if wor:
@@ -364,6 +364,8 @@ class DraftModelDrafter(drafter_lib.Drafter):
       logq = jnp.take_along_axis(logq_fed, jnp.maximum(slot, 0)[:, :, None], 1)
     tree = trees.Tree(tokens, parents, depth, valid, trees.children_table(parents, valid, k),
                       logq, anc & valid[:, None, :] & valid[:, :, None])
+    fed = jnp.zeros((B, C1), bool).at[b, jnp.concatenate([n for n, _ in fed_nodes], 1)].set(
+        jnp.concatenate([f for _, f in fed_nodes], 1))
     processed = valid & jnp.take_along_axis(fed, node_cand, 1)
     state = state.replace(cache=cache, processed_BxT=processed,
                           node_slots_BxT=base_B[:, None] + node_cand)
