@@ -125,8 +125,8 @@ def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
   times both at the decoders' call sites). Other backends get `lax.top_k` unchanged.
 
   k = 1, on every backend, is an argmax (one reduction) and the value it points at (whose
-  gradient reaches that one entry, as `lax.top_k`'s does): no TopK routine call or sort.
-  Every greedy draft node takes its top token, and on a GPU each such call is a launch.
+  gradient reaches that one entry, as `lax.top_k`'s does): no TopK routine call or sort, for
+  the top token every greedy draft node takes.
   """
   if k == 1:
     ids = jnp.argmax(x, axis=-1, keepdims=True).astype(jnp.int32)
