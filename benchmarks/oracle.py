@@ -57,6 +57,12 @@ class OracleDraft:
 
   def apply(self, variables, tokens_BxT, positions_BxT=None, cache=None, write_slots_BxT=None,
             attn_mask=None, **unused):
+    with jax.named_scope('OracleDraft'):  # its ops named as a draft module's (step_ops)
+      return self._apply(variables, tokens_BxT, positions_BxT, cache, write_slots_BxT,
+                         attn_mask, **unused)
+
+  def _apply(self, variables, tokens_BxT, positions_BxT, cache, write_slots_BxT, attn_mask,
+             **unused):
     del attn_mask, unused
     p = variables['params']
     ref_BxS, alpha, salt_B = p['reference'], p['alpha'], p['salt']

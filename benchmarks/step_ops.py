@@ -18,6 +18,10 @@ inside the step counts its body times its trip count where
 XLA knows it (a fixed-count drafting loop); a loop whose count depends on the data (a while
 loop) counts once and marks the row with '>='. The decode loop is the data-dependent loop
 with the most operations (for the adaptive draft length: the loop of its longest chain).
+Each operation is also assigned by the name scope jax records in its metadata (`part`):
+to a `Transformer` forward ("model"), to another module ("draft modules": the oracle draft,
+EAGLE layers, heads), to the loop itself (drafting logic, trees, masks, verification,
+commit, bookkeeping), or "unnamed" (what XLA made or rewrote without a name).
 
 XLA:GPU fuses differently from XLA:CPU, so the counts are a proxy for a GPU's launches,
 compared between decoders and between versions of the code on the same machine and jax, not
@@ -72,6 +76,8 @@ class Loop:
   ops: int = 0  # per iteration, inner loops multiplied by their trip counts
   own: int = 0  # per iteration, outside inner loops
   inner: list['Loop'] = dataclasses.field(default_factory=list)
+  # per iteration, as `ops`: {'model', 'draft modules', 'loop'} (`part`)
+  parts: dict[str, int] = dataclasses.field(default_factory=dict)
 
   @property
   def exact(self) -> bool:
@@ -79,10 +85,37 @@ class Loop:
     return all(l.trips is not None and l.exact for l in self.inner)
 
 
-def _count(comps: dict[str, list[str]], name: str, loops: list[Loop]) -> tuple[int, list[Loop]]:
-  """(executed ops of computation `name`, its direct while loops); every loop found is also
-  appended to `loops`."""
-  total, direct = 0, []
+_OP_NAME = re.compile(r'op_name="([^"]+)"')
+PARTS = ('model', 'draft modules', 'loop', 'unnamed')
+
+
+def part(line: str) -> str:
+  """What an instruction belongs to, from the name scope jax records in its metadata (a
+  fusion carries its root's): the outermost module scope `Transformer` is a model forward
+  (the target's; also a draft model's where it is a `Transformer`), another module scope
+  (capitalised: `EagleDraft`, `OracleDraft`, heads) a draft module, a name without a module
+  scope the loop (drafting logic, trees, masks, verification, commit, bookkeeping). What
+  carries no name is 'unnamed': operations XLA made itself, copies and fills, but also
+  products and reductions its CPU passes rewrote (on XLA:CPU most of them are the model's)."""
+  m = _OP_NAME.search(line)
+  if not m:
+    return 'unnamed'
+  scopes = re.findall(r'/([A-Z]\w*)/', '/' + m.group(1) + '/')
+  if not scopes:
+    return 'loop'
+  return 'model' if scopes[0] == 'Transformer' else 'draft modules'
+
+
+def _add(into: dict[str, int], parts: dict[str, int], times: int = 1) -> None:
+  for k, v in parts.items():
+    into[k] = into.get(k, 0) + v * times
+
+
+def _count(comps: dict[str, list[str]], name: str, loops: list[Loop]
+           ) -> tuple[int, list[Loop], dict[str, int]]:
+  """(executed ops of computation `name`, its direct while loops, the ops by `part`); every
+  loop found is also appended to `loops`."""
+  total, direct, parts = 0, [], {}
   for line in comps[name]:
     m = _INSTR.match(line)
     if not m or m.group(2) in _FREE:
@@ -92,24 +125,32 @@ def _count(comps: dict[str, list[str]], name: str, loops: list[Loop]) -> tuple[i
       called = re.findall(r'(?:to_apply|branch_computations|true_computation|'
                           r'false_computation)=\{?([%\w.\-, ]+)\}?', line)
       names = [n.strip().lstrip('%') for group in called for n in group.split(',')]
-      total += 1 + max([_count(comps, n, loops)[0] for n in names if n in comps] or [0])
+      counted = [_count(comps, n, loops) for n in names if n in comps]
+      biggest = max(counted, key=lambda c: c[0], default=(0, [], {}))
+      total += 1 + biggest[0]
+      _add(parts, {part(line): 1})
+      _add(parts, biggest[2])
       continue
     if m.group(2) != 'while':
       total += 1
+      _add(parts, {part(line): 1})
       continue
     body = re.search(r'body=%?([\w.\-]+)', line).group(1)
     cond = re.search(r'condition=%?([\w.\-]+)', line).group(1)
     trips = _TRIPS.search(line)
     loop = Loop(body, int(trips.group(1)) if trips else None)
-    own_body, inner = _count(comps, body, loops)
-    own_cond, inner_c = _count(comps, cond, loops)
+    own_body, inner, parts_body = _count(comps, body, loops)
+    own_cond, inner_c, parts_cond = _count(comps, cond, loops)
     loop.inner = inner + inner_c
     loop.ops = own_body + own_cond
     loop.own = loop.ops - sum(l.ops * (l.trips or 1) for l in loop.inner)
+    _add(loop.parts, parts_body)
+    _add(loop.parts, parts_cond)
     loops.append(loop)
     direct.append(loop)
     total += loop.ops * (loop.trips or 1)
-  return total, direct
+    _add(parts, loop.parts, loop.trips or 1)
+  return total, direct, parts
 
 
 def step_loop(hlo: str) -> Loop:
@@ -163,10 +204,11 @@ def run(args) -> tuple[str, list[dict[str, Any]]]:
     rows.append(dict(decoder=label, T=step_cost.step_tokens(decoder, models), ops=loop.ops,
                      exact=loop.exact, own=loop.own,
                      inner=[[l.ops, l.trips] for l in loop.inner],
+                     parts={k: loop.parts.get(k, 0) for k in PARTS},
                      over_ar=loop.ops / ar_ops if ar_ops else None))
     print(f"{label}: {'' if loop.exact else '>= '}{loop.ops} ops per step "
-          f"({loop.own} outside inner loops; inner loops [ops, trips]: {rows[-1]['inner']})",
-          flush=True)
+          f"({loop.own} outside inner loops; inner loops [ops, trips]: {rows[-1]['inner']}; "
+          f"by part: {rows[-1]['parts']})", flush=True)
     path = write(rows, args)  # after every row: a run cut short keeps its rows
   return path, rows
 
@@ -176,9 +218,10 @@ def write(rows: list[dict[str, Any]], args) -> str:
   common.write_json(name, {'provenance': common.provenance(), 'preset': args.preset,
                            'dtype': args.dtype, 'batch': args.batch, 'rows': rows})
   table = common.markdown_table(
-      ['decoder', 'T', 'ops per step', 'outside inner loops', 'inner loops (ops x trips)',
-       'ops / AR\'s'],
-      [[r['decoder'], r['T'], ('' if r['exact'] else '>= ') + str(r['ops']), r['own'],
+      ['decoder', 'T', 'ops per step', 'model', 'draft modules', 'loop', 'unnamed',
+       'outside inner loops', 'inner loops (ops x trips)', 'ops / AR\'s'],
+      [[r['decoder'], r['T'], ('' if r['exact'] else '>= ') + str(r['ops']),
+        *[r['parts'][k] for k in PARTS], r['own'],
         ', '.join(f'{o} x {t if t is not None else "?"}' for o, t in r['inner']) or '-',
         '-' if r['over_ar'] is None else f"{r['over_ar']:.2f}"] for r in rows])
   body = (f'Preset `{args.preset}` ({args.dtype}, random weights), batch {args.batch}, '
@@ -189,7 +232,14 @@ def write(rows: list[dict[str, Any]], args) -> str:
           'a loop inside the step counted times its known trip count, once where the count '
           'depends on the data, marked >=). A proxy for kernel launches on a GPU, where '
           'fusion differs: compare rows and versions on the same machine and jax, not '
-          'across them. T: tokens the target forward scores per step.\n\n' + table)
+          'across them. T: tokens the target forward scores per step. By the name scopes '
+          'jax records: "model", in a `Transformer` forward (the target\'s, and a draft\'s '
+          'where it is one; early exit drafts through the target\'s own layers); "draft '
+          'modules", in another module (the oracle draft, EAGLE layers, heads); "loop", the '
+          'rest (drafting logic, trees, masks, verification, commit, bookkeeping); '
+          '"unnamed", what carries no name (XLA\'s copies and fills, and products and '
+          'reductions its passes rewrote: on XLA:CPU mostly the model\'s). A fusion counts '
+          'where its root belongs.\n\n' + table)
   return common.write_results(name, 'Operations per decode step', body)
 
 

@@ -550,6 +550,9 @@ def test_step_ops_counts_the_decode_loop_and_inner_loops_by_their_trip_counts(ta
   (inner,) = fixed.inner
   assert inner.trips == 2 and fixed.exact
   assert fixed.ops == fixed.own + 2 * inner.ops > ar.ops
+  for loop in (ar, fixed):  # every op in exactly one part (which part: the next test)
+    assert sum(loop.parts.values()) == loop.ops and loop.parts['model'] > 0
+  assert ar.parts.get('draft modules', 0) == 0
   unrolled = count('speculative:gamma=3:draft_loop=unroll')
   assert not unrolled.inner and unrolled.ops < fixed.ops
   looped = count('speculative:gamma=3:draft_loop=while')
@@ -565,12 +568,13 @@ def test_step_ops_counts_what_calls_and_conditionals_run():
   hlo = '\n'.join([
       '%small (p: f32[]) -> f32[] {', '  %p = f32[] parameter(0)',
       '  ROOT %n = f32[] negate(%p)', '}',
-      '%big (q: f32[]) -> f32[] {', '  %q = f32[] parameter(0)', '  %a = f32[] exponential(%q)',
+      '%big (q: f32[]) -> f32[] {', '  %q = f32[] parameter(0)', '  %a = f32[] exponential(%q), metadata={op_name="jit(f)/while/body/EagleDraft/exp"}',
       '  ROOT %b = f32[] negate(%a)', '}',
       '%body (c: (s32[], f32[])) -> (s32[], f32[]) {', '  %c = (s32[], f32[]) parameter(0)',
       '  %i = s32[] get-tuple-element(%c), index=0', '  %x = f32[] get-tuple-element(%c), index=1',
-      '  %one = s32[] constant(1)', '  %j = s32[] add(%i, %one)',
-      '  %y = f32[] call(%x), to_apply=%big',
+      '  %one = s32[] constant(1)',
+      '  %j = s32[] add(%i, %one), metadata={op_name="jit(f)/while/body/add"}',
+      '  %y = f32[] call(%x), to_apply=%big, metadata={op_name="jit(f)/Transformer/mlp"}',
       '  %z = f32[] conditional(%i, %y, %y), branch_computations={%small, %big}',
       '  ROOT %t = (s32[], f32[]) tuple(%j, %z)', '}',
       '%cond (d: (s32[], f32[])) -> pred[] {', '  %d = (s32[], f32[]) parameter(0)',
@@ -582,3 +586,6 @@ def test_step_ops_counts_what_calls_and_conditionals_run():
   loop = step_ops.step_loop(hlo)
   # body: add 1, call 1 + 2, conditional 1 + 2; condition: compare 1
   assert loop.trips is None and loop.ops == 1 + 3 + 3 + 1
+  # by name: add -> loop; the call -> model, its exp -> a draft module, its negate and the
+  # rest -> unnamed (the conditional counts its larger branch, %big, with the same names)
+  assert loop.parts == {'loop': 1, 'model': 1, 'draft modules': 2, 'unnamed': 4}
