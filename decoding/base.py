@@ -247,19 +247,23 @@ def truncate_at_eos(new_BxK: jax.Array, count_B: jax.Array, room_B: jax.Array, e
   return count_B, hit_eos_B
 
 
-def switch_in_place(index: jax.Array, branches: Sequence[Callable[[Any], Any]], carry: Any
-                    ) -> Any:
+def switch_in_place(index: jax.Array, branches: Sequence[Callable[[Any], Any] | None],
+                    carry: Any) -> Any:
   """`lax.switch(index, branches, carry)` for branches carry -> carry (one structure) whose
-  carry holds large buffers that they update, such as the target's cache.
+  carry holds large buffers that they update, such as the target's cache. A branch None
+  leaves the carry as it is.
 
   XLA gives every branch of a conditional its own copy of the buffers the branch writes:
   every layer's keys and values on each call (DEL's choice of exit layer made such copies
   every step). Here branch i is the body of a while loop that runs once when `index` is i
   and not at all otherwise; the loops run one after the other and the carry flows through
-  them in place. Placeholders in the carry for what a branch computes (rather than
-  updates) cost one fill each.
+  them in place. A None branch gets no loop (each loop reads its predicate at least once: on
+  a GPU, a round trip to the host). Placeholders in the carry for what a branch computes
+  (rather than updates) cost one fill each.
   """
   for i, branch in enumerate(branches):
+    if branch is None:
+      continue
     carry = jax.lax.while_loop(
         lambda c: c[0], lambda c, f=branch: (jnp.zeros((), bool), f(c[1])),
         (jnp.asarray(index == i), carry))[1]

@@ -243,7 +243,7 @@ class CtrlDiffDecoder(canvas.DiffusionDecoder):
 
         # not lax.cond, whose branches each got a copy of the cache (base.switch_in_place)
         cache, feat = base.switch_in_place(jnp.any(boundary).astype(jnp.int32),
-                                           [lambda c: c, with_boundary], (s.cache, s.feat_BxD))
+                                           [None, with_boundary], (s.cache, s.feat_BxD))
         progress = progress.replace(
             target_forwards_B=progress.target_forwards_B + boundary.astype(jnp.int32))
       b_new = choose(feat, s_abs)

@@ -226,14 +226,8 @@ class CanvasDecoder(canvas.DiffusionDecoder):
         else:
           need = s.refreshed_blk_B != cur_B
 
-        def without(c):
-          lw, pw, sw, cw = windowed(s.seq_BxL, c[2], cur_B)
-          rw, okw = region_logits(lw, pw, sw, n_BxR)
-          return rw, okw, cw
-
-        if exact_cache:
-          rl, ok, new_cache = without((None, None, s.cache))
-        else:
+        rows, cache = None, s.cache
+        if not exact_cache:
           # The rows that refresh run the full forward, in its own loop that runs only when
           # some active row refreshes; then every other row runs the windowed one. Each
           # forward writes its own rows only (the others' positions are padding), so the one
@@ -246,12 +240,14 @@ class CanvasDecoder(canvas.DiffusionDecoder):
 
           shapes = jax.eval_shape(refresh, (None, None, s.cache))
           rf, okf, cache = base.switch_in_place(
-              jnp.any(need & active).astype(jnp.int32), [lambda c: c, refresh],
+              jnp.any(need & active).astype(jnp.int32), [None, refresh],
               (jnp.zeros(shapes[0].shape, shapes[0].dtype),
                jnp.zeros(shapes[1].shape, shapes[1].dtype), s.cache))
-          lw, pw, sw, new_cache = windowed(s.seq_BxL, cache, cur_B, ~need)
-          rw, okw = region_logits(lw, pw, sw, n_BxR)
-          rl, ok = canvas.select_rows(need, rf, rw), canvas.select_rows(need, okf, okw)
+          rows = ~need
+        lw, pw, sw, new_cache = windowed(s.seq_BxL, cache, cur_B, rows)
+        rl, ok = region_logits(lw, pw, sw, n_BxR)
+        if not exact_cache:
+          rl, ok = canvas.select_rows(need, rf, rl), canvas.select_rows(need, okf, ok)
         refreshed = jnp.where(need & active, cur_B, s.refreshed_blk_B)
       eligible = eligible & ok
       stats = canvas.token_stats(rl, keys_of(n_BxR), self.sampling, self.mask_id)

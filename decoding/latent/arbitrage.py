@@ -257,9 +257,8 @@ def generate_drafted(dec: 'ArbitrageDecoder', models: base.Models, params: dict[
     # the large model's forward where a row writes: not lax.cond, whose branches each got a
     # copy of the cache (base.switch_in_place)
     ll, cl = base.switch_in_place(jnp.any(writing_B).astype(jnp.int32), [
-        lambda c: c,
-        lambda c: _tokens_forward(large, pl, tok_B[:, None],
-                                  jnp.where(writing_B, pos_B, -1)[:, None], c[1])],
+        None, lambda c: _tokens_forward(large, pl, tok_B[:, None],
+                                        jnp.where(writing_B, pos_B, -1)[:, None], c[1])],
         (s.logits_l[:, None], s.cache_l))
     ll = ll[:, 0]
     ended_tok_B = jnp.isin(tok_B, step_end) | (tok_B == eos_id)
@@ -292,7 +291,7 @@ def generate_drafted(dec: 'ArbitrageDecoder', models: base.Models, params: dict[
       return jnp.where(accept_B[:, None], last, ll), c
 
     ll, cl = base.switch_in_place(jnp.any(accept_B).astype(jnp.int32),
-                                  [lambda c: c, ingest], (ll, cl))
+                                  [None, ingest], (ll, cl))
     # Rejected drafts: the small model forgets them (its next forward is the large model's
     # first token of the step, so its logits need no restoring). With slots = positions the
     # stale slots would also stay hidden by causality until overwritten, so outputs do not

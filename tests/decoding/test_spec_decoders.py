@@ -120,7 +120,6 @@ def test_greedy_equals_ar_on_a_ragged_batch(setup, method):
   assert all(a >= b for a, b in zip(acc, acc[1:])) and acc[0] <= steps
 
 
-
 @dataclasses.dataclass(frozen=True)
 class _EveryThirdStepAR(adaptive.AdaptiveChain):
   """An adaptive chain whose schedule is fixed: an AR step (variant 0) whenever the steps
@@ -192,6 +191,7 @@ def test_ids_outside_the_vocabulary_are_never_accepted_and_are_reported(setup):
   assert [list(np.asarray(out.tokens_BxN[b, :n[b]])) for b in range(B)] == ref
   np.testing.assert_array_equal(out.extra['bad_draft_steps'], out.extra['spec_steps'])
   assert np.all(np.asarray(out.extra['spec_steps']) > 0)
+
 
 def _step_fn(dec, models, params, eos):
   """init and step of the loop, jitted, to inspect the state between steps."""
@@ -580,3 +580,10 @@ def test_switch_in_place_equals_lax_switch(index):
               jax.jit(lambda i: base.switch_in_place(i, branches, carry))(index)):
     jax.tree.map(np.testing.assert_array_equal, got, want)
   assert int(want[0]) == 1 and float(jnp.sum(want[2])) == 1.0
+  # a None branch leaves the carry as it is, and adds no loop
+  with_none = [None if k == 1 else b for k, b in enumerate(branches)]
+  got = jax.jit(lambda i: base.switch_in_place(i, with_none, carry))(index)
+  jax.tree.map(np.testing.assert_array_equal, got, carry if index == 1 else want)
+  prims = [e.primitive.name for e in jax.make_jaxpr(
+      lambda i: base.switch_in_place(i, with_none, carry))(index).eqns]
+  assert prims.count('while') == 2
