@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import types
 from typing import Any
 
 import jax
@@ -70,14 +71,22 @@ def computations(hlo: str) -> tuple[dict[str, list[str]], str]:
 
 @dataclasses.dataclass
 class Loop:
-  """A while loop of the compiled program: its body's executed operations per iteration."""
+  """A while loop of the compiled program: what its body executes per iteration."""
   body: str
   trips: int | None  # XLA's known trip count; None when it depends on the data
-  ops: int = 0  # per iteration, inner loops multiplied by their trip counts
-  own: int = 0  # per iteration, outside inner loops
   inner: list['Loop'] = dataclasses.field(default_factory=list)
-  # per iteration, as `ops`: {'model', 'draft modules', 'loop'} (`part`)
+  # executed ops per iteration by `part` (PARTS), inner loops times their trip counts
   parts: dict[str, int] = dataclasses.field(default_factory=dict)
+
+  @property
+  def ops(self) -> int:
+    """Executed operations per iteration, inner loops times their trip counts."""
+    return sum(self.parts.values())
+
+  @property
+  def own(self) -> int:
+    """Per iteration, outside inner loops."""
+    return self.ops - sum(l.ops * (l.trips or 1) for l in self.inner)
 
   @property
   def exact(self) -> bool:
@@ -112,45 +121,35 @@ def _add(into: dict[str, int], parts: dict[str, int], times: int = 1) -> None:
 
 
 def _count(comps: dict[str, list[str]], name: str, loops: list[Loop]
-           ) -> tuple[int, list[Loop], dict[str, int]]:
-  """(executed ops of computation `name`, its direct while loops, the ops by `part`); every
-  loop found is also appended to `loops`."""
-  total, direct, parts = 0, [], {}
+           ) -> tuple[dict[str, int], list[Loop]]:
+  """(the ops computation `name` executes, by `part`; its direct while loops); every loop
+  found is also appended to `loops`."""
+  parts, direct = {}, []
   for line in comps[name]:
     m = _INSTR.match(line)
     if not m or m.group(2) in _FREE:
       continue
+    if m.group(2) != 'while':  # a loop counts as what it runs, not as itself
+      _add(parts, {part(line): 1})
     if m.group(2) in ('call', 'conditional'):  # a call's ops (a GPU command buffer's kernels,
-      # launched as one graph) / the larger branch, plus the instruction itself
+      # launched as one graph) / the larger branch
       called = re.findall(r'(?:to_apply|branch_computations|true_computation|'
                           r'false_computation)=\{?([%\w.\-, ]+)\}?', line)
       names = [n.strip().lstrip('%') for group in called for n in group.split(',')]
-      counted = [_count(comps, n, loops) for n in names if n in comps]
-      biggest = max(counted, key=lambda c: c[0], default=(0, [], {}))
-      total += 1 + biggest[0]
-      _add(parts, {part(line): 1})
-      _add(parts, biggest[2])
-      continue
-    if m.group(2) != 'while':
-      total += 1
-      _add(parts, {part(line): 1})
-      continue
-    body = re.search(r'body=%?([\w.\-]+)', line).group(1)
-    cond = re.search(r'condition=%?([\w.\-]+)', line).group(1)
-    trips = _TRIPS.search(line)
-    loop = Loop(body, int(trips.group(1)) if trips else None)
-    own_body, inner, parts_body = _count(comps, body, loops)
-    own_cond, inner_c, parts_cond = _count(comps, cond, loops)
-    loop.inner = inner + inner_c
-    loop.ops = own_body + own_cond
-    loop.own = loop.ops - sum(l.ops * (l.trips or 1) for l in loop.inner)
-    _add(loop.parts, parts_body)
-    _add(loop.parts, parts_cond)
-    loops.append(loop)
-    direct.append(loop)
-    total += loop.ops * (loop.trips or 1)
-    _add(parts, loop.parts, loop.trips or 1)
-  return total, direct, parts
+      counted = [_count(comps, n, loops)[0] for n in names if n in comps]
+      _add(parts, max(counted, key=lambda p: sum(p.values()), default={}))
+    elif m.group(2) == 'while':  # its body and condition, times the trip count
+      trips = _TRIPS.search(line)
+      loop = Loop(re.search(r'body=%?([\w.\-]+)', line).group(1),
+                  int(trips.group(1)) if trips else None)
+      for computation in (loop.body, re.search(r'condition=%?([\w.\-]+)', line).group(1)):
+        inner_parts, inner = _count(comps, computation, loops)
+        _add(loop.parts, inner_parts)
+        loop.inner += inner
+      loops.append(loop)
+      direct.append(loop)
+      _add(parts, loop.parts, loop.trips or 1)
+  return parts, direct
 
 
 def step_loop(hlo: str) -> Loop:
@@ -171,8 +170,8 @@ def count_decoder(decoder, models: Models, params: dict[str, Any], *, batch: int
   prompt = jnp.full((batch, prompt_len), 5, jnp.int32)
   lens = jnp.full((batch,), prompt_len, jnp.int32)
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(batch))
-  ar_like = dataclasses.make_dataclass('AR', ['tokens_BxN', 'num_generated_B'])(
-      np.zeros((batch, max_new), np.int32), np.full((batch,), max_new, np.int32))
+  ar_like = types.SimpleNamespace(tokens_BxN=np.zeros((batch, max_new), np.int32),
+                                  num_generated_B=np.full((batch,), max_new, np.int32))
   models, per_batch = step_cost.with_stand_ins(decoder, models, params,
                                                [(prompt, lens, keys)], [ar_like], cache_size)
   hlo = runner.lower_generate(decoder, models, per_batch[0], prompt, lens, keys,
