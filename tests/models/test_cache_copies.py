@@ -20,6 +20,7 @@ import pytest
 
 import testlib
 from testlib import small_config
+from benchmarks import step_ops
 from decoding import Models, SamplingConfig, registry, runner
 from models import Cache, Transformer, init_params
 
@@ -28,28 +29,15 @@ S = 64
 
 def _loop_bodies(hlo: str) -> dict[str, list[str]]:
   """{computation name: its lines} for every while-loop body of the compiled module."""
-  comps, name = {}, None
-  for line in hlo.splitlines():
-    m = re.match(r'^(?:ENTRY )?%?([\w.\-]+) .*\{$', line)
-    if m:
-      name = m.group(1)
-      comps[name] = []
-    elif name is not None:
-      comps[name].append(line)
+  comps, _ = step_ops.computations(hlo)
   bodies = set(re.findall(r'while\(.*?body=%?([\w.\-]+)', hlo))
   return {n: comps[n] for n in bodies if n in comps}
 
 
 def _computations(hlo: str) -> dict[str, list[str]]:
   """{computation name: its lines} for every computation but the entry."""
-  comps, name = {}, None
-  for line in hlo.splitlines():
-    m = None if line.startswith('ENTRY') else re.match(r'^%?([\w.\-]+) .*\{$', line)
-    name = m.group(1) if m else (None if line.startswith('ENTRY') else name)
-    if m:
-      comps[name] = []
-    elif name is not None:
-      comps[name].append(line)
+  comps, entry = step_ops.computations(hlo)
+  comps.pop(entry)
   return comps
 
 
@@ -139,24 +127,30 @@ def test_speculative_loops_that_choose_per_step_do_not_copy_the_cache(spec, batc
   assert not _cache_copies(hlo, Cache.init(cfg, batch, S), _computations(hlo))
 
 
+def _diffusion_copies(name: str, settings: dict, extras=lambda model: {}) -> list[str]:
+  """Cache copies outside the entry in the compiled generate of diffusion decoder `name` on
+  the peaked one-layer model (3 rows, prompts of 8, 5 and 3 tokens, 12 new tokens);
+  `extras(model)`: params beside the target's."""
+  B, P, V, N = 3, 8, 64, 12
+  model, params, prompt, keys = testlib.peaked_diffusion_setup(B, P, V, 60)
+  dec = registry.build(name, dict(settings, mask_id=V - 1, shift=0), SamplingConfig())
+  fn = jax.jit(lambda p, t, l, k: dec.generate(Models(model), p, t, l, k, max_new_tokens=N,
+                                               cache_size=S, eos_id=-1, pad_id=0))
+  hlo = fn.lower({'target': params, **extras(model)}, prompt,
+                 jnp.asarray([8, 5, 3], jnp.int32), keys).compile().as_text()
+  assert len(re.findall(r' while\(', hlo)) >= 2  # the decode loop and the conditional one
+  return _cache_copies(hlo, Cache.init(model.cfg, B, S), _computations(hlo))
+
+
 def test_ctrldiff_boundary_forward_does_not_copy_the_cache():
   """CtrlDiff's boundary forward (once per block, rows that finished a block) runs through
   `switch_in_place` and writes only those rows (the others' positions are padding): a
   `lax.cond` with a selection between the old and the new cache copied it twice."""
-  from decoding import base as base_lib  # pylint: disable=g-import-not-at-top
   from models import block_size as bs_lib  # pylint: disable=g-import-not-at-top
-  B, P, V, N = 3, 8, 64, 12
-  model, params, prompt, keys = testlib.peaked_diffusion_setup(B, P, V, 60)
-  params = {'target': params,
-            bs_lib.HEAD: dict(bs_lib.init_params(jax.random.key(3), model.cfg.d_model, 3))}
-  dec = registry.build('ctrldiff', dict(mask_id=V - 1, shift=0, block_causal=1, sizes='2,4,8',
-                                        block_size=4), SamplingConfig())
-  fn = jax.jit(lambda p, t, l, k: dec.generate(base_lib.Models(model), p, t, l, k,
-                                               max_new_tokens=N, cache_size=S, eos_id=-1,
-                                               pad_id=0))
-  hlo = fn.lower(params, prompt, jnp.asarray([8, 5, 3], jnp.int32), keys).compile().as_text()
-  assert len(re.findall(r' while\(', hlo)) >= 2  # the decode loop and the boundary's
-  assert not _cache_copies(hlo, Cache.init(model.cfg, B, S), _computations(hlo))
+  head = lambda model: {bs_lib.HEAD: dict(bs_lib.init_params(jax.random.key(3),
+                                                            model.cfg.d_model, 3))}
+  assert not _diffusion_copies('ctrldiff', dict(block_causal=1, sizes='2,4,8', block_size=4),
+                               head)
 
 
 @pytest.mark.parametrize('cache', ['prefix', 'dual'])
@@ -165,17 +159,7 @@ def test_fast_dllm_refresh_does_not_copy_the_cache(cache):
   full forward in a loop of its own (`switch_in_place`, run when some row refreshes), the
   others the windowed forward, each writing only its own rows into the one cache (a
   selection between the two forwards' caches copied it)."""
-  from decoding import base as base_lib  # pylint: disable=g-import-not-at-top
-  B, P, V, N = 3, 8, 64, 12
-  model, params, prompt, keys = testlib.peaked_diffusion_setup(B, P, V, 60)
   # Blocks of 2: no attention probabilities [B, K, S, G * T] take a cache buffer's shape
   # [B, K, S, Dh] (G * T is 4 in the windowed forward of a block, 24 and 40 in the others).
-  dec = registry.build('fast_dllm', dict(mask_id=V - 1, shift=0, block_causal=0, block_size=2,
-                                         threshold=0.6, cache=cache), SamplingConfig())
-  fn = jax.jit(lambda p, t, l, k: dec.generate(base_lib.Models(model), p, t, l, k,
-                                               max_new_tokens=N, cache_size=S, eos_id=-1,
-                                               pad_id=0))
-  hlo = fn.lower({'target': params}, prompt, jnp.asarray([8, 5, 3], jnp.int32),
-                 keys).compile().as_text()
-  assert len(re.findall(r' while\(', hlo)) >= 2  # the decode loop and the refresh's
-  assert not _cache_copies(hlo, Cache.init(model.cfg, B, S), _computations(hlo))
+  assert not _diffusion_copies('fast_dllm', dict(block_causal=0, block_size=2, threshold=0.6,
+                                                 cache=cache))
