@@ -12,6 +12,14 @@ decoder rolls back with `truncate` (nothing is erased; stale slots past the leng
 invisible and get overwritten) and moves an accepted tree path into contiguous slots with
 `gather`. A token whose position or write slot is negative is padding: it is not written.
 
+A move can also be owed (`gather(..., defer=True)`, what a speculative loop does after each
+verified tree): positions and lengths move at once, the keys and values of every attention
+layer move when the next forward writes that layer — the moved entries join the call's own
+in one scatter (`KVCache.write`), instead of a gather and a scatter per layer and tensor
+between two forwards. Every writer takes its layers from `Cache.layer(i)`, which hands the
+owed moves along; `end_write` pays them in layers a call did not write, `settle` pays them
+all.
+
 Layout, per attention layer: keys k [B, K, S, Dh] and values transposed, v [B, K, Dh, S], so
 both products of attention contract the minor dimension of both operands, per (row, kv head):
 scores = q [G*T, Dh] . k [S, Dh] and out = p [G*T, S] . v [Dh, S] — the operand layout XLA's
@@ -60,16 +68,49 @@ def _never_single(slots_BxT: jax.Array, *updates: jax.Array
 
 
 @flax.struct.dataclass
+class Moves:
+  """Slot moves owed to the attention layers: slot src[b, i] -> dst[b, i], all read before
+  any is written. Sanitised: dst = S (the cache size) is no move, src is in range."""
+  src_BxN: jax.Array
+  dst_BxN: jax.Array
+
+  @classmethod
+  def none(cls, batch_size: int, n: int, size: int) -> 'Moves':
+    """n owed moves that move nothing."""
+    return cls(src_BxN=jnp.zeros((batch_size, n), jnp.int32),
+               dst_BxN=jnp.full((batch_size, n), size, jnp.int32))
+
+  def dst_besides(self, slots_BxT: jax.Array, size: int) -> jax.Array:
+    """dst [B, N] with the moves onto a slot in `slots` dropped (= size): a call's own
+    entry wins, whatever order a backend applies one scatter's duplicate indices in."""
+    hit_BxN = jnp.any(self.dst_BxN[:, :, None] == slots_BxT[:, None, :], axis=-1)
+    return jnp.where(hit_BxN, size, self.dst_BxN)
+
+
+@flax.struct.dataclass
 class KVCache:
-  """Keys [B, K, S, Dh] and values [B, K, Dh, S] (transposed) of one attention layer."""
+  """Keys [B, K, S, Dh] and values [B, K, Dh, S] (transposed) of one attention layer.
+
+  `owed`: moves to make before this write's (set by `Cache.layer`, never stored in a Cache).
+  """
   k: jax.Array
   v: jax.Array
+  owed: Moves | None = None
 
   def write(self, k_BxTxKxDh: jax.Array, v_BxTxKxDh: jax.Array,
             slots_BxT: jax.Array) -> 'KVCache':
-    """Writes at `slots` (already sanitised: out-of-range slots are dropped)."""
-    slots_BxT, (k_BxTxKxDh, v_BxTxKxDh) = _never_single(slots_BxT, k_BxTxKxDh, v_BxTxKxDh)
+    """Writes at `slots` (already sanitised: out-of-range slots are dropped), after the owed
+    moves: the moved entries are gathered from the cache as it was and scattered with the
+    new ones in one update; a slot this call writes keeps the call's entry."""
     b_Bx1 = jnp.arange(slots_BxT.shape[0])[:, None]
+    if self.owed is not None:
+      src_BxN, dst_BxN = self.owed.src_BxN, self.owed.dst_besides(slots_BxT, self.k.shape[2])
+      k_BxTxKxDh = jnp.concatenate(
+          [self.k[b_Bx1, :, src_BxN], k_BxTxKxDh.astype(self.k.dtype)], axis=1)
+      v_BxTxKxDh = jnp.concatenate(
+          [self.v[b_Bx1, :, :, src_BxN], v_BxTxKxDh.astype(self.v.dtype)], axis=1)
+      slots_BxT = jnp.concatenate([dst_BxN, slots_BxT], axis=1)
+    slots_BxT, (k_BxTxKxDh, v_BxTxKxDh) = _never_single(slots_BxT, k_BxTxKxDh, v_BxTxKxDh)
     # Advanced indices apart from the slices: both updates are indexed [B, T, K, Dh].
     k = self.k.at[b_Bx1, :, slots_BxT].set(k_BxTxKxDh.astype(self.k.dtype), mode='drop')
     v = self.v.at[b_Bx1, :, :, slots_BxT].set(v_BxTxKxDh.astype(self.v.dtype), mode='drop')
@@ -85,6 +126,9 @@ class KVCache:
 
   def logical_axes(self) -> 'KVCache':
     return KVCache(k=K_AXES, v=V_AXES)
+
+
+MOVES_AXES = Moves(src_BxN=P('batch', None), dst_BxN=P('batch', None))
 
 
 def begin_call(cache: 'Cache | None', positions_BxT: jax.Array,
@@ -106,6 +150,7 @@ class Cache:
   layers: tuple[Any, ...]
   positions: jax.Array  # [B, S] int32, logical position stored at each slot, -1 if unwritten.
   lengths: jax.Array  # [B] int32, committed slots per row.
+  moves: Moves | None = None  # owed to the attention layers (see the module doc)
 
   @classmethod
   def init(cls, cfg: config_lib.ModelConfig, batch_size: int, size: int,
@@ -136,6 +181,30 @@ class Cache:
   def batch_size(self) -> int:
     return self.positions.shape[0]
 
+  def layer(self, i: int) -> Any:
+    """Layer i's state for a call that writes it: an attention layer carries the owed moves,
+    which its `write` makes."""
+    layer = self.layers[i]
+    if self.moves is not None and isinstance(layer, KVCache):
+      layer = layer.replace(owed=self.moves)
+    return layer
+
+  def owing(self, n: int) -> 'Cache':
+    """This cache with room for n owed moves, none owed yet: the form a loop that defers
+    its gathers carries from its first step (a loop's state keeps one structure)."""
+    if self.moves is not None:
+      raise ValueError('This cache already has owed moves; settle() it first.')
+    return self.replace(moves=Moves.none(self.batch_size, n, self.size))
+
+  def settle(self) -> 'Cache':
+    """Makes the owed moves in every attention layer now (no moves owed after)."""
+    if self.moves is None:
+      return self
+    src_BxN, dst_BxN = self.moves.src_BxN, self.moves.dst_BxN
+    layers = tuple(layer.gather(src_BxN, dst_BxN) if isinstance(layer, KVCache) else layer
+                   for layer in self.layers)
+    return self.replace(layers=layers, moves=None)
+
   def begin_write(self, positions_BxT: jax.Array, write_slots_BxT: jax.Array
                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Bookkeeping for a call that writes T tokens.
@@ -158,7 +227,18 @@ class Cache:
 
   def end_write(self, layers: tuple[Any, ...], key_pos_BxS: jax.Array,
                 slots_BxT: jax.Array) -> 'Cache':
-    """The cache after the call: new layer states, positions recorded, lengths grown."""
+    """The cache after the call: new layer states, positions recorded, lengths grown.
+
+    `layers[i] is self.layers[i]` marks a layer the call did not write: it gets the owed
+    moves now (a written attention layer made them in its write, see `layer`)."""
+    if self.moves is not None:
+      src_BxN, dst_BxN = self.moves.src_BxN, self.moves.dst_BxN
+      layers = tuple(new.gather(src_BxN, dst_BxN)
+                     if new is old and isinstance(new, KVCache) else new
+                     for new, old in zip(layers, self.layers))
+    if any(isinstance(layer, KVCache) and layer.owed is not None for layer in layers):
+      raise ValueError('A layer came back with its owed moves unmade: write it with '
+                       'KVCache.write, or return the layer Cache.layers holds.')
     written_end_B = jnp.max(jnp.where(slots_BxT < self.size, slots_BxT + 1, 0), axis=1)
     return Cache(layers=layers, positions=key_pos_BxS,
                  lengths=jnp.maximum(self.lengths, written_end_B).astype(jnp.int32))
@@ -196,19 +276,27 @@ class Cache:
     return out.replace(lengths=jnp.minimum(self.lengths, step_states.lengths_B + keep_B))
 
   def gather(self, src_slots_BxN: jax.Array, dst_slots_BxN: jax.Array,
-             lengths_B: jax.Array | None = None) -> 'Cache':
+             lengths_B: jax.Array | None = None, *, defer: bool = False) -> 'Cache':
     """Moves slots src -> dst in every layer (a tree path into contiguous slots).
 
     Entries with a negative src or dst are skipped. If `lengths` is given the rows are then
-    set to those lengths (e.g. prefix + accepted path).
+    set to those lengths (e.g. prefix + accepted path). `defer`: positions and lengths move
+    now, the attention layers' keys and values when the next forward writes them (a loop
+    carries the cache in that form from its start, see `owing`). Moves already owed are
+    made first.
     """
+    if self.moves is not None:  # moves owed are made first
+      return self.settle().gather(src_slots_BxN, dst_slots_BxN, lengths_B, defer=defer)
     skip = (src_slots_BxN < 0) | (dst_slots_BxN < 0)
     dst = jnp.where(skip, self.size, dst_slots_BxN).astype(jnp.int32)
     b_Bx1 = jnp.arange(src_slots_BxN.shape[0])[:, None]
-    src = jnp.clip(src_slots_BxN, 0, self.size - 1)
-    layers = tuple(layer.gather(src, dst) for layer in self.layers)
+    src = jnp.clip(src_slots_BxN, 0, self.size - 1).astype(jnp.int32)
     positions = self.positions.at[b_Bx1, dst].set(self.positions[b_Bx1, src], mode='drop')
-    out = self.replace(layers=layers, positions=positions)
+    if defer:
+      out = self.replace(positions=positions, moves=Moves(src_BxN=src, dst_BxN=dst))
+    else:
+      layers = tuple(layer.gather(src, dst) for layer in self.layers)
+      out = self.replace(layers=layers, positions=positions)
     if lengths_B is not None:
       out = out.replace(lengths=jnp.asarray(lengths_B, jnp.int32))
     return out
@@ -216,4 +304,5 @@ class Cache:
   def logical_axes(self) -> 'Cache':
     """Same structure, leaves are PartitionSpecs of logical axis names (for sharding)."""
     return Cache(layers=tuple(layer.logical_axes() for layer in self.layers),
-                 positions=P('batch', 'cache_seq'), lengths=P('batch'))
+                 positions=P('batch', 'cache_seq'), lengths=P('batch'),
+                 moves=None if self.moves is None else MOVES_AXES)

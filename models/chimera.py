@@ -90,7 +90,7 @@ class ChimeraDraft(nn.Module):
     z = jnp.einsum('BTE,ED->BTD', jnp.concatenate([norm('h_norm')(h), norm('u_norm')(u)], -1)
                    .astype(dt), in_w.astype(dt))
     slots_BxT, key_pos, key_valid = cache_lib.begin_call(cache, positions_BxT, write_slots_BxT)
-    kv = None if cache is None else cache.layers[0]
+    kv = None if cache is None else cache.layer(0)
     # Position 0 never holds a pair (no hidden state before it).
     mask = masks.build_mask(positions_BxT, key_pos, key_valid & (key_pos >= 1), attn_mask)
     a, kv = attention_lib.Attention(heads_lib.adapter_config(cfg), name='attn')(

@@ -134,7 +134,7 @@ class EagleDraft(nn.Module):
     dt = cfg.compute_dtype
     positions_BxT = positions_BxT.astype(jnp.int32)
     slots_BxT, key_pos, key_valid = cache_lib.begin_call(cache, positions_BxT, write_slots_BxT)
-    kv = None if cache is None else cache.layers[0]
+    kv = None if cache is None else cache.layer(0)
     # Slot 0 (position 0) never holds a pair, yet lies below the committed length: keys at
     # negative positions are never visible.
     mask = masks.build_mask(positions_BxT, key_pos, key_valid & (key_pos >= 0), attn_mask)

@@ -165,7 +165,7 @@ class KangarooAdapter(nn.Module):
       if write_slots_BxT is None:
         write_slots_BxT = positions_BxT
       slots_BxT, key_pos, key_valid = cache.begin_write(positions_BxT, write_slots_BxT)
-      kv = cache.layers[0]
+      kv = cache.layer(0)
     mask = masks.build_mask(positions_BxT, key_pos, key_valid, attn_mask)
     h, kv = attention_lib.Attention(adapter_config(cfg), name='attn')(
         norm('norm1')(x_BxTxD), positions_BxT, mask, kv, slots_BxT)

@@ -144,5 +144,5 @@ def write_cache(cache: cache_lib.Cache, kv: list[tuple[jax.Array, jax.Array]],
   keep_BxT = (jnp.arange(T)[None] < count_B[:, None]) & (positions_BxT >= 0)
   slots_BxT, key_pos_BxS, _ = cache.begin_write(jnp.where(keep_BxT, positions_BxT, -1),
                                                 jnp.where(keep_BxT, positions_BxT, -1))
-  new_layers = tuple(layer.write(k, v, slots_BxT) for layer, (k, v) in zip(cache.layers, kv))
+  new_layers = tuple(cache.layer(i).write(k, v, slots_BxT) for i, (k, v) in enumerate(kv))
   return cache.end_write(new_layers, key_pos_BxS, slots_BxT)

@@ -224,7 +224,7 @@ class Transformer(nn.Module):
       block_cls = nn.remat(Block, static_argnums=(8, 9), policy=policy)
     attention_BxTxS = None
     for i in range(lo, hi):
-      layer_cache = cache.layers[i] if cache is not None else None
+      layer_cache = cache.layer(i) if cache is not None else None
       x_BxTxD, layer_cache, *rest = block_cls(cfg, cfg.layer_types[i], name=f'layer_{i}')(
           x_BxTxD, positions_BxT, mask_BxTxS, layer_cache, slots_BxT, valid_BxT, parents_BxT,
           return_step_states, return_attention,

@@ -5,7 +5,8 @@ slot t, tree node i of a step at slot base + i (dynamic trees: candidate c at ba
 step starts with one draft call on [pending, root]: `pending` is the last accepted token when
 the draft never processed it (a leaf of the previous tree), else padding. After verification
 the accepted path is committed into the draft cache with the same `commit_accepted` as the
-target (moving slots), keeping only nodes the draft has processed.
+target (moving slots, deferred to the next step's first draft call), keeping only nodes the
+draft has processed.
 
 Tree shapes:
   chain     G drafts in a row; `stop_below` > 0 stops a row's drafting once the draft's top-1
@@ -150,6 +151,8 @@ class DraftModelDrafter(drafter_lib.Drafter):
     cache = cache_lib.Cache.init(draft.cfg, B, env.cache_size)
     _, cache, _ = base.prefill(draft, env.params[DRAFT], env.prompt_BxP, env.prompt_len_B,
                                cache)
+    if not self.is_chain:  # paths move as the next step's first draft call writes each layer
+      cache = cache.owing(self.max_depth + 1)
     T = max(self.max_nodes, self.state_nodes)
     return DraftState(cache=cache, pending_B=jnp.full((B,), -1, jnp.int32),
                       processed_BxT=jnp.zeros((B, T), bool),
@@ -381,7 +384,8 @@ class DraftModelDrafter(drafter_lib.Drafter):
     cache = verify_lib.commit_accepted(state.cache, step.base_B, path, dkeep,
                                        chain=self.is_chain,
                                        node_slots_BxT=(state.node_slots_BxT
-                                                       if self.shape == 'dynamic' else None))
+                                                       if self.shape == 'dynamic' else None),
+                                       defer=not self.is_chain)
     last_tok = jnp.take_along_axis(step.tree.tokens_BxT, jnp.maximum(last, 0)[:, None], 1)[:, 0]
     pending = jnp.where((keep >= 2) & ~done_last, last_tok, -1)
     return state.replace(cache=cache, pending_B=jnp.where(step.active_B, pending,

@@ -6,7 +6,8 @@
 Each step: the drafter proposes a token tree rooted at the row's newest token; one target
 forward scores every node (tree attention); the verifier walks the tree; the accepted path
 plus one residual/bonus token are committed (cut at EOS and at the token budget); the target
-cache keeps exactly the committed tokens (`verify.commit_accepted`); the drafter updates.
+cache keeps exactly the committed tokens (`verify.commit_accepted`; a tree's accepted path
+moves into place as the next step's forward writes each layer); the drafter updates.
 Rows accept different numbers of tokens and finish at different times; finished rows are
 padding (never written, never counted).
 """
@@ -62,6 +63,8 @@ def init_state(drafter: drafter_lib.Drafter, env: drafter_lib.Env, *, eos_id: in
   logits_BxV, cache, prefill = base.prefill(env.target, env.target_params, env.prompt_BxP,
                                             env.prompt_len_B, cache,
                                             **drafter.prefill_kwargs())
+  if not drafter.is_chain:  # tree paths move when the next step's forward writes each layer
+    cache = cache.owing(drafter.max_depth + 1)
   first_B = sampling_lib.sample(sampling_lib.token_keys(env.row_keys_B, env.prompt_len_B),
                                 logits_BxV, env.sampling)
   zeros = jnp.zeros((B,), jnp.int32)
@@ -154,7 +157,8 @@ def verify_and_commit(drafter: drafter_lib.Drafter, env: drafter_lib.Env, s: Spe
   count_B = jnp.where(active_B, count_B, 0)
   cache = verify_lib.commit_accepted(out.cache, base_B, verdict.path_BxD1, count_B,
                                      chain=drafter.is_chain,
-                                     step_states=getattr(out, 'step_states', None))
+                                     step_states=getattr(out, 'step_states', None),
+                                     defer=s.cache.moves is not None)
   new_BxD1 = jnp.where(active_B[:, None], verdict.new_BxD1, pad_id)
   progress = s.progress.count(active_B, other_B=other_B, committed_B=count_B).commit(
       new_BxD1, count_B, hit_eos_B, env.max_new_tokens)

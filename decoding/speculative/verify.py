@@ -208,14 +208,17 @@ def greedy_tree_verify(tree: trees.Tree, target_logits_BxTxV: jax.Array, depth: 
 
 def commit_accepted(cache: cache_lib.Cache, base_B: jax.Array, path_BxD1: jax.Array,
                     keep_B: jax.Array, *, chain: bool, step_states: Any = None,
-                    node_slots_BxT: jax.Array | None = None) -> cache_lib.Cache:
+                    node_slots_BxT: jax.Array | None = None,
+                    defer: bool = False) -> cache_lib.Cache:
   """The cache after a verified step: the first `keep` nodes of the accepted path committed.
 
   The tree's nodes were written at slots base + node (or `node_slots` when a drafter laid its
   own cache out differently); the path's first keep nodes (root included; keep >= 1 for
   active rows, 0 leaves a row as it was) move to slots base .. base + keep - 1 and the row
   length becomes base + keep. Attention layers move slots (`Cache.gather`; skipped for a
-  chain, where the path already is a prefix).
+  chain, where the path already is a prefix). `defer`: the keys and values move when the next
+  forward writes each layer (`Cache.gather(defer=True)`: a loop whose every step begins with a
+  forward over this cache, carrying it as `Cache.owing(depth + 1)`).
   Recurrent layers cannot be moved by slot: when the forward returned `step_states` (per-node
   states, see models.delta_cache) each recurrent layer takes the state after the last kept
   node (`Cache.select_step`). This is the single place where rollback happens.
@@ -237,4 +240,4 @@ def commit_accepted(cache: cache_lib.Cache, base_B: jax.Array, path_BxD1: jax.Ar
     src_BxD1 = jnp.take_along_axis(node_slots_BxT, jnp.maximum(path_BxD1, 0), axis=1)
   src_BxD1 = jnp.where(kept_BxD1, src_BxD1, -1)
   dst_BxD1 = jnp.where(kept_BxD1, base_B[:, None] + d_1xD1, -1)
-  return cache.gather(src_BxD1, dst_BxD1, jnp.minimum(cache.lengths, lengths_B))
+  return cache.gather(src_BxD1, dst_BxD1, jnp.minimum(cache.lengths, lengths_B), defer=defer)
