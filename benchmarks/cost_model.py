@@ -156,7 +156,9 @@ class NoopModel:
       if write_slots_BxT is None:
         write_slots_BxT = positions_BxT
       slots_BxT, key_pos_BxS, _ = cache.begin_write(positions_BxT, write_slots_BxT)
-      new_cache = cache.end_write(cache.layers, key_pos_BxS, slots_BxT)
+      # Its keys and values are never written or read: moves owed to them (a tree path, see
+      # Cache.gather(defer=True)) are left unmade, as a real forward makes them in its write.
+      new_cache = cache.replace(moves=None).end_write(cache.layers, key_pos_BxS, slots_BxT)
     lo, hi = layer_range if layer_range is not None else (0, cfg.num_layers)
     h_BxTxD = jnp.zeros((B, T, cfg.d_model), cfg.compute_dtype)
     hidden = tuple(h_BxTxD for _ in range(hi - lo + 1)) if return_hidden else None

@@ -87,7 +87,9 @@ class OracleDraft:
       if write_slots_BxT is None:
         write_slots_BxT = positions_BxT
       slots_BxT, key_pos_BxS, _ = cache.begin_write(positions_BxT, write_slots_BxT)
-      new_cache = cache.end_write(cache.layers, key_pos_BxS, slots_BxT)
+      # Its keys and values are never written or read: moves owed to them (a tree path, see
+      # Cache.gather(defer=True)) are left unmade, as a real draft makes them in its write.
+      new_cache = cache.replace(moves=None).end_write(cache.layers, key_pos_BxS, slots_BxT)
     h = jnp.zeros((B, T, self.cfg.d_model), jnp.float32)
     return transformer_lib.ModelOutput(logits_BxTxV=logits.astype(jnp.float32),
                                        cache=new_cache, hidden=None, last_hidden_BxTxD=h)
