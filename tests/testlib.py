@@ -191,3 +191,15 @@ def counting_forward_probes(monkeypatch, calls: list):
     return timed
 
   monkeypatch.setattr(cost_model, 'forward_probe', counting_probe)
+
+
+def sub_jaxprs(eqn) -> list:
+  """The jaxprs nested in a jaxpr equation's params (loop bodies, branches, calls)."""
+  out = []
+  for v in eqn.params.values():
+    for sub in (v if isinstance(v, (list, tuple)) else [v]):
+      if isinstance(sub, jax.extend.core.ClosedJaxpr):
+        out.append(sub.jaxpr)
+      elif isinstance(sub, jax.extend.core.Jaxpr):
+        out.append(sub)
+  return out

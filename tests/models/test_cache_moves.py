@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from testlib import jit_apply, small_config
+from testlib import jit_apply, small_config, sub_jaxprs
 from decoding import Models, registry
 from models import Cache, Transformer, init_params, local_to_cache_mask, tree_mask
 from models.cache import Moves
@@ -181,24 +181,19 @@ def _scatters_into(jaxpr, shapes) -> list[int]:
   in its body, not counting nested loops."""
   counts = []
 
-  def count(jx, top):
+  def count(jx):
     n = 0
     for e in jx.eqns:
       if e.primitive.name == 'while':
-        counts.append(count(e.params['body_jaxpr'].jaxpr, False))
-        count(e.params['cond_jaxpr'].jaxpr, False)
+        counts.append(count(e.params['body_jaxpr'].jaxpr))
+        count(e.params['cond_jaxpr'].jaxpr)
         continue
       n += (e.primitive.name.startswith('scatter')
             and tuple(e.outvars[0].aval.shape) in shapes)
-      for v in e.params.values():
-        for sub in (v if isinstance(v, (list, tuple)) else [v]):
-          if isinstance(sub, jax.extend.core.ClosedJaxpr):
-            n += count(sub.jaxpr, top)
-          elif isinstance(sub, jax.extend.core.Jaxpr):
-            n += count(sub, top)
+      n += sum(count(sub) for sub in sub_jaxprs(e))
     return n
 
-  count(jaxpr, True)
+  count(jaxpr)
   return counts
 
 

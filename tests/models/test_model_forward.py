@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from testlib import jit_apply, small_config
+from testlib import jit_apply, small_config, sub_jaxprs
 from models import BlockCausal, Cache, Transformer, init_params, local_to_cache_mask, tree_mask
 
 TOL = 2e-5  # fp32 logits: different but equivalent summation orders.
@@ -361,16 +361,8 @@ def test_min_matmul_rows_auto_pads_only_16_bit_gpu_calls(monkeypatch):
 
 def _count_primitive(jaxpr, name: str) -> int:
   """Equations of primitive `name` in a jaxpr and the jaxprs nested in its equations."""
-  n = 0
-  for e in jaxpr.eqns:
-    n += e.primitive.name == name
-    for v in e.params.values():
-      for sub in (v if isinstance(v, (list, tuple)) else [v]):
-        if isinstance(sub, jax.extend.core.ClosedJaxpr):
-          n += _count_primitive(sub.jaxpr, name)
-        elif isinstance(sub, jax.extend.core.Jaxpr):
-          n += _count_primitive(sub, name)
-  return n
+  return sum((e.primitive.name == name)
+             + sum(_count_primitive(sub, name) for sub in sub_jaxprs(e)) for e in jaxpr.eqns)
 
 
 def test_pad_rows_model_pads_a_call_once_not_every_projection():
