@@ -89,21 +89,24 @@ def local_to_cache_mask(local_BxTxT: jax.Array, write_slots_BxT: jax.Array,
   return out_BxTxS
 
 
-def block_to_cache_mask(local_BxTxT: jax.Array, start_B: jax.Array, cache_size: int,
+def block_to_cache_mask(local_BxQxN: jax.Array, start_B: jax.Array, cache_size: int,
                         see_prefix: bool = True) -> jax.Array:
-  """`local_to_cache_mask` for T new tokens written at the contiguous slots start .. start+T-1
-  (and, if `see_prefix`, every slot s < start visible): a gather instead of a scatter.
+  """`local_to_cache_mask` for new tokens written at the contiguous slots start ..
+  start + N - 1 (and, if `see_prefix`, every slot s < start visible): a gather instead of a
+  scatter. Q queries, [B, Q, S]; query q sees new slot start + n where `local[b, q, n]`
+  (Q = N for a call's own tokens; a draft round's Q frontier nodes see their ancestors among
+  N candidates). A local mask of batch 1 is shared by the rows.
   """
-  B, T = start_B.shape[0], local_BxTxT.shape[-1]  # a local mask of batch 1 is shared
+  B, (Q, N) = start_B.shape[0], local_BxQxN.shape[-2:]
   rel_BxS = jnp.arange(cache_size)[None, :] - start_B[:, None]
-  inside_BxS = (rel_BxS >= 0) & (rel_BxS < T)
-  local_BxTxT = jnp.broadcast_to(local_BxTxT, (B, T, T))
-  out_BxTxS = jnp.take_along_axis(
-      local_BxTxT, jnp.broadcast_to(jnp.clip(rel_BxS, 0, T - 1)[:, None, :], (B, T, cache_size)),
+  inside_BxS = (rel_BxS >= 0) & (rel_BxS < N)
+  local_BxQxN = jnp.broadcast_to(local_BxQxN, (B, Q, N))
+  out_BxQxS = jnp.take_along_axis(
+      local_BxQxN, jnp.broadcast_to(jnp.clip(rel_BxS, 0, N - 1)[:, None, :], (B, Q, cache_size)),
       axis=2) & inside_BxS[:, None, :]
   if see_prefix:
-    out_BxTxS |= (rel_BxS < 0)[:, None, :]
-  return out_BxTxS
+    out_BxQxS |= (rel_BxS < 0)[:, None, :]
+  return out_BxQxS
 
 
 def tree_mask(parents_N: jax.Array) -> jax.Array:

@@ -245,8 +245,7 @@ class DraftModelDrafter(drafter_lib.Drafter):
     logq = jnp.zeros((B, T, logits_BxV.shape[-1]), jnp.float32) if sampled else None
     fed_logits = logits_BxV[:, None]  # logits after the nodes of the current level
     calls = active_B.astype(jnp.int32)
-    full = masks.local_to_cache_mask(jnp.asarray(anc_TxT)[None], slots_BxT, base_B,
-                                     env.cache_size)
+    full = masks.block_to_cache_mask(jnp.asarray(anc_TxT)[None], base_B, env.cache_size)
     for d in range(1, D + 1):
       ps, pe = levels[d - 1]
       tok, ok, lq, _ = self._draw(env, fed_logits, K, base_B + d, ps)
@@ -302,20 +301,16 @@ class DraftModelDrafter(drafter_lib.Drafter):
       logq_fed = logq_fed.at[:, 0].set(lq[:, 0])
     frontier = jnp.broadcast_to(jnp.arange(1, k + 1, dtype=jnp.int32), (B, k))
     beams = [frontier]
-    slots_all = base_B[:, None] + jnp.arange(C1, dtype=jnp.int32)[None]
     calls = active_B.astype(jnp.int32)
     b = jnp.arange(B)[:, None]
-    prefix = (jnp.arange(env.cache_size)[None, None, :] < base_B[:, None, None])
     for d in range(1, D):
       f_ok = jnp.take_along_axis(cand_ok, frontier, 1) & jnp.isfinite(
           jnp.take_along_axis(score, frontier, 1))
       pos = jnp.where(f_ok, base_B[:, None] + d, -1)
       f_anc = jnp.take_along_axis(anc, frontier[:, :, None], 1)  # [B, k, C1]
-      lifted = jnp.zeros((B, k, env.cache_size + 1), bool).at[
-          b[:, :, None], jnp.arange(k)[None, :, None], slots_all[:, None, :]].set(
-              f_anc, mode='drop')[:, :, :env.cache_size]
       logits, cache = self._apply(env, cache, jnp.take_along_axis(cand_tok, frontier, 1), pos,
-                                  slots_all[:, :1] + frontier, prefix | lifted)
+                                  base_B[:, None] + frontier,
+                                  masks.block_to_cache_mask(f_anc, base_B, env.cache_size))
       calls = calls + jnp.any(f_ok, axis=1)
       fed_nodes.append((frontier, f_ok))  # distinct nodes across rounds: one write at the end
       tok, ok, lq, sc = proposals.children(logits, k, how, env.sampling, keys(d + 1, k, 0))

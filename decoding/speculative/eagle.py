@@ -40,6 +40,7 @@ from models import cache as cache_lib
 from models import eagle as eagle_lib
 from models import heads as heads_lib
 from models import kind as kind_lib
+from models import masks
 import pallas_kernels.common as kernel_common
 
 
@@ -224,7 +225,6 @@ class EagleDrafter(drafter_lib.Drafter):
     k, D, B = self.top_k, self.gamma, root_B.shape[0]
     C1 = 1 + self.candidates
     Dm = g_root.shape[-1]
-    b = jnp.arange(B)[:, None]
     sc, tok = proposals.top_log_probs(logits_root, k)
     cand_tok = jnp.zeros((B, C1), jnp.int32).at[:, 0].set(root_B).at[:, 1:k + 1].set(tok)
     cand_par = jnp.full((B, C1), -1, jnp.int32).at[:, 1:k + 1].set(0)
@@ -235,20 +235,17 @@ class EagleDrafter(drafter_lib.Drafter):
     anc = jnp.zeros((B, C1, C1), bool).at[:, :, 0].set(True)
     anc = anc.at[:, jnp.arange(1, k + 1), jnp.arange(1, k + 1)].set(True)
     frontier = jnp.broadcast_to(jnp.arange(1, k + 1, dtype=jnp.int32), (B, k))
-    slots_all = base_B[:, None] + jnp.arange(C1, dtype=jnp.int32)[None]
-    # Committed slots are those before the root's; the root's pair sits at slot base.
-    prefix = jnp.arange(env.cache_size)[None, None, :] < base_B[:, None, None]
+    # Candidate c sits at slot base + c: a frontier node sees the committed slots (those
+    # before the root's; the root's pair sits at slot base) and its ancestors.
     calls = active_B.astype(jnp.int32)
     for d in range(1, D):
       pos = jnp.where(active_B[:, None], base_B[:, None] + d, -1) * jnp.ones((1, k), jnp.int32)
       f_anc = jnp.take_along_axis(anc, frontier[:, :, None], 1)  # [B, k, C1]
-      lifted = jnp.zeros((B, k, env.cache_size + 1), bool).at[
-          b[:, :, None], jnp.arange(k)[None, :, None], slots_all[:, None, :]].set(
-              f_anc, mode='drop')[:, :, :env.cache_size]
       g, logits, dcache = self._apply(
           env, head, jnp.take_along_axis(cand_feat, frontier[:, :, None], 1),
           jnp.take_along_axis(cand_tok, frontier, 1), pos, dcache,
-          slots=slots_all[:, :1] + frontier, mask=prefix | lifted)
+          slots=base_B[:, None] + frontier,
+          mask=masks.block_to_cache_mask(f_anc, base_B, env.cache_size))
       calls = calls + active_B
       csc, ctok = proposals.top_log_probs(logits, k)  # [B, k, k]
       child_score = jnp.take_along_axis(score, frontier, 1)[..., None] + csc

@@ -102,3 +102,9 @@ def test_tree_structure_matches_the_sequential_definitions(seed):
   np.testing.assert_array_equal(
       masks.block_to_cache_mask(shared, base, S),
       masks.local_to_cache_mask(jnp.broadcast_to(shared, (B, T, T)), slots, base, S))
+  # A few query rows over all the block's slots (a draft round's frontier over its
+  # candidates), with the block partly past the cache's end.
+  for size in (S, 12 + T // 2):
+    lifted = masks.local_to_cache_mask(tree.ancestors_BxTxT, slots, base, size)
+    np.testing.assert_array_equal(
+        masks.block_to_cache_mask(tree.ancestors_BxTxT[:, 1:4], base, size), lifted[:, 1:4])
