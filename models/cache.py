@@ -47,6 +47,9 @@ from models import config as config_lib
 from models import delta_cache
 
 K_AXES = P('batch', 'kv_heads', 'cache_seq', 'head_dim')
+# Calls of up to this many tokens find the slots they write by comparison (decode steps,
+# draft rounds, verification trees), longer ones by a scatter.
+_COMPARE_MAX = 128
 V_AXES = P('batch', 'kv_heads', 'head_dim', 'cache_seq')
 
 
@@ -221,7 +224,10 @@ class Cache:
     b_Bx1 = jnp.arange(B)[:, None]
     write_BxT, (pos_BxT,) = _never_single(slots_BxT, positions_BxT.astype(jnp.int32))
     key_pos_BxS = self.positions.at[b_Bx1, write_BxT].set(pos_BxT, mode='drop')
-    written_BxS = jnp.zeros((B, S + 1), jnp.bool_).at[b_Bx1, slots_BxT].set(True)[:, :S]
+    if slots_BxT.shape[1] <= _COMPARE_MAX:  # one fused comparison, no fill and scatter
+      written_BxS = jnp.any(slots_BxT[:, :, None] == jnp.arange(S)[None, None, :], axis=1)
+    else:  # a long call (a prefill): T x S comparisons would cost more than the scatter
+      written_BxS = jnp.zeros((B, S + 1), jnp.bool_).at[b_Bx1, slots_BxT].set(True)[:, :S]
     key_valid_BxS = (jnp.arange(S)[None, :] < self.lengths[:, None]) | written_BxS
     return slots_BxT, key_pos_BxS, key_valid_BxS
 

@@ -175,6 +175,26 @@ def test_truncate_rolls_back(cfg):
     np.testing.assert_allclose(out[b, 0], ref, atol=TOL)
 
 
+@pytest.mark.parametrize('T', [1, 5, 200])
+def test_begin_write_marks_committed_and_written_slots(T):
+  """Key validity = committed (s < length) or written by this call; padding (negative
+  position or slot) and slots past the end are not written. Short calls find their slots
+  by comparison, long ones (past cache._COMPARE_MAX) by a scatter: both checked here."""
+  rng = np.random.default_rng(T)
+  B, S = 3, 256
+  cache = Cache.init(small_config(), B, S).replace(
+      lengths=jnp.asarray(rng.integers(0, 40, B), jnp.int32))
+  slots = rng.integers(-2, S + 3, (B, T))
+  pos = np.where(rng.random((B, T)) < 0.2, -1, rng.integers(0, 500, (B, T)))
+  got_slots, key_pos, valid = cache.begin_write(jnp.asarray(pos), jnp.asarray(slots))
+  for b in range(B):
+    ok = (pos[b] >= 0) & (slots[b] >= 0) & (slots[b] < S)
+    want = np.arange(S) < int(cache.lengths[b])
+    want[slots[b][ok]] = True
+    np.testing.assert_array_equal(valid[b], want)
+    np.testing.assert_array_equal(np.asarray(got_slots[b])[~ok], S)
+
+
 def test_gather_moves_tree_path_into_contiguous_slots(cfg):
   model, params = _setup(cfg)
   prefix = _tokens(1, 3, cfg.vocab_size)
