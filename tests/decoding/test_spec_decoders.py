@@ -20,7 +20,7 @@ from decoding.speculative import adaptive
 from decoding.speculative import decoders as spec_decoders
 from decoding.speculative import drafter as drafter_lib
 from decoding.speculative import loop, trees, verify
-from models import Cache, Transformer, eagle, heads, init_params
+from models import Cache, Transformer, eagle, heads, init_params, sharding
 
 V = 48
 PAD = 0
@@ -191,6 +191,19 @@ def test_ids_outside_the_vocabulary_are_never_accepted_and_are_reported(setup):
   assert [list(np.asarray(out.tokens_BxN[b, :n[b]])) for b in range(B)] == ref
   np.testing.assert_array_equal(out.extra['bad_draft_steps'], out.extra['spec_steps'])
   assert np.all(np.asarray(out.extra['spec_steps']) > 0)
+
+
+@pytest.mark.parametrize('method', ['dynamic-tree', 'eagle3-dynamic', 'medusa'])
+def test_sharded_tree_decoding_equals_ar(setup, method):
+  """Trees owe their path moves across steps (Cache.gather(defer=True)), in the target's
+  cache and a draft model's: sharded over data and tensor axes, the tokens stay AR's."""
+  models, params, eos, ref = setup
+  name, settings = METHODS[method]
+  mesh = sharding.make_mesh({'data': 2, 'fsdp': 1, 'tensor': 4})
+  rows, _ = run_decoder(registry.build(name, settings), models, params, PROMPTS,
+                        max_new_tokens=N_NEW, cache_size=CACHE, eos_id=eos, pad_id=PAD,
+                        mesh=mesh)
+  assert [r.tokens for r in rows] == ref
 
 
 def _step_fn(dec, models, params, eos):
