@@ -222,11 +222,16 @@ class Cache:
     bad = (positions_BxT < 0) | (write_slots_BxT < 0) | (write_slots_BxT >= S)
     slots_BxT = jnp.where(bad, S, write_slots_BxT).astype(jnp.int32)
     b_Bx1 = jnp.arange(B)[:, None]
-    write_BxT, (pos_BxT,) = _never_single(slots_BxT, positions_BxT.astype(jnp.int32))
-    key_pos_BxS = self.positions.at[b_Bx1, write_BxT].set(pos_BxT, mode='drop')
-    if slots_BxT.shape[1] <= _COMPARE_MAX:  # one fused comparison, no fill and scatter
-      written_BxS = jnp.any(slots_BxT[:, :, None] == jnp.arange(S)[None, None, :], axis=1)
-    else:  # a long call (a prefill): T x S comparisons would cost more than the scatter
+    if slots_BxT.shape[1] <= _COMPARE_MAX:  # fused comparisons, no fills and scatters
+      hit_BxTxS = slots_BxT[:, :, None] == jnp.arange(S)[None, None, :]
+      written_BxS = jnp.any(hit_BxTxS, axis=1)
+      # A slot written twice in one call keeps the larger position (a scatter: either).
+      new_pos_BxS = jnp.max(jnp.where(hit_BxTxS, positions_BxT.astype(jnp.int32)[:, :, None],
+                                      -1), axis=1)
+      key_pos_BxS = jnp.where(written_BxS, new_pos_BxS, self.positions)
+    else:  # a long call (a prefill): T x S comparisons would cost more than the scatters
+      write_BxT, (pos_BxT,) = _never_single(slots_BxT, positions_BxT.astype(jnp.int32))
+      key_pos_BxS = self.positions.at[b_Bx1, write_BxT].set(pos_BxT, mode='drop')
       written_BxS = jnp.zeros((B, S + 1), jnp.bool_).at[b_Bx1, slots_BxT].set(True)[:, :S]
     key_valid_BxS = (jnp.arange(S)[None, :] < self.lengths[:, None]) | written_BxS
     return slots_BxT, key_pos_BxS, key_valid_BxS

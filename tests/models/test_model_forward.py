@@ -177,15 +177,18 @@ def test_truncate_rolls_back(cfg):
 
 @pytest.mark.parametrize('T', [1, 5, 200])
 def test_begin_write_marks_committed_and_written_slots(T):
-  """Key validity = committed (s < length) or written by this call; padding (negative
-  position or slot) and slots past the end are not written. Short calls find their slots
-  by comparison, long ones (past cache._COMPARE_MAX) by a scatter: both checked here."""
+  """Key validity = committed (s < length) or written by this call; each written slot holds
+  its token's position; padding (negative position or slot) and slots past the end are not
+  written. Short calls find their slots by comparison, long ones (past
+  cache._COMPARE_MAX) by a scatter: both checked here."""
   rng = np.random.default_rng(T)
   B, S = 3, 256
   cache = Cache.init(small_config(), B, S).replace(
       lengths=jnp.asarray(rng.integers(0, 40, B), jnp.int32))
   slots = rng.integers(-2, S + 3, (B, T))
   pos = np.where(rng.random((B, T)) < 0.2, -1, rng.integers(0, 500, (B, T)))
+  slots[:, :T // 2] = np.arange(T // 2)[None] * 3 % S  # distinct slots in every row
+  cache = cache.replace(positions=jnp.asarray(rng.integers(-1, 99, (B, S)), jnp.int32))
   got_slots, key_pos, valid = cache.begin_write(jnp.asarray(pos), jnp.asarray(slots))
   for b in range(B):
     ok = (pos[b] >= 0) & (slots[b] >= 0) & (slots[b] < S)
@@ -193,6 +196,15 @@ def test_begin_write_marks_committed_and_written_slots(T):
     want[slots[b][ok]] = True
     np.testing.assert_array_equal(valid[b], want)
     np.testing.assert_array_equal(np.asarray(got_slots[b])[~ok], S)
+    want_pos = np.asarray(cache.positions[b]).copy()
+    once = ok & (np.sum(slots[b][None, :] == slots[b][:, None], axis=1) == 1)
+    want_pos[slots[b][once]] = pos[b][once]  # slots written twice: either token's position
+    ones = np.zeros(S, bool)
+    ones[slots[b][once]] = True
+    twice = np.zeros(S, bool)
+    twice[slots[b][ok & ~once]] = True
+    np.testing.assert_array_equal(np.asarray(key_pos[b])[~twice], want_pos[~twice])
+    assert ones.any()
 
 
 def test_gather_moves_tree_path_into_contiguous_slots(cfg):
