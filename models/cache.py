@@ -47,10 +47,10 @@ from models import config as config_lib
 from models import delta_cache
 
 K_AXES = P('batch', 'kv_heads', 'cache_seq', 'head_dim')
+V_AXES = P('batch', 'kv_heads', 'head_dim', 'cache_seq')
 # Calls of up to this many tokens find the slots they write by comparison (decode steps,
 # draft rounds, verification trees), longer ones by a scatter.
 _COMPARE_MAX = 128
-V_AXES = P('batch', 'kv_heads', 'head_dim', 'cache_seq')
 
 
 def _never_single(slots_BxT: jax.Array, *updates: jax.Array
