@@ -278,69 +278,72 @@ class DraftModelDrafter(drafter_lib.Drafter):
     keys = lambda d, n, off: proposals.node_keys(drafter_lib.draft_keys(env, base_B + d), n, off)
     tok, ok, lq, sc = proposals.children(logits_BxV[:, None], k, how, env.sampling,
                                          keys(1, 1, 0))
-    cand_tok = jnp.zeros((B, C1), jnp.int32).at[:, 0].set(root_B).at[:, 1:k + 1].set(tok[:, 0])
-    cand_par = jnp.full((B, C1), -1, jnp.int32).at[:, 1:k + 1].set(0)
-    cand_depth = jnp.zeros((B, C1), jnp.int32).at[:, 1:k + 1].set(1)
-    cand_ok = jnp.zeros((B, C1), bool).at[:, 0].set(active_B).at[:, 1:k + 1].set(
-        ok[:, 0] & active_B[:, None])
-    cum_logq = jnp.zeros((B, C1), jnp.float32)  # path log q (for SBS)
+    # Candidates in rounds: the root, its k children, then k * k per round. Each round's
+    # arrays stay a block of their own (its frontier reads only the block before), joined
+    # once after the rounds: no update of whole-candidate buffers per round.
+    ok0 = ok[:, 0] & active_B[:, None]
     if wor:
-      cum_logq = cum_logq.at[:, 1:k + 1].set(jnp.take_along_axis(lq[:, 0], tok[:, 0], -1))
+      lq0 = jnp.take_along_axis(lq[:, 0], tok[:, 0], -1)  # path log q (for SBS)
       score0 = proposals.sbs_values(jnp.zeros((B, 1)), jnp.zeros((B, 1)), sc)[:, 0]
     else:
-      score0 = sc[:, 0]
-    score = jnp.full((B, C1), -jnp.inf).at[:, 0].set(0.0).at[:, 1:k + 1].set(
-        jnp.where(ok[:, 0], score0, -jnp.inf))
-    anc = jnp.zeros((B, C1, C1), bool).at[:, :, 0].set(True)
-    anc = anc.at[:, jnp.arange(1, k + 1), jnp.arange(1, k + 1)].set(True)
+      lq0, score0 = None, sc[:, 0]
+    anc0 = jnp.zeros((B, k, C1), bool).at[:, :, 0].set(True)
+    anc0 = anc0.at[:, jnp.arange(k), jnp.arange(1, k + 1)].set(True)
+    # Per block: (tokens, parents, ok, score, path log q, ancestor rows [B, n, C1]).
+    blocks = [(root_B[:, None], jnp.full((B, 1), -1, jnp.int32), active_B[:, None],
+               jnp.zeros((B, 1)), None, None),
+              (tok[:, 0], jnp.zeros((B, k), jnp.int32), ok0,
+               jnp.where(ok[:, 0], score0, -jnp.inf), lq0, anc0)]
     fed_nodes = [(jnp.zeros((B, 1), jnp.int32), active_B[:, None])]  # (nodes, fed) per round
     # Per fed slot (root + frontier per round): q of its children, for 'wor' verification.
     logq_fed = jnp.zeros((B, 1 + (D - 1) * k, V), jnp.float32) if wor else None
     fed_slot = jnp.full((B, C1), -1, jnp.int32).at[:, 0].set(0)
     if wor:
       logq_fed = logq_fed.at[:, 0].set(lq[:, 0])
-    frontier = jnp.broadcast_to(jnp.arange(1, k + 1, dtype=jnp.int32), (B, k))
+    prev_start = 1  # where the frontier's block starts among the candidates
+    top = jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (B, k))  # within that block
+    frontier = prev_start + top
     beams = [frontier]
     calls = active_B.astype(jnp.int32)
     b = jnp.arange(B)[:, None]
     for d in range(1, D):
-      f_ok = jnp.take_along_axis(cand_ok, frontier, 1) & jnp.isfinite(
-          jnp.take_along_axis(score, frontier, 1))
+      p_tok, _, p_ok, p_score, p_lq, p_anc = blocks[-1]
+      at = lambda x, top=top: jnp.take_along_axis(x, top, 1)
+      parent_score = at(p_score)  # [B, k]
+      f_ok = at(p_ok) & jnp.isfinite(parent_score)
       pos = jnp.where(f_ok, base_B[:, None] + d, -1)
-      f_anc = jnp.take_along_axis(anc, frontier[:, :, None], 1)  # [B, k, C1]
-      logits, cache = self._apply(env, cache, jnp.take_along_axis(cand_tok, frontier, 1), pos,
-                                  base_B[:, None] + frontier,
+      f_anc = jnp.take_along_axis(p_anc, top[:, :, None], 1)  # [B, k, C1]
+      logits, cache = self._apply(env, cache, at(p_tok), pos, base_B[:, None] + frontier,
                                   masks.block_to_cache_mask(f_anc, base_B, env.cache_size))
       calls = calls + jnp.any(f_ok, axis=1)
       fed_nodes.append((frontier, f_ok))  # distinct nodes across rounds: one write at the end
       tok, ok, lq, sc = proposals.children(logits, k, how, env.sampling, keys(d + 1, k, 0))
-      parent_score = jnp.take_along_axis(score, frontier, 1)  # [B, k]
+      child_lq = None
       if wor:
         slot_ids = 1 + (d - 1) * k + jnp.arange(k)
         logq_fed = logq_fed.at[:, slot_ids].set(lq)
         fed_slot = fed_slot.at[b, frontier].set(jnp.broadcast_to(slot_ids, (B, k)))
-        parent_lq = jnp.take_along_axis(cum_logq, frontier, 1)
+        parent_lq = at(p_lq)
         child_score = proposals.sbs_values(parent_score, parent_lq, sc)
-        child_lq = parent_lq[..., None] + jnp.take_along_axis(lq, tok, -1)
+        child_lq = (parent_lq[..., None] + jnp.take_along_axis(lq, tok, -1)).reshape(B, k * k)
       else:
         child_score = parent_score[..., None] + sc
       child_ok = ok & f_ok[..., None]
-      child_score = jnp.where(child_ok, child_score, -jnp.inf)
+      child_score = jnp.where(child_ok, child_score, -jnp.inf).reshape(B, k * k)
       start = 1 + k + (d - 1) * k * k
-      new = slice(start, start + k * k)  # this round's candidates (static: no scatter)
-      cand_tok = cand_tok.at[:, new].set(tok.reshape(B, k * k))
-      cand_par = cand_par.at[:, new].set(jnp.repeat(frontier, k, axis=1))
-      cand_depth = cand_depth.at[:, new].set(d + 1)
-      cand_ok = cand_ok.at[:, new].set(child_ok.reshape(B, k * k))
-      score = score.at[:, new].set(child_score.reshape(B, k * k))
-      if wor:
-        cum_logq = cum_logq.at[:, new].set(child_lq.reshape(B, k * k))
-      new_anc = jnp.take_along_axis(anc, jnp.repeat(frontier, k, axis=1)[:, :, None], 1)
+      new = slice(start, start + k * k)  # this round's candidates
+      new_anc = jnp.repeat(f_anc, k, axis=1)
       new_anc = new_anc.at[:, :, new].set(new_anc[:, :, new] | jnp.eye(k * k, dtype=bool))
-      anc = anc.at[:, new].set(new_anc)
-      top = kernel_common.top_k(score[:, new], k)[1]
-      frontier = (start + top).astype(jnp.int32)
+      blocks.append((tok.reshape(B, k * k), jnp.repeat(frontier, k, axis=1),
+                     child_ok.reshape(B, k * k), child_score, child_lq, new_anc))
+      top = kernel_common.top_k(child_score, k)[1].astype(jnp.int32)
+      prev_start = start
+      frontier = prev_start + top
       beams.append(frontier)
+    cand_tok, cand_par, score = (jnp.concatenate([blk[i] for blk in blocks], axis=1)
+                                 for i in (0, 1, 3))
+    depth_C1 = np.concatenate([[0], np.ones(k)] + [np.full(k * k, d + 1) for d in range(1, D)])
+    cand_depth = jnp.broadcast_to(jnp.asarray(depth_C1, jnp.int32), (B, C1))
     N = self.max_nodes - 1
     if wor:
       # RSD-S keeps the beams (top_k per depth, chosen by that depth's values alone): a

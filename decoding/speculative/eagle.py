@@ -31,6 +31,7 @@ from typing import ClassVar
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from decoding.speculative import drafter as drafter_lib
 from decoding.speculative import proposals
@@ -226,40 +227,43 @@ class EagleDrafter(drafter_lib.Drafter):
     C1 = 1 + self.candidates
     Dm = g_root.shape[-1]
     sc, tok = proposals.top_log_probs(logits_root, k)
-    cand_tok = jnp.zeros((B, C1), jnp.int32).at[:, 0].set(root_B).at[:, 1:k + 1].set(tok)
-    cand_par = jnp.full((B, C1), -1, jnp.int32).at[:, 1:k + 1].set(0)
-    cand_depth = jnp.zeros((B, C1), jnp.int32).at[:, 1:k + 1].set(1)
-    score = jnp.full((B, C1), -jnp.inf).at[:, 0].set(0.0).at[:, 1:k + 1].set(sc)
-    # The feature each candidate is fed with: its parent's draft output.
-    cand_feat = jnp.zeros((B, C1, Dm), g_root.dtype).at[:, 1:k + 1].set(g_root[:, None])
-    anc = jnp.zeros((B, C1, C1), bool).at[:, :, 0].set(True)
-    anc = anc.at[:, jnp.arange(1, k + 1), jnp.arange(1, k + 1)].set(True)
+    # Candidates in blocks (the root, its k children, then k * k per round), joined once
+    # after the rounds; each round's frontier is gathered from the block before it.
+    blocks = [(root_B[:, None], jnp.full((B, 1), -1, jnp.int32), jnp.zeros((B, 1))),
+              (tok, jnp.zeros((B, k), jnp.int32), sc)]  # (tokens, parents, scores)
     frontier = jnp.broadcast_to(jnp.arange(1, k + 1, dtype=jnp.int32), (B, k))
-    # Candidate c sits at slot base + c: a frontier node sees the committed slots (those
-    # before the root's; the root's pair sits at slot base) and its ancestors.
+    # The frontier's tokens, scores, ancestor rows [B, k, C1] and features (its parent's
+    # draft output). Candidate c sits at slot base + c: a frontier node sees the committed
+    # slots (those before the root's; the root's pair sits at slot base) and its ancestors.
+    f_tok, f_score = tok, sc
+    f_anc = jnp.zeros((B, k, C1), bool).at[:, :, 0].set(True)
+    f_anc = f_anc.at[:, jnp.arange(k), jnp.arange(1, k + 1)].set(True)
+    f_feat = jnp.broadcast_to(g_root[:, None], (B, k, Dm))
     calls = active_B.astype(jnp.int32)
     for d in range(1, D):
       pos = jnp.where(active_B[:, None], base_B[:, None] + d, -1) * jnp.ones((1, k), jnp.int32)
-      f_anc = jnp.take_along_axis(anc, frontier[:, :, None], 1)  # [B, k, C1]
       g, logits, dcache = self._apply(
-          env, head, jnp.take_along_axis(cand_feat, frontier[:, :, None], 1),
-          jnp.take_along_axis(cand_tok, frontier, 1), pos, dcache,
-          slots=base_B[:, None] + frontier,
+          env, head, f_feat, f_tok, pos, dcache, slots=base_B[:, None] + frontier,
           mask=masks.block_to_cache_mask(f_anc, base_B, env.cache_size))
       calls = calls + active_B
       csc, ctok = proposals.top_log_probs(logits, k)  # [B, k, k]
-      child_score = jnp.take_along_axis(score, frontier, 1)[..., None] + csc
+      child_tok = ctok.reshape(B, k * k)
+      child_score = (f_score[..., None] + csc).reshape(B, k * k)
       start = 1 + k + (d - 1) * k * k
-      new = slice(start, start + k * k)  # this round's candidates (static: no scatter)
-      cand_tok = cand_tok.at[:, new].set(ctok.reshape(B, k * k))
-      cand_par = cand_par.at[:, new].set(jnp.repeat(frontier, k, axis=1))
-      cand_depth = cand_depth.at[:, new].set(d + 1)
-      score = score.at[:, new].set(child_score.reshape(B, k * k))
-      cand_feat = cand_feat.at[:, new].set(jnp.repeat(g.astype(cand_feat.dtype), k, axis=1))
-      new_anc = jnp.take_along_axis(anc, jnp.repeat(frontier, k, axis=1)[:, :, None], 1)
+      new = slice(start, start + k * k)  # this round's candidates
+      new_anc = jnp.repeat(f_anc, k, axis=1)
       new_anc = new_anc.at[:, :, new].set(new_anc[:, :, new] | jnp.eye(k * k, dtype=bool))
-      anc = anc.at[:, new].set(new_anc)
-      frontier = (start + kernel_common.top_k(score[:, new], k)[1]).astype(jnp.int32)
+      blocks.append((child_tok, jnp.repeat(frontier, k, axis=1), child_score))
+      top = kernel_common.top_k(child_score, k)[1].astype(jnp.int32)
+      frontier = start + top
+      f_tok = jnp.take_along_axis(child_tok, top, 1)
+      f_score = jnp.take_along_axis(child_score, top, 1)
+      f_anc = jnp.take_along_axis(new_anc, top[:, :, None], 1)
+      f_feat = jnp.take_along_axis(g, (top // k)[:, :, None], 1).astype(g_root.dtype)
+    cand_tok, cand_par, score = (jnp.concatenate([blk[i] for blk in blocks], axis=1)
+                                 for i in range(3))
+    depth_C1 = np.concatenate([[0], np.ones(k)] + [np.full(k * k, d + 1) for d in range(1, D)])
+    cand_depth = jnp.broadcast_to(jnp.asarray(depth_C1, jnp.int32), (B, C1))
     tree = select_tree(score, cand_tok, cand_par, cand_depth, active_B, self.max_nodes - 1, D,
                        k)
     return tree, dcache, calls
