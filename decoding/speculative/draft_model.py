@@ -300,9 +300,8 @@ class DraftModelDrafter(drafter_lib.Drafter):
     fed_slot = jnp.full((B, C1), -1, jnp.int32).at[:, 0].set(0)
     if wor:
       logq_fed = logq_fed.at[:, 0].set(lq[:, 0])
-    prev_start = 1  # where the frontier's block starts among the candidates
-    top = jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (B, k))  # within that block
-    frontier = prev_start + top
+    top = jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (B, k))  # within the last block
+    frontier = 1 + top  # among the candidates (the root's children start at 1)
     beams = [frontier]
     calls = active_B.astype(jnp.int32)
     b = jnp.arange(B)[:, None]
@@ -337,13 +336,11 @@ class DraftModelDrafter(drafter_lib.Drafter):
       blocks.append((tok.reshape(B, k * k), jnp.repeat(frontier, k, axis=1),
                      child_ok.reshape(B, k * k), child_score, child_lq, new_anc))
       top = kernel_common.top_k(child_score, k)[1].astype(jnp.int32)
-      prev_start = start
-      frontier = prev_start + top
+      frontier = start + top
       beams.append(frontier)
     cand_tok, cand_par, score = (jnp.concatenate([blk[i] for blk in blocks], axis=1)
                                  for i in (0, 1, 3))
-    depth_C1 = np.concatenate([[0], np.ones(k)] + [np.full(k * k, d + 1) for d in range(1, D)])
-    cand_depth = jnp.broadcast_to(jnp.asarray(depth_C1, jnp.int32), (B, C1))
+    cand_depth = jnp.broadcast_to(jnp.asarray(trees.dynamic_candidate_depths(k, D)), (B, C1))
     N = self.max_nodes - 1
     if wor:
       # RSD-S keeps the beams (top_k per depth, chosen by that depth's values alone): a

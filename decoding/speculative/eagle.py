@@ -31,7 +31,6 @@ from typing import ClassVar
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from decoding.speculative import drafter as drafter_lib
 from decoding.speculative import proposals
@@ -262,8 +261,7 @@ class EagleDrafter(drafter_lib.Drafter):
       f_feat = jnp.take_along_axis(g, (top // k)[:, :, None], 1).astype(g_root.dtype)
     cand_tok, cand_par, score = (jnp.concatenate([blk[i] for blk in blocks], axis=1)
                                  for i in range(3))
-    depth_C1 = np.concatenate([[0], np.ones(k)] + [np.full(k * k, d + 1) for d in range(1, D)])
-    cand_depth = jnp.broadcast_to(jnp.asarray(depth_C1, jnp.int32), (B, C1))
+    cand_depth = jnp.broadcast_to(jnp.asarray(trees.dynamic_candidate_depths(k, D)), (B, C1))
     tree = select_tree(score, cand_tok, cand_par, cand_depth, active_B, self.max_nodes - 1, D,
                        k)
     return tree, dcache, calls

@@ -320,6 +320,13 @@ def dynamic_candidates(top_k: int, depth: int) -> int:
   return top_k + (depth - 1) * top_k ** 2
 
 
+def dynamic_candidate_depths(top_k: int, depth: int) -> np.ndarray:
+  """[1 + dynamic_candidates] int32: each candidate's depth (the root 0, its top_k children 1,
+  then top_k^2 per later round), in the order the rounds add them."""
+  return np.concatenate([[0], np.ones(top_k)] + [np.full(top_k ** 2, d + 1)
+                                                 for d in range(1, depth)]).astype(np.int32)
+
+
 def select_candidates(sel_BxN: jax.Array, sel_score_BxN: jax.Array, cand_par_BxC: jax.Array,
                       active_B: jax.Array, max_depth: int
                       ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:

@@ -66,6 +66,15 @@ def _random_template(rng, T):
   return trees._bfs(parents, ranks)  # pylint: disable=protected-access
 
 
+@pytest.mark.parametrize('k,depth', [(1, 1), (2, 3), (3, 2), (4, 4)])
+def test_dynamic_candidate_depths_follow_the_rounds(k, depth):
+  """The root, its k children at depth 1, then k^2 candidates per round at depths 2 ..
+  depth: as many as `dynamic_candidates` counts, in the order the rounds add them."""
+  got = trees.dynamic_candidate_depths(k, depth)
+  assert len(got) == 1 + trees.dynamic_candidates(k, depth)
+  assert got.tolist() == sorted(got.tolist())
+  assert [int(np.sum(got == d)) for d in range(depth + 1)] == [1, k] + [k * k] * (depth - 1)
+
 @pytest.mark.parametrize('seed', range(4))
 def test_tree_structure_matches_the_sequential_definitions(seed):
   """from_template's validity closure, children table and ancestor mask; the pointer-doubling
