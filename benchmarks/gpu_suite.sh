@@ -41,7 +41,10 @@
 #              operations one decode step executes in the GPU's own compiled program (its
 #              kernels and library calls) for AR, the k = 4 chain drafting unrolled, in a
 #              fixed-count and in a while loop, the 16-node dynamic tree, Medusa and EAGLE-3;
-#              on a launch-bound GPU, what the loop's time outside the forward is made of
+#              on a launch-bound GPU, what the loop's time outside the forward is made of;
+#              and the bytes each step's operations move against the weights and cache an
+#              AR step must read (a copy of a weight or a cache inside the loop shows there),
+#              the programs themselves kept in $OUT/hlo.tgz
 #   fwd_small  benchmarks.forward_cost of $FWD_SMALL_PRESETS at batch 1, T = 1, 2, bf16:
 #              the defaults (one-row products padded to 2 rows per projection), unpadded,
 #              and padded once per call (model.pad_rows=model): what the padding costs a
@@ -156,9 +159,17 @@ OPS_DECODERS=${OPS_DECODERS:-ar,speculative:gamma=4,speculative:gamma=4:draft_lo
 GRAPH_TYPES=${GRAPH_TYPES:-FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE}
 STEP_DTYPE=${STEP_DTYPE:-float32}  # the oracle draft of its draft-model rows, as spec_system
 
+# The compiled programs the `ops` stage counts (HLO text, gzipped): they come back in
+# $OUT/hlo.tgz, so a session without a device can read the device's programs again
+# (python -m benchmarks.step_ops --from_hlo=FILE: ops, bytes, largest movers per step).
+HLO_DIR=${HLO_DIR:-/tmp/leapfrog-hlo}  # outside $OUT: at most 8 files come back from there
+
 save() {
   if [ -n "${OUT:-}" ]; then
     tar czf "$OUT/results.tgz" -C "$(dirname "$RESULTS")" "$(basename "$RESULTS")" 2>/dev/null
+    if ls "$HLO_DIR"/*.hlo.gz >/dev/null 2>&1; then
+      tar czf "$OUT/hlo.tgz" -C "$HLO_DIR" . 2>/dev/null
+    fi
   fi
 }
 
@@ -245,7 +256,7 @@ for s in ${stages//,/ }; do
         --out=spec_system_$( [ "$REHEARSE" = 1 ] && echo rehearsal || echo gpu_h200)_graphs ;;
     ops)  # compiles only: no timing, so any load on the machine leaves the counts alone
       stage ops "${OPS_LIMIT:-110}" $PY -m benchmarks.step_ops --preset="$OPS_PRESET" \
-        --dtype=bfloat16 --decoders="$OPS_DECODERS" \
+        --dtype=bfloat16 --decoders="$OPS_DECODERS" --dump_hlo="$HLO_DIR" \
         --out=$( [ "$REHEARSE" = 1 ] && echo rehearsal || echo gpu_h200) ;;
     fwd_small)
       stage fwd_small "${FWD_SMALL_LIMIT:-100}" $PY -m benchmarks.forward_cost \

@@ -101,7 +101,7 @@ class ChimeraDraft(nn.Module):
     w = layers.logical_param(self, 'heads', nn.initializers.normal(cfg.init_std),
                              (K, 2 * D, V), (None, 'embed', 'vocab'), cfg.weight_dtype)
     x = jnp.concatenate([h, norm('out_norm')(f).astype(dt)], -1)
-    logits = layers.mask_invalid_ids(jnp.einsum('BTE,KEV->BTKV', x, w.astype(dt)), cfg)
+    logits = layers.mask_invalid_ids(layers.stacked_project(x, w.astype(dt)), cfg)
     new_cache = None if cache is None else cache.end_write((kv,), key_pos, slots_BxT)
     return logits, new_cache
 

@@ -87,7 +87,7 @@ class MedusaHeads(nn.Module):
     b = layers.logical_param(self, 'b', nn.initializers.zeros, (K, D), (None, 'mlp'),
                              cfg.weight_dtype)
     h = h_BxTxD.astype(dt)
-    z_BxTxKxD = h[:, :, None, :] + nn.silu(jnp.einsum('BTD,KDE->BTKE', h, w.astype(dt))
+    z_BxTxKxD = h[:, :, None, :] + nn.silu(layers.stacked_project(h, w.astype(dt))
                                            + b.astype(dt))
     return head_logits(z_BxTxKxD, out_emb_VxD, cfg)
 

@@ -129,6 +129,16 @@ def project(eq: str, x_BxTx: jax.Array, w: jax.Array, min_rows: int = 1) -> jax.
   return jax.lax.optimization_barrier(y_pad)[:, :T]
 
 
+def stacked_project(x_BxTxE: jax.Array, w_KxExN: jax.Array) -> jax.Array:
+  """einsum('BTE,KEN->BTKN'): K projections stacked in one weight, as a product batched
+  over K, which reads w as stored. Written as that einsum, XLA copies w into [E, K, N] order
+  on every call (a copy of the weight per decode step: `benchmarks/step_ops.py` lists it)."""
+  K = w_KxExN.shape[0]
+  y_KxBxTxN = jnp.einsum('KBTE,KEN->KBTN', jnp.broadcast_to(x_BxTxE, (K,) + x_BxTxE.shape),
+                         w_KxExN)
+  return jnp.moveaxis(y_KxBxTxN, 0, 2)
+
+
 def gated_lora(y_BxTx: jax.Array, x_BxTx: jax.Array, ab: Any, gate_BxT: jax.Array | None,
                n_in: int) -> jax.Array:
   """y + gate * (x A) B: a LoRA that acts only where `gate_BxT` is True ("Your LLM Knows the

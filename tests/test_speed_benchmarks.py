@@ -10,6 +10,7 @@ import os
 from types import SimpleNamespace
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -589,3 +590,78 @@ def test_step_ops_counts_what_calls_and_conditionals_run():
   # by name: add -> loop; the call -> model, its exp -> a draft module, its negate and the
   # rest -> unnamed (the conditional counts its larger branch, %big, with the same names)
   assert loop.parts == {'loop': 1, 'model': 1, 'draft modules': 2, 'unnamed': 4}
+
+
+def test_step_ops_bytes_count_in_place_updates_slices_and_library_results_by_what_moves():
+  """An in-place update (a fusion whose root updates a parameter) counts its update, not the
+  buffer; an operand a fusion only slices counts the slice; a library call's scratch result
+  does not count; a plain op counts operands and result; a loop body counts per iteration."""
+  hlo = '\n'.join([
+      '%upd (a: f32[1000], u: f32[10], i: s32[]) -> f32[1000] {',
+      '  %a = f32[1000]{0} parameter(0)', '  %u = f32[10]{0} parameter(1)',
+      '  %i = s32[] parameter(2)',
+      '  ROOT %d = f32[1000]{0} dynamic-update-slice(%a, %u, %i)', '}',
+      '%take (b: f32[1000], j: s32[]) -> f32[20] {',
+      '  %b = f32[1000]{0} parameter(0)', '  %j = s32[] parameter(1)',
+      '  %s = f32[20]{0} dynamic-slice(%b, %j), dynamic_slice_sizes={20}',
+      '  ROOT %n = f32[20]{0} negate(%s)', '}',
+      '%body (c: (s32[], f32[1000], bf16[64,64])) -> (s32[], f32[1000], bf16[64,64]) {',
+      '  %c = (s32[], f32[1000], bf16[64,64]) parameter(0)',
+      '  %k = s32[] get-tuple-element(%c), index=0',
+      '  %buf = f32[1000]{0} get-tuple-element(%c), index=1',
+      '  %w = bf16[64,64]{1,0} get-tuple-element(%c), index=2',
+      '  %sl = f32[20]{0} fusion(%buf, %k), kind=kLoop, calls=%take',
+      '  %up = f32[10]{0} slice(%sl), slice={[0:10]}',
+      '  %new = f32[1000]{0} fusion(%buf, %up, %k), kind=kLoop, calls=%upd',
+      '  %g = (bf16[2,64]{1,0}, s8[4096]{0}) custom-call(%w, %w), '
+      'custom_call_target="__cublas$gemm"',
+      '  %one = s32[] constant(1)', '  %k2 = s32[] add(%k, %one)',
+      '  ROOT %t = (s32[], f32[1000], bf16[64,64]) tuple(%k2, %new, %w)', '}',
+      '%cond (d: (s32[], f32[1000], bf16[64,64])) -> pred[] {',
+      '  %d = (s32[], f32[1000], bf16[64,64]) parameter(0)',
+      '  %e = s32[] get-tuple-element(%d), index=0', '  %ten = s32[] constant(10)',
+      '  ROOT %lt = pred[] compare(%e, %ten), direction=LT', '}',
+      'ENTRY %main (x: (s32[], f32[1000], bf16[64,64])) -> (s32[], f32[1000], bf16[64,64]) {',
+      '  %x = (s32[], f32[1000], bf16[64,64]) parameter(0)',
+      '  ROOT %wl = (s32[], f32[1000], bf16[64,64]) while(%x), condition=%cond, body=%body',
+      '}'])
+  loop = step_ops.step_loop(hlo)
+  take = 20 * 4 + 4 + 20 * 4  # the slice it reads, the index, its result
+  up = 2 * 10 * 4  # slice: reads and writes 10 floats (its operand counts what it takes)
+  upd = 10 * 4 + 4  # the update and the index; the buffer and result not at all
+  gemm = 2 * 64 * 64 * 2 + 2 * 64 * 2  # both operands, the first result only
+  add, compare = 3 * 4, 2 * 4 + 1
+  assert loop.bytes == take + up + upd + gemm + add + compare
+  assert step_ops.shape_bytes('(f32[2,3]{1,0}, bf16[4], pred[], f8e4m3fn[8], token[])') \
+      == 24 + 8 + 1 + 8
+
+
+def test_step_ops_bytes_see_a_weight_copied_every_step_and_stacked_project_avoids_it():
+  """In a while loop, einsum('BTE,KEN->BTKN') over a stacked weight copies the weight into
+  another order every iteration on XLA:CPU (about a read and a write of it more per step
+  than the batched product of `layers.stacked_project`); both give the same values, and an
+  AR step on a small model moves at least its weights and at most a few times them."""
+  from models import layers
+  K, E, N = 4, 64, 96
+  w = jax.random.normal(jax.random.key(0), (K, E, N))
+  x = jax.random.normal(jax.random.key(1), (1, 1, E))
+
+  def loop_bytes(project):
+    def f(w, x, n):  # n traced: a data-dependent loop, as a decode loop is
+      body = lambda c: (c[0] + 1, c[1] + project(x + c[1][:, :, 0, :E], w))
+      return jax.lax.while_loop(lambda c: c[0] < n, body, (0, jnp.zeros((1, 1, K, N))))[1]
+    hlo = jax.jit(f).lower(w, x, 5).compile().as_text()
+    return step_ops.step_loop(hlo).bytes, f(w, x, 5)
+
+  plain, y_plain = loop_bytes(lambda x, w: jnp.einsum('BTE,KEN->BTKN', x, w))
+  stacked, y_stacked = loop_bytes(layers.stacked_project)
+  np.testing.assert_allclose(np.asarray(y_stacked), np.asarray(y_plain), rtol=1e-5, atol=1e-5)
+  assert plain - stacked >= 1.9 * w.size * 4  # a read and a write of w, less the batched
+  # product's own small extras (x broadcast over K, the result's moved axis)
+
+  model = Transformer(small_config(vocab_size=V))
+  params = init_params(model, jax.random.key(0))
+  ar = step_ops.count_decoder(step_ops.build('ar')[0], Models(model), {'target': params},
+                              batch=1, prompt_len=8, max_new=16, cache_size=128)
+  weights, kv = step_ops.floor_bytes(model, params, 1, 128)
+  assert weights <= ar.bytes <= 3 * (weights + kv)
