@@ -126,6 +126,15 @@ def _checks(impls: tuple[str, ...], small: bool) -> list[list[Any]]:
       return [['sampling (tokens equal)', impl, f'B8 V{V}', 'float32', 1 - agree, 0.0,
                agree == 1.0]]
     rows += _guarded('sampling', impl, 'float32', sampling_rows)
+    if impl != 'pallas_tpu':  # the split sampler has GPU-style kernels only
+      split = jax.jit(lambda logits, g: fused_sample(logits, g, impl=impl, parts=0,
+                                                     block_v=256 if small else 1024, **cfg))
+
+      def split_rows():
+        agree = float((split(logits, g) == same('xla', logits, g)).mean())
+        return [['split sampling (tokens equal)', impl, f'B8 V{V}', 'float32', 1 - agree,
+                 0.0, agree == 1.0]]
+      rows += _guarded('split sampling', impl, 'float32', split_rows)
   return rows
 
 

@@ -196,10 +196,15 @@ def bench_sampling(quick: bool) -> list[list[Any]]:
       logits = normal(0, (B, V), F32) * 4
       g = gumbel_noise(jax.random.key(1), (B, V))
       ours = jax.jit(lambda l, g: fused_sample(l, g, impl='pallas', **cfg))
+      # each row over many programs (pallas_kernels/sampling/split.py), about 512 in all
+      split = jax.jit(lambda l, g: fused_sample(l, g, impl='pallas', parts=0, block_v=1024,
+                                                **cfg))
       sort = jax.jit(lambda l, g: fused_sample(l, g, impl='xla', **cfg))
       t_ours = _try(lambda: _time(lambda: ours(logits, g)))
+      t_split = _try(lambda: _time(lambda: split(logits, g)))
       t_sort = _try(lambda: _time(lambda: sort(logits, g)))
       us = lambda t: t * 1e6 if isinstance(t, float) else t
-      rows.append([V, B, us(t_ours), us(t_sort), _ratio(t_sort, t_ours)])
+      rows.append([V, B, us(t_ours), us(t_sort), _ratio(t_sort, t_ours), us(t_split),
+                   _ratio(t_sort, t_split)])
       print('  sampling', rows[-1], flush=True)
   return rows

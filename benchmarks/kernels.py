@@ -132,7 +132,10 @@ def main():
     def section_sampling() -> str:
       return (
           '## Fused sampling (temperature 0.8, top-p 0.95) vs the sort (us)\n\n'
-          + common.markdown_table(['V', 'B', 'fused', 'sort-based', 'sort / fused'],
+          + 'fused: one program a row (`sampling/gpu.py`); split: each row over many programs, '
+          'about 512 in all, one call a pass (`sampling/split.py`, `parts=0`).\n\n'
+          + common.markdown_table(['V', 'B', 'fused', 'sort-based', 'sort / fused', 'split',
+                                   'sort / split'],
                                   kernel_speed.bench_sampling(args.quick)))
 
     # The quick sections first, so that a run cut short by a time limit loses the least.

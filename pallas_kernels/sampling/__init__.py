@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from pallas_kernels import common
 from pallas_kernels import dispatch
 from pallas_kernels.sampling import gpu
+from pallas_kernels.sampling import split
 from pallas_kernels.sampling import tpu
 from pallas_kernels.sampling.reference import (filtered_log_probs, gumbel_noise,
                                                sample_reference)
@@ -38,13 +39,16 @@ def sampling_case(top_k: int, top_p: float) -> str:
 def fused_sample(logits_BxV: jax.Array, gumbel_BxV: jax.Array | None, *, temperature: float,
                  top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
                  block_v: int = 2048, impl: str = 'auto',
-                 return_threshold: bool = False):
+                 return_threshold: bool = False, parts: int = 1):
   """Samples [B] int32 tokens from logits [B, V] (any float dtype).
 
   Args:
     gumbel_BxV: float32 noise -log(-log u), u uniform (unused and may be None when greedy).
     temperature: 0 = greedy. top_k: 0 = off. top_p: 1 = off. min_p: 0 = off.
     block_v: GPU: vocabulary entries per step (a power of two).
+    parts: GPU: programs per row. 1: one program sweeps its row (`gpu.py`); > 1: each row
+      split over that many programs, one `pallas_call` per pass (`split.py`, for small
+      batches); 0: as many as make about 512 programs in all (`split.auto_parts`).
     return_threshold: also return (tau [B], log_mass [B]): the kept tokens are those with
       logits / temperature >= tau (and, with min_p, the min-p rule on top).
   """
@@ -68,12 +72,21 @@ def fused_sample(logits_BxV: jax.Array, gumbel_BxV: jax.Array | None, *, tempera
     st = tpu.Static(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
                     min_p=float(min_p), interpret=interpret)
     kernel = tpu.sample
-  else:
+  elif parts == 1:
     bv = min(common.next_pow2(block_v), common.next_pow2(V))
     Vp = common.round_up(V, bv)
     st = gpu.Static(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
                     min_p=float(min_p), block_v=bv, interpret=interpret)
     kernel = gpu.sample
+  else:
+    if parts < 0:
+      raise ValueError(f'parts must be >= 0 (0: auto), got {parts}.')
+    bv = min(common.next_pow2(block_v), common.next_pow2(V))
+    parts = parts or split.auto_parts(B, V, bv)
+    Vp = common.round_up(V, bv * parts)
+    st = split.Static(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+                      min_p=float(min_p), block_v=bv, parts=parts, interpret=interpret)
+    kernel = split.sample
   # Padding: -inf logits are never kept; their noise is irrelevant.
   logits = common.pad_axis(logits_BxV, 1, Vp, -jnp.inf)
   tok, tau, log_s = kernel(logits, common.pad_axis(gumbel_BxV, 1, Vp), st)

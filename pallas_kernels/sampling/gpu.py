@@ -26,11 +26,7 @@ from pallas_kernels.sampling import search
 
 
 @dataclasses.dataclass(frozen=True)
-class Static:
-  temperature: float
-  top_k: int
-  top_p: float
-  min_p: float
+class Static(search.Filters):
   block_v: int
   interpret: object = False
   num_warps: int = 8

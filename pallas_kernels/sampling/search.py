@@ -15,9 +15,20 @@ hi == lo + 1.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+@dataclasses.dataclass(frozen=True)
+class Filters:
+  """The sampling rule every kernel applies (its `Static` adds the kernel's own settings)."""
+  temperature: float
+  top_k: int
+  top_p: float
+  min_p: float
+
 
 NP = 16  # pivots per pass (a power of two for Triton)
 MAX_PASSES = 10  # enough for any int32 interval (one coarse pass, then /17 per pass)
@@ -35,15 +46,27 @@ def from_key(key: jax.Array) -> jax.Array:
   return lax.bitcast_convert_type(bits, jnp.float32)
 
 
-def pivots(lo: jax.Array, hi: jax.Array, j: jax.Array) -> jax.Array:
-  """Pivots in [lo, hi) for j = 1..NP (increasing, possibly repeating lo when hi - lo is
-  small). int32 arithmetic that wraps: the results are in range even when hi - lo is not."""
-  coarse = (hi >> 5) - (lo >> 5)  # ~ (hi - lo) / 32, never overflows
+def pivots(lo: jax.Array, hi: jax.Array, j: jax.Array, num: int = NP) -> jax.Array:
+  """Pivots in [lo, hi) for j = 1..num (increasing, possibly repeating lo when hi - lo is
+  small; `num` a power of two). int32 arithmetic that wraps: the results are in range even
+  when hi - lo is not."""
+  shift = (2 * num).bit_length() - 1  # 2^shift = 2 num
+  coarse = (hi >> shift) - (lo >> shift)  # ~ (hi - lo) / (2 num), never overflows
   big = lo + coarse * (2 * j - 1)  # wraps back into (lo, hi) when hi - lo >= 2^30
   span = hi - lo  # exact when the interval is < 2^31
-  n = NP + 1
+  n = num + 1
   small = lo + lax.div(span, n) * j + lax.div(lax.rem(span, n) * j, n)
-  return jnp.where(coarse > (1 << 25), big, small)
+  return jnp.where(coarse > (1 << (30 - shift)), big, small)
+
+
+def max_passes(num: int = NP) -> int:
+  """Passes that narrow any int32 interval to hi == lo + 1 with `num` pivots a pass: a first
+  pass over a span of up to 2^32 leaves at most 2^32 / num + 1 (pivots spaced span / num),
+  each later one ceil(span / (num + 1)) (tested over the whole float range)."""
+  span, passes = (1 << 32) // num + 2, 1
+  while span > 1:
+    span, passes = -(-span // (num + 1)), passes + 1
+  return passes
 
 
 def narrow(lo, hi, piv, flips):
@@ -51,3 +74,10 @@ def narrow(lo, hi, piv, flips):
   new_lo = jnp.max(jnp.where(flips, lo, piv))
   new_hi = jnp.min(jnp.where(flips, piv, hi))
   return jnp.maximum(lo, new_lo), jnp.minimum(hi, new_hi)
+
+
+def narrow_rows(lo_B, hi_B, piv_BxN, flips_BxN):
+  """`narrow` for B rows at once: lo, hi [B]; pivots and flips [B, N]."""
+  new_lo = jnp.max(jnp.where(flips_BxN, lo_B[:, None], piv_BxN), axis=-1)
+  new_hi = jnp.min(jnp.where(flips_BxN, piv_BxN, hi_B[:, None]), axis=-1)
+  return jnp.maximum(lo_B, new_lo), jnp.minimum(hi_B, new_hi)

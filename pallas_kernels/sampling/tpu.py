@@ -25,11 +25,7 @@ LANES = 128
 
 
 @dataclasses.dataclass(frozen=True)
-class Static:
-  temperature: float
-  top_k: int
-  top_p: float
-  min_p: float
+class Static(search.Filters):
   interpret: object = False
 
 

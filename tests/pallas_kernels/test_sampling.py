@@ -35,14 +35,18 @@ def _kept(logits, tau, log_s, cfg):
   return keep, x
 
 
-@pytest.mark.parametrize('impl', ['pallas_gpu', 'pallas_tpu'])
-def test_kept_set_and_token_match_the_reference(impl):
+@pytest.mark.parametrize('impl,parts', [('pallas_gpu', 1), ('pallas_gpu', 4),
+                                        ('pallas_gpu', 0), ('pallas_tpu', 1)])
+def test_kept_set_and_token_match_the_reference(impl, parts):
+  """parts > 1: each row split over that many programs (split.py), 0: auto; the same kept
+  set and token as the sort-based reference and the race over it."""
   logits = _logits()
-  cfgs = CONFIGS if impl == 'pallas_gpu' else CONFIGS[-1:]
+  cfgs = CONFIGS if (impl, parts) == ('pallas_gpu', 1) or parts == 4 else CONFIGS[-1:]
+  block_v = 64 if parts != 1 else 128
   for cfg in cfgs:
     g = gumbel_noise(jax.random.key(1), logits.shape)
-    tok, tau, log_s = jax.jit(lambda l, g: fused_sample(l, g, impl=impl, block_v=128,
-                                                        return_threshold=True, **cfg))(logits, g)
+    tok, tau, log_s = jax.jit(lambda l, g: fused_sample(
+        l, g, impl=impl, block_v=block_v, parts=parts, return_threshold=True, **cfg))(logits, g)
     keep, x = _kept(logits, tau, log_s, cfg)
     want = np.isfinite(np.asarray(filtered_log_probs(logits, **cfg)))
     np.testing.assert_array_equal(keep, want, err_msg=str(cfg))
@@ -55,8 +59,10 @@ def test_tokens_equal_decoding_sampling_with_the_same_keys():
   keys = jax.random.split(jax.random.key(7), 8)
   for cfg in CONFIGS[3:]:
     want = dec_sampling.sample(keys, logits, dec_sampling.SamplingConfig(**cfg))
-    got = fused_sample(logits, gumbel_noise(keys, logits.shape), impl='pallas_gpu', **cfg)
-    np.testing.assert_array_equal(got, want, err_msg=str(cfg))
+    for parts in (1, 8):
+      got = fused_sample(logits, gumbel_noise(keys, logits.shape), impl='pallas_gpu',
+                         block_v=64, parts=parts, **cfg)
+      np.testing.assert_array_equal(got, want, err_msg=f'{cfg}, parts {parts}')
   greedy = fused_sample(logits, None, temperature=0.0, impl='pallas_gpu')
   np.testing.assert_array_equal(greedy, jnp.argmax(logits, -1))
 
@@ -93,3 +99,31 @@ def test_search_finds_the_kth_value_over_the_whole_float_range():
       assert (piv >= lo).all() and (piv < hi).all()
       lo, hi = search.narrow(lo, hi, piv, (key[:, None] > piv).sum(0) < k)
     assert lo + 1 == hi and search.from_key(hi) == jnp.sort(x)[::-1][k - 1], k
+
+
+@pytest.mark.parametrize('num', [16, 64, 256])
+def test_search_converges_within_max_passes_for_any_pivot_count(num):
+  """search.max_passes(num) passes of `num` pivots narrow any key interval to one value:
+  the k-th largest of values spread over the whole float range, and of values packed close
+  together; a pass fewer leaves some interval open (the bound is tight enough to fail)."""
+  spread = jnp.array([3e38, -3e38, 1e-40, -1e-40, 0.0, 1.0, 1.0, -7.5, 2e-7, 6e-39],
+                     jnp.float32)
+  packed = 1.0 + jnp.arange(10, dtype=jnp.float32) * 1.2e-7
+  j = jnp.arange(1, num + 1)
+  shortfall = False
+  for x in (spread, packed):
+    key = search.to_key(x)
+    for k in range(1, x.size + 1):
+      lo, hi = key.min() - 1, key.max()
+      for i in range(search.max_passes(num)):
+        piv = search.pivots(lo, hi, j, num)
+        assert (piv >= lo).all() and (piv < hi).all()
+        lo, hi = search.narrow(lo, hi, piv, (key[:, None] > piv).sum(0) < k)
+        shortfall |= i == search.max_passes(num) - 2 and lo + 1 != hi
+      assert lo + 1 == hi and search.from_key(hi) == jnp.sort(x)[::-1][k - 1], (k, num)
+  lo, hi = jnp.int32(-2 ** 31), jnp.int32(2 ** 31 - 1)  # the widest interval
+  key = jnp.int32(12345)
+  for _ in range(search.max_passes(num)):
+    piv = search.pivots(lo, hi, j, num)
+    lo, hi = search.narrow(lo, hi, piv, ~(piv < key))
+  assert (lo, hi) == (key - 1, key) and shortfall
