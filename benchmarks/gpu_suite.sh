@@ -7,6 +7,9 @@
 # limits are the H200 budget, docs/gpu_suite.md, and can be changed with NAME_LIMIT=SECONDS):
 #   env        nvidia-smi, versions, jax devices
 #   kernels    python -m benchmarks.kernels --quick        (on-device checks + speed vs cuDNN/XLA/fla)
+#   sweep      python -m benchmarks.kernel_sweep: the kernels' block sizes, warps and stages
+#              (flash forward, decode attention, the one-program and split samplers), each
+#              setting checked against its reference and timed, within $SWEEP_LIMIT - 30 s
 #   decode     python -m benchmarks.decode_ar --preset=base --dtype=bfloat16 (vs transformers)
 #   train      python -m benchmarks.train_throughput --preset=base (MFU)
 #   delta      python -m benchmarks.deltaproduct --preset=gpu (chunked vs naive scan)
@@ -227,6 +230,10 @@ for s in ${stages//,/ }; do
     env)
       stage env 120 bash -c 'nvidia-smi; python3 -c "import jax, flax, torch; print(jax.__version__, flax.__version__, torch.__version__, jax.devices())"' ;;
     kernels) stage kernels "${KERNELS_LIMIT:-330}" $PY -m benchmarks.kernels --quick ;;
+    sweep)  # the budget leaves the stage time to write its file after the last setting
+      stage sweep "${SWEEP_LIMIT:-180}" $PY -m benchmarks.kernel_sweep \
+        --budget_s=$(( ${SWEEP_LIMIT:-180} * LIMIT_SCALE - 30 )) \
+        $( [ "$REHEARSE" = 1 ] && echo "--rehearse --out=rehearsal" ) ;;
     decode)
       stage decode "${DECODE_LIMIT:-200}" $PY -m benchmarks.decode_ar --preset=base \
         --dtype=bfloat16 --batch_sizes=1,32 --contexts=512 ;;
