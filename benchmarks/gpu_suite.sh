@@ -50,9 +50,10 @@
 #              the programs themselves kept in $OUT/hlo.tgz
 #   fwd_small  benchmarks.forward_cost of $FWD_SMALL_PRESETS at batch 1, T = 1, 2, bf16:
 #              the defaults (one-row products padded to 2 rows per projection), unpadded,
-#              and padded once per call (model.pad_rows=model): what the padding costs a
-#              launch-bound `small`, and whether `base`'s one-token forward then costs what
-#              its two-token one does
+#              padded once per call (model.pad_rows=model), and with fused q/k/v and gate/up
+#              weights (model.fused_projections: 4 products a layer instead of 7): what the
+#              padding costs a launch-bound `small`, whether `base`'s one-token forward then
+#              costs what its two-token one does, and what fewer, larger products save
 #   star       issue 18's planning comparison at a size the CPU cannot train: path-star graphs
 #              (data/tasks/stargraph.py), ILM, AR and MDLM of preset $STAR_SIZE trained at once
 #              for $STAR_STEPS steps each, then python -m benchmarks.insertion --parts=star3
@@ -266,10 +267,10 @@ for s in ${stages//,/ }; do
         --dtype=bfloat16 --decoders="$OPS_DECODERS" --dump_hlo="$HLO_DIR" \
         --out=$( [ "$REHEARSE" = 1 ] && echo rehearsal || echo gpu_h200) ;;
     fwd_small)
-      stage fwd_small "${FWD_SMALL_LIMIT:-100}" $PY -m benchmarks.forward_cost \
+      stage fwd_small "${FWD_SMALL_LIMIT:-130}" $PY -m benchmarks.forward_cost \
         --presets="$FWD_SMALL_PRESETS" --batches=1 --tokens=1,2 --dtype=bfloat16 \
         --out=forward_cost_small_rows \
-        --variants="default;rows1:model.min_matmul_rows=1;padcall:model.pad_rows=model:model.min_matmul_rows=2" ;;
+        --variants="default;rows1:model.min_matmul_rows=1;padcall:model.pad_rows=model:model.min_matmul_rows=2;fused:model.fused_projections=true" ;;
     t1)  # the XLA settings compared in one process (per-compile options), model built once
       stage t1 "${T1_LIMIT:-200}" bash -c "$PY -m benchmarks.matvec_probe $MATVEC_ARGS
          $PY -m benchmarks.forward_cost --presets=$T1_PRESETS --batches=1 --tokens=1,2 \

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from models import Cache, Transformer
 from models import masks
+from models import transformer as transformer_lib
 
 
 def time_min(fn, repeats: int) -> float:
@@ -59,6 +60,8 @@ def forward_probe(model: Transformer, params: Any, *, batch: int, tokens: int,
     raise ValueError(f'context {context} + {tokens} tokens do not fit a cache of '
                      f'{cache_size} slots.')
   cfg = model.cfg
+  if cfg.fused_projections:  # the layout a decode loop runs (runner.fused_layouts)
+    params = transformer_lib.fuse_projections(params)
   B, T = batch, tokens
   cache = Cache.init(cfg, B, cache_size).replace(lengths=jnp.full((B,), context, jnp.int32))
   rounds = (cache_size - context) // T  # distinct write windows before slots repeat

@@ -91,10 +91,22 @@ def validate_prompts(prompts: Sequence[Sequence[int]], *, max_new_tokens: int, c
           'lower max_new_tokens or raise the cache size.')
 
 
+def fused_layouts(models: base.Models, params: dict[str, Any]) -> dict[str, Any]:
+  """params with the fused projection layout (`transformer.fuse_projections`) for the target
+  and every Transformer extra whose config sets `fused_projections`."""
+  out = dict(params)
+  for name, module in (('target', models.target),) + tuple(models.extras):
+    if (isinstance(module, transformer_lib.Transformer) and module.cfg.fused_projections
+        and name in out):
+      out[name] = transformer_lib.fuse_projections(out[name])
+  return out
+
+
 @functools.partial(jax.jit, static_argnames=('decoder', 'models', 'max_new_tokens',
                                              'cache_size', 'eos_id', 'pad_id'))
 def _generate(decoder, models, params, prompt_BxP, prompt_len_B, row_keys_B, *, max_new_tokens,
               cache_size, eos_id, pad_id):
+  params = fused_layouts(models, params)  # once per call, before any decode loop
   return decoder.generate(models, params, prompt_BxP, prompt_len_B, row_keys_B,
                           max_new_tokens=max_new_tokens, cache_size=cache_size, eos_id=eos_id,
                           pad_id=pad_id)

@@ -38,23 +38,28 @@ class Attention(nn.Module):
     D, H, K, Dh, dt = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.compute_dtype
     init = nn.initializers.normal(cfg.init_std)
     out_init = nn.initializers.normal(cfg.init_std / (2 * cfg.num_layers) ** 0.5)
-    wq = layers.logical_param(self, 'q', init, (D, H, Dh), ('embed', 'heads', 'head_dim'),
-                              cfg.weight_dtype)
-    wk = layers.logical_param(self, 'k', init, (D, K, Dh), ('embed', 'kv_heads', 'head_dim'),
-                              cfg.weight_dtype)
-    wv = layers.logical_param(self, 'v', init, (D, K, Dh), ('embed', 'kv_heads', 'head_dim'),
-                              cfg.weight_dtype)
-    wo = layers.logical_param(self, 'o', out_init, (H, Dh, D), ('heads', 'head_dim', 'embed'),
-                              cfg.weight_dtype)
     x = x_BxTxD.astype(dt)
     proj = lambda eq, a, w: layers.project(eq, a, w.astype(dt), layers.matmul_rows(cfg))
+    if self.has_variable('params', 'qkv'):  # fused weights (`transformer.fuse_projections`)
+      qkv = proj('BTD,DKJd->BTKJd', x, self.get_variable('params', 'qkv'))
+      G = H // K
+      q_raw, k_raw, v_raw = (qkv[:, :, :, :G].reshape(qkv.shape[:2] + (H, Dh)),
+                             qkv[:, :, :, G], qkv[:, :, :, G + 1])
+    else:
+      wq = layers.logical_param(self, 'q', init, (D, H, Dh), ('embed', 'heads', 'head_dim'),
+                                cfg.weight_dtype)
+      wk = layers.logical_param(self, 'k', init, (D, K, Dh), ('embed', 'kv_heads', 'head_dim'),
+                                cfg.weight_dtype)
+      wv = layers.logical_param(self, 'v', init, (D, K, Dh), ('embed', 'kv_heads', 'head_dim'),
+                                cfg.weight_dtype)
+      q_raw, k_raw, v_raw = (proj('BTD,DHd->BTHd', x, wq), proj('BTD,DKd->BTKd', x, wk),
+                             proj('BTD,DKd->BTKd', x, wv))
+    wo = layers.logical_param(self, 'o', out_init, (H, Dh, D), ('heads', 'head_dim', 'embed'),
+                              cfg.weight_dtype)
     lo = (lambda name: None) if lora is None else lora.get
-    q_BxTxHxDh = layers.gated_lora(proj('BTD,DHd->BTHd', x, wq), x, lo('q'),
-                                   gate_BxT, 1)
-    k_BxTxKxDh = layers.gated_lora(proj('BTD,DKd->BTKd', x, wk), x, lo('k'),
-                                   gate_BxT, 1)
-    v_BxTxKxDh = layers.gated_lora(proj('BTD,DKd->BTKd', x, wv), x, lo('v'),
-                                   gate_BxT, 1)
+    q_BxTxHxDh = layers.gated_lora(q_raw, x, lo('q'), gate_BxT, 1)
+    k_BxTxKxDh = layers.gated_lora(k_raw, x, lo('k'), gate_BxT, 1)
+    v_BxTxKxDh = layers.gated_lora(v_raw, x, lo('v'), gate_BxT, 1)
     if cfg.qkv_bias:
       zeros = nn.initializers.zeros
       q_BxTxHxDh += layers.logical_param(self, 'q_bias', zeros, (H, Dh), ('heads', 'head_dim'),

@@ -89,6 +89,14 @@ class ModelConfig:
       'projections'. On the H200, `base`'s unpadded two-token bf16 forward took 0.993 ms
       against 1.094 ms for the one-token forward padded per projection
       (forward_cost_rows_bf16.md); 'model' has not been timed there yet.
+    fused_projections: decode from weights in a fused layout: each attention layer's q, k
+      and v as one matrix [D, K, G + 2, Dh] (each kv head's G query heads, then its key and
+      value) and each MLP's gate and up as one [D, 2, F], so a layer runs 4 matrix products
+      instead of 7 (the GPU's decode step at small batch is bound by its kernels, not their
+      arithmetic). Same parameters: `transformer.fuse_projections` builds the fused
+      weights, once per `generate` call before the decode loop when this is set (and
+      `benchmarks.forward_cost` before timing); a module given fused weights uses them.
+      Off by default until a GPU run measures it.
   """
 
   vocab_size: int
@@ -125,6 +133,7 @@ class ModelConfig:
   valid_vocab_size: int = 0
   min_matmul_rows: int = 0
   pad_rows: str = 'projections'
+  fused_projections: bool = False
 
   def __post_init__(self):
     positive = ('vocab_size', 'd_model', 'num_layers', 'num_heads', 'num_kv_heads',

@@ -90,14 +90,18 @@ class MLP(nn.Module):
     proj = lambda eq, a, w: project(eq, a, w.astype(dt), matmul_rows(cfg))
     init = nn.initializers.normal(cfg.init_std)
     out_init = nn.initializers.normal(cfg.init_std / (2 * cfg.num_layers) ** 0.5)
-    w_gate = logical_param(self, 'gate', init, (D, F), ('embed', 'mlp'), cfg.weight_dtype)
-    w_up = logical_param(self, 'up', init, (D, F), ('embed', 'mlp'), cfg.weight_dtype)
-    w_down = logical_param(self, 'down', out_init, (F, D), ('mlp', 'embed'), cfg.weight_dtype)
     x = x_BxTxD.astype(dt)
+    if self.has_variable('params', 'gate_up'):  # fused weights (`transformer.fuse_projections`)
+      gu = proj('BTD,DJF->BTJF', x, self.get_variable('params', 'gate_up'))
+      g_raw, u_raw = gu[:, :, 0], gu[:, :, 1]
+    else:
+      w_gate = logical_param(self, 'gate', init, (D, F), ('embed', 'mlp'), cfg.weight_dtype)
+      w_up = logical_param(self, 'up', init, (D, F), ('embed', 'mlp'), cfg.weight_dtype)
+      g_raw, u_raw = proj('BTD,DF->BTF', x, w_gate), proj('BTD,DF->BTF', x, w_up)
+    w_down = logical_param(self, 'down', out_init, (F, D), ('mlp', 'embed'), cfg.weight_dtype)
     lo = (lambda name: None) if lora is None else lora.get
-    g_BxTxF = gated_lora(proj('BTD,DF->BTF', x, w_gate), x, lo('gate'),
-                         gate_BxT, 1)
-    u_BxTxF = gated_lora(proj('BTD,DF->BTF', x, w_up), x, lo('up'), gate_BxT, 1)
+    g_BxTxF = gated_lora(g_raw, x, lo('gate'), gate_BxT, 1)
+    u_BxTxF = gated_lora(u_raw, x, lo('up'), gate_BxT, 1)
     h_BxTxF = nn.silu(g_BxTxF) * u_BxTxF
     return gated_lora(proj('BTF,FD->BTD', h_BxTxF, w_down), h_BxTxF,
                       lo('down'), gate_BxT, 1)

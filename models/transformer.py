@@ -285,3 +285,31 @@ def logical_axes(model: Transformer) -> Any:
   """The params tree with PartitionSpecs of logical axis names as leaves."""
   abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))
   return nn.get_partition_spec(abstract)['params']
+
+
+def fuse_projections(params: Any) -> Any:
+  """A Transformer's params with each attention layer's q, k, v fused into one `qkv`
+  [D, K, G + 2, Dh] (kv head k: its G query heads, then its key, then its value) and each
+  MLP's gate and up into one `gate_up` [D, 2, F] (`ModelConfig.fused_projections`); every
+  other weight as it was. Layers already fused, and DeltaProduct mixers, are left alone.
+  The modules compute the same products from either layout."""
+  out = dict(params)
+  for name, layer in params.items():
+    if not name.startswith('layer_'):
+      continue
+    layer = dict(layer)
+    attn = layer.get('attn')
+    if isinstance(attn, dict) and {'q', 'k', 'v'} <= set(attn):
+      wq, wk, wv = attn['q'], attn['k'], attn['v']
+      D, H, Dh = wq.shape
+      K = wk.shape[1]
+      qkv = jnp.concatenate([wq.reshape(D, K, H // K, Dh), wk[:, :, None], wv[:, :, None]],
+                            axis=2)
+      layer['attn'] = {**{k: v for k, v in attn.items() if k not in ('q', 'k', 'v')},
+                       'qkv': qkv}
+    mlp = layer.get('mlp')
+    if isinstance(mlp, dict) and {'gate', 'up'} <= set(mlp):
+      layer['mlp'] = {**{k: v for k, v in mlp.items() if k not in ('gate', 'up')},
+                      'gate_up': jnp.stack([mlp['gate'], mlp['up']], axis=1)}
+    out[name] = layer
+  return out
