@@ -47,7 +47,8 @@
 #              on a launch-bound GPU, what the loop's time outside the forward is made of;
 #              and the bytes each step's operations move against the weights and cache an
 #              AR step must read (a copy of a weight or a cache inside the loop shows there),
-#              the programs themselves kept in $OUT/hlo.tgz
+#              the programs themselves kept in $OUT/hlo.tgz; then AR and the chain with the
+#              fused projection layout (model.fused_projections)
 #   fwd_small  benchmarks.forward_cost of $FWD_SMALL_PRESETS at batch 1, T = 1, 2, bf16:
 #              the defaults (one-row products padded to 2 rows per projection), unpadded,
 #              padded once per call (model.pad_rows=model), and with fused q/k/v and gate/up
@@ -262,12 +263,16 @@ for s in ${stages//,/ }; do
         --verifiers="chain k=4,chain k=4 (fixed-count loop),chain k=4 (while loop)" \
         $GRAPHS_ARGS --variants="default;graphs:xla_gpu_enable_command_buffer=$GRAPH_TYPES" \
         --out=spec_system_$( [ "$REHEARSE" = 1 ] && echo rehearsal || echo gpu_h200)_graphs ;;
-    ops)  # compiles only: no timing, so any load on the machine leaves the counts alone
-      stage ops "${OPS_LIMIT:-110}" $PY -m benchmarks.step_ops --preset="$OPS_PRESET" \
-        --dtype=bfloat16 --decoders="$OPS_DECODERS" --dump_hlo="$HLO_DIR" \
-        --out=$( [ "$REHEARSE" = 1 ] && echo rehearsal || echo gpu_h200) ;;
+    ops)  # compiles only: no timing, so any load on the machine leaves the counts alone;
+      # then AR and the chain again with the fused projection layout
+      OPS_OUT=$( [ "$REHEARSE" = 1 ] && echo rehearsal || echo gpu_h200)
+      stage ops "${OPS_LIMIT:-120}" bash -c "$PY -m benchmarks.step_ops --preset=$OPS_PRESET \
+          --dtype=bfloat16 --decoders=$OPS_DECODERS --dump_hlo=$HLO_DIR --out=$OPS_OUT &&
+        $PY -m benchmarks.step_ops --preset=$OPS_PRESET --dtype=bfloat16 \
+          --decoders=ar,speculative:gamma=4 --model=fused_projections=true \
+          --dump_hlo=$HLO_DIR/fused --out=${OPS_OUT}_fused" ;;
     fwd_small)
-      stage fwd_small "${FWD_SMALL_LIMIT:-130}" $PY -m benchmarks.forward_cost \
+      stage fwd_small "${FWD_SMALL_LIMIT:-120}" $PY -m benchmarks.forward_cost \
         --presets="$FWD_SMALL_PRESETS" --batches=1 --tokens=1,2 --dtype=bfloat16 \
         --out=forward_cost_small_rows \
         --variants="default;rows1:model.min_matmul_rows=1;padcall:model.pad_rows=model:model.min_matmul_rows=2;fused:model.fused_projections=true" ;;

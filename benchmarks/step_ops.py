@@ -57,9 +57,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import common, cost_model, step_cost
+from benchmarks import common, cost_model, forward_cost, step_cost
 from decoding import Models, SamplingConfig, registry, runner
-from models import Cache
+from models import Cache, Transformer
 
 # Instructions that run nothing (views and plumbing).
 _FREE = {'parameter', 'get-tuple-element', 'tuple', 'constant', 'bitcast'}
@@ -385,6 +385,10 @@ def floor_bytes(model, params: Any, batch: int, cache_size: int) -> tuple[int, i
 
 def run(args) -> tuple[str, list[dict[str, Any]]]:
   model, params = cost_model.random_model(args.preset, args.dtype)
+  if args.model:  # ModelConfig fields over the preset's (same weights)
+    fields = forward_cost.parse_variants('v:' + args.model.replace(',', ':'))[0][1]
+    model = Transformer(dataclasses.replace(model.cfg, **{
+        k.removeprefix('model.'): v for k, v in fields.items()}))
   models = Models(model)
   cache = int(-(-(args.prompt_len + args.max_new_tokens + 256) // 64) * 64)
   kw = dict(batch=args.batch, prompt_len=args.prompt_len, max_new=args.max_new_tokens,
@@ -436,7 +440,8 @@ def write(rows: list[dict[str, Any]], args) -> str:
           f"{m['op']} `{m['name'][-90:]}` {_mb(m['bytes'])} MB ({m['count']}x)"
           for m in r['top']) for r in rows if r['top'])
   weights, kv = rows[0]['weight_bytes'], rows[0]['cache_bytes']
-  body = (f'Preset `{args.preset}` ({args.dtype}, random weights), batch {args.batch}, '
+  body = (f'Preset `{args.preset}` ({args.dtype}, random weights'
+          + (f'; model fields {args.model}' if args.model else '') + f'), batch {args.batch}, '
           f'prompts of {args.prompt_len} tokens, {args.max_new_tokens} new tokens, '
           'temperature 0; draft models: the oracle draft; heads and adapters: their recipe\'s '
           'initial weights. Operations one iteration of the decode loop executes in the '
@@ -474,6 +479,9 @@ def main():
   p.add_argument('--batch', type=int, default=1)
   p.add_argument('--prompt_len', type=int, default=32)
   p.add_argument('--max_new_tokens', type=int, default=96)
+  p.add_argument('--model', default='',
+                 help='ModelConfig fields over the preset\'s, e.g. fused_projections=true '
+                      '(comma-separated FIELD=VALUE; the same random weights)')
   p.add_argument('--top', type=int, default=5,
                  help='list this many operations that move the most bytes per step')
   p.add_argument('--out', default='', help='suffix of the results file name')
