@@ -78,6 +78,32 @@ def random_model(preset: str, dtype: str = 'float32', seed: int = 0,
   return model, params
 
 
+def parse_value(value: str) -> Any:
+  """A command-line option value: 'true'/'false' as bools, integers as ints, else the string."""
+  low = value.lower()
+  if low in ('true', 'false'):
+    return low == 'true'
+  return int(value) if value.lstrip('-').isdigit() else value
+
+
+def with_fields(model: Transformer, fields: str) -> Transformer:
+  """The model with `ModelConfig` fields set from 'FIELD=VALUE[,FIELD=VALUE...]' (e.g.
+  'fused_projections=true'): the same weights, another config."""
+  if not fields:
+    return model
+  updates = {}
+  for pair in fields.split(','):
+    key, sep, value = pair.partition('=')
+    if not sep or not key:
+      raise ValueError(f'Model fields {fields!r}: expected FIELD=VALUE, got {pair!r}.')
+    updates[key.strip().removeprefix('model.')] = parse_value(value.strip())
+  known = {f.name for f in dataclasses.fields(model.cfg)}
+  unknown = sorted(set(updates) - known)
+  if unknown:
+    raise ValueError(f'Unknown ModelConfig fields {unknown}; fields: {sorted(known)}.')
+  return Transformer(dataclasses.replace(model.cfg, **updates))
+
+
 def weight_bytes(params: Any) -> int:
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
 

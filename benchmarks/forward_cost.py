@@ -52,9 +52,7 @@ def parse_variants(spec: str) -> list[tuple[str, dict[str, Any]]]:
       key, sep, value = pair.partition('=')
       if not sep or not key:
         raise ValueError(f'Variant {item!r}: expected NAME[:OPTION=VALUE...], got {pair!r}.')
-      low = value.lower()
-      opts[key] = (low == 'true') if low in ('true', 'false') else (
-          int(value) if value.lstrip('-').isdigit() else value)
+      opts[key] = cost_model.parse_value(value)
     out.append((name, opts))
   if len({n for n, _ in out}) != len(out):
     raise ValueError(f'Variant names repeat in {spec!r}.')

@@ -75,6 +75,7 @@ def scaled(embed_scale: float) -> str:
 def load(args):
   model, params = cost_model.random_model(args.preset, args.dtype,
                                           embed_scale=args.embed_scale)
+  model = cost_model.with_fields(model, getattr(args, 'model', ''))
   tok = data.make_tokenizer('byte')
   if model.cfg.vocab_size != tok.vocab_size:  # BPE-sized presets: prompts as random ids
     rng = np.random.default_rng(0)
@@ -260,7 +261,9 @@ def write(rows, args) -> str:
       '**A benchmark of the system, not of a drafter**: the draft is an oracle that knows the '
       "target's greedy continuation and proposes it with each token wrong with probability "
       f'1 - alpha (`benchmarks/oracle.py`). Preset `{args.preset}` ({args.dtype}, random '
-      f'weights{scale_note}), {args.prompts} prompts x {args.max_new_tokens} '
+      f'weights{scale_note}'
+      + (f"; model fields {args.model}" if getattr(args, 'model', '') else '')
+      + f'), {args.prompts} prompts x {args.max_new_tokens} '
       'new tokens, temperature 0. '
       'Decode phase only (the prefill, the same for both, is excluded): speedup = AR decode '
       'time / method decode time for the same tokens, each t(N tokens) - t(1 token), passes '
@@ -330,6 +333,9 @@ def main():
                   help="XLA options, each variant compiling every program (AR included) with "
                        "its own, in one run: 'default;graphs:xla_gpu_enable_command_buffer="
                        "FUSION,CUBLAS,WHILE' (benchmarks.forward_cost.parse_variants)")
+  ap.add_argument('--model', default='',
+                  help="ModelConfig fields over the preset's, e.g. fused_projections=true "
+                       '(comma-separated FIELD=VALUE; the same random weights)')
   ap.add_argument('--embed_scale', type=float, default=1.0,
                   help='multiply the random embedding table (cost_model.random_model): large '
                        'values make the greedy text degenerate but AR and verify agree in bf16')

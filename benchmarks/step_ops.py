@@ -57,9 +57,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import common, cost_model, forward_cost, step_cost
+from benchmarks import common, cost_model, step_cost
 from decoding import Models, SamplingConfig, registry, runner
-from models import Cache, Transformer
+from models import Cache
 
 # Instructions that run nothing (views and plumbing).
 _FREE = {'parameter', 'get-tuple-element', 'tuple', 'constant', 'bitcast'}
@@ -385,10 +385,7 @@ def floor_bytes(model, params: Any, batch: int, cache_size: int) -> tuple[int, i
 
 def run(args) -> tuple[str, list[dict[str, Any]]]:
   model, params = cost_model.random_model(args.preset, args.dtype)
-  if args.model:  # ModelConfig fields over the preset's (same weights)
-    fields = forward_cost.parse_variants('v:' + args.model.replace(',', ':'))[0][1]
-    model = Transformer(dataclasses.replace(model.cfg, **{
-        k.removeprefix('model.'): v for k, v in fields.items()}))
+  model = cost_model.with_fields(model, args.model)  # ModelConfig fields (same weights)
   models = Models(model)
   cache = int(-(-(args.prompt_len + args.max_new_tokens + 256) // 64) * 64)
   kw = dict(batch=args.batch, prompt_len=args.prompt_len, max_new=args.max_new_tokens,

@@ -42,3 +42,15 @@ def test_embed_scale_scales_only_the_embedding_and_is_checked():
   assert all(jax.tree.leaves(same))
   with pytest.raises(ValueError, match='embed_scale'):
     cost_model.random_model('test', embed_scale=0.0)
+
+
+def test_with_fields_sets_model_config_fields_and_refuses_bad_ones():
+  model, _ = cost_model.random_model('test')
+  fused = cost_model.with_fields(model, 'fused_projections=true,min_matmul_rows=2')
+  assert fused.cfg.fused_projections is True and fused.cfg.min_matmul_rows == 2
+  assert fused.cfg.d_model == model.cfg.d_model and cost_model.with_fields(model, '') is model
+  assert cost_model.parse_value('False') is False and cost_model.parse_value('-3') == -3
+  with pytest.raises(ValueError, match='expected FIELD=VALUE'):
+    cost_model.with_fields(model, 'fused_projections')
+  with pytest.raises(ValueError, match='Unknown ModelConfig fields'):
+    cost_model.with_fields(model, 'no_such_field=1')
