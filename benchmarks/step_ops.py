@@ -237,6 +237,12 @@ def op_bytes(comps: dict[str, list[str]], shapes: dict[str, str], instr: Instr) 
   if instr.opcode in _FREE or instr.opcode.endswith('-done'):
     return 0
   operand_bytes = [shape_bytes(shapes.get(n, '')) for n in instr.operands]
+  if instr.opcode.endswith('-start') and 'calls=' in instr.attrs:  # an asynchronous
+    # wrapper (XLA:GPU): what its computation runs, not the tuple it hands to its -done
+    called = re.search(r'calls=%?([\w.\-]+)', instr.attrs).group(1)
+    body = [i for i in map(Instr.parse, comps.get(called, [])) if i is not None]
+    inner = {i.name: i.shape for i in body}
+    return sum(op_bytes(comps, inner, i) for i in body)
   if instr.opcode == 'fusion':
     called = re.search(r'calls=%?([\w.\-]+)', instr.attrs)
     return _fusion_traffic(comps, called.group(1) if called else '', operand_bytes, instr)

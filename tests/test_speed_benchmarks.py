@@ -634,6 +634,15 @@ def test_step_ops_bytes_count_in_place_updates_slices_and_library_results_by_wha
   assert loop.bytes == take + up + upd + gemm + add + compare
   assert step_ops.shape_bytes('(f32[2,3]{1,0}, bf16[4], pred[], f8e4m3fn[8], token[])') \
       == 24 + 8 + 1 + 8
+  # an asynchronous wrapper counts what its computation runs; its -done nothing
+  comps = {'wrapped': ['  %p = f32[100]{0} parameter(0)',
+                       '  ROOT %e = f32[100]{0} exponential(%p)']}
+  start = step_ops.Instr.parse('  %s = ((f32[100]), f32[100], s32[]) async-start(%x), '
+                               'calls=%wrapped')
+  done = step_ops.Instr.parse('  %d = f32[100]{0} async-done(%s), calls=%wrapped')
+  shapes = {'x': 'f32[100]{0}', 's': '((f32[100]), f32[100], s32[])'}
+  assert step_ops.op_bytes(comps, shapes, start) == 800
+  assert step_ops.op_bytes(comps, shapes, done) == 0
 
 
 def test_step_ops_bytes_see_a_weight_copied_every_step_and_stacked_project_avoids_it():
