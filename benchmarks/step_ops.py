@@ -381,6 +381,17 @@ def top_movers(loop: Loop, n: int) -> list[dict[str, Any]]:
   return [dict(op=op, name=name, bytes=b, count=c) for (op, name), (b, c) in top]
 
 
+def by_kind(loop: Loop) -> dict[str, list[int]]:
+  """{operation kind (opcode, a fusion's kind, a library call's target): [executed per step,
+  bytes per step]}, most executed first: what a GPU's kernels per step are made of."""
+  kinds: dict[str, list[int]] = {}
+  for (op, _), (b, c) in loop.movers.items():
+    into = kinds.setdefault(op, [0, 0])
+    into[0] += c
+    into[1] += b
+  return dict(sorted(kinds.items(), key=lambda kv: -kv[1][0]))
+
+
 def floor_bytes(model, params: Any, batch: int, cache_size: int) -> tuple[int, int]:
   """(the target's weight bytes, its key/value cache's bytes): what an AR step reads at
   least."""
@@ -412,7 +423,7 @@ def run(args) -> tuple[str, list[dict[str, Any]]]:
                      parts={k: loop.parts.get(k, 0) for k in PARTS},
                      over_ar=loop.ops / ar_ops if ar_ops else None,
                      bytes=loop.bytes, weight_bytes=weights, cache_bytes=kv, cache_slots=cache,
-                     top=top_movers(loop, args.top)))
+                     top=top_movers(loop, args.top), kinds=by_kind(loop)))
     print(f"{label}: {'' if loop.exact else '>= '}{loop.ops} ops per step "
           f"({loop.own} outside inner loops; inner loops [ops, trips]: {rows[-1]['inner']}; "
           f"by part: {rows[-1]['parts']}); {loop.bytes / 1e6:.2f} MB per step "
@@ -442,6 +453,10 @@ def write(rows: list[dict[str, Any]], args) -> str:
       f"**{r['decoder']}**: " + '; '.join(
           f"{m['op']} `{m['name'][-90:]}` {_mb(m['bytes'])} MB ({m['count']}x)"
           for m in r['top']) for r in rows if r['top'])
+  kinds = '\n\n'.join(
+      f"**{r['decoder']}**: " + '; '.join(f'{k} {n}x ({_mb(b)} MB)'
+                                          for k, (n, b) in list(r['kinds'].items())[:8])
+      for r in rows if r.get('kinds'))
   weights, kv = rows[0]['weight_bytes'], rows[0]['cache_bytes']
   body = (f'Preset `{args.preset}` ({args.dtype}, random weights'
           + (f'; model fields {args.model}' if args.model else '') + f'), batch {args.batch}, '
@@ -468,7 +483,9 @@ def write(rows: list[dict[str, Any]], args) -> str:
           'the step moves more than its weights and cache: a copy of a cache or weight '
           'in the loop, or weights read in another dtype (the largest movers below).\n\n'
           + table + ('\n\nLargest movers per step (opcode, jax name, MB, times executed):'
-                     '\n\n' + movers if movers else ''))
+                     '\n\n' + movers if movers else '')
+          + ('\n\nOperations per step by kind (executed, MB moved), the most executed '
+             'first:\n\n' + kinds if kinds else ''))
   return common.write_results(name, 'Operations per decode step', body)
 
 

@@ -632,6 +632,9 @@ def test_step_ops_bytes_count_in_place_updates_slices_and_library_results_by_wha
   gemm = 2 * 64 * 64 * 2 + 2 * 64 * 2  # both operands, the first result only
   add, compare = 3 * 4, 2 * 4 + 1
   assert loop.bytes == take + up + upd + gemm + add + compare
+  kinds = step_ops.by_kind(loop)  # what the step's operations are, and what each kind moves
+  assert kinds['fusion (kLoop)'] == [2, take + upd]
+  assert kinds['custom-call __cublas$gemm'] == [1, gemm] and kinds['slice'] == [1, up]
   assert step_ops.shape_bytes('(f32[2,3]{1,0}, bf16[4], pred[], f8e4m3fn[8], token[])') \
       == 24 + 8 + 1 + 8
   # an asynchronous wrapper counts what its computation runs; its -done nothing
