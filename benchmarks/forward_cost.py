@@ -60,7 +60,9 @@ def parse_variants(spec: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 def measure(presets, batches, tokens, *, dtype, cache, context, attention_impl='auto',
-            variants=(('default', {}),)) -> list[dict]:
+            variants=(('default', {}),), on_rows=None) -> list[dict]:
+  """Rows of every (preset, variant, batch, T); `on_rows(rows)` after each curve (so a run
+  cut short can write what it measured)."""
   rows = []
   for preset in presets:
     model, params = cost_model.random_model(preset, dtype, attention_impl=attention_impl)
@@ -95,6 +97,8 @@ def measure(presets, batches, tokens, *, dtype, cache, context, attention_impl='
                            batch=batch, tokens=t, ms=sec * 1e3, ratio=sec / curve[min(curve)]))
         line = ' '.join(f'T={t}:{sec * 1e3:.3f}ms' for t, sec in curve.items())
         print(f'{label} ({mb:.0f} MB) B={batch}: {line}', flush=True)
+        if on_rows is not None:
+          on_rows(rows)
   return rows
 
 
@@ -183,16 +187,21 @@ def main():
   args = ap.parse_args()
   variants = parse_variants(args.variants)
   name = args.out or f'forward_cost_{device_tag()}'
-  rows = []
-  for preset in args.presets.split(','):  # written after each preset: a run cut short keeps them
-    rows += measure([preset], [int(b) for b in args.batches.split(',')],
-                    [int(t) for t in args.tokens.split(',')], dtype=args.dtype,
-                    cache=args.cache, context=args.context, attention_impl=args.attention_impl,
-                    variants=variants)
+  done: list[dict] = []
+
+  def write(rows):
     os.makedirs(common.RESULTS_DIR, exist_ok=True)
     with open(os.path.join(common.RESULTS_DIR, f'{name}.json'), 'w') as f:
       json.dump({'provenance': common.provenance(), 'rows': rows}, f, indent=1)
-    path = report(rows, name)
+    return report(rows, name)
+
+  path = ''
+  for preset in args.presets.split(','):  # written after each curve: a run cut short keeps them
+    done += measure([preset], [int(b) for b in args.batches.split(',')],
+                    [int(t) for t in args.tokens.split(',')], dtype=args.dtype,
+                    cache=args.cache, context=args.context, attention_impl=args.attention_impl,
+                    variants=variants, on_rows=lambda rows: write(done + rows))
+    path = write(done)
   print(path)
 
 

@@ -320,11 +320,14 @@ def test_forward_cost_variants_parse_and_reach_the_compile():
       'xla_backend_optimization_level': 0}, **kw) > 0
   with pytest.raises(Exception, match='no_such_xla_option'):  # the options reach XLA
     cost_model.forward_time(model, params, compiler_options={'no_such_xla_option': 1}, **kw)
+  seen = []  # what a caller could write after each curve (a run cut short keeps them)
   rows = forward_cost.measure(['test'], [1], [1, 2], dtype='float32', cache=16, context=4,
                               variants=[('default', {}), ('o0', {
                                   'xla_backend_optimization_level': 0}),
                                         ('bad', {'no_such_xla_option': 1}),
-                                        ('pad', {'model.min_matmul_rows': 4})])
+                                        ('pad', {'model.min_matmul_rows': 4})],
+                              on_rows=lambda r: seen.append(len(r)))
+  assert seen == [2, 4, 6]
   assert [(r['preset'], r['tokens']) for r in rows] == [
       ('test', 1), ('test', 2), ('test [o0]', 1), ('test [o0]', 2), ('test [pad]', 1),
       ('test [pad]', 2)]
