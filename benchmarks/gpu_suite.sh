@@ -47,8 +47,8 @@
 #              on a launch-bound GPU, what the loop's time outside the forward is made of;
 #              and the bytes each step's operations move against the weights and cache an
 #              AR step must read (a copy of a weight or a cache inside the loop shows there),
-#              the programs themselves kept in $OUT/hlo.tgz; then AR and the chain with the
-#              fused projection layout (model.fused_projections)
+#              the programs themselves kept in $OUT/hlo.tgz; then AR with the fused
+#              projection layout (model.fused_projections)
 #   fwd_small  benchmarks.forward_cost of $FWD_SMALL_PRESETS at batch 1, T = 1, 2, bf16:
 #              the defaults (one-row products padded to 2 rows per projection), unpadded,
 #              padded once per call (model.pad_rows=model), and with fused q/k/v and gate/up
@@ -264,12 +264,12 @@ for s in ${stages//,/ }; do
         $GRAPHS_ARGS --variants="default;graphs:xla_gpu_enable_command_buffer=$GRAPH_TYPES" \
         --out=spec_system_$( [ "$REHEARSE" = 1 ] && echo rehearsal || echo gpu_h200)_graphs ;;
     ops)  # compiles only: no timing, so any load on the machine leaves the counts alone;
-      # then AR and the chain again with the fused projection layout
+      # then AR again with the fused projection layout (one more compile of about 15 s)
       OPS_OUT=$( [ "$REHEARSE" = 1 ] && echo rehearsal || echo gpu_h200)
       stage ops "${OPS_LIMIT:-120}" bash -c "$PY -m benchmarks.step_ops --preset=$OPS_PRESET \
           --dtype=bfloat16 --decoders=$OPS_DECODERS --dump_hlo=$HLO_DIR --out=$OPS_OUT &&
         $PY -m benchmarks.step_ops --preset=$OPS_PRESET --dtype=bfloat16 \
-          --decoders=ar,speculative:gamma=4 --model=fused_projections=true \
+          --decoders=ar --model=fused_projections=true \
           --dump_hlo=$HLO_DIR/fused --out=${OPS_OUT}_fused" ;;
     fwd_small)
       stage fwd_small "${FWD_SMALL_LIMIT:-120}" $PY -m benchmarks.forward_cost \
