@@ -38,7 +38,10 @@ read an operand through a cache more than once, or not at all where XLA skips wo
 says where a step moves more than its weights: a copy of a cache or of a weight inside the
 loop (e.g. a concatenation of weights a compiler pass made for one merged product), or
 products that read their weights in another dtype. `--top` lists the operations that move
-the most bytes per step.
+the most bytes per step, and each row its operations by kind (fusions by kind, library calls
+by target, copies) with what each kind moves. `--model=FIELD=VALUE,...` sets ModelConfig
+fields over the preset's (e.g. fused_projections=true); `--dump_hlo` / `--from_hlo` keep a
+device's compiled programs and read them again elsewhere.
 
 Writes benchmarks/results/step_ops_<preset>[_<out>].md and .json.
 """
