@@ -93,11 +93,12 @@ def validate_prompts(prompts: Sequence[Sequence[int]], *, max_new_tokens: int, c
 
 def fused_layouts(models: base.Models, params: dict[str, Any]) -> dict[str, Any]:
   """params with the fused projection layout (`transformer.fuse_projections`) for the target
-  and every Transformer extra whose config sets `fused_projections`."""
+  and every extra module whose config sets `fused_projections` (draft models, EAGLE
+  layers, heads: each module's attention and MLP weights)."""
   out = dict(params)
   for name, module in (('target', models.target),) + tuple(models.extras):
-    if (isinstance(module, transformer_lib.Transformer) and module.cfg.fused_projections
-        and name in out):
+    cfg = getattr(module, 'cfg', None)
+    if getattr(cfg, 'fused_projections', False) and name in out:
       out[name] = transformer_lib.fuse_projections(out[name])
   return out
 

@@ -94,8 +94,9 @@ class ModelConfig:
       value) and each MLP's gate and up as one [D, 2, F], so a layer runs 4 matrix products
       instead of 7 (the GPU's decode step at small batch is bound by its kernels, not their
       arithmetic). Same parameters: `transformer.fuse_projections` builds the fused
-      weights, once per `generate` call before the decode loop when this is set (and
-      `benchmarks.forward_cost` before timing); a module given fused weights uses them.
+      weights, once per `generate` call before the decode loop for every model whose config
+      sets this (the target, draft models, EAGLE layers; `decoding.runner.fused_layouts`),
+      and `decoding.forward_timing` before timing; a module given fused weights uses them.
       Off by default until a GPU run measures it.
   """
 

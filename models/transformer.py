@@ -288,28 +288,33 @@ def logical_axes(model: Transformer) -> Any:
 
 
 def fuse_projections(params: Any) -> Any:
-  """A Transformer's params with each attention layer's q, k, v fused into one `qkv`
-  [D, K, G + 2, Dh] (kv head k: its G query heads, then its key, then its value) and each
-  MLP's gate and up into one `gate_up` [D, 2, F] (`ModelConfig.fused_projections`); every
-  other weight as it was. Layers already fused, and DeltaProduct mixers, are left alone.
-  The modules compute the same products from either layout."""
-  out = dict(params)
-  for name, layer in params.items():
-    if not name.startswith('layer_'):
-      continue
-    layer = dict(layer)
-    attn = layer.get('attn')
-    if isinstance(attn, dict) and {'q', 'k', 'v'} <= set(attn):
-      wq, wk, wv = attn['q'], attn['k'], attn['v']
+  """Params with each attention layer's q, k, v fused into one `qkv` [D, K, G + 2, Dh] (kv
+  head k: its G query heads, then its key, then its value) and each MLP's gate and up into
+  one `gate_up` [D, 2, F] (`ModelConfig.fused_projections`); every other weight as it was.
+  Any tree whose attention and MLP modules are named 'attn' and 'mlp' (a Transformer's
+  layers, an EAGLE draft layer, heads' MLP blocks); layers already fused, DeltaProduct
+  mixers and LoRA trees are left alone. The modules compute the same products from either
+  layout."""
+  if not isinstance(params, dict) and not hasattr(params, 'items'):
+    return params
+  out = {}
+  for name, sub in params.items():
+    if name == 'attn' and _is_weights(sub, ('q', 'k', 'v'), 3):
+      wq, wk, wv = sub['q'], sub['k'], sub['v']
       D, H, Dh = wq.shape
       K = wk.shape[1]
       qkv = jnp.concatenate([wq.reshape(D, K, H // K, Dh), wk[:, :, None], wv[:, :, None]],
                             axis=2)
-      layer['attn'] = {**{k: v for k, v in attn.items() if k not in ('q', 'k', 'v')},
-                       'qkv': qkv}
-    mlp = layer.get('mlp')
-    if isinstance(mlp, dict) and {'gate', 'up'} <= set(mlp):
-      layer['mlp'] = {**{k: v for k, v in mlp.items() if k not in ('gate', 'up')},
-                      'gate_up': jnp.stack([mlp['gate'], mlp['up']], axis=1)}
-    out[name] = layer
+      out[name] = {**{k: v for k, v in sub.items() if k not in ('q', 'k', 'v')}, 'qkv': qkv}
+    elif name == 'mlp' and _is_weights(sub, ('gate', 'up'), 2):
+      out[name] = {**{k: v for k, v in sub.items() if k not in ('gate', 'up')},
+                   'gate_up': jnp.stack([sub['gate'], sub['up']], axis=1)}
+    else:
+      out[name] = fuse_projections(sub)
   return out
+
+
+def _is_weights(tree: Any, names: tuple[str, ...], ndim: int) -> bool:
+  """`tree` holds arrays of rank `ndim` under every one of `names` (not LoRA sub-trees)."""
+  return hasattr(tree, 'items') and all(
+      hasattr(tree.get(n), 'ndim') and tree.get(n).ndim == ndim for n in names)

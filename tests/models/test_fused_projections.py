@@ -70,3 +70,28 @@ def test_decoders_with_the_fused_layout_give_ar_tokens_also_sharded():
   assert run('ar', fused, mesh=mesh) == ref
   sampled = SamplingConfig(temperature=1.0)
   assert run('ar', fused, sampled) == run('ar', plain, sampled)
+
+
+def test_an_eagle_draft_layer_reads_the_fused_layout_too():
+  """`fuse_projections` works on any tree with 'attn' / 'mlp' modules (an EAGLE-3 draft
+  layer here), and `fused_layouts` fuses an extra whose config asks for it."""
+  from models import eagle
+  cfg = small_config(vocab_size=64, init_std=0.3)
+  params = eagle.init_params(cfg, eagle.EAGLE3, (0, 1, 1), jax.random.key(2))
+  fused = fuse_projections(params)
+  assert 'qkv' in fused['attn'] and 'gate_up' in fused['mlp'] and 'q' not in fused['attn']
+  assert fused['fc'] is params['fc']
+  module = eagle.EagleDraft(cfg, eagle.EAGLE3, 3)
+  x = jax.random.normal(jax.random.key(3), (2, 5, cfg.d_model))
+  tok = jax.random.randint(jax.random.key(4), (2, 5), 0, 64)
+  pos = jnp.broadcast_to(jnp.arange(5), (2, 5))
+  emb = jax.random.normal(jax.random.key(5), (64, cfg.d_model))
+  g, logits, _ = module.apply({'params': params}, x, tok, pos, emb, emb)
+  g2, logits2, _ = module.apply({'params': fused}, x, tok, pos, emb, emb)
+  np.testing.assert_allclose(g2, g, atol=3e-5, rtol=3e-5)
+  np.testing.assert_allclose(logits2, logits, atol=3e-5, rtol=3e-5)
+  fused_module = eagle.EagleDraft(dataclasses.replace(cfg, fused_projections=True),
+                                  eagle.EAGLE3, 3)
+  models = Models(Transformer(cfg), extras=(('eagle', fused_module),))
+  out = fused_layouts(models, {'target': {}, 'eagle': params})
+  assert 'qkv' in out['eagle']['attn'] and out['target'] == {}
