@@ -49,7 +49,7 @@ Remaining on a GPU (H100), all produced by `python -m benchmarks.kernels` in one
 - chunked DeltaProduct forward+backward vs fla `chunk_gated_delta_product` at T 4k/16k
   (goal >= 0.8x; needs `pip install flash-linear-attention`);
 - fused sampling vs sort-based top-p at V 32k-256k, B 1-64 (goal >= 5x);
-- block-size tuning (BlockSizes) for the above;
+- block-size tuning (BlockSizes) for the above: `python -m benchmarks.kernel_sweep` (ready);
 - not measured by this script: fused chain/tree verification speed (checked for correctness).
 Remaining on a TPU: the same `check` with the Mosaic kernels (`impl='pallas'` there; fused
 verification has no TPU kernel yet)."""
