@@ -97,6 +97,14 @@ def with_fields(model: Transformer, fields: str) -> Transformer:
     if not sep or not key:
       raise ValueError(f'Model fields {fields!r}: expected FIELD=VALUE, got {pair!r}.')
     updates[key.strip().removeprefix('model.')] = parse_value(value.strip())
+  return with_config(model, updates)
+
+
+def with_config(model: Transformer, updates: dict[str, Any]) -> Transformer:
+  """The model with these `ModelConfig` fields replaced (unknown names refused by name; the
+  config checks the values): the same weights, another config."""
+  if not updates:
+    return model
   known = {f.name for f in dataclasses.fields(model.cfg)}
   unknown = sorted(set(updates) - known)
   if unknown:

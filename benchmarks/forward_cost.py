@@ -15,7 +15,6 @@ tokens, ms, ratio) and a plot of ratio against T.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 from typing import Any
@@ -24,7 +23,6 @@ import jax
 
 from benchmarks import common
 from benchmarks import cost_model
-from models import Transformer
 import pallas_kernels.attention as attention_ops
 
 MEMORY_BOUND_RATIO = 1.5  # t(8) / t(1) at most this: memory-bound
@@ -73,7 +71,7 @@ def measure(presets, batches, tokens, *, dtype, cache, context, attention_impl='
     for variant, options in variants:
       fields = {k[len('model.'):]: v for k, v in options.items() if k.startswith('model.')}
       xla = {k: v for k, v in options.items() if not k.startswith('model.')}
-      m = Transformer(dataclasses.replace(model.cfg, **fields)) if fields else model
+      m = cost_model.with_config(model, fields)
       runs.append((variant, m, fields, xla))
     for variant, m, fields, xla in runs:
       label = preset if variant == 'default' else f'{preset} [{variant}]'

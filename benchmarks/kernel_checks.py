@@ -37,7 +37,8 @@ def error_text(e: Exception, limit: int) -> str:
   return f'{type(e).__name__}: {str(e).splitlines()[0][:limit]}' if str(e) else type(e).__name__
 
 
-def _err(a, b) -> float:
+def rel_error(a, b) -> float:
+  """max |a - b| / max |b| (float32)."""
   a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
   return float(np.abs(a - b).max() / (np.abs(b).max() + 1e-6))
 
@@ -89,8 +90,8 @@ def _checks(impls: tuple[str, ...], small: bool) -> list[list[Any]]:
 
       def flash_rows():
         got, want = run(impl, q, k, v, seg), run('xla', q, k, v, seg)
-        return [[name, impl, f'B2 T{T} H{H} K{K} D{Dh} causal+seg', dn, _err(a, b), tol,
-                 _err(a, b) < tol]
+        return [[name, impl, f'B2 T{T} H{H} K{K} D{Dh} causal+seg', dn, rel_error(a, b), tol,
+                 rel_error(a, b) < tol]
                 for name, a, b in zip(('flash fwd', 'flash dq', 'flash dk', 'flash dv'), got,
                                       want)]
       rows += _guarded('flash', impl, dn, flash_rows)
@@ -107,7 +108,7 @@ def _checks(impls: tuple[str, ...], small: bool) -> list[list[Any]]:
           qd, kc, vc, lengths, kt, vt, parents_BxN=par, impl=impl), static_argnums=0)
       for name, f in (('decode', dec), ('tree', tree)):
         def one(f=f, name=name):
-          e = _err(f(impl, *arrays), f('xla', *arrays))
+          e = rel_error(f(impl, *arrays), f('xla', *arrays))
           return [[name, impl, f'B2 S{S} H{H} K{K} D{Dh}', dn, e, tol, e < tol]]
         rows += _guarded(name, impl, dn, one)
 
@@ -155,7 +156,7 @@ def _check_delta_rule(impl: str, small: bool) -> list[list[Any]]:
   rows = []
   for name, a, b in (('delta rule fwd', l1, l2), *zip(('delta dq', 'delta dk', 'delta dv'), g1,
                                                       g2)):
-    e = _err(a, b)
+    e = rel_error(a, b)
     rows.append([name, impl, f'B{B} T{T} H{H} Dk{Dk} Dv{Dv} gated', 'float32', e, 1e-4,
                  e < 1e-4])
   return rows
@@ -173,6 +174,6 @@ def _check_verify(impl: str, small: bool) -> list[list[Any]]:
   fin = np.isfinite(np.asarray(res_ref))
   same = bool((np.asarray(n) == np.asarray(n_ref)).all()
               and (np.isfinite(np.asarray(res)) == fin).all())
-  e = _err(np.where(fin, res, 0), np.where(fin, res_ref, 0))
+  e = rel_error(np.where(fin, res, 0), np.where(fin, res_ref, 0))
   return [['chain verify (iid)', impl, f'B{B} G{G} V{V}', 'float32', e, 1e-4,
            same and e < 1e-4]]

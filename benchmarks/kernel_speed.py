@@ -25,7 +25,7 @@ from pallas_kernels.flash_attention import flash_attention
 from pallas_kernels.sampling import fused_sample, gumbel_noise
 
 
-def _time(fn: Callable[[], Any], repeats: int = 10) -> float:
+def time_call(fn: Callable[[], Any], repeats: int = 10) -> float:
   """Median seconds of fn() (jitted, blocked)."""
   return common.median_time(lambda: jax.block_until_ready(fn()), warmup=2, repeats=repeats)
 
@@ -55,13 +55,13 @@ def bench_flash(quick: bool, backward: bool = True) -> list[list[Any]]:
           'xla': jax.jit(lambda q, k, v: jax.nn.dot_product_attention(
               q, k, v, is_causal=True, implementation='xla')),
       }
-      times = {n: _try(lambda f=f: _time(lambda: f(q, k, v))) for n, f in fns.items()}
+      times = {n: _try(lambda f=f: time_call(lambda: f(q, k, v))) for n, f in fns.items()}
       bwd = {}
       if backward:
         for n in ('ours', 'cudnn'):
           g = jax.jit(jax.grad(lambda q, k, v, f=fns[n]: f(q, k, v).astype(F32).sum(),
                                argnums=(0, 1, 2)))
-          bwd[n] = _try(lambda g=g: _time(lambda: g(q, k, v)))
+          bwd[n] = _try(lambda g=g: time_call(lambda: g(q, k, v)))
       tf = lambda t, mult=1.0: flops * mult / t / 1e12 if isinstance(t, float) else t
       row = [Dh, T, B, H, tf(times['ours']), tf(times['cudnn']), tf(times['xla']),
              _ratio(times['cudnn'], times['ours']),
@@ -99,9 +99,9 @@ def bench_tree(quick: bool) -> list[list[Any]]:
         q, kc, vc, jnp.full((B,), S), mask_BxTxS=dense, impl='pallas'))
     cudnn = jax.jit(lambda q, kc, vc, dense: jax.nn.dot_product_attention(
         q, kc, vc, mask=dense[:, None], implementation='cudnn'))
-    t_ours = _try(lambda: _time(lambda: ours(q, kc, vc, kt, vt, lengths, tmask)))
-    t_dense = _try(lambda: _time(lambda: ours_dense(q, kc, vc, dense)))
-    t_cudnn = _try(lambda: _time(lambda: cudnn(q, kc, vc, dense)))
+    t_ours = _try(lambda: time_call(lambda: ours(q, kc, vc, kt, vt, lengths, tmask)))
+    t_dense = _try(lambda: time_call(lambda: ours_dense(q, kc, vc, dense)))
+    t_cudnn = _try(lambda: time_call(lambda: cudnn(q, kc, vc, dense)))
     ms = lambda t: t * 1e3 if isinstance(t, float) else t
     rows.append([B, prefix, N, ms(t_ours), ms(t_dense), ms(t_cudnn), _ratio(t_cudnn, t_ours)])
     print('  tree', rows[-1], flush=True)
@@ -119,8 +119,8 @@ def bench_decode(quick: bool) -> list[list[Any]]:
       lengths = jnp.full((B,), ctx, jnp.int32)
       ours = jax.jit(lambda q, kc, vc: decode_attention(q, kc, vc, lengths, impl='pallas'))
       xla = jax.jit(lambda q, kc, vc: decode_attention(q, kc, vc, lengths, impl='xla'))
-      t_ours = _try(lambda: _time(lambda: ours(q, kc, vc)))
-      t_xla = _try(lambda: _time(lambda: xla(q, kc, vc)))
+      t_ours = _try(lambda: time_call(lambda: ours(q, kc, vc)))
+      t_xla = _try(lambda: time_call(lambda: xla(q, kc, vc)))
       nbytes = 2 * B * ctx * K * Dh * 2
       gbs = lambda t: nbytes / t / 1e9 if isinstance(t, float) else t
       frac = gbs(t_ours) * 1e9 / peak_bw if peak_bw and isinstance(t_ours, float) else 'n/a'
@@ -157,7 +157,7 @@ def bench_delta(quick: bool) -> tuple[list[list[Any]], str]:
     t = {}
     for impl in ('pallas', 'xla'):
       fn = jax.jit(jax.grad(lambda q, k, v, impl=impl: loss(q, k, v, impl), argnums=(0, 1, 2)))
-      t[impl] = _try(lambda fn=fn: _time(lambda: fn(q, k, v), repeats=5))
+      t[impl] = _try(lambda fn=fn: time_call(lambda: fn(q, k, v), repeats=5))
     t_fla = 'n/a'
     if chunk_gated_delta_product is not None:
       def run_fla():
@@ -200,9 +200,9 @@ def bench_sampling(quick: bool) -> list[list[Any]]:
       split = jax.jit(lambda l, g: fused_sample(l, g, impl='pallas', parts=0, block_v=1024,
                                                 **cfg))
       sort = jax.jit(lambda l, g: fused_sample(l, g, impl='xla', **cfg))
-      t_ours = _try(lambda: _time(lambda: ours(logits, g)))
-      t_split = _try(lambda: _time(lambda: split(logits, g)))
-      t_sort = _try(lambda: _time(lambda: sort(logits, g)))
+      t_ours = _try(lambda: time_call(lambda: ours(logits, g)))
+      t_split = _try(lambda: time_call(lambda: split(logits, g)))
+      t_sort = _try(lambda: time_call(lambda: sort(logits, g)))
       us = lambda t: t * 1e6 if isinstance(t, float) else t
       rows.append([V, B, us(t_ours), us(t_sort), _ratio(t_sort, t_ours), us(t_split),
                    _ratio(t_sort, t_split)])

@@ -29,8 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import common
-from benchmarks.kernel_checks import BF16, F32, error_text, normal
+from benchmarks import common, forward_cost
+from benchmarks.kernel_checks import BF16, F32, error_text, normal, rel_error
+from benchmarks.kernel_speed import time_call
 from pallas_kernels import decode_attention as decode_lib
 from pallas_kernels import flash_attention as flash_lib
 from pallas_kernels.sampling import fused_sample, gumbel_noise
@@ -51,11 +52,6 @@ class Op:
 
 def label(setting: dict[str, Any]) -> str:
   return ', '.join(f'{k}={v}' for k, v in setting.items()) or 'default'
-
-
-def time_call(fn: Callable[[], Any]) -> float:
-  """Median seconds of fn() over 10 runs after 2 warm-ups (blocked)."""
-  return common.median_time(lambda: jax.block_until_ready(fn()), warmup=2, repeats=10)
 
 
 def sweep(op: Op, deadline: float, timer: Callable[[Callable[[], Any]], float] = time_call,
@@ -93,11 +89,6 @@ def sweep(op: Op, deadline: float, timer: Callable[[Callable[[], Any]], float] =
   return res
 
 
-def _rel_error(out, ref) -> float:
-  out, ref = np.asarray(out, np.float32), np.asarray(ref, np.float32)
-  return float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-30))
-
-
 def _tiled(block_sizes_cls, call, args) -> Callable[[dict[str, Any]], Callable[[], Any]]:
   """run(setting) for a kernel taking `block_sizes`: call(*args, block_sizes=...) jitted,
   the setting's fields over the class's defaults."""
@@ -111,7 +102,7 @@ def _tiled(block_sizes_cls, call, args) -> Callable[[dict[str, Any]], Callable[[
 def _close_to(ref, dtype) -> Callable[[Any], tuple[bool, float]]:
   """check(out): relative error to `ref` within 1e-4 (float32) or 3e-2 (16-bit)."""
   def check(out):
-    err = _rel_error(out, ref)
+    err = rel_error(out, ref)
     return err <= (1e-4 if dtype == F32 else 3e-2), err
   return check
 
@@ -189,7 +180,7 @@ def _fmt_row(op: Op, row: dict[str, Any], default: dict[str, Any] | None) -> lis
 
 
 def write(results: list[tuple[Op, dict[str, Any]]], args, budget_s: float) -> str:
-  name = f'kernel_sweep_{_device()}' + (f'_{args.out}' if args.out else '')
+  name = f'kernel_sweep_{forward_cost.device_tag()}' + (f'_{args.out}' if args.out else '')
   common.write_json(name, {'provenance': common.provenance(), 'budget_s': budget_s, 'ops': [
       dict(op=op.name, shape=op.shape, rows=[{k: v for k, v in r.items()} for r in res['rows']],
            not_reached=res['not_reached'],
@@ -217,11 +208,6 @@ def write(results: list[tuple[Op, dict[str, Any]]], args, budget_s: float) -> st
           + '\n\n## Every setting\n\n' + common.markdown_table(
               ['op', 'setting', 'correct', 'error', 'us', 'rate', 'vs default', 'note'], table))
   return common.write_results(name, 'Kernel block-size sweep', body)
-
-
-def _device() -> str:
-  d = jax.devices()[0]
-  return 'cpu' if d.platform == 'cpu' else d.platform + '_' + d.device_kind.split()[-1].lower()
 
 
 def main(argv=None):

@@ -66,7 +66,6 @@ from models import Cache
 
 # Instructions that run nothing (views and plumbing).
 _FREE = {'parameter', 'get-tuple-element', 'tuple', 'constant', 'bitcast'}
-_INSTR = re.compile(r'\s*(?:ROOT )?%?([\w.\-]+) = .*? ([\w\-]+)\(')
 _TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
 DEFAULT_DECODERS = ('ar,speculative:gamma=4,speculative:gamma=4:draft_loop=fixed,'
                     'spec_dynamic:tree_nodes=16,medusa,mtp,eagle3,prompt_lookup,'
@@ -135,11 +134,6 @@ def part(line: str) -> str:
   if not scopes:
     return 'loop'
   return 'model' if scopes[0] == 'Transformer' else 'draft modules'
-
-
-def _add(into: dict[str, int], parts: dict[str, int], times: int = 1) -> None:
-  for k, v in parts.items():
-    into[k] = into.get(k, 0) + v * times
 
 
 _DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 's16': 2, 'u16': 2, 'f16': 2, 'bf16': 2,
@@ -278,12 +272,19 @@ class Tally:
 
   def add(self, parts: dict[str, int], nbytes: int,
           movers: dict[tuple[str, str], list[int]], times: int = 1) -> None:
-    _add(self.parts, parts, times)
-    self.bytes += nbytes * times
-    for key, (b, n) in movers.items():
-      into = self.movers.setdefault(key, [0, 0])
-      into[0] += b * times
-      into[1] += n * times
+    _accumulate(self, parts, nbytes, movers, times)
+
+
+def _accumulate(into: Tally | Loop, parts: dict[str, int], nbytes: int,
+                movers: dict[tuple[str, str], list[int]], times: int = 1) -> None:
+  """Adds ops by part, bytes and movers, `times` over, to a Tally or a Loop."""
+  for k, v in parts.items():
+    into.parts[k] = into.parts.get(k, 0) + v * times
+  into.bytes += nbytes * times
+  for key, (b, n) in movers.items():
+    acc = into.movers.setdefault(key, [0, 0])
+    acc[0] += b * times
+    acc[1] += n * times
 
 
 def _count(comps: dict[str, list[str]], name: str, loops: list[Loop]) -> Tally:
@@ -312,12 +313,7 @@ def _count(comps: dict[str, list[str]], name: str, loops: list[Loop]) -> Tally:
                   int(trips.group(1)) if trips else None)
       for computation in (loop.body, re.search(r'condition=%?([\w.\-]+)', line).group(1)):
         inner = _count(comps, computation, loops)
-        _add(loop.parts, inner.parts)
-        loop.bytes += inner.bytes
-        for key, (b, n) in inner.movers.items():
-          into = loop.movers.setdefault(key, [0, 0])
-          into[0] += b
-          into[1] += n
+        _accumulate(loop, inner.parts, inner.bytes, inner.movers)
         loop.inner += inner.loops
       loops.append(loop)
       tally.loops.append(loop)
