@@ -78,10 +78,10 @@ def train(args, size: str, variant: str, overrides: list[str], seed: int) -> str
 
 
 def eval_metrics(workdir: str) -> dict[str, float]:
-  """The run's last eval metrics (agree1.., kl1..)."""
+  """The run's last eval metrics (agree1.., kl1.., and hot_mass for a reduced vocabulary)."""
   evals = [r for r in metrics_lib.read_metrics(workdir) if r.get('split') == 'eval']
   last = evals[-1] if evals else {}
-  return {k: float(v) for k, v in last.items() if k.startswith(('agree', 'kl'))}
+  return {k: float(v) for k, v in last.items() if k.startswith(('agree', 'kl', 'hot_mass'))}
 
 
 def run(args) -> tuple[str, str]:
@@ -124,13 +124,16 @@ def run(args) -> tuple[str, str]:
 
 
 def _body(rows: list[dict[str, Any]], meta: dict[str, Any], variants: list[str]) -> str:
-  header = ['variant', 'seed', 'agree1 / 2 / 3 (eval)'] + [f'tau, {s}' for s in SHAPES] + [
-      'tokens = AR']
+  hot = any('hot_mass' in r['eval'] for r in rows)  # a reduced draft vocabulary somewhere
+  header = (['variant', 'seed', 'agree1 / 2 / 3 (eval)']
+            + (['target mass on the draft vocabulary (eval)'] if hot else [])
+            + [f'tau, {s}' for s in SHAPES] + ['tokens = AR'])
   table = []
   for r in rows:
     ag = ' / '.join(f"{r['eval'][k]:.3f}" for k in ('agree1', 'agree2', 'agree3')
                     if k in r['eval'])
-    table.append([r['variant'], r['seed'], ag] + [round(r[s]['tau'], 3) for s in SHAPES]
+    mass = [f"{r['eval']['hot_mass']:.3f}" if 'hot_mass' in r['eval'] else '1 (all)'] if hot else []
+    table.append([r['variant'], r['seed'], ag] + mass + [round(r[s]['tau'], 3) for s in SHAPES]
                  + ['yes' if all(r[s]['equals_ar'] for s in SHAPES) else 'NO'])
   means = []
   for v in variants:

@@ -36,6 +36,7 @@ import os
 from typing import Any, Sequence
 
 import jax
+import numpy as np
 
 import workbench
 from benchmarks import common
@@ -45,6 +46,7 @@ from benchmarks import oracle
 import data
 from decoding import Models, SamplingConfig, registry
 from models import chimera as chimera_lib
+from models import eagle as eagle_lib
 from training import objectives
 from workdir import loading
 
@@ -80,34 +82,45 @@ EXTRAS_RECIPES = {'medusa': ('spec_heads', 'medusa'), 'mtp': ('spec_heads', 'mtp
                   'mask_mtp': ('mask_mtp', ''), 'ppd': ('ppd', '')}
 
 
-def recipe_extras(name: str, model, depth: int, rng: jax.Array) -> dict[str, Any]:
+def recipe_extras(name: str, model, depth: int, rng: jax.Array,
+                  draft_vocab: int = 0) -> dict[str, Any]:
   """The initial extra params of decoder `name`'s training recipe for `model`, with at
-  least `depth` heads / masks / prompt tokens where the recipe counts them."""
+  least `depth` heads / masks / prompt tokens where the recipe counts them. `draft_vocab` N >
+  0: EAGLE drafts over a reduced vocabulary of N tokens (ids 0 .. N-1: speed only; a trained
+  draft counts its N commonest tokens, `spec.draft_vocab`)."""
   module, arg = EXTRAS_RECIPES[name]
   c = importlib.import_module(f'configs.{module}').get_config(arg)
   if c.spec.get('heads', 0):
     c.spec.heads = max(int(c.spec.heads), depth)
   if name == 'chimera':  # its recipe copies the trained target's output layer into the heads
     init = lambda r: {chimera_lib.CHIMERA: chimera_lib.init_params(model.cfg, c.spec.heads, r)}
+  elif draft_vocab and name in eagle_lib.VARIANTS:
+    layers = (eagle_lib.feature_layers(model.cfg.num_layers, c.spec.feature_layers)
+              if name == eagle_lib.EAGLE3 else ())
+    init = lambda r: {name: eagle_lib.init_params(model.cfg, name, layers, r, c.spec.own_head,
+                                                  hot_ids=np.arange(draft_vocab))}
   else:
     init = objectives.make_objective(c.objective, model, c).extras
   return jax.jit(init)(rng)  # one program, not hundreds of small eager ops
 
 
 def with_stand_ins(decoder, models: Models, params: dict[str, Any], batches, ar_results,
-                   cache_size: int, alpha: float = 0.8) -> tuple[Models, list[dict[str, Any]]]:
+                   cache_size: int, alpha: float = 0.8,
+                   draft_vocab: int = 0) -> tuple[Models, list[dict[str, Any]]]:
   """(models, per-batch params) a decoder needs beyond the target: a draft model becomes the
   oracle draft at acceptance `alpha` (benchmarks.oracle; its forward costs almost nothing,
   so the 'drafter' share of such rows is the drafting logic's), and draft heads, adapters,
   draft layers, prompt tokens or mask LoRAs that the run does not have get their training
-  recipe's initial weights (`EXTRAS_RECIPES`; speed does not depend on their values)."""
+  recipe's initial weights (`EXTRAS_RECIPES`; speed does not depend on their values), EAGLE
+  drafts over `draft_vocab` tokens when it is > 0 (`recipe_extras`)."""
   cfg = models.target.cfg
   drafter = decoder.get_drafter() if hasattr(decoder, 'get_drafter') else None
   extras, per_batch = dict(models.extras), []
   stand_in = {}
   if decoder.name in EXTRAS_RECIPES:
     depth = int(getattr(drafter, 'max_depth', 0) or 0)
-    stand_in = recipe_extras(decoder.name, models.target, depth, jax.random.key(0))
+    stand_in = recipe_extras(decoder.name, models.target, depth, jax.random.key(0),
+                             draft_vocab)
   for (prompt, lens, _), res in zip(batches, jax.device_get(ar_results)):
     p = dict(params)
     if is_draft_model(decoder):

@@ -338,17 +338,19 @@ def step_loop(hlo: str) -> Loop:
 
 def count_decoder(decoder, models: Models, params: dict[str, Any], *, batch: int,
                   prompt_len: int, max_new: int, cache_size: int,
-                  dump_to: str | None = None) -> Loop:
+                  dump_to: str | None = None, draft_vocab: int = 0) -> Loop:
   """The decode loop of `decoder` compiled for `batch` rows of `prompt_len` tokens; with
   `dump_to`, the compiled program's HLO text is also written there, gzipped (so that a
-  device's program can be read again where there is no device: `--from_hlo`)."""
+  device's program can be read again where there is no device: `--from_hlo`). `draft_vocab`:
+  EAGLE stand-ins draft over that many tokens (0 = the whole vocabulary)."""
   prompt = jnp.full((batch, prompt_len), 5, jnp.int32)
   lens = jnp.full((batch,), prompt_len, jnp.int32)
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(batch))
   ar_like = types.SimpleNamespace(tokens_BxN=np.zeros((batch, max_new), np.int32),
                                   num_generated_B=np.full((batch,), max_new, np.int32))
   models, per_batch = step_cost.with_stand_ins(decoder, models, params,
-                                               [(prompt, lens, keys)], [ar_like], cache_size)
+                                               [(prompt, lens, keys)], [ar_like], cache_size,
+                                               draft_vocab=draft_vocab)
   hlo = runner.lower_generate(decoder, models, per_batch[0], prompt, lens, keys,
                               max_new_tokens=max_new, cache_size=cache_size, eos_id=-1,
                               pad_id=0).compile().as_text()
@@ -364,6 +366,9 @@ def read_hlo(path: str) -> str:
   opener = gzip.open if path.endswith('.gz') else open
   with opener(path, 'rt') as f:
     return f.read()
+
+
+EAGLE_NAMES = ('eagle3', 'eagle1')  # decoders whose rows repeat per --draft_vocabs
 
 
 def build(spec: str):
@@ -408,12 +413,18 @@ def run(args) -> tuple[str, list[dict[str, Any]]]:
             cache_size=cache)
   weights, kv = floor_bytes(model, params, args.batch, cache)
   rows, ar_ops, path = [], None, ''
-  for spec in args.decoders.split(','):
+  vocabs = [int(v) for v in str(getattr(args, 'draft_vocabs', '0')).split(',')]
+  runs = [(spec, v) for spec in args.decoders.split(',')
+          for v in (vocabs if registry.parse_spec(spec)[0] in EAGLE_NAMES else [0])]
+  for spec, vocab in runs:
     decoder, label = build(spec)
+    if vocab:
+      label += f' (draft vocabulary {vocab})'
     dump = (os.path.join(args.dump_hlo, f'{args.preset}_{args.dtype}_' +
                          re.sub(r'[^\w.=-]+', '_', label).strip('_') + '.hlo.gz')
             if args.dump_hlo else None)
-    loop = count_decoder(decoder, models, {'target': params}, **kw, dump_to=dump)
+    loop = count_decoder(decoder, models, {'target': params}, **kw, dump_to=dump,
+                         draft_vocab=vocab)
     if ar_ops is None and label == 'ar':
       ar_ops = loop.ops
     rows.append(dict(decoder=label, T=step_cost.step_tokens(decoder, models), ops=loop.ops,
@@ -501,6 +512,10 @@ def main():
   p.add_argument('--model', default='',
                  help='ModelConfig fields over the preset\'s, e.g. fused_projections=true '
                       '(comma-separated FIELD=VALUE; the same random weights)')
+  p.add_argument('--draft_vocabs', default='0',
+                 help='EAGLE rows: one per draft vocabulary size, comma-separated (0 = the '
+                      'whole vocabulary; N = a reduced vocabulary of N tokens, as EAGLE-3 '
+                      'trains with spec.draft_vocab)')
   p.add_argument('--top', type=int, default=5,
                  help='list this many operations that move the most bytes per step')
   p.add_argument('--out', default='', help='suffix of the results file name')

@@ -161,3 +161,25 @@ def test_step_ops_bytes_see_a_weight_copied_every_step_and_stacked_project_avoid
                               batch=1, prompt_len=8, max_new=16, cache_size=128)
   weights, kv = step_ops.floor_bytes(model, params, 1, 128)
   assert weights <= ar.bytes <= 3 * (weights + kv)
+
+
+def test_a_reduced_draft_vocabulary_reads_fewer_head_rows_per_draft_call(tmp_path, monkeypatch):
+  """EAGLE-3 over 1024 of 4096 tokens: each of a chain's 3 draft calls reads 3072 head rows
+  fewer (`--draft_vocabs`), and the rows of each run are labelled."""
+  model = Transformer(small_config(vocab_size=4096))
+  params = init_params(model, jax.random.key(0))
+  kw = dict(batch=1, prompt_len=8, max_new=16, cache_size=128)
+  decoder, label = step_ops.build('eagle3:tree=chain:gamma=3')
+  full, reduced = (step_ops.count_decoder(decoder, Models(model), {'target': params}, **kw,
+                                          draft_vocab=v) for v in (0, 1024))
+  D = model.cfg.d_model
+  assert full.bytes - reduced.bytes >= 0.95 * 3 * (4096 - 1024) * D * 4
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(common, 'RESULTS_DIR', str(tmp_path))
+  args = type('Args', (), dict(preset='test', dtype='float32', decoders='ar,eagle3:tree=chain',
+                               draft_vocabs='0,64', batch=1, prompt_len=8, max_new_tokens=16,
+                               model='', top=2, out='', dump_hlo=''))
+  path, rows = step_ops.run(args)
+  assert [r['decoder'] for r in rows] == [
+      'ar', 'eagle3(tree=chain)', 'eagle3(tree=chain) (draft vocabulary 64)']
+  assert rows[2]['bytes'] < rows[1]['bytes'] and path.startswith(str(tmp_path))

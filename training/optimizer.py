@@ -1,10 +1,16 @@
-"""AdamW with linear warmup + cosine decay and global-norm clipping; frozen subtrees."""
+"""AdamW with linear warmup + cosine decay and global-norm clipping; frozen subtrees.
+
+Integer leaves of the params (e.g. the token ids of an EAGLE draft's reduced vocabulary) are
+constants: `training.step` gives them zero gradients of their own dtype and the optimizer
+leaves them as they are (no moments, no weight decay). They need a run with frozen keys.
+"""
 
 from __future__ import annotations
 
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -33,5 +39,20 @@ def make_optimizer(train: ml_collections.ConfigDict,
   )
   if not frozen:
     return tx
-  labels = lambda params: {k: ('frozen' if k in frozen else 'train') for k in params}
+
+  def labels(params):  # a prefix per top-level key, leaf by leaf where integers sit
+    out = {}
+    for k, sub in params.items():
+      if k in frozen:
+        out[k] = 'frozen'
+      elif all(is_trainable(x) for x in jax.tree.leaves(sub)):
+        out[k] = 'train'
+      else:
+        out[k] = jax.tree.map(lambda x: 'train' if is_trainable(x) else 'frozen', sub)
+    return out
   return optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels)
+
+
+def is_trainable(leaf) -> bool:
+  """Floating-point leaves train; integer ones are constants of the run."""
+  return jnp.issubdtype(leaf.dtype, jnp.inexact)

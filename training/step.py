@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from training import objectives
+from training import optimizer
 from training.train_state import TrainState
 
 
@@ -20,6 +21,19 @@ def _microbatches(batch: dict[str, jax.Array], n: int) -> dict[str, jax.Array]:
   return jax.tree.map(split, batch)
 
 
+def _value_and_grad(loss_fn: objectives.LossFn) -> Callable:
+  """`jax.value_and_grad(loss_fn, has_aux=True)` over the params, whose integer leaves (constants
+  of the run, see training.optimizer) get zero gradients of their own dtype."""
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True, allow_int=True)
+
+  def f(params, batch, rng):
+    out, grads = grad_fn(params, batch, rng)
+    grads = jax.tree.map(lambda g, p: g if optimizer.is_trainable(p) else jnp.zeros_like(p),
+                         grads, params)
+    return out, grads
+  return f
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, loss_fn: objectives.LossFn,
                tx: optax.GradientTransformation, grad_accum: int, seed: int
                ) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -29,7 +43,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, loss_fn: objec
   caller can stop with the last good state (and checkpoint) intact.
   """
   rng = jax.random.fold_in(jax.random.key(seed), state.step)
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  grad_fn = _value_and_grad(loss_fn)
   if grad_accum == 1:
     (_, metrics), grads = grad_fn(state.params, batch, rng)
   else:
@@ -44,7 +58,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, loss_fn: objec
         lambda: grad_fn(state.params, first, rng)[0][1]))
     (grads, metrics), _ = jax.lax.scan(body, (zeros, zero_metrics),
                                        (jnp.arange(grad_accum), mb))
-    grads = jax.tree.map(lambda g: g / grad_accum, grads)
+    grads = jax.tree.map(lambda g: g / grad_accum if optimizer.is_trainable(g) else g, grads)
     metrics = {k: v if k.endswith('_sum') else v / grad_accum for k, v in metrics.items()}
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(grad_norm)

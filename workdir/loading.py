@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import data as data_lib
@@ -101,7 +102,9 @@ def load_model(workdir: str, *, step: int | None = None, mesh: Mesh | None = Non
   if dtype is not None:
     cfg = dataclasses.replace(model.cfg, dtype=dtype, param_dtype=dtype)
     model = transformer_lib.Transformer(cfg)
-    cast = lambda tree: jax.tree.map(lambda x: x.astype(cfg.weight_dtype), tree)
+    cast = lambda tree: jax.tree.map(  # integer leaves (token ids) keep their dtype
+        lambda x: x.astype(cfg.weight_dtype) if jnp.issubdtype(x.dtype, jnp.inexact) else x,
+        tree)
     params = {'model': cast(params['model']), **{k: cast(v) for k, v in extras.items()}}
     extras = {k: v for k, v in params.items() if k != 'model'}
   return LoadedModel(model=model, params=params['model'], extras=extras,

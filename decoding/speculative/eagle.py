@@ -20,7 +20,8 @@ at slot p. Only pairs built from the *target's* features are ever committed:
 
 Drafts are deterministic (argmax chain; top-k children scored by cumulative draft
 log-probability, EAGLE-2), verified by the deterministic rule: lossless under greedy and
-sampling.
+sampling. A draft with a reduced vocabulary (`models.eagle`, params['hot_ids']) scores only
+its Vd tokens; its picks are mapped to target ids before they enter the tree.
 """
 
 from __future__ import annotations
@@ -112,6 +113,15 @@ class EagleDrafter(drafter_lib.Drafter):
                        'recurrent layers are not supported yet.')
     cfg = models.target.cfg
     eagle_lib.feature_layers(cfg.num_layers, self.layers)
+    ids = eagle_lib.hot_ids(params[self.variant])
+    if ids is not None:
+      if not jnp.issubdtype(ids.dtype, jnp.integer):
+        raise ValueError(f'The {self.variant} draft\'s vocabulary ids are {ids.dtype}, not '
+                         'integers: were they cast with the weights?')
+      delta = params[self.variant].get('head_delta')
+      if delta is not None and delta.shape[0] != ids.shape[0]:
+        raise ValueError(f'The {self.variant} draft\'s head correction has {delta.shape[0]} '
+                         f'rows but its vocabulary {ids.shape[0]} ids.')
     if self.variant == eagle_lib.EAGLE3:
       have = eagle_lib.num_features(params[self.variant], cfg)
       if have != len(self.layers):
@@ -138,6 +148,10 @@ class EagleDrafter(drafter_lib.Drafter):
   def _fuse(self, env, feat):
     module, p = self._layer(env)
     return module.apply({'params': p}, feat, method=eagle_lib.EagleDraft.fuse)
+
+  def _tokens(self, env, draft_ids):
+    """Target ids of the draft's vocabulary entries (the same ids without a reduced one)."""
+    return eagle_lib.to_target(env.params[self.variant], draft_ids)
 
   def _features(self, out):
     return eagle_lib.target_features(out, self.variant, self.layers)
@@ -197,7 +211,8 @@ class EagleDrafter(drafter_lib.Drafter):
   def _chain(self, env, head, dcache, g_root, logits_root, root_B, base_B, active_B):
     G, B = self.gamma, root_B.shape[0]
     tokens = jnp.zeros((B, G + 1), jnp.int32).at[:, 0].set(root_B)
-    tokens = tokens.at[:, 1].set(jnp.argmax(logits_root, -1).astype(jnp.int32))
+    first = self._tokens(env, jnp.argmax(logits_root, -1)).astype(jnp.int32)
+    tokens = tokens.at[:, 1].set(first)
     valid = jnp.zeros((B, G + 1), bool).at[:, 0].set(active_B).at[:, 1].set(active_B)
 
     def body(c):  # feeds node j (its parent's output as feature), drafts node j + 1
@@ -206,7 +221,7 @@ class EagleDrafter(drafter_lib.Drafter):
       pos_B = jnp.where(active_B, base_B + j, -1)
       g_new, logits, dcache = self._apply(env, head, g[:, None], tok_B[:, None],
                                           pos_B[:, None], dcache)
-      nxt = jnp.argmax(logits[:, 0], -1).astype(jnp.int32)
+      nxt = self._tokens(env, jnp.argmax(logits[:, 0], -1)).astype(jnp.int32)
       tokens = jax.lax.dynamic_update_index_in_dim(tokens, nxt, j + 1, 1)
       return j + 1, dcache, tokens, g_new[:, 0].astype(g.dtype)
 
@@ -226,6 +241,7 @@ class EagleDrafter(drafter_lib.Drafter):
     C1 = 1 + self.candidates
     Dm = g_root.shape[-1]
     sc, tok = proposals.top_log_probs(logits_root, k)
+    tok = self._tokens(env, tok)
     # Candidates in blocks (the root, its k children, then k * k per round), joined once
     # after the rounds; each round's frontier is gathered from the block before it.
     blocks = [(root_B[:, None], jnp.full((B, 1), -1, jnp.int32), jnp.zeros((B, 1))),
@@ -246,7 +262,7 @@ class EagleDrafter(drafter_lib.Drafter):
           mask=masks.block_to_cache_mask(f_anc, base_B, env.cache_size))
       calls = calls + active_B
       csc, ctok = proposals.top_log_probs(logits, k)  # [B, k, k]
-      child_tok = ctok.reshape(B, k * k)
+      child_tok = self._tokens(env, ctok).reshape(B, k * k)
       child_score = (f_score[..., None] + csc).reshape(B, k * k)
       start = 1 + k + (d - 1) * k * k
       new = slice(start, start + k * k)  # this round's candidates

@@ -23,6 +23,7 @@ from decoding.speculative import loop, trees, verify
 from models import Cache, Transformer, eagle, heads, init_params, sharding
 
 V = 48
+HOT_IDS = sorted(np.random.default_rng(0).choice(V, 20, replace=False).tolist())
 PAD = 0
 PROMPTS = [[1, 5, 9, 3, 1, 5, 9], [2, 7], [4, 4, 8, 1, 6, 2, 9, 4, 4], [3]]
 N_NEW = 24
@@ -53,9 +54,14 @@ def setup():
                                own_head=True))
   e3['head_delta'] = 0.3 * jax.random.normal(jax.random.key(8), e3['head_delta'].shape)
   e1 = scale(eagle.init_params(cfg, 'eagle1', (), jax.random.key(6)))
+  # EAGLE-3 over a reduced draft vocabulary (20 of the 48 ids) with its own head correction.
+  e3h = scale(eagle.init_params(cfg, 'eagle3', eagle.feature_layers(3), jax.random.key(9),
+                                own_head=True, hot_ids=HOT_IDS))
+  e3h['head_delta'] = 0.3 * jax.random.normal(jax.random.key(10), e3h['head_delta'].shape)
+  e3h['hot_ids'] = jnp.asarray(HOT_IDS, jnp.int32)  # scale() made them floats
   models = Models(target, extras=(('draft', draft),))
   params = {'target': tp, 'draft': dp, 'medusa': med, 'mtp': mtp, 'kangaroo': kang,
-            'eagle3': e3, 'eagle1': e1}
+            'eagle3': e3, 'eagle1': e1, 'eagle3_hot': e3h}
   eos, ref = testlib.ragged_ar_reference(models, params, PROMPTS, max_new_tokens=N_NEW,
                                          cache_size=CACHE, pad_id=PAD)
   return models, params, eos, ref
@@ -86,6 +92,8 @@ METHODS = {
     'eagle3-chain': ('eagle3', dict(tree='chain', gamma=4)),
     'eagle3-chain-fixed': ('eagle3', dict(tree='chain', gamma=4, draft_loop='fixed')),
     'eagle3-dynamic': ('eagle3', dict(gamma=3, top_k=3, tree_nodes=10)),
+    'eagle3-chain-hot': ('eagle3', dict(tree='chain', gamma=4)),    # reduced vocabulary
+    'eagle3-dynamic-hot': ('eagle3', dict(gamma=3, top_k=3, tree_nodes=10)),
     'eagle1-chain': ('eagle1', dict(tree='chain', gamma=3)),
     'eagle1-dynamic': ('eagle1', dict(gamma=4, top_k=2, tree_nodes=6)),
     'speculative-drafter-eagle3': ('speculative', dict(drafter='eagle3', tree='chain')),
@@ -107,9 +115,15 @@ METHODS = {
 }
 
 
+def _params_for(method, params):
+  """The '-hot' methods decode with the reduced-vocabulary EAGLE-3 draft."""
+  return dict(params, eagle3=params['eagle3_hot']) if method.endswith('-hot') else params
+
+
 @pytest.mark.parametrize('method', list(METHODS))
 def test_greedy_equals_ar_on_a_ragged_batch(setup, method):
   models, params, eos, ref = setup
+  params = _params_for(method, params)
   name, settings = METHODS[method]
   dec = registry.build(name, settings)
   stats = testlib.decode_like_ar(dec, models, params, PROMPTS, eos, ref, max_new_tokens=N_NEW,
@@ -448,7 +462,8 @@ def test_greedy_tree_verify_equals_the_walk(template):
   assert len(set(np.asarray(n).tolist())) >= 3  # the cases vary
 
 
-@pytest.mark.parametrize('method', ['eagle3-chain', 'eagle1-chain', 'eagle3-dynamic'])
+@pytest.mark.parametrize('method', ['eagle3-chain', 'eagle1-chain', 'eagle3-dynamic',
+                                    'eagle3-chain-hot', 'eagle3-dynamic-hot'])
 def test_eagle_drafts_match_a_reference_without_cache(setup, method):
   """Every drafted node equals what the draft layer computes from scratch (no cache) on the
   committed text with the target's features, then its own outputs along the node's path:
@@ -456,15 +471,19 @@ def test_eagle_drafts_match_a_reference_without_cache(setup, method):
   draft cache stays consistent across verification (commit / roll back), which greedy == AR
   cannot see (the verifier corrects any draft)."""
   models, params, eos, _ = setup
+  params = _params_for(method, params)
   name, settings = METHODS[method]
   dec = registry.build(name, settings)
   init, step, lens = _step_fn(dec, models, params, eos)
   drafter = dec.get_drafter().resolve(models)
   variant, ids, k = drafter.variant, drafter.layers, drafter.max_children
   cfg, tp = models.target.cfg, params['target']
-  ep = params[variant]
-  module = eagle.EagleDraft(cfg, variant, max(len(ids), 1), 'head_delta' in ep)
+  ep = dict(params[variant])
+  vocab = np.asarray(ep.pop('hot_ids', np.arange(cfg.vocab_size)))  # draft entry -> target id
+  rows = len(vocab) if 'hot_ids' in params[variant] else 0
+  module = eagle.EagleDraft(cfg, variant, max(len(ids), 1), 'head_delta' in ep, rows)
   in_emb, out_emb = heads.input_embedding(tp), heads.output_embedding(tp, cfg)
+  out_emb = out_emb[vocab]  # the head rows of the draft's vocabulary
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(len(PROMPTS)))
   B, P, L = len(PROMPTS), max(map(len, PROMPTS)), 64
   prompt = np.full((B, P), PAD, np.int32)
@@ -523,9 +542,9 @@ def test_eagle_drafts_match_a_reference_without_cache(setup, method):
           q = base_pos + 1 + depth
           xs[q], ts[q] = np.asarray(g[q - 1]), tok[a]
           g, logits = draft(jnp.asarray(xs), jnp.asarray(ts), q + 1)
-        top = np.argsort(-np.asarray(logits[base_pos + len(path)]))[:k]
         lg = np.asarray(logits[base_pos + len(path)])
-        assert tok[node] in top, (method, b, node, _, lg[tok[node]], lg[top])
+        top = vocab[np.argsort(-lg)[:k]]
+        assert tok[node] in top, (method, b, node, _, top)
         if k == 1:
           assert tok[node] == top[0]
         checked += 1
@@ -553,6 +572,22 @@ def test_eagle_errors(setup):
     run(registry.build('eagle3', {'feature_layers': '1/3'}))
   with pytest.raises(ValueError, match='EAGLE feature layer 9'):
     run(registry.build('eagle3', {'feature_layers': '1/2/9'}))
+  # A reduced draft vocabulary whose ids were cast with the weights, that does not match the
+  # head correction's rows, or that names ids outside the target's vocabulary.
+  hot = params['eagle3_hot']
+  bad = {'float ids': (dict(hot, hot_ids=hot['hot_ids'].astype(jnp.bfloat16)), 'not integers'),
+         'rows': (dict(hot, head_delta=hot['head_delta'][:-1]), '19 rows but its vocabulary 20')}
+  for what, (e3, msg) in bad.items():
+    with pytest.raises(ValueError, match=msg):
+      run(registry.build('eagle3', {'tree': 'chain'}), dict(params, eagle3=e3))
+  outside = dict(hot, hot_ids=hot['hot_ids'] + V)  # every draft is then an invalid id
+  with pytest.raises(RuntimeError, match='outside the vocabulary'):
+    run(registry.build('eagle3', {'tree': 'chain'}), dict(params, eagle3=outside))
+  cfg = models.target.cfg
+  for ids, msg in ((range(V), 'between 1 and 47'), ([3, 2], 'ascending, distinct'),
+                   ([1, V], r'in \[0, 48\)'), ([1.0, 2.5], 'must be integers')):
+    with pytest.raises(ValueError, match=msg):
+      eagle.init_params(cfg, 'eagle3', (1,), jax.random.key(0), hot_ids=ids)
 
 
 def test_draft_loop_runs_a_fixed_count_unless_rows_can_stop_early():

@@ -35,6 +35,8 @@ def runs(tmp_path_factory, data_dir, trained_workdir):
     workdir = str(tmp_path_factory.mktemp(kind))
     cfg = spec_heads.get_config(f'{kind},test')
     cfg.data.batch_size = 8
+    if kind == 'eagle3':  # EAGLE-3 with a reduced draft vocabulary (its 48 commonest tokens)
+      cfg.spec.draft_vocab = 48
     out[kind] = (workdir, _train(cfg, data_dir, trained_workdir, workdir))
   workdir = str(tmp_path_factory.mktemp('draft'))
   out['draft'] = (workdir, _train(spec_draft.get_config('corpus,test'), data_dir,
@@ -54,6 +56,29 @@ def test_heads_train_on_a_frozen_target(runs, trained_workdir):
   assert 'head3_acc' in runs['mtp'][1]['eval'] and 'head4_acc' in runs['medusa'][1]['eval']
   assert 0 <= runs['kangaroo'][1]['eval']['top1_agreement'] <= 1
   assert 'agree3' in runs['eagle3'][1]['eval']  # three training-time-test steps
+  assert 0 < runs['eagle3'][1]['eval']['hot_mass'] <= 1
+
+
+def test_eagle_draft_vocabulary_is_the_commonest_tokens(runs, data_dir, trained_workdir):
+  """The reduced vocabulary is the 48 commonest tokens of the training split (counted here by
+  a plain Counter), stored as int32 ids and left unchanged by training."""
+  import collections  # pylint: disable=g-import-not-at-top
+  import data as data_lib  # pylint: disable=g-import-not-at-top
+  cfg = spec_heads.get_config('eagle3,test')
+  cfg.data.data_dir = data_dir
+  dc = trainer.data_config(cfg)
+  tok = loading.load_model(trained_workdir).tokenizer
+  counts = collections.Counter()
+  for text in data_lib.load_texts(dc, dc.train_split):
+    counts.update(tok.encode(text, add_bos=True, add_eos=True))
+  ranked = sorted(counts, key=lambda t: (-counts[t], t))
+  ids = loading.load_model(runs['eagle3'][0]).extras['eagle3']['hot_ids']
+  assert ids.dtype == jnp.int32 and ids.shape == (48,)
+  np.testing.assert_array_equal(np.asarray(ids), sorted(ranked[:48]))
+  # Loading in bf16 casts the weights, not the ids (bf16 holds integers exactly only to 256).
+  cast = loading.load_model(runs['eagle3'][0], dtype='bfloat16').extras['eagle3']
+  assert cast['hot_ids'].dtype == jnp.int32 and cast['fc'].dtype == jnp.bfloat16
+  np.testing.assert_array_equal(cast['hot_ids'], ids)
 
 
 def test_trained_runs_drive_their_decoders(runs, trained_workdir):

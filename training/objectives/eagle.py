@@ -20,6 +20,14 @@ and the target's next feature (weight `spec.reg_weight`) + `spec.ce_weight` x th
 cross-entropy, with uniform noise U(-a/2, a/2) (a = `spec.feature_noise`) on the input
 features. Metrics: `agree{j+1}`, the step-j draft's top-1 agreement with the target (the
 greedy acceptance of the (j+1)-th drafted token given the previous ones were right).
+
+Reduced draft vocabulary (`spec.draft_vocab` = Vd > 0, EAGLE-3's d2t/t2d): the Vd most
+frequent tokens of the training split under the target's tokenizer (counted over the first
+`spec.draft_vocab_docs` documents, 0 = all) become params[variant]['hot_ids'] (int32, never
+trained). The draft's logits cover those tokens only; the target's distribution is restricted
+to them and renormalised, and positions whose target argmax lies outside them are left out of
+the loss (as in EAGLE-3's training). `agree{j+1}` still compares with the target's argmax over
+the whole vocabulary, and `hot_mass` is the target's mean probability on the set.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+
+import numpy as np
 
 from models import eagle as eagle_lib
 from models import heads as heads_lib
@@ -76,6 +86,31 @@ def _smooth_l1(a, b):
   return jnp.where(d < 1.0, 0.5 * d * d, d - 0.5)
 
 
+def draft_vocabulary(config: ml_collections.ConfigDict, vocab_size: int) -> np.ndarray:
+  """[Vd] int32: the `spec.draft_vocab` most frequent ids of the training split, tokenized by
+  the target run's tokenizer (`spec.target_workdir`/tokenizer), ascending."""
+  import os  # pylint: disable=g-import-not-at-top
+  import data as data_lib  # pylint: disable=g-import-not-at-top
+  from workdir import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  s = spec_heads.spec_settings(config)
+  count = int(s.draft_vocab)
+  directory = os.path.join(s.target_workdir, checkpoint_lib.TOKENIZER_DIR)
+  if not os.path.isdir(directory):
+    raise ValueError(f'spec.draft_vocab={count} counts tokens with the target\'s tokenizer, '
+                     f'but {directory} does not exist: set spec.target_workdir to the trained '
+                     'target run.')
+  tokenizer = data_lib.load_tokenizer(directory)
+  valid = min(tokenizer.vocab_size, vocab_size)
+  if not 0 < count < valid:
+    raise ValueError(f'spec.draft_vocab must be in [1, {valid - 1}] (0 = the whole vocabulary '
+                     f'of {valid} tokens), got {count}.')
+  dc = data_lib.DataConfig(**config.data.to_dict())
+  docs = int(s.get('draft_vocab_docs', 0)) or None
+  texts = data_lib.load_texts(dc, dc.train_split, max_docs=docs)
+  return eagle_lib.frequent_tokens(
+      (data_lib.tokenize_document(tokenizer, t) for t in texts), valid, count)
+
+
 def _make(variant: str, model: transformer_lib.Transformer,
           config: ml_collections.ConfigDict) -> Objective:
   s = spec_heads.spec_settings(config)
@@ -87,8 +122,14 @@ def _make(variant: str, model: transformer_lib.Transformer,
   if K < 1:
     raise ValueError(f'spec.ttt_steps must be >= 1, got {K}.')
 
+  hot = draft_vocabulary(config, cfg.valid_vocab_size or cfg.vocab_size) if s.get(
+      'draft_vocab', 0) else None
+  in_hot = None if hot is None else np.zeros(cfg.vocab_size, bool)
+  if hot is not None:
+    in_hot[hot] = True
+
   def init_extras(rng):
-    return {variant: eagle_lib.init_params(cfg, variant, ids, rng, own_head)}
+    return {variant: eagle_lib.init_params(cfg, variant, ids, rng, own_head, hot_ids=hot)}
 
   def loss_fn(params, batch, rng):
     tokens = batch['tokens']
@@ -101,24 +142,39 @@ def _make(variant: str, model: transformer_lib.Transformer,
     feats = eagle_lib.target_features(out, variant, ids)
     if variant == eagle_lib.EAGLE1 and s.feature_noise > 0:
       feats = feats + s.feature_noise * (jax.random.uniform(rng, feats.shape) - 0.5)
-    p = params[variant]
+    hot_ids = eagle_lib.hot_ids(params[variant])
+    p = eagle_lib.module_params(params[variant])
     in_emb = jax.lax.stop_gradient(heads_lib.input_embedding(params['model']))
     out_emb = jax.lax.stop_gradient(heads_lib.output_embedding(params['model'], cfg))
+    if hot_ids is not None:  # the head's rows of the draft vocabulary (+ head_delta in module)
+      out_emb = jnp.take(out_emb, hot_ids, axis=0)
     x0 = module.apply({'params': p}, feats[:, :N], method=eagle_lib.EagleDraft.fuse)
     gs, logits, _ = ttt_unroll(module, p, x0, inputs, in_emb, out_emb, K)
-    logp_t = jax.nn.log_softmax(out.logits_BxTxV.astype(jnp.float32), -1)
+    t_logits = out.logits_BxTxV.astype(jnp.float32)
+    full_argmax = jnp.pad(jnp.argmax(t_logits, -1), ((0, 0), (0, K + 1)))
+    keep = jnp.ones(full_argmax.shape, bool)
+    if hot_ids is not None:  # the target restricted to the draft's tokens, renormalised
+      metrics_hot = jnp.sum(jax.nn.softmax(t_logits, -1)[..., hot_ids], -1).mean()
+      keep = jnp.asarray(in_hot)[full_argmax]
+      t_logits = jnp.take(t_logits, hot_ids, axis=-1)
+    logp_t = jax.nn.log_softmax(t_logits, -1)
     logp_t = jnp.pad(logp_t, ((0, 0), (0, K + 1), (0, 0)))
     h_next = jnp.pad(out.last_hidden_BxTxD, ((0, 0), (0, K + 1), (0, 0)))
     total, norm, metrics = 0.0, 0.0, {}
     for j in range(K):
       tgt = logp_t[:, 1 + j:1 + j + N]                      # p at position i + 1 + j
-      valid = (jnp.arange(N)[None] + 1 + j <= T - 1) * jnp.ones((B, 1))
+      in_row = (jnp.arange(N)[None] + 1 + j <= T - 1) * jnp.ones((B, 1))
+      valid = in_row * keep[:, 1 + j:1 + j + N]
       denom = jnp.maximum(valid.sum(), 1.0)
       logq = jax.nn.log_softmax(logits[j].astype(jnp.float32), -1)
       pt = jnp.exp(tgt)
       kl = jnp.sum(pt * (tgt - logq), -1)
       kl = (kl * valid).sum() / denom
-      agree = ((jnp.argmax(logq, -1) == jnp.argmax(tgt, -1)) * valid).sum() / denom
+      drafted = jnp.argmax(logq, -1)
+      if hot_ids is not None:
+        drafted = jnp.take(hot_ids, drafted)
+      agree = ((drafted == full_argmax[:, 1 + j:1 + j + N]) * in_row).sum() / jnp.maximum(
+          in_row.sum(), 1.0)
       step_loss = kl
       if variant == eagle_lib.EAGLE1:
         reg = _smooth_l1(gs[j].astype(jnp.float32),
@@ -131,6 +187,8 @@ def _make(variant: str, model: transformer_lib.Transformer,
       metrics[f'kl{j + 1}'] = kl
       metrics[f'agree{j + 1}'] = agree
     loss = total / norm
+    if hot_ids is not None:
+      metrics['hot_mass'] = metrics_hot
     return loss, dict(metrics, loss=loss)
 
   init_model = spec_heads._init_from(s, model)  # pylint: disable=protected-access
