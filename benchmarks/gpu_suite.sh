@@ -30,7 +30,8 @@
 #   spec       python -m benchmarks.speculative on the runs under $SPEC_RUNS (default runs/spec)
 #   spec_small = small_target,drafters,small_bench (each also a stage of its own):
 #              trains a `small` target (BPE 32k), then at once a distilled `tiny` draft, Medusa
-#              heads, MTP modules, a Kangaroo adapter and EAGLE-3 on it, then every speculative decoder
+#              heads, MTP modules, a Kangaroo adapter and EAGLE-3 on it (drafting over the
+#              8192 commonest of the 32k tokens, $EAGLE_ARGS), then every speculative decoder
 #              against our AR on them (at 0.8M parameters a decode step is launch-bound)
 #   peer       python -m benchmarks.spec_peer on the spec_small runs: our AR, draft chain,
 #              prompt lookup and spec_small's fastest method against transformers' generate(),
@@ -117,6 +118,7 @@ if [ "$REHEARSE" = 1 ]; then
   RESULTS=$R/results
   : "${SMALL_RUNS:=$R/runs}" "${SMALL_PRESET:=test}" "${SMALL_STEPS:=20}" "${SMALL_BATCH:=4}"
   : "${SMALL_SEQ:=64}" "${SMALL_ARGS:=--config.tokenizer.kind=bpe --config.tokenizer.vocab_size=512}"
+  : "${EAGLE_ARGS:=--config.spec.draft_vocab=128}"
   : "${DRAFT_SIZE:=test}" "${DRAFT_STEPS:=20}" "${HEAD_STEPS:=20}" "${DRAFT_BATCH:=4}"
   : "${DRAFT_SEQ:=64}" "${SPEC_PROMPTS:=2}" "${SPEC_NEW:=32}" "${SPEC_REPEATS:=1}"
   : "${PEER_REPEATS:=1}" "${FWD_PRESETS:=test,tiny}" "${FWD_ARGS:=--tokens=1,2,4,8}"
@@ -134,6 +136,7 @@ else
   RESULTS=benchmarks/results
   : "${SMALL_RUNS:=runs/gpu}" "${SMALL_PRESET:=small}" "${SMALL_STEPS:=600}" "${SMALL_BATCH:=32}"
   : "${SMALL_SEQ:=512}" "${SMALL_ARGS:=}"
+  : "${EAGLE_ARGS:=--config.spec.draft_vocab=8192}"  # EAGLE-3's quarter of the vocabulary
   : "${DRAFT_SIZE:=tiny}" "${DRAFT_STEPS:=500}" "${HEAD_STEPS:=300}" "${DRAFT_BATCH:=32}"
   : "${DRAFT_SEQ:=512}" "${SPEC_PROMPTS:=8}" "${SPEC_NEW:=128}" "${SPEC_REPEATS:=3}"
   : "${PEER_REPEATS:=2}" "${FWD_PRESETS:=base,small,mem,tiny}" "${FWD_ARGS:=}"
@@ -306,7 +309,7 @@ for s in ${stages//,/ }; do
         medusa "$PY train.py --config=$heads:medusa,$SMALL_PRESET --workdir=$w/medusa --config.model.dtype=bfloat16 $(drafter_args "$HEAD_STEPS")"
         mtp "$PY train.py --config=$heads:mtp,$SMALL_PRESET --workdir=$w/mtp --config.model.dtype=bfloat16 $(drafter_args "$HEAD_STEPS")"
         kangaroo "$PY train.py --config=$heads:kangaroo,$SMALL_PRESET --workdir=$w/kangaroo --config.model.dtype=bfloat16 $(drafter_args "$HEAD_STEPS")"
-        eagle3 "$PY train.py --config=$heads:eagle3,$SMALL_PRESET --workdir=$w/eagle3 --config.model.dtype=bfloat16 $(drafter_args "$HEAD_STEPS")")
+        eagle3 "$PY train.py --config=$heads:eagle3,$SMALL_PRESET --workdir=$w/eagle3 --config.model.dtype=bfloat16 $(drafter_args "$HEAD_STEPS") $EAGLE_ARGS")
       if [ "$PARALLEL_DRAFTERS" = 1 ]; then
         parallel_stage drafters "${DRAFTERS_LIMIT:-130}" "${runs[@]}"
       else  # one after another, each with the whole limit (the rehearsal on a loaded CPU)

@@ -268,16 +268,19 @@ def run(args) -> str:
     ar_1 = harness.compile_decoder(ar, models, params, batches, **dict(kw, max_new=1))
     _, ar_results = harness.timed_pass(ar_fns[0], params, batches)
     curve = {}
-    for spec in args.decoders.split(','):
+    vocabs = [int(v) for v in str(getattr(args, 'draft_vocabs', '0')).split(',')]
+    for spec, vocab in [(s, v) for s in args.decoders.split(',') for v in (
+        vocabs if registry.parse_spec(s)[0] in eagle_lib.VARIANTS else [0])]:
       dec_name, settings = registry.parse_spec(spec)
       dec = registry.build(dec_name, settings, sampling=sampling)
       if is_draft_model(dec):  # a draft model: the oracle stands in
         dec = registry.build(dec_name, dict(settings, draft_workdir='oracle'), sampling)
       sub_models, sub_params = with_stand_ins(dec, models, params, batches, ar_results,
-                                              cache)
+                                              cache, draft_vocab=vocab)
       r = breakdown(dec, sub_models, sub_params, prompts, batch=batch, repeats=args.repeats,
                     t_ar=t_ar, curve=curve, ar=(ar_fns, ar_1), **kw)
-      r['decoder'] = registry.spec_label(dec_name, settings)
+      r['decoder'] = registry.spec_label(dec_name, settings) + (
+          f' (draft vocabulary {vocab})' if vocab else '')
       curve[r['step_tokens'], not step_is_chain(dec, sub_models)] = r['target_fwd_ms'] / 1e3
       r.pop('output')
       r['ar_step_ms'] = t_ar * 1e3
@@ -355,6 +358,9 @@ def main():
                   help='0: greedy (outputs checked against AR); > 0: sampled')
   ap.add_argument('--top_k', type=int, default=0)
   ap.add_argument('--top_p', type=float, default=1.0)
+  ap.add_argument('--draft_vocabs', default='0',
+                  help='EAGLE rows without a trained draft: one per draft vocabulary size, '
+                       'comma-separated (0 = the whole vocabulary; N = ids 0 .. N - 1)')
   ap.add_argument('--out', default='', help='results name suffix (default: the model name)')
   print(run(ap.parse_args()))
 

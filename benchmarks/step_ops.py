@@ -472,7 +472,11 @@ def write(rows: list[dict[str, Any]], args) -> str:
           + (f'; model fields {args.model}' if args.model else '') + f'), batch {args.batch}, '
           f'prompts of {args.prompt_len} tokens, {args.max_new_tokens} new tokens, '
           'temperature 0; draft models: the oracle draft; heads and adapters: their recipe\'s '
-          'initial weights. Operations one iteration of the decode loop executes in the '
+          'initial weights' + ('; "(draft vocabulary N)": an EAGLE draft over a reduced '
+                               'vocabulary of N tokens (`spec.draft_vocab`; ids 0 .. N - 1 '
+                               'here)' if any('draft vocabulary' in r['decoder'] for r in rows)
+                               else '') + '. Operations one iteration of the decode loop '
+          'executes in the '
           'program compiled by this machine\'s XLA (fusions, library calls, copies, scatters; '
           'a loop inside the step counted times its known trip count, once where the count '
           'depends on the data, marked >=). A proxy for kernel launches on a GPU, where '
