@@ -1,6 +1,7 @@
 """EAGLE-3 training recipes compared on one target: tau of the drafts each recipe trains.
 
   python -m benchmarks.eagle_recipe --target=runs/tiny            # about 25 minutes, 2 CPU cores
+  python -m benchmarks.eagle_recipe --kind=medusa --variants=...   # Medusa heads' recipes
 
 Each variant is a set of `train.py` overrides of `configs/spec_heads.py:eagle3,SIZE` (SIZE the
 target's preset), trained for `--steps` steps once per seed into `--workdirs`/VARIANT_sSEED
@@ -11,8 +12,9 @@ against AR's. tau does not depend on the machine's load; speed is not recorded. 
 variants: the draft reading the target's frozen head (`own_head=False`, the recipe's default)
 and with its own head (a trained correction to the target's), both at the default 3
 training-time-test steps, and its own head with 5 steps (15 draft-layer passes over a row per
-training step instead of 6). Writes
-benchmarks/results/eagle_recipe_<name>.md and .json.
+training step instead of 6). `--kind=medusa` compares recipes of Medusa heads
+(`configs/spec_heads.py:medusa,SIZE`) the same way, on a chain of 4 and its default tree.
+Writes benchmarks/results/<name>.md and .json.
 """
 
 from __future__ import annotations
@@ -32,8 +34,12 @@ from decoding import SamplingConfig
 from training import metrics as metrics_lib
 from workdir import checkpoint
 
-SHAPES = {'chain 4': dict(tree='chain', gamma=4),
-          'dynamic tree 24': dict(gamma=5, top_k=4, tree_nodes=24)}
+SHAPES_BY_KIND = {'eagle3': {'chain 4': dict(tree='chain', gamma=4),
+                             'dynamic tree 24': dict(gamma=5, top_k=4, tree_nodes=24)},
+                  'medusa': {'chain 4': dict(tree='chain', gamma=4), 'default tree': {}}}
+# The eval metrics of each kind's table: top-1 agreement per draft depth.
+AGREE = {'eagle3': ('agree1', 'agree2', 'agree3'),
+         'medusa': ('head1_acc', 'head2_acc', 'head3_acc')}
 DEFAULT_VARIANTS = ('target head:--config.spec.own_head=False;'
                     'own head:--config.spec.own_head=True;'
                     'own head, 5 TTT steps:--config.spec.own_head=True --config.spec.ttt_steps=5')
@@ -65,7 +71,7 @@ def train(args, size: str, variant: str, overrides: list[str], seed: int) -> str
     latest = checkpoint.Checkpointer(workdir, read_only=True, async_save=False).latest_step()
     if latest is not None and latest >= args.steps:
       return workdir
-  cmd = [sys.executable, 'train.py', f'--config=configs/spec_heads.py:eagle3,{size}',
+  cmd = [sys.executable, 'train.py', f'--config=configs/spec_heads.py:{args.kind},{size}',
          f'--workdir={workdir}', f'--config.spec.target_workdir={args.target}',
          f'--config.seed={seed}', f'--config.train.steps={args.steps}',
          f'--config.train.warmup_steps={max(args.steps // 10, 1)}',
@@ -78,10 +84,12 @@ def train(args, size: str, variant: str, overrides: list[str], seed: int) -> str
 
 
 def eval_metrics(workdir: str) -> dict[str, float]:
-  """The run's last eval metrics (agree1.., kl1.., and hot_mass for a reduced vocabulary)."""
+  """The run's last eval metrics (agree1.., kl1.., head1_acc.., and hot_mass for a reduced
+  vocabulary)."""
   evals = [r for r in metrics_lib.read_metrics(workdir) if r.get('split') == 'eval']
   last = evals[-1] if evals else {}
-  return {k: float(v) for k, v in last.items() if k.startswith(('agree', 'kl', 'hot_mass'))}
+  return {k: float(v) for k, v in last.items()
+          if k.startswith(('agree', 'kl', 'hot_mass', 'head'))}
 
 
 def run(args) -> tuple[str, str]:
@@ -101,11 +109,11 @@ def run(args) -> tuple[str, str]:
   rows = []
   for (variant, seed), workdir in runs.items():
     b = workbench.Workbench(bench.target)  # the restored target, its heads set per run
-    b.add_heads('eagle3', workdir)
+    b.add_heads(args.kind, workdir)
     row = {'variant': variant, 'seed': seed, 'workdir': workdir,
            'overrides': variants[variant], 'eval': eval_metrics(workdir)}
-    for shape, settings in SHAPES.items():
-      dec = b.decoder('eagle3', SamplingConfig(temperature=0.0), settings)
+    for shape, settings in SHAPES_BY_KIND[args.kind].items():
+      dec = b.decoder(args.kind, SamplingConfig(temperature=0.0), settings)
       models, params = b.models_for(dec)
       r = harness.measure(dec, models, params, batches, warmup=False, **kw)
       row[shape] = harness.tau_row(r, ar['tokens'])
@@ -113,37 +121,40 @@ def run(args) -> tuple[str, str]:
             f"{row[shape]['equals_ar']}", flush=True)
     rows.append(row)
   lens = [len(p) for p in prompts]
-  meta = {'target': args.target, 'size': size, 'steps': args.steps, 'seeds': seeds,
+  meta = {'target': args.target, 'kind': args.kind, 'size': size, 'steps': args.steps,
+          'seeds': seeds,
           'prompts': len(prompts), 'max_new_tokens': args.max_new_tokens,
           'last_position': max(lens) + args.max_new_tokens - 1,
           'train_seq_len': int(bench.config['data']['seq_len']),
           'provenance': common.provenance()}
   out_json = common.write_json(args.name, {**meta, 'rows': rows})
-  return common.write_results(args.name, 'EAGLE-3 training recipes on one target (tau)',
+  title = {'eagle3': 'EAGLE-3', 'medusa': 'Medusa'}[args.kind]
+  return common.write_results(args.name, f'{title} training recipes on one target (tau)',
                               _body(rows, meta, list(variants))), out_json
 
 
 def _body(rows: list[dict[str, Any]], meta: dict[str, Any], variants: list[str]) -> str:
+  kind = meta.get('kind', 'eagle3')
+  shapes = SHAPES_BY_KIND[kind]
   hot = any('hot_mass' in r['eval'] for r in rows)  # a reduced draft vocabulary somewhere
-  header = (['variant', 'seed', 'agree1 / 2 / 3 (eval)']
+  header = (['variant', 'seed', ' / '.join(AGREE[kind]) + ' (eval)']
             + (['target mass on the draft vocabulary (eval)'] if hot else [])
-            + [f'tau, {s}' for s in SHAPES] + ['tokens = AR'])
+            + [f'tau, {s}' for s in shapes] + ['tokens = AR'])
   table = []
   for r in rows:
-    ag = ' / '.join(f"{r['eval'][k]:.3f}" for k in ('agree1', 'agree2', 'agree3')
-                    if k in r['eval'])
+    ag = ' / '.join(f"{r['eval'][k]:.3f}" for k in AGREE[kind] if k in r['eval'])
     mass = [f"{r['eval']['hot_mass']:.3f}" if 'hot_mass' in r['eval'] else '1 (all)'] if hot else []
-    table.append([r['variant'], r['seed'], ag] + mass + [round(r[s]['tau'], 3) for s in SHAPES]
-                 + ['yes' if all(r[s]['equals_ar'] for s in SHAPES) else 'NO'])
+    table.append([r['variant'], r['seed'], ag] + mass + [round(r[s]['tau'], 3) for s in shapes]
+                 + ['yes' if all(r[s]['equals_ar'] for s in shapes) else 'NO'])
   means = []
   for v in variants:
     mine = [r for r in rows if r['variant'] == v]
     means.append([v, len(mine)] + [round(float(np.mean([r[s]['tau'] for r in mine])), 3)
-                                   for s in SHAPES])
+                                   for s in shapes])
   overrides = {r['variant']: ' '.join(r['overrides']) or '(the recipe as it is)' for r in rows}
   return '\n'.join([
       f"Target `{meta['target']}` (preset `{meta['size']}`). Each variant: "
-      f"`configs/spec_heads.py:eagle3,{meta['size']}` trained {meta['steps']} steps on the "
+      f"`configs/spec_heads.py:{kind},{meta['size']}` trained {meta['steps']} steps on the "
       f"frozen target, once per seed ({', '.join(map(str, meta['seeds']))}: the draft's "
       "initialisation; the data order is the same). Measured greedy on "
       f"{meta['prompts']} held-out prompts, {meta['max_new_tokens']} new tokens each "
@@ -152,13 +163,15 @@ def _body(rows: list[dict[str, Any]], meta: dict[str, Any], variants: list[str])
       *[f'- {v}: {o}' for v, o in overrides.items()], '',
       common.markdown_table(header, table), '',
       'Mean tau over seeds:', '',
-      common.markdown_table(['variant', 'seeds'] + [f'tau, {s}' for s in SHAPES], means)])
+      common.markdown_table(['variant', 'seeds'] + [f'tau, {s}' for s in shapes], means)])
 
 
 def main():
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--target', default='runs/tiny')
+  p.add_argument('--kind', default='eagle3', choices=sorted(SHAPES_BY_KIND),
+                 help='the drafter whose recipes are compared')
   p.add_argument('--size', default='tiny', help="the target's preset (configs/common.py)")
   p.add_argument('--workdirs', default='runs/eagle_recipe')
   p.add_argument('--variants', default=DEFAULT_VARIANTS,

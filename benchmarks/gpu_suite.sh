@@ -31,7 +31,8 @@
 #   spec_small = small_target,drafters,small_bench (each also a stage of its own):
 #              trains a `small` target (BPE 32k), then at once a distilled `tiny` draft, Medusa
 #              heads, MTP modules, a Kangaroo adapter and EAGLE-3 on it (drafting over the
-#              8192 commonest of the 32k tokens, $EAGLE_ARGS), then every speculative decoder
+#              8192 commonest of the 32k tokens, $EAGLE_ARGS; Medusa over the whole vocabulary
+#              unless $MEDUSA_ARGS says --config.spec.draft_vocab=N), then every speculative decoder
 #              against our AR on them (at 0.8M parameters a decode step is launch-bound)
 #   peer       python -m benchmarks.spec_peer on the spec_small runs: our AR, draft chain,
 #              prompt lookup and spec_small's fastest method against transformers' generate(),
@@ -306,7 +307,7 @@ for s in ${stages//,/ }; do
     drafters)  # they only read the target: trained at once (their compiles overlap)
       heads=configs/spec_heads.py
       runs=(draft "$PY train.py --config=configs/spec_draft.py:corpus,$DRAFT_SIZE --workdir=$w/draft $(drafter_args "$DRAFT_STEPS")"
-        medusa "$PY train.py --config=$heads:medusa,$SMALL_PRESET --workdir=$w/medusa --config.model.dtype=bfloat16 $(drafter_args "$HEAD_STEPS")"
+        medusa "$PY train.py --config=$heads:medusa,$SMALL_PRESET --workdir=$w/medusa --config.model.dtype=bfloat16 $(drafter_args "$HEAD_STEPS") ${MEDUSA_ARGS:-}"
         mtp "$PY train.py --config=$heads:mtp,$SMALL_PRESET --workdir=$w/mtp --config.model.dtype=bfloat16 $(drafter_args "$HEAD_STEPS")"
         kangaroo "$PY train.py --config=$heads:kangaroo,$SMALL_PRESET --workdir=$w/kangaroo --config.model.dtype=bfloat16 $(drafter_args "$HEAD_STEPS")"
         eagle3 "$PY train.py --config=$heads:eagle3,$SMALL_PRESET --workdir=$w/eagle3 --config.model.dtype=bfloat16 $(drafter_args "$HEAD_STEPS") $EAGLE_ARGS")

@@ -46,7 +46,7 @@ from benchmarks import oracle
 import data
 from decoding import Models, SamplingConfig, registry
 from models import chimera as chimera_lib
-from models import eagle as eagle_lib
+from models import draft_vocab as draft_vocab_lib
 from training import objectives
 from workdir import loading
 
@@ -82,26 +82,29 @@ EXTRAS_RECIPES = {'medusa': ('spec_heads', 'medusa'), 'mtp': ('spec_heads', 'mtp
                   'mask_mtp': ('mask_mtp', ''), 'ppd': ('ppd', '')}
 
 
+# Decoders whose drafter may score a reduced vocabulary (`models.draft_vocab`).
+DRAFT_VOCAB_NAMES = ('eagle3', 'eagle1', 'medusa')
+
+
 def recipe_extras(name: str, model, depth: int, rng: jax.Array,
                   draft_vocab: int = 0) -> dict[str, Any]:
   """The initial extra params of decoder `name`'s training recipe for `model`, with at
   least `depth` heads / masks / prompt tokens where the recipe counts them. `draft_vocab` N >
-  0: EAGLE drafts over a reduced vocabulary of N tokens (ids 0 .. N-1: speed only; a trained
-  draft counts its N commonest tokens, `spec.draft_vocab`)."""
+  0: EAGLE drafts and Medusa heads over a reduced vocabulary of N tokens (ids 0 .. N-1: speed
+  only; a trained drafter counts its N commonest tokens, `spec.draft_vocab`)."""
   module, arg = EXTRAS_RECIPES[name]
   c = importlib.import_module(f'configs.{module}').get_config(arg)
   if c.spec.get('heads', 0):
     c.spec.heads = max(int(c.spec.heads), depth)
   if name == 'chimera':  # its recipe copies the trained target's output layer into the heads
     init = lambda r: {chimera_lib.CHIMERA: chimera_lib.init_params(model.cfg, c.spec.heads, r)}
-  elif draft_vocab and name in eagle_lib.VARIANTS:
-    layers = (eagle_lib.feature_layers(model.cfg.num_layers, c.spec.feature_layers)
-              if name == eagle_lib.EAGLE3 else ())
-    init = lambda r: {name: eagle_lib.init_params(model.cfg, name, layers, r, c.spec.own_head,
-                                                  hot_ids=np.arange(draft_vocab))}
   else:
     init = objectives.make_objective(c.objective, model, c).extras
-  return jax.jit(init)(rng)  # one program, not hundreds of small eager ops
+  extras = jax.jit(init)(rng)  # one program, not hundreds of small eager ops
+  if draft_vocab and name in DRAFT_VOCAB_NAMES:
+    extras[name] = draft_vocab_lib.with_ids(extras[name], np.arange(draft_vocab),
+                                            model.cfg.valid_vocab_size or model.cfg.vocab_size)
+  return extras
 
 
 def with_stand_ins(decoder, models: Models, params: dict[str, Any], batches, ar_results,
@@ -112,7 +115,7 @@ def with_stand_ins(decoder, models: Models, params: dict[str, Any], batches, ar_
   so the 'drafter' share of such rows is the drafting logic's), and draft heads, adapters,
   draft layers, prompt tokens or mask LoRAs that the run does not have get their training
   recipe's initial weights (`EXTRAS_RECIPES`; speed does not depend on their values), EAGLE
-  drafts over `draft_vocab` tokens when it is > 0 (`recipe_extras`)."""
+  drafts and Medusa heads over `draft_vocab` tokens when it is > 0 (`recipe_extras`)."""
   cfg = models.target.cfg
   drafter = decoder.get_drafter() if hasattr(decoder, 'get_drafter') else None
   extras, per_batch = dict(models.extras), []
@@ -270,7 +273,7 @@ def run(args) -> str:
     curve = {}
     vocabs = [int(v) for v in str(getattr(args, 'draft_vocabs', '0')).split(',')]
     for spec, vocab in [(s, v) for s in args.decoders.split(',') for v in (
-        vocabs if registry.parse_spec(s)[0] in eagle_lib.VARIANTS else [0])]:
+        vocabs if registry.parse_spec(s)[0] in DRAFT_VOCAB_NAMES else [0])]:
       dec_name, settings = registry.parse_spec(spec)
       dec = registry.build(dec_name, settings, sampling=sampling)
       if is_draft_model(dec):  # a draft model: the oracle stands in
@@ -359,8 +362,9 @@ def main():
   ap.add_argument('--top_k', type=int, default=0)
   ap.add_argument('--top_p', type=float, default=1.0)
   ap.add_argument('--draft_vocabs', default='0',
-                  help='EAGLE rows without a trained draft: one per draft vocabulary size, '
-                       'comma-separated (0 = the whole vocabulary; N = ids 0 .. N - 1)')
+                  help='EAGLE and Medusa rows without a trained drafter: one per draft '
+                       'vocabulary size, comma-separated (0 = the whole vocabulary; N = ids '
+                       '0 .. N - 1)')
   ap.add_argument('--out', default='', help='results name suffix (default: the model name)')
   print(run(ap.parse_args()))
 

@@ -342,7 +342,7 @@ def count_decoder(decoder, models: Models, params: dict[str, Any], *, batch: int
   """The decode loop of `decoder` compiled for `batch` rows of `prompt_len` tokens; with
   `dump_to`, the compiled program's HLO text is also written there, gzipped (so that a
   device's program can be read again where there is no device: `--from_hlo`). `draft_vocab`:
-  EAGLE stand-ins draft over that many tokens (0 = the whole vocabulary)."""
+  EAGLE and Medusa stand-ins draft over that many tokens (0 = the whole vocabulary)."""
   prompt = jnp.full((batch, prompt_len), 5, jnp.int32)
   lens = jnp.full((batch,), prompt_len, jnp.int32)
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(batch))
@@ -366,9 +366,6 @@ def read_hlo(path: str) -> str:
   opener = gzip.open if path.endswith('.gz') else open
   with opener(path, 'rt') as f:
     return f.read()
-
-
-EAGLE_NAMES = ('eagle3', 'eagle1')  # decoders whose rows repeat per --draft_vocabs
 
 
 def build(spec: str):
@@ -415,7 +412,8 @@ def run(args) -> tuple[str, list[dict[str, Any]]]:
   rows, ar_ops, path = [], None, ''
   vocabs = [int(v) for v in str(getattr(args, 'draft_vocabs', '0')).split(',')]
   runs = [(spec, v) for spec in args.decoders.split(',')
-          for v in (vocabs if registry.parse_spec(spec)[0] in EAGLE_NAMES else [0])]
+          for v in (vocabs if registry.parse_spec(spec)[0] in step_cost.DRAFT_VOCAB_NAMES
+                    else [0])]
   for spec, vocab in runs:
     decoder, label = build(spec)
     if vocab:
@@ -472,8 +470,8 @@ def write(rows: list[dict[str, Any]], args) -> str:
           + (f'; model fields {args.model}' if args.model else '') + f'), batch {args.batch}, '
           f'prompts of {args.prompt_len} tokens, {args.max_new_tokens} new tokens, '
           'temperature 0; draft models: the oracle draft; heads and adapters: their recipe\'s '
-          'initial weights' + ('; "(draft vocabulary N)": an EAGLE draft over a reduced '
-                               'vocabulary of N tokens (`spec.draft_vocab`; ids 0 .. N - 1 '
+          'initial weights' + ('; "(draft vocabulary N)": an EAGLE draft or Medusa heads '
+                               'over a reduced vocabulary of N tokens (`spec.draft_vocab`; ids 0 .. N - 1 '
                                'here)' if any('draft vocabulary' in r['decoder'] for r in rows)
                                else '') + '. Operations one iteration of the decode loop '
           'executes in the '
@@ -517,9 +515,9 @@ def main():
                  help='ModelConfig fields over the preset\'s, e.g. fused_projections=true '
                       '(comma-separated FIELD=VALUE; the same random weights)')
   p.add_argument('--draft_vocabs', default='0',
-                 help='EAGLE rows: one per draft vocabulary size, comma-separated (0 = the '
-                      'whole vocabulary; N = a reduced vocabulary of N tokens, as EAGLE-3 '
-                      'trains with spec.draft_vocab)')
+                 help='EAGLE and Medusa rows: one per draft vocabulary size, comma-separated '
+                      '(0 = the whole vocabulary; N = a reduced vocabulary of N tokens, as '
+                      'EAGLE-3 trains with spec.draft_vocab)')
   p.add_argument('--top', type=int, default=5,
                  help='list this many operations that move the most bytes per step')
   p.add_argument('--out', default='', help='suffix of the results file name')

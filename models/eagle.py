@@ -23,12 +23,9 @@ target's (frozen). The draft's input pair at position p is (feature of position 
 at p), so the output at p predicts the token at p + 1 — the same position convention as the
 target, and the draft cache holds the pair of position p at slot p.
 
-Reduced draft vocabulary (EAGLE-3's d2t/t2d): a draft trained with `hot_ids` (params
-['hot_ids'], int32 [Vd], the Vd most frequent target tokens of the training data, ascending)
-reads only those rows of the output head: its logits are over Vd entries, and entry i stands
-for target token hot_ids[i] (`to_target`). Each draft call then reads Vd x D of head instead
-of V x D, the largest part of a draft step on a large vocabulary; tokens outside the set are
-never drafted (the target still verifies every token, so decoding stays lossless).
+Reduced draft vocabulary (EAGLE-3's d2t/t2d, `models.draft_vocab`): a draft trained with
+`hot_ids` (params['hot_ids'], int32 [Vd], the Vd most frequent target tokens of its training
+data) reads only those rows of the output head, and its logits are over Vd entries.
 
 Axis letters: B batch, T tokens, S cache slots, D model width, F feature width (3D or D),
 V vocabulary (the draft's: Vd with a reduced vocabulary).
@@ -42,18 +39,17 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from models import attention as attention_lib
 from models import cache as cache_lib
 from models import config as config_lib
+from models import draft_vocab
 from models import heads as heads_lib
 from models import layers
 from models import masks
 
 EAGLE3, EAGLE1 = 'eagle3', 'eagle1'
 VARIANTS = (EAGLE3, EAGLE1)
-HOT_IDS = 'hot_ids'  # params key of a reduced draft vocabulary (int32 [Vd] target ids)
 
 
 def parse_layers(spec: str | Sequence[int]) -> tuple[int, ...]:
@@ -159,11 +155,7 @@ class EagleDraft(nn.Module):
     head_in = self.out_norm(g) if self.variant == EAGLE3 else g
     if self.own_head:
       out_emb_VxD = out_emb_VxD + self.head_delta
-    if out_emb_VxD.shape[0] == cfg.vocab_size:
-      logits = heads_lib.head_logits(head_in, out_emb_VxD, cfg)
-    else:  # a reduced draft vocabulary: its ids are all valid tokens (`check_hot_ids`)
-      logits = jnp.einsum('...D,VD->...V', head_in.astype(dt),
-                          out_emb_VxD.astype(dt)).astype(jnp.float32)
+    logits = heads_lib.head_logits(head_in, out_emb_VxD, cfg)
     new_cache = None if cache is None else cache.end_write((kv,), key_pos, slots_BxT)
     return g, logits, new_cache
 
@@ -175,15 +167,13 @@ class EagleDraft(nn.Module):
 def init_params(cfg: config_lib.ModelConfig, variant: str, layer_ids: Sequence[int],
                 rng: jax.Array, own_head: bool = False, hot_ids: Any = None) -> Any:
   """Fresh draft parameters (plain arrays). `hot_ids`: a reduced draft vocabulary (target
-  token ids, see `check_hot_ids`), stored as params['hot_ids'] (int32, never trained);
-  None = the full vocabulary."""
-  rows = 0
-  if hot_ids is not None:
-    hot_ids = check_hot_ids(hot_ids, cfg.valid_vocab_size or cfg.vocab_size)
-    rows = len(hot_ids)
+  token ids, `models.draft_vocab`), stored as params['hot_ids'] (int32, never trained);
+  None = the whole vocabulary."""
+  V = cfg.valid_vocab_size or cfg.vocab_size
+  hot = None if hot_ids is None else draft_vocab.check(hot_ids, V)
   p = _init(cfg, variant, len(layer_ids), feature_width(cfg, variant, layer_ids), own_head,
-            rows, rng)
-  return p if hot_ids is None else {**p, HOT_IDS: jnp.asarray(hot_ids, jnp.int32)}
+            0 if hot is None else len(hot), rng)
+  return draft_vocab.with_ids(p, hot, V)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
@@ -197,46 +187,6 @@ def _init(cfg: config_lib.ModelConfig, variant: str, num_layers: int, F: int, ow
                               head, method=EagleDraft.init_all)['params'])
 
 
-def check_hot_ids(hot_ids: Any, vocab_size: int) -> np.ndarray:
-  """`hot_ids` as int32 numpy [Vd], or ValueError unless they are distinct token ids in
-  [0, vocab_size) (the target's valid ids), ascending, at least one and fewer than vocab_size
-  (a draft over the whole vocabulary stores none)."""
-  ids = np.asarray(hot_ids)
-  if ids.ndim != 1 or not 0 < len(ids) < vocab_size:
-    raise ValueError(f'A reduced draft vocabulary needs between 1 and {vocab_size - 1} token '
-                     f'ids (the target has {vocab_size}), got shape {ids.shape}.')
-  if not np.issubdtype(ids.dtype, np.integer) and not np.all(ids == np.round(ids)):
-    raise ValueError('Draft vocabulary ids must be integers, got '
-                     f'{ids.dtype} values such as {ids[ids != np.round(ids)][:3]}.')
-  ids = ids.astype(np.int64)
-  if ids.min() < 0 or ids.max() >= vocab_size or np.any(np.diff(ids) <= 0):
-    raise ValueError(f'Draft vocabulary ids must be ascending, distinct and in [0, {vocab_size})'
-                     f'; got min {ids.min()}, max {ids.max()}, '
-                     f'{int(np.sum(np.diff(ids) <= 0))} out of order or repeated.')
-  return ids.astype(np.int32)
-
-
-def hot_ids(params: Any) -> jax.Array | None:
-  """[Vd] int32 target ids of a draft's reduced vocabulary, or None (full vocabulary)."""
-  return params.get(HOT_IDS)
-
-
-def to_target(params: Any, draft_ids: jax.Array) -> jax.Array:
-  """Target token ids of the draft's vocabulary entries `draft_ids` (any shape)."""
-  ids = hot_ids(params)
-  return draft_ids if ids is None else jnp.take(ids, draft_ids, axis=0)
-
-
-def frequent_tokens(token_arrays, vocab_size: int, count: int) -> np.ndarray:
-  """The `count` most frequent ids in `token_arrays` (an iterable of int arrays), ties to the
-  lower id, ascending: a draft vocabulary as EAGLE-3 builds one from its training data."""
-  counts = np.zeros(vocab_size, np.int64)
-  for toks in token_arrays:
-    counts += np.bincount(np.asarray(toks, np.int64).ravel(), minlength=vocab_size)[:vocab_size]
-  order = np.lexsort((np.arange(vocab_size), -counts))  # most frequent first, then lower id
-  return np.sort(order[:count]).astype(np.int32)
-
-
 def num_features(params: Any, cfg: config_lib.ModelConfig) -> int:
   """How many target layers a trained EAGLE-3 draft fuses (from its `fc`)."""
   return params['fc'].shape[0] // cfg.d_model if 'fc' in params else 1
@@ -247,20 +197,14 @@ def draft_head(params: Any, out_emb_VxD: jax.Array) -> jax.Array:
   of its reduced vocabulary, when it has one), plus the draft's `head_delta` when it trained
   its own head. Decoders form it once per generation and call the layer (`layer_params`,
   `own_head=False`) with it, not once per draft call."""
-  ids = hot_ids(params)
-  head = out_emb_VxD if ids is None else jnp.take(out_emb_VxD, ids, axis=0)
+  head = draft_vocab.head_rows(params, out_emb_VxD)
   return head + params['head_delta'] if 'head_delta' in params else head
 
 
 def layer_params(params: Any) -> Any:
   """The draft's layer params: without its head correction (for a layer called with
   `draft_head`) and without its vocabulary ids."""
-  return {k: v for k, v in params.items() if k not in ('head_delta', HOT_IDS)}
-
-
-def module_params(params: Any) -> Any:
-  """The params the module itself holds (all but the vocabulary ids)."""
-  return {k: v for k, v in params.items() if k != HOT_IDS}
+  return {k: v for k, v in draft_vocab.without(params).items() if k != 'head_delta'}
 
 
 def module_for(cfg: config_lib.ModelConfig, variant: str, params: Any) -> EagleDraft:

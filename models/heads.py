@@ -63,10 +63,13 @@ def exit_logits(model_params: Any, cfg: config_lib.ModelConfig, h_BxTxD: jax.Arr
 
 
 def head_logits(x_BxTxD: jax.Array, out_emb_VxD: jax.Array, cfg: config_lib.ModelConfig):
-  """float32 logits through the model's output embedding (invalid ids masked as its head)."""
+  """float32 logits through the model's output embedding (invalid ids masked as its head), or
+  through rows of it (a reduced draft vocabulary, `models.draft_vocab`: valid ids only)."""
   dt = cfg.compute_dtype
-  return layers.mask_invalid_ids(
-      jnp.einsum('...D,VD->...V', x_BxTxD.astype(dt), out_emb_VxD.astype(dt)), cfg)
+  logits = jnp.einsum('...D,VD->...V', x_BxTxD.astype(dt), out_emb_VxD.astype(dt))
+  if out_emb_VxD.shape[0] != cfg.vocab_size:
+    return logits.astype(jnp.float32)
+  return layers.mask_invalid_ids(logits, cfg)
 
 
 class MedusaHeads(nn.Module):

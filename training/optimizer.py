@@ -2,7 +2,7 @@
 
 Integer leaves of the params (e.g. the token ids of an EAGLE draft's reduced vocabulary) are
 constants: `training.step` gives them zero gradients of their own dtype and the optimizer
-leaves them as they are (no moments, no weight decay). They need a run with frozen keys.
+leaves them as they are (no moments, no weight decay).
 """
 
 from __future__ import annotations
@@ -37,8 +37,6 @@ def make_optimizer(train: ml_collections.ConfigDict,
       optax.adamw(learning_rate_schedule(train), b1=train.b1, b2=train.b2, eps=train.eps,
                   weight_decay=train.weight_decay, mask=_decay_mask),
   )
-  if not frozen:
-    return tx
 
   def labels(params):  # a prefix per top-level key, leaf by leaf where integers sit
     out = {}
@@ -50,7 +48,15 @@ def make_optimizer(train: ml_collections.ConfigDict,
       else:
         out[k] = jax.tree.map(lambda x: 'train' if is_trainable(x) else 'frozen', sub)
     return out
-  return optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels)
+  part = optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels)
+  if frozen:
+    return part
+  # Nothing frozen: the plain transformation (the state runs without integer leaves have
+  # always had), the partition only for params that hold integer leaves.
+  pick = lambda tree: part if any(not is_trainable(x) for x in jax.tree.leaves(tree)) else tx
+  return optax.GradientTransformation(
+      lambda params: pick(params).init(params),
+      lambda updates, state, params=None: pick(updates).update(updates, state, params))
 
 
 def is_trainable(leaf) -> bool:

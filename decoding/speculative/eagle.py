@@ -20,7 +20,7 @@ at slot p. Only pairs built from the *target's* features are ever committed:
 
 Drafts are deterministic (argmax chain; top-k children scored by cumulative draft
 log-probability, EAGLE-2), verified by the deterministic rule: lossless under greedy and
-sampling. A draft with a reduced vocabulary (`models.eagle`, params['hot_ids']) scores only
+sampling. A draft with a reduced vocabulary (`models.draft_vocab`, params['hot_ids']) scores only
 its Vd tokens; its picks are mapped to target ids before they enter the tree.
 """
 
@@ -38,6 +38,7 @@ from decoding.speculative import proposals
 from decoding.speculative import trees
 from decoding.speculative import verify as verify_lib
 from models import cache as cache_lib
+from models import draft_vocab
 from models import eagle as eagle_lib
 from models import heads as heads_lib
 from models import kind as kind_lib
@@ -113,15 +114,9 @@ class EagleDrafter(drafter_lib.Drafter):
                        'recurrent layers are not supported yet.')
     cfg = models.target.cfg
     eagle_lib.feature_layers(cfg.num_layers, self.layers)
-    ids = eagle_lib.hot_ids(params[self.variant])
-    if ids is not None:
-      if not jnp.issubdtype(ids.dtype, jnp.integer):
-        raise ValueError(f'The {self.variant} draft\'s vocabulary ids are {ids.dtype}, not '
-                         'integers: were they cast with the weights?')
-      delta = params[self.variant].get('head_delta')
-      if delta is not None and delta.shape[0] != ids.shape[0]:
-        raise ValueError(f'The {self.variant} draft\'s head correction has {delta.shape[0]} '
-                         f'rows but its vocabulary {ids.shape[0]} ids.')
+    delta = params[self.variant].get('head_delta')
+    draft_vocab.check_params(params[self.variant], self.variant,
+                             None if delta is None else delta.shape[0])
     if self.variant == eagle_lib.EAGLE3:
       have = eagle_lib.num_features(params[self.variant], cfg)
       if have != len(self.layers):
@@ -151,7 +146,7 @@ class EagleDrafter(drafter_lib.Drafter):
 
   def _tokens(self, env, draft_ids):
     """Target ids of the draft's vocabulary entries (the same ids without a reduced one)."""
-    return eagle_lib.to_target(env.params[self.variant], draft_ids)
+    return draft_vocab.to_target(env.params[self.variant], draft_ids)
 
   def _features(self, out):
     return eagle_lib.target_features(out, self.variant, self.layers)

@@ -7,7 +7,8 @@ them (its `ModelKind.heads`). Both read the target's final hidden state at the l
 node, which the verification forward computed, so drafting costs no target forward.
 
   Medusa: head k proposes the token k + 1 places after the root, independently of the tokens
-          before it; a tree node of depth d and rank r holds head d's r-th best token.
+          before it; a tree node of depth d and rank r holds head d's r-th best token (among
+          the heads' reduced vocabulary when they were trained with one, `models.draft_vocab`).
   MTP:    module k reads module k-1's representation and the embedding of the parent token,
           so proposals are conditioned on the drafted path (chain or tree, top-k children).
 Both propose deterministically (deterministic verification rule, lossless).
@@ -25,6 +26,7 @@ import numpy as np
 
 from decoding.speculative import drafter as drafter_lib
 from decoding.speculative import trees
+from models import draft_vocab
 from models import heads as heads_lib
 from models import kind as kind_lib
 
@@ -64,6 +66,7 @@ class MedusaDrafter(drafter_lib.TemplateDrafter):
 
   def check(self, models, params):
     _need(params, heads_lib.MEDUSA)
+    draft_vocab.check_params(params[heads_lib.MEDUSA], heads_lib.MEDUSA)
     K = params[heads_lib.MEDUSA]['w'].shape[0]
     if self.template.max_depth > K:
       raise ValueError(f'The Medusa tree is {self.template.max_depth} deep but the run has '
@@ -76,9 +79,11 @@ class MedusaDrafter(drafter_lib.TemplateDrafter):
     p = env.params[heads_lib.MEDUSA]
     K = p['w'].shape[0]
     cfg = env.target.cfg
+    head = draft_vocab.head_rows(p, heads_lib.output_embedding(env.target_params, cfg))
     logits = heads_lib.MedusaHeads(cfg, K).apply(
-        {'params': p}, state.h_BxD[:, None], heads_lib.output_embedding(env.target_params, cfg))
-    top_BxKxR = drafter_lib.top_children(logits[:, 0], self.template.max_rank)
+        {'params': draft_vocab.without(p)}, state.h_BxD[:, None], head)
+    top_BxKxR = draft_vocab.to_target(
+        p, drafter_lib.top_children(logits[:, 0], self.template.max_rank))
     tpl = self.template
     depth, ranks = np.asarray(tpl.depths), np.asarray(tpl.ranks)
     tok = top_BxKxR[:, np.maximum(depth - 1, 0), ranks]  # [B, T]

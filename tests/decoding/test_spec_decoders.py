@@ -61,7 +61,8 @@ def setup():
   e3h['hot_ids'] = jnp.asarray(HOT_IDS, jnp.int32)  # scale() made them floats
   models = Models(target, extras=(('draft', draft),))
   params = {'target': tp, 'draft': dp, 'medusa': med, 'mtp': mtp, 'kangaroo': kang,
-            'eagle3': e3, 'eagle1': e1, 'eagle3_hot': e3h}
+            'eagle3': e3, 'eagle1': e1, 'eagle3_hot': e3h,
+            'medusa_hot': dict(med, hot_ids=jnp.asarray(HOT_IDS, jnp.int32))}
   eos, ref = testlib.ragged_ar_reference(models, params, PROMPTS, max_new_tokens=N_NEW,
                                          cache_size=CACHE, pad_id=PAD)
   return models, params, eos, ref
@@ -88,6 +89,7 @@ METHODS = {
     'kangaroo': ('kangaroo', dict(exit_layer=2, stop_below=0.05)),
     'del': ('del', {}),
     'medusa': ('medusa', dict(branching='3,2,1')),
+    'medusa-hot': ('medusa', dict(branching='3,2,1')),  # heads over a reduced vocabulary
     'mtp': ('mtp', dict(gamma=3)),
     'eagle3-chain': ('eagle3', dict(tree='chain', gamma=4)),
     'eagle3-chain-fixed': ('eagle3', dict(tree='chain', gamma=4, draft_loop='fixed')),
@@ -116,8 +118,44 @@ METHODS = {
 
 
 def _params_for(method, params):
-  """The '-hot' methods decode with the reduced-vocabulary EAGLE-3 draft."""
-  return dict(params, eagle3=params['eagle3_hot']) if method.endswith('-hot') else params
+  """The '-hot' methods decode with the reduced-vocabulary EAGLE-3 draft or Medusa heads."""
+  if not method.endswith('-hot'):
+    return params
+  return dict(params, eagle3=params['eagle3_hot'], medusa=params['medusa_hot'])
+
+
+@pytest.mark.parametrize('method', ['medusa', 'medusa-hot'])
+def test_medusa_tree_holds_each_heads_best_tokens(setup, method):
+  """Node (depth d, rank r) of the Medusa tree is head d's r-th best token: over the whole
+  vocabulary, or over the heads' reduced vocabulary mapped to target ids."""
+  from decoding.speculative import head_drafters  # pylint: disable=g-import-not-at-top
+  models, params, _, _ = setup
+  params = _params_for(method, params)
+  dec = registry.build(*METHODS[method])
+  drafter = dec.get_drafter().resolve(models)
+  cfg, B = models.target.cfg, 3
+  env = drafter_lib.Env(models=models, params=params, sampling=dec.sampling,
+                        mode=dec.verification_mode(), row_keys_B=None,
+                        prompt_BxP=jnp.zeros((B, 4), jnp.int32),
+                        prompt_len_B=jnp.full((B,), 4), cache_size=CACHE, max_new_tokens=N_NEW)
+  h = jax.random.normal(jax.random.key(11), (B, cfg.d_model))
+  root = jnp.asarray([3, 7, 11], jnp.int32)
+  tree = drafter.propose(env, head_drafters.HiddenState(h), None, root, jnp.full((B,), 4),
+                         jnp.ones((B,), bool))[0]
+  p = dict(params['medusa'])
+  vocab = np.asarray(p.pop('hot_ids', np.arange(V)))
+  out_emb = heads.output_embedding(params['target'], cfg)[vocab]
+  logits = np.asarray(heads.MedusaHeads(cfg, p['w'].shape[0]).apply(
+      {'params': p}, h[:, None], out_emb))[:, 0]  # [B, K, entries]
+  tpl = drafter.template
+  tok = np.asarray(tree.tokens_BxT)
+  np.testing.assert_array_equal(tok[:, 0], root)
+  for node in range(1, tpl.size):
+    d, r = tpl.depths[node], tpl.ranks[node]
+    want = vocab[np.argsort(-logits[:, d - 1], axis=-1, kind='stable')[:, r]]
+    np.testing.assert_array_equal(tok[:, node], want, err_msg=f'node {node}')
+  if method == 'medusa-hot':
+    assert set(tok[:, 1:].ravel()) <= set(vocab.tolist())
 
 
 @pytest.mark.parametrize('method', list(METHODS))

@@ -26,10 +26,10 @@ def _loss(params, batch, rng):
   return loss, {'loss': loss}
 
 
-@pytest.mark.parametrize('grad_accum', [1, 2])
-def test_integer_leaves_stay_as_they_are(grad_accum):
+@pytest.mark.parametrize('grad_accum,frozen', [(1, ('model',)), (2, ('model',)), (1, ())])
+def test_integer_leaves_stay_as_they_are(grad_accum, frozen):
   tc = lm.get_config('test').train
-  tx = optimizer.make_optimizer(tc, frozen=('model',))
+  tx = optimizer.make_optimizer(tc, frozen=frozen)
   params = _params()
   state = step.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params))
   batch = {'x': jax.random.normal(jax.random.key(0), (4, 4))}
@@ -41,7 +41,10 @@ def test_integer_leaves_stay_as_they_are(grad_accum):
   ids = state.params['head']['ids']
   assert ids.dtype == jnp.int32
   np.testing.assert_array_equal(ids, [7, 3, 5])
-  np.testing.assert_array_equal(state.params['model']['w'], params['model']['w'])  # frozen
+  if frozen:
+    np.testing.assert_array_equal(state.params['model']['w'], params['model']['w'])
+  else:
+    assert not np.allclose(state.params['model']['w'], params['model']['w'])
   assert not np.allclose(state.params['head']['w'], params['head']['w'])  # trained
   assert not np.allclose(state.params['head']['b'], 0.0)
 
@@ -57,3 +60,9 @@ def test_trees_without_integer_leaves_keep_their_optimizer_state():
                                  lambda p: {k: 'frozen' if k in frozen else 'train' for k in p})
   now = optimizer.make_optimizer(tc, frozen=frozen)
   assert (jax.tree.structure(now.init(params)) == jax.tree.structure(before.init(params)))
+  plain = optimizer.make_optimizer(tc)  # nothing frozen: the plain chain's state, as before
+  chain = optax.chain(optax.clip_by_global_norm(tc.grad_clip),  # make_optimizer's own chain
+                      optax.adamw(optimizer.learning_rate_schedule(tc),
+                                  weight_decay=tc.weight_decay,
+                                  mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)))
+  assert jax.tree.structure(plain.init(params)) == jax.tree.structure(chain.init(params))

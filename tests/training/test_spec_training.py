@@ -35,7 +35,7 @@ def runs(tmp_path_factory, data_dir, trained_workdir):
     workdir = str(tmp_path_factory.mktemp(kind))
     cfg = spec_heads.get_config(f'{kind},test')
     cfg.data.batch_size = 8
-    if kind == 'eagle3':  # EAGLE-3 with a reduced draft vocabulary (its 48 commonest tokens)
+    if kind in ('eagle3', 'medusa'):  # a reduced draft vocabulary: the 48 commonest tokens
       cfg.spec.draft_vocab = 48
     out[kind] = (workdir, _train(cfg, data_dir, trained_workdir, workdir))
   workdir = str(tmp_path_factory.mktemp('draft'))
@@ -60,8 +60,9 @@ def test_heads_train_on_a_frozen_target(runs, trained_workdir):
 
 
 def test_eagle_draft_vocabulary_is_the_commonest_tokens(runs, data_dir, trained_workdir):
-  """The reduced vocabulary is the 48 commonest tokens of the training split (counted here by
-  a plain Counter), stored as int32 ids and left unchanged by training."""
+  """The reduced vocabulary (of EAGLE-3 and of the Medusa heads) is the 48 commonest tokens of
+  the training split (counted here by a plain Counter), stored as int32 ids and left
+  unchanged by training."""
   import collections  # pylint: disable=g-import-not-at-top
   import data as data_lib  # pylint: disable=g-import-not-at-top
   cfg = spec_heads.get_config('eagle3,test')
@@ -75,6 +76,8 @@ def test_eagle_draft_vocabulary_is_the_commonest_tokens(runs, data_dir, trained_
   ids = loading.load_model(runs['eagle3'][0]).extras['eagle3']['hot_ids']
   assert ids.dtype == jnp.int32 and ids.shape == (48,)
   np.testing.assert_array_equal(np.asarray(ids), sorted(ranked[:48]))
+  medusa = loading.load_model(runs['medusa'][0]).extras['medusa']
+  np.testing.assert_array_equal(medusa['hot_ids'], ids)
   # Loading in bf16 casts the weights, not the ids (bf16 holds integers exactly only to 256).
   cast = loading.load_model(runs['eagle3'][0], dtype='bfloat16').extras['eagle3']
   assert cast['hot_ids'].dtype == jnp.int32 and cast['fc'].dtype == jnp.bfloat16
@@ -252,3 +255,37 @@ def test_eagle_own_head_starts_as_the_targets_and_adds_its_correction():
       {'params': plain}, g0, method=lambda m, g: m.out_norm(g))
   np.testing.assert_allclose(lg2 - lg0, jnp.einsum('BTD,VD->BTV', norm, delta), rtol=1e-4,
                              atol=1e-4)
+
+
+def test_heads_cross_entropy_over_a_reduced_vocabulary():
+  """Medusa's loss over a draft vocabulary: CE of each head over the targets inside it (their
+  entries' log-softmax), accuracy over every position (a target outside it is a miss)."""
+  from training.objectives import spec_heads as heads_obj  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  V, hot = 12, np.asarray([1, 4, 5, 9], np.int32)
+  B, T, K = 2, 6, 2
+  logits = rng.normal(size=(B, T, K, len(hot))).astype(np.float32)
+  tokens = rng.integers(0, V, (B, T + 1)).astype(np.int32)
+  tokens[0, 2:5] = [4, 9, 1]  # some targets inside the set
+  loss, metrics = heads_obj._weighted_ce(  # pylint: disable=protected-access
+      jnp.asarray(logits), jnp.asarray(tokens), 0.5, jnp.asarray(hot), V)
+  total = norm = 0.0
+  for k in range(K):
+    nll, hits, rows = [], 0, 0
+    for b in range(B):
+      for i in range(T):
+        if i + k + 2 > T:
+          continue
+        rows += 1
+        t = tokens[b, i + k + 2]
+        lg = logits[b, i, k]
+        logp = lg - np.log(np.exp(lg - lg.max()).sum()) - lg.max()
+        if t in hot:
+          e = int(np.where(hot == t)[0][0])
+          nll.append(-logp[e])
+          hits += int(np.argmax(lg) == e)
+    ce = float(np.mean(nll)) if nll else 0.0
+    np.testing.assert_allclose(float(metrics[f'head{k + 1}_ce']), ce, rtol=1e-5)
+    np.testing.assert_allclose(float(metrics[f'head{k + 1}_acc']), hits / rows, rtol=1e-6)
+    total, norm = total + 0.5 ** k * ce, norm + 0.5 ** k
+  np.testing.assert_allclose(float(loss), total / norm, rtol=1e-5)

@@ -36,8 +36,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-import numpy as np
-
+from models import draft_vocab
 from models import eagle as eagle_lib
 from models import heads as heads_lib
 from models import transformer as transformer_lib
@@ -86,31 +85,6 @@ def _smooth_l1(a, b):
   return jnp.where(d < 1.0, 0.5 * d * d, d - 0.5)
 
 
-def draft_vocabulary(config: ml_collections.ConfigDict, vocab_size: int) -> np.ndarray:
-  """[Vd] int32: the `spec.draft_vocab` most frequent ids of the training split, tokenized by
-  the target run's tokenizer (`spec.target_workdir`/tokenizer), ascending."""
-  import os  # pylint: disable=g-import-not-at-top
-  import data as data_lib  # pylint: disable=g-import-not-at-top
-  from workdir import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-  s = spec_heads.spec_settings(config)
-  count = int(s.draft_vocab)
-  directory = os.path.join(s.target_workdir, checkpoint_lib.TOKENIZER_DIR)
-  if not os.path.isdir(directory):
-    raise ValueError(f'spec.draft_vocab={count} counts tokens with the target\'s tokenizer, '
-                     f'but {directory} does not exist: set spec.target_workdir to the trained '
-                     'target run.')
-  tokenizer = data_lib.load_tokenizer(directory)
-  valid = min(tokenizer.vocab_size, vocab_size)
-  if not 0 < count < valid:
-    raise ValueError(f'spec.draft_vocab must be in [1, {valid - 1}] (0 = the whole vocabulary '
-                     f'of {valid} tokens), got {count}.')
-  dc = data_lib.DataConfig(**config.data.to_dict())
-  docs = int(s.get('draft_vocab_docs', 0)) or None
-  texts = data_lib.load_texts(dc, dc.train_split, max_docs=docs)
-  return eagle_lib.frequent_tokens(
-      (data_lib.tokenize_document(tokenizer, t) for t in texts), valid, count)
-
-
 def _make(variant: str, model: transformer_lib.Transformer,
           config: ml_collections.ConfigDict) -> Objective:
   s = spec_heads.spec_settings(config)
@@ -122,11 +96,7 @@ def _make(variant: str, model: transformer_lib.Transformer,
   if K < 1:
     raise ValueError(f'spec.ttt_steps must be >= 1, got {K}.')
 
-  hot = draft_vocabulary(config, cfg.valid_vocab_size or cfg.vocab_size) if s.get(
-      'draft_vocab', 0) else None
-  in_hot = None if hot is None else np.zeros(cfg.vocab_size, bool)
-  if hot is not None:
-    in_hot[hot] = True
+  hot = spec_heads.draft_vocabulary(config, cfg.valid_vocab_size or cfg.vocab_size)
 
   def init_extras(rng):
     return {variant: eagle_lib.init_params(cfg, variant, ids, rng, own_head, hot_ids=hot)}
@@ -142,8 +112,8 @@ def _make(variant: str, model: transformer_lib.Transformer,
     feats = eagle_lib.target_features(out, variant, ids)
     if variant == eagle_lib.EAGLE1 and s.feature_noise > 0:
       feats = feats + s.feature_noise * (jax.random.uniform(rng, feats.shape) - 0.5)
-    hot_ids = eagle_lib.hot_ids(params[variant])
-    p = eagle_lib.module_params(params[variant])
+    hot_ids = draft_vocab.ids(params[variant])
+    p = draft_vocab.without(params[variant])
     in_emb = jax.lax.stop_gradient(heads_lib.input_embedding(params['model']))
     out_emb = jax.lax.stop_gradient(heads_lib.output_embedding(params['model'], cfg))
     if hot_ids is not None:  # the head's rows of the draft vocabulary (+ head_delta in module)
@@ -155,7 +125,7 @@ def _make(variant: str, model: transformer_lib.Transformer,
     keep = jnp.ones(full_argmax.shape, bool)
     if hot_ids is not None:  # the target restricted to the draft's tokens, renormalised
       metrics_hot = jnp.sum(jax.nn.softmax(t_logits, -1)[..., hot_ids], -1).mean()
-      keep = jnp.asarray(in_hot)[full_argmax]
+      keep = draft_vocab.target_index(hot_ids, cfg.vocab_size)[full_argmax] >= 0
       t_logits = jnp.take(t_logits, hot_ids, axis=-1)
     logp_t = jax.nn.log_softmax(t_logits, -1)
     logp_t = jnp.pad(logp_t, ((0, 0), (0, K + 1), (0, 0)))

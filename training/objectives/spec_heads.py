@@ -4,7 +4,9 @@ All three start from the target checkpoint in `spec.target_workdir` (the model p
 new run are the target's) and train an extra tree of params next to it (models/heads.py):
 
   medusa_heads      params['medusa']: head k at input i predicts tokens[i + k + 2];
-                    loss = sum_k decay^k CE_k / sum_k decay^k.
+                    loss = sum_k decay^k CE_k / sum_k decay^k. With `spec.draft_vocab` = N
+                    the heads score only the N commonest tokens of the training split
+                    (`draft_vocabulary`, `models.draft_vocab`), CE over targets among them.
   mtp_heads         params['mtp']: module k at input i reads module k-1's representation and
                     tokens[i + k + 1], predicts tokens[i + k + 2]; same weighting.
   kangaroo_adapter  params['kangaroo']: the adapter on the residual stream after layer
@@ -20,14 +22,20 @@ target (the greedy acceptance rate of a one-token draft).
 
 from __future__ import annotations
 
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
+import data as data_lib
+from models import draft_vocab
 from models import heads as heads_lib
 from models import transformer as transformer_lib
 from training.objectives.registry import Objective, register, token_cross_entropy
+from workdir import checkpoint as checkpoint_lib
 from workdir import loading
 
 
@@ -36,6 +44,32 @@ def spec_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     raise ValueError('This objective reads a `spec` config section (target_workdir, heads, '
                      'joint, ...): use configs/spec_heads.py or configs/spec_draft.py.')
   return config.spec
+
+
+def draft_vocabulary(config: ml_collections.ConfigDict, vocab_size: int) -> np.ndarray | None:
+  """[Vd] int32: the `spec.draft_vocab` most frequent ids of the training split, tokenized by
+  the target run's tokenizer (`spec.target_workdir`/tokenizer), ascending (counted over the
+  first `spec.draft_vocab_docs` documents, 0 = all); None when `spec.draft_vocab` is 0 (the
+  whole vocabulary). `models.draft_vocab` says how drafters use it."""
+  s = spec_settings(config)
+  count = int(s.get('draft_vocab', 0))
+  if not count:
+    return None
+  directory = os.path.join(s.target_workdir, checkpoint_lib.TOKENIZER_DIR)
+  if not os.path.isdir(directory):
+    raise ValueError(f'spec.draft_vocab={count} counts tokens with the target\'s tokenizer, '
+                     f'but {directory} does not exist: set spec.target_workdir to the trained '
+                     'target run.')
+  tokenizer = data_lib.load_tokenizer(directory)
+  valid = min(tokenizer.vocab_size, vocab_size)
+  if not 0 < count < valid:
+    raise ValueError(f'spec.draft_vocab must be in [1, {valid - 1}] (0 = the whole vocabulary '
+                     f'of {valid} tokens), got {count}.')
+  dc = data_lib.DataConfig(**config.data.to_dict())
+  docs = int(s.get('draft_vocab_docs', 0)) or None
+  texts = data_lib.load_texts(dc, dc.train_split, max_docs=docs)
+  return draft_vocab.frequent_tokens(
+      (data_lib.tokenize_document(tokenizer, t) for t in texts), valid, count)
 
 
 def load_target(workdir: str, model: transformer_lib.Transformer | None = None):
@@ -57,17 +91,25 @@ def _init_from(s, model):
   return lambda: load_target(s.target_workdir, model).params
 
 
-def _weighted_ce(logits_BxTxKxV, tokens_BxT1, decay: float):
-  """CE of head k at input i against tokens[i + k + 2] (masked past the row's end)."""
+def _weighted_ce(logits_BxTxKxV, tokens_BxT1, decay: float, hot_ids=None,
+                 vocab_size: int = 0):
+  """CE of head k at input i against tokens[i + k + 2] (masked past the row's end). With a
+  reduced draft vocabulary (`hot_ids`, logits over its entries) the CE leaves out targets
+  outside it, and the accuracy counts them as misses."""
   B, T, K, _ = logits_BxTxKxV.shape
   logp = jax.nn.log_softmax(logits_BxTxKxV.astype(jnp.float32), axis=-1)
+  index = None if hot_ids is None else draft_vocab.target_index(hot_ids, vocab_size)
   total, norm, metrics = 0.0, 0.0, {}
   for k in range(K):
     tgt = jnp.pad(tokens_BxT1[:, k + 2:], ((0, 0), (0, T)))[:, :T]
-    valid = (jnp.arange(T)[None] + k + 2 <= T).astype(jnp.float32) * jnp.ones((B, 1))
-    nll = -jnp.take_along_axis(logp[:, :, k], tgt[..., None], -1)[..., 0]
+    in_row = (jnp.arange(T)[None] + k + 2 <= T).astype(jnp.float32) * jnp.ones((B, 1))
+    valid = in_row
+    if index is not None:  # the target's entry in the draft vocabulary (-1: outside it)
+      tgt = index[tgt]
+      valid = in_row * (tgt >= 0)
+    nll = -jnp.take_along_axis(logp[:, :, k], jnp.maximum(tgt, 0)[..., None], -1)[..., 0]
     ce = (nll * valid).sum() / jnp.maximum(valid.sum(), 1.0)
-    acc = ((jnp.argmax(logp[:, :, k], -1) == tgt) * valid).sum() / jnp.maximum(valid.sum(), 1)
+    acc = ((jnp.argmax(logp[:, :, k], -1) == tgt) * in_row).sum() / jnp.maximum(in_row.sum(), 1)
     w = decay ** k
     total, norm = total + w * ce, norm + w
     metrics[f'head{k + 1}_ce'] = ce
@@ -96,11 +138,14 @@ def medusa_heads(model: transformer_lib.Transformer,
   s = spec_settings(config)
   cfg = model.cfg
   module = heads_lib.MedusaHeads(cfg, s.heads)
+  hot = draft_vocabulary(config, cfg.valid_vocab_size or cfg.vocab_size)
 
   def init_extras(rng):
     h = jnp.zeros((1, 2, cfg.d_model))
     emb = jnp.zeros((cfg.vocab_size, cfg.d_model))
-    return {heads_lib.MEDUSA: nn.unbox(module.init(rng, h, emb)['params'])}
+    p = nn.unbox(module.init(rng, h, emb)['params'])
+    return {heads_lib.MEDUSA: draft_vocab.with_ids(p, hot, cfg.valid_vocab_size or
+                                                   cfg.vocab_size)}
 
   def loss_fn(params, batch, rng):
     del rng
@@ -109,8 +154,10 @@ def medusa_heads(model: transformer_lib.Transformer,
     out_emb = heads_lib.output_embedding(params['model'], cfg)
     if not s.joint:
       out_emb = jax.lax.stop_gradient(out_emb)
-    logits = module.apply({'params': params[heads_lib.MEDUSA]}, out.last_hidden_BxTxD, out_emb)
-    loss, metrics = _weighted_ce(logits, tokens, s.decay)
+    p = params[heads_lib.MEDUSA]
+    logits = module.apply({'params': draft_vocab.without(p)}, out.last_hidden_BxTxD,
+                          draft_vocab.head_rows(p, out_emb))
+    loss, metrics = _weighted_ce(logits, tokens, s.decay, draft_vocab.ids(p), cfg.vocab_size)
     loss, metrics = _with_base_loss(loss, metrics, out, tokens, s)
     return loss, dict(metrics, loss=loss)
 

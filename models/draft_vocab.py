@@ -1,0 +1,100 @@
+"""Reduced draft vocabularies (EAGLE-3's d2t/t2d): a drafter that scores only the Vd most
+frequent target tokens of its training data.
+
+A drafter trained with one keeps its token ids in its params as `params['hot_ids']` (int32
+[Vd], ascending, distinct, valid target ids; never trained: integer leaves are constants of a
+run, see training.optimizer). It reads only those rows of the output head (`head_rows`), so a
+draft call reads Vd x D of head instead of V x D, the largest part of a draft step on a
+large vocabulary; entry i of its logits stands for target token hot_ids[i] (`to_target`).
+Tokens outside the set are never drafted; the target verifies every token, so decoding stays
+lossless.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+HOT_IDS = 'hot_ids'
+
+
+def check(hot_ids: Any, vocab_size: int) -> np.ndarray:
+  """`hot_ids` as int32 numpy [Vd], or ValueError unless they are distinct token ids in
+  [0, vocab_size) (the target's valid ids), ascending, at least one and fewer than vocab_size
+  (a draft over the whole vocabulary stores none)."""
+  ids = np.asarray(hot_ids)
+  if ids.ndim != 1 or not 0 < len(ids) < vocab_size:
+    raise ValueError(f'A reduced draft vocabulary needs between 1 and {vocab_size - 1} token '
+                     f'ids (the target has {vocab_size}), got shape {ids.shape}.')
+  if not np.issubdtype(ids.dtype, np.integer) and not np.all(ids == np.round(ids)):
+    raise ValueError('Draft vocabulary ids must be integers, got '
+                     f'{ids.dtype} values such as {ids[ids != np.round(ids)][:3]}.')
+  ids = ids.astype(np.int64)
+  if ids.min() < 0 or ids.max() >= vocab_size or np.any(np.diff(ids) <= 0):
+    raise ValueError(f'Draft vocabulary ids must be ascending, distinct and in [0, {vocab_size})'
+                     f'; got min {ids.min()}, max {ids.max()}, '
+                     f'{int(np.sum(np.diff(ids) <= 0))} out of order or repeated.')
+  return ids.astype(np.int32)
+
+
+def with_ids(params: Any, hot_ids: Any, vocab_size: int) -> Any:
+  """`params` (a dict) with the checked ids stored; unchanged for None (whole vocabulary)."""
+  if hot_ids is None:
+    return params
+  return {**params, HOT_IDS: jnp.asarray(check(hot_ids, vocab_size), jnp.int32)}
+
+
+def ids(params: Any) -> jax.Array | None:
+  """[Vd] int32 target ids of a drafter's reduced vocabulary, or None (whole vocabulary)."""
+  return params.get(HOT_IDS)
+
+
+def without(params: Any) -> Any:
+  """The drafter's params without its vocabulary ids (what its flax module holds)."""
+  return {k: v for k, v in params.items() if k != HOT_IDS}
+
+
+def check_params(params: Any, name: str, rows: int | None = None) -> None:
+  """Clear errors (at trace time) for ids cast to floats with the weights, and for a head
+  correction of `rows` rows that does not match the ids."""
+  hot = ids(params)
+  if hot is None:
+    return
+  if not jnp.issubdtype(hot.dtype, jnp.integer):
+    raise ValueError(f'The {name} draft\'s vocabulary ids are {hot.dtype}, not integers: '
+                     'were they cast with the weights?')
+  if rows is not None and rows != hot.shape[0]:
+    raise ValueError(f'The {name} draft\'s head correction has {rows} rows but its vocabulary '
+                     f'{hot.shape[0]} ids.')
+
+
+def head_rows(params: Any, out_emb_VxD: jax.Array) -> jax.Array:
+  """[Vd, D] the rows of the output head the drafter scores ([V, D] without a reduced
+  vocabulary)."""
+  hot = ids(params)
+  return out_emb_VxD if hot is None else jnp.take(out_emb_VxD, hot, axis=0)
+
+
+def to_target(params: Any, draft_ids: jax.Array) -> jax.Array:
+  """Target token ids of the drafter's vocabulary entries `draft_ids` (any shape)."""
+  hot = ids(params)
+  return draft_ids if hot is None else jnp.take(hot, draft_ids, axis=0)
+
+
+def frequent_tokens(token_arrays: Iterable[Any], vocab_size: int, count: int) -> np.ndarray:
+  """The `count` most frequent ids in `token_arrays` (an iterable of int arrays), ties to the
+  lower id, ascending: a draft vocabulary as EAGLE-3 builds one from its training data."""
+  counts = np.zeros(vocab_size, np.int64)
+  for toks in token_arrays:
+    counts += np.bincount(np.asarray(toks, np.int64).ravel(), minlength=vocab_size)[:vocab_size]
+  order = np.lexsort((np.arange(vocab_size), -counts))  # most frequent first, then lower id
+  return np.sort(order[:count]).astype(np.int32)
+
+
+def target_index(hot_ids: jax.Array, vocab_size: int) -> jax.Array:
+  """[V] int32: each target id's entry in the draft vocabulary, -1 for ids outside it."""
+  return jnp.full((vocab_size,), -1, jnp.int32).at[hot_ids].set(
+      jnp.arange(hot_ids.shape[0], dtype=jnp.int32))
