@@ -83,15 +83,15 @@ EXTRAS_RECIPES = {'medusa': ('spec_heads', 'medusa'), 'mtp': ('spec_heads', 'mtp
 
 
 # Decoders whose drafter may score a reduced vocabulary (`models.draft_vocab`).
-DRAFT_VOCAB_NAMES = ('eagle3', 'eagle1', 'medusa')
+DRAFT_VOCAB_NAMES = ('eagle3', 'eagle1', 'medusa', 'mtp')
 
 
 def recipe_extras(name: str, model, depth: int, rng: jax.Array,
                   draft_vocab: int = 0) -> dict[str, Any]:
   """The initial extra params of decoder `name`'s training recipe for `model`, with at
   least `depth` heads / masks / prompt tokens where the recipe counts them. `draft_vocab` N >
-  0: EAGLE drafts and Medusa heads over a reduced vocabulary of N tokens (ids 0 .. N-1: speed
-  only; a trained drafter counts its N commonest tokens, `spec.draft_vocab`)."""
+  0: EAGLE drafts, Medusa heads and MTP modules over a reduced vocabulary of N tokens (ids
+  0 .. N-1: speed only; a trained drafter counts its N commonest tokens, `spec.draft_vocab`)."""
   module, arg = EXTRAS_RECIPES[name]
   c = importlib.import_module(f'configs.{module}').get_config(arg)
   if c.spec.get('heads', 0):
@@ -115,7 +115,8 @@ def with_stand_ins(decoder, models: Models, params: dict[str, Any], batches, ar_
   so the 'drafter' share of such rows is the drafting logic's), and draft heads, adapters,
   draft layers, prompt tokens or mask LoRAs that the run does not have get their training
   recipe's initial weights (`EXTRAS_RECIPES`; speed does not depend on their values), EAGLE
-  drafts and Medusa heads over `draft_vocab` tokens when it is > 0 (`recipe_extras`)."""
+  drafts, Medusa heads and MTP modules over `draft_vocab` tokens when it is > 0
+  (`recipe_extras`)."""
   cfg = models.target.cfg
   drafter = decoder.get_drafter() if hasattr(decoder, 'get_drafter') else None
   extras, per_batch = dict(models.extras), []
@@ -362,7 +363,7 @@ def main():
   ap.add_argument('--top_k', type=int, default=0)
   ap.add_argument('--top_p', type=float, default=1.0)
   ap.add_argument('--draft_vocabs', default='0',
-                  help='EAGLE and Medusa rows without a trained drafter: one per draft '
+                  help='EAGLE, Medusa and MTP rows without a trained drafter: one per draft '
                        'vocabulary size, comma-separated (0 = the whole vocabulary; N = ids '
                        '0 .. N - 1)')
   ap.add_argument('--out', default='', help='results name suffix (default: the model name)')

@@ -342,7 +342,7 @@ def count_decoder(decoder, models: Models, params: dict[str, Any], *, batch: int
   """The decode loop of `decoder` compiled for `batch` rows of `prompt_len` tokens; with
   `dump_to`, the compiled program's HLO text is also written there, gzipped (so that a
   device's program can be read again where there is no device: `--from_hlo`). `draft_vocab`:
-  EAGLE and Medusa stand-ins draft over that many tokens (0 = the whole vocabulary)."""
+  EAGLE, Medusa and MTP stand-ins draft over that many tokens (0 = the whole vocabulary)."""
   prompt = jnp.full((batch, prompt_len), 5, jnp.int32)
   lens = jnp.full((batch,), prompt_len, jnp.int32)
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(batch))
@@ -470,9 +470,10 @@ def write(rows: list[dict[str, Any]], args) -> str:
           + (f'; model fields {args.model}' if args.model else '') + f'), batch {args.batch}, '
           f'prompts of {args.prompt_len} tokens, {args.max_new_tokens} new tokens, '
           'temperature 0; draft models: the oracle draft; heads and adapters: their recipe\'s '
-          'initial weights' + ('; "(draft vocabulary N)": an EAGLE draft or Medusa heads '
-                               'over a reduced vocabulary of N tokens (`spec.draft_vocab`; ids 0 .. N - 1 '
-                               'here)' if any('draft vocabulary' in r['decoder'] for r in rows)
+          'initial weights' + ('; "(draft vocabulary N)": an EAGLE draft, Medusa heads or '
+                               'MTP modules over a reduced vocabulary of N tokens '
+                               '(`spec.draft_vocab`; ids 0 .. N - 1 here)'
+                               if any('draft vocabulary' in r['decoder'] for r in rows)
                                else '') + '. Operations one iteration of the decode loop '
           'executes in the '
           'program compiled by this machine\'s XLA (fusions, library calls, copies, scatters; '
@@ -515,9 +516,9 @@ def main():
                  help='ModelConfig fields over the preset\'s, e.g. fused_projections=true '
                       '(comma-separated FIELD=VALUE; the same random weights)')
   p.add_argument('--draft_vocabs', default='0',
-                 help='EAGLE and Medusa rows: one per draft vocabulary size, comma-separated '
-                      '(0 = the whole vocabulary; N = a reduced vocabulary of N tokens, as '
-                      'EAGLE-3 trains with spec.draft_vocab)')
+                 help='EAGLE, Medusa and MTP rows: one per draft vocabulary size, '
+                      'comma-separated (0 = the whole vocabulary; N = a reduced vocabulary of '
+                      'N tokens, as EAGLE-3 trains with spec.draft_vocab)')
   p.add_argument('--top', type=int, default=5,
                  help='list this many operations that move the most bytes per step')
   p.add_argument('--out', default='', help='suffix of the results file name')

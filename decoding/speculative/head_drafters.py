@@ -10,7 +10,8 @@ node, which the verification forward computed, so drafting costs no target forwa
           before it; a tree node of depth d and rank r holds head d's r-th best token (among
           the heads' reduced vocabulary when they were trained with one, `models.draft_vocab`).
   MTP:    module k reads module k-1's representation and the embedding of the parent token,
-          so proposals are conditioned on the drafted path (chain or tree, top-k children).
+          so proposals are conditioned on the drafted path (chain or tree, top-k children;
+          among a reduced vocabulary too).
 Both propose deterministically (deterministic verification rule, lossless).
 """
 
@@ -107,6 +108,7 @@ class MTPDrafter(drafter_lib.TemplateDrafter):
 
   def check(self, models, params):
     _need(params, heads_lib.MTP)
+    draft_vocab.check_params(params[heads_lib.MTP], heads_lib.MTP)
     K = self.depth_of(params)
     if self.template.max_depth > K:
       raise ValueError(f'The MTP tree is {self.template.max_depth} deep but the run has {K} '
@@ -121,7 +123,7 @@ class MTPDrafter(drafter_lib.TemplateDrafter):
     p = env.params[heads_lib.MTP]
     module = heads_lib.MTPModules(cfg, self.depth_of(env.params))
     in_emb = heads_lib.input_embedding(env.target_params)
-    out_emb = heads_lib.output_embedding(env.target_params, cfg)
+    out_emb = draft_vocab.head_rows(p, heads_lib.output_embedding(env.target_params, cfg))
     B = root_B.shape[0]
     parents, ranks = np.asarray(tpl.parents), np.asarray(tpl.ranks)
     levels = tpl.levels()
@@ -137,9 +139,10 @@ class MTPDrafter(drafter_lib.TemplateDrafter):
       else:
         ps = levels[d - 1][0]
         h_in = level_h[:, parents[s:e] - ps]
-      level_h, logits = module.apply({'params': p}, d, h_in, tokens[:, s:e], in_emb, out_emb,
+      level_h, logits = module.apply({'params': draft_vocab.without(p)}, d, h_in,
+                                     tokens[:, s:e], in_emb, out_emb,
                                      method=heads_lib.MTPModules.step)
-      top = drafter_lib.top_children(logits, R)  # [B, e - s, R]
+      top = draft_vocab.to_target(p, drafter_lib.top_children(logits, R))  # [B, e - s, R]
       cs, ce = levels[d + 1]
       tokens = tokens.at[:, cs:ce].set(top[:, parents[cs:ce] - s, ranks[cs:ce]])
       calls = calls + active_B

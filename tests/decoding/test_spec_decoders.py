@@ -62,7 +62,8 @@ def setup():
   models = Models(target, extras=(('draft', draft),))
   params = {'target': tp, 'draft': dp, 'medusa': med, 'mtp': mtp, 'kangaroo': kang,
             'eagle3': e3, 'eagle1': e1, 'eagle3_hot': e3h,
-            'medusa_hot': dict(med, hot_ids=jnp.asarray(HOT_IDS, jnp.int32))}
+            'medusa_hot': dict(med, hot_ids=jnp.asarray(HOT_IDS, jnp.int32)),
+            'mtp_hot': dict(mtp, hot_ids=jnp.asarray(HOT_IDS, jnp.int32))}
   eos, ref = testlib.ragged_ar_reference(models, params, PROMPTS, max_new_tokens=N_NEW,
                                          cache_size=CACHE, pad_id=PAD)
   return models, params, eos, ref
@@ -90,6 +91,7 @@ METHODS = {
     'del': ('del', {}),
     'medusa': ('medusa', dict(branching='3,2,1')),
     'medusa-hot': ('medusa', dict(branching='3,2,1')),  # heads over a reduced vocabulary
+    'mtp-hot': ('mtp', dict(tree='static', branching='2,2')),
     'mtp': ('mtp', dict(gamma=3)),
     'eagle3-chain': ('eagle3', dict(tree='chain', gamma=4)),
     'eagle3-chain-fixed': ('eagle3', dict(tree='chain', gamma=4, draft_loop='fixed')),
@@ -118,10 +120,50 @@ METHODS = {
 
 
 def _params_for(method, params):
-  """The '-hot' methods decode with the reduced-vocabulary EAGLE-3 draft or Medusa heads."""
+  """The '-hot' methods decode with the reduced-vocabulary EAGLE-3 draft, Medusa heads or MTP
+  modules."""
   if not method.endswith('-hot'):
     return params
-  return dict(params, eagle3=params['eagle3_hot'], medusa=params['medusa_hot'])
+  return dict(params, eagle3=params['eagle3_hot'], medusa=params['medusa_hot'],
+              mtp=params['mtp_hot'])
+
+
+@pytest.mark.parametrize('hot', [False, True])
+def test_mtp_tree_follows_each_modules_best_tokens(setup, hot):
+  """A 2 x 2 MTP tree: the root's children are module 0's two best tokens, each grandchild one
+  of module 1's two best given its parent (whole vocabulary, or the modules' reduced
+  vocabulary mapped to target ids)."""
+  from decoding.speculative import head_drafters  # pylint: disable=g-import-not-at-top
+  models, params, _, _ = setup
+  params = _params_for('mtp-hot' if hot else 'mtp', params)
+  dec = registry.build('mtp', dict(tree='static', branching='2,2'))
+  drafter = dec.get_drafter().resolve(models)
+  cfg, B = models.target.cfg, 3
+  env = drafter_lib.Env(models=models, params=params, sampling=dec.sampling,
+                        mode=dec.verification_mode(), row_keys_B=None,
+                        prompt_BxP=jnp.zeros((B, 4), jnp.int32),
+                        prompt_len_B=jnp.full((B,), 4), cache_size=CACHE, max_new_tokens=N_NEW)
+  h = jax.random.normal(jax.random.key(12), (B, cfg.d_model))
+  root = jnp.asarray([3, 7, 11], jnp.int32)
+  tree = drafter.propose(env, head_drafters.HiddenState(h), None, root, jnp.full((B,), 4),
+                         jnp.ones((B,), bool))[0]
+  p = dict(params['mtp'])
+  vocab = np.asarray(p.pop('hot_ids', np.arange(V)))
+  tp = params['target']
+  module = heads.MTPModules(cfg, 3)
+  in_emb, out_emb = heads.input_embedding(tp), heads.output_embedding(tp, cfg)[vocab]
+  step = lambda k, hh, t: module.apply({'params': p}, k, hh, t, in_emb, out_emb,
+                                       method=heads.MTPModules.step)
+  tok, parents = np.asarray(tree.tokens_BxT), np.asarray(tree.parents_BxT)
+  h1, lg0 = step(0, h[:, None], root[:, None])
+  best0 = vocab[np.argsort(-np.asarray(lg0)[:, 0], axis=-1, kind='stable')[:, :2]]
+  kids = [n for n in range(tok.shape[1]) if parents[0, n] == 0]
+  np.testing.assert_array_equal(tok[:, kids], best0)
+  for c in kids:
+    _, lg1 = step(1, h1, jnp.asarray(tok[:, c])[:, None])
+    best1 = vocab[np.argsort(-np.asarray(lg1)[:, 0], axis=-1, kind='stable')[:, :2]]
+    grand = [n for n in range(tok.shape[1]) if parents[0, n] == c]
+    np.testing.assert_array_equal(tok[:, grand], best1)
 
 
 @pytest.mark.parametrize('method', ['medusa', 'medusa-hot'])

@@ -35,7 +35,7 @@ def runs(tmp_path_factory, data_dir, trained_workdir):
     workdir = str(tmp_path_factory.mktemp(kind))
     cfg = spec_heads.get_config(f'{kind},test')
     cfg.data.batch_size = 8
-    if kind in ('eagle3', 'medusa'):  # a reduced draft vocabulary: the 48 commonest tokens
+    if kind in ('eagle3', 'medusa', 'mtp'):  # a reduced draft vocabulary: 48 commonest tokens
       cfg.spec.draft_vocab = 48
     out[kind] = (workdir, _train(cfg, data_dir, trained_workdir, workdir))
   workdir = str(tmp_path_factory.mktemp('draft'))
@@ -60,9 +60,9 @@ def test_heads_train_on_a_frozen_target(runs, trained_workdir):
 
 
 def test_eagle_draft_vocabulary_is_the_commonest_tokens(runs, data_dir, trained_workdir):
-  """The reduced vocabulary (of EAGLE-3 and of the Medusa heads) is the 48 commonest tokens of
-  the training split (counted here by a plain Counter), stored as int32 ids and left
-  unchanged by training."""
+  """The reduced vocabulary (of EAGLE-3, the Medusa heads and the MTP modules) is the 48
+  commonest tokens of the training split (counted here by a plain Counter), stored as int32
+  ids and left unchanged by training."""
   import collections  # pylint: disable=g-import-not-at-top
   import data as data_lib  # pylint: disable=g-import-not-at-top
   cfg = spec_heads.get_config('eagle3,test')
@@ -76,8 +76,8 @@ def test_eagle_draft_vocabulary_is_the_commonest_tokens(runs, data_dir, trained_
   ids = loading.load_model(runs['eagle3'][0]).extras['eagle3']['hot_ids']
   assert ids.dtype == jnp.int32 and ids.shape == (48,)
   np.testing.assert_array_equal(np.asarray(ids), sorted(ranked[:48]))
-  medusa = loading.load_model(runs['medusa'][0]).extras['medusa']
-  np.testing.assert_array_equal(medusa['hot_ids'], ids)
+  for kind in ('medusa', 'mtp'):
+    np.testing.assert_array_equal(loading.load_model(runs[kind][0]).extras[kind]['hot_ids'], ids)
   # Loading in bf16 casts the weights, not the ids (bf16 holds integers exactly only to 256).
   cast = loading.load_model(runs['eagle3'][0], dtype='bfloat16').extras['eagle3']
   assert cast['hot_ids'].dtype == jnp.int32 and cast['fc'].dtype == jnp.bfloat16

@@ -6,7 +6,8 @@ new run are the target's) and train an extra tree of params next to it (models/h
   medusa_heads      params['medusa']: head k at input i predicts tokens[i + k + 2];
                     loss = sum_k decay^k CE_k / sum_k decay^k. With `spec.draft_vocab` = N
                     the heads score only the N commonest tokens of the training split
-                    (`draft_vocabulary`, `models.draft_vocab`), CE over targets among them.
+                    (`draft_vocabulary`, `models.draft_vocab`), CE over targets among them
+                    (MTP modules take the same setting).
   mtp_heads         params['mtp']: module k at input i reads module k-1's representation and
                     tokens[i + k + 1], predicts tokens[i + k + 2]; same weighting.
   kangaroo_adapter  params['kangaroo']: the adapter on the residual stream after layer
@@ -173,12 +174,13 @@ def mtp_heads(model: transformer_lib.Transformer,
   s = spec_settings(config)
   cfg = model.cfg
   module = heads_lib.MTPModules(cfg, s.heads)
+  hot = draft_vocabulary(config, cfg.valid_vocab_size or cfg.vocab_size)
 
   def init_extras(rng):
     h = jnp.zeros((1, 2, cfg.d_model))
     emb = jnp.zeros((cfg.vocab_size, cfg.d_model))
-    return {heads_lib.MTP: nn.unbox(module.init(rng, h, jnp.zeros((1, 3), jnp.int32), emb,
-                                                emb)['params'])}
+    p = nn.unbox(module.init(rng, h, jnp.zeros((1, 3), jnp.int32), emb, emb)['params'])
+    return {heads_lib.MTP: draft_vocab.with_ids(p, hot, cfg.valid_vocab_size or cfg.vocab_size)}
 
   def loss_fn(params, batch, rng):
     del rng
@@ -188,9 +190,10 @@ def mtp_heads(model: transformer_lib.Transformer,
     out_emb = heads_lib.output_embedding(params['model'], cfg)
     if not s.joint:
       in_emb, out_emb = jax.lax.stop_gradient(in_emb), jax.lax.stop_gradient(out_emb)
-    logits = module.apply({'params': params[heads_lib.MTP]}, out.last_hidden_BxTxD, tokens,
-                          in_emb, out_emb)
-    loss, metrics = _weighted_ce(logits, tokens, s.decay)
+    p = params[heads_lib.MTP]
+    logits = module.apply({'params': draft_vocab.without(p)}, out.last_hidden_BxTxD, tokens,
+                          in_emb, draft_vocab.head_rows(p, out_emb))
+    loss, metrics = _weighted_ce(logits, tokens, s.decay, draft_vocab.ids(p), cfg.vocab_size)
     loss, metrics = _with_base_loss(loss, metrics, out, tokens, s)
     return loss, dict(metrics, loss=loss)
 
