@@ -128,25 +128,32 @@ def _params_for(method, params):
               mtp=params['mtp_hot'])
 
 
+def _propose_from_hidden(dec, models, params, seed):
+  """(tree, h_BxD, root_B) of a head drafter's proposal from a random hidden state."""
+  from decoding.speculative import head_drafters  # pylint: disable=g-import-not-at-top
+  drafter = dec.get_drafter().resolve(models)
+  B = 3
+  env = drafter_lib.Env(models=models, params=params, sampling=dec.sampling,
+                        mode=dec.verification_mode(), row_keys_B=None,
+                        prompt_BxP=jnp.zeros((B, 4), jnp.int32),
+                        prompt_len_B=jnp.full((B,), 4), cache_size=CACHE, max_new_tokens=N_NEW)
+  h = jax.random.normal(jax.random.key(seed), (B, models.target.cfg.d_model))
+  root = jnp.asarray([3, 7, 11], jnp.int32)
+  tree = drafter.propose(env, head_drafters.HiddenState(h), None, root, jnp.full((B,), 4),
+                         jnp.ones((B,), bool))[0]
+  return tree, h, root
+
+
 @pytest.mark.parametrize('hot', [False, True])
 def test_mtp_tree_follows_each_modules_best_tokens(setup, hot):
   """A 2 x 2 MTP tree: the root's children are module 0's two best tokens, each grandchild one
   of module 1's two best given its parent (whole vocabulary, or the modules' reduced
   vocabulary mapped to target ids)."""
-  from decoding.speculative import head_drafters  # pylint: disable=g-import-not-at-top
   models, params, _, _ = setup
   params = _params_for('mtp-hot' if hot else 'mtp', params)
   dec = registry.build('mtp', dict(tree='static', branching='2,2'))
-  drafter = dec.get_drafter().resolve(models)
-  cfg, B = models.target.cfg, 3
-  env = drafter_lib.Env(models=models, params=params, sampling=dec.sampling,
-                        mode=dec.verification_mode(), row_keys_B=None,
-                        prompt_BxP=jnp.zeros((B, 4), jnp.int32),
-                        prompt_len_B=jnp.full((B,), 4), cache_size=CACHE, max_new_tokens=N_NEW)
-  h = jax.random.normal(jax.random.key(12), (B, cfg.d_model))
-  root = jnp.asarray([3, 7, 11], jnp.int32)
-  tree = drafter.propose(env, head_drafters.HiddenState(h), None, root, jnp.full((B,), 4),
-                         jnp.ones((B,), bool))[0]
+  tree, h, root = _propose_from_hidden(dec, models, params, 12)
+  cfg = models.target.cfg
   p = dict(params['mtp'])
   vocab = np.asarray(p.pop('hot_ids', np.arange(V)))
   tp = params['target']
@@ -170,26 +177,17 @@ def test_mtp_tree_follows_each_modules_best_tokens(setup, hot):
 def test_medusa_tree_holds_each_heads_best_tokens(setup, method):
   """Node (depth d, rank r) of the Medusa tree is head d's r-th best token: over the whole
   vocabulary, or over the heads' reduced vocabulary mapped to target ids."""
-  from decoding.speculative import head_drafters  # pylint: disable=g-import-not-at-top
   models, params, _, _ = setup
   params = _params_for(method, params)
   dec = registry.build(*METHODS[method])
-  drafter = dec.get_drafter().resolve(models)
-  cfg, B = models.target.cfg, 3
-  env = drafter_lib.Env(models=models, params=params, sampling=dec.sampling,
-                        mode=dec.verification_mode(), row_keys_B=None,
-                        prompt_BxP=jnp.zeros((B, 4), jnp.int32),
-                        prompt_len_B=jnp.full((B,), 4), cache_size=CACHE, max_new_tokens=N_NEW)
-  h = jax.random.normal(jax.random.key(11), (B, cfg.d_model))
-  root = jnp.asarray([3, 7, 11], jnp.int32)
-  tree = drafter.propose(env, head_drafters.HiddenState(h), None, root, jnp.full((B,), 4),
-                         jnp.ones((B,), bool))[0]
+  tree, h, root = _propose_from_hidden(dec, models, params, 11)
+  cfg = models.target.cfg
   p = dict(params['medusa'])
   vocab = np.asarray(p.pop('hot_ids', np.arange(V)))
   out_emb = heads.output_embedding(params['target'], cfg)[vocab]
   logits = np.asarray(heads.MedusaHeads(cfg, p['w'].shape[0]).apply(
       {'params': p}, h[:, None], out_emb))[:, 0]  # [B, K, entries]
-  tpl = drafter.template
+  tpl = dec.get_drafter().resolve(models).template
   tok = np.asarray(tree.tokens_BxT)
   np.testing.assert_array_equal(tok[:, 0], root)
   for node in range(1, tpl.size):
