@@ -12,8 +12,9 @@ against AR's. tau does not depend on the machine's load; speed is not recorded. 
 variants: the draft reading the target's frozen head (`own_head=False`, the recipe's default)
 and with its own head (a trained correction to the target's), both at the default 3
 training-time-test steps, and its own head with 5 steps (15 draft-layer passes over a row per
-training step instead of 6). `--kind=medusa` compares recipes of Medusa heads
-(`configs/spec_heads.py:medusa,SIZE`) the same way, on a chain of 4 and its default tree.
+training step instead of 6). `--kind=medusa` (or `mtp`) compares recipes of Medusa heads
+(MTP modules), `configs/spec_heads.py:KIND,SIZE`, the same way, on a chain of 4 (3) and the
+decoder's default tree.
 Writes benchmarks/results/<name>.md and .json.
 """
 
@@ -36,10 +37,12 @@ from workdir import checkpoint
 
 SHAPES_BY_KIND = {'eagle3': {'chain 4': dict(tree='chain', gamma=4),
                              'dynamic tree 24': dict(gamma=5, top_k=4, tree_nodes=24)},
-                  'medusa': {'chain 4': dict(tree='chain', gamma=4), 'default tree': {}}}
+                  'medusa': {'chain 4': dict(tree='chain', gamma=4), 'default tree': {}},
+                  'mtp': {'chain 3': dict(tree='chain', gamma=3), 'default tree': {}}}
 # The eval metrics of each kind's table: top-1 agreement per draft depth.
 AGREE = {'eagle3': ('agree1', 'agree2', 'agree3'),
-         'medusa': ('head1_acc', 'head2_acc', 'head3_acc')}
+         'medusa': ('head1_acc', 'head2_acc', 'head3_acc'),
+         'mtp': ('head1_acc', 'head2_acc', 'head3_acc')}
 DEFAULT_VARIANTS = ('target head:--config.spec.own_head=False;'
                     'own head:--config.spec.own_head=True;'
                     'own head, 5 TTT steps:--config.spec.own_head=True --config.spec.ttt_steps=5')
@@ -128,7 +131,7 @@ def run(args) -> tuple[str, str]:
           'train_seq_len': int(bench.config['data']['seq_len']),
           'provenance': common.provenance()}
   out_json = common.write_json(args.name, {**meta, 'rows': rows})
-  title = {'eagle3': 'EAGLE-3', 'medusa': 'Medusa'}[args.kind]
+  title = {'eagle3': 'EAGLE-3', 'medusa': 'Medusa', 'mtp': 'MTP'}[args.kind]
   return common.write_results(args.name, f'{title} training recipes on one target (tau)',
                               _body(rows, meta, list(variants))), out_json
 
