@@ -14,7 +14,7 @@ and with its own head (a trained correction to the target's), both at the defaul
 training-time-test steps, and its own head with 5 steps (15 draft-layer passes over a row per
 training step instead of 6). `--kind=medusa` (or `mtp`) compares recipes of Medusa heads
 (MTP modules), `configs/spec_heads.py:KIND,SIZE`, the same way, on a chain of 4 (3) and the
-decoder's default tree.
+decoder's default (Medusa's tree, MTP's chain of 2).
 Writes benchmarks/results/<name>.md and .json.
 """
 
@@ -38,7 +38,7 @@ from workdir import checkpoint
 SHAPES_BY_KIND = {'eagle3': {'chain 4': dict(tree='chain', gamma=4),
                              'dynamic tree 24': dict(gamma=5, top_k=4, tree_nodes=24)},
                   'medusa': {'chain 4': dict(tree='chain', gamma=4), 'default tree': {}},
-                  'mtp': {'chain 3': dict(tree='chain', gamma=3), 'default tree': {}}}
+                  'mtp': {'chain 3': dict(tree='chain', gamma=3), 'default chain of 2': {}}}
 # The eval metrics of each kind's table: top-1 agreement per draft depth.
 AGREE = {'eagle3': ('agree1', 'agree2', 'agree3'),
          'medusa': ('head1_acc', 'head2_acc', 'head3_acc'),
