@@ -152,6 +152,18 @@ def test_recipe_errors(trained_workdir):
   cfg.spec.target_workdir = trained_workdir
   with pytest.raises(ValueError, match='same tokenizer'):
     make_objective('draft_distill', Transformer(small_config(vocab_size=64)), cfg)
+  for kind, objective in (('kangaroo', 'kangaroo_adapter'), ('chimera', 'chimera_draft')):
+    cfg = spec_heads.get_config(f'{kind},test')
+    cfg.spec.draft_vocab = 32
+    with pytest.raises(ValueError, match=f'{objective} has no reduced draft vocabulary'):
+      make_objective(objective, model, cfg)
+  cfg = spec_heads.get_config('medusa,test')
+  cfg.spec.update(target_workdir=trained_workdir, draft_vocab=100000)
+  with pytest.raises(ValueError, match=r'spec.draft_vocab must be in \[1, '):
+    make_objective('medusa_heads', model, cfg)
+  cfg.spec.target_workdir = '/nonexistent'
+  with pytest.raises(ValueError, match='counts tokens with the target'):
+    make_objective('medusa_heads', model, cfg)
 
 
 def test_eagle_training_time_test_unrolls_like_decoding():

@@ -53,6 +53,7 @@ def chimera_draft(model: transformer_lib.Transformer,
                   config: ml_collections.ConfigDict) -> Objective:
   """Chimera's trigram encoder + full-context layer + residual heads (see module docstring)."""
   s = spec_heads.spec_settings(config)
+  spec_heads.refuse_draft_vocab(config, 'chimera_draft')
   cfg = model.cfg
   K = s.heads
   if K < 1:

@@ -73,6 +73,15 @@ def draft_vocabulary(config: ml_collections.ConfigDict, vocab_size: int) -> np.n
       (data_lib.tokenize_document(tokenizer, t) for t in texts), valid, count)
 
 
+def refuse_draft_vocab(config: ml_collections.ConfigDict, objective: str) -> None:
+  """ValueError when `spec.draft_vocab` is set for an objective whose drafter has no reduced
+  vocabulary (rather than training over the whole one without a word)."""
+  count = int(spec_settings(config).get('draft_vocab', 0))
+  if count:
+    raise ValueError(f'spec.draft_vocab={count}: {objective} has no reduced draft vocabulary '
+                     '(eagle3, eagle1, medusa and mtp runs do); leave it at 0.')
+
+
 def load_target(workdir: str, model: transformer_lib.Transformer | None = None):
   """The trained target run in `workdir` (its model config must equal `model`'s if given)."""
   if not workdir:
@@ -214,6 +223,7 @@ def kangaroo_adapter(model: transformer_lib.Transformer,
                      config: ml_collections.ConfigDict) -> Objective:
   """Kangaroo's early-exit adapter, distilled from the full model (base frozen)."""
   s = spec_settings(config)
+  refuse_draft_vocab(config, 'kangaroo_adapter')
   cfg = model.cfg
   E = exit_layer(cfg, s)
   module = heads_lib.KangarooAdapter(cfg)
