@@ -53,24 +53,67 @@ def _flip_bit(path, seed):
     f.write(bytes([byte ^ (1 << rng.randrange(8))]))
 
 
-def corrupt(workdir, step, pattern, item='params'):
-  """Damages checkpoint `step` of `workdir` in place; every pattern but 'ocdbt' keeps sizes."""
-  files = _files(workdir, step, item)
-  data = [f for f in files if f'{os.sep}d{os.sep}' in f]
+def _raw_leaves(item_dir):
+  """The arrays of a checkpoint item as Orbax reads them (numpy, no digest check)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  ck = ocp.PyTreeCheckpointer()
+  tree = ck.metadata(item_dir)
+  tree = getattr(tree, 'item_metadata', None) or getattr(tree, 'tree', None) or tree
+  tree = getattr(tree, 'tree', tree)
+  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  return [np.asarray(x) for x in jax.tree.leaves(
+      ck.restore(item_dir, args=ocp.args.PyTreeRestore(restore_args=args)))]
+
+
+def _damage(data, pattern, attempt):
   largest = max(data, key=os.path.getsize)
   if pattern == 'bytes32':  # 32 bytes inside the largest array chunk file
-    _garble(largest, 32, seed=0)
+    size = os.path.getsize(largest)
+    _garble(largest, 32, seed=attempt,
+            offset=None if attempt == 0 else random.Random(attempt).randrange(size - 32))
   elif pattern == 'bytes16x4':  # 16 bytes at four places of two files
     for i, f in enumerate(sorted(data, key=os.path.getsize)[-2:]):
       for k in range(2):
-        _garble(f, 16, seed=10 * i + k, offset=(k + 1) * os.path.getsize(f) // 3)
+        size = os.path.getsize(f)
+        offset = ((k + 1) * size // 3 if attempt == 0 else
+                  random.Random(100 * attempt + 10 * i + k).randrange(size - 16))
+        _garble(f, 16, seed=10 * i + k + 100 * attempt, offset=offset)
   elif pattern == 'bitflip':  # one bit of one element
-    _flip_bit(largest, seed=1)
-  elif pattern == 'ocdbt':  # every OCDBT data file broken (Orbax raises while reading)
-    for f in data:
-      _garble(f, 64, seed=2)
+    _flip_bit(largest, seed=1 + attempt)
   else:
     raise ValueError(pattern)
+
+
+def corrupt(workdir, step, pattern, item='params'):
+  """Damages checkpoint `step` of `workdir` in place; every pattern but 'ocdbt' keeps sizes.
+
+  An OCDBT data file can hold bytes no array refers to (superseded writes), and changing those
+  changes nothing: a size-keeping pattern is applied again elsewhere (the file restored
+  first) until Orbax, reading without digests, returns different arrays or fails."""
+  files = _files(workdir, step, item)
+  data = [f for f in files if f'{os.sep}d{os.sep}' in f]
+  if pattern == 'ocdbt':  # every OCDBT data file broken (Orbax raises while reading)
+    for f in data:
+      _garble(f, 64, seed=2)
+    return
+  item_dir = os.path.join(workdir, 'checkpoints', str(step), item)
+  before = _raw_leaves(item_dir)
+  saved = {}
+  for f in data:
+    with open(f, 'rb') as fh:
+      saved[f] = fh.read()
+  for attempt in range(8):
+    _damage(data, pattern, attempt)
+    try:
+      after = _raw_leaves(item_dir)
+    except Exception:  # pylint: disable=broad-except
+      return  # unreadable: damaged
+    if any(not np.array_equal(a, b) for a, b in zip(before, after)):
+      return
+    for f, content in saved.items():  # only dead bytes changed: undo, try elsewhere
+      with open(f, 'wb') as fh:
+        fh.write(content)
+  raise AssertionError(f'No change to the arrays of {item_dir} after 8 tries of {pattern}.')
 
 
 def _copy(src, dst):
