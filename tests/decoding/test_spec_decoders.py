@@ -7,7 +7,6 @@ import dataclasses
 import functools
 from typing import ClassVar
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,188 +19,19 @@ from decoding.speculative import adaptive
 from decoding.speculative import decoders as spec_decoders
 from decoding.speculative import drafter as drafter_lib
 from decoding.speculative import loop, trees, verify
-from models import Cache, Transformer, eagle, heads, init_params, sharding
-
-V = 48
-HOT_IDS = sorted(np.random.default_rng(0).choice(V, 20, replace=False).tolist())
-PAD = 0
-PROMPTS = [[1, 5, 9, 3, 1, 5, 9], [2, 7], [4, 4, 8, 1, 6, 2, 9, 4, 4], [3]]
-N_NEW = 24
-CACHE = 128
+from models import Cache, Transformer, init_params, sharding
+import spec_cases
+from spec_cases import CACHE, METHODS, N_NEW, PAD, PROMPTS, V, params_for, step_fn
 
 
 @pytest.fixture(scope='module')
 def setup():
-  """A 3-layer target with spread logits, a 1-layer draft cut from it, random heads."""
-  cfg = small_config(vocab_size=V, num_layers=3)
-  target = Transformer(cfg)
-  tp = init_params(Transformer(small_config(vocab_size=V, num_layers=3, init_std=0.3)),
-                   jax.random.key(7))
-  draft = Transformer(small_config(vocab_size=V, num_layers=1))
-  dp = {k: v for k, v in tp.items() if k not in ('layer_1', 'layer_2')}
-  h, emb = jnp.zeros((1, 2, cfg.d_model)), tp['embed']['embedding']
-  noise = lambda t, k: jax.tree.map(
-      lambda x: x + 0.1 * jax.random.normal(jax.random.key(k), x.shape), t)
-  med = noise(nn.unbox(heads.MedusaHeads(cfg, 3).init(jax.random.key(1), h, emb)['params']), 2)
-  mtp = nn.unbox(heads.MTPModules(cfg, 3).init(jax.random.key(3), h,
-                                               jnp.zeros((1, 3), jnp.int32), emb, emb)['params'])
-  kang = nn.unbox(heads.KangarooAdapter(cfg).init(jax.random.key(4), h,
-                                                  jnp.zeros((1, 2), jnp.int32), emb)['params'])
-  # EAGLE layers with spread outputs (random weights, scaled up so drafts vary by context).
-  scale = lambda t: jax.tree.map(lambda x: x * 4.0, t)
-  # EAGLE-3 with its own head (a random correction to the target's), EAGLE-1 without.
-  e3 = scale(eagle.init_params(cfg, 'eagle3', eagle.feature_layers(3), jax.random.key(5),
-                               own_head=True))
-  e3['head_delta'] = 0.3 * jax.random.normal(jax.random.key(8), e3['head_delta'].shape)
-  e1 = scale(eagle.init_params(cfg, 'eagle1', (), jax.random.key(6)))
-  # EAGLE-3 over a reduced draft vocabulary (20 of the 48 ids) with its own head correction.
-  e3h = scale(eagle.init_params(cfg, 'eagle3', eagle.feature_layers(3), jax.random.key(9),
-                                own_head=True, hot_ids=HOT_IDS))
-  e3h['head_delta'] = 0.3 * jax.random.normal(jax.random.key(10), e3h['head_delta'].shape)
-  e3h['hot_ids'] = jnp.asarray(HOT_IDS, jnp.int32)  # scale() made them floats
-  models = Models(target, extras=(('draft', draft),))
-  params = {'target': tp, 'draft': dp, 'medusa': med, 'mtp': mtp, 'kangaroo': kang,
-            'eagle3': e3, 'eagle1': e1, 'eagle3_hot': e3h,
-            'medusa_hot': dict(med, hot_ids=jnp.asarray(HOT_IDS, jnp.int32)),
-            'mtp_hot': dict(mtp, hot_ids=jnp.asarray(HOT_IDS, jnp.int32))}
-  eos, ref = testlib.ragged_ar_reference(models, params, PROMPTS, max_new_tokens=N_NEW,
-                                         cache_size=CACHE, pad_id=PAD)
-  return models, params, eos, ref
-
-
-METHODS = {
-    'chain': ('speculative', dict(draft_workdir='x', gamma=3)),  # draft loop: unrolled
-    'chain-fixed': ('speculative', dict(draft_workdir='x', gamma=3, draft_loop='fixed')),
-    'chain-while': ('speculative', dict(draft_workdir='x', gamma=3, draft_loop='while')),
-    # rows stop drafting at different depths; the fixed-count loop passes them through
-    'chain-adaptive': ('speculative', dict(draft_workdir='x', gamma=4, stop_below=0.3,
-                                           draft_loop='fixed')),
-    'static-tree': ('speculative', dict(draft_workdir='x', tree='static', branching='3,2,1')),
-    'delayed-tree': ('speculative', dict(draft_workdir='x', tree='static', tree_nodes=6,
-                                         gamma=4, delay=2)),
-    'dynamic-tree': ('spec_dynamic', dict(draft_workdir='x', gamma=3, top_k=3, tree_nodes=10)),
-    'prompt_lookup': ('prompt_lookup', {}),
-    'token_recycling': ('token_recycling', dict(tree_nodes=20, gamma=4)),
-    'jacobi': ('jacobi', {}),
-    'lookahead': ('lookahead', {}),
-    'jacobi_forcing': ('jacobi_forcing', dict(block=3, blocks=2, recycle=2)),
-    'jacobi_forcing-no-recycle': ('jacobi_forcing', dict(block=4, blocks=1, recycle=0)),
-    'layerskip': ('layerskip', dict(exit_layer=1)),
-    'kangaroo': ('kangaroo', dict(exit_layer=2, stop_below=0.05)),
-    'del': ('del', {}),
-    'medusa': ('medusa', dict(branching='3,2,1')),
-    'medusa-hot': ('medusa', dict(branching='3,2,1')),  # heads over a reduced vocabulary
-    'mtp-hot': ('mtp', dict(tree='static', branching='2,2')),
-    'mtp': ('mtp', dict(gamma=3)),
-    'eagle3-chain': ('eagle3', dict(tree='chain', gamma=4)),
-    'eagle3-chain-fixed': ('eagle3', dict(tree='chain', gamma=4, draft_loop='fixed')),
-    'eagle3-dynamic': ('eagle3', dict(gamma=3, top_k=3, tree_nodes=10)),
-    'eagle3-chain-hot': ('eagle3', dict(tree='chain', gamma=4)),    # reduced vocabulary
-    'eagle3-dynamic-hot': ('eagle3', dict(gamma=3, top_k=3, tree_nodes=10)),
-    'eagle1-chain': ('eagle1', dict(tree='chain', gamma=3)),
-    'eagle1-dynamic': ('eagle1', dict(gamma=4, top_k=2, tree_nodes=6)),
-    'speculative-drafter-eagle3': ('speculative', dict(drafter='eagle3', tree='chain')),
-    # Adaptive draft length: given costs that make the length change during the run, and
-    # costs measured when the decoder is compiled.
-    'prompt_lookup-adaptive': ('prompt_lookup', dict(adaptive=True, costs='1,1.1,1.3,1.6,2,3')),
-    'prompt_lookup-adaptive-measured': ('prompt_lookup', dict(gamma=3, adaptive=True)),
-    'token_recycling-adaptive': ('token_recycling', dict(tree='chain', gamma=3, adaptive=True,
-                                                         costs='1,1.2,1.3,1.5')),
-    'chain-adaptive-length': ('speculative', dict(draft_workdir='x', gamma=4, adaptive=True,
-                                                  costs='1,1.2,1.4,1.6')),
-    'mtp-adaptive': ('mtp', dict(gamma=3, tree='chain', adaptive=True, costs='1,1.1,1.3,1.5')),
-    'jacobi-adaptive': ('jacobi', dict(window=4, adaptive=True, costs='1,1.05,1.1,1.15,1.2')),
-    # early exit: AR steps through its own forward; Kangaroo (adapter) never skips drafting
-    'layerskip-adaptive': ('layerskip', dict(exit_layer=1, adaptive=True,
-                                             costs='1,1.05,1.1,1.15,1.2')),
-    'kangaroo-adaptive': ('kangaroo', dict(exit_layer=2, stop_below=0.05, gamma=4,
-                                           adaptive=True, costs='1,1.1,1.2,1.3')),
-}
-
-
-def _params_for(method, params):
-  """The '-hot' methods decode with the reduced-vocabulary EAGLE-3 draft, Medusa heads or MTP
-  modules."""
-  if not method.endswith('-hot'):
-    return params
-  return dict(params, eagle3=params['eagle3_hot'], medusa=params['medusa_hot'],
-              mtp=params['mtp_hot'])
-
-
-def _propose_from_hidden(dec, models, params, seed):
-  """(tree, h_BxD, root_B) of a head drafter's proposal from a random hidden state."""
-  from decoding.speculative import head_drafters  # pylint: disable=g-import-not-at-top
-  drafter = dec.get_drafter().resolve(models)
-  B = 3
-  env = drafter_lib.Env(models=models, params=params, sampling=dec.sampling,
-                        mode=dec.verification_mode(), row_keys_B=None,
-                        prompt_BxP=jnp.zeros((B, 4), jnp.int32),
-                        prompt_len_B=jnp.full((B,), 4), cache_size=CACHE, max_new_tokens=N_NEW)
-  h = jax.random.normal(jax.random.key(seed), (B, models.target.cfg.d_model))
-  root = jnp.asarray([3, 7, 11], jnp.int32)
-  tree = drafter.propose(env, head_drafters.HiddenState(h), None, root, jnp.full((B,), 4),
-                         jnp.ones((B,), bool))[0]
-  return tree, h, root
-
-
-@pytest.mark.parametrize('hot', [False, True])
-def test_mtp_tree_follows_each_modules_best_tokens(setup, hot):
-  """A 2 x 2 MTP tree: the root's children are module 0's two best tokens, each grandchild one
-  of module 1's two best given its parent (whole vocabulary, or the modules' reduced
-  vocabulary mapped to target ids)."""
-  models, params, _, _ = setup
-  params = _params_for('mtp-hot' if hot else 'mtp', params)
-  dec = registry.build('mtp', dict(tree='static', branching='2,2'))
-  tree, h, root = _propose_from_hidden(dec, models, params, 12)
-  cfg = models.target.cfg
-  p = dict(params['mtp'])
-  vocab = np.asarray(p.pop('hot_ids', np.arange(V)))
-  tp = params['target']
-  module = heads.MTPModules(cfg, 3)
-  in_emb, out_emb = heads.input_embedding(tp), heads.output_embedding(tp, cfg)[vocab]
-  step = lambda k, hh, t: module.apply({'params': p}, k, hh, t, in_emb, out_emb,
-                                       method=heads.MTPModules.step)
-  tok, parents = np.asarray(tree.tokens_BxT), np.asarray(tree.parents_BxT)
-  h1, lg0 = step(0, h[:, None], root[:, None])
-  best0 = vocab[np.argsort(-np.asarray(lg0)[:, 0], axis=-1, kind='stable')[:, :2]]
-  kids = [n for n in range(tok.shape[1]) if parents[0, n] == 0]
-  np.testing.assert_array_equal(tok[:, kids], best0)
-  for c in kids:
-    _, lg1 = step(1, h1, jnp.asarray(tok[:, c])[:, None])
-    best1 = vocab[np.argsort(-np.asarray(lg1)[:, 0], axis=-1, kind='stable')[:, :2]]
-    grand = [n for n in range(tok.shape[1]) if parents[0, n] == c]
-    np.testing.assert_array_equal(tok[:, grand], best1)
-
-
-@pytest.mark.parametrize('method', ['medusa', 'medusa-hot'])
-def test_medusa_tree_holds_each_heads_best_tokens(setup, method):
-  """Node (depth d, rank r) of the Medusa tree is head d's r-th best token: over the whole
-  vocabulary, or over the heads' reduced vocabulary mapped to target ids."""
-  models, params, _, _ = setup
-  params = _params_for(method, params)
-  dec = registry.build(*METHODS[method])
-  tree, h, root = _propose_from_hidden(dec, models, params, 11)
-  cfg = models.target.cfg
-  p = dict(params['medusa'])
-  vocab = np.asarray(p.pop('hot_ids', np.arange(V)))
-  out_emb = heads.output_embedding(params['target'], cfg)[vocab]
-  logits = np.asarray(heads.MedusaHeads(cfg, p['w'].shape[0]).apply(
-      {'params': p}, h[:, None], out_emb))[:, 0]  # [B, K, entries]
-  tpl = dec.get_drafter().resolve(models).template
-  tok = np.asarray(tree.tokens_BxT)
-  np.testing.assert_array_equal(tok[:, 0], root)
-  for node in range(1, tpl.size):
-    d, r = tpl.depths[node], tpl.ranks[node]
-    want = vocab[np.argsort(-logits[:, d - 1], axis=-1, kind='stable')[:, r]]
-    np.testing.assert_array_equal(tok[:, node], want, err_msg=f'node {node}')
-  if method == 'medusa-hot':
-    assert set(tok[:, 1:].ravel()) <= set(vocab.tolist())
-
+  return spec_cases.build_setup()
 
 @pytest.mark.parametrize('method', list(METHODS))
 def test_greedy_equals_ar_on_a_ragged_batch(setup, method):
   models, params, eos, ref = setup
-  params = _params_for(method, params)
+  params = params_for(method, params)
   name, settings = METHODS[method]
   dec = registry.build(name, settings)
   stats = testlib.decode_like_ar(dec, models, params, PROMPTS, eos, ref, max_new_tokens=N_NEW,
@@ -294,28 +124,6 @@ def test_sharded_tree_decoding_equals_ar(setup, method):
   assert [r.tokens for r in rows] == ref
 
 
-def _step_fn(dec, models, params, eos):
-  """init and step of the loop, jitted, to inspect the state between steps."""
-  B = len(PROMPTS)
-  P = max(map(len, PROMPTS))
-  prompt = np.full((B, P), PAD, np.int32)
-  for i, p in enumerate(PROMPTS):
-    prompt[i, :len(p)] = p
-  lens = jnp.asarray([len(p) for p in PROMPTS], jnp.int32)
-  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(B))
-  mode = dec.verification_mode()
-  drafter = dec.get_drafter().resolve(models)
-
-  def env(params):
-    return drafter_lib.Env(models=models, params=params, sampling=dec.sampling, mode=mode,
-                           row_keys_B=keys, prompt_BxP=jnp.asarray(prompt), prompt_len_B=lens,
-                           cache_size=CACHE, max_new_tokens=N_NEW)
-
-  init = jax.jit(lambda p: loop.init_state(drafter, env(p), eos_id=eos, pad_id=PAD))
-  step = jax.jit(lambda p, s: loop.step(drafter, env(p), s, eos_id=eos, pad_id=PAD))
-  return init, step, lens
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def _ar_cache(model, params, tokens_BxT, lengths_B):
   pos = jnp.where(jnp.arange(tokens_BxT.shape[1])[None] < lengths_B[:, None],
@@ -328,7 +136,7 @@ def _ar_cache(model, params, tokens_BxT, lengths_B):
 def test_cache_equals_ar_cache_after_every_step(setup, method):
   models, params, eos, ref = setup
   name, settings = METHODS[method]
-  init, step, lens = _step_fn(registry.build(name, settings), models, params, eos)
+  init, step, lens = step_fn(registry.build(name, settings), models, params, eos)
   s = init(params)
   target = models.target
   for _ in range(8):
@@ -538,134 +346,6 @@ def test_greedy_tree_verify_equals_the_walk(template):
   np.testing.assert_array_equal(path, path_ref)
   np.testing.assert_array_equal(nxt, jnp.argmax(res_ref, -1))
   assert len(set(np.asarray(n).tolist())) >= 3  # the cases vary
-
-
-@pytest.mark.parametrize('method', ['eagle3-chain', 'eagle1-chain', 'eagle3-dynamic',
-                                    'eagle3-chain-hot', 'eagle3-dynamic-hot'])
-def test_eagle_drafts_match_a_reference_without_cache(setup, method):
-  """Every drafted node equals what the draft layer computes from scratch (no cache) on the
-  committed text with the target's features, then its own outputs along the node's path:
-  the chain's node is the argmax, a dynamic tree's node is among the top_k. This checks the
-  draft cache stays consistent across verification (commit / roll back), which greedy == AR
-  cannot see (the verifier corrects any draft)."""
-  models, params, eos, _ = setup
-  params = _params_for(method, params)
-  name, settings = METHODS[method]
-  dec = registry.build(name, settings)
-  init, step, lens = _step_fn(dec, models, params, eos)
-  drafter = dec.get_drafter().resolve(models)
-  variant, ids, k = drafter.variant, drafter.layers, drafter.max_children
-  cfg, tp = models.target.cfg, params['target']
-  ep = dict(params[variant])
-  vocab = np.asarray(ep.pop('hot_ids', np.arange(cfg.vocab_size)))  # draft entry -> target id
-  rows = len(vocab) if 'hot_ids' in params[variant] else 0
-  module = eagle.EagleDraft(cfg, variant, max(len(ids), 1), 'head_delta' in ep, rows)
-  in_emb, out_emb = heads.input_embedding(tp), heads.output_embedding(tp, cfg)
-  out_emb = out_emb[vocab]  # the head rows of the draft's vocabulary
-  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(len(PROMPTS)))
-  B, P, L = len(PROMPTS), max(map(len, PROMPTS)), 64
-  prompt = np.full((B, P), PAD, np.int32)
-  for i, p in enumerate(PROMPTS):
-    prompt[i, :len(p)] = p
-
-  def env(p):
-    return drafter_lib.Env(models=models, params=p, sampling=dec.sampling, mode='deterministic',
-                           row_keys_B=keys, prompt_BxP=jnp.asarray(prompt), prompt_len_B=lens,
-                           cache_size=CACHE, max_new_tokens=N_NEW)
-
-  @jax.jit
-  def propose(p, s):
-    base_B = lens + s.progress.num_generated_B - 1
-    return drafter.propose(env(p), s.drafter, s.cache, s.last_B, base_B,
-                           s.progress.active_B)[0]
-
-  @jax.jit
-  def features(tokens_L, n):  # target features of positions < n
-    pos = jnp.where(jnp.arange(L) < n, jnp.arange(L), -1)[None]
-    out = models.target.apply({'params': tp}, tokens_L[None], pos, return_hidden=True)
-    return eagle.target_features(out, variant, ids)[0]
-
-  @jax.jit
-  def draft(x_LxF_fused, tokens_L, n):  # the draft layer over pairs at positions 1 .. n - 1
-    pos = jnp.where((jnp.arange(L) >= 1) & (jnp.arange(L) < n), jnp.arange(L), -1)[None]
-    g, logits, _ = module.apply({'params': ep}, x_LxF_fused[None], tokens_L[None], pos, in_emb,
-                                out_emb)
-    return g[0], logits[0]
-
-  fuse = jax.jit(lambda f: module.apply({'params': ep}, f, method=eagle.EagleDraft.fuse))
-  s = init(params)
-  checked = 0
-  for _ in range(6):
-    tree = propose(params, s)
-    n_gen = np.asarray(s.progress.num_generated_B)
-    for b in np.nonzero(~np.asarray(s.progress.done_B))[0]:
-      seq = list(PROMPTS[b]) + list(np.asarray(s.progress.tokens_BxN[b, :n_gen[b]]))
-      base_pos = len(seq) - 1
-      toks = np.zeros(L, np.int32)
-      toks[:len(seq)] = seq
-      feat = features(jnp.asarray(toks), base_pos)
-      x = np.zeros((L, cfg.d_model), np.float32)
-      x[1:base_pos + 1] = np.asarray(fuse(feat[None]))[0, :base_pos]
-      parents = np.asarray(tree.parents_BxT[b])
-      tok = np.asarray(tree.tokens_BxT[b])
-      for node in np.nonzero(np.asarray(tree.valid_BxT[b]))[0][1:]:
-        path = []
-        a = parents[node]
-        while a > 0:
-          path.append(a)
-          a = parents[a]
-        xs, ts = x.copy(), toks.copy()
-        g, logits = draft(jnp.asarray(xs), jnp.asarray(ts), base_pos + 1)
-        for depth, a in enumerate(reversed(path)):  # own-feature pairs along the path
-          q = base_pos + 1 + depth
-          xs[q], ts[q] = np.asarray(g[q - 1]), tok[a]
-          g, logits = draft(jnp.asarray(xs), jnp.asarray(ts), q + 1)
-        lg = np.asarray(logits[base_pos + len(path)])
-        top = vocab[np.argsort(-lg)[:k]]
-        assert tok[node] in top, (method, b, node, _, top)
-        if k == 1:
-          assert tok[node] == top[0]
-        checked += 1
-    s = step(params, s)
-  assert checked > 20
-
-
-def test_eagle_errors(setup):
-  """A run without the draft layer, a static tree, and feature layers the layer was not
-  trained on give one clear line each."""
-  from models.kind import ModelKind  # pylint: disable=g-import-not-at-top
-  models, params, eos, _ = setup
-  run = lambda dec, p=params: run_decoder(dec, models, p, PROMPTS, max_new_tokens=N_NEW,
-                                          cache_size=CACHE, eos_id=eos, pad_id=PAD)
-  with pytest.raises(ValueError, match=r'eagle3 heads in the target run.*spec_heads.py:eagle3'):
-    registry.build('eagle3').for_model({'target': ModelKind(heads=('medusa',))})
-  assert registry.build('eagle1').for_model({'target': ModelKind(heads=('eagle1',))})
-  with pytest.raises(ValueError, match=r"'eagle1' drafter needs an eagle1 draft layer"):
-    run(registry.build('eagle1'), {k: v for k, v in params.items() if k != 'eagle1'})
-  with pytest.raises(ValueError, match="tree='chain' or 'dynamic'"):
-    registry.build('eagle3', {'tree': 'static'})
-  with pytest.raises(ValueError, match='no adaptive draft length'):
-    registry.build('eagle3', {'tree': 'chain', 'adaptive': True})
-  with pytest.raises(ValueError, match='trained on 3 fused target layers'):
-    run(registry.build('eagle3', {'feature_layers': '1/3'}))
-  with pytest.raises(ValueError, match='EAGLE feature layer 9'):
-    run(registry.build('eagle3', {'feature_layers': '1/2/9'}))
-  # A reduced draft vocabulary whose ids were cast with the weights, that does not match the
-  # head correction's rows, or that names ids outside the target's vocabulary.
-  hot = params['eagle3_hot']
-  bad = {'float ids': (dict(hot, hot_ids=hot['hot_ids'].astype(jnp.bfloat16)), 'not integers'),
-         'rows': (dict(hot, head_delta=hot['head_delta'][:-1]), '19 rows but its vocabulary 20')}
-  for what, (e3, msg) in bad.items():
-    with pytest.raises(ValueError, match=msg):
-      run(registry.build('eagle3', {'tree': 'chain'}), dict(params, eagle3=e3))
-  outside = dict(hot, hot_ids=hot['hot_ids'] + V)  # every draft is then an invalid id
-  with pytest.raises(RuntimeError, match='outside the vocabulary'):
-    run(registry.build('eagle3', {'tree': 'chain'}), dict(params, eagle3=outside))
-  cfg = models.target.cfg
-  for ids, msg in ((range(V), 'between 1 and 47'), ([3, 2], 'ascending, distinct'),
-                   ([1, V], r'in \[0, 48\)'), ([1.0, 2.5], 'must be integers')):
-    with pytest.raises(ValueError, match=msg):
-      eagle.init_params(cfg, 'eagle3', (1,), jax.random.key(0), hot_ids=ids)
 
 
 def test_draft_loop_runs_a_fixed_count_unless_rows_can_stop_early():
