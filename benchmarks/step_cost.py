@@ -86,6 +86,18 @@ EXTRAS_RECIPES = {'medusa': ('spec_heads', 'medusa'), 'mtp': ('spec_heads', 'mtp
 DRAFT_VOCAB_NAMES = ('eagle3', 'eagle1', 'medusa', 'mtp')
 
 
+def with_draft_vocabs(decoders: str, draft_vocabs: str) -> list[tuple[str, int]]:
+  """(decoder spec, draft vocabulary size) rows: each of `DRAFT_VOCAB_NAMES` once per size of
+  `draft_vocabs` (comma-separated; 0 = the whole vocabulary), every other decoder once."""
+  vocabs = [int(v) for v in str(draft_vocabs).split(',')]
+  return [(spec, v) for spec in decoders.split(',')
+          for v in (vocabs if registry.parse_spec(spec)[0] in DRAFT_VOCAB_NAMES else [0])]
+
+
+def vocab_label(label: str, vocab: int) -> str:
+  return label + (f' (draft vocabulary {vocab})' if vocab else '')
+
+
 def recipe_extras(name: str, model, depth: int, rng: jax.Array,
                   draft_vocab: int = 0) -> dict[str, Any]:
   """The initial extra params of decoder `name`'s training recipe for `model`, with at
@@ -272,9 +284,7 @@ def run(args) -> str:
     ar_1 = harness.compile_decoder(ar, models, params, batches, **dict(kw, max_new=1))
     _, ar_results = harness.timed_pass(ar_fns[0], params, batches)
     curve = {}
-    vocabs = [int(v) for v in str(getattr(args, 'draft_vocabs', '0')).split(',')]
-    for spec, vocab in [(s, v) for s in args.decoders.split(',') for v in (
-        vocabs if registry.parse_spec(s)[0] in DRAFT_VOCAB_NAMES else [0])]:
+    for spec, vocab in with_draft_vocabs(args.decoders, getattr(args, 'draft_vocabs', '0')):
       dec_name, settings = registry.parse_spec(spec)
       dec = registry.build(dec_name, settings, sampling=sampling)
       if is_draft_model(dec):  # a draft model: the oracle stands in
@@ -283,8 +293,7 @@ def run(args) -> str:
                                               cache, draft_vocab=vocab)
       r = breakdown(dec, sub_models, sub_params, prompts, batch=batch, repeats=args.repeats,
                     t_ar=t_ar, curve=curve, ar=(ar_fns, ar_1), **kw)
-      r['decoder'] = registry.spec_label(dec_name, settings) + (
-          f' (draft vocabulary {vocab})' if vocab else '')
+      r['decoder'] = vocab_label(registry.spec_label(dec_name, settings), vocab)
       curve[r['step_tokens'], not step_is_chain(dec, sub_models)] = r['target_fwd_ms'] / 1e3
       r.pop('output')
       r['ar_step_ms'] = t_ar * 1e3

@@ -410,14 +410,10 @@ def run(args) -> tuple[str, list[dict[str, Any]]]:
             cache_size=cache)
   weights, kv = floor_bytes(model, params, args.batch, cache)
   rows, ar_ops, path = [], None, ''
-  vocabs = [int(v) for v in str(getattr(args, 'draft_vocabs', '0')).split(',')]
-  runs = [(spec, v) for spec in args.decoders.split(',')
-          for v in (vocabs if registry.parse_spec(spec)[0] in step_cost.DRAFT_VOCAB_NAMES
-                    else [0])]
-  for spec, vocab in runs:
+  for spec, vocab in step_cost.with_draft_vocabs(args.decoders,
+                                                 getattr(args, 'draft_vocabs', '0')):
     decoder, label = build(spec)
-    if vocab:
-      label += f' (draft vocabulary {vocab})'
+    label = step_cost.vocab_label(label, vocab)
     dump = (os.path.join(args.dump_hlo, f'{args.preset}_{args.dtype}_' +
                          re.sub(r'[^\w.=-]+', '_', label).strip('_') + '.hlo.gz')
             if args.dump_hlo else None)

@@ -19,7 +19,7 @@ needs. About 5 minutes each for the `tiny` target on 2 CPU cores (600 steps, bat
 steps (about 6 draft-layer passes over a row per step; `spec.own_head=True` also trains a
 correction to the target's output head; `spec.draft_vocab=N` drafts over only the N most
 frequent tokens of the training data, as EAGLE-3 does on large vocabularies; Medusa heads
-take the same setting), EAGLE-1 (`eagle1`) one step with feature regression into the target's
+and MTP modules take the same setting), EAGLE-1 (`eagle1`) one step with feature regression into the target's
 head. Chimera (`chimera`) trains a trigram encoder, one full-context layer and
 `spec.heads` = 4 residual heads by distillation (`spec.loss` = 'kl' | 'mse' | 'ce').
 The argument is 'medusa' | 'mtp' | 'kangaroo' | 'eagle3' | 'eagle1' | 'chimera', optionally
@@ -64,7 +64,7 @@ def get_config(arg: str = 'medusa') -> ml_collections.ConfigDict:
       # EAGLE-3 may train its own output head: a correction to the target's, zero at the
       # start (off: on `tiny` it raised tau, on `mem` it lowered it; docs/speculative.md).
       own_head=False,
-      # EAGLE and Medusa: a reduced draft vocabulary, the draft_vocab most frequent tokens
+      # EAGLE, Medusa and MTP: a reduced draft vocabulary, the draft_vocab most frequent tokens
       # of the training split (0 = the whole vocabulary), counted over draft_vocab_docs
       # documents (0 = all of them).
       draft_vocab=0, draft_vocab_docs=0))

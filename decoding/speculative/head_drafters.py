@@ -34,8 +34,27 @@ from models import kind as kind_lib
 
 @flax.struct.dataclass
 class HiddenState:
-  """h_BxD: the target's final hidden state at the node that predicted the root."""
+  """h_BxD: the target's final hidden state at the node that predicted the root; head_VxD:
+  the rows of the output head that heads over a reduced draft vocabulary score
+  (`draft_head`, formed once per generation, outside the loop), None for the whole
+  vocabulary (the target's head, read from its params)."""
   h_BxD: jax.Array
+  head_VxD: jax.Array | None = None
+
+
+def draft_head(env, name: str) -> jax.Array | None:
+  """[Vd, D] the head rows of the `name` heads' reduced draft vocabulary, or None."""
+  p = env.params[name]
+  if draft_vocab.ids(p) is None:
+    return None
+  return draft_vocab.head_rows(p, heads_lib.output_embedding(env.target_params, env.target.cfg))
+
+
+def _head(env, state: HiddenState) -> jax.Array:
+  """The head rows the heads score this step."""
+  if state.head_VxD is not None:
+    return state.head_VxD
+  return heads_lib.output_embedding(env.target_params, env.target.cfg)
 
 
 def _last_prompt_hidden(env, prefill) -> jax.Array:
@@ -47,8 +66,8 @@ def _accepted_hidden(state: HiddenState, step: drafter_lib.Step) -> HiddenState:
   path, keep = step.verdict.path_BxD1, step.keep_B
   last = jnp.take_along_axis(path, jnp.maximum(keep - 1, 0)[:, None], 1)[:, 0]
   h = jnp.take_along_axis(step.out.last_hidden_BxTxD, last[:, None, None], axis=1)[:, 0]
-  return HiddenState(jnp.where(step.active_B[:, None], h.astype(state.h_BxD.dtype),
-                               state.h_BxD))
+  return state.replace(h_BxD=jnp.where(step.active_B[:, None], h.astype(state.h_BxD.dtype),
+                                       state.h_BxD))
 
 
 def _need(params, name: str) -> None:
@@ -74,15 +93,14 @@ class MedusaDrafter(drafter_lib.TemplateDrafter):
                        f'{K} heads; lower gamma (or the branching depth) to <= {K}.')
 
   def init(self, env, prefill, first_B):
-    return HiddenState(_last_prompt_hidden(env, prefill))
+    return HiddenState(_last_prompt_hidden(env, prefill), draft_head(env, heads_lib.MEDUSA))
 
   def propose(self, env, state, cache, root_B, base_B, active_B):
     p = env.params[heads_lib.MEDUSA]
     K = p['w'].shape[0]
     cfg = env.target.cfg
-    head = draft_vocab.head_rows(p, heads_lib.output_embedding(env.target_params, cfg))
     logits = heads_lib.MedusaHeads(cfg, K).apply(
-        {'params': draft_vocab.without(p)}, state.h_BxD[:, None], head)
+        {'params': draft_vocab.without(p)}, state.h_BxD[:, None], _head(env, state))
     top_BxKxR = draft_vocab.to_target(
         p, drafter_lib.top_children(logits[:, 0], self.template.max_rank))
     tpl = self.template
@@ -115,7 +133,7 @@ class MTPDrafter(drafter_lib.TemplateDrafter):
                        f'MTP modules; lower gamma (or the branching depth) to <= {K}.')
 
   def init(self, env, prefill, first_B):
-    return HiddenState(_last_prompt_hidden(env, prefill))
+    return HiddenState(_last_prompt_hidden(env, prefill), draft_head(env, heads_lib.MTP))
 
   def propose(self, env, state, cache, root_B, base_B, active_B):
     tpl = self.template
@@ -123,7 +141,7 @@ class MTPDrafter(drafter_lib.TemplateDrafter):
     p = env.params[heads_lib.MTP]
     module = heads_lib.MTPModules(cfg, self.depth_of(env.params))
     in_emb = heads_lib.input_embedding(env.target_params)
-    out_emb = draft_vocab.head_rows(p, heads_lib.output_embedding(env.target_params, cfg))
+    out_emb = _head(env, state)
     B = root_B.shape[0]
     parents, ranks = np.asarray(tpl.parents), np.asarray(tpl.ranks)
     levels = tpl.levels()

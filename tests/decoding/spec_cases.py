@@ -133,8 +133,8 @@ def propose_from_hidden(dec, models, params, seed):
                         prompt_len_B=jnp.full((B,), 4), cache_size=CACHE, max_new_tokens=N_NEW)
   h = jax.random.normal(jax.random.key(seed), (B, models.target.cfg.d_model))
   root = jnp.asarray([3, 7, 11], jnp.int32)
-  tree = drafter.propose(env, head_drafters.HiddenState(h), None, root, jnp.full((B,), 4),
-                         jnp.ones((B,), bool))[0]
+  state = head_drafters.HiddenState(h, head_drafters.draft_head(env, drafter.kind))
+  tree = drafter.propose(env, state, None, root, jnp.full((B,), 4), jnp.ones((B,), bool))[0]
   return tree, h, root
 
 

@@ -115,9 +115,9 @@ def _make(variant: str, model: transformer_lib.Transformer,
     hot_ids = draft_vocab.ids(params[variant])
     p = draft_vocab.without(params[variant])
     in_emb = jax.lax.stop_gradient(heads_lib.input_embedding(params['model']))
-    out_emb = jax.lax.stop_gradient(heads_lib.output_embedding(params['model'], cfg))
-    if hot_ids is not None:  # the head's rows of the draft vocabulary (+ head_delta in module)
-      out_emb = jnp.take(out_emb, hot_ids, axis=0)
+    # The head's rows of the draft vocabulary (+ head_delta, added by the module).
+    out_emb = draft_vocab.head_rows(params[variant], jax.lax.stop_gradient(
+        heads_lib.output_embedding(params['model'], cfg)))
     x0 = module.apply({'params': p}, feats[:, :N], method=eagle_lib.EagleDraft.fuse)
     gs, logits, _ = ttt_unroll(module, p, x0, inputs, in_emb, out_emb, K)
     t_logits = out.logits_BxTxV.astype(jnp.float32)
