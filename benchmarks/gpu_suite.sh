@@ -160,7 +160,7 @@ T1_VARIANTS=${T1_VARIANTS:-default,no_triton_gemm:xla_gpu_enable_triton_gemm=fal
 # file is written after each method, so a stage cut short by its limit keeps the first ones).
 # (The 2026-12-04 run measured the first three of the old order: draft chain g4, draft dynamic
 # tree 32, medusa; now EAGLE-3 and prompt lookup come first among those not yet measured.)
-SMALL_METHODS=${SMALL_METHODS:-medusa,eagle3 dynamic tree 32,prompt lookup,draft dynamic tree 32,draft chain g4,mtp,kangaroo,token recycling,layerskip,lookahead,eagle3 chain g4,jacobi,draft static tree 60,del}
+SMALL_METHODS=${SMALL_METHODS:-medusa,eagle3 dynamic tree 32,prompt lookup,draft dynamic tree 32,draft dynamic tree 32 (quarter vocabulary),draft chain g4,mtp,kangaroo,token recycling,layerskip,lookahead,eagle3 chain g4,jacobi,draft static tree 60,del}
 STEP_DECODERS=${STEP_DECODERS:-ar,speculative:gamma=4,spec_dynamic:tree_nodes=16,medusa}
 OPS_DECODERS=${OPS_DECODERS:-ar,speculative:gamma=4,speculative:gamma=4:draft_loop=fixed,speculative:gamma=4:draft_loop=while,spec_dynamic:tree_nodes=16,medusa,eagle3}
 # Command buffers (CUDA graphs) for every command type, while loops and conditionals included

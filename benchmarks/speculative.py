@@ -40,6 +40,8 @@ from decoding import SamplingConfig
 
 RAW_DIR = os.path.join(common.RESULTS_DIR, 'speculative_raw')
 
+QUARTER = 'quarter'  # a `draft_vocab` setting: a quarter of the target's vocabulary
+
 # name -> (decoder, settings, needed runs). Trees of a draft model stay within 64 nodes.
 METHODS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     'draft chain g4': ('speculative', dict(gamma=4), ('draft',)),
@@ -78,6 +80,14 @@ METHODS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     # EAGLE-3 with its EAGLE-2 dynamic tree (benchmarks/spec_eagle.py compares it in depth)
     'eagle3 dynamic tree 32': ('eagle3', dict(gamma=6, top_k=4, tree_nodes=32), ('eagle3',)),
     'eagle3 chain g4': ('eagle3', dict(tree='chain', gamma=4), ('eagle3',)),
+    # FR-Spec: the draft model's / the early exit's head over the quarter of the vocabulary
+    # most frequent in the target's training data (draft_vocab = V // 4, as EAGLE-3 drafts over
+    # a quarter of Llama-3's; models/draft_vocab.py)
+    'draft chain g4 (quarter vocabulary)': ('speculative', dict(gamma=4, draft_vocab=QUARTER),
+                                            ('draft',)),
+    'draft dynamic tree 32 (quarter vocabulary)': (
+        'spec_dynamic', dict(gamma=6, top_k=4, tree_nodes=32, draft_vocab=QUARTER), ('draft',)),
+    'layerskip (quarter vocabulary)': ('layerskip', dict(exit_layer=2, draft_vocab=QUARTER), ()),
 }
 
 
@@ -113,6 +123,8 @@ def build_method(name: str, bench: workbench.Workbench, draft_workdir: str,
     settings['draft_workdir'] = draft_workdir
   if dec_name == 'layerskip':  # a shallow target (a CPU rehearsal): exit before the last layer
     settings['exit_layer'] = min(settings['exit_layer'], bench.model.cfg.num_layers - 1)
+  if settings.get('draft_vocab') == QUARTER:
+    settings['draft_vocab'] = bench.tokenizer.vocab_size // 4
   dec = bench.decoder(dec_name, sampling, settings)
   return (dec, *bench.models_for(dec))
 

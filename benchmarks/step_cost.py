@@ -36,6 +36,7 @@ import os
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import workbench
@@ -86,12 +87,27 @@ EXTRAS_RECIPES = {'medusa': ('spec_heads', 'medusa'), 'mtp': ('spec_heads', 'mtp
 DRAFT_VOCAB_NAMES = ('eagle3', 'eagle1', 'medusa', 'mtp')
 
 
+# Decoders that take a decode-time draft vocabulary as a setting (`draft_vocab=N`, FR-Spec;
+# draft models too, but here the oracle draft, which has no head, stands in for them).
+DECODE_TIME_VOCAB_NAMES = ('layerskip', 'kangaroo')
+
+
 def with_draft_vocabs(decoders: str, draft_vocabs: str) -> list[tuple[str, int]]:
   """(decoder spec, draft vocabulary size) rows: each of `DRAFT_VOCAB_NAMES` once per size of
-  `draft_vocabs` (comma-separated; 0 = the whole vocabulary), every other decoder once."""
+  `draft_vocabs` (comma-separated; 0 = the whole vocabulary), each of
+  `DECODE_TIME_VOCAB_NAMES` once per size with the size as its `draft_vocab` setting (and 0
+  here), every other decoder once."""
   vocabs = [int(v) for v in str(draft_vocabs).split(',')]
-  return [(spec, v) for spec in decoders.split(',')
-          for v in (vocabs if registry.parse_spec(spec)[0] in DRAFT_VOCAB_NAMES else [0])]
+  rows = []
+  for spec in decoders.split(','):
+    name = registry.parse_spec(spec)[0]
+    if name in DRAFT_VOCAB_NAMES:
+      rows += [(spec, v) for v in vocabs]
+    elif name in DECODE_TIME_VOCAB_NAMES:
+      rows += [(spec + (f':draft_vocab={v}' if v else ''), 0) for v in vocabs]
+    else:
+      rows.append((spec, 0))
+  return rows
 
 
 def vocab_label(label: str, vocab: int) -> str:
@@ -144,6 +160,10 @@ def with_stand_ins(decoder, models: Models, params: dict[str, Any], batches, ar_
       p['draft'] = oracle.oracle_params(oracle.reference_rows(
           prompt, lens, res.tokens_BxN, res.num_generated_B, cache_size), alpha)
     p.update({k: v for k, v in stand_in.items() if k not in p})
+    sizes = decoder.draft_vocab_sizes()
+    if sizes and draft_vocab_lib.RUN_KEY not in p:  # decode-time sets: ids 0 .. N-1
+      p[draft_vocab_lib.RUN_KEY] = {draft_vocab_lib.size_key(n): jnp.arange(n, dtype=jnp.int32)
+                                    for n in sizes}
     per_batch.append(p)
   return Models(models.target, extras=tuple(extras.items())), per_batch
 
@@ -372,9 +392,9 @@ def main():
   ap.add_argument('--top_k', type=int, default=0)
   ap.add_argument('--top_p', type=float, default=1.0)
   ap.add_argument('--draft_vocabs', default='0',
-                  help='EAGLE, Medusa and MTP rows without a trained drafter: one per draft '
-                       'vocabulary size, comma-separated (0 = the whole vocabulary; N = ids '
-                       '0 .. N - 1)')
+                  help='EAGLE, Medusa, MTP, LayerSkip and Kangaroo rows without a trained '
+                       'drafter: one per draft vocabulary size, comma-separated (0 = the whole '
+                       'vocabulary; N = ids 0 .. N - 1; the early exits as draft_vocab=N)')
   ap.add_argument('--out', default='', help='results name suffix (default: the model name)')
   print(run(ap.parse_args()))
 

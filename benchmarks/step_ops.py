@@ -470,7 +470,10 @@ def write(rows: list[dict[str, Any]], args) -> str:
                                'MTP modules over a reduced vocabulary of N tokens '
                                '(`spec.draft_vocab`; ids 0 .. N - 1 here)'
                                if any('draft vocabulary' in r['decoder'] for r in rows)
-                               else '') + '. Operations one iteration of the decode loop '
+                               else '')
+          + ('; "draft_vocab=N": the early exit drafts over N tokens (FR-Spec, ids 0 .. N - 1 '
+             'here)' if any('draft_vocab=' in r['decoder'] for r in rows) else '')
+          + '. Operations one iteration of the decode loop '
           'executes in the '
           'program compiled by this machine\'s XLA (fusions, library calls, copies, scatters; '
           'a loop inside the step counted times its known trip count, once where the count '
@@ -512,9 +515,10 @@ def main():
                  help='ModelConfig fields over the preset\'s, e.g. fused_projections=true '
                       '(comma-separated FIELD=VALUE; the same random weights)')
   p.add_argument('--draft_vocabs', default='0',
-                 help='EAGLE, Medusa and MTP rows: one per draft vocabulary size, '
-                      'comma-separated (0 = the whole vocabulary; N = a reduced vocabulary of '
-                      'N tokens, as EAGLE-3 trains with spec.draft_vocab)')
+                 help='EAGLE, Medusa, MTP, LayerSkip and Kangaroo rows: one per draft '
+                      'vocabulary size, comma-separated (0 = the whole vocabulary; N = a '
+                      'reduced vocabulary of N tokens, as EAGLE-3 trains with '
+                      'spec.draft_vocab and the early exits take with draft_vocab=N)')
   p.add_argument('--top', type=int, default=5,
                  help='list this many operations that move the most bytes per step')
   p.add_argument('--out', default='', help='suffix of the results file name')

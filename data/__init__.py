@@ -12,7 +12,8 @@ library; TensorFlow is never imported or needed.
 
 from data.pipeline import (DataConfig, TrainIterator, load_texts,
                            make_eval_batches, make_train_iterator,
-                           process_rows, tokenize_document)
+                           process_rows, token_counts,
+                           tokenize_document)
 from data.sources import (ENV_DATA_DIR, TextSource, load_source, prepare,
                           resolve_data_dir)
 from data.tokenizers import (KINDS, SPECIAL_TOKENS, BPETokenizer,
@@ -21,7 +22,8 @@ from data.tokenizers import (KINDS, SPECIAL_TOKENS, BPETokenizer,
 
 __all__ = [
     'DataConfig', 'TrainIterator', 'load_texts', 'make_eval_batches',
-    'make_train_iterator', 'process_rows', 'tokenize_document', 'ENV_DATA_DIR', 'TextSource',
+    'make_train_iterator', 'process_rows', 'token_counts', 'tokenize_document',
+    'ENV_DATA_DIR', 'TextSource',
     'load_source', 'prepare', 'resolve_data_dir', 'KINDS', 'SPECIAL_TOKENS',
     'BPETokenizer', 'ByteTokenizer', 'HFTokenizer', 'Tokenizer',
     'load_tokenizer', 'make_tokenizer', 'train_bpe',

@@ -114,6 +114,17 @@ def tokenize_document(tokenizer: Tokenizer, text: str) -> np.ndarray:
                     np.int32)
 
 
+def token_counts(cfg: DataConfig, tokenizer: Tokenizer, split: str | None = None,
+                 max_docs: int | None = None) -> np.ndarray:
+  """int64 ``[tokenizer.vocab_size]``: how often each id occurs in ``split`` (default the
+  training split; the first ``max_docs`` documents), tokenized as training reads it."""
+  counts = np.zeros(tokenizer.vocab_size, np.int64)
+  for text in load_texts(cfg, split or cfg.train_split, max_docs=max_docs):
+    ids = tokenize_document(tokenizer, text).astype(np.int64)
+    counts += np.bincount(ids, minlength=tokenizer.vocab_size)[:tokenizer.vocab_size]
+  return counts
+
+
 def _tokenize_record(tokenizer: Tokenizer, record: dict[str, str]
                      ) -> np.ndarray:
   return tokenize_document(tokenizer, record['text'])

@@ -173,6 +173,12 @@ class Decoder:
     """Extra models to load: {name: workdir} (e.g. a draft model). Default none."""
     return {}
 
+  def draft_vocab_sizes(self) -> tuple[int, ...]:
+    """Sizes N of the decode-time draft vocabularies it reads (`models.draft_vocab`: the N
+    most frequent tokens of the target's training data, as params['draft_vocab'][str(N)]).
+    Default none."""
+    return ()
+
   def extra_cache_slots(self, max_new_tokens: int) -> int:
     """Cache slots needed beyond prompt + max_new_tokens (drafts, tree nodes). Default 0."""
     del max_new_tokens

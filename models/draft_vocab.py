@@ -8,6 +8,15 @@ draft call reads Vd x D of head instead of V x D, the largest part of a draft st
 large vocabulary; entry i of its logits stands for target token hot_ids[i] (`to_target`).
 Tokens outside the set are never drafted; the target verifies every token, so decoding stays
 lossless.
+
+Drafters that are not trained for a set take one at decode time, FR-Spec's frequency-ranked
+draft vocabulary (Zhao et al. 2025): a draft model's or an early exit's whole head, restricted
+to the N most frequent tokens of the target run's training data (`draft_vocab=N`, a decoder
+setting). Their ids travel as `params[RUN_KEY][size_key(N)]` (the workbench counts them,
+`workbench.Workbench.draft_vocabulary`); the drafter scores the rows with `head_logits` and
+spreads the scores back over the whole vocabulary (`expand`, NEVER_LOGIT elsewhere), so its
+picks are target ids and its q, where it samples, is a distribution over the target's
+vocabulary that is zero outside the set (the verifier's rule stays exact).
 """
 
 from __future__ import annotations
@@ -18,7 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from models.layers import NEVER_LOGIT
+
 HOT_IDS = 'hot_ids'
+RUN_KEY = 'draft_vocab'  # params entry of decode-time sets: {size_key(N): ids [N]}
 
 
 def check(hot_ids: Any, vocab_size: int) -> np.ndarray:
@@ -90,8 +102,46 @@ def frequent_tokens(token_arrays: Iterable[Any], vocab_size: int, count: int) ->
   counts = np.zeros(vocab_size, np.int64)
   for toks in token_arrays:
     counts += np.bincount(np.asarray(toks, np.int64).ravel(), minlength=vocab_size)[:vocab_size]
-  order = np.lexsort((np.arange(vocab_size), -counts))  # most frequent first, then lower id
+  return top_ids(counts, count)
+
+
+def top_ids(counts_V: Any, count: int) -> np.ndarray:
+  """[count] int32, ascending: the ids of the `count` largest entries of `counts_V` (ties to
+  the lower id)."""
+  counts_V = np.asarray(counts_V)
+  if not 0 < count <= len(counts_V):
+    raise ValueError(f'A draft vocabulary of {count} tokens from counts over {len(counts_V)}.')
+  order = np.lexsort((np.arange(len(counts_V)), -counts_V))  # most frequent first, lower id
   return np.sort(order[:count]).astype(np.int32)
+
+
+def size_key(count: int) -> str:
+  """The key of a decode-time set of `count` tokens in params[RUN_KEY]."""
+  return str(int(count))
+
+
+def run_ids(params: Any, count: int, who: str) -> jax.Array:
+  """[count] int32 ids of the decode-time draft vocabulary of `count` tokens (params[RUN_KEY]),
+  or a ValueError that says where they come from."""
+  sets = params.get(RUN_KEY) or {}
+  hot = sets.get(size_key(count))
+  if hot is None:
+    raise ValueError(
+        f'{who}: draft_vocab={count} needs the {count} most frequent tokens of the target\'s '
+        f'training data as params[{RUN_KEY!r}][{size_key(count)!r}] (sample.py and the '
+        'workbench count them from the target run; have sizes '
+        f'{sorted(sets, key=int) if sets else "none"}).')
+  if hot.ndim != 1 or hot.shape[0] != count or not jnp.issubdtype(hot.dtype, jnp.integer):
+    raise ValueError(f'{who}: params[{RUN_KEY!r}][{size_key(count)!r}] must be {count} integer '
+                     f'ids, got {hot.dtype} {hot.shape}.')
+  return hot
+
+
+def expand(logits_xVd: jax.Array, hot_Vd: jax.Array, vocab_size: int) -> jax.Array:
+  """[..., vocab_size] float32: entry hot[i] = logits[..., i], every other id NEVER_LOGIT (a
+  reduced draft's scores over the target's vocabulary)."""
+  full = jnp.full(logits_xVd.shape[:-1] + (vocab_size,), NEVER_LOGIT, jnp.float32)
+  return full.at[..., hot_Vd].set(logits_xVd.astype(jnp.float32))
 
 
 def target_index(hot_ids: jax.Array, vocab_size: int) -> jax.Array:

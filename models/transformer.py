@@ -30,7 +30,8 @@ class ModelOutput:
   """What a forward call returns.
 
   logits_BxTxV: float32 logits of the head applied after the last layer that ran (ids at or
-    past `cfg.valid_vocab_size`, when set, get `layers.NEVER_LOGIT`).
+    past `cfg.valid_vocab_size`, when set, get `layers.NEVER_LOGIT`); None when the call
+    passed `return_logits=False`.
   cache: the updated cache (None when none was passed).
   hidden: when `return_hidden`, the residual stream entering the first layer run, then after
     each layer run (hi - lo + 1 arrays [B, T, D], before the final norm); else None.
@@ -42,7 +43,7 @@ class ModelOutput:
   attention_BxTxS: when `return_attention`, the attention probabilities over the keys summed
     over heads and the attention layers run (float32); else None.
   """
-  logits_BxTxV: jax.Array
+  logits_BxTxV: jax.Array | None
   cache: cache_lib.Cache | None
   hidden: tuple[jax.Array, ...] | None
   last_hidden_BxTxD: jax.Array
@@ -108,7 +109,8 @@ class Transformer(nn.Module):
                parents_BxT: jax.Array | None = None,
                skip_layers_BxT: jax.Array | None = None,
                return_attention: bool = False,
-               lora: Any = None) -> ModelOutput:
+               lora: Any = None,
+               return_logits: bool = True) -> ModelOutput:
     """Runs layers [lo, hi) over T tokens.
 
     Args:
@@ -142,6 +144,9 @@ class Transformer(nn.Module):
         positions where its gate_BxT is True the input embedding is replaced by its
         mask_embed_BxTxD and every attention / MLP projection gets its low-rank update; the
         other positions compute exactly what they compute without it. Default: none.
+      return_logits: False skips the output head (`logits_BxTxV` is None): for a caller that
+        scores only some rows of it from `last_hidden_BxTxD` (a reduced draft vocabulary,
+        `models.draft_vocab`), so the whole [V, D] head is never read.
     """
     cfg = self.cfg
     lo, hi = layer_range if layer_range is not None else (0, cfg.num_layers)
@@ -244,7 +249,9 @@ class Transformer(nn.Module):
 
     last_hidden_BxTxD = layers.RMSNorm(cfg.norm_eps, 'embed', cfg.weight_dtype,
                                        name='final_norm')(x_BxTxD)
-    if cfg.tie_embeddings:
+    if not return_logits:
+      logits_BxTxV = None
+    elif cfg.tie_embeddings:
       logits_BxTxV = embedder.attend(last_hidden_BxTxD)
     else:
       w = layers.logical_param(self, 'lm_head', nn.initializers.normal(cfg.init_std),
@@ -255,7 +262,9 @@ class Transformer(nn.Module):
     if pad_T:  # drop the dummy tokens
       logits_BxTxV, last_hidden_BxTxD, hidden = jax.lax.optimization_barrier(
           (logits_BxTxV, last_hidden_BxTxD, hidden))
-      logits_BxTxV, last_hidden_BxTxD = logits_BxTxV[:, :T], last_hidden_BxTxD[:, :T]
+      if logits_BxTxV is not None:
+        logits_BxTxV = logits_BxTxV[:, :T]
+      last_hidden_BxTxD = last_hidden_BxTxD[:, :T]
       hidden = [h[:, :T] for h in hidden]
     new_cache = None
     if cache is not None:
@@ -263,7 +272,9 @@ class Transformer(nn.Module):
     step_states = None
     if return_step_states:
       step_states = delta_cache.StepStates(layers=tuple(step_layers), lengths_B=cache.lengths)
-    return ModelOutput(logits_BxTxV=layers.mask_invalid_ids(logits_BxTxV, cfg), cache=new_cache,
+    if logits_BxTxV is not None:
+      logits_BxTxV = layers.mask_invalid_ids(logits_BxTxV, cfg)
+    return ModelOutput(logits_BxTxV=logits_BxTxV, cache=new_cache,
                        hidden=tuple(hidden) if return_hidden else None,
                        last_hidden_BxTxD=last_hidden_BxTxD, step_states=step_states,
                        attention_BxTxS=attention_BxTxS)

@@ -183,3 +183,29 @@ def test_a_reduced_draft_vocabulary_reads_fewer_head_rows_per_draft_call(tmp_pat
   assert [r['decoder'] for r in rows] == [
       'ar', 'eagle3(tree=chain)', 'eagle3(tree=chain) (draft vocabulary 64)']
   assert rows[2]['bytes'] < rows[1]['bytes'] and path.startswith(str(tmp_path))
+
+
+def test_a_decode_time_draft_vocabulary_reads_fewer_head_rows_per_draft_token(tmp_path,
+                                                                             monkeypatch):
+  """LayerSkip with draft_vocab=1024 of 4096 tokens: each of its 3 draft tokens reads 3072
+  head rows fewer (the verification forward reads the whole head as before), and
+  `--draft_vocabs` gives the early exit one row per size, labelled by its setting."""
+  model = Transformer(small_config(vocab_size=4096, num_layers=4, d_model=128))
+  params = init_params(model, jax.random.key(0))
+  kw = dict(batch=1, prompt_len=8, max_new=16, cache_size=128)
+  full, reduced = (step_ops.count_decoder(step_ops.build(spec)[0], Models(model),
+                                          {'target': params}, **kw)
+                   for spec in ('layerskip:gamma=3', 'layerskip:gamma=3:draft_vocab=1024'))
+  rows_bytes = 3 * (4096 - 1024) * model.cfg.d_model * 4
+  # what it adds per draft token: [V] float32 scores spread over the vocabulary (a few V x 4
+  # bytes, 2% of the rows it no longer reads at D = 128)
+  assert 0.9 * rows_bytes <= full.bytes - reduced.bytes <= 1.02 * rows_bytes, (
+      (full.bytes - reduced.bytes) / rows_bytes)
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(common, 'RESULTS_DIR', str(tmp_path))
+  args = type('Args', (), dict(preset='test', dtype='float32', decoders='ar,layerskip',
+                               draft_vocabs='0,64', batch=1, prompt_len=8, max_new_tokens=16,
+                               model='', top=2, out='', dump_hlo=''))
+  _, rows = step_ops.run(args)
+  assert [r['decoder'] for r in rows] == ['ar', 'layerskip', 'layerskip(draft_vocab=64)']
+  assert rows[2]['bytes'] < rows[1]['bytes']

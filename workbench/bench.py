@@ -23,11 +23,13 @@ import jax
 import ml_collections
 from jax.sharding import Mesh
 
+import data as data_lib
 from decoding import base
 from decoding import compare
 from decoding import registry
 from decoding import runner
 from decoding import sampling as sampling_lib
+from models import draft_vocab
 from models import kind as kind_model_lib
 from workdir import checkpoint as checkpoint_lib
 from workdir import kind as kind_lib
@@ -64,6 +66,7 @@ class Workbench:
     self.extras: dict[str, Any] = dict(target.extras)
     self._runs = {} if runs is None else runs
     self._runs.setdefault(target.workdir, target)
+    self._token_counts = None
 
   @classmethod
   def load(cls, workdir: str, *, step: int | None = None, mesh: Mesh | None = None,
@@ -121,6 +124,29 @@ class Workbench:
     texts = prompts_lib.heldout_texts(self.config.get('data'), n, chars)
     return texts, [self.tokenizer.encode_prompt(t) for t in texts]
 
+  def draft_vocabulary(self, count: int) -> Any:
+    """[count] int32, ascending: the `count` most frequent tokens of this run's training split
+    (its config['data'], tokenized by its tokenizer; counted once per workbench, a few
+    seconds for the embedded corpus): the decode-time draft vocabulary of decoders with
+    `draft_vocab=count` (FR-Spec, `models.draft_vocab`)."""
+    valid = min(self.tokenizer.vocab_size, self.model.cfg.vocab_size)
+    if not 0 < count < valid:
+      raise ValueError(f'draft_vocab must be in [1, {valid - 1}] (0 = the whole vocabulary of '
+                       f'{valid} tokens), got {count}.')
+    if self._token_counts is None:
+      cfg = data_lib.DataConfig(**(self.config.get('data') or {}))
+      self._token_counts = data_lib.token_counts(cfg, self.tokenizer)
+    return draft_vocab.top_ids(self._token_counts[:valid], count)
+
+  def draft_vocab_params(self, decoders: Sequence[base.Decoder]) -> dict[str, Any]:
+    """{'draft_vocab': {str(N): ids}} for the draft vocabularies `decoders` read ({} if
+    none)."""
+    sizes = sorted({n for d in decoders for n in d.draft_vocab_sizes()})
+    if not sizes:
+      return {}
+    return {draft_vocab.RUN_KEY: {draft_vocab.size_key(n): jax.numpy.asarray(
+        self.draft_vocabulary(n)) for n in sizes}}
+
   # ------------------------------------------------------------------ other runs
 
   def run_of(self, workdir: str) -> loading.LoadedModel:
@@ -162,7 +188,8 @@ class Workbench:
     """(models, params) `decoder.generate` runs on: the target, the runs it declares, the
     workbench's extras and `extra_params` (e.g. a router's weights)."""
     self.check_runs(decoder)
-    extras, params = [], {**self.extras, **(extra_params or {}), 'target': self.params}
+    extras, params = [], {**self.extras, **self.draft_vocab_params([decoder]),
+                          **(extra_params or {}), 'target': self.params}
     for name, workdir in decoder.extra_models().items():
       run = self.run_of(workdir)
       extras.append((name, run.model))
@@ -216,8 +243,9 @@ class Workbench:
     params[name] (e.g. a router's weights). MissingRunError before anything runs when a
     decoder's extra run is missing.
     """
-    for d in decoders:
-      self.check_runs(d[1] if isinstance(d, tuple) else d)
+    plain = [d[1] if isinstance(d, tuple) else d for d in decoders]
+    for d in plain:
+      self.check_runs(d)
     tok = self.tokenizer
 
     def load_extra(workdir: str):
@@ -228,7 +256,8 @@ class Workbench:
                            pad_id=tok.pad_id, max_new_tokens=max_new_tokens,
                            cache_size=cache_size, seed=seed, batch_size=batch_size,
                            mesh=self.mesh, load_extra=load_extra,
-                           target_extras={**self.extras, **(extra_params or {})},
+                           target_extras={**self.extras, **self.draft_vocab_params(plain),
+                                          **(extra_params or {})},
                            repeats=repeats)
 
   def run_one(self, decoder: base.Decoder, prompts: Sequence[Sequence[int]], **kwargs

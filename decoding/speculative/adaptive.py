@@ -186,6 +186,9 @@ class AdaptiveChain(drafter_lib.Drafter):
   def extra_models(self) -> dict[str, str]:
     return self.longest.extra_models()
 
+  def draft_vocab_sizes(self) -> tuple[int, ...]:
+    return self.longest.draft_vocab_sizes()
+
   def prefill_kwargs(self) -> dict[str, Any]:
     return self.longest.prefill_kwargs()
 

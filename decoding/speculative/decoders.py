@@ -131,6 +131,9 @@ class SpecDecoder(base.Decoder):
   def extra_models(self) -> dict[str, str]:
     return self.get_drafter().extra_models()
 
+  def draft_vocab_sizes(self) -> tuple[int, ...]:
+    return self.get_drafter().draft_vocab_sizes()
+
   def extra_cache_slots(self, max_new_tokens: int) -> int:
     del max_new_tokens
     return self.get_drafter().extra_cache_slots()
@@ -180,6 +183,8 @@ class DraftModelDecoder(TreeDecoder):
   top_k: int = 4               # dynamic trees: frontier width and children per node
   stop_below: float = 0.0      # adaptive chains: stop drafting below this top-1 probability
   draft_loop: str = 'auto'     # chains: auto | while | fixed | unroll (drafter.draft_loop)
+  draft_vocab: int = 0         # the draft scores the N most frequent training tokens (FR-Spec;
+                               # 0 = its whole vocabulary)
 
   def drafter_name(self) -> str:
     return 'model'
@@ -189,10 +194,11 @@ class DraftModelDecoder(TreeDecoder):
       return draft_model.DraftModelDrafter(workdir=self.draft_workdir, shape='dynamic',
                                            top_k=self.top_k, depth=self.gamma,
                                            nodes=self.tree_nodes, stop_below=self.stop_below,
-                                           mode=mode)
+                                           mode=mode, draft_vocab=self.draft_vocab)
     return draft_model.DraftModelDrafter(workdir=self.draft_workdir, shape=self.tree,
                                          template=self.template(), stop_below=self.stop_below,
-                                         mode=mode, loop=self.draft_loop)
+                                         mode=mode, loop=self.draft_loop,
+                                         draft_vocab=self.draft_vocab)
 
 
 @registry.register
@@ -374,6 +380,8 @@ class EarlyExitDecoder(SpecDecoder):
   gamma: int = 4               # longest chain
   stop_below: float = 0.0      # stop drafting below this top-1 probability
   draft_loop: str = 'auto'     # auto | while | fixed | unroll (drafter.draft_loop)
+  draft_vocab: int = 0         # draft over the N most frequent training tokens (FR-Spec;
+                               # 0 = the whole vocabulary; not DEL)
 
   def exits(self) -> tuple[int, ...]:
     """(E,) one exit layer (0 = half the layers); () = chosen online among all (DEL)."""
@@ -382,7 +390,7 @@ class EarlyExitDecoder(SpecDecoder):
   def make_drafter(self, mode):
     return early_exit.EarlyExitDrafter(exits=self.exits(), gamma=self.gamma,
                                        stop_below=self.stop_below, adapter=self.adapter,
-                                       loop=self.draft_loop)
+                                       loop=self.draft_loop, draft_vocab=self.draft_vocab)
 
 
 @registry.register
@@ -415,6 +423,9 @@ class DELDecoder(EarlyExitDecoder):
   name: ClassVar[str] = 'del'
 
   def __post_init__(self):
+    if self.draft_vocab:
+      raise ValueError('DEL reads every candidate exit through the whole head (its shadow '
+                       'tokens); draft_vocab applies to layerskip and kangaroo.')
     if self.adaptive:
       raise ValueError('DEL picks its own exit layer and draft length every step; the '
                        'adaptive draft length (adaptive=1) does not apply to it.')

@@ -8,6 +8,11 @@ the accepted path is committed into the draft cache with the same `commit_accept
 target (moving slots, deferred to the next step's first draft call), keeping only nodes the
 draft has processed.
 
+`draft_vocab=N`: the draft scores only the N most frequent tokens of the target's training
+data (FR-Spec, `models.draft_vocab`; its layers as before, N x D of its head instead of V x D),
+its scores spread over the whole vocabulary with NEVER_LOGIT elsewhere, so its proposals and
+its q (sampled verification) are over target ids as without it: lossless either way.
+
 Tree shapes:
   chain     G drafts in a row; `stop_below` > 0 stops a row's drafting once the draft's top-1
             probability falls below it (adaptive draft length; the draft loop ends early
@@ -39,6 +44,8 @@ from decoding.speculative import proposals
 from decoding.speculative import trees
 from decoding.speculative import verify as verify_lib
 from models import cache as cache_lib
+from models import draft_vocab as draft_vocab_lib
+from models import heads as heads_lib
 from models import masks
 import pallas_kernels.common as kernel_common
 
@@ -48,11 +55,13 @@ DRAFT = 'draft'
 @flax.struct.dataclass
 class DraftState:
   """cache: the draft's cache; pending_B: committed token the draft has not processed (-1 =
-  none), at position base - 1; processed_BxT / node_slots_BxT: of the last proposed tree."""
+  none), at position base - 1; processed_BxT / node_slots_BxT: of the last proposed tree;
+  head_VdxD: the rows of the draft's head over its draft vocabulary (() without one)."""
   cache: cache_lib.Cache
   pending_B: jax.Array
   processed_BxT: jax.Array
   node_slots_BxT: jax.Array
+  head_VdxD: Any = ()
 
 
 def _how(mode: str) -> str:
@@ -75,6 +84,7 @@ class DraftModelDrafter(drafter_lib.Drafter):
   state_nodes: int = 0  # chains: width of the per-node state (0 = the chain's), so that
                         # chains of several lengths share one state (adaptive.py)
   loop: str = 'auto'    # chains: the drafting loop (drafter.draft_loop)
+  draft_vocab: int = 0  # score only the N most frequent training tokens (models.draft_vocab)
   ar_step_ok: ClassVar[bool] = False  # the draft must see every token: no step skips it
 
   # ------------------------------------------------------------------ static shape
@@ -118,20 +128,42 @@ class DraftModelDrafter(drafter_lib.Drafter):
                        'workdir written by train.py with the same tokenizer as the target).')
     return {DRAFT: self.workdir}
 
+  def draft_vocab_sizes(self) -> tuple[int, ...]:
+    return (self.draft_vocab,) if self.draft_vocab else ()
+
   def check(self, models: base.Models, params: dict[str, Any]) -> None:
     if DRAFT not in params:
       raise ValueError("The 'model' drafter needs the draft model's params under 'draft'.")
     drafter_lib.check_vocab('draft model', models[DRAFT], models.target)
+    if self.draft_vocab:
+      draft_vocab_lib.run_ids(params, self.draft_vocab, 'The draft model')
     if verify_lib.is_recurrent(models[DRAFT].cfg):
       raise ValueError('Draft models with recurrent layers are not supported yet (their '
                        'state cannot follow a multi-call tree draft); use an attention draft.')
 
   # ------------------------------------------------------------------ helpers
-  def _apply(self, env, dstate_cache, tokens_BxT, positions_BxT, slots_BxT, mask=None):
-    out = env.models[DRAFT].apply({'params': env.params[DRAFT]}, tokens_BxT, positions_BxT,
-                                  cache=dstate_cache, write_slots_BxT=slots_BxT,
-                                  attn_mask=mask)
-    return out.logits_BxTxV, out.cache
+  def _head_rows(self, env):
+    """[N, D] rows of the draft's head over its draft vocabulary (() without one): gathered
+    once per generation, into the state."""
+    if not self.draft_vocab:
+      return ()
+    hot = draft_vocab_lib.run_ids(env.params, self.draft_vocab, 'The draft model')
+    return jnp.take(heads_lib.output_embedding(env.params[DRAFT], env.models[DRAFT].cfg), hot,
+                    axis=0)
+
+  def _apply(self, env, head_VdxD, dstate_cache, tokens_BxT, positions_BxT, slots_BxT,
+             mask=None):
+    """The draft's logits [B, T, V] (NEVER_LOGIT outside a draft vocabulary, whose head rows
+    are `head_VdxD`) and cache."""
+    draft, p = env.models[DRAFT], env.params[DRAFT]
+    out = draft.apply({'params': p}, tokens_BxT, positions_BxT, cache=dstate_cache,
+                      write_slots_BxT=slots_BxT, attn_mask=mask,
+                      return_logits=not self.draft_vocab)
+    if not self.draft_vocab:
+      return out.logits_BxTxV, out.cache
+    hot = draft_vocab_lib.run_ids(env.params, self.draft_vocab, 'The draft model')
+    logits = heads_lib.head_logits(out.last_hidden_BxTxD, head_VdxD, draft.cfg)
+    return draft_vocab_lib.expand(logits, hot, draft.cfg.vocab_size), out.cache
 
   def _first_call(self, env, state: DraftState, root_B, base_B, active_B):
     """Feeds [pending, root]; returns the root's logits [B, V] and the cache."""
@@ -139,7 +171,7 @@ class DraftModelDrafter(drafter_lib.Drafter):
     tokens = jnp.stack([jnp.maximum(state.pending_B, 0), root_B], axis=1)
     positions = jnp.stack([jnp.where(pend_ok_B, base_B - 1, -1),
                            jnp.where(active_B, base_B, -1)], axis=1)
-    logits, cache = self._apply(env, state.cache, tokens, positions, positions)
+    logits, cache = self._apply(env, state.head_VdxD, state.cache, tokens, positions, positions)
     return logits[:, 1], cache
 
   prefill_forwards: ClassVar[int] = 1  # the draft's own prefill
@@ -156,7 +188,8 @@ class DraftModelDrafter(drafter_lib.Drafter):
     T = max(self.max_nodes, self.state_nodes)
     return DraftState(cache=cache, pending_B=jnp.full((B,), -1, jnp.int32),
                       processed_BxT=jnp.zeros((B, T), bool),
-                      node_slots_BxT=jnp.zeros((B, T), jnp.int32))
+                      node_slots_BxT=jnp.zeros((B, T), jnp.int32),
+                      head_VdxD=self._head_rows(env))
 
   # ------------------------------------------------------------------ propose
   def propose(self, env, state, target_cache, root_B, base_B, active_B):
@@ -206,7 +239,7 @@ class DraftModelDrafter(drafter_lib.Drafter):
       tok_B = jax.lax.dynamic_index_in_dim(tokens, j, 1, keepdims=False)
       ok_B = jax.lax.dynamic_index_in_dim(valid, j, 1, keepdims=False)
       pos_B = jnp.where(ok_B, base_B + j, -1)
-      logits, cache = self._apply(env, cache, tok_B[:, None], pos_B[:, None], pos_B[:, None])
+      logits, cache = self._apply(env, state.head_VdxD, cache, tok_B[:, None], pos_B[:, None], pos_B[:, None])
       tok, ok, lq, _ = self._draw(env, logits, 1, base_B + j + 1, 0)
       keep = ok_B & ok[:, 0, 0]
       if self.stop_below > 0:
@@ -259,7 +292,7 @@ class DraftModelDrafter(drafter_lib.Drafter):
       valid = valid.at[:, s:e].set(child_ok)
       if d < D:  # feed this level to get its children's distribution
         pos = jnp.where(valid[:, s:e], base_B[:, None] + d, -1)
-        fed_logits, cache = self._apply(env, cache, tokens[:, s:e], pos, slots_BxT[:, s:e],
+        fed_logits, cache = self._apply(env, state.head_VdxD, cache, tokens[:, s:e], pos, slots_BxT[:, s:e],
                                         full[:, s:e])
         calls = calls + jnp.any(valid[:, s:e], axis=1)
     tree = trees.from_template(tpl, tokens, valid, logq)
@@ -312,7 +345,7 @@ class DraftModelDrafter(drafter_lib.Drafter):
       f_ok = at(p_ok) & jnp.isfinite(parent_score)
       pos = jnp.where(f_ok, base_B[:, None] + d, -1)
       f_anc = jnp.take_along_axis(p_anc, top[:, :, None], 1)  # [B, k, C1]
-      logits, cache = self._apply(env, cache, at(p_tok), pos, base_B[:, None] + frontier,
+      logits, cache = self._apply(env, state.head_VdxD, cache, at(p_tok), pos, base_B[:, None] + frontier,
                                   masks.block_to_cache_mask(f_anc, base_B, env.cache_size))
       calls = calls + jnp.any(f_ok, axis=1)
       fed_nodes.append((frontier, f_ok))  # distinct nodes across rounds: one write at the end

@@ -150,6 +150,10 @@ class Drafter:
   def extra_models(self) -> dict[str, str]:
     return {}
 
+  def draft_vocab_sizes(self) -> tuple[int, ...]:
+    """`base.Decoder.draft_vocab_sizes`; default none."""
+    return ()
+
   def resolve(self, models: base.Models) -> 'Drafter':
     """Fills settings that depend on the models (e.g. the exit layer); default: self."""
     del models

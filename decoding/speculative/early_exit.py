@@ -11,6 +11,11 @@ Verification reuses the shallow work: layers [0, E) run only on the one drafted 
 have not seen (the last), then layers [E, L) run on the whole chain from the cached shallow
 hidden states. The deterministic rule verifies (lossless).
 
+`draft_vocab=N` (LayerSkip, Kangaroo): the draft scores only the N most frequent tokens of the
+target's training data (FR-Spec's frequency-ranked head, `models.draft_vocab`): N x D of the
+head per draft token instead of V x D, the largest part of an early-exit draft on a large
+vocabulary. Verification reads the whole head as before (lossless).
+
 DEL (Zarch et al. 2025) picks the exit layer and the draft length every step from
 per-layer acceptance estimated on "shadow tokens": after each verification the hidden state
 after every layer at the accepted nodes goes through the shared head, and each candidate
@@ -34,6 +39,7 @@ from decoding.speculative import drafter as drafter_lib
 from decoding.speculative import trees
 from decoding.speculative import verify as verify_lib
 from models import cache as cache_lib
+from models import draft_vocab as draft_vocab_lib
 from models import heads as heads_lib
 from models import kind as kind_lib
 
@@ -46,7 +52,8 @@ class ExitState:
   exit_idx: DEL's chosen exit (index into `exits`) for this step; rate_BxE, seen_BxE: DEL's
   running agreement of each candidate exit; exit_hist_BxE: steps run at each exit;
   limit_B: this step's draft length; shadow_ExBxT: each candidate exit's prediction at every
-  node of this step (-1 where not observable)."""
+  node of this step (-1 where not observable); head_VdxD: the head's rows over the draft
+  vocabulary (`draft_vocab`, gathered once per generation; () without one)."""
   h_BxTxD: jax.Array
   hs_BxTxLxD: jax.Array
   adapter: Any
@@ -56,6 +63,7 @@ class ExitState:
   exit_hist_BxE: jax.Array
   limit_B: jax.Array
   shadow_ExBxT: jax.Array
+  head_VdxD: Any = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +81,7 @@ class EarlyExitDrafter(drafter_lib.ChainDrafter):
   state_nodes: int = 0   # chain nodes the per-node state holds (0 = gamma + 1), so that the
                          # chain lengths of an adaptive length share one state
   num_layers: int = 0    # the target's layers (set by `resolve`; for `step_cost`)
+  draft_vocab: int = 0   # draft over the N most frequent tokens (models.draft_vocab; 0 = all)
 
   @property
   def dynamic(self) -> bool:
@@ -88,6 +97,9 @@ class EarlyExitDrafter(drafter_lib.ChainDrafter):
   def ar_step_ok(self) -> bool:
     """Kangaroo's adapter keeps a cache of its own that must see every token."""
     return not self.adapter and not self.dynamic
+
+  def draft_vocab_sizes(self) -> tuple[int, ...]:
+    return (self.draft_vocab,) if self.draft_vocab else ()
 
   def step_cost(self, target_cost: float) -> float:
     """gamma draft tokens and the last one through the E of L layers, the other L - E layers
@@ -115,6 +127,11 @@ class EarlyExitDrafter(drafter_lib.ChainDrafter):
     if verify_lib.is_recurrent(models.target.cfg):
       raise ValueError('Early-exit drafting reuses the target cache slot by slot; targets '
                        'with recurrent layers are not supported (use a separate draft model).')
+    if self.draft_vocab:
+      if self.dynamic:
+        raise ValueError('DEL reads every candidate exit through the whole head (its shadow '
+                         'tokens); draft_vocab applies to layerskip and kangaroo.')
+      draft_vocab_lib.run_ids(params, self.draft_vocab, 'Early-exit drafting')
     if self.adapter:
       if heads_lib.KANGAROO not in params:
         raise ValueError("The 'kangaroo' drafter needs an adapter in the target run: "
@@ -123,12 +140,20 @@ class EarlyExitDrafter(drafter_lib.ChainDrafter):
   def prefill_kwargs(self):
     return {'return_hidden': True} if self.adapter else {}
 
-  def _adapter_apply(self, env, x, positions, adapter_cache, slots=None):
+  def _adapter_apply(self, env, x, positions, adapter_cache, slots=None, out_emb=None):
     cfg = env.target.cfg
+    if out_emb is None:
+      out_emb = heads_lib.output_embedding(env.target_params, cfg)
     return heads_lib.KangarooAdapter(cfg).apply(
-        {'params': env.params[heads_lib.KANGAROO]}, x, positions,
-        heads_lib.output_embedding(env.target_params, cfg), cache=adapter_cache,
+        {'params': env.params[heads_lib.KANGAROO]}, x, positions, out_emb, cache=adapter_cache,
         write_slots_BxT=slots)
+
+  def _head_rows(self, env):
+    """[N, D] rows of the head over the draft vocabulary (() without one)."""
+    if not self.draft_vocab:
+      return ()
+    hot = draft_vocab_lib.run_ids(env.params, self.draft_vocab, 'Early-exit drafting')
+    return jnp.take(heads_lib.output_embedding(env.target_params, env.target.cfg), hot, axis=0)
 
   def init(self, env, prefill, first_B):
     B, D = first_B.shape[0], env.target.cfg.d_model
@@ -149,7 +174,8 @@ class EarlyExitDrafter(drafter_lib.ChainDrafter):
                      seen_BxE=jnp.zeros((B, E), jnp.float32),
                      exit_hist_BxE=jnp.zeros((B, E), jnp.int32),
                      limit_B=jnp.full((B,), self.gamma, jnp.int32),
-                     shadow_ExBxT=jnp.full((E, B, W), -1, jnp.int32))
+                     shadow_ExBxT=jnp.full((E, B, W), -1, jnp.int32),
+                     head_VdxD=self._head_rows(env))
 
   # ------------------------------------------------------------------ DEL's choice
   def _choose(self, state, active_B, L):
@@ -175,6 +201,10 @@ class EarlyExitDrafter(drafter_lib.ChainDrafter):
     valid = jnp.zeros((B, G + 1), bool).at[:, 0].set(active_B)
     h_all = jnp.zeros_like(state.h_BxTxD)
     hs = jnp.zeros_like(state.hs_BxTxLxD)
+    rows = state.head_VdxD if self.draft_vocab else None
+    hot = (draft_vocab_lib.run_ids(env.params, self.draft_vocab, 'Early-exit drafting')
+           if self.draft_vocab else None)
+    V = target.cfg.vocab_size
 
     def body(c):
       j, cache, adapter, tokens, valid, h_all, hs, calls = c
@@ -182,11 +212,16 @@ class EarlyExitDrafter(drafter_lib.ChainDrafter):
       ok = jax.lax.dynamic_index_in_dim(valid, j, 1, keepdims=False)
       pos = jnp.where(ok, base_B + j, -1)[:, None]
       out = target.apply({'params': p}, tok[:, None], pos, cache=cache,
-                         layer_range=(0, exit_layer), return_hidden=True)
+                         layer_range=(0, exit_layer), return_hidden=True,
+                         return_logits=not (self.adapter or self.draft_vocab))
       h = out.hidden[-1]
       logits = out.logits_BxTxV
       if self.adapter:
-        logits, adapter = self._adapter_apply(env, h, pos, adapter)
+        logits, adapter = self._adapter_apply(env, h, pos, adapter, out_emb=rows)
+      elif self.draft_vocab:
+        logits = heads_lib.head_logits(out.last_hidden_BxTxD, rows, target.cfg)
+      if self.draft_vocab:
+        logits = draft_vocab_lib.expand(logits, hot, V)
       nxt = jnp.argmax(logits[:, 0], -1).astype(jnp.int32)
       keep = ok & (j < limit_B)
       if self.stop_below > 0:
@@ -247,7 +282,7 @@ class EarlyExitDrafter(drafter_lib.ChainDrafter):
     live = tree.valid_BxT & active_B[:, None]
     positions = jnp.where(live, base_B[:, None] + jnp.arange(G + 1)[None], -1)
     last = target.apply({'params': p}, tree.tokens_BxT[:, G:], positions[:, G:], cache=cache,
-                        layer_range=(0, exit_layer), return_hidden=True)
+                        layer_range=(0, exit_layer), return_hidden=True, return_logits=False)
     h_last = last.hidden[-1]
     adapter = state.adapter
     if self.adapter:

@@ -14,7 +14,7 @@ from testlib import small_config
 from decoding import Models
 from decoding.speculative import drafter as drafter_lib
 from decoding.speculative import loop
-from models import Transformer, eagle, heads, init_params
+from models import Transformer, draft_vocab, eagle, heads, init_params
 
 V = 48
 HOT_IDS = sorted(np.random.default_rng(0).choice(V, 20, replace=False).tolist())
@@ -57,7 +57,10 @@ def build_setup():
   params = {'target': tp, 'draft': dp, 'medusa': med, 'mtp': mtp, 'kangaroo': kang,
             'eagle3': e3, 'eagle1': e1, 'eagle3_hot': e3h,
             'medusa_hot': dict(med, hot_ids=jnp.asarray(HOT_IDS, jnp.int32)),
-            'mtp_hot': dict(mtp, hot_ids=jnp.asarray(HOT_IDS, jnp.int32))}
+            'mtp_hot': dict(mtp, hot_ids=jnp.asarray(HOT_IDS, jnp.int32)),
+            # decode-time draft vocabularies (draft model, early exit: `draft_vocab=20`)
+            draft_vocab.RUN_KEY: {draft_vocab.size_key(len(HOT_IDS)):
+                                  jnp.asarray(HOT_IDS, jnp.int32)}}
   eos, ref = testlib.ragged_ar_reference(models, params, PROMPTS, max_new_tokens=N_NEW,
                                          cache_size=CACHE, pad_id=PAD)
   return models, params, eos, ref
@@ -74,6 +77,14 @@ METHODS = {
     'delayed-tree': ('speculative', dict(draft_workdir='x', tree='static', tree_nodes=6,
                                          gamma=4, delay=2)),
     'dynamic-tree': ('spec_dynamic', dict(draft_workdir='x', gamma=3, top_k=3, tree_nodes=10)),
+    # the draft model and the early exits over a decode-time draft vocabulary (20 of 48 ids)
+    'chain-vocab': ('speculative', dict(draft_workdir='x', gamma=3, draft_vocab=20)),
+    'static-tree-vocab': ('speculative', dict(draft_workdir='x', tree='static',
+                                              branching='3,2,1', draft_vocab=20)),
+    'dynamic-tree-vocab': ('spec_dynamic', dict(draft_workdir='x', gamma=3, top_k=3,
+                                                tree_nodes=10, draft_vocab=20)),
+    'layerskip-vocab': ('layerskip', dict(exit_layer=1, draft_vocab=20)),
+    'kangaroo-vocab': ('kangaroo', dict(exit_layer=2, stop_below=0.05, draft_vocab=20)),
     'prompt_lookup': ('prompt_lookup', {}),
     'token_recycling': ('token_recycling', dict(tree_nodes=20, gamma=4)),
     'jacobi': ('jacobi', {}),
@@ -108,6 +119,8 @@ METHODS = {
     # early exit: AR steps through its own forward; Kangaroo (adapter) never skips drafting
     'layerskip-adaptive': ('layerskip', dict(exit_layer=1, adaptive=True,
                                              costs='1,1.05,1.1,1.15,1.2')),
+    'layerskip-vocab-adaptive': ('layerskip', dict(exit_layer=1, adaptive=True, draft_vocab=20,
+                                                   costs='1,1.05,1.1,1.15,1.2')),
     'kangaroo-adaptive': ('kangaroo', dict(exit_layer=2, stop_below=0.05, gamma=4,
                                            adaptive=True, costs='1,1.1,1.2,1.3')),
 }

@@ -104,6 +104,27 @@ def _assert_matches_target(rows, exact):
 
 
 @pytest.mark.parametrize('name,settings', [
+    ('speculative', dict(draft_workdir='x', gamma=3)),                     # chain, iid
+    ('speculative', dict(draft_workdir='x', tree='static', branching='3,2',
+                         verifier='wor')),                                  # Sequoia tree
+    ('layerskip', dict(exit_layer=1, gamma=2)),                           # early exit
+], ids=['chain-iid', 'tree-wor', 'layerskip'])
+def test_draft_vocab_two_token_prefix_distribution_matches_target(lm, exact, name, settings):
+  """A decode-time draft vocabulary (every other id: about half the likely tokens after the
+  prompt lie outside it, where q is zero and p is not): the output still follows p."""
+  from models import draft_vocab  # pylint: disable=g-import-not-at-top
+  target, draft, dp, prompt = lm
+  hot = jnp.arange(0, target.model.cfg.vocab_size, 2, dtype=jnp.int32)
+  dec = registry.build(name, dict(settings, draft_vocab=int(hot.shape[0])), CFG)
+  params = {'target': target.params, 'draft': dp,
+            draft_vocab.RUN_KEY: {draft_vocab.size_key(hot.shape[0]): hot}}
+  rows, _ = run_decoder(dec, Models(target.model, extras=(('draft', draft),)), params,
+                        [prompt] * ROWS, max_new_tokens=2, cache_size=32, eos_id=-1, pad_id=0,
+                        seed=11, prompt_bucket=8, compiler_options=FAST)
+  _assert_matches_target(rows, exact)
+
+
+@pytest.mark.parametrize('name,settings', [
     ('eagle3', dict(tree='chain', gamma=3)),
     ('eagle1', dict(gamma=2, top_k=3, tree_nodes=5)),           # EAGLE-2 dynamic tree
 ], ids=['eagle3-chain', 'eagle1-dynamic'])

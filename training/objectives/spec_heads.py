@@ -68,9 +68,7 @@ def draft_vocabulary(config: ml_collections.ConfigDict, vocab_size: int) -> np.n
                      f'of {valid} tokens), got {count}.')
   dc = data_lib.DataConfig(**config.data.to_dict())
   docs = int(s.get('draft_vocab_docs', 0)) or None
-  texts = data_lib.load_texts(dc, dc.train_split, max_docs=docs)
-  return draft_vocab.frequent_tokens(
-      (data_lib.tokenize_document(tokenizer, t) for t in texts), valid, count)
+  return draft_vocab.top_ids(data_lib.token_counts(dc, tokenizer, max_docs=docs)[:valid], count)
 
 
 def refuse_draft_vocab(config: ml_collections.ConfigDict, objective: str) -> None:
