@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -245,9 +246,8 @@ def step_probes(step_tokens: float, tree: bool) -> list[tuple[int, bool]]:
 
 def _budget(name: str) -> int | None:
   """Node budget of a draft-model tree method (from its name), None for other methods."""
-  if not name.startswith('draft ') or 'tree' not in name:
-    return None
-  return int(name.split()[-1])
+  found = re.search(r'\btree (\d+)', name) if name.startswith('draft ') else None
+  return int(found.group(1)) if found else None
 
 
 def goals(runs) -> list[list[str]]:

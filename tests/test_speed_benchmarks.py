@@ -537,3 +537,19 @@ def test_spec_adaptive_runs_at_toy_size(tmp_path, monkeypatch):
   text = open(tmp_path / 'sa_t.md').read()
   assert 'A benchmark of the system, not of a drafter' in text
   assert "Every output equals AR's: True (2/2)." in text
+
+
+def test_every_speculative_method_name_reads_its_node_budget():
+  """The report's goals read a draft tree's node budget from its method name, suffixes such as
+  '(quarter vocabulary)' included; other methods have none; a quarter-vocabulary method gets
+  a quarter of the target's vocabulary as its draft_vocab."""
+  from benchmarks import speculative  # pylint: disable=g-import-not-at-top
+  budgets = {name: speculative._budget(name) for name in speculative.METHODS}
+  assert budgets['draft static tree 60'] == 60
+  assert budgets['draft dynamic tree 32 (quarter vocabulary)'] == 32
+  assert budgets['draft RSD-S tree 32'] == 32
+  assert budgets['draft chain g4 (quarter vocabulary)'] is None
+  assert budgets['medusa'] is None and budgets['eagle3 dynamic tree 32'] is None
+  quarter = [n for n, (_, s, _) in speculative.METHODS.items()
+             if s.get('draft_vocab') == speculative.QUARTER]
+  assert len(quarter) == 3 and all('(quarter vocabulary)' in n for n in quarter)
