@@ -137,6 +137,27 @@ def run_ids(params: Any, count: int, who: str) -> jax.Array:
   return hot
 
 
+def at_decode_time(params: Any, key: str, count: int, who: str,
+                   row_leaves: tuple[str, ...] = ()) -> Any:
+  """`params` with params[key] (a drafter trained over the whole vocabulary: EAGLE, Medusa,
+  MTP) given the decode-time set of `count` tokens as its `hot_ids` (`run_ids`), and its
+  `row_leaves` ([V, ...] per-token leaves such as EAGLE's head correction) cut to those rows;
+  unchanged for count 0. ValueError for a drafter trained with a set of its own."""
+  if not count:
+    return params
+  p = params[key]
+  if ids(p) is not None:
+    raise ValueError(f'{who} was trained over a draft vocabulary of {ids(p).shape[0]} tokens '
+                     f'(spec.draft_vocab); draft_vocab={count} is for drafters trained over '
+                     'the whole vocabulary. Leave it at 0.')
+  hot = run_ids(params, count, who)
+  q = {**p, HOT_IDS: hot}
+  for leaf in row_leaves:
+    if leaf in p:
+      q[leaf] = jnp.take(p[leaf], hot, axis=0)
+  return {**params, key: q}
+
+
 def expand(logits_xVd: jax.Array, hot_Vd: jax.Array, vocab_size: int) -> jax.Array:
   """[..., vocab_size] float32: entry hot[i] = logits[..., i], every other id NEVER_LOGIT (a
   reduced draft's scores over the target's vocabulary)."""

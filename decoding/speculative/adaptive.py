@@ -189,6 +189,9 @@ class AdaptiveChain(drafter_lib.Drafter):
   def draft_vocab_sizes(self) -> tuple[int, ...]:
     return self.longest.draft_vocab_sizes()
 
+  def with_draft_vocab(self, params):
+    return self.longest.with_draft_vocab(params)
+
   def prefill_kwargs(self) -> dict[str, Any]:
     return self.longest.prefill_kwargs()
 

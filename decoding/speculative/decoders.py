@@ -142,6 +142,7 @@ class SpecDecoder(base.Decoder):
                prompt_len_B: jax.Array, row_keys_B: jax.Array, *, max_new_tokens: int,
                cache_size: int, eos_id: int, pad_id: int) -> base.DecodeResult:
     drafter = self.get_drafter().resolve(models)
+    params = drafter.with_draft_vocab(params)
     drafter.check(models, params)
     need = max_new_tokens + drafter.extra_cache_slots() + 1
     if need > cache_size:
@@ -352,9 +353,11 @@ class MedusaDecoder(HeadsDecoder):
   tree: str = 'static'
   gamma: int = 3
   tree_nodes: int = 24
+  draft_vocab: int = 0         # heads trained over the whole vocabulary: draft over the N most
+                               # frequent training tokens (FR-Spec; 0 = as trained)
 
   def make_drafter(self, mode):
-    return head_drafters.MedusaDrafter(template=self.template())
+    return head_drafters.MedusaDrafter(template=self.template(), draft_vocab=self.draft_vocab)
 
 
 @registry.register
@@ -366,9 +369,11 @@ class MTPDecoder(HeadsDecoder):
   model_heads: ClassVar[tuple[str, ...]] = ('mtp',)
   drafter_type: ClassVar[type[drafter_lib.Drafter]] = head_drafters.MTPDrafter
   gamma: int = 2
+  draft_vocab: int = 0         # modules trained over the whole vocabulary: draft over the N
+                               # most frequent training tokens (FR-Spec; 0 = as trained)
 
   def make_drafter(self, mode):
-    return head_drafters.MTPDrafter(template=self.template())
+    return head_drafters.MTPDrafter(template=self.template(), draft_vocab=self.draft_vocab)
 
 
 # ------------------------------------------------------------------------ early exit
@@ -449,6 +454,8 @@ class EagleDecoder(SpecDecoder):
   feature_layers: str = ''     # EAGLE-3: fused target layers, e.g. '1/2/4' ('' = the default
                                # of models.eagle.feature_layers, as training uses)
   draft_loop: str = 'auto'     # chains: auto | while | fixed | unroll (drafter.draft_loop)
+  draft_vocab: int = 0         # a layer trained over the whole vocabulary: draft over the N
+                               # most frequent training tokens (FR-Spec; 0 = as trained)
 
   def make_drafter(self, mode):
     del mode  # deterministic drafts: every rule verifies them as 'deterministic'
@@ -461,7 +468,7 @@ class EagleDecoder(SpecDecoder):
     return eagle.EagleDrafter(variant=self.variant, shape=self.tree, gamma=self.gamma,
                               top_k=self.top_k, nodes=self.tree_nodes,
                               layers=eagle_lib.parse_layers(self.feature_layers),
-                              loop=self.draft_loop)
+                              loop=self.draft_loop, draft_vocab=self.draft_vocab)
 
 
 @registry.register

@@ -154,6 +154,11 @@ class Drafter:
     """`base.Decoder.draft_vocab_sizes`; default none."""
     return ()
 
+  def with_draft_vocab(self, params: dict[str, Any]) -> dict[str, Any]:
+    """The params it drafts with: a trained drafter given a decode-time draft vocabulary
+    (`models.draft_vocab.at_decode_time`) gets the set as its own; default unchanged."""
+    return params
+
   def resolve(self, models: base.Models) -> 'Drafter':
     """Fills settings that depend on the models (e.g. the exit layer); default: self."""
     del models

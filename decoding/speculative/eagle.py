@@ -71,6 +71,7 @@ class EagleDrafter(drafter_lib.Drafter):
   nodes: int = 16
   layers: tuple[int, ...] = ()  # EAGLE-3 feature layers (() = models.eagle default)
   loop: str = 'auto'  # chains: the drafting loop (drafter.draft_loop; every row drafts on)
+  draft_vocab: int = 0  # decode-time draft vocabulary for a layer trained over the whole one
 
   # ------------------------------------------------------------------ static shape
   @property
@@ -98,6 +99,17 @@ class EagleDrafter(drafter_lib.Drafter):
 
   def extra_cache_slots(self) -> int:
     return 1 + self.candidates if self.shape == 'dynamic' else self.max_nodes
+
+  def draft_vocab_sizes(self) -> tuple[int, ...]:
+    return (self.draft_vocab,) if self.draft_vocab else ()
+
+  def with_draft_vocab(self, params):
+    """A layer trained over the whole vocabulary, over the decode-time set (its head
+    correction, when it has one, cut to the set's rows)."""
+    if not self.draft_vocab or self.variant not in params:
+      return params
+    return draft_vocab.at_decode_time(params, self.variant, self.draft_vocab,
+                                      f'The {self.variant} draft layer', ('head_delta',))
 
   def resolve(self, models):
     if self.layers or self.variant != eagle_lib.EAGLE3:

@@ -83,6 +83,16 @@ class MedusaDrafter(drafter_lib.TemplateDrafter):
   """Medusa heads over a static tree (template depth <= number of heads)."""
   kind: ClassVar[str] = 'medusa'
   template: trees.Template = dataclasses.field(default_factory=lambda: trees.chain(3))
+  draft_vocab: int = 0  # decode-time draft vocabulary for heads trained over the whole one
+
+  def draft_vocab_sizes(self) -> tuple[int, ...]:
+    return (self.draft_vocab,) if self.draft_vocab else ()
+
+  def with_draft_vocab(self, params):
+    if not self.draft_vocab or heads_lib.MEDUSA not in params:
+      return params
+    return draft_vocab.at_decode_time(params, heads_lib.MEDUSA, self.draft_vocab,
+                                      'The Medusa heads')
 
   def check(self, models, params):
     _need(params, heads_lib.MEDUSA)
@@ -119,6 +129,16 @@ class MTPDrafter(drafter_lib.TemplateDrafter):
   """Sequential MTP modules over a static tree (template depth <= number of modules)."""
   kind: ClassVar[str] = 'mtp'
   template: trees.Template = dataclasses.field(default_factory=lambda: trees.chain(2))
+  draft_vocab: int = 0  # decode-time draft vocabulary for modules trained over the whole one
+
+  def draft_vocab_sizes(self) -> tuple[int, ...]:
+    return (self.draft_vocab,) if self.draft_vocab else ()
+
+  def with_draft_vocab(self, params):
+    if not self.draft_vocab or heads_lib.MTP not in params:
+      return params
+    return draft_vocab.at_decode_time(params, heads_lib.MTP, self.draft_vocab,
+                                      'The MTP modules')
 
   @staticmethod
   def depth_of(params) -> int:

@@ -103,6 +103,12 @@ METHODS = {
     'eagle3-dynamic': ('eagle3', dict(gamma=3, top_k=3, tree_nodes=10)),
     'eagle3-chain-hot': ('eagle3', dict(tree='chain', gamma=4)),    # reduced vocabulary
     'eagle3-dynamic-hot': ('eagle3', dict(gamma=3, top_k=3, tree_nodes=10)),
+    # trained over the whole vocabulary, drafting over a decode-time set (FR-Spec)
+    'eagle3-chain-vocab': ('eagle3', dict(tree='chain', gamma=4, draft_vocab=20)),
+    'eagle3-dynamic-vocab': ('eagle3', dict(gamma=3, top_k=3, tree_nodes=10, draft_vocab=20)),
+    'eagle1-dynamic-vocab': ('eagle1', dict(gamma=4, top_k=2, tree_nodes=6, draft_vocab=20)),
+    'medusa-vocab': ('medusa', dict(branching='3,2,1', draft_vocab=20)),
+    'mtp-vocab': ('mtp', dict(tree='static', branching='2,2', draft_vocab=20)),
     'eagle1-chain': ('eagle1', dict(tree='chain', gamma=3)),
     'eagle1-dynamic': ('eagle1', dict(gamma=4, top_k=2, tree_nodes=6)),
     'speculative-drafter-eagle3': ('speculative', dict(drafter='eagle3', tree='chain')),
@@ -135,13 +141,28 @@ def params_for(method, params):
               mtp=params['mtp_hot'])
 
 
+def reference_params(method, params):
+  """The params a from-scratch reference of `method`'s drafts reads: the '-hot' methods'
+  trained sets (`params_for`); for a '-vocab' method on a trained drafter, its own params
+  with the decode-time set as `hot_ids` and its per-token head correction cut to those rows
+  (built here, not by the code under test)."""
+  params = params_for(method, params)
+  name = METHODS[method][0]
+  if not method.endswith('-vocab') or name not in ('eagle3', 'eagle1', 'medusa', 'mtp'):
+    return params
+  p = dict(params[name], hot_ids=jnp.asarray(HOT_IDS, jnp.int32))
+  if 'head_delta' in p:
+    p['head_delta'] = p['head_delta'][np.asarray(HOT_IDS)]
+  return dict(params, **{name: p})
+
+
 def propose_from_hidden(dec, models, params, seed):
   """(tree, h_BxD, root_B) of a head drafter's proposal from a random hidden state."""
   from decoding.speculative import head_drafters  # pylint: disable=g-import-not-at-top
   drafter = dec.get_drafter().resolve(models)
   B = 3
-  env = drafter_lib.Env(models=models, params=params, sampling=dec.sampling,
-                        mode=dec.verification_mode(), row_keys_B=None,
+  env = drafter_lib.Env(models=models, params=drafter.with_draft_vocab(params),
+                        sampling=dec.sampling, mode=dec.verification_mode(), row_keys_B=None,
                         prompt_BxP=jnp.zeros((B, 4), jnp.int32),
                         prompt_len_B=jnp.full((B,), 4), cache_size=CACHE, max_new_tokens=N_NEW)
   h = jax.random.normal(jax.random.key(seed), (B, models.target.cfg.d_model))
@@ -164,8 +185,8 @@ def step_fn(dec, models, params, eos):
   drafter = dec.get_drafter().resolve(models)
 
   def env(params):
-    return drafter_lib.Env(models=models, params=params, sampling=dec.sampling, mode=mode,
-                           row_keys_B=keys, prompt_BxP=jnp.asarray(prompt), prompt_len_B=lens,
+    return drafter_lib.Env(models=models, params=drafter.with_draft_vocab(params),
+                           sampling=dec.sampling, mode=mode, row_keys_B=keys, prompt_BxP=jnp.asarray(prompt), prompt_len_B=lens,
                            cache_size=CACHE, max_new_tokens=N_NEW)
 
   init = jax.jit(lambda p: loop.init_state(drafter, env(p), eos_id=eos, pad_id=PAD))

@@ -1,5 +1,5 @@
 """Decode-time draft vocabularies (FR-Spec, `draft_vocab=N`) of the draft model and the early
-exits: every drafted token is what the drafter's head restricted to the set picks, computed
+exits (EAGLE, Medusa and MTP given one: test_spec_head_drafts.py): every drafted token is what the drafter's head restricted to the set picks, computed
 from scratch (greedy == AR in test_spec_decoders.py cannot see a drafter that ignores the set:
 the verifier corrects any draft); the ids a workbench counts; and the errors."""
 
@@ -83,7 +83,8 @@ def test_chain_drafts_are_the_heads_best_token_in_the_set(setup, method):
 
 def test_draft_vocab_errors(setup):
   """A decoder with a draft vocabulary whose ids are not in params, ids of the wrong size or
-  dtype, DEL, and a negative size give one clear line each."""
+  dtype, DEL, a negative size, and a drafter trained over a set of its own give one clear
+  line each."""
   models, params, eos, _ = setup
   run = lambda dec, p: run_decoder(dec, models, p, PROMPTS, max_new_tokens=N_NEW,
                                    cache_size=CACHE, eos_id=eos, pad_id=PAD)
@@ -105,6 +106,13 @@ def test_draft_vocab_errors(setup):
     registry.build('del', dict(draft_vocab=8))
   with pytest.raises(ValueError, match='draft_vocab must be >= 0'):
     registry.build('speculative', dict(draft_workdir='x', draft_vocab=-1))
+  # a drafter trained over a set of its own takes no decode-time one
+  for method in ('eagle3-chain-hot', 'medusa-hot', 'mtp-hot'):
+    name, settings = METHODS[method]
+    dec = registry.build(name, dict(settings, draft_vocab=20))
+    assert dec.draft_vocab_sizes() == (20,)
+    with pytest.raises(ValueError, match='trained over a draft vocabulary of 20 tokens'):
+      run(dec, spec_cases.params_for(method, params))
   assert registry.build('speculative', dict(draft_workdir='x')).draft_vocab_sizes() == ()
   assert registry.build('prompt_lookup').draft_vocab_sizes() == ()
 

@@ -16,7 +16,7 @@ from decoding.speculative import drafter as drafter_lib
 from models import eagle, heads
 import spec_cases
 from spec_cases import CACHE, METHODS, N_NEW, PAD, PROMPTS, V, params_for, step_fn
-from spec_cases import propose_from_hidden
+from spec_cases import propose_from_hidden, reference_params
 
 
 @pytest.fixture(scope='module')
@@ -24,15 +24,16 @@ def setup():
   return spec_cases.build_setup()
 
 
-@pytest.mark.parametrize('hot', [False, True])
-def test_mtp_tree_follows_each_modules_best_tokens(setup, hot):
+@pytest.mark.parametrize('method', ['mtp', 'mtp-hot', 'mtp-vocab'])
+def test_mtp_tree_follows_each_modules_best_tokens(setup, method):
   """A 2 x 2 MTP tree: the root's children are module 0's two best tokens, each grandchild one
   of module 1's two best given its parent (whole vocabulary, or the modules' reduced
-  vocabulary mapped to target ids)."""
+  vocabulary mapped to target ids: trained with one, or given one at decode time)."""
   models, params, _, _ = setup
-  params = params_for('mtp-hot' if hot else 'mtp', params)
-  dec = registry.build('mtp', dict(tree='static', branching='2,2'))
-  tree, h, root = propose_from_hidden(dec, models, params, 12)
+  dec = registry.build('mtp', dict(tree='static', branching='2,2',
+                                   draft_vocab=20 if method.endswith('-vocab') else 0))
+  tree, h, root = propose_from_hidden(dec, models, params_for(method, params), 12)
+  params = reference_params(method, params)
   cfg = models.target.cfg
   p = dict(params['mtp'])
   vocab = np.asarray(p.pop('hot_ids', np.arange(V)))
@@ -53,14 +54,15 @@ def test_mtp_tree_follows_each_modules_best_tokens(setup, hot):
     np.testing.assert_array_equal(tok[:, grand], best1)
 
 
-@pytest.mark.parametrize('method', ['medusa', 'medusa-hot'])
+@pytest.mark.parametrize('method', ['medusa', 'medusa-hot', 'medusa-vocab'])
 def test_medusa_tree_holds_each_heads_best_tokens(setup, method):
   """Node (depth d, rank r) of the Medusa tree is head d's r-th best token: over the whole
-  vocabulary, or over the heads' reduced vocabulary mapped to target ids."""
+  vocabulary, or over the heads' reduced vocabulary (trained with one, or given one at decode
+  time) mapped to target ids."""
   models, params, _, _ = setup
-  params = params_for(method, params)
   dec = registry.build(*METHODS[method])
-  tree, h, root = propose_from_hidden(dec, models, params, 11)
+  tree, h, root = propose_from_hidden(dec, models, params_for(method, params), 11)
+  params = reference_params(method, params)
   cfg = models.target.cfg
   p = dict(params['medusa'])
   vocab = np.asarray(p.pop('hot_ids', np.arange(V)))
@@ -74,12 +76,14 @@ def test_medusa_tree_holds_each_heads_best_tokens(setup, method):
     d, r = tpl.depths[node], tpl.ranks[node]
     want = vocab[np.argsort(-logits[:, d - 1], axis=-1, kind='stable')[:, r]]
     np.testing.assert_array_equal(tok[:, node], want, err_msg=f'node {node}')
-  if method == 'medusa-hot':
+  if method != 'medusa':
     assert set(tok[:, 1:].ravel()) <= set(vocab.tolist())
 
 
 @pytest.mark.parametrize('method', ['eagle3-chain', 'eagle1-chain', 'eagle3-dynamic',
-                                    'eagle3-chain-hot', 'eagle3-dynamic-hot'])
+                                    'eagle3-chain-hot', 'eagle3-dynamic-hot',
+                                    'eagle3-chain-vocab', 'eagle3-dynamic-vocab',
+                                    'eagle1-dynamic-vocab'])
 def test_eagle_drafts_match_a_reference_without_cache(setup, method):
   """Every drafted node equals what the draft layer computes from scratch (no cache) on the
   committed text with the target's features, then its own outputs along the node's path:
@@ -94,9 +98,10 @@ def test_eagle_drafts_match_a_reference_without_cache(setup, method):
   drafter = dec.get_drafter().resolve(models)
   variant, ids, k = drafter.variant, drafter.layers, drafter.max_children
   cfg, tp = models.target.cfg, params['target']
-  ep = dict(params[variant])
+  ref = reference_params(method, setup[1])
+  ep = dict(ref[variant])
   vocab = np.asarray(ep.pop('hot_ids', np.arange(cfg.vocab_size)))  # draft entry -> target id
-  rows = len(vocab) if 'hot_ids' in params[variant] else 0
+  rows = len(vocab) if 'hot_ids' in ref[variant] else 0
   module = eagle.EagleDraft(cfg, variant, max(len(ids), 1), 'head_delta' in ep, rows)
   in_emb, out_emb = heads.input_embedding(tp), heads.output_embedding(tp, cfg)
   out_emb = out_emb[vocab]  # the head rows of the draft's vocabulary
@@ -107,8 +112,8 @@ def test_eagle_drafts_match_a_reference_without_cache(setup, method):
     prompt[i, :len(p)] = p
 
   def env(p):
-    return drafter_lib.Env(models=models, params=p, sampling=dec.sampling, mode='deterministic',
-                           row_keys_B=keys, prompt_BxP=jnp.asarray(prompt), prompt_len_B=lens,
+    return drafter_lib.Env(models=models, params=drafter.with_draft_vocab(p),
+                           sampling=dec.sampling, mode='deterministic', row_keys_B=keys, prompt_BxP=jnp.asarray(prompt), prompt_len_B=lens,
                            cache_size=CACHE, max_new_tokens=N_NEW)
 
   @jax.jit
