@@ -32,8 +32,10 @@
 #              trains a `small` target (BPE 32k), then at once a distilled `tiny` draft, Medusa
 #              heads, MTP modules, a Kangaroo adapter and EAGLE-3 on it (drafting over the
 #              8192 commonest of the 32k tokens, $EAGLE_ARGS; Medusa over the whole vocabulary
-#              unless $MEDUSA_ARGS says --config.spec.draft_vocab=N), then every speculative decoder
-#              against our AR on them (at 0.8M parameters a decode step is launch-bound)
+#              unless $MEDUSA_ARGS says --config.spec.draft_vocab=N: then drop the method
+#              'medusa (quarter vocabulary)' from $SMALL_METHODS, which gives whole-vocabulary
+#              heads a decode-time set), then every speculative decoder against our AR on them
+#              (at 0.8M parameters a decode step is launch-bound)
 #   peer       python -m benchmarks.spec_peer on the spec_small runs: our AR, draft chain,
 #              prompt lookup and spec_small's fastest method against transformers' generate(),
 #              assisted generation and prompt lookup on the same exported weights
@@ -160,7 +162,7 @@ T1_VARIANTS=${T1_VARIANTS:-default,no_triton_gemm:xla_gpu_enable_triton_gemm=fal
 # file is written after each method, so a stage cut short by its limit keeps the first ones).
 # (The 2026-12-04 run measured the first three of the old order: draft chain g4, draft dynamic
 # tree 32, medusa; now EAGLE-3 and prompt lookup come first among those not yet measured.)
-SMALL_METHODS=${SMALL_METHODS:-medusa,eagle3 dynamic tree 32,prompt lookup,draft dynamic tree 32,draft dynamic tree 32 (quarter vocabulary),draft chain g4,mtp,kangaroo,token recycling,layerskip,lookahead,eagle3 chain g4,jacobi,draft static tree 60,del}
+SMALL_METHODS=${SMALL_METHODS:-medusa,medusa (quarter vocabulary),eagle3 dynamic tree 32,prompt lookup,draft dynamic tree 32,draft dynamic tree 32 (quarter vocabulary),draft chain g4,mtp,kangaroo,token recycling,layerskip,lookahead,eagle3 chain g4,jacobi,draft static tree 60,del}
 STEP_DECODERS=${STEP_DECODERS:-ar,speculative:gamma=4,spec_dynamic:tree_nodes=16,medusa}
 OPS_DECODERS=${OPS_DECODERS:-ar,speculative:gamma=4,speculative:gamma=4:draft_loop=fixed,speculative:gamma=4:draft_loop=while,spec_dynamic:tree_nodes=16,medusa,eagle3}
 # Command buffers (CUDA graphs) for every command type, while loops and conditionals included

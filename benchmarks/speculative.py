@@ -89,6 +89,9 @@ METHODS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     'draft dynamic tree 32 (quarter vocabulary)': (
         'spec_dynamic', dict(gamma=6, top_k=4, tree_nodes=32, draft_vocab=QUARTER), ('draft',)),
     'layerskip (quarter vocabulary)': ('layerskip', dict(exit_layer=2, draft_vocab=QUARTER), ()),
+    # heads trained over the whole vocabulary, drafting over the quarter (decode-time)
+    'medusa (quarter vocabulary)': ('medusa', dict(gamma=4, tree_nodes=32, draft_vocab=QUARTER),
+                                    ('medusa',)),
 }
 
 

@@ -552,4 +552,4 @@ def test_every_speculative_method_name_reads_its_node_budget():
   assert budgets['medusa'] is None and budgets['eagle3 dynamic tree 32'] is None
   quarter = [n for n, (_, s, _) in speculative.METHODS.items()
              if s.get('draft_vocab') == speculative.QUARTER]
-  assert len(quarter) == 3 and all('(quarter vocabulary)' in n for n in quarter)
+  assert len(quarter) == 4 and all('(quarter vocabulary)' in n for n in quarter)
