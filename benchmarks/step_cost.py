@@ -89,7 +89,7 @@ DRAFT_VOCAB_NAMES = ('eagle3', 'eagle1', 'medusa', 'mtp')
 
 # Decoders that take a decode-time draft vocabulary as a setting (`draft_vocab=N`, FR-Spec;
 # draft models too, but here the oracle draft, which has no head, stands in for them).
-DECODE_TIME_VOCAB_NAMES = ('layerskip', 'kangaroo')
+DECODE_TIME_VOCAB_NAMES = ('layerskip', 'kangaroo', 'del')
 
 
 def with_draft_vocabs(decoders: str, draft_vocabs: str) -> list[tuple[str, int]]:
@@ -392,7 +392,7 @@ def main():
   ap.add_argument('--top_k', type=int, default=0)
   ap.add_argument('--top_p', type=float, default=1.0)
   ap.add_argument('--draft_vocabs', default='0',
-                  help='EAGLE, Medusa, MTP, LayerSkip and Kangaroo rows without a trained '
+                  help='EAGLE, Medusa, MTP, LayerSkip, Kangaroo and DEL rows without a trained '
                        'drafter: one per draft vocabulary size, comma-separated (0 = the whole '
                        'vocabulary; N = ids 0 .. N - 1; the early exits as draft_vocab=N)')
   ap.add_argument('--out', default='', help='results name suffix (default: the model name)')

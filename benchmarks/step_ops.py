@@ -515,7 +515,7 @@ def main():
                  help='ModelConfig fields over the preset\'s, e.g. fused_projections=true '
                       '(comma-separated FIELD=VALUE; the same random weights)')
   p.add_argument('--draft_vocabs', default='0',
-                 help='EAGLE, Medusa, MTP, LayerSkip and Kangaroo rows: one per draft '
+                 help='EAGLE, Medusa, MTP, LayerSkip, Kangaroo and DEL rows: one per draft '
                       'vocabulary size, comma-separated (0 = the whole vocabulary; N = a '
                       'reduced vocabulary of N tokens, as EAGLE-3 trains with '
                       'spec.draft_vocab and the early exits take with draft_vocab=N)')

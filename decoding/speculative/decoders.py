@@ -386,7 +386,7 @@ class EarlyExitDecoder(SpecDecoder):
   stop_below: float = 0.0      # stop drafting below this top-1 probability
   draft_loop: str = 'auto'     # auto | while | fixed | unroll (drafter.draft_loop)
   draft_vocab: int = 0         # draft over the N most frequent training tokens (FR-Spec;
-                               # 0 = the whole vocabulary; not DEL)
+                               # 0 = the whole vocabulary)
 
   def exits(self) -> tuple[int, ...]:
     """(E,) one exit layer (0 = half the layers); () = chosen online among all (DEL)."""
@@ -428,9 +428,6 @@ class DELDecoder(EarlyExitDecoder):
   name: ClassVar[str] = 'del'
 
   def __post_init__(self):
-    if self.draft_vocab:
-      raise ValueError('DEL reads every candidate exit through the whole head (its shadow '
-                       'tokens); draft_vocab applies to layerskip and kangaroo.')
     if self.adaptive:
       raise ValueError('DEL picks its own exit layer and draft length every step; the '
                        'adaptive draft length (adaptive=1) does not apply to it.')

@@ -11,10 +11,11 @@ Verification reuses the shallow work: layers [0, E) run only on the one drafted 
 have not seen (the last), then layers [E, L) run on the whole chain from the cached shallow
 hidden states. The deterministic rule verifies (lossless).
 
-`draft_vocab=N` (LayerSkip, Kangaroo): the draft scores only the N most frequent tokens of the
-target's training data (FR-Spec's frequency-ranked head, `models.draft_vocab`): N x D of the
-head per draft token instead of V x D, the largest part of an early-exit draft on a large
-vocabulary. Verification reads the whole head as before (lossless).
+`draft_vocab=N`: the draft scores only the N most frequent tokens of the target's training
+data (FR-Spec's frequency-ranked head, `models.draft_vocab`): N x D of the head per draft
+token instead of V x D, the largest part of an early-exit draft on a large vocabulary; DEL's
+shadow tokens read the same rows at every candidate exit. Verification reads the whole head
+as before (lossless).
 
 DEL (Zarch et al. 2025) picks the exit layer and the draft length every step from
 per-layer acceptance estimated on "shadow tokens": after each verification the hidden state
@@ -128,9 +129,6 @@ class EarlyExitDrafter(drafter_lib.ChainDrafter):
       raise ValueError('Early-exit drafting reuses the target cache slot by slot; targets '
                        'with recurrent layers are not supported (use a separate draft model).')
     if self.draft_vocab:
-      if self.dynamic:
-        raise ValueError('DEL reads every candidate exit through the whole head (its shadow '
-                         'tokens); draft_vocab applies to layerskip and kangaroo.')
       draft_vocab_lib.run_ids(params, self.draft_vocab, 'Early-exit drafting')
     if self.adapter:
       if heads_lib.KANGAROO not in params:
@@ -299,20 +297,26 @@ class EarlyExitDrafter(drafter_lib.ChainDrafter):
       hs = state.hs_BxTxLxD.at[:, G, :exit_layer + 1].set(last_BxExD.astype(h_all.dtype))
       deep_BxTxExD = jnp.stack(out.hidden[1:], axis=2).astype(hs.dtype)
       hs = hs.at[:, :, exit_layer + 1:].set(deep_BxTxExD)
-      shadow = self._shadow_preds(env, hs)
+      shadow = self._shadow_preds(env, state, hs)
     return out.replace(hidden=None), adapter, shadow
 
-  def _shadow_preds(self, env, hs_BxTxLxD):
-    """[E, B, T] argmax of the shared head (final norm + output head) at each candidate
-    exit, for every node: what that exit would have drafted there."""
+  def _shadow_preds(self, env, state, hs_BxTxLxD):
+    """[E, B, T] argmax of the shared head (final norm + output head; its rows over the
+    draft vocabulary when there is one) at each candidate exit, for every node: what that
+    exit would have drafted there."""
     cfg = env.target.cfg
-    out_emb = heads_lib.output_embedding(env.target_params, cfg)
+    if self.draft_vocab:
+      out_emb = state.head_VdxD
+      hot = draft_vocab_lib.run_ids(env.params, self.draft_vocab, 'Early-exit drafting')
+    else:
+      out_emb = heads_lib.output_embedding(env.target_params, cfg)
     preds = []
     for e in self.exits:
       normed = heads_lib.final_norm(env.target_params, cfg, hs_BxTxLxD[:, :, e])
       logits = jnp.einsum('BTD,VD->BTV', normed.astype(jnp.float32),
                           out_emb.astype(jnp.float32))
-      preds.append(jnp.argmax(logits, -1).astype(jnp.int32))
+      top = jnp.argmax(logits, -1).astype(jnp.int32)
+      preds.append(jnp.take(hot, top) if self.draft_vocab else top)
     return jnp.stack(preds)
 
   def target_forward(self, env, state, cache, tree, base_B, active_B):

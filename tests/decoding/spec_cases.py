@@ -85,6 +85,7 @@ METHODS = {
                                                 tree_nodes=10, draft_vocab=20)),
     'layerskip-vocab': ('layerskip', dict(exit_layer=1, draft_vocab=20)),
     'kangaroo-vocab': ('kangaroo', dict(exit_layer=2, stop_below=0.05, draft_vocab=20)),
+    'del-vocab': ('del', dict(draft_vocab=20)),
     'prompt_lookup': ('prompt_lookup', {}),
     'token_recycling': ('token_recycling', dict(tree_nodes=20, gamma=4)),
     'jacobi': ('jacobi', {}),
