@@ -128,9 +128,6 @@ class DraftModelDrafter(drafter_lib.Drafter):
                        'workdir written by train.py with the same tokenizer as the target).')
     return {DRAFT: self.workdir}
 
-  def draft_vocab_sizes(self) -> tuple[int, ...]:
-    return (self.draft_vocab,) if self.draft_vocab else ()
-
   def check(self, models: base.Models, params: dict[str, Any]) -> None:
     if DRAFT not in params:
       raise ValueError("The 'model' drafter needs the draft model's params under 'draft'.")

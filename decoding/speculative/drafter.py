@@ -151,8 +151,10 @@ class Drafter:
     return {}
 
   def draft_vocab_sizes(self) -> tuple[int, ...]:
-    """`base.Decoder.draft_vocab_sizes`; default none."""
-    return ()
+    """`base.Decoder.draft_vocab_sizes`: (N,) for a drafter with a `draft_vocab` N > 0 setting,
+    else none."""
+    n = getattr(self, 'draft_vocab', 0)
+    return (n,) if n else ()
 
   def with_draft_vocab(self, params: dict[str, Any]) -> dict[str, Any]:
     """The params it drafts with: a trained drafter given a decode-time draft vocabulary

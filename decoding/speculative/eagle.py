@@ -100,9 +100,6 @@ class EagleDrafter(drafter_lib.Drafter):
   def extra_cache_slots(self) -> int:
     return 1 + self.candidates if self.shape == 'dynamic' else self.max_nodes
 
-  def draft_vocab_sizes(self) -> tuple[int, ...]:
-    return (self.draft_vocab,) if self.draft_vocab else ()
-
   def with_draft_vocab(self, params):
     """A layer trained over the whole vocabulary, over the decode-time set (its head
     correction, when it has one, cut to the set's rows)."""

@@ -99,9 +99,6 @@ class EarlyExitDrafter(drafter_lib.ChainDrafter):
     """Kangaroo's adapter keeps a cache of its own that must see every token."""
     return not self.adapter and not self.dynamic
 
-  def draft_vocab_sizes(self) -> tuple[int, ...]:
-    return (self.draft_vocab,) if self.draft_vocab else ()
-
   def step_cost(self, target_cost: float) -> float:
     """gamma draft tokens and the last one through the E of L layers, the other L - E layers
     over the chain: (gamma + 1) E / L + (1 - E / L) target_cost (`Drafter.step_cost`)."""

@@ -78,6 +78,14 @@ def _need(params, name: str) -> None:
                      f'{kind_lib.train_heads_hint((name,))}.')
 
 
+def _at_decode_time(drafter, params, key: str, who: str):
+  """Heads trained over the whole vocabulary given the drafter's decode-time set
+  (`draft_vocab.at_decode_time`); unchanged without one or without the heads (`check` says)."""
+  if not drafter.draft_vocab or key not in params:
+    return params
+  return draft_vocab.at_decode_time(params, key, drafter.draft_vocab, who)
+
+
 @dataclasses.dataclass(frozen=True)
 class MedusaDrafter(drafter_lib.TemplateDrafter):
   """Medusa heads over a static tree (template depth <= number of heads)."""
@@ -85,14 +93,8 @@ class MedusaDrafter(drafter_lib.TemplateDrafter):
   template: trees.Template = dataclasses.field(default_factory=lambda: trees.chain(3))
   draft_vocab: int = 0  # decode-time draft vocabulary for heads trained over the whole one
 
-  def draft_vocab_sizes(self) -> tuple[int, ...]:
-    return (self.draft_vocab,) if self.draft_vocab else ()
-
   def with_draft_vocab(self, params):
-    if not self.draft_vocab or heads_lib.MEDUSA not in params:
-      return params
-    return draft_vocab.at_decode_time(params, heads_lib.MEDUSA, self.draft_vocab,
-                                      'The Medusa heads')
+    return _at_decode_time(self, params, heads_lib.MEDUSA, 'The Medusa heads')
 
   def check(self, models, params):
     _need(params, heads_lib.MEDUSA)
@@ -131,14 +133,8 @@ class MTPDrafter(drafter_lib.TemplateDrafter):
   template: trees.Template = dataclasses.field(default_factory=lambda: trees.chain(2))
   draft_vocab: int = 0  # decode-time draft vocabulary for modules trained over the whole one
 
-  def draft_vocab_sizes(self) -> tuple[int, ...]:
-    return (self.draft_vocab,) if self.draft_vocab else ()
-
   def with_draft_vocab(self, params):
-    if not self.draft_vocab or heads_lib.MTP not in params:
-      return params
-    return draft_vocab.at_decode_time(params, heads_lib.MTP, self.draft_vocab,
-                                      'The MTP modules')
+    return _at_decode_time(self, params, heads_lib.MTP, 'The MTP modules')
 
   @staticmethod
   def depth_of(params) -> int:
