@@ -171,6 +171,13 @@ def test_speedups_above_tau_are_flagged_in_the_tables(tmp_path, monkeypatch):
              sum_ms=1.0, overhead_share=0.2, speedup=1.7, ideal=1.4, equals_ar=True)
   text = open(step_cost.report([row, dict(row, speedup=1.2)], 'step_cost_t', 't')).read()
   assert '1.70x (!)' in text and '1.20x |' in text
+  assert 'split fails' not in text
+  # a split with a component below zero (DEL's no-op runs chose other exits) is marked
+  odd = dict(row, target_ms=-3.0, other_ms=4.0, overhead_share=4.0)
+  assert step_cost.split_failed(odd) and not step_cost.split_failed(
+      dict(row, drafter_ms=-0.01))  # within noise
+  text = open(step_cost.report([row, odd], 'step_cost_t', 't')).read()
+  assert '400% (split fails)' in text and '"split fails":' in text
   sampled = open(step_cost.report([dict(row, equals_ar=None)], 'step_cost_s', 't',
                                   SamplingConfig(temperature=1.0))).read()
   assert 'Sampled (' in sampled and sampled.rstrip().endswith('| - |'), sampled
