@@ -61,9 +61,14 @@ def setup():
 @pytest.mark.parametrize('settings', [
     dict(exit_layer=1, gamma=3),
     dict(exit_layer=2, tree='static', branching='2,2,1'),
-], ids=['exit1-chain', 'exit2-static-tree'])
+    dict(exit_layer=1, gamma=3, draft_vocab=24),  # the sub-model over a decode-time set
+], ids=['exit1-chain', 'exit2-static-tree', 'exit1-chain-draft-vocab'])
 def test_s2d_greedy_equals_ar_on_a_ragged_batch(setup, settings):
   models, params, ref = setup
+  if settings.get('draft_vocab'):
+    from models import draft_vocab  # pylint: disable=g-import-not-at-top
+    ids = jnp.asarray(np.sort(np.random.default_rng(1).choice(V, 24, replace=False)), jnp.int32)
+    params = dict(params, **{draft_vocab.RUN_KEY: {'24': ids}})
   dec = registry.build('s2d', dict(settings, draft_workdir='x'))
   assert dec.lossless
   rows, stats = run_decoder(dec, models, params, PROMPTS, max_new_tokens=N_NEW,
