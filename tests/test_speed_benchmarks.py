@@ -10,6 +10,7 @@ import os
 from types import SimpleNamespace
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -560,3 +561,20 @@ def test_every_speculative_method_name_reads_its_node_budget():
   quarter = [n for n, (_, s, _) in speculative.METHODS.items()
              if s.get('draft_vocab') == speculative.QUARTER]
   assert len(quarter) == 4 and all('(quarter vocabulary)' in n for n in quarter)
+
+
+def test_matvec_probe_layouts_compute_the_same_product_and_shapes_parse():
+  """W stored [N, K] ('nk') gives x @ W as the [K, N] layout does; a timed loop runs for
+  both; bad shapes and layouts are refused."""
+  from benchmarks import matvec_probe  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.key(0), (3, 16))
+  w = jax.random.normal(jax.random.key(1), (16, 24))
+  np.testing.assert_allclose(matvec_probe.product(x, w.T, 'nk'), matvec_probe.product(x, w),
+                             rtol=1e-5, atol=1e-5)
+  for layout in matvec_probe.LAYOUTS:
+    assert matvec_probe.time_matmul(2, 16, 24, jnp.float32, steps=3, layout=layout) > 0
+  assert matvec_probe.parse_shapes('512x2048, 2048X512') == ((512, 2048), (2048, 512))
+  with pytest.raises(ValueError, match='KxN'):
+    matvec_probe.parse_shapes('512by2048')
+  with pytest.raises(ValueError, match='Unknown layout'):
+    matvec_probe.product(x, w, 'kk')
