@@ -21,7 +21,7 @@ vocabulary that is zero outside the set (the verifier's rule stays exact).
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -96,18 +96,10 @@ def to_target(params: Any, draft_ids: jax.Array) -> jax.Array:
   return draft_ids if hot is None else jnp.take(hot, draft_ids, axis=0)
 
 
-def frequent_tokens(token_arrays: Iterable[Any], vocab_size: int, count: int) -> np.ndarray:
-  """The `count` most frequent ids in `token_arrays` (an iterable of int arrays), ties to the
-  lower id, ascending: a draft vocabulary as EAGLE-3 builds one from its training data."""
-  counts = np.zeros(vocab_size, np.int64)
-  for toks in token_arrays:
-    counts += np.bincount(np.asarray(toks, np.int64).ravel(), minlength=vocab_size)[:vocab_size]
-  return top_ids(counts, count)
-
-
 def top_ids(counts_V: Any, count: int) -> np.ndarray:
   """[count] int32, ascending: the ids of the `count` largest entries of `counts_V` (ties to
-  the lower id)."""
+  the lower id): a draft vocabulary from token counts (`data.token_counts`), as EAGLE-3 builds
+  one from its training data."""
   counts_V = np.asarray(counts_V)
   if not 0 < count <= len(counts_V):
     raise ValueError(f'A draft vocabulary of {count} tokens from counts over {len(counts_V)}.')
@@ -135,6 +127,13 @@ def run_ids(params: Any, count: int, who: str) -> jax.Array:
     raise ValueError(f'{who}: params[{RUN_KEY!r}][{size_key(count)!r}] must be {count} integer '
                      f'ids, got {hot.dtype} {hot.shape}.')
   return hot
+
+
+def run_head_rows(params: Any, count: int, out_emb_VxD: jax.Array, who: str) -> jax.Array:
+  """[count, D] rows of the output head `out_emb_VxD` for the decode-time set of `count`
+  tokens (`run_ids`): what a draft model or an early exit scores, gathered once per
+  generation."""
+  return jnp.take(out_emb_VxD, run_ids(params, count, who), axis=0)
 
 
 def at_decode_time(params: Any, key: str, count: int, who: str,

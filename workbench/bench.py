@@ -20,6 +20,7 @@ import os
 from typing import Any, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh
 
@@ -144,8 +145,8 @@ class Workbench:
     sizes = sorted({n for d in decoders for n in d.draft_vocab_sizes()})
     if not sizes:
       return {}
-    return {draft_vocab.RUN_KEY: {draft_vocab.size_key(n): jax.numpy.asarray(
-        self.draft_vocabulary(n)) for n in sizes}}
+    return {draft_vocab.RUN_KEY: {draft_vocab.size_key(n): jnp.asarray(self.draft_vocabulary(n))
+                                  for n in sizes}}
 
   # ------------------------------------------------------------------ other runs
 

@@ -144,9 +144,9 @@ class DraftModelDrafter(drafter_lib.Drafter):
     once per generation, into the state."""
     if not self.draft_vocab:
       return ()
-    hot = draft_vocab_lib.run_ids(env.params, self.draft_vocab, 'The draft model')
-    return jnp.take(heads_lib.output_embedding(env.params[DRAFT], env.models[DRAFT].cfg), hot,
-                    axis=0)
+    return draft_vocab_lib.run_head_rows(
+        env.params, self.draft_vocab,
+        heads_lib.output_embedding(env.params[DRAFT], env.models[DRAFT].cfg), 'The draft model')
 
   def _apply(self, env, head_VdxD, dstate_cache, tokens_BxT, positions_BxT, slots_BxT,
              mask=None):
@@ -236,7 +236,8 @@ class DraftModelDrafter(drafter_lib.Drafter):
       tok_B = jax.lax.dynamic_index_in_dim(tokens, j, 1, keepdims=False)
       ok_B = jax.lax.dynamic_index_in_dim(valid, j, 1, keepdims=False)
       pos_B = jnp.where(ok_B, base_B + j, -1)
-      logits, cache = self._apply(env, state.head_VdxD, cache, tok_B[:, None], pos_B[:, None], pos_B[:, None])
+      logits, cache = self._apply(env, state.head_VdxD, cache, tok_B[:, None], pos_B[:, None],
+                                  pos_B[:, None])
       tok, ok, lq, _ = self._draw(env, logits, 1, base_B + j + 1, 0)
       keep = ok_B & ok[:, 0, 0]
       if self.stop_below > 0:
@@ -289,8 +290,8 @@ class DraftModelDrafter(drafter_lib.Drafter):
       valid = valid.at[:, s:e].set(child_ok)
       if d < D:  # feed this level to get its children's distribution
         pos = jnp.where(valid[:, s:e], base_B[:, None] + d, -1)
-        fed_logits, cache = self._apply(env, state.head_VdxD, cache, tokens[:, s:e], pos, slots_BxT[:, s:e],
-                                        full[:, s:e])
+        fed_logits, cache = self._apply(env, state.head_VdxD, cache, tokens[:, s:e], pos,
+                                        slots_BxT[:, s:e], full[:, s:e])
         calls = calls + jnp.any(valid[:, s:e], axis=1)
     tree = trees.from_template(tpl, tokens, valid, logq)
     depth = jnp.asarray(tpl.depths)[None]
@@ -342,7 +343,8 @@ class DraftModelDrafter(drafter_lib.Drafter):
       f_ok = at(p_ok) & jnp.isfinite(parent_score)
       pos = jnp.where(f_ok, base_B[:, None] + d, -1)
       f_anc = jnp.take_along_axis(p_anc, top[:, :, None], 1)  # [B, k, C1]
-      logits, cache = self._apply(env, state.head_VdxD, cache, at(p_tok), pos, base_B[:, None] + frontier,
+      logits, cache = self._apply(env, state.head_VdxD, cache, at(p_tok), pos,
+                                  base_B[:, None] + frontier,
                                   masks.block_to_cache_mask(f_anc, base_B, env.cache_size))
       calls = calls + jnp.any(f_ok, axis=1)
       fed_nodes.append((frontier, f_ok))  # distinct nodes across rounds: one write at the end

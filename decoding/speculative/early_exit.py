@@ -147,8 +147,9 @@ class EarlyExitDrafter(drafter_lib.ChainDrafter):
     """[N, D] rows of the head over the draft vocabulary (() without one)."""
     if not self.draft_vocab:
       return ()
-    hot = draft_vocab_lib.run_ids(env.params, self.draft_vocab, 'Early-exit drafting')
-    return jnp.take(heads_lib.output_embedding(env.target_params, env.target.cfg), hot, axis=0)
+    return draft_vocab_lib.run_head_rows(
+        env.params, self.draft_vocab,
+        heads_lib.output_embedding(env.target_params, env.target.cfg), 'Early-exit drafting')
 
   def init(self, env, prefill, first_B):
     B, D = first_B.shape[0], env.target.cfg.d_model
