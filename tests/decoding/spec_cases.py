@@ -173,23 +173,55 @@ def propose_from_hidden(dec, models, params, seed):
   return tree, h, root
 
 
-def step_fn(dec, models, params, eos):
-  """init and step of the loop, jitted, to inspect the state between steps."""
+def _loop_env(dec, models):
+  """(drafter, env(params), lens_B) of the loop over the ragged PROMPTS batch; env gives the
+  drafter its decode-time draft vocabulary as generate does."""
   B = len(PROMPTS)
-  P = max(map(len, PROMPTS))
-  prompt = np.full((B, P), PAD, np.int32)
+  prompt = np.full((B, max(map(len, PROMPTS))), PAD, np.int32)
   for i, p in enumerate(PROMPTS):
     prompt[i, :len(p)] = p
   lens = jnp.asarray([len(p) for p in PROMPTS], jnp.int32)
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(B))
-  mode = dec.verification_mode()
   drafter = dec.get_drafter().resolve(models)
 
   def env(params):
     return drafter_lib.Env(models=models, params=drafter.with_draft_vocab(params),
-                           sampling=dec.sampling, mode=mode, row_keys_B=keys, prompt_BxP=jnp.asarray(prompt), prompt_len_B=lens,
+                           sampling=dec.sampling, mode=dec.verification_mode(),
+                           row_keys_B=keys, prompt_BxP=jnp.asarray(prompt), prompt_len_B=lens,
                            cache_size=CACHE, max_new_tokens=N_NEW)
+  return drafter, env, lens
 
+
+def step_fn(dec, models, params, eos):
+  """init and step of the loop, jitted, to inspect the state between steps."""
+  del params  # the jitted functions take them
+  drafter, env, lens = _loop_env(dec, models)
   init = jax.jit(lambda p: loop.init_state(drafter, env(p), eos_id=eos, pad_id=PAD))
   step = jax.jit(lambda p, s: loop.step(drafter, env(p), s, eos_id=eos, pad_id=PAD))
   return init, step, lens
+
+
+def proposals_along_a_run(init, step, propose, params, steps=6, prompts=PROMPTS):
+  """(tree, b, committed) for each active row b at each of `steps` loop steps (`step_fn`'s
+  init and step, `propose_fn`'s propose): the tree the drafter proposes from that state and
+  row b's committed text (prompt + generated tokens), for a from-scratch reference."""
+  s = init(params)
+  for _ in range(steps):
+    tree = propose(params, s)
+    n_gen = np.asarray(s.progress.num_generated_B)
+    for b in np.nonzero(~np.asarray(s.progress.done_B))[0]:
+      yield tree, b, list(prompts[b]) + list(np.asarray(s.progress.tokens_BxN[b, :n_gen[b]]))
+    s = step(params, s)
+
+
+def propose_fn(dec, models):
+  """propose(params, state) -> the tree the drafter proposes from a loop state of `step_fn`
+  (jitted): what a test compares with a from-scratch reference."""
+  drafter, env, lens = _loop_env(dec, models)
+
+  @jax.jit
+  def propose(p, s):
+    base_B = lens + s.progress.num_generated_B - 1
+    return drafter.propose(env(p), s.drafter, s.cache, s.last_B, base_B,
+                           s.progress.active_B)[0]
+  return propose

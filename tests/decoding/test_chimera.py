@@ -15,6 +15,7 @@ from decoding import Models, registry, run_decoder
 from decoding.speculative import drafter as drafter_lib
 from decoding.speculative import loop
 from models import Transformer, chimera, heads, init_params
+import spec_cases
 
 V = 48
 PAD = 0
@@ -100,19 +101,14 @@ def test_chimera_drafts_match_a_reference_without_cache(setup):
         {'params': cp}, h[:, :-1], tri[:, 1:], pos[:, 1:], heads.input_embedding(tp))
     return logits[0, n - 2]  # pair of position n - 1 (index n - 2) -> [K, V]
 
-  s = init(params)
   checked = 0
-  for _ in range(6):
-    tree = propose(params, s)
-    n_gen = np.asarray(s.progress.num_generated_B)
-    for b in np.nonzero(~np.asarray(s.progress.done_B))[0]:
-      seq = list(PROMPTS[b]) + list(np.asarray(s.progress.tokens_BxN[b, :n_gen[b]]))
-      toks = np.zeros(L, np.int32)
-      toks[:len(seq)] = seq
-      want = np.argmax(np.asarray(reference(jnp.asarray(toks), len(seq))), -1)
-      np.testing.assert_array_equal(np.asarray(tree.tokens_BxT[b, 1:]), want)
-      checked += 1
-    s = step(params, s)
+  for tree, b, seq in spec_cases.proposals_along_a_run(init, step, propose, params,
+                                                       prompts=PROMPTS):
+    toks = np.zeros(L, np.int32)
+    toks[:len(seq)] = seq
+    want = np.argmax(np.asarray(reference(jnp.asarray(toks), len(seq))), -1)
+    np.testing.assert_array_equal(np.asarray(tree.tokens_BxT[b, 1:]), want)
+    checked += 1
   assert checked >= 18
 
 

@@ -1,7 +1,8 @@
 """Decode-time draft vocabularies (FR-Spec, `draft_vocab=N`) of the draft model and the early
-exits (EAGLE, Medusa and MTP given one: test_spec_head_drafts.py): every drafted token is what the drafter's head restricted to the set picks, computed
-from scratch (greedy == AR in test_spec_decoders.py cannot see a drafter that ignores the set:
-the verifier corrects any draft); the ids a workbench counts; and the errors."""
+exits (EAGLE, Medusa and MTP given one: test_spec_head_drafts.py): every drafted token is
+what the drafter's head restricted to the set picks, computed from scratch (greedy == AR in
+test_spec_decoders.py cannot see a drafter that ignores the set: the verifier corrects any
+draft); the ids a workbench counts; and the errors."""
 
 from __future__ import annotations
 
@@ -13,10 +14,9 @@ import numpy as np
 import pytest
 
 from decoding import registry, run_decoder
-from decoding.speculative import drafter as drafter_lib
 from models import draft_vocab
 import spec_cases
-from spec_cases import CACHE, HOT_IDS, METHODS, N_NEW, PAD, PROMPTS, step_fn
+from spec_cases import CACHE, HOT_IDS, METHODS, N_NEW, PAD, PROMPTS, propose_fn, step_fn
 
 
 @pytest.fixture(scope='module')
@@ -43,39 +43,20 @@ def test_chain_drafts_are_the_heads_best_token_in_the_set(setup, method):
   models, params, eos, _ = setup
   name, settings = METHODS[method]
   dec = registry.build(name, settings)
-  init, step, lens = step_fn(dec, models, params, eos)
-  drafter = dec.get_drafter().resolve(models)
+  init, step, _ = step_fn(dec, models, params, eos)
+  propose = propose_fn(dec, models)
   hot = np.asarray(HOT_IDS) if settings.get('draft_vocab') else np.arange(spec_cases.V)
   ref = _reference_logits(method, models, params)
-  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(len(PROMPTS)))
-  prompt = np.full((len(PROMPTS), max(map(len, PROMPTS))), PAD, np.int32)
-  for i, p in enumerate(PROMPTS):
-    prompt[i, :len(p)] = p
-
-  @jax.jit
-  def propose(s):
-    env = drafter_lib.Env(models=models, params=params, sampling=dec.sampling,
-                          mode='deterministic', row_keys_B=keys, prompt_BxP=jnp.asarray(prompt),
-                          prompt_len_B=lens, cache_size=CACHE, max_new_tokens=N_NEW)
-    base_B = lens + s.progress.num_generated_B - 1
-    return drafter.propose(env, s.drafter, s.cache, s.last_B, base_B, s.progress.active_B)[0]
-
-  s = init(params)
   checked = outside = 0
-  for _ in range(6):
-    tree = propose(s)
-    n_gen = np.asarray(s.progress.num_generated_B)
-    for b in np.nonzero(~np.asarray(s.progress.done_B))[0]:
-      seq = list(PROMPTS[b]) + list(np.asarray(s.progress.tokens_BxN[b, :n_gen[b]]))
-      tok = np.asarray(tree.tokens_BxT[b])
-      for node in np.nonzero(np.asarray(tree.valid_BxT[b]))[0][1:]:
-        lg = np.asarray(ref(jnp.asarray(seq + list(tok[1:node]), jnp.int32)))
-        best = hot[np.argmax(lg[hot])]
-        assert tok[node] in hot, (method, b, node, tok[node])
-        assert tok[node] == best or lg[tok[node]] >= lg[best] - 1e-4, (method, b, node)
-        outside += int(np.argmax(lg)) not in hot
-        checked += 1
-    s = step(params, s)
+  for tree, b, seq in spec_cases.proposals_along_a_run(init, step, propose, params):
+    tok = np.asarray(tree.tokens_BxT[b])
+    for node in np.nonzero(np.asarray(tree.valid_BxT[b]))[0][1:]:
+      lg = np.asarray(ref(jnp.asarray(seq + list(tok[1:node]), jnp.int32)))
+      best = hot[np.argmax(lg[hot])]
+      assert tok[node] in hot, (method, b, node, tok[node])
+      assert tok[node] == best or lg[tok[node]] >= lg[best] - 1e-4, (method, b, node)
+      outside += int(np.argmax(lg)) not in hot
+      checked += 1
   assert checked > 20
   if settings.get('draft_vocab'):
     assert outside > 0

@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 
 from decoding import registry, run_decoder
-from decoding.speculative import drafter as drafter_lib
 from models import eagle, heads
 import spec_cases
 from spec_cases import CACHE, METHODS, N_NEW, PAD, PROMPTS, V, params_for, step_fn
-from spec_cases import propose_from_hidden, reference_params
+from spec_cases import propose_fn, propose_from_hidden, reference_params
 
 
 @pytest.fixture(scope='module')
@@ -94,7 +93,8 @@ def test_eagle_drafts_match_a_reference_without_cache(setup, method):
   params = params_for(method, params)
   name, settings = METHODS[method]
   dec = registry.build(name, settings)
-  init, step, lens = step_fn(dec, models, params, eos)
+  init, step, _ = step_fn(dec, models, params, eos)
+  propose = propose_fn(dec, models)
   drafter = dec.get_drafter().resolve(models)
   variant, ids, k = drafter.variant, drafter.layers, drafter.max_children
   cfg, tp = models.target.cfg, params['target']
@@ -105,22 +105,7 @@ def test_eagle_drafts_match_a_reference_without_cache(setup, method):
   module = eagle.EagleDraft(cfg, variant, max(len(ids), 1), 'head_delta' in ep, rows)
   in_emb, out_emb = heads.input_embedding(tp), heads.output_embedding(tp, cfg)
   out_emb = out_emb[vocab]  # the head rows of the draft's vocabulary
-  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(len(PROMPTS)))
-  B, P, L = len(PROMPTS), max(map(len, PROMPTS)), 64
-  prompt = np.full((B, P), PAD, np.int32)
-  for i, p in enumerate(PROMPTS):
-    prompt[i, :len(p)] = p
-
-  def env(p):
-    return drafter_lib.Env(models=models, params=drafter.with_draft_vocab(p),
-                           sampling=dec.sampling, mode='deterministic', row_keys_B=keys, prompt_BxP=jnp.asarray(prompt), prompt_len_B=lens,
-                           cache_size=CACHE, max_new_tokens=N_NEW)
-
-  @jax.jit
-  def propose(p, s):
-    base_B = lens + s.progress.num_generated_B - 1
-    return drafter.propose(env(p), s.drafter, s.cache, s.last_B, base_B,
-                           s.progress.active_B)[0]
+  L = 64
 
   @jax.jit
   def features(tokens_L, n):  # target features of positions < n
@@ -136,40 +121,34 @@ def test_eagle_drafts_match_a_reference_without_cache(setup, method):
     return g[0], logits[0]
 
   fuse = jax.jit(lambda f: module.apply({'params': ep}, f, method=eagle.EagleDraft.fuse))
-  s = init(params)
   checked = 0
-  for _ in range(6):
-    tree = propose(params, s)
-    n_gen = np.asarray(s.progress.num_generated_B)
-    for b in np.nonzero(~np.asarray(s.progress.done_B))[0]:
-      seq = list(PROMPTS[b]) + list(np.asarray(s.progress.tokens_BxN[b, :n_gen[b]]))
-      base_pos = len(seq) - 1
-      toks = np.zeros(L, np.int32)
-      toks[:len(seq)] = seq
-      feat = features(jnp.asarray(toks), base_pos)
-      x = np.zeros((L, cfg.d_model), np.float32)
-      x[1:base_pos + 1] = np.asarray(fuse(feat[None]))[0, :base_pos]
-      parents = np.asarray(tree.parents_BxT[b])
-      tok = np.asarray(tree.tokens_BxT[b])
-      for node in np.nonzero(np.asarray(tree.valid_BxT[b]))[0][1:]:
-        path = []
-        a = parents[node]
-        while a > 0:
-          path.append(a)
-          a = parents[a]
-        xs, ts = x.copy(), toks.copy()
-        g, logits = draft(jnp.asarray(xs), jnp.asarray(ts), base_pos + 1)
-        for depth, a in enumerate(reversed(path)):  # own-feature pairs along the path
-          q = base_pos + 1 + depth
-          xs[q], ts[q] = np.asarray(g[q - 1]), tok[a]
-          g, logits = draft(jnp.asarray(xs), jnp.asarray(ts), q + 1)
-        lg = np.asarray(logits[base_pos + len(path)])
-        top = vocab[np.argsort(-lg)[:k]]
-        assert tok[node] in top, (method, b, node, _, top)
-        if k == 1:
-          assert tok[node] == top[0]
-        checked += 1
-    s = step(params, s)
+  for tree, b, seq in spec_cases.proposals_along_a_run(init, step, propose, params):
+    base_pos = len(seq) - 1
+    toks = np.zeros(L, np.int32)
+    toks[:len(seq)] = seq
+    feat = features(jnp.asarray(toks), base_pos)
+    x = np.zeros((L, cfg.d_model), np.float32)
+    x[1:base_pos + 1] = np.asarray(fuse(feat[None]))[0, :base_pos]
+    parents = np.asarray(tree.parents_BxT[b])
+    tok = np.asarray(tree.tokens_BxT[b])
+    for node in np.nonzero(np.asarray(tree.valid_BxT[b]))[0][1:]:
+      path = []
+      a = parents[node]
+      while a > 0:
+        path.append(a)
+        a = parents[a]
+      xs, ts = x.copy(), toks.copy()
+      g, logits = draft(jnp.asarray(xs), jnp.asarray(ts), base_pos + 1)
+      for depth, a in enumerate(reversed(path)):  # own-feature pairs along the path
+        q = base_pos + 1 + depth
+        xs[q], ts[q] = np.asarray(g[q - 1]), tok[a]
+        g, logits = draft(jnp.asarray(xs), jnp.asarray(ts), q + 1)
+      lg = np.asarray(logits[base_pos + len(path)])
+      top = vocab[np.argsort(-lg)[:k]]
+      assert tok[node] in top, (method, b, node, top)
+      if k == 1:
+        assert tok[node] == top[0]
+      checked += 1
   assert checked > 20
 
 
