@@ -40,6 +40,8 @@ def _try(fn: Callable[[], Any]) -> Any:
 
 
 def bench_flash(quick: bool, backward: bool = True) -> list[list[Any]]:
+  """Rows of FLASH_HEADER: causal bf16 flash attention, ours (Triton; and the Hopper kernel,
+  impl='mosaic', whose backward is the Triton one) against cuDNN and XLA."""
   peak, _ = common.device_peaks()
   rows = []
   for Dh in (64, 128):
@@ -50,6 +52,8 @@ def bench_flash(quick: bool, backward: bool = True) -> list[list[Any]]:
       flops = 4 * B * H * T * T * Dh / 2  # causal: half of the T x T scores
       fns = {
           'ours': jax.jit(lambda q, k, v: flash_attention(q, k, v, causal=True, impl='pallas')),
+          'hopper': jax.jit(lambda q, k, v: flash_attention(q, k, v, causal=True,
+                                                            impl='mosaic')),
           'cudnn': jax.jit(lambda q, k, v: jax.nn.dot_product_attention(
               q, k, v, is_causal=True, implementation='cudnn')),
           'xla': jax.jit(lambda q, k, v: jax.nn.dot_product_attention(
@@ -58,7 +62,7 @@ def bench_flash(quick: bool, backward: bool = True) -> list[list[Any]]:
       times = {n: _try(lambda f=f: time_call(lambda: f(q, k, v))) for n, f in fns.items()}
       bwd = {}
       if backward:
-        for n in ('ours', 'cudnn'):
+        for n in ('ours', 'hopper', 'cudnn'):
           g = jax.jit(jax.grad(lambda q, k, v, f=fns[n]: f(q, k, v).astype(F32).sum(),
                                argnums=(0, 1, 2)))
           bwd[n] = _try(lambda g=g: time_call(lambda: g(q, k, v)))
@@ -68,10 +72,17 @@ def bench_flash(quick: bool, backward: bool = True) -> list[list[Any]]:
              tf(times['ours']) / (peak / 1e12) if peak and isinstance(times['ours'], float)
              else 'n/a',
              tf(bwd.get('ours', 'n/a'), 3.5), tf(bwd.get('cudnn', 'n/a'), 3.5),
-             _ratio(bwd.get('cudnn'), bwd.get('ours'))]
+             _ratio(bwd.get('cudnn'), bwd.get('ours')),
+             tf(times['hopper']), _ratio(times['cudnn'], times['hopper']),
+             tf(bwd.get('hopper', 'n/a'), 3.5), _ratio(bwd.get('cudnn'), bwd.get('hopper'))]
       rows.append(row)
       print('  flash', row, flush=True)
   return rows
+
+
+FLASH_HEADER = ['Dh', 'T', 'B', 'H', 'ours fwd', 'cuDNN fwd', 'XLA fwd', 'ours/cuDNN speed',
+                'ours / peak', 'ours fwd+bwd', 'cuDNN fwd+bwd', 'ours/cuDNN fwd+bwd',
+                'Hopper fwd', 'Hopper/cuDNN speed', 'Hopper fwd+bwd', 'Hopper/cuDNN fwd+bwd']
 
 
 def _ratio(t_peer, t_ours):

@@ -2,7 +2,7 @@
 the split sampler: block and parts) are fastest on this device, measured in the same device
 call as everything else (issue 16).
 
-  python -m benchmarks.kernel_sweep --ops=flash,decode,sampling --budget_s=150
+  python -m benchmarks.kernel_sweep --ops=flash_hopper,flash,decode,sampling --budget_s=150
   python -m benchmarks.kernel_sweep --rehearse   # CPU: toy shapes in interpret mode
 
 Each op has one representative shape and a list of settings, its default first. Each
@@ -34,6 +34,7 @@ from benchmarks.kernel_checks import BF16, F32, error_text, normal, rel_error
 from benchmarks.kernel_speed import time_call
 from pallas_kernels import decode_attention as decode_lib
 from pallas_kernels import flash_attention as flash_lib
+from pallas_kernels.flash_attention import hopper as hopper_lib
 from pallas_kernels.sampling import fused_sample, gumbel_noise
 
 
@@ -124,6 +125,29 @@ def flash_op(rehearse: bool) -> Op:
             _close_to(ref, dt), lambda s: f'{flops / s / 1e12:.1f} TFLOP/s')
 
 
+def flash_hopper_op(rehearse: bool) -> Op:
+  """The Hopper kernel (impl='mosaic') forward on flash_op's shape: K/V tile, ring depth and
+  rows per consumer warpgroup (rehearsal: interpret mode, a toy shape in bf16)."""
+  B, T, H, Dh = (1, 128, 2, 64) if rehearse else (4, 4096, 16, 128)
+  q, k, v = (normal(i, (B, T, H, Dh), BF16) for i in range(3))
+  ref = jax.jit(lambda q, k, v: flash_lib.flash_attention(q, k, v, causal=True, impl='xla'))(
+      q, k, v)
+  grid = ([dict(), dict(block_kv=64, stages=3)] if rehearse else
+          [dict()] + [dict(block_q=bq, block_kv=bk, stages=st)
+                      for bq, bk, st in itertools.product((64, 128), (64, 128), (2, 3, 4))
+                      if (bq, bk, st) != (64, 128, 2) and hopper_lib.smem_bytes(
+                          hopper_lib.HopperConfig(bq, bk, st), Dh) <= hopper_lib.SMEM_BYTES])
+  flops = 4 * B * H * T * T * Dh / 2
+
+  def run(setting):
+    cfg = flash_lib.HopperConfig(**setting)
+    f = jax.jit(lambda q, k, v: flash_lib.flash_attention(q, k, v, causal=True, impl='mosaic',
+                                                          hopper_config=cfg))
+    return lambda: f(q, k, v)
+  return Op('flash hopper', f'B{B} T{T} H{H} Dh{Dh} causal bfloat16', grid, run,
+            _close_to(ref, BF16), lambda s: f'{flops / s / 1e12:.1f} TFLOP/s')
+
+
 def decode_op(rehearse: bool) -> Op:
   """One new token over a full cache, bf16, batch 8, context 4096 (issue 16's shape)."""
   B, S, H, K, Dh, dt = (2, 128, 4, 2, 32, F32) if rehearse else (8, 4096, 32, 8, 128, BF16)
@@ -165,7 +189,8 @@ def sampling_op(rehearse: bool, batch: int) -> Op:
   return Op(f'sampling B{batch}', f'B{batch} V{V} top-p 0.95', grid, run, check)
 
 
-OPS = {'flash': lambda r: [flash_op(r)], 'decode': lambda r: [decode_op(r)],
+OPS = {'flash_hopper': lambda r: [flash_hopper_op(r)], 'flash': lambda r: [flash_op(r)],
+       'decode': lambda r: [decode_op(r)],
        'sampling': lambda r: [sampling_op(r, 1), sampling_op(r, 64 if not r else 4)]}
 
 
@@ -212,7 +237,8 @@ def write(results: list[tuple[Op, dict[str, Any]]], args, budget_s: float) -> st
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--ops', default='flash,decode,sampling', help=f'comma list of {list(OPS)}')
+  p.add_argument('--ops', default='flash_hopper,flash,decode,sampling',
+                 help=f'comma list of {list(OPS)}')
   p.add_argument('--budget_s', type=float, default=150.0,
                  help='stop starting settings after this many seconds (all ops together)')
   p.add_argument('--rehearse', action='store_true',

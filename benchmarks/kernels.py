@@ -6,8 +6,9 @@
 
 Sections (each prints its table as it finishes; all go to benchmarks/results/kernels.md, the
 CPU interpret-mode status to kernels_cpu.md):
-  check     every kernel against its XLA reference on this device (bf16 and fp32).
-  flash     flash attention forward (and forward+backward) vs cuDNN
+  check     every kernel against its XLA reference on this device (bf16 and fp32; the Hopper
+            flash kernel in bf16).
+  flash     flash attention forward (and forward+backward; Triton and Hopper kernels) vs cuDNN
             (`jax.nn.dot_product_attention(implementation='cudnn')`) and XLA; T 1k-16k, Dh 64
             and 128, bf16, causal; TFLOP/s and fraction of the device's bf16 peak.
   tree      tree verification (64 nodes over a 2k/8k prefix) vs cuDNN given the same mask.
@@ -43,13 +44,16 @@ Remaining on a GPU (H100), all produced by `python -m benchmarks.kernels` in one
 - on-device correctness of every kernel (the `check` table: Triton lowering compiled to PTX
   and run, bf16 and fp32) — until then `attention_impl='auto'` stays on XLA;
 - flash attention forward (and forward+backward) TFLOP/s vs cuDNN and XLA, T 1k-16k,
-  Dh 64/128, bf16, causal (goal >= 0.8x cuDNN, >= 450 TFLOP/s at long T);
+  Dh 64/128, bf16, causal (goal >= 0.8x cuDNN, >= 450 TFLOP/s at long T), for the Triton
+  kernel and the Hopper one (`impl='mosaic'`, Mosaic GPU: TMA, wgmma, a producer
+  warpgroup; checked here only in jax's GPU interpret mode and by lowering for CUDA);
 - tree attention vs cuDNN with the same mask (goal >= 2x);
 - decode attention GB/s at B 8/32, context 4k/16k (goal >= 75% of HBM peak);
 - chunked DeltaProduct forward+backward vs fla `chunk_gated_delta_product` at T 4k/16k
   (goal >= 0.8x; needs `pip install flash-linear-attention`);
 - fused sampling vs sort-based top-p at V 32k-256k, B 1-64 (goal >= 5x);
-- block-size tuning (BlockSizes) for the above: `python -m benchmarks.kernel_sweep` (ready);
+- block-size tuning (BlockSizes, HopperConfig) for the above: `python -m benchmarks.kernel_sweep`
+  (ready);
 - not measured by this script: fused chain/tree verification speed (checked for correctness).
 Remaining on a TPU: the same `check` with the Mosaic kernels (`impl='pallas'` there; fused
 verification has no TPU kernel yet)."""
@@ -102,10 +106,11 @@ def main():
     def section_flash() -> str:
       return (
           '## Flash attention, causal, bf16 (TFLOP/s; backward counted as 2.5x forward)\n\n'
-          + common.markdown_table(
-              ['Dh', 'T', 'B', 'H', 'ours fwd', 'cuDNN fwd', 'XLA fwd', 'ours/cuDNN speed',
-               'ours / peak', 'ours fwd+bwd', 'cuDNN fwd+bwd', 'ours/cuDNN fwd+bwd'],
-              kernel_speed.bench_flash(args.quick)))
+          '`ours`: the Triton-lowered kernel (`impl=\'pallas\'`); `Hopper`: the Mosaic GPU '
+          "kernel (`impl='mosaic'`: TMA, wgmma, a producer warpgroup), whose backward is the "
+          'Triton one.\n\n'
+          + common.markdown_table(kernel_speed.FLASH_HEADER,
+                                  kernel_speed.bench_flash(args.quick)))
 
     def section_tree() -> str:
       return (

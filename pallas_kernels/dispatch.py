@@ -70,15 +70,26 @@ class Choice:
 # --- can this implementation run this call? ---
 
 
-def _cuda_max_head_dim() -> int:
-  """256 on Hopper and later, 128 before (cuDNN's rule); 256 off-GPU (the measured H100)."""
+# Our Hopper flash kernel (flash_attention/hopper.py; kept here so that this module does not
+# import the kernels): its dtypes and head dims.
+HOPPER_DTYPES = ('bfloat16', 'float16')
+HOPPER_HEAD_DIMS = (64, 128, 256)
+
+
+def _compute_capability() -> float:
+  """The first device's CUDA compute capability; 9.0 off-GPU (the measured H100/H200)."""
   try:
     cc = getattr(jax.devices()[0], 'compute_capability', None)
     if cc is not None:
-      return 256 if float(cc) >= 9.0 else 128
+      return float(cc)
   except Exception:  # pylint: disable=broad-except
     pass
-  return 256
+  return 9.0
+
+
+def _cuda_max_head_dim() -> int:
+  """256 on Hopper and later, 128 before (cuDNN's rule); 256 off-GPU (the measured H100)."""
+  return 256 if _compute_capability() >= 9.0 else 128
 
 
 def refusal(impl: str, entry: dispatch_table.Entry, *, platform: str, dtype: Any = None,
@@ -108,6 +119,21 @@ def refusal(impl: str, entry: dispatch_table.Entry, *, platform: str, dtype: Any
       return f'no Pallas kernel runs natively on {platform}'
     if name is not None and name not in entry.checked:
       return (f'our kernel has not passed its on-device check in {name} '
+              f'(passed: {", ".join(entry.checked) or "none"})')
+  if impl == 'mosaic':  # our Hopper flash kernel (flash_attention's causal case only)
+    if platform != 'gpu':
+      return f'our Hopper kernel needs an NVIDIA GPU of compute capability 9.0+ ({platform})'
+    if _compute_capability() < 9.0:
+      return (f'our Hopper kernel needs compute capability 9.0+ (this GPU: '
+              f'{_compute_capability()})')
+    if case != 'causal':
+      return f'our Hopper kernel takes the causal case only, not {case!r}'
+    if name is not None and name not in HOPPER_DTYPES:
+      return f'our Hopper kernel takes {"/".join(HOPPER_DTYPES)}, not {name}'
+    if head_dim is not None and head_dim not in HOPPER_HEAD_DIMS:
+      return f'our Hopper kernel takes head dims {HOPPER_HEAD_DIMS}, not {head_dim}'
+    if name is not None and name not in entry.checked:
+      return (f'our Hopper kernel has not passed its on-device check in {name} '
               f'(passed: {", ".join(entry.checked) or "none"})')
   if cache_layout and case in ('decode', 'tree'):
     if impl == 'cudnn' or (impl == 'pallas' and platform == 'tpu'):

@@ -11,13 +11,18 @@ impl: 'auto' (what `pallas_kernels.dispatch` says for this platform and mask cas
 `choose_impl`) | 'xla' | 'pallas' | 'pallas_gpu' | 'pallas_tpu' (see `pallas_kernels.common`)
 | 'cudnn' (`jax.nn.dot_product_attention`; masks other than causal/window by default
 positions go as a dense mask) | 'splash' (jax's TPU splash attention: case 'causal' or
-'segments' only).
+'segments' only) | 'mosaic' (our Hopper kernel, `hopper.py`: TMA, wgmma and a producer
+warpgroup; causal (with or without a window) or no mask by default positions, bf16/fp16,
+Dh 64/128/256; its backward
+is the Triton kernel's; off a GPU it runs in jax's GPU interpret mode).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,10 +31,13 @@ from pallas_kernels import common
 from pallas_kernels import dispatch
 from pallas_kernels.attention import vendor
 from pallas_kernels.flash_attention import gpu
+from pallas_kernels.flash_attention import hopper
 from pallas_kernels.flash_attention import mask as mask_lib
 from pallas_kernels.flash_attention.mask import FlashMask
 from pallas_kernels.flash_attention import tpu
 from pallas_kernels.flash_attention.reference import flash_attention_reference
+
+HopperConfig = hopper.HopperConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +90,37 @@ def _flash_bwd(family, st, res, do):
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
-IMPLS = common.IMPLS + ('cudnn', 'splash')
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _flash_hopper(q, k, v, fm, hs, st):
+  return _flash_hopper_fwd(q, k, v, fm, hs, st)[0]
+
+
+def _flash_hopper_fwd(q, k, v, fm, hs, st):
+  o, lse = hopper.forward(q, k, v, **hs._asdict())
+  return o, (q, k, v, fm, o, lse)
+
+
+def _flash_hopper_bwd(hs, st, res, do):
+  del hs
+  q, k, v, fm, o, lse = res
+  dq, dk, dv = gpu.backward(q, k, v, o, lse, do, fm, st)
+  return dq, dk, dv, None
+
+
+_flash_hopper.defvjp(_flash_hopper_fwd, _flash_hopper_bwd)
+
+
+class _HopperStatic(NamedTuple):
+  causal: bool
+  scale: float
+  t_real: int
+  s_real: int
+  window: int
+  config: hopper.HopperConfig
+  interpret: bool
+
+
+IMPLS = common.IMPLS + ('cudnn', 'splash', 'mosaic')
 
 
 def mask_case(T: int, S: int, *, default_positions: bool, segments: bool, dense: bool,
@@ -114,7 +152,8 @@ def flash_attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: ja
                     mask_BxTxS: jax.Array | None = None,
                     causal: bool = True, block_causal_size: int | None = None,
                     window: int = 0, scale: float | None = None,
-                    block_sizes: BlockSizes | None = None, impl: str = 'auto') -> jax.Array:
+                    block_sizes: BlockSizes | None = None, impl: str = 'auto',
+                    hopper_config: hopper.HopperConfig | None = None) -> jax.Array:
   """Grouped-query attention of T queries over S keys; differentiable in q, k, v.
 
   Args:
@@ -131,6 +170,8 @@ def flash_attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: ja
       positions (needs causal=True).
     window: > 0 also hides keys at positions <= query position - window.
     scale: multiplies q.k (default Dh ** -0.5).
+    block_sizes: tiles of the Triton/TPU kernels (with impl='mosaic': of its backward).
+    hopper_config: tiles and pipelining of impl='mosaic' (default `HopperConfig()`).
 
   Returns:
     [B, T, H, Dh] in q's dtype.
@@ -172,6 +213,10 @@ def flash_attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: ja
                  dense=None if mask_BxTxS is None else
                  jnp.broadcast_to(mask_BxTxS, (B, T, S)).astype(jnp.int8))
 
+  if impl == 'mosaic':
+    return _hopper_call(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, fm, case=case, causal=causal,
+                        window=window, scale=scale, block_sizes=block_sizes,
+                        config=hopper_config or hopper.HopperConfig())
   if impl == 'cudnn':  # any other case: the rule as a dense mask
     return vendor.cudnn_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, scale=scale,
                                   mask_BxTxS=mask_lib.dense_visible(fm, causal_block, window))
@@ -199,5 +244,34 @@ def flash_attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: ja
   return o[:, :T, :, :Dh]
 
 
+def _hopper_call(q, k, v, fm: FlashMask, *, case: str, causal: bool, window: int, scale: float,
+                 block_sizes: BlockSizes | None, config: hopper.HopperConfig) -> jax.Array:
+  """impl='mosaic': the Hopper forward over padded inputs, the Triton backward."""
+  B, T, H, Dh = q.shape
+  S = k.shape[1]
+  why = hopper.unsupported(q.dtype, Dh, case)
+  if why:
+    raise ValueError(f"impl='mosaic' cannot run this call: {why}. Use impl='pallas' or "
+                     "'auto'.")
+  interpret = common.interpret_arg('gpu') is not False
+  if interpret:  # jax's GPU interpreter has no register operand for wgmma
+    config = dataclasses.replace(config, p_in_smem=True)
+  bs = block_sizes or BlockSizes.get_default('gpu')
+  fit = lambda b, n: max(16, min(b, common.next_pow2(n)))
+  bq_b, bk_b = fit(bs.block_q_bwd, T), fit(bs.block_k_bwd, S)
+  Tp = common.round_up(T, math.lcm(hopper.COMPUTE_WGS * config.block_q, bq_b))
+  Sp = common.round_up(S, math.lcm(config.kv_block(Dh), bk_b))
+  st = gpu.Static(
+      causal_block=1 if causal else 0, window=int(window), scale=scale, block_q=bq_b, block_k=bk_b,
+      block_q_bwd=bq_b, block_k_bwd=bk_b, has_seg=False, has_dense=False,
+      interpret=interpret, num_warps=bs.num_warps, num_stages=bs.num_stages)
+  hs = _HopperStatic(causal=causal, scale=scale, t_real=T, s_real=S, window=int(window),
+                     config=config, interpret=interpret)
+  pad = lambda x, n: common.pad_axis(x, 1, n)
+  o = _flash_hopper(pad(q, Tp), pad(k, Sp), pad(v, Sp), mask_lib.pad(fm, Tp, Sp), hs, st)
+  return o[:, :T]
+
+
 __all__ = ['flash_attention', 'flash_attention_reference', 'choose_impl', 'mask_case',
+           'HopperConfig',
            'BlockSizes', 'FlashMask', 'IMPLS']

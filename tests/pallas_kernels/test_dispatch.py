@@ -36,7 +36,7 @@ def test_every_entry_names_a_real_impl_and_its_evidence(op, platform, case):
     assert e.rows, 'a measured entry quotes the rows that back it'
     for row in e.rows:
       assert row in text, f'{row!r} is not in {e.source}'
-  if e.impl == 'pallas':  # only a kernel that passed its on-device check, in those dtypes
+  if e.impl in ('pallas', 'mosaic'):  # only a kernel that passed its on-device check
     assert e.checked and e.source != dispatch_table.UNMEASURED
   if platform == 'cpu':
     assert e.impl == 'xla'
