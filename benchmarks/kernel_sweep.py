@@ -132,11 +132,15 @@ def flash_hopper_op(rehearse: bool) -> Op:
   q, k, v = (normal(i, (B, T, H, Dh), BF16) for i in range(3))
   ref = jax.jit(lambda q, k, v: flash_lib.flash_attention(q, k, v, causal=True, impl='xla'))(
       q, k, v)
-  grid = ([dict(), dict(block_kv=64, stages=3)] if rehearse else
-          [dict()] + [dict(block_q=bq, block_kv=bk, stages=st)
-                      for bq, bk, st in itertools.product((64, 128), (64, 128), (2, 3, 4))
-                      if (bq, bk, st) != (64, 128, 2) and hopper_lib.smem_bytes(
-                          hopper_lib.HopperConfig(bq, bk, st), Dh) <= hopper_lib.SMEM_BYTES])
+  # The default, then ping-pong on the default tiles, then every tiling that fits in shared
+  # memory with and without ping-pong.
+  grid = ([dict(), dict(block_kv=64, stages=3, pingpong=True)] if rehearse else
+          [dict(), dict(pingpong=True)] + [
+              dict(block_q=bq, block_kv=bk, stages=st, pingpong=pp)
+              for bq, bk, st, pp in itertools.product((64, 128), (64, 128), (2, 3, 4),
+                                                      (True, False))
+              if (bq, bk, st) != (64, 128, 2) and hopper_lib.smem_bytes(
+                  hopper_lib.HopperConfig(bq, bk, st), Dh) <= hopper_lib.SMEM_BYTES])
   flops = 4 * B * H * T * T * Dh / 2
 
   def run(setting):

@@ -15,6 +15,9 @@ One program per (head, pair of query blocks, batch), three warpgroups:
   wg 2      producer: TMA-loads K and V tiles of `block_kv` keys into a ring of `stages`
             slots; a slot is reloaded once both consumers have arrived on its "free" barrier.
 
+With `pingpong` the consumers also meet at a barrier twice per tile, the second half a tile
+behind the first, so that one's softmax runs while the other's multiplies do.
+
 Masks: causal (queries are the last T of the S keys, the model's prefill and training rule),
 optionally with a sliding window, or none; padded keys (S not a multiple of `block_kv`) are
 hidden. Tiles a block's rows cannot
@@ -60,12 +63,16 @@ class HopperConfig:
   stages: K/V ring depth (>= 2).
   p_in_smem: stage the probabilities P through shared memory for P·V (required when
     interpreting; on the GPU a register operand saves the round trip).
+  pingpong: order the two consumers' matrix multiplies so that one's softmax runs while the
+    other's multiplies do (FlashAttention-3's "ping-pong" schedule; a barrier both consumers
+    meet at twice per tile, the second consumer half a tile behind).
   approx_math: fast exp2 / reciprocal on the GPU.
   """
   block_q: int = 64
   block_kv: int | None = None
   stages: int = 2
   p_in_smem: bool = False
+  pingpong: bool = False
   approx_math: bool = True
 
   def __post_init__(self):
@@ -130,10 +137,10 @@ def _tiles(q0, n_rows: int, *, causal: bool, window: int, offset: int, s_real: i
 
 def _kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scratch, *, causal: bool, window: int,
             scale: float, offset: int, s_real: int, group: int, block_q: int, block_kv: int,
-            stages: int, p_in_smem: bool, interpret: bool):
+            stages: int, p_in_smem: bool, pingpong: bool, interpret: bool):
   import jax.experimental.pallas.mosaic_gpu as plgpu  # pylint: disable=g-import-not-at-top
-  (q_smem, k_smem, v_smem, p_smem, lse_smem), (k_full, v_full, q_full), (k_free, v_free) = (
-      scratch)
+  ((q_smem, k_smem, v_smem, p_smem, lse_smem), (k_full, v_full, q_full), (k_free, v_free),
+   turn) = scratch
   dtype = q_smem.dtype
   head_dim = q_smem.shape[-1]
   b = lax.axis_index('batch')
@@ -149,6 +156,12 @@ def _kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scratch, *, causal: bool, windo
   slot_of = lambda j: lax.rem(j - pair_first, jnp.int32(stages))
   wgmma_layout = plgpu.Layout.WGMMA
   c = scale * LOG2E
+
+  def meet():
+    """Ping-pong: both consumers meet here (a no-op without pingpong)."""
+    if pingpong:
+      plgpu.barrier_arrive(turn)
+      plgpu.barrier_wait(turn)
 
   @pl.when(wg < COMPUTE_WGS)
   def _consumer():
@@ -167,6 +180,7 @@ def _kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scratch, *, causal: bool, windo
 
       def qk(ref):
         plgpu.wgmma(ref, qo, plgpu.transpose_ref(k_smem.at[slot], (1, 0)))
+        meet()  # issued: the other consumer's softmax may go on while this one runs
         return ref[...]
       s = pl.run_scoped(qk, plgpu.ACC((block_q, block_kv), jnp.float32))
       plgpu.barrier_arrive(k_free.at[slot])
@@ -188,7 +202,12 @@ def _kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scratch, *, causal: bool, windo
       l = l * alpha + p.sum(axis=1)
       acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
       p = p.astype(dtype)
-      plgpu.barrier_wait(v_full.at[slot])
+      if pingpong:  # softmax done; P·V waits for the other consumer's multiplies
+        plgpu.barrier_arrive(turn)
+        plgpu.barrier_wait(v_full.at[slot])
+        plgpu.barrier_wait(turn)
+      else:
+        plgpu.barrier_wait(v_full.at[slot])
       if p_in_smem:
         p_ref = p_smem.at[wg]
         p_ref[...] = p
@@ -212,17 +231,23 @@ def _kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scratch, *, causal: bool, windo
       plgpu.barrier_arrive(k_free.at[slot])
       plgpu.barrier_wait(v_full.at[slot])
       plgpu.barrier_arrive(v_free.at[slot])
+      meet()  # the two meetings a computed tile has, so that both consumers meet as often
+      meet()
 
     acc = mosaic_interpret.layout(jnp.zeros((block_q, head_dim), jnp.float32), wgmma_layout,
                                   interpret)
     row = wgmma_layout.reduce(1)
     m = mosaic_interpret.layout(jnp.full((block_q,), MASK_VALUE, jnp.float32), row, interpret)
     l = mosaic_interpret.layout(jnp.zeros((block_q,), jnp.float32), row, interpret)
+    if pingpong:  # the second consumer starts half a tile behind the first
+      pl.when(wg == 1)(meet)
     pl.loop(pair_first, first)(skip)
     carry = lax.fori_loop(first, full_first, functools.partial(tile, masked=True), (acc, m, l))
     carry = lax.fori_loop(full_first, full_end, functools.partial(tile, masked=False), carry)
     acc, m, l = lax.fori_loop(full_end, end, functools.partial(tile, masked=True), carry)
     pl.loop(end, pair_end)(skip)
+    if pingpong:
+      pl.when(wg == 0)(meet)
 
     qo[...] = (acc / lax.broadcast_in_dim(l, acc.shape, [0])).astype(dtype)
     lse_smem.at[wg][...] = m + jnp.log2(l)
@@ -305,14 +330,15 @@ def forward(q, k, v, *, causal: bool, scale: float, t_real: int, s_real: int, wi
   barriers = (plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages),
               plgpu.Barrier(num_barriers=COMPUTE_WGS))
   free = (plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=stages),) * 2
+  turn = plgpu.Barrier(num_arrivals=COMPUTE_WGS) if config.pingpong else None
   body = functools.partial(
       _kernel, causal=causal, window=window, scale=scale, offset=s_real - t_real, s_real=s_real,
       group=H // K, block_q=block_q, block_kv=block_kv, stages=stages,
-      p_in_smem=config.p_in_smem, interpret=interpreting)
+      p_in_smem=config.p_in_smem, pingpong=config.pingpong, interpret=interpreting)
 
   def entry(q_ref, k_ref, v_ref, o_ref, lse_ref):
     pl.run_scoped(lambda *scratch: body(q_ref, k_ref, v_ref, o_ref, lse_ref, scratch),
-                  smem, barriers, free, collective_axes='wg')
+                  smem, barriers, free, turn, collective_axes='wg')
 
   kw = {}
   if interpreting:

@@ -50,25 +50,29 @@ def _reference(q, k, v, *, causal, window, t_real, s_real, scale):
   return o, lse
 
 
-# (causal, window, T, t_real, S, s_real, H, K, Dh, block_kv, stages)
+# (causal, window, T, t_real, S, s_real, H, K, Dh, block_kv, stages, pingpong)
 CASES = [
-    (True, 0, 128, 128, 128, 128, 2, 1, 64, 64, 2),     # square, one pair of query blocks
-    (True, 0, 128, 100, 256, 200, 4, 2, 64, 64, 2),     # queries the last T of S, padding, GQA
-    (False, 0, 128, 77, 192, 130, 2, 2, 64, 64, 3),     # bidirectional, padded keys, 3 stages
-    (True, 50, 256, 250, 256, 250, 2, 1, 64, 64, 2),    # sliding window: tiles skipped below
-    (True, 1, 128, 128, 128, 128, 2, 1, 64, 64, 2),     # window 1: each row sees itself only
-    (True, 0, 128, 128, 256, 256, 2, 1, 128, 128, 2),   # Dh 128, the default K/V tile
+    (True, 0, 128, 128, 128, 128, 2, 1, 64, 64, 2, False),    # square, one pair of blocks
+    (True, 0, 128, 100, 256, 200, 4, 2, 64, 64, 2, False),    # the last T of S, padding, GQA
+    (True, 0, 128, 100, 256, 200, 4, 2, 64, 64, 2, True),     # the same, ping-pong
+    (False, 0, 128, 77, 192, 130, 2, 2, 64, 64, 3, False),    # bidirectional, 3 stages
+    (True, 50, 256, 250, 256, 250, 2, 1, 64, 64, 2, False),   # window: tiles skipped below
+    (True, 50, 256, 250, 256, 250, 2, 1, 64, 64, 3, True),    # the same, ping-pong
+    (True, 1, 128, 128, 128, 128, 2, 1, 64, 64, 2, False),    # window 1: each row sees itself
+    (True, 0, 128, 128, 256, 256, 2, 1, 128, 128, 2, False),  # Dh 128, the default K/V tile
 ]
 
 
-@pytest.mark.parametrize('causal,window,T,t_real,S,s_real,H,K,Dh,block_kv,stages', CASES)
+@pytest.mark.parametrize('causal,window,T,t_real,S,s_real,H,K,Dh,block_kv,stages,pingpong',
+                         CASES)
 def test_forward_equals_the_definition(causal, window, T, t_real, S, s_real, H, K, Dh,
-                                       block_kv, stages):
+                                       block_kv, stages, pingpong):
   q, k, v = _qkv(2, T, S, H, K, Dh)
   scale = Dh ** -0.5
   o, lse = hopper.forward(q, k, v, causal=causal, window=window, scale=scale, t_real=t_real,
                           s_real=s_real, interpret=True,
-                          config=HopperConfig(block_kv=block_kv, stages=stages, p_in_smem=True))
+                          config=HopperConfig(block_kv=block_kv, stages=stages, p_in_smem=True,
+                                              pingpong=pingpong))
   want_o, want_lse = _reference(q, k, v, causal=causal, window=window, t_real=t_real,
                                 s_real=s_real, scale=scale)
   got_o = np.asarray(o, np.float64)[:, :t_real]
@@ -101,12 +105,13 @@ def test_flash_attention_mosaic_values_and_gradients(causal, window):
     assert np.abs(a - b).max() < 3e-2 * np.abs(b).max()
 
 
-@pytest.mark.parametrize('Dh,p_in_smem,window', [(64, False, 0), (128, False, 300),
-                                                 (256, False, 0), (128, True, 0)])
-def test_lowers_for_cuda(Dh, p_in_smem, window):
+@pytest.mark.parametrize('Dh,p_in_smem,window,pingpong', [
+    (64, False, 0, False), (128, False, 300, False), (256, False, 0, False),
+    (128, True, 0, False), (128, False, 0, True)])
+def test_lowers_for_cuda(Dh, p_in_smem, window, pingpong):
   """The GPU path (registers for P, Mosaic register layouts, no interpreter) lowers to a
   Mosaic GPU custom call on this CPU-only machine."""
-  cfg = HopperConfig(p_in_smem=p_in_smem)
+  cfg = HopperConfig(p_in_smem=p_in_smem, pingpong=pingpong)
   f = lambda q, k, v: hopper.forward(q, k, v, causal=True, window=window, scale=0.1,
                                      t_real=1000, s_real=1000, config=cfg)
   sd = lambda *s: jax.ShapeDtypeStruct(s, BF16)
