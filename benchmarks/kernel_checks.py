@@ -138,6 +138,7 @@ def _checks(impls: tuple[str, ...], small: bool) -> list[list[Any]]:
       rows += _guarded('split sampling', impl, 'float32', split_rows)
     if impl != 'pallas_tpu':
       rows += _guarded('hopper flash', impl, 'bfloat16', lambda: _check_hopper(small))
+      rows += _guarded('hopper decode', impl, 'bfloat16', lambda: _check_hopper_decode(small))
   return rows
 
 
@@ -157,6 +158,23 @@ def _check_hopper(small: bool) -> list[list[Any]]:
   for name, a, b in zip(('fwd', 'dq', 'dk', 'dv'), got, want):
     e = rel_error(a, b)
     rows.append([f'hopper flash {name}', 'mosaic', f'B{B} T{T} H{H} K{K} D{Dh} causal',
+                 'bfloat16', e, 3e-2, e < 3e-2])
+  return rows
+
+
+def _check_hopper_decode(small: bool) -> list[list[Any]]:
+  """Our Hopper decode kernel (impl='mosaic') against XLA, bf16, ragged lengths, both
+  layouts (the cache's read in place)."""
+  B, S, H, K, Dh = (2, 200, 4, 2, 64) if small else (4, 4096, 32, 8, 128)
+  q, kc, vc = normal(30, (B, 1, H, Dh)), normal(31, (B, S, K, Dh)), normal(32, (B, S, K, Dh))
+  lengths = jnp.array([S // 3] + [S] * (B - 1))
+  rows = []
+  for layout, k, v in (('BSKD', kc, vc),
+                       ('cache', jnp.swapaxes(kc, 1, 2), jnp.transpose(vc, (0, 2, 3, 1)))):
+    f = jax.jit(lambda impl, q, k, v, lengths, layout=layout: decode_attention(
+        q, k, v, lengths, impl=impl, kv_layout=layout), static_argnums=0)
+    e = rel_error(f('mosaic', q, k, v, lengths), f('xla', q, k, v, lengths))
+    rows.append([f'hopper decode ({layout})', 'mosaic', f'B{B} S{S} H{H} K{K} D{Dh}',
                  'bfloat16', e, 3e-2, e < 3e-2])
   return rows
 

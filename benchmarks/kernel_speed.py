@@ -120,6 +120,9 @@ def bench_tree(quick: bool) -> list[list[Any]]:
 
 
 def bench_decode(quick: bool) -> list[list[Any]]:
+  """Rows of DECODE_HEADER: one new token over a full cache; ours (Triton), the Hopper
+  kernel (impl='mosaic') on [B, S, K, Dh] and on the decoding cache's layout (read in
+  place), and XLA."""
   _, peak_bw = common.device_peaks()
   rows = []
   H, K, Dh = 32, 8, 128
@@ -127,17 +130,26 @@ def bench_decode(quick: bool) -> list[list[Any]]:
     for ctx in ((4096,) if quick else (4096, 16384)):
       q = normal(0, (B, 1, H, Dh))
       kc, vc = normal(1, (B, ctx, K, Dh)), normal(2, (B, ctx, K, Dh))
+      k_cache, v_cache = jnp.swapaxes(kc, 1, 2), jnp.transpose(vc, (0, 2, 3, 1))
       lengths = jnp.full((B,), ctx, jnp.int32)
-      ours = jax.jit(lambda q, kc, vc: decode_attention(q, kc, vc, lengths, impl='pallas'))
-      xla = jax.jit(lambda q, kc, vc: decode_attention(q, kc, vc, lengths, impl='xla'))
-      t_ours = _try(lambda: time_call(lambda: ours(q, kc, vc)))
-      t_xla = _try(lambda: time_call(lambda: xla(q, kc, vc)))
+      call = lambda impl, layout='BSKD': jax.jit(lambda q, kc, vc: decode_attention(
+          q, kc, vc, lengths, impl=impl, kv_layout=layout))
+      t_ours = _try(lambda: time_call(lambda: call('pallas')(q, kc, vc)))
+      t_xla = _try(lambda: time_call(lambda: call('xla')(q, kc, vc)))
+      t_hop = _try(lambda: time_call(lambda: call('mosaic')(q, kc, vc)))
+      t_hop_cache = _try(lambda: time_call(lambda: call('mosaic', 'cache')(q, k_cache, v_cache)))
       nbytes = 2 * B * ctx * K * Dh * 2
       gbs = lambda t: nbytes / t / 1e9 if isinstance(t, float) else t
-      frac = gbs(t_ours) * 1e9 / peak_bw if peak_bw and isinstance(t_ours, float) else 'n/a'
-      rows.append([B, ctx, gbs(t_ours), frac, gbs(t_xla), _ratio(t_xla, t_ours)])
+      frac = lambda t: gbs(t) * 1e9 / peak_bw if peak_bw and isinstance(t, float) else 'n/a'
+      rows.append([B, ctx, gbs(t_ours), frac(t_ours), gbs(t_xla), _ratio(t_xla, t_ours),
+                   gbs(t_hop), frac(t_hop), gbs(t_hop_cache), frac(t_hop_cache)])
       print('  decode', rows[-1], flush=True)
   return rows
+
+
+DECODE_HEADER = ['B', 'context', 'ours GB/s', 'ours / HBM peak', 'XLA GB/s', 'ours/XLA speed',
+                 'Hopper GB/s', 'Hopper / HBM peak', 'Hopper, cache layout GB/s',
+                 'Hopper, cache layout / HBM peak']
 
 
 def bench_delta(quick: bool) -> tuple[list[list[Any]], str]:

@@ -2,7 +2,8 @@
 the split sampler: block and parts) are fastest on this device, measured in the same device
 call as everything else (issue 16).
 
-  python -m benchmarks.kernel_sweep --ops=flash_hopper,flash,decode,sampling --budget_s=150
+  python -m benchmarks.kernel_sweep --ops=flash_hopper,decode_hopper,flash,decode,sampling \
+      --budget_s=150
   python -m benchmarks.kernel_sweep --rehearse   # CPU: toy shapes in interpret mode
 
 Each op has one representative shape and a list of settings, its default first. Each
@@ -34,6 +35,7 @@ from benchmarks.kernel_checks import BF16, F32, error_text, normal, rel_error
 from benchmarks.kernel_speed import time_call
 from pallas_kernels import decode_attention as decode_lib
 from pallas_kernels import flash_attention as flash_lib
+from pallas_kernels.decode_attention import hopper as decode_hopper_lib
 from pallas_kernels.flash_attention import hopper as hopper_lib
 from pallas_kernels.sampling import fused_sample, gumbel_noise
 
@@ -170,6 +172,33 @@ def decode_op(rehearse: bool) -> Op:
             _close_to(ref, dt), lambda s: f'{nbytes / s / 1e9:.0f} GB/s')
 
 
+def decode_hopper_op(rehearse: bool) -> Op:
+  """The Hopper decode kernel (impl='mosaic') on decode_op's shape, reading the decoding
+  cache's layout in place (what the model's decode would pass): K/V tile, ring depth and
+  split-K parts (rehearsal: interpret mode, a toy shape)."""
+  B, S, H, K, Dh = (2, 256, 4, 2, 64) if rehearse else (8, 4096, 32, 8, 128)
+  q = normal(0, (B, 1, H, Dh), BF16)
+  kc, vc = normal(1, (B, K, S, Dh), BF16), normal(2, (B, K, Dh, S), BF16)
+  lengths = jnp.full((B,), S, jnp.int32)
+  call = lambda cfg: jax.jit(lambda q, k, v: decode_lib.decode_attention(
+      q, k, v, lengths, impl='mosaic', kv_layout='cache', hopper_config=cfg))
+  ref = jax.jit(lambda q, k, v: decode_lib.decode_attention(
+      q, k, v, lengths, impl='xla', kv_layout='cache'))(q, kc, vc)
+  grid = ([dict(), dict(block_k=64, stages=3, num_parts=2)] if rehearse else
+          [dict()] + [dict(block_k=bk, stages=st, num_parts=p)
+                      for bk, st, p in itertools.product((64, 128), (2, 3, 4), (0, 8, 32))
+                      if (bk, st, p) != (128, 2, 0) and decode_hopper_lib.smem_bytes(
+                          decode_lib.HopperDecodeConfig(bk, st), Dh)
+                      <= decode_hopper_lib.SMEM_BYTES])
+  nbytes = 2 * B * S * K * Dh * 2
+
+  def run(setting):
+    f = call(decode_lib.HopperDecodeConfig(**setting))
+    return lambda: f(q, kc, vc)
+  return Op('decode hopper', f'B{B} S{S} H{H} K{K} Dh{Dh} bfloat16, cache layout', grid, run,
+            _close_to(ref, BF16), lambda s: f'{nbytes / s / 1e9:.0f} GB/s')
+
+
 def sampling_op(rehearse: bool, batch: int) -> Op:
   """Temperature 0.8, top-p 0.95 over V 131072 (float32 logits): the one-program kernel
   (parts=1) and the split one over block and part counts; tokens must equal the sort's."""
@@ -194,7 +223,7 @@ def sampling_op(rehearse: bool, batch: int) -> Op:
 
 
 OPS = {'flash_hopper': lambda r: [flash_hopper_op(r)], 'flash': lambda r: [flash_op(r)],
-       'decode': lambda r: [decode_op(r)],
+       'decode': lambda r: [decode_op(r)], 'decode_hopper': lambda r: [decode_hopper_op(r)],
        'sampling': lambda r: [sampling_op(r, 1), sampling_op(r, 64 if not r else 4)]}
 
 
@@ -241,7 +270,7 @@ def write(results: list[tuple[Op, dict[str, Any]]], args, budget_s: float) -> st
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--ops', default='flash_hopper,flash,decode,sampling',
+  p.add_argument('--ops', default='flash_hopper,decode_hopper,flash,decode,sampling',
                  help=f'comma list of {list(OPS)}')
   p.add_argument('--budget_s', type=float, default=150.0,
                  help='stop starting settings after this many seconds (all ops together)')

@@ -7,7 +7,7 @@
 Sections (each prints its table as it finishes; all go to benchmarks/results/kernels.md, the
 CPU interpret-mode status to kernels_cpu.md):
   check     every kernel against its XLA reference on this device (bf16 and fp32; the Hopper
-            flash kernel in bf16).
+            flash and decode kernels in bf16).
   flash     flash attention forward (and forward+backward; Triton and Hopper kernels) vs cuDNN
             (`jax.nn.dot_product_attention(implementation='cudnn')`) and XLA; T 1k-16k, Dh 64
             and 128, bf16, causal; TFLOP/s and fraction of the device's bf16 peak.
@@ -48,7 +48,8 @@ Remaining on a GPU (H100), all produced by `python -m benchmarks.kernels` in one
   kernel and the Hopper one (`impl='mosaic'`, Mosaic GPU: TMA, wgmma, a producer
   warpgroup; checked here only in jax's GPU interpret mode and by lowering for CUDA);
 - tree attention vs cuDNN with the same mask (goal >= 2x);
-- decode attention GB/s at B 8/32, context 4k/16k (goal >= 75% of HBM peak);
+- decode attention GB/s at B 8/32, context 4k/16k (goal >= 75% of HBM peak), for the Triton
+  kernel and the Hopper one (`impl='mosaic'`, both cache layouts);
 - chunked DeltaProduct forward+backward vs fla `chunk_gated_delta_product` at T 4k/16k
   (goal >= 0.8x; needs `pip install flash-linear-attention`);
 - fused sampling vs sort-based top-p at V 32k-256k, B 1-64 (goal >= 5x);
@@ -123,8 +124,11 @@ def main():
     def section_decode() -> str:
       return (
           '## Decode attention, bf16, H 32, K 8, Dh 128 (GB/s of K/V read)\n\n'
-          + common.markdown_table(['B', 'context', 'ours GB/s', 'ours / HBM peak', 'XLA GB/s',
-                                   'ours/XLA speed'], kernel_speed.bench_decode(args.quick)))
+          "`ours`: the Triton-lowered kernel; `Hopper`: the Mosaic GPU kernel (`impl='mosaic'`: "
+          'a producer warpgroup TMA-feeding a ring of K/V tiles), on [B, S, K, Dh] and on the '
+          "decoding cache's layout (k [B, K, S, Dh], v [B, K, Dh, S]) read in place.\n\n"
+          + common.markdown_table(kernel_speed.DECODE_HEADER,
+                                  kernel_speed.bench_decode(args.quick)))
 
     def section_delta() -> str:
       rows, note = kernel_speed.bench_delta(args.quick)

@@ -16,7 +16,10 @@ A query that sees nothing gets zeros. Differentiable: the backward pass is the r
 impl: 'auto' (what `pallas_kernels.dispatch` says for case 'decode', or 'tree' when new
 tokens are passed; see `choose_impl`) | 'xla' | 'pallas' | 'pallas_gpu' | 'pallas_tpu' (see
 `pallas_kernels.common`) | 'cudnn' (`jax.nn.dot_product_attention` with the visibility as a
-dense mask, new tokens concatenated to the cache).
+dense mask, new tokens concatenated to the cache) | 'mosaic' (our Hopper kernel, `hopper.py`:
+a producer warpgroup TMA-feeding a ring of K/V tiles, wgmma; lengths only (no mask, no new
+tokens), T x G <= 64 rows per kv head, bf16/fp16, Dh 64/128, either layout read in place; off
+a GPU it runs in jax's GPU interpret mode).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pallas_kernels import common
 from pallas_kernels import dispatch
 from pallas_kernels.attention import vendor
 from pallas_kernels.decode_attention import gpu
+from pallas_kernels.decode_attention import hopper
 from pallas_kernels.decode_attention import tpu
 from pallas_kernels.decode_attention.reference import (ancestor_mask,
                                                        decode_attention_reference,
@@ -53,7 +57,8 @@ class BlockSizes:
     return cls(block_k=512) if family == 'tpu' else cls()
 
 
-IMPLS = common.IMPLS + ('cudnn',)
+IMPLS = common.IMPLS + ('cudnn', 'mosaic')
+HopperDecodeConfig = hopper.HopperDecodeConfig
 
 
 def choose_impl(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, *, tree: bool = False,
@@ -95,7 +100,8 @@ def decode_attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: j
                      v_new_BxNxKxDh: jax.Array | None = None,
                      new_mask_BxTxN: jax.Array | None = None, scale: float | None = None,
                      block_sizes: BlockSizes | None = None, impl: str = 'auto',
-                     kv_layout: str = 'BSKD') -> jax.Array:
+                     kv_layout: str = 'BSKD',
+                     hopper_config: HopperDecodeConfig | None = None) -> jax.Array:
   """T queries per row over cache slots [0, lengths) and optional new tokens.
 
   Args:
@@ -110,6 +116,7 @@ def decode_attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: j
     kv_layout: 'BSKD', or 'cache': k [B, K, S, Dh] and v [B, K, Dh, S] as models.cache
       stores them, read in place by the reference and the GPU-style kernel (the TPU kernel
       and 'cudnn' get [B, S, K, Dh] copies). New tokens are [B, N, K, Dh] either way.
+    hopper_config: tiles, ring depth and parts of impl='mosaic'.
 
   Returns:
     [B, T, H, Dh] in q's dtype.
@@ -136,6 +143,18 @@ def decode_attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: j
     raise ValueError(f'Unknown impl {impl!r}; choose one of {IMPLS}.')
   if impl == 'auto':
     impl = choose_impl(q_BxTxHxDh, k_BxSxKxDh, tree=has_new, kv_layout=kv_layout).impl
+  if impl == 'mosaic':
+    why = hopper.unsupported(q_BxTxHxDh.dtype, Dh, T * (H // k_BxSxKxDh.shape[
+        1 if cache_layout else 2]), has_mask=mask_BxTxS is not None, has_new=has_new)
+    if why:
+      raise ValueError(f"impl='mosaic' cannot run this call: {why}. Use impl='pallas' or "
+                       "'auto'.")
+    interpret = common.interpret_arg('gpu') is not False
+    cfg = hopper_config or HopperDecodeConfig()
+    if interpret:  # jax's GPU interpreter has no register operand for wgmma
+      cfg = dataclasses.replace(cfg, p_in_smem=True)
+    return _decode(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B, None, None,
+                   ('mosaic', interpret, scale, cfg, kv_layout))
   family, interpret = ('cudnn', False) if impl == 'cudnn' else common.resolve_impl(impl)
   if cache_layout and family in ('cudnn', 'tpu'):  # these take [B, S, K, Dh]: copies
     k_BxSxKxDh = jnp.swapaxes(k_BxSxKxDh, 1, 2)
@@ -166,6 +185,19 @@ def _kernel_path(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B, mask_BxTxS, new,
   if cache_layout:
     K, S = k_BxSxKxDh.shape[1], k_BxSxKxDh.shape[2]
   G = H // K
+  if family == 'mosaic':  # bs is a HopperDecodeConfig
+    bk = bs.kv_block(Dh)
+    Sp = common.round_up(S, bk)
+    if cache_layout:
+      k, v = common.pad_axis(k_BxSxKxDh, 2, Sp), common.pad_axis(v_BxSxKxDh, 3, Sp)
+    else:
+      k, v = common.pad_axis(k_BxSxKxDh, 1, Sp), common.pad_axis(v_BxSxKxDh, 1, Sp)
+    o, m, l = hopper.partials(_pack_rows(q_BxTxHxDh, K, hopper.ROWS), k, v, lengths_B,
+                              scale=scale, cache_layout=cache_layout, config=bs,
+                              interpret=interpret)
+    out_BxKxRxDh = gpu.combine(o, m, l, 2.0)[:, :, :T * G]
+    out = out_BxKxRxDh.reshape(B, K, T, G, Dh).transpose(0, 2, 1, 3, 4).reshape(B, T, H, Dh)
+    return out.astype(q_BxTxHxDh.dtype)
   has_new = new is not None
   on_tpu = family == 'tpu' and interpret is False
   # Triton: power-of-two tiles, dots >= 16. TPU: 8 sublanes (16 for 16-bit q), 128 lanes.
@@ -259,4 +291,4 @@ def tree_attention(q_BxNxHxDh: jax.Array, k_cache_BxSxKxDh: jax.Array,
 
 
 __all__ = ['decode_attention', 'tree_attention', 'ancestor_mask', 'decode_attention_reference',
-           'choose_impl', 'BlockSizes', 'IMPLS']
+           'choose_impl', 'BlockSizes', 'HopperDecodeConfig', 'IMPLS']

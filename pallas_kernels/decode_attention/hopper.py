@@ -1,0 +1,273 @@
+"""Decode attention for Hopper GPUs (sm90): split-K partials from a TMA-fed Mosaic GPU kernel.
+
+Decoding is bound by reading the cache, so the kernel's job is to keep loads in flight:
+one program per (kv head, part of the cache, batch row), two warpgroups:
+
+  wg 0   consumer: the row's R query rows of this kv head (T new tokens x G query heads,
+         zero-padded to R = 64, one wgmma M) against each K/V tile: S = Q·Kᵀ (wgmma),
+         online softmax in base 2 over the slots below the row's length, O += P·V (wgmma).
+  wg 1   producer: TMA-loads the part's K and V tiles (`block_k` slots) into a ring of
+         `stages` shared-memory slots, reloading a slot once the consumer frees it.
+
+The row's length is read from shared memory (the lengths are TMA-loaded first), so a part
+past the row's length loads nothing. Both layouts are read in place: [B, S, K, Dh], and the
+decoding cache's (models.cache: k [B, K, S, Dh], v [B, K, Dh, S]; V tiles are [Dh, block_k],
+read by P·V through a transposed view). Outputs are `gpu.partials`' (o unnormalised float32,
+m base 2, l), merged by `gpu.combine`.
+
+On a CPU the kernel runs in jax's GPU interpret mode (`pallas_kernels.mosaic_interpret`),
+with P staged through shared memory (`p_in_smem`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from pallas_kernels import common
+from pallas_kernels import dispatch
+from pallas_kernels import mosaic_interpret
+
+LOG2E = math.log2(math.e)
+MASK_VALUE = common.MASK_VALUE
+ROWS = 64  # query rows per program: one wgmma M
+LENGTHS_PAD = 32  # lengths are TMA-loaded: a multiple of 128 bytes of int32
+SMEM_BYTES = 227 * 1024
+HEAD_DIMS = (64, 128)  # at 256 the float32 partial output and two K/V stages do not fit
+ALIGN_SLACK = 4096  # what Mosaic adds for alignment and barriers (measured by lowering)
+
+
+@dataclasses.dataclass(frozen=True)
+class HopperDecodeConfig:
+  """block_k: cache slots per tile (a multiple of 64; None = 128 at Dh <= 128, else 64).
+  stages: K/V ring depth (>= 2).
+  num_parts: split-K parts (0 = enough programs to fill 132 SMs twice). p_in_smem: stage P
+  through shared memory (required when interpreting)."""
+  block_k: int | None = None
+  stages: int = 2
+  num_parts: int = 0
+  p_in_smem: bool = False
+
+  def __post_init__(self):
+    if self.block_k is not None and (self.block_k % 64 or self.block_k <= 0):
+      raise ValueError(f'HopperDecodeConfig.block_k must be a positive multiple of 64, got '
+                       f'{self.block_k}.')
+    if self.stages < 2:
+      raise ValueError(f'HopperDecodeConfig.stages must be >= 2, got {self.stages}.')
+
+  def kv_block(self, head_dim: int) -> int:
+    return self.block_k or (128 if head_dim <= 128 else 64)
+
+
+def smem_bytes(config: HopperDecodeConfig, head_dim: int, itemsize: int = 2) -> int:
+  """Shared memory asked for: Q, the K/V ring, P (if staged), the float32 partial output."""
+  bk = config.kv_block(head_dim)
+  n = ROWS * head_dim + 2 * config.stages * bk * head_dim
+  n += ROWS * bk if config.p_in_smem else 0
+  return n * itemsize + ROWS * head_dim * 4 + 2 * ROWS * 4 + LENGTHS_PAD * 4 + ALIGN_SLACK
+
+
+def unsupported(dtype, head_dim: int, rows: int, *, has_mask: bool, has_new: bool) -> str | None:
+  """Why the Hopper decode kernel cannot run a call (None = it can)."""
+  if jnp.dtype(dtype).name not in dispatch.HOPPER_DTYPES:
+    return (f'dtype {jnp.dtype(dtype).name} (the Hopper decode kernel takes '
+            f'{"/".join(dispatch.HOPPER_DTYPES)})')
+  if head_dim not in HEAD_DIMS:
+    return f'head dim {head_dim} (the Hopper decode kernel takes {HEAD_DIMS})'
+  if rows > ROWS:
+    return f'{rows} query rows per kv head (T x G; the Hopper decode kernel takes <= {ROWS})'
+  if has_mask or has_new:
+    return 'a mask or new tokens (the Hopper decode kernel takes lengths only)'
+  return None
+
+
+def _kernel(len_ref, q_ref, k_ref, v_ref, o_ref, m_ref, l_ref, scratch, *, scale: float,
+            block_k: int, blocks_per_part: int, stages: int, cache_layout: bool,
+            p_in_smem: bool, interpret: bool):
+  import jax.experimental.pallas.mosaic_gpu as plgpu  # pylint: disable=g-import-not-at-top
+  ((len_smem, q_smem, k_smem, v_smem, p_smem, o_smem, m_smem, l_smem),
+   (len_bar, q_bar, k_full, v_full, k_free, v_free)) = scratch
+  h = lax.axis_index('heads')
+  part = lax.axis_index('parts')
+  b = lax.axis_index('batch')
+  wg = lax.axis_index('wg')
+  head_dim = q_smem.shape[-1]
+  dtype = q_smem.dtype
+
+  @pl.when(wg == 0)
+  def _():
+    plgpu.copy_gmem_to_smem(len_ref, len_smem, len_bar.at[0])
+  plgpu.barrier_wait(len_bar.at[0])
+  length = len_smem[b]
+  first = part * blocks_per_part
+  n = jnp.maximum(jnp.minimum(first + blocks_per_part,
+                              lax.div(length + block_k - 1, jnp.int32(block_k))) - first, 0)
+  wgmma_layout = plgpu.Layout.WGMMA
+  c = scale * LOG2E
+
+  @pl.when(wg == 0)
+  def _consumer():
+    plgpu.copy_gmem_to_smem(q_ref.at[b, h], q_smem, q_bar.at[0])
+    plgpu.barrier_wait(q_bar.at[0])
+
+    def tile(i, carry):
+      acc, m, l = carry
+      slot = lax.rem(i, jnp.int32(stages))
+      plgpu.barrier_wait(k_full.at[slot])
+
+      def qk(ref):
+        plgpu.wgmma(ref, q_smem, plgpu.transpose_ref(k_smem.at[slot], (1, 0)))
+        return ref[...]
+      s = pl.run_scoped(qk, plgpu.ACC((ROWS, block_k), jnp.float32))
+      plgpu.barrier_arrive(k_free.at[slot])
+      cols = (first + i) * block_k + mosaic_interpret.iota(jnp.int32, s.shape, 1,
+                                                           wgmma_layout, interpret)
+      s = jnp.where(cols < length, s * c, MASK_VALUE)
+      m_new = jnp.maximum(m, s.max(axis=1))
+      alpha = jnp.exp2(m - m_new)
+      p = jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [0]))
+      l = l * alpha + p.sum(axis=1)
+      acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+      p = p.astype(dtype)
+      plgpu.barrier_wait(v_full.at[slot])
+      if p_in_smem:
+        p_smem[...] = p
+        plgpu.commit_smem()
+        lhs = p_smem
+      else:
+        lhs = p
+      v_tile = v_smem.at[slot]
+      rhs = plgpu.transpose_ref(v_tile, (1, 0)) if cache_layout else v_tile
+
+      def pv(ref):
+        plgpu.wgmma(ref, lhs, rhs)
+        return ref[...]
+      acc = acc + pl.run_scoped(pv, plgpu.ACC((ROWS, head_dim), jnp.float32))
+      plgpu.barrier_arrive(v_free.at[slot])
+      return acc, m_new, l
+
+    row = wgmma_layout.reduce(1)
+    init = (mosaic_interpret.layout(jnp.zeros((ROWS, head_dim), jnp.float32), wgmma_layout,
+                                    interpret),
+            mosaic_interpret.layout(jnp.full((ROWS,), MASK_VALUE, jnp.float32), row, interpret),
+            mosaic_interpret.layout(jnp.zeros((ROWS,), jnp.float32), row, interpret))
+    acc, m, l = lax.fori_loop(0, n, tile, init)
+    o_smem[...] = acc
+    m_smem[...] = m
+    l_smem[...] = l
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(o_smem, o_ref.at[b, h, part])
+    plgpu.copy_smem_to_gmem(m_smem, m_ref.at[b, h, part])
+    plgpu.copy_smem_to_gmem(l_smem, l_ref.at[b, h, part])
+    plgpu.wait_smem_to_gmem(0)
+
+  @pl.when(wg == 1)
+  def _producer():
+    if not interpret:
+      plgpu.set_max_registers(40, action='decrease')
+
+    @pl.loop(0, n)
+    def _load(i):
+      slot = lax.rem(i, jnp.int32(stages))
+      slots = pl.ds((first + i) * block_k, block_k)
+      if cache_layout:
+        k_src, v_src = k_ref.at[b, h, slots], v_ref.at[b, h, :, slots]
+      else:
+        k_src, v_src = k_ref.at[b, slots, h], v_ref.at[b, slots, h]
+
+      @pl.when(i >= stages)
+      def _():
+        plgpu.barrier_wait(k_free.at[slot])
+      plgpu.copy_gmem_to_smem(k_src, k_smem.at[slot], k_full.at[slot])
+
+      @pl.when(i >= stages)
+      def _():
+        plgpu.barrier_wait(v_free.at[slot])
+      plgpu.copy_gmem_to_smem(v_src, v_smem.at[slot], v_full.at[slot])
+
+    @pl.loop(jnp.maximum(n - stages, 0), n)  # no barrier phase left unseen at exit
+    def _settle(i):
+      slot = lax.rem(i, jnp.int32(stages))
+      plgpu.barrier_wait(k_free.at[slot])
+      plgpu.barrier_wait(v_free.at[slot])
+
+
+def partials(q_BxKxRxDh, k, v, lengths_B, *, scale: float, cache_layout: bool,
+             config: HopperDecodeConfig = HopperDecodeConfig(), interpret=False):
+  """(o [B, K, P, R, Dh] float32 unnormalised, m [B, K, P, R] base 2, l [B, K, P, R]).
+
+  q_BxKxRxDh: R = 64 rows per kv head (pad first). k, v: [B, S, K, Dh], or with
+  `cache_layout` k [B, K, S, Dh] and v [B, K, Dh, S]; S a multiple of the K/V tile
+  (`config.kv_block(Dh)`).
+  lengths_B: int, slots >= lengths[b] are never read. interpret: False on the GPU, else
+  truthy (jax's GPU interpret mode; needs p_in_smem).
+  """
+  import jax.experimental.pallas.mosaic_gpu as plgpu  # pylint: disable=g-import-not-at-top
+  B, K, R, Dh = q_BxKxRxDh.shape
+  S = k.shape[2] if cache_layout else k.shape[1]
+  bk, stages = config.kv_block(q_BxKxRxDh.shape[-1]), config.stages
+  why = unsupported(q_BxKxRxDh.dtype, Dh, R, has_mask=False, has_new=False)
+  if why:
+    raise ValueError(f'Hopper decode attention: unsupported {why}.')
+  if R != ROWS:
+    raise ValueError(f'Hopper decode attention wants R = {ROWS} query rows (pad first); got {R}.')
+  if smem_bytes(config, Dh, q_BxKxRxDh.dtype.itemsize) > SMEM_BYTES:
+    raise ValueError(f'{config} needs {smem_bytes(config, Dh)} bytes of shared memory at Dh '
+                     f'{Dh}; sm90 has {SMEM_BYTES}. Use fewer stages or a smaller block_k.')
+  if S % bk:
+    raise ValueError(f'S = {S} must be a multiple of block_k = {bk} (pad first).')
+  if interpret and not config.p_in_smem:
+    raise ValueError('Interpreting the Hopper decode kernel needs p_in_smem=True.')
+  nblk = S // bk
+  parts = config.num_parts or common.cdiv(264, B * K)
+  parts = max(1, min(parts, nblk))
+  per_part = common.cdiv(nblk, parts)
+  parts = common.cdiv(nblk, per_part)
+  Bp = common.round_up(B, LENGTHS_PAD)
+  lengths = common.pad_axis(jnp.asarray(lengths_B, jnp.int32), 0, Bp)
+  tr = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
+  dt = q_BxKxRxDh.dtype
+  smem = (
+      plgpu.SMEM((Bp,), jnp.int32),
+      plgpu.SMEM((ROWS, Dh), dt, transforms=tr),
+      plgpu.SMEM((stages, bk, Dh), dt, transforms=tr),
+      plgpu.SMEM((stages, Dh, bk) if cache_layout else (stages, bk, Dh), dt, transforms=tr),
+      plgpu.SMEM((ROWS, bk), dt, transforms=tr) if config.p_in_smem else None,
+      plgpu.SMEM((ROWS, Dh), jnp.float32),
+      plgpu.SMEM((ROWS,), jnp.float32),
+      plgpu.SMEM((ROWS,), jnp.float32),
+  )
+  barriers = (plgpu.Barrier(num_barriers=1), plgpu.Barrier(num_barriers=1),
+              plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages),
+              plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages))
+  interpreting = bool(interpret)
+  body = functools.partial(_kernel, scale=scale, block_k=bk, blocks_per_part=per_part,
+                           stages=stages, cache_layout=cache_layout,
+                           p_in_smem=config.p_in_smem, interpret=interpreting)
+
+  def entry(len_ref, q_ref, k_ref, v_ref, o_ref, m_ref, l_ref):
+    pl.run_scoped(lambda *s: body(len_ref, q_ref, k_ref, v_ref, o_ref, m_ref, l_ref, s),
+                  smem, barriers, collective_axes='wg')
+
+  kw = {}
+  if interpreting:
+    kw['interpret'] = (interpret if not isinstance(interpret, bool)
+                       else mosaic_interpret.interpret_params())
+  f32 = jnp.float32
+  return plgpu.kernel(
+      entry,
+      out_type=(jax.ShapeDtypeStruct((B, K, parts, ROWS, Dh), f32),
+                jax.ShapeDtypeStruct((B, K, parts, ROWS), f32),
+                jax.ShapeDtypeStruct((B, K, parts, ROWS), f32)),
+      grid=(K, parts, B),
+      grid_names=('heads', 'parts', 'batch'),
+      num_threads=2,
+      thread_name='wg',
+      **kw,
+  )(lengths, q_BxKxRxDh, k, v)

@@ -1,0 +1,119 @@
+"""The Hopper decode attention kernel (Mosaic GPU: a producer warpgroup TMA-feeding a ring
+of K/V tiles, wgmma), run on CPU in jax's GPU interpret mode and lowered for CUDA."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import export
+
+from pallas_kernels.decode_attention import HopperDecodeConfig, decode_attention
+from pallas_kernels.decode_attention import gpu, hopper
+
+BF16, F32 = jnp.bfloat16, jnp.float32
+
+
+def _arrays(B, T, S, H, K, Dh, seed=0):
+  ks = jax.random.split(jax.random.key(seed), 3)
+  return tuple(jax.random.normal(kk, shape, F32).astype(BF16) for kk, shape in
+               zip(ks, ((B, T, H, Dh), (B, S, K, Dh), (B, S, K, Dh))))
+
+
+def _reference(q, k, v, lengths):
+  """[B, T, H, Dh] float64 from the definition: query heads over the slots below length."""
+  q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+  G = q.shape[2] // k.shape[2]
+  k, v = np.repeat(k, G, axis=2), np.repeat(v, G, axis=2)
+  s = np.einsum('bthd,bshd->bhts', q, k) * q.shape[-1] ** -0.5
+  vis = np.arange(k.shape[1])[None, :] < np.asarray(lengths)[:, None]
+  s = np.where(vis[:, None, None, :], s, -np.inf)
+  with np.errstate(invalid='ignore'):  # a row of length 0: NaN here, compared apart
+    p = np.exp(s - s.max(-1, keepdims=True))
+    return np.einsum('bhts,bshd->bthd', p / p.sum(-1, keepdims=True), v)
+
+
+def _cache(k, v):
+  return jnp.swapaxes(k, 1, 2), jnp.transpose(v, (0, 2, 3, 1))
+
+
+# (T, H, K, S, Dh, lengths, block_k, stages, parts)
+CASES = [
+    (1, 8, 2, 256, 64, [256, 1, 100], 64, 2, 1),      # one part, ragged lengths, GQA 4
+    (2, 8, 2, 300, 64, [300, 150, 64], 64, 3, 0),     # S padded to the tile, parts by default
+    (1, 4, 4, 384, 128, [384, 129, 0], 128, 2, 3),    # Dh 128, a part past a row's length
+]
+
+
+@pytest.mark.parametrize('layout', ['BSKD', 'cache'])
+@pytest.mark.parametrize('T,H,K,S,Dh,lengths,block_k,stages,parts', CASES)
+def test_decode_equals_the_definition(layout, T, H, K, S, Dh, lengths, block_k, stages, parts):
+  q, k, v = _arrays(len(lengths), T, S, H, K, Dh)
+  lengths = jnp.asarray(lengths, jnp.int32)
+  kk, vv = _cache(k, v) if layout == 'cache' else (k, v)
+  cfg = HopperDecodeConfig(block_k=block_k, stages=stages, num_parts=parts)
+  out = decode_attention(q, kk, vv, lengths, impl='mosaic', kv_layout=layout,
+                         hopper_config=cfg)
+  want = _reference(q, k, v, lengths)
+  assert out.shape == q.shape and out.dtype == q.dtype
+  got = np.asarray(out, np.float64)
+  empty = np.asarray(lengths) == 0  # a row that sees nothing gets zeros
+  np.testing.assert_array_equal(got[empty], 0.0)
+  assert np.abs(got[~empty] - want[~empty]).max() < 1e-2 * max(1.0, np.abs(want).max())
+
+
+def test_partials_of_a_part_past_the_length_are_empty():
+  q, k, v = _arrays(1, 1, 256, 4, 1, 64)
+  packed = jnp.zeros((1, 1, hopper.ROWS, 64), BF16).at[:, :, :4].set(q[:, 0].reshape(1, 1, 4, 64))
+  o, m, l = hopper.partials(packed, k, v, jnp.array([70]), scale=0.125, cache_layout=False,
+                            config=HopperDecodeConfig(block_k=64, num_parts=4, p_in_smem=True),
+                            interpret=True)
+  assert o.shape == (1, 1, 4, hopper.ROWS, 64)
+  # 70 slots: parts 0 and 1 see 64 and 6 slots, parts 2 and 3 none.
+  np.testing.assert_array_equal(np.asarray(l[0, 0, 2:]), 0.0)
+  assert (np.asarray(l[0, 0, :2, :4]) > 0).all()
+  out = gpu.combine(o, m, l)[0, 0, :4]
+  want = _reference(q, k, v, jnp.array([70]))[0, 0]
+  assert np.abs(np.asarray(out) - want).max() < 1e-2
+
+
+def test_gradient_is_the_references():
+  q, k, v = _arrays(2, 1, 128, 4, 2, 64, seed=3)
+  lengths = jnp.array([128, 50])
+  f = lambda impl: lambda q, k, v: decode_attention(q, k, v, lengths, impl=impl).astype(
+      F32).sum()
+  got = jax.grad(f('mosaic'), (0, 1, 2))(q, k, v)
+  want = jax.grad(f('xla'), (0, 1, 2))(q, k, v)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize('Dh,cache', [(64, False), (128, False), (128, True)])
+def test_lowers_for_cuda(Dh, cache):
+  B, K, S = 8, 8, 4096
+  sd = lambda *s: jax.ShapeDtypeStruct(s, BF16)
+  kv = (sd(B, K, S, Dh), sd(B, K, Dh, S)) if cache else (sd(B, S, K, Dh), sd(B, S, K, Dh))
+  f = lambda q, k, v, n: hopper.partials(q, k, v, n, scale=0.1, cache_layout=cache)
+  text = export.export(jax.jit(f), platforms=['cuda'])(
+      sd(B, K, hopper.ROWS, Dh), *kv, jax.ShapeDtypeStruct((B,), jnp.int32)).mlir_module()
+  assert 'mosaic_gpu' in text
+
+
+@pytest.mark.parametrize('kw,words', [
+    (dict(dtype=F32), 'dtype float32'),
+    (dict(Dh=256), 'head dim 256'),
+    (dict(T=20), '80 query rows'),
+    (dict(mask=True), 'lengths only'),
+])
+def test_refuses_what_it_cannot_run(kw, words):
+  T, Dh = kw.get('T', 1), kw.get('Dh', 64)
+  q, k, v = _arrays(1, T, 128, 4, 1, Dh)
+  if 'dtype' in kw:
+    q, k, v = (x.astype(kw['dtype']) for x in (q, k, v))
+  mask = jnp.ones((1, T, 128), bool) if kw.get('mask') else None
+  with pytest.raises(ValueError, match=words):
+    decode_attention(q, k, v, jnp.array([128]), mask_BxTxS=mask, impl='mosaic')
+  with pytest.raises(ValueError, match='shared memory'):
+    hopper.partials(jnp.zeros((1, 1, 64, 128), BF16), jnp.zeros((1, 4096, 1, 128), BF16),
+                    jnp.zeros((1, 4096, 1, 128), BF16), jnp.array([1]), scale=1.0,
+                    cache_layout=False, config=HopperDecodeConfig(block_k=256, stages=4))
