@@ -2,18 +2,22 @@
 
   python -m benchmarks.decode_ar --preset=base --dtype=bfloat16            # GPU: the goals
   python -m benchmarks.decode_ar --preset=tiny --contexts=128,512 --peer   # CPU smoke run
+  python -m benchmarks.decode_ar --attention_impls=auto,mosaic   # GPU: + the Hopper kernels
 
 Random weights (speed only). For each batch size B and context C: prefill tokens/s over a
 [B, C] prompt, and decode tokens/s = B * (N - 1) / (t(N new tokens) - t(1 new token)), so the
 prefill cancels. On a GPU also the HBM-bandwidth utilisation of a decode step: (weight bytes
 + K/V bytes read) / step time / device peak. The peer runs the same architecture as
 LlamaForCausalLM (static cache and torch.compile on GPU; dynamic cache, eager on CPU).
+`--attention_impls` runs ours once per `ModelConfig.attention_impl` (the first is the table's
+main row; each other one adds its decode tokens/s and its ratio to the first, same run).
 Writes benchmarks/results/decode_ar.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import jax
@@ -120,8 +124,11 @@ def main():
   ap.add_argument('--contexts', default='512,2048')
   ap.add_argument('--new_tokens', type=int, default=64)
   ap.add_argument('--peer', action=argparse.BooleanOptionalAction, default=True)
+  ap.add_argument('--attention_impls', default='auto',
+                  help="comma list of ModelConfig.attention_impl values, e.g. 'auto,mosaic'")
   args = ap.parse_args()
-  cfg = model_config(args.preset, args.dtype)
+  impls = args.attention_impls.split(',')
+  cfg = dataclasses.replace(model_config(args.preset, args.dtype), attention_impl=impls[0])
   rows, peer_version = [], ''
   for c in map(int, args.contexts.split(',')):
     for b in map(int, args.batch_sizes.split(',')):
@@ -132,18 +139,29 @@ def main():
       p = peer(cfg, b, c, args.new_tokens) if args.peer else None
       if p:
         peer_version = p['version']
+      others = []
+      for impl in impls[1:]:
+        try:
+          oi = ours(dataclasses.replace(cfg, attention_impl=impl), b, c, args.new_tokens)
+          others += [oi['decode_tok_s'], oi['decode_tok_s'] / o['decode_tok_s']]
+        except Exception as e:  # pylint: disable=broad-except
+          others += [f'failed: {type(e).__name__}', 'n/a']
+        print(f'B={b} C={c}: attention {impl}: {others[-2]} tok/s', flush=True)
       rows.append([b, c, o['prefill_tok_s'], o['decode_tok_s'], o['step_ms'],
                    o.get('hbm_util', 'n/a'), p['decode_tok_s'] if p else 'n/a',
                    o['decode_tok_s'] / p['decode_tok_s'] if p else 'n/a',
-                   p['prefill_tok_s'] if p else 'n/a'])
+                   p['prefill_tok_s'] if p else 'n/a', *others])
       print(f'B={b} C={c}: ours decode {o["decode_tok_s"]:.0f} tok/s'
             + (f', peer {p["decode_tok_s"]:.0f} tok/s' if p else '')
             + f' ({time.perf_counter() - t0:.0f}s)', flush=True)
   table = common.markdown_table(
       ['batch', 'context', 'prefill tok/s', 'decode tok/s', 'decode step ms', 'HBM util',
-       'peer decode tok/s', 'ours / peer (decode)', 'peer prefill tok/s'], rows)
+       'peer decode tok/s', 'ours / peer (decode)', 'peer prefill tok/s',
+       *[h for impl in impls[1:] for h in (f'decode tok/s, attention {impl}',
+                                           f'{impl} / {impls[0]} (decode)')]], rows)
   body = (f'Preset `{args.preset}` ({cfg.num_params() / 1e6:.1f}M params), {args.dtype}, '
-          f'{args.new_tokens} new tokens, random weights. Peer: {peer_version or "not run"}.'
+          f'{args.new_tokens} new tokens, random weights, attention_impl {impls[0]}. Peer: '
+          f'{peer_version or "not run"}.'
           f'\n\n{table}\n')
   path = common.write_results(f'decode_ar_{args.preset}', 'AR decode throughput', body)
   print(table)

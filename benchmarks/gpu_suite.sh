@@ -8,9 +8,10 @@
 #   env        nvidia-smi, versions, jax devices
 #   kernels    python -m benchmarks.kernels --quick        (on-device checks + speed vs cuDNN/XLA/fla)
 #   sweep      python -m benchmarks.kernel_sweep: the kernels' block sizes, warps and stages
-#              (flash forward, decode attention, the one-program and split samplers), each
+#              (Hopper flash and decode, flash forward, decode attention, the samplers), each
 #              setting checked against its reference and timed, within $SWEEP_LIMIT - 30 s
 #   decode     python -m benchmarks.decode_ar --preset=base --dtype=bfloat16 (vs transformers)
+#              (DECODE_IMPLS=auto,mosaic adds the model's decode with our Hopper kernels)
 #   train      python -m benchmarks.train_throughput --preset=base (MFU)
 #   delta      python -m benchmarks.deltaproduct --preset=gpu (chunked vs naive scan)
 #   fwd_cost   python -m benchmarks.forward_cost, presets base,small,mem,tiny, batch 1 and 8, bf16
@@ -244,7 +245,8 @@ for s in ${stages//,/ }; do
         $( [ "$REHEARSE" = 1 ] && echo "--rehearse --out=rehearsal" ) ;;
     decode)
       stage decode "${DECODE_LIMIT:-200}" $PY -m benchmarks.decode_ar --preset=base \
-        --dtype=bfloat16 --batch_sizes=1,32 --contexts=512 ;;
+        --dtype=bfloat16 --batch_sizes=1,32 --contexts=512 \
+        --attention_impls="${DECODE_IMPLS:-auto}" ;;
     train)  # batch 16 x 2048 needs rematerialisation on 80 GB (XLA asked for 174 GB without); fall back
       stage train "${TRAIN_LIMIT:-240}" bash -c "export XLA_PYTHON_CLIENT_MEM_FRACTION=0.92
          $PY -m benchmarks.train_throughput --preset=base --remat=dots ||

@@ -56,7 +56,8 @@ class ModelConfig:
     delta_conv_size: causal depthwise short convolution (+ SiLU) on q, k, v; 0 = none.
     delta_chunk_size: steps per chunk of the chunked form (on the n_h * T sub-steps).
     delta_impl: 'auto' | 'xla' | 'pallas' for the chunked form (pallas_kernels.delta_rule).
-    attention_impl: 'auto' | 'xla' | 'cudnn' | 'pallas'; see `pallas_kernels.attention`.
+    attention_impl: 'auto' | 'xla' | 'cudnn' | 'pallas' | 'mosaic'; see
+      `pallas_kernels.attention`.
     rope_scaling: () for plain RoPE, or Llama-3 frequency scaling as (factor,
       low_freq_factor, high_freq_factor, original_max_position_embeddings).
     sliding_window: 0 for full attention; W > 0 hides keys more than W - 1 positions before

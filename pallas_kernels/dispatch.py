@@ -128,8 +128,6 @@ def refusal(impl: str, entry: dispatch_table.Entry, *, platform: str, dtype: Any
               f'{_compute_capability()})')
     if case not in ('causal', 'decode'):
       return f'our Hopper kernels take the causal and decode cases only, not {case!r}'
-    if case == 'decode' and has_mask:
-      return 'our Hopper decode kernel takes lengths only, not a mask'
     if name is not None and name not in HOPPER_DTYPES:
       return f'our Hopper kernel takes {"/".join(HOPPER_DTYPES)}, not {name}'
     if head_dim is not None and head_dim not in HOPPER_HEAD_DIMS:

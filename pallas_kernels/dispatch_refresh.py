@@ -111,8 +111,19 @@ def proposals_from_results(markdown: str) -> dict[tuple[str, str, str], tuple[st
       out[('attention', 'gpu', 'explicit')] = (
           'pallas' if dense_win and decode_ok else 'cudnn',
           f'cuDNN/ours(dense mask) >= 1 on every row: {dense_win}')
-  dec = _all_at_least(_section(s, 'Decode attention'), 'ours/XLA speed', 1.0)
+  decode = _section(s, 'Decode attention')
+  dec = _all_at_least(decode, 'ours/XLA speed', 1.0)
   _propose(out, ('attention', 'gpu', 'decode'), dec, decode_ok, 'xla', 'ours/XLA')
+  # The Hopper kernel reads the cache's layout in place: judged on those rows against XLA.
+  hop_rows = _ratio_rows(decode, 'Hopper, cache layout GB/s', 'XLA GB/s')
+  hop_dec = _all_at_least(hop_rows, 'r', 1.0)
+  hop_dec_ok = _checked(s, 'hopper decode')
+  if hop_dec and hop_dec_ok:
+    ours = out.get(('attention', 'gpu', 'decode'), ('xla', ''))[0]
+    if ours != 'pallas' or _least(hop_rows, 'r') > _least(decode, 'ours/XLA speed'):
+      out[('attention', 'gpu', 'decode')] = (
+          'mosaic', f'Hopper (cache layout)/XLA >= 1 on every row: {hop_dec}; checked '
+                    f'{hop_dec_ok}')
   delta = _section(s, 'Chunked gated DeltaProduct')
   dwin = _all_at_least(_ratio_rows(delta, 'XLA chunked', 'ours'), 'r', 1.0)
   _propose(out, ('delta_rule', 'gpu', 'chunked'), dwin, delta_ok, 'xla', 'XLA/ours')

@@ -7,8 +7,8 @@ needs are missing there, and this module supplies them:
 * a `wgmma` whose operand is a transposed shared-memory view (`plgpu.transpose_ref(k, (1, 0))`,
   how Q·Kᵀ reads K without moving it): the interpreter only follows index transforms. The
   replacement reads the operand under its index transforms and then applies the permutation.
-* `plgpu.layout_cast` / `plgpu.broadcasted_iota(..., layout=...)` have no CPU lowering: the
-  kernels call `layout()` / `iota()` below, which drop the register-layout hint when
+* `plgpu.layout_cast` / `plgpu.broadcasted_iota(..., layout=...)` / `plgpu.load(...,
+  layout=...)` have no CPU lowering: the kernels call `layout()` / `iota()` / `load()` below, which drop the register-layout hint when
   interpreting (the values are the same; the hint only tells Mosaic how to place them).
 
 `wgmma` with a register (not shared-memory) left operand is not interpreted either; kernels
@@ -50,6 +50,15 @@ def iota(dtype, shape, dim, layout_, interpret: bool):
     return lax.broadcasted_iota(dtype, shape, dim)
   import jax.experimental.pallas.mosaic_gpu as plgpu
   return plgpu.broadcasted_iota(dtype, shape, dim, layout=layout_)
+
+
+def load(ref, layout_, interpret: bool):
+  """`plgpu.load(ref, (), layout=layout_)` on a GPU (a shared-memory tile into a register
+  layout, e.g. a mask tile beside a wgmma result); `ref[...]` when interpreting."""
+  if interpret:
+    return ref[...]
+  import jax.experimental.pallas.mosaic_gpu as plgpu
+  return plgpu.load(ref, (), layout=layout_)
 
 
 def _split_transpose(transforms):

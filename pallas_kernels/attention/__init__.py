@@ -9,6 +9,10 @@ impl:
             `decode_attention` (split-K over the slots below the last visible one), longer
             calls to `flash_attention` with the dense mask read per tile and empty tiles
             skipped. 'pallas_gpu' / 'pallas_tpu' pick a kernel family explicitly.
+  'mosaic'  our Hopper kernels where one fits the call, else 'pallas': the decode case goes to
+            the Hopper decode kernel (`decode_attention/hopper.py`, the cache's layout and the
+            mask read in place), the explicit case to the flash kernel as with 'pallas' (the
+            Hopper flash kernel takes no mask array).
   'auto'    what `pallas_kernels.dispatch` says for this platform and call: case 'decode'
             (T x G <= 128 over a cache) or 'explicit' (otherwise), the dtype, head dim and
             lengths, and whether K/V come in the cache layout (which the kernels would copy).
@@ -29,7 +33,7 @@ from pallas_kernels import dispatch
 from pallas_kernels.attention import vendor
 from pallas_kernels.attention.reference import KV_LAYOUTS, MASK_VALUE, attention_reference
 
-IMPLS = ('auto', 'xla', 'cudnn', 'pallas', 'pallas_gpu', 'pallas_tpu')
+IMPLS = ('auto', 'xla', 'cudnn', 'pallas', 'pallas_gpu', 'pallas_tpu', 'mosaic')
 DECODE_ROWS = 128  # T x G at most this (over a cache): the decode kernel
 
 
@@ -84,6 +88,8 @@ def attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: jax.Arra
     lengths_B = jnp.max(jnp.where(seen_BxS, jnp.arange(1, S + 1), 0), axis=1)
     return decode_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B,
                             mask_BxTxS=mask_BxTxS, scale=scale, impl=impl, kv_layout=kv_layout)
+  if impl == 'mosaic':  # the explicit case: no Hopper kernel takes a mask array there
+    impl = 'pallas'
   if cache:  # cuDNN and flash take [B, S, K, Dh]: copies
     k_BxSxKxDh = jnp.swapaxes(k_BxSxKxDh, 1, 2)
     v_BxSxKxDh = jnp.transpose(v_BxSxKxDh, (0, 3, 1, 2))

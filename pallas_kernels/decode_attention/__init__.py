@@ -17,9 +17,9 @@ impl: 'auto' (what `pallas_kernels.dispatch` says for case 'decode', or 'tree' w
 tokens are passed; see `choose_impl`) | 'xla' | 'pallas' | 'pallas_gpu' | 'pallas_tpu' (see
 `pallas_kernels.common`) | 'cudnn' (`jax.nn.dot_product_attention` with the visibility as a
 dense mask, new tokens concatenated to the cache) | 'mosaic' (our Hopper kernel, `hopper.py`:
-a producer warpgroup TMA-feeding a ring of K/V tiles, wgmma; lengths only (no mask, no new
-tokens), T x G <= 64 rows per kv head, bf16/fp16, Dh 64/128, either layout read in place; off
-a GPU it runs in jax's GPU interpret mode).
+a producer warpgroup TMA-feeding a ring of K/V (and mask) tiles, wgmma; the cache only (no
+new tokens), T x G <= 128 rows per kv head, bf16/fp16, Dh 64/128, either layout read in
+place; off a GPU it runs in jax's GPU interpret mode).
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def decode_attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: j
     impl = choose_impl(q_BxTxHxDh, k_BxSxKxDh, tree=has_new, kv_layout=kv_layout).impl
   if impl == 'mosaic':
     why = hopper.unsupported(q_BxTxHxDh.dtype, Dh, T * (H // k_BxSxKxDh.shape[
-        1 if cache_layout else 2]), has_mask=mask_BxTxS is not None, has_new=has_new)
+        1 if cache_layout else 2]), has_new=has_new)
     if why:
       raise ValueError(f"impl='mosaic' cannot run this call: {why}. Use impl='pallas' or "
                        "'auto'.")
@@ -153,7 +153,7 @@ def decode_attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: j
     cfg = hopper_config or HopperDecodeConfig()
     if interpret:  # jax's GPU interpreter has no register operand for wgmma
       cfg = dataclasses.replace(cfg, p_in_smem=True)
-    return _decode(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B, None, None,
+    return _decode(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B, mask_BxTxS, None,
                    ('mosaic', interpret, scale, cfg, kv_layout))
   family, interpret = ('cudnn', False) if impl == 'cudnn' else common.resolve_impl(impl)
   if cache_layout and family in ('cudnn', 'tpu'):  # these take [B, S, K, Dh]: copies
@@ -186,13 +186,15 @@ def _kernel_path(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B, mask_BxTxS, new,
     K, S = k_BxSxKxDh.shape[1], k_BxSxKxDh.shape[2]
   G = H // K
   if family == 'mosaic':  # bs is a HopperDecodeConfig
-    bk = bs.kv_block(Dh)
+    R = hopper.rows_for(T * G)
+    bk = bs.kv_block(Dh, R)
     Sp = common.round_up(S, bk)
     if cache_layout:
       k, v = common.pad_axis(k_BxSxKxDh, 2, Sp), common.pad_axis(v_BxSxKxDh, 3, Sp)
     else:
       k, v = common.pad_axis(k_BxSxKxDh, 1, Sp), common.pad_axis(v_BxSxKxDh, 1, Sp)
-    o, m, l = hopper.partials(_pack_rows(q_BxTxHxDh, K, hopper.ROWS), k, v, lengths_B,
+    o, m, l = hopper.partials(_pack_rows(q_BxTxHxDh, K, R), k, v, lengths_B,
+                              common.pad_axis(_row_mask(mask_BxTxS, G, R), 2, Sp),
                               scale=scale, cache_layout=cache_layout, config=bs,
                               interpret=interpret)
     out_BxKxRxDh = gpu.combine(o, m, l, 2.0)[:, :, :T * G]

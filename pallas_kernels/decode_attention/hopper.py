@@ -4,10 +4,12 @@ Decoding is bound by reading the cache, so the kernel's job is to keep loads in 
 one program per (kv head, part of the cache, batch row), two warpgroups:
 
   wg 0   consumer: the row's R query rows of this kv head (T new tokens x G query heads,
-         zero-padded to R = 64, one wgmma M) against each K/V tile: S = Q·Kᵀ (wgmma),
-         online softmax in base 2 over the slots below the row's length, O += P·V (wgmma).
-  wg 1   producer: TMA-loads the part's K and V tiles (`block_k` slots) into a ring of
-         `stages` shared-memory slots, reloading a slot once the consumer frees it.
+         zero-padded to R = 64 or 128, wgmma's M) against each K/V tile: S = Q·Kᵀ (wgmma),
+         online softmax in base 2 over the slots below the row's length (and, with a mask,
+         the slots its mask tile shows), O += P·V (wgmma).
+  wg 1   producer: TMA-loads the part's K and V tiles (`block_k` slots), and the mask's
+         [R, block_k] int8 tiles when there is one, into a ring of `stages` shared-memory
+         slots, reloading a slot once the consumer frees it.
 
 The row's length is read from shared memory (the lengths are TMA-loaded first), so a part
 past the row's length loads nothing. Both layouts are read in place: [B, S, K, Dh], and the
@@ -36,7 +38,7 @@ from pallas_kernels import mosaic_interpret
 
 LOG2E = math.log2(math.e)
 MASK_VALUE = common.MASK_VALUE
-ROWS = 64  # query rows per program: one wgmma M
+ROWS = (64, 128)  # query rows per program (T x G zero-padded to one of these): wgmma's M
 LENGTHS_PAD = 32  # lengths are TMA-loaded: a multiple of 128 bytes of int32
 SMEM_BYTES = 227 * 1024
 HEAD_DIMS = (64, 128)  # at 256 the float32 partial output and two K/V stages do not fit
@@ -45,8 +47,8 @@ ALIGN_SLACK = 4096  # what Mosaic adds for alignment and barriers (measured by l
 
 @dataclasses.dataclass(frozen=True)
 class HopperDecodeConfig:
-  """block_k: cache slots per tile (a multiple of 64; None = 128 at Dh <= 128, else 64).
-  stages: K/V ring depth (>= 2).
+  """block_k: cache slots per tile (a multiple of 64; None = 128 for 64 rows at Dh <= 128,
+  else 64). stages: K/V ring depth (>= 2).
   num_parts: split-K parts (0 = enough programs to fill 132 SMs twice). p_in_smem: stage P
   through shared memory (required when interpreting)."""
   block_k: int | None = None
@@ -61,38 +63,49 @@ class HopperDecodeConfig:
     if self.stages < 2:
       raise ValueError(f'HopperDecodeConfig.stages must be >= 2, got {self.stages}.')
 
-  def kv_block(self, head_dim: int) -> int:
-    return self.block_k or (128 if head_dim <= 128 else 64)
+  def kv_block(self, head_dim: int, rows: int = 64) -> int:
+    return self.block_k or (128 if head_dim <= 128 and rows <= 64 else 64)
 
 
-def smem_bytes(config: HopperDecodeConfig, head_dim: int, itemsize: int = 2) -> int:
-  """Shared memory asked for: Q, the K/V ring, P (if staged), the float32 partial output."""
-  bk = config.kv_block(head_dim)
-  n = ROWS * head_dim + 2 * config.stages * bk * head_dim
-  n += ROWS * bk if config.p_in_smem else 0
-  return n * itemsize + ROWS * head_dim * 4 + 2 * ROWS * 4 + LENGTHS_PAD * 4 + ALIGN_SLACK
+def rows_for(n_rows: int) -> int:
+  """The R a call with n_rows = T x G query rows per kv head runs with (64 or 128)."""
+  return next((r for r in ROWS if n_rows <= r), n_rows)
 
 
-def unsupported(dtype, head_dim: int, rows: int, *, has_mask: bool, has_new: bool) -> str | None:
+def smem_bytes(config: HopperDecodeConfig, head_dim: int, itemsize: int = 2, rows: int = 64,
+               has_mask: bool = False) -> int:
+  """Shared memory asked for: Q, the K/V (and mask) ring, P (if staged), the float32
+  partial output."""
+  bk = config.kv_block(head_dim, rows)
+  n = rows * head_dim + 2 * config.stages * bk * head_dim
+  n += rows * bk if config.p_in_smem else 0
+  mask = config.stages * rows * bk if has_mask else 0
+  return (n * itemsize + mask + rows * head_dim * 4 + 2 * rows * 4 + LENGTHS_PAD * 4
+          + ALIGN_SLACK)
+
+
+def unsupported(dtype, head_dim: int, rows: int, *, has_new: bool) -> str | None:
   """Why the Hopper decode kernel cannot run a call (None = it can)."""
   if jnp.dtype(dtype).name not in dispatch.HOPPER_DTYPES:
     return (f'dtype {jnp.dtype(dtype).name} (the Hopper decode kernel takes '
             f'{"/".join(dispatch.HOPPER_DTYPES)})')
   if head_dim not in HEAD_DIMS:
     return f'head dim {head_dim} (the Hopper decode kernel takes {HEAD_DIMS})'
-  if rows > ROWS:
-    return f'{rows} query rows per kv head (T x G; the Hopper decode kernel takes <= {ROWS})'
-  if has_mask or has_new:
-    return 'a mask or new tokens (the Hopper decode kernel takes lengths only)'
+  if rows > ROWS[-1]:
+    return (f'{rows} query rows per kv head (T x G; the Hopper decode kernel takes '
+            f'<= {ROWS[-1]})')
+  if has_new:
+    return 'new tokens apart from the cache (the Hopper decode kernel reads the cache only)'
   return None
 
 
-def _kernel(len_ref, q_ref, k_ref, v_ref, o_ref, m_ref, l_ref, scratch, *, scale: float,
-            block_k: int, blocks_per_part: int, stages: int, cache_layout: bool,
+def _kernel(len_ref, q_ref, k_ref, v_ref, mask_ref, o_ref, m_ref, l_ref, scratch, *,
+            scale: float, block_k: int, blocks_per_part: int, stages: int, cache_layout: bool,
             p_in_smem: bool, interpret: bool):
   import jax.experimental.pallas.mosaic_gpu as plgpu  # pylint: disable=g-import-not-at-top
-  ((len_smem, q_smem, k_smem, v_smem, p_smem, o_smem, m_smem, l_smem),
-   (len_bar, q_bar, k_full, v_full, k_free, v_free)) = scratch
+  ((len_smem, q_smem, k_smem, v_smem, mask_smem, p_smem, o_smem, m_smem, l_smem),
+   (len_bar, q_bar, k_full, v_full, mask_full, k_free, v_free)) = scratch
+  rows = q_smem.shape[0]
   h = lax.axis_index('heads')
   part = lax.axis_index('parts')
   b = lax.axis_index('batch')
@@ -124,11 +137,16 @@ def _kernel(len_ref, q_ref, k_ref, v_ref, o_ref, m_ref, l_ref, scratch, *, scale
       def qk(ref):
         plgpu.wgmma(ref, q_smem, plgpu.transpose_ref(k_smem.at[slot], (1, 0)))
         return ref[...]
-      s = pl.run_scoped(qk, plgpu.ACC((ROWS, block_k), jnp.float32))
-      plgpu.barrier_arrive(k_free.at[slot])
+      s = pl.run_scoped(qk, plgpu.ACC((rows, block_k), jnp.float32))
       cols = (first + i) * block_k + mosaic_interpret.iota(jnp.int32, s.shape, 1,
                                                            wgmma_layout, interpret)
-      s = jnp.where(cols < length, s * c, MASK_VALUE)
+      visible = cols < length
+      if mask_ref is not None:  # the mask tile travels with the K tile, freed with it
+        plgpu.barrier_wait(mask_full.at[slot])
+        visible = visible & (mosaic_interpret.load(mask_smem.at[slot], wgmma_layout,
+                                                    interpret) != 0)
+      plgpu.barrier_arrive(k_free.at[slot])
+      s = jnp.where(visible, s * c, MASK_VALUE)
       m_new = jnp.maximum(m, s.max(axis=1))
       alpha = jnp.exp2(m - m_new)
       p = jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [0]))
@@ -148,15 +166,15 @@ def _kernel(len_ref, q_ref, k_ref, v_ref, o_ref, m_ref, l_ref, scratch, *, scale
       def pv(ref):
         plgpu.wgmma(ref, lhs, rhs)
         return ref[...]
-      acc = acc + pl.run_scoped(pv, plgpu.ACC((ROWS, head_dim), jnp.float32))
+      acc = acc + pl.run_scoped(pv, plgpu.ACC((rows, head_dim), jnp.float32))
       plgpu.barrier_arrive(v_free.at[slot])
       return acc, m_new, l
 
     row = wgmma_layout.reduce(1)
-    init = (mosaic_interpret.layout(jnp.zeros((ROWS, head_dim), jnp.float32), wgmma_layout,
+    init = (mosaic_interpret.layout(jnp.zeros((rows, head_dim), jnp.float32), wgmma_layout,
                                     interpret),
-            mosaic_interpret.layout(jnp.full((ROWS,), MASK_VALUE, jnp.float32), row, interpret),
-            mosaic_interpret.layout(jnp.zeros((ROWS,), jnp.float32), row, interpret))
+            mosaic_interpret.layout(jnp.full((rows,), MASK_VALUE, jnp.float32), row, interpret),
+            mosaic_interpret.layout(jnp.zeros((rows,), jnp.float32), row, interpret))
     acc, m, l = lax.fori_loop(0, n, tile, init)
     o_smem[...] = acc
     m_smem[...] = m
@@ -185,6 +203,9 @@ def _kernel(len_ref, q_ref, k_ref, v_ref, o_ref, m_ref, l_ref, scratch, *, scale
       def _():
         plgpu.barrier_wait(k_free.at[slot])
       plgpu.copy_gmem_to_smem(k_src, k_smem.at[slot], k_full.at[slot])
+      if mask_ref is not None:
+        plgpu.copy_gmem_to_smem(mask_ref.at[b, :, slots], mask_smem.at[slot],
+                                mask_full.at[slot])
 
       @pl.when(i >= stages)
       def _():
@@ -198,30 +219,36 @@ def _kernel(len_ref, q_ref, k_ref, v_ref, o_ref, m_ref, l_ref, scratch, *, scale
       plgpu.barrier_wait(v_free.at[slot])
 
 
-def partials(q_BxKxRxDh, k, v, lengths_B, *, scale: float, cache_layout: bool,
-             config: HopperDecodeConfig = HopperDecodeConfig(), interpret=False):
+def partials(q_BxKxRxDh, k, v, lengths_B, mask_BxRxS=None, *, scale: float,
+             cache_layout: bool, config: HopperDecodeConfig = HopperDecodeConfig(),
+             interpret=False):
   """(o [B, K, P, R, Dh] float32 unnormalised, m [B, K, P, R] base 2, l [B, K, P, R]).
 
-  q_BxKxRxDh: R = 64 rows per kv head (pad first). k, v: [B, S, K, Dh], or with
-  `cache_layout` k [B, K, S, Dh] and v [B, K, Dh, S]; S a multiple of the K/V tile
-  (`config.kv_block(Dh)`).
-  lengths_B: int, slots >= lengths[b] are never read. interpret: False on the GPU, else
-  truthy (jax's GPU interpret mode; needs p_in_smem).
+  q_BxKxRxDh: R = 64 or 128 rows per kv head (pad first, `rows_for`). k, v: [B, S, K, Dh],
+  or with `cache_layout` k [B, K, S, Dh] and v [B, K, Dh, S]; S a multiple of the K/V tile
+  (`config.kv_block(Dh, R)`). lengths_B: int, slots >= lengths[b] are never read.
+  mask_BxRxS: optional int8, nonzero = visible (ANDed with the lengths), one row per query
+  row. interpret: False on the GPU, else truthy (jax's GPU interpret mode; needs p_in_smem).
   """
   import jax.experimental.pallas.mosaic_gpu as plgpu  # pylint: disable=g-import-not-at-top
   B, K, R, Dh = q_BxKxRxDh.shape
   S = k.shape[2] if cache_layout else k.shape[1]
-  bk, stages = config.kv_block(q_BxKxRxDh.shape[-1]), config.stages
-  why = unsupported(q_BxKxRxDh.dtype, Dh, R, has_mask=False, has_new=False)
+  bk, stages = config.kv_block(Dh, R), config.stages
+  has_mask = mask_BxRxS is not None
+  why = unsupported(q_BxKxRxDh.dtype, Dh, R, has_new=False)
   if why:
     raise ValueError(f'Hopper decode attention: unsupported {why}.')
-  if R != ROWS:
-    raise ValueError(f'Hopper decode attention wants R = {ROWS} query rows (pad first); got {R}.')
-  if smem_bytes(config, Dh, q_BxKxRxDh.dtype.itemsize) > SMEM_BYTES:
-    raise ValueError(f'{config} needs {smem_bytes(config, Dh)} bytes of shared memory at Dh '
-                     f'{Dh}; sm90 has {SMEM_BYTES}. Use fewer stages or a smaller block_k.')
+  if R not in ROWS:
+    raise ValueError(f'Hopper decode attention wants R in {ROWS} query rows (pad first); '
+                     f'got {R}.')
+  need = smem_bytes(config, Dh, q_BxKxRxDh.dtype.itemsize, R, has_mask)
+  if need > SMEM_BYTES:
+    raise ValueError(f'{config} needs {need} bytes of shared memory at Dh {Dh} and {R} rows; '
+                     f'sm90 has {SMEM_BYTES}. Use fewer stages or a smaller block_k.')
   if S % bk:
     raise ValueError(f'S = {S} must be a multiple of block_k = {bk} (pad first).')
+  if has_mask and mask_BxRxS.shape != (B, R, S):
+    raise ValueError(f'mask_BxRxS is {mask_BxRxS.shape}, wants {(B, R, S)} int8.')
   if interpret and not config.p_in_smem:
     raise ValueError('Interpreting the Hopper decode kernel needs p_in_smem=True.')
   nblk = S // bk
@@ -232,42 +259,50 @@ def partials(q_BxKxRxDh, k, v, lengths_B, *, scale: float, cache_layout: bool,
   Bp = common.round_up(B, LENGTHS_PAD)
   lengths = common.pad_axis(jnp.asarray(lengths_B, jnp.int32), 0, Bp)
   tr = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
+  mask_swizzle = min(128, bk)  # int8: one byte a slot
+  mask_tr = (plgpu.TilingTransform((8, mask_swizzle)), plgpu.SwizzleTransform(mask_swizzle))
   dt = q_BxKxRxDh.dtype
   smem = (
       plgpu.SMEM((Bp,), jnp.int32),
-      plgpu.SMEM((ROWS, Dh), dt, transforms=tr),
+      plgpu.SMEM((R, Dh), dt, transforms=tr),
       plgpu.SMEM((stages, bk, Dh), dt, transforms=tr),
       plgpu.SMEM((stages, Dh, bk) if cache_layout else (stages, bk, Dh), dt, transforms=tr),
-      plgpu.SMEM((ROWS, bk), dt, transforms=tr) if config.p_in_smem else None,
-      plgpu.SMEM((ROWS, Dh), jnp.float32),
-      plgpu.SMEM((ROWS,), jnp.float32),
-      plgpu.SMEM((ROWS,), jnp.float32),
+      plgpu.SMEM((stages, R, bk), jnp.int8, transforms=mask_tr) if has_mask else None,
+      plgpu.SMEM((R, bk), dt, transforms=tr) if config.p_in_smem else None,
+      plgpu.SMEM((R, Dh), jnp.float32),
+      plgpu.SMEM((R,), jnp.float32),
+      plgpu.SMEM((R,), jnp.float32),
   )
   barriers = (plgpu.Barrier(num_barriers=1), plgpu.Barrier(num_barriers=1),
               plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages),
+              plgpu.Barrier(num_barriers=stages) if has_mask else None,
               plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages))
   interpreting = bool(interpret)
   body = functools.partial(_kernel, scale=scale, block_k=bk, blocks_per_part=per_part,
                            stages=stages, cache_layout=cache_layout,
                            p_in_smem=config.p_in_smem, interpret=interpreting)
 
-  def entry(len_ref, q_ref, k_ref, v_ref, o_ref, m_ref, l_ref):
-    pl.run_scoped(lambda *s: body(len_ref, q_ref, k_ref, v_ref, o_ref, m_ref, l_ref, s),
-                  smem, barriers, collective_axes='wg')
+  def entry(len_ref, q_ref, k_ref, v_ref, *rest):
+    mask_ref = rest[0] if has_mask else None
+    o_ref, m_ref, l_ref = rest[-3:]
+    pl.run_scoped(
+        lambda *s: body(len_ref, q_ref, k_ref, v_ref, mask_ref, o_ref, m_ref, l_ref, s),
+        smem, barriers, collective_axes='wg')
 
   kw = {}
   if interpreting:
     kw['interpret'] = (interpret if not isinstance(interpret, bool)
                        else mosaic_interpret.interpret_params())
   f32 = jnp.float32
+  args = (lengths, q_BxKxRxDh, k, v) + ((mask_BxRxS.astype(jnp.int8),) if has_mask else ())
   return plgpu.kernel(
       entry,
-      out_type=(jax.ShapeDtypeStruct((B, K, parts, ROWS, Dh), f32),
-                jax.ShapeDtypeStruct((B, K, parts, ROWS), f32),
-                jax.ShapeDtypeStruct((B, K, parts, ROWS), f32)),
+      out_type=(jax.ShapeDtypeStruct((B, K, parts, R, Dh), f32),
+                jax.ShapeDtypeStruct((B, K, parts, R), f32),
+                jax.ShapeDtypeStruct((B, K, parts, R), f32)),
       grid=(K, parts, B),
       grid_names=('heads', 'parts', 'batch'),
       num_threads=2,
       thread_name='wg',
       **kw,
-  )(lengths, q_BxKxRxDh, k, v)
+  )(*args)

@@ -19,14 +19,17 @@ def _arrays(B, T, S, H, K, Dh, seed=0):
                zip(ks, ((B, T, H, Dh), (B, S, K, Dh), (B, S, K, Dh))))
 
 
-def _reference(q, k, v, lengths):
-  """[B, T, H, Dh] float64 from the definition: query heads over the slots below length."""
+def _reference(q, k, v, lengths, mask=None):
+  """[B, T, H, Dh] float64 from the definition: query heads over the slots below length
+  (and visible in the mask)."""
   q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
   G = q.shape[2] // k.shape[2]
   k, v = np.repeat(k, G, axis=2), np.repeat(v, G, axis=2)
   s = np.einsum('bthd,bshd->bhts', q, k) * q.shape[-1] ** -0.5
-  vis = np.arange(k.shape[1])[None, :] < np.asarray(lengths)[:, None]
-  s = np.where(vis[:, None, None, :], s, -np.inf)
+  vis = (np.arange(k.shape[1])[None, :] < np.asarray(lengths)[:, None])[:, None, None, :]
+  if mask is not None:
+    vis = vis & np.asarray(mask)[:, None]
+  s = np.where(vis, s, -np.inf)
   with np.errstate(invalid='ignore'):  # a row of length 0: NaN here, compared apart
     p = np.exp(s - s.max(-1, keepdims=True))
     return np.einsum('bhts,bshd->bthd', p / p.sum(-1, keepdims=True), v)
@@ -36,24 +39,29 @@ def _cache(k, v):
   return jnp.swapaxes(k, 1, 2), jnp.transpose(v, (0, 2, 3, 1))
 
 
-# (T, H, K, S, Dh, lengths, block_k, stages, parts)
+# (T, H, K, S, Dh, lengths, block_k, stages, parts, masked)
 CASES = [
-    (1, 8, 2, 256, 64, [256, 1, 100], 64, 2, 1),      # one part, ragged lengths, GQA 4
-    (2, 8, 2, 300, 64, [300, 150, 64], 64, 3, 0),     # S padded to the tile, parts by default
-    (1, 4, 4, 384, 128, [384, 129, 0], 128, 2, 3),    # Dh 128, a part past a row's length
+    (1, 8, 2, 256, 64, [256, 1, 100], 64, 2, 1, False),    # one part, ragged lengths, GQA 4
+    (2, 8, 2, 300, 64, [300, 150, 64], 64, 3, 0, False),   # S padded to the tile, parts
+    (1, 4, 4, 384, 128, [384, 129, 0], 128, 2, 3, False),  # Dh 128, a part past a length
+    (3, 8, 2, 200, 64, [200, 120], None, 2, 0, True),      # a random mask ANDed
+    (20, 8, 2, 130, 64, [130, 77], None, 2, 2, True),      # 80 rows: R = 128, K/V tile 64
 ]
 
 
 @pytest.mark.parametrize('layout', ['BSKD', 'cache'])
-@pytest.mark.parametrize('T,H,K,S,Dh,lengths,block_k,stages,parts', CASES)
-def test_decode_equals_the_definition(layout, T, H, K, S, Dh, lengths, block_k, stages, parts):
+@pytest.mark.parametrize('T,H,K,S,Dh,lengths,block_k,stages,parts,masked', CASES)
+def test_decode_equals_the_definition(layout, T, H, K, S, Dh, lengths, block_k, stages, parts,
+                                      masked):
   q, k, v = _arrays(len(lengths), T, S, H, K, Dh)
   lengths = jnp.asarray(lengths, jnp.int32)
+  mask = (jax.random.bernoulli(jax.random.key(7), 0.6, (len(lengths), T, S)).at[:, :, 0]
+          .set(True) if masked else None)
   kk, vv = _cache(k, v) if layout == 'cache' else (k, v)
   cfg = HopperDecodeConfig(block_k=block_k, stages=stages, num_parts=parts)
-  out = decode_attention(q, kk, vv, lengths, impl='mosaic', kv_layout=layout,
+  out = decode_attention(q, kk, vv, lengths, mask_BxTxS=mask, impl='mosaic', kv_layout=layout,
                          hopper_config=cfg)
-  want = _reference(q, k, v, lengths)
+  want = _reference(q, k, v, lengths, mask)
   assert out.shape == q.shape and out.dtype == q.dtype
   got = np.asarray(out, np.float64)
   empty = np.asarray(lengths) == 0  # a row that sees nothing gets zeros
@@ -63,11 +71,11 @@ def test_decode_equals_the_definition(layout, T, H, K, S, Dh, lengths, block_k, 
 
 def test_partials_of_a_part_past_the_length_are_empty():
   q, k, v = _arrays(1, 1, 256, 4, 1, 64)
-  packed = jnp.zeros((1, 1, hopper.ROWS, 64), BF16).at[:, :, :4].set(q[:, 0].reshape(1, 1, 4, 64))
+  packed = jnp.zeros((1, 1, 64, 64), BF16).at[:, :, :4].set(q[:, 0].reshape(1, 1, 4, 64))
   o, m, l = hopper.partials(packed, k, v, jnp.array([70]), scale=0.125, cache_layout=False,
                             config=HopperDecodeConfig(block_k=64, num_parts=4, p_in_smem=True),
                             interpret=True)
-  assert o.shape == (1, 1, 4, hopper.ROWS, 64)
+  assert o.shape == (1, 1, 4, 64, 64)
   # 70 slots: parts 0 and 1 see 64 and 6 slots, parts 2 and 3 none.
   np.testing.assert_array_equal(np.asarray(l[0, 0, 2:]), 0.0)
   assert (np.asarray(l[0, 0, :2, :4]) > 0).all()
@@ -95,25 +103,66 @@ def test_lowers_for_cuda(Dh, cache):
   kv = (sd(B, K, S, Dh), sd(B, K, Dh, S)) if cache else (sd(B, S, K, Dh), sd(B, S, K, Dh))
   f = lambda q, k, v, n: hopper.partials(q, k, v, n, scale=0.1, cache_layout=cache)
   text = export.export(jax.jit(f), platforms=['cuda'])(
-      sd(B, K, hopper.ROWS, Dh), *kv, jax.ShapeDtypeStruct((B,), jnp.int32)).mlir_module()
+      sd(B, K, 64, Dh), *kv, jax.ShapeDtypeStruct((B,), jnp.int32)).mlir_module()
   assert 'mosaic_gpu' in text
 
 
 @pytest.mark.parametrize('kw,words', [
     (dict(dtype=F32), 'dtype float32'),
     (dict(Dh=256), 'head dim 256'),
-    (dict(T=20), '80 query rows'),
-    (dict(mask=True), 'lengths only'),
+    (dict(T=40), '160 query rows'),
+    (dict(new=True), 'new tokens'),
 ])
 def test_refuses_what_it_cannot_run(kw, words):
   T, Dh = kw.get('T', 1), kw.get('Dh', 64)
   q, k, v = _arrays(1, T, 128, 4, 1, Dh)
   if 'dtype' in kw:
     q, k, v = (x.astype(kw['dtype']) for x in (q, k, v))
-  mask = jnp.ones((1, T, 128), bool) if kw.get('mask') else None
+  new = dict(k_new_BxNxKxDh=k[:, :T], v_new_BxNxKxDh=v[:, :T]) if kw.get('new') else {}
   with pytest.raises(ValueError, match=words):
-    decode_attention(q, k, v, jnp.array([128]), mask_BxTxS=mask, impl='mosaic')
+    decode_attention(q, k, v, jnp.array([128]), impl='mosaic', **new)
   with pytest.raises(ValueError, match='shared memory'):
     hopper.partials(jnp.zeros((1, 1, 64, 128), BF16), jnp.zeros((1, 4096, 1, 128), BF16),
                     jnp.zeros((1, 4096, 1, 128), BF16), jnp.array([1]), scale=1.0,
                     cache_layout=False, config=HopperDecodeConfig(block_k=256, stages=4))
+
+
+def test_the_model_decodes_with_the_hopper_kernel():
+  """attention_impl='mosaic': the model's prefill (a padded row), a decode step and a
+  tree-verification step (an explicit mask over the cache) run the Hopper decode kernel on
+  the cache's layout with the model's mask, and give the logits of attention_impl='xla'."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from testlib import small_config  # pylint: disable=g-import-not-at-top
+  from models import Cache, Transformer, init_params, local_to_cache_mask, tree_mask  # pylint: disable=g-import-not-at-top
+  cfg = small_config(num_layers=1, d_model=64, num_heads=4, num_kv_heads=2, head_dim=64,
+                     dtype='bfloat16')
+  models = {impl: Transformer(dataclasses.replace(cfg, attention_impl=impl))
+            for impl in ('xla', 'mosaic')}
+  params = init_params(models['xla'], jax.random.key(0))
+  B, P, S = 2, 9, 32
+  prompt = jax.random.randint(jax.random.key(2), (B, P), 0, cfg.vocab_size)
+  prompt_pos = jnp.broadcast_to(jnp.arange(P), (B, P)).at[1, 6:].set(-1)
+  parents = jnp.array([-1, 0, 0, 1, 2])
+  tree_toks = jax.random.randint(jax.random.key(3), (B, 5), 0, cfg.vocab_size)
+
+  @jax.jit
+  def run(params):
+    outs = {}
+    for impl, model in models.items():
+      apply = lambda *a, model=model, **k: model.apply({'params': params}, *a, **k)
+      pre = apply(prompt, prompt_pos, cache=Cache.init(cfg, B, S))
+      dec = apply(prompt[:, :1], pre.cache.lengths[:, None], cache=pre.cache)
+      lengths = dec.cache.lengths
+      slots = lengths[:, None] + jnp.arange(5)
+      mask = local_to_cache_mask(jnp.broadcast_to(tree_mask(parents), (B, 5, 5)), slots,
+                                 lengths, S)
+      tree = apply(tree_toks, lengths[:, None] + jnp.array([0, 1, 1, 2, 2]), cache=dec.cache,
+                   write_slots_BxT=slots, attn_mask=mask)
+      outs[impl] = [pre.logits_BxTxV[0], pre.logits_BxTxV[1, :6], dec.logits_BxTxV,
+                    tree.logits_BxTxV]
+    return outs
+
+  outs = run(params)
+  for a, b in zip(outs['mosaic'], outs['xla']):
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    assert np.abs(a - b).max() < 3e-2 * np.abs(b).max()

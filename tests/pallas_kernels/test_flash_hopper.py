@@ -202,7 +202,6 @@ def _entry(checked=('bfloat16',)):
 @pytest.mark.parametrize('kw,words', [
     (dict(platform='cpu'), 'NVIDIA GPU'),
     (dict(case='segments'), 'causal and decode cases only'),
-    (dict(case='decode', has_mask=True), 'lengths only'),
     (dict(dtype=F32), 'not float32'),
     (dict(head_dim=96), 'not 96'),
     (dict(entry=_entry(checked=())), 'on-device check'),
