@@ -164,16 +164,19 @@ def _check_hopper(small: bool) -> list[list[Any]]:
 
 def _check_hopper_decode(small: bool) -> list[list[Any]]:
   """Our Hopper decode kernel (impl='mosaic') against XLA, bf16, ragged lengths, both
-  layouts (the cache's read in place)."""
+  layouts (the cache's read in place), and with a mask."""
   B, S, H, K, Dh = (2, 200, 4, 2, 64) if small else (4, 4096, 32, 8, 128)
   q, kc, vc = normal(30, (B, 1, H, Dh)), normal(31, (B, S, K, Dh)), normal(32, (B, S, K, Dh))
   lengths = jnp.array([S // 3] + [S] * (B - 1))
+  mask = jax.random.bernoulli(jax.random.key(33), 0.7, (B, 1, S)).at[:, :, 0].set(True)
   rows = []
-  for layout, k, v in (('BSKD', kc, vc),
-                       ('cache', jnp.swapaxes(kc, 1, 2), jnp.transpose(vc, (0, 2, 3, 1)))):
-    f = jax.jit(lambda impl, q, k, v, lengths, layout=layout: decode_attention(
-        q, k, v, lengths, impl=impl, kv_layout=layout), static_argnums=0)
-    e = rel_error(f('mosaic', q, k, v, lengths), f('xla', q, k, v, lengths))
+  for layout, k, v, m in (('BSKD', kc, vc, None),
+                          ('cache', jnp.swapaxes(kc, 1, 2), jnp.transpose(vc, (0, 2, 3, 1)), None),
+                          ('cache, mask', jnp.swapaxes(kc, 1, 2), jnp.transpose(vc, (0, 2, 3, 1)),
+                           mask)):
+    f = jax.jit(lambda impl, q, k, v, lengths, m, layout=layout.split(',')[0]: decode_attention(
+        q, k, v, lengths, mask_BxTxS=m, impl=impl, kv_layout=layout), static_argnums=0)
+    e = rel_error(f('mosaic', q, k, v, lengths, m), f('xla', q, k, v, lengths, m))
     rows.append([f'hopper decode ({layout})', 'mosaic', f'B{B} S{S} H{H} K{K} D{Dh}',
                  'bfloat16', e, 3e-2, e < 3e-2])
   return rows

@@ -36,10 +36,11 @@ class Entry:
   """impl: what 'auto' runs. source: a results file (relative to the repo root) or
   UNMEASURED. rows: verbatim excerpts of that file's rows backing the entry. why: the
   reading of those rows (or the reason for the default). checked: for 'pallas' and 'mosaic'
-  (our Hopper flash kernel), the dtypes whose on-device check passed (other dtypes fall
-  back). fallback: what runs when `impl` cannot run this call (then 'xla'). cache_layout: our kernel's path that reads the decoding
-  cache's layout in place has passed its on-device check (else a decode from that layout
-  does not use it). flip: what would change this entry."""
+  (our Hopper kernels), the dtypes whose on-device check passed (other dtypes fall back).
+  fallback: what runs when `impl` cannot run this call (then 'xla'). cache_layout: our
+  kernel's path that reads the decoding cache's layout in place has passed its on-device
+  check (else a decode from that layout does not use it). flip: what would change this
+  entry."""
   impl: str
   source: str
   why: str

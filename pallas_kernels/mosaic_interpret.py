@@ -8,11 +8,13 @@ needs are missing there, and this module supplies them:
   how Q·Kᵀ reads K without moving it): the interpreter only follows index transforms. The
   replacement reads the operand under its index transforms and then applies the permutation.
 * `plgpu.layout_cast` / `plgpu.broadcasted_iota(..., layout=...)` / `plgpu.load(...,
-  layout=...)` have no CPU lowering: the kernels call `layout()` / `iota()` / `load()` below, which drop the register-layout hint when
-  interpreting (the values are the same; the hint only tells Mosaic how to place them).
+  layout=...)` have no CPU lowering: the kernels call `layout()` / `iota()` / `load()`
+  below, which drop the register-layout hint when interpreting (the values are the same;
+  the hint only tells Mosaic how to place them).
 
 `wgmma` with a register (not shared-memory) left operand is not interpreted either; kernels
-that use one take a flag to stage it through shared memory instead (see `hopper.py`).
+that use one take a flag to stage it through shared memory instead (`p_in_smem` in
+`flash_attention/hopper.py` and `decode_attention/hopper.py`).
 
 `interpret_params()` installs the `wgmma` replacement (once per process) and returns the
 parameters to pass as `interpret=`.

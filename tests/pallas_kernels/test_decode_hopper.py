@@ -133,7 +133,8 @@ def test_the_model_decodes_with_the_hopper_kernel():
   the cache's layout with the model's mask, and give the logits of attention_impl='xla'."""
   import dataclasses  # pylint: disable=g-import-not-at-top
   from testlib import small_config  # pylint: disable=g-import-not-at-top
-  from models import Cache, Transformer, init_params, local_to_cache_mask, tree_mask  # pylint: disable=g-import-not-at-top
+  from models import (Cache, Transformer, init_params,  # pylint: disable=g-import-not-at-top
+                      local_to_cache_mask, tree_mask)
   cfg = small_config(num_layers=1, d_model=64, num_heads=4, num_kv_heads=2, head_dim=64,
                      dtype='bfloat16')
   models = {impl: Transformer(dataclasses.replace(cfg, attention_impl=impl))
