@@ -21,7 +21,7 @@ from benchmarks.kernel_checks import BF16, F32, error_text, normal
 from pallas_kernels.decode_attention import ancestor_mask, decode_attention, tree_attention
 from pallas_kernels.delta_rule.chunk import delta_rule_pallas
 from pallas_kernels.delta_rule.reference import delta_rule_chunked
-from pallas_kernels.flash_attention import flash_attention
+from pallas_kernels.flash_attention import HopperBwdConfig, HopperConfig, flash_attention
 from pallas_kernels.sampling import fused_sample, gumbel_noise
 
 
@@ -41,7 +41,7 @@ def _try(fn: Callable[[], Any]) -> Any:
 
 def bench_flash(quick: bool, backward: bool = True) -> list[list[Any]]:
   """Rows of FLASH_HEADER: causal bf16 flash attention, ours (Triton; and the Hopper kernel,
-  impl='mosaic', whose backward is the Triton one) against cuDNN and XLA."""
+  impl='mosaic', with the Triton backward) against cuDNN and XLA."""
   peak, _ = common.device_peaks()
   rows = []
   for Dh in (64, 128):
@@ -83,6 +83,35 @@ def bench_flash(quick: bool, backward: bool = True) -> list[list[Any]]:
 FLASH_HEADER = ['Dh', 'T', 'B', 'H', 'ours fwd', 'cuDNN fwd', 'XLA fwd', 'ours/cuDNN speed',
                 'ours / peak', 'ours fwd+bwd', 'cuDNN fwd+bwd', 'ours/cuDNN fwd+bwd',
                 'Hopper fwd', 'Hopper/cuDNN speed', 'Hopper fwd+bwd', 'Hopper/cuDNN fwd+bwd']
+
+
+def bench_hopper_backward(quick: bool) -> list[list[Any]]:
+  """[Dh, T, B, H, ours (Hopper fwd + Hopper bwd) TFLOP/s, the same with the Triton bwd,
+  cuDNN fwd+bwd, cuDNN / ours]: causal bf16 forward+backward, backward counted as 2.5x."""
+  rows = []
+  for Dh in (64, 128):
+    H = 2048 // Dh
+    for T in ((4096,) if quick else (1024, 4096, 16384)):
+      B = max(1, 16384 // T)
+      q, k, v = (normal(i, (B, T, H, Dh)) for i in range(3))
+      flops = 3.5 * 4 * B * H * T * T * Dh / 2
+      fns = {
+          'hopper': lambda q, k, v: flash_attention(
+              q, k, v, causal=True, impl='mosaic',
+              hopper_config=HopperConfig(backward=HopperBwdConfig())),
+          'triton bwd': lambda q, k, v: flash_attention(q, k, v, causal=True, impl='mosaic'),
+          'cudnn': lambda q, k, v: jax.nn.dot_product_attention(
+              q, k, v, is_causal=True, implementation='cudnn'),
+      }
+      t = {}
+      for n, f in fns.items():
+        g = jax.jit(jax.grad(lambda q, k, v, f=f: f(q, k, v).astype(F32).sum(), (0, 1, 2)))
+        t[n] = _try(lambda g=g: time_call(lambda: g(q, k, v)))
+      tf = lambda x: flops / x / 1e12 if isinstance(x, float) else x
+      rows.append([Dh, T, B, H, tf(t['hopper']), tf(t['triton bwd']), tf(t['cudnn']),
+                   _ratio(t['cudnn'], t['hopper'])])
+      print('  hopper bwd', rows[-1], flush=True)
+  return rows
 
 
 def _ratio(t_peer, t_ours):

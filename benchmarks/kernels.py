@@ -17,6 +17,9 @@ CPU interpret-mode status to kernels_cpu.md):
             `chunk_gated_delta_product` (skipped with a note when fla or our kernel is missing).
   sampling  fused top-k/top-p/min-p sampling vs sort-based top-p (the XLA reference), V 32k-256k,
             B 1-64.
+  hopper    last: the Hopper kernels' checks (flash forward with the Triton and the Hopper
+            backward, decode on both layouts and with a mask), then forward+backward with the
+            Hopper backward vs cuDNN (a kernel that hangs costs only this section).
 Goals (issue 7): flash >= 0.8x cuDNN; tree >= 2x cuDNN; decode >= 75% of HBM peak; delta
 >= 0.8x fla; sampling >= 5x the sort.
 
@@ -36,7 +39,7 @@ from benchmarks import kernel_checks
 from benchmarks import kernel_speed
 from pallas_kernels import common as kcommon
 
-SECTIONS = ('check', 'flash', 'tree', 'decode', 'delta', 'sampling')
+SECTIONS = ('check', 'flash', 'tree', 'decode', 'delta', 'sampling', 'hopper')
 
 
 REMAINING = """\
@@ -74,7 +77,8 @@ def main():
   check_header = ['kernel', 'impl', 'shape', 'dtype', 'rel. error', 'tol', 'ok']
   if args.cpu_status or here == 'cpu':
     t0 = time.perf_counter()
-    rows = kernel_checks.checks(('pallas_gpu', 'pallas_tpu'), small=True)
+    rows = (kernel_checks.checks(('pallas_gpu', 'pallas_tpu'), small=True)
+            + kernel_checks.hopper_checks(small=True))
     sections.append(
         '## Correctness in interpret mode on CPU\n\nEvery kernel of both families against '
         'its reference (small shapes; `interpret=True` for the Triton-style GPU kernels, '
@@ -147,6 +151,19 @@ def main():
                                    'sort / split'],
                                   kernel_speed.bench_sampling(args.quick)))
 
+    def section_hopper() -> str:
+      rows = kernel_checks.hopper_checks(small=False)
+      ok = all(r[-1] for r in rows)
+      return (f'## Correctness of the Hopper kernels on {here} ({"all pass" if ok else "FAILURES"})'
+              '\n\n' + common.markdown_table(check_header, rows)
+              + '\n\n## Hopper backward: causal bf16 forward+backward (TFLOP/s, backward counted '
+              'as 2.5x forward)\n\n`ours`: the Hopper forward with the Hopper backward '
+              "(`HopperConfig(backward=HopperBwdConfig())`); beside it the Hopper forward with the "
+              'Triton backward.\n\n'
+              + common.markdown_table(['Dh', 'T', 'B', 'H', 'ours fwd+bwd', 'Triton bwd fwd+bwd',
+                                       'cuDNN fwd+bwd', 'ours/cuDNN fwd+bwd'],
+                                      kernel_speed.bench_hopper_backward(args.quick)))
+
     # The quick sections first, so that a run cut short by a time limit loses the least.
     run_section('check', section_check)
     run_section('decode', section_decode)
@@ -154,6 +171,7 @@ def main():
     run_section('sampling', section_sampling)
     run_section('delta', section_delta)
     run_section('flash', section_flash)
+    run_section('hopper', section_hopper)
   body = '\n\n'.join(sections)
   name = 'kernels_cpu' if args.cpu_status or here == 'cpu' else 'kernels'
   path = common.write_results(name, 'Pallas kernels', body)

@@ -43,8 +43,8 @@ def _section(sections, prefix: str) -> list[dict[str, str]]:
 
 def _checked(sections, *kernels: str) -> tuple[str, ...]:
   """Dtypes in which every correctness row of these kernels passed."""
-  rows = [r for r in _section(sections, 'Correctness')
-          if any(r.get('kernel', '').startswith(k) for k in kernels)]
+  rows = [r for h, section in sections.items() if h.startswith('Correctness')
+          for r in section if any(r.get('kernel', '').startswith(k) for k in kernels)]
   dtypes = sorted({r['dtype'] for r in rows})
   return tuple(d for d in dtypes if all(r['ok'] == 'True' for r in rows if r['dtype'] == d))
 

@@ -124,3 +124,22 @@ def _install():
 
   cb.wgmma = wgmma
   _INSTALLED = True
+
+
+def mma(acc, lhs, rhs, shape, interpret: bool):
+  """acc + lhs @ rhs by one wgmma ([M, N] float32; acc None = a fresh product).
+
+  On the GPU the product accumulates into `acc` in place (`pl.run_state` over an
+  accumulator initialised from it); the interpreter has no `run_state`, so there a fresh
+  accumulator is added to `acc` (the same value).
+  """
+  import jax.experimental.pallas as pl  # pylint: disable=g-import-not-at-top
+  import jax.experimental.pallas.mosaic_gpu as plgpu
+  if acc is not None and not interpret:
+    return pl.run_state(lambda ref: plgpu.wgmma(ref, lhs, rhs))(plgpu.ACC.init(acc))
+
+  def product(ref):
+    plgpu.wgmma(ref, lhs, rhs)
+    return ref[...]
+  fresh = pl.run_scoped(product, plgpu.ACC(shape, jax.numpy.float32))
+  return fresh if acc is None else acc + fresh

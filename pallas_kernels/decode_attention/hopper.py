@@ -162,11 +162,7 @@ def _kernel(len_ref, q_ref, k_ref, v_ref, mask_ref, o_ref, m_ref, l_ref, scratch
         lhs = p
       v_tile = v_smem.at[slot]
       rhs = plgpu.transpose_ref(v_tile, (1, 0)) if cache_layout else v_tile
-
-      def pv(ref):
-        plgpu.wgmma(ref, lhs, rhs)
-        return ref[...]
-      acc = acc + pl.run_scoped(pv, plgpu.ACC((rows, head_dim), jnp.float32))
+      acc = mosaic_interpret.mma(acc, lhs, rhs, (rows, head_dim), interpret)
       plgpu.barrier_arrive(v_free.at[slot])
       return acc, m_new, l
 

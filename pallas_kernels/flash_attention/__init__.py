@@ -13,8 +13,8 @@ impl: 'auto' (what `pallas_kernels.dispatch` says for this platform and mask cas
 positions go as a dense mask) | 'splash' (jax's TPU splash attention: case 'causal' or
 'segments' only) | 'mosaic' (our Hopper kernel, `hopper.py`: TMA, wgmma and a producer
 warpgroup; causal (with or without a window) or no mask by default positions, bf16/fp16,
-Dh 64/128/256; its backward
-is the Triton kernel's; off a GPU it runs in jax's GPU interpret mode).
+Dh 64/128/256; its backward is the Triton kernels' or, with `HopperConfig(backward=
+HopperBwdConfig())`, ours for Hopper (`hopper_bwd.py`, Dh 64/128); off a GPU it runs in jax's GPU interpret mode).
 """
 
 from __future__ import annotations
@@ -32,12 +32,14 @@ from pallas_kernels import dispatch
 from pallas_kernels.attention import vendor
 from pallas_kernels.flash_attention import gpu
 from pallas_kernels.flash_attention import hopper
+from pallas_kernels.flash_attention import hopper_bwd
 from pallas_kernels.flash_attention import mask as mask_lib
 from pallas_kernels.flash_attention.mask import FlashMask
 from pallas_kernels.flash_attention import tpu
 from pallas_kernels.flash_attention.reference import flash_attention_reference
 
 HopperConfig = hopper.HopperConfig
+HopperBwdConfig = hopper_bwd.HopperBwdConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,9 +103,13 @@ def _flash_hopper_fwd(q, k, v, fm, hs, st):
 
 
 def _flash_hopper_bwd(hs, st, res, do):
-  del hs
   q, k, v, fm, o, lse = res
-  dq, dk, dv = gpu.backward(q, k, v, o, lse, do, fm, st)
+  if hs.config.backward is None:
+    dq, dk, dv = gpu.backward(q, k, v, o, lse, do, fm, st)
+  else:
+    kw = hs._asdict()
+    dq, dk, dv = hopper_bwd.backward(q, k, v, o, lse, do.astype(q.dtype),
+                                     config=kw.pop('config').backward, **kw)
   return dq, dk, dv, None
 
 
@@ -255,12 +261,21 @@ def _hopper_call(q, k, v, fm: FlashMask, *, case: str, causal: bool, window: int
                      "'auto'.")
   interpret = common.interpret_arg('gpu') is not False
   if interpret:  # jax's GPU interpreter has no register operand for wgmma
-    config = dataclasses.replace(config, p_in_smem=True)
+    config = dataclasses.replace(config, p_in_smem=True, backward=config.backward and (
+        dataclasses.replace(config.backward, p_in_smem=True)))
+  if config.backward is not None and Dh not in hopper_bwd.HEAD_DIMS:
+    raise ValueError(f"impl='mosaic' with the Hopper backward takes head dims "
+                     f'{hopper_bwd.HEAD_DIMS}, not {Dh}; use HopperConfig(backward=None) '
+                     '(the Triton backward).')
   bs = block_sizes or BlockSizes.get_default('gpu')
   fit = lambda b, n: max(16, min(b, common.next_pow2(n)))
   bq_b, bk_b = fit(bs.block_q_bwd, T), fit(bs.block_k_bwd, S)
-  Tp = common.round_up(T, math.lcm(hopper.COMPUTE_WGS * config.block_q, bq_b))
-  Sp = common.round_up(S, math.lcm(config.kv_block(Dh), bk_b))
+  t_mult = math.lcm(hopper.COMPUTE_WGS * config.block_q, bq_b)
+  s_mult = math.lcm(config.kv_block(Dh), bk_b)
+  if config.backward is not None:
+    t_mult = math.lcm(t_mult, hopper.COMPUTE_WGS * config.backward.block_q)
+    s_mult = math.lcm(s_mult, hopper.COMPUTE_WGS * config.backward.block_kv)
+  Tp, Sp = common.round_up(T, t_mult), common.round_up(S, s_mult)
   st = gpu.Static(
       causal_block=1 if causal else 0, window=int(window), scale=scale, block_q=bq_b, block_k=bk_b,
       block_q_bwd=bq_b, block_k_bwd=bk_b, has_seg=False, has_dense=False,
@@ -273,5 +288,5 @@ def _hopper_call(q, k, v, fm: FlashMask, *, case: str, causal: bool, window: int
 
 
 __all__ = ['flash_attention', 'flash_attention_reference', 'choose_impl', 'mask_case',
-           'HopperConfig',
+           'HopperConfig', 'HopperBwdConfig',
            'BlockSizes', 'FlashMask', 'IMPLS']

@@ -67,6 +67,8 @@ class HopperConfig:
     other's multiplies do (FlashAttention-3's "ping-pong" schedule; a barrier both consumers
     meet at twice per tile, the second consumer half a tile behind).
   approx_math: fast exp2 / reciprocal on the GPU.
+  backward: None = the Triton backward (`gpu.backward`); a `hopper_bwd.HopperBwdConfig` = the
+    Hopper backward kernels with those tiles (Dh 64/128).
   """
   block_q: int = 64
   block_kv: int | None = None
@@ -74,6 +76,7 @@ class HopperConfig:
   p_in_smem: bool = False
   pingpong: bool = False
   approx_math: bool = True
+  backward: 'HopperBwdConfig | None' = None
 
   def __post_init__(self):
     if self.block_q % 64 or self.block_q <= 0:
@@ -215,11 +218,7 @@ def _kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scratch, *, causal: bool, windo
         lhs = p_ref
       else:
         lhs = p
-
-      def pv(ref):
-        plgpu.wgmma(ref, lhs, v_smem.at[slot])
-        return ref[...]
-      acc = acc + pl.run_scoped(pv, plgpu.ACC((block_q, head_dim), jnp.float32))
+      acc = mosaic_interpret.mma(acc, lhs, v_smem.at[slot], (block_q, head_dim), interpret)
       plgpu.barrier_arrive(v_free.at[slot])
       return acc, m_new, l
 
@@ -261,28 +260,38 @@ def _kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scratch, *, causal: bool, windo
     if not interpret:
       plgpu.set_max_registers(40, action='decrease')
     kv_head = lax.div(h, jnp.int32(group))
+    stream_kv(k_ref, v_ref, k_smem, v_smem, (k_full, v_full), (k_free, v_free),
+              lambda j: (b, pl.ds(j * block_kv, block_kv), kv_head), pair_first, pair_end,
+              stages)
 
-    @pl.loop(pair_first, pair_end)
-    def _load(j):
-      slot = slot_of(j)
-      keys = (b, pl.ds(j * block_kv, block_kv), kv_head)
 
-      @pl.when(j - pair_first >= stages)
-      def _():
-        plgpu.barrier_wait(k_free.at[slot])
-      plgpu.copy_gmem_to_smem(k_ref.at[keys], k_smem.at[slot], k_full.at[slot])
+def stream_kv(k_ref, v_ref, k_smem, v_smem, full, free, index, first, end, stages: int):
+  """The producer's loop: tiles j in [first, end) of k_ref/v_ref (at `index(j)`) into ring
+  slot (j - first) % stages, each copy arriving on its `full` barrier; a slot is reloaded
+  once its `free` barrier has completed (both consumers done with it). At the end it waits
+  for the last frees, so no barrier phase is left unseen when the program exits."""
+  import jax.experimental.pallas.mosaic_gpu as plgpu  # pylint: disable=g-import-not-at-top
+  (k_full, v_full), (k_free, v_free) = full, free
 
-      @pl.when(j - pair_first >= stages)
-      def _():
-        plgpu.barrier_wait(v_free.at[slot])
-      plgpu.copy_gmem_to_smem(v_ref.at[keys], v_smem.at[slot], v_full.at[slot])
+  @pl.loop(first, end)
+  def _load(j):
+    slot = lax.rem(j - first, jnp.int32(stages))
 
-    # Observe the last frees too: no barrier phase is left unseen when the program exits.
-    @pl.loop(jnp.maximum(pair_end - stages, pair_first), pair_end)
-    def _settle(j):
-      slot = slot_of(j)
+    @pl.when(j - first >= stages)
+    def _():
       plgpu.barrier_wait(k_free.at[slot])
+    plgpu.copy_gmem_to_smem(k_ref.at[index(j)], k_smem.at[slot], k_full.at[slot])
+
+    @pl.when(j - first >= stages)
+    def _():
       plgpu.barrier_wait(v_free.at[slot])
+    plgpu.copy_gmem_to_smem(v_ref.at[index(j)], v_smem.at[slot], v_full.at[slot])
+
+  @pl.loop(jnp.maximum(end - stages, first), end)
+  def _settle(j):
+    slot = lax.rem(j - first, jnp.int32(stages))
+    plgpu.barrier_wait(k_free.at[slot])
+    plgpu.barrier_wait(v_free.at[slot])
 
 
 def forward(q, k, v, *, causal: bool, scale: float, t_real: int, s_real: int, window: int = 0,
