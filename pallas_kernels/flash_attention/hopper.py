@@ -25,7 +25,7 @@ see are never loaded; tiles every row of a block sees fully skip the elementwise
 Anything else (segments, positions, windows, dense masks) goes to `gpu.py`.
 
 Outputs as `gpu.forward`'s: (o [B, T, H, Dh], lse [B, H, T] float32 base 2), so the backward
-is `gpu.backward` (Triton) unchanged.
+is `gpu.backward` (Triton) unchanged, or `hopper_bwd.backward` (`HopperConfig.backward`).
 
 On a CPU the kernel runs in jax's GPU interpret mode (`pallas_kernels.mosaic_interpret`),
 with `p_in_smem=True` (the interpreter has no register operand for wgmma).
