@@ -63,6 +63,14 @@ def load(ref, layout_, interpret: bool):
   return plgpu.load(ref, (), layout=layout_)
 
 
+def registers(n: int, action: str, interpret: bool) -> None:
+  """`plgpu.set_max_registers(n, action=action)` for a warpgroup on the GPU (consumers take
+  more, the producer fewer); nothing when interpreting."""
+  if not interpret:
+    import jax.experimental.pallas.mosaic_gpu as plgpu
+    plgpu.set_max_registers(n, action=action)
+
+
 def _split_transpose(transforms):
   """(index transforms, permutation or None) of a ref's transforms (transpose last)."""
   from jax._src.state import types as state_types

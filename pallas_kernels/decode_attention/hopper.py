@@ -35,6 +35,7 @@ from jax.experimental import pallas as pl
 from pallas_kernels import common
 from pallas_kernels import dispatch
 from pallas_kernels import mosaic_interpret
+from pallas_kernels.flash_attention import hopper as flash_hopper
 
 LOG2E = math.log2(math.e)
 MASK_VALUE = common.MASK_VALUE
@@ -147,12 +148,7 @@ def _kernel(len_ref, q_ref, k_ref, v_ref, mask_ref, o_ref, m_ref, l_ref, scratch
                                                     interpret) != 0)
       plgpu.barrier_arrive(k_free.at[slot])
       s = jnp.where(visible, s * c, MASK_VALUE)
-      m_new = jnp.maximum(m, s.max(axis=1))
-      alpha = jnp.exp2(m - m_new)
-      p = jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [0]))
-      l = l * alpha + p.sum(axis=1)
-      acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
-      p = p.astype(dtype)
+      p, acc, m_new, l = flash_hopper.online_softmax(s, acc, m, l, dtype)
       plgpu.barrier_wait(v_full.at[slot])
       if p_in_smem:
         p_smem[...] = p
@@ -183,8 +179,7 @@ def _kernel(len_ref, q_ref, k_ref, v_ref, mask_ref, o_ref, m_ref, l_ref, scratch
 
   @pl.when(wg == 1)
   def _producer():
-    if not interpret:
-      plgpu.set_max_registers(40, action='decrease')
+    mosaic_interpret.registers(40, 'decrease', interpret)
 
     @pl.loop(0, n)
     def _load(i):

@@ -138,6 +138,36 @@ def _tiles(q0, n_rows: int, *, causal: bool, window: int, offset: int, s_real: i
   return first, full_first, jnp.clip(full_end, full_first, end), end
 
 
+def visible(rows, cols, *, causal: bool, window: int, s_real: int):
+  """Which keys `cols` (slots) queries at positions `rows` see (the offset applied)."""
+  seen = cols < s_real
+  if causal:
+    seen = seen & (cols <= rows)
+  if window:
+    seen = seen & (cols > rows - window)
+  return seen
+
+
+def online_softmax(s, acc, m, l, dtype):
+  """One online-softmax step over a score tile `s` [R, N] (base 2, masked scores at
+  MASK_VALUE): (P in `dtype`, acc rescaled, new running max, new running sum)."""
+  m_new = jnp.maximum(m, s.max(axis=1))
+  alpha = jnp.exp2(m - m_new)
+  p = jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [0]))
+  l = l * alpha + p.sum(axis=1)
+  acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+  return p.astype(dtype), acc, m_new, l
+
+
+def pair_tiles(tiles, pair0, block_q: int, stages: int):
+  """(pair_first, pair_end, slot_of) for the two consumers' query blocks from `pair0`: the
+  pair's tiles run from the first row's first to the last row's last; tile j lives in ring
+  slot (j - pair_first) % stages."""
+  pair_first, _, _, _ = tiles(pair0, block_q)
+  _, _, _, pair_end = tiles(pair0, COMPUTE_WGS * block_q)
+  return pair_first, pair_end, lambda j: lax.rem(j - pair_first, jnp.int32(stages))
+
+
 def _kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scratch, *, causal: bool, window: int,
             scale: float, offset: int, s_real: int, group: int, block_q: int, block_kv: int,
             stages: int, p_in_smem: bool, pingpong: bool, interpret: bool):
@@ -152,11 +182,7 @@ def _kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scratch, *, causal: bool, windo
   pair0 = lax.axis_index('q_tiles') * (COMPUTE_WGS * block_q)
   tiles = functools.partial(_tiles, causal=causal, window=window, offset=offset,
                             s_real=s_real, block_kv=block_kv)
-  # The pair's tiles: from the first row's first to the last row's last. The producer loads
-  # them in order into slot (j - pair_first) % stages.
-  pair_first, _, _, _ = tiles(pair0, block_q)
-  _, _, _, pair_end = tiles(pair0, COMPUTE_WGS * block_q)
-  slot_of = lambda j: lax.rem(j - pair_first, jnp.int32(stages))
+  pair_first, pair_end, slot_of = pair_tiles(tiles, pair0, block_q, stages)
   wgmma_layout = plgpu.Layout.WGMMA
   c = scale * LOG2E
 
@@ -168,8 +194,7 @@ def _kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scratch, *, causal: bool, windo
 
   @pl.when(wg < COMPUTE_WGS)
   def _consumer():
-    if not interpret:
-      plgpu.set_max_registers(232, action='increase')
+    mosaic_interpret.registers(232, 'increase', interpret)
     q0 = pair0 + wg * block_q
     first, full_first, full_end, end = tiles(q0, block_q)
     qo = q_smem.at[wg]
@@ -193,18 +218,9 @@ def _kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scratch, *, causal: bool, windo
                                                    interpret)
         cols = j * block_kv + mosaic_interpret.iota(jnp.int32, s.shape, 1, wgmma_layout,
                                                     interpret)
-        visible = cols < s_real
-        if causal:
-          visible = visible & (cols <= rows)
-        if window:
-          visible = visible & (cols > rows - window)
-        s = jnp.where(visible, s, MASK_VALUE)
-      m_new = jnp.maximum(m, s.max(axis=1))
-      alpha = jnp.exp2(m - m_new)
-      p = jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [0]))
-      l = l * alpha + p.sum(axis=1)
-      acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
-      p = p.astype(dtype)
+        s = jnp.where(visible(rows, cols, causal=causal, window=window, s_real=s_real), s,
+                      MASK_VALUE)
+      p, acc, m_new, l = online_softmax(s, acc, m, l, dtype)
       if pingpong:  # softmax done; P·V waits for the other consumer's multiplies
         plgpu.barrier_arrive(turn)
         plgpu.barrier_wait(v_full.at[slot])
@@ -257,8 +273,7 @@ def _kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scratch, *, causal: bool, windo
 
   @pl.when(wg == COMPUTE_WGS)
   def _producer():
-    if not interpret:
-      plgpu.set_max_registers(40, action='decrease')
+    mosaic_interpret.registers(40, 'decrease', interpret)
     kv_head = lax.div(h, jnp.int32(group))
     stream_kv(k_ref, v_ref, k_smem, v_smem, (k_full, v_full), (k_free, v_free),
               lambda j: (b, pl.ds(j * block_kv, block_kv), kv_head), pair_first, pair_end,

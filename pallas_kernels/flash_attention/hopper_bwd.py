@@ -83,16 +83,6 @@ def _q_tiles(k0, n_keys: int, *, causal: bool, window: int, offset: int, s_real:
   return first, full_first, full_end, end
 
 
-def _visible(rows, cols, *, causal: bool, window: int, s_real: int):
-  """Query positions `rows` (offset applied) against key slots `cols`."""
-  visible = cols < s_real
-  if causal:
-    visible = visible & (cols <= rows)
-  if window:
-    visible = visible & (cols > rows - window)
-  return visible
-
-
 def _operand(x, staging, p_in_smem: bool):
   """A value as a wgmma operand: itself (registers), or written to `staging` first."""
   if not p_in_smem:
@@ -115,16 +105,13 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, scratch,
   pair0 = lax.axis_index('q_tiles') * (COMPUTE_WGS * block_q)
   tiles = functools.partial(hopper._tiles, causal=causal, window=window, offset=offset,  # pylint: disable=protected-access
                             s_real=s_real, block_kv=block_kv)
-  pair_first, _, _, _ = tiles(pair0, block_q)
-  _, _, _, pair_end = tiles(pair0, COMPUTE_WGS * block_q)
-  slot_of = lambda j: lax.rem(j - pair_first, jnp.int32(stages))
+  pair_first, pair_end, slot_of = hopper.pair_tiles(tiles, pair0, block_q, stages)
   layout = plgpu.Layout.WGMMA
   c = scale * LOG2E
 
   @pl.when(wg < COMPUTE_WGS)
   def _consumer():
-    if not interpret:
-      plgpu.set_max_registers(232, action='increase')
+    mosaic_interpret.registers(232, 'increase', interpret)
     q0 = pair0 + wg * block_q
     first, full_first, full_end, end = tiles(q0, block_q)
     rows_at = (b, pl.ds(q0, block_q), h)
@@ -150,7 +137,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, scratch,
       if masked:
         rows = offset + q0 + mosaic_interpret.iota(jnp.int32, shape, 0, layout, interpret)
         cols = j * block_kv + mosaic_interpret.iota(jnp.int32, shape, 1, layout, interpret)
-        p = jnp.where(_visible(rows, cols, causal=causal, window=window, s_real=s_real), p,
+        p = jnp.where(hopper.visible(rows, cols, causal=causal, window=window, s_real=s_real), p,
                       0.0)
       plgpu.barrier_wait(v_full.at[slot])
       dp = mosaic_interpret.mma(None, dos, plgpu.transpose_ref(v_smem.at[slot], (1, 0)),
@@ -182,8 +169,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, scratch,
 
   @pl.when(wg == COMPUTE_WGS)
   def _producer():
-    if not interpret:
-      plgpu.set_max_registers(40, action='decrease')
+    mosaic_interpret.registers(40, 'decrease', interpret)
     kv_head = lax.div(h, jnp.int32(group))
     hopper.stream_kv(k_ref, v_ref, k_smem, v_smem, (k_full, v_full), (k_free, v_free),
                      lambda j: (b, pl.ds(j * block_kv, block_kv), kv_head), pair_first,
@@ -214,8 +200,7 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref
 
   @pl.when(wg < COMPUTE_WGS)
   def _consumer():
-    if not interpret:
-      plgpu.set_max_registers(232, action='increase')
+    mosaic_interpret.registers(232, 'increase', interpret)
     k0 = pair0 + wg * block_kv
     first, full_first, full_end, end = tiles(k0, block_kv)
     keys_at = (b, pl.ds(k0, block_kv), kvh)
@@ -241,7 +226,7 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref
         keys = k0 + mosaic_interpret.iota(jnp.int32, shape, 0, layout, interpret)
         rows = offset + i * block_q + mosaic_interpret.iota(jnp.int32, shape, 1, layout,
                                                             interpret)
-        p_t = jnp.where(_visible(rows, keys, causal=causal, window=window, s_real=s_real),
+        p_t = jnp.where(hopper.visible(rows, keys, causal=causal, window=window, s_real=s_real),
                         p_t, 0.0)
       plgpu.barrier_wait(do_full.at[slot])
       plgpu.barrier_wait(delta_full.at[slot])
@@ -283,8 +268,7 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref
 
   @pl.when(wg == COMPUTE_WGS)
   def _producer():
-    if not interpret:
-      plgpu.set_max_registers(40, action='decrease')
+    mosaic_interpret.registers(40, 'decrease', interpret)
     steps = group * per_head
 
     @pl.loop(0, steps)
