@@ -39,79 +39,88 @@ def _try(fn: Callable[[], Any]) -> Any:
     return msg
 
 
-def bench_flash(quick: bool, backward: bool = True) -> list[list[Any]]:
-  """Rows of FLASH_HEADER: causal bf16 flash attention, ours (Triton; and the Hopper kernel,
-  impl='mosaic', with the Triton backward) against cuDNN and XLA."""
-  peak, _ = common.device_peaks()
-  rows = []
+def _flash_shapes(quick: bool):
+  """(Dh, T, B, H, q, k, v, forward FLOPs) of the causal flash comparisons: 2048 model width,
+  16k tokens a batch."""
   for Dh in (64, 128):
     H = 2048 // Dh
     for T in ((1024, 4096, 16384) if quick else (1024, 2048, 4096, 8192, 16384)):
       B = max(1, 16384 // T)
       q, k, v = (normal(i, (B, T, H, Dh)) for i in range(3))
-      flops = 4 * B * H * T * T * Dh / 2  # causal: half of the T x T scores
-      fns = {
-          'ours': jax.jit(lambda q, k, v: flash_attention(q, k, v, causal=True, impl='pallas')),
-          'hopper': jax.jit(lambda q, k, v: flash_attention(q, k, v, causal=True,
-                                                            impl='mosaic')),
-          'cudnn': jax.jit(lambda q, k, v: jax.nn.dot_product_attention(
-              q, k, v, is_causal=True, implementation='cudnn')),
-          'xla': jax.jit(lambda q, k, v: jax.nn.dot_product_attention(
-              q, k, v, is_causal=True, implementation='xla')),
-      }
-      times = {n: _try(lambda f=f: time_call(lambda: f(q, k, v))) for n, f in fns.items()}
-      bwd = {}
-      if backward:
-        for n in ('ours', 'hopper', 'cudnn'):
-          g = jax.jit(jax.grad(lambda q, k, v, f=fns[n]: f(q, k, v).astype(F32).sum(),
-                               argnums=(0, 1, 2)))
-          bwd[n] = _try(lambda g=g: time_call(lambda: g(q, k, v)))
-      tf = lambda t, mult=1.0: flops * mult / t / 1e12 if isinstance(t, float) else t
-      row = [Dh, T, B, H, tf(times['ours']), tf(times['cudnn']), tf(times['xla']),
-             _ratio(times['cudnn'], times['ours']),
-             tf(times['ours']) / (peak / 1e12) if peak and isinstance(times['ours'], float)
-             else 'n/a',
-             tf(bwd.get('ours', 'n/a'), 3.5), tf(bwd.get('cudnn', 'n/a'), 3.5),
-             _ratio(bwd.get('cudnn'), bwd.get('ours')),
-             tf(times['hopper']), _ratio(times['cudnn'], times['hopper']),
-             tf(bwd.get('hopper', 'n/a'), 3.5), _ratio(bwd.get('cudnn'), bwd.get('hopper'))]
-      rows.append(row)
-      print('  flash', row, flush=True)
+      yield Dh, T, B, H, q, k, v, 4 * B * H * T * T * Dh / 2  # causal: half the scores
+
+
+def _time_fwd_bwd(fns: dict[str, Callable[..., Any]], q, k, v, backward: bool = True):
+  """({name: forward seconds or error}, {name: forward+backward seconds or error})."""
+  times = {n: _try(lambda f=f: time_call(lambda: f(q, k, v))) for n, f in fns.items()}
+  bwd = {}
+  for n, f in fns.items() if backward else ():
+    g = jax.jit(jax.grad(lambda q, k, v, f=f: f(q, k, v).astype(F32).sum(), argnums=(0, 1, 2)))
+    bwd[n] = _try(lambda g=g: time_call(lambda: g(q, k, v)))
+  return times, bwd
+
+
+def _cudnn_causal(q, k, v):
+  return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation='cudnn')
+
+
+def bench_flash(quick: bool, backward: bool = True) -> list[list[Any]]:
+  """Rows of FLASH_HEADER: causal bf16 flash attention, ours (the Triton-lowered kernel)
+  against cuDNN and XLA."""
+  peak, _ = common.device_peaks()
+  rows = []
+  for Dh, T, B, H, q, k, v, flops in _flash_shapes(quick):
+    fns = {
+        'ours': jax.jit(lambda q, k, v: flash_attention(q, k, v, causal=True, impl='pallas')),
+        'cudnn': jax.jit(_cudnn_causal),
+        'xla': jax.jit(lambda q, k, v: jax.nn.dot_product_attention(
+            q, k, v, is_causal=True, implementation='xla')),
+    }
+    times, bwd = _time_fwd_bwd({n: fns[n] for n in ('ours', 'cudnn')}, q, k, v, backward)
+    times['xla'] = _try(lambda: time_call(lambda: fns['xla'](q, k, v)))
+    tf = lambda t, mult=1.0: flops * mult / t / 1e12 if isinstance(t, float) else t
+    row = [Dh, T, B, H, tf(times['ours']), tf(times['cudnn']), tf(times['xla']),
+           _ratio(times['cudnn'], times['ours']),
+           tf(times['ours']) / (peak / 1e12) if peak and isinstance(times['ours'], float)
+           else 'n/a',
+           tf(bwd.get('ours', 'n/a'), 3.5), tf(bwd.get('cudnn', 'n/a'), 3.5),
+           _ratio(bwd.get('cudnn'), bwd.get('ours'))]
+    rows.append(row)
+    print('  flash', row, flush=True)
   return rows
 
 
 FLASH_HEADER = ['Dh', 'T', 'B', 'H', 'ours fwd', 'cuDNN fwd', 'XLA fwd', 'ours/cuDNN speed',
-                'ours / peak', 'ours fwd+bwd', 'cuDNN fwd+bwd', 'ours/cuDNN fwd+bwd',
-                'Hopper fwd', 'Hopper/cuDNN speed', 'Hopper fwd+bwd', 'Hopper/cuDNN fwd+bwd']
+                'ours / peak', 'ours fwd+bwd', 'cuDNN fwd+bwd', 'ours/cuDNN fwd+bwd']
 
 
-def bench_hopper_backward(quick: bool) -> list[list[Any]]:
-  """[Dh, T, B, H, ours (Hopper fwd + Hopper bwd) TFLOP/s, the same with the Triton bwd,
-  cuDNN fwd+bwd, cuDNN / ours]: causal bf16 forward+backward, backward counted as 2.5x."""
+def bench_hopper_flash(quick: bool) -> list[list[Any]]:
+  """Rows of HOPPER_FLASH_HEADER: our Hopper flash kernel (impl='mosaic') forward, and
+  forward+backward with the Triton backward (what impl='mosaic' runs by default) and with the
+  Hopper backward, against cuDNN on the flash section's shapes (same run, its own timings)."""
   rows = []
-  for Dh in (64, 128):
-    H = 2048 // Dh
-    for T in ((4096,) if quick else (1024, 4096, 16384)):
-      B = max(1, 16384 // T)
-      q, k, v = (normal(i, (B, T, H, Dh)) for i in range(3))
-      flops = 3.5 * 4 * B * H * T * T * Dh / 2
-      fns = {
-          'hopper': lambda q, k, v: flash_attention(
-              q, k, v, causal=True, impl='mosaic',
-              hopper_config=HopperConfig(backward=HopperBwdConfig())),
-          'triton bwd': lambda q, k, v: flash_attention(q, k, v, causal=True, impl='mosaic'),
-          'cudnn': lambda q, k, v: jax.nn.dot_product_attention(
-              q, k, v, is_causal=True, implementation='cudnn'),
-      }
-      t = {}
-      for n, f in fns.items():
-        g = jax.jit(jax.grad(lambda q, k, v, f=f: f(q, k, v).astype(F32).sum(), (0, 1, 2)))
-        t[n] = _try(lambda g=g: time_call(lambda: g(q, k, v)))
-      tf = lambda x: flops / x / 1e12 if isinstance(x, float) else x
-      rows.append([Dh, T, B, H, tf(t['hopper']), tf(t['triton bwd']), tf(t['cudnn']),
-                   _ratio(t['cudnn'], t['hopper'])])
-      print('  hopper bwd', rows[-1], flush=True)
+  hopper_bwd = HopperConfig(backward=HopperBwdConfig())
+  for Dh, T, B, H, q, k, v, flops in _flash_shapes(quick):
+    fns = {
+        'hopper': jax.jit(lambda q, k, v: flash_attention(q, k, v, causal=True, impl='mosaic')),
+        'hopper bwd': jax.jit(lambda q, k, v: flash_attention(
+            q, k, v, causal=True, impl='mosaic', hopper_config=hopper_bwd)),
+        'cudnn': jax.jit(_cudnn_causal),
+    }
+    times, bwd = _time_fwd_bwd(fns, q, k, v)
+    tf = lambda t, mult=1.0: flops * mult / t / 1e12 if isinstance(t, float) else t
+    row = [Dh, T, B, H, tf(times['hopper']), tf(times['cudnn']),
+           _ratio(times['cudnn'], times['hopper']), tf(bwd['hopper'], 3.5),
+           tf(bwd['hopper bwd'], 3.5), tf(bwd['cudnn'], 3.5), _ratio(bwd['cudnn'], bwd['hopper']),
+           _ratio(bwd['cudnn'], bwd['hopper bwd'])]
+    rows.append(row)
+    print('  hopper flash', row, flush=True)
   return rows
+
+
+HOPPER_FLASH_HEADER = ['Dh', 'T', 'B', 'H', 'Hopper fwd', 'cuDNN fwd', 'Hopper/cuDNN speed',
+                       'Hopper fwd+bwd', 'Hopper fwd+bwd (Hopper bwd)', 'cuDNN fwd+bwd',
+                       'Hopper/cuDNN fwd+bwd', 'Hopper/cuDNN fwd+bwd (Hopper bwd)']
 
 
 def _ratio(t_peer, t_ours):
@@ -148,37 +157,62 @@ def bench_tree(quick: bool) -> list[list[Any]]:
   return rows
 
 
-def bench_decode(quick: bool) -> list[list[Any]]:
-  """Rows of DECODE_HEADER: one new token over a full cache; ours (Triton), the Hopper
-  kernel (impl='mosaic') on [B, S, K, Dh] and on the decoding cache's layout (read in
-  place), and XLA."""
-  _, peak_bw = common.device_peaks()
-  rows = []
+def _decode_shapes(quick: bool):
+  """(B, context, q, k, v, lengths, K/V bytes) of the decode comparisons: one new token over
+  a full cache, H 32, K 8, Dh 128, bf16."""
   H, K, Dh = 32, 8, 128
   for B in (8, 32):
     for ctx in ((4096,) if quick else (4096, 16384)):
       q = normal(0, (B, 1, H, Dh))
       kc, vc = normal(1, (B, ctx, K, Dh)), normal(2, (B, ctx, K, Dh))
-      k_cache, v_cache = jnp.swapaxes(kc, 1, 2), jnp.transpose(vc, (0, 2, 3, 1))
-      lengths = jnp.full((B,), ctx, jnp.int32)
-      call = lambda impl, layout='BSKD': jax.jit(lambda q, kc, vc: decode_attention(
-          q, kc, vc, lengths, impl=impl, kv_layout=layout))
-      t_ours = _try(lambda: time_call(lambda: call('pallas')(q, kc, vc)))
-      t_xla = _try(lambda: time_call(lambda: call('xla')(q, kc, vc)))
-      t_hop = _try(lambda: time_call(lambda: call('mosaic')(q, kc, vc)))
-      t_hop_cache = _try(lambda: time_call(lambda: call('mosaic', 'cache')(q, k_cache, v_cache)))
-      nbytes = 2 * B * ctx * K * Dh * 2
-      gbs = lambda t: nbytes / t / 1e9 if isinstance(t, float) else t
-      frac = lambda t: gbs(t) * 1e9 / peak_bw if peak_bw and isinstance(t, float) else 'n/a'
-      rows.append([B, ctx, gbs(t_ours), frac(t_ours), gbs(t_xla), _ratio(t_xla, t_ours),
-                   gbs(t_hop), frac(t_hop), gbs(t_hop_cache), frac(t_hop_cache)])
-      print('  decode', rows[-1], flush=True)
+      yield B, ctx, q, kc, vc, jnp.full((B,), ctx, jnp.int32), 2 * B * ctx * K * Dh * 2
+
+
+def _decode_time(impl: str, q, k, v, lengths, layout: str = 'BSKD'):
+  f = jax.jit(lambda q, k, v: decode_attention(q, k, v, lengths, impl=impl, kv_layout=layout))
+  return _try(lambda: time_call(lambda: f(q, k, v)))
+
+
+def bench_decode(quick: bool) -> list[list[Any]]:
+  """Rows of DECODE_HEADER: ours (the Triton-lowered kernel) against XLA."""
+  _, peak_bw = common.device_peaks()
+  rows = []
+  for B, ctx, q, kc, vc, lengths, nbytes in _decode_shapes(quick):
+    t_ours = _decode_time('pallas', q, kc, vc, lengths)
+    t_xla = _decode_time('xla', q, kc, vc, lengths)
+    gbs = lambda t: nbytes / t / 1e9 if isinstance(t, float) else t
+    frac = gbs(t_ours) * 1e9 / peak_bw if peak_bw and isinstance(t_ours, float) else 'n/a'
+    rows.append([B, ctx, gbs(t_ours), frac, gbs(t_xla), _ratio(t_xla, t_ours)])
+    print('  decode', rows[-1], flush=True)
   return rows
 
 
-DECODE_HEADER = ['B', 'context', 'ours GB/s', 'ours / HBM peak', 'XLA GB/s', 'ours/XLA speed',
-                 'Hopper GB/s', 'Hopper / HBM peak', 'Hopper, cache layout GB/s',
-                 'Hopper, cache layout / HBM peak']
+DECODE_HEADER = ['B', 'context', 'ours GB/s', 'ours / HBM peak', 'XLA GB/s', 'ours/XLA speed']
+
+
+def bench_hopper_decode(quick: bool) -> list[list[Any]]:
+  """Rows of HOPPER_DECODE_HEADER: our Hopper decode kernel (impl='mosaic') on [B, S, K, Dh]
+  and on the decoding cache's layout (k [B, K, S, Dh], v [B, K, Dh, S], read in place),
+  against XLA on the cache layout (what `auto` runs there today), the decode section's
+  shapes."""
+  _, peak_bw = common.device_peaks()
+  rows = []
+  for B, ctx, q, kc, vc, lengths, nbytes in _decode_shapes(quick):
+    k_cache, v_cache = jnp.swapaxes(kc, 1, 2), jnp.transpose(vc, (0, 2, 3, 1))
+    t_xla = _decode_time('xla', q, k_cache, v_cache, lengths, 'cache')
+    t_hop = _decode_time('mosaic', q, kc, vc, lengths)
+    t_cache = _decode_time('mosaic', q, k_cache, v_cache, lengths, 'cache')
+    gbs = lambda t: nbytes / t / 1e9 if isinstance(t, float) else t
+    frac = lambda t: gbs(t) * 1e9 / peak_bw if peak_bw and isinstance(t, float) else 'n/a'
+    rows.append([B, ctx, gbs(t_xla), gbs(t_hop), frac(t_hop), gbs(t_cache), frac(t_cache),
+                 _ratio(t_xla, t_cache)])
+    print('  hopper decode', rows[-1], flush=True)
+  return rows
+
+
+HOPPER_DECODE_HEADER = ['B', 'context', 'XLA GB/s (cache layout)', 'Hopper GB/s',
+                        'Hopper / HBM peak', 'Hopper, cache layout GB/s',
+                        'Hopper, cache layout / HBM peak', 'Hopper (cache layout)/XLA speed']
 
 
 def bench_delta(quick: bool) -> tuple[list[list[Any]], str]:

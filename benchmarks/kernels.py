@@ -6,9 +6,8 @@
 
 Sections (each prints its table as it finishes; all go to benchmarks/results/kernels.md, the
 CPU interpret-mode status to kernels_cpu.md):
-  check     every kernel against its XLA reference on this device (bf16 and fp32; the Hopper
-            flash and decode kernels in bf16).
-  flash     flash attention forward (and forward+backward; Triton and Hopper kernels) vs cuDNN
+  check     every kernel against its XLA reference on this device (bf16 and fp32).
+  flash     flash attention forward (and forward+backward) vs cuDNN
             (`jax.nn.dot_product_attention(implementation='cudnn')`) and XLA; T 1k-16k, Dh 64
             and 128, bf16, causal; TFLOP/s and fraction of the device's bf16 peak.
   tree      tree verification (64 nodes over a 2k/8k prefix) vs cuDNN given the same mask.
@@ -17,9 +16,12 @@ CPU interpret-mode status to kernels_cpu.md):
             `chunk_gated_delta_product` (skipped with a note when fla or our kernel is missing).
   sampling  fused top-k/top-p/min-p sampling vs sort-based top-p (the XLA reference), V 32k-256k,
             B 1-64.
-  hopper    last: the Hopper kernels' checks (flash forward with the Triton and the Hopper
-            backward, decode on both layouts and with a mask), then forward+backward with the
-            Hopper backward vs cuDNN (a kernel that hangs costs only this section).
+  hopper    last, and the only section that runs our Hopper (Mosaic GPU) kernels: their checks
+            (flash forward with the Triton and the Hopper backward, decode on both layouts and
+            with a mask), then the flash section's comparison for them (forward, and
+            forward+backward with either backward, vs cuDNN) and the decode section's (GB/s
+            on both layouts vs XLA on the cache layout): a kernel that hangs costs only this
+            section.
 Goals (issue 7): flash >= 0.8x cuDNN; tree >= 2x cuDNN; decode >= 75% of HBM peak; delta
 >= 0.8x fla; sampling >= 5x the sort.
 
@@ -111,9 +113,6 @@ def main():
     def section_flash() -> str:
       return (
           '## Flash attention, causal, bf16 (TFLOP/s; backward counted as 2.5x forward)\n\n'
-          '`ours`: the Triton-lowered kernel (`impl=\'pallas\'`); `Hopper`: the Mosaic GPU '
-          "kernel (`impl='mosaic'`: TMA, wgmma, a producer warpgroup), whose backward is the "
-          'Triton one.\n\n'
           + common.markdown_table(kernel_speed.FLASH_HEADER,
                                   kernel_speed.bench_flash(args.quick)))
 
@@ -128,9 +127,6 @@ def main():
     def section_decode() -> str:
       return (
           '## Decode attention, bf16, H 32, K 8, Dh 128 (GB/s of K/V read)\n\n'
-          "`ours`: the Triton-lowered kernel; `Hopper`: the Mosaic GPU kernel (`impl='mosaic'`: "
-          'a producer warpgroup TMA-feeding a ring of K/V tiles), on [B, S, K, Dh] and on the '
-          "decoding cache's layout (k [B, K, S, Dh], v [B, K, Dh, S]) read in place.\n\n"
           + common.markdown_table(kernel_speed.DECODE_HEADER,
                                   kernel_speed.bench_decode(args.quick)))
 
@@ -154,15 +150,22 @@ def main():
     def section_hopper() -> str:
       rows = kernel_checks.hopper_checks(small=False)
       ok = all(r[-1] for r in rows)
-      return (f'## Correctness of the Hopper kernels on {here} ({"all pass" if ok else "FAILURES"})'
-              '\n\n' + common.markdown_table(check_header, rows)
-              + '\n\n## Hopper backward: causal bf16 forward+backward (TFLOP/s, backward counted '
-              'as 2.5x forward)\n\n`ours`: the Hopper forward with the Hopper backward '
-              "(`HopperConfig(backward=HopperBwdConfig())`); beside it the Hopper forward with the "
-              'Triton backward.\n\n'
-              + common.markdown_table(['Dh', 'T', 'B', 'H', 'ours fwd+bwd', 'Triton bwd fwd+bwd',
-                                       'cuDNN fwd+bwd', 'ours/cuDNN fwd+bwd'],
-                                      kernel_speed.bench_hopper_backward(args.quick)))
+      checked = (f'## Correctness of the Hopper kernels on {here} '
+                 f'({"all pass" if ok else "FAILURES"})\n\n'
+                 + common.markdown_table(check_header, rows))
+      flash = ('## Hopper flash attention, causal, bf16 (TFLOP/s; backward counted as 2.5x '
+               "forward)\n\nOur Mosaic GPU kernel (`impl='mosaic'`: TMA, wgmma, a producer "
+               'warpgroup); `Hopper fwd+bwd` with the Triton backward (its default), `(Hopper '
+               "bwd)` with `HopperConfig(backward=HopperBwdConfig())`.\n\n"
+               + common.markdown_table(kernel_speed.HOPPER_FLASH_HEADER,
+                                       kernel_speed.bench_hopper_flash(args.quick)))
+      decode = ('## Hopper decode attention, bf16, H 32, K 8, Dh 128 (GB/s of K/V read)\n\n'
+                "Our Mosaic GPU kernel (`impl='mosaic'`) on [B, S, K, Dh] and on the decoding "
+                "cache's layout (k [B, K, S, Dh], v [B, K, Dh, S]) read in place, against XLA "
+                'on the cache layout.\n\n'
+                + common.markdown_table(kernel_speed.HOPPER_DECODE_HEADER,
+                                        kernel_speed.bench_hopper_decode(args.quick)))
+      return '\n\n'.join((checked, flash, decode))
 
     # The quick sections first, so that a run cut short by a time limit loses the least.
     run_section('check', section_check)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from jax import export
 
+from benchmarks import kernel_speed
 from pallas_kernels import common, dispatch, dispatch_refresh, dispatch_table
 from pallas_kernels.flash_attention import HopperBwdConfig, HopperConfig, flash_attention
 from pallas_kernels.flash_attention import hopper, hopper_bwd
@@ -174,7 +175,7 @@ def test_forward_checks_its_arguments():
 
 
 def test_tiles_cover_exactly_the_visible_keys():
-  """`_tiles` against a brute force over every row of a block: [first, end) holds every
+  """`key_tiles` against a brute force over every row of a block: [first, end) holds every
   tile with a visible key and no tile without one; [full_first, full_end) only tiles whose
   every key every row sees (and all of them, for the blocks' interior)."""
   bkv, n = 16, 8
@@ -182,7 +183,7 @@ def test_tiles_cover_exactly_the_visible_keys():
       (True, False), (0, 1, 5, 20), (0, 7), (40, 48), range(0, 40, 8)):
     if window and not causal:
       continue
-    t = [int(x) for x in hopper._tiles(jnp.int32(q0), n, causal=causal, window=window,
+    t = [int(x) for x in hopper.key_tiles(jnp.int32(q0), n, causal=causal, window=window,
                                        offset=offset, s_real=s_real, block_kv=bkv)]
     first, full_first, full_end, end = t
     rows = offset + q0 + np.arange(n)[:, None]
@@ -271,13 +272,13 @@ def test_the_hopper_backward_refuses_head_dim_256():
 
 
 def test_query_tiles_cover_exactly_the_rows_that_see_a_key_block():
-  """`hopper_bwd._q_tiles` against a brute force, as `_tiles` for the forward."""
+  """`hopper_bwd.query_tiles` against a brute force, as `key_tiles` for the forward."""
   bq, n, nq = 8, 16, 7
   for causal, window, offset, s_real, k0 in itertools.product(
       (True, False), (0, 1, 5, 20), (0, 7), (50, 64), range(0, 64, 16)):
     if window and not causal:
       continue
-    t = [int(x) for x in hopper_bwd._q_tiles(jnp.int32(k0), n, causal=causal, window=window,
+    t = [int(x) for x in hopper_bwd.query_tiles(jnp.int32(k0), n, causal=causal, window=window,
                                              offset=offset, s_real=s_real, n_q_tiles=nq,
                                              block_q=bq)]
     first, full_first, full_end, end = t
@@ -309,6 +310,7 @@ def _entry(checked=('bfloat16',)):
     (dict(case='segments'), 'causal and decode cases only'),
     (dict(dtype=F32), 'not float32'),
     (dict(head_dim=96), 'not 96'),
+    (dict(case='decode', head_dim=256), 'decode kernel takes head dims (64, 128), not 256'),
     (dict(entry=_entry(checked=())), 'on-device check'),
 ])
 def test_dispatch_refuses_the_hopper_kernel_where_it_cannot_run(kw, words):
@@ -320,20 +322,30 @@ def test_dispatch_refuses_the_hopper_kernel_where_it_cannot_run(kw, words):
                           head_dim=128) is None
 
 
+def _table(heading: str, header: list[str], *rows: dict) -> str:
+  """A results-file section as `benchmarks.kernels` writes it (cells not given: 'n/a')."""
+  line = lambda cells: '| ' + ' | '.join(str(c) for c in cells) + ' |'
+  return '\n'.join([f'## {heading}', '', line(header), '|' + '---|' * len(header)]
+                    + [line([r.get(h, 'n/a') for h in header]) for r in rows]) + '\n\n'
+
+
+CHECK_HEADER = ['kernel', 'impl', 'shape', 'dtype', 'rel. error', 'tol', 'ok']
+
+
+def _check_row(kernel: str, ok: bool) -> dict:
+  return dict(kernel=kernel, impl='mosaic', shape='s', dtype='bfloat16', ok=ok)
+
+
 def _results(hopper_ratio: float, hopper_ok: bool, hopper_both: float = 1.05) -> str:
-  head = ['| kernel | impl | shape | dtype | rel. error | tol | ok |',
-          '|---|---|---|---|---|---|---|']
-  # The Hopper rows have a correctness section of their own (run last on a GPU).
-  check = (head + ['| flash fwd | pallas | s | bfloat16 | 0.001 | 0.03 | True |', '',
-                   '## Correctness of the Hopper kernels on gpu', ''] + head
-           + [f'| hopper flash fwd | mosaic | s | bfloat16 | 0.001 | 0.03 | {hopper_ok} |'])
-  head = ('| Dh | T | B | H | ours fwd | cuDNN fwd | XLA fwd | ours/cuDNN speed | ours / peak | '
-          'ours fwd+bwd | cuDNN fwd+bwd | ours/cuDNN fwd+bwd | Hopper fwd | Hopper/cuDNN speed '
-          '| Hopper fwd+bwd | Hopper/cuDNN fwd+bwd |')
-  row = (f'| 128 | 4096 | 4 | 16 | 190 | 346 | 40 | 0.55 | 0.2 | 100 | 200 | 0.5 | 400 | '
-         f'{hopper_ratio} | 150 | {hopper_both} |')
-  return ('## Correctness on gpu\n\n' + '\n'.join(check) + '\n\n## Flash attention, causal\n\n'
-          + head + '\n|' + '---|' * 16 + '\n' + row + '\n')
+  """A file as `benchmarks.kernels` writes it: the Triton flash table (ours slower than
+  cuDNN), then the Hopper section (its own checks and table), with the real headers."""
+  return (_table('Correctness on gpu', CHECK_HEADER, _check_row('flash fwd', True))
+          + _table('Flash attention, causal, bf16', kernel_speed.FLASH_HEADER,
+                   {'ours/cuDNN speed': 0.55, 'ours/cuDNN fwd+bwd': 0.5})
+          + _table('Correctness of the Hopper kernels on gpu', CHECK_HEADER,
+                   _check_row('hopper flash fwd', hopper_ok))
+          + _table('Hopper flash attention, causal, bf16', kernel_speed.HOPPER_FLASH_HEADER,
+                   {'Hopper/cuDNN speed': hopper_ratio, 'Hopper/cuDNN fwd+bwd': hopper_both}))
 
 
 def test_refresh_proposes_the_hopper_kernel_only_when_it_wins_and_passed():
@@ -347,18 +359,17 @@ def test_refresh_proposes_the_hopper_kernel_only_when_it_wins_and_passed():
 
 
 def test_refresh_proposes_the_hopper_decode_kernel_when_its_cache_layout_rows_win():
-  def results(hopper_gbs: float, ok: bool) -> str:
-    return ('## Correctness on gpu\n\n| kernel | impl | shape | dtype | rel. error | tol | ok |\n'
-            '|---|---|---|---|---|---|---|\n'
-            '| decode | pallas | s | bfloat16 | 0.001 | 0.03 | True |\n'
-            f'| hopper decode (cache) | mosaic | s | bfloat16 | 0.001 | 0.03 | {ok} |\n\n'
-            '## Decode attention, bf16\n\n| B | context | ours GB/s | ours / HBM peak | XLA GB/s '
-            '| ours/XLA speed | Hopper GB/s | Hopper / HBM peak | Hopper, cache layout GB/s | '
-            'Hopper, cache layout / HBM peak |\n|' + '---|' * 10 + '\n'
-            f'| 8 | 4096 | 1400 | 0.3 | 1000 | 1.4 | 3000 | 0.6 | {hopper_gbs} | 0.6 |\n')
+  def results(hopper_speed: float, ok: bool) -> str:
+    return (_table('Correctness on gpu', CHECK_HEADER, _check_row('decode', True))
+            + _table('Decode attention, bf16', kernel_speed.DECODE_HEADER,
+                     {'ours/XLA speed': 1.4})
+            + _table('Correctness of the Hopper kernels on gpu', CHECK_HEADER,
+                     _check_row('hopper decode (cache)', ok))
+            + _table('Hopper decode attention, bf16', kernel_speed.HOPPER_DECODE_HEADER,
+                     {'Hopper (cache layout)/XLA speed': hopper_speed}))
   decode = ('attention', 'gpu', 'decode')
-  assert dispatch_refresh.proposals_from_results(results(3000, True))[decode][0] == 'mosaic'
-  assert dispatch_refresh.proposals_from_results(results(3000, False))[decode][0] == 'pallas'
+  assert dispatch_refresh.proposals_from_results(results(3.0, True))[decode][0] == 'mosaic'
+  assert dispatch_refresh.proposals_from_results(results(3.0, False))[decode][0] == 'pallas'
   # Beats XLA, but by less than ours does: ours stays.
-  assert dispatch_refresh.proposals_from_results(results(1200, True))[decode][0] == 'pallas'
-  assert dispatch_refresh.proposals_from_results(results(900, True))[decode][0] == 'pallas'
+  assert dispatch_refresh.proposals_from_results(results(1.2, True))[decode][0] == 'pallas'
+  assert dispatch_refresh.proposals_from_results(results(0.9, True))[decode][0] == 'pallas'
