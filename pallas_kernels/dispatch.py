@@ -70,10 +70,11 @@ class Choice:
 # --- can this implementation run this call? ---
 
 
-# Our Hopper flash kernel (flash_attention/hopper.py; kept here so that this module does not
-# import the kernels): its dtypes and head dims.
+# Our Hopper kernels (flash_attention/hopper.py, decode_attention/hopper.py; kept here so
+# that this module does not import the kernels): their dtypes and head dims.
 HOPPER_DTYPES = ('bfloat16', 'float16')
-HOPPER_HEAD_DIMS = (64, 128, 256)
+HOPPER_HEAD_DIMS = (64, 128, 256)  # flash (the causal case)
+HOPPER_DECODE_HEAD_DIMS = (64, 128)  # decode: at 256 its float32 partials do not fit
 
 
 def _compute_capability() -> float:
@@ -120,7 +121,7 @@ def refusal(impl: str, entry: dispatch_table.Entry, *, platform: str, dtype: Any
     if name is not None and name not in entry.checked:
       return (f'our kernel has not passed its on-device check in {name} '
               f'(passed: {", ".join(entry.checked) or "none"})')
-  if impl == 'mosaic':  # our Hopper flash kernel (flash_attention's causal case only)
+  if impl == 'mosaic':  # our Hopper kernels: flash (the causal case) and decode
     if platform != 'gpu':
       return f'our Hopper kernel needs an NVIDIA GPU of compute capability 9.0+ ({platform})'
     if _compute_capability() < 9.0:
@@ -130,8 +131,9 @@ def refusal(impl: str, entry: dispatch_table.Entry, *, platform: str, dtype: Any
       return f'our Hopper kernels take the causal and decode cases only, not {case!r}'
     if name is not None and name not in HOPPER_DTYPES:
       return f'our Hopper kernel takes {"/".join(HOPPER_DTYPES)}, not {name}'
-    if head_dim is not None and head_dim not in HOPPER_HEAD_DIMS:
-      return f'our Hopper kernel takes head dims {HOPPER_HEAD_DIMS}, not {head_dim}'
+    dims = HOPPER_HEAD_DIMS if case == 'causal' else HOPPER_DECODE_HEAD_DIMS
+    if head_dim is not None and head_dim not in dims:
+      return f'our Hopper {case} kernel takes head dims {dims}, not {head_dim}'
     if name is not None and name not in entry.checked:
       return (f'our Hopper kernel has not passed its on-device check in {name} '
               f'(passed: {", ".join(entry.checked) or "none"})')

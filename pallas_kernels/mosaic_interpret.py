@@ -63,6 +63,26 @@ def load(ref, layout_, interpret: bool):
   return plgpu.load(ref, (), layout=layout_)
 
 
+def kernel_kwargs(interpret, approx_math: bool = True) -> dict:
+  """`plgpu.kernel`'s keyword arguments: jax's GPU interpret mode when `interpret` is truthy
+  (True = `interpret_params()`, or the parameters given), else the GPU compiler's."""
+  if interpret:
+    return {'interpret': interpret_params() if interpret is True else interpret}
+  import jax.experimental.pallas.mosaic_gpu as plgpu
+  return {'compiler_params': plgpu.CompilerParams(approx_math=approx_math)}
+
+
+def operand(x, staging, stage: bool):
+  """A value as a wgmma operand: itself (from registers), or with `stage` written to the
+  shared-memory `staging` ref first (the interpreter has no register operand)."""
+  if not stage:
+    return x
+  import jax.experimental.pallas.mosaic_gpu as plgpu
+  staging[...] = x
+  plgpu.commit_smem()
+  return staging
+
+
 def registers(n: int, action: str, interpret: bool) -> None:
   """`plgpu.set_max_registers(n, action=action)` for a warpgroup on the GPU (consumers take
   more, the producer fewer); nothing when interpreting."""

@@ -42,7 +42,8 @@ MASK_VALUE = common.MASK_VALUE
 ROWS = (64, 128)  # query rows per program (T x G zero-padded to one of these): wgmma's M
 LENGTHS_PAD = 32  # lengths are TMA-loaded: a multiple of 128 bytes of int32
 SMEM_BYTES = 227 * 1024
-HEAD_DIMS = (64, 128)  # at 256 the float32 partial output and two K/V stages do not fit
+# (64, 128): at 256 the float32 partials and two K/V stages do not fit in shared memory.
+HEAD_DIMS = dispatch.HOPPER_DECODE_HEAD_DIMS
 ALIGN_SLACK = 4096  # what Mosaic adds for alignment and barriers (measured by lowering)
 
 
@@ -135,10 +136,8 @@ def _kernel(len_ref, q_ref, k_ref, v_ref, mask_ref, o_ref, m_ref, l_ref, scratch
       slot = lax.rem(i, jnp.int32(stages))
       plgpu.barrier_wait(k_full.at[slot])
 
-      def qk(ref):
-        plgpu.wgmma(ref, q_smem, plgpu.transpose_ref(k_smem.at[slot], (1, 0)))
-        return ref[...]
-      s = pl.run_scoped(qk, plgpu.ACC((rows, block_k), jnp.float32))
+      s = mosaic_interpret.mma(None, q_smem, plgpu.transpose_ref(k_smem.at[slot], (1, 0)),
+                               (rows, block_k), interpret)
       cols = (first + i) * block_k + mosaic_interpret.iota(jnp.int32, s.shape, 1,
                                                            wgmma_layout, interpret)
       visible = cols < length
@@ -150,12 +149,7 @@ def _kernel(len_ref, q_ref, k_ref, v_ref, mask_ref, o_ref, m_ref, l_ref, scratch
       s = jnp.where(visible, s * c, MASK_VALUE)
       p, acc, m_new, l = flash_hopper.online_softmax(s, acc, m, l, dtype)
       plgpu.barrier_wait(v_full.at[slot])
-      if p_in_smem:
-        p_smem[...] = p
-        plgpu.commit_smem()
-        lhs = p_smem
-      else:
-        lhs = p
+      lhs = mosaic_interpret.operand(p, p_smem, p_in_smem)
       v_tile = v_smem.at[slot]
       rhs = plgpu.transpose_ref(v_tile, (1, 0)) if cache_layout else v_tile
       acc = mosaic_interpret.mma(acc, lhs, rhs, (rows, head_dim), interpret)
@@ -180,34 +174,15 @@ def _kernel(len_ref, q_ref, k_ref, v_ref, mask_ref, o_ref, m_ref, l_ref, scratch
   @pl.when(wg == 1)
   def _producer():
     mosaic_interpret.registers(40, 'decrease', interpret)
-
-    @pl.loop(0, n)
-    def _load(i):
-      slot = lax.rem(i, jnp.int32(stages))
-      slots = pl.ds((first + i) * block_k, block_k)
-      if cache_layout:
-        k_src, v_src = k_ref.at[b, h, slots], v_ref.at[b, h, :, slots]
-      else:
-        k_src, v_src = k_ref.at[b, slots, h], v_ref.at[b, slots, h]
-
-      @pl.when(i >= stages)
-      def _():
-        plgpu.barrier_wait(k_free.at[slot])
-      plgpu.copy_gmem_to_smem(k_src, k_smem.at[slot], k_full.at[slot])
-      if mask_ref is not None:
-        plgpu.copy_gmem_to_smem(mask_ref.at[b, :, slots], mask_smem.at[slot],
-                                mask_full.at[slot])
-
-      @pl.when(i >= stages)
-      def _():
-        plgpu.barrier_wait(v_free.at[slot])
-      plgpu.copy_gmem_to_smem(v_src, v_smem.at[slot], v_full.at[slot])
-
-    @pl.loop(jnp.maximum(n - stages, 0), n)  # no barrier phase left unseen at exit
-    def _settle(i):
-      slot = lax.rem(i, jnp.int32(stages))
-      plgpu.barrier_wait(k_free.at[slot])
-      plgpu.barrier_wait(v_free.at[slot])
+    slots = lambda j: pl.ds(j * block_k, block_k)
+    if cache_layout:
+      k_at, v_at = (lambda j: k_ref.at[b, h, slots(j)]), (lambda j: v_ref.at[b, h, :, slots(j)])
+    else:
+      k_at, v_at = (lambda j: k_ref.at[b, slots(j), h]), (lambda j: v_ref.at[b, slots(j), h])
+    with_k = None if mask_ref is None else (lambda j, slot: plgpu.copy_gmem_to_smem(
+        mask_ref.at[b, :, slots(j)], mask_smem.at[slot], mask_full.at[slot]))
+    flash_hopper.stream_kv(k_at, v_at, k_smem, v_smem, (k_full, v_full), (k_free, v_free),
+                           first, first + n, stages, with_k)
 
 
 def partials(q_BxKxRxDh, k, v, lengths_B, mask_BxRxS=None, *, scale: float,
@@ -280,10 +255,6 @@ def partials(q_BxKxRxDh, k, v, lengths_B, mask_BxRxS=None, *, scale: float,
         lambda *s: body(len_ref, q_ref, k_ref, v_ref, mask_ref, o_ref, m_ref, l_ref, s),
         smem, barriers, collective_axes='wg')
 
-  kw = {}
-  if interpreting:
-    kw['interpret'] = (interpret if not isinstance(interpret, bool)
-                       else mosaic_interpret.interpret_params())
   f32 = jnp.float32
   args = (lengths, q_BxKxRxDh, k, v) + ((mask_BxRxS.astype(jnp.int8),) if has_mask else ())
   return plgpu.kernel(
@@ -295,5 +266,5 @@ def partials(q_BxKxRxDh, k, v, lengths_B, mask_BxRxS=None, *, scale: float,
       grid_names=('heads', 'parts', 'batch'),
       num_threads=2,
       thread_name='wg',
-      **kw,
+      **mosaic_interpret.kernel_kwargs(interpret, approx_math=True),
   )(*args)

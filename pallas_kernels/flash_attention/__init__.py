@@ -14,7 +14,8 @@ positions go as a dense mask) | 'splash' (jax's TPU splash attention: case 'caus
 'segments' only) | 'mosaic' (our Hopper kernel, `hopper.py`: TMA, wgmma and a producer
 warpgroup; causal (with or without a window) or no mask by default positions, bf16/fp16,
 Dh 64/128/256; its backward is the Triton kernels' or, with `HopperConfig(backward=
-HopperBwdConfig())`, ours for Hopper (`hopper_bwd.py`, Dh 64/128); off a GPU it runs in jax's GPU interpret mode).
+HopperBwdConfig())`, ours for Hopper (`hopper_bwd.py`, Dh 64/128); off a GPU it runs in
+jax's GPU interpret mode).
 """
 
 from __future__ import annotations
@@ -252,7 +253,8 @@ def flash_attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: ja
 
 def _hopper_call(q, k, v, fm: FlashMask, *, case: str, causal: bool, window: int, scale: float,
                  block_sizes: BlockSizes | None, config: hopper.HopperConfig) -> jax.Array:
-  """impl='mosaic': the Hopper forward over padded inputs, the Triton backward."""
+  """impl='mosaic': the Hopper forward over padded inputs; the Triton backward, or the Hopper
+  one (`config.backward`)."""
   B, T, H, Dh = q.shape
   S = k.shape[1]
   why = hopper.unsupported(q.dtype, Dh, case)
@@ -277,8 +279,8 @@ def _hopper_call(q, k, v, fm: FlashMask, *, case: str, causal: bool, window: int
     s_mult = math.lcm(s_mult, hopper.COMPUTE_WGS * config.backward.block_kv)
   Tp, Sp = common.round_up(T, t_mult), common.round_up(S, s_mult)
   st = gpu.Static(
-      causal_block=1 if causal else 0, window=int(window), scale=scale, block_q=bq_b, block_k=bk_b,
-      block_q_bwd=bq_b, block_k_bwd=bk_b, has_seg=False, has_dense=False,
+      causal_block=1 if causal else 0, window=int(window), scale=scale, block_q=bq_b,
+      block_k=bk_b, block_q_bwd=bq_b, block_k_bwd=bk_b, has_seg=False, has_dense=False,
       interpret=interpret, num_warps=bs.num_warps, num_stages=bs.num_stages)
   hs = _HopperStatic(causal=causal, scale=scale, t_real=T, s_real=S, window=int(window),
                      config=config, interpret=interpret)

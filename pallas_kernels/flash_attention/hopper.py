@@ -20,9 +20,9 @@ behind the first, so that one's softmax runs while the other's multiplies do.
 
 Masks: causal (queries are the last T of the S keys, the model's prefill and training rule),
 optionally with a sliding window, or none; padded keys (S not a multiple of `block_kv`) are
-hidden. Tiles a block's rows cannot
-see are never loaded; tiles every row of a block sees fully skip the elementwise mask.
-Anything else (segments, positions, windows, dense masks) goes to `gpu.py`.
+hidden. Tiles a block's rows cannot see are never loaded; tiles every row of a block sees
+skip the elementwise mask. Anything else (segments, positions, dense masks) goes to
+`gpu.py`.
 
 Outputs as `gpu.forward`'s: (o [B, T, H, Dh], lse [B, H, T] float32 base 2), so the backward
 is `gpu.backward` (Triton) unchanged, or `hopper_bwd.backward` (`HopperConfig.backward`).
@@ -115,7 +115,7 @@ def unsupported(dtype, head_dim: int, case: str) -> str | None:
   return None
 
 
-def _tiles(q0, n_rows: int, *, causal: bool, window: int, offset: int, s_real: int,
+def key_tiles(q0, n_rows: int, *, causal: bool, window: int, offset: int, s_real: int,
            block_kv: int):
   """(first, full_first, full_end, end): the K/V tiles query rows [q0, q0 + n_rows) see are
   [first, end), and every row sees every key of the tiles [full_first, full_end) (traced q0).
@@ -180,7 +180,7 @@ def _kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scratch, *, causal: bool, windo
   h = lax.axis_index('heads')
   wg = lax.axis_index('wg')
   pair0 = lax.axis_index('q_tiles') * (COMPUTE_WGS * block_q)
-  tiles = functools.partial(_tiles, causal=causal, window=window, offset=offset,
+  tiles = functools.partial(key_tiles, causal=causal, window=window, offset=offset,
                             s_real=s_real, block_kv=block_kv)
   pair_first, pair_end, slot_of = pair_tiles(tiles, pair0, block_q, stages)
   wgmma_layout = plgpu.Layout.WGMMA
@@ -198,6 +198,7 @@ def _kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scratch, *, causal: bool, windo
     q0 = pair0 + wg * block_q
     first, full_first, full_end, end = tiles(q0, block_q)
     qo = q_smem.at[wg]
+    staging = None if p_smem is None else p_smem.at[wg]
     plgpu.copy_gmem_to_smem(q_ref.at[b, pl.ds(q0, block_q), h], qo, q_full.at[wg])
     plgpu.barrier_wait(q_full.at[wg])
 
@@ -227,13 +228,7 @@ def _kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scratch, *, causal: bool, windo
         plgpu.barrier_wait(turn)
       else:
         plgpu.barrier_wait(v_full.at[slot])
-      if p_in_smem:
-        p_ref = p_smem.at[wg]
-        p_ref[...] = p
-        plgpu.commit_smem()
-        lhs = p_ref
-      else:
-        lhs = p
+      lhs = mosaic_interpret.operand(p, staging, p_in_smem)
       acc = mosaic_interpret.mma(acc, lhs, v_smem.at[slot], (block_q, head_dim), interpret)
       plgpu.barrier_arrive(v_free.at[slot])
       return acc, m_new, l
@@ -271,20 +266,26 @@ def _kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scratch, *, causal: bool, windo
     plgpu.copy_smem_to_gmem(lse_smem.at[wg], lse_ref.at[b, h, pl.ds(q0, block_q)])
     plgpu.wait_smem_to_gmem(0)
 
-  @pl.when(wg == COMPUTE_WGS)
-  def _producer():
-    mosaic_interpret.registers(40, 'decrease', interpret)
-    kv_head = lax.div(h, jnp.int32(group))
-    stream_kv(k_ref, v_ref, k_smem, v_smem, (k_full, v_full), (k_free, v_free),
-              lambda j: (b, pl.ds(j * block_kv, block_kv), kv_head), pair_first, pair_end,
-              stages)
+  pl.when(wg == COMPUTE_WGS)(functools.partial(
+      kv_producer, k_ref, v_ref, k_smem, v_smem, (k_full, v_full), (k_free, v_free), b,
+      lax.div(h, jnp.int32(group)), block_kv, pair_first, pair_end, stages, interpret))
 
 
-def stream_kv(k_ref, v_ref, k_smem, v_smem, full, free, index, first, end, stages: int):
-  """The producer's loop: tiles j in [first, end) of k_ref/v_ref (at `index(j)`) into ring
-  slot (j - first) % stages, each copy arriving on its `full` barrier; a slot is reloaded
-  once its `free` barrier has completed (both consumers done with it). At the end it waits
-  for the last frees, so no barrier phase is left unseen when the program exits."""
+def kv_producer(k_ref, v_ref, k_smem, v_smem, full, free, b, kv_head, block_kv: int, first,
+                end, stages: int, interpret: bool):
+  """The producer warpgroup of a kernel over one query head's K/V ([B, S, K, Dh]): gives
+  up registers and streams row b's tiles [first, end) of kv head `kv_head` (`stream_kv`)."""
+  mosaic_interpret.registers(40, 'decrease', interpret)
+  at = lambda ref: lambda j: ref.at[b, pl.ds(j * block_kv, block_kv), kv_head]
+  stream_kv(at(k_ref), at(v_ref), k_smem, v_smem, full, free, first, end, stages)
+
+
+def stream_kv(k_at, v_at, k_smem, v_smem, full, free, first, end, stages: int, with_k=None):
+  """The producer's loop: K and V tiles j in [first, end) (the refs `k_at(j)`, `v_at(j)`)
+  into ring slot (j - first) % stages, each copy arriving on its `full` barrier, and
+  `with_k(j, slot)` after each K copy (more copies freed with it); a slot is reloaded once
+  its `free` barrier has completed (every consumer done with it). At the end it waits for the
+  last frees, so no barrier phase is left unseen when the program exits."""
   import jax.experimental.pallas.mosaic_gpu as plgpu  # pylint: disable=g-import-not-at-top
   (k_full, v_full), (k_free, v_free) = full, free
 
@@ -295,12 +296,14 @@ def stream_kv(k_ref, v_ref, k_smem, v_smem, full, free, index, first, end, stage
     @pl.when(j - first >= stages)
     def _():
       plgpu.barrier_wait(k_free.at[slot])
-    plgpu.copy_gmem_to_smem(k_ref.at[index(j)], k_smem.at[slot], k_full.at[slot])
+    plgpu.copy_gmem_to_smem(k_at(j), k_smem.at[slot], k_full.at[slot])
+    if with_k is not None:
+      with_k(j, slot)
 
     @pl.when(j - first >= stages)
     def _():
       plgpu.barrier_wait(v_free.at[slot])
-    plgpu.copy_gmem_to_smem(v_ref.at[index(j)], v_smem.at[slot], v_full.at[slot])
+    plgpu.copy_gmem_to_smem(v_at(j), v_smem.at[slot], v_full.at[slot])
 
   @pl.loop(jnp.maximum(end - stages, first), end)
   def _settle(j):
@@ -364,12 +367,6 @@ def forward(q, k, v, *, causal: bool, scale: float, t_real: int, s_real: int, wi
     pl.run_scoped(lambda *scratch: body(q_ref, k_ref, v_ref, o_ref, lse_ref, scratch),
                   smem, barriers, free, turn, collective_axes='wg')
 
-  kw = {}
-  if interpreting:
-    kw['interpret'] = (interpret if not isinstance(interpret, bool)
-                       else mosaic_interpret.interpret_params())
-  else:
-    kw['compiler_params'] = plgpu.CompilerParams(approx_math=config.approx_math)
   return plgpu.kernel(
       entry,
       out_type=(jax.ShapeDtypeStruct(q.shape, q.dtype),
@@ -378,5 +375,5 @@ def forward(q, k, v, *, causal: bool, scale: float, t_real: int, s_real: int, wi
       grid_names=('heads', 'q_tiles', 'batch'),
       num_threads=COMPUTE_WGS + 1,
       thread_name='wg',
-      **kw,
+      **mosaic_interpret.kernel_kwargs(interpret, config.approx_math),
   )(q, k, v)

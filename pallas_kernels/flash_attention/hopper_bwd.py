@@ -58,11 +58,11 @@ class HopperBwdConfig:
       raise ValueError(f'HopperBwdConfig.stages must be >= 2, got {self.stages}.')
 
 
-def _q_tiles(k0, n_keys: int, *, causal: bool, window: int, offset: int, s_real: int,
-             n_q_tiles: int, block_q: int):
+def query_tiles(k0, n_keys: int, *, causal: bool, window: int, offset: int, s_real: int,
+                n_q_tiles: int, block_q: int):
   """(first, full_first, full_end, end): the query tiles whose rows see some key of
   [k0, k0 + n_keys) are [first, end); every row of the tiles [full_first, full_end) sees
-  every one of those keys (traced k0). Rules as `hopper._tiles`."""
+  every one of those keys (traced k0). Rules as `hopper.key_tiles`."""
   bq = jnp.int32(block_q)
   nq = jnp.int32(n_q_tiles)
   last_key = k0 + n_keys - 1
@@ -83,16 +83,6 @@ def _q_tiles(k0, n_keys: int, *, causal: bool, window: int, offset: int, s_real:
   return first, full_first, full_end, end
 
 
-def _operand(x, staging, p_in_smem: bool):
-  """A value as a wgmma operand: itself (registers), or written to `staging` first."""
-  if not p_in_smem:
-    return x
-  import jax.experimental.pallas.mosaic_gpu as plgpu  # pylint: disable=g-import-not-at-top
-  staging[...] = x
-  plgpu.commit_smem()
-  return staging
-
-
 def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, scratch, *,
                causal: bool, window: int, scale: float, offset: int, s_real: int, group: int,
                block_q: int, block_kv: int, stages: int, p_in_smem: bool, interpret: bool):
@@ -103,7 +93,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, scratch,
   head_dim = q_smem.shape[-1]
   b, h, wg = lax.axis_index('batch'), lax.axis_index('heads'), lax.axis_index('wg')
   pair0 = lax.axis_index('q_tiles') * (COMPUTE_WGS * block_q)
-  tiles = functools.partial(hopper._tiles, causal=causal, window=window, offset=offset,  # pylint: disable=protected-access
+  tiles = functools.partial(hopper.key_tiles, causal=causal, window=window, offset=offset,
                             s_real=s_real, block_kv=block_kv)
   pair_first, pair_end, slot_of = hopper.pair_tiles(tiles, pair0, block_q, stages)
   layout = plgpu.Layout.WGMMA
@@ -117,6 +107,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, scratch,
     rows_at = (b, pl.ds(q0, block_q), h)
     vec_at = (b, h, pl.ds(q0, block_q))
     qs, dos = q_smem.at[wg], do_smem.at[wg]
+    staging = None if ds_smem is None else ds_smem.at[wg]
     for src, dst, bar in ((q_ref.at[rows_at], qs, q_bar), (do_ref.at[rows_at], dos, do_bar),
                           (lse_ref.at[vec_at], lse_smem.at[wg], lse_bar),
                           (delta_ref.at[vec_at], delta_smem.at[wg], delta_bar)):
@@ -144,7 +135,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, scratch,
                                 shape, interpret)
       plgpu.barrier_arrive(v_free.at[slot])
       ds = p * (dp - lax.broadcast_in_dim(delta, shape, [0]))
-      lhs = _operand(ds.astype(dtype), None if ds_smem is None else ds_smem.at[wg], p_in_smem)
+      lhs = mosaic_interpret.operand(ds.astype(dtype), staging, p_in_smem)
       dq = mosaic_interpret.mma(dq, lhs, k_smem.at[slot], (block_q, head_dim), interpret)
       plgpu.barrier_arrive(k_free.at[slot])
       return dq
@@ -167,13 +158,9 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, scratch,
     plgpu.copy_smem_to_gmem(qs, dq_ref.at[rows_at])
     plgpu.wait_smem_to_gmem(0)
 
-  @pl.when(wg == COMPUTE_WGS)
-  def _producer():
-    mosaic_interpret.registers(40, 'decrease', interpret)
-    kv_head = lax.div(h, jnp.int32(group))
-    hopper.stream_kv(k_ref, v_ref, k_smem, v_smem, (k_full, v_full), (k_free, v_free),
-                     lambda j: (b, pl.ds(j * block_kv, block_kv), kv_head), pair_first,
-                     pair_end, stages)
+  pl.when(wg == COMPUTE_WGS)(functools.partial(
+      hopper.kv_producer, k_ref, v_ref, k_smem, v_smem, (k_full, v_full), (k_free, v_free), b,
+      lax.div(h, jnp.int32(group)), block_kv, pair_first, pair_end, stages, interpret))
 
 
 def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, scratch, *,
@@ -187,7 +174,7 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref
   head_dim = k_own.shape[-1]
   b, kvh, wg = lax.axis_index('batch'), lax.axis_index('kv_heads'), lax.axis_index('wg')
   pair0 = lax.axis_index('kv_tiles') * (COMPUTE_WGS * block_kv)
-  tiles = functools.partial(_q_tiles, causal=causal, window=window, offset=offset,
+  tiles = functools.partial(query_tiles, causal=causal, window=window, offset=offset,
                             s_real=s_real, n_q_tiles=n_q_tiles, block_q=block_q)
   # The pair's query tiles: the lower keys' first to the higher keys' last, once per head.
   pair_first, _, _, _ = tiles(pair0, block_kv)
@@ -230,13 +217,15 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref
                         p_t, 0.0)
       plgpu.barrier_wait(do_full.at[slot])
       plgpu.barrier_wait(delta_full.at[slot])
-      dv = mosaic_interpret.mma(dv, _operand(p_t.astype(dtype), staging, p_in_smem),
+      dv = mosaic_interpret.mma(dv, mosaic_interpret.operand(p_t.astype(dtype), staging,
+                                                             p_in_smem),
                                 do_smem.at[slot], (block_kv, head_dim), interpret)
       dp_t = mosaic_interpret.mma(None, vs, plgpu.transpose_ref(do_smem.at[slot], (1, 0)),
                                   shape, interpret)
       delta = mosaic_interpret.load(delta_smem.at[slot], col, interpret)
       ds_t = p_t * (dp_t - lax.broadcast_in_dim(delta, shape, [1]))
-      dk = mosaic_interpret.mma(dk, _operand(ds_t.astype(dtype), staging, p_in_smem),
+      dk = mosaic_interpret.mma(dk, mosaic_interpret.operand(ds_t.astype(dtype), staging,
+                                                             p_in_smem),
                                 q_smem.at[slot], (block_kv, head_dim), interpret)
       plgpu.barrier_arrive(free.at[slot])
       return dk, dv
@@ -319,12 +308,7 @@ def backward(q, k, v, o, lse, do, *, causal: bool, scale: float, t_real: int, s_
   lse = lse.astype(jnp.float32)
   tr = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
   f32 = jnp.float32
-  kw = {}
-  if interpreting:
-    kw['interpret'] = (interpret if not isinstance(interpret, bool)
-                       else mosaic_interpret.interpret_params())
-  else:
-    kw['compiler_params'] = plgpu.CompilerParams(approx_math=True)
+  kw = mosaic_interpret.kernel_kwargs(interpret)
   common_kw = dict(causal=causal, window=window, scale=scale, offset=s_real - t_real,
                    s_real=s_real, group=H // K, block_q=bq, block_kv=bkv, stages=stages,
                    p_in_smem=config.p_in_smem, interpret=interpreting)
@@ -350,11 +334,6 @@ def backward(q, k, v, o, lse, do, *, causal: bool, scale: float, t_real: int, s_
                     grid=(H, T // (n * bq), B), grid_names=('heads', 'q_tiles', 'batch'),
                     num_threads=n + 1, thread_name='wg', **kw)(q, k, v, do, lse, delta)
 
-  if interpreting:
-    # jax's GPU interpreter keeps one global simulated device: two kernels interpreted at
-    # once (XLA may run independent callbacks concurrently) deadlock it. Make dk/dv wait
-    # for dq.
-    dq, q, do = lax.optimization_barrier((dq, q, do))
   dkdv_smem = (plgpu.SMEM((n, bkv, Dh), k.dtype, transforms=tr),
                plgpu.SMEM((n, bkv, Dh), v.dtype, transforms=tr),
                plgpu.SMEM((stages, bq, Dh), q.dtype, transforms=tr),
