@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels import common as kcommon
-from pallas_kernels.decode_attention import decode_attention, tree_attention
+from pallas_kernels.decode_attention import ancestor_mask, decode_attention, tree_attention
 from pallas_kernels.delta_rule.chunk import delta_rule_pallas
 from pallas_kernels.delta_rule.reference import delta_rule_chunked
 from pallas_kernels.flash_attention import HopperBwdConfig, HopperConfig, flash_attention
@@ -146,7 +146,9 @@ def hopper_checks(small: bool) -> list[list[Any]]:
   with jax.default_matmul_precision('highest'):
     return (_guarded('hopper flash', 'mosaic', 'bfloat16', lambda: _check_hopper(small))
             + _guarded('hopper decode', 'mosaic', 'bfloat16',
-                       lambda: _check_hopper_decode(small)))
+                       lambda: _check_hopper_decode(small))
+            + _guarded('hopper verify', 'mosaic', 'bfloat16',
+                       lambda: _check_hopper_verify(small)))
 
 
 def _check_hopper(small: bool) -> list[list[Any]]:
@@ -194,6 +196,39 @@ def _check_hopper_decode(small: bool) -> list[list[Any]]:
     rows.append([f'hopper decode ({layout})', 'mosaic', f'B{B} S{S} H{H} K{K} D{Dh}',
                  'bfloat16', e, 3e-2, e < 3e-2])
   return rows
+
+
+def tree_over_cache(parents_N, prefix_B, S: int) -> jax.Array:
+  """[B, N, S] bool: N tree nodes written at slots prefix[b] .. prefix[b] + N - 1 of a cache
+  of S slots, each seeing the prefix and its ancestors (and itself), nothing after."""
+  N, B = parents_N.shape[0], prefix_B.shape[0]
+  among = ancestor_mask(jnp.broadcast_to(parents_N, (B, N)))  # [B, N, N]
+  rel = jnp.arange(S)[None, None, :] - prefix_B[:, None, None]
+  tree = jnp.take_along_axis(among, jnp.clip(rel, 0, N - 1) * jnp.ones((B, N, 1), jnp.int32),
+                             axis=2)
+  return (rel < 0) | ((rel < N) & tree)
+
+
+def random_parents(N: int, seed: int = 0) -> jax.Array:
+  """[N] int32: a random tree (node 0 the root, each node's parent before it)."""
+  rng = np.random.default_rng(seed)
+  return jnp.asarray([-1] + [int(rng.integers(0, i)) for i in range(1, N)], jnp.int32)
+
+
+def _check_hopper_verify(small: bool) -> list[list[Any]]:
+  """Our Hopper decode kernel verifying a wide tree (N x G > 128 rows per kv head: row
+  blocks; the prefix's tiles unmasked, the tree's masked) over the cache layout, against
+  XLA, bf16, ragged prefixes."""
+  B, N, H, K, Dh, S = (2, 40, 8, 2, 64, 256) if small else (4, 64, 32, 8, 128, 2112)
+  q = normal(34, (B, N, H, Dh))
+  k, v = normal(35, (B, K, S, Dh)), normal(36, (B, K, Dh, S))
+  prefix = jnp.array([S - N - 77] + [S - N] * (B - 1), jnp.int32)
+  mask = tree_over_cache(random_parents(N), prefix, S)
+  f = lambda impl: decode_attention(q, k, v, prefix + N, mask_BxTxS=mask, impl=impl,
+                                    kv_layout='cache')
+  e = rel_error(f('mosaic'), f('xla'))
+  return [['hopper verify (cache, tree mask)', 'mosaic',
+           f'B{B} N{N} S{S} H{H} K{K} D{Dh}', 'bfloat16', e, 3e-2, e < 3e-2]]
 
 
 def _check_delta_rule(impl: str, small: bool) -> list[list[Any]]:

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from benchmarks.kernel_checks import BF16, F32, error_text, normal
+from benchmarks.kernel_checks import (BF16, F32, error_text, normal, random_parents,
+                                      tree_over_cache)
 from pallas_kernels.decode_attention import ancestor_mask, decode_attention, tree_attention
 from pallas_kernels.delta_rule.chunk import delta_rule_pallas
 from pallas_kernels.delta_rule.reference import delta_rule_chunked
@@ -155,6 +156,40 @@ def bench_tree(quick: bool) -> list[list[Any]]:
     rows.append([B, prefix, N, ms(t_ours), ms(t_dense), ms(t_cudnn), _ratio(t_cudnn, t_ours)])
     print('  tree', rows[-1], flush=True)
   return rows
+
+
+def bench_hopper_tree(quick: bool) -> list[list[Any]]:
+  """Rows of HOPPER_TREE_HEADER: verification of 64 tree nodes (H 32, K 8: 256 query rows
+  per kv head) over a cache already holding them, the same dense mask for every
+  implementation: our Hopper decode kernel (impl='mosaic') on the decoding cache's layout
+  read in place (what the model runs) and on [B, S, K, Dh], cuDNN on [B, S, K, Dh]."""
+  rows = []
+  B, N, H, K, Dh = 8, 64, 32, 8, 128
+  for prefix in ((2048,) if quick else (2048, 8192)):
+    S = prefix + N
+    q = normal(0, (B, N, H, Dh))
+    kc, vc = normal(1, (B, S, K, Dh)), normal(2, (B, S, K, Dh))
+    k_cache, v_cache = jnp.swapaxes(kc, 1, 2), jnp.transpose(vc, (0, 2, 3, 1))
+    dense = tree_over_cache(random_parents(N), jnp.full((B,), prefix, jnp.int32), S)
+    lengths = jnp.full((B,), S, jnp.int32)
+
+    def hopper(q, k, v, dense, layout):
+      return decode_attention(q, k, v, lengths, mask_BxTxS=dense, impl='mosaic',
+                              kv_layout=layout)
+    hopper = jax.jit(hopper, static_argnums=4)
+    cudnn = jax.jit(lambda q, kc, vc, dense: jax.nn.dot_product_attention(
+        q, kc, vc, mask=dense[:, None], implementation='cudnn'))
+    t_cache = _try(lambda: time_call(lambda: hopper(q, k_cache, v_cache, dense, 'cache')))
+    t_hop = _try(lambda: time_call(lambda: hopper(q, kc, vc, dense, 'BSKD')))
+    t_cudnn = _try(lambda: time_call(lambda: cudnn(q, kc, vc, dense)))
+    ms = lambda t: t * 1e3 if isinstance(t, float) else t
+    rows.append([B, prefix, N, ms(t_cache), ms(t_hop), ms(t_cudnn), _ratio(t_cudnn, t_cache)])
+    print('  hopper tree', rows[-1], flush=True)
+  return rows
+
+
+HOPPER_TREE_HEADER = ['B', 'prefix', 'nodes', 'Hopper, cache layout', 'Hopper', 'cuDNN',
+                      'cuDNN / Hopper']
 
 
 def _decode_shapes(quick: bool):

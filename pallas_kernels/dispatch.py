@@ -25,9 +25,11 @@ attention for training, prefill, verification and decoding, `flash_attention`,
   attention/positions  per-token positions (block-causal, padding by negative positions,
                        T != S, bidirectional windows): a per-element rule, no mask array.
   attention/explicit   a dense boolean mask over many query rows (the model's training and
-                       prefill, and verification with T x G > 128 rows per kv head).
+                       prefill: T x G > 512 rows per kv head, or no cache).
   attention/decode     few query rows per kv head (T x G <= 128) over a cache with per-row
                        lengths (decoding; small verification trees; + optional dense mask).
+  attention/verify     128 < T x G <= 512 rows per kv head over a cache with a dense mask
+                       (verifying a wide tree: 64 nodes at G 4 is 256 rows).
   attention/tree       `tree_attention`: tree nodes over a cache prefix, their K/V apart.
   delta_rule/chunked   the chunked (training / prefill) delta rule.
   sampling/top_p       fused temperature + top-p (+ min-p) sampling.
@@ -121,14 +123,14 @@ def refusal(impl: str, entry: dispatch_table.Entry, *, platform: str, dtype: Any
     if name is not None and name not in entry.checked:
       return (f'our kernel has not passed its on-device check in {name} '
               f'(passed: {", ".join(entry.checked) or "none"})')
-  if impl == 'mosaic':  # our Hopper kernels: flash (the causal case) and decode
+  if impl == 'mosaic':  # our Hopper kernels: flash (the causal case), decode (and verify)
     if platform != 'gpu':
       return f'our Hopper kernel needs an NVIDIA GPU of compute capability 9.0+ ({platform})'
     if _compute_capability() < 9.0:
       return (f'our Hopper kernel needs compute capability 9.0+ (this GPU: '
               f'{_compute_capability()})')
-    if case not in ('causal', 'decode'):
-      return f'our Hopper kernels take the causal and decode cases only, not {case!r}'
+    if case not in ('causal', 'decode', 'verify'):
+      return f'our Hopper kernels take the causal, decode and verify cases only, not {case!r}'
     if name is not None and name not in HOPPER_DTYPES:
       return f'our Hopper kernel takes {"/".join(HOPPER_DTYPES)}, not {name}'
     dims = HOPPER_HEAD_DIMS if case == 'causal' else HOPPER_DECODE_HEAD_DIMS

@@ -112,6 +112,15 @@ def proposals_from_results(markdown: str) -> dict[tuple[str, str, str], tuple[st
       out[('attention', 'gpu', 'explicit')] = (
           'pallas' if dense_win and decode_ok else 'cudnn',
           f'cuDNN/ours(dense mask) >= 1 on every row: {dense_win}')
+  # Verification over a cache (128 < T x G <= 512 rows): the Hopper decode kernel against
+  # cuDNN with the same dense mask (the Hopper section's tree table).
+  hop_tree = _section(s, 'Hopper tree verification')
+  hop_tree_win = _all_at_least(hop_tree, 'cuDNN / Hopper', 1.0)
+  if hop_tree_win is not None:
+    hop_tree_ok = _checked(s, 'hopper verify')
+    out[('attention', 'gpu', 'verify')] = (
+        'mosaic' if hop_tree_win and hop_tree_ok else 'cudnn',
+        f'cuDNN/Hopper >= 1 on every row: {hop_tree_win}; checked {hop_tree_ok}')
   decode = _section(s, 'Decode attention')
   dec = _all_at_least(decode, 'ours/XLA speed', 1.0)
   _propose(out, ('attention', 'gpu', 'decode'), dec, decode_ok, 'xla', 'ours/XLA')

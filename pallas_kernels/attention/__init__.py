@@ -9,15 +9,17 @@ impl:
             `decode_attention` (split-K over the slots below the last visible one), longer
             calls to `flash_attention` with the dense mask read per tile and empty tiles
             skipped. 'pallas_gpu' / 'pallas_tpu' pick a kernel family explicitly.
-  'mosaic'  our Hopper kernels where one fits the call, else 'pallas': the decode case goes to
-            the Hopper decode kernel (`decode_attention/hopper.py`, the cache's layout and the
-            mask read in place), the explicit case to the flash kernel as with 'pallas' (the
-            Hopper flash kernel takes no mask array).
+  'mosaic'  our Hopper kernels where one fits the call, else 'pallas': the decode and verify
+            cases go to the Hopper decode kernel (`decode_attention/hopper.py`, the cache's
+            layout and the mask read in place, row blocks of 128 beyond 128 rows, mask tiles
+            only past the slots every query sees), the explicit case to the flash kernel as
+            with 'pallas' (the Hopper flash kernel takes no mask array).
   'auto'    what `pallas_kernels.dispatch` says for this platform and call: case 'decode'
-            (T x G <= 128 over a cache) or 'explicit' (otherwise), the dtype, head dim and
-            lengths, and whether K/V come in the cache layout (which the kernels would copy).
-            On a GPU today: cuDNN for 'explicit' (bf16/fp16), XLA for decoding from the
-            cache layout; XLA on CPU and TPU. `choose_impl` tells which and why.
+            (T x G <= 128 over a cache), 'verify' (T x G <= 512 over a cache) or 'explicit'
+            (otherwise), the dtype, head dim and lengths, and whether K/V come in the cache
+            layout (which the kernels would copy). On a GPU today: cuDNN for 'explicit' and
+            'verify' (bf16/fp16), XLA for decoding from the cache layout; XLA on CPU and TPU.
+            `choose_impl` tells which and why.
 
 The mask-free entry points (causal/block-causal/segments by positions) are
 `pallas_kernels.flash_attention.flash_attention` and
@@ -35,11 +37,15 @@ from pallas_kernels.attention.reference import KV_LAYOUTS, MASK_VALUE, attention
 
 IMPLS = ('auto', 'xla', 'cudnn', 'pallas', 'pallas_gpu', 'pallas_tpu', 'mosaic')
 DECODE_ROWS = 128  # T x G at most this (over a cache): the decode kernel
+VERIFY_ROWS = 512  # T x G at most this (over a cache): verification (the Hopper decode kernel)
 
 
 def call_case(T: int, S: int, G: int) -> str:
-  """The dispatch case of a masked-attention call: 'decode' or 'explicit'."""
-  return 'decode' if T * G <= DECODE_ROWS and S > T else 'explicit'
+  """The dispatch case of a masked-attention call: 'decode', 'verify' or 'explicit'."""
+  if S <= T:
+    return 'explicit'
+  return ('decode' if T * G <= DECODE_ROWS else 'verify' if T * G <= VERIFY_ROWS
+          else 'explicit')
 
 
 def choose_impl(q_BxTxHxDh: jax.Array, k: jax.Array, kv_layout: str = 'BSKD',
@@ -81,14 +87,17 @@ def attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: jax.Arra
   # this file the import of either one first fails with a cycle (tried).
   from pallas_kernels.decode_attention import decode_attention  # pylint: disable=g-import-not-at-top
   from pallas_kernels.flash_attention import flash_attention  # pylint: disable=g-import-not-at-top
-  if impl != 'cudnn' and call_case(T, S, H // K) == 'decode':
+  case = call_case(T, S, H // K)
+  if impl != 'cudnn' and (case == 'decode' or (impl == 'mosaic' and case == 'verify')):
     # Read only the slots up to the last one any query of the row sees; the GPU-style
     # kernel reads the cache layout in place.
     seen_BxS = mask_BxTxS.any(axis=1)
     lengths_B = jnp.max(jnp.where(seen_BxS, jnp.arange(1, S + 1), 0), axis=1)
     return decode_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B,
                             mask_BxTxS=mask_BxTxS, scale=scale, impl=impl, kv_layout=kv_layout)
-  if impl == 'mosaic':  # the explicit case: no Hopper kernel takes a mask array there
+  # The explicit case, and 'verify' for 'pallas': the flash kernel with the dense mask (no
+  # Hopper kernel takes a mask array over many rows).
+  if impl == 'mosaic':
     impl = 'pallas'
   if cache:  # cuDNN and flash take [B, S, K, Dh]: copies
     k_BxSxKxDh = jnp.swapaxes(k_BxSxKxDh, 1, 2)

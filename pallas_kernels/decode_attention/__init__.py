@@ -18,8 +18,9 @@ tokens are passed; see `choose_impl`) | 'xla' | 'pallas' | 'pallas_gpu' | 'palla
 `pallas_kernels.common`) | 'cudnn' (`jax.nn.dot_product_attention` with the visibility as a
 dense mask, new tokens concatenated to the cache) | 'mosaic' (our Hopper kernel, `hopper.py`:
 a producer warpgroup TMA-feeding a ring of K/V (and mask) tiles, wgmma; the cache only (no
-new tokens), T x G <= 128 rows per kv head, bf16/fp16, Dh 64/128, either layout read in
-place; off a GPU it runs in jax's GPU interpret mode).
+new tokens), T x G <= 512 rows per kv head (blocks of 128 beyond 128), bf16/fp16, Dh 64/128,
+either layout read in place, mask tiles read only past the slots every query sees; off a
+GPU it runs in jax's GPU interpret mode).
 """
 
 from __future__ import annotations
@@ -187,14 +188,16 @@ def _kernel_path(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B, mask_BxTxS, new,
   G = H // K
   if family == 'mosaic':  # bs is a HopperDecodeConfig
     R = hopper.rows_for(T * G)
+    Rt = common.round_up(T * G, R)  # row blocks of R
     bk = bs.kv_block(Dh, R)
     Sp = common.round_up(S, bk)
     if cache_layout:
       k, v = common.pad_axis(k_BxSxKxDh, 2, Sp), common.pad_axis(v_BxSxKxDh, 3, Sp)
     else:
       k, v = common.pad_axis(k_BxSxKxDh, 1, Sp), common.pad_axis(v_BxSxKxDh, 1, Sp)
-    o, m, l = hopper.partials(_pack_rows(q_BxTxHxDh, K, R), k, v, lengths_B,
-                              common.pad_axis(_row_mask(mask_BxTxS, G, R), 2, Sp),
+    full = None if mask_BxTxS is None else hopper.full_slots(mask_BxTxS)
+    o, m, l = hopper.partials(_pack_rows(q_BxTxHxDh, K, Rt), k, v, lengths_B,
+                              common.pad_axis(_row_mask(mask_BxTxS, G, Rt), 2, Sp), full,
                               scale=scale, cache_layout=cache_layout, config=bs,
                               interpret=interpret)
     out_BxKxRxDh = gpu.combine(o, m, l, 2.0)[:, :, :T * G]

@@ -1,21 +1,29 @@
 """Decode attention for Hopper GPUs (sm90): split-K partials from a TMA-fed Mosaic GPU kernel.
 
 Decoding is bound by reading the cache, so the kernel's job is to keep loads in flight:
-one program per (kv head, part of the cache, batch row), two warpgroups:
+one program per (kv head and block of query rows, part of the cache, batch row), two
+warpgroups:
 
-  wg 0   consumer: the row's R query rows of this kv head (T new tokens x G query heads,
-         zero-padded to R = 64 or 128, wgmma's M) against each K/V tile: S = Q·Kᵀ (wgmma),
-         online softmax in base 2 over the slots below the row's length (and, with a mask,
-         the slots its mask tile shows), O += P·V (wgmma).
+  wg 0   consumer: R query rows of this kv head (of its T new tokens x G query heads,
+         zero-padded to a multiple of R = 64 or 128, wgmma's M) against each K/V tile:
+         S = Q·Kᵀ (wgmma), online softmax in base 2 over the slots below the row's length
+         (and, with a mask, the slots its mask tile shows), O += P·V (wgmma).
   wg 1   producer: TMA-loads the part's K and V tiles (`block_k` slots), and the mask's
-         [R, block_k] int8 tiles when there is one, into a ring of `stages` shared-memory
+         [R, block_k] int8 tiles where one is needed, into a ring of `stages` shared-memory
          slots, reloading a slot once the consumer frees it.
 
-The row's length is read from shared memory (the lengths are TMA-loaded first), so a part
-past the row's length loads nothing. Both layouts are read in place: [B, S, K, Dh], and the
-decoding cache's (models.cache: k [B, K, S, Dh], v [B, K, Dh, S]; V tiles are [Dh, block_k],
-read by P·V through a transposed view). Outputs are `gpu.partials`' (o unnormalised float32,
-m base 2, l), merged by `gpu.combine`.
+The row's length and its `full` bound (every query of the row sees every slot below it,
+e.g. the committed prefix under a verification tree, or all of a decode step's cache) are
+read from shared memory (TMA-loaded first), so a part past the length loads nothing, and
+the tiles below both bounds are computed without a mask: their mask tiles are never loaded
+and no score is masked. More than 128 rows (a wide verification tree: N nodes x G heads)
+run as several row blocks, one program each, reading the same K/V tiles (from L2 when
+they run together, which the grid order favours).
+
+Both layouts are read in place: [B, S, K, Dh], and the decoding cache's (models.cache:
+k [B, K, S, Dh], v [B, K, Dh, S]; V tiles are [Dh, block_k], read by P·V through a
+transposed view). Outputs are `gpu.partials`' (o unnormalised float32, m base 2, l),
+merged by `gpu.combine`.
 
 On a CPU the kernel runs in jax's GPU interpret mode (`pallas_kernels.mosaic_interpret`),
 with P staged through shared memory (`p_in_smem`).
@@ -40,6 +48,7 @@ from pallas_kernels.flash_attention import hopper as flash_hopper
 LOG2E = math.log2(math.e)
 MASK_VALUE = common.MASK_VALUE
 ROWS = (64, 128)  # query rows per program (T x G zero-padded to one of these): wgmma's M
+MAX_ROWS = 512  # T x G per kv head at most (row blocks of 128): verification-sized calls
 LENGTHS_PAD = 32  # lengths are TMA-loaded: a multiple of 128 bytes of int32
 SMEM_BYTES = 227 * 1024
 # (64, 128): at 256 the float32 partials and two K/V stages do not fit in shared memory.
@@ -70,8 +79,24 @@ class HopperDecodeConfig:
 
 
 def rows_for(n_rows: int) -> int:
-  """The R a call with n_rows = T x G query rows per kv head runs with (64 or 128)."""
-  return next((r for r in ROWS if n_rows <= r), n_rows)
+  """The R (rows per program: 64 or 128) a call with n_rows = T x G query rows per kv head
+  runs with; it runs common.cdiv(n_rows, R) row blocks."""
+  return ROWS[0] if n_rows <= ROWS[0] else ROWS[-1]
+
+
+def full_slots(mask_BxTxS: jax.Array) -> jax.Array:
+  """[B] int32: the number of leading slots every query of the row sees in the mask (the
+  kernel computes the tiles below it, and below the length, without the mask)."""
+  S = mask_BxTxS.shape[-1]
+  seen_by_all = jnp.all(mask_BxTxS, axis=1)
+  return jnp.min(jnp.where(seen_by_all, S, jnp.arange(S, dtype=jnp.int32)), axis=1)
+
+
+def unmasked_tiles(length, full, first, n, block_k: int):
+  """How many of the part's tiles [first, first + n) lie wholly below both the row's length
+  and its full bound: those first ones need no mask (traced int32 scalars)."""
+  below = lax.div(jnp.minimum(length, full), jnp.int32(block_k))
+  return jnp.clip(below - first, 0, n)
 
 
 def smem_bytes(config: HopperDecodeConfig, head_dim: int, itemsize: int = 2, rows: int = 64,
@@ -93,22 +118,24 @@ def unsupported(dtype, head_dim: int, rows: int, *, has_new: bool) -> str | None
             f'{"/".join(dispatch.HOPPER_DTYPES)})')
   if head_dim not in HEAD_DIMS:
     return f'head dim {head_dim} (the Hopper decode kernel takes {HEAD_DIMS})'
-  if rows > ROWS[-1]:
+  if rows > MAX_ROWS:
     return (f'{rows} query rows per kv head (T x G; the Hopper decode kernel takes '
-            f'<= {ROWS[-1]})')
+            f'<= {MAX_ROWS})')
   if has_new:
     return 'new tokens apart from the cache (the Hopper decode kernel reads the cache only)'
   return None
 
 
-def _kernel(len_ref, q_ref, k_ref, v_ref, mask_ref, o_ref, m_ref, l_ref, scratch, *,
+def _kernel(bounds_ref, q_ref, k_ref, v_ref, mask_ref, o_ref, m_ref, l_ref, scratch, *,
             scale: float, block_k: int, blocks_per_part: int, stages: int, cache_layout: bool,
-            p_in_smem: bool, interpret: bool):
+            row_blocks: int, p_in_smem: bool, interpret: bool):
   import jax.experimental.pallas.mosaic_gpu as plgpu  # pylint: disable=g-import-not-at-top
-  ((len_smem, q_smem, k_smem, v_smem, mask_smem, p_smem, o_smem, m_smem, l_smem),
-   (len_bar, q_bar, k_full, v_full, mask_full, k_free, v_free)) = scratch
+  ((bounds_smem, q_smem, k_smem, v_smem, mask_smem, p_smem, o_smem, m_smem, l_smem),
+   (bounds_bar, q_bar, k_full, v_full, mask_full, k_free, v_free)) = scratch
   rows = q_smem.shape[0]
-  h = lax.axis_index('heads')
+  hr = lax.axis_index('heads')  # kv head h, row block rb: neighbours share K/V tiles
+  h, rb = lax.div(hr, jnp.int32(row_blocks)), lax.rem(hr, jnp.int32(row_blocks))
+  row_slice = pl.ds(rb * rows, rows)
   part = lax.axis_index('parts')
   b = lax.axis_index('batch')
   wg = lax.axis_index('wg')
@@ -117,36 +144,43 @@ def _kernel(len_ref, q_ref, k_ref, v_ref, mask_ref, o_ref, m_ref, l_ref, scratch
 
   @pl.when(wg == 0)
   def _():
-    plgpu.copy_gmem_to_smem(len_ref, len_smem, len_bar.at[0])
-  plgpu.barrier_wait(len_bar.at[0])
-  length = len_smem[b]
+    plgpu.copy_gmem_to_smem(bounds_ref, bounds_smem, bounds_bar.at[0])
+  plgpu.barrier_wait(bounds_bar.at[0])
+  length = bounds_smem[b]
   first = part * blocks_per_part
   n = jnp.maximum(jnp.minimum(first + blocks_per_part,
                               lax.div(length + block_k - 1, jnp.int32(block_k))) - first, 0)
+  # Tiles [0, n_free) of the part need no mask: every query of the row sees all their slots.
+  full = length if mask_ref is None else bounds_smem[bounds_smem.shape[0] // 2 + b]
+  n_free = unmasked_tiles(length, full, first, n, block_k)
   wgmma_layout = plgpu.Layout.WGMMA
   c = scale * LOG2E
 
   @pl.when(wg == 0)
   def _consumer():
-    plgpu.copy_gmem_to_smem(q_ref.at[b, h], q_smem, q_bar.at[0])
+    plgpu.copy_gmem_to_smem(q_ref.at[b, h, row_slice], q_smem, q_bar.at[0])
     plgpu.barrier_wait(q_bar.at[0])
 
-    def tile(i, carry):
+    def tile(i, carry, masked: bool):
       acc, m, l = carry
       slot = lax.rem(i, jnp.int32(stages))
       plgpu.barrier_wait(k_full.at[slot])
 
       s = mosaic_interpret.mma(None, q_smem, plgpu.transpose_ref(k_smem.at[slot], (1, 0)),
                                (rows, block_k), interpret)
-      cols = (first + i) * block_k + mosaic_interpret.iota(jnp.int32, s.shape, 1,
-                                                           wgmma_layout, interpret)
-      visible = cols < length
-      if mask_ref is not None:  # the mask tile travels with the K tile, freed with it
-        plgpu.barrier_wait(mask_full.at[slot])
-        visible = visible & (mosaic_interpret.load(mask_smem.at[slot], wgmma_layout,
-                                                    interpret) != 0)
-      plgpu.barrier_arrive(k_free.at[slot])
-      s = jnp.where(visible, s * c, MASK_VALUE)
+      if masked:
+        cols = (first + i) * block_k + mosaic_interpret.iota(jnp.int32, s.shape, 1,
+                                                             wgmma_layout, interpret)
+        visible = cols < length
+        if mask_ref is not None:  # the mask tile travels with the K tile, freed with it
+          plgpu.barrier_wait(mask_full.at[slot])
+          visible = visible & (mosaic_interpret.load(mask_smem.at[slot], wgmma_layout,
+                                                      interpret) != 0)
+        plgpu.barrier_arrive(k_free.at[slot])
+        s = jnp.where(visible, s * c, MASK_VALUE)
+      else:
+        plgpu.barrier_arrive(k_free.at[slot])
+        s = s * c
       p, acc, m_new, l = flash_hopper.online_softmax(s, acc, m, l, dtype)
       plgpu.barrier_wait(v_full.at[slot])
       lhs = mosaic_interpret.operand(p, p_smem, p_in_smem)
@@ -161,14 +195,15 @@ def _kernel(len_ref, q_ref, k_ref, v_ref, mask_ref, o_ref, m_ref, l_ref, scratch
                                     interpret),
             mosaic_interpret.layout(jnp.full((rows,), MASK_VALUE, jnp.float32), row, interpret),
             mosaic_interpret.layout(jnp.zeros((rows,), jnp.float32), row, interpret))
-    acc, m, l = lax.fori_loop(0, n, tile, init)
+    carry = lax.fori_loop(0, n_free, functools.partial(tile, masked=False), init)
+    acc, m, l = lax.fori_loop(n_free, n, functools.partial(tile, masked=True), carry)
     o_smem[...] = acc
     m_smem[...] = m
     l_smem[...] = l
     plgpu.commit_smem()
-    plgpu.copy_smem_to_gmem(o_smem, o_ref.at[b, h, part])
-    plgpu.copy_smem_to_gmem(m_smem, m_ref.at[b, h, part])
-    plgpu.copy_smem_to_gmem(l_smem, l_ref.at[b, h, part])
+    plgpu.copy_smem_to_gmem(o_smem, o_ref.at[b, h, part, row_slice])
+    plgpu.copy_smem_to_gmem(m_smem, m_ref.at[b, h, part, row_slice])
+    plgpu.copy_smem_to_gmem(l_smem, l_ref.at[b, h, part, row_slice])
     plgpu.wait_smem_to_gmem(0)
 
   @pl.when(wg == 1)
@@ -179,57 +214,69 @@ def _kernel(len_ref, q_ref, k_ref, v_ref, mask_ref, o_ref, m_ref, l_ref, scratch
       k_at, v_at = (lambda j: k_ref.at[b, h, slots(j)]), (lambda j: v_ref.at[b, h, :, slots(j)])
     else:
       k_at, v_at = (lambda j: k_ref.at[b, slots(j), h]), (lambda j: v_ref.at[b, slots(j), h])
-    with_k = None if mask_ref is None else (lambda j, slot: plgpu.copy_gmem_to_smem(
-        mask_ref.at[b, :, slots(j)], mask_smem.at[slot], mask_full.at[slot]))
+    def with_k(j, slot):  # a mask tile only where the consumer masks (tiles >= n_free)
+      @pl.when(j - first >= n_free)
+      def _():
+        plgpu.copy_gmem_to_smem(mask_ref.at[b, row_slice, slots(j)], mask_smem.at[slot],
+                                mask_full.at[slot])
     flash_hopper.stream_kv(k_at, v_at, k_smem, v_smem, (k_full, v_full), (k_free, v_free),
-                           first, first + n, stages, with_k)
+                           first, first + n, stages, None if mask_ref is None else with_k)
 
 
-def partials(q_BxKxRxDh, k, v, lengths_B, mask_BxRxS=None, *, scale: float,
+def partials(q_BxKxRxDh, k, v, lengths_B, mask_BxRxS=None, full_B=None, *, scale: float,
              cache_layout: bool, config: HopperDecodeConfig = HopperDecodeConfig(),
              interpret=False):
   """(o [B, K, P, R, Dh] float32 unnormalised, m [B, K, P, R] base 2, l [B, K, P, R]).
 
-  q_BxKxRxDh: R = 64 or 128 rows per kv head (pad first, `rows_for`). k, v: [B, S, K, Dh],
-  or with `cache_layout` k [B, K, S, Dh] and v [B, K, Dh, S]; S a multiple of the K/V tile
-  (`config.kv_block(Dh, R)`). lengths_B: int, slots >= lengths[b] are never read.
-  mask_BxRxS: optional int8, nonzero = visible (ANDed with the lengths), one row per query
-  row. interpret: False on the GPU, else truthy (jax's GPU interpret mode; needs p_in_smem).
+  q_BxKxRxDh: the query rows of each kv head, R = 64, or a multiple of 128 up to MAX_ROWS
+  (pad first: `rows_for` gives the block; each block of rows is one program). k, v:
+  [B, S, K, Dh], or with `cache_layout` k [B, K, S, Dh] and v [B, K, Dh, S]; S a multiple of
+  the K/V tile (`config.kv_block(Dh, R)`). lengths_B: int, slots >= lengths[b] are never
+  read. mask_BxRxS: optional int8, nonzero = visible (ANDed with the lengths), one row per
+  query row. full_B: with a mask, int: every query row of row b sees the slots below
+  full_B[b] (`full_slots`); tiles below it (and below the length) are computed without
+  their mask tiles. None = 0: every tile is masked. interpret: False on the GPU, else truthy
+  (jax's GPU interpret mode; needs p_in_smem).
   """
   import jax.experimental.pallas.mosaic_gpu as plgpu  # pylint: disable=g-import-not-at-top
-  B, K, R, Dh = q_BxKxRxDh.shape
+  B, K, Rt, Dh = q_BxKxRxDh.shape
   S = k.shape[2] if cache_layout else k.shape[1]
-  bk, stages = config.kv_block(Dh, R), config.stages
-  has_mask = mask_BxRxS is not None
-  why = unsupported(q_BxKxRxDh.dtype, Dh, R, has_new=False)
+  why = unsupported(q_BxKxRxDh.dtype, Dh, Rt, has_new=False)
   if why:
     raise ValueError(f'Hopper decode attention: unsupported {why}.')
-  if R not in ROWS:
-    raise ValueError(f'Hopper decode attention wants R in {ROWS} query rows (pad first); '
-                     f'got {R}.')
+  R = rows_for(Rt)
+  if Rt % R or (Rt > ROWS[-1] and R != ROWS[-1]):
+    raise ValueError(f'Hopper decode attention wants {ROWS[0]} query rows or a multiple of '
+                     f'{ROWS[-1]} (pad first: rows_for); got {Rt}.')
+  row_blocks = Rt // R
+  bk, stages = config.kv_block(Dh, R), config.stages
+  has_mask = mask_BxRxS is not None
   need = smem_bytes(config, Dh, q_BxKxRxDh.dtype.itemsize, R, has_mask)
   if need > SMEM_BYTES:
     raise ValueError(f'{config} needs {need} bytes of shared memory at Dh {Dh} and {R} rows; '
                      f'sm90 has {SMEM_BYTES}. Use fewer stages or a smaller block_k.')
   if S % bk:
     raise ValueError(f'S = {S} must be a multiple of block_k = {bk} (pad first).')
-  if has_mask and mask_BxRxS.shape != (B, R, S):
-    raise ValueError(f'mask_BxRxS is {mask_BxRxS.shape}, wants {(B, R, S)} int8.')
+  if has_mask and mask_BxRxS.shape != (B, Rt, S):
+    raise ValueError(f'mask_BxRxS is {mask_BxRxS.shape}, wants {(B, Rt, S)} int8.')
   if interpret and not config.p_in_smem:
     raise ValueError('Interpreting the Hopper decode kernel needs p_in_smem=True.')
   nblk = S // bk
-  parts = config.num_parts or common.cdiv(264, B * K)
+  parts = config.num_parts or common.cdiv(264, B * K * row_blocks)
   parts = max(1, min(parts, nblk))
   per_part = common.cdiv(nblk, parts)
   parts = common.cdiv(nblk, per_part)
   Bp = common.round_up(B, LENGTHS_PAD)
-  lengths = common.pad_axis(jnp.asarray(lengths_B, jnp.int32), 0, Bp)
+  full = jnp.zeros((B,), jnp.int32) if full_B is None else jnp.asarray(full_B, jnp.int32)
+  bounds = jnp.concatenate([  # lengths, then the full bounds (both read from shared memory)
+      common.pad_axis(jnp.asarray(lengths_B, jnp.int32), 0, Bp),
+      common.pad_axis(jnp.broadcast_to(full, (B,)), 0, Bp)])
   tr = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
   mask_swizzle = min(128, bk)  # int8: one byte a slot
   mask_tr = (plgpu.TilingTransform((8, mask_swizzle)), plgpu.SwizzleTransform(mask_swizzle))
   dt = q_BxKxRxDh.dtype
   smem = (
-      plgpu.SMEM((Bp,), jnp.int32),
+      plgpu.SMEM((2 * Bp,), jnp.int32),
       plgpu.SMEM((R, Dh), dt, transforms=tr),
       plgpu.SMEM((stages, bk, Dh), dt, transforms=tr),
       plgpu.SMEM((stages, Dh, bk) if cache_layout else (stages, bk, Dh), dt, transforms=tr),
@@ -245,24 +292,24 @@ def partials(q_BxKxRxDh, k, v, lengths_B, mask_BxRxS=None, *, scale: float,
               plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages))
   interpreting = bool(interpret)
   body = functools.partial(_kernel, scale=scale, block_k=bk, blocks_per_part=per_part,
-                           stages=stages, cache_layout=cache_layout,
+                           stages=stages, cache_layout=cache_layout, row_blocks=row_blocks,
                            p_in_smem=config.p_in_smem, interpret=interpreting)
 
-  def entry(len_ref, q_ref, k_ref, v_ref, *rest):
+  def entry(bounds_ref, q_ref, k_ref, v_ref, *rest):
     mask_ref = rest[0] if has_mask else None
     o_ref, m_ref, l_ref = rest[-3:]
     pl.run_scoped(
-        lambda *s: body(len_ref, q_ref, k_ref, v_ref, mask_ref, o_ref, m_ref, l_ref, s),
+        lambda *s: body(bounds_ref, q_ref, k_ref, v_ref, mask_ref, o_ref, m_ref, l_ref, s),
         smem, barriers, collective_axes='wg')
 
   f32 = jnp.float32
-  args = (lengths, q_BxKxRxDh, k, v) + ((mask_BxRxS.astype(jnp.int8),) if has_mask else ())
+  args = (bounds, q_BxKxRxDh, k, v) + ((mask_BxRxS.astype(jnp.int8),) if has_mask else ())
   return plgpu.kernel(
       entry,
-      out_type=(jax.ShapeDtypeStruct((B, K, parts, R, Dh), f32),
-                jax.ShapeDtypeStruct((B, K, parts, R), f32),
-                jax.ShapeDtypeStruct((B, K, parts, R), f32)),
-      grid=(K, parts, B),
+      out_type=(jax.ShapeDtypeStruct((B, K, parts, Rt, Dh), f32),
+                jax.ShapeDtypeStruct((B, K, parts, Rt), f32),
+                jax.ShapeDtypeStruct((B, K, parts, Rt), f32)),
+      grid=(K * row_blocks, parts, B),  # a kv head's row blocks next to each other
       grid_names=('heads', 'parts', 'batch'),
       num_threads=2,
       thread_name='wg',

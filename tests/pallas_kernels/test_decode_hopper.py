@@ -69,6 +69,81 @@ def test_decode_equals_the_definition(layout, T, H, K, S, Dh, lengths, block_k, 
   assert np.abs(got[~empty] - want[~empty]).max() < 1e-2 * max(1.0, np.abs(want).max())
 
 
+def _tree_mask(B, T, S, prefix, seed=3):
+  """[B, T, S]: query t of row b sees the slots below prefix[b] and, of the T slots after
+  it, a random set including its own (a verification tree's shape, any visibility)."""
+  among = (jax.random.bernoulli(jax.random.key(seed), 0.5, (B, T, T))
+           | jnp.eye(T, dtype=bool))
+  rel = jnp.arange(S)[None, None, :] - jnp.asarray(prefix)[:, None, None]
+  tree = jnp.take_along_axis(among, jnp.clip(rel, 0, T - 1) * jnp.ones((B, T, 1), int),
+                             axis=2)
+  return (rel < 0) | ((rel < T) & tree)
+
+
+# (T, H, K, S, lengths, prefix, parts): T x G rows in several blocks
+WIDE = [
+    (40, 8, 2, 300, [300, 230], [260, 190], 2),   # 160 rows: 2 blocks of 128
+    (96, 4, 1, 200, [170], [70], 0),              # 384 rows: 3 blocks, automatic parts
+]
+
+
+@pytest.mark.parametrize('layout', ['BSKD', 'cache'])
+@pytest.mark.parametrize('T,H,K,S,lengths,prefix,parts', WIDE)
+def test_wide_verification_equals_the_definition(layout, T, H, K, S, lengths, prefix, parts):
+  """More than 128 query rows per kv head (a wide tree over a cache): row blocks of 128,
+  the prefix's tiles computed without the mask, the tree's tiles with it."""
+  B = len(lengths)
+  q, k, v = _arrays(B, T, S, H, K, 64)
+  lengths = jnp.asarray(lengths, jnp.int32)
+  mask = _tree_mask(B, T, S, prefix)
+  np.testing.assert_array_equal(np.asarray(hopper.full_slots(mask)), prefix)
+  kk, vv = _cache(k, v) if layout == 'cache' else (k, v)
+  out = decode_attention(q, kk, vv, lengths, mask_BxTxS=mask, impl='mosaic', kv_layout=layout,
+                         hopper_config=HopperDecodeConfig(num_parts=parts))
+  want = _reference(q, k, v, lengths, mask)
+  assert np.abs(np.asarray(out, np.float64) - want).max() < 1e-2 * max(1.0, np.abs(want).max())
+
+
+def test_full_bound_and_unmasked_tiles():
+  """full_slots counts the leading slots every query sees (S when all, 0 when slot 0 is
+  hidden from one); unmasked_tiles keeps the tiles wholly below both bounds, within the
+  part (brute force)."""
+  mask = jnp.ones((3, 2, 10), bool).at[1, 1, 4].set(False).at[2, 0, 0].set(False)
+  np.testing.assert_array_equal(np.asarray(hopper.full_slots(mask)), [10, 4, 0])
+  bk = 64
+  for length in (0, 63, 64, 200, 512):
+    for full in (0, 64, 100, 512):
+      for first, n in ((0, 8), (2, 3), (5, 3)):
+        want = sum(1 for t in range(first, first + n)
+                   if (t + 1) * bk <= min(length, full))
+        got = hopper.unmasked_tiles(jnp.int32(length), jnp.int32(full), jnp.int32(first),
+                                    jnp.int32(n), bk)
+        assert int(got) == want, (length, full, first, n)
+
+
+def test_tiles_below_the_full_bound_read_no_mask():
+  """Told (falsely) that every query sees every slot, the kernel ignores the mask on the
+  tiles wholly below the length and applies it on the last partial tile: so the mask tiles
+  below the bound are never read."""
+  q, k, v = _arrays(1, 2, 256, 4, 1, 64)
+  packed = jnp.zeros((1, 1, 64, 64), BF16).at[:, :, :8].set(
+      q[0].reshape(1, 1, 8, 64))
+  mask = jax.random.bernoulli(jax.random.key(5), 0.5, (1, 2, 256)).at[:, :, 0].set(True)
+  rows = jnp.zeros((1, 64, 256), jnp.int8).at[:, :8].set(
+      jnp.repeat(mask, 4, axis=1).astype(jnp.int8))
+  length = jnp.array([150])
+  cfg = HopperDecodeConfig(block_k=64, num_parts=1, p_in_smem=True)
+  o, m, l = hopper.partials(packed, k, v, length, rows, jnp.array([256]), scale=0.125,
+                            cache_layout=False, config=cfg, interpret=True)
+  got = np.asarray(gpu.combine(o, m, l)[0, 0, :8]).reshape(2, 4, 64)
+  seen = np.asarray(mask).copy()
+  seen[:, :, :128] = True  # the two whole tiles below the length: unmasked
+  want = _reference(q, k, v, length, jnp.asarray(seen))[0]
+  assert np.abs(got - want).max() < 1e-2
+  wrong = _reference(q, k, v, length, mask)[0]  # what honouring the mask there gives
+  assert np.abs(got - wrong).max() > 0.05
+
+
 def test_partials_of_a_part_past_the_length_are_empty():
   q, k, v = _arrays(1, 1, 256, 4, 1, 64)
   packed = jnp.zeros((1, 1, 64, 64), BF16).at[:, :, :4].set(q[:, 0].reshape(1, 1, 4, 64))
@@ -96,21 +171,30 @@ def test_gradient_is_the_references():
                                atol=1e-6)
 
 
-@pytest.mark.parametrize('Dh,cache', [(64, False), (128, False), (128, True)])
-def test_lowers_for_cuda(Dh, cache):
+@pytest.mark.parametrize('Dh,cache,rows', [(64, False, 64), (128, False, 64),
+                                           (128, True, 64), (128, True, 256)])
+def test_lowers_for_cuda(Dh, cache, rows):
+  """For the GPU (P from registers), and with 256 rows (a 64-node tree at G 4) and a mask:
+  two row blocks of 128, shared memory within sm90's."""
   B, K, S = 8, 8, 4096
   sd = lambda *s: jax.ShapeDtypeStruct(s, BF16)
   kv = (sd(B, K, S, Dh), sd(B, K, Dh, S)) if cache else (sd(B, S, K, Dh), sd(B, S, K, Dh))
-  f = lambda q, k, v, n: hopper.partials(q, k, v, n, scale=0.1, cache_layout=cache)
-  text = export.export(jax.jit(f), platforms=['cuda'])(
-      sd(B, K, 64, Dh), *kv, jax.ShapeDtypeStruct((B,), jnp.int32)).mlir_module()
+  n = jax.ShapeDtypeStruct((B,), jnp.int32)
+  if rows > 128:
+    f = lambda q, k, v, n, mask: hopper.partials(q, k, v, n, mask, n, scale=0.1,
+                                                 cache_layout=cache)
+    args = (sd(B, K, rows, Dh), *kv, n, jax.ShapeDtypeStruct((B, rows, S), jnp.int8))
+  else:
+    f = lambda q, k, v, n: hopper.partials(q, k, v, n, scale=0.1, cache_layout=cache)
+    args = (sd(B, K, rows, Dh), *kv, n)
+  text = export.export(jax.jit(f), platforms=['cuda'])(*args).mlir_module()
   assert 'mosaic_gpu' in text
 
 
 @pytest.mark.parametrize('kw,words', [
     (dict(dtype=F32), 'dtype float32'),
     (dict(Dh=256), 'head dim 256'),
-    (dict(T=40), '160 query rows'),
+    (dict(T=130), '520 query rows'),
     (dict(new=True), 'new tokens'),
 ])
 def test_refuses_what_it_cannot_run(kw, words):
@@ -166,3 +250,46 @@ def test_the_model_decodes_with_the_hopper_kernel():
   for a, b in zip(outs['mosaic'], outs['xla']):
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
     assert np.abs(a - b).max() < 3e-2 * np.abs(b).max()
+
+
+def test_the_model_verifies_a_wide_tree_with_the_hopper_kernel(monkeypatch):
+  """attention_impl='mosaic' over a cache with 40 tree nodes at G 4 (160 rows per kv head:
+  the verify case) runs the Hopper decode kernel (two row blocks) and gives the logits and
+  cache of attention_impl='xla'."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from testlib import small_config  # pylint: disable=g-import-not-at-top
+  from models import (Cache, Transformer, init_params,  # pylint: disable=g-import-not-at-top
+                      local_to_cache_mask, tree_mask)
+  from pallas_kernels import attention as attention_ops  # pylint: disable=g-import-not-at-top
+  cfg = small_config(num_layers=1, d_model=64, num_heads=8, num_kv_heads=2, head_dim=64,
+                     dtype='bfloat16')
+  models = {impl: Transformer(dataclasses.replace(cfg, attention_impl=impl))
+            for impl in ('xla', 'mosaic')}
+  params = init_params(models['xla'], jax.random.key(0))
+  B, P, N, S = 2, 7, 40, 64
+  assert attention_ops.call_case(N, S, 4) == 'verify'
+  calls = []
+  partials = hopper.partials
+  monkeypatch.setattr(hopper, 'partials', lambda q, *a, **k: calls.append(q.shape) or
+                      partials(q, *a, **k))
+  prompt = jax.random.randint(jax.random.key(2), (B, P), 0, cfg.vocab_size)
+  parents = jnp.asarray([-1] + [int(p) for p in np.random.default_rng(1).integers(
+      0, np.arange(1, N))])
+  depth = np.zeros(N, int)
+  for i in range(1, N):
+    depth[i] = depth[int(parents[i])] + 1
+  toks = jax.random.randint(jax.random.key(3), (B, N), 0, cfg.vocab_size)
+  outs = {}
+  for impl, model in models.items():  # eager: see the note at the top of test_flash_hopper.py
+    apply = lambda *a, model=model, **k: model.apply({'params': params}, *a, **k)
+    pre = apply(prompt, jnp.broadcast_to(jnp.arange(P), (B, P)), cache=Cache.init(cfg, B, S))
+    lengths = pre.cache.lengths
+    slots = lengths[:, None] + jnp.arange(N)
+    mask = local_to_cache_mask(jnp.broadcast_to(tree_mask(parents), (B, N, N)), slots,
+                               lengths, S)
+    out = apply(toks, lengths[:, None] + jnp.asarray(depth), cache=pre.cache,
+                write_slots_BxT=slots, attn_mask=mask)
+    outs[impl] = out.logits_BxTxV
+  assert (2, 2, 256, 64) in calls  # B, K, two row blocks of 128 rows, Dh
+  a, b = (np.asarray(outs[i], np.float32) for i in ('mosaic', 'xla'))
+  assert np.abs(a - b).max() < 3e-2 * np.abs(b).max()

@@ -97,6 +97,10 @@ DECISIONS = [
     ('attention', 'decode', 'gpu', BF16, 128, 1, 4096, {'cache_layout': True}, 'xla', 'not yet checked'),
     ('attention', 'decode', 'gpu', F32, 128, 1, 4096, {}, 'xla', 'float32'),
     ('attention', 'decode', 'tpu', BF16, 128, 1, 4096, {}, 'xla', 'TPU'),
+    ('attention', 'verify', 'gpu', BF16, 128, 64, 2112, {'has_mask': True}, 'cudnn', '0.2915'),
+    ('attention', 'verify', 'gpu', BF16, 128, 63, 2112, {'has_mask': True}, 'pallas', 'even'),
+    ('attention', 'verify', 'gpu', F32, 128, 64, 2112, {'has_mask': True}, 'xla', ''),
+    ('attention', 'verify', 'tpu', BF16, 128, 64, 2112, {'has_mask': True}, 'xla', 'TPU'),
     ('attention', 'tree', 'gpu', BF16, 128, 64, 2048, {'has_mask': True}, 'cudnn', '0.5632'),
     ('attention', 'tree', 'gpu', F32, 128, 64, 2048, {'has_mask': True}, 'xla', ''),
     ('delta_rule', 'chunked', 'gpu', F32, None, None, None, {}, 'xla', 'failed'),
@@ -172,6 +176,13 @@ def test_entry_points_read_the_faked_platform(fake_gpu):
   k_cache = jnp.swapaxes(kc, 1, 2)  # [B, K, S, Dh]: the kernels would copy it
   assert attention_ops.choose_impl(q1, k_cache, kv_layout='cache').impl == 'xla'
   assert attention_ops.choose_impl(q, k).impl == 'cudnn'
+  # Rows per kv head (T x G, G 4 here) over a cache decide the case; no cache: explicit.
+  assert [attention_ops.call_case(T, S, 4) for T, S in ((1, 256), (32, 256), (64, 256),
+                                                       (129, 1024), (64, 64))] == [
+      'decode', 'decode', 'verify', 'explicit', 'explicit']
+  q64, kv, _ = _arrays(T=64, S=2112, H=8, K=2, dtype=BF16)
+  verify = attention_ops.choose_impl(q64, kv)
+  assert verify.impl == 'cudnn' and '0.2915' in verify.reason
   assert attention_ops.choose_impl(q, k, platform='cpu').impl == 'xla'
   assert decode_choose(q1, kc).impl == 'pallas'
   q4 = q[:, :4]  # 4 tree nodes over 256 slots: T 4 and S 260 even, as cuDNN needs

@@ -307,7 +307,9 @@ def _entry(checked=('bfloat16',)):
 
 @pytest.mark.parametrize('kw,words', [
     (dict(platform='cpu'), 'NVIDIA GPU'),
-    (dict(case='segments'), 'causal and decode cases only'),
+    (dict(case='segments'), 'causal, decode and verify cases only'),
+    (dict(case='explicit'), 'causal, decode and verify cases only'),
+    (dict(case='verify', head_dim=256), 'verify kernel takes head dims (64, 128), not 256'),
     (dict(dtype=F32), 'not float32'),
     (dict(head_dim=96), 'not 96'),
     (dict(case='decode', head_dim=256), 'decode kernel takes head dims (64, 128), not 256'),
@@ -318,8 +320,9 @@ def test_dispatch_refuses_the_hopper_kernel_where_it_cannot_run(kw, words):
   args.update(kw)
   entry = args.pop('entry')
   assert words in dispatch.refusal('mosaic', entry, **args)
-  assert dispatch.refusal('mosaic', _entry(), platform='gpu', case='causal', dtype=BF16,
-                          head_dim=128) is None
+  for case in ('causal', 'decode', 'verify'):
+    assert dispatch.refusal('mosaic', _entry(), platform='gpu', case=case, dtype=BF16,
+                            head_dim=128) is None
 
 
 def _table(heading: str, header: list[str], *rows: dict) -> str:
@@ -356,6 +359,19 @@ def test_refresh_proposes_the_hopper_kernel_only_when_it_wins_and_passed():
   # Training runs the forward and the (Triton) backward: both must win.
   assert dispatch_refresh.proposals_from_results(
       _results(1.16, True, hopper_both=0.75))[causal][0] == 'cudnn'
+
+
+def test_refresh_proposes_the_hopper_kernel_for_verification_when_it_beats_cudnn():
+  def results(cudnn_over_hopper: float, ok: bool) -> str:
+    return (_table('Correctness of the Hopper kernels on gpu', CHECK_HEADER,
+                   _check_row('hopper verify (cache, tree mask)', ok))
+            + _table('Hopper tree verification, bf16', kernel_speed.HOPPER_TREE_HEADER,
+                     {'cuDNN / Hopper': cudnn_over_hopper}, {'cuDNN / Hopper': 1.7}))
+  verify = ('attention', 'gpu', 'verify')
+  assert dispatch_refresh.proposals_from_results(results(1.6, True))[verify][0] == 'mosaic'
+  assert dispatch_refresh.proposals_from_results(results(1.6, False))[verify][0] == 'cudnn'
+  assert dispatch_refresh.proposals_from_results(results(0.8, True))[verify][0] == 'cudnn'
+  assert verify not in dispatch_refresh.proposals_from_results(results(0.8, True)[:60])
 
 
 def test_refresh_proposes_the_hopper_decode_kernel_when_its_cache_layout_rows_win():
