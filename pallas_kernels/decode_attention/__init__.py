@@ -40,7 +40,7 @@ from pallas_kernels.decode_attention import hopper
 from pallas_kernels.decode_attention import tpu
 from pallas_kernels.decode_attention.reference import (ancestor_mask,
                                                        decode_attention_reference,
-                                                       visible_slots)
+                                                       full_slots, visible_slots)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +195,7 @@ def _kernel_path(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B, mask_BxTxS, new,
       k, v = common.pad_axis(k_BxSxKxDh, 2, Sp), common.pad_axis(v_BxSxKxDh, 3, Sp)
     else:
       k, v = common.pad_axis(k_BxSxKxDh, 1, Sp), common.pad_axis(v_BxSxKxDh, 1, Sp)
-    full = None if mask_BxTxS is None else hopper.full_slots(mask_BxTxS)
+    full = None if mask_BxTxS is None else full_slots(mask_BxTxS)
     o, m, l = hopper.partials(_pack_rows(q_BxTxHxDh, K, Rt), k, v, lengths_B,
                               common.pad_axis(_row_mask(mask_BxTxS, G, Rt), 2, Sp), full,
                               scale=scale, cache_layout=cache_layout, config=bs,
@@ -241,7 +241,8 @@ def _kernel_path(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B, mask_BxTxS, new,
                     num_parts=common.cdiv(nblk, per_part), has_mask=mask is not None,
                     has_new=has_new, interpret=interpret, num_warps=bs.num_warps,
                     num_stages=bs.num_stages, cache_layout=cache_layout)
-    o, m, l = gpu.partials(q, k, v, lengths_B, mask, kn, vn, nmask, st)
+    full = None if mask_BxTxS is None else full_slots(mask_BxTxS)
+    o, m, l = gpu.partials(q, k, v, lengths_B, mask, kn, vn, nmask, st, full)
     base = 2.0
   out_BxKxRxDh = gpu.combine(o, m, l, base)[:, :, :T * G, :Dh]
   out = out_BxKxRxDh.reshape(B, K, T, G, Dh).transpose(0, 2, 1, 3, 4).reshape(B, T, H, Dh)

@@ -9,6 +9,9 @@ once per kv head, not once per query head. Parts return (o, m, l) in base 2; `co
 merges them (log-sum-exp weights) outside the kernel.
 
 Reads only the slots below each row's length: the cost is bytes of K/V actually attended.
+With a mask, the key blocks wholly below the row's `full` bound (slots every query of the
+row sees: the prefix under a tree, a decode step's cache) are computed without it, and
+their mask blocks are never loaded.
 The cache is never copied when S is a multiple of the key block and Dh a power of two >= 16.
 K/V come as [B, S, K, Dh], or (`Static.cache_layout`) as the decoding cache stores them,
 k [B, K, S, Dh] and v [B, K, Dh, S]: value tiles are then [Dh, bk] and p.v contracts their
@@ -53,18 +56,21 @@ def _dot(a, b, contract=(1, 1)):
 
 
 def _online(carry, s, vis, v, v_t=False):
-  """One flash step over a [R, bk] score tile (base 2) with visibility `vis`; v is
-  [bk, Dh], or [Dh, bk] when `v_t`."""
+  """One flash step over a [R, bk] score tile (base 2) with visibility `vis` (None: every
+  score visible); v is [bk, Dh], or [Dh, bk] when `v_t`."""
   o, m, l = carry
-  s = jnp.where(vis, s, MASK_VALUE)
+  if vis is not None:
+    s = jnp.where(vis, s, MASK_VALUE)
   m_new = jnp.maximum(m, s.max(axis=1))
   alpha = jnp.exp2(m - m_new)
-  p = jnp.where(vis, jnp.exp2(s - m_new[:, None]), 0.0)
+  p = jnp.exp2(s - m_new[:, None])
+  if vis is not None:
+    p = jnp.where(vis, p, 0.0)
   return (alpha[:, None] * o + _dot(p.astype(v.dtype), v, (1, 1) if v_t else (1, 0)), m_new,
           alpha * l + p.sum(axis=1))
 
 
-def _kernel(len_ref, q_ref, k_ref, v_ref, *refs, st: Static):
+def _kernel(len_ref, full_ref, q_ref, k_ref, v_ref, *refs, st: Static):
   refs = list(refs)
   mask_ref = refs.pop(0) if st.has_mask else None
   knew_ref, vnew_ref, nmask_ref = (refs.pop(0), refs.pop(0), refs.pop(0)) if st.has_new else (
@@ -80,18 +86,23 @@ def _kernel(len_ref, q_ref, k_ref, v_ref, *refs, st: Static):
           jnp.zeros((R,), jnp.float32))
 
   def cache_part(carry):
-    def body(j, c):
+    def body(j, c, masked: bool):
       ks = pl.ds(pl.multiple_of(j * bk, bk), bk)
       s = _dot(q, k_ref[ks, :]) * qk_scale
-      vis = (j * bk + lax.broadcasted_iota(jnp.int32, (1, bk), 1)) < length
-      if mask_ref is not None:
-        vis = vis & (mask_ref[:, ks] != 0)
+      vis = None
+      if masked:
+        vis = (j * bk + lax.broadcasted_iota(jnp.int32, (1, bk), 1)) < length
+        if mask_ref is not None:
+          vis = vis & (mask_ref[:, ks] != 0)
       if st.cache_layout:
         return _online(c, s, vis, v_ref[:, ks], v_t=True)
       return _online(c, s, vis, v_ref[ks, :])
     first = part * st.blocks_per_part
-    last = jnp.minimum(first + st.blocks_per_part, pl.cdiv(length, bk))
-    return lax.fori_loop(first, jnp.maximum(first, last), body, carry)
+    last = jnp.maximum(first, jnp.minimum(first + st.blocks_per_part, pl.cdiv(length, bk)))
+    # Blocks wholly below the length and the full bound: no mask, no mask block loaded.
+    free = jnp.clip(jnp.minimum(length, full_ref[b]) // bk, first, last)
+    carry = lax.fori_loop(first, free, functools.partial(body, masked=False), carry)
+    return lax.fori_loop(free, last, functools.partial(body, masked=True), carry)
 
   def new_part(carry):
     s = _dot(q, knew_ref[...]) * qk_scale
@@ -107,8 +118,12 @@ def _kernel(len_ref, q_ref, k_ref, v_ref, *refs, st: Static):
 
 
 def partials(q_BxKxRxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B, mask_BxRxS, knew_BxNxKxDh,
-             vnew_BxNxKxDh, nmask_BxRxN, st: Static):
-  """(o [B, K, P, R, Dh] f32, m [B, K, P, R] base 2, l [B, K, P, R]) for P parts."""
+             vnew_BxNxKxDh, nmask_BxRxN, st: Static, full_B=None):
+  """(o [B, K, P, R, Dh] f32, m [B, K, P, R] base 2, l [B, K, P, R]) for P parts.
+
+  full_B: with a mask, every query row of row b sees the slots below full_B[b] (the mask
+  is then not read for the key blocks below it and below the length); None = 0 (every
+  block masked). Without a mask it is not used."""
   B, K, R, Dh = q_BxKxRxDh.shape
   S = k_BxSxKxDh.shape[2] if st.cache_layout else k_BxSxKxDh.shape[1]
   P = st.num_parts + st.has_new
@@ -119,9 +134,16 @@ def partials(q_BxKxRxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B, mask_BxRxS, knew_BxN
     kv_specs = [pl.BlockSpec((None, S, None, Dh), lambda b, h, p: (b, 0, h, 0))] * 2
   in_specs = [
       pl.BlockSpec((B,), lambda b, h, p: (0,)),
+      pl.BlockSpec((B,), lambda b, h, p: (0,)),
       pl.BlockSpec((None, None, R, Dh), lambda b, h, p: (b, h, 0, 0)),
       *kv_specs]
-  args = [lengths_B.astype(jnp.int32), q_BxKxRxDh, k_BxSxKxDh, v_BxSxKxDh]
+  lengths = lengths_B.astype(jnp.int32)
+  if not st.has_mask:
+    full = lengths
+  else:
+    full = jnp.zeros((B,), jnp.int32) if full_B is None else jnp.broadcast_to(
+        jnp.asarray(full_B, jnp.int32), (B,))
+  args = [lengths, full, q_BxKxRxDh, k_BxSxKxDh, v_BxSxKxDh]
   if st.has_mask:
     in_specs.append(pl.BlockSpec((None, R, S), lambda b, h, p: (b, 0, 0)))
     args.append(mask_BxRxS)

@@ -84,14 +84,6 @@ def rows_for(n_rows: int) -> int:
   return ROWS[0] if n_rows <= ROWS[0] else ROWS[-1]
 
 
-def full_slots(mask_BxTxS: jax.Array) -> jax.Array:
-  """[B] int32: the number of leading slots every query of the row sees in the mask (the
-  kernel computes the tiles below it, and below the length, without the mask)."""
-  S = mask_BxTxS.shape[-1]
-  seen_by_all = jnp.all(mask_BxTxS, axis=1)
-  return jnp.min(jnp.where(seen_by_all, S, jnp.arange(S, dtype=jnp.int32)), axis=1)
-
-
 def unmasked_tiles(length, full, first, n, block_k: int):
   """How many of the part's tiles [first, first + n) lie wholly below both the row's length
   and its full bound: those first ones need no mask (traced int32 scalars)."""
@@ -234,8 +226,8 @@ def partials(q_BxKxRxDh, k, v, lengths_B, mask_BxRxS=None, full_B=None, *, scale
   the K/V tile (`config.kv_block(Dh, R)`). lengths_B: int, slots >= lengths[b] are never
   read. mask_BxRxS: optional int8, nonzero = visible (ANDed with the lengths), one row per
   query row. full_B: with a mask, int: every query row of row b sees the slots below
-  full_B[b] (`full_slots`); tiles below it (and below the length) are computed without
-  their mask tiles. None = 0: every tile is masked. interpret: False on the GPU, else truthy
+  full_B[b] (`reference.full_slots`); tiles below it (and below the length) are computed
+  without their mask tiles. None = 0: every tile is masked. interpret: False on the GPU, else truthy
   (jax's GPU interpret mode; needs p_in_smem).
   """
   import jax.experimental.pallas.mosaic_gpu as plgpu  # pylint: disable=g-import-not-at-top

@@ -153,3 +153,45 @@ def test_model_attention_decodes_from_the_cache_layout_without_copies():
   # The check can fail: the copies the previous version made are seen.
   g = lambda q, kc, vc: f(q, jnp.swapaxes(jnp.swapaxes(kc, 1, 2), 1, 2), vc)
   assert copies_to_bskd(g)
+
+
+@pytest.mark.parametrize('layout', ['BSKD', 'cache'])
+def test_gpu_prefix_blocks_run_unmasked_and_equal_the_reference(layout):
+  """A verification-shaped mask (a prefix every query sees, then a tree): the GPU kernel
+  computes the key blocks below the prefix without the mask and the rest with it; prefixes
+  ending mid-block, on a block edge and past the length."""
+  from pallas_kernels.decode_attention.reference import full_slots  # pylint: disable=g-import-not-at-top
+  B, T, H, K, S = 3, 5, 4, 2, 96
+  q, k, v, _, _, key = inputs(B, T, H, K, S)
+  prefix = jnp.array([37, 48, 90])
+  lengths = jnp.array([60, 80, 96])
+  rel = jnp.arange(S)[None, None, :] - prefix[:, None, None]
+  among = jax.random.bernoulli(key, 0.5, (B, T, S)) | (rel == jnp.arange(T)[None, :, None])
+  mask = (rel < 0) | ((rel < T) & among)
+  np.testing.assert_array_equal(np.asarray(full_slots(mask)), [37, 48, 90])
+  if layout == 'cache':
+    k, v = to_cache_layout(k, v)
+  run = functools.partial(decode_attention, mask_BxTxS=mask, block_sizes=SMALL,
+                          kv_layout=layout)
+  assert_close(run(q, k, v, lengths, impl='pallas_gpu'), run(q, k, v, lengths, impl='xla'))
+
+
+def test_gpu_blocks_below_the_full_bound_read_no_mask():
+  """Told (falsely) that every query sees every slot, the GPU kernel ignores the mask on the
+  key blocks wholly below the length and applies it past them."""
+  from pallas_kernels.decode_attention import gpu  # pylint: disable=g-import-not-at-top
+  B, T, H, K, S = 1, 2, 2, 1, 64
+  q, k, v, _, _, key = inputs(B, T, H, K, S)
+  mask = jax.random.bernoulli(key, 0.5, (B, T, S)).at[:, :, 0].set(True)
+  rows = jnp.repeat(mask, 2, axis=1).astype(jnp.int8)  # R = T x G = 4 rows, t-major
+  packed = q.reshape(B, T, K, H, 16).transpose(0, 2, 1, 3, 4).reshape(B, K, T * H, 16)
+  length = jnp.array([40])
+  st = gpu.Static(scale=0.25, block_k=16, blocks_per_part=4, num_parts=1, has_mask=True,
+                  has_new=False, interpret=True)
+  o, m, l = gpu.partials(packed, k, v, length, rows, None, None, None, st, jnp.array([S]))
+  got = gpu.combine(o, m, l)[0, 0].reshape(T, H, 16)
+  seen = mask.at[:, :, :32].set(True)  # the two whole blocks below the length: unmasked
+  ref = lambda vis: decode_attention(q, k, v, length, mask_BxTxS=vis, impl='xla',
+                                     scale=0.25)[0]
+  assert_close(got, ref(seen), tol=1e-5)
+  assert np.abs(np.asarray(got) - np.asarray(ref(mask))).max() > 0.05

@@ -9,6 +9,7 @@ from jax import export
 
 from pallas_kernels.decode_attention import HopperDecodeConfig, decode_attention
 from pallas_kernels.decode_attention import gpu, hopper
+from pallas_kernels.decode_attention.reference import full_slots
 
 BF16, F32 = jnp.bfloat16, jnp.float32
 
@@ -96,7 +97,7 @@ def test_wide_verification_equals_the_definition(layout, T, H, K, S, lengths, pr
   q, k, v = _arrays(B, T, S, H, K, 64)
   lengths = jnp.asarray(lengths, jnp.int32)
   mask = _tree_mask(B, T, S, prefix)
-  np.testing.assert_array_equal(np.asarray(hopper.full_slots(mask)), prefix)
+  np.testing.assert_array_equal(np.asarray(full_slots(mask)), prefix)
   kk, vv = _cache(k, v) if layout == 'cache' else (k, v)
   out = decode_attention(q, kk, vv, lengths, mask_BxTxS=mask, impl='mosaic', kv_layout=layout,
                          hopper_config=HopperDecodeConfig(num_parts=parts))
@@ -109,7 +110,7 @@ def test_full_bound_and_unmasked_tiles():
   hidden from one); unmasked_tiles keeps the tiles wholly below both bounds, within the
   part (brute force)."""
   mask = jnp.ones((3, 2, 10), bool).at[1, 1, 4].set(False).at[2, 0, 0].set(False)
-  np.testing.assert_array_equal(np.asarray(hopper.full_slots(mask)), [10, 4, 0])
+  np.testing.assert_array_equal(np.asarray(full_slots(mask)), [10, 4, 0])
   bk = 64
   for length in (0, 63, 64, 200, 512):
     for full in (0, 64, 100, 512):
