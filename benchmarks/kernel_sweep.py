@@ -2,7 +2,7 @@
 the split sampler: block and parts) are fastest on this device, measured in the same device
 call as everything else (issue 16).
 
-  python -m benchmarks.kernel_sweep --ops=flash_hopper,decode_hopper,flash,decode,sampling \
+  python -m benchmarks.kernel_sweep --ops=flash_hopper,decode_hopper,verify_hopper,flash,decode,sampling \
       --budget_s=150
   python -m benchmarks.kernel_sweep --rehearse   # CPU: toy shapes in interpret mode
 
@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common, forward_cost
-from benchmarks.kernel_checks import BF16, F32, error_text, normal, rel_error
+from benchmarks.kernel_checks import (BF16, F32, error_text, normal, random_parents, rel_error,
+                                      tree_over_cache)
 from benchmarks.kernel_speed import time_call
 from pallas_kernels import decode_attention as decode_lib
 from pallas_kernels import flash_attention as flash_lib
@@ -201,6 +202,38 @@ def decode_hopper_op(rehearse: bool) -> Op:
             _close_to(ref, BF16), lambda s: f'{nbytes / s / 1e9:.0f} GB/s')
 
 
+def verify_hopper_op(rehearse: bool) -> Op:
+  """The Hopper decode kernel verifying a 64-node tree (256 query rows per kv head: two row
+  blocks of 128) over a 2048-token prefix, the cache's layout and the dense mask, as the
+  `hopper` section's tree table: K/V tile, ring depth and parts (rehearsal: interpret mode,
+  40 nodes at G 4 over a toy cache)."""
+  B, N, H, K, Dh, prefix = (2, 40, 8, 2, 64, 216) if rehearse else (8, 64, 32, 8, 128, 2048)
+  S = prefix + N
+  q = normal(0, (B, N, H, Dh), BF16)
+  kc, vc = normal(1, (B, K, S, Dh), BF16), normal(2, (B, K, Dh, S), BF16)
+  lengths = jnp.full((B,), S, jnp.int32)
+  dense = tree_over_cache(random_parents(N), jnp.full((B,), prefix, jnp.int32), S)
+  call = lambda cfg: (lambda f: f if rehearse else jax.jit(f))(  # eager when interpreted
+      lambda q, k, v: decode_lib.decode_attention(q, k, v, lengths, mask_BxTxS=dense,
+                                                  impl='mosaic', kv_layout='cache',
+                                                  hopper_config=cfg))
+  ref = jax.jit(lambda q, k, v: decode_lib.decode_attention(
+      q, k, v, lengths, mask_BxTxS=dense, impl='xla', kv_layout='cache'))(q, kc, vc)
+  rows = decode_hopper_lib.rows_for(N * H // K)
+  grid = ([dict(), dict(block_k=64, stages=3, num_parts=2)] if rehearse else
+          [dict()] + [dict(block_k=bk, stages=st, num_parts=p)
+                      for bk, st, p in itertools.product((64, 128), (2, 3, 4), (0, 4, 16))
+                      if (bk, st, p) != (64, 2, 0) and decode_hopper_lib.smem_bytes(
+                          decode_lib.HopperDecodeConfig(bk, st), Dh, rows=rows,
+                          has_mask=True) <= decode_hopper_lib.SMEM_BYTES])
+
+  def run(setting):
+    f = call(decode_lib.HopperDecodeConfig(**setting))
+    return lambda: f(q, kc, vc)
+  return Op('verify hopper', f'B{B} N{N} prefix {prefix} H{H} K{K} Dh{Dh} bfloat16, cache '
+            'layout, tree mask', grid, run, _close_to(ref, BF16))
+
+
 def sampling_op(rehearse: bool, batch: int) -> Op:
   """Temperature 0.8, top-p 0.95 over V 131072 (float32 logits): the one-program kernel
   (parts=1) and the split one over block and part counts; tokens must equal the sort's."""
@@ -226,6 +259,7 @@ def sampling_op(rehearse: bool, batch: int) -> Op:
 
 OPS = {'flash_hopper': lambda r: [flash_hopper_op(r)], 'flash': lambda r: [flash_op(r)],
        'decode': lambda r: [decode_op(r)], 'decode_hopper': lambda r: [decode_hopper_op(r)],
+       'verify_hopper': lambda r: [verify_hopper_op(r)],
        'sampling': lambda r: [sampling_op(r, 1), sampling_op(r, 64 if not r else 4)]}
 
 
@@ -272,7 +306,8 @@ def write(results: list[tuple[Op, dict[str, Any]]], args, budget_s: float) -> st
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--ops', default='flash_hopper,decode_hopper,flash,decode,sampling',
+  p.add_argument('--ops', default='flash_hopper,decode_hopper,verify_hopper,flash,decode,'
+                 'sampling',
                  help=f'comma list of {list(OPS)}')
   p.add_argument('--budget_s', type=float, default=150.0,
                  help='stop starting settings after this many seconds (all ops together)')

@@ -43,7 +43,7 @@ def test_rehearsal_runs_every_op_and_its_check_rejects_a_wrong_output(tmp_path, 
     assert len(o['rows']) == 2 and all(r['ok'] for r in o['rows']), o
     assert o['best'] in {r['label'] for r in o['rows']} and not o['not_reached']
   for op in (kernel_sweep.flash_op(True), kernel_sweep.flash_hopper_op(True),
-             kernel_sweep.decode_hopper_op(True)):
+             kernel_sweep.decode_hopper_op(True), kernel_sweep.verify_hopper_op(True)):
     out = op.run({})()
     assert op.check(out)[0] and not op.check(out * 1.05)[0], op.name
   sampling = kernel_sweep.sampling_op(True, 4)
