@@ -95,10 +95,24 @@ FLASH_HEADER = ['Dh', 'T', 'B', 'H', 'ours fwd', 'cuDNN fwd', 'XLA fwd', 'ours/c
                 'ours / peak', 'ours fwd+bwd', 'cuDNN fwd+bwd', 'ours/cuDNN fwd+bwd']
 
 
+def _jax_mosaic_causal(q, k, v):
+  """jax's own Mosaic GPU flash attention (`jax.experimental.pallas.ops.gpu.attention_mgpu`,
+  forward only for causal masks in jax 0.10), at the tiles our kernel uses by default. Give
+  it float16: jax 0.10's kernel allocates its shared memory as float16 and fails to lower
+  for bfloat16 (same tensor-core speed)."""
+  from jax.experimental.pallas.ops.gpu import attention_mgpu  # pylint: disable=g-import-not-at-top
+  Dh = q.shape[-1]
+  config = attention_mgpu.TuningConfig(block_q=64, block_kv=128 if Dh <= 128 else 64,
+                                       max_concurrent_steps=2, causal=True)
+  return attention_mgpu.attention(q, k, v, config)
+
+
 def bench_hopper_flash(quick: bool) -> list[list[Any]]:
   """Rows of HOPPER_FLASH_HEADER: our Hopper flash kernel (impl='mosaic') forward, and
   forward+backward with the Triton backward (what impl='mosaic' runs by default) and with the
-  Hopper backward, against cuDNN on the flash section's shapes (same run, its own timings)."""
+  Hopper backward, against cuDNN on the flash section's shapes (same run, its own timings),
+  and the forward against jax's own Mosaic GPU kernel (the other Hopper kernel a JAX user
+  has)."""
   rows = []
   hopper_bwd = HopperConfig(backward=HopperBwdConfig())
   for Dh, T, B, H, q, k, v, flops in _flash_shapes(quick):
@@ -109,11 +123,13 @@ def bench_hopper_flash(quick: bool) -> list[list[Any]]:
         'cudnn': jax.jit(_cudnn_causal),
     }
     times, bwd = _time_fwd_bwd(fns, q, k, v)
+    jax_fn, half = jax.jit(_jax_mosaic_causal), [x.astype(jnp.float16) for x in (q, k, v)]
+    t_jax = _try(lambda: time_call(lambda: jax_fn(*half)))
     tf = lambda t, mult=1.0: flops * mult / t / 1e12 if isinstance(t, float) else t
     row = [Dh, T, B, H, tf(times['hopper']), tf(times['cudnn']),
            _ratio(times['cudnn'], times['hopper']), tf(bwd['hopper'], 3.5),
            tf(bwd['hopper bwd'], 3.5), tf(bwd['cudnn'], 3.5), _ratio(bwd['cudnn'], bwd['hopper']),
-           _ratio(bwd['cudnn'], bwd['hopper bwd'])]
+           _ratio(bwd['cudnn'], bwd['hopper bwd']), tf(t_jax), _ratio(t_jax, times['hopper'])]
     rows.append(row)
     print('  hopper flash', row, flush=True)
   return rows
@@ -121,7 +137,8 @@ def bench_hopper_flash(quick: bool) -> list[list[Any]]:
 
 HOPPER_FLASH_HEADER = ['Dh', 'T', 'B', 'H', 'Hopper fwd', 'cuDNN fwd', 'Hopper/cuDNN speed',
                        'Hopper fwd+bwd', 'Hopper fwd+bwd (Hopper bwd)', 'cuDNN fwd+bwd',
-                       'Hopper/cuDNN fwd+bwd', 'Hopper/cuDNN fwd+bwd (Hopper bwd)']
+                       'Hopper/cuDNN fwd+bwd', 'Hopper/cuDNN fwd+bwd (Hopper bwd)',
+                       'jax Mosaic fwd', 'Hopper/jax Mosaic speed']
 
 
 def _ratio(t_peer, t_ours):

@@ -158,7 +158,10 @@ def main():
       flash = ('## Hopper flash attention, causal, bf16 (TFLOP/s; backward counted as 2.5x '
                "forward)\n\nOur Mosaic GPU kernel (`impl='mosaic'`: TMA, wgmma, a producer "
                'warpgroup); `Hopper fwd+bwd` with the Triton backward (its default), `(Hopper '
-               "bwd)` with `HopperConfig(backward=HopperBwdConfig())`.\n\n"
+               "bwd)` with `HopperConfig(backward=HopperBwdConfig())`; `jax Mosaic` is jax's "
+               'own Mosaic GPU kernel (`jax.experimental.pallas.ops.gpu.attention_mgpu`, '
+               'forward only: its causal backward is not implemented; given float16, which jax 0.10\'s '
+               'kernel needs).\n\n"
                + common.markdown_table(kernel_speed.HOPPER_FLASH_HEADER,
                                        kernel_speed.bench_hopper_flash(args.quick)))
       decode = ('## Hopper decode attention, bf16, H 32, K 8, Dh 128 (GB/s of K/V read)\n\n'

@@ -57,3 +57,20 @@ def test_a_comparison_that_fails_gives_its_error(monkeypatch):
   assert all(len(r) == len(header) for r in rows)
   assert all('no GPU here' in str(r[header.index('Hopper fwd')]) for r in rows)
   assert all(r[header.index('Hopper/cuDNN speed')] == 'n/a' for r in rows)
+
+
+@pytest.mark.parametrize('Dh', [64, 128])
+def test_the_jax_mosaic_peer_lowers_for_cuda(monkeypatch, Dh):
+  """The Hopper flash table's peer, jax's own Mosaic GPU attention, is called as it accepts
+  (float16, causal, its tiling): it lowers for CUDA from this CPU (its CUDA runtime check
+  faked at 13.0, the device's; it refuses 12.8.0-12.9.1 for causal masks)."""
+  import types  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax import export  # pylint: disable=g-import-not-at-top
+  from jax.experimental.pallas.ops.gpu import attention_mgpu  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(attention_mgpu, 'cuda_versions',
+                      types.SimpleNamespace(cuda_runtime_get_version=lambda: 13000))
+  sd = jax.ShapeDtypeStruct((2, 2048, 2048 // Dh, Dh), jnp.float16)
+  text = export.export(jax.jit(kernel_speed._jax_mosaic_causal), platforms=['cuda'])(
+      sd, sd, sd).mlir_module()
+  assert 'mosaic_gpu' in text
