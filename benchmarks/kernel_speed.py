@@ -147,25 +147,39 @@ def _ratio(t_peer, t_ours):
   return 'n/a'
 
 
-def bench_tree(quick: bool) -> list[list[Any]]:
-  rows = []
+def _cudnn_masked(q, k, v, dense_BxTxS):
+  return jax.nn.dot_product_attention(q, k, v, mask=dense_BxTxS[:, None],
+                                      implementation='cudnn')
+
+
+def _tree_shapes(quick: bool):
+  """(B, prefix, N, q, kc, vc, parents, dense) of the tree comparisons: 64 nodes of a random
+  tree written right after a 2k (and 8k) prefix, H 32, K 8, Dh 128, bf16, K/V [B, S, K, Dh];
+  dense [B, N, S] is the prefix and each node's ancestors."""
   B, N, H, K, Dh = 8, 64, 32, 8, 128
   for prefix in ((2048,) if quick else (2048, 8192)):
     S = prefix + N
     q = normal(0, (B, N, H, Dh))
     kc, vc = normal(1, (B, S, K, Dh)), normal(2, (B, S, K, Dh))
+    parents = random_parents(N)
+    dense = tree_over_cache(parents, jnp.full((B,), prefix, jnp.int32), S)
+    yield B, prefix, N, q, kc, vc, parents, dense
+
+
+def bench_tree(quick: bool) -> list[list[Any]]:
+  """Rows of TREE_HEADER: our Triton tree attention (the tree's K/V apart, its ancestor
+  mask) and our Triton decode kernel given the dense mask, against cuDNN with that mask."""
+  rows = []
+  for B, prefix, N, q, kc, vc, parents, dense in _tree_shapes(quick):
+    S = prefix + N
     kt, vt = kc[:, prefix:], vc[:, prefix:]  # the tree is written right after the prefix
-    rng = np.random.default_rng(0)
-    parents = jnp.asarray([-1] + [int(rng.integers(0, i)) for i in range(1, N)])
     tmask = ancestor_mask(jnp.broadcast_to(parents, (B, N)))
     lengths = jnp.full((B,), prefix, jnp.int32)
-    dense = jnp.concatenate([jnp.ones((B, N, prefix), bool), tmask], axis=-1)
     ours = jax.jit(lambda q, kc, vc, kt, vt, lengths, tmask: tree_attention(
         q, kc, vc, lengths, kt, vt, tree_mask_BxNxN=tmask, impl='pallas'))
     ours_dense = jax.jit(lambda q, kc, vc, dense: decode_attention(
         q, kc, vc, jnp.full((B,), S), mask_BxTxS=dense, impl='pallas'))
-    cudnn = jax.jit(lambda q, kc, vc, dense: jax.nn.dot_product_attention(
-        q, kc, vc, mask=dense[:, None], implementation='cudnn'))
+    cudnn = jax.jit(_cudnn_masked)
     t_ours = _try(lambda: time_call(lambda: ours(q, kc, vc, kt, vt, lengths, tmask)))
     t_dense = _try(lambda: time_call(lambda: ours_dense(q, kc, vc, dense)))
     t_cudnn = _try(lambda: time_call(lambda: cudnn(q, kc, vc, dense)))
@@ -175,27 +189,25 @@ def bench_tree(quick: bool) -> list[list[Any]]:
   return rows
 
 
+TREE_HEADER = ['B', 'prefix', 'nodes', 'ours', 'ours, dense mask', 'cuDNN', 'cuDNN / ours']
+
+
 def bench_hopper_tree(quick: bool) -> list[list[Any]]:
   """Rows of HOPPER_TREE_HEADER: verification of 64 tree nodes (H 32, K 8: 256 query rows
   per kv head) over a cache already holding them, the same dense mask for every
   implementation: our Hopper decode kernel (impl='mosaic') on the decoding cache's layout
   read in place (what the model runs) and on [B, S, K, Dh], cuDNN on [B, S, K, Dh]."""
   rows = []
-  B, N, H, K, Dh = 8, 64, 32, 8, 128
-  for prefix in ((2048,) if quick else (2048, 8192)):
+  for B, prefix, N, q, kc, vc, _, dense in _tree_shapes(quick):
     S = prefix + N
-    q = normal(0, (B, N, H, Dh))
-    kc, vc = normal(1, (B, S, K, Dh)), normal(2, (B, S, K, Dh))
     k_cache, v_cache = jnp.swapaxes(kc, 1, 2), jnp.transpose(vc, (0, 2, 3, 1))
-    dense = tree_over_cache(random_parents(N), jnp.full((B,), prefix, jnp.int32), S)
     lengths = jnp.full((B,), S, jnp.int32)
 
     def hopper(q, k, v, dense, layout):
       return decode_attention(q, k, v, lengths, mask_BxTxS=dense, impl='mosaic',
                               kv_layout=layout)
     hopper = jax.jit(hopper, static_argnums=4)
-    cudnn = jax.jit(lambda q, kc, vc, dense: jax.nn.dot_product_attention(
-        q, kc, vc, mask=dense[:, None], implementation='cudnn'))
+    cudnn = jax.jit(_cudnn_masked)
     t_cache = _try(lambda: time_call(lambda: hopper(q, k_cache, v_cache, dense, 'cache')))
     t_hop = _try(lambda: time_call(lambda: hopper(q, kc, vc, dense, 'BSKD')))
     t_cudnn = _try(lambda: time_call(lambda: cudnn(q, kc, vc, dense)))

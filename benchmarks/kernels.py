@@ -123,8 +123,7 @@ def main():
           '## Tree verification attention, bf16, H 32, K 8, Dh 128 (ms)\n\n`ours` gets the '
           'tree K/V and the 64 x 64 ancestor mask apart from the cache; `ours, dense` and '
           'cuDNN get the same dense [N, S] mask over a cache holding the tree.\n\n'
-          + common.markdown_table(['B', 'prefix', 'nodes', 'ours', 'ours, dense mask', 'cuDNN',
-                                   'cuDNN / ours'], kernel_speed.bench_tree(args.quick)))
+          + common.markdown_table(kernel_speed.TREE_HEADER, kernel_speed.bench_tree(args.quick)))
 
     def section_decode() -> str:
       return (
