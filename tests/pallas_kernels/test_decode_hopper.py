@@ -40,18 +40,20 @@ def _cache(k, v):
   return jnp.swapaxes(k, 1, 2), jnp.transpose(v, (0, 2, 3, 1))
 
 
-# (T, H, K, S, Dh, lengths, block_k, stages, parts, masked)
+# (layout, T, H, K, S, Dh, lengths, block_k, stages, parts, masked): both layouts for the
+# first and the masked case, one each for the rest (interpret mode costs seconds a case).
 CASES = [
-    (1, 8, 2, 256, 64, [256, 1, 100], 64, 2, 1, False),    # one part, ragged lengths, GQA 4
-    (2, 8, 2, 300, 64, [300, 150, 64], 64, 3, 0, False),   # S padded to the tile, parts
-    (1, 4, 4, 384, 128, [384, 129, 0], 128, 2, 3, False),  # Dh 128, a part past a length
-    (3, 8, 2, 200, 64, [200, 120], None, 2, 0, True),      # a random mask ANDed
-    (20, 8, 2, 130, 64, [130, 77], None, 2, 2, True),      # 80 rows: R = 128, K/V tile 64
+    *[(lay, 1, 8, 2, 256, 64, [256, 1, 100], 64, 2, 1, False)  # one part, ragged, GQA 4
+      for lay in ('BSKD', 'cache')],
+    ('BSKD', 2, 8, 2, 300, 64, [300, 150, 64], 64, 3, 0, False),   # S padded, parts
+    ('cache', 1, 2, 2, 384, 128, [384, 129, 0], 128, 2, 3, False),  # Dh 128, a part past a length
+    *[(lay, 3, 8, 2, 200, 64, [200, 120], None, 2, 0, True)  # a random mask ANDed
+      for lay in ('BSKD', 'cache')],
+    ('cache', 20, 8, 2, 130, 64, [130, 77], None, 2, 2, True),     # 80 rows: R 128, tile 64
 ]
 
 
-@pytest.mark.parametrize('layout', ['BSKD', 'cache'])
-@pytest.mark.parametrize('T,H,K,S,Dh,lengths,block_k,stages,parts,masked', CASES)
+@pytest.mark.parametrize('layout,T,H,K,S,Dh,lengths,block_k,stages,parts,masked', CASES)
 def test_decode_equals_the_definition(layout, T, H, K, S, Dh, lengths, block_k, stages, parts,
                                       masked):
   q, k, v = _arrays(len(lengths), T, S, H, K, Dh)
@@ -81,15 +83,14 @@ def _tree_mask(B, T, S, prefix, seed=3):
   return (rel < 0) | ((rel < T) & tree)
 
 
-# (T, H, K, S, lengths, prefix, parts): T x G rows in several blocks
+# (layout, T, H, K, S, lengths, prefix, parts): T x G rows in several blocks
 WIDE = [
-    (40, 8, 2, 300, [300, 230], [260, 190], 2),   # 160 rows: 2 blocks of 128
-    (96, 4, 1, 200, [170], [70], 0),              # 384 rows: 3 blocks, automatic parts
+    ('cache', 40, 8, 2, 300, [300, 230], [260, 190], 2),   # 160 rows: 2 blocks of 128
+    ('BSKD', 96, 4, 1, 200, [170], [70], 0),               # 384 rows: 3 blocks, auto parts
 ]
 
 
-@pytest.mark.parametrize('layout', ['BSKD', 'cache'])
-@pytest.mark.parametrize('T,H,K,S,lengths,prefix,parts', WIDE)
+@pytest.mark.parametrize('layout,T,H,K,S,lengths,prefix,parts', WIDE)
 def test_wide_verification_equals_the_definition(layout, T, H, K, S, lengths, prefix, parts):
   """More than 128 query rows per kv head (a wide tree over a cache): row blocks of 128,
   the prefix's tiles computed without the mask, the tree's tiles with it."""
