@@ -45,7 +45,7 @@ def _cache(k, v):
 CASES = [
     *[(lay, 1, 8, 2, 256, 64, [256, 1, 100], 64, 2, 1, False)  # one part, ragged, GQA 4
       for lay in ('BSKD', 'cache')],
-    ('BSKD', 2, 8, 2, 300, 64, [300, 150, 64], 64, 3, 0, False),   # S padded, parts
+    ('BSKD', 2, 8, 2, 300, 64, [300, 150], 64, 3, 0, False),       # S padded, parts
     ('cache', 1, 2, 2, 384, 128, [384, 129, 0], 128, 2, 3, False),  # Dh 128, a part past a length
     *[(lay, 3, 8, 2, 200, 64, [200, 120], None, 2, 0, True)  # a random mask ANDed
       for lay in ('BSKD', 'cache')],
