@@ -60,12 +60,19 @@ def choose_impl(q_BxTxHxDh: jax.Array, k: jax.Array, kv_layout: str = 'BSKD',
 
 def attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: jax.Array,
               mask_BxTxS: jax.Array, *, scale: float | None = None,
-              impl: str = 'auto', kv_layout: str = 'BSKD') -> jax.Array:
+              impl: str = 'auto', kv_layout: str = 'BSKD',
+              causal_window: int | None = None) -> jax.Array:
   """Masked grouped-query attention; shapes as in `attention_reference`.
 
   `kv_layout='cache'`: k is [B, K, S, Dh] and v [B, K, Dh, S] (the decoding cache's layout,
   models.cache). The XLA path and the decode kernel (GPU-style) read them as they are; the
   flash kernel, the TPU decode kernel and cuDNN get [B, S, K, Dh] copies.
+  `causal_window`: not None when the caller knows that `mask_BxTxS` is exactly causal by
+  index over T == S keys (query t sees keys t - w < s <= t; w = causal_window, 0 = no
+  window): the model's training and cache-free forwards. The call is then the dispatch's
+  causal case, run by `flash_attention(causal=True, window=w)` without the mask array
+  (cuDNN's is_causal, splash, our Hopper or Triton kernel); where that case resolves to XLA
+  the dense-mask path below runs as without the hint.
   A query with no visible key gets zeros in every implementation.
   """
   if impl not in IMPLS:
@@ -74,6 +81,16 @@ def attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: jax.Arra
     raise ValueError(f'Unknown kv_layout {kv_layout!r}; choose one of {KV_LAYOUTS}.')
   if scale is None:
     scale = q_BxTxHxDh.shape[-1] ** -0.5
+  if (causal_window is not None and kv_layout == 'BSKD'
+      and q_BxTxHxDh.shape[1] == k_BxSxKxDh.shape[1]):
+    # Imported here: see below.
+    from pallas_kernels import flash_attention as flash  # pylint: disable=g-import-not-at-top
+    run = impl if impl != 'auto' else flash.choose_impl(
+        q_BxTxHxDh, k_BxSxKxDh, default_positions=True, segments=False, dense=False,
+        causal=True, block_causal_size=None, window=causal_window).impl
+    if run != 'xla':
+      return flash.flash_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, causal=True,
+                                   window=causal_window, scale=scale, impl=run)
   if impl == 'auto':
     impl = choose_impl(q_BxTxHxDh, k_BxSxKxDh, kv_layout).impl
   if impl == 'xla':

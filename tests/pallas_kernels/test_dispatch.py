@@ -361,3 +361,72 @@ def test_docs_quote_the_table():
   docs = (ROOT / 'docs' / 'kernels.md').read_text()
   for line in dispatch_table.table_markdown().splitlines()[2:]:
     assert line in docs, f'docs/kernels.md lacks {line!r}'
+
+
+# --- the model's cache-free forwards: the causal case without the mask array ---
+
+def _model(attention_impl, window=0):
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from testlib import small_config  # pylint: disable=g-import-not-at-top
+  from models import Transformer, init_params  # pylint: disable=g-import-not-at-top
+  cfg = small_config(num_layers=1, sliding_window=window, attention_impl='xla')
+  params = init_params(Transformer(cfg), jax.random.key(0))
+  return Transformer(dataclasses.replace(cfg, attention_impl=attention_impl)), params
+
+
+def test_training_forward_on_a_faked_gpu_runs_cudnn_causal_without_the_mask(fake_gpu,
+                                                                           cudnn_as_xla):
+  """Default positions and no cache: the model's mask is causal by index, so on a GPU the
+  training forward is the causal case (cuDNN with is_causal, no mask array), with the
+  model's sliding window; given positions (which may pad) it stays the dense-mask case."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from models import Cache  # pylint: disable=g-import-not-at-top
+  model, params = _model('auto', window=5)
+  model = model.clone(cfg=dataclasses.replace(model.cfg, dtype='bfloat16'))
+  tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, model.cfg.vocab_size)
+  model.apply({'params': params}, tokens)
+  assert len(cudnn_as_xla) == 1
+  call = cudnn_as_xla[0]
+  assert call['is_causal'] and call['mask'] is None and call['local_window_size'] == (4, 0)
+  positions = jnp.broadcast_to(jnp.arange(12), (2, 12))
+  model.apply({'params': params}, tokens, positions)  # positions given: a dense mask
+  assert cudnn_as_xla[-1]['mask'] is not None and not cudnn_as_xla[-1]['is_causal']
+  n = len(cudnn_as_xla)
+  model.apply({'params': params}, tokens, cache=Cache.init(model.cfg, 2, 16))  # over a cache
+  assert all(not c['is_causal'] for c in cudnn_as_xla[n:])
+
+
+@pytest.mark.parametrize('window', [0, 5])
+def test_training_forward_through_the_causal_kernel_equals_xla(window, monkeypatch):
+  """attention_impl='pallas' (the Triton-style kernel, interpreted): the cache-free forward
+  goes to flash_attention's causal case (no mask array, the window passed on) and gives the
+  logits and gradients of attention_impl='xla'."""
+  from pallas_kernels import flash_attention as flash  # pylint: disable=g-import-not-at-top
+  calls = []
+  real = flash.flash_attention
+  monkeypatch.setattr(flash, 'flash_attention',
+                      lambda *a, **k: calls.append(k) or real(*a, **k))
+  tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, 64)
+  outs = {}
+  for impl in ('xla', 'pallas'):
+    model, params = _model(impl, window)
+    loss = lambda p, model=model: model.apply({'params': p}, tokens).logits_BxTxV.sum()
+    outs[impl] = jax.value_and_grad(loss)(params)
+  assert calls and all(c['causal'] and c['window'] == window and c['impl'] == 'pallas'
+                       and c.get('mask_BxTxS') is None for c in calls)
+  (la, ga), (lb, gb) = outs['pallas'], outs['xla']
+  np.testing.assert_allclose(la, lb, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_auto_on_cpu_keeps_the_dense_mask_path_for_training(monkeypatch):
+  """On CPU the causal case is XLA: the hint changes nothing there (the dense-mask reference
+  runs, bit for bit what it ran before)."""
+  from pallas_kernels import flash_attention as flash  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(flash, 'flash_attention', lambda *a, **k: pytest.fail('hint taken'))
+  model, params = _model('auto')
+  tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, 64)
+  got = model.apply({'params': params}, tokens).logits_BxTxV
+  want = _model('xla')[0].apply({'params': params}, tokens).logits_BxTxV
+  np.testing.assert_array_equal(got, want)
