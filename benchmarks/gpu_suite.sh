@@ -12,7 +12,8 @@
 #              setting checked against its reference and timed, within $SWEEP_LIMIT - 30 s
 #   decode     python -m benchmarks.decode_ar --preset=base --dtype=bfloat16 (vs transformers)
 #              (DECODE_IMPLS=auto,mosaic adds the model's decode with our Hopper kernels)
-#   train      python -m benchmarks.train_throughput --preset=base (MFU)
+#   train      python -m benchmarks.train_throughput --preset=base: MFU, one sweep of remat x
+#              batch x attention implementation (auto = cuDNN's causal kernel, mosaic = ours)
 #   delta      python -m benchmarks.deltaproduct --preset=gpu (chunked vs naive scan)
 #   fwd_cost   python -m benchmarks.forward_cost, presets base,small,mem,tiny, batch 1 and 8, bf16
 #              (the forward-cost curve: which preset is memory-bound here; issue 19 section 2)
@@ -133,6 +134,7 @@ if [ "$REHEARSE" = 1 ]; then
   : "${GRAPHS_ARGS:=--prompts=2 --prompt_tokens=64 --max_new_tokens=32 --alphas=0.8 --repeats=1}"
   : "${FWD_SMALL_PRESETS:=test}" "${STAR_SIZE:=test}" "${STAR_STEPS:=20}" "${OPS_PRESET:=test}"
   : "${LOSSY_PRESET:=test}" "${LOSSY_ARGS:=--skips=1 --prompt_tokens=16 --new_tokens=16 --batches=1 --repeats=1}"
+  : "${TRAIN_ARGS:=--preset=test --seq_len=64 --batch=2 --remat=none,dots --attention_impl=auto,pallas --steps=2 --dtype=float32 --out=rehearsal}"
   : "${LIMIT_SCALE:=8}"  # toy sizes, but 2 shared CPU cores: every stage limit x 8
   : "${PARALLEL_DRAFTERS:=0}"  # four trainings at once starve on 2 loaded cores
   LOG=${OUT:-$R}/gpu_suite.log
@@ -150,6 +152,8 @@ else
   : "${GRAPHS_ARGS:=--repeats=2 --alphas=0.8}" "${FWD_SMALL_PRESETS:=small,base}" "${OPS_PRESET:=base}"
   : "${STAR_SIZE:=mem}" "${STAR_STEPS:=8000}"
   : "${LOSSY_PRESET:=base}" "${LOSSY_ARGS:=--skips=8 --batches=1 --repeats=3}"  # 6 compiles of `base`
+  # remat x batch x attention (issue 16 section 3): cuDNN's causal kernel beside our Hopper one
+  : "${TRAIN_ARGS:=--preset=base --remat=dots,block --batch=16,8 --attention_impl=auto,mosaic}"
   LOG=${OUT:-/tmp}/gpu_suite.log
 fi
 LIMIT_SCALE=${LIMIT_SCALE:-1} PARALLEL_DRAFTERS=${PARALLEL_DRAFTERS:-1}
@@ -247,11 +251,11 @@ for s in ${stages//,/ }; do
       stage decode "${DECODE_LIMIT:-200}" $PY -m benchmarks.decode_ar --preset=base \
         --dtype=bfloat16 --batch_sizes=1,32 --contexts=512 \
         --attention_impls="${DECODE_IMPLS:-auto}" ;;
-    train)  # batch 16 x 2048 needs rematerialisation on 80 GB (XLA asked for 174 GB without); fall back
-      stage train "${TRAIN_LIMIT:-240}" bash -c "export XLA_PYTHON_CLIENT_MEM_FRACTION=0.92
-         $PY -m benchmarks.train_throughput --preset=base --remat=dots ||
-         $PY -m benchmarks.train_throughput --preset=base --remat=block ||
-         $PY -m benchmarks.train_throughput --preset=base --batch=4" ;;
+    train)  # one sweep (batch 16 x 2048 needs rematerialisation on 80 GB: XLA asked for 174 GB
+      # without); the budget leaves the last setting started about 60 s to compile and run
+      stage train "${TRAIN_LIMIT:-240}" env XLA_PYTHON_CLIENT_MEM_FRACTION=0.92 \
+        $PY -m benchmarks.train_throughput $TRAIN_ARGS \
+        --budget_s=$(( ${TRAIN_LIMIT:-240} * LIMIT_SCALE - 60 )) ;;
     delta) stage delta "${DELTA_LIMIT:-150}" $PY -m benchmarks.deltaproduct --preset=gpu ;;
     fwd_cost)
       stage fwd_cost "${FWD_LIMIT:-190}" $PY -m benchmarks.forward_cost \
