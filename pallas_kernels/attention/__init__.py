@@ -14,12 +14,14 @@ impl:
             layout and the mask read in place, row blocks of 128 beyond 128 rows, mask tiles
             only past the slots every query sees), the explicit case to the flash kernel as
             with 'pallas' (the Hopper flash kernel takes no mask array).
-  'auto'    what `pallas_kernels.dispatch` says for this platform and call: case 'decode'
-            (T x G <= 128 over a cache), 'verify' (T x G <= 512 over a cache) or 'explicit'
+  'auto'    what `pallas_kernels.dispatch` says for this platform and call: case 'causal'
+            (the caller's `causal_window`: the model's training forward), 'decode' (T x G <=
+            128 over a cache), 'verify' (T x G <= 512 over a cache) or 'explicit'
             (otherwise), the dtype, head dim and lengths, and whether K/V come in the cache
-            layout (which the kernels would copy). On a GPU today: cuDNN for 'explicit' and
-            'verify' (bf16/fp16), XLA for decoding from the cache layout; XLA on CPU and TPU.
-            `choose_impl` tells which and why.
+            layout (which the kernels would copy). On a GPU today: cuDNN for 'causal',
+            'explicit' and 'verify' (bf16/fp16), XLA for decoding from the cache layout; XLA
+            on CPU and TPU. `choose_impl` tells which and why for the masked cases (the
+            causal one is `flash_attention.choose_impl`'s).
 
 The mask-free entry points (causal/block-causal/segments by positions) are
 `pallas_kernels.flash_attention.flash_attention` and
@@ -88,6 +90,9 @@ def attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: jax.Arra
     run = impl if impl != 'auto' else flash.choose_impl(
         q_BxTxHxDh, k_BxSxKxDh, default_positions=True, segments=False, dense=False,
         causal=True, block_causal_size=None, window=causal_window).impl
+    if run == 'mosaic' and flash.hopper.unsupported(q_BxTxHxDh.dtype, q_BxTxHxDh.shape[-1],
+                                                    'causal'):
+      run = 'pallas'  # 'mosaic' is our Hopper kernels where one fits the call
     if run != 'xla':
       return flash.flash_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, causal=True,
                                    window=causal_window, scale=scale, impl=run)

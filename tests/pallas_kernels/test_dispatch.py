@@ -430,3 +430,25 @@ def test_auto_on_cpu_keeps_the_dense_mask_path_for_training(monkeypatch):
   got = model.apply({'params': params}, tokens).logits_BxTxV
   want = _model('xla')[0].apply({'params': params}, tokens).logits_BxTxV
   np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize('dtype,head_dim,want', [('bfloat16', 64, 'mosaic'),
+                                                  ('float32', 64, 'pallas'),
+                                                  ('bfloat16', 8, 'pallas')])
+def test_mosaic_training_forward_takes_the_hopper_kernel_where_it_fits(dtype, head_dim, want,
+                                                                       monkeypatch):
+  """attention_impl='mosaic' is our Hopper kernels where one fits the call, else 'pallas':
+  the training forward's causal call goes to the Hopper flash kernel in bf16 at Dh 64, to
+  the Triton one in float32 or at a head dim it does not take (routing only: the kernel is
+  replaced by a recorder)."""
+  from pallas_kernels import flash_attention as flash  # pylint: disable=g-import-not-at-top
+  from testlib import small_config  # pylint: disable=g-import-not-at-top
+  from models import Transformer, init_params  # pylint: disable=g-import-not-at-top
+  calls = []
+  monkeypatch.setattr(flash, 'flash_attention',
+                      lambda q, k, v, **kw: calls.append(kw['impl']) or jnp.zeros_like(q))
+  cfg = small_config(num_layers=1, head_dim=head_dim, dtype=dtype, attention_impl='mosaic')
+  params = init_params(Transformer(cfg), jax.random.key(0))
+  calls.clear()
+  Transformer(cfg).apply({'params': params}, jnp.zeros((2, 8), jnp.int32))
+  assert calls == [want]
