@@ -196,9 +196,11 @@ def _kernel_path(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B, mask_BxTxS, new,
     else:
       k, v = common.pad_axis(k_BxSxKxDh, 1, Sp), common.pad_axis(v_BxSxKxDh, 1, Sp)
     full = None if mask_BxTxS is None else full_slots(mask_BxTxS)
+    out_rows = common.round_up(T * G, 8)  # the rows that are queries (a single block)
     o, m, l = hopper.partials(_pack_rows(q_BxTxHxDh, K, Rt), k, v, lengths_B,
                               common.pad_axis(_row_mask(mask_BxTxS, G, Rt), 2, Sp), full,
                               scale=scale, cache_layout=cache_layout, config=bs,
+                              out_rows=out_rows if out_rows < R else None,
                               interpret=interpret)
     out_BxKxRxDh = gpu.combine(o, m, l, 2.0)[:, :, :T * G]
     out = out_BxKxRxDh.reshape(B, K, T, G, Dh).transpose(0, 2, 1, 3, 4).reshape(B, T, H, Dh)

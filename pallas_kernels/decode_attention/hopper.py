@@ -120,7 +120,7 @@ def unsupported(dtype, head_dim: int, rows: int, *, has_new: bool) -> str | None
 
 def _kernel(bounds_ref, q_ref, k_ref, v_ref, mask_ref, o_ref, m_ref, l_ref, scratch, *,
             scale: float, block_k: int, blocks_per_part: int, stages: int, cache_layout: bool,
-            row_blocks: int, p_in_smem: bool, interpret: bool):
+            row_blocks: int, out_rows: int, p_in_smem: bool, interpret: bool):
   import jax.experimental.pallas.mosaic_gpu as plgpu  # pylint: disable=g-import-not-at-top
   ((bounds_smem, q_smem, k_smem, v_smem, mask_smem, p_smem, o_smem, m_smem, l_smem),
    (bounds_bar, q_bar, k_full, v_full, mask_full, k_free, v_free)) = scratch
@@ -193,9 +193,15 @@ def _kernel(bounds_ref, q_ref, k_ref, v_ref, mask_ref, o_ref, m_ref, l_ref, scra
     m_smem[...] = m
     l_smem[...] = l
     plgpu.commit_smem()
-    plgpu.copy_smem_to_gmem(o_smem, o_ref.at[b, h, part, row_slice])
-    plgpu.copy_smem_to_gmem(m_smem, m_ref.at[b, h, part, row_slice])
-    plgpu.copy_smem_to_gmem(l_smem, l_ref.at[b, h, part, row_slice])
+    if out_rows < rows:  # one block: only its first out_rows rows are queries
+      kept = pl.ds(0, out_rows)
+      o_src, m_src, l_src = o_smem.at[kept], m_smem.at[kept], l_smem.at[kept]
+      out_slice = kept
+    else:
+      o_src, m_src, l_src, out_slice = o_smem, m_smem, l_smem, row_slice
+    plgpu.copy_smem_to_gmem(o_src, o_ref.at[b, h, part, out_slice])
+    plgpu.copy_smem_to_gmem(m_src, m_ref.at[b, h, part, out_slice])
+    plgpu.copy_smem_to_gmem(l_src, l_ref.at[b, h, part, out_slice])
     plgpu.wait_smem_to_gmem(0)
 
   @pl.when(wg == 1)
@@ -217,8 +223,9 @@ def _kernel(bounds_ref, q_ref, k_ref, v_ref, mask_ref, o_ref, m_ref, l_ref, scra
 
 def partials(q_BxKxRxDh, k, v, lengths_B, mask_BxRxS=None, full_B=None, *, scale: float,
              cache_layout: bool, config: HopperDecodeConfig = HopperDecodeConfig(),
-             interpret=False):
-  """(o [B, K, P, R, Dh] float32 unnormalised, m [B, K, P, R] base 2, l [B, K, P, R]).
+             out_rows: int | None = None, interpret=False):
+  """(o [B, K, P, R', Dh] float32 unnormalised, m [B, K, P, R'] base 2, l [B, K, P, R']),
+  R' = out_rows (default R).
 
   q_BxKxRxDh: the query rows of each kv head, R = 64, or a multiple of 128 up to MAX_ROWS
   (pad first: `rows_for` gives the block; each block of rows is one program). k, v:
@@ -227,7 +234,10 @@ def partials(q_BxKxRxDh, k, v, lengths_B, mask_BxRxS=None, full_B=None, *, scale
   read. mask_BxRxS: optional int8, nonzero = visible (ANDed with the lengths), one row per
   query row. full_B: with a mask, int: every query row of row b sees the slots below
   full_B[b] (`reference.full_slots`); tiles below it (and below the length) are computed
-  without their mask tiles. None = 0: every tile is masked. interpret: False on the GPU, else truthy
+  without their mask tiles. None = 0: every tile is masked. out_rows: with one block of
+  rows, write only its first out_rows (a multiple of 8: the rows that are queries, T x G
+  rounded up; a decode step's 4 query heads are 8 rows of the 64 computed), so the partials
+  written and merged are not mostly padding. interpret: False on the GPU, else truthy
   (jax's GPU interpret mode; needs p_in_smem).
   """
   import jax.experimental.pallas.mosaic_gpu as plgpu  # pylint: disable=g-import-not-at-top
@@ -241,6 +251,10 @@ def partials(q_BxKxRxDh, k, v, lengths_B, mask_BxRxS=None, full_B=None, *, scale
     raise ValueError(f'Hopper decode attention wants {ROWS[0]} query rows or a multiple of '
                      f'{ROWS[-1]} (pad first: rows_for); got {Rt}.')
   row_blocks = Rt // R
+  out_rows = Rt if out_rows is None else out_rows
+  if out_rows != Rt and (row_blocks > 1 or out_rows % 8 or not 0 < out_rows < R):
+    raise ValueError(f'out_rows {out_rows} must be a multiple of 8 below the {R} rows of a '
+                     f'single block (got {row_blocks} blocks).')
   bk, stages = config.kv_block(Dh, R), config.stages
   has_mask = mask_BxRxS is not None
   need = smem_bytes(config, Dh, q_BxKxRxDh.dtype.itemsize, R, has_mask)
@@ -285,7 +299,8 @@ def partials(q_BxKxRxDh, k, v, lengths_B, mask_BxRxS=None, full_B=None, *, scale
   interpreting = bool(interpret)
   body = functools.partial(_kernel, scale=scale, block_k=bk, blocks_per_part=per_part,
                            stages=stages, cache_layout=cache_layout, row_blocks=row_blocks,
-                           p_in_smem=config.p_in_smem, interpret=interpreting)
+                           out_rows=out_rows, p_in_smem=config.p_in_smem,
+                           interpret=interpreting)
 
   def entry(bounds_ref, q_ref, k_ref, v_ref, *rest):
     mask_ref = rest[0] if has_mask else None
@@ -298,9 +313,9 @@ def partials(q_BxKxRxDh, k, v, lengths_B, mask_BxRxS=None, full_B=None, *, scale
   args = (bounds, q_BxKxRxDh, k, v) + ((mask_BxRxS.astype(jnp.int8),) if has_mask else ())
   return plgpu.kernel(
       entry,
-      out_type=(jax.ShapeDtypeStruct((B, K, parts, Rt, Dh), f32),
-                jax.ShapeDtypeStruct((B, K, parts, Rt), f32),
-                jax.ShapeDtypeStruct((B, K, parts, Rt), f32)),
+      out_type=(jax.ShapeDtypeStruct((B, K, parts, out_rows, Dh), f32),
+                jax.ShapeDtypeStruct((B, K, parts, out_rows), f32),
+                jax.ShapeDtypeStruct((B, K, parts, out_rows), f32)),
       grid=(K * row_blocks, parts, B),  # a kv head's row blocks next to each other
       grid_names=('heads', 'parts', 'batch'),
       num_threads=2,

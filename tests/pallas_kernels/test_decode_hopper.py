@@ -161,6 +161,22 @@ def test_partials_of_a_part_past_the_length_are_empty():
   assert np.abs(np.asarray(out) - want).max() < 1e-2
 
 
+def test_out_rows_writes_the_first_rows_of_the_partials():
+  """out_rows=8 (a decode step's 4 heads of one kv head, rounded to 8): the partials are the
+  first 8 rows of those of the whole block, nothing else written; a bad count is refused."""
+  q, k, v = _arrays(1, 1, 192, 4, 1, 64, seed=4)
+  packed = jnp.zeros((1, 1, 64, 64), BF16).at[:, :, :4].set(q[:, 0].reshape(1, 1, 4, 64))
+  run = lambda **kw: hopper.partials(
+      packed, k, v, jnp.array([150]), scale=0.125, cache_layout=False,
+      config=HopperDecodeConfig(block_k=64, num_parts=2, p_in_smem=True), interpret=True, **kw)
+  full, few = run(), run(out_rows=8)
+  assert few[0].shape == (1, 1, 2, 8, 64) and few[1].shape == (1, 1, 2, 8)
+  for a, b in zip(few, full):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b)[:, :, :, :8])
+  with pytest.raises(ValueError, match='multiple of 8'):
+    run(out_rows=12)
+
+
 def test_gradient_is_the_references():
   q, k, v = _arrays(2, 1, 128, 4, 2, 64, seed=3)
   lengths = jnp.array([128, 50])
@@ -176,8 +192,9 @@ def test_gradient_is_the_references():
 @pytest.mark.parametrize('Dh,cache,rows', [(64, False, 64), (128, False, 64),
                                            (128, True, 64), (128, True, 256)])
 def test_lowers_for_cuda(Dh, cache, rows):
-  """For the GPU (P from registers), and with 256 rows (a 64-node tree at G 4) and a mask:
-  two row blocks of 128, shared memory within sm90's."""
+  """For the GPU (P from registers; with 64 rows writing 8 of them, a decode step's), and
+  with 256 rows (a 64-node tree at G 4) and a mask: two row blocks of 128, shared memory
+  within sm90's."""
   B, K, S = 8, 8, 4096
   sd = lambda *s: jax.ShapeDtypeStruct(s, BF16)
   kv = (sd(B, K, S, Dh), sd(B, K, Dh, S)) if cache else (sd(B, S, K, Dh), sd(B, S, K, Dh))
@@ -187,7 +204,8 @@ def test_lowers_for_cuda(Dh, cache, rows):
                                                  cache_layout=cache)
     args = (sd(B, K, rows, Dh), *kv, n, jax.ShapeDtypeStruct((B, rows, S), jnp.int8))
   else:
-    f = lambda q, k, v, n: hopper.partials(q, k, v, n, scale=0.1, cache_layout=cache)
+    f = lambda q, k, v, n: hopper.partials(q, k, v, n, scale=0.1, cache_layout=cache,
+                                           out_rows=8)
     args = (sd(B, K, rows, Dh), *kv, n)
   text = export.export(jax.jit(f), platforms=['cuda'])(*args).mlir_module()
   assert 'mosaic_gpu' in text
