@@ -15,12 +15,13 @@ from models import layers
 class Attention(nn.Module):
   """Self-attention over this call's tokens, or over the cache after writing them into it.
 
-  causal_window: not None when the caller built `mask_BxTxS` as causal by index over this
-  call's tokens with that sliding window (default positions, no cache: training): the
-  attention then runs the dispatch's causal case without the mask array
-  (`pallas_kernels.attention.attention`'s `causal_window`). Ignored with a cache."""
+  index_mask: (causal, window) when the caller built `mask_BxTxS` as that rule by index
+  over this call's tokens (default positions, no cache: training; causal with the sliding
+  window, or bidirectional without one): the attention then runs the dispatch's causal case
+  without the mask array (`pallas_kernels.attention.attention`'s `index_mask`). Ignored
+  with a cache."""
   cfg: config_lib.ModelConfig
-  causal_window: int | None = None
+  index_mask: tuple[bool, int] | None = None
 
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, mask_BxTxS: jax.Array,
@@ -89,7 +90,7 @@ class Attention(nn.Module):
       keys, values, layout = k_BxTxKxDh, v_BxTxKxDh, 'BSKD'
     out_BxTxHxDh = attention_ops.attention(
         q_BxTxHxDh, keys, values, mask_BxTxS, scale=Dh ** -0.5, impl=cfg.attention_impl,
-        kv_layout=layout, causal_window=self.causal_window if kv is None else None)
+        kv_layout=layout, index_mask=self.index_mask if kv is None else None)
     out_BxTxD = layers.gated_lora(proj('BTHd,HdD->BTD', out_BxTxHxDh, wo),
                                   out_BxTxHxDh, lo('o'), gate_BxT, 2)
     if return_attention:

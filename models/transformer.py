@@ -61,7 +61,7 @@ class Block(nn.Module):
   """
   cfg: config_lib.ModelConfig
   kind: str = config_lib.ATTENTION
-  causal_window: int | None = None  # the mask is causal by index (see Attention)
+  index_mask: tuple[bool, int] | None = None  # the mask's rule by index (see Attention)
 
   @nn.compact
   def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, layer_cache, slots_BxT,
@@ -74,12 +74,12 @@ class Block(nn.Module):
       h_BxTxD, layer_cache, steps = deltaproduct.DeltaProduct(cfg, name='delta')(
           norm('delta_norm')(x_BxTxD), valid_BxT, layer_cache, parents_BxT, return_step_states)
     elif return_attention:
-      h_BxTxD, layer_cache, mass = attention_lib.Attention(cfg, self.causal_window,
+      h_BxTxD, layer_cache, mass = attention_lib.Attention(cfg, self.index_mask,
                                                            name='attn')(
           norm('attn_norm')(x_BxTxD), positions_BxT, mask_BxTxS, layer_cache, slots_BxT, True,
           lora=None if lora is None else lora.get('attn'), gate_BxT=gate_BxT)
     else:
-      h_BxTxD, layer_cache = attention_lib.Attention(cfg, self.causal_window, name='attn')(
+      h_BxTxD, layer_cache = attention_lib.Attention(cfg, self.index_mask, name='attn')(
           norm('attn_norm')(x_BxTxD), positions_BxT, mask_BxTxS, layer_cache, slots_BxT,
           lora=None if lora is None else lora.get('attn'), gate_BxT=gate_BxT)
     x_BxTxD = x_BxTxD + h_BxTxD
@@ -219,10 +219,16 @@ class Transformer(nn.Module):
       valid_BxT = slots_BxT < cache.size
     mask_BxTxS = masks.build_mask(positions_BxT, key_pos_BxS, key_valid_BxS, attn_mask,
                                   window=cfg.sliding_window)
-    # Default positions, no cache, a causal mask: the mask is causal by index (with the
-    # window), which the attention runs without the array where a kernel takes that case.
-    causal_window = (cfg.sliding_window if default_positions and cache is None and causal
-                     else None)
+    # Default positions and no cache: a causal mask is causal by index (with the window), a
+    # bidirectional one without a window sees every token; the attention runs those without
+    # the array where a kernel takes that case.
+    index_mask = None
+    if default_positions and cache is None:
+      if causal:
+        index_mask = (True, cfg.sliding_window)
+      elif (isinstance(attn_mask, str) and attn_mask == 'bidirectional'
+            and not cfg.sliding_window):
+        index_mask = (False, 0)
 
     hidden = [x_BxTxD]
     new_layers: list[Any] = list(cache.layers) if cache is not None else []
@@ -237,7 +243,7 @@ class Transformer(nn.Module):
     attention_BxTxS = None
     for i in range(lo, hi):
       layer_cache = cache.layer(i) if cache is not None else None
-      x_BxTxD, layer_cache, *rest = block_cls(cfg, cfg.layer_types[i], causal_window,
+      x_BxTxD, layer_cache, *rest = block_cls(cfg, cfg.layer_types[i], index_mask,
                                               name=f'layer_{i}')(
           x_BxTxD, positions_BxT, mask_BxTxS, layer_cache, slots_BxT, valid_BxT, parents_BxT,
           return_step_states, return_attention,

@@ -21,7 +21,7 @@ attention for training, prefill, verification and decoding, `flash_attention`,
 
   attention/causal     causal, bidirectional or causal sliding window, default positions
                        and T == S: what cuDNN and splash take without a mask array (also
-                       the model's training forward, by its `causal_window`).
+                       the model's training forward, by its `index_mask`).
   attention/segments   packed documents by segment ids (default positions, T == S).
   attention/positions  per-token positions (block-causal, padding by negative positions,
                        T != S, bidirectional windows): a per-element rule, no mask array.

@@ -15,7 +15,7 @@ impl:
             only past the slots every query sees), the explicit case to the flash kernel as
             with 'pallas' (the Hopper flash kernel takes no mask array).
   'auto'    what `pallas_kernels.dispatch` says for this platform and call: case 'causal'
-            (the caller's `causal_window`: the model's training forward), 'decode' (T x G <=
+            (the caller's `index_mask`: the model's training forward), 'decode' (T x G <=
             128 over a cache), 'verify' (T x G <= 512 over a cache) or 'explicit'
             (otherwise), the dtype, head dim and lengths, and whether K/V come in the cache
             layout (which the kernels would copy). On a GPU today: cuDNN for 'causal',
@@ -63,18 +63,19 @@ def choose_impl(q_BxTxHxDh: jax.Array, k: jax.Array, kv_layout: str = 'BSKD',
 def attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: jax.Array,
               mask_BxTxS: jax.Array, *, scale: float | None = None,
               impl: str = 'auto', kv_layout: str = 'BSKD',
-              causal_window: int | None = None) -> jax.Array:
+              index_mask: tuple[bool, int] | None = None) -> jax.Array:
   """Masked grouped-query attention; shapes as in `attention_reference`.
 
   `kv_layout='cache'`: k is [B, K, S, Dh] and v [B, K, Dh, S] (the decoding cache's layout,
   models.cache). The XLA path and the decode kernel (GPU-style) read them as they are; the
   flash kernel, the TPU decode kernel and cuDNN get [B, S, K, Dh] copies.
-  `causal_window`: not None when the caller knows that `mask_BxTxS` is exactly causal by
-  index over T == S keys (query t sees keys t - w < s <= t; w = causal_window, 0 = no
-  window): the model's training and cache-free forwards. The call is then the dispatch's
-  causal case, run by `flash_attention(causal=True, window=w)` without the mask array
-  (cuDNN's is_causal, splash, our Hopper or Triton kernel); where that case resolves to XLA
-  the dense-mask path below runs as without the hint.
+  `index_mask`: (causal, window) when the caller knows that `mask_BxTxS` is exactly that
+  rule by index over T == S keys: causal, query t sees keys t - w < s <= t (w = window, 0 =
+  no window); bidirectional (window 0), every key: the model's training and cache-free
+  forwards. The call is then the dispatch's causal case, run by `flash_attention(causal=c,
+  window=w)` without the mask array (cuDNN's is_causal or no mask, splash, our Hopper or
+  Triton kernel); where that case resolves to XLA the dense-mask path below runs as without
+  the hint.
   A query with no visible key gets zeros in every implementation.
   """
   if impl not in IMPLS:
@@ -83,19 +84,23 @@ def attention(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: jax.Arra
     raise ValueError(f'Unknown kv_layout {kv_layout!r}; choose one of {KV_LAYOUTS}.')
   if scale is None:
     scale = q_BxTxHxDh.shape[-1] ** -0.5
-  if (causal_window is not None and kv_layout == 'BSKD'
+  if (index_mask is not None and kv_layout == 'BSKD'
       and q_BxTxHxDh.shape[1] == k_BxSxKxDh.shape[1]):
+    causal, window = index_mask
+    if window and not causal:
+      raise ValueError('index_mask: a window needs causal=True (a one-sided window over '
+                       'bidirectional attention is not the causal case).')
     # Imported here: see below.
     from pallas_kernels import flash_attention as flash  # pylint: disable=g-import-not-at-top
     run = impl if impl != 'auto' else flash.choose_impl(
         q_BxTxHxDh, k_BxSxKxDh, default_positions=True, segments=False, dense=False,
-        causal=True, block_causal_size=None, window=causal_window).impl
+        causal=causal, block_causal_size=None, window=window).impl
     if run == 'mosaic' and flash.hopper.unsupported(q_BxTxHxDh.dtype, q_BxTxHxDh.shape[-1],
                                                     'causal'):
       run = 'pallas'  # 'mosaic' is our Hopper kernels where one fits the call
     if run != 'xla':
-      return flash.flash_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, causal=True,
-                                   window=causal_window, scale=scale, impl=run)
+      return flash.flash_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, causal=causal,
+                                   window=window, scale=scale, impl=run)
   if impl == 'auto':
     impl = choose_impl(q_BxTxHxDh, k_BxSxKxDh, kv_layout).impl
   if impl == 'xla':

@@ -394,13 +394,20 @@ def test_training_forward_on_a_faked_gpu_runs_cudnn_causal_without_the_mask(fake
   n = len(cudnn_as_xla)
   model.apply({'params': params}, tokens, cache=Cache.init(model.cfg, 2, 16))  # over a cache
   assert all(not c['is_causal'] for c in cudnn_as_xla[n:])
+  # Bidirectional: with a window it is a one-sided rule (the dense mask); without, no mask.
+  model.apply({'params': params}, tokens, attn_mask='bidirectional')
+  assert cudnn_as_xla[-1]['mask'] is not None
+  unwindowed = model.clone(cfg=dataclasses.replace(model.cfg, sliding_window=0))
+  unwindowed.apply({'params': params}, tokens, attn_mask='bidirectional')
+  last = cudnn_as_xla[-1]
+  assert last['mask'] is None and not last['is_causal'] and last['local_window_size'] is None
 
 
-@pytest.mark.parametrize('window', [0, 5])
-def test_training_forward_through_the_causal_kernel_equals_xla(window, monkeypatch):
+@pytest.mark.parametrize('window,spec', [(0, None), (5, None), (0, 'bidirectional')])
+def test_training_forward_through_the_causal_kernel_equals_xla(window, spec, monkeypatch):
   """attention_impl='pallas' (the Triton-style kernel, interpreted): the cache-free forward
-  goes to flash_attention's causal case (no mask array, the window passed on) and gives the
-  logits and gradients of attention_impl='xla'."""
+  goes to flash_attention's causal case (no mask array; causal with the window passed on,
+  or bidirectional) and gives the logits and gradients of attention_impl='xla'."""
   from pallas_kernels import flash_attention as flash  # pylint: disable=g-import-not-at-top
   calls = []
   real = flash.flash_attention
@@ -410,10 +417,12 @@ def test_training_forward_through_the_causal_kernel_equals_xla(window, monkeypat
   outs = {}
   for impl in ('xla', 'pallas'):
     model, params = _model(impl, window)
-    loss = lambda p, model=model: model.apply({'params': p}, tokens).logits_BxTxV.sum()
+    loss = lambda p, model=model: model.apply({'params': p}, tokens,
+                                              attn_mask=spec).logits_BxTxV.sum()
     outs[impl] = jax.value_and_grad(loss)(params)
-  assert calls and all(c['causal'] and c['window'] == window and c['impl'] == 'pallas'
-                       and c.get('mask_BxTxS') is None for c in calls)
+  assert calls and all(c['causal'] == (spec is None) and c['window'] == window
+                       and c['impl'] == 'pallas' and c.get('mask_BxTxS') is None
+                       for c in calls)
   (la, ga), (lb, gb) = outs['pallas'], outs['xla']
   np.testing.assert_allclose(la, lb, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
@@ -452,3 +461,9 @@ def test_mosaic_training_forward_takes_the_hopper_kernel_where_it_fits(dtype, he
   calls.clear()
   Transformer(cfg).apply({'params': params}, jnp.zeros((2, 8), jnp.int32))
   assert calls == [want]
+
+
+def test_index_mask_refuses_a_window_without_causality():
+  q, k, v = _arrays()
+  with pytest.raises(ValueError, match='window needs causal'):
+    attention_ops.attention(q, k, v, jnp.ones((2, 16, 16), bool), index_mask=(False, 4))
