@@ -106,12 +106,8 @@ def proposals_from_results(markdown: str) -> dict[tuple[str, str, str], tuple[st
   tree = _section(s, 'Tree verification')
   tree_win = _all_at_least(tree, 'cuDNN / ours', 1.0)
   _propose(out, ('attention', 'gpu', 'tree'), tree_win, tree_ok, 'cudnn', 'cuDNN/ours')
-  if tree_win is not None:
-    dense_win = _all_at_least(_ratio_rows(tree, 'cuDNN', 'ours, dense mask'), 'r', 1.0)
-    if dense_win is not None:
-      out[('attention', 'gpu', 'explicit')] = (
-          'pallas' if dense_win and decode_ok else 'cudnn',
-          f'cuDNN/ours(dense mask) >= 1 on every row: {dense_win}')
+  # No proposal for the explicit case: its 'pallas' is the flash kernel with a dense mask,
+  # which no table times (the tree table's `ours, dense mask` is the decode kernel).
   # Verification over a cache (128 < T x G <= 512 rows): the Hopper decode kernel against
   # cuDNN with the same dense mask (the Hopper section's tree table).
   hop_tree = _section(s, 'Hopper tree verification')
