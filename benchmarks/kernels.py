@@ -9,7 +9,8 @@ CPU interpret-mode status to kernels_cpu.md):
   check     every kernel against its XLA reference on this device (bf16 and fp32).
   flash     flash attention forward (and forward+backward) vs cuDNN
             (`jax.nn.dot_product_attention(implementation='cudnn')`) and XLA; T 1k-16k, Dh 64
-            and 128, bf16, causal; TFLOP/s and fraction of the device's bf16 peak.
+            and 128, bf16, causal; TFLOP/s and fraction of the device's bf16 peak; then the
+            explicit case: a dense block-causal mask, ours vs cuDNN given the same mask.
   tree      tree verification (64 nodes over a 2k/8k prefix) vs cuDNN given the same mask.
   decode    decode attention, B 8/32, context 4k/16k: GB/s of K/V read and fraction of HBM peak.
   delta     chunked DeltaProduct forward+backward vs flash-linear-attention's Triton
@@ -53,6 +54,7 @@ Remaining on a GPU (H100), all produced by `python -m benchmarks.kernels` in one
   Dh 64/128, bf16, causal (goal >= 0.8x cuDNN, >= 450 TFLOP/s at long T), for the Triton
   kernel and the Hopper one (`impl='mosaic'`, Mosaic GPU: TMA, wgmma, a producer
   warpgroup; checked here only in jax's GPU interpret mode and by lowering for CUDA);
+- flash attention with a dense mask (the explicit case) vs cuDNN with the same mask;
 - tree attention vs cuDNN with the same mask (goal >= 2x; issue 16: 1.5x), for the Triton
   kernel and the Hopper decode kernel (the verify case: 256 rows per kv head);
 - decode attention GB/s at B 8/32, context 4k/16k (goal >= 75% of HBM peak), for the Triton
@@ -116,7 +118,13 @@ def main():
       return (
           '## Flash attention, causal, bf16 (TFLOP/s; backward counted as 2.5x forward)\n\n'
           + common.markdown_table(kernel_speed.FLASH_HEADER,
-                                  kernel_speed.bench_flash(args.quick)))
+                                  kernel_speed.bench_flash(args.quick))
+          + '\n\n## Dense-mask flash attention (the explicit case), bf16, H 16, Dh 128 (ms)'
+          '\n\nA block-causal mask (blocks of 16, as block-diffusion training builds it) '
+          'as a dense [B, T, T] array: our flash kernel reads it per tile and skips empty '
+          'tiles; cuDNN gets the same mask.\n\n'
+          + common.markdown_table(kernel_speed.DENSE_HEADER,
+                                  kernel_speed.bench_dense_mask_flash(args.quick)))
 
     def section_tree() -> str:
       return (

@@ -106,8 +106,16 @@ def proposals_from_results(markdown: str) -> dict[tuple[str, str, str], tuple[st
   tree = _section(s, 'Tree verification')
   tree_win = _all_at_least(tree, 'cuDNN / ours', 1.0)
   _propose(out, ('attention', 'gpu', 'tree'), tree_win, tree_ok, 'cudnn', 'cuDNN/ours')
-  # No proposal for the explicit case: its 'pallas' is the flash kernel with a dense mask,
-  # which no table times (the tree table's `ours, dense mask` is the decode kernel).
+  # The explicit case: our flash kernel with a dense mask against cuDNN with it (the tree
+  # table's `ours, dense mask` is the decode kernel, not what 'pallas' runs here).
+  dense = _section(s, 'Dense-mask flash attention')
+  dense_fwd = _all_at_least(dense, 'cuDNN / ours', 1.0)
+  if dense_fwd is not None:
+    dense_both = _all_at_least(dense, 'cuDNN / ours fwd+bwd', 1.0)
+    out[('attention', 'gpu', 'explicit')] = (
+        'pallas' if dense_fwd and dense_both is not False and flash_ok else 'cudnn',
+        f'cuDNN/ours >= 1 on every row: forward {dense_fwd}, fwd+bwd {dense_both}; '
+        f'checked {flash_ok}')
   # Verification over a cache (128 < T x G <= 512 rows): the Hopper decode kernel against
   # cuDNN with the same dense mask (the Hopper section's tree table).
   hop_tree = _section(s, 'Hopper tree verification')

@@ -100,8 +100,8 @@ TABLE: dict[tuple[str, str, str], Entry] = {
         why='the nearest measurement: given the same dense mask (64 tree nodes over 2048 '
             'slots, B 8) cuDNN took 0.2915 ms, our Triton decode kernel 0.5126 ms; our flash '
             "kernel with a dense mask, what 'pallas' runs in this case, was not timed.",
-        flip='our flash kernel with a dense mask timed >= 1x cuDNN on the same mask (a '
-             'table benchmarks.kernels does not have yet).'),
+        flip='our flash kernel with a dense mask >= 1x cuDNN on the same mask, forward and '
+             "forward+backward (the flash section's dense-mask table, not yet run)."),
     ('attention', 'gpu', 'decode'): Entry(
         'pallas', KERNELS_MD, rows=_DECODE_ROWS, checked=('bfloat16',),
         why='our split-K kernel read K/V at 1.38x (B 8) and 2.24x (B 32) XLA\'s speed, context '

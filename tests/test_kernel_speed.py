@@ -12,6 +12,7 @@ from benchmarks import kernel_speed
 BENCHES = [
     (kernel_speed.bench_flash, kernel_speed.FLASH_HEADER),
     (kernel_speed.bench_tree, kernel_speed.TREE_HEADER),
+    (kernel_speed.bench_dense_mask_flash, kernel_speed.DENSE_HEADER),
     (kernel_speed.bench_decode, kernel_speed.DECODE_HEADER),
     (kernel_speed.bench_hopper_flash, kernel_speed.HOPPER_FLASH_HEADER),
     (kernel_speed.bench_hopper_decode, kernel_speed.HOPPER_DECODE_HEADER),

@@ -361,6 +361,24 @@ def test_refresh_proposes_the_hopper_kernel_only_when_it_wins_and_passed():
       _results(1.16, True, hopper_both=0.75))[causal][0] == 'cudnn'
 
 
+def test_refresh_proposes_ours_for_the_explicit_case_from_the_dense_mask_table():
+  def results(fwd: float, both: float, ok: bool = True) -> str:
+    return (_table('Correctness on gpu', CHECK_HEADER, _check_row('flash fwd', ok))
+            + _table('Dense-mask flash attention (the explicit case), bf16',
+                     kernel_speed.DENSE_HEADER,
+                     {'cuDNN / ours': fwd, 'cuDNN / ours fwd+bwd': both}))
+  explicit = ('attention', 'gpu', 'explicit')
+  assert dispatch_refresh.proposals_from_results(results(1.2, 1.1))[explicit][0] == 'pallas'
+  assert dispatch_refresh.proposals_from_results(results(1.2, 0.9))[explicit][0] == 'cudnn'
+  assert dispatch_refresh.proposals_from_results(results(0.8, 1.1))[explicit][0] == 'cudnn'
+  assert dispatch_refresh.proposals_from_results(results(1.2, 1.1, ok=False))[
+      explicit][0] == 'cudnn'
+  # The tree table alone (its dense column is the decode kernel) proposes nothing here.
+  tree = _table('Tree verification attention, bf16', kernel_speed.TREE_HEADER,
+                {'ours': 0.1, 'ours, dense mask': 0.1, 'cuDNN': 0.3, 'cuDNN / ours': 3.0})
+  assert explicit not in dispatch_refresh.proposals_from_results(tree)
+
+
 def test_refresh_proposes_the_hopper_kernel_for_verification_when_it_beats_cudnn():
   def results(cudnn_over_hopper: float, ok: bool) -> str:
     return (_table('Correctness of the Hopper kernels on gpu', CHECK_HEADER,
