@@ -7,6 +7,8 @@
 # limits are the H200 budget, docs/gpu_suite.md, and can be changed with NAME_LIMIT=SECONDS):
 #   env        nvidia-smi, versions, jax devices
 #   kernels    python -m benchmarks.kernels --quick        (on-device checks + speed vs cuDNN/XLA/fla)
+#   hopper     python -m benchmarks.kernels --quick --only=hopper --out=hopper: the Hopper
+#              kernels' checks and tables alone (kernels_hopper.md)
 #   sweep      python -m benchmarks.kernel_sweep: the kernels' block sizes, warps and stages
 #              (Hopper flash and decode, flash forward, decode attention, the samplers), each
 #              setting checked against its reference and timed, within $SWEEP_LIMIT - 30 s
@@ -243,6 +245,9 @@ for s in ${stages//,/ }; do
     env)
       stage env 120 bash -c 'nvidia-smi; python3 -c "import jax, flax, torch; print(jax.__version__, flax.__version__, torch.__version__, jax.devices())"' ;;
     kernels) stage kernels "${KERNELS_LIMIT:-330}" $PY -m benchmarks.kernels --quick ;;
+    hopper)  # the Hopper kernels' section alone (never run on a GPU): kernels_hopper.md
+      stage hopper "${HOPPER_LIMIT:-200}" $PY -m benchmarks.kernels --quick --only=hopper \
+        --out=hopper ;;
     sweep)  # the budget leaves the stage time to write its file after the last setting
       stage sweep "${SWEEP_LIMIT:-180}" $PY -m benchmarks.kernel_sweep \
         --budget_s=$(( ${SWEEP_LIMIT:-180} * LIMIT_SCALE - 30 )) \

@@ -73,11 +73,15 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument('--only', default=','.join(SECTIONS), help=f'comma list of {SECTIONS}')
   ap.add_argument('--quick', action='store_true', help='fewer shapes per section')
+  ap.add_argument('--out', default='',
+                  help="suffix of the results file (kernels_<out>.md), e.g. 'hopper' for a "
+                       'run of --only=hopper beside the full file')
   ap.add_argument('--cpu_status', action='store_true',
                   help='interpret-mode checks on CPU (both kernel families) and the list of '
                        'what remains to measure on hardware')
   args = ap.parse_args()
   only = set(args.only.split(','))
+  gpu_name = 'kernels' + (f'_{args.out}' if args.out else '')
   here = kcommon.platform()
   sections = []
   check_header = ['kernel', 'impl', 'shape', 'dtype', 'rel. error', 'tol', 'ok']
@@ -106,7 +110,7 @@ def main():
       except Exception as e:  # pylint: disable=broad-except
         traceback.print_exc()
         sections.append(f'## {name}: failed\n\n`{type(e).__name__}: {e}`'[:2000])
-      common.write_results('kernels', 'Pallas kernels', '\n\n'.join(sections))
+      common.write_results(gpu_name, 'Pallas kernels', '\n\n'.join(sections))
 
     def section_check() -> str:
       rows = kernel_checks.checks(('pallas',), small=False)
@@ -196,7 +200,7 @@ def main():
     run_section('flash', section_flash)
     run_section('hopper', section_hopper)
   body = '\n\n'.join(sections)
-  name = 'kernels_cpu' if args.cpu_status or here == 'cpu' else 'kernels'
+  name = 'kernels_cpu' if args.cpu_status or here == 'cpu' else gpu_name
   path = common.write_results(name, 'Pallas kernels', body)
   print(f'wrote {path}')
 

@@ -88,11 +88,11 @@ def proposals_from_results(markdown: str) -> dict[tuple[str, str, str], tuple[st
   flash = _section(s, 'Flash attention')
   fwd = _all_at_least(flash, 'ours/cuDNN speed', 1.0)
   both = _all_at_least(flash, 'ours/cuDNN fwd+bwd', 1.0)
-  if fwd is not None:
-    hopper_ok = _checked(s, 'hopper flash')
-    hopper = _section(s, 'Hopper flash attention')  # the Hopper section, last in the file
-    hop_fwd = _all_at_least(hopper, 'Hopper/cuDNN speed', 1.0)
-    hop_both = _all_at_least(hopper, 'Hopper/cuDNN fwd+bwd', 1.0)
+  hopper_ok = _checked(s, 'hopper flash')
+  hopper = _section(s, 'Hopper flash attention')  # the Hopper section (or its own file)
+  hop_fwd = _all_at_least(hopper, 'Hopper/cuDNN speed', 1.0)
+  hop_both = _all_at_least(hopper, 'Hopper/cuDNN fwd+bwd', 1.0)
+  if fwd is not None or hop_fwd is not None:
     wins = {}  # impl -> its worst forward ratio over cuDNN, where it won every row
     if fwd and both is not False and flash_ok:
       wins['pallas'] = _least(flash, 'ours/cuDNN speed')

@@ -361,6 +361,20 @@ def test_refresh_proposes_the_hopper_kernel_only_when_it_wins_and_passed():
       _results(1.16, True, hopper_both=0.75))[causal][0] == 'cudnn'
 
 
+def test_refresh_reads_a_file_of_the_hopper_section_alone():
+  """`benchmarks.kernels --only=hopper --out=hopper` (the suite's `hopper` stage) writes
+  the Hopper checks and tables without the Triton ones: the causal proposal still follows
+  the Hopper table."""
+  def results(ratio: float) -> str:
+    return (_table('Correctness of the Hopper kernels on gpu', CHECK_HEADER,
+                   _check_row('hopper flash fwd', True))
+            + _table('Hopper flash attention, causal, bf16', kernel_speed.HOPPER_FLASH_HEADER,
+                     {'Hopper/cuDNN speed': ratio, 'Hopper/cuDNN fwd+bwd': 1.1}))
+  causal = ('attention', 'gpu', 'causal')
+  assert dispatch_refresh.proposals_from_results(results(1.2))[causal][0] == 'mosaic'
+  assert dispatch_refresh.proposals_from_results(results(0.9))[causal][0] == 'cudnn'
+
+
 def test_refresh_proposes_ours_for_the_explicit_case_from_the_dense_mask_table():
   def results(fwd: float, both: float, ok: bool = True) -> str:
     return (_table('Correctness on gpu', CHECK_HEADER, _check_row('flash fwd', ok))
