@@ -69,7 +69,13 @@ Remaining on a TPU: the same `check` with the Mosaic kernels (`impl='pallas'` th
 verification has no TPU kernel yet)."""
 
 
-def main():
+def _table(heading: str, caption: str, header: list[str], rows: list[list]) -> str:
+  """A section of the results file: '## heading', an optional caption, the table."""
+  return (f'## {heading}\n\n' + (f'{caption}\n\n' if caption else '')
+          + common.markdown_table(header, rows))
+
+
+def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument('--only', default=','.join(SECTIONS), help=f'comma list of {SECTIONS}')
   ap.add_argument('--quick', action='store_true', help='fewer shapes per section')
@@ -79,7 +85,7 @@ def main():
   ap.add_argument('--cpu_status', action='store_true',
                   help='interpret-mode checks on CPU (both kernel families) and the list of '
                        'what remains to measure on hardware')
-  args = ap.parse_args()
+  args = ap.parse_args(argv)
   only = set(args.only.split(','))
   gpu_name = 'kernels' + (f'_{args.out}' if args.out else '')
   here = kcommon.platform()
@@ -109,7 +115,8 @@ def main():
         sections.append(make())
       except Exception as e:  # pylint: disable=broad-except
         traceback.print_exc()
-        sections.append(f'## {name}: failed\n\n`{type(e).__name__}: {e}`'[:2000])
+        sections.append(f'## {name} ({make.__name__}): failed\n\n`{type(e).__name__}: {e}`'
+                        [:2000])
       common.write_results(gpu_name, 'Pallas kernels', '\n\n'.join(sections))
 
     def section_check() -> str:
@@ -120,76 +127,76 @@ def main():
 
     def section_flash() -> str:
       return (
-          '## Flash attention, causal, bf16 (TFLOP/s; backward counted as 2.5x forward)\n\n'
-          + common.markdown_table(kernel_speed.FLASH_HEADER,
-                                  kernel_speed.bench_flash(args.quick))
-          + '\n\n## Dense-mask flash attention (the explicit case), bf16, H 16, Dh 128 (ms)'
-          '\n\nA block-causal mask (blocks of 16, as block-diffusion training builds it) '
-          'as a dense [B, T, T] array: our flash kernel reads it per tile and skips empty '
-          'tiles; cuDNN gets the same mask.\n\n'
-          + common.markdown_table(kernel_speed.DENSE_HEADER,
-                                  kernel_speed.bench_dense_mask_flash(args.quick)))
+          _table('Flash attention, causal, bf16 (TFLOP/s; backward counted as 2.5x forward)',
+                 '', kernel_speed.FLASH_HEADER, kernel_speed.bench_flash(args.quick))
+          + '\n\n' + _table(
+              'Dense-mask flash attention (the explicit case), bf16, H 16, Dh 128 (ms)',
+              'A block-causal mask (blocks of 16, as block-diffusion training builds it) as a '
+              'dense [B, T, T] array: our flash kernel reads it per tile and skips empty '
+              'tiles; cuDNN gets the same mask.',
+              kernel_speed.DENSE_HEADER, kernel_speed.bench_dense_mask_flash(args.quick)))
 
     def section_tree() -> str:
-      return (
-          '## Tree verification attention, bf16, H 32, K 8, Dh 128 (ms)\n\n`ours` gets the '
-          'tree K/V and the 64 x 64 ancestor mask apart from the cache; `ours, dense` and '
-          'cuDNN get the same dense [N, S] mask over a cache holding the tree.\n\n'
-          + common.markdown_table(kernel_speed.TREE_HEADER, kernel_speed.bench_tree(args.quick)))
+      return _table(
+          'Tree verification attention, bf16, H 32, K 8, Dh 128 (ms)',
+          '`ours` gets the tree K/V and the 64 x 64 ancestor mask apart from the cache; `ours, '
+          'dense` and cuDNN get the same dense [N, S] mask over a cache holding the tree.',
+          kernel_speed.TREE_HEADER, kernel_speed.bench_tree(args.quick))
 
     def section_decode() -> str:
-      return (
-          '## Decode attention, bf16, H 32, K 8, Dh 128 (GB/s of K/V read)\n\n'
-          + common.markdown_table(kernel_speed.DECODE_HEADER,
-                                  kernel_speed.bench_decode(args.quick)))
+      return _table('Decode attention, bf16, H 32, K 8, Dh 128 (GB/s of K/V read)', '',
+                    kernel_speed.DECODE_HEADER, kernel_speed.bench_decode(args.quick))
 
     def section_delta() -> str:
       rows, note = kernel_speed.bench_delta(args.quick)
-      return (
-          '## Chunked gated DeltaProduct (n_h 2) forward+backward, bf16, B 1, H 16, Dk 128, '
-          'Dv 256 (ms)\n\n' + (note + '\n\n' if note else '')
-          + common.markdown_table(['T', 'sub-steps', 'ours', 'XLA chunked', 'fla',
-                                   'fla / ours'], rows))
+      return _table('Chunked gated DeltaProduct (n_h 2) forward+backward, bf16, B 1, H 16, '
+                    'Dk 128, Dv 256 (ms)', note,
+                    ['T', 'sub-steps', 'ours', 'XLA chunked', 'fla', 'fla / ours'], rows)
 
     def section_sampling() -> str:
-      return (
-          '## Fused sampling (temperature 0.8, top-p 0.95) vs the sort (us)\n\n'
-          + 'fused: one program a row (`sampling/gpu.py`); split: each row over many programs, '
-          'about 512 in all, one call a pass (`sampling/split.py`, `parts=0`).\n\n'
-          + common.markdown_table(['V', 'B', 'fused', 'sort-based', 'sort / fused', 'split',
-                                   'sort / split'],
-                                  kernel_speed.bench_sampling(args.quick)))
+      return _table(
+          'Fused sampling (temperature 0.8, top-p 0.95) vs the sort (us)',
+          'fused: one program a row (`sampling/gpu.py`); split: each row over many programs, '
+          'about 512 in all, one call a pass (`sampling/split.py`, `parts=0`).',
+          ['V', 'B', 'fused', 'sort-based', 'sort / fused', 'split', 'sort / split'],
+          kernel_speed.bench_sampling(args.quick))
 
-    def section_hopper() -> str:
+    # The Hopper section: its checks and each of its tables run (and are written) one at a
+    # time, so that a table that fails or runs past a time limit costs only itself.
+    def hopper_check() -> str:
       rows = kernel_checks.hopper_checks(small=False)
       ok = all(r[-1] for r in rows)
-      checked = (f'## Correctness of the Hopper kernels on {here} '
-                 f'({"all pass" if ok else "FAILURES"})\n\n'
-                 + common.markdown_table(check_header, rows))
-      flash = ('## Hopper flash attention, causal, bf16 (TFLOP/s; backward counted as 2.5x '
-               "forward)\n\nOur Mosaic GPU kernel (`impl='mosaic'`: TMA, wgmma, a producer "
-               'warpgroup); `Hopper fwd+bwd` with the Triton backward (its default), `(Hopper '
-               "bwd)` with `HopperConfig(backward=HopperBwdConfig())`; `jax Mosaic` is jax's "
-               'own Mosaic GPU kernel (`jax.experimental.pallas.ops.gpu.attention_mgpu`, '
-               'forward only: its causal backward is not implemented; given float16, which jax 0.10\'s '
-               'kernel needs).\n\n"
-               + common.markdown_table(kernel_speed.HOPPER_FLASH_HEADER,
-                                       kernel_speed.bench_hopper_flash(args.quick)))
-      decode = ('## Hopper decode attention, bf16, H 32, K 8, Dh 128 (GB/s of K/V read)\n\n'
-                "Our Mosaic GPU kernel (`impl='mosaic'`) on [B, S, K, Dh] and on the decoding "
-                "cache's layout (k [B, K, S, Dh], v [B, K, Dh, S]) read in place, against XLA "
-                'on the cache layout.\n\n'
-                + common.markdown_table(kernel_speed.HOPPER_DECODE_HEADER,
-                                        kernel_speed.bench_hopper_decode(args.quick)))
-      tree = ('## Hopper tree verification, bf16, H 32, K 8, Dh 128 (ms)\n\n'
-              "Our Mosaic GPU decode kernel (`impl='mosaic'`) verifying 64 tree nodes (256 "
-              'query rows per kv head: two row blocks) over a cache already holding them; '
-              'it reads the mask only past the prefix every node sees. cuDNN gets the same '
-              'dense [N, S] mask. `cuDNN / Hopper` takes the cache-layout time (the model\'s '
-              'path; cuDNN would need copies of that layout).\n\n'
-              + common.markdown_table(kernel_speed.HOPPER_TREE_HEADER,
-                                      kernel_speed.bench_hopper_tree(args.quick)))
-      return '\n\n'.join((checked, flash, decode, tree))
+      return (f'## Correctness of the Hopper kernels on {here} '
+              f'({"all pass" if ok else "FAILURES"})\n\n'
+              + common.markdown_table(check_header, rows))
+
+    def hopper_flash() -> str:
+      return _table(
+          'Hopper flash attention, causal, bf16 (TFLOP/s; backward counted as 2.5x forward)',
+          "Our Mosaic GPU kernel (`impl='mosaic'`: TMA, wgmma, a producer warpgroup); `Hopper "
+          'fwd+bwd` with the Triton backward (its default), `(Hopper bwd)` with '
+          "`HopperConfig(backward=HopperBwdConfig())`; `jax Mosaic` is jax's own Mosaic GPU "
+          'kernel (`jax.experimental.pallas.ops.gpu.attention_mgpu`, forward only: its causal '
+          "backward is not implemented; given float16, which jax 0.10's kernel needs).",
+          kernel_speed.HOPPER_FLASH_HEADER, kernel_speed.bench_hopper_flash(args.quick))
+
+    def hopper_decode() -> str:
+      return _table(
+          'Hopper decode attention, bf16, H 32, K 8, Dh 128 (GB/s of K/V read)',
+          "Our Mosaic GPU kernel (`impl='mosaic'`) on [B, S, K, Dh] and on the decoding "
+          "cache's layout (k [B, K, S, Dh], v [B, K, Dh, S]) read in place, against XLA on the "
+          'cache layout.',
+          kernel_speed.HOPPER_DECODE_HEADER, kernel_speed.bench_hopper_decode(args.quick))
+
+    def hopper_tree() -> str:
+      return _table(
+          'Hopper tree verification, bf16, H 32, K 8, Dh 128 (ms)',
+          "Our Mosaic GPU decode kernel (`impl='mosaic'`) verifying 64 tree nodes (256 query "
+          'rows per kv head: two row blocks) over a cache already holding them; it reads the '
+          'mask only past the prefix every node sees. cuDNN gets the same dense [N, S] mask. '
+          "`cuDNN / Hopper` takes the cache-layout time (the model's path; cuDNN would need "
+          'copies of that layout).',
+          kernel_speed.HOPPER_TREE_HEADER, kernel_speed.bench_hopper_tree(args.quick))
 
     # The quick sections first, so that a run cut short by a time limit loses the least.
     run_section('check', section_check)
@@ -198,11 +205,13 @@ def main():
     run_section('sampling', section_sampling)
     run_section('delta', section_delta)
     run_section('flash', section_flash)
-    run_section('hopper', section_hopper)
+    for make in (hopper_check, hopper_flash, hopper_decode, hopper_tree):
+      run_section('hopper', make)
   body = '\n\n'.join(sections)
   name = 'kernels_cpu' if args.cpu_status or here == 'cpu' else gpu_name
   path = common.write_results(name, 'Pallas kernels', body)
   print(f'wrote {path}')
+  return path
 
 
 if __name__ == '__main__':

@@ -76,3 +76,33 @@ def test_the_jax_mosaic_peer_lowers_for_cuda(monkeypatch, Dh):
   text = export.export(jax.jit(kernel_speed._jax_mosaic_causal), platforms=['cuda'])(
       sd, sd, sd).mlir_module()
   assert 'mosaic_gpu' in text
+
+
+def test_the_hopper_stage_writes_its_own_file_and_a_failing_table_costs_only_itself(
+    fake_timer, tmp_path, monkeypatch):
+  """`benchmarks.kernels --quick --only=hopper --out=hopper` (the suite's `hopper` stage)
+  with the platform faked as a GPU, the timer faked and the checks replaced: it writes
+  kernels_hopper.md with the Hopper checks and tables, each written as it finishes, so a
+  table that raises leaves the others in the file; `dispatch_refresh` reads that file."""
+  from benchmarks import common, kernel_checks, kernels  # pylint: disable=g-import-not-at-top
+  from pallas_kernels import common as kcommon  # pylint: disable=g-import-not-at-top
+  from pallas_kernels import dispatch_refresh  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(common, 'RESULTS_DIR', str(tmp_path))
+  monkeypatch.setattr(kcommon, 'platform', lambda: 'gpu')
+  monkeypatch.setattr(kernel_checks, 'hopper_checks', lambda small: [
+      [name, 'mosaic', 's', 'bfloat16', 0.001, 0.03, True]
+      for name in ('hopper flash fwd', 'hopper decode (cache)', 'hopper verify (cache)')])
+
+  def broken(quick):
+    raise RuntimeError('decode table broke')
+  monkeypatch.setattr(kernel_speed, 'bench_hopper_decode', broken)
+  path = kernels.main(['--quick', '--only=hopper', '--out=hopper'])
+  assert path.endswith('kernels_hopper.md')
+  text = open(path).read()
+  for heading in ('Correctness of the Hopper kernels on gpu (all pass)',
+                  'Hopper flash attention', 'hopper (hopper_decode): failed',
+                  'Hopper tree verification'):
+    assert f'## {heading}' in text, heading
+  assert 'decode table broke' in text and '## Flash attention, causal' not in text
+  proposals = dispatch_refresh.proposals_from_results(text)
+  assert {('attention', 'gpu', 'causal'), ('attention', 'gpu', 'verify')} <= set(proposals)
