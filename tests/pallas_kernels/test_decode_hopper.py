@@ -231,19 +231,25 @@ def test_refuses_what_it_cannot_run(kw, words):
                     cache_layout=False, config=HopperDecodeConfig(block_k=256, stages=4))
 
 
+def _model_pair(num_heads: int):
+  """(cfg, {'xla': model, 'mosaic': model}, params): one bf16 layer, 2 kv heads, Dh 64, the
+  same weights under both attention implementations."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from testlib import small_config  # pylint: disable=g-import-not-at-top
+  from models import Transformer, init_params  # pylint: disable=g-import-not-at-top
+  cfg = small_config(num_layers=1, d_model=64, num_heads=num_heads, num_kv_heads=2,
+                     head_dim=64, dtype='bfloat16')
+  models = {impl: Transformer(dataclasses.replace(cfg, attention_impl=impl))
+            for impl in ('xla', 'mosaic')}
+  return cfg, models, init_params(models['xla'], jax.random.key(0))
+
+
 def test_the_model_decodes_with_the_hopper_kernel():
   """attention_impl='mosaic': the model's prefill (a padded row), a decode step and a
   tree-verification step (an explicit mask over the cache) run the Hopper decode kernel on
   the cache's layout with the model's mask, and give the logits of attention_impl='xla'."""
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  from testlib import small_config  # pylint: disable=g-import-not-at-top
-  from models import (Cache, Transformer, init_params,  # pylint: disable=g-import-not-at-top
-                      local_to_cache_mask, tree_mask)
-  cfg = small_config(num_layers=1, d_model=64, num_heads=4, num_kv_heads=2, head_dim=64,
-                     dtype='bfloat16')
-  models = {impl: Transformer(dataclasses.replace(cfg, attention_impl=impl))
-            for impl in ('xla', 'mosaic')}
-  params = init_params(models['xla'], jax.random.key(0))
+  from models import Cache, local_to_cache_mask, tree_mask  # pylint: disable=g-import-not-at-top
+  cfg, models, params = _model_pair(num_heads=4)
   B, P, S = 2, 9, 32
   prompt = jax.random.randint(jax.random.key(2), (B, P), 0, cfg.vocab_size)
   prompt_pos = jnp.broadcast_to(jnp.arange(P), (B, P)).at[1, 6:].set(-1)
@@ -274,18 +280,11 @@ def test_the_model_decodes_with_the_hopper_kernel():
 
 def test_the_model_verifies_a_wide_tree_with_the_hopper_kernel(monkeypatch):
   """attention_impl='mosaic' over a cache with 40 tree nodes at G 4 (160 rows per kv head:
-  the verify case) runs the Hopper decode kernel (two row blocks) and gives the logits and
-  cache of attention_impl='xla'."""
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  from testlib import small_config  # pylint: disable=g-import-not-at-top
-  from models import (Cache, Transformer, init_params,  # pylint: disable=g-import-not-at-top
-                      local_to_cache_mask, tree_mask)
+  the verify case) runs the Hopper decode kernel (two row blocks) and gives the logits of
+  attention_impl='xla'."""
+  from models import Cache, local_to_cache_mask, tree_mask  # pylint: disable=g-import-not-at-top
   from pallas_kernels import attention as attention_ops  # pylint: disable=g-import-not-at-top
-  cfg = small_config(num_layers=1, d_model=64, num_heads=8, num_kv_heads=2, head_dim=64,
-                     dtype='bfloat16')
-  models = {impl: Transformer(dataclasses.replace(cfg, attention_impl=impl))
-            for impl in ('xla', 'mosaic')}
-  params = init_params(models['xla'], jax.random.key(0))
+  cfg, models, params = _model_pair(num_heads=8)
   B, P, N, S = 2, 7, 40, 64
   assert attention_ops.call_case(N, S, 4) == 'verify'
   calls = []
@@ -313,3 +312,13 @@ def test_the_model_verifies_a_wide_tree_with_the_hopper_kernel(monkeypatch):
   assert (2, 2, 256, 64) in calls  # B, K, two row blocks of 128 rows, Dh
   a, b = (np.asarray(outs[i], np.float32) for i in ('mosaic', 'xla'))
   assert np.abs(a - b).max() < 3e-2 * np.abs(b).max()
+
+
+def test_verification_tiles_that_fit_shared_memory():
+  """At 128 rows with a mask and Dh 128 (the verify sweep's shape) only 64-slot tiles in 2 or
+  3 stages fit sm90's shared memory (docs/kernels.md says so)."""
+  fits = lambda rows, mask: [
+      (bk, st) for bk in (64, 128) for st in (2, 3, 4)
+      if hopper.smem_bytes(HopperDecodeConfig(bk, st), 128, rows=rows, has_mask=mask)
+      <= hopper.SMEM_BYTES]
+  assert fits(128, True) == [(64, 2), (64, 3)]
