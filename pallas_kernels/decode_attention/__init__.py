@@ -186,6 +186,8 @@ def _kernel_path(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B, mask_BxTxS, new,
   if cache_layout:
     K, S = k_BxSxKxDh.shape[1], k_BxSxKxDh.shape[2]
   G = H // K
+  # Slots every query of a row sees: both GPU kernels skip the mask on the tiles below it.
+  full = None if mask_BxTxS is None else full_slots(mask_BxTxS)
   if family == 'mosaic':  # bs is a HopperDecodeConfig
     R = hopper.rows_for(T * G)
     Rt = common.round_up(T * G, R)  # row blocks of R
@@ -195,7 +197,6 @@ def _kernel_path(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B, mask_BxTxS, new,
       k, v = common.pad_axis(k_BxSxKxDh, 2, Sp), common.pad_axis(v_BxSxKxDh, 3, Sp)
     else:
       k, v = common.pad_axis(k_BxSxKxDh, 1, Sp), common.pad_axis(v_BxSxKxDh, 1, Sp)
-    full = None if mask_BxTxS is None else full_slots(mask_BxTxS)
     out_rows = common.round_up(T * G, 8)  # the rows that are queries (a single block)
     o, m, l = hopper.partials(_pack_rows(q_BxTxHxDh, K, Rt), k, v, lengths_B,
                               common.pad_axis(_row_mask(mask_BxTxS, G, Rt), 2, Sp), full,
@@ -243,7 +244,6 @@ def _kernel_path(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B, mask_BxTxS, new,
                     num_parts=common.cdiv(nblk, per_part), has_mask=mask is not None,
                     has_new=has_new, interpret=interpret, num_warps=bs.num_warps,
                     num_stages=bs.num_stages, cache_layout=cache_layout)
-    full = None if mask_BxTxS is None else full_slots(mask_BxTxS)
     o, m, l = gpu.partials(q, k, v, lengths_B, mask, kn, vn, nmask, st, full)
     base = 2.0
   out_BxKxRxDh = gpu.combine(o, m, l, base)[:, :, :T * G, :Dh]
