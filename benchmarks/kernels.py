@@ -47,13 +47,15 @@ SECTIONS = ('check', 'flash', 'tree', 'decode', 'delta', 'sampling', 'hopper')
 
 
 REMAINING = """\
-Remaining on a GPU (H100), all produced by `python -m benchmarks.kernels` in one run:
+Remaining on a GPU (H100/H200), all produced by `python -m benchmarks.kernels` in one run
+(the Hopper section alone: `--only=hopper --out=hopper`, the suite's `hopper` stage):
 - on-device correctness of every kernel (the `check` table: Triton lowering compiled to PTX
   and run, bf16 and fp32) — until then `attention_impl='auto'` stays on XLA;
 - flash attention forward (and forward+backward) TFLOP/s vs cuDNN and XLA, T 1k-16k,
   Dh 64/128, bf16, causal (goal >= 0.8x cuDNN, >= 450 TFLOP/s at long T), for the Triton
   kernel and the Hopper one (`impl='mosaic'`, Mosaic GPU: TMA, wgmma, a producer
-  warpgroup; checked here only in jax's GPU interpret mode and by lowering for CUDA);
+  warpgroup; checked here only in jax's GPU interpret mode and by lowering for CUDA), and
+  the Hopper forward vs jax's own Mosaic GPU kernel (`attention_mgpu`, float16);
 - flash attention with a dense mask (the explicit case) vs cuDNN with the same mask;
 - tree attention vs cuDNN with the same mask (goal >= 2x; issue 16: 1.5x), for the Triton
   kernel and the Hopper decode kernel (the verify case: 256 rows per kv head);
