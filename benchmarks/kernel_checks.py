@@ -107,7 +107,12 @@ def _checks(impls: tuple[str, ...], small: bool) -> list[list[Any]]:
           qd[:, :1], kc, vc, lengths, impl=impl), static_argnums=0)
       tree = jax.jit(lambda impl, qd, kc, vc, lengths, kt, vt, par: tree_attention(
           qd, kc, vc, lengths, kt, vt, parents_BxN=par, impl=impl), static_argnums=0)
-      for name, f in (('decode', dec), ('tree', tree)):
+      # A sliding window of S / 4 + 7 slots: each row starts mid-block (the blocks before
+      # its window are not read).
+      window = window_mask(lengths, 1, S, S // 4 + 7)
+      win = jax.jit(lambda impl, qd, kc, vc, lengths, *_: decode_attention(
+          qd[:, :1], kc, vc, lengths, mask_BxTxS=window, impl=impl), static_argnums=0)
+      for name, f in (('decode', dec), ('decode window', win), ('tree', tree)):
         def one(f=f, name=name):
           e = rel_error(f(impl, *arrays), f('xla', *arrays))
           return [[name, impl, f'B2 S{S} H{H} K{K} D{Dh}', dn, e, tol, e < tol]]
@@ -185,17 +190,25 @@ def _check_hopper_decode(small: bool) -> list[list[Any]]:
   q, kc, vc = normal(30, (B, 1, H, Dh)), normal(31, (B, S, K, Dh)), normal(32, (B, S, K, Dh))
   lengths = jnp.array([S // 3] + [S] * (B - 1))
   mask = jax.random.bernoulli(jax.random.key(33), 0.7, (B, 1, S)).at[:, :, 0].set(True)
+  kt, vt = jnp.swapaxes(kc, 1, 2), jnp.transpose(vc, (0, 2, 3, 1))
   rows = []
-  for layout, k, v, m in (('BSKD', kc, vc, None),
-                          ('cache', jnp.swapaxes(kc, 1, 2), jnp.transpose(vc, (0, 2, 3, 1)), None),
-                          ('cache, mask', jnp.swapaxes(kc, 1, 2), jnp.transpose(vc, (0, 2, 3, 1)),
-                           mask)):
+  for layout, k, v, m in (('BSKD', kc, vc, None), ('cache', kt, vt, None),
+                          ('cache, mask', kt, vt, mask),
+                          ('cache, window', kt, vt, window_mask(lengths, 1, S, S // 4 + 7))):
     f = lambda impl, q, k, v, lengths, m, layout=layout.split(',')[0]: decode_attention(
         q, k, v, lengths, mask_BxTxS=m, impl=impl, kv_layout=layout)
     e = rel_error(f('mosaic', q, k, v, lengths, m), f('xla', q, k, v, lengths, m))
     rows.append([f'hopper decode ({layout})', 'mosaic', f'B{B} S{S} H{H} K{K} D{Dh}',
                  'bfloat16', e, 3e-2, e < 3e-2])
   return rows
+
+
+def window_mask(lengths_B, T: int, S: int, window: int) -> jax.Array:
+  """[B, T, S] bool: query t of row b (at position lengths[b] - T + t) sees the `window`
+  slots up to its own, as a sliding-window model's decode does."""
+  pos = jnp.asarray(lengths_B)[:, None, None] - T + jnp.arange(T)[None, :, None]
+  slot = jnp.arange(S)[None, None, :]
+  return (slot <= pos) & (slot > pos - window)
 
 
 def tree_over_cache(parents_N, prefix_B, S: int) -> jax.Array:

@@ -40,7 +40,7 @@ from pallas_kernels.decode_attention import hopper
 from pallas_kernels.decode_attention import tpu
 from pallas_kernels.decode_attention.reference import (ancestor_mask,
                                                        decode_attention_reference,
-                                                       full_slots, visible_slots)
+                                                       slot_bounds, visible_slots)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,8 +186,9 @@ def _kernel_path(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B, mask_BxTxS, new,
   if cache_layout:
     K, S = k_BxSxKxDh.shape[1], k_BxSxKxDh.shape[2]
   G = H // K
-  # Slots every query of a row sees: both GPU kernels skip the mask on the tiles below it.
-  full = None if mask_BxTxS is None else full_slots(mask_BxTxS)
+  # Where each row's visible slots begin and the run every query sees: both GPU kernels read
+  # no tile before the first and compute the tiles inside the run without the mask.
+  bounds = None if mask_BxTxS is None else slot_bounds(mask_BxTxS)
   if family == 'mosaic':  # bs is a HopperDecodeConfig
     R = hopper.rows_for(T * G)
     Rt = common.round_up(T * G, R)  # row blocks of R
@@ -199,7 +200,7 @@ def _kernel_path(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B, mask_BxTxS, new,
       k, v = common.pad_axis(k_BxSxKxDh, 1, Sp), common.pad_axis(v_BxSxKxDh, 1, Sp)
     out_rows = common.round_up(T * G, 8)  # the rows that are queries (a single block)
     o, m, l = hopper.partials(_pack_rows(q_BxTxHxDh, K, Rt), k, v, lengths_B,
-                              common.pad_axis(_row_mask(mask_BxTxS, G, Rt), 2, Sp), full,
+                              common.pad_axis(_row_mask(mask_BxTxS, G, Rt), 2, Sp), bounds,
                               scale=scale, cache_layout=cache_layout, config=bs,
                               out_rows=out_rows if out_rows < R else None,
                               interpret=interpret)
@@ -233,18 +234,17 @@ def _kernel_path(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B, mask_BxTxS, new,
   if family == 'tpu':
     st = tpu.Static(scale=scale, block_k=bk, has_mask=mask is not None, has_new=has_new,
                     interpret=interpret)
-    o, m, l = tpu.partials(q, k, v, lengths_B, mask, kn, vn, nmask, st)
+    o, m, l = tpu.partials(q, k, v, lengths_B, mask, kn, vn, nmask, st,
+                           None if bounds is None else bounds[0])
     base = math.e
   else:
     nblk = Sp // bk
     parts = bs.num_parts or common.cdiv(264, B * K)
-    parts = max(1, min(parts, nblk))
-    per_part = common.cdiv(nblk, parts)
-    st = gpu.Static(scale=scale, block_k=bk, blocks_per_part=per_part,
-                    num_parts=common.cdiv(nblk, per_part), has_mask=mask is not None,
+    st = gpu.Static(scale=scale, block_k=bk, num_parts=max(1, min(parts, nblk)),
+                    has_mask=mask is not None,
                     has_new=has_new, interpret=interpret, num_warps=bs.num_warps,
                     num_stages=bs.num_stages, cache_layout=cache_layout)
-    o, m, l = gpu.partials(q, k, v, lengths_B, mask, kn, vn, nmask, st, full)
+    o, m, l = gpu.partials(q, k, v, lengths_B, mask, kn, vn, nmask, st, bounds)
     base = 2.0
   out_BxKxRxDh = gpu.combine(o, m, l, base)[:, :, :T * G, :Dh]
   out = out_BxKxRxDh.reshape(B, K, T, G, Dh).transpose(0, 2, 1, 3, 4).reshape(B, T, H, Dh)

@@ -1,17 +1,21 @@
 """Decode / tree attention for GPUs: a split-K Pallas kernel with the Triton lowering.
 
-Each program owns one (row b, kv head, part). Parts 0..P-1 split the cache slots
-[0, lengths[b]) into contiguous runs of key blocks (split-K, so that batch x kv heads x
-parts fills the GPU even at batch 1); the optional last part attends over the N new tokens
+Each program owns one (row b, kv head, part). Parts 0..P-1 split the key blocks the row
+reads, from the one holding its first visible slot to the one holding its last slot below
+lengths[b], into P equal contiguous runs (split-K, so that batch x kv heads x parts fills
+the GPU even at batch 1, and stays filled whatever the length: a row whose length is a
+quarter of the cache still runs P busy parts; the run is sized in the kernel from the row's
+bounds); the optional last part attends over the N new tokens
 with their explicit [T, N] mask (tree verification, a diffusion canvas). The T x G queries
 of a kv head are packed as rows r = t * G + g, so every key/value block is read from HBM
 once per kv head, not once per query head. Parts return (o, m, l) in base 2; `combine`
 merges them (log-sum-exp weights) outside the kernel.
 
-Reads only the slots below each row's length: the cost is bytes of K/V actually attended.
-With a mask, the key blocks wholly below the row's `full` bound (slots every query of the
-row sees: the prefix under a tree, a decode step's cache) are computed without it, and
-their mask blocks are never loaded.
+Reads only the slots below each row's length and from the block of its first visible slot
+(`reference.slot_bounds`; a sliding window's earlier blocks are never read): the cost is
+bytes of K/V actually attended. With a mask, the key blocks wholly inside the row's run of
+slots every query sees (`lo`, `hi`: the prefix under a tree, a decode step's cache or
+window) are computed without it, and their mask blocks are never loaded.
 The cache is never copied when S is a multiple of the key block and Dh a power of two >= 16.
 K/V come as [B, S, K, Dh], or (`Static.cache_layout`) as the decoding cache stores them,
 k [B, K, S, Dh] and v [B, K, Dh, S]: value tiles are then [Dh, bk] and p.v contracts their
@@ -39,7 +43,6 @@ MASK_VALUE = common.MASK_VALUE
 class Static:
   scale: float
   block_k: int
-  blocks_per_part: int
   num_parts: int  # cache parts (the new-token part comes after them)
   has_mask: bool
   has_new: bool
@@ -70,7 +73,7 @@ def _online(carry, s, vis, v, v_t=False):
           alpha * l + p.sum(axis=1))
 
 
-def _kernel(len_ref, full_ref, q_ref, k_ref, v_ref, *refs, st: Static):
+def _kernel(len_ref, start_ref, lo_ref, hi_ref, q_ref, k_ref, v_ref, *refs, st: Static):
   refs = list(refs)
   mask_ref = refs.pop(0) if st.has_mask else None
   knew_ref, vnew_ref, nmask_ref = (refs.pop(0), refs.pop(0), refs.pop(0)) if st.has_new else (
@@ -97,12 +100,13 @@ def _kernel(len_ref, full_ref, q_ref, k_ref, v_ref, *refs, st: Static):
       if st.cache_layout:
         return _online(c, s, vis, v_ref[:, ks], v_t=True)
       return _online(c, s, vis, v_ref[ks, :])
-    first = part * st.blocks_per_part
-    last = jnp.maximum(first, jnp.minimum(first + st.blocks_per_part, pl.cdiv(length, bk)))
-    # Blocks wholly below the length and the full bound: no mask, no mask block loaded.
-    free = jnp.clip(jnp.minimum(length, full_ref[b]) // bk, first, last)
-    carry = lax.fori_loop(first, free, functools.partial(body, masked=False), carry)
-    return lax.fori_loop(free, last, functools.partial(body, masked=True), carry)
+    first, last, free_lo, free_hi = part_tiles(length, start_ref[b], lo_ref[b], hi_ref[b],
+                                               part, st.num_parts, bk)
+    # Blocks wholly inside the run every query sees, below the length: no mask, no mask
+    # block loaded; the blocks before and after it are masked.
+    carry = lax.fori_loop(first, free_lo, functools.partial(body, masked=True), carry)
+    carry = lax.fori_loop(free_lo, free_hi, functools.partial(body, masked=False), carry)
+    return lax.fori_loop(free_hi, last, functools.partial(body, masked=True), carry)
 
   def new_part(carry):
     s = _dot(q, knew_ref[...]) * qk_scale
@@ -117,13 +121,32 @@ def _kernel(len_ref, full_ref, q_ref, k_ref, v_ref, *refs, st: Static):
   l_ref[...] = l
 
 
+def part_tiles(length, start, lo, hi, part, num_parts: int, block_k: int):
+  """(first, last, free_lo, free_hi): part `part` of `num_parts` reads key tiles
+  [first, last), an equal share of the tiles from the one holding slot `start` to the one
+  holding slot length - 1; of them, [free_lo, free_hi) lie wholly inside the run [lo, hi)
+  of slots every query sees and below the length (no mask needed), first <= free_lo <=
+  free_hi <= last. Traced int32 scalars (the row's bounds: `reference.slot_bounds`)."""
+  bk = jnp.int32(block_k)
+  begin = lax.div(start, bk)
+  end = lax.div(length + bk - 1, bk)
+  per = lax.div(jnp.maximum(end - begin, 0) + num_parts - 1, jnp.int32(num_parts))
+  first = begin + part * per
+  last = jnp.maximum(first, jnp.minimum(first + per, end))
+  free_lo = jnp.clip(lax.div(lo + bk - 1, bk), first, last)
+  free_hi = jnp.clip(lax.div(jnp.minimum(length, hi), bk), free_lo, last)
+  return first, last, free_lo, free_hi
+
+
 def partials(q_BxKxRxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B, mask_BxRxS, knew_BxNxKxDh,
-             vnew_BxNxKxDh, nmask_BxRxN, st: Static, full_B=None):
+             vnew_BxNxKxDh, nmask_BxRxN, st: Static, bounds=None):
   """(o [B, K, P, R, Dh] f32, m [B, K, P, R] base 2, l [B, K, P, R]) for P parts.
 
-  full_B: with a mask, every query row of row b sees the slots below full_B[b] (the mask
-  is then not read for the key blocks below it and below the length); None = 0 (every
-  block masked). Without a mask it is not used."""
+  bounds: with a mask, (start_B, lo_B, hi_B) int (`reference.slot_bounds`): no query of
+  row b sees a slot below start[b] (those key blocks are not read), every query sees the
+  slots in [lo[b], hi[b]) (the mask is not read for the key blocks wholly inside it and
+  below the length); None = (0, 0, 0) (every block read and masked). Without a mask, every
+  block below the length is read unmasked."""
   B, K, R, Dh = q_BxKxRxDh.shape
   S = k_BxSxKxDh.shape[2] if st.cache_layout else k_BxSxKxDh.shape[1]
   P = st.num_parts + st.has_new
@@ -132,18 +155,17 @@ def partials(q_BxKxRxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B, mask_BxRxS, knew_BxN
                 pl.BlockSpec((None, None, Dh, S), lambda b, h, p: (b, h, 0, 0))]
   else:
     kv_specs = [pl.BlockSpec((None, S, None, Dh), lambda b, h, p: (b, 0, h, 0))] * 2
-  in_specs = [
-      pl.BlockSpec((B,), lambda b, h, p: (0,)),
-      pl.BlockSpec((B,), lambda b, h, p: (0,)),
+  in_specs = [pl.BlockSpec((B,), lambda b, h, p: (0,))] * 4 + [
       pl.BlockSpec((None, None, R, Dh), lambda b, h, p: (b, h, 0, 0)),
       *kv_specs]
   lengths = lengths_B.astype(jnp.int32)
+  zero = jnp.zeros((B,), jnp.int32)
   if not st.has_mask:
-    full = lengths
-  else:
-    full = jnp.zeros((B,), jnp.int32) if full_B is None else jnp.broadcast_to(
-        jnp.asarray(full_B, jnp.int32), (B,))
-  args = [lengths, full, q_BxKxRxDh, k_BxSxKxDh, v_BxSxKxDh]
+    bounds = (zero, zero, lengths)
+  elif bounds is None:
+    bounds = (zero, zero, zero)
+  bounds = [jnp.broadcast_to(jnp.asarray(x, jnp.int32), (B,)) for x in bounds]
+  args = [lengths, *bounds, q_BxKxRxDh, k_BxSxKxDh, v_BxSxKxDh]
   if st.has_mask:
     in_specs.append(pl.BlockSpec((None, R, S), lambda b, h, p: (b, 0, 0)))
     args.append(mask_BxRxS)

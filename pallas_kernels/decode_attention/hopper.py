@@ -12,11 +12,13 @@ warpgroups:
          [R, block_k] int8 tiles where one is needed, into a ring of `stages` shared-memory
          slots, reloading a slot once the consumer frees it.
 
-The row's length and its `full` bound (every query of the row sees every slot below it,
-e.g. the committed prefix under a verification tree, or all of a decode step's cache) are
-read from shared memory (TMA-loaded first), so a part past the length loads nothing, and
-the tiles below both bounds are computed without a mask: their mask tiles are never loaded
-and no score is masked. More than 128 rows (a wide verification tree: N nodes x G heads)
+The row's length and its bounds (`reference.slot_bounds`: the first slot any query sees,
+and the run of slots every query sees, e.g. the committed prefix under a verification
+tree, or all of a decode step's cache or window) are read from shared memory (TMA-loaded
+first). The parts split the tiles from the first visible slot's to the length's evenly
+(`gpu.part_tiles`), so every part stays busy at any length and a sliding window's earlier
+tiles are never loaded; the tiles inside the run are computed without a mask: their mask
+tiles are never loaded and no score is masked. More than 128 rows (a wide verification tree: N nodes x G heads)
 run as several row blocks, one program each, reading the same K/V tiles (from L2 when
 they run together, which the grid order favours).
 
@@ -43,6 +45,7 @@ from jax.experimental import pallas as pl
 from pallas_kernels import common
 from pallas_kernels import dispatch
 from pallas_kernels import mosaic_interpret
+from pallas_kernels.decode_attention import gpu
 from pallas_kernels.flash_attention import hopper as flash_hopper
 
 LOG2E = math.log2(math.e)
@@ -84,11 +87,6 @@ def rows_for(n_rows: int) -> int:
   return ROWS[0] if n_rows <= ROWS[0] else ROWS[-1]
 
 
-def unmasked_tiles(length, full, first, n, block_k: int):
-  """How many of the part's tiles [first, first + n) lie wholly below both the row's length
-  and its full bound: those first ones need no mask (traced int32 scalars)."""
-  below = lax.div(jnp.minimum(length, full), jnp.int32(block_k))
-  return jnp.clip(below - first, 0, n)
 
 
 def smem_bytes(config: HopperDecodeConfig, head_dim: int, itemsize: int = 2, rows: int = 64,
@@ -99,7 +97,7 @@ def smem_bytes(config: HopperDecodeConfig, head_dim: int, itemsize: int = 2, row
   n = rows * head_dim + 2 * config.stages * bk * head_dim
   n += rows * bk if config.p_in_smem else 0
   mask = config.stages * rows * bk if has_mask else 0
-  return (n * itemsize + mask + rows * head_dim * 4 + 2 * rows * 4 + LENGTHS_PAD * 4
+  return (n * itemsize + mask + rows * head_dim * 4 + 2 * rows * 4 + 4 * LENGTHS_PAD * 4
           + ALIGN_SLACK)
 
 
@@ -119,7 +117,7 @@ def unsupported(dtype, head_dim: int, rows: int, *, has_new: bool) -> str | None
 
 
 def _kernel(bounds_ref, q_ref, k_ref, v_ref, mask_ref, o_ref, m_ref, l_ref, scratch, *,
-            scale: float, block_k: int, blocks_per_part: int, stages: int, cache_layout: bool,
+            scale: float, block_k: int, num_parts: int, stages: int, cache_layout: bool,
             row_blocks: int, out_rows: int, p_in_smem: bool, interpret: bool):
   import jax.experimental.pallas.mosaic_gpu as plgpu  # pylint: disable=g-import-not-at-top
   ((bounds_smem, q_smem, k_smem, v_smem, mask_smem, p_smem, o_smem, m_smem, l_smem),
@@ -138,13 +136,13 @@ def _kernel(bounds_ref, q_ref, k_ref, v_ref, mask_ref, o_ref, m_ref, l_ref, scra
   def _():
     plgpu.copy_gmem_to_smem(bounds_ref, bounds_smem, bounds_bar.at[0])
   plgpu.barrier_wait(bounds_bar.at[0])
+  bp = bounds_smem.shape[0] // 4  # lengths, starts, run starts, run ends
   length = bounds_smem[b]
-  first = part * blocks_per_part
-  n = jnp.maximum(jnp.minimum(first + blocks_per_part,
-                              lax.div(length + block_k - 1, jnp.int32(block_k))) - first, 0)
-  # Tiles [0, n_free) of the part need no mask: every query of the row sees all their slots.
-  full = length if mask_ref is None else bounds_smem[bounds_smem.shape[0] // 2 + b]
-  n_free = unmasked_tiles(length, full, first, n, block_k)
+  start, lo, hi = (bounds_smem[i * bp + b] for i in (1, 2, 3))
+  first, last, free_lo, free_hi = gpu.part_tiles(length, start, lo, hi, part, num_parts,
+                                                 block_k)
+  # The part's tiles [0, n); [a, z) of them need no mask: every query sees all their slots.
+  n, a, z = last - first, free_lo - first, free_hi - first
   wgmma_layout = plgpu.Layout.WGMMA
   c = scale * LOG2E
 
@@ -187,8 +185,9 @@ def _kernel(bounds_ref, q_ref, k_ref, v_ref, mask_ref, o_ref, m_ref, l_ref, scra
                                     interpret),
             mosaic_interpret.layout(jnp.full((rows,), MASK_VALUE, jnp.float32), row, interpret),
             mosaic_interpret.layout(jnp.zeros((rows,), jnp.float32), row, interpret))
-    carry = lax.fori_loop(0, n_free, functools.partial(tile, masked=False), init)
-    acc, m, l = lax.fori_loop(n_free, n, functools.partial(tile, masked=True), carry)
+    carry = lax.fori_loop(0, a, functools.partial(tile, masked=True), init)
+    carry = lax.fori_loop(a, z, functools.partial(tile, masked=False), carry)
+    acc, m, l = lax.fori_loop(z, n, functools.partial(tile, masked=True), carry)
     o_smem[...] = acc
     m_smem[...] = m
     l_smem[...] = l
@@ -212,16 +211,16 @@ def _kernel(bounds_ref, q_ref, k_ref, v_ref, mask_ref, o_ref, m_ref, l_ref, scra
       k_at, v_at = (lambda j: k_ref.at[b, h, slots(j)]), (lambda j: v_ref.at[b, h, :, slots(j)])
     else:
       k_at, v_at = (lambda j: k_ref.at[b, slots(j), h]), (lambda j: v_ref.at[b, slots(j), h])
-    def with_k(j, slot):  # a mask tile only where the consumer masks (tiles >= n_free)
-      @pl.when(j - first >= n_free)
+    def with_k(j, slot):  # a mask tile only where the consumer masks (outside [a, z))
+      @pl.when((j < free_lo) | (j >= free_hi))
       def _():
         plgpu.copy_gmem_to_smem(mask_ref.at[b, row_slice, slots(j)], mask_smem.at[slot],
                                 mask_full.at[slot])
     flash_hopper.stream_kv(k_at, v_at, k_smem, v_smem, (k_full, v_full), (k_free, v_free),
-                           first, first + n, stages, None if mask_ref is None else with_k)
+                           first, last, stages, None if mask_ref is None else with_k)
 
 
-def partials(q_BxKxRxDh, k, v, lengths_B, mask_BxRxS=None, full_B=None, *, scale: float,
+def partials(q_BxKxRxDh, k, v, lengths_B, mask_BxRxS=None, bounds=None, *, scale: float,
              cache_layout: bool, config: HopperDecodeConfig = HopperDecodeConfig(),
              out_rows: int | None = None, interpret=False):
   """(o [B, K, P, R', Dh] float32 unnormalised, m [B, K, P, R'] base 2, l [B, K, P, R']),
@@ -232,9 +231,11 @@ def partials(q_BxKxRxDh, k, v, lengths_B, mask_BxRxS=None, full_B=None, *, scale
   [B, S, K, Dh], or with `cache_layout` k [B, K, S, Dh] and v [B, K, Dh, S]; S a multiple of
   the K/V tile (`config.kv_block(Dh, R)`). lengths_B: int, slots >= lengths[b] are never
   read. mask_BxRxS: optional int8, nonzero = visible (ANDed with the lengths), one row per
-  query row. full_B: with a mask, int: every query row of row b sees the slots below
-  full_B[b] (`reference.full_slots`); tiles below it (and below the length) are computed
-  without their mask tiles. None = 0: every tile is masked. out_rows: with one block of
+  query row. bounds: with a mask, (start_B, lo_B, hi_B) int (`reference.slot_bounds`): no
+  query of row b sees a slot below start[b] (tiles wholly below it are not loaded), every
+  query sees the slots in [lo[b], hi[b]) (tiles wholly inside it and below the length are
+  computed without their mask tiles). None = (0, 0, 0): every tile loaded and masked.
+  Without a mask every tile below the length is computed unmasked. out_rows: with one block of
   rows, write only its first out_rows (a multiple of 8: the rows that are queries, T x G
   rounded up; a decode step's 4 query heads are 8 rows of the 64 computed), so the partials
   written and merged are not mostly padding. interpret: False on the GPU, else truthy
@@ -270,19 +271,22 @@ def partials(q_BxKxRxDh, k, v, lengths_B, mask_BxRxS=None, full_B=None, *, scale
   nblk = S // bk
   parts = config.num_parts or common.cdiv(264, B * K * row_blocks)
   parts = max(1, min(parts, nblk))
-  per_part = common.cdiv(nblk, parts)
-  parts = common.cdiv(nblk, per_part)
   Bp = common.round_up(B, LENGTHS_PAD)
-  full = jnp.zeros((B,), jnp.int32) if full_B is None else jnp.asarray(full_B, jnp.int32)
-  bounds = jnp.concatenate([  # lengths, then the full bounds (both read from shared memory)
-      common.pad_axis(jnp.asarray(lengths_B, jnp.int32), 0, Bp),
-      common.pad_axis(jnp.broadcast_to(full, (B,)), 0, Bp)])
+  lengths = jnp.broadcast_to(jnp.asarray(lengths_B, jnp.int32), (B,))
+  zero = jnp.zeros((B,), jnp.int32)
+  if not has_mask:
+    bounds = (zero, zero, lengths)
+  elif bounds is None:
+    bounds = (zero, zero, zero)
+  bounds = jnp.concatenate([  # lengths, starts, run starts, run ends: read from shared memory
+      common.pad_axis(jnp.broadcast_to(jnp.asarray(x, jnp.int32), (B,)), 0, Bp)
+      for x in (lengths, *bounds)])
   tr = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
   mask_swizzle = min(128, bk)  # int8: one byte a slot
   mask_tr = (plgpu.TilingTransform((8, mask_swizzle)), plgpu.SwizzleTransform(mask_swizzle))
   dt = q_BxKxRxDh.dtype
   smem = (
-      plgpu.SMEM((2 * Bp,), jnp.int32),
+      plgpu.SMEM((4 * Bp,), jnp.int32),
       plgpu.SMEM((R, Dh), dt, transforms=tr),
       plgpu.SMEM((stages, bk, Dh), dt, transforms=tr),
       plgpu.SMEM((stages, Dh, bk) if cache_layout else (stages, bk, Dh), dt, transforms=tr),
@@ -297,7 +301,7 @@ def partials(q_BxKxRxDh, k, v, lengths_B, mask_BxRxS=None, full_B=None, *, scale
               plgpu.Barrier(num_barriers=stages) if has_mask else None,
               plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages))
   interpreting = bool(interpret)
-  body = functools.partial(_kernel, scale=scale, block_k=bk, blocks_per_part=per_part,
+  body = functools.partial(_kernel, scale=scale, block_k=bk, num_parts=parts,
                            stages=stages, cache_layout=cache_layout, row_blocks=row_blocks,
                            out_rows=out_rows, p_in_smem=config.p_in_smem,
                            interpret=interpreting)

@@ -25,6 +25,25 @@ def full_slots(mask_BxTxS: jax.Array) -> jax.Array:
   return jnp.min(jnp.where(seen_by_all, S, jnp.arange(S, dtype=jnp.int32)), axis=1)
 
 
+def slot_bounds(mask_BxTxS: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(start_B, lo_B, hi_B) int32 of a [B, T, S] visibility mask, for the kernels' tile loops.
+
+  start: the first slot any query of row b sees (S when none): key tiles wholly below it are
+  never read (a sliding window's tiles before the window). [lo, hi): the first run of slots
+  every query of the row sees (lo the first such slot, hi the first slot after it that some
+  query does not see; lo = hi = S when there is none): key tiles wholly inside it (and below
+  the length) are computed without the mask. A decode step sees [0, length) (its window),
+  a verification tree the committed prefix."""
+  S = mask_BxTxS.shape[-1]
+  slot = jnp.arange(S, dtype=jnp.int32)
+  seen_by_all = jnp.all(mask_BxTxS, axis=1)
+  first = lambda where: jnp.min(jnp.where(where, slot, S), axis=1).astype(jnp.int32)
+  start = first(jnp.any(mask_BxTxS, axis=1))
+  lo = first(seen_by_all)
+  hi = first(~seen_by_all & (slot[None, :] >= lo[:, None]))
+  return start, lo, hi
+
+
 def decode_attention_reference(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array,
                                v_BxSxKxDh: jax.Array, lengths_B: jax.Array,
                                mask_BxTxS: jax.Array | None = None,

@@ -3,8 +3,9 @@
 One program per row b; the key-block axis is sequential ("arbitrary") with per-kv-head VMEM
 accumulators. Each step DMAs one [block_k, K, Dh] slab of the cache as the model stores it
 ([B, S, K, Dh], no transpose) and runs every kv head on it with its packed T x G query
-rows. The key index map clamps to the row's last needed block (scalar-prefetched lengths),
-so blocks past the length cost neither DMA nor compute. The new tokens (tree nodes, a
+rows. The key index map clamps to the row's first and last needed blocks (scalar-prefetched
+lengths and first visible slots, `reference.slot_bounds`), so blocks past the length or
+before a sliding window cost neither DMA nor compute. The new tokens (tree nodes, a
 canvas) with their [T, N] mask are folded in at the last step. A TPU has one or two
 TensorCores, so there is no split-K: rows are the parallel axis. Returns un-normalised
 (o, m, l) in natural log like one part of the GPU kernel.
@@ -45,7 +46,7 @@ def _lanes(x, width: int):
   return jnp.broadcast_to(x[:, :1], (x.shape[0], width))  # interpret mode only
 
 
-def _kernel(len_ref, q_ref, k_ref, v_ref, *refs, st: Static, nblk: int):
+def _kernel(len_ref, start_ref, q_ref, k_ref, v_ref, *refs, st: Static, nblk: int):
   refs = list(refs)
   mask_ref = refs.pop(0) if st.has_mask else None
   knew_ref, vnew_ref, nmask_ref = (refs.pop(0), refs.pop(0), refs.pop(0)) if st.has_new else (
@@ -74,7 +75,7 @@ def _kernel(len_ref, q_ref, k_ref, v_ref, *refs, st: Static, nblk: int):
     acc_scr[kh] = acc_scr[kh] * _lanes(alpha, Dh) + jnp.dot(
         p.astype(v.dtype), v, preferred_element_type=jnp.float32)
 
-  @pl.when(j * bk < length)
+  @pl.when((j * bk < length) & ((j + 1) * bk > start_ref[b]))
   def _cache_block():
     vis = (j * bk + lax.broadcasted_iota(jnp.int32, (R, bk), 1)) < length
     if mask_ref is not None:
@@ -94,36 +95,44 @@ def _kernel(len_ref, q_ref, k_ref, v_ref, *refs, st: Static, nblk: int):
 
 
 def partials(q_BxKxRxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B, mask_BxRxS, knew_BxNxKxDh,
-             vnew_BxNxKxDh, nmask_BxRxN, st: Static):
-  """(o [B, K, 1, R, Dh] f32 un-normalised, m [B, K, 1, R], l [B, K, 1, R]), natural log."""
+             vnew_BxNxKxDh, nmask_BxRxN, st: Static, start_B=None):
+  """(o [B, K, 1, R, Dh] f32 un-normalised, m [B, K, 1, R], l [B, K, 1, R]), natural log.
+
+  start_B: no query of row b sees a slot below start_B[b] (None: 0); the blocks wholly
+  below it are neither loaded nor computed."""
   B, K, R, Dh = q_BxKxRxDh.shape
   S = k_BxSxKxDh.shape[1]
   bk = st.block_k
   nblk = S // bk
+  start = jnp.zeros((B,), jnp.int32) if start_B is None else jnp.broadcast_to(
+      jnp.asarray(start_B, jnp.int32), (B,))
 
-  def kv_idx(b, j, len_ref):
+  def kv_idx(b, j, len_ref, start_ref):
     last = jnp.maximum(pl.cdiv(len_ref[b], bk) - 1, 0)
-    return jnp.minimum(j, last)
+    first = lax.div(start_ref[b], jnp.int32(bk))  # (floor division lowers only on a TPU)
+    return jnp.minimum(jnp.maximum(j, first), last)
 
   in_specs = [
-      pl.BlockSpec((None, K, R, Dh), lambda b, j, r: (b, 0, 0, 0)),
-      pl.BlockSpec((None, bk, K, Dh), lambda b, j, r: (b, kv_idx(b, j, r), 0, 0)),
-      pl.BlockSpec((None, bk, K, Dh), lambda b, j, r: (b, kv_idx(b, j, r), 0, 0))]
+      pl.BlockSpec((None, K, R, Dh), lambda b, j, r, s: (b, 0, 0, 0)),
+      pl.BlockSpec((None, bk, K, Dh), lambda b, j, r, s: (b, kv_idx(b, j, r, s), 0, 0)),
+      pl.BlockSpec((None, bk, K, Dh), lambda b, j, r, s: (b, kv_idx(b, j, r, s), 0, 0))]
   args = [q_BxKxRxDh, k_BxSxKxDh, v_BxSxKxDh]
   if st.has_mask:
-    in_specs.append(pl.BlockSpec((None, R, bk), lambda b, j, r: (b, 0, kv_idx(b, j, r))))
+    in_specs.append(pl.BlockSpec((None, R, bk),
+                                 lambda b, j, r, s: (b, 0, kv_idx(b, j, r, s))))
     args.append(mask_BxRxS.astype(jnp.int32))
   if st.has_new:
     N = knew_BxNxKxDh.shape[1]
-    in_specs += [pl.BlockSpec((None, N, K, Dh), lambda b, j, r: (b, 0, 0, 0))] * 2
-    in_specs.append(pl.BlockSpec((None, R, N), lambda b, j, r: (b, 0, 0)))
+    in_specs += [pl.BlockSpec((None, N, K, Dh), lambda b, j, r, s: (b, 0, 0, 0))] * 2
+    in_specs.append(pl.BlockSpec((None, R, N), lambda b, j, r, s: (b, 0, 0)))
     args += [knew_BxNxKxDh, vnew_BxNxKxDh, nmask_BxRxN.astype(jnp.int32)]
-  stat = pl.BlockSpec((None, K, R, LANES), lambda b, j, r: (b, 0, 0, 0))
+  stat = pl.BlockSpec((None, K, R, LANES), lambda b, j, r, s: (b, 0, 0, 0))
   o, m, l = pl.pallas_call(
       functools.partial(_kernel, st=st, nblk=nblk),
       grid_spec=pltpu.PrefetchScalarGridSpec(
-          num_scalar_prefetch=1, grid=(B, nblk), in_specs=in_specs,
-          out_specs=[pl.BlockSpec((None, K, R, Dh), lambda b, j, r: (b, 0, 0, 0)), stat, stat],
+          num_scalar_prefetch=2, grid=(B, nblk), in_specs=in_specs,
+          out_specs=[pl.BlockSpec((None, K, R, Dh), lambda b, j, r, s: (b, 0, 0, 0)), stat,
+                     stat],
           scratch_shapes=[pltpu.VMEM((K, R, LANES), jnp.float32),
                           pltpu.VMEM((K, R, LANES), jnp.float32),
                           pltpu.VMEM((K, R, Dh), jnp.float32)]),
@@ -133,5 +142,5 @@ def partials(q_BxKxRxDh, k_BxSxKxDh, v_BxSxKxDh, lengths_B, mask_BxRxS, knew_BxN
       compiler_params=pltpu.CompilerParams(dimension_semantics=('parallel', 'arbitrary')),
       interpret=st.interpret,
       name='decode_attention_tpu',
-  )(lengths_B.astype(jnp.int32), *args)
+  )(lengths_B.astype(jnp.int32), start, *args)
   return o[:, :, None], m[:, :, None, :, 0], l[:, :, None, :, 0]

@@ -186,12 +186,101 @@ def test_gpu_blocks_below_the_full_bound_read_no_mask():
   rows = jnp.repeat(mask, 2, axis=1).astype(jnp.int8)  # R = T x G = 4 rows, t-major
   packed = q.reshape(B, T, K, H, 16).transpose(0, 2, 1, 3, 4).reshape(B, K, T * H, 16)
   length = jnp.array([40])
-  st = gpu.Static(scale=0.25, block_k=16, blocks_per_part=4, num_parts=1, has_mask=True,
-                  has_new=False, interpret=True)
-  o, m, l = gpu.partials(packed, k, v, length, rows, None, None, None, st, jnp.array([S]))
+  st = gpu.Static(scale=0.25, block_k=16, num_parts=1, has_mask=True, has_new=False,
+                  interpret=True)
+  bounds = (jnp.array([0]), jnp.array([0]), jnp.array([S]))
+  o, m, l = gpu.partials(packed, k, v, length, rows, None, None, None, st, bounds)
   got = gpu.combine(o, m, l)[0, 0].reshape(T, H, 16)
   seen = mask.at[:, :, :32].set(True)  # the two whole blocks below the length: unmasked
   ref = lambda vis: decode_attention(q, k, v, length, mask_BxTxS=vis, impl='xla',
                                      scale=0.25)[0]
   assert_close(got, ref(seen), tol=1e-5)
   assert np.abs(np.asarray(got) - np.asarray(ref(mask))).max() > 0.05
+
+
+def window_mask(lengths, T, S, window):
+  """[B, T, S]: query t of row b (at position lengths[b] - T + t) sees the `window` slots up
+  to its own (a sliding-window model's decode and verification)."""
+  pos = jnp.asarray(lengths)[:, None, None] - T + jnp.arange(T)[None, :, None]
+  slot = jnp.arange(S)[None, None, :]
+  return (slot <= pos) & (slot > pos - window)
+
+
+@pytest.mark.parametrize('impl,layout,T', [('pallas_gpu', 'BSKD', 1),
+                                           ('pallas_gpu', 'cache', 3),
+                                           ('pallas_tpu', 'BSKD', 2)])
+def test_sliding_window_decode_matches_reference(impl, layout, T):
+  """A window starting mid-block, on a block edge, at slot 0 and one wider than the row:
+  the kernels start at the window's first block and equal the reference."""
+  B, H, K, S, window = 4, 4, 2, 96, 21
+  q, k, v, _, _, _ = inputs(B, T, H, K, S, seed=2)
+  lengths = jnp.array([96, 53, 12, 37])  # windows from 75, 32 (a block edge), 0, 16 on
+  mask = window_mask(lengths, T, S, window)
+  if layout == 'cache':
+    k, v = to_cache_layout(k, v)
+  run = functools.partial(decode_attention, mask_BxTxS=mask, block_sizes=SMALL,
+                          kv_layout=layout)
+  assert_close(run(q, k, v, lengths, impl=impl), run(q, k, v, lengths, impl='xla'))
+
+
+@pytest.mark.parametrize('family', ['gpu', 'tpu'])
+def test_blocks_below_the_start_are_not_read(family):
+  """Told (falsely) that no query sees a slot below 40, the kernels skip the key blocks
+  wholly below it (slots 0..31 at block 16) and read the block holding slot 40 whole: the
+  output is the reference's with slots 0..31 hidden, not the reference's."""
+  from pallas_kernels.decode_attention import gpu, tpu  # pylint: disable=g-import-not-at-top
+  B, T, H, K, S = 1, 1, 2, 1, 64
+  q, k, v, _, _, _ = inputs(B, T, H, K, S, seed=4)
+  length = jnp.array([60])
+  packed = q.reshape(B, K, T * H, 16)
+  R = 16  # rows padded as the kernels want them
+  packed = jnp.pad(packed, ((0, 0), (0, 0), (0, R - T * H), (0, 0)))
+  rows = jnp.ones((B, R, S), jnp.int8)
+  if family == 'gpu':
+    st = gpu.Static(scale=0.25, block_k=16, num_parts=2, has_mask=True, has_new=False,
+                    interpret=True)
+    bounds = (jnp.array([40]), jnp.array([40]), jnp.array([S]))
+    o, m, l = gpu.partials(packed, k, v, length, rows, None, None, None, st, bounds)
+    got = gpu.combine(o, m, l)
+  else:
+    st = tpu.Static(scale=0.25, block_k=16, has_mask=True, has_new=False, interpret=True)
+    o, m, l = tpu.partials(packed, k, v, length, rows.astype(jnp.int32), None, None, None, st,
+                           jnp.array([40]))
+    got = gpu.combine(o, m, l, np.e)
+  got = got[0, 0, :T * H].reshape(T, H, 16)
+  ref = lambda vis: decode_attention(q, k, v, length, mask_BxTxS=vis, impl='xla',
+                                     scale=0.25)[0]
+  hidden = jnp.ones((B, T, S), bool).at[:, :, :32].set(False)
+  assert_close(got, ref(hidden), tol=1e-5)
+  assert np.abs(np.asarray(got) - np.asarray(ref(jnp.ones((B, T, S), bool)))).max() > 0.05
+
+
+def test_sliding_window_model_decodes_with_the_kernel(monkeypatch):
+  """A sliding-window model (window 6) decoding past its window with attention_impl='pallas'
+  (the GPU-style kernel, interpreted): the kernel is told each row's window start (so it
+  skips the blocks before it) and the logits equal attention_impl='xla' step by step."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from testlib import small_config  # pylint: disable=g-import-not-at-top
+  from models import Cache, Transformer, init_params  # pylint: disable=g-import-not-at-top
+  from pallas_kernels.decode_attention import gpu  # pylint: disable=g-import-not-at-top
+  cfg = small_config(num_layers=1, sliding_window=6, attention_impl='xla')
+  params = init_params(Transformer(cfg), jax.random.key(0))
+  starts = []
+  partials = gpu.partials
+  monkeypatch.setattr(gpu, 'partials', lambda *a: starts.append(np.asarray(a[-1][0])) or
+                      partials(*a))
+  B, P, S = 2, 9, 48
+  toks = jax.random.randint(jax.random.key(1), (B, P + 4), 0, cfg.vocab_size)
+  logits = {}
+  for impl in ('xla', 'pallas'):
+    model = Transformer(dataclasses.replace(cfg, attention_impl=impl))
+    apply = lambda *a, model=model, **k: model.apply({'params': params}, *a, **k)
+    out = apply(toks[:, :P], cache=Cache.init(cfg, B, S))
+    steps = [out.logits_BxTxV]
+    for i in range(4):
+      out = apply(toks[:, P + i:P + i + 1], out.cache.lengths[:, None], cache=out.cache)
+      steps.append(out.logits_BxTxV)
+    logits[impl] = steps
+  for a, b in zip(logits['pallas'], logits['xla']):
+    assert_close(a, b, tol=2e-5)
+  assert starts and max(int(s.max()) for s in starts) >= P + 3 - 5  # the window's start

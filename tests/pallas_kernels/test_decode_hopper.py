@@ -9,7 +9,7 @@ from jax import export
 
 from pallas_kernels.decode_attention import HopperDecodeConfig, decode_attention
 from pallas_kernels.decode_attention import gpu, hopper
-from pallas_kernels.decode_attention.reference import full_slots
+from pallas_kernels.decode_attention.reference import full_slots, slot_bounds
 
 BF16, F32 = jnp.bfloat16, jnp.float32
 
@@ -106,21 +106,41 @@ def test_wide_verification_equals_the_definition(layout, T, H, K, S, lengths, pr
   assert np.abs(np.asarray(out, np.float64) - want).max() < 1e-2 * max(1.0, np.abs(want).max())
 
 
-def test_full_bound_and_unmasked_tiles():
-  """full_slots counts the leading slots every query sees (S when all, 0 when slot 0 is
-  hidden from one); unmasked_tiles keeps the tiles wholly below both bounds, within the
-  part (brute force)."""
+def test_slot_bounds_and_part_tiles():
+  """slot_bounds: the first slot any query sees and the first run every query sees
+  (brute force over random masks); part_tiles: the parts split the tiles from the start's to
+  the length's into disjoint, contiguous, nearly equal runs, and each part's unmasked tiles
+  are exactly its tiles wholly inside the run and below the length (brute force)."""
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    mask = rng.random((3, 2, 10)) < rng.choice([0.3, 0.9, 1.0])
+    mask[:, :, :int(rng.integers(0, 4))] = False
+    start, lo, hi = (np.asarray(x) for x in slot_bounds(jnp.asarray(mask)))
+    for b in range(3):
+      seen, every = mask[b].any(0), mask[b].all(0)
+      assert start[b] == (np.flatnonzero(seen)[0] if seen.any() else 10)
+      assert lo[b] == (np.flatnonzero(every)[0] if every.any() else 10)
+      assert every[lo[b]:hi[b]].all() and (hi[b] == 10 or not every[hi[b]])
   mask = jnp.ones((3, 2, 10), bool).at[1, 1, 4].set(False).at[2, 0, 0].set(False)
   np.testing.assert_array_equal(np.asarray(full_slots(mask)), [10, 4, 0])
   bk = 64
   for length in (0, 63, 64, 200, 512):
-    for full in (0, 64, 100, 512):
-      for first, n in ((0, 8), (2, 3), (5, 3)):
-        want = sum(1 for t in range(first, first + n)
-                   if (t + 1) * bk <= min(length, full))
-        got = hopper.unmasked_tiles(jnp.int32(length), jnp.int32(full), jnp.int32(first),
-                                    jnp.int32(n), bk)
-        assert int(got) == want, (length, full, first, n)
+    for start, lo, hi in ((0, 0, 0), (0, 0, 100), (70, 70, 512), (130, 200, 300),
+                          (600, 600, 600)):
+      for parts in (1, 3, 8):
+        got = [tuple(int(x) for x in gpu.part_tiles(
+            jnp.int32(length), jnp.int32(start), jnp.int32(lo), jnp.int32(hi), jnp.int32(p),
+            parts, bk)) for p in range(parts)]
+        tiles = [t for first, last, _, _ in got for t in range(first, last)]
+        want = list(range(start // bk, -(-length // bk)))
+        assert tiles == want, (length, start, parts, got)
+        sizes = [last - first for first, last, _, _ in got]
+        assert max(sizes) <= -(-len(want) // parts), sizes  # the critical path
+        for first, last, free_lo, free_hi in got:
+          assert first <= free_lo <= free_hi <= last
+          assert list(range(free_lo, free_hi)) == [
+              t for t in range(first, last)
+              if t * bk >= lo and (t + 1) * bk <= min(length, hi)], (length, lo, hi)
 
 
 def test_tiles_below_the_full_bound_read_no_mask():
@@ -135,7 +155,8 @@ def test_tiles_below_the_full_bound_read_no_mask():
       jnp.repeat(mask, 4, axis=1).astype(jnp.int8))
   length = jnp.array([150])
   cfg = HopperDecodeConfig(block_k=64, num_parts=1, p_in_smem=True)
-  o, m, l = hopper.partials(packed, k, v, length, rows, jnp.array([256]), scale=0.125,
+  bounds = (jnp.array([0]), jnp.array([0]), jnp.array([256]))
+  o, m, l = hopper.partials(packed, k, v, length, rows, bounds, scale=0.125,
                             cache_layout=False, config=cfg, interpret=True)
   got = np.asarray(gpu.combine(o, m, l)[0, 0, :8]).reshape(2, 4, 64)
   seen = np.asarray(mask).copy()
@@ -200,7 +221,8 @@ def test_lowers_for_cuda(Dh, cache, rows):
   kv = (sd(B, K, S, Dh), sd(B, K, Dh, S)) if cache else (sd(B, S, K, Dh), sd(B, S, K, Dh))
   n = jax.ShapeDtypeStruct((B,), jnp.int32)
   if rows > 128:
-    f = lambda q, k, v, n, mask: hopper.partials(q, k, v, n, mask, n, scale=0.1,
+    f = lambda q, k, v, n, mask: hopper.partials(q, k, v, n, mask, (n // 4, n // 4, n),
+                                                 scale=0.1,
                                                  cache_layout=cache)
     args = (sd(B, K, rows, Dh), *kv, n, jax.ShapeDtypeStruct((B, rows, S), jnp.int8))
   else:
@@ -322,3 +344,39 @@ def test_verification_tiles_that_fit_shared_memory():
       if hopper.smem_bytes(HopperDecodeConfig(bk, st), 128, rows=rows, has_mask=mask)
       <= hopper.SMEM_BYTES]
   assert fits(128, True) == [(64, 2), (64, 3)]
+
+
+@pytest.mark.parametrize('layout,T,parts', [('BSKD', 1, 0), ('cache', 3, 2)])
+def test_sliding_window_equals_the_definition(layout, T, parts):
+  """A sliding window over a ragged batch (starting mid-tile, on a tile edge, at slot 0):
+  the parts split the window's tiles, the tiles before it are not loaded, the tiles wholly
+  inside it run without the mask."""
+  B, H, K, S, Dh, window = 3, 8, 2, 320, 64, 150
+  q, k, v = _arrays(B, T, S, H, K, Dh, seed=6)
+  lengths = jnp.asarray([320, 214, 90], jnp.int32)  # windows from 170, 64 (a tile edge), 0
+  pos = lengths[:, None, None] - T + jnp.arange(T)[None, :, None]
+  slot = jnp.arange(S)[None, None, :]
+  mask = (slot <= pos) & (slot > pos - window)
+  kk, vv = _cache(k, v) if layout == 'cache' else (k, v)
+  out = decode_attention(q, kk, vv, lengths, mask_BxTxS=mask, impl='mosaic', kv_layout=layout,
+                         hopper_config=HopperDecodeConfig(block_k=64, num_parts=parts))
+  want = _reference(q, k, v, lengths, mask)
+  assert np.abs(np.asarray(out, np.float64) - want).max() < 1e-2 * max(1.0, np.abs(want).max())
+
+
+def test_tiles_below_the_start_are_not_loaded():
+  """Told (falsely) that no query sees a slot below 100, the kernel starts at the tile
+  holding it (64..127, read whole): slots 0..63 are not attended."""
+  q, k, v = _arrays(1, 1, 256, 4, 1, 64, seed=7)
+  packed = jnp.zeros((1, 1, 64, 64), BF16).at[:, :, :4].set(q[:, 0].reshape(1, 1, 4, 64))
+  rows = jnp.ones((1, 64, 256), jnp.int8)
+  length = jnp.array([200])
+  bounds = (jnp.array([100]), jnp.array([100]), jnp.array([256]))
+  o, m, l = hopper.partials(packed, k, v, length, rows, bounds, scale=0.125,
+                            cache_layout=False,
+                            config=HopperDecodeConfig(block_k=64, num_parts=2, p_in_smem=True),
+                            interpret=True)
+  got = np.asarray(gpu.combine(o, m, l)[0, 0, :4])
+  hidden = jnp.ones((1, 1, 256), bool).at[:, :, :64].set(False)
+  assert np.abs(got - _reference(q, k, v, length, hidden)[0, 0]).max() < 1e-2
+  assert np.abs(got - _reference(q, k, v, length)[0, 0]).max() > 0.05
