@@ -253,13 +253,17 @@ HOPPER_TREE_HEADER = ['B', 'prefix', 'nodes', 'Hopper, cache layout', 'Hopper', 
 
 def _decode_shapes(quick: bool):
   """(B, context, q, k, v, lengths, K/V bytes) of the decode comparisons: one new token over
-  a full cache, H 32, K 8, Dh 128, bf16."""
+  a full cache, H 32, K 8, Dh 128, bf16; and (context '1024 of 4096') over a cache a quarter
+  full, as early in a generation (the bytes are those of the slots below the length)."""
   H, K, Dh = 32, 8, 128
-  for B in (8, 32):
-    for ctx in ((4096,) if quick else (4096, 16384)):
-      q = normal(0, (B, 1, H, Dh))
-      kc, vc = normal(1, (B, ctx, K, Dh)), normal(2, (B, ctx, K, Dh))
-      yield B, ctx, q, kc, vc, jnp.full((B,), ctx, jnp.int32), 2 * B * ctx * K * Dh * 2
+  shapes = [(8, 4096, 4096), (8, 1024, 4096), (32, 4096, 4096)]
+  if not quick:
+    shapes += [(8, 16384, 16384), (32, 16384, 16384)]
+  for B, length, S in shapes:
+    q = normal(0, (B, 1, H, Dh))
+    kc, vc = normal(1, (B, S, K, Dh)), normal(2, (B, S, K, Dh))
+    label = S if length == S else f'{length} of {S}'
+    yield B, label, q, kc, vc, jnp.full((B,), length, jnp.int32), 2 * B * length * K * Dh * 2
 
 
 def _decode_time(impl: str, q, k, v, lengths, layout: str = 'BSKD'):
