@@ -137,6 +137,7 @@ if [ "$REHEARSE" = 1 ]; then
   : "${FWD_SMALL_PRESETS:=test}" "${STAR_SIZE:=test}" "${STAR_STEPS:=20}" "${OPS_PRESET:=test}"
   : "${LOSSY_PRESET:=test}" "${LOSSY_ARGS:=--skips=1 --prompt_tokens=16 --new_tokens=16 --batches=1 --repeats=1}"
   : "${TRAIN_ARGS:=--preset=test --seq_len=64 --batch=2 --remat=none,dots --attention_impl=auto,pallas --steps=2 --dtype=float32 --out=rehearsal}"
+  : "${DECODE_ARGS:=--preset=test --dtype=float32 --batch_sizes=1,2 --contexts=64 --new_tokens=16}"
   : "${LIMIT_SCALE:=8}"  # toy sizes, but 2 shared CPU cores: every stage limit x 8
   : "${PARALLEL_DRAFTERS:=0}"  # four trainings at once starve on 2 loaded cores
   LOG=${OUT:-$R}/gpu_suite.log
@@ -156,6 +157,7 @@ else
   : "${LOSSY_PRESET:=base}" "${LOSSY_ARGS:=--skips=8 --batches=1 --repeats=3}"  # 6 compiles of `base`
   # remat x batch x attention (issue 16 section 3): cuDNN's causal kernel beside our Hopper one
   : "${TRAIN_ARGS:=--preset=base --remat=dots,block --batch=16,8 --attention_impl=auto,mosaic}"
+  : "${DECODE_ARGS:=--preset=base --dtype=bfloat16 --batch_sizes=1,32 --contexts=512}"
   LOG=${OUT:-/tmp}/gpu_suite.log
 fi
 LIMIT_SCALE=${LIMIT_SCALE:-1} PARALLEL_DRAFTERS=${PARALLEL_DRAFTERS:-1}
@@ -253,8 +255,7 @@ for s in ${stages//,/ }; do
         --budget_s=$(( ${SWEEP_LIMIT:-180} * LIMIT_SCALE - 30 )) \
         $( [ "$REHEARSE" = 1 ] && echo "--rehearse --out=rehearsal" ) ;;
     decode)
-      stage decode "${DECODE_LIMIT:-200}" $PY -m benchmarks.decode_ar --preset=base \
-        --dtype=bfloat16 --batch_sizes=1,32 --contexts=512 \
+      stage decode "${DECODE_LIMIT:-200}" $PY -m benchmarks.decode_ar $DECODE_ARGS \
         --attention_impls="${DECODE_IMPLS:-auto}" ;;
     train)  # one sweep (batch 16 x 2048 needs rematerialisation on 80 GB: XLA asked for 174 GB
       # without); the budget leaves the last setting started about 60 s to compile and run
