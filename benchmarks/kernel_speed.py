@@ -226,29 +226,36 @@ def bench_hopper_tree(quick: bool) -> list[list[Any]]:
   """Rows of HOPPER_TREE_HEADER: verification of 64 tree nodes (H 32, K 8: 256 query rows
   per kv head) over a cache already holding them, the same dense mask for every
   implementation: our Hopper decode kernel (impl='mosaic') on the decoding cache's layout
-  read in place (what the model runs) and on [B, S, K, Dh], cuDNN on [B, S, K, Dh]."""
+  read in place (what the model runs) and on [B, S, K, Dh], cuDNN on [B, S, K, Dh] (the
+  kernel against the kernel), and the two other things the model can run from its cache's
+  layout (the dispatch's `verify` case): cuDNN through `decode_attention(impl='cudnn')`,
+  which copies the cache to [B, S, K, Dh] first, and XLA reading it in place."""
   rows = []
   for B, prefix, N, q, kc, vc, _, dense in _tree_shapes(quick):
     S = prefix + N
     k_cache, v_cache = jnp.swapaxes(kc, 1, 2), jnp.transpose(vc, (0, 2, 3, 1))
     lengths = jnp.full((B,), S, jnp.int32)
 
-    def hopper(q, k, v, dense, layout):
-      return decode_attention(q, k, v, lengths, mask_BxTxS=dense, impl='mosaic',
-                              kv_layout=layout)
-    hopper = jax.jit(hopper, static_argnums=4)
+    def ours(q, k, v, dense, layout, impl):
+      return decode_attention(q, k, v, lengths, mask_BxTxS=dense, impl=impl, kv_layout=layout)
+    ours = jax.jit(ours, static_argnums=(4, 5))
     cudnn = jax.jit(_cudnn_masked)
-    t_cache = _try(lambda: time_call(lambda: hopper(q, k_cache, v_cache, dense, 'cache')))
-    t_hop = _try(lambda: time_call(lambda: hopper(q, kc, vc, dense, 'BSKD')))
+    t_cache = _try(lambda: time_call(lambda: ours(q, k_cache, v_cache, dense, 'cache',
+                                                  'mosaic')))
+    t_hop = _try(lambda: time_call(lambda: ours(q, kc, vc, dense, 'BSKD', 'mosaic')))
     t_cudnn = _try(lambda: time_call(lambda: cudnn(q, kc, vc, dense)))
+    t_copy = _try(lambda: time_call(lambda: ours(q, k_cache, v_cache, dense, 'cache',
+                                                 'cudnn')))
+    t_xla = _try(lambda: time_call(lambda: ours(q, k_cache, v_cache, dense, 'cache', 'xla')))
     ms = lambda t: t * 1e3 if isinstance(t, float) else t
-    rows.append([B, prefix, N, ms(t_cache), ms(t_hop), ms(t_cudnn), _ratio(t_cudnn, t_cache)])
+    rows.append([B, prefix, N, ms(t_cache), ms(t_hop), ms(t_cudnn), _ratio(t_cudnn, t_cache),
+                 ms(t_copy), ms(t_xla)])
     print('  hopper tree', rows[-1], flush=True)
   return rows
 
 
 HOPPER_TREE_HEADER = ['B', 'prefix', 'nodes', 'Hopper, cache layout', 'Hopper', 'cuDNN',
-                      'cuDNN / Hopper']
+                      'cuDNN / Hopper', 'cuDNN from the cache layout', 'XLA (cache layout)']
 
 
 def _decode_shapes(quick: bool):

@@ -421,3 +421,27 @@ def test_refresh_proposes_the_hopper_decode_kernel_when_its_cache_layout_rows_wi
   # Beats XLA, but by less than ours does: ours stays.
   assert dispatch_refresh.proposals_from_results(results(1.2, True))[decode][0] == 'pallas'
   assert dispatch_refresh.proposals_from_results(results(0.9, True))[decode][0] == 'pallas'
+
+
+def test_refresh_picks_the_fastest_verification_from_the_cache_layout():
+  """With the model's three ways from its cache's layout timed (Hopper in place, cuDNN after
+  a copy to [B, S, K, Dh], XLA in place), the verify case goes to the one fastest on every
+  row (Hopper only when its check passed); mixed rows keep the kernel-to-kernel reading."""
+  def results(hopper, copy, xla, ok=True, second=None):
+    rows = [{'Hopper, cache layout': hopper, 'cuDNN': 0.3, 'cuDNN / Hopper': 0.3 / hopper,
+             'cuDNN from the cache layout': copy, 'XLA (cache layout)': xla}]
+    if second:
+      rows.append(dict(rows[0], **second))
+    return (_table('Correctness of the Hopper kernels on gpu', CHECK_HEADER,
+                   _check_row('hopper verify (cache, tree mask)', ok))
+            + _table('Hopper tree verification, bf16', kernel_speed.HOPPER_TREE_HEADER,
+                     *rows))
+  verify = ('attention', 'gpu', 'verify')
+  pick = lambda *a, **k: dispatch_refresh.proposals_from_results(results(*a, **k))[verify][0]
+  assert pick(0.2, 0.5, 0.6) == 'mosaic'
+  assert pick(0.2, 0.5, 0.6, ok=False) == 'cudnn'   # unchecked: cuDNN beats XLA
+  assert pick(0.2, 0.7, 0.6, ok=False) == 'xla'     # the copy costs more than XLA
+  assert pick(0.4, 0.7, 0.35) == 'xla'
+  # Hopper fastest on one row, XLA on the other: no winner from the cache layout, so the
+  # kernel-to-kernel reading stands (cuDNN / Hopper 0.3 / 0.2 >= 1: Hopper).
+  assert pick(0.2, 0.5, 0.6, second={'XLA (cache layout)': 0.1}) == 'mosaic'
