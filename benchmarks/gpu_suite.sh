@@ -12,8 +12,9 @@
 #   sweep      python -m benchmarks.kernel_sweep: the kernels' block sizes, warps and stages
 #              (Hopper flash and decode, flash forward, decode attention, the samplers), each
 #              setting checked against its reference and timed, within $SWEEP_LIMIT - 30 s
-#   decode     python -m benchmarks.decode_ar --preset=base --dtype=bfloat16 (vs transformers)
-#              (DECODE_IMPLS=auto,mosaic adds the model's decode with our Hopper kernels)
+#   decode     python -m benchmarks.decode_ar $DECODE_ARGS (base, bf16, batch 1 and 32, context
+#              512, vs transformers; DECODE_IMPLS=auto,mosaic adds the model's decode with our
+#              Hopper kernels)
 #   train      python -m benchmarks.train_throughput --preset=base: MFU, one sweep of remat x
 #              batch x attention implementation (auto = cuDNN's causal kernel, mosaic = ours)
 #   delta      python -m benchmarks.deltaproduct --preset=gpu (chunked vs naive scan)
