@@ -1,4 +1,4 @@
-"""Every lossless verification rule under matched node budgets: tau per verifier x budget.
+"""Every verification rule under matched node budgets: tau per verifier x budget.
 
   python -m benchmarks.verifiers                                   # CPU, ~15 min: random pair
   python -m benchmarks.verifiers --prompts=8 --max_new_tokens=8 --budgets=4 --out=t   # smoke
@@ -17,6 +17,16 @@ same target/draft pair decodes the same prompts with the same seed under:
   delayed traversal      one path of N/4 drafts, then i.i.d. rollouts to depth N/2 (DDTE,
                          `trees.delayed`), Traversal Verification
   delayed iid            the same delayed tree under SpecInfer's rule
+  static tree typical (lossy)  the static tree under Medusa's typical acceptance
+  chain typical (lossy)  the chain under typical acceptance
+
+The lossy rules' tau is not comparable alone: they accept what the target finds likely
+rather than what it would sample. Every row therefore also gives the mean log-probability of
+the tokens it emitted under the target's sampling distribution p (teacher-forced; for a
+lossless rule its expectation is -H of the sampling process, the same for every lossless row
+up to noise, so a lossy rule's excess over them is how far its text leans to the likelier
+tokens) and the share of emitted tokens below the typical threshold (0 for typical
+acceptance by construction).
 
 Default pair (no training needed, reproducible): a random 2-layer target (vocab 128,
 init_std 0.3) and a draft that is its perturbed copy (every weight + `noise` x its tensor's
@@ -45,7 +55,9 @@ from models import Transformer, init_params
 from models import config as config_lib
 
 VERIFIERS = ('chain iid', 'static tree iid', 'static tree wor', 'static tree traversal',
-             'kseq multi-draft', 'delayed traversal', 'delayed iid')
+             'kseq multi-draft', 'delayed traversal', 'delayed iid',
+             'static tree typical (lossy)', 'chain typical (lossy)')
+TYPICAL = (0.09, 0.3)  # the decoders' default (epsilon, alpha)
 
 
 def settings(verifier: str, budget: int) -> dict:
@@ -53,6 +65,10 @@ def settings(verifier: str, budget: int) -> dict:
   depth = max(1, budget // 2)
   if verifier == 'chain iid':
     return dict(gamma=budget, verifier='iid')
+  if verifier == 'chain typical (lossy)':
+    return dict(gamma=budget, verifier='typical')
+  if verifier == 'static tree typical (lossy)':
+    return dict(tree='static', tree_nodes=budget, gamma=depth, verifier='typical')
   if verifier.startswith('static tree'):
     return dict(tree='static', tree_nodes=budget, gamma=depth, verifier=verifier.split()[-1])
   if verifier == 'kseq multi-draft':
@@ -116,6 +132,34 @@ def tau_se(tokens: np.ndarray, forwards: np.ndarray) -> tuple[float, float]:
   return float(tau), float(np.sqrt(resid.var(ddof=1) / n) / forwards.mean())
 
 
+def emitted_logp(models, params, prompts, out, sampling, pad_id: int) -> tuple[float, float]:
+  """(mean log p, share below the typical threshold) of the emitted tokens, p the target's
+  distribution after `sampling`, teacher-forced over prompt + output."""
+  from decoding import sampling as sampling_lib  # pylint: disable=g-import-not-at-top
+  from decoding.speculative import verify  # pylint: disable=g-import-not-at-top
+  seqs = [list(p) + r.tokens for p, r in zip(prompts, out)]
+  L = max(map(len, seqs))
+  arr = np.full((len(seqs), L), pad_id, np.int32)
+  for i, s in enumerate(seqs):
+    arr[i, :len(s)] = s
+
+  @jax.jit
+  def score(tokens):
+    logp = sampling_lib.log_probs(models.target.apply({'params': params['target']},
+                                                      tokens).logits_BxTxV, sampling)
+    thr = verify.typical_thresholds(logp, *TYPICAL)
+    nxt = jax.numpy.take_along_axis(logp[:, :-1], tokens[:, 1:, None], axis=-1)[..., 0]
+    return nxt, thr[:, :-1]
+  lp, thr = (np.asarray(x) for x in score(arr))
+  total, below, n = 0.0, 0, 0
+  for i, (p, r) in enumerate(zip(prompts, out)):
+    sl = slice(len(p) - 1, len(p) - 1 + len(r.tokens))
+    total += float(lp[i, sl].sum())
+    below += int((np.exp(lp[i, sl]) < thr[i, sl] * (1 - 1e-4)).sum())
+    n += len(r.tokens)
+  return total / max(n, 1), below / max(n, 1)
+
+
 def measure(args, loaded, temperature: float, top_k: int) -> list[dict]:
   """One row per (budget, verifier) at one sampling setting, plus traversal - iid."""
   models, params, prompts, pad_id, pair = loaded
@@ -138,11 +182,14 @@ def measure(args, loaded, temperature: float, top_k: int) -> list[dict]:
       per_row[name] = tokens / forwards
       tau, se = tau_se(tokens, forwards)
       assert abs(tau - stats.tau) < 1e-9, (tau, stats.tau)
+      logp, below = emitted_logp(models, params, prompts, out, sampling, pad_id)
       rows.append(dict(pair=pair, temperature=temperature, top_k=top_k, budget=budget,
                        verifier=name, shape=shape(dec), tau=tau, se=se, rows=len(out),
-                       max_new_tokens=args.max_new_tokens, seconds=time.perf_counter() - t0))
+                       max_new_tokens=args.max_new_tokens, seconds=time.perf_counter() - t0,
+                       lossless=stats.lossless, mean_logp=logp, below_typical=below))
       print(f'T={temperature} top_k={top_k} N={budget} {name:22s} [{shape(dec)}] '
-            f'tau {tau:.3f} +- {se:.3f} ({time.perf_counter() - t0:.0f} s)', flush=True)
+            f'tau {tau:.3f} +- {se:.3f}, mean log p {logp:.3f}, below typical {below:.3f} '
+            f'({time.perf_counter() - t0:.0f} s)', flush=True)
     if 'static tree traversal' in per_row and 'static tree iid' in per_row:
       diff = per_row['static tree traversal'] - per_row['static tree iid']
       rows.append(dict(pair=pair, temperature=temperature, top_k=top_k, budget=budget,
@@ -159,10 +206,15 @@ def report(rows: list[dict], name: str) -> str:
   body = [
       'THIS TABLE MEASURES τ (tokens per target forward, bonus token and prefill counted, '
       'the decoders\' own statistic), NOT SPEED: it compares how many drafted tokens each '
-      'lossless verification rule accepts at a matched budget of drafted nodes N, on the '
+      'verification rule accepts at a matched budget of drafted nodes N, on the '
       'same target/draft pair, prompts and seed. Entries: τ ± its standard error over rows '
       '(ratio estimator), and the tree shape (drafted nodes per depth). Every tree has depth '
-      'N/2 (the chain N); see the docstring of benchmarks/verifiers.py for each setting.\n',
+      'N/2 (the chain N); see the docstring of benchmarks/verifiers.py for each setting. '
+      'The rules marked lossy (typical acceptance) do not sample the target\'s distribution: '
+      'the second table of each setting gives, per row, the mean log-probability of the '
+      'emitted tokens under the target\'s sampling distribution (the lossless rows agree up '
+      'to noise; a higher value leans to likelier tokens) and the share of emitted tokens '
+      'below the typical threshold.\n',
       f'- pair: {rows[0]["pair"]}',
       f'- rows: {rows[0]["rows"]} prompts x {rows[0]["max_new_tokens"]} new tokens\n']
   for temperature, top_k in samplings:
@@ -185,6 +237,16 @@ def report(rows: list[dict], name: str) -> str:
     body += [f'### Temperature {temperature:g}{topk}\n',
              common.markdown_table(['verifier'] + [f'τ, N = {n}' for n in budgets], table),
              '']
+    quality = []
+    for v in names:
+      hit = {r['budget']: r for r in sel if r['verifier'] == v and 'mean_logp' in r}
+      if hit:
+        quality.append([v] + [f"{hit[n]['mean_logp']:.3f} / {hit[n]['below_typical']:.3f}"
+                              if n in hit else '-' for n in budgets])
+    if quality:
+      body += ['Mean log p of the emitted tokens / share below the typical threshold:\n',
+               common.markdown_table(['verifier'] + [f'N = {n}' for n in budgets], quality),
+               '']
   return common.write_results(name, 'Verification rules under matched node budgets (τ)',
                               '\n'.join(body))
 

@@ -276,15 +276,23 @@ def test_verifier_table_runs_and_traversal_is_not_below_iid(tmp_path, monkeypatc
   monkeypatch.setattr(common, 'RESULTS_DIR', str(tmp_path))
   path = verifiers.main(['--prompts=96', '--max_new_tokens=12', '--budgets=8',
                          '--samplings=1', '--out=verifiers_t',
-                         '--verifiers=static tree iid,static tree traversal,delayed traversal'])
+                         '--verifiers=static tree iid,static tree traversal,delayed traversal,'
+                         'static tree typical (lossy)'])
   text = open(path).read()
   assert 'NOT SPEED' in text and '| delayed traversal |' in text and '- commit: ' in text
+  assert 'Mean log p of the emitted tokens' in text
   with open(tmp_path / 'verifiers_t.json') as f:
     rows = {r['verifier']: r for r in json.load(f)['rows']}
   assert all(r['tau'] > 1 for k, r in rows.items() if not k.startswith('traversal -'))
   diff = rows['traversal - iid (paired, static tree)']
   assert diff['tau'] > -3 * diff['se'], diff
   assert rows['delayed traversal']['shape'] == '1,1,3,3'  # delay 2, then 3 rollouts of 2
+  # Typical acceptance: lossy, never below its threshold, leaning to likelier tokens than a
+  # lossless rule's sample of the same distribution (which does go below the threshold).
+  typical, iid = rows['static tree typical (lossy)'], rows['static tree iid']
+  assert not typical['lossless'] and iid['lossless']
+  assert typical['below_typical'] == 0 and iid['below_typical'] > 0
+  assert typical['mean_logp'] > iid['mean_logp']
 
 
 def test_agreement_counts_positions_over_the_longer_row_and_common_prefixes():

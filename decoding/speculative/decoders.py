@@ -84,6 +84,8 @@ class SpecDecoder(base.Decoder):
   costs: str = ''              # adaptive: relative forward costs per chain length, e.g.
                                # '1,1.2,1.5,2.4' ('/' in a --decoder spec); '' = measured
                                # when the decoder is compiled
+  typical_epsilon: float = 0.09  # verifier=typical (Medusa's typical acceptance, lossy):
+  typical_alpha: float = 0.3     # a draft x after u passes iff p_u(x) > min(eps, alpha e^-H)
 
   def __post_init__(self):
     composed = self.composed()
@@ -109,8 +111,9 @@ class SpecDecoder(base.Decoder):
     return self._drafter  # pytype: disable=attribute-error
 
   def verification_mode(self) -> str:
-    """The rule actually used (greedy sampling always verifies deterministically)."""
-    if self.sampling.greedy:
+    """The rule actually used (greedy sampling always verifies deterministically; so do
+    drafts under typical acceptance, whose thresholds `typical_thresholds` gives)."""
+    if self.sampling.greedy or self.verifier == 'typical':
       return 'deterministic'
     if self.verifier != 'auto':
       return self.verifier
@@ -118,6 +121,16 @@ class SpecDecoder(base.Decoder):
     if not composed.drafter_type.has_q:
       return 'deterministic'
     return {'chain': 'iid', 'static': 'wor', 'dynamic': 'deterministic'}[composed.tree]
+
+  def typical_thresholds(self) -> tuple[float, float] | None:
+    """(epsilon, alpha) when sampling with verifier='typical', else None."""
+    if self.verifier != 'typical' or self.sampling.greedy:
+      return None
+    return (self.typical_epsilon, self.typical_alpha)
+
+  def is_lossless(self) -> bool:
+    """Typical acceptance is lossy (at temperature 0 it is greedy verification, exact)."""
+    return type(self).lossless and self.verifier != 'typical'
 
   # ---------------------------------------------------------------- Decoder interface
   def prepare(self, models, params, *, batch, cache_size):
@@ -153,7 +166,8 @@ class SpecDecoder(base.Decoder):
     env = drafter_lib.Env(models=models, params=params, sampling=self.sampling,
                           mode=self.verification_mode(), row_keys_B=row_keys_B,
                           prompt_BxP=prompt_BxP, prompt_len_B=prompt_len_B,
-                          cache_size=cache_size, max_new_tokens=max_new_tokens)
+                          cache_size=cache_size, max_new_tokens=max_new_tokens,
+                          typical=self.typical_thresholds())
     return loop.generate(drafter, env, eos_id=eos_id, pad_id=pad_id)
 
 

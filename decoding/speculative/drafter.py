@@ -77,6 +77,7 @@ class Env:
   prompt_len_B: jax.Array
   cache_size: int
   max_new_tokens: int
+  typical: tuple[float, float] | None = None  # (epsilon, alpha): typical acceptance (lossy)
 
   @property
   def target(self) -> transformer_lib.Transformer:

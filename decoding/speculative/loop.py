@@ -65,8 +65,12 @@ def init_state(drafter: drafter_lib.Drafter, env: drafter_lib.Env, *, eos_id: in
                                             **drafter.prefill_kwargs())
   if not drafter.is_chain:  # tree paths move when the next step's forward writes each layer
     cache = cache.owing(drafter.max_depth + 1)
-  first_B = sampling_lib.sample(sampling_lib.token_keys(env.row_keys_B, env.prompt_len_B),
-                                logits_BxV, env.sampling)
+  keys_B = sampling_lib.token_keys(env.row_keys_B, env.prompt_len_B)
+  if env.typical is None:
+    first_B = sampling_lib.sample(keys_B, logits_BxV, env.sampling)
+  else:  # typical acceptance draws every token, the first too, above its threshold
+    first_B = sampling_lib.sample_from_log_probs(keys_B, verify_lib.typical_log_probs(
+        sampling_lib.log_probs(logits_BxV, env.sampling), *env.typical))
   zeros = jnp.zeros((B,), jnp.int32)
   progress = base.Progress.start(B, N, pad_id=pad_id, eos_id=eos_id, first_B=first_B,
                                  hist_size=drafter.hist_size, target_forwards=1,
@@ -150,7 +154,7 @@ def verify_and_commit(drafter: drafter_lib.Drafter, env: drafter_lib.Env, s: Spe
   verdict = verify_lib.verify(tree, out.logits_BxTxV, sampling=env.sampling, mode=env.mode,
                               depth=drafter.max_depth if depth is None else depth,
                               row_keys_B=env.row_keys_B, base_B=base_B, chain=True
-                              if depth == 0 else drafter.is_chain)
+                              if depth == 0 else drafter.is_chain, typical=env.typical)
   room_B = env.max_new_tokens - s.progress.num_generated_B
   count_B, hit_eos_B = base.truncate_at_eos(verdict.new_BxD1, verdict.accepted_B + 1, room_B,
                                             eos_id)

@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 TREES = ('chain', 'static', 'dynamic')
-VERIFIERS = ('auto', 'deterministic', 'iid', 'wor', 'kseq', 'traversal')
+VERIFIERS = ('auto', 'deterministic', 'iid', 'wor', 'kseq', 'traversal', 'typical')
 DRAFT_LOOPS = ('auto', 'while', 'fixed', 'unroll')  # drafter.draft_loop
 # Settings that count something and must be >= 1.
 POSITIVE = ('gamma', 'top_k', 'tree_nodes', 'ngram', 'recycle_k', 'window', 'pool', 'block',
@@ -47,6 +47,10 @@ def check(decoder: Any, composed: Any) -> None:
     raise ValueError(f'The {composed.drafter_name()!r} drafter proposes tokens without a '
                      f"distribution q; verifier={verifier!r} needs one. Use 'auto' or "
                      "'deterministic'.")
+  if verifier == 'typical' and not (0.0 < decoder.typical_epsilon <= 1.0
+                                    and decoder.typical_alpha > 0.0):
+    raise ValueError('verifier=typical needs 0 < typical_epsilon <= 1 and typical_alpha > 0, '
+                     f'got {decoder.typical_epsilon} and {decoder.typical_alpha}.')
   if verifier == 'traversal' and getattr(composed, 'tree', 'chain') == 'dynamic':
     raise ValueError("verifier='traversal' needs children drawn i.i.d. from q; dynamic trees "
                      "take top-k children. Use tree='static' or 'chain'.")

@@ -109,12 +109,15 @@ class Verdict:
 
 def verify(tree: trees.Tree, target_logits_BxTxV: jax.Array, *,
            sampling: sampling_lib.SamplingConfig, mode: str, depth: int,
-           row_keys_B: jax.Array, base_B: jax.Array, chain: bool = False) -> Verdict:
+           row_keys_B: jax.Array, base_B: jax.Array, chain: bool = False,
+           typical: tuple[float, float] | None = None) -> Verdict:
   """Walks `tree` against the target's logits with rule `mode` (see pallas_kernels.spec_verify).
 
   The same SamplingConfig turns target logits into p here as was applied to the draft's q.
   `chain`: the tree is the chain (-1, 0, 1, ...) and the closed-form chain rule is used.
   Greedy sampling takes the argmax paths below: no probabilities, no random numbers.
+  typical: (epsilon, alpha): Medusa's typical acceptance instead of `mode` when sampling
+  (`typical_verify`; lossy).
   """
   if sampling.greedy:
     if chain:
@@ -123,6 +126,11 @@ def verify(tree: trees.Tree, target_logits_BxTxV: jax.Array, *,
       path_BxD1, n_B, next_B = greedy_tree_verify(tree, target_logits_BxTxV, depth)
     return _verdict(tree, path_BxD1, n_B, next_B)
   logp_BxTxV = sampling_lib.log_probs(target_logits_BxTxV, sampling)
+  if typical is not None:
+    path_BxD1, n_B, res_BxV = typical_verify(tree, logp_BxTxV, depth, *typical)
+    next_B = sampling_lib.sample_from_log_probs(
+        sampling_lib.token_keys(row_keys_B, base_B + n_B + 1), res_BxV)
+    return _verdict(tree, path_BxD1, n_B, next_B)
   logq = None if mode == 'deterministic' else tree.logq_BxTxV
   K = tree.children_BxTxK.shape[2]
   if mode == 'traversal':  # one stream of leaf tests: up to T - 1, laid out as [D, K']
@@ -204,6 +212,60 @@ def greedy_tree_verify(tree: trees.Tree, target_logits_BxTxV: jax.Array, depth: 
   end_B = jnp.take_along_axis(path_BxD1, n_B[:, None], axis=1)[:, 0]
   next_B = jnp.take_along_axis(top_BxT, end_B[:, None], axis=1)[:, 0]
   return path_BxD1, n_B, next_B
+
+
+def typical_thresholds(logp_BxTxV: jax.Array, epsilon: float, alpha: float) -> jax.Array:
+  """[B, T]: min(epsilon, alpha * exp(-H(p))) of each node's next-token distribution p
+  (Medusa's typical acceptance; H in nats)."""
+  p = jnp.exp(logp_BxTxV)
+  entropy = -jnp.sum(jnp.where(p > 0, p * logp_BxTxV, 0.0), axis=-1)
+  return jnp.minimum(epsilon, alpha * jnp.exp(-entropy))
+
+
+def typical_log_probs(logp_BxV: jax.Array, epsilon: float, alpha: float) -> jax.Array:
+  """log p restricted to the tokens at or above the typical threshold (-inf elsewhere; not
+  renormalised, as the samplers need not): how typical acceptance draws its next tokens."""
+  thr = typical_thresholds(logp_BxV, epsilon, alpha)[..., None]
+  return jnp.where(jnp.exp(logp_BxV) >= thr, logp_BxV, sampling_lib.NEG_INF)
+
+
+def typical_verify(tree: trees.Tree, logp_BxTxV: jax.Array, depth: int, epsilon: float,
+                   alpha: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Medusa's typical acceptance (Cai et al. 2024, section 2.3.1; lossy): a drafted token x
+  after node u passes iff p_u(x) > min(epsilon, alpha * exp(-H(p_u))), with p the target's
+  distribution after the sampling settings; the accepted path is the deepest whose every
+  node passes (ties: the likeliest path under p), and the next token is drawn from p at the
+  path's end restricted to the tokens at or above that node's threshold (renormalised;
+  the most likely token always is). Not distribution-preserving: it favours the target's
+  likelier tokens. Returns (path [B, depth + 1], n [B], the next token's log-probs [B, V]).
+  """
+  B, T, V = logp_BxTxV.shape
+  node_T = jnp.arange(T, dtype=jnp.int32)
+  parent_BxT = jnp.maximum(tree.parents_BxT, 0)
+  thr_BxT = typical_thresholds(logp_BxTxV, epsilon, alpha)
+  flat = parent_BxT * V + jnp.clip(tree.tokens_BxT, 0, V - 1)
+  lp_BxT = jnp.take_along_axis(logp_BxTxV.reshape(B, T * V), flat, axis=1)  # log p_parent(x)
+  is_root = node_T[None] == 0
+  passes_BxT = (tree.valid_BxT & (tree.parents_BxT >= 0)
+                & (jnp.exp(lp_BxT) > jnp.take_along_axis(thr_BxT, parent_BxT, axis=1)))
+  passes_BxT |= is_root
+  anc_BxTxT = trees.ancestor_mask(tree)
+  ok_BxT = ~jnp.any(anc_BxTxT & ~passes_BxT[:, None, :], axis=-1)
+  ok_BxT &= (tree.valid_BxT | is_root) & (tree.depth_BxT <= depth)
+  # The path's log-likelihood under p (the root contributes nothing).
+  loglik_BxT = jnp.sum(jnp.where(anc_BxTxT & ~is_root[:, None, :],
+                                 jnp.where(is_root, 0.0, lp_BxT)[:, None, :], 0.0), axis=-1)
+  n_B = jnp.max(jnp.where(ok_BxT, tree.depth_BxT, -1), axis=1).astype(jnp.int32)
+  best_BxT = ok_BxT & (tree.depth_BxT == n_B[:, None])
+  end_B = jnp.argmax(jnp.where(best_BxT, loglik_BxT, -jnp.inf), axis=1).astype(jnp.int32)
+  on_path_BxT = jnp.take_along_axis(anc_BxTxT, end_B[:, None, None], axis=1)[:, 0]
+  on_path_BxT |= is_root
+  d_D1 = jnp.arange(depth + 1, dtype=jnp.int32)
+  path_BxD1 = jnp.max(jnp.where(on_path_BxT[:, None, :]
+                                & (tree.depth_BxT[:, None, :] == d_D1[None, :, None]),
+                                node_T, -1), axis=-1)
+  end_logp_BxV = jnp.take_along_axis(logp_BxTxV, end_B[:, None, None], axis=1)[:, 0]
+  return path_BxD1, n_B, typical_log_probs(end_logp_BxV, epsilon, alpha)
 
 
 def commit_accepted(cache: cache_lib.Cache, base_B: jax.Array, path_BxD1: jax.Array,
