@@ -319,16 +319,18 @@ class JacobiDecoder(SpecDecoder):
 @registry.register
 @dataclasses.dataclass(frozen=True)
 class LookaheadDecoder(SpecDecoder):
-  """Lookahead decoding: a Jacobi window plus an n-gram pool verified as one trie
-  (training-free, lossless)."""
+  """Lookahead decoding: an n-gram pool fed by a lookahead branch of Jacobi diagonals, the
+  pool's n-grams and a Jacobi window verified as one trie (training-free, lossless)."""
   name: ClassVar[str] = 'lookahead'
   drafter_type: ClassVar[type[drafter_lib.Drafter]] = jacobi.LookaheadDrafter
   window: int = 5              # guess window
-  ngram: int = 3               # n-gram length in the pool
+  ngram: int = 3               # n-gram length in the pool (N)
   pool: int = 4                # n-gram candidates verified per step
+  lookahead: int = 5           # lookahead branch: chains of ngram - 1 guesses (W; 0 = none)
 
   def make_drafter(self, mode):
-    return jacobi.LookaheadDrafter(window=self.window, ngram=self.ngram, pool=self.pool)
+    return jacobi.LookaheadDrafter(window=self.window, ngram=self.ngram, pool=self.pool,
+                                   lookahead=self.lookahead)
 
 
 @registry.register

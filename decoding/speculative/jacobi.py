@@ -7,11 +7,17 @@ prefix the target agrees with (plus one token), and the predictions beyond it be
 guesses. Verified with the deterministic rule this is exact under greedy (the classic claim)
 and under sampling too.
 
-Lookahead (Fu et al. 2024), simplified: the same Jacobi window is one branch of a token tree
-whose other branches are n-grams from a pool keyed by the root token; every step the Jacobi
-branch's predictions (the newest trajectory level) feed the pool with its n-grams. The
-original collects n-grams along the diagonals of an (N - 1)-level window computed in the same
-forward; we keep one level (docs/speculative.md).
+Lookahead (Fu et al. 2024): n-grams from a pool keyed by the root token are verified as one
+token trie, with the Jacobi window as one more branch. The pool is fed by the lookahead
+branch, `lookahead` chains of N - 1 guesses (N = `ngram`) computed in the same forward but
+never verified: chain c holds the diagonal of the paper's 2D window, guesses for the
+positions root + c .. root + c + N - 2, each attending to the committed prefix, the root and
+its chain predecessors. The target's prediction after a chain's last guess completes an
+n-gram (the chain plus it) for the pool, and becomes the chain's newest guess as its oldest
+leaves (one Jacobi iteration of every diagonal per step). The chains' slots lie past the
+tree's, so no cache entry of theirs is ever committed. The Jacobi branch's predictions (one
+trajectory level) feed the pool too. `lookahead=0` keeps that level alone (the first
+version here).
 
 Jacobi Forcing's decoder (Hu et al. 2025): a window of several Jacobi blocks plus rejection
 recycling, a pool of the window's rejected tails verified as extra trie branches. Meant for a
@@ -29,6 +35,8 @@ import jax.numpy as jnp
 
 from decoding.speculative import drafter as drafter_lib
 from decoding.speculative import trees
+from decoding.speculative import verify as verify_lib
+from models import masks
 
 
 @flax.struct.dataclass
@@ -98,11 +106,36 @@ class JacobiDrafter(drafter_lib.ChainDrafter):
 @flax.struct.dataclass
 class LookaheadState:
   """guess_BxW: the Jacobi window; pool_BxVxPxL: n-gram continuations keyed by their first
-  token (pool_ok marks filled entries); ptr_BxV: next slot to overwrite per key."""
+  token (pool_ok marks filled entries); ptr_BxV: next slot to overwrite per key;
+  chains_BxCxL: the lookahead branch's C chains of L = N - 1 guesses; ahead_BxC: the target's
+  prediction after each chain's last guess in the latest forward."""
   guess_BxW: jax.Array
   pool_BxVxPxL: jax.Array
   pool_ok_BxVxP: jax.Array
   ptr_BxV: jax.Array
+  chains_BxCxL: jax.Array
+  ahead_BxC: jax.Array
+
+
+def _insert_ngrams(pool, pool_ok, ptr, keys_BxN, conts_BxNxL, write_BxN, size: int):
+  """Pool after inserting n-grams (key, continuation) one after another where `write`, each
+  into its key's next slot (round robin over `size`), skipping ones already held."""
+  B = keys_BxN.shape[0]
+  b = jnp.arange(B)
+
+  def insert(i, s):
+    pool, pool_ok, ptr = s
+    key, cont = keys_BxN[:, i], conts_BxNxL[:, i]
+    have = jnp.any(jnp.all(pool[b, key] == cont[:, None], axis=-1) & pool_ok[b, key], -1)
+    write = write_BxN[:, i] & ~have
+    slot = ptr[b, key]
+    key_w = jnp.where(write, key, pool.shape[1])
+    pool = pool.at[b, key_w, slot].set(cont, mode='drop')
+    pool_ok = pool_ok.at[b, key_w, slot].set(True, mode='drop')
+    ptr = ptr.at[b, key_w].set((slot + 1) % size, mode='drop')
+    return pool, pool_ok, ptr
+
+  return jax.lax.fori_loop(0, keys_BxN.shape[1], insert, (pool, pool_ok, ptr))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +145,7 @@ class LookaheadDrafter(drafter_lib.Drafter):
   window: int = 5
   ngram: int = 3
   pool: int = 4
+  lookahead: int = 5  # chains of the lookahead branch (the paper's W); 0 = none
 
   @property
   def length(self) -> int:
@@ -130,14 +164,61 @@ class LookaheadDrafter(drafter_lib.Drafter):
   def max_children(self) -> int:
     return self.pool + 1
 
+  def _branch(self, env) -> tuple[int, int]:
+    """(C, L): the lookahead branch's chains and their length (C = 0: no branch; recurrent
+    targets, whose per-token states roll back along the tree only, get none)."""
+    L = max(self.ngram - 1, 1)
+    if self.lookahead == 0 or verify_lib.is_recurrent(env.target.cfg):
+      return 0, L
+    return self.lookahead, L
+
+  def extra_cache_slots(self) -> int:
+    return self.max_nodes + self.lookahead * max(self.ngram - 1, 1)
+
   def init(self, env, prefill, first_B):
     B, V = first_B.shape[0], env.target.cfg.vocab_size
-    L = max(self.ngram - 1, 1)
+    C, L = self._branch(env)
+    # The chains start as the prompt's last C * L tokens, wrapped around a shorter prompt:
+    # real n-grams of the context, each extended by the target at the first step.
+    n = env.prompt_len_B[:, None]
+    idx = jnp.mod(n - C * L + jnp.arange(C * L)[None], jnp.maximum(n, 1))
+    chains = jnp.take_along_axis(env.prompt_BxP, idx, axis=1).reshape(B, C, L)
     return LookaheadState(
         guess_BxW=jnp.broadcast_to(first_B[:, None], (B, self.window)),
         pool_BxVxPxL=jnp.zeros((B, V, self.pool, L), jnp.int32),
         pool_ok_BxVxP=jnp.zeros((B, V, self.pool), bool),
-        ptr_BxV=jnp.zeros((B, V), jnp.int32))
+        ptr_BxV=jnp.zeros((B, V), jnp.int32),
+        chains_BxCxL=chains.astype(jnp.int32), ahead_BxC=jnp.zeros((B, C), jnp.int32))
+
+  def target_forward(self, env, state, cache, tree, base_B, active_B):
+    """The tree and, past it, the lookahead branch in one forward; the tree's outputs go to
+    verification, the branch's predictions into the state."""
+    C, L = self._branch(env)
+    if C == 0:
+      return super().target_forward(env, state, cache, tree, base_B, active_B)
+    B, T = tree.tokens_BxT.shape
+    inp = verify_lib.tree_inputs(tree, base_B, active_B, cache.size, chain=False)
+    # Chain c (0-based) guesses positions base + c + 1 .. base + c + L; it sees the root and
+    # its own earlier guesses (the prefix comes with the cache mask).
+    c_N, l_N = jnp.repeat(jnp.arange(C), L), jnp.tile(jnp.arange(L), C)
+    pos_BxN = jnp.where(active_B[:, None], base_B[:, None] + 1 + c_N + l_N, -1)
+    chain_NxN = (c_N[:, None] == c_N[None]) & (l_N[None] <= l_N[:, None])
+    N = C * L
+    local = jnp.zeros((B, T + N, T + N), bool)
+    local = local.at[:, :T, :T].set(trees.ancestor_mask(tree))
+    local = local.at[:, T:, 0].set(tree.valid_BxT[:, :1])
+    local = local.at[:, T:, T:].set(jnp.broadcast_to(chain_NxN, (B, N, N)))
+    tokens = jnp.concatenate([tree.tokens_BxT, state.chains_BxCxL.reshape(B, N)], axis=1)
+    out = env.target.apply(
+        {'params': env.target_params}, tokens,
+        jnp.concatenate([inp['positions'], pos_BxN], axis=1), cache=cache,
+        write_slots_BxT=base_B[:, None] + jnp.arange(T + N, dtype=jnp.int32)[None],
+        attn_mask=masks.block_to_cache_mask(local, base_B, cache.size))
+    last = T + jnp.arange(C) * L + L - 1  # each chain's last guess
+    ahead = jnp.argmax(out.logits_BxTxV[:, last], axis=-1).astype(jnp.int32)
+    out = out.replace(logits_BxTxV=out.logits_BxTxV[:, :T],
+                      last_hidden_BxTxD=out.last_hidden_BxTxD[:, :T])
+    return out, state.replace(ahead_BxC=ahead)
 
   def _candidates(self, state, root_B):
     B = root_B.shape[0]
@@ -173,25 +254,23 @@ class LookaheadDrafter(drafter_lib.Drafter):
     L = state.pool_BxVxPxL.shape[3]
     n_grams = level.shape[1] - L
     B = level.shape[0]
-    b = jnp.arange(B)
-
-    def insert(i, s):
-      pool, pool_ok, ptr = s
-      key = level[:, i]
-      cont = jax.lax.dynamic_slice_in_dim(level, i + 1, L, axis=1)  # [B, L]
-      have = jnp.any(jnp.all(pool[b, key] == cont[:, None], axis=-1) & pool_ok[b, key], -1)
-      write = step.active_B & ~have
-      slot = ptr[b, key]
-      key_w = jnp.where(write, key, pool.shape[1])
-      pool = pool.at[b, key_w, slot].set(cont, mode='drop')
-      pool_ok = pool_ok.at[b, key_w, slot].set(True, mode='drop')
-      ptr = ptr.at[b, key_w].set((slot + 1) % self.pool, mode='drop')
-      return pool, pool_ok, ptr
-
-    pool, pool_ok, ptr = jax.lax.fori_loop(
-        0, n_grams, insert, (state.pool_BxVxPxL, state.pool_ok_BxVxP, state.ptr_BxV))
-    return LookaheadState(guess_BxW=guess, pool_BxVxPxL=pool, pool_ok_BxVxP=pool_ok,
-                          ptr_BxV=ptr)
+    keys = level[:, :max(n_grams, 0)]
+    conts = jnp.stack([level[:, i + 1:i + 1 + L] for i in range(n_grams)], axis=1) \
+        if n_grams > 0 else jnp.zeros((B, 0, L), jnp.int32)
+    # The lookahead branch's n-grams (each chain and the prediction after it) go in first,
+    # the Jacobi level's after them; then every chain moves on by that prediction.
+    chains, ahead = state.chains_BxCxL, state.ahead_BxC
+    C = chains.shape[1]
+    if C:
+      full = jnp.concatenate([chains, ahead[:, :, None]], axis=2)  # [B, C, L + 1]
+      keys = jnp.concatenate([full[:, :, 0], keys], axis=1)
+      conts = jnp.concatenate([full[:, :, 1:], conts], axis=1)
+      chains = jnp.where(step.active_B[:, None, None], full[:, :, 1:], chains)
+    write = jnp.broadcast_to(step.active_B[:, None], keys.shape)
+    pool, pool_ok, ptr = _insert_ngrams(state.pool_BxVxPxL, state.pool_ok_BxVxP,
+                                        state.ptr_BxV, keys, conts, write, self.pool)
+    return state.replace(guess_BxW=guess, pool_BxVxPxL=pool, pool_ok_BxVxP=pool_ok,
+                         ptr_BxV=ptr, chains_BxCxL=chains)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,6 +288,7 @@ class JacobiForcingDrafter(LookaheadDrafter):
   per root). The pool's entries are `window` tokens long (`ngram` = window + 1).
   """
   kind: ClassVar[str] = 'jacobi_forcing'
+  lookahead: int = 0
 
   def update(self, env, state, step):
     cands, ok = self._candidates(state, step.tree.tokens_BxT[:, 0])
@@ -237,5 +317,5 @@ class JacobiForcingDrafter(LookaheadDrafter):
     pool = pool.at[b, key_w, slot].set(cont, mode='drop')
     pool_ok = pool_ok.at[b, key_w, slot].set(True, mode='drop')
     ptr = ptr.at[b, key_w].set((slot + 1) % self.pool, mode='drop')
-    return LookaheadState(guess_BxW=guess, pool_BxVxPxL=pool, pool_ok_BxVxP=pool_ok,
-                          ptr_BxV=ptr)
+    return state.replace(guess_BxW=guess, pool_BxVxPxL=pool, pool_ok_BxVxP=pool_ok,
+                         ptr_BxV=ptr)

@@ -12,7 +12,7 @@ DRAFT_LOOPS = ('auto', 'while', 'fixed', 'unroll')  # drafter.draft_loop
 POSITIVE = ('gamma', 'top_k', 'tree_nodes', 'ngram', 'recycle_k', 'window', 'pool', 'block',
             'blocks')
 # Settings that count something and may be 0.
-NON_NEGATIVE = ('recycle', 'draft_vocab')
+NON_NEGATIVE = ('recycle', 'draft_vocab', 'lookahead')
 # Verification rules that read the draft's distribution q.
 NEED_Q = ('iid', 'wor', 'kseq', 'traversal')
 
