@@ -284,3 +284,17 @@ def test_sliding_window_model_decodes_with_the_kernel(monkeypatch):
   for a, b in zip(logits['pallas'], logits['xla']):
     assert_close(a, b, tol=2e-5)
   assert starts and max(int(s.max()) for s in starts) >= P + 3 - 5  # the window's start
+
+
+@pytest.mark.parametrize('impl', ['pallas_gpu', 'pallas_tpu'])
+def test_a_row_whose_mask_hides_every_slot_gets_zeros(impl):
+  """A row with a positive length whose mask hides every slot (its start is S: no block is
+  read) gets zeros, the other rows the reference's output."""
+  B, T, H, K, S = 3, 2, 4, 2, 64
+  q, k, v, _, _, key = inputs(B, T, H, K, S, seed=5)
+  lengths = jnp.array([64, 40, 50])
+  mask = jax.random.bernoulli(key, 0.6, (B, T, S)).at[1].set(False)
+  run = functools.partial(decode_attention, mask_BxTxS=mask, block_sizes=SMALL)
+  out = run(q, k, v, lengths, impl=impl)
+  assert not np.asarray(out[1]).any()
+  assert_close(out, run(q, k, v, lengths, impl='xla'))
