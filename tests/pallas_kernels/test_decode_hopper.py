@@ -346,7 +346,7 @@ def test_verification_tiles_that_fit_shared_memory():
   assert fits(128, True) == [(64, 2), (64, 3)]
 
 
-@pytest.mark.parametrize('layout,T,parts', [('BSKD', 1, 0), ('cache', 3, 2)])
+@pytest.mark.parametrize('layout,T,parts', [('BSKD', 1, 3), ('cache', 3, 2)])
 def test_sliding_window_equals_the_definition(layout, T, parts):
   """A sliding window over a ragged batch (starting mid-tile, on a tile edge, at slot 0):
   the parts split the window's tiles, the tiles before it are not loaded, the tiles wholly
