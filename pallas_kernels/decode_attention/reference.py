@@ -17,14 +17,6 @@ def visible_slots(lengths_B: jax.Array, S: int, mask_BxTxS: jax.Array | None = N
   return jnp.broadcast_to(vis, (lengths_B.shape[0], T, S))
 
 
-def full_slots(mask_BxTxS: jax.Array) -> jax.Array:
-  """[B] int32: the number of leading slots every query of row b sees in the [B, T, S] mask
-  (the kernels compute the key tiles below it, and below the length, without the mask)."""
-  S = mask_BxTxS.shape[-1]
-  seen_by_all = jnp.all(mask_BxTxS, axis=1)
-  return jnp.min(jnp.where(seen_by_all, S, jnp.arange(S, dtype=jnp.int32)), axis=1)
-
-
 def slot_bounds(mask_BxTxS: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(start_B, lo_B, hi_B) int32 of a [B, T, S] visibility mask, for the kernels' tile loops.
 

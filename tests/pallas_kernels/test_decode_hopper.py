@@ -9,7 +9,7 @@ from jax import export
 
 from pallas_kernels.decode_attention import HopperDecodeConfig, decode_attention
 from pallas_kernels.decode_attention import gpu, hopper
-from pallas_kernels.decode_attention.reference import full_slots, slot_bounds
+from pallas_kernels.decode_attention.reference import slot_bounds
 
 BF16, F32 = jnp.bfloat16, jnp.float32
 
@@ -98,7 +98,7 @@ def test_wide_verification_equals_the_definition(layout, T, H, K, S, lengths, pr
   q, k, v = _arrays(B, T, S, H, K, 64)
   lengths = jnp.asarray(lengths, jnp.int32)
   mask = _tree_mask(B, T, S, prefix)
-  np.testing.assert_array_equal(np.asarray(full_slots(mask)), prefix)
+  np.testing.assert_array_equal(np.stack(slot_bounds(mask)), [[0] * B, [0] * B, prefix])
   kk, vv = _cache(k, v) if layout == 'cache' else (k, v)
   out = decode_attention(q, kk, vv, lengths, mask_BxTxS=mask, impl='mosaic', kv_layout=layout,
                          hopper_config=HopperDecodeConfig(num_parts=parts))
@@ -122,7 +122,8 @@ def test_slot_bounds_and_part_tiles():
       assert lo[b] == (np.flatnonzero(every)[0] if every.any() else 10)
       assert every[lo[b]:hi[b]].all() and (hi[b] == 10 or not every[hi[b]])
   mask = jnp.ones((3, 2, 10), bool).at[1, 1, 4].set(False).at[2, 0, 0].set(False)
-  np.testing.assert_array_equal(np.asarray(full_slots(mask)), [10, 4, 0])
+  np.testing.assert_array_equal(np.stack(slot_bounds(mask)),
+                                [[0, 0, 0], [0, 0, 1], [10, 4, 10]])
   bk = 64
   for length in (0, 63, 64, 200, 512):
     for start, lo, hi in ((0, 0, 0), (0, 0, 100), (70, 70, 512), (130, 200, 300),
