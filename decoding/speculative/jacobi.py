@@ -297,7 +297,7 @@ class JacobiForcingDrafter(LookaheadDrafter):
     guess = _next_guesses(pred, rep, step.keep_B, state.guess_BxW, step.active_B)
     # The Jacobi branch's own verdict: guess i + 1 stands if the target's prediction at the
     # branch node of depth i (the root for i = 0) equals it.
-    B, W = state.guess_BxW.shape
+    W = state.guess_BxW.shape[1]
     before = jnp.concatenate([pred[:, :1], jnp.take_along_axis(pred, rep, axis=1)[:, :-1]], 1)
     match = jnp.cumprod((before == state.guess_BxW).astype(jnp.int32), axis=1)
     accepted_B = jnp.sum(match, axis=1)  # guesses of the branch that stand
@@ -308,14 +308,9 @@ class JacobiForcingDrafter(LookaheadDrafter):
     cont = jnp.take_along_axis(state.guess_BxW, src, axis=1)  # [B, L]
     key = jnp.take_along_axis(state.guess_BxW, jnp.minimum(accepted_B, W - 1)[:, None],
                               axis=1)[:, 0]
-    b = jnp.arange(B)
-    pool, pool_ok, ptr = state.pool_BxVxPxL, state.pool_ok_BxVxP, state.ptr_BxV
-    have = jnp.any(jnp.all(pool[b, key] == cont[:, None], axis=-1) & pool_ok[b, key], -1)
-    write = step.active_B & (accepted_B < W - 1) & ~have  # a tail of >= 2 guesses
-    slot = ptr[b, key]
-    key_w = jnp.where(write, key, pool.shape[1])
-    pool = pool.at[b, key_w, slot].set(cont, mode='drop')
-    pool_ok = pool_ok.at[b, key_w, slot].set(True, mode='drop')
-    ptr = ptr.at[b, key_w].set((slot + 1) % self.pool, mode='drop')
+    write = step.active_B & (accepted_B < W - 1)  # a tail of >= 2 guesses
+    pool, pool_ok, ptr = _insert_ngrams(state.pool_BxVxPxL, state.pool_ok_BxVxP,
+                                        state.ptr_BxV, key[:, None], cont[:, None],
+                                        write[:, None], self.pool)
     return state.replace(guess_BxW=guess, pool_BxVxPxL=pool, pool_ok_BxVxP=pool_ok,
                          ptr_BxV=ptr)
