@@ -128,9 +128,18 @@ def verify(tree: trees.Tree, target_logits_BxTxV: jax.Array, *,
   logp_BxTxV = sampling_lib.log_probs(target_logits_BxTxV, sampling)
   if typical is not None:
     path_BxD1, n_B, res_BxV = typical_verify(tree, logp_BxTxV, depth, *typical)
-    next_B = sampling_lib.sample_from_log_probs(
-        sampling_lib.token_keys(row_keys_B, base_B + n_B + 1), res_BxV)
-    return _verdict(tree, path_BxD1, n_B, next_B)
+  else:
+    path_BxD1, n_B, res_BxV = _walk(tree, logp_BxTxV, mode=mode, depth=depth,
+                                    row_keys_B=row_keys_B, base_B=base_B, chain=chain)
+  next_B = sampling_lib.sample_from_log_probs(
+      sampling_lib.token_keys(row_keys_B, base_B + n_B + 1), res_BxV)
+  return _verdict(tree, path_BxD1, n_B, next_B)
+
+
+def _walk(tree: trees.Tree, logp_BxTxV: jax.Array, *, mode: str, depth: int,
+          row_keys_B: jax.Array, base_B: jax.Array, chain: bool
+          ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(path [B, depth + 1], n [B], residual log p [B, V]) of the lossless rule `mode`."""
   logq = None if mode == 'deterministic' else tree.logq_BxTxV
   K = tree.children_BxTxK.shape[2]
   if mode == 'traversal':  # one stream of leaf tests: up to T - 1, laid out as [D, K']
@@ -141,13 +150,9 @@ def verify(tree: trees.Tree, target_logits_BxTxV: jax.Array, *,
         logp_BxTxV, None if logq is None else logq[:, :depth], tree.tokens_BxT[:, 1:],
         tree.valid_BxT[:, 1:], u_BxDxK[:, :, 0], mode=mode)
     d_1xD1 = jnp.arange(depth + 1, dtype=jnp.int32)[None]
-    path_BxD1 = jnp.where(d_1xD1 <= n_B[:, None], d_1xD1, -1)
-  else:
-    path_BxD1, n_B, res_BxV = spec_verify.tree_verify(logp_BxTxV, logq, tree.tokens_BxT,
-                                                      tree.children_BxTxK, u_BxDxK, mode=mode)
-  next_B = sampling_lib.sample_from_log_probs(
-      sampling_lib.token_keys(row_keys_B, base_B + n_B + 1), res_BxV)
-  return _verdict(tree, path_BxD1, n_B, next_B)
+    return jnp.where(d_1xD1 <= n_B[:, None], d_1xD1, -1), n_B, res_BxV
+  return spec_verify.tree_verify(logp_BxTxV, logq, tree.tokens_BxT, tree.children_BxTxK,
+                                 u_BxDxK, mode=mode)
 
 
 def _verdict(tree: trees.Tree, path_BxD1: jax.Array, n_B: jax.Array, next_B: jax.Array
