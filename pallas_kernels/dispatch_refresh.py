@@ -136,10 +136,9 @@ def proposals_from_results(markdown: str) -> dict[tuple[str, str, str], tuple[st
             'xla': 'XLA (cache layout)'}
     if not hop_tree_ok:
       runs.pop('mosaic')
-    won = {impl: all(_all_at_least(_ratio_rows(hop_tree, other, col), 'r', 1.0) is True
-                     for o, other in runs.items() if o != impl)
-           for impl, col in runs.items() if _all_numbers(hop_tree, col)}
-    winners = [impl for impl, w in won.items() if w and len(won) == len(runs)]
+    timed = all(_all_numbers(hop_tree, col) for col in runs.values())
+    winners = [impl for impl, col in runs.items() if timed and all(
+        _num(r[col]) <= _num(r[other]) for r in hop_tree for other in runs.values())]
     if winners:
       out[('attention', 'gpu', 'verify')] = (
           winners[0], f'fastest from the cache layout on every row ({", ".join(runs)}); '
