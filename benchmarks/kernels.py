@@ -196,8 +196,10 @@ def main(argv=None):
           "Our Mosaic GPU decode kernel (`impl='mosaic'`) verifying 64 tree nodes (256 query "
           'rows per kv head: two row blocks) over a cache already holding them; it reads the '
           'mask only past the prefix every node sees. cuDNN gets the same dense [N, S] mask. '
-          "`cuDNN / Hopper` takes the cache-layout time (the model's path; cuDNN would need "
-          'copies of that layout).',
+          "`cuDNN / Hopper` takes the cache-layout time (the model's path) against cuDNN on "
+          "[B, S, K, Dh]; `cuDNN from the cache layout` is what `auto` runs in the model's "
+          "verify case (decode_attention(impl='cudnn') copies the cache to [B, S, K, Dh] "
+          'first), `XLA (cache layout)` the reference reading it in place.',
           kernel_speed.HOPPER_TREE_HEADER, kernel_speed.bench_hopper_tree(args.quick))
 
     # The quick sections first, so that a run cut short by a time limit loses the least.
