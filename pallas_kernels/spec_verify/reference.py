@@ -23,8 +23,9 @@ Verification rules (`mode`), all exact: the committed tokens are distributed as 
                    residual p - c min(q, p/rho), c = (1 - (1 - beta)^k) / beta (<= rho).
   'traversal'      Traversal Verification (Weng et al. 2025) for children drawn i.i.d. from
                    q: leaf to root with sequence-level acceptance probabilities (see
-                   `_traversal_row`). On a chain it is block verification (Sun et al. 2024).
-                   Reference only (no Pallas kernel yet; the fused entry points fall back here).
+                   `_traversal_row`). On a chain it is block verification (Sun et al. 2024),
+                   in closed form (`_chain_traversal`). GPU kernels: `gpu.chain_traversal`,
+                   `gpu.tree_traversal`.
 
 When every child is rejected (or a node has no children) the caller samples one token from the
 returned residual: the correction token, or the bonus token after a fully accepted path.
@@ -126,8 +127,8 @@ def chain_verify_reference(target_logp_BxG1xV: jax.Array, draft_logq_BxGxV: jax.
     valid_BxG: drafts that exist (a chain may be shorter in some rows); must be a prefix.
     u_BxG: uniforms in (0, 1), one per draft.
     mode: 'deterministic' or 'iid' (one child per node: 'wor' and 'kseq' are the same as
-      'iid'; they are accepted and treated as 'iid'), or 'traversal' (block verification:
-      it runs the tree walk of `traversal_verify` on the chain, not a closed form).
+      'iid'; they are accepted and treated as 'iid'), or 'traversal' (block verification,
+      in closed form: `_chain_traversal`).
 
   Returns:
     (accepted drafts n [B], log of the distribution to sample the next token from [B, V]).
@@ -268,6 +269,23 @@ def tree_verify_reference(target_logp_BxTxV: jax.Array, draft_logq_BxTxV: jax.Ar
 # Traversal Verification: leaf to root, whole paths at once.
 # ----------------------------------------------------------------------------------------
 
+def tree_structure(children_TxK: jax.Array, depth: int
+                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(parent_T, depth_T, rank_T) of one row's tree from its children lists: each node's
+  parent (-1 for the root and for nodes no list names), depth (0 for those) and place in its
+  parent's list (the order its siblings are tested in)."""
+  T, K = children_TxK.shape
+  dest = jnp.where(children_TxK >= 0, children_TxK, T)
+  parent_T = jnp.full((T,), -1, jnp.int32).at[dest].set(
+      jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32)[:, None], (T, K)), mode='drop')
+  rank_T = jnp.zeros((T,), jnp.int32).at[dest].set(
+      jnp.broadcast_to(jnp.arange(K, dtype=jnp.int32)[None], (T, K)), mode='drop')
+  par_T, is_child_T = jnp.maximum(parent_T, 0), parent_T >= 0
+  depth_T = jax.lax.fori_loop(0, depth, lambda _, d: jnp.where(is_child_T, d[par_T] + 1, 0),
+                              jnp.zeros((T,), jnp.int32))
+  return parent_T, depth_T, rank_T
+
+
 def _traversal_row(logp_TxV, logq_TxV, tokens_T, children_TxK, u_N, depth, wor):
   """One row of `traversal_verify` (vmapped over B).
 
@@ -295,12 +313,9 @@ def _traversal_row(logp_TxV, logq_TxV, tokens_T, children_TxK, u_N, depth, wor):
   kid_ok_TxK = children_TxK >= 0
   kids_TxK = jnp.maximum(children_TxK, 0)
   node_T = jnp.arange(T, dtype=jnp.int32)
-  parent_T = jnp.full((T,), -1, jnp.int32).at[jnp.where(kid_ok_TxK, children_TxK, T)].set(
-      jnp.broadcast_to(node_T[:, None], children_TxK.shape), mode='drop')
+  parent_T, depth_T, _ = tree_structure(children_TxK, depth)
   par_T = jnp.maximum(parent_T, 0)
   is_child_T = parent_T >= 0
-  depth_T = jax.lax.fori_loop(0, depth, lambda _, d: jnp.where(is_child_T, d[par_T] + 1, 0),
-                              jnp.zeros((T,), jnp.int32))
 
   # Updated p and q rows live in one slot per depth, not in a carried [T, V] table: a node
   # whose p changed (it lost a child) is an ancestor of every later leaf until it is deleted
@@ -401,8 +416,9 @@ def traversal_verify(target_logp_BxTxV: jax.Array, draft_logq_BxTxV: jax.Array,
   return path, n.astype(jnp.int32), _log(res)
 
 
-def _chain_traversal(target_logp_BxG1xV, draft_logq_BxGxV, draft_BxG, valid_BxG, u_BxG):
-  """The chain as a one-path tree under `traversal_verify` (block verification)."""
+def _chain_traversal_walk(target_logp_BxG1xV, draft_logq_BxGxV, draft_BxG, valid_BxG, u_BxG):
+  """The chain as a one-path tree under `traversal_verify` (the tree walk; the closed form
+  `_chain_traversal` is tested against it)."""
   if draft_logq_BxGxV is None:
     raise ValueError("Verification mode 'traversal' needs the draft's log q for every node.")
   B, G = draft_BxG.shape
@@ -413,3 +429,71 @@ def _chain_traversal(target_logp_BxG1xV, draft_logq_BxGxV, draft_BxG, valid_BxG,
   _, n_B, res_BxV = traversal_verify(target_logp_BxG1xV, logq_BxTxV, tokens_BxT,
                                      children_BxT[..., None], u_BxG[..., None])
   return n_B, res_BxV
+
+
+def chain_traversal_terms(p_x_BxG: jax.Array, q_x_BxG: jax.Array, s_of):
+  """The scalars of block verification on a chain: (a_BxG1, a_new_BxG).
+
+  p_x_BxG, q_x_BxG: p_{d-1}(x_d) and q_{d-1}(x_d) for the drafts d = 1..G. `s_of(a_BxG)`
+  gives S_d = sum_V [a_d p_d - q_d]_+ for the nodes d = 0..G-1 (a vocabulary pass; the
+  reference and the kernel each supply theirs). a_BxG1: the sequence-level acceptance of
+  each node before any update (a_0 = 1, a_d = min(1, a_{d-1} p_{d-1}(x_d) / q_{d-1}(x_d)));
+  a_new_BxG: node d's after its child was rejected, S_d / (S_d + 1 - a_d) (1 where that
+  rejection had probability 0).
+  """
+  ratio_BxG = p_x_BxG / jnp.maximum(q_x_BxG, _TINY)
+  a = [jnp.ones(p_x_BxG.shape[:1], jnp.float32)]
+  for d in range(p_x_BxG.shape[1]):
+    a.append(jnp.minimum(1.0, a[-1] * ratio_BxG[:, d]))
+  a_BxG1 = jnp.stack(a, axis=1)
+  s_BxG = s_of(a_BxG1[:, :-1])
+  den_BxG = s_BxG + 1.0 - a_BxG1[:, :-1]
+  a_new_BxG = jnp.where(den_BxG > 1e-12, s_BxG / jnp.maximum(den_BxG, _TINY), 1.0)
+  return a_BxG1, a_new_BxG
+
+
+def chain_traversal_end(a_BxG1: jax.Array, a_new_BxG: jax.Array, valid_BxG: jax.Array,
+                        u_BxG: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(end node n [B], m [B]) of block verification: the walk tests node m (the last valid
+  draft) with a_m and uniform u_0, then node m - 1 with its updated a and u_1, ..., and ends
+  at the first node that passes (the root, n = 0, always does)."""
+  G = valid_BxG.shape[1]
+  m_B = jnp.sum(jnp.cumprod(valid_BxG.astype(jnp.int32), axis=1), axis=1)
+  d_G = jnp.arange(1, G + 1)
+  # node d's updated a (d = 1..G; the last node is never a parent: any value serves)
+  updated_BxG = jnp.concatenate([a_new_BxG[:, 1:], a_BxG1[:, G:]], axis=1)
+  a_BxG = jnp.where(d_G[None] == m_B[:, None], a_BxG1[:, 1:], updated_BxG)
+  u_at_BxG = jnp.take_along_axis(u_BxG, jnp.clip(m_B[:, None] - d_G[None], 0, G - 1), axis=1)
+  pass_BxG = (d_G[None] <= m_B[:, None]) & (u_at_BxG <= a_BxG)
+  n_B = jnp.max(jnp.where(pass_BxG, d_G[None], 0), axis=1)
+  return n_B.astype(jnp.int32), m_B
+
+
+def _chain_traversal(target_logp_BxG1xV, draft_logq_BxGxV, draft_BxG, valid_BxG, u_BxG):
+  """Traversal Verification on a chain (block verification) in closed form.
+
+  The walk of `traversal_verify` on one path: a_d as there; the leaf m is tested with a_m;
+  each rejection updates the parent d once (its only child is gone), with its original a_d,
+  so every updated a is known before the walk starts. The walk ends at the deepest node that
+  passes; its next-token distribution is p_m at the leaf (the bonus), else
+  norm([a_n p_n - q_n]_+).
+  """
+  if draft_logq_BxGxV is None:
+    raise ValueError("Verification mode 'traversal' needs the draft's log q for every node.")
+  G = draft_BxG.shape[1]
+  p_BxG1xV = jnp.exp(target_logp_BxG1xV.astype(jnp.float32))
+  q_BxGxV = jnp.exp(draft_logq_BxGxV.astype(jnp.float32))
+  idx = draft_BxG[..., None]
+  p_x_BxG = jnp.take_along_axis(p_BxG1xV[:, :G], idx, axis=-1)[..., 0]
+  q_x_BxG = jnp.take_along_axis(q_BxGxV, idx, axis=-1)[..., 0]
+  s_of = lambda a_BxG: jnp.sum(jnp.maximum(a_BxG[..., None] * p_BxG1xV[:, :G] - q_BxGxV, 0.0),
+                               axis=-1)
+  a_BxG1, a_new_BxG = chain_traversal_terms(p_x_BxG, q_x_BxG, s_of)
+  n_B, m_B = chain_traversal_end(a_BxG1, a_new_BxG, valid_BxG, u_BxG)
+  p_n_BxV = jnp.take_along_axis(p_BxG1xV, n_B[:, None, None], axis=1)[:, 0]
+  n_q = jnp.minimum(n_B, G - 1)
+  q_n_BxV = jnp.take_along_axis(q_BxGxV, n_q[:, None, None], axis=1)[:, 0]
+  a_n_B = jnp.take_along_axis(a_BxG1, n_B[:, None], axis=1)[:, 0]
+  r_BxV = jnp.maximum(a_n_B[:, None] * p_n_BxV - q_n_BxV, 0.0)
+  res_BxV = jnp.where((n_B < m_B)[:, None], _normalise_or(p_n_BxV, r_BxV), p_n_BxV)
+  return n_B, _log(res_BxV)
