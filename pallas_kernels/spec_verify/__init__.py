@@ -9,14 +9,13 @@
 impl:
   'xla'   the plain-jnp reference (`reference.py`), any backend.
   'pallas' the fused kernels of `fused.py` (GPU Triton-style; interpreted on CPU/TPU): the
-          chain for every mode, the tree for mode 'deterministic' (other tree modes fall back
-          to the reference). 'pallas_gpu' names the family explicitly.
+          chain for every mode, the tree for modes 'deterministic' and 'traversal' (other tree
+          modes fall back to the reference). 'pallas_gpu' names the family explicitly.
   'auto'  what `pallas_kernels.dispatch` says for case 'chain' / 'tree': 'xla' everywhere
           today (the chain kernel passed its H100 check; its speed is not measured).
 
 The rules ('deterministic', 'iid', 'wor', 'kseq', 'traversal') and their exactness are
-documented in `reference.py`; 'traversal' has no kernel yet (every impl runs the
-reference). Randomness is passed in (uniforms in (0, 1)); kernels draw none.
+documented in `reference.py`. Randomness is passed in (uniforms in (0, 1)); kernels draw none.
 """
 
 from __future__ import annotations

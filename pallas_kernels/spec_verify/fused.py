@@ -6,19 +6,22 @@
                                                          children_BxTxK, u_BxDxK)
 
 GPU kernels (Triton lowering; interpreted elsewhere). Tree verification is fused for
-mode 'deterministic' (EAGLE-style top-k children, heads, n-gram trees); the other tree modes
-need a full-vocabulary residual update per rejected child and use the reference. Mode
-'traversal' has no kernel yet, chain or tree: it always runs the reference.
+mode 'deterministic' (EAGLE-style top-k children, heads, n-gram trees) and 'traversal'
+(Traversal Verification: one vocabulary sweep per rejected leaf, `gpu.tree_traversal`); the
+other tree modes need a full-vocabulary residual update per rejected child and use the
+reference. The chain is fused for every mode ('traversal': block verification,
+`gpu.chain_traversal`).
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from pallas_kernels import common
 from pallas_kernels.spec_verify import gpu
 from pallas_kernels.spec_verify.reference import (MODES, chain_verify_reference,
-                                                  tree_verify_reference)
+                                                  tree_structure, tree_verify_reference)
 
 
 def _setup(V: int, impl: str, block_v: int, deterministic: bool):
@@ -38,10 +41,16 @@ def chain_verify_pallas(target_logp_BxG1xV, draft_logq_BxGxV, draft_BxG, valid_B
   deterministic = mode == 'deterministic' or draft_logq_BxGxV is None
   V = target_logp_BxG1xV.shape[-1]
   st, Vp = _setup(V, impl, block_v, deterministic)
-  if st is None or mode == 'traversal':  # no kernel for traversal yet
+  if st is None:
     return chain_verify_reference(target_logp_BxG1xV, draft_logq_BxGxV, draft_BxG, valid_BxG,
                                   u_BxG, mode=mode)
   pad = lambda x: common.pad_axis(x.astype(jnp.float32), 2, Vp, -jnp.inf)
+  if mode == 'traversal':
+    if draft_logq_BxGxV is None:
+      raise ValueError("Verification mode 'traversal' needs the draft's log q for every node.")
+    n, res = gpu.chain_traversal(pad(target_logp_BxG1xV), pad(draft_logq_BxGxV), draft_BxG,
+                                 valid_BxG, u_BxG, st)
+    return n, res[:, :V]
   n, res = gpu.chain_verify(pad(target_logp_BxG1xV),
                             None if deterministic else pad(draft_logq_BxGxV),
                             draft_BxG, valid_BxG, u_BxG, st)
@@ -54,9 +63,38 @@ def tree_verify_pallas(target_logp_BxTxV, draft_logq_BxTxV, tokens_BxT, children
   """See `reference.tree_verify_reference`; fused for mode 'deterministic'."""
   V = target_logp_BxTxV.shape[-1]
   st, Vp = _setup(V, impl, block_v, True)
-  if st is None or mode != 'deterministic':
+  if st is None or mode not in ('deterministic', 'traversal'):
     return tree_verify_reference(target_logp_BxTxV, draft_logq_BxTxV, tokens_BxT,
                                  children_BxTxK, u_BxDxK, mode=mode)
   logp = common.pad_axis(target_logp_BxTxV.astype(jnp.float32), 2, Vp, -jnp.inf)
+  if mode == 'traversal':
+    return _tree_traversal(logp, draft_logq_BxTxV, tokens_BxT, children_BxTxK, u_BxDxK, st, V,
+                           Vp)
   path, n, res = gpu.tree_verify(logp, tokens_BxT, children_BxTxK, u_BxDxK, st)
+  return path, n, res[:, :V]
+
+
+def _tree_traversal(logp_BxTxVp, draft_logq_BxTxV, tokens_BxT, children_BxTxK, u_BxDxK, st, V,
+                    Vp):
+  """Mode 'traversal' through `gpu.tree_traversal`: the tree's per-node vectors (parent,
+  depth, rank, the parent's p and q at the node's token) gathered here, padded to a power of
+  two."""
+  if draft_logq_BxTxV is None:
+    raise ValueError("Verification mode 'traversal' needs the draft's log q for every node.")
+  B, T, _ = logp_BxTxVp.shape
+  D, K = u_BxDxK.shape[1], children_BxTxK.shape[2]
+  u_BxN = u_BxDxK.reshape(B, -1)
+  if u_BxN.shape[1] < T - 1:
+    raise ValueError(f'Traversal verification of {T} nodes needs {T - 1} uniforms per row, '
+                     f'got {u_BxN.shape[1]} (u has shape {u_BxDxK.shape}).')
+  logq = common.pad_axis(draft_logq_BxTxV.astype(jnp.float32), 2, Vp, -jnp.inf)
+  parent, depth, rank = jax.vmap(lambda ch: tree_structure(ch, D))(children_BxTxK)
+  par = jnp.maximum(parent, 0)
+  at_token = lambda lp: jnp.exp(jnp.take_along_axis(
+      jnp.take_along_axis(lp, par[..., None], axis=1), tokens_BxT[..., None], axis=2)[..., 0])
+  Tp = common.next_pow2(T)
+  vec = lambda x, fill: common.pad_axis(x, 1, Tp, fill)
+  path, n, res = gpu.tree_traversal(logp_BxTxVp, logq, vec(parent, -1), vec(depth, 0),
+                                    vec(rank, 0), vec(at_token(logp_BxTxVp), 0.0),
+                                    vec(at_token(logq), 0.0), u_BxN, D, K, st)
   return path, n, res[:, :V]

@@ -50,10 +50,15 @@ def _all_kernels(family):
       children = jnp.broadcast_to(jnp.array([[1, 2], [3, -1], [-1, -1], [-1, -1]]), (B, 4, 2))
       tree_v = tree_verify_pallas(lp4, None, jnp.zeros((B, 4), jnp.int32), children,
                                   jnp.full((B, 2, 2), 0.5), impl=impl)
+      # Traversal Verification: the chain (block verification) and the tree walk
+      chain_t = chain_verify_pallas(lp4, lp4[:, :3], drafts, drafts == 0, jnp.full((B, 3), 0.5),
+                                    mode='traversal', impl=impl)
+      tree_t = tree_verify_pallas(lp4, lp4, jnp.zeros((B, 4), jnp.int32), children,
+                                  jnp.full((B, 2, 2), 0.5), mode='traversal', impl=impl)
       # the split sampler: its five kinds of pass (stats, counts, masses, sums, race)
       split = fused_sample(logits, logits.astype(jnp.float32), temperature=0.8, top_k=50,
                            top_p=0.9, min_p=0.05, impl=impl, block_v=256, parts=4)
-      out += (chain, tree_v, split)
+      out += (chain, tree_v, chain_t, tree_t, split)
     return out
 
   args = (jnp.zeros((B, T, H, Dh), bf), jnp.zeros((B, T, K, Dh), bf),
@@ -80,6 +85,6 @@ def test_kernels_lower_for_their_hardware(family, platform):
   text = exported.mlir_module()
   target = '__gpu$xla.gpu.triton' if family == 'gpu' else 'tpu_custom_call'
   # flash fwd, dq, dk/dv; decode; tree (decode kernel with the new-token part); sampling;
-  # delta rule forward and backward scans; chain and tree verification and the split
-  # sampler's passes (GPU).
-  assert text.count(target) >= (15 if family == 'gpu' else 8), text.count(target)
+  # delta rule forward and backward scans; chain and tree verification, both also under
+  # traversal, and the split sampler's passes (GPU).
+  assert text.count(target) >= (17 if family == 'gpu' else 8), text.count(target)
