@@ -23,7 +23,7 @@ from pallas_kernels.delta_rule.reference import delta_rule_chunked
 from pallas_kernels.flash_attention import HopperBwdConfig, HopperConfig, flash_attention
 from pallas_kernels.sampling import fused_sample, gumbel_noise
 from pallas_kernels.spec_verify import reference as verify_ref
-from pallas_kernels.spec_verify.fused import chain_verify_pallas
+from pallas_kernels.spec_verify.fused import chain_verify_pallas, tree_verify_pallas
 
 BF16, F32 = jnp.bfloat16, jnp.float32
 
@@ -267,18 +267,50 @@ def _check_delta_rule(impl: str, small: bool) -> list[list[Any]]:
   return rows
 
 
+def _verify_row(name, impl, shape, got, want) -> list[Any]:
+  """A row comparing (counts, ..., residual log p) with the reference's: the integer outputs
+  equal, the residual's support equal, its finite entries within 1e-4."""
+  ints_equal = all(bool((np.asarray(a) == np.asarray(b)).all())
+                   for a, b in zip(got[:-1], want[:-1]))
+  res, res_ref = np.asarray(got[-1]), np.asarray(want[-1])
+  fin = np.isfinite(res_ref)
+  same = ints_equal and bool((np.isfinite(res) == fin).all())
+  e = rel_error(np.where(fin, res, 0), np.where(fin, res_ref, 0))
+  return [name, impl, shape, 'float32', e, 1e-4, same and e < 1e-4]
+
+
 def _check_verify(impl: str, small: bool) -> list[list[Any]]:
+  """The fused chain kernel under 'iid' and 'traversal' (block verification), and the tree
+  kernels under 'deterministic' and 'traversal', against the reference."""
   B, G, V = (8, 4, 1000) if small else (64, 6, 128256)
   logp = jax.nn.log_softmax(4 * normal(0, (B, G + 1, V), F32), axis=-1)
   logq = jax.nn.log_softmax(4 * normal(1, (B, G, V), F32), axis=-1)
   draft = jnp.argmax(logp[:, :G], axis=-1)
   valid = jnp.ones((B, G), bool)
   u = jax.random.uniform(jax.random.key(2), (B, G))
-  n, res = jax.jit(lambda *a: chain_verify_pallas(*a, impl=impl))(logp, logq, draft, valid, u)
-  n_ref, res_ref = verify_ref.chain_verify_reference(logp, logq, draft, valid, u, mode='iid')
-  fin = np.isfinite(np.asarray(res_ref))
-  same = bool((np.asarray(n) == np.asarray(n_ref)).all()
-              and (np.isfinite(np.asarray(res)) == fin).all())
-  e = rel_error(np.where(fin, res, 0), np.where(fin, res_ref, 0))
-  return [['chain verify (iid)', impl, f'B{B} G{G} V{V}', 'float32', e, 1e-4,
-           same and e < 1e-4]]
+  rows = []
+  for mode in ('iid', 'traversal'):
+    got = jax.jit(lambda *a, mode=mode: chain_verify_pallas(*a, mode=mode, impl=impl))(
+        logp, logq, draft, valid, u)
+    want = verify_ref.chain_verify_reference(logp, logq, draft, valid, u, mode=mode)
+    rows.append(_verify_row(f'chain verify ({mode})', impl, f'B{B} G{G} V{V}', got, want))
+  # A 15-node tree (fan-out 3, 2, 1 by depth) whose children are drawn from q.
+  parents = [-1, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 5, 6, 7, 8]
+  T, K, D = len(parents), 3, 3
+  children = np.full((T, K), -1)
+  for i, p in enumerate(parents[1:], 1):
+    children[p, list(children[p]).index(-1)] = i
+  Bt = B if small else 16
+  lp = jax.nn.log_softmax(4 * normal(3, (Bt, T, V), F32), axis=-1)
+  lq = jax.nn.log_softmax(lp + normal(4, (Bt, T, V), F32), axis=-1)
+  tokens = jax.random.categorical(jax.random.key(5), lq, axis=-1)[:, np.maximum(parents, 0)]
+  ch = jnp.broadcast_to(jnp.asarray(children), (Bt, T, K))
+  ut = jax.random.uniform(jax.random.key(6), (Bt, D, (T + D - 2) // D), minval=1e-6)
+  for mode, q in (('deterministic', None), ('traversal', lq)):
+    got = jax.jit(lambda *a, mode=mode: tree_verify_pallas(*a, mode=mode, impl=impl))(
+        lp, q, tokens, ch, ut if mode == 'traversal' else ut[:, :, :K])
+    want = verify_ref.tree_verify_reference(lp, q, tokens, ch,
+                                            ut if mode == 'traversal' else ut[:, :, :K],
+                                            mode=mode)
+    rows.append(_verify_row(f'tree verify ({mode})', impl, f'B{Bt} T{T} V{V}', got, want))
+  return rows
