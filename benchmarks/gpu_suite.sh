@@ -6,7 +6,8 @@
 # Stages (each under its own time limit, so one that hangs or crashes leaves the others; the
 # limits are the H200 budget, docs/gpu_suite.md, and can be changed with NAME_LIMIT=SECONDS):
 #   env        nvidia-smi, versions, jax devices
-#   kernels    python -m benchmarks.kernels --quick        (on-device checks + speed vs cuDNN/XLA/fla)
+#   kernels    python -m benchmarks.kernels --quick        (on-device checks + speed vs cuDNN/XLA/fla,
+#              then the fused verification kernels vs their jnp reference)
 #   hopper     python -m benchmarks.kernels --quick --only=hopper --out=hopper: the Hopper
 #              kernels' checks and tables alone (kernels_hopper.md)
 #   sweep      python -m benchmarks.kernel_sweep: the kernels' block sizes, warps and stages

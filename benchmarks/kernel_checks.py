@@ -279,38 +279,46 @@ def _verify_row(name, impl, shape, got, want) -> list[Any]:
   return [name, impl, shape, 'float32', e, 1e-4, same and e < 1e-4]
 
 
-def _check_verify(impl: str, small: bool) -> list[list[Any]]:
-  """The fused chain kernel under 'iid' and 'traversal' (block verification), and the tree
-  kernels under 'deterministic' and 'traversal', against the reference."""
-  B, G, V = (8, 4, 1000) if small else (64, 6, 128256)
+def verify_inputs(B: int, V: int, G: int = 6):
+  """Inputs of the fused verification kernels: (chain, tree) argument tuples without the
+  q of the deterministic tree. chain: (logp [B, G+1, V], logq [B, G, V], drafts [B, G] (the
+  target's argmax), valid, u [B, G]); tree: (logp, logq [B, T, V], tokens [B, T] drawn from
+  the parents' q, children [B, T, 3], u [B, D, 5]) for a 15-node tree (fan-out 3, 2, 1 by
+  depth; q near p, so paths get deep). u for the deterministic tree: u[:, :, :3]."""
   logp = jax.nn.log_softmax(4 * normal(0, (B, G + 1, V), F32), axis=-1)
   logq = jax.nn.log_softmax(4 * normal(1, (B, G, V), F32), axis=-1)
   draft = jnp.argmax(logp[:, :G], axis=-1)
-  valid = jnp.ones((B, G), bool)
-  u = jax.random.uniform(jax.random.key(2), (B, G))
-  rows = []
-  for mode in ('iid', 'traversal'):
-    got = jax.jit(lambda *a, mode=mode: chain_verify_pallas(*a, mode=mode, impl=impl))(
-        logp, logq, draft, valid, u)
-    want = verify_ref.chain_verify_reference(logp, logq, draft, valid, u, mode=mode)
-    rows.append(_verify_row(f'chain verify ({mode})', impl, f'B{B} G{G} V{V}', got, want))
-  # A 15-node tree (fan-out 3, 2, 1 by depth) whose children are drawn from q.
+  chain = (logp, logq, draft, jnp.ones((B, G), bool), jax.random.uniform(jax.random.key(2),
+                                                                          (B, G)))
   parents = [-1, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 5, 6, 7, 8]
   T, K, D = len(parents), 3, 3
   children = np.full((T, K), -1)
   for i, p in enumerate(parents[1:], 1):
     children[p, list(children[p]).index(-1)] = i
-  Bt = B if small else 16
-  lp = jax.nn.log_softmax(4 * normal(3, (Bt, T, V), F32), axis=-1)
-  lq = jax.nn.log_softmax(lp + normal(4, (Bt, T, V), F32), axis=-1)
+  lp = jax.nn.log_softmax(4 * normal(3, (B, T, V), F32), axis=-1)
+  lq = jax.nn.log_softmax(lp + normal(4, (B, T, V), F32), axis=-1)
   tokens = jax.random.categorical(jax.random.key(5), lq, axis=-1)[:, np.maximum(parents, 0)]
-  ch = jnp.broadcast_to(jnp.asarray(children), (Bt, T, K))
-  ut = jax.random.uniform(jax.random.key(6), (Bt, D, (T + D - 2) // D), minval=1e-6)
-  for mode, q in (('deterministic', None), ('traversal', lq)):
+  ch = jnp.broadcast_to(jnp.asarray(children), (B, T, K))
+  ut = jax.random.uniform(jax.random.key(6), (B, D, (T + D - 2) // D), minval=1e-6)
+  return chain, (lp, lq, tokens, ch, ut)
+
+
+def _check_verify(impl: str, small: bool) -> list[list[Any]]:
+  """The fused chain kernel under 'iid' and 'traversal' (block verification), and the tree
+  kernels under 'deterministic' and 'traversal', against the reference."""
+  B, G, V = (8, 4, 1000) if small else (64, 6, 128256)
+  chain, _ = verify_inputs(B, V, G)
+  rows = []
+  for mode in ('iid', 'traversal'):
+    got = jax.jit(lambda *a, mode=mode: chain_verify_pallas(*a, mode=mode, impl=impl))(*chain)
+    want = verify_ref.chain_verify_reference(*chain, mode=mode)
+    rows.append(_verify_row(f'chain verify ({mode})', impl, f'B{B} G{G} V{V}', got, want))
+  Bt = B if small else 16
+  lp, lq, tokens, ch, ut = verify_inputs(Bt, V, G)[1]
+  for mode, q, u in (('deterministic', None, ut[:, :, :3]), ('traversal', lq, ut)):
     got = jax.jit(lambda *a, mode=mode: tree_verify_pallas(*a, mode=mode, impl=impl))(
-        lp, q, tokens, ch, ut if mode == 'traversal' else ut[:, :, :K])
-    want = verify_ref.tree_verify_reference(lp, q, tokens, ch,
-                                            ut if mode == 'traversal' else ut[:, :, :K],
-                                            mode=mode)
-    rows.append(_verify_row(f'tree verify ({mode})', impl, f'B{Bt} T{T} V{V}', got, want))
+        lp, q, tokens, ch, u)
+    want = verify_ref.tree_verify_reference(lp, q, tokens, ch, u, mode=mode)
+    rows.append(_verify_row(f'verify tree ({mode})', impl, f'B{Bt} T{tokens.shape[1]} V{V}',
+                            got, want))
   return rows

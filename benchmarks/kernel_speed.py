@@ -18,12 +18,15 @@ import numpy as np
 
 from benchmarks import common
 from benchmarks.kernel_checks import (BF16, F32, error_text, normal, random_parents,
+                                      verify_inputs,
                                       tree_over_cache)
 from pallas_kernels.decode_attention import ancestor_mask, decode_attention, tree_attention
 from pallas_kernels.delta_rule.chunk import delta_rule_pallas
 from pallas_kernels.delta_rule.reference import delta_rule_chunked
 from pallas_kernels.flash_attention import HopperBwdConfig, HopperConfig, flash_attention
 from pallas_kernels.sampling import fused_sample, gumbel_noise
+from pallas_kernels.spec_verify import reference as verify_ref
+from pallas_kernels.spec_verify.fused import chain_verify_pallas, tree_verify_pallas
 
 
 def time_call(fn: Callable[[], Any], repeats: int = 10) -> float:
@@ -398,4 +401,34 @@ def bench_sampling(quick: bool) -> list[list[Any]]:
       rows.append([V, B, us(t_ours), us(t_sort), _ratio(t_sort, t_ours), us(t_split),
                    _ratio(t_sort, t_split)])
       print('  sampling', rows[-1], flush=True)
+  return rows
+
+
+VERIFY_HEADER = ['case', 'mode', 'shape', 'fused', 'reference', 'reference / fused']
+
+
+def bench_verify(quick: bool) -> list[list[Any]]:
+  """The fused verification kernels against the jnp reference (what `auto` runs), float32
+  log-probabilities over V 128256 (us): the chain (G 6, drafts = the target's argmax) under
+  'iid' and 'traversal', the 15-node tree of `kernel_checks.verify_inputs` under
+  'deterministic' and 'traversal'."""
+  rows = []
+  V, G = 128256, 6
+  for B in ((1, 64) if quick else (1, 8, 64)):
+    chain, (lp, lq, tokens, ch, ut) = verify_inputs(B, V, G)
+    cases = [('chain', mode, f'B{B} G{G} V{V}', chain,
+              functools.partial(chain_verify_pallas, mode=mode, impl='pallas'),
+              functools.partial(verify_ref.chain_verify_reference, mode=mode))
+             for mode in ('iid', 'traversal')]
+    cases += [('tree', mode, f'B{B} T{tokens.shape[1]} V{V}', (lp, q, tokens, ch, u),
+               functools.partial(tree_verify_pallas, mode=mode, impl='pallas'),
+               functools.partial(verify_ref.tree_verify_reference, mode=mode))
+              for mode, q, u in (('deterministic', None, ut[:, :, :3]), ('traversal', lq, ut))]
+    for case, mode, shape, args, fused, ref in cases:
+      f, r = jax.jit(fused), jax.jit(ref)
+      t_f = _try(lambda: time_call(lambda: f(*args)))
+      t_r = _try(lambda: time_call(lambda: r(*args)))
+      us = lambda t: t * 1e6 if isinstance(t, float) else t
+      rows.append([case, mode, shape, us(t_f), us(t_r), _ratio(t_r, t_f)])
+      print('  verify', rows[-1], flush=True)
   return rows

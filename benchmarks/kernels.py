@@ -43,7 +43,7 @@ from benchmarks import kernel_checks
 from benchmarks import kernel_speed
 from pallas_kernels import common as kcommon
 
-SECTIONS = ('check', 'flash', 'tree', 'decode', 'delta', 'sampling', 'hopper')
+SECTIONS = ('check', 'flash', 'tree', 'decode', 'delta', 'sampling', 'verify', 'hopper')
 
 
 REMAINING = """\
@@ -66,7 +66,8 @@ Remaining on a GPU (H100/H200), all produced by `python -m benchmarks.kernels` i
 - fused sampling vs sort-based top-p at V 32k-256k, B 1-64 (goal >= 5x);
 - block-size tuning (BlockSizes, HopperConfig) for the above: `python -m benchmarks.kernel_sweep`
   (ready);
-- not measured by this script: fused chain/tree verification speed (checked for correctness).
+- fused chain/tree verification (every mode with a kernel, Traversal Verification included) vs
+  the jnp reference `auto` runs, V 128256, B 1 and 64 (the `verify` section).
 Remaining on a TPU: the same `check` with the Mosaic kernels (`impl='pallas'` there; fused
 verification has no TPU kernel yet)."""
 
@@ -163,6 +164,13 @@ def main(argv=None):
           ['V', 'B', 'fused', 'sort-based', 'sort / fused', 'split', 'sort / split'],
           kernel_speed.bench_sampling(args.quick))
 
+    def section_verify() -> str:
+      return _table(
+          'Fused verification vs the reference, float32 (us)',
+          "`fused`: `spec_verify.chain_verify / tree_verify(impl='pallas')` (`spec_verify/gpu.py`, "
+          "one program a row); `reference`: the jnp rules `'auto'` runs today.",
+          kernel_speed.VERIFY_HEADER, kernel_speed.bench_verify(args.quick))
+
     # The Hopper section: its checks and each of its tables run (and are written) one at a
     # time, so that a table that fails or runs past a time limit costs only itself.
     def hopper_check() -> str:
@@ -209,6 +217,7 @@ def main(argv=None):
     run_section('sampling', section_sampling)
     run_section('delta', section_delta)
     run_section('flash', section_flash)
+    run_section('verify', section_verify)  # after flash: the issue's goals come first
     for make in (hopper_check, hopper_flash, hopper_decode, hopper_tree):
       run_section('hopper', make)
   body = '\n\n'.join(sections)

@@ -163,8 +163,18 @@ def proposals_from_results(markdown: str) -> dict[tuple[str, str, str], tuple[st
   _propose(out, ('delta_rule', 'gpu', 'chunked'), dwin, delta_ok, 'xla', 'XLA/ours')
   samp = _all_at_least(_section(s, 'Fused sampling'), 'sort / fused', 1.0)
   _propose(out, ('sampling', 'gpu', 'top_p'), samp, sampling_ok, 'xla', 'sort/fused')
-  if chain_ok and not _section(s, 'Chain verification'):
-    out[('spec_verify', 'gpu', 'chain')] = ('xla', f'checked {chain_ok}; speed not measured')
+  # Fused verification: the kernel where it beat the reference on every row of its case
+  # (each mode it fuses) and every check of that case passed.
+  # (The tree rows' check is named 'verify tree': 'tree' alone is the attention kernel's.)
+  verify = _section(s, 'Fused verification')
+  for case, check in (('chain', 'chain verify'), ('tree', 'verify tree')):
+    rows = [r for r in verify if r.get('case') == case]
+    ok = _checked(s, check)
+    if rows:
+      _propose(out, ('spec_verify', 'gpu', case), _all_at_least(rows, 'reference / fused', 1.0),
+               ok, 'xla', 'reference/fused')
+    elif case == 'chain' and ok:
+      out[('spec_verify', 'gpu', 'chain')] = ('xla', f'checked {ok}; speed not measured')
   return out
 
 

@@ -17,6 +17,7 @@ BENCHES = [
     (kernel_speed.bench_hopper_flash, kernel_speed.HOPPER_FLASH_HEADER),
     (kernel_speed.bench_hopper_decode, kernel_speed.HOPPER_DECODE_HEADER),
     (kernel_speed.bench_hopper_tree, kernel_speed.HOPPER_TREE_HEADER),
+    (kernel_speed.bench_verify, kernel_speed.VERIFY_HEADER),
 ]
 
 
@@ -41,7 +42,8 @@ def test_rows_have_their_headers_columns(fake_timer, bench, header):
   assert rows and fake_timer
   for row in rows:
     assert len(row) == len(header), (bench.__name__, row)
-  ratios = [i for i, h in enumerate(header) if 'speed' in h or '/cuDNN' in h or 'cuDNN /' in h]
+  ratios = [i for i, h in enumerate(header)
+            if 'speed' in h or '/cuDNN' in h or 'cuDNN /' in h or h == 'reference / fused']
   assert ratios
   for row in rows:
     for i in ratios:  # equal fake times: every "peer / ours" ratio is 1

@@ -467,3 +467,29 @@ def test_index_mask_refuses_a_window_without_causality():
   q, k, v = _arrays()
   with pytest.raises(ValueError, match='window needs causal'):
     attention_ops.attention(q, k, v, jnp.ones((2, 16, 16), bool), index_mask=(False, 4))
+
+
+def _verify_results(chain_ratio: float, tree_ratio: float, tree_ok: bool) -> str:
+  """A results file with the fused-verification checks and timing table (as written by
+  benchmarks.kernels: kernel_checks rows, kernel_speed.VERIFY_HEADER)."""
+  check = ['| kernel | impl | shape | dtype | rel. error | tol | ok |', '|---|---|---|---|---|---|---|',
+           '| tree | pallas | B2 S256 | float32 | 1e-07 | 0.0001 | False |',  # attention's
+           '| chain verify (iid) | pallas | B64 | float32 | 1e-08 | 0.0001 | True |',
+           '| chain verify (traversal) | pallas | B64 | float32 | 1e-08 | 0.0001 | True |',
+           f'| verify tree (traversal) | pallas | B16 | float32 | 1e-08 | 0.0001 | {tree_ok} |']
+  table = ['| case | mode | shape | fused | reference | reference / fused |', '|---|---|---|---|---|---|',
+           f'| chain | iid | B1 | 10 | 30 | {chain_ratio} |', '| chain | traversal | B1 | 10 | 50 | 5 |',
+           f'| tree | traversal | B1 | 10 | 30 | {tree_ratio} |']
+  return '\n'.join(['## Correctness on gpu (FAILURES)', '', *check, '',
+                    '## Fused verification vs the reference, float32 (us)', '', *table])
+
+
+def test_verify_cases_go_to_the_kernel_only_where_it_won_and_passed():
+  """Each case on its own rows and its own checks (the attention kernel's failing 'tree' row
+  does not count against the verification tree)."""
+  p = dispatch_refresh.proposals_from_results(_verify_results(3.0, 2.0, True))
+  assert p[('spec_verify', 'gpu', 'chain')][0] == 'pallas'
+  assert p[('spec_verify', 'gpu', 'tree')][0] == 'pallas'
+  p = dispatch_refresh.proposals_from_results(_verify_results(0.9, 2.0, False))
+  assert p[('spec_verify', 'gpu', 'chain')][0] == 'xla'  # one row lost
+  assert p[('spec_verify', 'gpu', 'tree')][0] == 'xla'   # won, but its check failed
