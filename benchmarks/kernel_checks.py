@@ -120,7 +120,12 @@ def _checks(impls: tuple[str, ...], small: bool) -> list[list[Any]]:
 
     rows += _guarded('delta rule', impl, 'float32', lambda: _check_delta_rule(impl, small))
     if impl != 'pallas_tpu':
-      rows += _guarded('chain verify', impl, 'float32', lambda: _check_verify(impl, small))
+      # each kernel and mode on its own: one that fails to compile hides no other's row
+      for kind, mode in (('chain', 'iid'), ('chain', 'traversal'), ('tree', 'deterministic'),
+                         ('tree', 'traversal')):
+        name = f'chain verify ({mode})' if kind == 'chain' else f'verify tree ({mode})'
+        rows += _guarded(name, impl, 'float32',
+                         lambda kind=kind, mode=mode: _check_verify(impl, small, kind, mode))
     V = 1000 if small else 128256
     logits = normal(9, (8, V), F32) * 3
     g = gumbel_noise(jax.random.key(10), (8, V))
@@ -303,22 +308,20 @@ def verify_inputs(B: int, V: int, G: int = 6):
   return chain, (lp, lq, tokens, ch, ut)
 
 
-def _check_verify(impl: str, small: bool) -> list[list[Any]]:
-  """The fused chain kernel under 'iid' and 'traversal' (block verification), and the tree
-  kernels under 'deterministic' and 'traversal', against the reference."""
+def _check_verify(impl: str, small: bool, kind: str, mode: str) -> list[list[Any]]:
+  """A fused verification kernel (kind 'chain' or 'tree') under `mode` against the
+  reference, on `verify_inputs`: the chain at B 64, G 6, the tree at B 16 (V 128256; small:
+  B 8, G 4, V 1000)."""
   B, G, V = (8, 4, 1000) if small else (64, 6, 128256)
-  chain, _ = verify_inputs(B, V, G)
-  rows = []
-  for mode in ('iid', 'traversal'):
-    got = jax.jit(lambda *a, mode=mode: chain_verify_pallas(*a, mode=mode, impl=impl))(*chain)
+  if kind == 'chain':
+    chain, _ = verify_inputs(B, V, G)
+    got = jax.jit(lambda *a: chain_verify_pallas(*a, mode=mode, impl=impl))(*chain)
     want = verify_ref.chain_verify_reference(*chain, mode=mode)
-    rows.append(_verify_row(f'chain verify ({mode})', impl, f'B{B} G{G} V{V}', got, want))
+    return [_verify_row(f'chain verify ({mode})', impl, f'B{B} G{G} V{V}', got, want)]
   Bt = B if small else 16
   lp, lq, tokens, ch, ut = verify_inputs(Bt, V, G)[1]
-  for mode, q, u in (('deterministic', None, ut[:, :, :3]), ('traversal', lq, ut)):
-    got = jax.jit(lambda *a, mode=mode: tree_verify_pallas(*a, mode=mode, impl=impl))(
-        lp, q, tokens, ch, u)
-    want = verify_ref.tree_verify_reference(lp, q, tokens, ch, u, mode=mode)
-    rows.append(_verify_row(f'verify tree ({mode})', impl, f'B{Bt} T{tokens.shape[1]} V{V}',
-                            got, want))
-  return rows
+  q, u = (None, ut[:, :, :3]) if mode == 'deterministic' else (lq, ut)
+  got = jax.jit(lambda *a: tree_verify_pallas(*a, mode=mode, impl=impl))(lp, q, tokens, ch, u)
+  want = verify_ref.tree_verify_reference(lp, q, tokens, ch, u, mode=mode)
+  return [_verify_row(f'verify tree ({mode})', impl, f'B{Bt} T{tokens.shape[1]} V{V}', got,
+                      want)]
