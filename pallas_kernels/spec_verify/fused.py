@@ -90,8 +90,8 @@ def _tree_traversal(logp_BxTxVp, draft_logq_BxTxV, tokens_BxT, children_BxTxK, u
   logq = common.pad_axis(draft_logq_BxTxV.astype(jnp.float32), 2, Vp, -jnp.inf)
   parent, depth, rank = jax.vmap(lambda ch: tree_structure(ch, D))(children_BxTxK)
   par = jnp.maximum(parent, 0)
-  at_token = lambda lp: jnp.exp(jnp.take_along_axis(
-      jnp.take_along_axis(lp, par[..., None], axis=1), tokens_BxT[..., None], axis=2)[..., 0])
+  rows_B1 = jnp.arange(B)[:, None]
+  at_token = lambda lp: jnp.exp(lp[rows_B1, par, tokens_BxT])  # [B, T]: p_parent(x)(token x)
   Tp = common.next_pow2(T)
   vec = lambda x, fill: common.pad_axis(x, 1, Tp, fill)
   path, n, res = gpu.tree_traversal(logp_BxTxVp, logq, vec(parent, -1), vec(depth, 0),
