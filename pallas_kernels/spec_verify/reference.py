@@ -431,12 +431,12 @@ def _chain_traversal_walk(target_logp_BxG1xV, draft_logq_BxGxV, draft_BxG, valid
   return n_B, res_BxV
 
 
-def chain_traversal_terms(p_x_BxG: jax.Array, q_x_BxG: jax.Array, s_of):
+def _chain_traversal_terms(p_x_BxG: jax.Array, q_x_BxG: jax.Array, s_of):
   """The scalars of block verification on a chain: (a_BxG1, a_new_BxG).
 
   p_x_BxG, q_x_BxG: p_{d-1}(x_d) and q_{d-1}(x_d) for the drafts d = 1..G. `s_of(a_BxG)`
-  gives S_d = sum_V [a_d p_d - q_d]_+ for the nodes d = 0..G-1 (a vocabulary pass; the
-  reference and the kernel each supply theirs). a_BxG1: the sequence-level acceptance of
+  gives S_d = sum_V [a_d p_d - q_d]_+ for the nodes d = 0..G-1 (the vocabulary pass).
+  a_BxG1: the sequence-level acceptance of
   each node before any update (a_0 = 1, a_d = min(1, a_{d-1} p_{d-1}(x_d) / q_{d-1}(x_d)));
   a_new_BxG: node d's after its child was rejected, S_d / (S_d + 1 - a_d) (1 where that
   rejection had probability 0).
@@ -452,7 +452,7 @@ def chain_traversal_terms(p_x_BxG: jax.Array, q_x_BxG: jax.Array, s_of):
   return a_BxG1, a_new_BxG
 
 
-def chain_traversal_end(a_BxG1: jax.Array, a_new_BxG: jax.Array, valid_BxG: jax.Array,
+def _chain_traversal_end(a_BxG1: jax.Array, a_new_BxG: jax.Array, valid_BxG: jax.Array,
                         u_BxG: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(end node n [B], m [B]) of block verification: the walk tests node m (the last valid
   draft) with a_m and uniform u_0, then node m - 1 with its updated a and u_1, ..., and ends
@@ -488,8 +488,8 @@ def _chain_traversal(target_logp_BxG1xV, draft_logq_BxGxV, draft_BxG, valid_BxG,
   q_x_BxG = jnp.take_along_axis(q_BxGxV, idx, axis=-1)[..., 0]
   s_of = lambda a_BxG: jnp.sum(jnp.maximum(a_BxG[..., None] * p_BxG1xV[:, :G] - q_BxGxV, 0.0),
                                axis=-1)
-  a_BxG1, a_new_BxG = chain_traversal_terms(p_x_BxG, q_x_BxG, s_of)
-  n_B, m_B = chain_traversal_end(a_BxG1, a_new_BxG, valid_BxG, u_BxG)
+  a_BxG1, a_new_BxG = _chain_traversal_terms(p_x_BxG, q_x_BxG, s_of)
+  n_B, m_B = _chain_traversal_end(a_BxG1, a_new_BxG, valid_BxG, u_BxG)
   p_n_BxV = jnp.take_along_axis(p_BxG1xV, n_B[:, None, None], axis=1)[:, 0]
   n_q = jnp.minimum(n_B, G - 1)
   q_n_BxV = jnp.take_along_axis(q_BxGxV, n_q[:, None, None], axis=1)[:, 0]
