@@ -10,6 +10,8 @@ as the Traversal Verification and DDTE papers do. For every node budget N (draft
 same target/draft pair decodes the same prompts with the same seed under:
 
   chain iid              gamma = N drafts, Leviathan/Chen (SpecInfer on a chain)
+  chain traversal        the same chain under Traversal Verification: block verification
+                         (Sun et al. 2024), optimal among chain verifiers
   static tree iid        best-first tree of N nodes, depth <= N/2, children i.i.d.; SpecInfer
   static tree wor        the same tree, children without replacement; Sequoia / RSD-C
   static tree traversal  the same tree, children i.i.d.; Traversal Verification
@@ -33,7 +35,8 @@ init_std 0.3) and a draft that is its perturbed copy (every weight + `noise` x i
 std of Gaussian noise). `--target/--draft` use trained workdirs and held-out prompts instead.
 tau is the ratio of generated tokens to target forwards over all rows (prefill counted as in
 `RunStats.tau`); its standard error is the ratio estimator's over rows. 'traversal - iid' is
-the paired per-row difference on the same static tree (same prompts, same row keys). Writes
+the paired per-row difference on the same static tree, and on the same chain (same prompts,
+same row keys). Writes
 benchmarks/results/verifiers_cpu.md and .json (rows: temperature, top_k, budget, verifier,
 tau, se, ...).
 """
@@ -54,7 +57,7 @@ from decoding import Models, SamplingConfig, registry, run_decoder
 from models import Transformer, init_params
 from models import config as config_lib
 
-VERIFIERS = ('chain iid', 'static tree iid', 'static tree wor', 'static tree traversal',
+VERIFIERS = ('chain iid', 'chain traversal', 'static tree iid', 'static tree wor', 'static tree traversal',
              'kseq multi-draft', 'delayed traversal', 'delayed iid',
              'static tree typical (lossy)', 'chain typical (lossy)')
 TYPICAL = (0.09, 0.3)  # the decoders' default (epsilon, alpha)
@@ -65,6 +68,8 @@ def settings(verifier: str, budget: int) -> dict:
   depth = max(1, budget // 2)
   if verifier == 'chain iid':
     return dict(gamma=budget, verifier='iid')
+  if verifier == 'chain traversal':
+    return dict(gamma=budget, verifier='traversal')
   if verifier == 'chain typical (lossy)':
     return dict(gamma=budget, verifier='typical')
   if verifier == 'static tree typical (lossy)':
@@ -161,7 +166,8 @@ def emitted_logp(models, params, prompts, out, sampling, pad_id: int) -> tuple[f
 
 
 def measure(args, loaded, temperature: float, top_k: int) -> list[dict]:
-  """One row per (budget, verifier) at one sampling setting, plus traversal - iid."""
+  """One row per (budget, verifier) at one sampling setting, plus traversal - iid (static
+  tree, chain)."""
   models, params, prompts, pad_id, pair = loaded
   cache = int(-(-(max(map(len, prompts)) + args.max_new_tokens + 2 * max(args.budgets) + 8)
                 // 32) * 32)
@@ -190,10 +196,12 @@ def measure(args, loaded, temperature: float, top_k: int) -> list[dict]:
       print(f'T={temperature} top_k={top_k} N={budget} {name:22s} [{shape(dec)}] '
             f'tau {tau:.3f} +- {se:.3f}, mean log p {logp:.3f}, below typical {below:.3f} '
             f'({time.perf_counter() - t0:.0f} s)', flush=True)
-    if 'static tree traversal' in per_row and 'static tree iid' in per_row:
-      diff = per_row['static tree traversal'] - per_row['static tree iid']
+    for of in ('static tree', 'chain'):
+      if f'{of} traversal' not in per_row or f'{of} iid' not in per_row:
+        continue
+      diff = per_row[f'{of} traversal'] - per_row[f'{of} iid']
       rows.append(dict(pair=pair, temperature=temperature, top_k=top_k, budget=budget,
-                       verifier='traversal - iid (paired, static tree)', shape='',
+                       verifier=f'traversal - iid (paired, {of})', shape='',
                        tau=float(diff.mean()), se=float(diff.std(ddof=1)
                                                         / np.sqrt(len(diff))),
                        rows=len(diff), max_new_tokens=args.max_new_tokens, seconds=0.0))

@@ -270,22 +270,24 @@ def test_sample_comparison_table_marks_lossless_rows_whose_greedy_tokens_differ(
   assert compare.mismatches(dict([('h2o', results['ar(h2o=8)']), *results.items()])) == []
 
 def test_verifier_table_runs_and_traversal_is_not_below_iid(tmp_path, monkeypatch):
-  """benchmarks/verifiers.py at toy size writes its table; on the same static tree (same
-  prompts and row keys) traversal's tau is not below iid's beyond 3 paired standard errors."""
+  """benchmarks/verifiers.py at toy size writes its table; on the same static tree and on
+  the same chain (same prompts and row keys) traversal's tau is not below iid's beyond 3
+  paired standard errors."""
   from benchmarks import verifiers  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(common, 'RESULTS_DIR', str(tmp_path))
   path = verifiers.main(['--prompts=96', '--max_new_tokens=12', '--budgets=8',
                          '--samplings=1', '--out=verifiers_t',
                          '--verifiers=static tree iid,static tree traversal,delayed traversal,'
-                         'static tree typical (lossy)'])
+                         'static tree typical (lossy),chain iid,chain traversal'])
   text = open(path).read()
   assert 'NOT SPEED' in text and '| delayed traversal |' in text and '- commit: ' in text
   assert 'Mean log p of the emitted tokens' in text
   with open(tmp_path / 'verifiers_t.json') as f:
     rows = {r['verifier']: r for r in json.load(f)['rows']}
   assert all(r['tau'] > 1 for k, r in rows.items() if not k.startswith('traversal -'))
-  diff = rows['traversal - iid (paired, static tree)']
-  assert diff['tau'] > -3 * diff['se'], diff
+  for of in ('static tree', 'chain'):  # block verification is optimal on a chain
+    diff = rows[f'traversal - iid (paired, {of})']
+    assert diff['tau'] > -3 * diff['se'], diff
   assert rows['delayed traversal']['shape'] == '1,1,3,3'  # delay 2, then 3 rollouts of 2
   # Typical acceptance: lossy, never below its threshold, leaning to likelier tokens than a
   # lossless rule's sample of the same distribution (which does go below the threshold).
