@@ -416,67 +416,16 @@ def traversal_verify(target_logp_BxTxV: jax.Array, draft_logq_BxTxV: jax.Array,
   return path, n.astype(jnp.int32), _log(res)
 
 
-def _chain_traversal_walk(target_logp_BxG1xV, draft_logq_BxGxV, draft_BxG, valid_BxG, u_BxG):
-  """The chain as a one-path tree under `traversal_verify` (the tree walk; the closed form
-  `_chain_traversal` is tested against it)."""
-  if draft_logq_BxGxV is None:
-    raise ValueError("Verification mode 'traversal' needs the draft's log q for every node.")
-  B, G = draft_BxG.shape
-  tokens_BxT = jnp.concatenate([jnp.zeros((B, 1), draft_BxG.dtype), draft_BxG], axis=1)
-  has_kid_BxT = jnp.concatenate([valid_BxG, jnp.zeros((B, 1), bool)], axis=1)
-  children_BxT = jnp.where(has_kid_BxT, jnp.arange(1, G + 2, dtype=jnp.int32)[None], -1)
-  logq_BxTxV = jnp.concatenate([draft_logq_BxGxV, draft_logq_BxGxV[:, :1]], axis=1)
-  _, n_B, res_BxV = traversal_verify(target_logp_BxG1xV, logq_BxTxV, tokens_BxT,
-                                     children_BxT[..., None], u_BxG[..., None])
-  return n_B, res_BxV
-
-
-def _chain_traversal_terms(p_x_BxG: jax.Array, q_x_BxG: jax.Array, s_of):
-  """The scalars of block verification on a chain: (a_BxG1, a_new_BxG).
-
-  p_x_BxG, q_x_BxG: p_{d-1}(x_d) and q_{d-1}(x_d) for the drafts d = 1..G. `s_of(a_BxG)`
-  gives S_d = sum_V [a_d p_d - q_d]_+ for the nodes d = 0..G-1 (the vocabulary pass).
-  a_BxG1: the sequence-level acceptance of
-  each node before any update (a_0 = 1, a_d = min(1, a_{d-1} p_{d-1}(x_d) / q_{d-1}(x_d)));
-  a_new_BxG: node d's after its child was rejected, S_d / (S_d + 1 - a_d) (1 where that
-  rejection had probability 0).
-  """
-  ratio_BxG = p_x_BxG / jnp.maximum(q_x_BxG, _TINY)
-  a = [jnp.ones(p_x_BxG.shape[:1], jnp.float32)]
-  for d in range(p_x_BxG.shape[1]):
-    a.append(jnp.minimum(1.0, a[-1] * ratio_BxG[:, d]))
-  a_BxG1 = jnp.stack(a, axis=1)
-  s_BxG = s_of(a_BxG1[:, :-1])
-  den_BxG = s_BxG + 1.0 - a_BxG1[:, :-1]
-  a_new_BxG = jnp.where(den_BxG > 1e-12, s_BxG / jnp.maximum(den_BxG, _TINY), 1.0)
-  return a_BxG1, a_new_BxG
-
-
-def _chain_traversal_end(a_BxG1: jax.Array, a_new_BxG: jax.Array, valid_BxG: jax.Array,
-                        u_BxG: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(end node n [B], m [B]) of block verification: the walk tests node m (the last valid
-  draft) with a_m and uniform u_0, then node m - 1 with its updated a and u_1, ..., and ends
-  at the first node that passes (the root, n = 0, always does)."""
-  G = valid_BxG.shape[1]
-  m_B = jnp.sum(jnp.cumprod(valid_BxG.astype(jnp.int32), axis=1), axis=1)
-  d_G = jnp.arange(1, G + 1)
-  # node d's updated a (d = 1..G; the last node is never a parent: any value serves)
-  updated_BxG = jnp.concatenate([a_new_BxG[:, 1:], a_BxG1[:, G:]], axis=1)
-  a_BxG = jnp.where(d_G[None] == m_B[:, None], a_BxG1[:, 1:], updated_BxG)
-  u_at_BxG = jnp.take_along_axis(u_BxG, jnp.clip(m_B[:, None] - d_G[None], 0, G - 1), axis=1)
-  pass_BxG = (d_G[None] <= m_B[:, None]) & (u_at_BxG <= a_BxG)
-  n_B = jnp.max(jnp.where(pass_BxG, d_G[None], 0), axis=1)
-  return n_B.astype(jnp.int32), m_B
-
-
 def _chain_traversal(target_logp_BxG1xV, draft_logq_BxGxV, draft_BxG, valid_BxG, u_BxG):
   """Traversal Verification on a chain (block verification) in closed form.
 
-  The walk of `traversal_verify` on one path: a_d as there; the leaf m is tested with a_m;
-  each rejection updates the parent d once (its only child is gone), with its original a_d,
-  so every updated a is known before the walk starts. The walk ends at the deepest node that
-  passes; its next-token distribution is p_m at the leaf (the bonus), else
-  norm([a_n p_n - q_n]_+).
+  The walk of `traversal_verify` on one path: a_0 = 1, a_d = min(1, a_{d-1} p_{d-1}(x_d) /
+  q_{d-1}(x_d)); the leaf m (the last valid draft) is tested with a_m and u_0; each rejection
+  updates the parent d once (its only child is gone), with its original a_d, to
+  S_d / (S_d + 1 - a_d), S_d = sum [a_d p_d - q_d]_+ (1 where that rejection had probability
+  0), and tests it with u_{m-d}; so every updated a is known before the walk starts. The walk
+  ends at the deepest node that passes (the root always does); its next-token distribution is
+  p_m at the leaf (the bonus), else norm([a_n p_n - q_n]_+).
   """
   if draft_logq_BxGxV is None:
     raise ValueError("Verification mode 'traversal' needs the draft's log q for every node.")
@@ -486,10 +435,23 @@ def _chain_traversal(target_logp_BxG1xV, draft_logq_BxGxV, draft_BxG, valid_BxG,
   idx = draft_BxG[..., None]
   p_x_BxG = jnp.take_along_axis(p_BxG1xV[:, :G], idx, axis=-1)[..., 0]
   q_x_BxG = jnp.take_along_axis(q_BxGxV, idx, axis=-1)[..., 0]
-  s_of = lambda a_BxG: jnp.sum(jnp.maximum(a_BxG[..., None] * p_BxG1xV[:, :G] - q_BxGxV, 0.0),
-                               axis=-1)
-  a_BxG1, a_new_BxG = _chain_traversal_terms(p_x_BxG, q_x_BxG, s_of)
-  n_B, m_B = _chain_traversal_end(a_BxG1, a_new_BxG, valid_BxG, u_BxG)
+  ratio_BxG = p_x_BxG / jnp.maximum(q_x_BxG, _TINY)
+  a = [jnp.ones(p_x_BxG.shape[:1], jnp.float32)]
+  for d in range(G):
+    a.append(jnp.minimum(1.0, a[-1] * ratio_BxG[:, d]))
+  a_BxG1 = jnp.stack(a, axis=1)  # before any update
+  s_BxG = jnp.sum(jnp.maximum(a_BxG1[:, :G, None] * p_BxG1xV[:, :G] - q_BxGxV, 0.0), axis=-1)
+  den_BxG = s_BxG + 1.0 - a_BxG1[:, :G]
+  a_new_BxG = jnp.where(den_BxG > 1e-12, s_BxG / jnp.maximum(den_BxG, _TINY), 1.0)
+  # The walk: node d (1..G) is tested iff d <= m, with a_m at the leaf, else its updated a
+  # (the last node is never a parent: its updated value is never read).
+  m_B = jnp.sum(jnp.cumprod(valid_BxG.astype(jnp.int32), axis=1), axis=1)
+  d_G = jnp.arange(1, G + 1)
+  updated_BxG = jnp.concatenate([a_new_BxG[:, 1:], a_BxG1[:, G:]], axis=1)
+  a_test_BxG = jnp.where(d_G[None] == m_B[:, None], a_BxG1[:, 1:], updated_BxG)
+  u_at_BxG = jnp.take_along_axis(u_BxG, jnp.clip(m_B[:, None] - d_G[None], 0, G - 1), axis=1)
+  pass_BxG = (d_G[None] <= m_B[:, None]) & (u_at_BxG <= a_test_BxG)
+  n_B = jnp.max(jnp.where(pass_BxG, d_G[None], 0), axis=1).astype(jnp.int32)
   p_n_BxV = jnp.take_along_axis(p_BxG1xV, n_B[:, None, None], axis=1)[:, 0]
   n_q = jnp.minimum(n_B, G - 1)
   q_n_BxV = jnp.take_along_axis(q_BxGxV, n_q[:, None, None], axis=1)[:, 0]
