@@ -122,8 +122,9 @@ def chain_verify(logp_BxG1xV, logq_BxGxV, draft_BxG, valid_BxG, u_BxG, st: Stati
 def _chain_traversal_kernel(draft_ref, valid_ref, u_ref, logp_ref, logq_ref, n_ref, res_ref, *,
                             st: Static, G: int):
   """Block verification (`reference._chain_traversal`): the scalars a_d from the drafted
-  tokens' p and q, one vocabulary sweep for every S_d = sum [a_d p_d - q_d]_+ at once, the
-  leaf-to-root walk on scalars, then the end node's residual."""
+  tokens' p and q, one vocabulary sweep for every S_d = sum [a_d p_d - q_d]_+ at once (none
+  when the leaf passes its test), the leaf-to-root walk on scalars, then the end node's
+  residual."""
   true = pl.program_id(0) >= 0
   a, m, alive = [jnp.float32(1.0)], jnp.int32(0), true
   for d in range(1, G + 1):
@@ -134,12 +135,17 @@ def _chain_traversal_kernel(draft_ref, valid_ref, u_ref, logp_ref, logq_ref, n_r
     m = m + alive.astype(jnp.int32)
   bv = st.block_v
   nblk = res_ref.shape[0] // bv
+  # The leaf (node m) is tested with its original a: when it passes (or m = 0), no S is read
+  # and the sweep is skipped.
+  a_m = functools.reduce(lambda acc, d: jnp.where(m == d, a[d], acc), range(G + 1), a[0])
+  leaf_passes = (m == 0) | (u_ref[0] <= a_m)
 
   def sweep(j, acc):
     sl = pl.ds(pl.multiple_of(j * bv, bv), bv)
     return tuple(s + jnp.maximum(a[d] * jnp.exp(logp_ref[d, sl]) - jnp.exp(logq_ref[d, sl]),
                                  0.0).sum() for d, s in enumerate(acc))
-  S = lax.fori_loop(0, nblk, sweep, tuple(jnp.float32(0.0) for _ in range(G)))
+  S = lax.fori_loop(0, jnp.where(leaf_passes, 0, nblk), sweep,
+                    tuple(jnp.float32(0.0) for _ in range(G)))
   a_new = []
   for d in range(G):
     den = S[d] + 1.0 - a[d]
@@ -311,15 +317,16 @@ def _tree_traversal_kernel(u_ref, parent_ref, depth_ref, rank_ref, pp_ref, qq_re
       q = jnp.exp(logq_ref[v, sl])
       p = apply(jnp.exp(logp_ref[v, sl]), q, count, hist)
       return s + jnp.maximum(a_v * p - q, 0.0).sum()
-    s = lax.fori_loop(0, nblk, sweep, jnp.float32(0.0))
+    # Only a rejection reads S: the accepting (last) test sweeps nothing.
+    s = lax.fori_loop(0, jnp.where(reject, nblk, 0), sweep, jnp.float32(0.0))
     den = s + 1.0 - a_v  # 0 only when a_v = 1 and p_v = q_v: the rejection had probability 0
     new_a = jnp.where(den > 1e-12, s / jnp.maximum(den, TINY), 1.0)
     # record the update in v's depth slot (a new node there starts a new history)
     # (a node rejects at most K children; the clamp only guards the root's accepting step)
     slot_ref[d] = jnp.where(reject, v, slot_ref[d])
-    c = jnp.minimum(count, K - 1)
-    hist_a_ref[d, c] = jnp.where(reject, a_v, hist_a_ref[d, c])
-    hist_s_ref[d, c] = jnp.where(reject, s, hist_s_ref[d, c])
+    at_j = jnp.minimum(count, K - 1)
+    hist_a_ref[d, at_j] = jnp.where(reject, a_v, hist_a_ref[d, at_j])
+    hist_s_ref[d, at_j] = jnp.where(reject, s, hist_s_ref[d, at_j])
     hist_n_ref[d] = jnp.where(reject, count + 1, hist_n_ref[d])
     hist = [(jnp.where(j == count, a_v, a_j), jnp.where(j == count, s, s_j))
             for j, (a_j, s_j) in enumerate(hist)]
