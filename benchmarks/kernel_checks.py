@@ -284,17 +284,20 @@ def _verify_row(name, impl, shape, got, want) -> list[Any]:
   return [name, impl, shape, 'float32', e, 1e-4, same and e < 1e-4]
 
 
-def verify_inputs(B: int, V: int, G: int = 6):
-  """Inputs of the fused verification kernels: (chain, tree) argument tuples without the
-  q of the deterministic tree. chain: (logp [B, G+1, V], logq [B, G, V], drafts [B, G] (the
-  target's argmax), valid, u [B, G]); tree: (logp, logq [B, T, V], tokens [B, T] drawn from
-  the parents' q, children [B, T, 3], u [B, D, 5]) for a 15-node tree (fan-out 3, 2, 1 by
-  depth; q near p, so paths get deep). u for the deterministic tree: u[:, :, :3]."""
+def verify_chain_inputs(B: int, V: int, G: int = 6):
+  """The fused chain kernel's arguments: (logp [B, G+1, V], logq [B, G, V], drafts [B, G]
+  (the target's argmax), valid, u [B, G])."""
   logp = jax.nn.log_softmax(4 * normal(0, (B, G + 1, V), F32), axis=-1)
   logq = jax.nn.log_softmax(4 * normal(1, (B, G, V), F32), axis=-1)
   draft = jnp.argmax(logp[:, :G], axis=-1)
-  chain = (logp, logq, draft, jnp.ones((B, G), bool), jax.random.uniform(jax.random.key(2),
-                                                                          (B, G)))
+  return (logp, logq, draft, jnp.ones((B, G), bool),
+          jax.random.uniform(jax.random.key(2), (B, G)))
+
+
+def verify_tree_inputs(B: int, V: int):
+  """The fused tree kernels' arguments: (logp, logq [B, T, V], tokens [B, T] drawn from the
+  parents' q, children [B, T, 3], u [B, D, 5]) for a 15-node tree (fan-out 3, 2, 1 by depth;
+  q near p, so paths get deep). The deterministic tree takes no q and u[:, :, :3]."""
   parents = [-1, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 5, 6, 7, 8]
   T, K, D = len(parents), 3, 3
   children = np.full((T, K), -1)
@@ -305,21 +308,21 @@ def verify_inputs(B: int, V: int, G: int = 6):
   tokens = jax.random.categorical(jax.random.key(5), lq, axis=-1)[:, np.maximum(parents, 0)]
   ch = jnp.broadcast_to(jnp.asarray(children), (B, T, K))
   ut = jax.random.uniform(jax.random.key(6), (B, D, (T + D - 2) // D), minval=1e-6)
-  return chain, (lp, lq, tokens, ch, ut)
+  return lp, lq, tokens, ch, ut
 
 
 def _check_verify(impl: str, small: bool, kind: str, mode: str) -> list[list[Any]]:
   """A fused verification kernel (kind 'chain' or 'tree') under `mode` against the
-  reference, on `verify_inputs`: the chain at B 64, G 6, the tree at B 16 (V 128256; small:
+  reference, on `verify_chain_inputs` / `verify_tree_inputs`: the chain at B 64, G 6, the tree at B 16 (V 128256; small:
   B 8, G 4, V 1000)."""
   B, G, V = (8, 4, 1000) if small else (64, 6, 128256)
   if kind == 'chain':
-    chain, _ = verify_inputs(B, V, G)
+    chain = verify_chain_inputs(B, V, G)
     got = jax.jit(lambda *a: chain_verify_pallas(*a, mode=mode, impl=impl))(*chain)
     want = verify_ref.chain_verify_reference(*chain, mode=mode)
     return [_verify_row(f'chain verify ({mode})', impl, f'B{B} G{G} V{V}', got, want)]
   Bt = B if small else 16
-  lp, lq, tokens, ch, ut = verify_inputs(Bt, V, G)[1]
+  lp, lq, tokens, ch, ut = verify_tree_inputs(Bt, V)
   q, u = (None, ut[:, :, :3]) if mode == 'deterministic' else (lq, ut)
   got = jax.jit(lambda *a: tree_verify_pallas(*a, mode=mode, impl=impl))(lp, q, tokens, ch, u)
   want = verify_ref.tree_verify_reference(lp, q, tokens, ch, u, mode=mode)

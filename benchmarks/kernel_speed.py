@@ -18,8 +18,8 @@ import numpy as np
 
 from benchmarks import common
 from benchmarks.kernel_checks import (BF16, F32, error_text, normal, random_parents,
-                                      verify_inputs,
-                                      tree_over_cache)
+                                      tree_over_cache, verify_chain_inputs,
+                                      verify_tree_inputs)
 from pallas_kernels.decode_attention import ancestor_mask, decode_attention, tree_attention
 from pallas_kernels.delta_rule.chunk import delta_rule_pallas
 from pallas_kernels.delta_rule.reference import delta_rule_chunked
@@ -410,12 +410,13 @@ VERIFY_HEADER = ['case', 'mode', 'shape', 'fused', 'reference', 'reference / fus
 def bench_verify(quick: bool) -> list[list[Any]]:
   """The fused verification kernels against the jnp reference (what `auto` runs), float32
   log-probabilities over V 128256 (us): the chain (G 6, drafts = the target's argmax) under
-  'iid' and 'traversal', the 15-node tree of `kernel_checks.verify_inputs` under
+  'iid' and 'traversal', the 15-node tree of `kernel_checks.verify_tree_inputs` under
   'deterministic' and 'traversal'."""
   rows = []
   V, G = 128256, 6
   for B in ((1, 64) if quick else (1, 8, 64)):
-    chain, (lp, lq, tokens, ch, ut) = verify_inputs(B, V, G)
+    chain = verify_chain_inputs(B, V, G)
+    lp, lq, tokens, ch, ut = verify_tree_inputs(B, V)
     cases = [('chain', mode, f'B{B} G{G} V{V}', chain,
               functools.partial(chain_verify_pallas, mode=mode, impl='pallas'),
               functools.partial(verify_ref.chain_verify_reference, mode=mode))
