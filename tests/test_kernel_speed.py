@@ -108,3 +108,29 @@ def test_the_hopper_stage_writes_its_own_file_and_a_failing_table_costs_only_its
   assert 'decode table broke' in text and '## Flash attention, causal' not in text
   proposals = dispatch_refresh.proposals_from_results(text)
   assert {('attention', 'gpu', 'causal'), ('attention', 'gpu', 'verify')} <= set(proposals)
+
+
+def test_the_verify_section_is_written_and_read_by_the_dispatch_refresh(
+    fake_timer, tmp_path, monkeypatch):
+  """`benchmarks.kernels --quick --only=check,verify` with the platform faked as a GPU, the
+  timer faked (equal times: every ratio 1) and the checks replaced: the file has the fused
+  verification table under the heading `dispatch_refresh` reads, and both spec_verify cases
+  get a proposal (the kernel: it is no slower on any row and its checks passed)."""
+  from benchmarks import common, kernel_checks, kernels  # pylint: disable=g-import-not-at-top
+  from pallas_kernels import common as kcommon  # pylint: disable=g-import-not-at-top
+  from pallas_kernels import dispatch_refresh  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(common, 'RESULTS_DIR', str(tmp_path))
+  monkeypatch.setattr(kcommon, 'platform', lambda: 'gpu')
+  monkeypatch.setattr(kernel_checks, 'checks', lambda impls, small: [
+      [name, 'pallas', 's', 'float32', 1e-8, 1e-4, True]
+      for name in ('chain verify (iid)', 'chain verify (traversal)',
+                   'verify tree (deterministic)', 'verify tree (traversal)')])
+  text = open(kernels.main(['--quick', '--only=check,verify', '--out=v'])).read()
+  assert '## Fused verification vs the reference' in text
+  rows = dispatch_refresh.parse_results(text)
+  table = next(r for h, r in rows.items() if h.startswith('Fused verification'))
+  assert {(r['case'], r['mode']) for r in table} == {
+      ('chain', 'iid'), ('chain', 'traversal'), ('tree', 'deterministic'), ('tree', 'traversal')}
+  proposals = dispatch_refresh.proposals_from_results(text)
+  assert proposals[('spec_verify', 'gpu', 'chain')][0] == 'pallas'
+  assert proposals[('spec_verify', 'gpu', 'tree')][0] == 'pallas'
