@@ -93,7 +93,7 @@ def test_public_switch_routes_to_the_kernels(monkeypatch):
   _check_residual(res, res_ref)
 
 
-def _sampled_case(key, B, T, G=None):
+def _sampled_case(key, B, T):
   """log p per node, log q near it (so drafts drawn from q are often accepted deep), with a
   greedy row (one-hot p) and a row where q == p (every test passes)."""
   k1, k2 = jax.random.split(key)
