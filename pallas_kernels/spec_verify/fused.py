@@ -20,8 +20,9 @@ import jax.numpy as jnp
 
 from pallas_kernels import common
 from pallas_kernels.spec_verify import gpu
-from pallas_kernels.spec_verify.reference import (MODES, chain_verify_reference,
-                                                  tree_structure, tree_verify_reference)
+from pallas_kernels.spec_verify.reference import (MODES, chain_verify_reference, require_logq,
+                                                  traversal_uniforms, tree_structure,
+                                                  tree_verify_reference)
 
 
 def _setup(V: int, impl: str, block_v: int, deterministic: bool):
@@ -46,8 +47,7 @@ def chain_verify_pallas(target_logp_BxG1xV, draft_logq_BxGxV, draft_BxG, valid_B
                                   u_BxG, mode=mode)
   pad = lambda x: common.pad_axis(x.astype(jnp.float32), 2, Vp, -jnp.inf)
   if mode == 'traversal':
-    if draft_logq_BxGxV is None:
-      raise ValueError("Verification mode 'traversal' needs the draft's log q for every node.")
+    require_logq(draft_logq_BxGxV, mode)
     n, res = gpu.chain_traversal(pad(target_logp_BxG1xV), pad(draft_logq_BxGxV), draft_BxG,
                                  valid_BxG, u_BxG, st)
     return n, res[:, :V]
@@ -79,14 +79,10 @@ def _tree_traversal(logp_BxTxVp, draft_logq_BxTxV, tokens_BxT, children_BxTxK, u
   """Mode 'traversal' through `gpu.tree_traversal`: the tree's per-node vectors (parent,
   depth, rank, the parent's p and q at the node's token) gathered here, padded to a power of
   two."""
-  if draft_logq_BxTxV is None:
-    raise ValueError("Verification mode 'traversal' needs the draft's log q for every node.")
+  require_logq(draft_logq_BxTxV, 'traversal')
   B, T, _ = logp_BxTxVp.shape
   D, K = u_BxDxK.shape[1], children_BxTxK.shape[2]
-  u_BxN = u_BxDxK.reshape(B, -1)
-  if u_BxN.shape[1] < T - 1:
-    raise ValueError(f'Traversal verification of {T} nodes needs {T - 1} uniforms per row, '
-                     f'got {u_BxN.shape[1]} (u has shape {u_BxDxK.shape}).')
+  u_BxN = traversal_uniforms(u_BxDxK, T)
   logq = common.pad_axis(draft_logq_BxTxV.astype(jnp.float32), 2, Vp, -jnp.inf)
   parent, depth, rank = jax.vmap(lambda ch: tree_structure(ch, D))(children_BxTxK)
   par = jnp.maximum(parent, 0)

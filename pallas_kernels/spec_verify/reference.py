@@ -48,6 +48,22 @@ def _check_mode(mode: str) -> None:
     raise ValueError(f'Unknown verification mode {mode!r}; choose one of {MODES}.')
 
 
+def require_logq(draft_logq, mode: str) -> None:
+  """Every mode but 'deterministic' reads the draft's q: refuse a missing one."""
+  if mode != 'deterministic' and draft_logq is None:
+    raise ValueError(f"Verification mode {mode!r} needs the draft's log q for every node.")
+
+
+def traversal_uniforms(u_BxDxK: jax.Array, T: int) -> jax.Array:
+  """u [B, D, K] read as one stream of uniforms per row, [B, D * K]: Traversal Verification
+  of T nodes takes one per leaf test, at most T - 1."""
+  u_BxN = u_BxDxK.reshape(u_BxDxK.shape[0], -1)
+  if u_BxN.shape[1] < T - 1:
+    raise ValueError(f'Traversal verification of {T} nodes needs {T - 1} uniforms per row, '
+                     f'got {u_BxN.shape[1]} (u has shape {u_BxDxK.shape}).')
+  return u_BxN
+
+
 def _normalise_or(fallback_V: jax.Array, r_V: jax.Array) -> jax.Array:
   """r / sum(r), or `fallback` where r has (numerically) no mass.
 
@@ -249,8 +265,7 @@ def tree_verify_reference(target_logp_BxTxV: jax.Array, draft_logq_BxTxV: jax.Ar
     residual_logp_BxV: log of the distribution to sample the next token from.
   """
   _check_mode(mode)
-  if mode != 'deterministic' and draft_logq_BxTxV is None:
-    raise ValueError(f"Verification mode {mode!r} needs the draft's log q for every node.")
+  require_logq(draft_logq_BxTxV, mode)
   if mode == 'traversal':
     return traversal_verify(target_logp_BxTxV, draft_logq_BxTxV, tokens_BxT, children_BxTxK,
                             u_BxDxK)
@@ -401,14 +416,10 @@ def traversal_verify(target_logp_BxTxV: jax.Array, draft_logq_BxTxV: jax.Array,
   paper; not a `mode`: no drafter draws such trees for it yet).
   Plain jnp only: a `lax.while_loop` of at most T leaf tests per row.
   """
-  B, T, _ = target_logp_BxTxV.shape
+  T = target_logp_BxTxV.shape[1]
   depth = u_BxDxK.shape[1]
-  u_BxN = u_BxDxK.reshape(B, -1)
-  if u_BxN.shape[1] < T - 1:
-    raise ValueError(f'Traversal verification of {T} nodes needs {T - 1} uniforms per row, '
-                     f'got {u_BxN.shape[1]} (u has shape {u_BxDxK.shape}).')
-  if draft_logq_BxTxV is None:
-    raise ValueError("Verification mode 'traversal' needs the draft's log q for every node.")
+  u_BxN = traversal_uniforms(u_BxDxK, T)
+  require_logq(draft_logq_BxTxV, 'traversal')
   row = lambda lp, lq, tok, ch, u: _traversal_row(lp, lq, tok, ch, u, depth,
                                                   without_replacement)
   path, n, res = jax.vmap(row)(target_logp_BxTxV, draft_logq_BxTxV, tokens_BxT,
@@ -427,8 +438,7 @@ def _chain_traversal(target_logp_BxG1xV, draft_logq_BxGxV, draft_BxG, valid_BxG,
   ends at the deepest node that passes (the root always does); its next-token distribution is
   p_m at the leaf (the bonus), else norm([a_n p_n - q_n]_+).
   """
-  if draft_logq_BxGxV is None:
-    raise ValueError("Verification mode 'traversal' needs the draft's log q for every node.")
+  require_logq(draft_logq_BxGxV, 'traversal')
   G = draft_BxG.shape[1]
   p_BxG1xV = jnp.exp(target_logp_BxG1xV.astype(jnp.float32))
   q_BxGxV = jnp.exp(draft_logq_BxGxV.astype(jnp.float32))
