@@ -313,8 +313,8 @@ def verify_tree_inputs(B: int, V: int):
 
 def _check_verify(impl: str, small: bool, kind: str, mode: str) -> list[list[Any]]:
   """A fused verification kernel (kind 'chain' or 'tree') under `mode` against the
-  reference, on `verify_chain_inputs` / `verify_tree_inputs`: the chain at B 64, G 6, the tree at B 16 (V 128256; small:
-  B 8, G 4, V 1000)."""
+  reference, on `verify_chain_inputs` / `verify_tree_inputs`: the chain at B 64, G 6, the
+  tree at B 16 (V 128256; small: B 8, G 4, V 1000)."""
   B, G, V = (8, 4, 1000) if small else (64, 6, 128256)
   if kind == 'chain':
     chain = verify_chain_inputs(B, V, G)

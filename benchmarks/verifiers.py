@@ -57,8 +57,8 @@ from decoding import Models, SamplingConfig, registry, run_decoder
 from models import Transformer, init_params
 from models import config as config_lib
 
-VERIFIERS = ('chain iid', 'chain traversal', 'static tree iid', 'static tree wor', 'static tree traversal',
-             'kseq multi-draft', 'delayed traversal', 'delayed iid',
+VERIFIERS = ('chain iid', 'chain traversal', 'static tree iid', 'static tree wor',
+             'static tree traversal', 'kseq multi-draft', 'delayed traversal', 'delayed iid',
              'static tree typical (lossy)', 'chain typical (lossy)')
 TYPICAL = (0.09, 0.3)  # the decoders' default (epsilon, alpha)
 

@@ -13,8 +13,9 @@ the single distribution the next token is sampled from:
       rejected there (rejected tokens are zeroed); the residual is the stopping node's p with
       its rejected tokens zeroed, renormalised.
   chain 'traversal' (block verification): the sequence-level acceptances a_d on scalars, one
-      sweep for every node's S_d = sum [a_d p_d - q_d]_+ at once (none if the leaf passes), the leaf-to-root walk on
-      scalars, then the end node's residual (`reference._chain_traversal`).
+      sweep for every node's S_d = sum [a_d p_d - q_d]_+ at once (none if the leaf passes),
+      the leaf-to-root walk on scalars, then the end node's residual
+      (`reference._chain_traversal`).
   tree 'traversal': the walk of `reference._traversal_row` with the per-node vectors in
       registers and each updated p kept as the scalars of its updates (no [V] row stored);
       one vocabulary sweep per rejected leaf.
